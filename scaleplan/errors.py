@@ -1,0 +1,49 @@
+"""scaleplan's own error types.
+
+Every rejection of user input is a ``ValueError`` (pydantic's ``ValidationError`` is one too), so
+callers can catch one type. The message names the field, the value and a fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["ConfigFileError", "ScaleplanError", "UnknownNameError"]
+
+
+class ScaleplanError(ValueError):
+    """Base class of the errors scaleplan raises for bad input."""
+
+
+class UnknownNameError(ScaleplanError, LookupError):
+    """A name (preset, GPU, scaling law, ...) that scaleplan does not know.
+
+    The message lists the closest known names.
+    """
+
+    def __init__(self, kind: str, name: object, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(str(name).lower(), [k.lower() for k in known], n=5)
+        lookup = {k.lower(): k for k in known}
+        suggestions = [lookup[c] for c in close]
+        if suggestions:
+            hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
+        else:
+            hint = "known: " + ", ".join(repr(k) for k in known)
+        super().__init__(f"unknown {kind} {name!r}; {hint}")
+        self.kind = kind
+        self.name = name
+        self.suggestions = suggestions
+
+
+class ConfigFileError(ScaleplanError):
+    """A configuration file that cannot be read; the message names the file and the line."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        where = path or "<config>"
+        if line is not None:
+            where += f", line {line}"
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line = line
