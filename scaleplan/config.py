@@ -1,4 +1,4 @@
-"""Typed, frozen descriptions of a GPT model (`GPTConfig`) and of its training run (`TrainingConfig`).
+"""Frozen descriptions of a GPT model (`GPTConfig`) and of its training run (`TrainingConfig`).
 
 `GPTConfig` speaks nanoGPT's names (``n_layer``, ``n_head``, ``n_embd``, ``block_size``,
 ``vocab_size``, ``bias``, ``dropout``) and adds the few options that make Llama-family models
@@ -10,6 +10,7 @@ filled in from the others when omitted, and re-derived by `GPTConfig.replace`.
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -238,8 +239,8 @@ class GPTConfig(BaseModel):
         return tuple(PRESETS)
 
     @classmethod
-    def from_hf(cls, config: dict[str, Any] | str | Any) -> GPTConfig:
-        """Read a Hugging Face ``config.json`` (a dict or a path); see `scaleplan.loaders.from_hf`."""
+    def from_hf(cls, config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
+        """Read a Hugging Face ``config.json`` (a dict or a path); see `scaleplan.loaders`."""
         from scaleplan.loaders import from_hf
 
         return from_hf(config)

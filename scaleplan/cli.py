@@ -1,0 +1,121 @@
+"""The ``scaleplan`` command.
+
+    scaleplan params gpt2                 # parameter breakdown of a preset
+    scaleplan params config.json --json   # a Hugging Face config, as JSON
+    scaleplan params config/train_x.py    # a nanoGPT config file (parsed, never executed)
+
+Bad input prints one line naming the problem and exits with status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from scaleplan.config import GPTConfig
+from scaleplan.loaders import from_hf, load_nanogpt_config
+from scaleplan.params import ParamCount, count_params
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+
+
+def load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
+    """A model from a preset name, a config.json or a nanoGPT .py file.
+
+    Returns the config, a label for it, and the size its file claims (nanoGPT comments), if any.
+    """
+    path = Path(spec)
+    if spec.endswith(".json") or (path.suffix == "" and path.is_file() and spec not in
+                                  GPTConfig.presets()):
+        return from_hf(spec), spec, None
+    if spec.endswith(".py"):
+        run = load_nanogpt_config(spec)
+        return run.model, spec, run.claimed_params
+    return GPTConfig.preset(spec), f"preset {spec}", None
+
+
+def _millions(n: int) -> str:
+    """125_000_000 -> '125M', 40_560_000 -> '40.56M', 6_738_415_616 -> '6.74B'."""
+    if n >= 10**9:
+        return f"{n / 1e9:.3g}B" if n < 10**11 else f"{n / 1e9:.0f}B"
+    return f"{n / 1e6:.4g}M"
+
+
+def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str:
+    """The parameter breakdown as a readable table."""
+    rows = [f"{label}: {pc.total:,} parameters ({_millions(pc.total)})", ""]
+    width = max(len(k) for k in pc.components())
+    for name, value in pc.components().items():
+        share = 100 * value / pc.total
+        rows.append(f"  {name:<{width}}  {value:>17,}  {share:5.1f}%")
+    rows += [
+        "",
+        f"  {'of which biases':<{width}}  {pc.biases:>17,}",
+        f"  {'per block':<{width}}  {pc.per_layer:>17,}",
+        f"  {'non-embedding':<{width}}  {pc.non_embedding:>17,}  (Kaplan et al. 2020's N)",
+        f"  {'nanoGPT prints':<{width}}  {pc.nanogpt:>17,}  ({_millions(pc.nanogpt)}: total "
+        "minus the position embedding)",
+    ]
+    if claimed is not None:
+        ratio = claimed / pc.nanogpt
+        rows.append(f"  the config claims ~{_millions(claimed)}: {ratio:.2f}x the real count")
+    return "\n".join(rows)
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    cfg, label, claimed = load_model(args.model)
+    pc = count_params(cfg)
+    if args.json:
+        out = {"model": label, "config": cfg.model_dump(), "params": pc.model_dump(),
+               "claimed_params": claimed}
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_params(pc, label, claimed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaleplan",
+        description="Plan GPT training runs from arithmetic alone.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("params", help="exact parameter count and breakdown")
+    p.add_argument("model", help="a preset name (e.g. gpt2), a config.json, or a nanoGPT .py "
+                   f"config. Presets: {', '.join(GPTConfig.presets())}")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_params)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except ValueError as exc:  # every bad-input error scaleplan raises is a ValueError
+        print(f"scaleplan: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return status
+
+
+def _one_line(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or exc.title
+            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        return "; ".join(parts)
+    return str(exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

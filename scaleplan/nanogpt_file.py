@@ -1,0 +1,225 @@
+"""Parse a nanoGPT config file as data, never as code.
+
+nanoGPT's ``configurator.py`` runs config files with ``exec``. scaleplan reads them with `ast`
+instead and accepts only what a config needs:
+
+- assignments ``name = value`` (one name on the left; ``a = b = 1`` and tuples are rejected);
+- values built from literals (numbers, strings, True/False/None) with ``+ - * / // % **`` and
+  parentheses, e.g. ``5 * 8`` or ``2**19``; strings may be joined with ``+``;
+- comments and docstrings.
+
+Everything else (imports, calls, names, attribute access, subscripts, lambdas, comprehensions,
+control flow) is rejected with an error naming the line. Arithmetic is bounded so that
+``10**10**10`` is an error, not a hang.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from scaleplan.errors import ConfigFileError
+
+__all__ = ["ParsedAssignments", "parse_assignments", "parse_size"]
+
+# Bounds on what a config's arithmetic may produce: config values are at most ~1e15
+# (tokens, iterations), so anything past these is a mistake or an attack.
+MAX_INT_DIGITS = 30
+MAX_EXPONENT = 128
+MAX_STRING_LENGTH = 10_000
+MAX_LINE_COUNT = 20_000
+
+Number = int | float
+Value = int | float | str | bool | None
+
+_BINARY_OPS: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+
+# A claimed size in a comment: "~125M parameters", "124M params", "1.5B-parameter".
+_CLAIM = re.compile(
+    r"(?P<text>~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b[\s-]*(?:param(?:eter)?s?)\b)",
+    re.IGNORECASE,
+)
+_CLAIM_TILDE = re.compile(r"(?P<text>~\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b)",
+                          re.IGNORECASE)
+_UNIT = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+@dataclass(frozen=True)
+class ParsedAssignments:
+    """What `parse_assignments` found: values by name, the line of each, and a claimed size."""
+
+    values: dict[str, Value]
+    lines: dict[str, int]
+    claimed_params: int | None = None
+    claimed_params_text: str | None = None
+    comments: list[str] = field(default_factory=list)
+
+
+def parse_size(text: str) -> int | None:
+    """The parameter count a piece of text claims, or None.
+
+    >>> parse_size("Model (~125M parameters) - perfect for 12 GB VRAM")
+    125000000
+    >>> parse_size("batch of 12 GB") is None
+    True
+    """
+    match = _CLAIM.search(text) or _CLAIM_TILDE.search(text)
+    if match is None:
+        return None
+    return round(float(match["num"]) * _UNIT[match["unit"].lower()])
+
+
+def parse_assignments(text: str, *, source: str = "<config>") -> ParsedAssignments:
+    """Parse ``text`` as a nanoGPT config file: literal assignments only, never executed.
+
+    >>> parse_assignments("batch_size = 16\\ngradient_accumulation_steps = 5 * 8").values
+    {'batch_size': 16, 'gradient_accumulation_steps': 40}
+    """
+    if text.count("\n") > MAX_LINE_COUNT:
+        raise ConfigFileError(f"more than {MAX_LINE_COUNT:,} lines; not a config file",
+                              path=source)
+    try:
+        tree = ast.parse(text, filename=source)
+    except SyntaxError as exc:
+        raise ConfigFileError(f"not valid Python syntax: {exc.msg}", path=source,
+                              line=exc.lineno) from None
+    except (RecursionError, MemoryError, ValueError):
+        raise ConfigFileError("too deeply nested to be a config file", path=source) from None
+
+    values: dict[str, Value] = {}
+    lines: dict[str, int] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str):
+            continue  # a docstring
+        if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+            raise _reject(node, source, f"{_describe(node)} is not allowed in a config file; "
+                          "only 'name = value' assignments of literals are read (the file is "
+                          "never executed)")
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if len(targets) != 1 or not isinstance(targets[0], ast.Name):
+            raise _reject(node, source, "only a single name may be assigned, as in 'n_layer = 12'")
+        if node.value is None:
+            raise _reject(node, source, "an annotation without a value assigns nothing")
+        name = targets[0].id
+        try:
+            values[name] = _evaluate(node.value, source)
+        except RecursionError:
+            raise _reject(node, source, "expression too deeply nested") from None
+        lines[name] = node.lineno
+
+    comments = _comments(text)
+    claimed, claim_text = None, None
+    for comment in comments:
+        size = parse_size(comment)
+        if size is not None:
+            claimed, claim_text = size, comment.strip()
+            break
+    return ParsedAssignments(values=values, lines=lines, claimed_params=claimed,
+                             claimed_params_text=claim_text, comments=comments)
+
+
+def _comments(text: str) -> list[str]:
+    """Comment texts, found with the tokenizer so '#' inside strings is not a comment."""
+    import io
+    import tokenize
+
+    out: list[str] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                out.append(tok.string.lstrip("#").strip())
+    except (tokenize.TokenError, SyntaxError):  # already parsed by ast; be lenient here
+        pass
+    return out
+
+
+def _describe(node: ast.AST) -> str:
+    kinds = {
+        ast.Import: "an import", ast.ImportFrom: "an import", ast.FunctionDef: "a function",
+        ast.ClassDef: "a class", ast.If: "an if statement", ast.For: "a loop",
+        ast.While: "a loop", ast.With: "a with block", ast.Expr: "an expression statement",
+        ast.AugAssign: "an augmented assignment (+=)", ast.Delete: "del",
+    }
+    return kinds.get(type(node), f"a {type(node).__name__} statement")
+
+
+def _reject(node: ast.AST, source: str, message: str) -> ConfigFileError:
+    return ConfigFileError(message, path=source, line=getattr(node, "lineno", None))
+
+
+def _evaluate(node: ast.expr, source: str) -> Value:
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return _checked(value, node, source)
+        raise _reject(node, source, f"a {type(value).__name__} literal is not a config value")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        operand = _evaluate(node.operand, source)
+        if isinstance(operand, bool) or not isinstance(operand, (int, float)):
+            raise _reject(node, source, f"cannot negate {operand!r}")
+        return _checked(-operand if isinstance(node.op, ast.USub) else operand, node, source)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
+        left = _evaluate(node.left, source)
+        right = _evaluate(node.right, source)
+        if isinstance(left, str) and isinstance(right, str) and isinstance(node.op, ast.Add):
+            return _checked(left + right, node, source)
+        if not _is_number(left) or not _is_number(right):
+            raise _reject(node, source, f"arithmetic on {left!r} and {right!r} is not allowed; "
+                          "only numbers (and '+' between strings)")
+        assert isinstance(left, (int, float)) and isinstance(right, (int, float))
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT and abs(left) > 1:
+            raise _reject(node, source, f"exponent {right!r} is too large for a config value "
+                          f"(at most {MAX_EXPONENT})")
+        try:
+            result = _BINARY_OPS[type(node.op)](left, right)
+        except (ZeroDivisionError, OverflowError, ValueError) as exc:
+            raise _reject(node, source, f"arithmetic failed: {exc}") from None
+        if isinstance(result, complex):
+            raise _reject(node, source, "arithmetic gave a complex number")
+        return _checked(result, node, source)
+    raise _reject(node, source, f"{_expression_kind(node)} is not allowed; a config value must "
+                  "be a literal or simple arithmetic on literals (the file is never executed)")
+
+
+def _is_number(value: Value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked(value: Value, node: ast.AST, source: str) -> Value:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and abs(value) >= 10**MAX_INT_DIGITS:
+        raise _reject(node, source, f"integer with more than {MAX_INT_DIGITS} digits is not a "
+                      "config value")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _reject(node, source, f"{value!r} is not a finite number")
+    if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+        raise _reject(node, source, f"string longer than {MAX_STRING_LENGTH:,} characters")
+    return value
+
+
+def _expression_kind(node: ast.expr) -> str:
+    if isinstance(node, ast.Call):
+        return "a function call"
+    if isinstance(node, ast.Name):
+        return f"the name {node.id!r}"
+    if isinstance(node, ast.Attribute):
+        return "attribute access"
+    if isinstance(node, ast.Subscript):
+        return "subscripting"
+    if isinstance(node, ast.Lambda):
+        return "a lambda"
+    return f"a {type(node).__name__} expression"

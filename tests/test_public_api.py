@@ -1,0 +1,44 @@
+"""The package's public names are a contract: this test pins them, and keeps `import scaleplan`
+free of heavy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import scaleplan
+
+EXPECTED = {
+    "ConfigFileError",
+    "GPTConfig",
+    "NanoGPTRun",
+    "ParamCount",
+    "ScaleplanError",
+    "TrainingConfig",
+    "UnknownNameError",
+    "count_params",
+    "from_hf",
+    "load_nanogpt_config",
+}
+
+
+def test_all_is_pinned() -> None:
+    assert set(scaleplan.__all__) == EXPECTED
+    assert len(scaleplan.__all__) == len(EXPECTED)  # no duplicates
+
+
+def test_every_exported_name_exists_and_nothing_else_is_public() -> None:
+    for name in scaleplan.__all__:
+        assert hasattr(scaleplan, name), name
+    public = {n for n in vars(scaleplan) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(scaleplan, n)).__name__ == "module"}
+    assert public - modules == EXPECTED
+
+
+def test_import_is_light() -> None:
+    code = ("import sys, scaleplan; "
+            "print(','.join(m for m in ('torch', 'sympy', 'matplotlib', 'pandas') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == ""
