@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,9 +44,8 @@ def load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
 
 def _millions(n: int) -> str:
     """125_000_000 -> '125M', 40_560_000 -> '40.56M', 6_738_415_616 -> '6.74B'."""
-    if n >= 10**9:
-        return f"{n / 1e9:.3g}B" if n < 10**11 else f"{n / 1e9:.0f}B"
-    return f"{n / 1e6:.4g}M"
+    value, unit = (n / 1e9, "B") if n >= 10**9 else (n / 1e6, "M")
+    return f"{value:.2f}".rstrip("0").rstrip(".") + unit
 
 
 def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str:
@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.func(args)
+    except BrokenPipeError:  # output piped into `head` and closed early (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ValueError as exc:  # every bad-input error scaleplan raises is a ValueError
         print(f"scaleplan: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
