@@ -92,13 +92,26 @@ def _hf_llama_like(c: dict[str, Any], model_type: str) -> dict[str, Any]:
     if model_type == "qwen2":
         out["qkv_bias"] = True  # Qwen2Attention: bias on q/k/v projections, none on o_proj
     else:
-        attention_bias = bool(c.get("attention_bias", False))
-        out["qkv_bias"] = out["attn_out_bias"] = attention_bias
-        out["mlp_bias"] = bool(c.get("mlp_bias", False))
+        out["qkv_bias"] = out["attn_out_bias"] = c.get("attention_bias", False)
+        out["mlp_bias"] = c.get("mlp_bias", False)
     return out
 
 
 SUPPORTED_HF_MODEL_TYPES = tuple(_HF_DEFAULTS)
+
+# GPTConfig field -> the config.json key it came from, to name the key in errors.
+_LLAMA_KEYS = {
+    "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
+    "mlp_hidden": "intermediate_size", "block_size": "max_position_embeddings",
+    "vocab_size": "vocab_size", "tie_embeddings": "tie_word_embeddings",
+    "n_kv_head": "num_key_value_heads", "head_dim": "head_dim", "qkv_bias": "attention_bias",
+    "attn_out_bias": "attention_bias", "mlp_bias": "mlp_bias",
+}
+_HF_KEYS: dict[str, dict[str, str]] = {
+    "gpt2": {"block_size": "n_positions", "mlp_hidden": "n_inner",
+             "tie_embeddings": "tie_word_embeddings"},
+    **{name: _LLAMA_KEYS for name in ("llama", "mistral", "qwen2", "gemma")},
+}
 
 
 def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
@@ -125,14 +138,23 @@ def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
         raise ScaleplanError(f"{source}: expected a JSON object (a dict of settings), got "
                              f"{type(config).__name__}")
     model_type = config.get("model_type")
-    if model_type not in _HF_DEFAULTS:
+    if not isinstance(model_type, str) or model_type not in _HF_DEFAULTS:
         if model_type is None:
             raise ScaleplanError(f"{source}: no 'model_type' key; add one of "
                                  f"{', '.join(SUPPORTED_HF_MODEL_TYPES)}")
         raise UnknownNameError("Hugging Face model_type", model_type, SUPPORTED_HF_MODEL_TYPES)
     merged = {**_HF_DEFAULTS[model_type], **config}
     fields = _hf_gpt2(merged) if model_type == "gpt2" else _hf_llama_like(merged, model_type)
-    return GPTConfig.model_validate(fields)
+    try:
+        return GPTConfig.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        message = err["msg"].removeprefix("Value error, ")
+        if err["loc"]:  # name the key as the file spells it
+            ours = str(err["loc"][0])
+            key = _HF_KEYS[model_type].get(ours, ours)
+            message = f"{key} = {err.get('input')!r}: {message}"
+        raise ScaleplanError(f"{source} ({model_type}): {message}") from None
 
 
 # ----------------------------------------------------------------------------- nanoGPT
