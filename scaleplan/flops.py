@@ -47,8 +47,14 @@ Recompute = Literal["none", "selective", "full"]
 - ``"none"``: model FLOPs: one forward, one backward (2x the forward).
 - ``"selective"``: the attention core (QK^T, softmax, AV) is recomputed in the backward pass:
   adds its forward FLOPs once more.
-- ``"full"``: every layer's forward is recomputed: adds one whole forward pass, so hardware
-  FLOPs / model FLOPs = 4/3 for the matmuls.
+- ``"full"``: every transformer block's forward is recomputed: hardware FLOPs / model FLOPs =
+  4/3 for the blocks. The output head is not recomputed (it sits outside the checkpointed
+  blocks), as in Megatron-LM's count, 96·B·s·l·h²·(1 + s/6h + V/16lh) (Narayanan et al. 2021,
+  Eq. 3), where the head keeps its factor 3.
+
+PyTorch's non-reentrant ``torch.utils.checkpoint`` stops recomputing once every saved tensor
+is rebuilt, so in practice a block's last matmul (the MLP down projection) is not re-run either:
+measured hardware FLOPs come out a little lower than ``"full"``.
 """
 
 # One multiply-add is 2 FLOPs: a (m x k) @ (k x n) matmul costs 2·m·n·k forward.
@@ -135,8 +141,10 @@ def flops_per_token(
     """
     _check_seq_len(seq_len)
     if method == "kaplan":
-        n = count_params(cfg).non_embedding
-        extra = _recompute_extra(FLOPS_PER_MAC * n, 0, recompute)  # no attention term here
+        pc = count_params(cfg)
+        n = pc.non_embedding
+        blocks = n - pc.lm_head  # an untied head is in Kaplan's N but is not recomputed
+        extra = _recompute_extra(FLOPS_PER_MAC * blocks, 0, recompute)  # no attention term
         return kaplan_training_flops(n, 1) + extra
     if method == "nanogpt":
         n = count_params(cfg).nanogpt
@@ -147,7 +155,8 @@ def flops_per_token(
     model = palm_flops_per_token(n, n_layer=cfg.n_layer, n_head=cfg.n_head,
                                  head_dim=cfg.head_dim, seq_len=seq_len, causal=causal)
     attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
-    return model + _recompute_extra(FLOPS_PER_MAC * n, attention, recompute)
+    blocks = n - cfg.n_embd * cfg.vocab_size  # the output head is not recomputed
+    return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
 
 
 def _recompute_extra(dense_forward: int, attention_forward: int, recompute: Recompute) -> int:
