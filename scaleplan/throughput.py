@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
 from scaleplan.flops import FlopsMethod, Recompute, flops_per_token
-from scaleplan.hardware import GPUSpec, gpu, normalize_dtype
+from scaleplan.hardware import GPUSpec, normalize_dtype
+from scaleplan.hardware import gpu as lookup_gpu
 
 __all__ = [
     "NANOGPT_PEAK_FLOPS",
@@ -116,7 +117,7 @@ def mfu_from_flops(
 def mfu(
     tokens_per_second: float,
     cfg: GPTConfig,
-    gpu_name: str | GPUSpec,
+    gpu: str | GPUSpec,
     *,
     seq_len: int,
     n_gpus: int = 1,
@@ -131,7 +132,7 @@ def mfu(
     >>> round(u.mfu, 3)
     0.411
     """
-    spec = gpu(gpu_name)
+    spec = lookup_gpu(gpu)
     peak = spec.peak_flops(dtype)
     model = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     hardware = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method,
@@ -153,7 +154,7 @@ def mfu(
 
 def throughput_at_mfu(
     cfg: GPTConfig,
-    gpu_name: str | GPUSpec,
+    gpu: str | GPUSpec,
     *,
     mfu: float,
     seq_len: int,
@@ -173,7 +174,7 @@ def throughput_at_mfu(
     (29225, 17.9)
     """
     _check_mfu(mfu)
-    spec = gpu(gpu_name)
+    spec = lookup_gpu(gpu)
     _check_positive("n_gpus", n_gpus, "e.g. 8")
     peak = spec.peak_flops(dtype)
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
@@ -198,7 +199,7 @@ def throughput_at_mfu(
 
 def time_to_train(
     cfg: GPTConfig,
-    gpu_name: str | GPUSpec,
+    gpu: str | GPUSpec,
     *,
     tokens: int,
     mfu: float,
@@ -218,7 +219,7 @@ def time_to_train(
     """
     if tokens < 0:
         raise ScaleplanError(f"tokens={tokens} must be >= 0, e.g. 20 x the parameter count")
-    rate = throughput_at_mfu(cfg, gpu_name, mfu=mfu, seq_len=seq_len, n_gpus=n_gpus,
+    rate = throughput_at_mfu(cfg, gpu, mfu=mfu, seq_len=seq_len, n_gpus=n_gpus,
                              dtype=dtype, causal=causal, method=method)
     seconds = tokens / rate.tokens_per_second
     hours = seconds / _SECONDS_PER_HOUR
@@ -246,12 +247,12 @@ def time_to_train(
 
 def from_nanogpt_mfu(
     printed_percent: float,
-    gpu_name: str | GPUSpec,
+    gpu: str | GPUSpec,
     *,
     dtype: str = "bf16",
     cfg: GPTConfig | None = None,
 ) -> Utilization:
-    """Convert the MFU nanoGPT prints into the real MFU on ``gpu_name``.
+    """Convert the MFU nanoGPT prints into the real MFU on ``gpu``.
 
     nanoGPT's ``estimate_mfu`` computes model FLOP/s with its own formula (6N + 12·L·H·Q·T, N
     its printed parameter count, T = block_size) and divides by 312e12, an A100's dense bf16
@@ -273,7 +274,7 @@ def from_nanogpt_mfu(
     (0.616, 35.88)
     """
     _check_positive("printed_percent", printed_percent, "the percentage nanoGPT printed, e.g. 11.5")
-    spec = gpu(gpu_name)
+    spec = lookup_gpu(gpu)
     peak = spec.peak_flops(dtype)
     achieved = printed_percent / 100 * NANOGPT_PEAK_FLOPS
     per_token = tokens_per_second = None

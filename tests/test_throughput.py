@@ -118,3 +118,12 @@ def test_negative_tokens_and_price_are_rejected() -> None:
         time_to_train(GPT2, "RTX 4070", tokens=-1, mfu=0.4, seq_len=1024)
     with pytest.raises(ValueError, match=r"price_per_gpu_hour=-1\.0 must be >= 0"):
         time_to_train(GPT2, "RTX 4070", tokens=1, mfu=0.4, seq_len=1024, price_per_gpu_hour=-1.0)
+
+
+def test_gpu_can_be_given_by_keyword_or_as_a_spec() -> None:
+    from scaleplan.hardware import gpu
+
+    by_name = mfu(tokens_per_second=30_000, cfg=GPT2, gpu="RTX 4070", seq_len=1024)
+    by_spec = mfu(30_000, GPT2, gpu("rtx4070"), seq_len=1024)
+    assert by_name == by_spec
+    assert by_name.mfu == pytest.approx(30_000 * GPT2_FLOPS_PER_TOKEN / RTX_4070_BF16)
