@@ -326,9 +326,7 @@ def _measure_step(step: _Step) -> dict[str, Any]:
     def on_new(func: str, args: tuple[Any, ...], out: torch.Tensor) -> None:
         if "scaled_dot_product" in func and not kernels:
             kernels.append(func.removeprefix("aten.").split(".")[0])
-        if (func.startswith("aten._to_copy") and args and isinstance(args[0], torch.Tensor)
-                and storage_key(args[0]) in recorder.param_keys):
-            recorder.cast_keys.add(storage_key(out))
+        recorder.note_new_storage(func, args, out)
 
     tracker.on_new_storage = on_new
     cuda_before = 0
@@ -357,7 +355,8 @@ def _measure_step(step: _Step) -> dict[str, Any]:
         "saved_by_dtype": by_dtype, "autocast_weight_copies": casts,
         "resident": ResidentState(**resident, total=sum(resident.values())),
         "live_after_forward": live_after_forward, "peak_bytes": tracker.peak,
-        "peak_phase": tracker.peak_phase, "phase_peaks": dict(tracker.phase_peaks),
+        "peak_phase": tracker.peak_phase,
+        "phase_peaks": {k: v for k, v in tracker.phase_peaks.items() if k != "start"},
         "sdpa_kernel": (kernels[0] if kernels else "math (composite)")
         if step.model.attention == "flash" else None,
         "dropout_mask_dtype": ",".join(sorted(masks)) or None, "cuda_before": cuda_before,

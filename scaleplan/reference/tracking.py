@@ -119,6 +119,12 @@ class SavedTensorsRecorder:
             self.by_storage[key] = (module, _storage_bytes(t), str(t.dtype).replace("torch.", ""))
         return t
 
+    def note_new_storage(self, func: str, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        """`LiveBytesTracker.on_new_storage` callback: remember casts of parameters."""
+        if (func.startswith("aten._to_copy") and args and isinstance(args[0], torch.Tensor)
+                and storage_key(args[0]) in self.param_keys):
+            self.cast_keys.add(storage_key(out))
+
     def _enter(self, name: str) -> Callable[..., None]:
         def hook(*_: Any) -> None:
             self._stack.append(name)
