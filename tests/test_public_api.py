@@ -9,16 +9,17 @@ import sys
 import scaleplan
 
 EXPECTED = {
-    "ConfigFileError",
-    "GPTConfig",
-    "NanoGPTRun",
-    "ParamCount",
-    "ScaleplanError",
-    "TrainingConfig",
-    "UnknownNameError",
-    "count_params",
-    "from_hf",
-    "load_nanogpt_config",
+    # configs and loaders
+    "GPTConfig", "TrainingConfig", "NanoGPTRun", "from_hf", "load_nanogpt_config",
+    # parameters
+    "ParamCount", "count_params",
+    # FLOPs, GPUs, throughput
+    "StepFlops", "flops_per_token", "step_flops", "training_flops",
+    "GPUSpec", "gpu", "gpus", "register_gpu",
+    "Throughput", "TrainingTime", "Utilization", "from_nanogpt_mfu", "mfu", "throughput_at_mfu",
+    "time_to_train",
+    # errors
+    "ConfigFileError", "ScaleplanError", "UnknownNameError",
 }
 
 
