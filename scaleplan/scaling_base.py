@@ -38,6 +38,7 @@ _HINTS = {
     "tokens": "a token count such as 2.5e9",
     "flops": "a training compute in FLOPs such as 1e21",
     "loss": "a loss in nats per token such as 3.2",
+    "losses": "final losses in nats per token such as 3.2",
     "unique_tokens": "the number of distinct tokens in the data set, such as 2.5e10",
     "inference_tokens": "the number of tokens to be served, such as 1e12",
 }

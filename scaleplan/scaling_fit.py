@@ -117,7 +117,7 @@ def _columns(table: Any, columns: Sequence[str]) -> tuple[Any, Any, Any]:
 
 def _points(n_params: Any, tokens: Any, losses: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Validated 1-D float arrays of equal length, at least one point per free parameter."""
-    given = {"n_params": n_params, "tokens": tokens, "loss": losses}
+    given = {"n_params": n_params, "tokens": tokens, "losses": losses}
     arrays = {name: _positive(name, value) for name, value in given.items()}
     for name, arr in arrays.items():
         if arr.ndim != 1:
@@ -130,12 +130,12 @@ def _points(n_params: Any, tokens: Any, losses: Any) -> tuple[FloatArray, FloatA
             f"n_params, tokens and losses must have one entry per run, but their lengths differ: "
             f"{lengths}"
         )
-    if lengths["loss"] < N_FREE_PARAMETERS:
+    if lengths["losses"] < N_FREE_PARAMETERS:
         raise ScaleplanError(
             f"need at least {N_FREE_PARAMETERS} runs to fit the 5 constants E, A, B, alpha, "
-            f"beta; got {lengths['loss']}; add runs at more model sizes and token counts"
+            f"beta; got {lengths['losses']}; add runs at more model sizes and token counts"
         )
-    return arrays["n_params"], arrays["tokens"], arrays["loss"]
+    return arrays["n_params"], arrays["tokens"], arrays["losses"]
 
 
 def _law(theta: FloatArray, name: str, n_counts: NCounts, report: FitReport) -> ScalingLaw:
