@@ -181,7 +181,7 @@ def test_unknown_law_suggests_the_close_name() -> None:
 )
 def test_bad_inputs_name_the_argument(n_params: object, tokens: object, message: str) -> None:
     with pytest.raises(ScaleplanError, match=message):
-        scaling_law().loss(n_params, tokens)  # type: ignore[arg-type]
+        scaling_law().loss(n_params, tokens)  # type: ignore[call-overload]
 
 
 def test_bad_flops_are_rejected() -> None:
@@ -232,6 +232,8 @@ def test_training_compute_is_six_n_d() -> None:
     [(-1, 10, r"steps must be a non-negative int; got steps=-1"),
      (10, 1.5, r"tokens_per_step must be a non-negative int; got tokens_per_step=1\.5")],
 )
-def test_tokens_seen_rejects_bad_counts(steps: object, tokens_per_step: object, message: str) -> None:
+def test_tokens_seen_rejects_bad_counts(
+    steps: object, tokens_per_step: object, message: str
+) -> None:
     with pytest.raises(ScaleplanError, match=message):
         tokens_seen(steps, tokens_per_step)  # type: ignore[arg-type]
