@@ -19,14 +19,14 @@ from scaleplan.scaling_budget import (
     training_compute,
 )
 
-GOPHER_FLOPS = 5.76e23  # Hoffmann et al. 2022, sec. 3.4: Gopher's training budget
+GOPHER_FLOPS = 5.76e23  # Hoffmann et al. 2022: Gopher's training budget
 
 
 # -- published compute-optimal allocations ------------------------------------------------------
 
 
 def test_chinchilla_unrounded_reproduces_the_papers_40b_projection_at_gophers_budget() -> None:
-    # Hoffmann 2022 sec. 3.4 / Table A3: Approach 3 projects ~40B parameters at 5.76e23 FLOPs.
+    # Hoffmann 2022: Approach 3 (unrounded constants) projects ~40B parameters at 5.76e23 FLOPs.
     opt = scaling_law("chinchilla").compute_optimal(GOPHER_FLOPS)
     assert opt.n_params == pytest.approx(4.04e10, rel=2e-3)
     assert opt.tokens == pytest.approx(GOPHER_FLOPS / (6 * opt.n_params), rel=1e-9)
