@@ -18,6 +18,10 @@ EXPECTED = {
     "GPUSpec", "gpu", "gpus", "register_gpu",
     "Throughput", "TrainingTime", "Utilization", "from_nanogpt_mfu", "mfu", "throughput_at_mfu",
     "time_to_train",
+    # scaling laws and token budgets
+    "ScalingLaw", "ComputeOptimal", "scaling_law", "scaling_laws", "fit_scaling_law",
+    "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
+    "critical_batch_size", "data_constrained_loss", "inference_optimal",
     # errors
     "ConfigFileError", "ScaleplanError", "UnknownNameError",
 }

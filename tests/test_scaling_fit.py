@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +43,7 @@ def _grid_runs(law: ScalingLaw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_fit_on_chinchilla_fig4_lands_within_epochs_standard_errors() -> None:
     n, d, loss = _fig4_points()
     assert len(loss) == 240
-    pytest.importorskip("scipy.optimize")  # time the fit, not the first import of scipy
-    start = time.perf_counter()
-    law = fit_scaling_law(n, d, loss)
-    assert time.perf_counter() - start < 10  # a fit runs in seconds (about 0.2 s here)
+    law = fit_scaling_law(n, d, loss)  # its speed is measured in benchmarks/, not here
     for name, published in EPOCH_FIT.items():
         assert abs(getattr(law, name) - published) < EPOCH_SE[name], name
     # and the allocation follows: N_opt ~ C^0.51 as Epoch reports (a = 0.5126, SE 0.02)
