@@ -15,10 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from scaleplan.config import GPTConfig
+from scaleplan.errors import ScaleplanError
 from scaleplan.loaders import from_hf, load_nanogpt_config
 from scaleplan.params import ParamCount, count_params
 
@@ -81,6 +83,85 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PLAN_MODEL = "gpt2"
+DEFAULT_PLAN_GPU = "RTX 4070"
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from scaleplan.planner import plan
+
+    cfg, label, _ = load_model(args.model)
+    tokens_per_step, seq_len, world_size = args.tokens_per_step, args.seq_len, args.world_size
+    if args.model.endswith(".py"):  # keep the run's own step unless told otherwise
+        training = load_nanogpt_config(args.model).training
+        tokens_per_step = tokens_per_step or training.tokens_per_step
+        seq_len = seq_len or training.seq_len
+    total: int | str | None = args.total_tokens
+    if isinstance(total, str) and total != "chinchilla":
+        try:
+            total = _int_arg("--total-tokens", total)
+        except argparse.ArgumentTypeError as exc:
+            raise ScaleplanError(f"--total-tokens: {exc}") from None
+    p = plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
+             hours=args.hours, world_size=world_size or 1, precision=args.precision,
+             seq_len=seq_len, mfu=args.mfu, law=args.law)
+    if args.export == "nanogpt":
+        print(p.to_nanogpt_config(), end="")
+    elif args.export == "deepspeed":
+        print(json.dumps(p.to_deepspeed(), indent=2))
+    elif args.export == "hf":
+        print(json.dumps(p.to_hf_training_args(), indent=2))
+    elif args.export == "torchrun":
+        print(p.to_torchrun())
+    elif args.json:
+        print(p.model_dump_json(indent=2))
+    else:
+        print(f"{label}\n{p.report()}")
+    return 0
+
+
+def _cmd_gpus(args: argparse.Namespace) -> int:
+    from scaleplan.hardware import gpus
+
+    specs = gpus()
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in specs], indent=2))
+        return 0
+    print(f"{'GPU':<18} {'memory':>10} {'bf16 TFLOP/s':>13} {'SMs':>5}  notes")
+    for s in specs:
+        bf16 = f"{s.peak_flops('bf16') / 1e12:.1f}" if "bf16" in s.peak else "-"
+        notes = [] if s.has_bf16_tensor_cores else ["no bf16 tensor cores: plan fp16"]
+        if s.below_inductor_autotune_threshold:
+            notes.append("< 68 SMs: no inductor max-autotune GEMM")
+        print(f"{s.name:<18} {s.memory_bytes / 2**30:>6.0f} GiB {bf16:>13} {s.sm_count:>5}  "
+              f"{'; '.join(notes)}")
+    return 0
+
+
+def _int_arg(flag: str, text: str) -> int:
+    """'524288', '2**19', '5e5' or '524_288' as an int (parsed like a config value, never
+    evaluated)."""
+    from scaleplan.nanogpt_file import parse_assignments
+
+    try:
+        value = parse_assignments(f"x = {text}", source=flag).values.get("x")
+    except ValueError:
+        value = None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. 524288 or 2**19")
+    return value
+
+
+def _whole(flag: str) -> Any:
+    def parse(text: str) -> int:
+        return _int_arg(flag, text)
+
+    parse.__name__ = "whole number"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaleplan",
@@ -92,6 +173,32 @@ def build_parser() -> argparse.ArgumentParser:
                    f"config. Presets: {', '.join(GPTConfig.presets())}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_params)
+
+    q = sub.add_parser("plan", help="micro-batch, grad-accum, memory, tokens, time and loss for "
+                       "a GPU (default: GPT-2 small on an RTX 4070)")
+    q.add_argument("model", nargs="?", default=DEFAULT_PLAN_MODEL,
+                   help="preset, config.json or nanoGPT .py (default: %(default)s)")
+    q.add_argument("--gpu", default=DEFAULT_PLAN_GPU, help="GPU name (default: %(default)s); "
+                   "`scaleplan gpus` lists them")
+    q.add_argument("--tokens-per-step", type=_whole("--tokens-per-step"),
+                   help="tokens per optimizer step (default: 2**19, or the nanoGPT file's)")
+    q.add_argument("--world-size", type=_whole("--world-size"), help="GPUs")
+    q.add_argument("--seq-len", type=_whole("--seq-len"),
+                   help="tokens per sequence (default: block_size)")
+    q.add_argument("--total-tokens", help="tokens for the run, or 'chinchilla' (default)")
+    q.add_argument("--hours", type=float, help="train for this long instead")
+    q.add_argument("--precision", default="auto", help="auto (default), bf16-mixed, 16-mixed, "
+                   "32-true, bf16-true, bf16-fp32-master")
+    q.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, e.g. 0.35")
+    q.add_argument("--law", default="chinchilla", help="scaling law (default: %(default)s)")
+    q.add_argument("--export", choices=["nanogpt", "deepspeed", "hf", "torchrun"],
+                   help="print the plan as another tool's config instead")
+    q.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    q.set_defaults(func=_cmd_plan)
+
+    g = sub.add_parser("gpus", help="the GPU database")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.set_defaults(func=_cmd_gpus)
     return parser
 
 
