@@ -117,7 +117,7 @@ class StepMeasurement(BaseModel):
         return self
 
     def saved_under(self, prefix: str) -> int:
-        """Saved bytes of the modules whose name starts with ``prefix`` (e.g. "transformer.h.0.")."""
+        """Saved bytes of the modules whose names start with ``prefix`` ("transformer.h.0.")."""
         return sum(v for k, v in self.saved_by_module.items() if k.startswith(prefix))
 
 
@@ -158,9 +158,10 @@ def count_flops(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
 
 def _cuda_context_bytes(device: torch.device) -> int | None:
     if not _CUDA_CONTEXT_BYTES:
-        if torch.cuda.is_initialized() and torch.cuda.memory_reserved(device) > 0:
+        initialised = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        if initialised and torch.cuda.memory_reserved(device) > 0:
             return None
-        torch.cuda.init()
+        torch.cuda.init()  # type: ignore[no-untyped-call]
         free, total = torch.cuda.mem_get_info(device)
         _CUDA_CONTEXT_BYTES.append(int(total - free - torch.cuda.memory_reserved(device)))
     return _CUDA_CONTEXT_BYTES[0]
@@ -182,7 +183,7 @@ class _Step:
             # built in place: Module.to() cannot swap FakeTensor parameters
             self.model = GPT(cfg, attention=attention, checkpointing=checkpointing,
                              cuda_semantics=cuda_semantics)
-        self.params = list(self.model.parameters())
+        self.params: list[torch.Tensor] = list(self.model.parameters())
         self.masters: list[torch.Tensor] = []
         if precision == "bf16-fp32-master":  # Megatron-style: AdamW updates fp32 masters
             self.masters = [p.detach().float().requires_grad_() for p in self.params]
@@ -202,7 +203,8 @@ class _Step:
         with self.autocast():
             _, loss = self.model(self.idx, self.targets)  # logits are dropped here
         assert loss is not None
-        return loss
+        out: torch.Tensor = loss
+        return out
 
     def update(self) -> None:
         if self.masters:
@@ -294,7 +296,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         step = _Step(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
                      precision=precision, attention=attention, checkpointing=checkpointing,
                      device=dev, cuda_semantics=cuda_semantics, optimizer=optimizer)
-        step.forward().backward()  # warm-up: creates the optimizer states
+        step.forward().backward()  # type: ignore[no-untyped-call]  # warm-up: creates the optimizer states
         step.update()
         step.zero_grad()
         gc.collect()
@@ -341,7 +343,7 @@ def _measure_step(step: _Step) -> dict[str, Any]:
         live_after_forward = tracker.current
         tracker.on_new_storage = None
         tracker.set_phase("backward")
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         del loss
         tracker.set_phase("optimizer")
         step.update()
