@@ -89,6 +89,7 @@ class StepMeasurement(BaseModel):
     device: str = Field(description="Device type the step ran on ('cpu', 'cuda').")
     fake: bool = Field(description="Measured under FakeTensorMode (nothing allocated).")
     cuda_semantics: bool = Field(description="CPU run made to save what CUDA saves.")
+    accumulating: bool = Field(description="Gradients of earlier micro-batches resident.")
     sdpa_kernel: str | None = Field(description="The aten SDPA kernel that ran (flash only).")
     dropout_mask_dtype: str | None = Field(description="dtype of saved dropout masks.")
     notes: tuple[str, ...] = Field(description="Device semantics of this measurement.")
@@ -254,7 +255,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
             precision: Precision | str = "32-true", attention: AttentionKind = "flash",
             checkpointing: bool = False, device: str = "cpu", fake: bool = False,
             cuda_semantics: bool = False, optimizer: OptimizerImpl = "fused",
-            seed: int = 0) -> StepMeasurement:
+            accumulating: bool = False, seed: int = 0) -> StepMeasurement:
     """Measure one AdamW training step of the reference GPT for ``cfg``.
 
     Args:
@@ -271,6 +272,9 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         cuda_semantics: On CPU, save what CUDA saves (bool dropout masks, no dropout in SDPA).
         optimizer: AdamW implementation: "fused" (nanoGPT's choice on CUDA), "foreach" (torch's
             CUDA default; full-size temporaries) or "for-loop".
+        accumulating: Measure the last micro-batch of gradient accumulation: the gradients of
+            earlier micro-batches are resident when the step starts (the worst step of a run
+            with grad_accum_steps > 1). False: a step whose gradients start as None.
         seed: Seed for the initial weights and the random batch.
 
     >>> m = measure(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=8, vocab_size=8),
@@ -299,6 +303,8 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         step.forward().backward()  # type: ignore[no-untyped-call]  # warm-up: creates the optimizer states
         step.update()
         step.zero_grad()
+        if accumulating:  # an earlier micro-batch leaves its gradients behind
+            step.forward().backward()  # type: ignore[no-untyped-call]
         gc.collect()
         m = _measure_step(step)
     cuda = None
@@ -313,7 +319,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     return StepMeasurement(
         config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
         attention=attention, checkpointing=checkpointing, optimizer=optimizer, device=dev.type,
-        fake=fake, cuda_semantics=cuda_semantics, notes=notes,
+        fake=fake, cuda_semantics=cuda_semantics, accumulating=accumulating, notes=notes,
         params=sum(p.numel() for p in step.model.parameters()),
         flops=flops_fwd + flops_bwd, flops_forward=flops_fwd, flops_backward=flops_bwd,
         cuda=cuda, **m)

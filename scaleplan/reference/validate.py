@@ -45,7 +45,8 @@ QUICK_COMBOS = ((0.0, "flash", "32-true"), (0.1, "flash", "bf16-mixed"),
 
 def grid(*, quick: bool, device: str) -> Iterator[tuple[str, GPTConfig, dict[str, Any]]]:
     """(label, config, measure() keywords) for every point of the grid."""
-    shape = {"micro_batch_size": 2, "seq_len": 32}
+    # The last micro-batch of gradient accumulation: gradients resident, the worst step.
+    shape = {"micro_batch_size": 2, "seq_len": 32, "accumulating": True}
     if quick:  # each config with each dropout, attention kind and precision once
         for name in ("gpt2-tiny", "llama-tiny"):
             for dropout, attention, precision in QUICK_COMBOS:
@@ -65,6 +66,7 @@ def grid(*, quick: bool, device: str) -> Iterator[tuple[str, GPTConfig, dict[str
     big = {"gpt2": 8, "gpt2-xl": 1} if device == "cuda" else {"gpt2-xl": 1, "llama-2-7b": 1}
     for name, b in big.items():
         yield name, GPTConfig.preset(name), {"micro_batch_size": b, "seq_len": 1024,
+                                             "accumulating": True,
                                              "precision": "bf16-mixed", "fake": device == "cpu"}
 
 
