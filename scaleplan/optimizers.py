@@ -67,7 +67,8 @@ def param_shapes(cfg: GPTConfig) -> list[tuple[int, ...]]:
     block: list[tuple[int, ...]] = [*norm, (qkv, d), (d, cfg.n_head * h), *norm]
     block += [(qkv,)] * cfg.qkv_bias + [(d,)] * cfg.attn_out_bias
     n_in = 2 if cfg.gated_mlp else 1
-    mlp_biases: list[tuple[int, ...]] = [(f,) for _ in range(n_in)] + [(d,)]
+    mlp_biases: list[tuple[int, ...]] = [(f,)] * n_in
+    mlp_biases.append((d,))
     block += [(f, d)] * n_in + [(d, f)] + mlp_biases * cfg.mlp_bias
     shapes: list[tuple[int, ...]] = [(V, d)]
     if cfg.position == "learned":
