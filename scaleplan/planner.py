@@ -176,7 +176,7 @@ def _available(spec: GPUSpec) -> tuple[int, str]:
     return spec.memory_bytes, "the marketed memory, read as GiB"
 
 
-def _default_mfu(spec: GPUSpec) -> tuple[float, str]:
+def default_mfu(spec: GPUSpec) -> tuple[float, str]:
     consumer = spec.name.upper().startswith("RTX")
     key = "consumer" if consumer else "datacenter"
     return ASSUMED_MFU[key], f"assumed for a {key} GPU (ASSUMED_MFU); pass mfu= to override"
@@ -271,7 +271,7 @@ def plan(
     scaling = scaling_law(law)
     n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
     optimal = int(chinchilla_tokens(n_for_law, method=scaling))
-    mfu_value, mfu_source = (mfu, "given") if mfu is not None else _default_mfu(spec)
+    mfu_value, mfu_source = (mfu, "given") if mfu is not None else default_mfu(spec)
     if not (isinstance(mfu_value, (int, float)) and 0 < mfu_value <= 1):
         raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
     recompute = settings["checkpointing"]
