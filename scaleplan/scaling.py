@@ -173,7 +173,7 @@ _LAWS: dict[str, BaseScalingLaw] = {
         ),
         ScalingLaw(
             name="chinchilla-rounded",
-            paper="Hoffmann et al. 2022, Approach 3 as printed in the paper body (section 3.3)",
+            paper="Hoffmann et al. 2022, Approach 3 as printed in the paper body (rounded)",
             equation="L = E + A/N^alpha + B/D^beta (eq. 2), allocation eq. 4",
             n_counts="total",
             E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,

@@ -58,7 +58,7 @@ def _positive(name: str, value: ArrayLike) -> FloatArray:
         where = "" if arr.ndim == 0 else f" at index {index}"
         hint = _HINTS.get(name, "a positive finite number")
         raise ScaleplanError(
-            f"{name} must be positive and finite; got {name}={arr.flat[index]!r}{where}; "
+            f"{name} must be positive and finite; got {name}={float(arr.flat[index])!r}{where}; "
             f"pass {hint}"
         )
     return arr

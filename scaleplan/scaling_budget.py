@@ -64,6 +64,10 @@ def tokens_seen(steps: int, tokens_per_step: int) -> int:
     return int(steps) * int(tokens_per_step)
 
 
+@overload
+def chinchilla_tokens(n_params: float, *, method: str | BaseScalingLaw = ...) -> int: ...
+@overload
+def chinchilla_tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw = ...) -> FloatArray: ...
 def chinchilla_tokens(
     n_params: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
 ) -> Any:
@@ -100,6 +104,14 @@ def _resolve_method(method: str | BaseScalingLaw) -> BaseScalingLaw:
         raise UnknownNameError("token-budget method", method, known) from None
 
 
+@overload
+def overtraining_ratio(
+    n_params: float, tokens: float, *, method: str | BaseScalingLaw = ...
+) -> float: ...
+@overload
+def overtraining_ratio(
+    n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = ...
+) -> FloatArray: ...
 def overtraining_ratio(
     n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
 ) -> Any:

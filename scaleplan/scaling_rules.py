@@ -116,7 +116,7 @@ def deepseek_learning_rate(flops: ArrayLike) -> Any:
 
 
 def _decayed(unique: FloatArray, repeats: FloatArray, r_star: float) -> FloatArray:
-    """``U + U R* (1 - exp(-R / R*))``: what R repeats of U are worth (Muennighoff 2023, eq. 5)."""
+    """``U + U R* (1 - exp(-R / R*))``: what R repeats of U are worth (Muennighoff 2023)."""
     return np.asarray(unique + unique * r_star * (1 - np.exp(-repeats / r_star)), np.float64)
 
 
@@ -139,7 +139,7 @@ def effective_tokens(
 ) -> Any:
     """What ``tokens`` tokens drawn from ``unique_tokens`` distinct ones are worth as fresh data.
 
-    Muennighoff et al. 2023, eq. 5: ``D' = U + U R*_D (1 - exp(-R_D / R*_D))`` with
+    Muennighoff et al. 2023 (arXiv:2305.16264): ``D' = U + U R*_D (1 - exp(-R_D / R*_D))`` with
     ``R_D = D / U - 1`` repetitions and ``R*_D = 15.39``: the first few epochs are worth nearly
     as much as new data, and no amount of repetition is worth more than ``U (1 + R*_D)``.
 
@@ -172,7 +172,7 @@ def effective_params(
 ) -> Any:
     """What ``n_params`` parameters are worth when the data has only ``unique_tokens`` tokens.
 
-    Muennighoff et al. 2023, eq. 5 for parameters: ``U_N`` is the compute-optimal size for
+    Muennighoff et al. 2023, the same decay for parameters: ``U_N`` is the compute-optimal size for
     ``unique_tokens`` under ``law`` (capped at N), ``R_N = N / U_N - 1`` and
     ``N' = U_N + U_N R*_N (1 - exp(-R_N / R*_N))`` with ``R*_N = 5.31``: parameters beyond
     what the unique data can use are worth less and less.
@@ -200,9 +200,9 @@ def data_constrained_loss(
 ) -> Any:
     """Loss of a model trained for ``tokens`` tokens that repeat ``unique_tokens`` distinct ones.
 
-    Muennighoff et al. 2023, eq. 5: the law's L(N', D') with `effective_params` and
-    `effective_tokens`. The default law is their single-epoch C4 fit (``"muennighoff2023"``),
-    with which this reproduces the datablations README's example.
+    Muennighoff et al. 2023 (as in the datablations README): the law's L(N', D') with
+    `effective_params` and `effective_tokens`. The default law is their single-epoch C4 fit
+    (``"muennighoff2023"``), with which this reproduces the datablations README's example.
 
     >>> data_constrained_loss(6.34e9, 242e9, 25e9)  # datablations README: 2.2256440889984477
     2.2256440889984477
@@ -275,7 +275,7 @@ def inference_optimal(
     """Sardana & Frankle 2023: the model reaching ``loss`` with the least lifetime compute.
 
     Minimises training ``6 N D`` plus inference ``2 N D_inf`` FLOPs subject to
-    ``L(N, D) = loss`` (section 2, eq. 3), numerically (scipy, imported here). The more tokens
+    ``L(N, D) = loss`` (arXiv:2401.00448), numerically (scipy, imported here). The more tokens
     are served, the smaller and longer-trained the optimal model.
 
     >>> opt = inference_optimal(2.0, 2e12)
