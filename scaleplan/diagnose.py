@@ -158,7 +158,7 @@ def diagnose(
     ...                           "batch_size = 16\\ngradient_accumulation_steps = 32\\n")
     >>> log = read_log("train.log", text="step 100: train loss 5.1, val loss 5.0\\n")
     >>> diagnose(config=run, log=log).codes()
-    ('val-below-train-dropout',)
+    ('val-below-train-dropout', 'lr-not-annealed')
     """
     run = _load_config(config, training, claimed_params)
     cfg, t = run.model, run.training
@@ -215,8 +215,8 @@ def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:
             code="size-mismatch", severity="error",
             message=(f"the config claims ~{_m(claimed)} parameters ({run.claimed_params_text!r})"
                      f" but n_layer={cfg.n_layer}, n_embd={cfg.n_embd} has {_m(nanogpt)} "
-                     f"(nanoGPT's count): the claim is {claimed / nanogpt:.2f}x the real size. Most "
-                     "parameters sit in matrices that grow with n_embd squared."),
+                     f"(nanoGPT's count): the claim is {claimed / nanogpt:.2f}x the real size. "
+                     "Most parameters sit in matrices that grow with n_embd squared."),
             fix=f"set n_embd={width} ({_m(at_width)}) for the claimed size, or fix the comment",
             numbers={"claimed_params": claimed, "nanogpt_params": nanogpt,
                      "ratio": claimed / nanogpt, "n_embd": cfg.n_embd,
