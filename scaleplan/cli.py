@@ -3,6 +3,7 @@
     scaleplan params gpt2                 # parameter breakdown of a preset
     scaleplan params config.json --json   # a Hugging Face config, as JSON
     scaleplan params config/train_x.py    # a nanoGPT config file (parsed, never executed)
+    scaleplan diagnose config/train_x.py train.log --gpu "RTX 4070"   # what is wrong, with numbers
 
 Bad input prints one line naming the problem and exits with status 2; never a traceback.
 """
@@ -162,6 +163,36 @@ def _whole(flag: str) -> Any:
     return parse
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from scaleplan.diagnose import diagnose
+
+    d = diagnose(config=args.config, log=args.log, gpu=args.gpu)
+    if args.json:
+        print(d.model_dump_json(indent=2))
+        return 0
+    print(f"{args.config}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
+          f"{len(d.findings)} finding(s)")
+    for f in d.findings:
+        print(f"\n[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}")
+    rec = d.recommendation
+    if rec is not None:
+        print("\nrecommended next run:")
+        for change in rec.changes:
+            print(f"  {change}")
+        print(f"  {_millions(rec.nanogpt_params)} parameters; {rec.tokens_per_step:,} tokens per "
+              f"step = micro-batch {rec.training.micro_batch_size} x seq_len "
+              f"{rec.training.seq_len} x grad_accum_steps {rec.training.grad_accum_steps}")
+        others = ", ".join(f"{b} x {a}" for b, a in rec.micro_batch_options[1:])
+        if others:
+            print(f"  if memory runs out, micro-batch x grad-accum: {others}")
+        print(f"  compute-optimal: {rec.compute_optimal_tokens / 1e9:.2f}B tokens = "
+              f"{rec.steps_for_compute_optimal:,} steps (max_iters = lr_decay_iters)")
+        if rec.expected_val_loss is not None:
+            print(f"  expected val loss ~{rec.expected_val_loss:.2f} there "
+                  f"(~{rec.expected_val_loss_same_tokens:.2f} on as many tokens as this run)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaleplan",
@@ -199,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gpus", help="the GPU database")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=_cmd_gpus)
+    d = sub.add_parser("diagnose", help="read a config and a training log; say what is wrong")
+    d.add_argument("config", help="a nanoGPT .py config (parsed, never executed)")
+    d.add_argument("log", help="the training log: nanoGPT or llm.c stdout, HF Trainer output "
+                   "or trainer_state.json, CSV or JSONL")
+    d.add_argument("--gpu", help="the GPU the run used, e.g. 'RTX 4070'")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_cmd_diagnose)
     return parser
 
 
