@@ -3,12 +3,18 @@
 Every public name is re-exported here; ``tests/test_public_api.py`` pins the list.
 """
 
+from scaleplan.batching import grad_accum_steps
+from scaleplan.budget import plan_for_budget
 from scaleplan.config import GPTConfig, TrainingConfig
+from scaleplan.diagnose import Diagnosis, Finding, diagnose
 from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError
 from scaleplan.flops import StepFlops, flops_per_token, step_flops, training_flops
 from scaleplan.hardware import GPUSpec, gpu, gpus, register_gpu
 from scaleplan.loaders import NanoGPTRun, from_hf, load_nanogpt_config
+from scaleplan.logs import TrainingLog, read_log
+from scaleplan.memory import MemoryBreakdown, training_memory
 from scaleplan.params import ParamCount, count_params
+from scaleplan.planner import Plan, plan
 from scaleplan.scaling import ScalingLaw, scaling_law, scaling_laws
 from scaleplan.scaling_base import ComputeOptimal
 from scaleplan.scaling_budget import (
@@ -34,15 +40,20 @@ __version__ = "0.1.0"
 __all__ = [
     "ComputeOptimal",
     "ConfigFileError",
+    "Diagnosis",
+    "Finding",
     "GPTConfig",
     "GPUSpec",
+    "MemoryBreakdown",
     "NanoGPTRun",
     "ParamCount",
+    "Plan",
     "ScaleplanError",
     "ScalingLaw",
     "StepFlops",
     "Throughput",
     "TrainingConfig",
+    "TrainingLog",
     "TrainingTime",
     "UnknownNameError",
     "Utilization",
@@ -50,16 +61,21 @@ __all__ = [
     "count_params",
     "critical_batch_size",
     "data_constrained_loss",
+    "diagnose",
     "fit_scaling_law",
     "flops_per_token",
     "from_hf",
     "from_nanogpt_mfu",
     "gpu",
     "gpus",
+    "grad_accum_steps",
     "inference_optimal",
     "load_nanogpt_config",
     "mfu",
     "overtraining_ratio",
+    "plan",
+    "plan_for_budget",
+    "read_log",
     "register_gpu",
     "scaling_law",
     "scaling_laws",
@@ -69,4 +85,5 @@ __all__ = [
     "tokens_seen",
     "training_compute",
     "training_flops",
+    "training_memory",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -125,14 +125,14 @@ class GPTConfig(BaseModel):
     tie_embeddings: bool = Field(True, description="lm_head shares the token embedding.")
 
     # Derived when omitted; declared as plain ints for type checkers, Optional for pydantic.
-    if TYPE_CHECKING:
-        n_kv_head: int
-        head_dim: int
-        mlp_hidden: int
-        qkv_bias: bool
-        attn_out_bias: bool
-        mlp_bias: bool
-        norm_bias: bool
+    if TYPE_CHECKING:  # optional in __init__, always resolved after validation
+        n_kv_head: int = cast(int, None)
+        head_dim: int = cast(int, None)
+        mlp_hidden: int = cast(int, None)
+        qkv_bias: bool = cast(bool, None)
+        attn_out_bias: bool = cast(bool, None)
+        mlp_bias: bool = cast(bool, None)
+        norm_bias: bool = cast(bool, None)
     else:
         n_kv_head: PositiveInt | None = Field(
             None, description="Key/value heads (GQA/MQA). Default: n_head (multi-head)."

@@ -34,6 +34,7 @@ from scaleplan.hardware import gpu as lookup_gpu
 from scaleplan.loaders import NanoGPTRun, load_nanogpt_config
 from scaleplan.logs import TrainingLog, read_log
 from scaleplan.params import count_params
+from scaleplan.planner import Plan, plan
 from scaleplan.scaling import scaling_law
 from scaleplan.scaling_budget import chinchilla_tokens
 from scaleplan.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu
@@ -72,7 +73,7 @@ class Recommendation(BaseModel):
     them. ``micro_batch_options`` lists (micro_batch_size, grad_accum_steps) pairs that keep
     ``tokens_per_step`` exactly, from the current micro-batch down, for when memory runs out.
     ``plan`` is ``scaleplan.planner.plan(...).model_dump()`` on the same GPU when the planner is
-    available (see `_plan_hook`), else None.
+    available, else None.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -90,7 +91,7 @@ class Recommendation(BaseModel):
     expected_val_loss_same_tokens: float | None = Field(
         None, description="The same, trained on as many tokens as the diagnosed run saw.")
     changes: tuple[str, ...]
-    plan: dict[str, Any] | None = None
+    plan: Plan | None = Field(None, description="plan() for the new run on the diagnosed GPU.")
 
 
 class Diagnosis(BaseModel):
@@ -436,6 +437,14 @@ def _recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | 
     new_total = count_params(new).total
     optimal = chinchilla_tokens(new_total)
     steps = -(-optimal // tokens_per_step)
+    planned = None
+    if spec is not None and sizes:  # the micro-batch that fits the GPU, by the memory model
+        planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
+                       seq_len=t.seq_len, world_size=t.world_size, precision=t.precision,
+                       law=law)
+        micro, accum = planned.micro_batch_size, planned.grad_accum_steps
+        options = tuple((b, tokens_per_step // (b * per_micro))
+                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
     training = t.replace(micro_batch_size=micro, grad_accum_steps=accum, max_iters=steps,
                          lr_decay_iters=steps, warmup_iters=min(t.warmup_iters, steps // 10))
     expected = expected_same = None
@@ -453,17 +462,4 @@ def _recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | 
         compute_optimal_tokens=optimal,
         steps_for_compute_optimal=steps, expected_val_loss=expected,
         expected_val_loss_same_tokens=expected_same,
-        changes=tuple(said), plan=_plan_hook(new, training, spec))
-
-
-def _plan_hook(cfg: GPTConfig, training: TrainingConfig,
-               spec: GPUSpec | None) -> dict[str, Any] | None:
-    """``plan()`` for the recommended run on the same GPU, once ``scaleplan.planner`` exists."""
-    if spec is None:
-        return None
-    try:
-        from scaleplan.planner import plan  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        return None
-    result = plan(cfg, gpu=spec, tokens_per_step=training.tokens_per_step)
-    return dict(result.model_dump())
+        changes=tuple(said), plan=planned)

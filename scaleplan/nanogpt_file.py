@@ -46,13 +46,13 @@ _BINARY_OPS: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
     ast.Pow: operator.pow,
 }
 
-# A claimed size in a comment: "~125M parameters", "124M params", "1.5B-parameter".
+# A claimed size in a comment: "~125M parameters", "124M params", "1.5B-parameter", "350M model".
+# A bare "~0.5M" is not a claim: nanoGPT's train_gpt2.py says "total batch size be ~0.5M".
 _CLAIM = re.compile(
-    r"(?P<text>~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b[\s-]*(?:param(?:eter)?s?)\b)",
+    r"(?P<text>~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b[\s-]*"
+    r"(?:param(?:eter)?s?|model)\b)",
     re.IGNORECASE,
 )
-_CLAIM_TILDE = re.compile(r"(?P<text>~\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b)",
-                          re.IGNORECASE)
 _UNIT = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
 
@@ -75,7 +75,7 @@ def parse_size(text: str) -> int | None:
     >>> parse_size("batch of 12 GB") is None
     True
     """
-    match = _CLAIM.search(text) or _CLAIM_TILDE.search(text)
+    match = _CLAIM.search(text)
     if match is None:
         return None
     return round(float(match["num"]) * _UNIT[match["unit"].lower()])

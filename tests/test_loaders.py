@@ -213,7 +213,9 @@ def test_non_utf8_and_huge_files_are_clear_errors(tmp_path: Path) -> None:
     [
         ("Model (~125M parameters) - perfect for 12 GB VRAM", 125_000_000),
         ("a 1.5B-parameter model", 1_500_000_000),
-        ("~350M", 350_000_000),
+        ("a ~350M model", 350_000_000),
+        # nanoGPT config/train_gpt2.py: a batch size, not a model size
+        ("these make the total batch size be ~0.5M", None),
         ("124M params", 124_000_000),
         ("perfect for 12 GB VRAM", None),
         ("1.5B tokens", None),

@@ -22,6 +22,10 @@ EXPECTED = {
     "ScalingLaw", "ComputeOptimal", "scaling_law", "scaling_laws", "fit_scaling_law",
     "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
     "critical_batch_size", "data_constrained_loss", "inference_optimal",
+    # memory, batching, planning
+    "MemoryBreakdown", "training_memory", "grad_accum_steps", "Plan", "plan", "plan_for_budget",
+    # logs and diagnosis
+    "TrainingLog", "read_log", "Diagnosis", "Finding", "diagnose",
     # errors
     "ConfigFileError", "ScaleplanError", "UnknownNameError",
 }

@@ -19,7 +19,7 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F  # noqa: N812  (torch's own convention)
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
