@@ -9,9 +9,10 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar
 
-from scaleplan._markers import TIGHT_FIT_FRACTION, GiB, Finding, Marker, Subject, millions
+from scaleplan._markers import TIGHT_FIT_FRACTION, Finding, GiB, Marker, Subject
 from scaleplan.config import GPTConfig, normalize_precision
 from scaleplan.errors import ScaleplanError
+from scaleplan.hardware import GPUSpec
 
 __all__ = ["DivisibleStep", "FitsOn"]
 
@@ -47,12 +48,12 @@ class FitsOn(Marker):
     that fits and the gradient-accumulation steps that keep the step's tokens.
 
     >>> FitsOn(8 * GiB, micro_batch_size=4, seq_len=1024).describe()
-    'Fits in a 8.00 GiB GPU (8.00 GiB) at micro_batch_size=4, seq_len=1024, bf16-mixed.'
+    'Fits in the GPU (8.00 GiB) at micro_batch_size=4, seq_len=1024, bf16-mixed.'
     """
 
     code: ClassVar[str] = "scaleplan.does_not_fit"
     needs: ClassVar[tuple[str, ...]] = ("micro_batch_size", "seq_len")
-    gpu: Any
+    gpu: str | int | GPUSpec
     _: KW_ONLY
     micro_batch_size: int | None = None
     seq_len: int | None = None
@@ -94,7 +95,7 @@ class FitsOn(Marker):
             if gpu <= 0:
                 raise ScaleplanError(f"gpu={gpu!r}: a memory size must be positive bytes, e.g. "
                                      "gpu=12 * 2**30")
-            return f"a {_gib(gpu)} GPU", gpu
+            return "the GPU", gpu
         memory = getattr(gpu, "usable_memory_bytes", None) or getattr(gpu, "memory_bytes", None)
         if not isinstance(memory, int):
             raise ScaleplanError(f"gpu={gpu!r} must be a GPU name (e.g. 'RTX 4070'), a GPUSpec "

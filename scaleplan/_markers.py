@@ -22,8 +22,17 @@ from pydantic_core import PydanticCustomError, core_schema
 from scaleplan.config import GPTConfig, TrainingConfig
 from scaleplan.errors import ScaleplanError
 
-__all__ = ["TIGHT_FIT_FRACTION", "GiB", "Finding", "Locator", "Marker", "Subject", "check_nonnegative", "locate",
-           "millions"]
+__all__ = [
+    "TIGHT_FIT_FRACTION",
+    "Finding",
+    "GiB",
+    "Locator",
+    "Marker",
+    "Subject",
+    "check_nonnegative",
+    "locate",
+    "millions",
+]
 
 GiB = 2**30
 MISSING_SETTING = "scaleplan.missing_setting"
@@ -218,6 +227,10 @@ class Marker:
         """Settings given to the marker itself, which win over the value's own."""
         return {}
 
+    def argument(self, setting: str) -> str:
+        """The marker's argument that gives ``setting``."""
+        return setting
+
     def required(self) -> tuple[str, ...]:
         """The settings this marker must find on the value."""
         return tuple(n for n in self.needs if self.explicit().get(n) is None)
@@ -229,7 +242,8 @@ class Marker:
                 return [Finding(
                     severity="error", code=MISSING_SETTING, labels={"setting": name},
                     message=f"{type(self).__name__} needs {name}: give it to the marker "
-                    f"({type(self).__name__}(..., {name}=...)) or to the training settings")]
+                    f"({type(self).__name__}(..., {self.argument(name)}=...)) or to the training "
+                    "settings")]
         return self.findings(subject)
 
     def locate(self, tp: Any) -> Locator:
@@ -240,8 +254,8 @@ class Marker:
             name = getattr(tp, "__name__", repr(tp))
             raise ScaleplanError(
                 f"{type(self).__name__} on {name} needs {', '.join(missing)}, which {name} does "
-                f"not have; pass {', '.join(f'{m}=...' for m in missing)} to the marker, or put "
-                "it on a model that holds the GPTConfig with a TrainingConfig")
+                f"not have; pass {', '.join(f'{self.argument(m)}=...' for m in missing)} to the "
+                "marker, or put it on a model that holds the GPTConfig with a TrainingConfig")
         return locator
 
     def __get_pydantic_core_schema__(

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic_core import PydanticCustomError
 
@@ -126,6 +126,7 @@ class ParamsNear(Marker):
     means: ``"total"`` (Hugging Face's), ``"nanogpt"`` (what nanoGPT prints) or
     ``"non_embedding"``. The error suggests the n_embd that comes closest to the claim.
 
+    >>> from typing import Annotated
     >>> from pydantic import TypeAdapter
     >>> ta = TypeAdapter(Annotated[GPTConfig, ParamsNear("124M", rel_tol=0.01)])
     >>> ta.validate_python(GPTConfig.preset("gpt2")).n_embd
@@ -266,12 +267,17 @@ class TokensPerParam(Marker):
         _check_count(self.count)
         object.__setattr__(self, "needs", (self.tokens_from,))
 
-    def _explicit(self) -> dict[str, Any]:
+    def explicit(self) -> dict[str, Any]:
         return {} if self.tokens is None else {self.tokens_from: self.tokens}
 
+    def argument(self, setting: str) -> str:
+        return "tokens" if setting == self.tokens_from else setting
+
     def describe(self) -> str:
-        bounds = (f"in [{self.min:g}, {self.max:g}]" if self.min is not None and self.max is not None
-                  else f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}")
+        if self.min is not None and self.max is not None:
+            bounds = f"in [{self.min:g}, {self.max:g}]"
+        else:
+            bounds = f">= {self.min:g}" if self.min is not None else f"<= {self.max:g}"
         return f"Training tokens per parameter ({self.count}) {bounds}."
 
     def findings(self, subject: Subject) -> list[Finding]:
