@@ -5,20 +5,68 @@ Every public name is re-exported here; ``tests/test_public_api.py`` pins the lis
 
 from scaleplan.config import GPTConfig, TrainingConfig
 from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError
+from scaleplan.flops import StepFlops, flops_per_token, step_flops, training_flops
+from scaleplan.hardware import GPUSpec, gpu, gpus, register_gpu
 from scaleplan.loaders import NanoGPTRun, from_hf, load_nanogpt_config
 from scaleplan.params import ParamCount, count_params
+from scaleplan.scaling import ScalingLaw, scaling_law, scaling_laws
+from scaleplan.scaling_base import ComputeOptimal
+from scaleplan.scaling_budget import (
+    chinchilla_tokens,
+    overtraining_ratio,
+    tokens_seen,
+    training_compute,
+)
+from scaleplan.scaling_fit import fit_scaling_law
+from scaleplan.scaling_rules import critical_batch_size, data_constrained_loss, inference_optimal
+from scaleplan.throughput import (
+    Throughput,
+    TrainingTime,
+    Utilization,
+    from_nanogpt_mfu,
+    mfu,
+    throughput_at_mfu,
+    time_to_train,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ComputeOptimal",
     "ConfigFileError",
     "GPTConfig",
+    "GPUSpec",
     "NanoGPTRun",
     "ParamCount",
     "ScaleplanError",
+    "ScalingLaw",
+    "StepFlops",
+    "Throughput",
     "TrainingConfig",
+    "TrainingTime",
     "UnknownNameError",
+    "Utilization",
+    "chinchilla_tokens",
     "count_params",
+    "critical_batch_size",
+    "data_constrained_loss",
+    "fit_scaling_law",
+    "flops_per_token",
     "from_hf",
+    "from_nanogpt_mfu",
+    "gpu",
+    "gpus",
+    "inference_optimal",
     "load_nanogpt_config",
+    "mfu",
+    "overtraining_ratio",
+    "register_gpu",
+    "scaling_law",
+    "scaling_laws",
+    "step_flops",
+    "throughput_at_mfu",
+    "time_to_train",
+    "tokens_seen",
+    "training_compute",
+    "training_flops",
 ]

@@ -3,6 +3,7 @@
     scaleplan params gpt2                 # parameter breakdown of a preset
     scaleplan params config.json --json   # a Hugging Face config, as JSON
     scaleplan params config/train_x.py    # a nanoGPT config file (parsed, never executed)
+    scaleplan diagnose config/train_x.py train.log --gpu "RTX 4070"   # what is wrong, with numbers
 
 Bad input prints one line naming the problem and exits with status 2; never a traceback.
 """
@@ -15,10 +16,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from scaleplan.config import GPTConfig
+from scaleplan.errors import ScaleplanError
 from scaleplan.loaders import from_hf, load_nanogpt_config
 from scaleplan.params import ParamCount, count_params
 
@@ -81,6 +84,115 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PLAN_MODEL = "gpt2"
+DEFAULT_PLAN_GPU = "RTX 4070"
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from scaleplan.planner import plan
+
+    cfg, label, _ = load_model(args.model)
+    tokens_per_step, seq_len, world_size = args.tokens_per_step, args.seq_len, args.world_size
+    if args.model.endswith(".py"):  # keep the run's own step unless told otherwise
+        training = load_nanogpt_config(args.model).training
+        tokens_per_step = tokens_per_step or training.tokens_per_step
+        seq_len = seq_len or training.seq_len
+    total: int | str | None = args.total_tokens
+    if isinstance(total, str) and total != "chinchilla":
+        try:
+            total = _int_arg("--total-tokens", total)
+        except argparse.ArgumentTypeError as exc:
+            raise ScaleplanError(f"--total-tokens: {exc}") from None
+    p = plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
+             hours=args.hours, world_size=world_size or 1, precision=args.precision,
+             seq_len=seq_len, mfu=args.mfu, law=args.law)
+    if args.export == "nanogpt":
+        print(p.to_nanogpt_config(), end="")
+    elif args.export == "deepspeed":
+        print(json.dumps(p.to_deepspeed(), indent=2))
+    elif args.export == "hf":
+        print(json.dumps(p.to_hf_training_args(), indent=2))
+    elif args.export == "torchrun":
+        print(p.to_torchrun())
+    elif args.json:
+        print(p.model_dump_json(indent=2))
+    else:
+        print(f"{label}\n{p.report()}")
+    return 0
+
+
+def _cmd_gpus(args: argparse.Namespace) -> int:
+    from scaleplan.hardware import gpus
+
+    specs = gpus()
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in specs], indent=2))
+        return 0
+    print(f"{'GPU':<18} {'memory':>10} {'bf16 TFLOP/s':>13} {'SMs':>5}  notes")
+    for s in specs:
+        bf16 = f"{s.peak_flops('bf16') / 1e12:.1f}" if "bf16" in s.peak else "-"
+        notes = [] if s.has_bf16_tensor_cores else ["no bf16 tensor cores: plan fp16"]
+        if s.below_inductor_autotune_threshold:
+            notes.append("< 68 SMs: no inductor max-autotune GEMM")
+        print(f"{s.name:<18} {s.memory_bytes / 2**30:>6.0f} GiB {bf16:>13} {s.sm_count:>5}  "
+              f"{'; '.join(notes)}")
+    return 0
+
+
+def _int_arg(flag: str, text: str) -> int:
+    """'524288', '2**19', '5e5' or '524_288' as an int (parsed like a config value, never
+    evaluated)."""
+    from scaleplan.nanogpt_file import parse_assignments
+
+    try:
+        value = parse_assignments(f"x = {text}", source=flag).values.get("x")
+    except ValueError:
+        value = None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. 524288 or 2**19")
+    return value
+
+
+def _whole(flag: str) -> Any:
+    def parse(text: str) -> int:
+        return _int_arg(flag, text)
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from scaleplan.diagnose import diagnose
+
+    d = diagnose(config=args.config, log=args.log, gpu=args.gpu)
+    if args.json:
+        print(d.model_dump_json(indent=2))
+        return 0
+    print(f"{args.config}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
+          f"{len(d.findings)} finding(s)")
+    for f in d.findings:
+        print(f"\n[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}")
+    rec = d.recommendation
+    if rec is not None:
+        print("\nrecommended next run:")
+        for change in rec.changes:
+            print(f"  {change}")
+        print(f"  {_millions(rec.nanogpt_params)} parameters; {rec.tokens_per_step:,} tokens per "
+              f"step = micro-batch {rec.training.micro_batch_size} x seq_len "
+              f"{rec.training.seq_len} x grad_accum_steps {rec.training.grad_accum_steps}")
+        others = ", ".join(f"{b} x {a}" for b, a in rec.micro_batch_options[1:])
+        if others:
+            print(f"  if memory runs out, micro-batch x grad-accum: {others}")
+        print(f"  compute-optimal: {rec.compute_optimal_tokens / 1e9:.2f}B tokens = "
+              f"{rec.steps_for_compute_optimal:,} steps (max_iters = lr_decay_iters)")
+        if rec.expected_val_loss is not None:
+            print(f"  expected val loss ~{rec.expected_val_loss:.2f} there "
+                  f"(~{rec.expected_val_loss_same_tokens:.2f} on as many tokens as this run)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scaleplan",
@@ -92,6 +204,39 @@ def build_parser() -> argparse.ArgumentParser:
                    f"config. Presets: {', '.join(GPTConfig.presets())}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_params)
+
+    q = sub.add_parser("plan", help="micro-batch, grad-accum, memory, tokens, time and loss for "
+                       "a GPU (default: GPT-2 small on an RTX 4070)")
+    q.add_argument("model", nargs="?", default=DEFAULT_PLAN_MODEL,
+                   help="preset, config.json or nanoGPT .py (default: %(default)s)")
+    q.add_argument("--gpu", default=DEFAULT_PLAN_GPU, help="GPU name (default: %(default)s); "
+                   "`scaleplan gpus` lists them")
+    q.add_argument("--tokens-per-step", type=_whole("--tokens-per-step"),
+                   help="tokens per optimizer step (default: 2**19, or the nanoGPT file's)")
+    q.add_argument("--world-size", type=_whole("--world-size"), help="GPUs")
+    q.add_argument("--seq-len", type=_whole("--seq-len"),
+                   help="tokens per sequence (default: block_size)")
+    q.add_argument("--total-tokens", help="tokens for the run, or 'chinchilla' (default)")
+    q.add_argument("--hours", type=float, help="train for this long instead")
+    q.add_argument("--precision", default="auto", help="auto (default), bf16-mixed, 16-mixed, "
+                   "32-true, bf16-true, bf16-fp32-master")
+    q.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, e.g. 0.35")
+    q.add_argument("--law", default="chinchilla", help="scaling law (default: %(default)s)")
+    q.add_argument("--export", choices=["nanogpt", "deepspeed", "hf", "torchrun"],
+                   help="print the plan as another tool's config instead")
+    q.add_argument("--json", action="store_true", help="the whole plan as JSON")
+    q.set_defaults(func=_cmd_plan)
+
+    g = sub.add_parser("gpus", help="the GPU database")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.set_defaults(func=_cmd_gpus)
+    d = sub.add_parser("diagnose", help="read a config and a training log; say what is wrong")
+    d.add_argument("config", help="a nanoGPT .py config (parsed, never executed)")
+    d.add_argument("log", help="the training log: nanoGPT or llm.c stdout, HF Trainer output "
+                   "or trainer_state.json, CSV or JSONL")
+    d.add_argument("--gpu", help="the GPU the run used, e.g. 'RTX 4070'")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=_cmd_diagnose)
     return parser
 
 

@@ -9,16 +9,21 @@ import sys
 import scaleplan
 
 EXPECTED = {
-    "ConfigFileError",
-    "GPTConfig",
-    "NanoGPTRun",
-    "ParamCount",
-    "ScaleplanError",
-    "TrainingConfig",
-    "UnknownNameError",
-    "count_params",
-    "from_hf",
-    "load_nanogpt_config",
+    # configs and loaders
+    "GPTConfig", "TrainingConfig", "NanoGPTRun", "from_hf", "load_nanogpt_config",
+    # parameters
+    "ParamCount", "count_params",
+    # FLOPs, GPUs, throughput
+    "StepFlops", "flops_per_token", "step_flops", "training_flops",
+    "GPUSpec", "gpu", "gpus", "register_gpu",
+    "Throughput", "TrainingTime", "Utilization", "from_nanogpt_mfu", "mfu", "throughput_at_mfu",
+    "time_to_train",
+    # scaling laws and token budgets
+    "ScalingLaw", "ComputeOptimal", "scaling_law", "scaling_laws", "fit_scaling_law",
+    "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
+    "critical_batch_size", "data_constrained_loss", "inference_optimal",
+    # errors
+    "ConfigFileError", "ScaleplanError", "UnknownNameError",
 }
 
 

@@ -165,3 +165,13 @@ def test_bad_measure_arguments_are_rejected() -> None:
         measure(GPT_TINY, micro_batch_size=1, seq_len=2, attention="sdpa")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown precision 'fp8'"):
         measure(GPT_TINY, micro_batch_size=1, seq_len=2, precision="fp8")
+
+
+def test_accumulating_step_starts_with_the_gradients_resident() -> None:
+    fresh = measure(GPT_TINY, micro_batch_size=2, seq_len=4)
+    last = measure(GPT_TINY, micro_batch_size=2, seq_len=4, accumulating=True)
+    assert last.resident.grads == FP32 * 2144  # one fp32 gradient per parameter
+    assert last.resident.total == fresh.resident.total + FP32 * 2144
+    # Forward does not touch gradients: the same bytes on top of a larger base.
+    assert last.live_after_forward - fresh.live_after_forward == FP32 * 2144
+    assert last.peak_bytes > fresh.peak_bytes

@@ -89,6 +89,7 @@ class StepMeasurement(BaseModel):
     device: str = Field(description="Device type the step ran on ('cpu', 'cuda').")
     fake: bool = Field(description="Measured under FakeTensorMode (nothing allocated).")
     cuda_semantics: bool = Field(description="CPU run made to save what CUDA saves.")
+    accumulating: bool = Field(description="Gradients of earlier micro-batches resident.")
     sdpa_kernel: str | None = Field(description="The aten SDPA kernel that ran (flash only).")
     dropout_mask_dtype: str | None = Field(description="dtype of saved dropout masks.")
     notes: tuple[str, ...] = Field(description="Device semantics of this measurement.")
@@ -117,7 +118,7 @@ class StepMeasurement(BaseModel):
         return self
 
     def saved_under(self, prefix: str) -> int:
-        """Saved bytes of the modules whose name starts with ``prefix`` (e.g. "transformer.h.0.")."""
+        """Saved bytes of the modules whose names start with ``prefix`` ("transformer.h.0.")."""
         return sum(v for k, v in self.saved_by_module.items() if k.startswith(prefix))
 
 
@@ -158,9 +159,10 @@ def count_flops(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
 
 def _cuda_context_bytes(device: torch.device) -> int | None:
     if not _CUDA_CONTEXT_BYTES:
-        if torch.cuda.is_initialized() and torch.cuda.memory_reserved(device) > 0:
+        initialised = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+        if initialised and torch.cuda.memory_reserved(device) > 0:
             return None
-        torch.cuda.init()
+        torch.cuda.init()  # type: ignore[no-untyped-call]
         free, total = torch.cuda.mem_get_info(device)
         _CUDA_CONTEXT_BYTES.append(int(total - free - torch.cuda.memory_reserved(device)))
     return _CUDA_CONTEXT_BYTES[0]
@@ -182,7 +184,7 @@ class _Step:
             # built in place: Module.to() cannot swap FakeTensor parameters
             self.model = GPT(cfg, attention=attention, checkpointing=checkpointing,
                              cuda_semantics=cuda_semantics)
-        self.params = list(self.model.parameters())
+        self.params: list[torch.Tensor] = list(self.model.parameters())
         self.masters: list[torch.Tensor] = []
         if precision == "bf16-fp32-master":  # Megatron-style: AdamW updates fp32 masters
             self.masters = [p.detach().float().requires_grad_() for p in self.params]
@@ -202,7 +204,8 @@ class _Step:
         with self.autocast():
             _, loss = self.model(self.idx, self.targets)  # logits are dropped here
         assert loss is not None
-        return loss
+        out: torch.Tensor = loss
+        return out
 
     def update(self) -> None:
         if self.masters:
@@ -252,7 +255,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
             precision: Precision | str = "32-true", attention: AttentionKind = "flash",
             checkpointing: bool = False, device: str = "cpu", fake: bool = False,
             cuda_semantics: bool = False, optimizer: OptimizerImpl = "fused",
-            seed: int = 0) -> StepMeasurement:
+            accumulating: bool = False, seed: int = 0) -> StepMeasurement:
     """Measure one AdamW training step of the reference GPT for ``cfg``.
 
     Args:
@@ -269,6 +272,9 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         cuda_semantics: On CPU, save what CUDA saves (bool dropout masks, no dropout in SDPA).
         optimizer: AdamW implementation: "fused" (nanoGPT's choice on CUDA), "foreach" (torch's
             CUDA default; full-size temporaries) or "for-loop".
+        accumulating: Measure the last micro-batch of gradient accumulation: the gradients of
+            earlier micro-batches are resident when the step starts (the worst step of a run
+            with grad_accum_steps > 1). False: a step whose gradients start as None.
         seed: Seed for the initial weights and the random batch.
 
     >>> m = measure(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=8, vocab_size=8),
@@ -294,9 +300,11 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         step = _Step(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
                      precision=precision, attention=attention, checkpointing=checkpointing,
                      device=dev, cuda_semantics=cuda_semantics, optimizer=optimizer)
-        step.forward().backward()  # warm-up: creates the optimizer states
+        step.forward().backward()  # type: ignore[no-untyped-call]  # warm-up: creates the optimizer states
         step.update()
         step.zero_grad()
+        if accumulating:  # an earlier micro-batch leaves its gradients behind
+            step.forward().backward()  # type: ignore[no-untyped-call]
         gc.collect()
         m = _measure_step(step)
     cuda = None
@@ -311,7 +319,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     return StepMeasurement(
         config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
         attention=attention, checkpointing=checkpointing, optimizer=optimizer, device=dev.type,
-        fake=fake, cuda_semantics=cuda_semantics, notes=notes,
+        fake=fake, cuda_semantics=cuda_semantics, accumulating=accumulating, notes=notes,
         params=sum(p.numel() for p in step.model.parameters()),
         flops=flops_fwd + flops_bwd, flops_forward=flops_fwd, flops_backward=flops_bwd,
         cuda=cuda, **m)
@@ -341,7 +349,7 @@ def _measure_step(step: _Step) -> dict[str, Any]:
         live_after_forward = tracker.current
         tracker.on_new_storage = None
         tracker.set_phase("backward")
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         del loss
         tracker.set_phase("optimizer")
         step.update()

@@ -1,4 +1,4 @@
-"""A compact GPT in torch that builds any `GPTConfig`: the reference the formulas are checked against.
+"""A compact GPT in torch that builds any `GPTConfig`: the reference for every formula.
 
 Names and shapes follow nanoGPT (karpathy/nanoGPT ``model.py``) for GPT-2 configs, so parameter
 names line up one to one: ``transformer.wte``, ``transformer.wpe``, ``transformer.h.N.ln_1``,
@@ -19,7 +19,7 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812  (torch's own convention)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -142,7 +142,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), rope, mask)
-        return x + self.mlp(self.ln_2(x))
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -165,7 +166,11 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.checkpointing = checkpointing
         self.attention = attention
-        modules: dict[str, nn.Module] = {"wte": nn.Embedding(cfg.vocab_size, cfg.n_embd)}
+        lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.tie_embeddings:  # nanoGPT's weight tying: one tensor, counted once (as wte)
+            wte.weight = lm_head.weight
+        modules: dict[str, nn.Module] = {"wte": wte}
         if cfg.position == "learned":
             modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
         modules["drop"] = Dropout(cfg.dropout, cuda_semantics=cuda_semantics)
@@ -174,9 +179,7 @@ class GPT(nn.Module):
             for _ in range(cfg.n_layer))
         modules["ln_f"] = _norm(cfg)
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:  # nanoGPT's weight tying: one tensor, counted once
-            self.transformer.wte.weight = self.lm_head.weight
+        self.lm_head = lm_head
         self.apply(_init_weights)
         if cfg.position == "rope":
             inv_freq = ROPE_THETA ** (-torch.arange(0, cfg.head_dim, 2) / cfg.head_dim)
@@ -186,26 +189,28 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T = idx.shape
+        T = idx.shape[1]
         if self.cfg.block_size < T:
             raise ValueError(f"seq_len={T} exceeds block_size={self.cfg.block_size}; use "
                              f"seq_len <= {self.cfg.block_size} or a larger block_size")
-        x = self.transformer.wte(idx)
-        if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
-        x = self.transformer.drop(x)
+        parts = self.transformer
+        x = parts["wte"](idx)
+        if "wpe" in parts:
+            x = x + parts["wpe"](torch.arange(T, device=idx.device))
+        x = parts["drop"](x)
         rope = None
         if self.cfg.position == "rope":
-            rope = (self.rope_cos[:T].to(x.dtype), self.rope_sin[:T].to(x.dtype))
+            cos, sin = self.get_buffer("rope_cos"), self.get_buffer("rope_sin")
+            rope = (cos[:T].to(x.dtype), sin[:T].to(x.dtype))
         mask = None  # one causal mask shared by every layer (True above the diagonal)
         if self.attention == "eager":
             mask = torch.ones(T, T, dtype=torch.bool, device=idx.device).triu(1)
-        for block in self.transformer.h:
+        for block in parts["h"].children():
             if self.checkpointing:
                 x = checkpoint(block, x, rope, mask, use_reentrant=False)
             else:
                 x = block(x, rope, mask)
-        logits = self.lm_head(self.transformer.ln_f(x))
+        logits: torch.Tensor = self.lm_head(parts["ln_f"](x))
         loss = None
         if targets is not None:  # as nanoGPT: cross-entropy over every position
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))

@@ -33,7 +33,7 @@ def _storage_bytes(t: torch.Tensor) -> int:
     return int(t.untyped_storage().nbytes())
 
 
-class LiveBytesTracker(TorchDispatchMode):
+class LiveBytesTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """Counts the bytes of live storages; the running maximum is the peak.
 
     Every storage that an operator returns is registered when first seen and unregistered when
@@ -44,7 +44,7 @@ class LiveBytesTracker(TorchDispatchMode):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.live: dict[int, int] = {}
         self._refs: dict[int, weakref.ref[Any]] = {}
         self.current = 0
@@ -73,12 +73,18 @@ class LiveBytesTracker(TorchDispatchMode):
             return
         nbytes = int(storage.nbytes())
         self.live[key] = nbytes
-        self._refs[key] = weakref.ref(storage, lambda _ref, key=key: self._free(key))
+        self._refs[key] = weakref.ref(storage, self._freer(key))
         self.current += nbytes
         if self.current > self.peak:
             self.peak, self.peak_phase = self.current, self.phase
         if self.current > self.phase_peaks.get(self.phase, 0):
             self.phase_peaks[self.phase] = self.current
+
+    def _freer(self, key: int) -> Callable[[Any], None]:
+        def on_free(_ref: Any) -> None:
+            self._free(key)
+
+        return on_free
 
     def _free(self, key: int) -> None:
         nbytes = self.live.pop(key, 0)

@@ -1,0 +1,178 @@
+"""Measured vs predicted over a grid of configs: ``python -m scaleplan.reference.validate``.
+
+Writes ``validation.md`` and ``validation.json`` to ``--out``. Every quantity that scaleplan's
+analytic side can predict is compared; predictors are plugged in at one place, `predictors`,
+and appear as soon as their module (``scaleplan.flops``, ``scaleplan.memory``) is importable.
+Runs unchanged on a GPU machine (``--device cuda``), where the allocator's own peak is added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from scaleplan.config import GPTConfig
+from scaleplan.params import count_params
+from scaleplan.reference.measure import StepMeasurement, measure
+
+__all__ = ["Predictor", "grid", "main", "predictors", "validate"]
+
+Predictor = Callable[[StepMeasurement], "dict[str, float]"]
+"""Maps a measurement to predicted values, keyed by the measured field they predict."""
+
+MIB = 2**20
+
+# Tiny members of each family: fast on 2 CPU cores, yet every option is exercised.
+GRID_CONFIGS: dict[str, GPTConfig] = {name: GPTConfig.model_validate(fields) for name, fields in {
+    "gpt2-tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64, "vocab_size": 256},
+    "gpt2-odd": {"n_layer": 3, "n_head": 3, "n_embd": 20, "head_dim": 6, "block_size": 40,
+                 "vocab_size": 97, "bias": False},
+    "llama-tiny": {"n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64, "block_size": 64,
+                   "vocab_size": 256, "bias": False, "mlp": "swiglu", "mlp_hidden": 176,
+                   "norm": "rmsnorm", "position": "rope", "tie_embeddings": False},
+    "mqa-geglu": {"n_layer": 2, "n_head": 4, "n_kv_head": 1, "n_embd": 32, "block_size": 32,
+                  "vocab_size": 101, "mlp": "geglu", "mlp_hidden": 80, "position": "none"},
+}.items()}
+PRECISION_GRID = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32-master")
+QUICK_COMBOS = ((0.0, "flash", "32-true"), (0.1, "flash", "bf16-mixed"),
+                (0.0, "eager", "bf16-mixed"), (0.1, "eager", "32-true"))
+
+
+def grid(*, quick: bool, device: str) -> Iterator[tuple[str, GPTConfig, dict[str, Any]]]:
+    """(label, config, measure() keywords) for every point of the grid."""
+    # The last micro-batch of gradient accumulation: gradients resident, the worst step.
+    shape = {"micro_batch_size": 2, "seq_len": 32, "accumulating": True}
+    if quick:  # each config with each dropout, attention kind and precision once
+        for name in ("gpt2-tiny", "llama-tiny"):
+            for dropout, attention, precision in QUICK_COMBOS:
+                yield name, GRID_CONFIGS[name].replace(dropout=dropout), {
+                    **shape, "attention": attention, "precision": precision}
+        return
+    for name in GRID_CONFIGS:
+        for dropout in (0.0, 0.1):
+            cfg = GRID_CONFIGS[name].replace(dropout=dropout)
+            for attention in ("flash", "eager"):
+                for precision in PRECISION_GRID:
+                    yield name, cfg, {**shape, "attention": attention, "precision": precision}
+            yield name, cfg, {**shape, "checkpointing": True, "precision": "bf16-mixed"}
+            if device == "cpu":
+                yield name, cfg, {**shape, "cuda_semantics": True, "precision": "bf16-mixed"}
+    # Published sizes: without allocating on CPU, for real on CUDA.
+    big = {"gpt2": 8, "gpt2-xl": 1} if device == "cuda" else {"gpt2-xl": 1, "llama-2-7b": 1}
+    for name, b in big.items():
+        yield name, GPTConfig.preset(name), {"micro_batch_size": b, "seq_len": 1024,
+                                             "accumulating": True,
+                                             "precision": "bf16-mixed", "fake": device == "cpu"}
+
+
+def _optional(module: str, name: str) -> Any:
+    """``module.name`` if that module exists yet (other parts are written concurrently)."""
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def predictors() -> dict[str, Predictor]:
+    """The analytic predictions available now: the one place where formulas are plugged in."""
+    found: dict[str, Predictor] = {
+        "params": lambda m: {"params": float(count_params(m.config).total)},
+    }
+    step_flops = _optional("scaleplan.flops", "step_flops")
+    if step_flops is not None:
+        def flops(m: StepMeasurement) -> dict[str, float]:
+            if m.checkpointing:
+                return {}
+            s = step_flops(m.config, micro_batch_size=m.micro_batch_size, seq_len=m.seq_len,
+                           causal=False)  # FlopCounterMode does not halve causal attention
+            return {"flops_forward": float(s.forward), "flops": float(s.total)}
+
+        found["flops"] = flops
+    training_memory = _optional("scaleplan.memory", "training_memory")
+    if training_memory is not None:
+        def memory(m: StepMeasurement) -> dict[str, float]:
+            device = m.device if not m.cuda_semantics else "cpu-cuda-semantics"
+            p = training_memory(
+                m.config, micro_batch_size=m.micro_batch_size, seq_len=m.seq_len,
+                precision=m.precision, attention=m.attention, optimizer_impl=m.optimizer,
+                checkpointing="full" if m.checkpointing else "none", device=device,
+                hold_logits=False)
+            return {"saved_for_backward": float(p.saved_for_backward),
+                    "autocast_weight_copies": float(p.autocast_weight_copies),
+                    "peak_bytes": float(p.tensor_peak)}
+
+        found["memory"] = memory
+    return found
+
+
+def _measured(m: StepMeasurement, key: str) -> float:
+    return float(getattr(m, key))
+
+
+def validate(*, device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
+    """Measure every grid point and compare with every available predictor."""
+    plugged = predictors()
+    rows: list[dict[str, Any]] = []
+    for name, cfg, kwargs in grid(quick=quick, device=device):
+        start = time.perf_counter()
+        m = measure(cfg, device=device, **kwargs)
+        row: dict[str, Any] = {"config": name, **kwargs, "dropout": cfg.dropout,
+                               "seconds": round(time.perf_counter() - start, 2),
+                               "measurement": json.loads(m.model_dump_json()), "compare": {}}
+        for source, predict in plugged.items():
+            try:
+                predicted = predict(m)
+            except Exception as exc:  # a predictor still being written must not stop the grid
+                row["compare"][source] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            for key, value in predicted.items():
+                actual = _measured(m, key)
+                row["compare"][key] = {"measured": actual, "predicted": value,
+                                       "ratio": value / actual if actual else None}
+        rows.append(row)
+    return rows
+
+
+def _markdown(rows: list[dict[str, Any]], device: str) -> str:
+    lines = [f"# scaleplan validation ({device})", "",
+             "Measured by `scaleplan.reference.measure`; bytes in MiB, ratio = predicted / "
+             "measured.", "",
+             "| config | precision | attn | drop | ckpt | fake | params | GFLOP | saved MiB | "
+             "peak MiB | predictions (ratio) |", "|" + "---|" * 11]
+    for r in rows:
+        m = r["measurement"]
+        ratios = ", ".join(
+            f"{k} {v['ratio']:.4f}" if "ratio" in v and v["ratio"] is not None
+            else f"{k}: {v.get('error', 'n/a')[:60]}" for k, v in r["compare"].items())
+        lines.append(
+            f"| {r['config']} | {m['precision']} | {m['attention']} | {m['config']['dropout']} "
+            f"| {m['checkpointing']} | {m['fake']} | {m['params']:,} | {m['flops'] / 1e9:.3f} "
+            f"| {m['saved_for_backward'] / MIB:.3f} | {m['peak_bytes'] / MIB:.3f} | {ratios} |")
+    notes = sorted({n for r in rows for n in r["measurement"]["notes"]})
+    lines += ["", "## Device semantics seen", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.validate",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="a small grid (seconds)")
+    parser.add_argument("--out", type=Path, default=Path("validation"))
+    args = parser.parse_args(argv)
+    rows = validate(device=args.device, quick=args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "validation.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "validation.md").write_text(_markdown(rows, args.device))
+    print(f"{len(rows)} measurements written to {args.out}/validation.md and validation.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

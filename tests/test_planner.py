@@ -1,0 +1,180 @@
+"""plan(): the seed case's question answered, checked against the memory model, hand-derived
+token budgets and FLOPs, and the exporters read back."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from scaleplan.batching import micro_batch_sizes
+from scaleplan.config import GPTConfig
+from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.hardware import gpu
+from scaleplan.loaders import load_nanogpt_config
+from scaleplan.memory import training_memory
+from scaleplan.planner import Plan, plan
+
+GPT2 = GPTConfig.preset("gpt2")
+
+
+@pytest.fixture(scope="module")
+def seed_plan() -> Plan:
+    # seed-case.md: "what micro-batch fits in 12 GB for n_embd = 768, and exactly how many
+    # gradient-accumulation steps keep ~524k tokens per step?"
+    return plan(GPT2, "RTX 4070", tokens_per_step=524_288)
+
+
+def test_seed_case_step_is_exact_and_fits(seed_plan: Plan) -> None:
+    p = seed_plan
+    assert p.micro_batch_size * p.grad_accum_steps * p.seq_len == 524_288
+    assert p.seq_len == 1024 and p.world_size == 1
+    assert p.fits and p.memory.total <= p.available_bytes
+    # the RTX 4070's nvidia-smi total is 12,282 MiB (hardware data file, sourced there)
+    assert p.available_bytes == 12_282 * 2**20
+    assert p.headroom_bytes == p.available_bytes - p.memory.total
+
+
+def test_seed_case_next_larger_micro_batch_does_not_fit(seed_plan: Plan) -> None:
+    sizes = micro_batch_sizes(524_288, 1024)
+    larger = sizes[sizes.index(seed_plan.micro_batch_size) + 1]
+    mem = training_memory(GPT2, micro_batch_size=larger, seq_len=1024, precision="bf16-mixed")
+    assert mem.total > seed_plan.available_bytes
+    marks = {c.micro_batch_size: c.fits for c in seed_plan.candidates}
+    assert marks[seed_plan.micro_batch_size] and not marks[larger]
+
+
+def test_choice_is_the_largest_fitting_divisor_by_exhaustive_search(seed_plan: Plan) -> None:
+    fitting = [b for b in micro_batch_sizes(524_288, 1024)
+               if training_memory(GPT2, micro_batch_size=b, seq_len=1024).total
+               <= seed_plan.available_bytes]
+    assert seed_plan.micro_batch_size == max(fitting)
+
+
+def test_model_states_are_nanogpts_16_bytes_per_parameter(seed_plan: Plan) -> None:
+    # bf16-mixed as nanoGPT runs it: fp32 weights (4 B) and grads (4 B), AdamW's two fp32 states
+    # (8 B): 16 bytes for each of GPT-2's 124,439,808 parameters.
+    m = seed_plan.memory
+    assert (m.weights, m.gradients, m.optimizer) == (4 * 124_439_808, 4 * 124_439_808,
+                                                     8 * 124_439_808)
+
+
+def test_precision_is_chosen_by_the_gpu() -> None:
+    assert plan(GPT2, "A100 SXM 80GB").precision == "bf16-mixed"
+    t4 = plan(GPT2, "T4")
+    assert t4.precision == "16-mixed" and "no bf16 tensor cores" in t4.precision_reason
+    forced = plan(GPT2, "V100 SXM2 32GB", precision="bf16-mixed")
+    assert "no-bf16-tensor-cores" in {w.code for w in forced.warnings}
+
+
+def test_default_tokens_are_chinchilla_optimal_by_hand() -> None:
+    # Hoffmann et al. 2022 Approach 3, unrounded constants (design.md). For a fixed N the
+    # compute-optimal D solves N = G (C/6)^a with C = 6 N D: C/6 = (N/G)^(1/a), D = (C/6) / N.
+    E, A, B, alpha, beta = 1.69337368, 406.401018, 410.722827, 0.33917084, 0.2849083
+    a = beta / (alpha + beta)
+    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+    N = 124_439_808
+    D = (N / G) ** (1 / a) / N
+    p = plan(GPT2, "A100 SXM 80GB", tokens_per_step=524_288)
+    assert p.total_tokens == pytest.approx(D, rel=1e-6)
+    assert p.expected_loss == pytest.approx(E + A / N**alpha + B / D**beta, rel=1e-9)
+    assert p.steps == math.ceil(p.total_tokens / 524_288)
+
+
+def test_time_from_flops_by_hand() -> None:
+    # PaLM App. B per token, causal: 6 N_matmul + 6 L H Q T. GPT-2: N_matmul = 12 layers x
+    # 12 d^2 + the tied head d V = 84,934,656 + 38,597,376 = 123,532,032.
+    per_token = 6 * 123_532_032 + 6 * 12 * 12 * 64 * 1024
+    p = plan(GPT2, "H100 SXM", tokens_per_step=524_288, total_tokens=10**10, mfu=0.5,
+             world_size=8)
+    expected_hours = 10**10 * per_token / (0.5 * 989e12 * 8) / 3600  # H100 SXM dense bf16
+    assert p.hours == pytest.approx(expected_hours, rel=1e-9)
+    assert p.training_flops == pytest.approx(10**10 * per_token, rel=1e-12)
+    assert p.grad_accum_steps * p.micro_batch_size * 1024 * 8 == 524_288
+
+
+def test_hours_budget_gives_tokens() -> None:
+    p = plan(GPT2, "RTX 4070", tokens_per_step=524_288, hours=24, mfu=0.3)
+    per_token = 6 * 123_532_032 + 6 * 12 * 12 * 64 * 1024
+    assert p.total_tokens == pytest.approx(24 * 3600 * 0.3 * 58.2912e12 / per_token, rel=1e-6)
+    assert p.hours == pytest.approx(24, rel=1e-6)
+
+
+def test_remedy_applied_when_micro_batch_1_does_not_fit() -> None:
+    p = plan(GPTConfig.preset("gpt2-large"), "RTX 4070", tokens_per_step=524_288)
+    assert p.remedy is not None and p.fits
+    base = training_memory(GPTConfig.preset("gpt2-large"), micro_batch_size=1, seq_len=1024)
+    assert base.total > p.available_bytes  # without the remedy it would not fit
+    assert any(r.fits and r.name == p.remedy for r in p.remedies)
+
+
+def test_nothing_fits_says_what_would() -> None:
+    with pytest.raises(ScaleplanError, match=r"nothing fits on one RTX 4070 \(11.99 GiB\).*"
+                       r"narrow the model to n_embd=\d+ \(from 4096\)"):
+        plan(GPTConfig.preset("llama-2-7b"), "RTX 4070", seq_len=1024)
+
+
+def test_warnings() -> None:
+    codes = {w.code for w in plan(GPT2.replace(dropout=0.1), "RTX 4070",
+                                  total_tokens=10**10).warnings}
+    # RTX 4070: 46 SMs < 68; 1e10 tokens is ~4.1x the ~2.44e9 compute-optimal budget
+    assert {"inductor-small-gpu", "dropout-single-epoch", "past-compute-optimal"} <= codes
+    assert "inductor-small-gpu" not in {w.code for w in plan(GPT2, "H100 SXM").warnings}
+    rope = GPTConfig.preset("smollm2-135m").replace(block_size=512)
+    assert "seq-len-above-block-size" in {w.code for w in plan(rope, "H100 SXM",
+                                                               seq_len=1024).warnings}
+    short = plan(GPT2, "H100 SXM", total_tokens=10**8)
+    assert "short-of-compute-optimal" in {w.code for w in short.warnings}
+
+
+def test_plan_round_trips_through_json(seed_plan: Plan) -> None:
+    again = Plan.model_validate_json(seed_plan.model_dump_json())
+    assert again == seed_plan
+
+
+def test_nanogpt_export_reads_back_to_the_same_settings(seed_plan: Plan) -> None:
+    run = load_nanogpt_config("exported.py", text=seed_plan.to_nanogpt_config())
+    assert run.model.replace(vocab_size=GPT2.vocab_size, bias=True) == GPT2.replace()
+    assert run.training.micro_batch_size == seed_plan.micro_batch_size
+    assert run.training.tokens_per_step == 524_288
+    assert run.training.max_iters == seed_plan.steps
+    assert run.training.precision == "bf16-mixed"
+
+
+def test_other_exports(seed_plan: Plan) -> None:
+    ds = seed_plan.to_deepspeed()
+    assert ds["train_batch_size"] == 524_288 // 1024  # sequences per step, as DeepSpeed checks
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] == 512
+    args = seed_plan.to_hf_training_args()
+    assert args["bf16"] and not args["fp16"] and args["max_steps"] == seed_plan.steps
+    eight = plan(GPT2, "H100 SXM", world_size=8, tokens_per_step=524_288)
+    assert eight.to_torchrun("train.py") == "torchrun --standalone --nproc_per_node=8 train.py"
+    assert json.dumps(eight.to_deepspeed())  # serialisable
+    with pytest.raises(ScaleplanError, match="nanoGPT builds GPT-2-style models only"):
+        plan(GPTConfig.preset("smollm2-135m"), "H100 SXM", seq_len=1024).to_nanogpt_config()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"gpu": "RTX 4071"}, UnknownNameError, r"unknown GPU 'RTX 4071'; did you mean"),
+        ({"tokens_per_step": 1000}, ScaleplanError,
+         r"tokens_per_step=1,000 is not a whole number of sequences .* try tokens_per_step=1,024"),
+        ({"hours": 0}, ScaleplanError, r"hours=0 must be a positive number of hours"),
+        ({"mfu": 0.0}, ScaleplanError, r"mfu=0.0 must be a fraction in \(0, 1\]"),
+        ({"mfu": 45}, ScaleplanError, r"mfu=45 must be a fraction"),
+        ({"total_tokens": -5}, ScaleplanError, r"total_tokens=-5 must be a positive int"),
+        ({"world_size": 0}, ScaleplanError, r"world_size=0 must be an int >= 1"),
+        ({"hours": 5, "total_tokens": 10**9}, ScaleplanError, r"not both"),
+        ({"precision": "fp64"}, UnknownNameError, r"unknown precision 'fp64'"),
+    ],
+)
+def test_bad_input(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
+    args: dict[str, object] = {"gpu": "RTX 4070"} | kwargs
+    with pytest.raises(error, match=message):
+        plan(GPT2, **args)  # type: ignore[arg-type]
+
+
+def test_gpu_spec_instance_is_accepted() -> None:
+    assert plan(GPT2, gpu("RTX 4090")).gpu.name == "RTX 4090"
