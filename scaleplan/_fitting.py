@@ -7,18 +7,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from scaleplan._markers import TIGHT_FIT_FRACTION, Finding, GiB, Marker, Subject
+from scaleplan.activations import AttentionKind, CheckpointingKind
 from scaleplan.config import GPTConfig, normalize_precision
 from scaleplan.errors import ScaleplanError
 from scaleplan.hardware import GPUSpec
 
 __all__ = ["DivisibleStep", "FitsOn"]
 
-# The memory model's modes (scaleplan.memory.training_memory's ``attention``/``checkpointing``).
-_ATTENTION = ("flash", "eager")
-_CHECKPOINTING = ("none", "selective", "full")
+_ATTENTION: tuple[str, ...] = get_args(AttentionKind)
+_CHECKPOINTING: tuple[str, ...] = get_args(CheckpointingKind)
 DEFAULT_PRECISION = "bf16-mixed"  # nanoGPT's default (dtype='bfloat16' under autocast)
 DEFAULT_OPTIMIZER = "adamw"
 
@@ -59,8 +59,8 @@ class FitsOn(Marker):
     seq_len: int | None = None
     precision: str | None = None
     optimizer: str | None = None
-    attention: str = "flash"
-    checkpointing: str = "none"
+    attention: AttentionKind = "flash"
+    checkpointing: CheckpointingKind = "none"
     headroom: float = 0.0
     memory_model: Callable[..., Any] | None = None
     gpu_name: str = field(init=False, compare=False)
@@ -82,8 +82,6 @@ class FitsOn(Marker):
                 or not 0 <= self.headroom < 1:
             raise ScaleplanError(f"headroom={self.headroom!r} must be a fraction in [0, 1), "
                                  "e.g. headroom=0.1 to keep 10% of the memory free")
-        if self.memory_model is None:
-            import scaleplan.memory  # noqa: F401  (fail now, not at first use, if it is missing)
 
     @staticmethod
     def _resolve_gpu(gpu: Any) -> tuple[str, int]:
