@@ -6,8 +6,9 @@ Every public name is re-exported here; ``tests/test_public_api.py`` pins the lis
 from scaleplan.batching import grad_accum_steps
 from scaleplan.budget import plan_for_budget
 from scaleplan.config import GPTConfig, TrainingConfig
-from scaleplan.diagnose import Diagnosis, Finding, diagnose
+from scaleplan.diagnose import Diagnosis, diagnose
 from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError
+from scaleplan.findings import Finding
 from scaleplan.flops import StepFlops, flops_per_token, step_flops, training_flops
 from scaleplan.hardware import GPUSpec, gpu, gpus, register_gpu
 from scaleplan.loaders import NanoGPTRun, from_hf, load_nanogpt_config
@@ -34,6 +35,14 @@ from scaleplan.throughput import (
     throughput_at_mfu,
     time_to_train,
 )
+from scaleplan.validators import (
+    DivisibleStep,
+    FitsOn,
+    MaxParams,
+    ParamsNear,
+    TokensPerParam,
+    check,
+)
 
 __version__ = "0.1.0"
 
@@ -41,22 +50,28 @@ __all__ = [
     "ComputeOptimal",
     "ConfigFileError",
     "Diagnosis",
+    "DivisibleStep",
     "Finding",
+    "FitsOn",
     "GPTConfig",
     "GPUSpec",
+    "MaxParams",
     "MemoryBreakdown",
     "NanoGPTRun",
     "ParamCount",
+    "ParamsNear",
     "Plan",
     "ScaleplanError",
     "ScalingLaw",
     "StepFlops",
     "Throughput",
+    "TokensPerParam",
     "TrainingConfig",
     "TrainingLog",
     "TrainingTime",
     "UnknownNameError",
     "Utilization",
+    "check",
     "chinchilla_tokens",
     "count_params",
     "critical_batch_size",

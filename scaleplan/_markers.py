@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from scaleplan.config import GPTConfig, TrainingConfig
 from scaleplan.errors import ScaleplanError
+from scaleplan.findings import Finding
 
 __all__ = [
     "TIGHT_FIT_FRACTION",
@@ -63,35 +64,6 @@ def check_nonnegative(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value) or value < 0:
         raise ScaleplanError(f"{name}={value!r} must be a finite number >= 0, e.g. {name}=0.1")
-
-
-class Finding(BaseModel):
-    """One result of a rule: what is wrong (or close to it), with its numbers.
-
-    ``severity="error"`` findings are what a marker raises as a ``ValidationError``: ``code``
-    is the error's ``type``, ``numbers`` and ``labels`` together its ``ctx``.
-
-    >>> Finding(severity="warning", code="scaleplan.tight_fit", message="...").context
-    {}
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    severity: Literal["error", "warning"]
-    code: str = Field(description="Stable identifier, e.g. 'scaleplan.does_not_fit'.")
-    message: str = Field(description="What is wrong and the fix; sizes in GiB.")
-    numbers: dict[str, int | float] = Field(default_factory=dict, description="Bytes, counts.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Names: GPU, precision.")
-
-    @property
-    def context(self) -> dict[str, int | float | str]:
-        """``numbers`` and ``labels`` together: the raised error's ``ctx``."""
-        return {**self.numbers, **self.labels}
-
-    def error(self) -> PydanticCustomError:
-        """This finding as the error a marker raises."""
-        return PydanticCustomError(self.code, self.message.replace("{", "(").replace("}", ")"),
-                                   self.context)
 
 
 @dataclass(frozen=True)

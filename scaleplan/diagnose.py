@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.config import GPTConfig, TrainingConfig
+from scaleplan.findings import Finding, Severity
 from scaleplan.hardware import INDUCTOR_MIN_SMS, GPUSpec
 from scaleplan.hardware import gpu as lookup_gpu
 from scaleplan.loaders import NanoGPTRun, load_nanogpt_config
@@ -41,7 +42,6 @@ from scaleplan.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu
 
 __all__ = ["Diagnosis", "Finding", "Recommendation", "Severity", "diagnose", "nanogpt_lr"]
 
-Severity = Literal["info", "warning", "error"]
 Number = int | float | str
 
 SIZE_TOLERANCE = 0.10  # a claimed size within 10% of the count is "about right"
@@ -52,18 +52,6 @@ OVERFIT_RELATIVE_GAP = 0.05  # val above train by 5% of the loss
 LR_MIN_FRACTION = 0.10  # over 10% of the run at min_lr
 LR_TAIL_FRACTION = 0.90  # the schedule should have run 90% of its decay by the end
 _WIDTH_MULTIPLE = 64  # widths are kept to multiples of 64 (tensor-core friendly, as GPT-2's 768)
-
-
-class Finding(BaseModel):
-    """One thing wrong (or worth knowing) about a run, with its numbers and the fix."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    code: str = Field(description="Stable identifier, e.g. 'size-mismatch'.")
-    severity: Severity
-    message: str
-    fix: str
-    numbers: dict[str, Number] = Field(default_factory=dict)
 
 
 class Recommendation(BaseModel):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from scaleplan.errors import ConfigFileError
 
-__all__ = ["ParsedAssignments", "parse_assignments", "parse_size"]
+__all__ = ["ParsedAssignments", "parse_amount", "parse_assignments", "parse_size"]
 
 # Bounds on what a config's arithmetic may produce: config values are at most ~1e15
 # (tokens, iterations), so anything past these is a mistake or an attack.
@@ -53,6 +53,7 @@ _CLAIM = re.compile(
     r"(?:param(?:eter)?s?|model)\b)",
     re.IGNORECASE,
 )
+_AMOUNT = re.compile(r"~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])", re.IGNORECASE)
 _UNIT = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
 
@@ -76,6 +77,18 @@ def parse_size(text: str) -> int | None:
     True
     """
     match = _CLAIM.search(text)
+    if match is None:
+        return None
+    return round(float(match["num"]) * _UNIT[match["unit"].lower()])
+
+
+def parse_amount(text: str) -> int | None:
+    """A bare amount such as "~125M" or "1.5B" (the whole text), or None.
+
+    >>> parse_amount("~125M"), parse_amount("1.5b"), parse_amount("125M tokens")
+    (125000000, 1500000000, None)
+    """
+    match = _AMOUNT.fullmatch(text.strip())
     if match is None:
         return None
     return round(float(match["num"]) * _UNIT[match["unit"].lower()])

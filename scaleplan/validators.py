@@ -87,11 +87,11 @@ def parse_claim(claimed: int | float | str) -> int:
     >>> parse_claim("~125M"), parse_claim("1.5B"), parse_claim("124,439,808")
     (125000000, 1500000000, 124439808)
     """
-    from scaleplan.nanogpt_file import parse_size
+    from scaleplan.nanogpt_file import parse_amount, parse_size
 
     if isinstance(claimed, str):
         text = claimed.strip().replace(",", "").replace("_", "")
-        found = parse_size(text) or parse_size("~" + text.lstrip("~ "))
+        found = parse_amount(text) or parse_size(text)
         if found is None:
             try:
                 found = round(float(text))

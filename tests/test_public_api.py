@@ -26,6 +26,8 @@ EXPECTED = {
     "MemoryBreakdown", "training_memory", "grad_accum_steps", "Plan", "plan", "plan_for_budget",
     # logs and diagnosis
     "TrainingLog", "read_log", "Diagnosis", "Finding", "diagnose",
+    # validators for users' own pydantic models
+    "FitsOn", "ParamsNear", "MaxParams", "TokensPerParam", "DivisibleStep", "check",
     # errors
     "ConfigFileError", "ScaleplanError", "UnknownNameError",
 }
