@@ -215,7 +215,9 @@ def plan(
         seq_len: tokens per sequence; default ``cfg.block_size``.
         mfu: model FLOPs utilisation for the time estimate; default `ASSUMED_MFU`.
         law: the scaling law for compute-optimal tokens and the expected loss.
-        optimizer, attention, checkpointing: as in `training_memory`.
+        optimizer: as in `training_memory`.
+        attention: as in `training_memory`.
+        checkpointing: as in `training_memory`.
         memory_options: passed to `training_memory` (e.g. ``cuda_context_bytes``).
 
     The micro-batch is the largest that fits (by `training_memory`, overhead included) among
