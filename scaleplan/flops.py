@@ -21,12 +21,12 @@ add the forward work that activation recomputation repeats (`Recompute`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.config import GPTConfig
-from scaleplan.params import count_params
+from scaleplan.params import param_terms
 
 __all__ = [
     "FlopsMethod",
@@ -36,7 +36,9 @@ __all__ = [
     "kaplan_training_flops",
     "matmul_params",
     "palm_flops_per_token",
+    "step_flop_terms",
     "step_flops",
+    "token_flops",
     "training_flops",
 ]
 
@@ -65,7 +67,7 @@ BACKWARD_TO_FORWARD = 2
 KAPLAN_FLOPS_PER_PARAM_TOKEN = 6
 
 
-def matmul_params(cfg: GPTConfig) -> int:
+def matmul_params(cfg: GPTConfig) -> Any:
     """N for FLOPs: the weights of every matrix multiply a token goes through.
 
     Per block: q (d x H·Q), k and v (d x K·Q each, K = n_kv_head), the output projection
@@ -73,6 +75,9 @@ def matmul_params(cfg: GPTConfig) -> int:
     d x V, which is a matmul whether or not it is tied to wte. Embedding lookups (wte, wpe),
     norms and bias additions are not matmuls and are left out: they are the elementwise work
     that FlopCounterMode counts as zero.
+
+    Like `scaleplan.params.param_terms`, only ``+`` and ``*`` touch the sizes, so
+    `scaleplan.symbolic` evaluates this same function on symbols.
 
     >>> matmul_params(GPTConfig.preset("gpt2"))  # 12 x 7,077,888 + 768 x 50257
     123532032
@@ -84,17 +89,30 @@ def matmul_params(cfg: GPTConfig) -> int:
     return cfg.n_layer * per_layer + d * cfg.vocab_size
 
 
-def _attention_forward(L: int, H: int, Q: int, T: int, *, causal: bool) -> int:
+def _attention_matmul(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
+    """Forward FLOPs of one of QK^T and AV for one token: 2·T·Q per head and layer (T·Q
+    multiply-adds), halved when ``causal`` (Megatron-LM's T²/2 triangle, see the module
+    docstring). Written without division so that ints stay exact ints."""
+    macs = L * H * Q * T
+    return macs * (FLOPS_PER_MAC // 2) if causal else macs * FLOPS_PER_MAC
+
+
+def _attention_forward(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
     """Forward FLOPs of QK^T and AV for one token: 2 matmuls x 2·T·Q per head and layer.
 
     This is a third of PaLM's 12·L·H·Q·T (App. B); halved when ``causal``.
     """
-    full = 2 * FLOPS_PER_MAC * L * H * Q * T
-    return full // 2 if causal else full
+    return 2 * _attention_matmul(L, H, Q, T, causal=causal)
 
 
-def _attention_forward_per_token(cfg: GPTConfig, seq_len: int, *, causal: bool) -> int:
+def _attention_forward_per_token(cfg: GPTConfig, seq_len: Any, *, causal: bool) -> Any:
     return _attention_forward(cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
+
+
+def _palm(n_params: Any, L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
+    """6N + 12·L·H·Q·T (PaLM App. B), plain arithmetic (ints stay ints, symbols stay symbols)."""
+    attention = _attention_forward(L, H, Q, T, causal=causal)
+    return KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params + (1 + BACKWARD_TO_FORWARD) * attention
 
 
 def palm_flops_per_token(
@@ -115,9 +133,7 @@ def palm_flops_per_token(
     3277734806784.0
     """
     _check_seq_len(seq_len)
-    attention = _attention_forward(n_layer, n_head, head_dim, seq_len, causal=causal)
-    return float(KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params
-                 + (1 + BACKWARD_TO_FORWARD) * attention)  # 6N + 12·L·H·Q·T
+    return float(_palm(n_params, n_layer, n_head, head_dim, seq_len, causal=causal))
 
 
 def flops_per_token(
@@ -140,26 +156,38 @@ def flops_per_token(
     855166464.0
     """
     _check_seq_len(seq_len)
+    return float(token_flops(cfg, seq_len, causal=causal, recompute=recompute, method=method))
+
+
+def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
+                recompute: Recompute = "none", method: FlopsMethod = "palm") -> Any:
+    """`flops_per_token` as plain arithmetic, unchecked and not converted to float.
+
+    Only ``+`` and ``*`` touch the sizes and ``seq_len``, so this one formula gives exact ints
+    for a `GPTConfig` and sympy expressions for `scaleplan.symbolic`'s symbolic view.
+
+    >>> token_flops(GPTConfig.preset("gpt2"), 1024, causal=False, method="nanogpt")
+    855166464
+    """
     if method == "kaplan":
-        pc = count_params(cfg)
-        n = pc.non_embedding
-        blocks = n - pc.lm_head  # an untied head is in Kaplan's N but is not recomputed
+        pc = param_terms(cfg)
+        n = pc["non_embedding"]
+        blocks = n - pc["lm_head"]  # an untied head is in Kaplan's N but is not recomputed
         extra = _recompute_extra(FLOPS_PER_MAC * blocks, 0, recompute)  # no attention term
-        return kaplan_training_flops(n, 1) + extra
+        return KAPLAN_FLOPS_PER_PARAM_TOKEN * n + extra
     if method == "nanogpt":
-        n = count_params(cfg).nanogpt
+        n = param_terms(cfg)["nanogpt"]
     elif method == "palm":
         n = matmul_params(cfg)
     else:
         raise ValueError(f"method={method!r} is not one of 'palm', 'nanogpt', 'kaplan'")
-    model = palm_flops_per_token(n, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                                 head_dim=cfg.head_dim, seq_len=seq_len, causal=causal)
+    model = _palm(n, cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
     attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
     blocks = n - cfg.n_embd * cfg.vocab_size  # the output head is not recomputed
     return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
 
 
-def _recompute_extra(dense_forward: int, attention_forward: int, recompute: Recompute) -> int:
+def _recompute_extra(dense_forward: Any, attention_forward: Any, recompute: Recompute) -> Any:
     if recompute == "none":
         return 0
     if recompute == "selective":
@@ -228,34 +256,37 @@ def step_flops(
     if micro_batch_size <= 0:
         raise ValueError(f"micro_batch_size={micro_batch_size} must be a positive integer")
     _check_seq_len(seq_len)
+    terms = step_flop_terms(cfg, micro_batch_size, seq_len, causal=causal)
+    return StepFlops(micro_batch_size=micro_batch_size, seq_len=seq_len, causal=causal,
+                     **{name: float(value) for name, value in terms.items()})
+
+
+def step_flop_terms(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any, *,
+                    causal: bool = True) -> dict[str, Any]:
+    """The FLOP fields of `StepFlops` as plain arithmetic (exact ints for ints, sympy
+    expressions for `scaleplan.symbolic`'s symbols), unchecked.
+
+    >>> step_flop_terms(GPTConfig.preset("gpt2"), 1, 1024)["lm_head"]  # 2 x 1024 x 768 x 50257
+    79047426048
+    """
     tokens = micro_batch_size * seq_len
     d, Q, L = cfg.n_embd, cfg.head_dim, cfg.n_layer
     n_mlp_in = 2 if cfg.gated_mlp else 1
 
-    def dense(weights: int) -> int:  # 2·m·n·k with m = tokens and n·k = weights
+    def dense(weights: Any) -> Any:  # 2·m·n·k with m = tokens and n·k = weights
         return FLOPS_PER_MAC * tokens * weights
 
     qkv = L * dense(d * (cfg.n_head + 2 * cfg.n_kv_head) * Q)
     attention_out = L * dense(cfg.n_head * Q * d)
     mlp = L * dense((n_mlp_in + 1) * d * cfg.mlp_hidden)
     lm_head = dense(d * cfg.vocab_size)
-    scores = tokens * _attention_forward_per_token(cfg, seq_len, causal=causal) // 2  # QK^T
+    scores = tokens * _attention_matmul(L, cfg.n_head, Q, seq_len, causal=causal)  # QK^T
     values = scores  # AV has the same shape product as QK^T
     forward = qkv + scores + values + attention_out + mlp + lm_head
-    return StepFlops(
-        micro_batch_size=micro_batch_size,
-        seq_len=seq_len,
-        causal=causal,
-        qkv=float(qkv),
-        attention_scores=float(scores),
-        attention_values=float(values),
-        attention_out=float(attention_out),
-        mlp=float(mlp),
-        lm_head=float(lm_head),
-        forward=float(forward),
-        backward=float(BACKWARD_TO_FORWARD * forward),
-        total=float((1 + BACKWARD_TO_FORWARD) * forward),
-    )
+    return {"qkv": qkv, "attention_scores": scores, "attention_values": values,
+            "attention_out": attention_out, "mlp": mlp, "lm_head": lm_head, "forward": forward,
+            "backward": BACKWARD_TO_FORWARD * forward,
+            "total": (1 + BACKWARD_TO_FORWARD) * forward}
 
 
 def training_flops(

@@ -6,11 +6,13 @@ The count follows the model as built by nanoGPT (GPT-2 family) and by Hugging Fa
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.config import GPTConfig
 
-__all__ = ["ParamCount", "count_params"]
+__all__ = ["ParamCount", "count_params", "param_terms"]
 
 
 class ParamCount(BaseModel):
@@ -89,6 +91,20 @@ def count_params(cfg: GPTConfig) -> ParamCount:
     >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
     40560000
     """
+    return ParamCount(**param_terms(cfg))
+
+
+def param_terms(cfg: GPTConfig) -> dict[str, Any]:
+    """The fields of `ParamCount` as plain arithmetic on ``cfg``'s sizes: the formula itself.
+
+    Only ``+`` and ``*`` touch the sizes (n_layer, n_head, n_kv_head, n_embd, head_dim,
+    mlp_hidden, vocab_size, block_size); the structural fields (mlp, norm, position, biases,
+    tie_embeddings) choose branches. So the same code gives exact ints for a `GPTConfig` and
+    sympy expressions for `scaleplan.symbolic`'s view of one whose sizes are symbols.
+
+    >>> param_terms(GPTConfig.preset("gpt2"))["per_layer"]
+    7087872
+    """
     d, h, V = cfg.n_embd, cfg.head_dim, cfg.vocab_size
     q_width, kv_width = cfg.n_head * h, cfg.n_kv_head * h
     n_mlp_in = 2 if cfg.gated_mlp else 1  # gated MLPs have a gate and an up projection
@@ -108,16 +124,16 @@ def count_params(cfg: GPTConfig) -> ParamCount:
     norms = L * block_norms + norm_size  # + the final norm
     biases = L * (attn_bias + mlp_bias) + (L * 2 + 1) * d * cfg.norm_bias
     total = token_embedding + position_embedding + L * (attn + mlp) + norms + lm_head
-    return ParamCount(
-        total=total,
-        token_embedding=token_embedding,
-        position_embedding=position_embedding,
-        attention=L * attn,
-        mlp=L * mlp,
-        norms=norms,
-        lm_head=lm_head,
-        biases=biases,
-        per_layer=per_layer,
-        non_embedding=total - token_embedding - position_embedding,
-        nanogpt=total - position_embedding,
-    )
+    return {
+        "total": total,
+        "token_embedding": token_embedding,
+        "position_embedding": position_embedding,
+        "attention": L * attn,
+        "mlp": L * mlp,
+        "norms": norms,
+        "lm_head": lm_head,
+        "biases": biases,
+        "per_layer": per_layer,
+        "non_embedding": total - token_embedding - position_embedding,
+        "nanogpt": total - position_embedding,
+    }
