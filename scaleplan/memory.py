@@ -26,7 +26,7 @@ from scaleplan.activations import (
     head_saved_terms,
     model_saved_terms,
 )
-from scaleplan.config import GPTConfig, normalize_precision
+from scaleplan.config import GPTConfig, Precision, normalize_precision
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.optimizers import (
     gradient_bytes,
@@ -151,15 +151,23 @@ def saved_for_backward_bytes(
     _check_mode("attention", attention, ("flash", "eager"))
     _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
     _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    b, s = micro_batch_size, seq_len
-    _check_shape(cfg, b, s)
-    dropout = cfg.dropout > 0
-    L = cfg.n_layer if layers is None else layers
+    _check_shape(cfg, micro_batch_size, seq_len)
+    return _saved_terms(cfg, micro_batch_size, seq_len, precision=p, attention=attention,
+                        checkpointing=checkpointing, device=device,
+                        layers=cfg.n_layer if layers is None else layers)
+
+
+def _saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                 attention: AttentionKind, checkpointing: CheckpointingKind, device: DeviceKind,
+                 layers: Any) -> dict[str, Any]:
+    """`saved_for_backward_bytes` unchecked: plain arithmetic on b, s and the config's sizes,
+    which `scaleplan.symbolic` also evaluates on sympy symbols."""
+    p, dropout = precision, cfg.dropout > 0
     out: dict[str, Any] = dict(embedding_saved_terms(cfg, b, s, precision=p, device=device,
                                                      dropout=dropout))
     block = block_saved_terms(cfg, b, s, precision=p, attention=attention,
                               checkpointing=checkpointing, device=device, dropout=dropout)
-    out.update({name: L * v for name, v in block.items()})
+    out.update({name: layers * v for name, v in block.items()})
     out.update(model_saved_terms(cfg, b, s, precision=p, attention=attention,
                                  checkpointing=checkpointing, device=device))
     out.update(head_saved_terms(cfg, b, s, precision=p, device=device))
