@@ -154,7 +154,9 @@ def symbolic_model(cfg: GPTConfig, free: Iterable[str] = ("n_layer", "n_embd")) 
 
     Fields that ``cfg`` derived (given no value) are derived again from the symbols, as
     `GPTConfig` derives them: ``head_dim = d / a``, ``n_kv_head = a``, ``mlp_hidden = 4 d``
-    (GELU) or Llama's rule ``256 * ceiling(floor(8 d / 3) / 256)`` (gated).
+    (GELU) or Llama's rule ``256 * ceiling(floor(8 d / 3) / 256)`` (gated). Floors and
+    ceilings are kept unevaluated: sympy would otherwise move terms it takes for integers out of
+    them.
 
     >>> m = symbolic_model(GPTConfig.preset("gpt2"), free=("n_embd",))
     >>> m.head_dim, m.mlp_hidden
@@ -172,7 +174,9 @@ def symbolic_model(cfg: GPTConfig, free: Iterable[str] = ("n_layer", "n_embd")) 
     if "mlp_hidden" not in given and "mlp_hidden" not in names and "n_embd" in names:
         multiple = 256  # config._SWIGLU_MULTIPLE_OF: Llama's feed-forward rounding
         sizes["mlp_hidden"] = (4 * d if cfg.mlp == "gelu" else
-                               multiple * sympy.ceiling(sympy.floor(8 * d / 3) / multiple))
+                               multiple * sympy.ceiling(
+                                   sympy.floor(8 * d / 3, evaluate=False) / multiple,
+                                   evaluate=False))
     return SymbolicModel(
         **sizes, mlp=cfg.mlp, norm=cfg.norm, position=cfg.position,
         tie_embeddings=cfg.tie_embeddings, dropout=cfg.dropout, qkv_bias=int(cfg.qkv_bias),
@@ -348,12 +352,14 @@ def memory(
         extra += sum(block_saved_terms(cfg_, b, s, precision=p, attention=attention,
                                        checkpointing="none", device=device,
                                        dropout=cfg.dropout > 0).values())
-    worst = sympy.Max(S + copies + extra, temp)
-    peak = W + G + O + worst
+    # Expanded before entering Max and ceiling: sympy 1.14 takes some unexpanded products with
+    # rational coefficients, such as d*(2*k + 2)/10, for integers and moves them out of ceiling.
+    ex = sympy.expand
+    worst = sympy.Max(ex(S + copies + extra), ex(temp))
+    peak = ex(W + G + O) + worst
     slack = sympy.nsimplify(allocator_slack_fraction)
     overhead = sympy.Integer(0) if device == "cpu" else (
-        cuda_context_bytes + sympy.ceiling(slack * peak))
-    ex = sympy.expand
+        cuda_context_bytes + sympy.ceiling(ex(slack * peak), evaluate=False))
     return SymbolicMemory(
         weights=ex(W), gradients=ex(G), optimizer=ex(O), saved_for_backward=ex(S),
         autocast_weight_copies=ex(sympy.sympify(copies)), transient=worst - ex(S + copies),
