@@ -175,3 +175,20 @@ def test_accumulating_step_starts_with_the_gradients_resident() -> None:
     # Forward does not touch gradients: the same bytes on top of a larger base.
     assert last.live_after_forward - fresh.live_after_forward == FP32 * 2144
     assert last.peak_bytes > fresh.peak_bytes
+
+
+def test_cpu_math_attention_under_autocast_saves_fp32() -> None:
+    # b=2, a=2, s=8, h=4, dropout 0.1 -> math kernel. Under bf16 autocast it still saves in
+    # fp32: q and k (b*a*s*h*4 = 512 B each), the softmax and the dropped-out probabilities and
+    # the float mask (b*a*s*s*4 = 1024 B each), and v (512 B): 4,608 B, all float32.
+    from scaleplan.reference.model import GPT
+
+    model = GPT(GPT_TINY.replace(dropout=0.1, n_layer=1))
+    rec = SavedTensorsRecorder(param_keys={storage_key(p) for p in model.parameters()})
+    idx = torch.zeros(2, 8, dtype=torch.long)
+    with rec.recording(model), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(idx, idx)
+    attention_core = [(n, dtype) for mod, n, dtype in rec.by_storage.values()
+                      if mod == "transformer.h.0.attn"]
+    assert sum(n for n, _ in attention_core) == 3 * 512 + 3 * 1024
+    assert {dtype for _, dtype in attention_core} == {"float32"}

@@ -384,9 +384,11 @@ def _notes(cfg: GPTConfig, m: dict[str, Any], *, device: str, fake: bool, precis
                 if cuda_semantics else "")]
     if m["sdpa_kernel"]:
         notes.append(f"SDPA ran {m['sdpa_kernel']}")
-        if "math" in m["sdpa_kernel"]:
+        if "math" in m["sdpa_kernel"] and device == "cpu":
             notes.append("math SDPA kernel keeps s x s tensors (CPU falls back to it when "
-                         "dropout > 0); under CPU autocast it computes in fp32")
+                         "dropout > 0)" + (
+                             "; under CPU autocast it computes and saves in fp32"
+                             if precision in _AUTOCAST else ""))
     if m["dropout_mask_dtype"]:
         notes.append(f"dropout masks saved as {m['dropout_mask_dtype']}"
                      + ("" if cuda_semantics or device == "cuda"

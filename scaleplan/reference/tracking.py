@@ -25,7 +25,12 @@ __all__ = ["LiveBytesTracker", "SavedTensorsRecorder", "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> int:
-    """An id of the storage behind ``t``, the same for every view of it while it is alive."""
+    """An id of the storage behind ``t``, the same for every view of it while it is alive.
+
+    >>> t = torch.zeros(4, 4)
+    >>> storage_key(t.T) == storage_key(t[1:])
+    True
+    """
     return int(t.untyped_storage()._cdata)
 
 
@@ -41,6 +46,13 @@ class LiveBytesTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     registered with `add_resident`. ``phase`` labels the current stage so that the peak of each
     stage is known. Memory that a kernel uses internally and never returns (workspaces) and the
     allocator's rounding are not seen.
+
+    >>> tracker = LiveBytesTracker()
+    >>> with tracker:
+    ...     x = torch.ones(256)  # 1 KiB
+    ...     y = (x * 2).sum()  # x * 2 (1 KiB) lives until the sum (4 B) is taken
+    >>> tracker.peak, tracker.current
+    (2052, 1028)
     """
 
     def __init__(self) -> None:
@@ -111,6 +123,13 @@ class SavedTensorsRecorder:
     cross-entropy in the model's own forward), deduplicated by storage (the first module to save
     a storage gets it), parameters excluded (``param_keys``), low-precision copies of parameters
     (autocast's casts, ``cast_keys``) set apart.
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU())
+    >>> rec = SavedTensorsRecorder(param_keys={storage_key(p) for p in model.parameters()})
+    >>> with rec.recording(model):
+    ...     _ = model(torch.ones(3, 4))
+    >>> rec.totals()  # the linear's input 3x4 and the GELU's input 3x8, fp32
+    ({'0': 48, '1': 96}, {'float32': 144}, 0)
     """
 
     param_keys: set[int]

@@ -44,7 +44,11 @@ QUICK_COMBOS = ((0.0, "flash", "32-true"), (0.1, "flash", "bf16-mixed"),
 
 
 def grid(*, quick: bool, device: str) -> Iterator[tuple[str, GPTConfig, dict[str, Any]]]:
-    """(label, config, measure() keywords) for every point of the grid."""
+    """(label, config, measure() keywords) for every point of the grid.
+
+    >>> len(list(grid(quick=True, device="cpu")))
+    8
+    """
     # The last micro-batch of gradient accumulation: gradients resident, the worst step.
     shape = {"micro_batch_size": 2, "seq_len": 32, "accumulating": True}
     if quick:  # each config with each dropout, attention kind and precision once
@@ -79,7 +83,11 @@ def _optional(module: str, name: str) -> Any:
 
 
 def predictors() -> dict[str, Predictor]:
-    """The analytic predictions available now: the one place where formulas are plugged in."""
+    """The analytic predictions available now: the one place where formulas are plugged in.
+
+    >>> "params" in predictors()
+    True
+    """
     found: dict[str, Predictor] = {
         "params": lambda m: {"params": float(count_params(m.config).total)},
     }
