@@ -109,7 +109,7 @@ def predictors() -> dict[str, Predictor]:
                 m.config, micro_batch_size=m.micro_batch_size, seq_len=m.seq_len,
                 precision=m.precision, attention=m.attention, optimizer_impl=m.optimizer,
                 checkpointing="full" if m.checkpointing else "none", device=device,
-                hold_logits=False)
+                hold_logits=m.hold_logits)  # the harness and the model agree on the logits
             return {"saved_for_backward": float(p.saved_for_backward),
                     "autocast_weight_copies": float(p.autocast_weight_copies),
                     "peak_bytes": float(p.tensor_peak)}
