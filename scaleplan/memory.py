@@ -293,6 +293,26 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                   hold_logits: bool, stage: Stage) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
+    W, G, O, saved, copies, all_copies, held, moments = _stage_parts(
+        cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage)
+    S = sum(saved.values())
+    moment = max(moments, key=lambda k: moments[k])
+    worst = moments[moment] + held
+    copies_field = copies if moment != "forward_end" else all_copies
+    tensor_peak = int(W + G + O + worst)
+    return tensor_peak, dict(
+        weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
+        autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
+        logits=int(saved.get("log_softmax", 0) + saved.get("targets", 0)),
+        peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
+
+
+def _stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+                 attention: AttentionKind, checkpointing: CheckpointingKind,
+                 device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
+                 hold_logits: bool, stage: Stage) -> tuple[Any, ...]:
+    """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
+    moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work."""
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -333,15 +353,7 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                                                                       "log_softmax", "targets")))
         moments["recompute"] = (S - loss_side + copies + sum(full.values())
                                 + (all_copies - copies) // max(layers, 1))
-    moment = max(moments, key=lambda k: moments[k])
-    worst = moments[moment] + held
-    copies_field = copies if moment != "forward_end" else all_copies
-    tensor_peak = int(W + G + O + worst)
-    return tensor_peak, dict(
-        weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
-        autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
-        logits=int(saved.get("log_softmax", 0) + saved.get("targets", 0)),
-        peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
+    return W, G, O, saved, copies, all_copies, held, moments
 
 
 def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,

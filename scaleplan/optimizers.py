@@ -56,7 +56,9 @@ def normalize_optimizer(name: str) -> OptimizerName:
     key = str(name).strip().lower()
     key = _OPTIMIZER_ALIASES.get(key, key)
     if key not in OPTIMIZERS:
-        raise UnknownNameError("optimizer", name, OPTIMIZERS)
+        error = UnknownNameError("optimizer", name, OPTIMIZERS)
+        error.args = (f"{error} (valid: {', '.join(OPTIMIZERS)})",)
+        raise error
     return key  # type: ignore[return-value]
 
 

@@ -123,8 +123,11 @@ def test_numpy_sweep_matches_ints_and_does_not_overflow() -> None:
 @pytest.mark.parametrize(("kwargs", "match"), [
     (dict(micro_batch_size=0, seq_len=16), r"micro_batch_size=0 must be >= 1"),
     (dict(micro_batch_size=1, seq_len=65), r"seq_len=65 exceeds block_size=64"),
-    (dict(micro_batch_size=1, seq_len=16, precision="fp8"), r"unknown precision 'fp8'"),
-    (dict(micro_batch_size=1, seq_len=16, optimizer="adamax"), r"unknown optimizer 'adamax'"),
+    (dict(micro_batch_size=1, seq_len=16, precision="fp8"),
+     r"unknown precision 'fp8'; known: .*'bf16-fp32-master', 'bf16-mixed', 'bf16-true'"),
+    (dict(micro_batch_size=1, seq_len=16, optimizer="adamax"),
+     r"unknown optimizer 'adamax'.*\(valid: adamw, adamw-8bit, sgd, sgd-momentum, adafactor, "
+     r"lion\)"),
 ])
 def test_bad_input_is_rejected_with_a_clear_message(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
