@@ -24,6 +24,7 @@ from typing import Any, Literal
 from scaleplan.config import GPTConfig, Precision
 
 __all__ = [
+    "TENSOR_PARALLEL_SPLIT_TERMS",
     "AttentionKind",
     "CheckpointingKind",
     "DeviceKind",
@@ -49,6 +50,14 @@ CUDA_MASK_BYTES = 1  # CUDA's native_dropout keeps a bool mask (1 byte per eleme
 STAT_BYTES = 4  # norm statistics (mean, rstd) and the softmax log-sum-exp are fp32
 
 AUTOCAST: frozenset[str] = frozenset({"bf16-mixed", "16-mixed"})
+
+# The saved tensors that tensor parallelism divides over its t ranks (Korthikanti et al. 2022,
+# Sec. 4.1 and Table 2: the attention and MLP internals; the loss's log-softmax with Megatron's
+# vocab-parallel cross-entropy). Every other term is replicated unless sequence parallelism
+# splits it too (`scaleplan.parallel.tensor_parallel_split`).
+TENSOR_PARALLEL_SPLIT_TERMS: frozenset[str] = frozenset({
+    "qkv", "rope_qk", "attn_lse", "q_k_v_copies", "attn_scores", "attn_dropout_mask",
+    "attn_dropped", "attn_out", "mlp_activations", "log_softmax"})
 
 
 def activation_bytes(precision: Precision) -> int:
@@ -231,12 +240,15 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     return terms
 
 
-def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision) -> int:
-    """Bytes of autocast's bf16/fp16 copies of the matmul weights, kept for backward.
+def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
+                               layers: int | None = None, head: bool = True) -> int:
+    """Bytes of autocast's bf16/fp16 copies of the matmul weights of ``layers`` blocks (default
+    all) and, with ``head``, of the output layer.
 
     Under ``"bf16-mixed"``/``"16-mixed"`` every linear layer's weight (not biases, not norms,
-    not the embedding lookup) is cast once per forward and the copy is saved by the matmul;
-    a tied output head is cast like any other linear weight. Zero otherwise.
+    not the embedding lookup) is cast once per forward; autocast caches the copy until the
+    autocast region exits and the matmul saves it for backward. A tied output head is cast like
+    any other linear weight. Zero otherwise.
 
     >>> autocast_weight_copy_bytes(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16,
     ...                                      mlp_hidden=32), "bf16-mixed")
@@ -247,4 +259,5 @@ def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision) -> int:
     d, a, k, h, f, V = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden,
                         cfg.vocab_size)
     per_layer = d * (a + 2 * k) * h + a * h * d + (3 if cfg.gated_mlp else 2) * d * f
-    return (cfg.n_layer * per_layer + d * V) * HALF_BYTES
+    L = cfg.n_layer if layers is None else layers
+    return (L * per_layer + (d * V if head else 0)) * HALF_BYTES

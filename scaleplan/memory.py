@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scaleplan.activations import (
     AUTOCAST,
     FP32_BYTES,
+    TENSOR_PARALLEL_SPLIT_TERMS,
     AttentionKind,
     CheckpointingKind,
     DeviceKind,
@@ -25,16 +26,25 @@ from scaleplan.activations import (
     embedding_saved_terms,
     head_saved_terms,
     model_saved_terms,
+    residual_bytes,
 )
 from scaleplan.config import GPTConfig, Precision, normalize_precision
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.optimizers import (
+    OptimizerName,
     gradient_bytes,
     normalize_optimizer,
     optimizer_state_bytes,
     param_shapes,
     weight_bytes,
 )
+from scaleplan.parallel import (
+    Parallelism,
+    tensor_parallel_split,
+    zero3_gathered_bytes,
+    zero_shard,
+)
+from scaleplan.params import count_params
 
 __all__ = [
     "ALLOCATOR_SLACK_FRACTION",
@@ -96,7 +106,7 @@ class MemoryBreakdown(BaseModel):
                              "comparable with torch.cuda.max_memory_allocated.")
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
-    peak_moment: Literal["backward_start", "optimizer_step"] = Field(
+    peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step"] = Field(
         description="Which moment of the step is the worst.")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
@@ -181,7 +191,7 @@ def _check_mode(field: str, value: str, valid: tuple[str, ...]) -> None:
 
 def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
                            impl: OptimizerImpl | None) -> int:
-    """Peak temporaries of ``optimizer.step()`` in torch 2.x.
+    """Peak temporaries of ``optimizer.step()`` in torch 2.x, for the whole model.
 
     ``foreach`` (torch's default on CUDA) AdamW materialises sqrt(v) for a whole parameter group
     (one param-sized buffer in the state dtype); ``for-loop`` (the default on CPU) makes sqrt(v)
@@ -200,11 +210,14 @@ def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, devic
     return 2 * max(math.prod(p) for p in shapes) * state
 
 
+Stage = Literal["only", "first", "last"]
+
+
 def training_memory(
     cfg: GPTConfig, *, micro_batch_size: int, seq_len: int, precision: str = "bf16-mixed",
     optimizer: str = "adamw", attention: AttentionKind = "flash",
     checkpointing: CheckpointingKind = "none", device: DeviceKind = "cuda",
-    parallelism: Any = None, optimizer_impl: OptimizerImpl | None = None,
+    parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
     hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
 ) -> MemoryBreakdown:
@@ -221,21 +234,30 @@ def training_memory(
             (only block inputs kept; one block's activations are rebuilt during backward).
         device: ``"cuda"`` or ``"cpu"`` (CPU semantics: float dropout masks, math attention
             when dropout > 0; no context overhead).
-        parallelism: a `scaleplan.parallel.Parallelism`, or None for one GPU.
+        parallelism: a `scaleplan.parallel.Parallelism`, or None for one GPU. Memory is that of
+            the most loaded GPU (with pipeline parallelism, the first or the last stage).
         optimizer_impl: torch's AdamW implementation; None means torch's default for the
             device (foreach on CUDA, for-loop on CPU).
-        hold_logits: the training loop keeps the logits alive through backward, as nanoGPT's
-            ``logits, loss = model(X, Y)`` does.
+        hold_logits: the training loop keeps the logits alive until the next forward replaces
+            them, as nanoGPT's ``logits, loss = model(X, Y)`` does; False: dropped once the loss
+            is computed (``_, loss = model(X, Y)``).
         cuda_context_bytes: CUDA context size (default `CUDA_CONTEXT_BYTES`).
         allocator_slack_fraction: allocator slack as a fraction of the tensor peak.
 
-    The worst moment is the larger of
+    Gradients are resident throughout, as in the last micro-batch of gradient accumulation
+    (the reference harness's ``accumulating=True``). The worst moment is the largest of
 
-    - backward start: weights + gradients + optimizer + saved + weight copies + the logits
-      (s b V in the activation dtype, when held) + the log-softmax's gradient and the logits'
-      fp32 gradient (2 s b V x 4 bytes), Korthikanti et al. 2022's activations plus the loss
-      side that their count leaves out;
-    - optimizer step: weights + gradients + optimizer + the step's temporaries.
+    - ``forward_end``: saved tensors + every autocast weight copy (autocast caches them until
+      its region exits, even those checkpointing does not save) + the logits (s b V, activation
+      dtype) and, under autocast, their fp32 upcast for the loss;
+    - ``backward_start``: saved tensors + saved weight copies + the log-softmax's gradient and
+      the logits' gradient (2 s b V in the loss dtype), Korthikanti et al. 2022's activations
+      plus the loss side that their count leaves out;
+    - ``recompute`` (full checkpointing): one block rebuilt during backward, its weight copies
+      and its backward's gradients, once the loss side is freed;
+    - ``optimizer_step``: the optimizer's temporaries;
+
+    each on top of weights + gradients + optimizer states, and of the held logits.
 
     >>> m = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=16, seq_len=1024)
     >>> m.saved_breakdown["log_softmax"] == 16 * 1024 * 50257 * 4, m.peak_moment
@@ -245,44 +267,142 @@ def training_memory(
     opt = normalize_optimizer(optimizer)
     if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
         raise ScaleplanError(f"micro_batch_size={micro_batch_size!r} must be an int >= 1")
-    if parallelism is not None:
-        raise ScaleplanError(
-            f"parallelism={parallelism!r} is not supported yet: training_memory predicts one "
-            "GPU; for ZeRO-3 model states see scaleplan.published.deepspeed_zero3_gpu_bytes")
-    saved = saved_for_backward_bytes(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
-                                     precision=p, attention=attention,
-                                     checkpointing=checkpointing, device=device)
-    n = sum(math.prod(s) for s in param_shapes(cfg))
-    W, G, O = weight_bytes(n, p), gradient_bytes(n, p), optimizer_state_bytes(cfg, opt, p)
-    copies = autocast_weight_copy_bytes(cfg, p)
-    S = sum(saved.values())
-    temp = _optimizer_temporaries(cfg, opt, p, device, optimizer_impl)
-    backward_extra = _backward_start_extra(cfg, micro_batch_size, seq_len, p, hold_logits)
-    if checkpointing == "full":  # one block's activations rebuilt during backward
-        backward_extra += sum(block_saved_terms(
-            cfg, micro_batch_size, seq_len, precision=p, attention=attention,
-            checkpointing="none", device=device, dropout=cfg.dropout > 0).values())
-    at_backward = S + copies + backward_extra
-    moment: Literal["backward_start", "optimizer_step"] = (
-        "optimizer_step" if temp > at_backward else "backward_start")
-    transient = max(at_backward, temp) - S - copies
-    tensor_peak = W + G + O + S + copies + transient
+    _check_mode("attention", attention, ("flash", "eager"))
+    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
+    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    _check_shape(cfg, micro_batch_size, seq_len)
+    par = parallelism if parallelism is not None else Parallelism()
+    if not isinstance(par, Parallelism):
+        raise ScaleplanError(f"parallelism={parallelism!r} must be a "
+                             "scaleplan.parallel.Parallelism (or None for one GPU)")
+    par.check(cfg)
+    stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
+    found = [_stage_memory(cfg, micro_batch_size, seq_len, p, opt, attention, checkpointing,
+                           device, par, optimizer_impl, hold_logits, stage) for stage in stages]
+    tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = 0 if device == "cpu" else (
         cuda_context_bytes + math.ceil(allocator_slack_fraction * tensor_peak))
-    logits = saved["log_softmax"] + saved["targets"]
-    return MemoryBreakdown(
-        weights=W, gradients=G, optimizer=O, saved_for_backward=S,
-        autocast_weight_copies=copies, transient=transient, overhead=overhead,
-        total=tensor_peak + overhead, tensor_peak=tensor_peak, logits=logits,
+    return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
+                           tensor_peak=tensor_peak)
+
+
+def _split(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
+    """Each saved term per tensor-parallel rank (`tensor_parallel_split`)."""
+    if par.tensor == 1:
+        return terms
+    return {k: tensor_parallel_split(0, v, t=par.tensor, sequence_parallel=par.sequence_parallel)
+            if k in TENSOR_PARALLEL_SPLIT_TERMS else
+            tensor_parallel_split(v, 0, t=par.tensor, sequence_parallel=par.sequence_parallel)
+            for k, v in terms.items()}
+
+
+def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerName,
+                  attention: AttentionKind, checkpointing: CheckpointingKind,
+                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
+                  hold_logits: bool, stage: Stage) -> tuple[int, dict[str, Any]]:
+    """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
+    W, G, O, saved, copies, all_copies, held, moments = _stage_parts(
+        cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage)
+    S = sum(saved.values())
+    moment = max(moments, key=lambda k: moments[k])
+    worst = moments[moment] + held
+    copies_field = copies if moment != "forward_end" else all_copies
+    tensor_peak = int(W + G + O + worst)
+    return tensor_peak, dict(
+        weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
+        autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
+        logits=int(saved.get("log_softmax", 0) + saved.get("targets", 0)),
         peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
 
 
-def _backward_start_extra(cfg: GPTConfig, b: Any, s: Any, precision: str,
-                          hold_logits: bool) -> Any:
-    """Loss-side tensors live at the start of backward besides the saved ones: the logits (when
-    the caller holds them), the log-softmax's gradient and the logits' fp32 gradient."""
-    TV = b * s * cfg.vocab_size
-    held = TV * activation_bytes(precision) if hold_logits else 0  # type: ignore[arg-type]
-    if precision in AUTOCAST:
-        held = TV * 2 if hold_logits else 0
-    return held + 2 * TV * FP32_BYTES
+def _stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+                 attention: AttentionKind, checkpointing: CheckpointingKind,
+                 device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
+                 hold_logits: bool, stage: Stage) -> tuple[Any, ...]:
+    """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
+    moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work."""
+    t = par.tensor
+    layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
+    in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
+    embeds, heads = stage != "last", stage != "first"
+    dropout = cfg.dropout > 0
+    saved: dict[str, Any] = {}
+    if embeds:
+        emb = embedding_saved_terms(cfg, b, s, precision=p, device=device, dropout=dropout)
+        saved.update({k: in_flight * v for k, v in _split(emb, par).items()})
+    block = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                     checkpointing=checkpointing, device=device,
+                                     dropout=dropout), par)
+    saved.update({k: layers * in_flight * v for k, v in block.items()})
+    saved.update(_split(model_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                          checkpointing=checkpointing, device=device), par))
+    if heads:
+        saved.update(_split(head_saved_terms(cfg, b, s, precision=p, device=device), par))
+    S = sum(saved.values())
+
+    W, G, O, temp = _model_states(cfg, p, opt, par, layers, embeds, heads,
+                                  _optimizer_temporaries(cfg, opt, p, device, impl))
+    all_copies = -(-autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads) // t)
+    copies = all_copies if checkpointing != "full" else -(-autocast_weight_copy_bytes(
+        cfg, p, layers=0, head=heads) // t)
+    TV = -(-b * s * cfg.vocab_size // t) if heads else 0  # vocab-parallel logits
+    e, loss_bytes = activation_bytes(p), residual_bytes(p)
+    held = TV * e if hold_logits else 0
+    moments: dict[str, Any] = {
+        "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+        "backward_start": S + copies + 2 * TV * loss_bytes,
+        "optimizer_step": temp,
+    }
+    if checkpointing == "full":
+        full = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                        checkpointing="none", device=device,
+                                        dropout=dropout), par)
+        loss_side = sum(v for k, v in saved.items() if k.startswith(("final_norm", "lm_head",
+                                                                      "log_softmax", "targets")))
+        moments["recompute"] = (S - loss_side + copies + sum(full.values())
+                                + (all_copies - copies) // max(layers, 1))
+    return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
+                  layers: int, embeds: bool, heads: bool,
+                  temp: int) -> tuple[int, int, int, int]:
+    """(weights, gradients, optimizer, optimizer temporaries) bytes on one GPU of a stage.
+
+    Tensor parallelism divides the matrices by t (the embedding and head vocab-parallel, as in
+    Megatron-LM) and replicates norms and the position table; a pipeline stage holds its blocks,
+    the first the embeddings, the last the final norm and head (a tied head as its own copy).
+    Optimizer states and temporaries scale with the parameters held (exact for AdamW). ZeRO and
+    FSDP shard over the data ranks (`zero_shard`); stage 3 adds the largest layer gathered
+    whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
+    ``gradient_as_bucket_view`` a second copy of the gradients.
+    """
+    t, d, V = par.tensor, cfg.n_embd, cfg.vocab_size
+    n_total = sum(math.prod(x) for x in param_shapes(cfg))
+    norm = d * (2 if cfg.norm_bias else 1)
+    per_layer = count_params(cfg).per_layer
+    block = -(-(per_layer - 2 * norm) // t) + 2 * norm
+    wte, wpe = -(-V * d // t), (cfg.block_size * d if cfg.position == "learned" else 0)
+    head = wte if (not cfg.tie_embeddings or not embeds) else 0
+    n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
+    n_single = n == n_total
+    W, G = weight_bytes(n, p), gradient_bytes(n, p)
+    O_full = optimizer_state_bytes(cfg, opt, p)
+    O = O_full if n_single else O_full * n // n_total
+    temp = temp if n_single else temp * n // n_total
+    stage = par.zero_stage
+    if par.data == 1:
+        return W, G, O, temp
+    W, G, O = zero_shard(weights=W, gradients=G, optimizer=O, stage=stage, data=par.data)
+    temp = temp if stage == 0 else -(-temp // par.data)
+    G_full = gradient_bytes(n, p)
+    if stage == 0 and not par.ddp_bucket_view:
+        G += G_full
+    elif stage > 0:
+        G += min(G_full, par.bucket_bytes)
+    if stage == 3:
+        largest = max(block, wte if (embeds or heads) else 0)
+        gathered_w = zero3_gathered_bytes(largest, param_bytes=weight_bytes(1, p), grad_bytes=0)
+        W += gathered_w
+        G += zero3_gathered_bytes(largest, param_bytes=0, grad_bytes=weight_bytes(1, p))
+    return W, G, O, temp

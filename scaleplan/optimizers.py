@@ -14,6 +14,7 @@ from scaleplan.config import GPTConfig, Precision
 from scaleplan.errors import UnknownNameError
 
 __all__ = [
+    "ADAMW_STEP_BYTES",
     "OPTIMIZERS",
     "OptimizerName",
     "gradient_bytes",
@@ -33,6 +34,10 @@ _OPTIMIZER_ALIASES = {"adam": "adamw", "adamw8bit": "adamw-8bit", "adamw_8bit": 
 BNB_BLOCK_SIZE = 2048
 BNB_MIN_8BIT_SIZE = 4096
 
+# torch.optim.AdamW (torch >= 2.0) keeps ``state["step"]`` as a float32 scalar tensor per
+# parameter tensor (torch/optim/adamw.py, _init_group).
+ADAMW_STEP_BYTES = 4
+
 # Parameter dtype bytes / gradient dtype bytes / fp32 master copy bytes, by precision.
 _PARAM_BYTES = {"32-true": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2,
                 "bf16-fp32-master": 2}
@@ -51,7 +56,9 @@ def normalize_optimizer(name: str) -> OptimizerName:
     key = str(name).strip().lower()
     key = _OPTIMIZER_ALIASES.get(key, key)
     if key not in OPTIMIZERS:
-        raise UnknownNameError("optimizer", name, OPTIMIZERS)
+        error = UnknownNameError("optimizer", name, OPTIMIZERS)
+        error.args = (f"{error} (valid: {', '.join(OPTIMIZERS)})",)
+        raise error
     return key  # type: ignore[return-value]
 
 
@@ -104,7 +111,8 @@ def optimizer_state_bytes(cfg: GPTConfig, optimizer: OptimizerName, precision: P
 
     States are kept in the dtype of the weights they update (fp32 master weights when present):
 
-    - ``adamw``: first and second moments, 2 states (Loshchilov & Hutter 2019);
+    - ``adamw``: first and second moments, 2 states (Loshchilov & Hutter 2019), plus torch's
+      4-byte ``step`` tensor per parameter tensor;
     - ``adamw-8bit``: 2 one-byte states plus one fp32 absmax per 2048-value block; tensors under
       4096 elements keep 32-bit states (bitsandbytes' defaults, Dettmers et al. 2022);
     - ``sgd``: none; ``sgd-momentum``: one momentum buffer; ``lion``: one momentum (Chen et al.
@@ -125,7 +133,7 @@ def optimizer_state_bytes(cfg: GPTConfig, optimizer: OptimizerName, precision: P
     shapes = param_shapes(cfg)
     n = sum(math.prod(p) for p in shapes)
     if optimizer == "adamw":
-        states = 2 * n * state
+        states = 2 * n * state + ADAMW_STEP_BYTES * len(shapes)
     elif optimizer in ("sgd-momentum", "lion"):
         states = n * state
     elif optimizer == "sgd":

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from scaleplan.parallel import tensor_parallel_split, zero3_gathered_bytes, zero_shard
+
 __all__ = ["deepspeed_zero3_gpu_bytes", "korthikanti_activation_bytes",
            "megatron_model_state_bytes"]
 
+FP16_BYTES = 2
 MEGATRON_BYTES_PER_PARAM = 18  # Megatron-LM docs: bf16 params 2 + fp32 grads 4 + master 4 + Adam 8
 
 
@@ -34,10 +37,12 @@ def korthikanti_activation_bytes(
     """
     sbhL = s * b * h * L
     if recompute == "full":
-        return 2 * sbhL / (t if sequence_parallel else 1)
-    attention_core = 5 * a * s / (h * t) if recompute == "none" else 0.0
-    per = 34 / t if sequence_parallel else 10 + 24 / t
-    return sbhL * (per + attention_core)
+        replicated, split = 2 * sbhL, 0
+    else:  # 10 sbh replicated across the t ranks, 24 sbh + 5 a s^2 b split over them
+        replicated, split = 10 * sbhL, 24 * sbhL + (5 * a * s * s * b * L
+                                                    if recompute == "none" else 0)
+    return float(tensor_parallel_split(replicated, split, t=t,
+                                       sequence_parallel=sequence_parallel))
 
 
 def megatron_model_state_bytes(*, h: int, L: int, t: int = 1) -> float:
@@ -55,10 +60,15 @@ def deepspeed_zero3_gpu_bytes(*, total_params: int, largest_layer_params: int,
                               n_gpus: int = 1) -> int:
     """DeepSpeed's ZeRO-3 model-state estimate per GPU without offload
     (``estimate_zero3_model_states_mem_needs``): 4 x the largest layer (its gathered fp16 params
-    and grads) + 18 bytes per parameter over the GPUs.
+    and grads) + 18 bytes per parameter over the GPUs. Shares `scaleplan.parallel`'s ZeRO
+    pieces with `scaleplan.memory.training_memory`.
 
     >>> round(deepspeed_zero3_gpu_bytes(total_params=60_506_624,
     ...                                 largest_layer_params=16_449_536) / 2**30, 2)
     1.08
     """
-    return 4 * largest_layer_params + int(MEGATRON_BYTES_PER_PARAM * total_params / n_gpus)
+    gathered = zero3_gathered_bytes(largest_layer_params, param_bytes=FP16_BYTES,
+                                    grad_bytes=FP16_BYTES)
+    states = zero_shard(weights=0, gradients=0, optimizer=MEGATRON_BYTES_PER_PARAM * total_params,
+                        stage=3, data=n_gpus)
+    return gathered + sum(states)

@@ -90,6 +90,8 @@ class StepMeasurement(BaseModel):
     fake: bool = Field(description="Measured under FakeTensorMode (nothing allocated).")
     cuda_semantics: bool = Field(description="CPU run made to save what CUDA saves.")
     accumulating: bool = Field(description="Gradients of earlier micro-batches resident.")
+    hold_logits: bool = Field(default=False,
+                              description="Logits kept alive through backward and the update.")
     sdpa_kernel: str | None = Field(description="The aten SDPA kernel that ran (flash only).")
     dropout_mask_dtype: str | None = Field(description="dtype of saved dropout masks.")
     notes: tuple[str, ...] = Field(description="Device semantics of this measurement.")
@@ -179,7 +181,8 @@ class _Step:
 
     def __init__(self, cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                  precision: str, attention: AttentionKind, checkpointing: bool,
-                 device: torch.device, cuda_semantics: bool, optimizer: OptimizerImpl) -> None:
+                 device: torch.device, cuda_semantics: bool, optimizer: OptimizerImpl,
+                 hold_logits: bool = False) -> None:
         with device, _default_dtype(_PARAM_DTYPE.get(precision, torch.float32)):
             # built in place: Module.to() cannot swap FakeTensor parameters
             self.model = GPT(cfg, attention=attention, checkpointing=checkpointing,
@@ -188,9 +191,13 @@ class _Step:
         self.masters: list[torch.Tensor] = []
         if precision == "bf16-fp32-master":  # Megatron-style: AdamW updates fp32 masters
             self.masters = [p.detach().float().requires_grad_() for p in self.params]
+            for p, m in zip(self.params, self.masters, strict=True):
+                p.register_post_accumulate_grad_hook(_accumulate_into(m))  # type: ignore[no-untyped-call]
         self.opt = _optimizer(self.masters or self.params, optimizer)
         self.autocast_dtype = _AUTOCAST.get(precision)
         self.device = device
+        self.hold_logits = hold_logits
+        self.logits: torch.Tensor | None = None
         self.idx = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len), device=device)
         self.targets = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len),
                                      device=device)
@@ -202,16 +209,14 @@ class _Step:
 
     def forward(self) -> torch.Tensor:
         with self.autocast():
-            _, loss = self.model(self.idx, self.targets)  # logits are dropped here
+            logits, loss = self.model(self.idx, self.targets)
+        # nanoGPT's ``logits, loss = model(X, Y)`` keeps the logits alive through backward
+        self.logits = logits if self.hold_logits else None
         assert loss is not None
         out: torch.Tensor = loss
         return out
 
     def update(self) -> None:
-        if self.masters:
-            for p, m in zip(self.params, self.masters, strict=True):
-                m.grad = None if p.grad is None else p.grad.float()
-                p.grad = None
         self.opt.step()
         if self.masters:
             with torch.no_grad():
@@ -219,6 +224,7 @@ class _Step:
                     p.copy_(m)
 
     def zero_grad(self) -> None:
+        self.logits = None
         self.opt.zero_grad(set_to_none=True)
         for p in self.params:
             p.grad = None
@@ -229,7 +235,23 @@ class _Step:
                   if isinstance(v, torch.Tensor)]
         return {"params": self.params, "grads": grads,
                 "optimizer_states": self.masters + states,
-                "other": [*self.model.buffers(), self.idx, self.targets]}
+                "other": [*self.model.buffers(), self.idx, self.targets,
+                          *([self.logits] if self.logits is not None else [])]}
+
+
+def _accumulate_into(master: torch.Tensor) -> Any:
+    """A hook that moves a bf16 parameter's gradient into its fp32 master's ``.grad`` as soon as
+    it is accumulated, as Megatron-LM's ``main_grad`` buffers do (gradients kept in fp32)."""
+    def hook(p: torch.Tensor) -> None:
+        assert p.grad is not None
+        with torch.no_grad():
+            if master.grad is None:
+                master.grad = p.grad.float()
+            else:
+                master.grad.add_(p.grad)
+        p.grad = None
+
+    return hook
 
 
 @contextmanager
@@ -255,7 +277,8 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
             precision: Precision | str = "32-true", attention: AttentionKind = "flash",
             checkpointing: bool = False, device: str = "cpu", fake: bool = False,
             cuda_semantics: bool = False, optimizer: OptimizerImpl = "fused",
-            accumulating: bool = False, seed: int = 0) -> StepMeasurement:
+            accumulating: bool = False, hold_logits: bool = False,
+            seed: int = 0) -> StepMeasurement:
     """Measure one AdamW training step of the reference GPT for ``cfg``.
 
     Args:
@@ -263,8 +286,9 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         micro_batch_size: Sequences in the step.
         seq_len: Tokens per sequence (at most ``cfg.block_size``).
         precision: "32-true", "bf16-mixed", "16-mixed" (fp32 params, autocast; no GradScaler),
-            "bf16-true" (bf16 params and AdamW states) or "bf16-fp32-master" (bf16 params and
-            grads; AdamW over fp32 master copies, grads copied to fp32 before the update).
+            "bf16-true" (bf16 params and AdamW states) or "bf16-fp32-master" (bf16 params;
+            each bf16 gradient is added into an fp32 gradient on the fp32 master copy as soon as
+            it is produced, as Megatron-LM's main_grad does; AdamW updates the masters).
         attention: "flash" (SDPA) or "eager" (explicit softmax).
         checkpointing: Recompute each block in backward.
         device: "cpu" or "cuda" (then ``cuda`` holds the allocator's own figures).
@@ -275,6 +299,8 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         accumulating: Measure the last micro-batch of gradient accumulation: the gradients of
             earlier micro-batches are resident when the step starts (the worst step of a run
             with grad_accum_steps > 1). False: a step whose gradients start as None.
+        hold_logits: Keep the logits alive until the optimizer step, as nanoGPT's training loop
+            does (``logits, loss = model(X, Y)``); False drops them once the loss is computed.
         seed: Seed for the initial weights and the random batch.
 
     >>> m = measure(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=8, vocab_size=8),
@@ -299,7 +325,8 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     with _maybe(_fake_mode() if fake else None):
         step = _Step(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
                      precision=precision, attention=attention, checkpointing=checkpointing,
-                     device=dev, cuda_semantics=cuda_semantics, optimizer=optimizer)
+                     device=dev, cuda_semantics=cuda_semantics, optimizer=optimizer,
+                     hold_logits=hold_logits)
         step.forward().backward()  # type: ignore[no-untyped-call]  # warm-up: creates the optimizer states
         step.update()
         step.zero_grad()
@@ -315,11 +342,12 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                           context_bytes=context)
     m.pop("cuda_before", None)
     notes = _notes(cfg, m, device=dev.type, fake=fake, precision=precision,
-                   attention=attention, cuda_semantics=cuda_semantics)
+                   attention=attention, cuda_semantics=cuda_semantics, hold_logits=hold_logits)
     return StepMeasurement(
         config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
         attention=attention, checkpointing=checkpointing, optimizer=optimizer, device=dev.type,
-        fake=fake, cuda_semantics=cuda_semantics, accumulating=accumulating, notes=notes,
+        fake=fake, cuda_semantics=cuda_semantics, accumulating=accumulating,
+        hold_logits=hold_logits, notes=notes,
         params=sum(p.numel() for p in step.model.parameters()),
         flops=flops_fwd + flops_bwd, flops_forward=flops_fwd, flops_backward=flops_bwd,
         cuda=cuda, **m)
@@ -378,7 +406,7 @@ def _is_fake(t: torch.Tensor) -> bool:
 
 
 def _notes(cfg: GPTConfig, m: dict[str, Any], *, device: str, fake: bool, precision: str,
-           attention: str, cuda_semantics: bool) -> tuple[str, ...]:
+           attention: str, cuda_semantics: bool, hold_logits: bool) -> tuple[str, ...]:
     notes = [f"{device} kernels" + (" under FakeTensorMode (nothing allocated)" if fake else "")
              + ("; cuda_semantics: bool dropout masks, no dropout inside SDPA"
                 if cuda_semantics else "")]
@@ -395,8 +423,11 @@ def _notes(cfg: GPTConfig, m: dict[str, Any], *, device: str, fake: bool, precis
                         else " (CPU nn.Dropout: a mask in the input dtype; CUDA saves bool)"))
     if precision == "16-mixed":
         notes.append("16-mixed measured without a GradScaler")
-    notes.append("logits dropped after the loss (a loop that keeps them, like nanoGPT's, holds "
-                 "b*s*V more elements through backward)")
+    if hold_logits:
+        notes.append("logits held through backward and the optimizer step (nanoGPT's loop)")
+    else:
+        notes.append("logits dropped after the loss (a loop that keeps them, like nanoGPT's, "
+                     "holds b*s*V more elements through backward)")
     del cfg, attention
     return tuple(notes)
 

@@ -20,7 +20,7 @@ from scaleplan.config import GPTConfig
 from scaleplan.params import count_params
 from scaleplan.reference.measure import StepMeasurement, measure
 
-__all__ = ["Predictor", "grid", "main", "predictors", "validate"]
+__all__ = ["Predictor", "grid", "main", "predictors", "summary", "validate"]
 
 Predictor = Callable[[StepMeasurement], "dict[str, float]"]
 """Maps a measurement to predicted values, keyed by the measured field they predict."""
@@ -109,7 +109,7 @@ def predictors() -> dict[str, Predictor]:
                 m.config, micro_batch_size=m.micro_batch_size, seq_len=m.seq_len,
                 precision=m.precision, attention=m.attention, optimizer_impl=m.optimizer,
                 checkpointing="full" if m.checkpointing else "none", device=device,
-                hold_logits=False)
+                hold_logits=m.hold_logits)  # the harness and the model agree on the logits
             return {"saved_for_backward": float(p.saved_for_backward),
                     "autocast_weight_copies": float(p.autocast_weight_copies),
                     "peak_bytes": float(p.tensor_peak)}
@@ -146,8 +146,35 @@ def validate(*, device: str = "cpu", quick: bool = False) -> list[dict[str, Any]
     return rows
 
 
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where and when the grid ran, and the median / max relative error of each prediction."""
+    import platform
+    import statistics
+    from datetime import date
+
+    import torch
+
+    errors: dict[str, list[float]] = {}
+    for r in rows:
+        for key, v in r["compare"].items():
+            if v.get("ratio") is not None:
+                errors.setdefault(key, []).append(abs(v["ratio"] - 1))
+    return {"date": date.today().isoformat(), "machine": f"{platform.machine()}, "
+            f"{platform.processor() or platform.system()}, {platform.system()} "
+            f"{platform.release()}", "python": platform.python_version(),
+            "torch": torch.__version__, "points": len(rows),
+            "errors": {k: {"n": len(v), "median": statistics.median(v), "max": max(v)}
+                       for k, v in errors.items()}}
+
+
 def _markdown(rows: list[dict[str, Any]], device: str) -> str:
+    info = summary(rows)
     lines = [f"# scaleplan validation ({device})", "",
+             f"Run {info['date']} on {info['machine']}; Python {info['python']}, torch "
+             f"{info['torch']}; {info['points']} grid points.", "",
+             "| prediction | points | median error | max error |", "|---|---|---|---|",
+             *[f"| {k} | {e['n']} | {e['median']:.4%} | {e['max']:.4%} |"
+               for k, e in info["errors"].items()], "",
              "Measured by `scaleplan.reference.measure`; bytes in MiB, ratio = predicted / "
              "measured.", "",
              "| config | precision | attn | drop | ckpt | fake | params | GFLOP | saved MiB | "
@@ -178,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validation.json").write_text(json.dumps(rows, indent=1))
     (args.out / "validation.md").write_text(_markdown(rows, args.device))
+    (args.out / "summary.json").write_text(json.dumps(summary(rows), indent=1))
     print(f"{len(rows)} measurements written to {args.out}/validation.md and validation.json")
     return 0
 
