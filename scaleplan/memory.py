@@ -44,7 +44,7 @@ from scaleplan.parallel import (
     zero3_gathered_bytes,
     zero_shard,
 )
-from scaleplan.params import count_params
+from scaleplan.params import param_terms
 
 __all__ = [
     "ALLOCATOR_SLACK_FRACTION",
@@ -342,10 +342,10 @@ def _stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
 
     W, G, O, temp = _model_states(cfg, p, opt, par, layers, embeds, heads,
                                   _optimizer_temporaries(cfg, opt, p, device, impl))
-    all_copies = -(-autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads) // t)
-    copies = all_copies if checkpointing != "full" else -(-autocast_weight_copy_bytes(
-        cfg, p, layers=0, head=heads) // t)
-    TV = -(-b * s * cfg.vocab_size // t) if heads else 0  # vocab-parallel logits
+    all_copies = _per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads), t)
+    copies = all_copies if checkpointing != "full" else _per_rank(autocast_weight_copy_bytes(
+        cfg, p, layers=0, head=heads), t)
+    TV = _per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     held = TV * e if hold_logits else 0
     moments: dict[str, Any] = {
@@ -364,6 +364,12 @@ def _stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     return W, G, O, saved, copies, all_copies, held, moments
 
 
+def _per_rank(x: Any, t: int) -> Any:
+    """``ceil(x / t)``, the share of one of ``t`` tensor-parallel ranks; ``x`` itself for one
+    rank (no division, so sympy symbols pass through untouched, see `scaleplan.symbolic`)."""
+    return x if t == 1 else -(-x // t)
+
+
 def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
                   layers: int, embeds: bool, heads: bool,
                   temp: int) -> tuple[int, int, int, int]:
@@ -380,12 +386,12 @@ def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Paralle
     t, d, V = par.tensor, cfg.n_embd, cfg.vocab_size
     n_total = sum(math.prod(x) for x in param_shapes(cfg))
     norm = d * (2 if cfg.norm_bias else 1)
-    per_layer = count_params(cfg).per_layer
-    block = -(-(per_layer - 2 * norm) // t) + 2 * norm
-    wte, wpe = -(-V * d // t), (cfg.block_size * d if cfg.position == "learned" else 0)
+    per_layer = param_terms(cfg)["per_layer"]
+    block = _per_rank(per_layer - 2 * norm, t) + 2 * norm
+    wte, wpe = _per_rank(V * d, t), (cfg.block_size * d if cfg.position == "learned" else 0)
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
     n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
-    n_single = n == n_total
+    n_single = t == 1 and embeds and heads  # this GPU holds every parameter: n == n_total
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
     O = O_full if n_single else O_full * n // n_total

@@ -21,12 +21,14 @@ formula. The price: the formula code must stick to arithmetic on sizes (no ``//`
 ``if size > ...``); ``tests/test_symbolic.py`` checks numeric == symbolic at random points for
 every quantity, so a formula that breaks the rule fails there.
 
-Two compositions are necessarily written here, mirroring `scaleplan.memory.training_memory`
-(pinned by the same test): the worst moment of the step (``Max`` of the backward start and
-the optimizer step, where the numeric code uses ``max``) and the allocator slack
-(``ceiling``). Optimizer state is built tensor by tensor from a list of parameter shapes that
-repeats once per block; with ``n_layer`` free it is evaluated at 1 and 2 blocks and extended
-linearly (it is affine in n_layer for every optimizer).
+Memory runs `scaleplan.memory`'s own per-GPU arithmetic (``_stage_parts``: weights,
+gradients, optimizer states, every saved tensor and each moment of the step). Three lines of
+composition are necessarily written here again, because Python's ``max`` and ``math.ceil`` do
+not take symbols (pinned by the same test): the worst moment (``Max`` over the moments), the
+weight copies counted at that moment, and the allocator slack (``ceiling``). Optimizer state
+is built tensor by tensor from a list of shapes that repeats once per block, so with
+``n_layer`` free the parts are evaluated at 1 and 2 blocks and extended linearly (every part is
+affine in the number of blocks). Memory is for one GPU (no `scaleplan.parallel.Parallelism`).
 
 Symbols: ``L`` n_layer, ``a`` n_head, ``k`` n_kv_head, ``d`` n_embd, ``h`` head_dim, ``f``
 mlp_hidden, ``V`` vocab_size, ``P`` block_size (positions), ``b`` micro_batch_size, ``s``
@@ -41,13 +43,7 @@ from typing import Any, Literal, cast
 
 import sympy
 
-from scaleplan.activations import (
-    AttentionKind,
-    CheckpointingKind,
-    DeviceKind,
-    autocast_weight_copy_bytes,
-    block_saved_terms,
-)
+from scaleplan.activations import AttentionKind, CheckpointingKind, DeviceKind
 from scaleplan.config import GPTConfig, normalize_precision
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.flops import FlopsMethod, Recompute, step_flop_terms, token_flops
@@ -55,16 +51,11 @@ from scaleplan.memory import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
     OptimizerImpl,
-    _backward_start_extra,
-    _optimizer_temporaries,
-    _saved_terms,
+    _check_mode,
+    _stage_parts,
 )
-from scaleplan.optimizers import (
-    gradient_bytes,
-    normalize_optimizer,
-    optimizer_state_bytes,
-    weight_bytes,
-)
+from scaleplan.optimizers import normalize_optimizer
+from scaleplan.parallel import Parallelism
 from scaleplan.params import param_terms
 
 __all__ = [
@@ -295,12 +286,21 @@ class SymbolicMemory:
 
 def _affine_in_layers(view: SymbolicModel, fn: Callable[[GPTConfig], Any]) -> Any:
     """``fn(view)`` where ``fn`` builds per-tensor lists that repeat once per block (and so
-    cannot take a symbolic n_layer): evaluated at 1 and 2 blocks and extended linearly."""
+    cannot take a symbolic n_layer): evaluated at 1 and 2 blocks and extended linearly, which is
+    exact because every memory part is affine in the number of blocks."""
     L = view.n_layer
     if isinstance(L, int):
         return fn(_as_model(view))
     one, two = fn(_as_model(replace(view, n_layer=1))), fn(_as_model(replace(view, n_layer=2)))
-    return one + (L - 1) * (two - one)
+
+    def extend(a: Any, b: Any) -> Any:
+        if isinstance(a, dict):
+            return {k: extend(a[k], b[k]) for k in a}
+        if isinstance(a, tuple):
+            return tuple(extend(x, y) for x, y in zip(a, b, strict=True))
+        return a + (L - 1) * (b - a)
+
+    return extend(one, two)
 
 
 def memory(
@@ -312,7 +312,7 @@ def memory(
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
 ) -> SymbolicMemory:
-    """`scaleplan.memory.training_memory` as expressions, one per component.
+    """`scaleplan.memory.training_memory` on one GPU as expressions, one per component.
 
     Options are those of `training_memory`. ``allocator_slack_fraction`` enters as an exact
     rational. ``optimizer="adamw-8bit"`` and ``optimizer_impl="for-loop"`` depend on thresholds
@@ -328,41 +328,42 @@ def memory(
     """
     model, run = _split_free(free)
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
+    _check_mode("attention", attention, ("flash", "eager"))
+    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
+    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
     b = _run_size("micro_batch_size", micro_batch_size, run, None)
     s = _run_size("seq_len", seq_len, run, cfg.block_size)
     view = symbolic_model(cfg, model)
-    cfg_ = _as_model(view)
+
+    def parts(c: GPTConfig) -> Any:  # training_memory's own arithmetic, on one GPU
+        return _stage_parts(c, b, s, p, opt, attention, checkpointing, device, Parallelism(),
+                            optimizer_impl, hold_logits, "only")
+
     try:
-        n = param_terms(cfg_)["total"]
-        W, G = weight_bytes(n, p), gradient_bytes(n, p)
-        O = _affine_in_layers(view, lambda c: optimizer_state_bytes(c, opt, p))
-        temp = _affine_in_layers(
-            view, lambda c: _optimizer_temporaries(c, opt, p, device, optimizer_impl))
+        W, G, O, saved, copies, all_copies, held, moments = _affine_in_layers(view, parts)
     except TypeError as err:  # a comparison or max() on a symbol
         raise ScaleplanError(
             f"optimizer={optimizer!r} (optimizer_impl={optimizer_impl!r}) has no closed form "
             f"in {', '.join(model)}: its state depends on per-tensor thresholds or maxima; keep "
             "those fields numeric (free=('micro_batch_size', 'seq_len'))") from err
-    saved = _saved_terms(cfg_, b, s, precision=p, attention=attention,
-                        checkpointing=checkpointing, device=device, layers=view.n_layer)
-    S = sum(saved.values())
-    copies = autocast_weight_copy_bytes(cfg_, p)
-    extra = _backward_start_extra(cfg_, b, s, p, hold_logits)
-    if checkpointing == "full":  # one block's activations rebuilt during backward
-        extra += sum(block_saved_terms(cfg_, b, s, precision=p, attention=attention,
-                                       checkpointing="none", device=device,
-                                       dropout=cfg.dropout > 0).values())
     # Expanded before entering Max and ceiling: sympy 1.14 takes some unexpanded products with
     # rational coefficients, such as d*(2*k + 2)/10, for integers and moves them out of ceiling.
     ex = sympy.expand
-    worst = sympy.Max(ex(S + copies + extra), ex(temp))
+    S = ex(sum(saved.values()))
+    moment = {k: ex(v) for k, v in moments.items()}
+    worst = sympy.Max(*moment.values()) + ex(held)
+    copies, all_copies = ex(copies), ex(all_copies)
+    if ex(all_copies - copies) != 0:  # as training_memory: forward_end (first on ties) holds all
+        others = [v for k, v in moment.items() if k != "forward_end"]
+        copies = sympy.Piecewise((all_copies, moment["forward_end"] >= sympy.Max(*others)),
+                                 (copies, True))
     peak = ex(W + G + O) + worst
     slack = sympy.nsimplify(allocator_slack_fraction)
     overhead = sympy.Integer(0) if device == "cpu" else (
         cuda_context_bytes + sympy.ceiling(ex(slack * peak), evaluate=False))
     return SymbolicMemory(
-        weights=ex(W), gradients=ex(G), optimizer=ex(O), saved_for_backward=ex(S),
-        autocast_weight_copies=ex(sympy.sympify(copies)), transient=worst - ex(S + copies),
+        weights=ex(W), gradients=ex(G), optimizer=ex(O), saved_for_backward=S,
+        autocast_weight_copies=sympy.sympify(copies), transient=worst - S - copies,
         overhead=overhead, total=peak + overhead,
         saved_breakdown={k: ex(sympy.sympify(v)) for k, v in saved.items()})
 
