@@ -14,6 +14,8 @@ from scaleplan.hardware import GPUSpec, gpu, gpus, register_gpu
 from scaleplan.loaders import NanoGPTRun, from_hf, load_nanogpt_config
 from scaleplan.logs import TrainingLog, read_log
 from scaleplan.memory import MemoryBreakdown, training_memory
+from scaleplan.memory_limits import max_micro_batch_size, max_seq_len
+from scaleplan.parallel import Parallelism
 from scaleplan.params import ParamCount, count_params
 from scaleplan.planner import Plan, plan
 from scaleplan.scaling import ScalingLaw, scaling_law, scaling_laws
@@ -26,6 +28,7 @@ from scaleplan.scaling_budget import (
 )
 from scaleplan.scaling_fit import fit_scaling_law
 from scaleplan.scaling_rules import critical_batch_size, data_constrained_loss, inference_optimal
+from scaleplan.sweep import sweep
 from scaleplan.throughput import (
     Throughput,
     TrainingTime,
@@ -58,6 +61,7 @@ __all__ = [
     "MaxParams",
     "MemoryBreakdown",
     "NanoGPTRun",
+    "Parallelism",
     "ParamCount",
     "ParamsNear",
     "Plan",
@@ -86,6 +90,8 @@ __all__ = [
     "grad_accum_steps",
     "inference_optimal",
     "load_nanogpt_config",
+    "max_micro_batch_size",
+    "max_seq_len",
     "mfu",
     "overtraining_ratio",
     "plan",
@@ -95,6 +101,7 @@ __all__ = [
     "scaling_law",
     "scaling_laws",
     "step_flops",
+    "sweep",
     "throughput_at_mfu",
     "time_to_train",
     "tokens_seen",

@@ -20,6 +20,8 @@ from scaleplan.flops import flops_per_token, training_flops
 from scaleplan.hardware import GPUSpec
 from scaleplan.hardware import gpu as lookup_gpu
 from scaleplan.memory import MemoryBreakdown, training_memory
+from scaleplan.memory_limits import available_memory_bytes
+from scaleplan.parallel import Parallelism
 from scaleplan.params import ParamCount, count_params
 from scaleplan.remedies import Remedy, nothing_fits_message
 from scaleplan.remedies import remedies as find_remedies
@@ -77,14 +79,17 @@ class Candidate(BaseModel):
 class Plan(BaseModel):
     """A training plan for one model on one GPU type; round-trips through JSON.
 
-    ``micro_batch_size * grad_accum_steps * seq_len * world_size == tokens_per_step`` exactly.
+    ``micro_batch_size * grad_accum_steps * seq_len * data_parallel == tokens_per_step``
+    exactly (``data_parallel == world_size`` without tensor or pipeline parallelism).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: GPTConfig
     gpu: GPUSpec
-    world_size: int
+    world_size: int = Field(description="GPUs in all.")
+    data_parallel: int = Field(description="Data-parallel degree: micro-batches per step-slice.")
+    parallelism: Parallelism | None = Field(description="The layout, None for one GPU.")
     seq_len: int
     precision: Precision
     precision_reason: str
@@ -171,9 +176,9 @@ def _choose_precision(spec: GPUSpec, precision: str) -> tuple[Precision, str, li
 
 
 def _available(spec: GPUSpec) -> tuple[int, str]:
-    if spec.usable_memory_bytes is not None:
-        return spec.usable_memory_bytes, "what the driver reports as total (nvidia-smi)"
-    return spec.memory_bytes, "the marketed memory, read as GiB"
+    source = ("what the driver reports as total (nvidia-smi)"
+              if spec.usable_memory_bytes is not None else "the marketed memory, read as GiB")
+    return available_memory_bytes(spec), source
 
 
 def default_mfu(spec: GPUSpec) -> tuple[float, str]:
@@ -197,6 +202,7 @@ def plan(
     optimizer: str = "adamw",
     attention: Literal["flash", "eager"] = "flash",
     checkpointing: Checkpointing = "none",
+    parallelism: Parallelism | None = None,
     **memory_options: Any,
 ) -> Plan:
     """Plan training ``cfg`` on ``world_size`` GPUs of type ``gpu``.
@@ -209,7 +215,8 @@ def plan(
         total_tokens: tokens for the run; ``"chinchilla"`` (or None without ``hours``) takes
             the law's compute-optimal budget for this model.
         hours: instead of ``total_tokens``, train for this many hours at the assumed MFU.
-        world_size: data-parallel GPUs.
+        world_size: GPUs. Without ``parallelism`` they are plain data parallel (DDP, with
+            its gradient buckets); with it, ``world_size`` defaults to ``parallelism.gpus``.
         precision: ``"auto"`` picks bf16 autocast where the GPU has bf16 tensor cores, fp16
             autocast otherwise; or any `scaleplan.config.Precision`.
         seq_len: tokens per sequence; default ``cfg.block_size``.
@@ -218,6 +225,8 @@ def plan(
         optimizer: as in `training_memory`.
         attention: as in `training_memory`.
         checkpointing: as in `training_memory`.
+        parallelism: a `scaleplan.parallel.Parallelism` (ZeRO / FSDP / tensor / pipeline);
+            tokens per step count its data-parallel degree.
         memory_options: passed to `training_memory` (e.g. ``cuda_context_bytes``).
 
     The micro-batch is the largest that fits (by `training_memory`, overhead included) among
@@ -233,41 +242,62 @@ def plan(
     seq_len = cfg.block_size if seq_len is None else seq_len
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
+    if parallelism is None:
+        parallelism = Parallelism(data=world_size) if world_size > 1 else None
+        data = world_size
+    else:
+        if world_size not in (1, parallelism.gpus):
+            raise ScaleplanError(
+                f"world_size={world_size} but parallelism uses {parallelism.gpus} GPUs "
+                f"(data {parallelism.data} x tensor {parallelism.tensor} x pipeline "
+                f"{parallelism.pipeline}); drop world_size or make them agree")
+        world_size, data = parallelism.gpus, parallelism.data
     if hours is not None and not (isinstance(hours, (int, float)) and hours > 0
                                   and math.isfinite(hours)):
         raise ScaleplanError(f"hours={hours!r} must be a positive number of hours")
     chosen_precision, precision_reason, warnings = _choose_precision(spec, precision)
     if tokens_per_step is None:
-        chunk = seq_len * world_size
+        chunk = seq_len * data
         tokens_per_step = max(1, round(DEFAULT_TOKENS_PER_STEP / chunk)) * chunk
-    sizes = micro_batch_sizes(tokens_per_step, seq_len, world_size)
+    sizes = micro_batch_sizes(tokens_per_step, seq_len, data)
     if not sizes:
         raise ScaleplanError(
-            f"tokens_per_step={tokens_per_step:,} is not a whole number of sequences on every GPU "
-            f"(seq_len x world_size = {seq_len * world_size:,}); try tokens_per_step="
-            f"{max(1, round(tokens_per_step / (seq_len * world_size))) * seq_len * world_size:,}")
+            f"tokens_per_step={tokens_per_step:,} is not a whole number of sequences on every "
+            f"data-parallel GPU (seq_len x {data} = {seq_len * data:,}); try tokens_per_step="
+            f"{max(1, round(tokens_per_step / (seq_len * data))) * seq_len * data:,}")
     available, available_source = _available(spec)
     settings: dict[str, Any] = {"precision": chosen_precision, "optimizer": optimizer,
-                                "attention": attention, "checkpointing": checkpointing}
+                                "attention": attention, "checkpointing": checkpointing,
+                                "parallelism": parallelism}
 
     def memory(b: int, model: GPTConfig = cfg, **changes: Any) -> MemoryBreakdown:
-        return training_memory(model, micro_batch_size=b, seq_len=seq_len,
-                               **{**settings, **changes}, **memory_options)
+        merged = {**settings, **changes}
+        if "zero" in merged:  # a ZeRO remedy: shard the data-parallel group
+            layout = merged["parallelism"] or Parallelism(data=data)
+            merged["parallelism"] = Parallelism.model_validate(
+                {**layout.model_dump(), "zero": merged.pop("zero"), "fsdp": None})
+        return training_memory(model, micro_batch_size=b, seq_len=seq_len, **merged,
+                               **memory_options)
 
     remedy, remedies = None, []
     if memory(1).total > available:
         remedies = find_remedies(cfg, memory, available, seq_len, settings,
-                             spec.has_bf16_tensor_cores)
+                                 spec.has_bf16_tensor_cores, data_parallel=data,
+                                 zero=parallelism.zero_stage if parallelism else 0)
         fitting = [r for r in remedies if r.fits]
         if not fitting:
             raise ScaleplanError(nothing_fits_message(cfg, spec, memory, remedies, available))
         remedy = fitting[0].name
         settings.update(fitting[0].changes)
+        if "zero" in settings:
+            layout = settings["parallelism"] or Parallelism(data=data)
+            settings["parallelism"] = parallelism = Parallelism.model_validate(
+                {**layout.model_dump(), "zero": settings.pop("zero"), "fsdp": None})
         if "precision" in fitting[0].changes:
             precision_reason = f"changed to fit: {remedy}"
-    chosen, candidates = _search(sizes, memory, available, tokens_per_step, seq_len, world_size)
+    chosen, candidates = _search(sizes, memory, available, tokens_per_step, seq_len, data)
     mem = memory(chosen)
-    steps_accum = grad_accum_steps(tokens_per_step, chosen, seq_len, world_size)
+    steps_accum = grad_accum_steps(tokens_per_step, chosen, seq_len, data)
 
     pc = count_params(cfg)
     scaling = scaling_law(law)
@@ -300,7 +330,8 @@ def plan(
 
     warnings += _warnings(cfg, spec, seq_len, run_tokens, optimal)
     return Plan(
-        model=cfg, gpu=spec, world_size=world_size, seq_len=seq_len,
+        model=cfg, gpu=spec, world_size=world_size, data_parallel=data,
+        parallelism=parallelism, seq_len=seq_len,
         precision=settings["precision"], precision_reason=precision_reason,
         optimizer=settings["optimizer"], attention=attention,
         checkpointing=settings["checkpointing"], micro_batch_size=chosen,

@@ -26,19 +26,37 @@ class Remedy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    changes: dict[str, str] = Field(description="The settings it changes, e.g. checkpointing.")
+    changes: dict[str, str | int] = Field(
+        description="The settings it changes: checkpointing, optimizer, precision, or zero (the "
+        "ZeRO stage of the data-parallel group).")
     total_bytes: int = Field(description="Memory at micro-batch 1 with this remedy.")
     fits: bool
     cost: str = Field(description="What it costs, in words with a number.")
 
 
+# ZeRO's communication per step relative to DDP's all-reduce of 2 x params: stages 1 and 2 move
+# the same volume, stage 3 1.5x (Rajbhandari et al. 2020, "ZeRO", Sec. 7).
+ZERO_COMMUNICATION = {1: 1.0, 2: 1.0, 3: 1.5}
+
+
 def remedies(cfg: GPTConfig, memory: Any, available: int, seq_len: int,
-              settings: dict[str, Any], bf16_ok: bool) -> list[Remedy]:
+             settings: dict[str, Any], bf16_ok: bool, *, data_parallel: int = 1,
+             zero: int = 0) -> list[Remedy]:
+    """Each remedy's memory at micro-batch 1, cheapest first. ZeRO stages are offered when the
+    data-parallel group has more than one GPU and shards less than the stage would."""
     base = flops_per_token(cfg, seq_len=seq_len)
     extra = {r: flops_per_token(cfg, seq_len=seq_len, recompute=r) / base - 1
              for r in ("selective", "full")}
     full = f"+{extra['full']:.1%} compute"
-    options: list[tuple[str, dict[str, str], str]] = [
+    options: list[tuple[str, dict[str, str | int], str]] = []
+    if data_parallel > 1:
+        for stage in (1, 2, 3):
+            if stage > zero:
+                comm = ZERO_COMMUNICATION[stage]
+                options.append((f"ZeRO-{stage} over {data_parallel} GPUs", {"zero": stage},
+                                f"{comm:g}x DDP's communication volume"
+                                + (" (FSDP full shard)" if stage == 3 else "")))
+    options += [
         ("selective activation checkpointing", {"checkpointing": "selective"},
          f"+{extra['selective']:.1%} compute (attention recomputed)"),
         ("full activation checkpointing", {"checkpointing": "full"},
@@ -50,7 +68,9 @@ def remedies(cfg: GPTConfig, memory: Any, available: int, seq_len: int,
     ]
     if settings["precision"] in ("bf16-mixed", "32-true") and bf16_ok:
         true_bf16 = "bf16 weights with no fp32 copy: small updates can round away"
-        options.insert(3, ("bf16 weights (bf16-true)", {"precision": "bf16-true"}, true_bf16))
+        after_8bit = [name for name, _, _ in options].index("8-bit AdamW") + 1
+        options.insert(after_8bit, ("bf16 weights (bf16-true)", {"precision": "bf16-true"},
+                                    true_bf16))
         options.append(("full checkpointing + 8-bit AdamW + bf16 weights",
                         {"checkpointing": "full", "optimizer": "adamw-8bit",
                          "precision": "bf16-true"}, f"{full}, 8-bit states, {true_bf16}"))
@@ -65,7 +85,7 @@ def remedies(cfg: GPTConfig, memory: Any, available: int, seq_len: int,
 
 
 def nothing_fits_message(cfg: GPTConfig, spec: GPUSpec, memory: Any,
-                          remedies: list[Remedy], available: int) -> str:
+                         remedies: list[Remedy], available: int) -> str:
     """Say what would fit: how many GPUs to shard the model states over, or how narrow a model
     fits one GPU with every remedy applied."""
     base = memory(1)
@@ -88,7 +108,8 @@ def nothing_fits_message(cfg: GPTConfig, spec: GPUSpec, memory: Any,
     )
 
 
-def _narrower(cfg: GPTConfig, changes: dict[str, str], memory: Any, available: int) -> str:
+def _narrower(cfg: GPTConfig, changes: dict[str, str | int], memory: Any,
+              available: int) -> str:
     """The widest n_embd (whole heads, other fields kept) that fits at micro-batch 1."""
     step = cfg.n_head
 

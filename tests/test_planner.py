@@ -54,10 +54,12 @@ def test_choice_is_the_largest_fitting_divisor_by_exhaustive_search(seed_plan: P
 
 def test_model_states_are_nanogpts_16_bytes_per_parameter(seed_plan: Plan) -> None:
     # bf16-mixed as nanoGPT runs it: fp32 weights (4 B) and grads (4 B), AdamW's two fp32 states
-    # (8 B): 16 bytes for each of GPT-2's 124,439,808 parameters.
+    # (8 B): 16 bytes for each of GPT-2's 124,439,808 parameters; plus torch AdamW's 4-byte step
+    # counter for each of the 148 parameter tensors (wte, wpe, ln_f weight and bias, and 12 per
+    # block: ln_1, c_attn, c_proj, ln_2, c_fc, mlp c_proj, each weight and bias).
     m = seed_plan.memory
     assert (m.weights, m.gradients, m.optimizer) == (4 * 124_439_808, 4 * 124_439_808,
-                                                     8 * 124_439_808)
+                                                     8 * 124_439_808 + 4 * 148)
 
 
 def test_precision_is_chosen_by_the_gpu() -> None:
@@ -174,6 +176,23 @@ def test_bad_input(kwargs: dict[str, object], error: type[Exception], message: s
     args: dict[str, object] = {"gpu": "RTX 4070"} | kwargs
     with pytest.raises(error, match=message):
         plan(GPT2, **args)  # type: ignore[arg-type]
+
+
+def test_data_parallel_plans_count_ddp_buckets_and_offer_zero() -> None:
+    # 8 GPUs: each sees 1/8 of the step; DDP keeps a second, bucketed copy of the gradients
+    # (PyTorch's default gradient_as_bucket_view=False), so memory exceeds the 1-GPU figure.
+    one = plan(GPT2, "H100 SXM", tokens_per_step=524_288)
+    eight = plan(GPT2, "H100 SXM", tokens_per_step=524_288, world_size=8)
+    assert eight.data_parallel == 8
+    assert eight.micro_batch_size * eight.grad_accum_steps * 1024 * 8 == 524_288
+    same_b = training_memory(GPT2, micro_batch_size=eight.micro_batch_size, seq_len=1024)
+    assert eight.memory.total > same_b.total
+    assert one.world_size == 1 and one.parallelism is None
+    # gpt2-xl on 4 x RTX 4090 (24 GiB) does not fit plain DDP at micro-batch 1; ZeRO is tried
+    # first, being free of extra compute.
+    xl = plan(GPTConfig.preset("gpt2-xl"), "RTX 4090", world_size=4, seq_len=1024)
+    assert xl.remedy is not None and xl.remedy.startswith("ZeRO-")
+    assert xl.parallelism is not None and xl.parallelism.zero_stage >= 1 and xl.fits
 
 
 def test_gpu_spec_instance_is_accepted() -> None:

@@ -23,7 +23,8 @@ EXPECTED = {
     "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
     "critical_batch_size", "data_constrained_loss", "inference_optimal",
     # memory, batching, planning
-    "MemoryBreakdown", "training_memory", "grad_accum_steps", "Plan", "plan", "plan_for_budget",
+    "MemoryBreakdown", "training_memory", "Parallelism", "max_micro_batch_size", "max_seq_len",
+    "grad_accum_steps", "Plan", "plan", "plan_for_budget", "sweep",
     # logs and diagnosis
     "TrainingLog", "read_log", "Diagnosis", "Finding", "diagnose",
     # validators for users' own pydantic models
