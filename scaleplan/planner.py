@@ -250,9 +250,15 @@ def plan(
     settings: dict[str, Any] = {"precision": chosen_precision, "optimizer": optimizer,
                                 "attention": attention, "checkpointing": checkpointing}
 
+    computed: dict[tuple[Any, ...], MemoryBreakdown] = {}  # the search asks some sizes twice
+
     def memory(b: int, model: GPTConfig = cfg, **changes: Any) -> MemoryBreakdown:
-        return training_memory(model, micro_batch_size=b, seq_len=seq_len,
-                               **{**settings, **changes}, **memory_options)
+        options = {**settings, **changes}
+        key = (b, id(model), *sorted(options.items()))
+        if key not in computed:
+            computed[key] = training_memory(model, micro_batch_size=b, seq_len=seq_len,
+                                            **options, **memory_options)
+        return computed[key]
 
     remedy, remedies = None, []
     if memory(1).total > available:
