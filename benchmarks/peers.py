@@ -94,8 +94,12 @@ def zero_estimator(cfg: GPTConfig, *, params: int, **_: Any) -> Prediction:
 
 def llm_analysis_available() -> bool:
     """Whether llm-analysis imports here."""
+    import warnings
+
     try:
-        import llm_analysis.analysis  # noqa: F401
+        with warnings.catch_warnings():  # fire 0.5 imports the deprecated `pipes` module
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import llm_analysis.analysis  # noqa: F401
     except ImportError:
         return False
     return True
