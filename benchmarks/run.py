@@ -68,6 +68,9 @@ def imports(quick: bool) -> dict[str, Any]:
         "numpy + pydantic + one model": (
             "import numpy, pydantic\nclass M(pydantic.BaseModel):\n    x: int"),
         "scaleplan": "import scaleplan",
+        # names load lazily: what the first config and the first plan() cost on top
+        "scaleplan + GPTConfig": "import scaleplan\nscaleplan.GPTConfig.preset('gpt2')",
+        "scaleplan + plan loaded": "import scaleplan\nscaleplan.plan",
     }
     if not quick and llm_analysis_available():
         snippets["llm_analysis"] = "import llm_analysis.analysis"

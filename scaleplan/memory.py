@@ -35,7 +35,7 @@ from scaleplan.optimizers import (
     gradient_bytes,
     normalize_optimizer,
     optimizer_state_bytes,
-    param_shapes,
+    shape_stats,
     weight_bytes,
 )
 from scaleplan.parallel import (
@@ -131,13 +131,19 @@ class MemoryBreakdown(BaseModel):
 
 
 def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> None:
-    import numpy as np
+    if isinstance(micro_batch_size, int) and isinstance(seq_len, int):  # the common case: fast
+        few_b, few_s, long_s = micro_batch_size < 1, seq_len < 1, seq_len > cfg.block_size
+    else:
+        import numpy as np
 
-    if np.any(np.asarray(micro_batch_size) < 1):
+        b, s = np.asarray(micro_batch_size), np.asarray(seq_len)
+        few_b, few_s = bool(np.any(b < 1)), bool(np.any(s < 1))
+        long_s = bool(np.any(s > cfg.block_size))
+    if few_b:
         raise ScaleplanError(f"micro_batch_size={micro_batch_size} must be >= 1 sequence")
-    if np.any(np.asarray(seq_len) < 1):
+    if few_s:
         raise ScaleplanError(f"seq_len={seq_len} must be >= 1 token")
-    if cfg.position == "learned" and np.any(np.asarray(seq_len) > cfg.block_size):
+    if cfg.position == "learned" and long_s:
         raise ScaleplanError(
             f"seq_len={seq_len} exceeds block_size={cfg.block_size}, the length of the learned "
             "position table; lower seq_len or raise block_size")
@@ -202,12 +208,12 @@ def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, devic
         return 0
     impl = impl or ("foreach" if device == "cuda" else "for-loop")
     state = FP32_BYTES if precision != "bf16-true" else 2
-    shapes = param_shapes(cfg)
+    n, _, largest = shape_stats(cfg)
     if impl == "fused":
         return 0
     if impl == "foreach":
-        return sum(math.prod(p) for p in shapes) * state
-    return 2 * max(math.prod(p) for p in shapes) * state
+        return n * state
+    return 2 * largest * state
 
 
 Stage = Literal["only", "first", "last"]
@@ -271,7 +277,7 @@ def training_memory(
     _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
     _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
     _check_shape(cfg, micro_batch_size, seq_len)
-    par = parallelism if parallelism is not None else Parallelism()
+    par = parallelism if parallelism is not None else _ONE_GPU
     if not isinstance(par, Parallelism):
         raise ScaleplanError(f"parallelism={parallelism!r} must be a "
                              "scaleplan.parallel.Parallelism (or None for one GPU)")
@@ -284,6 +290,9 @@ def training_memory(
         cuda_context_bytes + math.ceil(allocator_slack_fraction * tensor_peak))
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
                            tensor_peak=tensor_peak)
+
+
+_ONE_GPU = Parallelism()
 
 
 def _split(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
@@ -384,7 +393,7 @@ def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Paralle
     ``gradient_as_bucket_view`` a second copy of the gradients.
     """
     t, d, V = par.tensor, cfg.n_embd, cfg.vocab_size
-    n_total = sum(math.prod(x) for x in param_shapes(cfg))
+    n_total = shape_stats(cfg)[0]
     norm = d * (2 if cfg.norm_bias else 1)
     per_layer = param_terms(cfg)["per_layer"]
     block = _per_rank(per_layer - 2 * norm, t) + 2 * norm

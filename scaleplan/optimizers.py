@@ -7,6 +7,7 @@ and bitsandbytes' 8-bit optimizers keep tensors smaller than 4096 elements in 32
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal, get_args
 
@@ -20,6 +21,7 @@ __all__ = [
     "gradient_bytes",
     "optimizer_state_bytes",
     "param_shapes",
+    "shape_stats",
     "weight_bytes",
 ]
 
@@ -60,6 +62,28 @@ def normalize_optimizer(name: str) -> OptimizerName:
         error.args = (f"{error} (valid: {', '.join(OPTIMIZERS)})",)
         raise error
     return key  # type: ignore[return-value]
+
+
+def shape_stats(cfg: GPTConfig) -> tuple[int, int, int]:
+    """(elements, tensors, elements of the largest tensor) over `param_shapes`; cached per
+    config, since a plan evaluates the same model many times.
+
+    >>> shape_stats(GPTConfig.preset("gpt2"))
+    (124439808, 148, 38597376)
+    """
+    if isinstance(cfg, GPTConfig):  # frozen and hashable; symbolic models go uncached
+        return _cached_shape_stats(cfg)
+    return _shape_stats(param_shapes(cfg))
+
+
+def _shape_stats(shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
+    sizes = [math.prod(p) for p in shapes]
+    return sum(sizes), len(sizes), max(sizes)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_shape_stats(cfg: GPTConfig) -> tuple[int, int, int]:
+    return _shape_stats(param_shapes(cfg))
 
 
 def param_shapes(cfg: GPTConfig) -> list[tuple[int, ...]]:
@@ -130,19 +154,18 @@ def optimizer_state_bytes(cfg: GPTConfig, optimizer: OptimizerName, precision: P
     """
     master = _MASTER_BYTES[precision]
     state = master or _PARAM_BYTES[precision]
-    shapes = param_shapes(cfg)
-    n = sum(math.prod(p) for p in shapes)
+    n, n_tensors, _ = shape_stats(cfg)
     if optimizer == "adamw":
-        states = 2 * n * state + ADAMW_STEP_BYTES * len(shapes)
+        states = 2 * n * state + ADAMW_STEP_BYTES * n_tensors
     elif optimizer in ("sgd-momentum", "lion"):
         states = n * state
     elif optimizer == "sgd":
         states = 0
     elif optimizer == "adafactor":
-        states = sum((p[0] + p[1] if len(p) == 2 else p[0]) * state for p in shapes)
+        states = sum((p[0] + p[1] if len(p) == 2 else p[0]) * state for p in param_shapes(cfg))
     else:  # adamw-8bit
         states = 0
-        for p in shapes:
+        for p in param_shapes(cfg):
             numel = math.prod(p)
             if numel < BNB_MIN_8BIT_SIZE:
                 states += 2 * numel * 4

@@ -8,6 +8,7 @@ step, `training_flops` and an assumed MFU for the time, a scaling law for tokens
 
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Any, Literal
 
@@ -270,7 +271,16 @@ def plan(
                                 "attention": attention, "checkpointing": checkpointing,
                                 "parallelism": parallelism}
 
+    # The search asks some micro-batches twice; cleared when a remedy changes the settings.
+    computed: dict[tuple[Any, ...], MemoryBreakdown] = {}
+
     def memory(b: int, model: GPTConfig = cfg, **changes: Any) -> MemoryBreakdown:
+        key = (b, id(model), *sorted(changes.items()))
+        if key not in computed:
+            computed[key] = _memory(b, model, **changes)
+        return computed[key]
+
+    def _memory(b: int, model: GPTConfig, **changes: Any) -> MemoryBreakdown:
         merged = {**settings, **changes}
         if "zero" in merged:  # a ZeRO remedy: shard the data-parallel group
             layout = merged["parallelism"] or Parallelism(data=data)
@@ -289,6 +299,7 @@ def plan(
             raise ScaleplanError(nothing_fits_message(cfg, spec, memory, remedies, available))
         remedy = fitting[0].name
         settings.update(fitting[0].changes)
+        computed.clear()
         if "zero" in settings:
             layout = settings["parallelism"] or Parallelism(data=data)
             settings["parallelism"] = parallelism = Parallelism.model_validate(
@@ -352,27 +363,32 @@ def _dtype(precision: str) -> str:
 
 def _search(sizes: list[int], memory: Any, available: int, tokens_per_step: int, seq_len: int,
             world_size: int) -> tuple[int, list[Candidate]]:
-    """The largest size that fits (memory grows with the micro-batch, so bisect), and the
-    candidates around it."""
-    lo, hi = 0, len(sizes) - 1  # sizes[0] == 1 fits (checked by the caller)
-    totals: dict[int, int] = {}
+    """The largest size that fits, and the candidates around it.
 
-    def total(i: int) -> int:
-        if sizes[i] not in totals:
-            totals[sizes[i]] = memory(sizes[i]).total
-        return totals[sizes[i]]
+    Memory grows with the micro-batch, so this bisects; its first probes are the size that
+    micro-batch 1's breakdown extrapolates to (activations and the loss side grow about
+    linearly, model states not at all) and the next one up, which usually settles it.
+    """
+    one = memory(1)  # fits: checked by the caller
+    per_sequence = max(1, one.saved_for_backward + one.transient)
+    estimate = 1 + (available - one.total) / per_sequence
+    guess = max(0, bisect.bisect_right(sizes, estimate) - 1)
 
+    def fits(i: int) -> bool:
+        return bool(memory(sizes[i]).total <= available)
+
+    lo, hi = 0, len(sizes) - 1
+    for probe in (guess, guess + 1):
+        if lo < probe <= hi:
+            lo, hi = (probe, hi) if fits(probe) else (lo, probe - 1)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if total(mid) <= available:
-            lo = mid
-        else:
-            hi = mid - 1
-    around = range(max(0, lo - 2), min(len(sizes), lo + 3))
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    around = range(max(0, lo - 1), min(len(sizes), lo + 2))  # the next size each side
     candidates = [Candidate(micro_batch_size=sizes[i],
                             grad_accum_steps=grad_accum_steps(tokens_per_step, sizes[i], seq_len,
                                                               world_size),
-                            total_bytes=total(i), fits=total(i) <= available) for i in around]
+                            total_bytes=memory(sizes[i]).total, fits=fits(i)) for i in around]
     return sizes[lo], candidates
 
 

@@ -52,6 +52,23 @@ def test_choice_is_the_largest_fitting_divisor_by_exhaustive_search(seed_plan: P
     assert seed_plan.micro_batch_size == max(fitting)
 
 
+@pytest.mark.parametrize(("preset", "gpu_name", "seq_len", "tokens"), [
+    ("nanogpt-shakespeare-char", "T4", 256, 2**16),
+    ("gpt2-medium", "RTX 3090", 1024, 2**19),
+    ("smollm2-135m", "L4", 2048, 3 * 2**19),
+    ("tinyllama-1.1b", "A100 SXM 80GB", 2048, 2**21),
+    ("qwen2-0.5b", "RTX 4060 Ti 16GB", 512, 720 * 512),  # 720 sequences: 30 divisors
+])
+def test_search_matches_exhaustive_search(preset: str, gpu_name: str, seq_len: int,
+                                          tokens: int) -> None:
+    cfg = GPTConfig.preset(preset)
+    p = plan(cfg, gpu_name, tokens_per_step=tokens, seq_len=seq_len)
+    fitting = [b for b in micro_batch_sizes(tokens, seq_len)
+               if training_memory(cfg, micro_batch_size=b, seq_len=seq_len,
+                                  precision=p.precision).total <= p.available_bytes]
+    assert p.micro_batch_size == max(fitting)
+
+
 def test_model_states_are_nanogpts_16_bytes_per_parameter(seed_plan: Plan) -> None:
     # bf16-mixed as nanoGPT runs it: fp32 weights (4 B) and grads (4 B), AdamW's two fp32 states
     # (8 B): 16 bytes for each of GPT-2's 124,439,808 parameters; plus torch AdamW's 4-byte step

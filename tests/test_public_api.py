@@ -3,8 +3,12 @@ free of heavy imports."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import subprocess
 import sys
+
+import pytest
 
 import scaleplan
 
@@ -44,13 +48,35 @@ def test_every_exported_name_exists_and_nothing_else_is_public() -> None:
         assert hasattr(scaleplan, name), name
     public = {n for n in vars(scaleplan) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(scaleplan, n)).__name__ == "module"}
-    assert public - modules == EXPECTED
+    assert public - modules <= EXPECTED  # names load lazily: the loaded ones, nothing else
+    assert set(dir(scaleplan)) == EXPECTED | {"__version__"}
+    with pytest.raises(AttributeError, match="has no attribute 'GPTconfig'"):
+        scaleplan.GPTconfig  # noqa: B018
+
+
+def test_lazy_map_and_type_checking_imports_agree() -> None:
+    # the TYPE_CHECKING imports (what type checkers see) must name exactly what __getattr__ loads
+    tree = ast.parse(inspect.getsource(scaleplan))
+    imported = {(node.module, alias.name) for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module
+                and node.module.startswith("scaleplan.") for alias in node.names}
+    lazy = {(f"scaleplan.{module}", name)
+            for module, names in scaleplan._EXPORTS.items() for name in names}
+    assert imported == lazy
 
 
 def test_import_is_light() -> None:
-    code = ("import sys, scaleplan; "
-            "print(','.join(m for m in ('torch', 'sympy', 'matplotlib', 'pandas') "
-            "if m in sys.modules))")
+    heavy = ("torch", "sympy", "matplotlib", "pandas", "scipy", "numpy", "pydantic",
+             "scaleplan.config")
+    code = (f"import sys, scaleplan; print(','.join(m for m in {heavy!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
+    assert done.stdout.strip() == ""
+
+
+def test_using_the_planner_keeps_torch_and_sympy_out() -> None:
+    code = ("import sys, scaleplan as sp; sp.plan(sp.GPTConfig.preset('gpt2'), 'RTX 4070'); "
+            "print(','.join(m for m in ('torch', 'sympy', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
     assert done.stdout.strip() == ""
