@@ -143,7 +143,7 @@ check("grad_accum_steps at micro-batch 4", grad_accum_steps(524_288, 4, 1024), 1
 SEED_LOG = """\
 tokens per iteration will be: 524,288
 number of parameters: 40.56M
-W0412 10:11:12.123000 4242 torch/_inductor/utils.py:1137] [0/0] Not enough SMs to use max_autotune_gemm mode
+W0412 torch/_inductor/utils.py:1137] Not enough SMs to use max_autotune_gemm mode
 step 0: train loss 10.9902, val loss 10.9887
 step 8000: train loss 3.7400, val loss 3.6800
 step 11000: train loss 3.6800, val loss 3.6100
