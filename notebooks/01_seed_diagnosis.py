@@ -108,8 +108,7 @@ plt.show()
 # ## 2. Far past the compute-optimal token budget
 #
 # The log's step 14,500 at 524,288 tokens per step, against Chinchilla's ~20 tokens per
-# parameter (Hoffmann et al. 2022, Table 3: 1B parameters -> 20.2B tokens). Plain arithmetic
-# until scaleplan's scaling-law module lands.
+# parameter (Hoffmann et al. 2022, Table 3: 1B parameters -> 20.2B tokens).
 
 # %%
 tokens_per_step = run.training.tokens_per_step
@@ -131,3 +130,64 @@ print(f"the run has seen {tokens_seen / optimal:.1f}x its compute-optimal budget
 # %%
 check("grad_accum_steps at micro-batch 8", grad_accum_steps(524_288, 8, 1024), 64)
 check("grad_accum_steps at micro-batch 4", grad_accum_steps(524_288, 4, 1024), 128)
+
+
+# %% [markdown]
+# ## 4. The whole diagnosis: `scaleplan.diagnose`
+#
+# The findings above, and the two the log adds (validation below training loss with dropout on;
+# nanoGPT's MFU measured against an A100), from the config and a log consistent with the seed's
+# numbers (nanoGPT's print formats; the last lines are the seed's own).
+
+# %%
+SEED_LOG = """\
+tokens per iteration will be: 524,288
+number of parameters: 40.56M
+W0412 torch/_inductor/utils.py:1137] Not enough SMs to use max_autotune_gemm mode
+step 0: train loss 10.9902, val loss 10.9887
+step 8000: train loss 3.7400, val loss 3.6800
+step 11000: train loss 3.6800, val loss 3.6100
+step 12000: train loss 3.6650, val loss 3.5950
+step 13000: train loss 3.6550, val loss 3.5850
+step 14000: train loss 3.6450, val loss 3.5750
+iter 14490: loss 3.6502, time 4325.50ms, mfu 11.62%
+step 14500: train loss 3.6415, val loss 3.5696
+"""
+log = sp.read_log("train.log", text=SEED_LOG)
+d = sp.diagnose(config=run, log=log, gpu="RTX 4070")
+for f in d.findings:
+    print(f"[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}\n")
+
+# seed-case.md's four findings, each found by computation
+for code in ("size-mismatch", "val-below-train-dropout", "past-compute-optimal",
+             "mfu-reference-gpu", "inductor-small-gpu"):
+    check(f"finding {code}", d.finding(code) is not None, True)
+# nanoGPT divides by 312e12 (A100 bf16 peak): 0.1162 x 312 = 36.25 TFLOP/s; the 4070's dense
+# bf16 peak is 46 SMs x 2.475 GHz x 512 FLOP/clk/SM = 58.29 TFLOP/s; 36.25 / 58.29 = 62.2 %
+real = sp.from_nanogpt_mfu(11.62, "RTX 4070")
+check("real MFU on the RTX 4070", round(real.mfu * 100, 1), round(0.1162 * 312 / 58.2912 * 100, 1))
+
+# %% [markdown]
+# ## 5. The plan for the next run: `scaleplan.plan`
+#
+# GPT-2 small on the RTX 4070 with nanoGPT's defaults: which micro-batch fits in 12 GB, and
+# exactly how many accumulation steps keep 524,288 tokens per step.
+
+# %%
+p = sp.plan(sp.GPTConfig.preset("gpt2"), "RTX 4070")
+print(p.report())
+check("micro-batch x accumulation", (p.micro_batch_size, p.grad_accum_steps), (8, 64))
+check("tokens per step (8 x 1024 x 64)", p.micro_batch_size * 1024 * p.grad_accum_steps, 524_288)
+
+# %%
+sizes = [c.micro_batch_size for c in p.candidates]
+totals = [c.total_bytes / 2**30 for c in p.candidates]
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.bar([str(b) for b in sizes], totals,
+       color=["tab:green" if c.fits else "tab:red" for c in p.candidates])
+ax.axhline(p.available_bytes / 2**30, color="k", ls="--", label="RTX 4070 (12,282 MiB)")
+ax.set_xlabel("micro-batch (sequences of 1024)")
+ax.set_ylabel("GiB per step")
+ax.legend()
+fig.tight_layout()
+plt.show()

@@ -115,7 +115,16 @@ class FitsOn(Marker):
         return {"micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len}
 
     def needed_bytes(self, cfg: GPTConfig, **settings: Any) -> int:
-        """Bytes one step needs on the GPU, from the memory model."""
+        """Bytes one step needs on the GPU, from the memory model.
+
+        With a stand-in memory model of 1 GiB per sequence in the micro-batch:
+
+        >>> def one_gib_each(cfg, micro_batch_size, **settings):
+        ...     return micro_batch_size * GiB
+        >>> fits = FitsOn(8 * GiB, memory_model=one_gib_each)
+        >>> fits.needed_bytes(GPTConfig.preset("gpt2"), micro_batch_size=3, seq_len=1024) // GiB
+        3
+        """
         if self.memory_model is None:
             from scaleplan.memory import training_memory as model
         else:
@@ -124,7 +133,11 @@ class FitsOn(Marker):
         return int(result if isinstance(result, int) else result.total)
 
     def budget_bytes(self) -> int:
-        """The memory a step may use: the GPU's, less ``headroom``."""
+        """The memory a step may use: the GPU's, less ``headroom``.
+
+        >>> FitsOn(8 * GiB, headroom=0.25).budget_bytes() == 6 * GiB
+        True
+        """
         return math.floor(self.available_bytes * (1 - self.headroom))
 
     def describe(self) -> str:
@@ -136,7 +149,14 @@ class FitsOn(Marker):
     def max_micro_batch_size(self, cfg: GPTConfig, **settings: Any) -> int:
         """The largest micro-batch up to ``settings['micro_batch_size']`` that fits; 0 if none.
 
-        Memory grows with the micro-batch, so a bisection finds it.
+        Memory grows with the micro-batch, so a bisection finds it. With a stand-in memory model
+        of 1 GiB per sequence, 8 GiB holds 8 sequences:
+
+        >>> def one_gib_each(cfg, micro_batch_size, **settings):
+        ...     return micro_batch_size * GiB
+        >>> fits = FitsOn(8 * GiB, memory_model=one_gib_each)
+        >>> fits.max_micro_batch_size(GPTConfig.preset("gpt2"), micro_batch_size=16, seq_len=1024)
+        8
         """
         lo, hi = 0, settings.pop("micro_batch_size")
         while lo < hi:

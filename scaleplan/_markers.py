@@ -188,27 +188,58 @@ class Marker:
     training_field: str | None = None
 
     def findings(self, subject: Subject) -> list[Finding]:
-        """What the rule finds in ``subject`` (empty when all is well)."""
+        """What the rule finds in ``subject`` (empty when all is well).
+
+        >>> from scaleplan.validators import MaxParams
+        >>> gpt2 = Subject(GPTConfig.preset("gpt2"))  # 124,439,808 parameters
+        >>> MaxParams("1.5B").findings(gpt2), [f.code for f in MaxParams("100M").findings(gpt2)]
+        ([], ['scaleplan.too_many_params'])
+        """
         raise NotImplementedError
 
     def describe(self) -> str:
-        """The constraint in one sentence, for the JSON schema's description."""
+        """The constraint in one sentence, for the JSON schema's description.
+
+        >>> from scaleplan.validators import MaxParams
+        >>> MaxParams("1.5B").describe()
+        'At most 1.5B parameters (total).'
+        """
         raise NotImplementedError
 
     def explicit(self) -> dict[str, Any]:
-        """Settings given to the marker itself, which win over the value's own."""
+        """Settings given to the marker itself, which win over the value's own.
+
+        >>> from scaleplan.validators import TokensPerParam
+        >>> TokensPerParam(min=10, tokens=10**9).explicit()
+        {'total_tokens': 1000000000}
+        """
         return {}
 
     def argument(self, setting: str) -> str:
-        """The marker's argument that gives ``setting``."""
+        """The marker's argument that gives ``setting``.
+
+        >>> from scaleplan.validators import TokensPerParam
+        >>> TokensPerParam(min=10).argument("total_tokens")
+        'tokens'
+        """
         return setting
 
     def required(self) -> tuple[str, ...]:
-        """The settings this marker must find on the value."""
+        """The settings this marker must find on the value.
+
+        >>> from scaleplan.validators import DivisibleStep
+        >>> DivisibleStep(524_288).required(), DivisibleStep(524_288, seq_len=1024).required()
+        (('micro_batch_size', 'seq_len'), ('micro_batch_size',))
+        """
         return tuple(n for n in self.needs if self.explicit().get(n) is None)
 
     def evaluate(self, subject: Subject) -> list[Finding]:
-        """`findings`, or a ``scaleplan.missing_setting`` error when a setting is absent."""
+        """`findings`, or a ``scaleplan.missing_setting`` error when a setting is absent.
+
+        >>> from scaleplan.validators import DivisibleStep
+        >>> [f.code for f in DivisibleStep(524_288).evaluate(Subject(GPTConfig()))]
+        ['scaleplan.missing_setting']
+        """
         for name in self.required():
             if subject.get(name) is None:
                 return [Finding(
@@ -219,7 +250,14 @@ class Marker:
         return self.findings(subject)
 
     def locate(self, tp: Any) -> Locator:
-        """`locate` for this marker, raising if a needed setting cannot be found on ``tp``."""
+        """`locate` for this marker, raising if a needed setting cannot be found on ``tp``.
+
+        >>> from scaleplan.validators import DivisibleStep
+        >>> DivisibleStep(524_288).locate(GPTConfig)
+        Traceback (most recent call last):
+        ...
+        scaleplan.errors.ScaleplanError: DivisibleStep on GPTConfig needs micro_batch_size, ...
+        """
         locator = locate(tp, model_field=self.model_field, training_field=self.training_field)
         missing = locator.unavailable(self.required())
         if missing:

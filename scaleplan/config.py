@@ -240,7 +240,13 @@ class GPTConfig(BaseModel):
 
     @classmethod
     def from_hf(cls, config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
-        """Read a Hugging Face ``config.json`` (a dict or a path); see `scaleplan.loaders`."""
+        """Read a Hugging Face ``config.json`` (a dict or a path); see `scaleplan.loaders`.
+
+        >>> cfg = GPTConfig.from_hf({"model_type": "gpt2", "n_layer": 12, "n_head": 12,
+        ...                          "n_embd": 768, "vocab_size": 50257, "n_positions": 1024})
+        >>> cfg.n_embd, cfg.vocab_size, cfg.tie_embeddings
+        (768, 50257, True)
+        """
         from scaleplan.loaders import from_hf
 
         return from_hf(config)
@@ -311,5 +317,9 @@ class TrainingConfig(BaseModel):
         return self.tokens_per_step * self.max_iters
 
     def replace(self, **changes: Any) -> TrainingConfig:
-        """A copy with ``changes`` applied and validated again."""
+        """A copy with ``changes`` applied and validated again.
+
+        >>> TrainingConfig(micro_batch_size=16).replace(micro_batch_size=8).micro_batch_size
+        8
+        """
         return type(self).model_validate({**self.model_dump(), **changes})

@@ -83,7 +83,14 @@ class Recommendation(BaseModel):
 
 
 class Diagnosis(BaseModel):
-    """What `diagnose` found."""
+    """What `diagnose` found: the findings in order, and a recommended next run.
+
+    >>> run = load_nanogpt_config("train.py", text="# Model (~125M parameters)\\nn_embd = 384\\n")
+    >>> log = read_log("train.log", text="step 14500: train loss 3.6415, val loss 3.5696\\n")
+    >>> d = diagnose(config=run, log=log)
+    >>> d.nanogpt_params, d.recommendation is not None
+    (40560000, True)
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -97,11 +104,23 @@ class Diagnosis(BaseModel):
     law: str
 
     def codes(self) -> tuple[str, ...]:
-        """The codes of the findings, in order."""
+        """The codes of the findings, in order.
+
+        >>> run = load_nanogpt_config("t.py", text="# Model (~125M parameters)\\nn_embd = 384\\n")
+        >>> log = read_log("t.log", text="step 14500: train loss 3.6415, val loss 3.5696")
+        >>> diagnose(config=run, log=log).codes()
+        ('size-mismatch', 'past-compute-optimal', 'lr-not-annealed')
+        """
         return tuple(f.code for f in self.findings)
 
     def finding(self, code: str) -> Finding | None:
-        """The finding with ``code``, if any."""
+        """The finding with ``code``, if any.
+
+        >>> run = load_nanogpt_config("t.py", text="# Model (~125M parameters)\\nn_embd = 384\\n")
+        >>> d = diagnose(config=run, log=read_log("t.log", text="step 0: train loss 10.99"))
+        >>> d.finding("size-mismatch").numbers["nanogpt_params"], d.finding("plateau")
+        (40560000, None)
+        """
         return next((f for f in self.findings if f.code == code), None)
 
 

@@ -13,13 +13,29 @@ __all__ = ["ConfigFileError", "ScaleplanError", "UnknownNameError"]
 
 
 class ScaleplanError(ValueError):
-    """Base class of the errors scaleplan raises for bad input."""
+    """Base class of the errors scaleplan raises for bad input.
+
+    It is a ``ValueError``, so one ``except ValueError`` catches every rejection:
+
+    >>> from scaleplan.config import GPTConfig
+    >>> try:
+    ...     GPTConfig.preset("gpt-3")
+    ... except ScaleplanError as exc:
+    ...     print(type(exc).__name__, isinstance(exc, ValueError))
+    UnknownNameError True
+    """
 
 
 class UnknownNameError(ScaleplanError, LookupError):
     """A name (preset, GPU, scaling law, ...) that scaleplan does not know.
 
     The message lists the closest known names.
+
+    >>> exc = UnknownNameError("preset", "gpt-3", ["gpt2", "gpt2-xl", "llama-2-7b"])
+    >>> str(exc)
+    "unknown preset 'gpt-3'; did you mean 'gpt2-xl', 'gpt2'?"
+    >>> exc.suggestions
+    ['gpt2-xl', 'gpt2']
     """
 
     def __init__(self, kind: str, name: object, known: Iterable[str]) -> None:
@@ -38,7 +54,12 @@ class UnknownNameError(ScaleplanError, LookupError):
 
 
 class ConfigFileError(ScaleplanError):
-    """A configuration file that cannot be read; the message names the file and the line."""
+    """A configuration file that cannot be read; the message names the file and the line.
+
+    >>> exc = ConfigFileError("an import is not allowed", path="bad.py", line=1)
+    >>> str(exc), exc.line
+    ('bad.py, line 1: an import is not allowed', 1)
+    """
 
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
         where = path or "<config>"

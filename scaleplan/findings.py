@@ -44,6 +44,12 @@ class Finding(BaseModel):
         return {**self.numbers, **self.labels}
 
     def error(self) -> PydanticCustomError:
-        """This finding as the error a validator raises."""
+        """This finding as the error a validator raises.
+
+        >>> f = Finding(code="x.too_big", severity="error", message="n_embd {384} is too big")
+        >>> err = f.error()
+        >>> err.type, err.message()
+        ('x.too_big', 'n_embd (384) is too big')
+        """
         return PydanticCustomError(self.code, self.message.replace("{", "(").replace("}", ")"),
                                    self.context)

@@ -168,6 +168,10 @@ class NanoGPTRun(BaseModel):
     (``# Model (~125M parameters)`` -> 125_000_000), kept so it can be checked against
     `count_params`. ``ignored`` lists assignments that do not describe the model or its
     training budget (``out_dir``, ``wandb_project``, ...).
+
+    >>> run = load_nanogpt_config("train.py", text="# Model (~125M parameters)\\nn_embd = 384\\n")
+    >>> run.model.n_embd, run.claimed_params, run.training.micro_batch_size
+    (384, 125000000, 12)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -116,25 +116,60 @@ class TrainingLog(BaseModel):
                                          "(it may have been cut off mid-line).")
 
     def train_records(self) -> tuple[LogRecord, ...]:
-        """Training-step records that carry a training loss."""
+        """Training-step records that carry a training loss.
+
+        >>> log = read_log("train.log", text="step 0: train loss 10.9902, val loss 10.9887\\n"
+        ...                "iter 1: loss 10.5012, time 4325.50ms, mfu 11.62%\\n"
+        ...                "step 500: train loss 4.1100, val loss 4.0500\\n")
+        >>> [(r.step, r.train_loss, r.mfu_percent) for r in log.train_records()]
+        [(1, 10.5012, 11.62)]
+        """
         return tuple(r for r in self.records if r.kind == "train" and r.train_loss is not None)
 
     def eval_records(self) -> tuple[LogRecord, ...]:
-        """Evaluation records that carry a validation loss."""
+        """Evaluation records that carry a validation loss.
+
+        >>> log = read_log("train.log", text="step 0: train loss 10.9902, val loss 10.9887\\n"
+        ...                "iter 1: loss 10.5012, time 4325.50ms, mfu 11.62%\\n"
+        ...                "step 500: train loss 4.1100, val loss 4.0500\\n")
+        >>> [(r.step, r.val_loss) for r in log.eval_records()]
+        [(0, 10.9887), (500, 4.05)]
+        """
         return tuple(r for r in self.records if r.kind == "eval" and r.val_loss is not None)
 
     def last_step(self) -> int | None:
-        """The largest step number in the log."""
+        """The largest step number in the log.
+
+        >>> log = read_log("train.log", text="step 0: train loss 10.9902, val loss 10.9887\\n"
+        ...                "iter 1: loss 10.5012, time 4325.50ms, mfu 11.62%\\n"
+        ...                "step 500: train loss 4.1100, val loss 4.0500\\n")
+        >>> log.last_step()
+        500
+        """
         steps = [r.step for r in self.records if r.step is not None]
         return max(steps) if steps else None
 
     def final_val_loss(self) -> float | None:
-        """The last validation loss in the log."""
+        """The last validation loss in the log.
+
+        >>> log = read_log("train.log", text="step 0: train loss 10.9902, val loss 10.9887\\n"
+        ...                "iter 1: loss 10.5012, time 4325.50ms, mfu 11.62%\\n"
+        ...                "step 500: train loss 4.1100, val loss 4.0500\\n")
+        >>> log.final_val_loss()
+        4.05
+        """
         evals = self.eval_records()
         return evals[-1].val_loss if evals else None
 
     def warning(self, code: str) -> LogWarning | None:
-        """The warning with this code, if the log contains it."""
+        """The warning with this code, if the log contains it.
+
+        >>> log = read_log("train.log", text="W0412 torch/_inductor/utils.py:1137] [0/0] "
+        ...                "Not enough SMs to use max_autotune_gemm mode\\n"
+        ...                "iter 0: loss 10.9902, time 4325.50ms, mfu 11.62%\\n")
+        >>> log.warning("inductor-not-enough-sms").line, log.warning("nan-loss")
+        (1, None)
+        """
         return next((w for w in self.warnings if w.code == code), None)
 
 

@@ -63,7 +63,12 @@ class ParamCount(BaseModel):
         return self
 
     def components(self) -> dict[str, int]:
-        """The parts that sum to ``total``, in model order."""
+        """The parts that sum to ``total``, in model order.
+
+        >>> pc = count_params(GPTConfig.preset("gpt2"))
+        >>> sum(pc.components().values()) == pc.total == 124_439_808  # Hugging Face's count
+        True
+        """
         return {
             "token_embedding": self.token_embedding,
             "position_embedding": self.position_embedding,

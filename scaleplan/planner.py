@@ -82,6 +82,12 @@ class Plan(BaseModel):
 
     ``micro_batch_size * grad_accum_steps * seq_len * data_parallel == tokens_per_step``
     exactly (``data_parallel == world_size`` without tensor or pipeline parallelism).
+
+    >>> p = plan(GPTConfig.preset("gpt2"), "RTX 4070")  # 2**19 tokens per step by default
+    >>> p.micro_batch_size, p.grad_accum_steps, p.seq_len, p.fits
+    (8, 64, 1024, True)
+    >>> p.micro_batch_size * p.grad_accum_steps * p.seq_len == p.tokens_per_step == 524_288
+    True
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -124,35 +130,66 @@ class Plan(BaseModel):
 
     @property
     def overtraining_ratio(self) -> float:
-        """Tokens planned / compute-optimal tokens."""
+        """Tokens planned / compute-optimal tokens.
+
+        >>> p = plan(GPTConfig.preset("gpt2"), "RTX 4070", total_tokens=2 * 2_438_216_560)
+        >>> p.overtraining_ratio
+        2.0
+        """
         return self.total_tokens / self.compute_optimal_tokens
 
     def to_nanogpt_config(self) -> str:
-        """This plan as a nanoGPT config file; see `scaleplan.exporters.to_nanogpt_config`."""
+        """This plan as a nanoGPT config file; see `scaleplan.exporters.to_nanogpt_config`.
+
+        >>> text = plan(GPTConfig.preset("gpt2"), "RTX 4070").to_nanogpt_config()
+        >>> "batch_size = 8" in text and "gradient_accumulation_steps = 64" in text
+        True
+        """
         from scaleplan.exporters import to_nanogpt_config
 
         return to_nanogpt_config(self)
 
     def to_deepspeed(self) -> dict[str, Any]:
-        """This plan as a DeepSpeed config dict; see `scaleplan.exporters.to_deepspeed`."""
+        """This plan as a DeepSpeed config dict; see `scaleplan.exporters.to_deepspeed`.
+
+        >>> ds = plan(GPTConfig.preset("gpt2"), "RTX 4070").to_deepspeed()
+        >>> ds["train_micro_batch_size_per_gpu"], ds["train_batch_size"]  # 8 x 64
+        (8, 512)
+        """
         from scaleplan.exporters import to_deepspeed
 
         return to_deepspeed(self)
 
     def to_hf_training_args(self) -> dict[str, Any]:
-        """Keyword arguments for transformers' TrainingArguments."""
+        """Keyword arguments for transformers' TrainingArguments.
+
+        >>> args = plan(GPTConfig.preset("gpt2"), "RTX 4070").to_hf_training_args()
+        >>> args["per_device_train_batch_size"], args["gradient_accumulation_steps"], args["bf16"]
+        (8, 64, True)
+        """
         from scaleplan.exporters import to_hf_training_args
 
         return to_hf_training_args(self)
 
     def to_torchrun(self, script: str = "train.py", *extra: str) -> str:
-        """A torchrun command line for this plan's world size."""
+        """A torchrun command line for this plan's world size.
+
+        >>> plan(GPTConfig.preset("gpt2"), "RTX 4070").to_torchrun()
+        'torchrun --standalone --nproc_per_node=1 train.py'
+        """
         from scaleplan.exporters import to_torchrun
 
         return to_torchrun(self, script, *extra)
 
     def report(self) -> str:
-        """The plan as readable text (what ``scaleplan plan`` prints)."""
+        """The plan as readable text (what ``scaleplan plan`` prints).
+
+        >>> print(plan(GPTConfig.preset("gpt2"), "RTX 4070").report())  # doctest: +ELLIPSIS
+        Plan: 124.44M-parameter model on 1 x RTX 4070 ...
+          micro_batch_size     8
+          grad_accum_steps     64
+        ...
+        """
         from scaleplan.plan_report import format_plan
 
         return format_plan(self)

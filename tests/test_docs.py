@@ -119,7 +119,8 @@ def test_page_examples_run_and_match(page: str, tmp_path: Path,
 def test_pages_have_examples_that_are_checked() -> None:
     # A renamed fence language (```py, ```shell) would silently stop being checked.
     checked = {"pycon", "python", "console"}
-    pages = ("getting-started.md", "seed-case.md", "configs.md", "batching.md", "cli.md")
+    pages = ("getting-started.md", "seed-case.md", "configs.md", "batching.md", "cli.md",
+             "planning.md", "memory.md", "flops-and-mfu.md", "scaling.md")
     counts = {page: sum(b.lang in checked for b in blocks((DOCS / page).read_text("utf-8")))
               for page in pages}
     assert all(n >= 2 for n in counts.values()), counts
