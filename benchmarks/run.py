@@ -145,37 +145,29 @@ def latency(quick: bool) -> dict[str, Any]:
 
 
 def sweep(quick: bool) -> dict[str, Any]:
-    """Configurations evaluated per second by a vectorised sweep over 10^5 and 10^6 points.
+    """Configurations evaluated per second by `scaleplan.sweep`: n_layer x n_embd x micro-batch
+    x seq_len x GPUs, every record a full training-memory total, its fit on that GPU, the
+    parameter count and FLOPs per token."""
+    from scaleplan.sweep import sweep as sweep_fn
 
-    Uses ``scaleplan.sweep.sweep`` when it exists; until then the vectorised piece there is:
-    `scaleplan.memory.saved_for_backward_bytes` over float64 arrays of micro-batch sizes and
-    sequence lengths (one model), every operation's saved bytes at every point.
-    """
-    import numpy as np
-
-    from scaleplan import GPTConfig
-    from scaleplan.memory import saved_for_backward_bytes
-
-    try:
-        from scaleplan.sweep import sweep as sweep_fn  # type: ignore[import-not-found]
-    except ImportError:
-        sweep_fn = None
-    cfg = GPTConfig.preset("gpt2")
-    out: dict[str, Any] = {"what": "saved_for_backward_bytes over (micro_batch, seq_len) arrays",
-                           "sweep_available": sweep_fn is not None, "runs": {}}
+    names = ["RTX 3090", "RTX 4070", "RTX 4090", "T4", "L4", "A10", "L40S", "A100 SXM 80GB",
+             "H100 SXM", "MI300X"]
+    grid = {"n_layer": list(range(4, 44, 4)), "n_embd": list(range(256, 2816, 256)),
+            "micro_batch_size": list(range(1, 101)), "seq_len": list(range(64, 1025, 96))[:10]}
+    out: dict[str, Any] = {"what": "scaleplan.sweep over n_layer x n_embd x micro_batch x "
+                           "seq_len x GPUs", "runs": {}}
     sizes = (10**4,) if quick else (10**5, 10**6)
     for n in sizes:
-        rng = np.random.default_rng(0)
-        b = rng.integers(1, 65, n).astype(np.float64)
-        s = rng.integers(1, cfg.block_size + 1, n).astype(np.float64)
+        gpus = names[: max(1, n // 10**5)]
+        args = dict(grid, micro_batch_size=grid["micro_batch_size"][: 10 if n < 10**5 else 100])
 
-        def evaluate(b: Any = b, s: Any = s) -> Any:
-            terms = saved_for_backward_bytes(cfg, micro_batch_size=b, seq_len=s)
-            return sum(terms.values())
+        def evaluate(args: dict[str, Any] = args, gpus: list[str] = gpus) -> Any:
+            return sweep_fn(**args, gpus=gpus)
 
+        count = len(evaluate())
         t = interleaved({"sweep": evaluate}, rounds=3 if quick else 7, number=1)["sweep"]
-        out["runs"][str(n)] = {"configs": n, "median_s": t["median_s"],
-                               "configs_per_s": n / t["median_s"]}
+        out["runs"][str(count)] = {"configs": count, "median_s": t["median_s"],
+                                   "configs_per_s": count / t["median_s"]}
     return out
 
 
