@@ -56,7 +56,8 @@ for b, m in zip(batches, mems, strict=True):
 # %% [markdown]
 # ## Terms checked by hand
 #
-# - weights and gradients fp32, AdamW's two fp32 moments: 4 + 4 + 8 bytes x 124,439,808;
+# - weights and gradients fp32, AdamW's two fp32 moments: 4 + 4 + 8 bytes x 124,439,808, plus
+#   torch AdamW's 4-byte step counter for each of GPT-2's 148 parameter tensors;
 # - autocast's bf16 weight copies: 2 bytes x the matmul weights (the tied head counted twice);
 # - the loss's fp32 log-softmax: b x s x 50257 x 4 bytes;
 # - the transient at backward start: held bf16 logits + two fp32 gradients, b s V x 10 bytes;
@@ -64,7 +65,8 @@ for b, m in zip(batches, mems, strict=True):
 
 # %%
 m8 = mems[batches.index(8)]
-check("weights + gradients + optimizer", m8.weights + m8.gradients + m8.optimizer, 16 * n)
+check("weights + gradients + optimizer", m8.weights + m8.gradients + m8.optimizer,
+      16 * n + 4 * 148)
 check("autocast copies", m8.autocast_weight_copies, 2 * matmul_params(cfg))
 check("log-softmax", m8.saved_breakdown["log_softmax"], 8 * 1024 * 50257 * 4)
 check("transient", m8.transient, 8 * 1024 * 50257 * (2 + 4 + 4))

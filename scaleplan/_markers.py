@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from scaleplan.config import GPTConfig, TrainingConfig
 from scaleplan.errors import ScaleplanError
 from scaleplan.findings import Finding
+from scaleplan.units import format_count
 
 __all__ = [
     "TIGHT_FIT_FRACTION",
@@ -43,14 +44,12 @@ TIGHT_FIT_FRACTION = 0.95
 
 
 def millions(n: float) -> str:
-    """A count as people write it: 40_560_000 -> '40.56M' (the CLI's formatting).
+    """A count as people write it: 40_560_000 -> '40.56M' (`scaleplan.units.format_count`).
 
     >>> millions(40_560_000)
     '40.56M'
     """
-    from scaleplan.cli import _millions  # one formatting of counts for the whole project
-
-    return _millions(round(n))
+    return format_count(round(n))
 
 
 def check_nonnegative(name: str, value: object) -> None:

@@ -24,6 +24,7 @@ from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
 from scaleplan.loaders import from_hf, load_nanogpt_config
 from scaleplan.params import ParamCount, count_params
+from scaleplan.units import format_count
 
 __all__ = ["main"]
 
@@ -45,15 +46,9 @@ def load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
     return GPTConfig.preset(spec), f"preset {spec}", None
 
 
-def _millions(n: int) -> str:
-    """125_000_000 -> '125M', 40_560_000 -> '40.56M', 6_738_415_616 -> '6.74B'."""
-    value, unit = (n / 1e9, "B") if n >= 10**9 else (n / 1e6, "M")
-    return f"{value:.2f}".rstrip("0").rstrip(".") + unit
-
-
 def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str:
     """The parameter breakdown as a readable table."""
-    rows = [f"{label}: {pc.total:,} parameters ({_millions(pc.total)})", ""]
+    rows = [f"{label}: {pc.total:,} parameters ({format_count(pc.total)})", ""]
     width = max(len(k) for k in pc.components())
     for name, value in pc.components().items():
         share = 100 * value / pc.total
@@ -63,12 +58,12 @@ def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str
         f"  {'of which biases':<{width}}  {pc.biases:>17,}",
         f"  {'per block':<{width}}  {pc.per_layer:>17,}",
         f"  {'non-embedding':<{width}}  {pc.non_embedding:>17,}  (Kaplan et al. 2020's N)",
-        f"  {'nanoGPT prints':<{width}}  {pc.nanogpt:>17,}  ({_millions(pc.nanogpt)}: total "
+        f"  {'nanoGPT prints':<{width}}  {pc.nanogpt:>17,}  ({format_count(pc.nanogpt)}: total "
         "minus the position embedding)",
     ]
     if claimed is not None:
         ratio = claimed / pc.nanogpt
-        rows.append(f"  the config claims ~{_millions(claimed)}: {ratio:.2f}x the real count")
+        rows.append(f"  the config claims ~{format_count(claimed)}: {ratio:.2f}x the real count")
     return "\n".join(rows)
 
 
@@ -179,8 +174,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         print("\nrecommended next run:")
         for change in rec.changes:
             print(f"  {change}")
-        print(f"  {_millions(rec.nanogpt_params)} parameters; {rec.tokens_per_step:,} tokens per "
-              f"step = micro-batch {rec.training.micro_batch_size} x seq_len "
+        print(f"  {format_count(rec.nanogpt_params)} parameters; {rec.tokens_per_step:,} "
+              f"tokens per step = micro-batch {rec.training.micro_batch_size} x seq_len "
               f"{rec.training.seq_len} x grad_accum_steps {rec.training.grad_accum_steps}")
         others = ", ".join(f"{b} x {a}" for b, a in rec.micro_batch_options[1:])
         if others:

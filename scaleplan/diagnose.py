@@ -39,6 +39,7 @@ from scaleplan.planner import Plan, plan
 from scaleplan.scaling import scaling_law
 from scaleplan.scaling_budget import chinchilla_tokens
 from scaleplan.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu
+from scaleplan.units import format_count
 
 __all__ = ["Diagnosis", "Finding", "Recommendation", "Severity", "diagnose", "nanogpt_lr"]
 
@@ -208,10 +209,6 @@ def _load_config(config: ConfigInput, training: TrainingConfig | None,
     return load_nanogpt_config(config)
 
 
-def _m(n: float) -> str:
-    return f"{n / 1e6:.2f}M"
-
-
 def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:
     out = []
     claimed = run.claimed_params
@@ -221,11 +218,13 @@ def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:
         at_width = count_params(cfg.replace(n_embd=width)).nanogpt
         out.append(Finding(
             code="size-mismatch", severity="error",
-            message=(f"the config claims ~{_m(claimed)} parameters ({run.claimed_params_text!r})"
-                     f" but n_layer={cfg.n_layer}, n_embd={cfg.n_embd} has {_m(nanogpt)} "
+            message=(f"the config claims ~{format_count(claimed)} parameters "
+                     f"({run.claimed_params_text!r}) but n_layer={cfg.n_layer}, "
+                     f"n_embd={cfg.n_embd} has {format_count(nanogpt)} "
                      f"(nanoGPT's count): the claim is {claimed / nanogpt:.2f}x the real size. "
                      "Most parameters sit in matrices that grow with n_embd squared."),
-            fix=f"set n_embd={width} ({_m(at_width)}) for the claimed size, or fix the comment",
+            fix=(f"set n_embd={width} ({format_count(at_width)}) for the claimed size, or fix "
+                 "the comment"),
             numbers={"claimed_params": claimed, "nanogpt_params": nanogpt,
                      "ratio": claimed / nanogpt, "n_embd": cfg.n_embd,
                      "n_embd_for_claim": width,
@@ -235,7 +234,7 @@ def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:
         out.append(Finding(
             code="params-log-mismatch", severity="warning",
             message=f"the log printed {log.reported_params_text!r} but the config gives "
-                    f"{_m(nanogpt)}: the log and the config are not from the same run",
+                    f"{format_count(nanogpt)}: the log and the config are not from the same run",
             fix="pass the config file the run was started with",
             numbers={"reported_params": log.reported_params, "nanogpt_params": nanogpt}))
     return out
@@ -293,9 +292,9 @@ def _budget(n_total: int, tokens_seen: int) -> list[Finding]:
     return [Finding(
         code="past-compute-optimal", severity="warning",
         message=(f"the run has seen {tokens_seen / 1e9:.2f}B tokens; at 20 tokens per parameter "
-                 f"(Hoffmann et al. 2022, Table 3) a {_m(n_total)} model is compute-optimal near "
-                 f"{optimal / 1e9:.2f}B: {ratio:.1f}x past it, so the model's size, not its "
-                 "training, limits the loss"),
+                 f"(Hoffmann et al. 2022, Table 3) a {format_count(n_total)} model is "
+                 f"compute-optimal near {optimal / 1e9:.2f}B: {ratio:.1f}x past it, so the "
+                 "model's size, not its training, limits the loss"),
         fix="spend the compute on a larger model (see the recommendation)",
         numbers={"tokens_seen": tokens_seen, "compute_optimal_tokens": optimal,
                  "ratio": ratio, "total_params": n_total})]
@@ -331,7 +330,7 @@ def _plateau(law: Any, n_total: int, tokens_per_step: int, log: TrainingLog) -> 
         message=(f"the loss fell only {drop:.4f} ({100 * drop / l0:.1f}%) from step {s0} to "
                  f"{s1}: {per_doubling:.3f} per doubling of tokens. {law.name} predicts "
                  f"{law_doubling:.3f} per doubling at this size, and {gain:.3f} lower loss for "
-                 f"the same compute in a compute-optimal {_m(best.n_params)} model"),
+                 f"the same compute in a compute-optimal {format_count(best.n_params)} model"),
         fix="stop this run; train a larger model (see the recommendation)",
         numbers={"from_step": s0, "to_step": s1, "loss_drop": drop,
                  "relative_drop": drop / l0, "drop_per_doubling": per_doubling,

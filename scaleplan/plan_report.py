@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scaleplan.units import GiB, format_count, format_gib
+
 if TYPE_CHECKING:
     from scaleplan.planner import Plan
 
 __all__ = ["format_plan"]
 
-GiB = 2**30
 
 _MEMORY_ROWS = (
     ("weights", "weights"),
@@ -23,21 +24,14 @@ _MEMORY_ROWS = (
 
 
 def _gib(n: float) -> str:
-    return f"{n / GiB:6.2f} GiB"
-
-
-def _count(n: float) -> str:
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:,.0f}"
+    return format_gib(n, width=6)
 
 
 def format_plan(p: Plan) -> str:
     """Render ``p`` for a terminal."""
     m = p.memory
     lines = [
-        f"Plan: {_count(p.params.total)}-parameter model on {p.world_size} x {p.gpu.name} "
+        f"Plan: {format_count(p.params.total)}-parameter model on {p.world_size} x {p.gpu.name} "
         f"({p.available_bytes / GiB:.2f} GiB: {p.available_source})",
         "",
         f"  micro_batch_size     {p.micro_batch_size}",
