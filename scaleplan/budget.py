@@ -15,7 +15,8 @@ from scaleplan.errors import ScaleplanError
 from scaleplan.hardware import GPUSpec
 from scaleplan.hardware import gpu as lookup_gpu
 from scaleplan.params import count_params
-from scaleplan.planner import Plan, default_mfu, plan
+from scaleplan.plan_advice import default_mfu
+from scaleplan.planner import Plan, plan
 from scaleplan.scaling import scaling_law
 
 __all__ = ["DEFAULT_ASPECT_RATIO", "HEAD_DIM", "plan_for_budget", "shape_for_params"]

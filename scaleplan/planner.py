@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.batching import grad_accum_steps, micro_batch_sizes
-from scaleplan.config import GPTConfig, Precision, normalize_precision
+from scaleplan.config import GPTConfig, Precision
 from scaleplan.errors import ScaleplanError
 from scaleplan.flops import flops_per_token, training_flops
 from scaleplan.hardware import GPUSpec
@@ -24,19 +24,19 @@ from scaleplan.memory import MemoryBreakdown, training_memory
 from scaleplan.memory_limits import available_memory_bytes
 from scaleplan.parallel import Parallelism
 from scaleplan.params import ParamCount, count_params
+from scaleplan.plan_advice import (
+    PlanWarning,
+    choose_precision,
+    default_mfu,
+    peak_dtype,
+    plan_warnings,
+)
 from scaleplan.remedies import Remedy, nothing_fits_message
 from scaleplan.remedies import remedies as find_remedies
 from scaleplan.scaling import scaling_law
 from scaleplan.scaling_budget import chinchilla_tokens
 
-__all__ = [
-    "ASSUMED_MFU",
-    "DEFAULT_TOKENS_PER_STEP",
-    "Candidate",
-    "Plan",
-    "PlanWarning",
-    "plan",
-]
+__all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
 
 GiB = 2**30
 
@@ -44,26 +44,7 @@ GiB = 2**30
 # GPT-2 config uses 491,520. 2^19 = 524,288 divides evenly by the usual micro-batches.
 DEFAULT_TOKENS_PER_STEP = 2**19
 
-# MFU assumed for the time estimate when none is given. These are assumptions, not measurements:
-# well-tuned large runs reach 40-55% (PaLM 540B: 46.2%, Chowdhery et al. 2022, Table 3); a small
-# model on one GPU with torch.compile typically reaches less, and consumer cards (no max-autotune
-# below 68 SMs, lower clocks under sustained load) less again. Override with ``mfu=``.
-ASSUMED_MFU = {"datacenter": 0.40, "consumer": 0.30}
-
-# Token budgets outside these multiples of the compute-optimal one get a warning.
-OVERTRAINED_RATIO = 4.0
-UNDERTRAINED_RATIO = 0.25
-
 Checkpointing = Literal["none", "selective", "full"]
-
-
-class PlanWarning(BaseModel):
-    """Something about the plan worth a second look: a stable ``code`` and a message."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    code: str
-    message: str
 
 
 class Candidate(BaseModel):
@@ -195,34 +176,10 @@ class Plan(BaseModel):
         return format_plan(self)
 
 
-def _choose_precision(spec: GPUSpec, precision: str) -> tuple[Precision, str, list[PlanWarning]]:
-    if precision != "auto":
-        chosen = normalize_precision(precision)
-        warnings = []
-        if chosen in ("bf16-mixed", "bf16-true", "bf16-fp32-master") \
-                and not spec.has_bf16_tensor_cores:
-            warnings.append(PlanWarning(code="no-bf16-tensor-cores", message=(
-                f"{chosen} asked for on the {spec.name}, which has no bf16 tensor cores: bf16 "
-                "matmuls run far below peak there; use precision='16-mixed' (fp16 with loss "
-                "scaling)")))
-        return chosen, "asked for", warnings
-    if spec.has_bf16_tensor_cores:
-        return "bf16-mixed", (f"the {spec.name} has bf16 tensor cores: bf16 autocast over fp32 "
-                              "weights (nanoGPT's default), no loss scaling needed"), []
-    return "16-mixed", (f"the {spec.name} has no bf16 tensor cores: fp16 autocast with loss "
-                        "scaling"), []
-
-
 def _available(spec: GPUSpec) -> tuple[int, str]:
     source = ("what the driver reports as total (nvidia-smi)"
               if spec.usable_memory_bytes is not None else "the marketed memory, read as GiB")
     return available_memory_bytes(spec), source
-
-
-def default_mfu(spec: GPUSpec) -> tuple[float, str]:
-    consumer = spec.name.upper().startswith("RTX")
-    key = "consumer" if consumer else "datacenter"
-    return ASSUMED_MFU[key], f"assumed for a {key} GPU (ASSUMED_MFU); pass mfu= to override"
 
 
 def plan(
@@ -258,7 +215,8 @@ def plan(
         precision: ``"auto"`` picks bf16 autocast where the GPU has bf16 tensor cores, fp16
             autocast otherwise; or any `scaleplan.config.Precision`.
         seq_len: tokens per sequence; default ``cfg.block_size``.
-        mfu: model FLOPs utilisation for the time estimate; default `ASSUMED_MFU`.
+        mfu: model FLOPs utilisation for the time estimate; default
+            `scaleplan.plan_advice.ASSUMED_MFU`.
         law: the scaling law for compute-optimal tokens and the expected loss.
         optimizer: as in `training_memory`.
         attention: as in `training_memory`.
@@ -293,7 +251,7 @@ def plan(
     if hours is not None and not (isinstance(hours, (int, float)) and hours > 0
                                   and math.isfinite(hours)):
         raise ScaleplanError(f"hours={hours!r} must be a positive number of hours")
-    chosen_precision, precision_reason, warnings = _choose_precision(spec, precision)
+    chosen_precision, precision_reason, warnings = choose_precision(spec, precision)
     if tokens_per_step is None:
         chunk = seq_len * data
         tokens_per_step = max(1, round(DEFAULT_TOKENS_PER_STEP / chunk)) * chunk
@@ -356,7 +314,7 @@ def plan(
         raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
     recompute = settings["checkpointing"]
     flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=recompute)
-    dtype = _dtype(settings["precision"])
+    dtype = peak_dtype(settings["precision"])
     if dtype not in spec.peak:  # bf16 forced on a GPU without bf16 tensor cores
         dtype = "fp32"
     achieved = mfu_value * spec.peak_flops(dtype) * world_size
@@ -376,7 +334,7 @@ def plan(
     flops = training_flops(cfg, run_tokens, seq_len=seq_len)
     hours_needed = run_tokens * flops_token / achieved / 3600
 
-    warnings += _warnings(cfg, spec, seq_len, run_tokens, optimal)
+    warnings += plan_warnings(cfg, spec, seq_len, run_tokens, optimal)
     return Plan(
         model=cfg, gpu=spec, world_size=world_size, data_parallel=data,
         parallelism=parallelism, seq_len=seq_len,
@@ -392,10 +350,6 @@ def plan(
         hours=hours_needed, law=scaling.name,
         expected_loss=float(scaling.loss(n_for_law, run_tokens)), warnings=warnings,
     )
-
-
-def _dtype(precision: str) -> str:
-    return "fp32" if precision == "32-true" else ("fp16" if precision.startswith("16") else "bf16")
 
 
 def _search(sizes: list[int], memory: Any, available: int, tokens_per_step: int, seq_len: int,
@@ -427,31 +381,3 @@ def _search(sizes: list[int], memory: Any, available: int, tokens_per_step: int,
                                                               world_size),
                             total_bytes=memory(sizes[i]).total, fits=fits(i)) for i in around]
     return sizes[lo], candidates
-
-
-def _warnings(cfg: GPTConfig, spec: GPUSpec, seq_len: int, tokens: int,
-              optimal: int) -> list[PlanWarning]:
-    out = []
-    if spec.below_inductor_autotune_threshold:
-        out.append(PlanWarning(code="inductor-small-gpu", message=(
-            f"the {spec.name} has {spec.sm_count} SMs, fewer than the 68 torch inductor needs "
-            "for max-autotune GEMM (torch/_inductor/utils.py is_big_gpu): torch.compile prints "
-            "'Not enough SMs to use max_autotune_gemm mode' and uses default kernels")))
-    if cfg.dropout > 0:
-        out.append(PlanWarning(code="dropout-single-epoch", message=(
-            f"dropout={cfg.dropout} on a run that sees each token about once: an under-fitting "
-            "model gains nothing from dropout; use dropout=0.0")))
-    ratio = tokens / optimal
-    if ratio > OVERTRAINED_RATIO:
-        out.append(PlanWarning(code="past-compute-optimal", message=(
-            f"{tokens:,} tokens is {ratio:.1f}x the compute-optimal {optimal:,}: a larger model "
-            "would reach a lower loss with the same compute")))
-    elif ratio < UNDERTRAINED_RATIO:
-        out.append(PlanWarning(code="short-of-compute-optimal", message=(
-            f"{tokens:,} tokens is {ratio:.2f}x the compute-optimal {optimal:,}: a smaller "
-            "model would reach a lower loss with the same compute")))
-    if seq_len > cfg.block_size:
-        out.append(PlanWarning(code="seq-len-above-block-size", message=(
-            f"seq_len={seq_len} is above block_size={cfg.block_size}; with position="
-            f"'{cfg.position}' the model was not trained at this length")))
-    return out
