@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scaleplan._checks import real, whole
 from scaleplan.activations import (
     AUTOCAST,
     FP32_BYTES,
@@ -120,17 +122,30 @@ class MemoryBreakdown(BaseModel):
         return "\n".join(f"{r:>24}: {getattr(self, r) / GiB:9.3f} GiB" for r in rows)
 
 
-def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> None:
-    import numpy as np
-
-    if np.any(np.asarray(micro_batch_size) < 1):
-        raise ScaleplanError(f"micro_batch_size={micro_batch_size} must be >= 1 sequence")
-    if np.any(np.asarray(seq_len) < 1):
-        raise ScaleplanError(f"seq_len={seq_len} must be >= 1 token")
-    if cfg.position == "learned" and np.any(np.asarray(seq_len) > cfg.block_size):
+def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
+    """(b, s) as Python ints, or as float64 arrays for sweeps: int64 products would wrap."""
+    b = _shape_value("micro_batch_size", micro_batch_size, "sequence")
+    s = _shape_value("seq_len", seq_len, "token")
+    if cfg.position == "learned" and np.any(np.asarray(s) > cfg.block_size):
         raise ScaleplanError(
             f"seq_len={seq_len} exceeds block_size={cfg.block_size}, the length of the learned "
             "position table; lower seq_len or raise block_size")
+    return b, s
+
+
+def _shape_value(name: str, value: Any, unit: str) -> Any:
+    if isinstance(value, np.ndarray | list | tuple):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iuf" or not np.isfinite(arr.astype(np.float64)).all():
+            raise ScaleplanError(f"{name}={value!r} must hold finite numbers of {unit}s")
+        value = arr.astype(np.float64)
+    elif isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ScaleplanError(f"{name}={value!r} must be an int >= 1 {unit}, e.g. {name}=8")
+    else:
+        value = int(value)
+    if np.any(np.asarray(value) < 1):
+        raise ScaleplanError(f"{name}={value} must be >= 1 {unit}")
+    return value
 
 
 def saved_for_backward_bytes(
@@ -151,8 +166,7 @@ def saved_for_backward_bytes(
     _check_mode("attention", attention, ("flash", "eager"))
     _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
     _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    b, s = micro_batch_size, seq_len
-    _check_shape(cfg, b, s)
+    b, s = _check_shape(cfg, micro_batch_size, seq_len)
     dropout = cfg.dropout > 0
     L = cfg.n_layer if layers is None else layers
     out: dict[str, Any] = dict(embedding_saved_terms(cfg, b, s, precision=p, device=device,
@@ -235,8 +249,18 @@ def training_memory(
     """
     p = normalize_precision(precision)
     opt = normalize_optimizer(optimizer)
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int | np.integer):
         raise ScaleplanError(f"micro_batch_size={micro_batch_size!r} must be an int >= 1")
+    micro_batch_size, seq_len = _check_shape(cfg, micro_batch_size, seq_len)
+    if not isinstance(hold_logits, bool):
+        raise ScaleplanError(f"hold_logits={hold_logits!r} must be True or False")
+    cuda_context_bytes = whole("cuda_context_bytes", cuda_context_bytes, minimum=0,
+                               example="cuda_context_bytes=2**29")
+    slack = real("allocator_slack_fraction", allocator_slack_fraction, inclusive=True,
+                 example="a fraction such as 0.05")
+    if slack >= 1:
+        raise ScaleplanError(f"allocator_slack_fraction={allocator_slack_fraction!r} must be "
+                             "below 1, e.g. 0.05")
     if parallelism is not None:
         raise ScaleplanError(
             f"parallelism={parallelism!r} is not supported yet: training_memory predicts one "

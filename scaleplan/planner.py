@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan._checks import finite, whole
 from scaleplan.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.config import GPTConfig, Precision, normalize_precision
 from scaleplan.errors import ScaleplanError
@@ -80,7 +81,7 @@ class Plan(BaseModel):
     ``micro_batch_size * grad_accum_steps * seq_len * world_size == tokens_per_step`` exactly.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: GPTConfig
     gpu: GPUSpec
@@ -230,7 +231,9 @@ def plan(
     (True, True)
     """
     spec = lookup_gpu(gpu)
-    seq_len = cfg.block_size if seq_len is None else seq_len
+    seq_len = cfg.block_size if seq_len is None else whole("seq_len", seq_len, example="1024")
+    if tokens_per_step is not None:
+        tokens_per_step = whole("tokens_per_step", tokens_per_step, example="2**19")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
     if hours is not None and not (isinstance(hours, (int, float)) and hours > 0
@@ -274,7 +277,8 @@ def plan(
     n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
     optimal = int(chinchilla_tokens(n_for_law, method=scaling))
     mfu_value, mfu_source = (mfu, "given") if mfu is not None else default_mfu(spec)
-    if not (isinstance(mfu_value, (int, float)) and 0 < mfu_value <= 1):
+    if isinstance(mfu_value, bool) or not (isinstance(mfu_value, (int, float))
+                                           and 0 < mfu_value <= 1):
         raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
     recompute = settings["checkpointing"]
     flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=recompute)
@@ -285,7 +289,8 @@ def plan(
     if hours is not None:
         if total_tokens is not None:
             raise ScaleplanError("give total_tokens or hours, not both")
-        run_tokens, tokens_source = int(hours * 3600 * achieved / flops_token), f"{hours} hours"
+        run_tokens = int(finite("tokens in the hours", hours * 3600 * achieved / flops_token))
+        tokens_source = f"{hours} hours"
     elif total_tokens is None or total_tokens == "chinchilla":
         run_tokens, tokens_source = optimal, f"compute-optimal by the {scaling.name} law"
     elif isinstance(total_tokens, int) and not isinstance(total_tokens, bool) \
