@@ -67,17 +67,21 @@ def real(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = Fa
 
 
 def finite(name: str, value: float) -> float:
-    """``value`` if finite, else a `ScaleplanError`: the inputs were too large to compute ``name``.
+    """``value`` as a finite float, else a `ScaleplanError`: the inputs were too large for ``name``.
 
     >>> finite("flops", 1e300 * 1e300)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     scaleplan.errors.ScaleplanError: flops overflows a 64-bit float (inf); the inputs are ...
     """
-    if not math.isfinite(value):
-        raise ScaleplanError(f"{name} overflows a 64-bit float ({value}); the inputs are far "
+    try:
+        number = float(value)  # an int past 1.8e308 raises OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ScaleplanError(f"{name} overflows a 64-bit float ({number}); the inputs are far "
                              "beyond any training run")
-    return value
+    return number
 
 
 def float_guard(func: Callable[P, R]) -> Callable[P, R]:

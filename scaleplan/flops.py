@@ -118,8 +118,8 @@ def palm_flops_per_token(
     """
     seq_len = _check_seq_len(seq_len, causal)
     attention = _attention_forward(n_layer, n_head, head_dim, seq_len, causal=causal)
-    return float(KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params
-                 + (1 + BACKWARD_TO_FORWARD) * attention)  # 6N + 12·L·H·Q·T
+    return finite("flops_per_token", KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params
+                  + (1 + BACKWARD_TO_FORWARD) * attention)  # 6N + 12·L·H·Q·T
 
 
 def flops_per_token(

@@ -9,6 +9,7 @@ out of memory. Saved tensors are derived per operation in `scaleplan.activations
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -284,7 +285,7 @@ def training_memory(
     transient = max(at_backward, temp) - S - copies
     tensor_peak = W + G + O + S + copies + transient
     overhead = 0 if device == "cpu" else (
-        cuda_context_bytes + math.ceil(allocator_slack_fraction * tensor_peak))
+        cuda_context_bytes + math.ceil(Fraction(slack) * tensor_peak))  # exact at any size
     logits = saved["log_softmax"] + saved["targets"]
     return MemoryBreakdown(
         weights=W, gradients=G, optimizer=O, saved_for_backward=S,
