@@ -85,7 +85,8 @@ def finite(name: str, value: float) -> float:
 
 
 def float_guard(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn float overflow and division by zero inside ``func`` into a `ScaleplanError`.
+    """Turn float overflow, division by zero and arrays that do not broadcast inside ``func``
+    into a `ScaleplanError` naming the call.
 
     numpy warns (and Python raises ``OverflowError``) when a power or a product leaves float64's
     range; the result would be ``inf``, a number that claims to be an answer. Under this guard the
@@ -108,10 +109,16 @@ def float_guard(func: Callable[P, R]) -> Callable[P, R]:
         try:
             with np.errstate(over="raise", divide="raise", invalid="raise"):
                 return func(*args, **kwargs)
-        except (FloatingPointError, OverflowError, ZeroDivisionError) as exc:
-            shown = [repr(a) for a in args if not _is_self(a)]
-            shown += [f"{k}={v!r}" for k, v in kwargs.items()]
+        except (FloatingPointError, OverflowError, ZeroDivisionError, ValueError) as exc:
+            if isinstance(exc, ScaleplanError) or (
+                    isinstance(exc, ValueError) and "broadcast" not in str(exc)):
+                raise
+            shown = [_show(a) for a in args if not _is_model(a)]
+            shown += [f"{k}={_show(v)}" for k, v in kwargs.items()]
             call = f"{func.__name__}({', '.join(shown)})"
+            if isinstance(exc, ValueError):  # numpy: arrays of shapes that do not broadcast
+                raise ScaleplanError(f"{call}: the arrays' shapes do not match ({exc}); pass "
+                                     "arrays of one length, or a number") from None
             raise ScaleplanError(
                 f"{call}: the result overflows a 64-bit float or divides by zero ({exc}); "
                 "pass values in the range of real training runs") from None
@@ -119,7 +126,11 @@ def float_guard(func: Callable[P, R]) -> Callable[P, R]:
     return guarded
 
 
-def _is_self(arg: object) -> bool:
+def _is_model(arg: object) -> bool:  # the scaling law itself, for methods
     from pydantic import BaseModel
 
     return isinstance(arg, BaseModel)
+
+
+def _show(value: object) -> str:
+    return repr(getattr(value, "name", value)) if _is_model(value) else repr(value)

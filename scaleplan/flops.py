@@ -243,6 +243,7 @@ def step_flops(
     scores = tokens * _attention_forward_per_token(cfg, seq_len, causal=causal) // 2  # QK^T
     values = scores  # AV has the same shape product as QK^T
     forward = qkv + scores + values + attention_out + mlp + lm_head
+    finite("step_flops total", (1 + BACKWARD_TO_FORWARD) * forward)  # the largest; ints are exact
     return StepFlops(
         micro_batch_size=micro_batch_size,
         seq_len=seq_len,

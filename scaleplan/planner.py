@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan._checks import finite, whole
+from scaleplan._checks import finite, real, whole
 from scaleplan.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.config import GPTConfig, Precision, normalize_precision
 from scaleplan.errors import ScaleplanError
@@ -236,9 +236,8 @@ def plan(
         tokens_per_step = whole("tokens_per_step", tokens_per_step, example="2**19")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
-    if hours is not None and not (isinstance(hours, (int, float)) and hours > 0
-                                  and math.isfinite(hours)):
-        raise ScaleplanError(f"hours={hours!r} must be a positive number of hours")
+    if hours is not None:
+        real("hours", hours, example="a positive number of hours")
     chosen_precision, precision_reason, warnings = _choose_precision(spec, precision)
     if tokens_per_step is None:
         chunk = seq_len * world_size
@@ -289,7 +288,8 @@ def plan(
     if hours is not None:
         if total_tokens is not None:
             raise ScaleplanError("give total_tokens or hours, not both")
-        run_tokens = int(finite("tokens in the hours", hours * 3600 * achieved / flops_token))
+        trainable = hours * 3600 * achieved / flops_token
+        run_tokens = int(finite(f"the tokens trainable in hours={hours!r}", trainable))
         tokens_source = f"{hours} hours"
     elif total_tokens is None or total_tokens == "chinchilla":
         run_tokens, tokens_source = optimal, f"compute-optimal by the {scaling.name} law"

@@ -114,7 +114,7 @@ def mfu_from_flops(
     """
     tokens_per_second = _check_positive("tokens_per_second", tokens_per_second,
                                         "a measured throughput, e.g. 5.2e4")
-    n_gpus = whole("n_gpus", n_gpus, example="n_gpus=8")
+    n_gpus = _check_gpus(n_gpus)
     return tokens_per_second * flops_per_token / (n_gpus * peak_flops)
 
 
@@ -179,7 +179,7 @@ def throughput_at_mfu(
     """
     mfu = _check_mfu(mfu)
     spec = lookup_gpu(gpu)
-    n_gpus = whole("n_gpus", n_gpus, example="n_gpus=8")
+    n_gpus = _check_gpus(n_gpus)
     peak = spec.peak_flops(dtype)
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
@@ -295,6 +295,12 @@ def from_nanogpt_mfu(
         gpu=spec.name,
         dtype=normalize_dtype(dtype),
     )
+
+
+def _check_gpus(value: int) -> int:
+    n_gpus = whole("n_gpus", value, example="n_gpus=8")
+    real("n_gpus", n_gpus, example="n_gpus=8")  # a count past a float's range is no cluster
+    return n_gpus
 
 
 def _check_positive(field: str, value: float, example: str) -> float:

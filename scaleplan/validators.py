@@ -39,6 +39,7 @@ warnings that never raise (``scaleplan.tight_fit``: fits, but with less than
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -109,7 +110,8 @@ def parse_claim(claimed: int | float | str) -> int:
         raise ScaleplanError(f"claimed={claimed!r} must be a number or text such as '~125M'")
     else:
         value = claimed
-    if not math.isfinite(value) or value < 1:  # below 1 rounds to 0 parameters (issue 13)
+    # Below 1 rounds to 0 parameters; an int past a float's range overflowed (issue 13).
+    if value > sys.float_info.max or not math.isfinite(value) or value < 1:
         raise ScaleplanError(f"claimed={claimed!r} must be a positive parameter count")
     return round(value)
 
