@@ -45,12 +45,23 @@ def whole(name: str, value: object, *, minimum: int = 1, example: str = "") -> i
 
 
 def real(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False,
-         example: str = "") -> float:
+         example: str = "", message: str = "") -> float:
     """``value`` as a finite Python float above ``minimum`` (or equal, when ``inclusive``).
+
+    ``message``, when given, replaces the error's text after ``name=value``.
 
     >>> real("mfu", 0.4)
     0.4
     """
+    try:
+        return _real(name, value, minimum, inclusive, example)
+    except ScaleplanError:
+        if not message:
+            raise
+        raise ScaleplanError(f"{name}={value!r} {message}") from None
+
+
+def _real(name: str, value: object, minimum: float, inclusive: bool, example: str) -> float:
     hint = f"; give {example}" if example else ""
     if isinstance(value, bool):
         raise ScaleplanError(f"{name}={value!r} must be a number, not a bool{hint}")

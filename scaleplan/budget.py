@@ -37,8 +37,8 @@ def shape_for_params(n_params: float, *, base: GPTConfig | None = None,
     >>> cfg.n_layer, cfg.n_embd, cfg.n_head
     (12, 768, 12)
     """
-    real("n_params", n_params, example="a positive number")
-    real("aspect_ratio", aspect_ratio, example="e.g. 64")
+    real("n_params", n_params, message="must be a positive number")
+    real("aspect_ratio", aspect_ratio, message="must be positive, e.g. 64")
     base = GPTConfig() if base is None else base
     best: tuple[float, GPTConfig] | None = None
     for n_layer in range(1, MAX_LAYERS + 1):
@@ -73,7 +73,7 @@ def plan_for_budget(
     >>> p.model.n_layer, p.model.n_embd, round(p.hours)
     (14, 896, 24)
     """
-    hours = real("hours", hours, example="a positive number of hours, e.g. hours=24")
+    hours = real("hours", hours, message="must be a positive number of hours, e.g. hours=24")
     spec = lookup_gpu(gpu)
     world_size = whole("world_size", world_size, example="world_size=8")
     mfu_value = default_mfu(spec)[0] if mfu is None else real("mfu", mfu, example="0.35")

@@ -237,7 +237,7 @@ def plan(
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
     if hours is not None:
-        real("hours", hours, example="a positive number of hours")
+        real("hours", hours, message="must be a positive number of hours")
     chosen_precision, precision_reason, warnings = _choose_precision(spec, precision)
     if tokens_per_step is None:
         chunk = seq_len * world_size
