@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scaleplan._checks import real, whole
+from scaleplan._checks import finite, real, whole
 from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
 from scaleplan.hardware import GPUSpec
@@ -80,7 +80,8 @@ def plan_for_budget(
     if mfu_value > 1:  # checked before it multiplies the compute (fuzzed, issue 13)
         raise ScaleplanError(f"mfu={mfu!r} must be a fraction in (0, 1], e.g. mfu=0.35")
     dtype = "bf16" if spec.has_bf16_tensor_cores else "fp16"
-    flops = hours * 3600 * mfu_value * spec.peak_flops(dtype) * world_size
+    flops = finite(f"the compute of hours={hours!r} on world_size={world_size}",
+                   hours * 3600 * mfu_value * spec.peak_flops(dtype) * world_size)
     n_opt = scaling_law(law).compute_optimal(flops).n_params
     cfg = shape_for_params(n_opt, base=base, aspect_ratio=aspect_ratio)
     return plan(cfg, spec, hours=hours, world_size=world_size, mfu=mfu, law=law, **plan_options)

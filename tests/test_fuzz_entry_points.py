@@ -402,6 +402,7 @@ def test_memory_sweep_of_int64_sizes_does_not_wrap() -> None:
     (lambda: plan_for_budget("RTX 4090", hours=24, mfu=[0.4]), r"mfu=\[0.4\]"),
     (lambda: plan_for_budget("RTX 4090", hours=24, aspect_ratio=float("inf")), r"aspect_ratio"),
     (lambda: plan_for_budget("RTX 4090", hours=24, aspect_ratio=1e300), r"overflows"),
+    (lambda: plan_for_budget("RTX 4090", hours=1e300), r"hours=1e\+300.*overflows"),  # 'flops'
     (lambda: ParamsNear(0.4), r"claimed=0.4"),  # rounded to 0, then divided by it
     (lambda: TokensPerParam(max=0), r"max=0"),  # ZeroDivisionError in the message
     (lambda: TokensPerParam(min=1e300), r"min=1e\+300"),  # int(inf) in the message
