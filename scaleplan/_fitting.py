@@ -30,6 +30,8 @@ def _positive_int(name: str, value: object) -> None:
 
 
 def _gib(n: int) -> str:
+    if n > 2**1000:  # past a float; micro_batch_size=10**400 got here (fuzzed, issue 13)
+        return f"~10^{len(str(n // GiB)) - 1} GiB"
     return f"{n / GiB:.2f} GiB"
 
 
@@ -158,7 +160,9 @@ class FitsOn(Marker):
         >>> fits.max_micro_batch_size(GPTConfig.preset("gpt2"), micro_batch_size=16, seq_len=1024)
         8
         """
-        lo, hi = 0, settings.pop("micro_batch_size")
+        # Every sequence needs at least a byte, so no more than budget_bytes fit: this bounds
+        # the bisection when micro_batch_size is 10**400 (it ran for minutes; issue 13).
+        lo, hi = 0, min(settings.pop("micro_batch_size"), self.budget_bytes())
         while lo < hi:
             mid = (lo + hi + 1) // 2
             fits = self.needed_bytes(cfg, micro_batch_size=mid, **settings) <= self.budget_bytes()

@@ -11,6 +11,7 @@ so a team's flat model (``micro_batch_size`` next to ``model``) works as well as
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
@@ -61,7 +62,7 @@ def check_nonnegative(name: str, value: object) -> None:
     scaleplan.errors.ScaleplanError: rel_tol=-0.1 must be a finite number >= 0, e.g. rel_tol=0.1
     """
     if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value < 0:
+            or value > sys.float_info.max or not math.isfinite(value) or value < 0:  # 10**400
         raise ScaleplanError(f"{name}={value!r} must be a finite number >= 0, e.g. {name}=0.1")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from scaleplan._checks import finite, real, whole
 from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
 from scaleplan.hardware import GPUSpec
@@ -37,17 +38,15 @@ def shape_for_params(n_params: float, *, base: GPTConfig | None = None,
     >>> cfg.n_layer, cfg.n_embd, cfg.n_head
     (12, 768, 12)
     """
-    if not (isinstance(n_params, (int, float)) and math.isfinite(n_params) and n_params > 0):
-        raise ScaleplanError(f"n_params={n_params!r} must be a positive number")
-    if not (isinstance(aspect_ratio, (int, float)) and aspect_ratio > 0):
-        raise ScaleplanError(f"aspect_ratio={aspect_ratio!r} must be positive, e.g. 64")
+    real("n_params", n_params, message="must be a positive number")
+    real("aspect_ratio", aspect_ratio, message="must be positive, e.g. 64")
     base = GPTConfig() if base is None else base
     best: tuple[float, GPTConfig] | None = None
     for n_layer in range(1, MAX_LAYERS + 1):
         heads = max(1, round(aspect_ratio * n_layer / HEAD_DIM))
         cfg = base.replace(n_layer=n_layer, n_embd=heads * HEAD_DIM, n_head=heads,
                            n_kv_head=None, head_dim=None, mlp_hidden=None)
-        gap = abs(math.log(count_params(cfg).total / n_params))
+        gap = abs(math.log(count_params(cfg).total) - math.log(n_params))  # ints of any size
         if best is None or gap < best[0]:
             best = (gap, cfg)
     assert best is not None
@@ -75,12 +74,15 @@ def plan_for_budget(
     >>> p.model.n_layer, p.model.n_embd, round(p.hours)
     (14, 896, 24)
     """
-    if not (isinstance(hours, (int, float)) and math.isfinite(hours) and hours > 0):
-        raise ScaleplanError(f"hours={hours!r} must be a positive number of hours, e.g. hours=24")
+    hours = real("hours", hours, message="must be a positive number of hours, e.g. hours=24")
     spec = lookup_gpu(gpu)
-    mfu_value = default_mfu(spec)[0] if mfu is None else mfu
+    world_size = whole("world_size", world_size, example="world_size=8")
+    mfu_value = default_mfu(spec)[0] if mfu is None else real("mfu", mfu, example="0.35")
+    if mfu_value > 1:  # checked before it multiplies the compute (fuzzed, issue 13)
+        raise ScaleplanError(f"mfu={mfu!r} must be a fraction in (0, 1], e.g. mfu=0.35")
     dtype = "bf16" if spec.has_bf16_tensor_cores else "fp16"
-    flops = hours * 3600 * mfu_value * spec.peak_flops(dtype) * world_size
+    flops = finite(f"the compute of hours={hours!r} on world_size={world_size}",
+                   hours * 3600 * mfu_value * spec.peak_flops(dtype) * world_size)
     n_opt = scaling_law(law).compute_optimal(flops).n_params
     cfg = shape_for_params(n_opt, base=base, aspect_ratio=aspect_ratio)
     return plan(cfg, spec, hours=hours, world_size=world_size, mfu=mfu, law=law, **plan_options)

@@ -258,8 +258,10 @@ def _nearest_multiple(value: int, step: int) -> int:
     return below if below > 0 and value - below <= above - value else above
 
 
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0][:12]
+def _divisors(n: int, limit: int = 4096) -> list[int]:
+    # Bounded: n_head can be any int a user types, and n_head=10**18 hung here (issue 13).
+    small = [k for k in range(1, min(n, limit) + 1) if n % k == 0]
+    return (small + [n] * (n > limit))[:12]
 
 
 class TrainingConfig(BaseModel):

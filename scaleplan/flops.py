@@ -25,7 +25,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scaleplan._checks import finite, real, whole
 from scaleplan.config import GPTConfig
+from scaleplan.errors import ScaleplanError
 from scaleplan.params import param_terms
 
 __all__ = [
@@ -132,8 +134,9 @@ def palm_flops_per_token(
     >>> palm_flops_per_token(540.35e9, n_layer=118, n_head=48, head_dim=256, seq_len=2048)
     3277734806784.0
     """
-    _check_seq_len(seq_len)
-    return float(_palm(n_params, n_layer, n_head, head_dim, seq_len, causal=causal))
+    seq_len = _check_seq_len(seq_len, causal)
+    return finite("flops_per_token", _palm(n_params, n_layer, n_head, head_dim, seq_len,
+                                           causal=causal))
 
 
 def flops_per_token(
@@ -155,8 +158,9 @@ def flops_per_token(
     >>> flops_per_token(gpt2, seq_len=1024, causal=False, method="nanogpt")  # nanoGPT's figure
     855166464.0
     """
-    _check_seq_len(seq_len)
-    return float(token_flops(cfg, seq_len, causal=causal, recompute=recompute, method=method))
+    seq_len = _check_seq_len(seq_len, causal)
+    return finite("flops_per_token", token_flops(cfg, seq_len, causal=causal,
+                                                 recompute=recompute, method=method))
 
 
 def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
@@ -253,10 +257,10 @@ def step_flops(
     >>> step_flops(GPTConfig.preset("gpt2"), micro_batch_size=12, seq_len=1024).total
     9803554357248.0
     """
-    if micro_batch_size <= 0:
-        raise ValueError(f"micro_batch_size={micro_batch_size} must be a positive integer")
-    _check_seq_len(seq_len)
+    micro_batch_size = whole("micro_batch_size", micro_batch_size, example="micro_batch_size=8")
+    seq_len = _check_seq_len(seq_len, causal)
     terms = step_flop_terms(cfg, micro_batch_size, seq_len, causal=causal)
+    finite("step_flops total", terms["total"])  # the largest; ints are exact
     return StepFlops(micro_batch_size=micro_batch_size, seq_len=seq_len, causal=causal,
                      **{name: float(value) for name, value in terms.items()})
 
@@ -303,11 +307,10 @@ def training_flops(
     >>> f"{training_flops(GPTConfig.preset('gpt2'), 10**9, seq_len=1024, method='kaplan'):.3e}"
     '5.103e+17'
     """
-    if tokens < 0:
-        raise ValueError(f"tokens={tokens} must be >= 0")
+    count = real("tokens", tokens, inclusive=True, example="tokens=10**10")
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, recompute=recompute,
                                 method=method)
-    return per_token * tokens
+    return finite("training_flops", per_token * count)
 
 
 def kaplan_training_flops(n_params: float, tokens: float) -> float:
@@ -321,6 +324,8 @@ def kaplan_training_flops(n_params: float, tokens: float) -> float:
     return float(KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params * tokens)
 
 
-def _check_seq_len(seq_len: int) -> None:
-    if seq_len <= 0:
-        raise ValueError(f"seq_len={seq_len} must be a positive number of tokens, e.g. 1024")
+def _check_seq_len(seq_len: int, causal: bool) -> int:
+    # A Python int, so products with numpy integers never wrap around int64 (fuzzed, issue 13).
+    if not isinstance(causal, bool):
+        raise ScaleplanError(f"causal={causal!r} must be True or False")
+    return whole("seq_len", seq_len, example="seq_len=1024")

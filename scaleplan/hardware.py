@@ -26,6 +26,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from scaleplan._checks import whole
 from scaleplan.errors import ScaleplanError, UnknownNameError
 
 __all__ = [
@@ -251,6 +252,10 @@ def gpu(name: str | GPUSpec, *, memory_bytes: int | None = None) -> GPUSpec:
     """
     if isinstance(name, GPUSpec):
         return name
+    if not isinstance(name, str):
+        raise ScaleplanError(f"gpu={name!r} must be a GPU name such as 'RTX 4070' or a GPUSpec")
+    if memory_bytes is not None:
+        memory_bytes = whole("memory_bytes", memory_bytes, example="memory_bytes=80 * 2**30")
     key = _key(name)
     index = _index()
     matches = index.get(key) or _unique(s for k, specs in index.items() if k.startswith(key)

@@ -36,6 +36,8 @@ def _read_text(path: str | os.PathLike[str]) -> str:
                               f"({MAX_CONFIG_BYTES:,} at most)", path=str(path))
     try:
         return p.read_bytes().decode("utf-8")
+    except OSError as exc:  # a directory ("" is "."), or unreadable: found by fuzzing (issue 13)
+        raise ConfigFileError(f"cannot read the file: {exc.strerror}", path=str(path)) from None
     except UnicodeDecodeError as exc:
         raise ConfigFileError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8",
                               path=str(path)) from None

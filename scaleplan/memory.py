@@ -9,10 +9,13 @@ out of memory. Saved tensors are derived per operation in `scaleplan.activations
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from scaleplan._checks import real, whole
 from scaleplan.activations import (
     AUTOCAST,
     FP32_BYTES,
@@ -35,6 +38,7 @@ from scaleplan.optimizers import (
     gradient_bytes,
     normalize_optimizer,
     optimizer_state_bytes,
+    param_shapes,
     shape_stats,
     weight_bytes,
 )
@@ -130,15 +134,16 @@ class MemoryBreakdown(BaseModel):
         return "\n".join(f"{r:>24}: {getattr(self, r) / GiB:9.3f} GiB" for r in rows)
 
 
-def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> None:
-    if isinstance(micro_batch_size, int) and isinstance(seq_len, int):  # the common case: fast
-        few_b, few_s, long_s = micro_batch_size < 1, seq_len < 1, seq_len > cfg.block_size
+def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
+    """(b, s) as Python ints, or as float64 arrays for sweeps: int64 products would wrap."""
+    if type(micro_batch_size) is int and type(seq_len) is int:  # the common case: fast
+        b, s = micro_batch_size, seq_len
+        few_b, few_s, long_s = b < 1, s < 1, s > cfg.block_size
     else:
-        import numpy as np
-
-        b, s = np.asarray(micro_batch_size), np.asarray(seq_len)
+        b = _shape_value("micro_batch_size", micro_batch_size, "sequence")
+        s = _shape_value("seq_len", seq_len, "token")
         few_b, few_s = bool(np.any(b < 1)), bool(np.any(s < 1))
-        long_s = bool(np.any(s > cfg.block_size))
+        long_s = bool(np.any(np.asarray(s) > cfg.block_size))
     if few_b:
         raise ScaleplanError(f"micro_batch_size={micro_batch_size} must be >= 1 sequence")
     if few_s:
@@ -147,6 +152,19 @@ def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> None:
         raise ScaleplanError(
             f"seq_len={seq_len} exceeds block_size={cfg.block_size}, the length of the learned "
             "position table; lower seq_len or raise block_size")
+    return b, s
+
+
+def _shape_value(name: str, value: Any, unit: str) -> Any:
+    """An int (numpy ints become Python ints) or a float64 array of whole, finite values."""
+    if isinstance(value, np.ndarray | list | tuple):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iuf" or not np.isfinite(arr.astype(np.float64)).all():
+            raise ScaleplanError(f"{name}={value!r} must hold finite numbers of {unit}s")
+        return arr.astype(np.float64)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ScaleplanError(f"{name}={value!r} must be an int >= 1 {unit}, e.g. {name}=8")
+    return int(value)
 
 
 def saved_for_backward_bytes(
@@ -167,8 +185,8 @@ def saved_for_backward_bytes(
     _check_mode("attention", attention, ("flash", "eager"))
     _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
     _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    _check_shape(cfg, micro_batch_size, seq_len)
-    return _saved_terms(cfg, micro_batch_size, seq_len, precision=p, attention=attention,
+    b, s = _check_shape(cfg, micro_batch_size, seq_len)
+    return _saved_terms(cfg, b, s, precision=p, attention=attention,
                         checkpointing=checkpointing, device=device,
                         layers=cfg.n_layer if layers is None else layers)
 
@@ -208,12 +226,11 @@ def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, devic
         return 0
     impl = impl or ("foreach" if device == "cuda" else "for-loop")
     state = FP32_BYTES if precision != "bf16-true" else 2
-    n, _, largest = shape_stats(cfg)
     if impl == "fused":
         return 0
     if impl == "foreach":
-        return n * state
-    return 2 * largest * state
+        return shape_stats(cfg)[0] * state
+    return 2 * max(math.prod(p) for p in param_shapes(cfg)) * state
 
 
 Stage = Literal["only", "first", "last"]
@@ -271,12 +288,21 @@ def training_memory(
     """
     p = normalize_precision(precision)
     opt = normalize_optimizer(optimizer)
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int):
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int | np.integer):
         raise ScaleplanError(f"micro_batch_size={micro_batch_size!r} must be an int >= 1")
     _check_mode("attention", attention, ("flash", "eager"))
     _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
     _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    _check_shape(cfg, micro_batch_size, seq_len)
+    micro_batch_size, seq_len = _check_shape(cfg, micro_batch_size, seq_len)
+    if not isinstance(hold_logits, bool):
+        raise ScaleplanError(f"hold_logits={hold_logits!r} must be True or False")
+    cuda_context_bytes = whole("cuda_context_bytes", cuda_context_bytes, minimum=0,
+                               example="cuda_context_bytes=2**29")
+    slack = real("allocator_slack_fraction", allocator_slack_fraction, inclusive=True,
+                 example="a fraction such as 0.05")
+    if slack >= 1:
+        raise ScaleplanError(f"allocator_slack_fraction={allocator_slack_fraction!r} must be "
+                             "below 1, e.g. 0.05")
     par = parallelism if parallelism is not None else _ONE_GPU
     if not isinstance(par, Parallelism):
         raise ScaleplanError(f"parallelism={parallelism!r} must be a "
@@ -287,12 +313,21 @@ def training_memory(
                            device, par, optimizer_impl, hold_logits, stage) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = 0 if device == "cpu" else (
-        cuda_context_bytes + math.ceil(allocator_slack_fraction * tensor_peak))
+        cuda_context_bytes + _slack_bytes(slack, tensor_peak))
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
                            tensor_peak=tensor_peak)
 
 
 _ONE_GPU = Parallelism()
+_FLOAT_EXACT = 2**53
+
+
+def _slack_bytes(slack: float, tensor_peak: int) -> int:
+    """ceil(slack x tensor_peak): in float64 as `memory_grid` computes it, and exactly past the
+    integers a float holds (where float64 would overflow or round)."""
+    if tensor_peak < _FLOAT_EXACT:
+        return math.ceil(slack * tensor_peak)
+    return math.ceil(Fraction(slack) * tensor_peak)
 
 
 def _split(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:

@@ -64,26 +64,24 @@ def normalize_optimizer(name: str) -> OptimizerName:
     return key  # type: ignore[return-value]
 
 
-def shape_stats(cfg: GPTConfig) -> tuple[int, int, int]:
-    """(elements, tensors, elements of the largest tensor) over `param_shapes`; cached per
-    config, since a plan evaluates the same model many times.
+def shape_stats(cfg: GPTConfig) -> tuple[int, int]:
+    """(elements, tensors) over `param_shapes`; cached per config, since a plan evaluates the
+    same model many times. Plain sums, so a symbolic model gives expressions.
 
     >>> shape_stats(GPTConfig.preset("gpt2"))
-    (124439808, 148, 38597376)
+    (124439808, 148)
     """
     if isinstance(cfg, GPTConfig):  # frozen and hashable; symbolic models go uncached
         return _cached_shape_stats(cfg)
-    return _shape_stats(param_shapes(cfg))
+    return _shape_stats(cfg)
 
 
-def _shape_stats(shapes: list[tuple[int, ...]]) -> tuple[int, int, int]:
-    sizes = [math.prod(p) for p in shapes]
-    return sum(sizes), len(sizes), max(sizes)
+def _shape_stats(cfg: GPTConfig) -> tuple[int, int]:
+    shapes = param_shapes(cfg)
+    return sum(math.prod(p) for p in shapes), len(shapes)
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_shape_stats(cfg: GPTConfig) -> tuple[int, int, int]:
-    return _shape_stats(param_shapes(cfg))
+_cached_shape_stats = functools.lru_cache(maxsize=256)(_shape_stats)
 
 
 def param_shapes(cfg: GPTConfig) -> list[tuple[int, ...]]:
@@ -154,7 +152,7 @@ def optimizer_state_bytes(cfg: GPTConfig, optimizer: OptimizerName, precision: P
     """
     master = _MASTER_BYTES[precision]
     state = master or _PARAM_BYTES[precision]
-    n, n_tensors, _ = shape_stats(cfg)
+    n, n_tensors = shape_stats(cfg)
     if optimizer == "adamw":
         states = 2 * n * state + ADAMW_STEP_BYTES * n_tensors
     elif optimizer in ("sgd-momentum", "lion"):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan._checks import finite, real, whole
 from scaleplan.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.config import GPTConfig, Precision
 from scaleplan.errors import ScaleplanError
@@ -71,7 +72,7 @@ class Plan(BaseModel):
     True
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     model: GPTConfig
     gpu: GPUSpec
@@ -235,7 +236,9 @@ def plan(
     (True, True)
     """
     spec = lookup_gpu(gpu)
-    seq_len = cfg.block_size if seq_len is None else seq_len
+    seq_len = cfg.block_size if seq_len is None else whole("seq_len", seq_len, example="1024")
+    if tokens_per_step is not None:
+        tokens_per_step = whole("tokens_per_step", tokens_per_step, example="2**19")
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
     if parallelism is None:
@@ -248,9 +251,8 @@ def plan(
                 f"(data {parallelism.data} x tensor {parallelism.tensor} x pipeline "
                 f"{parallelism.pipeline}); drop world_size or make them agree")
         world_size, data = parallelism.gpus, parallelism.data
-    if hours is not None and not (isinstance(hours, (int, float)) and hours > 0
-                                  and math.isfinite(hours)):
-        raise ScaleplanError(f"hours={hours!r} must be a positive number of hours")
+    if hours is not None:
+        real("hours", hours, message="must be a positive number of hours")
     chosen_precision, precision_reason, warnings = choose_precision(spec, precision)
     if tokens_per_step is None:
         chunk = seq_len * data
@@ -310,7 +312,8 @@ def plan(
     n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
     optimal = int(chinchilla_tokens(n_for_law, method=scaling))
     mfu_value, mfu_source = (mfu, "given") if mfu is not None else default_mfu(spec)
-    if not (isinstance(mfu_value, (int, float)) and 0 < mfu_value <= 1):
+    if isinstance(mfu_value, bool) or not (isinstance(mfu_value, (int, float))
+                                           and 0 < mfu_value <= 1):
         raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
     recompute = settings["checkpointing"]
     flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=recompute)
@@ -321,7 +324,9 @@ def plan(
     if hours is not None:
         if total_tokens is not None:
             raise ScaleplanError("give total_tokens or hours, not both")
-        run_tokens, tokens_source = int(hours * 3600 * achieved / flops_token), f"{hours} hours"
+        trainable = hours * 3600 * achieved / flops_token
+        run_tokens = int(finite(f"the tokens trainable in hours={hours!r}", trainable))
+        tokens_source = f"{hours} hours"
     elif total_tokens is None or total_tokens == "chinchilla":
         run_tokens, tokens_source = optimal, f"compute-optimal by the {scaling.name} law"
     elif isinstance(total_tokens, int) and not isinstance(total_tokens, bool) \

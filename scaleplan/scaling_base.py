@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan._checks import float_guard
 from scaleplan.errors import ScaleplanError
 
 __all__ = [
@@ -166,6 +167,7 @@ class BaseScalingLaw(BaseModel):
     def loss(self, n_params: float, tokens: float) -> float: ...
     @overload
     def loss(self, n_params: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
+    @float_guard
     def loss(self, n_params: ArrayLike, tokens: ArrayLike) -> Any:
         """Predicted loss of a model with ``n_params`` parameters trained on ``tokens`` tokens.
 
@@ -180,6 +182,7 @@ class BaseScalingLaw(BaseModel):
     def loss_params_limited(self, n_params: float) -> float: ...
     @overload
     def loss_params_limited(self, n_params: ArrayLike) -> FloatArray: ...
+    @float_guard
     def loss_params_limited(self, n_params: ArrayLike) -> Any:
         """Loss with unlimited data: only the model size limits it (Kaplan's L(N)).
 
@@ -194,6 +197,7 @@ class BaseScalingLaw(BaseModel):
     def loss_data_limited(self, tokens: float) -> float: ...
     @overload
     def loss_data_limited(self, tokens: ArrayLike) -> FloatArray: ...
+    @float_guard
     def loss_data_limited(self, tokens: ArrayLike) -> Any:
         """Loss with an unlimited model: only the data limits it (Kaplan's L(D)).
 
@@ -208,6 +212,7 @@ class BaseScalingLaw(BaseModel):
     def tokens_for_loss(self, loss: float, n_params: float) -> float: ...
     @overload
     def tokens_for_loss(self, loss: ArrayLike, n_params: ArrayLike) -> FloatArray: ...
+    @float_guard
     def tokens_for_loss(self, loss: ArrayLike, n_params: ArrayLike) -> Any:
         """Training tokens a model of ``n_params`` needs to reach ``loss``.
 
@@ -225,6 +230,7 @@ class BaseScalingLaw(BaseModel):
     def params_for_loss(self, loss: float, tokens: float) -> float: ...
     @overload
     def params_for_loss(self, loss: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
+    @float_guard
     def params_for_loss(self, loss: ArrayLike, tokens: ArrayLike) -> Any:
         """Parameters a model trained on ``tokens`` needs to reach ``loss``.
 
@@ -242,6 +248,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_n_params(self, flops: float) -> float: ...
     @overload
     def optimal_n_params(self, flops: ArrayLike) -> FloatArray: ...
+    @float_guard
     def optimal_n_params(self, flops: ArrayLike) -> Any:
         """Parameters minimising the loss for ``flops`` training FLOPs, under C = 6 N D.
 
@@ -256,6 +263,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_tokens(self, flops: float) -> float: ...
     @overload
     def optimal_tokens(self, flops: ArrayLike) -> FloatArray: ...
+    @float_guard
     def optimal_tokens(self, flops: ArrayLike) -> Any:
         """Training tokens at the compute-optimal allocation of ``flops``: D = C / (6 N_opt).
 
@@ -270,6 +278,7 @@ class BaseScalingLaw(BaseModel):
     def compute_optimal(self, flops: float) -> ComputeOptimal: ...
     @overload
     def compute_optimal(self, flops: ArrayLike) -> ComputeOptimalArrays: ...
+    @float_guard
     def compute_optimal(self, flops: ArrayLike) -> ComputeOptimal | ComputeOptimalArrays:
         """The compute-optimal model for a budget: size, tokens and predicted loss.
 
@@ -294,6 +303,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_tokens_for_params(self, n_params: float) -> float: ...
     @overload
     def optimal_tokens_for_params(self, n_params: ArrayLike) -> FloatArray: ...
+    @float_guard
     def optimal_tokens_for_params(self, n_params: ArrayLike) -> Any:
         """Tokens for which a model of ``n_params`` is compute-optimal under this law.
 
@@ -309,6 +319,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_params_for_tokens(self, tokens: float) -> float: ...
     @overload
     def optimal_params_for_tokens(self, tokens: ArrayLike) -> FloatArray: ...
+    @float_guard
     def optimal_params_for_tokens(self, tokens: ArrayLike) -> Any:
         """Parameters that are compute-optimal for ``tokens`` training tokens under this law.
 

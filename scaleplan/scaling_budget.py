@@ -11,6 +11,7 @@ from typing import Any, overload
 import numpy as np
 from numpy.typing import ArrayLike
 
+from scaleplan._checks import float_guard
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.scaling import scaling_law, scaling_laws
 from scaleplan.scaling_base import (
@@ -36,6 +37,7 @@ CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann 2022 Table 3 (Approach 1): 1B -> 20
 def training_compute(n_params: float, tokens: float) -> float: ...
 @overload
 def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
+@float_guard
 def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> Any:
     """Training FLOPs, ``6 N D`` (Kaplan et al. 2020, section 2.1), as floats.
 
@@ -49,6 +51,7 @@ def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> Any:
     return _result(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, n_params, tokens)
 
 
+@float_guard
 def tokens_seen(steps: int, tokens_per_step: int) -> int:
     """Tokens processed by ``steps`` optimizer steps of ``tokens_per_step`` tokens each.
 
@@ -68,6 +71,7 @@ def tokens_seen(steps: int, tokens_per_step: int) -> int:
 def chinchilla_tokens(n_params: float, *, method: str | BaseScalingLaw = ...) -> int: ...
 @overload
 def chinchilla_tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw = ...) -> FloatArray: ...
+@float_guard
 def chinchilla_tokens(
     n_params: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
 ) -> Any:
@@ -112,6 +116,7 @@ def overtraining_ratio(
 def overtraining_ratio(
     n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = ...
 ) -> FloatArray: ...
+@float_guard
 def overtraining_ratio(
     n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
 ) -> Any:

@@ -90,6 +90,8 @@ def _grid_objectives(
     return np.asarray(huber.sum(axis=1), dtype=np.float64)
 
 
+# log of the largest float64 (numpy.finfo(float64).max is 1.797e308).
+MAX_LOG_FLOAT = 709.78
 Method = Literal["BFGS", "L-BFGS-B"]
 _OPTIONS: dict[str, dict[str, float]] = {  # tight: stopping early is what misled Hoffmann's fit
     "BFGS": {"maxiter": 10_000, "gtol": 1e-12},
@@ -154,6 +156,15 @@ def _points(n_params: Any, tokens: Any, losses: Any) -> tuple[FloatArray, FloatA
     return arrays["n_params"], arrays["tokens"], arrays["losses"]
 
 
+def _exp(log_value: float) -> float:
+    """exp of a fitted log-constant; past float64's range the runs are no scaling curve."""
+    if log_value > MAX_LOG_FLOAT:  # found by fuzzing with losses of 1e300 (issue 13)
+        raise ScaleplanError(
+            f"the fit puts a constant at exp({log_value:.4g}), beyond a 64-bit float; the "
+            "losses are not a scaling curve (they should be nats per token, such as 3.2)")
+    return float(np.exp(log_value))
+
+
 def _law(theta: FloatArray, name: str, n_counts: NCounts, report: FitReport) -> ScalingLaw:
     e, a, b, alpha, beta = (float(x) for x in theta)
     if alpha <= 0 or beta <= 0:
@@ -166,7 +177,7 @@ def _law(theta: FloatArray, name: str, n_counts: NCounts, report: FitReport) -> 
         paper=f"fitted by scaleplan to {report.n_points} runs (method of Hoffmann et al. 2022 "
         "App. D.2 and Besiroglu et al. 2024)",
         equation="L = E + A/N^alpha + B/D^beta, Huber on log loss with LSE parametrisation",
-        n_counts=n_counts, E=np.exp(e), A=np.exp(a), B=np.exp(b), alpha=alpha, beta=beta,
+        n_counts=n_counts, E=_exp(e), A=_exp(a), B=_exp(b), alpha=alpha, beta=beta,
         fit=report,
     )
 
@@ -265,7 +276,7 @@ def _bootstrap(
         fitted, _ = _best_fit(refit_starts, log_n[pick], log_d[pick], log_loss[pick], delta,
                               method)
         e, a, b, alpha, beta = fitted
-        fits[i] = (np.exp(e), np.exp(a), np.exp(b), alpha, beta)
+        fits[i] = (_exp(e), _exp(a), _exp(b), alpha, beta)
         if progress is not None:
             progress(i + 1, bootstrap)
     tail = 100 * (1 - confidence) / 2

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan._checks import float_guard, real
 from scaleplan.errors import ScaleplanError
 from scaleplan.scaling import scaling_law
 from scaleplan.scaling_base import (
@@ -65,6 +66,7 @@ INFERENCE_FLOPS_PER_PARAM_TOKEN = 2  # a forward pass, per token served (Sardana
 def critical_batch_size(loss: float) -> float: ...
 @overload
 def critical_batch_size(loss: ArrayLike) -> FloatArray: ...
+@float_guard
 def critical_batch_size(loss: ArrayLike) -> Any:
     """Kaplan et al. 2020's critical batch size in tokens: ``B_crit = B* / L^(1 / alpha_B)``.
 
@@ -84,6 +86,7 @@ def critical_batch_size(loss: ArrayLike) -> Any:
 def deepseek_batch_size(flops: float) -> float: ...
 @overload
 def deepseek_batch_size(flops: ArrayLike) -> FloatArray: ...
+@float_guard
 def deepseek_batch_size(flops: ArrayLike) -> Any:
     """DeepSeek LLM 2024's near-optimal batch size in tokens: ``B_opt = 0.2920 C^0.3271``.
 
@@ -102,6 +105,7 @@ def deepseek_batch_size(flops: ArrayLike) -> Any:
 def deepseek_learning_rate(flops: float) -> float: ...
 @overload
 def deepseek_learning_rate(flops: ArrayLike) -> FloatArray: ...
+@float_guard
 def deepseek_learning_rate(flops: ArrayLike) -> Any:
     """DeepSeek LLM 2024's near-optimal peak learning rate: ``lr_opt = 0.3118 C^-0.1250``.
 
@@ -134,6 +138,7 @@ def effective_tokens(tokens: float, unique_tokens: float, *, r_star: float = ...
 def effective_tokens(
     tokens: ArrayLike, unique_tokens: ArrayLike, *, r_star: float = ...
 ) -> FloatArray: ...
+@float_guard
 def effective_tokens(
     tokens: ArrayLike, unique_tokens: ArrayLike, *, r_star: float = MUENNIGHOFF_R_STAR_D
 ) -> Any:
@@ -166,6 +171,7 @@ def effective_params(
     n_params: ArrayLike, unique_tokens: ArrayLike, *, law: str | BaseScalingLaw = ...,
     r_star: float = ...,
 ) -> FloatArray: ...
+@float_guard
 def effective_params(
     n_params: ArrayLike, unique_tokens: ArrayLike, *,
     law: str | BaseScalingLaw = "muennighoff2023", r_star: float = MUENNIGHOFF_R_STAR_N,
@@ -194,6 +200,7 @@ def data_constrained_loss(
     n_params: ArrayLike, tokens: ArrayLike, unique_tokens: ArrayLike, *,
     law: str | BaseScalingLaw = ...,
 ) -> FloatArray: ...
+@float_guard
 def data_constrained_loss(
     n_params: ArrayLike, tokens: ArrayLike, unique_tokens: ArrayLike, *,
     law: str | BaseScalingLaw = "muennighoff2023",
@@ -269,6 +276,7 @@ def _lifetime_optimum(fit: BaseScalingLaw, L: float, served: float) -> tuple[flo
     return N, float(fit._tokens_for_loss(np.asarray(L), np.asarray(N)))
 
 
+@float_guard
 def inference_optimal(
     loss: float, inference_tokens: float, *, law: str | BaseScalingLaw = "chinchilla"
 ) -> InferenceOptimal:
@@ -282,13 +290,17 @@ def inference_optimal(
     >>> opt.n_params < opt.compute_optimal_n_params, opt.tokens > opt.compute_optimal_tokens
     (True, True)
     """
+    if np.ndim(loss) or np.ndim(inference_tokens):  # one optimum per call (fuzzed, issue 13)
+        raise ScaleplanError(f"inference_optimal takes one loss and one count, not arrays; got "
+                             f"loss={loss!r}, inference_tokens={inference_tokens!r}")
     L = float(_positive("loss", loss))
-    served = float(np.asarray(inference_tokens, dtype=np.float64))
-    if not (math.isfinite(served) and served >= 0):
+    try:
+        served = real("inference_tokens", inference_tokens, inclusive=True)
+    except ScaleplanError:
         raise ScaleplanError(
             f"inference_tokens must be a non-negative finite count; got "
             f"inference_tokens={inference_tokens!r}; pass 0 to ignore inference"
-        )
+        ) from None
     fit = scaling_law(law)
     N, D = _lifetime_optimum(fit, L, served)
     N0, D0 = _lifetime_optimum(fit, L, 0.0)

@@ -18,8 +18,11 @@ in fact well used. `from_nanogpt_mfu` converts it.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan._checks import real, whole
 from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
 from scaleplan.flops import FlopsMethod, Recompute, flops_per_token
@@ -54,7 +57,7 @@ class Utilization(BaseModel):
     (36.25, 0.622, 'RTX 4070')
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mfu: float = Field(description="Model FLOPs utilization, a fraction (0.45, not 45).")
     hfu: float = Field(description="Hardware FLOPs utilization: recomputed work included.")
@@ -82,7 +85,7 @@ class Throughput(BaseModel):
     True
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     tokens_per_second: float = Field(description="Over all GPUs.")
     tokens_per_second_per_gpu: float
@@ -106,7 +109,7 @@ class TrainingTime(BaseModel):
     (2.22, 17.8, 35.52)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     tokens: int = Field(ge=0)
     total_flops: float = Field(description="Model FLOPs of the run.")
@@ -132,8 +135,9 @@ def mfu_from_flops(
     ...                      n_gpus=6144), 3)  # PaLM 540B on TPU v4
     0.462
     """
-    _check_positive("tokens_per_second", tokens_per_second, "a measured throughput, e.g. 5.2e4")
-    _check_positive("n_gpus", n_gpus, "e.g. 8")
+    tokens_per_second = _check_positive("tokens_per_second", tokens_per_second,
+                                        "a measured throughput, e.g. 5.2e4")
+    n_gpus = _check_gpus(n_gpus)
     return tokens_per_second * flops_per_token / (n_gpus * peak_flops)
 
 
@@ -196,15 +200,15 @@ def throughput_at_mfu(
     >>> round(t.tokens_per_second), round(t.step_seconds, 1)
     (29225, 17.9)
     """
-    _check_mfu(mfu)
+    mfu = _check_mfu(mfu)
     spec = lookup_gpu(gpu)
-    _check_positive("n_gpus", n_gpus, "e.g. 8")
+    n_gpus = _check_gpus(n_gpus)
     peak = spec.peak_flops(dtype)
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
     step_seconds = None
     if tokens_per_step is not None:
-        _check_positive("tokens_per_step", tokens_per_step, "e.g. 524288")
+        tokens_per_step = whole("tokens_per_step", tokens_per_step, example="524288")
         step_seconds = tokens_per_step / tokens_per_second
     return Throughput(
         tokens_per_second=tokens_per_second,
@@ -240,16 +244,14 @@ def time_to_train(
     >>> round(t.hours, 1), round(t.cost, 2)
     (23.8, 4.75)
     """
-    if tokens < 0:
-        raise ScaleplanError(f"tokens={tokens} must be >= 0, e.g. 20 x the parameter count")
+    real("tokens", tokens, inclusive=True, example="e.g. 20 x the parameter count")
     rate = throughput_at_mfu(cfg, gpu, mfu=mfu, seq_len=seq_len, n_gpus=n_gpus,
                              dtype=dtype, causal=causal, method=method)
     seconds = tokens / rate.tokens_per_second
     hours = seconds / _SECONDS_PER_HOUR
     cost = None
     if price_per_gpu_hour is not None:
-        if price_per_gpu_hour < 0:
-            raise ScaleplanError(f"price_per_gpu_hour={price_per_gpu_hour} must be >= 0")
+        real("price_per_gpu_hour", price_per_gpu_hour, inclusive=True, example="e.g. 2.0")
         cost = hours * n_gpus * price_per_gpu_hour
     return TrainingTime(
         tokens=tokens,
@@ -296,7 +298,8 @@ def from_nanogpt_mfu(
     >>> round(u.mfu, 3), round(u.achieved_flops / 1e12, 2)
     (0.616, 35.88)
     """
-    _check_positive("printed_percent", printed_percent, "the percentage nanoGPT printed, e.g. 11.5")
+    printed_percent = _check_positive("printed_percent", printed_percent,
+                                      "the percentage nanoGPT printed, e.g. 11.5")
     spec = lookup_gpu(gpu)
     peak = spec.peak_flops(dtype)
     achieved = printed_percent / 100 * NANOGPT_PEAK_FLOPS
@@ -317,13 +320,20 @@ def from_nanogpt_mfu(
     )
 
 
-def _check_positive(field: str, value: float, example: str) -> None:
-    if not value > 0:
-        raise ScaleplanError(f"{field}={value} must be > 0; give {example}")
+def _check_gpus(value: int) -> int:
+    n_gpus = whole("n_gpus", value, example="n_gpus=8")
+    real("n_gpus", n_gpus, example="n_gpus=8")  # a count past a float's range is no cluster
+    return n_gpus
 
 
-def _check_mfu(value: float) -> None:
+def _check_positive(field: str, value: float, example: str) -> float:
+    return real(field, value, example=example)
+
+
+def _check_mfu(value: float) -> float:
+    value = real("mfu", value, minimum=-math.inf, example="a fraction such as 0.4")
     if not 0 < value <= 1:
         hint = (" MFU is a fraction: did you pass a percentage? use e.g. 0.4"
                 if value > 1 else " an MFU of zero never finishes; typical runs reach 0.3-0.6")
         raise ScaleplanError(f"mfu={value} must be in (0, 1].{hint}")
+    return value

@@ -39,6 +39,7 @@ warnings that never raise (``scaleplan.tight_fit``: fits, but with less than
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -59,6 +60,7 @@ from scaleplan.errors import ScaleplanError
 from scaleplan.params import ParamCount, count_params
 
 __all__ = [
+    "MAX_TOKENS_PER_PARAM",
     "TIGHT_FIT_FRACTION",
     "CountKind",
     "DivisibleStep",
@@ -71,6 +73,10 @@ __all__ = [
     "parse_claim",
 ]
 
+# Llama 3 8B saw 15T tokens, ~1,900 per parameter (Meta 2024); a million times that bounds the
+# ratio (and its inverse the smallest one), so min x params and tokens / max stay finite floats at
+# any model size (found by fuzzing, issue 13).
+MAX_TOKENS_PER_PARAM = 1e9
 CountKind = Literal["total", "nanogpt", "non_embedding"]
 _COUNT_LABEL: dict[str, str] = {
     "total": "total",
@@ -104,7 +110,8 @@ def parse_claim(claimed: int | float | str) -> int:
         raise ScaleplanError(f"claimed={claimed!r} must be a number or text such as '~125M'")
     else:
         value = claimed
-    if not math.isfinite(value) or value <= 0:
+    # Below 1 rounds to 0 parameters; an int past a float's range overflowed (issue 13).
+    if value > sys.float_info.max or not math.isfinite(value) or value < 1:
         raise ScaleplanError(f"claimed={claimed!r} must be a positive parameter count")
     return round(value)
 
@@ -258,6 +265,15 @@ class TokensPerParam(Marker):
         for name in ("min", "max"):
             if getattr(self, name) is not None:
                 check_nonnegative(name, getattr(self, name))
+                if not 1 / MAX_TOKENS_PER_PARAM <= getattr(self, name) <= MAX_TOKENS_PER_PARAM \
+                        and getattr(self, name) != 0:
+                    raise ScaleplanError(
+                        f"TokensPerParam {name}={getattr(self, name)!r} tokens per parameter is "
+                        f"outside any training run ({1 / MAX_TOKENS_PER_PARAM:g} to "
+                        f"{MAX_TOKENS_PER_PARAM:g}); Chinchilla is ~20, Llama 3 8B ~1,900")
+        if self.max == 0:  # no model trains on zero tokens (fuzzed, issue 13)
+            raise ScaleplanError("TokensPerParam max=0 allows no training at all; give a "
+                                 "positive max, e.g. max=30")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ScaleplanError(f"TokensPerParam min={self.min} is above max={self.max}; swap "
                                  "them")

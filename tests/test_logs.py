@@ -8,6 +8,7 @@ numbers in it are made up but plausible, and each test asserts the numbers it wr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ W0412 11:11:12.123000 4242 torch/_inductor/utils.py:1137] [0/0] Not enough SMs t
 step 14500: train loss 3.6415, val loss 3.5696
 iter 14500: loss 3.6502, time 4325.50ms, mfu 11.62%
 """
+
+# HYPOTHESIS_PROFILE=deep: 20x the examples, for a run by hand (fuzz/README.md).
+SCALE = {"default": 1, "deep": 20}[os.environ.get("HYPOTHESIS_PROFILE", "default")]
 
 
 def test_nanogpt_log_numbers() -> None:
@@ -217,13 +221,13 @@ def _check(data: str | bytes) -> None:
         assert TrainingLog.model_validate_json(log.model_dump_json()) == log
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     _check(data)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(st.lists(LOG_LINES | st.text(max_size=60), max_size=8), st.integers(0, 400))
 def test_real_lines_mixed_and_truncated(lines: list[str], cut: int) -> None:
     text = "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ ADVERSARIAL = st.one_of(
 GPT_FIELDS = sorted(GPTConfig.model_fields)
 TRAINING_FIELDS = sorted(TrainingConfig.model_fields)
 
+# HYPOTHESIS_PROFILE=deep: 20x the examples, for a run by hand (fuzz/README.md).
+SCALE = {"default": 1, "deep": 20}[os.environ.get("HYPOTHESIS_PROFILE", "default")]
+
 
 def _expect_result_or_value_error(call: Callable[[], Any], *names: str) -> Any:
     """Run call; a rejection must be a ValueError naming one of ``names``."""
@@ -43,7 +47,7 @@ def _expect_result_or_value_error(call: Callable[[], Any], *names: str) -> Any:
         return None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300 * SCALE, deadline=None)
 @given(st.dictionaries(st.sampled_from(GPT_FIELDS), ADVERSARIAL, max_size=4))
 def test_gpt_config_fields(fields: dict[str, Any]) -> None:
     cfg = _expect_result_or_value_error(lambda: GPTConfig(**fields), *fields, "n_embd", "n_head")
@@ -53,7 +57,7 @@ def test_gpt_config_fields(fields: dict[str, Any]) -> None:
         assert sum(pc.components().values()) == pc.total
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200 * SCALE, deadline=None)
 @given(st.dictionaries(st.sampled_from(TRAINING_FIELDS), ADVERSARIAL, max_size=4))
 def test_training_config_fields(fields: dict[str, Any]) -> None:
     t = _expect_result_or_value_error(lambda: TrainingConfig(**fields), *fields)
@@ -84,7 +88,7 @@ hf_keys = st.sampled_from(["model_type", "n_embd", "n_head", "n_layer", "n_posit
                            "max_position_embeddings"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300 * SCALE, deadline=None)
 @given(st.dictionaries(hf_keys, json_values, max_size=6),
        st.sampled_from(["gpt2", "llama", "mistral", "qwen2", "gemma", "bert", None]))
 def test_from_hf_random_dicts(config: dict[str, Any], model_type: str | None) -> None:
@@ -110,7 +114,7 @@ CONFIG_SNIPPETS = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(CONFIG_SNIPPETS | st.text(max_size=40), max_size=6))
 def test_nanogpt_config_text(lines: list[str]) -> None:
     text = "\n".join(lines)
@@ -122,7 +126,7 @@ def test_nanogpt_config_text(lines: list[str]) -> None:
         assert count_params(run.model).total > 0
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100 * SCALE, deadline=None)
 @given(st.binary(max_size=200))
 def test_nanogpt_config_random_bytes(tmp_path_factory: pytest.TempPathFactory,
                                      data: bytes) -> None:
@@ -145,7 +149,7 @@ def test_nothing_in_a_config_file_is_executed(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200 * SCALE, deadline=None)
 @given(ADVERSARIAL, ADVERSARIAL, ADVERSARIAL, ADVERSARIAL)
 def test_grad_accum_steps(tokens: Any, mb: Any, seq: Any, ws: Any) -> None:
     steps = _expect_result_or_value_error(lambda: grad_accum_steps(tokens, mb, seq, ws),
@@ -155,7 +159,7 @@ def test_grad_accum_steps(tokens: Any, mb: Any, seq: Any, ws: Any) -> None:
         assert steps * mb * seq * ws == tokens
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60 * SCALE, deadline=None)
 @given(st.lists(st.sampled_from(["params", "gpt2", "llama-3-8b", "--json", "--help-me", "-x",
                                  "nope.json", "nope.py", "gtp2", "", "\x00", "plan", "--"])
                 | st.text(max_size=12), max_size=4))

@@ -1,0 +1,61 @@
+"""Coverage-guided fuzzing of the training-log readers (atheris, libFuzzer).
+
+The contract: `read_log` on any bytes (nanoGPT, llm.c, Hugging Face Trainer, CSV, JSONL,
+truncated or not UTF-8) returns a `TrainingLog` or raises `LogFormatError`; never another
+exception, never a hang, never NaN or inf in a record. Run by hand (see fuzz/README.md):
+
+    python fuzz/fuzz_logs.py -runs=200000 -max_total_time=600 fuzz/corpus_logs
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, uninstalled
+
+with atheris.instrument_imports():
+    from scaleplan.logs import LogFormatError, read_log
+
+
+# Seeds: one line of each format read_log knows, so the fuzzer starts past format detection.
+SEEDS = [
+    "step 100: train loss 5.1000, val loss 5.0000\n",
+    "iter 10: loss 9.4321, time 4321.00ms, mfu 11.61%\n",
+    "tokens per iteration will be: 524,288\nnumber of parameters: 40.56M\n",
+    "step    1/100 | train loss 2.3000 | norm 1.0 | lr 1.00e-04 | (12.30 ms | 1234 tok/s)\n",
+    "{'loss': 2.3, 'grad_norm': 1.2, 'learning_rate': 5e-05, 'epoch': 0.1}\n",
+    "step,train_loss,val_loss\n1,2.0,2.1\n",
+    '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n',
+]
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        log = read_log("fuzz.log", text=data)
+    except LogFormatError:
+        return
+    assert log.lines_recognised <= log.lines_read, log
+    for record in log.records:
+        for value in record.model_dump().values():
+            assert not (isinstance(value, float) and not math.isfinite(value)), record
+
+
+def main() -> None:
+    argv = sys.argv
+    if not any(not a.startswith("-") for a in argv[1:]):  # no corpus folder given: seed one
+        import tempfile
+
+        corpus = Path(tempfile.mkdtemp(prefix="scaleplan-fuzz-"))
+        for i, seed in enumerate(SEEDS):
+            (corpus / f"seed{i}").write_bytes(seed.encode("utf-8"))
+        argv = [*argv, str(corpus)]
+    atheris.Setup(argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

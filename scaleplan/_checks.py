@@ -1,0 +1,147 @@
+"""Argument checks shared by the arithmetic entry points.
+
+Each check turns a user's value into the exact Python type the arithmetic needs (a Python
+``int`` for counts, so products never wrap around a fixed-width numpy integer; a finite Python
+``float`` for rates and fractions) or raises `ScaleplanError` naming the argument and the value.
+numpy integer and float scalars are accepted and converted; ``bool`` is refused where a number is
+meant (``True`` is an int to Python, never a sequence length to a user).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+from scaleplan.errors import ScaleplanError
+
+__all__ = ["finite", "float_guard", "real", "whole"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def whole(name: str, value: object, *, minimum: int = 1, example: str = "") -> int:
+    """``value`` as a Python int >= ``minimum``, else a `ScaleplanError` naming ``name``.
+
+    >>> import numpy as np
+    >>> whole("seq_len", np.int64(1024)), type(whole("seq_len", np.int64(1024))).__name__
+    (1024, 'int')
+    """
+    hint = f", e.g. {example}" if example else ""
+    if isinstance(value, bool):
+        raise ScaleplanError(f"{name}={value!r} must be a whole number, not a bool{hint}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints; not 12.0
+    except TypeError:
+        raise ScaleplanError(
+            f"{name}={value!r} must be a whole number (an int){hint}") from None
+    if number < minimum:
+        bound = "a positive whole number" if minimum == 1 else f">= {minimum}"
+        raise ScaleplanError(f"{name}={number} must be {bound}{hint}")
+    return number
+
+
+def real(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False,
+         example: str = "", message: str = "") -> float:
+    """``value`` as a finite Python float above ``minimum`` (or equal, when ``inclusive``).
+
+    ``message``, when given, replaces the error's text after ``name=value``.
+
+    >>> real("mfu", 0.4)
+    0.4
+    """
+    try:
+        return _real(name, value, minimum, inclusive, example)
+    except ScaleplanError:
+        if not message:
+            raise
+        raise ScaleplanError(f"{name}={value!r} {message}") from None
+
+
+def _real(name: str, value: object, minimum: float, inclusive: bool, example: str) -> float:
+    hint = f"; give {example}" if example else ""
+    if isinstance(value, bool):
+        raise ScaleplanError(f"{name}={value!r} must be a number, not a bool{hint}")
+    try:
+        number = float(value)  # type: ignore[arg-type]  # int, float, numpy scalars
+    except (TypeError, ValueError, OverflowError):
+        raise ScaleplanError(f"{name}={value!r} must be a finite number{hint}") from None
+    if isinstance(value, str | bytes) or not math.isfinite(number):
+        raise ScaleplanError(f"{name}={value!r} must be a finite number{hint}")
+    if number < minimum or (number == minimum and not inclusive):
+        relation = ">=" if inclusive else ">"
+        raise ScaleplanError(f"{name}={value!r} must be {relation} {minimum:g}{hint}")
+    return number
+
+
+def finite(name: str, value: float) -> float:
+    """``value`` as a finite float, else a `ScaleplanError`: the inputs were too large for ``name``.
+
+    >>> finite("flops", 1e300 * 1e300)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: flops overflows a 64-bit float (inf); the inputs are ...
+    """
+    try:
+        number = float(value)  # an int past 1.8e308 raises OverflowError
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ScaleplanError(f"{name} overflows a 64-bit float ({number}); the inputs are far "
+                             "beyond any training run")
+    return number
+
+
+def float_guard(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn float overflow, division by zero and arrays that do not broadcast inside ``func``
+    into a `ScaleplanError` naming the call.
+
+    numpy warns (and Python raises ``OverflowError``) when a power or a product leaves float64's
+    range; the result would be ``inf``, a number that claims to be an answer. Under this guard the
+    call fails instead, naming the function and its arguments. Code that expects ``inf`` on
+    purpose (an unreachable loss) sets its own ``np.errstate`` inside, which takes precedence.
+
+    >>> import numpy as np
+    >>> @float_guard
+    ... def square(x: float) -> float:
+    ...     return float(np.float64(x) * x)
+    >>> square(1e200)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: square(1e+200): the result overflows a 64-bit float ...
+    """
+    import numpy as np
+
+    @wraps(func)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            with np.errstate(over="raise", divide="raise", invalid="raise"):
+                return func(*args, **kwargs)
+        except (FloatingPointError, OverflowError, ZeroDivisionError, ValueError) as exc:
+            if isinstance(exc, ScaleplanError) or (
+                    isinstance(exc, ValueError) and "broadcast" not in str(exc)):
+                raise
+            shown = [_show(a) for a in args if not _is_model(a)]
+            shown += [f"{k}={_show(v)}" for k, v in kwargs.items()]
+            call = f"{func.__name__}({', '.join(shown)})"
+            if isinstance(exc, ValueError):  # numpy: arrays of shapes that do not broadcast
+                raise ScaleplanError(f"{call}: the arrays' shapes do not match ({exc}); pass "
+                                     "arrays of one length, or a number") from None
+            raise ScaleplanError(
+                f"{call}: the result overflows a 64-bit float or divides by zero ({exc}); "
+                "pass values in the range of real training runs") from None
+
+    return guarded
+
+
+def _is_model(arg: object) -> bool:  # the scaling law itself, for methods
+    from pydantic import BaseModel
+
+    return isinstance(arg, BaseModel)
+
+
+def _show(value: object) -> str:
+    return repr(getattr(value, "name", value)) if _is_model(value) else repr(value)
