@@ -98,8 +98,9 @@ class MemoryBreakdown(BaseModel):
         "per-operation block activations, embedding ids and masks, the final norm, the output "
         "layer's input and the loss's fp32 log-softmax (s b V x 4 bytes).")
     autocast_weight_copies: int = Field(
-        description="bf16/fp16 copies of the linear weights that autocast makes and the "
-        "matmuls save (0 unless bf16-mixed/16-mixed).")
+        description="bf16/fp16 copies of the linear weights that autocast makes, live at the "
+        "worst moment (0 unless bf16-mixed/16-mixed): the ones the matmuls save, and under "
+        "full checkpointing every copy autocast's cache holds until the forward ends.")
     transient: int = Field(
         description="Live on top of the fields above at the worst moment: the logits and their "
         "gradient at the start of backward, or, when the optimizer step is the worst moment, its "
