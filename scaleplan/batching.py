@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from scaleplan._checks import whole
 from scaleplan.errors import ScaleplanError
 
 __all__ = ["Rounding", "grad_accum_steps", "micro_batch_sizes"]
@@ -21,11 +22,7 @@ MAX_SEQUENCES_PER_STEP = 10**12
 
 
 def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ScaleplanError(f"{name}={value!r} must be a whole number (an int), e.g. {name}=8")
-    if value <= 0:
-        raise ScaleplanError(f"{name}={value} must be positive")
-    return value
+    return whole(name, value, example=f"{name}=8")
 
 
 def grad_accum_steps(

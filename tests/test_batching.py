@@ -49,8 +49,8 @@ def test_rounding_options() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"micro_batch_size": 0}, "micro_batch_size=0 must be positive"),
-        ({"seq_len": -1}, "seq_len=-1 must be positive"),
+        ({"micro_batch_size": 0}, "micro_batch_size=0 must be a positive whole number"),
+        ({"seq_len": -1}, "seq_len=-1 must be a positive whole number"),
         ({"micro_batch_size": 8.0}, r"micro_batch_size=8.0 must be a whole number"),
         ({"world_size": True}, r"world_size=True must be a whole number"),
         ({"rounding": "sideways"}, r"rounding='sideways' is not one of"),
