@@ -25,9 +25,8 @@ import math
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from scaleplan.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.config import GPTConfig, TrainingConfig
 from scaleplan.findings import Finding, Severity
 from scaleplan.hardware import INDUCTOR_MIN_SMS, GPUSpec
@@ -35,7 +34,7 @@ from scaleplan.hardware import gpu as lookup_gpu
 from scaleplan.loaders import NanoGPTRun, load_nanogpt_config
 from scaleplan.logs import TrainingLog, read_log
 from scaleplan.params import count_params
-from scaleplan.planner import Plan, plan
+from scaleplan.recommend import Recommendation, recommend
 from scaleplan.scaling import scaling_law
 from scaleplan.scaling_budget import chinchilla_tokens
 from scaleplan.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu
@@ -53,34 +52,6 @@ OVERFIT_RELATIVE_GAP = 0.05  # val above train by 5% of the loss
 LR_MIN_FRACTION = 0.10  # over 10% of the run at min_lr
 LR_TAIL_FRACTION = 0.90  # the schedule should have run 90% of its decay by the end
 _WIDTH_MULTIPLE = 64  # widths are kept to multiples of 64 (tensor-core friendly, as GPT-2's 768)
-
-
-class Recommendation(BaseModel):
-    """A concrete next run: the model, the training config with exact grad-accum steps.
-
-    ``training`` runs ``steps_for_compute_optimal`` steps with the cosine decay matched to
-    them. ``micro_batch_options`` lists (micro_batch_size, grad_accum_steps) pairs that keep
-    ``tokens_per_step`` exactly, from the current micro-batch down, for when memory runs out.
-    ``plan`` is ``scaleplan.planner.plan(...).model_dump()`` on the same GPU when the planner is
-    available, else None.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: GPTConfig
-    training: TrainingConfig
-    tokens_per_step: int
-    micro_batch_options: tuple[tuple[int, int], ...]
-    nanogpt_params: int
-    compute_optimal_tokens: int
-    steps_for_compute_optimal: int
-    expected_val_loss: float | None = Field(
-        None, description="Observed final val loss + the law's change for the new model at "
-        "compute-optimal tokens (the law's absolute losses do not transfer across data sets).")
-    expected_val_loss_same_tokens: float | None = Field(
-        None, description="The same, trained on as many tokens as the diagnosed run saw.")
-    changes: tuple[str, ...]
-    plan: Plan | None = Field(None, description="plan() for the new run on the diagnosed GPU.")
 
 
 class Diagnosis(BaseModel):
@@ -188,7 +159,7 @@ def diagnose(
     findings += _gpu_findings(the_log, spec)
     if t is not None:
         findings += _lr_facts(t, last)
-    rec = _recommend(run, pc.total, the_log, spec, the_law, findings)
+    rec = recommend(run, pc.total, the_log, spec, the_law, findings)
     return Diagnosis(findings=tuple(findings), recommendation=rec, nanogpt_params=pc.nanogpt,
                      total_params=pc.total, tokens_per_step=tokens_per_step,
                      tokens_seen=tokens_seen, gpu=spec.name if spec else None, law=the_law.name)
@@ -414,58 +385,3 @@ def _lr_facts(t: TrainingConfig, last: int | None) -> list[Finding]:
             numbers={"last_step": last, "lr_decay_iters": t.lr_decay_iters,
                      "learning_rate_now": lr_now, "fraction_of_peak": lr_now / t.learning_rate}))
     return out
-
-
-def _recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | None, law: Any,
-               findings: list[Finding]) -> Recommendation | None:
-    codes = {f.code for f in findings}
-    cfg, t = run.model, run.training
-    changes: dict[str, Any] = {}
-    size = next((f for f in findings if f.code == "size-mismatch"), None)
-    if size is not None:
-        changes["n_embd"] = int(size.numbers["n_embd_for_claim"])
-    if cfg.dropout > 0 and ("val-below-train-dropout" in codes or "plateau" in codes
-                            or "past-compute-optimal" in codes):
-        changes["dropout"] = 0.0
-    if not changes:
-        return None
-    new = cfg.replace(**changes)
-    tokens_per_step = log.reported_tokens_per_step or t.tokens_per_step
-    per_micro = t.seq_len * t.world_size
-    sizes = micro_batch_sizes(tokens_per_step, t.seq_len, t.world_size)
-    micro, accum = t.micro_batch_size, t.grad_accum_steps
-    options: tuple[tuple[int, int], ...] = ()
-    if sizes:  # tokens_per_step is a whole number of sequences: keep it exactly
-        micro = max([b for b in sizes if b <= t.micro_batch_size] or [1])
-        accum = grad_accum_steps(tokens_per_step, micro, t.seq_len, t.world_size)
-        options = tuple((b, tokens_per_step // (b * per_micro))
-                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
-    new_total = count_params(new).total
-    optimal = chinchilla_tokens(new_total)
-    steps = -(-optimal // tokens_per_step)
-    planned = None
-    if spec is not None and sizes:  # the micro-batch that fits the GPU, by the memory model
-        planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
-                       seq_len=t.seq_len, world_size=t.world_size, precision=t.precision,
-                       law=law)
-        micro, accum = planned.micro_batch_size, planned.grad_accum_steps
-        options = tuple((b, tokens_per_step // (b * per_micro))
-                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
-    training = t.replace(micro_batch_size=micro, grad_accum_steps=accum, max_iters=steps,
-                         lr_decay_iters=steps, warmup_iters=min(t.warmup_iters, steps // 10))
-    expected = expected_same = None
-    final, last = log.final_val_loss(), log.last_step()
-    if final is not None and last:
-        seen = last * tokens_per_step
-        before = law.loss(n_total, seen)
-        expected = final + law.loss(new_total, optimal) - before
-        expected_same = final + law.loss(new_total, seen) - before
-    said = [f"{k}: {getattr(cfg, k)} -> {v}" for k, v in changes.items()]
-    said.append("restart from iteration 0 (init_from = 'scratch'): the shapes change")
-    return Recommendation(
-        model=new, training=training, tokens_per_step=tokens_per_step,
-        micro_batch_options=options, nanogpt_params=count_params(new).nanogpt,
-        compute_optimal_tokens=optimal,
-        steps_for_compute_optimal=steps, expected_val_loss=expected,
-        expected_val_loss_same_tokens=expected_same,
-        changes=tuple(said), plan=planned)
