@@ -15,9 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaleplan.config import GPTConfig
-from scaleplan.memory import training_memory
-from scaleplan.memory_limits import memory_grid
+from scaleplan.memory.limits import memory_grid
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
 
 LOOP_SAMPLE = 500  # points the Python loop evaluates (its time is scaled to the whole grid)
 

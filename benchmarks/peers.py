@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from scaleplan.config import GPTConfig
+from scaleplan.model.config import GPTConfig
 
 __all__ = ["MISSES", "PEERS", "Prediction", "deepspeed_zero2_gpu_bytes", "llm_analysis",
            "llm_analysis_available", "tm101_activation_bytes", "transformer_math_101",

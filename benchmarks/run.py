@@ -93,7 +93,7 @@ def _llm_analysis_seed_train() -> Any:
     sequences of 1024 tokens per step; it picks the largest micro-batch that fits."""
     from llm_analysis import analysis, config
 
-    from scaleplan.hardware import gpu
+    from scaleplan.compute.hardware import gpu
 
     spec = gpu("RTX 4070")
     config.model_configs["gpt2-seed"] = config.ModelConfig(
@@ -145,17 +145,17 @@ def latency(quick: bool) -> dict[str, Any]:
 
 
 def sweep(quick: bool) -> dict[str, Any]:
-    """Configurations evaluated per second by `scaleplan.sweep`: n_layer x n_embd x micro-batch
-    x seq_len x GPUs, every record a full training-memory total, its fit on that GPU, the
-    parameter count and FLOPs per token."""
-    from scaleplan.sweep import sweep as sweep_fn
+    """Configurations evaluated per second by `scaleplan.planning.sweeps`: n_layer x n_embd x
+    micro-batch x seq_len x GPUs, every record a full training-memory total, its fit on that GPU,
+    the parameter count and FLOPs per token."""
+    from scaleplan.planning.sweeps import sweep as sweep_fn
 
     names = ["RTX 3090", "RTX 4070", "RTX 4090", "T4", "L4", "A10", "L40S", "A100 SXM 80GB",
              "H100 SXM", "MI300X"]
     grid = {"n_layer": list(range(4, 44, 4)), "n_embd": list(range(256, 2816, 256)),
             "micro_batch_size": list(range(1, 101)), "seq_len": list(range(64, 1025, 96))[:10]}
-    out: dict[str, Any] = {"what": "scaleplan.sweep over n_layer x n_embd x micro_batch x "
-                           "seq_len x GPUs", "runs": {}}
+    out: dict[str, Any] = {"what": "scaleplan.planning.sweeps over n_layer x n_embd x "
+                           "micro_batch x seq_len x GPUs", "runs": {}}
     sizes = (10**4,) if quick else (10**5, 10**6)
     for n in sizes:
         gpus = names[: max(1, n // 10**5)]

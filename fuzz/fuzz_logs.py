@@ -18,7 +18,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, uninstalled
 
 with atheris.instrument_imports():
-    from scaleplan.logs import LogFormatError, read_log
+    from scaleplan.diagnosis.logs import LogFormatError, read_log
 
 
 # Seeds: one line of each format read_log knows, so the fuzzer starts past format detection.

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout,
 
 with atheris.instrument_imports():
     from scaleplan.errors import ConfigFileError
-    from scaleplan.loaders import load_nanogpt_config
-    from scaleplan.nanogpt_file import parse_size
+    from scaleplan.model.loaders import load_nanogpt_config
+    from scaleplan.model.nanogpt_file import parse_size
 
 # Seeds: nanoGPT's own config lines, and the attacks a config file may carry.
 SEEDS = [

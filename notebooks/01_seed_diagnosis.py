@@ -17,7 +17,7 @@
 import matplotlib.pyplot as plt
 
 import scaleplan as sp
-from scaleplan.batching import grad_accum_steps
+from scaleplan.planning.batching import grad_accum_steps
 
 
 def check(label: str, got: object, expected: object) -> None:
@@ -133,7 +133,7 @@ check("grad_accum_steps at micro-batch 4", grad_accum_steps(524_288, 4, 1024), 1
 
 
 # %% [markdown]
-# ## 4. The whole diagnosis: `scaleplan.diagnose`
+# ## 4. The whole diagnosis: `scaleplan.diagnosis.examine`
 #
 # The findings above, and the two the log adds (validation below training loss with dropout on;
 # nanoGPT's MFU measured against an A100), from the config and a log consistent with the seed's

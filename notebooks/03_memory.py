@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import scaleplan as sp
-from scaleplan.flops import matmul_params
-from scaleplan.validators import FitsOn
+from scaleplan.compute.flops import matmul_params
+from scaleplan.validation.markers import FitsOn
 
 
 def check(label: str, got: object, expected: object) -> None:

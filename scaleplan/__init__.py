@@ -1,157 +1,237 @@
 """scaleplan: plan GPT training runs from arithmetic alone.
 
-Every public name is listed here; ``tests/test_public_api.py`` pins the list. Names load on first
-use (PEP 562), so ``import scaleplan`` costs almost nothing and a script that only counts
-parameters never builds the planner's models; type checkers read the imports below.
+The public API is the table `_EXPORTS` below: each module (under ``scaleplan``) and the public
+names it provides. ``__all__`` and the lazy loader both read it; ``tests/test_public_api.py`` pins
+the names and checks that the imports type checkers read (the ``TYPE_CHECKING`` block) say the
+same. Names load on first use (PEP 562), so ``import scaleplan`` costs almost nothing and a script
+that only counts parameters never builds the planner's models.
+
+Where things live (one folder per concern; see each folder's ``__init__``): ``model`` (configs,
+presets, layer shapes, exact parameter counts, readers of other tools' files), ``compute`` (FLOPs,
+GPUs, throughput), ``memory`` (training memory, activations, optimizer states, parallelism, the
+largest batch that fits), ``scaling`` (laws, token budgets, rules, fitting), ``planning``
+(``plan``, remedies, reports, exporters, batching, GPU-hour budgets, sweeps), ``diagnosis`` (logs,
+``diagnose``, the next run), ``validation`` (pydantic markers), ``symbolic`` (sympy formulas),
+``reference`` (the torch reference model and harness).
 """
 
 import importlib as _importlib
 import typing as _typing
 
-if _typing.TYPE_CHECKING:
-    from scaleplan.batching import grad_accum_steps
-    from scaleplan.budget import plan_for_budget
-    from scaleplan.config import GPTConfig, TrainingConfig
-    from scaleplan.diagnose import Diagnosis, diagnose
-    from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError
-    from scaleplan.findings import Finding
-    from scaleplan.flops import StepFlops, flops_per_token, step_flops, training_flops
-    from scaleplan.hardware import GPUSpec, gpu, gpus, register_gpu
-    from scaleplan.loaders import NanoGPTRun, from_hf, load_nanogpt_config
-    from scaleplan.logs import TrainingLog, read_log
-    from scaleplan.memory import MemoryBreakdown, training_memory
-    from scaleplan.memory_limits import max_micro_batch_size, max_seq_len
-    from scaleplan.parallel import Parallelism
-    from scaleplan.params import ParamCount, count_params
-    from scaleplan.planner import Plan, plan
-    from scaleplan.scaling import ScalingLaw, scaling_law, scaling_laws
-    from scaleplan.scaling_base import ComputeOptimal
-    from scaleplan.scaling_budget import (
-        chinchilla_tokens,
-        overtraining_ratio,
-        tokens_seen,
-        training_compute,
+if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS (tested)
+    from scaleplan.compute.flops import (
+        StepFlops as StepFlops,
     )
-    from scaleplan.scaling_fit import fit_scaling_law
-    from scaleplan.scaling_rules import (
-        critical_batch_size,
-        data_constrained_loss,
-        inference_optimal,
+    from scaleplan.compute.flops import (
+        flops_per_token as flops_per_token,
     )
-    from scaleplan.sweep import sweep
-    from scaleplan.throughput import (
-        Throughput,
-        TrainingTime,
-        Utilization,
-        from_nanogpt_mfu,
-        mfu,
-        throughput_at_mfu,
-        time_to_train,
+    from scaleplan.compute.flops import (
+        step_flops as step_flops,
     )
-    from scaleplan.validators import (
-        DivisibleStep,
-        FitsOn,
-        MaxParams,
-        ParamsNear,
-        TokensPerParam,
-        check,
+    from scaleplan.compute.flops import (
+        training_flops as training_flops,
+    )
+    from scaleplan.compute.hardware import (
+        GPUSpec as GPUSpec,
+    )
+    from scaleplan.compute.hardware import (
+        gpu as gpu,
+    )
+    from scaleplan.compute.hardware import (
+        gpus as gpus,
+    )
+    from scaleplan.compute.hardware import (
+        register_gpu as register_gpu,
+    )
+    from scaleplan.compute.throughput import (
+        Throughput as Throughput,
+    )
+    from scaleplan.compute.throughput import (
+        TrainingTime as TrainingTime,
+    )
+    from scaleplan.compute.throughput import (
+        Utilization as Utilization,
+    )
+    from scaleplan.compute.throughput import (
+        from_nanogpt_mfu as from_nanogpt_mfu,
+    )
+    from scaleplan.compute.throughput import (
+        mfu as mfu,
+    )
+    from scaleplan.compute.throughput import (
+        throughput_at_mfu as throughput_at_mfu,
+    )
+    from scaleplan.compute.throughput import (
+        time_to_train as time_to_train,
+    )
+    from scaleplan.diagnosis.examine import (
+        Diagnosis as Diagnosis,
+    )
+    from scaleplan.diagnosis.examine import (
+        diagnose as diagnose,
+    )
+    from scaleplan.diagnosis.logs import (
+        TrainingLog as TrainingLog,
+    )
+    from scaleplan.diagnosis.logs import (
+        read_log as read_log,
+    )
+    from scaleplan.errors import (
+        ConfigFileError as ConfigFileError,
+    )
+    from scaleplan.errors import (
+        ScaleplanError as ScaleplanError,
+    )
+    from scaleplan.errors import (
+        UnknownNameError as UnknownNameError,
+    )
+    from scaleplan.findings import (
+        Finding as Finding,
+    )
+    from scaleplan.memory.limits import (
+        max_micro_batch_size as max_micro_batch_size,
+    )
+    from scaleplan.memory.limits import (
+        max_seq_len as max_seq_len,
+    )
+    from scaleplan.memory.parallel import (
+        Parallelism as Parallelism,
+    )
+    from scaleplan.memory.training import (
+        MemoryBreakdown as MemoryBreakdown,
+    )
+    from scaleplan.memory.training import (
+        training_memory as training_memory,
+    )
+    from scaleplan.model.config import (
+        GPTConfig as GPTConfig,
+    )
+    from scaleplan.model.config import (
+        TrainingConfig as TrainingConfig,
+    )
+    from scaleplan.model.loaders import (
+        NanoGPTRun as NanoGPTRun,
+    )
+    from scaleplan.model.loaders import (
+        from_hf as from_hf,
+    )
+    from scaleplan.model.loaders import (
+        load_nanogpt_config as load_nanogpt_config,
+    )
+    from scaleplan.model.params import (
+        ParamCount as ParamCount,
+    )
+    from scaleplan.model.params import (
+        count_params as count_params,
+    )
+    from scaleplan.planning.batching import (
+        grad_accum_steps as grad_accum_steps,
+    )
+    from scaleplan.planning.budget import (
+        plan_for_budget as plan_for_budget,
+    )
+    from scaleplan.planning.planner import (
+        Plan as Plan,
+    )
+    from scaleplan.planning.planner import (
+        plan as plan,
+    )
+    from scaleplan.planning.sweeps import (
+        sweep as sweep,
+    )
+    from scaleplan.scaling.base import (
+        ComputeOptimal as ComputeOptimal,
+    )
+    from scaleplan.scaling.fit import (
+        fit_scaling_law as fit_scaling_law,
+    )
+    from scaleplan.scaling.laws import (
+        ScalingLaw as ScalingLaw,
+    )
+    from scaleplan.scaling.laws import (
+        scaling_law as scaling_law,
+    )
+    from scaleplan.scaling.laws import (
+        scaling_laws as scaling_laws,
+    )
+    from scaleplan.scaling.rules import (
+        critical_batch_size as critical_batch_size,
+    )
+    from scaleplan.scaling.rules import (
+        data_constrained_loss as data_constrained_loss,
+    )
+    from scaleplan.scaling.rules import (
+        inference_optimal as inference_optimal,
+    )
+    from scaleplan.scaling.tokens import (
+        chinchilla_tokens as chinchilla_tokens,
+    )
+    from scaleplan.scaling.tokens import (
+        overtraining_ratio as overtraining_ratio,
+    )
+    from scaleplan.scaling.tokens import (
+        tokens_seen as tokens_seen,
+    )
+    from scaleplan.scaling.tokens import (
+        training_compute as training_compute,
+    )
+    from scaleplan.validation.markers import (
+        DivisibleStep as DivisibleStep,
+    )
+    from scaleplan.validation.markers import (
+        FitsOn as FitsOn,
+    )
+    from scaleplan.validation.markers import (
+        MaxParams as MaxParams,
+    )
+    from scaleplan.validation.markers import (
+        ParamsNear as ParamsNear,
+    )
+    from scaleplan.validation.markers import (
+        TokensPerParam as TokensPerParam,
+    )
+    from scaleplan.validation.markers import (
+        check as check,
     )
 
 __version__ = "0.1.0"
 
-# module (under scaleplan) -> the public names it provides
+# module (under scaleplan) -> the public names it provides: the one list of the public API
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "batching": ("grad_accum_steps",),
-    "budget": ("plan_for_budget",),
-    "config": ("GPTConfig", "TrainingConfig"),
-    "diagnose": ("Diagnosis", "diagnose"),
-    "errors": ("ConfigFileError", "ScaleplanError", "UnknownNameError"),
-    "findings": ("Finding",),
-    "flops": ("StepFlops", "flops_per_token", "step_flops", "training_flops"),
-    "hardware": ("GPUSpec", "gpu", "gpus", "register_gpu"),
-    "loaders": ("NanoGPTRun", "from_hf", "load_nanogpt_config"),
-    "logs": ("TrainingLog", "read_log"),
-    "memory": ("MemoryBreakdown", "training_memory"),
-    "memory_limits": ("max_micro_batch_size", "max_seq_len"),
-    "parallel": ("Parallelism",),
-    "params": ("ParamCount", "count_params"),
-    "planner": ("Plan", "plan"),
-    "scaling": ("ScalingLaw", "scaling_law", "scaling_laws"),
-    "scaling_base": ("ComputeOptimal",),
-    "scaling_budget": (
-        "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
-    ),
-    "scaling_fit": ("fit_scaling_law",),
-    "scaling_rules": ("critical_batch_size", "data_constrained_loss", "inference_optimal"),
-    "sweep": ("sweep",),
-    "throughput": (
+    "compute.flops": ("StepFlops", "flops_per_token", "step_flops", "training_flops"),
+    "compute.hardware": ("GPUSpec", "gpu", "gpus", "register_gpu"),
+    "compute.throughput": (
         "Throughput", "TrainingTime", "Utilization", "from_nanogpt_mfu", "mfu",
         "throughput_at_mfu", "time_to_train",
     ),
-    "validators": ("DivisibleStep", "FitsOn", "MaxParams", "ParamsNear", "TokensPerParam", "check"),
+    "diagnosis.examine": ("Diagnosis", "diagnose"),
+    "diagnosis.logs": ("TrainingLog", "read_log"),
+    "errors": ("ConfigFileError", "ScaleplanError", "UnknownNameError"),
+    "findings": ("Finding",),
+    "memory.limits": ("max_micro_batch_size", "max_seq_len"),
+    "memory.parallel": ("Parallelism",),
+    "memory.training": ("MemoryBreakdown", "training_memory"),
+    "model.config": ("GPTConfig", "TrainingConfig"),
+    "model.loaders": ("NanoGPTRun", "from_hf", "load_nanogpt_config"),
+    "model.params": ("ParamCount", "count_params"),
+    "planning.batching": ("grad_accum_steps",),
+    "planning.budget": ("plan_for_budget",),
+    "planning.planner": ("Plan", "plan"),
+    "planning.sweeps": ("sweep",),
+    "scaling.base": ("ComputeOptimal",),
+    "scaling.fit": ("fit_scaling_law",),
+    "scaling.laws": ("ScalingLaw", "scaling_law", "scaling_laws"),
+    "scaling.rules": ("critical_batch_size", "data_constrained_loss", "inference_optimal"),
+    "scaling.tokens": (
+        "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
+    ),
+    "validation.markers": (
+        "DivisibleStep", "FitsOn", "MaxParams", "ParamsNear", "TokensPerParam", "check",
+    ),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "ComputeOptimal",
-    "ConfigFileError",
-    "Diagnosis",
-    "DivisibleStep",
-    "Finding",
-    "FitsOn",
-    "GPTConfig",
-    "GPUSpec",
-    "MaxParams",
-    "MemoryBreakdown",
-    "NanoGPTRun",
-    "Parallelism",
-    "ParamCount",
-    "ParamsNear",
-    "Plan",
-    "ScaleplanError",
-    "ScalingLaw",
-    "StepFlops",
-    "Throughput",
-    "TokensPerParam",
-    "TrainingConfig",
-    "TrainingLog",
-    "TrainingTime",
-    "UnknownNameError",
-    "Utilization",
-    "check",
-    "chinchilla_tokens",
-    "count_params",
-    "critical_batch_size",
-    "data_constrained_loss",
-    "diagnose",
-    "fit_scaling_law",
-    "flops_per_token",
-    "from_hf",
-    "from_nanogpt_mfu",
-    "gpu",
-    "gpus",
-    "grad_accum_steps",
-    "inference_optimal",
-    "load_nanogpt_config",
-    "max_micro_batch_size",
-    "max_seq_len",
-    "mfu",
-    "overtraining_ratio",
-    "plan",
-    "plan_for_budget",
-    "read_log",
-    "register_gpu",
-    "scaling_law",
-    "scaling_laws",
-    "step_flops",
-    "sweep",
-    "throughput_at_mfu",
-    "time_to_train",
-    "tokens_seen",
-    "training_compute",
-    "training_flops",
-    "training_memory",
-]
+__all__ = sorted(_MODULE_OF)  # built from the table; tests/test_public_api.py pins it
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
-from scaleplan.loaders import from_hf, load_nanogpt_config
-from scaleplan.params import ParamCount, count_params
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.loaders import from_hf, load_nanogpt_config
+from scaleplan.model.params import ParamCount, count_params
 from scaleplan.units import format_count
 
 __all__ = ["main"]
@@ -84,7 +84,7 @@ DEFAULT_PLAN_GPU = "RTX 4070"
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from scaleplan.planner import plan
+    from scaleplan.planning.planner import plan
 
     cfg, label, _ = load_model(args.model)
     tokens_per_step, seq_len, world_size = args.tokens_per_step, args.seq_len, args.world_size
@@ -117,7 +117,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_gpus(args: argparse.Namespace) -> int:
-    from scaleplan.hardware import gpus
+    from scaleplan.compute.hardware import gpus
 
     specs = gpus()
     if args.json:
@@ -137,7 +137,7 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
 def _int_arg(flag: str, text: str) -> int:
     """'524288', '2**19', '5e5' or '524_288' as an int (parsed like a config value, never
     evaluated)."""
-    from scaleplan.nanogpt_file import parse_assignments
+    from scaleplan.model.nanogpt_file import parse_assignments
 
     try:
         value = parse_assignments(f"x = {text}", source=flag).values.get("x")
@@ -159,7 +159,7 @@ def _whole(flag: str) -> Any:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from scaleplan.diagnose import diagnose
+    from scaleplan.diagnosis.examine import diagnose
 
     d = diagnose(config=args.config, log=args.log, gpu=args.gpu)
     if args.json:

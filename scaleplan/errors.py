@@ -17,7 +17,7 @@ class ScaleplanError(ValueError):
 
     It is a ``ValueError``, so one ``except ValueError`` catches every rejection:
 
-    >>> from scaleplan.config import GPTConfig
+    >>> from scaleplan.model.config import GPTConfig
     >>> try:
     ...     GPTConfig.preset("gpt-3")
     ... except ScaleplanError as exc:

@@ -1,7 +1,7 @@
 """`Finding`: one thing wrong (or worth knowing) about a run, with its numbers and the fix.
 
-Shared by `scaleplan.diagnose` (what a log and config say) and `scaleplan.validators` (what a
-config promises), so both report in one shape.
+Shared by `scaleplan.diagnosis.examine` (what a log and config say) and
+`scaleplan.validation.markers` (what a config promises), so both report in one shape.
 """
 
 from __future__ import annotations

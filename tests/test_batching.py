@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scaleplan.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.errors import ScaleplanError
+from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 
 
 def test_seed_case_step_is_exact() -> None:

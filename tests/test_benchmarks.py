@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks.peers import deepspeed_zero2_gpu_bytes, tm101_activation_bytes
 from benchmarks.run import main
-from scaleplan.config import GPTConfig
+from scaleplan.model.config import GPTConfig
 
 
 def test_deepspeed_zero2_estimate_is_20_bytes_per_param_on_one_gpu() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from scaleplan.budget import plan_for_budget, shape_for_params
-from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError
-from scaleplan.params import count_params
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import count_params
+from scaleplan.planning.budget import plan_for_budget, shape_for_params
 
 
 def test_shape_for_gpt2_small_size_is_gpt2_small() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from scaleplan.config import GPTConfig, TrainingConfig, normalize_precision
 from scaleplan.errors import UnknownNameError
+from scaleplan.model.config import GPTConfig, TrainingConfig, normalize_precision
 
 
 def test_defaults_are_nanogpt_model_defaults() -> None:

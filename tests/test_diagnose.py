@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scaleplan.cli import main
-from scaleplan.diagnose import diagnose
-from scaleplan.loaders import load_nanogpt_config
-from scaleplan.logs import read_log
-from scaleplan.planner import plan
+from scaleplan.diagnosis.examine import diagnose
+from scaleplan.diagnosis.logs import read_log
+from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.planning.planner import plan
 
 # The seed case's config file: its settings and its comment, as seed-case.md gives them;
 # 16 x 1024 x 32 = 524,288 tokens per step ("about 524,000").

@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from scaleplan.config import GPTConfig
-from scaleplan.flops import (
+from scaleplan.compute.flops import (
     flops_per_token,
     kaplan_training_flops,
     matmul_params,
@@ -15,6 +14,7 @@ from scaleplan.flops import (
     step_flops,
     training_flops,
 )
+from scaleplan.model.config import GPTConfig
 
 GPT2 = GPTConfig.preset("gpt2")
 

@@ -27,22 +27,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from scaleplan.budget import plan_for_budget
 from scaleplan.cli import main
-from scaleplan.config import GPTConfig, TrainingConfig
-from scaleplan.diagnose import diagnose
-from scaleplan.flops import flops_per_token, step_flops, training_flops
-from scaleplan.hardware import gpu
-from scaleplan.loaders import load_nanogpt_config
-from scaleplan.logs import read_log
-from scaleplan.memory import saved_for_backward_bytes, training_memory
-from scaleplan.planner import plan
-from scaleplan.scaling import scaling_law
-from scaleplan.scaling_budget import chinchilla_tokens, overtraining_ratio, training_compute
-from scaleplan.scaling_fit import fit_scaling_law
-from scaleplan.scaling_rules import critical_batch_size, data_constrained_loss, inference_optimal
-from scaleplan.throughput import from_nanogpt_mfu, mfu, throughput_at_mfu, time_to_train
-from scaleplan.validators import DivisibleStep, FitsOn, MaxParams, ParamsNear, TokensPerParam, check
+from scaleplan.compute.flops import flops_per_token, step_flops, training_flops
+from scaleplan.compute.hardware import gpu
+from scaleplan.compute.throughput import from_nanogpt_mfu, mfu, throughput_at_mfu, time_to_train
+from scaleplan.diagnosis.examine import diagnose
+from scaleplan.diagnosis.logs import read_log
+from scaleplan.memory.training import saved_for_backward_bytes, training_memory
+from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.planning.budget import plan_for_budget
+from scaleplan.planning.planner import plan
+from scaleplan.scaling.fit import fit_scaling_law
+from scaleplan.scaling.laws import scaling_law
+from scaleplan.scaling.rules import critical_batch_size, data_constrained_loss, inference_optimal
+from scaleplan.scaling.tokens import chinchilla_tokens, overtraining_ratio, training_compute
+from scaleplan.validation.markers import (
+    DivisibleStep,
+    FitsOn,
+    MaxParams,
+    ParamsNear,
+    TokensPerParam,
+    check,
+)
 
 SCALE = {"default": 1, "deep": 20}[os.environ.get("HYPOTHESIS_PROFILE", "default")]
 SECONDS_PER_CALL = 10  # far above any honest call (the slowest, plan, takes ~50 ms)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scaleplan import hardware
+from scaleplan.compute import hardware
+from scaleplan.compute.hardware import GPUSpec, gpu, gpus, register_gpu
 from scaleplan.errors import UnknownNameError
-from scaleplan.hardware import GPUSpec, gpu, gpus, register_gpu
 
 GIB = 2**30
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from scaleplan.config import GPTConfig
 from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError
-from scaleplan.loaders import from_hf, load_nanogpt_config
-from scaleplan.nanogpt_file import parse_size
-from scaleplan.params import count_params
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.loaders import from_hf, load_nanogpt_config
+from scaleplan.model.nanogpt_file import parse_size
+from scaleplan.model.params import count_params
 
 # The keys that matter from each model's published config.json on the Hugging Face hub.
 HF_CONFIGS = {

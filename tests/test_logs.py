@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scaleplan.diagnosis.logs import MAX_LINE_CHARS, LogFormatError, TrainingLog, read_log
 from scaleplan.errors import ScaleplanError
-from scaleplan.logs import MAX_LINE_CHARS, LogFormatError, TrainingLog, read_log
 
 # karpathy/nanoGPT: model.py prints "number of parameters: %.2fM"; train.py prints
 # f"tokens per iteration will be: {tokens_per_iter:,}", f"step {iter_num}: train loss

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from scaleplan.config import GPTConfig
 from scaleplan.errors import ScaleplanError, UnknownNameError
-from scaleplan.memory import MemoryBreakdown, saved_for_backward_bytes, training_memory
-from scaleplan.optimizers import optimizer_state_bytes
-from scaleplan.published import (
+from scaleplan.memory.published import (
     deepspeed_zero3_gpu_bytes,
     korthikanti_activation_bytes,
     megatron_model_state_bytes,
 )
+from scaleplan.memory.states import optimizer_state_bytes
+from scaleplan.memory.training import MemoryBreakdown, saved_for_backward_bytes, training_memory
+from scaleplan.model.config import GPTConfig
 
 GiB = 2**30
 TINY = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)

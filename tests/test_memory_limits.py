@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaleplan.config import GPTConfig
-from scaleplan.memory import training_memory
-from scaleplan.memory_limits import (
+from scaleplan.memory.limits import (
     available_memory_bytes,
     max_micro_batch_size,
     max_seq_len,
     memory_grid,
 )
-from scaleplan.parallel import Parallelism
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
 
 GPT2 = GPTConfig.preset("gpt2")
 LLAMA = GPTConfig.preset("llama-2-7b")

@@ -19,8 +19,8 @@ pytest.importorskip("torch", reason='needs torch: pip install "scaleplan[torch]"
 reference = pytest.importorskip("scaleplan.reference.measure",
                                 reason="the reference harness is not merged on this branch")
 
-from scaleplan.config import GPTConfig  # noqa: E402
-from scaleplan.memory import training_memory  # noqa: E402
+from scaleplan.memory.training import training_memory  # noqa: E402
+from scaleplan.model.config import GPTConfig  # noqa: E402
 
 CONFIGS = {
     "gpt2-like": GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200),

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from scaleplan.config import GPTConfig
-from scaleplan.memory import training_memory
-from scaleplan.parallel import Parallelism
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
 
 GPT2 = GPTConfig.preset("gpt2")
 N_GPT2 = 124_439_808  # count_params(gpt2).total; 148 parameter tensors

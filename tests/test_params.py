@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaleplan.config import GPTConfig
-from scaleplan.params import count_params
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import count_params
 
 SEED = GPTConfig(n_layer=12, n_head=12, n_embd=384, block_size=1024, vocab_size=50304,
                  bias=False, dropout=0.1)

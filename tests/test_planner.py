@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from scaleplan.batching import micro_batch_sizes
-from scaleplan.config import GPTConfig
+from scaleplan.compute.hardware import gpu
 from scaleplan.errors import ScaleplanError, UnknownNameError
-from scaleplan.hardware import gpu
-from scaleplan.loaders import load_nanogpt_config
-from scaleplan.memory import training_memory
-from scaleplan.planner import Plan, plan
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.planning.batching import micro_batch_sizes
+from scaleplan.planning.planner import Plan, plan
 
 GPT2 = GPTConfig.preset("gpt2")
 

@@ -67,7 +67,7 @@ def test_lazy_map_and_type_checking_imports_agree() -> None:
 
 def test_import_is_light() -> None:
     heavy = ("torch", "sympy", "matplotlib", "pandas", "scipy", "numpy", "pydantic",
-             "scaleplan.config")
+             "scaleplan.model.config")
     code = (f"import sys, scaleplan; print(','.join(m for m in {heavy!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)
@@ -80,3 +80,46 @@ def test_using_the_planner_keeps_torch_and_sympy_out() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=120)
     assert done.stdout.strip() == ""
+
+
+def _all_submodules() -> list[str]:
+    import pkgutil
+
+    # __main__ runs the command line when imported: not a module to import here
+    return [m.name for m in pkgutil.walk_packages(scaleplan.__path__, "scaleplan.")
+            if m.name != "scaleplan.__main__"]
+
+
+def test_no_module_shares_a_name_with_a_public_name() -> None:
+    # a submodule named like a public function shadows it once imported: importing
+    # scaleplan.diagnose (the module) used to replace scaleplan.diagnose (the function)
+    modules = _all_submodules()
+    assert "scaleplan.memory.training" in modules and "scaleplan.reference.model" in modules
+    clashes = sorted(m for m in modules if m.rsplit(".", 1)[-1] in EXPECTED)
+    assert clashes == []
+
+
+def test_public_names_survive_importing_every_submodule() -> None:
+    # In a fresh interpreter: the star import, then every submodule (the reference model's only
+    # when torch is there), then each public name must still be the function or class.
+    code = f"""
+import importlib, importlib.util
+from scaleplan import *
+import scaleplan
+torch = importlib.util.find_spec("torch") is not None
+for name in {_all_submodules()!r}:
+    if torch or not name.startswith("scaleplan.reference"):
+        importlib.import_module(name)
+bad = [n for n in scaleplan.__all__ if type(getattr(scaleplan, n)).__name__ == "module"
+       or getattr(scaleplan, n) is not globals()[n]]
+print(bad)
+cfg = GPTConfig.preset("gpt2")
+print(len(sweep(base=cfg, n_layer=[12], n_embd=[768], micro_batch_size=[1], seq_len=[1024],
+                gpus=["RTX 4070"])))
+log = read_log("t.log", text="step 100: train loss 3.5, val loss 3.6\\n")
+print(type(diagnose(config=cfg, log=log)).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["[]", "1", "Diagnosis"]

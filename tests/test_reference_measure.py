@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaleplan.config import GPTConfig
+from scaleplan.model.config import GPTConfig
 
 torch = pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip install '
                                             '"scaleplan[torch]"')

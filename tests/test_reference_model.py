@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaleplan.config import GPTConfig
-from scaleplan.params import count_params
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import count_params
 
 torch = pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip install '
                                             '"scaleplan[torch]"')

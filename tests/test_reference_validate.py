@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaleplan.params import count_params
+from scaleplan.model.params import count_params
 
 pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip install '
                                     '"scaleplan[torch]"')

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scaleplan.batching import grad_accum_steps
 from scaleplan.cli import main
-from scaleplan.config import GPTConfig, TrainingConfig
 from scaleplan.errors import ConfigFileError
-from scaleplan.loaders import from_hf, load_nanogpt_config
-from scaleplan.params import count_params
+from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.loaders import from_hf, load_nanogpt_config
+from scaleplan.model.params import count_params
+from scaleplan.planning.batching import grad_accum_steps
 
 ADVERSARIAL = st.one_of(
     st.sampled_from([0, -1, 1, 2, 3, 7, 12, 64, 10**18, -(10**18), 2**63, True, False, None,

@@ -1,4 +1,4 @@
-"""Scaling laws (scaleplan.scaling, scaling_base) and token budgets (scaleplan.scaling_budget)."""
+"""Scaling laws (scaleplan.scaling.laws, scaling.base) and token budgets (scaling.tokens)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scaleplan.errors import ScaleplanError, UnknownNameError
-from scaleplan.scaling import KaplanScalingLaw, ScalingLaw, scaling_law, scaling_laws
-from scaleplan.scaling_base import ComputeOptimal, ComputeOptimalArrays
-from scaleplan.scaling_budget import (
+from scaleplan.scaling.base import ComputeOptimal, ComputeOptimalArrays
+from scaleplan.scaling.laws import KaplanScalingLaw, ScalingLaw, scaling_law, scaling_laws
+from scaleplan.scaling.tokens import (
     chinchilla_tokens,
     overtraining_ratio,
     tokens_seen,

@@ -1,4 +1,4 @@
-"""fit_scaling_law (scaleplan.scaling_fit): recovery of known laws and Epoch AI's replication."""
+"""fit_scaling_law (scaleplan.scaling.fit): recovery of known laws and Epoch AI's replication."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scaleplan.errors import ScaleplanError
-from scaleplan.scaling import ScalingLaw, scaling_law
-from scaleplan.scaling_fit import fit_scaling_law
+from scaleplan.scaling.fit import fit_scaling_law
+from scaleplan.scaling.laws import ScalingLaw, scaling_law
 
 FIG4 = Path(__file__).parent / "data" / "chinchilla_fig4_points.csv"
 

@@ -1,4 +1,4 @@
-"""Rules built on scaling laws (scaleplan.scaling_rules), each against its published number."""
+"""Rules built on scaling laws (scaleplan.scaling.rules), each against its published number."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from scaleplan.errors import ScaleplanError
-from scaleplan.scaling import scaling_law
-from scaleplan.scaling_rules import (
+from scaleplan.scaling.laws import scaling_law
+from scaleplan.scaling.rules import (
     InferenceOptimal,
     critical_batch_size,
     data_constrained_loss,

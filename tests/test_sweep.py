@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaleplan.config import GPTConfig
+from scaleplan.compute.flops import flops_per_token
 from scaleplan.errors import ScaleplanError, UnknownNameError
-from scaleplan.flops import flops_per_token
-from scaleplan.memory import training_memory
-from scaleplan.memory_limits import available_memory_bytes
-from scaleplan.params import count_params
-from scaleplan.sweep import sweep
+from scaleplan.memory.limits import available_memory_bytes
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import count_params
+from scaleplan.planning.sweeps import sweep
 
 
 def test_records_equal_the_scalar_functions() -> None:

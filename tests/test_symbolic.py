@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 sympy = pytest.importorskip("sympy", reason="scaleplan.symbolic needs sympy (a core dependency)")
 
-from scaleplan.config import GPTConfig  # noqa: E402
+from scaleplan.compute.flops import flops_per_token as numeric_flops  # noqa: E402
+from scaleplan.compute.flops import step_flops as numeric_step  # noqa: E402
 from scaleplan.errors import ScaleplanError, UnknownNameError  # noqa: E402
-from scaleplan.flops import flops_per_token as numeric_flops  # noqa: E402
-from scaleplan.flops import step_flops as numeric_step  # noqa: E402
-from scaleplan.memory import training_memory  # noqa: E402
-from scaleplan.params import count_params  # noqa: E402
-from scaleplan.symbolic import (  # noqa: E402
+from scaleplan.memory.training import training_memory  # noqa: E402
+from scaleplan.model.config import GPTConfig  # noqa: E402
+from scaleplan.model.params import count_params  # noqa: E402
+from scaleplan.symbolic.formulas import (  # noqa: E402
     MODEL_FIELDS,
     flops_per_token,
     memory,
@@ -28,7 +28,7 @@ from scaleplan.symbolic import (  # noqa: E402
     symbol,
     to_latex,
 )
-from scaleplan.symbolic_solve import Solution, solve_for  # noqa: E402
+from scaleplan.symbolic.solve import Solution, solve_for  # noqa: E402
 
 GiB = 2**30
 # SYMBOLIC_EXAMPLES=200 for a longer search than the default run's.
@@ -191,8 +191,8 @@ def test_largest_micro_batch_for_12_gib_agrees_with_numeric_search() -> None:
 
 
 def test_largest_micro_batch_is_consistent_with_plans_choice() -> None:
-    from scaleplan.hardware import gpu
-    from scaleplan.planner import plan
+    from scaleplan.compute.hardware import gpu
+    from scaleplan.planning.planner import plan
 
     cfg = GPTConfig.preset("gpt2")
     p = plan(cfg, gpu="RTX 4070", tokens_per_step=524288, precision="bf16-mixed")
@@ -236,7 +236,8 @@ def test_to_latex_and_reprs() -> None:
 
 
 def test_numeric_modules_do_not_import_sympy() -> None:
-    code = ("import sys, scaleplan, scaleplan.params, scaleplan.flops, scaleplan.memory; "
+    code = ("import sys, scaleplan, scaleplan.model.params, scaleplan.compute.flops, "
+            "scaleplan.memory.training; "
             "print('sympy' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=60)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scaleplan.config import GPTConfig
-from scaleplan.flops import palm_flops_per_token
-from scaleplan.throughput import (
+from scaleplan.compute.flops import palm_flops_per_token
+from scaleplan.compute.throughput import (
     TrainingTime,
     Utilization,
     from_nanogpt_mfu,
@@ -15,6 +14,7 @@ from scaleplan.throughput import (
     throughput_at_mfu,
     time_to_train,
 )
+from scaleplan.model.config import GPTConfig
 
 GPT2 = GPTConfig.preset("gpt2")
 # GPT-2 small, causal, PaLM form: 6 x 123,532,032 matmul weights + 12*12*12*64*1024 / 2.
@@ -121,7 +121,7 @@ def test_negative_tokens_and_price_are_rejected() -> None:
 
 
 def test_gpu_can_be_given_by_keyword_or_as_a_spec() -> None:
-    from scaleplan.hardware import gpu
+    from scaleplan.compute.hardware import gpu
 
     by_name = mfu(tokens_per_second=30_000, cfg=GPT2, gpu="RTX 4070", seq_len=1024)
     by_spec = mfu(30_000, GPT2, gpu("rtx4070"), seq_len=1024)

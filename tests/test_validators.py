@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-import scaleplan.validators as validators
-from scaleplan.config import GPTConfig, TrainingConfig
+import scaleplan.validation.markers as validators
 from scaleplan.errors import ScaleplanError, UnknownNameError
-from scaleplan.validators import (
+from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.validation.markers import (
     DivisibleStep,
     FitsOn,
     MaxParams,

@@ -7,8 +7,8 @@ from typing import Annotated
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from scaleplan.config import GPTConfig, TrainingConfig
-from scaleplan.validators import FitsOn, check
+from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.validation.markers import FitsOn, check
 
 GiB = 2**30
 SEED = GPTConfig(n_layer=12, n_head=12, n_embd=384, vocab_size=50304, block_size=1024,

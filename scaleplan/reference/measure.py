@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scaleplan.config import GPTConfig, Precision, normalize_precision
+from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.reference.model import GPT, AttentionKind
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 

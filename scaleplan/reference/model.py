@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from scaleplan.config import GPTConfig
+from scaleplan.model.config import GPTConfig
 
 __all__ = ["GPT", "AttentionKind"]
 

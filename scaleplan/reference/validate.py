@@ -2,7 +2,8 @@
 
 Writes ``validation.md`` and ``validation.json`` to ``--out``. Every quantity that scaleplan's
 analytic side can predict is compared; predictors are plugged in at one place, `predictors`,
-and appear as soon as their module (``scaleplan.flops``, ``scaleplan.memory``) is importable.
+and appear as soon as their module (``scaleplan.compute.flops``, ``scaleplan.memory.training``) is
+importable.
 Runs unchanged on a GPU machine (``--device cuda``), where the allocator's own peak is added.
 """
 
@@ -16,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from scaleplan.config import GPTConfig
-from scaleplan.params import count_params
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import count_params
 from scaleplan.reference.measure import StepMeasurement, measure
 
 __all__ = ["Predictor", "grid", "main", "predictors", "summary", "validate"]
@@ -91,7 +92,7 @@ def predictors() -> dict[str, Predictor]:
     found: dict[str, Predictor] = {
         "params": lambda m: {"params": float(count_params(m.config).total)},
     }
-    step_flops = _optional("scaleplan.flops", "step_flops")
+    step_flops = _optional("scaleplan.compute.flops", "step_flops")
     if step_flops is not None:
         def flops(m: StepMeasurement) -> dict[str, float]:
             if m.checkpointing:
@@ -101,7 +102,7 @@ def predictors() -> dict[str, Predictor]:
             return {"flops_forward": float(s.forward), "flops": float(s.total)}
 
         found["flops"] = flops
-    training_memory = _optional("scaleplan.memory", "training_memory")
+    training_memory = _optional("scaleplan.memory.training", "training_memory")
     if training_memory is not None:
         def memory(m: StepMeasurement) -> dict[str, float]:
             device = m.device if not m.cuda_semantics else "cpu-cuda-semantics"

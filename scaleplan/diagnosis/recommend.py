@@ -1,0 +1,118 @@
+"""The next run `diagnose` recommends: the config its findings call for, with exact
+gradient-accumulation steps, planned on the same GPU when one is given."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scaleplan.compute.hardware import GPUSpec
+from scaleplan.diagnosis.logs import TrainingLog
+from scaleplan.findings import Finding
+from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.loaders import NanoGPTRun
+from scaleplan.model.params import count_params
+from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
+from scaleplan.planning.planner import Plan, plan
+from scaleplan.scaling.tokens import chinchilla_tokens
+
+__all__ = ["Recommendation", "recommend"]
+
+
+class Recommendation(BaseModel):
+    """A concrete next run: the model, the training config with exact grad-accum steps.
+
+    ``training`` runs ``steps_for_compute_optimal`` steps with the cosine decay matched to
+    them. ``micro_batch_options`` lists (micro_batch_size, grad_accum_steps) pairs that keep
+    ``tokens_per_step`` exactly, from the current micro-batch down, for when memory runs out.
+    ``plan`` is `scaleplan.plan` for the new run on the diagnosed GPU when one is given (its
+    micro-batch and grad-accum steps are then the ones in ``training``), else None.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: GPTConfig
+    training: TrainingConfig
+    tokens_per_step: int
+    micro_batch_options: tuple[tuple[int, int], ...]
+    nanogpt_params: int
+    compute_optimal_tokens: int
+    steps_for_compute_optimal: int
+    expected_val_loss: float | None = Field(
+        None, description="Observed final val loss + the law's change for the new model at "
+        "compute-optimal tokens (the law's absolute losses do not transfer across data sets).")
+    expected_val_loss_same_tokens: float | None = Field(
+        None, description="The same, trained on as many tokens as the diagnosed run saw.")
+    changes: tuple[str, ...]
+    plan: Plan | None = Field(None, description="plan() for the new run on the diagnosed GPU.")
+
+
+def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | None, law: Any,
+               findings: list[Finding]) -> Recommendation | None:
+    """The next run the ``findings`` call for, or None when they call for no change.
+
+    The claimed size's width and dropout 0 where the findings ask for them; the same tokens per
+    step, with the micro-batch `plan` picks on ``spec`` (else the largest exact one not above
+    the run's); ``max_iters`` and the LR decay set to the compute-optimal steps (20 tokens per
+    parameter); the expected loss anchored to the run's own (``law``'s differences only).
+
+    >>> from scaleplan.diagnosis.examine import diagnose
+    >>> from scaleplan.model.loaders import load_nanogpt_config
+    >>> from scaleplan.diagnosis.logs import read_log
+    >>> run = load_nanogpt_config("t.py", text="# Model (~125M parameters)\\nn_embd = 384\\n")
+    >>> log = read_log("t.log", text="step 14500: train loss 3.6415, val loss 3.5696")
+    >>> diagnose(config=run, log=log).recommendation.model.n_embd
+    768
+    """
+    codes = {f.code for f in findings}
+    cfg, t = run.model, run.training
+    changes: dict[str, Any] = {}
+    size = next((f for f in findings if f.code == "size-mismatch"), None)
+    if size is not None:
+        changes["n_embd"] = int(size.numbers["n_embd_for_claim"])
+    if cfg.dropout > 0 and ("val-below-train-dropout" in codes or "plateau" in codes
+                            or "past-compute-optimal" in codes):
+        changes["dropout"] = 0.0
+    if not changes:
+        return None
+    new = cfg.replace(**changes)
+    tokens_per_step = log.reported_tokens_per_step or t.tokens_per_step
+    per_micro = t.seq_len * t.world_size
+    sizes = micro_batch_sizes(tokens_per_step, t.seq_len, t.world_size)
+    micro, accum = t.micro_batch_size, t.grad_accum_steps
+    options: tuple[tuple[int, int], ...] = ()
+    if sizes:  # tokens_per_step is a whole number of sequences: keep it exactly
+        micro = max([b for b in sizes if b <= t.micro_batch_size] or [1])
+        accum = grad_accum_steps(tokens_per_step, micro, t.seq_len, t.world_size)
+        options = tuple((b, tokens_per_step // (b * per_micro))
+                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
+    new_total = count_params(new).total
+    optimal = chinchilla_tokens(new_total)
+    steps = -(-optimal // tokens_per_step)
+    planned = None
+    if spec is not None and sizes:  # the micro-batch that fits the GPU, by the memory model
+        planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
+                       seq_len=t.seq_len, world_size=t.world_size, precision=t.precision,
+                       law=law)
+        micro, accum = planned.micro_batch_size, planned.grad_accum_steps
+        options = tuple((b, tokens_per_step // (b * per_micro))
+                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
+    training = t.replace(micro_batch_size=micro, grad_accum_steps=accum, max_iters=steps,
+                         lr_decay_iters=steps, warmup_iters=min(t.warmup_iters, steps // 10))
+    expected = expected_same = None
+    final, last = log.final_val_loss(), log.last_step()
+    if final is not None and last:
+        seen = last * tokens_per_step
+        before = law.loss(n_total, seen)
+        expected = final + law.loss(new_total, optimal) - before
+        expected_same = final + law.loss(new_total, seen) - before
+    said = [f"{k}: {getattr(cfg, k)} -> {v}" for k, v in changes.items()]
+    said.append("restart from iteration 0 (init_from = 'scratch'): the shapes change")
+    return Recommendation(
+        model=new, training=training, tokens_per_step=tokens_per_step,
+        micro_batch_options=options, nanogpt_params=count_params(new).nanogpt,
+        compute_optimal_tokens=optimal,
+        steps_for_compute_optimal=steps, expected_val_loss=expected,
+        expected_val_loss_same_tokens=expected_same,
+        changes=tuple(said), plan=planned)

@@ -1,0 +1,172 @@
+"""Bytes per parameter for weights, gradients and optimizer states, by precision and optimizer.
+
+The parameter tensors are listed one by one (`param_shapes`) because two optimizers size their
+state per tensor: Adafactor factors each matrix's second moment into a row and a column vector,
+and bitsandbytes' 8-bit optimizers keep tensors smaller than 4096 elements in 32-bit state.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal, get_args
+
+from scaleplan.errors import UnknownNameError
+from scaleplan.model.config import GPTConfig, Precision
+
+__all__ = [
+    "ADAMW_STEP_BYTES",
+    "OPTIMIZERS",
+    "OptimizerName",
+    "gradient_bytes",
+    "optimizer_state_bytes",
+    "param_shapes",
+    "shape_stats",
+    "weight_bytes",
+]
+
+OptimizerName = Literal["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+_OPTIMIZER_ALIASES = {"adam": "adamw", "adamw8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit",
+                      "paged-adamw-8bit": "adamw-8bit", "momentum": "sgd-momentum"}
+
+# bitsandbytes (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization", Sec. 2):
+# block-wise quantisation over blocks of 2048 values, one fp32 absmax per block; tensors with
+# fewer than 4096 elements keep 32-bit state (bitsandbytes' default min_8bit_size=4096).
+BNB_BLOCK_SIZE = 2048
+BNB_MIN_8BIT_SIZE = 4096
+
+# torch.optim.AdamW (torch >= 2.0) keeps ``state["step"]`` as a float32 scalar tensor per
+# parameter tensor (torch/optim/adamw.py, _init_group).
+ADAMW_STEP_BYTES = 4
+
+# Parameter dtype bytes / gradient dtype bytes / fp32 master copy bytes, by precision.
+_PARAM_BYTES = {"32-true": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2,
+                "bf16-fp32-master": 2}
+_GRAD_BYTES = {"32-true": 4, "bf16-mixed": 4, "16-mixed": 4, "bf16-true": 2,
+               "bf16-fp32-master": 4}
+_MASTER_BYTES = {"32-true": 0, "bf16-mixed": 0, "16-mixed": 0, "bf16-true": 0,
+                 "bf16-fp32-master": 4}
+
+
+def normalize_optimizer(name: str) -> OptimizerName:
+    """The canonical optimizer name (``"adam"`` -> ``"adamw"``); unknown names list valid ones.
+
+    >>> normalize_optimizer("AdamW_8bit")
+    'adamw-8bit'
+    """
+    key = str(name).strip().lower()
+    key = _OPTIMIZER_ALIASES.get(key, key)
+    if key not in OPTIMIZERS:
+        error = UnknownNameError("optimizer", name, OPTIMIZERS)
+        error.args = (f"{error} (valid: {', '.join(OPTIMIZERS)})",)
+        raise error
+    return key  # type: ignore[return-value]
+
+
+def shape_stats(cfg: GPTConfig) -> tuple[int, int]:
+    """(elements, tensors) over `param_shapes`; cached per config, since a plan evaluates the
+    same model many times. Plain sums, so a symbolic model gives expressions.
+
+    >>> shape_stats(GPTConfig.preset("gpt2"))
+    (124439808, 148)
+    """
+    if isinstance(cfg, GPTConfig):  # frozen and hashable; symbolic models go uncached
+        return _cached_shape_stats(cfg)
+    return _shape_stats(cfg)
+
+
+def _shape_stats(cfg: GPTConfig) -> tuple[int, int]:
+    shapes = param_shapes(cfg)
+    return sum(math.prod(p) for p in shapes), len(shapes)
+
+
+_cached_shape_stats = functools.lru_cache(maxsize=256)(_shape_stats)
+
+
+def param_shapes(cfg: GPTConfig) -> list[tuple[int, ...]]:
+    """Shapes of every parameter tensor of ``cfg``, a tied head once (as `count_params` counts).
+
+    >>> sum(math.prod(p) for p in param_shapes(GPTConfig.preset("gpt2")))
+    124439808
+    """
+    d, h, V, f = cfg.n_embd, cfg.head_dim, cfg.vocab_size, cfg.mlp_hidden
+    qkv = (cfg.n_head + 2 * cfg.n_kv_head) * h
+    norm: list[tuple[int, ...]] = [(d,), (d,)] if cfg.norm_bias else [(d,)]
+    block: list[tuple[int, ...]] = [*norm, (qkv, d), (d, cfg.n_head * h), *norm]
+    block += [(qkv,)] * cfg.qkv_bias + [(d,)] * cfg.attn_out_bias
+    n_in = 2 if cfg.gated_mlp else 1
+    mlp_biases: list[tuple[int, ...]] = [(f,)] * n_in
+    mlp_biases.append((d,))
+    block += [(f, d)] * n_in + [(d, f)] + mlp_biases * cfg.mlp_bias
+    shapes: list[tuple[int, ...]] = [(V, d)]
+    if cfg.position == "learned":
+        shapes.append((cfg.block_size, d))
+    shapes += block * cfg.n_layer + norm
+    if not cfg.tie_embeddings:
+        shapes.append((V, d))
+    return shapes
+
+
+def weight_bytes(n_params: int, precision: Precision) -> int:
+    """Bytes of the model's parameters: fp32 for ``32-true`` and the autocast modes, bf16 for
+    ``bf16-true`` and ``bf16-fp32-master`` (whose fp32 master copy is optimizer state).
+
+    >>> weight_bytes(1000, "bf16-mixed")
+    4000
+    """
+    return n_params * _PARAM_BYTES[precision]
+
+
+def gradient_bytes(n_params: int, precision: Precision) -> int:
+    """Bytes of the gradients: the parameter dtype, except fp32 for ``bf16-fp32-master``
+    (Megatron-LM accumulates gradients in fp32).
+
+    >>> gradient_bytes(1000, "bf16-fp32-master")
+    4000
+    """
+    return n_params * _GRAD_BYTES[precision]
+
+
+def optimizer_state_bytes(cfg: GPTConfig, optimizer: OptimizerName, precision: Precision) -> int:
+    """Bytes of the optimizer's state, including an fp32 master copy where the precision has one.
+
+    States are kept in the dtype of the weights they update (fp32 master weights when present):
+
+    - ``adamw``: first and second moments, 2 states (Loshchilov & Hutter 2019), plus torch's
+      4-byte ``step`` tensor per parameter tensor;
+    - ``adamw-8bit``: 2 one-byte states plus one fp32 absmax per 2048-value block; tensors under
+      4096 elements keep 32-bit states (bitsandbytes' defaults, Dettmers et al. 2022);
+    - ``sgd``: none; ``sgd-momentum``: one momentum buffer; ``lion``: one momentum (Chen et al.
+      2023, "Symbolic Discovery of Optimization Algorithms");
+    - ``adafactor``: no first moment (beta1=None, the paper's default) and a factored second
+      moment, rows + columns for each matrix and a full vector for 1-d tensors (Shazeer & Stern
+      2018, Sec. 3).
+
+    With Megatron-LM's layout (``bf16-fp32-master``) and AdamW this gives 4 + 8 = 12 bytes per
+    parameter, the 18 of its documentation minus the 2-byte weights and 4-byte gradients.
+
+    >>> cfg = GPTConfig.preset("gpt2")
+    >>> optimizer_state_bytes(cfg, "adamw", "bf16-fp32-master") // 124439808
+    12
+    """
+    master = _MASTER_BYTES[precision]
+    state = master or _PARAM_BYTES[precision]
+    n, n_tensors = shape_stats(cfg)
+    if optimizer == "adamw":
+        states = 2 * n * state + ADAMW_STEP_BYTES * n_tensors
+    elif optimizer in ("sgd-momentum", "lion"):
+        states = n * state
+    elif optimizer == "sgd":
+        states = 0
+    elif optimizer == "adafactor":
+        states = sum((p[0] + p[1] if len(p) == 2 else p[0]) * state for p in param_shapes(cfg))
+    else:  # adamw-8bit
+        states = 0
+        for p in param_shapes(cfg):
+            numel = math.prod(p)
+            if numel < BNB_MIN_8BIT_SIZE:
+                states += 2 * numel * 4
+            else:
+                states += 2 * (numel + 4 * math.ceil(numel / BNB_BLOCK_SIZE))
+    return n * master + states

@@ -1,0 +1,460 @@
+"""Training memory per GPU: `training_memory` -> `MemoryBreakdown`.
+
+The step's worst moment is one of two: the start of backward (every saved tensor live, plus the
+loss gradient's s b V buffers) or the optimizer step (saved tensors freed, optimizer temporaries
+live). Both are computed and the larger is reported, so that "fits" means the step does not run
+out of memory. Saved tensors are derived per operation in `scaleplan.memory.activations`.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scaleplan.checks import real, whole
+from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.memory.activations import (
+    AUTOCAST,
+    FP32_BYTES,
+    TENSOR_PARALLEL_SPLIT_TERMS,
+    AttentionKind,
+    CheckpointingKind,
+    DeviceKind,
+    activation_bytes,
+    autocast_weight_copy_bytes,
+    block_saved_terms,
+    embedding_saved_terms,
+    head_saved_terms,
+    model_saved_terms,
+    residual_bytes,
+)
+from scaleplan.memory.parallel import (
+    Parallelism,
+    tensor_parallel_split,
+    zero3_gathered_bytes,
+    zero_shard,
+)
+from scaleplan.memory.states import (
+    OptimizerName,
+    gradient_bytes,
+    normalize_optimizer,
+    optimizer_state_bytes,
+    param_shapes,
+    shape_stats,
+    weight_bytes,
+)
+from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+from scaleplan.model.params import param_terms
+
+__all__ = [
+    "ALLOCATOR_SLACK_FRACTION",
+    "CUDA_CONTEXT_BYTES",
+    "MemoryBreakdown",
+    "saved_for_backward_bytes",
+    "training_memory",
+]
+
+GiB = 2**30
+MiB = 2**20
+
+# A CUDA process's context (driver state, cuBLAS/cuDNN handles and kernels loaded by torch):
+# published tools budget 650 MB to 1 GiB (design notes); a fresh torch 2.x process measures
+# ~500 MiB on recent data-centre GPUs. Override with ``cuda_context_bytes=``.
+CUDA_CONTEXT_BYTES = 512 * MiB
+# PyTorch's caching allocator rounds blocks to 512 B and carves 2 MiB / 20 MiB segments, so
+# reserved memory exceeds the live tensor peak; a few per cent is typical for a training step.
+# Override with ``allocator_slack_fraction=``.
+ALLOCATOR_SLACK_FRACTION = 0.05
+
+OptimizerImpl = Literal["foreach", "fused", "for-loop"]
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes a training step needs on one GPU, at the step's worst moment.
+
+    ``weights + gradients + optimizer + saved_for_backward + autocast_weight_copies + transient
+    + overhead == total``; ``tensor_peak == total - overhead``. Sizes are bytes (ints);
+    ``str()`` prints GiB (2^30 bytes).
+
+    >>> m = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=1, seq_len=1024)
+    >>> m.total == m.tensor_peak + m.overhead
+    True
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: int = Field(description="The parameters in their stored dtype (per GPU, sharded "
+                         "as the parallelism says).")
+    gradients: int = Field(description="Gradients, kept for the whole step (as with gradient "
+                           "accumulation); fp32 for bf16-fp32-master.")
+    optimizer: int = Field(description="Optimizer states, plus the fp32 master weights of "
+                           "bf16-fp32-master.")
+    saved_for_backward: int = Field(
+        description="Everything autograd holds after forward + loss, parameters excluded: "
+        "per-operation block activations, embedding ids and masks, the final norm, the output "
+        "layer's input and the loss's fp32 log-softmax (s b V x 4 bytes).")
+    autocast_weight_copies: int = Field(
+        description="bf16/fp16 copies of the linear weights that autocast makes, live at the "
+        "worst moment (0 unless bf16-mixed/16-mixed): the ones the matmuls save, and under "
+        "full checkpointing every copy autocast's cache holds until the forward ends.")
+    transient: int = Field(
+        description="Live on top of the fields above at the worst moment: the logits and their "
+        "gradient at the start of backward, or, when the optimizer step is the worst moment, its "
+        "temporaries minus the saved tensors already freed by then.")
+    overhead: int = Field(description="CUDA context + caching-allocator slack (0 on CPU).")
+    total: int = Field(description="What the GPU must hold: the sum of the fields above.")
+    tensor_peak: int = Field(description="total - overhead: the peak of live tensor bytes, "
+                             "comparable with torch.cuda.max_memory_allocated.")
+    logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
+                        "(fp32 log-softmax, targets).")
+    peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step"] = Field(
+        description="Which moment of the step is the worst.")
+    saved_breakdown: dict[str, int] = Field(
+        description="saved_for_backward by operation, summed over layers.")
+
+    @model_validator(mode="after")
+    def _parts_sum_to_total(self) -> MemoryBreakdown:
+        parts = (self.weights + self.gradients + self.optimizer + self.saved_for_backward
+                 + self.autocast_weight_copies + self.transient + self.overhead)
+        if parts != self.total or self.tensor_peak != self.total - self.overhead:
+            raise ValueError(f"memory parts sum to {parts}, not total={self.total}")
+        return self
+
+    @property
+    def activations(self) -> int:
+        """Alias of ``saved_for_backward``."""
+        return self.saved_for_backward
+
+    def __str__(self) -> str:
+        rows = ["weights", "gradients", "optimizer", "saved_for_backward",
+                "autocast_weight_copies", "transient", "overhead", "total"]
+        return "\n".join(f"{r:>24}: {getattr(self, r) / GiB:9.3f} GiB" for r in rows)
+
+
+def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
+    """(b, s) as Python ints, or as float64 arrays for sweeps: int64 products would wrap."""
+    if type(micro_batch_size) is int and type(seq_len) is int:  # the common case: fast
+        b, s = micro_batch_size, seq_len
+        few_b, few_s, long_s = b < 1, s < 1, s > cfg.block_size
+    else:
+        b = _shape_value("micro_batch_size", micro_batch_size, "sequence")
+        s = _shape_value("seq_len", seq_len, "token")
+        few_b, few_s = bool(np.any(b < 1)), bool(np.any(s < 1))
+        long_s = bool(np.any(np.asarray(s) > cfg.block_size))
+    if few_b:
+        raise ScaleplanError(f"micro_batch_size={micro_batch_size} must be >= 1 sequence")
+    if few_s:
+        raise ScaleplanError(f"seq_len={seq_len} must be >= 1 token")
+    if cfg.position == "learned" and long_s:
+        raise ScaleplanError(
+            f"seq_len={seq_len} exceeds block_size={cfg.block_size}, the length of the learned "
+            "position table; lower seq_len or raise block_size")
+    return b, s
+
+
+def _shape_value(name: str, value: Any, unit: str) -> Any:
+    """An int (numpy ints become Python ints) or a float64 array of whole, finite values."""
+    if isinstance(value, np.ndarray | list | tuple):
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iuf" or not np.isfinite(arr.astype(np.float64)).all():
+            raise ScaleplanError(f"{name}={value!r} must hold finite numbers of {unit}s")
+        return arr.astype(np.float64)
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ScaleplanError(f"{name}={value!r} must be an int >= 1 {unit}, e.g. {name}=8")
+    return int(value)
+
+
+def saved_for_backward_bytes(
+    cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any, precision: str = "bf16-mixed",
+    attention: AttentionKind = "flash", checkpointing: CheckpointingKind = "none",
+    device: DeviceKind = "cuda", layers: int | None = None,
+) -> dict[str, Any]:
+    """Bytes saved for backward by operation, summed over ``layers`` blocks (default all).
+
+    Works on ints (exact) and on float64 numpy arrays of micro-batch sizes / lengths.
+
+    >>> t = saved_for_backward_bytes(GPTConfig.preset("gpt2"), micro_batch_size=1,
+    ...                              seq_len=1024, precision="32-true")
+    >>> t["log_softmax"] == 1024 * 50257 * 4  # fp32 log-softmax over GPT-2's vocabulary
+    True
+    """
+    p = normalize_precision(precision)
+    _check_mode("attention", attention, ("flash", "eager"))
+    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
+    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    b, s = _check_shape(cfg, micro_batch_size, seq_len)
+    return _saved_terms(cfg, b, s, precision=p, attention=attention,
+                        checkpointing=checkpointing, device=device,
+                        layers=cfg.n_layer if layers is None else layers)
+
+
+def _saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                 attention: AttentionKind, checkpointing: CheckpointingKind, device: DeviceKind,
+                 layers: Any) -> dict[str, Any]:
+    """`saved_for_backward_bytes` unchecked: plain arithmetic on b, s and the config's sizes,
+    which `scaleplan.symbolic.formulas` also evaluates on sympy symbols."""
+    p, dropout = precision, cfg.dropout > 0
+    out: dict[str, Any] = dict(embedding_saved_terms(cfg, b, s, precision=p, device=device,
+                                                     dropout=dropout))
+    block = block_saved_terms(cfg, b, s, precision=p, attention=attention,
+                              checkpointing=checkpointing, device=device, dropout=dropout)
+    out.update({name: layers * v for name, v in block.items()})
+    out.update(model_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                 checkpointing=checkpointing, device=device))
+    out.update(head_saved_terms(cfg, b, s, precision=p, device=device))
+    return out
+
+
+def _check_mode(field: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise UnknownNameError(field, value, valid)
+
+
+def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
+                           impl: OptimizerImpl | None) -> int:
+    """Peak temporaries of ``optimizer.step()`` in torch 2.x, for the whole model.
+
+    ``foreach`` (torch's default on CUDA) AdamW materialises sqrt(v) for a whole parameter group
+    (one param-sized buffer in the state dtype); ``for-loop`` (the default on CPU) makes sqrt(v)
+    and its quotient for one tensor at a time (2 x the largest tensor); ``fused`` makes none.
+    Optimizers other than AdamW are taken to update in place.
+    """
+    if optimizer not in ("adamw",):
+        return 0
+    impl = impl or ("foreach" if device == "cuda" else "for-loop")
+    state = FP32_BYTES if precision != "bf16-true" else 2
+    if impl == "fused":
+        return 0
+    if impl == "foreach":
+        return shape_stats(cfg)[0] * state
+    return 2 * max(math.prod(p) for p in param_shapes(cfg)) * state
+
+
+Stage = Literal["only", "first", "last"]
+
+
+def training_memory(
+    cfg: GPTConfig, *, micro_batch_size: int, seq_len: int, precision: str = "bf16-mixed",
+    optimizer: str = "adamw", attention: AttentionKind = "flash",
+    checkpointing: CheckpointingKind = "none", device: DeviceKind = "cuda",
+    parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
+    hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
+    allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
+) -> MemoryBreakdown:
+    """Memory one GPU needs to train ``cfg`` for one optimizer step.
+
+    Args:
+        cfg: the model.
+        micro_batch_size: sequences per forward pass per GPU (b).
+        seq_len: tokens per sequence (s).
+        precision: see `scaleplan.model.config.Precision` (aliases such as ``"amp-bf16"`` accepted).
+        optimizer: one of `scaleplan.memory.states.OPTIMIZERS`.
+        attention: ``"flash"`` (SDPA: O(s) statistics) or ``"eager"`` (saves the s x s scores).
+        checkpointing: ``"none"``, ``"selective"`` (attention core recomputed) or ``"full"``
+            (only block inputs kept; one block's activations are rebuilt during backward).
+        device: ``"cuda"`` or ``"cpu"`` (CPU semantics: float dropout masks, math attention
+            when dropout > 0; no context overhead).
+        parallelism: a `scaleplan.memory.parallel.Parallelism`, or None for one GPU. Memory is
+            that of the most loaded GPU (with pipeline parallelism, the first or the last stage).
+        optimizer_impl: torch's AdamW implementation; None means torch's default for the
+            device (foreach on CUDA, for-loop on CPU).
+        hold_logits: the training loop keeps the logits alive until the next forward replaces
+            them, as nanoGPT's ``logits, loss = model(X, Y)`` does; False: dropped once the loss
+            is computed (``_, loss = model(X, Y)``).
+        cuda_context_bytes: CUDA context size (default `CUDA_CONTEXT_BYTES`).
+        allocator_slack_fraction: allocator slack as a fraction of the tensor peak.
+
+    Gradients are resident throughout, as in the last micro-batch of gradient accumulation
+    (the reference harness's ``accumulating=True``). The worst moment is the largest of
+
+    - ``forward_end``: saved tensors + every autocast weight copy (autocast caches them until
+      its region exits, even those checkpointing does not save) + the logits (s b V, activation
+      dtype) and, under autocast, their fp32 upcast for the loss;
+    - ``backward_start``: saved tensors + saved weight copies + the log-softmax's gradient and
+      the logits' gradient (2 s b V in the loss dtype), Korthikanti et al. 2022's activations
+      plus the loss side that their count leaves out;
+    - ``recompute`` (full checkpointing): one block rebuilt during backward, its weight copies
+      and its backward's gradients, once the loss side is freed;
+    - ``optimizer_step``: the optimizer's temporaries;
+
+    each on top of weights + gradients + optimizer states, and of the held logits.
+
+    >>> m = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=16, seq_len=1024)
+    >>> m.saved_breakdown["log_softmax"] == 16 * 1024 * 50257 * 4, m.peak_moment
+    (True, 'backward_start')
+    """
+    p = normalize_precision(precision)
+    opt = normalize_optimizer(optimizer)
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int | np.integer):
+        raise ScaleplanError(f"micro_batch_size={micro_batch_size!r} must be an int >= 1")
+    _check_mode("attention", attention, ("flash", "eager"))
+    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
+    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    micro_batch_size, seq_len = _check_shape(cfg, micro_batch_size, seq_len)
+    if not isinstance(hold_logits, bool):
+        raise ScaleplanError(f"hold_logits={hold_logits!r} must be True or False")
+    cuda_context_bytes = whole("cuda_context_bytes", cuda_context_bytes, minimum=0,
+                               example="cuda_context_bytes=2**29")
+    slack = real("allocator_slack_fraction", allocator_slack_fraction, inclusive=True,
+                 example="a fraction such as 0.05")
+    if slack >= 1:
+        raise ScaleplanError(f"allocator_slack_fraction={allocator_slack_fraction!r} must be "
+                             "below 1, e.g. 0.05")
+    par = parallelism if parallelism is not None else _ONE_GPU
+    if not isinstance(par, Parallelism):
+        raise ScaleplanError(f"parallelism={parallelism!r} must be a "
+                             "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
+    par.check(cfg)
+    stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
+    found = [_stage_memory(cfg, micro_batch_size, seq_len, p, opt, attention, checkpointing,
+                           device, par, optimizer_impl, hold_logits, stage) for stage in stages]
+    tensor_peak, fields = max(found, key=lambda f: f[0])
+    overhead = 0 if device == "cpu" else (
+        cuda_context_bytes + _slack_bytes(slack, tensor_peak))
+    return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
+                           tensor_peak=tensor_peak)
+
+
+_ONE_GPU = Parallelism()
+_FLOAT_EXACT = 2**53
+
+
+def _slack_bytes(slack: float, tensor_peak: int) -> int:
+    """ceil(slack x tensor_peak): in float64 as `memory_grid` computes it, and exactly past the
+    integers a float holds (where float64 would overflow or round)."""
+    if tensor_peak < _FLOAT_EXACT:
+        return math.ceil(slack * tensor_peak)
+    return math.ceil(Fraction(slack) * tensor_peak)
+
+
+def _split(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
+    """Each saved term per tensor-parallel rank (`tensor_parallel_split`)."""
+    if par.tensor == 1:
+        return terms
+    return {k: tensor_parallel_split(0, v, t=par.tensor, sequence_parallel=par.sequence_parallel)
+            if k in TENSOR_PARALLEL_SPLIT_TERMS else
+            tensor_parallel_split(v, 0, t=par.tensor, sequence_parallel=par.sequence_parallel)
+            for k, v in terms.items()}
+
+
+def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerName,
+                  attention: AttentionKind, checkpointing: CheckpointingKind,
+                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
+                  hold_logits: bool, stage: Stage) -> tuple[int, dict[str, Any]]:
+    """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
+    W, G, O, saved, copies, all_copies, held, moments = _stage_parts(
+        cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage)
+    S = sum(saved.values())
+    moment = max(moments, key=lambda k: moments[k])
+    worst = moments[moment] + held
+    copies_field = copies if moment != "forward_end" else all_copies
+    tensor_peak = int(W + G + O + worst)
+    return tensor_peak, dict(
+        weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
+        autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
+        logits=int(saved.get("log_softmax", 0) + saved.get("targets", 0)),
+        peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
+
+
+def _stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+                 attention: AttentionKind, checkpointing: CheckpointingKind,
+                 device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
+                 hold_logits: bool, stage: Stage) -> tuple[Any, ...]:
+    """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
+    moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work."""
+    t = par.tensor
+    layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
+    in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
+    embeds, heads = stage != "last", stage != "first"
+    dropout = cfg.dropout > 0
+    saved: dict[str, Any] = {}
+    if embeds:
+        emb = embedding_saved_terms(cfg, b, s, precision=p, device=device, dropout=dropout)
+        saved.update({k: in_flight * v for k, v in _split(emb, par).items()})
+    block = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                     checkpointing=checkpointing, device=device,
+                                     dropout=dropout), par)
+    saved.update({k: layers * in_flight * v for k, v in block.items()})
+    saved.update(_split(model_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                          checkpointing=checkpointing, device=device), par))
+    if heads:
+        saved.update(_split(head_saved_terms(cfg, b, s, precision=p, device=device), par))
+    S = sum(saved.values())
+
+    W, G, O, temp = _model_states(cfg, p, opt, par, layers, embeds, heads,
+                                  _optimizer_temporaries(cfg, opt, p, device, impl))
+    all_copies = _per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads), t)
+    copies = all_copies if checkpointing != "full" else _per_rank(autocast_weight_copy_bytes(
+        cfg, p, layers=0, head=heads), t)
+    TV = _per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
+    e, loss_bytes = activation_bytes(p), residual_bytes(p)
+    held = TV * e if hold_logits else 0
+    moments: dict[str, Any] = {
+        "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+        "backward_start": S + copies + 2 * TV * loss_bytes,
+        "optimizer_step": temp,
+    }
+    if checkpointing == "full":
+        full = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                        checkpointing="none", device=device,
+                                        dropout=dropout), par)
+        loss_side = sum(v for k, v in saved.items() if k.startswith(("final_norm", "lm_head",
+                                                                      "log_softmax", "targets")))
+        moments["recompute"] = (S - loss_side + copies + sum(full.values())
+                                + (all_copies - copies) // max(layers, 1))
+    return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _per_rank(x: Any, t: int) -> Any:
+    """``ceil(x / t)``, the share of one of ``t`` tensor-parallel ranks; ``x`` itself for one
+    rank (no division, so sympy symbols pass through untouched, see
+    `scaleplan.symbolic.formulas`)."""
+    return x if t == 1 else -(-x // t)
+
+
+def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
+                  layers: int, embeds: bool, heads: bool,
+                  temp: int) -> tuple[int, int, int, int]:
+    """(weights, gradients, optimizer, optimizer temporaries) bytes on one GPU of a stage.
+
+    Tensor parallelism divides the matrices by t (the embedding and head vocab-parallel, as in
+    Megatron-LM) and replicates norms and the position table; a pipeline stage holds its blocks,
+    the first the embeddings, the last the final norm and head (a tied head as its own copy).
+    Optimizer states and temporaries scale with the parameters held (exact for AdamW). ZeRO and
+    FSDP shard over the data ranks (`zero_shard`); stage 3 adds the largest layer gathered
+    whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
+    ``gradient_as_bucket_view`` a second copy of the gradients.
+    """
+    t, d, V = par.tensor, cfg.n_embd, cfg.vocab_size
+    n_total = shape_stats(cfg)[0]
+    norm = d * (2 if cfg.norm_bias else 1)
+    per_layer = param_terms(cfg)["per_layer"]
+    block = _per_rank(per_layer - 2 * norm, t) + 2 * norm
+    wte, wpe = _per_rank(V * d, t), (cfg.block_size * d if cfg.position == "learned" else 0)
+    head = wte if (not cfg.tie_embeddings or not embeds) else 0
+    n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
+    n_single = t == 1 and embeds and heads  # this GPU holds every parameter: n == n_total
+    W, G = weight_bytes(n, p), gradient_bytes(n, p)
+    O_full = optimizer_state_bytes(cfg, opt, p)
+    O = O_full if n_single else O_full * n // n_total
+    temp = temp if n_single else temp * n // n_total
+    stage = par.zero_stage
+    if par.data == 1:
+        return W, G, O, temp
+    W, G, O = zero_shard(weights=W, gradients=G, optimizer=O, stage=stage, data=par.data)
+    temp = temp if stage == 0 else -(-temp // par.data)
+    G_full = gradient_bytes(n, p)
+    if stage == 0 and not par.ddp_bucket_view:
+        G += G_full
+    elif stage > 0:
+        G += min(G_full, par.bucket_bytes)
+    if stage == 3:
+        largest = max(block, wte if (embeds or heads) else 0)
+        gathered_w = zero3_gathered_bytes(largest, param_bytes=weight_bytes(1, p), grad_bytes=0)
+        W += gathered_w
+        G += zero3_gathered_bytes(largest, param_bytes=0, grad_bytes=weight_bytes(1, p))
+    return W, G, O, temp

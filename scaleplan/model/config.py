@@ -1,0 +1,327 @@
+"""Frozen descriptions of a GPT model (`GPTConfig`) and of its training run (`TrainingConfig`).
+
+`GPTConfig` speaks nanoGPT's names (``n_layer``, ``n_head``, ``n_embd``, ``block_size``,
+``vocab_size``, ``bias``, ``dropout``) and adds the few options that make Llama-family models
+first-class (grouped-query attention, SwiGLU, RMSNorm, rotary positions, untied heads, per-family
+bias flags). Derived fields (``n_kv_head``, ``head_dim``, ``mlp_hidden`` and the bias flags) are
+filled in from the others when omitted, and re-derived by `GPTConfig.replace`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from scaleplan.errors import UnknownNameError
+
+__all__ = [
+    "PRECISIONS",
+    "GPTConfig",
+    "MLPKind",
+    "NormKind",
+    "PositionKind",
+    "Precision",
+    "TrainingConfig",
+    "normalize_precision",
+]
+
+MLPKind = Literal["gelu", "swiglu", "geglu"]
+NormKind = Literal["layernorm", "rmsnorm"]
+PositionKind = Literal["learned", "rope", "none"]
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32-master"]
+"""Training precisions, named as PyTorch Lightning names them, plus Megatron's layout.
+
+- ``"32-true"``: fp32 parameters, gradients and activations.
+- ``"bf16-mixed"`` / ``"16-mixed"``: fp32 parameters and gradients, matmuls under
+  ``torch.autocast`` in bf16 / fp16 (nanoGPT's default).
+- ``"bf16-true"``: bf16 parameters, gradients and optimizer states.
+- ``"bf16-fp32-master"``: bf16 parameters with fp32 master weights and fp32 gradients
+  (Megatron-LM's mixed precision: 18 bytes per parameter with AdamW).
+"""
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+# Other spellings people use for the same precisions (nanoGPT's ``dtype``, torch dtype names).
+_PRECISION_ALIASES: dict[str, str] = {
+    "fp32": "32-true",
+    "float32": "32-true",
+    "32": "32-true",
+    "amp-bf16": "bf16-mixed",
+    "bfloat16": "bf16-mixed",  # nanoGPT's dtype='bfloat16' means autocast over fp32 params
+    "amp-fp16": "16-mixed",
+    "float16": "16-mixed",  # nanoGPT's dtype='float16'
+    "fp16-mixed": "16-mixed",
+    "bf16": "bf16-true",
+    "megatron-bf16": "bf16-fp32-master",
+}
+
+
+def normalize_precision(value: str) -> Precision:
+    """Return the canonical precision name for ``value`` (e.g. ``"amp-bf16"`` -> ``"bf16-mixed"``).
+
+    >>> normalize_precision("bfloat16")
+    'bf16-mixed'
+    """
+    key = str(value).strip().lower()
+    key = _PRECISION_ALIASES.get(key, key)
+    if key not in PRECISIONS:
+        raise UnknownNameError("precision", value, [*PRECISIONS, *_PRECISION_ALIASES])
+    return key  # type: ignore[return-value]
+
+
+# Llama's feed-forward width rule (facebookresearch/llama model.py): 2/3 of 4*d, rounded up to a
+# multiple of 256. Llama-2-7B: d=4096 -> 11008.
+_SWIGLU_MULTIPLE_OF = 256
+
+
+def _default_gated_hidden(n_embd: int) -> int:
+    hidden = int(2 * (4 * n_embd) / 3)
+    return _SWIGLU_MULTIPLE_OF * math.ceil(hidden / _SWIGLU_MULTIPLE_OF)
+
+
+_DERIVED = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias", "attn_out_bias", "mlp_bias",
+            "norm_bias")
+
+
+class GPTConfig(BaseModel):
+    """A decoder-only transformer, described by nanoGPT's fields plus Llama-family options.
+
+    Defaults are nanoGPT's ``model.GPTConfig`` (GPT-2 small, vocab padded to 50304).
+
+    Examples:
+        >>> GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False, dropout=0.1).n_embd
+        384
+        >>> GPTConfig.preset("llama-3-8b").n_kv_head
+        8
+        >>> GPTConfig.preset("gpt2").replace(n_embd=1536, n_head=24).head_dim
+        64
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    n_layer: PositiveInt = Field(12, description="Number of transformer blocks.")
+    n_head: PositiveInt = Field(12, description="Number of query heads.")
+    n_embd: PositiveInt = Field(768, description="Model (residual stream) width d.")
+    block_size: PositiveInt = Field(1024, description="Longest sequence the model accepts.")
+    vocab_size: PositiveInt = Field(50304, description="Rows of the token embedding.")
+    bias: bool = Field(
+        True,
+        description="nanoGPT's switch: biases in every linear layer and norm. The per-part "
+        "flags below default to it.",
+    )
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="Dropout probability, 0 <= p < 1.")
+    mlp: MLPKind = Field(
+        "gelu", description="'gelu' (2 matrices) or a gated 'swiglu'/'geglu' (3 matrices)."
+    )
+    norm: NormKind = Field("layernorm", description="'layernorm' or 'rmsnorm' (no bias).")
+    position: PositionKind = Field(
+        "learned", description="'learned' (a block_size x n_embd table), 'rope' or 'none'."
+    )
+    tie_embeddings: bool = Field(True, description="lm_head shares the token embedding.")
+
+    # Derived when omitted; declared as plain ints for type checkers, Optional for pydantic.
+    if TYPE_CHECKING:  # optional in __init__, always resolved after validation
+        n_kv_head: int = cast(int, None)
+        head_dim: int = cast(int, None)
+        mlp_hidden: int = cast(int, None)
+        qkv_bias: bool = cast(bool, None)
+        attn_out_bias: bool = cast(bool, None)
+        mlp_bias: bool = cast(bool, None)
+        norm_bias: bool = cast(bool, None)
+    else:
+        n_kv_head: PositiveInt | None = Field(
+            None, description="Key/value heads (GQA/MQA). Default: n_head (multi-head)."
+        )
+        head_dim: PositiveInt | None = Field(
+            None, description="Width of one head. Default: n_embd // n_head."
+        )
+        mlp_hidden: PositiveInt | None = Field(
+            None,
+            description="MLP hidden width. Default: 4*n_embd for gelu; for gated MLPs Llama's "
+            "rule, 2/3 of 4*n_embd rounded up to a multiple of 256.",
+        )
+        qkv_bias: bool | None = Field(None, description="Biases on q, k, v. Default: bias.")
+        attn_out_bias: bool | None = Field(
+            None, description="Bias on the attention output projection. Default: bias."
+        )
+        mlp_bias: bool | None = Field(None, description="Biases in the MLP. Default: bias.")
+        norm_bias: bool | None = Field(
+            None, description="LayerNorm biases. Default: bias (always off for rmsnorm)."
+        )
+
+    @model_validator(mode="after")
+    def _derive_and_check(self) -> GPTConfig:
+        derived: dict[str, Any] = {}
+        if self.n_kv_head is None:
+            derived["n_kv_head"] = self.n_head
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(
+                    f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; try "
+                    f"n_embd={_nearest_multiple(self.n_embd, self.n_head)} or give head_dim "
+                    "explicitly"
+                )
+            derived["head_dim"] = self.n_embd // self.n_head
+        if self.mlp_hidden is None:
+            derived["mlp_hidden"] = (
+                4 * self.n_embd if self.mlp == "gelu" else _default_gated_hidden(self.n_embd)
+            )
+        for flag in ("qkv_bias", "attn_out_bias", "mlp_bias", "norm_bias"):
+            if getattr(self, flag) is None:
+                derived[flag] = self.bias
+        if self.norm == "rmsnorm":
+            if self.norm_bias is True:
+                raise ValueError("norm_bias=True is not possible with norm='rmsnorm' (RMSNorm "
+                                 "has no bias); use norm='layernorm' or drop norm_bias")
+            derived["norm_bias"] = False
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen model: fill derived fields once
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}; each "
+                "key/value head serves a whole group of query heads. Try n_kv_head in "
+                f"{_divisors(self.n_head)}"
+            )
+        return self
+
+    @property
+    def n_query_groups(self) -> int:
+        """Query heads per key/value head (1 for multi-head, n_head for multi-query)."""
+        return self.n_head // self.n_kv_head
+
+    @property
+    def gated_mlp(self) -> bool:
+        """True for SwiGLU/GeGLU (three MLP matrices), False for the plain GELU MLP."""
+        return self.mlp != "gelu"
+
+    def replace(self, **changes: Any) -> GPTConfig:
+        """A copy with ``changes`` applied and everything validated again.
+
+        Derived fields that were not given explicitly (``head_dim``, ``n_kv_head``, ...) are
+        derived again, so ``gpt2.replace(n_embd=1536, n_head=24)`` gets ``head_dim=64``.
+        Unlike pydantic's ``model_copy(update=...)``, a bad value raises.
+
+        >>> GPTConfig.preset("gpt2").replace(n_embd=384).mlp_hidden
+        1536
+        """
+        data = {name: getattr(self, name) for name in self.model_fields_set}
+        data.update(changes)
+        return type(self).model_validate(data)
+
+    @classmethod
+    def preset(cls, name: str) -> GPTConfig:
+        """A named, published configuration (``GPTConfig.presets()`` lists them).
+
+        >>> GPTConfig.preset("GPT2").n_embd
+        768
+        """
+        from scaleplan.model.presets import PRESETS
+
+        key = str(name).strip().lower().replace("_", "-")
+        if key not in PRESETS:
+            raise UnknownNameError("preset", name, PRESETS)
+        return cls.model_validate(PRESETS[key])
+
+    @classmethod
+    def presets(cls) -> tuple[str, ...]:
+        """Names accepted by `GPTConfig.preset`.
+
+        >>> "llama-2-7b" in GPTConfig.presets()
+        True
+        """
+        from scaleplan.model.presets import PRESETS
+
+        return tuple(PRESETS)
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
+        """Read a Hugging Face ``config.json`` (a dict or a path); see `scaleplan.model.loaders`.
+
+        >>> cfg = GPTConfig.from_hf({"model_type": "gpt2", "n_layer": 12, "n_head": 12,
+        ...                          "n_embd": 768, "vocab_size": 50257, "n_positions": 1024})
+        >>> cfg.n_embd, cfg.vocab_size, cfg.tie_embeddings
+        (768, 50257, True)
+        """
+        from scaleplan.model.loaders import from_hf
+
+        return from_hf(config)
+
+
+def _nearest_multiple(value: int, step: int) -> int:
+    below = value - value % step
+    above = below + step
+    return below if below > 0 and value - below <= above - value else above
+
+
+def _divisors(n: int, limit: int = 4096) -> list[int]:
+    # Bounded: n_head can be any int a user types, and n_head=10**18 hung here (issue 13).
+    small = [k for k in range(1, min(n, limit) + 1) if n % k == 0]
+    return (small + [n] * (n > limit))[:12]
+
+
+class TrainingConfig(BaseModel):
+    """How a model is trained: batch shape, length, precision and schedule.
+
+    Defaults are nanoGPT's ``train.py`` (GPT-2 small on OpenWebText, 8 GPUs' worth of
+    gradient accumulation on one). ``grad_accum_steps`` is per rank, as nanoGPT uses it after
+    dividing its configured value by the world size.
+
+    Examples:
+        >>> t = TrainingConfig(micro_batch_size=16, seq_len=1024, grad_accum_steps=32)
+        >>> t.tokens_per_step
+        524288
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    micro_batch_size: PositiveInt = Field(12, description="Sequences per forward pass per GPU.")
+    seq_len: PositiveInt = Field(1024, description="Tokens per sequence.")
+    grad_accum_steps: PositiveInt = Field(
+        40, description="Micro-batches accumulated per optimizer step on each GPU."
+    )
+    world_size: PositiveInt = Field(1, description="Data-parallel ranks (GPUs).")
+    max_iters: PositiveInt = Field(600_000, description="Optimizer steps in the run.")
+    precision: Precision = Field("bf16-mixed", description="See `Precision`.")
+    optimizer: str = Field("adamw", min_length=1, description="Optimizer name.")
+    compile: bool = Field(True, description="torch.compile the model.")
+    learning_rate: float = Field(6e-4, gt=0.0, allow_inf_nan=False)
+    min_lr: float = Field(6e-5, ge=0.0, allow_inf_nan=False)
+    warmup_iters: int = Field(2000, ge=0)
+    lr_decay_iters: PositiveInt = Field(600_000)
+    decay_lr: bool = True
+    weight_decay: float = Field(0.1, ge=0.0, allow_inf_nan=False)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, allow_inf_nan=False)
+    grad_clip: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    eval_interval: PositiveInt = 2000
+    eval_iters: PositiveInt = 200
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_precision(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("precision"), str):
+            data = {**data, "precision": normalize_precision(data["precision"])}
+        return data
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step: micro_batch_size x seq_len x grad_accum_steps x world_size."""
+        return self.micro_batch_size * self.seq_len * self.grad_accum_steps * self.world_size
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens seen over ``max_iters`` steps."""
+        return self.tokens_per_step * self.max_iters
+
+    def replace(self, **changes: Any) -> TrainingConfig:
+        """A copy with ``changes`` applied and validated again.
+
+        >>> TrainingConfig(micro_batch_size=16).replace(micro_batch_size=8).micro_batch_size
+        8
+        """
+        return type(self).model_validate({**self.model_dump(), **changes})

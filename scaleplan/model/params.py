@@ -1,0 +1,144 @@
+"""Exact parameter counts: `count_params` -> `ParamCount`.
+
+The count follows the model as built by nanoGPT (GPT-2 family) and by Hugging Face transformers
+(Llama family): every weight matrix, bias and norm scale, with a tied output head counted once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scaleplan.model.config import GPTConfig
+
+__all__ = ["ParamCount", "count_params", "param_terms"]
+
+
+class ParamCount(BaseModel):
+    """The parameters of a `GPTConfig`, exact, as Python ints.
+
+    ``token_embedding + position_embedding + attention + mlp + norms + lm_head == total``.
+    ``biases`` is informational: how many of those parameters are biases (already inside
+    attention, mlp and norms).
+
+    >>> pc = count_params(GPTConfig.preset("gpt2"))
+    >>> pc.total, pc.nanogpt
+    (124439808, 123653376)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    total: int = Field(description="Every parameter, a tied lm_head counted once.")
+    token_embedding: int = Field(description="wte: vocab_size x n_embd.")
+    position_embedding: int = Field(
+        description="wpe: block_size x n_embd for learned positions, else 0 (RoPE has none)."
+    )
+    attention: int = Field(description="q, k, v and output projections, with their biases.")
+    mlp: int = Field(description="MLP matrices (2 for GELU, 3 for SwiGLU/GeGLU), with biases.")
+    norms: int = Field(description="Every norm's scale (and bias): 2 per block plus the final.")
+    lm_head: int = Field(description="The output projection; 0 when tied to wte.")
+    biases: int = Field(description="Bias parameters, already counted in the fields above.")
+    per_layer: int = Field(description="Parameters in one transformer block.")
+    non_embedding: int = Field(
+        description="Kaplan et al. (2020)'s N: total minus the token and position embeddings. "
+        "An untied lm_head stays in, since its matmul costs compute like any other layer."
+    )
+    nanogpt: int = Field(
+        description="What nanoGPT prints as 'number of parameters': total minus the position "
+        "embedding (get_num_params(non_embedding=True) keeps wte because it is also the tied "
+        "output layer)."
+    )
+
+    @model_validator(mode="after")
+    def _parts_sum_to_total(self) -> ParamCount:
+        parts = (self.token_embedding + self.position_embedding + self.attention + self.mlp
+                 + self.norms + self.lm_head)
+        if parts != self.total:
+            raise ValueError(f"parameter breakdown sums to {parts}, not total={self.total}")
+        if self.non_embedding != self.total - self.token_embedding - self.position_embedding:
+            raise ValueError("non_embedding must be total - token_embedding - position_embedding")
+        if self.nanogpt != self.total - self.position_embedding:
+            raise ValueError("nanogpt must be total - position_embedding")
+        return self
+
+    def components(self) -> dict[str, int]:
+        """The parts that sum to ``total``, in model order.
+
+        >>> pc = count_params(GPTConfig.preset("gpt2"))
+        >>> sum(pc.components().values()) == pc.total == 124_439_808  # Hugging Face's count
+        True
+        """
+        return {
+            "token_embedding": self.token_embedding,
+            "position_embedding": self.position_embedding,
+            "attention": self.attention,
+            "mlp": self.mlp,
+            "norms": self.norms,
+            "lm_head": self.lm_head,
+        }
+
+
+def count_params(cfg: GPTConfig) -> ParamCount:
+    """Count the parameters of ``cfg`` exactly.
+
+    Per block (d = n_embd, h = head_dim, a = n_head, k = n_kv_head, f = mlp_hidden):
+
+    - attention: q is d x a*h, k and v are d x k*h each, the output is a*h x d; biases of
+      a*h + 2*k*h (qkv) and d (output) when enabled;
+    - MLP: d x f and f x d, plus a second d x f gate when gated (SwiGLU/GeGLU); biases f (x2 when
+      gated) and d;
+    - two norms of d scales each (+ d biases for LayerNorm with bias).
+
+    Plus the token embedding V x d, learned positions block_size x d, a final norm, and an untied
+    lm_head d x V (GPT-2's and Llama's heads have no bias).
+
+    >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
+    40560000
+    """
+    return ParamCount(**param_terms(cfg))
+
+
+def param_terms(cfg: GPTConfig) -> dict[str, Any]:
+    """The fields of `ParamCount` as plain arithmetic on ``cfg``'s sizes: the formula itself.
+
+    Only ``+`` and ``*`` touch the sizes (n_layer, n_head, n_kv_head, n_embd, head_dim,
+    mlp_hidden, vocab_size, block_size); the structural fields (mlp, norm, position, biases,
+    tie_embeddings) choose branches. So the same code gives exact ints for a `GPTConfig` and
+    sympy expressions for `scaleplan.symbolic.formulas`'s view of one whose sizes are symbols.
+
+    >>> param_terms(GPTConfig.preset("gpt2"))["per_layer"]
+    7087872
+    """
+    d, h, V = cfg.n_embd, cfg.head_dim, cfg.vocab_size
+    q_width, kv_width = cfg.n_head * h, cfg.n_kv_head * h
+    n_mlp_in = 2 if cfg.gated_mlp else 1  # gated MLPs have a gate and an up projection
+
+    attn_bias = (q_width + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
+    attn = d * (q_width + 2 * kv_width) + q_width * d + attn_bias
+    mlp_bias = (n_mlp_in * cfg.mlp_hidden) * cfg.mlp_bias + d * cfg.mlp_bias
+    mlp = (n_mlp_in + 1) * d * cfg.mlp_hidden + mlp_bias
+    norm_size = d * (2 if cfg.norm_bias else 1)
+    block_norms = 2 * norm_size
+    per_layer = attn + mlp + block_norms
+
+    token_embedding = V * d
+    position_embedding = cfg.block_size * d if cfg.position == "learned" else 0
+    lm_head = 0 if cfg.tie_embeddings else d * V
+    L = cfg.n_layer
+    norms = L * block_norms + norm_size  # + the final norm
+    biases = L * (attn_bias + mlp_bias) + (L * 2 + 1) * d * cfg.norm_bias
+    total = token_embedding + position_embedding + L * (attn + mlp) + norms + lm_head
+    return {
+        "total": total,
+        "token_embedding": token_embedding,
+        "position_embedding": position_embedding,
+        "attention": L * attn,
+        "mlp": L * mlp,
+        "norms": norms,
+        "lm_head": lm_head,
+        "biases": biases,
+        "per_layer": per_layer,
+        "non_embedding": total - token_embedding - position_embedding,
+        "nanogpt": total - position_embedding,
+    }

@@ -1,0 +1,11 @@
+"""Planning a run on a GPU: the answer to "which micro-batch, how many steps, how long".
+
+- `planner`: `plan` and its `Plan`, assembled step by step.
+- `batching`: gradient-accumulation steps and the micro-batches that divide a step.
+- `advice`: the precision and why, the assumed MFU, the warnings a plan gives.
+- `remedies`: what to change when nothing fits, cheapest first.
+- `report`: a plan as the text ``scaleplan plan`` prints.
+- `exporters`: a plan as a nanoGPT file, DeepSpeed JSON, HF TrainingArguments, torchrun line.
+- `budget`: the compute-optimal model for a budget of GPU-hours (`plan_for_budget`).
+- `sweeps`: memory, fit and FLOPs over grids of models and GPUs (`sweep`).
+"""

@@ -1,0 +1,96 @@
+"""The advice a plan gives besides its numbers: which precision and why, the MFU assumed when
+none is given, and the warnings (small GPU for inductor, no bf16 tensor cores, dropout on a
+single pass, token budgets far from compute-optimal, sequences longer than the model's)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from scaleplan.compute.hardware import GPUSpec
+from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+
+__all__ = [
+    "ASSUMED_MFU",
+    "OVERTRAINED_RATIO",
+    "UNDERTRAINED_RATIO",
+    "PlanWarning",
+    "choose_precision",
+    "default_mfu",
+    "peak_dtype",
+    "plan_warnings",
+]
+
+# MFU assumed for the time estimate when none is given. These are assumptions, not measurements:
+# well-tuned large runs reach 40-55% (PaLM 540B: 46.2%, Chowdhery et al. 2022, Table 3); a small
+# model on one GPU with torch.compile typically reaches less, and consumer cards (no max-autotune
+# below 68 SMs, lower clocks under sustained load) less again. Override with ``mfu=``.
+ASSUMED_MFU = {"datacenter": 0.40, "consumer": 0.30}
+
+# Token budgets outside these multiples of the compute-optimal one get a warning.
+OVERTRAINED_RATIO = 4.0
+UNDERTRAINED_RATIO = 0.25
+
+
+class PlanWarning(BaseModel):
+    """Something about the plan worth a second look: a stable ``code`` and a message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str
+    message: str
+
+
+def choose_precision(spec: GPUSpec, precision: str) -> tuple[Precision, str, list[PlanWarning]]:
+    if precision != "auto":
+        chosen = normalize_precision(precision)
+        warnings = []
+        if chosen in ("bf16-mixed", "bf16-true", "bf16-fp32-master") \
+                and not spec.has_bf16_tensor_cores:
+            warnings.append(PlanWarning(code="no-bf16-tensor-cores", message=(
+                f"{chosen} asked for on the {spec.name}, which has no bf16 tensor cores: bf16 "
+                "matmuls run far below peak there; use precision='16-mixed' (fp16 with loss "
+                "scaling)")))
+        return chosen, "asked for", warnings
+    if spec.has_bf16_tensor_cores:
+        return "bf16-mixed", (f"the {spec.name} has bf16 tensor cores: bf16 autocast over fp32 "
+                              "weights (nanoGPT's default), no loss scaling needed"), []
+    return "16-mixed", (f"the {spec.name} has no bf16 tensor cores: fp16 autocast with loss "
+                        "scaling"), []
+
+
+def default_mfu(spec: GPUSpec) -> tuple[float, str]:
+    consumer = spec.name.upper().startswith("RTX")
+    key = "consumer" if consumer else "datacenter"
+    return ASSUMED_MFU[key], f"assumed for a {key} GPU (ASSUMED_MFU); pass mfu= to override"
+
+
+def peak_dtype(precision: str) -> str:
+    return "fp32" if precision == "32-true" else ("fp16" if precision.startswith("16") else "bf16")
+
+
+def plan_warnings(cfg: GPTConfig, spec: GPUSpec, seq_len: int, tokens: int,
+              optimal: int) -> list[PlanWarning]:
+    out = []
+    if spec.below_inductor_autotune_threshold:
+        out.append(PlanWarning(code="inductor-small-gpu", message=(
+            f"the {spec.name} has {spec.sm_count} SMs, fewer than the 68 torch inductor needs "
+            "for max-autotune GEMM (torch/_inductor/utils.py is_big_gpu): torch.compile prints "
+            "'Not enough SMs to use max_autotune_gemm mode' and uses default kernels")))
+    if cfg.dropout > 0:
+        out.append(PlanWarning(code="dropout-single-epoch", message=(
+            f"dropout={cfg.dropout} on a run that sees each token about once: an under-fitting "
+            "model gains nothing from dropout; use dropout=0.0")))
+    ratio = tokens / optimal
+    if ratio > OVERTRAINED_RATIO:
+        out.append(PlanWarning(code="past-compute-optimal", message=(
+            f"{tokens:,} tokens is {ratio:.1f}x the compute-optimal {optimal:,}: a larger model "
+            "would reach a lower loss with the same compute")))
+    elif ratio < UNDERTRAINED_RATIO:
+        out.append(PlanWarning(code="short-of-compute-optimal", message=(
+            f"{tokens:,} tokens is {ratio:.2f}x the compute-optimal {optimal:,}: a smaller "
+            "model would reach a lower loss with the same compute")))
+    if seq_len > cfg.block_size:
+        out.append(PlanWarning(code="seq-len-above-block-size", message=(
+            f"seq_len={seq_len} is above block_size={cfg.block_size}; with position="
+            f"'{cfg.position}' the model was not trained at this length")))
+    return out

@@ -1,0 +1,108 @@
+"""Batch arithmetic: gradient-accumulation steps and the micro-batches that divide a step exactly.
+
+One optimizer step sees ``tokens_per_step = micro_batch_size x seq_len x grad_accum_steps x
+world_size`` tokens. All of it is integer arithmetic on Python ints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from scaleplan.checks import whole
+from scaleplan.errors import ScaleplanError
+
+__all__ = ["Rounding", "grad_accum_steps", "micro_batch_sizes"]
+
+Rounding = Literal["down", "up", "nearest"]
+
+# Listing divisors costs sqrt(sequences) steps; a step of 10^12 sequences is far past any real
+# run (the largest published steps are tens of millions of tokens), so refuse rather than hang.
+MAX_SEQUENCES_PER_STEP = 10**12
+
+
+def _positive(name: str, value: object) -> int:
+    return whole(name, value, example=f"{name}=8")
+
+
+def grad_accum_steps(
+    tokens_per_step: int,
+    micro_batch_size: int,
+    seq_len: int,
+    world_size: int = 1,
+    *,
+    rounding: Rounding | None = None,
+) -> int:
+    """Gradient-accumulation steps per GPU that give exactly ``tokens_per_step`` tokens per step.
+
+    One micro-batch on every GPU is ``micro_batch_size x seq_len x world_size`` tokens. When
+    ``tokens_per_step`` is not a whole number of those, the error names the nearest exact choices
+    on both sides; pass ``rounding="down" | "up" | "nearest"`` to take one of them instead.
+
+    Examples:
+        >>> grad_accum_steps(tokens_per_step=524288, micro_batch_size=8, seq_len=1024)
+        64
+        >>> grad_accum_steps(500_000, 12, 1024, rounding="nearest")  # 41 x 12 x 1024 = 503,808
+        41
+    """
+    tokens_per_step = _positive("tokens_per_step", tokens_per_step)
+    micro_batch_size = _positive("micro_batch_size", micro_batch_size)
+    seq_len = _positive("seq_len", seq_len)
+    world_size = _positive("world_size", world_size)
+    chunk = micro_batch_size * seq_len * world_size
+    below, remainder = divmod(tokens_per_step, chunk)
+    if remainder == 0:
+        return below
+    above = below + 1
+    if rounding is None:
+        options = [f"grad_accum_steps={above} gives {above * chunk:,} tokens"]
+        if below > 0:
+            options.insert(0, f"grad_accum_steps={below} gives {below * chunk:,} tokens")
+        exact = []
+        if tokens_per_step // (seq_len * world_size) <= MAX_SEQUENCES_PER_STEP:
+            sizes = micro_batch_sizes(tokens_per_step, seq_len, world_size)
+            smaller = [b for b in sizes if b < micro_batch_size][-1:]
+            exact = smaller + [b for b in sizes if b > micro_batch_size][:1]
+        hint = (f"; micro_batch_size in {exact} divides it exactly" if exact else "")
+        raise ScaleplanError(
+            f"tokens_per_step={tokens_per_step:,} is not a multiple of micro_batch_size x seq_len "
+            f"x world_size = {micro_batch_size} x {seq_len} x {world_size} = {chunk:,}: "
+            f"{' or '.join(options)}{hint}; or pass rounding='down'|'up'|'nearest'"
+        )
+    if rounding == "down":
+        if below == 0:
+            raise ScaleplanError(
+                f"tokens_per_step={tokens_per_step:,} is smaller than one micro-batch on every "
+                f"GPU ({chunk:,} tokens); lower micro_batch_size or raise tokens_per_step"
+            )
+        return below
+    if rounding == "up":
+        return above
+    if rounding == "nearest":
+        return above if below == 0 or tokens_per_step - below * chunk >= above * chunk - \
+            tokens_per_step else below
+    raise ScaleplanError(f"rounding={rounding!r} is not one of 'down', 'up', 'nearest'")
+
+
+def micro_batch_sizes(tokens_per_step: int, seq_len: int, world_size: int = 1) -> list[int]:
+    """Every micro-batch size that divides ``tokens_per_step`` exactly, smallest first.
+
+    These are the micro-batches for which `grad_accum_steps` needs no rounding.
+
+    >>> micro_batch_sizes(524288, 1024)[:6]
+    [1, 2, 4, 8, 16, 32]
+    """
+    tokens_per_step = _positive("tokens_per_step", tokens_per_step)
+    seq_len = _positive("seq_len", seq_len)
+    world_size = _positive("world_size", world_size)
+    sequences, remainder = divmod(tokens_per_step, seq_len * world_size)
+    if remainder or sequences == 0:
+        return []
+    if sequences > MAX_SEQUENCES_PER_STEP:
+        raise ScaleplanError(
+            f"tokens_per_step={tokens_per_step:,} is {sequences:,} sequences per step, more than "
+            f"{MAX_SEQUENCES_PER_STEP:,}; check the units (tokens, not FLOPs)"
+        )
+    small = [b for b in range(1, math.isqrt(sequences) + 1) if sequences % b == 0]
+    large = [sequences // b for b in reversed(small) if b * b != sequences]
+    return small + large

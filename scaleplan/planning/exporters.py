@@ -1,0 +1,131 @@
+"""A `Plan` written out as other tools' configuration: a nanoGPT config file, a DeepSpeed JSON,
+Hugging Face ``TrainingArguments`` keyword arguments, and a ``torchrun`` command line.
+
+Each exporter writes only settings the plan decided (batch shape, precision, steps) and the model
+shape; learning-rate schedules and data paths stay the user's.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Any
+
+from scaleplan.errors import ScaleplanError
+
+if TYPE_CHECKING:
+    from scaleplan.planning.planner import Plan
+
+__all__ = ["to_deepspeed", "to_hf_training_args", "to_nanogpt_config", "to_torchrun"]
+
+# nanoGPT's `dtype` for each precision it can run (train.py: 'float32', 'bfloat16', 'float16',
+# all under autocast over fp32 parameters).
+_NANOGPT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+
+
+def to_nanogpt_config(plan: Plan) -> str:
+    """A nanoGPT config file (``config/train_*.py``) with the plan's model and batch settings.
+
+    ``gradient_accumulation_steps`` is nanoGPT's total over all ranks (train.py divides it by the
+    world size), so it is ``grad_accum_steps x world_size``. `scaleplan.load_nanogpt_config`
+    reads the text back into the same settings.
+
+    >>> from scaleplan.planning.planner import plan
+    >>> from scaleplan.model.config import GPTConfig
+    >>> print(to_nanogpt_config(plan(GPTConfig.preset("gpt2"), "RTX 4070",
+    ...                             tokens_per_step=524288)).splitlines()[0])
+    # scaleplan plan: gpt2-shaped 124.44M-parameter model on 1 x RTX 4070
+    """
+    cfg = plan.model
+    if cfg.mlp != "gelu" or cfg.norm != "layernorm" or cfg.position != "learned" \
+            or not cfg.tie_embeddings or cfg.n_kv_head != cfg.n_head:
+        raise ScaleplanError("nanoGPT builds GPT-2-style models only (gelu MLP, layernorm, "
+                             "learned positions, tied head, multi-head attention); export this "
+                             "plan with to_deepspeed or to_hf_training_args instead")
+    dtype = _NANOGPT_DTYPE.get(plan.precision)
+    if dtype is None:
+        raise ScaleplanError(f"precision={plan.precision!r} has no nanoGPT dtype; nanoGPT runs "
+                             "'32-true', 'bf16-mixed' and '16-mixed'")
+    lines = [
+        f"# scaleplan plan: gpt2-shaped {plan.params.total / 1e6:.2f}M-parameter model on "
+        f"{plan.world_size} x {plan.gpu.name}",
+        f"# {plan.micro_batch_size} x {plan.seq_len} x {plan.grad_accum_steps} x "
+        f"{plan.world_size} = {plan.tokens_per_step:,} tokens per step; "
+        f"{plan.total_tokens:,} tokens in {plan.steps:,} steps",
+        f"n_layer = {cfg.n_layer}",
+        f"n_head = {cfg.n_head}",
+        f"n_embd = {cfg.n_embd}",
+        f"block_size = {plan.seq_len}",
+        f"bias = {cfg.bias}",
+        f"dropout = {cfg.dropout}",
+        f"batch_size = {plan.micro_batch_size}",
+        f"gradient_accumulation_steps = {plan.grad_accum_steps * plan.world_size}",
+        f"max_iters = {plan.steps}",
+        f"lr_decay_iters = {plan.steps}",
+        f"dtype = '{dtype}'",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_deepspeed(plan: Plan) -> dict[str, Any]:
+    """A DeepSpeed config dict (``json.dump`` it to ``ds_config.json``).
+
+    ``train_batch_size`` = micro-batch x accumulation x world size, in sequences, as DeepSpeed
+    checks. ZeRO stage 0 unless the plan shards (then its stage).
+
+    >>> from scaleplan.planning.planner import plan
+    >>> from scaleplan.model.config import GPTConfig
+    >>> ds = to_deepspeed(plan(GPTConfig.preset("gpt2"), "RTX 4070", tokens_per_step=524288))
+    >>> ds["train_batch_size"], ds["bf16"]
+    (512, {'enabled': True})
+    """
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.grad_accum_steps,
+        "train_batch_size": plan.micro_batch_size * plan.grad_accum_steps * plan.world_size,
+        "zero_optimization": {"stage": 0},
+        "gradient_clipping": 1.0,
+    }
+    if plan.precision.startswith("bf16"):
+        config["bf16"] = {"enabled": True}
+    elif plan.precision.startswith("16"):
+        config["fp16"] = {"enabled": True, "loss_scale": 0}  # 0: dynamic loss scaling
+    if plan.checkpointing != "none":
+        config["activation_checkpointing"] = {"partition_activations": False,
+                                              "contiguous_memory_optimization": False}
+    return config
+
+
+def to_hf_training_args(plan: Plan) -> dict[str, Any]:
+    """Keyword arguments for ``transformers.TrainingArguments``.
+
+    >>> from scaleplan.planning.planner import plan
+    >>> from scaleplan.model.config import GPTConfig
+    >>> args = to_hf_training_args(plan(GPTConfig.preset("gpt2"), "RTX 4070",
+    ...                                 tokens_per_step=524288))
+    >>> args["per_device_train_batch_size"], args["gradient_accumulation_steps"]
+    (8, 64)
+    """
+    args: dict[str, Any] = {
+        "per_device_train_batch_size": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.grad_accum_steps,
+        "max_steps": plan.steps,
+        "bf16": plan.precision in ("bf16-mixed", "bf16-fp32-master"),
+        "fp16": plan.precision == "16-mixed",
+        "gradient_checkpointing": plan.checkpointing != "none",
+    }
+    if plan.optimizer == "adamw-8bit":
+        args["optim"] = "adamw_bnb_8bit"
+    return args
+
+
+def to_torchrun(plan: Plan, script: str = "train.py", *extra: str) -> str:
+    """A ``torchrun`` command line for one node with ``world_size`` GPUs.
+
+    >>> from scaleplan.planning.planner import plan
+    >>> from scaleplan.model.config import GPTConfig
+    >>> to_torchrun(plan(GPTConfig.preset("gpt2"), "H100 SXM", tokens_per_step=524288,
+    ...                  world_size=8), "train.py", "config/train_gpt2.py")
+    'torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py'
+    """
+    return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={plan.world_size}",
+                       script, *extra])

@@ -1,0 +1,78 @@
+"""A `Plan` as readable text: what ``scaleplan plan`` prints. Sizes in GiB, labelled GiB."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scaleplan.units import GiB, format_count, format_gib
+
+if TYPE_CHECKING:
+    from scaleplan.planning.planner import Plan
+
+__all__ = ["format_plan"]
+
+
+_MEMORY_ROWS = (
+    ("weights", "weights"),
+    ("gradients", "gradients"),
+    ("optimizer", "optimizer states"),
+    ("saved_for_backward", "saved for backward"),
+    ("autocast_weight_copies", "autocast weight copies"),
+    ("transient", "transient at the peak"),
+    ("overhead", "CUDA context + allocator"),
+)
+
+
+def _gib(n: float) -> str:
+    return format_gib(n, width=6)
+
+
+def format_plan(p: Plan) -> str:
+    """Render ``p`` for a terminal."""
+    m = p.memory
+    lines = [
+        f"Plan: {format_count(p.params.total)}-parameter model on {p.world_size} x {p.gpu.name} "
+        f"({p.available_bytes / GiB:.2f} GiB: {p.available_source})",
+        "",
+        f"  micro_batch_size     {p.micro_batch_size}",
+        f"  grad_accum_steps     {p.grad_accum_steps}",
+        f"  tokens_per_step      {p.tokens_per_step:,}  (= {p.micro_batch_size} x {p.seq_len} x "
+        f"{p.grad_accum_steps} x {p.world_size} GPU{'s' if p.world_size > 1 else ''})",
+        f"  precision            {p.precision}  ({p.precision_reason})",
+        f"  optimizer            {p.optimizer}, attention {p.attention}, checkpointing "
+        f"{p.checkpointing}",
+    ]
+    if p.remedy:
+        lines.append(f"  to fit               {p.remedy}")
+    lines += ["", f"Memory per GPU at micro-batch {p.micro_batch_size} (peak: {m.peak_moment}):"]
+    for field, label in _MEMORY_ROWS:
+        lines.append(f"  {label:<24} {_gib(getattr(m, field))}")
+    lines += [
+        f"  {'total':<24} {_gib(m.total)}   headroom {p.headroom_bytes / GiB:.2f} GiB "
+        f"-> {'fits' if p.fits else 'DOES NOT FIT'}",
+        f"  (of saved: logits and the loss {m.logits / GiB:.2f} GiB)",
+        "",
+        "Micro-batches that divide the step:",
+    ]
+    for c in p.candidates:
+        mark = "fits" if c.fits else "does not fit"
+        chosen = "  <- chosen" if c.micro_batch_size == p.micro_batch_size else ""
+        lines.append(f"  {c.micro_batch_size:>5} x {c.grad_accum_steps:<5} {_gib(c.total_bytes)}"
+                     f"  {mark}{chosen}")
+    if p.remedies:
+        lines += ["", "Remedies tried (micro-batch 1):"]
+        for r in p.remedies:
+            lines.append(f"  {r.name:<34} {_gib(r.total_bytes)}  "
+                         f"{'fits' if r.fits else 'does not fit'}; {r.cost}")
+    lines += [
+        "",
+        f"Run: {p.total_tokens:,} tokens ({p.tokens_source}; compute-optimal "
+        f"{p.compute_optimal_tokens:,}, ratio {p.overtraining_ratio:.2f}), {p.steps:,} steps",
+        f"  training FLOPs       {p.training_flops:.3g}",
+        f"  time                 {p.hours:,.1f} hours at MFU {p.mfu:.0%} ({p.mfu_source})",
+        f"  expected loss        {p.expected_loss:.3f}  ({p.law} law, on its paper's data)",
+    ]
+    if p.warnings:
+        lines += ["", "Warnings:"]
+        lines += [f"  [{w.code}] {w.message}" for w in p.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""Scaling laws: predicted loss, compute-optimal allocation and token budgets.
+
+Two functional forms are built in, behind one interface (`BaseScalingLaw`):
+
+- `ScalingLaw`: ``L(N, D) = E + A / N^alpha + B / D^beta`` (Hoffmann et al. 2022, eq. 2). The
+  Chinchilla fits, Epoch AI's replication and laws you fit yourself (`fit_scaling_law`) have
+  this form.
+- `KaplanScalingLaw`: ``L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D`` (Kaplan et
+  al. 2020, eq. 1.5), on non-embedding parameters.
+
+Every law answers the same questions, vectorised (numpy arrays in, arrays out; scalars in, floats
+out): `loss`, `tokens_for_loss`, `params_for_loss`, `optimal_n_params`, `optimal_tokens`,
+`compute_optimal`. N is a parameter count (``law.n_counts`` says whether total or non-embedding),
+D is training tokens, C is training FLOPs, and loss is in nats per token on the law's own data.
+
+Training compute here is the ``6 N D`` approximation (Kaplan et al. 2020, section 2.1). The
+attention-aware count per token lives in ``scaleplan.compute.flops.flops_per_token``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+import numpy as np
+from pydantic import Field
+
+from scaleplan.errors import UnknownNameError
+from scaleplan.scaling.base import (
+    TRAINING_FLOPS_PER_PARAM_TOKEN,
+    BaseScalingLaw,
+    FitReport,
+    FloatArray,
+)
+
+__all__ = ["KaplanScalingLaw", "ScalingLaw", "scaling_law", "scaling_laws"]
+
+
+class ScalingLaw(BaseScalingLaw):
+    """``L(N, D) = E + A / N^alpha + B / D^beta`` (Hoffmann et al. 2022, eq. 2).
+
+    Built-in instances come from `scaling_law`; `fit_scaling_law` returns one fitted to your data
+    (with ``fit`` set). Compute-optimal allocation under C = 6 N D (Hoffmann 2022, eq. 4):
+    ``N_opt = G (C/6)^a``, ``D_opt = (C/6)^b / G`` with ``a = beta / (alpha + beta)``,
+    ``b = alpha / (alpha + beta)`` and ``G = (alpha A / (beta B))^(1 / (alpha + beta))``.
+
+    >>> law = ScalingLaw(name="mine", paper="my runs", equation="E + A/N^a + B/D^b",
+    ...                  n_counts="total", E=1.7, A=400.0, B=400.0, alpha=0.34, beta=0.28)
+    >>> round(law.loss(1e9, 2e10), 3)
+    2.571
+    """
+
+    E: float = Field(ge=0, description="Irreducible loss, nats per token.")
+    A: float = Field(gt=0, description="Model-size term coefficient.")
+    B: float = Field(gt=0, description="Data term coefficient.")
+    alpha: float = Field(gt=0, description="Model-size exponent.")
+    beta: float = Field(gt=0, description="Data exponent.")
+    fit: FitReport | None = Field(default=None, description="Set when fitted by fit_scaling_law.")
+
+    @property
+    def G(self) -> float:  # noqa: N802 (Hoffmann's name)
+        """``(alpha A / (beta B))^(1 / (alpha + beta))`` (Hoffmann 2022, eq. 4)."""
+        return float((self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta)))
+
+    @property
+    def allocation_exponents(self) -> tuple[float, float]:
+        """``(a, b)``: N_opt grows as C^a and D_opt as C^b (Hoffmann 2022, eq. 4).
+
+        >>> [round(x, 3) for x in scaling_law("epoch2024").allocation_exponents]
+        [0.513, 0.487]
+        """
+        total = self.alpha + self.beta
+        return self.beta / total, self.alpha / total
+
+    def _loss(self, N: FloatArray, D: FloatArray) -> FloatArray:
+        return self.E + self.A / N**self.alpha + self.B / D**self.beta
+
+    def _tokens_for_loss(self, L: FloatArray, N: FloatArray) -> FloatArray:
+        left = L - self.E - self.A / N**self.alpha  # what the data term may still contribute
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(left > 0, (self.B / left) ** (1 / self.beta), np.inf)
+
+    def _params_for_loss(self, L: FloatArray, D: FloatArray) -> FloatArray:
+        left = L - self.E - self.B / D**self.beta
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(left > 0, (self.A / left) ** (1 / self.alpha), np.inf)
+
+    def _optimal_n_params(self, C: FloatArray) -> FloatArray:
+        a, _ = self.allocation_exponents
+        return self.G * (C / TRAINING_FLOPS_PER_PARAM_TOKEN) ** a
+
+    def _optimal_flops_for_params(self, N: FloatArray) -> FloatArray:
+        a, _ = self.allocation_exponents
+        return TRAINING_FLOPS_PER_PARAM_TOKEN * (N / self.G) ** (1 / a)
+
+    def _optimal_flops_for_tokens(self, D: FloatArray) -> FloatArray:
+        _, b = self.allocation_exponents
+        return TRAINING_FLOPS_PER_PARAM_TOKEN * (D * self.G) ** (1 / b)
+
+
+class KaplanScalingLaw(BaseScalingLaw):
+    """``L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D`` (Kaplan 2020, eq. 1.5).
+
+    N counts non-embedding parameters. With unlimited data this is Kaplan's L(N) =
+    (N_c / N)^alpha_N (eq. 1.1); with an unlimited model, L(D) = (D_c / D)^alpha_D (eq. 1.2).
+
+    ``compute_optimal`` minimises this L(N, D) under C = 6 N D, which gives
+    ``N_opt = (p N_c^p C / (6 D_c))^(1 / (1 + p))`` with ``p = alpha_N / alpha_D`` (N grows as
+    C^0.56). That is *not* Kaplan's own compute-efficient frontier (N ~ C^0.73, eq. 1.7), which
+    comes from their learning-curve fit L(N, S_min) and stops training early.
+
+    >>> law = scaling_law("kaplan2020")
+    >>> round(law.loss(1e9, 1e10), 3)
+    2.484
+    """
+
+    N_c: float = Field(gt=0, description="Model-size scale, non-embedding parameters.")
+    D_c: float = Field(gt=0, description="Data scale, tokens.")
+    alpha_N: float = Field(gt=0, description="Model-size exponent.")  # noqa: N815 (paper's name)
+    alpha_D: float = Field(gt=0, description="Data exponent.")  # noqa: N815 (paper's name)
+
+    @property
+    def _p(self) -> float:
+        return self.alpha_N / self.alpha_D
+
+    def _loss(self, N: FloatArray, D: FloatArray) -> FloatArray:
+        return ((self.N_c / N) ** self._p + self.D_c / D) ** self.alpha_D
+
+    def _tokens_for_loss(self, L: FloatArray, N: FloatArray) -> FloatArray:
+        left = L ** (1 / self.alpha_D) - (self.N_c / N) ** self._p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(left > 0, self.D_c / left, np.inf)
+
+    def _params_for_loss(self, L: FloatArray, D: FloatArray) -> FloatArray:
+        left = L ** (1 / self.alpha_D) - self.D_c / D
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(left > 0, self.N_c / left ** (1 / self._p), np.inf)
+
+    def _optimal_n_params(self, C: FloatArray) -> FloatArray:
+        # d/dN [(N_c/N)^p + 6 D_c N / C] = 0
+        p = self._p
+        ratio = p * self.N_c**p * C / (TRAINING_FLOPS_PER_PARAM_TOKEN * self.D_c)
+        return np.asarray(ratio ** (1 / (1 + p)), dtype=np.float64)
+
+    def _optimal_flops_for_params(self, N: FloatArray) -> FloatArray:
+        p = self._p
+        C = TRAINING_FLOPS_PER_PARAM_TOKEN * self.D_c * N ** (1 + p) / (p * self.N_c**p)
+        return np.asarray(C, dtype=np.float64)
+
+    def _optimal_flops_for_tokens(self, D: FloatArray) -> FloatArray:
+        # at the optimum D = C / (6 N) = D_c N^p / (p N_c^p); solve for N, then C = 6 N D
+        p = self._p
+        N = (D * p * self.N_c**p / self.D_c) ** (1 / p)
+        return np.asarray(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, dtype=np.float64)
+
+
+# Muennighoff et al. 2023 fit the Chinchilla form to single-epoch C4 runs; the datablations
+# README gives the constants as logs: a = log A, b = log B, e = log E.
+_MUENNIGHOFF_LOG_A, _MUENNIGHOFF_LOG_B, _MUENNIGHOFF_LOG_E = 6.255414, 7.3049974, 0.6254804
+_MUENNIGHOFF_ALPHA = _MUENNIGHOFF_BETA = 0.3526596
+
+_LAWS: dict[str, BaseScalingLaw] = {
+    law.name: law
+    for law in (
+        ScalingLaw(
+            name="chinchilla",
+            paper="Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, "
+            "Approach 3 (unrounded constants from the paper's source; the only ones that "
+            "reproduce its ~40B projection at Gopher's 5.76e23 FLOPs)",
+            equation="L = E + A/N^alpha + B/D^beta (eq. 2), allocation eq. 4",
+            n_counts="total",
+            E=1.69337368, A=406.401018, B=410.722827, alpha=0.33917084, beta=0.2849083,
+        ),
+        ScalingLaw(
+            name="chinchilla-rounded",
+            paper="Hoffmann et al. 2022, Approach 3 as printed in the paper body (rounded)",
+            equation="L = E + A/N^alpha + B/D^beta (eq. 2), allocation eq. 4",
+            n_counts="total",
+            E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,
+        ),
+        ScalingLaw(
+            name="epoch2024",
+            paper="Besiroglu, Erdil, Barnett, You 2024, Chinchilla Scaling: A replication "
+            "attempt (arXiv:2404.10102), refit of Approach 3 on Hoffmann's Fig. 4 data",
+            equation="L = E + A/N^alpha + B/D^beta (Hoffmann eq. 2)",
+            n_counts="total",
+            E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658,
+        ),
+        ScalingLaw(
+            name="muennighoff2023",
+            paper="Muennighoff et al. 2023, Scaling Data-Constrained Language Models, "
+            "single-epoch fit on C4 (constants from the datablations README)",
+            equation="L = E + A/N^alpha + B/D^beta (Hoffmann eq. 2)",
+            n_counts="total",
+            E=math.exp(_MUENNIGHOFF_LOG_E), A=math.exp(_MUENNIGHOFF_LOG_A),
+            B=math.exp(_MUENNIGHOFF_LOG_B), alpha=_MUENNIGHOFF_ALPHA, beta=_MUENNIGHOFF_BETA,
+        ),
+        KaplanScalingLaw(
+            name="kaplan2020",
+            paper="Kaplan et al. 2020, Scaling Laws for Neural Language Models (WebText2, "
+            "non-embedding parameters); N_c, alpha_N from eq. 1.1, D_c, alpha_D from eq. 1.2",
+            equation="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D (eq. 1.5)",
+            n_counts="non_embedding",
+            N_c=8.8e13, D_c=5.4e13, alpha_N=0.076, alpha_D=0.095,
+        ),
+    )
+}
+
+
+def scaling_laws() -> tuple[str, ...]:
+    """Names accepted by `scaling_law`.
+
+    >>> scaling_laws()
+    ('chinchilla', 'chinchilla-rounded', 'epoch2024', 'kaplan2020', 'muennighoff2023')
+    """
+    return tuple(sorted(_LAWS))
+
+
+@overload
+def scaling_law(name: Literal["kaplan2020"]) -> KaplanScalingLaw: ...
+@overload
+def scaling_law(
+    name: Literal["chinchilla", "chinchilla-rounded", "epoch2024", "muennighoff2023"] = ...,
+) -> ScalingLaw: ...
+@overload
+def scaling_law(name: str | BaseScalingLaw) -> BaseScalingLaw: ...
+def scaling_law(name: str | BaseScalingLaw = "chinchilla") -> BaseScalingLaw:
+    """A built-in law by name (case-insensitive); a law passed in is returned unchanged.
+
+    >>> scaling_law().name, scaling_law("Epoch2024").alpha
+    ('chinchilla', 0.3478)
+    """
+    if isinstance(name, BaseScalingLaw):
+        return name
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in _LAWS:
+        raise UnknownNameError("scaling law", name, _LAWS)
+    return _LAWS[key]

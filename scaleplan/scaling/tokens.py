@@ -1,0 +1,130 @@
+"""Token budgets: compute-optimal tokens, training compute, tokens seen and over-training.
+
+Training compute is ``6 N D`` here (Kaplan et al. 2020, section 2.1); the attention-aware count
+per token is ``scaleplan.compute.flops.flops_per_token``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, overload
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from scaleplan.checks import float_guard
+from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.scaling.base import (
+    TRAINING_FLOPS_PER_PARAM_TOKEN,
+    BaseScalingLaw,
+    FloatArray,
+    _positive,
+    _result,
+)
+from scaleplan.scaling.laws import scaling_law, scaling_laws
+
+__all__ = [
+    "CHINCHILLA_TOKENS_PER_PARAM",
+    "chinchilla_tokens",
+    "overtraining_ratio",
+    "tokens_seen",
+    "training_compute",
+]
+
+CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann 2022 Table 3 (Approach 1): 1B -> 20.2B, 70B -> 1.4T
+
+
+@overload
+def training_compute(n_params: float, tokens: float) -> float: ...
+@overload
+def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
+@float_guard
+def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> Any:
+    """Training FLOPs, ``6 N D`` (Kaplan et al. 2020, section 2.1), as floats.
+
+    Counts the weight matmuls only (2 FLOPs per parameter per token forward, 4 backward); the
+    attention-score term is in ``scaleplan.compute.flops.flops_per_token``.
+
+    >>> training_compute(70e9, 1.4e12)  # Chinchilla, ~5.9e23
+    5.88e+23
+    """
+    N, D = _positive("n_params", n_params), _positive("tokens", tokens)
+    return _result(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, n_params, tokens)
+
+
+@float_guard
+def tokens_seen(steps: int, tokens_per_step: int) -> int:
+    """Tokens processed by ``steps`` optimizer steps of ``tokens_per_step`` tokens each.
+
+    >>> tokens_seen(14_500, 524_288)  # the seed case: ~7.6B tokens
+    7602176000
+    """
+    for field, value in (("steps", steps), ("tokens_per_step", tokens_per_step)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ScaleplanError(
+                f"{field} must be a non-negative int; got {field}={value!r}; "
+                f"pass a whole number such as {field}=1000"
+            )
+    return int(steps) * int(tokens_per_step)
+
+
+@overload
+def chinchilla_tokens(n_params: float, *, method: str | BaseScalingLaw = ...) -> int: ...
+@overload
+def chinchilla_tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw = ...) -> FloatArray: ...
+@float_guard
+def chinchilla_tokens(
+    n_params: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
+) -> Any:
+    """Compute-optimal training tokens for a model of ``n_params`` parameters.
+
+    - ``method="rule-of-thumb"``: 20 tokens per parameter (Hoffmann et al. 2022, Table 3,
+      Approach 1: 1B parameters -> 20.2B tokens, 70B -> 1.4T).
+    - a law name (or law): the tokens for which ``n_params`` is that law's compute-optimal size
+      (`BaseScalingLaw.optimal_tokens_for_params`); ``"chinchilla"`` (Approach 3) asks for more
+      tokens per parameter as models grow.
+
+    A scalar gives an int; an array gives a float array.
+
+    >>> chinchilla_tokens(40.56e6)  # the seed case's 40.56M model: ~8.1e8 tokens
+    811200000
+    >>> f"{chinchilla_tokens(70e9, method='chinchilla'):.3g}"
+    '4.58e+12'
+    """
+    N = _positive("n_params", n_params)
+    if method == "rule-of-thumb":
+        D = CHINCHILLA_TOKENS_PER_PARAM * N
+    else:
+        D = np.asarray(_resolve_method(method).optimal_tokens_for_params(N))
+    if np.ndim(n_params) == 0:
+        return round(float(D))
+    return D
+
+
+def _resolve_method(method: str | BaseScalingLaw) -> BaseScalingLaw:
+    try:
+        return scaling_law(method)
+    except UnknownNameError:
+        known = ["rule-of-thumb", *scaling_laws()]
+        raise UnknownNameError("token-budget method", method, known) from None
+
+
+@overload
+def overtraining_ratio(
+    n_params: float, tokens: float, *, method: str | BaseScalingLaw = ...
+) -> float: ...
+@overload
+def overtraining_ratio(
+    n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = ...
+) -> FloatArray: ...
+@float_guard
+def overtraining_ratio(
+    n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
+) -> Any:
+    """Tokens trained on over compute-optimal tokens (`chinchilla_tokens`): 1 is optimal.
+
+    >>> round(overtraining_ratio(40.56e6, tokens_seen(14_500, 524_288)), 2)  # the seed case
+    9.37
+    """
+    D = _positive("tokens", tokens)
+    optimal = np.asarray(chinchilla_tokens(_positive("n_params", n_params), method=method))
+    return _result(D / optimal, n_params, tokens)
