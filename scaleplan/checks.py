@@ -15,9 +15,9 @@ from collections.abc import Callable
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, UnknownNameError
 
-__all__ = ["finite", "float_guard", "real", "whole"]
+__all__ = ["finite", "float_guard", "one_of", "real", "whole"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +75,19 @@ def _real(name: str, value: object, minimum: float, inclusive: bool, example: st
         relation = ">=" if inclusive else ">"
         raise ScaleplanError(f"{name}={value!r} must be {relation} {minimum:g}{hint}")
     return number
+
+
+def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+    """Refuse a mode outside ``valid`` with an `UnknownNameError` naming ``name`` and the choices.
+
+    >>> one_of("attention", "flash", ("flash", "eager"))
+    >>> one_of("attention", "flsh", ("flash", "eager"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.UnknownNameError: ...attention...
+    """
+    if value not in valid:
+        raise UnknownNameError(name, value, valid)
 
 
 def finite(name: str, value: float) -> float:

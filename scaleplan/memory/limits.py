@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from scaleplan.checks import one_of
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.errors import ScaleplanError
@@ -28,9 +29,8 @@ from scaleplan.memory.states import normalize_optimizer
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
-    _check_mode,
-    _check_shape,
-    _stage_parts,
+    check_shape,
+    stage_parts,
     training_memory,
 )
 from scaleplan.model.config import GPTConfig, normalize_precision
@@ -88,17 +88,17 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
     s = np.asarray(seq_len, dtype=np.float64)
     if np.any(b != np.floor(b)) or np.any(s != np.floor(s)):
         raise ScaleplanError("micro_batch_size and seq_len must hold whole numbers")
-    _check_mode("attention", attention, ("flash", "eager"))
-    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
-    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    _check_shape(cfg, b, s)
+    one_of("attention", attention, ("flash", "eager"))
+    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
+    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    check_shape(cfg, b, s)
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     par = parallelism if parallelism is not None else Parallelism()
     par.check(cfg)
     stages = ("only",) if par.pipeline == 1 else ("first", "last")
     peak = None
     for stage in stages:
-        W, G, O, _, _, _, held, moments = _stage_parts(
+        W, G, O, _, _, _, held, moments = stage_parts(
             cfg, b, s, p, opt, attention, checkpointing, device, par, optimizer_impl,
             hold_logits, stage)  # type: ignore[arg-type]
         worst = np.maximum.reduce(np.broadcast_arrays(*moments.values()))

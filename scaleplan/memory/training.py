@@ -15,8 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scaleplan.checks import real, whole
-from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.checks import one_of, real, whole
+from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import (
     AUTOCAST,
     FP32_BYTES,
@@ -54,7 +54,9 @@ __all__ = [
     "ALLOCATOR_SLACK_FRACTION",
     "CUDA_CONTEXT_BYTES",
     "MemoryBreakdown",
+    "check_shape",
     "saved_for_backward_bytes",
+    "stage_parts",
     "training_memory",
 ]
 
@@ -135,7 +137,7 @@ class MemoryBreakdown(BaseModel):
         return "\n".join(f"{r:>24}: {getattr(self, r) / GiB:9.3f} GiB" for r in rows)
 
 
-def _check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
+def check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
     """(b, s) as Python ints, or as float64 arrays for sweeps: int64 products would wrap."""
     if type(micro_batch_size) is int and type(seq_len) is int:  # the common case: fast
         b, s = micro_batch_size, seq_len
@@ -183,10 +185,10 @@ def saved_for_backward_bytes(
     True
     """
     p = normalize_precision(precision)
-    _check_mode("attention", attention, ("flash", "eager"))
-    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
-    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    b, s = _check_shape(cfg, micro_batch_size, seq_len)
+    one_of("attention", attention, ("flash", "eager"))
+    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
+    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    b, s = check_shape(cfg, micro_batch_size, seq_len)
     return _saved_terms(cfg, b, s, precision=p, attention=attention,
                         checkpointing=checkpointing, device=device,
                         layers=cfg.n_layer if layers is None else layers)
@@ -207,11 +209,6 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                                  checkpointing=checkpointing, device=device))
     out.update(head_saved_terms(cfg, b, s, precision=p, device=device))
     return out
-
-
-def _check_mode(field: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise UnknownNameError(field, value, valid)
 
 
 def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
@@ -291,10 +288,10 @@ def training_memory(
     opt = normalize_optimizer(optimizer)
     if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int | np.integer):
         raise ScaleplanError(f"micro_batch_size={micro_batch_size!r} must be an int >= 1")
-    _check_mode("attention", attention, ("flash", "eager"))
-    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
-    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
-    micro_batch_size, seq_len = _check_shape(cfg, micro_batch_size, seq_len)
+    one_of("attention", attention, ("flash", "eager"))
+    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
+    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
     if not isinstance(hold_logits, bool):
         raise ScaleplanError(f"hold_logits={hold_logits!r} must be True or False")
     cuda_context_bytes = whole("cuda_context_bytes", cuda_context_bytes, minimum=0,
@@ -346,7 +343,7 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                   hold_logits: bool, stage: Stage) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
-    W, G, O, saved, copies, all_copies, held, moments = _stage_parts(
+    W, G, O, saved, copies, all_copies, held, moments = stage_parts(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
@@ -360,7 +357,7 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
         peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
 
 
-def _stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                  attention: AttentionKind, checkpointing: CheckpointingKind,
                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                  hold_logits: bool, stage: Stage) -> tuple[Any, ...]:

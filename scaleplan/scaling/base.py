@@ -26,6 +26,8 @@ __all__ = [
     "ComputeOptimalArrays",
     "FitReport",
     "NCounts",
+    "as_result",
+    "positive_values",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -45,7 +47,7 @@ _HINTS = {
 }
 
 
-def _positive(name: str, value: ArrayLike) -> FloatArray:
+def positive_values(name: str, value: ArrayLike) -> FloatArray:
     """``value`` as float64, rejecting anything non-positive, NaN or infinite (naming ``name``)."""
     try:
         arr = np.asarray(value, dtype=np.float64)
@@ -65,7 +67,7 @@ def _positive(name: str, value: ArrayLike) -> FloatArray:
     return arr
 
 
-def _result(value: FloatArray, *inputs: ArrayLike) -> Any:
+def as_result(value: FloatArray, *inputs: ArrayLike) -> Any:
     """A Python float when every input was a scalar, else the array."""
     if all(np.ndim(x) == 0 for x in inputs):
         return float(value)
@@ -175,8 +177,8 @@ class BaseScalingLaw(BaseModel):
         >>> round(scaling_law("chinchilla").loss(70e9, 1.4e12), 3)  # Chinchilla itself
         1.921
         """
-        N, D = _positive("n_params", n_params), _positive("tokens", tokens)
-        return _result(self._loss(N, D), n_params, tokens)
+        N, D = positive_values("n_params", n_params), positive_values("tokens", tokens)
+        return as_result(self._loss(N, D), n_params, tokens)
 
     @overload
     def loss_params_limited(self, n_params: float) -> float: ...
@@ -190,8 +192,8 @@ class BaseScalingLaw(BaseModel):
         >>> round(scaling_law("kaplan2020").loss_params_limited(1e9), 3)  # (8.8e13/1e9)^0.076
         2.376
         """
-        N = _positive("n_params", n_params)
-        return _result(self._loss(N, np.full_like(N, np.inf)), n_params)
+        N = positive_values("n_params", n_params)
+        return as_result(self._loss(N, np.full_like(N, np.inf)), n_params)
 
     @overload
     def loss_data_limited(self, tokens: float) -> float: ...
@@ -205,8 +207,8 @@ class BaseScalingLaw(BaseModel):
         >>> round(scaling_law("kaplan2020").loss_data_limited(1e10), 3)  # (5.4e13/1e10)^0.095
         2.262
         """
-        D = _positive("tokens", tokens)
-        return _result(self._loss(np.full_like(D, np.inf), D), tokens)
+        D = positive_values("tokens", tokens)
+        return as_result(self._loss(np.full_like(D, np.inf), D), tokens)
 
     @overload
     def tokens_for_loss(self, loss: float, n_params: float) -> float: ...
@@ -223,8 +225,8 @@ class BaseScalingLaw(BaseModel):
         >>> round(law.tokens_for_loss(law.loss(1e9, 2e10), 1e9) / 1e10, 6)
         2.0
         """
-        L, N = _positive("loss", loss), _positive("n_params", n_params)
-        return _result(self._tokens_for_loss(L, N), loss, n_params)
+        L, N = positive_values("loss", loss), positive_values("n_params", n_params)
+        return as_result(self._tokens_for_loss(L, N), loss, n_params)
 
     @overload
     def params_for_loss(self, loss: float, tokens: float) -> float: ...
@@ -241,8 +243,8 @@ class BaseScalingLaw(BaseModel):
         >>> round(law.params_for_loss(law.loss(1e9, 2e10), 2e10) / 1e9, 6)
         1.0
         """
-        L, D = _positive("loss", loss), _positive("tokens", tokens)
-        return _result(self._params_for_loss(L, D), loss, tokens)
+        L, D = positive_values("loss", loss), positive_values("tokens", tokens)
+        return as_result(self._params_for_loss(L, D), loss, tokens)
 
     @overload
     def optimal_n_params(self, flops: float) -> float: ...
@@ -256,8 +258,8 @@ class BaseScalingLaw(BaseModel):
         >>> f"{scaling_law('chinchilla').optimal_n_params(5.76e23):.3g}"  # Gopher's budget
         '4.04e+10'
         """
-        C = _positive("flops", flops)
-        return _result(self._optimal_n_params(C), flops)
+        C = positive_values("flops", flops)
+        return as_result(self._optimal_n_params(C), flops)
 
     @overload
     def optimal_tokens(self, flops: float) -> float: ...
@@ -271,8 +273,8 @@ class BaseScalingLaw(BaseModel):
         >>> f"{scaling_law('chinchilla').optimal_tokens(5.76e23):.3g}"
         '2.38e+12'
         """
-        C = _positive("flops", flops)
-        return _result(C / (TRAINING_FLOPS_PER_PARAM_TOKEN * self._optimal_n_params(C)), flops)
+        C = positive_values("flops", flops)
+        return as_result(C / (TRAINING_FLOPS_PER_PARAM_TOKEN * self._optimal_n_params(C)), flops)
 
     @overload
     def compute_optimal(self, flops: float) -> ComputeOptimal: ...
@@ -290,7 +292,7 @@ class BaseScalingLaw(BaseModel):
         >>> f"{opt.n_params:.3g} params, {opt.tokens:.3g} tokens"
         '7.3e+10 params, 1.34e+12 tokens'
         """
-        C = _positive("flops", flops)
+        C = positive_values("flops", flops)
         N = self._optimal_n_params(C)
         D = C / (TRAINING_FLOPS_PER_PARAM_TOKEN * N)
         L = self._loss(N, D)
@@ -311,9 +313,9 @@ class BaseScalingLaw(BaseModel):
         >>> round(scaling_law("chinchilla").optimal_tokens_for_params(1e9) / 1e9, 1)
         29.1
         """
-        N = _positive("n_params", n_params)
+        N = positive_values("n_params", n_params)
         C = self._optimal_flops_for_params(N)
-        return _result(C / (TRAINING_FLOPS_PER_PARAM_TOKEN * N), n_params)
+        return as_result(C / (TRAINING_FLOPS_PER_PARAM_TOKEN * N), n_params)
 
     @overload
     def optimal_params_for_tokens(self, tokens: float) -> float: ...
@@ -327,5 +329,5 @@ class BaseScalingLaw(BaseModel):
         >>> round(scaling_law("chinchilla").optimal_params_for_tokens(29.1e9) / 1e9, 2)
         1.0
         """
-        D = _positive("tokens", tokens)
-        return _result(self._optimal_n_params(self._optimal_flops_for_tokens(D)), tokens)
+        D = positive_values("tokens", tokens)
+        return as_result(self._optimal_n_params(self._optimal_flops_for_tokens(D)), tokens)

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from scaleplan.errors import ScaleplanError
-from scaleplan.scaling.base import FitReport, FloatArray, NCounts, _positive
+from scaleplan.scaling.base import FitReport, FloatArray, NCounts, positive_values
 from scaleplan.scaling.laws import ScalingLaw
 
 __all__ = ["HOFFMANN_START_GRID", "fit_scaling_law"]
@@ -136,7 +136,7 @@ def _columns(table: Any, columns: Sequence[str]) -> tuple[Any, Any, Any]:
 def _points(n_params: Any, tokens: Any, losses: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Validated 1-D float arrays of equal length, at least one point per free parameter."""
     given = {"n_params": n_params, "tokens": tokens, "losses": losses}
-    arrays = {name: _positive(name, value) for name, value in given.items()}
+    arrays = {name: positive_values(name, value) for name, value in given.items()}
     for name, arr in arrays.items():
         if arr.ndim != 1:
             raise ScaleplanError(

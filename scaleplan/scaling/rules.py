@@ -23,8 +23,8 @@ from scaleplan.scaling.base import (
     TRAINING_FLOPS_PER_PARAM_TOKEN,
     BaseScalingLaw,
     FloatArray,
-    _positive,
-    _result,
+    as_result,
+    positive_values,
 )
 from scaleplan.scaling.laws import scaling_law
 
@@ -78,8 +78,8 @@ def critical_batch_size(loss: ArrayLike) -> Any:
     >>> f"{critical_batch_size(3.0):.3g}"
     '1.07e+06'
     """
-    L = _positive("loss", loss)
-    return _result(KAPLAN_B_STAR / L ** (1 / KAPLAN_ALPHA_B), loss)
+    L = positive_values("loss", loss)
+    return as_result(KAPLAN_B_STAR / L ** (1 / KAPLAN_ALPHA_B), loss)
 
 
 @overload
@@ -97,8 +97,8 @@ def deepseek_batch_size(flops: ArrayLike) -> Any:
     >>> f"{deepseek_batch_size(1e20):.4g}"
     '1.017e+06'
     """
-    C = _positive("flops", flops)
-    return _result(DEEPSEEK_BATCH_COEFFICIENT * C**DEEPSEEK_BATCH_EXPONENT, flops)
+    C = positive_values("flops", flops)
+    return as_result(DEEPSEEK_BATCH_COEFFICIENT * C**DEEPSEEK_BATCH_EXPONENT, flops)
 
 
 @overload
@@ -115,8 +115,8 @@ def deepseek_learning_rate(flops: ArrayLike) -> Any:
     >>> f"{deepseek_learning_rate(1e20):.3g}"  # 0.3118 / 10^2.5
     '0.000986'
     """
-    C = _positive("flops", flops)
-    return _result(DEEPSEEK_LR_COEFFICIENT * C**DEEPSEEK_LR_EXPONENT, flops)
+    C = positive_values("flops", flops)
+    return as_result(DEEPSEEK_LR_COEFFICIENT * C**DEEPSEEK_LR_EXPONENT, flops)
 
 
 def _decayed(unique: FloatArray, repeats: FloatArray, r_star: float) -> FloatArray:
@@ -151,9 +151,9 @@ def effective_tokens(
     >>> round(effective_tokens(4e9, 1e9) / 1e9, 2)  # 4 epochs: worth ~3.7 epochs of new data
     3.73
     """
-    D, U = _positive("tokens", tokens), _positive("unique_tokens", unique_tokens)
+    D, U = positive_values("tokens", tokens), positive_values("unique_tokens", unique_tokens)
     _check_unique(D, U)
-    return _result(_decayed(U, D / U - 1, r_star), tokens, unique_tokens)
+    return as_result(_decayed(U, D / U - 1, r_star), tokens, unique_tokens)
 
 
 def _unique_params(N: FloatArray, U: FloatArray, law: BaseScalingLaw) -> FloatArray:
@@ -186,9 +186,9 @@ def effective_params(
     >>> round(effective_params(6.34e9, 25e9) / 1e9, 3)  # U_N = 1.27e9 for 25B unique tokens
     4.841
     """
-    N, U = _positive("n_params", n_params), _positive("unique_tokens", unique_tokens)
+    N, U = positive_values("n_params", n_params), positive_values("unique_tokens", unique_tokens)
     unique = _unique_params(N, U, scaling_law(law))
-    return _result(_decayed(unique, N / unique - 1, r_star), n_params, unique_tokens)
+    return as_result(_decayed(unique, N / unique - 1, r_star), n_params, unique_tokens)
 
 
 @overload
@@ -217,7 +217,7 @@ def data_constrained_loss(
     fit = scaling_law(law)
     N = effective_params(n_params, unique_tokens, law=fit)
     D = effective_tokens(tokens, unique_tokens)
-    return _result(np.asarray(fit.loss(N, D)), n_params, tokens, unique_tokens)
+    return as_result(np.asarray(fit.loss(N, D)), n_params, tokens, unique_tokens)
 
 
 class InferenceOptimal(BaseModel):
@@ -293,7 +293,7 @@ def inference_optimal(
     if np.ndim(loss) or np.ndim(inference_tokens):  # one optimum per call (fuzzed, issue 13)
         raise ScaleplanError(f"inference_optimal takes one loss and one count, not arrays; got "
                              f"loss={loss!r}, inference_tokens={inference_tokens!r}")
-    L = float(_positive("loss", loss))
+    L = float(positive_values("loss", loss))
     try:
         served = real("inference_tokens", inference_tokens, inclusive=True)
     except ScaleplanError:

@@ -17,8 +17,8 @@ from scaleplan.scaling.base import (
     TRAINING_FLOPS_PER_PARAM_TOKEN,
     BaseScalingLaw,
     FloatArray,
-    _positive,
-    _result,
+    as_result,
+    positive_values,
 )
 from scaleplan.scaling.laws import scaling_law, scaling_laws
 
@@ -47,8 +47,8 @@ def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> Any:
     >>> training_compute(70e9, 1.4e12)  # Chinchilla, ~5.9e23
     5.88e+23
     """
-    N, D = _positive("n_params", n_params), _positive("tokens", tokens)
-    return _result(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, n_params, tokens)
+    N, D = positive_values("n_params", n_params), positive_values("tokens", tokens)
+    return as_result(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, n_params, tokens)
 
 
 @float_guard
@@ -90,7 +90,7 @@ def chinchilla_tokens(
     >>> f"{chinchilla_tokens(70e9, method='chinchilla'):.3g}"
     '4.58e+12'
     """
-    N = _positive("n_params", n_params)
+    N = positive_values("n_params", n_params)
     if method == "rule-of-thumb":
         D = CHINCHILLA_TOKENS_PER_PARAM * N
     else:
@@ -125,6 +125,6 @@ def overtraining_ratio(
     >>> round(overtraining_ratio(40.56e6, tokens_seen(14_500, 524_288)), 2)  # the seed case
     9.37
     """
-    D = _positive("tokens", tokens)
-    optimal = np.asarray(chinchilla_tokens(_positive("n_params", n_params), method=method))
-    return _result(D / optimal, n_params, tokens)
+    D = positive_values("tokens", tokens)
+    optimal = np.asarray(chinchilla_tokens(positive_values("n_params", n_params), method=method))
+    return as_result(D / optimal, n_params, tokens)

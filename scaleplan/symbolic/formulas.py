@@ -21,7 +21,7 @@ formula. The price: the formula code must stick to arithmetic on sizes (no ``//`
 ``if size > ...``); ``tests/test_symbolic.py`` checks numeric == symbolic at random points for
 every quantity, so a formula that breaks the rule fails there.
 
-Memory runs `scaleplan.memory.training`'s own per-GPU arithmetic (``_stage_parts``: weights,
+Memory runs `scaleplan.memory.training`'s own per-GPU arithmetic (``stage_parts``: weights,
 gradients, optimizer states, every saved tensor and each moment of the step). Three lines of
 composition are necessarily written here again, because Python's ``max`` and ``math.ceil`` do
 not take symbols (pinned by the same test): the worst moment (``Max`` over the moments), the
@@ -43,6 +43,7 @@ from typing import Any, Literal, cast
 
 import sympy
 
+from scaleplan.checks import one_of
 from scaleplan.compute.flops import FlopsMethod, Recompute, step_flop_terms, token_flops
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
@@ -52,8 +53,7 @@ from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
     OptimizerImpl,
-    _check_mode,
-    _stage_parts,
+    stage_parts,
 )
 from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.model.params import param_terms
@@ -328,15 +328,15 @@ def memory(
     """
     model, run = _split_free(free)
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
-    _check_mode("attention", attention, ("flash", "eager"))
-    _check_mode("checkpointing", checkpointing, ("none", "selective", "full"))
-    _check_mode("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    one_of("attention", attention, ("flash", "eager"))
+    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
+    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
     b = _run_size("micro_batch_size", micro_batch_size, run, None)
     s = _run_size("seq_len", seq_len, run, cfg.block_size)
     view = symbolic_model(cfg, model)
 
     def parts(c: GPTConfig) -> Any:  # training_memory's own arithmetic, on one GPU
-        return _stage_parts(c, b, s, p, opt, attention, checkpointing, device, Parallelism(),
+        return stage_parts(c, b, s, p, opt, attention, checkpointing, device, Parallelism(),
                             optimizer_impl, hold_logits, "only")
 
     try:

@@ -5,30 +5,7 @@
 - `base`: where a marker finds its inputs, and the findings it reports.
 """
 
-from scaleplan.validation.markers import (
-    MAX_TOKENS_PER_PARAM,
-    TIGHT_FIT_FRACTION,
-    CountKind,
-    DivisibleStep,
-    Finding,
-    FitsOn,
-    MaxParams,
-    ParamsNear,
-    TokensPerParam,
-    check,
-    parse_claim,
-)
+from scaleplan.validation import markers as _markers
+from scaleplan.validation.markers import *  # noqa: F403  (the list is markers.__all__)
 
-__all__ = [
-    "MAX_TOKENS_PER_PARAM",
-    "TIGHT_FIT_FRACTION",
-    "CountKind",
-    "DivisibleStep",
-    "Finding",
-    "FitsOn",
-    "MaxParams",
-    "ParamsNear",
-    "TokensPerParam",
-    "check",
-    "parse_claim",
-]
+__all__ = _markers.__all__
