@@ -21,68 +21,36 @@ import typing as _typing
 if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS (tested)
     from scaleplan.compute.flops import (
         StepFlops as StepFlops,
-    )
-    from scaleplan.compute.flops import (
         flops_per_token as flops_per_token,
-    )
-    from scaleplan.compute.flops import (
         step_flops as step_flops,
-    )
-    from scaleplan.compute.flops import (
         training_flops as training_flops,
     )
     from scaleplan.compute.hardware import (
         GPUSpec as GPUSpec,
-    )
-    from scaleplan.compute.hardware import (
         gpu as gpu,
-    )
-    from scaleplan.compute.hardware import (
         gpus as gpus,
-    )
-    from scaleplan.compute.hardware import (
         register_gpu as register_gpu,
     )
     from scaleplan.compute.throughput import (
         Throughput as Throughput,
-    )
-    from scaleplan.compute.throughput import (
         TrainingTime as TrainingTime,
-    )
-    from scaleplan.compute.throughput import (
         Utilization as Utilization,
-    )
-    from scaleplan.compute.throughput import (
         from_nanogpt_mfu as from_nanogpt_mfu,
-    )
-    from scaleplan.compute.throughput import (
         mfu as mfu,
-    )
-    from scaleplan.compute.throughput import (
         throughput_at_mfu as throughput_at_mfu,
-    )
-    from scaleplan.compute.throughput import (
         time_to_train as time_to_train,
     )
     from scaleplan.diagnosis.examine import (
         Diagnosis as Diagnosis,
-    )
-    from scaleplan.diagnosis.examine import (
         diagnose as diagnose,
     )
     from scaleplan.diagnosis.logs import (
         TrainingLog as TrainingLog,
-    )
-    from scaleplan.diagnosis.logs import (
         read_log as read_log,
     )
     from scaleplan.errors import (
         ConfigFileError as ConfigFileError,
-    )
-    from scaleplan.errors import (
         ScaleplanError as ScaleplanError,
-    )
-    from scaleplan.errors import (
         UnknownNameError as UnknownNameError,
     )
     from scaleplan.findings import (
@@ -90,8 +58,6 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
     )
     from scaleplan.memory.limits import (
         max_micro_batch_size as max_micro_batch_size,
-    )
-    from scaleplan.memory.limits import (
         max_seq_len as max_seq_len,
     )
     from scaleplan.memory.parallel import (
@@ -99,29 +65,19 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
     )
     from scaleplan.memory.training import (
         MemoryBreakdown as MemoryBreakdown,
-    )
-    from scaleplan.memory.training import (
         training_memory as training_memory,
     )
     from scaleplan.model.config import (
         GPTConfig as GPTConfig,
-    )
-    from scaleplan.model.config import (
         TrainingConfig as TrainingConfig,
     )
     from scaleplan.model.loaders import (
         NanoGPTRun as NanoGPTRun,
-    )
-    from scaleplan.model.loaders import (
         from_hf as from_hf,
-    )
-    from scaleplan.model.loaders import (
         load_nanogpt_config as load_nanogpt_config,
     )
     from scaleplan.model.params import (
         ParamCount as ParamCount,
-    )
-    from scaleplan.model.params import (
         count_params as count_params,
     )
     from scaleplan.planning.batching import (
@@ -132,8 +88,6 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
     )
     from scaleplan.planning.planner import (
         Plan as Plan,
-    )
-    from scaleplan.planning.planner import (
         plan as plan,
     )
     from scaleplan.planning.sweeps import (
@@ -147,50 +101,26 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
     )
     from scaleplan.scaling.laws import (
         ScalingLaw as ScalingLaw,
-    )
-    from scaleplan.scaling.laws import (
         scaling_law as scaling_law,
-    )
-    from scaleplan.scaling.laws import (
         scaling_laws as scaling_laws,
     )
     from scaleplan.scaling.rules import (
         critical_batch_size as critical_batch_size,
-    )
-    from scaleplan.scaling.rules import (
         data_constrained_loss as data_constrained_loss,
-    )
-    from scaleplan.scaling.rules import (
         inference_optimal as inference_optimal,
     )
     from scaleplan.scaling.tokens import (
         chinchilla_tokens as chinchilla_tokens,
-    )
-    from scaleplan.scaling.tokens import (
         overtraining_ratio as overtraining_ratio,
-    )
-    from scaleplan.scaling.tokens import (
         tokens_seen as tokens_seen,
-    )
-    from scaleplan.scaling.tokens import (
         training_compute as training_compute,
     )
     from scaleplan.validation.markers import (
         DivisibleStep as DivisibleStep,
-    )
-    from scaleplan.validation.markers import (
         FitsOn as FitsOn,
-    )
-    from scaleplan.validation.markers import (
         MaxParams as MaxParams,
-    )
-    from scaleplan.validation.markers import (
         ParamsNear as ParamsNear,
-    )
-    from scaleplan.validation.markers import (
         TokensPerParam as TokensPerParam,
-    )
-    from scaleplan.validation.markers import (
         check as check,
     )
 
