@@ -17,6 +17,8 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, uninstalled
 
+from harness import fuzz  # fuzz/harness.py, beside this file
+
 with atheris.instrument_imports():
     from scaleplan.diagnosis.logs import LogFormatError, read_log
 
@@ -44,18 +46,5 @@ def test_one_input(data: bytes) -> None:
             assert not (isinstance(value, float) and not math.isfinite(value)), record
 
 
-def main() -> None:
-    argv = sys.argv
-    if not any(not a.startswith("-") for a in argv[1:]):  # no corpus folder given: seed one
-        import tempfile
-
-        corpus = Path(tempfile.mkdtemp(prefix="scaleplan-fuzz-"))
-        for i, seed in enumerate(SEEDS):
-            (corpus / f"seed{i}").write_bytes(seed.encode("utf-8"))
-        argv = [*argv, str(corpus)]
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(test_one_input, SEEDS)

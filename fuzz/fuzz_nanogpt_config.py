@@ -17,6 +17,8 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, uninstalled
 
+from harness import fuzz  # fuzz/harness.py, beside this file
+
 with atheris.instrument_imports():
     from scaleplan.errors import ConfigFileError
     from scaleplan.model.loaders import load_nanogpt_config
@@ -40,18 +42,5 @@ def test_one_input(data: bytes) -> None:
     parse_size(text[:200])  # the "~125M" comment reader: a number or None, never an error
 
 
-def main() -> None:
-    argv = sys.argv
-    if not any(not a.startswith("-") for a in argv[1:]):  # no corpus folder given: seed one
-        import tempfile
-
-        corpus = Path(tempfile.mkdtemp(prefix="scaleplan-fuzz-"))
-        for i, seed in enumerate(SEEDS):
-            (corpus / f"seed{i}").write_bytes(seed.encode("utf-8"))
-        argv = [*argv, str(corpus)]
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz(test_one_input, SEEDS)
