@@ -69,12 +69,13 @@ class Plan(BaseModel):
     parallelism: Parallelism | None = Field(description="The layout, None for one GPU.")
     seq_len: int
     precision: Precision
-    precision_reason: str
-    optimizer: str
+    precision_reason: str = Field(description="Why this precision: asked for, what the GPU's "
+                                  "tensor cores suit, or changed to fit.")
+    optimizer: str = Field(description="As asked for, or the 8-bit one a remedy chose.")
     attention: Literal["flash", "eager"]
-    checkpointing: Checkpointing
+    checkpointing: Checkpointing = Field(description="As asked for, or what a remedy chose.")
     micro_batch_size: int
-    grad_accum_steps: int
+    grad_accum_steps: int = Field(description="Micro-batches per GPU per optimizer step.")
     tokens_per_step: int
     memory: MemoryBreakdown = Field(description="At the chosen micro-batch.")
     available_bytes: int = Field(description="GPU memory the plan is held against.")
