@@ -323,6 +323,33 @@ def _trainer_state(reader: _Reader, data: Any) -> bool:
     return True
 
 
+def _json_document(raw: bytes) -> Any:
+    """The log read as one JSON document when it starts like one (``trainer_state.json``), else
+    None."""
+    if raw.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _read_lines(reader: _Reader, lines: list[bytes]) -> tuple[int, int]:
+    """Give ``reader`` each line, decoded; (lines too long to read, lines not UTF-8)."""
+    too_long = not_utf8 = 0
+    for line_no, line_bytes in enumerate(lines, start=1):
+        if len(line_bytes) > MAX_LINE_CHARS:
+            too_long += 1
+            continue
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            line = line_bytes.decode("utf-8", errors="replace")
+            not_utf8 += 1
+        reader.line(line_no, line)
+    return too_long, not_utf8
+
+
 def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -> TrainingLog:
     """Read a training log (nanoGPT, llm.c, Hugging Face Trainer, CSV or JSONL).
 
@@ -346,24 +373,8 @@ def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -
     reader = _Reader()
     lines = raw.splitlines()
     not_utf8 = too_long = 0
-    head = raw.lstrip()[:1]
-    state: Any = None
-    if head in (b"{", b"["):
-        try:
-            state = json.loads(raw)
-        except (ValueError, RecursionError):
-            state = None
-    if not _trainer_state(reader, state):
-        for line_no, line_bytes in enumerate(lines, start=1):
-            if len(line_bytes) > MAX_LINE_CHARS:
-                too_long += 1
-                continue
-            try:
-                line = line_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                line = line_bytes.decode("utf-8", errors="replace")
-                not_utf8 += 1
-            reader.line(line_no, line)
+    if not _trainer_state(reader, _json_document(raw)):
+        too_long, not_utf8 = _read_lines(reader, lines)
     if not reader.records and reader.params is None:
         raise LogFormatError(
             f"{source}: no loss or parameter count found in {len(lines):,} lines; expected "
