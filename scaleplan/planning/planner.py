@@ -2,8 +2,14 @@
 
 The question it answers is the one the seed case ends on: which micro-batch fits this GPU for
 this model, and exactly how many gradient-accumulation steps keep the tokens per step. Everything
-comes from the other modules: `training_memory` for what fits, `grad_accum_steps` for the exact
-step, `training_flops` and an assumed MFU for the time, a scaling law for tokens and loss.
+comes from the other modules: `training_memory` for what fits (searched in
+`scaleplan.planning.fitting`), `grad_accum_steps` for the exact step, `training_flops` and an
+assumed MFU for the time, a scaling law for tokens and loss.
+
+`plan` runs in steps: check the inputs and the GPU layout (`_layout`), pick the precision, the
+tokens per step and the micro-batches that divide it (`_step`), adopt a remedy when micro-batch
+1 does not fit (`apply_remedy`), take the largest micro-batch that fits (`largest_fitting`),
+then the run's tokens, time and loss (`_budget`).
 """
 
 from __future__ import annotations
