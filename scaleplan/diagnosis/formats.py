@@ -59,8 +59,8 @@ MAPPING_KEYS: dict[str, tuple[str, ...]] = {
     "epoch": ("epoch",),
 }
 
-Fields = dict[str, Any]
-LastStep = Callable[[], int]
+_Fields = dict[str, Any]
+_LastStep = Callable[[], int]
 
 
 def _opt(text: str | None) -> float | None:
@@ -73,17 +73,17 @@ def _found(pattern: re.Pattern[str], text: str) -> float | None:
     return _opt(m and m[1])
 
 
-def _nanogpt_eval(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
+def _nanogpt_eval(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     return "nanogpt", {"kind": "eval", "step": int(m[1]), "train_loss": float(m[2]),
                        "val_loss": float(m[3])}
 
 
-def _nanogpt_iter(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
+def _nanogpt_iter(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     return "nanogpt", {"kind": "train", "step": int(m[1]), "train_loss": float(m[2]),
                        "time_ms": _opt(m[3]), "mfu_percent": _opt(m[4])}
 
 
-def _llmc_step(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
+def _llmc_step(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     text = m.string
     return "llm.c", {"kind": "train", "step": int(m[1]), "train_loss": float(m[3]),
                      "time_ms": _found(_LLMC_MS, text),
@@ -92,12 +92,12 @@ def _llmc_step(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
                      "learning_rate": _found(_LLMC_LR, text)}
 
 
-def _llmc_val(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
+def _llmc_val(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     # printed before the step it precedes: it belongs to the last step printed
     return "llm.c", {"kind": "eval", "step": last_step(), "val_loss": float(m[1])}
 
 
-def _llmc_mainlog(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
+def _llmc_mainlog(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     is_train = m[2] == "trl"
     return "llm.c", {"kind": "train" if is_train else "eval", "step": int(m[1]),
                      "learning_rate": _opt(m[4]),
@@ -106,7 +106,7 @@ def _llmc_mainlog(m: re.Match[str], last_step: LastStep) -> tuple[str, Fields]:
 
 # Tried in this order; the first whose pattern matches the start of the line reads it.
 _RECORD_LINES: tuple[tuple[re.Pattern[str],
-                           Callable[[re.Match[str], LastStep], tuple[str, Fields]]], ...] = (
+                           Callable[[re.Match[str], _LastStep], tuple[str, _Fields]]], ...] = (
     (_NANOGPT_EVAL, _nanogpt_eval),
     (_NANOGPT_ITER, _nanogpt_iter),
     (_LLMC_STEP, _llmc_step),
@@ -115,7 +115,8 @@ _RECORD_LINES: tuple[tuple[re.Pattern[str],
 )
 
 
-def record_line(text: str, last_step: LastStep) -> tuple[str, Fields] | None:
+def record_line(text: str,
+                last_step: Callable[[], int]) -> tuple[str, dict[str, Any]] | None:
     """The format of a stripped line that reports a loss and the `LogRecord` fields it gives;
     None when it is no such line. ``last_step`` says the step of the last training record (an
     llm.c ``val loss`` line carries none).
@@ -179,7 +180,7 @@ def parse_dict(text: str) -> tuple[str, dict[Any, Any]] | None:
     return (fmt, data) if isinstance(data, dict) else None
 
 
-def mapping_fields(data: dict[Any, Any]) -> Fields | None:
+def mapping_fields(data: dict[Any, Any]) -> dict[str, Any] | None:
     """The `LogRecord` fields a mapping (a dict line, a CSV row) gives by `MAPPING_KEYS`; None
     when it has neither a training nor a validation loss.
 
