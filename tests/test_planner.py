@@ -10,6 +10,7 @@ import pytest
 
 from scaleplan.compute.hardware import gpu
 from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.memory.limits import available_memory_bytes
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import load_nanogpt_config
@@ -132,6 +133,28 @@ def test_nothing_fits_says_what_would() -> None:
     with pytest.raises(ScaleplanError, match=r"nothing fits on one RTX 4070 \(11.99 GiB\).*"
                        r"narrow the model to n_embd=\d+ \(from 4096\)"):
         plan(GPTConfig.preset("llama-2-7b"), "RTX 4070", seq_len=1024)
+
+
+def test_nothing_fits_names_the_widest_width_that_fits() -> None:
+    # The plan's memory cache used to key models by id(): the width search's temporary configs
+    # could reuse a freed id and read another width's memory ("n_embd=1600 (from 1600)").
+    # It showed from the second call in a process on, so the search runs twice.
+    xl = GPTConfig.preset("gpt2-xl")  # 25 heads: widths step by 25
+    widths = []
+    for _ in range(2):
+        with pytest.raises(ScaleplanError, match=r"n_embd=(\d+) \(from 1600\)") as caught:
+            plan(xl, "T4")  # fp16 autocast there: no bf16 tensor cores
+        widths.append(int(str(caught.value).split("n_embd=")[1].split(" ")[0]))
+    available = available_memory_bytes(gpu("T4"))
+
+    def total(n_embd: int) -> int:
+        narrower = xl.replace(n_embd=n_embd, mlp_hidden=None, head_dim=None)
+        return training_memory(narrower, micro_batch_size=1, seq_len=1024, precision="16-mixed",
+                               checkpointing="full", optimizer="adamw-8bit").total
+
+    width = widths[0]
+    assert widths == [width, width]
+    assert width < 1600 and total(width) <= available < total(width + 25)
 
 
 def test_warnings() -> None:

@@ -257,20 +257,25 @@ def gpu(name: str | GPUSpec, *, memory_bytes: int | None = None) -> GPUSpec:
     if memory_bytes is not None:
         memory_bytes = whole("memory_bytes", memory_bytes, example="memory_bytes=80 * 2**30")
     key = _key(name)
-    index = _index()
-    matches = index.get(key) or _unique(s for k, specs in index.items() if k.startswith(key)
-                                        for s in specs)
-    if key and len(matches) > 1 and memory_bytes is not None:
-        return min(matches, key=lambda s: abs(s.memory_bytes - memory_bytes))
+    matches = _matching(key)
     if len(matches) == 1:
         return matches[0]
-    if key and matches:
+    if key and matches:  # several
+        if memory_bytes is not None:
+            return min(matches, key=lambda s: abs(s.memory_bytes - memory_bytes))
         names = ", ".join(repr(s.name) for s in matches)
         raise ScaleplanError(
             f"GPU name {name!r} fits several GPUs: {names}; their memory and peaks differ, so "
             "give one of these names (or pass memory_bytes=)"
         )
     raise UnknownNameError("GPU", name, [s.name for s in gpus()])
+
+
+def _matching(key: str) -> list[GPUSpec]:
+    """The GPUs whose normalised name is ``key``, else those whose name starts with it."""
+    index = _index()
+    return index.get(key) or _unique(s for k, specs in index.items() if k.startswith(key)
+                                     for s in specs)
 
 
 def _unique(specs: Iterable[GPUSpec]) -> list[GPUSpec]:

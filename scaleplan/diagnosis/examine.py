@@ -14,7 +14,7 @@ Each `Finding` has a stable ``code``, a severity, the numbers behind it and the 
 - ``mfu-reference-gpu``: nanoGPT's printed MFU (relative to an A100) vs the real MFU;
 - ``inductor-small-gpu``: the "Not enough SMs" warning explained;
 - ``lr-not-annealed``, ``lr-min-long-before-end``, ``lr-schedule-longer-than-run``: facts from
-  nanoGPT's cosine schedule.
+  nanoGPT's cosine schedule (`scaleplan.diagnosis.schedule`).
 
 The `Recommendation` is a concrete next config with the exact gradient-accumulation steps.
 """
@@ -32,6 +32,7 @@ from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.compute.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu
 from scaleplan.diagnosis.logs import TrainingLog, read_log
 from scaleplan.diagnosis.recommend import Recommendation, recommend
+from scaleplan.diagnosis.schedule import lr_findings, nanogpt_lr
 from scaleplan.findings import Finding, Severity
 from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
@@ -49,8 +50,6 @@ PAST_OPTIMAL_RATIO = 2.0  # over 2x the compute-optimal tokens is worth saying
 PLATEAU_WINDOW = 0.25  # the last quarter of the run's steps
 PLATEAU_RELATIVE_DROP = 0.02  # under 2% lower loss over that window is a plateau
 OVERFIT_RELATIVE_GAP = 0.05  # val above train by 5% of the loss
-LR_MIN_FRACTION = 0.10  # over 10% of the run at min_lr
-LR_TAIL_FRACTION = 0.90  # the schedule should have run 90% of its decay by the end
 _WIDTH_MULTIPLE = 64  # widths are kept to multiples of 64 (tensor-core friendly, as GPT-2's 768)
 
 
@@ -96,26 +95,6 @@ class Diagnosis(BaseModel):
         return next((f for f in self.findings if f.code == code), None)
 
 
-def nanogpt_lr(it: int, t: TrainingConfig) -> float:
-    """nanoGPT's learning rate at iteration ``it`` (train.py ``get_lr``).
-
-    Linear warmup to ``learning_rate`` over ``warmup_iters``, cosine decay to ``min_lr`` at
-    ``lr_decay_iters``, ``min_lr`` after (Loshchilov & Hutter 2017, SGDR, without restarts).
-
-    >>> t = TrainingConfig(learning_rate=6e-4, min_lr=6e-5, warmup_iters=0, lr_decay_iters=100)
-    >>> round(nanogpt_lr(50, t), 6), nanogpt_lr(200, t)
-    (0.00033, 6e-05)
-    """
-    if not t.decay_lr:
-        return t.learning_rate
-    if it < t.warmup_iters:
-        return t.learning_rate * (it + 1) / (t.warmup_iters + 1)
-    if it > t.lr_decay_iters or t.lr_decay_iters <= t.warmup_iters:
-        return t.min_lr
-    ratio = (it - t.warmup_iters) / (t.lr_decay_iters - t.warmup_iters)
-    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (t.learning_rate - t.min_lr)
-
-
 ConfigInput = NanoGPTRun | GPTConfig | str | os.PathLike[str]
 
 
@@ -158,7 +137,7 @@ def diagnose(
         findings += _plateau(the_law, pc.total, tokens_per_step or 0, the_log)
     findings += _gpu_findings(the_log, spec)
     if t is not None:
-        findings += _lr_facts(t, last)
+        findings += lr_findings(t, last)
     rec = recommend(run, pc.total, the_log, spec, the_law, findings)
     return Diagnosis(findings=tuple(findings), recommendation=rec, nanogpt_params=pc.nanogpt,
                      total_params=pc.total, tokens_per_step=tokens_per_step,
@@ -272,27 +251,16 @@ def _budget(n_total: int, tokens_seen: int) -> list[Finding]:
 
 
 def _plateau(law: Any, n_total: int, tokens_per_step: int, log: TrainingLog) -> list[Finding]:
-    points = [(r.step, r.val_loss) for r in log.eval_records() if r.step]
-    if len(points) < 3:
-        points = [(r.step, r.train_loss) for r in log.train_records() if r.step]
-    if len(points) < 3:
+    window = _last_quarter(_loss_points(log))
+    if window is None:
         return []
-    end = points[-1][0]
-    window = [(s, v) for s, v in points if s >= (1 - PLATEAU_WINDOW) * end]
-    if len(window) < 3:
-        window = points[-3:]
     (s0, l0), (s1, l1) = window[0], window[-1]
-    assert l0 is not None and l1 is not None
     drop = l0 - l1
     if s1 <= s0 or drop > PLATEAU_RELATIVE_DROP * l0:
         return []
-    xs = [math.log(s) for s, _ in window]
-    ys = [float(v or 0.0) for _, v in window]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / \
-        sum((x - mx) ** 2 for x in xs)
+    end = s1  # the window ends at the last point
+    per_doubling = -_slope_per_log_step(window) * math.log(2)
     D = end * tokens_per_step
-    per_doubling = -slope * math.log(2)
     law_doubling = law.loss(n_total, D) - law.loss(n_total, 2 * D)
     best = law.compute_optimal(6.0 * n_total * D)  # C = 6ND (Kaplan et al. 2020, section 2.1)
     gain = law.loss(n_total, D) - best.loss
@@ -310,79 +278,78 @@ def _plateau(law: Any, n_total: int, tokens_per_step: int, log: TrainingLog) -> 
                  "law_loss_floor_this_size": law.loss_params_limited(n_total)})]
 
 
+def _loss_points(log: TrainingLog) -> list[tuple[int, float]]:
+    """(step, loss) of the evaluations, or of the training steps when there are fewer than 3
+    evaluations; step 0 left out (its log is -inf)."""
+    points = [(r.step, r.val_loss) for r in log.eval_records()
+              if r.step and r.val_loss is not None]
+    if len(points) < 3:
+        points = [(r.step, r.train_loss) for r in log.train_records()
+                  if r.step and r.train_loss is not None]
+    return points
+
+
+def _last_quarter(points: list[tuple[int, float]]) -> list[tuple[int, float]] | None:
+    """The points in the last `PLATEAU_WINDOW` of the steps (at least the last 3); None when
+    there are fewer than 3 points."""
+    if len(points) < 3:
+        return None
+    end = points[-1][0]
+    window = [(s, v) for s, v in points if s >= (1 - PLATEAU_WINDOW) * end]
+    return window if len(window) >= 3 else points[-3:]
+
+
+def _slope_per_log_step(points: list[tuple[int, float]]) -> float:
+    """The least-squares slope of the loss against ln(step)."""
+    xs = [math.log(s) for s, _ in points]
+    ys = [v for _, v in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / \
+        sum((x - mx) ** 2 for x in xs)
+
+
 def _gpu_findings(log: TrainingLog, spec: GPUSpec | None) -> list[Finding]:
-    out = []
+    found = (_mfu_reference(log, spec), _inductor_small_gpu(log, spec))
+    return [f for f in found if f is not None]
+
+
+def _mfu_reference(log: TrainingLog, spec: GPUSpec | None) -> Finding | None:
+    """nanoGPT's printed MFU, which divides by an A100's peak, read against this GPU's."""
     mfus = [r.mfu_percent for r in log.records if r.mfu_percent]
-    if spec is not None and mfus and log.format == "nanogpt" and \
-            spec.peak_flops("bf16") != NANOGPT_PEAK_FLOPS:
-        recent = sorted(mfus[-20:])
-        printed = recent[len(recent) // 2]  # median of the last 20
-        real = from_nanogpt_mfu(printed, spec)
-        out.append(Finding(
-            code="mfu-reference-gpu", severity="info",
-            message=(f"nanoGPT's printed MFU {printed:.2f}% divides by an A100's bf16 peak (312 "
-                     f"TFLOP/s). The run achieves {real.achieved_flops / 1e12:.1f} TFLOP/s; on "
-                     f"the {spec.name} (dense bf16 peak {real.peak_flops / 1e12:.1f} TFLOP/s) "
-                     f"that is {100 * real.mfu:.1f}% MFU"),
-            fix="read MFU against the GPU's own peak "
-                "(scaleplan.compute.throughput.from_nanogpt_mfu)",
-            numbers={"printed_mfu_percent": printed, "reference_peak_flops": NANOGPT_PEAK_FLOPS,
-                     "achieved_flops": real.achieved_flops, "gpu_peak_flops": real.peak_flops,
-                     "real_mfu_percent": 100 * real.mfu}))
+    if spec is None or not mfus or log.format != "nanogpt" or \
+            spec.peak_flops("bf16") == NANOGPT_PEAK_FLOPS:
+        return None
+    recent = sorted(mfus[-20:])
+    printed = recent[len(recent) // 2]  # median of the last 20
+    real = from_nanogpt_mfu(printed, spec)
+    return Finding(
+        code="mfu-reference-gpu", severity="info",
+        message=(f"nanoGPT's printed MFU {printed:.2f}% divides by an A100's bf16 peak (312 "
+                 f"TFLOP/s). The run achieves {real.achieved_flops / 1e12:.1f} TFLOP/s; on "
+                 f"the {spec.name} (dense bf16 peak {real.peak_flops / 1e12:.1f} TFLOP/s) "
+                 f"that is {100 * real.mfu:.1f}% MFU"),
+        fix="read MFU against the GPU's own peak "
+            "(scaleplan.compute.throughput.from_nanogpt_mfu)",
+        numbers={"printed_mfu_percent": printed, "reference_peak_flops": NANOGPT_PEAK_FLOPS,
+                 "achieved_flops": real.achieved_flops, "gpu_peak_flops": real.peak_flops,
+                 "real_mfu_percent": 100 * real.mfu})
+
+
+def _inductor_small_gpu(log: TrainingLog, spec: GPUSpec | None) -> Finding | None:
+    """The "Not enough SMs" warning in the log, explained."""
     warning = log.warning("inductor-not-enough-sms")
-    if warning is not None:
-        numbers: dict[str, Number] = {"inductor_min_sms": INDUCTOR_MIN_SMS,
-                                      "log_line": warning.line}
-        where = "this GPU"
-        if spec is not None:
-            numbers["sm_count"] = spec.sm_count
-            where = f"the {spec.name} ({spec.sm_count} SMs)"
-        out.append(Finding(
-            code="inductor-small-gpu", severity="info",
-            message=(f"torch inductor skips max-autotune GEMM tuning on GPUs with fewer than "
-                     f"{INDUCTOR_MIN_SMS} SMs (torch/_inductor/utils.py is_big_gpu), so on "
-                     f"{where} it prints 'Not enough SMs to use max_autotune_gemm mode'. It is "
-                     "harmless: compile still works, with the default GEMM kernels"),
-            fix="nothing to fix; compile without mode='max-autotune' to silence it",
-            numbers=numbers))
-    return out
-
-
-def _lr_facts(t: TrainingConfig, last: int | None) -> list[Finding]:
-    if not t.decay_lr:
-        return []
-    out = []
-    at_min = t.max_iters - t.lr_decay_iters
-    if at_min > LR_MIN_FRACTION * t.max_iters:
-        out.append(Finding(
-            code="lr-min-long-before-end", severity="warning",
-            message=(f"the learning rate reaches min_lr={t.min_lr:g} at lr_decay_iters="
-                     f"{t.lr_decay_iters} and stays there for the last {at_min} of max_iters="
-                     f"{t.max_iters} steps ({100 * at_min / t.max_iters:.0f}% of the run)"),
-            fix=f"set lr_decay_iters = max_iters = {t.max_iters} (Hoffmann et al. 2022 match "
-                "the cosine length to the run)",
-            numbers={"lr_decay_iters": t.lr_decay_iters, "max_iters": t.max_iters,
-                     "steps_at_min_lr": at_min, "fraction_at_min_lr": at_min / t.max_iters}))
-    elif t.lr_decay_iters > t.max_iters / LR_TAIL_FRACTION:
-        lr_end = nanogpt_lr(t.max_iters, t)
-        out.append(Finding(
-            code="lr-schedule-longer-than-run", severity="warning",
-            message=(f"lr_decay_iters={t.lr_decay_iters} is longer than max_iters="
-                     f"{t.max_iters}: the run ends at lr {lr_end:.3g}, not min_lr={t.min_lr:g}; "
-                     "a cosine cycle longer than the run costs loss (Hoffmann et al. 2022, "
-                     "App. B)"),
-            fix=f"set lr_decay_iters = max_iters = {t.max_iters}",
-            numbers={"lr_decay_iters": t.lr_decay_iters, "max_iters": t.max_iters,
-                     "lr_at_end": lr_end}))
-    if last is not None and last < LR_TAIL_FRACTION * min(t.lr_decay_iters, t.max_iters):
-        lr_now = nanogpt_lr(last, t)
-        out.append(Finding(
-            code="lr-not-annealed", severity="info",
-            message=(f"the log ends at step {last}, {100 * last / t.lr_decay_iters:.1f}% of "
-                     f"lr_decay_iters={t.lr_decay_iters}: the learning rate is still "
-                     f"{lr_now:.3g} ({100 * lr_now / t.learning_rate:.0f}% of its peak), so the "
-                     "loss has not had the drop that decaying it brings"),
-            fix="set max_iters and lr_decay_iters to the steps you will actually run",
-            numbers={"last_step": last, "lr_decay_iters": t.lr_decay_iters,
-                     "learning_rate_now": lr_now, "fraction_of_peak": lr_now / t.learning_rate}))
-    return out
+    if warning is None:
+        return None
+    numbers: dict[str, Number] = {"inductor_min_sms": INDUCTOR_MIN_SMS, "log_line": warning.line}
+    where = "this GPU"
+    if spec is not None:
+        numbers["sm_count"] = spec.sm_count
+        where = f"the {spec.name} ({spec.sm_count} SMs)"
+    return Finding(
+        code="inductor-small-gpu", severity="info",
+        message=(f"torch inductor skips max-autotune GEMM tuning on GPUs with fewer than "
+                 f"{INDUCTOR_MIN_SMS} SMs (torch/_inductor/utils.py is_big_gpu), so on "
+                 f"{where} it prints 'Not enough SMs to use max_autotune_gemm mode'. It is "
+                 "harmless: compile still works, with the default GEMM kernels"),
+        fix="nothing to fix; compile without mode='max-autotune' to silence it",
+        numbers=numbers)

@@ -3,7 +3,8 @@
 `read_log` turns a log into a `TrainingLog`: the losses, step times and MFU it reports, the
 parameter count it prints, the warnings it contains, and how many lines it could not read.
 Nothing in a log is executed: lines are matched with regular expressions, dict lines are read
-with `json` or `ast.literal_eval` (literals only), and every size is bounded.
+with `json` or `ast.literal_eval` (literals only), and every size is bounded. What each kind of
+line looks like is in `scaleplan.diagnosis.formats`; this module reads a log line by line.
 
 Formats (the print statements they come from):
 
@@ -26,19 +27,24 @@ from 1); the printed Trainer dicts carry no step, so theirs is ``None``.
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import math
 import os
 import re
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan.diagnosis.formats import (
+    csv_header,
+    fact_line,
+    mapping_fields,
+    parse_dict,
+    record_line,
+)
 from scaleplan.errors import ScaleplanError
 
 __all__ = ["LogFormat", "LogFormatError", "LogRecord", "LogWarning", "TrainingLog", "read_log"]
@@ -138,24 +144,19 @@ class TrainingLog(BaseModel):
         return tuple(r for r in self.records if r.kind == "eval" and r.val_loss is not None)
 
     def last_step(self) -> int | None:
-        """The largest step number in the log.
+        """The largest step number in the log (llm.c's ``main.log`` here).
 
-        >>> log = read_log("train.log", text="step 0: train loss 10.9902, val loss 10.9887\\n"
-        ...                "iter 1: loss 10.5012, time 4325.50ms, mfu 11.62%\\n"
-        ...                "step 500: train loss 4.1100, val loss 4.0500\\n")
-        >>> log.last_step()
-        500
+        >>> read_log("main.log", text="s:0 trl:10.9902\\ns:250 tel:4.0831\\n").last_step()
+        250
         """
         steps = [r.step for r in self.records if r.step is not None]
         return max(steps) if steps else None
 
     def final_val_loss(self) -> float | None:
-        """The last validation loss in the log.
+        """The last validation loss in the log (a CSV log here).
 
-        >>> log = read_log("train.log", text="step 0: train loss 10.9902, val loss 10.9887\\n"
-        ...                "iter 1: loss 10.5012, time 4325.50ms, mfu 11.62%\\n"
-        ...                "step 500: train loss 4.1100, val loss 4.0500\\n")
-        >>> log.final_val_loss()
+        >>> read_log("log.csv", text="step,train_loss,val_loss\\n0,10.99,10.98\\n"
+        ...          "500,4.11,4.05\\n").final_val_loss()
         4.05
         """
         evals = self.eval_records()
@@ -173,42 +174,12 @@ class TrainingLog(BaseModel):
         return next((w for w in self.warnings if w.code == code), None)
 
 
-# ----------------------------------------------------------------------------- line formats
-
-_F = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|-nan))"
-_STEP = r"(\d{1,15})"
-
-_NANOGPT_EVAL = re.compile(rf"^step {_STEP}: train loss {_F}, val loss {_F}")
-_NANOGPT_ITER = re.compile(
-    rf"^iter {_STEP}: loss {_F}(?:, time {_F}\s*ms)?(?:, mfu {_F}\s*%)?")
-_NANOGPT_PARAMS = re.compile(r"number of parameters: (\d{1,9}(?:\.\d+)?)M\b")
-_NANOGPT_TOKENS = re.compile(r"tokens per iteration will be: ([\d,]{1,30})")
-
-_LLMC_STEP = re.compile(
-    rf"^step\s+{_STEP}(?:/(\d{{1,15}}))?\s*(?::|\|)\s*(?:train )?loss\s+{_F}")
-_LLMC_MS = re.compile(rf"(?:\(took |\(|\|\s*\(?){_F} ms\b")
-_LLMC_TOKS = re.compile(rf"{_F} tok/s")
-_LLMC_MFU = re.compile(rf"{_F}% bf16 MFU")
-_LLMC_LR = re.compile(rf"\|\s*lr {_F}")
-_LLMC_VAL = re.compile(rf"^val loss {_F}\s*$")
-_LLMC_MAINLOG = re.compile(rf"^s:{_STEP} (trl|tel):{_F}(?: lr:{_F})?")
-_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*\|?\s*(\d{1,18})\b")
-_LLMC_BATCH = re.compile(r"total_batch_size=(\d{1,18})")
-
 # Messages worth knowing about, by code. The inductor one comes from is_big_gpu in
 # torch/_inductor/utils.py (GPUs with fewer than 68 SMs skip max-autotune GEMM tuning).
 _KNOWN_WARNINGS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("inductor-not-enough-sms", re.compile(r"Not enough SMs to use max_autotune_gemm")),
     ("cuda-out-of-memory", re.compile(r"CUDA out of memory|OutOfMemoryError")),
 )
-
-_STEP_KEYS = ("step", "iter", "iteration", "global_step")
-_TRAIN_KEYS = ("train_loss", "loss", "train/loss")
-_VAL_KEYS = ("val_loss", "eval_loss", "val/loss", "valid_loss", "validation_loss")
-_TIME_KEYS = ("time_ms", "dt_ms", "step_time_ms")
-_MFU_KEYS = ("mfu_percent", "mfu")
-_TOKS_KEYS = ("tokens_per_second", "tok/s", "tokens_per_sec")
-_LR_KEYS = ("learning_rate", "lr")
 
 
 class _Reader:
@@ -250,109 +221,72 @@ class _Reader:
             self.records.append(LogRecord(**clean))
 
     def line(self, line_no: int, text: str) -> None:
+        """Read one line: a known warning, a record, a fact about the run, or a skipped line."""
         stripped = text.strip()
         if not stripped:
             return
-        known = False
-        for code, pattern in _KNOWN_WARNINGS:
-            if pattern.search(stripped):
-                self.warn(code, line_no, stripped)
-                known = True
-        if self.csv_header is not None:
-            if self._csv_row(line_no, stripped):
-                return
-        elif m := _NANOGPT_EVAL.match(stripped):
-            self.add("nanogpt", line_no, stripped, kind="eval", step=int(m[1]),
-                     train_loss=float(m[2]), val_loss=float(m[3]))
+        known = self._known_warnings(line_no, stripped)
+        if self._record(line_no, stripped):
             return
-        elif m := _NANOGPT_ITER.match(stripped):
-            self.add("nanogpt", line_no, stripped, kind="train", step=int(m[1]),
-                     train_loss=float(m[2]), time_ms=_opt(m[3]), mfu_percent=_opt(m[4]))
-            return
-        elif m := _LLMC_STEP.match(stripped):
-            ms, toks = _LLMC_MS.search(stripped), _LLMC_TOKS.search(stripped)
-            mfu, lr = _LLMC_MFU.search(stripped), _LLMC_LR.search(stripped)
-            self.add("llm.c", line_no, stripped, kind="train", step=int(m[1]),
-                     train_loss=float(m[3]), time_ms=_opt(ms and ms[1]),
-                     tokens_per_second=_opt(toks and toks[1]),
-                     mfu_percent=_opt(mfu and mfu[1]), learning_rate=_opt(lr and lr[1]))
-            return
-        elif m := _LLMC_VAL.match(stripped):
-            # printed before the step it precedes: it belongs to the last step printed
-            steps = [r.step for r in self.records if r.kind == "train" and r.step is not None]
-            self.add("llm.c", line_no, stripped, kind="eval", step=steps[-1] if steps else 0,
-                     val_loss=float(m[1]))
-            return
-        elif m := _LLMC_MAINLOG.match(stripped):
-            is_train = m[2] == "trl"
-            self.add("llm.c", line_no, stripped, kind="train" if is_train else "eval",
-                     step=int(m[1]), learning_rate=_opt(m[4]),
-                     **{"train_loss" if is_train else "val_loss": float(m[3])})
-            return
-        elif stripped.startswith("{") or "{'" in stripped:
-            if self._dict_line(line_no, stripped):
-                return
-        elif self._header(stripped):
-            return
-        if m := _NANOGPT_PARAMS.search(stripped):
-            self.params = (round(float(m[1]) * 1e6), m[0])
-            self.formats["nanogpt"] += 1
-        elif m := _NANOGPT_TOKENS.search(stripped):
-            self.tokens_per_step = int(m[1].replace(",", "") or 0) or None
-            self.formats["nanogpt"] += 1
-        elif m := _LLMC_PARAMS.match(stripped):
-            self.params = (int(m[1]), m[0])
-            self.formats["llm.c"] += 1
-        elif m := _LLMC_BATCH.search(stripped):
-            self.tokens_per_step = int(m[1]) or None
-            self.formats["llm.c"] += 1
+        fact = fact_line(stripped)
+        if fact is not None:
+            setattr(self, fact.name, fact.value)  # params or tokens_per_step
+            self.formats[fact.format] += 1
         elif not known:
             self.skipped += 1
 
+    def _known_warnings(self, line_no: int, text: str) -> bool:
+        """Count each known warning the line holds; whether it held one."""
+        known = False
+        for code, pattern in _KNOWN_WARNINGS:
+            if pattern.search(text):
+                self.warn(code, line_no, text)
+                known = True
+        return known
+
+    def _record(self, line_no: int, text: str) -> bool:
+        """Store the line if it is a record (once a CSV header was seen, only CSV rows are), or
+        take it as the CSV header; whether it was either."""
+        if self.csv_header is not None:
+            return self._csv_row(line_no, text)
+        found = record_line(text, self._last_train_step)
+        if found is not None:
+            fmt, fields = found
+            self.add(fmt, line_no, text, **fields)
+            return True
+        if text.startswith("{") or "{'" in text:
+            return self._dict_line(line_no, text)
+        return self._header(text)
+
+    def _last_train_step(self) -> int:
+        steps = [r.step for r in self.records if r.kind == "train" and r.step is not None]
+        return steps[-1] if steps else 0
+
     def _dict_line(self, line_no: int, text: str) -> bool:
-        body = text[text.find("{"): text.rfind("}") + 1]
-        fmt = "jsonl"
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            fmt = "hf-trainer"
-            try:
-                with warnings.catch_warnings():  # e.g. SyntaxWarning for '\d' in a string
-                    warnings.simplefilter("ignore")
-                    data = ast.literal_eval(body)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                return False
-        if not isinstance(data, dict):
+        parsed = parse_dict(text)
+        if parsed is None:
             return False
+        fmt, data = parsed
         if "train_runtime" in data:  # the Trainer's end-of-run summary, an average over the run
             self.formats[fmt] += 1
             return True
-        return self._mapping(fmt, line_no, text, data)
+        return self.mapping(fmt, line_no, text, data)
 
-    def _mapping(self, fmt: str, line_no: int, text: str, data: dict[Any, Any]) -> bool:
-        step = _pick(data, _STEP_KEYS, whole=True)
-        train, val = _pick(data, _TRAIN_KEYS), _pick(data, _VAL_KEYS)
-        if train is None and val is None:
+    def mapping(self, fmt: str, line_no: int, text: str, data: dict[Any, Any]) -> bool:
+        """Store the record a mapping (a dict line, a CSV row) gives; whether it gave one."""
+        fields = mapping_fields(data)
+        if fields is None:
             return False
-        self.add(fmt, line_no, text, kind="eval" if val is not None else "train",
-                 step=step, train_loss=train, val_loss=val,
-                 time_ms=_pick(data, _TIME_KEYS), mfu_percent=_pick(data, _MFU_KEYS),
-                 tokens_per_second=_pick(data, _TOKS_KEYS),
-                 learning_rate=_pick(data, _LR_KEYS), epoch=_pick(data, ("epoch",)))
+        self.add(fmt, line_no, text, **fields)
         return True
 
     def _header(self, text: str) -> bool:
-        if "," not in text and "\t" not in text:
+        names = csv_header(text)
+        if names is None:
             return False
-        names = [c.strip().lower() for c in next(csv.reader([text],
-                                                            delimiter="\t" if "\t" in text
-                                                            else ","))]
-        if any(k in names for k in _STEP_KEYS) and any(k in names for k in
-                                                       _TRAIN_KEYS + _VAL_KEYS):
-            self.csv_header = names
-            self.formats["csv"] += 1
-            return True
-        return False
+        self.csv_header = names
+        self.formats["csv"] += 1
+        return True
 
     def _csv_row(self, line_no: int, text: str) -> bool:
         assert self.csv_header is not None
@@ -360,36 +294,7 @@ class _Reader:
         cells = next(csv.reader([text], delimiter=delimiter), [])
         if len(cells) != len(self.csv_header):
             return False
-        return self._mapping("csv", line_no, text, dict(zip(self.csv_header, cells, strict=True)))
-
-
-def _opt(text: str | None) -> float | None:
-    return None if text is None else float(text)
-
-
-def _pick(data: dict[Any, Any], keys: tuple[str, ...], *, whole: bool = False) -> Any:
-    """The first of ``keys`` in ``data`` as a number (an int when ``whole``), else None."""
-    for key in keys:
-        value = data.get(key)
-        if value is None or isinstance(value, bool) or value == "":
-            continue
-        try:
-            number = float(value) if not isinstance(value, int) else value
-        except (TypeError, ValueError, OverflowError):
-            continue
-        if whole:
-            if isinstance(number, float) and not number.is_integer():
-                continue
-            try:
-                integer = int(number)
-            except (OverflowError, ValueError):
-                continue
-            return integer if 0 <= integer < 10**15 else None
-        try:
-            return float(number)
-        except OverflowError:
-            return math.inf
-    return None
+        return self.mapping("csv", line_no, text, dict(zip(self.csv_header, cells, strict=True)))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -413,9 +318,36 @@ def _trainer_state(reader: _Reader, data: Any) -> bool:
         return False
     for i, entry in enumerate(data["log_history"], start=1):
         if isinstance(entry, dict) and "train_runtime" not in entry:
-            reader._mapping("hf-trainer-state", i, json.dumps(entry)[:MAX_WARNING_TEXT], entry)
+            reader.mapping("hf-trainer-state", i, json.dumps(entry)[:MAX_WARNING_TEXT], entry)
     reader.formats["hf-trainer-state"] += 1
     return True
+
+
+def _json_document(raw: bytes) -> Any:
+    """The log read as one JSON document when it starts like one (``trainer_state.json``), else
+    None."""
+    if raw.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _read_lines(reader: _Reader, lines: list[bytes]) -> tuple[int, int]:
+    """Give ``reader`` each line, decoded; (lines too long to read, lines not UTF-8)."""
+    too_long = not_utf8 = 0
+    for line_no, line_bytes in enumerate(lines, start=1):
+        if len(line_bytes) > MAX_LINE_CHARS:
+            too_long += 1
+            continue
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            line = line_bytes.decode("utf-8", errors="replace")
+            not_utf8 += 1
+        reader.line(line_no, line)
+    return too_long, not_utf8
 
 
 def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -> TrainingLog:
@@ -441,24 +373,8 @@ def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -
     reader = _Reader()
     lines = raw.splitlines()
     not_utf8 = too_long = 0
-    head = raw.lstrip()[:1]
-    state: Any = None
-    if head in (b"{", b"["):
-        try:
-            state = json.loads(raw)
-        except (ValueError, RecursionError):
-            state = None
-    if not _trainer_state(reader, state):
-        for line_no, line_bytes in enumerate(lines, start=1):
-            if len(line_bytes) > MAX_LINE_CHARS:
-                too_long += 1
-                continue
-            try:
-                line = line_bytes.decode("utf-8")
-            except UnicodeDecodeError:
-                line = line_bytes.decode("utf-8", errors="replace")
-                not_utf8 += 1
-            reader.line(line_no, line)
+    if not _trainer_state(reader, _json_document(raw)):
+        too_long, not_utf8 = _read_lines(reader, lines)
     if not reader.records and reader.params is None:
         raise LogFormatError(
             f"{source}: no loss or parameter count found in {len(lines):,} lines; expected "

@@ -65,48 +65,23 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
     >>> diagnose(config=run, log=log).recommendation.model.n_embd
     768
     """
-    codes = {f.code for f in findings}
     cfg, t = run.model, run.training
-    changes: dict[str, Any] = {}
-    size = next((f for f in findings if f.code == "size-mismatch"), None)
-    if size is not None:
-        changes["n_embd"] = int(size.numbers["n_embd_for_claim"])
-    if cfg.dropout > 0 and ("val-below-train-dropout" in codes or "plateau" in codes
-                            or "past-compute-optimal" in codes):
-        changes["dropout"] = 0.0
+    changes = _changes(cfg, findings)
     if not changes:
         return None
     new = cfg.replace(**changes)
     tokens_per_step = log.reported_tokens_per_step or t.tokens_per_step
-    per_micro = t.seq_len * t.world_size
     sizes = micro_batch_sizes(tokens_per_step, t.seq_len, t.world_size)
-    micro, accum = t.micro_batch_size, t.grad_accum_steps
-    options: tuple[tuple[int, int], ...] = ()
-    if sizes:  # tokens_per_step is a whole number of sequences: keep it exactly
-        micro = max([b for b in sizes if b <= t.micro_batch_size] or [1])
-        accum = grad_accum_steps(tokens_per_step, micro, t.seq_len, t.world_size)
-        options = tuple((b, tokens_per_step // (b * per_micro))
-                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
     new_total = count_params(new).total
     optimal = chinchilla_tokens(new_total)
     steps = -(-optimal // tokens_per_step)
-    planned = None
-    if spec is not None and sizes:  # the micro-batch that fits the GPU, by the memory model
-        planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
-                       seq_len=t.seq_len, world_size=t.world_size, precision=t.precision,
-                       law=law)
-        micro, accum = planned.micro_batch_size, planned.grad_accum_steps
-        options = tuple((b, tokens_per_step // (b * per_micro))
-                        for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
+    micro, accum, planned = _micro_batch(new, t, sizes, tokens_per_step, spec, optimal, law)
+    options = tuple((b, tokens_per_step // (b * t.seq_len * t.world_size))
+                    for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
     training = t.replace(micro_batch_size=micro, grad_accum_steps=accum, max_iters=steps,
                          lr_decay_iters=steps, warmup_iters=min(t.warmup_iters, steps // 10))
-    expected = expected_same = None
-    final, last = log.final_val_loss(), log.last_step()
-    if final is not None and last:
-        seen = last * tokens_per_step
-        before = law.loss(n_total, seen)
-        expected = final + law.loss(new_total, optimal) - before
-        expected_same = final + law.loss(new_total, seen) - before
+    expected, expected_same = _expected_losses(log, law, n_total, new_total, optimal,
+                                               tokens_per_step)
     said = [f"{k}: {getattr(cfg, k)} -> {v}" for k, v in changes.items()]
     said.append("restart from iteration 0 (init_from = 'scratch'): the shapes change")
     return Recommendation(
@@ -116,3 +91,49 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
         steps_for_compute_optimal=steps, expected_val_loss=expected,
         expected_val_loss_same_tokens=expected_same,
         changes=tuple(said), plan=planned)
+
+
+# Findings that dropout > 0 makes worse: dropout only wastes capacity when a model under-fits.
+_DROPOUT_FINDINGS = frozenset({"val-below-train-dropout", "plateau", "past-compute-optimal"})
+
+
+def _changes(cfg: GPTConfig, findings: list[Finding]) -> dict[str, Any]:
+    """The config fields the findings ask to change: the claimed size's width, dropout 0."""
+    changes: dict[str, Any] = {}
+    size = next((f for f in findings if f.code == "size-mismatch"), None)
+    if size is not None:
+        changes["n_embd"] = int(size.numbers["n_embd_for_claim"])
+    if cfg.dropout > 0 and any(f.code in _DROPOUT_FINDINGS for f in findings):
+        changes["dropout"] = 0.0
+    return changes
+
+
+def _micro_batch(new: GPTConfig, t: TrainingConfig, sizes: list[int], tokens_per_step: int,
+                 spec: GPUSpec | None, optimal: int, law: Any) -> tuple[int, int, Plan | None]:
+    """The new run's micro-batch and grad-accum steps, and its plan when there is a GPU.
+
+    When ``tokens_per_step`` is a whole number of sequences (``sizes`` divide it), it is kept
+    exactly: the micro-batch `plan` picks on ``spec``, else the largest exact one not above the
+    run's. Otherwise the run's own micro-batch and steps stay.
+    """
+    if not sizes:
+        return t.micro_batch_size, t.grad_accum_steps, None
+    if spec is None:
+        micro = max([b for b in sizes if b <= t.micro_batch_size] or [1])
+        return micro, grad_accum_steps(tokens_per_step, micro, t.seq_len, t.world_size), None
+    planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
+                   seq_len=t.seq_len, world_size=t.world_size, precision=t.precision, law=law)
+    return planned.micro_batch_size, planned.grad_accum_steps, planned
+
+
+def _expected_losses(log: TrainingLog, law: Any, n_total: int, new_total: int, optimal: int,
+                     tokens_per_step: int) -> tuple[float | None, float | None]:
+    """The new model's val loss at ``optimal`` tokens and at the tokens the run saw: the run's
+    final val loss moved by the law's difference (None without a final val loss and a step)."""
+    final, last = log.final_val_loss(), log.last_step()
+    if final is None or not last:
+        return None, None
+    seen = last * tokens_per_step
+    before = law.loss(n_total, seen)
+    return (final + law.loss(new_total, optimal) - before,
+            final + law.loss(new_total, seen) - before)

@@ -142,7 +142,7 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     >>> t["qkv"], t["mlp_activations"]
     (384, 1024)
     """
-    d, a, k, h, f = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
+    d, a, h, f = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.mlp_hidden
     T = b * s
     e, r = activation_bytes(precision), residual_bytes(precision)
     cuda_kernels, cuda_dropout = _semantics(device)
@@ -154,20 +154,10 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms["qkv_input"] = T * d * e
     math_kernel = attention == "eager" or (dropout and not cuda_dropout)
     if not math_kernel:
-        terms["qkv"] = T * (a + 2 * k) * h * e
-        if cfg.position == "rope":
-            terms["rope_qk"] = T * (a + k) * h * e
-        terms["attn_lse"] = b * a * s * STAT_BYTES
+        terms.update(_fused_attention_terms(cfg, b, s, e))
     elif checkpointing != "selective":
-        # CPU's math SDPA fallback computes 16-bit inputs in fp32 (torch 2.13).
-        ae = FP32_BYTES if attention == "flash" else e
-        scores = FP32_BYTES if (cuda_kernels and autocast) else ae
-        terms["q_k_v_copies"] = 3 * T * a * h * ae
-        terms["attn_scores"] = b * a * s * s * scores
-        if dropout:
-            mask = CUDA_MASK_BYTES if cuda_dropout and attention == "eager" else ae
-            terms["attn_dropout_mask"] = b * a * s * s * mask
-            terms["attn_dropped"] = b * a * s * s * ae
+        terms.update(_math_attention_terms(cfg, b, s, precision=precision, attention=attention,
+                                           device=device, dropout=dropout))
     terms["attn_out"] = T * a * h * e
     if dropout:
         mask = CUDA_MASK_BYTES if cuda_dropout else e
@@ -175,6 +165,37 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms.update(_norm_terms(cfg, T, precision, cuda_kernels, "norm2"))
     terms["mlp_input"] = T * d * e * (2 if (cfg.gated_mlp and autocast) else 1)
     terms["mlp_activations"] = (4 if cfg.gated_mlp else 2) * T * f * e
+    return terms
+
+
+def _fused_attention_terms(cfg: GPTConfig, b: Any, s: Any, e: int) -> dict[str, Any]:
+    """What SDPA's fused (flash) kernel saves: q, k, v (through views of the projection's
+    output), RoPE's rotated q and k, and the log-sum-exp statistics."""
+    a, k, h, T = cfg.n_head, cfg.n_kv_head, cfg.head_dim, b * s
+    terms: dict[str, Any] = {"qkv": T * (a + 2 * k) * h * e}
+    if cfg.position == "rope":
+        terms["rope_qk"] = T * (a + k) * h * e
+    terms["attn_lse"] = b * a * s * STAT_BYTES
+    return terms
+
+
+def _math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                          attention: AttentionKind, device: DeviceKind,
+                          dropout: bool) -> dict[str, Any]:
+    """What eager attention (or CPU's math SDPA fallback) saves: the q, k, v copies, the
+    softmax output and, with dropout, its mask and the dropped probabilities."""
+    a, h, T = cfg.n_head, cfg.head_dim, b * s
+    e = activation_bytes(precision)
+    cuda_kernels, cuda_dropout = _semantics(device)
+    # CPU's math SDPA fallback computes 16-bit inputs in fp32 (torch 2.13).
+    ae = FP32_BYTES if attention == "flash" else e
+    scores = FP32_BYTES if (cuda_kernels and precision in AUTOCAST) else ae
+    terms: dict[str, Any] = {"q_k_v_copies": 3 * T * a * h * ae,
+                             "attn_scores": b * a * s * s * scores}
+    if dropout:
+        mask = CUDA_MASK_BYTES if cuda_dropout and attention == "eager" else ae
+        terms["attn_dropout_mask"] = b * a * s * s * mask
+        terms["attn_dropped"] = b * a * s * s * ae
     return terms
 
 

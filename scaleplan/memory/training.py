@@ -32,28 +32,21 @@ from scaleplan.memory.activations import (
     model_saved_terms,
     residual_bytes,
 )
-from scaleplan.memory.parallel import (
-    Parallelism,
-    tensor_parallel_split,
-    zero3_gathered_bytes,
-    zero_shard,
+from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
+from scaleplan.memory.sharding import (
+    OptimizerImpl,
+    model_states,
+    optimizer_temporaries,
+    per_rank,
 )
-from scaleplan.memory.states import (
-    OptimizerName,
-    gradient_bytes,
-    normalize_optimizer,
-    optimizer_state_bytes,
-    param_shapes,
-    shape_stats,
-    weight_bytes,
-)
+from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
-from scaleplan.model.params import param_terms
 
 __all__ = [
     "ALLOCATOR_SLACK_FRACTION",
     "CUDA_CONTEXT_BYTES",
     "MemoryBreakdown",
+    "OptimizerImpl",
     "check_shape",
     "saved_for_backward_bytes",
     "stage_parts",
@@ -71,9 +64,6 @@ CUDA_CONTEXT_BYTES = 512 * MiB
 # reserved memory exceeds the live tensor peak; a few per cent is typical for a training step.
 # Override with ``allocator_slack_fraction=``.
 ALLOCATOR_SLACK_FRACTION = 0.05
-
-OptimizerImpl = Literal["foreach", "fused", "for-loop"]
-
 
 class MemoryBreakdown(BaseModel):
     """Bytes a training step needs on one GPU, at the step's worst moment.
@@ -209,26 +199,6 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                                  checkpointing=checkpointing, device=device))
     out.update(head_saved_terms(cfg, b, s, precision=p, device=device))
     return out
-
-
-def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
-                           impl: OptimizerImpl | None) -> int:
-    """Peak temporaries of ``optimizer.step()`` in torch 2.x, for the whole model.
-
-    ``foreach`` (torch's default on CUDA) AdamW materialises sqrt(v) for a whole parameter group
-    (one param-sized buffer in the state dtype); ``for-loop`` (the default on CPU) makes sqrt(v)
-    and its quotient for one tensor at a time (2 x the largest tensor); ``fused`` makes none.
-    Optimizers other than AdamW are taken to update in place.
-    """
-    if optimizer not in ("adamw",):
-        return 0
-    impl = impl or ("foreach" if device == "cuda" else "for-loop")
-    state = FP32_BYTES if precision != "bf16-true" else 2
-    if impl == "fused":
-        return 0
-    if impl == "foreach":
-        return shape_stats(cfg)[0] * state
-    return 2 * max(math.prod(p) for p in param_shapes(cfg)) * state
 
 
 Stage = Literal["only", "first", "last"]
@@ -382,12 +352,12 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         saved.update(_split(head_saved_terms(cfg, b, s, precision=p, device=device), par))
     S = sum(saved.values())
 
-    W, G, O, temp = _model_states(cfg, p, opt, par, layers, embeds, heads,
-                                  _optimizer_temporaries(cfg, opt, p, device, impl))
-    all_copies = _per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads), t)
-    copies = all_copies if checkpointing != "full" else _per_rank(autocast_weight_copy_bytes(
+    W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
+                                  optimizer_temporaries(cfg, opt, p, device, impl))
+    all_copies = per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads), t)
+    copies = all_copies if checkpointing != "full" else per_rank(autocast_weight_copy_bytes(
         cfg, p, layers=0, head=heads), t)
-    TV = _per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
+    TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     held = TV * e if hold_logits else 0
     moments: dict[str, Any] = {
@@ -404,54 +374,3 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         moments["recompute"] = (S - loss_side + copies + sum(full.values())
                                 + (all_copies - copies) // max(layers, 1))
     return W, G, O, saved, copies, all_copies, held, moments
-
-
-def _per_rank(x: Any, t: int) -> Any:
-    """``ceil(x / t)``, the share of one of ``t`` tensor-parallel ranks; ``x`` itself for one
-    rank (no division, so sympy symbols pass through untouched, see
-    `scaleplan.symbolic.formulas`)."""
-    return x if t == 1 else -(-x // t)
-
-
-def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
-                  layers: int, embeds: bool, heads: bool,
-                  temp: int) -> tuple[int, int, int, int]:
-    """(weights, gradients, optimizer, optimizer temporaries) bytes on one GPU of a stage.
-
-    Tensor parallelism divides the matrices by t (the embedding and head vocab-parallel, as in
-    Megatron-LM) and replicates norms and the position table; a pipeline stage holds its blocks,
-    the first the embeddings, the last the final norm and head (a tied head as its own copy).
-    Optimizer states and temporaries scale with the parameters held (exact for AdamW). ZeRO and
-    FSDP shard over the data ranks (`zero_shard`); stage 3 adds the largest layer gathered
-    whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
-    ``gradient_as_bucket_view`` a second copy of the gradients.
-    """
-    t, d, V = par.tensor, cfg.n_embd, cfg.vocab_size
-    n_total = shape_stats(cfg)[0]
-    norm = d * (2 if cfg.norm_bias else 1)
-    per_layer = param_terms(cfg)["per_layer"]
-    block = _per_rank(per_layer - 2 * norm, t) + 2 * norm
-    wte, wpe = _per_rank(V * d, t), (cfg.block_size * d if cfg.position == "learned" else 0)
-    head = wte if (not cfg.tie_embeddings or not embeds) else 0
-    n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
-    n_single = t == 1 and embeds and heads  # this GPU holds every parameter: n == n_total
-    W, G = weight_bytes(n, p), gradient_bytes(n, p)
-    O_full = optimizer_state_bytes(cfg, opt, p)
-    O = O_full if n_single else O_full * n // n_total
-    temp = temp if n_single else temp * n // n_total
-    stage = par.zero_stage
-    if par.data == 1:
-        return W, G, O, temp
-    W, G, O = zero_shard(weights=W, gradients=G, optimizer=O, stage=stage, data=par.data)
-    temp = temp if stage == 0 else -(-temp // par.data)
-    G_full = gradient_bytes(n, p)
-    if stage == 0 and not par.ddp_bucket_view:
-        G += G_full
-    elif stage > 0:
-        G += min(G_full, par.bucket_bytes)
-    if stage == 3:
-        largest = max(block, wte if (embeds or heads) else 0)
-        gathered_w = zero3_gathered_bytes(largest, param_bytes=weight_bytes(1, p), grad_bytes=0)
-        W += gathered_w
-        G += zero3_gathered_bytes(largest, param_bytes=0, grad_bytes=weight_bytes(1, p))
-    return W, G, O, temp

@@ -114,34 +114,44 @@ def parse_assignments(text: str, *, source: str = "<config>") -> ParsedAssignmen
     values: dict[str, Value] = {}
     lines: dict[str, int] = {}
     for node in tree.body:
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
-                and isinstance(node.value.value, str):
-            continue  # a docstring
-        if not isinstance(node, (ast.Assign, ast.AnnAssign)):
-            raise _reject(node, source, f"{_describe(node)} is not allowed in a config file; "
-                          "only 'name = value' assignments of literals are read (the file is "
-                          "never executed)")
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        if len(targets) != 1 or not isinstance(targets[0], ast.Name):
-            raise _reject(node, source, "only a single name may be assigned, as in 'n_layer = 12'")
-        if node.value is None:
-            raise _reject(node, source, "an annotation without a value assigns nothing")
-        name = targets[0].id
-        try:
-            values[name] = _evaluate(node.value, source)
-        except RecursionError:
-            raise _reject(node, source, "expression too deeply nested") from None
-        lines[name] = node.lineno
-
+        assigned = _assignment(node, source)
+        if assigned is not None:
+            name, values[name] = assigned
+            lines[name] = node.lineno
     comments = _comments(text)
-    claimed, claim_text = None, None
+    claimed, claim_text = _claimed_size(comments)
+    return ParsedAssignments(values=values, lines=lines, claimed_params=claimed,
+                             claimed_params_text=claim_text, comments=comments)
+
+
+def _assignment(node: ast.stmt, source: str) -> tuple[str, Value] | None:
+    """The name and value a top-level statement assigns; None for a docstring. Anything but
+    ``name = literal`` is an error that says what is read."""
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+            and isinstance(node.value.value, str):
+        return None  # a docstring
+    if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+        raise _reject(node, source, f"{_describe(node)} is not allowed in a config file; "
+                      "only 'name = value' assignments of literals are read (the file is "
+                      "never executed)")
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+    if len(targets) != 1 or not isinstance(targets[0], ast.Name):
+        raise _reject(node, source, "only a single name may be assigned, as in 'n_layer = 12'")
+    if node.value is None:
+        raise _reject(node, source, "an annotation without a value assigns nothing")
+    try:
+        return targets[0].id, _evaluate(node.value, source)
+    except RecursionError:
+        raise _reject(node, source, "expression too deeply nested") from None
+
+
+def _claimed_size(comments: list[str]) -> tuple[int | None, str | None]:
+    """The first size a comment claims ("# Model (~125M parameters)") and that comment."""
     for comment in comments:
         size = parse_size(comment)
         if size is not None:
-            claimed, claim_text = size, comment.strip()
-            break
-    return ParsedAssignments(values=values, lines=lines, claimed_params=claimed,
-                             claimed_params_text=claim_text, comments=comments)
+            return size, comment.strip()
+    return None, None
 
 
 def _comments(text: str) -> list[str]:
@@ -174,37 +184,53 @@ def _reject(node: ast.AST, source: str, message: str) -> ConfigFileError:
 
 
 def _evaluate(node: ast.expr, source: str) -> Value:
+    """A literal, a sign on one, or arithmetic on literals, checked at every step.
+
+    The operands are evaluated here, before `_signed` / `_arithmetic` combine them, so that one
+    frame per level of nesting is used (the depth a long ``1 + 1 + ...`` reaches).
+    """
     if isinstance(node, ast.Constant):
-        value = node.value
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return _checked(value, node, source)
-        raise _reject(node, source, f"a {type(value).__name__} literal is not a config value")
+        return _constant(node, source)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
-        operand = _evaluate(node.operand, source)
-        if isinstance(operand, bool) or not isinstance(operand, (int, float)):
-            raise _reject(node, source, f"cannot negate {operand!r}")
-        return _checked(-operand if isinstance(node.op, ast.USub) else operand, node, source)
+        return _signed(node, _evaluate(node.operand, source), source)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_OPS:
         left = _evaluate(node.left, source)
-        right = _evaluate(node.right, source)
-        if isinstance(left, str) and isinstance(right, str) and isinstance(node.op, ast.Add):
-            return _checked(left + right, node, source)
-        if not _is_number(left) or not _is_number(right):
-            raise _reject(node, source, f"arithmetic on {left!r} and {right!r} is not allowed; "
-                          "only numbers (and '+' between strings)")
-        assert isinstance(left, (int, float)) and isinstance(right, (int, float))
-        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT and abs(left) > 1:
-            raise _reject(node, source, f"exponent {right!r} is too large for a config value "
-                          f"(at most {MAX_EXPONENT})")
-        try:
-            result = _BINARY_OPS[type(node.op)](left, right)
-        except (ZeroDivisionError, OverflowError, ValueError) as exc:
-            raise _reject(node, source, f"arithmetic failed: {exc}") from None
-        if isinstance(result, complex):
-            raise _reject(node, source, "arithmetic gave a complex number")
-        return _checked(result, node, source)
+        return _arithmetic(node, left, _evaluate(node.right, source), source)
     raise _reject(node, source, f"{_expression_kind(node)} is not allowed; a config value must "
                   "be a literal or simple arithmetic on literals (the file is never executed)")
+
+
+def _constant(node: ast.Constant, source: str) -> Value:
+    value = node.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return _checked(value, node, source)
+    raise _reject(node, source, f"a {type(value).__name__} literal is not a config value")
+
+
+def _signed(node: ast.UnaryOp, operand: Value, source: str) -> Value:
+    if isinstance(operand, bool) or not isinstance(operand, (int, float)):
+        raise _reject(node, source, f"cannot negate {operand!r}")
+    return _checked(-operand if isinstance(node.op, ast.USub) else operand, node, source)
+
+
+def _arithmetic(node: ast.BinOp, left: Value, right: Value, source: str) -> Value:
+    """Numbers combined by one of `_BINARY_OPS`, or two strings joined by '+'."""
+    if isinstance(left, str) and isinstance(right, str) and isinstance(node.op, ast.Add):
+        return _checked(left + right, node, source)
+    if not _is_number(left) or not _is_number(right):
+        raise _reject(node, source, f"arithmetic on {left!r} and {right!r} is not allowed; "
+                      "only numbers (and '+' between strings)")
+    assert isinstance(left, (int, float)) and isinstance(right, (int, float))
+    if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT and abs(left) > 1:
+        raise _reject(node, source, f"exponent {right!r} is too large for a config value "
+                      f"(at most {MAX_EXPONENT})")
+    try:
+        result = _BINARY_OPS[type(node.op)](left, right)
+    except (ZeroDivisionError, OverflowError, ValueError) as exc:
+        raise _reject(node, source, f"arithmetic failed: {exc}") from None
+    if isinstance(result, complex):
+        raise _reject(node, source, "arithmetic gave a complex number")
+    return _checked(result, node, source)
 
 
 def _is_number(value: Value) -> bool:

@@ -53,22 +53,40 @@ def grad_accum_steps(
     below, remainder = divmod(tokens_per_step, chunk)
     if remainder == 0:
         return below
-    above = below + 1
     if rounding is None:
-        options = [f"grad_accum_steps={above} gives {above * chunk:,} tokens"]
-        if below > 0:
-            options.insert(0, f"grad_accum_steps={below} gives {below * chunk:,} tokens")
-        exact = []
-        if tokens_per_step // (seq_len * world_size) <= MAX_SEQUENCES_PER_STEP:
-            sizes = micro_batch_sizes(tokens_per_step, seq_len, world_size)
-            smaller = [b for b in sizes if b < micro_batch_size][-1:]
-            exact = smaller + [b for b in sizes if b > micro_batch_size][:1]
-        hint = (f"; micro_batch_size in {exact} divides it exactly" if exact else "")
-        raise ScaleplanError(
-            f"tokens_per_step={tokens_per_step:,} is not a multiple of micro_batch_size x seq_len "
-            f"x world_size = {micro_batch_size} x {seq_len} x {world_size} = {chunk:,}: "
-            f"{' or '.join(options)}{hint}; or pass rounding='down'|'up'|'nearest'"
-        )
+        raise ScaleplanError(_inexact_message(tokens_per_step, micro_batch_size, seq_len,
+                                              world_size))
+    return _rounded(tokens_per_step, chunk, rounding)
+
+
+def _inexact_message(tokens_per_step: int, micro_batch_size: int, seq_len: int,
+                     world_size: int) -> str:
+    """Why ``tokens_per_step`` is not a whole number of micro-batches, with the exact choices on
+    both sides: the accumulation steps around it and the micro-batches that divide it."""
+    chunk = micro_batch_size * seq_len * world_size
+    below = tokens_per_step // chunk
+    above = below + 1
+    options = [f"grad_accum_steps={above} gives {above * chunk:,} tokens"]
+    if below > 0:
+        options.insert(0, f"grad_accum_steps={below} gives {below * chunk:,} tokens")
+    exact = []
+    if tokens_per_step // (seq_len * world_size) <= MAX_SEQUENCES_PER_STEP:
+        sizes = micro_batch_sizes(tokens_per_step, seq_len, world_size)
+        smaller = [b for b in sizes if b < micro_batch_size][-1:]
+        exact = smaller + [b for b in sizes if b > micro_batch_size][:1]
+    hint = (f"; micro_batch_size in {exact} divides it exactly" if exact else "")
+    return (
+        f"tokens_per_step={tokens_per_step:,} is not a multiple of micro_batch_size x seq_len "
+        f"x world_size = {micro_batch_size} x {seq_len} x {world_size} = {chunk:,}: "
+        f"{' or '.join(options)}{hint}; or pass rounding='down'|'up'|'nearest'"
+    )
+
+
+def _rounded(tokens_per_step: int, chunk: int, rounding: str) -> int:
+    """The whole number of ``chunk``-token micro-batches next to ``tokens_per_step`` that
+    ``rounding`` asks for (``tokens_per_step`` is not a multiple of ``chunk``)."""
+    below = tokens_per_step // chunk
+    above = below + 1
     if rounding == "down":
         if below == 0:
             raise ScaleplanError(

@@ -2,15 +2,20 @@
 
 The question it answers is the one the seed case ends on: which micro-batch fits this GPU for
 this model, and exactly how many gradient-accumulation steps keep the tokens per step. Everything
-comes from the other modules: `training_memory` for what fits, `grad_accum_steps` for the exact
-step, `training_flops` and an assumed MFU for the time, a scaling law for tokens and loss.
+comes from the other modules: `training_memory` for what fits (searched in
+`scaleplan.planning.fitting`), `grad_accum_steps` for the exact step, `training_flops` and an
+assumed MFU for the time, a scaling law for tokens and loss.
+
+`plan` runs in steps: check the inputs and the GPU layout (`_layout`), pick the precision, the
+tokens per step and the micro-batches that divide it (`_step`), adopt a remedy when micro-batch
+1 does not fit (`apply_remedy`), take the largest micro-batch that fits (`largest_fitting`),
+then the run's tokens, time and loss (`_budget`).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +26,7 @@ from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.limits import available_memory_bytes
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.training import MemoryBreakdown, training_memory
+from scaleplan.memory.training import MemoryBreakdown
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import ParamCount, count_params
 from scaleplan.planning.advice import (
@@ -32,8 +37,8 @@ from scaleplan.planning.advice import (
     plan_warnings,
 )
 from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
-from scaleplan.planning.remedies import Remedy, nothing_fits_message
-from scaleplan.planning.remedies import remedies as find_remedies
+from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, largest_fitting
+from scaleplan.planning.remedies import Remedy
 from scaleplan.scaling.laws import scaling_law
 from scaleplan.scaling.tokens import chinchilla_tokens
 
@@ -46,17 +51,6 @@ GiB = 2**30
 DEFAULT_TOKENS_PER_STEP = 2**19
 
 Checkpointing = Literal["none", "selective", "full"]
-
-
-class Candidate(BaseModel):
-    """One micro-batch size that divides the step, and whether it fits."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    micro_batch_size: int
-    grad_accum_steps: int
-    total_bytes: int = Field(description="MemoryBreakdown.total at this micro-batch.")
-    fits: bool
 
 
 class Plan(BaseModel):
@@ -81,12 +75,13 @@ class Plan(BaseModel):
     parallelism: Parallelism | None = Field(description="The layout, None for one GPU.")
     seq_len: int
     precision: Precision
-    precision_reason: str
-    optimizer: str
+    precision_reason: str = Field(description="Why this precision: asked for, what the GPU's "
+                                  "tensor cores suit, or changed to fit.")
+    optimizer: str = Field(description="As asked for, or the 8-bit one a remedy chose.")
     attention: Literal["flash", "eager"]
-    checkpointing: Checkpointing
+    checkpointing: Checkpointing = Field(description="As asked for, or what a remedy chose.")
     micro_batch_size: int
-    grad_accum_steps: int
+    grad_accum_steps: int = Field(description="Micro-batches per GPU per optimizer step.")
     tokens_per_step: int
     memory: MemoryBreakdown = Field(description="At the chosen micro-batch.")
     available_bytes: int = Field(description="GPU memory the plan is held against.")
@@ -183,6 +178,30 @@ def _available(spec: GPUSpec) -> tuple[int, str]:
     return available_memory_bytes(spec), source
 
 
+class _Layout(NamedTuple):
+    """How the GPUs split the work: all of them, the data-parallel degree, the layout."""
+
+    world_size: int
+    data: int
+    parallelism: Parallelism | None
+
+
+class _Budget(NamedTuple):
+    """The run's length, time and loss: the `Plan` fields past the batch and memory."""
+
+    params: ParamCount
+    total_tokens: int
+    tokens_source: str
+    compute_optimal_tokens: int
+    steps: int
+    training_flops: float
+    mfu: float
+    mfu_source: str
+    hours: float
+    law: str
+    expected_loss: float
+
+
 def plan(
     cfg: GPTConfig,
     gpu: str | GPUSpec,
@@ -239,84 +258,82 @@ def plan(
     seq_len = cfg.block_size if seq_len is None else whole("seq_len", seq_len, example="1024")
     if tokens_per_step is not None:
         tokens_per_step = whole("tokens_per_step", tokens_per_step, example="2**19")
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
-    if parallelism is None:
-        parallelism = Parallelism(data=world_size) if world_size > 1 else None
-        data = world_size
-    else:
-        if world_size not in (1, parallelism.gpus):
-            raise ScaleplanError(
-                f"world_size={world_size} but parallelism uses {parallelism.gpus} GPUs "
-                f"(data {parallelism.data} x tensor {parallelism.tensor} x pipeline "
-                f"{parallelism.pipeline}); drop world_size or make them agree")
-        world_size, data = parallelism.gpus, parallelism.data
+    layout = _layout(world_size, parallelism)
     if hours is not None:
         real("hours", hours, message="must be a positive number of hours")
     chosen_precision, precision_reason, warnings = choose_precision(spec, precision)
+    tokens_per_step, sizes = _step(tokens_per_step, seq_len, layout.data)
+    available, available_source = _available(spec)
+    memory = MemoryProbe(cfg, seq_len, layout.data, memory_options, {
+        "precision": chosen_precision, "optimizer": optimizer, "attention": attention,
+        "checkpointing": checkpointing, "parallelism": layout.parallelism})
+    remedy, remedies = apply_remedy(cfg, spec, memory, available)
+    if remedy is not None and "precision" in remedy.changes:
+        precision_reason = f"changed to fit: {remedy.name}"
+    settings = memory.settings
+    chosen, candidates = largest_fitting(sizes, memory, available, tokens_per_step)
+    mem = memory(chosen)
+    budget = _budget(cfg, spec, settings, seq_len=seq_len, tokens_per_step=tokens_per_step,
+                     world_size=layout.world_size, total_tokens=total_tokens, hours=hours,
+                     mfu=mfu, law=law)
+    warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
+                              budget.compute_optimal_tokens)
+    return Plan(
+        model=cfg, gpu=spec, world_size=layout.world_size, data_parallel=layout.data,
+        parallelism=settings["parallelism"], seq_len=seq_len,
+        precision=settings["precision"], precision_reason=precision_reason,
+        optimizer=settings["optimizer"], attention=attention,
+        checkpointing=settings["checkpointing"], micro_batch_size=chosen,
+        grad_accum_steps=grad_accum_steps(tokens_per_step, chosen, seq_len, layout.data),
+        tokens_per_step=tokens_per_step, memory=mem,
+        available_bytes=available, available_source=available_source,
+        headroom_bytes=available - mem.total, fits=mem.total <= available,
+        candidates=candidates, remedy=None if remedy is None else remedy.name,
+        remedies=remedies, warnings=warnings, **budget._asdict(),
+    )
+
+
+def _layout(world_size: int, parallelism: Parallelism | None) -> _Layout:
+    """The GPUs and the layout, checked against each other: plain data parallelism (DDP) over
+    ``world_size`` GPUs without a layout, ``parallelism``'s GPUs with one."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
+    if parallelism is None:
+        return _Layout(world_size, world_size,
+                       Parallelism(data=world_size) if world_size > 1 else None)
+    if world_size not in (1, parallelism.gpus):
+        raise ScaleplanError(
+            f"world_size={world_size} but parallelism uses {parallelism.gpus} GPUs "
+            f"(data {parallelism.data} x tensor {parallelism.tensor} x pipeline "
+            f"{parallelism.pipeline}); drop world_size or make them agree")
+    return _Layout(parallelism.gpus, parallelism.data, parallelism)
+
+
+def _step(tokens_per_step: int | None, seq_len: int, data: int) -> tuple[int, list[int]]:
+    """Tokens per step (by default `DEFAULT_TOKENS_PER_STEP` rounded to whole sequences on every
+    data-parallel GPU) and the micro-batches that divide it exactly."""
+    chunk = seq_len * data
     if tokens_per_step is None:
-        chunk = seq_len * data
         tokens_per_step = max(1, round(DEFAULT_TOKENS_PER_STEP / chunk)) * chunk
     sizes = micro_batch_sizes(tokens_per_step, seq_len, data)
     if not sizes:
         raise ScaleplanError(
             f"tokens_per_step={tokens_per_step:,} is not a whole number of sequences on every "
-            f"data-parallel GPU (seq_len x {data} = {seq_len * data:,}); try tokens_per_step="
-            f"{max(1, round(tokens_per_step / (seq_len * data))) * seq_len * data:,}")
-    available, available_source = _available(spec)
-    settings: dict[str, Any] = {"precision": chosen_precision, "optimizer": optimizer,
-                                "attention": attention, "checkpointing": checkpointing,
-                                "parallelism": parallelism}
+            f"data-parallel GPU (seq_len x {data} = {chunk:,}); try tokens_per_step="
+            f"{max(1, round(tokens_per_step / chunk)) * chunk:,}")
+    return tokens_per_step, sizes
 
-    # The search asks some micro-batches twice; cleared when a remedy changes the settings.
-    computed: dict[tuple[Any, ...], MemoryBreakdown] = {}
 
-    def memory(b: int, model: GPTConfig = cfg, **changes: Any) -> MemoryBreakdown:
-        key = (b, id(model), *sorted(changes.items()))
-        if key not in computed:
-            computed[key] = _memory(b, model, **changes)
-        return computed[key]
-
-    def _memory(b: int, model: GPTConfig, **changes: Any) -> MemoryBreakdown:
-        merged = {**settings, **changes}
-        if "zero" in merged:  # a ZeRO remedy: shard the data-parallel group
-            layout = merged["parallelism"] or Parallelism(data=data)
-            merged["parallelism"] = Parallelism.model_validate(
-                {**layout.model_dump(), "zero": merged.pop("zero"), "fsdp": None})
-        return training_memory(model, micro_batch_size=b, seq_len=seq_len, **merged,
-                               **memory_options)
-
-    remedy, remedies = None, []
-    if memory(1).total > available:
-        remedies = find_remedies(cfg, memory, available, seq_len, settings,
-                                 spec.has_bf16_tensor_cores, data_parallel=data,
-                                 zero=parallelism.zero_stage if parallelism else 0)
-        fitting = [r for r in remedies if r.fits]
-        if not fitting:
-            raise ScaleplanError(nothing_fits_message(cfg, spec, memory, remedies, available))
-        remedy = fitting[0].name
-        settings.update(fitting[0].changes)
-        computed.clear()
-        if "zero" in settings:
-            layout = settings["parallelism"] or Parallelism(data=data)
-            settings["parallelism"] = parallelism = Parallelism.model_validate(
-                {**layout.model_dump(), "zero": settings.pop("zero"), "fsdp": None})
-        if "precision" in fitting[0].changes:
-            precision_reason = f"changed to fit: {remedy}"
-    chosen, candidates = _search(sizes, memory, available, tokens_per_step, seq_len, data)
-    mem = memory(chosen)
-    steps_accum = grad_accum_steps(tokens_per_step, chosen, seq_len, data)
-
+def _budget(cfg: GPTConfig, spec: GPUSpec, settings: dict[str, Any], *, seq_len: int,
+            tokens_per_step: int, world_size: int, total_tokens: int | str | None,
+            hours: float | None, mfu: float | None, law: str) -> _Budget:
+    """Tokens for the run, its steps, FLOPs and hours at the MFU, and the law's loss at its end."""
     pc = count_params(cfg)
     scaling = scaling_law(law)
     n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
     optimal = int(chinchilla_tokens(n_for_law, method=scaling))
-    mfu_value, mfu_source = (mfu, "given") if mfu is not None else default_mfu(spec)
-    if isinstance(mfu_value, bool) or not (isinstance(mfu_value, (int, float))
-                                           and 0 < mfu_value <= 1):
-        raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
-    recompute = settings["checkpointing"]
-    flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=recompute)
+    mfu_value, mfu_source = _mfu(mfu, spec)
+    flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=settings["checkpointing"])
     dtype = peak_dtype(settings["precision"])
     if dtype not in spec.peak:  # bf16 forced on a GPU without bf16 tensor cores
         dtype = "fp32"
@@ -327,62 +344,30 @@ def plan(
         trainable = hours * 3600 * achieved / flops_token
         run_tokens = int(finite(f"the tokens trainable in hours={hours!r}", trainable))
         tokens_source = f"{hours} hours"
-    elif total_tokens is None or total_tokens == "chinchilla":
-        run_tokens, tokens_source = optimal, f"compute-optimal by the {scaling.name} law"
-    elif isinstance(total_tokens, int) and not isinstance(total_tokens, bool) \
-            and total_tokens > 0:
-        run_tokens, tokens_source = total_tokens, "given"
     else:
-        raise ScaleplanError(f"total_tokens={total_tokens!r} must be a positive int or "
-                             "'chinchilla'")
-    steps = math.ceil(run_tokens / tokens_per_step)
-    flops = training_flops(cfg, run_tokens, seq_len=seq_len)
-    hours_needed = run_tokens * flops_token / achieved / 3600
-
-    warnings += plan_warnings(cfg, spec, seq_len, run_tokens, optimal)
-    return Plan(
-        model=cfg, gpu=spec, world_size=world_size, data_parallel=data,
-        parallelism=parallelism, seq_len=seq_len,
-        precision=settings["precision"], precision_reason=precision_reason,
-        optimizer=settings["optimizer"], attention=attention,
-        checkpointing=settings["checkpointing"], micro_batch_size=chosen,
-        grad_accum_steps=steps_accum, tokens_per_step=tokens_per_step, memory=mem,
-        available_bytes=available, available_source=available_source,
-        headroom_bytes=available - mem.total, fits=mem.total <= available,
-        candidates=candidates, remedy=remedy, remedies=remedies, params=pc,
-        total_tokens=run_tokens, tokens_source=tokens_source, compute_optimal_tokens=optimal,
-        steps=steps, training_flops=flops, mfu=mfu_value, mfu_source=mfu_source,
-        hours=hours_needed, law=scaling.name,
-        expected_loss=float(scaling.loss(n_for_law, run_tokens)), warnings=warnings,
-    )
+        run_tokens, tokens_source = _given_tokens(total_tokens, optimal, scaling.name)
+    return _Budget(
+        params=pc, total_tokens=run_tokens, tokens_source=tokens_source,
+        compute_optimal_tokens=optimal, steps=math.ceil(run_tokens / tokens_per_step),
+        training_flops=training_flops(cfg, run_tokens, seq_len=seq_len), mfu=mfu_value,
+        mfu_source=mfu_source, hours=run_tokens * flops_token / achieved / 3600,
+        law=scaling.name, expected_loss=float(scaling.loss(n_for_law, run_tokens)))
 
 
-def _search(sizes: list[int], memory: Any, available: int, tokens_per_step: int, seq_len: int,
-            world_size: int) -> tuple[int, list[Candidate]]:
-    """The largest size that fits, and the candidates around it.
+def _mfu(mfu: float | None, spec: GPUSpec) -> tuple[float, str]:
+    """The MFU given, checked, or the assumed one for ``spec``; and where it came from."""
+    mfu_value, mfu_source = (mfu, "given") if mfu is not None else default_mfu(spec)
+    if isinstance(mfu_value, bool) or not (isinstance(mfu_value, (int, float))
+                                           and 0 < mfu_value <= 1):
+        raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
+    return mfu_value, mfu_source
 
-    Memory grows with the micro-batch, so this bisects; its first probes are the size that
-    micro-batch 1's breakdown extrapolates to (activations and the loss side grow about
-    linearly, model states not at all) and the next one up, which usually settles it.
-    """
-    one = memory(1)  # fits: checked by the caller
-    per_sequence = max(1, one.saved_for_backward + one.transient)
-    estimate = 1 + (available - one.total) / per_sequence
-    guess = max(0, bisect.bisect_right(sizes, estimate) - 1)
 
-    def fits(i: int) -> bool:
-        return bool(memory(sizes[i]).total <= available)
-
-    lo, hi = 0, len(sizes) - 1
-    for probe in (guess, guess + 1):
-        if lo < probe <= hi:
-            lo, hi = (probe, hi) if fits(probe) else (lo, probe - 1)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    around = range(max(0, lo - 1), min(len(sizes), lo + 2))  # the next size each side
-    candidates = [Candidate(micro_batch_size=sizes[i],
-                            grad_accum_steps=grad_accum_steps(tokens_per_step, sizes[i], seq_len,
-                                                              world_size),
-                            total_bytes=memory(sizes[i]).total, fits=fits(i)) for i in around]
-    return sizes[lo], candidates
+def _given_tokens(total_tokens: int | str | None, optimal: int, law: str) -> tuple[int, str]:
+    """The run's tokens without ``hours``: the law's compute-optimal ones, or those given."""
+    if total_tokens is None or total_tokens == "chinchilla":
+        return optimal, f"compute-optimal by the {law} law"
+    if isinstance(total_tokens, int) and not isinstance(total_tokens, bool) and total_tokens > 0:
+        return total_tokens, "given"
+    raise ScaleplanError(f"total_tokens={total_tokens!r} must be a positive int or "
+                         "'chinchilla'")

@@ -1,8 +1,9 @@
 """The torch reference: a GPT that builds any `GPTConfig`, and the harness that measures it.
 
 Needs torch (``pip install "scaleplan[torch]"``); the rest of scaleplan does not. `measure` runs
-one training step and returns a `StepMeasurement`; ``python -m scaleplan.reference.validate``
-compares measurements with scaleplan's formulas over a grid of configs.
+one training step (its objects: `scaleplan.reference.step`) and returns a `StepMeasurement`;
+``python -m scaleplan.reference.validate`` compares measurements with scaleplan's formulas over a
+grid of configs.
 """
 
 try:

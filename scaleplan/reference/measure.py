@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Literal
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.reference.model import GPT, AttentionKind
+from scaleplan.reference.step import AUTOCAST_DTYPES, OptimizerImpl, TrainingStep
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["CudaMemory", "OptimizerImpl", "ResidentState", "StepMeasurement", "count_flops",
            "measure"]
 
-OptimizerImpl = Literal["fused", "foreach", "for-loop"]
-
-_AUTOCAST: dict[str, torch.dtype] = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-_PARAM_DTYPE: dict[str, torch.dtype] = {"bf16-true": torch.bfloat16,
-                                        "bf16-fp32-master": torch.bfloat16}
 _DROPOUT_MODULES = ("drop", "attn_dropout", "resid_dropout", "dropout")
 _CUDA_CONTEXT_BYTES: list[int] = []  # measured once per process, before the first tensor
 
@@ -170,100 +166,6 @@ def _cuda_context_bytes(device: torch.device) -> int | None:
     return _CUDA_CONTEXT_BYTES[0]
 
 
-def _optimizer(params: list[torch.Tensor], impl: OptimizerImpl) -> torch.optim.Optimizer:
-    flags = {"fused": {"fused": True}, "foreach": {"foreach": True},
-             "for-loop": {"foreach": False}}[impl]
-    return torch.optim.AdamW(params, lr=1e-4, **flags)  # type: ignore[arg-type]
-
-
-class _Step:
-    """One training step's objects, built under whatever tensor mode is active."""
-
-    def __init__(self, cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
-                 precision: str, attention: AttentionKind, checkpointing: bool,
-                 device: torch.device, cuda_semantics: bool, optimizer: OptimizerImpl,
-                 hold_logits: bool = False) -> None:
-        with device, _default_dtype(_PARAM_DTYPE.get(precision, torch.float32)):
-            # built in place: Module.to() cannot swap FakeTensor parameters
-            self.model = GPT(cfg, attention=attention, checkpointing=checkpointing,
-                             cuda_semantics=cuda_semantics)
-        self.params: list[torch.Tensor] = list(self.model.parameters())
-        self.masters: list[torch.Tensor] = []
-        if precision == "bf16-fp32-master":  # Megatron-style: AdamW updates fp32 masters
-            self.masters = [p.detach().float().requires_grad_() for p in self.params]
-            for p, m in zip(self.params, self.masters, strict=True):
-                p.register_post_accumulate_grad_hook(_accumulate_into(m))  # type: ignore[no-untyped-call]
-        self.opt = _optimizer(self.masters or self.params, optimizer)
-        self.autocast_dtype = _AUTOCAST.get(precision)
-        self.device = device
-        self.hold_logits = hold_logits
-        self.logits: torch.Tensor | None = None
-        self.idx = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len), device=device)
-        self.targets = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len),
-                                     device=device)
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def forward(self) -> torch.Tensor:
-        with self.autocast():
-            logits, loss = self.model(self.idx, self.targets)
-        # nanoGPT's ``logits, loss = model(X, Y)`` keeps the logits alive through backward
-        self.logits = logits if self.hold_logits else None
-        assert loss is not None
-        out: torch.Tensor = loss
-        return out
-
-    def update(self) -> None:
-        self.opt.step()
-        if self.masters:
-            with torch.no_grad():
-                for p, m in zip(self.params, self.masters, strict=True):
-                    p.copy_(m)
-
-    def zero_grad(self) -> None:
-        self.logits = None
-        self.opt.zero_grad(set_to_none=True)
-        for p in self.params:
-            p.grad = None
-
-    def resident_groups(self) -> dict[str, list[torch.Tensor]]:
-        grads = [t.grad for t in self.params + self.masters if t.grad is not None]
-        states = [v for s in self.opt.state.values() for v in s.values()
-                  if isinstance(v, torch.Tensor)]
-        return {"params": self.params, "grads": grads,
-                "optimizer_states": self.masters + states,
-                "other": [*self.model.buffers(), self.idx, self.targets,
-                          *([self.logits] if self.logits is not None else [])]}
-
-
-def _accumulate_into(master: torch.Tensor) -> Any:
-    """A hook that moves a bf16 parameter's gradient into its fp32 master's ``.grad`` as soon as
-    it is accumulated, as Megatron-LM's ``main_grad`` buffers do (gradients kept in fp32)."""
-    def hook(p: torch.Tensor) -> None:
-        assert p.grad is not None
-        with torch.no_grad():
-            if master.grad is None:
-                master.grad = p.grad.float()
-            else:
-                master.grad.add_(p.grad)
-        p.grad = None
-
-    return hook
-
-
-@contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 @contextmanager
 def _maybe(ctx: AbstractContextManager[Any] | None) -> Iterator[None]:
     if ctx is None:
@@ -323,7 +225,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                                        attention=attention, checkpointing=checkpointing)
     torch.manual_seed(seed)
     with _maybe(_fake_mode() if fake else None):
-        step = _Step(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
+        step = TrainingStep(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
                      precision=precision, attention=attention, checkpointing=checkpointing,
                      device=dev, cuda_semantics=cuda_semantics, optimizer=optimizer,
                      hold_logits=hold_logits)
@@ -353,7 +255,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         cuda=cuda, **m)
 
 
-def _measure_step(step: _Step) -> dict[str, Any]:
+def _measure_step(step: TrainingStep) -> dict[str, Any]:
     tracker = LiveBytesTracker()
     resident = {name: tracker.add_resident(ts) for name, ts in step.resident_groups().items()}
     recorder = SavedTensorsRecorder(param_keys={storage_key(p) for p in step.params})
@@ -416,7 +318,7 @@ def _notes(cfg: GPTConfig, m: dict[str, Any], *, device: str, fake: bool, precis
             notes.append("math SDPA kernel keeps s x s tensors (CPU falls back to it when "
                          "dropout > 0)" + (
                              "; under CPU autocast it computes and saves in fp32"
-                             if precision in _AUTOCAST else ""))
+                             if precision in AUTOCAST_DTYPES else ""))
     if m["dropout_mask_dtype"]:
         notes.append(f"dropout masks saved as {m['dropout_mask_dtype']}"
                      + ("" if cuda_semantics or device == "cuda"

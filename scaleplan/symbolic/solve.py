@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import sympy
 from pydantic import BaseModel, ConfigDict, Field
@@ -118,18 +118,8 @@ def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
     >>> solve_for(gpt2, "micro_batch_size", memory_bytes=12 * 2**30, seq_len=1024).value
     8
     """
-    targets = {"params": params, "flops_per_token": flops_per_token,
-               "memory_bytes": memory_bytes}
-    given = {k: v for k, v in targets.items() if v is not None}
-    if len(given) != 1:
-        raise ScaleplanError(f"solve_for needs exactly one target, got {sorted(given) or 'none'}; "
-                             "pass one of params=, flops_per_token=, memory_bytes=")
-    [(quantity, target)] = given.items()
-    if target <= 0:
-        raise ScaleplanError(f"{quantity}={target} must be > 0")
-    if quantity == "params" and field in symbolic.RUN_FIELDS:
-        raise ScaleplanError(f"field={field!r} does not change the parameter count; solve for "
-                             "one of " + ", ".join(symbolic.MODEL_FIELDS))
+    quantity, target = _one_target(field, params=params, flops_per_token=flops_per_token,
+                                   memory_bytes=memory_bytes)
     mode: Rounding = rounding or ("nearest" if quantity == "params" else "at_most")
     expr = _closed_form(cfg, field, quantity, count, micro_batch_size, seq_len, options)
     exact = _real_solution(expr, symbolic.symbol(field), target, field, quantity)
@@ -137,14 +127,7 @@ def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
     def numeric(v: int) -> int | float | None:  # None: not a valid value of the field
         return _numeric(cfg, field, v, quantity, count, micro_batch_size, seq_len, options)
 
-    start = max(1, math.floor(exact))
-    below = _next_valid(numeric, start, -1)
-    above = _next_valid(numeric, start + 1, +1)
-    if mode == "nearest":
-        chosen = min((c for c in (below, above) if c is not None),
-                     key=lambda c: abs(c[1] - target), default=None)
-    else:
-        chosen = _largest_at_most(numeric, below, above, target)
+    chosen = _choose(numeric, exact, target, mode)
     if chosen is None:
         raise ScaleplanError(f"no valid {field} meets {quantity}={target:,.6g} for this config "
                              f"(exact solution {exact:.6g}); change another field or the target")
@@ -156,6 +139,34 @@ def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
         neighbours=tuple(Neighbour(value=v, quantity=q) for v, q in
                          (c for c in around if c is not None)),
         expression=sympy.latex(expr))
+
+
+def _one_target(field: str, **targets: float | None) -> tuple[Quantity, float]:
+    """The one target given (its quantity and value), checked: positive, and one that ``field``
+    changes."""
+    given = {k: v for k, v in targets.items() if v is not None}
+    if len(given) != 1:
+        raise ScaleplanError(f"solve_for needs exactly one target, got {sorted(given) or 'none'}; "
+                             "pass one of params=, flops_per_token=, memory_bytes=")
+    [(quantity, target)] = given.items()
+    if target <= 0:
+        raise ScaleplanError(f"{quantity}={target} must be > 0")
+    if quantity == "params" and field in symbolic.RUN_FIELDS:
+        raise ScaleplanError(f"field={field!r} does not change the parameter count; solve for "
+                             "one of " + ", ".join(symbolic.MODEL_FIELDS))
+    return cast(Quantity, quantity), target
+
+
+def _choose(numeric: Any, exact: float, target: float,
+            mode: Rounding) -> tuple[int, int | float] | None:
+    """The valid value next to the exact solution that ``mode`` asks for, with its quantity."""
+    start = max(1, math.floor(exact))
+    below = _next_valid(numeric, start, -1)
+    above = _next_valid(numeric, start + 1, +1)
+    if mode == "nearest":
+        return min((c for c in (below, above) if c is not None),
+                   key=lambda c: abs(c[1] - target), default=None)
+    return _largest_at_most(numeric, below, above, target)
 
 
 def _closed_form(cfg: GPTConfig, field: str, quantity: str, count: Any, b: int | None,

@@ -1,0 +1,233 @@
+"""The line formats `read_log` knows, one table each: what a line looks like, what it means.
+
+- `record_line`: a line with a loss on it (nanoGPT's ``iter`` and ``step`` lines, llm.c's
+  stdout and ``main.log``), as its format and the `LogRecord` fields it gives.
+- `fact_line`: a line that states a fact about the run (its parameter count, its tokens per
+  step), as the format and the fact.
+- `parse_dict` and `mapping_fields`: a printed dict or JSON line, and the fields a mapping (a
+  dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log.
+
+Each parser only reads text: regular expressions, `json`, `ast.literal_eval` (literals only).
+
+>>> record_line("iter 7: loss 3.1000, time 95.10ms, mfu 40.00%", lambda: 0)
+('nanogpt', {'kind': 'train', 'step': 7, 'train_loss': 3.1, 'time_ms': 95.1, 'mfu_percent': 40.0})
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import math
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["MAPPING_KEYS", "STEP_KEYS", "Fact", "csv_header", "fact_line", "mapping_fields",
+           "parse_dict", "record_line"]
+
+_F = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|-nan))"
+_STEP = r"(\d{1,15})"
+
+_NANOGPT_EVAL = re.compile(rf"^step {_STEP}: train loss {_F}, val loss {_F}")
+_NANOGPT_ITER = re.compile(
+    rf"^iter {_STEP}: loss {_F}(?:, time {_F}\s*ms)?(?:, mfu {_F}\s*%)?")
+_NANOGPT_PARAMS = re.compile(r"number of parameters: (\d{1,9}(?:\.\d+)?)M\b")
+_NANOGPT_TOKENS = re.compile(r"tokens per iteration will be: ([\d,]{1,30})")
+
+_LLMC_STEP = re.compile(
+    rf"^step\s+{_STEP}(?:/(\d{{1,15}}))?\s*(?::|\|)\s*(?:train )?loss\s+{_F}")
+_LLMC_MS = re.compile(rf"(?:\(took |\(|\|\s*\(?){_F} ms\b")
+_LLMC_TOKS = re.compile(rf"{_F} tok/s")
+_LLMC_MFU = re.compile(rf"{_F}% bf16 MFU")
+_LLMC_LR = re.compile(rf"\|\s*lr {_F}")
+_LLMC_VAL = re.compile(rf"^val loss {_F}\s*$")
+_LLMC_MAINLOG = re.compile(rf"^s:{_STEP} (trl|tel):{_F}(?: lr:{_F})?")
+_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*\|?\s*(\d{1,18})\b")
+_LLMC_BATCH = re.compile(r"total_batch_size=(\d{1,18})")
+
+# Column or key names, in order of preference, for each field of a record.
+STEP_KEYS = ("step", "iter", "iteration", "global_step")
+MAPPING_KEYS: dict[str, tuple[str, ...]] = {
+    "train_loss": ("train_loss", "loss", "train/loss"),
+    "val_loss": ("val_loss", "eval_loss", "val/loss", "valid_loss", "validation_loss"),
+    "time_ms": ("time_ms", "dt_ms", "step_time_ms"),
+    "mfu_percent": ("mfu_percent", "mfu"),
+    "tokens_per_second": ("tokens_per_second", "tok/s", "tokens_per_sec"),
+    "learning_rate": ("learning_rate", "lr"),
+    "epoch": ("epoch",),
+}
+
+_Fields = dict[str, Any]
+_LastStep = Callable[[], int]
+
+
+def _opt(text: str | None) -> float | None:
+    return None if text is None else float(text)
+
+
+def _found(pattern: re.Pattern[str], text: str) -> float | None:
+    """The number ``pattern``'s first group finds anywhere in ``text``, if it does."""
+    m = pattern.search(text)
+    return _opt(m and m[1])
+
+
+def _nanogpt_eval(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    return "nanogpt", {"kind": "eval", "step": int(m[1]), "train_loss": float(m[2]),
+                       "val_loss": float(m[3])}
+
+
+def _nanogpt_iter(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    return "nanogpt", {"kind": "train", "step": int(m[1]), "train_loss": float(m[2]),
+                       "time_ms": _opt(m[3]), "mfu_percent": _opt(m[4])}
+
+
+def _llmc_step(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    text = m.string
+    return "llm.c", {"kind": "train", "step": int(m[1]), "train_loss": float(m[3]),
+                     "time_ms": _found(_LLMC_MS, text),
+                     "tokens_per_second": _found(_LLMC_TOKS, text),
+                     "mfu_percent": _found(_LLMC_MFU, text),
+                     "learning_rate": _found(_LLMC_LR, text)}
+
+
+def _llmc_val(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    # printed before the step it precedes: it belongs to the last step printed
+    return "llm.c", {"kind": "eval", "step": last_step(), "val_loss": float(m[1])}
+
+
+def _llmc_mainlog(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    is_train = m[2] == "trl"
+    return "llm.c", {"kind": "train" if is_train else "eval", "step": int(m[1]),
+                     "learning_rate": _opt(m[4]),
+                     "train_loss" if is_train else "val_loss": float(m[3])}
+
+
+# Tried in this order; the first whose pattern matches the start of the line reads it.
+_RECORD_LINES: tuple[tuple[re.Pattern[str],
+                           Callable[[re.Match[str], _LastStep], tuple[str, _Fields]]], ...] = (
+    (_NANOGPT_EVAL, _nanogpt_eval),
+    (_NANOGPT_ITER, _nanogpt_iter),
+    (_LLMC_STEP, _llmc_step),
+    (_LLMC_VAL, _llmc_val),
+    (_LLMC_MAINLOG, _llmc_mainlog),
+)
+
+
+def record_line(text: str,
+                last_step: Callable[[], int]) -> tuple[str, dict[str, Any]] | None:
+    """The format of a stripped line that reports a loss and the `LogRecord` fields it gives;
+    None when it is no such line. ``last_step`` says the step of the last training record (an
+    llm.c ``val loss`` line carries none).
+
+    >>> record_line("s:250 tel:4.0831", lambda: 0)
+    ('llm.c', {'kind': 'eval', 'step': 250, 'learning_rate': None, 'val_loss': 4.0831})
+    """
+    for pattern, read in _RECORD_LINES:
+        if m := pattern.match(text):
+            return read(m, last_step)
+    return None
+
+
+class Fact(NamedTuple):
+    """What a line says about the run: ``name`` is ``"params"`` (the count and the text it was
+    read from) or ``"tokens_per_step"`` (None when the log prints 0)."""
+
+    format: str
+    name: str
+    value: Any
+
+
+# (how to look for it, the format, the fact, its value from the match); first match wins.
+_FACT_LINES: tuple[tuple[Callable[[str], re.Match[str] | None], str, str,
+                         Callable[[re.Match[str]], Any]], ...] = (
+    (_NANOGPT_PARAMS.search, "nanogpt", "params", lambda m: (round(float(m[1]) * 1e6), m[0])),
+    (_NANOGPT_TOKENS.search, "nanogpt", "tokens_per_step",
+     lambda m: int(m[1].replace(",", "") or 0) or None),
+    (_LLMC_PARAMS.match, "llm.c", "params", lambda m: (int(m[1]), m[0])),
+    (_LLMC_BATCH.search, "llm.c", "tokens_per_step", lambda m: int(m[1]) or None),
+)
+
+
+def fact_line(text: str) -> Fact | None:
+    """The fact a stripped line states about the run, if it states one.
+
+    >>> fact_line("number of parameters: 123.59M")
+    Fact(format='nanogpt', name='params', value=(123590000, 'number of parameters: 123.59M'))
+    """
+    for find, fmt, name, value in _FACT_LINES:
+        if m := find(text):
+            return Fact(fmt, name, value(m))
+    return None
+
+
+def parse_dict(text: str) -> tuple[str, dict[Any, Any]] | None:
+    """The dict in a line, read as JSON (``"jsonl"``) or as a Python literal (the Trainer's
+    printed dicts, ``"hf-trainer"``), and which it was; None when it is not a dict."""
+    body = text[text.find("{"): text.rfind("}") + 1]
+    fmt = "jsonl"
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        fmt = "hf-trainer"
+        try:
+            with warnings.catch_warnings():  # e.g. SyntaxWarning for '\d' in a string
+                warnings.simplefilter("ignore")
+                data = ast.literal_eval(body)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return None
+    return (fmt, data) if isinstance(data, dict) else None
+
+
+def mapping_fields(data: dict[Any, Any]) -> dict[str, Any] | None:
+    """The `LogRecord` fields a mapping (a dict line, a CSV row) gives by `MAPPING_KEYS`; None
+    when it has neither a training nor a validation loss.
+
+    >>> mapping_fields({"iter": "10", "loss": "3.25", "lr": "6e-4"})["train_loss"]
+    3.25
+    """
+    fields = {name: _pick(data, keys) for name, keys in MAPPING_KEYS.items()}
+    if fields["train_loss"] is None and fields["val_loss"] is None:
+        return None
+    return {"kind": "eval" if fields["val_loss"] is not None else "train",
+            "step": _pick(data, STEP_KEYS, whole=True), **fields}
+
+
+def csv_header(text: str) -> list[str] | None:
+    """The lower-cased column names when a stripped line is a CSV (or TSV) header with a step
+    column and a loss column; else None."""
+    if "," not in text and "\t" not in text:
+        return None
+    names = [c.strip().lower() for c in next(csv.reader([text],
+                                                        delimiter="\t" if "\t" in text
+                                                        else ","))]
+    losses = MAPPING_KEYS["train_loss"] + MAPPING_KEYS["val_loss"]
+    if any(k in names for k in STEP_KEYS) and any(k in names for k in losses):
+        return names
+    return None
+
+
+def _pick(data: dict[Any, Any], keys: tuple[str, ...], *, whole: bool = False) -> Any:
+    """The first of ``keys`` in ``data`` as a number (an int when ``whole``), else None."""
+    for key in keys:
+        value = data.get(key)
+        if value is None or isinstance(value, bool) or value == "":
+            continue
+        try:
+            number = float(value) if not isinstance(value, int) else value
+        except (TypeError, ValueError, OverflowError):
+            continue
+        if whole:
+            if isinstance(number, float) and not number.is_integer():
+                continue
+            try:
+                integer = int(number)
+            except (OverflowError, ValueError):
+                continue
+            return integer if 0 <= integer < 10**15 else None
+        try:
+            return float(number)
+        except OverflowError:
+            return math.inf
+    return None

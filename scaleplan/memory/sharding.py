@@ -1,0 +1,122 @@
+"""The model states one GPU holds under a parallel layout: which parameters its pipeline stage
+and tensor-parallel rank hold, what ZeRO / FSDP shard over the data ranks, the buckets data
+parallelism adds; and the optimizer step's temporaries.
+
+`scaleplan.memory.training` adds these to the saved tensors of the step's worst moment.
+
+>>> from scaleplan.memory.parallel import Parallelism
+>>> cfg = GPTConfig.preset("gpt2")
+>>> W, G, O, _ = model_states(cfg, "32-true", "adamw", Parallelism(), cfg.n_layer, True, True, 0)
+>>> W == G == 4 * 124_439_808, O // W  # fp32 weights and gradients; AdamW's two moments
+(True, 2)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from scaleplan.memory.activations import FP32_BYTES
+from scaleplan.memory.parallel import Parallelism, zero3_gathered_bytes, zero_shard
+from scaleplan.memory.states import (
+    OptimizerName,
+    gradient_bytes,
+    optimizer_state_bytes,
+    param_shapes,
+    shape_stats,
+    weight_bytes,
+)
+from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.params import param_terms
+
+__all__ = ["OptimizerImpl", "model_states", "optimizer_temporaries", "per_rank"]
+
+OptimizerImpl = Literal["foreach", "fused", "for-loop"]
+
+
+def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
+                 layers: int, embeds: bool, heads: bool,
+                 temp: int) -> tuple[int, int, int, int]:
+    """(weights, gradients, optimizer, optimizer temporaries) bytes on one GPU of a stage.
+
+    Tensor parallelism divides the matrices by t (the embedding and head vocab-parallel, as in
+    Megatron-LM) and replicates norms and the position table; a pipeline stage holds its blocks,
+    the first the embeddings, the last the final norm and head (a tied head as its own copy).
+    Optimizer states and temporaries scale with the parameters held (exact for AdamW). ZeRO and
+    FSDP shard over the data ranks (`zero_shard`); stage 3 adds the largest layer gathered
+    whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
+    ``gradient_as_bucket_view`` a second copy of the gradients.
+    """
+    n, block, wte = _held_params(cfg, par.tensor, layers, embeds, heads)
+    n_total = shape_stats(cfg)[0]
+    n_single = par.tensor == 1 and embeds and heads  # this GPU holds every parameter
+    W, G = weight_bytes(n, p), gradient_bytes(n, p)
+    O_full = optimizer_state_bytes(cfg, opt, p)
+    O = O_full if n_single else O_full * n // n_total
+    temp = temp if n_single else temp * n // n_total
+    if par.data == 1:
+        return W, G, O, temp
+    return _over_data_ranks(W, G, O, temp, par, p, n=n, block=block,
+                            wte=wte if (embeds or heads) else 0)
+
+
+def _held_params(cfg: GPTConfig, t: int, layers: int, embeds: bool,
+                 heads: bool) -> tuple[int, int, int]:
+    """(parameters on one tensor-parallel rank of a stage, one block's share of them, the
+    embedding's share): ``layers`` blocks, the embeddings when it ``embeds``, the final norm
+    and head when it ``heads``."""
+    d, V = cfg.n_embd, cfg.vocab_size
+    norm = d * (2 if cfg.norm_bias else 1)
+    per_layer = param_terms(cfg)["per_layer"]
+    block = per_rank(per_layer - 2 * norm, t) + 2 * norm
+    wte, wpe = per_rank(V * d, t), (cfg.block_size * d if cfg.position == "learned" else 0)
+    head = wte if (not cfg.tie_embeddings or not embeds) else 0
+    n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
+    return n, block, wte
+
+
+def _over_data_ranks(W: int, G: int, O: int, temp: int, par: Parallelism, p: Precision, *,
+                     n: int, block: int, wte: int) -> tuple[int, int, int, int]:
+    """The model states of one of ``par.data`` data-parallel ranks holding ``n`` parameters:
+    ZeRO's shards, the reduction bucket or DDP's second gradient copy, and under stage 3 the
+    largest layer (a block or the embedding ``wte``) gathered whole."""
+    stage = par.zero_stage
+    W, G, O = zero_shard(weights=W, gradients=G, optimizer=O, stage=stage, data=par.data)
+    temp = temp if stage == 0 else -(-temp // par.data)
+    G_full = gradient_bytes(n, p)
+    if stage == 0 and not par.ddp_bucket_view:
+        G += G_full
+    elif stage > 0:
+        G += min(G_full, par.bucket_bytes)
+    if stage == 3:
+        largest = max(block, wte)
+        W += zero3_gathered_bytes(largest, param_bytes=weight_bytes(1, p), grad_bytes=0)
+        G += zero3_gathered_bytes(largest, param_bytes=0, grad_bytes=weight_bytes(1, p))
+    return W, G, O, temp
+
+
+def per_rank(x: Any, t: int) -> Any:
+    """``ceil(x / t)``, the share of one of ``t`` tensor-parallel ranks; ``x`` itself for one
+    rank (no division, so sympy symbols pass through untouched, see
+    `scaleplan.symbolic.formulas`)."""
+    return x if t == 1 else -(-x // t)
+
+
+def optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
+                           impl: OptimizerImpl | None) -> int:
+    """Peak temporaries of ``optimizer.step()`` in torch 2.x, for the whole model.
+
+    ``foreach`` (torch's default on CUDA) AdamW materialises sqrt(v) for a whole parameter group
+    (one param-sized buffer in the state dtype); ``for-loop`` (the default on CPU) makes sqrt(v)
+    and its quotient for one tensor at a time (2 x the largest tensor); ``fused`` makes none.
+    Optimizers other than AdamW are taken to update in place.
+    """
+    if optimizer not in ("adamw",):
+        return 0
+    impl = impl or ("foreach" if device == "cuda" else "for-loop")
+    state = FP32_BYTES if precision != "bf16-true" else 2
+    if impl == "fused":
+        return 0
+    if impl == "foreach":
+        return shape_stats(cfg)[0] * state
+    return 2 * max(math.prod(p) for p in param_shapes(cfg)) * state
