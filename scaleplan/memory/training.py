@@ -43,12 +43,12 @@ from scaleplan.memory.states import (
     gradient_bytes,
     normalize_optimizer,
     optimizer_state_bytes,
-    param_shapes,
     shape_stats,
     weight_bytes,
 )
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.params import param_terms
+from scaleplan.model.shapes import parameters
 
 __all__ = [
     "ALLOCATOR_SLACK_FRACTION",
@@ -228,7 +228,7 @@ def _optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, devic
         return 0
     if impl == "foreach":
         return shape_stats(cfg)[0] * state
-    return 2 * max(math.prod(p) for p in param_shapes(cfg)) * state
+    return 2 * int(max(t.numel for t in parameters(cfg))) * state
 
 
 Stage = Literal["only", "first", "last"]
@@ -426,14 +426,16 @@ def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Paralle
     whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
     ``gradient_as_bucket_view`` a second copy of the gradients.
     """
-    t, d, V = par.tensor, cfg.n_embd, cfg.vocab_size
+    t = par.tensor
     n_total = shape_stats(cfg)[0]
-    norm = d * (2 if cfg.norm_bias else 1)
-    per_layer = param_terms(cfg)["per_layer"]
-    block = _per_rank(per_layer - 2 * norm, t) + 2 * norm
-    wte, wpe = _per_rank(V * d, t), (cfg.block_size * d if cfg.position == "learned" else 0)
+    terms = param_terms(cfg)
+    norms = [x for x in parameters(cfg) if x.part == "norms"]  # replicated across tensor ranks
+    block_norms = sum(x.numel for x in norms if x.per_block)
+    final_norm = sum(x.numel for x in norms if not x.per_block)
+    block = _per_rank(terms["per_layer"] - block_norms, t) + block_norms
+    wte, wpe = _per_rank(terms["token_embedding"], t), terms["position_embedding"]
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
-    n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
+    n = layers * block + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0)
     n_single = t == 1 and embeds and heads  # this GPU holds every parameter: n == n_total
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
