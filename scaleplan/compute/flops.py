@@ -185,7 +185,8 @@ def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
         raise ValueError(f"method={method!r} is not one of 'palm', 'nanogpt', 'kaplan'")
     model = _palm(n, cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
     attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
-    blocks = n - cfg.n_embd * cfg.vocab_size  # the output head is not recomputed
+    head = across_model(cfg, [t for t in model_tensors(cfg) if t.part == "lm_head"])
+    blocks = n - head  # the output head (a matmul, tied or not) is not recomputed
     return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
 
 
