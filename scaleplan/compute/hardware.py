@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from scaleplan.checks import whole
 from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.units import GiB
 
 __all__ = [
     "DTYPES",
@@ -51,7 +52,6 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 INDUCTOR_MIN_SMS = 68
 INDUCTOR_SM_WARNING = "Not enough SMs to use max_autotune_gemm mode"
 
-_GIB = 2**30
 _MIB = 2**20
 _TERA = 1e12
 _GIGA = 1e9
@@ -140,7 +140,7 @@ class GPUSpec(BaseModel):
     @property
     def memory_gib(self) -> float:
         """Marketed memory in GiB."""
-        return self.memory_bytes / _GIB
+        return self.memory_bytes / GiB
 
     @property
     def below_inductor_autotune_threshold(self) -> bool:
@@ -179,7 +179,7 @@ class GPUSpec(BaseModel):
         return cls.model_validate({
             **data,
             "aliases": tuple(data.get("aliases", ())),
-            "memory_bytes": round(memory_gib * _GIB),
+            "memory_bytes": round(memory_gib * GiB),
             "usable_memory_bytes": None if usable_mib is None else usable_mib * _MIB,
             "memory_bandwidth": bandwidth * _GIGA,
             "boost_clock_hz": None if clock is None else clock * _GIGA,

@@ -29,7 +29,6 @@ from scaleplan.units import format_count
 __all__ = [
     "TIGHT_FIT_FRACTION",
     "Finding",
-    "GiB",
     "Locator",
     "Marker",
     "Subject",
@@ -38,7 +37,6 @@ __all__ = [
     "millions",
 ]
 
-GiB = 2**30
 MISSING_SETTING = "scaleplan.missing_setting"
 # A run that needs more than 95% of the GPU's memory fits on paper but leaves no room for the
 # caching allocator's fragmentation over a long run: `check` warns (it does not raise).
