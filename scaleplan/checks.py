@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # numpy is imported when an array is checked, not with scalep
 
     FloatArray = NDArray[np.float64]
 
-__all__ = ["finite", "float_guard", "one_of", "positive_array", "real", "whole", "wholes"]
+__all__ = ["canonical", "finite", "float_guard", "one_of", "positive_array", "real", "whole",
+           "wholes"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -159,6 +160,30 @@ def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
     """
     if value not in valid:
         raise UnknownNameError(name, value, valid)
+
+
+def canonical(kind: str, value: object, valid: tuple[str, ...], aliases: Mapping[str, str], *,
+              spelling: str | None = None) -> str:
+    """The canonical name for ``value`` (trimmed, lower-cased, an alias resolved), else an
+    `UnknownNameError` with the close matches and the valid names.
+
+    ``spelling`` replaces the trimmed, lower-cased ``value`` as the key (to drop a prefix, say);
+    the error still shows ``value``.
+
+    >>> canonical("optimizer", " Adam", ("adamw", "sgd"), {"adam": "adamw"})
+    'adamw'
+    >>> canonical("optimizer", "adan", ("adamw", "sgd"), {"adam": "adamw"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.UnknownNameError: unknown optimizer 'adan'; ... (valid: adamw, sgd)
+    """
+    key = str(value).strip().lower() if spelling is None else spelling
+    key = aliases.get(key, key)
+    if key not in valid:
+        error = UnknownNameError(kind, value, [*valid, *aliases])
+        error.args = (f"{error} (valid: {', '.join(valid)})",)
+        raise error
+    return key
 
 
 def finite(name: str, value: float) -> float:

@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from scaleplan.checks import whole
+from scaleplan.checks import canonical, whole
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.units import GiB
 
@@ -73,11 +73,9 @@ def normalize_dtype(dtype: str) -> Dtype:
     >>> normalize_dtype("torch.bfloat16"), normalize_dtype("16-mixed")
     ('bf16', 'fp16')
     """
-    key = str(dtype).strip().lower().removeprefix("torch.")
-    key = _DTYPE_ALIASES.get(key, key)
-    if key not in DTYPES:
-        raise UnknownNameError("dtype", dtype, [*DTYPES, *_DTYPE_ALIASES])
-    return key  # type: ignore[return-value]
+    spelling = str(dtype).strip().lower().removeprefix("torch.")
+    return canonical("dtype", dtype, DTYPES, _DTYPE_ALIASES,  # type: ignore[return-value]
+                     spelling=spelling)
 
 
 class PeakFlops(BaseModel):

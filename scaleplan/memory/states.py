@@ -11,7 +11,7 @@ import functools
 import math
 from typing import Literal, get_args
 
-from scaleplan.errors import UnknownNameError
+from scaleplan.checks import canonical
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.shapes import across_model, parameters
 
@@ -56,13 +56,7 @@ def normalize_optimizer(name: str) -> OptimizerName:
     >>> normalize_optimizer("AdamW_8bit")
     'adamw-8bit'
     """
-    key = str(name).strip().lower()
-    key = _OPTIMIZER_ALIASES.get(key, key)
-    if key not in OPTIMIZERS:
-        error = UnknownNameError("optimizer", name, OPTIMIZERS)
-        error.args = (f"{error} (valid: {', '.join(OPTIMIZERS)})",)
-        raise error
-    return key  # type: ignore[return-value]
+    return canonical("optimizer", name, OPTIMIZERS, _OPTIMIZER_ALIASES)  # type: ignore[return-value]
 
 
 def shape_stats(cfg: GPTConfig) -> tuple[int, int]:
