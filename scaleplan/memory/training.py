@@ -48,7 +48,7 @@ from scaleplan.memory.states import (
 )
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import parameters
+from scaleplan.model.shapes import parameters, split_by_block
 from scaleplan.units import format_gib
 
 __all__ = [
@@ -427,21 +427,17 @@ def _model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Paralle
     whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
     ``gradient_as_bucket_view`` a second copy of the gradients.
     """
-    t = par.tensor
-    n_total = shape_stats(cfg)[0]
-    terms = param_terms(cfg)
-    norms = [x for x in parameters(cfg) if x.part == "norms"]  # replicated across tensor ranks
-    block_norms = sum(x.numel for x in norms if x.per_block)
-    final_norm = sum(x.numel for x in norms if not x.per_block)
-    block = _per_rank(terms["per_layer"] - block_norms, t) + block_norms
+    t, terms = par.tensor, param_terms(cfg)
+    block_norms, final_norm = split_by_block(x for x in parameters(cfg) if x.part == "norms")
+    block = _per_rank(terms["per_layer"] - block_norms, t) + block_norms  # norms replicated
     wte, wpe = _per_rank(terms["token_embedding"], t), terms["position_embedding"]
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
     n = layers * block + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0)
-    n_single = t == 1 and embeds and heads  # this GPU holds every parameter: n == n_total
+    n_single = t == 1 and embeds and heads  # this GPU holds every parameter: n == total
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
-    O = O_full if n_single else O_full * n // n_total
-    temp = temp if n_single else temp * n // n_total
+    O = O_full if n_single else O_full * n // terms["total"]
+    temp = temp if n_single else temp * n // terms["total"]
     stage = par.zero_stage
     if par.data == 1:
         return W, G, O, temp

@@ -27,7 +27,8 @@ from typing import Any, Literal, get_args
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["PARTS", "Part", "Tensor", "across_model", "model_tensors", "parameters"]
+__all__ = ["PARTS", "Part", "Tensor", "across_model", "model_tensors", "parameters",
+           "split_by_block"]
 
 Part = Literal["token_embedding", "position_embedding", "attention", "mlp", "norms", "lm_head"]
 """Where a tensor belongs: the names of `scaleplan.model.params.ParamCount`'s parts."""
@@ -60,6 +61,10 @@ class Tensor:
     def numel(self) -> Any:
         """Elements: the product of the shape."""
         return math.prod(self.shape)
+
+
+def _numel(t: Tensor) -> Any:
+    return t.numel
 
 
 def model_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
@@ -108,8 +113,7 @@ def parameters(cfg: GPTConfig) -> tuple[Tensor, ...]:
 
 
 def across_model(cfg: GPTConfig, tensors: Iterable[Tensor],
-                 value: Callable[[Tensor], Any] = lambda t: t.numel, *,
-                 layers: Any = None) -> Any:
+                 value: Callable[[Tensor], Any] = _numel, *, layers: Any = None) -> Any:
     """``value`` (default: elements) summed over ``tensors`` as the model holds them: a
     ``per_block`` tensor ``layers`` times (default ``cfg.n_layer``), the others once.
 
@@ -119,10 +123,21 @@ def across_model(cfg: GPTConfig, tensors: Iterable[Tensor],
     >>> across_model(cfg, parameters(cfg), lambda t: 1)  # tensors: 2 + 12 x 12 + 2
     148
     """
+    block, rest = split_by_block(tensors, value)
+    return (cfg.n_layer if layers is None else layers) * block + rest
+
+
+def split_by_block(tensors: Iterable[Tensor],
+                   value: Callable[[Tensor], Any] = _numel) -> tuple[Any, Any]:
+    """``value`` (default: elements) summed over one block's tensors, and over the others.
+
+    >>> cfg = GPTConfig.preset("gpt2")
+    >>> split_by_block(t for t in parameters(cfg) if t.part == "norms")  # ln_1, ln_2; ln_f
+    (3072, 1536)
+    """
     listed = tuple(tensors)
-    L = cfg.n_layer if layers is None else layers
-    return (L * sum(value(t) for t in listed if t.per_block)
-            + sum(value(t) for t in listed if not t.per_block))
+    return (sum(value(t) for t in listed if t.per_block),
+            sum(value(t) for t in listed if not t.per_block))
 
 
 def _linear(name: str, shape: tuple[Any, Any], part: Part, *, bias: Any) -> tuple[Tensor, ...]:
