@@ -11,25 +11,44 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from scaleplan.errors import ScaleplanError, UnknownNameError
 
-__all__ = ["finite", "float_guard", "one_of", "real", "whole"]
+if TYPE_CHECKING:  # numpy is imported when an array is checked, not with scaleplan
+    import numpy as np
+    from numpy.typing import NDArray
+
+    FloatArray = NDArray[np.float64]
+
+__all__ = ["canonical", "finite", "float_guard", "one_of", "positive_array", "real", "whole",
+           "wholes"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def whole(name: str, value: object, *, minimum: int = 1, example: str = "") -> int:
+def whole(name: str, value: object, *, minimum: int = 1, example: str = "",
+          message: str = "") -> int:
     """``value`` as a Python int >= ``minimum``, else a `ScaleplanError` naming ``name``.
+
+    ``message``, when given, replaces the error's text after ``name=value``.
 
     >>> import numpy as np
     >>> whole("seq_len", np.int64(1024)), type(whole("seq_len", np.int64(1024))).__name__
     (1024, 'int')
     """
+    try:
+        return _whole(name, value, minimum, example)
+    except ScaleplanError:
+        if not message:
+            raise
+        raise ScaleplanError(f"{name}={value!r} {message}") from None
+
+
+def _whole(name: str, value: object, minimum: int, example: str) -> int:
     hint = f", e.g. {example}" if example else ""
     if isinstance(value, bool):
         raise ScaleplanError(f"{name}={value!r} must be a whole number, not a bool{hint}")
@@ -42,6 +61,29 @@ def whole(name: str, value: object, *, minimum: int = 1, example: str = "") -> i
         bound = "a positive whole number" if minimum == 1 else f">= {minimum}"
         raise ScaleplanError(f"{name}={number} must be {bound}{hint}")
     return number
+
+
+def wholes(name: str, values: Iterable[object], *, minimum: int = 1) -> list[int]:
+    """Every one of ``values`` as `whole` takes it: a non-empty list of Python ints.
+
+    >>> wholes("seq_len", [512, 1024])
+    [512, 1024]
+    >>> wholes("seq_len", [512, 0])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: seq_len holds 0; every value must be an int >= 1
+    """
+    listed = list(values)
+    if not listed:
+        raise ScaleplanError(f"{name} is empty; give at least one value")
+    out = []
+    for value in listed:
+        try:
+            out.append(whole(name, value, minimum=minimum))
+        except ScaleplanError:
+            raise ScaleplanError(f"{name} holds {value!r}; every value must be an int "
+                                 f">= {minimum}") from None
+    return out
 
 
 def real(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = False,
@@ -77,6 +119,36 @@ def _real(name: str, value: object, minimum: float, inclusive: bool, example: st
     return number
 
 
+def positive_array(name: str, value: object, *, example: str = "") -> FloatArray:
+    """``value`` (a number or an array of numbers) as a float64 array, every element positive
+    and finite, else a `ScaleplanError` naming ``name``, the first bad element and its index.
+
+    >>> positive_array("tokens", [1e9, 2e9])
+    array([1.e+09, 2.e+09])
+    >>> positive_array("tokens", [1e9, -1.0], example="a token count")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: ...; got tokens=-1.0 at index 1; pass a token count
+    """
+    import numpy as np
+
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ScaleplanError(
+            f"{name} must be a number or an array of numbers; got {name}={value!r}"
+        ) from None
+    bad = ~np.isfinite(arr) | (arr <= 0)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        where = "" if arr.ndim == 0 else f" at index {index}"
+        raise ScaleplanError(
+            f"{name} must be positive and finite; got {name}={float(arr.flat[index])!r}{where}; "
+            f"pass {example or 'a positive finite number'}"
+        )
+    return arr
+
+
 def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
     """Refuse a mode outside ``valid`` with an `UnknownNameError` naming ``name`` and the choices.
 
@@ -88,6 +160,30 @@ def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
     """
     if value not in valid:
         raise UnknownNameError(name, value, valid)
+
+
+def canonical(kind: str, value: object, valid: tuple[str, ...], aliases: Mapping[str, str], *,
+              spelling: str | None = None) -> str:
+    """The canonical name for ``value`` (trimmed, lower-cased, an alias resolved), else an
+    `UnknownNameError` with the close matches and the valid names.
+
+    ``spelling`` replaces the trimmed, lower-cased ``value`` as the key (to drop a prefix, say);
+    the error still shows ``value``.
+
+    >>> canonical("optimizer", " Adam", ("adamw", "sgd"), {"adam": "adamw"})
+    'adamw'
+    >>> canonical("optimizer", "adan", ("adamw", "sgd"), {"adam": "adamw"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.UnknownNameError: unknown optimizer 'adan'; ... (valid: adamw, sgd)
+    """
+    key = str(value).strip().lower() if spelling is None else spelling
+    key = aliases.get(key, key)
+    if key not in valid:
+        error = UnknownNameError(kind, value, [*valid, *aliases])
+        error.args = (f"{error} (valid: {', '.join(valid)})",)
+        raise error
+    return key
 
 
 def finite(name: str, value: float) -> float:

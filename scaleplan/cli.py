@@ -24,7 +24,7 @@ from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import from_hf, load_nanogpt_config
 from scaleplan.model.params import ParamCount, count_params
-from scaleplan.units import format_count
+from scaleplan.units import format_count, format_gib
 
 __all__ = ["main"]
 
@@ -129,8 +129,8 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
         notes = [] if s.has_bf16_tensor_cores else ["no bf16 tensor cores: plan fp16"]
         if s.below_inductor_autotune_threshold:
             notes.append("< 68 SMs: no inductor max-autotune GEMM")
-        print(f"{s.name:<18} {s.memory_bytes / 2**30:>6.0f} GiB {bf16:>13} {s.sm_count:>5}  "
-              f"{'; '.join(notes)}")
+        memory = format_gib(s.memory_bytes, width=6, decimals=0)
+        print(f"{s.name:<18} {memory} {bf16:>13} {s.sm_count:>5}  {'; '.join(notes)}")
     return 0
 
 
@@ -180,7 +180,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         others = ", ".join(f"{b} x {a}" for b, a in rec.micro_batch_options[1:])
         if others:
             print(f"  if memory runs out, micro-batch x grad-accum: {others}")
-        print(f"  compute-optimal: {rec.compute_optimal_tokens / 1e9:.2f}B tokens = "
+        print(f"  compute-optimal: {format_count(rec.compute_optimal_tokens)} tokens = "
               f"{rec.steps_for_compute_optimal:,} steps (max_iters = lr_decay_iters)")
         if rec.expected_val_loss is not None:
             print(f"  expected val loss ~{rec.expected_val_loss:.2f} there "

@@ -29,6 +29,7 @@ from scaleplan.checks import finite, real, whole
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
+from scaleplan.model.shapes import across_model, model_tensors
 
 __all__ = [
     "FlopsMethod",
@@ -78,17 +79,14 @@ def matmul_params(cfg: GPTConfig) -> Any:
     norms and bias additions are not matmuls and are left out: they are the elementwise work
     that FlopCounterMode counts as zero.
 
-    Like `scaleplan.model.params.param_terms`, only ``+`` and ``*`` touch the sizes, so
+    The weights are those marked ``matmul`` in `scaleplan.model.shapes.model_tensors`. Like
+    `scaleplan.model.params.param_terms`, only ``+`` and ``*`` touch the sizes, so
     `scaleplan.symbolic.formulas` evaluates this same function on symbols.
 
     >>> matmul_params(GPTConfig.preset("gpt2"))  # 12 x 7,077,888 + 768 x 50257
     123532032
     """
-    d, Q, f = cfg.n_embd, cfg.head_dim, cfg.mlp_hidden
-    n_mlp_in = 2 if cfg.gated_mlp else 1
-    per_layer = (d * (cfg.n_head + 2 * cfg.n_kv_head) * Q + cfg.n_head * Q * d
-                 + (n_mlp_in + 1) * d * f)
-    return cfg.n_layer * per_layer + d * cfg.vocab_size
+    return across_model(cfg, [t for t in model_tensors(cfg) if t.matmul])
 
 
 def _attention_matmul(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
@@ -187,7 +185,8 @@ def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
         raise ValueError(f"method={method!r} is not one of 'palm', 'nanogpt', 'kaplan'")
     model = _palm(n, cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
     attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
-    blocks = n - cfg.n_embd * cfg.vocab_size  # the output head is not recomputed
+    head = across_model(cfg, [t for t in model_tensors(cfg) if t.part == "lm_head"])
+    blocks = n - head  # the output head (a matmul, tied or not) is not recomputed
     return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
 
 
@@ -274,16 +273,17 @@ def step_flop_terms(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any, *,
     79047426048
     """
     tokens = micro_batch_size * seq_len
-    d, Q, L = cfg.n_embd, cfg.head_dim, cfg.n_layer
-    n_mlp_in = 2 if cfg.gated_mlp else 1
+    Q, L = cfg.head_dim, cfg.n_layer
+    matmuls = [t for t in model_tensors(cfg) if t.matmul]  # one block's, and the head
+    weight = {t.name: t.numel for t in matmuls}
 
     def dense(weights: Any) -> Any:  # 2·m·n·k with m = tokens and n·k = weights
         return FLOPS_PER_MAC * tokens * weights
 
-    qkv = L * dense(d * (cfg.n_head + 2 * cfg.n_kv_head) * Q)
-    attention_out = L * dense(cfg.n_head * Q * d)
-    mlp = L * dense((n_mlp_in + 1) * d * cfg.mlp_hidden)
-    lm_head = dense(d * cfg.vocab_size)
+    qkv = L * dense(weight["attn.c_attn.weight"])
+    attention_out = L * dense(weight["attn.c_proj.weight"])
+    mlp = L * dense(sum(t.numel for t in matmuls if t.part == "mlp"))
+    lm_head = dense(weight["lm_head.weight"])
     scores = tokens * _attention_matmul(L, cfg.n_head, Q, seq_len, causal=causal)  # QK^T
     values = scores  # AV has the same shape product as QK^T
     forward = qkv + scores + values + attention_out + mlp + lm_head

@@ -26,8 +26,9 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from scaleplan.checks import whole
+from scaleplan.checks import canonical, whole
 from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.units import GiB
 
 __all__ = [
     "DTYPES",
@@ -51,7 +52,6 @@ DTYPES: tuple[str, ...] = get_args(Dtype)
 INDUCTOR_MIN_SMS = 68
 INDUCTOR_SM_WARNING = "Not enough SMs to use max_autotune_gemm mode"
 
-_GIB = 2**30
 _MIB = 2**20
 _TERA = 1e12
 _GIGA = 1e9
@@ -73,11 +73,9 @@ def normalize_dtype(dtype: str) -> Dtype:
     >>> normalize_dtype("torch.bfloat16"), normalize_dtype("16-mixed")
     ('bf16', 'fp16')
     """
-    key = str(dtype).strip().lower().removeprefix("torch.")
-    key = _DTYPE_ALIASES.get(key, key)
-    if key not in DTYPES:
-        raise UnknownNameError("dtype", dtype, [*DTYPES, *_DTYPE_ALIASES])
-    return key  # type: ignore[return-value]
+    spelling = str(dtype).strip().lower().removeprefix("torch.")
+    return canonical("dtype", dtype, DTYPES, _DTYPE_ALIASES,  # type: ignore[return-value]
+                     spelling=spelling)
 
 
 class PeakFlops(BaseModel):
@@ -140,7 +138,7 @@ class GPUSpec(BaseModel):
     @property
     def memory_gib(self) -> float:
         """Marketed memory in GiB."""
-        return self.memory_bytes / _GIB
+        return self.memory_bytes / GiB
 
     @property
     def below_inductor_autotune_threshold(self) -> bool:
@@ -179,7 +177,7 @@ class GPUSpec(BaseModel):
         return cls.model_validate({
             **data,
             "aliases": tuple(data.get("aliases", ())),
-            "memory_bytes": round(memory_gib * _GIB),
+            "memory_bytes": round(memory_gib * GiB),
             "usable_memory_bytes": None if usable_mib is None else usable_mib * _MIB,
             "memory_bandwidth": bandwidth * _GIGA,
             "boost_clock_hz": None if clock is None else clock * _GIGA,

@@ -135,8 +135,8 @@ def mfu_from_flops(
     ...                      n_gpus=6144), 3)  # PaLM 540B on TPU v4
     0.462
     """
-    tokens_per_second = _check_positive("tokens_per_second", tokens_per_second,
-                                        "a measured throughput, e.g. 5.2e4")
+    tokens_per_second = real("tokens_per_second", tokens_per_second,
+                             example="a measured throughput, e.g. 5.2e4")
     n_gpus = _check_gpus(n_gpus)
     return tokens_per_second * flops_per_token / (n_gpus * peak_flops)
 
@@ -159,8 +159,7 @@ def mfu(
     >>> round(u.mfu, 3)
     0.411
     """
-    spec = lookup_gpu(gpu)
-    peak = spec.peak_flops(dtype)
+    peak, labels = _peak(gpu, dtype)
     model = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     hardware = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method,
                                recompute=recompute)
@@ -174,8 +173,7 @@ def mfu(
         n_gpus=n_gpus,
         tokens_per_second=tokens_per_second,
         flops_per_token=model,
-        gpu=spec.name,
-        dtype=normalize_dtype(dtype),
+        **labels,
     )
 
 
@@ -201,9 +199,8 @@ def throughput_at_mfu(
     (29225, 17.9)
     """
     mfu = _check_mfu(mfu)
-    spec = lookup_gpu(gpu)
+    peak, labels = _peak(gpu, dtype)
     n_gpus = _check_gpus(n_gpus)
-    peak = spec.peak_flops(dtype)
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
     step_seconds = None
@@ -219,8 +216,7 @@ def throughput_at_mfu(
         n_gpus=n_gpus,
         tokens_per_step=tokens_per_step,
         step_seconds=step_seconds,
-        gpu=spec.name,
-        dtype=normalize_dtype(dtype),
+        **labels,
     )
 
 
@@ -298,10 +294,9 @@ def from_nanogpt_mfu(
     >>> round(u.mfu, 3), round(u.achieved_flops / 1e12, 2)
     (0.616, 35.88)
     """
-    printed_percent = _check_positive("printed_percent", printed_percent,
-                                      "the percentage nanoGPT printed, e.g. 11.5")
-    spec = lookup_gpu(gpu)
-    peak = spec.peak_flops(dtype)
+    printed_percent = real("printed_percent", printed_percent,
+                           example="the percentage nanoGPT printed, e.g. 11.5")
+    peak, labels = _peak(gpu, dtype)
     achieved = printed_percent / 100 * NANOGPT_PEAK_FLOPS
     per_token = tokens_per_second = None
     if cfg is not None:
@@ -315,8 +310,7 @@ def from_nanogpt_mfu(
         n_gpus=1,
         tokens_per_second=tokens_per_second,
         flops_per_token=per_token,
-        gpu=spec.name,
-        dtype=normalize_dtype(dtype),
+        **labels,
     )
 
 
@@ -326,8 +320,10 @@ def _check_gpus(value: int) -> int:
     return n_gpus
 
 
-def _check_positive(field: str, value: float, example: str) -> float:
-    return real(field, value, example=example)
+def _peak(gpu: str | GPUSpec, dtype: str) -> tuple[float, dict[str, str]]:
+    """The dense peak FLOP/s of ``gpu`` in ``dtype``, and the labels every result carries."""
+    spec = lookup_gpu(gpu)
+    return spec.peak_flops(dtype), {"gpu": spec.name, "dtype": normalize_dtype(dtype)}
 
 
 def _check_mfu(value: float) -> float:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.shapes import across_model, model_tensors
 
 __all__ = [
     "TENSOR_PARALLEL_SPLIT_TERMS",
@@ -262,14 +263,15 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
 
 
 def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
-                               layers: int | None = None, head: bool = True) -> int:
+                               layers: int | None = None, head: bool = True) -> Any:
     """Bytes of autocast's bf16/fp16 copies of the matmul weights of ``layers`` blocks (default
     all) and, with ``head``, of the output layer.
 
     Under ``"bf16-mixed"``/``"16-mixed"`` every linear layer's weight (not biases, not norms,
     not the embedding lookup) is cast once per forward; autocast caches the copy until the
     autocast region exits and the matmul saves it for backward. A tied output head is cast like
-    any other linear weight. Zero otherwise.
+    any other linear weight. The weights are those marked ``matmul`` in
+    `scaleplan.model.shapes.model_tensors`. Zero otherwise.
 
     >>> autocast_weight_copy_bytes(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16,
     ...                                      mlp_hidden=32), "bf16-mixed")
@@ -277,8 +279,5 @@ def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
     """
     if precision not in AUTOCAST:
         return 0
-    d, a, k, h, f, V = (cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden,
-                        cfg.vocab_size)
-    per_layer = d * (a + 2 * k) * h + a * h * d + (3 if cfg.gated_mlp else 2) * d * f
-    L = cfg.n_layer if layers is None else layers
-    return (L * per_layer + (d * V if head else 0)) * HALF_BYTES
+    matmuls = [t for t in model_tensors(cfg) if t.matmul and (head or t.per_block)]
+    return across_model(cfg, matmuls, layers=layers) * HALF_BYTES

@@ -13,7 +13,6 @@ parallelism adds; and the optimizer step's temporaries.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from scaleplan.memory.activations import FP32_BYTES
@@ -22,12 +21,12 @@ from scaleplan.memory.states import (
     OptimizerName,
     gradient_bytes,
     optimizer_state_bytes,
-    param_shapes,
     shape_stats,
     weight_bytes,
 )
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
+from scaleplan.model.shapes import parameters, split_by_block
 
 __all__ = ["OptimizerImpl", "model_states", "optimizer_temporaries", "per_rank"]
 
@@ -48,7 +47,7 @@ def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallel
     ``gradient_as_bucket_view`` a second copy of the gradients.
     """
     n, block, wte = _held_params(cfg, par.tensor, layers, embeds, heads)
-    n_total = shape_stats(cfg)[0]
+    n_total = param_terms(cfg)["total"]
     n_single = par.tensor == 1 and embeds and heads  # this GPU holds every parameter
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
@@ -65,13 +64,12 @@ def _held_params(cfg: GPTConfig, t: int, layers: int, embeds: bool,
     """(parameters on one tensor-parallel rank of a stage, one block's share of them, the
     embedding's share): ``layers`` blocks, the embeddings when it ``embeds``, the final norm
     and head when it ``heads``."""
-    d, V = cfg.n_embd, cfg.vocab_size
-    norm = d * (2 if cfg.norm_bias else 1)
-    per_layer = param_terms(cfg)["per_layer"]
-    block = per_rank(per_layer - 2 * norm, t) + 2 * norm
-    wte, wpe = per_rank(V * d, t), (cfg.block_size * d if cfg.position == "learned" else 0)
+    terms = param_terms(cfg)
+    block_norms, final_norm = split_by_block(x for x in parameters(cfg) if x.part == "norms")
+    block = per_rank(terms["per_layer"] - block_norms, t) + block_norms  # norms replicated
+    wte, wpe = per_rank(terms["token_embedding"], t), terms["position_embedding"]
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
-    n = layers * block + (wte + wpe if embeds else 0) + (norm + head if heads else 0)
+    n = layers * block + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0)
     return n, block, wte
 
 
@@ -119,4 +117,4 @@ def optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device
         return 0
     if impl == "foreach":
         return shape_stats(cfg)[0] * state
-    return 2 * max(math.prod(p) for p in param_shapes(cfg)) * state
+    return 2 * int(max(t.numel for t in parameters(cfg))) * state

@@ -11,8 +11,9 @@ import functools
 import math
 from typing import Literal, get_args
 
-from scaleplan.errors import UnknownNameError
+from scaleplan.checks import canonical
 from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.shapes import across_model, parameters
 
 __all__ = [
     "ADAMW_STEP_BYTES",
@@ -55,13 +56,7 @@ def normalize_optimizer(name: str) -> OptimizerName:
     >>> normalize_optimizer("AdamW_8bit")
     'adamw-8bit'
     """
-    key = str(name).strip().lower()
-    key = _OPTIMIZER_ALIASES.get(key, key)
-    if key not in OPTIMIZERS:
-        error = UnknownNameError("optimizer", name, OPTIMIZERS)
-        error.args = (f"{error} (valid: {', '.join(OPTIMIZERS)})",)
-        raise error
-    return key  # type: ignore[return-value]
+    return canonical("optimizer", name, OPTIMIZERS, _OPTIMIZER_ALIASES)  # type: ignore[return-value]
 
 
 def shape_stats(cfg: GPTConfig) -> tuple[int, int]:
@@ -77,35 +72,21 @@ def shape_stats(cfg: GPTConfig) -> tuple[int, int]:
 
 
 def _shape_stats(cfg: GPTConfig) -> tuple[int, int]:
-    shapes = param_shapes(cfg)
-    return sum(math.prod(p) for p in shapes), len(shapes)
+    tensors = parameters(cfg)
+    return across_model(cfg, tensors), across_model(cfg, tensors, lambda t: 1)
 
 
 _cached_shape_stats = functools.lru_cache(maxsize=256)(_shape_stats)
 
 
 def param_shapes(cfg: GPTConfig) -> list[tuple[int, ...]]:
-    """Shapes of every parameter tensor of ``cfg``, a tied head once (as `count_params` counts).
+    """Shapes of every parameter tensor of ``cfg``, a tied head once (as `count_params` counts):
+    `scaleplan.model.shapes.parameters` with a block's tensors repeated ``n_layer`` times.
 
     >>> sum(math.prod(p) for p in param_shapes(GPTConfig.preset("gpt2")))
     124439808
     """
-    d, h, V, f = cfg.n_embd, cfg.head_dim, cfg.vocab_size, cfg.mlp_hidden
-    qkv = (cfg.n_head + 2 * cfg.n_kv_head) * h
-    norm: list[tuple[int, ...]] = [(d,), (d,)] if cfg.norm_bias else [(d,)]
-    block: list[tuple[int, ...]] = [*norm, (qkv, d), (d, cfg.n_head * h), *norm]
-    block += [(qkv,)] * cfg.qkv_bias + [(d,)] * cfg.attn_out_bias
-    n_in = 2 if cfg.gated_mlp else 1
-    mlp_biases: list[tuple[int, ...]] = [(f,)] * n_in
-    mlp_biases.append((d,))
-    block += [(f, d)] * n_in + [(d, f)] + mlp_biases * cfg.mlp_bias
-    shapes: list[tuple[int, ...]] = [(V, d)]
-    if cfg.position == "learned":
-        shapes.append((cfg.block_size, d))
-    shapes += block * cfg.n_layer + norm
-    if not cfg.tie_embeddings:
-        shapes.append((V, d))
-    return shapes
+    return [t.shape for t in parameters(cfg) for _ in range(cfg.n_layer if t.per_block else 1)]
 
 
 def weight_bytes(n_params: int, precision: Precision) -> int:
@@ -160,13 +141,16 @@ def optimizer_state_bytes(cfg: GPTConfig, optimizer: OptimizerName, precision: P
     elif optimizer == "sgd":
         states = 0
     elif optimizer == "adafactor":
-        states = sum((p[0] + p[1] if len(p) == 2 else p[0]) * state for p in param_shapes(cfg))
+        # rows + columns of a matrix, the whole of a vector: the sum of the shape either way
+        states = across_model(cfg, parameters(cfg), lambda t: sum(t.shape) * state)
     else:  # adamw-8bit
-        states = 0
-        for p in param_shapes(cfg):
-            numel = math.prod(p)
-            if numel < BNB_MIN_8BIT_SIZE:
-                states += 2 * numel * 4
-            else:
-                states += 2 * (numel + 4 * math.ceil(numel / BNB_BLOCK_SIZE))
+        states = across_model(cfg, parameters(cfg), lambda t: _bnb_8bit_state_bytes(t.numel))
     return n * master + states
+
+
+def _bnb_8bit_state_bytes(numel: int) -> int:
+    """bitsandbytes' two states of one tensor: 1 byte each plus an fp32 absmax per block, or
+    32-bit states below `BNB_MIN_8BIT_SIZE` elements."""
+    if numel < BNB_MIN_8BIT_SIZE:
+        return 2 * numel * 4
+    return 2 * (numel + 4 * math.ceil(numel / BNB_BLOCK_SIZE))

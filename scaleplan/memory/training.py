@@ -41,6 +41,7 @@ from scaleplan.memory.sharding import (
 )
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+from scaleplan.units import format_gib
 
 __all__ = [
     "ALLOCATOR_SLACK_FRACTION",
@@ -53,7 +54,6 @@ __all__ = [
     "training_memory",
 ]
 
-GiB = 2**30
 MiB = 2**20
 
 # A CUDA process's context (driver state, cuBLAS/cuDNN handles and kernels loaded by torch):
@@ -124,7 +124,8 @@ class MemoryBreakdown(BaseModel):
     def __str__(self) -> str:
         rows = ["weights", "gradients", "optimizer", "saved_for_backward",
                 "autocast_weight_copies", "transient", "overhead", "total"]
-        return "\n".join(f"{r:>24}: {getattr(self, r) / GiB:9.3f} GiB" for r in rows)
+        return "\n".join(f"{r:>24}: {format_gib(getattr(self, r), width=9, decimals=3)}"
+                         for r in rows)
 
 
 def check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from scaleplan.checks import canonical
 from scaleplan.errors import UnknownNameError
 
 __all__ = [
@@ -66,11 +67,7 @@ def normalize_precision(value: str) -> Precision:
     >>> normalize_precision("bfloat16")
     'bf16-mixed'
     """
-    key = str(value).strip().lower()
-    key = _PRECISION_ALIASES.get(key, key)
-    if key not in PRECISIONS:
-        raise UnknownNameError("precision", value, [*PRECISIONS, *_PRECISION_ALIASES])
-    return key  # type: ignore[return-value]
+    return canonical("precision", value, PRECISIONS, _PRECISION_ALIASES)  # type: ignore[return-value]
 
 
 # Llama's feed-forward width rule (facebookresearch/llama model.py): 2/3 of 4*d, rounded up to a

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.model.config import GPTConfig
+from scaleplan.model.shapes import PARTS, across_model, parameters
 
 __all__ = ["ParamCount", "count_params", "param_terms"]
 
@@ -52,8 +53,7 @@ class ParamCount(BaseModel):
 
     @model_validator(mode="after")
     def _parts_sum_to_total(self) -> ParamCount:
-        parts = (self.token_embedding + self.position_embedding + self.attention + self.mlp
-                 + self.norms + self.lm_head)
+        parts = sum(self.components().values())
         if parts != self.total:
             raise ValueError(f"parameter breakdown sums to {parts}, not total={self.total}")
         if self.non_embedding != self.total - self.token_embedding - self.position_embedding:
@@ -69,14 +69,7 @@ class ParamCount(BaseModel):
         >>> sum(pc.components().values()) == pc.total == 124_439_808  # Hugging Face's count
         True
         """
-        return {
-            "token_embedding": self.token_embedding,
-            "position_embedding": self.position_embedding,
-            "attention": self.attention,
-            "mlp": self.mlp,
-            "norms": self.norms,
-            "lm_head": self.lm_head,
-        }
+        return {part: getattr(self, part) for part in PARTS}
 
 
 def count_params(cfg: GPTConfig) -> ParamCount:
@@ -91,7 +84,8 @@ def count_params(cfg: GPTConfig) -> ParamCount:
     - two norms of d scales each (+ d biases for LayerNorm with bias).
 
     Plus the token embedding V x d, learned positions block_size x d, a final norm, and an untied
-    lm_head d x V (GPT-2's and Llama's heads have no bias).
+    lm_head d x V (GPT-2's and Llama's heads have no bias). The tensors are listed in
+    `scaleplan.model.shapes.model_tensors`.
 
     >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
     40560000
@@ -100,7 +94,8 @@ def count_params(cfg: GPTConfig) -> ParamCount:
 
 
 def param_terms(cfg: GPTConfig) -> dict[str, Any]:
-    """The fields of `ParamCount` as plain arithmetic on ``cfg``'s sizes: the formula itself.
+    """The fields of `ParamCount` as plain arithmetic on ``cfg``'s sizes: the elements of
+    `scaleplan.model.shapes.parameters`, summed by part.
 
     Only ``+`` and ``*`` touch the sizes (n_layer, n_head, n_kv_head, n_embd, head_dim,
     mlp_hidden, vocab_size, block_size); the structural fields (mlp, norm, position, biases,
@@ -110,35 +105,15 @@ def param_terms(cfg: GPTConfig) -> dict[str, Any]:
     >>> param_terms(GPTConfig.preset("gpt2"))["per_layer"]
     7087872
     """
-    d, h, V = cfg.n_embd, cfg.head_dim, cfg.vocab_size
-    q_width, kv_width = cfg.n_head * h, cfg.n_kv_head * h
-    n_mlp_in = 2 if cfg.gated_mlp else 1  # gated MLPs have a gate and an up projection
-
-    attn_bias = (q_width + 2 * kv_width) * cfg.qkv_bias + d * cfg.attn_out_bias
-    attn = d * (q_width + 2 * kv_width) + q_width * d + attn_bias
-    mlp_bias = (n_mlp_in * cfg.mlp_hidden) * cfg.mlp_bias + d * cfg.mlp_bias
-    mlp = (n_mlp_in + 1) * d * cfg.mlp_hidden + mlp_bias
-    norm_size = d * (2 if cfg.norm_bias else 1)
-    block_norms = 2 * norm_size
-    per_layer = attn + mlp + block_norms
-
-    token_embedding = V * d
-    position_embedding = cfg.block_size * d if cfg.position == "learned" else 0
-    lm_head = 0 if cfg.tie_embeddings else d * V
-    L = cfg.n_layer
-    norms = L * block_norms + norm_size  # + the final norm
-    biases = L * (attn_bias + mlp_bias) + (L * 2 + 1) * d * cfg.norm_bias
-    total = token_embedding + position_embedding + L * (attn + mlp) + norms + lm_head
+    tensors = parameters(cfg)
+    part: dict[str, Any] = {name: across_model(cfg, [t for t in tensors if t.part == name])
+                            for name in PARTS}
+    total = sum(part.values())
     return {
         "total": total,
-        "token_embedding": token_embedding,
-        "position_embedding": position_embedding,
-        "attention": L * attn,
-        "mlp": L * mlp,
-        "norms": norms,
-        "lm_head": lm_head,
-        "biases": biases,
-        "per_layer": per_layer,
-        "non_embedding": total - token_embedding - position_embedding,
-        "nanogpt": total - position_embedding,
+        **part,
+        "biases": across_model(cfg, [t for t in tensors if t.bias]),
+        "per_layer": across_model(cfg, [t for t in tensors if t.per_block], layers=1),
+        "non_embedding": total - part["token_embedding"] - part["position_embedding"],
+        "nanogpt": total - part["position_embedding"],
     }

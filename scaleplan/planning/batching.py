@@ -21,10 +21,6 @@ Rounding = Literal["down", "up", "nearest"]
 MAX_SEQUENCES_PER_STEP = 10**12
 
 
-def _positive(name: str, value: object) -> int:
-    return whole(name, value, example=f"{name}=8")
-
-
 def grad_accum_steps(
     tokens_per_step: int,
     micro_batch_size: int,
@@ -45,10 +41,10 @@ def grad_accum_steps(
         >>> grad_accum_steps(500_000, 12, 1024, rounding="nearest")  # 41 x 12 x 1024 = 503,808
         41
     """
-    tokens_per_step = _positive("tokens_per_step", tokens_per_step)
-    micro_batch_size = _positive("micro_batch_size", micro_batch_size)
-    seq_len = _positive("seq_len", seq_len)
-    world_size = _positive("world_size", world_size)
+    tokens_per_step = whole("tokens_per_step", tokens_per_step, example="tokens_per_step=524288")
+    micro_batch_size = whole("micro_batch_size", micro_batch_size, example="micro_batch_size=8")
+    seq_len = whole("seq_len", seq_len, example="seq_len=1024")
+    world_size = whole("world_size", world_size, example="world_size=8")
     chunk = micro_batch_size * seq_len * world_size
     below, remainder = divmod(tokens_per_step, chunk)
     if remainder == 0:
@@ -110,9 +106,9 @@ def micro_batch_sizes(tokens_per_step: int, seq_len: int, world_size: int = 1) -
     >>> micro_batch_sizes(524288, 1024)[:6]
     [1, 2, 4, 8, 16, 32]
     """
-    tokens_per_step = _positive("tokens_per_step", tokens_per_step)
-    seq_len = _positive("seq_len", seq_len)
-    world_size = _positive("world_size", world_size)
+    tokens_per_step = whole("tokens_per_step", tokens_per_step, example="tokens_per_step=524288")
+    seq_len = whole("seq_len", seq_len, example="seq_len=1024")
+    world_size = whole("world_size", world_size, example="world_size=8")
     sequences, remainder = divmod(tokens_per_step, seq_len * world_size)
     if remainder or sequences == 0:
         return []

@@ -11,6 +11,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from scaleplan.errors import ScaleplanError
+from scaleplan.units import format_count
 
 if TYPE_CHECKING:
     from scaleplan.planning.planner import Plan
@@ -46,7 +47,7 @@ def to_nanogpt_config(plan: Plan) -> str:
         raise ScaleplanError(f"precision={plan.precision!r} has no nanoGPT dtype; nanoGPT runs "
                              "'32-true', 'bf16-mixed' and '16-mixed'")
     lines = [
-        f"# scaleplan plan: gpt2-shaped {plan.params.total / 1e6:.2f}M-parameter model on "
+        f"# scaleplan plan: gpt2-shaped {format_count(plan.params.total)}-parameter model on "
         f"{plan.world_size} x {plan.gpu.name}",
         f"# {plan.micro_batch_size} x {plan.seq_len} x {plan.grad_accum_steps} x "
         f"{plan.world_size} = {plan.tokens_per_step:,} tokens per step; "

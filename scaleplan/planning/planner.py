@@ -44,8 +44,6 @@ from scaleplan.scaling.tokens import chinchilla_tokens
 
 __all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
 
-GiB = 2**30
-
 # GPT-3 Small (125M) trained with 0.5M-token batches (Brown et al. 2020, Table 2.1); nanoGPT's
 # GPT-2 config uses 491,520. 2^19 = 524,288 divides evenly by the usual micro-batches.
 DEFAULT_TOKENS_PER_STEP = 2**19

@@ -14,10 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from scaleplan.compute.flops import flops_per_token
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.model.config import GPTConfig
+from scaleplan.units import format_gib
 
 __all__ = ["Remedy", "nothing_fits_message", "remedies"]
-
-GiB = 2**30
 
 
 class Remedy(BaseModel):
@@ -94,16 +93,16 @@ def nothing_fits_message(cfg: GPTConfig, spec: GPUSpec, memory: Any,
     states = light.weights + light.gradients + light.optimizer
     rest = light.total - states  # activations, loss side, overhead: not sharded by ZeRO-3
     if rest < available:
-        shard = (f"shard weights, gradients and optimizer states ({states / GiB:.2f} GiB with "
+        shard = (f"shard weights, gradients and optimizer states ({format_gib(states)} with "
                  f"{lightest.name}) over at least {math.ceil(states / (available - rest))} GPUs "
                  "(ZeRO-3 / FSDP full shard)")
     else:
         shard = (f"even without weights, gradients and optimizer states, the rest (activations, "
-                 f"autocast weight copies, the loss, overhead) needs {rest / GiB:.2f} GiB: shorten "
+                 f"autocast weight copies, the loss, overhead) needs {format_gib(rest)}: shorten "
                  "seq_len")
     return (
-        f"nothing fits on one {spec.name} ({available / GiB:.2f} GiB): micro-batch 1 needs "
-        f"{base.total / GiB:.2f} GiB, and {light.total / GiB:.2f} GiB with {lightest.name}. "
+        f"nothing fits on one {spec.name} ({format_gib(available)}): micro-batch 1 needs "
+        f"{format_gib(base.total)}, and {format_gib(light.total)} with {lightest.name}. "
         f"To fit: {shard}; or {_narrower(cfg, lightest.changes, memory, available)}"
     )
 

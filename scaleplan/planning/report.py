@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scaleplan.units import GiB, format_count, format_gib
+from scaleplan.units import format_count, format_gib
 
 if TYPE_CHECKING:
     from scaleplan.planning.planner import Plan
@@ -32,7 +32,7 @@ def format_plan(p: Plan) -> str:
     m = p.memory
     lines = [
         f"Plan: {format_count(p.params.total)}-parameter model on {p.world_size} x {p.gpu.name} "
-        f"({p.available_bytes / GiB:.2f} GiB: {p.available_source})",
+        f"({format_gib(p.available_bytes)}: {p.available_source})",
         "",
         f"  micro_batch_size     {p.micro_batch_size}",
         f"  grad_accum_steps     {p.grad_accum_steps}",
@@ -48,9 +48,9 @@ def format_plan(p: Plan) -> str:
     for field, label in _MEMORY_ROWS:
         lines.append(f"  {label:<24} {_gib(getattr(m, field))}")
     lines += [
-        f"  {'total':<24} {_gib(m.total)}   headroom {p.headroom_bytes / GiB:.2f} GiB "
+        f"  {'total':<24} {_gib(m.total)}   headroom {format_gib(p.headroom_bytes)} "
         f"-> {'fits' if p.fits else 'DOES NOT FIT'}",
-        f"  (of saved: logits and the loss {m.logits / GiB:.2f} GiB)",
+        f"  (of saved: logits and the loss {format_gib(m.logits)})",
         "",
         "Micro-batches that divide the step:",
     ]

@@ -9,12 +9,13 @@ evaluated as numpy arrays by `scaleplan.memory.limits.memory_grid` (the same ari
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from scaleplan.checks import wholes
 from scaleplan.compute.flops import flops_per_token
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
@@ -37,16 +38,6 @@ SWEEP_DTYPE = np.dtype([
     ("fits", np.bool_),
     ("flops_per_token", np.float64),  # flops_per_token(cfg, seq_len=...), causal, model FLOPs
 ])
-
-
-def _positive_ints(name: str, values: Iterable[Any]) -> list[int]:
-    out = list(values)
-    if not out:
-        raise ScaleplanError(f"{name} is empty; give at least one value")
-    for v in out:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ScaleplanError(f"{name} holds {v!r}; every value must be an int >= 1")
-    return [int(v) for v in out]
 
 
 def sweep(
@@ -72,10 +63,10 @@ def sweep(
     >>> r["micro_batch_size"].tolist(), r["fits"].tolist()
     ([8, 16], [True, False])
     """
-    layers = _positive_ints("n_layer", n_layer)
-    widths = _positive_ints("n_embd", n_embd)
-    b = np.asarray(_positive_ints("micro_batch_size", micro_batch_size), dtype=np.float64)
-    s = np.asarray(_positive_ints("seq_len", seq_len), dtype=np.float64)
+    layers = wholes("n_layer", n_layer)
+    widths = wholes("n_embd", n_embd)
+    b = np.asarray(wholes("micro_batch_size", micro_batch_size), dtype=np.float64)
+    s = np.asarray(wholes("seq_len", seq_len), dtype=np.float64)
     specs = [lookup_gpu(g) for g in gpus]
     if not specs:
         raise ScaleplanError("gpus is empty; give at least one GPU name")

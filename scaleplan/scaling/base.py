@@ -16,8 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import float_guard
-from scaleplan.errors import ScaleplanError
+from scaleplan.checks import float_guard, positive_array
 
 __all__ = [
     "TRAINING_FLOPS_PER_PARAM_TOKEN",
@@ -48,23 +47,9 @@ _HINTS = {
 
 
 def positive_values(name: str, value: ArrayLike) -> FloatArray:
-    """``value`` as float64, rejecting anything non-positive, NaN or infinite (naming ``name``)."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ScaleplanError(
-            f"{name} must be a number or an array of numbers; got {name}={value!r}"
-        ) from None
-    bad = ~np.isfinite(arr) | (arr <= 0)
-    if bad.any():
-        index = int(np.flatnonzero(bad)[0])
-        where = "" if arr.ndim == 0 else f" at index {index}"
-        hint = _HINTS.get(name, "a positive finite number")
-        raise ScaleplanError(
-            f"{name} must be positive and finite; got {name}={float(arr.flat[index])!r}{where}; "
-            f"pass {hint}"
-        )
-    return arr
+    """``value`` as float64, rejecting anything non-positive, NaN or infinite (naming ``name``):
+    `scaleplan.checks.positive_array` with a hint for each quantity of the scaling laws."""
+    return positive_array(name, value, example=_HINTS.get(name, ""))
 
 
 def as_result(value: FloatArray, *inputs: ArrayLike) -> Any:

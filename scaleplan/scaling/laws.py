@@ -159,39 +159,42 @@ class KaplanScalingLaw(BaseScalingLaw):
 _MUENNIGHOFF_LOG_A, _MUENNIGHOFF_LOG_B, _MUENNIGHOFF_LOG_E = 6.255414, 7.3049974, 0.6254804
 _MUENNIGHOFF_ALPHA = _MUENNIGHOFF_BETA = 0.3526596
 
+
+def _hoffmann_form(name: str, paper: str, *, allocation: bool = False,
+                   **constants: float) -> ScalingLaw:
+    """A published law of Hoffmann et al.'s form on total parameters; ``allocation`` where the
+    paper also gives the compute-optimal allocation (eq. 4)."""
+    equation = "L = E + A/N^alpha + B/D^beta (Hoffmann eq. 2)"
+    return ScalingLaw(name=name, paper=paper, n_counts="total", **constants,
+                      equation=equation + (", allocation eq. 4" if allocation else ""))
+
+
 _LAWS: dict[str, BaseScalingLaw] = {
     law.name: law
     for law in (
-        ScalingLaw(
-            name="chinchilla",
-            paper="Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, "
-            "Approach 3 (unrounded constants from the paper's source; the only ones that "
-            "reproduce its ~40B projection at Gopher's 5.76e23 FLOPs)",
-            equation="L = E + A/N^alpha + B/D^beta (eq. 2), allocation eq. 4",
-            n_counts="total",
+        _hoffmann_form(
+            "chinchilla",
+            "Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, Approach 3 "
+            "(unrounded constants from the paper's source; the only ones that reproduce its "
+            "~40B projection at Gopher's 5.76e23 FLOPs)",
             E=1.69337368, A=406.401018, B=410.722827, alpha=0.33917084, beta=0.2849083,
+            allocation=True,
         ),
-        ScalingLaw(
-            name="chinchilla-rounded",
-            paper="Hoffmann et al. 2022, Approach 3 as printed in the paper body (rounded)",
-            equation="L = E + A/N^alpha + B/D^beta (eq. 2), allocation eq. 4",
-            n_counts="total",
-            E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,
+        _hoffmann_form(
+            "chinchilla-rounded",
+            "Hoffmann et al. 2022, Approach 3 as printed in the paper body (rounded)",
+            E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, allocation=True,
         ),
-        ScalingLaw(
-            name="epoch2024",
-            paper="Besiroglu, Erdil, Barnett, You 2024, Chinchilla Scaling: A replication "
-            "attempt (arXiv:2404.10102), refit of Approach 3 on Hoffmann's Fig. 4 data",
-            equation="L = E + A/N^alpha + B/D^beta (Hoffmann eq. 2)",
-            n_counts="total",
+        _hoffmann_form(
+            "epoch2024",
+            "Besiroglu, Erdil, Barnett, You 2024, Chinchilla Scaling: A replication attempt "
+            "(arXiv:2404.10102), refit of Approach 3 on Hoffmann's Fig. 4 data",
             E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658,
         ),
-        ScalingLaw(
-            name="muennighoff2023",
-            paper="Muennighoff et al. 2023, Scaling Data-Constrained Language Models, "
-            "single-epoch fit on C4 (constants from the datablations README)",
-            equation="L = E + A/N^alpha + B/D^beta (Hoffmann eq. 2)",
-            n_counts="total",
+        _hoffmann_form(
+            "muennighoff2023",
+            "Muennighoff et al. 2023, Scaling Data-Constrained Language Models, single-epoch fit "
+            "on C4 (constants from the datablations README)",
             E=math.exp(_MUENNIGHOFF_LOG_E), A=math.exp(_MUENNIGHOFF_LOG_A),
             B=math.exp(_MUENNIGHOFF_LOG_B), alpha=_MUENNIGHOFF_ALPHA, beta=_MUENNIGHOFF_BETA,
         ),

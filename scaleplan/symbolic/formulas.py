@@ -25,10 +25,11 @@ Memory runs `scaleplan.memory.training`'s own per-GPU arithmetic (``stage_parts`
 gradients, optimizer states, every saved tensor and each moment of the step). Three lines of
 composition are necessarily written here again, because Python's ``max`` and ``math.ceil`` do
 not take symbols (pinned by the same test): the worst moment (``Max`` over the moments), the
-weight copies counted at that moment, and the allocator slack (``ceiling``). Optimizer state
-is built tensor by tensor from a list of shapes that repeats once per block, so with
-``n_layer`` free the parts are evaluated at 1 and 2 blocks and extended linearly (every part is
-affine in the number of blocks). Memory is for one GPU (no `scaleplan.memory.parallel.Parallelism`).
+weight copies counted at that moment, and the allocator slack (``ceiling``). A few parts take
+a Python number of blocks (the recompute moment of full checkpointing divides by
+``max(layers, 1)``; per-tensor optimizer thresholds compare sizes), so with ``n_layer`` free the
+parts are evaluated at 1 and 2 blocks and extended linearly (every part is affine in the number
+of blocks). Memory is for one GPU (no `scaleplan.memory.parallel.Parallelism`).
 
 Symbols: ``L`` n_layer, ``a`` n_head, ``k`` n_kv_head, ``d`` n_embd, ``h`` head_dim, ``f``
 mlp_hidden, ``V`` vocab_size, ``P`` block_size (positions), ``b`` micro_batch_size, ``s``
@@ -285,8 +286,8 @@ class SymbolicMemory:
 
 
 def _affine_in_layers(view: SymbolicModel, fn: Callable[[GPTConfig], Any]) -> Any:
-    """``fn(view)`` where ``fn`` builds per-tensor lists that repeat once per block (and so
-    cannot take a symbolic n_layer): evaluated at 1 and 2 blocks and extended linearly, which is
+    """``fn(view)`` where ``fn`` needs a Python number of blocks (and so cannot take a symbolic
+    n_layer): evaluated at 1 and 2 blocks and extended linearly, which is
     exact because every memory part is affine in the number of blocks."""
     L = view.n_layer
     if isinstance(L, int):

@@ -11,8 +11,6 @@ so a team's flat model (``micro_batch_size`` next to ``model``) works as well as
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
@@ -21,6 +19,7 @@ from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from scaleplan.checks import real
 from scaleplan.errors import ScaleplanError
 from scaleplan.findings import Finding
 from scaleplan.model.config import GPTConfig, TrainingConfig
@@ -29,7 +28,6 @@ from scaleplan.units import format_count
 __all__ = [
     "TIGHT_FIT_FRACTION",
     "Finding",
-    "GiB",
     "Locator",
     "Marker",
     "Subject",
@@ -38,7 +36,6 @@ __all__ = [
     "millions",
 ]
 
-GiB = 2**30
 MISSING_SETTING = "scaleplan.missing_setting"
 # A run that needs more than 95% of the GPU's memory fits on paper but leaves no room for the
 # caching allocator's fragmentation over a long run: `check` warns (it does not raise).
@@ -62,9 +59,7 @@ def check_nonnegative(name: str, value: object) -> None:
     ...
     scaleplan.errors.ScaleplanError: rel_tol=-0.1 must be a finite number >= 0, e.g. rel_tol=0.1
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or value > sys.float_info.max or not math.isfinite(value) or value < 0:  # 10**400
-        raise ScaleplanError(f"{name}={value!r} must be a finite number >= 0, e.g. {name}=0.1")
+    real(name, value, inclusive=True, message=f"must be a finite number >= 0, e.g. {name}=0.1")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic_core import PydanticCustomError
 
+from scaleplan.checks import whole
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import ParamCount, count_params
@@ -277,9 +278,8 @@ class TokensPerParam(Marker):
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ScaleplanError(f"TokensPerParam min={self.min} is above max={self.max}; swap "
                                  "them")
-        if self.tokens is not None and (isinstance(self.tokens, bool)
-                                        or not isinstance(self.tokens, int) or self.tokens <= 0):
-            raise ScaleplanError(f"tokens={self.tokens!r} must be a positive int")
+        if self.tokens is not None:
+            whole("tokens", self.tokens, message="must be a positive int")
         _check_count(self.count)
         object.__setattr__(self, "needs", (self.tokens_from,))
 

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, get_args
 
+from scaleplan.checks import real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
 from scaleplan.model.config import GPTConfig, normalize_precision
-from scaleplan.validation.base import TIGHT_FIT_FRACTION, Finding, GiB, Marker, Subject
+from scaleplan.units import format_gib
+from scaleplan.validation.base import TIGHT_FIT_FRACTION, Finding, Marker, Subject
 
 __all__ = ["DivisibleStep", "FitsOn"]
 
@@ -25,15 +27,9 @@ DEFAULT_OPTIMIZER = "adamw"
 
 
 def _positive_int(name: str, value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value <= 0):
-        raise ScaleplanError(f"{name}={value!r} must be a positive int, e.g. {name}=8")
-
-
-def _gib(n: int) -> str:
-    if n > 2**1000:  # past a float; micro_batch_size=10**400 got here (fuzzed, issue 13)
-        return f"~10^{len(str(n // GiB)) - 1} GiB"
-    return f"{n / GiB:.2f} GiB"
+    """An optional size of a marker: None (the subject gives it) or a positive int."""
+    if value is not None:
+        whole(name, value, message=f"must be a positive int, e.g. {name}=8")
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,7 @@ class FitsOn(Marker):
     (bytes, or an object with ``.total``) when given. The error names the largest micro-batch
     that fits and the gradient-accumulation steps that keep the step's tokens.
 
+    >>> from scaleplan.units import GiB
     >>> FitsOn(8 * GiB, micro_batch_size=4, seq_len=1024).describe()
     'Fits in the GPU (8.00 GiB) at micro_batch_size=4, seq_len=1024, bf16-mixed.'
     """
@@ -73,8 +70,8 @@ class FitsOn(Marker):
         name, available = self._resolve_gpu(self.gpu)
         object.__setattr__(self, "gpu_name", name)
         object.__setattr__(self, "available_bytes", available)
-        _positive_int("micro_batch_size", self.micro_batch_size)
-        _positive_int("seq_len", self.seq_len)
+        for name in ("micro_batch_size", "seq_len"):
+            _positive_int(name, getattr(self, name))
         if self.precision is not None:
             object.__setattr__(self, "precision", normalize_precision(self.precision))
         for arg, value, valid in (("attention", self.attention, _ATTENTION),
@@ -93,9 +90,9 @@ class FitsOn(Marker):
 
             gpu = lookup(gpu)
         if isinstance(gpu, int) and not isinstance(gpu, bool):
-            if gpu <= 0:
-                raise ScaleplanError(f"gpu={gpu!r}: a memory size must be positive bytes, e.g. "
-                                     "gpu=12 * 2**30")
+            # finite as a float too: the budget and the tight-fit bound are float products
+            real("gpu", gpu, message="must be a memory size in positive bytes (below 2**1024), "
+                                     "e.g. gpu=12 * 2**30")
             return "the GPU", gpu
         memory = getattr(gpu, "usable_memory_bytes", None) or getattr(gpu, "memory_bytes", None)
         if not isinstance(memory, int):
@@ -122,6 +119,7 @@ class FitsOn(Marker):
 
         With a stand-in memory model of 1 GiB per sequence in the micro-batch:
 
+        >>> from scaleplan.units import GiB
         >>> def one_gib_each(cfg, micro_batch_size, **settings):
         ...     return micro_batch_size * GiB
         >>> fits = FitsOn(8 * GiB, memory_model=one_gib_each)
@@ -138,6 +136,7 @@ class FitsOn(Marker):
     def budget_bytes(self) -> int:
         """The memory a step may use: the GPU's, less ``headroom``.
 
+        >>> from scaleplan.units import GiB
         >>> FitsOn(8 * GiB, headroom=0.25).budget_bytes() == 6 * GiB
         True
         """
@@ -147,7 +146,7 @@ class FitsOn(Marker):
         shape = ", ".join(f"{k}={v}" for k, v in self.explicit().items() if v is not None)
         where = f" at {shape}, {self.precision or DEFAULT_PRECISION}" if shape else ""
         kept = f", keeping {self.headroom:.0%} free" if self.headroom else ""
-        return f"Fits in {self.gpu_name} ({_gib(self.available_bytes)}){where}{kept}."
+        return f"Fits in {self.gpu_name} ({format_gib(self.available_bytes)}){where}{kept}."
 
     def max_micro_batch_size(self, cfg: GPTConfig, **settings: Any) -> int:
         """The largest micro-batch up to ``settings['micro_batch_size']`` that fits; 0 if none.
@@ -155,6 +154,7 @@ class FitsOn(Marker):
         Memory grows with the micro-batch, so a bisection finds it. With a stand-in memory model
         of 1 GiB per sequence, 8 GiB holds 8 sequences:
 
+        >>> from scaleplan.units import GiB
         >>> def one_gib_each(cfg, micro_batch_size, **settings):
         ...     return micro_batch_size * GiB
         >>> fits = FitsOn(8 * GiB, memory_model=one_gib_each)
@@ -183,14 +183,15 @@ class FitsOn(Marker):
             if needed <= TIGHT_FIT_FRACTION * self.available_bytes:
                 return []
             return [Finding(severity="warning", code="scaleplan.tight_fit", numbers=numbers,
-                            labels=labels, message=f"needs {_gib(needed)} of {self.gpu_name}'s "
-                            f"{_gib(self.available_bytes)} at {shape}: it fits, with little to "
-                            "spare for allocator fragmentation; consider a smaller micro-batch")]
+                            labels=labels, message=f"needs {format_gib(needed)} of "
+                            f"{self.gpu_name}'s {format_gib(self.available_bytes)} at {shape}: it "
+                            "fits, with little to spare for allocator fragmentation; consider a "
+                            "smaller micro-batch")]
         best = self.max_micro_batch_size(subject.cfg, **settings)
         numbers["max_micro_batch_size"] = best
-        message = (f"needs {_gib(needed)} but {self.gpu_name} has {_gib(budget)}"
+        message = (f"needs {format_gib(needed)} but {self.gpu_name} has {format_gib(budget)}"
                    f"{' to use' if self.headroom else ''} at {shape} "
-                   f"({_gib(needed - budget)} over); {self._fix(subject, settings, best)}")
+                   f"({format_gib(needed - budget)} over); {self._fix(subject, settings, best)}")
         return [Finding(severity="error", code=self.code, message=message, numbers=numbers,
                         labels=labels)]
 
@@ -200,7 +201,7 @@ class FitsOn(Marker):
             if settings["checkpointing"] != "full":
                 fixes.insert(0, "activation checkpointing (checkpointing='full')")
             one = self.needed_bytes(subject.cfg, **{**settings, "micro_batch_size": 1})
-            return f"even micro_batch_size=1 needs {_gib(one)}: use {' or '.join(fixes)}"
+            return f"even micro_batch_size=1 needs {format_gib(one)}: use {' or '.join(fixes)}"
         step = subject.get("tokens_per_step")
         world = int(subject.get("world_size") or 1)
         if step:
