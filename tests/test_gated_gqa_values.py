@@ -83,7 +83,7 @@ def test_gated_mlp_has_three_matmuls_in_the_flops() -> None:
 
 
 def test_step_flops_causal_halves_only_the_attention_matmuls() -> None:
-    s = step_flops(CFG, micro_batch_size=B, seq_len=S, causal=True)
+    s = step_flops(CFG, micro_batch_size=B, seq_len=S)  # causal is the default
     assert s.attention_scores == 262_144  # 524288 / 2 (Megatron's s^2 / 2 triangle)
     assert s.attention_values == 262_144
     assert s.forward == FORWARD - 524_288  # 15204352
