@@ -76,6 +76,15 @@ def test_training_flops_passes_causal_through_and_accepts_zero_tokens() -> None:
     assert training_flops(GPT2, 0, seq_len=1024) == 0.0  # zero tokens is a valid (empty) run
 
 
+def test_training_flops_passes_recompute_and_method_through() -> None:
+    # 10^6 tokens x per-token figures derived above: Kaplan 510,336,000 (6 N), and PaLM causal
+    # with selective recompute: + the causal attention forward once, QK^T and AV at 2 FLOPs per
+    # multiply-add over L H Q T, halved: 2 x 2 x 12 x 12 x 64 x 1024 / 2 = 18,874,368
+    assert training_flops(GPT2, 10**6, seq_len=1024, method="kaplan") == 510_336_000 * 10**6
+    assert training_flops(GPT2, 10**6, seq_len=1024, recompute="selective") == (
+        PALM_CAUSAL_1024 + 18_874_368) * 10**6
+
+
 def test_kaplan_training_flops_accepts_zero_and_rejects_either_negative() -> None:
     assert kaplan_training_flops(0, 300e9) == 0.0
     assert kaplan_training_flops(175e9, 0) == 0.0
