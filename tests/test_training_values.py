@@ -1,0 +1,124 @@
+"""training_memory values by hand: the moments of a step, optimizer temporaries, overheads.
+
+The model is the SwiGLU/GQA/RMSNorm/RoPE one of tests/test_gated_gqa_values.py (131,392
+parameters in 17 tensors, the largest two 256 x 64 = 16,384 elements: wte and the untied head).
+At b = s = 1 (T = 1 token) its activations are tiny, so the optimizer step can be the worst moment.
+
+Saved for backward at T = 1, fp32, flash, CUDA semantics (each term as derived for T = 64 in
+tests/test_gated_gqa_values.py, divided by 64 where it scales with T):
+
+    per block: norm1 256 + 4, qkv_input 256, qkv 512, rope_qk 384, attn_lse 1 x 4 x 1 x 4 = 16,
+               attn_out 256, norm2 256 + 4, mlp_input 256, mlp_activations 4 x 192 x 4 = 3072
+               -> 5272; two blocks 10,544
+    outside:   rope tables 8192, token ids 8, final norm 260, head input 256,
+               log-softmax 256 x 4 = 1024, targets 8 + 4 = 12
+    S = 10,544 + 8192 + 8 + 260 + 256 + 1024 + 12 = 20,296
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scaleplan.errors import ScaleplanError
+from scaleplan.memory.training import MemoryBreakdown, training_memory
+from scaleplan.model.config import GPTConfig
+
+CFG = GPTConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=192,
+                norm="rmsnorm", position="rope", bias=False, tie_embeddings=False,
+                vocab_size=256, block_size=64)
+N = 131_392
+S1 = 20_296  # saved bytes at T = 1 (module docstring)
+W = G = 4 * N  # 525,568 fp32 weights and gradients
+ADAMW = 2 * 4 * N + 17 * 4  # 1,051,204: two fp32 moments + a 4-byte step per tensor
+HELD = 256 * 4  # the logits the loop keeps, T V x 4
+BACKWARD_START = S1 + 2 * 256 * 4  # + the log-softmax's and the logits' gradients: 22,344
+
+
+def one_token(**kw: object) -> MemoryBreakdown:
+    return training_memory(CFG, micro_batch_size=1, seq_len=1, precision="32-true", **kw)  # type: ignore[arg-type]
+
+
+def test_saved_bytes_at_one_token() -> None:
+    assert one_token().saved_for_backward == S1
+
+
+def test_foreach_adamw_temporaries_make_the_optimizer_step_the_peak() -> None:
+    # torch's foreach AdamW (the CUDA default) materialises sqrt(v) for every parameter at
+    # once: one fp32 buffer of N elements = 525,568 bytes, more than backward's 22,344.
+    m = one_token()
+    assert m.peak_moment == "optimizer_step"
+    assert m.tensor_peak == W + G + ADAMW + 4 * N + HELD
+    # transient: what is live on top of the saved tensors, which are freed by then
+    assert m.transient == 4 * N + HELD - S1
+
+
+def test_for_loop_adamw_temporaries_are_two_of_the_largest_tensor() -> None:
+    # The for-loop implementation (the CPU default) works one tensor at a time: sqrt(v) and
+    # the update for the largest tensor, 2 x 16,384 x 4 = 131,072 bytes.
+    for m in (one_token(optimizer_impl="for-loop"), one_token(device="cpu-cuda-semantics")):
+        assert m.peak_moment == "optimizer_step"
+        assert m.tensor_peak == W + G + ADAMW + 131_072 + HELD
+
+
+def test_fused_adamw_and_sgd_have_no_temporaries() -> None:
+    m = one_token(optimizer_impl="fused")
+    assert m.peak_moment == "backward_start"
+    assert m.tensor_peak == W + G + ADAMW + BACKWARD_START + HELD
+    sgd = one_token(optimizer="sgd")  # plain SGD: no state, updates in place
+    assert sgd.optimizer == 0
+    assert sgd.tensor_peak == W + G + BACKWARD_START + HELD
+
+
+def test_bf16_true_temporaries_are_in_bf16() -> None:
+    # bf16 parameters, gradients and AdamW states: 2 bytes each; the foreach buffer too (N x 2).
+    m = training_memory(CFG, micro_batch_size=1, seq_len=1, precision="bf16-true")
+    assert m.weights == m.gradients == 2 * N
+    assert m.optimizer == 2 * 2 * N + 17 * 4
+    assert m.peak_moment == "optimizer_step"
+    assert m.tensor_peak == 2 * N + 2 * N + (4 * N + 68) + 2 * N + 256 * 2  # held logits bf16
+
+
+def test_dropped_logits_and_overheads() -> None:
+    m = one_token(optimizer_impl="fused", hold_logits=False, cuda_context_bytes=1000,
+                  allocator_slack_fraction=0.5)
+    peak = W + G + ADAMW + BACKWARD_START  # 2,124,684, without the held logits
+    assert m.tensor_peak == peak
+    assert m.overhead == 1000 + peak // 2  # even: exact half
+    assert m.total == peak + 1000 + peak // 2
+    odd = one_token(optimizer_impl="fused", hold_logits=False, cuda_context_bytes=0,
+                    allocator_slack_fraction=0.5, optimizer="sgd")
+    # W + G + backward_start = 1,073,480, slack rounds up: ceil(536,740) = 536,740
+    assert odd.overhead == 536_740
+    assert one_token(device="cpu").overhead == 0
+    # zero slack is allowed
+    assert one_token(cuda_context_bytes=0, allocator_slack_fraction=0.0).overhead == 0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"allocator_slack_fraction": 1.0}, r"^allocator_slack_fraction=1\.0 must be below 1, e\.g\. "
+                                        r"0\.05$"),
+    ({"allocator_slack_fraction": -0.1}, r"^allocator_slack_fraction=-0\.1 must be >= 0; give a "
+                                         r"fraction such as 0\.05$"),
+    ({"cuda_context_bytes": -1}, r"^cuda_context_bytes=-1 must be >= 0, e\.g\. "
+                                 r"cuda_context_bytes=2\*\*29$"),
+    ({"hold_logits": 1}, r"^hold_logits=1 must be True or False$"),
+    ({"micro_batch_size": 1.0}, r"^micro_batch_size=1\.0 must be an int >= 1$"),
+    ({"micro_batch_size": True}, r"^micro_batch_size=True must be an int >= 1$"),
+    ({"micro_batch_size": 0}, r"^micro_batch_size=0 must be >= 1 sequence$"),
+    ({"seq_len": 0}, r"^seq_len=0 must be >= 1 token$"),
+    ({"parallelism": "tp=2"}, r"^parallelism='tp=2' must be a scaleplan\.memory\.parallel\."
+                              r"Parallelism \(or None for one GPU\)$"),
+])
+def test_bad_arguments_are_named_with_a_fix(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"micro_batch_size": 1, "seq_len": 1, **kwargs}
+    with pytest.raises(ScaleplanError, match=message):
+        training_memory(CFG, **args)  # type: ignore[arg-type]
+
+
+def test_learned_positions_limit_seq_len_to_block_size() -> None:
+    learned = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
+    with pytest.raises(ScaleplanError, match=r"^seq_len=5 exceeds block_size=4, the length of "
+                                             r"the learned position table"):
+        training_memory(learned, micro_batch_size=1, seq_len=5)
+    assert training_memory(learned, micro_batch_size=1, seq_len=4).saved_breakdown[
+        "position_ids"] == 32  # s x 8 bytes
