@@ -122,3 +122,35 @@ def test_learned_positions_limit_seq_len_to_block_size() -> None:
         training_memory(learned, micro_batch_size=1, seq_len=5)
     assert training_memory(learned, micro_batch_size=1, seq_len=4).saved_breakdown[
         "position_ids"] == 32  # s x 8 bytes
+
+
+def test_full_checkpointing_peaks_while_a_block_is_recomputed() -> None:
+    # fp32, b = 2, s = 32 (T = 64), fused AdamW. Saved: token ids 512, each block's input
+    # T d x 4 = 16,384 (x 2 blocks), and the loss side: final norm 16,640, head input 16,384,
+    # log-softmax 65,536, targets 516 = 99,076. S = 512 + 32,768 + 99,076 = 132,356.
+    # Recomputing one block in backward, once the loss side is freed: S - 99,076 + the block's
+    # own saved tensors, 337,408 (tests/test_gated_gqa_values.py) = 370,688; more than the start
+    # of backward (S + 2 T V x 4 = 263,428). On top: the held logits, T V x 4 = 65,536.
+    m = training_memory(CFG, micro_batch_size=2, seq_len=32, precision="32-true",
+                        checkpointing="full", optimizer_impl="fused")
+    assert m.saved_for_backward == 132_356
+    assert m.peak_moment == "recompute"
+    assert m.tensor_peak == W + G + ADAMW + 370_688 + 65_536
+
+
+def test_full_checkpointing_under_autocast_peaks_at_the_end_of_forward() -> None:
+    # bf16-mixed (e = 2, fp32 residual and loss). Saved: token ids 512, block inputs
+    # 2 x 64 x 64 x 4 = 32,768, final norm 16,640, head input T d x 2 = 8192, log-softmax 65,536,
+    # targets 516: S = 124,164. autocast caches a bf16 copy of every matmul weight until the
+    # forward ends: (2 x 49,152 + 16,384) x 2 = 229,376. The end of forward holds S, those copies,
+    # the bf16 logits (T V x 2 = 32,768) and their fp32 upcast for the loss (65,536): 451,844;
+    # the start of backward only the head's copy (32,768) and 2 T V x 4: 288,004; recomputing a
+    # block 33,280 + 32,768 + its saved 194,048 + its weights' copies 98,304 = 358,400.
+    m = training_memory(CFG, micro_batch_size=2, seq_len=32, precision="bf16-mixed",
+                        checkpointing="full", optimizer_impl="fused")
+    assert m.saved_for_backward == 124_164
+    assert m.peak_moment == "forward_end"
+    assert m.autocast_weight_copies == 229_376
+    # held bf16 logits 32,768 on top: 451,844 + 32,768 - S - copies
+    assert m.transient == 131_072
+    assert m.tensor_peak == W + G + ADAMW + 451_844 + 32_768
