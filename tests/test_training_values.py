@@ -17,10 +17,11 @@ tests/test_gated_gqa_values.py, divided by 64 where it scales with T):
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scaleplan.errors import ScaleplanError
-from scaleplan.memory.training import MemoryBreakdown, training_memory
+from scaleplan.memory.training import MemoryBreakdown, saved_for_backward_bytes, training_memory
 from scaleplan.model.config import GPTConfig
 
 CFG = GPTConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=192,
@@ -154,3 +155,81 @@ def test_full_checkpointing_under_autocast_peaks_at_the_end_of_forward() -> None
     # held bf16 logits 32,768 on top: 451,844 + 32,768 - S - copies
     assert m.transient == 131_072
     assert m.tensor_peak == W + G + ADAMW + 451_844 + 32_768
+
+
+def test_saved_for_backward_bytes_defaults_and_layers() -> None:
+    # Defaults: bf16-mixed, flash, no checkpointing, CUDA, every layer. One block under
+    # bf16-mixed (e = 2, r = 4) at b = 2, s = 32: norm1 16,384 + 256, qkv_input 8192, qkv
+    # 64 x 8 x 16 x 2 = 16,384, rope_qk 64 x 6 x 16 x 2 = 12,288, attn_lse 1024, attn_out 8192,
+    # norm2 16,640, mlp_input 2 x 8192 (gate and up each cast the input), mlp_activations
+    # 4 x 64 x 192 x 2 = 98,304 -> 194,048. Outside: RoPE tables 8192 (fp32 parameters), token
+    # ids 512, final norm 16,640, head input 8192, log-softmax 65,536, targets 516 -> 99,588.
+    terms = saved_for_backward_bytes(CFG, micro_batch_size=2, seq_len=32)
+    assert sum(terms.values()) == 2 * 194_048 + 99_588
+    assert terms["mlp_activations"] == 2 * 98_304
+    one = saved_for_backward_bytes(CFG, micro_batch_size=2, seq_len=32, layers=1)
+    assert sum(one.values()) == 194_048 + 99_588
+
+
+def test_saved_for_backward_bytes_passes_options_through() -> None:
+    gpt = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=256, dropout=0.1)
+    kw = {"micro_batch_size": 2, "seq_len": 32, "precision": "32-true"}
+    # CUDA dropout: bool masks, b s d = 4096 for the embedding, 2 T d = 8192 per block
+    cuda = saved_for_backward_bytes(gpt, **kw)  # type: ignore[arg-type]
+    assert cuda["embedding_dropout_mask"] == 4096
+    assert cuda["resid_dropout_masks"] == 2 * 8192
+    # CPU's nn.Dropout keeps a mask in the input dtype: fp32, 4 x 4096
+    assert saved_for_backward_bytes(gpt, device="cpu", **kw)["embedding_dropout_mask"] == 16_384  # type: ignore[arg-type]
+    # eager attention saves the b a s^2 softmax output: 2 x 4 x 32 x 32 x 4 per block
+    eager = saved_for_backward_bytes(gpt, attention="eager", **kw)  # type: ignore[arg-type]
+    assert eager["attn_scores"] == 2 * 32_768
+    # full checkpointing: block inputs only, T d x 4 per block
+    full = saved_for_backward_bytes(gpt, checkpointing="full", **kw)  # type: ignore[arg-type]
+    assert full["block_input"] == 2 * 16_384
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"attention": "eagr"}, r"^unknown attention 'eagr'; did you mean 'eager'\?"),
+    ({"checkpointing": "selectiv"}, r"^unknown checkpointing 'selectiv'; did you mean "
+                                    r"'selective'\?"),
+    ({"device": "cpux"}, r"^unknown device 'cpux'; did you mean 'cpu'\?"),
+    ({"micro_batch_size": "2"}, r"^micro_batch_size='2' must be an int >= 1 sequence, e\.g\. "
+                                r"micro_batch_size=8$"),
+    ({"seq_len": 1.5}, r"^seq_len=1\.5 must be an int >= 1 token, e\.g\. seq_len=8$"),
+    ({"micro_batch_size": [1, float("nan")]}, r"^micro_batch_size=\[1, nan\] must hold finite "
+                                              r"numbers of sequences$"),
+    ({"seq_len": np.array(["a"])}, r"must hold finite numbers of tokens$"),
+])
+def test_saved_for_backward_bytes_rejects_bad_input(kwargs: dict[str, object],
+                                                    message: str) -> None:
+    args: dict[str, object] = {"micro_batch_size": 1, "seq_len": 8, **kwargs}
+    with pytest.raises(ScaleplanError, match=message):
+        saved_for_backward_bytes(CFG, **args)  # type: ignore[arg-type]
+
+
+def test_numpy_sizes() -> None:
+    # a numpy int is an int: exact, token ids b s x 8 = 2 x 8 x 8
+    ids = saved_for_backward_bytes(CFG, micro_batch_size=np.int64(2), seq_len=8)["token_ids"]
+    assert ids == 128 and type(ids) is int
+    # lists and arrays sweep: float64, one value per point
+    swept = saved_for_backward_bytes(CFG, micro_batch_size=[1, 2], seq_len=np.array([8, 16]))
+    assert swept["token_ids"].tolist() == [64.0, 256.0]
+
+
+def test_str_prints_each_part_in_gib() -> None:
+    gib = 2**30
+    m = MemoryBreakdown(weights=gib, gradients=2 * gib, optimizer=3 * gib,
+                        saved_for_backward=4 * gib, autocast_weight_copies=gib // 4,
+                        transient=gib // 2, overhead=gib // 8, total=11 * gib - gib // 8,
+                        tensor_peak=11 * gib - gib // 4, logits=0, peak_moment="backward_start",
+                        saved_breakdown={})
+    assert str(m) == "\n".join([
+        "                 weights:     1.000 GiB",
+        "               gradients:     2.000 GiB",
+        "               optimizer:     3.000 GiB",
+        "      saved_for_backward:     4.000 GiB",
+        "  autocast_weight_copies:     0.250 GiB",
+        "               transient:     0.500 GiB",
+        "                overhead:     0.125 GiB",
+        "                   total:    10.875 GiB",
+    ])
