@@ -233,3 +233,15 @@ def test_str_prints_each_part_in_gib() -> None:
         "                overhead:     0.125 GiB",
         "                   total:    10.875 GiB",
     ])
+
+
+def test_allocator_slack_is_exact_past_float64_integers() -> None:
+    # A model past 2^53 bytes of tensors (a 2^24 x (2^25 + 1) embedding): float64 cannot hold
+    # the peak exactly, the slack is still ceil(peak x fraction) to the byte. With the fraction
+    # 2^-10 (exact in binary) that is ceil(peak / 1024).
+    huge = GPTConfig(n_layer=1, n_head=1, n_embd=2**24, vocab_size=2**25 + 1, block_size=8,
+                     bias=False)
+    m = training_memory(huge, micro_batch_size=1, seq_len=1, precision="32-true",
+                        allocator_slack_fraction=2**-10, cuda_context_bytes=0)
+    assert m.tensor_peak > 2**53
+    assert m.overhead == -(-m.tensor_peak // 1024)
