@@ -103,3 +103,4 @@ def test_pipeline_stages_hold_their_layers_and_micro_batches() -> None:
     assert m.saved_for_backward == 684_032
     assert m.saved_breakdown["token_ids"] == 1024
     assert "log_softmax" not in m.saved_breakdown
+    assert m.logits == 0  # no loss on the first stage

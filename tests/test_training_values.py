@@ -245,3 +245,22 @@ def test_allocator_slack_is_exact_past_float64_integers() -> None:
                         allocator_slack_fraction=2**-10, cuda_context_bytes=0)
     assert m.tensor_peak > 2**53
     assert m.overhead == -(-m.tensor_peak // 1024)
+
+
+def test_full_checkpointing_under_autocast_at_512_tokens_peaks_at_backward() -> None:
+    # bf16-mixed, full checkpointing, b = 8, s = 64: T = 512. Per token (from the T = 64 case
+    # above): S = 1940 T + 4 (ids 8, block inputs 2 x 256, final norm 260, head input 128,
+    # log-softmax 1024, targets 8, + the 4-byte weight) = 993,284. Moments:
+    #   end of forward  S + 229,376 copies + T V (2 + 4) = 3476 T + 229,380 = 2,009,092
+    #   start of backward  S + 32,768 (the head's copy) + 2 T V x 4 = 3988 T + 32,772 = 2,074,628
+    #   recompute  520 T + 32,768 + 3032 T (one block) + 98,304 = 3552 T + 131,072 = 1,949,696
+    # Backward wins, and only the head's weight copy is live then (the blocks' copies are freed
+    # with the forward's autocast cache).
+    m = training_memory(CFG, micro_batch_size=8, seq_len=64, precision="bf16-mixed",
+                        checkpointing="full", optimizer_impl="fused")
+    assert m.saved_for_backward == 993_284
+    assert m.peak_moment == "backward_start"
+    assert m.autocast_weight_copies == 32_768
+    held = 512 * 256 * 2  # bf16 logits
+    assert m.transient == 2 * 512 * 256 * 4 + held
+    assert m.tensor_peak == W + G + ADAMW + 2_074_628 + held
