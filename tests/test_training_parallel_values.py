@@ -11,7 +11,7 @@ targets 516 (all derived in tests/test_gated_gqa_values.py).
 from __future__ import annotations
 
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.training import MemoryBreakdown, training_memory
+from scaleplan.memory.training import MemoryBreakdown, stage_parts, training_memory
 from scaleplan.model.config import GPTConfig
 
 CFG = GPTConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=192,
@@ -104,3 +104,36 @@ def test_pipeline_stages_hold_their_layers_and_micro_batches() -> None:
     assert m.saved_breakdown["token_ids"] == 1024
     assert "log_softmax" not in m.saved_breakdown
     assert m.logits == 0  # no loss on the first stage
+
+
+def test_pipeline_stages_under_autocast_copy_only_their_own_weights() -> None:
+    # bf16-mixed, 2 stages: the first casts its one block's matmul weights, 49,152 x 2 bytes;
+    # the last its block and the head, (49,152 + 16,384) x 2 = 131,072. The last stage is the
+    # more loaded here (it holds the loss side and the logits), so it is the one reported.
+    m = run(Parallelism(pipeline=2), precision="bf16-mixed")
+    assert m.weights == 4 * 65_728  # the last stage's parameters, fp32
+    assert m.autocast_weight_copies == 131_072
+
+
+def test_pipeline_stage_parts_under_full_checkpointing_and_autocast() -> None:
+    par = Parallelism(pipeline=2)
+    args = (CFG, 2, 32, "bf16-mixed", "adamw", "flash", "full", "cuda", par, "fused", True)
+    # First stage (1 block, 2 micro-batches in flight, no head): saved token ids 2 x 512 and
+    # block inputs 2 x T d x 4 = 2 x 16,384; no weight copy survives the forward (no head);
+    # autocast's cache holds its block's copies, 98,304, until the forward ends.
+    _, _, _, saved, copies, all_copies, held, moments = stage_parts(*args, "first")
+    assert sum(saved.values()) == 33_792
+    assert (copies, all_copies, held) == (0, 98_304, 0)
+    # recomputing its block: the saved 33,792 + the block's own saved tensors under bf16-mixed
+    # (194,048, tests/test_training_values.py) + its weights' copies 98,304
+    assert moments["recompute"] == 33_792 + 194_048 + 98_304
+    assert moments["forward_end"] == 33_792 + 98_304
+    # Last stage: block input 16,384 + final norm 16,640 + head input 8192 + log-softmax 65,536
+    # + targets 516 = 107,268; the head's copy 32,768 stays for backward; all copies 131,072;
+    # it holds the bf16 logits, T V x 2 = 32,768.
+    _, _, _, saved, copies, all_copies, held, moments = stage_parts(*args, "last")
+    assert sum(saved.values()) == 107_268
+    assert (copies, all_copies, held) == (32_768, 131_072, 32_768)
+    # recompute, once the loss side (90,884) is freed: 16,384 + 32,768 (head copy) + 194,048
+    # + one block's copies (131,072 - 32,768) / 1 block = 341,504
+    assert moments["recompute"] == 341_504
