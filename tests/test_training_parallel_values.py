@@ -137,3 +137,26 @@ def test_pipeline_stage_parts_under_full_checkpointing_and_autocast() -> None:
     # recompute, once the loss side (90,884) is freed: 16,384 + 32,768 (head copy) + 194,048
     # + one block's copies (131,072 - 32,768) / 1 block = 341,504
     assert moments["recompute"] == 341_504
+
+
+def one_token(par: Parallelism) -> MemoryBreakdown:
+    """fp32, default (foreach) AdamW, b = s = 1: the optimizer step is the worst moment
+    (tests/test_training_values.py), so the temporaries show in the peak."""
+    return training_memory(CFG, micro_batch_size=1, seq_len=1, precision="32-true",
+                           parallelism=par)
+
+
+def test_foreach_temporaries_follow_the_parameters_held() -> None:
+    # tensor = 2: 65,856 parameters per rank (above), so the foreach buffer is 4 x 65,856;
+    # the held logits are vocab-parallel: ceil(256 / 2) x 4
+    m = one_token(Parallelism(tensor=2))
+    assert m.peak_moment == "optimizer_step"
+    assert m.tensor_peak == 2 * 4 * 65_856 + ADAMW * 65_856 // N + 4 * 65_856 + 128 * 4
+
+
+def test_zero_shards_round_up() -> None:
+    # ZeRO-1 over 3 ranks: states and the foreach buffer are split in 3, the last rank padded:
+    # ceil(1,051,204 / 3) = 350,402 and ceil(525,568 / 3) = 175,190
+    m = one_token(Parallelism(data=3, zero=1, bucket_bytes=0))
+    assert m.optimizer == 350_402
+    assert m.tensor_peak == 4 * N + 4 * N + 350_402 + 175_190 + 256 * 4
