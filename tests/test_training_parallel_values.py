@@ -160,3 +160,15 @@ def test_zero_shards_round_up() -> None:
     m = one_token(Parallelism(data=3, zero=1, bucket_bytes=0))
     assert m.optimizer == 350_402
     assert m.tensor_peak == 4 * N + 4 * N + 350_402 + 175_190 + 256 * 4
+
+
+def test_zero3_gathers_the_embedding_when_it_is_the_largest_layer() -> None:
+    # GPT-2 small over 2 pipeline stages and ZeRO-3 on 2 data ranks, fp32. The last stage holds
+    # 6 blocks of 7,087,872, the final LayerNorm (1536) and its own copy of the tied head
+    # (50257 x 768 = 38,597,376): 81,126,144 parameters, sharded in 2, plus the largest layer
+    # gathered whole: the head, larger than a block.
+    gpt2 = GPTConfig.preset("gpt2")
+    par = Parallelism(pipeline=2, data=2, zero=3)
+    weights = stage_parts(gpt2, 1, 1024, "32-true", "adamw", "flash", "none", "cuda", par,
+                          "fused", True, "last")[0]
+    assert weights == 4 * 81_126_144 // 2 + 4 * 38_597_376

@@ -264,3 +264,22 @@ def test_full_checkpointing_under_autocast_at_512_tokens_peaks_at_backward() -> 
     held = 512 * 256 * 2  # bf16 logits
     assert m.transient == 2 * 512 * 256 * 4 + held
     assert m.tensor_peak == W + G + ADAMW + 2_074_628 + held
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"attention": "eagr"}, r"^unknown attention 'eagr'; did you mean 'eager'\?"),
+    ({"checkpointing": "ful"}, r"^unknown checkpointing 'ful'; did you mean 'full'\?"),
+    ({"device": "cudaa"}, r"^unknown device 'cudaa'; did you mean 'cuda'\?"),
+])
+def test_training_memory_names_unknown_options(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ScaleplanError, match=message):
+        training_memory(CFG, micro_batch_size=1, seq_len=1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_selective_checkpointing_with_flash_saves_what_no_checkpointing_saves() -> None:
+    # flash attention already recomputes its scores, so selective recomputation changes nothing
+    # (Korthikanti et al.'s selective recompute targets the s^2 softmax, which flash never keeps):
+    # 782,596 bytes at b = 2, s = 32 in fp32 (tests/test_gated_gqa_values.py)
+    m = training_memory(CFG, micro_batch_size=2, seq_len=32, precision="32-true",
+                        checkpointing="selective")
+    assert m.saved_for_backward == 782_596
