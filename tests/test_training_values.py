@@ -283,3 +283,22 @@ def test_selective_checkpointing_with_flash_saves_what_no_checkpointing_saves() 
     m = training_memory(CFG, micro_batch_size=2, seq_len=32, precision="32-true",
                         checkpointing="selective")
     assert m.saved_for_backward == 782_596
+
+
+def test_swept_sizes_are_validated_point_by_point() -> None:
+    tiny = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
+    bad = [
+        ({"micro_batch_size": np.array([0, 1]), "seq_len": 4},
+         r"^micro_batch_size=\[0 1\] must be >= 1 sequence$"),
+        ({"micro_batch_size": [1, 2], "seq_len": np.array([0, 4])},
+         r"^seq_len=\[0 4\] must be >= 1 token$"),
+        ({"micro_batch_size": 2, "seq_len": np.array([4, 5])},
+         r"^seq_len=\[4 5\] exceeds block_size=4, the length of the learned position table"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ScaleplanError, match=message):
+            saved_for_backward_bytes(tiny, **kwargs)  # type: ignore[arg-type]
+    # the bounds themselves are fine: one token, and exactly block_size; ids are b s x 8
+    ok = saved_for_backward_bytes(tiny, micro_batch_size=2, seq_len=np.array([1, 4]))
+    assert ok["token_ids"].tolist() == [16.0, 64.0]
+    assert ok["position_ids"].tolist() == [8.0, 32.0]
