@@ -302,3 +302,18 @@ def test_swept_sizes_are_validated_point_by_point() -> None:
     ok = saved_for_backward_bytes(tiny, micro_batch_size=2, seq_len=np.array([1, 4]))
     assert ok["token_ids"].tolist() == [16.0, 64.0]
     assert ok["position_ids"].tolist() == [8.0, 32.0]
+
+
+def test_saved_for_backward_bytes_model_level_terms() -> None:
+    kw = {"micro_batch_size": 2, "seq_len": 32}
+    # RoPE tables in the parameter dtype: 2 x 64 x 16 x 2 bytes for bf16 parameters
+    assert saved_for_backward_bytes(CFG, precision="bf16-true", **kw)["rope_tables"] == 4096  # type: ignore[arg-type]
+    # full checkpointing recomputes them with the block: not kept
+    assert "rope_tables" not in saved_for_backward_bytes(CFG, checkpointing="full", **kw)  # type: ignore[arg-type]
+    # eager attention's causal mask: one s x s bool tensor
+    gpt = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=256)
+    assert saved_for_backward_bytes(gpt, attention="eager", **kw)["causal_mask"] == 1024  # type: ignore[arg-type]
+    # CUDA dropout semantics on CPU: bool embedding mask b s d x 1 = 4096
+    drop = saved_for_backward_bytes(gpt.replace(dropout=0.1), device="cpu-cuda-semantics",
+                                     precision="32-true", **kw)  # type: ignore[arg-type]
+    assert drop["embedding_dropout_mask"] == 4096
