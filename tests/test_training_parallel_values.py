@@ -172,3 +172,13 @@ def test_zero3_gathers_the_embedding_when_it_is_the_largest_layer() -> None:
     weights = stage_parts(gpt2, 1, 1024, "32-true", "adamw", "flash", "none", "cuda", par,
                           "fused", True, "last")[0]
     assert weights == 4 * 81_126_144 // 2 + 4 * 38_597_376
+
+
+def test_vocab_parallel_shares_round_up() -> None:
+    # An odd vocabulary over t = 2: the held logits of one token are ceil(257 / 2) = 129
+    # elements on the most loaded rank, 129 x 4 bytes in fp32 (not 128.5 x 4).
+    odd = CFG.replace(vocab_size=257)
+    held = stage_parts(odd, 1, 1, "32-true", "adamw", "flash", "none", "cuda",
+                       Parallelism(tensor=2), "fused", True, "only")[6]
+    assert held == 516
+    assert type(held) is int
