@@ -1,4 +1,16 @@
-"""The symbolic forms agree with the numeric functions, and solve_for inverts them correctly."""
+"""The symbolic forms agree with the numeric functions, and solve_for inverts them correctly.
+
+Two kinds of test live here. The four hypothesis properties (``*_symbolic_equal*_numeric``) are
+**plumbing tests**: `scaleplan.symbolic.formulas` runs the very same formula code as the numeric
+functions (``param_terms``, ``token_flops``, ``step_flop_terms``, ``stage_parts``) on sympy
+symbols, so both sides share every coefficient. They check that the symbols flow through (no
+``//``, ``max`` or size-dependent branch), not that a formula is right: a wrong coefficient is
+wrong on both sides and passes. The value tests beside them (``test_symbolic_param_count_of_gpt2_
+is_the_published_124_439_808``, ``test_symbolic_flops_of_gpt2_are_the_hand_counts``,
+``test_symbolic_memory_of_a_gated_gqa_model_is_the_hand_count`` and the hand-count tests after
+them) evaluate the symbolic forms against independent numbers: published counts and hand
+calculations written out in the test.
+"""
 
 from __future__ import annotations
 
@@ -84,6 +96,8 @@ def at(expr: Any, point: GPTConfig, **run: int) -> Any:
 @SETTINGS
 @given(moved())
 def test_param_count_symbolic_equals_numeric_at_random_points(case: Any) -> None:
+    """Plumbing test: symbolic and numeric run the same formula code, so this checks that
+    symbols pass through it, not that the formula is right (see the value tests below)."""
     base, free, point = case
     numeric = count_params(point)
     for part in ("total", "attention", "mlp", "norms", "biases", "per_layer", "nanogpt"):
@@ -97,6 +111,8 @@ def test_param_count_symbolic_equals_numeric_at_random_points(case: Any) -> None
        st.sampled_from(["palm", "nanogpt", "kaplan"]))
 def test_flops_per_token_symbolic_equals_numeric(case: Any, T: int, causal: bool,
                                                  recompute: Any, method: Any) -> None:
+    """Plumbing test: symbolic and numeric run the same formula code, so this checks that
+    symbols pass through it, not that the formula is right (see the value tests below)."""
     base, free, point = case
     expr = flops_per_token(base, free=(*free, "seq_len"), causal=causal, recompute=recompute,
                            method=method)
@@ -108,6 +124,8 @@ def test_flops_per_token_symbolic_equals_numeric(case: Any, T: int, causal: bool
 @given(moved(), st.integers(1, 4), st.integers(1, 8), st.booleans())
 def test_step_flops_symbolic_equals_numeric_for_every_part(case: Any, b: int, s: int,
                                                            causal: bool) -> None:
+    """Plumbing test: symbolic and numeric run the same formula code, so this checks that
+    symbols pass through it, not that the formula is right (see the value tests below)."""
     base, free, point = case
     numeric = numeric_step(point, micro_batch_size=b, seq_len=s, causal=causal)
     for part in ("qkv", "attention_scores", "attention_values", "attention_out", "mlp",
@@ -126,6 +144,8 @@ def test_step_flops_symbolic_equals_numeric_for_every_part(case: Any, b: int, s:
 def test_memory_components_symbolic_equal_numeric(case: Any, b: int, s: int, precision: str,
                                                   optimizer: str, attention: Any,
                                                   checkpointing: Any, device: Any) -> None:
+    """Plumbing test: symbolic and numeric run the same formula code, so this checks that
+    symbols pass through it, not that the formula is right (see the value tests below)."""
     base, free, point = case
     options: dict[str, Any] = dict(precision=precision, optimizer=optimizer, attention=attention,
                                    checkpointing=checkpointing, device=device,
@@ -141,6 +161,48 @@ def test_memory_components_symbolic_equal_numeric(case: Any, b: int, s: int, pre
     saved = {k: at(v, point, micro_batch_size=b, seq_len=s)
              for k, v in sym.saved_breakdown.items()}
     assert saved == num.saved_breakdown
+
+
+def test_symbolic_param_count_of_gpt2_is_the_published_124_439_808() -> None:
+    # Hugging Face's GPT-2 small (Radford et al. 2019: 12 layers, d_model 768) has 124,439,808
+    # parameters; nanoGPT prints 123.65M: the same minus the 1024 x 768 = 786,432 position table.
+    values = {symbol("n_layer"): 12, symbol("n_embd"): 768}
+    gpt2 = GPTConfig.preset("gpt2")
+    assert param_count(gpt2, free=("n_layer", "n_embd")).subs(values) == 124_439_808
+    assert param_count(gpt2, free=("n_layer", "n_embd"), part="nanogpt").subs(values) == (
+        124_439_808 - 786_432)
+
+
+def test_symbolic_flops_of_gpt2_are_the_hand_counts() -> None:
+    gpt2 = GPTConfig.preset("gpt2")
+    # nanoGPT's estimate_mfu: 6 N + 12 L H Q T with N = 123,653,376 (its printed count), T = 1024:
+    # 741,920,256 + 12 x 12 x 12 x 64 x 1024 = 741,920,256 + 113,246,208 = 855,166,464
+    expr = flops_per_token(gpt2, free=("seq_len",), causal=False, method="nanogpt")
+    assert expr.subs(symbol("seq_len"), 1024) == 855_166_464
+    # Per micro-batch, in b and s: the head is 2 x (b s) x 768 x 50257 = 77,194,752 b s;
+    # the GELU MLP 12 layers x 2 x (b s) x (2 x 768 x 3072) = 113,246,208 b s;
+    # causal QK^T 12 layers x 12 heads x 64 x b s^2 (2 s^2 Q halved) = 9216 b s^2
+    b, s = symbol("micro_batch_size"), symbol("seq_len")
+    assert step_flops(gpt2, part="lm_head") == 77_194_752 * b * s
+    assert step_flops(gpt2, part="mlp") == 113_246_208 * b * s
+    assert step_flops(gpt2, part="attention_scores") == 9216 * b * s**2
+
+
+def test_symbolic_memory_of_a_gated_gqa_model_is_the_hand_count() -> None:
+    # The model and the numbers of tests/test_gated_gqa_values.py (derived there by hand):
+    # one block saves 337,408 bytes at b=2, s=32 in fp32 on CUDA; outside the blocks the
+    # token ids 512, RoPE tables 8192, final norm 16,640, head input 16,384, log-softmax 65,536
+    # and targets 516 = 107,780.
+    cfg = GPTConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=192,
+                    norm="rmsnorm", position="rope", bias=False, tie_embeddings=False,
+                    vocab_size=256, block_size=64)
+    mem = memory(cfg, free=("n_layer",), micro_batch_size=2, seq_len=32, precision="32-true")
+    L = symbol("n_layer")
+    assert sympy.expand(mem.saved_for_backward - (337_408 * L + 107_780)) == 0
+    at_2 = mem.subs({"n_layer": 2})
+    assert at_2["saved_for_backward"] == 782_596
+    assert at_2["weights"] == 525_568  # 131,392 parameters x 4 bytes
+    assert at_2["optimizer"] == 1_051_204  # 2 x 131,392 x 4 + 17 tensors x 4-byte step
 
 
 def test_param_count_of_gpt2_in_n_layer_is_the_hand_count() -> None:
