@@ -158,3 +158,14 @@ def test_unknown_method_is_an_error() -> None:
 def test_half_the_arguments_is_an_error() -> None:
     with pytest.raises(ScaleplanError, match=r"pass n_params, tokens and losses as three"):
         fit_scaling_law([1e8] * 6, [1e9] * 6)
+
+
+def test_bootstrap_spread_of_huge_constants_does_not_overflow() -> None:
+    # Found by hypothesis (test_fuzz_entry_points): runs at N = 1e300 make the resampled fits'
+    # constants so large that squaring their deviations overflowed float64 inside np.std, and the
+    # RuntimeWarning escaped instead of the fit's own verdict on these runs.
+    N = [1e300, 1e6, 1e6, 1e9, 1e300]
+    D = [1e9, 1e8, 1e8, 1e9, 1e8]
+    L = [2.5, 3.5, 2.5, 2.0, 2.5]
+    with pytest.raises(ScaleplanError, match="the loss does not fall with both N and D"):
+        fit_scaling_law(N, D, L, n_starts=2, bootstrap=2)

@@ -77,12 +77,6 @@ def residual_bytes(precision: Precision) -> int:
     return FP32_BYTES if precision in AUTOCAST else activation_bytes(precision)
 
 
-def _mask_bytes(precision: Precision, device: str) -> int:
-    """Dropout mask bytes per element: CUDA keeps bool; CPU's nn.Dropout keeps a mask in the
-    input dtype (measured with torch 2.13)."""
-    return activation_bytes(precision) if device == "cpu" else CUDA_MASK_BYTES
-
-
 def _norm_terms(cfg: GPTConfig, T: Any, precision: Precision, cuda_kernels: bool,
                 prefix: str) -> dict[str, Any]:
     """What one norm saves for ``T`` tokens.

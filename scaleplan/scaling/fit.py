@@ -281,7 +281,7 @@ def _bootstrap(
             progress(i + 1, bootstrap)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(fits, [tail, 100 - tail], axis=0)
-    spread = fits.std(axis=0, ddof=1) if bootstrap > 1 else np.zeros(N_FREE_PARAMETERS)
+    spread = _std(fits) if bootstrap > 1 else np.zeros(N_FREE_PARAMETERS)
     return {
         "n_bootstrap": bootstrap,
         "confidence": confidence,
@@ -290,3 +290,11 @@ def _bootstrap(
             k: (float(lo), float(hi)) for k, lo, hi in zip(PARAMETER_NAMES, low, high, strict=True)
         },
     }
+
+
+def _std(fits: FloatArray) -> FloatArray:
+    """The sample standard deviation of each column, computed on the column scaled by its largest
+    magnitude, so constants near float64's limit (A ~ 1e300) do not overflow when squared."""
+    scale = np.abs(fits).max(axis=0)
+    scale[scale == 0] = 1.0
+    return np.asarray(scale * (fits / scale).std(axis=0, ddof=1), dtype=np.float64)
