@@ -25,6 +25,7 @@ from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.sharding import OptimizerImpl
 from scaleplan.memory.states import normalize_optimizer
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
@@ -70,7 +71,7 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                 checkpointing: Literal["none", "selective", "full"] = "none",
                 device: Literal["cuda", "cpu", "cpu-cuda-semantics"] = "cuda",
                 parallelism: Parallelism | None = None,
-                optimizer_impl: Literal["foreach", "fused", "for-loop"] | None = None,
+                optimizer_impl: OptimizerImpl | None = None,
                 hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
                 allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
                 what: Literal["total", "tensor_peak"] = "total") -> NDArray[np.float64]:

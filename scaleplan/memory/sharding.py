@@ -46,8 +46,9 @@ def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallel
     whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
     ``gradient_as_bucket_view`` a second copy of the gradients.
     """
-    n, block, wte = _held_params(cfg, par.tensor, layers, embeds, heads)
-    n_total = param_terms(cfg)["total"]
+    terms = param_terms(cfg)
+    n, block, wte = _held_params(cfg, terms, par.tensor, layers, embeds, heads)
+    n_total = terms["total"]
     n_single = par.tensor == 1 and embeds and heads  # this GPU holds every parameter
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
@@ -59,12 +60,11 @@ def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallel
                             wte=wte if (embeds or heads) else 0)
 
 
-def _held_params(cfg: GPTConfig, t: int, layers: int, embeds: bool,
+def _held_params(cfg: GPTConfig, terms: dict[str, Any], t: int, layers: int, embeds: bool,
                  heads: bool) -> tuple[int, int, int]:
     """(parameters on one tensor-parallel rank of a stage, one block's share of them, the
     embedding's share): ``layers`` blocks, the embeddings when it ``embeds``, the final norm
-    and head when it ``heads``."""
-    terms = param_terms(cfg)
+    and head when it ``heads``; ``terms`` is `param_terms` of ``cfg``."""
     block_norms, final_norm = split_by_block(x for x in parameters(cfg) if x.part == "norms")
     block = per_rank(terms["per_layer"] - block_norms, t) + block_norms  # norms replicated
     wte, wpe = per_rank(terms["token_embedding"], t), terms["position_embedding"]

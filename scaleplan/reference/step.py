@@ -18,16 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
+from scaleplan.memory.sharding import OptimizerImpl  # the one list of AdamW implementations
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.model import GPT, AttentionKind
 
 __all__ = ["AUTOCAST_DTYPES", "PARAM_DTYPES", "OptimizerImpl", "TrainingStep"]
 
-OptimizerImpl = Literal["fused", "foreach", "for-loop"]
 
 # Precisions that autocast (parameters stay fp32), and those whose parameters are 16-bit.
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16-mixed": torch.bfloat16,
