@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.errors import ScaleplanError, UnknownNameError, shown
 
 if TYPE_CHECKING:  # numpy is imported when an array is checked, not with scaleplan
     import numpy as np
@@ -30,9 +30,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def whole(name: str, value: object, *, minimum: int = 1, example: str = "",
-          message: str = "") -> int:
-    """``value`` as a Python int >= ``minimum``, else a `ScaleplanError` naming ``name``.
+def whole(name: str, value: object, *, minimum: int = 1, maximum: int | None = None,
+          example: str = "", message: str = "") -> int:
+    """``value`` as a Python int >= ``minimum`` (and <= ``maximum`` when given), else a
+    `ScaleplanError` naming ``name``.
 
     ``message``, when given, replaces the error's text after ``name=value``.
 
@@ -41,22 +42,27 @@ def whole(name: str, value: object, *, minimum: int = 1, example: str = "",
     (1024, 'int')
     """
     try:
-        return _whole(name, value, minimum, example)
+        number = _whole(name, value, minimum, example)
+        if maximum is not None and number > maximum:
+            hint = f", e.g. {example}" if example else ""
+            raise ScaleplanError(f"{name}={shown(value)} is beyond any real run; give at most "
+                                 f"{maximum:,}{hint}")
+        return number
     except ScaleplanError:
         if not message:
             raise
-        raise ScaleplanError(f"{name}={value!r} {message}") from None
+        raise ScaleplanError(f"{name}={shown(value)} {message}") from None
 
 
 def _whole(name: str, value: object, minimum: int, example: str) -> int:
     hint = f", e.g. {example}" if example else ""
     if isinstance(value, bool):
-        raise ScaleplanError(f"{name}={value!r} must be a whole number, not a bool{hint}")
+        raise ScaleplanError(f"{name}={shown(value)} must be a whole number, not a bool{hint}")
     try:
         number = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints; not 12.0
     except TypeError:
         raise ScaleplanError(
-            f"{name}={value!r} must be a whole number (an int){hint}") from None
+            f"{name}={shown(value)} must be a whole number (an int){hint}") from None
     if number < minimum:
         bound = "a positive whole number" if minimum == 1 else f">= {minimum}"
         raise ScaleplanError(f"{name}={number} must be {bound}{hint}")
@@ -81,7 +87,7 @@ def wholes(name: str, values: Iterable[object], *, minimum: int = 1) -> list[int
         try:
             out.append(whole(name, value, minimum=minimum))
         except ScaleplanError:
-            raise ScaleplanError(f"{name} holds {value!r}; every value must be an int "
+            raise ScaleplanError(f"{name} holds {shown(value)}; every value must be an int "
                                  f">= {minimum}") from None
     return out
 
@@ -100,22 +106,22 @@ def real(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = Fa
     except ScaleplanError:
         if not message:
             raise
-        raise ScaleplanError(f"{name}={value!r} {message}") from None
+        raise ScaleplanError(f"{name}={shown(value)} {message}") from None
 
 
 def _real(name: str, value: object, minimum: float, inclusive: bool, example: str) -> float:
     hint = f"; give {example}" if example else ""
     if isinstance(value, bool):
-        raise ScaleplanError(f"{name}={value!r} must be a number, not a bool{hint}")
+        raise ScaleplanError(f"{name}={shown(value)} must be a number, not a bool{hint}")
     try:
         number = float(value)  # type: ignore[arg-type]  # int, float, numpy scalars
     except (TypeError, ValueError, OverflowError):
-        raise ScaleplanError(f"{name}={value!r} must be a finite number{hint}") from None
+        raise ScaleplanError(f"{name}={shown(value)} must be a finite number{hint}") from None
     if isinstance(value, str | bytes) or not math.isfinite(number):
-        raise ScaleplanError(f"{name}={value!r} must be a finite number{hint}")
+        raise ScaleplanError(f"{name}={shown(value)} must be a finite number{hint}")
     if number < minimum or (number == minimum and not inclusive):
         relation = ">=" if inclusive else ">"
-        raise ScaleplanError(f"{name}={value!r} must be {relation} {minimum:g}{hint}")
+        raise ScaleplanError(f"{name}={shown(value)} must be {relation} {minimum:g}{hint}")
     return number
 
 
@@ -136,7 +142,7 @@ def positive_array(name: str, value: object, *, example: str = "") -> FloatArray
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ScaleplanError(
-            f"{name} must be a number or an array of numbers; got {name}={value!r}"
+            f"{name} must be a number or an array of numbers; got {name}={shown(value)}"
         ) from None
     bad = ~np.isfinite(arr) | (arr <= 0)
     if bad.any():
@@ -233,9 +239,9 @@ def float_guard(func: Callable[P, R]) -> Callable[P, R]:
             if isinstance(exc, ScaleplanError) or (
                     isinstance(exc, ValueError) and "broadcast" not in str(exc)):
                 raise
-            shown = [_show(a) for a in args if not _is_model(a)]
-            shown += [f"{k}={_show(v)}" for k, v in kwargs.items()]
-            call = f"{func.__name__}({', '.join(shown)})"
+            parts = [_show(a) for a in args if not _is_model(a)]
+            parts += [f"{k}={_show(v)}" for k, v in kwargs.items()]
+            call = f"{func.__name__}({', '.join(parts)})"
             if isinstance(exc, ValueError):  # numpy: arrays of shapes that do not broadcast
                 raise ScaleplanError(f"{call}: the arrays' shapes do not match ({exc}); pass "
                                      "arrays of one length, or a number") from None
@@ -253,4 +259,4 @@ def _is_model(arg: object) -> bool:  # the scaling law itself, for methods
 
 
 def _show(value: object) -> str:
-    return repr(getattr(value, "name", value)) if _is_model(value) else repr(value)
+    return shown(getattr(value, "name", value)) if _is_model(value) else shown(value)

@@ -9,7 +9,38 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["ConfigFileError", "ScaleplanError", "UnknownNameError"]
+__all__ = ["ConfigFileError", "ScaleplanError", "UnknownNameError", "shown"]
+
+#: The longest message an error carries; a longer one keeps its start and end.
+MESSAGE_LIMIT = 2000
+#: The longest repr of a user's value that a message quotes.
+VALUE_LIMIT = 80
+
+
+def shown(value: object, limit: int = VALUE_LIMIT) -> str:
+    """``repr(value)``, shortened to about ``limit`` characters with a note of its full length, so
+    a megabyte of bad input never becomes a megabyte of message.
+
+    >>> shown("gpt2")
+    "'gpt2'"
+    >>> shown("x" * 1000, limit=20)
+    "'xxxxx...xxxxxxxxxx' (1002 characters)"
+    """
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past the digit limit; a deeply nested list
+        return f"<a {type(value).__name__} too large to show>"
+    if len(text) <= limit:
+        return text
+    head = limit // 2 - 4
+    return f"{text[:head]}...{text[-(limit - head - 3):]} ({len(text)} characters)"
+
+
+def _clip(message: str) -> str:
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    half = MESSAGE_LIMIT // 2
+    return f"{message[:half]} ...[{len(message) - 2 * half} characters cut]... {message[-half:]}"
 
 
 class ScaleplanError(ValueError):
@@ -23,7 +54,14 @@ class ScaleplanError(ValueError):
     ... except ScaleplanError as exc:
     ...     print(type(exc).__name__, isinstance(exc, ValueError))
     UnknownNameError True
+
+    A message is at most `MESSAGE_LIMIT` characters: a longer one keeps its start and its end.
     """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_clip(args[0]),)
+        super().__init__(*args)
 
 
 class UnknownNameError(ScaleplanError, LookupError):
@@ -40,14 +78,15 @@ class UnknownNameError(ScaleplanError, LookupError):
 
     def __init__(self, kind: str, name: object, known: Iterable[str]) -> None:
         known = sorted(known)
-        close = difflib.get_close_matches(str(name).lower(), [k.lower() for k in known], n=5)
+        key = str(name)[:VALUE_LIMIT].lower() if isinstance(name, str) else shown(name).lower()
+        close = difflib.get_close_matches(key, [k.lower() for k in known], n=5)
         lookup = {k.lower(): k for k in known}
         suggestions = [lookup[c] for c in close]
         if suggestions:
             hint = "did you mean " + ", ".join(repr(s) for s in suggestions) + "?"
         else:
             hint = "known: " + ", ".join(repr(k) for k in known)
-        super().__init__(f"unknown {kind} {name!r}; {hint}")
+        super().__init__(f"unknown {kind} {shown(name)}; {hint}")
         self.kind = kind
         self.name = name
         self.suggestions = suggestions
