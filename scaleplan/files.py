@@ -41,10 +41,15 @@ def read_bytes(path: str | os.PathLike[str], *, limit: int, what: str = "file") 
 
     ``what`` names the kind of file in messages ("config file", "GPU file", ...).
 
-    >>> read_bytes("/dev/zero", limit=10)  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "big.json"
+    >>> _ = path.write_bytes(b"x" * 11)
+    >>> read_bytes(path, limit=10)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    scaleplan.errors.ConfigFileError: /dev/zero: holds more than 10 bytes (it is a character ...
+    scaleplan.errors.ConfigFileError: ...big.json: holds more than 10 bytes, larger than any ...
+
+    ``/dev/zero`` says the same, "(it is a character device)", after reading 11 bytes.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ScaleplanError(f"path={shown(path)} must be the path of a {what} (a str or a "

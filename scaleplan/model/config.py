@@ -4,7 +4,9 @@
 ``vocab_size``, ``bias``, ``dropout``) and adds the few options that make Llama-family models
 first-class (grouped-query attention, SwiGLU, RMSNorm, rotary positions, untied heads, per-family
 bias flags). Derived fields (``n_kv_head``, ``head_dim``, ``mlp_hidden`` and the bias flags) are
-filled in from the others when omitted, and re-derived by `GPTConfig.replace`.
+filled in from the others when omitted, and re-derived by `GPTConfig.replace`. The JSON form
+(``model_dump_json``) leaves out the derived fields that were not given, so a config read back
+from JSON still derives them; ``model_dump()`` shows every field.
 """
 
 from __future__ import annotations
