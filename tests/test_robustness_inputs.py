@@ -316,3 +316,19 @@ def test_byte_sizes_are_ints() -> None:
         GPUSpec(**{**spec.model_dump(), "memory_bytes": 12e9})
     with pytest.raises(ValidationError, match=r"usable_memory_bytes"):
         GPUSpec(**{**spec.model_dump(), "usable_memory_bytes": 12.0 * 2**30})
+
+
+def test_numpy_scalars_in_configs_are_python_numbers() -> None:
+    # Issue 20 (numpy small ints): strict fields refused np.int64(768) from a numpy sweep, and a
+    # kept np.int8 would wrap around in products. Converted at the boundary, the config is the
+    # one built from Python numbers, with Python ints inside.
+    from scaleplan.model.config import TrainingConfig
+
+    cfg = GPTConfig(n_embd=np.int64(384), n_head=np.int8(6), n_layer=np.uint8(6),
+                    dropout=np.float32(0.25), bias=np.bool_(False))
+    assert cfg == GPTConfig(n_embd=384, n_head=6, n_layer=6, dropout=0.25, bias=False)
+    assert type(cfg.n_embd) is int and type(cfg.bias) is bool
+    # 16 x 1024 x 40 x 1: np.int8(16) * 1024 would wrap in int8 arithmetic
+    assert TrainingConfig(micro_batch_size=np.int8(16)).tokens_per_step == 16 * 1024 * 40
+    with pytest.raises(ValidationError, match="n_embd"):
+        GPTConfig(n_embd=np.array([384, 768]))

@@ -92,6 +92,21 @@ def _default_gated_hidden(n_embd: int) -> int:
     return _SWIGLU_MULTIPLE_OF * -(-hidden // _SWIGLU_MULTIPLE_OF)
 
 
+def _plain_numbers(data: Any) -> Any:
+    """numpy scalars in a config's input as Python numbers: strict fields refused np.int64(768)
+    from a sweep, and a numpy int would wrap around in the arithmetic (np.int8(100) ** 2)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, value in data.items():
+        if type(value).__module__ != "numpy" or getattr(value, "ndim", 1) != 0:
+            continue  # arrays stay arrays, and are refused by the field with its name
+        convert = {"i": int, "u": int, "f": float, "b": bool}.get(value.dtype.kind)
+        if convert is not None:
+            out[key] = convert(value)
+    return out
+
+
 _DERIVED = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias", "attn_out_bias", "mlp_bias",
             "norm_bias")
 
@@ -162,6 +177,11 @@ class GPTConfig(BaseModel):
         norm_bias: bool | None = Field(
             None, description="LayerNorm biases. Default: bias (always off for rmsnorm)."
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numpy_scalars(cls, data: Any) -> Any:
+        return _plain_numbers(data)
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> GPTConfig:
@@ -348,6 +368,7 @@ class TrainingConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _canonical_precision(cls, data: Any) -> Any:
+        data = _plain_numbers(data)
         if isinstance(data, dict) and isinstance(data.get("precision"), str):
             data = {**data, "precision": normalize_precision(data["precision"])}
         return data
