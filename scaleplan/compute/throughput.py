@@ -72,26 +72,36 @@ def expect_config(name: str, value: object) -> GPTConfig:
     raise ScaleplanError(f"{name}={shown(value)} must be a GPTConfig; {hint}")
 
 
-def token_count(name: str, value: object, *, minimum: int = 1) -> int:
+def token_count(name: str, value: object, *, minimum: int = 1, message: str = "") -> int:
     """A token count as a Python int: an int (numpy ints too) or a whole finite number such as
-    ``1e9`` or ``Decimal("1e9")``, from ``minimum`` to `MAX_TOKENS`; else a `ScaleplanError`.
+    ``1e9`` or ``Decimal("1e9")``, from ``minimum`` to `MAX_TOKENS`; else a `ScaleplanError`
+    (whose text after ``name=value`` is ``message`` when given, but for a count past the bound).
 
     >>> token_count("tokens", 2.5e9), token_count("tokens", 10**9)
     (2500000000, 1000000000)
     """
     try:
-        number = whole(name, value, minimum=minimum)
+        number = _token_count(name, value, minimum)
+    except ScaleplanError:
+        if not message:
+            raise
+        raise ScaleplanError(f"{name}={shown(value)} {message}") from None
+    if number > MAX_TOKENS:
+        raise ScaleplanError(f"{name}={shown(value)} is beyond any real run; give at most "
+                             f"{MAX_TOKENS:,} tokens")
+    return number
+
+
+def _token_count(name: str, value: object, minimum: int) -> int:
+    try:
+        return whole(name, value, minimum=minimum)
     except ScaleplanError:
         as_float = real(name, value, minimum=minimum, inclusive=True,
                         example=f"a whole number of tokens, e.g. {name}=10**10")
         if not as_float.is_integer():
             raise ScaleplanError(f"{name}={shown(value)} must be a whole number of tokens, e.g. "
                                  f"{name}={math.floor(as_float)}") from None
-        number = int(as_float)
-    if number > MAX_TOKENS:
-        raise ScaleplanError(f"{name}={shown(value)} is beyond any real run; give at most "
-                             f"{MAX_TOKENS:.0e} tokens")
-    return number
+        return int(as_float)
 
 
 class Utilization(BaseModel):
