@@ -29,21 +29,9 @@ from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 
-__all__ = [
-    "MAX_GPUS",
-    "MAX_TOKENS",
-    "NANOGPT_PEAK_FLOPS",
-    "Throughput",
-    "TrainingTime",
-    "Utilization",
-    "expect_config",
-    "from_nanogpt_mfu",
-    "mfu",
-    "mfu_from_flops",
-    "throughput_at_mfu",
-    "time_to_train",
-    "token_count",
-]
+__all__ = ["MAX_GPUS", "MAX_TOKENS", "NANOGPT_PEAK_FLOPS", "Throughput", "TrainingTime",
+           "Utilization", "expect_config", "from_nanogpt_mfu", "mfu", "mfu_from_flops",
+           "throughput_at_mfu", "time_to_train", "token_count"]
 
 NANOGPT_PEAK_FLOPS = 312e12  # nanoGPT model.py estimate_mfu: flops_promised (A100 bf16 peak)
 _SECONDS_PER_HOUR = 3600.0

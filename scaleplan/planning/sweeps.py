@@ -75,13 +75,11 @@ def sweep(
     >>> r["micro_batch_size"].tolist(), r["fits"].tolist()
     ([8, 16], [True, False])
     """
-    layers, widths = _grid("n_layer", n_layer), _grid("n_embd", n_embd)
-    b = np.asarray(_grid("micro_batch_size", micro_batch_size), dtype=np.float64)
-    s = np.asarray(_grid("seq_len", seq_len), dtype=np.float64)
-    specs = [lookup_gpu(g) for g in _listed("gpus", gpus, (str, GPUSpec))]
-    if not specs:
-        raise ScaleplanError("gpus is empty; give at least one GPU name")
-    _check_size(len(layers) * len(widths), len(s), b.size * s.size * len(specs))
+    layers, widths, batches, lengths, names_given = _grids(n_layer, n_embd, micro_batch_size,
+                                                            seq_len, gpus)
+    b = np.asarray(batches, dtype=np.float64)
+    s = np.asarray(lengths, dtype=np.float64)
+    specs = [lookup_gpu(g) for g in names_given]
     head_dim = whole("head_dim", head_dim, maximum=MAX_GRID_VALUE, example="head_dim=64")
     for w in widths:
         if w % head_dim:
@@ -114,29 +112,50 @@ def sweep(
     return out
 
 
-def _listed(name: str, values: object, single: type | tuple[type, ...]) -> list[Any]:
+def _listed(name: str, values: object, single: type | tuple[type, ...], cap: int) -> list[Any]:
     """``values`` as a list: a lone value (one of ``single``, or anything not iterable) is a
-    grid of one; at most `MAX_SWEEP_ROWS` items are read, so an endless iterator is refused."""
+    grid of one; a grid longer than ``cap`` is refused, reading at most ``cap + 1`` items (a
+    range is measured, not read), so an endless iterator never hangs."""
     if isinstance(values, single):
         return [values]
+    label = shown(values)  # before an iterator is read
     try:
-        items = list(itertools.islice(iter(values), MAX_SWEEP_ROWS + 1))  # type: ignore[call-overload]
+        too_long = len(values) > cap  # type: ignore[arg-type]
+    except OverflowError:  # a range longer than sys.maxsize
+        too_long = True
+    except TypeError:  # no length: an iterator, a number, a 0-d array
+        too_long = False
+    try:
+        items = [] if too_long else list(itertools.islice(iter(values), cap + 1))  # type: ignore[call-overload]
     except TypeError:  # a number, a numpy scalar or 0-d array: one value
         return [values]
-    if len(items) > MAX_SWEEP_ROWS:
-        raise ScaleplanError(f"{name}={shown(values)} holds more than {MAX_SWEEP_ROWS:,} values; "
-                             "split the sweep into several calls")
+    if too_long or len(items) > cap:
+        raise ScaleplanError(f"{name}={label} holds more than {cap:,} values; split the "
+                             "sweep into several calls")
     return items
 
 
-def _grid(name: str, values: object) -> list[int]:
-    """A grid of whole numbers as Python ints, each from 1 to `MAX_GRID_VALUE`."""
-    grid = wholes(name, _listed(name, values, (str, bytes)))
-    for value in grid:
-        if value > MAX_GRID_VALUE:
-            raise ScaleplanError(f"{name} holds {shown(value)}, beyond any real run; every value "
-                                 f"must be at most {MAX_GRID_VALUE:,}")
-    return grid
+def _grids(n_layer: object, n_embd: object, micro_batch_size: object, seq_len: object,
+           gpus: object) -> tuple[list[int], list[int], list[int], list[int], list[Any]]:
+    """The grids as lists (a lone value a grid of one), their sizes checked before any value is
+    (so a huge grid is refused at once), then each value as a Python int up to `MAX_GRID_VALUE`."""
+    listed = [_listed("n_layer", n_layer, (str, bytes), MAX_SWEEP_MODEL_LENGTHS),
+              _listed("n_embd", n_embd, (str, bytes), MAX_SWEEP_MODEL_LENGTHS),
+              _listed("micro_batch_size", micro_batch_size, (str, bytes), MAX_SWEEP_ROWS),
+              _listed("seq_len", seq_len, (str, bytes), MAX_SWEEP_MODEL_LENGTHS)]
+    names = _listed("gpus", gpus, (str, GPUSpec), MAX_SWEEP_ROWS)
+    layers, widths, batches, lengths = (len(values) for values in listed)
+    _check_size(layers * widths, lengths, batches * lengths * len(names))
+    grids = [wholes(name, values) for name, values in
+             zip(("n_layer", "n_embd", "micro_batch_size", "seq_len"), listed, strict=True)]
+    if not names:
+        raise ScaleplanError("gpus is empty; give at least one GPU name")
+    for name, grid in zip(("n_layer", "n_embd", "micro_batch_size", "seq_len"), grids,
+                          strict=True):
+        if max(grid) > MAX_GRID_VALUE:
+            raise ScaleplanError(f"{name} holds {shown(max(grid))}, beyond any real run; every "
+                                 f"value must be at most {MAX_GRID_VALUE:,}")
+    return grids[0], grids[1], grids[2], grids[3], names
 
 
 def _check_size(models: int, lengths: int, per_model: int) -> None:
