@@ -22,8 +22,8 @@ from scaleplan.planning.advice import default_mfu
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_SEQ_LEN", "Layout", "check_layout", "check_memory_options",
            "check_mfu", "check_parallelism", "given_tokens"]
 
-# 2^30 tokens per sequence: ~100x the longest context any model is trained at (10M tokens).
-MAX_SEQ_LEN = 2**30
+# 10^9 tokens per sequence: ~100x the longest context any model is trained at (10M tokens).
+MAX_SEQ_LEN = 10**9
 # 1 PB: thousands of times the memory of the largest GPU; a CUDA context is about 0.5 GB.
 MAX_CONTEXT_BYTES = 10**15
 
