@@ -22,28 +22,74 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import real, whole
+from scaleplan.checks import finite, real, whole
 from scaleplan.compute.flops import FlopsMethod, Recompute, flops_per_token
 from scaleplan.compute.hardware import GPUSpec, normalize_dtype
 from scaleplan.compute.hardware import gpu as lookup_gpu
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 
-__all__ = [
-    "NANOGPT_PEAK_FLOPS",
-    "Throughput",
-    "TrainingTime",
-    "Utilization",
-    "from_nanogpt_mfu",
-    "mfu",
-    "mfu_from_flops",
-    "throughput_at_mfu",
-    "time_to_train",
-]
+__all__ = ["MAX_GPUS", "MAX_TOKENS", "NANOGPT_PEAK_FLOPS", "Throughput", "TrainingTime",
+           "Utilization", "expect_config", "from_nanogpt_mfu", "mfu", "mfu_from_flops",
+           "throughput_at_mfu", "time_to_train", "token_count"]
 
 NANOGPT_PEAK_FLOPS = 312e12  # nanoGPT model.py estimate_mfu: flops_promised (A100 bf16 peak)
 _SECONDS_PER_HOUR = 3600.0
 _HOURS_PER_DAY = 24.0
+
+# Counts no real run reaches, refused before they overflow a float (issue 20). The largest
+# clusters hold a few 10^5 GPUs and the longest published runs see a few 10^13 tokens (Llama 3:
+# 15T); these bounds are ~30x and ~10^5x past them.
+MAX_GPUS = 10**7
+MAX_TOKENS = 10**18
+
+
+def expect_config(name: str, value: object) -> GPTConfig:
+    """``value`` when it is a `GPTConfig`, else a `ScaleplanError` naming ``name`` and saying how
+    to build one (a preset name is the usual mistake).
+
+    >>> expect_config("cfg", "gpt2")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: cfg='gpt2' must be a GPTConfig; ... GPTConfig.preset('gpt2')
+    """
+    if isinstance(value, GPTConfig):
+        return value
+    hint = (f"for the preset pass GPTConfig.preset({shown(value)})" if isinstance(value, str)
+            else "e.g. GPTConfig.preset('gpt2') or GPTConfig(n_layer=12, n_head=12, n_embd=768)")
+    raise ScaleplanError(f"{name}={shown(value)} must be a GPTConfig; {hint}")
+
+
+def token_count(name: str, value: object, *, minimum: int = 1, message: str = "") -> int:
+    """A token count as a Python int: an int (numpy ints too) or a whole finite number such as
+    ``1e9`` or ``Decimal("1e9")``, from ``minimum`` to `MAX_TOKENS`; else a `ScaleplanError`
+    (whose text after ``name=value`` is ``message`` when given, but for a count past the bound).
+
+    >>> token_count("tokens", 2.5e9), token_count("tokens", 10**9)
+    (2500000000, 1000000000)
+    """
+    try:
+        number = _token_count(name, value, minimum)
+    except ScaleplanError:
+        if not message:
+            raise
+        raise ScaleplanError(f"{name}={shown(value)} {message}") from None
+    if number > MAX_TOKENS:
+        raise ScaleplanError(f"{name}={shown(value)} is beyond any real run; give at most "
+                             f"{MAX_TOKENS:,} tokens")
+    return number
+
+
+def _token_count(name: str, value: object, minimum: int) -> int:
+    try:
+        return whole(name, value, minimum=minimum)
+    except ScaleplanError:
+        as_float = real(name, value, minimum=minimum, inclusive=True,
+                        example=f"a whole number of tokens, e.g. {name}=10**10")
+        if not as_float.is_integer():
+            raise ScaleplanError(f"{name}={shown(value)} must be a whole number of tokens, e.g. "
+                                 f"{name}={math.floor(as_float)}") from None
+        return int(as_float)
 
 
 class Utilization(BaseModel):
@@ -137,8 +183,12 @@ def mfu_from_flops(
     """
     tokens_per_second = real("tokens_per_second", tokens_per_second,
                              example="a measured throughput, e.g. 5.2e4")
+    flops_per_token = real("flops_per_token", flops_per_token, example="e.g. 8.7e8")
+    peak_flops = real("peak_flops", peak_flops, example="a GPU's peak FLOP/s, e.g. 312e12")
     n_gpus = _check_gpus(n_gpus)
-    return tokens_per_second * flops_per_token / (n_gpus * peak_flops)
+    return finite(f"the MFU of tokens_per_second={tokens_per_second!r} x flops_per_token="
+                  f"{flops_per_token!r}", tokens_per_second * flops_per_token
+                  / (n_gpus * peak_flops))
 
 
 def mfu(
@@ -159,6 +209,10 @@ def mfu(
     >>> round(u.mfu, 3)
     0.411
     """
+    cfg = expect_config("cfg", cfg)
+    tokens_per_second = real("tokens_per_second", tokens_per_second,
+                             example="a measured throughput, e.g. 5.2e4")
+    n_gpus = _check_gpus(n_gpus)
     peak, labels = _peak(gpu, dtype)
     model = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     hardware = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method,
@@ -198,15 +252,16 @@ def throughput_at_mfu(
     >>> round(t.tokens_per_second), round(t.step_seconds, 1)
     (29225, 17.9)
     """
+    cfg = expect_config("cfg", cfg)
     mfu = _check_mfu(mfu)
     peak, labels = _peak(gpu, dtype)
     n_gpus = _check_gpus(n_gpus)
+    if tokens_per_step is not None:
+        tokens_per_step = whole("tokens_per_step", tokens_per_step, maximum=MAX_TOKENS,
+                                example="524288")
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
-    step_seconds = None
-    if tokens_per_step is not None:
-        tokens_per_step = whole("tokens_per_step", tokens_per_step, example="524288")
-        step_seconds = tokens_per_step / tokens_per_second
+    step_seconds = None if tokens_per_step is None else tokens_per_step / tokens_per_second
     return Throughput(
         tokens_per_second=tokens_per_second,
         tokens_per_second_per_gpu=tokens_per_second / n_gpus,
@@ -240,25 +295,28 @@ def time_to_train(
     >>> round(t.hours, 1), round(t.cost, 2)
     (23.8, 4.75)
     """
-    real("tokens", tokens, inclusive=True, example="e.g. 20 x the parameter count")
+    tokens = token_count("tokens", tokens, minimum=0)
+    if price_per_gpu_hour is not None:
+        price_per_gpu_hour = real("price_per_gpu_hour", price_per_gpu_hour, inclusive=True,
+                                  example="e.g. 2.0")
     rate = throughput_at_mfu(cfg, gpu, mfu=mfu, seq_len=seq_len, n_gpus=n_gpus,
                              dtype=dtype, causal=causal, method=method)
     seconds = tokens / rate.tokens_per_second
     hours = seconds / _SECONDS_PER_HOUR
     cost = None
     if price_per_gpu_hour is not None:
-        real("price_per_gpu_hour", price_per_gpu_hour, inclusive=True, example="e.g. 2.0")
-        cost = hours * n_gpus * price_per_gpu_hour
+        cost = finite(f"the cost at price_per_gpu_hour={price_per_gpu_hour!r}",
+                      hours * rate.n_gpus * price_per_gpu_hour)
     return TrainingTime(
         tokens=tokens,
-        total_flops=tokens * rate.flops_per_token,
+        total_flops=finite(f"the FLOPs of tokens={tokens}", tokens * rate.flops_per_token),
         tokens_per_second=rate.tokens_per_second,
         seconds=seconds,
         hours=hours,
         days=hours / _HOURS_PER_DAY,
-        gpu_hours=hours * n_gpus,
-        n_gpus=n_gpus,
-        mfu=mfu,
+        gpu_hours=hours * rate.n_gpus,
+        n_gpus=rate.n_gpus,
+        mfu=rate.mfu,
         gpu=rate.gpu,
         dtype=rate.dtype,
         price_per_gpu_hour=price_per_gpu_hour,
@@ -296,8 +354,11 @@ def from_nanogpt_mfu(
     """
     printed_percent = real("printed_percent", printed_percent,
                            example="the percentage nanoGPT printed, e.g. 11.5")
+    if cfg is not None:
+        cfg = expect_config("cfg", cfg)
     peak, labels = _peak(gpu, dtype)
-    achieved = printed_percent / 100 * NANOGPT_PEAK_FLOPS
+    achieved = finite(f"the FLOP/s of printed_percent={printed_percent!r}",
+                      printed_percent / 100 * NANOGPT_PEAK_FLOPS)
     per_token = tokens_per_second = None
     if cfg is not None:
         per_token = flops_per_token(cfg, seq_len=cfg.block_size, causal=False, method="nanogpt")
@@ -315,9 +376,7 @@ def from_nanogpt_mfu(
 
 
 def _check_gpus(value: int) -> int:
-    n_gpus = whole("n_gpus", value, example="n_gpus=8")
-    real("n_gpus", n_gpus, example="n_gpus=8")  # a count past a float's range is no cluster
-    return n_gpus
+    return whole("n_gpus", value, maximum=MAX_GPUS, example="n_gpus=8")
 
 
 def _peak(gpu: str | GPUSpec, dtype: str) -> tuple[float, dict[str, str]]:

@@ -1,6 +1,7 @@
 """Planning a run on a GPU: the answer to "which micro-batch, how many steps, how long".
 
 - `planner`: `plan` and its `Plan`, assembled step by step.
+- `arguments`: `plan`'s arguments checked and converted (counts bounded, layout, MFU).
 - `fitting`: what fits: memory under the plan's settings, the remedy adopted, the micro-batch.
 - `batching`: gradient-accumulation steps and the micro-batches that divide a step.
 - `advice`: the precision and why, the assumed MFU, the warnings a plan gives.

@@ -10,6 +10,7 @@ import math
 from typing import Literal
 
 from scaleplan.checks import whole
+from scaleplan.compute.throughput import MAX_GPUS, MAX_TOKENS
 from scaleplan.errors import ScaleplanError
 
 __all__ = ["Rounding", "grad_accum_steps", "micro_batch_sizes"]
@@ -41,10 +42,12 @@ def grad_accum_steps(
         >>> grad_accum_steps(500_000, 12, 1024, rounding="nearest")  # 41 x 12 x 1024 = 503,808
         41
     """
-    tokens_per_step = whole("tokens_per_step", tokens_per_step, example="tokens_per_step=524288")
-    micro_batch_size = whole("micro_batch_size", micro_batch_size, example="micro_batch_size=8")
-    seq_len = whole("seq_len", seq_len, example="seq_len=1024")
-    world_size = whole("world_size", world_size, example="world_size=8")
+    tokens_per_step = whole("tokens_per_step", tokens_per_step, maximum=MAX_TOKENS,
+                            example="tokens_per_step=524288")
+    micro_batch_size = whole("micro_batch_size", micro_batch_size, maximum=MAX_TOKENS,
+                             example="micro_batch_size=8")
+    seq_len = whole("seq_len", seq_len, maximum=MAX_TOKENS, example="seq_len=1024")
+    world_size = whole("world_size", world_size, maximum=MAX_GPUS, example="world_size=8")
     chunk = micro_batch_size * seq_len * world_size
     below, remainder = divmod(tokens_per_step, chunk)
     if remainder == 0:
@@ -106,9 +109,10 @@ def micro_batch_sizes(tokens_per_step: int, seq_len: int, world_size: int = 1) -
     >>> micro_batch_sizes(524288, 1024)[:6]
     [1, 2, 4, 8, 16, 32]
     """
-    tokens_per_step = whole("tokens_per_step", tokens_per_step, example="tokens_per_step=524288")
-    seq_len = whole("seq_len", seq_len, example="seq_len=1024")
-    world_size = whole("world_size", world_size, example="world_size=8")
+    tokens_per_step = whole("tokens_per_step", tokens_per_step, maximum=MAX_TOKENS,
+                            example="tokens_per_step=524288")
+    seq_len = whole("seq_len", seq_len, maximum=MAX_TOKENS, example="seq_len=1024")
+    world_size = whole("world_size", world_size, maximum=MAX_GPUS, example="world_size=8")
     sequences, remainder = divmod(tokens_per_step, seq_len * world_size)
     if remainder or sequences == 0:
         return []

@@ -13,20 +13,25 @@ from typing import Any
 from scaleplan.checks import finite, real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
-from scaleplan.errors import ScaleplanError
+from scaleplan.compute.throughput import MAX_GPUS, expect_config
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
 from scaleplan.planning.advice import default_mfu
 from scaleplan.planning.planner import Plan, plan
 from scaleplan.scaling.laws import scaling_law
 
-__all__ = ["DEFAULT_ASPECT_RATIO", "HEAD_DIM", "plan_for_budget", "shape_for_params"]
+__all__ = ["DEFAULT_ASPECT_RATIO", "HEAD_DIM", "MAX_ASPECT_RATIO", "plan_for_budget",
+           "shape_for_params"]
 
 # n_embd / n_layer. GPT-2 small and GPT-3 Small use 768 / 12 = 64; Kaplan et al. 2020 (Sec. 3.1,
 # Fig. 5) find the loss changes by only a few per cent for aspect ratios from about 20 to 200.
 DEFAULT_ASPECT_RATIO = 64
 HEAD_DIM = 64  # GPT-2 and GPT-3's head width
 MAX_LAYERS = 256
+# 100x the widest aspect ratio Kaplan et al. tried (~200): past it, width x MAX_LAYERS overflows
+# a float long before any model is that shape (aspect_ratio=1e308 did, issue 20).
+MAX_ASPECT_RATIO = 20_000
 
 
 def shape_for_params(n_params: float, *, base: GPTConfig | None = None,
@@ -38,9 +43,13 @@ def shape_for_params(n_params: float, *, base: GPTConfig | None = None,
     >>> cfg.n_layer, cfg.n_embd, cfg.n_head
     (12, 768, 12)
     """
-    real("n_params", n_params, message="must be a positive number")
-    real("aspect_ratio", aspect_ratio, message="must be positive, e.g. 64")
-    base = GPTConfig() if base is None else base
+    n_params = real("n_params", n_params, message="must be a positive number")
+    aspect_ratio = real("aspect_ratio", aspect_ratio, message="must be positive, e.g. 64")
+    if aspect_ratio > MAX_ASPECT_RATIO:
+        raise ScaleplanError(f"aspect_ratio={shown(aspect_ratio)} (n_embd / n_layer) overflows "
+                             f"any real model's width; give at most {MAX_ASPECT_RATIO:,}, e.g. "
+                             f"{DEFAULT_ASPECT_RATIO} as GPT-2 and GPT-3 use")
+    base = GPTConfig() if base is None else expect_config("base", base)
     best: tuple[float, GPTConfig] | None = None
     for n_layer in range(1, MAX_LAYERS + 1):
         heads = max(1, round(aspect_ratio * n_layer / HEAD_DIM))
@@ -76,10 +85,14 @@ def plan_for_budget(
     """
     hours = real("hours", hours, message="must be a positive number of hours, e.g. hours=24")
     spec = lookup_gpu(gpu)
-    world_size = whole("world_size", world_size, example="world_size=8")
-    mfu_value = default_mfu(spec)[0] if mfu is None else real("mfu", mfu, example="0.35")
-    if mfu_value > 1:  # checked before it multiplies the compute (fuzzed, issue 13)
-        raise ScaleplanError(f"mfu={mfu!r} must be a fraction in (0, 1], e.g. mfu=0.35")
+    world_size = whole("world_size", world_size, maximum=MAX_GPUS, example="world_size=8")
+    if mfu is not None:
+        mfu = real("mfu", mfu, example="0.35")
+        if mfu > 1:  # checked before it multiplies the compute (fuzzed, issue 13)
+            raise ScaleplanError(f"mfu={mfu!r} must be a fraction in (0, 1], e.g. mfu=0.35")
+    mfu_value = default_mfu(spec)[0] if mfu is None else mfu
+    aspect_ratio = real("aspect_ratio", aspect_ratio, message="must be positive, e.g. 64")
+    base = None if base is None else expect_config("base", base)
     dtype = "bf16" if spec.has_bf16_tensor_cores else "fp16"
     flops = finite(f"the compute of hours={hours!r} on world_size={world_size}",
                    hours * 3600 * mfu_value * spec.peak_flops(dtype) * world_size)

@@ -10,17 +10,27 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Any
 
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.units import format_count
 
 if TYPE_CHECKING:
     from scaleplan.planning.planner import Plan
 
-__all__ = ["to_deepspeed", "to_hf_training_args", "to_nanogpt_config", "to_torchrun"]
+__all__ = ["expect_plan", "to_deepspeed", "to_hf_training_args", "to_nanogpt_config",
+           "to_torchrun"]
 
 # nanoGPT's `dtype` for each precision it can run (train.py: 'float32', 'bfloat16', 'float16',
 # all under autocast over fp32 parameters).
 _NANOGPT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+
+
+def expect_plan(plan: object) -> Plan:
+    """``plan`` when it is a `Plan`, else a `ScaleplanError` saying how to make one."""
+    from scaleplan.planning.planner import Plan
+
+    if not isinstance(plan, Plan):
+        raise ScaleplanError(f"plan={shown(plan)} must be a Plan, as plan(cfg, gpu) returns")
+    return plan
 
 
 def to_nanogpt_config(plan: Plan) -> str:
@@ -36,7 +46,7 @@ def to_nanogpt_config(plan: Plan) -> str:
     ...                             tokens_per_step=524288)).splitlines()[0])
     # scaleplan plan: gpt2-shaped 124.44M-parameter model on 1 x RTX 4070
     """
-    cfg = plan.model
+    cfg = expect_plan(plan).model
     if cfg.mlp != "gelu" or cfg.norm != "layernorm" or cfg.position != "learned" \
             or not cfg.tie_embeddings or cfg.n_kv_head != cfg.n_head:
         raise ScaleplanError("nanoGPT builds GPT-2-style models only (gelu MLP, layernorm, "
@@ -79,6 +89,7 @@ def to_deepspeed(plan: Plan) -> dict[str, Any]:
     >>> ds["train_batch_size"], ds["bf16"]
     (512, {'enabled': True})
     """
+    plan = expect_plan(plan)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
@@ -106,6 +117,7 @@ def to_hf_training_args(plan: Plan) -> dict[str, Any]:
     >>> args["per_device_train_batch_size"], args["gradient_accumulation_steps"]
     (8, 64)
     """
+    plan = expect_plan(plan)
     args: dict[str, Any] = {
         "per_device_train_batch_size": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
@@ -128,5 +140,9 @@ def to_torchrun(plan: Plan, script: str = "train.py", *extra: str) -> str:
     ...                  world_size=8), "train.py", "config/train_gpt2.py")
     'torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py'
     """
+    plan = expect_plan(plan)
+    for name, value in [("script", script), *(("extra", e) for e in extra)]:
+        if not isinstance(value, str):
+            raise ScaleplanError(f"{name}={shown(value)} must be a str, e.g. 'train.py'")
     return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={plan.world_size}",
                        script, *extra])

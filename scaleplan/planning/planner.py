@@ -6,10 +6,10 @@ comes from the other modules: `training_memory` for what fits (searched in
 `scaleplan.planning.fitting`), `grad_accum_steps` for the exact step, `training_flops` and an
 assumed MFU for the time, a scaling law for tokens and loss.
 
-`plan` runs in steps: check the inputs and the GPU layout (`_layout`), pick the precision, the
-tokens per step and the micro-batches that divide it (`_step`), adopt a remedy when micro-batch
-1 does not fit (`apply_remedy`), take the largest micro-batch that fits (`largest_fitting`),
-then the run's tokens, time and loss (`_budget`).
+`plan` runs in steps: check the inputs and the GPU layout (`scaleplan.planning.arguments`), pick
+the precision, the tokens per step and the micro-batches that divide it (`_step`), adopt a remedy
+when micro-batch 1 does not fit (`apply_remedy`), take the largest micro-batch that fits
+(`largest_fitting`), then the run's tokens, time and loss (`_budget`).
 """
 
 from __future__ import annotations
@@ -23,18 +23,20 @@ from scaleplan.checks import finite, real, whole
 from scaleplan.compute.flops import flops_per_token, training_flops
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
+from scaleplan.compute.throughput import MAX_TOKENS, expect_config
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.limits import available_memory_bytes
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import MemoryBreakdown
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import ParamCount, count_params
-from scaleplan.planning.advice import (
-    PlanWarning,
-    choose_precision,
-    default_mfu,
-    peak_dtype,
-    plan_warnings,
+from scaleplan.planning.advice import PlanWarning, choose_precision, peak_dtype, plan_warnings
+from scaleplan.planning.arguments import (
+    MAX_SEQ_LEN,
+    check_layout,
+    check_memory_options,
+    check_mfu,
+    given_tokens,
 )
 from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, largest_fitting
@@ -176,14 +178,6 @@ def _available(spec: GPUSpec) -> tuple[int, str]:
     return available_memory_bytes(spec), source
 
 
-class _Layout(NamedTuple):
-    """How the GPUs split the work: all of them, the data-parallel degree, the layout."""
-
-    world_size: int
-    data: int
-    parallelism: Parallelism | None
-
-
 class _Budget(NamedTuple):
     """The run's length, time and loss: the `Plan` fields past the batch and memory."""
 
@@ -252,13 +246,18 @@ def plan(
     >>> p.micro_batch_size * p.grad_accum_steps * p.seq_len == 524288, p.fits
     (True, True)
     """
+    cfg = expect_config("cfg", cfg)
     spec = lookup_gpu(gpu)
-    seq_len = cfg.block_size if seq_len is None else whole("seq_len", seq_len, example="1024")
+    seq_len = cfg.block_size if seq_len is None else whole(
+        "seq_len", seq_len, maximum=MAX_SEQ_LEN, example="1024")
     if tokens_per_step is not None:
-        tokens_per_step = whole("tokens_per_step", tokens_per_step, example="2**19")
-    layout = _layout(world_size, parallelism)
+        tokens_per_step = whole("tokens_per_step", tokens_per_step, maximum=MAX_TOKENS,
+                                example="2**19")
+    layout = check_layout(world_size, parallelism)
     if hours is not None:
-        real("hours", hours, message="must be a positive number of hours")
+        hours = real("hours", hours, message="must be a positive number of hours")
+    mfu_given = check_mfu(mfu, spec)
+    memory_options = check_memory_options(memory_options)
     chosen_precision, precision_reason, warnings = choose_precision(spec, precision)
     tokens_per_step, sizes = _step(tokens_per_step, seq_len, layout.data)
     available, available_source = _available(spec)
@@ -273,7 +272,7 @@ def plan(
     mem = memory(chosen)
     budget = _budget(cfg, spec, settings, seq_len=seq_len, tokens_per_step=tokens_per_step,
                      world_size=layout.world_size, total_tokens=total_tokens, hours=hours,
-                     mfu=mfu, law=law)
+                     mfu=mfu_given, law=law)
     warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
                               budget.compute_optimal_tokens)
     return Plan(
@@ -289,22 +288,6 @@ def plan(
         candidates=candidates, remedy=None if remedy is None else remedy.name,
         remedies=remedies, warnings=warnings, **budget._asdict(),
     )
-
-
-def _layout(world_size: int, parallelism: Parallelism | None) -> _Layout:
-    """The GPUs and the layout, checked against each other: plain data parallelism (DDP) over
-    ``world_size`` GPUs without a layout, ``parallelism``'s GPUs with one."""
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ScaleplanError(f"world_size={world_size!r} must be an int >= 1")
-    if parallelism is None:
-        return _Layout(world_size, world_size,
-                       Parallelism(data=world_size) if world_size > 1 else None)
-    if world_size not in (1, parallelism.gpus):
-        raise ScaleplanError(
-            f"world_size={world_size} but parallelism uses {parallelism.gpus} GPUs "
-            f"(data {parallelism.data} x tensor {parallelism.tensor} x pipeline "
-            f"{parallelism.pipeline}); drop world_size or make them agree")
-    return _Layout(parallelism.gpus, parallelism.data, parallelism)
 
 
 def _step(tokens_per_step: int | None, seq_len: int, data: int) -> tuple[int, list[int]]:
@@ -323,14 +306,14 @@ def _step(tokens_per_step: int | None, seq_len: int, data: int) -> tuple[int, li
 
 
 def _budget(cfg: GPTConfig, spec: GPUSpec, settings: dict[str, Any], *, seq_len: int,
-            tokens_per_step: int, world_size: int, total_tokens: int | str | None,
-            hours: float | None, mfu: float | None, law: str) -> _Budget:
+            tokens_per_step: int, world_size: int, total_tokens: object,
+            hours: float | None, mfu: tuple[float, str], law: str) -> _Budget:
     """Tokens for the run, its steps, FLOPs and hours at the MFU, and the law's loss at its end."""
     pc = count_params(cfg)
     scaling = scaling_law(law)
     n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
     optimal = int(chinchilla_tokens(n_for_law, method=scaling))
-    mfu_value, mfu_source = _mfu(mfu, spec)
+    mfu_value, mfu_source = mfu
     flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=settings["checkpointing"])
     dtype = peak_dtype(settings["precision"])
     if dtype not in spec.peak:  # bf16 forced on a GPU without bf16 tensor cores
@@ -341,31 +324,18 @@ def _budget(cfg: GPTConfig, spec: GPUSpec, settings: dict[str, Any], *, seq_len:
             raise ScaleplanError("give total_tokens or hours, not both")
         trainable = hours * 3600 * achieved / flops_token
         run_tokens = int(finite(f"the tokens trainable in hours={hours!r}", trainable))
+        if run_tokens < 1:
+            raise ScaleplanError(f"hours={hours!r} trains less than one token; give more hours")
+        if run_tokens > MAX_TOKENS:
+            raise ScaleplanError(
+                f"hours={hours!r} trains {run_tokens:.3g} tokens on {world_size:,} GPUs, beyond "
+                f"any real run; give at most {hours * MAX_TOKENS / run_tokens:.3g} hours")
         tokens_source = f"{hours} hours"
     else:
-        run_tokens, tokens_source = _given_tokens(total_tokens, optimal, scaling.name)
+        run_tokens, tokens_source = given_tokens(total_tokens, optimal, scaling.name)
     return _Budget(
         params=pc, total_tokens=run_tokens, tokens_source=tokens_source,
         compute_optimal_tokens=optimal, steps=math.ceil(run_tokens / tokens_per_step),
         training_flops=training_flops(cfg, run_tokens, seq_len=seq_len), mfu=mfu_value,
         mfu_source=mfu_source, hours=run_tokens * flops_token / achieved / 3600,
         law=scaling.name, expected_loss=float(scaling.loss(n_for_law, run_tokens)))
-
-
-def _mfu(mfu: float | None, spec: GPUSpec) -> tuple[float, str]:
-    """The MFU given, checked, or the assumed one for ``spec``; and where it came from."""
-    mfu_value, mfu_source = (mfu, "given") if mfu is not None else default_mfu(spec)
-    if isinstance(mfu_value, bool) or not (isinstance(mfu_value, (int, float))
-                                           and 0 < mfu_value <= 1):
-        raise ScaleplanError(f"mfu={mfu_value!r} must be a fraction in (0, 1], e.g. mfu=0.35")
-    return mfu_value, mfu_source
-
-
-def _given_tokens(total_tokens: int | str | None, optimal: int, law: str) -> tuple[int, str]:
-    """The run's tokens without ``hours``: the law's compute-optimal ones, or those given."""
-    if total_tokens is None or total_tokens == "chinchilla":
-        return optimal, f"compute-optimal by the {law} law"
-    if isinstance(total_tokens, int) and not isinstance(total_tokens, bool) and total_tokens > 0:
-        return total_tokens, "given"
-    raise ScaleplanError(f"total_tokens={total_tokens!r} must be a positive int or "
-                         "'chinchilla'")

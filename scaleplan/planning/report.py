@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from scaleplan.planning.exporters import expect_plan
 from scaleplan.units import format_count, format_gib
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def _gib(n: float) -> str:
 
 def format_plan(p: Plan) -> str:
     """Render ``p`` for a terminal."""
-    m = p.memory
+    m = expect_plan(p).memory
     lines = [
         f"Plan: {format_count(p.params.total)}-parameter model on {p.world_size} x {p.gpu.name} "
         f"({format_gib(p.available_bytes)}: {p.available_source})",
