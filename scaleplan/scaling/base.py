@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import float_guard, positive_array
-from scaleplan.errors import ScaleplanError
+from scaleplan.checks import float_guard, positive_array, real
+from scaleplan.errors import ScaleplanError, shown
 
 __all__ = [
     "TRAINING_FLOPS_PER_PARAM_TOKEN",
@@ -28,6 +28,7 @@ __all__ = [
     "NCounts",
     "as_result",
     "positive_values",
+    "setting",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -51,6 +52,20 @@ def positive_values(name: str, value: ArrayLike) -> FloatArray:
     """``value`` as float64, rejecting anything non-positive, NaN or infinite (naming ``name``):
     `scaleplan.checks.positive_array` with a hint for each quantity of the scaling laws."""
     return positive_array(name, value, example=_HINTS.get(name, ""))
+
+
+def setting(name: str, value: object, **options: Any) -> float:
+    """A scalar setting (``r_star``, ``huber_delta``, ...) as `scaleplan.checks.real` takes it,
+    refusing numpy's bool too (``real`` reads ``np.True_`` as 1.0).
+
+    >>> setting("r_star", np.True_)
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: r_star=np.True_ must be a number, not a bool
+    """
+    if isinstance(value, np.bool_):
+        raise ScaleplanError(f"{name}={shown(value)} must be a number, not a bool")
+    return real(name, value, **options)
 
 
 def as_result(value: FloatArray, *inputs: ArrayLike) -> Any:

@@ -28,9 +28,9 @@ from typing import Any, Literal, get_args
 import numpy as np
 from numpy.typing import ArrayLike
 
-from scaleplan.checks import one_of, real, whole
+from scaleplan.checks import one_of, whole
 from scaleplan.errors import ScaleplanError, shown
-from scaleplan.scaling.base import FitReport, FloatArray, NCounts, positive_values
+from scaleplan.scaling.base import FitReport, FloatArray, NCounts, positive_values, setting
 from scaleplan.scaling.laws import ScalingLaw
 
 __all__ = ["HOFFMANN_START_GRID", "MAX_BOOTSTRAP", "fit_scaling_law"]
@@ -201,12 +201,12 @@ def _options(*, huber_delta: object, n_counts: object, name: object, n_starts: o
     if progress is not None and not callable(progress):
         raise ScaleplanError(f"progress={shown(progress)} must be a function progress(done, "
                              "total), or None")
-    confidence = real("confidence", confidence,
+    confidence = setting("confidence", confidence,
                       message="must be a number in (0, 1), e.g. confidence=0.95")
     if not confidence < 1:
         raise ScaleplanError(f"confidence must lie in (0, 1); got confidence={confidence!r}")
     return {
-        "huber_delta": real("huber_delta", huber_delta,
+        "huber_delta": setting("huber_delta", huber_delta,
                             message="must be a positive finite number, e.g. huber_delta=1e-3"),
         "n_starts": whole("n_starts", n_starts, maximum=len(_GRID), example="n_starts=16",
                           message=f"must be a whole number of optimiser starts from 1 to "

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import finite, float_guard, real
+from scaleplan.checks import finite, float_guard
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.scaling.base import (
     TRAINING_FLOPS_PER_PARAM_TOKEN,
@@ -25,6 +25,7 @@ from scaleplan.scaling.base import (
     FloatArray,
     as_result,
     positive_values,
+    setting,
 )
 from scaleplan.scaling.laws import scaling_law
 
@@ -153,7 +154,7 @@ def effective_tokens(
     """
     D, U = positive_values("tokens", tokens), positive_values("unique_tokens", unique_tokens)
     _check_unique(D, U)
-    r_star = real("r_star", r_star, example=f"r_star={MUENNIGHOFF_R_STAR_D}")
+    r_star = setting("r_star", r_star, example=f"r_star={MUENNIGHOFF_R_STAR_D}")
     return as_result(_decayed(U, D / U - 1, r_star), tokens, unique_tokens)
 
 
@@ -188,7 +189,7 @@ def effective_params(
     4.841
     """
     N, U = positive_values("n_params", n_params), positive_values("unique_tokens", unique_tokens)
-    r_star = real("r_star", r_star, example=f"r_star={MUENNIGHOFF_R_STAR_N}")
+    r_star = setting("r_star", r_star, example=f"r_star={MUENNIGHOFF_R_STAR_N}")
     unique = _unique_params(N, U, scaling_law(law))
     return as_result(_decayed(unique, N / unique - 1, r_star), n_params, unique_tokens)
 
@@ -297,7 +298,7 @@ def inference_optimal(
                              f"loss={shown(loss)}, inference_tokens={shown(inference_tokens)}")
     L = float(positive_values("loss", loss))
     try:
-        served = real("inference_tokens", inference_tokens, inclusive=True)
+        served = setting("inference_tokens", inference_tokens, inclusive=True)
     except ScaleplanError:
         raise ScaleplanError(
             f"inference_tokens must be a non-negative finite count; got "

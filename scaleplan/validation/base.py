@@ -11,6 +11,7 @@ so a team's flat model (``micro_batch_size`` next to ``model``) works as well as
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
@@ -65,7 +66,10 @@ def check_nonnegative(name: str, value: object) -> None:
     ...
     scaleplan.errors.ScaleplanError: rel_tol=-0.1 must be a finite number >= 0, e.g. rel_tol=0.1
     """
-    real(name, value, inclusive=True, message=f"must be a finite number >= 0, e.g. {name}=0.1")
+    message = f"must be a finite number >= 0, e.g. {name}=0.1"
+    if not isinstance(value, numbers.Number):  # numpy's bool: real() would read it as 0 or 1
+        raise ScaleplanError(f"{name}={shown(value)} {message}")
+    real(name, value, inclusive=True, message=message)
 
 
 def check_text(name: str, value: object, *, example: str) -> None:
