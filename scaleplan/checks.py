@@ -129,30 +129,93 @@ def positive_array(name: str, value: object, *, example: str = "") -> FloatArray
     """``value`` (a number or an array of numbers) as a float64 array, every element positive
     and finite, else a `ScaleplanError` naming ``name``, the first bad element and its index.
 
+    A bool, text (``str``, ``bytes``) or a complex number is refused, alone or inside an array:
+    numpy would read ``True`` as 1.0 and ``"2e10"`` as 2e10, a number the caller never meant.
+
     >>> positive_array("tokens", [1e9, 2e9])
     array([1.e+09, 2.e+09])
     >>> positive_array("tokens", [1e9, -1.0], example="a token count")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     scaleplan.errors.ScaleplanError: ...; got tokens=-1.0 at index 1; pass a token count
+    >>> positive_array("tokens", [1e9, True])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: tokens must be a number or an array of numbers; got ...
     """
     import numpy as np
 
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ScaleplanError(
-            f"{name} must be a number or an array of numbers; got {name}={shown(value)}"
-        ) from None
+    fix = f"pass {example or 'a positive finite number'}"
+    arr = _float_array(name, value, fix)
     bad = ~np.isfinite(arr) | (arr <= 0)
     if bad.any():
         index = int(np.flatnonzero(bad)[0])
         where = "" if arr.ndim == 0 else f" at index {index}"
         raise ScaleplanError(
             f"{name} must be positive and finite; got {name}={float(arr.flat[index])!r}{where}; "
-            f"pass {example or 'a positive finite number'}"
+            f"{fix}"
         )
     return arr
+
+
+def _float_array(name: str, value: object, fix: str) -> FloatArray:
+    """``value`` as float64, refusing what is not a real number (naming the first such element)."""
+    import numpy as np
+
+    def refuse(what: str) -> ScaleplanError:
+        return ScaleplanError(f"{name} must be a number or an array of numbers; got "
+                              f"{name}={shown(value)} ({what}); {fix}")
+
+    try:
+        # a Python sequence may mix bools in among floats: inspect its elements, not the dtype
+        raw = np.asarray(value, dtype=object if isinstance(value, list | tuple) else None)
+    except (TypeError, ValueError):  # ragged nesting
+        raise refuse("not a rectangular array") from None
+    if raw.dtype.kind not in "iufO":
+        raise refuse(_NON_NUMBER_KINDS.get(raw.dtype.kind, f"dtype {raw.dtype}"))
+    if raw.dtype.kind == "O":
+        for index, element in enumerate(raw.flat):
+            what = _non_number(element)
+            if what:
+                raise refuse(f"{what} at index {index}" if raw.ndim else what)
+    try:
+        return np.asarray(raw, dtype=np.float64)
+    except OverflowError:  # a Python int past 1.8e308
+        big = [i for i, x in enumerate(raw.flat) if _too_big(x)][:1]
+        where = f" at index {big[0]}" if raw.ndim and big else ""
+        raise ScaleplanError(f"{name} holds a number{where} that overflows a 64-bit float; got "
+                             f"{name}={shown(value)}; {fix}") from None
+    except (TypeError, ValueError):
+        raise refuse("not numbers") from None
+
+
+_NON_NUMBER_KINDS = {"b": "a bool", "U": "text", "S": "bytes", "c": "a complex number",
+                     "M": "a datetime", "m": "a timedelta"}
+
+
+def _too_big(element: object) -> bool:
+    try:
+        float(element)  # type: ignore[arg-type]
+    except OverflowError:
+        return True
+    except (TypeError, ValueError):
+        return False
+    return False
+
+
+def _non_number(element: object) -> str:
+    """What ``element`` is when it is no real number ('' when it is one, as far as checked)."""
+    import numpy as np
+
+    if element is None:
+        return "None"
+    if isinstance(element, bool | np.bool_):
+        return "a bool"
+    if isinstance(element, str | bytes | np.str_ | np.bytes_):
+        return "text"
+    if isinstance(element, complex | np.complexfloating):
+        return "a complex number"
+    return ""
 
 
 def one_of(name: str, value: str, valid: tuple[str, ...]) -> None:

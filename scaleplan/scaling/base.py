@@ -16,7 +16,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import float_guard, positive_array
+from scaleplan.checks import float_guard, positive_array, real
+from scaleplan.errors import ScaleplanError, shown
 
 __all__ = [
     "TRAINING_FLOPS_PER_PARAM_TOKEN",
@@ -27,6 +28,7 @@ __all__ = [
     "NCounts",
     "as_result",
     "positive_values",
+    "setting",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -52,6 +54,20 @@ def positive_values(name: str, value: ArrayLike) -> FloatArray:
     return positive_array(name, value, example=_HINTS.get(name, ""))
 
 
+def setting(name: str, value: object, **options: Any) -> float:
+    """A scalar setting (``r_star``, ``huber_delta``, ...) as `scaleplan.checks.real` takes it,
+    refusing numpy's bool too (``real`` reads ``np.True_`` as 1.0).
+
+    >>> setting("r_star", np.True_)
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: r_star=np.True_ must be a number, not a bool
+    """
+    if isinstance(value, np.bool_):
+        raise ScaleplanError(f"{name}={shown(value)} must be a number, not a bool")
+    return real(name, value, **options)
+
+
 def as_result(value: FloatArray, *inputs: ArrayLike) -> Any:
     """A Python float when every input was a scalar, else the array."""
     if all(np.ndim(x) == 0 for x in inputs):
@@ -67,7 +83,7 @@ class FitReport(BaseModel):
     ``confidence``.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     n_points: int = Field(description="Data points fitted.")
     huber_delta: float = Field(description="Huber loss threshold on log loss.")
@@ -92,7 +108,7 @@ class ComputeOptimal(BaseModel):
     (40.4, 58.9)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     law: str = Field(description="Name of the law used.")
     flops: float = Field(description="Training compute budget, FLOPs (C = 6 N D).")
@@ -123,7 +139,7 @@ class BaseScalingLaw(BaseModel):
     them and return floats for scalars and arrays for arrays.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(description="Short name, as accepted by `scaling_law`.")
     paper: str = Field(description="Where the law and its constants come from.")
@@ -278,6 +294,7 @@ class BaseScalingLaw(BaseModel):
         '7.3e+10 params, 1.34e+12 tokens'
         """
         C = positive_values("flops", flops)
+        self._check_budget(C)
         N = self._optimal_n_params(C)
         D = C / (TRAINING_FLOPS_PER_PARAM_TOKEN * N)
         L = self._loss(N, D)
@@ -285,6 +302,35 @@ class BaseScalingLaw(BaseModel):
             return ComputeOptimal(law=self.name, flops=float(C), n_params=round(float(N)),
                                   tokens=round(float(D)), loss=float(L))
         return ComputeOptimalArrays(flops=C, n_params=N, tokens=D, loss=L)
+
+    @property
+    def minimum_flops(self) -> float:
+        """The smallest budget whose compute-optimal model has at least one parameter and is
+        trained on at least one token; `compute_optimal` refuses smaller budgets.
+
+        >>> from scaleplan.scaling.laws import scaling_law
+        >>> round(scaling_law("kaplan2020").minimum_flops)  # N_opt = 1 at ~2.8e3 FLOPs
+        2831
+        """
+        one = np.asarray(1.0)
+        return max(float(self._optimal_flops_for_params(one)),
+                   float(self._optimal_flops_for_tokens(one)))
+
+    def _check_budget(self, C: FloatArray) -> None:
+        """Refuse budgets below `minimum_flops`: their optimum (fewer than one parameter or one
+        token) would round to a model of 0 parameters or 0 tokens."""
+        least = self.minimum_flops
+        small = least > C
+        if small.any():
+            index = int(np.flatnonzero(small)[0])
+            where = "" if C.ndim == 0 else f" at index {index}"
+            c = float(C.flat[index])
+            n = float(self._optimal_n_params(np.asarray(c)))
+            raise ScaleplanError(
+                f"flops={c!r}{where} is too small a budget for the {self.name!r} law: its "
+                f"compute-optimal model would have n_params={n:.3g} and tokens="
+                f"{c / (TRAINING_FLOPS_PER_PARAM_TOKEN * n):.3g}, fewer than one parameter or "
+                f"one token; pass flops >= {least:.4g} (real runs start near 1e15)")
 
     @overload
     def optimal_tokens_for_params(self, n_params: float) -> float: ...

@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from scaleplan.errors import ScaleplanError
-from scaleplan.scaling.base import FitReport, FloatArray, NCounts, positive_values
+from scaleplan.checks import one_of, whole
+from scaleplan.errors import ScaleplanError, shown
+from scaleplan.scaling.base import FitReport, FloatArray, NCounts, positive_values, setting
 from scaleplan.scaling.laws import ScalingLaw
 
-__all__ = ["HOFFMANN_START_GRID", "fit_scaling_law"]
+__all__ = ["HOFFMANN_START_GRID", "MAX_BOOTSTRAP", "fit_scaling_law"]
 
 N_FREE_PARAMETERS = 5  # E, A, B, alpha, beta
 PARAMETER_NAMES = ("E", "A", "B", "alpha", "beta")
@@ -47,6 +48,11 @@ HOFFMANN_START_GRID: dict[str, tuple[float, ...]] = {
 }
 """Starting points (4,500 combinations). All are scored at once; the optimiser runs from the best
 few (``n_starts``)."""
+_GRID = tuple(itertools.product(*HOFFMANN_START_GRID.values()))
+
+#: The most bootstrap resamples `fit_scaling_law` makes: each is a refit (~0.1 s), and a few
+#: hundred already give steady standard errors; 10**12 would have allocated 36 TiB (issue 20).
+MAX_BOOTSTRAP = 10_000
 
 
 def _objective(
@@ -121,13 +127,13 @@ def _columns(table: Any, columns: Sequence[str]) -> tuple[Any, Any, Any]:
     """Three columns of a pandas DataFrame (or any mapping of column name to values)."""
     if len(columns) != 3:
         raise ScaleplanError(
-            f"columns must name 3 columns (n_params, tokens, loss); got columns={columns!r}"
+            f"columns must name 3 columns (n_params, tokens, loss); got columns={shown(columns)}"
         )
     missing = [c for c in columns if c not in table]
     if missing:
         known = list(table.columns) if hasattr(table, "columns") else list(table)
         raise ScaleplanError(
-            f"the table has no column {missing[0]!r} (columns are {known}); pass "
+            f"the table has no column {shown(missing[0])} (columns are {known}); pass "
             f"columns=(n_params_column, tokens_column, loss_column)"
         )
     return table[columns[0]], table[columns[1]], table[columns[2]]
@@ -180,6 +186,37 @@ def _law(theta: FloatArray, name: str, n_counts: NCounts, report: FitReport) -> 
         n_counts=n_counts, E=_exp(e), A=_exp(a), B=_exp(b), alpha=alpha, beta=beta,
         fit=report,
     )
+
+
+def _options(*, huber_delta: object, n_counts: object, name: object, n_starts: object,
+             method: object, bootstrap: object, confidence: object, seed: object,
+             progress: object) -> dict[str, Any]:
+    """The fit's settings as exact Python numbers, or a `ScaleplanError` naming the bad one
+    (checked before any work: a wrong type used to fail deep inside numpy, issue 20)."""
+    if not isinstance(method, str) or method not in _OPTIONS:
+        raise ScaleplanError(f"method must be 'BFGS' or 'L-BFGS-B'; got method={shown(method)}")
+    one_of("n_counts", n_counts, get_args(NCounts))  # type: ignore[arg-type]
+    if not isinstance(name, str):
+        raise ScaleplanError(f"name={shown(name)} must be a str, the fitted law's name")
+    if progress is not None and not callable(progress):
+        raise ScaleplanError(f"progress={shown(progress)} must be a function progress(done, "
+                             "total), or None")
+    confidence = setting("confidence", confidence,
+                      message="must be a number in (0, 1), e.g. confidence=0.95")
+    if not confidence < 1:
+        raise ScaleplanError(f"confidence must lie in (0, 1); got confidence={confidence!r}")
+    return {
+        "huber_delta": setting("huber_delta", huber_delta,
+                            message="must be a positive finite number, e.g. huber_delta=1e-3"),
+        "n_starts": whole("n_starts", n_starts, maximum=len(_GRID), example="n_starts=16",
+                          message=f"must be a whole number of optimiser starts from 1 to "
+                          f"{len(_GRID):,} (the grid's size), e.g. n_starts=16"),
+        "bootstrap": whole("bootstrap", bootstrap, minimum=0, maximum=MAX_BOOTSTRAP,
+                           message=f"must be a whole number of resamples from 0 to "
+                           f"{MAX_BOOTSTRAP:,} (a few hundred give steady standard errors)"),
+        "confidence": confidence,
+        "seed": whole("seed", seed, minimum=0, message="must be a whole number >= 0, e.g. seed=0"),
+    }
 
 
 def fit_scaling_law(
@@ -235,19 +272,15 @@ def fit_scaling_law(
             "DataFrame or dict) with columns=(n_params_column, tokens_column, loss_column)"
         )
     N, D, L = _points(n_params, tokens, losses)
-    if not huber_delta > 0:
-        raise ScaleplanError(f"huber_delta must be positive; got huber_delta={huber_delta!r}")
-    if method not in _OPTIONS:
-        raise ScaleplanError(f"method must be 'BFGS' or 'L-BFGS-B'; got method={method!r}")
-    if n_starts < 1:
-        raise ScaleplanError(f"n_starts must be at least 1; got n_starts={n_starts!r}")
-    if bootstrap < 0:
-        raise ScaleplanError(f"bootstrap must be 0 or more resamples; got bootstrap={bootstrap!r}")
-    if not 0 < confidence < 1:
-        raise ScaleplanError(f"confidence must lie in (0, 1); got confidence={confidence!r}")
+    options = _options(huber_delta=huber_delta, n_counts=n_counts, name=name, n_starts=n_starts,
+                       method=method, bootstrap=bootstrap, confidence=confidence, seed=seed,
+                       progress=progress)
+    huber_delta, n_starts, bootstrap = (options["huber_delta"], options["n_starts"],
+                                        options["bootstrap"])
+    confidence, seed = options["confidence"], options["seed"]
 
     log_n, log_d, log_loss = np.log(N), np.log(D), np.log(L)
-    grid = np.array(list(itertools.product(*HOFFMANN_START_GRID.values())), dtype=np.float64)
+    grid = np.array(_GRID, dtype=np.float64)
     scores = _grid_objectives(grid, log_n, log_d, log_loss, huber_delta)
     starts = grid[np.argsort(scores, kind="stable")[:n_starts]]
     theta, objective = _best_fit(starts, log_n, log_d, log_loss, huber_delta, method)

@@ -17,14 +17,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import float_guard, real
-from scaleplan.errors import ScaleplanError
+from scaleplan.checks import finite, float_guard
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.scaling.base import (
     TRAINING_FLOPS_PER_PARAM_TOKEN,
     BaseScalingLaw,
     FloatArray,
     as_result,
     positive_values,
+    setting,
 )
 from scaleplan.scaling.laws import scaling_law
 
@@ -153,6 +154,7 @@ def effective_tokens(
     """
     D, U = positive_values("tokens", tokens), positive_values("unique_tokens", unique_tokens)
     _check_unique(D, U)
+    r_star = setting("r_star", r_star, example=f"r_star={MUENNIGHOFF_R_STAR_D}")
     return as_result(_decayed(U, D / U - 1, r_star), tokens, unique_tokens)
 
 
@@ -187,6 +189,7 @@ def effective_params(
     4.841
     """
     N, U = positive_values("n_params", n_params), positive_values("unique_tokens", unique_tokens)
+    r_star = setting("r_star", r_star, example=f"r_star={MUENNIGHOFF_R_STAR_N}")
     unique = _unique_params(N, U, scaling_law(law))
     return as_result(_decayed(unique, N / unique - 1, r_star), n_params, unique_tokens)
 
@@ -228,7 +231,7 @@ class InferenceOptimal(BaseModel):
     comparison.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     law: str = Field(description="Name of the law used.")
     loss: float = Field(description="Target loss, nats per token.")
@@ -292,24 +295,36 @@ def inference_optimal(
     """
     if np.ndim(loss) or np.ndim(inference_tokens):  # one optimum per call (fuzzed, issue 13)
         raise ScaleplanError(f"inference_optimal takes one loss and one count, not arrays; got "
-                             f"loss={loss!r}, inference_tokens={inference_tokens!r}")
+                             f"loss={shown(loss)}, inference_tokens={shown(inference_tokens)}")
     L = float(positive_values("loss", loss))
     try:
-        served = real("inference_tokens", inference_tokens, inclusive=True)
+        served = setting("inference_tokens", inference_tokens, inclusive=True)
     except ScaleplanError:
         raise ScaleplanError(
             f"inference_tokens must be a non-negative finite count; got "
-            f"inference_tokens={inference_tokens!r}; pass 0 to ignore inference"
+            f"inference_tokens={shown(inference_tokens)}; pass 0 to ignore inference"
         ) from None
     fit = scaling_law(law)
     N, D = _lifetime_optimum(fit, L, served)
     N0, D0 = _lifetime_optimum(fit, L, 0.0)
-    served_flops = INFERENCE_FLOPS_PER_PARAM_TOKEN * served
-    training = TRAINING_FLOPS_PER_PARAM_TOKEN * N * D
+    if min(N, D, N0, D0) < 1:  # would round to a model of 0 parameters or 0 tokens (issue 20)
+        raise ScaleplanError(
+            f"loss={shown(loss)} is so high that under the {fit.name!r} law a model of fewer than "
+            "one parameter, or one trained on fewer than one token, reaches it; pass a lower "
+            "loss (real runs reach 2 to 4 nats per token)")
+    # a served count near float64's limit makes the FLOPs overflow to inf (issue 20)
+    where = f"inference_tokens={shown(inference_tokens)}"
+    served_flops = finite(f"the inference FLOPs of {where}",
+                          INFERENCE_FLOPS_PER_PARAM_TOKEN * served)
+    training = finite(f"the training FLOPs of loss={shown(loss)}",
+                      TRAINING_FLOPS_PER_PARAM_TOKEN * N * D)
+    inference = finite(f"the inference FLOPs of {where}", served_flops * N)
+    baseline = finite(f"the training-only optimum's lifetime FLOPs at {where}",
+                      TRAINING_FLOPS_PER_PARAM_TOKEN * N0 * D0 + served_flops * N0)
     return InferenceOptimal(
         law=fit.name, loss=L, inference_tokens=served, n_params=round(N), tokens=round(D),
-        training_flops=training, inference_flops=served_flops * N,
-        total_flops=training + served_flops * N,
+        training_flops=training, inference_flops=inference,
+        total_flops=finite(f"the total FLOPs of {where}", training + inference),
         compute_optimal_n_params=round(N0), compute_optimal_tokens=round(D0),
-        compute_optimal_total_flops=TRAINING_FLOPS_PER_PARAM_TOKEN * N0 * D0 + served_flops * N0,
+        compute_optimal_total_flops=baseline,
     )

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from scaleplan.checks import float_guard
-from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.errors import ScaleplanError, UnknownNameError, shown
 from scaleplan.scaling.base import (
     TRAINING_FLOPS_PER_PARAM_TOKEN,
     BaseScalingLaw,
@@ -61,7 +61,7 @@ def tokens_seen(steps: int, tokens_per_step: int) -> int:
     for field, value in (("steps", steps), ("tokens_per_step", tokens_per_step)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
             raise ScaleplanError(
-                f"{field} must be a non-negative int; got {field}={value!r}; "
+                f"{field} must be a non-negative int; got {field}={shown(value)}; "
                 f"pass a whole number such as {field}=1000"
             )
     return int(steps) * int(tokens_per_step)
@@ -91,10 +91,20 @@ def chinchilla_tokens(
     '4.58e+12'
     """
     N = positive_values("n_params", n_params)
-    if method == "rule-of-thumb":
+    if isinstance(method, str) and method == "rule-of-thumb":
         D = CHINCHILLA_TOKENS_PER_PARAM * N
+        least = 1 / CHINCHILLA_TOKENS_PER_PARAM
     else:
-        D = np.asarray(_resolve_method(method).optimal_tokens_for_params(N))
+        law = _resolve_method(method)
+        D = np.asarray(law.optimal_tokens_for_params(N))
+        least = float(law.optimal_params_for_tokens(1.0))
+    small = D < 1  # would round to 0 tokens: no budget at all (issue 20)
+    if small.any():
+        index = int(np.flatnonzero(small)[0])
+        where = "" if N.ndim == 0 else f" at index {index}"
+        raise ScaleplanError(
+            f"n_params={float(N.flat[index])!r}{where} is too small: its compute-optimal budget "
+            f"is {float(D.flat[index]):.3g} tokens, fewer than one; pass n_params >= {least:.3g}")
     if np.ndim(n_params) == 0:
         return round(float(D))
     return D

@@ -11,6 +11,7 @@ so a team's flat model (``micro_batch_size`` next to ``model``) works as well as
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, ClassVar
@@ -20,18 +21,20 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from scaleplan.checks import real
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.findings import Finding
 from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.units import format_count
 
 __all__ = [
+    "MAX_TEXT_LENGTH",
     "TIGHT_FIT_FRACTION",
     "Finding",
     "Locator",
     "Marker",
     "Subject",
     "check_nonnegative",
+    "check_text",
     "locate",
     "millions",
 ]
@@ -40,6 +43,10 @@ MISSING_SETTING = "scaleplan.missing_setting"
 # A run that needs more than 95% of the GPU's memory fits on paper but leaves no room for the
 # caching allocator's fragmentation over a long run: `check` warns (it does not raise).
 TIGHT_FIT_FRACTION = 0.95
+#: The longest text a marker reads (a claim such as "~125M", a GPU or precision name, a setting's
+#: name): longer text is refused before any regex or lookup runs on it. A 6,000-character claim
+#: took seconds in a regex (issue 20); no real claim or name is a tenth of this.
+MAX_TEXT_LENGTH = 200
 
 
 def millions(n: float) -> str:
@@ -59,7 +66,25 @@ def check_nonnegative(name: str, value: object) -> None:
     ...
     scaleplan.errors.ScaleplanError: rel_tol=-0.1 must be a finite number >= 0, e.g. rel_tol=0.1
     """
-    real(name, value, inclusive=True, message=f"must be a finite number >= 0, e.g. {name}=0.1")
+    message = f"must be a finite number >= 0, e.g. {name}=0.1"
+    if not isinstance(value, numbers.Number):  # numpy's bool: real() would read it as 0 or 1
+        raise ScaleplanError(f"{name}={shown(value)} {message}")
+    real(name, value, inclusive=True, message=message)
+
+
+def check_text(name: str, value: object, *, example: str) -> None:
+    """Refuse text longer than `MAX_TEXT_LENGTH` for the marker argument ``name``; anything else
+    (a number, a GPU spec, short text) passes unchanged.
+
+    >>> check_text("claimed", "~125M", example="'~125M'")
+    >>> check_text("claimed", "1" * 300, example="'~125M'")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: claimed=... is 300 characters long; a marker reads at most ...
+    """
+    if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+        raise ScaleplanError(f"{name}={shown(value)} is {len(value):,} characters long; a marker "
+                             f"reads at most {MAX_TEXT_LENGTH}: give e.g. {name}={example}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +126,7 @@ def _pick(model: type[BaseModel], given: str | None, kind: type, arg: str,
           required: bool) -> str | None:
     if given is not None:
         if given not in model.model_fields:
-            raise ScaleplanError(f"{arg}={given!r}: {model.__name__} has no such field; its "
+            raise ScaleplanError(f"{arg}={shown(given)}: {model.__name__} has no such field; its "
                                  f"fields are {', '.join(model.model_fields)}")
         return given
     found = _fields_of_type(model, kind)

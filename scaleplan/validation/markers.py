@@ -39,6 +39,8 @@ warnings that never raise (``scaleplan.tight_fit``: fits, but with less than
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import sys
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, ClassVar, Literal
@@ -46,7 +48,7 @@ from typing import Any, ClassVar, Literal
 from pydantic_core import PydanticCustomError
 
 from scaleplan.checks import whole
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import ParamCount, count_params
 from scaleplan.validation.base import (
@@ -55,6 +57,7 @@ from scaleplan.validation.base import (
     Marker,
     Subject,
     check_nonnegative,
+    check_text,
     locate,
     millions,
 )
@@ -62,6 +65,7 @@ from scaleplan.validation.step import DivisibleStep, FitsOn
 
 __all__ = [
     "MAX_TOKENS_PER_PARAM",
+    "MAX_TRAINING_TOKENS",
     "TIGHT_FIT_FRACTION",
     "CountKind",
     "DivisibleStep",
@@ -78,6 +82,9 @@ __all__ = [
 # ratio (and its inverse the smallest one), so min x params and tokens / max stay finite floats at
 # any model size (found by fuzzing, issue 13).
 MAX_TOKENS_PER_PARAM = 1e9
+# Llama 3 trained on 15T tokens; ~70,000 times that bounds a token count, so tokens / params and
+# tokens / min stay finite floats (10**400 tokens overflowed the ratio; issue 20).
+MAX_TRAINING_TOKENS = 10**18
 CountKind = Literal["total", "nanogpt", "non_embedding"]
 _COUNT_LABEL: dict[str, str] = {
     "total": "total",
@@ -86,35 +93,60 @@ _COUNT_LABEL: dict[str, str] = {
 }
 
 
-def parse_claim(claimed: int | float | str) -> int:
+# Claims in text. Both patterns run in linear time: a number starts only where a run of digits
+# starts (the lookbehind), so a failed match gives back at most that run and the ones next to it
+# (a search for "\\d+" from every digit of "111...1x" took seconds at 6,000 digits; issue 20).
+# `check_text` also bounds the text first.
+_AMOUNT = re.compile(r"~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])", re.IGNORECASE)
+_CLAIM_IN_TEXT = re.compile(
+    r"(?<!\d)(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b[\s-]*(?:param(?:eter)?s?|model)\b",
+    re.IGNORECASE,
+)
+_UNIT = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def parse_claim(claimed: int | float | str, *, name: str = "claimed") -> int:
     """A claimed parameter count as an int: a number, or text such as "~125M" or "1.5B".
 
-    Free text is read as `scaleplan.model.nanogpt_file.parse_size` reads config comments.
+    Text is a bare amount ("~125M", "1.5B", "124,439,808") or a phrase holding one as config
+    comments write it ("~125M parameters"), at most `MAX_TEXT_LENGTH` characters. ``name`` is the
+    marker's argument, for the error.
 
     >>> parse_claim("~125M"), parse_claim("1.5B"), parse_claim("124,439,808")
     (125000000, 1500000000, 124439808)
+    >>> parse_claim("inf")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: claimed='inf' must be a positive parameter count...
     """
-    from scaleplan.model.nanogpt_file import parse_amount, parse_size
-
     if isinstance(claimed, str):
-        text = claimed.strip().replace(",", "").replace("_", "")
-        found = parse_amount(text) or parse_size(text)
-        if found is None:
-            try:
-                found = round(float(text))
-            except ValueError:
-                raise ScaleplanError(
-                    f"claimed={claimed!r} is not a parameter count; write e.g. '~125M', "
-                    "'1.5B' or 124439808") from None
-        value: float = found
-    elif isinstance(claimed, bool) or not isinstance(claimed, int | float):
-        raise ScaleplanError(f"claimed={claimed!r} must be a number or text such as '~125M'")
+        value = _claim_in_text(claimed, name)
+    elif isinstance(claimed, bool) or not isinstance(claimed, numbers.Real):
+        raise ScaleplanError(f"{name}={shown(claimed)} must be a number or text such as '~125M'")
+    elif isinstance(claimed, numbers.Integral):
+        value = int(claimed)  # numpy ints too: exact, never a wrapped product
     else:
-        value = claimed
-    # Below 1 rounds to 0 parameters; an int past a float's range overflowed (issue 13).
+        value = float(claimed)
+    # Below 1 rounds to 0 parameters; an int past a float's range overflowed (issues 13, 20).
     if value > sys.float_info.max or not math.isfinite(value) or value < 1:
-        raise ScaleplanError(f"claimed={claimed!r} must be a positive parameter count")
+        # an int is shown whole up to ~1,000 digits, as the fuzz tests of issue 13 expect
+        raise ScaleplanError(f"{name}={shown(claimed, limit=1000)} must be a positive parameter "
+                             "count, e.g. '~125M' or 124439808")
     return round(value)
+
+
+def _claim_in_text(claimed: str, name: str) -> float:
+    """The number a claim's text gives (inf for "inf" or "1e400", checked by the caller)."""
+    check_text(name, claimed, example="'~125M'")
+    text = claimed.strip().replace(",", "").replace("_", "")
+    found = _AMOUNT.fullmatch(text) or _CLAIM_IN_TEXT.search(text)
+    if found is not None:
+        return float(found["num"]) * _UNIT[found["unit"].lower()]
+    try:
+        return float(text)
+    except ValueError:
+        raise ScaleplanError(f"{name}={shown(claimed)} is not a parameter count; write e.g. "
+                             "'~125M', '1.5B' or 124439808") from None
 
 
 def _count(pc: ParamCount, count: str) -> int:
@@ -123,7 +155,8 @@ def _count(pc: ParamCount, count: str) -> int:
 
 def _check_count(count: object) -> None:
     if count not in _COUNT_LABEL:
-        raise ScaleplanError(f"count={count!r} is not one of {', '.join(map(repr, _COUNT_LABEL))}")
+        raise ScaleplanError(
+            f"count={shown(count)} is not one of {', '.join(map(repr, _COUNT_LABEL))}")
 
 
 @dataclass(frozen=True)
@@ -221,7 +254,7 @@ class MaxParams(Marker):
     limit_params: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "limit_params", parse_claim(self.limit))
+        object.__setattr__(self, "limit_params", parse_claim(self.limit, name="MaxParams limit"))
         _check_count(self.count)
 
     def describe(self) -> str:
@@ -269,8 +302,8 @@ class TokensPerParam(Marker):
                 if not 1 / MAX_TOKENS_PER_PARAM <= getattr(self, name) <= MAX_TOKENS_PER_PARAM \
                         and getattr(self, name) != 0:
                     raise ScaleplanError(
-                        f"TokensPerParam {name}={getattr(self, name)!r} tokens per parameter is "
-                        f"outside any training run ({1 / MAX_TOKENS_PER_PARAM:g} to "
+                        f"TokensPerParam {name}={shown(getattr(self, name))} tokens per parameter "
+                        f"is outside any training run ({1 / MAX_TOKENS_PER_PARAM:g} to "
                         f"{MAX_TOKENS_PER_PARAM:g}); Chinchilla is ~20, Llama 3 8B ~1,900")
         if self.max == 0:  # no model trains on zero tokens (fuzzed, issue 13)
             raise ScaleplanError("TokensPerParam max=0 allows no training at all; give a "
@@ -279,7 +312,11 @@ class TokensPerParam(Marker):
             raise ScaleplanError(f"TokensPerParam min={self.min} is above max={self.max}; swap "
                                  "them")
         if self.tokens is not None:
-            whole("tokens", self.tokens, message="must be a positive int")
+            _token_count("tokens", self.tokens)
+        if not isinstance(self.tokens_from, str) or not self.tokens_from.isidentifier():
+            raise ScaleplanError(f"tokens_from={shown(self.tokens_from)} must be the name of a "
+                                 "setting, e.g. tokens_from='total_tokens'")
+        check_text("tokens_from", self.tokens_from, example="'total_tokens'")
         _check_count(self.count)
         object.__setattr__(self, "needs", (self.tokens_from,))
 
@@ -297,7 +334,8 @@ class TokensPerParam(Marker):
         return f"Training tokens per parameter ({self.count}) {bounds}."
 
     def findings(self, subject: Subject) -> list[Finding]:
-        tokens = int(subject.get(self.tokens_from, self.tokens))
+        tokens = _token_count("tokens" if self.tokens is not None else self.tokens_from,
+                              subject.get(self.tokens_from, self.tokens))
         params = _count(count_params(subject.cfg), self.count)
         ratio = tokens / params
         if self.min is not None and ratio < self.min:
@@ -320,6 +358,16 @@ class TokensPerParam(Marker):
                                            "tokens_per_param": ratio}
         numbers.update({k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None})
         return [Finding(severity="error", code=self.code, message=message, numbers=numbers)]
+
+
+def _token_count(name: str, value: object) -> int:
+    """A training-token count as an int from 1 to `MAX_TRAINING_TOKENS` (a whole float such as
+    1e9, as a flat model of the user's may hold it, is taken), else a `ScaleplanError`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return whole(name, value, maximum=MAX_TRAINING_TOKENS,
+                 message=f"must be a whole number of training tokens from 1 to "
+                 f"{MAX_TRAINING_TOKENS:.0e}, e.g. {name}=10**9")
 
 
 def check(value: Any, *rules: Marker, training: Any = None) -> list[Finding]:

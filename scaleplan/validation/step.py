@@ -12,11 +12,11 @@ from typing import Any, ClassVar, get_args
 
 from scaleplan.checks import real, whole
 from scaleplan.compute.hardware import GPUSpec
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
 from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.units import format_gib
-from scaleplan.validation.base import TIGHT_FIT_FRACTION, Finding, Marker, Subject
+from scaleplan.validation.base import TIGHT_FIT_FRACTION, Finding, Marker, Subject, check_text
 
 __all__ = ["DivisibleStep", "FitsOn"]
 
@@ -67,6 +67,9 @@ class FitsOn(Marker):
     available_bytes: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        for arg, example in (("gpu", "'RTX 4070'"), ("precision", "'bf16-mixed'"),
+                             ("optimizer", "'adamw'")):
+            check_text(arg, getattr(self, arg), example=example)  # before any lookup (issue 20)
         name, available = self._resolve_gpu(self.gpu)
         object.__setattr__(self, "gpu_name", name)
         object.__setattr__(self, "available_bytes", available)
@@ -77,10 +80,11 @@ class FitsOn(Marker):
         for arg, value, valid in (("attention", self.attention, _ATTENTION),
                                   ("checkpointing", self.checkpointing, _CHECKPOINTING)):
             if value not in valid:
-                raise ScaleplanError(f"{arg}={value!r} is not one of {', '.join(map(repr, valid))}")
+                raise ScaleplanError(
+                    f"{arg}={shown(value)} is not one of {', '.join(map(repr, valid))}")
         if isinstance(self.headroom, bool) or not isinstance(self.headroom, int | float) \
                 or not 0 <= self.headroom < 1:
-            raise ScaleplanError(f"headroom={self.headroom!r} must be a fraction in [0, 1), "
+            raise ScaleplanError(f"headroom={shown(self.headroom)} must be a fraction in [0, 1), "
                                  "e.g. headroom=0.1 to keep 10% of the memory free")
 
     @staticmethod
@@ -96,8 +100,8 @@ class FitsOn(Marker):
             return "the GPU", gpu
         memory = getattr(gpu, "usable_memory_bytes", None) or getattr(gpu, "memory_bytes", None)
         if not isinstance(memory, int):
-            raise ScaleplanError(f"gpu={gpu!r} must be a GPU name (e.g. 'RTX 4070'), a GPUSpec "
-                                 "or a memory size in bytes")
+            raise ScaleplanError(f"gpu={shown(gpu)} must be a GPU name (e.g. 'RTX 4070'), a "
+                                 "GPUSpec or a memory size in bytes")
         return str(gpu.name), memory
 
     def _settings(self, subject: Subject) -> dict[str, Any]:
