@@ -56,7 +56,7 @@ def whole(name: str, value: object, *, minimum: int = 1, maximum: int | None = N
 
 def _whole(name: str, value: object, minimum: int, example: str) -> int:
     hint = f", e.g. {example}" if example else ""
-    if isinstance(value, bool):
+    if _is_bool(value):
         raise ScaleplanError(f"{name}={shown(value)} must be a whole number, not a bool{hint}")
     try:
         number = operator.index(value)  # type: ignore[arg-type]  # int, numpy ints; not 12.0
@@ -67,6 +67,11 @@ def _whole(name: str, value: object, minimum: int, example: str) -> int:
         bound = "a positive whole number" if minimum == 1 else f">= {minimum}"
         raise ScaleplanError(f"{name}={number} must be {bound}{hint}")
     return number
+
+
+def _is_bool(value: object) -> bool:  # Python's bool and numpy's np.bool_ (not an int subclass)
+    return isinstance(value, bool) or (
+        type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"))
 
 
 def wholes(name: str, values: Iterable[object], *, minimum: int = 1) -> list[int]:
@@ -111,7 +116,7 @@ def real(name: str, value: object, *, minimum: float = 0.0, inclusive: bool = Fa
 
 def _real(name: str, value: object, minimum: float, inclusive: bool, example: str) -> float:
     hint = f"; give {example}" if example else ""
-    if isinstance(value, bool):
+    if _is_bool(value):
         raise ScaleplanError(f"{name}={shown(value)} must be a number, not a bool{hint}")
     try:
         number = float(value)  # type: ignore[arg-type]  # int, float, numpy scalars

@@ -382,3 +382,17 @@ def test_laws_are_monotone_and_deterministic(name: str, n: float, d: float,
     target = law.loss(n, d)
     assert law.tokens_for_loss(target * 0.999, n) >= law.tokens_for_loss(target, n)
     assert law.params_for_loss(target * 0.999, d) >= law.params_for_loss(target, d)
+
+
+def test_numpy_bools_are_not_numbers_anywhere() -> None:
+    # Issue 20 (bool taken as a number): float(np.True_) is 1.0, so checks.real took numpy's
+    # bool for a rate; it is a bool to the user, as Python's True is.
+    import numpy as np
+
+    from scaleplan.checks import real, whole
+    from scaleplan.errors import ScaleplanError
+
+    for checker in (real, whole):
+        with pytest.raises(ScaleplanError, match=r"mfu=np\.True_ must be a .*not a bool"):
+            checker("mfu", np.True_)
+    assert real("mfu", np.float32(0.5)) == 0.5 and whole("seq_len", np.uint8(3)) == 3
