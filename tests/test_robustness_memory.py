@@ -321,6 +321,8 @@ def test_huge_sizes_inside_memory_give_clear_errors() -> None:
                            optimizer="adamw-8bit").optimizer > 2**800
     with pytest.raises(ScaleplanError, match=r"^korthikanti_activation_bytes overflows"):
         korthikanti_activation_bytes(s=10**400, b=1, h=8, a=1, L=1)
+    with pytest.raises(ScaleplanError, match=r"^megatron_model_state_bytes overflows"):
+        megatron_model_state_bytes(h=10**400, L=1)
     with pytest.raises(ScaleplanError, match=r"^t=0 must be a positive whole number"):
         megatron_model_state_bytes(h=8, L=1, t=0)
     with pytest.raises(ScaleplanError, match=r"^s='1' must be a whole number"):

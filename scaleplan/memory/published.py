@@ -10,7 +10,7 @@ precision, MLP, norm and attention actually used. DeepSpeed's estimator counts m
 
 from __future__ import annotations
 
-from fractions import Fraction
+import math
 from typing import Literal
 
 from scaleplan.checks import finite, one_of, whole
@@ -59,8 +59,11 @@ def megatron_model_state_bytes(*, h: int, L: int, t: int = 1) -> float:
     45.5625
     """
     h, L, t = whole("h", h), whole("L", L), whole("t", t)
-    return finite("megatron_model_state_bytes",
-                  Fraction(MEGATRON_BYTES_PER_PARAM * 12 * L * h * h, t))
+    try:
+        states = MEGATRON_BYTES_PER_PARAM * 12 * L * h * h / t  # int / int: correctly rounded
+    except OverflowError:  # past float64's range
+        states = math.inf
+    return finite("megatron_model_state_bytes", states)
 
 
 def deepspeed_zero3_gpu_bytes(*, total_params: int, largest_layer_params: int,
