@@ -4,8 +4,8 @@
 ``tensor_peak``) over
 numpy arrays of micro-batch sizes and sequence lengths in float64 (exact below 2^53 bytes, so no
 int64 overflow and no rounding for any real GPU); it runs the very same arithmetic as the scalar
-function, on arrays. `max_micro_batch_size` and `max_seq_len` bisect on the scalar function,
-since memory grows with both.
+function, on arrays. `max_micro_batch_size` and `max_seq_len` search the scalar function (doubling,
+then bisecting), since memory grows with both.
 
 The memory available on a GPU is `scaleplan.compute.hardware.GPUSpec.usable_memory_bytes` (what the
 driver reports) when known, else ``memory_bytes``, the same rule as the planner; ``headroom``
@@ -20,13 +20,13 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from scaleplan.checks import one_of
+from scaleplan.checks import float_guard, one_of, real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
+from scaleplan.memory.options import MAX_BYTES, overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
-from scaleplan.memory.states import normalize_optimizer
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
@@ -34,37 +34,49 @@ from scaleplan.memory.training import (
     stage_parts,
     training_memory,
 )
-from scaleplan.model.config import GPTConfig, normalize_precision
+from scaleplan.model.config import GPTConfig
 
 __all__ = ["available_memory_bytes", "max_micro_batch_size", "max_seq_len", "memory_grid"]
 
-MAX_SEARCH = 2**24  # upper bound of the searches (sequences, or tokens per sequence)
+# The searches double the size until it does not fit, then bisect: about 2 log2(answer) memory
+# evaluations, bounded by a number of steps rather than by a largest size. Memory grows by at
+# least the 8-byte token ids of every token, so a budget of at most `MAX_BYTES` is spent by
+# 2^50 sequences or tokens, well within these doublings.
+MAX_DOUBLINGS = 128
 
 
 def available_memory_bytes(gpu: str | GPUSpec | int) -> int:
     """Bytes a training process may use on ``gpu``: ``usable_memory_bytes`` when known (what the
-    driver reports as total), else ``memory_bytes``; an int is taken as bytes.
+    driver reports as total), else ``memory_bytes``; an int (a numpy int too) is taken as bytes,
+    at most `scaleplan.memory.options.MAX_BYTES`.
 
     >>> available_memory_bytes(80 * 2**30) // 2**30
     80
     """
-    if isinstance(gpu, bool):
-        raise ScaleplanError(f"gpu={gpu!r} must be a GPU name, a GPUSpec or a size in bytes")
-    if isinstance(gpu, int):
-        if gpu < 1:
-            raise ScaleplanError(f"gpu={gpu} bytes must be positive")
-        return gpu
-    spec = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
-    return spec.usable_memory_bytes if spec.usable_memory_bytes is not None else spec.memory_bytes
+    if isinstance(gpu, str):
+        gpu = lookup_gpu(gpu)
+    if isinstance(gpu, GPUSpec):
+        usable = gpu.usable_memory_bytes
+        return usable if usable is not None else gpu.memory_bytes
+    if isinstance(gpu, bool) or not isinstance(gpu, int | np.integer):
+        raise ScaleplanError(
+            f"gpu={shown(gpu)} must be a GPU name, a GPUSpec or a size in bytes (an int, such as "
+            "80 * 2**30; a float is not taken as a byte count)")
+    if gpu < 1:
+        raise ScaleplanError(f"gpu={shown(gpu)} bytes must be positive")
+    return whole("gpu", gpu, maximum=MAX_BYTES, example="gpu=80 * 2**30 (bytes)")
 
 
 def _budget(gpu: str | GPUSpec | int, headroom: float) -> int:
-    if not 0 <= headroom < 1:
-        raise ScaleplanError(f"headroom={headroom!r} must be a fraction in [0, 1), e.g. 0.1 to "
-                             "keep 10% of the GPU free")
-    return math.floor(available_memory_bytes(gpu) * (1 - headroom))
+    fraction = real("headroom", headroom, inclusive=True,
+                    message="must be a fraction in [0, 1), e.g. 0.1 to keep 10% of the GPU free")
+    if fraction >= 1:
+        raise ScaleplanError(f"headroom={shown(headroom)} must be a fraction in [0, 1), e.g. 0.1 "
+                             "to keep 10% of the GPU free")
+    return math.floor(available_memory_bytes(gpu) * (1 - fraction))
 
 
+@float_guard
 def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                 precision: str = "bf16-mixed", optimizer: str = "adamw",
                 attention: Literal["flash", "eager"] = "flash",
@@ -78,6 +90,10 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
     """`training_memory`'s ``total`` (or ``tensor_peak``) in bytes, as float64, for arrays of
     micro-batch sizes and sequence lengths (broadcast against each other).
 
+    Options are checked as `training_memory` checks them, and each cell is rounded as it rounds
+    (tensor-parallel shares and the allocator slack up to whole bytes), so a cell equals
+    ``training_memory(...).total`` below 2^53 bytes. A grid past float64's range raises.
+
     >>> cfg = GPTConfig.preset("gpt2")
     >>> grid = memory_grid(cfg, micro_batch_size=np.arange(1, 5)[:, None],
     ...                    seq_len=np.array([256, 1024]))
@@ -89,43 +105,57 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
     s = np.asarray(seq_len, dtype=np.float64)
     if np.any(b != np.floor(b)) or np.any(s != np.floor(s)):
         raise ScaleplanError("micro_batch_size and seq_len must hold whole numbers")
-    one_of("attention", attention, ("flash", "eager"))
-    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
-    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    one_of("what", what, ("total", "tensor_peak"))
+    o = step_options(cfg, precision=precision, optimizer=optimizer, attention=attention,
+                     checkpointing=checkpointing, device=device, parallelism=parallelism,
+                     optimizer_impl=optimizer_impl, hold_logits=hold_logits,
+                     cuda_context_bytes=cuda_context_bytes,
+                     allocator_slack_fraction=allocator_slack_fraction)
     check_shape(cfg, b, s)
-    p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
-    par = parallelism if parallelism is not None else Parallelism()
-    par.check(cfg)
+    par = o.parallelism
     stages = ("only",) if par.pipeline == 1 else ("first", "last")
     peak = None
     for stage in stages:
         W, G, O, _, _, _, held, moments = stage_parts(
-            cfg, b, s, p, opt, attention, checkpointing, device, par, optimizer_impl,
-            hold_logits, stage)  # type: ignore[arg-type]
+            cfg, b, s, o.precision, o.optimizer, o.attention, o.checkpointing, o.device, par,
+            o.optimizer_impl, o.hold_logits, stage)  # type: ignore[arg-type]
         worst = np.maximum.reduce(np.broadcast_arrays(*moments.values()))
-        stage_peak = W + G + O + worst + held
+        stage_peak = float(W + G + O) + worst + held
         peak = stage_peak if peak is None else np.maximum(peak, stage_peak)
     result = np.asarray(peak, dtype=np.float64)
-    if what == "tensor_peak" or device == "cpu":
+    if what == "tensor_peak":
         return result
-    return result + cuda_context_bytes + np.ceil(allocator_slack_fraction * result)
+    return np.asarray(result + overhead_bytes(o, result), dtype=np.float64)
 
 
-def _largest(fits: Any, lo: int, hi: int) -> int:
-    """The largest n in [lo, hi] with fits(n), given fits is monotone decreasing; lo - 1 if
-    none."""
+def _largest(fits: Any, lo: int, hi: int | None = None) -> int:
+    """The largest n >= lo (and <= hi, when given) with fits(n), given fits is monotone
+    decreasing; lo - 1 if none. Doubles from lo until a size does not fit, then bisects."""
     if not fits(lo):
         return lo - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+    good, bad = lo, None
+    for _ in range(MAX_DOUBLINGS):
+        probe = 2 * good if hi is None else min(2 * good, hi)
+        if probe == good:
+            return good  # hi itself fits
+        if not fits(probe):
+            bad = probe
+            break
+        good = probe
+    if bad is None:
+        raise ScaleplanError(f"memory stays within the budget past {good:,}; it does not grow "
+                             "with the size searched, so there is no largest one")
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
 
 
 def max_micro_batch_size(cfg: GPTConfig, gpu: str | GPUSpec | int, *, seq_len: int,
                          headroom: float = 0.0, **options: Any) -> int:
     """The largest micro-batch whose `training_memory` total fits in ``gpu`` with ``headroom``
-    kept free; 0 when not even one sequence fits. ``options`` go to `training_memory`.
+    kept free; 0 when not even one sequence fits. ``options`` go to `training_memory`. No
+    largest size is assumed: a tiny model on a big GPU gets its true maximum.
 
     >>> cfg, a100 = GPTConfig.preset("gpt2"), "A100-80GB"
     >>> b = max_micro_batch_size(cfg, a100, seq_len=1024)
@@ -141,7 +171,7 @@ def max_micro_batch_size(cfg: GPTConfig, gpu: str | GPUSpec | int, *, seq_len: i
         return training_memory(cfg, micro_batch_size=b, seq_len=seq_len, **options).total \
             <= budget
 
-    return _largest(fits, 1, MAX_SEARCH)
+    return _largest(fits, 1)
 
 
 def max_seq_len(cfg: GPTConfig, gpu: str | GPUSpec | int, *, micro_batch_size: int,
@@ -154,7 +184,7 @@ def max_seq_len(cfg: GPTConfig, gpu: str | GPUSpec | int, *, micro_batch_size: i
     True
     """
     budget = _budget(gpu, headroom)
-    hi = cfg.block_size if cfg.position == "learned" else MAX_SEARCH
+    hi = cfg.block_size if cfg.position == "learned" else None
 
     def fits(s: int) -> bool:
         return training_memory(cfg, micro_batch_size=micro_batch_size, seq_len=s,

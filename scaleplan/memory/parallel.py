@@ -18,6 +18,7 @@ estimators in `scaleplan.memory.published` call the same pieces:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -118,7 +119,7 @@ class Parallelism(BaseModel):
             raise ScaleplanError(
                 f"tensor={t} does not divide n_head={cfg.n_head} and n_kv_head="
                 f"{cfg.n_kv_head}: each rank needs whole heads; use a tensor degree that "
-                f"divides both ({', '.join(map(str, _divisors(cfg.n_head, cfg.n_kv_head)))})")
+                f"divides both ({_divisors(math.gcd(cfg.n_head, cfg.n_kv_head))})")
         if self.pipeline > cfg.n_layer:
             raise ScaleplanError(
                 f"pipeline={self.pipeline} exceeds n_layer={cfg.n_layer}: every stage needs at "
@@ -133,8 +134,23 @@ class Parallelism(BaseModel):
         return -(-cfg.n_layer // self.pipeline)
 
 
-def _divisors(*ns: int) -> list[int]:
-    return [k for k in range(1, min(ns) + 1) if all(n % k == 0 for n in ns)]
+_DIVISOR_SEARCH = 1024  # trial divisions for the hint: bounded whatever n_head a user types
+
+
+def _divisors(n: int) -> str:
+    """The divisors of ``n`` for an error's hint, in bounded time (n_head can be 10**18, and a
+    loop up to n hung): those up to `_DIVISOR_SEARCH` and their cofactors, at most 16 shown.
+
+    >>> _divisors(12)
+    '1, 2, 3, 4, 6, 12'
+    >>> _divisors(10**18)
+    '1, 2, 4, 5, 8, 10, 16, 20, ..., 500000000000000000, 1000000000000000000'
+    """
+    small = [k for k in range(1, min(n, _DIVISOR_SEARCH) + 1) if n % k == 0]
+    found = sorted(set(small) | {n // k for k in small})
+    if len(found) <= 16:
+        return ", ".join(map(str, found))
+    return ", ".join(map(str, found[:8])) + ", ..., " + ", ".join(map(str, found[-2:]))
 
 
 def zero_shard(*, weights: int, gradients: int, optimizer: int, stage: int,
@@ -169,12 +185,12 @@ def tensor_parallel_split(replicated: Any, split: Any, *, t: int,
     (inside attention and the MLP) divided by t; ``replicated`` (norm inputs, the first linear
     layers' inputs, residual dropout masks) divided by t only with sequence parallelism.
 
-    Python ints give ints (each part rounded up); numpy arrays and floats divide exactly.
+    Each part is rounded up to whole bytes, for Python ints (exactly) and for float64 numpy
+    arrays alike, so `scaleplan.memory.limits.memory_grid` and
+    `scaleplan.memory.training.training_memory` agree to the byte.
 
     >>> tensor_parallel_split(10, 24, t=8, sequence_parallel=False)
     13
     """
     r = t if sequence_parallel else 1
-    if isinstance(replicated, int) and isinstance(split, int):
-        return -(-replicated // r) + -(-split // t)
-    return replicated / r + split / t
+    return -(-replicated // r) + -(-split // t)

@@ -10,8 +10,10 @@ precision, MLP, norm and attention actually used. DeepSpeed's estimator counts m
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
+from scaleplan.checks import finite, one_of, whole
 from scaleplan.memory.parallel import tensor_parallel_split, zero3_gathered_bytes, zero_shard
 
 __all__ = ["deepspeed_zero3_gpu_bytes", "korthikanti_activation_bytes",
@@ -35,14 +37,17 @@ def korthikanti_activation_bytes(
     >>> round(korthikanti_activation_bytes(s=2048, b=4, h=6144, a=64, L=48, t=8) / 2**30, 4)
     59.25
     """
+    s, b, h, a, L, t = (whole(name, value) for name, value in
+                        (("s", s), ("b", b), ("h", h), ("a", a), ("L", L), ("t", t)))
+    one_of("recompute", recompute, ("none", "selective", "full"))
     sbhL = s * b * h * L
     if recompute == "full":
         replicated, split = 2 * sbhL, 0
     else:  # 10 sbh replicated across the t ranks, 24 sbh + 5 a s^2 b split over them
         replicated, split = 10 * sbhL, 24 * sbhL + (5 * a * s * s * b * L
                                                     if recompute == "none" else 0)
-    return float(tensor_parallel_split(replicated, split, t=t,
-                                       sequence_parallel=sequence_parallel))
+    return finite("korthikanti_activation_bytes", tensor_parallel_split(
+        replicated, split, t=t, sequence_parallel=sequence_parallel))
 
 
 def megatron_model_state_bytes(*, h: int, L: int, t: int = 1) -> float:
@@ -53,7 +58,12 @@ def megatron_model_state_bytes(*, h: int, L: int, t: int = 1) -> float:
     >>> megatron_model_state_bytes(h=6144, L=48, t=8) / 2**30
     45.5625
     """
-    return MEGATRON_BYTES_PER_PARAM * 12 * L * h * h / t
+    h, L, t = whole("h", h), whole("L", L), whole("t", t)
+    try:
+        states = MEGATRON_BYTES_PER_PARAM * 12 * L * h * h / t  # int / int: correctly rounded
+    except OverflowError:  # past float64's range
+        states = math.inf
+    return finite("megatron_model_state_bytes", states)
 
 
 def deepspeed_zero3_gpu_bytes(*, total_params: int, largest_layer_params: int,
@@ -67,6 +77,9 @@ def deepspeed_zero3_gpu_bytes(*, total_params: int, largest_layer_params: int,
     ...                                 largest_layer_params=16_449_536) / 2**30, 2)
     1.08
     """
+    total_params = whole("total_params", total_params, minimum=0)
+    largest_layer_params = whole("largest_layer_params", largest_layer_params, minimum=0)
+    n_gpus = whole("n_gpus", n_gpus)
     gathered = zero3_gathered_bytes(largest_layer_params, param_bytes=FP16_BYTES,
                                     grad_bytes=FP16_BYTES)
     states = zero_shard(weights=0, gradients=0, optimizer=MEGATRON_BYTES_PER_PARAM * total_params,

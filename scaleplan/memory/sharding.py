@@ -13,8 +13,9 @@ parallelism adds; and the optimizer step's temporaries.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from scaleplan.checks import canonical
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.parallel import Parallelism, zero3_gathered_bytes, zero_shard
 from scaleplan.memory.states import (
@@ -28,9 +29,27 @@ from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
 from scaleplan.model.shapes import parameters, split_by_block
 
-__all__ = ["OptimizerImpl", "model_states", "optimizer_temporaries", "per_rank"]
+__all__ = ["OPTIMIZER_IMPLS", "OptimizerImpl", "model_states", "normalize_optimizer_impl",
+           "optimizer_temporaries", "per_rank"]
 
 OptimizerImpl = Literal["foreach", "fused", "for-loop"]
+OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
+_IMPL_ALIASES = {"for_loop": "for-loop", "forloop": "for-loop"}
+
+
+def normalize_optimizer_impl(impl: object) -> OptimizerImpl | None:
+    """``impl`` as one of `OPTIMIZER_IMPLS` (None: torch's default for the device), else an
+    `scaleplan.errors.UnknownNameError` listing the valid names (``"fuse"`` and ``42`` were
+    taken silently as the for-loop).
+
+    >>> normalize_optimizer_impl(" Fused"), normalize_optimizer_impl(None)
+    ('fused', None)
+    """
+    if impl is None:
+        return None
+    spelling = impl.strip().lower() if isinstance(impl, str) else ""  # 42, True: no name
+    return canonical("optimizer_impl", impl, OPTIMIZER_IMPLS,  # type: ignore[return-value]
+                     _IMPL_ALIASES, spelling=spelling)
 
 
 def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,

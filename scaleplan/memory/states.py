@@ -8,10 +8,10 @@ and bitsandbytes' 8-bit optimizers keep tensors smaller than 4096 elements in 32
 from __future__ import annotations
 
 import functools
-import math
 from typing import Literal, get_args
 
 from scaleplan.checks import canonical
+from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.shapes import across_model, parameters
 
@@ -36,6 +36,9 @@ _OPTIMIZER_ALIASES = {"adam": "adamw", "adamw8bit": "adamw-8bit", "adamw_8bit": 
 # fewer than 4096 elements keep 32-bit state (bitsandbytes' default min_8bit_size=4096).
 BNB_BLOCK_SIZE = 2048
 BNB_MIN_8BIT_SIZE = 4096
+
+# `param_shapes` lists tensors one by one; past this many it refuses (the totals never need it).
+MAX_LISTED_TENSORS = 10**6
 
 # torch.optim.AdamW (torch >= 2.0) keeps ``state["step"]`` as a float32 scalar tensor per
 # parameter tensor (torch/optim/adamw.py, _init_group).
@@ -83,9 +86,16 @@ def param_shapes(cfg: GPTConfig) -> list[tuple[int, ...]]:
     """Shapes of every parameter tensor of ``cfg``, a tied head once (as `count_params` counts):
     `scaleplan.model.shapes.parameters` with a block's tensors repeated ``n_layer`` times.
 
+    >>> import math
     >>> sum(math.prod(p) for p in param_shapes(GPTConfig.preset("gpt2")))
     124439808
     """
+    tensors = shape_stats(cfg)[1]
+    if tensors > MAX_LISTED_TENSORS:  # n_layer=10**9 ran out of memory building the list
+        raise ScaleplanError(
+            f"param_shapes would list {tensors:,} tensors for n_layer={cfg.n_layer:,}, one by "
+            f"one (at most {MAX_LISTED_TENSORS:,}); for totals use shape_stats or "
+            "scaleplan.model.shapes.across_model, which count a block once")
     return [t.shape for t in parameters(cfg) for _ in range(cfg.n_layer if t.per_block else 1)]
 
 
@@ -153,4 +163,4 @@ def _bnb_8bit_state_bytes(numel: int) -> int:
     32-bit states below `BNB_MIN_8BIT_SIZE` elements."""
     if numel < BNB_MIN_8BIT_SIZE:
         return 2 * numel * 4
-    return 2 * (numel + 4 * math.ceil(numel / BNB_BLOCK_SIZE))
+    return 2 * (numel + 4 * -(-numel // BNB_BLOCK_SIZE))  # exact: numel / 2048 overflowed

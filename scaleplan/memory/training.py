@@ -8,15 +8,13 @@ out of memory. Saved tensors are derived per operation in `scaleplan.memory.acti
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scaleplan.checks import one_of, real, whole
-from scaleplan.errors import ScaleplanError
+from scaleplan.checks import one_of
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import (
     AUTOCAST,
     FP32_BYTES,
@@ -32,6 +30,7 @@ from scaleplan.memory.activations import (
     model_saved_terms,
     residual_bytes,
 )
+from scaleplan.memory.options import overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
 from scaleplan.memory.sharding import (
     OptimizerImpl,
@@ -39,7 +38,7 @@ from scaleplan.memory.sharding import (
     optimizer_temporaries,
     per_rank,
 )
-from scaleplan.memory.states import OptimizerName, normalize_optimizer
+from scaleplan.memory.states import OptimizerName
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.units import format_gib
 
@@ -255,48 +254,24 @@ def training_memory(
     >>> m.saved_breakdown["log_softmax"] == 16 * 1024 * 50257 * 4, m.peak_moment
     (True, 'backward_start')
     """
-    p = normalize_precision(precision)
-    opt = normalize_optimizer(optimizer)
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int | np.integer):
-        raise ScaleplanError(f"micro_batch_size={micro_batch_size!r} must be an int >= 1")
-    one_of("attention", attention, ("flash", "eager"))
-    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
-    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    for name, value in (("micro_batch_size", micro_batch_size), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):  # not a list
+            raise ScaleplanError(f"{name}={shown(value)} must be an int >= 1")
+    o = step_options(cfg, precision=precision, optimizer=optimizer, attention=attention,
+                     checkpointing=checkpointing, device=device, parallelism=parallelism,
+                     optimizer_impl=optimizer_impl, hold_logits=hold_logits,
+                     cuda_context_bytes=cuda_context_bytes,
+                     allocator_slack_fraction=allocator_slack_fraction)
     micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
-    if not isinstance(hold_logits, bool):
-        raise ScaleplanError(f"hold_logits={hold_logits!r} must be True or False")
-    cuda_context_bytes = whole("cuda_context_bytes", cuda_context_bytes, minimum=0,
-                               example="cuda_context_bytes=2**29")
-    slack = real("allocator_slack_fraction", allocator_slack_fraction, inclusive=True,
-                 example="a fraction such as 0.05")
-    if slack >= 1:
-        raise ScaleplanError(f"allocator_slack_fraction={allocator_slack_fraction!r} must be "
-                             "below 1, e.g. 0.05")
-    par = parallelism if parallelism is not None else _ONE_GPU
-    if not isinstance(par, Parallelism):
-        raise ScaleplanError(f"parallelism={parallelism!r} must be a "
-                             "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
-    par.check(cfg)
+    par = o.parallelism
     stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
-    found = [_stage_memory(cfg, micro_batch_size, seq_len, p, opt, attention, checkpointing,
-                           device, par, optimizer_impl, hold_logits, stage) for stage in stages]
+    found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
+                           o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
+                           stage) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
-    overhead = 0 if device == "cpu" else (
-        cuda_context_bytes + _slack_bytes(slack, tensor_peak))
+    overhead = overhead_bytes(o, tensor_peak)
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
                            tensor_peak=tensor_peak)
-
-
-_ONE_GPU = Parallelism()
-_FLOAT_EXACT = 2**53
-
-
-def _slack_bytes(slack: float, tensor_peak: int) -> int:
-    """ceil(slack x tensor_peak): in float64 as `memory_grid` computes it, and exactly past the
-    integers a float holds (where float64 would overflow or round)."""
-    if tensor_peak < _FLOAT_EXACT:
-        return math.ceil(slack * tensor_peak)
-    return math.ceil(Fraction(slack) * tensor_peak)
 
 
 def _split(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:

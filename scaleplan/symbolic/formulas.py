@@ -44,19 +44,18 @@ from typing import Any, Literal, cast
 
 import sympy
 
-from scaleplan.checks import one_of
+from scaleplan.checks import whole
 from scaleplan.compute.flops import FlopsMethod, Recompute, step_flop_terms, token_flops
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
-from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.states import normalize_optimizer
+from scaleplan.memory.options import step_options
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
     OptimizerImpl,
     stage_parts,
 )
-from scaleplan.model.config import GPTConfig, normalize_precision
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
 __all__ = [
@@ -183,7 +182,7 @@ def _run_size(name: str, value: int | None, free: tuple[str, ...], default: int 
         if default is None:
             raise ScaleplanError(f"{name} is needed: pass {name}=... or list it in free")
         return default
-    return value
+    return whole(name, value, example=f"{name}=8")  # numpy's small ints would wrap around
 
 
 def _split_free(free: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -328,17 +327,18 @@ def memory(
     True
     """
     model, run = _split_free(free)
-    p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
-    one_of("attention", attention, ("flash", "eager"))
-    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
-    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    o = step_options(cfg, precision=precision, optimizer=optimizer, attention=attention,
+                     checkpointing=checkpointing, device=device, parallelism=None,
+                     optimizer_impl=optimizer_impl, hold_logits=hold_logits,
+                     cuda_context_bytes=cuda_context_bytes,
+                     allocator_slack_fraction=allocator_slack_fraction)
     b = _run_size("micro_batch_size", micro_batch_size, run, None)
     s = _run_size("seq_len", seq_len, run, cfg.block_size)
     view = symbolic_model(cfg, model)
 
     def parts(c: GPTConfig) -> Any:  # training_memory's own arithmetic, on one GPU
-        return stage_parts(c, b, s, p, opt, attention, checkpointing, device, Parallelism(),
-                            optimizer_impl, hold_logits, "only")
+        return stage_parts(c, b, s, o.precision, o.optimizer, o.attention, o.checkpointing,
+                           o.device, o.parallelism, o.optimizer_impl, o.hold_logits, "only")
 
     try:
         W, G, O, saved, copies, all_copies, held, moments = _affine_in_layers(view, parts)
@@ -359,9 +359,9 @@ def memory(
         copies = sympy.Piecewise((all_copies, moment["forward_end"] >= sympy.Max(*others)),
                                  (copies, True))
     peak = ex(W + G + O) + worst
-    slack = sympy.nsimplify(allocator_slack_fraction)
-    overhead = sympy.Integer(0) if device == "cpu" else (
-        cuda_context_bytes + sympy.ceiling(ex(slack * peak), evaluate=False))
+    slack = sympy.nsimplify(o.allocator_slack_fraction)
+    overhead = sympy.Integer(0) if o.device == "cpu" else (
+        o.cuda_context_bytes + sympy.ceiling(ex(slack * peak), evaluate=False))
     return SymbolicMemory(
         weights=ex(W), gradients=ex(G), optimizer=ex(O), saved_for_backward=S,
         autocast_weight_copies=sympy.sympify(copies), transient=worst - S - copies,

@@ -19,6 +19,7 @@ from typing import Any, Literal, cast
 import sympy
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan.checks import float_guard, one_of, real, whole
 from scaleplan.compute.flops import flops_per_token as numeric_flops_per_token
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.training import training_memory
@@ -34,9 +35,12 @@ Rounding = Literal["nearest", "at_most"]
 ``params``); ``"at_most"``: the largest valid value whose quantity does not exceed the target
 (default for ``flops_per_token`` and ``memory_bytes``)."""
 
-# Valid values are searched one integer at a time from the exact solution; a config family
-# whose next valid value is further away than this is reported as having none.
+# Valid values are searched from the exact solution, candidate by candidate (stepping over the
+# values the config's structure rules out, see `_Candidates`); a config family whose next valid
+# value is further than this many candidates away, or that meets this many invalid candidates
+# in a row, is reported as having none. Both bound the time a search takes.
 MAX_SCAN = 100_000
+MAX_INVALID = 1_000
 
 
 class Neighbour(BaseModel):
@@ -91,6 +95,7 @@ class Solution(BaseModel):
                 rf"\;\Rightarrow\; {x} \approx {self.exact:.6g} \to {x} = {self.value}$")
 
 
+@float_guard
 def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
               flops_per_token: float | None = None, memory_bytes: float | None = None,
               count: symbolic.ParamPart = "total", micro_batch_size: int | None = None,
@@ -120,6 +125,12 @@ def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
     """
     quantity, target = _one_target(field, params=params, flops_per_token=flops_per_token,
                                    memory_bytes=memory_bytes)
+    # Exact Python ints at the boundary: numpy's small ints wrap around (np.int8(100) * 3).
+    micro_batch_size = None if micro_batch_size is None else whole(
+        "micro_batch_size", micro_batch_size, example="micro_batch_size=8")
+    seq_len = None if seq_len is None else whole("seq_len", seq_len, example="seq_len=1024")
+    if rounding is not None:
+        one_of("rounding", rounding, ("nearest", "at_most"))
     mode: Rounding = rounding or ("nearest" if quantity == "params" else "at_most")
     expr = _closed_form(cfg, field, quantity, count, micro_batch_size, seq_len, options)
     exact = _real_solution(expr, symbolic.symbol(field), target, field, quantity)
@@ -127,12 +138,14 @@ def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
     def numeric(v: int) -> int | float | None:  # None: not a valid value of the field
         return _numeric(cfg, field, v, quantity, count, micro_batch_size, seq_len, options)
 
-    chosen = _choose(numeric, exact, target, mode)
+    candidates = _Candidates(cfg, field)
+    chosen = _choose(numeric, candidates, exact, target, mode)
     if chosen is None:
         raise ScaleplanError(f"no valid {field} meets {quantity}={target:,.6g} for this config "
                              f"(exact solution {exact:.6g}); change another field or the target")
     value, achieved = chosen
-    around = [_next_valid(numeric, value - 1, -1), chosen, _next_valid(numeric, value + 1, +1)]
+    around = [candidates.next_valid(numeric, value - 1, -1), chosen,
+              candidates.next_valid(numeric, value + 1, +1)]
     return Solution(
         field=field, quantity=quantity, target=float(target), rounding=mode, exact=exact,
         value=value, achieved=achieved,
@@ -143,30 +156,29 @@ def solve_for(cfg: GPTConfig, field: str, *, params: float | None = None,
 
 def _one_target(field: str, **targets: float | None) -> tuple[Quantity, float]:
     """The one target given (its quantity and value), checked: positive, and one that ``field``
-    changes."""
+    changes; a finite Python float (numpy scalars, Decimal and ints converted)."""
     given = {k: v for k, v in targets.items() if v is not None}
     if len(given) != 1:
         raise ScaleplanError(f"solve_for needs exactly one target, got {sorted(given) or 'none'}; "
                              "pass one of params=, flops_per_token=, memory_bytes=")
-    [(quantity, target)] = given.items()
-    if target <= 0:
-        raise ScaleplanError(f"{quantity}={target} must be > 0")
+    [(quantity, value)] = given.items()
+    target = real(quantity, value, example=f"a positive number, e.g. {quantity}=1e9")
     if quantity == "params" and field in symbolic.RUN_FIELDS:
         raise ScaleplanError(f"field={field!r} does not change the parameter count; solve for "
                              "one of " + ", ".join(symbolic.MODEL_FIELDS))
     return cast(Quantity, quantity), target
 
 
-def _choose(numeric: Any, exact: float, target: float,
+def _choose(numeric: Any, candidates: _Candidates, exact: float, target: float,
             mode: Rounding) -> tuple[int, int | float] | None:
     """The valid value next to the exact solution that ``mode`` asks for, with its quantity."""
     start = max(1, math.floor(exact))
-    below = _next_valid(numeric, start, -1)
-    above = _next_valid(numeric, start + 1, +1)
+    below = candidates.next_valid(numeric, start, -1)
+    above = candidates.next_valid(numeric, start + 1, +1)
     if mode == "nearest":
         return min((c for c in (below, above) if c is not None),
                    key=lambda c: abs(c[1] - target), default=None)
-    return _largest_at_most(numeric, below, above, target)
+    return _largest_at_most(numeric, candidates, below, above, target)
 
 
 def _closed_form(cfg: GPTConfig, field: str, quantity: str, count: Any, b: int | None,
@@ -229,24 +241,76 @@ def _numeric(cfg: GPTConfig, field: str, v: int, quantity: str, count: str, b: i
         return None
 
 
-def _next_valid(numeric: Any, start: int, step: int) -> tuple[int, Any] | None:
-    v = start
-    for _ in range(MAX_SCAN):
-        if v < 1:
-            return None
-        q = numeric(v)
-        if q is not None:
-            return v, q
-        v += step
-    return None
+class _Candidates:
+    """The values of ``field`` worth evaluating, found cheaply from the config's structure: a
+    derived head_dim makes n_embd a multiple of n_head and n_head a divisor of n_embd; n_kv_head
+    divides n_head (and a given n_kv_head divides n_head); learned positions bound seq_len by
+    block_size. Without this, a search for n_kv_head past n_head=10**5 built 100,000 invalid
+    configs (100 s)."""
+
+    def __init__(self, cfg: GPTConfig, field: str) -> None:
+        given = cfg.model_fields_set
+        self.stride, self.top = 1, None
+        self.divides: list[int] = []  # the value must divide each of these
+        self.multiple_of = 1  # the value must be a multiple of this
+        if field == "n_embd" and "head_dim" not in given:
+            self.stride = cfg.n_head
+        elif field == "n_kv_head":
+            self.divides.append(cfg.n_head)
+        elif field == "n_head":
+            if "head_dim" not in given:
+                self.divides.append(cfg.n_embd)
+            if "n_kv_head" in given:
+                self.multiple_of = cfg.n_kv_head
+        elif field == "seq_len" and cfg.position == "learned":
+            self.top = cfg.block_size
+        if self.divides:
+            self.top = min(self.divides)
+
+    def _first(self, v: int, step: int) -> int:
+        """The first multiple of the stride from ``v`` in the direction of ``step``."""
+        if self.stride == 1:
+            return v
+        return -(-v // self.stride) * self.stride if step > 0 else v // self.stride * self.stride
+
+    def _cheap_ok(self, v: int) -> bool:
+        return v % self.multiple_of == 0 and all(n % v == 0 for n in self.divides)
+
+    def next_valid(self, numeric: Any, start: int, step: int) -> tuple[int, Any] | None:
+        """The first value from ``start`` in the direction of ``step`` (+1 or -1) that is valid,
+        with its quantity; None when there is none within `MAX_SCAN` candidates or
+        `MAX_INVALID` evaluations."""
+        v, invalid = self._first(start, step), 0
+        if self.top is not None and v > self.top:
+            if step > 0:
+                return None
+            v = self._first(self.top, step)
+        for _ in range(MAX_SCAN):
+            if v < 1:
+                return None
+            if self._cheap_ok(v):
+                q = numeric(v)
+                if q is not None:
+                    return v, q
+                invalid += 1
+                if invalid >= MAX_INVALID:
+                    return None
+            v += step * self.stride
+            if self.top is not None and v > self.top:
+                return None
+        return None
 
 
-def _largest_at_most(numeric: Any, below: tuple[int, Any] | None,
+def _largest_at_most(numeric: Any, candidates: _Candidates, below: tuple[int, Any] | None,
                      above: tuple[int, Any] | None, target: float) -> tuple[int, Any] | None:
     """Walk from the exact solution's floor to the largest valid value within the target (the
     relaxed ceilings can put the floor one step off)."""
-    while above is not None and above[1] <= target:
-        below, above = above, _next_valid(numeric, above[0] + 1, +1)
-    while below is not None and below[1] > target:
-        below = _next_valid(numeric, below[0] - 1, -1)
+    for _ in range(MAX_SCAN):
+        if above is None or above[1] > target:
+            break
+        below, above = above, candidates.next_valid(numeric, above[0] + 1, +1)
+    for _ in range(MAX_SCAN):
+        if below is None or below[1] <= target:
+            break
+        below = candidates.next_valid(numeric, below[0] - 1, -1)
     return below

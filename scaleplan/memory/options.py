@@ -1,0 +1,99 @@
+"""The options of a training step, checked once for every memory entry point.
+
+`scaleplan.memory.training.training_memory` and `scaleplan.memory.limits.memory_grid` take the
+same options (precision, optimizer and its implementation, attention kernel, checkpointing,
+device, parallel layout, held logits, CUDA context, allocator slack). `step_options` checks and
+normalises them, so that the two never disagree on what they accept, and `overhead_bytes` adds
+the context and the slack the same way for both (to the byte).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from scaleplan.checks import one_of, real, whole
+from scaleplan.errors import ScaleplanError, shown
+from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
+from scaleplan.memory.states import OptimizerName, normalize_optimizer
+from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+
+__all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "step_options"]
+
+# The largest byte count an argument may give: 2^53 bytes (8 PiB), past any GPU's memory, and
+# the last whole number a float64 holds exactly (`memory_grid` computes in float64). A larger
+# count (cuda_context_bytes=10**400) is a typo, not a plan, and would overflow a float.
+MAX_BYTES = 2**53
+
+_ONE_GPU = Parallelism()
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The checked options of a training step (see `step_options`)."""
+
+    precision: Precision
+    optimizer: OptimizerName
+    attention: AttentionKind
+    checkpointing: CheckpointingKind
+    device: DeviceKind
+    parallelism: Parallelism
+    optimizer_impl: OptimizerImpl | None
+    hold_logits: bool
+    cuda_context_bytes: int
+    allocator_slack_fraction: float
+
+
+def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
+                 checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
+                 hold_logits: Any, cuda_context_bytes: Any,
+                 allocator_slack_fraction: Any) -> StepOptions:
+    """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
+    normalised (aliases resolved, numbers as exact Python types); the layout checked against
+    ``cfg``."""
+    p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
+    one_of("attention", attention, ("flash", "eager"))
+    one_of("checkpointing", checkpointing, ("none", "selective", "full"))
+    one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
+    impl = normalize_optimizer_impl(optimizer_impl)
+    if not isinstance(hold_logits, bool):
+        raise ScaleplanError(f"hold_logits={shown(hold_logits)} must be True or False")
+    context = whole("cuda_context_bytes", cuda_context_bytes, minimum=0, maximum=MAX_BYTES,
+                    example="cuda_context_bytes=2**29")
+    slack = real("allocator_slack_fraction", allocator_slack_fraction, inclusive=True,
+                 example="a fraction such as 0.05")
+    if slack >= 1:
+        raise ScaleplanError(f"allocator_slack_fraction={shown(allocator_slack_fraction)} must "
+                             "be below 1, e.g. 0.05")
+    par = parallelism if parallelism is not None else _ONE_GPU
+    if not isinstance(par, Parallelism):
+        raise ScaleplanError(f"parallelism={shown(parallelism)} must be a "
+                             "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
+    par.check(cfg)
+    return StepOptions(precision=p, optimizer=opt, attention=attention,
+                       checkpointing=checkpointing, device=device, parallelism=par,
+                       optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
+                       allocator_slack_fraction=slack)
+
+
+_FLOAT_EXACT = 2**53
+
+
+def overhead_bytes(options: StepOptions, tensor_peak: Any) -> Any:
+    """CUDA context + ceil(slack x tensor peak) (0 on CPU), for an int peak or a float64 array
+    of peaks. The slack is computed in float64 in both cases, and exactly past the integers a
+    float holds (where float64 would overflow or round)."""
+    if options.device == "cpu":
+        return 0 * tensor_peak
+    slack = options.allocator_slack_fraction
+    if not isinstance(tensor_peak, int):  # a float64 array (memory_grid)
+        import numpy as np
+
+        return options.cuda_context_bytes + np.ceil(slack * tensor_peak)
+    if tensor_peak < _FLOAT_EXACT:
+        return options.cuda_context_bytes + math.ceil(slack * tensor_peak)
+    return options.cuda_context_bytes + math.ceil(Fraction(slack) * tensor_peak)
