@@ -396,3 +396,22 @@ def test_numpy_bools_are_not_numbers_anywhere() -> None:
         with pytest.raises(ScaleplanError, match=r"mfu=np\.True_ must be a .*not a bool"):
             checker("mfu", np.True_)
     assert real("mfu", np.float32(0.5)) == 0.5 and whole("seq_len", np.uint8(3)) == 3
+
+
+def test_marker_numbers_from_numpy_are_used_as_python_numbers() -> None:
+    # Found by test_fuzz_entry_points after the merge: TokensPerParam(max=np.int32(7)) kept the
+    # int32 and compared 6,738,415,616 parameters in int32 ("out of bounds for int32").
+    # Llama 2 7B: 6,738,415,616 parameters; TrainingConfig's default run is 12 x 1024 x 40 x
+    # 600,000 = 294,912,000,000 tokens, 43.77 per parameter, above a max of 7.
+    import numpy as np
+
+    from scaleplan import GPTConfig, TrainingConfig
+    from scaleplan.validation.markers import ParamsNear, TokensPerParam, check
+
+    rule = TokensPerParam(min=np.int16(0), max=np.int32(7), tokens=np.int64(10**9))
+    assert type(rule.max) is float and type(rule.tokens) is int
+    findings = check(GPTConfig.preset("llama-2-7b"), TokensPerParam(max=np.int32(7)),
+                     training=TrainingConfig())
+    assert [f.numbers["tokens_per_param"] for f in findings] == pytest.approx(
+        [294_912_000_000 / 6_738_415_616])
+    assert type(ParamsNear("124M", rel_tol=np.float32(0.25)).rel_tol) is float

@@ -58,8 +58,9 @@ def millions(n: float) -> str:
     return format_count(round(n))
 
 
-def check_nonnegative(name: str, value: object) -> None:
-    """Reject a marker argument that is not a finite number >= 0, naming it.
+def check_nonnegative(name: str, value: object) -> float:
+    """A marker argument as a finite Python float >= 0 (numpy and Decimal converted, so the
+    marker's arithmetic never runs in a fixed-width numpy type), else an error naming it.
 
     >>> check_nonnegative("rel_tol", -0.1)
     Traceback (most recent call last):
@@ -69,7 +70,7 @@ def check_nonnegative(name: str, value: object) -> None:
     message = f"must be a finite number >= 0, e.g. {name}=0.1"
     if not isinstance(value, numbers.Number):  # numpy's bool: real() would read it as 0 or 1
         raise ScaleplanError(f"{name}={shown(value)} {message}")
-    real(name, value, inclusive=True, message=message)
+    return real(name, value, inclusive=True, message=message)
 
 
 def check_text(name: str, value: object, *, example: str) -> None:

@@ -183,7 +183,7 @@ class ParamsNear(Marker):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "claimed_params", parse_claim(self.claimed))
-        check_nonnegative("rel_tol", self.rel_tol)
+        object.__setattr__(self, "rel_tol", check_nonnegative("rel_tol", self.rel_tol))
         _check_count(self.count)
 
     def _claimed_text(self) -> str:
@@ -297,8 +297,8 @@ class TokensPerParam(Marker):
         if self.min is None and self.max is None:
             raise ScaleplanError("TokensPerParam needs min= or max= (e.g. min=15, max=30)")
         for name in ("min", "max"):
-            if getattr(self, name) is not None:
-                check_nonnegative(name, getattr(self, name))
+            if getattr(self, name) is not None:  # np.int32(7) compared in int32 overflowed
+                object.__setattr__(self, name, check_nonnegative(name, getattr(self, name)))
                 if not 1 / MAX_TOKENS_PER_PARAM <= getattr(self, name) <= MAX_TOKENS_PER_PARAM \
                         and getattr(self, name) != 0:
                     raise ScaleplanError(
@@ -309,10 +309,10 @@ class TokensPerParam(Marker):
             raise ScaleplanError("TokensPerParam max=0 allows no training at all; give a "
                                  "positive max, e.g. max=30")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ScaleplanError(f"TokensPerParam min={self.min} is above max={self.max}; swap "
+            raise ScaleplanError(f"TokensPerParam min={self.min:g} is above max={self.max:g}; swap "
                                  "them")
         if self.tokens is not None:
-            _token_count("tokens", self.tokens)
+            object.__setattr__(self, "tokens", _token_count("tokens", self.tokens))
         if not isinstance(self.tokens_from, str) or not self.tokens_from.isidentifier():
             raise ScaleplanError(f"tokens_from={shown(self.tokens_from)} must be the name of a "
                                  "setting, e.g. tokens_from='total_tokens'")
