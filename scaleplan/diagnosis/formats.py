@@ -27,7 +27,14 @@ from typing import Any, NamedTuple
 __all__ = ["MAPPING_KEYS", "STEP_KEYS", "Fact", "csv_header", "fact_line", "mapping_fields",
            "parse_dict", "record_line"]
 
-_F = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|-nan))"
+# Every pattern here runs in time linear in the line (a fuzzer found the old number pattern,
+# ``\d+\.?\d*``, cubic: "step 1 | loss 2.5 " + "1" * 1000 took 19 s). A number is read one way
+# only: digits, then an optional fraction, then an optional exponent, so a run of digits cannot
+# be split between two quantifiers. Patterns searched anywhere in a line (`_found`) and starting
+# with a number are preceded by `_NUMBER_START`: the search then tries a number only where one
+# begins, not at each digit of a long run.
+_F = r"([-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-nan))"
+_NUMBER_START = r"(?<![\d.])"
 _STEP = r"(\d{1,15})"
 
 _NANOGPT_EVAL = re.compile(rf"^step {_STEP}: train loss {_F}, val loss {_F}")
@@ -39,12 +46,12 @@ _NANOGPT_TOKENS = re.compile(r"tokens per iteration will be: ([\d,]{1,30})")
 _LLMC_STEP = re.compile(
     rf"^step\s+{_STEP}(?:/(\d{{1,15}}))?\s*(?::|\|)\s*(?:train )?loss\s+{_F}")
 _LLMC_MS = re.compile(rf"(?:\(took |\(|\|\s*\(?){_F} ms\b")
-_LLMC_TOKS = re.compile(rf"{_F} tok/s")
-_LLMC_MFU = re.compile(rf"{_F}% bf16 MFU")
+_LLMC_TOKS = re.compile(rf"{_NUMBER_START}{_F} tok/s")
+_LLMC_MFU = re.compile(rf"{_NUMBER_START}{_F}% bf16 MFU")
 _LLMC_LR = re.compile(rf"\|\s*lr {_F}")
 _LLMC_VAL = re.compile(rf"^val loss {_F}\s*$")
 _LLMC_MAINLOG = re.compile(rf"^s:{_STEP} (trl|tel):{_F}(?: lr:{_F})?")
-_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*\|?\s*(\d{1,18})\b")
+_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*(?:\|\s*)?(\d{1,18})\b")
 _LLMC_BATCH = re.compile(r"total_batch_size=(\d{1,18})")
 
 # Column or key names, in order of preference, for each field of a record.
