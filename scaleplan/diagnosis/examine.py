@@ -259,7 +259,8 @@ def _plateau(law: Any, n_total: int, tokens_per_step: int, log: TrainingLog) -> 
         return []
     (s0, l0), (s1, l1) = window[0], window[-1]
     drop = l0 - l1
-    if s1 <= s0 or drop > PLATEAU_RELATIVE_DROP * l0:
+    # a loss of 0 or below is no cross-entropy: a relative drop says nothing (and l0 divides)
+    if s1 <= s0 or l0 <= 0 or drop > PLATEAU_RELATIVE_DROP * l0:
         return []
     end = s1  # the window ends at the last point
     per_doubling = -_slope_per_log_step(window) * math.log(2)

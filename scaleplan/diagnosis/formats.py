@@ -4,6 +4,8 @@
   stdout and ``main.log``), as its format and the `LogRecord` fields it gives.
 - `fact_line`: a line that states a fact about the run (its parameter count, its tokens per
   step), as the format and the fact.
+- `KNOWN_WARNINGS`: messages worth knowing about (the inductor's "Not enough SMs", CUDA out
+  of memory), by code.
 - `parse_dict` and `mapping_fields`: a printed dict or JSON line, and the fields a mapping (a
   dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log.
 
@@ -24,8 +26,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["MAPPING_KEYS", "STEP_KEYS", "Fact", "csv_header", "fact_line", "mapping_fields",
-           "parse_dict", "record_line"]
+__all__ = ["ANY_KNOWN_WARNING", "KNOWN_WARNINGS", "MAPPING_KEYS", "STEP_KEYS", "Fact",
+           "csv_header", "fact_line", "mapping_fields", "parse_dict", "record_line"]
 
 # Every pattern here runs in time linear in the line (a fuzzer found the old number pattern,
 # ``\d+\.?\d*``, cubic: "step 1 | loss 2.5 " + "1" * 1000 took 19 s). A number is read one way
@@ -53,6 +55,15 @@ _LLMC_VAL = re.compile(rf"^val loss {_F}\s*$")
 _LLMC_MAINLOG = re.compile(rf"^s:{_STEP} (trl|tel):{_F}(?: lr:{_F})?")
 _LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*(?:\|\s*)?(\d{1,18})\b")
 _LLMC_BATCH = re.compile(r"total_batch_size=(\d{1,18})")
+
+# Messages worth knowing about, by code. The inductor one comes from is_big_gpu in
+# torch/_inductor/utils.py (GPUs with fewer than 68 SMs skip max-autotune GEMM tuning).
+KNOWN_WARNINGS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("inductor-not-enough-sms", re.compile(r"Not enough SMs to use max_autotune_gemm")),
+    ("cuda-out-of-memory", re.compile(r"CUDA out of memory|OutOfMemoryError")),
+)
+# Any of them: most lines hold none, and one search tells.
+ANY_KNOWN_WARNING = re.compile("|".join(p.pattern for _, p in KNOWN_WARNINGS))
 
 # Column or key names, in order of preference, for each field of a record.
 STEP_KEYS = ("step", "iter", "iteration", "global_step")

@@ -33,13 +33,14 @@ import csv
 import json
 import math
 import os
-import re
 from collections import Counter
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.diagnosis.formats import (
+    ANY_KNOWN_WARNING,
+    KNOWN_WARNINGS,
     csv_header,
     fact_line,
     mapping_fields,
@@ -184,16 +185,6 @@ class TrainingLog(BaseModel):
         return next((w for w in self.warnings if w.code == code), None)
 
 
-# Messages worth knowing about, by code. The inductor one comes from is_big_gpu in
-# torch/_inductor/utils.py (GPUs with fewer than 68 SMs skip max-autotune GEMM tuning).
-_KNOWN_WARNINGS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("inductor-not-enough-sms", re.compile(r"Not enough SMs to use max_autotune_gemm")),
-    ("cuda-out-of-memory", re.compile(r"CUDA out of memory|OutOfMemoryError")),
-)
-
-
-# Any of the known warnings: most lines hold none, and one search tells.
-_ANY_KNOWN_WARNING = re.compile("|".join(p.pattern for _, p in _KNOWN_WARNINGS))
 # Fields a log prints as -1 or -100.00% until it has measured them: a negative one is left out.
 _UNMEASURED_WHEN_NEGATIVE = frozenset({"mfu_percent", "time_ms", "tokens_per_second"})
 _RECORD_FIELDS = tuple(LogRecord.model_fields)
@@ -201,18 +192,18 @@ _ALL_RECORD_FIELDS = set(_RECORD_FIELDS)  # shared; model_copy copies it before 
 
 
 def _compact_record(values: dict[str, Any]) -> LogRecord:
-    """The `LogRecord` of ``values``, which `_Reader.add` has checked against its fields
-    (finite floats, no negative times or rates, MFU within bounds; steps are ints in [0, 1e15)
-    and kinds "train" or "eval" by construction), built without validating them a second time
-    and with its fields in a shared-key attribute dict: about 290 bytes a record instead of
-    about 1,190, and faster (a 100 MB log holds two million records). The tests check each
-    against `LogRecord`'s validation (a JSON round trip)."""
+    """The `LogRecord` of ``values``, which `_Reader.add` checked against its fields (finite
+    floats, no negative times or rates, MFU within bounds; steps ints in [0, 1e15) and kinds
+    "train" or "eval" by construction), not validated a second time and kept in a shared-key
+    attribute dict: ~290 bytes a record, not ~1,190 (a 100 MB log holds two million records),
+    and faster. The tests check records against `LogRecord`'s validation (a JSON round trip)."""
     record = LogRecord.__new__(LogRecord)
+    put, get = object.__setattr__, values.get
     for name in _RECORD_FIELDS:
-        object.__setattr__(record, name, values.get(name))
-    object.__setattr__(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
-    object.__setattr__(record, "__pydantic_extra__", None)
-    object.__setattr__(record, "__pydantic_private__", None)
+        put(record, name, get(name))
+    put(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
+    put(record, "__pydantic_extra__", None)
+    put(record, "__pydantic_private__", None)
     return record
 
 
@@ -228,6 +219,7 @@ class _Reader:
         self.skipped = 0
         self.csv_header: list[str] | None = None
         self.last_train_step = 0  # the step of the last training record (0 before any)
+        self.last_step = lambda: self.last_train_step
 
     def warn(self, code: str, line_no: int, text: str) -> None:
         seen = self.warnings.get(code)
@@ -240,34 +232,41 @@ class _Reader:
         return tuple(LogWarning(code=code, line=line, text=text, count=count)
                      for code, (line, text, count) in self.warnings.items())
 
-    def add(self, fmt: str, line_no: int, text: str, **values: Any) -> None:
+    def add(self, fmt: str, line_no: int, text: str, values: dict[str, Any]) -> None:
         """Store a record, moving non-finite and implausible values into a warning."""
         clean: dict[str, Any] = {}
         for key, value in values.items():
-            if isinstance(value, float):
-                if not math.isfinite(value):
-                    self.warn("non-finite-loss" if "loss" in key else "non-finite-value",
-                              line_no, text)
-                    continue
-                if value < 0 and key in _UNMEASURED_WHEN_NEGATIVE:
-                    continue  # nanoGPT prints -100.00% before it has measured MFU
-                if key == "mfu_percent" and value > MAX_MFU_PERCENT:
-                    self.warn("implausible-value", line_no, text)
-                    continue
-            if value is not None:
-                clean[key] = value
+            if value is None:
+                continue
+            # most values are in [0, MAX_MFU_PERCENT] and need no other look
+            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT and \
+                    not self._acceptable(key, value, line_no, text):
+                continue
+            clean[key] = value
         self.formats[fmt] += 1
         if "train_loss" in clean or "val_loss" in clean:
             self.records.append(_compact_record(clean))
             if clean["kind"] == "train" and "step" in clean:
                 self.last_train_step = clean["step"]
 
+    def _acceptable(self, key: str, value: float, line_no: int, text: str) -> bool:
+        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning when it is not."""
+        if not math.isfinite(value):
+            self.warn("non-finite-loss" if "loss" in key else "non-finite-value", line_no, text)
+            return False
+        if value < 0:  # nanoGPT prints -100.00% before it has measured MFU
+            return key not in _UNMEASURED_WHEN_NEGATIVE
+        if key == "mfu_percent":
+            self.warn("implausible-value", line_no, text)
+            return False
+        return True
+
     def line(self, line_no: int, text: str) -> None:
         """Read one line: a known warning, a record, a fact about the run, or a skipped line."""
         stripped = text.strip()
         if not stripped:
             return
-        known = _ANY_KNOWN_WARNING.search(stripped) is not None and \
+        known = ANY_KNOWN_WARNING.search(stripped) is not None and \
             self._known_warnings(line_no, stripped)
         if self._record(line_no, stripped):
             return
@@ -281,7 +280,7 @@ class _Reader:
     def _known_warnings(self, line_no: int, text: str) -> bool:
         """Count each known warning the line holds; whether it held one."""
         known = False
-        for code, pattern in _KNOWN_WARNINGS:
+        for code, pattern in KNOWN_WARNINGS:
             if pattern.search(text):
                 self.warn(code, line_no, text)
                 known = True
@@ -292,10 +291,10 @@ class _Reader:
         take it as the CSV header; whether it was either."""
         if self.csv_header is not None:
             return self._csv_row(line_no, text)
-        found = record_line(text, lambda: self.last_train_step)
+        found = record_line(text, self.last_step)
         if found is not None:
             fmt, fields = found
-            self.add(fmt, line_no, text, **fields)
+            self.add(fmt, line_no, text, fields)
             return True
         if text.startswith("{") or "{'" in text:
             return self._dict_line(line_no, text)
@@ -316,7 +315,7 @@ class _Reader:
         fields = mapping_fields(data)
         if fields is None:
             return False
-        self.add(fmt, line_no, text, **fields)
+        self.add(fmt, line_no, text, fields)
         return True
 
     def _header(self, text: str) -> bool:

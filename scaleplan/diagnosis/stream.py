@@ -33,7 +33,7 @@ __all__ = ["CHUNK_BYTES", "MAX_JSON_DOCUMENT_BYTES", "MAX_LINE_CHARS", "MAX_LOG_
 MAX_LOG_BYTES = 256 * 2**20
 MAX_LINE_CHARS = 16_384
 MAX_JSON_DOCUMENT_BYTES = 32 * 2**20  # a trainer_state.json; larger JSON is read line by line
-CHUNK_BYTES = 2**20
+CHUNK_BYTES = 256 * 2**10
 
 
 class LogFormatError(ScaleplanError):
