@@ -70,12 +70,14 @@ def test_patterns_are_linear_time() -> None:
                 if isinstance(p, re.Pattern)] + [p for _, p in formats.KNOWN_WARNINGS]
     assert len(patterns) >= 15
     units = ["1", "1.", "1e", "e1", "1 ", "| ", "(", " ", "|", "-", "+1", "1,", "(1", "nan"]
-    prefixes = ["", "step 1 | loss 2.5 ", "iter 1: loss 2, time ", "val loss ",
+    prefixes = ["", "step 1 | loss 2.5 ", "iter 1: loss 2, time ", "val loss ", "iter 1: loss ",
                 "num_parameters:", "number of parameters: ", "s:1 trl:", "total_batch_size="]
     start = time.perf_counter()
     with within(60):
         for pattern, prefix, unit in itertools.product(patterns, prefixes, units):
-            text = prefix + unit * (MAX_LINE_CHARS // len(unit)) + "x"
+            text: str | bytes = prefix + unit * (MAX_LINE_CHARS // len(unit)) + "x"
+            if isinstance(pattern.pattern, bytes):
+                text = text.encode()  # type: ignore[union-attr]
             pattern.search(text)
             pattern.match(text)
     # 2,000 searches of 16 KB: linear patterns take well under a second in all; one quadratic
@@ -268,7 +270,8 @@ def test_wrong_types_are_named(kwargs: dict[str, Any], named: str) -> None:
 
 
 def test_bytes_like_text_is_read() -> None:
-    assert read_log("x.log", text=bytearray(b"iter 3: loss 2.5\n")).records[0].step == 3
+    data = bytearray(b"iter 3: loss 2.5\n")
+    assert read_log("x.log", text=data).records[0].step == 3  # type: ignore[arg-type]
 
 
 # ---- 5. "A log line with `mfu 1e300%` gives "3 validation errors for Utilization": name the
@@ -328,3 +331,31 @@ def test_zero_losses_are_no_plateau() -> None:
                    "val loss 0\nstep 300: train loss 0, val loss 0\n")
     d = diagnose(config=load_nanogpt_config("t.py", text="n_embd = 384\n"), log=log)
     assert d.finding("plateau") is None
+
+
+# ---- 3, speed: a whole nanoGPT iter line is read from its bytes, skipping the general path;
+# it must give what the general path gives
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**15 - 1), st.floats(0, 1e6), st.floats(0, 1e7),
+       st.floats(-100, 2 * MAX_MFU_PERCENT), st.sampled_from(["", "\n", "\r\n", "\r"]))
+def test_fast_iter_lines_read_as_the_general_path(step: int, loss: float, ms: float,
+                                                  mfu: float, end: str) -> None:
+    line = f"iter {step}: loss {loss:.4f}, time {ms:.2f}ms, mfu {mfu:.2f}%"
+    log = read_log("x.log", text=line + end)
+    general = formats.record_line(line, lambda: 0)  # the general path's reading
+    assert general is not None
+    fmt, fields = general
+    printed_mfu = float(f"{mfu:.2f}")
+    if printed_mfu < 0 or printed_mfu > MAX_MFU_PERCENT:  # not measured yet / implausible
+        fields["mfu_percent"] = None
+    assert (fmt, log.records) == ("nanogpt", (LogRecord(**fields),))
+    assert (log.format, log.last_step(), log.lines_read) == ("nanogpt", step, 1)
+    assert (log.warning("implausible-value") is not None) == (printed_mfu > MAX_MFU_PERCENT)
+
+
+def test_iter_lines_in_a_csv_log_are_not_records() -> None:
+    log = read_log("m.csv", text="step,train_loss\n0,10.9\n"
+                   "iter 1: loss 2.0000, time 5.00ms, mfu 1.00%\n")
+    assert [(r.step, r.train_loss) for r in log.records] == [(0, 10.9)]
+    assert log.lines_skipped == 1

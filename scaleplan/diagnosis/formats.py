@@ -9,6 +9,24 @@
 - `parse_dict` and `mapping_fields`: a printed dict or JSON line, and the fields a mapping (a
   dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log.
 
+The formats, and the print statements they come from:
+
+- nanoGPT ``train.py``: ``step {iter_num}: train loss {:.4f}, val loss {:.4f}`` (an evaluation
+  over ``eval_iters`` batches), ``iter {iter_num}: loss {:.4f}, time {:.2f}ms, mfu {:.2f}%``
+  (one step; the MFU is ``-100.00%`` until it has been measured), ``number of parameters:
+  {:.2f}M`` (``model.py``) and ``tokens per iteration will be: {:,}``.
+- llm.c ``train_gpt2.cu``: ``step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e |
+  %.2f ms | %.1f%% bf16 MFU | %.0f tok/s`` and ``val loss %f``; older versions and
+  ``train_gpt2.c`` print ``step %4d/%d: train loss %f (%f ms, %d tok/s)`` and ``step %d: train
+  loss %f (took %f ms)``; its ``main.log`` holds ``s:%d trl:%.4f`` and ``s:%d tel:%.4f``.
+- Hugging Face ``Trainer``: the printed dicts (``{'loss': 2.31, 'grad_norm': 1.2,
+  'learning_rate': 4.9e-05, 'epoch': 0.1}``, ``{'eval_loss': ...}``) and ``trainer_state.json``
+  (its ``log_history`` list, which carries ``step``).
+- CSV with a header, and JSON lines, with a ``step`` column and ``train_loss`` / ``val_loss``.
+
+``step`` is the number the log prints (nanoGPT and ``main.log`` count from 0, llm.c's stdout
+from 1); the printed Trainer dicts carry no step, so theirs is ``None``.
+
 Each parser only reads text: regular expressions, `json`, `ast.literal_eval` (literals only).
 
 >>> record_line("iter 7: loss 3.1000, time 95.10ms, mfu 40.00%", lambda: 0)
@@ -26,7 +44,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["ANY_KNOWN_WARNING", "KNOWN_WARNINGS", "MAPPING_KEYS", "STEP_KEYS", "Fact",
+__all__ = ["ANY_KNOWN_WARNING", "KNOWN_WARNINGS", "MAPPING_KEYS", "NANOGPT_ITER_LINE", "STEP_KEYS",
+           "Fact",
            "csv_header", "fact_line", "mapping_fields", "parse_dict", "record_line"]
 
 # Every pattern here runs in time linear in the line (a fuzzer found the old number pattern,
@@ -42,6 +61,12 @@ _STEP = r"(\d{1,15})"
 _NANOGPT_EVAL = re.compile(rf"^step {_STEP}: train loss {_F}, val loss {_F}")
 _NANOGPT_ITER = re.compile(
     rf"^iter {_STEP}: loss {_F}(?:, time {_F}\s*ms)?(?:, mfu {_F}\s*%)?")
+# A whole nanoGPT iter line as bytes, the way train.py prints it (the most common line of all):
+# read without decoding it or trying the other patterns. At most 30 digits a side keep each
+# number finite; any other line goes the general way (`record_line`).
+NANOGPT_ITER_LINE = re.compile(rb"iter (\d{1,15}): loss (\d{1,30}\.\d{1,30}), time "
+                               rb"(\d{1,30}\.\d{1,30})ms, mfu (-?\d{1,30}\.\d{1,30})%"
+                               rb"(?:\r\n|\r|\n)?\Z")
 _NANOGPT_PARAMS = re.compile(r"number of parameters: (\d{1,9}(?:\.\d+)?)M\b")
 _NANOGPT_TOKENS = re.compile(r"tokens per iteration will be: ([\d,]{1,30})")
 

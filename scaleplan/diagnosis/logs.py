@@ -6,25 +6,8 @@ Nothing in a log is executed: lines are matched with regular expressions (each l
 line), dict lines are read with `json` or `ast.literal_eval` (literals only), and every size is
 bounded. What each kind of line looks like is in `scaleplan.diagnosis.formats`; this module
 reads a log line by line, streamed (`scaleplan.diagnosis.stream`): memory is the records it
-keeps, one chunk and one line, whatever the size of the file.
-
-Formats (the print statements they come from):
-
-- nanoGPT ``train.py``: ``step {iter_num}: train loss {:.4f}, val loss {:.4f}`` (an evaluation
-  over ``eval_iters`` batches), ``iter {iter_num}: loss {:.4f}, time {:.2f}ms, mfu {:.2f}%``
-  (one step; the MFU is ``-100.00%`` until it has been measured), ``number of parameters:
-  {:.2f}M`` (``model.py``) and ``tokens per iteration will be: {:,}``.
-- llm.c ``train_gpt2.cu``: ``step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e |
-  %.2f ms | %.1f%% bf16 MFU | %.0f tok/s`` and ``val loss %f``; older versions and
-  ``train_gpt2.c`` print ``step %4d/%d: train loss %f (%f ms, %d tok/s)`` and ``step %d: train
-  loss %f (took %f ms)``; its ``main.log`` holds ``s:%d trl:%.4f`` and ``s:%d tel:%.4f``.
-- Hugging Face ``Trainer``: the printed dicts (``{'loss': 2.31, 'grad_norm': 1.2,
-  'learning_rate': 4.9e-05, 'epoch': 0.1}``, ``{'eval_loss': ...}``) and ``trainer_state.json``
-  (its ``log_history`` list, which carries ``step``).
-- CSV with a header, and JSON lines, with a ``step`` column and ``train_loss`` / ``val_loss``.
-
-``step`` is the number the log prints (nanoGPT and ``main.log`` count from 0, llm.c's stdout
-from 1); the printed Trainer dicts carry no step, so theirs is ``None``.
+keeps, one chunk and one line, whatever the size of the file. The formats, and the print
+statements they come from, are listed in `scaleplan.diagnosis.formats`.
 """
 
 from __future__ import annotations
@@ -41,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scaleplan.diagnosis.formats import (
     ANY_KNOWN_WARNING,
     KNOWN_WARNINGS,
+    NANOGPT_ITER_LINE,
     csv_header,
     fact_line,
     mapping_fields,
@@ -234,20 +218,35 @@ class _Reader:
 
     def add(self, fmt: str, line_no: int, text: str, values: dict[str, Any]) -> None:
         """Store a record, moving non-finite and implausible values into a warning."""
-        clean: dict[str, Any] = {}
-        for key, value in values.items():
-            if value is None:
-                continue
-            # most values are in [0, MAX_MFU_PERCENT] and need no other look
-            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT and \
-                    not self._acceptable(key, value, line_no, text):
-                continue
-            clean[key] = value
         self.formats[fmt] += 1
-        if "train_loss" in clean or "val_loss" in clean:
-            self.records.append(_compact_record(clean))
-            if clean["kind"] == "train" and "step" in clean:
-                self.last_train_step = clean["step"]
+        for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
+            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
+                values = {k: v for k, v in values.items()
+                          if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
+                          or self._acceptable(k, v, line_no, text)}
+                break
+        if values.get("train_loss") is None and values.get("val_loss") is None:
+            return
+        self.records.append(_compact_record(values))
+        if values["kind"] == "train" and values.get("step") is not None:
+            self.last_train_step = values["step"]
+
+    def fast_line(self, line_no: int, raw: bytes) -> bool:
+        """A whole nanoGPT ``iter`` line (most lines of a nanoGPT log) read from its bytes, as
+        `line` would read it, without decoding it or trying the other formats; False for any
+        other line, or an MFU over the bound (`line` reads those)."""
+        m = NANOGPT_ITER_LINE.match(raw)
+        if m is None or self.csv_header is not None:
+            return False
+        mfu = float(m[4])
+        if mfu > MAX_MFU_PERCENT:
+            return False
+        self.last_train_step = step = int(m[1])
+        self.records.append(_compact_record({
+            "kind": "train", "step": step, "train_loss": float(m[2]), "time_ms": float(m[3]),
+            "mfu_percent": mfu if mfu >= 0 else None}))
+        self.formats["nanogpt"] += 1
+        return True
 
     def _acceptable(self, key: str, value: float, line_no: int, text: str) -> bool:
         """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning when it is not."""
@@ -378,7 +377,8 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
     if _trainer_state(reader, document):
         lines_read, too_long, not_utf8 = sum(len(c.splitlines()) for c in rest), 0, 0
     else:
-        lines_read, too_long, not_utf8 = read_lines(reader.line, split_lines(rest))
+        lines_read, too_long, not_utf8 = read_lines(reader.line, split_lines(rest),
+                                                    reader.fast_line)
     if not reader.records and reader.params is None:
         raise LogFormatError(
             f"{chunks.source}: no loss or parameter count found in {lines_read:,} lines; "

@@ -84,15 +84,19 @@ def text_contents(text: object) -> str | bytes:
                          "bytes (or None to read the file at path)")
 
 
-def read_lines(reader: Callable[[int, str], None],
-               lines: Iterable[bytes | None]) -> tuple[int, int, int]:
-    """Give ``reader`` each line's number (from 1) and text, decoded; (lines, lines too long
-    to read, lines not UTF-8). A line is None when `split_lines` found it too long."""
+def read_lines(reader: Callable[[int, str], None], lines: Iterable[bytes | None],
+               fast: Callable[[int, bytes], bool] = lambda line_no, line: False,
+               ) -> tuple[int, int, int]:
+    """Give ``reader`` each line's number (from 1) and text, decoded, unless ``fast`` has read
+    the line from its bytes already (it says whether it did); (lines, lines too long to read,
+    lines not UTF-8). A line is None when `split_lines` found it too long."""
     line_no = too_long = not_utf8 = 0
     for line_no, line_bytes in enumerate(lines, start=1):
         if line_bytes is None or (len(line_bytes) > MAX_LINE_CHARS
                                   and len(line_bytes.rstrip(b"\r\n")) > MAX_LINE_CHARS):
             too_long += 1
+            continue
+        if fast(line_no, line_bytes):
             continue
         try:
             line = line_bytes.decode("utf-8")
@@ -186,7 +190,7 @@ def json_document(chunks: Iterable[bytes]) -> tuple[Any, Iterator[bytes]]:
         head.append(chunk)
         size += len(chunk)
         first = chunk.lstrip()[:1]
-        if first:
+        if first or size > MAX_JSON_DOCUMENT_BYTES:  # white space held no further than that
             break
     if first in (b"{", b"["):
         for chunk in stream:
