@@ -7,7 +7,8 @@
 - `KNOWN_WARNINGS`: messages worth knowing about (the inductor's "Not enough SMs", CUDA out
   of memory), by code.
 - `parse_dict` and `mapping_fields`: a printed dict or JSON line, and the fields a mapping (a
-  dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log.
+  dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log;
+  `trainer_state_entries` for ``trainer_state.json``.
 
 The formats, and the print statements they come from:
 
@@ -46,7 +47,8 @@ from typing import Any, NamedTuple
 
 __all__ = ["ANY_KNOWN_WARNING", "KNOWN_WARNINGS", "MAPPING_KEYS", "NANOGPT_ITER_LINE", "STEP_KEYS",
            "Fact",
-           "csv_header", "fact_line", "mapping_fields", "parse_dict", "record_line"]
+           "csv_header", "fact_line", "mapping_fields", "parse_dict", "record_line",
+           "trainer_state_entries"]
 
 # Every pattern here runs in time linear in the line (a fuzzer found the old number pattern,
 # ``\d+\.?\d*``, cubic: "step 1 | loss 2.5 " + "1" * 1000 took 19 s). A number is read one way
@@ -221,6 +223,20 @@ def parse_dict(text: str) -> tuple[str, dict[Any, Any]] | None:
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             return None
     return (fmt, data) if isinstance(data, dict) else None
+
+
+def trainer_state_entries(data: Any) -> list[tuple[int, dict[Any, Any]]] | None:
+    """The entries of a ``trainer_state.json`` (a dict whose ``log_history`` is a list) that a
+    record may come from, numbered from 1: the dicts, less the end-of-run summary (it holds
+    ``train_runtime``); None when ``data`` is no trainer state.
+
+    >>> trainer_state_entries({"log_history": [{"loss": 2.4, "step": 5}, 7]})
+    [(1, {'loss': 2.4, 'step': 5})]
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
+        return None
+    return [(i, entry) for i, entry in enumerate(data["log_history"], start=1)
+            if isinstance(entry, dict) and "train_runtime" not in entry]
 
 
 def mapping_fields(data: dict[Any, Any]) -> dict[str, Any] | None:
