@@ -2,6 +2,7 @@
 
 - `logs`: training logs read as data (`read_log` -> `TrainingLog`).
 - `formats`: the kinds of log line it knows (nanoGPT, llm.c, Trainer dicts, CSV), one table each.
+- `stream`: a log read as a stream of lines, in bounded memory, at most `MAX_LOG_BYTES` of it.
 - `examine`: `diagnose` -> `Diagnosis`: the findings, each with its numbers and the fix.
 - `schedule`: nanoGPT's learning-rate schedule and the findings it calls for.
 - `recommend`: the next run the findings call for.

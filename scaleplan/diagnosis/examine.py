@@ -25,7 +25,7 @@ import math
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.hardware import INDUCTOR_MIN_SMS, GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
@@ -73,6 +73,8 @@ class Diagnosis(BaseModel):
     tokens_seen: int | None
     gpu: str | None
     law: str
+    notes: tuple[str, ...] = Field((), description="What could not be done, and why: e.g. the "
+                                   "recommended run could not be planned on the GPU.")
 
     def codes(self) -> tuple[str, ...]:
         """The codes of the findings, in order.
@@ -141,7 +143,8 @@ def diagnose(
     rec = recommend(run, pc.total, the_log, spec, the_law, findings)
     return Diagnosis(findings=tuple(findings), recommendation=rec, nanogpt_params=pc.nanogpt,
                      total_params=pc.total, tokens_per_step=tokens_per_step,
-                     tokens_seen=tokens_seen, gpu=spec.name if spec else None, law=the_law.name)
+                     tokens_seen=tokens_seen, gpu=spec.name if spec else None, law=the_law.name,
+                     notes=(rec.plan_note,) if rec is not None and rec.plan_note else ())
 
 
 def _load_config(config: ConfigInput, training: TrainingConfig | None,
@@ -256,7 +259,8 @@ def _plateau(law: Any, n_total: int, tokens_per_step: int, log: TrainingLog) -> 
         return []
     (s0, l0), (s1, l1) = window[0], window[-1]
     drop = l0 - l1
-    if s1 <= s0 or drop > PLATEAU_RELATIVE_DROP * l0:
+    # a loss of 0 or below is no cross-entropy: a relative drop says nothing (and l0 divides)
+    if s1 <= s0 or l0 <= 0 or drop > PLATEAU_RELATIVE_DROP * l0:
         return []
     end = s1  # the window ends at the last point
     per_doubling = -_slope_per_log_step(window) * math.log(2)

@@ -4,8 +4,29 @@
   stdout and ``main.log``), as its format and the `LogRecord` fields it gives.
 - `fact_line`: a line that states a fact about the run (its parameter count, its tokens per
   step), as the format and the fact.
+- `KNOWN_WARNINGS`: messages worth knowing about (the inductor's "Not enough SMs", CUDA out
+  of memory), by code.
 - `parse_dict` and `mapping_fields`: a printed dict or JSON line, and the fields a mapping (a
-  dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log.
+  dict, a CSV row) gives by its keys; `csv_header` for the header that starts a CSV log;
+  `trainer_state_entries` for ``trainer_state.json``.
+
+The formats, and the print statements they come from:
+
+- nanoGPT ``train.py``: ``step {iter_num}: train loss {:.4f}, val loss {:.4f}`` (an evaluation
+  over ``eval_iters`` batches), ``iter {iter_num}: loss {:.4f}, time {:.2f}ms, mfu {:.2f}%``
+  (one step; the MFU is ``-100.00%`` until it has been measured), ``number of parameters:
+  {:.2f}M`` (``model.py``) and ``tokens per iteration will be: {:,}``.
+- llm.c ``train_gpt2.cu``: ``step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e |
+  %.2f ms | %.1f%% bf16 MFU | %.0f tok/s`` and ``val loss %f``; older versions and
+  ``train_gpt2.c`` print ``step %4d/%d: train loss %f (%f ms, %d tok/s)`` and ``step %d: train
+  loss %f (took %f ms)``; its ``main.log`` holds ``s:%d trl:%.4f`` and ``s:%d tel:%.4f``.
+- Hugging Face ``Trainer``: the printed dicts (``{'loss': 2.31, 'grad_norm': 1.2,
+  'learning_rate': 4.9e-05, 'epoch': 0.1}``, ``{'eval_loss': ...}``) and ``trainer_state.json``
+  (its ``log_history`` list, which carries ``step``).
+- CSV with a header, and JSON lines, with a ``step`` column and ``train_loss`` / ``val_loss``.
+
+``step`` is the number the log prints (nanoGPT and ``main.log`` count from 0, llm.c's stdout
+from 1); the printed Trainer dicts carry no step, so theirs is ``None``.
 
 Each parser only reads text: regular expressions, `json`, `ast.literal_eval` (literals only).
 
@@ -24,28 +45,52 @@ import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["MAPPING_KEYS", "STEP_KEYS", "Fact", "csv_header", "fact_line", "mapping_fields",
-           "parse_dict", "record_line"]
+__all__ = ["ANY_KNOWN_WARNING", "KNOWN_WARNINGS", "MAPPING_KEYS", "NANOGPT_ITER_LINE", "STEP_KEYS",
+           "Fact",
+           "csv_header", "fact_line", "mapping_fields", "parse_dict", "record_line",
+           "trainer_state_entries"]
 
-_F = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|-nan))"
+# Every pattern here runs in time linear in the line (a fuzzer found the old number pattern,
+# ``\d+\.?\d*``, cubic: "step 1 | loss 2.5 " + "1" * 1000 took 19 s). A number is read one way
+# only: digits, then an optional fraction, then an optional exponent, so a run of digits cannot
+# be split between two quantifiers. Patterns searched anywhere in a line (`_found`) and starting
+# with a number are preceded by `_NUMBER_START`: the search then tries a number only where one
+# begins, not at each digit of a long run.
+_F = r"([-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-nan))"
+_NUMBER_START = r"(?<![\d.])"
 _STEP = r"(\d{1,15})"
 
 _NANOGPT_EVAL = re.compile(rf"^step {_STEP}: train loss {_F}, val loss {_F}")
 _NANOGPT_ITER = re.compile(
     rf"^iter {_STEP}: loss {_F}(?:, time {_F}\s*ms)?(?:, mfu {_F}\s*%)?")
+# A whole nanoGPT iter line as bytes, the way train.py prints it (the most common line of all):
+# read without decoding it or trying the other patterns. At most 30 digits a side keep each
+# number finite; any other line goes the general way (`record_line`).
+NANOGPT_ITER_LINE = re.compile(rb"iter (\d{1,15}): loss (\d{1,30}\.\d{1,30}), time "
+                               rb"(\d{1,30}\.\d{1,30})ms, mfu (-?\d{1,30}\.\d{1,30})%"
+                               rb"(?:\r\n|\r|\n)?\Z")
 _NANOGPT_PARAMS = re.compile(r"number of parameters: (\d{1,9}(?:\.\d+)?)M\b")
 _NANOGPT_TOKENS = re.compile(r"tokens per iteration will be: ([\d,]{1,30})")
 
 _LLMC_STEP = re.compile(
     rf"^step\s+{_STEP}(?:/(\d{{1,15}}))?\s*(?::|\|)\s*(?:train )?loss\s+{_F}")
 _LLMC_MS = re.compile(rf"(?:\(took |\(|\|\s*\(?){_F} ms\b")
-_LLMC_TOKS = re.compile(rf"{_F} tok/s")
-_LLMC_MFU = re.compile(rf"{_F}% bf16 MFU")
+_LLMC_TOKS = re.compile(rf"{_NUMBER_START}{_F} tok/s")
+_LLMC_MFU = re.compile(rf"{_NUMBER_START}{_F}% bf16 MFU")
 _LLMC_LR = re.compile(rf"\|\s*lr {_F}")
 _LLMC_VAL = re.compile(rf"^val loss {_F}\s*$")
 _LLMC_MAINLOG = re.compile(rf"^s:{_STEP} (trl|tel):{_F}(?: lr:{_F})?")
-_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*\|?\s*(\d{1,18})\b")
+_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*(?:\|\s*)?(\d{1,18})\b")
 _LLMC_BATCH = re.compile(r"total_batch_size=(\d{1,18})")
+
+# Messages worth knowing about, by code. The inductor one comes from is_big_gpu in
+# torch/_inductor/utils.py (GPUs with fewer than 68 SMs skip max-autotune GEMM tuning).
+KNOWN_WARNINGS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("inductor-not-enough-sms", re.compile(r"Not enough SMs to use max_autotune_gemm")),
+    ("cuda-out-of-memory", re.compile(r"CUDA out of memory|OutOfMemoryError")),
+)
+# Any of them: most lines hold none, and one search tells.
+ANY_KNOWN_WARNING = re.compile("|".join(p.pattern for _, p in KNOWN_WARNINGS))
 
 # Column or key names, in order of preference, for each field of a record.
 STEP_KEYS = ("step", "iter", "iteration", "global_step")
@@ -178,6 +223,20 @@ def parse_dict(text: str) -> tuple[str, dict[Any, Any]] | None:
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             return None
     return (fmt, data) if isinstance(data, dict) else None
+
+
+def trainer_state_entries(data: Any) -> list[tuple[int, dict[Any, Any]]] | None:
+    """The entries of a ``trainer_state.json`` (a dict whose ``log_history`` is a list) that a
+    record may come from, numbered from 1: the dicts, less the end-of-run summary (it holds
+    ``train_runtime``); None when ``data`` is no trainer state.
+
+    >>> trainer_state_entries({"log_history": [{"loss": 2.4, "step": 5}, 7]})
+    [(1, {'loss': 2.4, 'step': 5})]
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
+        return None
+    return [(i, entry) for i, entry in enumerate(data["log_history"], start=1)
+            if isinstance(entry, dict) and "train_runtime" not in entry]
 
 
 def mapping_fields(data: dict[Any, Any]) -> dict[str, Any] | None:

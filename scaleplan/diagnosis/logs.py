@@ -2,27 +2,12 @@
 
 `read_log` turns a log into a `TrainingLog`: the losses, step times and MFU it reports, the
 parameter count it prints, the warnings it contains, and how many lines it could not read.
-Nothing in a log is executed: lines are matched with regular expressions, dict lines are read
-with `json` or `ast.literal_eval` (literals only), and every size is bounded. What each kind of
-line looks like is in `scaleplan.diagnosis.formats`; this module reads a log line by line.
-
-Formats (the print statements they come from):
-
-- nanoGPT ``train.py``: ``step {iter_num}: train loss {:.4f}, val loss {:.4f}`` (an evaluation
-  over ``eval_iters`` batches), ``iter {iter_num}: loss {:.4f}, time {:.2f}ms, mfu {:.2f}%``
-  (one step; the MFU is ``-100.00%`` until it has been measured), ``number of parameters:
-  {:.2f}M`` (``model.py``) and ``tokens per iteration will be: {:,}``.
-- llm.c ``train_gpt2.cu``: ``step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e |
-  %.2f ms | %.1f%% bf16 MFU | %.0f tok/s`` and ``val loss %f``; older versions and
-  ``train_gpt2.c`` print ``step %4d/%d: train loss %f (%f ms, %d tok/s)`` and ``step %d: train
-  loss %f (took %f ms)``; its ``main.log`` holds ``s:%d trl:%.4f`` and ``s:%d tel:%.4f``.
-- Hugging Face ``Trainer``: the printed dicts (``{'loss': 2.31, 'grad_norm': 1.2,
-  'learning_rate': 4.9e-05, 'epoch': 0.1}``, ``{'eval_loss': ...}``) and ``trainer_state.json``
-  (its ``log_history`` list, which carries ``step``).
-- CSV with a header, and JSON lines, with a ``step`` column and ``train_loss`` / ``val_loss``.
-
-``step`` is the number the log prints (nanoGPT and ``main.log`` count from 0, llm.c's stdout
-from 1); the printed Trainer dicts carry no step, so theirs is ``None``.
+Nothing in a log is executed: lines are matched with regular expressions (each linear in the
+line), dict lines are read with `json` or `ast.literal_eval` (literals only), and every size is
+bounded. What each kind of line looks like is in `scaleplan.diagnosis.formats`; this module
+reads a log line by line, streamed (`scaleplan.diagnosis.stream`): memory is the records it
+keeps, one chunk and one line, whatever the size of the file. The formats, and the print
+statements they come from, are listed in `scaleplan.diagnosis.formats`.
 """
 
 from __future__ import annotations
@@ -31,35 +16,46 @@ import csv
 import json
 import math
 import os
-import re
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.diagnosis.formats import (
+    ANY_KNOWN_WARNING,
+    KNOWN_WARNINGS,
+    NANOGPT_ITER_LINE,
     csv_header,
     fact_line,
     mapping_fields,
     parse_dict,
     record_line,
+    trainer_state_entries,
 )
-from scaleplan.errors import ScaleplanError
+from scaleplan.diagnosis.stream import (
+    MAX_LINE_CHARS,
+    MAX_LOG_BYTES,
+    Chunks,
+    LogFormatError,
+    json_document,
+    open_log,
+    read_lines,
+    source_name,
+    split_lines,
+    text_contents,
+)
 
-__all__ = ["LogFormat", "LogFormatError", "LogRecord", "LogWarning", "TrainingLog", "read_log"]
+__all__ = ["MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCENT", "LogFormat", "LogFormatError",
+           "LogRecord", "LogWarning", "TrainingLog", "read_log"]
 
 LogFormat = Literal["nanogpt", "llm.c", "hf-trainer", "hf-trainer-state", "csv", "jsonl"]
 
-# Bounds. nanoGPT's default 600,000 iterations logged every step is about 35 MB; llm.c lines
-# are ~110 bytes. A longer log is refused (tail it); a longer line is skipped and counted.
-MAX_LOG_BYTES = 256 * 2**20
-MAX_LINE_CHARS = 16_384
 MAX_WARNING_TEXT = 200
-
-
-class LogFormatError(ScaleplanError):
-    """A log that cannot be read, or in which nothing is recognisable; names the file."""
+# nanoGPT prints MFU against an A100's 312 TFLOP/s, so a faster GPU prints over 100% (a B200's
+# dense bf16 peak, 2.25 PFLOP/s, is 720%). 10,000% would be 100 A100s in one GPU: a value above
+# it is a garbled line, skipped with an "implausible-value" warning (1e300% overflowed the MFU
+# arithmetic downstream).
+MAX_MFU_PERCENT = 10_000.0
 
 
 class LogRecord(BaseModel):
@@ -77,7 +73,7 @@ class LogRecord(BaseModel):
     train_loss: float | None = Field(None, allow_inf_nan=False)
     val_loss: float | None = Field(None, allow_inf_nan=False)
     time_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
-    mfu_percent: float | None = Field(None, ge=0, allow_inf_nan=False)
+    mfu_percent: float | None = Field(None, ge=0, le=MAX_MFU_PERCENT, allow_inf_nan=False)
     tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
     learning_rate: float | None = Field(None, allow_inf_nan=False)
     epoch: float | None = Field(None, allow_inf_nan=False)
@@ -174,58 +170,112 @@ class TrainingLog(BaseModel):
         return next((w for w in self.warnings if w.code == code), None)
 
 
-# Messages worth knowing about, by code. The inductor one comes from is_big_gpu in
-# torch/_inductor/utils.py (GPUs with fewer than 68 SMs skip max-autotune GEMM tuning).
-_KNOWN_WARNINGS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("inductor-not-enough-sms", re.compile(r"Not enough SMs to use max_autotune_gemm")),
-    ("cuda-out-of-memory", re.compile(r"CUDA out of memory|OutOfMemoryError")),
-)
+# Fields a log prints as -1 or -100.00% until it has measured them: a negative one is left out.
+_UNMEASURED_WHEN_NEGATIVE = frozenset({"mfu_percent", "time_ms", "tokens_per_second"})
+_ALL_RECORD_FIELDS = set(LogRecord.model_fields)  # shared; model_copy copies it first
+
+
+# Every field None, in the split-table dict an instance's attributes make: its copies share
+# one table of keys (a record's attributes take ~250 bytes, not ~400).
+_EMPTY = LogRecord.__new__(LogRecord)
+for _name in LogRecord.model_fields:
+    object.__setattr__(_EMPTY, _name, None)
+_EMPTY_RECORD: dict[str, Any] = _EMPTY.__dict__
+
+
+def _compact_record(values: dict[str, Any]) -> LogRecord:
+    """The `LogRecord` of ``values``, which `_Reader.add` checked against its fields (finite
+    floats, no negative times or rates, MFU within bounds; steps ints in [0, 1e15) and kinds
+    "train" or "eval" by construction), not validated a second time and kept in a shared-key
+    dict: ~360 bytes a record with its numbers, not ~1,190 (a 100 MB log holds two million
+    records), and 3x faster. Tests check them against `LogRecord`'s validation."""
+    record = LogRecord.__new__(LogRecord)
+    attributes = _EMPTY_RECORD.copy()
+    attributes.update(values)
+    assert len(attributes) == len(_EMPTY_RECORD), values  # a field name, each key
+    object.__setattr__(record, "__dict__", attributes)
+    object.__setattr__(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
+    object.__setattr__(record, "__pydantic_extra__", None)
+    object.__setattr__(record, "__pydantic_private__", None)
+    return record
 
 
 class _Reader:
-    """Accumulates what the lines of one log say."""
+    """Accumulates what the lines of one log say: its records and little else (no lines)."""
 
     def __init__(self) -> None:
         self.records: list[LogRecord] = []
         self.formats: Counter[str] = Counter()
-        self.warnings: dict[str, LogWarning] = {}
+        self.warnings: dict[str, list[Any]] = {}  # code: [first line, its text, count]
         self.params: tuple[int, str] | None = None
         self.tokens_per_step: int | None = None
         self.skipped = 0
         self.csv_header: list[str] | None = None
+        self.last_train_step = 0  # the step of the last training record (0 before any)
+        self.last_step = lambda: self.last_train_step
 
     def warn(self, code: str, line_no: int, text: str) -> None:
         seen = self.warnings.get(code)
         if seen is None:
-            self.warnings[code] = LogWarning(code=code, line=line_no,
-                                             text=text.strip()[:MAX_WARNING_TEXT])
+            self.warnings[code] = [line_no, text.strip()[:MAX_WARNING_TEXT], 1]
         else:
-            self.warnings[code] = seen.model_copy(update={"count": seen.count + 1})
+            seen[2] += 1
 
-    def add(self, fmt: str, line_no: int, text: str, **values: Any) -> None:
-        """Store a record, moving non-finite values into a warning."""
-        clean: dict[str, Any] = {}
-        for key, value in values.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                self.warn("non-finite-loss" if "loss" in key else "non-finite-value", line_no,
-                          text)
-                continue
-            clean[key] = value
-        if clean.get("mfu_percent") is not None and clean["mfu_percent"] < 0:
-            del clean["mfu_percent"]  # nanoGPT prints -100.00% before it has measured MFU
-        for key in ("time_ms", "tokens_per_second"):
-            if clean.get(key) is not None and clean[key] < 0:
-                del clean[key]
+    def log_warnings(self) -> tuple[LogWarning, ...]:
+        return tuple(LogWarning(code=code, line=line, text=text, count=count)
+                     for code, (line, text, count) in self.warnings.items())
+
+    def add(self, fmt: str, line_no: int, text: str, values: dict[str, Any]) -> None:
+        """Store a record, moving non-finite and implausible values into a warning."""
         self.formats[fmt] += 1
-        if any(clean.get(k) is not None for k in ("train_loss", "val_loss")):
-            self.records.append(LogRecord(**clean))
+        for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
+            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
+                values = {k: v for k, v in values.items()
+                          if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
+                          or self._acceptable(k, v, line_no, text)}
+                break
+        if values.get("train_loss") is None and values.get("val_loss") is None:
+            return
+        self.records.append(_compact_record(values))
+        if values["kind"] == "train" and values.get("step") is not None:
+            self.last_train_step = values["step"]
+
+    def fast_line(self, line_no: int, raw: bytes) -> bool:
+        """A whole nanoGPT ``iter`` line (most lines of a nanoGPT log) read from its bytes, as
+        `line` would read it, without decoding it or trying the other formats; False for any
+        other line, or an MFU over the bound (`line` reads those)."""
+        m = NANOGPT_ITER_LINE.match(raw)
+        if m is None or self.csv_header is not None:
+            return False
+        mfu = float(m[4])
+        if mfu > MAX_MFU_PERCENT:
+            return False
+        self.last_train_step = step = int(m[1])
+        self.records.append(_compact_record({
+            "kind": "train", "step": step, "train_loss": float(m[2]), "time_ms": float(m[3]),
+            "mfu_percent": mfu if mfu >= 0 else None}))
+        self.formats["nanogpt"] += 1
+        return True
+
+    def _acceptable(self, key: str, value: float, line_no: int, text: str) -> bool:
+        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning when it is not."""
+        if not math.isfinite(value):
+            self.warn("non-finite-loss" if "loss" in key else "non-finite-value", line_no, text)
+            return False
+        if value < 0:  # nanoGPT prints -100.00% before it has measured MFU
+            return key not in _UNMEASURED_WHEN_NEGATIVE
+        if key == "mfu_percent":
+            self.warn("implausible-value", line_no, text)
+            return False
+        return True
 
     def line(self, line_no: int, text: str) -> None:
         """Read one line: a known warning, a record, a fact about the run, or a skipped line."""
         stripped = text.strip()
         if not stripped:
             return
-        known = self._known_warnings(line_no, stripped)
+        known = ANY_KNOWN_WARNING.search(stripped) is not None and \
+            self._known_warnings(line_no, stripped)
         if self._record(line_no, stripped):
             return
         fact = fact_line(stripped)
@@ -238,7 +288,7 @@ class _Reader:
     def _known_warnings(self, line_no: int, text: str) -> bool:
         """Count each known warning the line holds; whether it held one."""
         known = False
-        for code, pattern in _KNOWN_WARNINGS:
+        for code, pattern in KNOWN_WARNINGS:
             if pattern.search(text):
                 self.warn(code, line_no, text)
                 known = True
@@ -249,18 +299,14 @@ class _Reader:
         take it as the CSV header; whether it was either."""
         if self.csv_header is not None:
             return self._csv_row(line_no, text)
-        found = record_line(text, self._last_train_step)
+        found = record_line(text, self.last_step)
         if found is not None:
             fmt, fields = found
-            self.add(fmt, line_no, text, **fields)
+            self.add(fmt, line_no, text, fields)
             return True
         if text.startswith("{") or "{'" in text:
             return self._dict_line(line_no, text)
         return self._header(text)
-
-    def _last_train_step(self) -> int:
-        steps = [r.step for r in self.records if r.kind == "train" and r.step is not None]
-        return steps[-1] if steps else 0
 
     def _dict_line(self, line_no: int, text: str) -> bool:
         parsed = parse_dict(text)
@@ -277,7 +323,7 @@ class _Reader:
         fields = mapping_fields(data)
         if fields is None:
             return False
-        self.add(fmt, line_no, text, **fields)
+        self.add(fmt, line_no, text, fields)
         return True
 
     def _header(self, text: str) -> bool:
@@ -300,62 +346,15 @@ class _Reader:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_bytes(path: str | os.PathLike[str]) -> bytes:
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_LOG_BYTES:
-            raise LogFormatError(f"{path}: the log is {size:,} bytes, more than "
-                                 f"{MAX_LOG_BYTES:,}; pass its tail (tail -n 200000)")
-        return p.read_bytes()
-    except OSError as exc:
-        raise LogFormatError(f"{path}: cannot read the log: {exc.strerror}") from None
-
-
-def _trainer_state(reader: _Reader, data: Any) -> bool:
-    """``trainer_state.json``: a dict whose ``log_history`` is a list of dicts."""
-    if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
-        return False
-    for i, entry in enumerate(data["log_history"], start=1):
-        if isinstance(entry, dict) and "train_runtime" not in entry:
-            reader.mapping("hf-trainer-state", i, json.dumps(entry)[:MAX_WARNING_TEXT], entry)
-    reader.formats["hf-trainer-state"] += 1
-    return True
-
-
-def _json_document(raw: bytes) -> Any:
-    """The log read as one JSON document when it starts like one (``trainer_state.json``), else
-    None."""
-    if raw.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _read_lines(reader: _Reader, lines: list[bytes]) -> tuple[int, int]:
-    """Give ``reader`` each line, decoded; (lines too long to read, lines not UTF-8)."""
-    too_long = not_utf8 = 0
-    for line_no, line_bytes in enumerate(lines, start=1):
-        if len(line_bytes) > MAX_LINE_CHARS:
-            too_long += 1
-            continue
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            line = line_bytes.decode("utf-8", errors="replace")
-            not_utf8 += 1
-        reader.line(line_no, line)
-    return too_long, not_utf8
-
-
 def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -> TrainingLog:
     """Read a training log (nanoGPT, llm.c, Hugging Face Trainer, CSV or JSONL).
 
     The format is detected from the lines. Unknown lines are skipped and counted; bytes that
     are not UTF-8 are replaced and the lines counted; lines longer than ``MAX_LINE_CHARS`` are
-    skipped and counted. A log with no recognisable line raises `LogFormatError`.
+    skipped and counted. A log with no recognisable line raises `LogFormatError`, and so does
+    one longer than ``MAX_LOG_BYTES`` (at most that many bytes are read: an endless file such
+    as ``/dev/zero`` is refused, not waited on). The file is read as a stream of lines: memory
+    is the records kept, not the size of the file.
     Pass ``text`` to read a string instead of the file (``path`` then only names it).
 
     >>> log = read_log("llmc.txt", text="step    1/74: train loss 4.367857 (224.275024 ms, "
@@ -363,33 +362,39 @@ def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -
     >>> log.format, log.records[0].tokens_per_second, log.final_val_loss()
     ('llm.c', 36563.0, 4.123)
     """
-    source = str(path)
-    raw = _read_bytes(path) if text is None else text
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", errors="replace")
-    if len(raw) > MAX_LOG_BYTES:
-        raise LogFormatError(f"{source}: the log is {len(raw):,} bytes, more than "
-                             f"{MAX_LOG_BYTES:,}; pass its tail (tail -n 200000)")
-    reader = _Reader()
-    lines = raw.splitlines()
-    not_utf8 = too_long = 0
-    if not _trainer_state(reader, _json_document(raw)):
-        too_long, not_utf8 = _read_lines(reader, lines)
+    source = source_name(path)
+    if text is not None:
+        return _read(_Reader(), Chunks.of_text(source, text_contents(text)))
+    with open_log(source, path) as stream:
+        return _read(_Reader(), Chunks(source, stream.read))
+
+
+def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
+    """The `TrainingLog` of the log in ``chunks``: one JSON document, or lines."""
+    document, rest = json_document(chunks)
+    if (entries := trainer_state_entries(document)) is not None:
+        for i, entry in entries:
+            reader.mapping("hf-trainer-state", i, json.dumps(entry)[:MAX_WARNING_TEXT], entry)
+        reader.formats["hf-trainer-state"] += 1
+        lines_read, too_long, not_utf8 = sum(len(c.splitlines()) for c in rest), 0, 0
+    else:
+        lines_read, too_long, not_utf8 = read_lines(reader.line, split_lines(rest),
+                                                    reader.fast_line)
     if not reader.records and reader.params is None:
         raise LogFormatError(
-            f"{source}: no loss or parameter count found in {len(lines):,} lines; expected "
-            "nanoGPT ('iter N: loss X, ...', 'step N: train loss X, val loss Y'), llm.c "
-            "('step N/M | loss X ...'), Hugging Face Trainer ({'loss': ...} or "
+            f"{chunks.source}: no loss or parameter count found in {lines_read:,} lines; "
+            "expected nanoGPT ('iter N: loss X, ...', 'step N: train loss X, val loss Y'), "
+            "llm.c ('step N/M | loss X ...'), Hugging Face Trainer ({'loss': ...} or "
             "trainer_state.json), or CSV / JSON lines with step and train_loss / val_loss")
     fmt = cast(LogFormat, reader.formats.most_common(1)[0][0])
     params = reader.params
     return TrainingLog(
-        source=source, format=fmt, records=tuple(reader.records),
+        source=chunks.source, format=fmt, records=tuple(reader.records),
         reported_params=params[0] if params else None,
         reported_params_text=params[1] if params else None,
         reported_tokens_per_step=reader.tokens_per_step,
-        warnings=tuple(reader.warnings.values()), lines_read=len(lines),
+        warnings=reader.log_warnings(), lines_read=lines_read,
         lines_recognised=sum(reader.formats.values()), lines_skipped=reader.skipped,
         lines_too_long=too_long, lines_not_utf8=not_utf8,
-        unterminated_last_line=bool(raw) and not raw.endswith((b"\n", b"\r")),
+        unterminated_last_line=chunks.size > 0 and not chunks.ends_in_newline,
     )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.diagnosis.logs import TrainingLog
+from scaleplan.errors import ScaleplanError
 from scaleplan.findings import Finding
 from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.model.loaders import NanoGPTRun
@@ -46,6 +47,9 @@ class Recommendation(BaseModel):
         None, description="The same, trained on as many tokens as the diagnosed run saw.")
     changes: tuple[str, ...]
     plan: Plan | None = Field(None, description="plan() for the new run on the diagnosed GPU.")
+    plan_note: str | None = Field(
+        None, description="Why ``plan`` is None though a GPU was given: the planner's message "
+        "(the recommended model does not fit on the GPU even at micro-batch 1, say).")
 
 
 def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | None, law: Any,
@@ -75,7 +79,8 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
     new_total = count_params(new).total
     optimal = chinchilla_tokens(new_total)
     steps = -(-optimal // tokens_per_step)
-    micro, accum, planned = _micro_batch(new, t, sizes, tokens_per_step, spec, optimal, law)
+    micro, accum, planned, note = _micro_batch(new, t, sizes, tokens_per_step, spec, optimal,
+                                               law)
     options = tuple((b, tokens_per_step // (b * t.seq_len * t.world_size))
                     for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
     training = t.replace(micro_batch_size=micro, grad_accum_steps=accum, max_iters=steps,
@@ -90,7 +95,7 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
         compute_optimal_tokens=optimal,
         steps_for_compute_optimal=steps, expected_val_loss=expected,
         expected_val_loss_same_tokens=expected_same,
-        changes=tuple(said), plan=planned)
+        changes=tuple(said), plan=planned, plan_note=note)
 
 
 # Findings that dropout > 0 makes worse: dropout only wastes capacity when a model under-fits.
@@ -109,21 +114,31 @@ def _changes(cfg: GPTConfig, findings: list[Finding]) -> dict[str, Any]:
 
 
 def _micro_batch(new: GPTConfig, t: TrainingConfig, sizes: list[int], tokens_per_step: int,
-                 spec: GPUSpec | None, optimal: int, law: Any) -> tuple[int, int, Plan | None]:
-    """The new run's micro-batch and grad-accum steps, and its plan when there is a GPU.
+                 spec: GPUSpec | None, optimal: int,
+                 law: Any) -> tuple[int, int, Plan | None, str | None]:
+    """The new run's micro-batch and grad-accum steps, its plan when there is a GPU, and why
+    there is no plan when planning on that GPU failed.
 
     When ``tokens_per_step`` is a whole number of sequences (``sizes`` divide it), it is kept
     exactly: the micro-batch `plan` picks on ``spec``, else the largest exact one not above the
-    run's. Otherwise the run's own micro-batch and steps stay.
+    run's. Otherwise the run's own micro-batch and steps stay. When `plan` refuses the new run
+    on ``spec`` (a claimed size larger than the GPU holds: "nothing fits"), the diagnosis still
+    stands: the micro-batch is chosen as without a GPU and the planner's message is the note.
     """
     if not sizes:
-        return t.micro_batch_size, t.grad_accum_steps, None
-    if spec is None:
-        micro = max([b for b in sizes if b <= t.micro_batch_size] or [1])
-        return micro, grad_accum_steps(tokens_per_step, micro, t.seq_len, t.world_size), None
-    planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
-                   seq_len=t.seq_len, world_size=t.world_size, precision=t.precision, law=law)
-    return planned.micro_batch_size, planned.grad_accum_steps, planned
+        return t.micro_batch_size, t.grad_accum_steps, None, None
+    note = None
+    if spec is not None:
+        try:
+            planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
+                           seq_len=t.seq_len, world_size=t.world_size, precision=t.precision,
+                           law=law)
+        except ScaleplanError as exc:  # the recommended run does not fit or cannot be planned
+            note = f"the recommended run was not planned on the {spec.name}: {exc}"
+        else:
+            return planned.micro_batch_size, planned.grad_accum_steps, planned, None
+    micro = max([b for b in sizes if b <= t.micro_batch_size] or [1])
+    return micro, grad_accum_steps(tokens_per_step, micro, t.seq_len, t.world_size), None, note
 
 
 def _expected_losses(log: TrainingLog, law: Any, n_total: int, new_total: int, optimal: int,
