@@ -262,7 +262,7 @@ def test_file_and_text_read_alike_across_chunks(tmp_path: Path,
     ({"path": "x.log", "text": 123}, r"text=123"),
     ({"path": "x.log", "text": ["iter 1: loss 2"]}, r"text=\['iter 1: loss 2'\]"),
     ({"path": 123}, r"path=123"),
-    ({"path": None, "text": "iter 1: loss 2"}, r"path=None"),
+    ({"path": None}, r"path=None"),  # with text= a path may be left out (see below)
     ({"path": b"train.log"}, r"path=b'train.log'"),
 ])
 def test_wrong_types_are_named(kwargs: dict[str, Any], named: str) -> None:
@@ -360,3 +360,12 @@ def test_iter_lines_in_a_csv_log_are_not_records() -> None:
                    "iter 1: loss 2.0000, time 5.00ms, mfu 1.00%\n")
     assert [(r.step, r.train_loss) for r in log.records] == [(0, 10.9)]
     assert log.lines_skipped == 1
+
+
+def test_text_alone_needs_no_path() -> None:
+    # Issue 20 quotes its calls as read_log(text=...): with text given, a path only names the
+    # log, so it may be left out; with neither, the error says what to give.
+    log = read_log(text="step 14500: train loss 3.6415, val loss 3.5696\n")
+    assert log.source == "<text>" and log.records[0].val_loss == 3.5696
+    with pytest.raises(ScaleplanError, match="path=None must be a file path"):
+        read_log()

@@ -4,10 +4,9 @@
 parameter count it prints, the warnings it contains, and how many lines it could not read.
 Nothing in a log is executed: lines are matched with regular expressions (each linear in the
 line), dict lines are read with `json` or `ast.literal_eval` (literals only), and every size is
-bounded. What each kind of line looks like is in `scaleplan.diagnosis.formats`; this module
-reads a log line by line, streamed (`scaleplan.diagnosis.stream`): memory is the records it
-keeps, one chunk and one line, whatever the size of the file. The formats, and the print
-statements they come from, are listed in `scaleplan.diagnosis.formats`.
+bounded. What each kind of line looks like, and the print statements the formats come from,
+is in `scaleplan.diagnosis.formats`. A log is read line by line, streamed
+(`scaleplan.diagnosis.stream`): memory is the records kept, one chunk and one line.
 """
 
 from __future__ import annotations
@@ -346,7 +345,8 @@ class _Reader:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -> TrainingLog:
+def read_log(path: str | os.PathLike[str] | None = None, *,
+             text: str | bytes | None = None) -> TrainingLog:
     """Read a training log (nanoGPT, llm.c, Hugging Face Trainer, CSV or JSONL).
 
     The format is detected from the lines. Unknown lines are skipped and counted; bytes that
@@ -355,18 +355,18 @@ def read_log(path: str | os.PathLike[str], *, text: str | bytes | None = None) -
     one longer than ``MAX_LOG_BYTES`` (at most that many bytes are read: an endless file such
     as ``/dev/zero`` is refused, not waited on). The file is read as a stream of lines: memory
     is the records kept, not the size of the file.
-    Pass ``text`` to read a string instead of the file (``path`` then only names it).
+    Pass ``text`` to read a string instead of a file (``path``, optional then, only names it).
 
     >>> log = read_log("llmc.txt", text="step    1/74: train loss 4.367857 (224.275024 ms, "
     ...                "36563 tok/s)\\nval loss 4.123\\n")
     >>> log.format, log.records[0].tokens_per_second, log.final_val_loss()
     ('llm.c', 36563.0, 4.123)
     """
-    source = source_name(path)
     if text is not None:
+        source = "<text>" if path is None else source_name(path)
         return _read(_Reader(), Chunks.of_text(source, text_contents(text)))
-    with open_log(source, path) as stream:
-        return _read(_Reader(), Chunks(source, stream.read))
+    with open_log(source_name(path), cast("str | os.PathLike[str]", path)) as stream:
+        return _read(_Reader(), Chunks(source_name(path), stream.read))
 
 
 def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:

@@ -71,7 +71,7 @@ def source_name(path: object) -> str:
             return name
     raise ScaleplanError(f"read_log: path={shown(path)} must be a file path (a str or an "
                          "os.PathLike such as pathlib.Path); to read a string, pass it as "
-                         "text= with a name as path, e.g. read_log('train.log', text=...)")
+                         "text=, e.g. read_log(text=...)")
 
 
 def text_contents(text: object) -> str | bytes:
