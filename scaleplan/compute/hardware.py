@@ -19,15 +19,28 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
-from scaleplan.checks import canonical, whole
-from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.checks import canonical
+from scaleplan.compute._gpu_records import byte_count, check_fields, scaled
+from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError, shown
+from scaleplan.files import parse_json, read_text
 from scaleplan.units import GiB
 
 __all__ = [
@@ -56,6 +69,8 @@ _MIB = 2**20
 _TERA = 1e12
 _GIGA = 1e9
 _DATA_FILE = Path(__file__).parent.parent / "data" / "gpus.json"
+#: The largest GPU file `register_gpu` reads (the built-in database is ~45 kB).
+MAX_GPU_FILE_BYTES = 1_000_000
 
 # Spellings of dtypes seen in configs: torch names, nanoGPT's dtype, scaleplan's precisions.
 _DTYPE_ALIASES: dict[str, str] = {
@@ -114,6 +129,12 @@ class GPUSpec(BaseModel):
     sources: dict[str, str] = Field(default_factory=dict, description="Source of each figure.")
     notes: str = ""
 
+    @field_validator("memory_bytes", "usable_memory_bytes", mode="before")
+    @classmethod
+    def _byte_count(cls, value: object, info: ValidationInfo) -> object:
+        """A byte count is an int: numpy ints become Python ints, floats are refused."""
+        return None if value is None else byte_count(str(info.field_name), value)
+
     def peak_flops(self, dtype: str = "bf16") -> float:
         """Dense tensor-core peak FLOP/s for ``dtype`` (fp32 accumulate for bf16/fp16).
 
@@ -162,37 +183,62 @@ class GPUSpec(BaseModel):
         ... ).memory_bytes
         8589934592
         """
+        if not isinstance(record, dict):
+            raise ScaleplanError(f"a GPU record must be a dict in the format of "
+                                 f"scaleplan/data/gpus.json, not {shown(record)}")
         data = dict(record)
-        try:
-            memory_gib = data.pop("memory_gib")
-            usable_mib = data.pop("usable_memory_mib", None)
-            bandwidth = data.pop("memory_bandwidth_gb_s")
-            clock = data.pop("boost_clock_ghz", None)
-            peaks = data.pop("peak_tflops")
-        except KeyError as missing:
+        label = f"GPU record {shown(record.get('name', '?'))}"
+        missing = [f for f in ("memory_gib", "memory_bandwidth_gb_s", "peak_tflops")
+                   if f not in data]
+        if missing:
             raise ScaleplanError(
-                f"GPU record {record.get('name', '?')!r} lacks field {missing}; give memory_gib, "
-                "memory_bandwidth_gb_s and peak_tflops as in scaleplan/data/gpus.json"
-            ) from None
+                f"{label} lacks field {missing[0]!r}; give memory_gib, memory_bandwidth_gb_s and "
+                "peak_tflops as in scaleplan/data/gpus.json")
+        check_fields(label, data)  # every type, before any arithmetic (issue 20)
+        usable_mib = data.pop("usable_memory_mib", None)
+        clock = data.pop("boost_clock_ghz", None)
+        memory = scaled(label, "memory_gib", data.pop("memory_gib"), GiB)
+        bandwidth = scaled(label, "memory_bandwidth_gb_s", data.pop("memory_bandwidth_gb_s"),
+                            _GIGA)
+        peak = _peaks(label, data.pop("peak_tflops"))
         return cls.model_validate({
             **data,
             "aliases": tuple(data.get("aliases", ())),
-            "memory_bytes": round(memory_gib * GiB),
+            "memory_bytes": round(memory),
             "usable_memory_bytes": None if usable_mib is None else usable_mib * _MIB,
-            "memory_bandwidth": bandwidth * _GIGA,
-            "boost_clock_hz": None if clock is None else clock * _GIGA,
-            "peak": {
-                normalize_dtype(k): {"flops": v["tflops"] * _TERA,
-                                     **{f: v[f] for f in ("accumulate", "source") if f in v}}
-                for k, v in peaks.items()
-            },
+            "memory_bandwidth": bandwidth,
+            "boost_clock_hz": None if clock is None else scaled(label, "boost_clock_ghz", clock,
+                                                                 _GIGA),
+            "peak": peak,
         })
+
+
+def _peaks(label: str, peaks: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in peaks.items():
+        where = f"peak_tflops[{shown(key)}]"
+        if not isinstance(entry, dict) or "tflops" not in entry:
+            raise ScaleplanError(f"{label}: {where}={shown(entry)} must be a dict with "
+                                 "'tflops', 'accumulate' and 'source'")
+        out[normalize_dtype(key)] = {
+            "flops": scaled(label, f"{where}.tflops", entry["tflops"], _TERA),
+            **{f: entry[f] for f in ("accumulate", "source") if f in entry}}
+    return out
 
 
 # --- registry and lookup ------------------------------------------------------------------------
 
 _VENDOR_WORDS = ("nvidia", "geforce", "tesla", "amd", "instinct")
 _REGISTERED: dict[str, GPUSpec] = {}
+# Guards _REGISTERED and _INDEX_CACHE: gpu() iterating the registry while another thread ran
+# register_gpu() raised "dictionary changed size during iteration" (issue 20).
+_LOCK = threading.Lock()
+
+
+def _registered() -> dict[str, GPUSpec]:
+    """A snapshot of the registered GPUs, taken under the lock."""
+    with _LOCK:
+        return dict(_REGISTERED)
 
 
 def _key(name: str) -> str:
@@ -215,8 +261,12 @@ def gpus() -> tuple[GPUSpec, ...]:
     >>> "RTX 4070" in [g.name for g in gpus()]
     True
     """
-    builtin = [g for g in _builtin() if g.name not in _REGISTERED]
-    return (*builtin, *_REGISTERED.values())
+    return _all(_registered())
+
+
+def _all(registered: dict[str, GPUSpec]) -> tuple[GPUSpec, ...]:
+    builtin = [g for g in _builtin() if g.name not in registered]
+    return (*builtin, *registered.values())
 
 
 # The name index, built once per state of the registry (rebuilding it on every lookup was a
@@ -226,14 +276,17 @@ _INDEX_CACHE: list[tuple[tuple[tuple[str, int], ...], dict[str, list[GPUSpec]]]]
 
 
 def _index() -> dict[str, list[GPUSpec]]:
-    state = tuple((name, id(spec)) for name, spec in _REGISTERED.items())
-    if _INDEX_CACHE and _INDEX_CACHE[0][0] == state:
-        return _INDEX_CACHE[0][1]
+    registered = _registered()
+    state = tuple((name, id(spec)) for name, spec in registered.items())
+    with _LOCK:
+        if _INDEX_CACHE and _INDEX_CACHE[0][0] == state:
+            return _INDEX_CACHE[0][1]
     index: dict[str, list[GPUSpec]] = {}
-    for spec in gpus():
+    for spec in _all(registered):
         for key in {_key(spec.name), *(_key(a) for a in spec.aliases)}:
             index.setdefault(key, []).append(spec)
-    _INDEX_CACHE[:] = [(state, index)]
+    with _LOCK:
+        _INDEX_CACHE[:] = [(state, index)]
     return index
 
 
@@ -251,9 +304,14 @@ def gpu(name: str | GPUSpec, *, memory_bytes: int | None = None) -> GPUSpec:
     if isinstance(name, GPUSpec):
         return name
     if not isinstance(name, str):
-        raise ScaleplanError(f"gpu={name!r} must be a GPU name such as 'RTX 4070' or a GPUSpec")
+        hint = ""
+        if (not isinstance(name, bool) and isinstance(name, (int, float))) or \
+                type(name).__module__ == "numpy":
+            hint = "; a number is no GPU name (a memory size goes in memory_bytes=)"
+        raise ScaleplanError(f"gpu={shown(name)} must be a GPU name such as 'RTX 4070' or a "
+                             f"GPUSpec{hint}")
     if memory_bytes is not None:
-        memory_bytes = whole("memory_bytes", memory_bytes, example="memory_bytes=80 * 2**30")
+        memory_bytes = byte_count("memory_bytes", memory_bytes)
     key = _key(name)
     matches = _matching(key)
     if len(matches) == 1:
@@ -263,7 +321,7 @@ def gpu(name: str | GPUSpec, *, memory_bytes: int | None = None) -> GPUSpec:
             return min(matches, key=lambda s: abs(s.memory_bytes - memory_bytes))
         names = ", ".join(repr(s.name) for s in matches)
         raise ScaleplanError(
-            f"GPU name {name!r} fits several GPUs: {names}; their memory and peaks differ, so "
+            f"GPU name {shown(name)} fits several GPUs: {names}; their memory and peaks differ, so "
             "give one of these names (or pass memory_bytes=)"
         )
     raise UnknownNameError("GPU", name, [s.name for s in gpus()])
@@ -297,15 +355,36 @@ def register_gpu(spec: GPUSpec | dict[str, Any] | str | Path) -> tuple[GPUSpec, 
         specs: tuple[GPUSpec, ...] = (spec,)
     elif isinstance(spec, dict):
         specs = (GPUSpec.from_record(spec),)
+    elif isinstance(spec, (str, os.PathLike)):
+        specs = _read_gpu_file(spec)
     else:
-        path = Path(spec)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ScaleplanError(f"register_gpu({str(path)!r}): cannot read it as JSON: {err}") \
-                from None
-        records = data["gpus"] if isinstance(data, dict) and "gpus" in data else [data]
-        specs = tuple(GPUSpec.from_record(r) for r in records)
-    for s in specs:
-        _REGISTERED[s.name] = s
+        raise ScaleplanError(f"register_gpu({shown(spec)}): pass a GPUSpec, one record (a "
+                             "dict) or the path of a JSON file in the format of "
+                             "scaleplan/data/gpus.json")
+    with _LOCK:
+        for s in specs:
+            _REGISTERED[s.name] = s
     return specs
+
+
+def _read_gpu_file(path: str | os.PathLike[str]) -> tuple[GPUSpec, ...]:
+    """The records of a GPU file; at most MAX_GPU_FILE_BYTES are read (stat() sizes lie for
+    /dev/zero and pipes), and every error is one line naming the file."""
+    source = os.fsdecode(path)
+    data = parse_json(read_text(path, limit=MAX_GPU_FILE_BYTES, what="GPU file"), source=source)
+    records = data["gpus"] if isinstance(data, dict) and "gpus" in data else [data]
+    if not isinstance(records, list):
+        raise ConfigFileError(f"'gpus' must be a list of GPU records, not {shown(records)}",
+                              path=source)
+    specs = []
+    for i, record in enumerate(records):
+        try:
+            specs.append(GPUSpec.from_record(record))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(part) for part in err["loc"])
+            raise ConfigFileError(f"GPU record {i}: {field}: {err['msg']}", path=source) \
+                from None
+        except ScaleplanError as exc:
+            raise ConfigFileError(str(exc), path=source) from None
+    return tuple(specs)

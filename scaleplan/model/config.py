@@ -4,19 +4,29 @@
 ``vocab_size``, ``bias``, ``dropout``) and adds the few options that make Llama-family models
 first-class (grouped-query attention, SwiGLU, RMSNorm, rotary positions, untied heads, per-family
 bias flags). Derived fields (``n_kv_head``, ``head_dim``, ``mlp_hidden`` and the bias flags) are
-filled in from the others when omitted, and re-derived by `GPTConfig.replace`.
+filled in from the others when omitted, and re-derived by `GPTConfig.replace`. The JSON form
+(``model_dump_json``) leaves out the derived fields that were not given, so a config read back
+from JSON still derives them; ``model_dump()`` shows every field.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from scaleplan.checks import canonical
-from scaleplan.errors import UnknownNameError
+from scaleplan.errors import UnknownNameError, shown
 
 __all__ = [
     "PRECISIONS",
@@ -76,8 +86,25 @@ _SWIGLU_MULTIPLE_OF = 256
 
 
 def _default_gated_hidden(n_embd: int) -> int:
-    hidden = int(2 * (4 * n_embd) / 3)
-    return _SWIGLU_MULTIPLE_OF * math.ceil(hidden / _SWIGLU_MULTIPLE_OF)
+    # Integer arithmetic: Llama's int(2 * (4 * d) / 3) is floor(8d/3) for every d a float holds
+    # exactly, and this also works for d past 1e308 (the float division overflowed, issue 20).
+    hidden = 8 * n_embd // 3
+    return _SWIGLU_MULTIPLE_OF * -(-hidden // _SWIGLU_MULTIPLE_OF)
+
+
+def _plain_numbers(data: Any) -> Any:
+    """numpy scalars in a config's input as Python numbers: strict fields refused np.int64(768)
+    from a sweep, and a numpy int would wrap around in the arithmetic (np.int8(100) ** 2)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, value in data.items():
+        if type(value).__module__ != "numpy" or getattr(value, "ndim", 1) != 0:
+            continue  # arrays stay arrays, and are refused by the field with its name
+        convert = {"i": int, "u": int, "f": float, "b": bool}.get(value.dtype.kind)
+        if convert is not None:
+            out[key] = convert(value)
+    return out
 
 
 _DERIVED = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias", "attn_out_bias", "mlp_bias",
@@ -151,16 +178,25 @@ class GPTConfig(BaseModel):
             None, description="LayerNorm biases. Default: bias (always off for rmsnorm)."
         )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _numpy_scalars(cls, data: Any) -> Any:
+        return _plain_numbers(data)
+
     @model_validator(mode="after")
     def _derive_and_check(self) -> GPTConfig:
+        # A derived field given as None is not "set": replace() derives it again.
+        self.__pydantic_fields_set__.difference_update(
+            name for name in _DERIVED if getattr(self, name) is None)
         derived: dict[str, Any] = {}
         if self.n_kv_head is None:
             derived["n_kv_head"] = self.n_head
         if self.head_dim is None:
             if self.n_embd % self.n_head:
                 raise ValueError(
-                    f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; try "
-                    f"n_embd={_nearest_multiple(self.n_embd, self.n_head)} or give head_dim "
+                    f"n_embd={shown(self.n_embd)} is not divisible by n_head="
+                    f"{shown(self.n_head)}; try n_embd="
+                    f"{shown(_nearest_multiple(self.n_embd, self.n_head))} or give head_dim "
                     "explicitly"
                 )
             derived["head_dim"] = self.n_embd // self.n_head
@@ -180,11 +216,26 @@ class GPTConfig(BaseModel):
             object.__setattr__(self, name, value)  # frozen model: fill derived fields once
         if self.n_head % self.n_kv_head:
             raise ValueError(
-                f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}; each "
+                f"n_head={shown(self.n_head)} is not divisible by n_kv_head="
+                f"{shown(self.n_kv_head)}; each "
                 "key/value head serves a whole group of query heads. Try n_kv_head in "
                 f"{_divisors(self.n_head)}"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _leave_derived_out_of_json(self, handler: SerializerFunctionWrapHandler,
+                                   info: SerializationInfo) -> dict[str, Any]:
+        """The JSON form leaves out the derived fields that were not given, so a config read
+        back from JSON still derives them: ``replace(n_embd=384)`` after a round trip gives
+        head_dim 32, not the saved 64 (issue 20). ``model_dump()`` (Python mode) shows them all.
+        """
+        data: dict[str, Any] = handler(self)
+        if info.mode_is_json():
+            for name in _DERIVED:
+                if name not in self.model_fields_set:
+                    data.pop(name, None)
+        return data
 
     @property
     def n_query_groups(self) -> int:
@@ -249,6 +300,22 @@ class GPTConfig(BaseModel):
         return from_hf(config)
 
 
+def config_type_message(function: str, cfg: object) -> str:
+    """Why ``cfg`` (not a `GPTConfig`) cannot be the config of ``function``, and how to get one.
+
+    >>> config_type_message("count_params", {"n_embd": 768})  # doctest: +ELLIPSIS
+    "count_params(cfg={'n_embd': 768}): cfg must be a GPTConfig, not a dict; ... GPTConfig(**d)..."
+    """
+    hint = "e.g. GPTConfig.preset('gpt2') or GPTConfig(n_layer=12, n_head=12, n_embd=768)"
+    if isinstance(cfg, dict):
+        hint = ("build one with GPTConfig(**d), or GPTConfig.from_hf(d) for a Hugging Face "
+                "config.json's dict")
+    elif isinstance(cfg, str):
+        hint = "for a name use GPTConfig.preset(name); for a config.json, GPTConfig.from_hf(path)"
+    return (f"{function}(cfg={shown(cfg)}): cfg must be a GPTConfig, not a "
+            f"{type(cfg).__name__}; {hint}")
+
+
 def _nearest_multiple(value: int, step: int) -> int:
     below = value - value % step
     above = below + step
@@ -301,6 +368,7 @@ class TrainingConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _canonical_precision(cls, data: Any) -> Any:
+        data = _plain_numbers(data)
         if isinstance(data, dict) and isinstance(data.get("precision"), str):
             data = {**data, "precision": normalize_precision(data["precision"])}
         return data

@@ -8,15 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError
+from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError, shown
+from scaleplan.files import parse_json, read_text
 from scaleplan.model.config import GPTConfig, TrainingConfig, normalize_precision
 from scaleplan.model.nanogpt_file import parse_assignments
 
@@ -27,21 +26,8 @@ MAX_CONFIG_BYTES = 1_000_000
 
 
 def _read_text(path: str | os.PathLike[str]) -> str:
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise ConfigFileError(f"cannot read the file: {exc.strerror}", path=str(path)) from None
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigFileError(f"file is {size:,} bytes, larger than any config "
-                              f"({MAX_CONFIG_BYTES:,} at most)", path=str(path))
-    try:
-        return p.read_bytes().decode("utf-8")
-    except OSError as exc:  # a directory ("" is "."), or unreadable: found by fuzzing (issue 13)
-        raise ConfigFileError(f"cannot read the file: {exc.strerror}", path=str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigFileError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8",
-                              path=str(path)) from None
+    # At most MAX_CONFIG_BYTES + 1 bytes are read: stat() says 0 for /dev/zero, pipes, /proc.
+    return read_text(path, limit=MAX_CONFIG_BYTES, what="config file")
 
 
 # ----------------------------------------------------------------------------- Hugging Face
@@ -130,15 +116,14 @@ def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
     """
     source = "config.json"
     if isinstance(config, (str, os.PathLike)):
-        source = str(config)
-        text = _read_text(config)
-        try:
-            config = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigFileError(f"not valid JSON: {exc.msg}", path=source,
-                                  line=exc.lineno) from None
-    if not isinstance(config, dict):
-        raise ScaleplanError(f"{source}: expected a JSON object (a dict of settings), got "
+        source = os.fsdecode(config)
+        config = parse_json(_read_text(config), source=source)
+        if not isinstance(config, dict):
+            raise ConfigFileError("expected a JSON object (a dict of settings), got "
+                                  f"{type(config).__name__}", path=source)
+    elif not isinstance(config, dict):
+        raise ScaleplanError(f"from_hf(config={shown(config)}): pass the dict of a "
+                             "config.json or the path to one, not a "
                              f"{type(config).__name__}")
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in _HF_DEFAULTS:
@@ -156,7 +141,7 @@ def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
         if err["loc"]:  # name the key as the file spells it
             ours = str(err["loc"][0])
             key = _HF_KEYS[model_type].get(ours, ours)
-            message = f"{key} = {err.get('input')!r}: {message}"
+            message = f"{key} = {shown(err.get('input'))}: {message}"
         raise ScaleplanError(f"{source} ({model_type}): {message}") from None
 
 
@@ -225,9 +210,15 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
     >>> run.model.n_embd, run.training.tokens_per_step, run.claimed_params
     (384, 524288, 125000000)
     """
-    source = str(path)
+    source = os.fsdecode(path) if isinstance(path, (str, os.PathLike)) else str(path)
     if text is None:
         text = _read_text(path)
+    elif not isinstance(text, str):
+        raise ScaleplanError(f"load_nanogpt_config(text={shown(text)}): text must be the "
+                             f"file's contents as a str, not a {type(text).__name__}")
+    elif len(text) > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"text of {len(text):,} characters, more than any config file "
+                              f"({MAX_CONFIG_BYTES:,} at most)", path=source)
     parsed = parse_assignments(text, source=source)
     values = parsed.values
 
@@ -257,12 +248,13 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
             err = exc.errors()[0]
             message = err["msg"].removeprefix("Value error, ")
             if not err["loc"]:  # a cross-field check: point at the first key it names
-                key = next((k for k in parsed.lines if re.search(rf"\b{k}=", message)), None)
+                named = set(re.findall(r"\b(\w+)=", message))
+                key = next((k for k in parsed.lines if k in named), None)
                 line = parsed.lines.get(key) if key else None
                 raise ConfigFileError(message, path=source, line=line) from None
             field = str(err["loc"][0])
             file_key = next((k for k, v in _TRAINING_KEYS.items() if v == field), field)
-            raise ConfigFileError(f"{file_key} = {err.get('input')!r}: {message}", path=source,
+            raise ConfigFileError(f"{file_key} = {shown(err.get('input'))}: {message}", path=source,
                                   line=parsed.lines.get(file_key)) from None
 
     return NanoGPTRun(
@@ -280,6 +272,7 @@ def _precision_from_dtype(dtype: object, source: str, lines: dict[str, int]) -> 
         return normalize_precision(str(dtype))
     except ScaleplanError:
         raise ConfigFileError(
-            f"dtype = {dtype!r} is not one nanoGPT knows; use 'float32', 'bfloat16' or 'float16'",
+            f"dtype = {shown(dtype)} is not one nanoGPT knows; use 'float32', 'bfloat16' or "
+            "'float16'",
             path=source, line=lines.get("dtype"),
         ) from None

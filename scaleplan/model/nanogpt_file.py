@@ -48,11 +48,17 @@ _BINARY_OPS: dict[type[ast.operator], Callable[[Number, Number], Number]] = {
 
 # A claimed size in a comment: "~125M parameters", "124M params", "1.5B-parameter", "350M model".
 # A bare "~0.5M" is not a claim: nanoGPT's train_gpt2.py says "total batch size be ~0.5M".
+# Linear time: a match starts only at the first digit of a number (the lookbehind), so
+# "# " + "1" * 20000 is no longer tried from every digit (that took 17 s, issue 20), and each
+# run of digits or spaces is backtracked over by that one start alone. A leading "~" is left out
+# of the pattern: its "\s*" before the number was quadratic on a long run of spaces. (Atomic
+# groups would say this more directly, but they need Python 3.11.)
 _CLAIM = re.compile(
-    r"(?P<text>~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b[\s-]*"
-    r"(?:param(?:eter)?s?|model)\b)",
+    r"(?<![\d.])(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])\b[\s-]*"
+    r"(?:param(?:eter)?s?|model)\b",
     re.IGNORECASE,
 )
+# Anchored (only ever fullmatch-ed), so linear as it stands.
 _AMOUNT = re.compile(r"~?\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[KMBT])", re.IGNORECASE)
 _UNIT = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
@@ -76,10 +82,7 @@ def parse_size(text: str) -> int | None:
     >>> parse_size("batch of 12 GB") is None
     True
     """
-    match = _CLAIM.search(text)
-    if match is None:
-        return None
-    return round(float(match["num"]) * _UNIT[match["unit"].lower()])
+    return _scaled(_CLAIM.search(text))
 
 
 def parse_amount(text: str) -> int | None:
@@ -88,8 +91,12 @@ def parse_amount(text: str) -> int | None:
     >>> parse_amount("~125M"), parse_amount("1.5b"), parse_amount("125M tokens")
     (125000000, 1500000000, None)
     """
-    match = _AMOUNT.fullmatch(text.strip())
-    if match is None:
+    return _scaled(_AMOUNT.fullmatch(text.strip()))
+
+
+def _scaled(match: re.Match[str] | None) -> int | None:
+    # A number of hundreds of digits is no size ("1" * 400 + "M params" overflowed round()).
+    if match is None or len(match["num"]) > MAX_INT_DIGITS:
         return None
     return round(float(match["num"]) * _UNIT[match["unit"].lower()])
 
@@ -106,8 +113,11 @@ def parse_assignments(text: str, *, source: str = "<config>") -> ParsedAssignmen
     try:
         tree = ast.parse(text, filename=source)
     except SyntaxError as exc:
-        raise ConfigFileError(f"not valid Python syntax: {exc.msg}", path=source,
-                              line=exc.lineno) from None
+        message = f"not valid Python syntax: {exc.msg}"
+        if "integer string conversion" in str(exc.msg):  # a literal past 4300 digits
+            message = (f"an integer literal with thousands of digits; a config value has at "
+                       f"most {MAX_INT_DIGITS}")
+        raise ConfigFileError(message, path=source, line=exc.lineno) from None
     except (RecursionError, MemoryError, ValueError):
         raise ConfigFileError("too deeply nested to be a config file", path=source) from None
 

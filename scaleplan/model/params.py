@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scaleplan.model.config import GPTConfig
+from scaleplan.errors import ScaleplanError
+from scaleplan.model.config import GPTConfig, config_type_message
 from scaleplan.model.shapes import PARTS, across_model, parameters
 
 __all__ = ["ParamCount", "count_params", "param_terms"]
@@ -90,6 +91,8 @@ def count_params(cfg: GPTConfig) -> ParamCount:
     >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
     40560000
     """
+    if not isinstance(cfg, GPTConfig):
+        raise ScaleplanError(config_type_message("count_params", cfg))
     return ParamCount(**param_terms(cfg))
 
 
