@@ -367,6 +367,10 @@ TEXTS: dict[str, Callable[[str], Any]] = {
     "read_log bare": lambda d: read_log("x.log", text=d),
     "read_log step": lambda d: read_log("x.log", text=f"step {d}: train loss 5.1, val loss 5.0"),
     "read_log loss": lambda d: read_log("x.log", text=f"iter 1: loss {d}.{d}, time 1.0ms"),
+    # Found by fuzz/fuzz_logs.py's hostile seeds: 400 decimals took 1.9 s, 800 took 15 s.
+    "read_log train loss decimals": lambda d: read_log("x.log", text=f"step 1: train loss 5.{d}"),
+    "read_log llm.c decimals": lambda d: read_log(
+        "x.log", text=f"step    1/74: train loss 4.{d} (224.0 ms, 1234 tok/s)"),
     "read_log params": lambda d: read_log("x.log", text=f"number of parameters: {d}.{d}M"),
     "read_log csv": lambda d: read_log("x.csv", text=f"step,loss\n{d},{d}\n"),
     "read_log jsonl": lambda d: read_log("x.jsonl", text=f'{{"step": 1, "loss": {d}}}\n'),
