@@ -485,6 +485,9 @@ def test_memory_sweep_of_int64_sizes_does_not_wrap() -> None:
     (lambda: load_nanogpt_config(""), r"cannot read the file"),  # IsADirectoryError on "."
     (lambda: throughput_at_mfu(GPTConfig(), "RTX 4070", mfu=1, seq_len=1, n_gpus=10**400),
      r"n_gpus=10+"),  # OverflowError
+    # A budget too small to train anything underflowed to flops=0.0 and was refused naming
+    # "flops", a quantity the caller never passed (deep profile).
+    (lambda: plan_for_budget("RTX 4070", hours=1e-300, mfu=1e-300), r"hours=1e-300|mfu=1e-300"),
 ])
 def test_fuzz_found_bugs_are_clear_errors(call: Callable[[], Any], match: str) -> None:
     with within(SECONDS_PER_CALL), pytest.raises(ValueError, match=match):
@@ -504,3 +507,17 @@ def test_step_flops_of_a_large_valid_micro_batch_is_not_refused() -> None:
     with within(SECONDS_PER_CALL):
         step = step_flops(gpt2, micro_batch_size=b, seq_len=s)
     assert step.total == pytest.approx(3 * forward, rel=1e-12)
+
+
+def test_tokens_per_param_with_a_numpy_int32_bound() -> None:
+    # Deep profile: TokensPerParam(max=np.int32(7)) kept the int32, and checking llama-2-7b
+    # raised OverflowError ("Python integer 6738415616 out of bounds for int32"). The bound means
+    # 7, so the finding is the one for max=7: 294.91B tokens / 6,738,415,616 parameters.
+    cfg, training = GPTConfig.preset("llama-2-7b"), TrainingConfig()
+    with within(SECONDS_PER_CALL):
+        [found] = check(cfg, TokensPerParam(max=np.int32(7)), training=training)
+    [want] = check(cfg, TokensPerParam(max=7), training=training)
+    assert found == want
+    assert found.numbers["params"] == 6_738_415_616
+    assert found.numbers["tokens_per_param"] == pytest.approx(
+        found.numbers["tokens"] / 6_738_415_616, rel=1e-12)

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from scaleplan.compute.flops import flops_per_token, step_flops
+from scaleplan.compute.flops import flops_per_token, step_flops, training_flops
 from scaleplan.compute.hardware import gpu
 from scaleplan.compute.throughput import mfu, throughput_at_mfu, time_to_train
 from scaleplan.diagnosis.examine import diagnose
@@ -283,6 +283,63 @@ def test_training_memory_numpy_ints(kind: Any, b: int, s: int) -> None:
     s = min(s, int(np.iinfo(kind).max))
     want = training_memory(GPT2, micro_batch_size=b, seq_len=s)
     _same(training_memory(GPT2, micro_batch_size=kind(b), seq_len=kind(s)), want)
+
+
+# Each entry: a call taking a converter for its whole-number arguments (each value <= 127, so an
+# np.int8 holds it, while their products do not), compared with the same call on Python ints.
+WHOLE_ARGS: dict[str, Callable[[Callable[[int], Any]], Any]] = {
+    "step_flops": lambda v: step_flops(GPT2, micro_batch_size=v(100), seq_len=v(120)),
+    "flops_per_token": lambda v: flops_per_token(GPT2, seq_len=v(120)),
+    "training_flops": lambda v: training_flops(GPT2, v(100), seq_len=v(120)),
+    "mfu": lambda v: mfu(v(100), GPT2, "RTX 4070", seq_len=v(120), n_gpus=v(2)),
+    "throughput_at_mfu": lambda v: throughput_at_mfu(GPT2, "RTX 4070", mfu=0.4, seq_len=v(60),
+                                                     n_gpus=v(2), tokens_per_step=v(120)),
+    "GPTConfig": lambda v: count_params(GPTConfig(n_layer=v(12), n_head=v(12), n_embd=768,
+                                                  vocab_size=v(100), block_size=v(120))),
+    "TrainingConfig": lambda v: TrainingConfig(micro_batch_size=v(100), seq_len=v(120)),
+    "plan": lambda v: plan(GPT2, "RTX 4070", world_size=v(8), seq_len=v(120)),
+    "chinchilla_tokens": lambda v: chinchilla_tokens(v(100)),
+    "loss": lambda v: scaling_law("kaplan2020").loss(v(100), v(120)),
+    "FitsOn": lambda v: check(GPT2, FitsOn("RTX 4070", micro_batch_size=v(100), seq_len=v(120))),
+}
+# The same for amounts: Decimal(str(x)) must mean x.
+REAL_ARGS: dict[str, Callable[[Callable[[float], Any]], Any]] = {
+    "training_flops tokens": lambda v: training_flops(GPT2, v(1e9), seq_len=1024),
+    "loss": lambda v: scaling_law("chinchilla").loss(v(1e9), v(2e10)),
+    "compute_optimal": lambda v: scaling_law("epoch2024").compute_optimal(v(1e21)),
+    "chinchilla_tokens": lambda v: chinchilla_tokens(v(1e9)),
+    "plan mfu": lambda v: plan(GPT2, "RTX 4070", mfu=v(0.4), hours=v(2.5)),
+    "time_to_train mfu and price": lambda v: time_to_train(
+        GPT2, "RTX 4070", tokens=10**9, mfu=v(0.4), seq_len=1024, price_per_gpu_hour=v(0.25)),
+    "throughput_at_mfu mfu": lambda v: throughput_at_mfu(GPT2, "RTX 4070", mfu=v(0.4),
+                                                         seq_len=1024),
+    "inference_optimal": lambda v: inference_optimal(v(2.5), v(1e12)),
+}
+
+
+def _answer(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ValueError as exc:  # both refusing is agreement too, as long as the Python one does
+        return exc
+
+
+@pytest.mark.parametrize("kind", [np.int8, np.int16, np.int32, np.uint8],
+                         ids=lambda k: k.__name__)
+@pytest.mark.parametrize("case", sorted(WHOLE_ARGS))
+def test_numpy_small_ints_mean_python_ints(case: str, kind: Any) -> None:
+    want = WHOLE_ARGS[case](int)
+    got = _answer(lambda: WHOLE_ARGS[case](kind))
+    assert not isinstance(got, Exception), f"{kind.__name__}: {got}"
+    _same(got, want)
+
+
+@pytest.mark.parametrize("case", sorted(REAL_ARGS))
+def test_decimals_mean_floats(case: str) -> None:
+    want = REAL_ARGS[case](float)
+    got = _answer(lambda: REAL_ARGS[case](lambda x: Decimal(str(x))))
+    assert not isinstance(got, Exception), got
+    _same(got, want)
 
 
 # ---- enormous numbers: a clear error or an answer, quickly ----
