@@ -17,7 +17,7 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, uninstalled
 
-from harness import fuzz  # fuzz/harness.py, beside this file
+from harness import fuzz, hostile  # fuzz/harness.py, beside this file
 
 with atheris.instrument_imports():
     from scaleplan.diagnosis.logs import LogFormatError, read_log
@@ -32,6 +32,20 @@ SEEDS = [
     "{'loss': 2.3, 'grad_norm': 1.2, 'learning_rate': 5e-05, 'epoch': 0.1}\n",
     "step,train_loss,val_loss\n1,2.0,2.1\n",
     '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n',
+    # Hostile: long digit runs in every numeric slot (regex backtracking, int() of 10^4 digits,
+    # float overflow) and deep nesting in the dict/JSON readers (recursion).
+    *hostile([
+        "step {digits}: train loss {digits}.{digits}, val loss 5.0\n",
+        "iter 1: loss 1.{digits}, time {digits}ms, mfu {digits}%\n",
+        "number of parameters: {digits}.{digits}M\ntokens per iteration will be: {digits}\n",
+        "step {digits}/{digits} | train loss 2.3 | norm 1e{digits} | lr 1.00e-04 | (1 ms)\n",
+        "{{'loss': {open}{digits}{close}, 'epoch': 0.1}}\n",
+        '{{"step": 1, "loss": {open}{digits}{close}}}\n',
+        '{{"step": {digits}, "loss": 1e{digits}}}\n',
+        "step,train_loss\n{digits},{digits}\n",
+        "{digits}\n",
+    ]),
+    "step 1: train loss 5.1\n" * 5_000,  # many lines
 ]
 
 

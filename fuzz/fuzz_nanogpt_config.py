@@ -17,7 +17,7 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout, uninstalled
 
-from harness import fuzz  # fuzz/harness.py, beside this file
+from harness import fuzz, hostile  # fuzz/harness.py, beside this file
 
 with atheris.instrument_imports():
     from scaleplan.errors import ConfigFileError
@@ -31,15 +31,31 @@ SEEDS = [
     "import os\n__import__('os').system('touch pwned')\nx = (lambda: 0)()\n",
     "x = 10**10**10\nn_embd = 9**9**9\ny = 'a' * 10**9\n",
     "x = ().__class__.__bases__[0].__subclasses__()\n",
+    # Hostile: long digit runs where numbers and claims go (int() of 10^4 digits, regexes that
+    # backtrack: '# ' + '1' * 20_000 took 17 s), and deep nesting for the expression reader.
+    *hostile([
+        "n_layer = {digits}\n",
+        "learning_rate = {digits}.{digits}e-{digits}\n",
+        "# ~{digits}M parameters\n# {digits}\n",
+        "batch_size = {open}{digits}{close}\n",
+        "n_embd = 2**{digits}\nmax_iters = {digits} * {digits}\n",
+        "x = '{digits}'\n",
+    ]),
+    "n_layer = " + "-" * 20_000 + "1\n",
+    "n_layer = 1" + " + 1" * 10_000 + "\n",
+    "n_layer = " + "2 ** " * 2_000 + "2\n",
+    "x = " + "{1: " * 3_000 + "1" + "}" * 3_000 + "\n",
+    "n_layer = 12\n" * 20_000,  # at the line limit
 ]
 
 
 def test_one_input(data: bytes) -> None:
-    fdp = atheris.FuzzedDataProvider(data)
-    text = fdp.ConsumeUnicodeNoSurrogates(fdp.remaining_bytes())
+    # UTF-8 as a file would be read (FuzzedDataProvider's text spends the first byte on an
+    # encoding choice, so the seeds would not arrive as written).
+    text = data.decode("utf-8", errors="replace")
     with contextlib.suppress(ConfigFileError):
         load_nanogpt_config("fuzz.py", text=text)
-    parse_size(text[:200])  # the "~125M" comment reader: a number or None, never an error
+    parse_size(text)  # the "~125M" comment reader: a number or None, never an error
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
     scaleplan params config/train_x.py    # a nanoGPT config file (parsed, never executed)
     scaleplan diagnose config/train_x.py train.log --gpu "RTX 4070"   # what is wrong, with numbers
 
-Bad input prints one line naming the problem and exits with status 2; never a traceback.
+Exit status: 0 on success; 2 for bad input (a usage error, a bad value, a file that cannot be
+read, an input too large or too deeply nested), with one line ``scaleplan: error: ...`` on stderr
+and never a traceback; 1 for a bug in scaleplan, with one line ``scaleplan: internal error, please
+report it: ...`` (``SCALEPLAN_TRACEBACK=1`` shows the traceback instead); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import from_hf, load_nanogpt_config
 from scaleplan.model.params import ParamCount, count_params
@@ -28,14 +31,26 @@ from scaleplan.units import format_count, format_gib
 
 __all__ = ["main"]
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # argparse's own status for a usage error
+EXIT_INTERNAL_ERROR = 1  # a bug in scaleplan: what Python itself returns on an uncaught error
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+#: Set to 1 to see the traceback of an internal error (a bug) instead of its one-line summary.
+TRACEBACK_ENV = "SCALEPLAN_TRACEBACK"
 
 
 def load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
     """A model from a preset name, a config.json or a nanoGPT .py file.
 
     Returns the config, a label for it, and the size its file claims (nanoGPT comments), if any.
+    A file too large or too deeply nested to read is a `ScaleplanError` naming the file.
     """
+    try:
+        return _load_model(spec)
+    except (RecursionError, MemoryError, OverflowError) as exc:
+        raise ScaleplanError(f"{shown(spec)}: {_too_large(exc)}") from None
+
+
+def _load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
     path = Path(spec)
     if spec.endswith(".json") or (path.suffix == "" and path.is_file() and spec not in
                                   GPTConfig.presets()):
@@ -43,6 +58,9 @@ def load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
     if spec.endswith(".py"):
         run = load_nanogpt_config(spec)
         return run.model, spec, run.claimed_params
+    if spec not in GPTConfig.presets() and path.is_dir():
+        raise ScaleplanError(f"{shown(spec)} is a directory; give a preset name, a config.json "
+                             "or a nanoGPT .py file")
     return GPTConfig.preset(spec), f"preset {spec}", None
 
 
@@ -90,8 +108,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     tokens_per_step, seq_len, world_size = args.tokens_per_step, args.seq_len, args.world_size
     if args.model.endswith(".py"):  # keep the run's own step unless told otherwise
         training = load_nanogpt_config(args.model).training
-        tokens_per_step = tokens_per_step or training.tokens_per_step
-        seq_len = seq_len or training.seq_len
+        tokens_per_step = training.tokens_per_step if tokens_per_step is None else tokens_per_step
+        seq_len = training.seq_len if seq_len is None else seq_len
     total: int | str | None = args.total_tokens
     if isinstance(total, str) and total != "chinchilla":
         try:
@@ -99,8 +117,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         except argparse.ArgumentTypeError as exc:
             raise ScaleplanError(f"--total-tokens: {exc}") from None
     p = plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
-             hours=args.hours, world_size=world_size or 1, precision=args.precision,
-             seq_len=seq_len, mfu=args.mfu, law=args.law)
+             hours=args.hours, world_size=1 if world_size is None else world_size,
+             precision=args.precision, seq_len=seq_len, mfu=args.mfu, law=args.law)
     if args.export == "nanogpt":
         print(p.to_nanogpt_config(), end="")
     elif args.export == "deepspeed":
@@ -134,25 +152,31 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_arg(flag: str, text: str) -> int:
+def _int_arg(flag: str, text: str, example: str = "524288 or 2**19") -> int:
     """'524288', '2**19', '5e5' or '524_288' as an int (parsed like a config value, never
     evaluated)."""
     from scaleplan.model.nanogpt_file import parse_assignments
 
     try:
         value = parse_assignments(f"x = {text}", source=flag).values.get("x")
-    except ValueError:
+    except (ValueError, RecursionError, MemoryError, OverflowError):
         value = None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; e.g. 524288 or 2**19")
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number; e.g. {example}")
     return value
 
 
-def _whole(flag: str) -> Any:
+def _positive(flag: str, example: str) -> Any:
+    """An argparse ``type``: a whole number >= 1 (so 0 is refused like -8, never read as
+    'not given')."""
     def parse(text: str) -> int:
-        return _int_arg(flag, text)
+        value = _int_arg(flag, text, example)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be a positive whole number, "
+                                             f"e.g. {example}")
+        return value
 
     parse.__name__ = "whole number"
     return parse
@@ -189,11 +213,15 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scaleplan",
         description="Plan GPT training runs from arithmetic alone.",
+        epilog="Exit status: 0 done; 2 bad input (one line 'scaleplan: error: ...' on stderr, "
+               "never a traceback); 1 a bug in scaleplan (one line 'scaleplan: internal error, "
+               f"please report it: ...'; {TRACEBACK_ENV}=1 shows the traceback); 130 "
+               "interrupted.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("params", help="exact parameter count and breakdown")
     p.add_argument("model", help="a preset name (e.g. gpt2), a config.json, or a nanoGPT .py "
                    f"config. Presets: {', '.join(GPTConfig.presets())}")
@@ -206,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset, config.json or nanoGPT .py (default: %(default)s)")
     q.add_argument("--gpu", default=DEFAULT_PLAN_GPU, help="GPU name (default: %(default)s); "
                    "`scaleplan gpus` lists them")
-    q.add_argument("--tokens-per-step", type=_whole("--tokens-per-step"),
+    q.add_argument("--tokens-per-step", type=_positive("--tokens-per-step", "2**19"),
                    help="tokens per optimizer step (default: 2**19, or the nanoGPT file's)")
-    q.add_argument("--world-size", type=_whole("--world-size"), help="GPUs")
-    q.add_argument("--seq-len", type=_whole("--seq-len"),
+    q.add_argument("--world-size", type=_positive("--world-size", "8"),
+                   help="GPUs (default: 1)")
+    q.add_argument("--seq-len", type=_positive("--seq-len", "1024"),
                    help="tokens per sequence (default: block_size)")
     q.add_argument("--total-tokens", help="tokens for the run, or 'chinchilla' (default)")
     q.add_argument("--hours", type=float, help="train for this long instead")
@@ -235,29 +264,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, like every other bad input: ``scaleplan:
+    error: <what>; see 'scaleplan plan --help'`` and status 2 (argparse's own)."""
+
+    def error(self, message: str) -> Any:  # argparse types it NoReturn
+        self.exit(EXIT_BAD_INPUT, f"scaleplan: error: {_flatten(message)}; see "
+                                  f"'{self.prog} --help'\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit status (0 done, 2 bad input, 1 a bug, 130
+    interrupted), printing one line on stderr for each failure."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2), already printed
+        return exit_.code if isinstance(exit_.code, int) else EXIT_BAD_INPUT
     try:
         status: int = args.func(args)
     except BrokenPipeError:  # output piped into `head` and closed early (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except ValueError as exc:  # every bad-input error scaleplan raises is a ValueError
-        print(f"scaleplan: error: {_one_line(exc)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("scaleplan: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BAD_INPUT as exc:
+        print(f"scaleplan: error: {describe(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug: one line to report, the traceback on request
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        print(f"scaleplan: internal error, please report it (with the command): "
+              f"{type(exc).__name__}: {_flatten(str(exc))}; {TRACEBACK_ENV}=1 shows the "
+              "traceback", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return status
 
 
-def _one_line(exc: ValueError) -> str:
+#: What bad input raises: every rejection scaleplan makes (a ValueError: ScaleplanError,
+#: pydantic's ValidationError, a UnicodeError), an input too large or too deeply nested for Python
+#: (OverflowError, RecursionError, MemoryError), a file that cannot be read (OSError).
+BAD_INPUT = (ValueError, OverflowError, RecursionError, MemoryError, OSError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a bad-input error: pydantic's errors name each field, its problem and the
+    value; an OSError names the file; Python's limits say what was too large."""
     if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or exc.title
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-        return "; ".join(parts)
-    return str(exc)
+        return _flatten("; ".join(_field_error(exc.title, err) for err in exc.errors()))
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError):
+        where = f"{shown(exc.filename)}: " if exc.filename is not None else ""
+        return _flatten(f"{where}{exc.strerror or exc}")
+    if isinstance(exc, RecursionError | MemoryError | OverflowError):
+        return _flatten(_too_large(exc))
+    return _flatten(str(exc) or type(exc).__name__)
+
+
+def _field_error(title: str, err: Any) -> str:
+    loc = ".".join(str(x) for x in err["loc"])
+    where = f"{title}.{loc}" if loc else title
+    return f"{where}: {err['msg']} (got {shown(err.get('input'))})"
+
+
+def _too_large(exc: BaseException) -> str:
+    kinds: dict[type[BaseException], str] = {
+        RecursionError: "the input is nested too deeply to read",
+        MemoryError: "the input is too large to hold in memory",
+        OverflowError: "a number in the input is too large"}
+    detail = f" ({exc})" if str(exc) else ""
+    return kinds.get(type(exc), "the input is too large") + detail
+
+
+def _flatten(text: str) -> str:
+    """``text`` on one line: newlines and runs of spaces become single spaces."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -113,3 +113,202 @@ def test_gpus_lists_the_database(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["gpus", "--json"]) == 0
     names = {g["name"] for g in json.loads(capsys.readouterr().out)}
     assert {"H100 SXM", "MI300X", "RTX 4090"} <= names
+
+
+# ---- issue 20 (robustness round 2): every bad input is one line on stderr and status 2 ----
+# Tests marked "library:" below pass once that area's fix is merged; the CLI's part is the one
+# line and the status.
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The whole of stderr, checked to be exactly one 'scaleplan: error:' line."""
+    err = capsys.readouterr().err
+    assert err.startswith("scaleplan: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--world-size", "0"), ("--world-size", "-8"), ("--tokens-per-step", "0"),
+    ("--seq-len", "0"), ("--world-size", "2.5"), ("--seq-len", "x"),
+])
+def test_world_size_zero_is_refused_like_minus_8(flag: str, value: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # "--world-size 0 planned for 1 GPU": `world_size or 1` read 0 as "not given", while -8 was
+    # refused. Both are now refused by the argument's type, naming the flag and the value.
+    assert main(["plan", "gpt2", flag, value]) == 2
+    err = _one_error_line(capsys)
+    assert f"argument {flag}: '{value}'" in err and "scaleplan plan --help" in err
+
+
+def test_zero_tokens_per_step_is_not_replaced_by_the_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # With a nanoGPT file, `--tokens-per-step 0` silently fell back to the file's own step.
+    path = tmp_path / "train.py"
+    path.write_text("batch_size = 16\ngradient_accumulation_steps = 32\n")
+    assert main(["plan", str(path), "--tokens-per-step", "0"]) == 2
+    assert "--tokens-per-step: '0' must be a positive" in _one_error_line(capsys)
+
+
+def test_usage_errors_are_one_line_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse printed a usage block and its error (two lines or more) and raised SystemExit.
+    assert main(["plan", "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in _one_error_line(capsys)
+    assert main(["params"]) == 2
+    assert "required: model" in _one_error_line(capsys)
+    assert main(["--help"]) == 0
+    assert "Exit status" in capsys.readouterr().out  # the help says what each status means
+
+
+def test_deeply_nested_config_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # "Traceback, exit 1: RecursionError: maximum recursion depth exceeded while decoding a JSON
+    # array" for a config.json of 100,000 nested brackets.
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["params", str(path)]) == 2
+    assert "deep.json" in _one_error_line(capsys)
+
+
+def test_config_symlink_to_dev_zero(tmp_path: Path) -> None:
+    # library: model-files (the reader must refuse a file that is not a regular file, or stop
+    # at its size limit). "Traceback, exit 1" for a config.json that is a symlink to /dev/zero:
+    # the reader read it until memory ran out. Run in a child capped at 1 GiB of address space
+    # and 30 s, so a regression fails here instead of taking the machine's memory.
+    import resource
+
+    link = tmp_path / "config.json"
+    link.symlink_to("/dev/zero")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    done = subprocess.run([sys.executable, "-m", "scaleplan", "params", str(link)],
+                          capture_output=True, text=True, timeout=30, preexec_fn=cap,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("scaleplan: error: ") and done.stderr.count("\n") == 1
+    assert "config.json" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["10**20", "100000000000000000000"])
+def test_nanogpt_file_with_10_to_20_layers(value: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # library: model-files/config (n_layer needs a maximum no real run reaches). "Traceback,
+    # exit 1" for a nanoGPT file with `n_layer = 10**20`; `params` printed a 7e26-parameter
+    # count instead of refusing.
+    path = tmp_path / "train_huge.py"
+    path.write_text(f"n_layer = {value}\n")
+    for command in (["params", str(path)], ["plan", str(path)]):
+        assert main(command) == 2
+        assert "n_layer" in _one_error_line(capsys)
+
+
+def _run_cli(args: list[str], seconds: float) -> subprocess.CompletedProcess[str]:
+    """The command in a child process that must finish within ``seconds`` (a hang fails the
+    test instead of stalling it)."""
+    return subprocess.run([sys.executable, "-m", "scaleplan", *args], capture_output=True,
+                          text=True, timeout=seconds, check=False)
+
+
+def test_nanogpt_file_with_10_to_7_layers_finishes(tmp_path: Path) -> None:
+    # library: memory (closed-form per-layer sums). "Hangs for n_layer = 10**7": the optimizer
+    # states were summed over a list of every layer's tensors. Each command now answers (a
+    # result or a one-line error) within seconds.
+    config, log = tmp_path / "train_deep.py", tmp_path / "train.log"
+    config.write_text("n_layer = 10**7\n")
+    log.write_text("step 100: train loss 5.1000, val loss 5.0000\n")
+    for args in (["params", str(config)], ["plan", str(config), "--gpu", "H100"],
+                 ["diagnose", str(config), str(log), "--gpu", "H100"]):
+        done = _run_cli(args, seconds=20)
+        assert done.returncode in (0, 2), done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_diagnose_a_backtracking_log_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          ) -> None:
+    # library: logs (linear regexes). "diagnose hangs on one log line": an llm.c-like line
+    # followed by a run of digits made the number patterns backtrack cubically (300 digits took
+    # 1.2 s; these 5,000 would take hours). Now it is read, or refused, at once.
+    import signal
+
+    config, log = tmp_path / "train.py", tmp_path / "train.log"
+    config.write_text("n_embd = 384\n")
+    log.write_text("step 1 | loss 2.0 | " + "1" * 5000 + "\n")
+
+    def alarm(signum: int, frame: object) -> None:
+        raise AssertionError("diagnose still running after 5 s: a hang")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        status = main(["diagnose", str(config), str(log)])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    err = capsys.readouterr().err  # main reports the alarm as an internal error (status 1)
+    assert status in (0, 2), err
+    assert status == 0 or ("train.log" in err and err.count("\n") == 1)
+
+
+def test_a_directory_as_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A directory was looked up as a preset ("unknown preset '/tmp'; known: ...").
+    assert main(["params", str(tmp_path)]) == 2
+    assert f"'{tmp_path}' is a directory" in _one_error_line(capsys)
+    folder = tmp_path / "config.json"
+    folder.mkdir()
+    assert main(["params", str(folder)]) == 2
+    assert "config.json: cannot read the file" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (PermissionError(13, "Permission denied", "cfg.py"), "'cfg.py': Permission denied"),
+    (OverflowError("int too large to convert to float"),
+     "a number in the input is too large (int too large to convert to float)"),
+    (MemoryError(), "the input is too large to hold in memory"),
+    (RecursionError("maximum recursion depth exceeded"), "nested too deeply to read"),
+    (ValueError("first line\nsecond line"), "first line second line"),
+])
+def test_every_bad_input_error_is_one_line(error: BaseException, expected: str,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # OSError, OverflowError, RecursionError and MemoryError escaped as tracebacks (exit 1).
+    def fail(spec: str) -> None:
+        raise error
+
+    monkeypatch.setattr("scaleplan.cli.load_model", fail)
+    assert main(["params", "gpt2"]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_a_validation_error_names_each_field(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # pydantic's ValidationError is several lines ("1 validation error for GPTConfig\nn_layer\n
+    # Input should be ..."): one line, with the model, the field and the value.
+    from scaleplan.model.config import GPTConfig
+
+    def fail(spec: str) -> None:
+        GPTConfig(n_layer="twelve", dropout=2.0)
+
+    monkeypatch.setattr("scaleplan.cli.load_model", fail)
+    assert main(["params", "gpt2"]) == 2
+    err = _one_error_line(capsys)
+    assert "GPTConfig.n_layer: " in err and "(got 'twelve')" in err
+    assert "GPTConfig.dropout: " in err and "(got 2.0)" in err
+
+
+def test_a_bug_is_one_line_with_status_1(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # A bug in scaleplan (not bad input) keeps Python's status 1 and says to report it; the
+    # traceback is there on request.
+    def bug(spec: str) -> None:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr("scaleplan.cli.load_model", bug)
+    monkeypatch.delenv("SCALEPLAN_TRACEBACK", raising=False)
+    assert main(["params", "gpt2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("scaleplan: internal error, please report it") and err.count("\n") == 1
+    assert "TypeError: unsupported operand" in err and "SCALEPLAN_TRACEBACK=1" in err
+    monkeypatch.setenv("SCALEPLAN_TRACEBACK", "1")
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["params", "gpt2"])

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from scaleplan.cli import main
 from scaleplan.compute.flops import flops_per_token, step_flops, training_flops
@@ -89,23 +89,59 @@ def _finite_numbers(value: Any) -> None:
             _finite_numbers(v)
 
 
-def outcome(call: Callable[[], Any], *names: str, finite: bool = True) -> Any:
+def named(exc: ValueError, names: tuple[str, ...]) -> bool:
+    """Whether the error names one of ``names``: for pydantic's ValidationError, one of the field
+    locations in ``exc.errors()`` (its generic "validation error for" heading names no argument);
+    for any other ValueError, its message."""
+    if isinstance(exc, ValidationError):
+        fields = {str(part) for err in exc.errors() for part in err["loc"]}
+        return bool(fields & set(names))
+    return any(name in str(exc) for name in names)
+
+
+def outcome(call: Callable[[], Any], *names: str, finite: bool = True, valid: bool = False) -> Any:
     """Run ``call``: a result (finite throughout when ``finite``), or a ValueError naming one of
-    ``names``; anything else fails the test."""
+    ``names``; anything else fails the test. When ``valid``, the inputs are known to be good, so
+    a refusal fails too."""
     try:
         with within(SECONDS_PER_CALL):
             result = call()
     except ValueError as exc:
-        message = str(exc)
-        # pydantic's errors list the field ("1 validation error for Throughput\nmfu ..."); a
-        # result model refusing NaN/inf/0 is the last line of defence, and names its field.
-        assert any(name in message for name in (*names, "overflows", "shapes do not match",
-                                                "validation error for")), \
-            message
+        assert not valid, f"a valid input was refused: {type(exc).__name__}: {exc}"
+        assert named(exc, names), f"the error names none of {names}: {exc}"
         return None
     if finite:
         _finite_numbers(result)
     return result
+
+
+def count_in(value: Any, top: int) -> bool:
+    """A whole number (Python or numpy int, never a bool) in [1, top]: a known-good count."""
+    return (isinstance(value, int | np.integer) and not isinstance(value, bool | np.ndarray)
+            and 1 <= value <= top)
+
+
+def real_in(value: Any, low: float, high: float) -> bool:
+    """A number (not a bool) in [low, high]: a known-good amount."""
+    return (isinstance(value, int | float | np.integer | np.floating)
+            and not isinstance(value, bool | np.ndarray) and low <= value <= high)
+
+
+KNOWN_GPUS = ("RTX 4070", "h100-sxm", "T4", "rtx4090", "A100 80GB", "NVIDIA GeForce RTX 4070")
+PRESETS = ("gpt2", "nanogpt-shakespeare-char", "llama-2-7b", "smollm2-135m")
+SMALL = ("gpt2", "nanogpt-shakespeare-char", "smollm2-135m")  # fit on one RTX 4070 or T4
+KNOWN_LAWS = ("chinchilla", "kaplan2020", "epoch2024")
+
+
+def known(value: Any, choices: tuple[Any, ...]) -> bool:
+    """``value`` is one of ``choices`` (a str compared as a str; arrays never match)."""
+    return isinstance(value, str | int | type(None)) and not isinstance(value, bool) \
+        and value in choices
+
+
+def small(cfg: GPTConfig) -> bool:
+    """A preset that fits on any GPU here (llama-2-7b does not fit one RTX 4070: refused)."""
+    return any(cfg == GPTConfig.preset(name) for name in SMALL)
 
 
 ADVERSARIAL = st.sampled_from([
@@ -141,21 +177,25 @@ PRECISIONS = st.sampled_from(["bf16-mixed", "32-true", "16-mixed", "bf16-true",
        st.sampled_from(["palm", "kaplan", "nanogpt", "6n"]))
 def test_flops_per_token(cfg: GPTConfig, seq: Any, causal: Any, recompute: Any,
                          method: Any) -> None:
+    valid = (count_in(seq, cfg.block_size) and type(causal) is bool and recompute != "x"
+             and method != "6n")
     f = outcome(lambda: flops_per_token(cfg, seq_len=seq, causal=causal, recompute=recompute,
                                         method=method),
-                "seq_len", "causal", "recompute", "method", "flops_per_token")
+                "seq_len", "causal", "recompute", "method", "flops_per_token", valid=valid)
     assert f is None or (isinstance(f, float) and f > 0)
 
 
 @fuzz(150)
 @given(CONFIGS, COUNT, COUNT, REAL | COUNT)
 def test_step_and_training_flops(cfg: GPTConfig, b: Any, s: Any, tokens: Any) -> None:
+    valid = count_in(b, 4096) and count_in(s, cfg.block_size)
     step = outcome(lambda: step_flops(cfg, micro_batch_size=b, seq_len=s), "micro_batch_size",
-                   "seq_len")
+                   "seq_len", valid=valid)
     if step is not None:
         assert step.total > 0 and step.tokens == int(b) * int(s)
     outcome(lambda: training_flops(cfg, tokens, seq_len=s), "tokens", "seq_len",
-            "training_flops", "flops_per_token")
+            "training_flops", "flops_per_token",
+            valid=count_in(s, cfg.block_size) and real_in(tokens, 1, 1e15))
 
 
 @fuzz(150)
@@ -168,12 +208,17 @@ def test_step_and_training_flops(cfg: GPTConfig, b: Any, s: Any, tokens: Any) ->
 def test_training_memory(cfg: GPTConfig, b: Any, s: Any, precision: Any, optimizer: Any,
                          attention: Any, checkpointing: Any, device: Any, hold: Any,
                          context: Any, slack: Any) -> None:
+    valid = (count_in(b, 64) and count_in(s, cfg.block_size) and known(precision, (
+        "bf16-mixed", "32-true", "16-mixed", "bf16-true", "bf16-fp32-master", "amp-bf16"))
+        and known(optimizer, ("adamw", "sgd", "adafactor", "lion", "adamw8bit"))
+        and checkpointing != "x" and type(hold) is bool and count_in(context, 2**40)
+        and real_in(slack, 0, 0.5))
     m = outcome(lambda: training_memory(
         cfg, micro_batch_size=b, seq_len=s, precision=precision, optimizer=optimizer,
         attention=attention, checkpointing=checkpointing, device=device, hold_logits=hold,
         cuda_context_bytes=context, allocator_slack_fraction=slack),
         "micro_batch_size", "seq_len", "precision", "optimizer", "attention", "checkpointing",
-        "device", "hold_logits", "cuda_context_bytes", "allocator_slack_fraction")
+        "device", "hold_logits", "cuda_context_bytes", "allocator_slack_fraction", valid=valid)
     if m is not None:
         assert type(m.total) is int and m.total > 0
         assert m.total == m.tensor_peak + m.overhead
@@ -182,7 +227,10 @@ def test_training_memory(cfg: GPTConfig, b: Any, s: Any, precision: Any, optimiz
 @fuzz(100)
 @given(GPU_NAMES | ADVERSARIAL, st.none() | COUNT)
 def test_gpu_lookup(name: Any, memory: Any) -> None:
-    spec = outcome(lambda: gpu(name, memory_bytes=memory), "GPU", "gpu", "memory_bytes")
+    valid = (isinstance(name, str) and name in KNOWN_GPUS
+             and (memory is None or count_in(memory, 2**50)))
+    spec = outcome(lambda: gpu(name, memory_bytes=memory), "GPU", "gpu", "memory_bytes",
+                   valid=valid)
     assert spec is None or spec.memory_bytes > 0
 
 
@@ -195,10 +243,15 @@ def test_throughput(cfg: GPTConfig, name: str, rate: Any, fraction: Any, seq: An
              "tokens", "price_per_gpu_hour", "tokens_per_step", "flops_per_token", "peak")
     outcome(lambda: mfu(rate, cfg, name, seq_len=seq, n_gpus=n_gpus, dtype=dtype), *names)
     outcome(lambda: from_nanogpt_mfu(rate, name, dtype=dtype, cfg=cfg), *names)
+    good = (known(name, ("RTX 4070", "h100-sxm", "rtx4090")) and known(dtype, ("bf16", "fp16"))
+            and real_in(fraction, 0.01, 1) and count_in(seq, cfg.block_size))
+    outcome(lambda: throughput_at_mfu(cfg, name, mfu=fraction, seq_len=seq, n_gpus=n_gpus),
+            *names, valid=good and count_in(n_gpus, 1024))
     outcome(lambda: throughput_at_mfu(cfg, name, mfu=fraction, seq_len=seq, n_gpus=n_gpus,
                                       tokens_per_step=n_gpus), *names)
     outcome(lambda: time_to_train(cfg, name, tokens=rate, mfu=fraction, seq_len=seq,
-                                  price_per_gpu_hour=price), *names)
+                                  price_per_gpu_hour=price), *names,
+            valid=good and real_in(rate, 1, 1e13) and (price is None or real_in(price, 0, 1e4)))
 
 
 # A law's own sweeps may return inf on purpose (a loss it never reaches needs infinite tokens),
@@ -207,12 +260,19 @@ def test_throughput(cfg: GPTConfig, name: str, rate: Any, fraction: Any, seq: An
 @given(st.sampled_from(["chinchilla", "kaplan2020", "epoch2024"]), ARRAYS, ARRAYS, ARRAYS)
 def test_scaling_laws(name: str, x: Any, y: Any, z: Any) -> None:
     law = scaling_law(name)
-    for call in (lambda: law.loss(x, y), lambda: law.compute_optimal(x),
-                 lambda: law.tokens_for_loss(x, y), lambda: chinchilla_tokens(x, method=name),
-                 lambda: overtraining_ratio(x, y), lambda: training_compute(x, y),
-                 lambda: critical_batch_size(x), lambda: data_constrained_loss(x, y, z)):
+    sizes = real_in(x, 1e3, 1e20) and real_in(y, 1e3, 1e20)  # parameters and tokens, both fine
+    for call, valid in ((lambda: law.loss(x, y), sizes),
+                        (lambda: law.compute_optimal(x), real_in(x, 1e3, 1e30)),
+                        (lambda: law.tokens_for_loss(x, y), False),
+                        (lambda: chinchilla_tokens(x, method=name), real_in(x, 1e3, 1e20)),
+                        (lambda: overtraining_ratio(x, y), sizes),
+                        (lambda: training_compute(x, y), sizes),
+                        (lambda: critical_batch_size(x), False),
+                        (lambda: data_constrained_loss(x, y, z), False)):
+        # A shape mismatch is refused naming the call with both arrays ("overtraining_ratio([],
+        # array([...])): the arrays' shapes do not match"), not an argument name.
         result = outcome(call, "n_params", "tokens", "loss", "flops", "unique_tokens",
-                         "overflows", finite=False)
+                         "overflows", "shapes do not match", finite=False, valid=valid)
         if result is not None and not isinstance(result, BaseModel | tuple):
             assert not np.any(np.asarray(result, dtype=np.float64) < 0)  # never wrapped
 
@@ -248,7 +308,12 @@ def test_plan(cfg: GPTConfig, name: str, step: Any, total: Any, hours: Any, worl
     p = outcome(lambda: plan(cfg, name, tokens_per_step=step, total_tokens=total, hours=hours,
                              world_size=world, seq_len=seq, mfu=fraction, law=law),
                 "GPU", "tokens_per_step", "total_tokens", "hours", "world_size", "seq_len",
-                "mfu", "law", "fit", "flops", "overflows", "memory", "block_size")
+                "mfu", "law", "fit", "flops", "overflows", "memory", "block_size",
+                valid=(small(cfg) and known(name, KNOWN_GPUS) and step is None
+                       and known(total, (None, "chinchilla", 10**9)) and hours is None
+                       and known(world, (1, 8)) and seq is None
+                       and (fraction is None or real_in(fraction, 0.05, 1))
+                       and known(law, KNOWN_LAWS)))
     if p is not None:
         assert p.micro_batch_size * p.grad_accum_steps * p.seq_len * p.world_size \
             == p.tokens_per_step
@@ -420,7 +485,39 @@ def test_memory_sweep_of_int64_sizes_does_not_wrap() -> None:
     (lambda: load_nanogpt_config(""), r"cannot read the file"),  # IsADirectoryError on "."
     (lambda: throughput_at_mfu(GPTConfig(), "RTX 4070", mfu=1, seq_len=1, n_gpus=10**400),
      r"n_gpus=10+"),  # OverflowError
+    # A budget too small to train anything underflowed to flops=0.0 and was refused naming
+    # "flops", a quantity the caller never passed (deep profile).
+    (lambda: plan_for_budget("RTX 4070", hours=1e-300, mfu=1e-300), r"hours=1e-300|mfu=1e-300"),
 ])
 def test_fuzz_found_bugs_are_clear_errors(call: Callable[[], Any], match: str) -> None:
     with within(SECONDS_PER_CALL), pytest.raises(ValueError, match=match):
         call()
+
+
+def test_step_flops_of_a_large_valid_micro_batch_is_not_refused() -> None:
+    # Hidden by outcome() passing any "validation error for": StepFlops' own check compared the
+    # float sum of the parts with float(forward) exactly, so once the exact integer terms passed
+    # 2**53 rounding refused a correct count with "1 validation error for StepFlops ... parts
+    # must sum to forward", naming no argument. By hand (GPT-2 small, causal): per token,
+    # 2 x 123,532,032 matmul weights + 2 matmuls (QK^T, AV) x 2 x 12 x 768 x 1003 halved by the
+    # causal mask (Megatron's T^2/2), all times 3 for forward + backward.
+    gpt2 = GPTConfig.preset("gpt2")
+    b, s = 17_452_203, 1003
+    forward = b * s * (2 * 123_532_032 + 2 * 12 * 768 * s)
+    with within(SECONDS_PER_CALL):
+        step = step_flops(gpt2, micro_batch_size=b, seq_len=s)
+    assert step.total == pytest.approx(3 * forward, rel=1e-12)
+
+
+def test_tokens_per_param_with_a_numpy_int32_bound() -> None:
+    # Deep profile: TokensPerParam(max=np.int32(7)) kept the int32, and checking llama-2-7b
+    # raised OverflowError ("Python integer 6738415616 out of bounds for int32"). The bound means
+    # 7, so the finding is the one for max=7: 294.91B tokens / 6,738,415,616 parameters.
+    cfg, training = GPTConfig.preset("llama-2-7b"), TrainingConfig()
+    with within(SECONDS_PER_CALL):
+        [found] = check(cfg, TokensPerParam(max=np.int32(7)), training=training)
+    [want] = check(cfg, TokensPerParam(max=7), training=training)
+    assert found == want
+    assert found.numbers["params"] == 6_738_415_616
+    assert found.numbers["tokens_per_param"] == pytest.approx(
+        found.numbers["tokens"] / 6_738_415_616, rel=1e-12)
