@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.checks import finite, real, whole
-from scaleplan.errors import ScaleplanError
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 from scaleplan.model.shapes import across_model, model_tensors
@@ -267,7 +267,8 @@ def step_flops(
     micro_batch_size = whole("micro_batch_size", micro_batch_size, example="micro_batch_size=8")
     seq_len = _check_seq_len(seq_len, causal)
     terms = step_flop_terms(cfg, micro_batch_size, seq_len, causal=causal)
-    finite("step_flops total", terms["total"])  # the largest; ints are exact
+    finite(f"step_flops(micro_batch_size={shown(micro_batch_size)}, seq_len={shown(seq_len)}) "
+           "total", terms["total"])  # the largest; ints are exact
     return StepFlops(micro_batch_size=micro_batch_size, seq_len=seq_len, causal=causal,
                      **{name: float(value) for name, value in terms.items()})
 
@@ -318,7 +319,7 @@ def training_flops(
     count = real("tokens", tokens, inclusive=True, example="tokens=10**10")
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, recompute=recompute,
                                 method=method)
-    return finite("training_flops", per_token * count)
+    return finite(f"training_flops(tokens={shown(tokens)})", per_token * count)
 
 
 def kaplan_training_flops(n_params: float, tokens: float) -> float:

@@ -96,6 +96,12 @@ def plan_for_budget(
     dtype = "bf16" if spec.has_bf16_tensor_cores else "fp16"
     flops = finite(f"the compute of hours={hours!r} on world_size={world_size}",
                    hours * 3600 * mfu_value * spec.peak_flops(dtype) * world_size)
-    n_opt = scaling_law(law).compute_optimal(flops).n_params
+    chosen = scaling_law(law)
+    if not flops >= chosen.minimum_flops:  # 0.0 when hours x mfu underflows
+        raise ScaleplanError(
+            f"hours={shown(hours)} at mfu={mfu_value:g} on {world_size} x {spec.name} buys "
+            f"{flops:.3g} FLOPs, too little for any model ({chosen.name!r} needs at least "
+            f"{chosen.minimum_flops:.3g}); give more hours, e.g. hours=24")
+    n_opt = chosen.compute_optimal(flops).n_params
     cfg = shape_for_params(n_opt, base=base, aspect_ratio=aspect_ratio)
     return plan(cfg, spec, hours=hours, world_size=world_size, mfu=mfu, law=law, **plan_options)
