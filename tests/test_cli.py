@@ -316,3 +316,16 @@ def test_a_bug_is_one_line_with_status_1(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("SCALEPLAN_TRACEBACK", "1")
     with pytest.raises(TypeError, match="unsupported operand"):
         main(["params", "gpt2"])
+
+
+def test_diagnose_prints_its_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 20: diagnose aborted with "nothing fits" when the claimed size is bigger than the GPU;
+    # now the findings come back and the planner's problem is a note, printed after them.
+    config = tmp_path / "train_claim.py"
+    config.write_text("# Model (~70B parameters)\nn_embd = 384\n")
+    log = tmp_path / "train.log"
+    log.write_text("step 14500: train loss 3.6415, val loss 3.5696\n")
+    assert main(["diagnose", str(config), str(log), "--gpu", "RTX 4070"]) == 0
+    out = capsys.readouterr().out
+    assert "size-mismatch" in out
+    assert "\nnote: the recommended run was not planned on the RTX 4070: nothing fits" in out
