@@ -130,7 +130,7 @@ def parse_claim(claimed: int | float | str, *, name: str = "claimed") -> int:
     # Below 1 rounds to 0 parameters; an int past a float's range overflowed (issues 13, 20).
     if value > sys.float_info.max or not math.isfinite(value) or value < 1:
         # an int is shown whole up to ~1,000 digits, as the fuzz tests of issue 13 expect
-        raise ScaleplanError(f"{name}={shown(claimed, limit=1000)} must be a positive parameter "
+        raise ScaleplanError(f"{name}={shown(claimed)} must be a positive parameter "
                              "count, e.g. '~125M' or 124439808")
     return round(value)
 
