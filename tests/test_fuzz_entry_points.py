@@ -16,9 +16,8 @@ from __future__ import annotations
 import io
 import math
 import os
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
+from timing import within
 
 from scaleplan.cli import main
 from scaleplan.compute.flops import flops_per_token, step_flops, training_flops
@@ -58,20 +58,6 @@ SECONDS_PER_CALL = 10  # far above any honest call (the slowest, plan, takes ~50
 def fuzz(n: int) -> settings:
     return settings(max_examples=n * SCALE, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-
-
-@contextmanager
-def within(seconds: float) -> Iterator[None]:
-    """Fail (rather than hang CI) when the body runs longer than ``seconds``."""
-    def alarm(signum: int, frame: Any) -> None:
-        raise AssertionError(f"call still running after {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _finite_numbers(value: Any) -> None:

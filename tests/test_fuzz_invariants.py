@@ -19,9 +19,7 @@ The whole file runs in well under 30 s on two cores.
 from __future__ import annotations
 
 import math
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from timing import within
 
 from scaleplan.compute.flops import flops_per_token, step_flops, training_flops
 from scaleplan.compute.hardware import gpu
@@ -56,20 +55,6 @@ PRESETS = ("gpt2", "nanogpt-shakespeare-char", "smollm2-135m", "llama-2-7b")
 
 def quick(n: int) -> settings:
     return settings(max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@contextmanager
-def within(seconds: float) -> Iterator[None]:
-    """Fail (rather than hang CI) when the body runs longer than ``seconds``."""
-    def alarm(signum: int, frame: Any) -> None:
-        raise AssertionError(f"call still running after {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 CONFIGS = st.sampled_from(PRESETS).map(GPTConfig.preset)

@@ -9,11 +9,9 @@ import contextlib
 import itertools
 import os
 import re
-import signal
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from timing import within
 
 import scaleplan.diagnosis.stream as stream
 from scaleplan.diagnosis import formats
@@ -35,21 +34,6 @@ from scaleplan.diagnosis.logs import (
 )
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.loaders import load_nanogpt_config
-
-
-@contextlib.contextmanager
-def within(seconds: float) -> Iterator[None]:
-    """Fail (rather than hang) when the body runs longer than ``seconds``."""
-    def alarm(signum: int, frame: Any) -> None:
-        raise AssertionError(f"still running after {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
 
 # ---- 1. "read_log(text="step 1 | loss 2.5 " + "1"*1000) takes 19 s (cubic backtracking in the
 # llm.c patterns). Every pattern must be linear-time ... Also a single very long line (16 KB,

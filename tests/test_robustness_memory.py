@@ -13,15 +13,14 @@ gradients are 4 bytes each per parameter.
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from timing import within
 
 from scaleplan.compute.flops import StepFlops, step_flops
 from scaleplan.errors import ScaleplanError, UnknownNameError
@@ -48,23 +47,8 @@ def _tiny(**changes: Any) -> GPTConfig:
                         "block_size": 2, "bias": False, **changes})
 
 
-@contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Fail (TimeoutError) if the block runs longer than ``seconds``: a hang ends the test."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _timed(fn: Callable[[], T], seconds: float) -> T:
-    with _deadline(seconds):
+    with within(seconds):
         return fn()
 
 
@@ -90,7 +74,7 @@ def test_training_memory_is_closed_form_in_n_layer() -> None:
                                **HAND).total  # type: ignore[arg-type]
 
     assert total(1) == 740 + 2152
-    with _deadline(1.0):  # took 17 s when the layers were listed one by one
+    with within(1.0):  # took 17 s when the layers were listed one by one
         assert total(10**7) == 740 + 2152 * 10**7
         assert total(10**9) == 740 + 2152 * 10**9  # MemoryError
         assert total(10**20) == 740 + 2152 * 10**20  # OverflowError; Python ints are exact
@@ -104,7 +88,7 @@ def test_tensor_parallel_divisor_hint_is_bounded() -> None:
     # 10**18): compute the valid divisors in bounded time".
     cfg = GPTConfig(n_layer=1, n_head=10**18, n_embd=10**18, vocab_size=8, block_size=2)
     # 10^18 = 2^18 5^18: its smallest divisors are 1, 2, 4, 5, 8, 10, 16, 20; 7 is not one.
-    with _deadline(1.0), pytest.raises(
+    with within(1.0), pytest.raises(
             ScaleplanError, match=r"^tensor=7 does not divide n_head=1000000000000000000 .*"
                                   r"\(1, 2, 4, 5, 8, 10, 16, 20, \.\.\., 500000000000000000, "
                                   r"1000000000000000000\)"):
@@ -121,7 +105,7 @@ def test_max_micro_batch_size_and_max_seq_len_are_not_capped_at_2_24() -> None:
     #   920 b (token ids 16, block 552, head 160, loss gradients 128, held logits 64).
     cfg = _tiny()
     budget = 1972 + 920 * 2**30
-    with _deadline(5.0):
+    with within(5.0):
         assert max_micro_batch_size(cfg, budget, seq_len=2, **HAND) == 2**30
         assert max_micro_batch_size(cfg, budget - 1, seq_len=2, **HAND) == 2**30 - 1
     # sequence length, RoPE (no position table to bound it), block_size=4, b=1: parameters
@@ -131,7 +115,7 @@ def test_max_micro_batch_size_and_max_seq_len_are_not_capped_at_2_24() -> None:
     rope = _tiny(position="rope", block_size=4)
     assert training_memory(rope, micro_batch_size=1, seq_len=9,  # type: ignore[arg-type]
                            **HAND).total == 2020 + 492 * 9
-    with _deadline(5.0):
+    with within(5.0):
         assert max_seq_len(rope, 2020 + 492 * 2**30 + 491, micro_batch_size=1,
                            **HAND) == 2**30
 
@@ -285,7 +269,7 @@ def test_solve_for_searches_are_bounded() -> None:
     from scaleplan.symbolic.solve import solve_for
 
     cfg = GPTConfig(n_layer=2, n_head=10**5, n_embd=10**5, vocab_size=16, block_size=8)
-    with _deadline(10.0):
+    with within(10.0):
         assert solve_for(cfg, "n_kv_head", params=1e12).value == 10**5  # the largest divisor
         # n_embd must be a multiple of n_head=10^5: 12 L d^2 + ... ~ 24 d^2 = 1e12 near 2 x 10^5
         assert solve_for(cfg, "n_embd", params=1e12).value == 2 * 10**5

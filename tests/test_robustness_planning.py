@@ -5,15 +5,14 @@ TypeError from deep inside, or a number computed from a value numpy wrapped arou
 from __future__ import annotations
 
 import itertools
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import pytest
+from timing import within
 
 from scaleplan.compute.flops import flops_per_token
 from scaleplan.compute.throughput import (
@@ -40,22 +39,6 @@ GPT2 = GPTConfig.preset("gpt2")
 GPT2_PARAMS = 85_054_464 + 38_633_472 + 786_432 + 1_536  # 124,475,904
 GRID: dict[str, Any] = {"n_layer": [12], "n_embd": [768], "micro_batch_size": [8],
                         "seq_len": [1024], "gpus": ["RTX 4070"]}
-
-
-@contextmanager
-def within(seconds: int) -> Iterator[None]:
-    """Fail if the block runs longer than ``seconds`` (SIGALRM; the test runs on the main
-    thread)."""
-    def alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # Defect 1: "OverflowError: plan(..., total_tokens=10**320 | world_size=10**400 |

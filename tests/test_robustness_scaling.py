@@ -5,9 +5,7 @@ test that the laws are monotone and deterministic over valid inputs."""
 from __future__ import annotations
 
 import math
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
+from timing import within
 
 from scaleplan.checks import positive_array
 from scaleplan.errors import ScaleplanError
@@ -43,21 +42,6 @@ from scaleplan.validation.markers import (
     check,
     parse_claim,
 )
-
-
-@contextmanager
-def within(seconds: float) -> Iterator[None]:
-    """Fail, rather than hang, when the body runs longer than ``seconds`` (wall clock)."""
-    def alarm(signum: int, frame: Any) -> None:
-        raise AssertionError(f"still running after {seconds} s")
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
 
 # Nine runs of a Hoffmann-form law, losses written out by hand: L = 1.8 + 400/N^0.34 + 400/D^0.28
 # (E, A, B, alpha, beta chosen near Chinchilla's, not read from the code).

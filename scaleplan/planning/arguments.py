@@ -9,6 +9,7 @@ float) or raises a `ScaleplanError` naming the argument, its value and a fix.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 from scaleplan.checks import real, whole
@@ -20,7 +21,7 @@ from scaleplan.memory.training import training_memory
 from scaleplan.planning.advice import default_mfu
 
 __all__ = ["MAX_CONTEXT_BYTES", "MAX_SEQ_LEN", "Layout", "check_layout", "check_memory_options",
-           "check_mfu", "check_parallelism", "given_tokens"]
+           "check_mfu", "check_parallelism", "given_tokens", "passed_options"]
 
 # 10^9 tokens per sequence: ~100x the longest context any model is trained at (10M tokens).
 MAX_SEQ_LEN = 10**9
@@ -109,15 +110,23 @@ def given_tokens(total_tokens: object, optimal: int, law: str) -> tuple[int, str
 def check_memory_options(options: dict[str, Any]) -> dict[str, Any]:
     """The options `plan` passes on to `training_memory`: known names only, and a CUDA context
     within reason (a huge one overflowed the remedy search's arithmetic)."""
-    known = [name for name, p in inspect.signature(training_memory).parameters.items()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _PLAN_SETS]
     if "micro_batch_size" in options:
         raise ScaleplanError("plan() chooses micro_batch_size itself (the largest that fits); "
                              "to check one micro-batch use training_memory")
+    return passed_options("plan", training_memory, options, reserved=_PLAN_SETS)
+
+
+def passed_options(caller: str, target: Callable[..., Any], options: dict[str, Any], *,
+                   reserved: Collection[str]) -> dict[str, Any]:
+    """``options`` that ``caller`` passes on to ``target``: only ``target``'s keyword-only
+    arguments outside ``reserved`` (which the caller sets itself), and a CUDA context within
+    `MAX_CONTEXT_BYTES`; anything else is an error naming the option."""
+    known = [name for name, p in inspect.signature(target).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in reserved]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ScaleplanError(f"plan() got an unknown option {unknown[0]!r}; the options passed "
-                             f"on to training_memory are {', '.join(known)}")
+        raise ScaleplanError(f"{caller}() got an unknown option {shown(unknown[0])}; the options "
+                             f"passed on to {target.__name__} are {', '.join(known)}")
     checked = dict(options)
     if "cuda_context_bytes" in checked:
         checked["cuda_context_bytes"] = whole(

@@ -8,7 +8,6 @@ evaluated as numpy arrays by `scaleplan.memory.limits.memory_grid` (the same ari
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.limits import available_memory_bytes, memory_grid
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
-from scaleplan.planning.arguments import MAX_CONTEXT_BYTES
+from scaleplan.planning.arguments import passed_options
 
 __all__ = ["MAX_GRID_VALUE", "MAX_SWEEP_MODEL_LENGTHS", "MAX_SWEEP_ROWS", "SWEEP_DTYPE", "sweep"]
 
@@ -86,7 +85,8 @@ def sweep(
             raise ScaleplanError(f"n_embd={w} is not a multiple of head_dim={head_dim}; "
                                  f"try n_embd={max(head_dim, round(w / head_dim) * head_dim)}")
     base = GPTConfig() if base is None else expect_config("base", base)
-    memory_options = _memory_options(memory_options)
+    memory_options = passed_options("sweep", memory_grid, memory_options,
+                                    reserved=("micro_batch_size", "seq_len"))
     available = np.asarray([available_memory_bytes(g) for g in specs], dtype=np.float64)
     names = np.asarray([g.name for g in specs])
     B, S, G = np.meshgrid(b, s, np.arange(len(specs)), indexing="ij")
@@ -171,18 +171,3 @@ def _check_size(models: int, lengths: int, per_model: int) -> None:
             f"x seq_len), more than {MAX_SWEEP_MODEL_LENGTHS:,}; split it into several calls")
 
 
-def _memory_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The options passed on to `memory_grid`: known names only, a CUDA context within reason."""
-    known = [name for name, p in inspect.signature(memory_grid).parameters.items()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY
-             and name not in ("micro_batch_size", "seq_len")]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ScaleplanError(f"sweep() got an unknown option {unknown[0]!r}; the options passed "
-                             f"on to memory_grid are {', '.join(known)}")
-    checked = dict(options)
-    if "cuda_context_bytes" in checked:
-        checked["cuda_context_bytes"] = whole(
-            "cuda_context_bytes", checked["cuda_context_bytes"], minimum=0,
-            maximum=MAX_CONTEXT_BYTES, example="cuda_context_bytes=2**29")
-    return checked
