@@ -48,6 +48,7 @@ from typing import Any, ClassVar, Literal
 from pydantic_core import PydanticCustomError
 
 from scaleplan.checks import whole
+from scaleplan.compute.throughput import MAX_TOKENS  # tokens / params stays a finite float
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import ParamCount, count_params
@@ -65,7 +66,6 @@ from scaleplan.validation.step import DivisibleStep, FitsOn
 
 __all__ = [
     "MAX_TOKENS_PER_PARAM",
-    "MAX_TRAINING_TOKENS",
     "TIGHT_FIT_FRACTION",
     "CountKind",
     "DivisibleStep",
@@ -82,9 +82,6 @@ __all__ = [
 # ratio (and its inverse the smallest one), so min x params and tokens / max stay finite floats at
 # any model size (found by fuzzing, issue 13).
 MAX_TOKENS_PER_PARAM = 1e9
-# Llama 3 trained on 15T tokens; ~70,000 times that bounds a token count, so tokens / params and
-# tokens / min stay finite floats (10**400 tokens overflowed the ratio; issue 20).
-MAX_TRAINING_TOKENS = 10**18
 CountKind = Literal["total", "nanogpt", "non_embedding"]
 _COUNT_LABEL: dict[str, str] = {
     "total": "total",
@@ -361,13 +358,13 @@ class TokensPerParam(Marker):
 
 
 def _token_count(name: str, value: object) -> int:
-    """A training-token count as an int from 1 to `MAX_TRAINING_TOKENS` (a whole float such as
+    """A training-token count as an int from 1 to `MAX_TOKENS` (a whole float such as
     1e9, as a flat model of the user's may hold it, is taken), else a `ScaleplanError`."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return whole(name, value, maximum=MAX_TRAINING_TOKENS,
+    return whole(name, value, maximum=MAX_TOKENS,
                  message=f"must be a whole number of training tokens from 1 to "
-                 f"{MAX_TRAINING_TOKENS:.0e}, e.g. {name}=10**9")
+                 f"{MAX_TOKENS:.0e}, e.g. {name}=10**9")
 
 
 def check(value: Any, *rules: Marker, training: Any = None) -> list[Finding]:
