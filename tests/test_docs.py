@@ -188,3 +188,22 @@ def test_docstring_examples_are_fenced_for_the_api_reference() -> None:
         "Count.\n\n```pycon\n>>> f(1)\n[1, 2]\n```\n\nArgs:\n    x: a value.\n\n    >>> g()")
     fenced = "```pycon\n>>> f(1)\n```"
     assert module.fence_doctests(fenced) == fenced  # already fenced: unchanged
+
+
+def test_the_limits_page_shows_the_bounds_the_code_uses() -> None:
+    # docs/limits.md quotes each bound by its full name; the value written there (a number, or
+    # 10^k / 2^k in HTML) must be the constant's value, so the page cannot drift from the code.
+    import importlib
+    import re
+
+    text = (DOCS / "limits.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(scaleplan\.[\w.]+)\.(MAX_\w+)` \| ([^|]+?) \|", text, re.MULTILINE)
+    assert len(rows) >= 13
+    for module, name, written in rows:
+        value = getattr(importlib.import_module(module), name)
+        number = written.split(" ")[0]
+        if power := re.fullmatch(r"(\d+)<sup>(\d+)</sup>", number):
+            shown = int(power[1]) ** int(power[2])
+        else:
+            shown = float(number.replace(",", "").rstrip("%"))
+        assert shown == value, (module, name, written, value)
