@@ -319,3 +319,15 @@ def test_huge_sizes_inside_memory_give_clear_errors() -> None:
     with pytest.raises(ScaleplanError, match=r"^param_shapes would list 6,000,000,003 tensors"):
         param_shapes(_tiny(n_layer=10**9))  # ran out of memory building the list
     assert time.perf_counter() - start < 1.0
+
+
+def test_optimizer_impl_is_a_name_not_any_object_that_prints_one() -> None:
+    # An object is not taken by what str() makes of it: only text names an implementation
+    # (42 and True have no name; nor does an object whose __str__ happens to say "fused").
+    class Prints:
+        def __str__(self) -> str:
+            return "fused"
+
+    with pytest.raises(UnknownNameError, match="unknown optimizer_impl"):
+        training_memory(_tiny(), micro_batch_size=1, seq_len=2,
+                        optimizer_impl=Prints())  # type: ignore[arg-type]
