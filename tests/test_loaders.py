@@ -138,7 +138,8 @@ def test_seed_nanogpt_config_is_read_with_its_claim() -> None:
     assert run.claimed_params == 125_000_000
     assert run.claimed_params_text is not None and "~125M" in run.claimed_params_text
     assert count_params(run.model).nanogpt == 40_560_000
-    assert {"out_dir", "wandb_run_name", "dataset"} <= set(run.ignored)
+    assert {"out_dir", "wandb_run_name"} <= set(run.ignored)
+    assert run.dataset == "fineweb"  # read now: it picks the web-text law for the expected loss
 
 
 def test_nanogpt_defaults_apply_when_file_is_empty(tmp_path: Path) -> None:
@@ -223,3 +224,12 @@ def test_non_utf8_and_huge_files_are_clear_errors(tmp_path: Path) -> None:
 )
 def test_size_claims_in_comments(text: str, expected: int | None) -> None:
     assert parse_size(text) == expected
+
+
+def test_nanogpt_dataset_is_read_with_train_py_default() -> None:
+    # nanoGPT's train.py sets dataset = 'openwebtext' before its config file is applied.
+    assert load_nanogpt_config("x.py", text="n_layer = 2\n").dataset == "openwebtext"
+    assert load_nanogpt_config("x.py", text="dataset = 'shakespeare_char'\n").dataset == \
+        "shakespeare_char"
+    with pytest.raises(ConfigFileError, match=r"x.py, line 1: dataset = 5 must be the name"):
+        load_nanogpt_config("x.py", text="dataset = 5\n")

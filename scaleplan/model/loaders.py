@@ -170,6 +170,9 @@ class NanoGPTRun(BaseModel):
     claimed_params_text: str | None = Field(None, description="The comment text of that claim.")
     source: str | None = Field(None, description="The file read.")
     ignored: tuple[str, ...] = Field((), description="Assignments that were read but not used.")
+    dataset: str = Field(
+        "openwebtext", description="The data folder the run trains on (nanoGPT's ``dataset``, "
+        "'openwebtext' by default): it picks the web-text law for the expected loss.")
 
 
 # nanoGPT train.py defaults that differ from GPTConfig's (model.py) defaults.
@@ -230,7 +233,7 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
             model[key] = value
         elif key in _TRAINING_KEYS:
             training[_TRAINING_KEYS[key]] = value
-        elif key not in ("gradient_accumulation_steps", "dtype", "meta_vocab_size"):
+        elif key not in ("gradient_accumulation_steps", "dtype", "meta_vocab_size", "dataset"):
             ignored.append(key)
     if "block_size" in values:
         training["seq_len"] = values["block_size"]
@@ -264,7 +267,15 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
         claimed_params_text=parsed.claimed_params_text,
         source=source,
         ignored=tuple(ignored),
+        dataset=_dataset(values.get("dataset", "openwebtext"), source, parsed.lines),
     )
+
+
+def _dataset(value: object, source: str, lines: dict[str, int]) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ConfigFileError(f"dataset = {shown(value)} must be the name of a data folder, e.g. "
+                              "'openwebtext'", path=source, line=lines.get("dataset"))
+    return value.strip()
 
 
 def _precision_from_dtype(dtype: object, source: str, lines: dict[str, int]) -> str:
