@@ -103,13 +103,18 @@ DEFAULT_PLAN_GPU = "RTX 4070"
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from scaleplan.planning.planner import plan
+    from scaleplan.scaling.webtext import is_calibrated
 
     cfg, label, _ = load_model(args.model)
     tokens_per_step, seq_len, world_size = args.tokens_per_step, args.seq_len, args.world_size
-    if args.model.endswith(".py"):  # keep the run's own step unless told otherwise
-        training = load_nanogpt_config(args.model).training
-        tokens_per_step = training.tokens_per_step if tokens_per_step is None else tokens_per_step
-        seq_len = training.seq_len if seq_len is None else seq_len
+    data = args.data
+    if args.model.endswith(".py"):  # keep the run's own step and data unless told otherwise
+        run = load_nanogpt_config(args.model)
+        tokens_per_step = (run.training.tokens_per_step if tokens_per_step is None
+                           else tokens_per_step)
+        seq_len = run.training.seq_len if seq_len is None else seq_len
+        if data is None and is_calibrated(run.dataset):  # e.g. not shakespeare_char
+            data = run.dataset
     total: int | str | None = args.total_tokens
     if isinstance(total, str) and total != "chinchilla":
         try:
@@ -118,7 +123,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise ScaleplanError(f"--total-tokens: {exc}") from None
     p = plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
              hours=args.hours, world_size=1 if world_size is None else world_size,
-             precision=args.precision, seq_len=seq_len, mfu=args.mfu, law=args.law)
+             precision=args.precision, seq_len=seq_len, mfu=args.mfu, law=args.law, data=data)
     if args.export == "nanogpt":
         print(p.to_nanogpt_config(), end="")
     elif args.export == "deepspeed":
@@ -248,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "32-true, bf16-true, bf16-fp32-master")
     q.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, e.g. 0.35")
     q.add_argument("--law", default="chinchilla", help="scaling law (default: %(default)s)")
+    q.add_argument("--data", help="the dataset trained on (fineweb, fineweb-edu, openwebtext): "
+                   "adds the expected loss on it, GPT-2 tokens (default: a nanoGPT file's "
+                   "dataset when calibrated)")
     q.add_argument("--export", choices=["nanogpt", "deepspeed", "hf", "torchrun"],
                    help="print the plan as another tool's config instead")
     q.add_argument("--json", action="store_true", help="the whole plan as JSON")

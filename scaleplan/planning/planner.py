@@ -42,6 +42,7 @@ from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, largest_fitting
 from scaleplan.planning.remedies import Remedy
 from scaleplan.scaling.laws import scaling_law
+from scaleplan.scaling.webtext import ExpectedLoss, expected_loss
 from scaleplan.scaling.tokens import chinchilla_tokens
 
 __all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
@@ -102,7 +103,11 @@ class Plan(BaseModel):
     mfu_source: str
     hours: float = Field(description="Wall-clock hours at that MFU on world_size GPUs.")
     law: str
-    expected_loss: float = Field(description="The law's L(N, D) at the run's end.")
+    expected_loss: float = Field(description="The law's L(N, D) at the run's end (on the law's "
+                                 "own data and tokenizer).")
+    expected_loss_on_data: ExpectedLoss | None = Field(
+        None, description="With ``data=``: the loss on that dataset and tokenizer, from the "
+        "web-text law calibrated on published runs, with its interval.")
     warnings: list[PlanWarning] = Field(default_factory=list)
 
     @property
@@ -206,6 +211,8 @@ def plan(
     seq_len: int | None = None,
     mfu: float | None = None,
     law: str = "chinchilla",
+    data: str | None = None,
+    tokenizer: str = "gpt2",
     optimizer: str = "adamw",
     attention: Literal["flash", "eager"] = "flash",
     checkpointing: Checkpointing = "none",
@@ -230,6 +237,10 @@ def plan(
         mfu: model FLOPs utilisation for the time estimate; default
             `scaleplan.planning.advice.ASSUMED_MFU`.
         law: the scaling law for compute-optimal tokens and the expected loss.
+        data: the dataset trained on (``"fineweb"``, ``"openwebtext"``, ...): adds
+            ``expected_loss_on_data``, the loss on that data under ``tokenizer`` from a web-text
+            law calibrated on published runs (`scaleplan.scaling.webtext.expected_loss`).
+        tokenizer: the tokenizer of ``data`` (``"gpt2"``).
         optimizer: as in `training_memory`.
         attention: as in `training_memory`.
         checkpointing: as in `training_memory`.
@@ -275,6 +286,8 @@ def plan(
                      mfu=mfu_given, law=law)
     warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
                               budget.compute_optimal_tokens)
+    on_data = None if data is None else expected_loss(cfg, tokens=budget.total_tokens, data=data,
+                                                      tokenizer=tokenizer)
     return Plan(
         model=cfg, gpu=spec, world_size=layout.world_size, data_parallel=layout.data,
         parallelism=settings["parallelism"], seq_len=seq_len,
@@ -286,7 +299,8 @@ def plan(
         available_bytes=available, available_source=available_source,
         headroom_bytes=available - mem.total, fits=mem.total <= available,
         candidates=candidates, remedy=None if remedy is None else remedy.name,
-        remedies=remedies, warnings=warnings, **budget._asdict(),
+        remedies=remedies, warnings=warnings, expected_loss_on_data=on_data,
+        **budget._asdict(),
     )
 
 

@@ -73,6 +73,8 @@ def format_plan(p: Plan) -> str:
         f"  time                 {p.hours:,.1f} hours at MFU {p.mfu:.0%} ({p.mfu_source})",
         f"  expected loss        {p.expected_loss:.3f}  ({p.law} law, on its paper's data)",
     ]
+    if p.expected_loss_on_data is not None:
+        lines.append(f"  on your data         {p.expected_loss_on_data}")
     if p.warnings:
         lines += ["", "Warnings:"]
         lines += [f"  [{w.code}] {w.message}" for w in p.warnings]
