@@ -214,6 +214,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         if rec.expected_val_loss is not None:
             print(f"  expected val loss ~{rec.expected_val_loss:.2f} there "
                   f"(~{rec.expected_val_loss_same_tokens:.2f} on as many tokens as this run)")
+        if rec.expected_loss_on_data is not None:
+            print(f"  from the web-text law: {rec.expected_loss_on_data}")
     for note in d.notes:  # what could not be done (the recommended run not fitting the GPU)
         print(f"\nnote: {note}")
     return 0

@@ -38,6 +38,7 @@ from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
 from scaleplan.model.params import count_params
 from scaleplan.scaling.laws import scaling_law
+from scaleplan.scaling.webtext import law_for_data
 from scaleplan.scaling.tokens import chinchilla_tokens
 from scaleplan.units import format_count
 
@@ -107,7 +108,8 @@ def diagnose(
     gpu: str | GPUSpec | None = None,
     training: TrainingConfig | None = None,
     claimed_params: int | None = None,
-    law: str = "chinchilla",
+    law: str | None = None,
+    data: str | None = None,
 ) -> Diagnosis:
     """Diagnose a run from its config and its log.
 
@@ -125,7 +127,8 @@ def diagnose(
     cfg, t = run.model, run.training
     the_log = log if isinstance(log, TrainingLog) else read_log(log)
     spec = None if gpu is None else lookup_gpu(gpu)
-    the_law = scaling_law(law)
+    dataset = run.dataset if data is None else data
+    the_law = scaling_law(law if law is not None else law_for_data(dataset))
     pc = count_params(cfg)
     tokens_per_step = the_log.reported_tokens_per_step or (t.tokens_per_step if t else None)
     last = the_log.last_step()
@@ -140,7 +143,7 @@ def diagnose(
     findings += _gpu_findings(the_log, spec)
     if t is not None:
         findings += lr_findings(t, last)
-    rec = recommend(run, pc.total, the_log, spec, the_law, findings)
+    rec = recommend(run, pc.total, the_log, spec, the_law, findings, dataset)
     return Diagnosis(findings=tuple(findings), recommendation=rec, nanogpt_params=pc.nanogpt,
                      total_params=pc.total, tokens_per_step=tokens_per_step,
                      tokens_seen=tokens_seen, gpu=spec.name if spec else None, law=the_law.name,

@@ -17,6 +17,7 @@ from scaleplan.model.params import count_params
 from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.planning.planner import Plan, plan
 from scaleplan.scaling.tokens import chinchilla_tokens
+from scaleplan.scaling.webtext import ExpectedLoss, expected_loss, is_calibrated
 
 __all__ = ["Recommendation", "recommend"]
 
@@ -45,6 +46,9 @@ class Recommendation(BaseModel):
         "compute-optimal tokens (the law's absolute losses do not transfer across data sets).")
     expected_val_loss_same_tokens: float | None = Field(
         None, description="The same, trained on as many tokens as the diagnosed run saw.")
+    expected_loss_on_data: ExpectedLoss | None = Field(
+        None, description="The new model's loss at compute-optimal tokens on the run's dataset "
+        "from the calibrated web-text law, with its interval (when the dataset is calibrated).")
     changes: tuple[str, ...]
     plan: Plan | None = Field(None, description="plan() for the new run on the diagnosed GPU.")
     plan_note: str | None = Field(
@@ -53,7 +57,7 @@ class Recommendation(BaseModel):
 
 
 def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | None, law: Any,
-               findings: list[Finding]) -> Recommendation | None:
+               findings: list[Finding], data: str | None = None) -> Recommendation | None:
     """The next run the ``findings`` call for, or None when they call for no change.
 
     The claimed size's width and dropout 0 where the findings ask for them; the same tokens per
@@ -87,6 +91,8 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
                          lr_decay_iters=steps, warmup_iters=min(t.warmup_iters, steps // 10))
     expected, expected_same = _expected_losses(log, law, n_total, new_total, optimal,
                                                tokens_per_step)
+    on_data = (expected_loss(new, tokens=optimal, data=data)
+               if data is not None and is_calibrated(data) else None)
     said = [f"{k}: {getattr(cfg, k)} -> {v}" for k, v in changes.items()]
     said.append("restart from iteration 0 (init_from = 'scratch'): the shapes change")
     return Recommendation(
@@ -94,7 +100,7 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
         micro_batch_options=options, nanogpt_params=count_params(new).nanogpt,
         compute_optimal_tokens=optimal,
         steps_for_compute_optimal=steps, expected_val_loss=expected,
-        expected_val_loss_same_tokens=expected_same,
+        expected_val_loss_same_tokens=expected_same, expected_loss_on_data=on_data,
         changes=tuple(said), plan=planned, plan_note=note)
 
 

@@ -170,9 +170,10 @@ class NanoGPTRun(BaseModel):
     claimed_params_text: str | None = Field(None, description="The comment text of that claim.")
     source: str | None = Field(None, description="The file read.")
     ignored: tuple[str, ...] = Field((), description="Assignments that were read but not used.")
-    dataset: str = Field(
-        "openwebtext", description="The data folder the run trains on (nanoGPT's ``dataset``, "
-        "'openwebtext' by default): it picks the web-text law for the expected loss.")
+    dataset: str | None = Field(
+        None, description="The data folder the run trains on (nanoGPT's ``dataset``; "
+        "'openwebtext', train.py's default, for a config file; None when unknown): it picks the "
+        "web-text law for the expected loss.")
 
 
 # nanoGPT train.py defaults that differ from GPTConfig's (model.py) defaults.

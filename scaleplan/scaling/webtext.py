@@ -32,7 +32,7 @@ from scaleplan.model.params import count_params
 from scaleplan.scaling.laws import scaling_law
 
 __all__ = ["LAW_FOR_DATA", "Calibration", "ExpectedLoss", "ReferenceRun", "calibration",
-           "calibrated", "expected_loss", "is_calibrated", "law_n_params",
+           "calibrated", "expected_loss", "is_calibrated", "law_for_data", "law_n_params",
            "reference_runs"]
 
 _RUNS_FILE = Path(__file__).parent.parent / "data" / "webtext_reference_runs.csv"
@@ -191,6 +191,13 @@ def is_calibrated(data: str, tokenizer: str = "gpt2") -> bool:
         return bool(_residuals(_data(data), _tokenizer(tokenizer)))
     except ScaleplanError:
         return False
+
+
+def law_for_data(data: str | None, tokenizer: str = "gpt2") -> str:
+    """The law for a run on ``data``: its web-text law when published runs calibrate it, else
+    Chinchilla's (the default everywhere a dataset is unknown)."""
+    return LAW_FOR_DATA[_data(data)] if data is not None and is_calibrated(data, tokenizer) \
+        else "chinchilla"
 
 
 def calibrated() -> tuple[str, ...]:
