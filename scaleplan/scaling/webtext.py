@@ -9,10 +9,11 @@ tokenizer. `expected_loss` bridges the two with an explicit calibration:
 
 where the law is the web-text law of the closest dataset (`LAW_FOR_DATA`) and the offset is the
 mean difference between published runs (`reference_runs`, each with its source) and the law at
-their N and D. The interval is a prediction interval for a new run: the residuals' standard
-deviation, pooled over every calibrated (dataset, tokenizer) pair, times Student's t, times
-sqrt(1 + 1/n) for an offset estimated from n runs. Runs marked as hold-outs are never used for
-the calibration; docs/scaling.md reports how far each lands from its prediction.
+their N and D. The interval has two parts: run-to-run noise (the calibration runs' spread,
+pooled, times Student's t and sqrt(1 + 1/n) for an offset from n runs), and the shape the
+dataset's own curve might have (`shape_spread`: how differently the two web-text laws change
+the loss between the calibration run and the run asked about). Runs marked as hold-outs are
+never used; docs/scaling.md reports how far each lands from its prediction.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from scaleplan.scaling.laws import scaling_law
 
 __all__ = ["LAW_FOR_DATA", "Calibration", "ExpectedLoss", "ReferenceRun", "calibration",
            "calibrated", "expected_loss", "is_calibrated", "law_for_data", "law_n_params",
-           "reference_runs"]
+           "reference_runs", "shape_spread"]
 
 _RUNS_FILE = Path(__file__).parent.parent / "data" / "webtext_reference_runs.csv"
 
@@ -67,7 +68,7 @@ class ReferenceRun(BaseModel):
 
 
 class Calibration(BaseModel):
-    """The offset from a web-text law to one (dataset, tokenizer), and its uncertainty."""
+    """The offset from a web-text law to one (dataset, tokenizer), and what it is known from."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -76,16 +77,30 @@ class Calibration(BaseModel):
     law: str
     offset: float = Field(description="Mean of (published loss - law loss) over the runs.")
     runs: tuple[str, ...] = Field(description="Ids of the calibration runs.")
-    residual_sd: float = Field(description="Residuals' standard deviation, pooled over every "
-                               "calibrated (dataset, tokenizer) pair.")
-    dof: int = Field(description="Degrees of freedom of the pooled standard deviation.")
+    anchor: tuple[float, float] = Field(description="(N, D) of the first calibration run, "
+                                        "where the offset is measured.")
+    noise_sd: float = Field(description="Run-to-run spread: the residuals' standard deviation, "
+                            "pooled over every (dataset, tokenizer) with two or more runs.")
+    noise_dof: int = Field(description="Degrees of freedom of ``noise_sd``.")
 
-    def half_width(self, confidence: float) -> float:
-        """Half the prediction interval for a new run at ``confidence``."""
+    def half_width(self, n_params: float, tokens: float, confidence: float) -> float:
+        """Half the prediction interval for a new run of N = ``n_params`` on ``tokens``: the
+        noise of one run and of the offset (Student's t), plus how differently the web-text laws
+        bend between the anchor and (N, D) (the unknown shape of this dataset's curve)."""
         from scipy.stats import t as student_t
 
-        quantile = float(student_t.ppf(0.5 + confidence / 2, self.dof))
-        return quantile * self.residual_sd * math.sqrt(1 + 1 / len(self.runs))
+        quantile = float(student_t.ppf(0.5 + confidence / 2, self.noise_dof))
+        noise = quantile * self.noise_sd * math.sqrt(1 + 1 / len(self.runs))
+        return noise + shape_spread(n_params, tokens, *self.anchor)
+
+
+def shape_spread(n_params: float, tokens: float, anchor_n: float, anchor_d: float) -> float:
+    """max - min over the web-text laws of L(N, D) - L(anchor): how much the loss change from the
+    calibration run to (N, D) depends on which web dataset the curve belongs to (0 at the
+    anchor)."""
+    changes = [float(law.loss(n_params, tokens) - law.loss(anchor_n, anchor_d))
+               for law in (scaling_law(name) for name in sorted(set(LAW_FOR_DATA.values())))]
+    return max(changes) - min(changes)
 
 
 class ExpectedLoss(BaseModel):
@@ -114,17 +129,27 @@ class ExpectedLoss(BaseModel):
 
 
 def law_n_params(law_name: str, cfg: GPTConfig) -> float:
-    """N for ``cfg`` as the law ``law_name`` counts parameters."""
+    """N for ``cfg`` as the law ``law_name`` counts parameters: total, non-embedding, or
+    Porian et al.'s non-embedding weights plus the output layer (``vocab x d``, which a tied
+    model shares with its embedding)."""
     law = scaling_law(law_name)
     pc = count_params(cfg)
-    return float(pc.non_embedding if law.n_counts == "non_embedding" else pc.total)
+    if law.n_counts == "non_embedding":
+        return float(pc.non_embedding)
+    if law.n_counts == "total":
+        return float(pc.total)
+    head = cfg.vocab_size * cfg.n_embd if cfg.tie_embeddings else 0  # else in non_embedding
+    return float(pc.non_embedding + head)
 
 
 @cache
 def reference_runs() -> tuple[ReferenceRun, ...]:
-    """The published runs shipped in ``scaleplan/data/webtext_reference_runs.csv``."""
+    """The published runs shipped in ``scaleplan/data/webtext_reference_runs.csv`` that state
+    their model and tokens (OpenAI's checkpoints, evaluated on these datasets but trained on
+    WebText for an unstated number of tokens, are listed there and left out here)."""
     with _RUNS_FILE.open(encoding="utf-8", newline="") as handle:
-        return tuple(_run(row) for row in csv.DictReader(handle))
+        return tuple(_run(row) for row in csv.DictReader(handle)
+                     if row["tokens"].strip() and row["n_layer"].strip())
 
 
 def _run(row: dict[str, str]) -> ReferenceRun:
@@ -147,48 +172,53 @@ def _tokenizer(value: object) -> str:
     return canonical("tokenizer", value, _TOKENIZERS, _TOKENIZER_ALIASES)
 
 
-def _residuals(data: str, tokenizer: str) -> list[tuple[str, float]]:
+def _fitted(data: str, tokenizer: str) -> list[tuple[ReferenceRun, float, float]]:
+    """(run, N as the law counts, residual = loss - law) for the calibration runs of a pair."""
     law_name = LAW_FOR_DATA[data]
     law = scaling_law(law_name)
-    return [(run.id, run.loss - float(law.loss(law_n_params(law_name, run.model), run.tokens)))
-            for run in reference_runs()
-            if run.use == "calibration" and run.data == data and run.tokenizer == tokenizer]
+    out = []
+    for run in reference_runs():
+        if run.use == "calibration" and run.data == data and run.tokenizer == tokenizer:
+            n = law_n_params(law_name, run.model)
+            out.append((run, n, run.loss - float(law.loss(n, run.tokens))))
+    return out
 
 
 @cache
-def _pooled_sd() -> tuple[float, int]:
+def _pooled_noise() -> tuple[float, int]:
     squares, dof = 0.0, 0
-    pairs = {(run.data, run.tokenizer) for run in reference_runs()}
-    for data, tokenizer in sorted(pairs):
-        values = [r for _, r in _residuals(data, tokenizer)]
+    for data, tokenizer in sorted({(r.data, r.tokenizer) for r in reference_runs()}):
+        values = [r for _, _, r in _fitted(data, tokenizer)]
         if len(values) >= 2:
             mean = sum(values) / len(values)
             squares += sum((v - mean) ** 2 for v in values)
             dof += len(values) - 1
     if dof == 0:
         raise ScaleplanError("no (dataset, tokenizer) pair has two calibration runs; the "
-                             "interval cannot be estimated")
+                             "run-to-run noise cannot be estimated")
     return math.sqrt(squares / dof), dof
 
 
 def calibration(data: str, tokenizer: str = "gpt2") -> Calibration:
     """The calibration of ``data`` under ``tokenizer`` (an error if no published run has it)."""
     data, tokenizer = _data(data), _tokenizer(tokenizer)
-    residuals = _residuals(data, tokenizer)
-    if not residuals:
+    fitted = _fitted(data, tokenizer)
+    if not fitted:
         raise ScaleplanError(f"no published {data} run with the {tokenizer} tokenizer is "
                              "shipped to calibrate it; the calibrated datasets are "
                              f"{', '.join(calibrated())}")
-    sd, dof = _pooled_sd()
+    sd, dof = _pooled_noise()
+    first, n_first, _ = fitted[0]
     return Calibration(data=data, tokenizer=tokenizer, law=LAW_FOR_DATA[data],
-                       offset=sum(r for _, r in residuals) / len(residuals),
-                       runs=tuple(i for i, _ in residuals), residual_sd=sd, dof=dof)
+                       offset=sum(r for _, _, r in fitted) / len(fitted),
+                       runs=tuple(run.id for run, _, _ in fitted),
+                       anchor=(n_first, first.tokens), noise_sd=sd, noise_dof=dof)
 
 
 def is_calibrated(data: str, tokenizer: str = "gpt2") -> bool:
     """Whether published runs calibrate ``data`` under ``tokenizer`` (False for unknown names)."""
     try:
-        return bool(_residuals(_data(data), _tokenizer(tokenizer)))
+        return bool(_fitted(_data(data), _tokenizer(tokenizer)))
     except ScaleplanError:
         return False
 
@@ -222,7 +252,7 @@ def expected_loss(cfg: GPTConfig, *, tokens: Any, data: str, tokenizer: str = "g
     n = law_n_params(cal.law, cfg)
     law_loss = float(scaling_law(cal.law).loss(n, count))
     loss = law_loss + cal.offset
-    half = cal.half_width(level)
+    half = cal.half_width(n, count, level)
     return ExpectedLoss(loss=loss, low=loss - half, high=loss + half, confidence=level,
                         data=cal.data, tokenizer=cal.tokenizer, law=cal.law, law_loss=law_loss,
                         offset=cal.offset, n_params=n, tokens=count,
