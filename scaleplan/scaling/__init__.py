@@ -5,4 +5,5 @@
 - `tokens`: token budgets: compute-optimal tokens, training compute, tokens seen, over-training.
 - `rules`: published rules built on the laws (critical batch, repeated data, inference-optimal).
 - `fit`: fit your own law to your runs (`fit_scaling_law`).
+- `porian2024`: the web-text laws' data, fit and compute-optimal exponent (Porian et al. 2024).
 """

@@ -4,7 +4,8 @@ Two functional forms are built in, behind one interface (`BaseScalingLaw`):
 
 - `ScalingLaw`: ``L(N, D) = E + A / N^alpha + B / D^beta`` (Hoffmann et al. 2022, eq. 2). The
   Chinchilla fits, Epoch AI's replication and laws you fit yourself (`fit_scaling_law`) have
-  this form.
+  this form, as do the web-text laws ``porian2024-refinedweb`` and ``porian2024-owt2``, fitted
+  by scaleplan to Porian et al. 2024's IsoFLOP data (``scaleplan.scaling.porian2024``).
 - `KaplanScalingLaw`: ``L(N, D) = [(N_c / N)^(alpha_N / alpha_D) + D_c / D]^alpha_D`` (Kaplan et
   al. 2020, eq. 1.5), on non-embedding parameters.
 
@@ -169,6 +170,28 @@ def _hoffmann_form(name: str, paper: str, *, allocation: bool = False,
                       equation=equation + (", allocation eq. 4" if allocation else ""))
 
 
+def _porian2024(dataset: str, n_points: int, objective: float, *,
+                intervals: dict[str, tuple[float, float]], standard_errors: dict[str, float],
+                **constants: float) -> ScalingLaw:
+    """A web-text law fitted by scaleplan (``scaleplan.scaling.porian2024``, refitted by
+    ``benchmarks/fit_porian2024.py``) to Porian et al. 2024's IsoFLOP points on ``dataset``."""
+    suffix = {"RefinedWeb": "refinedweb", "OpenWebText2": "owt2"}[dataset]
+    return ScalingLaw(
+        name=f"porian2024-{suffix}",
+        paper="Porian et al. 2024, Resolving Discrepancies in Compute-Optimal Scaling of Language "
+        f"Models (arXiv:2406.19146): fitted by scaleplan to the {n_points} IsoFLOP points with "
+        f"D >= N of 'Optimizer tuning (no decay)' on {dataset} (5M-902M parameters, 1.25e16-"
+        "2.56e19 FLOPs); validation loss in nats per token of the GPT-NeoX tokenizer "
+        "(vocabulary 50432) at sequence 2048; N counts non-embedding and output-layer weights",
+        equation="L = E + A/N^alpha + B/D^beta (Hoffmann eq. 2), Huber on log loss, "
+        "1000 bootstrap resamples",
+        n_counts="total", **constants,
+        fit=FitReport(n_points=n_points, huber_delta=1e-3, objective=objective, n_starts=16,
+                      n_bootstrap=1000, confidence=0.95, standard_errors=standard_errors,
+                      intervals=intervals),
+    )
+
+
 _LAWS: dict[str, BaseScalingLaw] = {
     law.name: law
     for law in (
@@ -198,6 +221,33 @@ _LAWS: dict[str, BaseScalingLaw] = {
             E=math.exp(_MUENNIGHOFF_LOG_E), A=math.exp(_MUENNIGHOFF_LOG_A),
             B=math.exp(_MUENNIGHOFF_LOG_B), alpha=_MUENNIGHOFF_ALPHA, beta=_MUENNIGHOFF_BETA,
         ),
+        # Refitted by `python -m benchmarks.fit_porian2024` (docs/scaling.md, "Laws for web text").
+        _porian2024(
+            "RefinedWeb", 97, 0.0019737766779598237,
+            E=2.71331556908467, A=453.97051309739317, B=1950.504456555314,
+            alpha=0.3733614789671678, beta=0.39711543223717677,
+            intervals={"E": (2.293379367456483, 2.9935853902764613),
+                       "A": (64.96644481217953, 7811.266967567891),
+                       "B": (187.48714896899475, 51436.192918228),
+                       "alpha": (0.23607320073845123, 0.562485587517833),
+                       "beta": (0.26945613754687686, 0.5758589346124636)},
+            standard_errors={"E": 0.1712658042796847, "A": 7856.312495442675,
+                             "B": 17086.294249867435, "alpha": 0.08009830479476567,
+                             "beta": 0.07424983487015972},
+        ),
+        _porian2024(
+            "OpenWebText2", 92, 0.001965602827339466,
+            E=2.3530309197762427, A=343.5322112311062, B=4946.400627559725,
+            alpha=0.3531863884906838, beta=0.4405027528176351,
+            intervals={"E": (1.7298941524366023, 2.6046747026294854),
+                       "A": (26.865061590443094, 4461.854707851815),
+                       "B": (526.6400893100405, 27167.23546056854),
+                       "alpha": (0.17835013369551572, 0.5252856398620636),
+                       "beta": (0.31859903449222937, 0.5293833043862335)},
+            standard_errors={"E": 0.24159471147652917, "A": 1856.6993673934794,
+                             "B": 12295.927111424071, "alpha": 0.08660058296773718,
+                             "beta": 0.053738021558226726},
+        ),
         KaplanScalingLaw(
             name="kaplan2020",
             paper="Kaplan et al. 2020, Scaling Laws for Neural Language Models (WebText2, "
@@ -213,8 +263,9 @@ _LAWS: dict[str, BaseScalingLaw] = {
 def scaling_laws() -> tuple[str, ...]:
     """Names accepted by `scaling_law`.
 
-    >>> scaling_laws()
-    ('chinchilla', 'chinchilla-rounded', 'epoch2024', 'kaplan2020', 'muennighoff2023')
+    >>> scaling_laws()  # doctest: +NORMALIZE_WHITESPACE
+    ('chinchilla', 'chinchilla-rounded', 'epoch2024', 'kaplan2020', 'muennighoff2023',
+     'porian2024-owt2', 'porian2024-refinedweb')
     """
     return tuple(sorted(_LAWS))
 
@@ -223,7 +274,8 @@ def scaling_laws() -> tuple[str, ...]:
 def scaling_law(name: Literal["kaplan2020"]) -> KaplanScalingLaw: ...
 @overload
 def scaling_law(
-    name: Literal["chinchilla", "chinchilla-rounded", "epoch2024", "muennighoff2023"] = ...,
+    name: Literal["chinchilla", "chinchilla-rounded", "epoch2024", "muennighoff2023",
+                  "porian2024-owt2", "porian2024-refinedweb"] = ...,
 ) -> ScalingLaw: ...
 @overload
 def scaling_law(name: str | BaseScalingLaw) -> BaseScalingLaw: ...
