@@ -115,6 +115,10 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
         tokens_seen as tokens_seen,
         training_compute as training_compute,
     )
+    from scaleplan.scaling.webtext import (
+        ExpectedLoss as ExpectedLoss,
+        expected_loss as expected_loss,
+    )
     from scaleplan.validation.markers import (
         DivisibleStep as DivisibleStep,
         FitsOn as FitsOn,
@@ -155,6 +159,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "scaling.tokens": (
         "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
     ),
+    "scaling.webtext": ("ExpectedLoss", "expected_loss"),
     "validation.markers": (
         "DivisibleStep", "FitsOn", "MaxParams", "ParamsNear", "TokensPerParam", "check",
     ),

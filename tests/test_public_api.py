@@ -26,6 +26,7 @@ EXPECTED = {
     "ScalingLaw", "ComputeOptimal", "scaling_law", "scaling_laws", "fit_scaling_law",
     "chinchilla_tokens", "overtraining_ratio", "tokens_seen", "training_compute",
     "critical_batch_size", "data_constrained_loss", "inference_optimal",
+    "ExpectedLoss", "expected_loss",  # issue 22: the loss on web text, calibrated
     # memory, batching, planning
     "MemoryBreakdown", "training_memory", "Parallelism", "max_micro_batch_size", "max_seq_len",
     "grad_accum_steps", "Plan", "plan", "plan_for_budget", "sweep",

@@ -99,7 +99,7 @@ def test_published_holdouts_land_in_the_interval() -> None:
         if _standard(run):
             assert got.low <= run.loss, (run.id, run.loss, got)
         checked += 1
-    assert checked >= 6
+    assert checked == 5  # LitGPT, llm.c PyTorch, three modded-nanogpt predecessors
 
 
 def test_expected_loss_refuses_what_it_cannot_answer() -> None:

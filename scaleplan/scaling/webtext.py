@@ -134,12 +134,10 @@ def law_n_params(law_name: str, cfg: GPTConfig) -> float:
     model shares with its embedding)."""
     law = scaling_law(law_name)
     pc = count_params(cfg)
-    if law.n_counts == "non_embedding":
-        return float(pc.non_embedding)
-    if law.n_counts == "total":
-        return float(pc.total)
-    head = cfg.vocab_size * cfg.n_embd if cfg.tie_embeddings else 0  # else in non_embedding
-    return float(pc.non_embedding + head)
+    if law.name.startswith("porian2024"):
+        head = cfg.vocab_size * cfg.n_embd if cfg.tie_embeddings else 0  # else in non_embedding
+        return float(pc.non_embedding + head)
+    return float(pc.non_embedding if law.n_counts == "non_embedding" else pc.total)
 
 
 @cache
