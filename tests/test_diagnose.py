@@ -81,7 +81,9 @@ def seed_files(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_seed_case_findings_with_their_numbers(seed_files: tuple[Path, Path]) -> None:
     config, log = seed_files
-    d = diagnose(config=config, log=log, gpu="RTX 4070")
+    # Chinchilla's law named: the numbers below are worked out with it (by default a FineWeb
+    # run gets the web-text law, tests/test_webtext.py)
+    d = diagnose(config=config, log=log, gpu="RTX 4070", law="chinchilla")
     assert d.codes() == ("size-mismatch", "val-below-train-dropout", "past-compute-optimal",
                          "plateau", "mfu-reference-gpu", "inductor-small-gpu", "lr-not-annealed")
 
@@ -148,7 +150,7 @@ def test_seed_case_findings_with_their_numbers(seed_files: tuple[Path, Path]) ->
 
 def test_seed_case_recommendation(seed_files: tuple[Path, Path]) -> None:
     config, log = seed_files
-    rec = diagnose(config=config, log=log, gpu="RTX 4070").recommendation
+    rec = diagnose(config=config, log=log, gpu="RTX 4070", law="chinchilla").recommendation
     assert rec is not None
     assert (rec.model.n_embd, rec.model.dropout, rec.model.n_layer) == (768, 0.0, 12)
     assert rec.tokens_per_step == 524_288
@@ -178,7 +180,8 @@ def test_recommended_plan_equals_plan_for_768(seed_files: tuple[Path, Path]) -> 
     assert rec is not None
     expected = plan(load_nanogpt_config(config).model.replace(n_embd=768, dropout=0.0),
                     gpu="RTX 4070", tokens_per_step=524_288, total_tokens=2_487_475_200,
-                    precision="bf16-mixed")  # the run's own dtype, nanoGPT's 'bfloat16'
+                    precision="bf16-mixed",  # the run's own dtype, nanoGPT's 'bfloat16'
+                    law="porian2024-refinedweb")  # the web-text law of its dataset, FineWeb
 
     assert rec.plan == expected
     assert (rec.training.micro_batch_size, rec.training.grad_accum_steps) == (
