@@ -113,7 +113,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         tokens_per_step = (run.training.tokens_per_step if tokens_per_step is None
                            else tokens_per_step)
         seq_len = run.training.seq_len if seq_len is None else seq_len
-        if data is None and is_calibrated(run.dataset):  # e.g. not shakespeare_char
+        if data is None and run.dataset and is_calibrated(run.dataset):  # not shakespeare_char
             data = run.dataset
     total: int | str | None = args.total_tokens
     if isinstance(total, str) and total != "chinchilla":

@@ -213,3 +213,12 @@ def test_parallelism_given_properly_still_plans() -> None:
     p = plan(GPT2, "H100 SXM", parallelism=Parallelism(data=8))
     assert (p.world_size, p.data_parallel) == (8, 8)
     assert p.micro_batch_size * p.grad_accum_steps == 64 and p.tokens_per_step == 2**19
+
+
+def test_a_subnormal_mfu_is_named_not_an_infinite_step() -> None:
+    # Found by test_fuzz_entry_points (hypothesis) after issue 20's merge: mfu=2e-309 gives a
+    # rate of ~1e-304 tokens/s, and 524,288 tokens / 1e-304 is inf seconds, which the Throughput
+    # model refused with a bare pydantic error on step_seconds.
+    with pytest.raises(ScaleplanError, match=r"step time at mfu=2e-309 overflows"):
+        throughput_at_mfu(GPTConfig(), "RTX 4070", mfu=2e-309, seq_len=1024,
+                          tokens_per_step=524_288)

@@ -113,7 +113,7 @@ def test_expected_loss_refuses_what_it_cannot_answer() -> None:
         expected_loss({"n_layer": 12}, tokens=1e10, data="fineweb")  # type: ignore[arg-type]
     with pytest.raises(ScaleplanError, match="tokens=-1"):
         expected_loss(GPT2, tokens=-1, data="fineweb")
-    with pytest.raises(ScaleplanError, match="confidence=1.5"):
+    with pytest.raises(ScaleplanError, match=r"confidence=1\.5"):
         expected_loss(GPT2, tokens=1e10, data="fineweb", confidence=1.5)
 
 

@@ -261,7 +261,8 @@ def throughput_at_mfu(
                                 example="524288")
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
-    step_seconds = None if tokens_per_step is None else tokens_per_step / tokens_per_second
+    step_seconds = None if tokens_per_step is None else finite(
+        f"the step time at mfu={mfu!r}", tokens_per_step / tokens_per_second)
     return Throughput(
         tokens_per_second=tokens_per_second,
         tokens_per_second_per_gpu=tokens_per_second / n_gpus,

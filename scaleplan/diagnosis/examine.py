@@ -38,8 +38,8 @@ from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
 from scaleplan.model.params import count_params
 from scaleplan.scaling.laws import scaling_law
-from scaleplan.scaling.webtext import law_for_data
 from scaleplan.scaling.tokens import chinchilla_tokens
+from scaleplan.scaling.webtext import law_for_data
 from scaleplan.units import format_count
 
 __all__ = ["Diagnosis", "Finding", "Recommendation", "Severity", "diagnose", "nanogpt_lr"]

@@ -42,8 +42,8 @@ from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, largest_fitting
 from scaleplan.planning.remedies import Remedy
 from scaleplan.scaling.laws import scaling_law
-from scaleplan.scaling.webtext import ExpectedLoss, expected_loss
 from scaleplan.scaling.tokens import chinchilla_tokens
+from scaleplan.scaling.webtext import ExpectedLoss, expected_loss
 
 __all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
 

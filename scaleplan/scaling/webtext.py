@@ -32,9 +32,20 @@ from scaleplan.model.config import GPTConfig, config_type_message
 from scaleplan.model.params import count_params
 from scaleplan.scaling.laws import scaling_law
 
-__all__ = ["LAW_FOR_DATA", "Calibration", "ExpectedLoss", "ReferenceRun", "calibration",
-           "calibrated", "expected_loss", "is_calibrated", "law_for_data", "law_n_params",
-           "reference_runs", "shape_spread"]
+__all__ = [
+    "LAW_FOR_DATA",
+    "Calibration",
+    "ExpectedLoss",
+    "ReferenceRun",
+    "calibrated",
+    "calibration",
+    "expected_loss",
+    "is_calibrated",
+    "law_for_data",
+    "law_n_params",
+    "reference_runs",
+    "shape_spread",
+]
 
 _RUNS_FILE = Path(__file__).parent.parent / "data" / "webtext_reference_runs.csv"
 
