@@ -101,20 +101,28 @@ DEFAULT_PLAN_MODEL = "gpt2"
 DEFAULT_PLAN_GPU = "RTX 4070"
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from scaleplan.planning.planner import plan
+def _run_defaults(args: argparse.Namespace) -> tuple[int | None, int | None, str | None]:
+    """Tokens per step, seq_len and dataset: the flags', else a nanoGPT file's own (its
+    dataset only when published runs calibrate it: not shakespeare_char)."""
     from scaleplan.scaling.webtext import is_calibrated
 
-    cfg, label, _ = load_model(args.model)
-    tokens_per_step, seq_len, world_size = args.tokens_per_step, args.seq_len, args.world_size
-    data = args.data
-    if args.model.endswith(".py"):  # keep the run's own step and data unless told otherwise
+    tokens_per_step, seq_len, data = args.tokens_per_step, args.seq_len, args.data
+    if args.model.endswith(".py"):
         run = load_nanogpt_config(args.model)
         tokens_per_step = (run.training.tokens_per_step if tokens_per_step is None
                            else tokens_per_step)
         seq_len = run.training.seq_len if seq_len is None else seq_len
-        if data is None and run.dataset and is_calibrated(run.dataset):  # not shakespeare_char
+        if data is None and run.dataset and is_calibrated(run.dataset):
             data = run.dataset
+    return tokens_per_step, seq_len, data
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from scaleplan.planning.planner import plan
+
+    cfg, label, _ = load_model(args.model)
+    tokens_per_step, seq_len, data = _run_defaults(args)
+    world_size = args.world_size
     total: int | str | None = args.total_tokens
     if isinstance(total, str) and total != "chinchilla":
         try:
