@@ -29,6 +29,14 @@ from scaleplan.scaling.webtext import (
 GPT2 = GPTConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_tables() -> None:
+    # The runs file is read once per process (functools.cache); read it again in each test, so
+    # a forked mutation-testing child never sees a table its parent built.
+    reference_runs.cache_clear()
+    webtext._pooled_noise.cache_clear()
+
+
 def test_law_n_counts_the_output_layer_as_porian_et_al() -> None:
     # Porian et al. count non-embedding weights plus the output layer (their w96_d3 model:
     # 12 x 3 x 96^2 = 331,776 plus 96 x 50,432 = 4,841,472, together 5,173,248 in their CSV).
@@ -146,3 +154,67 @@ def test_diagnose_uses_the_law_of_the_runs_dataset() -> None:
     assert owt.law == "porian2024-owt2"  # train.py's default dataset is openwebtext
     unknown = diagnose(config=GPTConfig(n_embd=384, n_head=6), log=log)
     assert unknown.law == "chinchilla"  # a bare GPTConfig says nothing of its data
+
+
+def test_the_shipped_runs_are_read_as_written() -> None:
+    # The CSV read here with the csv module alone: every row that states its model and tokens is
+    # a ReferenceRun with exactly those numbers; OpenAI's checkpoints (no token count) and the
+    # speedrun record (no layer count) are left out.
+    import csv
+
+    path = Path(webtext.__file__).parent.parent / "data" / "webtext_reference_runs.csv"
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["tokens"] and r["n_layer"]]
+    runs = {run.id: run for run in reference_runs()}
+    assert sorted(runs) == sorted(r["id"] for r in rows) and len(runs) == 9
+    for row in rows:
+        run = runs[row["id"]]
+        m = run.model
+        assert (m.n_layer, m.n_head, m.n_embd, m.vocab_size, m.block_size) == tuple(
+            int(row[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "seq_len"))
+        assert m.tie_embeddings == (row["tied"] == "yes")
+        assert (run.tokens, run.loss, run.use, run.notes) == (
+            float(row["tokens"]), float(row["loss"]), row["suggested_use"],
+            row["architecture_notes"])
+    assert webtext.calibrated() == ("fineweb/gpt2", "openwebtext/gpt2")
+
+
+def test_the_law_for_a_dataset_and_the_n_it_counts() -> None:
+    # Chinchilla counts every parameter: GPT-2 small is 124,439,808 (the published count, wte
+    # 38,597,376 + wpe 786,432 + blocks 85,054,464 + final norm 1,536); Kaplan et al. count the
+    # non-embedding ones: 85,054,464 + 1,536 = 85,056,000.
+    assert law_n_params("chinchilla", GPT2) == 124_439_808
+    assert law_n_params("kaplan2020", GPT2) == 85_056_000
+    assert webtext.law_for_data(None) == "chinchilla"  # a dataset not known
+    assert webtext.law_for_data("shakespeare_char") == "chinchilla"  # not calibrated
+    assert webtext.law_for_data("fineweb", tokenizer="llama3") == "chinchilla"
+    assert webtext.law_for_data("FineWeb10B") == "porian2024-refinedweb"
+    assert webtext.law_for_data("owt") == "porian2024-owt2"
+
+
+def test_far_from_the_calibration_runs_the_interval_adds_the_shape_spread() -> None:
+    # GPT-2 1.5B on 300B FineWeb tokens is far from the 124M / 10B calibration runs: the half
+    # width is the noise part (as at the anchor) plus the laws' disagreement there.
+    cal = calibration("fineweb")
+    n_big = law_n_params(cal.law, GPTConfig(n_layer=48, n_head=25, n_embd=1600,
+                                           vocab_size=50257))
+    spread = shape_spread(n_big, 3e11, *cal.anchor)
+    noise = cal.half_width(*cal.anchor, 0.9)  # no spread at the anchor itself
+    assert spread > 0.001
+    assert cal.half_width(n_big, 3e11, 0.9) == pytest.approx(noise + spread)
+
+
+def test_messages_name_the_argument_and_the_fix() -> None:
+    with pytest.raises(ScaleplanError, match=r"^expected_loss\(cfg=\{'n_layer': 12\}\): cfg must "
+                       r"be a GPTConfig, not a dict"):
+        expected_loss({"n_layer": 12}, tokens=1e10, data="fineweb")  # type: ignore[arg-type]
+    with pytest.raises(ScaleplanError, match=r"^tokens=-1 must be > 0; give tokens=10\*\*10$"):
+        expected_loss(GPT2, tokens=-1, data="fineweb")
+    with pytest.raises(ScaleplanError, match=r"^confidence=0 must be > 0; give confidence=0.9$"):
+        expected_loss(GPT2, tokens=1e10, data="fineweb", confidence=0)
+    with pytest.raises(ScaleplanError, match=r"^confidence=1 must be below 1, e\.g\. 0\.9$"):
+        expected_loss(GPT2, tokens=1e10, data="fineweb", confidence=1)
+    with pytest.raises(ScaleplanError, match=r"^no published fineweb-edu run with the gpt2 "
+                       r"tokenizer is shipped to calibrate it; the calibrated datasets are "
+                       r"fineweb/gpt2, openwebtext/gpt2$"):
+        calibration("fineweb-edu")
