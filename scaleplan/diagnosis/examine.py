@@ -115,7 +115,11 @@ def diagnose(
 
     ``config`` is a nanoGPT config file (parsed, never executed), a `NanoGPTRun`, or a
     `GPTConfig` (then pass ``training`` and ``claimed_params`` if known). ``gpu`` is the GPU the
-    run used (``"RTX 4070"``); without it the GPU findings are skipped.
+    run used (``"RTX 4070"``); without it the GPU findings are skipped. ``data`` is the dataset
+    trained on (default: a nanoGPT file's ``dataset``): when published runs calibrate it
+    (`scaleplan.scaling.webtext`), the plateau check and the recommendation use its web-text law
+    and the recommendation gives the loss on that data with its interval; ``law`` names another
+    law (default: that one, else Chinchilla's).
 
     >>> run = load_nanogpt_config("cfg.py", text="n_embd = 768\\ndropout = 0.1\\n"
     ...                           "batch_size = 16\\ngradient_accumulation_steps = 32\\n")
