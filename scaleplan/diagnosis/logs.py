@@ -31,6 +31,7 @@ from scaleplan.diagnosis.formats import (
     record_line,
     trainer_state_entries,
 )
+from scaleplan.diagnosis.records import MAX_MFU_PERCENT, LogRecord, LogWarning, compact_record
 from scaleplan.diagnosis.stream import (
     MAX_LINE_CHARS,
     MAX_LOG_BYTES,
@@ -47,46 +48,10 @@ from scaleplan.diagnosis.stream import (
 __all__ = ["MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCENT", "LogFormat", "LogFormatError",
            "LogRecord", "LogWarning", "TrainingLog", "read_log"]
 
-LogFormat = Literal["nanogpt", "llm.c", "hf-trainer", "hf-trainer-state", "csv", "jsonl"]
+LogFormat = Literal["nanogpt", "llm.c", "modded-nanogpt", "build-nanogpt", "litgpt", "llama2.c",
+                    "torchtitan", "hf-trainer", "hf-trainer-state", "csv", "jsonl"]
 
 MAX_WARNING_TEXT = 200
-# nanoGPT prints MFU against an A100's 312 TFLOP/s, so a faster GPU prints over 100% (a B200's
-# dense bf16 peak, 2.25 PFLOP/s, is 720%). 10,000% would be 100 A100s in one GPU: a value above
-# it is a garbled line, skipped with an "implausible-value" warning (1e300% overflowed the MFU
-# arithmetic downstream).
-MAX_MFU_PERCENT = 10_000.0
-
-
-class LogRecord(BaseModel):
-    """One line's worth of numbers from a log.
-
-    ``kind`` is ``"train"`` for a training step's own loss (one batch, noisy) and ``"eval"``
-    for an evaluation (nanoGPT's ``step`` lines also estimate the train-split loss there).
-    Losses are nats per token. Non-finite values are not stored: they become a warning.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["train", "eval"]
-    step: int | None = Field(None, ge=0)
-    train_loss: float | None = Field(None, allow_inf_nan=False)
-    val_loss: float | None = Field(None, allow_inf_nan=False)
-    time_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
-    mfu_percent: float | None = Field(None, ge=0, le=MAX_MFU_PERCENT, allow_inf_nan=False)
-    tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
-    learning_rate: float | None = Field(None, allow_inf_nan=False)
-    epoch: float | None = Field(None, allow_inf_nan=False)
-
-
-class LogWarning(BaseModel):
-    """A known message found in the log: its code, first line (1-based), text and count."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    code: str
-    line: int
-    text: str
-    count: int = 1
 
 
 class TrainingLog(BaseModel):
@@ -107,6 +72,13 @@ class TrainingLog(BaseModel):
     reported_params: int | None = Field(None, description="Parameter count the log prints.")
     reported_params_text: str | None = None
     reported_tokens_per_step: int | None = None
+    tokens_per_step_changes: tuple[tuple[int, int], ...] = Field(
+        (), description="(step, tokens per step) each time the log states a batch size other "
+        "than the one before (a resumed run printing another), the first included.")
+    steps_counted: bool = Field(False, description="The log prints no step numbers (the "
+                                "Trainer's console dicts): steps are the records counted.")
+    train_records_read: int = Field(0, description="Training records in the log; `records` "
+                                    "keeps at most MAX_KEPT_RECORDS of them, evenly spaced.")
     warnings: tuple[LogWarning, ...] = ()
     lines_read: int = Field(0, description="Lines in the log, blank ones included.")
     lines_recognised: int = 0
@@ -171,32 +143,6 @@ class TrainingLog(BaseModel):
 
 # Fields a log prints as -1 or -100.00% until it has measured them: a negative one is left out.
 _UNMEASURED_WHEN_NEGATIVE = frozenset({"mfu_percent", "time_ms", "tokens_per_second"})
-_ALL_RECORD_FIELDS = set(LogRecord.model_fields)  # shared; model_copy copies it first
-
-
-# Every field None, in the split-table dict an instance's attributes make: its copies share
-# one table of keys (a record's attributes take ~250 bytes, not ~400).
-_EMPTY = LogRecord.__new__(LogRecord)
-for _name in LogRecord.model_fields:
-    object.__setattr__(_EMPTY, _name, None)
-_EMPTY_RECORD: dict[str, Any] = _EMPTY.__dict__
-
-
-def _compact_record(values: dict[str, Any]) -> LogRecord:
-    """The `LogRecord` of ``values``, which `_Reader.add` checked against its fields (finite
-    floats, no negative times or rates, MFU within bounds; steps ints in [0, 1e15) and kinds
-    "train" or "eval" by construction), not validated a second time and kept in a shared-key
-    dict: ~360 bytes a record with its numbers, not ~1,190 (a 100 MB log holds two million
-    records), and 3x faster. Tests check them against `LogRecord`'s validation."""
-    record = LogRecord.__new__(LogRecord)
-    attributes = _EMPTY_RECORD.copy()
-    attributes.update(values)
-    assert len(attributes) == len(_EMPTY_RECORD), values  # a field name, each key
-    object.__setattr__(record, "__dict__", attributes)
-    object.__setattr__(record, "__pydantic_fields_set__", _ALL_RECORD_FIELDS)
-    object.__setattr__(record, "__pydantic_extra__", None)
-    object.__setattr__(record, "__pydantic_private__", None)
-    return record
 
 
 class _Reader:
@@ -235,7 +181,7 @@ class _Reader:
                 break
         if values.get("train_loss") is None and values.get("val_loss") is None:
             return
-        self.records.append(_compact_record(values))
+        self.records.append(compact_record(values))
         if values["kind"] == "train" and values.get("step") is not None:
             self.last_train_step = values["step"]
 
@@ -250,7 +196,7 @@ class _Reader:
         if mfu > MAX_MFU_PERCENT:
             return False
         self.last_train_step = step = int(m[1])
-        self.records.append(_compact_record({
+        self.records.append(compact_record({
             "kind": "train", "step": step, "train_loss": float(m[2]), "time_ms": float(m[3]),
             "mfu_percent": mfu if mfu >= 0 else None}))
         self.formats["nanogpt"] += 1
