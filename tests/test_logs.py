@@ -134,7 +134,9 @@ def test_hf_printed_dicts() -> None:
     assert log.format == "hf-trainer"
     assert [(r.kind, r.train_loss, r.val_loss, r.epoch) for r in log.records] == [
         ("train", 2.8512, None, 0.1), ("train", 2.6133, None, 0.2), ("eval", None, 2.5401, 0.2)]
-    assert all(r.step is None for r in log.records)  # printed dicts carry no step
+    # printed dicts carry no step: the n-th training dict is step n, the evaluation after the
+    # second takes 2 (issue 23)
+    assert [r.step for r in log.records] == [1, 2, 2] and log.steps_counted
     assert log.records[0].learning_rate == 4.5e-05
 
 

@@ -24,11 +24,13 @@ from scaleplan.diagnosis.formats import (
     ANY_KNOWN_WARNING,
     KNOWN_WARNINGS,
     NANOGPT_ITER_LINE,
+    Fact,
     csv_header,
     fact_line,
     mapping_fields,
     parse_dict,
     record_line,
+    strip_ansi,
     trainer_state_entries,
 )
 from scaleplan.diagnosis.records import MAX_MFU_PERCENT, LogRecord, LogWarning, compact_record
@@ -52,6 +54,7 @@ LogFormat = Literal["nanogpt", "llm.c", "modded-nanogpt", "build-nanogpt", "litg
                     "torchtitan", "hf-trainer", "hf-trainer-state", "csv", "jsonl"]
 
 MAX_WARNING_TEXT = 200
+MAX_BATCH_SIZE_CHANGES = 100  # entries of TrainingLog.tokens_per_step_changes
 
 
 class TrainingLog(BaseModel):
@@ -143,6 +146,11 @@ class TrainingLog(BaseModel):
 
 # Fields a log prints as -1 or -100.00% until it has measured them: a negative one is left out.
 _UNMEASURED_WHEN_NEGATIVE = frozenset({"mfu_percent", "time_ms", "tokens_per_second"})
+# The warning a non-finite value gives, by field (any other: "non-finite-value").
+_NON_FINITE_CODES = {"train_loss": "non-finite-loss", "val_loss": "non-finite-loss",
+                     "grad_norm": "non-finite-grad-norm"}
+# The formats of dict lines, whose steps are counted when the log prints none.
+_DICT_FORMATS = frozenset({"hf-trainer", "jsonl"})
 
 
 class _Reader:
@@ -151,39 +159,47 @@ class _Reader:
     def __init__(self) -> None:
         self.records: list[LogRecord] = []
         self.formats: Counter[str] = Counter()
-        self.warnings: dict[str, list[Any]] = {}  # code: [first line, its text, count]
+        # code: [first line, its text, count, the first line's step]
+        self.warnings: dict[str, list[Any]] = {}
         self.params: tuple[int, str] | None = None
-        self.tokens_per_step: int | None = None
+        self.tokens_per_step: int | None = None  # the first one stated
+        self.tokens_per_step_changes: list[tuple[int, int]] = []  # (step, tokens per step)
         self.skipped = 0
         self.csv_header: list[str] | None = None
-        self.last_train_step = 0  # the step of the last training record (0 before any)
-        self.last_step = lambda: self.last_train_step
+        self.last_train_step = 0  # the step of the last training line (0 before any)
+        self.train_seen = False  # whether a training line with a step was read
+        self.last_step = lambda: self.last_train_step if self.train_seen else None
+        self.dicts_counted = 0  # training dicts without a step, counted
+        self.dict_steps_printed = False  # a dict line carried a step
+        self.steps_counted = False
 
-    def warn(self, code: str, line_no: int, text: str) -> None:
+    def warn(self, code: str, line_no: int, text: str, step: int | None = None) -> None:
         seen = self.warnings.get(code)
         if seen is None:
-            self.warnings[code] = [line_no, text.strip()[:MAX_WARNING_TEXT], 1]
+            self.warnings[code] = [line_no, text.strip()[:MAX_WARNING_TEXT], 1, step]
         else:
             seen[2] += 1
 
     def log_warnings(self) -> tuple[LogWarning, ...]:
-        return tuple(LogWarning(code=code, line=line, text=text, count=count)
-                     for code, (line, text, count) in self.warnings.items())
+        return tuple(LogWarning(code=code, line=line, text=text, count=count, step=step)
+                     for code, (line, text, count, step) in self.warnings.items())
 
     def add(self, fmt: str, line_no: int, text: str, values: dict[str, Any]) -> None:
         """Store a record, moving non-finite and implausible values into a warning."""
         self.formats[fmt] += 1
         for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
             if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
+                step = values.get("step")
                 values = {k: v for k, v in values.items()
                           if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
-                          or self._acceptable(k, v, line_no, text)}
+                          or self._acceptable(k, v, line_no, text, step)}
                 break
+        if values["kind"] == "train" and values.get("step") is not None:
+            self.last_train_step = values["step"]  # a NaN loss's step too
+            self.train_seen = True
         if values.get("train_loss") is None and values.get("val_loss") is None:
             return
         self.records.append(compact_record(values))
-        if values["kind"] == "train" and values.get("step") is not None:
-            self.last_train_step = values["step"]
 
     def fast_line(self, line_no: int, raw: bytes) -> bool:
         """A whole nanoGPT ``iter`` line (most lines of a nanoGPT log) read from its bytes, as
@@ -202,13 +218,15 @@ class _Reader:
         self.formats["nanogpt"] += 1
         return True
 
-    def _acceptable(self, key: str, value: float, line_no: int, text: str) -> bool:
-        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning when it is not."""
+    def _acceptable(self, key: str, value: float, line_no: int, text: str,
+                    step: int | None) -> bool:
+        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning (with the line's
+        step) when it is not."""
         if not math.isfinite(value):
-            self.warn("non-finite-loss" if "loss" in key else "non-finite-value", line_no, text)
+            self.warn(_NON_FINITE_CODES.get(key, "non-finite-value"), line_no, text, step)
             return False
         if value < 0:  # nanoGPT prints -100.00% before it has measured MFU
-            return key not in _UNMEASURED_WHEN_NEGATIVE
+            return key not in _UNMEASURED_WHEN_NEGATIVE and key != "grad_norm"
         if key == "mfu_percent":
             self.warn("implausible-value", line_no, text)
             return False
@@ -216,7 +234,7 @@ class _Reader:
 
     def line(self, line_no: int, text: str) -> None:
         """Read one line: a known warning, a record, a fact about the run, or a skipped line."""
-        stripped = text.strip()
+        stripped = (strip_ansi(text) if "\x1b" in text else text).strip()
         if not stripped:
             return
         known = ANY_KNOWN_WARNING.search(stripped) is not None and \
@@ -225,10 +243,25 @@ class _Reader:
             return
         fact = fact_line(stripped)
         if fact is not None:
-            setattr(self, fact.name, fact.value)  # params or tokens_per_step
-            self.formats[fact.format] += 1
+            self._fact(fact)
         elif not known:
             self.skipped += 1
+
+    def _fact(self, fact: Fact) -> None:
+        """Keep a fact: the parameter count, or the tokens per step (the first one stated, and
+        each change, with the last training step read before it)."""
+        self.formats[fact.format] += 1
+        if fact.name == "params":
+            self.params = fact.value
+            return
+        tokens = fact.value
+        if tokens is None:
+            return
+        if self.tokens_per_step is None:
+            self.tokens_per_step = tokens
+        changes = self.tokens_per_step_changes
+        if (not changes or changes[-1][1] != tokens) and len(changes) < MAX_BATCH_SIZE_CHANGES:
+            changes.append((self.last_train_step, tokens))
 
     def _known_warnings(self, line_no: int, text: str) -> bool:
         """Count each known warning the line holds; whether it held one."""
@@ -268,8 +301,24 @@ class _Reader:
         fields = mapping_fields(data)
         if fields is None:
             return False
+        if fmt in _DICT_FORMATS:
+            self._count_step(fields)
         self.add(fmt, line_no, text, fields)
         return True
+
+    def _count_step(self, fields: dict[str, Any]) -> None:
+        """Number a dict that prints no step (the Trainer's console dicts): the n-th training
+        dict is step n, an evaluation takes the count so far; only while the log has printed
+        no step (no dict with one, no line of another format)."""
+        if fields["step"] is not None:
+            self.dict_steps_printed = True
+            return
+        if self.dict_steps_printed or not self.formats.keys() <= _DICT_FORMATS:
+            return
+        if fields["kind"] == "train":
+            self.dicts_counted += 1
+        fields["step"] = self.dicts_counted
+        self.steps_counted = True
 
     def _header(self, text: str) -> bool:
         names = csv_header(text)
@@ -339,6 +388,8 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
         reported_params=params[0] if params else None,
         reported_params_text=params[1] if params else None,
         reported_tokens_per_step=reader.tokens_per_step,
+        tokens_per_step_changes=tuple(reader.tokens_per_step_changes),
+        steps_counted=reader.steps_counted,
         warnings=reader.log_warnings(), lines_read=lines_read,
         lines_recognised=sum(reader.formats.values()), lines_skipped=reader.skipped,
         lines_too_long=too_long, lines_not_utf8=not_utf8,
