@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from itertools import islice
 from typing import Any, NamedTuple
 
 from scaleplan.diagnosis.mappings import (
@@ -137,18 +136,19 @@ _TITAN_NORM = re.compile(rf"\sgrad_norm:\s*{_F}")
 _TITAN_TPS = re.compile(rf"\stps:\s*{_GROUPED}")
 _TITAN_MFU = re.compile(rf"\smfu:\s*{_F}\s*%")
 
-# Where a record may start behind a prefix: after a space, "]", ":", "|" or ">", a word that
-# starts a record line. Searched once, on a line whose start matched no format.
-_RECORD_START = re.compile(r"[\s\]:|>](?=iter |step|val|Epoch )")
+# Where a record may start behind a prefix: a word that starts a record line, after a space,
+# "]", ":", "|" or ">". Searched on a line whose start matched no format (the word first: a
+# search for it skips along the line faster than one for the character before it).
+_RECORD_START = re.compile(r"iter |step|val|Epoch ")
+_BEFORE_RECORD = frozenset(" \t]:|>")
 MAX_PREFIX_TRIES = 3
 _ANSI = re.compile(r"\x1b\[[0-9;]{0,40}m")
 
-_FACTS = re.compile(
-    r"number of parameters: (?P<nanogpt_params>\d{1,9}(?:\.\d{1,9})?)M\b"
-    r"|tokens per iteration will be: (?P<nanogpt_tokens>[\d,]{1,30})"
-    r"|^(?:\| )?num_parameters:?\s*(?:\|\s*)?(?P<llmc_params>\d{1,18})\b"
-    r"|total_batch_size=(?P<llmc_tokens>\d{1,18})"
-    r"|total desired batch size: (?P<build_tokens>\d{1,18})")
+_NANOGPT_PARAMS = re.compile(r"number of parameters: (\d{1,9}(?:\.\d+)?)M\b")
+_NANOGPT_TOKENS = re.compile(r"tokens per iteration will be: ([\d,]{1,30})")
+_LLMC_PARAMS = re.compile(r"^(?:\| )?num_parameters:?\s*(?:\|\s*)?(\d{1,18})\b")
+_LLMC_BATCH = re.compile(r"total_batch_size=(\d{1,18})")
+_BUILD_BATCH = re.compile(r"total desired batch size: (\d{1,18})")
 
 # Messages worth knowing about, by code. The inductor one comes from is_big_gpu in
 # torch/_inductor/utils.py (GPUs with fewer than 68 SMs skip max-autotune GEMM tuning).
@@ -305,11 +305,14 @@ def record_line(text: str,
     100
     """
     found = _at_start(text, last_step)
-    if found is None:
-        for start in islice(_RECORD_START.finditer(text), MAX_PREFIX_TRIES):
-            found = _at_start(text[start.end():], last_step)
-            if found is not None:
+    start = _RECORD_START.search(text, 1) if found is None else None
+    tries = 0
+    while start is not None and tries < MAX_PREFIX_TRIES:
+        if text[start.start() - 1] in _BEFORE_RECORD:
+            tries += 1
+            if (found := _at_start(text[start.start():], last_step)) is not None:
                 break
+        start = _RECORD_START.search(text, start.end())
     return found
 
 
@@ -331,17 +334,17 @@ class Fact(NamedTuple):
     value: Any
 
 
-# For each group of `_FACTS`: the format, the fact, its value from the match.
-_FACT_VALUES: dict[str, tuple[str, str, Callable[[re.Match[str]], Any]]] = {
-    "nanogpt_params": ("nanogpt", "params",
-                       lambda m: (round(float(m["nanogpt_params"]) * 1e6), m[0])),
-    "nanogpt_tokens": ("nanogpt", "tokens_per_step",
-                       lambda m: int(m["nanogpt_tokens"].replace(",", "") or 0) or None),
-    "llmc_params": ("llm.c", "params", lambda m: (int(m["llmc_params"]), m[0])),
-    "llmc_tokens": ("llm.c", "tokens_per_step", lambda m: int(m["llmc_tokens"]) or None),
-    "build_tokens": ("build-nanogpt", "tokens_per_step",
-                     lambda m: int(m["build_tokens"]) or None),
-}
+# (how to look for it, the format, the fact, its value from the match); first match wins.
+# Each search starts with its words: a search for a fixed prefix skips along the line fast.
+_FACT_LINES: tuple[tuple[Callable[[str], re.Match[str] | None], str, str,
+                         Callable[[re.Match[str]], Any]], ...] = (
+    (_NANOGPT_PARAMS.search, "nanogpt", "params", lambda m: (round(float(m[1]) * 1e6), m[0])),
+    (_NANOGPT_TOKENS.search, "nanogpt", "tokens_per_step",
+     lambda m: int(m[1].replace(",", "") or 0) or None),
+    (_LLMC_PARAMS.match, "llm.c", "params", lambda m: (int(m[1]), m[0])),
+    (_LLMC_BATCH.search, "llm.c", "tokens_per_step", lambda m: int(m[1]) or None),
+    (_BUILD_BATCH.search, "build-nanogpt", "tokens_per_step", lambda m: int(m[1]) or None),
+)
 
 
 def fact_line(text: str) -> Fact | None:
@@ -350,8 +353,7 @@ def fact_line(text: str) -> Fact | None:
     >>> fact_line("number of parameters: 123.59M")
     Fact(format='nanogpt', name='params', value=(123590000, 'number of parameters: 123.59M'))
     """
-    m = _FACTS.search(text)
-    if m is None or m.lastgroup is None:
-        return None
-    fmt, name, value = _FACT_VALUES[m.lastgroup]
-    return Fact(fmt, name, value(m))
+    for find, fmt, name, value in _FACT_LINES:
+        if m := find(text):
+            return Fact(fmt, name, value(m))
+    return None

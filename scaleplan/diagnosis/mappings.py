@@ -65,8 +65,11 @@ def _printed_dict(body: str) -> dict[Any, Any] | None:
             node = ast.parse(body, mode="eval").body
         if not isinstance(node, ast.Dict) or None in node.keys:  # {**other} has a None key
             return None
-        return {ast.literal_eval(key): _value(value)  # type: ignore[arg-type]
-                for key, value in zip(node.keys, node.values, strict=True)}
+        try:
+            return ast.literal_eval(node)  # type: ignore[no-any-return]
+        except ValueError:  # a name: nan or inf, or one that is refused
+            return {ast.literal_eval(key): _value(value)  # type: ignore[arg-type]
+                    for key, value in zip(node.keys, node.values, strict=True)}
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
 
