@@ -139,7 +139,8 @@ _TITAN_MFU = re.compile(rf"\smfu:\s*{_F}\s*%")
 # Where a record may start behind a prefix: a word that starts a record line, after a space,
 # "]", ":", "|" or ">". Searched on a line whose start matched no format (the word first: a
 # search for it skips along the line faster than one for the character before it).
-_RECORD_START = re.compile(r"iter |step|val|Epoch ")
+# llm.c's bare "val loss X" is not looked for there: ", val loss X" ends other lines.
+_RECORD_START = re.compile(r"iter |step|validat|Epoch ")
 _BEFORE_RECORD = frozenset(" \t]:|>")
 MAX_PREFIX_TRIES = 3
 _ANSI = re.compile(r"\x1b\[[0-9;]{0,40}m")
