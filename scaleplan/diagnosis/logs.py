@@ -20,6 +20,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan.diagnosis.blocks import iter_record, read_blocks
 from scaleplan.diagnosis.formats import (
     ANY_KNOWN_WARNING,
     KNOWN_WARNINGS,
@@ -31,7 +32,14 @@ from scaleplan.diagnosis.formats import (
     record_line,
     trainer_state_entries,
 )
-from scaleplan.diagnosis.records import MAX_MFU_PERCENT, LogRecord, LogWarning, compact_record
+from scaleplan.diagnosis.records import (
+    MAX_KEPT_RECORDS,
+    MAX_MFU_PERCENT,
+    LogRecord,
+    LogWarning,
+    RecordStore,
+    compact_record,
+)
 from scaleplan.diagnosis.stream import (
     MAX_LINE_CHARS,
     MAX_LOG_BYTES,
@@ -39,13 +47,12 @@ from scaleplan.diagnosis.stream import (
     LogFormatError,
     json_document,
     open_log,
-    read_lines,
     source_name,
-    split_lines,
     text_contents,
 )
 
-__all__ = ["MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCENT", "LogFormat", "LogFormatError",
+__all__ = ["MAX_KEPT_RECORDS", "MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCENT", "LogFormat",
+           "LogFormatError",
            "LogRecord", "LogWarning", "TrainingLog", "read_log"]
 
 LogFormat = Literal["nanogpt", "llm.c", "modded-nanogpt", "build-nanogpt", "litgpt", "llama2.c",
@@ -149,7 +156,7 @@ class _Reader:
     """Accumulates what the lines of one log say: its records and little else (no lines)."""
 
     def __init__(self) -> None:
-        self.records: list[LogRecord] = []
+        self.records = RecordStore(parse_line=iter_record)
         self.formats: Counter[str] = Counter()
         self.warnings: dict[str, list[Any]] = {}  # code: [first line, its text, count]
         self.params: tuple[int, str] | None = None
@@ -324,9 +331,9 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
         reader.formats["hf-trainer-state"] += 1
         lines_read, too_long, not_utf8 = sum(len(c.splitlines()) for c in rest), 0, 0
     else:
-        lines_read, too_long, not_utf8 = read_lines(reader.line, split_lines(rest),
-                                                    reader.fast_line)
-    if not reader.records and reader.params is None:
+        lines_read, too_long, not_utf8 = read_blocks(reader, chunks, rest)
+    records = reader.records.records()
+    if not records and reader.params is None:
         raise LogFormatError(
             f"{chunks.source}: no loss or parameter count found in {lines_read:,} lines; "
             "expected nanoGPT ('iter N: loss X, ...', 'step N: train loss X, val loss Y'), "
@@ -335,7 +342,7 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
     fmt = cast(LogFormat, reader.formats.most_common(1)[0][0])
     params = reader.params
     return TrainingLog(
-        source=chunks.source, format=fmt, records=tuple(reader.records),
+        source=chunks.source, format=fmt, records=records,
         reported_params=params[0] if params else None,
         reported_params_text=params[1] if params else None,
         reported_tokens_per_step=reader.tokens_per_step,
@@ -343,4 +350,5 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
         lines_recognised=sum(reader.formats.values()), lines_skipped=reader.skipped,
         lines_too_long=too_long, lines_not_utf8=not_utf8,
         unterminated_last_line=chunks.size > 0 and not chunks.ends_in_newline,
+        train_records_read=reader.records.seen["train"],
     )
