@@ -72,7 +72,8 @@ def iter_lines(block: bytes) -> IterLines | None:
     starts[0] = 0
     starts[1:] = other[ends] + 1
     is_iter = np.zeros(n_lines, dtype=bool)
-    for template in (_TEMPLATE, _TEMPLATE_NEGATIVE):
+    templates = (_TEMPLATE, _TEMPLATE_NEGATIVE) if b"mfu -" in block else (_TEMPLATE,)
+    for template in templates:
         rows = _matching(skeleton, skeleton_starts, ends - skeleton_starts, template)
         first = skeleton_starts[rows]
         is_iter[rows[_numbers_ok(other, first, template)]] = True
@@ -99,13 +100,14 @@ def _numbers_ok(other: npt.NDArray[np.int64], first: npt.NDArray[np.int64],
     """For lines whose skeleton is ``template`` and starts at ``first``: whether the step has 1
     to 15 digits, each decimal number has a digit, and the MFU fewer than 5 before its point.
     The digits between two skeleton bytes are the gap between where they were."""
-    def digits_between(j: int) -> npt.NDArray[np.int64]:  # between template bytes j and j + 1
-        return other[first + j + 1] - other[first + j] - 1
+    import numpy as np
 
-    colon = template.index(b":")
-    step = digits_between(colon - 1)
+    where = np.lib.stride_tricks.sliding_window_view(other, len(template))[first]
+    digits = np.diff(where, axis=1) - 1  # [:, j]: digits between template bytes j and j + 1
+    step = digits[:, template.index(b":") - 1]
     ok = (step >= 1) & (step <= _MAX_STEP_DIGITS)
     points = [i for i, byte in enumerate(template) if byte == ord(".")]
     for point in points:
-        ok &= (digits_between(point - 1) + digits_between(point)) >= 1
-    return ok & (digits_between(points[-1] - 1) < 5)  # 10,000% or more is read line by line
+        ok &= (digits[:, point - 1] + digits[:, point]) >= 1
+    result: npt.NDArray[np.bool_] = ok & (digits[:, points[-1] - 1] < 5)  # 10,000%: slowly
+    return result
