@@ -102,6 +102,8 @@ def _numbers_ok(other: npt.NDArray[np.int64], first: npt.NDArray[np.int64],
     The digits between two skeleton bytes are the gap between where they were."""
     import numpy as np
 
+    if first.size == 0:
+        return np.zeros(0, dtype=bool)
     where = np.lib.stride_tricks.sliding_window_view(other, len(template))[first]
     digits = np.diff(where, axis=1) - 1  # [:, j]: digits between template bytes j and j + 1
     step = digits[:, template.index(b":") - 1]
