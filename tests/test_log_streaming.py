@@ -157,3 +157,34 @@ def test_a_file_with_nothing_recognisable_is_refused_early(
     # the same garbage after a first loss is skipped and counted, not refused
     log = read_log("x.log", text="iter 1: loss 2.0\n" + garbage)
     assert (len(log.records), log.lines_skipped) == (1, 2000)
+
+
+# ---- "-" reads standard input (a pipe: `python train.py | scaleplan diagnose -`)
+
+
+def test_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import sys
+
+    data = b"number of parameters: 40.56M\niter 0: loss 10.9856, time 61234.56ms, mfu -100.00%\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    log = read_log("-")
+    assert (log.source, log.reported_params, log.records[0].train_loss) == (
+        "<stdin>", 40_560_000, 10.9856)
+
+
+def test_a_pipe_reads_like_the_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    lines = "".join(f"iter {i}: loss {5 - i / 1000:.4f}, time 95.00ms, mfu 40.00%\n"
+                    for i in range(3000))
+    path = tmp_path / "train.log"
+    path.write_text(lines)
+    code = ("import sys; from scaleplan.diagnosis.logs import read_log; "
+            "print(read_log('-').model_dump_json())")
+    piped = subprocess.run([sys.executable, "-c", code], input=lines.encode(),
+                           capture_output=True, check=True, timeout=120)
+    from_pipe = logs.TrainingLog.model_validate_json(piped.stdout)
+    assert from_pipe.model_copy(update={"source": str(path)}) == read_log(path)
+    assert from_pipe.train_records()[-1].train_loss == pytest.approx(5 - 2999 / 1000)

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import sys
 from collections import Counter
 from typing import Any, Literal, cast
 
@@ -308,7 +309,8 @@ def read_log(path: str | os.PathLike[str] | None = None, *,
     one longer than ``MAX_LOG_BYTES`` (at most that many bytes are read: an endless file such
     as ``/dev/zero`` is refused, not waited on). The file is read as a stream of lines: memory
     is the records kept, not the size of the file.
-    Pass ``text`` to read a string instead of a file (``path``, optional then, only names it).
+    Pass ``text`` to read a string instead of a file (``path``, optional then, only names it);
+    ``path="-"`` reads standard input.
 
     >>> log = read_log("llmc.txt", text="step    1/74: train loss 4.367857 (224.275024 ms, "
     ...                "36563 tok/s)\\nval loss 4.123\\n")
@@ -318,6 +320,8 @@ def read_log(path: str | os.PathLike[str] | None = None, *,
     if text is not None:
         source = "<text>" if path is None else source_name(path)
         return _read(_Reader(), Chunks.of_text(source, text_contents(text)))
+    if path == "-":  # standard input, as a stream: `train.py | scaleplan diagnose -`
+        return _read(_Reader(), Chunks("<stdin>", sys.stdin.buffer.read))
     with open_log(source_name(path), cast("str | os.PathLike[str]", path)) as stream:
         return _read(_Reader(), Chunks(source_name(path), stream.read))
 
