@@ -441,6 +441,8 @@ def test_a_smaller_block_size_crops_gpt2_and_a_larger_one_is_an_error() -> None:
     with pytest.raises(ConfigFileError, match=r"ft.py, line 2: block_size = 2048: gpt2 has 1024 "
                        r"positions"):
         load_nanogpt_config("ft.py", text="init_from = 'gpt2'\nblock_size = 2048\n")
+    with pytest.raises(ConfigFileError, match=r"line 2: block_size = 0: Input should be greater"):
+        load_nanogpt_config("ft.py", text="init_from = 'gpt2'\nblock_size = 0\n")
 
 
 @pytest.mark.parametrize(

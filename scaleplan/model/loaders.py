@@ -215,6 +215,9 @@ _TRAINING_KEYS = {
     "eval_interval": "eval_interval",
     "eval_iters": "eval_iters",
 }
+# TrainingConfig field -> the key of the file it came from, to name the key in errors.
+_FILE_KEYS = {**{field: key for key, field in _TRAINING_KEYS.items()}, "seq_len": "block_size",
+              "grad_accum_steps": "gradient_accumulation_steps", "precision": "dtype"}
 # Read, but into neither dict: how the run starts, its vocabulary, its data and precision.
 _OTHER_KEYS = {"gradient_accumulation_steps", "dtype", "meta_vocab_size", "dataset",
                "init_from", "eval_only"}
@@ -329,7 +332,7 @@ def _build(cls: type[BaseModel], data: dict[str, Any], source: str,
             line = lines.get(key) if key else None
             raise ConfigFileError(message, path=source, line=line) from None
         field = str(err["loc"][0])
-        file_key = next((k for k, v in _TRAINING_KEYS.items() if v == field), field)
+        file_key = _FILE_KEYS.get(field, field)
         raise ConfigFileError(f"{file_key} = {shown(err.get('input'))}: {message}", path=source,
                               line=lines.get(file_key)) from None
 

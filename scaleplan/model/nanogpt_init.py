@@ -68,11 +68,13 @@ def gpt2_model(name: str, values: dict[str, Any], *, source: str, lines: dict[st
                      f"(n_layer {model['n_layer']}, n_head {model['n_head']}, n_embd "
                      f"{model['n_embd']}, vocab 50257, bias); nanoGPT overrides only dropout")
     block = values.get("block_size", _GPT2_BLOCK_SIZE)
-    if isinstance(block, int) and not isinstance(block, bool) and 0 < block < _GPT2_BLOCK_SIZE:
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        return model  # not a length: the training seq_len check names it
+    if block < _GPT2_BLOCK_SIZE:
         model["block_size"] = block
         notes.append(f"block_size = {block} crops {name}'s {_GPT2_BLOCK_SIZE} positions to "
                      f"{block} (nanoGPT's crop_block_size)")
-    elif block != _GPT2_BLOCK_SIZE:
+    elif block > _GPT2_BLOCK_SIZE:
         raise ConfigFileError(f"block_size = {shown(block)}: {name} has "
                               f"{_GPT2_BLOCK_SIZE} positions and nanoGPT only crops them; use a "
                               f"block_size of at most {_GPT2_BLOCK_SIZE}", path=source,
