@@ -510,6 +510,13 @@ def test_train_py_notes_say_what_was_skipped() -> None:
     assert len(notes) == 3
 
 
+def test_many_imports_make_one_short_note() -> None:
+    run = load_nanogpt_config("x.py", text="import os\n" * 5000 + "n_layer = 3\n")
+    assert run.model.n_layer == 3
+    assert run.notes == ("lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, "
+                         "19, 20, ...: 5,000 imports skipped (nothing is imported)",)
+
+
 def test_only_an_assignment_before_the_defaults_end_is_read() -> None:
     text = "n_layer = 4\nexec(open('configurator.py').read())\nn_layer = 8\nimport os\n"
     run = load_nanogpt_config("train.py", text=text)

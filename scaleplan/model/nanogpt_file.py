@@ -43,8 +43,10 @@ MAX_INT_DIGITS = 30
 MAX_EXPONENT = 128
 MAX_STRING_LENGTH = 10_000
 MAX_LINE_COUNT = 20_000
-# The longest piece of a skipped line quoted in its note.
+# The longest piece of a skipped line quoted in its note, and the most line numbers one lists
+# (train.py has 10 imports).
 NOTE_QUOTE_LIMIT = 60
+NOTE_LINES_LIMIT = 20
 
 #: nanoGPT train.py settings that say where and how a run logs, never what it trains: a value
 #: there that is not a literal (``wandb_run_name = 'ft-' + str(time.time())``) is skipped with a
@@ -211,8 +213,10 @@ def _skipped(node: ast.stmt, text: str, *, in_train_py: bool) -> str | None:
 def _imports_note(imports: list[ast.stmt], text: str) -> str:
     if len(imports) == 1:
         return f"line {imports[0].lineno}: {_quote(imports[0], text)} skipped (nothing is imported)"
-    lines = ", ".join(str(node.lineno) for node in imports)
-    return f"lines {lines}: {len(imports)} imports skipped (nothing is imported)"
+    lines = ", ".join(str(node.lineno) for node in imports[:NOTE_LINES_LIMIT])
+    if len(imports) > NOTE_LINES_LIMIT:
+        lines += ", ..."
+    return f"lines {lines}: {len(imports):,} imports skipped (nothing is imported)"
 
 
 def _quote(node: ast.stmt, text: str) -> str:
