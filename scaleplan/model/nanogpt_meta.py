@@ -98,11 +98,16 @@ def dataset_vocab(dataset: str, *, config_path: str | os.PathLike[str]) -> Datas
 
 
 def _candidates(dataset: str, config_path: str | os.PathLike[str]) -> list[str]:
-    here = os.path.dirname(os.path.abspath(os.fsdecode(config_path)))
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # the current directory was removed
+        cwd = None
+    config = os.fsdecode(config_path)
+    here = os.path.dirname(os.path.normpath(os.path.join(cwd, config) if cwd else config))
     out: list[str] = []
-    for base in (here, os.path.dirname(here), os.getcwd()):
-        path = os.path.join(base, "data", dataset, "meta.pkl")
-        if path not in out:
+    for base in (here, os.path.dirname(here), cwd):
+        path = None if base is None else os.path.join(base, "data", dataset, "meta.pkl")
+        if path is not None and path not in out:
             out.append(path)
     return out
 
