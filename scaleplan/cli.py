@@ -88,12 +88,16 @@ def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str
 def _cmd_params(args: argparse.Namespace) -> int:
     cfg, label, claimed = load_model(args.model)
     pc = count_params(cfg)
+    # what reading a nanoGPT file skipped or assumed (init_from, meta.pkl's vocabulary, ...)
+    notes = load_nanogpt_config(args.model).notes if args.model.endswith(".py") else ()
     if args.json:
         out = {"model": label, "config": cfg.model_dump(), "params": pc.model_dump(),
-               "claimed_params": claimed}
+               "claimed_params": claimed, "notes": list(notes)}
         print(json.dumps(out, indent=2))
     else:
         print(format_params(pc, label, claimed))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 

@@ -329,3 +329,23 @@ def test_diagnose_prints_its_notes(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "size-mismatch" in out
     assert "\nnote: the recommended run was not planned on the RTX 4070: nothing fits" in out
+
+
+def test_params_of_a_char_level_config_prints_what_it_assumed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 21: "scaleplan params train_shakespeare_char.py says 30.04M (vocab 50304 assumed)
+    # where nanoGPT builds 10.65M from meta.pkl". nanoGPT's README prints "number of parameters:
+    # 10.65M" for this model (6 layers of 384, 256 positions, 65 characters): by hand,
+    # 65*384 + 6*(12*384**2 + 2*384) + 384 = 10,646,784 without the position embedding
+    (tmp_path / "config").mkdir()
+    config = tmp_path / "config" / "train_shakespeare_char.py"
+    config.write_text("dataset = 'shakespeare_char'\nn_layer = 6\nn_head = 6\nn_embd = 384\n"
+                      "block_size = 256\nimport time\n"
+                      "wandb_run_name = 'mini-gpt' + str(time.time())\n")
+    assert main(["params", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "10,646,784" in out and 65 * 384 + 6 * (12 * 384**2 + 2 * 384) + 384 == 10_646_784
+    assert "note: line 6: import time skipped" in out
+    assert "vocab_size = 65 assumed" in out  # no meta.pkl beside the data: said, not hidden
+    assert main(["params", str(config), "--json"]) == 0
+    assert any("import time" in n for n in json.loads(capsys.readouterr().out)["notes"])

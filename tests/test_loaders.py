@@ -163,7 +163,9 @@ def test_nanogpt_dtype_maps_to_precision() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("import os\nos.system('touch /tmp/pwned')", r"line 1: an import is not allowed"),
+        # nanoGPT's own configs import time: an import is skipped with a note (nothing is run),
+        # and the call that would use it is what is refused.
+        ("import os\nos.system('touch /tmp/pwned')", r"line 2: an expression statement"),
         ("n_layer = 12\n__import__('os').system('x')", r"line 2: an expression statement"),
         ("n_layer = int('12')", r"line 1: a function call is not allowed"),
         ("n_layer = n_head", r"line 1: the name 'n_head' is not allowed"),

@@ -15,11 +15,13 @@ import csv
 import json
 import math
 import os
+import sys
 from collections import Counter
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scaleplan.diagnosis.blocks import iter_record, read_blocks
 from scaleplan.diagnosis.formats import (
     ANY_KNOWN_WARNING,
     KNOWN_WARNINGS,
@@ -33,7 +35,14 @@ from scaleplan.diagnosis.formats import (
     strip_ansi,
     trainer_state_entries,
 )
-from scaleplan.diagnosis.records import MAX_MFU_PERCENT, LogRecord, LogWarning, compact_record
+from scaleplan.diagnosis.records import (
+    MAX_KEPT_RECORDS,
+    MAX_MFU_PERCENT,
+    LogRecord,
+    LogWarning,
+    RecordStore,
+    compact_record,
+)
 from scaleplan.diagnosis.stream import (
     MAX_LINE_CHARS,
     MAX_LOG_BYTES,
@@ -41,13 +50,12 @@ from scaleplan.diagnosis.stream import (
     LogFormatError,
     json_document,
     open_log,
-    read_lines,
     source_name,
-    split_lines,
     text_contents,
 )
 
-__all__ = ["MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCENT", "LogFormat", "LogFormatError",
+__all__ = ["MAX_KEPT_RECORDS", "MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCENT", "LogFormat",
+           "LogFormatError",
            "LogRecord", "LogWarning", "TrainingLog", "read_log"]
 
 LogFormat = Literal["nanogpt", "llm.c", "modded-nanogpt", "build-nanogpt", "litgpt", "llama2.c",
@@ -146,10 +154,10 @@ class TrainingLog(BaseModel):
 
 # Fields a log prints as -1 or -100.00% until it has measured them: a negative one is left out.
 _UNMEASURED_WHEN_NEGATIVE = frozenset({"mfu_percent", "time_ms", "tokens_per_second"})
-# The warning a non-finite value gives, by field (any other: "non-finite-value").
+# The warning a non-finite value gives, by field (any other: "non-finite-value"); the formats
+# of dict lines, whose steps are counted when the log prints none.
 _NON_FINITE_CODES = {"train_loss": "non-finite-loss", "val_loss": "non-finite-loss",
                      "grad_norm": "non-finite-grad-norm"}
-# The formats of dict lines, whose steps are counted when the log prints none.
 _DICT_FORMATS = frozenset({"hf-trainer", "jsonl"})
 
 
@@ -157,21 +165,19 @@ class _Reader:
     """Accumulates what the lines of one log say: its records and little else (no lines)."""
 
     def __init__(self) -> None:
-        self.records: list[LogRecord] = []
+        self.records = RecordStore(parse_line=iter_record)
         self.formats: Counter[str] = Counter()
-        # code: [first line, its text, count, the first line's step]
-        self.warnings: dict[str, list[Any]] = {}
+        self.warnings: dict[str, list[Any]] = {}  # code: [first line, text, count, step]
         self.params: tuple[int, str] | None = None
         self.tokens_per_step: int | None = None  # the first one stated
         self.tokens_per_step_changes: list[tuple[int, int]] = []  # (step, tokens per step)
         self.skipped = 0
         self.csv_header: list[str] | None = None
         self.last_train_step = 0  # the step of the last training line (0 before any)
-        self.train_seen = False  # whether a training line with a step was read
-        self.last_step = lambda: self.last_train_step if self.train_seen else None
-        self.dicts_counted = 0  # training dicts without a step, counted
-        self.dict_steps_printed = False  # a dict line carried a step
-        self.steps_counted = False
+        self.train_seen = False  # a training line with a step was read (the fast path's: seen)
+        self.last_step = lambda: (self.last_train_step
+                                  if self.train_seen or self.records.seen["train"] else None)
+        self.dicts_counted, self.dict_steps_printed, self.steps_counted = 0, False, False
 
     def warn(self, code: str, line_no: int, text: str, step: int | None = None) -> None:
         seen = self.warnings.get(code)
@@ -189,10 +195,9 @@ class _Reader:
         self.formats[fmt] += 1
         for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
             if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
-                step = values.get("step")
                 values = {k: v for k, v in values.items()
                           if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
-                          or self._acceptable(k, v, line_no, text, step)}
+                          or self._acceptable(k, v, line_no, text, values.get("step"))}
                 break
         if values["kind"] == "train" and values.get("step") is not None:
             self.last_train_step = values["step"]  # a NaN loss's step too
@@ -220,8 +225,7 @@ class _Reader:
 
     def _acceptable(self, key: str, value: float, line_no: int, text: str,
                     step: int | None) -> bool:
-        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning (with the line's
-        step) when it is not."""
+        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning when it is not."""
         if not math.isfinite(value):
             self.warn(_NON_FINITE_CODES.get(key, "non-finite-value"), line_no, text, step)
             return False
@@ -253,15 +257,11 @@ class _Reader:
         self.formats[fact.format] += 1
         if fact.name == "params":
             self.params = fact.value
-            return
-        tokens = fact.value
-        if tokens is None:
-            return
-        if self.tokens_per_step is None:
-            self.tokens_per_step = tokens
-        changes = self.tokens_per_step_changes
-        if (not changes or changes[-1][1] != tokens) and len(changes) < MAX_BATCH_SIZE_CHANGES:
-            changes.append((self.last_train_step, tokens))
+        elif (tokens := fact.value) is not None:
+            self.tokens_per_step = self.tokens_per_step or tokens
+            changes = self.tokens_per_step_changes
+            if (not changes or changes[-1][1] != tokens) and len(changes) < MAX_BATCH_SIZE_CHANGES:
+                changes.append((self.last_train_step, tokens))
 
     def _known_warnings(self, line_no: int, text: str) -> bool:
         """Count each known warning the line holds; whether it held one."""
@@ -307,9 +307,8 @@ class _Reader:
         return True
 
     def _count_step(self, fields: dict[str, Any]) -> None:
-        """Number a dict that prints no step (the Trainer's console dicts): the n-th training
-        dict is step n, an evaluation takes the count so far; only while the log has printed
-        no step (no dict with one, no line of another format)."""
+        """Number a dict without a step (the Trainer's console dicts): the n-th training dict
+        is step n, an evaluation takes the count so far; while the log printed no step."""
         if fields["step"] is not None:
             self.dict_steps_printed = True
             return
@@ -350,7 +349,8 @@ def read_log(path: str | os.PathLike[str] | None = None, *,
     one longer than ``MAX_LOG_BYTES`` (at most that many bytes are read: an endless file such
     as ``/dev/zero`` is refused, not waited on). The file is read as a stream of lines: memory
     is the records kept, not the size of the file.
-    Pass ``text`` to read a string instead of a file (``path``, optional then, only names it).
+    Pass ``text`` to read a string instead of a file (``path``, optional then, only names it);
+    ``path="-"`` reads standard input.
 
     >>> log = read_log("llmc.txt", text="step    1/74: train loss 4.367857 (224.275024 ms, "
     ...                "36563 tok/s)\\nval loss 4.123\\n")
@@ -360,6 +360,8 @@ def read_log(path: str | os.PathLike[str] | None = None, *,
     if text is not None:
         source = "<text>" if path is None else source_name(path)
         return _read(_Reader(), Chunks.of_text(source, text_contents(text)))
+    if path == "-":  # standard input, as a stream: `train.py | scaleplan diagnose -`
+        return _read(_Reader(), Chunks("<stdin>", sys.stdin.buffer.read))
     with open_log(source_name(path), cast("str | os.PathLike[str]", path)) as stream:
         return _read(_Reader(), Chunks(source_name(path), stream.read))
 
@@ -373,9 +375,9 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
         reader.formats["hf-trainer-state"] += 1
         lines_read, too_long, not_utf8 = sum(len(c.splitlines()) for c in rest), 0, 0
     else:
-        lines_read, too_long, not_utf8 = read_lines(reader.line, split_lines(rest),
-                                                    reader.fast_line)
-    if not reader.records and reader.params is None:
+        lines_read, too_long, not_utf8 = read_blocks(reader, chunks, rest)
+    records = reader.records.records()
+    if not records and reader.params is None:
         raise LogFormatError(
             f"{chunks.source}: no loss or parameter count found in {lines_read:,} lines; "
             "expected nanoGPT ('iter N: loss X, ...', 'step N: train loss X, val loss Y'), "
@@ -384,7 +386,7 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
     fmt = cast(LogFormat, reader.formats.most_common(1)[0][0])
     params = reader.params
     return TrainingLog(
-        source=chunks.source, format=fmt, records=tuple(reader.records),
+        source=chunks.source, format=fmt, records=records,
         reported_params=params[0] if params else None,
         reported_params_text=params[1] if params else None,
         reported_tokens_per_step=reader.tokens_per_step,
@@ -394,4 +396,5 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
         lines_recognised=sum(reader.formats.values()), lines_skipped=reader.skipped,
         lines_too_long=too_long, lines_not_utf8=not_utf8,
         unterminated_last_line=chunks.size > 0 and not chunks.ends_in_newline,
+        train_records_read=reader.records.seen["train"],
     )

@@ -4,17 +4,23 @@ and `compact_record`, which builds a record from checked values without validati
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MAX_MFU_PERCENT", "LogRecord", "LogWarning", "compact_record"]
+__all__ = ["MAX_KEPT_RECORDS", "MAX_MFU_PERCENT", "LogRecord", "LogWarning", "RecordStore",
+           "compact_record"]
 
 # nanoGPT prints MFU against an A100's 312 TFLOP/s, so a faster GPU prints over 100% (a B200's
 # dense bf16 peak, 2.25 PFLOP/s, is 720%). 10,000% would be 100 A100s in one GPU: a value above
 # it is a garbled line, skipped with an "implausible-value" warning (1e300% overflowed the MFU
 # arithmetic downstream).
 MAX_MFU_PERCENT = 10_000.0
+# Records kept of each kind: a log with more (nanoGPT logs every step: 20 million lines in 1 GB)
+# keeps an evenly spaced subset, ~360 bytes a record, so memory does not grow with the log.
+# 20,000 points draw a loss curve finely; each kept line costs reading time as well.
+MAX_KEPT_RECORDS = 20_000
 
 
 class LogRecord(BaseModel):
@@ -78,3 +84,89 @@ def compact_record(values: dict[str, Any]) -> LogRecord:
     object.__setattr__(record, "__pydantic_extra__", None)
     object.__setattr__(record, "__pydantic_private__", None)
     return record
+
+
+class RecordStore:
+    """The records of a log, kept in bounded memory: each kind ("train", "eval") up to
+    ``limit`` records, evenly spaced. Past the limit the spacing doubles (every 2nd record of
+    the kind, then every 4th, ...), so a log of any length keeps between ``limit / 2`` and
+    ``limit`` of each kind, the first and the last included, in the log's order.
+
+    A training record may be given as its line (`append_line`), read by ``parse_line`` only if
+    it is still kept at the end: most lines of a long log are dropped unread.
+
+    >>> store = RecordStore(limit=4)
+    >>> for step in range(10):
+    ...     store.append(LogRecord(kind="train", step=step, train_loss=1.0))
+    >>> [r.step for r in store.records()], store.seen["train"]
+    ([0, 4, 8, 9], 10)
+    """
+
+    def __init__(self, limit: int | None = None,
+                 parse_line: Callable[[bytes], LogRecord] | None = None) -> None:
+        self.limit = MAX_KEPT_RECORDS if limit is None else limit
+        self.parse_line = parse_line
+        self.seen = {"train": 0, "eval": 0}  # records of each kind so far, kept or not
+        self._stride = {"train": 1, "eval": 1}
+        self._kept: list[_Entry] = []
+        self._count = {"train": 0, "eval": 0}
+        self._last: dict[str, _Entry | None] = {"train": None, "eval": None}
+        self._position = 0  # records so far, both kinds
+
+    def stride(self, kind: str) -> int:
+        """Every how many records of ``kind`` one is kept now."""
+        return self._stride[kind]
+
+    def append(self, record: LogRecord) -> None:
+        """Take the next record of the log."""
+        self._take(record.kind, record)
+
+    def append_line(self, line: bytes) -> None:
+        """Take the next record of the log, a training record, as the line it is read from."""
+        self._take("train", line)
+
+    def _take(self, kind: str, item: LogRecord | bytes) -> None:
+        ordinal = self.seen[kind]
+        entry = (self._position, ordinal, kind, item)  # an _Entry, built faster as a tuple
+        self._position += 1
+        self.seen[kind] = ordinal + 1
+        if ordinal % self._stride[kind]:
+            self._last[kind] = entry  # type: ignore[assignment]
+            return
+        self._kept.append(entry)  # type: ignore[arg-type]
+        self._last[kind] = None
+        self._count[kind] += 1
+        if self._count[kind] > self.limit:
+            self._thin(kind)
+
+    def skip(self, kind: str, count: int) -> None:
+        """Pass over ``count`` records of ``kind`` that are not kept (a caller that knows them
+        for records without reading them; the last record of the log is always appended)."""
+        self.seen[kind] += count
+        self._position += count
+        self._last[kind] = None
+
+    def _thin(self, kind: str) -> None:
+        self._stride[kind] *= 2
+        stride = self._stride[kind]
+        self._kept = [e for e in self._kept if e[2] != kind or e[1] % stride == 0]
+        self._count[kind] = sum(1 for e in self._kept if e[2] == kind)
+
+    def records(self) -> tuple[LogRecord, ...]:
+        """The records kept, and the last of each kind, in the log's order."""
+        kept = self._kept + [e for e in self._last.values() if e is not None]
+        kept.sort(key=lambda e: e[0])
+        return tuple(self._record(e[3]) for e in kept)
+
+    def _record(self, item: LogRecord | bytes) -> LogRecord:
+        if isinstance(item, LogRecord):
+            return item
+        assert self.parse_line is not None, "append_line needs parse_line"
+        return self.parse_line(item)
+
+
+class _Entry(NamedTuple):
+    position: int  # among all records of the log
+    ordinal: int  # among the records of its kind
+    kind: str
+    item: LogRecord | bytes

@@ -24,14 +24,18 @@ from typing import Any, BinaryIO
 
 from scaleplan.errors import ScaleplanError, shown
 
-__all__ = ["CHUNK_BYTES", "MAX_JSON_DOCUMENT_BYTES", "MAX_LINE_CHARS", "MAX_LOG_BYTES", "Chunks",
-           "LogFormatError", "json_document", "open_log", "read_lines", "source_name",
+__all__ = ["CHUNK_BYTES", "MAX_JSON_DOCUMENT_BYTES", "MAX_LINE_CHARS", "MAX_LINE_RUN_BYTES",
+           "MAX_LOG_BYTES", "MAX_UNRECOGNISED_BYTES", "Chunks", "LogFormatError",
+           "json_document", "line_blocks", "open_log", "read_lines", "source_name",
            "split_lines", "text_contents"]
 
 # Bounds. nanoGPT's default 600,000 iterations logged every step is about 35 MB; llm.c lines
 # are ~110 bytes. A longer log is refused (tail it); a longer line is skipped and counted.
-MAX_LOG_BYTES = 256 * 2**20
+# A log of 16 GiB is ~300 million lines, read in a few minutes.
+MAX_LOG_BYTES = 16 * 2**30  # memory does not grow with the log: this only bounds the time
+MAX_UNRECOGNISED_BYTES = 64 * 2**20  # nothing recognised in 64 MiB: no training log
 MAX_LINE_CHARS = 16_384
+MAX_LINE_RUN_BYTES = 16 * 2**20  # no line end in 16 MiB: not a text log (/dev/zero)
 MAX_JSON_DOCUMENT_BYTES = 32 * 2**20  # a trainer_state.json; larger JSON is read line by line
 CHUNK_BYTES = 256 * 2**10
 
@@ -86,12 +90,13 @@ def text_contents(text: object) -> str | bytes:
 
 def read_lines(reader: Callable[[int, str], None], lines: Iterable[bytes | None],
                fast: Callable[[int, bytes], bool] = lambda line_no, line: False,
-               ) -> tuple[int, int, int]:
-    """Give ``reader`` each line's number (from 1) and text, decoded, unless ``fast`` has read
-    the line from its bytes already (it says whether it did); (lines, lines too long to read,
-    lines not UTF-8). A line is None when `split_lines` found it too long."""
-    line_no = too_long = not_utf8 = 0
-    for line_no, line_bytes in enumerate(lines, start=1):
+               first: int = 0) -> tuple[int, int, int]:
+    """Give ``reader`` each line's number (from ``first + 1``) and text, decoded, unless
+    ``fast`` has read the line from its bytes already (it says whether it did); (lines, lines
+    too long to read, lines not UTF-8). A line is None when `split_lines` found it too long."""
+    line_no = first
+    too_long = not_utf8 = 0
+    for line_no, line_bytes in enumerate(lines, start=first + 1):
         if line_bytes is None or (len(line_bytes) > MAX_LINE_CHARS
                                   and len(line_bytes.rstrip(b"\r\n")) > MAX_LINE_CHARS):
             too_long += 1
@@ -104,7 +109,7 @@ def read_lines(reader: Callable[[int, str], None], lines: Iterable[bytes | None]
             line = line_bytes.decode("utf-8", errors="replace")
             not_utf8 += 1
         reader(line_no, line)
-    return line_no, too_long, not_utf8
+    return line_no - first, too_long, not_utf8
 
 
 class Chunks:
@@ -151,31 +156,71 @@ class Chunks:
             yield chunk
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
-    """The lines of ``chunks`` with their line ends, as ``b"".join(chunks).splitlines(True)``
-    gives them; None for a line longer than `MAX_LINE_CHARS` bytes (most of which is dropped
-    as it is read: memory stays one chunk and one line)."""
+def line_blocks(chunks: Iterable[bytes], source: str = "<text>") -> Iterator[bytes | None]:
+    """The log in ``chunks`` as blocks of whole lines (each block ends where a line ends, as
+    `bytes.splitlines` ends lines: ``\\n``, ``\\r\\n`` or ``\\r``; the last may end without),
+    and None in place of a line longer than `MAX_LINE_CHARS` that did not fit in one chunk (its
+    bytes are dropped as they are read: memory stays one chunk and one line). A block may still
+    hold a long line that did fit; `read_lines` skips those. More than `MAX_LINE_RUN_BYTES`
+    without a line end is no text log (``/dev/zero``): `LogFormatError` naming ``source``."""
     pending = b""
-    overlong = False  # inside a line already known to be too long
+    dropped = -1  # bytes of an over-long line dropped so far; -1 outside one
     for chunk in chunks:
         data = pending + chunk if pending else chunk
-        pieces = data.splitlines(keepends=True)
-        # unless the data ends in "\n", its last piece may go on in the next chunk ("\r\n" too)
-        tail = b"" if data.endswith(b"\n") else pieces.pop()
-        for piece in pieces:
-            if overlong:  # the end of the long line
-                overlong = False
+        if dropped >= 0:
+            data, dropped = _end_of_long_line(data, dropped, source)
+            if dropped < 0:
                 yield None
-            else:
-                yield piece
-        if not overlong and len(tail) > MAX_LINE_CHARS + 1:  # + 1: a "\r" waiting for "\n"
-            overlong = True
-        # a long line's bytes are dropped; a final "\r" is kept, as it may pair with a "\n"
-        pending = (b"\r" if tail.endswith(b"\r") else b"") if overlong else tail
-    if overlong:
+            elif data:  # a final "\r", which may pair with a "\n" in the next chunk
+                pending = data
+                continue
+        cut = _complete(data)
+        if cut:
+            yield data[:cut]
+        pending = data[cut:]
+        if len(pending) > MAX_LINE_CHARS + 1:  # + 1: a "\r" waiting for "\n"
+            dropped = len(pending)
+            pending = b"\r" if pending.endswith(b"\r") else b""
+    if dropped >= 0:
         yield None
     elif pending:
         yield pending
+
+
+def _complete(data: bytes) -> int:
+    """Where the whole lines of ``data`` end: after its last line end, a final ``\\r`` left
+    out (a ``\\n`` in the next chunk may pair with it)."""
+    return max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+
+
+def _end_of_long_line(data: bytes, dropped: int, source: str) -> tuple[bytes, int]:
+    """``data`` after the end of the over-long line it continues, and -1; or, when the line goes
+    on past ``data``, what of it must wait for the next chunk (a final ``\\r``) and the bytes
+    dropped so far."""
+    ends = [i for i in (data.find(b"\n"), data.find(b"\r")) if i >= 0]
+    end = min(ends) if ends else -1
+    if end < 0 or (end == len(data) - 1 and data[end:] == b"\r"):
+        dropped += len(data)
+        if dropped > MAX_LINE_RUN_BYTES:
+            raise LogFormatError(
+                f"{source}: no line end in {dropped:,} bytes (more than MAX_LINE_RUN_BYTES = "
+                f"{MAX_LINE_RUN_BYTES:,}): this is not a text log (an endless file such as "
+                "/dev/zero is one); pass the training log itself")
+        return (b"\r" if end >= 0 else b""), dropped
+    if data[end:end + 2] == b"\r\n":
+        end += 1
+    return data[end + 1:], -1
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes | None]:
+    """The lines of ``chunks`` with their line ends, as ``b"".join(chunks).splitlines(True)``
+    gives them; None for a line longer than `MAX_LINE_CHARS` bytes that did not fit in a chunk
+    (`line_blocks`, split)."""
+    for block in line_blocks(chunks):
+        if block is None:
+            yield None
+        else:
+            yield from block.splitlines(keepends=True)
 
 
 def json_document(chunks: Iterable[bytes]) -> tuple[Any, Iterator[bytes]]:

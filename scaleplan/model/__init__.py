@@ -7,4 +7,6 @@
 - `params`: exact parameter counts (`count_params`).
 - `loaders`: other tools' files (Hugging Face ``config.json``, nanoGPT config files).
 - `nanogpt_file`: the nanoGPT config reader, which parses a file as data and never executes it.
+- `nanogpt_init`: how nanoGPT's train.py starts a run (``init_from``; GPT-2 for a fine-tune).
+- `nanogpt_meta`: the data's ``meta.pkl`` (a character-level vocabulary), read as plain data.
 """

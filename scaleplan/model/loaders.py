@@ -1,9 +1,10 @@
 """Read model and run descriptions from the files people already have.
 
 - `from_hf`: a Hugging Face ``config.json`` (gpt2, llama, mistral, qwen2, gemma).
-- `load_nanogpt_config`: a nanoGPT config file (``config/train_gpt2.py``). The file is Python, but
-  it is parsed with `ast` and never executed; see `scaleplan.model.nanogpt_file` for what is
-  accepted.
+- `load_nanogpt_config`: a nanoGPT config file (``config/train_gpt2.py``), or nanoGPT's
+  ``train.py`` itself (its defaults block). The file is Python, but it is parsed with `ast` and
+  never executed; see `scaleplan.model.nanogpt_file` for what is accepted, and
+  `scaleplan.model.nanogpt_meta` for the data's ``meta.pkl``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError, 
 from scaleplan.files import parse_json, read_text
 from scaleplan.model.config import GPTConfig, TrainingConfig, normalize_precision
 from scaleplan.model.nanogpt_file import parse_assignments
+from scaleplan.model.nanogpt_init import GPT2_MODELS, gpt2_model, read_init_from
+from scaleplan.model.nanogpt_meta import PADDED_GPT2_VOCAB, dataset_vocab
 
 __all__ = ["NanoGPTRun", "from_hf", "load_nanogpt_config"]
 
@@ -152,10 +155,13 @@ class NanoGPTRun(BaseModel):
     """A nanoGPT run read from its config file.
 
     ``model`` and ``training`` start from nanoGPT's ``train.py`` defaults with the file's
-    assignments applied. ``claimed_params`` is a size the file's comments claim
-    (``# Model (~125M parameters)`` -> 125_000_000), kept so it can be checked against
+    assignments applied, and ``model`` is the model train.py builds: GPT-2 itself for
+    ``init_from = 'gpt2'`` (and -medium, -large, -xl), with the vocabulary of the data's
+    ``meta.pkl`` for a character-level dataset. ``claimed_params`` is a size the file's comments
+    claim (``# Model (~125M parameters)`` -> 125_000_000), kept so it can be checked against
     `count_params`. ``ignored`` lists assignments that do not describe the model or its
-    training budget (``out_dir``, ``wandb_project``, ...).
+    training budget (``out_dir``, ``wandb_project``, ...); ``notes`` says, one line each, what
+    was skipped or assumed.
 
     >>> run = load_nanogpt_config("train.py", text="# Model (~125M parameters)\\nn_embd = 384\\n")
     >>> run.model.n_embd, run.claimed_params, run.training.micro_batch_size
@@ -174,10 +180,24 @@ class NanoGPTRun(BaseModel):
         None, description="The data folder the run trains on (nanoGPT's ``dataset``; "
         "'openwebtext', train.py's default, for a config file; None when unknown): it picks the "
         "web-text law for the expected loss.")
+    init_from: str = Field(
+        "scratch", description="nanoGPT's ``init_from``: 'scratch' (pretraining from random "
+        "weights), 'resume' (a checkpoint in out_dir) or a GPT-2 name such as 'gpt2-xl' (a "
+        "fine-tune of OpenAI's weights).")
+    vocab_known: bool = Field(
+        True, description="False when the vocabulary could not be read (a character-level "
+        "dataset whose meta.pkl is missing or refused): ``model.vocab_size`` is then train.py's "
+        "fallback 50304, not the run's, and so is every count that depends on it.")
+    notes: tuple[str, ...] = Field((), description="What was skipped or assumed, one line each.")
+
+    @property
+    def fine_tune(self) -> bool:
+        """True when the run starts from OpenAI's GPT-2 weights (``init_from = 'gpt2*'``)."""
+        return self.init_from in GPT2_MODELS
 
 
 # nanoGPT train.py defaults that differ from GPTConfig's (model.py) defaults.
-_NANOGPT_TRAIN_MODEL_DEFAULTS: dict[str, Any] = {"bias": False, "vocab_size": 50304}
+_NANOGPT_TRAIN_MODEL_DEFAULTS: dict[str, Any] = {"bias": False, "vocab_size": PADDED_GPT2_VOCAB}
 _MODEL_KEYS = {"n_layer", "n_head", "n_embd", "block_size", "bias", "dropout"}
 _TRAINING_KEYS = {
     "batch_size": "micro_batch_size",
@@ -195,6 +215,12 @@ _TRAINING_KEYS = {
     "eval_interval": "eval_interval",
     "eval_iters": "eval_iters",
 }
+# TrainingConfig field -> the key of the file it came from, to name the key in errors.
+_FILE_KEYS = {**{field: key for key, field in _TRAINING_KEYS.items()}, "seq_len": "block_size",
+              "grad_accum_steps": "gradient_accumulation_steps", "precision": "dtype"}
+# Read, but into neither dict: how the run starts, its vocabulary, its data and precision.
+_OTHER_KEYS = {"gradient_accumulation_steps", "dtype", "meta_vocab_size", "dataset",
+               "init_from", "eval_only"}
 
 
 def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None) -> NanoGPTRun:
@@ -206,13 +232,25 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
     ranks (train.py divides it by the world size), so with one GPU it is ``grad_accum_steps``.
     ``block_size`` sets both the model's block_size and the training ``seq_len``.
 
-    Pass ``text`` to parse a string instead of reading ``path`` (``path`` then only names it in
-    messages).
+    The model is the one train.py builds:
+
+    - ``init_from = 'gpt2'`` (or -medium, -large, -xl): that GPT-2 (vocab 50257, bias, 1024
+      positions); the file's n_layer, n_head, n_embd and bias are not used (only ``dropout``
+      may be overridden), and a smaller ``block_size`` crops the position table.
+    - ``init_from = 'resume'``: the checkpoint's model; the file's values are it only if they
+      match the checkpoint (a note says so).
+    - otherwise the file's model with the vocabulary of ``data/<dataset>/meta.pkl`` when there
+      is one (read as plain data, see `scaleplan.model.nanogpt_meta`), else 50304.
+
+    Given nanoGPT's ``train.py`` itself, its defaults block is read. Pass ``text`` to parse a
+    string instead of reading ``path`` (``path`` still says where to look for ``data/``).
 
     >>> run = load_nanogpt_config("train.py", text="n_embd = 384  # ~125M parameters\\n"
     ...                           "batch_size = 16\\ngradient_accumulation_steps = 2**5\\n")
     >>> run.model.n_embd, run.training.tokens_per_step, run.claimed_params
     (384, 524288, 125000000)
+    >>> load_nanogpt_config("eval.py", text="init_from = 'gpt2-xl'\\n").model.n_embd
+    1600
     """
     source = os.fsdecode(path) if isinstance(path, (str, os.PathLike)) else str(path)
     if text is None:
@@ -225,7 +263,43 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
                               f"({MAX_CONFIG_BYTES:,} at most)", path=source)
     parsed = parse_assignments(text, source=source)
     values = parsed.values
+    notes = list(parsed.notes)
+    model, training, ignored = _split(values, source, parsed.lines)
+    dataset = _dataset(values.get("dataset", "openwebtext"), source, parsed.lines)
+    init_from = read_init_from(values.get("init_from", "scratch"), source=source,
+                               lines=parsed.lines)
+    vocab_known = True
+    if init_from in GPT2_MODELS:
+        model = gpt2_model(init_from, values, source=source, lines=parsed.lines, notes=notes)
+    else:
+        vocab_known = _vocab(model, values, dataset, source, notes)
+        if init_from == "resume":
+            notes.append("init_from = 'resume': nanoGPT takes n_layer, n_head, n_embd, "
+                         "block_size, bias and vocab_size from the checkpoint in out_dir; the "
+                         "values here are the run's only if they match it")
+        elif init_from != "scratch":
+            notes.append(f"init_from = {shown(init_from)} is not one nanoGPT's train.py knows "
+                         "('scratch', 'resume', 'gpt2*'); the model is read from this file as "
+                         "for 'scratch'")
+    if values.get("eval_only") is True:
+        notes.append("eval_only = True: train.py evaluates once and exits; nothing is trained")
+    return NanoGPTRun(
+        model=_build(GPTConfig, model, source, parsed.lines),
+        training=_build(TrainingConfig, training, source, parsed.lines),
+        claimed_params=parsed.claimed_params,
+        claimed_params_text=parsed.claimed_params_text,
+        source=source,
+        ignored=tuple(ignored),
+        dataset=dataset,
+        init_from=init_from,
+        vocab_known=vocab_known,
+        notes=tuple(notes),
+    )
 
+
+def _split(values: dict[str, Any], source: str,
+           lines: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """The file's values as GPTConfig fields, TrainingConfig fields and unused names."""
     model: dict[str, Any] = dict(_NANOGPT_TRAIN_MODEL_DEFAULTS)
     training: dict[str, Any] = {}
     ignored: list[str] = []
@@ -234,42 +308,48 @@ def load_nanogpt_config(path: str | os.PathLike[str], *, text: str | None = None
             model[key] = value
         elif key in _TRAINING_KEYS:
             training[_TRAINING_KEYS[key]] = value
-        elif key not in ("gradient_accumulation_steps", "dtype", "meta_vocab_size", "dataset"):
+        elif key not in _OTHER_KEYS:
             ignored.append(key)
     if "block_size" in values:
         training["seq_len"] = values["block_size"]
     if "gradient_accumulation_steps" in values:
         training["grad_accum_steps"] = values["gradient_accumulation_steps"]
     if "dtype" in values:
-        training["precision"] = _precision_from_dtype(values["dtype"], source, parsed.lines)
-    if "meta_vocab_size" in values:  # set by prepare.py's meta.pkl (character-level data)
+        training["precision"] = _precision_from_dtype(values["dtype"], source, lines)
+    return model, training, ignored
+
+
+def _build(cls: type[BaseModel], data: dict[str, Any], source: str,
+           lines: dict[str, int]) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a cross-field check: point at the first key it names
+            named = set(re.findall(r"\b(\w+)=", message))
+            key = next((k for k in lines if k in named), None)
+            line = lines.get(key) if key else None
+            raise ConfigFileError(message, path=source, line=line) from None
+        field = str(err["loc"][0])
+        file_key = _FILE_KEYS.get(field, field)
+        raise ConfigFileError(f"{file_key} = {shown(err.get('input'))}: {message}", path=source,
+                              line=lines.get(file_key)) from None
+
+
+def _vocab(model: dict[str, Any], values: dict[str, Any], dataset: str, source: str,
+           notes: list[str]) -> bool:
+    """Set ``model['vocab_size']`` as train.py does; False when it cannot be known."""
+    if "meta_vocab_size" in values:  # the value prepare.py's meta.pkl would give
         model["vocab_size"] = values["meta_vocab_size"]
-
-    def build(cls: type[BaseModel], data: dict[str, Any]) -> Any:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            message = err["msg"].removeprefix("Value error, ")
-            if not err["loc"]:  # a cross-field check: point at the first key it names
-                named = set(re.findall(r"\b(\w+)=", message))
-                key = next((k for k in parsed.lines if k in named), None)
-                line = parsed.lines.get(key) if key else None
-                raise ConfigFileError(message, path=source, line=line) from None
-            field = str(err["loc"][0])
-            file_key = next((k for k, v in _TRAINING_KEYS.items() if v == field), field)
-            raise ConfigFileError(f"{file_key} = {shown(err.get('input'))}: {message}", path=source,
-                                  line=parsed.lines.get(file_key)) from None
-
-    return NanoGPTRun(
-        model=build(GPTConfig, model),
-        training=build(TrainingConfig, training),
-        claimed_params=parsed.claimed_params,
-        claimed_params_text=parsed.claimed_params_text,
-        source=source,
-        ignored=tuple(ignored),
-        dataset=_dataset(values.get("dataset", "openwebtext"), source, parsed.lines),
-    )
+        return True
+    found = dataset_vocab(dataset, config_path=source)
+    if found.note:
+        notes.append(found.note)
+    if found.vocab_size is None:
+        return False
+    model["vocab_size"] = found.vocab_size
+    return True
 
 
 def _dataset(value: object, source: str, lines: dict[str, int]) -> str:

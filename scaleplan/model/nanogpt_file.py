@@ -8,9 +8,20 @@ instead and accepts only what a config needs:
   parentheses, e.g. ``5 * 8`` or ``2**19``; strings may be joined with ``+``;
 - comments and docstrings.
 
-Everything else (imports, calls, names, attribute access, subscripts, lambdas, comprehensions,
-control flow) is rejected with an error naming the line. Arithmetic is bounded so that
-``10**10**10`` is an error, not a hang.
+nanoGPT's own files hold a little more, and that is skipped with a note (`ParsedAssignments.notes`),
+never run:
+
+- imports (``import time`` in ``config/finetune_shakespeare.py``);
+- a value that is not a literal for a setting that only names where a run logs
+  (`UNREAD_KEYS`: ``wandb_run_name = 'ft-' + str(time.time())``);
+- given ``train.py`` itself, everything from ``config_keys = ...`` or
+  ``exec(open('configurator.py').read())`` on: the assignments above that line are train.py's
+  defaults block, which is what is read (a value there that is not a literal, such as ``dtype``'s
+  GPU test, is skipped with a note too).
+
+Everything else (calls, names, attribute access, subscripts, lambdas, comprehensions, control
+flow) is rejected with an error naming the line. Arithmetic is bounded so that ``10**10**10`` is
+an error, not a hang.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from dataclasses import dataclass, field
 
 from scaleplan.errors import ConfigFileError
 
-__all__ = ["ParsedAssignments", "parse_amount", "parse_assignments", "parse_size"]
+__all__ = ["UNREAD_KEYS", "ParsedAssignments", "parse_amount", "parse_assignments", "parse_size"]
 
 # Bounds on what a config's arithmetic may produce: config values are at most ~1e15
 # (tokens, iterations), so anything past these is a mistake or an attack.
@@ -32,6 +43,16 @@ MAX_INT_DIGITS = 30
 MAX_EXPONENT = 128
 MAX_STRING_LENGTH = 10_000
 MAX_LINE_COUNT = 20_000
+# The longest piece of a skipped line quoted in its note, and the most line numbers one lists
+# (train.py has 10 imports).
+NOTE_QUOTE_LIMIT = 60
+NOTE_LINES_LIMIT = 20
+
+#: nanoGPT train.py settings that say where and how a run logs, never what it trains: a value
+#: there that is not a literal (``wandb_run_name = 'ft-' + str(time.time())``) is skipped with a
+#: note instead of refusing the file.
+UNREAD_KEYS = frozenset({"out_dir", "log_interval", "always_save_checkpoint", "wandb_log",
+                         "wandb_project", "wandb_run_name", "backend", "device"})
 
 Number = int | float
 Value = int | float | str | bool | None
@@ -72,6 +93,9 @@ class ParsedAssignments:
     claimed_params: int | None = None
     claimed_params_text: str | None = None
     comments: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    defaults_block: bool = False
+    """True when the text is nanoGPT's train.py and only its defaults block was read."""
 
 
 def parse_size(text: str) -> int | None:
@@ -121,17 +145,93 @@ def parse_assignments(text: str, *, source: str = "<config>") -> ParsedAssignmen
     except (RecursionError, MemoryError, ValueError):
         raise ConfigFileError("too deeply nested to be a config file", path=source) from None
 
+    end = _defaults_block_end(tree.body)
+    body = tree.body if end is None else tree.body[:end]
     values: dict[str, Value] = {}
     lines: dict[str, int] = {}
-    for node in tree.body:
-        assigned = _assignment(node, source)
+    notes: list[str] = []
+    imports: list[ast.stmt] = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imports.append(node)
+            continue
+        try:
+            assigned = _assignment(node, source)
+        except ConfigFileError:
+            note = _skipped(node, text, in_train_py=end is not None)
+            if note is None:
+                raise
+            notes.append(note)
+            continue
         if assigned is not None:
             name, values[name] = assigned
             lines[name] = node.lineno
-    comments = _comments(text)
+    if imports:
+        notes.insert(0, _imports_note(imports, text))
+    if end is not None:
+        notes.append(f"line {tree.body[end].lineno} on: train.py's code after its defaults block "
+                     "(config_keys / configurator.py) is not read")
+    comments = _comments(text, before=None if end is None else tree.body[end].lineno)
     claimed, claim_text = _claimed_size(comments)
     return ParsedAssignments(values=values, lines=lines, claimed_params=claimed,
-                             claimed_params_text=claim_text, comments=comments)
+                             claimed_params_text=claim_text, comments=comments, notes=notes,
+                             defaults_block=end is not None)
+
+
+def _defaults_block_end(body: list[ast.stmt]) -> int | None:
+    """The index of train.py's ``config_keys = ...`` or ``exec(open('configurator.py')...)``,
+    where its defaults block ends; None for a config file."""
+    for index, node in enumerate(body):
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "config_keys" for t in node.targets):
+            return index
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "exec" \
+                and any(isinstance(n, ast.Constant) and n.value == "configurator.py"
+                        for n in ast.walk(node.value)):
+            return index
+    return None
+
+
+def _skipped(node: ast.stmt, text: str, *, in_train_py: bool) -> str | None:
+    """The note for a statement that is skipped rather than refused, or None to refuse it.
+
+    In train.py's defaults block anything is skipped (the file is nanoGPT's code, read for its
+    defaults); in a config file only a non-literal value for one of `UNREAD_KEYS`."""
+    quoted = _quote(node, text)
+    name = _single_name(node)
+    if in_train_py:
+        kept = f"; scaleplan's default for {name} stands" if name else ""
+        return (f"line {node.lineno}: {quoted} skipped: not a literal assignment (nothing is "
+                f"run){kept}")
+    if name in UNREAD_KEYS:
+        return (f"line {node.lineno}: {quoted} skipped: not a literal (nothing is run); "
+                f"{name} only names where the run logs")
+    return None
+
+
+def _imports_note(imports: list[ast.stmt], text: str) -> str:
+    if len(imports) == 1:
+        return f"line {imports[0].lineno}: {_quote(imports[0], text)} skipped (nothing is imported)"
+    lines = ", ".join(str(node.lineno) for node in imports[:NOTE_LINES_LIMIT])
+    if len(imports) > NOTE_LINES_LIMIT:
+        lines += ", ..."
+    return f"lines {lines}: {len(imports):,} imports skipped (nothing is imported)"
+
+
+def _quote(node: ast.stmt, text: str) -> str:
+    """The statement's source on one line, cut to `NOTE_QUOTE_LIMIT` characters."""
+    quoted = " ".join((ast.get_source_segment(text, node) or "").split())
+    if len(quoted) > NOTE_QUOTE_LIMIT:
+        quoted = quoted[:NOTE_QUOTE_LIMIT - 3] + "..."
+    return quoted
+
+
+def _single_name(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+            and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    return None
 
 
 def _assignment(node: ast.stmt, source: str) -> tuple[str, Value] | None:
@@ -164,14 +264,17 @@ def _claimed_size(comments: list[str]) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _comments(text: str) -> list[str]:
-    """Comment texts, found with the tokenizer so '#' inside strings is not a comment."""
+def _comments(text: str, *, before: int | None = None) -> list[str]:
+    """Comment texts, found with the tokenizer so '#' inside strings is not a comment (only
+    those above line ``before`` when given)."""
     import io
     import tokenize
 
     out: list[str] = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if before is not None and tok.start[0] >= before:
+                break
             if tok.type == tokenize.COMMENT:
                 out.append(tok.string.lstrip("#").strip())
     except (tokenize.TokenError, SyntaxError):  # already parsed by ast; be lenient here
