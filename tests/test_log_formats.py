@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from timing import within
 
 from scaleplan.diagnosis import formats, mappings
-from scaleplan.diagnosis.logs import MAX_LINE_CHARS, TrainingLog, read_log
+from scaleplan.diagnosis.logs import MAX_LINE_CHARS, LogFormatError, TrainingLog, read_log
 
 
 def _fields(log: TrainingLog, *names: str) -> list[tuple[object, ...]]:
@@ -382,3 +384,35 @@ def test_prefix_tries_are_bounded() -> None:
                     "mfu_percent": None})
     # a record word inside another word is no start: "timestep 5: train loss ..."
     assert formats.record_line("timestep 5: train loss 1.0, val loss 2.0", lambda: None) is None
+
+
+def test_last_step_after_lines_read_by_the_fast_path() -> None:
+    # 5,000 nanoGPT iter lines go the fast way (a block at once); the lines after them still
+    # know the last step: llm.c's val line is step 4999's, build-nanogpt's the step after
+    text = "".join(f"iter {i}: loss 3.0000, time 95.00ms, mfu 40.00%\n" for i in range(5_000))
+    log = read_log("x.log", text=text + "val loss 2.5\nvalidation loss: 2.4\n")
+    assert [(r.step, r.val_loss) for r in log.eval_records()] == [(4999, 2.5), (5000, 2.4)]
+
+
+# ---- fuzz: every sample line, mixed and cut, gives valid records (the reader builds them
+# without validation: compact_record) or an error naming the file
+SAMPLE_LINES = st.sampled_from(
+    MODDED.splitlines() + BUILD_STDOUT.splitlines() + LITGPT.splitlines()
+    + LLAMA2C.splitlines() + TITAN.splitlines() + HF.splitlines()
+    + ["4750 hella 0.2913", "iter 1: loss 11.0666, time: 3421.84ms, speed: 299 toks/s/device",
+       "step 7/10 | loss inf (+nanz)| norm -nan (+nanz)| lr 1.00e-04 | 300.00 ms",
+       "step: 1  loss: 2  grad_norm: -1.5  tps: -3  mfu: -2%", "1 | loss -1 | lr -1 | -5ms | mfu -1%",
+       "tokens per iteration will be: 0", "total desired batch size: 12"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(SAMPLE_LINES | st.text(max_size=40), max_size=10), st.integers(0, 600))
+def test_sample_lines_mixed_and_cut_give_valid_logs(lines: list[str], cut: int) -> None:
+    text = "\n".join(lines)
+    for data in (text, text[:cut]):
+        try:
+            log = read_log("fuzz.log", text=data)
+        except LogFormatError as exc:
+            assert str(exc).startswith("fuzz.log"), exc
+        else:
+            assert TrainingLog.model_validate_json(log.model_dump_json()) == log
