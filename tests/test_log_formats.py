@@ -416,3 +416,20 @@ def test_sample_lines_mixed_and_cut_give_valid_logs(lines: list[str], cut: int) 
             assert str(exc).startswith("fuzz.log"), exc
         else:
             assert TrainingLog.model_validate_json(log.model_dump_json()) == log
+
+
+# llm.c's current line is read whole by one pattern; it must give what the searches give
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 10**6), st.floats(0, 20), st.floats(0, 100), st.floats(0, 1),
+       st.floats(0, 1e5), st.floats(0, 100), st.floats(0, 1e8))
+def test_llmc_whole_line_reads_as_the_searches(step: int, loss: float, norm: float, lr: float,
+                                               ms: float, mfu: float, toks: float) -> None:
+    # printf0("step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e | %.2f ms |
+    # %.1f%% bf16 MFU | %.0f tok/s\n", ...)
+    line = (f"step {step:4d}/{10**6} | loss {loss:7.6f} (+0.01z)| norm {norm:6.4f} (-1.20z)| "
+            f"lr {lr:.2e} | {ms:.2f} ms | {mfu:.1f}% bf16 MFU | {toks:.0f} tok/s")
+    whole = formats.record_line(line, lambda: None)
+    m = formats._LLMC_STEP.match(line)
+    assert m is not None and whole is not None and formats._LLMC_LINE.match(line) is not None
+    assert whole == formats._llmc_step(m, lambda: None)
+    assert whole[1]["train_loss"] == float(f"{loss:7.6f}") and whole[1]["grad_norm"] == float(f"{norm:6.4f}")

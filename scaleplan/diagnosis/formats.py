@@ -87,11 +87,10 @@ __all__ = ["ANY_KNOWN_WARNING", "KNOWN_WARNINGS", "MAPPING_KEYS", "MAX_PREFIX_TR
 # ``\d+\.?\d*``, cubic: "step 1 | loss 2.5 " + "1" * 1000 took 19 s). A number is read one way
 # only: an optional sign, digits, then an optional fraction, then an optional exponent, so a
 # run of digits cannot be split between two quantifiers. Patterns searched anywhere in a line
-# (`_found`) and starting with a number are preceded by `_NUMBER_START`: the search then tries a
-# number only where one begins, not at each digit of a long run. ``nan`` and ``inf`` are read
-# (as C's printf and Python print them) so that a non-finite loss becomes a warning.
+# (`_found`) start with a word or a delimiter, never with a number: the search then tries a
+# number only behind it, not at each digit of a long run. ``nan`` and ``inf`` are read (as C's
+# printf and Python print them) so that a non-finite loss becomes a warning.
 _F = r"([-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf))"
-_NUMBER_START = r"(?<![\d.])"
 _STEP = r"(\d{1,15})"
 _GROUPED = r"(\d[\d,]{0,40})"  # an integer with thousands separators: 2,345
 
@@ -115,11 +114,17 @@ _BUILD_VAL = re.compile(rf"^validation loss: {_F}\s*$")
 _BUILD_LOG_TXT = re.compile(rf"^{_STEP} (train|val|hella) {_F}\s*$")
 _BUILD_HELLASWAG = re.compile(r"^HellaSwag accuracy: \d{1,15}/\d{1,15}=")
 
+# llm.c's line since mid-2024, whole: one match reads it (the searches below, 17 us, do not run)
+_LLMC_LINE = re.compile(rf"^step\s+{_STEP}/\d{{1,15}} \| loss\s+{_F} \([^)]{{0,30}}\)\| "
+                        rf"norm\s+{_F} \([^)]{{0,30}}\)\| lr {_F} \| {_F} ms \| {_F}% bf16 MFU "
+                        rf"\| {_F} tok/s")
 _LLMC_STEP = re.compile(
     rf"^step\s+{_STEP}(?:/(\d{{1,15}}))?\s*(?::|\|)\s*(?:train )?loss\s+{_F}")
 _LLMC_MS = re.compile(rf"(?:\(took |\(|\|\s*\(?){_F} ms\b")
-_LLMC_TOKS = re.compile(rf"{_NUMBER_START}{_F} tok/s")
-_LLMC_MFU = re.compile(rf"{_NUMBER_START}{_F}% bf16 MFU")
+# behind the "|" or "," before them (a search for a number anywhere tries each word of the
+# line: 25 us on an llm.c line, now 2)
+_LLMC_TOKS = re.compile(rf"[|,]\s*{_F} tok/s")
+_LLMC_MFU = re.compile(rf"\|\s*{_F}% bf16 MFU")
 _LLMC_LR = re.compile(rf"\|\s*lr {_F}")
 _LLMC_NORM = re.compile(rf"\|\s*norm\s+{_F}")
 _LLMC_VAL = re.compile(rf"^val loss {_F}\s*$")
@@ -235,6 +240,13 @@ def _llmc_step(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
                      "grad_norm": _found(_LLMC_NORM, text)}
 
 
+def _llmc_line(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    return "llm.c", {"kind": "train", "step": int(m[1]), "train_loss": float(m[2]),
+                     "grad_norm": float(m[3]), "learning_rate": float(m[4]),
+                     "time_ms": float(m[5]), "mfu_percent": float(m[6]),
+                     "tokens_per_second": float(m[7])}
+
+
 def _llmc_val(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     # printed before the step it precedes: it belongs to the last step printed
     return "llm.c", {"kind": "eval", "step": last_step() or 0, "val_loss": float(m[1])}
@@ -276,9 +288,9 @@ _DIGIT_LINES: tuple[tuple[re.Pattern[str], _Read], ...] = (
 _BY_START: dict[str, tuple[tuple[re.Pattern[str], _Read], ...]] = {
     "i": ((_NANOGPT_ITER, _nanogpt_iter), (_LITGPT_ITER, _litgpt_iter),
           (_LITGPT_VAL, _litgpt_val)),
-    "s": ((_NANOGPT_EVAL, _nanogpt_eval), (_LLMC_STEP, _llmc_step), (_BUILD_STEP, _build_step),
-          (_MODDED, _modded), (_TITAN, _titan), (_LITGPT_VAL, _litgpt_val),
-          (_LLMC_MAINLOG, _llmc_mainlog)),
+    "s": ((_NANOGPT_EVAL, _nanogpt_eval), (_LLMC_LINE, _llmc_line), (_LLMC_STEP, _llmc_step),
+          (_BUILD_STEP, _build_step), (_MODDED, _modded), (_TITAN, _titan),
+          (_LITGPT_VAL, _litgpt_val), (_LLMC_MAINLOG, _llmc_mainlog)),
     "v": ((_LLMC_VAL, _llmc_val), (_BUILD_VAL, _build_val), (_TITAN, _titan)),
     "E": ((_LITGPT_EPOCH, _litgpt_iter),),
     "H": ((_BUILD_HELLASWAG, _build_hellaswag),),
