@@ -1,7 +1,9 @@
 """Diagnosing a run from its config and log.
 
 - `logs`: training logs read as data (`read_log` -> `TrainingLog`).
-- `formats`: the kinds of log line it knows (nanoGPT, llm.c, Trainer dicts, CSV), one table each.
+- `formats`: the kinds of log line it knows (nanoGPT, llama2.c, modded-nanogpt, build-nanogpt,
+  llm.c, litgpt, torchtitan), one table each.
+- `mappings`: the logs that are mappings (Trainer dicts, JSON lines, CSV, trainer_state.json).
 - `stream`: a log read as a stream of lines, in bounded memory, at most `MAX_LOG_BYTES` of it.
 - `examine`: `diagnose` -> `Diagnosis`: the findings, each with its numbers and the fix.
 - `schedule`: nanoGPT's learning-rate schedule and the findings it calls for.
