@@ -246,8 +246,8 @@ def plateau_findings(law: Any, n_total: int, tokens_per_step: int,
     return [Finding(
         code="plateau", severity="warning",
         message=(f"the loss fell only {drop:.4f} ({100 * drop / l0:.1f}%) from step {s0} to "
-                 f"{s1}: {per_doubling:.3f} per doubling of tokens, against {earlier_rate:.3f} "
-                 f"per unit of ln(step) before step {s0} ({rate:.3f} since). {law.name} "
+                 f"{s1}: {per_doubling:.3f} per doubling of tokens, down from "
+                 f"{earlier_rate * math.log(2):.3f} per doubling before step {s0}. {law.name} "
                  f"predicts {law_doubling:.3f} per doubling at this size, and {gain:.3f} lower "
                  f"loss for the same compute in a compute-optimal "
                  f"{format_count(best.n_params)} model"),
@@ -255,7 +255,7 @@ def plateau_findings(law: Any, n_total: int, tokens_per_step: int,
              f"{format_count(best.n_params)} parameters"),
         numbers={"from_step": s0, "to_step": s1, "loss_drop": drop,
                  "relative_drop": drop / l0, "drop_per_doubling": per_doubling,
-                 "earlier_drop_per_log_step": earlier_rate,
+                 "earlier_drop_per_doubling": earlier_rate * math.log(2),
                  "law_drop_per_doubling": law_doubling, "law_gain_same_compute": gain,
                  "compute_optimal_params": best.n_params,
                  "law_loss_floor_this_size": float(law.loss_params_limited(n_total))})]
