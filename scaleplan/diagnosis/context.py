@@ -100,8 +100,10 @@ def load_run(config: ConfigInput | None, training: TrainingConfig | None,
         notes.append(f"no model config: {NEEDS_MODEL} need the model and are skipped")
         return RunContext(None, schedule_known=False, from_scratch=None)
     if isinstance(config, NanoGPTRun):
-        init = None if "init_from" in config.ignored else "scratch"
-        return RunContext(config, schedule_known=True, from_scratch=_scratch(init))
+        # init_from set to a value not kept: most configs that set it load weights
+        # ('resume', 'gpt2-xl'), so the run is not taken as starting from scratch
+        return RunContext(config, schedule_known=True,
+                          from_scratch="init_from" not in config.ignored)
     if isinstance(config, GPTConfig):
         return RunContext(NanoGPTRun(model=config, training=training or TrainingConfig(),
                                claimed_params=claimed, source=None),
@@ -114,11 +116,8 @@ def load_run(config: ConfigInput | None, training: TrainingConfig | None,
     return RunContext(run, schedule_known=True, from_scratch=_scratch(init_from))
 
 
-def _scratch(init_from: object) -> bool | None:
-    """nanoGPT's init_from: 'scratch' starts fresh; 'resume' and 'gpt2*' load weights; None
-    (unknown) when it was set to something not read."""
-    if init_from is None:
-        return None
+def _scratch(init_from: object) -> bool:
+    """nanoGPT's init_from: 'scratch' starts fresh; 'resume' and 'gpt2*' load weights."""
     return init_from == "scratch"
 
 

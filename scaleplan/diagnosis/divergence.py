@@ -108,13 +108,20 @@ def divergence_findings(log: TrainingLog, *, vocab_size: int | None) -> list[Fin
 
 def _jump_to_uniform(series: list[Point], vocab: int | None,
                      ) -> tuple[str, dict[str, int | float | str]] | None:
-    """The first point back at about ln(vocab) after the loss had been well below it."""
+    """The first point back at about ln(vocab) after the loss had been well below it. On a
+    long curve (`SPIKE_WINDOW` points or more) each loss is the median of it and its two
+    neighbours, so that one noisy batch neither sets the low nor makes the jump."""
     if vocab is None or vocab < 2:
         return None
     uniform = math.log(vocab)
+    values = [v for _, v in series]
+    if len(values) >= SPIKE_WINDOW:
+        values = [values[0]] + [median(values[i - 1:i + 2]) for i in range(1, len(values) - 1)] \
+            + [values[-1]]
     lowest = math.inf
-    for i, (step, loss) in enumerate(series):
+    for i, loss in enumerate(values):
         if lowest <= uniform - JUMP_BELOW_NATS and loss >= uniform - NEAR_UNIFORM_NATS:
+            step = series[i][0]
             return (f"the loss jumped back to {loss:.4f} at {_where(step, i)}, about ln(vocab) "
                     f"= ln({vocab:,}) = {uniform:.3f} (a uniform guess), after it had been down "
                     f"to {lowest:.4f}: the model's weights were wrecked",
@@ -138,19 +145,21 @@ def _spikes(series: list[Point], which: str,
             found.append((i, loss, level))
     if not found:
         return None
-    i, loss, level = max(found, key=lambda s: s[1] / s[2] if s[2] > 0 else math.inf)
+    i, loss, level = found[0]
+    highest = max(v for _, v, _ in found)
     last_i, _, last_level = found[-1]
     after = [v for _, v in series[last_i + 1:]]
     recovered = bool(after) and after[-1] <= (1 + SPIKE_RELATIVE) * last_level
     step = series[i][0]
     ending = ("it came back down afterwards" if recovered else
               "it had not come back down by the end of the log")
-    text = (f"the {which} spiked {len(found)} time(s) far above its recent level; the largest "
-            f"to {loss:.4f} at {_where(step, i)}, {loss / level if level > 0 else math.inf:.2f}x "
-            f"the median {level:.4f} of the {SPIKE_WINDOW} points before it; {ending}")
+    text = (f"the {which} spiked {len(found)} time(s) far above its recent level, first to "
+            f"{loss:.4f} at {_where(step, i)}, {loss / level:.2f}x the median {level:.4f} of "
+            f"the {SPIKE_WINDOW} points before it (highest {highest:.4f}); {ending}")
     numbers: dict[str, int | float | str] = {
         "spike_count": len(found), "spike_loss": loss, "spike_index": i,
-        "median_before_spike": level, "recovered": int(recovered)}
+        "median_before_spike": level, "highest_spike_loss": highest,
+        "recovered": int(recovered)}
     if step is not None:
         numbers["spike_step"] = step
     return text, numbers, recovered

@@ -11,6 +11,8 @@ the run's precision (bf16 unless the run trains in fp16 or fp32). A GPU without 
 
 from __future__ import annotations
 
+import math
+
 from scaleplan.compute.hardware import INDUCTOR_MIN_SMS, GPUSpec, normalize_dtype
 from scaleplan.compute.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu, mfu
 from scaleplan.diagnosis.logs import TrainingLog
@@ -70,6 +72,17 @@ def _throughput(log: TrainingLog, spec: GPUSpec | None, model: GPTConfig | None,
     u = mfu(tokens_per_second, model, spec, seq_len=seq_len, n_gpus=n_gpus, dtype=dtype)
     per_gpu = f" over {n_gpus} GPUs" if n_gpus > 1 else ""
     per_token = u.flops_per_token or 0.0
+    if u.mfu > 1:  # more than the GPUs can do: the tokens/s are over more GPUs than said
+        return Finding(
+            code="throughput", severity="info",
+            message=(f"the run processes {tokens_per_second:,.0f} tokens/s ({how}): at "
+                     f"{per_token / 1e9:.3g} GFLOPs per token that is {100 * u.mfu:.0f}% of "
+                     f"the dense {dtype} peak of {n_gpus} {spec.name}, more than the GPUs can "
+                     f"do, so it ran on at least {math.ceil(u.mfu * n_gpus)} of them"),
+            fix="pass the training settings with world_size = the number of GPUs to get the "
+                "MFU", numbers={"tokens_per_second": tokens_per_second,
+                                "flops_per_token": per_token, "n_gpus": n_gpus},
+            labels={"gpu": spec.name, "dtype": dtype, "precision": precision})
     return Finding(
         code="throughput", severity="info",
         message=(f"the run processes {tokens_per_second:,.0f} tokens/s{per_gpu} ({how}, median "
