@@ -522,3 +522,52 @@ def test_codes_come_in_the_documented_order() -> None:
                      "batch-size-changed", "lr-not-annealed")
     positions = [documented.index(c) for c in codes]
     assert positions == sorted(positions)
+
+
+# ---- no false alarms: nanoGPT's own shakespeare_char run ------------------------------------
+
+SHAKESPEARE_CHAR = """\
+# nanoGPT config/train_shakespeare_char.py
+out_dir = 'out-shakespeare-char'
+eval_interval = 250
+eval_iters = 200
+log_interval = 10
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1
+batch_size = 64
+block_size = 256
+n_layer = 6
+n_head = 6
+n_embd = 384
+dropout = 0.2
+learning_rate = 1e-3
+max_iters = 5000
+lr_decay_iters = 5000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100
+"""
+
+
+def test_the_shakespeare_char_run_overfits_and_repeats_its_data_and_nothing_else() -> None:
+    # nanoGPT's README: this run reaches a best val loss of 1.4697 and then overfits; its first
+    # loss is ln(65) = 4.17, as prepare.py's 65 characters give. Evaluations every 250 steps:
+    # val falls to 1.47 by step 2500, then rises while train goes on falling.
+    evals = [(0, 4.2874, 4.2823)]
+    for s in range(250, 5001, 250):
+        train = 1.0 + 3.0 / (1 + s / 150) if s <= 2500 else 1.17 - 0.07 * (s - 2500) / 500
+        val = 1.4697 + 2.6 / (1 + s / 100) ** 2 if s <= 2500 else 1.4697 + 0.02 * (s - 2500) / 500
+        evals.append((s, train, val))
+    text = "".join(f"step {s}: train loss {t:.4f}, val loss {v:.4f}\n" for s, t, v in evals)
+    run = load_nanogpt_config("train_shakespeare_char.py", text=SHAKESPEARE_CHAR)
+    d = diagnose(config=run, log=read_log("char.log", text=text), gpu="A100 SXM 80GB")
+    # 5000 x 64 x 256 = 81,920,000 tokens over 1,003,854: 81.6 epochs; the model memorises
+    assert d.codes() == ("overfitting", "repeated-data"), d.findings
+    assert d.finding("repeated-data").severity == "warning"  # type: ignore[union-attr]
+    # no plateau ("train a larger model" would make the overfitting worse), no initial-loss
+    # against ln(50304), no stuck, no under-trained (more tokens of 1M repeated ones is no cure)
+    # the model has prepare.py's 65 characters, as train.py reads them from meta.pkl: nanoGPT
+    # prints "number of parameters: 10.65M" for this config. By hand: 6 blocks x (12 x 384^2 +
+    # 2 x 384 LayerNorm weights) + ln_f 384 + wte 65 x 384 = 10,646,784
+    assert d.nanogpt_params == 6 * (12 * 384**2 + 2 * 384) + 384 + 65 * 384 == 10_646_784
+    assert any(n.startswith("vocab_size = 65: nanoGPT reads shakespeare_char") for n in d.notes)

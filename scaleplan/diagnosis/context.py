@@ -27,7 +27,7 @@ from scaleplan.model.loaders import MAX_CONFIG_BYTES, NanoGPTRun, load_nanogpt_c
 from scaleplan.model.nanogpt_file import parse_assignments
 
 __all__ = ["NEEDS_MODEL", "ConfigInput", "RunContext", "fresh_start", "gpu_or_note", "load_run",
-           "vocab_for_checks"]
+           "vocab_for_checks", "with_dataset_vocab"]
 
 ConfigInput = NanoGPTRun | GPTConfig | str | os.PathLike[str]
 
@@ -60,10 +60,24 @@ def gpu_or_note(gpu: str | GPUSpec | None, notes: list[str]) -> GPUSpec | None:
         return None
 
 
-def vocab_for_checks(run: NanoGPTRun | None, dataset: KnownDataset | None, dataset_name: str | None,
-           given: int | None, notes: list[str]) -> int | None:
-    """The vocabulary for the ln(vocab) checks: the caller's, a character-level dataset's (its
-    prepare.py's meta.pkl, which a nanoGPT config does not show), else the model's."""
+def with_dataset_vocab(ctx: RunContext, dataset: KnownDataset | None,
+                       notes: list[str]) -> None:
+    """Give the model a character-level dataset's vocabulary when its config left nanoGPT's
+    default: train.py reads it from the dataset's meta.pkl (65 for shakespeare_char, and
+    nanoGPT prints 10.65M parameters for its config, not 29.94M)."""
+    run = ctx.run
+    if run is None or dataset is None or dataset.vocab_size is None or \
+            run.model.vocab_size != _NANOGPT_VOCAB:
+        return
+    ctx.run = run.model_copy(update={"model": run.model.replace(vocab_size=dataset.vocab_size)})
+    notes.append(f"vocab_size = {dataset.vocab_size}: nanoGPT reads {dataset.name}'s vocabulary "
+                 "from its meta.pkl, not from the config file")
+
+
+def vocab_for_checks(run: NanoGPTRun | None, dataset_name: str | None, given: int | None,
+                     notes: list[str]) -> int | None:
+    """The vocabulary for the ln(vocab) checks: the caller's, else the model's; None, with a
+    note, without a model or for a character-level dataset of unknown vocabulary."""
     if given is not None:
         return given
     if run is None:
@@ -71,10 +85,7 @@ def vocab_for_checks(run: NanoGPTRun | None, dataset: KnownDataset | None, datas
                      "jumping back to ln(vocab)) are skipped; pass vocab_size=")
         return None
     vocab = run.model.vocab_size
-    if dataset is not None and dataset.vocab_size is not None and vocab == _NANOGPT_VOCAB:
-        return dataset.vocab_size
-    if dataset is None and dataset_name is not None and "char" in dataset_name.lower() \
-            and vocab == _NANOGPT_VOCAB:
+    if dataset_name is not None and "char" in dataset_name.lower() and vocab == _NANOGPT_VOCAB:
         notes.append(f"dataset {dataset_name!r} looks character-level, and its vocabulary (in "
                      "its meta.pkl) is unknown: the ln(vocab) checks are skipped; pass "
                      "vocab_size=")
@@ -106,8 +117,8 @@ def load_run(config: ConfigInput | None, training: TrainingConfig | None,
                           from_scratch="init_from" not in config.ignored)
     if isinstance(config, GPTConfig):
         return RunContext(NanoGPTRun(model=config, training=training or TrainingConfig(),
-                               claimed_params=claimed, source=None),
-                    schedule_known=training is not None, from_scratch=None)
+                                     claimed_params=claimed, source=None),
+                          schedule_known=training is not None, from_scratch=None)
     if str(config).endswith(".json"):
         return _load_hf(config, training, claimed, notes)
     text = read_text(config, limit=MAX_CONFIG_BYTES, what="config file")

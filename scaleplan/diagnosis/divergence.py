@@ -28,6 +28,7 @@ median. Ordinary batch noise, a few percent, never fires it.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from statistics import median
 
 from scaleplan.diagnosis.logs import TrainingLog
@@ -36,7 +37,7 @@ from scaleplan.findings import Finding
 __all__ = ["CONSTANT_MIN_POINTS", "SPIKE_MADS", "SPIKE_RELATIVE", "SPIKE_WINDOW",
            "divergence_findings", "initial_loss_findings", "loss_series", "stuck_findings"]
 
-SPIKE_WINDOW = 20  # points before a spike that give its recent level
+SPIKE_WINDOW = 20  # points before a spike that give its recent level (even: see _spikes)
 SPIKE_MADS = 6.0  # robust deviations above the median: ~1e-9 odds for normal batch noise
 SPIKE_RELATIVE = 0.25  # and 25% above the median: a large relative jump, not just noise
 ROBUST_SD_PER_MAD = 1.4826  # sd = 1.4826 x MAD for normal noise (Rousseeuw & Croux 1993)
@@ -115,9 +116,10 @@ def _jump_to_uniform(series: list[Point], vocab: int | None,
         return None
     uniform = math.log(vocab)
     values = [v for _, v in series]
-    if len(values) >= SPIKE_WINDOW:
-        values = [values[0]] + [median(values[i - 1:i + 2]) for i in range(1, len(values) - 1)] \
-            + [values[-1]]
+    if len(values) >= SPIKE_WINDOW:  # the median of three is their sum less the extremes
+        triples = zip(values[:-2], values[1:-1], values[2:], strict=True)
+        values = [values[0], *(a + b + c - max(a, b, c) - min(a, b, c) for a, b, c in triples),
+                  values[-1]]
     lowest = math.inf
     for i, loss in enumerate(values):
         if lowest <= uniform - JUMP_BELOW_NATS and loss >= uniform - NEAR_UNIFORM_NATS:
@@ -136,13 +138,18 @@ def _spikes(series: list[Point], which: str,
     """Spikes far above the running median (see the module docstring): their count, the
     largest, and whether the loss came back down after the last one."""
     found: list[tuple[int, float, float]] = []  # index, loss, median before it
-    for i in range(SPIKE_WINDOW, len(series)):
-        recent = [v for _, v in series[i - SPIKE_WINDOW:i]]
-        level = median(recent)
-        spread = ROBUST_SD_PER_MAD * median(abs(v - level) for v in recent)
-        loss = series[i][1]
-        if loss > level + SPIKE_MADS * spread and loss > (1 + SPIKE_RELATIVE) * level:
-            found.append((i, loss, level))
+    values = [v for _, v in series]
+    window = sorted(values[:SPIKE_WINDOW])  # the points before i, kept sorted
+    half = SPIKE_WINDOW // 2
+    for i in range(SPIKE_WINDOW, len(values)):
+        level = (window[half - 1] + window[half]) / 2  # SPIKE_WINDOW is even
+        loss = values[i]
+        if loss > (1 + SPIKE_RELATIVE) * level:  # the cheap test first: rarely true
+            spread = ROBUST_SD_PER_MAD * median(abs(v - level) for v in window)
+            if loss > level + SPIKE_MADS * spread:
+                found.append((i, loss, level))
+        del window[bisect_left(window, values[i - SPIKE_WINDOW])]
+        insort(window, loss)
     if not found:
         return None
     i, loss, level = found[0]
@@ -183,9 +190,9 @@ def _constant(series: list[Point], which: str) -> Stuck | None:
     count from `ZERO_MIN_POINTS`."""
     best = (0, 0)  # start, length
     start = 0
-    for i in range(1, len(series) + 1):
-        if i == len(series) or round(series[i][1], CONSTANT_DECIMALS) != \
-                round(series[start][1], CONSTANT_DECIMALS):
+    keys = [round(v, CONSTANT_DECIMALS) for _, v in series]
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
             if i - start > best[1]:
                 best = (start, i - start)
             start = i

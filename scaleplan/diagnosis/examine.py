@@ -47,6 +47,7 @@ from scaleplan.diagnosis.context import (
     gpu_or_note,
     load_run,
     vocab_for_checks,
+    with_dataset_vocab,
 )
 from scaleplan.diagnosis.datasets import KnownDataset, known_dataset
 from scaleplan.diagnosis.divergence import (
@@ -167,11 +168,12 @@ def diagnose(
     notes: list[str] = []
     the_log = log if isinstance(log, TrainingLog) else read_log(log)
     ctx = load_run(config, training, claimed_params, notes)
-    run = ctx.run
     spec = gpu_or_note(gpu, notes)
-    dataset_name = data if data is not None else (run.dataset if run else None)
+    dataset_name = data if data is not None else (ctx.run.dataset if ctx.run else None)
+    with_dataset_vocab(ctx, known_dataset(dataset_name), notes)
+    run = ctx.run
     the_law = scaling_law(law if law is not None else law_for_data(dataset_name))
-    vocab = vocab_for_checks(run, known_dataset(dataset_name), dataset_name, vocab_size, notes)
+    vocab = vocab_for_checks(run, dataset_name, vocab_size, notes)
     if ctx.from_scratch is None:
         ctx.from_scratch = fresh_start(the_log, vocab)
     tokens_per_step = the_log.reported_tokens_per_step or \
@@ -206,7 +208,8 @@ def _findings(ctx: RunContext, log: TrainingLog, spec: GPUSpec | None, law: Any,
     findings += stuck_findings(log, vocab_size=vocab)
     findings += initial_loss_findings(log, vocab_size=vocab, from_scratch=ctx.from_scratch)
     findings += overfitting_findings(log, dropout=run.model.dropout if run else None)
-    findings += _model_findings(ctx, log, law, tokens_per_step, tokens_seen, dataset)
+    findings += _model_findings(ctx, log, law, tokens_per_step, tokens_seen, dataset,
+                                overfitting=any(f.code == "overfitting" for f in findings))
     findings += _batch_size_changed(log)
     findings += utilisation_findings(log, spec, model=run.model if run else None,
                                      training=run.training if run else None,
@@ -216,9 +219,12 @@ def _findings(ctx: RunContext, log: TrainingLog, spec: GPUSpec | None, law: Any,
 
 
 def _model_findings(ctx: RunContext, log: TrainingLog, law: Any, tokens_per_step: int | None,
-                    tokens_seen: int | None, dataset: KnownDataset | None) -> list[Finding]:
+                    tokens_seen: int | None, dataset: KnownDataset | None, *,
+                    overfitting: bool) -> list[Finding]:
     """The findings that weigh the log against the model: the budget, repeated data, the
-    plateau (repeated data needs no model: the log's epochs may say it)."""
+    plateau (repeated data needs no model: the log's epochs may say it). A run that overfits
+    or repeats its data many times has no plateau: its loss is held up by its data, and a
+    larger model (the plateau's fix) would make that worse."""
     run = ctx.run
     out: list[Finding] = []
     if run is not None:
@@ -228,8 +234,12 @@ def _model_findings(ctx: RunContext, log: TrainingLog, law: Any, tokens_per_step
             if ctx.schedule_known else None
         out += budget_findings(pc, law, tokens_seen=tokens_seen, planned_tokens=planned,
                                finished=_finished(ctx, log), from_scratch=ctx.from_scratch)
-    out += repeated_data_findings(log, tokens_seen=tokens_seen, dataset=dataset)
-    if run is not None and tokens_seen and tokens_per_step:
+    repeated = repeated_data_findings(log, tokens_seen=tokens_seen, dataset=dataset)
+    if repeated:  # more tokens of data it already repeats is no cure: no under-trained
+        out = [f for f in out if f.code != "under-trained"]
+    out += repeated
+    data_bound = overfitting or any(f.severity == "warning" for f in repeated)
+    if run is not None and tokens_seen and tokens_per_step and not data_bound:
         out += plateau_findings(law, count_params(run.model).total, tokens_per_step, log)
     return out
 
