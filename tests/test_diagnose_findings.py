@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scaleplan.diagnosis.examine import diagnose
 from scaleplan.diagnosis.logs import TrainingLog, read_log
@@ -508,8 +511,8 @@ def test_printed_rates_decide_over_the_configs_schedule() -> None:
 def test_codes_come_in_the_documented_order() -> None:
     from scaleplan.diagnosis import examine
 
-    documented = [line.split("``")[1] for line in (examine.__doc__ or "").splitlines()
-                  if line.startswith("- ``")]
+    documented = [code for line in (examine.__doc__ or "").splitlines()
+                  if line.startswith("- ``") for code in re.findall(r"``([a-z-]+)``", line)]
     log = TrainingLog(
         source="t.log", format="nanogpt",
         records=(LogRecord(kind="train", step=0, train_loss=20.0),
@@ -571,3 +574,23 @@ def test_the_shakespeare_char_run_overfits_and_repeats_its_data_and_nothing_else
     # 2 x 384 LayerNorm weights) + ln_f 384 + wte 65 x 384 = 10,646,784
     assert d.nanogpt_params == 6 * (12 * 384**2 + 2 * 384) + 384 + 65 * 384 == 10_646_784
     assert any(n.startswith("vocab_size = 65: nanoGPT reads shakespeare_char") for n in d.notes)
+
+
+# ---- any curve: an answer, in the documented order ------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 20, allow_nan=False), min_size=1, max_size=120),
+       st.sampled_from([None, 50304, 65]), st.booleans())
+def test_any_loss_curve_gets_an_answer_in_order(losses: list[float], vocab: int | None,
+                                                with_config: bool) -> None:
+    from scaleplan.diagnosis import examine
+
+    documented = [code for line in (examine.__doc__ or "").splitlines()
+                  if line.startswith("- ``") for code in re.findall(r"``([a-z-]+)``", line)]
+    # max_iters 5000 with lr_decay_iters 2000: lr-min-long-before-end comes with lr-not-annealed
+    text = GPT2_FILE.replace("lr_decay_iters = 5000", "lr_decay_iters = 2000")
+    run = load_nanogpt_config("t.py", text=text) if with_config else None
+    d = diagnose(config=run, log=read_log("t.log", text=iter_lines(losses)), vocab_size=vocab)
+    positions = [documented.index(c) for c in d.codes()]
+    assert positions == sorted(positions) and len(set(d.codes())) == len(d.codes())
+    assert not with_config or d.codes()[-2:] == ("lr-min-long-before-end", "lr-not-annealed")

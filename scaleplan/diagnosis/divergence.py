@@ -144,7 +144,8 @@ def _spikes(series: list[Point], which: str,
     for i in range(SPIKE_WINDOW, len(values)):
         level = (window[half - 1] + window[half]) / 2  # SPIKE_WINDOW is even
         loss = values[i]
-        if loss > (1 + SPIKE_RELATIVE) * level:  # the cheap test first: rarely true
+        # the cheap test first (rarely true); a level of 0 or below is no cross-entropy
+        if level > 0 and loss > (1 + SPIKE_RELATIVE) * level:
             spread = ROBUST_SD_PER_MAD * median(abs(v - level) for v in window)
             if loss > level + SPIKE_MADS * spread:
                 found.append((i, loss, level))

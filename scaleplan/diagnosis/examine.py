@@ -23,7 +23,7 @@ severity, the numbers behind it and the fix. The codes, in the order they come:
 - ``mfu-reference-gpu``: nanoGPT's printed MFU (relative to an A100) vs the real MFU;
 - ``inductor-small-gpu``: the "Not enough SMs" warning explained
   (`scaleplan.diagnosis.utilisation`);
-- ``lr-not-annealed``, ``lr-min-long-before-end``, ``lr-schedule-longer-than-run``: facts
+- ``lr-min-long-before-end``, ``lr-schedule-longer-than-run``, ``lr-not-annealed``: facts
   from the schedule, only where it is known (`scaleplan.diagnosis.schedule`).
 
 Without a config (or with one scaleplan cannot model) the log alone is diagnosed, and
