@@ -594,3 +594,35 @@ def test_any_loss_curve_gets_an_answer_in_order(losses: list[float], vocab: int 
     positions = [documented.index(c) for c in d.codes()]
     assert positions == sorted(positions) and len(set(d.codes())) == len(d.codes())
     assert not with_config or d.codes()[-2:] == ("lr-min-long-before-end", "lr-not-annealed")
+
+
+def chinchilla_optimal_tokens(n: float) -> float:
+    """Hoffmann et al. 2022's Approach 3 (E, A, B, alpha, beta unrounded, design.md): the D for
+    which N is compute-optimal, D = (N/G)^((alpha+beta)/beta) / N with G = (alpha A /
+    beta B)^(1/(alpha+beta)) (their eq. 4)."""
+    A, B, alpha, beta = 406.401018, 410.722827, 0.33917084, 0.2849083
+    G = (alpha * A / (beta * B)) ** (1 / (alpha + beta))
+    return (n / G) ** ((alpha + beta) / beta) / n
+
+
+def test_under_trained_when_a_finished_run_saw_too_few_tokens() -> None:
+    # llm.c-style, from scratch (first loss 10.98, near ln(50304) = 10.83), 500 steps of
+    # 524,288 tokens (the log says so) with the learning rate decayed to 0: finished at
+    # 262,144,000 tokens. GPTConfig's GPT-2 shape with biases and vocab 50304 has 124,475,904
+    # parameters: 12 x (12 d^2 + 13 d) + 2d + (50304 + 1024) d at d = 768
+    text = "tokens per iteration will be: 524,288\n" + "".join(
+        f"step {s:4d}/500 | loss {10.98 - 0.012 * s:.6f} | lr "
+        f"{6e-4 * 0.5 * (1 + math.cos(math.pi * s / 500)):.2e} | 300.00 ms\n"
+        for s in range(1, 501))
+    d = diagnose(config=GPTConfig(vocab_size=50304), log=read_log("t.log", text=text))
+    n = 12 * (12 * 768**2 + 13 * 768) + 2 * 768 + (50304 + 1024) * 768
+    assert d.total_params == n == 124_475_904
+    f = d.finding("under-trained")
+    assert f is not None and f.numbers["finished"] == 1
+    assert f.numbers["tokens"] == 500 * 524_288
+    assert f.numbers["compute_optimal_tokens"] == round(chinchilla_optimal_tokens(n))
+    # the same log cut at step 300, the rate still at 35% of its peak: not finished, no plan
+    # known (a bare GPTConfig): nothing said
+    cut = "".join(text.splitlines(keepends=True)[:301])
+    assert diagnose(config=GPTConfig(vocab_size=50304),
+                    log=read_log("t.log", text=cut)).finding("under-trained") is None

@@ -35,6 +35,7 @@ PLATEAU_MIN_POINTS = 6  # fewer points are an excerpt, not a curve
 PLATEAU_LAW_FRACTION = 0.5  # falling at under half the law's rate per doubling of tokens
 PLATEAU_LAW_GAIN = 0.02  # or the law's best model for the same compute 2% lower
 OVERFIT_RELATIVE_GAP = 0.05  # val above train by 5% of the loss
+OVERFIT_NOISE = 0.005  # an evaluation's own noise: nanoGPT's 200 batches vary by ~0.5%
 OVERFIT_RISE = 0.02  # val 2% above its best
 OVERFIT_EVALS_AFTER_BEST = 2  # over at least two evaluations after the best
 EPOCHS_WARNING = 4.0  # Muennighoff et al. 2023: up to ~4 epochs are about as good as new data
@@ -149,7 +150,8 @@ def _val_vs_train(evals: list[Any], dropout: float | None) -> list[Finding]:
                      "only wastes capacity."),
             fix="set dropout = 0.0", numbers=numbers)]
     best = min(evals, key=lambda r: r.val_loss or math.inf)
-    if val - train > OVERFIT_RELATIVE_GAP * train and val > (best.val_loss or val):
+    if val - train > OVERFIT_RELATIVE_GAP * train and \
+            val > (1 + OVERFIT_NOISE) * (best.val_loss or val):
         numbers.update(best_val_loss=best.val_loss or val,
                        best_val_step=best.step if best.step is not None else -1)
         return [Finding(
