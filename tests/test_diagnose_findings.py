@@ -282,7 +282,7 @@ def test_overfitting_from_trainer_eval_losses() -> None:
     assert (f.numbers["best_val_loss"], f.numbers["last_val_loss"]) == (2.2, 2.45)
     assert f.numbers["evaluations_after_best"] == 2
     assert (f.numbers["train_loss_before"], f.numbers["train_loss_latest"]) == (2.25, 0.75)
-    assert "11.4% up" in f.message
+    assert "from its best 2.2000 at epoch 1 to 2.4500" in f.message and "11.4% up" in f.message
     # three epochs of the fine-tuning data: repeated, but within Muennighoff et al.'s ~4
     r = d.finding("repeated-data")
     assert r is not None and r.severity == "info" and r.numbers["epochs"] == 3.0

@@ -161,7 +161,7 @@ def _spikes(series: list[Point], which: str,
     step = series[i][0]
     ending = ("it came back down afterwards" if recovered else
               "it had not come back down by the end of the log")
-    text = (f"the {which} spiked {len(found)} time(s) far above its recent level, first to "
+    text = (f"the {which} rose far above its recent level on {len(found)} log(s), first to "
             f"{loss:.4f} at {_where(step, i)}, {loss / level:.2f}x the median {level:.4f} of "
             f"the {SPIKE_WINDOW} points before it (highest {highest:.4f}); {ending}")
     numbers: dict[str, int | float | str] = {

@@ -167,12 +167,13 @@ def _val_vs_train(evals: list[Any], dropout: float | None) -> list[Finding]:
 def _val_rising(log: TrainingLog) -> list[Finding]:
     """Validation loss up `OVERFIT_RISE` off its best, above it at each of at least
     `OVERFIT_EVALS_AFTER_BEST` later evaluations, while the training loss went on falling."""
-    positions = [(i, r.step, r.val_loss) for i, r in enumerate(log.records)
+    positions = [(i, r.step, r.val_loss, r.epoch) for i, r in enumerate(log.records)
                  if r.kind == "eval" and r.val_loss is not None]
     if len(positions) < OVERFIT_EVALS_AFTER_BEST + 1:
         return []
     b = min(range(len(positions)), key=lambda k: positions[k][2] or math.inf)
-    best_at, best_step, best_val = positions[b][0], positions[b][1], positions[b][2] or 0.0
+    best_at, best_step, best_val, best_epoch = positions[b][0], positions[b][1], \
+        positions[b][2] or 0.0, positions[b][3]
     after = positions[b + 1:]
     last_val = after[-1][2] or 0.0 if after else 0.0
     if len(after) < OVERFIT_EVALS_AFTER_BEST or last_val < (1 + OVERFIT_RISE) * best_val:
@@ -182,7 +183,7 @@ def _val_rising(log: TrainingLog) -> list[Finding]:
         return []
     before, latest = falling
     steps = None if log.steps_counted else best_step
-    at = f" (evaluation {b + 1})" if steps is None else f" at step {steps}"
+    at = _when(steps, best_epoch, b)
     return [Finding(
         code="overfitting", severity="warning",
         message=(f"validation loss rose from its best {best_val:.4f}{at} to {last_val:.4f} "
@@ -195,6 +196,13 @@ def _val_rising(log: TrainingLog) -> list[Finding]:
                  "evaluations_after_best": len(after), "train_loss_before": before,
                  "train_loss_latest": latest,
                  **({"best_val_step": steps} if steps is not None else {})})]
+
+
+def _when(step: int | None, epoch: float | None, index: int) -> str:
+    """Where an evaluation sits: its step, else its epoch, else its number."""
+    if step is not None:
+        return f" at step {step}"
+    return f" at epoch {epoch:g}" if epoch is not None else f" (evaluation {index + 1})"
 
 
 def _train_falling(log: TrainingLog, best_at: int, late_from: int) -> tuple[float, float] | None:
