@@ -318,7 +318,8 @@ def _pointing_at(findings: list[Finding], rec: Recommendation | None) -> tuple[F
     if rec is None:
         return tuple(findings)
     return tuple(f.model_copy(update={"fix": f"{f.fix} (see the recommendation)"})
-                 if f.code in _POINT_AT_RECOMMENDATION else f for f in findings)
+                 if f.code in _POINT_AT_RECOMMENDATION and f.severity == "warning" else f
+                 for f in findings)
 
 
 def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:

@@ -81,15 +81,33 @@ def budget_findings(pc: ParamCount, law: Any, *, tokens_seen: int | None,
             numbers={**numbers, "tokens": judged, "ratio": judged / optimal,
                      "finished": int(finished)}))
     if tokens_seen and tokens_seen > PAST_OPTIMAL_RATIO * optimal:
-        ratio = tokens_seen / optimal
-        out.append(Finding(
-            code="past-compute-optimal", severity="warning",
-            message=(f"the run has seen {tokens_seen / 1e9:.2f}B tokens, {ratio:.1f}x "
-                     f"{_optimal_text(law, pc, optimal)}: the model's size, not its training, "
-                     "limits the loss"),
-            fix="spend the compute on a larger model",
-            numbers={**numbers, "tokens_seen": tokens_seen, "ratio": ratio}))
+        out.append(_past_optimal(pc, law, tokens_seen, optimal, numbers))
     return out
+
+
+def _past_optimal(pc: ParamCount, law: Any, tokens_seen: int, optimal: int,
+                  numbers: dict[str, Number]) -> Finding:
+    """``past-compute-optimal``: a warning when the law's compute-optimal model for the same
+    compute is `PLATEAU_LAW_GAIN` lower, else information (a smaller model trained longer, as
+    for cheaper inference, costs little loss)."""
+    n = pc.non_embedding if law.n_counts == "non_embedding" else pc.total
+    ratio = tokens_seen / optimal
+    here = float(law.loss(n, tokens_seen))
+    best = law.compute_optimal(6.0 * n * tokens_seen)  # C = 6ND (Kaplan et al. 2020, sec. 2.1)
+    gain = here - float(best.loss)
+    material = gain >= PLATEAU_LAW_GAIN * here
+    return Finding(
+        code="past-compute-optimal", severity="warning" if material else "info",
+        message=(f"the run has seen {tokens_seen / 1e9:.2f}B tokens, {ratio:.1f}x "
+                 f"{_optimal_text(law, pc, optimal)}. For the same compute the law's "
+                 f"compute-optimal {format_count(best.n_params)} model is {gain:.3f} lower "
+                 f"({100 * gain / here:.1f}% of its {here:.3f}): "
+                 + ("the model's size, not its training, limits the loss" if material else
+                    "a small price for a smaller model")),
+        fix=("spend the compute on a larger model" if material else
+             "nothing to fix unless the loss matters more than the model's size"),
+        numbers={**numbers, "tokens_seen": tokens_seen, "ratio": ratio,
+                 "law_gain_same_compute": gain, "compute_optimal_params": best.n_params})
 
 
 def repeated_data_findings(log: TrainingLog, *, tokens_seen: int | None,
