@@ -206,8 +206,9 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         print(d.model_dump_json(indent=2))
         return 0
-    print(f"{args.config}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
-          f"{len(d.findings)} finding(s)")
+    size = "no model" if d.nanogpt_params is None else \
+        f"{d.nanogpt_params:,} parameters (nanoGPT's count)"
+    print(f"{args.config}: {size}; {len(d.findings)} finding(s)")
     for f in d.findings:
         print(f"\n[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}")
     rec = d.recommendation
