@@ -21,10 +21,8 @@ from scaleplan.diagnosis.datasets import KnownDataset
 from scaleplan.diagnosis.divergence import INITIAL_ABOVE_NATS, INITIAL_MAX_STEP
 from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.errors import ConfigFileError, ScaleplanError
-from scaleplan.files import read_text
 from scaleplan.model.config import GPTConfig, TrainingConfig
-from scaleplan.model.loaders import MAX_CONFIG_BYTES, NanoGPTRun, load_nanogpt_config
-from scaleplan.model.nanogpt_file import parse_assignments
+from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
 
 __all__ = ["NEEDS_MODEL", "ConfigInput", "RunContext", "fresh_start", "gpu_or_note", "load_run",
            "vocab_for_checks", "with_dataset_vocab"]
@@ -111,20 +109,17 @@ def load_run(config: ConfigInput | None, training: TrainingConfig | None,
         notes.append(f"no model config: {NEEDS_MODEL} need the model and are skipped")
         return RunContext(None, schedule_known=False, from_scratch=None)
     if isinstance(config, NanoGPTRun):
-        # init_from set to a value not kept: most configs that set it load weights
-        # ('resume', 'gpt2-xl'), so the run is not taken as starting from scratch
-        return RunContext(config, schedule_known=True,
-                          from_scratch="init_from" not in config.ignored)
+        notes.extend(config.notes)
+        return RunContext(config, schedule_known=True, from_scratch=_scratch(config.init_from))
     if isinstance(config, GPTConfig):
         return RunContext(NanoGPTRun(model=config, training=training or TrainingConfig(),
                                      claimed_params=claimed, source=None),
                           schedule_known=training is not None, from_scratch=None)
     if str(config).endswith(".json"):
         return _load_hf(config, training, claimed, notes)
-    text = read_text(config, limit=MAX_CONFIG_BYTES, what="config file")
-    run = load_nanogpt_config(config, text=text)
-    init_from = parse_assignments(text, source=str(config)).values.get("init_from", "scratch")
-    return RunContext(run, schedule_known=True, from_scratch=_scratch(init_from))
+    run = load_nanogpt_config(config)
+    notes.extend(run.notes)  # what reading the file skipped or assumed
+    return RunContext(run, schedule_known=True, from_scratch=_scratch(run.init_from))
 
 
 def _scratch(init_from: object) -> bool:

@@ -323,6 +323,8 @@ def _pointing_at(findings: list[Finding], rec: Recommendation | None) -> tuple[F
 
 
 def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:
+    if not run.vocab_known:  # the count is only a guess (a note says so): claim no mismatch
+        return []
     out = []
     claimed = run.claimed_params
     if claimed and abs(claimed / nanogpt - 1) > SIZE_TOLERANCE:
