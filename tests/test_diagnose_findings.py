@@ -199,9 +199,24 @@ def test_a_constant_loss_is_stuck() -> None:
     assert (f.numbers["constant_loss"], f.numbers["points"], f.numbers["from_step"]) == \
         (6.2341, 60, 4)
     assert "from step 4 to step 63" in f.message
-    # 49 of them is not enough (CONSTANT_MIN_POINTS = 50), and neither is noise at 4 decimals
-    short = [10.9, 9.5, 8.1, 7.0] + [6.2341] * 49 + [6.1]
+    # 19 of them is not enough (CONSTANT_MIN_POINTS = 20), and neither is noise at 4 decimals
+    short = [10.9, 9.5, 8.1, 7.0] + [6.2341] * 19 + [6.1]
     assert diagnose(log=read_log("t.log", text=iter_lines(short))).finding("stuck") is None
+
+
+def test_a_loss_that_never_left_its_first_value_is_stuck() -> None:
+    # lit-gpt issue 125 posts two lines, iter 1 and iter 400, both "loss 11.0666": a fresh
+    # model's loss always falls in 399 steps
+    text = ("iter 1: loss 11.0666, time: 13381.00ms, speed: 306 toks/s/device\n"
+            "iter 400: loss 11.0666, time: 19090.34ms, speed: 214 toks/s/device\n")
+    f = diagnose(log=read_log("t.log", text=text)).finding("stuck")
+    assert f is not None and (f.numbers["points"], f.numbers["from_step"]) == (2, 1)
+    # the same two values later in a run (a plateau, evaluated 399 steps apart) prove nothing
+    later = text.replace("iter 1:", "iter 1001:").replace("iter 400:", "iter 1400:")
+    assert diagnose(log=read_log("t.log", text=later)).finding("stuck") is None
+    # nor do two values 99 steps apart
+    close = text.replace("iter 400:", "iter 100:")
+    assert diagnose(log=read_log("t.log", text=close)).finding("stuck") is None
 
 
 def test_a_trainer_logging_zero_loss_is_stuck() -> None:

@@ -43,7 +43,11 @@ SPIKE_RELATIVE = 0.25  # and 25% above the median: a large relative jump, not ju
 ROBUST_SD_PER_MAD = 1.4826  # sd = 1.4826 x MAD for normal noise (Rousseeuw & Croux 1993)
 JUMP_BELOW_NATS = 2.0  # "well below ln(vocab)": the loss had fallen 2 nats under it
 NEAR_UNIFORM_NATS = 0.5  # "about ln(vocab)": within half a nat of a uniform guess
-CONSTANT_MIN_POINTS = 50  # a loss identical over 50 logged steps is not noise
+# A loss identical to 4 decimals over 20 logged steps is not noise: batch noise of even 0.01
+# makes two such values equal about 1 time in 100, twenty in a row never (litgpt issue 689
+# posts 23 lines of 10.8259)
+CONSTANT_MIN_POINTS = 20
+UNMOVED_MIN_STEPS = 100  # the first loss, unchanged 100 steps later: the weights never moved
 CONSTANT_DECIMALS = 4  # the precision nanoGPT and most loggers print
 ZERO_MIN_POINTS = 3  # a cross-entropy of exactly 0, three logs in a row
 STUCK_MIN_STEPS = 500  # a loss at ln(vocab) this long after the start has learnt nothing
@@ -202,7 +206,8 @@ def _constant(series: list[Point], which: str) -> Stuck | None:
         return None
     value = series[first][1]
     zero = round(value, CONSTANT_DECIMALS) == 0
-    if length < (ZERO_MIN_POINTS if zero else CONSTANT_MIN_POINTS):
+    if length < (ZERO_MIN_POINTS if zero else CONSTANT_MIN_POINTS) and \
+            not _unmoved(series[first:first + length]):
         return None
     span = f"from {_where(series[first][0], first)} to " \
            f"{_where(series[first + length - 1][0], first + length - 1)}"
@@ -221,6 +226,15 @@ def _constant(series: list[Point], which: str) -> Stuck | None:
             "check that the optimizer steps (learning rate not 0, gradients not all zero, the "
             "parameters passed to the optimizer), and that the data loader is not repeating "
             "one batch", numbers)
+
+
+def _unmoved(run: list[Point]) -> bool:
+    """A run of one loss that starts at a fresh model's first log (step <= `INITIAL_MAX_STEP`)
+    and is still the same `UNMOVED_MIN_STEPS` steps later: a fresh model's loss always falls
+    (lit-gpt issue 125: 11.0666 at iter 1 and at iter 400)."""
+    first, last = run[0][0], run[-1][0]
+    return len(run) >= 2 and first is not None and last is not None and \
+        first <= INITIAL_MAX_STEP and last - first >= UNMOVED_MIN_STEPS
 
 
 def _at_uniform(series: list[Point], which: str, vocab: int | None,
