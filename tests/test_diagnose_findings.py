@@ -176,6 +176,26 @@ def test_fine_tune_noise_is_no_spike(seed: int) -> None:
     assert "divergence" not in d.codes() and "stuck" not in d.codes()
 
 
+def test_a_jump_to_a_higher_level_that_stays_is_divergence() -> None:
+    # an author's "Abnormal loss" fine-tune (tests/data/logs/hf_trainer_deberta_abnormal.log),
+    # as a Trainer prints it: training loss 2.18-2.43, then 4.31 and about 4.2 to the end
+    losses = [6.5124, 4.6347, 4.3661, 3.8753, 3.6069, 3.2298, 2.8288, 2.652, 2.5843, 2.3453,
+              2.2699, 2.3233, 2.2385, 2.1784, 2.2486, 2.1836, 2.4345, 4.3063, 4.2751, 4.1994,
+              4.2215, 4.2351, 4.202]
+    text = "".join(f"{{'loss': {v}, 'epoch': {0.34 * (i + 1):.2f}}}\n" for i, v in enumerate(losses))
+    f = diagnose(log=read_log("trainer.log", text=text)).finding("divergence")
+    assert f is not None and f.severity == "error"
+    # by hand: the 5 losses before 4.3063 are 2.2385 2.1784 2.2486 2.1836 2.4345, median 2.2385;
+    # the lowest from there on is 4.1994, 1.88x it
+    assert (f.numbers["shift_loss"], f.numbers["level_before_shift"],
+            f.numbers["lowest_after_shift"]) == (4.3063, 2.2385, 4.1994)
+    # the same jump that comes back down two logs later is no level shift (and with fewer than
+    # 20 points before it, no spike either)
+    back = [*losses[:19], 2.15, 2.12, 2.11, 2.10]
+    text = "".join(f"{{'loss': {v}}}\n" for v in back)
+    assert diagnose(log=read_log("trainer.log", text=text)).finding("divergence") is None
+
+
 def test_a_jump_back_to_ln_vocab_is_divergence() -> None:
     # down to 4.0 (6.8 nats under ln(50304)), then 10.9: a uniform guess again. Evaluations
     # (nanoGPT's step lines) a few hundred steps apart: no spike check has 20 points before it

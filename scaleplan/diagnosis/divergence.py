@@ -41,6 +41,9 @@ SPIKE_WINDOW = 20  # points before a spike that give its recent level (even: see
 SPIKE_MADS = 6.0  # robust deviations above the median: ~1e-9 odds for normal batch noise
 SPIKE_RELATIVE = 0.25  # and 25% above the median: a large relative jump, not just noise
 ROBUST_SD_PER_MAD = 1.4826  # sd = 1.4826 x MAD for normal noise (Rousseeuw & Croux 1993)
+SHIFT_RELATIVE = 0.5  # a level 50% above the points before it, held to the end of the log
+SHIFT_MIN_POINTS = 3  # ... over at least 3 points, after at least 3 (SHIFT_BEFORE: up to 5)
+SHIFT_BEFORE = 5
 JUMP_BELOW_NATS = 2.0  # "well below ln(vocab)": the loss had fallen 2 nats under it
 NEAR_UNIFORM_NATS = 0.5  # "about ln(vocab)": within half a nat of a uniform guess
 # A loss identical to 4 decimals over 20 logged steps is not noise: batch noise of even 0.01
@@ -95,6 +98,11 @@ def divergence_findings(log: TrainingLog, *, vocab_size: int | None) -> list[Fin
         parts.append(jump[0])
         numbers.update(jump[1])
         recovered = False
+    shift = _level_shift(series, which)
+    if shift is not None:
+        parts.append(shift[0])
+        numbers.update(shift[1])
+        recovered = False
     spikes = _spikes(series, which)
     if spikes is not None:
         parts.append(spikes[0])
@@ -134,6 +142,33 @@ def _jump_to_uniform(series: list[Point], vocab: int | None,
                     {"jump_loss": loss, "jump_index": i, "lowest_before_jump": lowest,
                      "ln_vocab": uniform, **({"jump_step": step} if step is not None else {})})
         lowest = min(lowest, loss)
+    return None
+
+
+def _level_shift(series: list[Point], which: str,
+                 ) -> tuple[str, dict[str, int | float | str]] | None:
+    """The loss jumping to a level `SHIFT_RELATIVE` above the median of the points before it
+    and never coming back: every point from there to the end of the log (at least
+    `SHIFT_MIN_POINTS`) is that far above. Too few points for `_spikes`' window are enough
+    (a Trainer logging every few hundred steps: 2.43 -> 4.31 and flat at 4.2 after)."""
+    values = [v for _, v in series]
+    floor = math.inf
+    lowest_after = [0.0] * len(values)  # lowest_after[k]: the lowest loss from k to the end
+    for k in range(len(values) - 1, -1, -1):
+        floor = min(floor, values[k])
+        lowest_after[k] = floor
+    for k in range(SHIFT_MIN_POINTS, len(values) - SHIFT_MIN_POINTS + 1):
+        level = median(values[max(0, k - SHIFT_BEFORE):k])
+        if level > 0 and lowest_after[k] >= (1 + SHIFT_RELATIVE) * level:
+            step = series[k][0]
+            numbers: dict[str, int | float | str] = {
+                "shift_index": k, "shift_loss": values[k], "level_before_shift": level,
+                "lowest_after_shift": lowest_after[k]}
+            if step is not None:
+                numbers["shift_step"] = step
+            return (f"the {which} jumped from about {level:.4f} to {values[k]:.4f} at "
+                    f"{_where(step, k)} and stayed at or above {lowest_after[k]:.4f} to the end "
+                    f"of the log ({lowest_after[k] / level:.2f}x the level before)", numbers)
     return None
 
 
