@@ -202,12 +202,16 @@ def _positive(flag: str, example: str) -> Any:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from scaleplan.diagnosis.examine import diagnose
 
-    d = diagnose(config=args.config, log=args.log, gpu=args.gpu)
+    config, log = (None, args.files[0]) if len(args.files) == 1 else args.files
+    d = diagnose(config=config, log=log, gpu=args.gpu)
     if args.json:
         print(d.model_dump_json(indent=2))
         return 0
-    print(f"{args.config}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
-          f"{len(d.findings)} finding(s)")
+    if d.nanogpt_params is None:
+        print(f"{config or log}: no model; {len(d.findings)} finding(s) from the log alone")
+    else:
+        print(f"{config or log}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
+              f"{len(d.findings)} finding(s)")
     for f in d.findings:
         print(f"\n[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}")
     rec = d.recommendation
@@ -278,14 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gpus", help="the GPU database")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=_cmd_gpus)
-    d = sub.add_parser("diagnose", help="read a config and a training log; say what is wrong")
-    d.add_argument("config", help="a nanoGPT .py config (parsed, never executed)")
-    d.add_argument("log", help="the training log: nanoGPT or llm.c stdout, HF Trainer output "
-                   "or trainer_state.json, CSV or JSONL")
+    d = sub.add_parser("diagnose", help="read a training log (and its config); say what is "
+                       "wrong", usage="scaleplan diagnose [-h] [CONFIG] LOG [--gpu GPU] [--json]")
+    d.add_argument("files", nargs="+", metavar="[CONFIG] LOG", action=_ConfigAndLog,
+                   help="the run's config (a nanoGPT .py, parsed, never executed, or a Hugging "
+                   "Face config.json; optional) and its training log: nanoGPT, llm.c, "
+                   "modded-nanogpt, build-nanogpt, litgpt, llama2.c or torchtitan stdout, Hugging "
+                   "Face Trainer output or trainer_state.json, CSV or JSONL; '-' reads the log "
+                   "from standard input")
     d.add_argument("--gpu", help="the GPU the run used, e.g. 'RTX 4070'")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_diagnose)
     return parser
+
+
+class _ConfigAndLog(argparse.Action):
+    """``[CONFIG] LOG``: one path or two."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if len(values) > 2:
+            parser.error(f"diagnose takes a config and a log, or a log alone; got {len(values)} "
+                         f"paths: {' '.join(values)}")
+        setattr(namespace, self.dest, values)
 
 
 class _Parser(argparse.ArgumentParser):

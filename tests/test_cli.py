@@ -349,3 +349,25 @@ def test_params_of_a_char_level_config_prints_what_it_assumed(
     assert "vocab_size = 65 assumed" in out  # no meta.pkl beside the data: said, not hidden
     assert main(["params", str(config), "--json"]) == 0
     assert any("import time" in n for n in json.loads(capsys.readouterr().out)["notes"])
+
+
+def test_diagnose_a_log_alone_and_from_standard_input(tmp_path: Path) -> None:
+    # issue 23: "diagnose(config=None, log=...) diagnoses the log alone" and "'-' reads standard
+    # input"; a run whose loss went NaN at step 300 must be named divergence either way
+    lines = "".join(f"iter {i}: loss {8 - i / 100:.4f}, time 95.00ms, mfu 40.00%\n"
+                    for i in range(300)) + "iter 300: loss nan, time 95.00ms, mfu 40.00%\n"
+    log = tmp_path / "train.log"
+    log.write_text(lines)
+    for argv, stdin in ((["diagnose", str(log)], None), (["diagnose", "-"], lines)):
+        done = subprocess.run([sys.executable, "-m", "scaleplan.cli", *argv, "--json"],
+                              input=stdin, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        d = json.loads(done.stdout)
+        assert d["nanogpt_params"] is None
+        divergence = next(f for f in d["findings"] if f["code"] == "divergence")
+        assert divergence["severity"] == "error"
+    done = subprocess.run([sys.executable, "-m", "scaleplan.cli", "diagnose", "a.py", "b.log",
+                           "c.log"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("scaleplan: error: diagnose takes a config and a log, "
+                                          "or a log alone; got 3 paths")

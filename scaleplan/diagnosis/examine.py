@@ -1,22 +1,34 @@
-"""Read a training config and its log, and say what is wrong, with numbers.
+"""Read a training log, and the config it ran, and say what is wrong, with numbers.
 
 `diagnose` checks a run against exact arithmetic (parameter counts, tokens seen), a scaling law
-(Hoffmann et al. 2022 by default), the GPU's real peak, and nanoGPT's learning-rate schedule.
-Each `Finding` has a stable ``code``, a severity, the numbers behind it and the fix:
+(Hoffmann et al. 2022 by default, or the web-text law of the run's dataset), the GPU's real
+peak, and the learning-rate schedule where it is known. Each `Finding` has a stable ``code``, a
+severity, the numbers behind it and the fix. The codes, in the order they come:
 
 - ``size-mismatch``: the size the config claims vs `count_params` (nanoGPT's count);
 - ``params-log-mismatch``: the log printed another parameter count than the config gives;
+- ``divergence``: a NaN or inf loss or gradient norm, a spike far above the recent loss, or a
+  jump back to about ln(vocab) (`scaleplan.diagnosis.divergence`);
+- ``stuck``: a loss constant over many steps, repeated zeros, or one left at ln(vocab);
+- ``initial-loss``: a first loss far from ln(vocab) for a run from scratch;
 - ``val-below-train-dropout``: validation loss below training loss while dropout > 0;
-- ``overfitting``: validation loss well above training loss and rising off its best;
-- ``past-compute-optimal``: tokens seen vs the compute-optimal budget (20 tokens/parameter);
-- ``plateau``: the loss barely fell over the last quarter of the run; compared with what the law
-  predicts for more tokens at this size and for the best model at the same compute;
+- ``overfitting``: validation loss rising off its best while the training loss falls;
+- ``under-trained``: a from-scratch run far below the compute-optimal tokens;
+- ``past-compute-optimal``: tokens seen far past them (`scaleplan.diagnosis.progress`, one
+  budget: the one `scaleplan.plan` uses);
+- ``repeated-data``: more than one epoch of a dataset of known size, or by the log's epochs;
+- ``plateau``: a curve flat against its own trend and against the law, on a whole curve only;
+- ``batch-size-changed``: the tokens per step the log states changed during the run;
+- ``throughput``: tokens/s and MFU from step times, when the log prints no MFU;
 - ``mfu-reference-gpu``: nanoGPT's printed MFU (relative to an A100) vs the real MFU;
-- ``inductor-small-gpu``: the "Not enough SMs" warning explained;
-- ``lr-not-annealed``, ``lr-min-long-before-end``, ``lr-schedule-longer-than-run``: facts from
-  nanoGPT's cosine schedule (`scaleplan.diagnosis.schedule`).
+- ``inductor-small-gpu``: the "Not enough SMs" warning explained
+  (`scaleplan.diagnosis.utilisation`);
+- ``lr-min-long-before-end``, ``lr-schedule-longer-than-run``, ``lr-not-annealed``: facts
+  from the schedule, only where it is known (`scaleplan.diagnosis.schedule`).
 
-The `Recommendation` is a concrete next config with the exact gradient-accumulation steps.
+Without a config (or with one scaleplan cannot model) the log alone is diagnosed, and
+`Diagnosis.notes` says which findings needed the model. The `Recommendation` is a concrete next
+config with the exact gradient-accumulation steps.
 """
 
 from __future__ import annotations
@@ -27,18 +39,42 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.compute.hardware import INDUCTOR_MIN_SMS, GPUSpec
-from scaleplan.compute.hardware import gpu as lookup_gpu
-from scaleplan.compute.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu
+from scaleplan.compute.hardware import GPUSpec
+from scaleplan.diagnosis.context import (
+    ConfigInput,
+    RunContext,
+    fresh_start,
+    gpu_or_note,
+    load_run,
+    vocab_for_checks,
+    with_dataset_vocab,
+)
+from scaleplan.diagnosis.datasets import KnownDataset, known_dataset
+from scaleplan.diagnosis.divergence import (
+    divergence_findings,
+    initial_loss_findings,
+    stuck_findings,
+)
 from scaleplan.diagnosis.logs import TrainingLog, read_log
+from scaleplan.diagnosis.progress import (
+    budget_findings,
+    overfitting_findings,
+    plateau_findings,
+    repeated_data_findings,
+)
 from scaleplan.diagnosis.recommend import Recommendation, recommend
-from scaleplan.diagnosis.schedule import lr_findings, nanogpt_lr
+from scaleplan.diagnosis.schedule import (
+    lr_findings,
+    nanogpt_lr,
+    printed_lr_findings,
+    schedule_disagrees,
+)
+from scaleplan.diagnosis.utilisation import utilisation_findings
 from scaleplan.findings import Finding, Severity
 from scaleplan.model.config import GPTConfig, TrainingConfig
-from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
+from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config  # noqa: F401 (examples)
 from scaleplan.model.params import count_params
 from scaleplan.scaling.laws import scaling_law
-from scaleplan.scaling.tokens import chinchilla_tokens
 from scaleplan.scaling.webtext import law_for_data
 from scaleplan.units import format_count
 
@@ -47,11 +83,10 @@ __all__ = ["Diagnosis", "Finding", "Recommendation", "Severity", "diagnose", "na
 Number = int | float | str
 
 SIZE_TOLERANCE = 0.10  # a claimed size within 10% of the count is "about right"
-PAST_OPTIMAL_RATIO = 2.0  # over 2x the compute-optimal tokens is worth saying
-PLATEAU_WINDOW = 0.25  # the last quarter of the run's steps
-PLATEAU_RELATIVE_DROP = 0.02  # under 2% lower loss over that window is a plateau
-OVERFIT_RELATIVE_GAP = 0.05  # val above train by 5% of the loss
 _WIDTH_MULTIPLE = 64  # widths are kept to multiples of 64 (tensor-core friendly, as GPT-2's 768)
+_ANNEALED = 0.2  # a printed learning rate at a fifth of its peak: the schedule has ended
+# Findings whose fix points at the recommendation, when there is one.
+_POINT_AT_RECOMMENDATION = frozenset({"plateau", "past-compute-optimal"})
 
 
 class Diagnosis(BaseModel):
@@ -68,8 +103,9 @@ class Diagnosis(BaseModel):
 
     findings: tuple[Finding, ...]
     recommendation: Recommendation | None
-    nanogpt_params: int
-    total_params: int
+    nanogpt_params: int | None = Field(None, description="nanoGPT's count of the model; None "
+                                       "when the log is diagnosed without a model.")
+    total_params: int | None = None
     tokens_per_step: int | None
     tokens_seen: int | None
     gpu: str | None
@@ -98,78 +134,197 @@ class Diagnosis(BaseModel):
         return next((f for f in self.findings if f.code == code), None)
 
 
-ConfigInput = NanoGPTRun | GPTConfig | str | os.PathLike[str]
-
-
 def diagnose(
     *,
-    config: ConfigInput,
+    config: ConfigInput | None = None,
     log: TrainingLog | str | os.PathLike[str],
     gpu: str | GPUSpec | None = None,
     training: TrainingConfig | None = None,
     claimed_params: int | None = None,
     law: str | None = None,
     data: str | None = None,
+    vocab_size: int | None = None,
 ) -> Diagnosis:
-    """Diagnose a run from its config and its log.
+    """Diagnose a run from its log, and its config when given.
 
-    ``config`` is a nanoGPT config file (parsed, never executed), a `NanoGPTRun`, or a
-    `GPTConfig` (then pass ``training`` and ``claimed_params`` if known). ``gpu`` is the GPU the
-    run used (``"RTX 4070"``); without it the GPU findings are skipped. ``data`` is the dataset
-    trained on (default: a nanoGPT file's ``dataset``): when published runs calibrate it
-    (`scaleplan.scaling.webtext`), the plateau check and the recommendation use its web-text law
-    and the recommendation gives the loss on that data with its interval; ``law`` names another
-    law (default: that one, else Chinchilla's).
+    ``config`` is a nanoGPT config file (parsed, never executed), a Hugging Face
+    ``config.json``, a `NanoGPTRun`, or a `GPTConfig` (then pass ``training`` and
+    ``claimed_params`` if known); None diagnoses the log alone. ``gpu`` is the GPU the run used
+    (``"RTX 4070"``); without it, or with a GPU scaleplan does not know, the GPU findings are
+    skipped (a note says which). ``data`` is the dataset trained on (default: a nanoGPT file's
+    ``dataset``): when published runs calibrate it (`scaleplan.scaling.webtext`), the budget,
+    the plateau check and the recommendation use its web-text law; ``law`` names another law
+    (default: that one, else Chinchilla's). ``vocab_size`` sets the vocabulary of the ln(vocab)
+    checks (default: the model's, or the dataset's for a character-level one).
 
     >>> run = load_nanogpt_config("cfg.py", text="n_embd = 768\\ndropout = 0.1\\n"
     ...                           "batch_size = 16\\ngradient_accumulation_steps = 32\\n")
     >>> log = read_log("train.log", text="step 100: train loss 5.1, val loss 5.0\\n")
     >>> diagnose(config=run, log=log).codes()
     ('val-below-train-dropout', 'lr-not-annealed')
+    >>> diagnose(log=log).codes(), diagnose(log=log).notes[0][:36]
+    ((), 'no model config: size-mismatch, val-')
     """
-    run = _load_config(config, training, claimed_params)
-    cfg, t = run.model, run.training
+    notes: list[str] = []
     the_log = log if isinstance(log, TrainingLog) else read_log(log)
-    spec = None if gpu is None else lookup_gpu(gpu)
-    dataset = run.dataset if data is None else data
-    the_law = scaling_law(law if law is not None else law_for_data(dataset))
-    pc = count_params(cfg)
-    tokens_per_step = the_log.reported_tokens_per_step or (t.tokens_per_step if t else None)
-    last = the_log.last_step()
-    tokens_seen = None if tokens_per_step is None or last is None else last * tokens_per_step
+    ctx = load_run(config, training, claimed_params, notes)
+    spec = gpu_or_note(gpu, notes)
+    dataset_name = data if data is not None else (ctx.run.dataset if ctx.run else None)
+    with_dataset_vocab(ctx, known_dataset(dataset_name), notes)
+    run = ctx.run
+    the_law = scaling_law(law if law is not None else law_for_data(dataset_name))
+    vocab = vocab_for_checks(run, dataset_name, vocab_size, notes)
+    if ctx.from_scratch is None:
+        ctx.from_scratch = fresh_start(the_log, vocab)
+    tokens_per_step = the_log.reported_tokens_per_step or \
+        (run.training.tokens_per_step if run else None)
+    tokens_seen = _tokens_seen(the_log, tokens_per_step)
+    ctx.schedule_known = ctx.schedule_known and _schedule_matches(ctx, the_log, notes)
+    findings = _findings(ctx, the_log, spec, the_law, vocab, tokens_per_step, tokens_seen,
+                         known_dataset(dataset_name))
+    if run is None:
+        return Diagnosis(findings=tuple(findings), recommendation=None,
+                         tokens_per_step=tokens_per_step, tokens_seen=tokens_seen,
+                         gpu=spec.name if spec else None, law=the_law.name, notes=tuple(notes))
+    pc = count_params(run.model)
+    rec = recommend(run, pc.total, the_log, spec, the_law, findings, dataset_name)
+    if rec is not None and rec.plan_note:
+        notes.append(rec.plan_note)
+    return Diagnosis(findings=_pointing_at(findings, rec), recommendation=rec,
+                     nanogpt_params=pc.nanogpt, total_params=pc.total,
+                     tokens_per_step=tokens_per_step, tokens_seen=tokens_seen,
+                     gpu=spec.name if spec else None, law=the_law.name, notes=tuple(notes))
 
+
+def _findings(ctx: RunContext, log: TrainingLog, spec: GPUSpec | None, law: Any,
+              vocab: int | None, tokens_per_step: int | None, tokens_seen: int | None,
+              dataset: KnownDataset | None) -> list[Finding]:
+    """Every finding, in the order of the module docstring's list."""
+    run = ctx.run
     findings: list[Finding] = []
-    findings += _size(run, pc.nanogpt, the_log)
-    findings += _val_vs_train(cfg, the_log)
-    if tokens_seen:
-        findings += _budget(pc.total, tokens_seen)
-        findings += _plateau(the_law, pc.total, tokens_per_step or 0, the_log)
-    findings += _gpu_findings(the_log, spec)
-    if t is not None:
-        findings += lr_findings(t, last)
-    rec = recommend(run, pc.total, the_log, spec, the_law, findings, dataset)
-    return Diagnosis(findings=tuple(findings), recommendation=rec, nanogpt_params=pc.nanogpt,
-                     total_params=pc.total, tokens_per_step=tokens_per_step,
-                     tokens_seen=tokens_seen, gpu=spec.name if spec else None, law=the_law.name,
-                     notes=(rec.plan_note,) if rec is not None and rec.plan_note else ())
+    if run is not None:
+        findings += _size(run, count_params(run.model).nanogpt, log)
+    findings += divergence_findings(log, vocab_size=vocab)
+    findings += stuck_findings(log, vocab_size=vocab)
+    findings += initial_loss_findings(log, vocab_size=vocab, from_scratch=ctx.from_scratch)
+    findings += overfitting_findings(log, dropout=run.model.dropout if run else None)
+    findings += _model_findings(ctx, log, law, tokens_per_step, tokens_seen, dataset,
+                                overfitting=any(f.code == "overfitting" for f in findings))
+    findings += _batch_size_changed(log)
+    findings += utilisation_findings(log, spec, model=run.model if run else None,
+                                     training=run.training if run else None,
+                                     tokens_per_step=tokens_per_step)
+    findings += _lr(ctx, log)
+    return findings
 
 
-def _load_config(config: ConfigInput, training: TrainingConfig | None,
-                 claimed: int | None) -> NanoGPTRun:
-    if isinstance(config, NanoGPTRun):
-        return config
-    if isinstance(config, GPTConfig):
-        return NanoGPTRun(model=config, training=training or TrainingConfig(),
-                          claimed_params=claimed, source=None)
-    if str(config).endswith(".json"):
-        from scaleplan.model.loaders import from_hf
+def _model_findings(ctx: RunContext, log: TrainingLog, law: Any, tokens_per_step: int | None,
+                    tokens_seen: int | None, dataset: KnownDataset | None, *,
+                    overfitting: bool) -> list[Finding]:
+    """The findings that weigh the log against the model: the budget, repeated data, the
+    plateau (repeated data needs no model: the log's epochs may say it). A run that overfits
+    or repeats its data many times has no plateau: its loss is held up by its data, and a
+    larger model (the plateau's fix) would make that worse."""
+    run = ctx.run
+    out: list[Finding] = []
+    if run is not None:
+        pc = count_params(run.model)
+        t = run.training
+        planned = t.max_iters * (tokens_per_step or t.tokens_per_step) \
+            if ctx.schedule_known else None
+        out += budget_findings(pc, law, tokens_seen=tokens_seen, planned_tokens=planned,
+                               finished=_finished(ctx, log), from_scratch=ctx.from_scratch)
+    repeated = repeated_data_findings(log, tokens_seen=tokens_seen, dataset=dataset)
+    if repeated:  # more tokens of data it already repeats is no cure: no under-trained
+        out = [f for f in out if f.code != "under-trained"]
+    out += repeated
+    data_bound = overfitting or any(f.severity == "warning" for f in repeated)
+    if run is not None and tokens_seen and tokens_per_step and not data_bound:
+        out += plateau_findings(law, count_params(run.model).total, tokens_per_step, log)
+    return out
 
-        return NanoGPTRun(model=from_hf(config), training=training or TrainingConfig(),
-                          claimed_params=claimed, source=str(config))
-    return load_nanogpt_config(config)
+
+def _finished(ctx: RunContext, log: TrainingLog) -> bool:
+    """Whether the log reaches the end of its run: nanoGPT's max_iters (a known schedule), or
+    printed learning rates decayed to a fifth of their peak."""
+    last = log.last_step()
+    if ctx.run is not None and ctx.schedule_known and last is not None and \
+            not log.steps_counted and last >= ctx.run.training.max_iters:
+        return True
+    rates = [r.learning_rate for r in log.records if r.learning_rate is not None]
+    return bool(rates) and max(rates) > 0 and rates[-1] <= _ANNEALED * max(rates)
+
+
+def _lr(ctx: RunContext, log: TrainingLog) -> list[Finding]:
+    """The schedule's findings: from the printed rates when the log prints them, from the
+    config's nanoGPT schedule when it is known (and not contradicted by the printed rates)."""
+    printed = printed_lr_findings(log)
+    printed_any = any(r.learning_rate is not None for r in log.records)
+    if not ctx.schedule_known or ctx.run is None:
+        return printed
+    configured = lr_findings(ctx.run.training, log.last_step())
+    if printed_any:  # the log's own rates say whether it annealed
+        configured = [f for f in configured if f.code != "lr-not-annealed"]
+        return [*configured, *printed]
+    return configured
+
+
+def _schedule_matches(ctx: RunContext, log: TrainingLog, notes: list[str]) -> bool:
+    """Whether the printed learning rates (if any) follow the config's nanoGPT schedule."""
+    differs = None if ctx.run is None else schedule_disagrees(ctx.run.training, log)
+    if differs is None:
+        return True
+    step, printed, expected = differs
+    notes.append(f"the log prints learning rate {printed:.3g} at step {step} where the config's "
+                 f"nanoGPT schedule gives {expected:.3g}: the run used another schedule, so "
+                 "the lr findings are judged from the printed rates only")
+    return False
+
+
+def _tokens_seen(log: TrainingLog, tokens_per_step: int | None) -> int | None:
+    """Tokens over the log's steps: each stretch at the tokens per step the log stated for it
+    (`TrainingLog.tokens_per_step_changes`), else the last step x ``tokens_per_step``. None
+    when the steps are records counted, not steps."""
+    last = log.last_step()
+    if last is None or log.steps_counted:
+        return None
+    changes = [c for c in log.tokens_per_step_changes if c[0] <= last]
+    if len(changes) > 1:
+        bounds = [step for step, _ in changes[1:]] + [last]
+        first = changes[0][0] * changes[0][1]  # before the first statement: its batch
+        return first + sum((end - step) * tps
+                           for (step, tps), end in zip(changes, bounds, strict=True))
+    return None if tokens_per_step is None else last * tokens_per_step
+
+
+def _batch_size_changed(log: TrainingLog) -> list[Finding]:
+    values = [tps for _, tps in log.tokens_per_step_changes]
+    if len(set(values)) < 2:
+        return []
+    said = ", ".join(f"{tps:,} from step {step}" for step, tps in log.tokens_per_step_changes)
+    return [Finding(
+        code="batch-size-changed", severity="warning",
+        message=(f"the tokens per step the log states changed during the run ({said}): steps "
+                 "no longer measure tokens, and a learning rate and schedule set for one batch "
+                 "size are off for the other (a run resumed with other settings?)"),
+        fix=("resume with the batch size the run started with, or rescale the learning rate "
+             "and set the schedule in tokens"),
+        numbers={"changes": len(values), "first_tokens_per_step": values[0],
+                 "last_tokens_per_step": values[-1]})]
+
+
+def _pointing_at(findings: list[Finding], rec: Recommendation | None) -> tuple[Finding, ...]:
+    """The findings, those whose fix the recommendation spells out pointing at it."""
+    if rec is None:
+        return tuple(findings)
+    return tuple(f.model_copy(update={"fix": f"{f.fix} (see the recommendation)"})
+                 if f.code in _POINT_AT_RECOMMENDATION and f.severity == "warning" else f
+                 for f in findings)
 
 
 def _size(run: NanoGPTRun, nanogpt: int, log: TrainingLog) -> list[Finding]:
+    if not run.vocab_known:  # the count is only a guess (a note says so): claim no mismatch
+        return []
     out = []
     claimed = run.claimed_params
     if claimed and abs(claimed / nanogpt - 1) > SIZE_TOLERANCE:
@@ -213,154 +368,3 @@ def _width_for(cfg: GPTConfig, target: int) -> int:
     return best
 
 
-def _val_vs_train(cfg: GPTConfig, log: TrainingLog) -> list[Finding]:
-    evals = [r for r in log.eval_records() if r.train_loss is not None]
-    if not evals:
-        return []
-    last = evals[-1]
-    train, val = last.train_loss or 0.0, last.val_loss or 0.0
-    numbers: dict[str, Number] = {"step": last.step if last.step is not None else -1,
-                                  "train_loss": train, "val_loss": val, "gap": val - train,
-                                  "dropout": cfg.dropout}
-    if val < train and cfg.dropout > 0:
-        return [Finding(
-            code="val-below-train-dropout", severity="warning",
-            message=(f"validation loss {val:.4f} is below training loss {train:.4f} at step "
-                     f"{last.step}: dropout={cfg.dropout} is active while training and off while "
-                     "evaluating. On a large data stream a small model under-fits, and dropout "
-                     "only wastes capacity."),
-            fix="set dropout = 0.0", numbers=numbers)]
-    best = min(evals, key=lambda r: r.val_loss or math.inf)
-    if val - train > OVERFIT_RELATIVE_GAP * train and val > (best.val_loss or val):
-        numbers.update(best_val_loss=best.val_loss or val,
-                       best_val_step=best.step if best.step is not None else -1)
-        return [Finding(
-            code="overfitting", severity="warning",
-            message=(f"validation loss {val:.4f} is {val - train:.4f} above training loss "
-                     f"{train:.4f} and up from its best {best.val_loss:.4f} at step {best.step}:"
-                     " the model is memorising its training data"),
-            fix="use more (or less repeated) data, raise dropout or weight decay, or stop at the "
-                "best validation step", numbers=numbers)]
-    return []
-
-
-def _budget(n_total: int, tokens_seen: int) -> list[Finding]:
-    optimal = chinchilla_tokens(n_total)
-    ratio = tokens_seen / optimal
-    if ratio <= PAST_OPTIMAL_RATIO:
-        return []
-    return [Finding(
-        code="past-compute-optimal", severity="warning",
-        message=(f"the run has seen {tokens_seen / 1e9:.2f}B tokens; at 20 tokens per parameter "
-                 f"(Hoffmann et al. 2022, Table 3) a {format_count(n_total)} model is "
-                 f"compute-optimal near {optimal / 1e9:.2f}B: {ratio:.1f}x past it, so the "
-                 "model's size, not its training, limits the loss"),
-        fix="spend the compute on a larger model (see the recommendation)",
-        numbers={"tokens_seen": tokens_seen, "compute_optimal_tokens": optimal,
-                 "ratio": ratio, "total_params": n_total})]
-
-
-def _plateau(law: Any, n_total: int, tokens_per_step: int, log: TrainingLog) -> list[Finding]:
-    window = _last_quarter(_loss_points(log))
-    if window is None:
-        return []
-    (s0, l0), (s1, l1) = window[0], window[-1]
-    drop = l0 - l1
-    # a loss of 0 or below is no cross-entropy: a relative drop says nothing (and l0 divides)
-    if s1 <= s0 or l0 <= 0 or drop > PLATEAU_RELATIVE_DROP * l0:
-        return []
-    end = s1  # the window ends at the last point
-    per_doubling = -_slope_per_log_step(window) * math.log(2)
-    D = end * tokens_per_step
-    law_doubling = law.loss(n_total, D) - law.loss(n_total, 2 * D)
-    best = law.compute_optimal(6.0 * n_total * D)  # C = 6ND (Kaplan et al. 2020, section 2.1)
-    gain = law.loss(n_total, D) - best.loss
-    return [Finding(
-        code="plateau", severity="warning",
-        message=(f"the loss fell only {drop:.4f} ({100 * drop / l0:.1f}%) from step {s0} to "
-                 f"{s1}: {per_doubling:.3f} per doubling of tokens. {law.name} predicts "
-                 f"{law_doubling:.3f} per doubling at this size, and {gain:.3f} lower loss for "
-                 f"the same compute in a compute-optimal {format_count(best.n_params)} model"),
-        fix="stop this run; train a larger model (see the recommendation)",
-        numbers={"from_step": s0, "to_step": s1, "loss_drop": drop,
-                 "relative_drop": drop / l0, "drop_per_doubling": per_doubling,
-                 "law_drop_per_doubling": law_doubling, "law_gain_same_compute": gain,
-                 "compute_optimal_params": best.n_params,
-                 "law_loss_floor_this_size": law.loss_params_limited(n_total)})]
-
-
-def _loss_points(log: TrainingLog) -> list[tuple[int, float]]:
-    """(step, loss) of the evaluations, or of the training steps when there are fewer than 3
-    evaluations; step 0 left out (its log is -inf)."""
-    points = [(r.step, r.val_loss) for r in log.eval_records()
-              if r.step and r.val_loss is not None]
-    if len(points) < 3:
-        points = [(r.step, r.train_loss) for r in log.train_records()
-                  if r.step and r.train_loss is not None]
-    return points
-
-
-def _last_quarter(points: list[tuple[int, float]]) -> list[tuple[int, float]] | None:
-    """The points in the last `PLATEAU_WINDOW` of the steps (at least the last 3); None when
-    there are fewer than 3 points."""
-    if len(points) < 3:
-        return None
-    end = points[-1][0]
-    window = [(s, v) for s, v in points if s >= (1 - PLATEAU_WINDOW) * end]
-    return window if len(window) >= 3 else points[-3:]
-
-
-def _slope_per_log_step(points: list[tuple[int, float]]) -> float:
-    """The least-squares slope of the loss against ln(step)."""
-    xs = [math.log(s) for s, _ in points]
-    ys = [v for _, v in points]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / \
-        sum((x - mx) ** 2 for x in xs)
-
-
-def _gpu_findings(log: TrainingLog, spec: GPUSpec | None) -> list[Finding]:
-    found = (_mfu_reference(log, spec), _inductor_small_gpu(log, spec))
-    return [f for f in found if f is not None]
-
-
-def _mfu_reference(log: TrainingLog, spec: GPUSpec | None) -> Finding | None:
-    """nanoGPT's printed MFU, which divides by an A100's peak, read against this GPU's."""
-    mfus = [r.mfu_percent for r in log.records if r.mfu_percent]
-    if spec is None or not mfus or log.format != "nanogpt" or \
-            spec.peak_flops("bf16") == NANOGPT_PEAK_FLOPS:
-        return None
-    recent = sorted(mfus[-20:])
-    printed = recent[len(recent) // 2]  # median of the last 20
-    real = from_nanogpt_mfu(printed, spec)
-    return Finding(
-        code="mfu-reference-gpu", severity="info",
-        message=(f"nanoGPT's printed MFU {printed:.2f}% divides by an A100's bf16 peak (312 "
-                 f"TFLOP/s). The run achieves {real.achieved_flops / 1e12:.1f} TFLOP/s; on "
-                 f"the {spec.name} (dense bf16 peak {real.peak_flops / 1e12:.1f} TFLOP/s) "
-                 f"that is {100 * real.mfu:.1f}% MFU"),
-        fix="read MFU against the GPU's own peak "
-            "(scaleplan.compute.throughput.from_nanogpt_mfu)",
-        numbers={"printed_mfu_percent": printed, "reference_peak_flops": NANOGPT_PEAK_FLOPS,
-                 "achieved_flops": real.achieved_flops, "gpu_peak_flops": real.peak_flops,
-                 "real_mfu_percent": 100 * real.mfu})
-
-
-def _inductor_small_gpu(log: TrainingLog, spec: GPUSpec | None) -> Finding | None:
-    """The "Not enough SMs" warning in the log, explained."""
-    warning = log.warning("inductor-not-enough-sms")
-    if warning is None:
-        return None
-    numbers: dict[str, Number] = {"inductor_min_sms": INDUCTOR_MIN_SMS, "log_line": warning.line}
-    where = "this GPU"
-    if spec is not None:
-        numbers["sm_count"] = spec.sm_count
-        where = f"the {spec.name} ({spec.sm_count} SMs)"
-    return Finding(
-        code="inductor-small-gpu", severity="info",
-        message=(f"torch inductor skips max-autotune GEMM tuning on GPUs with fewer than "
-                 f"{INDUCTOR_MIN_SMS} SMs (torch/_inductor/utils.py is_big_gpu), so on "
-                 f"{where} it prints 'Not enough SMs to use max_autotune_gemm mode'. It is "
-                 "harmless: compile still works, with the default GEMM kernels"),
-        fix="nothing to fix; compile without mode='max-autotune' to silence it",
-        numbers=numbers)

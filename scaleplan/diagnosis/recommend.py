@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.diagnosis.logs import TrainingLog
+from scaleplan.diagnosis.progress import compute_optimal_tokens
 from scaleplan.errors import ScaleplanError
 from scaleplan.findings import Finding
 from scaleplan.model.config import GPTConfig, TrainingConfig
@@ -62,8 +63,10 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
 
     The claimed size's width and dropout 0 where the findings ask for them; the same tokens per
     step, with the micro-batch `plan` picks on ``spec`` (else the largest exact one not above
-    the run's); ``max_iters`` and the LR decay set to the compute-optimal steps (20 tokens per
-    parameter); the expected loss anchored to the run's own (``law``'s differences only).
+    the run's); ``max_iters`` and the LR decay set to the compute-optimal steps (``law``'s
+    budget, the one `scaleplan.plan` uses: `scaleplan.diagnosis.progress.compute_optimal_tokens`;
+    20 tokens per parameter only for a model too small for the law); the expected loss anchored
+    to the run's own (``law``'s differences only).
 
     >>> from scaleplan.diagnosis.examine import diagnose
     >>> from scaleplan.model.loaders import load_nanogpt_config
@@ -81,9 +84,11 @@ def recommend(run: NanoGPTRun, n_total: int, log: TrainingLog, spec: GPUSpec | N
     tokens_per_step = log.reported_tokens_per_step or t.tokens_per_step
     sizes = micro_batch_sizes(tokens_per_step, t.seq_len, t.world_size)
     new_total = count_params(new).total
-    optimal = chinchilla_tokens(new_total)
+    law_optimal = compute_optimal_tokens(count_params(new), law)
+    optimal = law_optimal or chinchilla_tokens(new_total)  # 20 x N: a model too small for it
     steps = -(-optimal // tokens_per_step)
-    micro, accum, planned, note = _micro_batch(new, t, sizes, tokens_per_step, spec, optimal,
+    micro, accum, planned, note = _micro_batch(new, t, sizes, tokens_per_step, spec,
+                                               None if law_optimal else optimal,
                                                law)
     options = tuple((b, tokens_per_step // (b * t.seq_len * t.world_size))
                     for b in sorted(sizes, reverse=True) if b <= micro and b * 4 >= micro)
@@ -120,7 +125,7 @@ def _changes(cfg: GPTConfig, findings: list[Finding]) -> dict[str, Any]:
 
 
 def _micro_batch(new: GPTConfig, t: TrainingConfig, sizes: list[int], tokens_per_step: int,
-                 spec: GPUSpec | None, optimal: int,
+                 spec: GPUSpec | None, total_tokens: int | None,
                  law: Any) -> tuple[int, int, Plan | None, str | None]:
     """The new run's micro-batch and grad-accum steps, its plan when there is a GPU, and why
     there is no plan when planning on that GPU failed.
@@ -130,13 +135,14 @@ def _micro_batch(new: GPTConfig, t: TrainingConfig, sizes: list[int], tokens_per
     run's. Otherwise the run's own micro-batch and steps stay. When `plan` refuses the new run
     on ``spec`` (a claimed size larger than the GPU holds: "nothing fits"), the diagnosis still
     stands: the micro-batch is chosen as without a GPU and the planner's message is the note.
+    ``total_tokens`` None plans the law's compute-optimal budget (plan's own default).
     """
     if not sizes:
         return t.micro_batch_size, t.grad_accum_steps, None, None
     note = None
     if spec is not None:
         try:
-            planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=optimal,
+            planned = plan(new, spec, tokens_per_step=tokens_per_step, total_tokens=total_tokens,
                            seq_len=t.seq_len, world_size=t.world_size, precision=t.precision,
                            law=law)
         except ScaleplanError as exc:  # the recommended run does not fit or cannot be planned

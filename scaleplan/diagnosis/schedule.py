@@ -1,19 +1,28 @@
 """nanoGPT's learning-rate schedule, and what it says about a run: `nanogpt_lr` gives the rate at
 a step (train.py's ``get_lr``); `lr_findings` the findings a schedule and a log's last step
 call for (``lr-min-long-before-end``, ``lr-schedule-longer-than-run``, ``lr-not-annealed``).
+
+A schedule is only judged where it is known: from a nanoGPT config file (its settings, or
+train.py's defaults it inherits), or from the rates the log prints (`printed_lr_findings`). A
+log whose printed rates disagree with the config's schedule (`schedule_disagrees`) ran another
+schedule, and is judged from its printed rates alone.
 """
 
 from __future__ import annotations
 
 import math
 
+from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.findings import Finding
 from scaleplan.model.config import TrainingConfig
 
-__all__ = ["LR_MIN_FRACTION", "LR_TAIL_FRACTION", "lr_findings", "nanogpt_lr"]
+__all__ = ["LR_MATCH_TOLERANCE", "LR_MIN_FRACTION", "LR_STILL_HIGH", "LR_TAIL_FRACTION",
+           "lr_findings", "nanogpt_lr", "printed_lr_findings", "schedule_disagrees"]
 
 LR_MIN_FRACTION = 0.10  # over 10% of the run at min_lr
 LR_TAIL_FRACTION = 0.90  # the schedule should have run 90% of its decay by the end
+LR_STILL_HIGH = 0.5  # a printed rate still over half its peak has not been annealed
+LR_MATCH_TOLERANCE = 0.05  # printed rates within 5% of the schedule's follow it (rounding)
 
 
 def nanogpt_lr(it: int, t: TrainingConfig) -> float:
@@ -98,3 +107,48 @@ def _lr_not_annealed(t: TrainingConfig, last: int | None) -> Finding | None:
         fix="set max_iters and lr_decay_iters to the steps you will actually run",
         numbers={"last_step": last, "lr_decay_iters": t.lr_decay_iters,
                  "learning_rate_now": lr_now, "fraction_of_peak": lr_now / t.learning_rate})
+
+
+def printed_lr_findings(log: TrainingLog) -> list[Finding]:
+    """``lr-not-annealed`` judged from the learning rates the log prints (not from a schedule
+    assumed for it): the last printed rate still above `LR_STILL_HIGH` of the highest.
+
+    >>> from scaleplan.diagnosis.logs import read_log
+    >>> log = read_log("t.log", text="{'loss': 2.5, 'learning_rate': 5e-05, 'epoch': 0.1}\\n"
+    ...                "{'loss': 2.1, 'learning_rate': 4e-05, 'epoch': 0.2}\\n")
+    >>> [f.code for f in printed_lr_findings(log)]
+    ['lr-not-annealed']
+    """
+    rates = [(r.step, r.learning_rate) for r in log.records if r.learning_rate is not None]
+    if not rates:
+        return []
+    peak = max(lr for _, lr in rates)
+    step, last = rates[-1]
+    if peak <= 0 or last <= LR_STILL_HIGH * peak:
+        return []
+    at = f" at step {step}" if step is not None and not log.steps_counted else ""
+    return [Finding(
+        code="lr-not-annealed", severity="info",
+        message=(f"the last learning rate the log prints{at} is {last:.3g}, "
+                 f"{100 * last / peak:.0f}% of the highest it prints ({peak:.3g}): the log ends "
+                 "before the rate has come down, so the loss has not had the drop that "
+                 "decaying it brings"),
+        fix="decay the learning rate to about a tenth of its peak by the last step (set the "
+            "schedule's length to the steps you will actually run)",
+        numbers={"learning_rate_now": last, "peak_learning_rate": peak,
+                 "fraction_of_peak": last / peak, "printed_rates": len(rates)})]
+
+
+def schedule_disagrees(t: TrainingConfig, log: TrainingLog) -> tuple[int, float, float] | None:
+    """The first printed learning rate (at a known step) more than `LR_MATCH_TOLERANCE` away
+    from nanoGPT's schedule for ``t``, as (step, printed, scheduled); None when they agree or
+    the log prints none."""
+    if log.steps_counted:
+        return None
+    for r in log.records:
+        if r.learning_rate is None or r.step is None:
+            continue
+        expected = nanogpt_lr(r.step, t)
+        if abs(r.learning_rate - expected) > LR_MATCH_TOLERANCE * max(expected, 1e-12):
+            return r.step, r.learning_rate, expected
+    return None

@@ -44,7 +44,9 @@ _MAX_VOCAB = 2**32
 
 # nanoGPT's GPT-2 BPE data sets (data/openwebtext/prepare.py, data/shakespeare/prepare.py encode
 # with tiktoken's "gpt2" and write no meta.pkl).
-_BPE_DATASETS = frozenset({"openwebtext", "shakespeare"})
+# ... and FineWeb as the seed case and llm.c / modded-nanogpt prepare it (GPT-2 tokens, no meta.pkl)
+_BPE_DATASETS = frozenset({"openwebtext", "shakespeare", "fineweb", "fineweb10B", "fineweb_edu",
+                           "fineweb-edu", "edu_fineweb10B"})
 # nanoGPT data/shakespeare_char/prepare.py prints "vocab size: 65" (tiny Shakespeare's characters).
 _KNOWN_CHAR_VOCABS = {"shakespeare_char": 65}
 # nanoGPT names character-level data "<name>_char"; anchored on separators, so linear.
