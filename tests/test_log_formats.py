@@ -433,3 +433,40 @@ def test_llmc_whole_line_reads_as_the_searches(step: int, loss: float, norm: flo
     assert m is not None and whole is not None and formats._LLMC_LINE.match(line) is not None
     assert whole == formats._llmc_step(m, lambda: None)
     assert whole[1]["train_loss"] == float(f"{loss:7.6f}") and whole[1]["grad_norm"] == float(f"{norm:6.4f}")
+
+
+# ---- after the merge: lines the real-log corpus (tests/data/logs) showed
+
+
+def test_litgpt_epoch_lines_give_an_evaluation_where_val_changes() -> None:
+    # litgpt pretrain.py prints the last validation loss on every line ("val: n/a" before the
+    # first): three lines with one value are one evaluation, not three
+    text = ("Epoch 1 | iter 4 step 1 | loss train: 10.982, val: n/a | iter time: 520.12 ms\n"
+            "Epoch 1 | iter 8 step 2 | loss train: 10.826, val: 10.712 | iter time: 519.80 ms\n"
+            "Epoch 1 | iter 12 step 3 | loss train: 10.611, val: 10.712 | iter time: 521.00 ms\n"
+            "Epoch 1 | iter 16 step 4 | loss train: 10.402, val: 10.5 | iter time: 521.00 ms\n")
+    log = read_log("litgpt.log", text=text)
+    assert [(r.step, r.train_loss) for r in log.train_records()] == [
+        (1, 10.982), (2, 10.826), (3, 10.611), (4, 10.402)]
+    assert [(r.step, r.val_loss) for r in log.eval_records()] == [(2, 10.712), (4, 10.5)]
+
+
+def test_a_log_whose_only_losses_are_nan_is_read() -> None:
+    # llama2.c issue 31 posts two lines, both NaN: the log reads (with the warning), so that
+    # diagnose can name the divergence; and a tie of one nanoGPT-shaped evaluation line and one
+    # llama2.c line is llama2.c's (its train.py prints nanoGPT's evaluation line)
+    text = ("step 100000: train loss nan, val loss nan\n"
+            "100000 | loss nan | lr 0.000000e+00 | 2006.12ms | mfu 1.68%\n")
+    log = read_log("run.log", text=text)
+    assert (log.format, log.records) == ("llama2.c", ())
+    warning = log.warning("non-finite-loss")
+    # two lines hold a NaN loss (the first holds two)
+    assert warning is not None and (warning.line, warning.count, warning.step) == (1, 2, 100000)
+
+
+def test_build_nanogpt_forks_that_print_with_commas() -> None:
+    line = ("step 0001, loss: 9.502789, norm: 10.649774551391602, lr: 1.2000e-04, time: "
+            "449.89ms, tokens/sec: 36418.0")
+    r = read_log("out.log", text=line + "\n").train_records()[0]
+    assert (r.step, r.train_loss, r.grad_norm, r.learning_rate, r.time_ms,
+            r.tokens_per_second) == (1, 9.502789, 10.649774551391602, 1.2e-4, 449.89, 36418.0)

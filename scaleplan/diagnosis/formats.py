@@ -110,6 +110,10 @@ _MODDED = re.compile(rf"^step:{_STEP}/\d{{1,15}} (?:(train|val)_loss:{_F}(?=\s|$
 _MODDED_AVG = re.compile(rf"\sstep_avg:{_F}\s*ms")
 _BUILD_STEP = re.compile(rf"^step\s+{_STEP} \| loss: {_F}(?: \| lr {_F})?(?: \| norm: {_F})?"
                          rf"(?: \| dt: {_F}\s*ms)?(?: \| tok/sec: {_F})?")
+# A common variant of it (forks that print with commas): "step 0001, loss: 9.502789, norm:
+# 10.6497, lr: 1.2000e-04, time: 449.89ms, tokens/sec: 36418.0"
+_BUILD_STEP_COMMAS = re.compile(rf"^step\s+{_STEP}, loss: {_F}(?:, norm: {_F})?(?:, lr: {_F})?"
+                                rf"(?:, time: {_F}\s*ms)?(?:, tokens/sec: {_F})?")
 _BUILD_VAL = re.compile(rf"^validation loss: {_F}\s*$")
 _BUILD_LOG_TXT = re.compile(rf"^{_STEP} (train|val|hella) {_F}\s*$")
 _BUILD_HELLASWAG = re.compile(r"^HellaSwag accuracy: \d{1,15}/\d{1,15}=")
@@ -133,7 +137,7 @@ _LLMC_MAINLOG = re.compile(rf"^s:{_STEP} (trl|tel):{_F}(?: lr:{_F})?(?: norm:{_F
 _LITGPT_ITER = re.compile(rf"^iter {_STEP} (?:\| )?step {_STEP}: loss {_F}, iter time: "
                           rf"{_F}\s*ms")
 _LITGPT_EPOCH = re.compile(rf"^Epoch \d{{1,9}} \| iter {_STEP} step {_STEP} \| loss train: "
-                           rf"{_F}, val: \S{{1,40}} \| iter time: {_F}\s*ms")
+                           rf"{_F}, val: (?:n/a|{_F}) \| iter time: {_F}\s*ms")
 _LITGPT_VAL = re.compile(rf"^(iter|step) {_STEP}: val loss {_F}")
 
 _TITAN = re.compile(rf"^(validate )?step:\s*{_STEP}\s+loss:\s*{_F}")
@@ -211,6 +215,12 @@ def _build_step(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
                              "time_ms": _opt(m[5]), "tokens_per_second": _opt(m[6])}
 
 
+def _build_step_commas(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    return "build-nanogpt", {"kind": "train", "step": int(m[1]), "train_loss": float(m[2]),
+                             "grad_norm": _opt(m[3]), "learning_rate": _opt(m[4]),
+                             "time_ms": _opt(m[5]), "tokens_per_second": _opt(m[6])}
+
+
 def _build_val(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     # evaluated at the top of a step, before it trains: after the line of the step before
     step = last_step()
@@ -265,6 +275,13 @@ def _litgpt_iter(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
                       "time_ms": float(m[4])}
 
 
+def _litgpt_epoch(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
+    # pretrain.py prints the last validation loss on every line ("val: n/a" before the first):
+    # the reader keeps it as an evaluation where it changes
+    return "litgpt", {"kind": "train", "step": int(m[2]), "train_loss": float(m[3]),
+                      "val_loss": _opt(m[4]), "time_ms": float(m[5])}
+
+
 def _litgpt_val(m: re.Match[str], last_step: _LastStep) -> tuple[str, _Fields]:
     # "iter N: val loss" follows the step it evaluates; lit-gpt's "step N:" numbers iters
     # as its training lines do
@@ -289,10 +306,11 @@ _BY_START: dict[str, tuple[tuple[re.Pattern[str], _Read], ...]] = {
     "i": ((_NANOGPT_ITER, _nanogpt_iter), (_LITGPT_ITER, _litgpt_iter),
           (_LITGPT_VAL, _litgpt_val)),
     "s": ((_NANOGPT_EVAL, _nanogpt_eval), (_LLMC_LINE, _llmc_line), (_LLMC_STEP, _llmc_step),
-          (_BUILD_STEP, _build_step), (_MODDED, _modded), (_TITAN, _titan),
+          (_BUILD_STEP, _build_step), (_BUILD_STEP_COMMAS, _build_step_commas),
+          (_MODDED, _modded), (_TITAN, _titan),
           (_LITGPT_VAL, _litgpt_val), (_LLMC_MAINLOG, _llmc_mainlog)),
     "v": ((_LLMC_VAL, _llmc_val), (_BUILD_VAL, _build_val), (_TITAN, _titan)),
-    "E": ((_LITGPT_EPOCH, _litgpt_iter),),
+    "E": ((_LITGPT_EPOCH, _litgpt_epoch),),
     "H": ((_BUILD_HELLASWAG, _build_hellaswag),),
     **dict.fromkeys("0123456789", _DIGIT_LINES),
 }

@@ -1,47 +1,33 @@
-"""Read training logs as data: nanoGPT, llm.c, Hugging Face Trainer, CSV and JSONL.
+"""Read training logs as data: nanoGPT, llm.c, modded-nanogpt, build-nanogpt, litgpt,
+llama2.c, torchtitan, Hugging Face Trainer (printed dicts and trainer_state.json), CSV and JSONL.
 
 `read_log` turns a log into a `TrainingLog`: the losses, step times and MFU it reports, the
 parameter count it prints, the warnings it contains, and how many lines it could not read.
 Nothing in a log is executed: lines are matched with regular expressions (each linear in the
-line), dict lines are read with `json` or `ast.literal_eval` (literals only), and every size is
-bounded. What each kind of line looks like, and the print statements the formats come from,
-is in `scaleplan.diagnosis.formats`. A log is read line by line, streamed
-(`scaleplan.diagnosis.stream`): memory is the records kept, one chunk and one line.
+line), dict lines are read as literals only, and every size is bounded. What each kind of line
+looks like, and the print statements the formats come from, is in
+`scaleplan.diagnosis.formats`. A log is streamed (`scaleplan.diagnosis.stream`) and read block
+by block (`scaleplan.diagnosis.blocks`): memory is the records kept (at most
+`MAX_KEPT_RECORDS` of each kind) and one chunk, whatever the length of the log.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import sys
-from collections import Counter
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.diagnosis.blocks import iter_record, read_blocks
-from scaleplan.diagnosis.formats import (
-    ANY_KNOWN_WARNING,
-    KNOWN_WARNINGS,
-    NANOGPT_ITER_LINE,
-    Fact,
-    csv_header,
-    fact_line,
-    mapping_fields,
-    parse_dict,
-    record_line,
-    strip_ansi,
-    trainer_state_entries,
-)
+from scaleplan.diagnosis.blocks import read_blocks
+from scaleplan.diagnosis.formats import trainer_state_entries
+from scaleplan.diagnosis.reader import MAX_WARNING_TEXT, LogReader
 from scaleplan.diagnosis.records import (
     MAX_KEPT_RECORDS,
     MAX_MFU_PERCENT,
     LogRecord,
     LogWarning,
-    RecordStore,
-    compact_record,
 )
 from scaleplan.diagnosis.stream import (
     MAX_LINE_CHARS,
@@ -61,8 +47,6 @@ __all__ = ["MAX_KEPT_RECORDS", "MAX_LINE_CHARS", "MAX_LOG_BYTES", "MAX_MFU_PERCE
 LogFormat = Literal["nanogpt", "llm.c", "modded-nanogpt", "build-nanogpt", "litgpt", "llama2.c",
                     "torchtitan", "hf-trainer", "hf-trainer-state", "csv", "jsonl"]
 
-MAX_WARNING_TEXT = 200
-MAX_BATCH_SIZE_CHANGES = 100  # entries of TrainingLog.tokens_per_step_changes
 
 
 class TrainingLog(BaseModel):
@@ -152,196 +136,14 @@ class TrainingLog(BaseModel):
         return next((w for w in self.warnings if w.code == code), None)
 
 
-# Fields a log prints as -1 or -100.00% until it has measured them: a negative one is left out.
-_UNMEASURED_WHEN_NEGATIVE = frozenset({"mfu_percent", "time_ms", "tokens_per_second"})
-# The warning a non-finite value gives, by field (any other: "non-finite-value"); the formats
-# of dict lines, whose steps are counted when the log prints none.
-_NON_FINITE_CODES = {"train_loss": "non-finite-loss", "val_loss": "non-finite-loss",
-                     "grad_norm": "non-finite-grad-norm"}
-_DICT_FORMATS = frozenset({"hf-trainer", "jsonl"})
-
-
-class _Reader:
-    """Accumulates what the lines of one log say: its records and little else (no lines)."""
-
-    def __init__(self) -> None:
-        self.records = RecordStore(parse_line=iter_record)
-        self.formats: Counter[str] = Counter()
-        self.warnings: dict[str, list[Any]] = {}  # code: [first line, text, count, step]
-        self.params: tuple[int, str] | None = None
-        self.tokens_per_step: int | None = None  # the first one stated
-        self.tokens_per_step_changes: list[tuple[int, int]] = []  # (step, tokens per step)
-        self.skipped = 0
-        self.csv_header: list[str] | None = None
-        self.last_train_step = 0  # the step of the last training line (0 before any)
-        self.train_seen = False  # a training line with a step was read (the fast path's: seen)
-        self.last_step = lambda: (self.last_train_step
-                                  if self.train_seen or self.records.seen["train"] else None)
-        self.dicts_counted, self.dict_steps_printed, self.steps_counted = 0, False, False
-
-    def warn(self, code: str, line_no: int, text: str, step: int | None = None) -> None:
-        seen = self.warnings.get(code)
-        if seen is None:
-            self.warnings[code] = [line_no, text.strip()[:MAX_WARNING_TEXT], 1, step]
-        else:
-            seen[2] += 1
-
-    def log_warnings(self) -> tuple[LogWarning, ...]:
-        return tuple(LogWarning(code=code, line=line, text=text, count=count, step=step)
-                     for code, (line, text, count, step) in self.warnings.items())
-
-    def add(self, fmt: str, line_no: int, text: str, values: dict[str, Any]) -> None:
-        """Store a record, moving non-finite and implausible values into a warning."""
-        self.formats[fmt] += 1
-        for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
-            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
-                values = {k: v for k, v in values.items()
-                          if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
-                          or self._acceptable(k, v, line_no, text, values.get("step"))}
-                break
-        if values["kind"] == "train" and values.get("step") is not None:
-            self.last_train_step = values["step"]  # a NaN loss's step too
-            self.train_seen = True
-        if values.get("train_loss") is None and values.get("val_loss") is None:
-            return
-        self.records.append(compact_record(values))
-
-    def fast_line(self, line_no: int, raw: bytes) -> bool:
-        """A whole nanoGPT ``iter`` line (most lines of a nanoGPT log) read from its bytes, as
-        `line` would read it, without decoding it or trying the other formats; False for any
-        other line, or an MFU over the bound (`line` reads those)."""
-        m = NANOGPT_ITER_LINE.match(raw)
-        if m is None or self.csv_header is not None:
-            return False
-        mfu = float(m[4])
-        if mfu > MAX_MFU_PERCENT:
-            return False
-        self.last_train_step = step = int(m[1])
-        self.records.append(compact_record({
-            "kind": "train", "step": step, "train_loss": float(m[2]), "time_ms": float(m[3]),
-            "mfu_percent": mfu if mfu >= 0 else None}))
-        self.formats["nanogpt"] += 1
-        return True
-
-    def _acceptable(self, key: str, value: float, line_no: int, text: str,
-                    step: int | None) -> bool:
-        """Whether a value outside [0, MAX_MFU_PERCENT] is kept; a warning when it is not."""
-        if not math.isfinite(value):
-            self.warn(_NON_FINITE_CODES.get(key, "non-finite-value"), line_no, text, step)
-            return False
-        if value < 0:  # nanoGPT prints -100.00% before it has measured MFU
-            return key not in _UNMEASURED_WHEN_NEGATIVE and key != "grad_norm"
-        if key == "mfu_percent":
-            self.warn("implausible-value", line_no, text)
-            return False
-        return True
-
-    def line(self, line_no: int, text: str) -> None:
-        """Read one line: a known warning, a record, a fact about the run, or a skipped line."""
-        stripped = (strip_ansi(text) if "\x1b" in text else text).strip()
-        if not stripped:
-            return
-        known = ANY_KNOWN_WARNING.search(stripped) is not None and \
-            self._known_warnings(line_no, stripped)
-        if self._record(line_no, stripped):
-            return
-        fact = fact_line(stripped)
-        if fact is not None:
-            self._fact(fact)
-        elif not known:
-            self.skipped += 1
-
-    def _fact(self, fact: Fact) -> None:
-        """Keep a fact: the parameter count, or the tokens per step (the first one stated, and
-        each change, with the last training step read before it)."""
-        self.formats[fact.format] += 1
-        if fact.name == "params":
-            self.params = fact.value
-        elif (tokens := fact.value) is not None:
-            self.tokens_per_step = self.tokens_per_step or tokens
-            changes = self.tokens_per_step_changes
-            if (not changes or changes[-1][1] != tokens) and len(changes) < MAX_BATCH_SIZE_CHANGES:
-                changes.append((self.last_train_step, tokens))
-
-    def _known_warnings(self, line_no: int, text: str) -> bool:
-        """Count each known warning the line holds; whether it held one."""
-        known = False
-        for code, pattern in KNOWN_WARNINGS:
-            if pattern.search(text):
-                self.warn(code, line_no, text)
-                known = True
-        return known
-
-    def _record(self, line_no: int, text: str) -> bool:
-        """Store the line if it is a record (once a CSV header was seen, only CSV rows are), or
-        take it as the CSV header; whether it was either."""
-        if self.csv_header is not None:
-            return self._csv_row(line_no, text)
-        found = record_line(text, self.last_step)
-        if found is not None:
-            fmt, fields = found
-            self.add(fmt, line_no, text, fields)
-            return True
-        if text.startswith("{") or "{'" in text:
-            return self._dict_line(line_no, text)
-        return self._header(text)
-
-    def _dict_line(self, line_no: int, text: str) -> bool:
-        parsed = parse_dict(text)
-        if parsed is None:
-            return False
-        fmt, data = parsed
-        if "train_runtime" in data:  # the Trainer's end-of-run summary, an average over the run
-            self.formats[fmt] += 1
-            return True
-        return self.mapping(fmt, line_no, text, data)
-
-    def mapping(self, fmt: str, line_no: int, text: str, data: dict[Any, Any]) -> bool:
-        """Store the record a mapping (a dict line, a CSV row) gives; whether it gave one."""
-        fields = mapping_fields(data)
-        if fields is None:
-            return False
-        if fmt in _DICT_FORMATS:
-            self._count_step(fields)
-        self.add(fmt, line_no, text, fields)
-        return True
-
-    def _count_step(self, fields: dict[str, Any]) -> None:
-        """Number a dict without a step (the Trainer's console dicts): the n-th training dict
-        is step n, an evaluation takes the count so far; while the log printed no step."""
-        if fields["step"] is not None:
-            self.dict_steps_printed = True
-            return
-        if self.dict_steps_printed or not self.formats.keys() <= _DICT_FORMATS:
-            return
-        if fields["kind"] == "train":
-            self.dicts_counted += 1
-        fields["step"] = self.dicts_counted
-        self.steps_counted = True
-
-    def _header(self, text: str) -> bool:
-        names = csv_header(text)
-        if names is None:
-            return False
-        self.csv_header = names
-        self.formats["csv"] += 1
-        return True
-
-    def _csv_row(self, line_no: int, text: str) -> bool:
-        assert self.csv_header is not None
-        delimiter = "\t" if "\t" in text else ","
-        cells = next(csv.reader([text], delimiter=delimiter), [])
-        if len(cells) != len(self.csv_header):
-            return False
-        return self.mapping("csv", line_no, text, dict(zip(self.csv_header, cells, strict=True)))
-
-
 # ----------------------------------------------------------------------------- reading
 
 
 def read_log(path: str | os.PathLike[str] | None = None, *,
              text: str | bytes | None = None) -> TrainingLog:
-    """Read a training log (nanoGPT, llm.c, Hugging Face Trainer, CSV or JSONL).
+    """Read a training log (any format of `scaleplan.diagnosis.formats`: nanoGPT, llm.c,
+    modded-nanogpt, build-nanogpt, litgpt, llama2.c, torchtitan, Hugging Face Trainer, CSV or
+    JSONL).
 
     The format is detected from the lines. Unknown lines are skipped and counted; bytes that
     are not UTF-8 are replaced and the lines counted; lines longer than ``MAX_LINE_CHARS`` are
@@ -359,14 +161,14 @@ def read_log(path: str | os.PathLike[str] | None = None, *,
     """
     if text is not None:
         source = "<text>" if path is None else source_name(path)
-        return _read(_Reader(), Chunks.of_text(source, text_contents(text)))
+        return _read(LogReader(), Chunks.of_text(source, text_contents(text)))
     if path == "-":  # standard input, as a stream: `train.py | scaleplan diagnose -`
-        return _read(_Reader(), Chunks("<stdin>", sys.stdin.buffer.read))
+        return _read(LogReader(), Chunks("<stdin>", sys.stdin.buffer.read))
     with open_log(source_name(path), cast("str | os.PathLike[str]", path)) as stream:
-        return _read(_Reader(), Chunks(source_name(path), stream.read))
+        return _read(LogReader(), Chunks(source_name(path), stream.read))
 
 
-def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
+def _read(reader: LogReader, chunks: Chunks) -> TrainingLog:
     """The `TrainingLog` of the log in ``chunks``: one JSON document, or lines."""
     document, rest = json_document(chunks)
     if (entries := trainer_state_entries(document)) is not None:
@@ -377,13 +179,16 @@ def _read(reader: _Reader, chunks: Chunks) -> TrainingLog:
     else:
         lines_read, too_long, not_utf8 = read_blocks(reader, chunks, rest)
     records = reader.records.records()
-    if not records and reader.params is None:
+    if not records and reader.params is None and "non-finite-loss" not in reader.warnings:
         raise LogFormatError(
             f"{chunks.source}: no loss or parameter count found in {lines_read:,} lines; "
-            "expected nanoGPT ('iter N: loss X, ...', 'step N: train loss X, val loss Y'), "
-            "llm.c ('step N/M | loss X ...'), Hugging Face Trainer ({'loss': ...} or "
-            "trainer_state.json), or CSV / JSON lines with step and train_loss / val_loss")
-    fmt = cast(LogFormat, reader.formats.most_common(1)[0][0])
+            "expected a training log: nanoGPT ('iter N: loss X, ...'), llm.c ('step N/M | "
+            "loss X ...'), modded-nanogpt, build-nanogpt, litgpt, llama2.c, torchtitan, "
+            "Hugging Face Trainer ({'loss': ...} or trainer_state.json), or CSV / JSON lines "
+            "with step and train_loss / val_loss")
+    # the most lines; a tie goes to a format other than nanoGPT, whose evaluation line llama2.c
+    # prints too (a llama2.c log of one such line and one of its own is llama2.c's)
+    fmt = cast(LogFormat, max(reader.formats, key=lambda f: (reader.formats[f], f != "nanogpt")))
     params = reader.params
     return TrainingLog(
         source=chunks.source, format=fmt, records=records,
