@@ -78,12 +78,7 @@ class LogReader:
     def add(self, fmt: str, line_no: int, text: str, values: dict[str, Any]) -> None:
         """Store a record, moving non-finite and implausible values into a warning."""
         self.formats[fmt] += 1
-        for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
-            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
-                values = {k: v for k, v in values.items()
-                          if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
-                          or self._acceptable(k, v, line_no, text, values.get("step"))}
-                break
+        values = self._checked(line_no, text, values)
         if values["kind"] == "train" and values.get("step") is not None:
             self.last_train_step = values["step"]  # a NaN loss's step too
             self.train_seen = True
@@ -95,6 +90,15 @@ class LogReader:
         self.records.append(compact_record(values))
         if values["kind"] == "eval" and values.get("val_loss") is not None:
             self.inline_val = values["val_loss"]
+
+    def _checked(self, line_no: int, text: str, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` less the non-finite and implausible ones (each a warning)."""
+        for value in values.values():  # most values are in [0, MAX_MFU_PERCENT]: kept as they are
+            if value.__class__ is float and not 0.0 <= value <= MAX_MFU_PERCENT:
+                return {k: v for k, v in values.items()
+                        if v.__class__ is not float or 0.0 <= v <= MAX_MFU_PERCENT
+                        or self._acceptable(k, v, line_no, text, values.get("step"))}
+        return values
 
     def _inline_val(self, values: dict[str, Any]) -> None:
         """A training line that also prints the last validation loss (litgpt's ``loss train:
