@@ -667,3 +667,20 @@ def test_under_trained_when_a_finished_run_saw_too_few_tokens() -> None:
     cut = "".join(text.splitlines(keepends=True)[:301])
     assert diagnose(config=GPTConfig(vocab_size=50304),
                     log=read_log("t.log", text=cut)).finding("under-trained") is None
+
+
+def test_throughput_of_a_per_device_rate_is_one_gpus() -> None:
+    # lit-gpt 2023 prints "speed: 3,000 toks/s/device": one GPU's tokens. On 8 GPUs the MFU is
+    # still that rate against ONE GPU's peak: 3,000 x 797,815,296 FLOPs / 312e12 = 0.767%
+    # (GPT-2 small, vocab 50257, T = 1024; see the test above for the FLOPs per token)
+    per_token = 797_815_296
+    text = "".join(f"iter {i}: loss {4.0 - 0.01 * i:.4f}, time: 500.00ms, speed: 3000 "
+                   f"toks/s/device\n" for i in range(1, 30))
+    log = read_log("litgpt.log", text=text)
+    assert log.format == "litgpt"
+    t = TrainingConfig(world_size=8, grad_accum_steps=8)
+    f = diagnose(config=GPTConfig.preset("gpt2"), training=t, log=log,
+                 gpu="A100 SXM 80GB").finding("throughput")
+    assert f is not None and f.numbers["n_gpus"] == 1
+    assert math.isclose(float(f.numbers["mfu_percent"]), 100 * 3000 * per_token / 312e12)
+    assert "printed tokens/s per GPU" in f.message

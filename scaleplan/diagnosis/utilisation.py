@@ -20,9 +20,12 @@ from scaleplan.findings import Finding
 from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.planning.advice import peak_dtype
 
-__all__ = ["RECENT_STEPS", "gpu_dtype", "utilisation_findings"]
+__all__ = ["PER_DEVICE_FORMATS", "RECENT_STEPS", "gpu_dtype", "utilisation_findings"]
 
 RECENT_STEPS = 20  # the median of the last 20 steps: past compile and warm-up
+# Formats whose tokens/s are one GPU's (lit-gpt's "toks/s/device", torchtitan's "tps"); llm.c's
+# and build-nanogpt's are all GPUs' together
+PER_DEVICE_FORMATS = frozenset({"litgpt", "torchtitan"})
 
 Number = int | float | str
 
@@ -67,6 +70,8 @@ def _throughput(log: TrainingLog, spec: GPUSpec | None, model: GPTConfig | None,
         return None
     tokens_per_second, how = rate
     n_gpus = training.world_size if training is not None else 1
+    if how == "printed tokens/s" and log.format in PER_DEVICE_FORMATS:
+        n_gpus, how = 1, "printed tokens/s per GPU"  # one GPU's tokens, against one GPU's peak
     seq_len = training.seq_len if training is not None else model.block_size
     dtype, note = gpu_dtype(spec, precision)
     u = mfu(tokens_per_second, model, spec, seq_len=seq_len, n_gpus=n_gpus, dtype=dtype)
