@@ -22,6 +22,7 @@ __all__ = ["LR_MATCH_TOLERANCE", "LR_MIN_FRACTION", "LR_STILL_HIGH", "LR_TAIL_FR
 LR_MIN_FRACTION = 0.10  # over 10% of the run at min_lr
 LR_TAIL_FRACTION = 0.90  # the schedule should have run 90% of its decay by the end
 LR_STILL_HIGH = 0.5  # a printed rate still over half its peak has not been annealed
+LR_MIN_PRINTED = 10  # printed rates needed to judge a schedule from them
 LR_MATCH_TOLERANCE = 0.05  # printed rates within 5% of the schedule's follow it (rounding)
 
 
@@ -114,17 +115,23 @@ def printed_lr_findings(log: TrainingLog) -> list[Finding]:
     assumed for it): the last printed rate still above `LR_STILL_HIGH` of the highest.
 
     >>> from scaleplan.diagnosis.logs import read_log
-    >>> log = read_log("t.log", text="{'loss': 2.5, 'learning_rate': 5e-05, 'epoch': 0.1}\\n"
-    ...                "{'loss': 2.1, 'learning_rate': 4e-05, 'epoch': 0.2}\\n")
+    >>> log = read_log("t.log", text="".join(f"{{'loss': 2.5, 'learning_rate': {lr}}}\\n"
+    ...                for lr in (1e-05, 3e-05, 5e-05, 5e-05, 5e-05, 5e-05, 4.9e-05, 4.8e-05,
+    ...                           4.7e-05, 4.6e-05)))
     >>> [f.code for f in printed_lr_findings(log)]
     ['lr-not-annealed']
+    >>> printed_lr_findings(read_log("t.log", text="".join(
+    ...     f"{{'loss': 2.5, 'learning_rate': {k}e-06}}\\n" for k in range(1, 11))))
+    []
     """
     rates = [(r.step, r.learning_rate) for r in log.records if r.learning_rate is not None]
-    if not rates:
+    if len(rates) < LR_MIN_PRINTED:  # a few lines say nothing of a schedule
         return []
     peak = max(lr for _, lr in rates)
     step, last = rates[-1]
     if peak <= 0 or last <= LR_STILL_HIGH * peak:
+        return []
+    if last == peak > rates[0][1]:  # still rising: the log ends in warm-up, too early to judge
         return []
     at = f" at step {step}" if step is not None and not log.steps_counted else ""
     return [Finding(
