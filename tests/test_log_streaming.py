@@ -91,12 +91,20 @@ def test_the_classifier_on_lines_written_out() -> None:
         ("iter 7: loss nan, time 95.10ms, mfu 40.00%", False),
         ("iter 7: loss 3.1000, time 95.10ms, mfu 40.00% ", False),  # a trailing space
         ("iter 7: loss 3.1000, time 95.10ms", False),
-        ("step 7: train loss 3.1, val loss 3.2", False),
+        ("step 7: train loss 3.1, val loss 3.2", False),  # its skeleton is as long
+        ("iter 7: loss 3.1000, time 95.10ms, mfv 40.00%", False),  # as long, and starts alike
     ]
     block = "".join(line + "\n" for line, _ in cases).encode()
     lines = iter_lines(b"iter 1: loss 1.0, time 1.0ms, mfu 1.0%\n" * 20 + block)
     assert lines is not None
     assert lines.iter.tolist()[20:] == [expected for _, expected in cases]
+    # without the odd one, the block is told by counting whole lines (no line compared): the
+    # same answers
+    rest = [(line, ok) for line, ok in cases if "mfv" not in line]
+    lines = iter_lines(b"iter 1: loss 1.0, time 1.0ms, mfu 1.0%\n" * 20 +
+                       "".join(line + "\n" for line, _ in rest).encode())
+    assert lines is not None
+    assert lines.iter.tolist()[20:] == [expected for _, expected in rest]
 
 
 # ---- memory does not grow with the log
@@ -188,3 +196,33 @@ def test_a_pipe_reads_like_the_file(tmp_path: Path) -> None:
     from_pipe = logs.TrainingLog.model_validate_json(piped.stdout)
     assert from_pipe.model_copy(update={"source": str(path)}) == read_log(path)
     assert from_pipe.train_records()[-1].train_loss == pytest.approx(5 - 2999 / 1000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["train", "eval", "lines"]), st.integers(1, 40)),
+                max_size=12), st.integers(1, 6))
+def test_lines_taken_in_runs_keep_what_one_at_a_time_keeps(
+        runs: list[tuple[str, int]], limit: int) -> None:
+    # the fast path hands the store runs of lines (append_lines); the oracle appends each
+    # record alone: the same records kept, thinned the same way
+    from scaleplan.diagnosis.records import LogRecord, RecordStore
+
+    def record(kind: str, step: int) -> LogRecord:
+        return LogRecord(kind=kind, step=step, train_loss=1.0)  # type: ignore[arg-type]
+
+    parse = lambda line: record("train", int(line))  # noqa: E731
+    fast, slow = RecordStore(limit, parse), RecordStore(limit, parse)
+    step = 0
+    for kind, count in runs:
+        if kind == "lines":
+            fast.append_lines(count, lambda i, first=step: str(first + i).encode())
+            for i in range(count):
+                slow.append(record("train", step + i))
+        else:
+            for i in range(count):
+                fast.append(record(kind, step + i))
+                slow.append(record(kind, step + i))
+        step += count
+    assert [(r.kind, r.step) for r in fast.records()] == \
+        [(r.kind, r.step) for r in slow.records()]
+    assert fast.seen == slow.seen

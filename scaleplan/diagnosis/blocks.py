@@ -93,14 +93,9 @@ def _iter_run(reader: LineReader, block: bytes, starts: list[int], begin: int, e
     """Lines ``begin`` to ``end - 1`` of the block, all nanoGPT ``iter`` lines: the ones the
     record store keeps, and the last, are handed to it as lines (it reads the ones it still
     holds at the end); the others are counted."""
-    store = reader.records
     count = end - begin
-    stride = store.stride("train")
-    done = 0
-    for offset in [*range((-store.seen["train"]) % stride, count - 1, stride), count - 1]:
-        store.skip("train", offset - done)
-        store.append_line(block[starts[begin + offset]:starts[begin + offset + 1]])
-        done = offset + 1
+    reader.records.append_lines(
+        count, lambda i: block[starts[begin + i]:starts[begin + i + 1]])
     last = block[starts[end - 1]:starts[end]]
     reader.last_train_step = int(last[len(b"iter "):last.index(b":")])
     reader.formats["nanogpt"] += count

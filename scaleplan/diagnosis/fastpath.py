@@ -83,16 +83,25 @@ def iter_lines(block: bytes) -> IterLines | None:
 
 def _matching(skeleton: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64],
               lengths: npt.NDArray[np.int64], template: bytes) -> npt.NDArray[np.int64]:
-    """The lines whose skeleton is ``template``."""
+    """The lines whose skeleton is ``template``. Most blocks are told by a count: when the
+    skeleton holds the template as a whole line as many times as it has lines of its length
+    that start with its first byte, those are the lines; else each is compared."""
     import numpy as np
 
     size = len(template)
     rows = np.flatnonzero(lengths == size)
     if rows.size == 0:
         return rows
+    rows = rows[skeleton[starts[rows]] == template[0]]
+    found: npt.NDArray[np.int64] = rows
+    # each line between its own two line ends, so that whole lines are counted apart
+    whole_lines = b"\n" + skeleton.tobytes().replace(b"\n", b"\n\n")
+    if whole_lines.count(b"\n" + template + b"\n") == rows.size:
+        return found
     windows = np.lib.stride_tricks.sliding_window_view(skeleton, size)
     same: npt.NDArray[np.bool_] = windows[starts[rows]].view(f"S{size}").ravel() == template
-    return rows[same]
+    found = rows[same]
+    return found
 
 
 def _numbers_ok(other: npt.NDArray[np.int64], first: npt.NDArray[np.int64],
@@ -102,14 +111,18 @@ def _numbers_ok(other: npt.NDArray[np.int64], first: npt.NDArray[np.int64],
     The digits between two skeleton bytes are the gap between where they were."""
     import numpy as np
 
-    if first.size == 0:
-        return np.zeros(0, dtype=bool)
-    where = np.lib.stride_tricks.sliding_window_view(other, len(template))[first]
-    digits = np.diff(where, axis=1) - 1  # [:, j]: digits between template bytes j and j + 1
-    step = digits[:, template.index(b":") - 1]
+    where: dict[int, npt.NDArray[np.int64]] = {}  # template byte j: where it was, each line
+
+    def digits_between(j: int) -> npt.NDArray[np.int64]:  # between template bytes j and j + 1
+        for k in (j, j + 1):
+            if k not in where:
+                where[k] = other[first + k]
+        return where[j + 1] - where[j] - 1
+
+    step = digits_between(template.index(b":") - 1)
     ok = (step >= 1) & (step <= _MAX_STEP_DIGITS)
     points = [i for i, byte in enumerate(template) if byte == ord(".")]
     for point in points:
-        ok &= (digits[:, point - 1] + digits[:, point]) >= 1
-    result: npt.NDArray[np.bool_] = ok & (digits[:, points[-1] - 1] < 5)  # 10,000%: slowly
-    return result
+        ok &= (digits_between(point - 1) + digits_between(point)) >= 1
+    result: npt.NDArray[np.bool_] = ok & (digits_between(points[-1] - 1) < 5)  # 10,000%: slowly
+    return result if first.size else np.zeros(0, dtype=bool)

@@ -92,8 +92,8 @@ class RecordStore:
     the kind, then every 4th, ...), so a log of any length keeps between ``limit / 2`` and
     ``limit`` of each kind, the first and the last included, in the log's order.
 
-    A training record may be given as its line (`append_line`), read by ``parse_line`` only if
-    it is still kept at the end: most lines of a long log are dropped unread.
+    Training records may be given as their lines (`append_lines`), read by ``parse_line`` only
+    if still kept at the end: most lines of a long log are dropped unread.
 
     >>> store = RecordStore(limit=4)
     >>> for step in range(10):
@@ -113,17 +113,27 @@ class RecordStore:
         self._last: dict[str, _Entry | None] = {"train": None, "eval": None}
         self._position = 0  # records so far, both kinds
 
-    def stride(self, kind: str) -> int:
-        """Every how many records of ``kind`` one is kept now."""
-        return self._stride[kind]
-
     def append(self, record: LogRecord) -> None:
         """Take the next record of the log."""
         self._take(record.kind, record)
 
-    def append_line(self, line: bytes) -> None:
-        """Take the next record of the log, a training record, as the line it is read from."""
-        self._take("train", line)
+    def append_lines(self, count: int, line: Callable[[int], bytes]) -> None:
+        """Take the next ``count`` records of the log, training records given as lines:
+        ``line(i)`` is the i-th, asked for only where it is kept (and for the last). The same
+        as `append_line` on each, in a loop that skips the others without a call each."""
+        seen, position = self.seen["train"], self._position
+        stride = self._stride["train"]
+        i = (-seen) % stride
+        while i < count - 1:
+            self._kept.append((position + i, seen + i, "train", line(i)))  # type: ignore[arg-type]
+            self._count["train"] += 1
+            if self._count["train"] > self.limit:
+                self._thin("train")
+                stride = self._stride["train"]
+            i = ((seen + i) // stride + 1) * stride - seen  # the next ordinal kept
+        self.seen["train"] = seen + count - 1
+        self._position = position + count - 1
+        self._take("train", line(count - 1))
 
     def _take(self, kind: str, item: LogRecord | bytes) -> None:
         ordinal = self.seen[kind]
@@ -138,13 +148,6 @@ class RecordStore:
         self._count[kind] += 1
         if self._count[kind] > self.limit:
             self._thin(kind)
-
-    def skip(self, kind: str, count: int) -> None:
-        """Pass over ``count`` records of ``kind`` that are not kept (a caller that knows them
-        for records without reading them; the last record of the log is always appended)."""
-        self.seen[kind] += count
-        self._position += count
-        self._last[kind] = None
 
     def _thin(self, kind: str) -> None:
         self._stride[kind] *= 2
