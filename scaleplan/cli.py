@@ -203,7 +203,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from scaleplan.diagnosis.examine import diagnose
 
     config, log = (None, args.files[0]) if len(args.files) == 1 else args.files
-    d = diagnose(config=config, log=log, gpu=args.gpu)
+    d = diagnose(config=config, log=log, gpu=args.gpu, vocab_size=args.vocab_size)
     if args.json:
         print(d.model_dump_json(indent=2))
         return 0
@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=_cmd_gpus)
     d = sub.add_parser("diagnose", help="read a training log (and its config); say what is "
-                       "wrong", usage="scaleplan diagnose [-h] [CONFIG] LOG [--gpu GPU] [--json]")
+                       "wrong", usage="scaleplan diagnose [-h] [CONFIG] LOG [--gpu GPU] "
+                       "[--vocab-size N] [--json]")
     d.add_argument("files", nargs="+", metavar="[CONFIG] LOG", action=_ConfigAndLog,
                    help="the run's config (a nanoGPT .py, parsed, never executed, or a Hugging "
                    "Face config.json; optional) and its training log: nanoGPT, llm.c, "
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Face Trainer output or trainer_state.json, CSV or JSONL; '-' reads the log "
                    "from standard input")
     d.add_argument("--gpu", help="the GPU the run used, e.g. 'RTX 4070'")
+    d.add_argument("--vocab-size", type=_positive("--vocab-size", "50257"),
+                   help="the vocabulary, for the ln(vocab) checks when no config gives it")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_diagnose)
     return parser

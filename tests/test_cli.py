@@ -371,3 +371,20 @@ def test_diagnose_a_log_alone_and_from_standard_input(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().startswith("scaleplan: error: diagnose takes a config and a log, "
                                           "or a log alone; got 3 paths")
+
+
+def test_diagnose_takes_the_vocabulary_a_log_alone_lacks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a log alone has no vocabulary for its ln(vocab) checks: the note says which flag gives
+    # it, and with it a first loss of 12.5 is 1.68 nats above ln(50257) = 10.82, more than a
+    # fresh model's (a bad initialisation)
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"iter {i}: loss {12.5 - i / 100:.4f}, time 95.00ms, mfu 40.00%\n"
+                           for i in range(5)))
+    assert main(["diagnose", str(log)]) == 0
+    assert "pass vocab_size= (--vocab-size on the command line)" in capsys.readouterr().out
+    assert main(["diagnose", str(log), "--vocab-size", "50257", "--json"]) == 0
+    f = next(f for f in json.loads(capsys.readouterr().out)["findings"]
+             if f["code"] == "initial-loss")
+    assert abs(f["numbers"]["difference"] - (12.5 - 10.824905)) < 1e-5
+    assert main(["diagnose", str(log), "--vocab-size", "0"]) == 2

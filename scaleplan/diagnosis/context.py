@@ -80,13 +80,14 @@ def vocab_for_checks(run: NanoGPTRun | None, dataset_name: str | None, given: in
         return given
     if run is None:
         notes.append("no vocab_size: the ln(vocab) checks (initial-loss, a loss stuck at or "
-                     "jumping back to ln(vocab)) are skipped; pass vocab_size=")
+                     "jumping back to ln(vocab)) are skipped; pass vocab_size= "
+                     "(--vocab-size on the command line)")
         return None
     vocab = run.model.vocab_size
     if dataset_name is not None and "char" in dataset_name.lower() and vocab == _NANOGPT_VOCAB:
         notes.append(f"dataset {dataset_name!r} looks character-level, and its vocabulary (in "
                      "its meta.pkl) is unknown: the ln(vocab) checks are skipped; pass "
-                     "vocab_size=")
+                     "vocab_size= (--vocab-size)")
         return None
     return vocab
 
