@@ -137,7 +137,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
              hours=args.hours, world_size=1 if world_size is None else world_size,
              precision=args.precision, seq_len=seq_len, mfu=args.mfu, law=args.law, data=data)
     if args.export == "nanogpt":
-        print(p.to_nanogpt_config(), end="")
+        from scaleplan.planning.nanogpt_export import to_nanogpt_config
+
+        # a nanoGPT file's run (data, out_dir, learning rate, ...) is kept; only the plan's
+        # settings and the schedule that follows max_iters are replaced
+        base = args.model if args.model.endswith(".py") else None
+        print(to_nanogpt_config(p, base), end="")
     elif args.export == "deepspeed":
         print(json.dumps(p.to_deepspeed(), indent=2))
     elif args.export == "hf":
