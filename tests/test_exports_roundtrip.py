@@ -218,7 +218,18 @@ def test_fit_schedule_rules(warmup: int, min_lr: float, min_lr_set: bool,
                      min_lr_set=min_lr_set, eval_interval=250)
     assert (s.warmup_iters, s.min_lr) == expected
     assert (s.lr_decay_iters, s.eval_interval) == (5000, 250)
-    assert len(s.reasons) == (warmup != expected[0]) + (min_lr != expected[1])
+    # one line for lr_decay_iters, and one for each value changed
+    assert len(s.reasons) == 1 + (warmup != expected[0]) + (min_lr != expected[1])
+
+
+def test_a_constant_learning_rate_keeps_its_settings(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # finetune_shakespeare.py's way: decay_lr = False, so train.py never calls get_lr
+    text = export(tmp_path, capsys, SEED + "decay_lr = False\nwarmup_iters = 5000\n")
+    values = assignments(text)
+    assert values["decay_lr"] is False and values["warmup_iters"] == 5000
+    assert "lr_decay_iters" not in values and "min_lr" not in values
+    assert "decay_lr = False: a constant learning rate" in text
 
 
 @pytest.mark.parametrize(("given", "expected"), [(2000, 1908), (1909, 1908), (1908, 1908),

@@ -74,19 +74,22 @@ _MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "dropout")
 class Schedule:
     """A learning-rate schedule for a run of ``max_iters`` steps, and why each value is what it is.
 
-    ``reasons`` holds one line for each value that differs from what the run had.
+    ``reasons`` says, one line each, what was fitted and why. With ``decay_lr`` off (a constant
+    learning rate) ``warmup_iters``, ``lr_decay_iters`` and ``min_lr`` are unused by train.py,
+    and an export leaves them as the run had them.
     """
 
     warmup_iters: int
     lr_decay_iters: int
     min_lr: float
     eval_interval: int
+    decay_lr: bool = True
     reasons: tuple[str, ...] = ()
 
 
 def fit_schedule(max_iters: int, tokens_per_step: int, *, learning_rate: float,
                  warmup_iters: int, min_lr: float, min_lr_set: bool,
-                 eval_interval: int) -> Schedule:
+                 eval_interval: int, decay_lr: bool = True) -> Schedule:
     """nanoGPT's cosine schedule fitted to a run of ``max_iters`` steps.
 
     - ``lr_decay_iters = max_iters`` (train.py: "should be ~= max_iters per Chinchilla");
@@ -104,15 +107,18 @@ def fit_schedule(max_iters: int, tokens_per_step: int, *, learning_rate: float,
     >>> s.warmup_iters, s.lr_decay_iters, s.min_lr, s.eval_interval
     (123, 1239, 6e-05, 1239)
     """
-    reasons: list[str] = []
+    reasons = ["lr_decay_iters = max_iters (nanoGPT: 'should be ~= max_iters per Chinchilla')"]
+    if not decay_lr:
+        reasons = ["decay_lr = False: a constant learning rate, so warmup_iters, lr_decay_iters "
+                   "and min_lr are not used and stay as they were"]
     cap = math.floor(MAX_WARMUP_FRACTION * max_iters)
     warmup = warmup_iters
-    if warmup_iters > cap:
+    if decay_lr and warmup_iters > cap:
         warmup = min(math.ceil(WARMUP_TOKENS / tokens_per_step), cap)
         reasons.append(f"warmup_iters {warmup_iters} -> {warmup}: GPT-3's 375M tokens of "
                        f"warm-up, at most {MAX_WARMUP_FRACTION:.0%} of max_iters")
     lr_floor = min_lr
-    if not (min_lr_set and 0 <= min_lr <= learning_rate):
+    if decay_lr and not (min_lr_set and 0 <= min_lr <= learning_rate):
         lr_floor = float(f"{learning_rate / MIN_LR_DIVISOR:.{_MIN_LR_DIGITS}g}")
         if lr_floor != min_lr:
             reasons.append(f"min_lr {min_lr!r} -> {lr_floor!r}: learning_rate / "
@@ -124,7 +130,7 @@ def fit_schedule(max_iters: int, tokens_per_step: int, *, learning_rate: float,
         reasons.append(f"eval_interval {eval_interval} -> {max_iters}: the run would never "
                        "evaluate or save a checkpoint after step 0")
     return Schedule(warmup_iters=warmup, lr_decay_iters=max_iters, min_lr=lr_floor,
-                    eval_interval=evaluate, reasons=tuple(reasons))
+                    eval_interval=evaluate, decay_lr=decay_lr, reasons=tuple(reasons))
 
 
 def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | None = None, *,
@@ -222,9 +228,11 @@ def _decided(plan: Plan, run: NanoGPTRun | None,
     schedule = fit_schedule(
         plan.steps, plan.tokens_per_step, learning_rate=training.learning_rate,
         warmup_iters=training.warmup_iters, min_lr=training.min_lr,
-        min_lr_set="min_lr" in kept, eval_interval=training.eval_interval)
-    decided.update(warmup_iters=schedule.warmup_iters, lr_decay_iters=schedule.lr_decay_iters,
-                   min_lr=schedule.min_lr)
+        min_lr_set="min_lr" in kept, eval_interval=training.eval_interval,
+        decay_lr=training.decay_lr)
+    if schedule.decay_lr:
+        decided.update(warmup_iters=schedule.warmup_iters,
+                       lr_decay_iters=schedule.lr_decay_iters, min_lr=schedule.min_lr)
     if schedule.eval_interval != training.eval_interval:
         decided["eval_interval"] = schedule.eval_interval
     return decided, list(schedule.reasons)
@@ -268,8 +276,7 @@ def _header(plan: Plan, source: str | None, reasons: list[str],
         f"# {plan.micro_batch_size} x {plan.seq_len} x {plan.grad_accum_steps} x "
         f"{plan.world_size} = {plan.tokens_per_step:,} tokens per step; "
         f"{plan.total_tokens:,} tokens in {plan.steps:,} steps",
-        "# schedule fitted to max_iters: lr_decay_iters = max_iters (nanoGPT: 'should be "
-        "~= max_iters per Chinchilla')",
+        "# learning-rate schedule:",
     ]
     lines += [f"#   {reason}" for reason in reasons]
     lines += [f"# not carried over from {source}: {note}" for note in notes]
