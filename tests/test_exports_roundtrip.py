@@ -16,6 +16,7 @@ learning_rate / 10 (nanoGPT train.py's comment) unless the file sets one at most
 from __future__ import annotations
 
 import ast
+import json
 import math
 from pathlib import Path
 
@@ -181,6 +182,34 @@ def test_exporting_an_export_again_gives_the_same_settings(
     second = export(tmp_path, capsys, first)
     assert assignments(second) == assignments(first)
     assert "# scaleplan: was" not in second  # nothing left to change
+
+
+def test_the_export_replans_to_the_same_plan(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    exported = tmp_path / "exported.py"
+    exported.write_text(export(tmp_path, capsys, SEED))
+    plans = []
+    for path in (tmp_path / "train_fineweb.py", exported):
+        assert main(["plan", str(path), "--gpu", "RTX 4070", "--total-tokens", "10**9",
+                     "--json"]) == 0
+        plans.append(json.loads(capsys.readouterr().out))
+    assert plans[0] == plans[1]
+    assert (plans[1]["steps"], plans[1]["tokens_per_step"]) == (STEPS, TOKENS_PER_STEP)
+
+
+def test_eight_gpus_write_nanogpts_total_accumulation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # train.py divides gradient_accumulation_steps by the world size (and asserts it divides)
+    values = assignments(export(tmp_path, capsys, SEED, "--world-size", "8"))
+    assert values["gradient_accumulation_steps"] % 8 == 0  # type: ignore[operator]
+    assert values["batch_size"] * values["gradient_accumulation_steps"] * 1024 \
+        == TOKENS_PER_STEP  # type: ignore[operator]
+
+
+def test_a_forks_own_settings_are_kept(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    values = assignments(export(tmp_path, capsys, SEED + "use_rmsnorm = True\n"))
+    assert values["use_rmsnorm"] is True
 
 
 def test_preset_export_over_train_py_defaults(capsys: pytest.CaptureFixture[str]) -> None:

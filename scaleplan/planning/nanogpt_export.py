@@ -12,7 +12,9 @@ file of the same types behaves alike.
 ``init_from``, ``compile``, ``wandb_*``, ``learning_rate``, ...) in the file's order and replaces
 only what the plan decides: the batch shape, ``max_iters``, ``dtype``, the model's shape when the
 plan changed it, and the learning-rate schedule, which must follow ``max_iters``
-(`fit_schedule`). A comment on each replaced line says what it was.
+(`fit_schedule`). A comment on each replaced line says what it was. A name train.py does not
+have (a fork's own setting) is kept as the file has it; a value the file computes at run time
+(``wandb_run_name = 'ft-' + str(time.time())``) cannot be, and the header names it.
 """
 
 from __future__ import annotations
