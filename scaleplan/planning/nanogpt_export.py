@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from scaleplan.model.loaders import NanoGPTRun
     from scaleplan.planning.planner import Plan
 
-__all__ = ["MAX_WARMUP_FRACTION", "MIN_LR_DIVISOR", "TRAIN_PY_DEFAULTS", "WARMUP_TOKENS",
+__all__ = ["MAX_WARMUP_FRACTION", "MIN_LR_DIVISOR", "NANOGPT_DTYPE", "TRAIN_PY_DEFAULTS",
+           "WARMUP_TOKENS",
            "Schedule", "fit_schedule", "to_nanogpt_config"]
 
 #: karpathy/nanoGPT train.py's defaults block: every setting a config file may assign, with its
@@ -68,6 +69,7 @@ _MIN_LR_DIGITS = 6
 
 # nanoGPT's `dtype` for each precision it can run (train.py: 'float32', 'bfloat16', 'float16',
 # all under autocast over fp32 parameters).
+#: nanoGPT's dtype for each precision it runs.
 NANOGPT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 _MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "dropout")
 
