@@ -36,8 +36,7 @@ if TYPE_CHECKING:
     from scaleplan.planning.planner import Plan
 
 __all__ = ["MAX_WARMUP_FRACTION", "MIN_LR_DIVISOR", "NANOGPT_DTYPE", "TRAIN_PY_DEFAULTS",
-           "WARMUP_TOKENS",
-           "Schedule", "fit_schedule", "to_nanogpt_config"]
+           "WARMUP_TOKENS", "Schedule", "fit_schedule", "to_nanogpt_config"]
 
 #: karpathy/nanoGPT train.py's defaults block: every setting a config file may assign, with its
 #: default (whose type a value must have). ``dtype``'s default is a GPU test in train.py
