@@ -66,9 +66,8 @@ MIN_LR_DIVISOR = 10
 # min_lr is written to this many significant digits (6e-4 / 10 is 5.9999999999999995e-05).
 _MIN_LR_DIGITS = 6
 
-# nanoGPT's `dtype` for each precision it can run (train.py: 'float32', 'bfloat16', 'float16',
-# all under autocast over fp32 parameters).
-#: nanoGPT's dtype for each precision it runs.
+#: nanoGPT's ``dtype`` for each precision it can run (train.py: 'float32', 'bfloat16',
+#: 'float16', all under autocast over fp32 parameters).
 NANOGPT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 _MODEL_KEYS = ("n_layer", "n_head", "n_embd", "bias", "dropout")
 
