@@ -43,7 +43,7 @@ def test_rtx_4070_default_is_the_median_of_three_published_runs() -> None:
 
 def test_h100_default_lies_within_its_published_figures() -> None:
     # Llama 3 405B (Dubey et al. 2024, Table 4): 38-43 % BF16 MFU on H100s; 380 and 430 TFLOP/s
-    # per GPU over the 989 TFLOP/s dense peak. fms-fsdp's README: Llama 2 7B at 46 %.
+    # per GPU over the 989 TFLOP/s dense peak. fms-fsdp's README: a 7B model at 46 %.
     lowest, highest = 380 / 989, 0.46
     for name in ("H100 SXM", "H200"):
         d = default_mfu(name)
