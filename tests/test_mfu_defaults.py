@@ -115,3 +115,13 @@ def test_report_prints_the_time_range_and_its_evidence() -> None:
     assert line.split(None, 1)[1].startswith(
         "16.9 hours at MFU 55% (14.9-21.3 hours at 44-62% MFU: median of 3 published runs on "
         "Ada/Ampere consumer and workstation GPUs")
+
+
+def test_hours_budget_fills_the_hours_and_the_range_is_how_long_its_tokens_take() -> None:
+    p = plan(GPT2, "RTX 4070", tokens_per_step=524_288, hours=24)
+    assert p.hours == pytest.approx(24, rel=1e-6)
+    # The tokens fill 24 h at 54.8 %: at 62.2 % they take 24 x 0.548 / 0.622 = 21.1 h, at
+    # 43.5 % they take 24 x 0.548 / 0.435 = 30.2 h.
+    assert p.hours_low == pytest.approx(24 * 0.548 / 0.622, rel=1e-6)
+    assert p.hours_high == pytest.approx(24 * 0.548 / 0.435, rel=1e-6)
+    assert "(these tokens take 21.1-30.2 hours at 44-62% MFU" in p.report()

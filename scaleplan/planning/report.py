@@ -31,13 +31,15 @@ def _gib(n: float) -> str:
 def _time(p: Plan) -> str:
     """The time line: one figure at a given MFU; with the default, the range of the evidence.
 
-    e.g. ``48.6 hours at MFU 55% (14.9-21.3 hours at 44-62% MFU: median of 3 published ...)``
+    e.g. ``16.9 hours at MFU 55% (14.9-21.3 hours at 44-62% MFU: median of 3 published ...)``
     """
     point = f"{p.hours:,.1f} hours at MFU {p.mfu:.0%}"
     if p.mfu_low == p.mfu_high:
         return f"{point} ({p.mfu_source})"
-    return (f"{point} ({p.hours_low:,.1f}-{p.hours_high:,.1f} hours at {p.mfu_low * 100:.0f}-"
-            f"{p.mfu_high:.0%} MFU: {p.mfu_source})")
+    # With hours= the tokens fill those hours at the point MFU; the range is how long they take.
+    lead = "these tokens take " if p.tokens_source.endswith(" hours") else ""
+    return (f"{point} ({lead}{p.hours_low:,.1f}-{p.hours_high:,.1f} hours at "
+            f"{p.mfu_low * 100:.0f}-{p.mfu_high:.0%} MFU: {p.mfu_source})")
 
 
 def format_plan(p: Plan) -> str:
