@@ -13,7 +13,8 @@ recomputed forward work too, so HFU >= MFU.
 The peak must be the peak of the GPU the run is on. nanoGPT's ``estimate_mfu`` divides by an
 A100's bf16 peak (312 TFLOP/s) whatever the GPU, so its printed MFU is "relative to an A100":
 on an H100 it can print over 100%, and on an RTX 4070 it prints a small number for a GPU that is
-in fact well used. `from_nanogpt_mfu` converts it.
+in fact well used. `from_nanogpt_mfu` converts it. Published MFUs per GPU class, and the
+default a plan assumes from them, are in `scaleplan.compute.mfu_defaults`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scaleplan.checks import finite, real, whole
 from scaleplan.compute.flops import FlopsMethod, Recompute, flops_per_token
 from scaleplan.compute.hardware import GPUSpec, normalize_dtype
 from scaleplan.compute.hardware import gpu as lookup_gpu
+from scaleplan.compute.mfu_defaults import mfu_evidence
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 
@@ -389,7 +391,9 @@ def _peak(gpu: str | GPUSpec, dtype: str) -> tuple[float, dict[str, str]]:
 def _check_mfu(value: float) -> float:
     value = real("mfu", value, minimum=-math.inf, example="a fraction such as 0.4")
     if not 0 < value <= 1:
-        hint = (" MFU is a fraction: did you pass a percentage? use e.g. 0.4"
-                if value > 1 else " an MFU of zero never finishes; typical runs reach 0.3-0.6")
+        runs = [e.mfu for e in mfu_evidence()]
+        hint = (" MFU is a fraction: did you pass a percentage? use e.g. 0.4" if value > 1 else
+                f" an MFU of zero never finishes; published runs reach {min(runs):.2f}-"
+                f"{max(runs):.2f}")
         raise ScaleplanError(f"mfu={value} must be in (0, 1].{hint}")
     return value

@@ -1,6 +1,7 @@
-"""The advice a plan gives besides its numbers: which precision and why, the MFU assumed when
-none is given, and the warnings (small GPU for inductor, no bf16 tensor cores, dropout on a
-single pass, token budgets far from compute-optimal, sequences longer than the model's)."""
+"""The advice a plan gives besides its numbers: which precision and why, and the warnings (small
+GPU for inductor, no bf16 tensor cores, dropout on a single pass, token budgets far from
+compute-optimal, sequences longer than the model's). The MFU assumed when none is given comes
+from `scaleplan.compute.mfu_defaults`."""
 
 from __future__ import annotations
 
@@ -10,21 +11,13 @@ from scaleplan.compute.hardware import GPUSpec
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 
 __all__ = [
-    "ASSUMED_MFU",
     "OVERTRAINED_RATIO",
     "UNDERTRAINED_RATIO",
     "PlanWarning",
     "choose_precision",
-    "default_mfu",
     "peak_dtype",
     "plan_warnings",
 ]
-
-# MFU assumed for the time estimate when none is given. These are assumptions, not measurements:
-# well-tuned large runs reach 40-55% (PaLM 540B: 46.2%, Chowdhery et al. 2022, Table 3); a small
-# model on one GPU with torch.compile typically reaches less, and consumer cards (no max-autotune
-# below 68 SMs, lower clocks under sustained load) less again. Override with ``mfu=``.
-ASSUMED_MFU = {"datacenter": 0.40, "consumer": 0.30}
 
 # Token budgets outside these multiples of the compute-optimal one get a warning.
 OVERTRAINED_RATIO = 4.0
@@ -56,12 +49,6 @@ def choose_precision(spec: GPUSpec, precision: str) -> tuple[Precision, str, lis
                               "weights (nanoGPT's default), no loss scaling needed"), []
     return "16-mixed", (f"the {spec.name} has no bf16 tensor cores: fp16 autocast with loss "
                         "scaling"), []
-
-
-def default_mfu(spec: GPUSpec) -> tuple[float, str]:
-    consumer = spec.name.upper().startswith("RTX")
-    key = "consumer" if consumer else "datacenter"
-    return ASSUMED_MFU[key], f"assumed for a {key} GPU (ASSUMED_MFU); pass mfu= to override"
 
 
 def peak_dtype(precision: str) -> str:

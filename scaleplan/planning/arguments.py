@@ -14,13 +14,14 @@ from typing import Any, NamedTuple
 
 from scaleplan.checks import real, whole
 from scaleplan.compute.hardware import GPUSpec
+from scaleplan.compute.mfu_defaults import default_mfu
 from scaleplan.compute.throughput import MAX_GPUS, token_count
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import training_memory
-from scaleplan.planning.advice import default_mfu
 
-__all__ = ["MAX_CONTEXT_BYTES", "MAX_SEQ_LEN", "Layout", "check_layout", "check_memory_options",
+__all__ = ["MAX_CONTEXT_BYTES", "MAX_SEQ_LEN", "AssumedMFU", "Layout", "check_layout",
+           "check_memory_options",
            "check_mfu", "check_parallelism", "given_tokens", "passed_options"]
 
 # 10^9 tokens per sequence: ~100x the longest context any model is trained at (10M tokens).
@@ -81,21 +82,35 @@ def check_layout(world_size: object, parallelism: object) -> Layout:
     return Layout(layout.gpus, layout.data, layout)
 
 
-def check_mfu(mfu: object, spec: GPUSpec) -> tuple[float, str]:
-    """The MFU given, as a float in (0, 1], or the one assumed for ``spec``; and its source.
+class AssumedMFU(NamedTuple):
+    """The MFU a plan's time assumes, the range around it and where they come from."""
+
+    mfu: float
+    low: float
+    high: float
+    source: str
+
+
+def check_mfu(mfu: object, spec: GPUSpec) -> AssumedMFU:
+    """The MFU given, as a float in (0, 1] (the range collapses to it), or the default for
+    ``spec``'s class with the spread of its published runs
+    (`scaleplan.compute.mfu_defaults.default_mfu`).
 
     >>> from decimal import Decimal
     >>> from scaleplan.compute.hardware import gpu
     >>> check_mfu(Decimal("0.5"), gpu("RTX 4070"))
-    (0.5, 'given')
+    AssumedMFU(mfu=0.5, low=0.5, high=0.5, source='given')
+    >>> check_mfu(None, gpu("RTX 4070"))[:3]
+    (0.548, 0.435, 0.622)
     """
     if mfu is None:
-        return default_mfu(spec)
+        assumed = default_mfu(spec)
+        return AssumedMFU(assumed.mfu, assumed.low, assumed.high, assumed.source)
     value = real("mfu", mfu, message="must be a fraction in (0, 1], e.g. mfu=0.35")
     if value > 1:
         raise ScaleplanError(f"mfu={shown(mfu)} must be a fraction in (0, 1], e.g. mfu=0.35; "
                              "did you pass a percentage?")
-    return value, "given"
+    return AssumedMFU(value, value, value, "given")
 
 
 def given_tokens(total_tokens: object, optimal: int, law: str) -> tuple[int, str]:

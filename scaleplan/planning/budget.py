@@ -13,11 +13,11 @@ from typing import Any
 from scaleplan.checks import finite, real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
+from scaleplan.compute.mfu_defaults import default_mfu
 from scaleplan.compute.throughput import MAX_GPUS, expect_config
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
-from scaleplan.planning.advice import default_mfu
 from scaleplan.planning.planner import Plan, plan
 from scaleplan.scaling.laws import scaling_law
 
@@ -90,7 +90,7 @@ def plan_for_budget(
         mfu = real("mfu", mfu, example="0.35")
         if mfu > 1:  # checked before it multiplies the compute (fuzzed, issue 13)
             raise ScaleplanError(f"mfu={mfu!r} must be a fraction in (0, 1], e.g. mfu=0.35")
-    mfu_value = default_mfu(spec)[0] if mfu is None else mfu
+    mfu_value = default_mfu(spec).mfu if mfu is None else mfu
     aspect_ratio = real("aspect_ratio", aspect_ratio, message="must be positive, e.g. 64")
     base = None if base is None else expect_config("base", base)
     dtype = "bf16" if spec.has_bf16_tensor_cores else "fp16"

@@ -33,6 +33,7 @@ from scaleplan.model.params import ParamCount, count_params
 from scaleplan.planning.advice import PlanWarning, choose_precision, peak_dtype, plan_warnings
 from scaleplan.planning.arguments import (
     MAX_SEQ_LEN,
+    AssumedMFU,
     check_layout,
     check_memory_options,
     check_mfu,
@@ -99,9 +100,15 @@ class Plan(BaseModel):
     compute_optimal_tokens: int
     steps: int
     training_flops: float = Field(description="Model FLOPs of the run (PaLM convention, causal).")
-    mfu: float
-    mfu_source: str
+    mfu: float = Field(description="MFU the time assumes: model FLOP/s over the GPU's own dense "
+                       "peak (PaLM's definition; not nanoGPT's A100-relative figure).")
+    mfu_low: float = Field(description="Lowest MFU of the range: the class's lowest published "
+                           "run, or mfu when it was given.")
+    mfu_high: float = Field(description="Highest MFU of the range, likewise.")
+    mfu_source: str = Field(description="'given', or which published runs the MFU comes from.")
     hours: float = Field(description="Wall-clock hours at that MFU on world_size GPUs.")
+    hours_low: float = Field(description="Hours for the same tokens at mfu_high.")
+    hours_high: float = Field(description="Hours for the same tokens at mfu_low.")
     law: str
     expected_loss: float = Field(description="The law's L(N, D) at the run's end (on the law's "
                                  "own data and tokenizer).")
@@ -193,8 +200,12 @@ class _Budget(NamedTuple):
     steps: int
     training_flops: float
     mfu: float
+    mfu_low: float
+    mfu_high: float
     mfu_source: str
     hours: float
+    hours_low: float
+    hours_high: float
     law: str
     expected_loss: float
 
@@ -234,8 +245,12 @@ def plan(
         precision: ``"auto"`` picks bf16 autocast where the GPU has bf16 tensor cores, fp16
             autocast otherwise; or any `scaleplan.model.config.Precision`.
         seq_len: tokens per sequence; default ``cfg.block_size``.
-        mfu: model FLOPs utilisation for the time estimate; default
-            `scaleplan.planning.advice.ASSUMED_MFU`.
+        mfu: model FLOPs utilisation for the time estimate, a fraction of this GPU's own dense
+            peak (PaLM's MFU, not the A100-relative figure nanoGPT prints: convert that with
+            `scaleplan.compute.throughput.from_nanogpt_mfu`). Given, the time is a single
+            figure; by default it is the median of published runs on the GPU's class, and the
+            time comes with a range from their lowest and highest MFU
+            (`scaleplan.compute.mfu_defaults.default_mfu`).
         law: the scaling law for compute-optimal tokens and the expected loss.
         data: the dataset trained on (``"fineweb"``, ``"openwebtext"``, ...): adds
             ``expected_loss_on_data``, the loss on that data under ``tokenizer`` from a web-text
@@ -321,18 +336,18 @@ def _step(tokens_per_step: int | None, seq_len: int, data: int) -> tuple[int, li
 
 def _budget(cfg: GPTConfig, spec: GPUSpec, settings: dict[str, Any], *, seq_len: int,
             tokens_per_step: int, world_size: int, total_tokens: object,
-            hours: float | None, mfu: tuple[float, str], law: str) -> _Budget:
+            hours: float | None, mfu: AssumedMFU, law: str) -> _Budget:
     """Tokens for the run, its steps, FLOPs and hours at the MFU, and the law's loss at its end."""
     pc = count_params(cfg)
     scaling = scaling_law(law)
     n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
     optimal = int(chinchilla_tokens(n_for_law, method=scaling))
-    mfu_value, mfu_source = mfu
     flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=settings["checkpointing"])
     dtype = peak_dtype(settings["precision"])
     if dtype not in spec.peak:  # bf16 forced on a GPU without bf16 tensor cores
         dtype = "fp32"
-    achieved = mfu_value * spec.peak_flops(dtype) * world_size
+    per_mfu = spec.peak_flops(dtype) * world_size  # FLOP/s of the GPUs at an MFU of 1
+    achieved = mfu.mfu * per_mfu
     if hours is not None:
         if total_tokens is not None:
             raise ScaleplanError("give total_tokens or hours, not both")
@@ -347,9 +362,13 @@ def _budget(cfg: GPTConfig, spec: GPUSpec, settings: dict[str, Any], *, seq_len:
         tokens_source = f"{hours} hours"
     else:
         run_tokens, tokens_source = given_tokens(total_tokens, optimal, scaling.name)
+    seconds_at_full_peak = run_tokens * flops_token / per_mfu
     return _Budget(
         params=pc, total_tokens=run_tokens, tokens_source=tokens_source,
         compute_optimal_tokens=optimal, steps=math.ceil(run_tokens / tokens_per_step),
-        training_flops=training_flops(cfg, run_tokens, seq_len=seq_len), mfu=mfu_value,
-        mfu_source=mfu_source, hours=run_tokens * flops_token / achieved / 3600,
+        training_flops=training_flops(cfg, run_tokens, seq_len=seq_len), mfu=mfu.mfu,
+        mfu_low=mfu.low, mfu_high=mfu.high, mfu_source=mfu.source,
+        hours=seconds_at_full_peak / mfu.mfu / 3600,
+        hours_low=seconds_at_full_peak / mfu.high / 3600,
+        hours_high=seconds_at_full_peak / mfu.low / 3600,
         law=scaling.name, expected_loss=float(scaling.loss(n_for_law, run_tokens)))

@@ -28,6 +28,20 @@ def _gib(n: float) -> str:
     return format_gib(n, width=6)
 
 
+def _time(p: Plan) -> str:
+    """The time line: one figure at a given MFU; with the default, the range of the evidence.
+
+    e.g. ``16.9 hours at MFU 55% (14.9-21.3 hours at 44-62% MFU: median of 3 published ...)``
+    """
+    point = f"{p.hours:,.1f} hours at MFU {p.mfu:.0%}"
+    if p.mfu_low == p.mfu_high:
+        return f"{point} ({p.mfu_source})"
+    # With hours= the tokens fill those hours at the point MFU; the range is how long they take.
+    lead = "these tokens take " if p.tokens_source.endswith(" hours") else ""
+    return (f"{point} ({lead}{p.hours_low:,.1f}-{p.hours_high:,.1f} hours at "
+            f"{p.mfu_low * 100:.0f}-{p.mfu_high:.0%} MFU: {p.mfu_source})")
+
+
 def format_plan(p: Plan) -> str:
     """Render ``p`` for a terminal."""
     m = expect_plan(p).memory
@@ -70,7 +84,7 @@ def format_plan(p: Plan) -> str:
         f"Run: {p.total_tokens:,} tokens ({p.tokens_source}; compute-optimal "
         f"{p.compute_optimal_tokens:,}, ratio {p.overtraining_ratio:.2f}), {p.steps:,} steps",
         f"  training FLOPs       {p.training_flops:.3g}",
-        f"  time                 {p.hours:,.1f} hours at MFU {p.mfu:.0%} ({p.mfu_source})",
+        f"  time                 {_time(p)}",
         f"  expected loss        {p.expected_loss:.3f}  ({p.law} law, on its paper's data)",
     ]
     if p.expected_loss_on_data is not None:
