@@ -1,9 +1,10 @@
 """What fits on the GPU: memory at a micro-batch, the remedy adopted when nothing fits, and the
 largest micro-batch that divides the step and fits.
 
-`plan` asks `MemoryProbe` for `training_memory` under its settings; `apply_remedy` adopts the
-cheapest remedy that fits at micro-batch 1 (a ZeRO stage goes into the layout through
-`with_zero`), and `largest_fitting` bisects the exact micro-batches for the largest that fits.
+`plan` asks `MemoryProbe` for `training_memory` under its settings; `apply_remedy` searches the
+combinations of remedies, finds the largest micro-batch each fits at, and adopts the preferred
+one (`scaleplan.planning.remedies.preference`; a ZeRO stage goes into the layout through
+`with_zero`); `largest_fitting` bisects the exact micro-batches for the largest that fits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import MemoryBreakdown, training_memory
 from scaleplan.model.config import GPTConfig
 from scaleplan.planning.batching import grad_accum_steps
-from scaleplan.planning.remedies import Remedy, nothing_fits_message
+from scaleplan.planning.remedies import Remedy, nothing_fits_message, preference, why
 from scaleplan.planning.remedies import remedies as find_remedies
 
 __all__ = ["Candidate", "MemoryProbe", "apply_remedy", "largest_fitting", "with_zero"]
@@ -74,39 +75,59 @@ class MemoryProbe:
         self.computed.clear()
 
 
-def apply_remedy(cfg: GPTConfig, spec: GPUSpec, memory: MemoryProbe,
-                 available: int) -> tuple[Remedy | None, list[Remedy]]:
-    """When micro-batch 1 does not fit, the remedies tried and the first that fits, adopted into
-    ``memory``'s settings; nothing when it fits as it is. None fitting is an error that says
-    what would."""
+def apply_remedy(cfg: GPTConfig, spec: GPUSpec, memory: MemoryProbe, available: int,
+                 sizes: list[int]) -> tuple[Remedy | None, list[Remedy], str | None]:
+    """When micro-batch 1 does not fit: every combination of remedies tried, each that fits
+    with the largest of ``sizes`` it fits at, in the order of `preference`; the first, adopted
+    into ``memory``'s settings; and why it was chosen (`why`). Nothing when it fits as it is.
+    None fitting is an error that says what would."""
     if memory(1).total <= available:
-        return None, []
+        return None, [], None
     parallelism = memory.settings["parallelism"]
-    remedies = find_remedies(cfg, memory, available, memory.seq_len, memory.settings,
-                             spec.has_bf16_tensor_cores, data_parallel=memory.data,
-                             zero=parallelism.zero_stage if parallelism else 0)
-    fitting = [r for r in remedies if r.fits]
-    if not fitting:
-        raise ScaleplanError(nothing_fits_message(cfg, spec, memory, remedies, available))
-    memory.adopt(fitting[0].changes)
-    return fitting[0], remedies
+    tried = find_remedies(cfg, memory, available, memory.seq_len, memory.settings, spec,
+                          data_parallel=memory.data,
+                          zero=parallelism.zero_stage if parallelism else 0)
+    if not any(r.fits for r in tried):
+        raise ScaleplanError(nothing_fits_message(cfg, spec, memory, tried, available))
+    searched = sorted((r.model_copy(update={"micro_batch_size": sizes[
+        _largest(sizes, memory, available, r.changes)]}) if r.fits else r for r in tried),
+        key=preference)
+    chosen = searched[0]
+    memory.adopt(chosen.changes)
+    return chosen, searched, why(chosen, searched, available)
 
 
 def largest_fitting(sizes: list[int], memory: MemoryProbe, available: int,
                     tokens_per_step: int) -> tuple[int, list[Candidate]]:
-    """The largest of ``sizes`` that fits in ``available`` bytes, and the candidates around it.
+    """The largest of ``sizes`` that fits in ``available`` bytes, and the candidates around it."""
+    lo = _largest(sizes, memory, available, {})
+    around = range(max(0, lo - 1), min(len(sizes), lo + 2))  # the next size each side
+    candidates = []
+    for i in around:
+        total = memory(sizes[i]).total
+        candidates.append(Candidate(
+            micro_batch_size=sizes[i], total_bytes=total, fits=total <= available,
+            grad_accum_steps=grad_accum_steps(tokens_per_step, sizes[i], memory.seq_len,
+                                              memory.data)))
+    return sizes[lo], candidates
+
+
+def _largest(sizes: list[int], memory: MemoryProbe, available: int,
+             changes: dict[str, Any]) -> int:
+    """The index of the largest of ``sizes`` that fits with ``changes`` (micro-batch 1 fits:
+    checked by the caller).
 
     Memory grows with the micro-batch, so this bisects; its first probes are the size that
     micro-batch 1's breakdown extrapolates to (activations and the loss side grow about
     linearly, model states not at all) and the next one up, which usually settles it.
     """
-    one = memory(1)  # fits: checked by the caller
+    one = memory(1, **changes)
     per_sequence = max(1, one.saved_for_backward + one.transient)
     estimate = 1 + (available - one.total) / per_sequence
     guess = max(0, bisect.bisect_right(sizes, estimate) - 1)
 
     def fits(i: int) -> bool:
-        return bool(memory(sizes[i]).total <= available)
+        return bool(memory(sizes[i], **changes).total <= available)
 
     lo, hi = 0, len(sizes) - 1
     for probe in (guess, guess + 1):
@@ -115,9 +136,4 @@ def largest_fitting(sizes: list[int], memory: MemoryProbe, available: int,
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    around = range(max(0, lo - 1), min(len(sizes), lo + 2))  # the next size each side
-    candidates = [Candidate(micro_batch_size=sizes[i],
-                            grad_accum_steps=grad_accum_steps(tokens_per_step, sizes[i],
-                                                              memory.seq_len, memory.data),
-                            total_bytes=memory(sizes[i]).total, fits=fits(i)) for i in around]
-    return sizes[lo], candidates
+    return lo

@@ -92,8 +92,12 @@ class Plan(BaseModel):
     fits: bool = Field(description="memory.total <= available_bytes.")
     candidates: list[Candidate] = Field(description="Micro-batches around the chosen one.")
     remedy: str | None = Field(None, description="What had to change to fit, if anything.")
-    remedies: list[Remedy] = Field(default_factory=list,
-                                   description="Tried when nothing fits at micro-batch 1.")
+    remedy_reason: str | None = Field(
+        None, description="Why that remedy: where it fits, its predicted speed against the plan "
+        "as asked, its quality risk, and the remedies it was preferred over.")
+    remedies: list[Remedy] = Field(default_factory=list, description="Every combination tried "
+                                   "when nothing fits at micro-batch 1, the chosen one first "
+                                   "(scaleplan.planning.remedies.preference).")
     params: ParamCount
     total_tokens: int
     tokens_source: str
@@ -264,9 +268,11 @@ def plan(
         memory_options: passed to `training_memory` (e.g. ``cuda_context_bytes``).
 
     The micro-batch is the largest that fits (by `training_memory`, overhead included) among
-    those that divide the step exactly. When none fits at micro-batch 1, the remedies
-    (checkpointing, an 8-bit optimizer) are tried in order of cost and the first that fits is
-    applied; when none fits, the error says what would.
+    those that divide the step exactly. When none fits at micro-batch 1, every combination of
+    the remedies (a ZeRO stage, activation checkpointing, 8-bit AdamW, bf16 weights) is tried
+    and the preferred one that fits is applied: no quality risk when any such fits, then the
+    best predicted throughput (`scaleplan.planning.remedies.preference`); ``remedy_reason``
+    says why. When none fits, the error says what would.
 
     >>> p = plan(GPTConfig.preset("gpt2"), "RTX 4070", tokens_per_step=524288)
     >>> p.micro_batch_size * p.grad_accum_steps * p.seq_len == 524288, p.fits
@@ -290,7 +296,7 @@ def plan(
     memory = MemoryProbe(cfg, seq_len, layout.data, memory_options, {
         "precision": chosen_precision, "optimizer": optimizer, "attention": attention,
         "checkpointing": checkpointing, "parallelism": layout.parallelism})
-    remedy, remedies = apply_remedy(cfg, spec, memory, available)
+    remedy, remedies, remedy_reason = apply_remedy(cfg, spec, memory, available, sizes)
     if remedy is not None and "precision" in remedy.changes:
         precision_reason = f"changed to fit: {remedy.name}"
     settings = memory.settings
@@ -314,7 +320,8 @@ def plan(
         available_bytes=available, available_source=available_source,
         headroom_bytes=available - mem.total, fits=mem.total <= available,
         candidates=candidates, remedy=None if remedy is None else remedy.name,
-        remedies=remedies, warnings=warnings, expected_loss_on_data=on_data,
+        remedy_reason=remedy_reason, remedies=remedies, warnings=warnings,
+        expected_loss_on_data=on_data,
         **budget._asdict(),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from scaleplan.planning.exporters import expect_plan
+from scaleplan.planning.remedies import minimal
 from scaleplan.units import format_count, format_gib
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def format_plan(p: Plan) -> str:
         f"{p.checkpointing}",
     ]
     if p.remedy:
-        lines.append(f"  to fit               {p.remedy}")
+        lines.append(f"  to fit               {p.remedy_reason or p.remedy}")
     lines += ["", f"Memory per GPU at micro-batch {p.micro_batch_size} (peak: {m.peak_moment}):"]
     for field, label in _MEMORY_ROWS:
         lines.append(f"  {label:<24} {_gib(getattr(m, field))}")
@@ -75,10 +76,7 @@ def format_plan(p: Plan) -> str:
         lines.append(f"  {c.micro_batch_size:>5} x {c.grad_accum_steps:<5} {_gib(c.total_bytes)}"
                      f"  {mark}{chosen}")
     if p.remedies:
-        lines += ["", "Remedies tried (micro-batch 1):"]
-        for r in p.remedies:
-            lines.append(f"  {r.name:<34} {_gib(r.total_bytes)}  "
-                         f"{'fits' if r.fits else 'does not fit'}; {r.cost}")
+        lines += _remedy_lines(p)
     lines += [
         "",
         f"Run: {p.total_tokens:,} tokens ({p.tokens_source}; compute-optimal "
@@ -93,3 +91,19 @@ def format_plan(p: Plan) -> str:
         lines += ["", "Warnings:"]
         lines += [f"  [{w.code}] {w.message}" for w in p.warnings]
     return "\n".join(lines)
+
+
+def _remedy_lines(p: Plan) -> list[str]:
+    """The remedies that fit with the fewest changes (the others add a change to one of them),
+    the chosen one first."""
+    shown = minimal(p.remedies)
+    if p.remedies[0] not in shown:
+        shown.insert(0, p.remedies[0])
+    width = max(len(r.name) for r in shown)
+    lines = ["", f"Remedies that fit with the fewest changes ({len(p.remedies)} combinations "
+             f"tried at micro-batch 1, {sum(r.fits for r in p.remedies)} fit):"]
+    for r in shown:
+        chosen = "  <- chosen" if r is p.remedies[0] else ""
+        lines.append(f"  {r.name:<{width}} {_gib(r.total_bytes)}  micro-batch <= "
+                     f"{r.micro_batch_size}, speed {r.relative_throughput:.2f}x; {r.cost}{chosen}")
+    return lines
