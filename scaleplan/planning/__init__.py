@@ -5,7 +5,7 @@
 - `fitting`: what fits: memory under the plan's settings, the remedy adopted, the micro-batch.
 - `batching`: gradient-accumulation steps and the micro-batches that divide a step.
 - `advice`: the precision and why, the assumed MFU, the warnings a plan gives.
-- `remedies`: what to change when nothing fits, cheapest first.
+- `remedies`: what to change when nothing fits: every combination, the preferred one first.
 - `report`: a plan as the text ``scaleplan plan`` prints.
 - `exporters`: a plan as a nanoGPT file, DeepSpeed JSON, HF TrainingArguments, torchrun line.
 - `nanogpt_export`: the nanoGPT file, keeping the run it was planned from, schedule refitted.
