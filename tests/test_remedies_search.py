@@ -3,9 +3,12 @@ quality risk when any such fits, then the best predicted throughput (issue 21)."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from scaleplan.compute.hardware import gpu
+from scaleplan.errors import ScaleplanError
 from scaleplan.memory.limits import available_memory_bytes
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import training_memory
@@ -186,3 +189,19 @@ def test_minimal_keeps_the_fitting_remedies_no_smaller_change_fits() -> None:
     kept = minimal([full, zero2_full, zero3, zero2, zero2_8bit])
     # zero2+full adds a change to full; zero2 does not fit
     assert [r.name for r in kept] == ["full", "zero3", "zero2+8bit"]
+
+
+def test_nothing_fits_on_two_gpus_counts_the_states_zero3_already_shards() -> None:
+    # Llama 2 7B on 2 x RTX 4070: the lightest combination is ZeRO-3 + full checkpointing +
+    # 8-bit AdamW + bf16 weights, whose weights, gradients and optimizer states are half of the
+    # model's on each GPU; the GPUs to shard over count all of them.
+    llama2 = GPTConfig.preset("llama-2-7b")
+    light = training_memory(llama2, micro_batch_size=1, seq_len=1024, checkpointing="full",
+                            optimizer="adamw-8bit", precision="bf16-true",
+                            parallelism=Parallelism(data=2, zero=3))
+    states = light.weights + light.gradients + light.optimizer
+    available = available_memory_bytes(gpu("RTX 4070"))
+    gpus = math.ceil(2 * states / (available - (light.total - states)))
+    assert gpus == 4  # 39.2 GiB of states over 12.0 - 2.0 GiB a GPU
+    with pytest.raises(ScaleplanError, match=rf"over at least {gpus} GPUs \(ZeRO-3"):
+        plan(llama2, "RTX 4070", world_size=2, seq_len=1024)

@@ -143,7 +143,15 @@ def preference(r: Remedy) -> tuple[Any, ...]:
 
 def minimal(remedies: list[Remedy]) -> list[Remedy]:
     """The remedies that fit with no fitting remedy making a part of their changes, in the order
-    given: the other combinations add a change to one of these."""
+    given: the other combinations add a change to one of these.
+
+    >>> full = Remedy(name="full", changes={"checkpointing": "full"}, total_bytes=1, fits=True,
+    ...               cost="+31% compute")
+    >>> both = Remedy(name="ZeRO-2 + full", changes={"zero": 2, "checkpointing": "full"},
+    ...               total_bytes=1, fits=True, cost="+31% compute")
+    >>> [r.name for r in minimal([both, full])]
+    ['full']
+    """
     fitting = [r for r in remedies if r.fits]
     return [r for r in fitting if not any(
         s.changes.items() < r.changes.items() for s in fitting)]
@@ -250,6 +258,10 @@ def nothing_fits_message(cfg: GPTConfig, spec: GPUSpec, memory: Any,
     light = memory(1, **lightest.changes)
     states = light.weights + light.gradients + light.optimizer
     rest = light.total - states  # activations, loss side, overhead: not sharded by ZeRO-3
+    layout = memory.settings["parallelism"]
+    stage = lightest.changes.get("zero", layout.zero_stage if layout else 0)
+    if stage == 3:  # each GPU holds 1/data of them already
+        states *= memory.data
     if rest < available:
         shard = (f"shard weights, gradients and optimizer states ({format_gib(states)} with "
                  f"{lightest.name}) over at least {math.ceil(states / (available - rest))} GPUs "
