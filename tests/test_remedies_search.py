@@ -205,3 +205,14 @@ def test_nothing_fits_on_two_gpus_counts_the_states_zero3_already_shards() -> No
     assert gpus == 4  # 39.2 GiB of states over 12.0 - 2.0 GiB a GPU
     with pytest.raises(ScaleplanError, match=rf"over at least {gpus} GPUs \(ZeRO-3"):
         plan(llama2, "RTX 4070", world_size=2, seq_len=1024)
+
+
+def test_nothing_left_to_change_is_a_clear_error() -> None:
+    # bf16 weights, full checkpointing and SGD already asked for on one GPU: no combination is
+    # left to try, and Llama 2 7B's bf16 weights alone (2 x 6.74e9 bytes = 12.6 GiB) exceed an
+    # RTX 4070's 12 GiB.
+    assert available_memory_bytes(gpu("RTX 4070")) < 2 * 6_738_415_616
+    with pytest.raises(ScaleplanError, match=r"nothing fits on one RTX 4070 .* with the settings "
+                       r"asked for \(no lever left to pull\)"):
+        plan(GPTConfig.preset("llama-2-7b"), "RTX 4070", precision="bf16-true",
+             optimizer="sgd", checkpointing="full")

@@ -254,7 +254,9 @@ def nothing_fits_message(cfg: GPTConfig, spec: GPUSpec, memory: Any,
     """Say what would fit: how many GPUs to shard the model states over, or how narrow a model
     fits one GPU with every remedy applied."""
     base = memory(1)
-    lightest = min(remedies, key=lambda r: r.total_bytes)
+    lightest = min(remedies, key=lambda r: r.total_bytes) if remedies else Remedy(
+        name="the settings asked for (no lever left to pull)", changes={},
+        total_bytes=base.total, fits=False, cost="none")
     light = memory(1, **lightest.changes)
     states = light.weights + light.gradients + light.optimizer
     rest = light.total - states  # activations, loss side, overhead: not sharded by ZeRO-3
