@@ -138,6 +138,8 @@ def test_only_8bit_adamw_fits_so_it_is_chosen_and_its_quality_risk_said() -> Non
     assert "nothing without a quality risk fits (the lightest, full activation checkpointing" \
         in p.remedy_reason
     assert p.remedies[0].quality_risk == 1
+    # bf16 weights also fit, with the larger risk of dropping the fp32 copy
+    assert p.remedy_reason.endswith("chosen over bf16 weights (bf16-true) (a larger quality risk)")
 
 
 def test_only_bf16_weights_fit_so_they_are_chosen_and_their_quality_risk_said() -> None:

@@ -186,7 +186,8 @@ def _loses(r: Remedy, chosen: Remedy) -> str:
     """What ``r`` loses to ``chosen`` on: the first part of `preference` that differs."""
     if r.quality_risk > chosen.quality_risk:
         faster = r.relative_throughput / chosen.relative_throughput - 1
-        return "quality risk" + (f", though {faster:.0%} faster" if faster > 1e-9 else "")
+        risk = "a larger quality risk" if chosen.quality_risk else "quality risk"
+        return risk + (f", though {faster:.0%} faster" if faster > 1e-9 else "")
     if r.relative_throughput < chosen.relative_throughput - 1e-9:
         return f"{1 - r.relative_throughput / chosen.relative_throughput:.0%} slower"
     if r.communication > chosen.communication:
