@@ -185,9 +185,12 @@ def why(chosen: Remedy, remedies: list[Remedy], available: int) -> str:
 def _loses(r: Remedy, chosen: Remedy) -> str:
     """What ``r`` loses to ``chosen`` on: the first part of `preference` that differs."""
     if r.quality_risk > chosen.quality_risk:
-        faster = r.relative_throughput / chosen.relative_throughput - 1
+        ratio = r.relative_throughput / chosen.relative_throughput
         risk = "a larger quality risk" if chosen.quality_risk else "quality risk"
-        return risk + (f", though {faster:.0%} faster" if faster > 1e-9 else "")
+        if ratio < 1 + 1e-9:
+            return risk
+        return risk + (f", though {ratio:.1f}x as fast" if ratio >= 2 else
+                       f", though {ratio - 1:.0%} faster")
     if r.relative_throughput < chosen.relative_throughput - 1e-9:
         return f"{1 - r.relative_throughput / chosen.relative_throughput:.0%} slower"
     if r.communication > chosen.communication:
