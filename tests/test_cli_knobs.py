@@ -70,6 +70,16 @@ def test_fsdp_shard_grad_op_keeps_whole_weights(capsys: pytest.CaptureFixture[st
     assert _memory(data)["gradients"] == 4 * LLAMA2_7B // 8 + 25 * 2**20
 
 
+def test_the_report_says_how_the_group_shards(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["plan", "llama-2-7b", "--gpu", "H100 SXM", "--world-size", "8"]
+    assert main([*common, "--zero", "2"]) == 0
+    assert "sharding             ZeRO-2 over 8 data-parallel GPUs" in capsys.readouterr().out
+    assert main([*common, "--fsdp", "shard_grad_op"]) == 0
+    assert "FSDP shard_grad_op over 8 data-parallel GPUs" in capsys.readouterr().out
+    assert main(["plan", "gpt2", "--world-size", "8"]) == 0  # fits with plain DDP
+    assert "sharding" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--world-size", "8", "--zero", "4"], ["argument --zero", "0, 1, 2, 3"]),
     (["--world-size", "8", "--fsdp", "hybrid"], ["argument --fsdp", "full_shard",
