@@ -9,6 +9,7 @@ Each flag's accepted values come from the code that checks them (the precision t
     --fsdp [STRATEGY]         FSDP instead: full_shard (like ZeRO-3, the default) or shard_grad_op
     --checkpointing {none,selective,full}
     --optimizer NAME          adamw, adamw-8bit, ... (aliases such as adamw8bit accepted)
+    --optimizer-impl IMPL     foreach, fused or for-loop: torch's AdamW implementation
     --attention {flash,eager}
     --precision NAME          auto, or a precision name or alias
     --mfu FRACTION            model FLOPs utilisation (PaLM's definition) on --gpu
@@ -25,6 +26,7 @@ from typing import Any, get_args
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
 from scaleplan.memory.parallel import FSDP_STRATEGIES, ZERO_STAGES
+from scaleplan.memory.sharding import _IMPL_ALIASES, OPTIMIZER_IMPLS, normalize_optimizer_impl
 from scaleplan.memory.states import _OPTIMIZER_ALIASES, OPTIMIZERS, normalize_optimizer
 from scaleplan.model.config import _PRECISION_ALIASES, PRECISIONS, normalize_precision
 
@@ -149,6 +151,11 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                    type=_named("--optimizer", normalize_optimizer),
                    help="default: %(default)s; one of: "
                    + names_with_aliases(OPTIMIZERS, _OPTIMIZER_ALIASES))
+    q.add_argument("--optimizer-impl", metavar="IMPL",
+                   type=_named("--optimizer-impl", normalize_optimizer_impl),
+                   help="torch's AdamW implementation, for the optimizer step's temporaries: "
+                   + names_with_aliases(OPTIMIZER_IMPLS, _IMPL_ALIASES)
+                   + " (default: torch's, foreach on CUDA)")
     q.add_argument("--attention", choices=get_args(AttentionKind), default="flash",
                    help="flash (SDPA, no s x s scores kept) or eager (default: %(default)s)")
     mfu = q.add_mutually_exclusive_group()
@@ -168,6 +175,8 @@ def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
     options: dict[str, Any] = {"precision": args.precision, "optimizer": args.optimizer,
                                "attention": args.attention, "checkpointing": args.checkpointing,
                                "mfu": args.mfu}
+    if args.optimizer_impl is not None:
+        options["optimizer_impl"] = args.optimizer_impl
     if args.zero or args.fsdp:
         flag = f"--zero {args.zero}" if args.zero else f"--fsdp {args.fsdp}"
         if world_size == 1:

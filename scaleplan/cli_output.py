@@ -35,7 +35,8 @@ _REPEATED: tuple[tuple[str, str, object], ...] = (
     ("--total-tokens", "total_tokens", None), ("--hours", "hours", None),
     ("--precision", "precision", "auto"), ("--zero", "zero", 0), ("--fsdp", "fsdp", None),
     ("--checkpointing", "checkpointing", "none"), ("--optimizer", "optimizer", "adamw"),
-    ("--attention", "attention", "flash"), ("--mfu", "mfu", None),
+    ("--optimizer-impl", "optimizer_impl", None), ("--attention", "attention", "flash"),
+    ("--mfu", "mfu", None),
     ("--nanogpt-mfu", "nanogpt_mfu", None), ("--law", "law", "chinchilla"),
     ("--data", "data", None))
 

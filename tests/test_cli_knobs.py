@@ -90,6 +90,7 @@ def test_the_report_says_how_the_group_shards(capsys: pytest.CaptureFixture[str]
     (["--checkpointing", "some"], ["argument --checkpointing", "none", "selective", "full"]),
     (["--optimizer", "adan"], ["argument --optimizer", "adamw", "adamw-8bit", "lion"]),
     (["--attention", "sdpa"], ["argument --attention", "flash", "eager"]),
+    (["--optimizer-impl", "fast"], ["argument --optimizer-impl", "foreach", "fused", "for-loop"]),
     (["--precision", "fp8"], ["argument --precision", "bf16-mixed", "32-true"]),
 ])
 def test_bad_knob_values_are_one_line_naming_the_flag_and_the_choices(
@@ -121,6 +122,21 @@ def test_optimizer_alias_adamw8bit_plans_8_bit_states(capsys: pytest.CaptureFixt
     # bitsandbytes: 2 one-byte states, one fp32 absmax per 2048 values, small tensors in 32 bit
     # (Dettmers et al. 2022): a little over 2 bytes per parameter.
     assert 2 * GPT2 < _memory(small)["optimizer"] < 2.02 * GPT2
+
+
+def test_optimizer_impl_sets_the_optimizer_steps_temporaries(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # one 64-token sequence: the optimizer step is the peak
+    step = ["gpt2", "--seq-len", "64", "--tokens-per-step", "64"]
+    peaks = {}
+    for impl in ("foreach", "for_loop"):
+        data = _plan_json(capsys, *step, "--optimizer-impl", impl)
+        assert _memory(data)["peak_moment"] == "optimizer_step"
+        peaks[impl] = _memory(data)["tensor_peak"]
+    # foreach AdamW makes sqrt(v) for all parameters at once (4 bytes x N); the for-loop one for
+    # one tensor at a time, sqrt(v) and the quotient: 2 x 4 bytes x the largest tensor, wte's
+    # 50257 x 768
+    assert peaks["foreach"] - peaks["for_loop"] == 4 * GPT2 - 2 * 4 * 50257 * 768
 
 
 def test_eager_attention_keeps_the_scores(capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,6 +199,14 @@ def test_nanogpt_mfu_is_converted_to_the_real_gpus_peak(
     assert "62.2% MFU on the RTX 4070" in capsys.readouterr().out
 
 
+def test_nanogpt_mfu_on_a_gpu_without_bf16_uses_its_fp16_peak(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data = _plan_json(capsys, "gpt2", "--gpu", "V100 SXM2 32GB", "--nanogpt-mfu", "10")
+    assert data["precision"] == "16-mixed"
+    # 10% of 312 TFLOP/s = 31.2 TFLOP/s over the V100's 125 TFLOP/s fp16 tensor peak (datasheet)
+    assert data["mfu"] == pytest.approx(31.2 / 125)
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--mfu", "0.3", "--nanogpt-mfu", "11"], "not allowed with argument --mfu"),
     (["--mfu", "35"], "a percentage?"),
@@ -243,6 +267,17 @@ def test_nothing_fits_prints_a_command_that_fits(capsys: pytest.CaptureFixture[s
     assert "--zero 3" in command
     data = _run_command(command, capsys)  # the suggestion really fits
     assert data["fits"] is True and data["remedy"] is None
+
+
+def test_the_suggested_command_keeps_the_users_other_flags(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["llama-2-7b", "--seq-len", "2048", "--mfu", "0.5", "--optimizer-impl", "fused"]
+    assert main(["plan", *argv]) == 2
+    command = _one_error_line(capsys).split("; try: ", 1)[1].strip()
+    for flag in ("--seq-len 2048", "--mfu 0.5", "--optimizer-impl fused", "--zero 3"):
+        assert flag in command
+    data = _run_command(command, capsys)
+    assert data["seq_len"] == 2048 and data["mfu"] == 0.5 and data["fits"] is True
 
 
 def test_an_adopted_remedy_is_printed_as_the_flags_that_reproduce_it(
