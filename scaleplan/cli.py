@@ -116,7 +116,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     try:
         p = _plan(args, cfg)
     except ScaleplanError as exc:
-        raise ScaleplanError(nothing_fits_hint(str(exc), args, lambda a: _plan(a, cfg))) from None
+        hint = nothing_fits_hint(str(exc), args, lambda a: _plan(a, cfg))
+        if hint == str(exc):
+            raise
+        raise ScaleplanError(hint) from None
     if args.export == "nanogpt":
         print(p.to_nanogpt_config(), end="")
     elif args.export == "deepspeed":

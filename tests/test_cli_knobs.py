@@ -241,13 +241,29 @@ def test_every_subcommand_has_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert outputs["diagnose"]["nanogpt_params"] is None
 
 
-def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--version"]) == 0
-    # the version pyproject.toml declares (read as text: tomllib needs Python 3.11)
+def _declared_version() -> str:
+    """The version pyproject.toml declares (read as text: tomllib needs Python 3.11)."""
     declared = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
     assert declared is not None
-    version = declared.group(1)
-    assert capsys.readouterr().out == f"scaleplan {version}\n"
+    return declared.group(1)
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"scaleplan {_declared_version()}\n"
+
+
+def test_version_without_installed_metadata_falls_back(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert main(["--version"]) == 0
+    # a source tree run without installing: scaleplan.__version__, which matches pyproject.toml
+    assert capsys.readouterr().out == f"scaleplan {_declared_version()}\n"
 
 
 # --- fixes as flags ------------------------------------------------------------------------------
