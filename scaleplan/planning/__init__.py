@@ -8,6 +8,7 @@
 - `remedies`: what to change when nothing fits, cheapest first.
 - `report`: a plan as the text ``scaleplan plan`` prints.
 - `exporters`: a plan as a nanoGPT file, DeepSpeed JSON, HF TrainingArguments, torchrun line.
+- `nanogpt_export`: the nanoGPT file, keeping the run it was planned from, schedule refitted.
 - `budget`: the compute-optimal model for a budget of GPU-hours (`plan_for_budget`).
 - `sweeps`: memory, fit and FLOPs over grids of models and GPUs (`sweep`).
 """

@@ -1,8 +1,10 @@
 """A `Plan` written out as other tools' configuration: a nanoGPT config file, a DeepSpeed JSON,
 Hugging Face ``TrainingArguments`` keyword arguments, and a ``torchrun`` command line.
 
-Each exporter writes only settings the plan decided (batch shape, precision, steps) and the model
-shape; learning-rate schedules and data paths stay the user's.
+The DeepSpeed, Hugging Face and torchrun exporters write only settings the plan decided (batch
+shape, precision, steps). The nanoGPT one (`scaleplan.planning.nanogpt_export`) can start from
+the config file the plan was made from and keep its run (data, output folder, learning rate, ...),
+with the learning-rate schedule fitted to the plan's ``max_iters``.
 """
 
 from __future__ import annotations
@@ -11,17 +13,13 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from scaleplan.errors import ScaleplanError, shown
-from scaleplan.units import format_count
+from scaleplan.planning.nanogpt_export import to_nanogpt_config
 
 if TYPE_CHECKING:
     from scaleplan.planning.planner import Plan
 
 __all__ = ["expect_plan", "to_deepspeed", "to_hf_training_args", "to_nanogpt_config",
            "to_torchrun"]
-
-# nanoGPT's `dtype` for each precision it can run (train.py: 'float32', 'bfloat16', 'float16',
-# all under autocast over fp32 parameters).
-_NANOGPT_DTYPE = {"32-true": "float32", "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
 
 def expect_plan(plan: object) -> Plan:
@@ -31,50 +29,6 @@ def expect_plan(plan: object) -> Plan:
     if not isinstance(plan, Plan):
         raise ScaleplanError(f"plan={shown(plan)} must be a Plan, as plan(cfg, gpu) returns")
     return plan
-
-
-def to_nanogpt_config(plan: Plan) -> str:
-    """A nanoGPT config file (``config/train_*.py``) with the plan's model and batch settings.
-
-    ``gradient_accumulation_steps`` is nanoGPT's total over all ranks (train.py divides it by the
-    world size), so it is ``grad_accum_steps x world_size``. `scaleplan.load_nanogpt_config`
-    reads the text back into the same settings.
-
-    >>> from scaleplan.planning.planner import plan
-    >>> from scaleplan.model.config import GPTConfig
-    >>> print(to_nanogpt_config(plan(GPTConfig.preset("gpt2"), "RTX 4070",
-    ...                             tokens_per_step=524288)).splitlines()[0])
-    # scaleplan plan: gpt2-shaped 124.44M-parameter model on 1 x RTX 4070
-    """
-    cfg = expect_plan(plan).model
-    if cfg.mlp != "gelu" or cfg.norm != "layernorm" or cfg.position != "learned" \
-            or not cfg.tie_embeddings or cfg.n_kv_head != cfg.n_head:
-        raise ScaleplanError("nanoGPT builds GPT-2-style models only (gelu MLP, layernorm, "
-                             "learned positions, tied head, multi-head attention); export this "
-                             "plan with to_deepspeed or to_hf_training_args instead")
-    dtype = _NANOGPT_DTYPE.get(plan.precision)
-    if dtype is None:
-        raise ScaleplanError(f"precision={plan.precision!r} has no nanoGPT dtype; nanoGPT runs "
-                             "'32-true', 'bf16-mixed' and '16-mixed'")
-    lines = [
-        f"# scaleplan plan: gpt2-shaped {format_count(plan.params.total)}-parameter model on "
-        f"{plan.world_size} x {plan.gpu.name}",
-        f"# {plan.micro_batch_size} x {plan.seq_len} x {plan.grad_accum_steps} x "
-        f"{plan.world_size} = {plan.tokens_per_step:,} tokens per step; "
-        f"{plan.total_tokens:,} tokens in {plan.steps:,} steps",
-        f"n_layer = {cfg.n_layer}",
-        f"n_head = {cfg.n_head}",
-        f"n_embd = {cfg.n_embd}",
-        f"block_size = {plan.seq_len}",
-        f"bias = {cfg.bias}",
-        f"dropout = {cfg.dropout}",
-        f"batch_size = {plan.micro_batch_size}",
-        f"gradient_accumulation_steps = {plan.grad_accum_steps * plan.world_size}",
-        f"max_iters = {plan.steps}",
-        f"lr_decay_iters = {plan.steps}",
-        f"dtype = '{dtype}'",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def to_deepspeed(plan: Plan) -> dict[str, Any]:
