@@ -24,6 +24,15 @@ _MEMORY_ROWS = (
 )
 
 
+def _sharding(p: Plan) -> list[str]:
+    """The ZeRO stage or FSDP strategy, where the data-parallel group shards anything."""
+    layout = p.parallelism
+    if layout is None or not layout.zero_stage:
+        return []
+    how = f"FSDP {layout.fsdp}" if layout.fsdp else f"ZeRO-{layout.zero}"
+    return [f"  sharding             {how} over {layout.data} data-parallel GPUs"]
+
+
 def _gib(n: float) -> str:
     return format_gib(n, width=6)
 
@@ -80,12 +89,3 @@ def format_plan(p: Plan) -> str:
         lines += ["", "Warnings:"]
         lines += [f"  [{w.code}] {w.message}" for w in p.warnings]
     return "\n".join(lines)
-
-
-def _sharding(p: Plan) -> list[str]:
-    """The ZeRO stage or FSDP strategy, where the data-parallel group shards anything."""
-    layout = p.parallelism
-    if layout is None or not layout.zero_stage:
-        return []
-    how = f"FSDP {layout.fsdp}" if layout.fsdp else f"ZeRO-{layout.zero}"
-    return [f"  sharding             {how} over {layout.data} data-parallel GPUs"]
