@@ -19,15 +19,19 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from scaleplan.cli_options import VersionAction, add_plan_knobs
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import from_hf, load_nanogpt_config
 from scaleplan.model.params import ParamCount, count_params
 from scaleplan.units import format_count, format_gib
+
+if TYPE_CHECKING:
+    from scaleplan.planning.planner import Plan
 
 __all__ = ["main"]
 
@@ -105,37 +109,17 @@ DEFAULT_PLAN_MODEL = "gpt2"
 DEFAULT_PLAN_GPU = "RTX 4070"
 
 
-def _run_defaults(args: argparse.Namespace) -> tuple[int | None, int | None, str | None]:
-    """Tokens per step, seq_len and dataset: the flags', else a nanoGPT file's own (its
-    dataset only when published runs calibrate it: not shakespeare_char)."""
-    from scaleplan.scaling.webtext import is_calibrated
-
-    tokens_per_step, seq_len, data = args.tokens_per_step, args.seq_len, args.data
-    if args.model.endswith(".py"):
-        run = load_nanogpt_config(args.model)
-        tokens_per_step = (run.training.tokens_per_step if tokens_per_step is None
-                           else tokens_per_step)
-        seq_len = run.training.seq_len if seq_len is None else seq_len
-        if data is None and run.dataset and is_calibrated(run.dataset):
-            data = run.dataset
-    return tokens_per_step, seq_len, data
-
-
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from scaleplan.planning.planner import plan
+    from scaleplan.cli_output import nothing_fits_hint, plan_notes
 
     cfg, label, _ = load_model(args.model)
-    tokens_per_step, seq_len, data = _run_defaults(args)
-    world_size = args.world_size
-    total: int | str | None = args.total_tokens
-    if isinstance(total, str) and total != "chinchilla":
-        try:
-            total = _int_arg("--total-tokens", total)
-        except argparse.ArgumentTypeError as exc:
-            raise ScaleplanError(f"--total-tokens: {exc}") from None
-    p = plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
-             hours=args.hours, world_size=1 if world_size is None else world_size,
-             precision=args.precision, seq_len=seq_len, mfu=args.mfu, law=args.law, data=data)
+    try:
+        p = _plan(args, cfg)
+    except ScaleplanError as exc:
+        hint = nothing_fits_hint(str(exc), args, lambda a: _plan(a, cfg))
+        if hint == str(exc):
+            raise
+        raise ScaleplanError(hint) from None
     if args.export == "nanogpt":
         from scaleplan.planning.nanogpt_export import to_nanogpt_config
 
@@ -153,7 +137,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(p.model_dump_json(indent=2))
     else:
         print(f"{label}\n{p.report()}")
+        for line in plan_notes(args, p):
+            print(f"\n{line}")
     return 0
+
+
+def _plan(args: argparse.Namespace, cfg: GPTConfig) -> Plan:
+    """`plan` with the flags of ``args``, the nanoGPT file's run filling in what they leave."""
+    from scaleplan.cli_options import plan_options, run_defaults
+    from scaleplan.planning.planner import plan
+
+    tokens_per_step, seq_len, data = run_defaults(args)
+    total: int | str | None = args.total_tokens
+    if isinstance(total, str) and total != "chinchilla":
+        try:
+            total = _int_arg("--total-tokens", total)
+        except argparse.ArgumentTypeError as exc:
+            raise ScaleplanError(f"--total-tokens: {exc}") from None
+    world_size = 1 if args.world_size is None else args.world_size
+    return plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
+                hours=args.hours, seq_len=seq_len, law=args.law, data=data,
+                **plan_options(args, world_size))
 
 
 def _cmd_gpus(args: argparse.Namespace) -> int:
@@ -251,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"please report it: ...'; {TRACEBACK_ENV}=1 shows the traceback); 130 "
                "interrupted.",
     )
+    parser.add_argument("--version", action=VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("params", help="exact parameter count and breakdown")
     p.add_argument("model", help="a preset name (e.g. gpt2), a config.json, or a nanoGPT .py "
@@ -272,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per sequence (default: block_size)")
     q.add_argument("--total-tokens", help="tokens for the run, or 'chinchilla' (default)")
     q.add_argument("--hours", type=float, help="train for this long instead")
-    q.add_argument("--precision", default="auto", help="auto (default), bf16-mixed, 16-mixed, "
-                   "32-true, bf16-true, bf16-fp32-master")
-    q.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation, e.g. 0.35")
+    add_plan_knobs(q)
     q.add_argument("--law", default="chinchilla", help="scaling law (default: %(default)s)")
     q.add_argument("--data", help="the dataset trained on (fineweb, fineweb-edu, openwebtext): "
                    "adds the expected loss on it, GPT-2 tokens (default: a nanoGPT file's "

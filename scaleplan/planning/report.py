@@ -25,6 +25,15 @@ _MEMORY_ROWS = (
 )
 
 
+def _sharding(p: Plan) -> list[str]:
+    """The ZeRO stage or FSDP strategy, where the data-parallel group shards anything."""
+    layout = p.parallelism
+    if layout is None or not layout.zero_stage:
+        return []
+    how = f"FSDP {layout.fsdp}" if layout.fsdp else f"ZeRO-{layout.zero}"
+    return [f"  sharding             {how} over {layout.data} data-parallel GPUs"]
+
+
 def _gib(n: float) -> str:
     return format_gib(n, width=6)
 
@@ -58,6 +67,7 @@ def format_plan(p: Plan) -> str:
         f"  optimizer            {p.optimizer}, attention {p.attention}, checkpointing "
         f"{p.checkpointing}",
     ]
+    lines += _sharding(p)
     if p.remedy:
         lines.append(f"  to fit               {p.remedy_reason or p.remedy}")
     lines += ["", f"Memory per GPU at micro-batch {p.micro_batch_size} (peak: {m.peak_moment}):"]
