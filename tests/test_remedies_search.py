@@ -231,3 +231,18 @@ def test_fp32_to_bf16_weights_predicts_the_tensor_core_speedup() -> None:
     assert p.remedy_reason is not None
     assert "bf16 weights (bf16-true) (a larger quality risk, though 16.0x as fast)" \
         in p.remedy_reason
+
+
+def test_the_exports_carry_the_zero_stage_the_remedy_chose() -> None:
+    # the README example fits with ZeRO-2 (see above): a DeepSpeed config with stage 0 would run
+    # out of memory, and so would a Trainer without DeepSpeed
+    from scaleplan.planning.exporters import to_deepspeed, to_hf_training_args
+
+    p = plan(GPTConfig.preset("llama-3-8b"), "H100 SXM", world_size=8, tokens_per_step=2**22)
+    assert p.parallelism is not None and p.parallelism.zero == 2
+    assert to_deepspeed(p)["zero_optimization"] == {"stage": 2}
+    assert to_hf_training_args(p)["deepspeed"] == "ds_config.json"
+    fsdp = plan(GPTConfig.preset("llama-3-8b"), "H100 SXM", tokens_per_step=2**22,
+                parallelism=Parallelism(data=8, fsdp="full_shard"), checkpointing="full")
+    assert to_deepspeed(fsdp)["zero_optimization"] == {"stage": 3}  # FSDP full_shard = ZeRO-3
+    assert to_hf_training_args(fsdp)["fsdp"] == "full_shard"

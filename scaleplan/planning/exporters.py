@@ -48,7 +48,7 @@ def to_deepspeed(plan: Plan) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
         "train_batch_size": plan.micro_batch_size * plan.grad_accum_steps * plan.world_size,
-        "zero_optimization": {"stage": 0},
+        "zero_optimization": {"stage": plan.parallelism.zero_stage if plan.parallelism else 0},
         "gradient_clipping": 1.0,
     }
     if plan.precision.startswith("bf16"):
@@ -62,7 +62,9 @@ def to_deepspeed(plan: Plan) -> dict[str, Any]:
 
 
 def to_hf_training_args(plan: Plan) -> dict[str, Any]:
-    """Keyword arguments for ``transformers.TrainingArguments``.
+    """Keyword arguments for ``transformers.TrainingArguments``. A plan that shards with FSDP
+    sets ``fsdp``; one with a ZeRO stage sets ``deepspeed="ds_config.json"``, the file to write
+    `to_deepspeed`'s config to (the Trainer takes ZeRO through DeepSpeed).
 
     >>> from scaleplan.planning.planner import plan
     >>> from scaleplan.model.config import GPTConfig
@@ -82,6 +84,12 @@ def to_hf_training_args(plan: Plan) -> dict[str, Any]:
     }
     if plan.optimizer == "adamw-8bit":
         args["optim"] = "adamw_bnb_8bit"
+    layout = plan.parallelism
+    if layout is not None and layout.fsdp is not None:
+        args["fsdp"] = layout.fsdp  # TrainingArguments(fsdp="full_shard" | "shard_grad_op")
+    elif layout is not None and layout.zero > 0:
+        # the Trainer takes ZeRO through DeepSpeed: write to_deepspeed(plan) to this file
+        args["deepspeed"] = "ds_config.json"
     return args
 
 
