@@ -28,7 +28,8 @@ def _is_pydantic(cls: Class, seen: frozenset[str] = frozenset()) -> bool:
         if path.startswith("pydantic.") or path == "BaseModel":
             return True
     for resolved in cls.resolved_bases:  # bases inside scaleplan, e.g. a shared frozen model
-        if resolved.path not in seen and _is_pydantic(resolved, seen | {cls.path}):
+        if (isinstance(resolved, Class) and resolved.path not in seen
+                and _is_pydantic(resolved, seen | {cls.path})):
             return True
     return False
 
@@ -78,7 +79,8 @@ def _cell(text: str, *, code: bool = False) -> str:
 
 def fields_table(cls: Class, model: Any) -> str:
     """The markdown table of ``model``'s fields (``cls`` is its griffe object, for the types)."""
-    rows = ["**Fields**", "", "| field | type | default | description |", "| --- | --- | --- | --- |"]
+    rows = ["**Fields**", "", "| field | type | default | description |",
+            "| --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         annotation = _source_annotation(cls, name) or _runtime_annotation(field.annotation)
         rows.append(f"| `{name}` | {_cell(annotation, code=True)} | "
