@@ -91,12 +91,16 @@ def test_every_figure_has_a_caption_naming_the_function_that_made_it() -> None:
     makers = {"memory-microbatch.svg": "training_memory", "memory-models.svg": "training_memory",
               "fit-frontier.svg": "max_micro_batch_size", "isoflop.svg": "compute_optimal",
               "frontiers.svg": "compute_optimal"}
-    for page in ("memory.md", "scaling.md"):
-        text = (DOCS / page).read_text(encoding="utf-8")
+    captioned = []
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
         for block in re.findall(r"<figure.*?</figure>", text, re.DOTALL):
             name = _FIGURE_LINK.search(block)["path"].removeprefix("figures/")  # type: ignore[index]
             caption = re.search(r"<figcaption>(.*)</figcaption>", block, re.DOTALL)
             assert caption is not None and makers[name] in caption[1], name
+            captioned.append(name)
+    # every figure a page shows sits in a <figure> with its caption
+    assert sorted(captioned) == sorted(name for _, name, _ in _figure_links())
 
 
 def test_memory_figure_draws_the_rtx_4070_line_at_nvidia_smis_figure(
@@ -127,10 +131,13 @@ def test_stacked_bars_refuse_parts_that_do_not_add_up(figures: ModuleType) -> No
 def test_wide_tables_scroll_inside_the_text_column() -> None:
     (css,) = MKDOCS["extra_css"]
     text = (DOCS / css).read_text(encoding="utf-8")
-    rule = re.search(r"\.md-typeset table:not\(\[class\]\),\s*\.md-typeset \.doc-contents table "
-                     r"\{(?P<body>[^}]*)\}", text)
+    rule = re.search(r"@media screen \{\s*\.md-typeset table:not\(\[class\]\),\s*"
+                     r"\.md-typeset \.doc-contents table \{(?P<body>[^}]*)\}", text)
     assert rule is not None
     assert "overflow-x: auto" in rule["body"] and "max-width: 100%" in rule["body"]
+    # code in a cell is not split mid-name (Material's code has word-break: break-word)
+    assert re.search(r"\.md-typeset td code,\s*\.md-typeset th code \{\s*word-break: normal;",
+                     text)
 
 
 # --- the API reference's fields tables ----------------------------------------------------------

@@ -94,7 +94,10 @@ class PydanticFields(Extension):
     def on_class(self, *, cls: Class, **kwargs: Any) -> None:
         if cls.name.startswith("_") or not _is_pydantic(cls):
             return
-        model = _runtime_class(cls)
+        try:
+            model = _runtime_class(cls)
+        except ImportError:  # an optional extra's module (scaleplan.reference needs torch)
+            return
         if not getattr(model, "model_fields", None):
             return
         table = fields_table(cls, model)
