@@ -14,9 +14,10 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
 
 import scaleplan as sp
+
+yaml = pytest.importorskip("yaml")  # installed with MkDocs (the docs extra)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
