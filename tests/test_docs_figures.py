@@ -143,16 +143,18 @@ def test_wide_tables_scroll_inside_the_text_column() -> None:
 
 # --- the API reference's fields tables ----------------------------------------------------------
 
-def _extension_path() -> str:
+def _extension() -> dict[str, Any]:
+    """mkdocs.yml's entry for the fields extension: {path: options}, as griffe takes it."""
     handler = MKDOCS["plugins"][1]["mkdocstrings"]["handlers"]["python"]
-    (path,) = [p for p in handler["options"]["extensions"] if p.endswith("pydantic_fields.py")]
-    return str(path)
+    (entry,) = [e for e in handler["options"]["extensions"]
+                if isinstance(e, dict) and any(k.endswith("pydantic_fields.py") for k in e)]
+    return {str(ROOT / path): options for path, options in entry.items()}
 
 
 @pytest.fixture(scope="module")
 def package() -> Any:
     griffe = pytest.importorskip("griffe")
-    extensions = griffe.load_extensions(str(ROOT / _extension_path()))
+    extensions = griffe.load_extensions(_extension())
     return griffe.load("scaleplan", search_paths=[str(ROOT)], extensions=extensions)
 
 

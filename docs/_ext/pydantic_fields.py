@@ -89,10 +89,20 @@ def fields_table(cls: Class, model: Any) -> str:
 
 
 class PydanticFields(Extension):
-    """Append `fields_table` to the docstring of every pydantic model griffe loads."""
+    """Append `fields_table` to the docstring of every pydantic model griffe loads.
+
+    ``skip``: packages whose models are left alone, because no page shows them and importing
+    them costs (mkdocs.yml skips ``scaleplan.reference``, which imports torch).
+    """
+
+    def __init__(self, skip: list[str] | None = None) -> None:
+        super().__init__()
+        self.skip = tuple(skip or ())
 
     def on_class(self, *, cls: Class, **kwargs: Any) -> None:
         if cls.name.startswith("_") or not _is_pydantic(cls):
+            return
+        if any(cls.path == p or cls.path.startswith(p + ".") for p in self.skip):
             return
         try:
             model = _runtime_class(cls)
