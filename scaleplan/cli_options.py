@@ -26,9 +26,13 @@ from typing import Any, get_args
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
 from scaleplan.memory.parallel import FSDP_STRATEGIES, ZERO_STAGES
-from scaleplan.memory.sharding import _IMPL_ALIASES, OPTIMIZER_IMPLS, normalize_optimizer_impl
-from scaleplan.memory.states import _OPTIMIZER_ALIASES, OPTIMIZERS, normalize_optimizer
-from scaleplan.model.config import _PRECISION_ALIASES, PRECISIONS, normalize_precision
+from scaleplan.memory.sharding import (
+    OPTIMIZER_IMPL_ALIASES,
+    OPTIMIZER_IMPLS,
+    normalize_optimizer_impl,
+)
+from scaleplan.memory.states import OPTIMIZER_ALIASES, OPTIMIZERS, normalize_optimizer
+from scaleplan.model.config import PRECISION_ALIASES, PRECISIONS, normalize_precision
 
 __all__ = ["VersionAction", "add_plan_knobs", "names_with_aliases", "package_version",
            "plan_options", "precision_names", "run_defaults"]
@@ -84,7 +88,7 @@ def precision_names() -> list[str]:
     >>> precision_names()[:3]
     ['auto', '32-true', 'bf16-mixed']
     """
-    return [AUTO_PRECISION, *PRECISIONS, *_PRECISION_ALIASES]
+    return [AUTO_PRECISION, *PRECISIONS, *PRECISION_ALIASES]
 
 
 def _named(flag: str, normalize: Any) -> Any:
@@ -134,7 +138,7 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
     q.add_argument("--precision", default=AUTO_PRECISION, type=_named("--precision", _precision),
                    metavar="NAME", help="auto (default: bf16 autocast where the GPU has bf16 "
                    "tensor cores, fp16 autocast otherwise), or one of: "
-                   + names_with_aliases(PRECISIONS, _PRECISION_ALIASES))
+                   + names_with_aliases(PRECISIONS, PRECISION_ALIASES))
     sharding = q.add_mutually_exclusive_group()
     sharding.add_argument("--zero", type=int, choices=ZERO_STAGES, default=0,
                           help="ZeRO stage over the data-parallel GPUs (--world-size): 1 shards "
@@ -150,11 +154,11 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
     q.add_argument("--optimizer", default="adamw", metavar="NAME",
                    type=_named("--optimizer", normalize_optimizer),
                    help="default: %(default)s; one of: "
-                   + names_with_aliases(OPTIMIZERS, _OPTIMIZER_ALIASES))
+                   + names_with_aliases(OPTIMIZERS, OPTIMIZER_ALIASES))
     q.add_argument("--optimizer-impl", metavar="IMPL",
                    type=_named("--optimizer-impl", normalize_optimizer_impl),
                    help="torch's AdamW implementation, for the optimizer step's temporaries: "
-                   + names_with_aliases(OPTIMIZER_IMPLS, _IMPL_ALIASES)
+                   + names_with_aliases(OPTIMIZER_IMPLS, OPTIMIZER_IMPL_ALIASES)
                    + " (default: torch's, foreach on CUDA)")
     q.add_argument("--attention", choices=get_args(AttentionKind), default="flash",
                    help="flash (SDPA, no s x s scores kept) or eager (default: %(default)s)")

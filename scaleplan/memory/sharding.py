@@ -29,12 +29,12 @@ from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
 from scaleplan.model.shapes import parameters, split_by_block
 
-__all__ = ["OPTIMIZER_IMPLS", "OptimizerImpl", "model_states", "normalize_optimizer_impl",
-           "optimizer_temporaries", "per_rank"]
+__all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
+           "normalize_optimizer_impl", "optimizer_temporaries", "per_rank"]
 
 OptimizerImpl = Literal["foreach", "fused", "for-loop"]
 OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
-_IMPL_ALIASES = {"for_loop": "for-loop", "forloop": "for-loop"}
+OPTIMIZER_IMPL_ALIASES = {"for_loop": "for-loop", "forloop": "for-loop"}
 
 
 def normalize_optimizer_impl(impl: object) -> OptimizerImpl | None:
@@ -49,7 +49,7 @@ def normalize_optimizer_impl(impl: object) -> OptimizerImpl | None:
         return None
     spelling = impl.strip().lower() if isinstance(impl, str) else ""  # 42, True: no name
     return canonical("optimizer_impl", impl, OPTIMIZER_IMPLS,  # type: ignore[return-value]
-                     _IMPL_ALIASES, spelling=spelling)
+                     OPTIMIZER_IMPL_ALIASES, spelling=spelling)
 
 
 def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,

@@ -18,6 +18,7 @@ from scaleplan.model.shapes import across_model, parameters
 __all__ = [
     "ADAMW_STEP_BYTES",
     "OPTIMIZERS",
+    "OPTIMIZER_ALIASES",
     "OptimizerName",
     "gradient_bytes",
     "optimizer_state_bytes",
@@ -28,7 +29,7 @@ __all__ = [
 
 OptimizerName = Literal["adamw", "adamw-8bit", "sgd", "sgd-momentum", "adafactor", "lion"]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
-_OPTIMIZER_ALIASES = {"adam": "adamw", "adamw8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit",
+OPTIMIZER_ALIASES = {"adam": "adamw", "adamw8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit",
                       "paged-adamw-8bit": "adamw-8bit", "momentum": "sgd-momentum"}
 
 # bitsandbytes (Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization", Sec. 2):
@@ -59,7 +60,7 @@ def normalize_optimizer(name: str) -> OptimizerName:
     >>> normalize_optimizer("AdamW_8bit")
     'adamw-8bit'
     """
-    return canonical("optimizer", name, OPTIMIZERS, _OPTIMIZER_ALIASES)  # type: ignore[return-value]
+    return canonical("optimizer", name, OPTIMIZERS, OPTIMIZER_ALIASES)  # type: ignore[return-value]
 
 
 def shape_stats(cfg: GPTConfig) -> tuple[int, int]:

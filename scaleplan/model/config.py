@@ -30,6 +30,7 @@ from scaleplan.errors import UnknownNameError, shown
 
 __all__ = [
     "PRECISIONS",
+    "PRECISION_ALIASES",
     "GPTConfig",
     "MLPKind",
     "NormKind",
@@ -57,7 +58,7 @@ Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 # Other spellings people use for the same precisions (nanoGPT's ``dtype``, torch dtype names).
-_PRECISION_ALIASES: dict[str, str] = {
+PRECISION_ALIASES: dict[str, str] = {
     "fp32": "32-true",
     "float32": "32-true",
     "32": "32-true",
@@ -77,7 +78,7 @@ def normalize_precision(value: str) -> Precision:
     >>> normalize_precision("bfloat16")
     'bf16-mixed'
     """
-    return canonical("precision", value, PRECISIONS, _PRECISION_ALIASES)  # type: ignore[return-value]
+    return canonical("precision", value, PRECISIONS, PRECISION_ALIASES)  # type: ignore[return-value]
 
 
 # Llama's feed-forward width rule (facebookresearch/llama model.py): 2/3 of 4*d, rounded up to a
