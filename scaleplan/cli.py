@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--total-tokens", help="tokens for the run, or 'chinchilla' (default)")
     q.add_argument("--hours", type=float, help="train for this long instead")
     add_plan_knobs(q)
-    q.add_argument("--law", default="chinchilla", help="scaling law (default: %(default)s)")
+    q.add_argument("--law", help="scaling law (default: the --data's web-text law when "
+                   "published runs calibrate it, as diagnose uses; else chinchilla)")
     q.add_argument("--data", help="the dataset trained on (fineweb, fineweb-edu, openwebtext): "
                    "adds the expected loss on it, GPT-2 tokens (default: a nanoGPT file's "
                    "dataset when calibrated)")

@@ -685,3 +685,26 @@ def test_throughput_of_a_per_device_rate_is_one_gpus() -> None:
     assert f is not None and f.numbers["n_gpus"] == 1
     assert math.isclose(float(f.numbers["mfu_percent"]), 100 * 3000 * per_token / 312e12)
     assert "printed tokens/s per GPU" in f.message
+
+
+def test_plan_and_diagnose_give_one_compute_optimal_budget_on_calibrated_data() -> None:
+    # issue 21: "plan says the compute-optimal budget is 649,341,607 tokens and diagnose says
+    # near 0.82B. Use one definition everywhere, and say which." For a run on FineWeb both now
+    # take Porian et al.'s RefinedWeb law (the data's law, named in both); without data both
+    # take Chinchilla's
+    from scaleplan.model.params import count_params
+    from scaleplan.planning.planner import plan
+    from scaleplan.scaling.tokens import chinchilla_tokens
+
+    run = load_nanogpt_config("train_fineweb.py", text="n_layer = 12\nn_head = 6\nn_embd = 384\n"
+                              "dataset = 'fineweb'\n")
+    total = count_params(run.model).total  # 40,953,216 (the seed model, wpe included)
+    log = read_log("t.log", text="step 14500: train loss 3.6415, val loss 3.5696\n")
+    d = diagnose(config=run, log=log)
+    p = plan(run.model, "RTX 4070", data="fineweb")
+    budget = d.finding("past-compute-optimal")
+    assert budget is not None and d.law == p.law == "porian2024-refinedweb"
+    assert budget.numbers["compute_optimal_tokens"] == p.compute_optimal_tokens == \
+        int(chinchilla_tokens(total, method="porian2024-refinedweb"))
+    assert "porian2024-refinedweb's compute-optimal budget" in budget.message
+    assert plan(run.model, "RTX 4070").law == "chinchilla"  # no data: Chinchilla's, as before

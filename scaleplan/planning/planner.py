@@ -44,7 +44,7 @@ from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, lar
 from scaleplan.planning.remedies import Remedy
 from scaleplan.scaling.laws import scaling_law
 from scaleplan.scaling.tokens import chinchilla_tokens
-from scaleplan.scaling.webtext import ExpectedLoss, expected_loss
+from scaleplan.scaling.webtext import ExpectedLoss, expected_loss, law_for_data
 
 __all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
 
@@ -225,7 +225,7 @@ def plan(
     precision: str = "auto",
     seq_len: int | None = None,
     mfu: float | None = None,
-    law: str = "chinchilla",
+    law: str | None = None,
     data: str | None = None,
     tokenizer: str = "gpt2",
     optimizer: str = "adamw",
@@ -255,7 +255,9 @@ def plan(
             figure; by default it is the median of published runs on the GPU's class, and the
             time comes with a range from their lowest and highest MFU
             (`scaleplan.compute.mfu_defaults.default_mfu`).
-        law: the scaling law for compute-optimal tokens and the expected loss.
+        law: the scaling law for compute-optimal tokens and the expected loss; default: the
+            web-text law of ``data`` when published runs calibrate it (the one `diagnose` uses,
+            so both give one compute-optimal budget), else Chinchilla's.
         data: the dataset trained on (``"fineweb"``, ``"openwebtext"``, ...): adds
             ``expected_loss_on_data``, the loss on that data under ``tokenizer`` from a web-text
             law calibrated on published runs (`scaleplan.scaling.webtext.expected_loss`).
@@ -304,7 +306,7 @@ def plan(
     mem = memory(chosen)
     budget = _budget(cfg, spec, settings, seq_len=seq_len, tokens_per_step=tokens_per_step,
                      world_size=layout.world_size, total_tokens=total_tokens, hours=hours,
-                     mfu=mfu_given, law=law)
+                     mfu=mfu_given, law=law if law is not None else law_for_data(data, tokenizer))
     warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
                               budget.compute_optimal_tokens)
     on_data = None if data is None else expected_loss(cfg, tokens=budget.total_tokens, data=data,
