@@ -12,7 +12,8 @@ is of the answer a user waits for, not of equal work.
 Each is warmed up, then timed in alternating rounds in the same process (median of the rounds,
 each round the mean of ``--inner`` calls), and the ratio scaleplan / llm-analysis is printed.
 The cold CLI is timed as the wall time of fresh ``python -m scaleplan.cli plan gpt2 ...``
-processes (median of ``--cold`` runs) beside ``python -c pass``, the interpreter's own floor;
+processes (median of ``--cold`` runs) beside ``python -c pass``, the interpreter's own floor,
+and, with ``--baseline DIR``, beside the same command of another checkout, interleaved;
 ``--importtime`` also prints the ten slowest imports of one cold run (``python -X importtime``).
 
 Not a unit test (CI does not run it): run it by hand from the repository root,
@@ -112,16 +113,19 @@ def _wall(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def cold_cli(runs: int) -> dict[str, float]:
-    """Median wall seconds of fresh ``scaleplan plan`` processes and of ``python -c pass``."""
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+def cold_cli(runs: int, baseline: str | None = None) -> dict[str, float]:
+    """Median wall seconds of fresh ``scaleplan plan`` processes and of ``python -c pass``
+    (and of the ``baseline`` checkout's ``scaleplan plan``, interleaved, when given)."""
+    trees = {"cli": os.getcwd(), **({"baseline": baseline} if baseline else {})}
     cli = [sys.executable, "-m", "scaleplan.cli", *CLI_ARGS]
     floor = [sys.executable, "-c", "pass"]
-    _wall(cli, env)  # the first run fills the OS file cache and writes .pyc files
-    walls: dict[str, list[float]] = {"cli": [], "floor": []}
+    for tree in trees.values():  # the first run fills the OS file cache and writes .pyc files
+        _wall(cli, {**os.environ, "PYTHONPATH": tree})
+    walls: dict[str, list[float]] = {"floor": [], **{name: [] for name in trees}}
     for _ in range(runs):
-        walls["cli"].append(_wall(cli, env))
-        walls["floor"].append(_wall(floor, env))
+        for name, tree in trees.items():
+            walls[name].append(_wall(cli, {**os.environ, "PYTHONPATH": tree}))
+        walls["floor"].append(_wall(floor, dict(os.environ)))
     return {name: statistics.median(w) for name, w in walls.items()}
 
 
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inner", type=int, default=50, help="calls per round")
     parser.add_argument("--cold", type=int, default=9, help="fresh CLI processes (median)")
     parser.add_argument("--importtime", action="store_true", help="the slowest imports")
+    parser.add_argument("--baseline", metavar="DIR", help="another checkout (e.g. of main, "
+                        "from `git archive`) whose cold CLI is timed interleaved with this one")
     args = parser.parse_args(argv)
 
     calls = {"scaleplan.plan": scaleplan_call()}
@@ -160,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         ratio = medians["scaleplan.plan"] / medians["llm_analysis.train"]
         print(f"{'ratio':>20}: scaleplan / llm-analysis = {ratio:.2f}x")
 
-    cold = cold_cli(args.cold)
+    cold = cold_cli(args.cold, args.baseline)
     print(f"{'cold scaleplan plan':>20}: {cold['cli']:.3f} s wall (median of {args.cold}; "
           f"bar {COLD_BAR_S} s)")
+    if args.baseline:
+        print(f"{'baseline':>20}: {cold['baseline']:.3f} s wall ({args.baseline}; this tree "
+              f"takes {cold['cli'] / cold['baseline']:.2f}x its time)")
     print(f"{'python -c pass':>20}: {cold['floor']:.3f} s wall (the floor)")
     if args.importtime:
         print("slowest top-level imports of a cold `scaleplan plan` (cumulative us):")
