@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache, wraps
 from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
@@ -141,17 +141,17 @@ def _list_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     tensors = [Tensor("wte.weight", (V, d), "token_embedding")]
     if cfg.position == "learned":
         tensors.append(Tensor("wpe.weight", (cfg.block_size, d), "position_embedding"))
-    block = [
-        *_norm("ln_1", cfg),
+    block = [  # one block's tensors, each marked per_block
+        *_norm("ln_1", cfg, per_block=True),
         *_linear("attn.c_attn", (qkv, d), "attention", bias=cfg.qkv_bias),
         *_linear("attn.c_proj", (d, cfg.n_head * cfg.head_dim), "attention",
                  bias=cfg.attn_out_bias),
-        *_norm("ln_2", cfg),
+        *_norm("ln_2", cfg, per_block=True),
         *_linear("mlp.c_fc", (f, d), "mlp", bias=cfg.mlp_bias),
         *(_linear("mlp.c_gate", (f, d), "mlp", bias=cfg.mlp_bias) if cfg.gated_mlp else ()),
         *_linear("mlp.c_proj", (d, f), "mlp", bias=cfg.mlp_bias),
     ]
-    tensors += [replace(t, per_block=True) for t in block]
+    tensors += block
     tensors += _norm("ln_f", cfg)
     tensors.append(Tensor("lm_head.weight", (V, d), "lm_head", matmul=True,
                           tied=bool(cfg.tie_embeddings)))
@@ -201,14 +201,17 @@ def split_by_block(tensors: Iterable[Tensor],
 
 
 def _linear(name: str, shape: tuple[Any, Any], part: Part, *, bias: Any) -> tuple[Tensor, ...]:
-    """A ``torch.nn.Linear``: the (out, in) weight and, when ``bias``, an out-sized bias."""
-    weight = Tensor(f"{name}.weight", shape, part, matmul=True)
-    return (weight, Tensor(f"{name}.bias", shape[:1], part, bias=True)) if bias else (weight,)
+    """A block's ``torch.nn.Linear``: the (out, in) weight and, when ``bias``, an out-sized
+    bias, both ``per_block``."""
+    weight = Tensor(f"{name}.weight", shape, part, matmul=True, per_block=True)
+    return ((weight, Tensor(f"{name}.bias", shape[:1], part, bias=True, per_block=True)) if bias
+            else (weight,))
 
 
-def _norm(name: str, cfg: GPTConfig) -> list[Tensor]:
+def _norm(name: str, cfg: GPTConfig, *, per_block: bool = False) -> list[Tensor]:
     """A LayerNorm or RMSNorm over n_embd: a scale, and a bias for LayerNorm with bias."""
     d = cfg.n_embd
-    scale = Tensor(f"{name}.weight", (d,), "norms")
-    return [scale, Tensor(f"{name}.bias", (d,), "norms", bias=True)] if cfg.norm_bias else [scale]
+    scale = Tensor(f"{name}.weight", (d,), "norms", per_block=per_block)
+    bias = Tensor(f"{name}.bias", (d,), "norms", bias=True, per_block=per_block)
+    return [scale, bias] if cfg.norm_bias else [scale]
 
