@@ -51,16 +51,26 @@ CLI_ARGS = ["plan", "gpt2", "--gpu", "A100 SXM 80GB",
 COLD_BAR_S = 0.3  # issue 21: a cold `scaleplan plan` under 0.3 s
 
 
-def scaleplan_call() -> Callable[[], Any]:
-    """scaleplan's answer to the question, as a call."""
+FRESH_CONFIGS = 200  # more than scaleplan.model.shapes.CACHED_CONFIGS: every call a miss
+
+
+def scaleplan_call(*, fresh: bool = False) -> Callable[[], Any]:
+    """scaleplan's answer to the question, as a call; with ``fresh``, each call asks about a
+    config its caches have not seen (GPT-2 with another vocabulary size, in turn)."""
+    import itertools
+
     from scaleplan import GPTConfig, plan
 
-    cfg = GPTConfig.preset("gpt2")
+    gpt2 = GPTConfig.preset("gpt2")
+    fields = {name: getattr(gpt2, name) for name in GPTConfig.model_fields}
+    configs = itertools.cycle([GPTConfig(**{**fields, "vocab_size": gpt2.vocab_size + i})
+                               for i in range(FRESH_CONFIGS if fresh else 1)])
 
     def call() -> Any:
-        return plan(cfg, "A100 SXM 80GB", tokens_per_step=MICRO_BATCH * SEQ_LEN * GRAD_ACCUM,
-                    total_tokens=TOTAL_TOKENS, precision="bf16-mixed", seq_len=SEQ_LEN,
-                    mfu=FLOPS_EFFICIENCY, optimizer="adamw", attention="flash")
+        return plan(next(configs), "A100 SXM 80GB",
+                    tokens_per_step=MICRO_BATCH * SEQ_LEN * GRAD_ACCUM, total_tokens=TOTAL_TOKENS,
+                    precision="bf16-mixed", seq_len=SEQ_LEN, mfu=FLOPS_EFFICIENCY,
+                    optimizer="adamw", attention="flash")
 
     return call
 
@@ -147,12 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds (median)")
     parser.add_argument("--inner", type=int, default=50, help="calls per round")
     parser.add_argument("--cold", type=int, default=9, help="fresh CLI processes (median)")
+    parser.add_argument("--fresh", action="store_true", help="also time plan() on a config "
+                        "not seen before at each call (its per-config caches missing)")
     parser.add_argument("--importtime", action="store_true", help="the slowest imports")
     parser.add_argument("--baseline", metavar="DIR", help="another checkout (e.g. of main, "
                         "from `git archive`) whose cold CLI is timed interleaved with this one")
     args = parser.parse_args(argv)
 
     calls = {"scaleplan.plan": scaleplan_call()}
+    if args.fresh:
+        calls["plan, new config"] = scaleplan_call(fresh=True)
     theirs = llm_analysis_call()
     if theirs is None:
         print("llm-analysis is not installed (pip install llm-analysis): side by side skipped")
@@ -163,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>20}: {seconds * 1e3:7.3f} ms per call (median of {args.rounds} rounds "
               f"of {args.inner})")
     if theirs is not None:
-        ratio = medians["scaleplan.plan"] / medians["llm_analysis.train"]
-        print(f"{'ratio':>20}: scaleplan / llm-analysis = {ratio:.2f}x")
+        for name in calls:
+            if name != "llm_analysis.train":
+                ratio = medians[name] / medians["llm_analysis.train"]
+                print(f"{'ratio':>20}: {name} / llm-analysis = {ratio:.2f}x")
 
     cold = cold_cli(args.cold, args.baseline)
     print(f"{'cold scaleplan plan':>20}: {cold['cli']:.3f} s wall (median of {args.cold}; "
