@@ -26,7 +26,6 @@ from pydantic import ValidationError
 from scaleplan.cli_options import VersionAction, add_plan_knobs
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
-from scaleplan.model.loaders import from_hf, load_nanogpt_config
 from scaleplan.model.params import ParamCount, count_params
 from scaleplan.units import format_count, format_gib
 
@@ -58,8 +57,10 @@ def _load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
     path = Path(spec)
     if spec.endswith(".json") or (path.suffix == "" and path.is_file() and spec not in
                                   GPTConfig.presets()):
+        from scaleplan.model.loaders import from_hf  # files only: a preset needs no reader
         return from_hf(spec), spec, None
     if spec.endswith(".py"):
+        from scaleplan.model.loaders import load_nanogpt_config
         run = load_nanogpt_config(spec)
         return run.model, spec, run.claimed_params
     if spec not in GPTConfig.presets() and path.is_dir():
@@ -90,6 +91,7 @@ def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
+    from scaleplan.model.loaders import load_nanogpt_config
     cfg, label, claimed = load_model(args.model)
     pc = count_params(cfg)
     # what reading a nanoGPT file skipped or assumed (init_from, meta.pkl's vocabulary, ...)

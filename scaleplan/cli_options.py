@@ -218,11 +218,12 @@ def nanogpt_mfu(percent: float, gpu: str, precision: str) -> float:
 def run_defaults(args: argparse.Namespace) -> tuple[int | None, int | None, str | None]:
     """Tokens per step, seq_len and dataset: the flags', else a nanoGPT file's own (its
     dataset only when published runs calibrate it: not shakespeare_char)."""
-    from scaleplan.model.loaders import load_nanogpt_config
     from scaleplan.scaling.webtext import is_calibrated
 
     tokens_per_step, seq_len, data = args.tokens_per_step, args.seq_len, args.data
     if args.model.endswith(".py"):
+        from scaleplan.model.loaders import load_nanogpt_config  # a file's reader: not a preset
+
         run = load_nanogpt_config(args.model)
         tokens_per_step = (run.training.tokens_per_step if tokens_per_step is None
                            else tokens_per_step)

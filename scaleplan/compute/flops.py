@@ -30,7 +30,7 @@ from scaleplan.checks import finite, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import across_model, model_tensors
+from scaleplan.model.shapes import across_model, model_tensors, per_config
 
 __all__ = [
     "FlopsMethod",
@@ -160,6 +160,12 @@ def flops_per_token(
     855166464.0
     """
     seq_len = _check_seq_len(seq_len, causal)
+    return _checked_flops_per_token(cfg, seq_len, causal, recompute, method)
+
+
+@per_config
+def _checked_flops_per_token(cfg: GPTConfig, seq_len: int, causal: bool, recompute: Recompute,
+                             method: FlopsMethod) -> float:
     return finite("flops_per_token", token_flops(cfg, seq_len, causal=causal,
                                                  recompute=recompute, method=method))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from scaleplan.model.config import GPTConfig, Precision
-from scaleplan.model.shapes import across_model, model_tensors
+from scaleplan.model.shapes import across_model, model_tensors, per_config
 
 __all__ = [
     "TENSOR_PARALLEL_SPLIT_TERMS",
@@ -256,6 +256,7 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     return terms
 
 
+@per_config
 def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
                                layers: int | None = None, head: bool = True) -> Any:
     """Bytes of autocast's bf16/fp16 copies of the matmul weights of ``layers`` blocks (default

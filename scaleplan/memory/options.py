@@ -21,6 +21,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+from scaleplan.model.shapes import per_config
 
 __all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "step_options"]
 
@@ -48,6 +49,7 @@ class StepOptions:
     allocator_slack_fraction: float
 
 
+@per_config
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,

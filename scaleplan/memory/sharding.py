@@ -27,7 +27,7 @@ from scaleplan.memory.states import (
 )
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import parameters, split_by_block
+from scaleplan.model.shapes import parameters, per_config, split_by_block
 
 __all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
            "normalize_optimizer_impl", "optimizer_temporaries", "per_rank"]
@@ -52,6 +52,7 @@ def normalize_optimizer_impl(impl: object) -> OptimizerImpl | None:
                      OPTIMIZER_IMPL_ALIASES, spelling=spelling)
 
 
+@per_config
 def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
                  layers: int, embeds: bool, heads: bool,
                  temp: int) -> tuple[int, int, int, int]:
@@ -119,6 +120,7 @@ def per_rank(x: Any, t: int) -> Any:
     return x if t == 1 else -(-x // t)
 
 
+@per_config
 def optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
                            impl: OptimizerImpl | None) -> int:
     """Peak temporaries of ``optimizer.step()`` in torch 2.x, for the whole model.

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig, config_type_message
-from scaleplan.model.shapes import PARTS, across_model, parameters
+from scaleplan.model.shapes import PARTS, across_model, parameters, per_config
 
 __all__ = ["ParamCount", "count_params", "param_terms"]
 
@@ -93,6 +93,11 @@ def count_params(cfg: GPTConfig) -> ParamCount:
     """
     if not isinstance(cfg, GPTConfig):
         raise ScaleplanError(config_type_message("count_params", cfg))
+    return _count(cfg)
+
+
+@per_config
+def _count(cfg: GPTConfig) -> ParamCount:  # frozen: one count per config, shared
     return ParamCount(**param_terms(cfg))
 
 
@@ -107,7 +112,15 @@ def param_terms(cfg: GPTConfig) -> dict[str, Any]:
 
     >>> param_terms(GPTConfig.preset("gpt2"))["per_layer"]
     7087872
+
+    A `GPTConfig`'s terms are summed once and kept (frozen, hashable: see
+    `scaleplan.model.shapes.model_tensors`); each call returns its own dict.
     """
+    return dict(_sum_terms(cfg))
+
+
+@per_config
+def _sum_terms(cfg: GPTConfig) -> dict[str, Any]:
     tensors = parameters(cfg)
     part: dict[str, Any] = {name: across_model(cfg, [t for t in tensors if t.part == name])
                             for name in PARTS}

@@ -22,18 +22,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from functools import lru_cache, wraps
+from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["PARTS", "Part", "Tensor", "across_model", "model_tensors", "parameters",
-           "split_by_block"]
+__all__ = ["CACHED_CONFIGS", "PARTS", "Part", "Tensor", "across_model", "model_tensors",
+           "parameters", "per_config", "split_by_block"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Part = Literal["token_embedding", "position_embedding", "attention", "mlp", "norms", "lm_head"]
 """Where a tensor belongs: the names of `scaleplan.model.params.ParamCount`'s parts."""
 PARTS: tuple[Part, ...] = get_args(Part)
 """The parts, in model order."""
+CACHED_CONFIGS = 64
+"""Configs whose tensor lists are kept (a sweep over sizes touches a few dozen)."""
 
 
 @dataclass(frozen=True)
@@ -80,23 +86,72 @@ def model_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     ... # doctest: +NORMALIZE_WHITESPACE
     ['ln_1.weight', 'attn.c_attn.weight', 'attn.c_proj.weight', 'ln_2.weight',
      'mlp.c_fc.weight', 'mlp.c_gate.weight', 'mlp.c_proj.weight']
+
+    A `GPTConfig` is frozen and hashable and the tensors are frozen too, so the list of a config
+    is built once and shared (`plan` asks for it a dozen times per micro-batch it tries); any
+    other config-like object (the symbolic view of `scaleplan.symbolic`) is listed afresh.
     """
+    return _list_tensors(cfg)
+
+
+def per_config(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` computed once per `GPTConfig` and arguments, and kept (`functools.lru_cache`).
+
+    For pure functions of a config and hashable settings (ints, strings, frozen models) whose
+    result is immutable: a frozen `GPTConfig` hashes and compares by its fields, so equal
+    configs share one entry. Arguments are told apart by type too (``typed``: ``True``, ``1``
+    and ``1.0`` are equal in Python but one may be an error where another is not); an error is
+    raised again each time, never kept. Any other first argument (the symbolic view of
+    `scaleplan.symbolic`) calls ``fn`` afresh.
+
+    >>> calls = []
+    >>> @per_config
+    ... def width(cfg): calls.append(1); return cfg.n_embd
+    >>> width(GPTConfig.preset("gpt2")), width(GPTConfig.preset("gpt2")), len(calls)
+    (768, 768, 1)
+    """
+    cached: Callable[..., R] = lru_cache(maxsize=CACHED_CONFIGS, typed=True)(fn)
+
+    @wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        if not isinstance(args[0], GPTConfig):
+            return fn(*args, **kwargs)
+        try:
+            return cached(*args, **kwargs)
+        except TypeError:
+            if _hashable(args, kwargs):  # raised by fn itself
+                raise
+        return fn(*args, **kwargs)  # a list or dict passed by mistake: fn says what is wrong
+
+    return call
+
+
+def _hashable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    try:
+        hash((args, tuple(kwargs.values())))
+    except TypeError:
+        return False
+    return True
+
+
+@per_config
+def _list_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     d, V, f = cfg.n_embd, cfg.vocab_size, cfg.mlp_hidden
     qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
     tensors = [Tensor("wte.weight", (V, d), "token_embedding")]
     if cfg.position == "learned":
         tensors.append(Tensor("wpe.weight", (cfg.block_size, d), "position_embedding"))
-    block = [
-        *_norm("ln_1", cfg),
+    block = [  # one block's tensors, each marked per_block
+        *_norm("ln_1", cfg, per_block=True),
         *_linear("attn.c_attn", (qkv, d), "attention", bias=cfg.qkv_bias),
         *_linear("attn.c_proj", (d, cfg.n_head * cfg.head_dim), "attention",
                  bias=cfg.attn_out_bias),
-        *_norm("ln_2", cfg),
+        *_norm("ln_2", cfg, per_block=True),
         *_linear("mlp.c_fc", (f, d), "mlp", bias=cfg.mlp_bias),
         *(_linear("mlp.c_gate", (f, d), "mlp", bias=cfg.mlp_bias) if cfg.gated_mlp else ()),
         *_linear("mlp.c_proj", (d, f), "mlp", bias=cfg.mlp_bias),
     ]
-    tensors += [replace(t, per_block=True) for t in block]
+    tensors += block
     tensors += _norm("ln_f", cfg)
     tensors.append(Tensor("lm_head.weight", (V, d), "lm_head", matmul=True,
                           tied=bool(cfg.tie_embeddings)))
@@ -109,6 +164,11 @@ def parameters(cfg: GPTConfig) -> tuple[Tensor, ...]:
     >>> sum(1 for t in parameters(GPTConfig.preset("gpt2")) if t.per_block)  # 4 w + 4 b + 2 ln
     12
     """
+    return _untied(cfg)
+
+
+@per_config
+def _untied(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return tuple(t for t in model_tensors(cfg) if not t.tied)
 
 
@@ -141,14 +201,17 @@ def split_by_block(tensors: Iterable[Tensor],
 
 
 def _linear(name: str, shape: tuple[Any, Any], part: Part, *, bias: Any) -> tuple[Tensor, ...]:
-    """A ``torch.nn.Linear``: the (out, in) weight and, when ``bias``, an out-sized bias."""
-    weight = Tensor(f"{name}.weight", shape, part, matmul=True)
-    return (weight, Tensor(f"{name}.bias", shape[:1], part, bias=True)) if bias else (weight,)
+    """A block's ``torch.nn.Linear``: the (out, in) weight and, when ``bias``, an out-sized
+    bias, both ``per_block``."""
+    weight = Tensor(f"{name}.weight", shape, part, matmul=True, per_block=True)
+    return ((weight, Tensor(f"{name}.bias", shape[:1], part, bias=True, per_block=True)) if bias
+            else (weight,))
 
 
-def _norm(name: str, cfg: GPTConfig) -> list[Tensor]:
+def _norm(name: str, cfg: GPTConfig, *, per_block: bool = False) -> list[Tensor]:
     """A LayerNorm or RMSNorm over n_embd: a scale, and a bias for LayerNorm with bias."""
     d = cfg.n_embd
-    scale = Tensor(f"{name}.weight", (d,), "norms")
-    return [scale, Tensor(f"{name}.bias", (d,), "norms", bias=True)] if cfg.norm_bias else [scale]
+    scale = Tensor(f"{name}.weight", (d,), "norms", per_block=per_block)
+    bias = Tensor(f"{name}.bias", (d,), "norms", bias=True, per_block=per_block)
+    return [scale, bias] if cfg.norm_bias else [scale]
 

@@ -8,6 +8,7 @@ float) or raises a `ScaleplanError` naming the argument, its value and a fix.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
@@ -136,8 +137,7 @@ def passed_options(caller: str, target: Callable[..., Any], options: dict[str, A
     """``options`` that ``caller`` passes on to ``target``: only ``target``'s keyword-only
     arguments outside ``reserved`` (which the caller sets itself), and a CUDA context within
     `MAX_CONTEXT_BYTES`; anything else is an error naming the option."""
-    known = [name for name, p in inspect.signature(target).parameters.items()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in reserved]
+    known = [name for name in _keyword_only(target) if name not in reserved]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ScaleplanError(f"{caller}() got an unknown option {shown(unknown[0])}; the options "
@@ -148,3 +148,10 @@ def passed_options(caller: str, target: Callable[..., Any], options: dict[str, A
             "cuda_context_bytes", checked["cuda_context_bytes"], minimum=0,
             maximum=MAX_CONTEXT_BYTES, example="cuda_context_bytes=2**29")
     return checked
+
+
+@functools.lru_cache(maxsize=16)
+def _keyword_only(target: Callable[..., Any]) -> tuple[str, ...]:
+    """``target``'s keyword-only arguments, in order (read once: ``inspect`` is slow)."""
+    return tuple(name for name, p in inspect.signature(target).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)

@@ -10,6 +10,7 @@ section 2.1).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
@@ -48,9 +49,18 @@ _HINTS = {
 }
 
 
+_INT64_LIMIT = 2**63  # numpy's own ints; a larger Python int takes the checked path
+
+
 def positive_values(name: str, value: ArrayLike) -> FloatArray:
     """``value`` as float64, rejecting anything non-positive, NaN or infinite (naming ``name``):
-    `scaleplan.checks.positive_array` with a hint for each quantity of the scaling laws."""
+    `scaleplan.checks.positive_array` with a hint for each quantity of the scaling laws.
+
+    A plain positive finite int or float (what `scaleplan.planning.planner.plan` passes) skips
+    the element-by-element checks: the same 0-d float64 array, without their cost."""
+    if (type(value) is float and 0 < value < math.inf) or (type(value) is int and
+                                                            0 < value < _INT64_LIMIT):
+        return np.asarray(value, dtype=np.float64)
     return positive_array(name, value, example=_HINTS.get(name, ""))
 
 

@@ -6,6 +6,8 @@ per token is ``scaleplan.compute.flops.flops_per_token``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, overload
 
 import numpy as np
@@ -71,7 +73,6 @@ def tokens_seen(steps: int, tokens_per_step: int) -> int:
 def chinchilla_tokens(n_params: float, *, method: str | BaseScalingLaw = ...) -> int: ...
 @overload
 def chinchilla_tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw = ...) -> FloatArray: ...
-@float_guard
 def chinchilla_tokens(
     n_params: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
 ) -> Any:
@@ -89,17 +90,30 @@ def chinchilla_tokens(
     811200000
     >>> f"{chinchilla_tokens(70e9, method='chinchilla'):.3g}"
     '4.58e+12'
+
+    The budget of a number (an int or a float) under a law is worked out once and kept:
+    `scaleplan.planning.planner.plan` asks for it on every call.
     """
+    if type(n_params) in (int, float):
+        try:
+            return _kept_tokens(n_params, method=method)
+        except TypeError:  # an unhashable method: said below
+            pass
+    return _guarded_tokens(n_params, method=method)
+
+
+def _tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw) -> Any:
     N = positive_values("n_params", n_params)
     if isinstance(method, str) and method == "rule-of-thumb":
         D = CHINCHILLA_TOKENS_PER_PARAM * N
-        least = 1 / CHINCHILLA_TOKENS_PER_PARAM
+        law = None
     else:
         law = _resolve_method(method)
         D = np.asarray(law.optimal_tokens_for_params(N))
-        least = float(law.optimal_params_for_tokens(1.0))
     small = D < 1  # would round to 0 tokens: no budget at all (issue 20)
     if small.any():
+        least = (1 / CHINCHILLA_TOKENS_PER_PARAM if law is None
+                 else float(law.optimal_params_for_tokens(1.0)))
         index = int(np.flatnonzero(small)[0])
         where = "" if N.ndim == 0 else f" at index {index}"
         raise ScaleplanError(
@@ -108,6 +122,11 @@ def chinchilla_tokens(
     if np.ndim(n_params) == 0:
         return round(float(D))
     return D
+
+
+_tokens.__name__ = "chinchilla_tokens"  # float_guard's errors name the public function
+_guarded_tokens = float_guard(_tokens)
+_kept_tokens: Callable[..., Any] = lru_cache(maxsize=256, typed=True)(_guarded_tokens)
 
 
 def _resolve_method(method: str | BaseScalingLaw) -> BaseScalingLaw:
