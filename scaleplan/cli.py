@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from scaleplan.cli_options import VersionAction, add_plan_knobs
+from scaleplan.cli_options import ConfigAndLog, VersionAction, add_plan_knobs
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import ParamCount, count_params
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="read a training log (and its config); say what is "
                        "wrong", usage="scaleplan diagnose [-h] [CONFIG] LOG [--gpu GPU] "
                        "[--vocab-size N] [--json]")
-    d.add_argument("files", nargs="+", metavar="[CONFIG] LOG", action=_ConfigAndLog,
+    d.add_argument("files", nargs="+", metavar="[CONFIG] LOG", action=ConfigAndLog,
                    help="the run's config (a nanoGPT .py, parsed, never executed, or a Hugging "
                    "Face config.json; optional) and its training log: nanoGPT, llm.c, "
                    "modded-nanogpt, build-nanogpt, litgpt, llama2.c or torchtitan stdout, Hugging "
@@ -308,17 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_diagnose)
     return parser
-
-
-class _ConfigAndLog(argparse.Action):
-    """``[CONFIG] LOG``: one path or two."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        if len(values) > 2:
-            parser.error(f"diagnose takes a config and a log, or a log alone; got {len(values)} "
-                         f"paths: {' '.join(values)}")
-        setattr(namespace, self.dest, values)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -34,8 +34,8 @@ from scaleplan.memory.sharding import (
 from scaleplan.memory.states import OPTIMIZER_ALIASES, OPTIMIZERS, normalize_optimizer
 from scaleplan.model.config import PRECISION_ALIASES, PRECISIONS, normalize_precision
 
-__all__ = ["VersionAction", "add_plan_knobs", "names_with_aliases", "package_version",
-           "plan_options", "precision_names", "run_defaults"]
+__all__ = ["ConfigAndLog", "VersionAction", "add_plan_knobs", "names_with_aliases",
+           "package_version", "plan_options", "precision_names", "run_defaults"]
 
 AUTO_PRECISION = "auto"
 #: What ``--mfu`` means, said in its help and in docs/cli.md.
@@ -231,3 +231,14 @@ def run_defaults(args: argparse.Namespace) -> tuple[int | None, int | None, str 
         if data is None and run.dataset and is_calibrated(run.dataset):
             data = run.dataset
     return tokens_per_step, seq_len, data
+
+
+class ConfigAndLog(argparse.Action):
+    """``scaleplan diagnose [CONFIG] LOG``: one path or two."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if len(values) > 2:
+            parser.error(f"diagnose takes a config and a log, or a log alone; got {len(values)} "
+                         f"paths: {' '.join(values)}")
+        setattr(namespace, self.dest, values)
