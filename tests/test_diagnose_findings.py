@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nanogpt_files import SHAKESPEARE_CHAR
 
 from scaleplan.diagnosis.examine import diagnose
 from scaleplan.diagnosis.logs import TrainingLog, read_log
@@ -570,27 +571,6 @@ def test_codes_come_in_the_documented_order() -> None:
 
 # ---- no false alarms: nanoGPT's own shakespeare_char run ------------------------------------
 
-SHAKESPEARE_CHAR = """\
-# nanoGPT config/train_shakespeare_char.py
-out_dir = 'out-shakespeare-char'
-eval_interval = 250
-eval_iters = 200
-log_interval = 10
-dataset = 'shakespeare_char'
-gradient_accumulation_steps = 1
-batch_size = 64
-block_size = 256
-n_layer = 6
-n_head = 6
-n_embd = 384
-dropout = 0.2
-learning_rate = 1e-3
-max_iters = 5000
-lr_decay_iters = 5000
-min_lr = 1e-4
-beta2 = 0.99
-warmup_iters = 100
-"""
 
 
 def test_the_shakespeare_char_run_overfits_and_repeats_its_data_and_nothing_else() -> None:

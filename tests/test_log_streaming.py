@@ -5,7 +5,6 @@ and pipes read like files."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -147,7 +146,6 @@ def test_memory_is_bounded_by_the_records_kept(tmp_path: Path,
     # the peak barely moves with 4x the log
     small, large = peak(50_000), peak(200_000)
     assert large < 1.3 * small, (small, large)
-    assert math.isfinite(large)
 
 
 def test_a_file_with_nothing_recognisable_is_refused_early(

@@ -23,13 +23,13 @@ from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.errors import ConfigFileError, ScaleplanError
 from scaleplan.model.config import GPTConfig, TrainingConfig
 from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
+from scaleplan.model.nanogpt_meta import PADDED_GPT2_VOCAB
 
 __all__ = ["NEEDS_MODEL", "ConfigInput", "RunContext", "fresh_start", "gpu_or_note", "load_run",
            "vocab_for_checks", "with_dataset_vocab"]
 
 ConfigInput = NanoGPTRun | GPTConfig | str | os.PathLike[str]
 
-_NANOGPT_VOCAB = 50304  # nanoGPT's default vocab_size (GPT-2's 50,257 padded to 64)
 NEEDS_MODEL = ("size-mismatch, val-below-train-dropout, under-trained, past-compute-optimal, "
                "plateau, throughput and the recommendation")
 
@@ -65,7 +65,7 @@ def with_dataset_vocab(ctx: RunContext, dataset: KnownDataset | None,
     nanoGPT prints 10.65M parameters for its config, not 29.94M)."""
     run = ctx.run
     if run is None or dataset is None or dataset.vocab_size is None or \
-            run.model.vocab_size != _NANOGPT_VOCAB:
+            run.model.vocab_size != PADDED_GPT2_VOCAB:
         return
     ctx.run = run.model_copy(update={"model": run.model.replace(vocab_size=dataset.vocab_size)})
     notes.append(f"vocab_size = {dataset.vocab_size}: nanoGPT reads {dataset.name}'s vocabulary "
@@ -84,7 +84,7 @@ def vocab_for_checks(run: NanoGPTRun | None, dataset_name: str | None, given: in
                      "(--vocab-size on the command line)")
         return None
     vocab = run.model.vocab_size
-    if dataset_name is not None and "char" in dataset_name.lower() and vocab == _NANOGPT_VOCAB:
+    if dataset_name is not None and "char" in dataset_name.lower() and vocab == PADDED_GPT2_VOCAB:
         notes.append(f"dataset {dataset_name!r} looks character-level, and its vocabulary (in "
                      "its meta.pkl) is unknown: the ln(vocab) checks are skipped; pass "
                      "vocab_size= (--vocab-size)")

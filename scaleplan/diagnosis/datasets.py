@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from scaleplan.model.nanogpt_meta import KNOWN_CHAR_VOCABS
+
 __all__ = ["KNOWN_DATASETS", "KnownDataset", "known_dataset"]
 
 
@@ -34,7 +36,7 @@ KNOWN_DATASETS: tuple[KnownDataset, ...] = (
                  "nanoGPT data/openwebtext/prepare.py: train has 9,035,582,198 tokens"),
     # nanoGPT data/shakespeare_char/prepare.py prints "vocab size: 65", "train has 1,003,854
     # tokens" (one token a character)
-    KnownDataset("shakespeare_char", 1_003_854, 65,
+    KnownDataset("shakespeare_char", 1_003_854, KNOWN_CHAR_VOCABS["shakespeare_char"],
                  "nanoGPT data/shakespeare_char/prepare.py: train has 1,003,854 tokens, "
                  "vocab size 65"),
     # nanoGPT data/shakespeare/readme.md, after prepare.py: "train.bin has 301,966 tokens"

@@ -27,7 +27,8 @@ from typing import Any
 from scaleplan.errors import ConfigFileError, shown
 from scaleplan.files import read_bytes
 
-__all__ = ["MAX_META_BYTES", "PADDED_GPT2_VOCAB", "DatasetVocab", "dataset_vocab", "read_meta"]
+__all__ = ["KNOWN_CHAR_VOCABS", "MAX_META_BYTES", "PADDED_GPT2_VOCAB", "DatasetVocab",
+           "dataset_vocab", "read_meta"]
 
 #: nanoGPT train.py: "defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for
 #: efficiency)" when the data folder has no meta.pkl.
@@ -48,7 +49,7 @@ _MAX_VOCAB = 2**32
 _BPE_DATASETS = frozenset({"openwebtext", "shakespeare", "fineweb", "fineweb10B", "fineweb_edu",
                            "fineweb-edu", "edu_fineweb10B"})
 # nanoGPT data/shakespeare_char/prepare.py prints "vocab size: 65" (tiny Shakespeare's characters).
-_KNOWN_CHAR_VOCABS = {"shakespeare_char": 65}
+KNOWN_CHAR_VOCABS = {"shakespeare_char": 65}
 # nanoGPT names character-level data "<name>_char"; anchored on separators, so linear.
 _CHAR_LEVEL = re.compile(r"(?:^|[_\-])char(?:$|[_\-])")
 
@@ -85,8 +86,8 @@ def dataset_vocab(dataset: str, *, config_path: str | os.PathLike[str]) -> Datas
     where = f"data/{dataset}/meta.pkl"
     if dataset in _BPE_DATASETS:
         return DatasetVocab(PADDED_GPT2_VOCAB)
-    if dataset in _KNOWN_CHAR_VOCABS:
-        known = _KNOWN_CHAR_VOCABS[dataset]
+    if dataset in KNOWN_CHAR_VOCABS:
+        known = KNOWN_CHAR_VOCABS[dataset]
         return DatasetVocab(known, None, f"{where} not found; vocab_size = {known} assumed, the "
                             f"vocabulary nanoGPT's data/{dataset}/prepare.py builds")
     if _CHAR_LEVEL.search(dataset):
