@@ -28,8 +28,8 @@ from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["CACHED_CONFIGS", "PARTS", "Part", "Tensor", "across_model", "model_tensors",
-           "parameters", "per_config", "split_by_block"]
+__all__ = ["CACHED_CONFIGS", "PARTS", "Part", "Tensor", "across_model", "clear_config_caches",
+           "model_tensors", "parameters", "per_config", "split_by_block"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,6 +94,20 @@ def model_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return _list_tensors(cfg)
 
 
+_CACHES: list[Any] = []  # every per_config cache, for clear_config_caches
+
+
+def clear_config_caches() -> None:
+    """Forget every result `per_config` kept. The test suite does before each test: a cache
+    filled by one test (or by a parent process that forks, as mutation testing does) would
+    otherwise answer for a function another test means to run.
+
+    >>> clear_config_caches()
+    """
+    for cache in _CACHES:
+        cache.cache_clear()
+
+
 def per_config(fn: Callable[P, R]) -> Callable[P, R]:
     """``fn`` computed once per `GPTConfig` and arguments, and kept (`functools.lru_cache`).
 
@@ -111,6 +125,7 @@ def per_config(fn: Callable[P, R]) -> Callable[P, R]:
     (768, 768, 1)
     """
     cached: Callable[..., R] = lru_cache(maxsize=CACHED_CONFIGS, typed=True)(fn)
+    _CACHES.append(cached)
 
     @wraps(fn)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
