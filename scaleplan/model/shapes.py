@@ -118,6 +118,10 @@ def per_config(fn: Callable[P, R]) -> Callable[P, R]:
     raised again each time, never kept. Any other first argument (the symbolic view of
     `scaleplan.symbolic`) calls ``fn`` afresh.
 
+    Apply it by assignment (``_count = per_config(_count_body)``), never as a decorator on a
+    formula: mutmut 3 does not mutate decorated functions, so a decorated formula's body would
+    go untested by mutation (docs/development.md).
+
     >>> calls = []
     >>> @per_config
     ... def width(cfg): calls.append(1); return cfg.n_embd
@@ -149,8 +153,7 @@ def _hashable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return True
 
 
-@per_config
-def _list_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
+def _list_tensors_body(cfg: GPTConfig) -> tuple[Tensor, ...]:
     d, V, f = cfg.n_embd, cfg.vocab_size, cfg.mlp_hidden
     qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
     tensors = [Tensor("wte.weight", (V, d), "token_embedding")]
@@ -173,6 +176,9 @@ def _list_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return tuple(tensors)
 
 
+_list_tensors = per_config(_list_tensors_body)
+
+
 def parameters(cfg: GPTConfig) -> tuple[Tensor, ...]:
     """The tensors that are parameters of their own: `model_tensors` less a tied head.
 
@@ -182,9 +188,11 @@ def parameters(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return _untied(cfg)
 
 
-@per_config
-def _untied(cfg: GPTConfig) -> tuple[Tensor, ...]:
+def _untied_body(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return tuple(t for t in model_tensors(cfg) if not t.tied)
+
+
+_untied = per_config(_untied_body)
 
 
 def across_model(cfg: GPTConfig, tensors: Iterable[Tensor],
@@ -229,4 +237,3 @@ def _norm(name: str, cfg: GPTConfig, *, per_block: bool = False) -> list[Tensor]
     scale = Tensor(f"{name}.weight", (d,), "norms", per_block=per_block)
     bias = Tensor(f"{name}.bias", (d,), "norms", bias=True, per_block=per_block)
     return [scale, bias] if cfg.norm_bias else [scale]
-
