@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from scaleplan.errors import UnknownNameError
-from scaleplan.model.config import GPTConfig, TrainingConfig, normalize_precision
+from scaleplan.model.config import GPTConfig, normalize_precision
+from scaleplan.model.training_config import TrainingConfig
 
 
 def test_defaults_are_nanogpt_model_defaults() -> None:

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.files import read_text
-from scaleplan.model.config import TrainingConfig
 from scaleplan.model.loaders import MAX_CONFIG_BYTES, load_nanogpt_config
 from scaleplan.model.nanogpt_file import Value, parse_assignments
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.units import format_count
 
 if TYPE_CHECKING:
