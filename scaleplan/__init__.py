@@ -67,6 +67,10 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
         MemoryBreakdown as MemoryBreakdown,
         training_memory as training_memory,
     )
+    from scaleplan.model.architecture import (
+        MLA as MLA,
+        MoE as MoE,
+    )
     from scaleplan.model.config import (
         GPTConfig as GPTConfig,
     )
@@ -147,6 +151,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "memory.limits": ("max_micro_batch_size", "max_seq_len"),
     "memory.parallel": ("Parallelism",),
     "memory.training": ("MemoryBreakdown", "training_memory"),
+    "model.architecture": ("MLA", "MoE"),
     "model.config": ("GPTConfig",),
     "model.loaders": ("NanoGPTRun", "from_hf", "load_nanogpt_config"),
     "model.params": ("ParamCount", "count_params"),

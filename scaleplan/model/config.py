@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -27,6 +28,15 @@ from pydantic import (
 
 from scaleplan.checks import canonical, plain_numbers
 from scaleplan.errors import UnknownNameError, shown
+from scaleplan.model.architecture import (
+    MLA,
+    MoE,
+    NormPosition,
+    ParallelKind,
+    QKNormKind,
+    check_architecture,
+    derive_architecture,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -39,9 +49,9 @@ __all__ = [
     "normalize_precision",
 ]
 
-MLPKind = Literal["gelu", "swiglu", "geglu"]
+MLPKind = Literal["gelu", "swiglu", "geglu", "relu"]
 NormKind = Literal["layernorm", "rmsnorm"]
-PositionKind = Literal["learned", "rope", "none"]
+PositionKind = Literal["learned", "rope", "alibi", "none"]
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32-master"]
 """Training precisions, named as PyTorch Lightning names them, plus Megatron's layout.
@@ -93,7 +103,7 @@ def _default_gated_hidden(n_embd: int) -> int:
 
 
 _DERIVED = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias", "attn_out_bias", "mlp_bias",
-            "norm_bias")
+            "norm_bias", "embed_dim", "sliding_window_layers")
 
 
 class GPTConfig(BaseModel):
@@ -125,13 +135,41 @@ class GPTConfig(BaseModel):
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="Dropout probability, 0 <= p < 1.")
     mlp: MLPKind = Field(
-        "gelu", description="'gelu' (2 matrices) or a gated 'swiglu'/'geglu' (3 matrices)."
-    )
+        "gelu", description="'gelu' or 'relu' (2 matrices, OPT's is 'relu') or a gated "
+        "'swiglu'/'geglu' (3 matrices).")
     norm: NormKind = Field("layernorm", description="'layernorm' or 'rmsnorm' (no bias).")
     position: PositionKind = Field(
-        "learned", description="'learned' (a block_size x n_embd table), 'rope' or 'none'."
-    )
+        "learned", description="'learned' (a block_size x n_embd table), 'rope', 'alibi' (a "
+        "fixed bias on the scores: BLOOM, MPT) or 'none'.")
     tie_embeddings: bool = Field(True, description="lm_head shares the token embedding.")
+
+    # Architectures beyond GPT-2 and Llama; see scaleplan.model.architecture for each.
+    qk_norm: QKNormKind = Field(
+        "none", description="Norm on queries and keys: 'head' (one head_dim norm, Qwen3), "
+        "'per_head' (one per head, StableLM), 'full' (over all heads, OLMo 2) or 'none'.")
+    norm_position: NormPosition = Field(
+        "pre", description="'pre' (before each sublayer), 'post' (on its output, OLMo 2) or "
+        "'sandwich' (both, Gemma 2).")
+    parallel: ParallelKind = Field(
+        "none", description="Attention and MLP side by side on one input (GPT-J, GPT-NeoX): "
+        "'shared_norm', 'separate_norms' or 'none'.")
+    norm_affine: bool = Field(True, description="False: norms without scale or bias (OLMo).")
+    final_norm: bool = Field(True, description="A norm after the last block.")
+    embedding_norm: bool = Field(False, description="A norm after the token embedding (BLOOM).")
+    lm_head_bias: bool = Field(False, description="A bias on the output head (GPT-J, Phi).")
+    position_offset: NonNegativeInt = Field(
+        0, description="Extra rows of the learned position table (OPT: 2).")
+    rotary_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+        description="Fraction of each head's width that rotary positions rotate (GPT-NeoX 0.25).")
+    sliding_window: PositiveInt | None = Field(
+        None, description="Tokens a query attends to in sliding-window blocks (Mistral 4096).")
+    attn_softcap: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="c in c*tanh(scores/c) (Gemma 2: 50).")
+    final_softcap: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="c in c*tanh(logits/c) (Gemma 2: 30).")
+    mla: MLA | None = Field(None, description="Multi-head latent attention (DeepSeek-V2/V3).")
+    moe: MoE | None = Field(None, description="Mixture-of-experts MLPs (Mixtral, DeepSeek).")
 
     # Derived when omitted; declared as plain ints for type checkers, Optional for pydantic.
     if TYPE_CHECKING:  # optional in __init__, always resolved after validation
@@ -142,6 +180,8 @@ class GPTConfig(BaseModel):
         attn_out_bias: bool = cast(bool, None)
         mlp_bias: bool = cast(bool, None)
         norm_bias: bool = cast(bool, None)
+        embed_dim: int = cast(int, None)
+        sliding_window_layers: int = cast(int, None)
     else:
         n_kv_head: PositiveInt | None = Field(
             None, description="Key/value heads (GQA/MQA). Default: n_head (multi-head)."
@@ -162,6 +202,12 @@ class GPTConfig(BaseModel):
         norm_bias: bool | None = Field(
             None, description="LayerNorm biases. Default: bias (always off for rmsnorm)."
         )
+        embed_dim: PositiveInt | None = Field(
+            None, description="Token embedding width, projected to and from n_embd when it "
+            "differs (OPT-350m: 512). Default: n_embd.")
+        sliding_window_layers: NonNegativeInt | None = Field(
+            None, description="Blocks with sliding-window attention. Default: all of them when "
+            "sliding_window is set, else 0.")
 
     @model_validator(mode="before")
     @classmethod
@@ -173,10 +219,29 @@ class GPTConfig(BaseModel):
         # A derived field given as None is not "set": replace() derives it again.
         self.__pydantic_fields_set__.difference_update(
             name for name in _DERIVED if getattr(self, name) is None)
+        derived = self._derived_sizes()
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen model: fill derived fields once
+        for name, value in derive_architecture(self).items():
+            object.__setattr__(self, name, value)
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head={shown(self.n_head)} is not divisible by n_kv_head="
+                f"{shown(self.n_kv_head)}; each "
+                "key/value head serves a whole group of query heads. Try n_kv_head in "
+                f"{_divisors(self.n_head)}"
+            )
+        check_architecture(self)
+        return self
+
+    def _derived_sizes(self) -> dict[str, Any]:
+        """The derived fields of GPT-2's and Llama's options that were left out."""
         derived: dict[str, Any] = {}
         if self.n_kv_head is None:
             derived["n_kv_head"] = self.n_head
-        if self.head_dim is None:
+        if self.head_dim is None and self.mla is not None:
+            derived["head_dim"] = self.mla.qk_head_dim
+        elif self.head_dim is None:
             if self.n_embd % self.n_head:
                 raise ValueError(
                     f"n_embd={shown(self.n_embd)} is not divisible by n_head="
@@ -187,7 +252,7 @@ class GPTConfig(BaseModel):
             derived["head_dim"] = self.n_embd // self.n_head
         if self.mlp_hidden is None:
             derived["mlp_hidden"] = (
-                4 * self.n_embd if self.mlp == "gelu" else _default_gated_hidden(self.n_embd)
+                _default_gated_hidden(self.n_embd) if self.gated_mlp else 4 * self.n_embd
             )
         for flag in ("qkv_bias", "attn_out_bias", "mlp_bias", "norm_bias"):
             if getattr(self, flag) is None:
@@ -197,16 +262,9 @@ class GPTConfig(BaseModel):
                 raise ValueError("norm_bias=True is not possible with norm='rmsnorm' (RMSNorm "
                                  "has no bias); use norm='layernorm' or drop norm_bias")
             derived["norm_bias"] = False
-        for name, value in derived.items():
-            object.__setattr__(self, name, value)  # frozen model: fill derived fields once
-        if self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"n_head={shown(self.n_head)} is not divisible by n_kv_head="
-                f"{shown(self.n_kv_head)}; each "
-                "key/value head serves a whole group of query heads. Try n_kv_head in "
-                f"{_divisors(self.n_head)}"
-            )
-        return self
+        if not self.norm_affine and self.norm_bias is None:
+            derived["norm_bias"] = False
+        return derived
 
     @model_serializer(mode="wrap")
     def _leave_derived_out_of_json(self, handler: SerializerFunctionWrapHandler,
@@ -229,8 +287,8 @@ class GPTConfig(BaseModel):
 
     @property
     def gated_mlp(self) -> bool:
-        """True for SwiGLU/GeGLU (three MLP matrices), False for the plain GELU MLP."""
-        return self.mlp != "gelu"
+        """True for SwiGLU/GeGLU (three MLP matrices), False for the plain GELU or ReLU MLP."""
+        return self.mlp in ("swiglu", "geglu")
 
     def replace(self, **changes: Any) -> GPTConfig:
         """A copy with ``changes`` applied and everything validated again.
