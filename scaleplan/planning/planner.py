@@ -70,21 +70,23 @@ class Plan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    model: GPTConfig
-    gpu: GPUSpec
+    model: GPTConfig = Field(description="The model planned, as given.")
+    gpu: GPUSpec = Field(description="The GPU type; the run uses world_size of them.")
     world_size: int = Field(description="GPUs in all.")
     data_parallel: int = Field(description="Data-parallel degree: micro-batches per step-slice.")
     parallelism: Parallelism | None = Field(description="The layout, None for one GPU.")
-    seq_len: int
-    precision: Precision
+    seq_len: int = Field(description="Tokens per sequence: as given, else model.block_size.")
+    precision: Precision = Field(description="The mixed-precision recipe, e.g. 'bf16-mixed'.")
     precision_reason: str = Field(description="Why this precision: asked for, what the GPU's "
                                   "tensor cores suit, or changed to fit.")
     optimizer: str = Field(description="As asked for, or the 8-bit one a remedy chose.")
-    attention: Literal["flash", "eager"]
+    attention: Literal["flash", "eager"] = Field(
+        description="Attention kernel the memory assumes (flash keeps no score matrix).")
     checkpointing: Checkpointing = Field(description="As asked for, or what a remedy chose.")
-    micro_batch_size: int
+    micro_batch_size: int = Field(description="Sequences per GPU per forward and backward: "
+                                  "the largest that fits and divides the step.")
     grad_accum_steps: int = Field(description="Micro-batches per GPU per optimizer step.")
-    tokens_per_step: int
+    tokens_per_step: int = Field(description="Tokens per optimizer step, over all GPUs.")
     memory: MemoryBreakdown = Field(description="At the chosen micro-batch.")
     available_bytes: int = Field(description="GPU memory the plan is held against.")
     available_source: str = Field(description="Which figure available_bytes is.")
@@ -98,11 +100,13 @@ class Plan(BaseModel):
     remedies: list[Remedy] = Field(default_factory=list, description="Every combination tried "
                                    "when nothing fits at micro-batch 1, the chosen one first "
                                    "(scaleplan.planning.remedies.preference).")
-    params: ParamCount
-    total_tokens: int
-    tokens_source: str
-    compute_optimal_tokens: int
-    steps: int
+    params: ParamCount = Field(description="The model's exact parameter count, by part.")
+    total_tokens: int = Field(description="Training tokens of the whole run.")
+    tokens_source: str = Field(description="Where total_tokens comes from: given, the law's "
+                               "compute-optimal budget, or hours at the MFU.")
+    compute_optimal_tokens: int = Field(
+        description="Tokens for which this model is compute-optimal under law.")
+    steps: int = Field(description="Optimizer steps: total_tokens / tokens_per_step, rounded up.")
     training_flops: float = Field(description="Model FLOPs of the run (PaLM convention, causal).")
     mfu: float = Field(description="MFU the time assumes: model FLOP/s over the GPU's own dense "
                        "peak (PaLM's definition; not nanoGPT's A100-relative figure).")
@@ -113,13 +117,14 @@ class Plan(BaseModel):
     hours: float = Field(description="Wall-clock hours at that MFU on world_size GPUs.")
     hours_low: float = Field(description="Hours for the same tokens at mfu_high.")
     hours_high: float = Field(description="Hours for the same tokens at mfu_low.")
-    law: str
+    law: str = Field(description="Scaling law of compute_optimal_tokens and expected_loss.")
     expected_loss: float = Field(description="The law's L(N, D) at the run's end (on the law's "
                                  "own data and tokenizer).")
     expected_loss_on_data: ExpectedLoss | None = Field(
         None, description="With ``data=``: the loss on that dataset and tokenizer, from the "
         "web-text law calibrated on published runs, with its interval.")
-    warnings: list[PlanWarning] = Field(default_factory=list)
+    warnings: list[PlanWarning] = Field(default_factory=list, description="Things worth a "
+                                        "second look, each with a stable code.")
 
     @property
     def overtraining_ratio(self) -> float:
