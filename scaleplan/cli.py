@@ -123,12 +123,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise
         raise ScaleplanError(hint) from None
     if args.export == "nanogpt":
-        from scaleplan.planning.nanogpt_export import to_nanogpt_config
-
         # a nanoGPT file's run (data, out_dir, learning rate, ...) is kept; only the plan's
         # settings and the schedule that follows max_iters are replaced
-        base = args.model if args.model.endswith(".py") else None
-        print(to_nanogpt_config(p, base), end="")
+        print(p.to_nanogpt_config(args.model if args.model.endswith(".py") else None), end="")
     elif args.export == "deepspeed":
         print(json.dumps(p.to_deepspeed(), indent=2))
     elif args.export == "hf":

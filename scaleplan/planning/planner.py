@@ -15,7 +15,8 @@ when micro-batch 1 does not fit (`apply_remedy`), take the largest micro-batch t
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple
+import os
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +46,9 @@ from scaleplan.planning.remedies import Remedy
 from scaleplan.scaling.laws import scaling_law
 from scaleplan.scaling.tokens import chinchilla_tokens
 from scaleplan.scaling.webtext import ExpectedLoss, expected_loss, law_for_data
+
+if TYPE_CHECKING:
+    from scaleplan.model.loaders import NanoGPTRun
 
 __all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
 
@@ -136,16 +140,23 @@ class Plan(BaseModel):
         """
         return self.total_tokens / self.compute_optimal_tokens
 
-    def to_nanogpt_config(self) -> str:
-        """This plan as a nanoGPT config file; see `scaleplan.planning.exporters.to_nanogpt_config`.
+    def to_nanogpt_config(self, base: str | os.PathLike[str] | NanoGPTRun | None = None, *,
+                          text: str | None = None) -> str:
+        """This plan as a nanoGPT config file; see
+        `scaleplan.planning.nanogpt_export.to_nanogpt_config`.
+
+        ``base``: the nanoGPT config file the plan was made from (a path, or the `NanoGPTRun`
+        read from it; ``text``: its contents). Its run is kept (``dataset``, ``out_dir``,
+        ``init_from``, ``compile``, ...) and the learning-rate schedule is fitted to the plan's
+        ``max_iters``, as ``scaleplan plan FILE --export nanogpt`` does.
 
         >>> text = plan(GPTConfig.preset("gpt2"), "RTX 4070").to_nanogpt_config()
         >>> "batch_size = 8" in text and "gradient_accumulation_steps = 64" in text
         True
         """
-        from scaleplan.planning.exporters import to_nanogpt_config
+        from scaleplan.planning.nanogpt_export import to_nanogpt_config
 
-        return to_nanogpt_config(self)
+        return to_nanogpt_config(self, base, text=text)
 
     def to_deepspeed(self) -> dict[str, Any]:
         """This plan as a DeepSpeed config dict; see `scaleplan.planning.exporters.to_deepspeed`.
