@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scaleplan.errors import ScaleplanError, shown
-from scaleplan.files import read_text
 from scaleplan.model.config import TrainingConfig
-from scaleplan.model.loaders import MAX_CONFIG_BYTES, NanoGPTRun, load_nanogpt_config
-from scaleplan.model.nanogpt_file import Value, parse_assignments
 from scaleplan.units import format_count
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the file readers load when a base file is given (not with `scaleplan plan`)
+    from scaleplan.model.loaders import NanoGPTRun
+    from scaleplan.model.nanogpt_file import Value
     from scaleplan.planning.planner import Plan
 
 __all__ = ["MAX_WARMUP_FRACTION", "MIN_LR_DIVISOR", "NANOGPT_DTYPE", "TRAIN_PY_DEFAULTS",
@@ -155,6 +154,9 @@ def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | NanoGPTRun | No
     >>> [line for line in text.splitlines() if line.startswith(("max_iters", "warmup"))]
     ['max_iters = 1908', 'warmup_iters = 190']
     """
+    from scaleplan.files import read_text
+    from scaleplan.model.loaders import MAX_CONFIG_BYTES, load_nanogpt_config
+    from scaleplan.model.nanogpt_file import parse_assignments
     from scaleplan.planning.exporters import expect_plan
 
     plan = expect_plan(plan)
@@ -189,6 +191,8 @@ def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | NanoGPTRun | No
 def _base_path(base: object, text: str | None) -> str | os.PathLike[str] | None:
     """``base`` as a path: a `NanoGPTRun`'s file, or a path as given; a `ScaleplanError` for
     anything else, or for ``text`` without a ``base`` to name it."""
+    from scaleplan.model.loaders import NanoGPTRun
+
     if isinstance(base, NanoGPTRun):
         if base.source is None:
             raise ScaleplanError("base is a NanoGPTRun that names no file (source=None); pass "
