@@ -118,7 +118,8 @@ class ComputeOptimal(BaseModel):
     (40.4, 58.9)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False,
+                              defer_build=True)  # built at first use
 
     law: str = Field(description="Name of the law used.")
     flops: float = Field(description="Training compute budget, FLOPs (C = 6 N D).")

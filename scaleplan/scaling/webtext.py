@@ -65,7 +65,7 @@ _TOKENIZER_ALIASES = {"gpt-2": "gpt2", "tiktoken-gpt2": "gpt2", "r50k_base": "gp
 class ReferenceRun(BaseModel):
     """One published run: its model, data, tokens and reported loss, with the source."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use
 
     id: str = Field(description="Short identifier of the run, unique in the data file.")
     source: str = Field(description="Where the run and its loss are published.")
@@ -81,7 +81,7 @@ class ReferenceRun(BaseModel):
 class Calibration(BaseModel):
     """The offset from a web-text law to one (dataset, tokenizer), and what it is known from."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use
 
     data: str = Field(description="Dataset calibrated, e.g. 'fineweb'.")
     tokenizer: str = Field(description="Tokenizer the losses are measured in.")
