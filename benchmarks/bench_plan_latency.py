@@ -14,10 +14,10 @@ each round the mean of ``--inner`` calls), and the ratio scaleplan / llm-analysi
 The cold CLI is timed as the wall time of fresh ``python -m scaleplan plan`` processes (the
 README's default question, GPT-2 small on an RTX 4070; median and min of ``--cold`` runs), in
 rounds interleaved with ``python -c pass`` (the interpreter's own floor) and ``python -c "import
-scaleplan"`` (the lazy package alone), so the ratios hold on a loaded machine; with ``--baseline
-DIR``, the same command of another checkout runs in the same rounds. Bytecode caching is on, as
-for an installed package. ``--importtime`` also prints the ten slowest imports of one cold run
-(``python -X importtime``).
+scaleplan"`` (the lazy package alone), so the ratios hold on a loaded machine; each ``--baseline
+DIR`` (repeatable) adds that checkout's ``scaleplan plan`` to the same rounds. Bytecode caching
+is on, as for an installed package. ``--importtime`` also prints the ten slowest imports of one
+cold run (``python -X importtime``).
 
 Not a unit test (CI does not run it): run it by hand from the repository root,
 
@@ -137,27 +137,28 @@ def _env(tree: str) -> dict[str, str]:
     return env
 
 
-def _wall(argv: list[str], env: dict[str, str]) -> float:
+def _wall(argv: list[str], tree: str) -> float:
+    """Wall seconds of ``argv`` run in ``tree`` (``-m`` puts the working folder first on the
+    path, so the checkout run is the one it starts in)."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, env=_env(tree), cwd=tree, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
-def cold_cli(runs: int, baseline: str | None = None) -> dict[str, dict[str, float]]:
+def cold_cli(runs: int, baselines: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Wall seconds (median and min over ``runs``) of each of `COLD_COMMANDS` in fresh
     processes, all interleaved in each round so that load from elsewhere hits each alike (and,
-    with ``baseline``, that checkout's ``scaleplan plan`` too)."""
+    for each checkout in ``baselines``, its ``scaleplan plan`` too)."""
     commands = {name: ([sys.executable, *argv], os.getcwd())
                 for name, argv in COLD_COMMANDS.items()}
-    if baseline:
-        commands["baseline scaleplan plan"] = ([sys.executable, *COLD_COMMANDS["scaleplan plan"]],
-                                               baseline)
+    for tree in baselines or []:
+        commands[f"plan in {tree}"] = ([sys.executable, *COLD_COMMANDS["scaleplan plan"]], tree)
     for argv, tree in commands.values():  # the first run fills the OS file cache and the .pyc
-        _wall(argv, _env(tree))
+        _wall(argv, tree)
     walls: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, (argv, tree) in commands.items():
-            walls[name].append(_wall(argv, _env(tree)))
+            walls[name].append(_wall(argv, tree))
     return {name: {"median_s": statistics.median(w), "min_s": min(w)}
             for name, w in walls.items()}
 
@@ -205,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="also time plan() on a config "
                         "not seen before at each call (its per-config caches missing)")
     parser.add_argument("--importtime", action="store_true", help="the slowest imports")
-    parser.add_argument("--baseline", metavar="DIR", help="another checkout (e.g. of main, "
-                        "from `git archive`) whose cold CLI is timed interleaved with this one")
+    parser.add_argument("--baseline", metavar="DIR", action="append", help="another checkout "
+                        "(e.g. of main, from `git archive`) whose cold `scaleplan plan` is timed "
+                        "interleaved with this one's (repeat for more)")
     parser.add_argument("--cold-only", action="store_true", help="time the cold commands only "
                         "(no plan() side by side)")
     args = parser.parse_args(argv)
