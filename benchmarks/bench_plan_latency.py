@@ -34,6 +34,7 @@ import argparse
 import logging
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -137,30 +138,38 @@ def _env(tree: str) -> dict[str, str]:
     return env
 
 
-def _wall(argv: list[str], tree: str) -> float:
-    """Wall seconds of ``argv`` run in ``tree`` (``-m`` puts the working folder first on the
-    path, so the checkout run is the one it starts in)."""
+def _run(argv: list[str], tree: str) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of ``argv`` run in ``tree`` (``-m`` puts
+    the working folder first on the path, so the checkout run is the one it starts in). CPU time
+    is what the process itself spent, much less sensitive than wall time to a loaded machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=_env(tree), cwd=tree, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def cold_cli(runs: int, baselines: list[str] | None = None) -> dict[str, dict[str, float]]:
-    """Wall seconds (median and min over ``runs``) of each of `COLD_COMMANDS` in fresh
-    processes, all interleaved in each round so that load from elsewhere hits each alike (and,
-    for each checkout in ``baselines``, its ``scaleplan plan`` too)."""
+    """Wall seconds (median and min over ``runs``) and median CPU seconds of each of
+    `COLD_COMMANDS` in fresh processes, all interleaved in each round so that load from
+    elsewhere hits each alike (and, for each checkout in ``baselines``, its ``scaleplan plan``
+    too)."""
     commands = {name: ([sys.executable, *argv], os.getcwd())
                 for name, argv in COLD_COMMANDS.items()}
     for tree in baselines or []:
         commands[f"plan in {tree}"] = ([sys.executable, *COLD_COMMANDS["scaleplan plan"]], tree)
     for argv, tree in commands.values():  # the first run fills the OS file cache and the .pyc
-        _wall(argv, tree)
+        _run(argv, tree)
     walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
         for name, (argv, tree) in commands.items():
-            walls[name].append(_wall(argv, tree))
-    return {name: {"median_s": statistics.median(w), "min_s": min(w)}
-            for name, w in walls.items()}
+            wall, cpu = _run(argv, tree)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    return {name: {"median_s": statistics.median(walls[name]), "min_s": min(walls[name]),
+                   "cpu_median_s": statistics.median(cpus[name])} for name in commands}
 
 
 def slowest_imports(top: int = 10) -> list[tuple[int, str]]:
@@ -219,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     floor = cold["python -c pass"]["median_s"]
     for name, t in cold.items():
         print(f"{name:>24}: {t['median_s']:.3f} s wall (median of {args.cold}; min "
-              f"{t['min_s']:.3f}; {t['median_s'] / floor:4.1f}x python -c pass)")
+              f"{t['min_s']:.3f}; {t['median_s'] / floor:4.1f}x python -c pass), "
+              f"{t['cpu_median_s']:.3f} s CPU")
     plan_s = cold["scaleplan plan"]["median_s"]
     verdict = "under" if plan_s < COLD_BAR_S else "over"
     print(f"{'bar':>24}: cold `scaleplan plan` {verdict} {COLD_BAR_S} s; {plan_s - floor:.3f} s "
