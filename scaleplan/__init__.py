@@ -67,9 +67,12 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
         MemoryBreakdown as MemoryBreakdown,
         training_memory as training_memory,
     )
+    from scaleplan.model.architecture import (
+        MLA as MLA,
+        MoE as MoE,
+    )
     from scaleplan.model.config import (
         GPTConfig as GPTConfig,
-        TrainingConfig as TrainingConfig,
     )
     from scaleplan.model.loaders import (
         NanoGPTRun as NanoGPTRun,
@@ -79,6 +82,9 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
     from scaleplan.model.params import (
         ParamCount as ParamCount,
         count_params as count_params,
+    )
+    from scaleplan.model.training_config import (
+        TrainingConfig as TrainingConfig,
     )
     from scaleplan.planning.batching import (
         grad_accum_steps as grad_accum_steps,
@@ -145,9 +151,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "memory.limits": ("max_micro_batch_size", "max_seq_len"),
     "memory.parallel": ("Parallelism",),
     "memory.training": ("MemoryBreakdown", "training_memory"),
-    "model.config": ("GPTConfig", "TrainingConfig"),
+    "model.architecture": ("MLA", "MoE"),
+    "model.config": ("GPTConfig",),
     "model.loaders": ("NanoGPTRun", "from_hf", "load_nanogpt_config"),
     "model.params": ("ParamCount", "count_params"),
+    "model.training_config": ("TrainingConfig",),
     "planning.batching": ("grad_accum_steps",),
     "planning.budget": ("plan_for_budget",),
     "planning.planner": ("Plan", "plan"),

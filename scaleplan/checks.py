@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from scaleplan.errors import ScaleplanError, UnknownNameError, shown
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # numpy is imported when an array is checked, not with scalep
 
     FloatArray = NDArray[np.float64]
 
-__all__ = ["canonical", "finite", "float_guard", "one_of", "positive_array", "real", "whole",
-           "wholes"]
+__all__ = ["canonical", "finite", "float_guard", "one_of", "plain_numbers", "positive_array",
+           "real", "whole", "wholes"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -328,3 +328,24 @@ def _is_model(arg: object) -> bool:  # the scaling law itself, for methods
 
 def _show(value: object) -> str:
     return shown(getattr(value, "name", value)) if _is_model(value) else shown(value)
+
+
+def plain_numbers(data: Any) -> Any:
+    """A config's input dict with numpy scalars as Python numbers: strict pydantic fields refused
+    np.int64(768) from a sweep, and a numpy int would wrap around in the arithmetic
+    (np.int8(100) ** 2). Anything but a dict is returned as it is.
+
+    >>> import numpy as np
+    >>> plain_numbers({"n_embd": np.int64(768), "dropout": np.float32(0.5)})
+    {'n_embd': 768, 'dropout': 0.5}
+    """
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, value in data.items():
+        if type(value).__module__ != "numpy" or getattr(value, "ndim", 1) != 0:
+            continue  # arrays stay arrays, and are refused by the field with its name
+        convert = {"i": int, "u": int, "f": float, "b": bool}.get(value.dtype.kind)
+        if convert is not None:
+            out[key] = convert(value)
+    return out

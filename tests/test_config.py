@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from scaleplan.errors import UnknownNameError
-from scaleplan.model.config import GPTConfig, TrainingConfig, normalize_precision
+from scaleplan.model.config import GPTConfig, normalize_precision
+from scaleplan.model.training_config import TrainingConfig
 
 
 def test_defaults_are_nanogpt_model_defaults() -> None:
@@ -73,7 +74,7 @@ def test_required_presets_exist() -> None:
         ({"dropout": 1.0}, r"dropout\n  Input should be less than 1"),
         ({"dropout": -0.1}, r"dropout\n  Input should be greater than or equal to 0"),
         ({"n_embed": 768}, r"n_embed\n  Extra inputs are not permitted"),
-        ({"mlp": "relu"}, r"mlp\n  Input should be 'gelu', 'swiglu' or 'geglu'"),
+        ({"mlp": "swish"}, r"mlp\n  Input should be 'gelu', 'swiglu', 'geglu' or 'relu'"),
         ({"n_embd": 500}, r"n_embd=500 is not divisible by n_head=12; try n_embd=504"),
         ({"n_head": 12, "n_kv_head": 5},
          r"n_head=12 is not divisible by n_kv_head=5; .* Try n_kv_head in \[1, 2, 3, 4, 6, 12\]"),

@@ -24,8 +24,9 @@ from nanogpt_files import SHAKESPEARE_CHAR
 from scaleplan.diagnosis.examine import diagnose
 from scaleplan.diagnosis.logs import TrainingLog, read_log
 from scaleplan.diagnosis.records import LogRecord, LogWarning
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.scaling.laws import scaling_law
 
 LN_50304 = math.log(50304)  # 10.826: the loss of a uniform guess over nanoGPT's vocabulary

@@ -34,8 +34,9 @@ from scaleplan.compute.throughput import from_nanogpt_mfu, mfu, throughput_at_mf
 from scaleplan.diagnosis.examine import diagnose
 from scaleplan.diagnosis.logs import read_log
 from scaleplan.memory.training import saved_for_backward_bytes, training_memory
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.budget import plan_for_budget
 from scaleplan.planning.planner import plan
 from scaleplan.scaling.fit import fit_scaling_law

@@ -38,9 +38,10 @@ from scaleplan.diagnosis.examine import diagnose
 from scaleplan.diagnosis.logs import read_log
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import training_memory
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import load_nanogpt_config
 from scaleplan.model.params import count_params
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.planner import plan
 from scaleplan.planning.sweeps import sweep
 from scaleplan.scaling.laws import scaling_law

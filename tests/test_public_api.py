@@ -15,6 +15,7 @@ import scaleplan
 EXPECTED = {
     # configs and loaders
     "GPTConfig", "TrainingConfig", "NanoGPTRun", "from_hf", "load_nanogpt_config",
+    "MoE", "MLA",  # issue 18: mixture of experts, multi-head latent attention
     # parameters
     "ParamCount", "count_params",
     # FLOPs, GPUs, throughput

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from scaleplan.cli import main
 from scaleplan.errors import ConfigFileError
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import from_hf, load_nanogpt_config
 from scaleplan.model.params import count_params
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.batching import grad_accum_steps
 
 ADVERSARIAL = st.one_of(

@@ -322,7 +322,7 @@ def test_numpy_scalars_in_configs_are_python_numbers() -> None:
     # Issue 20 (numpy small ints): strict fields refused np.int64(768) from a numpy sweep, and a
     # kept np.int8 would wrap around in products. Converted at the boundary, the config is the
     # one built from Python numbers, with Python ints inside.
-    from scaleplan.model.config import TrainingConfig
+    from scaleplan.model.training_config import TrainingConfig
 
     cfg = GPTConfig(n_embd=np.int64(384), n_head=np.int8(6), n_layer=np.uint8(6),
                     dropout=np.float32(0.25), bias=np.bool_(False))

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 import scaleplan.validation.markers as validators
 from scaleplan.errors import ScaleplanError, UnknownNameError
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.validation.markers import (
     DivisibleStep,
     FitsOn,

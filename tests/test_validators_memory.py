@@ -7,7 +7,8 @@ from typing import Annotated
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.validation.markers import FitsOn, check
 
 GiB = 2**30

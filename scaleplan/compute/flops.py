@@ -163,11 +163,13 @@ def flops_per_token(
     return _checked_flops_per_token(cfg, seq_len, causal, recompute, method)
 
 
-@per_config
-def _checked_flops_per_token(cfg: GPTConfig, seq_len: int, causal: bool, recompute: Recompute,
-                             method: FlopsMethod) -> float:
+def _flops_body(cfg: GPTConfig, seq_len: int, causal: bool, recompute: Recompute,
+                method: FlopsMethod) -> float:
     return finite("flops_per_token", token_flops(cfg, seq_len, causal=causal,
                                                  recompute=recompute, method=method))
+
+
+_checked_flops_per_token = per_config(_flops_body)
 
 
 def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,

@@ -21,9 +21,10 @@ from scaleplan.diagnosis.datasets import KnownDataset
 from scaleplan.diagnosis.divergence import INITIAL_ABOVE_NATS, INITIAL_MAX_STEP
 from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.errors import ConfigFileError, ScaleplanError
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
 from scaleplan.model.nanogpt_meta import PADDED_GPT2_VOCAB
+from scaleplan.model.training_config import TrainingConfig
 
 __all__ = ["NEEDS_MODEL", "ConfigInput", "RunContext", "fresh_start", "gpu_or_note", "load_run",
            "vocab_for_checks", "with_dataset_vocab"]

@@ -71,9 +71,10 @@ from scaleplan.diagnosis.schedule import (
 )
 from scaleplan.diagnosis.utilisation import utilisation_findings
 from scaleplan.findings import Finding, Severity
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config  # noqa: F401 (examples)
 from scaleplan.model.params import count_params
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.scaling.laws import scaling_law
 from scaleplan.scaling.webtext import law_for_data
 from scaleplan.units import format_count

@@ -12,9 +12,10 @@ from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.diagnosis.progress import compute_optimal_tokens
 from scaleplan.errors import ScaleplanError
 from scaleplan.findings import Finding
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import NanoGPTRun
 from scaleplan.model.params import count_params
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.planning.planner import Plan, plan
 from scaleplan.scaling.tokens import chinchilla_tokens

@@ -14,7 +14,7 @@ import math
 
 from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.findings import Finding
-from scaleplan.model.config import TrainingConfig
+from scaleplan.model.training_config import TrainingConfig
 
 __all__ = ["LR_MATCH_TOLERANCE", "LR_MIN_FRACTION", "LR_STILL_HIGH", "LR_TAIL_FRACTION",
            "lr_findings", "nanogpt_lr", "printed_lr_findings", "schedule_disagrees"]

@@ -17,7 +17,8 @@ from scaleplan.compute.hardware import INDUCTOR_MIN_SMS, GPUSpec, normalize_dtyp
 from scaleplan.compute.throughput import NANOGPT_PEAK_FLOPS, from_nanogpt_mfu, mfu
 from scaleplan.diagnosis.logs import TrainingLog
 from scaleplan.findings import Finding
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.advice import peak_dtype
 
 __all__ = ["PER_DEVICE_FORMATS", "RECENT_STEPS", "gpu_dtype", "utilisation_findings"]

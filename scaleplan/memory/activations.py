@@ -256,7 +256,6 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     return terms
 
 
-@per_config
 def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
                                layers: int | None = None, head: bool = True) -> Any:
     """Bytes of autocast's bf16/fp16 copies of the matmul weights of ``layers`` blocks (default
@@ -272,7 +271,15 @@ def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
     ...                                      mlp_hidden=32), "bf16-mixed")
     1792
     """
+    return _autocast_weight_copy_bytes(cfg, precision, layers=layers, head=head)
+
+
+def _autocast_weight_copy_bytes_body(cfg: GPTConfig, precision: Precision, *,
+                                     layers: int | None = None, head: bool = True) -> Any:
     if precision not in AUTOCAST:
         return 0
     matmuls = [t for t in model_tensors(cfg) if t.matmul and (head or t.per_block)]
     return across_model(cfg, matmuls, layers=layers) * HALF_BYTES
+
+
+_autocast_weight_copy_bytes = per_config(_autocast_weight_copy_bytes_body)

@@ -49,7 +49,6 @@ class StepOptions:
     allocator_slack_fraction: float
 
 
-@per_config
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,
@@ -57,6 +56,17 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
     """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
     normalised (aliases resolved, numbers as exact Python types); the layout checked against
     ``cfg``."""
+    return _step_options(
+        cfg, precision=precision, optimizer=optimizer, attention=attention,
+        checkpointing=checkpointing, device=device, parallelism=parallelism,
+        optimizer_impl=optimizer_impl, hold_logits=hold_logits,
+        cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction)
+
+
+def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
+                       checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
+                       hold_logits: Any, cuda_context_bytes: Any,
+                       allocator_slack_fraction: Any) -> StepOptions:
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     one_of("attention", attention, ("flash", "eager"))
     one_of("checkpointing", checkpointing, ("none", "selective", "full"))
@@ -80,6 +90,9 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
                        allocator_slack_fraction=slack)
+
+
+_step_options = per_config(_step_options_body)
 
 
 _FLOAT_EXACT = 2**53

@@ -52,7 +52,6 @@ def normalize_optimizer_impl(impl: object) -> OptimizerImpl | None:
                      OPTIMIZER_IMPL_ALIASES, spelling=spelling)
 
 
-@per_config
 def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
                  layers: int, embeds: bool, heads: bool,
                  temp: int) -> tuple[int, int, int, int]:
@@ -66,6 +65,12 @@ def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallel
     whole (`zero3_gathered_bytes`); reduction buckets add one bucket, DDP without
     ``gradient_as_bucket_view`` a second copy of the gradients.
     """
+    return _model_states(cfg, p, opt, par, layers, embeds, heads, temp)
+
+
+def _model_states_body(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallelism,
+                       layers: int, embeds: bool, heads: bool,
+                       temp: int) -> tuple[int, int, int, int]:
     terms = param_terms(cfg)
     n, block, wte = _held_params(cfg, terms, par.tensor, layers, embeds, heads)
     n_total = terms["total"]
@@ -78,6 +83,9 @@ def model_states(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Parallel
         return W, G, O, temp
     return _over_data_ranks(W, G, O, temp, par, p, n=n, block=block,
                             wte=wte if (embeds or heads) else 0)
+
+
+_model_states = per_config(_model_states_body)
 
 
 def _held_params(cfg: GPTConfig, terms: dict[str, Any], t: int, layers: int, embeds: bool,
@@ -120,7 +128,6 @@ def per_rank(x: Any, t: int) -> Any:
     return x if t == 1 else -(-x // t)
 
 
-@per_config
 def optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device: str,
                            impl: OptimizerImpl | None) -> int:
     """Peak temporaries of ``optimizer.step()`` in torch 2.x, for the whole model.
@@ -130,6 +137,11 @@ def optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device
     and its quotient for one tensor at a time (2 x the largest tensor); ``fused`` makes none.
     Optimizers other than AdamW are taken to update in place.
     """
+    return _optimizer_temporaries(cfg, optimizer, precision, device, impl)
+
+
+def _optimizer_temporaries_body(cfg: GPTConfig, optimizer: str, precision: str, device: str,
+                                impl: OptimizerImpl | None) -> int:
     if optimizer not in ("adamw",):
         return 0
     impl = impl or ("foreach" if device == "cuda" else "for-loop")
@@ -139,3 +151,6 @@ def optimizer_temporaries(cfg: GPTConfig, optimizer: str, precision: str, device
     if impl == "foreach":
         return shape_stats(cfg)[0] * state
     return 2 * int(max(t.numel for t in parameters(cfg))) * state
+
+
+_optimizer_temporaries = per_config(_optimizer_temporaries_body)

@@ -1,6 +1,8 @@
 """The model being planned: its description and everything read off it exactly.
 
-- `config`: `GPTConfig` and `TrainingConfig`, frozen and validated.
+- `config`: `GPTConfig` (frozen and validated) and the training precisions.
+- `architecture`: `MoE`, `MLA` and the options beyond GPT-2 and Llama.
+- `training_config`: `TrainingConfig`, how the model is trained.
 - `presets`: published configurations by name (``GPTConfig.preset("gpt2")``).
 - `shapes`: every parameter tensor of the model, listed once; parameter counts, FLOPs, optimizer
   states and autocast copies all read this list.

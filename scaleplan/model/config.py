@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -25,8 +26,17 @@ from pydantic import (
     model_validator,
 )
 
-from scaleplan.checks import canonical
+from scaleplan.checks import canonical, plain_numbers
 from scaleplan.errors import UnknownNameError, shown
+from scaleplan.model.architecture import (
+    MLA,
+    MoE,
+    NormPosition,
+    ParallelKind,
+    QKNormKind,
+    check_architecture,
+    derive_architecture,
+)
 
 __all__ = [
     "PRECISIONS",
@@ -36,13 +46,12 @@ __all__ = [
     "NormKind",
     "PositionKind",
     "Precision",
-    "TrainingConfig",
     "normalize_precision",
 ]
 
-MLPKind = Literal["gelu", "swiglu", "geglu"]
+MLPKind = Literal["gelu", "swiglu", "geglu", "relu"]
 NormKind = Literal["layernorm", "rmsnorm"]
-PositionKind = Literal["learned", "rope", "none"]
+PositionKind = Literal["learned", "rope", "alibi", "none"]
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32-master"]
 """Training precisions, named as PyTorch Lightning names them, plus Megatron's layout.
@@ -93,23 +102,8 @@ def _default_gated_hidden(n_embd: int) -> int:
     return _SWIGLU_MULTIPLE_OF * -(-hidden // _SWIGLU_MULTIPLE_OF)
 
 
-def _plain_numbers(data: Any) -> Any:
-    """numpy scalars in a config's input as Python numbers: strict fields refused np.int64(768)
-    from a sweep, and a numpy int would wrap around in the arithmetic (np.int8(100) ** 2)."""
-    if not isinstance(data, dict):
-        return data
-    out = dict(data)
-    for key, value in data.items():
-        if type(value).__module__ != "numpy" or getattr(value, "ndim", 1) != 0:
-            continue  # arrays stay arrays, and are refused by the field with its name
-        convert = {"i": int, "u": int, "f": float, "b": bool}.get(value.dtype.kind)
-        if convert is not None:
-            out[key] = convert(value)
-    return out
-
-
 _DERIVED = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias", "attn_out_bias", "mlp_bias",
-            "norm_bias")
+            "norm_bias", "embed_dim", "sliding_window_layers")
 
 
 class GPTConfig(BaseModel):
@@ -141,13 +135,41 @@ class GPTConfig(BaseModel):
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="Dropout probability, 0 <= p < 1.")
     mlp: MLPKind = Field(
-        "gelu", description="'gelu' (2 matrices) or a gated 'swiglu'/'geglu' (3 matrices)."
-    )
+        "gelu", description="'gelu' or 'relu' (2 matrices, OPT's is 'relu') or a gated "
+        "'swiglu'/'geglu' (3 matrices).")
     norm: NormKind = Field("layernorm", description="'layernorm' or 'rmsnorm' (no bias).")
     position: PositionKind = Field(
-        "learned", description="'learned' (a block_size x n_embd table), 'rope' or 'none'."
-    )
+        "learned", description="'learned' (a block_size x n_embd table), 'rope', 'alibi' (a "
+        "fixed bias on the scores: BLOOM, MPT) or 'none'.")
     tie_embeddings: bool = Field(True, description="lm_head shares the token embedding.")
+
+    # Architectures beyond GPT-2 and Llama; see scaleplan.model.architecture for each.
+    qk_norm: QKNormKind = Field(
+        "none", description="Norm on queries and keys: 'head' (one head_dim norm, Qwen3), "
+        "'per_head' (one per head, StableLM), 'full' (over all heads, OLMo 2) or 'none'.")
+    norm_position: NormPosition = Field(
+        "pre", description="'pre' (before each sublayer), 'post' (on its output, OLMo 2) or "
+        "'sandwich' (both, Gemma 2).")
+    parallel: ParallelKind = Field(
+        "none", description="Attention and MLP side by side on one input (GPT-J, GPT-NeoX): "
+        "'shared_norm', 'separate_norms' or 'none'.")
+    norm_affine: bool = Field(True, description="False: norms without scale or bias (OLMo).")
+    final_norm: bool = Field(True, description="A norm after the last block.")
+    embedding_norm: bool = Field(False, description="A norm after the token embedding (BLOOM).")
+    lm_head_bias: bool = Field(False, description="A bias on the output head (GPT-J, Phi).")
+    position_offset: NonNegativeInt = Field(
+        0, description="Extra rows of the learned position table (OPT: 2).")
+    rotary_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+        description="Fraction of each head's width that rotary positions rotate (GPT-NeoX 0.25).")
+    sliding_window: PositiveInt | None = Field(
+        None, description="Tokens a query attends to in sliding-window blocks (Mistral 4096).")
+    attn_softcap: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="c in c*tanh(scores/c) (Gemma 2: 50).")
+    final_softcap: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="c in c*tanh(logits/c) (Gemma 2: 30).")
+    mla: MLA | None = Field(None, description="Multi-head latent attention (DeepSeek-V2/V3).")
+    moe: MoE | None = Field(None, description="Mixture-of-experts MLPs (Mixtral, DeepSeek).")
 
     # Derived when omitted; declared as plain ints for type checkers, Optional for pydantic.
     if TYPE_CHECKING:  # optional in __init__, always resolved after validation
@@ -158,6 +180,8 @@ class GPTConfig(BaseModel):
         attn_out_bias: bool = cast(bool, None)
         mlp_bias: bool = cast(bool, None)
         norm_bias: bool = cast(bool, None)
+        embed_dim: int = cast(int, None)
+        sliding_window_layers: int = cast(int, None)
     else:
         n_kv_head: PositiveInt | None = Field(
             None, description="Key/value heads (GQA/MQA). Default: n_head (multi-head)."
@@ -178,21 +202,46 @@ class GPTConfig(BaseModel):
         norm_bias: bool | None = Field(
             None, description="LayerNorm biases. Default: bias (always off for rmsnorm)."
         )
+        embed_dim: PositiveInt | None = Field(
+            None, description="Token embedding width, projected to and from n_embd when it "
+            "differs (OPT-350m: 512). Default: n_embd.")
+        sliding_window_layers: NonNegativeInt | None = Field(
+            None, description="Blocks with sliding-window attention. Default: all of them when "
+            "sliding_window is set, else 0.")
 
     @model_validator(mode="before")
     @classmethod
     def _numpy_scalars(cls, data: Any) -> Any:
-        return _plain_numbers(data)
+        return plain_numbers(data)
 
     @model_validator(mode="after")
     def _derive_and_check(self) -> GPTConfig:
         # A derived field given as None is not "set": replace() derives it again.
         self.__pydantic_fields_set__.difference_update(
             name for name in _DERIVED if getattr(self, name) is None)
+        derived = self._derived_sizes()
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen model: fill derived fields once
+        for name, value in derive_architecture(self).items():
+            object.__setattr__(self, name, value)
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head={shown(self.n_head)} is not divisible by n_kv_head="
+                f"{shown(self.n_kv_head)}; each "
+                "key/value head serves a whole group of query heads. Try n_kv_head in "
+                f"{_divisors(self.n_head)}"
+            )
+        check_architecture(self)
+        return self
+
+    def _derived_sizes(self) -> dict[str, Any]:
+        """The derived fields of GPT-2's and Llama's options that were left out."""
         derived: dict[str, Any] = {}
         if self.n_kv_head is None:
             derived["n_kv_head"] = self.n_head
-        if self.head_dim is None:
+        if self.head_dim is None and self.mla is not None:
+            derived["head_dim"] = self.mla.qk_head_dim
+        elif self.head_dim is None:
             if self.n_embd % self.n_head:
                 raise ValueError(
                     f"n_embd={shown(self.n_embd)} is not divisible by n_head="
@@ -203,7 +252,7 @@ class GPTConfig(BaseModel):
             derived["head_dim"] = self.n_embd // self.n_head
         if self.mlp_hidden is None:
             derived["mlp_hidden"] = (
-                4 * self.n_embd if self.mlp == "gelu" else _default_gated_hidden(self.n_embd)
+                _default_gated_hidden(self.n_embd) if self.gated_mlp else 4 * self.n_embd
             )
         for flag in ("qkv_bias", "attn_out_bias", "mlp_bias", "norm_bias"):
             if getattr(self, flag) is None:
@@ -213,16 +262,9 @@ class GPTConfig(BaseModel):
                 raise ValueError("norm_bias=True is not possible with norm='rmsnorm' (RMSNorm "
                                  "has no bias); use norm='layernorm' or drop norm_bias")
             derived["norm_bias"] = False
-        for name, value in derived.items():
-            object.__setattr__(self, name, value)  # frozen model: fill derived fields once
-        if self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"n_head={shown(self.n_head)} is not divisible by n_kv_head="
-                f"{shown(self.n_kv_head)}; each "
-                "key/value head serves a whole group of query heads. Try n_kv_head in "
-                f"{_divisors(self.n_head)}"
-            )
-        return self
+        if not self.norm_affine and self.norm_bias is None:
+            derived["norm_bias"] = False
+        return derived
 
     @model_serializer(mode="wrap")
     def _leave_derived_out_of_json(self, handler: SerializerFunctionWrapHandler,
@@ -245,8 +287,8 @@ class GPTConfig(BaseModel):
 
     @property
     def gated_mlp(self) -> bool:
-        """True for SwiGLU/GeGLU (three MLP matrices), False for the plain GELU MLP."""
-        return self.mlp != "gelu"
+        """True for SwiGLU/GeGLU (three MLP matrices), False for the plain GELU or ReLU MLP."""
+        return self.mlp in ("swiglu", "geglu")
 
     def replace(self, **changes: Any) -> GPTConfig:
         """A copy with ``changes`` applied and everything validated again.
@@ -327,67 +369,3 @@ def _divisors(n: int, limit: int = 4096) -> list[int]:
     # Bounded: n_head can be any int a user types, and n_head=10**18 hung here (issue 13).
     small = [k for k in range(1, min(n, limit) + 1) if n % k == 0]
     return (small + [n] * (n > limit))[:12]
-
-
-class TrainingConfig(BaseModel):
-    """How a model is trained: batch shape, length, precision and schedule.
-
-    Defaults are nanoGPT's ``train.py`` (GPT-2 small on OpenWebText, 8 GPUs' worth of
-    gradient accumulation on one). ``grad_accum_steps`` is per rank, as nanoGPT uses it after
-    dividing its configured value by the world size.
-
-    Examples:
-        >>> t = TrainingConfig(micro_batch_size=16, seq_len=1024, grad_accum_steps=32)
-        >>> t.tokens_per_step
-        524288
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    micro_batch_size: PositiveInt = Field(12, description="Sequences per forward pass per GPU.")
-    seq_len: PositiveInt = Field(1024, description="Tokens per sequence.")
-    grad_accum_steps: PositiveInt = Field(
-        40, description="Micro-batches accumulated per optimizer step on each GPU."
-    )
-    world_size: PositiveInt = Field(1, description="Data-parallel ranks (GPUs).")
-    max_iters: PositiveInt = Field(600_000, description="Optimizer steps in the run.")
-    precision: Precision = Field("bf16-mixed", description="See `Precision`.")
-    optimizer: str = Field("adamw", min_length=1, description="Optimizer name.")
-    compile: bool = Field(True, description="torch.compile the model.")
-    learning_rate: float = Field(6e-4, gt=0.0, allow_inf_nan=False)
-    min_lr: float = Field(6e-5, ge=0.0, allow_inf_nan=False)
-    warmup_iters: int = Field(2000, ge=0)
-    lr_decay_iters: PositiveInt = Field(600_000)
-    decay_lr: bool = True
-    weight_decay: float = Field(0.1, ge=0.0, allow_inf_nan=False)
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
-    beta2: float = Field(0.95, ge=0.0, lt=1.0, allow_inf_nan=False)
-    grad_clip: float = Field(1.0, ge=0.0, allow_inf_nan=False)
-    eval_interval: PositiveInt = 2000
-    eval_iters: PositiveInt = 200
-
-    @model_validator(mode="before")
-    @classmethod
-    def _canonical_precision(cls, data: Any) -> Any:
-        data = _plain_numbers(data)
-        if isinstance(data, dict) and isinstance(data.get("precision"), str):
-            data = {**data, "precision": normalize_precision(data["precision"])}
-        return data
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens per optimizer step: micro_batch_size x seq_len x grad_accum_steps x world_size."""
-        return self.micro_batch_size * self.seq_len * self.grad_accum_steps * self.world_size
-
-    @property
-    def total_tokens(self) -> int:
-        """Tokens seen over ``max_iters`` steps."""
-        return self.tokens_per_step * self.max_iters
-
-    def replace(self, **changes: Any) -> TrainingConfig:
-        """A copy with ``changes`` applied and validated again.
-
-        >>> TrainingConfig(micro_batch_size=16).replace(micro_batch_size=8).micro_batch_size
-        8
-        """
-        return type(self).model_validate({**self.model_dump(), **changes})

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError, shown
 from scaleplan.files import parse_json, read_text
-from scaleplan.model.config import GPTConfig, TrainingConfig, normalize_precision
+from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.model.nanogpt_file import parse_assignments
 from scaleplan.model.nanogpt_init import GPT2_MODELS, gpt2_model, read_init_from
 from scaleplan.model.nanogpt_meta import PADDED_GPT2_VOCAB, dataset_vocab
+from scaleplan.model.training_config import TrainingConfig
 
 __all__ = ["NanoGPTRun", "from_hf", "load_nanogpt_config"]
 

@@ -96,9 +96,11 @@ def count_params(cfg: GPTConfig) -> ParamCount:
     return _count(cfg)
 
 
-@per_config
-def _count(cfg: GPTConfig) -> ParamCount:  # frozen: one count per config, shared
+def _count_body(cfg: GPTConfig) -> ParamCount:  # frozen: one count per config, shared
     return ParamCount(**param_terms(cfg))
+
+
+_count = per_config(_count_body)
 
 
 def param_terms(cfg: GPTConfig) -> dict[str, Any]:
@@ -119,8 +121,7 @@ def param_terms(cfg: GPTConfig) -> dict[str, Any]:
     return dict(_sum_terms(cfg))
 
 
-@per_config
-def _sum_terms(cfg: GPTConfig) -> dict[str, Any]:
+def _sum_terms_body(cfg: GPTConfig) -> dict[str, Any]:
     tensors = parameters(cfg)
     part: dict[str, Any] = {name: across_model(cfg, [t for t in tensors if t.part == name])
                             for name in PARTS}
@@ -133,3 +134,6 @@ def _sum_terms(cfg: GPTConfig) -> dict[str, Any]:
         "non_embedding": total - part["token_embedding"] - part["position_embedding"],
         "nanogpt": total - part["position_embedding"],
     }
+
+
+_sum_terms = per_config(_sum_terms_body)

@@ -28,12 +28,15 @@ from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["CACHED_CONFIGS", "PARTS", "Part", "Tensor", "across_model", "clear_config_caches",
-           "model_tensors", "parameters", "per_config", "split_by_block"]
+__all__ = ["CACHED_CONFIGS", "PARTS", "BlockKind", "Part", "Tensor", "across_model",
+           "block_counts", "clear_config_caches", "model_tensors", "parameters", "per_config",
+           "split_by_block"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+BlockKind = Literal["all", "moe", "dense"]
+"""Which blocks hold a per-block tensor (`Tensor.blocks`)."""
 Part = Literal["token_embedding", "position_embedding", "attention", "mlp", "norms", "lm_head"]
 """Where a tensor belongs: the names of `scaleplan.model.params.ParamCount`'s parts."""
 PARTS: tuple[Part, ...] = get_args(Part)
@@ -62,6 +65,12 @@ class Tensor:
     """Repeated in every transformer block: the model holds ``n_layer`` of it."""
     tied: bool = False
     """A view of another tensor's storage (the tied ``lm_head`` is ``wte``): no parameter."""
+    blocks: BlockKind = "all"
+    """Which blocks hold a ``per_block`` tensor: every block, only the MoE blocks or only the
+    dense ones (`block_counts`)."""
+    routed: bool = False
+    """The weights of the routed experts, all ``n_experts`` of them (the shape's first axis): a
+    token goes through ``top_k`` of them."""
 
     @property
     def numel(self) -> Any:
@@ -118,6 +127,10 @@ def per_config(fn: Callable[P, R]) -> Callable[P, R]:
     raised again each time, never kept. Any other first argument (the symbolic view of
     `scaleplan.symbolic`) calls ``fn`` afresh.
 
+    Apply it by assignment (``_count = per_config(_count_body)``), never as a decorator on a
+    formula: mutmut 3 does not mutate decorated functions, so a decorated formula's body would
+    go untested by mutation (docs/development.md).
+
     >>> calls = []
     >>> @per_config
     ... def width(cfg): calls.append(1); return cfg.n_embd
@@ -149,8 +162,7 @@ def _hashable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return True
 
 
-@per_config
-def _list_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
+def _list_tensors_body(cfg: GPTConfig) -> tuple[Tensor, ...]:
     d, V, f = cfg.n_embd, cfg.vocab_size, cfg.mlp_hidden
     qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
     tensors = [Tensor("wte.weight", (V, d), "token_embedding")]
@@ -173,6 +185,9 @@ def _list_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return tuple(tensors)
 
 
+_list_tensors = per_config(_list_tensors_body)
+
+
 def parameters(cfg: GPTConfig) -> tuple[Tensor, ...]:
     """The tensors that are parameters of their own: `model_tensors` less a tied head.
 
@@ -182,15 +197,18 @@ def parameters(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return _untied(cfg)
 
 
-@per_config
-def _untied(cfg: GPTConfig) -> tuple[Tensor, ...]:
+def _untied_body(cfg: GPTConfig) -> tuple[Tensor, ...]:
     return tuple(t for t in model_tensors(cfg) if not t.tied)
+
+
+_untied = per_config(_untied_body)
 
 
 def across_model(cfg: GPTConfig, tensors: Iterable[Tensor],
                  value: Callable[[Tensor], Any] = _numel, *, layers: Any = None) -> Any:
     """``value`` (default: elements) summed over ``tensors`` as the model holds them: a
-    ``per_block`` tensor ``layers`` times (default ``cfg.n_layer``), the others once.
+    ``per_block`` tensor once per block that holds it (`block_counts`; of ``layers`` blocks when
+    given, default ``cfg.n_layer``), the others once.
 
     >>> cfg = GPTConfig.preset("gpt2")
     >>> across_model(cfg, parameters(cfg))  # Hugging Face's count of gpt2
@@ -198,8 +216,29 @@ def across_model(cfg: GPTConfig, tensors: Iterable[Tensor],
     >>> across_model(cfg, parameters(cfg), lambda t: 1)  # tensors: 2 + 12 x 12 + 2
     148
     """
-    block, rest = split_by_block(tensors, value)
-    return (cfg.n_layer if layers is None else layers) * block + rest
+    counts = block_counts(cfg, layers)
+    listed = tuple(tensors)
+    return (sum(counts[t.blocks] * value(t) for t in listed if t.per_block)
+            + sum(value(t) for t in listed if not t.per_block))
+
+
+def block_counts(cfg: GPTConfig, layers: Any = None) -> dict[BlockKind, Any]:
+    """How many of ``layers`` blocks (default all ``cfg.n_layer``) hold a tensor of each
+    `BlockKind`. A dense model's blocks are all alike. With ``moe``, ``moe.n_dense_layers``
+    blocks are dense and the rest MoE; a part of the model (``layers`` fewer than n_layer, a
+    pipeline stage) is taken to hold as many MoE blocks as it can, the heaviest case.
+
+    >>> block_counts(GPTConfig(n_layer=4, moe={"n_experts": 4, "top_k": 1, "expert_hidden": 8,
+    ...                                        "n_dense_layers": 1}))
+    {'all': 4, 'moe': 3, 'dense': 1}
+    """
+    n = cfg.n_layer if layers is None else layers
+    if cfg.moe is None:
+        return {"all": n, "moe": 0, "dense": n}
+    moe = cfg.n_layer - cfg.moe.n_dense_layers
+    if layers is not None:
+        moe = min(moe, n)
+    return {"all": n, "moe": moe, "dense": n - moe}
 
 
 def split_by_block(tensors: Iterable[Tensor],
@@ -229,4 +268,3 @@ def _norm(name: str, cfg: GPTConfig, *, per_block: bool = False) -> list[Tensor]
     scale = Tensor(f"{name}.weight", (d,), "norms", per_block=per_block)
     bias = Tensor(f"{name}.bias", (d,), "norms", bias=True, per_block=per_block)
     return [scale, bias] if cfg.norm_bias else [scale]
-

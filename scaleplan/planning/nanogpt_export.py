@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scaleplan.errors import ScaleplanError, shown
-from scaleplan.model.config import TrainingConfig
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.units import format_count
 
 if TYPE_CHECKING:  # the file readers load when a base file is given (not with `scaleplan plan`)

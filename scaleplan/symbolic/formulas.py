@@ -16,24 +16,23 @@ Why this direction (numbers first, symbols through the same code) rather than de
 functions from sympy expressions: the numeric path stays fast and free of sympy at import
 (``count_params`` in a sweep over thousands of configs costs microseconds, and ``import scaleplan``
 stays light), exact integer results stay Python ints, numpy arrays flow through the same code for
-vectorised sweeps, and there is still only one place to change a
-formula. The price: the formula code must stick to arithmetic on sizes (no ``//``, ``max`` or
-``if size > ...``); ``tests/test_symbolic.py`` checks numeric == symbolic at random points for
-every quantity, so a formula that breaks the rule fails there.
+vectorised sweeps, and there is still only one place to change a formula. The price: the formula
+code must stick to arithmetic on sizes (no ``//``, ``max`` or ``if size > ...``);
+``tests/test_symbolic.py`` checks numeric == symbolic at random points for every quantity, so a
+formula that breaks the rule fails there.
 
 Memory runs `scaleplan.memory.training`'s own per-GPU arithmetic (``stage_parts``: weights,
 gradients, optimizer states, every saved tensor and each moment of the step). Three lines of
-composition are necessarily written here again, because Python's ``max`` and ``math.ceil`` do
-not take symbols (pinned by the same test): the worst moment (``Max`` over the moments), the
-weight copies counted at that moment, and the allocator slack (``ceiling``). A few parts take
-a Python number of blocks (the recompute moment of full checkpointing divides by
-``max(layers, 1)``; per-tensor optimizer thresholds compare sizes), so with ``n_layer`` free the
-parts are evaluated at 1 and 2 blocks and extended linearly (every part is affine in the number
-of blocks). Memory is for one GPU (no `scaleplan.memory.parallel.Parallelism`).
+composition are necessarily written here again, because Python's ``max`` and ``math.ceil`` do not
+take symbols (pinned by the same test): the worst moment (``Max`` over the moments), the weight
+copies counted at that moment, and the allocator slack (``ceiling``). A few parts take a Python
+number of blocks (the recompute moment of full checkpointing divides by ``max(layers, 1)``;
+per-tensor optimizer thresholds compare sizes), so with ``n_layer`` free the parts are evaluated at
+1 and 2 blocks and extended linearly (every part is affine in the number of blocks). Memory is for
+one GPU (no `scaleplan.memory.parallel.Parallelism`).
 
-Symbols: ``L`` n_layer, ``a`` n_head, ``k`` n_kv_head, ``d`` n_embd, ``h`` head_dim, ``f``
-mlp_hidden, ``V`` vocab_size, ``P`` block_size (positions), ``b`` micro_batch_size, ``s``
-seq_len; all positive integers.
+Symbols (positive integers): ``L`` n_layer, ``a`` n_head, ``k`` n_kv_head, ``d`` n_embd, ``h``
+head_dim, ``f`` mlp_hidden, ``V`` vocab_size, ``P`` block_size, ``b`` micro-batch, ``s`` seq_len.
 """
 
 from __future__ import annotations
@@ -59,6 +58,7 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
 __all__ = [
+    "ARCHITECTURE_OPTIONS",
     "MODEL_FIELDS",
     "RUN_FIELDS",
     "SymbolicMemory",
@@ -99,6 +99,12 @@ def symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(_SYMBOL_NAMES[name], positive=True, integer=True)
 
 
+ARCHITECTURE_OPTIONS = ("qk_norm", "norm_position", "parallel", "norm_affine", "final_norm",
+                        "embedding_norm", "lm_head_bias", "position_offset", "rotary_fraction",
+                        "sliding_window", "sliding_window_layers", "attn_softcap", "final_softcap",
+                        "mla", "moe")  # never free: structure, read from the config
+
+
 @dataclass(frozen=True)
 class SymbolicModel:
     """A `GPTConfig` look-alike whose sizes may be sympy expressions.
@@ -125,11 +131,18 @@ class SymbolicModel:
     mlp_bias: int
     norm_bias: int
     free: tuple[str, ...] = field(default=())
+    embed_dim: Any = None
+    config: Any = None  # the GPTConfig viewed: its ARCHITECTURE_OPTIONS are read from it
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in ARCHITECTURE_OPTIONS:
+            raise AttributeError(f"'SymbolicModel' object has no attribute {name!r}")
+        return getattr(self.config, name)
 
     @property
     def gated_mlp(self) -> bool:
         """True for SwiGLU/GeGLU, as `GPTConfig.gated_mlp`."""
-        return self.mlp != "gelu"
+        return self.mlp in ("swiglu", "geglu")
 
 
 def _check_free(free: Iterable[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -164,7 +177,7 @@ def symbolic_model(cfg: GPTConfig, free: Iterable[str] = ("n_layer", "n_embd")) 
         sizes["head_dim"] = sympy.sympify(d) / a
     if "mlp_hidden" not in given and "mlp_hidden" not in names and "n_embd" in names:
         multiple = 256  # config._SWIGLU_MULTIPLE_OF: Llama's feed-forward rounding
-        sizes["mlp_hidden"] = (4 * d if cfg.mlp == "gelu" else
+        sizes["mlp_hidden"] = (4 * d if not cfg.gated_mlp else
                                multiple * sympy.ceiling(
                                    sympy.floor(8 * d / 3, evaluate=False) / multiple,
                                    evaluate=False))
@@ -172,7 +185,8 @@ def symbolic_model(cfg: GPTConfig, free: Iterable[str] = ("n_layer", "n_embd")) 
         **sizes, mlp=cfg.mlp, norm=cfg.norm, position=cfg.position,
         tie_embeddings=cfg.tie_embeddings, dropout=cfg.dropout, qkv_bias=int(cfg.qkv_bias),
         attn_out_bias=int(cfg.attn_out_bias), mlp_bias=int(cfg.mlp_bias),
-        norm_bias=int(cfg.norm_bias), free=names)
+        norm_bias=int(cfg.norm_bias), free=names,
+        embed_dim=cfg.embed_dim if "embed_dim" in given else sizes["n_embd"], config=cfg)
 
 
 def _run_size(name: str, value: int | None, free: tuple[str, ...], default: int | None) -> Any:

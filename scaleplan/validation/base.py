@@ -23,7 +23,8 @@ from pydantic_core import PydanticCustomError, core_schema
 from scaleplan.checks import real
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.findings import Finding
-from scaleplan.model.config import GPTConfig, TrainingConfig
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.units import format_count
 
 __all__ = [
