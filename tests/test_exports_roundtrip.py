@@ -27,7 +27,8 @@ from scaleplan.cli import main
 from scaleplan.diagnosis.schedule import lr_findings
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
-from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.nanogpt_export import fit_schedule, to_nanogpt_config
 from scaleplan.planning.planner import plan
 
@@ -180,6 +181,8 @@ def test_plan_method_with_a_base_keeps_the_run_as_the_cli_does(
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"text": SEED}, r"pass base= too, the file's path"),
     ({"base": 42}, r"base=42 must be a nanoGPT config file's path or the NanoGPTRun"),
+    ({"base": NanoGPTRun(model=GPTConfig.preset("gpt2"), training=TrainingConfig())},
+     r"base is a NanoGPTRun that names no file \(source=None\)"),
 ])
 def test_plan_method_refuses_a_base_it_cannot_read(kwargs: dict[str, object],
                                                     message: str) -> None:
