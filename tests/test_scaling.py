@@ -143,6 +143,17 @@ def test_a_law_gives_pythons_own_bits_for_numbers_and_arrays(n: float, d: float)
     assert law.optimal_tokens_for_params(np.array([n]))[0] == tokens
 
 
+def test_kaplans_loss_of_a_number_equals_its_array_element() -> None:
+    # Found by hypothesis on main (AVX-512 CPU): the number took numpy's scalar pow after its
+    # first step, the array numpy's SIMD loop, and the two differed in the last bit
+    # (3.371203168909285 vs 3.3712031689092847). Written out with Python's pow:
+    law = scaling_law("kaplan2020")
+    n, d = 1e7, 1460756123960.0
+    by_hand = ((law.N_c / n) ** (law.alpha_N / law.alpha_D) + law.D_c / d) ** law.alpha_D
+    assert law.loss(n, d) == by_hand
+    assert law.loss(np.array([n, 2 * n]), d)[0] == by_hand
+
+
 def test_a_plain_number_is_answered_without_numpy() -> None:
     # plan() asks the law for the compute-optimal budget and the loss: in a fresh interpreter
     # that must not import numpy (0.1-0.2 s of a cold `scaleplan plan`, issue 21)
