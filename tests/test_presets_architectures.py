@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hf_meta import hf_meta_count
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
-from tests.hf_meta import hf_meta_count
 
 FIXTURES = Path(__file__).parent / "data" / "hf_configs"
 EXPECTED: dict[str, Any] = json.loads((FIXTURES / "expected.json").read_text("utf-8"))["counts"]

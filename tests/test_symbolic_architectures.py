@@ -13,12 +13,13 @@ import pytest
 
 sympy = pytest.importorskip("sympy", reason="scaleplan.symbolic needs sympy (a core dependency)")
 
+from test_architecture_params import CASES, IDS, config_of  # noqa: E402
+
 from scaleplan.errors import ScaleplanError  # noqa: E402
 from scaleplan.model.config import GPTConfig  # noqa: E402
 from scaleplan.model.params import count_params  # noqa: E402
 from scaleplan.model.shapes import block_counts  # noqa: E402
 from scaleplan.symbolic.formulas import param_count, symbol  # noqa: E402
-from tests.test_architecture_params import CASES, IDS, _cfg  # noqa: E402
 
 FREE = [("n_layer",), ("n_layer", "n_embd"), ("vocab_size", "block_size", "mlp_hidden")]
 
@@ -28,7 +29,7 @@ def test_symbolic_count_equals_numeric_for_every_option(name: str, fields: dict[
                                                         hand: int, model_type: str,
                                                         hf: dict[str, Any]) -> None:
     """Plumbing test: symbols pass through every option's tensors, MoE block counts included."""
-    cfg = _cfg(fields)
+    cfg = config_of(fields)
     for free in FREE:
         for scale in (1, 2):
             point = {"n_layer": 2 + 3 * (scale - 1), "n_embd": 32 * scale,
