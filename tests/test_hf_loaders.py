@@ -41,10 +41,33 @@ def test_released_config_counts_what_transformers_builds(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_released_config_embedding_and_lm_head_parts(name: str) -> None:
+def test_released_config_parts_match_transformers_modules(name: str) -> None:
     counts, kinds = count_params(from_hf(FIXTURES / name)), EXPECTED[name]["per_module_kind"]
     assert counts.token_embedding == kinds["token_embedding"]
     assert counts.position_embedding == kinds["position_embedding"]
+    assert counts.attention == kinds["attention"]
+    assert counts.norms == kinds["norms"]
+    assert counts.mlp == kinds["mlp"] + kinds["router"] + kinds["experts"]
+    # OPT-350m's project_in/out (transformers' "other") sit with the head here.
+    assert counts.lm_head == kinds["lm_head"] + kinds["other"]
+
+
+MOE_CONFIGS = [name for name in CONFIGS if EXPECTED[name]["active"] is not None]
+
+
+@pytest.mark.parametrize("name", MOE_CONFIGS)
+def test_released_moe_config_active_parameters(name: str) -> None:
+    # transformers' total less the routed experts not taken: top_k of n_experts per MoE block.
+    assert count_params(from_hf(FIXTURES / name)).active == EXPECTED[name]["active"]
+
+
+def test_published_moe_sizes() -> None:
+    # Published: Mixtral-8x7B 46.7B total, 12.9B active (Mistral AI, "Mixtral of experts",
+    # arXiv:2401.04088); DeepSeek-V3 671B total, 37B active (arXiv:2412.19437).
+    mixtral = count_params(from_hf(FIXTURES / "mixtral__mistralai--Mixtral-8x7B-v0.1.json"))
+    assert round(mixtral.total / 1e9, 1) == 46.7 and round(mixtral.active / 1e9, 1) == 12.9
+    v3 = count_params(from_hf(FIXTURES / "deepseek_v3__deepseek-ai--DeepSeek-V3.json"))
+    assert round(v3.total / 1e9) == 671 and int(v3.active / 1e9) == 37  # 37.55B
 
 
 # ----------------------------------------------------------------------------- error cases

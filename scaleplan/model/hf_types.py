@@ -216,7 +216,8 @@ def _gptj(c: HFConfig) -> dict[str, Any]:
     if c["n_inner"] is not None:
         out["mlp_hidden"] = c["n_inner"]
     if c["rotary_dim"] is not None:  # rotates rotary_dim of each head's n_embd // n_head
-        out["rotary_fraction"] = c.size("rotary_dim") * c.size("n_head") / c.size("n_embd")
+        head = c.size("n_embd") / c.size("n_head")
+        out["rotary_fraction"] = min(1.0, c.size("rotary_dim") / head)  # more: the whole head
     return out
 
 
