@@ -19,7 +19,7 @@ pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip instal
                                    '"scaleplan[torch]"')
 pytest.importorskip("transformers")
 
-from scaleplan.reference.hf import hf_meta_counts  # noqa: E402
+from scaleplan.reference.hf import hf_meta_counts
 
 pytestmark = pytest.mark.torch
 
