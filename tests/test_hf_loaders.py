@@ -165,3 +165,14 @@ def test_gemma3_wrapper_reads_the_language_model_only() -> None:
     assert cfg == from_hf({**wrapper["text_config"], "model_type": "gemma3_text"})
     with pytest.raises(ScaleplanError, match="text_config = 3 must be a JSON object"):
         from_hf({"model_type": "gemma3", "text_config": 3})
+
+
+def test_layer_patterns_are_counted_not_listed() -> None:
+    # A file can hold any int: 10**12 blocks of gemma2 slide on the even ones, half of them,
+    # and qwen3_moe with decoder_sparse_step 3 has a MoE MLP on every third block less the
+    # two of mlp_only_layers that would have had one (2 and 5; 0 is dense anyway).
+    n = 10**12
+    assert from_hf({"model_type": "gemma2", "num_hidden_layers": n}).sliding_window_layers == n // 2
+    moe = from_hf({"model_type": "qwen3_moe", "num_hidden_layers": n, "decoder_sparse_step": 3,
+                   "mlp_only_layers": [0, 2, 5]}).moe
+    assert moe is not None and moe.n_dense_layers == n - (n // 3 - 2)

@@ -115,3 +115,22 @@ def test_the_cases_cover_every_supported_type() -> None:
     from scaleplan.model.loaders import SUPPORTED_HF_MODEL_TYPES
 
     assert sorted({t for t, _ in CASES}) == sorted(SUPPORTED_HF_MODEL_TYPES)
+
+
+@pytest.mark.parametrize(("model_type", "keys"), [
+    ("gemma2", {"num_hidden_layers": 7}),
+    ("gemma3_text", {"num_hidden_layers": 13}),
+    ("gemma3_text", {"num_hidden_layers": 9, "sliding_window_pattern": 4}),
+    ("qwen2", {"num_hidden_layers": 6, "use_sliding_window": True, "max_window_layers": 2}),
+    ("qwen3", {"num_hidden_layers": 6, "use_sliding_window": True, "max_window_layers": 9}),
+    ("qwen2", {"num_hidden_layers": 6, "use_sliding_window": False}),
+])
+def test_sliding_blocks_are_those_transformers_config_lists(model_type: str,
+                                                            keys: dict[str, Any]) -> None:
+    # The config class's own layer_types, derived from the same keys, is the independent side.
+    from transformers import AutoConfig
+
+    config = {**HF, "num_key_value_heads": 2, **keys}
+    layer_types = AutoConfig.for_model(model_type, **config).layer_types
+    cfg = from_hf({"model_type": model_type, **config})
+    assert cfg.sliding_window_layers == layer_types.count("sliding_attention")

@@ -43,9 +43,9 @@ def _qwen3_moe(c: HFConfig) -> dict[str, Any]:
     n = c.size("num_hidden_layers")
     experts = c.size("num_local_experts", minimum=0)
     step = c.size("decoder_sparse_step")
-    dense_only = set(c.indices("mlp_only_layers"))
-    moe_blocks = sum(1 for i in range(n)
-                     if i not in dense_only and experts > 0 and (i + 1) % step == 0)
+    # Blocks step - 1, 2 step - 1, ... are MoE, less those mlp_only_layers names.
+    dense_only = {i for i in c.indices("mlp_only_layers") if 0 <= i < n and (i + 1) % step == 0}
+    moe_blocks = (n // step - len(dense_only)) if experts > 0 else 0
     moe = _moe(c, "num_local_experts", "moe_intermediate_size", n - moe_blocks, n)
     if moe is not None:
         out["moe"] = moe

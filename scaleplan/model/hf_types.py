@@ -59,14 +59,17 @@ def rotary(c: HFConfig, default: float, *, key: str = "partial_rotary_factor") -
     return float(value)
 
 
-def layer_kinds(c: HFConfig, n_layer: int, default: list[str]) -> int:
-    """How many blocks use sliding-window attention: ``layer_types`` when given (each
-    'sliding_attention' or 'full_attention', one per block), else ``default``'s."""
-    kinds = c["layer_types"] if c["layer_types"] is not None else default
+def layer_kinds(c: HFConfig, n_layer: int, default: int) -> int:
+    """How many blocks use sliding-window attention: those ``layer_types`` names
+    'sliding_attention' when it is given (one 'sliding_attention' or 'full_attention' per
+    block), else ``default`` (the config class's pattern, counted without listing the blocks:
+    n_layer can be any int a file holds)."""
+    kinds = c["layer_types"]
+    if kinds is None:
+        return default
     if not isinstance(kinds, list) or len(kinds) != n_layer:
         raise c.fail("layer_types", f"must list one attention type per block ({n_layer})")
-    unknown = sorted({k for k in kinds if k not in ("sliding_attention", "full_attention")},
-                     key=str)
+    unknown = sorted({str(k) for k in kinds if k not in ("sliding_attention", "full_attention")})
     if unknown:
         raise c.fail("layer_types", f"{unknown[0]!r} is not an attention scaleplan models; "
                      "it knows 'sliding_attention' and 'full_attention'")
@@ -103,9 +106,8 @@ def _qwen_sliding(c: HFConfig, out: dict[str, Any]) -> dict[str, Any]:
     if not c.flag("use_sliding_window") or c["sliding_window"] is None:
         return out
     n = c.size("num_hidden_layers")
-    first = c.size("max_window_layers", minimum=0)
-    default = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
-    return sliding(out, c.size("sliding_window"), layer_kinds(c, n, default))
+    first = c.size("max_window_layers", minimum=0)  # blocks first, first + 1, ... slide
+    return sliding(out, c.size("sliding_window"), layer_kinds(c, n, max(0, n - first)))
 
 
 def _qwen2(c: HFConfig) -> dict[str, Any]:
@@ -153,9 +155,8 @@ def _gemma2(c: HFConfig) -> dict[str, Any]:
     out["norm_position"] = "sandwich"
     out["attn_softcap"] = c["attn_logit_softcapping"]
     out["final_softcap"] = c["final_logit_softcapping"]
-    n = c.size("num_hidden_layers")
-    default = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
-    return sliding(out, c.optional_size("sliding_window"), layer_kinds(c, n, default))
+    n = c.size("num_hidden_layers")  # blocks 0, 2, 4, ... slide
+    return sliding(out, c.optional_size("sliding_window"), layer_kinds(c, n, n - n // 2))
 
 
 def _gemma3_text(c: HFConfig) -> dict[str, Any]:
@@ -164,9 +165,8 @@ def _gemma3_text(c: HFConfig) -> dict[str, Any]:
     out = _gemma2(c)
     out["qk_norm"] = "head"
     n = c.size("num_hidden_layers")
-    pattern = c.size("sliding_window_pattern")
-    default = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
-    return sliding(out, c.optional_size("sliding_window"), layer_kinds(c, n, default))
+    pattern = c.size("sliding_window_pattern")  # every pattern-th block is global
+    return sliding(out, c.optional_size("sliding_window"), layer_kinds(c, n, n - n // pattern))
 
 
 def _stablelm(c: HFConfig) -> dict[str, Any]:
