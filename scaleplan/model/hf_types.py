@@ -144,7 +144,9 @@ def _olmo2(c: HFConfig) -> dict[str, Any]:
     return out
 
 
-def _gemma(c: HFConfig) -> dict[str, Any]:
+def _gemma(c: HFConfig) -> dict[str, Any]:  # gemma, and under gemma2 and gemma3_text
+    c.refuse("use_bidirectional_attention", True, "attention without the causal mask "
+             "(an embedding model); scaleplan counts causal decoders")
     out = heads(c, core(c, mlp="geglu"))
     out["qkv_bias"] = out["attn_out_bias"] = c.flag("attention_bias")
     return out
@@ -160,8 +162,6 @@ def _gemma2(c: HFConfig) -> dict[str, Any]:
 
 
 def _gemma3_text(c: HFConfig) -> dict[str, Any]:
-    c.refuse("use_bidirectional_attention", True, "attention without the causal mask "
-             "(an embedding model); scaleplan counts causal decoders")
     out = _gemma2(c)
     out["qk_norm"] = "head"
     n = c.size("num_hidden_layers")
