@@ -202,11 +202,9 @@ class HFConfig:
         """Raise `UnsupportedKeyError` when ``key`` is ``value``: its model is not one scaleplan
         counts (``why`` says what it builds and what to do)."""
         if self[key] == value and type(self[key]) is type(value):
-            raise UnsupportedKeyError(f"{self.name(key)} = {shown(self[key])} ({self.model_type}): "
-                                 f"{why}")
+            raise UnsupportedKeyError(f"{self.name(key)} = {shown(self[key])}: {why}")
 
     def unless(self, key: str, expected: Any, why: str) -> None:
         """Raise `UnsupportedKeyError` unless ``key`` is ``expected``."""
         if self[key] != expected:
-            raise UnsupportedKeyError(f"{self.name(key)} = {shown(self[key])} ({self.model_type}): "
-                                 f"{why}")
+            raise UnsupportedKeyError(f"{self.name(key)} = {shown(self[key])}: {why}")

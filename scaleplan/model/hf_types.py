@@ -270,13 +270,13 @@ def _falcon_layout(c: HFConfig) -> tuple[str, int | None]:
     if lns not in (None, 1, 2) or isinstance(lns, bool):
         raise c.fail("num_ln_in_parallel_attn", "must be 1 or 2 (or null)")
     if new and not parallel:
-        raise UnsupportedKeyError("parallel_attn = false with new_decoder_architecture = true "
-                             "(falcon): FalconDecoderLayer builds norms its forward does not "
+        raise UnsupportedKeyError("parallel_attn = false with new_decoder_architecture = true: "
+                             "FalconDecoderLayer builds norms its forward does not "
                              "use; not a model transformers runs")
     if new:  # num_ln_in_parallel_attn defaults to 2 here: ln_attn and ln_mlp
         return ("shared_norm" if lns == 1 else "separate_norms"), c.optional_size("num_kv_heads")
     if parallel and lns == 2:
-        raise UnsupportedKeyError("num_ln_in_parallel_attn = 2 (falcon) needs "
+        raise UnsupportedKeyError("num_ln_in_parallel_attn = 2 needs "
                              "new_decoder_architecture = true: the old block builds ln_attn "
                              "and ln_mlp but runs input_layernorm")
     # Old architecture: multi_query means one key/value head; q, k, v are n_embd wide otherwise.
