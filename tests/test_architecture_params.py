@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hf_meta import hf_meta_count, hf_meta_parameters
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
 from scaleplan.model.shapes import across_model, active_numel, model_tensors
-from tests.hf_meta import hf_meta_count, hf_meta_parameters
 
 V, d, L, a = 100, 32, 2, 4
 OURS = {"n_layer": L, "n_head": a, "n_embd": d, "vocab_size": V}
@@ -194,14 +194,14 @@ CASES: list[tuple[str, dict[str, Any], int, str, dict[str, Any]]] = [
 IDS = [case[0] for case in CASES]
 
 
-def _cfg(fields: dict[str, Any]) -> GPTConfig:
+def config_of(fields: dict[str, Any]) -> GPTConfig:
     return GPTConfig(**(OURS | fields))
 
 
 @pytest.mark.parametrize(("name", "fields", "hand", "model_type", "hf"), CASES, ids=IDS)
 def test_count_is_the_hand_count(name: str, fields: dict[str, Any], hand: int, model_type: str,
                                  hf: dict[str, Any]) -> None:
-    assert count_params(_cfg(fields)).total == hand
+    assert count_params(config_of(fields)).total == hand
 
 
 @pytest.mark.torch
@@ -209,11 +209,11 @@ def test_count_is_the_hand_count(name: str, fields: dict[str, Any], hand: int, m
 def test_count_equals_what_transformers_builds(name: str, fields: dict[str, Any], hand: int,
                                                model_type: str, hf: dict[str, Any]) -> None:
     pytest.importorskip("transformers")
-    assert count_params(_cfg(fields)).total == hf_meta_count(model_type, **hf)
+    assert count_params(config_of(fields)).total == hf_meta_count(model_type, **hf)
 
 
 def _case(prefix: str) -> GPTConfig:
-    return _cfg(next(fields for name, fields, *_ in CASES if name.startswith(prefix)))
+    return config_of(next(fields for name, fields, *_ in CASES if name.startswith(prefix)))
 
 
 def test_new_norms_are_counted_as_norms() -> None:
