@@ -13,7 +13,7 @@ import pytest
 
 from scaleplan.model.loaders import from_hf
 from scaleplan.model.params import count_params
-from tests.hf_meta import TOKEN_IDS
+from hf_meta import TOKEN_IDS
 
 pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip install '
                                    '"scaleplan[torch]"')
