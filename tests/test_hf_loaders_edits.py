@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hf_meta import TOKEN_IDS
 
 from scaleplan.model.loaders import from_hf
 from scaleplan.model.params import count_params
-from hf_meta import TOKEN_IDS
 
 pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip install '
                                    '"scaleplan[torch]"')
