@@ -178,3 +178,14 @@ def test_layer_patterns_are_counted_not_listed() -> None:
     moe = from_hf({"model_type": "qwen3_moe", "num_hidden_layers": n, "decoder_sparse_step": 3,
                    "mlp_only_layers": [0, 2, 5]}).moe
     assert moe is not None and moe.n_dense_layers == n - (n // 3 - 2)
+
+
+@pytest.mark.parametrize(("config", "match"), [
+    ({"model_type": "phi", "rope_parameters": {"partial_rotary_factor": "x"}},
+     r"\(phi\): rope_parameters.partial_rotary_factor = 'x': must be a number in \(0, 1\]"),
+    ({"model_type": "gpt_neox", "rotary_pct": 0}, r"\(gpt_neox\): rotary_pct = 0: must be"),
+    ({"model_type": "phi", "partial_rotary_factor": 10**400}, r"partial_rotary_factor = 1000"),
+])
+def test_rotary_fraction_is_checked_where_it_is_read(config: dict[str, Any], match: str) -> None:
+    with pytest.raises(ScaleplanError, match=match):
+        from_hf(config)

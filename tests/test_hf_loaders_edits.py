@@ -134,3 +134,24 @@ def test_sliding_blocks_are_those_transformers_config_lists(model_type: str,
     layer_types = AutoConfig.for_model(model_type, **config).layer_types
     cfg = from_hf({"model_type": model_type, **config})
     assert cfg.sliding_window_layers == layer_types.count("sliding_attention")
+
+
+@pytest.mark.parametrize(("model_type", "keys"), [
+    ("stablelm", {}),
+    ("phi", {}),
+    ("phi3", {"partial_rotary_factor": 0.75}),
+    ("gpt_neox", {"rotary_pct": 0.5}),
+    ("gpt_neox", {"rotary_pct": 0.5, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    ("phi", {"partial_rotary_factor": 0.4,
+             "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                 "partial_rotary_factor": 0.75}}),
+    ("stablelm", {"rope_scaling": {"rope_type": "linear", "factor": 2.0,
+                                   "partial_rotary_factor": 0.3}}),
+])
+def test_rotary_fraction_is_the_one_transformers_config_keeps(model_type: str,
+                                                              keys: dict[str, Any]) -> None:
+    from transformers import AutoConfig
+
+    rope = AutoConfig.for_model(model_type, **keys).rope_parameters
+    assert from_hf({"model_type": model_type, **keys}).rotary_fraction == pytest.approx(
+        rope["partial_rotary_factor"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.hf_keys import HFConfig, UnsupportedKeyError
 
 __all__ = ["DENSE_TYPES", "core", "heads", "layer_kinds", "rotary", "sliding"]
@@ -50,12 +51,15 @@ def rotary(c: HFConfig, default: float, *, key: str = "partial_rotary_factor") -
     for nested in ("rope_parameters", "rope_scaling"):
         params = c[nested]
         if isinstance(params, dict) and params.get("partial_rotary_factor") is not None:
-            return float(params["partial_rotary_factor"])
-    value = c[key]
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise c.fail(key, "must be a number in (0, 1]")
+            label = f"{c.name(nested)}.partial_rotary_factor"
+            return _fraction(label, params["partial_rotary_factor"])
+    return default if c[key] is None else _fraction(c.name(key), c[key])
+
+
+def _fraction(label: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ScaleplanError(f"{label} = {shown(value)}: must be a number in (0, 1], the "
+                             "fraction of each head that rotary positions rotate")
     return float(value)
 
 
