@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig, config_type_message
-from scaleplan.model.shapes import PARTS, across_model, parameters, per_config
+from scaleplan.model.shapes import PARTS, across_model, active_numel, parameters, per_config
 
 __all__ = ["ParamCount", "count_params", "param_terms"]
 
@@ -22,7 +22,12 @@ class ParamCount(BaseModel):
 
     ``token_embedding + position_embedding + attention + mlp + norms + lm_head == total``.
     ``biases`` is informational: how many of those parameters are biases (already inside
-    attention, mlp and norms).
+    attention, mlp and norms). Every norm (QK-norms, MLA's latent norms, an embedding norm)
+    is in ``norms``; a mixture of experts' router, experts and shared experts are in ``mlp``;
+    OPT's projections between a narrow embedding and the residual stream are in ``lm_head``
+    (matmuls outside the blocks, like the head). ``active`` is what one token goes through: a
+    mixture of experts' ``top_k`` of ``n_experts`` routed experts (Mixtral-8x7B: 46.7B total,
+    12.9B active).
 
     >>> pc = count_params(GPTConfig.preset("gpt2"))
     >>> pc.total, pc.nanogpt
@@ -32,16 +37,24 @@ class ParamCount(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     total: int = Field(description="Every parameter, a tied lm_head counted once.")
-    token_embedding: int = Field(description="wte: vocab_size x n_embd.")
+    token_embedding: int = Field(description="wte: vocab_size x embed_dim (n_embd).")
     position_embedding: int = Field(
-        description="wpe: block_size x n_embd for learned positions, else 0 (RoPE has none)."
+        description="wpe: (block_size + position_offset) x n_embd for learned positions, else 0 "
+        "(RoPE and ALiBi have none)."
     )
-    attention: int = Field(description="q, k, v and output projections, with their biases.")
-    mlp: int = Field(description="MLP matrices (2 for GELU, 3 for SwiGLU/GeGLU), with biases.")
-    norms: int = Field(description="Every norm's scale (and bias): 2 per block plus the final.")
-    lm_head: int = Field(description="The output projection; 0 when tied to wte.")
+    attention: int = Field(description="q, k, v and output projections (MLA's low-rank ones), "
+                           "with their biases.")
+    mlp: int = Field(description="MLP matrices (2 for GELU/ReLU, 3 for SwiGLU/GeGLU), with "
+                     "biases; with moe, the dense blocks' MLPs, routers, experts and shared "
+                     "experts.")
+    norms: int = Field(description="Every norm's scale (and bias): the blocks' (2, 4 with "
+                       "sandwich, 1 with a shared parallel norm), QK-norms, MLA's latent norms, "
+                       "the embedding and final norms.")
+    lm_head: int = Field(description="The output projection (0 when tied to wte) and its bias, "
+                         "and OPT's project_in/project_out when embed_dim != n_embd.")
     biases: int = Field(description="Bias parameters, already counted in the fields above.")
-    per_layer: int = Field(description="Parameters in one transformer block.")
+    per_layer: int = Field(description="Parameters in one transformer block (an MoE block when "
+                           "the model has any).")
     non_embedding: int = Field(
         description="Kaplan et al. (2020)'s N: total minus the token and position embeddings. "
         "An untied lm_head stays in, since its matmul costs compute like any other layer."
@@ -50,6 +63,10 @@ class ParamCount(BaseModel):
         description="What nanoGPT prints as 'number of parameters': total minus the position "
         "embedding (get_num_params(non_embedding=True) keeps wte because it is also the tied "
         "output layer)."
+    )
+    active: int = Field(
+        description="Parameters one token goes through: total less the routed experts' "
+        "inactive share (their elements x (1 - top_k / n_experts)); total for a dense model."
     )
 
     @model_validator(mode="after")
@@ -61,6 +78,9 @@ class ParamCount(BaseModel):
             raise ValueError("non_embedding must be total - token_embedding - position_embedding")
         if self.nanogpt != self.total - self.position_embedding:
             raise ValueError("nanogpt must be total - position_embedding")
+        if not 0 < self.active <= self.total:
+            raise ValueError(f"active={self.active} must be positive and at most "
+                             f"total={self.total}")
         return self
 
     def components(self) -> dict[str, int]:
@@ -86,7 +106,13 @@ def count_params(cfg: GPTConfig) -> ParamCount:
 
     Plus the token embedding V x d, learned positions block_size x d, a final norm, and an untied
     lm_head d x V (GPT-2's and Llama's heads have no bias). The tensors are listed in
-    `scaleplan.model.shapes.model_tensors`.
+    `scaleplan.model.shapes.model_tensors`; `scaleplan.model.layers` has those of the other
+    options (QK-norms, sandwich/post/parallel norms, MLA, mixtures of experts, OPT's
+    projections, a head bias), each checked against the model transformers builds.
+
+    >>> pc = count_params(GPTConfig.preset("mixtral-8x7b"))  # published: 46.7B, 12.9B active
+    >>> pc.total, pc.active
+    (46702792704, 12879925248)
 
     >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
     40560000
@@ -133,6 +159,7 @@ def _sum_terms_body(cfg: GPTConfig) -> dict[str, Any]:
         "per_layer": across_model(cfg, [t for t in tensors if t.per_block], layers=1),
         "non_embedding": total - part["token_embedding"] - part["position_embedding"],
         "nanogpt": total - part["position_embedding"],
+        "active": across_model(cfg, tensors, lambda t: active_numel(t, cfg)),
     }
 
 
