@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hf_meta import hf_meta_count, hf_meta_parameters
+from hf_meta import hf_meta_active, hf_meta_count, hf_meta_parameters
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
@@ -209,7 +209,10 @@ def test_count_is_the_hand_count(name: str, fields: dict[str, Any], hand: int, m
 def test_count_equals_what_transformers_builds(name: str, fields: dict[str, Any], hand: int,
                                                model_type: str, hf: dict[str, Any]) -> None:
     pytest.importorskip("transformers")
-    assert count_params(config_of(fields)).total == hf_meta_count(model_type, **hf)
+    pc = count_params(config_of(fields))
+    assert pc.total == hf_meta_count(model_type, **hf)
+    if fields.get("moe"):  # the active count, measured on transformers' experts modules
+        assert pc.active == hf_meta_active(model_type, **hf)
 
 
 def _case(prefix: str) -> GPTConfig:
