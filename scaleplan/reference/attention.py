@@ -172,10 +172,8 @@ def attend(layer: CausalSelfAttention | LatentAttention, q: torch.Tensor, key: t
     if layer.softcap is not None:  # gemma2: c * tanh(scores / c), before the mask
         att = torch.tanh(att / layer.softcap) * layer.softcap
     assert mask is not None
-    if mask.dtype == torch.bool:
-        att = att.masked_fill(mask, float("-inf"))
-    else:  # ALiBi: the bias with -inf where hidden
-        att = att + mask
+    # a bool mask hides keys; ALiBi's float mask is its bias with -inf where hidden
+    att = att.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else att + mask
     att = layer.attn_dropout(F.softmax(att, dim=-1))
     y: torch.Tensor = att @ v
     return y

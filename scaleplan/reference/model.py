@@ -67,7 +67,7 @@ class Block(nn.Module):
 
     def _sub(self, name: str, x: torch.Tensor) -> torch.Tensor:
         norm = getattr(self, name, None)
-        return x if norm is None else norm(x)  # type: ignore[no-any-return]
+        return x if norm is None else norm(x)
 
     def forward(self, x: torch.Tensor, rope: Rope | None, mask: torch.Tensor | None
                 ) -> torch.Tensor:
@@ -179,6 +179,7 @@ class GPT(nn.Module):
         masks: dict[bool, torch.Tensor | None] = {}
         for sliding, w in kinds.items():
             banded = w is not None and w < T
+            w = w or 0
             if not (alibi or banded or self.attention == "eager"):
                 masks[sliding] = None  # SDPA's is_causal
                 continue
