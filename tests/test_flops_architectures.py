@@ -136,3 +136,41 @@ def test_capacity_factor_below_one_is_refused() -> None:
     cfg = ARCHITECTURES["mixtral-style"].replace(moe={**_MOE, "capacity_factor": 0.5})
     with pytest.raises(ScaleplanError, match=r"capacity_factor=0.5 drops tokens"):
         flops_per_token(cfg, seq_len=16)
+
+
+@pytest.mark.torch
+def test_learned_routing_counts_what_balanced_routing_counts() -> None:
+    # Dropless routing sends every token to top_k experts whatever the router picks, so the
+    # experts' matmuls sum to tokens x top_k expert passes: the router's own (real) choice gives
+    # FlopCounterMode's same total.
+    torch = pytest.importorskip("torch", reason="the FlopCounterMode check needs torch")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scaleplan.reference.model import GPT
+
+    cfg = ARCHITECTURES["deepseek-style"]
+    torch.manual_seed(0)
+    model = GPT(cfg, routing="learned")
+    idx = torch.randint(0, cfg.vocab_size, (3, 7))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        _, loss = model(idx, idx)
+        assert loss is not None
+        loss.backward()
+    assert counter.get_total_flops() == step_flops(cfg, micro_batch_size=3, seq_len=7,
+                                                   causal=False).total
+
+
+@pytest.mark.torch
+def test_mixtral_8x7b_flops_per_token_equal_flop_counter_mode() -> None:
+    # The issue's acceptance at full size, on fake tensors: Mixtral-8x7B (32 layers, 8 experts
+    # of 14336, top-2), one sequence of 512 tokens, balanced routing (each expert takes 128).
+    pytest.importorskip("torch", reason="the FlopCounterMode check needs torch")
+    from scaleplan.reference import count_flops
+
+    mixtral = GPTConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, block_size=32768,
+                        vocab_size=32000, bias=False, mlp="swiglu", norm="rmsnorm",
+                        position="rope", tie_embeddings=False,
+                        moe={"n_experts": 8, "top_k": 2, "expert_hidden": 14336})
+    forward, backward = count_flops(mixtral, micro_batch_size=1, seq_len=512)
+    assert forward + backward == 512 * flops_per_token(mixtral, seq_len=512, causal=False)
