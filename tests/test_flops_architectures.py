@@ -174,3 +174,30 @@ def test_mixtral_8x7b_flops_per_token_equal_flop_counter_mode() -> None:
                         moe={"n_experts": 8, "top_k": 2, "expert_hidden": 14336})
     forward, backward = count_flops(mixtral, micro_batch_size=1, seq_len=512)
     assert forward + backward == 512 * flops_per_token(mixtral, seq_len=512, causal=False)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("name", "not_rerun"), [
+    # torch's non-reentrant checkpoint stops recomputing once every saved tensor is rebuilt, so
+    # a block's last matmul is not re-run when nothing saves its output (2 FLOPs x 32 tokens x
+    # its weights, per block): the dense down projection (f=128, d=32) of a pre-norm or
+    # parallel block;
+    ("gptj-parallel", 2 * 2 * 32 * 128 * 32),
+    ("mla-direct-q", 2 * 2 * 32 * 128 * 32),
+    # deepseek-style: the dense block's down projection (40 x 32) and, in the 2 MoE blocks,
+    # the shared expert's (24 x 32), which runs after the routed experts;
+    ("deepseek-style", 2 * 32 * 40 * 32 + 2 * 2 * 32 * 24 * 32),
+    # but a routed expert's output is saved by its weighting (the MoE ends with index_add_),
+    # and a post-norm (opt) or sandwich (gemma2) block's norm saves the MLP's output.
+    ("mixtral-style", 0), ("opt-350m-style", 0), ("gemma2-style", 0),
+])
+def test_full_recompute_equals_flop_counter_with_checkpointing(name: str, not_rerun: int) -> None:
+    pytest.importorskip("torch", reason="the FlopCounterMode check needs torch")
+    from scaleplan.reference import count_flops
+
+    cfg = ARCHITECTURES[name]
+    attention = "eager" if cfg.attn_softcap is not None else "flash"
+    forward, backward = count_flops(cfg, micro_batch_size=2, seq_len=16, checkpointing=True,
+                                    attention=attention)  # type: ignore[arg-type]
+    hardware = 32 * flops_per_token(cfg, seq_len=16, causal=False, recompute="full")
+    assert forward + backward == hardware - not_rerun
