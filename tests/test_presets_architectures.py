@@ -102,3 +102,12 @@ def test_preset_without_a_fixture_counts_what_transformers_builds(
         preset: str, model_type: str, config: dict[str, Any]) -> None:
     pytest.importorskip("transformers")
     assert count_params(GPTConfig.preset(preset)).total == hf_meta_count(model_type, **config)
+
+
+@pytest.mark.parametrize("preset", sorted(FIXTURE_OF))
+def test_preset_is_what_from_hf_reads_from_the_released_config(preset: str) -> None:
+    # Two readings of one file, written apart: the preset by hand, from_hf by the loader's
+    # rules for the model type. Every field agrees, not only the count (windows, soft-caps,
+    # rotary fractions and the MoE/MLA settings included).
+    read = GPTConfig.from_hf(FIXTURES / FIXTURE_OF[preset])
+    assert GPTConfig.preset(preset).model_dump() == read.model_dump()

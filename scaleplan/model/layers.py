@@ -87,7 +87,8 @@ class Tensor:
     bias: bool = False
     """A bias vector (of a linear layer or a LayerNorm)."""
     per_block: bool = False
-    """Repeated in every transformer block: the model holds ``n_layer`` of it."""
+    """Repeated in the transformer blocks: one per block that ``blocks`` names (``n_layer`` of
+    it for a dense model)."""
     tied: bool = False
     """A view of another tensor's storage (the tied ``lm_head`` is ``wte``): no parameter."""
     blocks: BlockKind = "all"

@@ -44,10 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_LLAMA, "n_layer": 32, "n_head": 32, "n_kv_head": 8, "n_embd": 4096,
         "mlp_hidden": 14336, "vocab_size": 128256, "block_size": 8192,
     },
-    # mistralai/Mistral-7B-v0.1 config.json.
+    # mistralai/Mistral-7B-v0.1 config.json: a 4096-token sliding window in every block.
     "mistral-7b": {
         **_LLAMA, "n_layer": 32, "n_head": 32, "n_kv_head": 8, "n_embd": 4096,
-        "mlp_hidden": 14336, "vocab_size": 32000, "block_size": 32768,
+        "mlp_hidden": 14336, "vocab_size": 32000, "block_size": 32768, "sliding_window": 4096,
     },
     # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json.
     "tinyllama-1.1b": {
@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # mistralai/Mixtral-8x7B-v0.1 config.json: every block a mixture of 8 experts, top 2.
     "mixtral-8x7b": {
         **_LLAMA, "n_layer": 32, "n_head": 32, "n_kv_head": 8, "n_embd": 4096,
-        "vocab_size": 32000, "block_size": 32768,
+        "mlp_hidden": 14336, "vocab_size": 32000, "block_size": 32768,
         "moe": {"n_experts": 8, "top_k": 2, "expert_hidden": 14336},
     },
     # deepseek-ai/DeepSeek-V3 config.json: MLA, 256 routed experts (top 8) and one shared
