@@ -201,3 +201,19 @@ def test_full_recompute_equals_flop_counter_with_checkpointing(name: str, not_re
                                     attention=attention)  # type: ignore[arg-type]
     hardware = 32 * flops_per_token(cfg, seq_len=16, causal=False, recompute="full")
     assert forward + backward == hardware - not_rerun
+
+
+def test_kaplan_and_nanogpt_methods_take_the_active_parameters_of_mixtral_8x7b() -> None:
+    # Mixtral-8x7B's active parameters by hand, per layer: attention 4096 x (4096 + 2 x 1024)
+    # + 4096 x 4096 = 41,943,040; router 8 x 4096 = 32,768; two of the 8 experts,
+    # 2 x 3 x 14336 x 4096 = 352,321,536; two norms 8,192: 394,305,536. x 32 = 12,617,777,152;
+    # + wte and the untied head 2 x 32000 x 4096 + ln_f 4,096 = 12,879,925,248 (the published
+    # 12.9B, Jiang et al. 2024). Kaplan's N leaves wte out; nanoGPT's only the (absent) wpe.
+    mixtral = GPTConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, block_size=32768,
+                        vocab_size=32000, bias=False, mlp="swiglu", norm="rmsnorm",
+                        position="rope", tie_embeddings=False,
+                        moe={"n_experts": 8, "top_k": 2, "expert_hidden": 14336})
+    active = 12_879_925_248
+    assert token_flops(mixtral, 4096, method="kaplan") == 6 * (active - 32000 * 4096)
+    attention = 2 * 32 * 32 * 128 * 4096  # QK^T and AV per token, causal: 2 x L·H·Q·T
+    assert token_flops(mixtral, 4096, method="nanogpt") == 6 * active + 3 * attention
