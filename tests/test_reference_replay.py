@@ -17,8 +17,8 @@ from scaleplan.model.config import GPTConfig
 pytest.importorskip("torch", reason='scaleplan.reference needs torch: pip install '
                                     '"scaleplan[torch]"')
 
-from scaleplan.reference.measure import measure  # noqa: E402
-from scaleplan.reference.validate import GRID_CONFIGS  # noqa: E402
+from scaleplan.reference.measure import measure
+from scaleplan.reference.validate import GRID_CONFIGS
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "validation" / "validation.json"
 _RUN_KEYS = ("micro_batch_size", "seq_len", "accumulating", "attention", "precision",
