@@ -15,8 +15,17 @@ Three conventions are offered, because published figures use all three:
 
 Causal masking halves the attention term (Megatron-LM's accounting, nanoGPT issue #456): only
 the lower triangle of the T x T score matrix is needed. The exact triangle has T(T+1)/2 entries;
-like Megatron we use T²/2. Model FLOPs (MFU) never include recomputation; hardware FLOPs (HFU)
-add the forward work that activation recomputation repeats (`Recompute`).
+like Megatron we use T²/2; a sliding window w < T keeps the band T·w - w²/2
+(`scaleplan.compute.attention_flops`). Model FLOPs (MFU) never include recomputation; hardware
+FLOPs (HFU) add the forward work that activation recomputation repeats (`Recompute`).
+
+The architecture options count as the models run them: a mixture of experts' token goes
+through the router, its ``top_k`` routed experts and the shared experts (N is the active
+matmul weights; ``"nanogpt"`` and ``"kaplan"`` take the active parameters), MLA through its
+low-rank projections, with scores over ``qk_head_dim`` and values over ``v_head_dim``; OPT's
+``project_in``/``project_out`` count with the head (V x embed_dim). Partial rotary, ALiBi,
+QK-norms, post/sandwich/parallel norms and soft-capping are elementwise: no matmul FLOPs.
+``moe.capacity_factor < 1`` (dropped tokens) is refused.
 """
 
 from __future__ import annotations
@@ -27,10 +36,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.checks import finite, real, whole
+from scaleplan.compute.attention_flops import (
+    FLOPS_PER_MAC,
+    attention_core,
+    attention_forward,
+    attention_forward_per_token,
+)
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import across_model, model_tensors, per_config
+from scaleplan.model.shapes import (
+    Tensor,
+    across_model,
+    active_numel,
+    model_tensors,
+    per_config,
+)
 
 __all__ = [
     "FlopsMethod",
@@ -63,8 +84,6 @@ is rebuilt, so in practice a block's last matmul (the MLP down projection) is no
 measured hardware FLOPs come out a little lower than ``"full"``.
 """
 
-# One multiply-add is 2 FLOPs: a (m x k) @ (k x n) matmul costs 2·m·n·k forward.
-FLOPS_PER_MAC = 2
 # The backward pass of a matmul is two matmuls of the same size (grad wrt input and weight).
 BACKWARD_TO_FORWARD = 2
 # Kaplan et al. 2020, Sec. 2.1: C ≈ 6N per token (2N forward + 4N backward).
@@ -80,41 +99,31 @@ def matmul_params(cfg: GPTConfig) -> Any:
     (H·Q x d) and the MLP (d x f, a second d x f gate when gated, f x d); plus the output head
     d x V, which is a matmul whether or not it is tied to wte. Embedding lookups (wte, wpe),
     norms and bias additions are not matmuls and are left out: they are the elementwise work
-    that FlopCounterMode counts as zero.
+    that FlopCounterMode counts as zero. With MLA, its low-rank projections replace q, k and v;
+    with OPT's ``embed_dim``, ``project_in`` and ``project_out`` count, and the head is V x
+    embed_dim. With a mixture of experts, a token goes through the router, its ``top_k`` routed
+    experts (not all ``n_experts``) and the shared experts; dense blocks keep their MLP.
 
-    The weights are those marked ``matmul`` in `scaleplan.model.shapes.model_tensors`. Like
+    The weights are those marked ``matmul`` in `scaleplan.model.shapes.model_tensors`, routed
+    ones as `scaleplan.model.shapes.active_numel`. Like
     `scaleplan.model.params.param_terms`, only ``+`` and ``*`` touch the sizes, so
     `scaleplan.symbolic.formulas` evaluates this same function on symbols.
 
     >>> matmul_params(GPTConfig.preset("gpt2"))  # 12 x 7,077,888 + 768 x 50257
     123532032
     """
-    return across_model(cfg, [t for t in model_tensors(cfg) if t.matmul])
+    return _active(cfg, [t for t in model_tensors(cfg) if t.matmul])
 
 
-def _attention_matmul(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
-    """Forward FLOPs of one of QK^T and AV for one token: 2·T·Q per head and layer (T·Q
-    multiply-adds), halved when ``causal`` (Megatron-LM's T²/2 triangle, see the module
-    docstring). Written without division so that ints stay exact ints."""
-    macs = L * H * Q * T
-    return macs * (FLOPS_PER_MAC // 2) if causal else macs * FLOPS_PER_MAC
-
-
-def _attention_forward(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
-    """Forward FLOPs of QK^T and AV for one token: 2 matmuls x 2·T·Q per head and layer.
-
-    This is a third of PaLM's 12·L·H·Q·T (App. B); halved when ``causal``.
-    """
-    return 2 * _attention_matmul(L, H, Q, T, causal=causal)
-
-
-def _attention_forward_per_token(cfg: GPTConfig, seq_len: Any, *, causal: bool) -> Any:
-    return _attention_forward(cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
+def _active(cfg: GPTConfig, tensors: list[Tensor]) -> Any:
+    """Elements of ``tensors`` one token goes through, across the model (routed experts: top_k
+    of them)."""
+    return across_model(cfg, tensors, lambda t: active_numel(t, cfg))
 
 
 def _palm(n_params: Any, L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
     """6N + 12·L·H·Q·T (PaLM App. B), plain arithmetic (ints stay ints, symbols stay symbols)."""
-    attention = _attention_forward(L, H, Q, T, causal=causal)
+    attention = attention_forward(L, H, Q, T, causal=causal)
     return KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params + (1 + BACKWARD_TO_FORWARD) * attention
 
 
@@ -182,23 +191,34 @@ def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
     >>> token_flops(GPTConfig.preset("gpt2"), 1024, causal=False, method="nanogpt")
     855166464
     """
+    _check_capacity(cfg)
+    outside = _active(cfg, [t for t in model_tensors(cfg) if t.matmul and not t.per_block])
     if method == "kaplan":
-        pc = param_terms(cfg)
-        n = pc["non_embedding"]
+        pc = param_terms(cfg)  # active: a mixture of experts counts a token's top_k experts
+        n = pc["active"] - pc["token_embedding"] - pc["position_embedding"]
         blocks = n - pc["lm_head"]  # an untied head is in Kaplan's N but is not recomputed
         extra = _recompute_extra(FLOPS_PER_MAC * blocks, 0, recompute)  # no attention term
         return KAPLAN_FLOPS_PER_PARAM_TOKEN * n + extra
     if method == "nanogpt":
-        n = param_terms(cfg)["nanogpt"]
+        pc = param_terms(cfg)
+        n = pc["active"] - pc["position_embedding"]  # nanoGPT's printed count, active experts
     elif method == "palm":
         n = matmul_params(cfg)
     else:
         raise ValueError(f"method={method!r} is not one of 'palm', 'nanogpt', 'kaplan'")
-    model = _palm(n, cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
-    attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
-    head = across_model(cfg, [t for t in model_tensors(cfg) if t.part == "lm_head"])
-    blocks = n - head  # the output head (a matmul, tied or not) is not recomputed
+    attention = attention_forward_per_token(cfg, seq_len, causal=causal)
+    model = KAPLAN_FLOPS_PER_PARAM_TOKEN * n + (1 + BACKWARD_TO_FORWARD) * attention
+    blocks = n - outside  # the output head and OPT's projections are not recomputed
     return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
+
+
+def _check_capacity(cfg: GPTConfig) -> None:
+    moe = cfg.moe
+    if moe is not None and moe.capacity_factor is not None and moe.capacity_factor < 1:
+        raise ScaleplanError(
+            f"moe.capacity_factor={shown(moe.capacity_factor)} drops tokens, and how many "
+            "depends on the routing; FLOPs count every token at its top_k experts (dropless): "
+            "use capacity_factor >= 1 or None")
 
 
 def _recompute_extra(dense_forward: Any, attention_forward: Any, recompute: Recompute) -> Any:
@@ -228,12 +248,15 @@ class StepFlops(BaseModel):
     micro_batch_size: int = Field(gt=0, description="Sequences in the micro-batch.")
     seq_len: int = Field(gt=0, description="Tokens per sequence.")
     causal: bool = Field(description="Attention terms halved for a causal mask.")
-    qkv: float = Field(description="Forward FLOPs of the q, k and v projections.")
+    qkv: float = Field(description="Forward FLOPs of the q, k and v projections (MLA's "
+                       "low-rank projections).")
     attention_scores: float = Field(description="Forward FLOPs of Q @ K^T (all query heads).")
     attention_values: float = Field(description="Forward FLOPs of softmax(QK^T) @ V.")
     attention_out: float = Field(description="Forward FLOPs of the attention output projection.")
-    mlp: float = Field(description="Forward FLOPs of the MLP matrices.")
-    lm_head: float = Field(description="Forward FLOPs of the output head over every position.")
+    mlp: float = Field(description="Forward FLOPs of the MLP matrices (MoE: the router, the "
+                       "top_k routed experts and the shared experts).")
+    lm_head: float = Field(description="Forward FLOPs of the output head over every position "
+                           "(with OPT's project_in and project_out).")
     forward: float = Field(description="Sum of the forward parts above.")
     backward: float = Field(description="Backward FLOPs: 2x forward.")
     total: float = Field(description="forward + backward.")
@@ -289,20 +312,20 @@ def step_flop_terms(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any, *,
     >>> step_flop_terms(GPTConfig.preset("gpt2"), 1, 1024)["lm_head"]  # 2 x 1024 x 768 x 50257
     79047426048
     """
+    _check_capacity(cfg)
     tokens = micro_batch_size * seq_len
-    Q, L = cfg.head_dim, cfg.n_layer
-    matmuls = [t for t in model_tensors(cfg) if t.matmul]  # one block's, and the head
-    weight = {t.name: t.numel for t in matmuls}
+    matmuls = [t for t in model_tensors(cfg) if t.matmul]  # one block's, and the others
 
-    def dense(weights: Any) -> Any:  # 2·m·n·k with m = tokens and n·k = weights
-        return FLOPS_PER_MAC * tokens * weights
+    def dense(weights: list[Tensor]) -> Any:  # 2·m·n·k with m = tokens and n·k = weights
+        return FLOPS_PER_MAC * tokens * _active(cfg, weights)
 
-    qkv = L * dense(weight["attn.c_attn.weight"])
-    attention_out = L * dense(weight["attn.c_proj.weight"])
-    mlp = L * dense(sum(t.numel for t in matmuls if t.part == "mlp"))
-    lm_head = dense(weight["lm_head.weight"])
-    scores = tokens * _attention_matmul(L, cfg.n_head, Q, seq_len, causal=causal)  # QK^T
-    values = scores  # AV has the same shape product as QK^T
+    out_name = "attn.c_proj.weight"
+    qkv = dense([t for t in matmuls if t.part == "attention" and t.name != out_name])
+    attention_out = dense([t for t in matmuls if t.name == out_name])
+    mlp = dense([t for t in matmuls if t.part == "mlp"])  # router, active and shared experts
+    lm_head = dense([t for t in matmuls if not t.per_block])  # with OPT's project_in/out
+    scores, values = attention_core(cfg, seq_len, causal=causal)  # QK^T and AV, one sequence
+    scores, values = micro_batch_size * scores, micro_batch_size * values
     forward = qkv + scores + values + attention_out + mlp + lm_head
     return {"qkv": qkv, "attention_scores": scores, "attention_values": values,
             "attention_out": attention_out, "mlp": mlp, "lm_head": lm_head, "forward": forward,
