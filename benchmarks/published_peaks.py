@@ -193,9 +193,10 @@ setups and sources are in `scaleplan/data/published_peaks.csv` (citations:
 `python -m benchmarks.published_peaks --write`, and a test fails when it is stale.
 
 Kinds: *reserved* is `torch.cuda.max_memory_reserved()` (the caching allocator's segments; it
-leaves out the CUDA context, which `total` includes), *allocated* `torch.cuda.max_memory_allocated()`
-and *active* `torch.cuda.memory_stats()["active_bytes.all.peak"]` (torchtune's "peak memory
-active"), both compared with `tensor_peak`. Error is (scaleplan - published) / published.
+leaves out the CUDA context, which `total` includes), *allocated* is
+`torch.cuda.max_memory_allocated()` and *active* is
+`torch.cuda.memory_stats()["active_bytes.all.peak"]` (torchtune's "peak memory active"); both
+are compared with `tensor_peak`. Error is (scaleplan - published) / published.
 "Unmodelled" lists what the run did that `training_memory` has no option for yet; where it is
 not empty the row measures that gap as much as the model.
 """
