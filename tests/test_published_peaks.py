@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
+import benchmarks.published_peaks as pp
 from benchmarks.published_peaks import (
     CSV_PATH,
     DOC_PATH,
+    ISSUE17_OPTIONS,
+    applied_options,
     compared_bytes,
     figure_bytes,
     load_peaks,
@@ -87,3 +90,31 @@ def test_the_page_is_in_the_validation_nav_and_the_citations_sit_beside_the_csv(
     citations = CSV_PATH.with_suffix(".md").read_text(encoding="utf-8")
     for project in ("torchtitan", "torchtune", "litgpt", "modded-nanogpt"):
         assert project in citations
+
+
+def test_issue17_options_use_the_contracts_names_and_values() -> None:
+    # issue 17: implementation= "nanogpt" | "hf" | "torchtitan" | "torchtune" | "litgpt",
+    # compile=, loss= "standard" | "chunked", optimizer_in_backward=, activation_offload=
+    for p in PEAKS:
+        for name, value in p.issue17_options.items():
+            assert value in ISSUE17_OPTIONS[name], (p.id, name, value)
+    assert {p.issue17_options.get("implementation") for p in PEAKS} >= {
+        "torchtitan", "torchtune", "litgpt"}
+
+
+def test_an_issue17_option_is_passed_once_training_memory_takes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    peak = next(p for p in PEAKS if p.id == "tune-3b-compile")
+    seen: dict[str, object] = {}
+
+    def training_memory(cfg: object, *, micro_batch_size: int, seq_len: int,
+                        compile: bool = False, **rest: object) -> object:
+        seen.update(rest, compile=compile, micro_batch_size=micro_batch_size)
+        return "breakdown"
+
+    monkeypatch.setattr(pp, "training_memory", training_memory)
+    # the stand-in takes compile= but not implementation=: only compile is passed
+    assert applied_options(peak) == {"compile": True}
+    assert pp.predict(peak) == "breakdown"
+    assert seen["compile"] is True and "implementation" not in seen
+    assert seen["micro_batch_size"] == 2
