@@ -27,6 +27,7 @@ from scaleplan.memory.activations import (
     block_saved_terms,
     embedding_saved_terms,
     head_saved_terms,
+    layers_saved_terms,
     model_saved_terms,
     residual_bytes,
 )
@@ -192,9 +193,8 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     p, dropout = precision, cfg.dropout > 0
     out: dict[str, Any] = dict(embedding_saved_terms(cfg, b, s, precision=p, device=device,
                                                      dropout=dropout))
-    block = block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                              checkpointing=checkpointing, device=device, dropout=dropout)
-    out.update({name: layers * v for name, v in block.items()})
+    out.update(layers_saved_terms(cfg, b, s, layers, precision=p, attention=attention,
+                                  checkpointing=checkpointing, device=device, dropout=dropout))
     out.update(model_saved_terms(cfg, b, s, precision=p, attention=attention,
                                  checkpointing=checkpointing, device=device))
     out.update(head_saved_terms(cfg, b, s, precision=p, device=device))
@@ -318,10 +318,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if embeds:
         emb = embedding_saved_terms(cfg, b, s, precision=p, device=device, dropout=dropout)
         saved.update({k: in_flight * v for k, v in _split(emb, par).items()})
-    block = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                     checkpointing=checkpointing, device=device,
-                                     dropout=dropout), par)
-    saved.update({k: layers * in_flight * v for k, v in block.items()})
+    blocks = layers_saved_terms(cfg, b, s, layers, precision=p, attention=attention,
+                                checkpointing=checkpointing, device=device, dropout=dropout,
+                                each=lambda terms: _split(terms, par))
+    saved.update({k: in_flight * v for k, v in blocks.items()})
     saved.update(_split(model_saved_terms(cfg, b, s, precision=p, attention=attention,
                                           checkpointing=checkpointing, device=device), par))
     if heads:
@@ -343,8 +343,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     }
     if checkpointing == "full":
         full = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                        checkpointing="none", device=device,
-                                        dropout=dropout), par)
+                                        checkpointing="none", device=device, dropout=dropout,
+                                        kind="moe" if cfg.moe is not None else "dense"), par)
         loss_side = sum(v for k, v in saved.items() if k.startswith(("final_norm", "lm_head",
                                                                       "log_softmax", "targets")))
         moments["recompute"] = (S - loss_side + copies + sum(full.values())
