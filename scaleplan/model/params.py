@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig, config_type_message
-from scaleplan.model.shapes import PARTS, across_model, parameters, per_config
+from scaleplan.model.shapes import PARTS, across_model, active_numel, parameters, per_config
 
 __all__ = ["ParamCount", "count_params", "param_terms"]
 
@@ -22,7 +22,12 @@ class ParamCount(BaseModel):
 
     ``token_embedding + position_embedding + attention + mlp + norms + lm_head == total``.
     ``biases`` is informational: how many of those parameters are biases (already inside
-    attention, mlp and norms).
+    attention, mlp and norms). Every norm (QK-norms, MLA's latent norms, an embedding norm)
+    is in ``norms``; a mixture of experts' router, experts and shared experts are in ``mlp``;
+    OPT's projections between a narrow embedding and the residual stream are in ``lm_head``
+    (matmuls outside the blocks, like the head). ``active`` is what one token goes through: a
+    mixture of experts' ``top_k`` of ``n_experts`` routed experts (Mixtral-8x7B: 46.7B total,
+    12.9B active).
 
     >>> pc = count_params(GPTConfig.preset("gpt2"))
     >>> pc.total, pc.nanogpt
@@ -51,6 +56,10 @@ class ParamCount(BaseModel):
         "embedding (get_num_params(non_embedding=True) keeps wte because it is also the tied "
         "output layer)."
     )
+    active: int = Field(
+        description="Parameters one token goes through: total less the routed experts' "
+        "inactive share (their elements x (1 - top_k / n_experts)); total for a dense model."
+    )
 
     @model_validator(mode="after")
     def _parts_sum_to_total(self) -> ParamCount:
@@ -61,6 +70,9 @@ class ParamCount(BaseModel):
             raise ValueError("non_embedding must be total - token_embedding - position_embedding")
         if self.nanogpt != self.total - self.position_embedding:
             raise ValueError("nanogpt must be total - position_embedding")
+        if not 0 < self.active <= self.total:
+            raise ValueError(f"active={self.active} must be positive and at most "
+                             f"total={self.total}")
         return self
 
     def components(self) -> dict[str, int]:
@@ -133,6 +145,7 @@ def _sum_terms_body(cfg: GPTConfig) -> dict[str, Any]:
         "per_layer": across_model(cfg, [t for t in tensors if t.per_block], layers=1),
         "non_embedding": total - part["token_embedding"] - part["position_embedding"],
         "nanogpt": total - part["position_embedding"],
+        "active": across_model(cfg, tensors, lambda t: active_numel(t, cfg)),
     }
 
 

@@ -9,7 +9,14 @@ copies (`scaleplan.memory.activations`).
 The tensors are those of the reference model (`scaleplan.reference.model`, nanoGPT's layout):
 q, k and v fused in one ``c_attn`` (GQA narrows k and v to ``n_kv_head`` heads), weights stored
 as (out, in) like ``torch.nn.Linear``, and a tied ``lm_head`` listed as a view of ``wte``: a
-matmul weight, not a parameter of its own.
+matmul weight, not a parameter of its own. `scaleplan.model.layers` builds each part and holds
+the table of every name (QK-norms, sandwich and post norms, parallel blocks, multi-head latent
+attention, mixture of experts, OPT's projections).
+
+A mixture of experts' blocks are not all alike: its tensors say which blocks hold them
+(`Tensor.blocks`: the dense MLP in the ``moe.n_dense_layers`` first blocks, the router and
+experts in the rest) and the routed experts are stacked, ``n_experts`` in the first axis
+(`Tensor.routed`), of which a token goes through ``top_k`` (`active_numel`).
 
 A block's tensors are listed once, marked ``per_block``; the model holds ``n_layer`` of each
 (`across_model` sums them that way). So the list never repeats itself ``n_layer`` times, and a
@@ -22,63 +29,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from functools import lru_cache, wraps
-from typing import Any, Literal, ParamSpec, TypeVar, get_args
+from typing import Any, ParamSpec, TypeVar
 
 from scaleplan.model.config import GPTConfig
+from scaleplan.model.layers import (
+    PARTS,
+    BlockKind,
+    Part,
+    Tensor,
+    attention_tensors,
+    block_norm_names,
+    mlp_tensors,
+    norm,
+    top_tensors,
+)
 
 __all__ = ["CACHED_CONFIGS", "PARTS", "BlockKind", "Part", "Tensor", "across_model",
-           "block_counts", "clear_config_caches", "model_tensors", "parameters", "per_config",
-           "split_by_block"]
+           "active_numel", "block_counts", "clear_config_caches", "model_tensors", "parameters",
+           "per_config", "split_by_block"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-BlockKind = Literal["all", "moe", "dense"]
-"""Which blocks hold a per-block tensor (`Tensor.blocks`)."""
-Part = Literal["token_embedding", "position_embedding", "attention", "mlp", "norms", "lm_head"]
-"""Where a tensor belongs: the names of `scaleplan.model.params.ParamCount`'s parts."""
-PARTS: tuple[Part, ...] = get_args(Part)
-"""The parts, in model order."""
 CACHED_CONFIGS = 64
 """Configs whose tensor lists are kept (a sweep over sizes touches a few dozen)."""
 
 
-@dataclass(frozen=True)
-class Tensor:
-    """One tensor of the model, named as in the reference model (nanoGPT's names).
+def _numel(t: Tensor) -> Any:
+    """Elements of ``t``.
 
     >>> wte = model_tensors(GPTConfig.preset("gpt2"))[0]
-    >>> wte.name, wte.shape, wte.numel
+    >>> wte.name, wte.shape, _numel(wte)
     ('wte.weight', (50257, 768), 38597376)
     """
-
-    name: str
-    shape: tuple[Any, ...]
-    part: Part
-    matmul: bool = False
-    """The weight of a matrix multiply (a ``Linear``; not an embedding lookup, norm or bias)."""
-    bias: bool = False
-    """A bias vector (of a linear layer or a LayerNorm)."""
-    per_block: bool = False
-    """Repeated in every transformer block: the model holds ``n_layer`` of it."""
-    tied: bool = False
-    """A view of another tensor's storage (the tied ``lm_head`` is ``wte``): no parameter."""
-    blocks: BlockKind = "all"
-    """Which blocks hold a ``per_block`` tensor: every block, only the MoE blocks or only the
-    dense ones (`block_counts`)."""
-    routed: bool = False
-    """The weights of the routed experts, all ``n_experts`` of them (the shape's first axis): a
-    token goes through ``top_k`` of them."""
-
-    @property
-    def numel(self) -> Any:
-        """Elements: the product of the shape."""
-        return math.prod(self.shape)
-
-
-def _numel(t: Tensor) -> Any:
     return t.numel
 
 
@@ -89,7 +73,8 @@ def model_tensors(cfg: GPTConfig) -> tuple[Tensor, ...]:
     Per block (d = n_embd, h = head_dim, a = n_head, k = n_kv_head, f = mlp_hidden): ``ln_1``;
     ``c_attn`` (a + 2k)h x d and its bias; the output projection d x ah and its bias; ``ln_2``;
     ``c_fc`` f x d, a second f x d ``c_gate`` for SwiGLU/GeGLU, the down projection d x f, with
-    biases. A norm is a d scale, plus a d bias for LayerNorm with bias.
+    biases. A norm is a d scale, plus a d bias for LayerNorm with bias. The other options'
+    tensors are in `scaleplan.model.layers`' table.
 
     >>> [t.name for t in model_tensors(GPTConfig.preset("llama-2-7b")) if t.per_block]
     ... # doctest: +NORMALIZE_WHITESPACE
@@ -163,26 +148,13 @@ def _hashable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 
 
 def _list_tensors_body(cfg: GPTConfig) -> tuple[Tensor, ...]:
-    d, V, f = cfg.n_embd, cfg.vocab_size, cfg.mlp_hidden
-    qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim
-    tensors = [Tensor("wte.weight", (V, d), "token_embedding")]
-    if cfg.position == "learned":
-        tensors.append(Tensor("wpe.weight", (cfg.block_size, d), "position_embedding"))
-    block = [  # one block's tensors, each marked per_block
-        *_norm("ln_1", cfg, per_block=True),
-        *_linear("attn.c_attn", (qkv, d), "attention", bias=cfg.qkv_bias),
-        *_linear("attn.c_proj", (d, cfg.n_head * cfg.head_dim), "attention",
-                 bias=cfg.attn_out_bias),
-        *_norm("ln_2", cfg, per_block=True),
-        *_linear("mlp.c_fc", (f, d), "mlp", bias=cfg.mlp_bias),
-        *(_linear("mlp.c_gate", (f, d), "mlp", bias=cfg.mlp_bias) if cfg.gated_mlp else ()),
-        *_linear("mlp.c_proj", (d, f), "mlp", bias=cfg.mlp_bias),
-    ]
-    tensors += block
-    tensors += _norm("ln_f", cfg)
-    tensors.append(Tensor("lm_head.weight", (V, d), "lm_head", matmul=True,
-                          tied=bool(cfg.tie_embeddings)))
-    return tuple(tensors)
+    before, after = top_tensors(cfg)
+    pre_attention, post_attention, pre_mlp, post_mlp = (
+        [x for name in names for x in norm(name, cfg, per_block=True)]
+        for names in block_norm_names(cfg))
+    block = [*pre_attention, *attention_tensors(cfg), *post_attention,
+             *pre_mlp, *mlp_tensors(cfg), *post_mlp]  # one block's tensors, each per_block
+    return (*before, *block, *after)
 
 
 _list_tensors = per_config(_list_tensors_body)
@@ -241,6 +213,23 @@ def block_counts(cfg: GPTConfig, layers: Any = None) -> dict[BlockKind, Any]:
     return {"all": n, "moe": moe, "dense": n - moe}
 
 
+def active_numel(t: Tensor, cfg: GPTConfig) -> Any:
+    """Elements of ``t`` one token goes through: ``top_k`` of a routed tensor's ``n_experts``
+    experts, all of any other tensor. `scaleplan.model.params.ParamCount.active` and the
+    active matmul weights of FLOPs sum it (``across_model(cfg, ts, lambda t: active_numel(t,
+    cfg))``).
+
+    >>> cfg = GPTConfig(moe={"n_experts": 8, "top_k": 2, "expert_hidden": 16}, n_embd=32,
+    ...                 n_head=4, mlp="swiglu")
+    >>> [(t.numel, active_numel(t, cfg)) for t in model_tensors(cfg)
+    ...  if t.name == "mlp.experts.c_fc.weight"]
+    [(4096, 1024)]
+    """
+    if t.routed and cfg.moe is not None:
+        return math.prod(t.shape[1:]) * cfg.moe.top_k
+    return t.numel
+
+
 def split_by_block(tensors: Iterable[Tensor],
                    value: Callable[[Tensor], Any] = _numel) -> tuple[Any, Any]:
     """``value`` (default: elements) summed over one block's tensors, and over the others.
@@ -252,19 +241,3 @@ def split_by_block(tensors: Iterable[Tensor],
     listed = tuple(tensors)
     return (sum(value(t) for t in listed if t.per_block),
             sum(value(t) for t in listed if not t.per_block))
-
-
-def _linear(name: str, shape: tuple[Any, Any], part: Part, *, bias: Any) -> tuple[Tensor, ...]:
-    """A block's ``torch.nn.Linear``: the (out, in) weight and, when ``bias``, an out-sized
-    bias, both ``per_block``."""
-    weight = Tensor(f"{name}.weight", shape, part, matmul=True, per_block=True)
-    return ((weight, Tensor(f"{name}.bias", shape[:1], part, bias=True, per_block=True)) if bias
-            else (weight,))
-
-
-def _norm(name: str, cfg: GPTConfig, *, per_block: bool = False) -> list[Tensor]:
-    """A LayerNorm or RMSNorm over n_embd: a scale, and a bias for LayerNorm with bias."""
-    d = cfg.n_embd
-    scale = Tensor(f"{name}.weight", (d,), "norms", per_block=per_block)
-    bias = Tensor(f"{name}.bias", (d,), "norms", bias=True, per_block=per_block)
-    return [scale, bias] if cfg.norm_bias else [scale]

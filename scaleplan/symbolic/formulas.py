@@ -82,8 +82,8 @@ _SYMBOL_NAMES = {"n_layer": "L", "n_head": "a", "n_kv_head": "k", "n_embd": "d",
                  "mlp_hidden": "f", "vocab_size": "V", "block_size": "P",
                  "micro_batch_size": "b", "seq_len": "s"}
 
-ParamPart = Literal["total", "token_embedding", "position_embedding", "attention", "mlp",
-                    "norms", "lm_head", "biases", "per_layer", "non_embedding", "nanogpt"]
+ParamPart = Literal["total", "token_embedding", "position_embedding", "attention", "mlp", "norms",
+                    "lm_head", "biases", "per_layer", "non_embedding", "nanogpt", "active"]
 StepPart = Literal["qkv", "attention_scores", "attention_values", "attention_out", "mlp",
                    "lm_head", "forward", "backward", "total"]
 
@@ -157,10 +157,9 @@ def symbolic_model(cfg: GPTConfig, free: Iterable[str] = ("n_layer", "n_embd")) 
     """``cfg`` with the sizes named in ``free`` replaced by symbols.
 
     Fields that ``cfg`` derived (given no value) are derived again from the symbols, as
-    `GPTConfig` derives them: ``head_dim = d / a``, ``n_kv_head = a``, ``mlp_hidden = 4 d``
-    (GELU) or Llama's rule ``256 * ceiling(floor(8 d / 3) / 256)`` (gated). Floors and
-    ceilings are kept unevaluated: sympy would otherwise move terms it takes for integers out of
-    them.
+    `GPTConfig` derives them: ``head_dim = d / a`` (MLA's own without), ``n_kv_head = a``,
+    ``mlp_hidden = 4 d`` (GELU) or Llama's rule ``256 * ceiling(floor(8 d / 3) / 256)`` (gated).
+    Floors and ceilings are kept unevaluated (sympy would move integer terms out of them).
 
     >>> m = symbolic_model(GPTConfig.preset("gpt2"), free=("n_embd",))
     >>> m.head_dim, m.mlp_hidden
@@ -173,7 +172,8 @@ def symbolic_model(cfg: GPTConfig, free: Iterable[str] = ("n_layer", "n_embd")) 
     d, a = sizes["n_embd"], sizes["n_head"]
     if "n_kv_head" not in given and "n_kv_head" not in names:
         sizes["n_kv_head"] = a
-    if "head_dim" not in given | set(names) and ("n_embd" in names or "n_head" in names):
+    if "head_dim" not in given | set(names) and cfg.mla is None and (
+            "n_embd" in names or "n_head" in names):
         sizes["head_dim"] = sympy.sympify(d) / a
     if "mlp_hidden" not in given and "mlp_hidden" not in names and "n_embd" in names:
         multiple = 256  # config._SWIGLU_MULTIPLE_OF: Llama's feed-forward rounding
