@@ -78,7 +78,7 @@ __all__ = [
 TENSOR_PARALLEL_SPLIT_TERMS: frozenset[str] = frozenset({
     "qkv", "rope_qk", "attn_lse", "q_k_v_copies", "attn_scores", "attn_dropout_mask",
     "attn_dropped", "attn_out", "mlp_activations", "log_softmax", "attn_softcap_tanh",
-    "qk_normed", "mla_q_heads", "mla_kv_heads", "mla_qk_rotated", "moe_expert_activations",
+    "qk_normed", "mla_kv_heads", "mla_qk_rotated", "moe_expert_activations",
     "moe_shared_activations"})
 
 
@@ -156,7 +156,7 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     elif fused:
         terms.update(fused_attention_terms(cfg, b, s, e))
     if cfg.qk_norm != "none":
-        terms.update(qk_norm_terms(cfg, T, precision, cuda_kernels))
+        terms.update(qk_norm_terms(cfg, T, precision, cuda_kernels, fused))
     if not fused and checkpointing != "selective":
         terms.update(math_attention_terms(cfg, b, s, precision=precision, attention=attention,
                                           device=device, dropout=dropout))

@@ -42,27 +42,36 @@ def rotary_dim(cfg: GPTConfig) -> Any:
     return int(cfg.head_dim * cfg.rotary_fraction)
 
 
-def qk_norm_terms(cfg: GPTConfig, T: Any, precision: Precision,
-                  cuda_kernels: bool) -> dict[str, Any]:
-    """What the query and key norms save (``qk_norm``): each norm's input (the projection's q or
-    k view, upcast to fp32 by RMSNorm's CPU kernel; the c_attn storage itself otherwise, already
-    counted as ``qkv``), its statistics (one row per head for ``"head"``/``"per_head"``, one
-    per token for ``"full"``) and RMSNorm's normalised input; and, without RoPE (which saves
-    its own rotated copies), the normalised q and k that attention saves, T (a + k) h e.
+def qk_norm_terms(cfg: GPTConfig, T: Any, precision: Precision, cuda_kernels: bool,
+                  fused: bool) -> dict[str, Any]:
+    """What the query and key norms save (``qk_norm``): each norm's input, its statistics (one
+    row per head for ``"head"``/``"per_head"``, one per token for ``"full"``), RMSNorm's
+    normalised input when it has a scale, and for ``"per_head"`` (a norm without parameters
+    times a (heads, head_dim) scale) the normalised q and k the scale multiplies.
+
+    The norms read views of the q/k/v projection's output: that storage is what they save
+    (``qkv``, counted once, as the fused kernel saves it too), unless RMSNorm's CPU kernel
+    upcasts a 16-bit input to an fp32 copy. Without RoPE (which saves its own rotated copies) the
+    fused kernel saves the normalised q and k, T (a + k) h e (``qk_normed``).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, norm="rmsnorm",
     ...                 position="rope", qk_norm="head")
-    >>> qk_norm_terms(cfg, 4, "32-true", True)
+    >>> qk_norm_terms(cfg, 4, "32-true", True, True)
     {'q_norm_input': 0, 'q_norm_stats': 32, 'k_norm_input': 0, 'k_norm_stats': 32}
     """
     a, k, h, e = cfg.n_head, cfg.n_kv_head, cfg.head_dim, activation_bytes(precision)
     upcast = cfg.norm == "rmsnorm" and not cuda_kernels and e != FP32_BYTES
+    per_head = cfg.qk_norm == "per_head" and cfg.norm_affine
     terms: dict[str, Any] = {}
+    if not (upcast or fused):
+        terms["qkv"] = T * (a + 2 * k) * h * e
     for name, heads in (("q_norm", a), ("k_norm", k)):
         rows, width = (T, heads * h) if cfg.qk_norm == "full" else (T * heads, h)
         terms.update(norm_terms(cfg, rows, width, precision, cuda_kernels, name, in_bytes=e,
-                                input_saved=upcast))
-    if cfg.position != "rope":
+                                input_saved=upcast, affine=cfg.norm_affine and not per_head))
+        if per_head:
+            terms[f"{name}_scaled"] = rows * width * e
+    if fused and cfg.position != "rope":
         terms["qk_normed"] = T * (a + k) * h * e
     return terms
 
@@ -115,42 +124,45 @@ def mla_projection_terms(cfg: GPTConfig, b: Any, s: Any, precision: Precision,
                          fused: bool, cuda_kernels: bool) -> dict[str, Any]:
     """What multi-head latent attention saves besides the attention core (DeepSeek-V3 as
     transformers 5 runs it), with r_q/r_kv the latent widths, n/r/v the per-head no-rope,
-    rotary and value widths:
+    rotary and value widths; its latent norms are RMSNorms whatever the config's ``norm``:
 
-    - ``mla_q``: with a query latent, its down projection's output is RMS-normalised
-      (`norm_terms` over r_q) and the norm's output (T r_q e) is the up projection's input;
-      without one the queries come straight from the block's input (``qkv_input``);
-    - ``mla_kv``: the key/value down projection's output T (r_kv + r) e, whose latent part
-      the kv norm reads (`norm_terms` over r_kv, the input a view of that storage unless
-      upcast) and whose rotary part is the shared rotary key; the norm's output T r_kv e,
-      the up projection's input; a second cast of the block's input under autocast (each
-      projection casts it);
-    - ``mla_heads``: the up projections' outputs, T a (n + r) e for queries and T a (n + v) e
-      for keys and values; the per-head keys and queries with their rotary parts put back,
-      T a (n + r) e each, which the fused kernel saves (``fused``), with its statistics;
-      the math kernel copies them itself (`math_attention_terms`).
+    - with a query latent, its RMSNorm (`norm_terms` over r_q) and the norm's output
+      (``mla_q_latent``, T r_q e), the up projection's input; without one the queries come
+      straight from the block's input (``qkv_input``);
+    - the key/value down projection's output T (r_kv + r) e (``mla_kv_latent_rope``), which the
+      kv norm saves through its latent view (on CPU with 16-bit inputs the norm saves an fp32
+      copy of the latent instead, and the output is not kept), and the norm's output
+      (``mla_kv_latent``, T r_kv e), the up projection's input;
+    - under autocast, a second cast of the block's input (each down projection casts it);
+    - the fused kernel (``fused``) saves the queries and keys with their rotary parts put back,
+      T a (n + r) e each (``mla_qk_rotated``), the values through a view of the key/value up
+      projection's output T a (n + v) e (``mla_kv_heads``), and its statistics; the math kernel
+      saves its own copies instead (`math_attention_terms`).
+
+    The rotary parts are rotated by multiplications with the cos/sin tables, which save only
+    the tables; the query up projection's output is not kept.
     """
     mla = cfg.mla
     assert mla is not None
     a, d, e, T = cfg.n_head, cfg.n_embd, activation_bytes(precision), b * s
     n, r, v = mla.qk_nope_head_dim, mla.qk_rope_head_dim, mla.v_head_dim
-    upcast = cfg.norm == "rmsnorm" and not cuda_kernels and e != FP32_BYTES
+    upcast = not cuda_kernels and e != FP32_BYTES
     terms: dict[str, Any] = {}
     if mla.q_lora_rank is not None:
         q_rank = mla.q_lora_rank
         terms.update(norm_terms(cfg, T, q_rank, precision, cuda_kernels, "mla_q_norm",
-                                in_bytes=e))
+                                in_bytes=e, rms=True))
         terms["mla_q_latent"] = T * q_rank * e
     if precision in AUTOCAST:  # the query and the key/value projections each cast the input
         terms["mla_input_casts"] = T * d * e
     kv_rank = mla.kv_lora_rank
-    terms["mla_kv_latent_rope"] = T * (kv_rank + r) * e
+    if not upcast:
+        terms["mla_kv_latent_rope"] = T * (kv_rank + r) * e
     terms.update(norm_terms(cfg, T, kv_rank, precision, cuda_kernels, "mla_kv_norm",
-                            in_bytes=e, input_saved=upcast))
+                            in_bytes=e, input_saved=upcast, rms=True))
     terms["mla_kv_latent"] = T * kv_rank * e
-    terms["mla_q_heads"] = T * a * (n + r) * e
-    terms["mla_kv_heads"] = T * a * (n + v) * e
     if fused:
         terms["mla_qk_rotated"] = 2 * T * a * (n + r) * e
+        terms["mla_kv_heads"] = T * a * (n + v) * e
         terms["attn_lse"] = b * a * s * STAT_BYTES
     return terms

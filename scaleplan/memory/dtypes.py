@@ -84,8 +84,8 @@ def semantics(device: DeviceKind) -> tuple[bool, bool]:
 
 
 def norm_terms(cfg: GPTConfig, rows: Any, width: Any, precision: Precision, cuda_kernels: bool,
-               prefix: str, *, in_bytes: int | None = None,
-               input_saved: bool = True) -> dict[str, Any]:
+               prefix: str, *, in_bytes: int | None = None, input_saved: bool = True,
+               rms: bool | None = None, affine: bool | None = None) -> dict[str, Any]:
     """What one norm over ``width`` features saves for ``rows`` rows whose input has
     ``in_bytes`` per element (default: the residual stream's).
 
@@ -95,7 +95,8 @@ def norm_terms(cfg: GPTConfig, rows: Any, width: Any, precision: Precision, cuda
     saves its input upcast to fp32, the fp32 rstd per row and, when the norm has a scale
     (``norm_affine``), the fp32 normalised input for the scale's gradient, whatever the input
     dtype; CUDA's fused kernel saves the input and the rstd. ``input_saved=False`` leaves the
-    input out where another operation already saves the same storage.
+    input out where another operation already saves the same storage; ``rms`` and ``affine``
+    override the config's ``norm`` and ``norm_affine`` (MLA's latent norms are RMSNorms).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, norm="rmsnorm")
     >>> norm_terms(cfg, 4, 8, "32-true", False, "ln")
@@ -103,13 +104,15 @@ def norm_terms(cfg: GPTConfig, rows: Any, width: Any, precision: Precision, cuda
     """
     r = residual_bytes(precision) if in_bytes is None else in_bytes
     keep = 1 if input_saved else 0
-    if cfg.norm == "layernorm":
+    rms = cfg.norm == "rmsnorm" if rms is None else rms
+    affine = cfg.norm_affine if affine is None else affine
+    if not rms:
         stat = STAT_BYTES if (cuda_kernels or precision in AUTOCAST) else r
         return {f"{prefix}_input": keep * rows * width * r, f"{prefix}_stats": 2 * rows * stat}
     if cuda_kernels:
         return {f"{prefix}_input": keep * rows * width * r, f"{prefix}_stats": rows * STAT_BYTES}
     terms = {f"{prefix}_input": keep * rows * width * FP32_BYTES,
              f"{prefix}_stats": rows * STAT_BYTES}
-    if cfg.norm_affine:
+    if affine:
         terms[f"{prefix}_normalized"] = rows * width * FP32_BYTES
     return terms

@@ -1,19 +1,21 @@
 """Bytes the MLP of a block saves for backward: a dense MLP, or a mixture of experts.
 
 A dense MLP (nanoGPT's ``c_fc``, ``c_gate``, ``c_proj``) saves the inputs of its projections and
-its activation's operands; a mixture-of-experts MLP (`scaleplan.model.architecture.MoE`), as
-Hugging Face's Mixtral and DeepSeek run it in training (transformers 5,
-``MixtralExperts.forward``: a loop over the experts hit, each gathering its tokens), saves
+its activation's operands; a mixture-of-experts MLP (`scaleplan.model.architecture.MoE`), run as
+Hugging Face's Mixtral and DeepSeek blocks run it in training (transformers 5,
+``MixtralExperts.forward``: a loop over the experts, each gathering its tokens, weighting its
+output and adding it back with ``index_add_``), saves
 
-- the router's input (T d), its softmax probabilities (T x n_experts, fp32: the logits are
-  upcast before the softmax) and the routing: the top-k indices (int64), the top-k weights
-  before their renormalisation (fp32, a copy the in-place division keeps) and their sum;
+- the router's input (T d), its probabilities (T x n_experts: fp32 under autocast, whose softmax
+  runs in fp32) and the routing: the top-k indices (int64), the top-k weights and their sum
+  (kept by the renormalising division);
 - for each routed row (a token's copy into one of its experts: T x top_k rows, dropless; with
-  ``capacity_factor`` every expert's buffer of ``capacity_factor x T top_k / n_experts`` rows,
-  padded or dropped to that size, as GShard and Switch dispatch): the gathered input (d), the
-  expert MLP's activations (as a dense MLP of ``expert_hidden``), the expert's output (d, kept
-  by the multiplication with the routing weight), the routing weight (fp32) and two int64
-  indices (the token and its top-k slot);
+  ``capacity_factor`` every expert's buffer of ``ceil(capacity_factor x T top_k / n_experts)``
+  rows, the dispatch buffer of GShard and Switch, padded when an expert gets fewer): the
+  gathered input (d; cast twice under autocast for a gated MLP), the expert MLP's activations
+  (as a dense MLP of ``expert_hidden``), the expert's output (d) and its routing weight (both
+  kept by their product), and two int64 indices (the token, kept by the gather and the
+  ``index_add_``, and its top-k slot);
 - the shared experts as one dense MLP of ``shared_expert_hidden`` on every token, with the
   sigmoid gate's input, output and the gated value when ``shared_expert_gate``.
 
@@ -33,9 +35,9 @@ from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["ROUTED_ROW_INDEX_BYTES", "dense_mlp_terms", "moe_mlp_terms", "routed_rows"]
 
-# A routed row keeps two int64 indices (its token and its top-k slot, saved by the gather and the
-# routing-weight lookup) and its fp32 routing weight.
-ROUTED_ROW_INDEX_BYTES = 2 * INDEX_BYTES + FP32_BYTES
+# A routed row keeps two int64 indices: its token (saved by the gather and the index_add_) and
+# its top-k slot (saved by the routing-weight lookup).
+ROUTED_ROW_INDEX_BYTES = 2 * INDEX_BYTES
 
 
 def _activation_widths(cfg: GPTConfig) -> int:
@@ -99,14 +101,17 @@ def moe_mlp_terms(cfg: GPTConfig, tokens: Any, precision: Precision) -> dict[str
     assert moe is not None
     d, e = cfg.n_embd, activation_bytes(precision)
     k, n = moe.top_k, moe.n_experts
+    autocast = precision in AUTOCAST
+    probs = FP32_BYTES if autocast else e
     rows = routed_rows(cfg, tokens)
+    casts = 2 if (cfg.gated_mlp and autocast) else 1
     terms: dict[str, Any] = {
         "mlp_input": tokens * d * e,  # the router's input (its own autocast cast)
-        "moe_router_probs": tokens * n * FP32_BYTES,
-        "moe_routing": tokens * k * (INDEX_BYTES + FP32_BYTES) + tokens * FP32_BYTES,
-        "moe_expert_inputs": rows * d * e,
+        "moe_router_probs": tokens * n * probs,
+        "moe_routing": tokens * k * (INDEX_BYTES + probs) + tokens * probs,
+        "moe_expert_inputs": casts * rows * d * e,
         "moe_expert_activations": _activation_widths(cfg) * rows * moe.expert_hidden * e,
-        "moe_expert_outputs": rows * d * e,
+        "moe_expert_outputs": rows * d * e + rows * e,  # the output and its routing weight
         "moe_routed_indices": rows * ROUTED_ROW_INDEX_BYTES,
     }
     if moe.shared_expert_hidden:
