@@ -30,7 +30,14 @@ from scaleplan.checks import finite, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import across_model, model_tensors, per_config
+from scaleplan.model.shapes import (
+    Tensor,
+    across_model,
+    active_numel,
+    block_counts,
+    model_tensors,
+    per_config,
+)
 
 __all__ = [
     "FlopsMethod",
@@ -80,16 +87,26 @@ def matmul_params(cfg: GPTConfig) -> Any:
     (H·Q x d) and the MLP (d x f, a second d x f gate when gated, f x d); plus the output head
     d x V, which is a matmul whether or not it is tied to wte. Embedding lookups (wte, wpe),
     norms and bias additions are not matmuls and are left out: they are the elementwise work
-    that FlopCounterMode counts as zero.
+    that FlopCounterMode counts as zero. With MLA, its low-rank projections replace q, k and v;
+    with OPT's ``embed_dim``, ``project_in`` and ``project_out`` count, and the head is V x
+    embed_dim. With a mixture of experts, a token goes through the router, its ``top_k`` routed
+    experts (not all ``n_experts``) and the shared experts; dense blocks keep their MLP.
 
-    The weights are those marked ``matmul`` in `scaleplan.model.shapes.model_tensors`. Like
+    The weights are those marked ``matmul`` in `scaleplan.model.shapes.model_tensors`, routed
+    ones as `scaleplan.model.shapes.active_numel`. Like
     `scaleplan.model.params.param_terms`, only ``+`` and ``*`` touch the sizes, so
     `scaleplan.symbolic.formulas` evaluates this same function on symbols.
 
     >>> matmul_params(GPTConfig.preset("gpt2"))  # 12 x 7,077,888 + 768 x 50257
     123532032
     """
-    return across_model(cfg, [t for t in model_tensors(cfg) if t.matmul])
+    return _active(cfg, [t for t in model_tensors(cfg) if t.matmul])
+
+
+def _active(cfg: GPTConfig, tensors: list[Tensor]) -> Any:
+    """Elements of ``tensors`` one token goes through, across the model (routed experts: top_k
+    of them)."""
+    return across_model(cfg, tensors, lambda t: active_numel(t, cfg))
 
 
 def _attention_matmul(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
@@ -108,8 +125,59 @@ def _attention_forward(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
     return 2 * _attention_matmul(L, H, Q, T, causal=causal)
 
 
+def _window(cfg: GPTConfig, seq_len: Any) -> Any:
+    """The keys a query of a sliding-window block sees at most, when the window is shorter than
+    ``seq_len`` (else None: the window changes nothing). A structural branch on numbers."""
+    window = cfg.sliding_window
+    if window is None or not cfg.sliding_window_layers:
+        return None
+    try:
+        shorter = bool(window < seq_len)
+    except TypeError:  # a sympy seq_len: min(window, seq_len) has no single formula
+        raise ScaleplanError(
+            f"sliding_window={shown(window)} with a symbolic seq_len: the attention term "
+            "depends on which is shorter; give seq_len as a number") from None
+    return window if shorter else None
+
+
+def _pair_flops(seq_len: Any, window: Any, *, causal: bool) -> Any:
+    """2 x the (query, key) pairs of one sequence that one head's QK^T (or AV) computes, so that
+    a matmul over width Q costs Q x this many FLOPs: 2·T² for every pair; T² for a causal
+    mask (Megatron's T²/2 triangle); 2·T·w - w² for a causal window of w < T keys (the band
+    T·w - w²/2, the triangle's continuous counterpart). A window counts only with ``causal``:
+    without it, like every mask, it saves nothing (an SDPA kernel given the mask computes every
+    score, and FlopCounterMode counts them)."""
+    if not causal:
+        return FLOPS_PER_MAC * seq_len * seq_len
+    if window is None:
+        return seq_len * seq_len
+    return 2 * seq_len * window - window * window
+
+
+def _attention_core(cfg: GPTConfig, seq_len: Any, *, causal: bool) -> tuple[Any, Any]:
+    """Forward FLOPs of QK^T and of AV for one sequence of ``seq_len``, over every block and
+    head: widths head_dim (MLA: scores over qk_head_dim, values over v_head_dim), full blocks
+    over the causal triangle, ``sliding_window_layers`` blocks over their band."""
+    window = _window(cfg, seq_len) if causal else None
+    sliding = cfg.sliding_window_layers if window is not None else 0
+    pairs = ((cfg.n_layer - sliding) * _pair_flops(seq_len, None, causal=causal)
+             + sliding * _pair_flops(seq_len, window, causal=causal))
+    value_width = cfg.mla.v_head_dim if cfg.mla is not None else cfg.head_dim
+    return cfg.n_head * cfg.head_dim * pairs, cfg.n_head * value_width * pairs
+
+
 def _attention_forward_per_token(cfg: GPTConfig, seq_len: Any, *, causal: bool) -> Any:
-    return _attention_forward(cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
+    """Forward FLOPs of the attention core (QK^T and AV) per token, averaged over ``seq_len``:
+    PaLM's 4·L·H·Q·T (a third of its 12·L·H·Q·T), halved when ``causal``; exact ints unless a
+    sliding window shorter than ``seq_len`` makes the average a fraction."""
+    if _window(cfg, seq_len) is None or not causal:  # T divides every pair count: stay exact
+        scores_width = cfg.head_dim
+        value_width = cfg.mla.v_head_dim if cfg.mla is not None else cfg.head_dim
+        return (_attention_matmul(cfg.n_layer, cfg.n_head, scores_width, seq_len, causal=causal)
+                + _attention_matmul(cfg.n_layer, cfg.n_head, value_width, seq_len,
+                                    causal=causal))
+    scores, values = _attention_core(cfg, seq_len, causal=causal)
+    return (scores + values) / seq_len
 
 
 def _palm(n_params: Any, L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
@@ -182,23 +250,34 @@ def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
     >>> token_flops(GPTConfig.preset("gpt2"), 1024, causal=False, method="nanogpt")
     855166464
     """
+    _check_capacity(cfg)
+    outside = _active(cfg, [t for t in model_tensors(cfg) if t.matmul and not t.per_block])
     if method == "kaplan":
-        pc = param_terms(cfg)
-        n = pc["non_embedding"]
+        pc = param_terms(cfg)  # active: a mixture of experts counts a token's top_k experts
+        n = pc["active"] - pc["token_embedding"] - pc["position_embedding"]
         blocks = n - pc["lm_head"]  # an untied head is in Kaplan's N but is not recomputed
         extra = _recompute_extra(FLOPS_PER_MAC * blocks, 0, recompute)  # no attention term
         return KAPLAN_FLOPS_PER_PARAM_TOKEN * n + extra
     if method == "nanogpt":
-        n = param_terms(cfg)["nanogpt"]
+        pc = param_terms(cfg)
+        n = pc["active"] - pc["position_embedding"]  # nanoGPT's printed count, active experts
     elif method == "palm":
         n = matmul_params(cfg)
     else:
         raise ValueError(f"method={method!r} is not one of 'palm', 'nanogpt', 'kaplan'")
-    model = _palm(n, cfg.n_layer, cfg.n_head, cfg.head_dim, seq_len, causal=causal)
     attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
-    head = across_model(cfg, [t for t in model_tensors(cfg) if t.part == "lm_head"])
-    blocks = n - head  # the output head (a matmul, tied or not) is not recomputed
+    model = KAPLAN_FLOPS_PER_PARAM_TOKEN * n + (1 + BACKWARD_TO_FORWARD) * attention
+    blocks = n - outside  # the output head and OPT's projections are not recomputed
     return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
+
+
+def _check_capacity(cfg: GPTConfig) -> None:
+    moe = cfg.moe
+    if moe is not None and moe.capacity_factor is not None and moe.capacity_factor < 1:
+        raise ScaleplanError(
+            f"moe.capacity_factor={shown(moe.capacity_factor)} drops tokens, and how many "
+            "depends on the routing; FLOPs count every token at its top_k experts (dropless): "
+            "use capacity_factor >= 1 or None")
 
 
 def _recompute_extra(dense_forward: Any, attention_forward: Any, recompute: Recompute) -> Any:
@@ -289,20 +368,20 @@ def step_flop_terms(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any, *,
     >>> step_flop_terms(GPTConfig.preset("gpt2"), 1, 1024)["lm_head"]  # 2 x 1024 x 768 x 50257
     79047426048
     """
+    _check_capacity(cfg)
     tokens = micro_batch_size * seq_len
-    Q, L = cfg.head_dim, cfg.n_layer
-    matmuls = [t for t in model_tensors(cfg) if t.matmul]  # one block's, and the head
-    weight = {t.name: t.numel for t in matmuls}
+    matmuls = [t for t in model_tensors(cfg) if t.matmul]  # one block's, and the others
 
-    def dense(weights: Any) -> Any:  # 2·m·n·k with m = tokens and n·k = weights
-        return FLOPS_PER_MAC * tokens * weights
+    def dense(weights: list[Tensor]) -> Any:  # 2·m·n·k with m = tokens and n·k = weights
+        return FLOPS_PER_MAC * tokens * _active(cfg, weights)
 
-    qkv = L * dense(weight["attn.c_attn.weight"])
-    attention_out = L * dense(weight["attn.c_proj.weight"])
-    mlp = L * dense(sum(t.numel for t in matmuls if t.part == "mlp"))
-    lm_head = dense(weight["lm_head.weight"])
-    scores = tokens * _attention_matmul(L, cfg.n_head, Q, seq_len, causal=causal)  # QK^T
-    values = scores  # AV has the same shape product as QK^T
+    out_name = "attn.c_proj.weight"
+    qkv = dense([t for t in matmuls if t.part == "attention" and t.name != out_name])
+    attention_out = dense([t for t in matmuls if t.name == out_name])
+    mlp = dense([t for t in matmuls if t.part == "mlp"])  # router, active and shared experts
+    lm_head = dense([t for t in matmuls if not t.per_block])  # with OPT's project_in/out
+    scores, values = _attention_core(cfg, seq_len, causal=causal)  # QK^T and AV, one sequence
+    scores, values = micro_batch_size * scores, micro_batch_size * values
     forward = qkv + scores + values + attention_out + mlp + lm_head
     return {"qkv": qkv, "attention_scores": scores, "attention_values": values,
             "attention_out": attention_out, "mlp": mlp, "lm_head": lm_head, "forward": forward,

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
-from scaleplan.reference.model import GPT, AttentionKind
+from scaleplan.reference.model import GPT, AttentionKind, Routing
 from scaleplan.reference.step import AUTOCAST_DTYPES, OptimizerImpl, TrainingStep
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
@@ -86,6 +86,8 @@ class StepMeasurement(BaseModel):
     fake: bool = Field(description="Measured under FakeTensorMode (nothing allocated).")
     cuda_semantics: bool = Field(description="CPU run made to save what CUDA saves.")
     accumulating: bool = Field(description="Gradients of earlier micro-batches resident.")
+    routing: Routing = Field(default="balanced",
+                             description="How a mixture of experts routed (none: unused).")
     hold_logits: bool = Field(default=False,
                               description="Logits kept alive through backward and the update.")
     sdpa_kernel: str | None = Field(description="The aten SDPA kernel that ran (flash only).")
@@ -127,8 +129,8 @@ def _fake_mode() -> AbstractContextManager[Any]:
 
 
 def count_flops(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
-                attention: AttentionKind = "flash", checkpointing: bool = False
-                ) -> tuple[float, float]:
+                attention: AttentionKind = "flash", checkpointing: bool = False,
+                routing: Routing = "balanced") -> tuple[float, float]:
     """(forward + loss, backward) FLOPs of one micro-batch, from ``FlopCounterMode``.
 
     Runs on fake tensors with SDPA forced to the math kernel: torch 2.13 has no FLOP formula
@@ -145,7 +147,7 @@ def count_flops(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     from torch.utils.flop_counter import FlopCounterMode
 
     with _fake_mode(), sdpa_kernel(SDPBackend.MATH):
-        model = GPT(cfg, attention=attention, checkpointing=checkpointing)
+        model = GPT(cfg, attention=attention, checkpointing=checkpointing, routing=routing)
         idx = torch.zeros(micro_batch_size, seq_len, dtype=torch.long)
         with FlopCounterMode(display=False) as forward:
             _, loss = model(idx, idx)
@@ -180,7 +182,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
             checkpointing: bool = False, device: str = "cpu", fake: bool = False,
             cuda_semantics: bool = False, optimizer: OptimizerImpl = "fused",
             accumulating: bool = False, hold_logits: bool = False,
-            seed: int = 0) -> StepMeasurement:
+            seed: int = 0, routing: Routing = "balanced") -> StepMeasurement:
     """Measure one AdamW training step of the reference GPT for ``cfg``.
 
     Args:
@@ -204,6 +206,9 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         hold_logits: Keep the logits alive until the optimizer step, as nanoGPT's training loop
             does (``logits, loss = model(X, Y)``); False drops them once the loss is computed.
         seed: Seed for the initial weights and the random batch.
+        routing: How a mixture of experts routes its tokens: ``"balanced"`` (each expert takes
+            top_k / n_experts of them, deterministic; works with ``fake``) or ``"learned"``
+            (the router's top_k; not under ``fake``).
 
     >>> m = measure(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=8, vocab_size=8),
     ...             micro_batch_size=1, seq_len=2)
@@ -222,13 +227,14 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     on_cuda = dev.type == "cuda" and not fake
     context = _cuda_context_bytes(dev) if on_cuda else None
     flops_fwd, flops_bwd = count_flops(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
-                                       attention=attention, checkpointing=checkpointing)
+                                       attention=attention, checkpointing=checkpointing,
+                                       routing=routing)
     torch.manual_seed(seed)
     with _maybe(_fake_mode() if fake else None):
         step = TrainingStep(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
                      precision=precision, attention=attention, checkpointing=checkpointing,
                      device=dev, cuda_semantics=cuda_semantics, optimizer=optimizer,
-                     hold_logits=hold_logits)
+                     hold_logits=hold_logits, routing=routing)
         step.forward().backward()  # type: ignore[no-untyped-call]  # warm-up: creates the optimizer states
         step.update()
         step.zero_grad()
@@ -249,7 +255,7 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
         attention=attention, checkpointing=checkpointing, optimizer=optimizer, device=dev.type,
         fake=fake, cuda_semantics=cuda_semantics, accumulating=accumulating,
-        hold_logits=hold_logits, notes=notes,
+        hold_logits=hold_logits, routing=routing, notes=notes,
         params=sum(p.numel() for p in step.model.parameters()),
         flops=flops_fwd + flops_bwd, flops_forward=flops_fwd, flops_backward=flops_bwd,
         cuda=cuda, **m)

@@ -24,7 +24,7 @@ import torch
 
 from scaleplan.memory.sharding import OptimizerImpl  # the one list of AdamW implementations
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.model import GPT, AttentionKind
+from scaleplan.reference.model import GPT, AttentionKind, Routing
 
 __all__ = ["AUTOCAST_DTYPES", "PARAM_DTYPES", "OptimizerImpl", "TrainingStep"]
 
@@ -42,11 +42,11 @@ class TrainingStep:
     def __init__(self, cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                  precision: str, attention: AttentionKind, checkpointing: bool,
                  device: torch.device, cuda_semantics: bool, optimizer: OptimizerImpl,
-                 hold_logits: bool = False) -> None:
+                 hold_logits: bool = False, routing: Routing = "balanced") -> None:
         with device, _default_dtype(PARAM_DTYPES.get(precision, torch.float32)):
             # built in place: Module.to() cannot swap FakeTensor parameters
             self.model = GPT(cfg, attention=attention, checkpointing=checkpointing,
-                             cuda_semantics=cuda_semantics)
+                             cuda_semantics=cuda_semantics, routing=routing)
         self.params: list[torch.Tensor] = list(self.model.parameters())
         self.masters: list[torch.Tensor] = []
         if precision == "bf16-fp32-master":  # Megatron-style: AdamW updates fp32 masters
