@@ -150,7 +150,8 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     if cfg.norm_position != "post":
         terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "norm1"))
     terms["qkv_input"] = T * d * e
-    fused = not (attention == "eager" or (dropout and not cuda_dropout))
+    fused = not (attention == "eager" or (dropout and not cuda_dropout)
+                 or _math_fallback(cfg, cuda_kernels))
     if cfg.mla is not None:
         terms.update(mla_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
     elif fused:
@@ -168,6 +169,13 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     if cfg.norm_position != "pre":
         terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "post_norm1", in_bytes=e))
     return terms
+
+
+def _math_fallback(cfg: GPTConfig, cuda_kernels: bool) -> bool:
+    """SDPA's CPU fused kernel needs one width for queries, keys and values: MLA's narrower
+    values send it to the math kernel (CUDA's memory-efficient kernel takes them)."""
+    return (not cuda_kernels and cfg.mla is not None
+            and cfg.mla.qk_head_dim != cfg.mla.v_head_dim)
 
 
 def _mlp_side(cfg: GPTConfig, T: Any, precision: Precision, device: DeviceKind,

@@ -14,7 +14,8 @@ output and adding it back with ``index_add_``), saves
   rows, the dispatch buffer of GShard and Switch, padded when an expert gets fewer): the
   gathered input (d; cast twice under autocast for a gated MLP), the expert MLP's activations
   (as a dense MLP of ``expert_hidden``), the expert's output (d) and its routing weight (both
-  kept by their product), and two int64 indices (the token, kept by the gather and the
+  kept by their product), the weighted output in the residual's dtype (d: ``index_add_``
+  keeps its source) and two int64 indices (the token, kept by the gather and the
   ``index_add_``, and its top-k slot);
 - the shared experts as one dense MLP of ``shared_expert_hidden`` on every token, with the
   sigmoid gate's input, output and the gated value when ``shared_expert_gate``.
@@ -30,7 +31,13 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from scaleplan.memory.dtypes import AUTOCAST, FP32_BYTES, INDEX_BYTES, activation_bytes
+from scaleplan.memory.dtypes import (
+    AUTOCAST,
+    FP32_BYTES,
+    INDEX_BYTES,
+    activation_bytes,
+    residual_bytes,
+)
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["ROUTED_ROW_INDEX_BYTES", "dense_mlp_terms", "moe_mlp_terms", "routed_rows"]
@@ -112,6 +119,8 @@ def moe_mlp_terms(cfg: GPTConfig, tokens: Any, precision: Precision) -> dict[str
         "moe_expert_inputs": casts * rows * d * e,
         "moe_expert_activations": _activation_widths(cfg) * rows * moe.expert_hidden * e,
         "moe_expert_outputs": rows * d * e + rows * e,  # the output and its routing weight
+        # the weighted output in the residual's dtype, which index_add_ saves (its source)
+        "moe_expert_weighted": rows * d * residual_bytes(precision),
         "moe_routed_indices": rows * ROUTED_ROW_INDEX_BYTES,
     }
     if moe.shared_expert_hidden:
