@@ -163,6 +163,8 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                                           device=device, dropout=dropout))
     v = cfg.head_dim if cfg.mla is None else cfg.mla.v_head_dim
     terms["attn_out"] = T * a * v * e
+    if fused and _output_copied(cfg, cuda_kernels):
+        terms["attn_out_copy"] = T * a * v * e
     if dropout:
         mask = CUDA_MASK_BYTES if cuda_dropout else e
         terms["resid_dropout_masks"] = 2 * T * d * mask
@@ -176,6 +178,17 @@ def _math_fallback(cfg: GPTConfig, cuda_kernels: bool) -> bool:
     values send it to the math kernel (CUDA's memory-efficient kernel takes them)."""
     return (not cuda_kernels and cfg.mla is not None
             and cfg.mla.qk_head_dim != cfg.mla.v_head_dim)
+
+
+def _output_copied(cfg: GPTConfig, cuda_kernels: bool) -> bool:
+    """Whether the output projection copies SDPA's output: CPU's fused kernel lays its output
+    out as its queries, and queries made contiguous per head (a per-head QK-norm, a partial
+    rotary's concatenation) make the (B, T, heads x h) input a transposed copy (CUDA's kernels
+    lay it out token-major whatever the queries)."""
+    if cuda_kernels:
+        return False
+    return cfg.qk_norm in ("head", "per_head") or (cfg.position == "rope"
+                                                   and cfg.rotary_fraction != 1.0)
 
 
 def _mlp_side(cfg: GPTConfig, T: Any, precision: Precision, device: DeviceKind,
@@ -248,7 +261,6 @@ def model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     ...                   checkpointing="none", device="cuda")
     {'causal_mask': 16, 'rope_tables': 32768}
     """
-    del device
     terms: dict[str, Any] = {}
     if checkpointing == "full":
         return terms
@@ -256,6 +268,12 @@ def model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
         terms["causal_mask"] = s * s
         if 0 < cfg.sliding_window_layers < cfg.n_layer:
             terms["sliding_mask"] = s * s
+    elif attention == "flash" and cfg.sliding_window is not None and device != "cuda":
+        # CPU's fused kernel takes the band as a bool mask and saves a float copy of it per
+        # sliding block, when the band hides anything (window < s); CUDA's kernels take the
+        # window itself (flash-attn's window_size): O(s)
+        terms["sliding_masks"] = (cfg.sliding_window_layers * (s > cfg.sliding_window) * s * s
+                                  * activation_bytes(precision))
     if cfg.position == "rope":
         terms["rope_tables"] = 2 * cfg.block_size * rotary_dim(cfg) * param_dtype_bytes(precision)
     return terms

@@ -90,13 +90,14 @@ def norm_terms(cfg: GPTConfig, rows: Any, width: Any, precision: Precision, cuda
     ``in_bytes`` per element (default: the residual stream's).
 
     LayerNorm (``native_layer_norm``) saves its input in its own dtype, a mean and a reciprocal
-    std per row (fp32 on CUDA and under autocast, which runs layer_norm in fp32; in the input
-    dtype on CPU with bf16 inputs). RMSNorm (torch 2.13's ``F.rms_norm``) is composite on CPU: it
-    saves its input upcast to fp32, the fp32 rstd per row and, when the norm has a scale
-    (``norm_affine``), the fp32 normalised input for the scale's gradient, whatever the input
-    dtype; CUDA's fused kernel saves the input and the rstd. ``input_saved=False`` leaves the
-    input out where another operation already saves the same storage; ``rms`` and ``affine``
-    override the config's ``norm`` and ``norm_affine`` (MLA's latent norms are RMSNorms).
+    std per row (fp32 on CUDA, for fp32 inputs and for 16-bit inputs with an fp32 scale, as
+    under autocast; in the input dtype on CPU otherwise). RMSNorm (torch 2.13's
+    ``F.rms_norm``) is composite on CPU: it saves its input upcast to fp32, the fp32 rstd per
+    row and, when the norm has a scale (``norm_affine``), the fp32 normalised input for the
+    scale's gradient, whatever the input dtype; CUDA's fused kernel saves the input and the
+    rstd. ``input_saved=False`` leaves the input out where another operation already saves the
+    same storage; ``rms`` and ``affine`` override the config's ``norm`` and ``norm_affine``
+    (MLA's latent norms are RMSNorms).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, norm="rmsnorm")
     >>> norm_terms(cfg, 4, 8, "32-true", False, "ln")
@@ -106,8 +107,9 @@ def norm_terms(cfg: GPTConfig, rows: Any, width: Any, precision: Precision, cuda
     keep = 1 if input_saved else 0
     rms = cfg.norm == "rmsnorm" if rms is None else rms
     affine = cfg.norm_affine if affine is None else affine
-    if not rms:
-        stat = STAT_BYTES if (cuda_kernels or precision in AUTOCAST) else r
+    if not rms:  # CPU keeps the statistics in the input dtype, fp32 beside an fp32 scale
+        mixed = affine and precision in AUTOCAST
+        stat = STAT_BYTES if (cuda_kernels or r == FP32_BYTES or mixed) else r
         return {f"{prefix}_input": keep * rows * width * r, f"{prefix}_stats": 2 * rows * stat}
     if cuda_kernels:
         return {f"{prefix}_input": keep * rows * width * r, f"{prefix}_stats": rows * STAT_BYTES}

@@ -6,9 +6,10 @@ Hugging Face's Mixtral and DeepSeek blocks run it in training (transformers 5,
 ``MixtralExperts.forward``: a loop over the experts, each gathering its tokens, weighting its
 output and adding it back with ``index_add_``), saves
 
-- the router's input (T d), its probabilities (T x n_experts: fp32 under autocast, whose softmax
-  runs in fp32) and the routing: the top-k indices (int64), the top-k weights and their sum
-  (kept by the renormalising division);
+- the router's input (T d), its probabilities (T x n_experts, in the router's output dtype:
+  torch's CPU autocast runs softmax in bf16; Hugging Face's Mixtral upcasts them to fp32,
+  2 T x n_experts bytes more) and the routing: the top-k indices (int64), the top-k weights
+  and their sum (kept by the renormalising division);
 - for each routed row (a token's copy into one of its experts: T x top_k rows, dropless; with
   ``capacity_factor`` every expert's buffer of ``ceil(capacity_factor x T top_k / n_experts)``
   rows, the dispatch buffer of GShard and Switch, padded when an expert gets fewer): the
@@ -33,7 +34,6 @@ from typing import Any
 
 from scaleplan.memory.dtypes import (
     AUTOCAST,
-    FP32_BYTES,
     INDEX_BYTES,
     activation_bytes,
     residual_bytes,
@@ -109,7 +109,7 @@ def moe_mlp_terms(cfg: GPTConfig, tokens: Any, precision: Precision) -> dict[str
     d, e = cfg.n_embd, activation_bytes(precision)
     k, n = moe.top_k, moe.n_experts
     autocast = precision in AUTOCAST
-    probs = FP32_BYTES if autocast else e
+    probs = e  # the router's matmul output dtype: CPU autocast runs its softmax in bf16
     rows = routed_rows(cfg, tokens)
     casts = 2 if (cfg.gated_mlp and autocast) else 1
     terms: dict[str, Any] = {
