@@ -336,7 +336,8 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
 
 
 def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
-                               layers: int | None = None, head: bool = True) -> Any:
+                               layers: int | None = None, head: bool = True,
+                               expert: int = 1) -> Any:
     """Bytes of autocast's bf16/fp16 copies of the matmul weights of ``layers`` blocks (default
     all) and, with ``head``, of the output layer.
 
@@ -344,21 +345,28 @@ def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
     not the embedding lookup) is cast once per forward; autocast caches the copy until the
     autocast region exits and the matmul saves it for backward. A tied output head is cast like
     any other linear weight. The weights are those marked ``matmul`` in
-    `scaleplan.model.shapes.model_tensors`. Zero otherwise.
+    `scaleplan.model.shapes.model_tensors`; the routed experts' are cast expert by expert (a
+    view of the stacked weight each), those of the ``n_experts / expert`` experts a rank holds
+    under expert parallelism. Zero otherwise.
 
     >>> autocast_weight_copy_bytes(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16,
     ...                                      mlp_hidden=32), "bf16-mixed")
     1792
     """
-    return _autocast_weight_copy_bytes(cfg, precision, layers=layers, head=head)
+    return _autocast_weight_copy_bytes(cfg, precision, layers=layers, head=head, expert=expert)
 
 
 def _autocast_weight_copy_bytes_body(cfg: GPTConfig, precision: Precision, *,
-                                     layers: int | None = None, head: bool = True) -> Any:
+                                     layers: int | None = None, head: bool = True,
+                                     expert: int = 1) -> Any:
     if precision not in AUTOCAST:
         return 0
     matmuls = [t for t in model_tensors(cfg) if t.matmul and (head or t.per_block)]
-    return across_model(cfg, matmuls, layers=layers) * HALF_BYTES
+    if expert == 1:
+        return across_model(cfg, matmuls, layers=layers) * HALF_BYTES
+    held = across_model(cfg, matmuls, lambda t: t.numel // expert if t.routed else t.numel,
+                        layers=layers)
+    return held * HALF_BYTES
 
 
 _autocast_weight_copy_bytes = per_config(_autocast_weight_copy_bytes_body)

@@ -27,7 +27,7 @@ from scaleplan.memory.states import (
 )
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import parameters, per_config, split_by_block
+from scaleplan.model.shapes import block_counts, parameters, per_config, split_by_block
 
 __all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
            "normalize_optimizer_impl", "optimizer_temporaries", "per_rank"]
@@ -72,33 +72,61 @@ def _model_states_body(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Pa
                        layers: int, embeds: bool, heads: bool,
                        temp: int) -> tuple[int, int, int, int]:
     terms = param_terms(cfg)
-    n, block, wte = _held_params(cfg, terms, par.tensor, layers, embeds, heads)
+    n, routed, block, wte = _held_params(cfg, terms, par, layers, embeds, heads)
     n_total = terms["total"]
-    n_single = par.tensor == 1 and embeds and heads  # this GPU holds every parameter
+    n_single = par.tensor == 1 and par.expert == 1 and embeds and heads  # every parameter
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
     O = O_full if n_single else O_full * n // n_total
     temp = temp if n_single else temp * n // n_total
     if par.data == 1:
         return W, G, O, temp
-    return _over_data_ranks(W, G, O, temp, par, p, n=n, block=block,
-                            wte=wte if (embeds or heads) else 0)
+    if not routed:
+        return _over_data_ranks(W, G, O, temp, par, p, n=n, block=block,
+                                wte=wte if (embeds or heads) else 0)
+    # the routed experts' states shard over the data / expert ranks that hold the same experts
+    W_r, G_r = weight_bytes(routed, p), gradient_bytes(routed, p)
+    O_r, temp_r = O * routed // n, temp * routed // n
+    W_d, G_d, O_d, temp_d = _over_data_ranks(W - W_r, G - G_r, O - O_r, temp - temp_r, par, p,
+                                             n=n, block=block,
+                                             wte=wte if (embeds or heads) else 0)
+    ranks = par.data // par.expert
+    W_r, G_r, O_r = zero_shard(weights=W_r, gradients=G_r, optimizer=O_r,
+                               stage=par.zero_stage, data=ranks)
+    temp_r = temp_r if par.zero_stage == 0 else -(-temp_r // ranks)
+    return W_d + W_r, G_d + G_r, O_d + O_r, temp_d + temp_r
 
 
 _model_states = per_config(_model_states_body)
 
 
-def _held_params(cfg: GPTConfig, terms: dict[str, Any], t: int, layers: int, embeds: bool,
-                 heads: bool) -> tuple[int, int, int]:
-    """(parameters on one tensor-parallel rank of a stage, one block's share of them, the
-    embedding's share): ``layers`` blocks, the embeddings when it ``embeds``, the final norm
-    and head when it ``heads``; ``terms`` is `param_terms` of ``cfg``."""
-    block_norms, final_norm = split_by_block(x for x in parameters(cfg) if x.part == "norms")
-    block = per_rank(terms["per_layer"] - block_norms, t) + block_norms  # norms replicated
+def _held_params(cfg: GPTConfig, terms: dict[str, Any], par: Parallelism, layers: int,
+                 embeds: bool, heads: bool) -> tuple[Any, Any, Any, Any]:
+    """(parameters on one GPU of a stage, the routed experts' share of them, the largest
+    block's share, the embedding's share): ``layers`` blocks (as many MoE blocks as they can
+    hold, `scaleplan.model.shapes.block_counts`), the embeddings when it ``embeds``, the final
+    norm and head when it ``heads``; ``terms`` is `param_terms` of ``cfg``. Tensor parallelism
+    divides the matrices (routed experts' too) and replicates norms; expert parallelism
+    divides the routed experts."""
+    t = par.tensor
+    tensors = parameters(cfg)
+    counts = block_counts(cfg, layers)
+    blocks: dict[str, tuple[Any, Any]] = {}
+    for kind in ("moe", "dense"):
+        mine = [x for x in tensors if x.per_block and x.blocks in ("all", kind)]
+        norms = sum(x.numel for x in mine if x.part == "norms")
+        routed = sum(x.numel for x in mine if x.routed)
+        other = sum(x.numel for x in mine if x.part != "norms" and not x.routed)
+        routed_held = per_rank(routed, t * par.expert)
+        blocks[kind] = (per_rank(other, t) + norms + routed_held, routed_held)
+    final_norm = split_by_block(x for x in tensors if x.part == "norms")[1]
     wte, wpe = per_rank(terms["token_embedding"], t), terms["position_embedding"]
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
-    n = layers * block + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0)
-    return n, block, wte
+    n = (counts["moe"] * blocks["moe"][0] + counts["dense"] * blocks["dense"][0]
+         + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0))
+    routed = counts["moe"] * blocks["moe"][1]
+    block = blocks["moe"][0] if counts["moe"] else blocks["dense"][0]
+    return n, routed, block, wte
 
 
 def _over_data_ranks(W: int, G: int, O: int, temp: int, par: Parallelism, p: Precision, *,

@@ -330,9 +330,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
                                   optimizer_temporaries(cfg, opt, p, device, impl))
-    all_copies = per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads), t)
+    ep = par.expert
+    all_copies = per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads,
+                                                     expert=ep), t)
     copies = all_copies if checkpointing != "full" else per_rank(autocast_weight_copy_bytes(
-        cfg, p, layers=0, head=heads), t)
+        cfg, p, layers=0, head=heads, expert=ep), t)
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     held = TV * e if hold_logits else 0
