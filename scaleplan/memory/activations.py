@@ -152,12 +152,7 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms["qkv_input"] = T * d * e
     fused = not (attention == "eager" or (dropout and not cuda_dropout)
                  or _math_fallback(cfg, cuda_kernels))
-    if cfg.mla is not None:
-        terms.update(mla_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
-    elif fused:
-        terms.update(fused_attention_terms(cfg, b, s, e))
-    if cfg.qk_norm != "none":
-        terms.update(qk_norm_terms(cfg, T, precision, cuda_kernels, fused))
+    terms.update(_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
     if not fused and checkpointing != "selective":
         terms.update(math_attention_terms(cfg, b, s, precision=precision, attention=attention,
                                           device=device, dropout=dropout))
@@ -170,6 +165,19 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
         terms["resid_dropout_masks"] = 2 * T * d * mask
     if cfg.norm_position != "pre":
         terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "post_norm1", in_bytes=e))
+    return terms
+
+
+def _projection_terms(cfg: GPTConfig, b: Any, s: Any, precision: Precision, fused: bool,
+                      cuda_kernels: bool) -> dict[str, Any]:
+    """What the q/k/v projections and their norms save, and the fused kernel's inputs."""
+    terms: dict[str, Any] = {}
+    if cfg.mla is not None:
+        terms.update(mla_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
+    elif fused:
+        terms.update(fused_attention_terms(cfg, b, s, activation_bytes(precision)))
+    if cfg.qk_norm != "none":
+        terms.update(qk_norm_terms(cfg, b * s, precision, cuda_kernels, fused))
     return terms
 
 

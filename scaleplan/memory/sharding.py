@@ -27,7 +27,14 @@ from scaleplan.memory.states import (
 )
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import block_counts, parameters, per_config, split_by_block
+from scaleplan.model.shapes import (
+    BlockKind,
+    Tensor,
+    block_counts,
+    parameters,
+    per_config,
+    split_by_block,
+)
 
 __all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
            "normalize_optimizer_impl", "optimizer_temporaries", "per_rank"]
@@ -111,14 +118,7 @@ def _held_params(cfg: GPTConfig, terms: dict[str, Any], par: Parallelism, layers
     t = par.tensor
     tensors = parameters(cfg)
     counts = block_counts(cfg, layers)
-    blocks: dict[str, tuple[Any, Any]] = {}
-    for kind in ("moe", "dense"):
-        mine = [x for x in tensors if x.per_block and x.blocks in ("all", kind)]
-        norms = sum(x.numel for x in mine if x.part == "norms")
-        routed = sum(x.numel for x in mine if x.routed)
-        other = sum(x.numel for x in mine if x.part != "norms" and not x.routed)
-        routed_held = per_rank(routed, t * par.expert)
-        blocks[kind] = (per_rank(other, t) + norms + routed_held, routed_held)
+    blocks = {kind: _block_held(tensors, kind, par) for kind in ("moe", "dense")}
     final_norm = split_by_block(x for x in tensors if x.part == "norms")[1]
     wte, wpe = per_rank(terms["token_embedding"], t), terms["position_embedding"]
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
@@ -127,6 +127,16 @@ def _held_params(cfg: GPTConfig, terms: dict[str, Any], par: Parallelism, layers
     routed = counts["moe"] * blocks["moe"][1]
     block = blocks["moe"][0] if counts["moe"] else blocks["dense"][0]
     return n, routed, block, wte
+
+
+def _block_held(tensors: tuple[Tensor, ...], kind: BlockKind,
+                par: Parallelism) -> tuple[Any, Any]:
+    """(parameters of one ``kind`` block on one GPU, the routed experts' share of them)."""
+    mine = [x for x in tensors if x.per_block and x.blocks in ("all", kind)]
+    norms = sum(x.numel for x in mine if x.part == "norms")
+    routed = per_rank(sum(x.numel for x in mine if x.routed), par.tensor * par.expert)
+    other = sum(x.numel for x in mine if x.part != "norms" and not x.routed)
+    return per_rank(other, par.tensor) + norms + routed, routed
 
 
 def _over_data_ranks(W: int, G: int, O: int, temp: int, par: Parallelism, p: Precision, *,
