@@ -150,7 +150,19 @@ def test_expert_parallelism_is_checked() -> None:
                         parallelism=Parallelism(data=16, expert=16))
 
 
-def test_alibi_is_refused_by_name() -> None:
+def test_alibi_saves_no_mask_and_promotes_eager_scores() -> None:
+    # ALiBi's bias is added (nothing saved); under autocast the fp32 bias promotes the scores:
+    # softmax keeps b a s^2 fp32 and the product with v a bf16 cast. b=1, a=4, s=64
     cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, position="alibi")
-    with pytest.raises(ScaleplanError, match="position='alibi'"):
+    m = training_memory(cfg, micro_batch_size=1, seq_len=64, attention="eager", device="cpu")
+    t = m.saved_breakdown
+    assert "causal_mask" not in t and "position_ids" not in t
+    assert t["attn_scores"] == 2 * 4 * 64 * 64 * 4  # two blocks
+    assert t["attn_scores_cast"] == 2 * 4 * 64 * 64 * 2
+
+
+def test_alibi_with_a_sliding_window_is_refused_by_name() -> None:
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, position="alibi",
+                    sliding_window=16)
+    with pytest.raises(ScaleplanError, match="position='alibi' with sliding_window=16"):
         training_memory(cfg, micro_batch_size=1, seq_len=64)

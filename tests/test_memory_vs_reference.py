@@ -125,6 +125,7 @@ ARCHITECTURES = {
                       rotary_fraction=0.5, lm_head_bias=True, tie_embeddings=False),
     "mistral-sliding": GPTConfig(**_LLAMA, sliding_window=16),  # type: ignore[arg-type]
     "olmo": GPTConfig(**{**_GPT2, "bias": False}, norm_affine=False),  # type: ignore[arg-type]
+    "bloom": GPTConfig(**{**_GPT2, "position": "alibi"}, embedding_norm=True),  # type: ignore[arg-type]
     "opt-350m": GPTConfig(**_GPT2, mlp="relu", embed_dim=32, final_norm=False,  # type: ignore[arg-type]
                           position_offset=2, norm_position="post"),
 }
@@ -136,6 +137,7 @@ ARCH_POINTS = [
     ("stablelm", "bf16-mixed", "flash"), ("gptj", "32-true", "flash"),
     ("mistral-sliding", "32-true", "flash"), ("mistral-sliding", "bf16-true", "eager"),
     ("olmo", "bf16-mixed", "flash"), ("opt-350m", "bf16-mixed", "eager"),
+    ("bloom", "bf16-mixed", "eager"), ("bloom", "bf16-true", "flash"),
 ]
 
 

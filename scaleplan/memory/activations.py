@@ -182,10 +182,13 @@ def _projection_terms(cfg: GPTConfig, b: Any, s: Any, precision: Precision, fuse
 
 
 def _math_fallback(cfg: GPTConfig, cuda_kernels: bool) -> bool:
-    """SDPA's CPU fused kernel needs one width for queries, keys and values: MLA's narrower
-    values send it to the math kernel (CUDA's memory-efficient kernel takes them)."""
-    return (not cuda_kernels and cfg.mla is not None
-            and cfg.mla.qk_head_dim != cfg.mla.v_head_dim)
+    """Whether SDPA runs its math kernel on CPU: its fused kernel needs one width for queries,
+    keys and values (MLA's values are narrower) and takes no float bias (ALiBi's). CUDA's
+    kernels take both (the memory-efficient kernel; flash-attn's ``alibi_slopes``)."""
+    if cuda_kernels:
+        return False
+    return cfg.position == "alibi" or (cfg.mla is not None
+                                       and cfg.mla.qk_head_dim != cfg.mla.v_head_dim)
 
 
 def _output_copied(cfg: GPTConfig, cuda_kernels: bool) -> bool:
@@ -272,8 +275,8 @@ def model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms: dict[str, Any] = {}
     if checkpointing == "full":
         return terms
-    if attention == "eager" and checkpointing != "selective":
-        terms["causal_mask"] = s * s
+    if attention == "eager" and checkpointing != "selective" and cfg.position != "alibi":
+        terms["causal_mask"] = s * s  # ALiBi's float bias is added, and adding saves nothing
         if 0 < cfg.sliding_window_layers < cfg.n_layer:
             terms["sliding_mask"] = s * s
     elif attention == "flash" and cfg.sliding_window is not None and device != "cuda":

@@ -19,6 +19,7 @@ from scaleplan.memory.dtypes import (
     DeviceKind,
     activation_bytes,
     norm_terms,
+    residual_bytes,
     semantics,
 )
 from scaleplan.model.config import GPTConfig, Precision
@@ -93,7 +94,8 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
                          attention: AttentionKind, device: DeviceKind,
                          dropout: bool) -> dict[str, Any]:
     """What eager attention (or CPU's math SDPA fallback) saves: the q, k, v copies, the
-    softmax output, with ``attn_softcap`` the tanh of the scaled scores (b a s^2), and with
+    softmax output, with ``attn_softcap`` the tanh of the scaled scores (b a s^2), with ALiBi
+    under autocast the scores in fp32 (promoted by the fp32 bias) and their bf16 cast, and with
     dropout the mask and the dropped probabilities."""
     a, T = cfg.n_head, b * s
     qk, v = _qk_v_head_dims(cfg)
@@ -102,8 +104,15 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     # CPU's math SDPA fallback computes 16-bit inputs in fp32 (torch 2.13).
     ae = FP32_BYTES if attention == "flash" else e
     scores = FP32_BYTES if (cuda_kernels and precision in AUTOCAST) else ae
-    terms: dict[str, Any] = {"q_k_v_copies": T * a * (2 * qk + v) * ae,
-                             "attn_scores": b * a * s * s * scores}
+    terms: dict[str, Any] = {"q_k_v_copies": T * a * (2 * qk + v) * ae}
+    if cfg.position == "alibi" and attention == "eager":
+        # the bias (in the residual's dtype) promotes the scores: softmax keeps them in that
+        # dtype and the product with v saves their cast back to the activation dtype
+        r = residual_bytes(precision)
+        scores = FP32_BYTES if scores == FP32_BYTES else r
+        if r != e:
+            terms["attn_scores_cast"] = b * a * s * s * e
+    terms["attn_scores"] = b * a * s * s * scores
     if cfg.attn_softcap is not None:
         terms["attn_softcap_tanh"] = b * a * s * s * ae
     if dropout:

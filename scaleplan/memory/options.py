@@ -100,16 +100,16 @@ def refuse_unmodelled(cfg: GPTConfig) -> None:
     """Raise a `ScaleplanError` naming the field and its value when ``cfg`` uses an option
     whose saved tensors the memory model does not derive yet: never a silent number.
 
-    >>> refuse_unmodelled(GPTConfig(n_layer=1, n_head=2, n_embd=8, position="alibi"))
+    >>> refuse_unmodelled(GPTConfig(n_layer=1, n_head=2, n_embd=8, position="alibi",
+    ...                             sliding_window=4))
     Traceback (most recent call last):
     ...
-    scaleplan.errors.ScaleplanError: position='alibi': ...
+    scaleplan.errors.ScaleplanError: position='alibi' with sliding_window=4: ...
     """
-    if cfg.position == "alibi":
+    if cfg.position == "alibi" and cfg.sliding_window is not None:
         raise ScaleplanError(
-            "position='alibi': the memory model does not derive ALiBi's saved tensors yet (a "
-            "fused kernel saves the b x a x s x s bias it is given as a mask); training_memory "
-            "refuses it rather than guess. Use position='none' for a lower bound")
+            f"position='alibi' with sliding_window={cfg.sliding_window}: no released model "
+            "combines them and the memory model does not derive their mask; drop one of them")
 
 
 _FLOAT_EXACT = 2**53
