@@ -166,3 +166,23 @@ def test_alibi_with_a_sliding_window_is_refused_by_name() -> None:
                     sliding_window=16)
     with pytest.raises(ScaleplanError, match="position='alibi' with sliding_window=16"):
         training_memory(cfg, micro_batch_size=1, seq_len=64)
+
+
+def test_max_micro_batch_and_fits_on_for_mixtral() -> None:
+    from scaleplan.memory.limits import available_memory_bytes, max_micro_batch_size
+    from scaleplan.validation import FitsOn, check
+
+    par = Parallelism(data=8, expert=8, tensor=8, zero=1)
+    b = max_micro_batch_size(MIXTRAL, "H100 SXM", seq_len=4096, parallelism=par)
+    limit = available_memory_bytes("H100 SXM")
+
+    def total(n: int) -> int:
+        return training_memory(MIXTRAL, micro_batch_size=n, seq_len=4096,
+                               parallelism=par).total
+
+    assert b >= 1 and total(b) <= limit < total(b + 1)
+    # one H100 cannot hold 46.7B parameters' fp32 weights, gradients and AdamW moments
+    # (16 bytes each: 747 GB), whatever the micro-batch
+    assert 16 * (MIXTRAL_ROUTED + MIXTRAL_OTHER) > limit
+    findings = check(MIXTRAL, FitsOn("H100 SXM", micro_batch_size=1, seq_len=4096))
+    assert findings and findings[0].code == "scaleplan.does_not_fit"
