@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hf_meta import hf_meta_active, hf_meta_count, hf_meta_parameters
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
 from scaleplan.model.shapes import across_model, active_numel, model_tensors
-from tests.hf_meta import hf_meta_count, hf_meta_parameters
 
 V, d, L, a = 100, 32, 2, 4
 OURS = {"n_layer": L, "n_head": a, "n_embd": d, "vocab_size": V}
@@ -152,6 +152,21 @@ CASES: list[tuple[str, dict[str, Any], int, str, dict[str, Any]]] = [
       "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
       "q_lora_rank": 16, "kv_lora_rank": 8, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
       "v_head_dim": 8, "n_group": 1, "topk_group": 1, "tie_word_embeddings": False}),
+    # DeepSeek-V3's attention_bias: biases on q_a_proj (16), kv_a_proj (12) and o_proj (32),
+    # none on the up projections: qkv_bias and attn_out_bias.
+    ("mla with q_lora_rank and attention biases (deepseek_v3)",
+     {**LLAMA, "mlp_hidden": 48, "qkv_bias": True, "attn_out_bias": True,
+      "mla": {"q_lora_rank": 16, "kv_lora_rank": 8, "qk_nope_head_dim": 8,
+              "qk_rope_head_dim": 4, "v_head_dim": 8},
+      "moe": {"n_experts": 4, "top_k": 2, "expert_hidden": 8, "n_shared_experts": 1,
+              "n_dense_layers": 1}},
+     UNTIED_TOP + 32 + L * (64 + 3224 + 16 + 12 + 32) + 4608 + (128 + 3072 + 768),
+     "deepseek_v3",
+     {**HF, "intermediate_size": 48, "moe_intermediate_size": 8, "n_routed_experts": 4,
+      "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1,
+      "q_lora_rank": 16, "kv_lora_rank": 8, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+      "v_head_dim": 8, "n_group": 1, "topk_group": 1, "attention_bias": True,
+      "tie_word_embeddings": False}),
     # DeepSeek-V2 with attention_bias and no q_lora_rank: q_proj (4 x 12) x 32 = 1,536,
     # kv_a 384 + bias 12, kv_a_norm 8, kv_b 512, o 1,024 + bias 32: 3,508. Two shared experts
     # fused into one MLP of 16: 3 x 16 x 32 = 1,536.
@@ -194,14 +209,14 @@ CASES: list[tuple[str, dict[str, Any], int, str, dict[str, Any]]] = [
 IDS = [case[0] for case in CASES]
 
 
-def _cfg(fields: dict[str, Any]) -> GPTConfig:
+def config_of(fields: dict[str, Any]) -> GPTConfig:
     return GPTConfig(**(OURS | fields))
 
 
 @pytest.mark.parametrize(("name", "fields", "hand", "model_type", "hf"), CASES, ids=IDS)
 def test_count_is_the_hand_count(name: str, fields: dict[str, Any], hand: int, model_type: str,
                                  hf: dict[str, Any]) -> None:
-    assert count_params(_cfg(fields)).total == hand
+    assert count_params(config_of(fields)).total == hand
 
 
 @pytest.mark.torch
@@ -209,11 +224,14 @@ def test_count_is_the_hand_count(name: str, fields: dict[str, Any], hand: int, m
 def test_count_equals_what_transformers_builds(name: str, fields: dict[str, Any], hand: int,
                                                model_type: str, hf: dict[str, Any]) -> None:
     pytest.importorskip("transformers")
-    assert count_params(_cfg(fields)).total == hf_meta_count(model_type, **hf)
+    pc = count_params(config_of(fields))
+    assert pc.total == hf_meta_count(model_type, **hf)
+    if fields.get("moe"):  # the active count, measured on transformers' experts modules
+        assert pc.active == hf_meta_active(model_type, **hf)
 
 
 def _case(prefix: str) -> GPTConfig:
-    return _cfg(next(fields for name, fields, *_ in CASES if name.startswith(prefix)))
+    return config_of(next(fields for name, fields, *_ in CASES if name.startswith(prefix)))
 
 
 def test_new_norms_are_counted_as_norms() -> None:

@@ -182,3 +182,34 @@ def test_vocab_parallel_shares_round_up() -> None:
                        Parallelism(tensor=2), "fused", True, "only")[6]
     assert held == 516
     assert type(held) is int
+
+
+def test_zero3_middle_pipeline_stage_gathers_a_block_not_the_embedding() -> None:
+    # A middle pipeline stage holds neither the embedding nor the head, so the largest layer
+    # ZeRO-3 gathers whole is one block, although GPT-2's embedding (50257 x 768 = 38,597,376)
+    # is larger than a block (7,087,872). By hand, 4 blocks in fp32 over 2 data ranks:
+    from scaleplan.memory.sharding import model_states
+
+    gpt2 = GPTConfig.preset("gpt2")
+    block, n = 7_087_872, 4 * 7_087_872
+    zero3 = Parallelism(data=2, zero=3)
+    weights, _, states_held, temp = model_states(gpt2, "32-true", "adamw", zero3, layers=4,
+                                                 embeds=False, heads=False, temp=0)
+    assert weights == 4 * n // 2 + 4 * block  # its shard, plus one block gathered (4 bytes each)
+    # AdamW's states: two fp32 moments per parameter and a 4-byte `step` per tensor (torch 2.x;
+    # GPT-2 has 148 tensors), the stage's share of them (n of 124,439,808), then sharded:
+    states = 8 * 124_439_808 + 4 * 148
+    assert states_held == -(-(states * n // 124_439_808) // 2)
+    assert temp == 0
+
+
+def test_optimizers_without_temporaries() -> None:
+    # SGD updates in place and fused AdamW does the whole update in one kernel: no param-sized
+    # temporaries (torch.optim docs, "fused" implementation); foreach AdamW keeps one fp32 buffer
+    # the size of the parameters (GPT-2: 124,439,808 x 4 bytes).
+    from scaleplan.memory.sharding import optimizer_temporaries
+
+    gpt2 = GPTConfig.preset("gpt2")
+    assert optimizer_temporaries(gpt2, "sgd", "32-true", "cuda", None) == 0
+    assert optimizer_temporaries(gpt2, "adamw", "32-true", "cuda", "fused") == 0
+    assert optimizer_temporaries(gpt2, "adamw", "32-true", "cuda", None) == 124_439_808 * 4

@@ -5,49 +5,41 @@ Names follow nanoGPT's (``c_attn``, ``c_fc``, ``c_proj``, ``ln_1``); the referen
 (`scaleplan.reference.model`) names its modules after them. Shapes are (out, in) as in
 ``torch.nn.Linear``; d = n_embd, a = n_head, k = n_kv_head, h = head_dim, E = moe.n_experts.
 
-NAMES (per block unless marked; Hugging Face's names in brackets):
+NAMES (per block unless marked top; Hugging Face's name or model in brackets):
 
-==========================  ====================================  =======================
-name                        shape                                 when
-==========================  ====================================  =======================
-``wte.weight``              (V, embed_dim)                        always (top level)
-``wpe.weight``              (block_size + position_offset, d)     position="learned"
-``ln_emb``                  (d,) [+ bias]                         embedding_norm (bloom)
-``ln_1``                    (d,) [+ bias]                         norm_position pre or
-                                                                  sandwich; parallel
-``attn.c_attn``             ((a + 2k) h, d) [+ bias: qkv_bias]    no mla
-``attn.q_norm``             (h,) / (a, h) / (a h,)                qk_norm head/per_head/full
-``attn.k_norm``             (h,) / (k, h) / (k h,)                qk_norm head/per_head/full
-``attn.q_a_proj``           (q_lora_rank, d) [+ bias: qkv_bias]   mla with q_lora_rank
-``attn.q_a_norm``           (q_lora_rank,)                        mla with q_lora_rank
-``attn.q_b_proj``           (a qk_head_dim, q_lora_rank)          mla with q_lora_rank
-``attn.q_proj``             (a qk_head_dim, d)                    mla, q_lora_rank None
-``attn.kv_a_proj``          (kv_lora_rank + qk_rope_head_dim, d)  mla [+ bias: qkv_bias]
-``attn.kv_a_norm``          (kv_lora_rank,)                       mla
-``attn.kv_b_proj``          (a (qk_nope + v_head_dim), kv_lora)   mla
-``attn.c_proj``             (d, a h) or (d, a v_head_dim) [+ b]   always (attn_out_bias)
-``ln_1_post``               (d,) [+ bias]                         post or sandwich (gemma2
-                                                                  post_attention_layernorm)
-``ln_2``                    (d,) [+ bias]                         pre or sandwich (no
-                                                                  parallel); separate_norms
-``mlp.c_fc``                (f, d) [+ bias: mlp_bias]             dense MLP (up; gated: up)
-``mlp.c_gate``              (f, d) [+ bias]                       gated dense MLP (gate)
-``mlp.c_proj``              (d, f) [+ bias]                       dense MLP (down)
-``mlp.router``              (E, d) [+ bias: moe.router_bias]      moe (HF ``gate``)
-``mlp.experts.c_fc``        (E, f_e, d) [+ bias (E, f_e)]         moe, routed
-``mlp.experts.c_gate``      (E, f_e, d) [+ bias (E, f_e)]         moe, routed, gated
-``mlp.experts.c_proj``      (E, d, f_e) [+ bias (E, d)]           moe, routed
-``mlp.shared.c_fc`` etc.    (f_s, d), (d, f_s)                    moe with shared experts
-``mlp.shared_gate``         (1, d)                                moe.shared_expert_gate
-``ln_2_post``               (d,) [+ bias]                         post or sandwich (gemma2
-                                                                  post_feedforward_layernorm)
-``ln_f``                    (d,) [+ bias]                         final_norm (top level)
-``project_out.weight``      (embed_dim, d)                        embed_dim != d (top, opt)
-``project_in.weight``       (d, embed_dim)                        embed_dim != d (top, opt)
-``lm_head.weight``          (V, embed_dim), tied per              always (top level)
-                            tie_embeddings
-``lm_head.bias``            (V,)                                  lm_head_bias
-==========================  ====================================  =======================
+| name | shape | when |
+| --- | --- | --- |
+| `wte.weight` (top) | (V, embed_dim) | always |
+| `wpe.weight` (top) | (block_size + position_offset, d) | position="learned" |
+| `ln_emb` (top) | (d,) | embedding_norm (bloom) |
+| `ln_1` | (d,) | norm_position pre or sandwich; parallel |
+| `attn.c_attn` | ((a + 2k) h, d), bias: qkv_bias | no mla |
+| `attn.q_norm` | (h,); (a, h); (a h,) | qk_norm head; per_head; full |
+| `attn.k_norm` | (h,); (k, h); (k h,) | qk_norm head; per_head; full |
+| `attn.q_a_proj` | (q_lora_rank, d), bias: qkv_bias | mla with q_lora_rank |
+| `attn.q_a_norm` | (q_lora_rank,) | mla with q_lora_rank |
+| `attn.q_b_proj` | (a qk_head_dim, q_lora_rank) | mla with q_lora_rank |
+| `attn.q_proj` | (a qk_head_dim, d) | mla, q_lora_rank None |
+| `attn.kv_a_proj` | (kv_lora_rank + qk_rope_head_dim, d), bias: qkv_bias | mla |
+| `attn.kv_a_norm` | (kv_lora_rank,) | mla |
+| `attn.kv_b_proj` | (a (qk_nope_head_dim + v_head_dim), kv_lora_rank) | mla |
+| `attn.c_proj` | (d, a h), with mla (d, a v_head_dim); bias: attn_out_bias | always |
+| `ln_1_post` | (d,) | post or sandwich [post_attention_layernorm] |
+| `ln_2` | (d,) | pre or sandwich without parallel; separate_norms |
+| `mlp.c_fc` | (f, d), bias: mlp_bias | dense MLP (up) |
+| `mlp.c_gate` | (f, d) | gated dense MLP (gate) |
+| `mlp.c_proj` | (d, f) | dense MLP (down) |
+| `mlp.router` | (E, d), bias: moe.router_bias | moe [gate] |
+| `mlp.experts.c_fc`, `.c_gate` | (E, f_e, d), bias (E, f_e) | moe, routed (c_gate: gated) |
+| `mlp.experts.c_proj` | (E, d, f_e), bias (E, d) | moe, routed |
+| `mlp.shared.c_fc`, `.c_gate`, `.c_proj` | (f_s, d), (f_s, d), (d, f_s) | moe with shared experts |
+| `mlp.shared_gate` | (1, d) | moe.shared_expert_gate |
+| `ln_2_post` | (d,) | post or sandwich [post_feedforward_layernorm] |
+| `ln_f` (top) | (d,) | final_norm |
+| `project_out.weight` (top) | (embed_dim, d) | embed_dim != d (opt) |
+| `project_in.weight` (top) | (d, embed_dim) | embed_dim != d (opt) |
+| `lm_head.weight` (top) | (V, embed_dim), tied per tie_embeddings | always |
+| `lm_head.bias` (top) | (V,) | lm_head_bias |
 
 A norm ``ln_x`` is ``ln_x.weight`` and, for LayerNorm with ``norm_bias``, ``ln_x.bias``; with
 ``norm_affine=False`` no norm has a tensor. QK-norms and MLA's latent norms never have a bias.
@@ -95,7 +87,8 @@ class Tensor:
     bias: bool = False
     """A bias vector (of a linear layer or a LayerNorm)."""
     per_block: bool = False
-    """Repeated in every transformer block: the model holds ``n_layer`` of it."""
+    """Repeated in the transformer blocks: one per block that ``blocks`` names (``n_layer`` of
+    it for a dense model)."""
     tied: bool = False
     """A view of another tensor's storage (the tied ``lm_head`` is ``wte``): no parameter."""
     blocks: BlockKind = "all"

@@ -1,6 +1,8 @@
 """Read model and run descriptions from the files people already have.
 
-- `from_hf`: a Hugging Face ``config.json`` (gpt2, llama, mistral, qwen2, gemma).
+- `from_hf`: a Hugging Face ``config.json`` of 26 decoder-only model types (gpt2, llama, mistral,
+  mixtral, deepseek_v3, ...: `SUPPORTED_HF_MODEL_TYPES`), read by `scaleplan.model.hf_keys` and
+  mapped by `scaleplan.model.hf_types` (dense) and `scaleplan.model.hf_moe` (mixture of experts).
 - `load_nanogpt_config`: a nanoGPT config file (``config/train_gpt2.py``), or nanoGPT's
   ``train.py`` itself (its defaults block). The file is Python, but it is parsed with `ast` and
   never executed; see `scaleplan.model.nanogpt_file` for what is accepted, and
@@ -11,19 +13,24 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from scaleplan.errors import ConfigFileError, ScaleplanError, UnknownNameError, shown
+from scaleplan.errors import ConfigFileError, ScaleplanError, shown
 from scaleplan.files import parse_json, read_text
 from scaleplan.model.config import GPTConfig, normalize_precision
+from scaleplan.model.hf_keys import HFConfig, UnsupportedKeyError, UnsupportedModelTypeError
+from scaleplan.model.hf_moe import MOE_TYPES
+from scaleplan.model.hf_types import DENSE_TYPES
 from scaleplan.model.nanogpt_file import parse_assignments
 from scaleplan.model.nanogpt_init import GPT2_MODELS, gpt2_model, read_init_from
 from scaleplan.model.nanogpt_meta import PADDED_GPT2_VOCAB, dataset_vocab
 from scaleplan.model.training_config import TrainingConfig
 
-__all__ = ["NanoGPTRun", "from_hf", "load_nanogpt_config"]
+__all__ = ["SUPPORTED_HF_MODEL_TYPES", "NanoGPTRun", "UnsupportedModelTypeError", "from_hf",
+           "load_nanogpt_config"]
 
 # Largest file we agree to read: real configs are a few kB.
 MAX_CONFIG_BYTES = 1_000_000
@@ -36,82 +43,59 @@ def _read_text(path: str | os.PathLike[str]) -> str:
 
 # ----------------------------------------------------------------------------- Hugging Face
 
-# Defaults that transformers applies when a key is absent from config.json, per model_type
-# (transformers' GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, GemmaConfig __init__).
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
-             "n_head": 12, "n_inner": None, "tie_word_embeddings": True},
-    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
-              "max_position_embeddings": 2048, "tie_word_embeddings": False,
-              "attention_bias": False, "mlp_bias": False, "head_dim": None},
-    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
-                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-                "max_position_embeddings": 4096 * 32, "tie_word_embeddings": False,
-                "head_dim": None},
-    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
-              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-              "max_position_embeddings": 32768, "tie_word_embeddings": False},
-    "gemma": {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
-              "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 16,
-              "head_dim": 256, "max_position_embeddings": 8192, "tie_word_embeddings": True,
-              "attention_bias": False},
-}
+_TYPES: dict[str, Callable[[HFConfig], dict[str, Any]]] = {**DENSE_TYPES, **MOE_TYPES}
+SUPPORTED_HF_MODEL_TYPES = tuple(sorted([*_TYPES, "gemma3"]))
+"""The Hugging Face ``model_type`` values `from_hf` reads."""
 
-
-def _hf_gpt2(c: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "n_layer": c["n_layer"], "n_head": c["n_head"], "n_embd": c["n_embd"],
-        "block_size": c["n_positions"], "vocab_size": c["vocab_size"], "bias": True,
-        "tie_embeddings": c["tie_word_embeddings"],
-    }
-    if c["n_inner"] is not None:
-        out["mlp_hidden"] = c["n_inner"]
-    return out
-
-
-def _hf_llama_like(c: dict[str, Any], model_type: str) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "n_layer": c["num_hidden_layers"], "n_head": c["num_attention_heads"],
-        "n_embd": c["hidden_size"], "mlp_hidden": c["intermediate_size"],
-        "block_size": c["max_position_embeddings"], "vocab_size": c["vocab_size"],
-        "mlp": "geglu" if model_type == "gemma" else "swiglu", "norm": "rmsnorm",
-        "position": "rope", "bias": False, "tie_embeddings": c["tie_word_embeddings"],
-    }
-    if c.get("num_key_value_heads") is not None:
-        out["n_kv_head"] = c["num_key_value_heads"]
-    if c.get("head_dim") is not None:
-        out["head_dim"] = c["head_dim"]
-    if model_type == "qwen2":
-        out["qkv_bias"] = True  # Qwen2Attention: bias on q/k/v projections, none on o_proj
-    else:
-        out["qkv_bias"] = out["attn_out_bias"] = c.get("attention_bias", False)
-        out["mlp_bias"] = c.get("mlp_bias", False)
-    return out
-
-
-SUPPORTED_HF_MODEL_TYPES = tuple(_HF_DEFAULTS)
-
-# GPTConfig field -> the config.json key it came from, to name the key in errors.
-_LLAMA_KEYS = {
+# GPTConfig field -> the config.json key it comes from, to name the key in errors: the keys of
+# most types, then each type's own spellings.
+_FIELD_KEYS = {
     "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
     "mlp_hidden": "intermediate_size", "block_size": "max_position_embeddings",
     "vocab_size": "vocab_size", "tie_embeddings": "tie_word_embeddings",
     "n_kv_head": "num_key_value_heads", "head_dim": "head_dim", "qkv_bias": "attention_bias",
-    "attn_out_bias": "attention_bias", "mlp_bias": "mlp_bias",
+    "attn_out_bias": "attention_bias", "mlp_bias": "mlp_bias", "sliding_window": "sliding_window",
+    "sliding_window_layers": "layer_types", "attn_softcap": "attn_logit_softcapping",
+    "final_softcap": "final_logit_softcapping", "rotary_fraction": "partial_rotary_factor",
+    "embed_dim": "word_embed_proj_dim", "moe.top_k": "num_experts_per_tok",
+    "moe.expert_hidden": "moe_intermediate_size", "moe.n_experts": "num_local_experts",
+    "moe.n_shared_experts": "n_shared_experts",
+    **{f"mla.{key}": key for key in ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                                     "qk_rope_head_dim", "v_head_dim")},
 }
-_HF_KEYS: dict[str, dict[str, str]] = {
-    "gpt2": {"block_size": "n_positions", "mlp_hidden": "n_inner",
-             "tie_embeddings": "tie_word_embeddings"},
-    **{name: _LLAMA_KEYS for name in ("llama", "mistral", "qwen2", "gemma")},
+_GPT2_KEYS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd",
+              "block_size": "n_positions", "mlp_hidden": "n_inner", "rotary_fraction": "rotary_dim"}
+_TYPE_KEYS: dict[str, dict[str, str]] = {
+    "gpt2": _GPT2_KEYS, "gptj": _GPT2_KEYS,
+    "mpt": {"n_layer": "n_layers", "n_head": "n_heads", "n_embd": "d_model",
+            "block_size": "max_seq_len"},
+    "bloom": {"n_layer": "n_layer", "n_head": "n_head"},
+    "opt": {"mlp_hidden": "ffn_dim", "bias": "enable_bias"},
+    "falcon": {"n_kv_head": "num_kv_heads", "mlp_hidden": "ffn_hidden_size"},
+    "gpt_neox": {"rotary_fraction": "rotary_pct"},
+    "starcoder2": {"bias": "use_bias"},
+    "stablelm": {"qkv_bias": "use_qkv_bias"},
+    "mixtral": {"moe.expert_hidden": "intermediate_size"},
+    "deepseek_v2": {"moe.n_experts": "n_routed_experts"},
+    "deepseek_v3": {"moe.n_experts": "n_routed_experts"},
 }
 
 
 def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
     """Build a `GPTConfig` from a Hugging Face ``config.json`` (a dict, or a path to the file).
 
-    Keys that are absent take transformers' defaults for that ``model_type``. Supported:
-    gpt2, llama, mistral, qwen2, gemma.
+    The keys are read as transformers 5.25 reads them for the file's ``model_type``: absent keys
+    take that config class's defaults, its aliases count (a gpt2 config may say
+    ``hidden_size`` for ``n_embd``), and the model is the one its modeling code builds, so that
+    `count_params` gives what ``AutoModelForCausalLM.from_config`` holds. Supported:
+    `SUPPORTED_HF_MODEL_TYPES` (docs/configs.md lists what each maps to). For ``gemma3`` (the
+    multimodal wrapper) the language model is read from ``text_config``: the vision tower and
+    projector are not counted.
+
+    A key that changes the model in a way `GPTConfig` does not describe is an error naming it
+    (`scaleplan.model.hf_keys.UnsupportedKeyError`), e.g. gpt2's ``add_cross_attention: true``; keys
+    that build no parameters and change no compute (``torch_dtype``, ``rope_theta``, dropouts,
+    ``quantization_config``: the unquantised model is counted) are not read.
 
     >>> cfg = from_hf({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
     ...                "num_key_value_heads": 8, "vocab_size": 128256})
@@ -130,23 +114,48 @@ def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
                              "config.json or the path to one, not a "
                              f"{type(config).__name__}")
     model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in _HF_DEFAULTS:
-        if model_type is None:
-            raise ScaleplanError(f"{source}: no 'model_type' key; add one of "
-                                 f"{', '.join(SUPPORTED_HF_MODEL_TYPES)}")
-        raise UnknownNameError("Hugging Face model_type", model_type, SUPPORTED_HF_MODEL_TYPES)
-    merged = {**_HF_DEFAULTS[model_type], **config}
-    fields = _hf_gpt2(merged) if model_type == "gpt2" else _hf_llama_like(merged, model_type)
+    if model_type is None:
+        raise ScaleplanError(f"{source}: no 'model_type' key; add one of "
+                             f"{', '.join(SUPPORTED_HF_MODEL_TYPES)}")
+    if not isinstance(model_type, str) or model_type not in SUPPORTED_HF_MODEL_TYPES:
+        raise UnsupportedModelTypeError(
+            f"{source}: model_type {shown(model_type)} is not one scaleplan models yet (a "
+            "transformers type it cannot count; no other type stands in for it). Supported: "
+            f"{', '.join(SUPPORTED_HF_MODEL_TYPES)}")
+    kind = model_type
+    if model_type == "gemma3":  # Gemma3ForConditionalGeneration: its language model only
+        config = config.get("text_config") or {}
+        if not isinstance(config, dict):
+            raise ScaleplanError(f"{source} (gemma3): text_config = {shown(config)} must be "
+                                 "a JSON object")
+        kind = "gemma3_text"
+    hf = HFConfig(config, kind)
+    where = f"{source} ({model_type})"
     try:
+        fields = _TYPES[kind](hf)
         return GPTConfig.model_validate(fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        message = err["msg"].removeprefix("Value error, ")
-        if err["loc"]:  # name the key as the file spells it
-            ours = str(err["loc"][0])
-            key = _HF_KEYS[model_type].get(ours, ours)
-            message = f"{key} = {shown(err.get('input'))}: {message}"
-        raise ScaleplanError(f"{source} ({model_type}): {message}") from None
+        raise ScaleplanError(f"{where}: {_validation_message(exc, hf)}") from None
+    except UnsupportedKeyError as exc:
+        raise UnsupportedKeyError(f"{where}: {exc}") from None
+    except ScaleplanError as exc:
+        raise ScaleplanError(f"{where}: {exc}") from None
+
+
+def _validation_message(exc: ValidationError, hf: HFConfig) -> str:
+    """The first error of ``exc``, naming the config.json key as the file spells it."""
+    err = exc.errors()[0]
+    message = err["msg"].removeprefix("Value error, ")
+    keys = {**_FIELD_KEYS, **_TYPE_KEYS.get(hf.model_type, {})}
+    loc = [str(part) for part in err["loc"][:2]]
+
+    def key(field: str, nested: str = "") -> str:
+        return hf.name(keys.get(f"{nested}.{field}", keys.get(field, field)))
+
+    if loc in ([], ["moe"], ["mla"]):  # a check across fields: its 'field=value's, renamed
+        nested = loc[0] if loc else ""
+        return re.sub(r"\b(\w+)=", lambda m: f"{key(m[1], nested)}=", message)
+    return f"{key('.'.join(loc))} = {shown(err.get('input'))}: {message}"
 
 
 # ----------------------------------------------------------------------------- nanoGPT

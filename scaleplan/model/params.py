@@ -37,16 +37,24 @@ class ParamCount(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     total: int = Field(description="Every parameter, a tied lm_head counted once.")
-    token_embedding: int = Field(description="wte: vocab_size x n_embd.")
+    token_embedding: int = Field(description="wte: vocab_size x embed_dim (n_embd).")
     position_embedding: int = Field(
-        description="wpe: block_size x n_embd for learned positions, else 0 (RoPE has none)."
+        description="wpe: (block_size + position_offset) x n_embd for learned positions, else 0 "
+        "(RoPE and ALiBi have none)."
     )
-    attention: int = Field(description="q, k, v and output projections, with their biases.")
-    mlp: int = Field(description="MLP matrices (2 for GELU, 3 for SwiGLU/GeGLU), with biases.")
-    norms: int = Field(description="Every norm's scale (and bias): 2 per block plus the final.")
-    lm_head: int = Field(description="The output projection; 0 when tied to wte.")
+    attention: int = Field(description="q, k, v and output projections (MLA's low-rank ones), "
+                           "with their biases.")
+    mlp: int = Field(description="MLP matrices (2 for GELU/ReLU, 3 for SwiGLU/GeGLU), with "
+                     "biases; with moe, the dense blocks' MLPs, routers, experts and shared "
+                     "experts.")
+    norms: int = Field(description="Every norm's scale (and bias): the blocks' (2, 4 with "
+                       "sandwich, 1 with a shared parallel norm), QK-norms, MLA's latent norms, "
+                       "the embedding and final norms.")
+    lm_head: int = Field(description="The output projection (0 when tied to wte) and its bias, "
+                         "and OPT's project_in/project_out when embed_dim != n_embd.")
     biases: int = Field(description="Bias parameters, already counted in the fields above.")
-    per_layer: int = Field(description="Parameters in one transformer block.")
+    per_layer: int = Field(description="Parameters in one transformer block (an MoE block when "
+                           "the model has any).")
     non_embedding: int = Field(
         description="Kaplan et al. (2020)'s N: total minus the token and position embeddings. "
         "An untied lm_head stays in, since its matmul costs compute like any other layer."
@@ -98,7 +106,13 @@ def count_params(cfg: GPTConfig) -> ParamCount:
 
     Plus the token embedding V x d, learned positions block_size x d, a final norm, and an untied
     lm_head d x V (GPT-2's and Llama's heads have no bias). The tensors are listed in
-    `scaleplan.model.shapes.model_tensors`.
+    `scaleplan.model.shapes.model_tensors`; `scaleplan.model.layers` has those of the other
+    options (QK-norms, sandwich/post/parallel norms, MLA, mixtures of experts, OPT's
+    projections, a head bias), each checked against the model transformers builds.
+
+    >>> pc = count_params(GPTConfig.preset("mixtral-8x7b"))  # published: 46.7B, 12.9B active
+    >>> pc.total, pc.active
+    (46702792704, 12879925248)
 
     >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
     40560000

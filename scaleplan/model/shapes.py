@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from functools import lru_cache, wraps
 from typing import Any, ParamSpec, TypeVar
 
+from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.layers import (
     PARTS,
@@ -209,8 +210,21 @@ def block_counts(cfg: GPTConfig, layers: Any = None) -> dict[BlockKind, Any]:
         return {"all": n, "moe": 0, "dense": n}
     moe = cfg.n_layer - cfg.moe.n_dense_layers
     if layers is not None:
-        moe = min(moe, n)
+        moe = _fewer(moe, n)
     return {"all": n, "moe": moe, "dense": n - moe}
+
+
+def _fewer(moe: Any, layers: Any) -> Any:
+    """``min(moe, layers)``, also for a symbolic n_layer (`scaleplan.symbolic`) where a single
+    block is asked for: there is always an MoE block (n_dense_layers < n_layer)."""
+    try:
+        return min(moe, layers)
+    except TypeError:  # a sympy comparison that cannot be decided
+        if layers == 1:
+            return 1
+        raise ScaleplanError(
+            f"how many of {layers} blocks are MoE blocks depends on n_layer ({moe} MoE blocks "
+            "in all); keep n_layer numeric for a part of an MoE model") from None
 
 
 def active_numel(t: Tensor, cfg: GPTConfig) -> Any:
