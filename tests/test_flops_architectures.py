@@ -136,3 +136,84 @@ def test_capacity_factor_below_one_is_refused() -> None:
     cfg = ARCHITECTURES["mixtral-style"].replace(moe={**_MOE, "capacity_factor": 0.5})
     with pytest.raises(ScaleplanError, match=r"capacity_factor=0.5 drops tokens"):
         flops_per_token(cfg, seq_len=16)
+
+
+@pytest.mark.torch
+def test_learned_routing_counts_what_balanced_routing_counts() -> None:
+    # Dropless routing sends every token to top_k experts whatever the router picks, so the
+    # experts' matmuls sum to tokens x top_k expert passes: the router's own (real) choice gives
+    # FlopCounterMode's same total.
+    torch = pytest.importorskip("torch", reason="the FlopCounterMode check needs torch")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scaleplan.reference.model import GPT
+
+    cfg = ARCHITECTURES["deepseek-style"]
+    torch.manual_seed(0)
+    model = GPT(cfg, routing="learned")
+    idx = torch.randint(0, cfg.vocab_size, (3, 7))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        _, loss = model(idx, idx)
+        assert loss is not None
+        loss.backward()
+    assert counter.get_total_flops() == step_flops(cfg, micro_batch_size=3, seq_len=7,
+                                                   causal=False).total
+
+
+@pytest.mark.torch
+def test_mixtral_8x7b_flops_per_token_equal_flop_counter_mode() -> None:
+    # The issue's acceptance at full size, on fake tensors: Mixtral-8x7B (32 layers, 8 experts
+    # of 14336, top-2), one sequence of 512 tokens, balanced routing (each expert takes 128).
+    pytest.importorskip("torch", reason="the FlopCounterMode check needs torch")
+    from scaleplan.reference import count_flops
+
+    mixtral = GPTConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, block_size=32768,
+                        vocab_size=32000, bias=False, mlp="swiglu", norm="rmsnorm",
+                        position="rope", tie_embeddings=False,
+                        moe={"n_experts": 8, "top_k": 2, "expert_hidden": 14336})
+    forward, backward = count_flops(mixtral, micro_batch_size=1, seq_len=512)
+    assert forward + backward == 512 * flops_per_token(mixtral, seq_len=512, causal=False)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("name", "not_rerun"), [
+    # torch's non-reentrant checkpoint stops recomputing once every saved tensor is rebuilt, so
+    # a block's last matmul is not re-run when nothing saves its output (2 FLOPs x 32 tokens x
+    # its weights, per block): the dense down projection (f=128, d=32) of a pre-norm or
+    # parallel block;
+    ("gptj-parallel", 2 * 2 * 32 * 128 * 32),
+    ("mla-direct-q", 2 * 2 * 32 * 128 * 32),
+    # deepseek-style: the dense block's down projection (40 x 32) and, in the 2 MoE blocks,
+    # the shared expert's (24 x 32), which runs after the routed experts;
+    ("deepseek-style", 2 * 32 * 40 * 32 + 2 * 2 * 32 * 24 * 32),
+    # but a routed expert's output is saved by its weighting (the MoE ends with index_add_),
+    # and a post-norm (opt) or sandwich (gemma2) block's norm saves the MLP's output.
+    ("mixtral-style", 0), ("opt-350m-style", 0), ("gemma2-style", 0),
+])
+def test_full_recompute_equals_flop_counter_with_checkpointing(name: str, not_rerun: int) -> None:
+    pytest.importorskip("torch", reason="the FlopCounterMode check needs torch")
+    from scaleplan.reference import count_flops
+
+    cfg = ARCHITECTURES[name]
+    attention = "eager" if cfg.attn_softcap is not None else "flash"
+    forward, backward = count_flops(cfg, micro_batch_size=2, seq_len=16, checkpointing=True,
+                                    attention=attention)  # type: ignore[arg-type]
+    hardware = 32 * flops_per_token(cfg, seq_len=16, causal=False, recompute="full")
+    assert forward + backward == hardware - not_rerun
+
+
+def test_kaplan_and_nanogpt_methods_take_the_active_parameters_of_mixtral_8x7b() -> None:
+    # Mixtral-8x7B's active parameters by hand, per layer: attention 4096 x (4096 + 2 x 1024)
+    # + 4096 x 4096 = 41,943,040; router 8 x 4096 = 32,768; two of the 8 experts,
+    # 2 x 3 x 14336 x 4096 = 352,321,536; two norms 8,192: 394,305,536. x 32 = 12,617,777,152;
+    # + wte and the untied head 2 x 32000 x 4096 + ln_f 4,096 = 12,879,925,248 (the published
+    # 12.9B, Jiang et al. 2024). Kaplan's N leaves wte out; nanoGPT's only the (absent) wpe.
+    mixtral = GPTConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, block_size=32768,
+                        vocab_size=32000, bias=False, mlp="swiglu", norm="rmsnorm",
+                        position="rope", tie_embeddings=False,
+                        moe={"n_experts": 8, "top_k": 2, "expert_hidden": 14336})
+    active = 12_879_925_248
+    assert token_flops(mixtral, 4096, method="kaplan") == 6 * (active - 32000 * 4096)
+    attention = 2 * 32 * 32 * 128 * 4096  # QK^T and AV per token, causal: 2 x L·H·Q·T
+    assert token_flops(mixtral, 4096, method="nanogpt") == 6 * active + 3 * attention

@@ -15,8 +15,17 @@ Three conventions are offered, because published figures use all three:
 
 Causal masking halves the attention term (Megatron-LM's accounting, nanoGPT issue #456): only
 the lower triangle of the T x T score matrix is needed. The exact triangle has T(T+1)/2 entries;
-like Megatron we use T²/2. Model FLOPs (MFU) never include recomputation; hardware FLOPs (HFU)
-add the forward work that activation recomputation repeats (`Recompute`).
+like Megatron we use T²/2; a sliding window w < T keeps the band T·w - w²/2
+(`scaleplan.compute.attention_flops`). Model FLOPs (MFU) never include recomputation; hardware
+FLOPs (HFU) add the forward work that activation recomputation repeats (`Recompute`).
+
+The architecture options count as the models run them: a mixture of experts' token goes
+through the router, its ``top_k`` routed experts and the shared experts (N is the active
+matmul weights; ``"nanogpt"`` and ``"kaplan"`` take the active parameters), MLA through its
+low-rank projections, with scores over ``qk_head_dim`` and values over ``v_head_dim``; OPT's
+``project_in``/``project_out`` count with the head (V x embed_dim). Partial rotary, ALiBi,
+QK-norms, post/sandwich/parallel norms and soft-capping are elementwise: no matmul FLOPs.
+``moe.capacity_factor < 1`` (dropped tokens) is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +36,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.checks import finite, real, whole
+from scaleplan.compute.attention_flops import (
+    FLOPS_PER_MAC,
+    attention_core,
+    attention_forward,
+    attention_forward_per_token,
+)
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
@@ -34,7 +49,6 @@ from scaleplan.model.shapes import (
     Tensor,
     across_model,
     active_numel,
-    block_counts,
     model_tensors,
     per_config,
 )
@@ -70,8 +84,6 @@ is rebuilt, so in practice a block's last matmul (the MLP down projection) is no
 measured hardware FLOPs come out a little lower than ``"full"``.
 """
 
-# One multiply-add is 2 FLOPs: a (m x k) @ (k x n) matmul costs 2·m·n·k forward.
-FLOPS_PER_MAC = 2
 # The backward pass of a matmul is two matmuls of the same size (grad wrt input and weight).
 BACKWARD_TO_FORWARD = 2
 # Kaplan et al. 2020, Sec. 2.1: C ≈ 6N per token (2N forward + 4N backward).
@@ -109,80 +121,9 @@ def _active(cfg: GPTConfig, tensors: list[Tensor]) -> Any:
     return across_model(cfg, tensors, lambda t: active_numel(t, cfg))
 
 
-def _attention_matmul(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
-    """Forward FLOPs of one of QK^T and AV for one token: 2·T·Q per head and layer (T·Q
-    multiply-adds), halved when ``causal`` (Megatron-LM's T²/2 triangle, see the module
-    docstring). Written without division so that ints stay exact ints."""
-    macs = L * H * Q * T
-    return macs * (FLOPS_PER_MAC // 2) if causal else macs * FLOPS_PER_MAC
-
-
-def _attention_forward(L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
-    """Forward FLOPs of QK^T and AV for one token: 2 matmuls x 2·T·Q per head and layer.
-
-    This is a third of PaLM's 12·L·H·Q·T (App. B); halved when ``causal``.
-    """
-    return 2 * _attention_matmul(L, H, Q, T, causal=causal)
-
-
-def _window(cfg: GPTConfig, seq_len: Any) -> Any:
-    """The keys a query of a sliding-window block sees at most, when the window is shorter than
-    ``seq_len`` (else None: the window changes nothing). A structural branch on numbers."""
-    window = cfg.sliding_window
-    if window is None or not cfg.sliding_window_layers:
-        return None
-    try:
-        shorter = bool(window < seq_len)
-    except TypeError:  # a sympy seq_len: min(window, seq_len) has no single formula
-        raise ScaleplanError(
-            f"sliding_window={shown(window)} with a symbolic seq_len: the attention term "
-            "depends on which is shorter; give seq_len as a number") from None
-    return window if shorter else None
-
-
-def _pair_flops(seq_len: Any, window: Any, *, causal: bool) -> Any:
-    """2 x the (query, key) pairs of one sequence that one head's QK^T (or AV) computes, so that
-    a matmul over width Q costs Q x this many FLOPs: 2·T² for every pair; T² for a causal
-    mask (Megatron's T²/2 triangle); 2·T·w - w² for a causal window of w < T keys (the band
-    T·w - w²/2, the triangle's continuous counterpart). A window counts only with ``causal``:
-    without it, like every mask, it saves nothing (an SDPA kernel given the mask computes every
-    score, and FlopCounterMode counts them)."""
-    if not causal:
-        return FLOPS_PER_MAC * seq_len * seq_len
-    if window is None:
-        return seq_len * seq_len
-    return 2 * seq_len * window - window * window
-
-
-def _attention_core(cfg: GPTConfig, seq_len: Any, *, causal: bool) -> tuple[Any, Any]:
-    """Forward FLOPs of QK^T and of AV for one sequence of ``seq_len``, over every block and
-    head: widths head_dim (MLA: scores over qk_head_dim, values over v_head_dim), full blocks
-    over the causal triangle, ``sliding_window_layers`` blocks over their band."""
-    window = _window(cfg, seq_len) if causal else None
-    sliding = cfg.sliding_window_layers if window is not None else 0
-    pairs = ((cfg.n_layer - sliding) * _pair_flops(seq_len, None, causal=causal)
-             + sliding * _pair_flops(seq_len, window, causal=causal))
-    value_width = cfg.mla.v_head_dim if cfg.mla is not None else cfg.head_dim
-    return cfg.n_head * cfg.head_dim * pairs, cfg.n_head * value_width * pairs
-
-
-def _attention_forward_per_token(cfg: GPTConfig, seq_len: Any, *, causal: bool) -> Any:
-    """Forward FLOPs of the attention core (QK^T and AV) per token, averaged over ``seq_len``:
-    PaLM's 4·L·H·Q·T (a third of its 12·L·H·Q·T), halved when ``causal``; exact ints unless a
-    sliding window shorter than ``seq_len`` makes the average a fraction."""
-    if _window(cfg, seq_len) is None or not causal:  # T divides every pair count: stay exact
-        scores_width = cfg.head_dim
-        value_width = cfg.mla.v_head_dim if cfg.mla is not None else cfg.head_dim
-        return (_attention_matmul(cfg.n_layer, cfg.n_head, scores_width, seq_len, causal=causal)
-                + _attention_matmul(cfg.n_layer, cfg.n_head, value_width, seq_len,
-                                    causal=causal))
-    scores, values = _attention_core(cfg, seq_len, causal=causal)
-    return (scores + values) / seq_len
-
-
 def _palm(n_params: Any, L: Any, H: Any, Q: Any, T: Any, *, causal: bool) -> Any:
     """6N + 12·L·H·Q·T (PaLM App. B), plain arithmetic (ints stay ints, symbols stay symbols)."""
-    attention = _attention_forward(L, H, Q, T, causal=causal)
+    attention = attention_forward(L, H, Q, T, causal=causal)
     return KAPLAN_FLOPS_PER_PARAM_TOKEN * n_params + (1 + BACKWARD_TO_FORWARD) * attention
 
 
@@ -265,7 +206,7 @@ def token_flops(cfg: GPTConfig, seq_len: Any, *, causal: bool = True,
         n = matmul_params(cfg)
     else:
         raise ValueError(f"method={method!r} is not one of 'palm', 'nanogpt', 'kaplan'")
-    attention = _attention_forward_per_token(cfg, seq_len, causal=causal)
+    attention = attention_forward_per_token(cfg, seq_len, causal=causal)
     model = KAPLAN_FLOPS_PER_PARAM_TOKEN * n + (1 + BACKWARD_TO_FORWARD) * attention
     blocks = n - outside  # the output head and OPT's projections are not recomputed
     return model + _recompute_extra(FLOPS_PER_MAC * blocks, attention, recompute)
@@ -307,12 +248,15 @@ class StepFlops(BaseModel):
     micro_batch_size: int = Field(gt=0, description="Sequences in the micro-batch.")
     seq_len: int = Field(gt=0, description="Tokens per sequence.")
     causal: bool = Field(description="Attention terms halved for a causal mask.")
-    qkv: float = Field(description="Forward FLOPs of the q, k and v projections.")
+    qkv: float = Field(description="Forward FLOPs of the q, k and v projections (MLA's "
+                       "low-rank projections).")
     attention_scores: float = Field(description="Forward FLOPs of Q @ K^T (all query heads).")
     attention_values: float = Field(description="Forward FLOPs of softmax(QK^T) @ V.")
     attention_out: float = Field(description="Forward FLOPs of the attention output projection.")
-    mlp: float = Field(description="Forward FLOPs of the MLP matrices.")
-    lm_head: float = Field(description="Forward FLOPs of the output head over every position.")
+    mlp: float = Field(description="Forward FLOPs of the MLP matrices (MoE: the router, the "
+                       "top_k routed experts and the shared experts).")
+    lm_head: float = Field(description="Forward FLOPs of the output head over every position "
+                           "(with OPT's project_in and project_out).")
     forward: float = Field(description="Sum of the forward parts above.")
     backward: float = Field(description="Backward FLOPs: 2x forward.")
     total: float = Field(description="forward + backward.")
@@ -380,7 +324,7 @@ def step_flop_terms(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any, *,
     attention_out = dense([t for t in matmuls if t.name == out_name])
     mlp = dense([t for t in matmuls if t.part == "mlp"])  # router, active and shared experts
     lm_head = dense([t for t in matmuls if not t.per_block])  # with OPT's project_in/out
-    scores, values = _attention_core(cfg, seq_len, causal=causal)  # QK^T and AV, one sequence
+    scores, values = attention_core(cfg, seq_len, causal=causal)  # QK^T and AV, one sequence
     scores, values = micro_batch_size * scores, micro_batch_size * values
     forward = qkv + scores + values + attention_out + mlp + lm_head
     return {"qkv": qkv, "attention_scores": scores, "attention_values": values,

@@ -250,7 +250,8 @@ def measure(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                           context_bytes=context)
     m.pop("cuda_before", None)
     notes = _notes(cfg, m, device=dev.type, fake=fake, precision=precision,
-                   attention=attention, cuda_semantics=cuda_semantics, hold_logits=hold_logits)
+                   attention=attention, cuda_semantics=cuda_semantics, hold_logits=hold_logits,
+                   routing=routing)
     return StepMeasurement(
         config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
         attention=attention, checkpointing=checkpointing, optimizer=optimizer, device=dev.type,
@@ -314,7 +315,8 @@ def _is_fake(t: torch.Tensor) -> bool:
 
 
 def _notes(cfg: GPTConfig, m: dict[str, Any], *, device: str, fake: bool, precision: str,
-           attention: str, cuda_semantics: bool, hold_logits: bool) -> tuple[str, ...]:
+           attention: str, cuda_semantics: bool, hold_logits: bool,
+           routing: str = "balanced") -> tuple[str, ...]:
     notes = [f"{device} kernels" + (" under FakeTensorMode (nothing allocated)" if fake else "")
              + ("; cuda_semantics: bool dropout masks, no dropout inside SDPA"
                 if cuda_semantics else "")]
@@ -336,6 +338,9 @@ def _notes(cfg: GPTConfig, m: dict[str, Any], *, device: str, fake: bool, precis
     else:
         notes.append("logits dropped after the loss (a loop that keeps them, like nanoGPT's, "
                      "holds b*s*V more elements through backward)")
-    del cfg, attention
+    if cfg.moe is not None:
+        notes.append("MoE routed " + ("in turn: each expert took top_k / n_experts of the tokens"
+                                      if routing == "balanced" else "by the router's top_k"))
+    del attention
     return tuple(notes)
 

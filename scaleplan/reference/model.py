@@ -4,7 +4,12 @@ Names and shapes follow nanoGPT (karpathy/nanoGPT ``model.py``) for GPT-2 config
 names line up one to one: ``transformer.wte``, ``transformer.wpe``, ``transformer.h.N.ln_1``,
 ``attn.c_attn`` (q, k and v fused in one ``d x (a + 2k) h`` linear, also for GQA/MQA),
 ``attn.c_proj``, ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``, ``transformer.ln_f``, ``lm_head``.
-Gated MLPs (SwiGLU/GeGLU) add ``mlp.c_gate``. Blocks are pre-norm, as in GPT-2 and Llama.
+Gated MLPs (SwiGLU/GeGLU) add ``mlp.c_gate``. Blocks are pre-norm, as in GPT-2 and Llama, unless
+the config asks for post, sandwich or parallel blocks. Every option of `GPTConfig` is built as the
+Hugging Face model that uses it builds it, with the tensor names of
+`scaleplan.model.layers` (its NAMES table): attention and MLA in
+`scaleplan.reference.attention`, the dense MLP and the mixture of experts in
+`scaleplan.reference.moe`. Sliding-window blocks are the first ``sliding_window_layers``.
 
 Attention is ``"flash"`` (``F.scaled_dot_product_attention``, which keeps O(s) state for
 backward) or ``"eager"`` (explicit softmax, which keeps the s x s matrix). ``cuda_semantics=True``

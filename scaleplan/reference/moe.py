@@ -141,18 +141,15 @@ class MoE(nn.Module):
 
     def _tokens_of(self, chosen: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(token index, slot) of the tokens routed to expert ``e``, capacity applied."""
-        tokens = chosen.shape[0]
-        if self.routing == "balanced":  # known without reading the data (FakeTensorMode)
-            pairs = [(t, j) for t in range(tokens) for j in range(self.top_k)
-                     if (t * self.top_k + j) % self.n_experts == e]
-        else:
-            where = (chosen == e).nonzero().tolist()
-            pairs = [(int(t), int(j)) for t, j in where]
+        tokens, device = chosen.shape[0], chosen.device
+        if self.routing == "balanced":  # slots e, e + E, ...: known without reading the data
+            slots = torch.arange(e, tokens * self.top_k, self.n_experts, device=device)
+            index, slot = slots // self.top_k, slots % self.top_k
+        else:  # data-dependent: needs real tensors
+            index, slot = (chosen == e).nonzero().unbind(dim=1)
         if self.capacity_factor is not None:
-            pairs = pairs[:math.ceil(self.capacity_factor * tokens * self.top_k
-                                     / self.n_experts)]
-        index = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=chosen.device)
-        slot = torch.tensor([j for _, j in pairs], dtype=torch.long, device=chosen.device)
+            keep = math.ceil(self.capacity_factor * tokens * self.top_k / self.n_experts)
+            index, slot = index[:keep], slot[:keep]
         return index, slot
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

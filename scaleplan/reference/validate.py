@@ -21,7 +21,8 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
 from scaleplan.reference.measure import StepMeasurement, measure
 
-__all__ = ["Predictor", "grid", "main", "predictors", "summary", "validate"]
+__all__ = ["ARCH_CONFIGS", "Predictor", "architecture_grid", "grid", "main", "predictors",
+           "summary", "validate"]
 
 Predictor = Callable[[StepMeasurement], "dict[str, float]"]
 """Maps a measurement to predicted values, keyed by the measured field they predict."""
@@ -39,16 +40,51 @@ GRID_CONFIGS: dict[str, GPTConfig] = {name: GPTConfig.model_validate(fields) for
     "mqa-geglu": {"n_layer": 2, "n_head": 4, "n_kv_head": 1, "n_embd": 32, "block_size": 32,
                   "vocab_size": 101, "mlp": "geglu", "mlp_hidden": 80, "position": "none"},
 }.items()}
+# The architecture options of issue 18, one tiny member each (Hugging Face model types in the
+# names): MoE (balanced routing), MLA, sliding windows, sandwich/post/parallel norms, QK-norms,
+# partial rotary, ALiBi, soft-capping, OPT's projections, affine-less norms.
+_TINY = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64, "vocab_size": 256}
+_LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
+ARCH_CONFIGS: dict[str, GPTConfig] = {name: GPTConfig.model_validate({**_TINY, **fields})
+                                      for name, fields in {
+    "mixtral-tiny": {**_LLAMA, "n_kv_head": 2, "tie_embeddings": False,
+                     "moe": {"n_experts": 4, "top_k": 2, "expert_hidden": 96}},
+    "deepseek-tiny": {**_LLAMA, "n_layer": 3, "mlp_hidden": 160, "tie_embeddings": False,
+                      "mla": {"q_lora_rank": 32, "kv_lora_rank": 24, "qk_nope_head_dim": 16,
+                              "qk_rope_head_dim": 8, "v_head_dim": 16},
+                      "moe": {"n_experts": 8, "top_k": 2, "expert_hidden": 32,
+                              "n_shared_experts": 1, "n_dense_layers": 1}},
+    "mistral-window": {**_LLAMA, "n_kv_head": 1, "sliding_window": 8},
+    "gemma2-tiny": {**_LLAMA, "mlp": "geglu", "norm_position": "sandwich", "n_layer": 4,
+                    "sliding_window": 8, "sliding_window_layers": 2, "attn_softcap": 50.0,
+                    "final_softcap": 30.0, "n_kv_head": 2},
+    "qwen3-tiny": {**_LLAMA, "qk_norm": "head", "n_kv_head": 2},
+    "olmo2-tiny": {**_LLAMA, "qk_norm": "full", "norm_position": "post"},
+    "gptj-tiny": {"parallel": "shared_norm", "position": "rope", "rotary_fraction": 0.25,
+                  "tie_embeddings": False, "lm_head_bias": True},
+    "stablelm-tiny": {"parallel": "separate_norms", "position": "rope", "rotary_fraction": 0.5,
+                      "qk_norm": "per_head", "norm_bias": False},
+    "opt-350m-tiny": {"embed_dim": 32, "position_offset": 2, "norm_position": "post",
+                      "final_norm": False, "mlp": "relu"},
+    "bloom-tiny": {"position": "alibi", "embedding_norm": True},
+    "olmo-tiny": {**_LLAMA, "norm": "layernorm", "norm_affine": False},
+}.items()}
 PRECISION_GRID = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32-master")
 QUICK_COMBOS = ((0.0, "flash", "32-true"), (0.1, "flash", "bf16-mixed"),
                 (0.0, "eager", "bf16-mixed"), (0.1, "eager", "32-true"))
 
 
-def grid(*, quick: bool, device: str) -> Iterator[tuple[str, GPTConfig, dict[str, Any]]]:
-    """(label, config, measure() keywords) for every point of the grid.
+def grid(*, quick: bool, device: str, architectures: bool = True
+         ) -> Iterator[tuple[str, GPTConfig, dict[str, Any]]]:
+    """(label, config, measure() keywords) for every point of the grid: the GPT-2 and Llama
+    families' (every precision, both attention kinds, dropout, checkpointing), then two points
+    for each architecture of `ARCH_CONFIGS` unless ``architectures`` is False.
 
     >>> len(list(grid(quick=True, device="cpu")))
     8
+    >>> len(list(grid(quick=False, device="cpu"))) - len(list(grid(quick=False, device="cpu",
+    ...                                                             architectures=False)))
+    22
     """
     # The last micro-batch of gradient accumulation: gradients resident, the worst step.
     shape = {"micro_batch_size": 2, "seq_len": 32, "accumulating": True}
@@ -73,6 +109,23 @@ def grid(*, quick: bool, device: str) -> Iterator[tuple[str, GPTConfig, dict[str
         yield name, GPTConfig.preset(name), {"micro_batch_size": b, "seq_len": 1024,
                                              "accumulating": True,
                                              "precision": "bf16-mixed", "fake": device == "cpu"}
+    if architectures:
+        yield from architecture_grid()
+
+
+def architecture_grid() -> Iterator[tuple[str, GPTConfig, dict[str, Any]]]:
+    """Two points per architecture of `ARCH_CONFIGS`: fp32 without dropout (SDPA, or eager
+    where soft-capping needs it), and bf16 autocast with dropout and eager attention.
+
+    >>> sorted({kw["attention"] for _, _, kw in architecture_grid()})
+    ['eager', 'flash']
+    """
+    shape = {"micro_batch_size": 2, "seq_len": 32, "accumulating": True}
+    for name, cfg in ARCH_CONFIGS.items():
+        attention = "eager" if cfg.attn_softcap is not None else "flash"
+        yield name, cfg, {**shape, "attention": attention, "precision": "32-true"}
+        yield name, cfg.replace(dropout=0.1), {**shape, "attention": "eager",
+                                               "precision": "bf16-mixed"}
 
 
 def _optional(module: str, name: str) -> Any:
@@ -127,11 +180,14 @@ def _measured(m: StepMeasurement, key: str) -> float:
     return float(getattr(m, key))
 
 
-def validate(*, device: str = "cpu", quick: bool = False) -> list[dict[str, Any]]:
-    """Measure every grid point and compare with every available predictor."""
+def validate(*, device: str = "cpu", quick: bool = False,
+             only_architectures: bool = False) -> list[dict[str, Any]]:
+    """Measure every grid point (or only `architecture_grid`'s) and compare with every
+    available predictor."""
     plugged = predictors()
     rows: list[dict[str, Any]] = []
-    for name, cfg, kwargs in grid(quick=quick, device=device):
+    points = architecture_grid() if only_architectures else grid(quick=quick, device=device)
+    for name, cfg, kwargs in points:
         start = time.perf_counter()
         m = measure(cfg, device=device, **kwargs)
         row: dict[str, Any] = {"config": name, **kwargs, "dropout": cfg.dropout,
@@ -204,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="a small grid (seconds)")
+    parser.add_argument("--architectures", action="store_true",
+                        help="only the architecture points (MoE, MLA, windows, norms, ...)")
     parser.add_argument("--out", type=Path, default=Path("validation"))
     args = parser.parse_args(argv)
-    rows = validate(device=args.device, quick=args.quick)
+    rows = validate(device=args.device, quick=args.quick,
+                    only_architectures=args.architectures)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validation.json").write_text(json.dumps(rows, indent=1))
     (args.out / "validation.md").write_text(_markdown(rows, args.device))
