@@ -52,6 +52,9 @@ DS_EMBEDDING = 129280 * 7168  # and the untied head, as large
 
 
 def test_hand_counts_are_the_published_totals() -> None:
+    # the presets are these released configs
+    assert GPTConfig.preset("mixtral-8x7b") == MIXTRAL
+    assert GPTConfig.preset("deepseek-v3") == DEEPSEEK_V3
     # Mixtral-8x7B 46,702,792,704 and DeepSeek-V3 671,026,404,352 (SOURCES.md: transformers'
     # meta-device counts; 46.7B and 671B as published)
     assert MIXTRAL_ROUTED + MIXTRAL_OTHER == 46_702_792_704
