@@ -155,3 +155,18 @@ def test_architecture_saved_within_3_percent(point: tuple[str, str, str]) -> Non
                         device="cpu", optimizer_impl="for-loop")
     assert p.saved_for_backward == pytest.approx(m.saved_for_backward, rel=0.03)
     assert p.tensor_peak == pytest.approx(m.peak_bytes, rel=0.06)
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight:UserWarning")
+@pytest.mark.parametrize("name", ["mixtral", "deepseek-v3"])
+def test_moe_full_checkpointing_peak_within_5_percent(name: str) -> None:
+    # the recomputed MoE block's backward sums each stacked expert tensor's gradient in one
+    # buffer before adding it to .grad (routed_gradient_buffer): without it the peak was 8% low
+    cfg = ARCHITECTURES[name]
+    m = reference.measure(cfg, micro_batch_size=B, seq_len=S, precision="32-true",
+                          checkpointing=True, accumulating=True, optimizer="for-loop")
+    p = training_memory(cfg, micro_batch_size=B, seq_len=S, precision="32-true", device="cpu",
+                        checkpointing="full", optimizer_impl="for-loop")
+    assert p.saved_for_backward == pytest.approx(m.saved_for_backward, rel=0.03)
+    assert p.tensor_peak == pytest.approx(m.peak_bytes, rel=0.05)

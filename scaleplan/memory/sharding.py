@@ -37,7 +37,8 @@ from scaleplan.model.shapes import (
 )
 
 __all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
-           "normalize_optimizer_impl", "optimizer_temporaries", "per_rank"]
+           "normalize_optimizer_impl", "optimizer_temporaries", "per_rank",
+           "routed_gradient_buffer"]
 
 OptimizerImpl = Literal["foreach", "fused", "for-loop"]
 OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
@@ -192,3 +193,23 @@ def _optimizer_temporaries_body(cfg: GPTConfig, optimizer: str, precision: str, 
 
 
 _optimizer_temporaries = per_config(_optimizer_temporaries_body)
+
+
+def routed_gradient_buffer(cfg: GPTConfig, p: Precision, par: Parallelism) -> Any:
+    """Bytes of one MoE block's routed-expert gradients as backward builds them: each expert's
+    weight is a view of the stacked (n_experts, ...) tensor, so its gradient is a whole stacked
+    tensor, and autograd sums the experts' into one buffer per stacked tensor before adding it
+    to ``.grad`` (transformers 5's ``gate_up_proj[expert_idx]`` alike). Live while that block's
+    backward runs; 0 for a dense model.
+
+    >>> from scaleplan.memory.parallel import Parallelism
+    >>> from scaleplan.model.architecture import MoE
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
+    ...                 moe=MoE(n_experts=4, top_k=2, expert_hidden=16))
+    >>> routed_gradient_buffer(cfg, "32-true", Parallelism())  # 4 x (16 x 8 + 8 x 16) x 4 B
+    4096
+    """
+    if cfg.moe is None:
+        return 0
+    routed = sum(t.numel for t in parameters(cfg) if t.routed)
+    return per_rank(routed, par.tensor * par.expert) * gradient_bytes(1, p)

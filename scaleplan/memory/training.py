@@ -38,6 +38,7 @@ from scaleplan.memory.sharding import (
     model_states,
     optimizer_temporaries,
     per_rank,
+    routed_gradient_buffer,
 )
 from scaleplan.memory.states import OptimizerName
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
@@ -350,5 +351,6 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         loss_side = sum(v for k, v in saved.items() if k.startswith(("final_norm", "lm_head",
                                                                       "log_softmax", "targets")))
         moments["recompute"] = (S - loss_side + copies + sum(full.values())
-                                + (all_copies - copies) // max(layers, 1))
+                                + (all_copies - copies) // max(layers, 1)
+                                + routed_gradient_buffer(cfg, p, par))
     return W, G, O, saved, copies, all_copies, held, moments
