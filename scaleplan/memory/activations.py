@@ -77,9 +77,9 @@ __all__ = [
 # splits it too (`scaleplan.memory.parallel.tensor_parallel_split`).
 TENSOR_PARALLEL_SPLIT_TERMS: frozenset[str] = frozenset({
     "qkv", "rope_qk", "attn_lse", "q_k_v_copies", "attn_scores", "attn_dropout_mask",
-    "attn_dropped", "attn_out", "mlp_activations", "log_softmax", "attn_softcap_tanh",
-    "qk_normed", "mla_kv_heads", "mla_qk_rotated", "moe_expert_activations",
-    "moe_shared_activations"})
+    "attn_dropped", "attn_out", "attn_out_copy", "attn_scores_cast", "mlp_activations",
+    "log_softmax", "attn_softcap_tanh", "qk_normed", "mla_kv_heads", "mla_qk_rotated",
+    "moe_expert_activations", "moe_shared_activations"})
 
 
 def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
