@@ -189,3 +189,22 @@ def test_max_micro_batch_and_fits_on_for_mixtral() -> None:
     assert limit < 16 * (MIXTRAL_ROUTED + MIXTRAL_OTHER)
     findings = check(MIXTRAL, FitsOn("H100 SXM", micro_batch_size=1, seq_len=4096))
     assert findings and findings[0].code == "scaleplan.does_not_fit"
+
+
+def test_memory_grid_agrees_with_training_memory_for_moe_and_windows() -> None:
+    import numpy as np
+
+    from scaleplan.memory.limits import memory_grid
+
+    # capacity-factor rows (a ceiling), a sliding band on CPU (s > window) and dense + MoE
+    # blocks: the float64 grid runs the same arithmetic as the exact scalar function
+    cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=64, block_size=64, vocab_size=200,
+                    **LLAMA_LIKE, sliding_window=16, sliding_window_layers=1,  # type: ignore[arg-type]
+                    moe=MoE(n_experts=4, top_k=2, expert_hidden=32, capacity_factor=1.5,
+                            n_dense_layers=1))
+    sizes, lengths = [1, 2, 3], [8, 16, 48]
+    grid = memory_grid(cfg, micro_batch_size=np.array([[b] for b in sizes]),
+                       seq_len=np.array([lengths]), device="cpu")
+    assert [[int(v) for v in row] for row in np.asarray(grid)] == [
+        [training_memory(cfg, micro_batch_size=b, seq_len=s, device="cpu").total
+         for s in lengths] for b in sizes]
