@@ -136,6 +136,10 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms = _attention_side(cfg, b, s, precision=precision, attention=attention,
                             checkpointing=checkpointing, device=device, dropout=dropout)
     terms.update(_mlp_side(cfg, T, precision, device, kind))
+    if dropout and device == "cpu" and kind == "moe" and cfg.moe is not None:
+        # CPU's dropout mask takes its input's dtype: the experts' sum is in the residual's
+        # dtype (fp32 under autocast), a dense MLP's output in the activation dtype
+        terms["resid_dropout_masks"] += T * d * (r - activation_bytes(precision))
     return terms
 
 

@@ -104,19 +104,22 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     # CPU's math SDPA fallback computes 16-bit inputs in fp32 (torch 2.13).
     ae = FP32_BYTES if attention == "flash" else e
     scores = FP32_BYTES if (cuda_kernels and precision in AUTOCAST) else ae
+    # SDPA gets no dropout under CUDA's semantics (its fused kernels keep an RNG state)
+    dropout = dropout and (attention == "eager" or not cuda_dropout)
     terms: dict[str, Any] = {"q_k_v_copies": T * a * (2 * qk + v) * ae}
     if cfg.position == "alibi" and attention == "eager":
         # the bias (in the residual's dtype) promotes the scores: softmax keeps them in that
-        # dtype and the product with v saves their cast back to the activation dtype
+        # dtype and the product with v saves their cast back to the activation dtype (with
+        # dropout, the dropped probabilities' cast: ``attn_dropped``)
         r = residual_bytes(precision)
         scores = FP32_BYTES if scores == FP32_BYTES else r
-        if r != e:
+        if r != e and not dropout:
             terms["attn_scores_cast"] = b * a * s * s * e
     terms["attn_scores"] = b * a * s * s * scores
     if cfg.attn_softcap is not None:
         terms["attn_softcap_tanh"] = b * a * s * s * ae
-    if dropout:
-        mask = CUDA_MASK_BYTES if cuda_dropout and attention == "eager" else ae
+    if dropout:  # CPU's dropout keeps a mask in the probabilities' dtype
+        mask = CUDA_MASK_BYTES if cuda_dropout and attention == "eager" else scores
         terms["attn_dropout_mask"] = b * a * s * s * mask
         terms["attn_dropped"] = b * a * s * s * ae
     return terms
