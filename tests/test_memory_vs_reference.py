@@ -162,7 +162,7 @@ def test_architecture_saved_within_3_percent(point: tuple[str, str, str]) -> Non
 @pytest.mark.parametrize("name", ["mixtral", "deepseek-v3"])
 def test_moe_full_checkpointing_peak_within_5_percent(name: str) -> None:
     # the recomputed MoE block's backward sums each stacked expert tensor's gradient in one
-    # buffer before adding it to .grad (routed_gradient_buffer): without it the peak was 8% low
+    # buffer before adding it to .grad (mlp_gradient_buffer): without it the peak was 8% low
     cfg = ARCHITECTURES[name]
     m = reference.measure(cfg, micro_batch_size=B, seq_len=S, precision="32-true",
                           checkpointing=True, accumulating=True, optimizer="for-loop")

@@ -36,9 +36,16 @@ from scaleplan.model.shapes import (
     split_by_block,
 )
 
-__all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
-           "normalize_optimizer_impl", "optimizer_temporaries", "per_rank",
-           "routed_gradient_buffer"]
+__all__ = [
+    "OPTIMIZER_IMPLS",
+    "OPTIMIZER_IMPL_ALIASES",
+    "OptimizerImpl",
+    "mlp_gradient_buffer",
+    "model_states",
+    "normalize_optimizer_impl",
+    "optimizer_temporaries",
+    "per_rank",
+]
 
 OptimizerImpl = Literal["foreach", "fused", "for-loop"]
 OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
@@ -195,21 +202,23 @@ def _optimizer_temporaries_body(cfg: GPTConfig, optimizer: str, precision: str, 
 _optimizer_temporaries = per_config(_optimizer_temporaries_body)
 
 
-def routed_gradient_buffer(cfg: GPTConfig, p: Precision, par: Parallelism) -> Any:
-    """Bytes of one MoE block's routed-expert gradients as backward builds them: each expert's
-    weight is a view of the stacked (n_experts, ...) tensor, so its gradient is a whole stacked
-    tensor, and autograd sums the experts' into one buffer per stacked tensor before adding it
-    to ``.grad`` (transformers 5's ``gate_up_proj[expert_idx]`` alike). Live while that block's
-    backward runs; 0 for a dense model.
+def mlp_gradient_buffer(cfg: GPTConfig, p: Precision, par: Parallelism) -> Any:
+    """Bytes of an MoE block's MLP weight gradients as its backward builds them, before
+    autograd adds them to the resident ``.grad``: the router's, the shared experts' and the
+    routed experts', where each expert's weight is a view of the stacked (n_experts, ...)
+    tensor, so its gradient is a whole stacked tensor, and autograd sums the experts' into one
+    buffer per stacked tensor (transformers 5's ``gate_up_proj[expert_idx]`` alike). Live while
+    the block recomputed under full checkpointing runs its backward; 0 for a dense model (whose
+    MLP gradients come out one matrix at a time, which the model leaves out).
 
     >>> from scaleplan.memory.parallel import Parallelism
     >>> from scaleplan.model.architecture import MoE
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
     ...                 moe=MoE(n_experts=4, top_k=2, expert_hidden=16))
-    >>> routed_gradient_buffer(cfg, "32-true", Parallelism())  # 4 x (16 x 8 + 8 x 16) x 4 B
-    4096
+    >>> mlp_gradient_buffer(cfg, "32-true", Parallelism())  # (4 x 2 x 16 x 8 + 4 x 8) x 4 B
+    4224
     """
     if cfg.moe is None:
         return 0
-    routed = sum(t.numel for t in parameters(cfg) if t.routed)
-    return per_rank(routed, par.tensor * par.expert) * gradient_bytes(1, p)
+    mlp = tuple(t for t in parameters(cfg) if t.part == "mlp")
+    return _block_held(mlp, "moe", par)[0] * gradient_bytes(1, p)

@@ -35,10 +35,10 @@ from scaleplan.memory.options import overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
 from scaleplan.memory.sharding import (
     OptimizerImpl,
+    mlp_gradient_buffer,
     model_states,
     optimizer_temporaries,
     per_rank,
-    routed_gradient_buffer,
 )
 from scaleplan.memory.states import OptimizerName
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
@@ -352,5 +352,5 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                                                       "log_softmax", "targets")))
         moments["recompute"] = (S - loss_side + copies + sum(full.values())
                                 + (all_copies - copies) // max(layers, 1)
-                                + routed_gradient_buffer(cfg, p, par))
+                                + mlp_gradient_buffer(cfg, p, par))
     return W, G, O, saved, copies, all_copies, held, moments
