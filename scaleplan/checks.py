@@ -296,10 +296,10 @@ def float_guard(func: Callable[P, R]) -> Callable[P, R]:
     ...
     scaleplan.errors.ScaleplanError: square(1e+200): the result overflows a 64-bit float ...
     """
-    import numpy as np
-
     @wraps(func)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        import numpy as np  # at the first call: decorating a function imports nothing
+
         try:
             with np.errstate(over="raise", divide="raise", invalid="raise"):
                 return func(*args, **kwargs)

@@ -23,11 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from scaleplan.cli_options import ConfigAndLog, VersionAction, add_plan_knobs
+from scaleplan.cli_options import (
+    ConfigAndLog,
+    VersionAction,
+    add_plan_knobs,
+    int_arg,
+    positive_int,
+)
+from scaleplan.cli_output import format_diagnosis, format_gpus, format_params
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
-from scaleplan.model.params import ParamCount, count_params
-from scaleplan.units import format_count, format_gib
+from scaleplan.model.params import count_params
 
 if TYPE_CHECKING:
     from scaleplan.planning.planner import Plan
@@ -69,27 +75,6 @@ def _load_model(spec: str) -> tuple[GPTConfig, str, int | None]:
     return GPTConfig.preset(spec), f"preset {spec}", None
 
 
-def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str:
-    """The parameter breakdown as a readable table."""
-    rows = [f"{label}: {pc.total:,} parameters ({format_count(pc.total)})", ""]
-    width = max(len(k) for k in pc.components())
-    for name, value in pc.components().items():
-        share = 100 * value / pc.total
-        rows.append(f"  {name:<{width}}  {value:>17,}  {share:5.1f}%")
-    rows += [
-        "",
-        f"  {'of which biases':<{width}}  {pc.biases:>17,}",
-        f"  {'per block':<{width}}  {pc.per_layer:>17,}",
-        f"  {'non-embedding':<{width}}  {pc.non_embedding:>17,}  (Kaplan et al. 2020's N)",
-        f"  {'nanoGPT prints':<{width}}  {pc.nanogpt:>17,}  ({format_count(pc.nanogpt)}: total "
-        "minus the position embedding)",
-    ]
-    if claimed is not None:
-        ratio = claimed / pc.nanogpt
-        rows.append(f"  the config claims ~{format_count(claimed)}: {ratio:.2f}x the real count")
-    return "\n".join(rows)
-
-
 def _cmd_params(args: argparse.Namespace) -> int:
     from scaleplan.model.loaders import load_nanogpt_config
     cfg, label, claimed = load_model(args.model)
@@ -123,12 +108,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             raise
         raise ScaleplanError(hint) from None
     if args.export == "nanogpt":
-        from scaleplan.planning.nanogpt_export import to_nanogpt_config
-
         # a nanoGPT file's run (data, out_dir, learning rate, ...) is kept; only the plan's
         # settings and the schedule that follows max_iters are replaced
-        base = args.model if args.model.endswith(".py") else None
-        print(to_nanogpt_config(p, base), end="")
+        print(p.to_nanogpt_config(args.model if args.model.endswith(".py") else None), end="")
     elif args.export == "deepspeed":
         print(json.dumps(p.to_deepspeed(), indent=2))
     elif args.export == "hf":
@@ -153,7 +135,7 @@ def _plan(args: argparse.Namespace, cfg: GPTConfig) -> Plan:
     total: int | str | None = args.total_tokens
     if isinstance(total, str) and total != "chinchilla":
         try:
-            total = _int_arg("--total-tokens", total)
+            total = int_arg("--total-tokens", total)
         except argparse.ArgumentTypeError as exc:
             raise ScaleplanError(f"--total-tokens: {exc}") from None
     world_size = 1 if args.world_size is None else args.world_size
@@ -168,46 +150,9 @@ def _cmd_gpus(args: argparse.Namespace) -> int:
     specs = gpus()
     if args.json:
         print(json.dumps([s.model_dump(mode="json") for s in specs], indent=2))
-        return 0
-    print(f"{'GPU':<18} {'memory':>10} {'bf16 TFLOP/s':>13} {'SMs':>5}  notes")
-    for s in specs:
-        bf16 = f"{s.peak_flops('bf16') / 1e12:.1f}" if "bf16" in s.peak else "-"
-        notes = [] if s.has_bf16_tensor_cores else ["no bf16 tensor cores: plan fp16"]
-        if s.below_inductor_autotune_threshold:
-            notes.append("< 68 SMs: no inductor max-autotune GEMM")
-        memory = format_gib(s.memory_bytes, width=6, decimals=0)
-        print(f"{s.name:<18} {memory} {bf16:>13} {s.sm_count:>5}  {'; '.join(notes)}")
+    else:
+        print(format_gpus(specs))
     return 0
-
-
-def _int_arg(flag: str, text: str, example: str = "524288 or 2**19") -> int:
-    """'524288', '2**19', '5e5' or '524_288' as an int (parsed like a config value, never
-    evaluated)."""
-    from scaleplan.model.nanogpt_file import parse_assignments
-
-    try:
-        value = parse_assignments(f"x = {text}", source=flag).values.get("x")
-    except (ValueError, RecursionError, MemoryError, OverflowError):
-        value = None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number; e.g. {example}")
-    return value
-
-
-def _positive(flag: str, example: str) -> Any:
-    """An argparse ``type``: a whole number >= 1 (so 0 is refused like -8, never read as
-    'not given')."""
-    def parse(text: str) -> int:
-        value = _int_arg(flag, text, example)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{shown(text)} must be a positive whole number, "
-                                             f"e.g. {example}")
-        return value
-
-    parse.__name__ = "whole number"
-    return parse
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
@@ -218,33 +163,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         print(d.model_dump_json(indent=2))
         return 0
-    if d.nanogpt_params is None:
-        print(f"{config or log}: no model; {len(d.findings)} finding(s) from the log alone")
-    else:
-        print(f"{config or log}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
-              f"{len(d.findings)} finding(s)")
-    for f in d.findings:
-        print(f"\n[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}")
-    rec = d.recommendation
-    if rec is not None:
-        print("\nrecommended next run:")
-        for change in rec.changes:
-            print(f"  {change}")
-        print(f"  {format_count(rec.nanogpt_params)} parameters; {rec.tokens_per_step:,} "
-              f"tokens per step = micro-batch {rec.training.micro_batch_size} x seq_len "
-              f"{rec.training.seq_len} x grad_accum_steps {rec.training.grad_accum_steps}")
-        others = ", ".join(f"{b} x {a}" for b, a in rec.micro_batch_options[1:])
-        if others:
-            print(f"  if memory runs out, micro-batch x grad-accum: {others}")
-        print(f"  compute-optimal: {format_count(rec.compute_optimal_tokens)} tokens = "
-              f"{rec.steps_for_compute_optimal:,} steps (max_iters = lr_decay_iters)")
-        if rec.expected_val_loss is not None:
-            print(f"  expected val loss ~{rec.expected_val_loss:.2f} there "
-                  f"(~{rec.expected_val_loss_same_tokens:.2f} on as many tokens as this run)")
-        if rec.expected_loss_on_data is not None:
-            print(f"  from the web-text law: {rec.expected_loss_on_data}")
-    for note in d.notes:  # what could not be done (the recommended run not fitting the GPU)
-        print(f"\nnote: {note}")
+    print(format_diagnosis(d, config or log))
     return 0
 
 
@@ -271,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset, config.json or nanoGPT .py (default: %(default)s)")
     q.add_argument("--gpu", default=DEFAULT_PLAN_GPU, help="GPU name (default: %(default)s); "
                    "`scaleplan gpus` lists them")
-    q.add_argument("--tokens-per-step", type=_positive("--tokens-per-step", "2**19"),
+    q.add_argument("--tokens-per-step", type=positive_int("--tokens-per-step", "2**19"),
                    help="tokens per optimizer step (default: 2**19, or the nanoGPT file's)")
-    q.add_argument("--world-size", type=_positive("--world-size", "8"),
+    q.add_argument("--world-size", type=positive_int("--world-size", "8"),
                    help="GPUs (default: 1)")
-    q.add_argument("--seq-len", type=_positive("--seq-len", "1024"),
+    q.add_argument("--seq-len", type=positive_int("--seq-len", "1024"),
                    help="tokens per sequence (default: block_size)")
     q.add_argument("--total-tokens", help="tokens for the run, or 'chinchilla' (default)")
     q.add_argument("--hours", type=float, help="train for this long instead")
@@ -303,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Face Trainer output or trainer_state.json, CSV or JSONL; '-' reads the log "
                    "from standard input")
     d.add_argument("--gpu", help="the GPU the run used, e.g. 'RTX 4070'")
-    d.add_argument("--vocab-size", type=_positive("--vocab-size", "50257"),
+    d.add_argument("--vocab-size", type=positive_int("--vocab-size", "50257"),
                    help="the vocabulary, for the ln(vocab) checks when no config gives it")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_diagnose)

@@ -15,7 +15,8 @@ Each flag's accepted values come from the code that checks them (the precision t
     --mfu FRACTION            model FLOPs utilisation (PaLM's definition) on --gpu
     --nanogpt-mfu PERCENT     the MFU nanoGPT prints (of an A100's 312 TFLOP/s), converted
 
-`plan_options` turns the parsed flags into `plan`'s keyword arguments.
+`plan_options` turns the parsed flags into `plan`'s keyword arguments; `int_arg` and
+`positive_int` read the whole numbers of every subcommand (``2**19``, ``5e5``, ``524_288``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from scaleplan.memory.sharding import (
 from scaleplan.memory.states import OPTIMIZER_ALIASES, OPTIMIZERS, normalize_optimizer
 from scaleplan.model.config import PRECISION_ALIASES, PRECISIONS, normalize_precision
 
-__all__ = ["ConfigAndLog", "VersionAction", "add_plan_knobs", "names_with_aliases",
-           "package_version", "plan_options", "precision_names", "run_defaults"]
+__all__ = ["ConfigAndLog", "VersionAction", "add_plan_knobs", "int_arg", "names_with_aliases",
+           "package_version", "plan_options", "positive_int", "precision_names", "run_defaults"]
 
 AUTO_PRECISION = "auto"
 #: What ``--mfu`` means, said in its help and in docs/cli.md.
@@ -242,3 +243,33 @@ class ConfigAndLog(argparse.Action):
             parser.error(f"diagnose takes a config and a log, or a log alone; got {len(values)} "
                          f"paths: {' '.join(values)}")
         setattr(namespace, self.dest, values)
+
+
+def int_arg(flag: str, text: str, example: str = "524288 or 2**19") -> int:
+    """'524288', '2**19', '5e5' or '524_288' as an int (parsed like a config value, never
+    evaluated)."""
+    from scaleplan.model.nanogpt_file import parse_assignments
+
+    try:
+        value = parse_assignments(f"x = {text}", source=flag).values.get("x")
+    except (ValueError, RecursionError, MemoryError, OverflowError):
+        value = None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not a whole number; e.g. {example}")
+    return value
+
+
+def positive_int(flag: str, example: str) -> Any:
+    """An argparse ``type``: a whole number >= 1 (so 0 is refused like -8, never read as
+    'not given')."""
+    def parse(text: str) -> int:
+        value = int_arg(flag, text, example)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{shown(text)} must be a positive whole number, "
+                                             f"e.g. {example}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse

@@ -1,4 +1,6 @@
-"""What ``scaleplan plan`` prints besides the plan: the flags that apply a remedy.
+"""What the ``scaleplan`` commands print besides the plan itself: the flags that apply a remedy,
+and the tables of ``params``, ``gpus`` and ``diagnose`` (`format_params`, `format_gpus`,
+`format_diagnosis`).
 
 A remedy (`scaleplan.planning.remedies.Remedy`) says what it changes as a dict of settings
 (``{"checkpointing": "full", "optimizer": "adamw-8bit"}``); on the command line that is a set of
@@ -14,14 +16,20 @@ import argparse
 import ast
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from scaleplan.units import format_count, format_gib
+
 if TYPE_CHECKING:
+    from scaleplan.compute.hardware import GPUSpec
+    from scaleplan.diagnosis.examine import Diagnosis
+    from scaleplan.diagnosis.recommend import Recommendation
+    from scaleplan.model.params import ParamCount
     from scaleplan.planning.planner import Plan
 
-__all__ = ["REMEDY_FLAGS", "command_line", "nothing_fits_hint", "plan_notes",
-           "remedy_flags", "reproduce_line"]
+__all__ = ["REMEDY_FLAGS", "command_line", "format_diagnosis", "format_gpus", "format_params",
+           "nothing_fits_hint", "plan_notes", "remedy_flags", "reproduce_line"]
 
 #: The flag that applies each setting a remedy changes (`Remedy.changes`' keys).
 REMEDY_FLAGS = {"checkpointing": "--checkpointing", "optimizer": "--optimizer",
@@ -161,3 +169,71 @@ def nothing_fits_hint(message: str, args: argparse.Namespace,
         extra: dict[str, Any] = {"world_size": size, "zero": 3, **(_changes_of(found) or {})}
         return f"{message}; try: {command_line(args, extra)}"
     return message
+
+
+def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str:
+    """The parameter breakdown as a readable table."""
+    rows = [f"{label}: {pc.total:,} parameters ({format_count(pc.total)})", ""]
+    width = max(len(k) for k in pc.components())
+    for name, value in pc.components().items():
+        share = 100 * value / pc.total
+        rows.append(f"  {name:<{width}}  {value:>17,}  {share:5.1f}%")
+    rows += [
+        "",
+        f"  {'of which biases':<{width}}  {pc.biases:>17,}",
+        f"  {'per block':<{width}}  {pc.per_layer:>17,}",
+        f"  {'non-embedding':<{width}}  {pc.non_embedding:>17,}  (Kaplan et al. 2020's N)",
+        f"  {'nanoGPT prints':<{width}}  {pc.nanogpt:>17,}  ({format_count(pc.nanogpt)}: total "
+        "minus the position embedding)",
+    ]
+    if claimed is not None:
+        ratio = claimed / pc.nanogpt
+        rows.append(f"  the config claims ~{format_count(claimed)}: {ratio:.2f}x the real count")
+    return "\n".join(rows)
+
+
+def format_gpus(specs: Sequence[GPUSpec]) -> str:
+    """The GPU database as ``scaleplan gpus`` prints it: one row per GPU, with what to mind."""
+    rows = [f"{'GPU':<18} {'memory':>10} {'bf16 TFLOP/s':>13} {'SMs':>5}  notes"]
+    for s in specs:
+        bf16 = f"{s.peak_flops('bf16') / 1e12:.1f}" if "bf16" in s.peak else "-"
+        notes = [] if s.has_bf16_tensor_cores else ["no bf16 tensor cores: plan fp16"]
+        if s.below_inductor_autotune_threshold:
+            notes.append("< 68 SMs: no inductor max-autotune GEMM")
+        memory = format_gib(s.memory_bytes, width=6, decimals=0)
+        rows.append(f"{s.name:<18} {memory} {bf16:>13} {s.sm_count:>5}  {'; '.join(notes)}")
+    return "\n".join(rows)
+
+
+def format_diagnosis(d: Diagnosis, label: str) -> str:
+    """A `Diagnosis` as ``scaleplan diagnose`` prints it: the findings, each with its fix, the
+    recommended next run and the notes; ``label`` names the run (its config, else its log)."""
+    if d.nanogpt_params is None:
+        rows = [f"{label}: no model; {len(d.findings)} finding(s) from the log alone"]
+    else:
+        rows = [f"{label}: {d.nanogpt_params:,} parameters (nanoGPT's count); "
+                f"{len(d.findings)} finding(s)"]
+    rows += [f"\n[{f.severity}] {f.code}: {f.message}\n  fix: {f.fix}" for f in d.findings]
+    if d.recommendation is not None:
+        rows += _recommendation(d.recommendation)
+    # what could not be done (the recommended run not fitting the GPU)
+    rows += [f"\nnote: {note}" for note in d.notes]
+    return "\n".join(rows)
+
+
+def _recommendation(rec: Recommendation) -> list[str]:
+    rows = ["\nrecommended next run:", *(f"  {change}" for change in rec.changes)]
+    rows.append(f"  {format_count(rec.nanogpt_params)} parameters; {rec.tokens_per_step:,} "
+                f"tokens per step = micro-batch {rec.training.micro_batch_size} x seq_len "
+                f"{rec.training.seq_len} x grad_accum_steps {rec.training.grad_accum_steps}")
+    others = ", ".join(f"{b} x {a}" for b, a in rec.micro_batch_options[1:])
+    if others:
+        rows.append(f"  if memory runs out, micro-batch x grad-accum: {others}")
+    rows.append(f"  compute-optimal: {format_count(rec.compute_optimal_tokens)} tokens = "
+                f"{rec.steps_for_compute_optimal:,} steps (max_iters = lr_decay_iters)")
+    if rec.expected_val_loss is not None:
+        rows.append(f"  expected val loss ~{rec.expected_val_loss:.2f} there "
+                    f"(~{rec.expected_val_loss_same_tokens:.2f} on as many tokens as this run)")
+    if rec.expected_loss_on_data is not None:
+        rows.append(f"  from the web-text law: {rec.expected_loss_on_data}")
+    return rows

@@ -191,7 +191,9 @@ def test_plan_page_lists_every_field_with_type_default_and_description(package: 
     rows = _rows(package["planning.planner.Plan"].docstring.value)
     assert list(rows) == list(sp.Plan.model_fields)
     # as planner.py declares them
-    assert rows["micro_batch_size"] == ["micro_batch_size", "`int`", "`required`", ""]
+    assert rows["micro_batch_size"] == ["micro_batch_size", "`int`", "`required`",
+                                        "Sequences per GPU per forward and backward: the "
+                                        "largest that fits and divides the step."]
     assert rows["grad_accum_steps"][3] == "Micro-batches per GPU per optimizer step."
     assert rows["remedy"] == ["remedy", "`str | None`", "`None`",
                               "What had to change to fit, if anything."]

@@ -27,7 +27,8 @@ from scaleplan.cli import main
 from scaleplan.diagnosis.schedule import lr_findings
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
-from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.model.loaders import NanoGPTRun, load_nanogpt_config
+from scaleplan.model.training_config import TrainingConfig
 from scaleplan.planning.nanogpt_export import fit_schedule, to_nanogpt_config
 from scaleplan.planning.planner import plan
 
@@ -149,6 +150,45 @@ def test_seed_export_reads_back_into_the_plans_run(
     assert (t.tokens_per_step, t.max_iters, t.lr_decay_iters, t.warmup_iters) == (
         TOKENS_PER_STEP, STEPS, STEPS, WARMUP)
     assert (t.learning_rate, t.min_lr, t.compile) == (1e-3, MIN_LR, True)
+
+
+def test_plan_method_with_a_base_keeps_the_run_as_the_cli_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 21: Plan.to_nanogpt_config(base=...) keeps the file's run like --export nanogpt
+    path = tmp_path / "train_fineweb.py"
+    path.write_text(SEED)
+    run = load_nanogpt_config(path)
+    p = plan(run.model, "RTX 4070", tokens_per_step=TOKENS_PER_STEP, total_tokens=10**9)
+    texts = [p.to_nanogpt_config(path), p.to_nanogpt_config(str(path)),
+             p.to_nanogpt_config(run), p.to_nanogpt_config(path, text=SEED)]
+    assert len(set(texts)) == 1
+    values = assignments(texts[0])  # name = literal lines only, as configurator.py execs them
+    assert all(type(v) is TRAIN_PY_TYPES[k] for k, v in values.items())
+    kept = {"out_dir": "out-fineweb", "dataset": "fineweb", "init_from": "scratch",
+            "compile": True, "learning_rate": 1e-3, "wandb_project": "fineweb"}
+    assert {k: values[k] for k in kept} == kept
+    assert (values["max_iters"], values["lr_decay_iters"], values["warmup_iters"],
+            values["min_lr"]) == (STEPS, STEPS, WARMUP, MIN_LR)
+    back = load_nanogpt_config(tmp_path / "exported.py", text=texts[0])
+    assert back.model == run.model and back.training.tokens_per_step == TOKENS_PER_STEP
+    # the same file as the command line writes for that file and budget
+    assert texts[0] == export(tmp_path, capsys, SEED)
+    # without a base: train.py's defaults under the plan's settings, not the file's run
+    bare = assignments(p.to_nanogpt_config())
+    assert "dataset" not in bare and bare["warmup_iters"] == WARMUP
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"text": SEED}, r"pass base= too, the file's path"),
+    ({"base": 42}, r"base=42 must be a nanoGPT config file's path or the NanoGPTRun"),
+    ({"base": NanoGPTRun(model=GPTConfig.preset("gpt2"), training=TrainingConfig())},
+     r"base is a NanoGPTRun that names no file \(source=None\)"),
+])
+def test_plan_method_refuses_a_base_it_cannot_read(kwargs: dict[str, object],
+                                                    message: str) -> None:
+    p = plan(GPTConfig.preset("gpt2"), "RTX 4070")
+    with pytest.raises(ScaleplanError, match=message):
+        p.to_nanogpt_config(**kwargs)  # type: ignore[arg-type]
 
 
 def nanogpt_lr(it: int, *, lr: float, min_lr: float, warmup: int, decay: int) -> float:

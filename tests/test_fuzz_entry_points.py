@@ -199,7 +199,7 @@ def test_training_memory(cfg: GPTConfig, b: Any, s: Any, precision: Any, optimiz
         "bf16-mixed", "32-true", "16-mixed", "bf16-true", "bf16-fp32-master", "amp-bf16"))
         and known(optimizer, ("adamw", "sgd", "adafactor", "lion", "adamw8bit"))
         and checkpointing != "x" and type(hold) is bool and count_in(context, 2**40)
-        and real_in(slack, 0, 0.5))
+        and real_in(slack, 0, 0.5) and attention != "sdpa" and device != "mps")
     m = outcome(lambda: training_memory(
         cfg, micro_batch_size=b, seq_len=s, precision=precision, optimizer=optimizer,
         attention=attention, checkpointing=checkpointing, device=device, hold_logits=hold,

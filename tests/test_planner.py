@@ -175,6 +175,25 @@ def test_plan_round_trips_through_json(seed_plan: Plan) -> None:
     assert again == seed_plan
 
 
+def test_every_field_of_plan_and_its_result_models_is_described() -> None:
+    # Issue 21: the API reference and Plan.model_json_schema() show each field's description;
+    # Plan had 14 fields with none. Each must be a sentence of its own, not the field's name.
+    from scaleplan.planning.advice import PlanWarning
+    from scaleplan.planning.fitting import Candidate
+    from scaleplan.planning.remedies import Remedy
+    from scaleplan.scaling.webtext import ExpectedLoss
+
+    for model in (Plan, Candidate, Remedy, PlanWarning, ExpectedLoss):
+        schema = model.model_json_schema()["properties"]
+        assert list(schema) == list(model.model_fields), model.__name__
+        for name, field in schema.items():
+            text = field.get("description", "")
+            assert len(text.split()) >= 3 and text.endswith((".", ")")), (model.__name__, name)
+            assert text.lower().rstrip(".") != name.replace("_", " "), (model.__name__, name)
+    assert Plan.model_json_schema()["properties"]["micro_batch_size"]["description"] == (
+        "Sequences per GPU per forward and backward: the largest that fits and divides the step.")
+
+
 def test_nanogpt_export_reads_back_to_the_same_settings(seed_plan: Plan) -> None:
     run = load_nanogpt_config("exported.py", text=seed_plan.to_nanogpt_config())
     assert run.model.replace(vocab_size=GPT2.vocab_size, bias=True) == GPT2.replace()

@@ -127,6 +127,54 @@ def test_scalars_give_floats_and_arrays_give_arrays() -> None:
     assert law.loss([1e8, 1e9], 1e10).tolist() == [law.loss(1e8, 1e10), law.loss(1e9, 1e10)]
 
 
+@settings(max_examples=200, deadline=None)
+@given(n=st.floats(1e6, 1e13), d=st.floats(1e8, 1e14))
+def test_a_law_gives_pythons_own_bits_for_numbers_and_arrays(n: float, d: float) -> None:
+    # Chinchilla's L = E + A/N^alpha + B/D^beta written out in Python floats (the C library's
+    # pow): a plain call and the same numbers in an array give exactly these bits on any CPU
+    # (numpy's own ** on AVX-512 differs from pow in the last bit for some inputs).
+    law = scaling_law("chinchilla")
+    by_hand = law.E + law.A / n**law.alpha + law.B / d**law.beta
+    assert law.loss(n, d) == by_hand
+    assert law.loss(np.array([n, 2 * n]), np.array([d, d]))[0] == by_hand
+    a, _ = law.allocation_exponents
+    tokens = 6 * (n / law.G) ** (1 / a) / (6 * n)  # C_opt(N) / (6 N), Hoffmann eq. 4
+    assert law.optimal_tokens_for_params(n) == tokens
+    assert law.optimal_tokens_for_params(np.array([n]))[0] == tokens
+
+
+def test_kaplans_loss_of_a_number_equals_its_array_element() -> None:
+    # Found by hypothesis on main (AVX-512 CPU): the number took numpy's scalar pow after its
+    # first step, the array numpy's SIMD loop, and the two differed in the last bit
+    # (3.371203168909285 vs 3.3712031689092847). Written out with Python's pow:
+    law = scaling_law("kaplan2020")
+    n, d = 1e7, 1460756123960.0
+    by_hand = ((law.N_c / n) ** (law.alpha_N / law.alpha_D) + law.D_c / d) ** law.alpha_D
+    assert law.loss(n, d) == by_hand
+    assert law.loss(np.array([n, 2 * n]), d)[0] == by_hand
+
+
+def test_a_plain_number_is_answered_without_numpy() -> None:
+    # plan() asks the law for the compute-optimal budget and the loss: in a fresh interpreter
+    # that must not import numpy (0.1-0.2 s of a cold `scaleplan plan`, issue 21)
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom scaleplan.scaling.laws import scaling_law\n"
+            "from scaleplan.scaling.tokens import chinchilla_tokens\n"
+            "law = scaling_law('chinchilla')\n"
+            "print(chinchilla_tokens(124_439_808, method=law), round(law.loss(1.24e8, 2.4e9), 6),"
+            " 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    # D_opt(N) for Chinchilla Approach 3 at GPT-2 small's 124,439,808 parameters: ~2.44e9
+    # (the README's plan); L(1.24e8, 2.4e9) = 1.6934 + 406.4/1.24e8^0.3392 + 410.7/2.4e9^0.2849
+    assert out[2] == "False"
+    assert int(out[0]) == pytest.approx(2.44e9, rel=2e-3)
+    assert float(out[1]) == pytest.approx(1.69337 + 406.401 / 1.24e8**0.33917
+                                          + 410.723 / 2.4e9**0.28491, rel=1e-5)
+
+
 def test_compute_optimal_over_an_array_matches_scalar_calls() -> None:
     law = scaling_law("epoch2024")
     sweep = law.compute_optimal(np.array([1e20, 1e22]))

@@ -15,10 +15,8 @@ keeps a fraction of it free.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
-
-import numpy as np
-from numpy.typing import NDArray
+import sys
+from typing import TYPE_CHECKING, Any, Literal
 
 from scaleplan.checks import float_guard, one_of, real, whole
 from scaleplan.compute.hardware import GPUSpec
@@ -35,6 +33,10 @@ from scaleplan.memory.training import (
     training_memory,
 )
 from scaleplan.model.config import GPTConfig
+
+if TYPE_CHECKING:  # numpy is imported by memory_grid, not by the planner's scalar path
+    import numpy as np
+    from numpy.typing import NDArray
 
 __all__ = ["available_memory_bytes", "max_micro_batch_size", "max_seq_len", "memory_grid"]
 
@@ -58,13 +60,20 @@ def available_memory_bytes(gpu: str | GPUSpec | int) -> int:
     if isinstance(gpu, GPUSpec):
         usable = gpu.usable_memory_bytes
         return usable if usable is not None else gpu.memory_bytes
-    if isinstance(gpu, bool) or not isinstance(gpu, int | np.integer):
+    if isinstance(gpu, bool) or not (isinstance(gpu, int) or _numpy_integer(gpu)):
         raise ScaleplanError(
             f"gpu={shown(gpu)} must be a GPU name, a GPUSpec or a size in bytes (an int, such as "
             "80 * 2**30; a float is not taken as a byte count)")
     if gpu < 1:
         raise ScaleplanError(f"gpu={shown(gpu)} bytes must be positive")
     return whole("gpu", gpu, maximum=MAX_BYTES, example="gpu=80 * 2**30 (bytes)")
+
+
+def _numpy_integer(value: object) -> bool:
+    """Whether ``value`` is a numpy integer; without importing numpy (no value can be one
+    before numpy is imported)."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, np.integer)
 
 
 def _budget(gpu: str | GPUSpec | int, headroom: float) -> int:
@@ -94,6 +103,7 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
     (tensor-parallel shares and the allocator slack up to whole bytes), so a cell equals
     ``training_memory(...).total`` below 2^53 bytes. A grid past float64's range raises.
 
+    >>> import numpy as np
     >>> cfg = GPTConfig.preset("gpt2")
     >>> grid = memory_grid(cfg, micro_batch_size=np.arange(1, 5)[:, None],
     ...                    seq_len=np.array([256, 1024]))
@@ -101,6 +111,8 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
     ...                                                  seq_len=1024).total)
     ((4, 2), True)
     """
+    import numpy as np
+
     b = np.asarray(micro_batch_size, dtype=np.float64)
     s = np.asarray(seq_len, dtype=np.float64)
     if np.any(b != np.floor(b)) or np.any(s != np.floor(s)):

@@ -5,7 +5,7 @@ from `scaleplan.compute.mfu_defaults`."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
@@ -29,8 +29,8 @@ class PlanWarning(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    code: str
-    message: str
+    code: str = Field(description="A stable identifier, e.g. 'inductor-small-gpu'.")
+    message: str = Field(description="What to look at and why, in one sentence.")
 
 
 def choose_precision(spec: GPUSpec, precision: str) -> tuple[Precision, str, list[PlanWarning]]:

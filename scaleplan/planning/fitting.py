@@ -31,10 +31,10 @@ class Candidate(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    micro_batch_size: int
-    grad_accum_steps: int
+    micro_batch_size: int = Field(description="Sequences per GPU per forward and backward.")
+    grad_accum_steps: int = Field(description="Micro-batches per GPU that make up the step.")
     total_bytes: int = Field(description="MemoryBreakdown.total at this micro-batch.")
-    fits: bool
+    fits: bool = Field(description="total_bytes <= the GPU memory the plan is held against.")
 
 
 def with_zero(settings: dict[str, Any], data: int) -> dict[str, Any]:

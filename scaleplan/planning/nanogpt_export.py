@@ -24,15 +24,13 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from scaleplan.errors import ScaleplanError
-from scaleplan.files import read_text
-from scaleplan.model.loaders import MAX_CONFIG_BYTES, load_nanogpt_config
-from scaleplan.model.nanogpt_file import Value, parse_assignments
+from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.training_config import TrainingConfig
 from scaleplan.units import format_count
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the file readers load when a base file is given (not with `scaleplan plan`)
     from scaleplan.model.loaders import NanoGPTRun
+    from scaleplan.model.nanogpt_file import Value
     from scaleplan.planning.planner import Plan
 
 __all__ = ["MAX_WARMUP_FRACTION", "MIN_LR_DIVISOR", "NANOGPT_DTYPE", "TRAIN_PY_DEFAULTS",
@@ -135,12 +133,14 @@ def fit_schedule(max_iters: int, tokens_per_step: int, *, learning_rate: float,
                     eval_interval=evaluate, decay_lr=decay_lr, reasons=tuple(reasons))
 
 
-def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | None = None, *,
+def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | NanoGPTRun | None = None, *,
                       text: str | None = None) -> str:
     """A nanoGPT config file (``config/train_*.py``) for the plan.
 
-    ``base``: the nanoGPT config file the plan was made from (``text``: its contents, to parse
-    a string instead of reading ``base``). Its settings are kept, in its order, and only what the
+    ``base``: the nanoGPT config file the plan was made from, as a path or as the `NanoGPTRun`
+    `scaleplan.load_nanogpt_config` read from it (its file is read again); ``text``: the file's
+    contents, to parse a string instead of reading ``base`` (``base`` still says where
+    ``data/<dataset>/meta.pkl`` is). Its settings are kept, in its order, and only what the
     plan decides is replaced (a comment says what each was); without it, the file holds the
     model, the batch and the schedule over train.py's defaults. ``gradient_accumulation_steps``
     is nanoGPT's total over all ranks (train.py divides it by the world size), so it is
@@ -154,10 +154,14 @@ def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | None = None, *,
     >>> [line for line in text.splitlines() if line.startswith(("max_iters", "warmup"))]
     ['max_iters = 1908', 'warmup_iters = 190']
     """
+    from scaleplan.files import read_text
+    from scaleplan.model.loaders import MAX_CONFIG_BYTES, load_nanogpt_config
+    from scaleplan.model.nanogpt_file import parse_assignments
     from scaleplan.planning.exporters import expect_plan
 
     plan = expect_plan(plan)
     _check_nanogpt_can_run(plan)
+    base = _base_path(base, text)
     source = "<plan>" if base is None else os.fsdecode(base)
     run = None
     kept: dict[str, Value] = {}
@@ -182,6 +186,26 @@ def to_nanogpt_config(plan: Plan, base: str | os.PathLike[str] | None = None, *,
         lines.append(f"# set by scaleplan ({source} leaves these at train.py's defaults)")
     lines += [f"{name} = {value!r}" for name, value in decided.items()]
     return "\n".join(lines) + "\n"
+
+
+def _base_path(base: object, text: str | None) -> str | os.PathLike[str] | None:
+    """``base`` as a path: a `NanoGPTRun`'s file, or a path as given; a `ScaleplanError` for
+    anything else, or for ``text`` without a ``base`` to name it."""
+    from scaleplan.model.loaders import NanoGPTRun
+
+    if isinstance(base, NanoGPTRun):
+        if base.source is None:
+            raise ScaleplanError("base is a NanoGPTRun that names no file (source=None); pass "
+                                 "the config file's path as base, or its contents as text=")
+        return base.source
+    if base is None and text is not None:
+        raise ScaleplanError("text= is the contents of a nanoGPT config file; pass base= too, "
+                             "the file's path (e.g. 'config/train_gpt2.py'): it names the file "
+                             "in the header and says where data/<dataset>/meta.pkl is")
+    if base is not None and not isinstance(base, str | os.PathLike):
+        raise ScaleplanError(f"base={shown(base)} must be a nanoGPT config file's path or the "
+                             "NanoGPTRun load_nanogpt_config read from it")
+    return base
 
 
 def _check_nanogpt_can_run(plan: Plan) -> None:

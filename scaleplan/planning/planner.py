@@ -9,18 +9,18 @@ assumed MFU for the time, a scaling law for tokens and loss.
 `plan` runs in steps: check the inputs and the GPU layout (`scaleplan.planning.arguments`), pick
 the precision, the tokens per step and the micro-batches that divide it (`_step`), adopt a remedy
 when micro-batch 1 does not fit (`apply_remedy`), take the largest micro-batch that fits
-(`largest_fitting`), then the run's tokens, time and loss (`_budget`).
+(`largest_fitting`), then the run's tokens, time and loss
+(`scaleplan.planning.run_length.run_length`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal, NamedTuple
+import os
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import finite, real, whole
-from scaleplan.compute.flops import flops_per_token, training_flops
+from scaleplan.checks import real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.compute.throughput import MAX_TOKENS, expect_config
@@ -29,22 +29,22 @@ from scaleplan.memory.limits import available_memory_bytes
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import MemoryBreakdown
 from scaleplan.model.config import GPTConfig, Precision
-from scaleplan.model.params import ParamCount, count_params
-from scaleplan.planning.advice import PlanWarning, choose_precision, peak_dtype, plan_warnings
+from scaleplan.model.params import ParamCount
+from scaleplan.planning.advice import PlanWarning, choose_precision, plan_warnings
 from scaleplan.planning.arguments import (
     MAX_SEQ_LEN,
-    AssumedMFU,
     check_layout,
     check_memory_options,
     check_mfu,
-    given_tokens,
 )
 from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
 from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, largest_fitting
 from scaleplan.planning.remedies import Remedy
-from scaleplan.scaling.laws import scaling_law
-from scaleplan.scaling.tokens import chinchilla_tokens
+from scaleplan.planning.run_length import run_length
 from scaleplan.scaling.webtext import ExpectedLoss, expected_loss, law_for_data
+
+if TYPE_CHECKING:
+    from scaleplan.model.loaders import NanoGPTRun
 
 __all__ = ["DEFAULT_TOKENS_PER_STEP", "Candidate", "Plan", "plan"]
 
@@ -70,21 +70,23 @@ class Plan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    model: GPTConfig
-    gpu: GPUSpec
+    model: GPTConfig = Field(description="The model planned, as given.")
+    gpu: GPUSpec = Field(description="The GPU type; the run uses world_size of them.")
     world_size: int = Field(description="GPUs in all.")
     data_parallel: int = Field(description="Data-parallel degree: micro-batches per step-slice.")
     parallelism: Parallelism | None = Field(description="The layout, None for one GPU.")
-    seq_len: int
-    precision: Precision
+    seq_len: int = Field(description="Tokens per sequence: as given, else model.block_size.")
+    precision: Precision = Field(description="The mixed-precision recipe, e.g. 'bf16-mixed'.")
     precision_reason: str = Field(description="Why this precision: asked for, what the GPU's "
                                   "tensor cores suit, or changed to fit.")
     optimizer: str = Field(description="As asked for, or the 8-bit one a remedy chose.")
-    attention: Literal["flash", "eager"]
+    attention: Literal["flash", "eager"] = Field(
+        description="Attention kernel the memory assumes (flash keeps no score matrix).")
     checkpointing: Checkpointing = Field(description="As asked for, or what a remedy chose.")
-    micro_batch_size: int
+    micro_batch_size: int = Field(description="Sequences per GPU per forward and backward: "
+                                  "the largest that fits and divides the step.")
     grad_accum_steps: int = Field(description="Micro-batches per GPU per optimizer step.")
-    tokens_per_step: int
+    tokens_per_step: int = Field(description="Tokens per optimizer step, over all GPUs.")
     memory: MemoryBreakdown = Field(description="At the chosen micro-batch.")
     available_bytes: int = Field(description="GPU memory the plan is held against.")
     available_source: str = Field(description="Which figure available_bytes is.")
@@ -98,11 +100,13 @@ class Plan(BaseModel):
     remedies: list[Remedy] = Field(default_factory=list, description="Every combination tried "
                                    "when nothing fits at micro-batch 1, the chosen one first "
                                    "(scaleplan.planning.remedies.preference).")
-    params: ParamCount
-    total_tokens: int
-    tokens_source: str
-    compute_optimal_tokens: int
-    steps: int
+    params: ParamCount = Field(description="The model's exact parameter count, by part.")
+    total_tokens: int = Field(description="Training tokens of the whole run.")
+    tokens_source: str = Field(description="Where total_tokens comes from: given, the law's "
+                               "compute-optimal budget, or hours at the MFU.")
+    compute_optimal_tokens: int = Field(
+        description="Tokens for which this model is compute-optimal under law.")
+    steps: int = Field(description="Optimizer steps: total_tokens / tokens_per_step, rounded up.")
     training_flops: float = Field(description="Model FLOPs of the run (PaLM convention, causal).")
     mfu: float = Field(description="MFU the time assumes: model FLOP/s over the GPU's own dense "
                        "peak (PaLM's definition; not nanoGPT's A100-relative figure).")
@@ -113,13 +117,14 @@ class Plan(BaseModel):
     hours: float = Field(description="Wall-clock hours at that MFU on world_size GPUs.")
     hours_low: float = Field(description="Hours for the same tokens at mfu_high.")
     hours_high: float = Field(description="Hours for the same tokens at mfu_low.")
-    law: str
+    law: str = Field(description="Scaling law of compute_optimal_tokens and expected_loss.")
     expected_loss: float = Field(description="The law's L(N, D) at the run's end (on the law's "
                                  "own data and tokenizer).")
     expected_loss_on_data: ExpectedLoss | None = Field(
         None, description="With ``data=``: the loss on that dataset and tokenizer, from the "
         "web-text law calibrated on published runs, with its interval.")
-    warnings: list[PlanWarning] = Field(default_factory=list)
+    warnings: list[PlanWarning] = Field(default_factory=list, description="Things worth a "
+                                        "second look, each with a stable code.")
 
     @property
     def overtraining_ratio(self) -> float:
@@ -131,16 +136,23 @@ class Plan(BaseModel):
         """
         return self.total_tokens / self.compute_optimal_tokens
 
-    def to_nanogpt_config(self) -> str:
-        """This plan as a nanoGPT config file; see `scaleplan.planning.exporters.to_nanogpt_config`.
+    def to_nanogpt_config(self, base: str | os.PathLike[str] | NanoGPTRun | None = None, *,
+                          text: str | None = None) -> str:
+        """This plan as a nanoGPT config file; see
+        `scaleplan.planning.nanogpt_export.to_nanogpt_config`.
+
+        ``base``: the nanoGPT config file the plan was made from (a path, or the `NanoGPTRun`
+        read from it; ``text``: its contents). Its run is kept (``dataset``, ``out_dir``,
+        ``init_from``, ``compile``, ...) and the learning-rate schedule is fitted to the plan's
+        ``max_iters``, as ``scaleplan plan FILE --export nanogpt`` does.
 
         >>> text = plan(GPTConfig.preset("gpt2"), "RTX 4070").to_nanogpt_config()
         >>> "batch_size = 8" in text and "gradient_accumulation_steps = 64" in text
         True
         """
-        from scaleplan.planning.exporters import to_nanogpt_config
+        from scaleplan.planning.nanogpt_export import to_nanogpt_config
 
-        return to_nanogpt_config(self)
+        return to_nanogpt_config(self, base, text=text)
 
     def to_deepspeed(self) -> dict[str, Any]:
         """This plan as a DeepSpeed config dict; see `scaleplan.planning.exporters.to_deepspeed`.
@@ -192,26 +204,6 @@ def _available(spec: GPUSpec) -> tuple[int, str]:
     source = ("what the driver reports as total (nvidia-smi)"
               if spec.usable_memory_bytes is not None else "the marketed memory, read as GiB")
     return available_memory_bytes(spec), source
-
-
-class _Budget(NamedTuple):
-    """The run's length, time and loss: the `Plan` fields past the batch and memory."""
-
-    params: ParamCount
-    total_tokens: int
-    tokens_source: str
-    compute_optimal_tokens: int
-    steps: int
-    training_flops: float
-    mfu: float
-    mfu_low: float
-    mfu_high: float
-    mfu_source: str
-    hours: float
-    hours_low: float
-    hours_high: float
-    law: str
-    expected_loss: float
 
 
 def plan(
@@ -304,9 +296,10 @@ def plan(
     settings = memory.settings
     chosen, candidates = largest_fitting(sizes, memory, available, tokens_per_step)
     mem = memory(chosen)
-    budget = _budget(cfg, spec, settings, seq_len=seq_len, tokens_per_step=tokens_per_step,
-                     world_size=layout.world_size, total_tokens=total_tokens, hours=hours,
-                     mfu=mfu_given, law=law if law is not None else law_for_data(data, tokenizer))
+    budget = run_length(cfg, spec, settings, seq_len=seq_len, tokens_per_step=tokens_per_step,
+                        world_size=layout.world_size, total_tokens=total_tokens, hours=hours,
+                        mfu=mfu_given,
+                        law=law if law is not None else law_for_data(data, tokenizer))
     warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
                               budget.compute_optimal_tokens)
     on_data = None if data is None else expected_loss(cfg, tokens=budget.total_tokens, data=data,
@@ -341,43 +334,3 @@ def _step(tokens_per_step: int | None, seq_len: int, data: int) -> tuple[int, li
             f"data-parallel GPU (seq_len x {data} = {chunk:,}); try tokens_per_step="
             f"{max(1, round(tokens_per_step / chunk)) * chunk:,}")
     return tokens_per_step, sizes
-
-
-def _budget(cfg: GPTConfig, spec: GPUSpec, settings: dict[str, Any], *, seq_len: int,
-            tokens_per_step: int, world_size: int, total_tokens: object,
-            hours: float | None, mfu: AssumedMFU, law: str) -> _Budget:
-    """Tokens for the run, its steps, FLOPs and hours at the MFU, and the law's loss at its end."""
-    pc = count_params(cfg)
-    scaling = scaling_law(law)
-    n_for_law = pc.non_embedding if scaling.n_counts == "non_embedding" else pc.total
-    optimal = int(chinchilla_tokens(n_for_law, method=scaling))
-    flops_token = flops_per_token(cfg, seq_len=seq_len, recompute=settings["checkpointing"])
-    dtype = peak_dtype(settings["precision"])
-    if dtype not in spec.peak:  # bf16 forced on a GPU without bf16 tensor cores
-        dtype = "fp32"
-    per_mfu = spec.peak_flops(dtype) * world_size  # FLOP/s of the GPUs at an MFU of 1
-    achieved = mfu.mfu * per_mfu
-    if hours is not None:
-        if total_tokens is not None:
-            raise ScaleplanError("give total_tokens or hours, not both")
-        trainable = hours * 3600 * achieved / flops_token
-        run_tokens = int(finite(f"the tokens trainable in hours={hours!r}", trainable))
-        if run_tokens < 1:
-            raise ScaleplanError(f"hours={hours!r} trains less than one token; give more hours")
-        if run_tokens > MAX_TOKENS:
-            raise ScaleplanError(
-                f"hours={hours!r} trains {run_tokens:.3g} tokens on {world_size:,} GPUs, beyond "
-                f"any real run; give at most {hours * MAX_TOKENS / run_tokens:.3g} hours")
-        tokens_source = f"{hours} hours"
-    else:
-        run_tokens, tokens_source = given_tokens(total_tokens, optimal, scaling.name)
-    seconds_at_full_peak = run_tokens * flops_token / per_mfu
-    return _Budget(
-        params=pc, total_tokens=run_tokens, tokens_source=tokens_source,
-        compute_optimal_tokens=optimal, steps=math.ceil(run_tokens / tokens_per_step),
-        training_flops=training_flops(cfg, run_tokens, seq_len=seq_len), mfu=mfu.mfu,
-        mfu_low=mfu.low, mfu_high=mfu.high, mfu_source=mfu.source,
-        hours=seconds_at_full_peak / mfu.mfu / 3600,
-        hours_low=seconds_at_full_peak / mfu.high / 3600,
-        hours_high=seconds_at_full_peak / mfu.low / 3600,
-        law=scaling.name, expected_loss=float(scaling.loss(n_for_law, run_tokens)))

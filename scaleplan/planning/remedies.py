@@ -41,12 +41,12 @@ class Remedy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str
+    name: str = Field(description="The changes in short, e.g. 'ZeRO-2 + full'.")
     changes: dict[str, str | int] = Field(
         description="The settings it changes: checkpointing, optimizer, precision, or zero (the "
         "ZeRO stage of the data-parallel group).")
     total_bytes: int = Field(description="Memory at micro-batch 1 with this remedy.")
-    fits: bool
+    fits: bool = Field(description="Whether micro-batch 1 fits in the GPU with this remedy.")
     cost: str = Field(description="What it costs, in words with a number.")
     relative_throughput: float = Field(
         1.0, description="Predicted tokens per second relative to the plan as asked (1.0): the "

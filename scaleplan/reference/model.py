@@ -173,6 +173,14 @@ class GPT(nn.Module):
         out: torch.Tensor = parts["drop"](x)
         return out
 
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        parts = self.transformer
+        if "ln_f" in parts:
+            x = parts["ln_f"](x)
+        if "project_out" in parts:  # OPT-350m: back to embed_dim for the head
+            x = parts["project_out"](x)
+        return x
+
     def _masks(self, T: int, device: torch.device, dtype: torch.dtype
                ) -> dict[bool, torch.Tensor | None]:
         """The attention mask of full blocks (False) and sliding-window blocks (True): for eager
@@ -218,11 +226,8 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, rope, mask, use_reentrant=False)
             else:
                 x = block(x, rope, mask)
-        if "ln_f" in parts:
-            x = parts["ln_f"](x)
-        if "project_out" in parts:
-            x = parts["project_out"](x)
-        logits: torch.Tensor = self.lm_head(x)
+        # the head's input is a temporary: under autocast the fp32 ln_f output dies once cast
+        logits: torch.Tensor = self.lm_head(self._final(x))
         if self.cfg.final_softcap is not None:  # gemma2: c * tanh(logits / c)
             c = self.cfg.final_softcap
             logits = torch.tanh(logits / c) * c

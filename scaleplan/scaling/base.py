@@ -10,15 +10,26 @@ section 2.1).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, overload
 
-import numpy as np
-from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import float_guard, positive_array, real
-from scaleplan.errors import ScaleplanError, shown
+from scaleplan.errors import ScaleplanError
+from scaleplan.scaling.numbers import (
+    as_result,
+    infinite_like,
+    is_scalar,
+    positive_values,
+    scalar_guard,
+    setting,
+)
+
+if TYPE_CHECKING:  # numpy is imported for arrays only: plain numbers are Python floats
+    import numpy as np
+    from numpy.typing import ArrayLike, NDArray
+
+    FloatArray = NDArray[np.float64]
+    Floats = float | FloatArray  # a law's formulas take plain floats and arrays alike
 
 __all__ = [
     "TRAINING_FLOPS_PER_PARAM_TOKEN",
@@ -32,57 +43,18 @@ __all__ = [
     "setting",
 ]
 
-FloatArray = NDArray[np.float64]
 NCounts = Literal["total", "non_embedding"]
 """Which parameters a law's N counts: all of them, or all but the embeddings (Kaplan 2020)."""
 
 TRAINING_FLOPS_PER_PARAM_TOKEN = 6  # forward 2N + backward 4N per token (Kaplan 2020, sec. 2.1)
 
-_HINTS = {
-    "n_params": "a parameter count such as 1.24e8",
-    "tokens": "a token count such as 2.5e9",
-    "flops": "a training compute in FLOPs such as 1e21",
-    "loss": "a loss in nats per token such as 3.2",
-    "losses": "final losses in nats per token such as 3.2",
-    "unique_tokens": "the number of distinct tokens in the data set, such as 2.5e10",
-    "inference_tokens": "the number of tokens to be served, such as 1e12",
-}
+def __getattr__(name: str) -> Any:  # FloatArray for modules that use it at run time
+    if name == "FloatArray":
+        import numpy as np
+        from numpy.typing import NDArray
 
-
-_INT64_LIMIT = 2**63  # numpy's own ints; a larger Python int takes the checked path
-
-
-def positive_values(name: str, value: ArrayLike) -> FloatArray:
-    """``value`` as float64, rejecting anything non-positive, NaN or infinite (naming ``name``):
-    `scaleplan.checks.positive_array` with a hint for each quantity of the scaling laws.
-
-    A plain positive finite int or float (what `scaleplan.planning.planner.plan` passes) skips
-    the element-by-element checks: the same 0-d float64 array, without their cost."""
-    if (type(value) is float and 0 < value < math.inf) or (type(value) is int and
-                                                            0 < value < _INT64_LIMIT):
-        return np.asarray(value, dtype=np.float64)
-    return positive_array(name, value, example=_HINTS.get(name, ""))
-
-
-def setting(name: str, value: object, **options: Any) -> float:
-    """A scalar setting (``r_star``, ``huber_delta``, ...) as `scaleplan.checks.real` takes it,
-    refusing numpy's bool too (``real`` reads ``np.True_`` as 1.0).
-
-    >>> setting("r_star", np.True_)
-    Traceback (most recent call last):
-    ...
-    scaleplan.errors.ScaleplanError: r_star=np.True_ must be a number, not a bool
-    """
-    if isinstance(value, np.bool_):
-        raise ScaleplanError(f"{name}={shown(value)} must be a number, not a bool")
-    return real(name, value, **options)
-
-
-def as_result(value: FloatArray, *inputs: ArrayLike) -> Any:
-    """A Python float when every input was a scalar, else the array."""
-    if all(np.ndim(x) == 0 for x in inputs):
-        return float(value)
-    return np.asarray(value, dtype=np.float64)
+        return NDArray[np.float64]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class FitReport(BaseModel):
@@ -118,7 +90,8 @@ class ComputeOptimal(BaseModel):
     (40.4, 58.9)
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False,
+                              defer_build=True)  # built at first use
 
     law: str = Field(description="Name of the law used.")
     flops: float = Field(description="Training compute budget, FLOPs (C = 6 N D).")
@@ -156,23 +129,23 @@ class BaseScalingLaw(BaseModel):
     equation: str = Field(description="The equation (and its number in the paper).")
     n_counts: NCounts = Field(description="Which parameters N counts: total or non_embedding.")
 
-    # -- formulas, on validated float64 arrays --------------------------------------------------
-    def _loss(self, N: FloatArray, D: FloatArray) -> FloatArray:
+    # -- formulas, on Python floats or validated float64 arrays -------------------------------
+    def _loss(self, N: Floats, D: Floats) -> Floats:
         raise NotImplementedError
 
-    def _tokens_for_loss(self, L: FloatArray, N: FloatArray) -> FloatArray:
+    def _tokens_for_loss(self, L: Floats, N: Floats) -> Floats:
         raise NotImplementedError
 
-    def _params_for_loss(self, L: FloatArray, D: FloatArray) -> FloatArray:
+    def _params_for_loss(self, L: Floats, D: Floats) -> Floats:
         raise NotImplementedError
 
-    def _optimal_n_params(self, C: FloatArray) -> FloatArray:
+    def _optimal_n_params(self, C: Floats) -> Floats:
         raise NotImplementedError
 
-    def _optimal_flops_for_params(self, N: FloatArray) -> FloatArray:
+    def _optimal_flops_for_params(self, N: Floats) -> Floats:
         raise NotImplementedError
 
-    def _optimal_flops_for_tokens(self, D: FloatArray) -> FloatArray:
+    def _optimal_flops_for_tokens(self, D: Floats) -> Floats:
         raise NotImplementedError
 
     # -- public, vectorised ----------------------------------------------------------------------
@@ -180,7 +153,7 @@ class BaseScalingLaw(BaseModel):
     def loss(self, n_params: float, tokens: float) -> float: ...
     @overload
     def loss(self, n_params: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def loss(self, n_params: ArrayLike, tokens: ArrayLike) -> Any:
         """Predicted loss of a model with ``n_params`` parameters trained on ``tokens`` tokens.
 
@@ -195,7 +168,7 @@ class BaseScalingLaw(BaseModel):
     def loss_params_limited(self, n_params: float) -> float: ...
     @overload
     def loss_params_limited(self, n_params: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def loss_params_limited(self, n_params: ArrayLike) -> Any:
         """Loss with unlimited data: only the model size limits it (Kaplan's L(N)).
 
@@ -204,13 +177,13 @@ class BaseScalingLaw(BaseModel):
         2.376
         """
         N = positive_values("n_params", n_params)
-        return as_result(self._loss(N, np.full_like(N, np.inf)), n_params)
+        return as_result(self._loss(N, infinite_like(N)), n_params)
 
     @overload
     def loss_data_limited(self, tokens: float) -> float: ...
     @overload
     def loss_data_limited(self, tokens: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def loss_data_limited(self, tokens: ArrayLike) -> Any:
         """Loss with an unlimited model: only the data limits it (Kaplan's L(D)).
 
@@ -219,13 +192,13 @@ class BaseScalingLaw(BaseModel):
         2.262
         """
         D = positive_values("tokens", tokens)
-        return as_result(self._loss(np.full_like(D, np.inf), D), tokens)
+        return as_result(self._loss(infinite_like(D), D), tokens)
 
     @overload
     def tokens_for_loss(self, loss: float, n_params: float) -> float: ...
     @overload
     def tokens_for_loss(self, loss: ArrayLike, n_params: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def tokens_for_loss(self, loss: ArrayLike, n_params: ArrayLike) -> Any:
         """Training tokens a model of ``n_params`` needs to reach ``loss``.
 
@@ -243,7 +216,7 @@ class BaseScalingLaw(BaseModel):
     def params_for_loss(self, loss: float, tokens: float) -> float: ...
     @overload
     def params_for_loss(self, loss: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def params_for_loss(self, loss: ArrayLike, tokens: ArrayLike) -> Any:
         """Parameters a model trained on ``tokens`` needs to reach ``loss``.
 
@@ -261,7 +234,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_n_params(self, flops: float) -> float: ...
     @overload
     def optimal_n_params(self, flops: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def optimal_n_params(self, flops: ArrayLike) -> Any:
         """Parameters minimising the loss for ``flops`` training FLOPs, under C = 6 N D.
 
@@ -276,7 +249,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_tokens(self, flops: float) -> float: ...
     @overload
     def optimal_tokens(self, flops: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def optimal_tokens(self, flops: ArrayLike) -> Any:
         """Training tokens at the compute-optimal allocation of ``flops``: D = C / (6 N_opt).
 
@@ -291,7 +264,7 @@ class BaseScalingLaw(BaseModel):
     def compute_optimal(self, flops: float) -> ComputeOptimal: ...
     @overload
     def compute_optimal(self, flops: ArrayLike) -> ComputeOptimalArrays: ...
-    @float_guard
+    @scalar_guard
     def compute_optimal(self, flops: ArrayLike) -> ComputeOptimal | ComputeOptimalArrays:
         """The compute-optimal model for a budget: size, tokens and predicted loss.
 
@@ -308,10 +281,11 @@ class BaseScalingLaw(BaseModel):
         N = self._optimal_n_params(C)
         D = C / (TRAINING_FLOPS_PER_PARAM_TOKEN * N)
         L = self._loss(N, D)
-        if np.ndim(flops) == 0:
+        if is_scalar(flops):
             return ComputeOptimal(law=self.name, flops=float(C), n_params=round(float(N)),
                                   tokens=round(float(D)), loss=float(L))
-        return ComputeOptimalArrays(flops=C, n_params=N, tokens=D, loss=L)
+        return ComputeOptimalArrays(flops=C, n_params=cast("FloatArray", N), tokens=D,
+                                    loss=cast("FloatArray", L))
 
     @property
     def minimum_flops(self) -> float:
@@ -322,31 +296,39 @@ class BaseScalingLaw(BaseModel):
         >>> round(scaling_law("kaplan2020").minimum_flops)  # N_opt = 1 at ~2.8e3 FLOPs
         2831
         """
-        one = np.asarray(1.0)
-        return max(float(self._optimal_flops_for_params(one)),
-                   float(self._optimal_flops_for_tokens(one)))
+        return max(float(self._optimal_flops_for_params(1.0)),
+                   float(self._optimal_flops_for_tokens(1.0)))
 
-    def _check_budget(self, C: FloatArray) -> None:
+    def _check_budget(self, C: Floats) -> None:
         """Refuse budgets below `minimum_flops`: their optimum (fewer than one parameter or one
         token) would round to a model of 0 parameters or 0 tokens."""
         least = self.minimum_flops
-        small = least > C
+        if type(C) is float:
+            if least > C:
+                self._too_small(C, "", least)
+            return
+        import numpy as np
+
+        budgets = np.asarray(C)
+        small = least > budgets
         if small.any():
             index = int(np.flatnonzero(small)[0])
-            where = "" if C.ndim == 0 else f" at index {index}"
-            c = float(C.flat[index])
-            n = float(self._optimal_n_params(np.asarray(c)))
-            raise ScaleplanError(
-                f"flops={c!r}{where} is too small a budget for the {self.name!r} law: its "
-                f"compute-optimal model would have n_params={n:.3g} and tokens="
-                f"{c / (TRAINING_FLOPS_PER_PARAM_TOKEN * n):.3g}, fewer than one parameter or "
-                f"one token; pass flops >= {least:.4g} (real runs start near 1e15)")
+            self._too_small(float(budgets.flat[index]),
+                            "" if budgets.ndim == 0 else f" at index {index}", least)
+
+    def _too_small(self, c: float, where: str, least: float) -> None:
+        n = float(self._optimal_n_params(c))
+        raise ScaleplanError(
+            f"flops={c!r}{where} is too small a budget for the {self.name!r} law: its "
+            f"compute-optimal model would have n_params={n:.3g} and tokens="
+            f"{c / (TRAINING_FLOPS_PER_PARAM_TOKEN * n):.3g}, fewer than one parameter or "
+            f"one token; pass flops >= {least:.4g} (real runs start near 1e15)")
 
     @overload
     def optimal_tokens_for_params(self, n_params: float) -> float: ...
     @overload
     def optimal_tokens_for_params(self, n_params: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def optimal_tokens_for_params(self, n_params: ArrayLike) -> Any:
         """Tokens for which a model of ``n_params`` is compute-optimal under this law.
 
@@ -362,7 +344,7 @@ class BaseScalingLaw(BaseModel):
     def optimal_params_for_tokens(self, tokens: float) -> float: ...
     @overload
     def optimal_params_for_tokens(self, tokens: ArrayLike) -> FloatArray: ...
-    @float_guard
+    @scalar_guard
     def optimal_params_for_tokens(self, tokens: ArrayLike) -> Any:
         """Parameters that are compute-optimal for ``tokens`` training tokens under this law.
 

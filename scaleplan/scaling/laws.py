@@ -21,18 +21,16 @@ attention-aware count per token lives in ``scaleplan.compute.flops.flops_per_tok
 from __future__ import annotations
 
 import math
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
-import numpy as np
 from pydantic import Field
 
 from scaleplan.errors import UnknownNameError
-from scaleplan.scaling.base import (
-    TRAINING_FLOPS_PER_PARAM_TOKEN,
-    BaseScalingLaw,
-    FitReport,
-    FloatArray,
-)
+from scaleplan.scaling.base import TRAINING_FLOPS_PER_PARAM_TOKEN, BaseScalingLaw, FitReport
+from scaleplan.scaling.numbers import as_float64, power, where_positive
+
+if TYPE_CHECKING:
+    from scaleplan.scaling.base import Floats
 
 __all__ = ["KaplanScalingLaw", "ScalingLaw", "scaling_law", "scaling_laws"]
 
@@ -73,30 +71,28 @@ class ScalingLaw(BaseScalingLaw):
         total = self.alpha + self.beta
         return self.beta / total, self.alpha / total
 
-    def _loss(self, N: FloatArray, D: FloatArray) -> FloatArray:
-        return self.E + self.A / N**self.alpha + self.B / D**self.beta
+    def _loss(self, N: Floats, D: Floats) -> Floats:
+        return self.E + self.A / power(N, self.alpha) + self.B / power(D, self.beta)
 
-    def _tokens_for_loss(self, L: FloatArray, N: FloatArray) -> FloatArray:
-        left = L - self.E - self.A / N**self.alpha  # what the data term may still contribute
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(left > 0, (self.B / left) ** (1 / self.beta), np.inf)
+    def _tokens_for_loss(self, L: Floats, N: Floats) -> Floats:
+        left = L - self.E - self.A / power(N, self.alpha)  # what the data term may contribute
+        return where_positive(left, lambda x: power(self.B / x, 1 / self.beta))
 
-    def _params_for_loss(self, L: FloatArray, D: FloatArray) -> FloatArray:
-        left = L - self.E - self.B / D**self.beta
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(left > 0, (self.A / left) ** (1 / self.alpha), np.inf)
+    def _params_for_loss(self, L: Floats, D: Floats) -> Floats:
+        left = L - self.E - self.B / power(D, self.beta)
+        return where_positive(left, lambda x: power(self.A / x, 1 / self.alpha))
 
-    def _optimal_n_params(self, C: FloatArray) -> FloatArray:
+    def _optimal_n_params(self, C: Floats) -> Floats:
         a, _ = self.allocation_exponents
-        return self.G * (C / TRAINING_FLOPS_PER_PARAM_TOKEN) ** a
+        return self.G * power(C / TRAINING_FLOPS_PER_PARAM_TOKEN, a)
 
-    def _optimal_flops_for_params(self, N: FloatArray) -> FloatArray:
+    def _optimal_flops_for_params(self, N: Floats) -> Floats:
         a, _ = self.allocation_exponents
-        return TRAINING_FLOPS_PER_PARAM_TOKEN * (N / self.G) ** (1 / a)
+        return TRAINING_FLOPS_PER_PARAM_TOKEN * power(N / self.G, 1 / a)
 
-    def _optimal_flops_for_tokens(self, D: FloatArray) -> FloatArray:
+    def _optimal_flops_for_tokens(self, D: Floats) -> Floats:
         _, b = self.allocation_exponents
-        return TRAINING_FLOPS_PER_PARAM_TOKEN * (D * self.G) ** (1 / b)
+        return TRAINING_FLOPS_PER_PARAM_TOKEN * power(D * self.G, 1 / b)
 
 
 class KaplanScalingLaw(BaseScalingLaw):
@@ -124,35 +120,33 @@ class KaplanScalingLaw(BaseScalingLaw):
     def _p(self) -> float:
         return self.alpha_N / self.alpha_D
 
-    def _loss(self, N: FloatArray, D: FloatArray) -> FloatArray:
-        return ((self.N_c / N) ** self._p + self.D_c / D) ** self.alpha_D
+    def _loss(self, N: Floats, D: Floats) -> Floats:
+        return power(power(self.N_c / N, self._p) + self.D_c / D, self.alpha_D)
 
-    def _tokens_for_loss(self, L: FloatArray, N: FloatArray) -> FloatArray:
-        left = L ** (1 / self.alpha_D) - (self.N_c / N) ** self._p
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(left > 0, self.D_c / left, np.inf)
+    def _tokens_for_loss(self, L: Floats, N: Floats) -> Floats:
+        left = power(L, 1 / self.alpha_D) - power(self.N_c / N, self._p)
+        return where_positive(left, lambda x: self.D_c / x)
 
-    def _params_for_loss(self, L: FloatArray, D: FloatArray) -> FloatArray:
-        left = L ** (1 / self.alpha_D) - self.D_c / D
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(left > 0, self.N_c / left ** (1 / self._p), np.inf)
+    def _params_for_loss(self, L: Floats, D: Floats) -> Floats:
+        left = power(L, 1 / self.alpha_D) - self.D_c / D
+        return where_positive(left, lambda x: self.N_c / power(x, 1 / self._p))
 
-    def _optimal_n_params(self, C: FloatArray) -> FloatArray:
+    def _optimal_n_params(self, C: Floats) -> Floats:
         # d/dN [(N_c/N)^p + 6 D_c N / C] = 0
         p = self._p
         ratio = p * self.N_c**p * C / (TRAINING_FLOPS_PER_PARAM_TOKEN * self.D_c)
-        return np.asarray(ratio ** (1 / (1 + p)), dtype=np.float64)
+        return as_float64(power(ratio, 1 / (1 + p)))
 
-    def _optimal_flops_for_params(self, N: FloatArray) -> FloatArray:
+    def _optimal_flops_for_params(self, N: Floats) -> Floats:
         p = self._p
-        C = TRAINING_FLOPS_PER_PARAM_TOKEN * self.D_c * N ** (1 + p) / (p * self.N_c**p)
-        return np.asarray(C, dtype=np.float64)
+        C = TRAINING_FLOPS_PER_PARAM_TOKEN * self.D_c * power(N, 1 + p) / (p * self.N_c**p)
+        return as_float64(C)
 
-    def _optimal_flops_for_tokens(self, D: FloatArray) -> FloatArray:
+    def _optimal_flops_for_tokens(self, D: Floats) -> Floats:
         # at the optimum D = C / (6 N) = D_c N^p / (p N_c^p); solve for N, then C = 6 N D
         p = self._p
-        N = (D * p * self.N_c**p / self.D_c) ** (1 / p)
-        return np.asarray(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, dtype=np.float64)
+        N = power(D * p * self.N_c**p / self.D_c, 1 / p)
+        return as_float64(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D)
 
 
 # Muennighoff et al. 2023 fit the Chinchilla form to single-epoch C4 runs; the datablations

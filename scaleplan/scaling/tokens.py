@@ -6,23 +6,20 @@ per token is ``scaleplan.compute.flops.flops_per_token``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-import numpy as np
-from numpy.typing import ArrayLike
-
-from scaleplan.checks import float_guard
 from scaleplan.errors import ScaleplanError, UnknownNameError, shown
-from scaleplan.scaling.base import (
-    TRAINING_FLOPS_PER_PARAM_TOKEN,
-    BaseScalingLaw,
-    FloatArray,
-    as_result,
-    positive_values,
-)
+from scaleplan.scaling.base import TRAINING_FLOPS_PER_PARAM_TOKEN, BaseScalingLaw
 from scaleplan.scaling.laws import scaling_law, scaling_laws
+from scaleplan.scaling.numbers import as_result, positive_values, scalar_guard
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from scaleplan.scaling.base import FloatArray
 
 __all__ = [
     "CHINCHILLA_TOKENS_PER_PARAM",
@@ -39,7 +36,7 @@ CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann 2022 Table 3 (Approach 1): 1B -> 20
 def training_compute(n_params: float, tokens: float) -> float: ...
 @overload
 def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> FloatArray: ...
-@float_guard
+@scalar_guard
 def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> Any:
     """Training FLOPs, ``6 N D`` (Kaplan et al. 2020, section 2.1), as floats.
 
@@ -53,7 +50,7 @@ def training_compute(n_params: ArrayLike, tokens: ArrayLike) -> Any:
     return as_result(TRAINING_FLOPS_PER_PARAM_TOKEN * N * D, n_params, tokens)
 
 
-@float_guard
+@scalar_guard
 def tokens_seen(steps: int, tokens_per_step: int) -> int:
     """Tokens processed by ``steps`` optimizer steps of ``tokens_per_step`` tokens each.
 
@@ -61,7 +58,8 @@ def tokens_seen(steps: int, tokens_per_step: int) -> int:
     7602176000
     """
     for field, value in (("steps", steps), ("tokens_per_step", tokens_per_step)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        if isinstance(value, bool) or not (isinstance(value, int) or _numpy_integer(value)) \
+                or value < 0:
             raise ScaleplanError(
                 f"{field} must be a non-negative int; got {field}={shown(value)}; "
                 f"pass a whole number such as {field}=1000"
@@ -102,6 +100,11 @@ def chinchilla_tokens(
     return _guarded_tokens(n_params, method=method)
 
 
+def _numpy_integer(value: object) -> bool:
+    np = sys.modules.get("numpy")  # no value is a numpy int before numpy is imported
+    return np is not None and isinstance(value, np.integer)
+
+
 def _tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw) -> Any:
     N = positive_values("n_params", n_params)
     if isinstance(method, str) and method == "rule-of-thumb":
@@ -109,23 +112,34 @@ def _tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw) -> Any:
         law = None
     else:
         law = _resolve_method(method)
-        D = np.asarray(law.optimal_tokens_for_params(N))
+        D = law.optimal_tokens_for_params(N)
+    if type(D) is float and type(N) is float:  # a plain number, without numpy
+        if D < 1:
+            _too_few(N, D, "", law)
+        return round(D)
+    import numpy as np
+
+    D = np.asarray(D)
     small = D < 1  # would round to 0 tokens: no budget at all (issue 20)
     if small.any():
-        least = (1 / CHINCHILLA_TOKENS_PER_PARAM if law is None
-                 else float(law.optimal_params_for_tokens(1.0)))
         index = int(np.flatnonzero(small)[0])
-        where = "" if N.ndim == 0 else f" at index {index}"
-        raise ScaleplanError(
-            f"n_params={float(N.flat[index])!r}{where} is too small: its compute-optimal budget "
-            f"is {float(D.flat[index]):.3g} tokens, fewer than one; pass n_params >= {least:.3g}")
+        _too_few(float(N.flat[index]), float(D.flat[index]),
+                 "" if N.ndim == 0 else f" at index {index}", law)
     if np.ndim(n_params) == 0:
         return round(float(D))
     return D
 
 
+def _too_few(n: float, d: float, where: str, law: BaseScalingLaw | None) -> None:
+    least = (1 / CHINCHILLA_TOKENS_PER_PARAM if law is None
+             else float(law.optimal_params_for_tokens(1.0)))
+    raise ScaleplanError(
+        f"n_params={n!r}{where} is too small: its compute-optimal budget is {d:.3g} tokens, "
+        f"fewer than one; pass n_params >= {least:.3g}")
+
+
 _tokens.__name__ = "chinchilla_tokens"  # float_guard's errors name the public function
-_guarded_tokens = float_guard(_tokens)
+_guarded_tokens = scalar_guard(_tokens)
 _kept_tokens: Callable[..., Any] = lru_cache(maxsize=256, typed=True)(_guarded_tokens)
 
 
@@ -145,7 +159,7 @@ def overtraining_ratio(
 def overtraining_ratio(
     n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = ...
 ) -> FloatArray: ...
-@float_guard
+@scalar_guard
 def overtraining_ratio(
     n_params: ArrayLike, tokens: ArrayLike, *, method: str | BaseScalingLaw = "rule-of-thumb"
 ) -> Any:
@@ -155,5 +169,9 @@ def overtraining_ratio(
     9.37
     """
     D = positive_values("tokens", tokens)
-    optimal = np.asarray(chinchilla_tokens(positive_values("n_params", n_params), method=method))
+    optimal = chinchilla_tokens(positive_values("n_params", n_params), method=method)
+    if type(optimal) is not int:
+        import numpy as np
+
+        optimal = np.asarray(optimal)
     return as_result(D / optimal, n_params, tokens)

@@ -65,27 +65,27 @@ _TOKENIZER_ALIASES = {"gpt-2": "gpt2", "tiktoken-gpt2": "gpt2", "r50k_base": "gp
 class ReferenceRun(BaseModel):
     """One published run: its model, data, tokens and reported loss, with the source."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use
 
-    id: str
-    source: str
-    data: str
-    tokenizer: str
-    model: GPTConfig
-    tokens: float = Field(gt=0)
-    loss: float = Field(gt=0)
+    id: str = Field(description="Short identifier of the run, unique in the data file.")
+    source: str = Field(description="Where the run and its loss are published.")
+    data: str = Field(description="Dataset trained and evaluated on, e.g. 'fineweb'.")
+    tokenizer: str = Field(description="Tokenizer the loss is measured in, e.g. 'gpt2'.")
+    model: GPTConfig = Field(description="The model trained.")
+    tokens: float = Field(gt=0, description="Training tokens of the run.")
+    loss: float = Field(gt=0, description="Reported validation loss, nats per token.")
     use: str = Field(description="'calibration' or 'holdout'.")
-    notes: str = ""
+    notes: str = Field("", description="The architecture as the source states it.")
 
 
 class Calibration(BaseModel):
     """The offset from a web-text law to one (dataset, tokenizer), and what it is known from."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)  # built at first use
 
-    data: str
-    tokenizer: str
-    law: str
+    data: str = Field(description="Dataset calibrated, e.g. 'fineweb'.")
+    tokenizer: str = Field(description="Tokenizer the losses are measured in.")
+    law: str = Field(description="Web-text law the offset is added to (LAW_FOR_DATA).")
     offset: float = Field(description="Mean of (published loss - law loss) over the runs.")
     runs: tuple[str, ...] = Field(description="Ids of the calibration runs.")
     anchor: tuple[float, float] = Field(description="(N, D) of the first calibration run, "
@@ -124,18 +124,19 @@ class ExpectedLoss(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    loss: float
-    low: float
-    high: float
-    confidence: float
-    data: str
-    tokenizer: str
-    law: str
+    loss: float = Field(description="Predicted loss, nats per token: law_loss + offset.")
+    low: float = Field(description="Lower end of the prediction interval.")
+    high: float = Field(description="Upper end of the prediction interval.")
+    confidence: float = Field(description="Level of the interval, e.g. 0.9.")
+    data: str = Field(description="Dataset the loss is predicted on.")
+    tokenizer: str = Field(description="Tokenizer the loss is measured in.")
+    law: str = Field(description="Web-text law the prediction starts from.")
     law_loss: float = Field(description="The law's own prediction (its data, its tokenizer).")
-    offset: float
+    offset: float = Field(description="Calibration: mean of (published loss - law loss).")
     n_params: float = Field(description="N as the law counts it.")
-    tokens: float
-    calibration_runs: tuple[str, ...]
+    tokens: float = Field(description="Training tokens the loss is predicted after.")
+    calibration_runs: tuple[str, ...] = Field(
+        description="Ids of the published runs the offset comes from.")
 
     def __str__(self) -> str:
         return (f"{self.loss:.2f} ({self.low:.2f}-{self.high:.2f}, {self.confidence:.0%}) on "
