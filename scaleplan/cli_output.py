@@ -186,6 +186,9 @@ def format_params(pc: ParamCount, label: str, claimed: int | None = None) -> str
         f"  {'nanoGPT prints':<{width}}  {pc.nanogpt:>17,}  ({format_count(pc.nanogpt)}: total "
         "minus the position embedding)",
     ]
+    if pc.active != pc.total:  # a mixture of experts: what one token goes through
+        rows.append(f"  {'active per token':<{width}}  {pc.active:>17,}  "
+                    f"({format_count(pc.active)}: top-k of the routed experts)")
     if claimed is not None:
         ratio = claimed / pc.nanogpt
         rows.append(f"  the config claims ~{format_count(claimed)}: {ratio:.2f}x the real count")

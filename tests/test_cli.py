@@ -37,6 +37,20 @@ def test_params_nanogpt_file_shows_the_false_claim(tmp_path: Path,
     assert "claims ~125M: 3.08x the real count" in out  # 125 / 40.56 = 3.08
 
 
+def test_params_of_a_mixture_of_experts_shows_the_active_count(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Mixtral-8x7B's released config.json, counted by transformers 5.25 on the meta device
+    # (tests/data/hf_configs/expected.json): 46,702,792,704 in all, 12,879,925,248 per token with
+    # 2 of 8 experts; Mistral AI published "46.7B total, 12.9B active".
+    fixtures = Path(__file__).parent / "data" / "hf_configs"
+    name = "mixtral__mistralai--Mixtral-8x7B-v0.1.json"
+    expected = json.loads((fixtures / "expected.json").read_text())["counts"][name]
+    assert main(["params", str(fixtures / name)]) == 0
+    out = capsys.readouterr().out
+    assert f"{expected['total']:,} parameters (46.7B)" in out
+    assert f"active per token       {expected['active']:,}  (12.88B" in out
+
+
 def test_params_hf_json_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model_type": "gpt2"}))

@@ -127,8 +127,8 @@ def test_mixtral_is_counted_not_sent_to_mistral() -> None:
 
 def test_unsupported_model_type_lists_the_supported_and_suggests_none() -> None:
     with pytest.raises(UnsupportedModelTypeError,
-                       match="model_type 'qwen2_moe' is not one scaleplan models yet "
-                       r".*Supported: bloom, deepseek_v2") as info:
+                       match="model_type 'qwen2_moe' is not one scaleplan models yet"
+                       r": it counts these transformers types only.*: bloom, deepseek_v2") as info:
         from_hf({"model_type": "qwen2_moe"})
     assert "did you mean" not in str(info.value)
 

@@ -119,9 +119,9 @@ def from_hf(config: dict[str, Any] | str | os.PathLike[str]) -> GPTConfig:
                              f"{', '.join(SUPPORTED_HF_MODEL_TYPES)}")
     if not isinstance(model_type, str) or model_type not in SUPPORTED_HF_MODEL_TYPES:
         raise UnsupportedModelTypeError(
-            f"{source}: model_type {shown(model_type)} is not one scaleplan models yet (a "
-            "transformers type it cannot count; no other type stands in for it). Supported: "
-            f"{', '.join(SUPPORTED_HF_MODEL_TYPES)}")
+            f"{source}: model_type {shown(model_type)} is not one scaleplan models yet: it "
+            "counts these transformers types only, and a type with a similar name is another "
+            f"architecture, so none is suggested: {', '.join(SUPPORTED_HF_MODEL_TYPES)}")
     kind = model_type
     if model_type == "gemma3":  # Gemma3ForConditionalGeneration: its language model only
         config = config.get("text_config") or {}
