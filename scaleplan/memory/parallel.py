@@ -59,12 +59,12 @@ class Parallelism(BaseModel):
       holds ``n_experts / expert`` of every MoE layer's routed experts (their weights,
       gradients and optimizer states) and runs the tokens routed to them, exchanged all-to-all.
       The expert groups are carved out of the data-parallel ranks, so ``expert`` divides
-      ``data`` and adds no GPUs: DeepSpeed-MoE's ``ep_size`` (Rajbhandari et al. 2022,
-      "DeepSpeed-MoE", Sec. 5.2: expert parallelism over the data-parallel ranks, the experts'
-      states sharded by ZeRO over the remaining ``data / expert`` expert-data-parallel ranks)
-      and Megatron-Core's ``expert_model_parallel_size`` (which must divide the data-parallel
-      size). With balanced routing a rank processes T x top_k routed rows per micro-batch, as
-      without expert parallelism.
+      ``data`` and adds no GPUs, as DeepSpeed-MoE's ``ep_size`` groups the data-parallel world
+      (Rajbhandari et al. 2022, "DeepSpeed-MoE"; the experts' states are sharded by ZeRO over
+      the ``data / expert`` ranks that hold the same experts) and as Megatron-Core's
+      ``expert_model_parallel_size``, which must divide the number of experts (NeMo's
+      parallelism guide). With balanced routing a rank processes T x top_k routed rows per
+      micro-batch, as without expert parallelism.
 
     >>> Parallelism(data=8, zero=3).gpus
     8
