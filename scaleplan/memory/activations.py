@@ -19,38 +19,57 @@ works for Python ints (exact) and for float64 numpy arrays (sweeps).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
+from scaleplan.memory.attention_terms import (
+    fused_attention_terms,
+    math_attention_terms,
+    mla_projection_terms,
+    qk_norm_terms,
+    rotary_dim,
+)
+from scaleplan.memory.dtypes import (
+    AUTOCAST,
+    CUDA_MASK_BYTES,
+    FP32_BYTES,
+    HALF_BYTES,
+    INDEX_BYTES,
+    STAT_BYTES,
+    AttentionKind,
+    CheckpointingKind,
+    DeviceKind,
+    activation_bytes,
+    norm_terms,
+    param_dtype_bytes,
+    residual_bytes,
+    semantics,
+)
+from scaleplan.memory.mlp_terms import dense_mlp_terms, moe_mlp_terms
 from scaleplan.model.config import GPTConfig, Precision
-from scaleplan.model.shapes import across_model, model_tensors, per_config
+from scaleplan.model.shapes import BlockKind, across_model, block_counts, model_tensors, per_config
 
 __all__ = [
+    "AUTOCAST",
+    "CUDA_MASK_BYTES",
+    "FP32_BYTES",
+    "HALF_BYTES",
+    "INDEX_BYTES",
+    "STAT_BYTES",
     "TENSOR_PARALLEL_SPLIT_TERMS",
     "AttentionKind",
     "CheckpointingKind",
     "DeviceKind",
+    "activation_bytes",
     "autocast_weight_copy_bytes",
     "block_saved_terms",
     "embedding_saved_terms",
     "head_saved_terms",
+    "layers_saved_terms",
     "model_saved_terms",
+    "param_dtype_bytes",
+    "residual_bytes",
 ]
-
-AttentionKind = Literal["flash", "eager"]
-CheckpointingKind = Literal["none", "selective", "full"]
-DeviceKind = Literal["cuda", "cpu", "cpu-cuda-semantics"]
-"""``"cuda"``: CUDA kernels and dropout; ``"cpu"``: CPU kernels, float dropout masks in the input
-dtype and the math attention kernel when dropout > 0; ``"cpu-cuda-semantics"``: CPU kernels with
-CUDA's dropout (bool masks, no dropout inside SDPA), what the reference harness measures with
-``cuda_semantics=True``."""
-
-FP32_BYTES = 4
-HALF_BYTES = 2  # bf16 and fp16
-INDEX_BYTES = 8  # int64 token ids and targets
-CUDA_MASK_BYTES = 1  # CUDA's native_dropout keeps a bool mask (1 byte per element)
-STAT_BYTES = 4  # norm statistics (mean, rstd) and the softmax log-sum-exp are fp32
-
-AUTOCAST: frozenset[str] = frozenset({"bf16-mixed", "16-mixed"})
 
 # The saved tensors that tensor parallelism divides over its t ranks (Korthikanti et al. 2022,
 # Sec. 4.1 and Table 2: the attention and MLP internals; the loss's log-softmax with Megatron's
@@ -58,74 +77,47 @@ AUTOCAST: frozenset[str] = frozenset({"bf16-mixed", "16-mixed"})
 # splits it too (`scaleplan.memory.parallel.tensor_parallel_split`).
 TENSOR_PARALLEL_SPLIT_TERMS: frozenset[str] = frozenset({
     "qkv", "rope_qk", "attn_lse", "q_k_v_copies", "attn_scores", "attn_dropout_mask",
-    "attn_dropped", "attn_out", "mlp_activations", "log_softmax"})
-
-
-def activation_bytes(precision: Precision) -> int:
-    """Bytes per element of a matmul input/output: 4 for ``"32-true"``, else 2."""
-    return FP32_BYTES if precision == "32-true" else HALF_BYTES
-
-
-def param_dtype_bytes(precision: Precision) -> int:
-    """Bytes per element of the parameters and buffers: 2 for bf16 parameters, else 4."""
-    return HALF_BYTES if precision in ("bf16-true", "bf16-fp32-master") else FP32_BYTES
-
-
-def residual_bytes(precision: Precision) -> int:
-    """Bytes per element of the residual stream: fp32 under autocast (fp32 embeddings plus a bf16
-    branch promote to fp32), else the activation dtype."""
-    return FP32_BYTES if precision in AUTOCAST else activation_bytes(precision)
-
-
-def _norm_terms(cfg: GPTConfig, T: Any, precision: Precision, cuda_kernels: bool,
-                prefix: str) -> dict[str, Any]:
-    """What one norm saves for ``T`` tokens.
-
-    LayerNorm (``native_layer_norm``) saves its input, a mean and a reciprocal std per token
-    (fp32 on CUDA and under autocast, which runs layer_norm in fp32; in the input dtype on CPU
-    with bf16 inputs). RMSNorm (torch 2.13's ``F.rms_norm``) is composite on CPU: it saves its
-    input upcast to fp32, the fp32 rstd per token and the fp32 normalised input for the scale's
-    gradient, whatever the input dtype; CUDA's fused kernel saves the input and the rstd.
-    """
-    d, r = cfg.n_embd, residual_bytes(precision)
-    if cfg.norm == "layernorm":
-        stat = STAT_BYTES if (cuda_kernels or precision in AUTOCAST) else r
-        return {f"{prefix}_input": T * d * r, f"{prefix}_stats": 2 * T * stat}
-    if cuda_kernels:
-        return {f"{prefix}_input": T * d * r, f"{prefix}_stats": T * STAT_BYTES}
-    return {f"{prefix}_input": T * d * FP32_BYTES, f"{prefix}_stats": T * STAT_BYTES,
-            f"{prefix}_normalized": T * d * FP32_BYTES}
-
-
-def _semantics(device: DeviceKind) -> tuple[bool, bool]:
-    """(CUDA kernels, CUDA dropout) for a device kind; see `DeviceKind`."""
-    return device == "cuda", device != "cpu"
+    "attn_dropped", "attn_out", "attn_out_copy", "attn_scores_cast", "mlp_activations",
+    "log_softmax", "attn_softcap_tanh", "qk_normed", "mla_kv_heads", "mla_qk_rotated",
+    "moe_expert_activations", "moe_shared_activations"})
 
 
 def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                       attention: AttentionKind, checkpointing: CheckpointingKind,
-                      device: DeviceKind, dropout: bool) -> dict[str, Any]:
-    """Bytes one transformer block saves for backward, by operation.
+                      device: DeviceKind, dropout: bool,
+                      kind: BlockKind = "dense") -> dict[str, Any]:
+    """Bytes one transformer block saves for backward, by operation; ``kind="moe"`` for a block
+    whose MLP is the config's mixture of experts (`scaleplan.memory.mlp_terms.moe_mlp_terms`).
 
     With T = b s tokens, d = n_embd, a/k = query/key-value heads, h = head_dim, f = mlp_hidden,
     e = activation bytes (4 for 32-true, 2 otherwise), r = residual-stream bytes:
 
-    - ``norm1_*``, ``norm2_*``: see `_norm_terms` (residual input T d r plus statistics);
+    - ``norm1_*``, ``norm2_*``: see `scaleplan.memory.dtypes.norm_terms` (residual input T d r
+      plus statistics); post norms (``norm_position`` "post"/"sandwich") add ``post_norm1_*``
+      and ``post_norm2_*`` on each sublayer's output (T d e input); parallel blocks with one
+      shared norm have no ``norm2``, with separate norms ``norm2`` reads the same residual
+      storage as ``norm1`` (its input counted once);
     - ``qkv_input``: the fused q/k/v projection's input, T d e (autocast's bf16 copy of the norm
       output under mixed precision);
     - flash (SDPA's fused kernel): ``qkv`` T (a + 2k) h e, the projection's output, which SDPA
       saves through its q, k, v views (k and v are not expanded for GQA: ``enable_gqa``);
-      ``attn_lse`` b a s fp32; with RoPE, ``rope_qk``: the rotated q and k, T (a + k) h e;
+      ``attn_lse`` b a s fp32; with RoPE, ``rope_qk``: the rotated q and k, T (a + k) h e
+      (partial rotary too: the rotated part and the rest are concatenated into one copy);
     - eager, and CPU's math fallback when dropout is on: ``q_k_v_copies`` 3 T a h e (matmul
       copies the transposed views; GQA's k and v are expanded to a heads), ``attn_scores``
-      b a s^2 e (the softmax output; fp32 under CUDA autocast), and with dropout a mask and the
-      dropped probabilities (CPU's math kernel computes these in fp32 under autocast);
-    - ``attn_out``: T a h e, SDPA's output, whose layout makes the output projection's input a
-      view of it (eager: the contiguous copy of the transposed output);
+      b a s^2 e (the softmax output; fp32 under CUDA autocast), with ``attn_softcap`` the tanh
+      output (b a s^2), and with dropout a mask and the dropped probabilities (CPU's math
+      kernel computes these in fp32 under autocast);
+    - ``q_norm_*``, ``k_norm_*``: QK-norm (`scaleplan.memory.attention_terms.qk_norm_terms`);
+      ``mla_*``: multi-head latent attention's latents, norms and per-head expansions
+      (`scaleplan.memory.attention_terms.mla_projection_terms`);
+    - ``attn_out``: T a h e (MLA: the value width), SDPA's output, whose layout makes the output
+      projection's input a view of it (eager: the contiguous copy of the transposed output);
     - ``resid_dropout_masks``: two T d masks (attention and MLP branches) when dropout is on;
     - ``mlp_input`` T d e (twice under autocast for gated MLPs: gate and up projections each
       cast the norm output); GELU: the up projection's output and the GELU output, 2 T f e;
-      gated (SwiGLU/GeGLU): gate output, activation output, up output and product, 4 T f e.
+      ReLU: its output alone, T f e; gated (SwiGLU/GeGLU): gate output, activation output, up
+      output and product, 4 T f e; an MoE block: `scaleplan.memory.mlp_terms.moe_mlp_terms`.
 
     Checkpointing ``"full"`` keeps only the block input (T d r); ``"selective"`` recomputes the
     attention core (scores, softmax, dropout), Korthikanti et al. 2022 Sec. 4.2 (flash already
@@ -137,101 +129,194 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     >>> t["qkv"], t["mlp_activations"]
     (384, 1024)
     """
-    d, a, h, f = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.mlp_hidden
-    T = b * s
-    e, r = activation_bytes(precision), residual_bytes(precision)
-    cuda_kernels, cuda_dropout = _semantics(device)
-    autocast = precision in AUTOCAST
+    d, T = cfg.n_embd, b * s
+    r = residual_bytes(precision)
     if checkpointing == "full":
         return {"block_input": T * d * r}
+    terms = _attention_side(cfg, b, s, precision=precision, attention=attention,
+                            checkpointing=checkpointing, device=device, dropout=dropout)
+    terms.update(_mlp_side(cfg, T, precision, device, kind))
+    if dropout and device == "cpu" and kind == "moe" and cfg.moe is not None:
+        # CPU's dropout mask takes its input's dtype: the experts' sum is in the residual's
+        # dtype (fp32 under autocast), a dense MLP's output in the activation dtype
+        terms["resid_dropout_masks"] += T * d * (r - activation_bytes(precision))
+    return terms
+
+
+def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                    attention: AttentionKind, checkpointing: CheckpointingKind,
+                    device: DeviceKind, dropout: bool) -> dict[str, Any]:
+    """The block's first norm, attention, its post norm and the residual dropout masks."""
+    d, a, T = cfg.n_embd, cfg.n_head, b * s
+    e = activation_bytes(precision)
+    cuda_kernels, cuda_dropout = semantics(device)
     terms: dict[str, Any] = {}
-    terms.update(_norm_terms(cfg, T, precision, cuda_kernels, "norm1"))
+    if cfg.norm_position != "post":
+        terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "norm1"))
     terms["qkv_input"] = T * d * e
-    math_kernel = attention == "eager" or (dropout and not cuda_dropout)
-    if not math_kernel:
-        terms.update(_fused_attention_terms(cfg, b, s, e))
-    elif checkpointing != "selective":
-        terms.update(_math_attention_terms(cfg, b, s, precision=precision, attention=attention,
-                                           device=device, dropout=dropout))
-    terms["attn_out"] = T * a * h * e
+    fused = not (attention == "eager" or (dropout and not cuda_dropout)
+                 or _math_fallback(cfg, cuda_kernels))
+    terms.update(_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
+    if not fused and checkpointing != "selective":
+        terms.update(math_attention_terms(cfg, b, s, precision=precision, attention=attention,
+                                          device=device, dropout=dropout))
+    v = cfg.head_dim if cfg.mla is None else cfg.mla.v_head_dim
+    terms["attn_out"] = T * a * v * e
+    if fused and _output_copied(cfg, cuda_kernels):
+        terms["attn_out_copy"] = T * a * v * e
     if dropout:
         mask = CUDA_MASK_BYTES if cuda_dropout else e
         terms["resid_dropout_masks"] = 2 * T * d * mask
-    terms.update(_norm_terms(cfg, T, precision, cuda_kernels, "norm2"))
-    terms["mlp_input"] = T * d * e * (2 if (cfg.gated_mlp and autocast) else 1)
-    terms["mlp_activations"] = (4 if cfg.gated_mlp else 2) * T * f * e
+    if cfg.norm_position != "pre":
+        terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "post_norm1", in_bytes=e))
     return terms
 
 
-def _fused_attention_terms(cfg: GPTConfig, b: Any, s: Any, e: int) -> dict[str, Any]:
-    """What SDPA's fused (flash) kernel saves: q, k, v (through views of the projection's
-    output), RoPE's rotated q and k, and the log-sum-exp statistics."""
-    a, k, h, T = cfg.n_head, cfg.n_kv_head, cfg.head_dim, b * s
-    terms: dict[str, Any] = {"qkv": T * (a + 2 * k) * h * e}
-    if cfg.position == "rope":
-        terms["rope_qk"] = T * (a + k) * h * e
-    terms["attn_lse"] = b * a * s * STAT_BYTES
+def _projection_terms(cfg: GPTConfig, b: Any, s: Any, precision: Precision, fused: bool,
+                      cuda_kernels: bool) -> dict[str, Any]:
+    """What the q/k/v projections and their norms save, and the fused kernel's inputs."""
+    terms: dict[str, Any] = {}
+    if cfg.mla is not None:
+        terms.update(mla_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
+    elif fused:
+        terms.update(fused_attention_terms(cfg, b, s, activation_bytes(precision)))
+    if cfg.qk_norm != "none":
+        terms.update(qk_norm_terms(cfg, b * s, precision, cuda_kernels, fused))
     return terms
 
 
-def _math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
-                          attention: AttentionKind, device: DeviceKind,
-                          dropout: bool) -> dict[str, Any]:
-    """What eager attention (or CPU's math SDPA fallback) saves: the q, k, v copies, the
-    softmax output and, with dropout, its mask and the dropped probabilities."""
-    a, h, T = cfg.n_head, cfg.head_dim, b * s
-    e = activation_bytes(precision)
-    cuda_kernels, cuda_dropout = _semantics(device)
-    # CPU's math SDPA fallback computes 16-bit inputs in fp32 (torch 2.13).
-    ae = FP32_BYTES if attention == "flash" else e
-    scores = FP32_BYTES if (cuda_kernels and precision in AUTOCAST) else ae
-    terms: dict[str, Any] = {"q_k_v_copies": 3 * T * a * h * ae,
-                             "attn_scores": b * a * s * s * scores}
-    if dropout:
-        mask = CUDA_MASK_BYTES if cuda_dropout and attention == "eager" else ae
-        terms["attn_dropout_mask"] = b * a * s * s * mask
-        terms["attn_dropped"] = b * a * s * s * ae
+def _math_fallback(cfg: GPTConfig, cuda_kernels: bool) -> bool:
+    """Whether SDPA runs its math kernel on CPU: its fused kernel needs one width for queries,
+    keys and values (MLA's values are narrower) and takes no float bias (ALiBi's). CUDA's
+    kernels take both (the memory-efficient kernel; flash-attn's ``alibi_slopes``)."""
+    if cuda_kernels:
+        return False
+    return cfg.position == "alibi" or (cfg.mla is not None
+                                       and cfg.mla.qk_head_dim != cfg.mla.v_head_dim)
+
+
+def _output_copied(cfg: GPTConfig, cuda_kernels: bool) -> bool:
+    """Whether the output projection copies SDPA's output: CPU's fused kernel lays its output
+    out as its queries, and queries made contiguous per head (a per-head QK-norm, a partial
+    rotary's concatenation) make the (B, T, heads x h) input a transposed copy (CUDA's kernels
+    lay it out token-major whatever the queries)."""
+    if cuda_kernels:
+        return False
+    return cfg.qk_norm in ("head", "per_head") or (cfg.position == "rope"
+                                                   and cfg.rotary_fraction != 1.0)
+
+
+def _mlp_side(cfg: GPTConfig, T: Any, precision: Precision, device: DeviceKind,
+              kind: BlockKind) -> dict[str, Any]:
+    """The block's second norm (none for a parallel block with one shared norm), its MLP
+    (dense or mixture of experts) and the MLP's post norm."""
+    d, e, r = cfg.n_embd, activation_bytes(precision), residual_bytes(precision)
+    cuda_kernels = device == "cuda"
+    terms: dict[str, Any] = {}
+    if cfg.parallel == "separate_norms":  # reads the residual norm1 reads: its input once
+        upcast = cfg.norm == "rmsnorm" and not cuda_kernels and r != FP32_BYTES
+        terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "norm2",
+                                input_saved=upcast))
+    elif cfg.parallel == "none" and cfg.norm_position != "post":
+        terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "norm2"))
+    if kind == "moe" and cfg.moe is not None:
+        terms.update(moe_mlp_terms(cfg, T, precision))
+    else:  # a shared norm's output is the storage the q/k/v projection saves
+        terms.update(dense_mlp_terms(cfg, T, cfg.mlp_hidden, precision,
+                                     input_saved=cfg.parallel != "shared_norm"))
+    if cfg.norm_position != "pre":
+        terms.update(norm_terms(cfg, T, d, precision, cuda_kernels, "post_norm2", in_bytes=e))
     return terms
+
+
+def layers_saved_terms(cfg: GPTConfig, b: Any, s: Any, layers: Any, *, precision: Precision,
+                       attention: AttentionKind, checkpointing: CheckpointingKind,
+                       device: DeviceKind, dropout: bool,
+                       each: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                       ) -> dict[str, Any]:
+    """`block_saved_terms` summed over ``layers`` blocks: with ``moe``, the MoE blocks and the
+    dense ones (`scaleplan.model.shapes.block_counts`: a part of the model holds as many MoE
+    blocks as it can); otherwise ``layers`` times one block. ``each`` maps one block's terms
+    first (a tensor-parallel rank's share of them).
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=2, n_embd=8, vocab_size=16)
+    >>> one = block_saved_terms(cfg, 1, 4, precision="32-true", attention="flash",
+    ...                         checkpointing="none", device="cuda", dropout=False)
+    >>> all3 = layers_saved_terms(cfg, 1, 4, 3, precision="32-true", attention="flash",
+    ...                           checkpointing="none", device="cuda", dropout=False)
+    >>> all3["qkv"] == 3 * one["qkv"]
+    True
+    """
+    kw: dict[str, Any] = {"precision": precision, "attention": attention,
+                          "checkpointing": checkpointing, "device": device, "dropout": dropout}
+    def one(kind: BlockKind) -> dict[str, Any]:
+        terms = block_saved_terms(cfg, b, s, kind=kind, **kw)
+        return terms if each is None else each(terms)
+
+    if cfg.moe is None:
+        return {k: layers * v for k, v in one("dense").items()}
+    counts = block_counts(cfg, layers)
+    out: dict[str, Any] = {}
+    for kind in ("moe", "dense"):
+        for k, v in one(kind).items():
+            out[k] = out.get(k, 0) + counts[kind] * v
+    return out
 
 
 def model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                       attention: AttentionKind, checkpointing: CheckpointingKind,
                       device: DeviceKind) -> dict[str, Any]:
-    """Tensors saved once per model and shared by every block: the eager causal mask (s^2 bool)
-    and RoPE's cos/sin tables (whole buffers, block_size x head_dim each in the parameter
-    dtype: the blocks save views of them).
+    """Tensors saved once per model and shared by every block: the eager causal mask (s^2 bool;
+    a second one for the sliding-window blocks when only some blocks slide) and RoPE's cos/sin
+    tables (whole buffers, block_size x the rotary width each in the parameter dtype: the
+    blocks save views of them).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, position="rope")
     >>> model_saved_terms(cfg, 1, 4, precision="32-true", attention="eager",
     ...                   checkpointing="none", device="cuda")
     {'causal_mask': 16, 'rope_tables': 32768}
     """
-    del device
     terms: dict[str, Any] = {}
     if checkpointing == "full":
         return terms
-    if attention == "eager" and checkpointing != "selective":
-        terms["causal_mask"] = s * s
+    if attention == "eager" and checkpointing != "selective" and cfg.position != "alibi":
+        terms["causal_mask"] = s * s  # ALiBi's float bias is added, and adding saves nothing
+        if 0 < cfg.sliding_window_layers < cfg.n_layer:
+            terms["sliding_mask"] = s * s
+    elif attention == "flash" and cfg.sliding_window is not None and device != "cuda":
+        # CPU's fused kernel takes the band as a bool mask and saves a float copy of it per
+        # sliding block, when the band hides anything (window < s); CUDA's kernels take the
+        # window itself (flash-attn's window_size): O(s)
+        terms["sliding_masks"] = (cfg.sliding_window_layers * (s > cfg.sliding_window) * s * s
+                                  * activation_bytes(precision))
     if cfg.position == "rope":
-        terms["rope_tables"] = 2 * cfg.block_size * cfg.head_dim * param_dtype_bytes(precision)
+        terms["rope_tables"] = 2 * cfg.block_size * rotary_dim(cfg) * param_dtype_bytes(precision)
     return terms
 
 
 def embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                           device: DeviceKind, dropout: bool) -> dict[str, Any]:
     """Bytes the embedding saves: the token ids (int64, b s), the position ids (int64, s) for
-    learned positions, and a dropout mask of b s d when dropout is on.
+    learned positions, the input of the projection into the residual stream when
+    ``embed_dim`` differs from n_embd (T embed_dim e), the embedding norm's terms
+    (``embedding_norm``) and a dropout mask of b s d when dropout is on.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> embedding_saved_terms(cfg, 2, 4, precision="32-true", device="cuda", dropout=False)
     {'token_ids': 64, 'position_ids': 32}
     """
-    terms: dict[str, Any] = {"token_ids": b * s * INDEX_BYTES}
+    T = b * s
+    terms: dict[str, Any] = {"token_ids": T * INDEX_BYTES}
     if cfg.position == "learned":
         terms["position_ids"] = s * INDEX_BYTES
+    if cfg.embed_dim != cfg.n_embd:
+        terms["project_in_input"] = T * cfg.embed_dim * activation_bytes(precision)
+    if cfg.embedding_norm:
+        terms.update(norm_terms(cfg, T, cfg.n_embd, precision, device == "cuda",
+                                "embedding_norm"))
     if dropout:
         mask = residual_bytes(precision) if device == "cpu" else CUDA_MASK_BYTES
-        terms["embedding_dropout_mask"] = b * s * cfg.n_embd * mask
+        terms["embedding_dropout_mask"] = T * cfg.n_embd * mask
     return terms
 
 
@@ -239,17 +324,26 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                      device: DeviceKind) -> dict[str, Any]:
     """Bytes the final norm, the output projection and the cross-entropy save.
 
-    The final norm saves as `_norm_terms`; the output projection saves its input (T d e); the
-    cross-entropy keeps its log-softmax output (T V elements, fp32 even under autocast, which
-    runs the loss in fp32; bf16 for bf16 parameters), the int64 targets and a scalar weight.
+    The final norm (``final_norm``) saves as `scaleplan.memory.dtypes.norm_terms`; the
+    projection out of the residual stream (``embed_dim`` != n_embd) saves its input (T d e);
+    the output projection saves its input (T embed_dim e); ``final_softcap`` keeps the tanh of
+    the scaled logits (T V e); the cross-entropy keeps its log-softmax output (T V elements,
+    fp32 even under autocast, which runs the loss in fp32; bf16 for bf16 parameters), the int64
+    targets and a scalar weight.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> head_saved_terms(cfg, 1, 4, precision="32-true", device="cuda")["log_softmax"]
     256
     """
-    T = b * s
-    terms = _norm_terms(cfg, T, precision, device == "cuda", "final_norm")
-    terms["lm_head_input"] = T * cfg.n_embd * activation_bytes(precision)
+    T, e = b * s, activation_bytes(precision)
+    terms: dict[str, Any] = {}
+    if cfg.final_norm:
+        terms.update(norm_terms(cfg, T, cfg.n_embd, precision, device == "cuda", "final_norm"))
+    if cfg.embed_dim != cfg.n_embd:
+        terms["project_out_input"] = T * cfg.n_embd * e
+    terms["lm_head_input"] = T * cfg.embed_dim * e
+    if cfg.final_softcap is not None:
+        terms["logits_softcap_tanh"] = T * cfg.vocab_size * e
     loss = residual_bytes(precision)  # fp32 under autocast (cross_entropy runs in fp32)
     terms["log_softmax"] = T * cfg.vocab_size * loss
     terms["targets"] = T * INDEX_BYTES + loss  # ids plus nll_loss's total_weight scalar
@@ -257,7 +351,8 @@ def head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
 
 
 def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
-                               layers: int | None = None, head: bool = True) -> Any:
+                               layers: int | None = None, head: bool = True,
+                               expert: int = 1) -> Any:
     """Bytes of autocast's bf16/fp16 copies of the matmul weights of ``layers`` blocks (default
     all) and, with ``head``, of the output layer.
 
@@ -265,21 +360,28 @@ def autocast_weight_copy_bytes(cfg: GPTConfig, precision: Precision, *,
     not the embedding lookup) is cast once per forward; autocast caches the copy until the
     autocast region exits and the matmul saves it for backward. A tied output head is cast like
     any other linear weight. The weights are those marked ``matmul`` in
-    `scaleplan.model.shapes.model_tensors`. Zero otherwise.
+    `scaleplan.model.shapes.model_tensors`; the routed experts' are cast expert by expert (a
+    view of the stacked weight each), those of the ``n_experts / expert`` experts a rank holds
+    under expert parallelism. Zero otherwise.
 
     >>> autocast_weight_copy_bytes(GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16,
     ...                                      mlp_hidden=32), "bf16-mixed")
     1792
     """
-    return _autocast_weight_copy_bytes(cfg, precision, layers=layers, head=head)
+    return _autocast_weight_copy_bytes(cfg, precision, layers=layers, head=head, expert=expert)
 
 
 def _autocast_weight_copy_bytes_body(cfg: GPTConfig, precision: Precision, *,
-                                     layers: int | None = None, head: bool = True) -> Any:
+                                     layers: int | None = None, head: bool = True,
+                                     expert: int = 1) -> Any:
     if precision not in AUTOCAST:
         return 0
     matmuls = [t for t in model_tensors(cfg) if t.matmul and (head or t.per_block)]
-    return across_model(cfg, matmuls, layers=layers) * HALF_BYTES
+    if expert == 1:
+        return across_model(cfg, matmuls, layers=layers) * HALF_BYTES
+    held = across_model(cfg, matmuls, lambda t: t.numel // expert if t.routed else t.numel,
+                        layers=layers)
+    return held * HALF_BYTES
 
 
 _autocast_weight_copy_bytes = per_config(_autocast_weight_copy_bytes_body)

@@ -23,7 +23,7 @@ from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.shapes import per_config
 
-__all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "step_options"]
+__all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "refuse_unmodelled", "step_options"]
 
 # The largest byte count an argument may give: 2^53 bytes (8 PiB), past any GPU's memory, and
 # the last whole number a float64 holds exactly (`memory_grid` computes in float64). A larger
@@ -86,6 +86,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
         raise ScaleplanError(f"parallelism={shown(parallelism)} must be a "
                              "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
     par.check(cfg)
+    refuse_unmodelled(cfg)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -93,6 +94,22 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
 
 
 _step_options = per_config(_step_options_body)
+
+
+def refuse_unmodelled(cfg: GPTConfig) -> None:
+    """Raise a `ScaleplanError` naming the field and its value when ``cfg`` uses an option
+    whose saved tensors the memory model does not derive yet: never a silent number.
+
+    >>> refuse_unmodelled(GPTConfig(n_layer=1, n_head=2, n_embd=8, position="alibi",
+    ...                             sliding_window=4))
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: position='alibi' with sliding_window=4: ...
+    """
+    if cfg.position == "alibi" and cfg.sliding_window is not None:
+        raise ScaleplanError(
+            f"position='alibi' with sliding_window={cfg.sliding_window}: no released model "
+            "combines them and the memory model does not derive their mask; drop one of them")
 
 
 _FLOAT_EXACT = 2**53

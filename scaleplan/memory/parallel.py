@@ -54,7 +54,17 @@ class Parallelism(BaseModel):
       sequence parallelism (needs t > 1);
     - ``pipeline``: pipeline stages p, scheduled 1F1B: the first stage holds the activations of
       p micro-batches in flight (Narayanan et al. 2021, Sec. 2.2; Korthikanti et al. 2022,
-      Sec. 4.2.3).
+      Sec. 4.2.3);
+    - ``expert``: expert-parallel degree for a mixture of experts: each rank of an expert group
+      holds ``n_experts / expert`` of every MoE layer's routed experts (their weights,
+      gradients and optimizer states) and runs the tokens routed to them, exchanged all-to-all.
+      The expert groups are carved out of the data-parallel ranks, so ``expert`` divides
+      ``data`` and adds no GPUs, as DeepSpeed-MoE's ``ep_size`` groups the data-parallel world
+      (Rajbhandari et al. 2022, "DeepSpeed-MoE"; the experts' states are sharded by ZeRO over
+      the ``data / expert`` ranks that hold the same experts) and as Megatron-Core's
+      ``expert_model_parallel_size``, which must divide the number of experts (NeMo's
+      parallelism guide). With balanced routing a rank processes T x top_k routed rows per
+      micro-batch, as without expert parallelism.
 
     >>> Parallelism(data=8, zero=3).gpus
     8
@@ -75,6 +85,7 @@ class Parallelism(BaseModel):
     tensor: int = Field(default=1, ge=1, description="Tensor-parallel degree t.")
     sequence_parallel: bool = Field(default=False, description="Sequence parallelism (t > 1).")
     pipeline: int = Field(default=1, ge=1, description="Pipeline stages p (1F1B).")
+    expert: int = Field(default=1, ge=1, description="Expert-parallel degree (divides data).")
 
     @field_validator("zero")
     @classmethod
@@ -89,6 +100,10 @@ class Parallelism(BaseModel):
         if self.fsdp is not None and self.zero != 0:
             raise ValueError(f"fsdp={self.fsdp!r} and zero={self.zero} both set; give one "
                              "(full_shard is ZeRO-3's sharding, shard_grad_op ZeRO-2's)")
+        if self.data % self.expert:
+            raise ValueError(f"expert={self.expert} does not divide data={self.data}: expert "
+                             "parallelism splits the experts over data-parallel ranks; use an "
+                             f"expert degree that divides data ({_divisors(self.data)})")
         if self.sequence_parallel and self.tensor == 1:
             raise ValueError("sequence_parallel=True needs tensor > 1 (it splits the "
                              "activations that tensor parallelism replicates)")
@@ -120,6 +135,15 @@ class Parallelism(BaseModel):
                 f"tensor={t} does not divide n_head={cfg.n_head} and n_kv_head="
                 f"{cfg.n_kv_head}: each rank needs whole heads; use a tensor degree that "
                 f"divides both ({_divisors(math.gcd(cfg.n_head, cfg.n_kv_head))})")
+        if self.expert > 1 and cfg.moe is None:
+            raise ScaleplanError(
+                f"expert={self.expert} needs a mixture of experts (cfg.moe is None): expert "
+                "parallelism splits routed experts; use expert=1 for a dense model")
+        if cfg.moe is not None and cfg.moe.n_experts % self.expert:
+            raise ScaleplanError(
+                f"expert={self.expert} does not divide moe.n_experts={cfg.moe.n_experts}: every "
+                "rank holds the same number of whole experts; use a degree in "
+                f"({_divisors(cfg.moe.n_experts)})")
         if self.pipeline > cfg.n_layer:
             raise ScaleplanError(
                 f"pipeline={self.pipeline} exceeds n_layer={cfg.n_layer}: every stage needs at "

@@ -27,10 +27,25 @@ from scaleplan.memory.states import (
 )
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
-from scaleplan.model.shapes import parameters, per_config, split_by_block
+from scaleplan.model.shapes import (
+    BlockKind,
+    Tensor,
+    block_counts,
+    parameters,
+    per_config,
+    split_by_block,
+)
 
-__all__ = ["OPTIMIZER_IMPLS", "OPTIMIZER_IMPL_ALIASES", "OptimizerImpl", "model_states",
-           "normalize_optimizer_impl", "optimizer_temporaries", "per_rank"]
+__all__ = [
+    "OPTIMIZER_IMPLS",
+    "OPTIMIZER_IMPL_ALIASES",
+    "OptimizerImpl",
+    "mlp_gradient_buffer",
+    "model_states",
+    "normalize_optimizer_impl",
+    "optimizer_temporaries",
+    "per_rank",
+]
 
 OptimizerImpl = Literal["foreach", "fused", "for-loop"]
 OPTIMIZER_IMPLS: tuple[str, ...] = get_args(OptimizerImpl)
@@ -72,33 +87,64 @@ def _model_states_body(cfg: GPTConfig, p: Precision, opt: OptimizerName, par: Pa
                        layers: int, embeds: bool, heads: bool,
                        temp: int) -> tuple[int, int, int, int]:
     terms = param_terms(cfg)
-    n, block, wte = _held_params(cfg, terms, par.tensor, layers, embeds, heads)
+    n, routed, block, wte = _held_params(cfg, terms, par, layers, embeds, heads)
     n_total = terms["total"]
-    n_single = par.tensor == 1 and embeds and heads  # this GPU holds every parameter
+    n_single = par.tensor == 1 and par.expert == 1 and embeds and heads  # every parameter
     W, G = weight_bytes(n, p), gradient_bytes(n, p)
     O_full = optimizer_state_bytes(cfg, opt, p)
     O = O_full if n_single else O_full * n // n_total
     temp = temp if n_single else temp * n // n_total
     if par.data == 1:
         return W, G, O, temp
-    return _over_data_ranks(W, G, O, temp, par, p, n=n, block=block,
-                            wte=wte if (embeds or heads) else 0)
+    if not routed:
+        return _over_data_ranks(W, G, O, temp, par, p, n=n, block=block,
+                                wte=wte if (embeds or heads) else 0)
+    # the routed experts' states shard over the data / expert ranks that hold the same experts
+    W_r, G_r = weight_bytes(routed, p), gradient_bytes(routed, p)
+    O_r, temp_r = O * routed // n, temp * routed // n
+    W_d, G_d, O_d, temp_d = _over_data_ranks(W - W_r, G - G_r, O - O_r, temp - temp_r, par, p,
+                                             n=n, block=block,
+                                             wte=wte if (embeds or heads) else 0)
+    ranks = par.data // par.expert
+    W_r, G_r, O_r = zero_shard(weights=W_r, gradients=G_r, optimizer=O_r,
+                               stage=par.zero_stage, data=ranks)
+    temp_r = temp_r if par.zero_stage == 0 else -(-temp_r // ranks)
+    return W_d + W_r, G_d + G_r, O_d + O_r, temp_d + temp_r
 
 
 _model_states = per_config(_model_states_body)
 
 
-def _held_params(cfg: GPTConfig, terms: dict[str, Any], t: int, layers: int, embeds: bool,
-                 heads: bool) -> tuple[int, int, int]:
-    """(parameters on one tensor-parallel rank of a stage, one block's share of them, the
-    embedding's share): ``layers`` blocks, the embeddings when it ``embeds``, the final norm
-    and head when it ``heads``; ``terms`` is `param_terms` of ``cfg``."""
-    block_norms, final_norm = split_by_block(x for x in parameters(cfg) if x.part == "norms")
-    block = per_rank(terms["per_layer"] - block_norms, t) + block_norms  # norms replicated
+def _held_params(cfg: GPTConfig, terms: dict[str, Any], par: Parallelism, layers: int,
+                 embeds: bool, heads: bool) -> tuple[Any, Any, Any, Any]:
+    """(parameters on one GPU of a stage, the routed experts' share of them, the largest
+    block's share, the embedding's share): ``layers`` blocks (as many MoE blocks as they can
+    hold, `scaleplan.model.shapes.block_counts`), the embeddings when it ``embeds``, the final
+    norm and head when it ``heads``; ``terms`` is `param_terms` of ``cfg``. Tensor parallelism
+    divides the matrices (routed experts' too) and replicates norms; expert parallelism
+    divides the routed experts."""
+    t = par.tensor
+    tensors = parameters(cfg)
+    counts = block_counts(cfg, layers)
+    blocks = {kind: _block_held(tensors, kind, par) for kind in ("moe", "dense")}
+    final_norm = split_by_block(x for x in tensors if x.part == "norms")[1]
     wte, wpe = per_rank(terms["token_embedding"], t), terms["position_embedding"]
     head = wte if (not cfg.tie_embeddings or not embeds) else 0
-    n = layers * block + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0)
-    return n, block, wte
+    n = (counts["moe"] * blocks["moe"][0] + counts["dense"] * blocks["dense"][0]
+         + (wte + wpe if embeds else 0) + (final_norm + head if heads else 0))
+    routed = counts["moe"] * blocks["moe"][1]
+    block = blocks["moe"][0] if counts["moe"] else blocks["dense"][0]
+    return n, routed, block, wte
+
+
+def _block_held(tensors: tuple[Tensor, ...], kind: BlockKind,
+                par: Parallelism) -> tuple[Any, Any]:
+    """(parameters of one ``kind`` block on one GPU, the routed experts' share of them)."""
+    mine = [x for x in tensors if x.per_block and x.blocks in ("all", kind)]
+    norms = sum(x.numel for x in mine if x.part == "norms")
+    routed = per_rank(sum(x.numel for x in mine if x.routed), par.tensor * par.expert)
+    other = sum(x.numel for x in mine if x.part != "norms" and not x.routed)
+    return per_rank(other, par.tensor) + norms + routed, routed
 
 
 def _over_data_ranks(W: int, G: int, O: int, temp: int, par: Parallelism, p: Precision, *,
@@ -154,3 +200,25 @@ def _optimizer_temporaries_body(cfg: GPTConfig, optimizer: str, precision: str, 
 
 
 _optimizer_temporaries = per_config(_optimizer_temporaries_body)
+
+
+def mlp_gradient_buffer(cfg: GPTConfig, p: Precision, par: Parallelism) -> Any:
+    """Bytes of an MoE block's MLP weight gradients as its backward builds them, before
+    autograd adds them to the resident ``.grad``: the router's, the shared experts' and the
+    routed experts', where each expert's weight is a view of the stacked (n_experts, ...)
+    tensor, so its gradient is a whole stacked tensor, and autograd sums the experts' into one
+    buffer per stacked tensor (transformers 5's ``gate_up_proj[expert_idx]`` alike). Live while
+    the block recomputed under full checkpointing runs its backward; 0 for a dense model (whose
+    MLP gradients come out one matrix at a time, which the model leaves out).
+
+    >>> from scaleplan.memory.parallel import Parallelism
+    >>> from scaleplan.model.architecture import MoE
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
+    ...                 moe=MoE(n_experts=4, top_k=2, expert_hidden=16))
+    >>> mlp_gradient_buffer(cfg, "32-true", Parallelism())  # (4 x 2 x 16 x 8 + 4 x 8) x 4 B
+    4224
+    """
+    if cfg.moe is None:
+        return 0
+    mlp = tuple(t for t in parameters(cfg) if t.part == "mlp")
+    return _block_held(mlp, "moe", par)[0] * gradient_bytes(1, p)

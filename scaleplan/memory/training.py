@@ -27,6 +27,7 @@ from scaleplan.memory.activations import (
     block_saved_terms,
     embedding_saved_terms,
     head_saved_terms,
+    layers_saved_terms,
     model_saved_terms,
     residual_bytes,
 )
@@ -34,6 +35,7 @@ from scaleplan.memory.options import overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
 from scaleplan.memory.sharding import (
     OptimizerImpl,
+    mlp_gradient_buffer,
     model_states,
     optimizer_temporaries,
     per_rank,
@@ -192,9 +194,8 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     p, dropout = precision, cfg.dropout > 0
     out: dict[str, Any] = dict(embedding_saved_terms(cfg, b, s, precision=p, device=device,
                                                      dropout=dropout))
-    block = block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                              checkpointing=checkpointing, device=device, dropout=dropout)
-    out.update({name: layers * v for name, v in block.items()})
+    out.update(layers_saved_terms(cfg, b, s, layers, precision=p, attention=attention,
+                                  checkpointing=checkpointing, device=device, dropout=dropout))
     out.update(model_saved_terms(cfg, b, s, precision=p, attention=attention,
                                  checkpointing=checkpointing, device=device))
     out.update(head_saved_terms(cfg, b, s, precision=p, device=device))
@@ -318,10 +319,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if embeds:
         emb = embedding_saved_terms(cfg, b, s, precision=p, device=device, dropout=dropout)
         saved.update({k: in_flight * v for k, v in _split(emb, par).items()})
-    block = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                     checkpointing=checkpointing, device=device,
-                                     dropout=dropout), par)
-    saved.update({k: layers * in_flight * v for k, v in block.items()})
+    blocks = layers_saved_terms(cfg, b, s, layers, precision=p, attention=attention,
+                                checkpointing=checkpointing, device=device, dropout=dropout,
+                                each=lambda terms: _split(terms, par))
+    saved.update({k: in_flight * v for k, v in blocks.items()})
     saved.update(_split(model_saved_terms(cfg, b, s, precision=p, attention=attention,
                                           checkpointing=checkpointing, device=device), par))
     if heads:
@@ -330,9 +331,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
                                   optimizer_temporaries(cfg, opt, p, device, impl))
-    all_copies = per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads), t)
+    ep = par.expert
+    all_copies = per_rank(autocast_weight_copy_bytes(cfg, p, layers=layers, head=heads,
+                                                     expert=ep), t)
     copies = all_copies if checkpointing != "full" else per_rank(autocast_weight_copy_bytes(
-        cfg, p, layers=0, head=heads), t)
+        cfg, p, layers=0, head=heads, expert=ep), t)
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     held = TV * e if hold_logits else 0
@@ -343,10 +346,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     }
     if checkpointing == "full":
         full = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                        checkpointing="none", device=device,
-                                        dropout=dropout), par)
+                                        checkpointing="none", device=device, dropout=dropout,
+                                        kind="moe" if cfg.moe is not None else "dense"), par)
         loss_side = sum(v for k, v in saved.items() if k.startswith(("final_norm", "lm_head",
                                                                       "log_softmax", "targets")))
         moments["recompute"] = (S - loss_side + copies + sum(full.values())
-                                + (all_copies - copies) // max(layers, 1))
+                                + (all_copies - copies) // max(layers, 1)
+                                + mlp_gradient_buffer(cfg, p, par))
     return W, G, O, saved, copies, all_copies, held, moments

@@ -145,7 +145,10 @@ class SavedTensorsRecorder:
         return t
 
     def note_new_storage(self, func: str, args: tuple[Any, ...], out: torch.Tensor) -> None:
-        """`LiveBytesTracker.on_new_storage` callback: remember casts of parameters."""
+        """`LiveBytesTracker.on_new_storage` callback: remember casts of parameters. A new
+        storage at the address of a freed cast is not that cast: its key is forgotten first
+        (an activation allocated where a bias's cast had been was counted as a weight copy)."""
+        self.cast_keys.discard(storage_key(out))
         if (func.startswith("aten._to_copy") and args and isinstance(args[0], torch.Tensor)
                 and storage_key(args[0]) in self.param_keys):
             self.cast_keys.add(storage_key(out))
