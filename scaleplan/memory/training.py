@@ -8,9 +8,9 @@ out of memory. Saved tensors are derived per operation in `scaleplan.memory.acti
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.checks import one_of
@@ -129,12 +129,23 @@ class MemoryBreakdown(BaseModel):
                          for r in rows)
 
 
+def _is_integer(value: Any) -> bool:
+    """An int or a numpy integer scalar, not a bool. numpy is not imported to tell: a value
+    cannot be a numpy integer unless numpy is already loaded."""
+    if isinstance(value, bool):
+        return False
+    np = sys.modules.get("numpy")
+    return isinstance(value, int) or (np is not None and isinstance(value, np.integer))
+
+
 def check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
     """(b, s) as Python ints, or as float64 arrays for sweeps: int64 products would wrap."""
     if type(micro_batch_size) is int and type(seq_len) is int:  # the common case: fast
         b, s = micro_batch_size, seq_len
         few_b, few_s, long_s = b < 1, s < 1, s > cfg.block_size
     else:
+        import numpy as np  # arrays (sweeps) only: a cold `scaleplan plan` never imports numpy
+
         b = _shape_value("micro_batch_size", micro_batch_size, "sequence")
         s = _shape_value("seq_len", seq_len, "token")
         few_b, few_s = bool(np.any(b < 1)), bool(np.any(s < 1))
@@ -152,6 +163,8 @@ def check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[An
 
 def _shape_value(name: str, value: Any, unit: str) -> Any:
     """An int (numpy ints become Python ints) or a float64 array of whole, finite values."""
+    import numpy as np
+
     if isinstance(value, np.ndarray | list | tuple):
         arr = np.asarray(value)
         if arr.dtype.kind not in "iuf" or not np.isfinite(arr.astype(np.float64)).all():
@@ -256,7 +269,7 @@ def training_memory(
     (True, 'backward_start')
     """
     for name, value in (("micro_batch_size", micro_batch_size), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):  # not a list
+        if not _is_integer(value):  # not a list, a float or a bool
             raise ScaleplanError(f"{name}={shown(value)} must be an int >= 1")
     o = step_options(cfg, precision=precision, optimizer=optimizer, attention=attention,
                      checkpointing=checkpointing, device=device, parallelism=parallelism,
