@@ -84,6 +84,18 @@ def test_using_the_planner_keeps_torch_and_sympy_out() -> None:
     assert done.stdout.strip() == ""
 
 
+def test_the_readme_plan_imports_no_numpy() -> None:
+    # The cold `scaleplan plan` (README's default) stays under 0.3 s by never importing numpy
+    # (about 0.11 s of it): benchmarks/bench_plan_latency.py times it; this pins the cause.
+    code = ("import sys, contextlib, io; from scaleplan.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): status = main(['plan'])\n"
+            "print(status, ','.join(m for m in ('numpy', 'scipy', 'torch', 'sympy') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)
+    assert done.stdout.strip() == "0"
+
+
 def _all_submodules() -> list[str]:
     import pkgutil
 
