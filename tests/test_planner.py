@@ -168,6 +168,10 @@ def test_warnings() -> None:
                                                                seq_len=1024).warnings}
     short = plan(GPT2, "H100 SXM", total_tokens=10**8)
     assert "short-of-compute-optimal" in {w.code for w in short.warnings}
+    # a mixture of experts gets the dense law with a warning saying so; a dense model does not
+    tiny_moe = GPT2.replace(n_layer=2, moe={"n_experts": 4, "top_k": 1, "expert_hidden": 256})
+    assert "dense-law-for-moe" in {w.code for w in plan(tiny_moe, "H100 SXM").warnings}
+    assert "dense-law-for-moe" not in {w.code for w in short.warnings}
 
 
 def test_plan_round_trips_through_json(seed_plan: Plan) -> None:

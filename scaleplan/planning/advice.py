@@ -76,6 +76,12 @@ def plan_warnings(cfg: GPTConfig, spec: GPUSpec, seq_len: int, tokens: int,
         out.append(PlanWarning(code="short-of-compute-optimal", message=(
             f"{tokens:,} tokens is {ratio:.2f}x the compute-optimal {optimal:,}: a smaller "
             "model would reach a lower loss with the same compute")))
+    if cfg.moe is not None:
+        out.append(PlanWarning(code="dense-law-for-moe", message=(
+            "the compute-optimal budget and the expected loss come from a law fitted on dense "
+            f"models, applied to all {cfg.moe.n_experts} experts' parameters; routed models "
+            "follow laws of their own (Clark et al. 2022, arXiv:2202.01169), which scaleplan "
+            "does not fit: read them as rough, not as a target")))
     if seq_len > cfg.block_size:
         out.append(PlanWarning(code="seq-len-above-block-size", message=(
             f"seq_len={seq_len} is above block_size={cfg.block_size}; with position="
