@@ -149,6 +149,14 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                           help="PyTorch FSDP over the data-parallel GPUs instead: full_shard "
                           "(shards like ZeRO-3; the default when the flag has no value) or "
                           "shard_grad_op (like ZeRO-2)")
+    for name, what in (("tensor", "tensor-parallel degree: each matrix split over T GPUs "
+                         "(Megatron-LM)"),
+                       ("pipeline", "pipeline stages: the blocks split over P GPUs (1F1B)"),
+                       ("expert", "expert-parallel degree: a mixture of experts' routed experts "
+                        "split over E of the data-parallel GPUs")):
+        q.add_argument(f"--{name}-parallel", type=positive_int(f"--{name}-parallel", "8"),
+                       default=1, metavar=name[0].upper(),
+                       help=f"{what}; --world-size counts all GPUs (default: 1)")
     q.add_argument("--checkpointing", choices=get_args(CheckpointingKind), default="none",
                    help="activation checkpointing: selective recomputes attention, full every "
                    "block (default: %(default)s)")
@@ -182,12 +190,21 @@ def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
                                "mfu": args.mfu}
     if args.optimizer_impl is not None:
         options["optimizer_impl"] = args.optimizer_impl
-    if args.zero or args.fsdp:
-        flag = f"--zero {args.zero}" if args.zero else f"--fsdp {args.fsdp}"
-        if world_size == 1:
+    split = args.tensor_parallel * args.pipeline_parallel
+    if args.zero or args.fsdp or split > 1 or args.expert_parallel > 1:
+        if world_size % split:
+            raise ScaleplanError(
+                f"--world-size {world_size} is not a multiple of --tensor-parallel "
+                f"{args.tensor_parallel} x --pipeline-parallel {args.pipeline_parallel} = "
+                f"{split}: give --world-size {split * max(1, world_size // split)} or fewer ways")
+        data = world_size // split
+        if (args.zero or args.fsdp) and data == 1:
+            flag = f"--zero {args.zero}" if args.zero else f"--fsdp {args.fsdp}"
             raise ScaleplanError(f"{flag} shards over the data-parallel GPUs, and there is one: "
                                  "give --world-size N (N > 1)")
-        options["parallelism"] = Parallelism(data=world_size, zero=args.zero, fsdp=args.fsdp)
+        options["parallelism"] = Parallelism(
+            data=data, zero=args.zero, fsdp=args.fsdp, tensor=args.tensor_parallel,
+            pipeline=args.pipeline_parallel, expert=args.expert_parallel)
     else:
         options["world_size"] = world_size
     if args.nanogpt_mfu is not None:

@@ -326,3 +326,34 @@ def test_every_remedy_setting_has_a_flag_the_parser_takes(
             assert key in REMEDY_FLAGS, key
             args = parser.parse_args(["plan", "--world-size", "2", REMEDY_FLAGS[key], str(value)])
             assert getattr(args, key) == value
+
+
+# --- tensor, pipeline and expert parallelism ----------------------------------------------------
+
+def test_model_parallel_flags_split_mixtral(capsys: pytest.CaptureFixture[str]) -> None:
+    # Mixtral-8x7B (46,702,792,704 parameters) on 16 GPUs: 2-way tensor parallel leaves 8
+    # data-parallel replicas, whose 8 expert ranks each hold one routed expert per block. By hand:
+    # routed experts 32 blocks x 8 experts x 3 x 14336 x 4096 = 45,097,156,608, split 2 (tensor)
+    # and 8 (expert) ways: 2,818,572,288 per GPU. The rest, 1,605,636,096, is split 2 ways but
+    # for the 266,240 norm weights every tensor rank keeps: 802,951,168 per GPU.
+    data = _plan_json(capsys, "mixtral-8x7b", "--gpu", "H100 SXM", "--world-size", "16",
+                      "--tensor-parallel", "2", "--expert-parallel", "8", "--zero", "1",
+                      "--checkpointing", "full", "--seq-len", "4096")
+    layout = data["parallelism"]
+    assert (layout["data"], layout["tensor"], layout["pipeline"], layout["expert"]) == (8, 2, 1, 8)  # type: ignore[index]
+    assert data["data_parallel"] == 8
+    experts, rest = 2_818_572_288, 802_951_168
+    assert _memory(data)["weights"] == 4 * (experts + rest)  # fp32 weights under bf16 autocast
+    # AdamW's 8 bytes per parameter; ZeRO-1 shards the rest over the 8 replicas, while each
+    # expert's states have one data rank to shard over (8 replicas / 8 expert ranks); plus
+    # torch's 4-byte step scalar per tensor (under 100 bytes here)
+    assert 0 <= _memory(data)["optimizer"] - 8 * (experts + rest // 8) < 100
+
+
+def test_model_parallel_flags_must_divide_the_world_size(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "gpt2", "--world-size", "6", "--tensor-parallel", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--world-size 6 is not a multiple of --tensor-parallel 4 x --pipeline-parallel 1" in err
+    assert main(["plan", "gpt2", "--tensor-parallel", "0"]) == 2
+    assert "--tensor-parallel" in capsys.readouterr().err

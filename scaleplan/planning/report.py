@@ -62,7 +62,7 @@ def format_plan(p: Plan) -> str:
         f"  micro_batch_size     {p.micro_batch_size}",
         f"  grad_accum_steps     {p.grad_accum_steps}",
         f"  tokens_per_step      {p.tokens_per_step:,}  (= {p.micro_batch_size} x {p.seq_len} x "
-        f"{p.grad_accum_steps} x {p.world_size} GPU{'s' if p.world_size > 1 else ''})",
+        f"{p.grad_accum_steps} x {_replicas(p)})",
         f"  precision            {p.precision}  ({p.precision_reason})",
         f"  optimizer            {p.optimizer}, attention {p.attention}, checkpointing "
         f"{p.checkpointing}",
@@ -117,3 +117,11 @@ def _remedy_lines(p: Plan) -> list[str]:
         lines.append(f"  {r.name:<{width}} {_gib(r.total_bytes)}  micro-batch <= "
                      f"{r.micro_batch_size}, speed {r.relative_throughput:.2f}x; {r.cost}{chosen}")
     return lines
+
+
+def _replicas(p: Plan) -> str:
+    """The last factor of tokens_per_step: the GPUs, or the data-parallel replicas when tensor
+    or pipeline parallelism splits the model over several GPUs."""
+    if p.data_parallel != p.world_size:
+        return f"{p.data_parallel} data-parallel replicas of {p.world_size // p.data_parallel} GPUs"
+    return f"{p.world_size} GPU{'s' if p.world_size > 1 else ''}"
