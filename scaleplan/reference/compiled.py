@@ -17,6 +17,7 @@ exact by difference: measure ``n_layer = L`` and ``L + 1`` (`block_bytes_by_diff
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -104,7 +105,8 @@ class _Capture:
 def _saved_by_node(loss: torch.Tensor) -> list[tuple[Any, list[torch.Tensor]]]:
     """(autograd node, tensors it saved) for every node behind ``loss``."""
     found: list[tuple[Any, list[torch.Tensor]]] = []
-    stack, visited = [loss.grad_fn], set()
+    stack: list[Any] = [loss.grad_fn]
+    visited: set[int] = set()
     while stack:
         node = stack.pop()
         if node is None or id(node) in visited:
@@ -157,7 +159,10 @@ def measure_compiled(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     step.model = torch.compile(eager, backend=capture, dynamic=False)  # type: ignore[assignment]
     # a cache hit would skip the compiler that reads the partition
     with torch._inductor.config.patch(fx_graph_cache=False), \
-            torch._functorch.config.patch(enable_autograd_cache=False):
+            torch._functorch.config.patch(enable_autograd_cache=False), \
+            warnings.catch_warnings():
+        # inductor's first import runs torch.jit.script_method, deprecated in torch 2.13
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
         loss = step.forward()
         nodes = _saved_by_node(loss)  # references kept: backward frees the saved tensors
         logits = step.logits
@@ -175,6 +180,21 @@ def measure_compiled(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
 
 def _count(nodes: list[tuple[Any, list[torch.Tensor]]], capture: _Capture,
            params: list[torch.Tensor], autocast: bool) -> dict[str, Any]:
+    saved = _values(nodes, capture, params, autocast)
+    by_module: dict[str, int] = {}
+    by_dtype: dict[str, int] = {}
+    for v in saved:
+        if not v.weight_copy:
+            by_module[v.module] = by_module.get(v.module, 0) + v.nbytes
+            by_dtype[v.dtype] = by_dtype.get(v.dtype, 0) + v.nbytes
+    return {"saved_for_backward": sum(by_module.values()),
+            "autocast_weight_copies": sum(v.nbytes for v in saved if v.weight_copy),
+            "saved_by_module": by_module, "saved_by_dtype": by_dtype, "saved": tuple(saved)}
+
+
+def _values(nodes: list[tuple[Any, list[torch.Tensor]]], capture: _Capture,
+            params: list[torch.Tensor], autocast: bool) -> list[SavedValue]:
+    """One `SavedValue` per storage saved, parameters excluded, named from the partition."""
     param_keys = {storage_key(p) for p in params}
     names = [n for n, is_tensor in _graph_names(capture.backward[-1]) if is_tensor] \
         if capture.backward else []
@@ -189,20 +209,11 @@ def _count(nodes: list[tuple[Any, list[torch.Tensor]]], capture: _Capture,
                 continue
             seen.add(key)
             name = names[i] if compiled and i < len(names) else ""
-            module = modules.get(name, "unattributed")
             saved.append(SavedValue(
-                name=name, module=module, shape=tuple(t.shape),
+                name=name, module=modules.get(name, "unattributed"), shape=tuple(t.shape),
                 dtype=str(t.dtype).removeprefix("torch."), nbytes=t.untyped_storage().nbytes(),
                 weight_copy=autocast and _is_weight_copy(t, params)))
-    by_module: dict[str, int] = {}
-    by_dtype: dict[str, int] = {}
-    for v in saved:
-        if not v.weight_copy:
-            by_module[v.module] = by_module.get(v.module, 0) + v.nbytes
-            by_dtype[v.dtype] = by_dtype.get(v.dtype, 0) + v.nbytes
-    return {"saved_for_backward": sum(by_module.values()),
-            "autocast_weight_copies": sum(v.nbytes for v in saved if v.weight_copy),
-            "saved_by_module": by_module, "saved_by_dtype": by_dtype, "saved": tuple(saved)}
+    return saved
 
 
 def block_bytes_by_difference(cfg: GPTConfig, **kwargs: Any) -> tuple[int, int]:
