@@ -59,14 +59,17 @@ def test_gelu_block_by_hand() -> None:
 def test_swiglu_rope_block_by_hand() -> None:
     # T=96, d=128, f=352, a=4, k=2, h=32, bf16 autocast, no dropout:
     # norm1: input 96*128*4 + rstd 384; qkv input 24576; qkv 96*256*2 = 49152;
-    # rotated q and k 96*192*2 = 36864; attn out 24576; lse 1536; attention projection's
-    # output 24576 (norm2's input rebuilt from it) + norm2 rstd 384; mlp input 24576;
-    # gate, up and product 3*96*352*2 = 202752
-    expected = (49152 + 384 + 24576 + 49152 + 36864 + 24576 + 1536 + 24576 + 384 + 24576
-                + 202752)
+    # rotated q and k 96*192*2 = 36864; attn out 24576; lse 1536; norm2: the fp32 residual
+    # sum 96*128*4 + rstd 384 (the first block: the attention projection's bf16 output,
+    # 96*128*2, instead of the sum); mlp input 24576; gate, up and product 3*96*352*2
+    later = (49152 + 384 + 24576 + 49152 + 36864 + 24576 + 1536 + 49152 + 384 + 24576
+             + 202752)
     got = compiled_block_saved_terms(_llama(1, 0.0), 2, 48, precision="bf16-mixed",
                                      dropout=False)
-    assert sum(got.values()) == expected == 438528
+    assert sum(got.values()) == later == 463104
+    first = compiled_block_saved_terms(_llama(1, 0.0), 2, 48, precision="bf16-mixed",
+                                       dropout=False, first=True)
+    assert sum(first.values()) == later - 96 * 128 * 2
 
 
 def test_loss_keeps_bf16_logits_not_an_fp32_log_softmax() -> None:
@@ -119,12 +122,8 @@ def compiled() -> object:
     return pytest.importorskip("scaleplan.reference.compiled")
 
 
-CASES = [
-    ("gpt", 0.1, "bf16-mixed"),
-    ("gpt", 0.0, "32-true"),
-    ("llama", 0.0, "bf16-mixed"),
-    ("llama", 0.1, "bf16-mixed"),
-]
+CASES = [(layout, dropout, precision) for layout in ("gpt", "llama") for dropout in (0.0, 0.1)
+         for precision in ("32-true", "bf16-mixed")] + [("gpt", 0.1, "16-mixed")]
 
 
 @torch_only
@@ -132,10 +131,27 @@ CASES = [
 @pytest.mark.parametrize(("layout", "dropout", "precision"), CASES)
 def test_compiled_terms_match_inductor_partition(compiled: object, layout: str,
                                                  dropout: float, precision: str) -> None:
+    """The issue asks for 5%; on torch 2.13's CPU inductor every case is exact."""
     cfg = (_gpt if layout == "gpt" else _llama)(2, dropout)
     m = compiled.measure_compiled(  # type: ignore[attr-defined]
         cfg, micro_batch_size=2, seq_len=48, precision=precision)
     predicted = sum(compiled_saved_terms(cfg, 2, 48, precision=precision).values())
     assert abs(predicted - m.saved_for_backward) <= 0.05 * m.saved_for_backward
+    assert predicted == m.saved_for_backward
     assert m.autocast_weight_copies == autocast_weight_copy_bytes(cfg, precision)
     assert m.logits_saved  # the returned logits are a saved tensor: holding them is free
+    assert m.saved_by_dtype.get("bool", 0) == (0 if dropout == 0 else 5 * 96 * 128)
+
+
+@torch_only
+@pytest.mark.slow
+def test_one_later_block_by_difference(compiled: object) -> None:
+    """Measured at 2 and 3 layers, the difference is one later block: it keeps the fp32
+    residual sum where the first block keeps the attention projection's bf16 output."""
+    cfg = _llama(2, 0.0)
+    block, rest = compiled.block_bytes_by_difference(  # type: ignore[attr-defined]
+        cfg, micro_batch_size=2, seq_len=48, precision="bf16-mixed")
+    later = compiled_block_saved_terms(cfg, 2, 48, precision="bf16-mixed", dropout=False)
+    assert block == sum(later.values())
+    terms = compiled_saved_terms(cfg, 2, 48, precision="bf16-mixed")
+    assert rest == sum(terms.values()) - 2 * block

@@ -44,6 +44,7 @@ from scaleplan.memory.activations import (
     INDEX_BYTES,
     STAT_BYTES,
     CheckpointingKind,
+    DeviceKind,
     activation_bytes,
     param_dtype_bytes,
     residual_bytes,
@@ -52,6 +53,7 @@ from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
     "COMPILED_PRECISIONS",
+    "RNG_STATE_BYTES",
     "compiled_backward_start_bytes",
     "compiled_block_saved_terms",
     "compiled_embedding_saved_terms",
@@ -62,9 +64,15 @@ __all__ = [
 
 # The precisions whose compiled partitions were measured (fp32, and fp32 weights under autocast).
 COMPILED_PRECISIONS: tuple[Precision, ...] = ("32-true", "bf16-mixed", "16-mixed")
+# A checkpointed region keeps its device's RNG state to replay dropout: the CPU generator's
+# state (``torch.get_rng_state()``: 5056 bytes, measured) or CUDA's Philox seed and offset
+# (two 8-byte integers).
+RNG_STATE_BYTES: dict[str, int] = {"cuda": 16, "cpu": 5056, "cpu-cuda-semantics": 5056}
+SEED_BYTES = 8  # inductor's int64 seed per random op, kept under full checkpointing
 
 
-def _check(precision: Precision, checkpointing: CheckpointingKind) -> None:
+def _check(precision: Precision, checkpointing: CheckpointingKind, device: DeviceKind = "cuda",
+           dropout: bool = False) -> None:
     if precision not in COMPILED_PRECISIONS:
         raise ScaleplanError(
             f"compile=True is modelled for precision in {COMPILED_PRECISIONS}, not "
@@ -73,6 +81,10 @@ def _check(precision: Precision, checkpointing: CheckpointingKind) -> None:
         raise ScaleplanError(
             f"compile=True is modelled for checkpointing 'none' or 'full', not "
             f"{checkpointing!r}")
+    if device == "cpu" and dropout:
+        raise ScaleplanError(
+            "compile=True with dropout is modelled with CUDA's dropout (device='cuda' or "
+            "'cpu-cuda-semantics'), not CPU's float masks and math attention")
 
 
 def _norm_terms(cfg: GPTConfig, T: Any, prefix: str, input_bytes: int) -> dict[str, Any]:
@@ -87,20 +99,24 @@ def _norm_terms(cfg: GPTConfig, T: Any, prefix: str, input_bytes: int) -> dict[s
 
 
 def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
-                               checkpointing: CheckpointingKind = "none",
-                               dropout: bool) -> dict[str, Any]:
+                               checkpointing: CheckpointingKind = "none", dropout: bool,
+                               first: bool = False, device: DeviceKind = "cuda"
+                               ) -> dict[str, Any]:
     """Bytes one compiled transformer block saves for backward, by operation (SDPA attention).
+
+    ``first``: the model's first block (the one fed by the embedding), which differs in one
+    term for RMSNorm without dropout (below).
 
     With T = b s, d = n_embd, a/k = query/key-value heads, h = head_dim, f = mlp_hidden,
     e = activation bytes (4 for 32-true, 2 under autocast), r = residual-stream bytes (4 for
     32-true and under autocast):
 
     - LayerNorm: ``norm1_normalized``, ``norm2_normalized`` (T d x 4 each); RMSNorm:
-      ``norm1_input`` (the block's input, T d r) and, for the second norm, its input
-      ``norm2_input`` (T d r) with dropout, or without dropout ``attn_proj_out`` (T d e):
-      the partitioner keeps the attention projection's 16-bit output and rebuilds the residual
-      sum x + proj(y) from it and the block input it already keeps; ``norm1_rstd``,
-      ``norm2_rstd``: T x 4 each;
+      ``norm1_input`` (the block's input, T d r) and ``norm2_input``, the residual sum
+      x + proj(y) (T d r), except in the first block without dropout, where the partitioner
+      keeps the attention projection's output instead, ``attn_proj_out`` (T d e), and
+      rebuilds the sum from it and the embedding's output (measured at 2 and 3 layers: later
+      blocks keep the fp32 sum); ``norm1_rstd``, ``norm2_rstd``: T x 4 each;
     - ``qkv_input``, ``mlp_input``: T d e each (a gated MLP's gate and up projections share
       one cast input under compile, unlike eager autocast's two);
     - ``qkv``: T (a + 2k) h e, the fused projection's output, which SDPA's backward reads
@@ -112,19 +128,22 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
       SwiGLU/GeGLU: the gate and up projections' outputs and the product that feeds the down
       projection, 3 T f e (the activation itself is recomputed from the gate's output).
 
-    ``checkpointing="full"``: the block input (T d r).
+    ``checkpointing="full"`` (``torch.utils.checkpoint`` around each block, compiled as one
+    graph): ``block_input``, T d r (the first block's is the token embedding's output), and
+    ``rng_state``, the device RNG state the region keeps to replay its dropout
+    (`RNG_STATE_BYTES`; kept with or without dropout).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, bias=False)
     >>> t = compiled_block_saved_terms(cfg, 1, 4, precision="bf16-mixed", dropout=True)
     >>> t["qkv"], t["resid_dropout_masks"], t["norm1_normalized"]
     (192, 64, 128)
     """
-    _check(precision, checkpointing)
+    _check(precision, checkpointing, device, dropout)
     d, a, k, h, f = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
     T = b * s
     e, r = activation_bytes(precision), residual_bytes(precision)
     if checkpointing == "full":
-        return {"block_input": T * d * r}
+        return {"block_input": T * d * r, "rng_state": RNG_STATE_BYTES[device]}
     terms: dict[str, Any] = _norm_terms(cfg, T, "norm1", r)
     terms["qkv_input"] = T * d * e
     terms["qkv"] = T * (a + 2 * k) * h * e
@@ -134,7 +153,7 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
     terms["attn_lse"] = b * a * s * STAT_BYTES
     if dropout:
         terms["resid_dropout_masks"] = 2 * T * d * CUDA_MASK_BYTES
-    if cfg.norm == "rmsnorm" and not dropout:
+    if cfg.norm == "rmsnorm" and first and not dropout:
         terms["attn_proj_out"] = T * d * e
         terms["norm2_rstd"] = T * STAT_BYTES
     else:
@@ -147,7 +166,9 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
 def compiled_model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                                checkpointing: CheckpointingKind = "none") -> dict[str, Any]:
     """Saved once per model: RoPE's cos and sin buffers (whole, block_size x head_dim each, in
-    the parameter dtype), which every block's rotation backward reads.
+    the parameter dtype), which every block's rotation backward reads (checkpointed blocks
+    too: they are the regions' inputs); under full checkpointing with dropout, inductor's
+    seeds, one int64 per dropout (the embedding's and two per block).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, position="rope")
     >>> compiled_model_saved_terms(cfg, 1, 4, precision="bf16-mixed")
@@ -155,45 +176,59 @@ def compiled_model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
     """
     _check(precision, checkpointing)
     del b, s
-    if cfg.position != "rope" or checkpointing == "full":
-        return {}
-    return {"rope_tables": 2 * cfg.block_size * cfg.head_dim * param_dtype_bytes(precision)}
+    terms: dict[str, Any] = {}
+    if cfg.position == "rope":
+        terms["rope_tables"] = 2 * cfg.block_size * cfg.head_dim * param_dtype_bytes(precision)
+    if checkpointing == "full" and cfg.dropout > 0:
+        terms["dropout_seeds"] = (1 + 2 * cfg.n_layer) * SEED_BYTES
+    return terms
 
 
 def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
-                                   dropout: bool) -> dict[str, Any]:
+                                   dropout: bool, checkpointing: CheckpointingKind = "none"
+                                   ) -> dict[str, Any]:
     """The embedding's int64 token ids (b s), learned positions' int64 ids (s) and, with
-    dropout, a bool mask (b s d).
+    dropout, a bool mask (b s d). Under full checkpointing, learned positions also keep the
+    position embedding's output (s d r): the first block's input is rebuilt from the token
+    and position embeddings' outputs, whose sum is not kept.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_embedding_saved_terms(cfg, 2, 4, precision="bf16-mixed", dropout=True)
     {'token_ids': 64, 'position_ids': 32, 'embedding_dropout_mask': 64}
     """
-    _check(precision, "none")
+    _check(precision, checkpointing)
     terms: dict[str, Any] = {"token_ids": b * s * INDEX_BYTES}
     if cfg.position == "learned":
         terms["position_ids"] = s * INDEX_BYTES
+        if checkpointing == "full":
+            terms["position_output"] = s * cfg.n_embd * residual_bytes(precision)
     if dropout:
         terms["embedding_dropout_mask"] = b * s * cfg.n_embd * CUDA_MASK_BYTES
     return terms
 
 
-def compiled_head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *,
-                              precision: Precision) -> dict[str, Any]:
+def compiled_head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                              checkpointing: CheckpointingKind = "none") -> dict[str, Any]:
     """The final norm, the output layer's input and the fused cross-entropy.
 
     ``logits``: T V e (bf16 under autocast: the compiled loss upcasts inside its kernels and
     keeps no fp32 log-softmax); ``logsumexp``: each row's max and log(sum(exp)), 2 T x 4;
-    ``targets``: T int64 ids plus the fp32 scalar the mean divides by.
+    ``targets``: T int64 ids plus the fp32 scalar the mean divides by. The final norm keeps
+    what `compiled_block_saved_terms` says a norm keeps; under full checkpointing only its
+    statistics (LayerNorm's mean and rstd, RMSNorm's rstd, T x 4 each): its input, the last
+    block's output, is rebuilt with that block.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_head_saved_terms(cfg, 1, 4, precision="bf16-mixed")["logits"]
     128
     """
-    _check(precision, "none")
+    _check(precision, checkpointing)
     T = b * s
-    r = residual_bytes(precision)
-    terms = _norm_terms(cfg, T, "final_norm", r) if cfg.final_norm else {}
+    terms: dict[str, Any] = {}
+    if cfg.final_norm and checkpointing == "full":
+        terms["final_norm_stats"] = (2 if cfg.norm == "layernorm" else 1) * T * STAT_BYTES
+    elif cfg.final_norm:
+        terms.update(_norm_terms(cfg, T, "final_norm", residual_bytes(precision)))
     e = activation_bytes(precision)
     terms["lm_head_input"] = T * cfg.n_embd * e
     terms["logits"] = T * cfg.vocab_size * e
@@ -203,10 +238,11 @@ def compiled_head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *,
 
 
 def compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
-                         checkpointing: CheckpointingKind = "none",
+                         checkpointing: CheckpointingKind = "none", device: DeviceKind = "cuda",
                          layers: Any = None) -> dict[str, Any]:
-    """Every saved term of a compiled model, block terms times ``layers`` (default all):
-    what `scaleplan.memory.training`'s ``saved`` dict holds, for ``compile=True``.
+    """Every saved term of a compiled model: the first block's terms plus ``layers - 1``
+    (default ``n_layer - 1``, ``layers`` >= 1) times a later block's, the model, embedding and
+    head terms: what `scaleplan.memory.training`'s ``saved`` dict holds, for ``compile=True``.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> sum(compiled_saved_terms(cfg, 1, 4, precision="32-true").values())  # 64 + 2 x 2112 + 596
@@ -214,14 +250,18 @@ def compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     """
     dropout = cfg.dropout > 0
     n = cfg.n_layer if layers is None else layers
-    out: dict[str, Any] = dict(compiled_embedding_saved_terms(cfg, b, s, precision=precision,
-                                                              dropout=dropout))
-    block = compiled_block_saved_terms(cfg, b, s, precision=precision,
+    out: dict[str, Any] = dict(compiled_embedding_saved_terms(
+        cfg, b, s, precision=precision, dropout=dropout, checkpointing=checkpointing))
+    first = compiled_block_saved_terms(cfg, b, s, precision=precision, device=device,
+                                       checkpointing=checkpointing, dropout=dropout, first=True)
+    block = compiled_block_saved_terms(cfg, b, s, precision=precision, device=device,
                                        checkpointing=checkpointing, dropout=dropout)
-    out.update({name: n * v for name, v in block.items()})
+    for name in {**first, **block}:
+        out[name] = first.get(name, 0) + (n - 1) * block.get(name, 0)
     out.update(compiled_model_saved_terms(cfg, b, s, precision=precision,
                                           checkpointing=checkpointing))
-    out.update(compiled_head_saved_terms(cfg, b, s, precision=precision))
+    out.update(compiled_head_saved_terms(cfg, b, s, precision=precision,
+                                         checkpointing=checkpointing))
     return out
 
 
