@@ -155,3 +155,29 @@ def test_one_later_block_by_difference(compiled: object) -> None:
     assert block == sum(later.values())
     terms = compiled_saved_terms(cfg, 2, 48, precision="bf16-mixed")
     assert rest == sum(terms.values()) - 2 * block
+
+
+def test_full_checkpointing_by_hand() -> None:
+    # nanoGPT layout, 2 layers, T=96, d=128, V=512, bf16 autocast, dropout 0.1, CPU RNG:
+    # token ids 768 + position ids 384 + position embedding output 48*128*4 + embedding mask
+    # 96*128; per block its fp32 input 96*128*4 and the CPU generator state 5056; five int64
+    # seeds; the final LayerNorm's mean and rstd 2*96*4; lm_head input 96*128*2; bf16 logits
+    # 96*512*2; max and log-sum-exp 2*96*4; targets 768 + 4.
+    expected = (768 + 384 + 24576 + 12288 + 2 * (49152 + 5056) + 5 * 8 + 768 + 24576
+                + 98304 + 768 + 772)
+    got = compiled_saved_terms(_gpt(2, 0.1), 2, 48, precision="bf16-mixed",
+                               checkpointing="full", device="cpu-cuda-semantics")
+    assert sum(got.values()) == expected == 271660
+
+
+@torch_only
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["gpt", "llama"])
+def test_full_checkpointing_matches_inductor_partition(compiled: object, layout: str) -> None:
+    cfg = (_gpt if layout == "gpt" else _llama)(2, 0.1)
+    m = compiled.measure_compiled(  # type: ignore[attr-defined]
+        cfg, micro_batch_size=2, seq_len=48, precision="bf16-mixed", checkpointing=True)
+    predicted = sum(compiled_saved_terms(cfg, 2, 48, precision="bf16-mixed",
+                                         checkpointing="full",
+                                         device="cpu-cuda-semantics").values())
+    assert predicted == m.saved_for_backward
