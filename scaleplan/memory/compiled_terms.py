@@ -87,6 +87,25 @@ def _check(precision: Precision, checkpointing: CheckpointingKind, device: Devic
             "'cpu-cuda-semantics'), not CPU's float masks and math attention")
 
 
+# Options of `GPTConfig` the compiled partitions were not measured with: each must keep its
+# default (the reference GPT's layout).
+_UNMEASURED_OPTIONS = ("qk_norm", "norm_position", "parallel", "norm_affine", "embedding_norm",
+                       "position_offset", "rotary_fraction", "sliding_window", "attn_softcap",
+                       "final_softcap", "mla", "moe", "lm_head_bias")
+
+
+def _check_layout(cfg: GPTConfig) -> None:
+    fields = type(cfg).model_fields
+    odd = [name for name in _UNMEASURED_OPTIONS
+           if name in fields and getattr(cfg, name) != fields[name].default]
+    if cfg.position not in ("learned", "rope"):
+        odd.append("position")
+    if odd:
+        raise ScaleplanError(
+            f"compile=True is modelled for the reference layout (pre-norm, learned or RoPE "
+            f"positions, dense MLP); {', '.join(odd)} not yet: use compile=False")
+
+
 def _norm_terms(cfg: GPTConfig, T: Any, prefix: str, input_bytes: int) -> dict[str, Any]:
     """A decomposed norm. LayerNorm's backward reads ``x_hat`` = (x - mean) rstd, which the
     partitioner keeps (T d, fp32: the decomposition computes in fp32 under autocast) rather
@@ -113,10 +132,11 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
 
     - LayerNorm: ``norm1_normalized``, ``norm2_normalized`` (T d x 4 each); RMSNorm:
       ``norm1_input`` (the block's input, T d r) and ``norm2_input``, the residual sum
-      x + proj(y) (T d r), except in the first block without dropout, where the partitioner
-      keeps the attention projection's output instead, ``attn_proj_out`` (T d e), and
-      rebuilds the sum from it and the embedding's output (measured at 2 and 3 layers: later
-      blocks keep the fp32 sum); ``norm1_rstd``, ``norm2_rstd``: T x 4 each;
+      x + proj(y) (T d r), except in the first block without dropout when x is the token
+      embedding's output itself (no learned positions), where the partitioner keeps the
+      attention projection's output instead, ``attn_proj_out`` (T d e), and rebuilds the sum
+      from it and the embedding's output (measured at 2 and 3 layers: later blocks, whose x
+      is itself a sum, keep the fp32 sum); ``norm1_rstd``, ``norm2_rstd``: T x 4 each;
     - ``qkv_input``, ``mlp_input``: T d e each (a gated MLP's gate and up projections share
       one cast input under compile, unlike eager autocast's two);
     - ``qkv``: T (a + 2k) h e, the fused projection's output, which SDPA's backward reads
@@ -139,6 +159,7 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
     (192, 64, 128)
     """
     _check(precision, checkpointing, device, dropout)
+    _check_layout(cfg)
     d, a, k, h, f = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
     T = b * s
     e, r = activation_bytes(precision), residual_bytes(precision)
@@ -153,7 +174,7 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
     terms["attn_lse"] = b * a * s * STAT_BYTES
     if dropout:
         terms["resid_dropout_masks"] = 2 * T * d * CUDA_MASK_BYTES
-    if cfg.norm == "rmsnorm" and first and not dropout:
+    if cfg.norm == "rmsnorm" and first and not dropout and cfg.position != "learned":
         terms["attn_proj_out"] = T * d * e
         terms["norm2_rstd"] = T * STAT_BYTES
     else:
@@ -188,9 +209,10 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
                                    dropout: bool, checkpointing: CheckpointingKind = "none"
                                    ) -> dict[str, Any]:
     """The embedding's int64 token ids (b s), learned positions' int64 ids (s) and, with
-    dropout, a bool mask (b s d). Under full checkpointing, learned positions also keep the
-    position embedding's output (s d r): the first block's input is rebuilt from the token
-    and position embeddings' outputs, whose sum is not kept.
+    dropout, a bool mask (b s d). Where the first block's input itself is not kept (full
+    checkpointing; RMSNorm, whose backward rebuilds it), learned positions also keep the
+    position embedding's output (s d r): that input is rebuilt from the token and position
+    embeddings' outputs (the token one is counted as the first block's input).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_embedding_saved_terms(cfg, 2, 4, precision="bf16-mixed", dropout=True)
@@ -200,7 +222,7 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
     terms: dict[str, Any] = {"token_ids": b * s * INDEX_BYTES}
     if cfg.position == "learned":
         terms["position_ids"] = s * INDEX_BYTES
-        if checkpointing == "full":
+        if checkpointing == "full" or cfg.norm == "rmsnorm":
             terms["position_output"] = s * cfg.n_embd * residual_bytes(precision)
     if dropout:
         terms["embedding_dropout_mask"] = b * s * cfg.n_embd * CUDA_MASK_BYTES
