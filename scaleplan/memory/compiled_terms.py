@@ -8,9 +8,10 @@ smaller saved value; matmuls, SDPA and random ops are never recomputed. What tha
 operation of the reference block (read from the partitioned graphs by
 `scaleplan.reference.compiled`, torch 2.13, CPU inductor with CUDA's dropout semantics):
 
-- a norm (LayerNorm or RMSNorm, decomposed): the normalised input ``x_hat`` (T d, fp32: the
-  decomposition computes in fp32 under autocast) and its reciprocal std (T, fp32); the mean is
-  recomputed from ``x_hat``'s producer, and the input itself is not kept;
+- a norm (decomposed): LayerNorm keeps the normalised input ``x_hat`` (T d, fp32: the
+  decomposition computes in fp32 under autocast), not its input; RMSNorm keeps its input (the
+  residual stream, or what rebuilds it: see `compiled_block_saved_terms`); both keep the
+  reciprocal std (T, fp32), neither the mean;
 - a linear layer: its input in the matmul dtype (``qkv_input``, ``mlp_input``,
   ``lm_head_input``: the norm output times its weight, cast under autocast);
 - SDPA (flash/efficient: out and log-sum-exp): q, k and v through the views of the fused
