@@ -36,6 +36,8 @@ from scaleplan.model.params import count_params
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "validation" / "validation.json"
 POINTS: list[dict[str, Any]] = json.loads(REPORT.read_text())
+NANOGPT_LAYOUT = POINTS[:98]  # the grid before issue 18: nanoGPT's module names and layout
+ARCHITECTURES = POINTS[98:]  # issue 18's: MoE, MLA, sliding windows, QK-norms, parallel blocks...
 
 # Which of scaleplan's saved-tensor terms each group of the harness's modules saves. The harness
 # attributes each storage to the innermost module that saved it (``saved_by_module``), so these
@@ -96,8 +98,9 @@ def _term_sum(breakdown: dict[str, int], terms: tuple[str, ...]) -> int:
 
 def test_the_report_covers_the_whole_grid() -> None:
     # 4 tiny configs x (2 dropouts x (2 attentions x 5 precisions + checkpointing + CUDA
-    # dropout semantics)) + GPT-2 XL + Llama-2-7B = 4 x 24 + 2 = 98 points, all measured on CPU.
-    assert len(POINTS) == 98
+    # dropout semantics)) + GPT-2 XL + Llama-2-7B = 4 x 24 + 2 = 98 points, all measured on CPU;
+    # then issue 18's 11 architectures (MoE, MLA, windows, norms, ...) at 2 shapes: 120.
+    assert len(POINTS) == 98 + 11 * 2
     assert {p["measurement"]["device"] for p in POINTS} == {"cpu"}
     assert sum(p["measurement"]["checkpointing"] for p in POINTS) == 8
     assert sum(p["measurement"]["fake"] for p in POINTS) == 2
@@ -122,7 +125,7 @@ def test_params_flops_and_saved_bytes_equal_the_measurement(point: dict[str, Any
         assert pred.autocast_weight_copies == m["autocast_weight_copies"]
 
 
-@pytest.mark.parametrize("point", POINTS, ids=_point_id)
+@pytest.mark.parametrize("point", NANOGPT_LAYOUT, ids=_point_id)
 def test_every_saved_term_group_equals_the_modules_that_saved_it(point: dict[str, Any]) -> None:
     m = point["measurement"]
     by_module: dict[str, int] = m["saved_by_module"]
@@ -140,7 +143,7 @@ def test_every_saved_term_group_equals_the_modules_that_saved_it(point: dict[str
     assert seen_terms == set(breakdown)
 
 
-@pytest.mark.parametrize("point", POINTS, ids=_point_id)
+@pytest.mark.parametrize("point", NANOGPT_LAYOUT, ids=_point_id)
 def test_tensor_peak_within_the_documented_tolerance(point: dict[str, Any]) -> None:
     m = point["measurement"]
     predicted, measured = _memory(point).tensor_peak, m["peak_bytes"]
@@ -150,3 +153,22 @@ def test_tensor_peak_within_the_documented_tolerance(point: dict[str, Any]) -> N
         assert predicted == pytest.approx(measured, rel=0.05)
     else:
         assert 0 <= measured - predicted <= 4
+
+
+def test_the_architecture_points_use_the_new_options() -> None:
+    # the last 22 points are issue 18's architectures; the first 98 use none of their options
+    assert all(GPTConfig.model_validate(p["measurement"]["config"]).moe is None
+               and p["measurement"]["config"].get("mla") is None for p in NANOGPT_LAYOUT)
+    configs = [_config(p) for p in ARCHITECTURES]
+    assert sum(c.moe is not None for c in configs) >= 4 and any(c.mla for c in configs)
+    assert any(c.sliding_window for c in configs) and any(c.parallel != "none" for c in configs)
+
+
+@pytest.mark.parametrize("point", ARCHITECTURES, ids=_point_id)
+def test_architecture_peaks_are_at_most_4_percent_low(point: dict[str, Any]) -> None:
+    # Saved bytes are exact on these points (above); the step's peak is exact for 13 of the 22
+    # and below the measured one for the rest: Mixtral by 3.0-4.0% (the routing's transient
+    # index and weight buffers live at the peak moment are not modelled), OPT-350m by 1.3%,
+    # DeepSeek by up to 1.0%, GPT-J by 0.07%. Never above it.
+    predicted, measured = _memory(point).tensor_peak, point["measurement"]["peak_bytes"]
+    assert 0 <= measured - predicted <= 0.041 * measured
