@@ -169,6 +169,10 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                    help="torch's AdamW implementation, for the optimizer step's temporaries: "
                    + names_with_aliases(OPTIMIZER_IMPLS, OPTIMIZER_IMPL_ALIASES)
                    + " (default: torch's, foreach on CUDA)")
+    q.add_argument("--compile", action="store_true",
+                   help="the model runs under torch.compile (nanoGPT's default): what inductor "
+                   "saves for backward (bf16 logits, no fp32 log-softmax, bool dropout masks); "
+                   "SDPA attention, one GPU or data parallelism")
     q.add_argument("--attention", choices=get_args(AttentionKind), default="flash",
                    help="flash (SDPA, no s x s scores kept) or eager (default: %(default)s)")
     mfu = q.add_mutually_exclusive_group()
@@ -190,6 +194,8 @@ def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
                                "mfu": args.mfu}
     if args.optimizer_impl is not None:
         options["optimizer_impl"] = args.optimizer_impl
+    if args.compile:
+        options["compile"] = True
     split = args.tensor_parallel * args.pipeline_parallel
     if args.zero or args.fsdp or split > 1 or args.expert_parallel > 1:
         if world_size % split:

@@ -43,7 +43,8 @@ _REPEATED: tuple[tuple[str, str, object], ...] = (
     ("--total-tokens", "total_tokens", None), ("--hours", "hours", None),
     ("--precision", "precision", "auto"), ("--zero", "zero", 0), ("--fsdp", "fsdp", None),
     ("--checkpointing", "checkpointing", "none"), ("--optimizer", "optimizer", "adamw"),
-    ("--optimizer-impl", "optimizer_impl", None), ("--attention", "attention", "flash"),
+    ("--optimizer-impl", "optimizer_impl", None), ("--compile", "compile", False),
+    ("--attention", "attention", "flash"),
     ("--mfu", "mfu", None),
     ("--nanogpt-mfu", "nanogpt_mfu", None), ("--law", "law", "chinchilla"),
     ("--data", "data", None))
@@ -92,7 +93,7 @@ def command_line(args: argparse.Namespace, changes: Mapping[str, object] | None 
             given.pop("--fsdp", None)
     words = ["scaleplan", "plan", _quote(args.model)]
     for flag, value in given.items():
-        words += [flag, _quote(str(value))]
+        words += [flag] if value is True else [flag, _quote(str(value))]  # True: a switch
     return " ".join(words)
 
 

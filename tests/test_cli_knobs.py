@@ -357,3 +357,25 @@ def test_model_parallel_flags_must_divide_the_world_size(
     assert "--world-size 6 is not a multiple of --tensor-parallel 4 x --pipeline-parallel 1" in err
     assert main(["plan", "gpt2", "--tensor-parallel", "0"]) == 2
     assert "--tensor-parallel" in capsys.readouterr().err
+
+
+# --- torch.compile -------------------------------------------------------------------------------
+
+def test_compile_lets_the_seed_run_use_its_micro_batch_16(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The seed run (n_embd 384, dropout 0.1, micro-batch 16 x 1024, compile on, nanoGPT's
+    # default) trained on an RTX 4070: with --compile, 16 fits; without it, 8 is the largest.
+    seed = tmp_path / "train_fineweb.py"
+    seed.write_text("n_layer = 12\nn_head = 12\nn_embd = 384\ndropout = 0.1\n"
+                    "batch_size = 16\ngradient_accumulation_steps = 32\n")
+    eager = _plan_json(capsys, str(seed), "--gpu", "RTX 4070")
+    compiled = _plan_json(capsys, str(seed), "--gpu", "RTX 4070", "--compile")
+    assert (eager["micro_batch_size"], compiled["micro_batch_size"]) == (8, 16)
+    assert _memory(compiled)["total"] <= 12 * 2**30 < _memory(eager)["total"] * 2
+
+
+def test_compile_is_a_switch_in_the_reproduced_command() -> None:
+    from scaleplan.cli_output import command_line
+
+    ns = build_parser().parse_args(["plan", "gpt2", "--gpu", "A100", "--compile"])
+    assert command_line(ns) == "scaleplan plan gpt2 --gpu A100 --compile"  # no "True"

@@ -122,6 +122,35 @@ def test_seed_run_fits_an_rtx_4070_with_compile() -> None:
     embedding = T * 8 + 1024 * 8 + T * 384  # token ids, position ids, bool dropout mask
     head = T * 1540 + T * 768 + T * 50304 * 2 + 2 * T * 4 + T * 8 + 4
     assert saved == 12 * block + embedding + head
+    # training_memory(compile=True) is that assembly: the acceptance, through the API
+    compiled = training_memory(SEED, micro_batch_size=16, seq_len=1024, precision="bf16-mixed",
+                               compile=True)
+    assert compiled.saved_for_backward == saved
+    assert compiled.peak_moment == "backward_start"
+    assert compiled.total == pytest.approx(total, abs=1)  # the slack rounds up to a whole byte
+    assert compiled.total <= RTX_4070_BYTES < eager.total
+
+
+def test_plan_with_compile_picks_the_seed_runs_micro_batch() -> None:
+    # The seed run used micro-batch 16 x 1024 with compile on its RTX 4070 (seed case); without
+    # compile's terms the plan could only offer 8, with them 16 fits.
+    from scaleplan.planning.planner import plan
+
+    kw = {"seq_len": 1024, "tokens_per_step": 2**19}
+    assert plan(SEED, "RTX 4070", compile=True, **kw).micro_batch_size == 16
+    assert plan(SEED, "RTX 4070", **kw).micro_batch_size == 8
+
+
+def test_compile_is_refused_where_it_is_not_modelled() -> None:
+    from scaleplan.memory.parallel import Parallelism
+
+    with pytest.raises(ScaleplanError, match="compile=True is modelled for data parallelism"):
+        training_memory(SEED, micro_batch_size=1, seq_len=64, compile=True,
+                        parallelism=Parallelism(tensor=2))
+    with pytest.raises(ScaleplanError, match="compile=True is modelled with attention='flash'"):
+        training_memory(SEED, micro_batch_size=1, seq_len=64, compile=True, attention="eager")
+    with pytest.raises(ScaleplanError, match="compile='yes' must be True or False"):
+        training_memory(SEED, micro_batch_size=1, seq_len=64, compile="yes")  # type: ignore[arg-type]
 
 
 torch_only = pytest.mark.torch

@@ -47,12 +47,13 @@ class StepOptions:
     hold_logits: bool
     cuda_context_bytes: int
     allocator_slack_fraction: float
+    compile: bool = False
 
 
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,
-                 allocator_slack_fraction: Any) -> StepOptions:
+                 allocator_slack_fraction: Any, compile: Any = False) -> StepOptions:
     """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
     normalised (aliases resolved, numbers as exact Python types); the layout checked against
     ``cfg``."""
@@ -60,20 +61,22 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
         cfg, precision=precision, optimizer=optimizer, attention=attention,
         checkpointing=checkpointing, device=device, parallelism=parallelism,
         optimizer_impl=optimizer_impl, hold_logits=hold_logits,
-        cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction)
+        cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction,
+        compile=compile)
 
 
 def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                        checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                        hold_logits: Any, cuda_context_bytes: Any,
-                       allocator_slack_fraction: Any) -> StepOptions:
+                       allocator_slack_fraction: Any, compile: Any) -> StepOptions:
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     one_of("attention", attention, ("flash", "eager"))
     one_of("checkpointing", checkpointing, ("none", "selective", "full"))
     one_of("device", device, ("cuda", "cpu", "cpu-cuda-semantics"))
     impl = normalize_optimizer_impl(optimizer_impl)
-    if not isinstance(hold_logits, bool):
-        raise ScaleplanError(f"hold_logits={shown(hold_logits)} must be True or False")
+    for name, flag in (("hold_logits", hold_logits), ("compile", compile)):
+        if not isinstance(flag, bool):
+            raise ScaleplanError(f"{name}={shown(flag)} must be True or False")
     context = whole("cuda_context_bytes", cuda_context_bytes, minimum=0, maximum=MAX_BYTES,
                     example="cuda_context_bytes=2**29")
     slack = real("allocator_slack_fraction", allocator_slack_fraction, inclusive=True,
@@ -87,10 +90,16 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                              "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
     par.check(cfg)
     refuse_unmodelled(cfg)
+    if compile and par.tensor * par.pipeline > 1:
+        raise ScaleplanError("compile=True is modelled for data parallelism (DDP, ZeRO, FSDP), "
+                             "not yet with tensor or pipeline parallelism; use compile=False")
+    if compile and attention == "eager":
+        raise ScaleplanError("compile=True is modelled with attention='flash' (SDPA), not "
+                             "'eager'; use attention='flash' or compile=False")
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
-                       allocator_slack_fraction=slack)
+                       allocator_slack_fraction=slack, compile=compile)
 
 
 _step_options = per_config(_step_options_body)

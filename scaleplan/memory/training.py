@@ -18,28 +18,30 @@ from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import (
     AUTOCAST,
     FP32_BYTES,
-    TENSOR_PARALLEL_SPLIT_TERMS,
     AttentionKind,
     CheckpointingKind,
     DeviceKind,
     activation_bytes,
     autocast_weight_copy_bytes,
-    block_saved_terms,
     embedding_saved_terms,
     head_saved_terms,
     layers_saved_terms,
     model_saved_terms,
     residual_bytes,
 )
+from scaleplan.memory.compiled_terms import (
+    compiled_backward_start_bytes,
+    compiled_saved_terms,
+)
 from scaleplan.memory.options import overhead_bytes, step_options
-from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
+from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import (
     OptimizerImpl,
-    mlp_gradient_buffer,
     model_states,
     optimizer_temporaries,
     per_rank,
 )
+from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.units import format_gib
@@ -224,7 +226,7 @@ def training_memory(
     checkpointing: CheckpointingKind = "none", device: DeviceKind = "cuda",
     parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
     hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
-    allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
+    allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION, compile: bool = False,
 ) -> MemoryBreakdown:
     """Memory one GPU needs to train ``cfg`` for one optimizer step.
 
@@ -248,6 +250,10 @@ def training_memory(
             is computed (``_, loss = model(X, Y)``).
         cuda_context_bytes: CUDA context size (default `CUDA_CONTEXT_BYTES`).
         allocator_slack_fraction: allocator slack as a fraction of the tensor peak.
+        compile: the model runs under ``torch.compile`` (nanoGPT's default): what inductor's
+            partition saves (`scaleplan.memory.compiled_terms`: bf16 logits and no fp32
+            log-softmax, bool dropout masks, cheap pointwise ops recomputed), measured exactly
+            on CPU for the reference layout with SDPA attention, one GPU or data parallelism.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``). The worst moment is the largest of
@@ -275,36 +281,28 @@ def training_memory(
                      checkpointing=checkpointing, device=device, parallelism=parallelism,
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
-                     allocator_slack_fraction=allocator_slack_fraction)
+                     allocator_slack_fraction=allocator_slack_fraction, compile=compile)
     micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
     par = o.parallelism
     stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
     found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
                            o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
-                           stage) for stage in stages]
+                           stage, o.compile) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = overhead_bytes(o, tensor_peak)
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
                            tensor_peak=tensor_peak)
 
 
-def _split(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
-    """Each saved term per tensor-parallel rank (`tensor_parallel_split`)."""
-    if par.tensor == 1:
-        return terms
-    return {k: tensor_parallel_split(0, v, t=par.tensor, sequence_parallel=par.sequence_parallel)
-            if k in TENSOR_PARALLEL_SPLIT_TERMS else
-            tensor_parallel_split(v, 0, t=par.tensor, sequence_parallel=par.sequence_parallel)
-            for k, v in terms.items()}
-
-
 def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerName,
                   attention: AttentionKind, checkpointing: CheckpointingKind,
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
-                  hold_logits: bool, stage: Stage) -> tuple[int, dict[str, Any]]:
+                  hold_logits: bool, stage: Stage,
+                  compiled: bool) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
     W, G, O, saved, copies, all_copies, held, moments = stage_parts(
-        cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage)
+        cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
+        compiled=compiled)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
     worst = moments[moment] + held
@@ -313,33 +311,29 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
     return tensor_peak, dict(
         weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
         autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
-        logits=int(saved.get("log_softmax", 0) + saved.get("targets", 0)),
+        logits=int(sum(saved.get(k, 0) for k in ("log_softmax", "logits", "logsumexp",
+                                                  "targets"))),
         peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
 
 
 def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                  attention: AttentionKind, checkpointing: CheckpointingKind,
                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
-                 hold_logits: bool, stage: Stage) -> tuple[Any, ...]:
+                 hold_logits: bool, stage: Stage, *, compiled: bool = False) -> tuple[Any, ...]:
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
-    moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work."""
+    moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
+    ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`; one stage, no tensor
+    parallelism, as `step_options` checks)."""
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
-    dropout = cfg.dropout > 0
-    saved: dict[str, Any] = {}
-    if embeds:
-        emb = embedding_saved_terms(cfg, b, s, precision=p, device=device, dropout=dropout)
-        saved.update({k: in_flight * v for k, v in _split(emb, par).items()})
-    blocks = layers_saved_terms(cfg, b, s, layers, precision=p, attention=attention,
-                                checkpointing=checkpointing, device=device, dropout=dropout,
-                                each=lambda terms: _split(terms, par))
-    saved.update({k: in_flight * v for k, v in blocks.items()})
-    saved.update(_split(model_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                          checkpointing=checkpointing, device=device), par))
-    if heads:
-        saved.update(_split(head_saved_terms(cfg, b, s, precision=p, device=device), par))
+    if compiled:
+        saved = compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                     device=device, layers=layers)
+    else:
+        saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
+                             in_flight, embeds, heads)
     S = sum(saved.values())
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
@@ -352,18 +346,20 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     held = TV * e if hold_logits else 0
-    moments: dict[str, Any] = {
-        "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
-        "backward_start": S + copies + 2 * TV * loss_bytes,
-        "optimizer_step": temp,
-    }
+    if compiled:  # the returned logits are the saved ones: held only once backward freed them
+        moments: dict[str, Any] = {
+            "forward_end": S + all_copies,
+            "backward_start": S + copies + compiled_backward_start_bytes(cfg, b, s, precision=p),
+            "optimizer_step": temp + held,
+        }
+        held = 0
+    else:
+        moments = {
+            "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+            "backward_start": S + copies + 2 * TV * loss_bytes,
+            "optimizer_step": temp,
+        }
     if checkpointing == "full":
-        full = _split(block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                        checkpointing="none", device=device, dropout=dropout,
-                                        kind="moe" if cfg.moe is not None else "dense"), par)
-        loss_side = sum(v for k, v in saved.items() if k.startswith(("final_norm", "lm_head",
-                                                                      "log_softmax", "targets")))
-        moments["recompute"] = (S - loss_side + copies + sum(full.values())
-                                + (all_copies - copies) // max(layers, 1)
-                                + mlp_gradient_buffer(cfg, p, par))
+        moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
+                                                 copies, all_copies, layers, compiled)
     return W, G, O, saved, copies, all_copies, held, moments
