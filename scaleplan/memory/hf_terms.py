@@ -45,6 +45,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
+
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
@@ -162,8 +164,23 @@ def _attention(family: str, cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     if not eager and not (dropout and device == "cpu"):
         return _flash(family, cfg, b, s, e)
     mask = 1 if device == "cuda" else (e if family == "gpt2" else FP32)
-    return _math(cfg, b, s, e, eager=eager, autocast=autocast, dropout=dropout,
-                 mask_bytes=mask)
+    terms = _math(cfg, b, s, e, eager=eager, autocast=autocast, dropout=dropout,
+                  mask_bytes=mask)
+    # At b = 1 matmul folds (1, a, s, h) into (a, s, h) without a copy, so a v that is a view of
+    # the fused q/k/v output (GPT-2, GPT-NeoX; not cast, so in e bytes) is saved as that whole
+    # storage, 3 a h per token instead of a h. GPT-2's eager q and k are views of it too (its
+    # three copies become that one storage, the same bytes); the math kernel scales q and k.
+    math_fp32 = not eager and not autocast
+    if _is_one(b) and ((family == "gpt_neox" and (eager or math_fp32))
+                       or (family == "gpt2" and math_fp32)):
+        terms["fused_qkv_view"] = 2 * b * s * cfg.n_head * cfg.head_dim * e
+    return terms
+
+
+def _is_one(b: Any) -> bool:
+    """True for a micro-batch of exactly one sequence given as a Python or numpy integer (arrays
+    and symbols are taken as b > 1, the copy-making case)."""
+    return isinstance(b, int | np.integer) and int(b) == 1
 
 
 def _mlp(family: str, cfg: GPTConfig, T: Any, e: int, autocast: bool) -> dict[str, Any]:
@@ -277,7 +294,9 @@ def hf_head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms = _norm(family, T, cfg.n_embd, "final_norm")
     terms["lm_head_input"] = T * cfg.n_embd * _act(precision)
     terms["log_softmax"] = T * cfg.vocab_size * FP32
-    terms["targets"] = T * INDEX + FP32
+    # the labels padded by one and shifted: ``[..., 1:].contiguous()`` copies them for b > 1; at
+    # b = 1 the slice is contiguous already and the padded storage (s + 1 ids) is what is kept
+    terms["targets"] = (s + 1 if _is_one(b) else T) * INDEX + FP32
     return terms
 
 
