@@ -1,4 +1,4 @@
-"""Bytes Hugging Face transformers' modeling code saves for backward, derived operation by operation.
+"""Bytes Hugging Face transformers' modeling code saves for backward, derived per operation.
 
 The terms follow `scaleplan.memory.activations` (a dict of named byte terms per block, per model,
 for the embedding and for the head; plain ``+``/``*`` on ``b`` and ``s``), but each term is one
@@ -309,7 +309,7 @@ def hf_saved_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
     >>> hf_saved_bytes(cfg, 1, 4, precision="32-true", checkpointing=True)
-    1060
+    908
     """
     family = family or hf_family(cfg)
     kw: dict[str, Any] = {"precision": precision, "family": family}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import itertools
 import sys
 from pathlib import Path
@@ -92,8 +93,7 @@ class HFMeasurement(BaseModel):
 
 
 def _build(cfg: GPTConfig, family: HFFamily, attention: HFAttention) -> Any:
-    import transformers
-
+    transformers: Any = importlib.import_module("transformers")
     raw = hf_config(cfg, family)
     model_type = raw.pop("model_type")
     hf_cfg = transformers.AutoConfig.for_model(model_type, **raw)
@@ -112,13 +112,16 @@ def measure_hf(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int, seq_l
         micro_batch_size, seq_len: The batch (random token ids; labels = the ids).
         precision: "32-true" or "bf16-mixed" (``torch.autocast("cpu", torch.bfloat16)``).
         attention: transformers' ``attn_implementation``, "sdpa" or "eager".
-        checkpointing: ``model.gradient_checkpointing_enable()`` (transformers' defaults).
+        checkpointing: ``model.activation_checkpointing_enable()`` (transformers' defaults:
+            non-reentrant checkpoint per decoder layer; ``gradient_checkpointing_enable`` before
+            5.25, which now forwards to it with a deprecation warning).
     """
     torch.manual_seed(seed)
     model = _build(cfg, family, attention)
     model.train()
-    if checkpointing:
-        model.gradient_checkpointing_enable()
+    if checkpointing:  # 5.25 renamed gradient_checkpointing_enable (deprecated, same code)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     params = {storage_key(p) for p in model.parameters()}
     resident = {storage_key(b) for b in model.buffers()} | params
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
