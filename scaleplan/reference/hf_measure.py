@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from scaleplan.memory.hf_terms import HF_FAMILIES, HFFamily, hf_saved_bytes
+from scaleplan.memory.training import saved_for_backward_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
@@ -186,15 +187,23 @@ def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48
                        precision=prec, attention=attn, checkpointing=ckpt)  # type: ignore[arg-type]
         pred = hf_saved_bytes(cfg, b, s, precision=prec, attention=attn,  # type: ignore[arg-type]
                               checkpointing=ckpt, family=family)  # type: ignore[arg-type]
+        nanogpt = sum(saved_for_backward_bytes(
+            cfg, micro_batch_size=b, seq_len=s, precision=prec, device="cpu",
+            attention="eager" if attn == "eager" else "flash",
+            checkpointing="full" if ckpt else "none").values())
         rows.append({"family": family, "precision": prec, "attention": attn,
                      "checkpointing": "full" if ckpt else "none", "dropout": p,
                      "measured": m.saved_for_backward, "predicted": pred,
-                     "error": pred / m.saved_for_backward - 1})
+                     "error": pred / m.saved_for_backward - 1,
+                     "nanogpt_error": nanogpt / m.saved_for_backward - 1})
     return rows
 
 
 def _table(rows: list[dict[str, Any]], b: int, s: int) -> str:
+    import transformers
+
     worst = max(abs(r["error"]) for r in rows)
+    old = max(abs(r["nanogpt_error"]) for r in rows)
     lines = [
         "# Hugging Face transformers: saved-for-backward bytes, measured vs predicted", "",
         "Written by `python -m scaleplan.reference.hf_measure --grid`. Each row builds the "
@@ -203,14 +212,16 @@ def _table(rows: list[dict[str, Any]], b: int, s: int) -> str:
         f"forward with labels at micro-batch {b} x {s} tokens and counts the unique storages "
         "left for backward (parameters and autocast's weight copies excluded; with "
         "checkpointing, the block inputs the checkpoint keeps). `predicted` is "
-        "`scaleplan.memory.hf_terms.hf_saved_bytes`.", "",
-        f"{len(rows)} cases, largest |error| {worst:.2%}.", "",
+        "`scaleplan.memory.hf_terms.hf_saved_bytes`; `nanogpt terms` is today's "
+        "`saved_for_backward_bytes` (scaleplan's reference layout, device 'cpu') for the same "
+        f"config. torch {torch.__version__}, transformers {transformers.__version__}.", "",
+        f"{len(rows)} cases, largest |error| {worst:.2%} (nanoGPT terms: {old:.1%}).", "",
         "| family | precision | attention | checkpointing | dropout | measured | predicted "
-        "| error |", "|---|---|---|---|---|---:|---:|---:|"]
+        "| error | nanogpt terms |", "|---|---|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['family']} | {r['precision']} | {r['attention']} | "
                      f"{r['checkpointing']} | {r['dropout']} | {r['measured']:,} | "
-                     f"{r['predicted']:,} | {r['error']:+.2%} |")
+                     f"{r['predicted']:,} | {r['error']:+.2%} | {r['nanogpt_error']:+.1%} |")
     return "\n".join(lines) + "\n"
 
 
