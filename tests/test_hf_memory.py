@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
+from scaleplan.memory.activations import autocast_weight_copy_bytes
 from scaleplan.memory.hf_terms import (
     hf_block_saved_terms,
     hf_embedding_saved_terms,
@@ -20,6 +21,7 @@ from scaleplan.memory.hf_terms import (
     hf_head_saved_terms,
     hf_model_saved_terms,
     hf_saved_bytes,
+    hf_saved_terms,
 )
 from scaleplan.model.config import GPTConfig
 
@@ -100,7 +102,7 @@ def test_checkpointing_keeps_block_inputs_and_layer_arguments() -> None:
         "block_input": 16 * 64 * 4}
     m = hf_model_saved_terms(LLAMA, 2, 8, precision="bf16-mixed", attention="eager",
                              checkpointing=True)
-    assert m == {"rope_cos_sin": 2 * 8 * 16 * 4, "position_ids": 8 * 8,
+    assert m == {"rope_cos_sin": 2 * 8 * 16 * 4, "layer_position_ids": 8 * 8,
                  "causal_mask": 2 * 8 * 8 * 4}
 
 
@@ -119,6 +121,15 @@ def test_arrays_pass_through() -> None:
     assert got.shape == (2,) and got[1] > got[0] and want[1] > want[0]
     b2 = hf_saved_bytes(LLAMA, 2, 8, precision="bf16-mixed", attention="eager")
     assert got[0] == b2
+
+
+def test_flat_terms_take_scaleplans_spellings() -> None:
+    flat = hf_saved_terms(LLAMA, 2, 8, precision="32-true", attention="flash",
+                          checkpointing="full", layers=3)
+    assert flat["block_input"] == 3 * 16 * 64 * 4  # three layers' fp32 inputs
+    assert flat["token_ids"] == 16 * 8
+    with pytest.raises(ValueError, match="full"):
+        hf_saved_terms(LLAMA, 2, 8, precision="32-true", checkpointing="selective")
 
 
 def test_rejects_bf16_parameters() -> None:
@@ -143,6 +154,38 @@ def test_grid_within_3_percent(family: str, precision: str, attention: str,
                    precision=precision, attention=attention,  # type: ignore[arg-type]
                    checkpointing=checkpointing)
     pred = hf_saved_bytes(cfg, 2, 48, precision=precision, attention=attention,  # type: ignore[arg-type]
+                          checkpointing=checkpointing, family=family)  # type: ignore[arg-type]
+    assert abs(pred / m.saved_for_backward - 1) <= 0.03, (m.saved_by_module, pred)
+    # autocast's weight copies, measured apart, are what the nanoGPT terms already count; under
+    # checkpointing only the head's are kept (each layer casts its weights again in backward)
+    assert m.autocast_weight_copies == autocast_weight_copy_bytes(
+        cfg, precision, layers=0 if checkpointing else None)  # type: ignore[arg-type]
+
+
+OTHER_SHAPES = {  # MHA with tied head; rotary on half of each head, unparallel; narrow MLP
+    "llama": GPTConfig(n_layer=3, n_head=4, n_embd=64, mlp_hidden=160, vocab_size=300,
+                       block_size=64, bias=False, mlp="swiglu", norm="rmsnorm",
+                       position="rope"),
+    "gpt_neox": GPTConfig(n_layer=2, n_head=2, n_embd=64, vocab_size=300, block_size=64,
+                          position="rope", rotary_fraction=0.5, tie_embeddings=False),
+    "gpt2": GPTConfig(n_layer=3, n_head=2, n_embd=64, mlp_hidden=96, vocab_size=300,
+                      block_size=64),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("family", "precision", "attention", "checkpointing"),
+                         list(itertools.product(OTHER_SHAPES, ("32-true", "bf16-mixed"),
+                                                ("sdpa", "eager"), (False, True))))
+def test_other_shapes(family: str, precision: str, attention: str, checkpointing: bool) -> None:
+    pytest.importorskip("transformers")
+    from scaleplan.reference.hf_measure import measure_hf
+
+    cfg = OTHER_SHAPES[family].replace(dropout=0.1)
+    m = measure_hf(cfg, family, micro_batch_size=3, seq_len=20,  # type: ignore[arg-type]
+                   precision=precision, attention=attention,  # type: ignore[arg-type]
+                   checkpointing=checkpointing)
+    pred = hf_saved_bytes(cfg, 3, 20, precision=precision, attention=attention,  # type: ignore[arg-type]
                           checkpointing=checkpointing, family=family)  # type: ignore[arg-type]
     assert abs(pred / m.saved_for_backward - 1) <= 0.03, (m.saved_by_module, pred)
 

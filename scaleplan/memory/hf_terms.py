@@ -60,6 +60,7 @@ __all__ = [
     "hf_head_saved_terms",
     "hf_model_saved_terms",
     "hf_saved_bytes",
+    "hf_saved_terms",
 ]
 
 HFFamily = Literal["llama", "qwen2", "mistral", "gemma", "gpt2", "gpt_neox"]
@@ -242,7 +243,7 @@ def hf_model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     ...                 norm="rmsnorm", mlp="swiglu", bias=False)
     >>> hf_model_saved_terms(cfg, 2, 4, precision="32-true", attention="eager",
     ...                      checkpointing=True)
-    {'rope_cos_sin': 128, 'position_ids': 32, 'causal_mask': 128}
+    {'rope_cos_sin': 128, 'layer_position_ids': 32, 'causal_mask': 128}
     """
     family = family or hf_family(cfg)
     _act(precision)
@@ -251,7 +252,7 @@ def hf_model_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
         rotary = int(cfg.head_dim * cfg.rotary_fraction)
         terms["rope_cos_sin"] = 2 * s * rotary * FP32
         if checkpointing:
-            terms["position_ids"] = s * INDEX
+            terms["layer_position_ids"] = s * INDEX
     if checkpointing and attention == "eager":
         terms["causal_mask"] = b * s * s * FP32
     del family
@@ -311,15 +312,45 @@ def hf_saved_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     >>> hf_saved_bytes(cfg, 1, 4, precision="32-true", checkpointing=True)
     908
     """
+    terms = hf_saved_terms(cfg, b, s, precision=precision, attention=attention,
+                           checkpointing="full" if checkpointing else "none", device=device,
+                           family=family)
+    total: Any = 0
+    for value in terms.values():
+        total = total + value
+    return total
+
+
+def hf_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                   attention: str = "sdpa", checkpointing: str = "none",
+                   device: str = "cpu", layers: Any = None,
+                   family: HFFamily | None = None) -> dict[str, Any]:
+    """The flat dict `scaleplan.memory.training`'s ``_saved_terms`` returns, for transformers'
+    modeling code: embedding, ``layers`` (default ``cfg.n_layer``) times each block term, the
+    shared terms and the head, in bytes. Takes scaleplan's own spellings: ``attention`` "flash"
+    (= "sdpa") or "eager", ``checkpointing`` "none" or "full" (transformers has no selective
+    recomputation: "selective" is refused), ``device`` "cpu" or "cuda" ("cpu-cuda-semantics"
+    counts as "cuda").
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
+    >>> sum(hf_saved_terms(cfg, 1, 4, precision="32-true", checkpointing="full").values())
+    908
+    """
+    if checkpointing not in ("none", "full"):
+        raise ValueError(f"checkpointing={checkpointing!r}: transformers checkpoints whole "
+                         "layers ('full') or nothing ('none')")
+    if attention not in ("flash", "sdpa", "eager"):
+        raise ValueError(f"attention={attention!r}: use 'flash'/'sdpa' or 'eager'")
+    attn: HFAttention = "eager" if attention == "eager" else "sdpa"
+    dev: HFDevice = "cpu" if device == "cpu" else "cuda"
+    ckpt = checkpointing == "full"
     family = family or hf_family(cfg)
     kw: dict[str, Any] = {"precision": precision, "family": family}
-    block = hf_block_saved_terms(cfg, b, s, attention=attention, checkpointing=checkpointing,
-                                 device=device, **kw)
-    parts = [hf_model_saved_terms(cfg, b, s, attention=attention, checkpointing=checkpointing,
-                                  **kw),
-             hf_embedding_saved_terms(cfg, b, s, device=device, **kw),
-             hf_head_saved_terms(cfg, b, s, **kw)]
-    total: Any = cfg.n_layer * sum(block.values())
-    for part in parts:
-        total = total + sum(part.values())
-    return total
+    out = dict(hf_embedding_saved_terms(cfg, b, s, device=dev, **kw))
+    block = hf_block_saved_terms(cfg, b, s, attention=attn, checkpointing=ckpt, device=dev,
+                                 **kw)
+    n = cfg.n_layer if layers is None else layers
+    out.update({name: n * v for name, v in block.items()})
+    out.update(hf_model_saved_terms(cfg, b, s, attention=attn, checkpointing=ckpt, **kw))
+    out.update(hf_head_saved_terms(cfg, b, s, **kw))
+    return out
