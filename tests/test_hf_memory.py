@@ -204,3 +204,13 @@ def test_micro_batch_one(family: str, precision: str, attention: str, dropout: f
     pred = hf_saved_bytes(cfg, 1, 64, precision=precision, attention=attention,  # type: ignore[arg-type]
                           family=family)  # type: ignore[arg-type]
     assert abs(pred / m.saved_for_backward - 1) <= 0.03, (m.saved_by_module, pred)
+
+
+def test_sympy_symbols_pass_through() -> None:
+    sp = pytest.importorskip("sympy")
+    b, s = sp.symbols("b s", positive=True, integer=True)
+    expr = sp.expand(hf_saved_bytes(LLAMA, b, s, precision="bf16-mixed", attention="eager"))
+    # the s^2 terms: 2 layers x 4 heads x (fp32 softmax 4 + its bf16 cast 2) bytes
+    assert expr.coeff(s, 2) == 2 * 4 * (4 + 2) * b
+    assert expr.subs({b: 2, s: 8}) == hf_saved_bytes(LLAMA, 2, 8, precision="bf16-mixed",
+                                                     attention="eager")
