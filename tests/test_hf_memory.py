@@ -214,3 +214,26 @@ def test_sympy_symbols_pass_through() -> None:
     assert expr.coeff(s, 2) == 2 * 4 * (4 + 2) * b
     assert expr.subs({b: 2, s: 8}) == hf_saved_bytes(LLAMA, 2, 8, precision="bf16-mixed",
                                                      attention="eager")
+
+
+REAL_WIDTHS = {  # 2 layers of SmolLM2-135M's and GPT-2 small's widths and vocabularies
+    "llama": GPTConfig(n_layer=2, n_head=9, n_kv_head=3, n_embd=576, mlp_hidden=1536,
+                       vocab_size=49152, block_size=2048, bias=False, mlp="swiglu",
+                       norm="rmsnorm", position="rope"),
+    "gpt2": GPTConfig(n_layer=2, n_head=12, n_embd=768, vocab_size=50257, dropout=0.1),
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("family", "precision", "attention"), [
+    ("llama", "bf16-mixed", "eager"), ("gpt2", "bf16-mixed", "sdpa")])
+def test_real_widths(family: str, precision: str, attention: str) -> None:
+    pytest.importorskip("transformers")
+    from scaleplan.reference.hf_measure import measure_hf
+
+    cfg = REAL_WIDTHS[family]
+    m = measure_hf(cfg, family, micro_batch_size=2, seq_len=128,  # type: ignore[arg-type]
+                   precision=precision, attention=attention)  # type: ignore[arg-type]
+    pred = hf_saved_bytes(cfg, 2, 128, precision=precision, attention=attention,  # type: ignore[arg-type]
+                          family=family)  # type: ignore[arg-type]
+    assert abs(pred / m.saved_for_backward - 1) <= 0.03, (m.saved_by_module, pred)
