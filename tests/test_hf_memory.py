@@ -36,6 +36,7 @@ def test_families() -> None:
     assert hf_family(GPT2) == "gpt2"
     assert hf_family(LLAMA.replace(mlp="geglu")) == "gemma"
     assert hf_family(GPT2.replace(position="rope", parallel="separate_norms")) == "gpt_neox"
+    assert hf_family(GPT2.replace(position="rope")) == "gpt_neox"  # use_parallel_residual=False
 
 
 def test_llama_block_fp32_sdpa_by_hand() -> None:

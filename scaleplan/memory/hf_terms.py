@@ -76,16 +76,17 @@ _LLAMA_LIKE = frozenset({"llama", "qwen2", "mistral", "gemma"})
 
 
 def hf_family(cfg: GPTConfig) -> HFFamily:
-    """The transformers modeling code whose saved tensors ``cfg`` is counted as: "gpt2" for
-    LayerNorm with learned positions, "gpt_neox" for a parallel block, "gemma" for a GeGLU MLP
-    with RMSNorm, else "llama" (Qwen2 and Mistral save the same tensors as Llama).
+    """The transformers modeling code whose saved tensors ``cfg`` is counted as: "gpt_neox" for
+    a parallel block or LayerNorm with rotary positions, "gpt2" for other LayerNorm models,
+    "gemma" for a GeGLU MLP with RMSNorm, else "llama" (Qwen2 and Mistral save the same tensors
+    as Llama).
 
     >>> hf_family(GPTConfig())
     'gpt2'
     >>> hf_family(GPTConfig(norm="rmsnorm", mlp="swiglu", position="rope", bias=False))
     'llama'
     """
-    if cfg.parallel != "none":
+    if cfg.parallel != "none" or (cfg.norm == "layernorm" and cfg.position == "rope"):
         return "gpt_neox"
     if cfg.norm == "layernorm":
         return "gpt2"
