@@ -169,6 +169,9 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                    help="torch's AdamW implementation, for the optimizer step's temporaries: "
                    + names_with_aliases(OPTIMIZER_IMPLS, OPTIMIZER_IMPL_ALIASES)
                    + " (default: torch's, foreach on CUDA)")
+    q.add_argument("--implementation", choices=("nanogpt", "hf"), default="nanogpt",
+                   help="whose code runs the step, for what it saves for backward: nanoGPT's "
+                   "layout or Hugging Face transformers' modeling code (default: %(default)s)")
     q.add_argument("--compile", action="store_true",
                    help="the model runs under torch.compile (nanoGPT's default): what inductor "
                    "saves for backward (bf16 logits, no fp32 log-softmax, bool dropout masks); "
@@ -196,6 +199,8 @@ def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
         options["optimizer_impl"] = args.optimizer_impl
     if args.compile:
         options["compile"] = True
+    if args.implementation != "nanogpt":
+        options["implementation"] = args.implementation
     split = args.tensor_parallel * args.pipeline_parallel
     if args.zero or args.fsdp or split > 1 or args.expert_parallel > 1:
         if world_size % split:

@@ -44,6 +44,7 @@ _REPEATED: tuple[tuple[str, str, object], ...] = (
     ("--precision", "precision", "auto"), ("--zero", "zero", 0), ("--fsdp", "fsdp", None),
     ("--checkpointing", "checkpointing", "none"), ("--optimizer", "optimizer", "adamw"),
     ("--optimizer-impl", "optimizer_impl", None), ("--compile", "compile", False),
+    ("--implementation", "implementation", "nanogpt"),
     ("--attention", "attention", "flash"),
     ("--mfu", "mfu", None),
     ("--nanogpt-mfu", "nanogpt_mfu", None), ("--law", "law", "chinchilla"),

@@ -379,3 +379,18 @@ def test_compile_is_a_switch_in_the_reproduced_command() -> None:
 
     ns = build_parser().parse_args(["plan", "gpt2", "--gpu", "A100", "--compile"])
     assert command_line(ns) == "scaleplan plan gpt2 --gpu A100 --compile"  # no "True"
+
+
+def test_implementation_hf_reaches_training_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    # the flag is plumbing: transformers' own saved bytes are checked in tests/test_hf_memory.py
+    from scaleplan import GPTConfig, training_memory
+
+    hf = _plan_json(capsys, "smollm2-135m", "--gpu", "RTX 4090", "--seq-len", "2048",
+                    "--implementation", "hf")
+    nano = _plan_json(capsys, "smollm2-135m", "--gpu", "RTX 4090", "--seq-len", "2048")
+    b = hf["micro_batch_size"]
+    expected = training_memory(GPTConfig.preset("smollm2-135m"), micro_batch_size=b,  # type: ignore[arg-type]
+                               seq_len=2048, implementation="hf")
+    assert _memory(hf)["saved_for_backward"] == expected.saved_for_backward
+    if nano["micro_batch_size"] == b:
+        assert _memory(nano)["saved_for_backward"] < expected.saved_for_backward

@@ -238,3 +238,45 @@ def test_real_widths(family: str, precision: str, attention: str) -> None:
     pred = hf_saved_bytes(cfg, 2, 128, precision=precision, attention=attention,  # type: ignore[arg-type]
                           family=family)  # type: ignore[arg-type]
     assert abs(pred / m.saved_for_backward - 1) <= 0.03, (m.saved_by_module, pred)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("family", "precision", "attention", "checkpointing"), [
+    ("llama", "bf16-mixed", "sdpa", False), ("gpt2", "32-true", "eager", True)])
+def test_training_memory_implementation_hf_is_the_measurement(
+        family: str, precision: str, attention: str, checkpointing: bool) -> None:
+    # training_memory(implementation="hf") against transformers itself, measured on CPU
+    pytest.importorskip("transformers")
+    from scaleplan.memory.training import training_memory
+    from scaleplan.reference.hf_measure import GRID_SHAPES, measure_hf
+
+    cfg = GRID_SHAPES[family].replace(dropout=0.1)
+    m = measure_hf(cfg, family, micro_batch_size=2, seq_len=48,  # type: ignore[arg-type]
+                   precision=precision, attention=attention,  # type: ignore[arg-type]
+                   checkpointing=checkpointing)
+    pred = training_memory(cfg, micro_batch_size=2, seq_len=48, precision=precision,
+                           attention="eager" if attention == "eager" else "flash",
+                           checkpointing="full" if checkpointing else "none", device="cpu",
+                           implementation="hf")
+    assert pred.saved_for_backward == m.saved_for_backward
+    nanogpt = training_memory(cfg, micro_batch_size=2, seq_len=48, precision=precision,
+                              attention="eager" if attention == "eager" else "flash",
+                              checkpointing="full" if checkpointing else "none", device="cpu")
+    assert nanogpt.saved_for_backward != m.saved_for_backward  # the layouts do differ
+
+
+def test_implementation_is_checked_by_name() -> None:
+    from scaleplan.errors import ScaleplanError
+    from scaleplan.memory.training import training_memory
+
+    llama = GPTConfig.preset("smollm2-135m")
+    with pytest.raises(ScaleplanError, match="implementation='torchtitan' is not modelled yet"):
+        training_memory(llama, micro_batch_size=1, seq_len=64, implementation="torchtitan")
+    with pytest.raises(ValueError, match="implementation"):
+        training_memory(llama, micro_batch_size=1, seq_len=64, implementation="megatron")
+    with pytest.raises(ScaleplanError, match="not with qk_norm"):
+        training_memory(llama.replace(qk_norm="head"), micro_batch_size=1, seq_len=64,
+                        implementation="hf")
+    with pytest.raises(ScaleplanError, match="compile=True is modelled for nanoGPT's layout"):
+        training_memory(llama, micro_batch_size=1, seq_len=64, implementation="hf",
+                        compile=True)

@@ -48,12 +48,14 @@ class StepOptions:
     cuda_context_bytes: int
     allocator_slack_fraction: float
     compile: bool = False
+    implementation: str = "nanogpt"
 
 
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,
-                 allocator_slack_fraction: Any, compile: Any = False) -> StepOptions:
+                 allocator_slack_fraction: Any, compile: Any = False,
+                 implementation: Any = "nanogpt") -> StepOptions:
     """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
     normalised (aliases resolved, numbers as exact Python types); the layout checked against
     ``cfg``."""
@@ -62,13 +64,14 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
         checkpointing=checkpointing, device=device, parallelism=parallelism,
         optimizer_impl=optimizer_impl, hold_logits=hold_logits,
         cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction,
-        compile=compile)
+        compile=compile, implementation=implementation)
 
 
 def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                        checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                        hold_logits: Any, cuda_context_bytes: Any,
-                       allocator_slack_fraction: Any, compile: Any) -> StepOptions:
+                       allocator_slack_fraction: Any, compile: Any,
+                       implementation: Any) -> StepOptions:
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     one_of("attention", attention, ("flash", "eager"))
     one_of("checkpointing", checkpointing, ("none", "selective", "full"))
@@ -90,16 +93,48 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                              "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
     par.check(cfg)
     refuse_unmodelled(cfg)
-    if compile and par.tensor * par.pipeline > 1:
-        raise ScaleplanError("compile=True is modelled for data parallelism (DDP, ZeRO, FSDP), "
-                             "not yet with tensor or pipeline parallelism; use compile=False")
-    if compile and attention == "eager":
-        raise ScaleplanError("compile=True is modelled with attention='flash' (SDPA), not "
-                             "'eager'; use attention='flash' or compile=False")
+    check_implementation(cfg, implementation, compile=compile, attention=attention,
+                         checkpointing=checkpointing, parallelism=par)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
-                       allocator_slack_fraction=slack, compile=compile)
+                       allocator_slack_fraction=slack, compile=compile,
+                       implementation=implementation)
+
+
+IMPLEMENTATIONS = ("nanogpt", "hf")
+"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model) or Hugging Face
+transformers' modeling code (`scaleplan.memory.hf_terms`)."""
+_LATER = ("torchtitan", "torchtune", "litgpt")  # issue 17's other implementations, not yet
+# GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
+_HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
+                  "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
+                  "moe")
+
+
+def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, attention: str,
+                         checkpointing: str, parallelism: Parallelism) -> None:
+    """Refuse, naming the option, an implementation or a combination that is not modelled."""
+    if implementation in _LATER:
+        raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
+                             f"{', '.join(map(repr, IMPLEMENTATIONS))}")
+    one_of("implementation", implementation, IMPLEMENTATIONS)
+    split = parallelism.tensor * parallelism.pipeline > 1
+    if (compile or implementation == "hf") and split:
+        what = "compile=True" if compile else "implementation='hf'"
+        raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
+                             "yet with tensor or pipeline parallelism")
+    if compile and (attention == "eager" or implementation != "nanogpt"):
+        raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
+                             "attention='flash' (SDPA); use those or compile=False")
+    if implementation == "hf":
+        fields = type(cfg).model_fields
+        odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
+        if checkpointing == "selective":
+            odd.append("checkpointing='selective' (transformers checkpoints whole layers)")
+        if odd:
+            raise ScaleplanError(f"implementation='hf' is modelled for Llama, Qwen2, Mistral, "
+                                 f"Gemma, GPT-2 and GPT-NeoX layouts; not with {', '.join(odd)}")
 
 
 _step_options = per_config(_step_options_body)

@@ -33,6 +33,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_backward_start_bytes,
     compiled_saved_terms,
 )
+from scaleplan.memory.hf_terms import hf_saved_terms
 from scaleplan.memory.options import overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import (
@@ -227,6 +228,7 @@ def training_memory(
     parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
     hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION, compile: bool = False,
+    implementation: str = "nanogpt",
 ) -> MemoryBreakdown:
     """Memory one GPU needs to train ``cfg`` for one optimizer step.
 
@@ -254,6 +256,11 @@ def training_memory(
             partition saves (`scaleplan.memory.compiled_terms`: bf16 logits and no fp32
             log-softmax, bool dropout masks, cheap pointwise ops recomputed), measured exactly
             on CPU for the reference layout with SDPA attention, one GPU or data parallelism.
+        implementation: whose code runs the step: ``"nanogpt"`` (scaleplan's reference model,
+            nanoGPT's layout) or ``"hf"`` (Hugging Face transformers' modeling code: separate
+            q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax
+            in fp32, GPT-2's gelu_new; `scaleplan.memory.hf_terms`, exact against transformers
+            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts).
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``). The worst moment is the largest of
@@ -281,13 +288,14 @@ def training_memory(
                      checkpointing=checkpointing, device=device, parallelism=parallelism,
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
-                     allocator_slack_fraction=allocator_slack_fraction, compile=compile)
+                     allocator_slack_fraction=allocator_slack_fraction, compile=compile,
+                     implementation=implementation)
     micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
     par = o.parallelism
     stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
     found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
                            o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
-                           stage, o.compile) for stage in stages]
+                           stage, o.compile, o.implementation) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = overhead_bytes(o, tensor_peak)
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
@@ -297,12 +305,12 @@ def training_memory(
 def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerName,
                   attention: AttentionKind, checkpointing: CheckpointingKind,
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
-                  hold_logits: bool, stage: Stage,
-                  compiled: bool) -> tuple[int, dict[str, Any]]:
+                  hold_logits: bool, stage: Stage, compiled: bool,
+                  implementation: str) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
     W, G, O, saved, copies, all_copies, held, moments = stage_parts(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
-        compiled=compiled)
+        compiled=compiled, implementation=implementation)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
     worst = moments[moment] + held
@@ -319,11 +327,13 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
 def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                  attention: AttentionKind, checkpointing: CheckpointingKind,
                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
-                 hold_logits: bool, stage: Stage, *, compiled: bool = False) -> tuple[Any, ...]:
+                 hold_logits: bool, stage: Stage, *, compiled: bool = False,
+                 implementation: str = "nanogpt") -> tuple[Any, ...]:
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
-    ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`; one stage, no tensor
-    parallelism, as `step_options` checks)."""
+    ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
+    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`); each on one stage with no
+    tensor parallelism, as `step_options` checks."""
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -331,6 +341,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if compiled:
         saved = compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                      device=device, layers=layers)
+    elif implementation == "hf":
+        saved = hf_saved_terms(cfg, b, s, precision=p, attention=attention,
+                               checkpointing=checkpointing, device=device, layers=layers)
     else:
         saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads)
@@ -361,5 +374,6 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         }
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
-                                                 copies, all_copies, layers, compiled)
+                                                copies, all_copies, layers,
+                                                "compiled" if compiled else implementation)
     return W, G, O, saved, copies, all_copies, held, moments
