@@ -75,3 +75,18 @@ def test_precision_from_the_training_part_changes_the_verdict() -> None:
                                            attention="flash", checkpointing="none")
 
     assert needed("32-true") > needed("bf16-true")
+
+
+def test_fits_on_takes_compile_and_the_implementation() -> None:
+    # The seed run (micro-batch 16 x 1024, bf16 autocast) trained on a 12 GB RTX 4070 under
+    # torch.compile: FitsOn says so with compile=True, and not without it (15.36 GiB eager).
+    seed = GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False, dropout=0.1)
+    ta = TypeAdapter(Annotated[GPTConfig, FitsOn("RTX 4070", micro_batch_size=16, seq_len=1024,
+                                                 compile=True)])
+    assert ta.validate_python(seed) == seed
+    eager = TypeAdapter(Annotated[GPTConfig, FitsOn("RTX 4070", micro_batch_size=16,
+                                                    seq_len=1024)])
+    with pytest.raises(ValidationError, match="does not fit|needs"):
+        eager.validate_python(seed)
+    with pytest.raises(ValueError, match="implementation='megatron' is not one of"):
+        FitsOn("RTX 4070", implementation="megatron")

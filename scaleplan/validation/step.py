@@ -40,9 +40,11 @@ class FitsOn(Marker):
     used where known, else the marketed size read as GiB), a `GPUSpec`, or a memory size in bytes.
     ``micro_batch_size``, ``seq_len``, ``precision`` and ``optimizer`` come from the marker,
     else from the training settings (precision defaults to ``"bf16-mixed"``, optimizer to
-    ``"adamw"``). ``headroom`` keeps a fraction of the memory free. The bytes needed are
-    `scaleplan.memory.training.training_memory`'s ``total`` (weights, gradients, optimizer states,
-    activations, logits, CUDA context and allocator slack), or ``memory_model(cfg, **settings)``
+    ``"adamw"``). ``compile`` and ``implementation`` are `training_memory`'s (torch.compile;
+    nanoGPT's or Hugging Face's modeling code). ``headroom`` keeps a fraction of the memory
+    free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
+    (weights, gradients, optimizer states, activations, logits, CUDA context and allocator
+    slack), or ``memory_model(cfg, **settings)``
     (bytes, or an object with ``.total``) when given. The error names the largest micro-batch
     that fits and the gradient-accumulation steps that keep the step's tokens.
 
@@ -61,6 +63,8 @@ class FitsOn(Marker):
     optimizer: str | None = None
     attention: AttentionKind = "flash"
     checkpointing: CheckpointingKind = "none"
+    compile: bool = False
+    implementation: str = "nanogpt"
     headroom: float = 0.0
     memory_model: Callable[..., Any] | None = None
     gpu_name: str = field(init=False, compare=False)
@@ -82,6 +86,11 @@ class FitsOn(Marker):
             if value not in valid:
                 raise ScaleplanError(
                     f"{arg}={shown(value)} is not one of {', '.join(map(repr, valid))}")
+        if not isinstance(self.compile, bool):
+            raise ScaleplanError(f"compile={shown(self.compile)} must be True or False")
+        if self.implementation not in ("nanogpt", "hf"):
+            raise ScaleplanError(f"implementation={shown(self.implementation)} is not one of "
+                                 "'nanogpt', 'hf'")
         if isinstance(self.headroom, bool) or not isinstance(self.headroom, int | float) \
                 or not 0 <= self.headroom < 1:
             raise ScaleplanError(f"headroom={shown(self.headroom)} must be a fraction in [0, 1), "
@@ -113,6 +122,9 @@ class FitsOn(Marker):
             "optimizer": subject.get("optimizer", self.optimizer) or DEFAULT_OPTIMIZER,
             "attention": self.attention,
             "checkpointing": self.checkpointing,
+            **({"compile": True} if self.compile else {}),
+            **({"implementation": self.implementation} if self.implementation != "nanogpt"
+               else {}),
         }
 
     def explicit(self) -> dict[str, Any]:
