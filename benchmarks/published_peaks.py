@@ -138,22 +138,41 @@ def load_peaks(path: Path = CSV_PATH) -> list[Peak]:
     return [_peak(row) for row in rows(path)]
 
 
-def applied_options(peak: Peak) -> dict[str, Any]:
-    """The row's issue-17 options that `training_memory` takes today (none before they land)."""
-    accepted = inspect.signature(training_memory).parameters
-    return {k: v for k, v in peak.issue17_options.items() if k in accepted}
-
-
-def predict(peak: Peak) -> MemoryBreakdown:
-    """`training_memory` for the row, with the closest options scaleplan has today."""
+def _base_kwargs(peak: Peak) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         micro_batch_size=peak.micro_batch, seq_len=peak.seq_len, precision=peak.precision,
         optimizer=peak.optimizer, attention="flash", checkpointing=peak.checkpointing,
         device="cuda", parallelism=peak.parallelism(), hold_logits=peak.hold_logits)
     if peak.optimizer_impl is not None:
         kwargs["optimizer_impl"] = peak.optimizer_impl
-    kwargs.update(applied_options(peak))
-    return training_memory(peak.gpt_config(), **kwargs)
+    return kwargs
+
+
+def applied_options(peak: Peak) -> dict[str, Any]:
+    """The row's issue-17 options that `training_memory` takes today for this run: each in
+    turn, kept when `training_memory` accepts the name and does not refuse the value with the
+    options kept so far (``implementation="torchtitan"`` is refused until it is modelled;
+    ``compile=True`` with tensor parallelism likewise). The other options describe the run in
+    its implementation's terms (torchtitan compiles each block, not the loss), so a row whose
+    implementation is refused takes none of them."""
+    accepted = inspect.signature(training_memory).parameters
+    kept: dict[str, Any] = {}
+    for key, value in peak.issue17_options.items():
+        if key not in accepted:
+            continue
+        try:
+            training_memory(peak.gpt_config(), **_base_kwargs(peak), **kept, **{key: value})
+        except ValueError:  # ScaleplanError: not modelled for this run
+            if key == "implementation":
+                return {}
+            continue
+        kept[key] = value
+    return kept
+
+
+def predict(peak: Peak) -> MemoryBreakdown:
+    """`training_memory` for the row, with the closest options scaleplan has today."""
+    return training_memory(peak.gpt_config(), **_base_kwargs(peak), **applied_options(peak))
 
 
 def compared_bytes(peak: Peak, m: MemoryBreakdown) -> int:
