@@ -147,7 +147,8 @@ def test_compile_is_refused_where_it_is_not_modelled() -> None:
     with pytest.raises(ScaleplanError, match="compile=True is modelled for data parallelism"):
         training_memory(SEED, micro_batch_size=1, seq_len=64, compile=True,
                         parallelism=Parallelism(tensor=2))
-    with pytest.raises(ScaleplanError, match="compile=True is modelled for nanoGPT's layout with attention='flash'"):
+    with pytest.raises(ScaleplanError,
+                       match="compile=True is modelled for nanoGPT's layout with attention="):
         training_memory(SEED, micro_batch_size=1, seq_len=64, compile=True, attention="eager")
     with pytest.raises(ScaleplanError, match="compile='yes' must be True or False"):
         training_memory(SEED, micro_batch_size=1, seq_len=64, compile="yes")  # type: ignore[arg-type]
