@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -23,8 +24,8 @@ if TYPE_CHECKING:  # numpy is imported when an array is checked, not with scalep
 
     FloatArray = NDArray[np.float64]
 
-__all__ = ["canonical", "finite", "float_guard", "one_of", "plain_numbers", "positive_array",
-           "real", "whole", "wholes"]
+__all__ = ["canonical", "finite", "float_guard", "is_integer", "one_of", "plain_numbers",
+           "positive_array", "real", "whole", "wholes"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -349,3 +350,17 @@ def plain_numbers(data: Any) -> Any:
         if convert is not None:
             out[key] = convert(value)
     return out
+
+
+def is_integer(value: object) -> bool:
+    """A Python int or a numpy integer scalar, not a bool; told without importing numpy (no
+    value can be a numpy integer before numpy is imported), so the cold path stays light.
+
+    >>> import numpy as np
+    >>> is_integer(3), is_integer(np.int64(3)), is_integer(True), is_integer(3.0)
+    (True, True, False, False)
+    """
+    if isinstance(value, bool):
+        return False
+    np = sys.modules.get("numpy")
+    return isinstance(value, int) or (np is not None and isinstance(value, np.integer))

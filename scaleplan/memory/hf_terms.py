@@ -43,9 +43,9 @@ docs/validation/hf-memory.md); ``device="cuda"`` changes only what is known to d
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Literal
 
+from scaleplan.checks import is_integer
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
@@ -181,9 +181,7 @@ def _attention(family: str, cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
 def _is_one(b: Any) -> bool:
     """True for a micro-batch of exactly one sequence given as a Python or numpy integer (arrays
     and symbols are taken as b > 1, the copy-making case)."""
-    np = sys.modules.get("numpy")  # a numpy integer exists only once numpy is loaded
-    integer = isinstance(b, int) or (np is not None and isinstance(b, np.integer))
-    return integer and not isinstance(b, bool) and int(b) == 1
+    return is_integer(b) and int(b) == 1
 
 
 def _mlp(family: str, cfg: GPTConfig, T: Any, e: int, autocast: bool) -> dict[str, Any]:

@@ -15,10 +15,9 @@ keeps a fraction of it free.
 from __future__ import annotations
 
 import math
-import sys
 from typing import TYPE_CHECKING, Any, Literal
 
-from scaleplan.checks import float_guard, one_of, real, whole
+from scaleplan.checks import float_guard, is_integer, one_of, real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.errors import ScaleplanError, shown
@@ -60,7 +59,7 @@ def available_memory_bytes(gpu: str | GPUSpec | int) -> int:
     if isinstance(gpu, GPUSpec):
         usable = gpu.usable_memory_bytes
         return usable if usable is not None else gpu.memory_bytes
-    if isinstance(gpu, bool) or not (isinstance(gpu, int) or _numpy_integer(gpu)):
+    if not is_integer(gpu):
         raise ScaleplanError(
             f"gpu={shown(gpu)} must be a GPU name, a GPUSpec or a size in bytes (an int, such as "
             "80 * 2**30; a float is not taken as a byte count)")
@@ -68,12 +67,6 @@ def available_memory_bytes(gpu: str | GPUSpec | int) -> int:
         raise ScaleplanError(f"gpu={shown(gpu)} bytes must be positive")
     return whole("gpu", gpu, maximum=MAX_BYTES, example="gpu=80 * 2**30 (bytes)")
 
-
-def _numpy_integer(value: object) -> bool:
-    """Whether ``value`` is a numpy integer; without importing numpy (no value can be one
-    before numpy is imported)."""
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(value, np.integer)
 
 
 def _budget(gpu: str | GPUSpec | int, headroom: float) -> int:

@@ -8,12 +8,11 @@ out of memory. Saved tensors are derived per operation in `scaleplan.memory.acti
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from scaleplan.checks import one_of
+from scaleplan.checks import is_integer, one_of
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import (
     AUTOCAST,
@@ -130,15 +129,6 @@ class MemoryBreakdown(BaseModel):
                 "autocast_weight_copies", "transient", "overhead", "total"]
         return "\n".join(f"{r:>24}: {format_gib(getattr(self, r), width=9, decimals=3)}"
                          for r in rows)
-
-
-def _is_integer(value: Any) -> bool:
-    """An int or a numpy integer scalar, not a bool. numpy is not imported to tell: a value
-    cannot be a numpy integer unless numpy is already loaded."""
-    if isinstance(value, bool):
-        return False
-    np = sys.modules.get("numpy")
-    return isinstance(value, int) or (np is not None and isinstance(value, np.integer))
 
 
 def check_shape(cfg: GPTConfig, micro_batch_size: Any, seq_len: Any) -> tuple[Any, Any]:
@@ -282,7 +272,7 @@ def training_memory(
     (True, 'backward_start')
     """
     for name, value in (("micro_batch_size", micro_batch_size), ("seq_len", seq_len)):
-        if not _is_integer(value):  # not a list, a float or a bool
+        if not is_integer(value):  # not a list, a float or a bool
             raise ScaleplanError(f"{name}={shown(value)} must be an int >= 1")
     o = step_options(cfg, precision=precision, optimizer=optimizer, attention=attention,
                      checkpointing=checkpointing, device=device, parallelism=parallelism,

@@ -6,11 +6,11 @@ per token is ``scaleplan.compute.flops.flops_per_token``.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, overload
 
+from scaleplan.checks import is_integer
 from scaleplan.errors import ScaleplanError, UnknownNameError, shown
 from scaleplan.scaling.base import TRAINING_FLOPS_PER_PARAM_TOKEN, BaseScalingLaw
 from scaleplan.scaling.laws import scaling_law, scaling_laws
@@ -58,7 +58,7 @@ def tokens_seen(steps: int, tokens_per_step: int) -> int:
     7602176000
     """
     for field, value in (("steps", steps), ("tokens_per_step", tokens_per_step)):
-        if isinstance(value, bool) or not (isinstance(value, int) or _numpy_integer(value)) \
+        if not is_integer(value) \
                 or value < 0:
             raise ScaleplanError(
                 f"{field} must be a non-negative int; got {field}={shown(value)}; "
@@ -99,10 +99,6 @@ def chinchilla_tokens(
             pass
     return _guarded_tokens(n_params, method=method)
 
-
-def _numpy_integer(value: object) -> bool:
-    np = sys.modules.get("numpy")  # no value is a numpy int before numpy is imported
-    return np is not None and isinstance(value, np.integer)
 
 
 def _tokens(n_params: ArrayLike, *, method: str | BaseScalingLaw) -> Any:
