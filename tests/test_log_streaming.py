@@ -224,3 +224,14 @@ def test_lines_taken_in_runs_keep_what_one_at_a_time_keeps(
     assert [(r.kind, r.step) for r in fast.records()] == \
         [(r.kind, r.step) for r in slow.records()]
     assert fast.seen == slow.seen
+
+
+def test_a_digit_glued_to_mfu_reads_as_no_mfu_on_both_paths() -> None:
+    # atheris found it: "1mfu" has the template's skeleton once digits are deleted, so the fast
+    # path takes the line, and the general pattern finds no MFU in it (crashed on None >= 0).
+    line = "iter 10: loss 9.4321, time 4321.00ms, 1mfu 1.61%\n"
+    one = read_log("f.log", text=line)
+    many = read_log("f.log", text=(line * 3000).encode())  # a block the fast path classifies
+    assert [(r.step, r.train_loss, r.time_ms, r.mfu_percent) for r in one.records] == [
+        (10, 9.4321, 4321.0, None)]
+    assert len(many.records) == 3000 and many.records[-1] == one.records[0]

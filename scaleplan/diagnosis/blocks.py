@@ -114,4 +114,4 @@ def iter_record(line: bytes) -> LogRecord:
         step, loss, time_ms, mfu = (fields["step"], fields["train_loss"], fields["time_ms"],
                                     fields["mfu_percent"])
     return compact_record({"kind": "train", "step": step, "train_loss": loss, "time_ms": time_ms,
-                           "mfu_percent": mfu if mfu >= 0 else None})
+                           "mfu_percent": mfu if mfu is not None and mfu >= 0 else None})
