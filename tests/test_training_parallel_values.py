@@ -11,7 +11,8 @@ targets 516 (all derived in tests/test_gated_gqa_values.py).
 from __future__ import annotations
 
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.training import MemoryBreakdown, stage_parts, training_memory
+from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.training import MemoryBreakdown, training_memory
 from scaleplan.model.config import GPTConfig
 
 CFG = GPTConfig(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp="swiglu", mlp_hidden=192,

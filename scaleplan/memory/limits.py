@@ -24,11 +24,11 @@ from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.options import MAX_BYTES, overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
+from scaleplan.memory.stage import stage_parts
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
     check_shape,
-    stage_parts,
     training_memory,
 )
 from scaleplan.model.config import GPTConfig

@@ -1,5 +1,5 @@
 """The saved-tensor terms of one pipeline stage in eager mode, and the recompute moment of full
-checkpointing: the parts of `scaleplan.memory.training.stage_parts` that depend on how the step
+checkpointing: the parts of `scaleplan.memory.stage.stage_parts` that depend on how the step
 runs (`scaleplan.memory.compiled_terms` has them under torch.compile)."""
 
 from __future__ import annotations

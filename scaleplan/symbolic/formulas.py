@@ -21,7 +21,7 @@ code must stick to arithmetic on sizes (no ``//``, ``max`` or ``if size > ...``)
 ``tests/test_symbolic.py`` checks numeric == symbolic at random points for every quantity, so a
 formula that breaks the rule fails there.
 
-Memory runs `scaleplan.memory.training`'s own per-GPU arithmetic (``stage_parts``: weights,
+Memory runs `scaleplan.memory.stage`'s own per-GPU arithmetic (``stage_parts``: weights,
 gradients, optimizer states, every saved tensor and each moment of the step). Three lines of
 composition are necessarily written here again, because Python's ``max`` and ``math.ceil`` do not
 take symbols (pinned by the same test): the worst moment (``Max`` over the moments), the weight
@@ -48,12 +48,9 @@ from scaleplan.compute.flops import FlopsMethod, Recompute, step_flop_terms, tok
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
 from scaleplan.memory.options import step_options
-from scaleplan.memory.training import (
-    ALLOCATOR_SLACK_FRACTION,
-    CUDA_CONTEXT_BYTES,
-    OptimizerImpl,
-    stage_parts,
-)
+from scaleplan.memory.sharding import OptimizerImpl
+from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.training import ALLOCATOR_SLACK_FRACTION, CUDA_CONTEXT_BYTES
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
