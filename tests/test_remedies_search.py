@@ -246,3 +246,25 @@ def test_the_exports_carry_the_zero_stage_the_remedy_chose() -> None:
                 parallelism=Parallelism(data=8, fsdp="full_shard"), checkpointing="full")
     assert to_deepspeed(fsdp)["zero_optimization"] == {"stage": 3}  # FSDP full_shard = ZeRO-3
     assert to_hf_training_args(fsdp)["fsdp"] == "full_shard"
+
+
+@pytest.mark.parametrize("options", [{"compile": True}, {"implementation": "hf"}])
+def test_levers_the_memory_model_refuses_are_not_offered(options: dict[str, object]) -> None:
+    # GPT-2 large does not fit an RTX 4070 as asked, so plan() searches the levers. torch.compile
+    # has no bf16-true or selective-checkpointing terms and the Hugging Face terms no bf16-true:
+    # training_memory refuses those combinations, and the search used to crash on the first one
+    # (the HF one with a bare ValueError) instead of passing over it.
+    cfg = GPTConfig.preset("gpt2-large")
+    p = plan(cfg, "RTX 4070", **options)  # type: ignore[arg-type]
+    assert p.remedy is not None and p.remedies
+    for r in p.remedies:  # every lever offered is one training_memory accepts with the options
+        m = training_memory(cfg, micro_batch_size=1, seq_len=1024, **options,  # type: ignore[arg-type]
+                            **{k: v for k, v in r.changes.items() if k != "zero"})
+        assert m.total == r.total_bytes
+    assert not any(r.changes.get("precision") == "bf16-true" for r in p.remedies)
+
+
+def test_hf_refuses_bf16_true_by_name() -> None:
+    with pytest.raises(ScaleplanError, match="precision='bf16-true'"):
+        training_memory(GPTConfig.preset("gpt2"), micro_batch_size=1, seq_len=64,
+                        precision="bf16-true", implementation="hf")

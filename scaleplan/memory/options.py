@@ -94,7 +94,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     par.check(cfg)
     refuse_unmodelled(cfg)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
-                         checkpointing=checkpointing, parallelism=par)
+                         checkpointing=checkpointing, parallelism=par, precision=p)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -112,8 +112,12 @@ _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "
                   "moe")
 
 
+_HF_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
 def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, attention: str,
-                         checkpointing: str, parallelism: Parallelism) -> None:
+                         checkpointing: str, parallelism: Parallelism,
+                         precision: str = "bf16-mixed") -> None:
     """Refuse, naming the option, an implementation or a combination that is not modelled."""
     if implementation in _LATER:
         raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
@@ -132,6 +136,8 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
         odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
         if checkpointing == "selective":
             odd.append("checkpointing='selective' (transformers checkpoints whole layers)")
+        if precision not in _HF_PRECISIONS:  # measured with fp32 parameters only
+            odd.append(f"precision={precision!r} (measured: {', '.join(_HF_PRECISIONS)})")
         if odd:
             raise ScaleplanError(f"implementation='hf' is modelled for Llama, Qwen2, Mistral, "
                                  f"Gemma, GPT-2 and GPT-NeoX layouts; not with {', '.join(odd)}")

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.flops import Recompute, flops_per_token
 from scaleplan.compute.hardware import GPUSpec
+from scaleplan.errors import ScaleplanError
 from scaleplan.memory.states import normalize_optimizer
 from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.planning.advice import peak_dtype
@@ -119,7 +120,10 @@ def remedies(cfg: GPTConfig, memory: Any, available: int, seq_len: int,
     out = []
     for levers in combos:
         changes = _changes(levers, asked)
-        total = memory(1, **changes).total
+        try:
+            total = memory(1, **changes).total
+        except ScaleplanError:  # a lever the memory model refuses with the other options
+            continue  # (compile=True has no bf16-true or selective terms): not a remedy
         extra = flops[levers.checkpointing] / flops[asked.checkpointing] - 1
         peaks = _peak(spec, levers.precision) / _peak(spec, asked.precision)
         out.append(Remedy(
