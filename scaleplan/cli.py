@@ -139,9 +139,15 @@ def _plan(args: argparse.Namespace, cfg: GPTConfig) -> Plan:
         except argparse.ArgumentTypeError as exc:
             raise ScaleplanError(f"--total-tokens: {exc}") from None
     world_size = 1 if args.world_size is None else args.world_size
-    return plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
-                hours=args.hours, seq_len=seq_len, law=args.law, data=data,
-                **plan_options(args, world_size))
+    options = plan_options(args, world_size)
+    try:
+        return plan(cfg, args.gpu, tokens_per_step=tokens_per_step, total_tokens=total,  # type: ignore[arg-type]
+                    hours=args.hours, seq_len=seq_len, law=args.law, data=data, **options)
+    except ScaleplanError as exc:
+        if args.compile is None and options.get("compile") and "compile=True" in str(exc):
+            raise ScaleplanError(f"{exc} (the nanoGPT file runs under torch.compile, train.py's "
+                                 "default: plan it eager with --no-compile)") from None
+        raise
 
 
 def _cmd_gpus(args: argparse.Namespace) -> int:

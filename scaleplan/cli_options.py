@@ -35,8 +35,9 @@ from scaleplan.memory.sharding import (
 from scaleplan.memory.states import OPTIMIZER_ALIASES, OPTIMIZERS, normalize_optimizer
 from scaleplan.model.config import PRECISION_ALIASES, PRECISIONS, normalize_precision
 
-__all__ = ["ConfigAndLog", "VersionAction", "add_plan_knobs", "int_arg", "names_with_aliases",
-           "package_version", "plan_options", "positive_int", "precision_names", "run_defaults"]
+__all__ = ["ConfigAndLog", "VersionAction", "add_plan_knobs", "compile_setting", "int_arg",
+           "names_with_aliases", "package_version", "plan_options", "positive_int",
+           "precision_names", "run_defaults"]
 
 AUTO_PRECISION = "auto"
 #: What ``--mfu`` means, said in its help and in docs/cli.md.
@@ -172,10 +173,11 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
     q.add_argument("--implementation", choices=("nanogpt", "hf"), default="nanogpt",
                    help="whose code runs the step, for what it saves for backward: nanoGPT's "
                    "layout or Hugging Face transformers' modeling code (default: %(default)s)")
-    q.add_argument("--compile", action="store_true",
-                   help="the model runs under torch.compile (nanoGPT's default): what inductor "
-                   "saves for backward (bf16 logits, no fp32 log-softmax, bool dropout masks); "
-                   "SDPA attention, one GPU or data parallelism")
+    q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model runs under torch.compile: what inductor saves for backward "
+                   "(bf16 logits, no fp32 log-softmax, bool dropout masks); SDPA attention, one "
+                   "GPU or data parallelism (default: a nanoGPT file's own compile, which "
+                   "train.py sets True; off for presets and config.json files)")
     q.add_argument("--attention", choices=get_args(AttentionKind), default="flash",
                    help="flash (SDPA, no s x s scores kept) or eager (default: %(default)s)")
     mfu = q.add_mutually_exclusive_group()
@@ -197,7 +199,7 @@ def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
                                "mfu": args.mfu}
     if args.optimizer_impl is not None:
         options["optimizer_impl"] = args.optimizer_impl
-    if args.compile:
+    if compile_setting(args):
         options["compile"] = True
     if args.implementation != "nanogpt":
         options["implementation"] = args.implementation
@@ -242,6 +244,18 @@ def nanogpt_mfu(percent: float, gpu: str, precision: str) -> float:
             f"{real:.0%} of the {spec.name}'s {dtype} peak: more than the GPU can do; check the "
             "figure, or give --mfu for a fraction of this GPU's own peak")
     return real
+
+
+def compile_setting(args: argparse.Namespace) -> bool:
+    """``--compile`` / ``--no-compile``, else a nanoGPT file's own ``compile`` (train.py's
+    default is True: the seed run compiled), else False."""
+    if args.compile is not None:
+        return bool(args.compile)
+    if args.model.endswith(".py"):
+        from scaleplan.model.loaders import load_nanogpt_config  # a file's reader: not a preset
+
+        return load_nanogpt_config(args.model).training.compile
+    return False
 
 
 def run_defaults(args: argparse.Namespace) -> tuple[int | None, int | None, str | None]:

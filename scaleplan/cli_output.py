@@ -43,7 +43,7 @@ _REPEATED: tuple[tuple[str, str, object], ...] = (
     ("--total-tokens", "total_tokens", None), ("--hours", "hours", None),
     ("--precision", "precision", "auto"), ("--zero", "zero", 0), ("--fsdp", "fsdp", None),
     ("--checkpointing", "checkpointing", "none"), ("--optimizer", "optimizer", "adamw"),
-    ("--optimizer-impl", "optimizer_impl", None), ("--compile", "compile", False),
+    ("--optimizer-impl", "optimizer_impl", None), ("--compile", "compile", None),
     ("--implementation", "implementation", "nanogpt"),
     ("--attention", "attention", "flash"),
     ("--mfu", "mfu", None),
@@ -94,7 +94,10 @@ def command_line(args: argparse.Namespace, changes: Mapping[str, object] | None 
             given.pop("--fsdp", None)
     words = ["scaleplan", "plan", _quote(args.model)]
     for flag, value in given.items():
-        words += [flag] if value is True else [flag, _quote(str(value))]  # True: a switch
+        if isinstance(value, bool):  # a switch: --compile / --no-compile
+            words.append(flag if value else "--no-" + flag.removeprefix("--"))
+        else:
+            words += [flag, _quote(str(value))]
     return " ".join(words)
 
 

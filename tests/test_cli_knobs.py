@@ -364,14 +364,39 @@ def test_model_parallel_flags_must_divide_the_world_size(
 def test_compile_lets_the_seed_run_use_its_micro_batch_16(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The seed run (n_embd 384, dropout 0.1, micro-batch 16 x 1024, compile on, nanoGPT's
-    # default) trained on an RTX 4070: with --compile, 16 fits; without it, 8 is the largest.
+    # default) trained on an RTX 4070: compiled, 16 fits; eager, 8 is the largest.
     seed = tmp_path / "train_fineweb.py"
     seed.write_text("n_layer = 12\nn_head = 12\nn_embd = 384\ndropout = 0.1\n"
                     "batch_size = 16\ngradient_accumulation_steps = 32\n")
-    eager = _plan_json(capsys, str(seed), "--gpu", "RTX 4070")
+    eager = _plan_json(capsys, str(seed), "--gpu", "RTX 4070", "--no-compile")
     compiled = _plan_json(capsys, str(seed), "--gpu", "RTX 4070", "--compile")
     assert (eager["micro_batch_size"], compiled["micro_batch_size"]) == (8, 16)
     assert _memory(compiled)["total"] <= 12 * 2**30 < _memory(eager)["total"] * 2
+    # the file sets no compile, so train.py's default (compile = True) is the one it ran with
+    assert _plan_json(capsys, str(seed), "--gpu", "RTX 4070") == compiled
+
+
+def test_a_nanogpt_file_that_turns_compile_off_is_planned_eager(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed = tmp_path / "train_eager.py"
+    seed.write_text("n_layer = 12\nn_head = 12\nn_embd = 384\ndropout = 0.1\n"
+                    "batch_size = 16\ncompile = False\n")
+    eager = _plan_json(capsys, str(seed), "--gpu", "RTX 4070", "--no-compile")
+    assert _plan_json(capsys, str(seed), "--gpu", "RTX 4070") == eager
+    assert _plan_json(capsys, str(seed), "--gpu", "RTX 4070", "--compile") != eager
+    # a preset has no file to say so: eager unless --compile
+    assert "log_softmax" in _memory(_plan_json(capsys, "gpt2", "--gpu", "H100 SXM"))[
+        "saved_breakdown"]
+
+
+def test_a_file_compile_that_rules_out_an_option_says_how_to_plan_eager(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seed = tmp_path / "train_small.py"
+    seed.write_text("n_layer = 4\nn_head = 4\nn_embd = 128\n")
+    assert main(["plan", str(seed), "--gpu", "H100 SXM", "--attention", "eager"]) == 2
+    assert "--no-compile" in _one_error_line(capsys)
+    assert main(["plan", str(seed), "--gpu", "H100 SXM", "--attention", "eager",
+                 "--no-compile"]) == 0
 
 
 def test_compile_is_a_switch_in_the_reproduced_command() -> None:
@@ -379,6 +404,8 @@ def test_compile_is_a_switch_in_the_reproduced_command() -> None:
 
     ns = build_parser().parse_args(["plan", "gpt2", "--gpu", "A100", "--compile"])
     assert command_line(ns) == "scaleplan plan gpt2 --gpu A100 --compile"  # no "True"
+    ns = build_parser().parse_args(["plan", "x.py", "--gpu", "A100", "--no-compile"])
+    assert command_line(ns) == "scaleplan plan x.py --gpu A100 --no-compile"
 
 
 def test_implementation_hf_reaches_training_memory(capsys: pytest.CaptureFixture[str]) -> None:

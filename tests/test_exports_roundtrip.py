@@ -158,7 +158,10 @@ def test_plan_method_with_a_base_keeps_the_run_as_the_cli_does(
     path = tmp_path / "train_fineweb.py"
     path.write_text(SEED)
     run = load_nanogpt_config(path)
-    p = plan(run.model, "RTX 4070", tokens_per_step=TOKENS_PER_STEP, total_tokens=10**9)
+    # the CLI plans a nanoGPT file with its own compile (train.py's default, True)
+    p = plan(run.model, "RTX 4070", tokens_per_step=TOKENS_PER_STEP, total_tokens=10**9,
+             compile=run.training.compile)
+    assert run.training.compile and p.micro_batch_size == 16  # the seed run's, compiled
     texts = [p.to_nanogpt_config(path), p.to_nanogpt_config(str(path)),
              p.to_nanogpt_config(run), p.to_nanogpt_config(path, text=SEED)]
     assert len(set(texts)) == 1
