@@ -31,7 +31,8 @@ class Finding(BaseModel):
 
     code: str = Field(description="Stable identifier, e.g. 'size-mismatch' or "
                       "'scaleplan.does_not_fit'.")
-    severity: Severity
+    severity: Severity = Field(description="'error' (the run fails or is wrong), 'warning' "
+                               "(it wastes time or compute) or 'info' (worth knowing).")
     message: str = Field(description="What is wrong, with its numbers; sizes in GiB.")
     fix: str = Field("", description="What to change (validators put it in the message).")
     numbers: dict[str, int | float | str] = Field(default_factory=dict,

@@ -127,7 +127,8 @@ class GPUSpec(BaseModel):
     has_bf16_tensor_cores: bool = Field(description="False on T4 and V100: plan fp16 there.")
     peak: dict[Dtype, PeakFlops] = Field(description="Dense peak per dtype.")
     sources: dict[str, str] = Field(default_factory=dict, description="Source of each figure.")
-    notes: str = ""
+    notes: str = Field("", description="Caveats about the figures, in words (empty when "
+                       "there are none).")
 
     @field_validator("memory_bytes", "usable_memory_bytes", mode="before")
     @classmethod

@@ -111,12 +111,12 @@ class Utilization(BaseModel):
     hfu: float = Field(description="Hardware FLOPs utilization: recomputed work included.")
     achieved_flops: float = Field(description="Model FLOP/s achieved per GPU.")
     peak_flops: float = Field(description="Dense peak FLOP/s of one GPU in `dtype`.")
-    n_gpus: int = Field(gt=0)
+    n_gpus: int = Field(gt=0, description="GPUs the run uses.")
     tokens_per_second: float | None = Field(
         None, description="Tokens per second over all GPUs, where known.")
     flops_per_token: float | None = Field(None, description="Model FLOPs per token used.")
-    gpu: str = Field(description="GPU name.")
-    dtype: str = Field(description="Dtype whose peak was used.")
+    gpu: str = Field(description="The GPU's canonical name.")
+    dtype: str = Field(description="The dtype whose dense peak was used.")
 
 
 class Throughput(BaseModel):
@@ -135,16 +135,17 @@ class Throughput(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    tokens_per_second: float = Field(description="Over all GPUs.")
-    tokens_per_second_per_gpu: float
-    flops_per_token: float
+    tokens_per_second: float = Field(description="Tokens per second over all GPUs.")
+    tokens_per_second_per_gpu: float = Field(description="Tokens per second on one GPU.")
+    flops_per_token: float = Field(description="Model FLOPs per token (forward and backward).")
     achieved_flops: float = Field(description="Model FLOP/s per GPU.")
-    mfu: float
-    n_gpus: int = Field(gt=0)
-    tokens_per_step: int | None = None
+    mfu: float = Field(description="The model FLOPs utilization assumed, a fraction.")
+    n_gpus: int = Field(gt=0, description="GPUs the run uses.")
+    tokens_per_step: int | None = Field(None, description="Tokens per optimizer step over all "
+                                        "GPUs, when given.")
     step_seconds: float | None = Field(None, description="Seconds per optimizer step.")
-    gpu: str
-    dtype: str
+    gpu: str = Field(description="The GPU's canonical name.")
+    dtype: str = Field(description="The dtype whose dense peak was used.")
 
 
 class TrainingTime(BaseModel):
@@ -159,18 +160,18 @@ class TrainingTime(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    tokens: int = Field(ge=0)
+    tokens: int = Field(ge=0, description="Tokens the run trains on.")
     total_flops: float = Field(description="Model FLOPs of the run.")
-    tokens_per_second: float = Field(description="Over all GPUs.")
-    seconds: float
-    hours: float
-    days: float
-    gpu_hours: float = Field(description="hours x n_gpus.")
-    n_gpus: int = Field(gt=0)
-    mfu: float
-    gpu: str
-    dtype: str
-    price_per_gpu_hour: float | None = None
+    tokens_per_second: float = Field(description="Tokens per second over all GPUs.")
+    seconds: float = Field(description="Wall-clock seconds of training.")
+    hours: float = Field(description="The same time in hours.")
+    days: float = Field(description="The same time in days.")
+    gpu_hours: float = Field(description="Hours times n_gpus.")
+    n_gpus: int = Field(gt=0, description="GPUs the run uses.")
+    mfu: float = Field(description="The model FLOPs utilization assumed, a fraction.")
+    gpu: str = Field(description="The GPU's canonical name.")
+    dtype: str = Field(description="The dtype whose dense peak was used.")
+    price_per_gpu_hour: float | None = Field(None, description="One GPU-hour's price, if given.")
     cost: float | None = Field(None, description="gpu_hours x price, in the price's currency.")
 
 

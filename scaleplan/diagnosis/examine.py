@@ -102,15 +102,24 @@ class Diagnosis(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    findings: tuple[Finding, ...]
-    recommendation: Recommendation | None
+    findings: tuple[Finding, ...] = Field(
+        description="What the config and the log show, most severe first (see `Finding`).")
+    recommendation: Recommendation | None = Field(
+        description="The next run to make (model, tokens, settings), or None when the inputs "
+        "give nothing to recommend from.")
     nanogpt_params: int | None = Field(None, description="nanoGPT's count of the model; None "
                                        "when the log is diagnosed without a model.")
-    total_params: int | None = None
-    tokens_per_step: int | None
-    tokens_seen: int | None
-    gpu: str | None
-    law: str
+    total_params: int | None = Field(None, description="Every parameter of the model, the "
+                                     "position table included (`count_params`), or None.")
+    tokens_per_step: int | None = Field(
+        description="Tokens per optimizer step, from the config or the log (None if neither "
+        "says).")
+    tokens_seen: int | None = Field(
+        description="Tokens trained on by the last step the log records (None if unknown).")
+    gpu: str | None = Field(description="The GPU the run used, as named to diagnose (None "
+                            "when not given).")
+    law: str = Field(description="The scaling law the expected losses come from (a "
+                     "`scaling_law` name).")
     notes: tuple[str, ...] = Field((), description="What could not be done, and why: e.g. the "
                                    "recommended run could not be planned on the GPU.")
 

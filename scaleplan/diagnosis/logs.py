@@ -61,12 +61,16 @@ class TrainingLog(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: str
-    format: LogFormat
-    records: tuple[LogRecord, ...]
+    source: str = Field(description="The file read (or the name given with ``text=``).")
+    format: LogFormat = Field(description="The log format recognised (e.g. 'nanogpt', "
+                              "'llm.c', 'hf-trainer').")
+    records: tuple[LogRecord, ...] = Field(description="Training and validation records in "
+                                           "step order (see `train_records_read`).")
     reported_params: int | None = Field(None, description="Parameter count the log prints.")
-    reported_params_text: str | None = None
-    reported_tokens_per_step: int | None = None
+    reported_params_text: str | None = Field(None, description="The log's own words for "
+                                             "the parameter count, e.g. '40.56M'.")
+    reported_tokens_per_step: int | None = Field(None, description="Tokens per step the log "
+                                                 "prints, if it prints one.")
     tokens_per_step_changes: tuple[tuple[int, int], ...] = Field(
         (), description="(step, tokens per step) each time the log states a batch size other "
         "than the one before (a resumed run printing another), the first included.")
@@ -74,9 +78,10 @@ class TrainingLog(BaseModel):
                                 "Trainer's console dicts): steps are the records counted.")
     train_records_read: int = Field(0, description="Training records in the log; `records` "
                                     "keeps at most MAX_KEPT_RECORDS of them, evenly spaced.")
-    warnings: tuple[LogWarning, ...] = ()
+    warnings: tuple[LogWarning, ...] = Field((), description="What the reader noticed "
+                                             "about the log itself (skipped lines, restarts).")
     lines_read: int = Field(0, description="Lines in the log, blank ones included.")
-    lines_recognised: int = 0
+    lines_recognised: int = Field(0, description="Lines read as a record or a fact.")
     lines_skipped: int = Field(0, description="Non-blank lines that matched no known format.")
     lines_too_long: int = Field(0, description=f"Lines over {MAX_LINE_CHARS:,} characters.")
     lines_not_utf8: int = Field(0, description="Lines whose bad bytes were replaced.")

@@ -36,13 +36,18 @@ class Recommendation(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: GPTConfig
-    training: TrainingConfig
-    tokens_per_step: int
-    micro_batch_options: tuple[tuple[int, int], ...]
-    nanogpt_params: int
-    compute_optimal_tokens: int
-    steps_for_compute_optimal: int
+    model: GPTConfig = Field(description="The model of the next run.")
+    training: TrainingConfig = Field(description="Its training config, grad-accum steps exact "
+                                     "and the schedule matched to its steps.")
+    tokens_per_step: int = Field(description="Tokens per optimizer step, kept from the run.")
+    micro_batch_options: tuple[tuple[int, int], ...] = Field(
+        description="(micro_batch_size, grad_accum_steps) pairs that keep tokens_per_step, "
+        "from the current micro-batch down.")
+    nanogpt_params: int = Field(description="The new model's count as nanoGPT prints it.")
+    compute_optimal_tokens: int = Field(description="Tokens the law says the new model "
+                                        "should see (compute-optimal).")
+    steps_for_compute_optimal: int = Field(description="Optimizer steps to see them at "
+                                           "tokens_per_step.")
     expected_val_loss: float | None = Field(
         None, description="Observed final val loss + the law's change for the new model at "
         "compute-optimal tokens (the law's absolute losses do not transfer across data sets).")
@@ -51,7 +56,8 @@ class Recommendation(BaseModel):
     expected_loss_on_data: ExpectedLoss | None = Field(
         None, description="The new model's loss at compute-optimal tokens on the run's dataset "
         "from the calibrated web-text law, with its interval (when the dataset is calibrated).")
-    changes: tuple[str, ...]
+    changes: tuple[str, ...] = Field(description="What changes from the diagnosed run, one "
+                                     "line each, in words.")
     plan: Plan | None = Field(None, description="plan() for the new run on the diagnosed GPU.")
     plan_note: str | None = Field(
         None, description="Why ``plan`` is None though a GPU was given: the planner's message "

@@ -33,16 +33,26 @@ class LogRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["train", "eval"]
-    step: int | None = Field(None, ge=0)
-    train_loss: float | None = Field(None, allow_inf_nan=False)
-    val_loss: float | None = Field(None, allow_inf_nan=False)
-    time_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
-    mfu_percent: float | None = Field(None, ge=0, le=MAX_MFU_PERCENT, allow_inf_nan=False)
-    tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False)
-    learning_rate: float | None = Field(None, allow_inf_nan=False)
-    epoch: float | None = Field(None, allow_inf_nan=False)
-    grad_norm: float | None = Field(None, ge=0, allow_inf_nan=False)
+    kind: Literal["train", "eval"] = Field(description="'train' for a training step's own "
+                                           "loss, 'eval' for an evaluation.")
+    step: int | None = Field(None, ge=0, description="The optimizer step the line reports.")
+    train_loss: float | None = Field(None, allow_inf_nan=False,
+                                     description="Training loss, nats per token.")
+    val_loss: float | None = Field(None, allow_inf_nan=False,
+                                   description="Validation loss, nats per token.")
+    time_ms: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                  description="Milliseconds the step took, as printed.")
+    mfu_percent: float | None = Field(None, ge=0, le=MAX_MFU_PERCENT, allow_inf_nan=False,
+                                      description="The MFU the log prints, in per cent.")
+    tokens_per_second: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                            description="Throughput the log prints, in tokens "
+                                            "per second.")
+    learning_rate: float | None = Field(None, allow_inf_nan=False,
+                                        description="The learning rate at that step.")
+    epoch: float | None = Field(None, allow_inf_nan=False,
+                                description="Epochs done, as the Trainer prints them.")
+    grad_norm: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                    description="The gradient norm the log prints.")
 
 
 class LogWarning(BaseModel):
@@ -50,10 +60,10 @@ class LogWarning(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    code: str
-    line: int
-    text: str
-    count: int = 1
+    code: str = Field(description="Stable identifier of the message, e.g. 'nan-loss'.")
+    line: int = Field(description="The first line it appears on (1-based).")
+    text: str = Field(description="That line's text, shortened.")
+    count: int = Field(1, description="Lines in the log with the same message.")
     step: int | None = Field(None, description="The step of its first line, when that line "
                              "says (a non-finite loss at step 312).")
 

@@ -74,7 +74,8 @@ class Parallelism(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data: int = Field(default=1, ge=1, description="Data-parallel degree.")
+    data: int = Field(default=1, ge=1, description="Data-parallel degree: replicas, or "
+                      "shards under ZeRO/FSDP.")
     zero: int = Field(default=0, description="ZeRO stage: 0, 1, 2 or 3.")
     fsdp: Literal["full_shard", "shard_grad_op"] | None = Field(
         default=None, description="FSDP sharding strategy, instead of a ZeRO stage.")

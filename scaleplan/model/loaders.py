@@ -180,8 +180,9 @@ class NanoGPTRun(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    model: GPTConfig
-    training: TrainingConfig
+    model: GPTConfig = Field(description="The model train.py builds from the file (see above).")
+    training: TrainingConfig = Field(description="Batch, length, precision and schedule: "
+                                     "train.py's defaults with the file's values.")
     claimed_params: int | None = Field(None, description="Size claimed in a comment, if any.")
     claimed_params_text: str | None = Field(None, description="The comment text of that claim.")
     source: str | None = Field(None, description="The file read.")

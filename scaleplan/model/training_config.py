@@ -34,20 +34,29 @@ class TrainingConfig(BaseModel):
     )
     world_size: PositiveInt = Field(1, description="Data-parallel ranks (GPUs).")
     max_iters: PositiveInt = Field(600_000, description="Optimizer steps in the run.")
-    precision: Precision = Field("bf16-mixed", description="See `Precision`.")
-    optimizer: str = Field("adamw", min_length=1, description="Optimizer name.")
+    precision: Precision = Field("bf16-mixed", description="Weight and compute dtypes (see "
+                                 "`Precision`).")
+    optimizer: str = Field("adamw", min_length=1, description="The optimizer's name (see "
+                           "`scaleplan.memory.states.OPTIMIZERS`).")
     compile: bool = Field(True, description="torch.compile the model.")
-    learning_rate: float = Field(6e-4, gt=0.0, allow_inf_nan=False)
-    min_lr: float = Field(6e-5, ge=0.0, allow_inf_nan=False)
-    warmup_iters: int = Field(2000, ge=0)
-    lr_decay_iters: PositiveInt = Field(600_000)
-    decay_lr: bool = True
-    weight_decay: float = Field(0.1, ge=0.0, allow_inf_nan=False)
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False)
-    beta2: float = Field(0.95, ge=0.0, lt=1.0, allow_inf_nan=False)
-    grad_clip: float = Field(1.0, ge=0.0, allow_inf_nan=False)
-    eval_interval: PositiveInt = 2000
-    eval_iters: PositiveInt = 200
+    learning_rate: float = Field(6e-4, gt=0.0, allow_inf_nan=False,
+                                 description="Peak learning rate, reached after warm-up.")
+    min_lr: float = Field(6e-5, ge=0.0, allow_inf_nan=False,
+                          description="Learning rate at the end of the cosine decay.")
+    warmup_iters: int = Field(2000, ge=0, description="Steps of linear warm-up.")
+    lr_decay_iters: PositiveInt = Field(600_000, description="Step at which the cosine decay "
+                                        "reaches min_lr.")
+    decay_lr: bool = Field(True, description="False keeps the learning rate constant.")
+    weight_decay: float = Field(0.1, ge=0.0, allow_inf_nan=False,
+                                description="AdamW's decoupled weight decay.")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, allow_inf_nan=False,
+                         description="AdamW's first-moment decay.")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, allow_inf_nan=False,
+                         description="AdamW's second-moment decay.")
+    grad_clip: float = Field(1.0, ge=0.0, allow_inf_nan=False,
+                             description="Gradient norm clip (0 turns clipping off).")
+    eval_interval: PositiveInt = Field(2000, description="Steps between evaluations.")
+    eval_iters: PositiveInt = Field(200, description="Batches per evaluation.")
 
     @model_validator(mode="before")
     @classmethod

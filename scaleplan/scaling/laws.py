@@ -52,8 +52,8 @@ class ScalingLaw(BaseScalingLaw):
     E: float = Field(ge=0, description="Irreducible loss, nats per token.")
     A: float = Field(gt=0, description="Model-size term coefficient.")
     B: float = Field(gt=0, description="Data term coefficient.")
-    alpha: float = Field(gt=0, description="Model-size exponent.")
-    beta: float = Field(gt=0, description="Data exponent.")
+    alpha: float = Field(gt=0, description="Model-size exponent: the loss falls as N^-alpha.")
+    beta: float = Field(gt=0, description="Data exponent: the loss falls as D^-beta.")
     fit: FitReport | None = Field(default=None, description="Set when fitted by fit_scaling_law.")
 
     @property
