@@ -22,7 +22,8 @@ Per format, one linear of ``n = out x in`` elements holds (bytes; packed data, t
   per-row granularity).
 - ``int8``: n and one fp32 scale per output row (bitsandbytes LLM.int8, ``Int8Params.SCB``).
 - ``int4``: n / 2 and, per group of ``group_size`` (default 128) inputs of each row, a bf16
-  scale and a bf16 zero (torchao ``Int4WeightOnlyConfig``, GPTQ/AWQ-style).
+  scale and a bf16 zero (torchao ``Int4WeightOnlyConfig``, GPTQ/AWQ-style); torchao leaves a
+  linear whose input is no multiple of ``group_size`` in bf16 (`int4_applies`).
 - ``nf4``: n / 2, an fp32 absmax per block of ``group_size`` (default 64) elements, and per
   tensor the 16 fp32 NF4 levels (``quant_state.code``, 64 bytes).
 - ``nf4-dq``: n / 2, the absmax quantized to 8 bits (1 byte per block), an fp32 constant per
@@ -61,7 +62,10 @@ __all__ = [
     "WEIGHT_FORMATS",
     "QuantizedWeights",
     "WeightFormat",
+    "check_format",
     "dequantized_linear_bytes",
+    "hf_linears",
+    "int4_applies",
     "linear_bytes",
     "quantized_weight_bytes",
 ]
@@ -148,6 +152,20 @@ def linear_bytes(weights: WeightFormat, rows: int, cols: int,
     nested = -(-blocks // NESTED_BLOCKSIZE)
     return data, (blocks + FP32_BYTES * nested + DYNAMIC_CODE_BYTES + OFFSET_BYTES
                   + NF4_CODE_BYTES)
+
+
+def int4_applies(weights: str, cols: int, group_size: int | None) -> bool:
+    """Whether a linear of ``cols`` inputs is stored as ``weights``: torchao's int4 leaves a
+    linear whose input is not a whole number of groups in 16 bits (``quant_api.py``,
+    ``_int4_weight_only_transform``: "Skipping quantizing weight ... not compatible with
+    group_size"); every other format takes every linear.
+
+    >>> int4_applies("int4", 688, 128), int4_applies("int4", 4096, 128)
+    (False, True)
+    >>> int4_applies("nf4", 688, 64)
+    True
+    """
+    return weights != "int4" or cols % _group(weights, group_size) == 0
 
 
 def _group(weights: str, group_size: int | None) -> int:
@@ -265,7 +283,11 @@ def _weight_bytes_body(cfg: GPTConfig, fmt: WeightFormat, g: int | None, tp: int
             other += times * width * _unquantized_share(t, tp, ep)
             continue
         for shape in hf_linears(cfg, t):
-            d, s = linear_bytes(fmt, *_sharded(t.name, shape, tp), g)
+            rows, cols = _sharded(t.name, shape, tp)
+            if not int4_applies(fmt, cols, g):
+                other += times * HALF_BYTES * rows * cols
+                continue
+            d, s = linear_bytes(fmt, rows, cols, g)
             data += times * d
             scales += times * s
     return data, scales, other
@@ -296,5 +318,6 @@ def dequantized_linear_bytes(cfg: GPTConfig, weights: WeightFormat) -> int:
     if fmt in _WHOLE_BYTES:
         return 0
     largest = max((rows * cols for t in parameters(cfg) if _quantizable(t)
-                   for rows, cols in hf_linears(cfg, t)), default=0)
+                   for rows, cols in hf_linears(cfg, t) if int4_applies(fmt, cols, None)),
+                  default=0)
     return HALF_BYTES * largest
