@@ -1,7 +1,14 @@
-"""Bytes of quantized weights (`scaleplan.memory.quantized`): hand calculations and published
-figures (torch-free, so mutation testing sees them)."""
+"""Bytes of quantized weights (`scaleplan.memory.quantized`): hand calculations, published
+figures and a replay of the committed measurements of bitsandbytes and torchao
+(``docs/validation/quantized_weights.json``, written by ``python -m
+scaleplan.reference.quant_measure``), all torch-free so mutation testing sees them; and the
+live measurements themselves, marked ``torch``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +173,152 @@ def test_unmodelled_parallelism_is_refused() -> None:
         quantized_weight_bytes(LLAMA2_7B, "nf4", parallelism=Parallelism(data=2, zero=3))
     with pytest.raises(ScaleplanError, match=r"parallelism=\{'tensor': 2\} is not a Parallelism"):
         quantized_weight_bytes(LLAMA2_7B, "nf4", parallelism={"tensor": 2})  # type: ignore[arg-type]
+
+
+# torchao's benchmark table (pytorch/ao, torchao/quantization/README.md, "CUDA backend |
+# NVIDIA-A100-80GB GPU", Llama-2-7B = meta-llama/Llama-2-7b-chat-hf and Llama-3-8B rows):
+# "Model Size (GB)" is torchao/_models/llama/generate.py's _get_model_size: the bytes of every
+# parameter and buffer of the model's children except the nn.Embedding, / 1e9. There quantize_
+# takes every nn.Linear, the output layer included; norms stay bf16.
+def _gpt_fast_size(cfg: GPTConfig, weights: str, group_size: int | None = None,
+                   pad_to: int = 1) -> float:
+    from scaleplan.memory.quantized import hf_linears
+    from scaleplan.model.shapes import parameters
+
+    total = 0
+    for t in parameters(cfg):
+        if t.part == "token_embedding":
+            continue
+        times = cfg.n_layer if t.per_block else 1
+        if not t.matmul:
+            total += times * 2 * t.numel  # RMSNorm scales, bf16
+            continue
+        for rows, cols in hf_linears(cfg, t):
+            padded = -(-cols // pad_to) * pad_to
+            total += times * sum(linear_bytes(weights, rows, padded, group_size))  # type: ignore[arg-type]
+    return total / 1e9
+
+
+def test_torchao_readme_llama_model_sizes() -> None:
+    llama3 = GPTConfig.preset("llama-3-8b")
+    assert round(_gpt_fast_size(LLAMA2_7B, "bf16"), 2) == 13.21
+    assert round(_gpt_fast_size(llama3, "bf16"), 2) == 15.01
+    # int4wo-64: Llama-3-8B's widths are multiples of 1024; torchao's CUDA tinygemm layout
+    # pads in_features to a multiple of 1024 (int4_tile_packed_to_4d_tensor.py:
+    # find_multiple(orig_in_features, 1024)), so Llama-2-7B's 11008-wide down projection
+    # holds 11264 columns: 3.717 GB unpadded, 3.736 padded, the table's 3.74.
+    assert round(_gpt_fast_size(llama3, "int4", 64), 2) == 4.22
+    assert round(_gpt_fast_size(LLAMA2_7B, "int4", 64, pad_to=1024), 2) == 3.74
+    assert round(_gpt_fast_size(LLAMA2_7B, "int4", 64), 3) == 3.717
+    # float8wo (Llama-3.1-8B, H100 table): one fp32 scale per row
+    assert round(_gpt_fast_size(llama3, "fp8"), 2) == 7.51
+
+
+def test_torchao_readme_int8wo_has_ten_bytes_per_row() -> None:
+    # int8wo: 7.52 GB for Llama-3-8B, where LLM.int8's 4 bytes per row give 7.51: torchao's
+    # int8 weight-only keeps a bf16 scale and an int64 zero point per row (10 bytes; the
+    # harness measures it, docs/validation/quantized_weights.json).
+    llama3 = GPTConfig.preset("llama-3-8b")
+    rows = 32 * (4096 + 1024 + 1024 + 4096 + 2 * 14336 + 4096) + 128256
+    llm_int8 = _gpt_fast_size(llama3, "int8")
+    assert round(llm_int8, 2) == 7.51
+    assert round(llm_int8 + (10 - 4) * rows / 1e9, 2) == 7.52
+
+
+RECORD = Path(__file__).resolve().parents[1] / "docs" / "validation" / "quantized_weights.json"
+RECORDS: list[dict[str, Any]] = json.loads(RECORD.read_text())["records"]
+PARTS = ("quantized", "scales", "unquantized")
+NF4_PER_TENSOR = {"nf4": 64, "nf4-dq": 64 + 1024 + 4}  # codes (and offset) per Params4bit
+
+
+def _predicted(record: dict[str, Any]) -> dict[str, int]:
+    """scaleplan's parts for a record, computed now (not the record's own prediction)."""
+    if record["kind"] == "linear":
+        data, scales = linear_bytes(record["weights"], *record["shape"], record["group_size"])
+        return {"quantized": data, "scales": scales, "unquantized": 0}
+    q = quantized_weight_bytes(GPTConfig.model_validate(record["config"]), record["weights"],
+                               group_size=record["group_size"])
+    return {"quantized": q.quantized, "scales": q.scales, "unquantized": q.unquantized}
+
+
+def _known_difference(record: dict[str, Any]) -> dict[str, int]:
+    """What the libraries hold beyond the formulas, written out per documented layout."""
+    extra = dict.fromkeys(PARTS, 0)
+    if record["kind"] == "model":
+        cfg = GPTConfig.model_validate(record["config"])
+    if record["library"] == "torchao" and record["weights"] == "int8":
+        # torchao's int8 weight-only: a bf16 scale and an int64 zero point per row (10 bytes)
+        # where LLM.int8 keeps one fp32 scale (4): the 6 extra bytes of each row
+        extra["scales"] = _predicted(record)["scales"] * 6 // 4
+    if record.get("case") == "gpt2" and record["weights"] in NF4_PER_TENSOR:
+        # GPT-2's fused c_attn Conv1D is one Params4bit, where q, k, v are counted as three
+        extra["scales"] = -2 * cfg.n_layer * NF4_PER_TENSOR[record["weights"]]
+    if record.get("case") == "deepseek_v3":
+        # DeepseekV3TopkRouter's weight is created fp32 (modeling_deepseek_v3.py): 2 more
+        # bytes per element than the bf16 router counted here, in each MoE block
+        assert cfg.moe is not None
+        moe_blocks = cfg.n_layer - cfg.moe.n_dense_layers
+        extra["unquantized"] = 2 * moe_blocks * cfg.moe.n_experts * cfg.n_embd
+    return extra
+
+
+def _label(record: dict[str, Any]) -> str:
+    what = record.get("case") or "x".join(map(str, record["shape"]))
+    return f"{what}-{record['library']}-{record['weights']}-g{record['group_size']}"
+
+
+def test_record_covers_formats_families_and_libraries() -> None:
+    cases = {r.get("case") for r in RECORDS if r["kind"] == "model"}
+    assert {"llama", "qwen2", "gpt2", "mixtral", "qwen3_moe", "deepseek_v3"} <= cases
+    assert {(r["library"], r["weights"]) for r in RECORDS} == {
+        ("bitsandbytes", "nf4"), ("bitsandbytes", "nf4-dq"), ("bitsandbytes", "int8"),
+        ("torchao", "int4"), ("torchao", "int8"), ("torchao", "fp8")}
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=_label)
+def test_measured_bytes_replayed_exactly(record: dict[str, Any]) -> None:
+    predicted = _predicted(record)
+    extra = _known_difference(record)
+    assert record["measured"] == {k: predicted[k] + extra[k] for k in PARTS}
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=_label)
+def test_measured_total_within_two_percent(record: dict[str, Any]) -> None:
+    # the issue's acceptance bar, with no allowance for the documented differences, except
+    # for torchao's int8 on the 250-wide toy linear: its 6 more bytes per row than LLM.int8
+    # are 2.4 % of 260 kB there (0.15 % at Llama's 4096 inputs; the exact replay above checks
+    # that layout)
+    toy = record["library"] == "torchao" and record["weights"] == "int8" and record.get(
+        "shape") == [1000, 250]
+    allowance = sum(_known_difference(record).values()) if toy else 0
+    measured, predicted = (sum(parts.values()) for parts in (record["measured"],
+                                                              _predicted(record)))
+    assert measured == pytest.approx(predicted + allowance, rel=0.02)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(("case", "library", "fmt"), [
+    ("llama", "bitsandbytes", "nf4-dq"), ("gpt2", "bitsandbytes", "int8"),
+    ("mixtral", "bitsandbytes", "nf4"), ("llama", "torchao", "int4"),
+    ("qwen2", "torchao", "fp8")])
+def test_live_library_bytes(case: str, library: str, fmt: str) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("bitsandbytes" if library == "bitsandbytes" else "torchao")
+    from scaleplan.reference.quant_measure import measure_model
+
+    record = measure_model(case, library, fmt)
+    predicted = _predicted(record)
+    extra = _known_difference(record)
+    assert record["measured"] == {k: predicted[k] + extra[k] for k in PARTS}
+
+
+@pytest.mark.torch
+def test_live_real_width_linear() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("bitsandbytes")
+    from scaleplan.reference.quant_measure import measure_linear
+
+    record = measure_linear((1024, 4096), "bitsandbytes", "nf4-dq")
+    assert record["measured"] == {"quantized": 1024 * 4096 // 2,
+                                  "scales": 65536 + 4 * 256 + 1092, "unquantized": 0}

@@ -237,7 +237,8 @@ def _record(*, case: str, library: str, weights: str, group_size: int | None,
             ) -> dict[str, Any]:
     q = quantized_weight_bytes(cfg, weights, group_size=group_size)  # type: ignore[arg-type]
     return {"kind": "model", "case": case, "library": library, "weights": weights,
-            "group_size": group_size, "hf_config": hf_config, "measured": _parts(measured),
+            "group_size": group_size, "hf_config": hf_config,
+            "config": cfg.model_dump(mode="json"), "measured": _parts(measured),
             "buffers": measured["buffers"],
             "predicted": {"quantized": q.quantized, "scales": q.scales,
                           "unquantized": q.unquantized}}
@@ -261,6 +262,7 @@ def measure_all() -> list[dict[str, Any]]:
             records.append(measure_linear(shape, "bitsandbytes", fmt))
         for g in (32, 256) if shape == (4096, 4096) else ():
             records.append(measure_linear(shape, "bitsandbytes", "nf4-dq", g))
+        for g in (32, 64) if shape == (4096, 4096) else ():  # CPU int4: groups of 32-128
             records.append(measure_linear(shape, "torchao", "int4", g))
         for fmt in TORCHAO_FORMATS:
             if fmt == "int4" and shape[1] % 128:
