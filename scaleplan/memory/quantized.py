@@ -37,9 +37,21 @@ Sizes come from bitsandbytes 0.50.2 (``bitsandbytes/functional.py``: ``quantize_
 torchao 0.14.1; `scaleplan.reference.quant_measure` measures both and
 ``docs/validation/quantized_weights.json`` records the measurements.
 
-Per-tensor constants are counted per linear as transformers stores them: q, k and v as three
-linears (Llama, Mistral, Qwen2, OPT; GPT-2's fused ``c_attn`` is one, 2 x 64 bytes fewer per
-block in ``nf4``), the gated MLP's gate and up as two.
+Measured on CPU (66 cases: six model families and five real-width shapes), every part is
+exact except where a library's layout differs from the one formula per format:
+
+- per-tensor constants are counted per linear as transformers stores them: q, k and v as
+  three linears (Llama, Mistral, Qwen2, OPT), the gated MLP's gate and up as two; GPT-2's
+  fused ``c_attn`` (and other fused-qkv models: GPT-NeoX, Phi-3, Falcon) is one tensor, so
+  it holds 2 x 64 bytes fewer per block in ``nf4``, 2 x 1,092 in ``nf4-dq``;
+- torchao's ``Int8WeightOnlyConfig`` keeps a bf16 scale and an int64 zero point per row
+  (10 bytes, where ``int8`` counts LLM.int8's 4): 0.15 % more at 4096 inputs;
+- DeepSeek-V3's router weight is created fp32 (``DeepseekV3TopkRouter``), counted here as
+  bf16 like every other router;
+- on CUDA, torchao's tensor-core int4 layout (``int4_tile_packed_to_4d_tensor.py``) pads the
+  input to a multiple of 1024 and the output to a multiple of 8 (Llama-2-7B's 11,008-wide
+  down projection holds 11,264 columns, +0.5 % of the int4 total); ``int4`` counts the
+  unpadded layout of torchao's CPU and plain packings.
 """
 
 from __future__ import annotations
