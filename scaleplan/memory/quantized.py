@@ -265,9 +265,11 @@ def quantized_weight_bytes(cfg: GPTConfig, weights: WeightFormat = "bf16", *,
     and 128); fp8 and int8 have one scale per output row and take no group size. What is
     quantized and what stays in 16 bits, and the bytes per format, are in the module's
     docstring. Under ``parallelism`` each of ``tensor`` ranks holds its slice of every
-    linear (column parallel, the output projections row parallel), of the embedding and
-    head (vocabulary parallel) and of the routed experts (also divided by ``expert``), and
-    all the norms; per-tensor constants are held by every rank.
+    linear (column parallel, the output projections row parallel), of the token embedding
+    and head (vocabulary parallel) and of the routed experts (also divided by ``expert``),
+    and all the norms, the position embedding and the row-parallel biases; per-tensor
+    constants are held by every rank. Data-parallel replicas each hold the whole model;
+    pipeline stages and ZeRO/FSDP sharding are refused (not modelled yet).
 
     >>> cfg = GPTConfig.preset("llama-2-7b")
     >>> bf16 = quantized_weight_bytes(cfg, "bf16")
@@ -309,27 +311,34 @@ _weight_bytes = per_config(_weight_bytes_body)
 
 
 def _unquantized_share(t: Tensor, tp: int, ep: int) -> int:
-    """Elements of an unquantized tensor one rank holds: norms whole, the routed experts
-    split over tensor x expert ranks, the rest (embeddings, head, biases) over tensor ranks."""
-    if t.part == "norms" or tp * ep == 1:
+    """Elements of an unquantized tensor one rank holds (Megatron-LM's layout): norms, the
+    position embedding and the output projections' biases whole (a row-parallel layer adds
+    its bias after the all-reduce), the routed experts split over tensor x expert ranks, the
+    rest (token embedding and head, vocabulary parallel; the other biases) over tensor
+    ranks."""
+    whole = (t.part in ("norms", "position_embedding")
+             or t.name.removesuffix(".bias") in _ROW_PARALLEL)
+    if whole or tp * ep == 1:
         return int(t.numel)
     split = tp * ep if t.routed else tp
     return int(-(-t.numel // split))
 
 
-def dequantized_linear_bytes(cfg: GPTConfig, weights: WeightFormat) -> int:
+def dequantized_linear_bytes(cfg: GPTConfig, weights: WeightFormat, *,
+                             group_size: int | None = None) -> int:
     """Bytes of the largest quantized linear weight dequantized to bf16: QLoRA (bitsandbytes'
     ``MatMul4Bit``) dequantizes one weight at a time in forward and again in backward, and
     LLM.int8's backward dequantizes its int8 weight, so one such 16-bit copy is live at a
-    time. 0 for fp32, bf16 and fp16, which nothing dequantizes.
+    time. 0 for fp32, bf16 and fp16, which nothing dequantizes. ``group_size`` matters only
+    to int4, which leaves a linear whose input is no multiple of it in bf16.
 
     >>> dequantized_linear_bytes(GPTConfig.preset("llama-2-7b"), "nf4")  # 11008 x 4096 MLP
     90177536
     """
-    fmt, _ = check_format(weights, None)
+    fmt, g = check_format(weights, group_size)
     if fmt in _WHOLE_BYTES:
         return 0
     largest = max((rows * cols for t in parameters(cfg) if _quantizable(t)
-                   for rows, cols in hf_linears(cfg, t) if int4_applies(fmt, cols, None)),
+                   for rows, cols in hf_linears(cfg, t) if int4_applies(fmt, cols, g)),
                   default=0)
     return HALF_BYTES * largest
