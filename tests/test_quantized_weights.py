@@ -381,3 +381,17 @@ def test_result_round_trips_through_json() -> None:
     q = quantized_weight_bytes(LLAMA2_7B, "int4", group_size=64)
     assert QuantizedWeights.model_validate_json(q.model_dump_json()) == q
     assert q.group_size == 64
+
+
+def test_qlora_double_quantization_saves_about_3_gb_on_65b() -> None:
+    # QLoRA (arXiv:2305.14314, Sec. 3): double quantization saves "approximately 3 GB for a
+    # 65B model". LLaMA-65B (huggyllama/llama-65b config.json): 80 layers, d = 8192, 64
+    # heads, f = 22016, vocab 32000, untied head.
+    llama65 = LLAMA2_7B.replace(n_layer=80, n_head=64, n_embd=8192, mlp_hidden=22016)
+    saved = (quantized_weight_bytes(llama65, "nf4").total
+             - quantized_weight_bytes(llama65, "nf4-dq").total)
+    assert round(saved / 1e9) == 3
+    # by hand: 80 layers x (4 x 8192^2 + 3 x 22016 x 8192) elements, 0.373 bits each, less
+    # the 1,028 more bytes of constants per linear (7 per layer)
+    n = 80 * (4 * 8192**2 + 3 * 22016 * 8192)
+    assert saved == n // 64 * 3 - n // (64 * 256) * 4 - 80 * 7 * (1092 - 64)
