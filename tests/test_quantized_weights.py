@@ -7,6 +7,7 @@ live measurements themselves, marked ``torch``."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -146,33 +147,116 @@ def test_dequantized_linear_is_the_largest_in_bf16() -> None:
     assert dequantized_linear_bytes(GPTConfig.preset("llama-3-8b"), "nf4-dq") == 2 * 14336 * 4096
 
 
+def _refused(message: str, *args: Any, **kwargs: Any) -> None:
+    with pytest.raises(ScaleplanError, match=f"^{re.escape(message)}$"):
+        quantized_weight_bytes(LLAMA2_7B, *args, **kwargs)
+
+
 def test_bad_format_is_refused_by_name() -> None:
-    with pytest.raises(ScaleplanError, match=r"weights='int3' is not a weight format"):
-        quantized_weight_bytes(LLAMA2_7B, "int3")  # type: ignore[arg-type]
+    formats = "fp32, bf16, fp16, fp8, int8, int4, nf4, nf4-dq"
+    _refused(f"weights='int3' is not a weight format; use one of {formats}", "int3")
     with pytest.raises(ScaleplanError, match=r"weights=4 is not a weight format"):
         dequantized_linear_bytes(LLAMA2_7B, 4)  # type: ignore[arg-type]
 
 
 def test_bad_group_sizes_are_refused_by_name() -> None:
-    with pytest.raises(ScaleplanError, match=r"group_size=100 is not a group size .*int4"):
-        quantized_weight_bytes(LLAMA2_7B, "int4", group_size=100)
-    with pytest.raises(ScaleplanError, match=r"group_size=16 is not a group size bitsandbytes"):
-        quantized_weight_bytes(LLAMA2_7B, "nf4", group_size=16)
-    with pytest.raises(ScaleplanError, match=r"group_size=True"):
-        quantized_weight_bytes(LLAMA2_7B, "nf4", group_size=True)
-    with pytest.raises(ScaleplanError, match=r"group_size=128 with weights='int8'.*not modelled"):
-        quantized_weight_bytes(LLAMA2_7B, "int8", group_size=128)
-    with pytest.raises(ScaleplanError, match=r"group_size=64 with weights='bf16'"):
-        quantized_weight_bytes(LLAMA2_7B, "bf16", group_size=64)
+    _refused("group_size=100 is not a group size torchao's Int4WeightOnlyConfig accepts for "
+             "weights='int4'; use one of 32, 64, 128, 256 (default 128)", "int4",
+             group_size=100)
+    _refused("group_size=512 is not a group size torchao's Int4WeightOnlyConfig accepts for "
+             "weights='int4'; use one of 32, 64, 128, 256 (default 128)", "int4",
+             group_size=512)
+    _refused("group_size=16 is not a group size bitsandbytes accepts for weights='nf4'; use "
+             "one of 32, 64, 128, 256, 512, 1024, 2048, 4096 (default 64)", "nf4",
+             group_size=16)
+    _refused("group_size=True is not a group size bitsandbytes accepts for weights='nf4-dq'; "
+             "use one of 32, 64, 128, 256, 512, 1024, 2048, 4096 (default 64)", "nf4-dq",
+             group_size=True)
+    _refused("group_size=128 with weights='int8': int8 has per-row scales, group-wise scales "
+             "are not modelled yet; leave group_size=None, or use weights='int4', 'nf4' or "
+             "'nf4-dq'", "int8", group_size=128)
+    _refused("group_size=64 with weights='bf16': bf16 has no scales, group-wise scales are "
+             "not modelled yet; leave group_size=None, or use weights='int4', 'nf4' or "
+             "'nf4-dq'", "bf16", group_size=64)
+    # the sizes each library accepts are accepted
+    assert quantized_weight_bytes(LLAMA2_7B, "nf4", group_size=4096).group_size == 4096
+    assert quantized_weight_bytes(LLAMA2_7B, "int4", group_size=256).group_size == 256
 
 
 def test_unmodelled_parallelism_is_refused() -> None:
-    with pytest.raises(ScaleplanError, match=r"parallelism=.*not modelled yet"):
-        quantized_weight_bytes(LLAMA2_7B, "nf4", parallelism=Parallelism(pipeline=2))
-    with pytest.raises(ScaleplanError, match=r"parallelism=.*not modelled yet"):
-        quantized_weight_bytes(LLAMA2_7B, "nf4", parallelism=Parallelism(data=2, zero=3))
-    with pytest.raises(ScaleplanError, match=r"parallelism=\{'tensor': 2\} is not a Parallelism"):
-        quantized_weight_bytes(LLAMA2_7B, "nf4", parallelism={"tensor": 2})  # type: ignore[arg-type]
+    _refused("parallelism.pipeline=2: quantized weights per pipeline stage are not modelled "
+             "yet; use pipeline=1 (tensor and expert parallelism are)", "nf4",
+             parallelism=Parallelism(pipeline=2))
+    for par, shown in ((Parallelism(data=2, zero=1), "zero=1, fsdp=None"),
+                       (Parallelism(data=2, fsdp="full_shard"), "zero=0, fsdp='full_shard'")):
+        _refused(f"parallelism.{shown}: quantized weights sharded by ZeRO/FSDP are not "
+                 "modelled yet; use zero=0 and fsdp=None (each data-parallel replica then "
+                 "holds the whole model)", "nf4", parallelism=par)
+    _refused("parallelism={'tensor': 2} is not a Parallelism; pass Parallelism(tensor=..., "
+             "expert=...) or None", "nf4", parallelism={"tensor": 2})
+    # data-parallel replicas each hold the whole model
+    assert quantized_weight_bytes(LLAMA2_7B, "nf4", parallelism=Parallelism(data=8)) == (
+        quantized_weight_bytes(LLAMA2_7B, "nf4"))
+
+
+def test_int4_applies_by_group() -> None:
+    from scaleplan.memory.quantized import int4_applies
+
+    assert int4_applies("int4", 4096, None) and not int4_applies("int4", 192, None)  # 128
+    assert int4_applies("int4", 96, 32) and not int4_applies("int4", 96, 64)
+    assert int4_applies("nf4", 100, None) and int4_applies("int8", 3, None)
+
+
+def test_non_default_group_sizes_by_hand() -> None:
+    nf4 = quantized_weight_bytes(LLAMA2_7B, "nf4", group_size=256)
+    assert nf4.scales == 4 * L2_LINEAR // 256 + 64 * L2_LINEARS
+    i4 = quantized_weight_bytes(LLAMA2_7B, "int4", group_size=32)
+    assert i4.scales == 2 * 2 * L2_LINEAR // 32
+    # 11008 = 43 x 256: Llama-2's down projection is whole groups of 256 too
+    assert quantized_weight_bytes(LLAMA2_7B, "int4", group_size=256).quantized == L2_LINEAR // 2
+
+
+def test_opt_projections_are_quantized_linears() -> None:
+    # OPT-350m's layout: a 512-wide embedding, project_in (1024 x 512) and project_out
+    # (512 x 1024) nn.Linear around a 1024-wide model; bitsandbytes replaces both.
+    cfg = GPTConfig(n_layer=1, n_head=16, n_embd=1024, vocab_size=1000, embed_dim=512,
+                    block_size=64)
+    with_proj = quantized_weight_bytes(cfg, "int8")
+    without = quantized_weight_bytes(cfg.replace(embed_dim=None), "int8")
+    block = 4 * 1024 * 1024 + 2 * 4096 * 1024
+    assert with_proj.quantized == block + 2 * 512 * 1024
+    assert without.quantized == block
+    assert with_proj.scales == 4 * (4 * 1024 + 4096 + 1024 + 1024 + 512)
+
+
+def test_tensor_parallel_rounds_uneven_shares_up() -> None:
+    # mlp_hidden 690 over 4 ranks: 173 rows of c_fc (and its bias) per rank, 173 inputs of
+    # the down projection
+    cfg = GPTConfig(n_layer=1, n_head=4, n_embd=64, vocab_size=100, mlp_hidden=690,
+                    block_size=32)
+    q = quantized_weight_bytes(cfg, "int8", parallelism=Parallelism(tensor=4))
+    assert q.quantized == 3 * 16 * 64 + 64 * 16 + 173 * 64 + 64 * 173
+    assert q.scales == 4 * (3 * 16 + 64 + 173 + 64)
+    other = (100 * 64 // 4 + 32 * 64 + 2 * 64
+             + 4 * 64 + 3 * 64 // 4 + 64 + 173 + 64)  # wte, wpe, ln_f; block norms, biases
+    assert q.unquantized == 2 * other
+
+
+def test_tensor_and_expert_parallel_split_routed_experts_over_both() -> None:
+    cfg = GPTConfig(n_layer=1, n_head=4, n_embd=64, vocab_size=128, mlp="swiglu",
+                    norm="rmsnorm", bias=False, position="rope", tie_embeddings=False,
+                    moe={"n_experts": 8, "top_k": 2, "expert_hidden": 32})
+    q = quantized_weight_bytes(cfg, "nf4", parallelism=Parallelism(data=2, tensor=2, expert=2))
+    experts = 8 * 3 * 32 * 64 // 4
+    other = 2 * 128 * 64 // 2 + 3 * 64 + experts + 8 * 64 // 2  # router split by t
+    assert q.unquantized == 2 * other
+
+
+def test_int4_model_with_no_whole_group_dequantizes_nothing() -> None:
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=96, vocab_size=100, block_size=32,
+                    mlp_hidden=480)
+    assert dequantized_linear_bytes(cfg, "int4") == 0  # 96 and 480 inputs: no 128 groups
+    assert dequantized_linear_bytes(cfg, "int4", group_size=32) == 2 * 480 * 96
 
 
 # torchao's benchmark table (pytorch/ao, torchao/quantization/README.md, "CUDA backend |

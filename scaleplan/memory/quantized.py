@@ -219,10 +219,15 @@ def _check_parallelism(cfg: GPTConfig, parallelism: object) -> Parallelism:
         raise ScaleplanError(
             f"parallelism={shown(parallelism)} is not a Parallelism; pass "
             "Parallelism(tensor=..., expert=...) or None")
-    if parallelism.pipeline > 1 or parallelism.zero_stage > 0:
+    if parallelism.pipeline > 1:
         raise ScaleplanError(
-            f"parallelism={parallelism!r}: quantized weights under pipeline stages or "
-            "ZeRO/FSDP sharding are not modelled yet; use tensor and expert parallelism")
+            f"parallelism.pipeline={parallelism.pipeline}: quantized weights per pipeline "
+            "stage are not modelled yet; use pipeline=1 (tensor and expert parallelism are)")
+    if parallelism.zero_stage > 0:
+        raise ScaleplanError(
+            f"parallelism.zero={parallelism.zero}, fsdp={parallelism.fsdp!r}: quantized "
+            "weights sharded by ZeRO/FSDP are not modelled yet; use zero=0 and fsdp=None "
+            "(each data-parallel replica then holds the whole model)")
     parallelism.check(cfg)
     return parallelism
 
