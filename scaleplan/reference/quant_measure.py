@@ -21,8 +21,9 @@ state (``absmax``, ``code``, ``offset``, the nested state's ``absmax`` and ``cod
 other parameter as ``unquantized``. Buffers (rotary ``inv_freq``) are recorded apart: they are
 not weights. A tensor shared by two names (a tied head) is counted once.
 
-``python -m scaleplan.reference.quant_measure`` writes ``docs/validation/quantized_weights.json``,
-which ``tests/test_quantized_weights_replay.py`` replays without torch.
+``python -m scaleplan.reference.quant_measure`` (about 4 minutes on 2 CPU cores) writes
+``docs/validation/quantized_weights.json``, which ``tests/test_quantized_weights.py`` replays
+without torch, and its page ``quantized_weights.md``.
 """
 
 from __future__ import annotations
