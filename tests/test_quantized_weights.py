@@ -257,6 +257,10 @@ def test_int4_model_with_no_whole_group_dequantizes_nothing() -> None:
                     mlp_hidden=480)
     assert dequantized_linear_bytes(cfg, "int4") == 0  # 96 and 480 inputs: no 128 groups
     assert dequantized_linear_bytes(cfg, "int4", group_size=32) == 2 * 480 * 96
+    # bf16 all but the biases and norms at the default group; every linear in groups of 32
+    linears = 4 * 96 * 96 + 2 * 480 * 96
+    assert quantized_weight_bytes(cfg, "int4").quantized == 0
+    assert quantized_weight_bytes(cfg, "int4", group_size=32).quantized == linears // 2
 
 
 # torchao's benchmark table (pytorch/ao, torchao/quantization/README.md, "CUDA backend |
