@@ -27,7 +27,11 @@ which runs torchtitan's own model and activation checkpointing):
 - ``"selective"`` (torchtitan's per-op ``SelectiveAC``,
   ``torchtitan/distributed/activation_checkpoint.py``): each block's input and the cached
   outputs of the ops its policy marks MUST_SAVE: the matmuls, every second one recomputed (of
-  ``wqkv, wo, w1, w3, w2`` the 1st, 3rd and 5th are kept) and FlexAttention's three outputs.
+  ``wqkv, wo, w1, w3, w2`` the 1st, 3rd and 5th are kept) and FlexAttention's three outputs;
+
+and outside the blocks: the token ids (the embedding's), the block mask (saved by the first
+FlexAttention without checkpointing) or the positions (kept by the checkpointed blocks), the
+final norm's saves, the ``lm_head`` input, the fp32 log-softmax and the targets.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ TITAN_PRECISIONS = {"bf16-mixed": 2, "32-true": 4}
 parameter and of an activation. Its ``mixed_precision_reduce`` is always "float32"."""
 
 INT64_BYTES = 8
+INT32_BYTES = 4
+# FlexAttention's sparse block (torch.nn.attention.flex_attention._DEFAULT_SPARSE_BLOCK_SIZE,
+# torchtitan's FlexAttention.Config default): the block mask has ceil(s / 128) row blocks.
+FLEX_BLOCK = 128
 COMPLEX64_BYTES = 8  # one rotary pair (cos, sin) as a complex64
 LOSS_SCALAR_BYTES = 4  # nll_loss's fp32 total_weight, saved with reduction="sum"
 
@@ -106,6 +114,12 @@ def titan_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpo
     out = {f"block.{k}": v * layers for k, v in titan_block_terms(
         cfg, b, s, e=e, device=device, checkpointing=checkpointing).items()}
     out["embedding_ids"] = T * INT64_BYTES
+    if checkpointing == "none":  # the first FlexAttention saves the block mask, shared by all
+        n = -(-s // FLEX_BLOCK)
+        # kv/q num_blocks (b, 1, n) and indices (b, 1, n, n), each with its "full" twin, int32
+        out["block_mask"] = 4 * b * n * INT32_BYTES + 4 * b * n * n * INT32_BYTES
+    else:  # each checkpointed block keeps its inputs, the (b, s) positions among them
+        out["positions"] = T * INT64_BYTES
     out["final_norm"] = _norm_bytes(T, cfg.n_embd, e, device)
     out["lm_head"] = T * cfg.n_embd * e
     out["log_softmax"] = T * cfg.vocab_size * FP32_BYTES
