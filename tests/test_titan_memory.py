@@ -109,10 +109,11 @@ def test_fsdp_in_flight_by_hand() -> None:
 def test_model_states_shard_fp32_over_data_ranks() -> None:
     n = 256 * 64 * 2 + 2 * (64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64) + 64
     params, grads = titan_fsdp_in_flight(TINY, "bf16-mixed", data=8)
-    W, G, O = titan_model_states(TINY, "adamw", data=8, precision="bf16-mixed")
-    assert W == -(-4 * n // 8) + params
-    assert G == -(-4 * n // 8) + grads
-    assert O == -(-(8 * n + 4 * 17) // 8)  # two fp32 moments + 17 fp32 step counters
+    weights, gradients, optimizer = titan_model_states(TINY, "adamw", data=8,
+                                                       precision="bf16-mixed")
+    assert weights == -(-4 * n // 8) + params
+    assert gradients == -(-4 * n // 8) + grads
+    assert optimizer == -(-(8 * n + 4 * 17) // 8)  # two fp32 moments + 17 step counters
 
 
 def test_training_memory_torchtitan_parts() -> None:

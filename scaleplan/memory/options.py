@@ -94,10 +94,10 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                              "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
     par.check(cfg)
     refuse_unmodelled(cfg)
+    if implementation == "torchtitan":
+        check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par)
-    if implementation == "torchtitan":
-        check_titan(cfg, precision=p, attention=attention, parallelism=par)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -128,9 +128,6 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
         what = "compile=True" if compile else "implementation='hf'"
         raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
                              "yet with tensor or pipeline parallelism")
-    if compile and implementation == "torchtitan":
-        raise ScaleplanError("compile=True with implementation='torchtitan' is not modelled "
-                             "yet (its per-block compile was not measured); use compile=False")
     if compile and (attention == "eager" or implementation != "nanogpt"):
         raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
                              "attention='flash' (SDPA); use those or compile=False")
@@ -151,11 +148,14 @@ _TITAN_LAYOUT = {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "bias":
                  "rotary_fraction": 1.0, "parallel": "none"}
 
 
-def check_titan(cfg: GPTConfig, *, precision: str, attention: str,
-                parallelism: Parallelism) -> None:
+def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: Parallelism,
+                compile: bool) -> None:
     """Refuse, by name, what `scaleplan.memory.titan_terms` does not model for torchtitan."""
     from scaleplan.memory.titan_terms import TITAN_PRECISIONS
 
+    if compile:
+        raise ScaleplanError("compile=True with implementation='torchtitan' is not modelled "
+                             "yet (its per-block compile was not measured); use compile=False")
     if precision not in TITAN_PRECISIONS:
         raise ScaleplanError(
             f"precision={precision!r} with implementation='torchtitan': torchtitan's "

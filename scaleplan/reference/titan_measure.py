@@ -119,7 +119,7 @@ def titan_model(cfg: GPTConfig) -> Any:
     return config.build()
 
 
-class _Tracker(LiveBytesTracker):
+class _Tracker(LiveBytesTracker):  # type: ignore[no-untyped-call]
     """`LiveBytesTracker` that also lets higher-order operators (flex_attention) through:
     their outputs are registered, their internals run unseen."""
 
@@ -196,7 +196,7 @@ def _flex_on_cpu() -> Iterator[None]:
     its dense reference implementation, called directly rather than through dynamo, which
     refuses the measuring dispatch mode) and torch's CPU-backward guard lifted, so that autograd
     saves what the op saves on a GPU (q, k, v, out, logsumexp, the block mask)."""
-    flex = importlib.import_module("torch.nn.attention.flex_attention")
+    flex: Any = importlib.import_module("torch.nn.attention.flex_attention")
     attention = importlib.import_module("torchtitan.models.common.attention")
     cls = attention.FlexAttention
     compiled, guard = cls.__dict__["_compiled_flex_attn"], flex._validate_device
