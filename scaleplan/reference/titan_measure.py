@@ -33,6 +33,7 @@ import importlib
 import json
 import sys
 import types
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +70,9 @@ def import_llama3() -> Any:
         importlib.import_module("triton")
     except ImportError:
         _stub_ep_package()
-    return importlib.import_module("torchtitan.models.llama3")
+    with warnings.catch_warnings():  # torchtitan's imports use APIs torch 2.13 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return importlib.import_module("torchtitan.models.llama3")
 
 
 def _stub_ep_package() -> None:
