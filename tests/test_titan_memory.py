@@ -217,3 +217,26 @@ def test_live_torchtitan_measurement(checkpointing: str) -> None:
     row = {"config": TINY.model_dump(), "micro_batch_size": B, "seq_len": S,
            "checkpointing": checkpointing}
     assert m.saved_for_backward - _predicted(row) == FLEX_EAGER_SCALARS * TINY.n_layer
+
+
+def test_memory_grid_agrees_with_training_memory() -> None:
+    np = pytest.importorskip("numpy")
+    from scaleplan.memory.limits import memory_grid
+
+    grid = memory_grid(TINY, micro_batch_size=np.array([1, 2]), seq_len=np.array([128, 128]),
+                       implementation="torchtitan", parallelism=FSDP8, checkpointing="full")
+    for b, total in zip((1, 2), grid, strict=True):
+        m = training_memory(TINY, micro_batch_size=b, seq_len=128, implementation="torchtitan",
+                            parallelism=FSDP8, checkpointing="full")
+        assert total == m.total
+
+
+def test_fp32_step_forward_end_holds_logits_and_their_upcast() -> None:
+    m = training_memory(TINY, micro_batch_size=B, seq_len=S, implementation="torchtitan",
+                        precision="32-true", parallelism=FSDP8, cuda_context_bytes=0,
+                        allocator_slack_fraction=0)
+    tv = 256 * 256
+    # backward_start: 2 fp32 T x V buffers; forward_end: fp32 logits and their fp32 copy
+    assert m.peak_moment in ("backward_start", "forward_end")
+    assert m.transient == 2 * tv * 4
+    assert m.saved_breakdown["block.mlp"] == 2 * 3 * 256 * 192 * 4  # fp32 activations
