@@ -127,48 +127,48 @@ def titan_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpo
     return out
 
 
-def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int) -> tuple[int, int]:
-    """(parameter bytes, gradient bytes) FSDP2 holds unsharded on top of its shards, at the
-    start of backward. ``fully_shard`` units (``apply_fsdp_to_decoder``): each block, gathered
-    in the param dtype; the block in backward and the one FSDP2 prefetches (its default
-    backward prefetch of one unit), and the [final norm, lm_head] unit, which torchtitan does
-    not reshard after forward. Gradients: the block's unsharded gradients in the param dtype
-    and, with bf16 params, their fp32 copy that the reduce-scatter (``reduce_dtype=fp32``)
-    reads. With one data rank nothing is sharded and nothing is gathered: (0, 0).
+def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int) -> dict[str, int]:
+    """Bytes FSDP2 holds unsharded on top of its shards, at each moment of the step.
+
+    ``fully_shard`` units (``apply_fsdp_to_decoder``): each block, gathered in the param dtype
+    and resharded after its forward; the [final norm, lm_head] unit, which torchtitan does not
+    reshard after forward, so it stays gathered through the loss and the loss's backward
+    (``forward_end``, ``backward_start``) until its own backward ends. While a block runs its
+    backward (``recompute``): that block and the one FSDP2 prefetches (its default backward
+    prefetch of one unit), the block's unsharded gradients in the param dtype and, with bf16
+    params, the fp32 copy the reduce-scatter (``reduce_dtype=fp32``) reads. With one data rank
+    nothing is sharded and nothing is gathered.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
     >>> titan_fsdp_in_flight(cfg, "bf16-mixed", data=8)  # block 49,280; head + norm 16,448
-    (230016, 295680)
+    {'forward_end': 32896, 'backward_start': 32896, 'recompute': 492800}
     """
     if data == 1:
-        return 0, 0
+        return {"forward_end": 0, "backward_start": 0, "recompute": 0}
     e = TITAN_PRECISIONS[precision]
     d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
     block = d * (H + 2 * K) * hd + H * hd * d + 3 * d * F + 2 * d
-    head = cfg.vocab_size * d + d
-    params = 2 * block * e + head * e
+    head = (cfg.vocab_size * d + d) * e
     grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
-    return params, grads
+    return {"forward_end": head, "backward_start": head, "recompute": 2 * block * e + grads}
 
 
-def titan_model_states(cfg: GPTConfig, opt: str, *, data: int,
-                       precision: str) -> tuple[int, int, int]:
+def titan_model_states(cfg: GPTConfig, opt: str, *, data: int) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes on one of ``data`` FSDP2 ranks: the fp32 sharded
     parameters, their fp32 sharded gradients (torchtitan keeps the parameters in fp32 and
     reduces in fp32 whatever ``mixed_precision_param`` is) and the optimizer's fp32 states,
-    each ``ceil(full / data)``, plus the unsharded buffers of `titan_fsdp_in_flight`.
+    each ``ceil(full / data)`` (the unsharded buffers are `titan_fsdp_in_flight`).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
-    >>> titan_model_states(cfg, "adamw", data=1, precision="bf16-mixed")  # 131,392 params
+    >>> titan_model_states(cfg, "adamw", data=1)  # 131,392 parameters
     (525568, 525568, 1051204)
     """
     n = param_terms(cfg)["total"]
     full = (weight_bytes(n, "32-true"), gradient_bytes(n, "32-true"),
             optimizer_state_bytes(cfg, opt, "32-true"))  # type: ignore[arg-type]
     W, G, O = (-(-x // data) for x in full)
-    params, grads = titan_fsdp_in_flight(cfg, precision, data=data)
-    return W + params, G + grads, O
+    return W, G, O
