@@ -80,6 +80,24 @@ def test_loss_side_by_hand() -> None:
     assert t["block.block_input"] == 2 * 256 * 64 * 2
 
 
+def test_recompute_moment_by_hand() -> None:
+    """TINY's vocabulary is small: a block's backward under selective AC is the worst moment."""
+    m = training_memory(TINY, micro_batch_size=B, seq_len=S, implementation="torchtitan",
+                        parallelism=FSDP8, checkpointing="selective", device="cuda",
+                        cuda_context_bytes=0, allocator_slack_fraction=0)
+    assert m.peak_moment == "recompute"
+    norm = 256 * 64 * 2 + 256 * 4  # fused RMSNorm: bf16 input, fp32 rstd
+    whole = (2 * norm + 256 * 64 * 2 + 256 * 8 * 8 + 256 * (64 + 32 + 32 + 64) * 2
+             + 2 * 2 * 4 * 128 * 4
+             + 256 * 64 * 2 + 3 * 256 * 192 * 2 + 256 * 192 * 2)
+    # the policy's cache hands back FlexAttention's outputs and w1's
+    rebuilt = whole - (256 * 64 * 2 + 2 * 2 * 4 * 128 * 4) - 256 * 192 * 2
+    loss_side = norm + 256 * 64 * 2 + 256 * 256 * 4 + 256 * 8 + 4  # freed by then
+    block = 64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64
+    gathered = 2 * block * 2 + block * 2 + block * 4
+    assert m.transient == rebuilt - loss_side + gathered
+
+
 def test_block_mask_and_positions_by_hand() -> None:
     none = titan_saved_terms(TINY, B, 8192, precision="bf16-mixed", checkpointing="none",
                              device="cuda", layers=2)
@@ -198,10 +216,19 @@ def test_replay_of_the_selective_cache() -> None:
         assert row["saved_by_module"]["layers.1"] == t["block_input"]
 
 
-def test_replay_of_fsdp2_dtypes() -> None:
+def test_replay_of_fsdp2_under_torchtitans_own_sharding() -> None:
+    """torchtitan's apply_fsdp_to_decoder in a one-process gloo group: fp32 shards and
+    gradients, blocks gathered in bf16 and resharded after forward, the lm_head unit kept
+    gathered from forward until its backward."""
     fsdp = json.loads(JSON_PATH.read_text())["fsdp"]
-    assert fsdp == {"sharded": "torch.float32", "gathered": "torch.bfloat16",
-                    "gradient": "torch.float32"}
+    assert fsdp["sharded"] == fsdp["gradient"] == "torch.float32"
+    assert fsdp["gathered"] == ["torch.bfloat16"]
+    block = 64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64
+    assert fsdp["gathered_block_bytes"] == block * 2
+    gathered = titan_fsdp_in_flight(TINY, "bf16-mixed", data=8)
+    assert gathered["recompute"] == 2 * fsdp["gathered_block_bytes"] + block * (2 + 4)
+    assert not fsdp["block_gathered_after_forward"]
+    assert fsdp["lm_head_gathered_after_forward"] and not fsdp["lm_head_gathered_after_backward"]
 
 
 @pytest.mark.torch

@@ -33,6 +33,7 @@ from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.titan_terms import (
     titan_fsdp_in_flight,
     titan_model_states,
+    titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
 from scaleplan.model.config import GPTConfig, Precision
@@ -108,8 +109,7 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
     gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
     saved tensors less the loss side (freed once the head's backward ran), plus one block
-    rebuilt whole (counting once more the few tensors the selective policy's cache hands back
-    to the rebuild: at most one block's cache, an over-count)."""
+    rebuilt (`scaleplan.memory.titan_terms.titan_rebuilt_block_bytes`)."""
     saved = titan_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                               device=device, layers=layers)
     S = sum(saved.values())
@@ -126,9 +126,8 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         "optimizer_step": temp,
     }
     if checkpointing != "none":
-        block = titan_saved_terms(cfg, b, s, precision=p, checkpointing="none",
-                                  device=device, layers=1)
-        rebuilt = sum(v for k, v in block.items() if k.startswith("block."))
+        rebuilt = titan_rebuilt_block_bytes(cfg, b, s, e=e, device=device,
+                                            checkpointing=checkpointing)
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
     return W, G, O, saved, 0, 0, 0, moments

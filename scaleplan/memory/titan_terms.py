@@ -44,7 +44,7 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
 __all__ = ["TITAN_PRECISIONS", "titan_block_terms", "titan_fsdp_in_flight",
-           "titan_model_states", "titan_saved_terms"]
+           "titan_model_states", "titan_rebuilt_block_bytes", "titan_saved_terms"]
 
 TITAN_PRECISIONS = {"bf16-mixed": 2, "32-true": 4}
 """torchtitan's ``training.mixed_precision_param`` ("bfloat16", its default, or "float32";
@@ -94,6 +94,26 @@ def titan_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
             "mlp_input": T * d * e,
             "mlp": 3 * T * F * e,  # w1 out (silu's input), silu out and w3 out (the product's)
             "w2_input": T * F * e}
+
+
+def titan_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
+                              checkpointing: str) -> Any:
+    """Bytes a checkpointed block's recompute adds while it runs its backward: what the block
+    saves without checkpointing, less the storages it already holds. Under ``"selective"`` the
+    policy's cache hands back FlexAttention's outputs and w1's output (the other cached
+    outputs, wqkv's and w2's, are not saved by the block's own backward); under ``"full"``, on
+    CUDA, the first RMSNorm saves the block input itself.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
+    >>> titan_rebuilt_block_bytes(cfg, 2, 128, e=2, device="cuda", checkpointing="full")
+    616448
+    """
+    whole = sum(titan_block_terms(cfg, b, s, e=e, device=device, checkpointing="none").values())
+    kept = titan_block_terms(cfg, b, s, e=e, device=device, checkpointing="selective")
+    if checkpointing == "selective":
+        return whole - kept["attention_outputs"] - kept["w1_output"]
+    return whole - (kept["block_input"] if device != "cpu" else 0)
 
 
 def titan_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,

@@ -215,14 +215,15 @@ def _flex_on_cpu() -> Iterator[None]:
 
 
 def check_fsdp(cfg: GPTConfig) -> dict[str, Any]:
-    """``fully_shard`` torchtitan's model per block and at the root with its mixed precision
-    (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``) in a one-process gloo
-    group on CPU; report the sharded parameters' dtype, the gathered ones' dtype inside a
-    block's forward, and the sharded gradients' dtype after backward."""
+    """Shard torchtitan's model with torchtitan's own ``apply_fsdp_to_decoder``
+    (``param_dtype=bf16, reduce_dtype=fp32``) in a one-process gloo group on CPU and run one
+    forward and backward; report the dtypes FSDP2 keeps (sharded parameters, their gradients)
+    and gathers, the bytes of block 0 gathered during its forward, and whether block 0 and the
+    lm_head are still gathered once the forward is over (a sharded parameter is a DTensor)."""
     import os
 
     import torch.distributed as dist
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.device_mesh import init_device_mesh
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29517")
@@ -231,29 +232,38 @@ def check_fsdp(cfg: GPTConfig) -> dict[str, Any]:
         model = titan_model(cfg)
         with torch.no_grad():
             model.init_states()
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                  cast_forward_inputs=False)
-        for block in model.layers.values():
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        seen: dict[str, str] = {}
+        fsdp = importlib.import_module("torchtitan.distributed.fsdp")
+        fsdp.apply_fsdp_to_decoder(model, init_device_mesh("cpu", (1,)),
+                                   param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                   pp_enabled=False)
+        block = model.layers["0"]
+        seen: dict[str, Any] = {}
 
-        def gathered(module: Any, _args: Any) -> None:
-            seen["gathered"] = str(next(iter(module.parameters())).dtype)
+        def gathered(_module: Any, _args: Any) -> None:
+            params = list(block.parameters())
+            seen["gathered"] = sorted({str(p.dtype) for p in params})
+            seen["gathered_block_bytes"] = sum(p.numel() * p.element_size() for p in params)
 
-        handle = next(iter(model.layers.values())).attention.register_forward_pre_hook(gathered)
+        handle = block.attention.register_forward_pre_hook(gathered)
         ids = torch.randint(0, cfg.vocab_size, (1, 8))
         positions = torch.arange(8).repeat(1, 1)
         with _flex_on_cpu():
             out = model(ids, positions=positions,
                         attention_masks=model.get_attention_masks(positions=positions))
+            after = {"block_gathered_after_forward": _gathered(block.attention.wo.weight),
+                     "lm_head_gathered_after_forward": _gathered(model.lm_head.weight)}
             out.float().sum().backward()
         handle.remove()
-        param = next(iter(model.parameters()))
-        return {"sharded": str(param.dtype), "gathered": seen["gathered"],
+        param = model.lm_head.weight
+        return {"sharded": str(param.dtype), **seen, **after,
+                "lm_head_gathered_after_backward": _gathered(param),
                 "gradient": str(param.grad.dtype) if param.grad is not None else "none"}
     finally:
         dist.destroy_process_group()
+
+
+def _gathered(param: Any) -> bool:
+    return type(param).__name__ != "DTensor"
 
 
 GRID: dict[str, GPTConfig] = {
