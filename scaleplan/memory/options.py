@@ -144,8 +144,9 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
 # torchtitan's Llama 3 (torchtitan 0.3.0, torchtitan/models/llama3/__init__.py): the layout
 # `scaleplan.memory.titan_terms` derives; any other value of these fields is refused.
 _TITAN_LAYOUT = {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "bias": False,
-                 "qkv_bias": False, "tie_embeddings": False, "dropout": 0.0,
-                 "rotary_fraction": 1.0, "parallel": "none"}
+                 "qkv_bias": False, "attn_out_bias": False, "mlp_bias": False,
+                 "tie_embeddings": False, "dropout": 0.0, "rotary_fraction": 1.0,
+                 "parallel": "none", "final_norm": True}
 
 
 def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: Parallelism,
@@ -177,13 +178,22 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
             "implementation='torchtitan' on one GPU runs torch.autocast, not FSDP2's mixed "
             "precision, and is not modelled yet; use Parallelism(data=N, fsdp='full_shard') "
             "with N >= 2, or precision='32-true'")
-    fields = type(cfg).model_fields
-    odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
-    odd += [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
+    odd = _titan_misfits(cfg)
     if odd:
         raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
                              f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
                              f"{', '.join(odd)}")
+
+
+def _titan_misfits(cfg: GPTConfig) -> list[str]:
+    """The fields of ``cfg`` (with their values) that torchtitan's Llama 3 does not have."""
+    fields = type(cfg).model_fields
+    odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head)")
+    if cfg.embed_dim != cfg.n_embd:
+        odd.append(f"embed_dim={cfg.embed_dim}")
+    return odd + [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
 
 
 _step_options = per_config(_step_options_body)
