@@ -168,7 +168,7 @@ def test_other_layouts_refused() -> None:
     with pytest.raises(ScaleplanError, match="mlp='gelu'"):
         training_memory(GPTConfig.preset("gpt2"), micro_batch_size=1, seq_len=64,
                         implementation="torchtitan", parallelism=FSDP8)
-    with pytest.raises(ScaleplanError, match="head_dim=32 .its Llama 3 takes n_embd / n_head"):
+    with pytest.raises(ScaleplanError, match=r"head_dim=32 \(its Llama 3 takes n_embd / n_head\)"):
         training_memory(TINY.replace(head_dim=32), micro_batch_size=1, seq_len=64,
                         implementation="torchtitan", parallelism=FSDP8)
     with pytest.raises(ScaleplanError, match="qk_norm"):
@@ -275,3 +275,10 @@ def test_fp32_step_forward_end_holds_logits_and_their_upcast() -> None:
     assert m.peak_moment in ("backward_start", "forward_end")
     assert m.transient == 2 * tv * 4 + (256 * 64 + 64) * 4  # and the fp32 lm_head gathered
     assert m.saved_breakdown["block.mlp"] == 2 * 3 * 256 * 192 * 4  # fp32 activations
+
+
+def test_its_trainer_drops_the_logits_whatever_hold_logits_says() -> None:
+    kept, dropped = (training_memory(TINY, micro_batch_size=B, seq_len=S, parallelism=FSDP8,
+                                     implementation="torchtitan", hold_logits=flag)
+                     for flag in (True, False))
+    assert kept == dropped
