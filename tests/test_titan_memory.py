@@ -21,6 +21,7 @@ from scaleplan.memory.titan_terms import (
     titan_block_terms,
     titan_fsdp_in_flight,
     titan_model_states,
+    titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
 from scaleplan.memory.training import training_memory
@@ -45,6 +46,7 @@ def test_block_without_checkpointing_by_hand_cpu() -> None:
     assert t["attention_norm"] == t["ffn_norm"] == 2 * 256 * 64 * 4 + 256 * 4  # fp32 x, x*rstd
     assert t["wqkv_input"] == t["mlp_input"] == 256 * 64 * 2
     assert t["rope_table"] == 256 * 8 * 8  # 8 complex64 pairs per token
+    assert all(type(v) is int for v in t.values())  # bytes are exact ints
     # q 4x16, k and v 2x16 each, output 4x16 (bf16) + logsumexp and max (fp32, 2 x 4 x 128)
     assert t["attention"] == 256 * (64 + 32 + 32 + 64) * 2 + 2 * 2 * 4 * 128 * 4
     assert t["mlp"] == 3 * 256 * 192 * 2
@@ -96,6 +98,20 @@ def test_recompute_moment_by_hand() -> None:
     block = 64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64
     gathered = 2 * block * 2 + block * 2 + block * 4
     assert m.transient == rebuilt - loss_side + gathered
+
+
+def test_rebuilt_block_by_hand() -> None:
+    cpu_norm, cuda_norm = 2 * 256 * 64 * 4 + 256 * 4, 256 * 64 * 2 + 256 * 4
+    rest = (256 * 64 * 2 + 256 * 8 * 8 + 256 * (64 + 32 + 32 + 64) * 2 + 2 * 2 * 4 * 128 * 4
+            + 256 * 64 * 2 + 3 * 256 * 192 * 2 + 256 * 192 * 2)
+    cached = (256 * 64 * 2 + 2 * 2 * 4 * 128 * 4) + 256 * 192 * 2  # flex outputs, w1 output
+    cases = {("cuda", "full"): 2 * cuda_norm + rest - 256 * 64 * 2,  # the norm's input: kept
+             ("cpu", "full"): 2 * cpu_norm + rest,  # the composite norm keeps an fp32 copy
+             ("cpu", "selective"): 2 * cpu_norm + rest - cached,
+             ("cuda", "selective"): 2 * cuda_norm + rest - cached}
+    for (device, ckpt), expected in cases.items():
+        assert titan_rebuilt_block_bytes(TINY, B, S, e=2, device=device,
+                                         checkpointing=ckpt) == expected, (device, ckpt)
 
 
 def test_block_mask_and_positions_by_hand() -> None:
