@@ -270,7 +270,7 @@ def test_implementation_is_checked_by_name() -> None:
     from scaleplan.memory.training import training_memory
 
     llama = GPTConfig.preset("smollm2-135m")
-    with pytest.raises(ScaleplanError, match="implementation='torchtitan' is not modelled yet"):
+    with pytest.raises(ScaleplanError, match="implementation='torchtitan' on one GPU"):
         training_memory(llama, micro_batch_size=1, seq_len=64, implementation="torchtitan")
     with pytest.raises(ValueError, match="implementation"):
         training_memory(llama, micro_batch_size=1, seq_len=64, implementation="megatron")

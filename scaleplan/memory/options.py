@@ -23,7 +23,8 @@ from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.shapes import per_config
 
-__all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "refuse_unmodelled", "step_options"]
+__all__ = ["MAX_BYTES", "StepOptions", "check_titan", "overhead_bytes", "refuse_unmodelled",
+           "step_options"]
 
 # The largest byte count an argument may give: 2^53 bytes (8 PiB), past any GPU's memory, and
 # the last whole number a float64 holds exactly (`memory_grid` computes in float64). A larger
@@ -93,6 +94,8 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                              "scaleplan.memory.parallel.Parallelism (or None for one GPU)")
     par.check(cfg)
     refuse_unmodelled(cfg)
+    if implementation == "torchtitan":
+        check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
@@ -102,10 +105,11 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        implementation=implementation)
 
 
-IMPLEMENTATIONS = ("nanogpt", "hf")
-"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model) or Hugging Face
-transformers' modeling code (`scaleplan.memory.hf_terms`)."""
-_LATER = ("torchtitan", "torchtune", "litgpt")  # issue 17's other implementations, not yet
+IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan")
+"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model), Hugging Face
+transformers' modeling code (`scaleplan.memory.hf_terms`) or torchtitan's Llama 3 under FSDP2
+(`scaleplan.memory.titan_terms`)."""
+_LATER = ("torchtune", "litgpt")  # issue 17's other implementations, not yet
 # GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
 _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
                   "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
@@ -141,6 +145,61 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
         if odd:
             raise ScaleplanError(f"implementation='hf' is modelled for Llama, Qwen2, Mistral, "
                                  f"Gemma, GPT-2 and GPT-NeoX layouts; not with {', '.join(odd)}")
+
+
+# torchtitan's Llama 3 (torchtitan 0.3.0, torchtitan/models/llama3/__init__.py): the layout
+# `scaleplan.memory.titan_terms` derives; any other value of these fields is refused.
+_TITAN_LAYOUT = {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "bias": False,
+                 "qkv_bias": False, "attn_out_bias": False, "mlp_bias": False,
+                 "tie_embeddings": False, "dropout": 0.0, "rotary_fraction": 1.0,
+                 "parallel": "none", "final_norm": True}
+
+
+def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: Parallelism,
+                compile: bool) -> None:
+    """Refuse, by name, what `scaleplan.memory.titan_terms` does not model for torchtitan."""
+    from scaleplan.memory.titan_terms import TITAN_PRECISIONS
+
+    if compile:
+        raise ScaleplanError("compile=True with implementation='torchtitan' is not modelled "
+                             "yet (its per-block compile was not measured); use compile=False")
+    if precision not in TITAN_PRECISIONS:
+        raise ScaleplanError(
+            f"precision={precision!r} with implementation='torchtitan': torchtitan's "
+            "mixed_precision_param maps to 'bf16-mixed' (bfloat16, its default: fp32 sharded "
+            "parameters gathered in bf16) or '32-true' (float32); use one of those")
+    if attention != "flash":
+        raise ScaleplanError("attention='eager' with implementation='torchtitan': its Llama 3 "
+                             "runs FlexAttention (O(s) statistics); use attention='flash'")
+    if parallelism.tensor * parallelism.pipeline * parallelism.expert > 1:
+        raise ScaleplanError("implementation='torchtitan' is modelled for FSDP2 data "
+                             "parallelism only, not yet with tensor, pipeline or expert "
+                             "parallelism; use Parallelism(data=N, fsdp='full_shard')")
+    if parallelism.data > 1 and parallelism.fsdp != "full_shard":
+        raise ScaleplanError(
+            f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
+            "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
+    if parallelism.data == 1 and precision == "bf16-mixed":
+        raise ScaleplanError(
+            "implementation='torchtitan' on one GPU runs torch.autocast, not FSDP2's mixed "
+            "precision, and is not modelled yet; use Parallelism(data=N, fsdp='full_shard') "
+            "with N >= 2, or precision='32-true'")
+    odd = _titan_misfits(cfg)
+    if odd:
+        raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
+                             f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
+                             f"{', '.join(odd)}")
+
+
+def _titan_misfits(cfg: GPTConfig) -> list[str]:
+    """The fields of ``cfg`` (with their values) that torchtitan's Llama 3 does not have."""
+    fields = type(cfg).model_fields
+    odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head)")
+    if cfg.embed_dim != cfg.n_embd:
+        odd.append(f"embed_dim={cfg.embed_dim}")
+    return odd + [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
 
 
 _step_options = per_config(_step_options_body)

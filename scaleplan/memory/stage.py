@@ -30,6 +30,12 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.titan_terms import (
+    titan_fsdp_in_flight,
+    titan_model_states,
+    titan_rebuilt_block_bytes,
+    titan_saved_terms,
+)
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["Stage", "stage_parts"]
@@ -52,6 +58,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
+    if implementation == "torchtitan":
+        return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers)
     if compiled:
         saved = compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                      device=device, layers=layers)
@@ -91,3 +99,35 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else implementation)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+                 checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
+                 impl: OptimizerImpl | None, layers: int) -> tuple[Any, ...]:
+    """`stage_parts` for torchtitan under FSDP2 (`scaleplan.memory.titan_terms`): no autocast
+    weight copies, the logits dropped before backward (its trainer's ``del pred``), its AdamW
+    ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
+    gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
+    saved tensors less the loss side (freed once the head's backward ran), plus one block
+    rebuilt (`scaleplan.memory.titan_terms.titan_rebuilt_block_bytes`)."""
+    saved = titan_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                              device=device, layers=layers)
+    S = sum(saved.values())
+    W, G, O = titan_model_states(cfg, opt, data=par.data)
+    gathered = titan_fsdp_in_flight(cfg, p, data=par.data)
+    temp = -(-optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused") // par.data)
+    TV = b * s * cfg.vocab_size
+    e = 2 if p == "bf16-mixed" else FP32_BYTES
+    moments: dict[str, Any] = {
+        # the bf16 logits, their fp32 upcast and the fp32 log-softmax, all live at once
+        "forward_end": S + TV * e + TV * FP32_BYTES + gathered["forward_end"],
+        # the log-softmax's gradient and its input's
+        "backward_start": S + 2 * TV * FP32_BYTES + gathered["backward_start"],
+        "optimizer_step": temp,
+    }
+    if checkpointing != "none":
+        rebuilt = titan_rebuilt_block_bytes(cfg, b, s, e=e, device=device,
+                                            checkpointing=checkpointing)
+        loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
+        moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
+    return W, G, O, saved, 0, 0, 0, moments

@@ -231,7 +231,11 @@ def training_memory(
             nanoGPT's layout) or ``"hf"`` (Hugging Face transformers' modeling code: separate
             q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax
             in fp32, GPT-2's gelu_new; `scaleplan.memory.hf_terms`, exact against transformers
-            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts).
+            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts) or
+            ``"torchtitan"`` (torchtitan 0.3.0's Llama 3 under FSDP2 mixed precision: fp32
+            shards, bf16 blocks gathered, no autocast; ``checkpointing="selective"`` is its
+            per-op SAC; its trainer drops the logits, so ``hold_logits`` does not apply;
+            `scaleplan.memory.titan_terms`, exact against torchtitan on CPU).
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``). The worst moment is the largest of

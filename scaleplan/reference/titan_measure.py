@@ -1,0 +1,307 @@
+"""Measure what torchtitan's Llama 3 model saves for backward, on CPU.
+
+`measure_titan` builds torchtitan's own ``Llama3Model`` (torchtitan 0.3.0,
+``torchtitan/models/llama3/__init__.py``: fused ``wqkv``, complex RoPE, ``nn.RMSNorm``, SwiGLU
+``FeedForward``, FlexAttention with its block-causal document mask, untied ``lm_head``) with
+small widths, casts its parameters to bf16 as FSDP2's ``MixedPrecisionPolicy(param_dtype=bf16)``
+gathers them (buffers untouched, no autocast), applies torchtitan's own activation
+checkpointing (``torchtitan.distributed.activation_checkpoint``: ``FullAC`` or the per-op
+``SelectiveAC``), runs one forward and torchtitan's ``cross_entropy_loss`` and drops the logits
+(as its trainer's ``del pred`` does). It then counts, once per storage and whole, every tensor
+left alive for backward: the ones autograd packs (saved-tensor hooks, attributed to the module
+running) and, under checkpointing, the ones the checkpoint keeps outside those hooks (block
+inputs, the selective policy's cached op outputs): ``"checkpoint"``. Parameters, buffers and the
+token ids are excluded.
+
+`check_fsdp` runs ``fully_shard`` in a one-process gloo group on CPU with torchtitan's mixed
+precision and reads the dtypes FSDP2 keeps and gathers.
+
+``python -m scaleplan.reference.titan_measure --write`` measures the grid and writes
+``docs/validation/torchtitan-memory.json`` (replayed without torch by tests/test_titan_memory.py).
+
+torchtitan 0.3.0 imports ``triton`` from its expert-parallel kernels at import time
+(``torchtitan/distributed/minimal_async_ep/kernels.py``, CUDA only); on a machine without triton
+that package is replaced by a stub before the import (`import_llama3`), which the dense model
+never calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from scaleplan.model.config import GPTConfig
+from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
+
+__all__ = ["GRID", "TitanMeasurement", "check_fsdp", "grid", "import_llama3", "main",
+           "measure_titan", "titan_model"]
+
+_EP_PACKAGE = "torchtitan.distributed.minimal_async_ep"
+JSON_PATH = Path("docs/validation/torchtitan-memory.json")
+
+
+class _Absent:
+    """Stands in for every name of the CUDA-only expert-parallel package (never called)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Absent:
+        return self
+
+    def __getattr__(self, name: str) -> _Absent:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+
+def import_llama3() -> Any:
+    """``torchtitan.models.llama3``, importable without triton (see the module docstring)."""
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        _stub_ep_package()
+    with warnings.catch_warnings():  # torchtitan's imports use APIs torch 2.13 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return importlib.import_module("torchtitan.models.llama3")
+
+
+def _stub_ep_package() -> None:
+    if _EP_PACKAGE not in sys.modules:
+        stub = types.ModuleType(_EP_PACKAGE)
+        stub.__file__ = __file__
+        stub.__path__ = []
+        absent = _Absent()
+
+        def attribute(name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return absent
+
+        stub.__getattr__ = attribute  # type: ignore[method-assign]
+        sys.modules[_EP_PACKAGE] = stub
+
+
+def titan_model(cfg: GPTConfig) -> Any:
+    """torchtitan's ``Llama3Model`` with ``cfg``'s widths (its 8B recipe's parts otherwise)."""
+    import_llama3()
+    common = importlib.import_module("torchtitan.models.common")
+    utils = importlib.import_module("torchtitan.models.common.config_utils")
+    model_mod = importlib.import_module("torchtitan.models.llama3.model")
+    d, h, k = cfg.n_embd, cfg.n_head, cfg.n_kv_head
+    init = {"weight": torch.nn.init.ones_}
+    lin = {"weight": torch.nn.init.normal_}
+    rope = common.ComplexRoPE.Config(dim=d // h, max_seq_len=cfg.block_size, theta=500000,
+                                     scaling="llama")
+    layers = [model_mod.Llama3TransformerBlock.Config(
+        attention_norm=common.RMSNorm.Config(normalized_shape=d, param_init=init),
+        ffn_norm=common.RMSNorm.Config(normalized_shape=d, param_init=init),
+        attention=utils.make_gqa_config(
+            dim=d, n_heads=h, n_kv_heads=k, wqkv_param_init=lin, wo_param_init=lin,
+            inner_attention=utils.get_attention_config("flex"), fuse_qkv=True, rope=rope),
+        feed_forward=utils.make_ffn_config(dim=d, hidden_dim=cfg.mlp_hidden,
+                                           w1_param_init=lin, w2w3_param_init=lin),
+    ) for _ in range(cfg.n_layer)]
+    config = model_mod.Llama3Model.Config(
+        dim=d, vocab_size=cfg.vocab_size,
+        tok_embeddings=common.Embedding.Config(num_embeddings=cfg.vocab_size, embedding_dim=d,
+                                               param_init=lin),
+        norm=common.RMSNorm.Config(normalized_shape=d, param_init=init),
+        lm_head=common.Linear.Config(in_features=d, out_features=cfg.vocab_size,
+                                     param_init=lin),
+        layers=layers)
+    return config.build()
+
+
+class _Tracker(LiveBytesTracker):  # type: ignore[no-untyped-call]
+    """`LiveBytesTracker` that also lets higher-order operators (flex_attention) through:
+    their outputs are registered, their internals run unseen."""
+
+    supports_higher_order_operators = True
+
+
+class TitanMeasurement(BaseModel):
+    """Saved-for-backward bytes of one torchtitan forward + loss, by module."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: GPTConfig
+    micro_batch_size: int
+    seq_len: int
+    checkpointing: str
+    saved_for_backward: int
+    saved_by_module: dict[str, int]
+    parameter_dtypes: list[str]
+
+
+def _apply_ac(model: Any, checkpointing: str) -> None:
+    ac = importlib.import_module("torchtitan.distributed.activation_checkpoint")
+    if checkpointing == "full":
+        ac.FullAC(ac.FullAC.Config()).apply(model)
+    elif checkpointing == "selective":
+        ac.SelectiveAC(ac.SelectiveAC.Config()).apply(model)
+
+
+def measure_titan(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
+                  checkpointing: str = "none", seed: int = 0) -> TitanMeasurement:
+    """Measure one forward + loss of torchtitan's Llama 3 for ``cfg`` on CPU (bf16 params)."""
+    torch.manual_seed(seed)
+    model = titan_model(cfg)
+    with torch.no_grad():
+        model.init_states()
+    for p in model.parameters():  # FSDP2's gathered parameters: bf16, buffers unchanged
+        p.data = p.data.to(torch.bfloat16)
+    _apply_ac(model, checkpointing)
+    model.train()
+    loss_mod = importlib.import_module("torchtitan.components.loss")
+    b, s = micro_batch_size, seq_len
+    ids = torch.randint(0, cfg.vocab_size, (b, s))
+    labels = torch.randint(0, cfg.vocab_size, (b, s))
+    positions = torch.arange(s).repeat(b, 1)
+    masks = model.get_attention_masks(positions=positions)
+    params = {storage_key(p) for p in model.parameters()}
+    resident = {storage_key(x) for x in model.buffers()} | params
+    resident |= {storage_key(x) for x in (ids, labels, positions)}
+    tracker = _Tracker()
+    recorder = SavedTensorsRecorder(param_keys=params)
+    gc.collect()
+    with _flex_on_cpu(), tracker, recorder.recording(model):
+        pred = model(ids, positions=positions, attention_masks=masks)
+        loss = loss_mod.cross_entropy_loss(pred, labels)
+        del pred
+        gc.collect()
+    by_module, _, _ = recorder.totals()
+    held = {key: n for key, n in tracker.live.items()
+            if key not in resident and key not in recorder.by_storage
+            and key != storage_key(loss)}
+    if held:
+        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
+    del loss
+    return TitanMeasurement(
+        config=cfg, micro_batch_size=b, seq_len=s, checkpointing=checkpointing,
+        saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
+        parameter_dtypes=sorted({str(p.dtype) for p in model.parameters()}))
+
+
+@contextmanager
+def _flex_on_cpu() -> Iterator[None]:
+    """Run torchtitan's FlexAttention eagerly on CPU: its class-level ``torch.compile`` of
+    ``flex_attention`` replaced by the uncompiled function (the same higher-order op, run by
+    its dense reference implementation, called directly rather than through dynamo, which
+    refuses the measuring dispatch mode) and torch's CPU-backward guard lifted, so that autograd
+    saves what the op saves on a GPU (q, k, v, out, logsumexp, the block mask)."""
+    flex: Any = importlib.import_module("torch.nn.attention.flex_attention")
+    attention = importlib.import_module("torchtitan.models.common.attention")
+    cls = attention.FlexAttention
+    compiled, guard = cls.__dict__["_compiled_flex_attn"], flex._validate_device
+    direct = flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
+    cls._compiled_flex_attn = staticmethod(flex.flex_attention)
+    flex._validate_device = lambda *_: None
+    flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True  # the op itself, no dynamo around it
+    try:
+        yield
+    finally:
+        cls._compiled_flex_attn, flex._validate_device = compiled, guard
+        flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = direct
+
+
+def check_fsdp(cfg: GPTConfig) -> dict[str, Any]:
+    """Shard torchtitan's model with torchtitan's own ``apply_fsdp_to_decoder``
+    (``param_dtype=bf16, reduce_dtype=fp32``) in a one-process gloo group on CPU and run one
+    forward and backward; report the dtypes FSDP2 keeps (sharded parameters, their gradients)
+    and gathers, the bytes of block 0 gathered during its forward, and whether block 0 and the
+    lm_head are still gathered once the forward is over (a sharded parameter is a DTensor)."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = titan_model(cfg)
+        with torch.no_grad():
+            model.init_states()
+        fsdp = importlib.import_module("torchtitan.distributed.fsdp")
+        fsdp.apply_fsdp_to_decoder(model, init_device_mesh("cpu", (1,)),
+                                   param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                   pp_enabled=False)
+        block = model.layers["0"]
+        seen: dict[str, Any] = {}
+
+        def gathered(_module: Any, _args: Any) -> None:
+            params = list(block.parameters())
+            seen["gathered"] = sorted({str(p.dtype) for p in params})
+            seen["gathered_block_bytes"] = sum(p.numel() * p.element_size() for p in params)
+
+        handle = block.attention.register_forward_pre_hook(gathered)
+        ids = torch.randint(0, cfg.vocab_size, (1, 8))
+        positions = torch.arange(8).repeat(1, 1)
+        with _flex_on_cpu():
+            out = model(ids, positions=positions,
+                        attention_masks=model.get_attention_masks(positions=positions))
+            after = {"block_gathered_after_forward": _gathered(block.attention.wo.weight),
+                     "lm_head_gathered_after_forward": _gathered(model.lm_head.weight)}
+            out.float().sum().backward()
+        handle.remove()
+        param = model.lm_head.weight
+        return {"sharded": str(param.dtype), **seen, **after,
+                "lm_head_gathered_after_backward": _gathered(param),
+                "gradient": str(param.grad.dtype) if param.grad is not None else "none"}
+    finally:
+        dist.destroy_process_group()
+
+
+def _gathered(param: Any) -> bool:
+    return type(param).__name__ != "DTensor"
+
+
+GRID: dict[str, GPTConfig] = {
+    "tiny": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+                      vocab_size=256, block_size=256, bias=False, mlp="swiglu",
+                      norm="rmsnorm", position="rope", tie_embeddings=False),
+    "mha": GPTConfig(n_layer=3, n_head=4, n_kv_head=4, n_embd=96, mlp_hidden=256,
+                     vocab_size=384, block_size=256, bias=False, mlp="swiglu",
+                     norm="rmsnorm", position="rope", tie_embeddings=False),
+}
+"""Small Llama 3 shapes (GQA and MHA) of the committed measurements."""
+
+
+def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
+    """Measure every shape of `GRID` under each checkpointing mode."""
+    rows = []
+    for name, cfg in GRID.items():
+        for ckpt in ("none", "full", "selective"):
+            m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing=ckpt)
+            rows.append({"shape": name, **json.loads(m.model_dump_json())})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--write``: measure the grid (and FSDP2's dtypes) and write the JSON."""
+    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.titan_measure")
+    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--out", default=str(JSON_PATH))
+    args = parser.parse_args(argv)
+    tt = importlib.import_module("importlib.metadata").version("torchtitan")
+    data = {"torch": torch.__version__, "torchtitan": tt, "rows": grid(),
+            "fsdp": check_fsdp(GRID["tiny"])}
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    if args.write:
+        Path(args.out).write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
