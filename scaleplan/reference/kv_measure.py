@@ -9,8 +9,12 @@ for transformers' ``DynamicSlidingWindowLayer``: it keeps a view of the last ``w
 tokens of the ``window`` tokens it concatenated during the step. The cache then covers
 ``prompt_len + new_tokens - 1`` tokens (the last token generated is never fed back).
 
+`measure_prefill` runs one no-grad prefill forward and records the peak of live activation
+bytes (`scaleplan.reference.tracking.LiveBytesTracker`), for
+`scaleplan.inference.prefill.prefill_activation_bytes`.
+
 ``python -m scaleplan.reference.kv_measure`` measures `CASES` and writes
-docs/validation/kv_cache.json, which tests/test_kv_cache_golden.py replays without torch against
+docs/validation/kv_cache.json (and docs/validation/prefill.json), which tests/test_kv_cache_golden.py replays without torch against
 `scaleplan.inference.kv_cache.kv_cache_bytes` (``sliding_cache="dynamic"`` for the tensors,
 ``"window"`` for the storages).
 """
@@ -25,7 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["CASES", "KVMeasurement", "main", "measure_kv"]
+__all__ = ["CASES", "KVMeasurement", "PrefillMeasurement", "main", "measure_kv",
+           "measure_prefill", "prefill_config", "prefill_grid"]
 
 _TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
@@ -124,15 +129,92 @@ def grid() -> list[KVMeasurement]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure the grid and write it as JSON (default docs/validation/kv_cache.json)."""
+    """Measure both grids and write them as JSON (docs/validation/kv_cache.json and
+    docs/validation/prefill.json by default)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/validation/kv_cache.json"))
+    parser.add_argument("--prefill-out", type=Path,
+                        default=Path("docs/validation/prefill.json"))
     args = parser.parse_args(argv)
-    rows = [m.model_dump() for m in grid()]
-    args.out.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"wrote {len(rows)} measurements to {args.out}")
+    for path, rows in ((args.out, grid()), (args.prefill_out, prefill_grid())):
+        dumped = [m.model_dump() for m in rows]
+        path.write_text(json.dumps(dumped, indent=1) + "\n")
+        print(f"wrote {len(dumped)} measurements to {path}")
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def prefill_config(case: str) -> dict[str, Any]:
+    """``CASES[case]`` with the MLP widths of real models (3.5 x hidden for gated MLPs, as Llama
+    3 8B's 14,336 / 4,096; 4 x for GPT-2) and room for 1,024 positions: at the tiny cases'
+    2 x the norms' fp32 temporaries, not the MLP, would set the peak."""
+    config = dict(CASES[case])
+    if "intermediate_size" in config:
+        config["intermediate_size"] = 7 * config["hidden_size"] // 2
+    config["max_position_embeddings" if "n_positions" not in config else "n_positions"] = 1024
+    return config
+
+
+PREFILL_SHAPES = ((1, 64), (1, 512), (2, 256))
+
+
+def prefill_grid() -> list[PrefillMeasurement]:
+    """Every case of `CASES` at every (batch, chunk) of `PREFILL_SHAPES`, in bf16."""
+    return [measure_prefill(case, chunk=t, batch_size=b)
+            for case in CASES for (b, t) in PREFILL_SHAPES]
+
+
+class PrefillMeasurement(BaseModel):
+    """The peak of live activations in one no-grad prefill forward of transformers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    case: str
+    dtype: str
+    batch_size: int
+    chunk: int
+    peak_bytes: int
+    attention: str
+    transformers_version: str
+
+
+def measure_prefill(case: str, *, chunk: int, batch_size: int = 1, dtype: str = "bf16",
+                    seed: int = 0) -> PrefillMeasurement:
+    """Run one no-grad forward of ``batch_size`` prompts of ``chunk`` tokens through
+    ``CASES[case]`` (SDPA attention, no cache, ``logits_to_keep=1``: the last position's logits)
+    and return the peak bytes of live storages beyond the parameters
+    (`scaleplan.reference.tracking.LiveBytesTracker`); SDPA attention where the family has it,
+    else eager."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from scaleplan.reference.tracking import LiveBytesTracker
+
+    config = prefill_config(case)
+    torch.manual_seed(seed)
+    kwargs = {k: v for k, v in config.items() if k != "model_type"}
+    attention = "sdpa"
+    try:
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(config["model_type"], attn_implementation=attention, **kwargs))
+    except ValueError:  # gemma2 (soft-capping) has no SDPA path in transformers 5.25
+        attention = "eager"
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(config["model_type"], attn_implementation=attention, **kwargs))
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = model.to(torch_dtype).eval()
+    ids = torch.randint(1, config.get("vocab_size", 128), (batch_size, chunk))
+    tracker = LiveBytesTracker()
+    with torch.no_grad(), tracker:
+        resident = tracker.add_resident([*model.parameters(), *model.buffers(), ids])
+        tracker.set_phase("forward")
+        out = model(ids, use_cache=False, logits_to_keep=1)
+        del out
+    return PrefillMeasurement(case=case, dtype=dtype, batch_size=batch_size, chunk=chunk,
+                              peak_bytes=tracker.peak - resident,
+                              attention=attention,
+                              transformers_version=transformers.__version__)

@@ -1,0 +1,138 @@
+"""inference_memory, max_context and max_batch: every part hand-calculated (torch-free)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scaleplan import (
+    GPTConfig,
+    InferenceMemory,
+    Parallelism,
+    ScaleplanError,
+    inference_memory,
+    max_batch,
+    max_context,
+)
+from scaleplan.inference.prefill import prefill_activation_bytes
+from scaleplan.memory.training import ALLOCATOR_SLACK_FRACTION, CUDA_CONTEXT_BYTES
+
+LLAMA = GPTConfig.preset("llama-3-8b")  # 32 layers, d 4,096, 8 KV heads x 128, F 14,336
+NO_OVERHEAD = {"cuda_context_bytes": 0, "allocator_slack_fraction": 0.0}
+
+
+def test_llama_parts_by_hand() -> None:
+    m = inference_memory(LLAMA, batch_size=4, context_len=8192)
+    assert isinstance(m, InferenceMemory)
+    assert m.weights == 2 * 8_030_261_248  # bf16: 2 bytes per parameter
+    assert m.kv_cache == 4 * 8192 * 131072
+    # prefill chunk 8,192 tokens, the MLP moment: x and h (2 x 4,096) + 3 x 14,336, bf16
+    assert m.prefill_chunk == 8192
+    assert m.activations == 8192 * (2 * 4096 + 3 * 14336) * 2 == 838_860_800
+    tensors = m.weights + m.kv_cache + m.activations
+    assert m.overhead == CUDA_CONTEXT_BYTES + math.ceil(ALLOCATOR_SLACK_FRACTION * tensors)
+    assert m.total == tensors + m.overhead
+
+
+def test_attention_moment_under_the_mlp_for_llama() -> None:
+    # attention: x, h + q (32 x 128) + k, v (2 x 8 x 128) + output (32 x 128) = 8,192 + 10,240
+    assert 8192 * (2 * 4096 + (2 * 32 + 2 * 8) * 128) * 2 < 838_860_800
+
+
+def test_logits_moment_wins_for_a_big_decode_batch() -> None:
+    # GPT-2, 256 requests decoding one token each: MLP 256 x (2 x 768 + 2 x 3,072) x 2 bytes;
+    # logits: the final hidden states 256 x 768 x 2 + 256 rows x 50,257 x (2 + 4 fp32) bytes
+    gpt2 = GPTConfig.preset("gpt2")
+    m = inference_memory(gpt2, batch_size=256, context_len=1, **NO_OVERHEAD)
+    assert m.prefill_chunk == 256
+    assert m.activations == 256 * 768 * 2 + 256 * 50257 * 6 == 77_587_968
+    assert 256 * (2 * 768 + 2 * 3072) * 2 < m.activations
+
+
+def test_logits_of_every_position_when_asked() -> None:
+    gpt2 = GPTConfig.preset("gpt2")
+    m = inference_memory(gpt2, batch_size=1, context_len=1024, logits="chunk")
+    assert m.activations == 1024 * 768 * 2 + 1024 * 50257 * 6
+
+
+def test_chunk_is_capped_by_the_tokens_and_none_means_all() -> None:
+    small = inference_memory(LLAMA, batch_size=1, context_len=100)
+    assert small.prefill_chunk == 100
+    assert small.activations == 100 * (2 * 4096 + 3 * 14336) * 2
+    whole = inference_memory(LLAMA, batch_size=2, context_len=8192, prefill_chunk=None)
+    assert whole.prefill_chunk == 16384
+
+
+def test_moe_routed_rows() -> None:
+    # Mixtral: each token's 2 experts, gated 3 x 14,336 plus the d-wide output per routed row
+    mixtral = GPTConfig.preset("mixtral-8x7b")
+    assert prefill_activation_bytes(mixtral, chunk=1024, rows=1) == 1024 * (
+        2 * 4096 + 2 * (3 * 14336 + 4096)) * 2
+
+
+def test_mla_attention_moment() -> None:
+    # DeepSeek-V3 attention with a small dense MLP: q 128 x 192, latent 512 + 64, expanded k, v
+    # 128 x (192 + 128), output 128 x 128
+    cfg = GPTConfig.preset("deepseek-v3").replace(moe=None, mlp_hidden=1024)
+    width = 128 * 192 + 576 + 128 * 320 + 128 * 128
+    assert prefill_activation_bytes(cfg, chunk=100, rows=1) == 100 * (2 * 7168 + width) * 2
+
+
+def test_fp32_weights_keep_fp32_activations() -> None:
+    m = inference_memory(LLAMA, batch_size=1, context_len=100, weights="fp32")
+    assert m.activations == 100 * (2 * 4096 + 3 * 14336) * 4
+
+
+def test_tensor_parallel_splits_heads_and_mlp() -> None:
+    m = inference_memory(LLAMA, batch_size=1, context_len=8192,
+                         parallelism=Parallelism(tensor=2))
+    assert m.kv_cache == 8192 * 131072 // 2
+    assert m.activations == 8192 * (2 * 4096 + 3 * 7168) * 2
+
+
+def test_kv_cache_dtype_reaches_the_cache() -> None:
+    m = inference_memory(LLAMA, batch_size=1, context_len=1000, kv_cache="fp8")
+    assert m.kv_cache == 1000 * 65536
+
+
+def test_max_batch_at_the_boundary() -> None:
+    at_ten = inference_memory(LLAMA, batch_size=10, context_len=1024, **NO_OVERHEAD)
+    budget = at_ten.total + 5  # an 11th request needs 128 MiB more
+    assert max_batch(LLAMA, budget, context_len=1024, **NO_OVERHEAD) == 10
+    assert max_batch(LLAMA, at_ten.total - 1, context_len=1024, **NO_OVERHEAD) == 9
+
+
+def test_max_context_at_the_boundary() -> None:
+    cfg = LLAMA.replace(block_size=131072)
+    at = inference_memory(cfg, batch_size=2, context_len=20000, **NO_OVERHEAD)
+    # one more token per request adds 2 x 131,072 bytes
+    assert max_context(cfg, at.total + 2 * 131072 - 1, batch_size=2, **NO_OVERHEAD) == 20000
+
+
+def test_max_context_stops_at_block_size() -> None:
+    assert max_context(GPTConfig.preset("gpt2"), "H100 SXM") == 1024
+
+
+def test_nothing_fits_is_zero() -> None:
+    assert max_batch(LLAMA, "RTX 4070", context_len=1024) == 0
+    assert max_context(LLAMA, 8 * 2**30) == 0
+
+
+def test_headroom_keeps_memory_free() -> None:
+    full = max_batch(LLAMA, "H100 SXM", context_len=8192)
+    assert max_batch(LLAMA, "H100 SXM", context_len=8192, headroom=0.1) < full
+    with pytest.raises(ScaleplanError, match="headroom=1.0"):
+        max_batch(LLAMA, "H100 SXM", context_len=8192, headroom=1.0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"batch_size": 0, "context_len": 10}, "batch_size"),
+    ({"batch_size": 1, "context_len": 10, "kv_cache": "int3"}, "int3"),
+    ({"batch_size": 1, "context_len": 10, "logits": "all"}, "logits='all'"),
+    ({"batch_size": 1, "context_len": 10, "parallelism": Parallelism(tensor=2, pipeline=2)},
+     "pipeline=2 is not modelled"),
+])
+def test_bad_input_is_named(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ScaleplanError, match=match):
+        inference_memory(LLAMA, **kwargs)  # type: ignore[arg-type]
