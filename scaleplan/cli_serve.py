@@ -20,10 +20,10 @@ from typing import Any
 from scaleplan.cli_options import positive_int
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
+from scaleplan.units import GiB
 
 __all__ = ["add_serve_parser", "format_serve", "serve_report"]
 
-GiB = 2**30
 Loader = Callable[[str], tuple[GPTConfig, str, int | None]]
 
 

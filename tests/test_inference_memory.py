@@ -47,7 +47,7 @@ def test_logits_moment_wins_for_a_big_decode_batch() -> None:
     m = inference_memory(gpt2, batch_size=256, context_len=1, **NO_OVERHEAD)
     assert m.prefill_chunk == 256
     assert m.activations == 256 * 768 * 2 + 256 * 50257 * 6 == 77_587_968
-    assert 256 * (2 * 768 + 2 * 3072) * 2 < m.activations
+    assert m.activations > 256 * (2 * 768 + 2 * 3072) * 2
 
 
 def test_logits_of_every_position_when_asked() -> None:
@@ -122,7 +122,7 @@ def test_nothing_fits_is_zero() -> None:
 def test_headroom_keeps_memory_free() -> None:
     full = max_batch(LLAMA, "H100 SXM", context_len=8192)
     assert max_batch(LLAMA, "H100 SXM", context_len=8192, headroom=0.1) < full
-    with pytest.raises(ScaleplanError, match="headroom=1.0"):
+    with pytest.raises(ScaleplanError, match=r"headroom=1\.0"):
         max_batch(LLAMA, "H100 SXM", context_len=8192, headroom=1.0)
 
 

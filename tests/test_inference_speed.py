@@ -97,5 +97,5 @@ def test_compute_dtype() -> None:
 
 
 def test_fraction_above_one_is_refused() -> None:
-    with pytest.raises(ScaleplanError, match="mfu=1.5"):
+    with pytest.raises(ScaleplanError, match=r"mfu=1\.5"):
         inference_speed(LLAMA, H100, batch_size=1, context_len=128, mfu=1.5)

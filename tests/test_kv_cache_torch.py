@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("torch", reason="scaleplan.reference needs torch: pip install torch")
 pytest.importorskip("transformers")
 
-from scaleplan import from_hf  # noqa: E402
-from scaleplan.inference.kv_cache import kv_cache_bytes  # noqa: E402
-from scaleplan.inference.prefill import prefill_activation_bytes  # noqa: E402
-from scaleplan.reference.kv_measure import (  # noqa: E402
+from scaleplan import from_hf
+from scaleplan.inference.kv_cache import kv_cache_bytes
+from scaleplan.inference.prefill import prefill_activation_bytes
+from scaleplan.reference.kv_measure import (
     CASES,
     measure_kv,
     measure_prefill,

@@ -28,6 +28,7 @@ from scaleplan.inference.kv_cache import (
 )
 from scaleplan.inference.prefill import DEFAULT_PREFILL_CHUNK, LogitsKind, prefill_activation_bytes
 from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.quantized import WeightFormat, quantized_weight_bytes
 from scaleplan.memory.training import ALLOCATOR_SLACK_FRACTION, CUDA_CONTEXT_BYTES
 from scaleplan.model.config import GPTConfig
 
@@ -73,7 +74,7 @@ def activation_bytes_for(weights: str) -> int:
 
 
 def inference_memory(
-    cfg: GPTConfig, *, batch_size: int, context_len: int, weights: str = "bf16",
+    cfg: GPTConfig, *, batch_size: int, context_len: int, weights: WeightFormat = "bf16",
     group_size: int | None = None, kv_cache: str = "bf16",
     parallelism: Parallelism | None = None, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
     logits: LogitsKind = "last", mla_cache: MLACache = "latent",
@@ -88,7 +89,7 @@ def inference_memory(
         batch_size: concurrent requests whose caches are held.
         context_len: tokens per request, prompt and output (the cache at its longest).
         weights: the weights' format, as `scaleplan.memory.quantized.quantized_weight_bytes`
-            takes it ("bf16", "fp16", "fp32", "fp8", "int8", "int4", "nf4").
+            takes it ("bf16", "fp16", "fp32", "fp8", "int8", "int4", "nf4", "nf4-dq").
         group_size: quantisation group size for int4/nf4 (None: the format's default).
         kv_cache: the cache's dtype ("bf16", "fp16", "fp32", "fp8", "int8";
             `scaleplan.inference.kv_cache`).
@@ -116,8 +117,6 @@ def inference_memory(
                  example="allocator_slack_fraction=0.05")
     context = whole("cuda_context_bytes", cuda_context_bytes, minimum=0,
                     example="cuda_context_bytes=512 * 2**20")
-    from scaleplan.memory.quantized import quantized_weight_bytes  # the quant helper's module
-
     w = quantized_weight_bytes(cfg, weights, group_size=group_size,
                                parallelism=parallelism).total
     kv = kv_cache_bytes(cfg, context_len=context_len, batch_size=batch_size, dtype=kv_cache,

@@ -43,6 +43,7 @@ from scaleplan.compute.mfu_defaults import default_mfu
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.inference.kv_cache import kv_cache_bytes
 from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.quantized import WeightFormat, quantized_weight_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
@@ -166,7 +167,7 @@ def prefill_flops(cfg: GPTConfig, prompt_len: int) -> float:
 
 
 def inference_speed(cfg: GPTConfig, gpu: str | GPUSpec, *, batch_size: int, context_len: int,
-                    prompt_len: int | None = None, weights: str = "bf16",
+                    prompt_len: int | None = None, weights: WeightFormat = "bf16",
                     group_size: int | None = None, kv_cache: str = "bf16",
                     parallelism: Parallelism | None = None, mfu: float | None = None,
                     bandwidth_utilization: float = 1.0) -> InferenceSpeed:
@@ -187,8 +188,6 @@ def inference_speed(cfg: GPTConfig, gpu: str | GPUSpec, *, batch_size: int, cont
     if util > 1 or bw > 1:
         raise ScaleplanError(f"mfu={shown(util)} and bandwidth_utilization={shown(bw)} are "
                              "fractions of a peak: give values in (0, 1]")
-    from scaleplan.memory.quantized import quantized_weight_bytes  # the quant helper's module
-
     t = 1 if parallelism is None else parallelism.tensor
     w_total = quantized_weight_bytes(cfg, weights, group_size=group_size,
                                      parallelism=parallelism).total

@@ -14,7 +14,8 @@ bytes (`scaleplan.reference.tracking.LiveBytesTracker`), for
 `scaleplan.inference.prefill.prefill_activation_bytes`.
 
 ``python -m scaleplan.reference.kv_measure`` measures `CASES` and writes
-docs/validation/kv_cache.json (and docs/validation/prefill.json), which tests/test_kv_cache_golden.py replays without torch against
+docs/validation/kv_cache.json (and docs/validation/prefill.json), which
+tests/test_kv_cache_golden.py replays without torch against
 `scaleplan.inference.kv_cache.kv_cache_bytes` (``sliding_cache="dynamic"`` for the tensors,
 ``"window"`` for the storages).
 """
@@ -22,6 +23,7 @@ docs/validation/kv_cache.json (and docs/validation/prefill.json), which tests/te
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -87,13 +89,10 @@ def measure_kv(case: str, *, batch_size: int, prompt_len: int, new_tokens: int,
     """Generate with ``CASES[case]`` and measure its cache (see the module docstring)."""
     import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = dict(CASES[case])
     torch.manual_seed(seed)
-    kwargs = {k: v for k, v in config.items() if k != "model_type"}
-    hf_cfg = AutoConfig.for_model(config["model_type"], **kwargs)
-    model = AutoModelForCausalLM.from_config(hf_cfg)
+    model = _build(config, None)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     model = model.to(torch_dtype).eval()
     ids = torch.randint(1, config.get("vocab_size", 128), (batch_size, prompt_len))
@@ -109,6 +108,16 @@ def measure_kv(case: str, *, batch_size: int, prompt_len: int, new_tokens: int,
         new_tokens=new_tokens, context_len=prompt_len + new_tokens - 1,
         tensor_bytes=sum(t.numel() * t.element_size() for t in tensors),
         storage_bytes=sum(storages.values()), transformers_version=transformers.__version__)
+
+
+def _build(config: dict[str, Any], attention: str | None) -> Any:
+    """``AutoModelForCausalLM.from_config`` of a config.json dict (its ``model_type`` key)."""
+    transformers: Any = importlib.import_module("transformers")
+    kwargs = {k: v for k, v in config.items() if k != "model_type"}
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
+    hf_cfg = transformers.AutoConfig.for_model(config["model_type"], **kwargs)
+    return transformers.AutoModelForCausalLM.from_config(hf_cfg)
 
 
 def _cache_tensors(cache: Any) -> list[Any]:
@@ -190,21 +199,17 @@ def measure_prefill(case: str, *, chunk: int, batch_size: int = 1, dtype: str = 
     else eager."""
     import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from scaleplan.reference.tracking import LiveBytesTracker
 
     config = prefill_config(case)
     torch.manual_seed(seed)
-    kwargs = {k: v for k, v in config.items() if k != "model_type"}
     attention = "sdpa"
     try:
-        model = AutoModelForCausalLM.from_config(
-            AutoConfig.for_model(config["model_type"], attn_implementation=attention, **kwargs))
+        model = _build(config, attention)
     except ValueError:  # gemma2 (soft-capping) has no SDPA path in transformers 5.25
         attention = "eager"
-        model = AutoModelForCausalLM.from_config(
-            AutoConfig.for_model(config["model_type"], attn_implementation=attention, **kwargs))
+        model = _build(config, attention)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     model = model.to(torch_dtype).eval()
     ids = torch.randint(1, config.get("vocab_size", 128), (batch_size, chunk))
