@@ -42,7 +42,7 @@ def test_llama_cpp_deepseek_v3_expanded_kv() -> None:
     v3 = GPTConfig.preset("deepseek-v3")
     assert kv_cache_bytes(v3, context_len=4096, dtype="fp16", mla_cache="expanded") == \
         19520 * MiB
-    assert 61 * 4096 * 128 * 192 * 2 == 11712 * MiB  # the keys: 128 heads x 192
+    assert 11712 * MiB == 61 * 4096 * 128 * 192 * 2  # the keys: 128 heads x 192
     # the latent vLLM, SGLang and transformers 5.25 cache instead: 28 times smaller
     assert kv_cache_bytes(v3, context_len=4096, dtype="fp16") == 61 * 4096 * 576 * 2
 

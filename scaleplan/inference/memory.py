@@ -103,6 +103,11 @@ def inference_memory(
         sliding_cache: ``"window"`` (default) or ``"dynamic"`` (transformers' dynamic cache).
         cuda_context_bytes: the CUDA context (default `CUDA_CONTEXT_BYTES`).
         allocator_slack_fraction: allocator slack as a fraction of the tensors.
+
+    >>> m = inference_memory(GPTConfig.preset("llama-3-8b"), batch_size=8, context_len=4096,
+    ...                      weights="int4", kv_cache="fp8")
+    >>> m.kv_cache == 8 * 4096 * 65536  # 8 requests x 4,096 tokens x 64 KiB (fp8)
+    True
     """
     batch_size = whole("batch_size", batch_size, example="batch_size=8")
     context_len = whole("context_len", context_len, example="context_len=8192")

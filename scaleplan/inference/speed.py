@@ -175,6 +175,10 @@ def inference_speed(cfg: GPTConfig, gpu: str | GPUSpec, *, batch_size: int, cont
 
     Tensor parallelism over t GPUs divides each GPU's reads and FLOPs by t (communication not
     counted); ``weights``, ``group_size`` and ``kv_cache`` are as `inference_memory` takes them.
+
+    >>> s = inference_speed(GPTConfig.preset("gpt2"), "RTX 4090", batch_size=1, context_len=64)
+    >>> s.bound, s.tokens_per_s == 1 / s.time_per_output_token_s
+    ('memory', True)
     """
     spec = lookup_gpu(gpu) if isinstance(gpu, str) else gpu
     if not isinstance(spec, GPUSpec):
