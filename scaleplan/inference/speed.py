@@ -34,7 +34,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scaleplan.checks import real, whole
+from scaleplan.checks import float_guard, real, whole
 from scaleplan.compute.attention_flops import attention_core
 from scaleplan.compute.flops import matmul_params
 from scaleplan.compute.hardware import GPUSpec
@@ -166,6 +166,7 @@ def prefill_flops(cfg: GPTConfig, prompt_len: int) -> float:
     return float(body + scores + values)
 
 
+@float_guard  # sizes past float64 fail naming the call, never as an inf or a traceback
 def inference_speed(cfg: GPTConfig, gpu: str | GPUSpec, *, batch_size: int, context_len: int,
                     prompt_len: int | None = None, weights: WeightFormat = "bf16",
                     group_size: int | None = None, kv_cache: str = "bf16",
