@@ -27,27 +27,27 @@ def test_llama_parts_by_hand() -> None:
     assert isinstance(m, InferenceMemory)
     assert m.weights == 2 * 8_030_261_248  # bf16: 2 bytes per parameter
     assert m.kv_cache == 4 * 8192 * 131072
-    # prefill chunk 8,192 tokens, the MLP moment: x and h (2 x 4,096) + 3 x 14,336, bf16
+    # prefill chunk 8,192 tokens, the MLP moment: 3 stream tensors (3 x 4,096) + 3 x 14,336, bf16
     assert m.prefill_chunk == 8192
-    assert m.activations == 8192 * (2 * 4096 + 3 * 14336) * 2 == 838_860_800
+    assert m.activations == 8192 * (3 * 4096 + 3 * 14336) * 2 == 905_969_664
     tensors = m.weights + m.kv_cache + m.activations
     assert m.overhead == CUDA_CONTEXT_BYTES + math.ceil(ALLOCATOR_SLACK_FRACTION * tensors)
     assert m.total == tensors + m.overhead
 
 
 def test_attention_moment_under_the_mlp_for_llama() -> None:
-    # attention: x, h + q (32 x 128) + k, v (2 x 8 x 128) + output (32 x 128) = 8,192 + 10,240
-    assert 8192 * (2 * 4096 + (2 * 32 + 2 * 8) * 128) * 2 < 838_860_800
+    # attention: 3 x 4,096 + q (32 x 128) + k, v (2 x 8 x 128) + output (32 x 128)
+    assert 8192 * (3 * 4096 + (2 * 32 + 2 * 8) * 128) * 2 < 905_969_664
 
 
 def test_logits_moment_wins_for_a_big_decode_batch() -> None:
-    # GPT-2, 256 requests decoding one token each: MLP 256 x (2 x 768 + 2 x 3,072) x 2 bytes;
+    # GPT-2, 256 requests decoding one token each: MLP 256 x (3 x 768 + 2 x 3,072) x 2 bytes;
     # logits: the final hidden states 256 x 768 x 2 + 256 rows x 50,257 x (2 + 4 fp32) bytes
     gpt2 = GPTConfig.preset("gpt2")
     m = inference_memory(gpt2, batch_size=256, context_len=1, **NO_OVERHEAD)
     assert m.prefill_chunk == 256
     assert m.activations == 256 * 768 * 2 + 256 * 50257 * 6 == 77_587_968
-    assert m.activations > 256 * (2 * 768 + 2 * 3072) * 2
+    assert m.activations > 256 * (3 * 768 + 2 * 3072) * 2
 
 
 def test_logits_of_every_position_when_asked() -> None:
@@ -59,7 +59,7 @@ def test_logits_of_every_position_when_asked() -> None:
 def test_chunk_is_capped_by_the_tokens_and_none_means_all() -> None:
     small = inference_memory(LLAMA, batch_size=1, context_len=100)
     assert small.prefill_chunk == 100
-    assert small.activations == 100 * (2 * 4096 + 3 * 14336) * 2
+    assert small.activations == 100 * (3 * 4096 + 3 * 14336) * 2
     whole = inference_memory(LLAMA, batch_size=2, context_len=8192, prefill_chunk=None)
     assert whole.prefill_chunk == 16384
 
@@ -68,7 +68,7 @@ def test_moe_routed_rows() -> None:
     # Mixtral: each token's 2 experts, gated 3 x 14,336 plus the d-wide output per routed row
     mixtral = GPTConfig.preset("mixtral-8x7b")
     assert prefill_activation_bytes(mixtral, chunk=1024, rows=1) == 1024 * (
-        2 * 4096 + 2 * (3 * 14336 + 4096)) * 2
+        3 * 4096 + 2 * (3 * 14336 + 4096)) * 2
 
 
 def test_mla_attention_moment() -> None:
@@ -76,19 +76,19 @@ def test_mla_attention_moment() -> None:
     # 128 x (192 + 128), output 128 x 128
     cfg = GPTConfig.preset("deepseek-v3").replace(moe=None, mlp_hidden=1024)
     width = 128 * 192 + 576 + 128 * 320 + 128 * 128
-    assert prefill_activation_bytes(cfg, chunk=100, rows=1) == 100 * (2 * 7168 + width) * 2
+    assert prefill_activation_bytes(cfg, chunk=100, rows=1) == 100 * (3 * 7168 + width) * 2
 
 
 def test_fp32_weights_keep_fp32_activations() -> None:
     m = inference_memory(LLAMA, batch_size=1, context_len=100, weights="fp32")
-    assert m.activations == 100 * (2 * 4096 + 3 * 14336) * 4
+    assert m.activations == 100 * (3 * 4096 + 3 * 14336) * 4
 
 
 def test_tensor_parallel_splits_heads_and_mlp() -> None:
     m = inference_memory(LLAMA, batch_size=1, context_len=8192,
                          parallelism=Parallelism(tensor=2))
     assert m.kv_cache == 8192 * 131072 // 2
-    assert m.activations == 8192 * (2 * 4096 + 3 * 7168) * 2
+    assert m.activations == 8192 * (3 * 4096 + 3 * 7168) * 2
 
 
 def test_kv_cache_dtype_reaches_the_cache() -> None:

@@ -67,12 +67,13 @@ def test_vllm_blocks_hold_131072_bytes_per_token(blocks: int, kv_gib: float) -> 
 
 
 @pytest.mark.parametrize(("tokens", "peak_gib"), [(20000, 17.06), (29000, 17.98)])
-def test_vllm_profile_peak_activations_within_10_percent(tokens: int, peak_gib: float) -> None:
+def test_vllm_profile_peak_activations_within_1_percent(tokens: int, peak_gib: float) -> None:
     # the same issue: vLLM profiles one forward of max_model_len tokens (chunked prefill off
     # below 32k) and logs "peak_torch_memory=17.06GiB" (20,000) and "17.98GiB" (29,000); less
-    # the 14.9888 GiB of weights, that is the activation peak. Ours is 7-8 % lower.
+    # the 14.9888 GiB of weights, that is the activation peak (2.07 and 2.99 GiB, printed to
+    # 2 decimals, so +-0.005 GiB). Ours, 3 stream tensors + 3 x 14,336 per token: 2.06, 2.99.
     cfg = from_hf(LLAMA_31_8B)
     ours = inference_memory(cfg, batch_size=1, context_len=tokens, prefill_chunk=tokens)
     measured = (peak_gib - 14.9888) * GiB
-    assert ours.activations == tokens * (2 * 4096 + 3 * 14336) * 2
-    assert -0.10 < ours.activations / measured - 1 < 0
+    assert ours.activations == tokens * (3 * 4096 + 3 * 14336) * 2
+    assert abs(ours.activations / measured - 1) < 0.01

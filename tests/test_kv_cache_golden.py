@@ -9,9 +9,9 @@ with the default ``"window"`` cap (the step's concatenation of window tokens sta
 
 Prefill: the formula describes a fused serving engine; transformers' eager modules keep more.
 For the dense full-attention rotary models (Llama, Qwen2) the difference is exactly three
-tensors transformers holds that the formula leaves out: the token embedding's output and the
-block's input (both alive through every block: 2·B·T·d), the rotary cos and sin (2·T·head_dim,
-shared by the batch) and the int64 position ids (8·T). For the others the formula stays below
+tensors transformers holds that the formula leaves out: the token embedding's output (alive
+through every block: B·T·d), the rotary cos and sin (2·T·head_dim, shared by the batch) and the
+int64 position ids (8·T). For the others the formula stays below
 the measurement (docs/validation/inference.md explains each gap).
 """
 
@@ -89,7 +89,7 @@ def test_prefill_peak_exact_plus_transformers_extras(row: dict[str, Any]) -> Non
     cfg = from_hf(_prefill_config(row["case"]))
     B, T = row["batch_size"], row["chunk"]
     ours = prefill_activation_bytes(cfg, chunk=B * T, rows=B, element_bytes=BF16)
-    extras = 2 * B * T * cfg.n_embd * BF16 + 2 * T * cfg.head_dim * BF16 + INT64 * T
+    extras = B * T * cfg.n_embd * BF16 + 2 * T * cfg.head_dim * BF16 + INT64 * T
     assert ours + extras == row["peak_bytes"]
 
 

@@ -35,6 +35,6 @@ def test_generate_cache_matches_kv_cache_bytes(case: str) -> None:
 def test_llama_prefill_peak_is_the_formula_plus_transformers_extras() -> None:
     m = measure_prefill("llama-gqa", chunk=128, batch_size=1)
     cfg = from_hf(prefill_config("llama-gqa"))
-    # the embedding output and block input (2·T·d), rotary cos/sin (2·T·head_dim), int64 ids
-    extras = 2 * 128 * cfg.n_embd * 2 + 2 * 128 * cfg.head_dim * 2 + 8 * 128
+    # the embedding output (T·d), rotary cos/sin (2·T·head_dim), int64 position ids
+    extras = 128 * cfg.n_embd * 2 + 2 * 128 * cfg.head_dim * 2 + 8 * 128
     assert prefill_activation_bytes(cfg, chunk=128, rows=1) + extras == m.peak_bytes

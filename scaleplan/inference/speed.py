@@ -41,7 +41,7 @@ from scaleplan.compute.hardware import GPUSpec
 from scaleplan.compute.hardware import gpu as lookup_gpu
 from scaleplan.compute.mfu_defaults import default_mfu
 from scaleplan.errors import ScaleplanError, shown
-from scaleplan.inference.kv_cache import kv_cache_bytes
+from scaleplan.inference.kv_cache import kv_cache_bytes, serving_tensor_degree
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.quantized import WeightFormat, quantized_weight_bytes
 from scaleplan.model.config import GPTConfig
@@ -193,7 +193,7 @@ def inference_speed(cfg: GPTConfig, gpu: str | GPUSpec, *, batch_size: int, cont
     if util > 1 or bw > 1:
         raise ScaleplanError(f"mfu={shown(util)} and bandwidth_utilization={shown(bw)} are "
                              "fractions of a peak: give values in (0, 1]")
-    t = 1 if parallelism is None else parallelism.tensor
+    t = serving_tensor_degree(cfg, parallelism)
     w_total = quantized_weight_bytes(cfg, weights, group_size=group_size,
                                      parallelism=parallelism).total
     w_read = w_total * weight_read_fraction(cfg, batch_size)
