@@ -9,6 +9,7 @@ import pytest
 from scaleplan import (
     GPTConfig,
     InferenceMemory,
+    MoE,
     Parallelism,
     ScaleplanError,
     inference_memory,
@@ -136,3 +137,75 @@ def test_headroom_keeps_memory_free() -> None:
 def test_bad_input_is_named(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ScaleplanError, match=match):
         inference_memory(LLAMA, **kwargs)  # type: ignore[arg-type]
+
+
+def test_attention_moment_when_the_mlp_is_narrow() -> None:
+    # Llama 3 8B with a 1,024-wide MLP: attention wins, 3 x 4,096 + (2 x 32 + 2 x 8) x 128
+    cfg = LLAMA.replace(mlp_hidden=1024)
+    got = prefill_activation_bytes(cfg, chunk=1000, rows=1)
+    assert got == 1000 * (3 * 4096 + (2 * 32 + 2 * 8) * 128) * 2
+    # t = 16 > 8 KV heads: 2 query heads and 1 (replicated) KV head per GPU
+    got16 = prefill_activation_bytes(cfg, chunk=1000, rows=1, tensor=16)
+    assert got16 == 1000 * (3 * 4096 + (2 * 2 + 2 * 1) * 128) * 2
+    assert isinstance(got16, int)
+
+
+def test_plain_mlp_moment_for_gpt2() -> None:
+    # GPT-2 (GELU, not gated): 3 x 768 + the hidden layer and its activation, 2 x 3,072
+    gpt2 = GPTConfig.preset("gpt2")
+    got = prefill_activation_bytes(gpt2, chunk=1024, rows=1)
+    assert got == 1024 * (3 * 768 + 2 * 3072) * 2
+    assert isinstance(prefill_activation_bytes(gpt2, chunk=1024, rows=1, tensor=2), int)
+    assert prefill_activation_bytes(gpt2, chunk=1024, rows=1, tensor=2) == 1024 * (
+        3 * 768 + 2 * 1536) * 2
+
+
+def test_moe_dense_and_shared_widths() -> None:
+    mixtral = GPTConfig.preset("mixtral-8x7b")
+    # one routed expert of 1,024; shared 4 x 1,024; one dense block of 14,336: dense wins
+    dense = mixtral.replace(moe=MoE(n_experts=8, top_k=1, expert_hidden=1024,
+                                    n_shared_experts=4, n_dense_layers=1))
+    assert prefill_activation_bytes(dense, chunk=10, rows=1) == 10 * (
+        3 * 4096 + 3 * 14336) * 2
+    # no dense block, shared experts 16,384 wide: the shared MLP wins, split by t = 2
+    shared = mixtral.replace(moe=MoE(n_experts=8, top_k=1, expert_hidden=1024,
+                                     shared_expert_hidden=16384))
+    assert prefill_activation_bytes(shared, chunk=10, rows=1) == 10 * (
+        3 * 4096 + 3 * 16384) * 2
+    assert prefill_activation_bytes(shared, chunk=10, rows=1, tensor=2) == 10 * (
+        3 * 4096 + 3 * 8192) * 2
+    # routed rows under t = 2: each expert's width halves, the d-wide output does not
+    assert prefill_activation_bytes(mixtral, chunk=10, rows=1, tensor=2) == 10 * (
+        3 * 4096 + 2 * (3 * 7168 + 4096)) * 2
+
+
+def test_options_reach_the_parts() -> None:
+    # group size reaches the weights, tensor parallelism the weights too
+    g32 = inference_memory(LLAMA, batch_size=1, context_len=16, weights="int4", group_size=32)
+    g128 = inference_memory(LLAMA, batch_size=1, context_len=16, weights="int4",
+                            group_size=128)
+    assert g32.weights > g128.weights
+    tp = inference_memory(LLAMA, batch_size=1, context_len=16, parallelism=Parallelism(tensor=2))
+    assert tp.weights < inference_memory(LLAMA, batch_size=1, context_len=16).weights
+    # the MLA and sliding-window choices reach the cache
+    v3 = GPTConfig.preset("deepseek-v3")
+    assert inference_memory(v3, batch_size=1, context_len=10, weights="int4",
+                            mla_cache="expanded").kv_cache == 10 * 4997120
+    gemma = GPTConfig.preset("gemma-3-4b")
+    dyn = inference_memory(gemma, batch_size=1, context_len=4096, sliding_cache="dynamic")
+    assert dyn.kv_cache == 2 * 4 * 256 * 2 * (5 * 4096 + 29 * 1023)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"prefill_chunk": 0}, "prefill_chunk=0"),
+    ({"allocator_slack_fraction": -0.5}, "allocator_slack_fraction"),
+    ({"cuda_context_bytes": -1}, "cuda_context_bytes"),
+    ({"sliding_cache": "static"}, "sliding_cache"),
+    ({"mla_cache": "compressed"}, "mla_cache"),
+    ({"kv_cache": "bf8"}, "kv_cache dtype"),
+    ({"context_len": 0}, "context_len=0"),
+])
+def test_each_option_is_named_when_bad(kwargs: dict[str, object], match: str) -> None:
+    options = {"batch_size": 1, "context_len": 10, **kwargs}
+    with pytest.raises(ScaleplanError, match=match):
+        inference_memory(LLAMA, **options)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaleplan import GPTConfig, InferenceSpeed, ScaleplanError, gpu, inference_speed
+from scaleplan import GPTConfig, InferenceSpeed, MoE, ScaleplanError, gpu, inference_speed
 from scaleplan.inference.speed import (
     compute_dtype,
     decode_flops,
@@ -99,3 +99,26 @@ def test_compute_dtype() -> None:
 def test_fraction_above_one_is_refused() -> None:
     with pytest.raises(ScaleplanError, match=r"mfu=1\.5"):
         inference_speed(LLAMA, H100, batch_size=1, context_len=128, mfu=1.5)
+
+
+def test_every_expert_picked_reads_every_expert() -> None:
+    # top_k = n_experts: a token reads all of them; only the untied embedding is left unread
+    cfg = GPTConfig.preset("mixtral-8x7b").replace(
+        moe=MoE(n_experts=2, top_k=2, expert_hidden=1024))
+    from scaleplan import count_params
+
+    total = count_params(cfg).total
+    assert weight_read_fraction(cfg, 1) == (total - 32000 * 4096) / total
+
+
+def test_mla_decode_attends_over_both_widths() -> None:
+    # DeepSeek-V3: 61 blocks x 128 heads x (192 + 128) x 2 FLOPs per key, 1,000 keys
+    v3 = GPTConfig.preset("deepseek-v3")
+    from scaleplan.compute.flops import matmul_params
+
+    assert decode_flops(v3, batch_size=1, context_len=1000) == 2 * matmul_params(v3) + (
+        2 * 128 * (192 + 128) * 61 * 1000)
+
+
+def test_float32_is_an_fp32_compute_dtype() -> None:
+    assert compute_dtype(H100, "float32") == "fp32"

@@ -146,3 +146,24 @@ def test_int8_with_mla_is_refused_by_name() -> None:
 def test_bad_context_is_named() -> None:
     with pytest.raises(ScaleplanError, match="context_len"):
         kv_cache_bytes(GPTConfig.preset("gpt2"), context_len=0)
+
+
+def test_tensor_parallel_results_stay_ints() -> None:
+    cfg = from_hf(LLAMA_31_8B)
+    assert isinstance(kv_heads_per_gpu(cfg, 4), int)
+    expanded = layer_token_bytes(GPTConfig.preset("deepseek-v3"), mla_cache="expanded",
+                                 tensor=8)
+    assert isinstance(expanded, int)
+    assert expanded == 16 * 320 * 2
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"sliding_cache": "static"}, "sliding_cache"),
+    ({"mla_cache": "compressed"}, "mla_cache"),
+    ({"dtype": "bf8"}, "kv_cache dtype"),
+    ({"batch_size": 0}, "batch_size=0"),
+])
+def test_kv_cache_options_are_named(kwargs: dict[str, object], match: str) -> None:
+    options = {"context_len": 10, **kwargs}
+    with pytest.raises(ScaleplanError, match=match):
+        kv_cache_bytes(GPTConfig.preset("deepseek-v3"), **options)  # type: ignore[arg-type]
