@@ -198,11 +198,11 @@ def test_options_reach_the_parts() -> None:
 
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"prefill_chunk": 0}, "prefill_chunk=0"),
-    ({"allocator_slack_fraction": -0.5}, "allocator_slack_fraction"),
-    ({"cuda_context_bytes": -1}, "cuda_context_bytes"),
-    ({"sliding_cache": "static"}, "sliding_cache"),
-    ({"mla_cache": "compressed"}, "mla_cache"),
-    ({"kv_cache": "bf8"}, "kv_cache dtype"),
+    ({"allocator_slack_fraction": -0.5}, r"^allocator_slack_fraction=-0\.5"),
+    ({"cuda_context_bytes": -1}, r"^cuda_context_bytes=-1"),
+    ({"sliding_cache": "static"}, r"\bsliding_cache\b"),
+    ({"mla_cache": "compressed"}, r"\bmla_cache\b"),
+    ({"kv_cache": "bf8"}, r"\bkv_cache dtype\b"),
     ({"context_len": 0}, "context_len=0"),
 ])
 def test_each_option_is_named_when_bad(kwargs: dict[str, object], match: str) -> None:

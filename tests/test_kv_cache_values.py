@@ -158,9 +158,9 @@ def test_tensor_parallel_results_stay_ints() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"sliding_cache": "static"}, "sliding_cache"),
-    ({"mla_cache": "compressed"}, "mla_cache"),
-    ({"dtype": "bf8"}, "kv_cache dtype"),
+    ({"sliding_cache": "static"}, r"\bsliding_cache\b"),
+    ({"mla_cache": "compressed"}, r"\bmla_cache\b"),
+    ({"dtype": "bf8"}, r"\bkv_cache dtype\b"),
     ({"batch_size": 0}, "batch_size=0"),
 ])
 def test_kv_cache_options_are_named(kwargs: dict[str, object], match: str) -> None:
