@@ -9,7 +9,8 @@ that only counts parameters never builds the planner's models.
 Where things live (one folder per concern; see each folder's ``__init__``): ``model`` (configs,
 presets, layer shapes, exact parameter counts, readers of other tools' files), ``compute`` (FLOPs,
 GPUs, throughput), ``memory`` (training memory, activations, optimizer states, parallelism, the
-largest batch that fits), ``scaling`` (laws, token budgets, rules, fitting), ``planning``
+largest batch that fits), ``inference`` (KV cache, serving memory, longest context, largest
+batch, decode speed), ``scaling`` (laws, token budgets, rules, fitting), ``planning``
 (``plan``, remedies, reports, exporters, batching, GPU-hour budgets, sweeps), ``diagnosis`` (logs,
 ``diagnose``, the next run), ``validation`` (pydantic markers), ``symbolic`` (sympy formulas),
 ``reference`` (the torch reference model and harness).
@@ -55,6 +56,22 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
     )
     from scaleplan.findings import (
         Finding as Finding,
+    )
+    from scaleplan.inference.kv_cache import (
+        kv_cache_bytes as kv_cache_bytes,
+        kv_cache_bytes_per_token as kv_cache_bytes_per_token,
+    )
+    from scaleplan.inference.limits import (
+        max_batch as max_batch,
+        max_context as max_context,
+    )
+    from scaleplan.inference.memory import (
+        InferenceMemory as InferenceMemory,
+        inference_memory as inference_memory,
+    )
+    from scaleplan.inference.speed import (
+        InferenceSpeed as InferenceSpeed,
+        inference_speed as inference_speed,
     )
     from scaleplan.memory.limits import (
         max_micro_batch_size as max_micro_batch_size,
@@ -148,6 +165,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "diagnosis.logs": ("TrainingLog", "read_log"),
     "errors": ("ConfigFileError", "ScaleplanError", "UnknownNameError"),
     "findings": ("Finding",),
+    "inference.kv_cache": ("kv_cache_bytes", "kv_cache_bytes_per_token"),
+    "inference.limits": ("max_batch", "max_context"),
+    "inference.memory": ("InferenceMemory", "inference_memory"),
+    "inference.speed": ("InferenceSpeed", "inference_speed"),
     "memory.limits": ("max_micro_batch_size", "max_seq_len"),
     "memory.parallel": ("Parallelism",),
     "memory.training": ("MemoryBreakdown", "training_memory"),

@@ -4,6 +4,7 @@
     scaleplan params config.json --json   # a Hugging Face config, as JSON
     scaleplan params config/train_x.py    # a nanoGPT config file (parsed, never executed)
     scaleplan diagnose config/train_x.py train.log --gpu "RTX 4070"   # what is wrong, with numbers
+    scaleplan serve llama-3-8b --gpu "RTX 4090"   # KV cache, longest context, speed (cli_serve)
 
 Exit status: 0 on success; 2 for bad input (a usage error, a bad value, a file that cannot be
 read, an input too large or too deeply nested), with one line ``scaleplan: error: ...`` on stderr
@@ -31,6 +32,7 @@ from scaleplan.cli_options import (
     positive_int,
 )
 from scaleplan.cli_output import format_diagnosis, format_gpus, format_params
+from scaleplan.cli_serve import add_serve_parser
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
@@ -232,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the vocabulary, for the ln(vocab) checks when no config gives it")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=_cmd_diagnose)
+    add_serve_parser(sub, load_model)
     return parser
 
 

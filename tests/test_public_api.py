@@ -31,6 +31,9 @@ EXPECTED = {
     # memory, batching, planning
     "MemoryBreakdown", "training_memory", "Parallelism", "max_micro_batch_size", "max_seq_len",
     "grad_accum_steps", "Plan", "plan", "plan_for_budget", "sweep",
+    # issue 19: serving (KV cache, inference memory, limits, speed)
+    "kv_cache_bytes_per_token", "kv_cache_bytes", "InferenceMemory", "inference_memory",
+    "max_context", "max_batch", "InferenceSpeed", "inference_speed",
     # logs and diagnosis
     "TrainingLog", "read_log", "Diagnosis", "Finding", "diagnose",
     # validators for users' own pydantic models
