@@ -56,7 +56,7 @@ class InferenceMemory(BaseModel):
                              "forward (no grad), its logits included.")
     overhead: int = Field(description="CUDA context plus allocator slack on the tensors.")
     total: int = Field(0, description="The sum of the four parts.")
-    batch_size: int = Field(description="Concurrent requests.")
+    batch_size: int = Field(description="Requests served at once (each with its own cache).")
     context_len: int = Field(description="Tokens of each request (prompt and output).")
     prefill_chunk: int = Field(description="Prompt tokens one prefill forward runs.")
 
