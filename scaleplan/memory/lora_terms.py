@@ -1,0 +1,390 @@
+"""Bytes a LoRA fine-tune (peft on transformers' modeling code) saves for backward, and holds.
+
+With LoRA (`scaleplan.model.lora`) the base model is frozen, which changes what autograd keeps,
+operation by operation (peft 0.21.2 ``tuners/lora/layer.py``, ``Linear.forward``:
+``result = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling``):
+
+- A frozen linear's backward needs only its weight (for the input's gradient), so base linears
+  no longer save their inputs. What still holds an input is the adapter: A saves its input x
+  (the same storage as the base layer's input when dropout is 0 and no cast is made), B saves
+  A's output (T x r). With dropout > 0, A saves the dropout's output instead and the dropout
+  its mask (T x in; fp32 on CPU, bool on CUDA); x itself is then kept by nothing.
+- Under autocast, peft first casts x to the adapter's dtype (fp32, peft's default
+  ``autocast_adapter_dtype=True``), so a 16-bit input (attention output, MLP product) becomes
+  an fp32 copy, and autocast casts it back to 16 bits for A's matmul: every adapter saves its
+  own 16-bit copy of its input (T x in x 2), never shared with the other adapters.
+- Frozen norm weights: RMSNorm's final ``weight * x`` saves nothing (its fp32 normalised input
+  goes); LayerNorm's kernel saves what it did (input, mean, rstd).
+- The frozen embedding saves no ids, and its output needs no gradient: the first block's input
+  norm saves nothing, nor does a frozen linear whose input needs no gradient (the first
+  block's q/k/v projections), nor the dropout before a first-block adapter. The first block's
+  attention saves what it did when any of q, k, v has an adapter (the rotated k needs no
+  gradient with targets ("q", "v"), so eager attention then keeps no copy of q).
+- The frozen output layer saves no input; the loss side is unchanged.
+- Autocast's weight copies: a frozen weight is not cached by autocast (only leaf tensors that
+  need a gradient are), but a frozen linear whose input needs a gradient saves its 16-bit copy
+  for backward; every adapter's A and B copies are cached until autocast exits and saved.
+
+The terms follow `scaleplan.memory.hf_terms` (one dict of named byte terms; plain ``+``/``*``
+on ``b`` and ``s``), starting from its per-layer terms. Exact against peft 0.21.2 on CPU for
+Llama, Qwen2 and GPT-2 layouts (``python -m scaleplan.reference.peft_measure --grid``,
+docs/validation/lora-memory.md). Targets that leave the first block's q, k and v without an
+adapter (MLP-only LoRA) are counted as if its MLP input needed a gradient, an upper bound not
+measured.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal
+
+from scaleplan.checks import one_of
+from scaleplan.errors import ScaleplanError, shown
+from scaleplan.memory.hf_terms import (
+    hf_block_saved_terms,
+    hf_family,
+    hf_head_saved_terms,
+    hf_model_saved_terms,
+)
+from scaleplan.memory.states import (
+    ADAMW_STEP_BYTES,
+    BNB_BLOCK_SIZE,
+    BNB_MIN_8BIT_SIZE,
+    weight_bytes,
+)
+from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.lora import LoRA, adapter_params, adapter_shapes
+from scaleplan.model.params import count_params
+
+__all__ = ["ADAPTER_BYTES", "BASE_WEIGHTS", "LORA_FAMILIES", "BaseWeights", "check_lora",
+           "lora_block_saved_terms", "lora_model_states", "lora_recompute_moment",
+           "lora_saved_terms", "lora_stage_parts", "lora_weight_copy_bytes"]
+
+LORA_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+"""transformers modeling code whose LoRA saved tensors are derived here."""
+
+FP32 = 4
+HALF = 2
+_AUTOCAST = frozenset({"bf16-mixed", "16-mixed"})
+_CORE = ("attn_lse", "attn_out", "qkv", "rope_qk", "v", "q_k_v_copies", "attn_probs",
+         "attn_dropout_mask", "attn_dropped", "attn_probs_cast", "fused_qkv_view",
+         "dense_input")
+
+
+def _groups(cfg: GPTConfig, lora: LoRA) -> dict[str, Any]:
+    """Adapted roles by the tensor they read: the first norm's output (q, k, v or the fused
+    qkv), the attention output (o), the second norm's output (gate, up), the MLP product
+    (down); with each input's width."""
+    shapes = adapter_shapes(cfg, lora)
+    return {"norm1": [shapes[t][0] for t in ("q", "k", "v", "qkv") if t in shapes],
+            "o": [shapes["o"][0]] if "o" in shapes else [],
+            "norm2": [shapes[t][0] for t in ("gate", "up") if t in shapes],
+            "down": [shapes["down"][0]] if "down" in shapes else []}
+
+
+def _adapter_inputs(group: str, widths: list[Any], T: Any, *, autocast: bool, dropout: bool,
+                    grad_in: bool, mask: int) -> dict[str, Any]:
+    """What the adapters reading one tensor save of it: A's input (the shared x, each
+    adapter's own 16-bit cast under autocast, or each adapter's dropout output) and, where x
+    needs a gradient, each dropout's mask."""
+    if not widths:
+        return {}
+    a_bytes = HALF if autocast else FP32
+    if dropout or autocast:
+        terms = {f"lora_{group}_a_input": sum(T * n * a_bytes for n in widths)}
+    else:  # one storage, x itself, read by every adapter of the group: shared unless the
+        # attention output (o), which SDPA saves already (counted there)
+        terms = {f"lora_{group}_a_input": T * widths[0] * FP32}
+    if dropout and grad_in:
+        terms[f"lora_{group}_dropout_mask"] = sum(T * n * mask for n in widths)
+    return terms
+
+
+def lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
+                           precision: Precision, attention: str = "sdpa", device: str = "cpu",
+                           first: bool = False) -> dict[str, Any]:
+    """Bytes one decoder layer saves for backward under ``lora`` (module docstring), by tensor.
+
+    ``first``: the first layer, whose input (the frozen embedding's output) needs no gradient.
+    B saves A's output, T r (2 bytes under autocast, else 4) per adapter.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
+    >>> t = lora_block_saved_terms(cfg, LoRA(4, targets=("q", "k", "v")), 1, 2,
+    ...                            precision="32-true")
+    >>> t["lora_norm1_a_input"], t["lora_b_input"]  # x (2 x 8 fp32) once; 2 x 4 fp32 for B
+    (64, 32)
+    """
+    family = hf_family(cfg)
+    attn = "eager" if attention == "eager" else "sdpa"
+    dev = "cpu" if device == "cpu" else "cuda"
+    t = hf_block_saved_terms(cfg, b, s, precision=precision, attention=attn, device=dev,
+                             family=family)
+    T, f = b * s, cfg.mlp_hidden
+    autocast, dropout = precision in _AUTOCAST, lora.dropout > 0
+    e = HALF if autocast else FP32
+    mask = 1 if dev == "cuda" else FP32
+    g = _groups(cfg, lora)
+    for key in ("qkv_input", "mlp_input", "norm1_normalized", "norm2_normalized"):
+        t.pop(key, None)
+    # x itself is A's input only in fp32 without dropout; else A saves a cast or a dropout
+    # output, and the copy of the attention output that o_proj kept (eager, math) goes
+    own_copy = dropout or autocast
+    math = attn == "eager" or (cfg.dropout > 0 and dev == "cpu")
+    if math and (not g["o"] or own_copy):
+        t.pop("attn_out")
+    t["mlp_activations"] -= T * f * e  # the product only down_proj kept
+    if first:
+        for key in [k for k in t if k.startswith("norm1_")]:
+            del t[key]
+        if not g["norm1"]:
+            for key in _CORE:
+                t.pop(key, None)
+        elif attn == "eager" and family != "gpt2" and "k" not in lora.targets:
+            t["q_k_v_copies"] -= T * cfg.n_head * cfg.head_dim * e  # k needs no gradient
+    kw = {"autocast": autocast, "dropout": dropout, "mask": mask}
+    t.update(_adapter_inputs("norm1", g["norm1"], T, grad_in=not first, **kw))
+    if own_copy:  # else x is the attention output, counted as attn_out
+        t.update(_adapter_inputs("o", g["o"], T, grad_in=True, **kw))
+    t.update(_adapter_inputs("norm2", g["norm2"], T, grad_in=True, **kw))
+    t.update(_adapter_inputs("down", g["down"], T, grad_in=True, **kw))
+    n_adapters = len(adapter_shapes(cfg, lora))
+    t["lora_b_input"] = n_adapters * T * lora.rank * (HALF if autocast else FP32)
+    return t
+
+
+def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precision,
+                     attention: str = "flash", checkpointing: str = "none",
+                     device: str = "cpu", layers: Any = None) -> dict[str, Any]:
+    """Bytes saved for backward by one forward + loss of a peft LoRA model of ``cfg``: no
+    embedding terms (frozen), the first layer and ``layers - 1`` others
+    (`lora_block_saved_terms`), the shared rotary tables, and the head without the frozen
+    output layer's input (and without RMSNorm's normalised input). With ``checkpointing``
+    "full" each layer keeps its fp32 input, as without LoRA. ``attention`` "flash"/"sdpa" or
+    "eager"; ``device`` "cpu" or "cuda".
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
+    >>> sum(lora_saved_terms(cfg, LoRA(2), 1, 4, precision="32-true",
+    ...                      checkpointing="full").values())
+    716
+
+    (block inputs 2 x 4 x 8 x 4 = 256; final LayerNorm input 128 and stats 32; fp32
+    log-softmax 4 x 16 x 4 = 256; 5 padded int64 labels + 4 = 44; no lm_head input.)
+    """
+    n = cfg.n_layer if layers is None else layers
+    family = hf_family(cfg)
+    attn = "eager" if attention == "eager" else "sdpa"
+    ckpt = checkpointing == "full"
+    out: dict[str, Any] = {}
+    if ckpt:
+        block = hf_block_saved_terms(cfg, b, s, precision=precision, checkpointing=True)
+        out.update({k: n * v for k, v in block.items()})
+    else:
+        first = lora_block_saved_terms(cfg, lora, b, s, precision=precision, attention=attn,
+                                       device=device, first=True)
+        rest = lora_block_saved_terms(cfg, lora, b, s, precision=precision, attention=attn,
+                                      device=device)
+        for key in first.keys() | rest.keys():
+            out[key] = first.get(key, 0) + (n - 1) * rest.get(key, 0)
+    out.update(hf_model_saved_terms(cfg, b, s, precision=precision, attention=attn,
+                                    checkpointing=ckpt, family=family))
+    head = hf_head_saved_terms(cfg, b, s, precision=precision, family=family)
+    for key in ("lm_head_input", "final_norm_normalized"):
+        head.pop(key, None)
+    out.update(head)
+    return out
+
+
+def lora_weight_copy_bytes(cfg: GPTConfig, lora: LoRA, precision: Precision, *,
+                           checkpointing: str = "none", base_copies: bool = True
+                           ) -> tuple[Any, Any]:
+    """(saved, cached) bytes of autocast's 16-bit weight copies under LoRA, 0 without autocast.
+
+    Saved for backward: the frozen linears' copies where the input needs a gradient (every
+    layer but the first's q/k/v projections, and the output layer), and every adapter's A and
+    B but the first layer's q/k/v A (their input needs no gradient). With full checkpointing,
+    only the output layer's. Cached until autocast exits (the forward's end): the saved ones
+    and every adapter's copy (autocast caches leaf tensors that need a gradient). A 16-bit or
+    quantized base (``base_copies=False``) makes no copies of its own.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
+    >>> lora_weight_copy_bytes(cfg, LoRA(2, targets=("o",)), "bf16-mixed")
+    (1472, 1472)
+
+    (frozen: c_attn 8 x 24 (not saved in the first layer), c_proj 8 x 8, c_fc and mlp c_proj
+    8 x 32 each, head 16 x 8: (64 + 512 + 128) x 2 = 1408; o's A and B 2 x (8 + 8) x 2 = 64.)
+    """
+    if precision not in _AUTOCAST:
+        return 0, 0
+    d, V = cfg.n_embd, cfg.vocab_size
+    shapes = adapter_shapes(cfg, lora)
+    r = lora.rank
+    adapters = adapter_params(cfg, lora) * HALF
+    first_a = sum(r * shapes[t][0] for t in ("q", "k", "v", "qkv") if t in shapes) * HALF
+    head = V * d * HALF
+    if checkpointing == "full":
+        return head, head + adapters
+    frozen = 0
+    if base_copies:
+        a, k, h, f = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
+        qkv = d * (a + 2 * k) * h
+        mlp = (3 if cfg.mlp in ("swiglu", "geglu") else 2) * d * f
+        frozen = (cfg.n_layer * (qkv + a * h * d + mlp) - qkv) * HALF + head
+    else:
+        frozen = 0
+    saved = frozen + adapters - first_a
+    return saved, saved + first_a
+
+
+BaseWeights = Literal["bf16", "int8", "nf4", "nf4-dq"]
+BASE_WEIGHTS: tuple[str, ...] = ("bf16", "int8", "nf4", "nf4-dq")
+"""How the frozen base is stored: bf16, or quantized as bitsandbytes does (int8: LLM.int8();
+nf4: QLoRA's 4-bit NormalFloat; nf4-dq: with its double-quantized constants)."""
+
+ADAPTER_BYTES = FP32
+"""Adapters, their gradients and their optimizer states are fp32: peft's ``get_peft_model``
+casts 16-bit adapter weights to fp32 (``autocast_adapter_dtype=True``, its default), whatever
+the base's dtype; under autocast their matmuls run on 16-bit copies."""
+
+
+def _adapter_tensors(cfg: GPTConfig, lora: LoRA) -> list[tuple[Any, Any]]:
+    """Shapes of one block's adapter tensors: A (r, in) and B (out, r) per adapted matrix."""
+    r = lora.rank
+    return [shape for n_in, n_out in adapter_shapes(cfg, lora).values()
+            for shape in ((r, n_in), (n_out, r))]
+
+
+def _state_bytes(optimizer: str, rows: Any, cols: Any) -> Any:
+    """One fp32 tensor's optimizer state (`scaleplan.memory.states.optimizer_state_bytes`'s
+    rules, for a tensor instead of a model)."""
+    numel = rows * cols
+    if optimizer == "adamw":
+        return 2 * numel * ADAPTER_BYTES + ADAMW_STEP_BYTES
+    if optimizer in ("sgd-momentum", "lion"):
+        return numel * ADAPTER_BYTES
+    if optimizer == "adafactor":
+        return (rows + cols) * ADAPTER_BYTES
+    if optimizer == "adamw-8bit":  # bitsandbytes: 32-bit states below 4096 elements
+        if numel < BNB_MIN_8BIT_SIZE:
+            return 2 * numel * ADAPTER_BYTES
+        return 2 * (numel + 4 * -(-numel // BNB_BLOCK_SIZE))
+    return 0  # sgd
+
+
+def lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision, optimizer: str,
+                      base_weights: str | None, device: str,
+                      impl: str | None) -> tuple[int, int, int, int]:
+    """(weights, gradients, optimizer states, optimizer temporaries) bytes of a LoRA step.
+
+    Weights: the frozen base in its stored dtype (``base_weights`` None: the precision's
+    parameter dtype, `scaleplan.memory.states.weight_bytes`; "bf16": 2 bytes per parameter;
+    quantized: `scaleplan.memory.quantized.quantized_weight_bytes`) plus the fp32 adapters.
+    Gradients and optimizer states: the adapters' only, fp32. A paged optimizer
+    ("paged-adamw-8bit") is counted as adamw-8bit held on the GPU: paging moves its states to
+    host memory only under memory pressure. Temporaries as
+    `scaleplan.memory.sharding.optimizer_temporaries`, over the adapters: torch's foreach
+    AdamW one buffer of all of them, the for-loop two of the largest, fused none.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32,
+    ...                 block_size=4)
+    >>> lora_model_states(cfg, LoRA(2, targets=("o",)), "32-true", "adamw", None, "cuda", None)
+    (4320, 128, 264, 128)
+
+    (base 1,048 parameters x 4: wte 128, wpe 32, the block 872, ln_f 16; 32 adapter
+    parameters x 4; Adam's two moments 2 x 32 x 4 and a
+    4-byte step per tensor; the foreach buffer 32 x 4.)
+    """
+    n = adapter_params(cfg, lora)
+    base = count_params(cfg).total
+    if base_weights is None:
+        W_base = weight_bytes(base, precision)
+    elif base_weights == "bf16":
+        W_base = base * HALF
+    else:
+        W_base = _quantized(cfg, base_weights)[0]
+    tensors = _adapter_tensors(cfg, lora)
+    O = cfg.n_layer * sum(_state_bytes(optimizer, rows, cols) for rows, cols in tensors)
+    temp = 0
+    if optimizer == "adamw":
+        impl = impl or ("foreach" if device == "cuda" else "for-loop")
+        if impl == "foreach":
+            temp = n * ADAPTER_BYTES
+        elif impl == "for-loop":
+            temp = 2 * max(rows * cols for rows, cols in tensors) * ADAPTER_BYTES
+    return int(W_base + n * ADAPTER_BYTES), int(n * ADAPTER_BYTES), int(O), int(temp)
+
+
+def _quantized(cfg: GPTConfig, base_weights: str) -> tuple[int, int]:
+    """(bytes of the quantized base, bytes of the one weight dequantized in flight), from the
+    quantized-weights module."""
+    quantized: Any = importlib.import_module("scaleplan.memory.quantized")
+    total = quantized.quantized_weight_bytes(cfg, base_weights, group_size=None).total
+    return int(total), int(quantized.dequantized_linear_bytes(cfg, base_weights))
+
+
+def lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s: Any,
+                     p: Precision, optimizer: str, attention: str, checkpointing: str,
+                     device: str, impl: str | None) -> tuple[Any, ...]:
+    """(weights, gradients, optimizer, temporaries, saved terms, saved copies, cached copies)
+    of a LoRA step on one GPU: `lora_model_states`, `lora_saved_terms` and
+    `lora_weight_copy_bytes`. A quantized base adds its one weight dequantized in flight
+    (bitsandbytes dequantizes each layer's weight for the forward and again in backward) to
+    the copies."""
+    W, G, O, temp = lora_model_states(cfg, lora, p, optimizer, base_weights, device, impl)
+    saved = lora_saved_terms(cfg, lora, b, s, precision=p, attention=attention,
+                             checkpointing=checkpointing, device=device)
+    copies, cached = lora_weight_copy_bytes(cfg, lora, p, checkpointing=checkpointing,
+                                            base_copies=base_weights is None)
+    if base_weights not in (None, "bf16"):
+        in_flight = _quantized(cfg, str(base_weights))[1]
+        copies, cached = copies + in_flight, cached + in_flight
+    return W, G, O, temp, saved, copies, cached
+
+
+def lora_recompute_moment(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, p: Precision,
+                          attention: str, device: str, saved: dict[str, Any], copies: Any,
+                          cached: Any) -> Any:
+    """Full checkpointing's recompute moment under LoRA: the saved tensors less the loss side
+    (freed by then), one layer rebuilt with what it saves under LoRA and the copies; the
+    frozen base has no weight gradients to build."""
+    loss_side = sum(v for k, v in saved.items()
+                    if k.startswith(("final_norm", "log_softmax", "targets")))
+    block = lora_block_saved_terms(cfg, lora, b, s, precision=p, attention=attention,
+                                   device=device)
+    return sum(saved.values()) - loss_side + cached + sum(block.values())
+
+
+def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Precision,
+               implementation: str, parallelism: Any) -> None:
+    """Refuse, naming the option, a ``lora`` / ``base_weights`` the memory model does not cover.
+
+    >>> check_lora(GPTConfig(), None, "nf4", precision="bf16-mixed", implementation="hf",
+    ...            parallelism=None)
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: base_weights='nf4' is for a frozen base: ...
+    """
+    if lora is None:
+        if base_weights is not None:
+            raise ScaleplanError(f"base_weights={base_weights!r} is for a frozen base: it needs "
+                                 "lora=LoRA(...); drop base_weights for full fine-tuning")
+        return
+    if not isinstance(lora, LoRA):
+        raise ScaleplanError(f"lora={shown(lora)} must be a scaleplan.LoRA, e.g. "
+                             "lora=LoRA(8, targets=('q', 'v')), or None")
+    if base_weights is not None:
+        one_of("base_weights", base_weights, BASE_WEIGHTS)
+    if implementation != "hf":
+        raise ScaleplanError(f"lora with implementation={implementation!r} is not modelled "
+                             "yet; use implementation='hf' (peft wraps transformers' models)")
+    family = hf_family(cfg)
+    if family not in LORA_FAMILIES:
+        raise ScaleplanError(f"lora on transformers' {family} layout is not modelled yet; it "
+                             "is for Llama, Qwen2, Mistral and GPT-2 layouts")
+    if precision not in ("32-true", *_AUTOCAST):
+        raise ScaleplanError(f"lora with precision={precision!r} is not modelled yet; use "
+                             "'32-true' or 'bf16-mixed' (adapters train in fp32; "
+                             "base_weights='bf16' stores the frozen base in bf16)")
+    if parallelism is not None and parallelism.gpus > 1:
+        raise ScaleplanError("lora with parallelism is not modelled yet; plan one GPU "
+                             "(data-parallel replicas hold the same)")
+    adapter_shapes(cfg, lora)  # a target the config does not have, named
