@@ -35,36 +35,27 @@ measured.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, Literal
+from typing import Any
 
-from scaleplan.checks import one_of
-from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.hf_terms import (
+    HFAttention,
+    HFDevice,
     hf_block_saved_terms,
     hf_family,
     hf_head_saved_terms,
     hf_model_saved_terms,
 )
-from scaleplan.memory.states import (
-    ADAMW_STEP_BYTES,
-    BNB_BLOCK_SIZE,
-    BNB_MIN_8BIT_SIZE,
-    weight_bytes,
-)
+from scaleplan.memory.lora_states import LORA_FAMILIES, lora_model_states
+from scaleplan.memory.quantized import dequantized_linear_bytes
 from scaleplan.model.config import GPTConfig, Precision
-from scaleplan.model.lora import LoRA, adapter_params, adapter_shapes
-from scaleplan.model.params import count_params
+from scaleplan.model.lora import LoRA, adapter_params, adapter_shapes, fused_qkv
 
-__all__ = ["ADAPTER_BYTES", "BASE_WEIGHTS", "LORA_FAMILIES", "BaseWeights", "check_lora",
-           "lora_block_saved_terms", "lora_model_states", "lora_recompute_moment",
+__all__ = ["LORA_FAMILIES", "lora_block_saved_terms", "lora_recompute_moment",
            "lora_saved_terms", "lora_stage_parts", "lora_weight_copy_bytes"]
-
-LORA_FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
-"""transformers modeling code whose LoRA saved tensors are derived here."""
 
 FP32 = 4
 HALF = 2
+INDEX = 8  # int64 ids
 _AUTOCAST = frozenset({"bf16-mixed", "16-mixed"})
 _CORE = ("attn_lse", "attn_out", "qkv", "rope_qk", "v", "q_k_v_copies", "attn_probs",
          "attn_dropout_mask", "attn_dropped", "attn_probs_cast", "fused_qkv_view",
@@ -100,6 +91,35 @@ def _adapter_inputs(group: str, widths: list[Any], T: Any, *, autocast: bool, dr
     return terms
 
 
+def _frozen_inputs(t: dict[str, Any], *, o_input_kept: bool, math: bool,
+                   product: Any) -> None:
+    """Drop from ``t`` the inputs only frozen linears kept: q/k/v's and gate/up's inputs (and
+    their autocast casts), RMSNorm's normalised inputs (its frozen ``weight * x``), the MLP
+    product (down_proj's input, ``product`` bytes), and under eager or math attention the
+    copy of the attention output that o_proj kept, unless o's A keeps that very tensor."""
+    for key in ("qkv_input", "mlp_input", "norm1_normalized", "norm2_normalized"):
+        t.pop(key, None)
+    if math and not o_input_kept:
+        t.pop("attn_out")
+    t["mlp_activations"] -= product
+
+
+def _first_layer(t: dict[str, Any], cfg: GPTConfig, lora: LoRA, qkv: bool, *, eager: bool,
+                 tokens: Any, e: int) -> None:
+    """Drop from ``t`` what the first layer does not save: its input norm's tensors (the input
+    needs no gradient), the whole attention core when no q/k/v has an adapter, and under eager
+    attention the copy of q (or k) when only k (or q) needs a gradient (q k^T keeps each
+    operand for the other's gradient). Other partial q/k/v sets under eager attention (v
+    alone, q and k without v) are counted as with all three: not measured."""
+    for key in [k for k in t if k.startswith("norm1_")]:
+        del t[key]
+    if not qkv:
+        for key in _CORE:
+            t.pop(key, None)
+    elif eager and not fused_qkv(cfg) and ("q" in lora.targets) != ("k" in lora.targets):
+        t["q_k_v_copies"] -= tokens * cfg.n_head * cfg.head_dim * e
+
+
 def lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
                            precision: Precision, attention: str = "sdpa", device: str = "cpu",
                            first: bool = False) -> dict[str, Any]:
@@ -114,39 +134,28 @@ def lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     >>> t["lora_norm1_a_input"], t["lora_b_input"]  # x (2 x 8 fp32) once; 2 x 4 fp32 for B
     (64, 32)
     """
-    family = hf_family(cfg)
-    attn = "eager" if attention == "eager" else "sdpa"
-    dev = "cpu" if device == "cpu" else "cuda"
+    attn: HFAttention = "eager" if attention == "eager" else "sdpa"
+    dev: HFDevice = "cpu" if device == "cpu" else "cuda"
     t = hf_block_saved_terms(cfg, b, s, precision=precision, attention=attn, device=dev,
-                             family=family)
+                             family=hf_family(cfg))
     T, f = b * s, cfg.mlp_hidden
     autocast, dropout = precision in _AUTOCAST, lora.dropout > 0
     e = HALF if autocast else FP32
     mask = 1 if dev == "cuda" else FP32
     g = _groups(cfg, lora)
-    for key in ("qkv_input", "mlp_input", "norm1_normalized", "norm2_normalized"):
-        t.pop(key, None)
     # x itself is A's input only in fp32 without dropout; else A saves a cast or a dropout
-    # output, and the copy of the attention output that o_proj kept (eager, math) goes
+    # output
     own_copy = dropout or autocast
     math = attn == "eager" or (cfg.dropout > 0 and dev == "cpu")
-    if math and (not g["o"] or own_copy):
-        t.pop("attn_out")
-    t["mlp_activations"] -= T * f * e  # the product only down_proj kept
+    _frozen_inputs(t, o_input_kept=bool(g["o"]) and not own_copy, math=math,
+                   product=T * f * e)
     if first:
-        for key in [k for k in t if k.startswith("norm1_")]:
-            del t[key]
-        if not g["norm1"]:
-            for key in _CORE:
-                t.pop(key, None)
-        elif attn == "eager" and family != "gpt2" and "k" not in lora.targets:
-            t["q_k_v_copies"] -= T * cfg.n_head * cfg.head_dim * e  # k needs no gradient
-    kw = {"autocast": autocast, "dropout": dropout, "mask": mask}
-    t.update(_adapter_inputs("norm1", g["norm1"], T, grad_in=not first, **kw))
-    if own_copy:  # else x is the attention output, counted as attn_out
-        t.update(_adapter_inputs("o", g["o"], T, grad_in=True, **kw))
-    t.update(_adapter_inputs("norm2", g["norm2"], T, grad_in=True, **kw))
-    t.update(_adapter_inputs("down", g["down"], T, grad_in=True, **kw))
+        _first_layer(t, cfg, lora, bool(g["norm1"]), eager=attn == "eager", tokens=T, e=e)
+    for group in ("norm1", "o", "norm2", "down"):
+        if group == "o" and not own_copy:
+            continue  # x is the attention output, counted as attn_out
+        t.update(_adapter_inputs(group, g[group], T, autocast=autocast, dropout=dropout,
+                                 grad_in=group != "norm1" or not first, mask=mask))
     n_adapters = len(adapter_shapes(cfg, lora))
     t["lora_b_input"] = n_adapters * T * lora.rank * (HALF if autocast else FP32)
     return t
@@ -160,24 +169,31 @@ def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: P
     (`lora_block_saved_terms`), the shared rotary tables, and the head without the frozen
     output layer's input (and without RMSNorm's normalised input). With ``checkpointing``
     "full" each layer keeps its fp32 input, as without LoRA. ``attention`` "flash"/"sdpa" or
-    "eager"; ``device`` "cpu" or "cuda".
+    "eager"; ``device`` "cpu" or "cuda". GPT-2 under checkpointing also holds the position
+    ids and its token embedding's output (measured).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
     >>> sum(lora_saved_terms(cfg, LoRA(2), 1, 4, precision="32-true",
     ...                      checkpointing="full").values())
-    716
+    876
 
-    (block inputs 2 x 4 x 8 x 4 = 256; final LayerNorm input 128 and stats 32; fp32
-    log-softmax 4 x 16 x 4 = 256; 5 padded int64 labels + 4 = 44; no lm_head input.)
+    (block inputs 2 x 4 x 8 x 4 = 256; GPT-2's position ids 4 x 8 = 32 and token embedding
+    output 4 x 8 x 4 = 128; final LayerNorm input 128 and stats 32; fp32 log-softmax
+    4 x 16 x 4 = 256; 5 padded int64 labels + 4 = 44; no lm_head input.)
     """
     n = cfg.n_layer if layers is None else layers
     family = hf_family(cfg)
-    attn = "eager" if attention == "eager" else "sdpa"
+    attn: HFAttention = "eager" if attention == "eager" else "sdpa"
     ckpt = checkpointing == "full"
     out: dict[str, Any] = {}
     if ckpt:
         block = hf_block_saved_terms(cfg, b, s, precision=precision, checkpointing=True)
         out.update({k: n * v for k, v in block.items()})
+        if family == "gpt2":  # measured: each checkpointed call is handed the position ids
+            # (the frozen wpe no longer saves them), and the token embedding's fp32 output
+            # stays alive beside its sum with the positions (the first layer's input)
+            out["layer_position_ids"] = s * INDEX
+            out["embedding_output"] = b * s * cfg.n_embd * FP32
     else:
         first = lora_block_saved_terms(cfg, lora, b, s, precision=precision, attention=attn,
                                        device=device, first=True)
@@ -220,7 +236,7 @@ def lora_weight_copy_bytes(cfg: GPTConfig, lora: LoRA, precision: Precision, *,
     r = lora.rank
     adapters = adapter_params(cfg, lora) * HALF
     first_a = sum(r * shapes[t][0] for t in ("q", "k", "v", "qkv") if t in shapes) * HALF
-    head = V * d * HALF
+    head = V * d * HALF if base_copies else 0  # a 16-bit base's head is already 16-bit
     if checkpointing == "full":
         return head, head + adapters
     frozen = 0
@@ -229,96 +245,8 @@ def lora_weight_copy_bytes(cfg: GPTConfig, lora: LoRA, precision: Precision, *,
         qkv = d * (a + 2 * k) * h
         mlp = (3 if cfg.mlp in ("swiglu", "geglu") else 2) * d * f
         frozen = (cfg.n_layer * (qkv + a * h * d + mlp) - qkv) * HALF + head
-    else:
-        frozen = 0
     saved = frozen + adapters - first_a
     return saved, saved + first_a
-
-
-BaseWeights = Literal["bf16", "int8", "nf4", "nf4-dq"]
-BASE_WEIGHTS: tuple[str, ...] = ("bf16", "int8", "nf4", "nf4-dq")
-"""How the frozen base is stored: bf16, or quantized as bitsandbytes does (int8: LLM.int8();
-nf4: QLoRA's 4-bit NormalFloat; nf4-dq: with its double-quantized constants)."""
-
-ADAPTER_BYTES = FP32
-"""Adapters, their gradients and their optimizer states are fp32: peft's ``get_peft_model``
-casts 16-bit adapter weights to fp32 (``autocast_adapter_dtype=True``, its default), whatever
-the base's dtype; under autocast their matmuls run on 16-bit copies."""
-
-
-def _adapter_tensors(cfg: GPTConfig, lora: LoRA) -> list[tuple[Any, Any]]:
-    """Shapes of one block's adapter tensors: A (r, in) and B (out, r) per adapted matrix."""
-    r = lora.rank
-    return [shape for n_in, n_out in adapter_shapes(cfg, lora).values()
-            for shape in ((r, n_in), (n_out, r))]
-
-
-def _state_bytes(optimizer: str, rows: Any, cols: Any) -> Any:
-    """One fp32 tensor's optimizer state (`scaleplan.memory.states.optimizer_state_bytes`'s
-    rules, for a tensor instead of a model)."""
-    numel = rows * cols
-    if optimizer == "adamw":
-        return 2 * numel * ADAPTER_BYTES + ADAMW_STEP_BYTES
-    if optimizer in ("sgd-momentum", "lion"):
-        return numel * ADAPTER_BYTES
-    if optimizer == "adafactor":
-        return (rows + cols) * ADAPTER_BYTES
-    if optimizer == "adamw-8bit":  # bitsandbytes: 32-bit states below 4096 elements
-        if numel < BNB_MIN_8BIT_SIZE:
-            return 2 * numel * ADAPTER_BYTES
-        return 2 * (numel + 4 * -(-numel // BNB_BLOCK_SIZE))
-    return 0  # sgd
-
-
-def lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision, optimizer: str,
-                      base_weights: str | None, device: str,
-                      impl: str | None) -> tuple[int, int, int, int]:
-    """(weights, gradients, optimizer states, optimizer temporaries) bytes of a LoRA step.
-
-    Weights: the frozen base in its stored dtype (``base_weights`` None: the precision's
-    parameter dtype, `scaleplan.memory.states.weight_bytes`; "bf16": 2 bytes per parameter;
-    quantized: `scaleplan.memory.quantized.quantized_weight_bytes`) plus the fp32 adapters.
-    Gradients and optimizer states: the adapters' only, fp32. A paged optimizer
-    ("paged-adamw-8bit") is counted as adamw-8bit held on the GPU: paging moves its states to
-    host memory only under memory pressure. Temporaries as
-    `scaleplan.memory.sharding.optimizer_temporaries`, over the adapters: torch's foreach
-    AdamW one buffer of all of them, the for-loop two of the largest, fused none.
-
-    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32,
-    ...                 block_size=4)
-    >>> lora_model_states(cfg, LoRA(2, targets=("o",)), "32-true", "adamw", None, "cuda", None)
-    (4320, 128, 264, 128)
-
-    (base 1,048 parameters x 4: wte 128, wpe 32, the block 872, ln_f 16; 32 adapter
-    parameters x 4; Adam's two moments 2 x 32 x 4 and a
-    4-byte step per tensor; the foreach buffer 32 x 4.)
-    """
-    n = adapter_params(cfg, lora)
-    base = count_params(cfg).total
-    if base_weights is None:
-        W_base = weight_bytes(base, precision)
-    elif base_weights == "bf16":
-        W_base = base * HALF
-    else:
-        W_base = _quantized(cfg, base_weights)[0]
-    tensors = _adapter_tensors(cfg, lora)
-    O = cfg.n_layer * sum(_state_bytes(optimizer, rows, cols) for rows, cols in tensors)
-    temp = 0
-    if optimizer == "adamw":
-        impl = impl or ("foreach" if device == "cuda" else "for-loop")
-        if impl == "foreach":
-            temp = n * ADAPTER_BYTES
-        elif impl == "for-loop":
-            temp = 2 * max(rows * cols for rows, cols in tensors) * ADAPTER_BYTES
-    return int(W_base + n * ADAPTER_BYTES), int(n * ADAPTER_BYTES), int(O), int(temp)
-
-
-def _quantized(cfg: GPTConfig, base_weights: str) -> tuple[int, int]:
-    """(bytes of the quantized base, bytes of the one weight dequantized in flight), from the
-    quantized-weights module."""
-    quantized: Any = importlib.import_module("scaleplan.memory.quantized")
-    total = quantized.quantized_weight_bytes(cfg, base_weights, group_size=None).total
-    return int(total), int(quantized.dequantized_linear_bytes(cfg, base_weights))
 
 
 def lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s: Any,
@@ -334,8 +262,8 @@ def lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: An
                              checkpointing=checkpointing, device=device)
     copies, cached = lora_weight_copy_bytes(cfg, lora, p, checkpointing=checkpointing,
                                             base_copies=base_weights is None)
-    if base_weights not in (None, "bf16"):
-        in_flight = _quantized(cfg, str(base_weights))[1]
+    if base_weights is not None:  # 0 for bf16, which nothing dequantizes
+        in_flight = dequantized_linear_bytes(cfg, base_weights)  # type: ignore[arg-type]
         copies, cached = copies + in_flight, cached + in_flight
     return W, G, O, temp, saved, copies, cached
 
@@ -351,40 +279,3 @@ def lora_recompute_moment(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, p: Precisi
     block = lora_block_saved_terms(cfg, lora, b, s, precision=p, attention=attention,
                                    device=device)
     return sum(saved.values()) - loss_side + cached + sum(block.values())
-
-
-def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Precision,
-               implementation: str, parallelism: Any) -> None:
-    """Refuse, naming the option, a ``lora`` / ``base_weights`` the memory model does not cover.
-
-    >>> check_lora(GPTConfig(), None, "nf4", precision="bf16-mixed", implementation="hf",
-    ...            parallelism=None)
-    Traceback (most recent call last):
-    ...
-    scaleplan.errors.ScaleplanError: base_weights='nf4' is for a frozen base: ...
-    """
-    if lora is None:
-        if base_weights is not None:
-            raise ScaleplanError(f"base_weights={base_weights!r} is for a frozen base: it needs "
-                                 "lora=LoRA(...); drop base_weights for full fine-tuning")
-        return
-    if not isinstance(lora, LoRA):
-        raise ScaleplanError(f"lora={shown(lora)} must be a scaleplan.LoRA, e.g. "
-                             "lora=LoRA(8, targets=('q', 'v')), or None")
-    if base_weights is not None:
-        one_of("base_weights", base_weights, BASE_WEIGHTS)
-    if implementation != "hf":
-        raise ScaleplanError(f"lora with implementation={implementation!r} is not modelled "
-                             "yet; use implementation='hf' (peft wraps transformers' models)")
-    family = hf_family(cfg)
-    if family not in LORA_FAMILIES:
-        raise ScaleplanError(f"lora on transformers' {family} layout is not modelled yet; it "
-                             "is for Llama, Qwen2, Mistral and GPT-2 layouts")
-    if precision not in ("32-true", *_AUTOCAST):
-        raise ScaleplanError(f"lora with precision={precision!r} is not modelled yet; use "
-                             "'32-true' or 'bf16-mixed' (adapters train in fp32; "
-                             "base_weights='bf16' stores the frozen base in bf16)")
-    if parallelism is not None and parallelism.gpus > 1:
-        raise ScaleplanError("lora with parallelism is not modelled yet; plan one GPU "
-                             "(data-parallel replicas hold the same)")
-    adapter_shapes(cfg, lora)  # a target the config does not have, named

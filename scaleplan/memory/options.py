@@ -17,7 +17,7 @@ from typing import Any
 from scaleplan.checks import one_of, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
-from scaleplan.memory.lora_terms import check_lora
+from scaleplan.memory.lora_states import check_lora
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer

@@ -91,13 +91,14 @@ class ParamCount(BaseModel):
         return self
 
     def components(self) -> dict[str, int]:
-        """The parts that sum to ``total``, in model order.
+        """The parts that sum to ``total``, in model order (and ``lora``, the adapters, when
+        counted with them).
 
         >>> pc = count_params(GPTConfig.preset("gpt2"))
         >>> sum(pc.components().values()) == pc.total == 124_439_808  # Hugging Face's count
         True
         """
-        parts = {part: getattr(self, part) for part in PARTS}
+        parts: dict[str, int] = {part: getattr(self, part) for part in PARTS}
         if self.lora:
             parts["lora"] = self.lora
         return parts

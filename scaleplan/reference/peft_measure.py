@@ -35,7 +35,8 @@ from scaleplan.model.lora import LoRA, adapter_params, fused_qkv
 from scaleplan.reference.hf_measure import GRID_SHAPES, hf_config
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["LORA_FAMILIES", "PeftMeasurement", "grid", "main", "measure_peft",
+__all__ = ["GRID_TARGETS", "LORA_FAMILIES", "PeftMeasurement", "build_peft_model", "grid", "main",
+           "measure_peft",
            "peft_target_modules"]
 
 LORA_FAMILIES: tuple[HFFamily, ...] = ("llama", "qwen2", "gpt2")
@@ -80,7 +81,10 @@ class PeftMeasurement(BaseModel):
     autocast_weight_copies: int
 
 
-def _build(cfg: GPTConfig, family: HFFamily, attention: str, lora: LoRA) -> Any:
+def build_peft_model(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, attention: str = "sdpa",
+                     base_bf16: bool = False) -> Any:
+    """transformers' ``family`` model for ``cfg`` wrapped by ``peft.get_peft_model`` with
+    ``lora`` (works under ``torch.device("meta")`` to count parameters of real widths)."""
     transformers: Any = importlib.import_module("transformers")
     peft: Any = importlib.import_module("peft")
     raw = hf_config(cfg, family)
@@ -88,6 +92,8 @@ def _build(cfg: GPTConfig, family: HFFamily, attention: str, lora: LoRA) -> Any:
     hf_cfg = transformers.AutoConfig.for_model(model_type, **raw)
     hf_cfg._attn_implementation = attention
     model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attention)
+    if base_bf16:  # the frozen base stored in bf16; peft makes the adapters fp32
+        model = model.to(torch.bfloat16)
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=peft_target_modules(cfg, lora),
                              fan_in_fan_out=family == "gpt2", task_type="CAUSAL_LM")
@@ -102,7 +108,7 @@ def _build(cfg: GPTConfig, family: HFFamily, attention: str, lora: LoRA) -> Any:
 def measure_peft(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, micro_batch_size: int,
                  seq_len: int, precision: Literal["32-true", "bf16-mixed"] = "32-true",
                  attention: Literal["sdpa", "eager"] = "sdpa", checkpointing: bool = False,
-                 seed: int = 0) -> PeftMeasurement:
+                 base_bf16: bool = False, seed: int = 0) -> PeftMeasurement:
     """Measure one forward + loss of the peft-wrapped transformers model for ``cfg`` on CPU.
 
     Args:
@@ -114,9 +120,10 @@ def measure_peft(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, micro_batch_si
         attention: transformers' ``attn_implementation``, "sdpa" or "eager".
         checkpointing: transformers' non-reentrant per-layer checkpoint (the peft model's
             ``gradient_checkpointing_enable``; peft does not make the inputs require grad).
+        base_bf16: load the base in bf16 (``base_weights="bf16"``) before wrapping it.
     """
     torch.manual_seed(seed)
-    model = _build(cfg, family, attention, lora)
+    model = build_peft_model(cfg, family, lora, attention=attention, base_bf16=base_bf16)
     model.train()
     if checkpointing:
         base = model.get_base_model()

@@ -43,8 +43,8 @@ class FitsOn(Marker):
     else from the training settings (precision defaults to ``"bf16-mixed"``, optimizer to
     ``"adamw"``). ``compile`` and ``implementation`` are `training_memory`'s (torch.compile;
     nanoGPT's or Hugging Face's modeling code); ``lora`` and ``base_weights`` too (a LoRA
-    fine-tune of a frozen base, ``implementation="hf"``). ``headroom`` keeps a fraction of the memory
-    free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
+    fine-tune of a frozen base, ``implementation="hf"``). ``headroom`` keeps a fraction of the
+    memory free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
     (weights, gradients, optimizer states, activations, logits, CUDA context and allocator
     slack), or ``memory_model(cfg, **settings)``
     (bytes, or an object with ``.total``) when given. The error names the largest micro-batch
