@@ -27,7 +27,6 @@ from scaleplan.memory.lora_terms import (
 )
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA, adapter_params, adapter_shapes
-from scaleplan.reference.hf_measure import GRID_SHAPES
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = json.loads((ROOT / "docs/validation/lora.json").read_text())
@@ -225,7 +224,7 @@ def test_finetune_cli(capsys: pytest.CaptureFixture[str]) -> None:
     [r["family"], r["precision"], r["attention"], r["checkpointing"], str(r["lora_dropout"]),
      ",".join(r["targets"])]))
 def test_replay_peft_measurements(row: dict) -> None:  # type: ignore[type-arg]
-    cfg = GRID_SHAPES[row["family"]]
+    cfg = GPTConfig(**row["config"])
     lora = LoRA(row["rank"], targets=tuple(row["targets"]), dropout=row["lora_dropout"])
     terms = lora_saved_terms(cfg, lora, row["micro_batch_size"], row["seq_len"],
                              precision=row["precision"], attention=row["attention"],

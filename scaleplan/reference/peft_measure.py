@@ -195,7 +195,8 @@ def grid(families: tuple[str, ...] = LORA_FAMILIES, *, b: int = 2, s: int = 48,
         pred = sum(terms.values())
         copies = lora_weight_copy_bytes(cfg, lora, prec,  # type: ignore[arg-type]
                                         checkpointing="full" if ckpt else "none")[0]
-        rows.append({"family": family, "precision": prec, "attention": attn,
+        rows.append({"family": family, "config": cfg.model_dump(mode="json"),
+                     "precision": prec, "attention": attn,
                      "checkpointing": "full" if ckpt else "none", "lora_dropout": p,
                      "targets": list(lora.targets), "rank": rank, "micro_batch_size": b,
                      "seq_len": s, "measured": m.saved_for_backward, "predicted": pred,
