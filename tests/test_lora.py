@@ -19,12 +19,12 @@ from scaleplan.cli import main
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.limits import memory_grid
 from scaleplan.memory.lora_states import lora_model_states
-from scaleplan.memory.quantized import quantized_weight_bytes
 from scaleplan.memory.lora_terms import (
     lora_block_saved_terms,
     lora_saved_terms,
     lora_weight_copy_bytes,
 )
+from scaleplan.memory.quantized import quantized_weight_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA, adapter_params, adapter_shapes
 
@@ -123,6 +123,19 @@ def test_model_terms_by_hand() -> None:
     assert sum(ckpt.values()) == 2 * 128 + 32 + 128 + 144 + 512 + 44
 
 
+def test_bf16_base_halves_the_residual_stream_and_rotary_tables() -> None:
+    # checkpointed: each layer's input 4 x 8 in bf16 (2 bytes), cos/sin 2 x 4 x 4 x 2
+    ckpt = lora_saved_terms(TINY, QV, 1, 4, precision="bf16-mixed", checkpointing="full",
+                            base_16bit=True)
+    assert ckpt["block_input"] == 2 * 4 * 8 * 2 and ckpt["rope_cos_sin"] == 2 * 4 * 4 * 2
+    with pytest.raises(ScaleplanError, match="GPT-2's layout is not modelled yet"):
+        sp.training_memory(GPTConfig(n_layer=2, n_head=2, n_embd=8), micro_batch_size=1,
+                           seq_len=4, implementation="hf", lora=LoRA(2), base_weights="bf16")
+    with pytest.raises(ScaleplanError, match="computes under autocast"):
+        sp.training_memory(TINY, micro_batch_size=1, seq_len=4, implementation="hf", lora=QV,
+                           base_weights="bf16", precision="32-true")
+
+
 def test_model_states_by_hand() -> None:
     # base: wte 256, per layer q 64, k 32, v 32, o 64, gate/up/down 128 each, norms 16
     # (592 x 2), final norm 8, lm_head 256 = 1,704; adapters per layer q 2 x 16 + v 2 x 12 = 56
@@ -130,7 +143,8 @@ def test_model_states_by_hand() -> None:
     assert (W, G) == (1704 * 4 + 112 * 4, 112 * 4)
     assert O == 2 * 112 * 4 + 8 * 4  # two fp32 moments + a 4-byte step per adapter tensor
     assert temp == 112 * 4  # foreach: one buffer over all adapters
-    _, _, O8, _ = lora_model_states(TINY, QV, "32-true", "adamw-8bit", "bf16", "cuda", "fused")
+    _, _, O8, _ = lora_model_states(TINY, QV, "bf16-mixed", "adamw-8bit", "bf16", "cuda",
+                                    "fused")
     assert O8 == 2 * 112 * 4  # tensors under 4096 elements keep 32-bit states
     paged = sp.training_memory(TINY, micro_batch_size=1, seq_len=4, implementation="hf",
                                lora=QV, optimizer="paged-adamw-8bit")
@@ -221,16 +235,17 @@ def test_finetune_cli(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: "-".join(
-    [r["family"], r["precision"], r["attention"], r["checkpointing"], str(r["lora_dropout"]),
-     ",".join(r["targets"])]))
+    [r["family"], r.get("base_weights") or "fp32", r["precision"], r["attention"],
+     r["checkpointing"], str(r["lora_dropout"]), ",".join(r["targets"])]))
 def test_replay_peft_measurements(row: dict) -> None:  # type: ignore[type-arg]
     cfg = GPTConfig(**row["config"])
     lora = LoRA(row["rank"], targets=tuple(row["targets"]), dropout=row["lora_dropout"])
+    bf16 = row.get("base_weights") is not None
     terms = lora_saved_terms(cfg, lora, row["micro_batch_size"], row["seq_len"],
                              precision=row["precision"], attention=row["attention"],
-                             checkpointing=row["checkpointing"], device="cpu")
+                             checkpointing=row["checkpointing"], device="cpu", base_16bit=bf16)
     assert abs(sum(terms.values()) / row["measured"] - 1) <= 0.03  # issue 19's bar
     assert adapter_params(cfg, lora) == row["trainable_params"]
-    copies = lora_weight_copy_bytes(cfg, lora, row["precision"],
+    copies = lora_weight_copy_bytes(cfg, lora, row["precision"], base_copies=not bf16,
                                     checkpointing=row["checkpointing"])[0]
     assert copies == row["autocast_weight_copies"]

@@ -134,6 +134,14 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
                              "lora=LoRA(8, targets=('q', 'v')), or None")
     if base_weights is not None:
         one_of("base_weights", base_weights, BASE_WEIGHTS)
+        if hf_family(cfg) == "gpt2":
+            raise ScaleplanError(f"base_weights={base_weights!r} on GPT-2's layout is not "
+                                 "modelled yet (its 16-bit residual stream was not measured); "
+                                 "use base_weights=None")
+        if precision not in _AUTOCAST:
+            raise ScaleplanError(f"base_weights={base_weights!r} with precision={precision!r} "
+                                 "is not modelled yet: a 16-bit or quantized base computes "
+                                 "under autocast; use precision='bf16-mixed'")
     if implementation != "hf":
         raise ScaleplanError(f"lora with implementation={implementation!r} is not modelled "
                              "yet; use implementation='hf' (peft wraps transformers' models)")

@@ -163,14 +163,18 @@ def lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
 
 def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precision,
                      attention: str = "flash", checkpointing: str = "none",
-                     device: str = "cpu", layers: Any = None) -> dict[str, Any]:
+                     device: str = "cpu", layers: Any = None,
+                     base_16bit: bool = False) -> dict[str, Any]:
     """Bytes saved for backward by one forward + loss of a peft LoRA model of ``cfg``: no
     embedding terms (frozen), the first layer and ``layers - 1`` others
     (`lora_block_saved_terms`), the shared rotary tables, and the head without the frozen
     output layer's input (and without RMSNorm's normalised input). With ``checkpointing``
     "full" each layer keeps its fp32 input, as without LoRA. ``attention`` "flash"/"sdpa" or
     "eager"; ``device`` "cpu" or "cuda". GPT-2 under checkpointing also holds the position
-    ids and its token embedding's output (measured).
+    ids and its token embedding's output (measured). ``base_16bit``: the base stored in 16
+    bits (``base_weights``), whose residual stream (the checkpointed layer inputs) and rotary
+    cos/sin are 16-bit; the rest is as for an fp32 base under autocast (measured: the norms
+    upcast to fp32, the adapters cast their inputs).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
     >>> sum(lora_saved_terms(cfg, LoRA(2), 1, 4, precision="32-true",
@@ -207,6 +211,10 @@ def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: P
     for key in ("lm_head_input", "final_norm_normalized"):
         head.pop(key, None)
     out.update(head)
+    if base_16bit:  # a bf16 base: the residual stream and the rotary tables are 16-bit
+        for key in ("block_input", "rope_cos_sin"):
+            if key in out:
+                out[key] = out[key] // 2
     return out
 
 
@@ -259,7 +267,8 @@ def lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: An
     the copies."""
     W, G, O, temp = lora_model_states(cfg, lora, p, optimizer, base_weights, device, impl)
     saved = lora_saved_terms(cfg, lora, b, s, precision=p, attention=attention,
-                             checkpointing=checkpointing, device=device)
+                             checkpointing=checkpointing, device=device,
+                             base_16bit=base_weights is not None)
     copies, cached = lora_weight_copy_bytes(cfg, lora, p, checkpointing=checkpointing,
                                             base_copies=base_weights is None)
     if base_weights is not None:  # 0 for bf16, which nothing dequantizes

@@ -9,7 +9,8 @@ block inputs the checkpoint keeps (as `scaleplan.reference.hf_measure.measure_hf
 
 ``python -m scaleplan.reference.peft_measure --grid`` measures the validation grid and writes
 docs/validation/lora.json and docs/validation/lora-memory.md, comparing
-`scaleplan.memory.lora_terms.lora_saved_terms`.
+`scaleplan.memory.lora_terms.lora_saved_terms`; ``--qlora`` then appends the QLoRA cases (the
+base's linears bitsandbytes' ``Linear4bit``, NF4, quantized on the CPU).
 """
 
 from __future__ import annotations
@@ -81,10 +82,31 @@ class PeftMeasurement(BaseModel):
     autocast_weight_copies: int
 
 
+def _quantize_linears(model: Any, double_quant: bool) -> None:
+    """Replace every ``nn.Linear`` but the head by bitsandbytes' ``Linear4bit`` (NF4, bf16
+    compute), quantized on the CPU (bitsandbytes 0.50.2 quantizes when moved to a device), as
+    transformers' ``BitsAndBytesConfig(load_in_4bit=True)`` does on a GPU."""
+    bnb: Any = importlib.import_module("bitsandbytes")
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is not torch.nn.Linear or name == "lm_head":
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features,
+                                  bias=child.bias is not None, compute_dtype=torch.bfloat16,
+                                  quant_type="nf4", compress_statistics=double_quant)
+            q.weight = bnb.nn.Params4bit(child.weight.data.float(), requires_grad=False,
+                                         quant_type="nf4", compress_statistics=double_quant)
+            if child.bias is not None:
+                q.bias = child.bias
+            setattr(module, name, q.to("cpu"))
+
+
 def build_peft_model(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, attention: str = "sdpa",
-                     base_bf16: bool = False) -> Any:
+                     base_weights: str | None = None) -> Any:
     """transformers' ``family`` model for ``cfg`` wrapped by ``peft.get_peft_model`` with
-    ``lora`` (works under ``torch.device("meta")`` to count parameters of real widths)."""
+    ``lora`` (works under ``torch.device("meta")`` to count parameters of real widths).
+    ``base_weights``: None (as built, fp32), "bf16", or "nf4" / "nf4-dq" (a bf16 model whose
+    linears but the head are bitsandbytes 4-bit)."""
     transformers: Any = importlib.import_module("transformers")
     peft: Any = importlib.import_module("peft")
     raw = hf_config(cfg, family)
@@ -92,8 +114,10 @@ def build_peft_model(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, attention:
     hf_cfg = transformers.AutoConfig.for_model(model_type, **raw)
     hf_cfg._attn_implementation = attention
     model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attention)
-    if base_bf16:  # the frozen base stored in bf16; peft makes the adapters fp32
+    if base_weights is not None:  # the frozen base stored in bf16; peft makes adapters fp32
         model = model.to(torch.bfloat16)
+    if base_weights in ("nf4", "nf4-dq"):
+        _quantize_linears(model, double_quant=base_weights == "nf4-dq")
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=peft_target_modules(cfg, lora),
                              fan_in_fan_out=family == "gpt2", task_type="CAUSAL_LM")
@@ -108,7 +132,7 @@ def build_peft_model(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, attention:
 def measure_peft(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, micro_batch_size: int,
                  seq_len: int, precision: Literal["32-true", "bf16-mixed"] = "32-true",
                  attention: Literal["sdpa", "eager"] = "sdpa", checkpointing: bool = False,
-                 base_bf16: bool = False, seed: int = 0) -> PeftMeasurement:
+                 base_weights: str | None = None, seed: int = 0) -> PeftMeasurement:
     """Measure one forward + loss of the peft-wrapped transformers model for ``cfg`` on CPU.
 
     Args:
@@ -120,10 +144,10 @@ def measure_peft(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, micro_batch_si
         attention: transformers' ``attn_implementation``, "sdpa" or "eager".
         checkpointing: transformers' non-reentrant per-layer checkpoint (the peft model's
             ``gradient_checkpointing_enable``; peft does not make the inputs require grad).
-        base_bf16: load the base in bf16 (``base_weights="bf16"``) before wrapping it.
+        base_weights: the base's storage (`build_peft_model`): None, "bf16", "nf4", "nf4-dq".
     """
     torch.manual_seed(seed)
-    model = build_peft_model(cfg, family, lora, attention=attention, base_bf16=base_bf16)
+    model = build_peft_model(cfg, family, lora, attention=attention, base_weights=base_weights)
     model.train()
     if checkpointing:
         base = model.get_base_model()
@@ -176,28 +200,49 @@ def _targets(family: str, which: str) -> tuple[str, ...]:
     return GRID_TARGETS[which]
 
 
+def _cases(families: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """(family, precision, attention, checkpointing, lora dropout, targets, bf16 base) of the
+    grid: every combination with the base as built (fp32), then a bf16 base under bf16
+    autocast for the Llama-like families (``base_weights="bf16"``)."""
+    cases: list[tuple[Any, ...]] = [(*c, None) for c in itertools.product(
+        families, ("32-true", "bf16-mixed"), ("sdpa", "eager"), (False, True), (0.0, 0.1),
+        ("all", "qv"))]
+    llama_like = [f for f in families if f != "gpt2"]
+    cases += [(f, "bf16-mixed", attn, ckpt, p, which, "bf16") for f, attn, ckpt, p, which
+              in itertools.product(llama_like, ("sdpa", "eager"), (False, True), (0.0, 0.1),
+                                   ("all", "qv"))]
+    return cases
+
+
+def _qlora_cases(families: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """QLoRA on CPU (bitsandbytes' NF4 and NF4 with double quantization), the Llama-like
+    families, bf16 autocast, no dropout."""
+    return [(f, "bf16-mixed", attn, ckpt, 0.0, which, base) for f, base, attn, ckpt, which
+            in itertools.product([f for f in families if f != "gpt2"], ("nf4", "nf4-dq"),
+                                 ("sdpa", "eager"), (False, True), ("all", "qv"))]
+
+
 def grid(families: tuple[str, ...] = LORA_FAMILIES, *, b: int = 2, s: int = 48,
-         rank: int = 8) -> list[dict[str, Any]]:
-    """Measure and predict every case of the grid (family x precision x attention x
-    checkpointing x lora dropout x targets); one row per case."""
+         rank: int = 8, qlora: bool = False) -> list[dict[str, Any]]:
+    """Measure and predict every case of the grid (`_cases`, or with ``qlora`` the
+    bitsandbytes cases `_qlora_cases`); one row per case."""
     rows = []
-    for family, prec, attn, ckpt, p, which in itertools.product(
-            families, ("32-true", "bf16-mixed"), ("sdpa", "eager"), (False, True), (0.0, 0.1),
-            ("all", "qv")):
+    for family, prec, attn, ckpt, p, which, base in (_qlora_cases if qlora else _cases)(
+            families):
         cfg = GPTConfig.model_validate(GRID_SHAPES[family].model_dump())
         lora = LoRA(rank, targets=_targets(family, which), dropout=p)
-        m = measure_peft(cfg, family, lora, micro_batch_size=b,  # type: ignore[arg-type]
-                         seq_len=s, precision=prec, attention=attn,  # type: ignore[arg-type]
-                         checkpointing=ckpt)
-        terms = lora_saved_terms(cfg, lora, b, s, precision=prec,  # type: ignore[arg-type]
-                                 attention=attn, checkpointing="full" if ckpt else "none",
-                                 device="cpu")
+        m = measure_peft(cfg, family, lora, micro_batch_size=b, seq_len=s, precision=prec,
+                         attention=attn, checkpointing=ckpt, base_weights=base)
+        ck = "full" if ckpt else "none"
+        terms = lora_saved_terms(cfg, lora, b, s, precision=prec, attention=attn,
+                                 checkpointing=ck, device="cpu",
+                                 base_16bit=base is not None)
         pred = sum(terms.values())
-        copies = lora_weight_copy_bytes(cfg, lora, prec,  # type: ignore[arg-type]
-                                        checkpointing="full" if ckpt else "none")[0]
+        copies = lora_weight_copy_bytes(cfg, lora, prec, checkpointing=ck,
+                                        base_copies=base is None)[0]
         rows.append({"family": family, "config": cfg.model_dump(mode="json"),
-                     "precision": prec, "attention": attn,
-                     "checkpointing": "full" if ckpt else "none", "lora_dropout": p,
+                     "base_weights": base, "precision": prec,
+                     "attention": attn, "checkpointing": ck, "lora_dropout": p,
                      "targets": list(lora.targets), "rank": rank, "micro_batch_size": b,
                      "seq_len": s, "measured": m.saved_for_backward, "predicted": pred,
                      "error": pred / m.saved_for_backward - 1,
@@ -217,19 +262,25 @@ def _table(rows: list[dict[str, Any]]) -> str:
     worst = max(abs(r["error"]) for r in rows)
     lines = [
         "# LoRA (peft): saved-for-backward bytes, measured vs predicted", "",
-        "Written by `python -m scaleplan.reference.peft_measure --grid`. Each row builds the "
+        "Written by `python -m scaleplan.reference.peft_measure --grid`, then `--qlora`. Each "
+        "row builds the "
         "family's transformers model (2 layers, d 128; `scaleplan.reference.hf_measure."
         "GRID_SHAPES`), wraps it with `peft.get_peft_model` (rank 8), runs one forward with "
         "labels on CPU at micro-batch 2 x 48 tokens in training mode and counts the unique "
-        "storages left for backward (parameters and autocast's weight copies excluded). "
+        "storages left for backward (parameters and autocast's weight copies excluded). Rows "
+        "with base bf16 load the base in bf16 before wrapping it (`base_weights=\"bf16\"`); "
+        "rows with base nf4 / nf4-dq also replace its linears (not the head) by bitsandbytes' "
+        "`Linear4bit` (QLoRA), quantized on the CPU by bitsandbytes "
+        f"{importlib.import_module('bitsandbytes').__version__}. "
         "`predicted` is `scaleplan.memory.lora_terms.lora_saved_terms`. "
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft "
         f"{peft.__version__}. The rows are in docs/validation/lora.json.", "",
         f"{len(rows)} cases, largest |error| {worst:.2%}.", "",
-        "| family | precision | attention | checkpointing | lora dropout | targets | measured "
-        "| predicted | error |", "|---|---|---|---|---|---|---:|---:|---:|"]
+        "| family | base | precision | attention | checkpointing | lora dropout | targets "
+        "| measured | predicted | error |", "|---|---|---|---|---|---|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['family']} | {r['precision']} | {r['attention']} | "
+        lines.append(f"| {r['family']} | {r['base_weights'] or 'fp32'} | {r['precision']} | "
+                     f"{r['attention']} | "
                      f"{r['checkpointing']} | {r['lora_dropout']} | {','.join(r['targets'])} | "
                      f"{r['measured']:,} | {r['predicted']:,} | {r['error']:+.2%} |")
     return "\n".join(lines) + "\n"
@@ -239,14 +290,22 @@ def main(argv: list[str] | None = None) -> int:
     """``--grid``: measure the grid, write its JSON and its table."""
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.peft_measure")
     parser.add_argument("--grid", action="store_true", help="measure the validation grid")
+    parser.add_argument("--qlora", action="store_true",
+                        help="measure the bitsandbytes NF4 cases and append them to --json's "
+                        "rows (after --grid)")
     parser.add_argument("--families", nargs="*", default=list(LORA_FAMILIES))
     parser.add_argument("--json", default="docs/validation/lora.json")
     parser.add_argument("--out", default="docs/validation/lora-memory.md")
     args = parser.parse_args(argv)
-    if not args.grid:
+    if not (args.grid or args.qlora):
         parser.print_help()
         return 2
-    rows = grid(tuple(args.families))
+    if args.qlora:
+        kept = [r for r in json.loads(Path(args.json).read_text())
+                if r["base_weights"] not in ("nf4", "nf4-dq")]
+        rows = kept + grid(tuple(args.families), qlora=True)
+    else:
+        rows = grid(tuple(args.families))
     Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     text = _table(rows)
     Path(args.out).write_text(text)
