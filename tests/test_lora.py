@@ -213,11 +213,16 @@ def test_lora_options_refused_by_name() -> None:
 def test_fits_on_takes_lora() -> None:
     cfg = GPTConfig.preset("llama-2-7b")
     lora = LoRA(8, targets=("q", "v"))
-    fits = sp.FitsOn("RTX 4090", micro_batch_size=1, seq_len=512, implementation="hf",
-                     lora=lora, base_weights="nf4")
+    qlora = sp.FitsOn("RTX 4090", micro_batch_size=1, seq_len=512, implementation="hf",
+                      lora=lora, base_weights="nf4")
     full = sp.FitsOn("RTX 4090", micro_batch_size=1, seq_len=512, implementation="hf")
-    assert fits.needed_bytes(cfg, **fits._settings({})) < fits.available_bytes  # type: ignore[arg-type]
-    assert full.needed_bytes(cfg, **full._settings({})) > full.available_bytes  # type: ignore[arg-type]
+    assert sp.check(cfg, qlora) == []
+    [finding] = sp.check(cfg, full)  # a full fine-tune of 7B needs ~100 GiB
+    assert finding.code == "scaleplan.does_not_fit"
+    assert qlora.needed_bytes(cfg, micro_batch_size=1, seq_len=512, implementation="hf",
+                              lora=lora, base_weights="nf4") == sp.training_memory(
+        cfg, micro_batch_size=1, seq_len=512, implementation="hf", lora=lora,
+        base_weights="nf4").total
 
 
 def test_finetune_cli(capsys: pytest.CaptureFixture[str]) -> None:

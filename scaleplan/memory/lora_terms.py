@@ -172,8 +172,8 @@ def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: P
     "full" each layer keeps its fp32 input, as without LoRA. ``attention`` "flash"/"sdpa" or
     "eager"; ``device`` "cpu" or "cuda". GPT-2 under checkpointing also holds the position
     ids and its token embedding's output (measured). ``base_16bit``: the base stored in 16
-    bits (``base_weights``), whose residual stream (the checkpointed layer inputs) and rotary
-    cos/sin are 16-bit; the rest is as for an fp32 base under autocast (measured: the norms
+    bits (``base_weights``), whose residual stream (the checkpointed layer inputs), rotary
+    cos/sin and eager attention's causal mask are 16-bit; the rest is as for an fp32 base under autocast (measured: the norms
     upcast to fp32, the adapters cast their inputs).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
@@ -211,8 +211,9 @@ def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: P
     for key in ("lm_head_input", "final_norm_normalized"):
         head.pop(key, None)
     out.update(head)
-    if base_16bit:  # a bf16 base: the residual stream and the rotary tables are 16-bit
-        for key in ("block_input", "rope_cos_sin"):
+    if base_16bit:  # a bf16 base: the residual stream, the rotary tables and the additive
+        # causal mask (the model's dtype) are 16-bit
+        for key in ("block_input", "rope_cos_sin", "causal_mask"):
             if key in out:
                 out[key] = out[key] // 2
     return out

@@ -36,9 +36,17 @@ from scaleplan.model.lora import LoRA, adapter_params, fused_qkv
 from scaleplan.reference.hf_measure import GRID_SHAPES, hf_config
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_TARGETS", "LORA_FAMILIES", "PeftMeasurement", "build_peft_model", "grid", "main",
-           "measure_peft",
-           "peft_target_modules"]
+__all__ = [
+    "GRID_TARGETS",
+    "LORA_FAMILIES",
+    "PeftMeasurement",
+    "build_peft_model",
+    "grid",
+    "main",
+    "measure_peft",
+    "peft_target_modules",
+    "predicted",
+]
 
 LORA_FAMILIES: tuple[HFFamily, ...] = ("llama", "qwen2", "gpt2")
 """The families of the validation grid (Qwen2 and Mistral share Llama's module names)."""
@@ -234,25 +242,32 @@ def grid(families: tuple[str, ...] = LORA_FAMILIES, *, b: int = 2, s: int = 48,
         m = measure_peft(cfg, family, lora, micro_batch_size=b, seq_len=s, precision=prec,
                          attention=attn, checkpointing=ckpt, base_weights=base)
         ck = "full" if ckpt else "none"
-        terms = lora_saved_terms(cfg, lora, b, s, precision=prec, attention=attn,
-                                 checkpointing=ck, device="cpu",
-                                 base_16bit=base is not None)
-        pred = sum(terms.values())
-        copies = lora_weight_copy_bytes(cfg, lora, prec, checkpointing=ck,
-                                        base_copies=base is None)[0]
-        rows.append({"family": family, "config": cfg.model_dump(mode="json"),
-                     "base_weights": base, "precision": prec,
-                     "attention": attn, "checkpointing": ck, "lora_dropout": p,
-                     "targets": list(lora.targets), "rank": rank, "micro_batch_size": b,
-                     "seq_len": s, "measured": m.saved_for_backward, "predicted": pred,
-                     "error": pred / m.saved_for_backward - 1,
-                     "trainable_params": m.trainable_params,
-                     "predicted_trainable": adapter_params(cfg, lora),
-                     "all_params": m.all_params,
-                     "autocast_weight_copies": m.autocast_weight_copies,
-                     "predicted_weight_copies": copies,
-                     "saved_by_module": m.saved_by_module})
+        row: dict[str, Any] = {
+            "family": family, "config": cfg.model_dump(mode="json"), "base_weights": base,
+            "precision": prec, "attention": attn, "checkpointing": ck, "lora_dropout": p,
+            "targets": list(lora.targets), "rank": rank, "micro_batch_size": b, "seq_len": s,
+            "measured": m.saved_for_backward, "trainable_params": m.trainable_params,
+            "all_params": m.all_params, "autocast_weight_copies": m.autocast_weight_copies}
+        rows.append({**row, **predicted(row), "saved_by_module": m.saved_by_module})
     return rows
+
+
+def predicted(row: dict[str, Any]) -> dict[str, Any]:
+    """scaleplan's predictions for one measured row of the grid: saved-for-backward bytes and
+    their error, the adapters' parameters, the saved autocast weight copies."""
+    cfg = GPTConfig(**row["config"])
+    lora = LoRA(row["rank"], targets=tuple(row["targets"]), dropout=row["lora_dropout"])
+    base = row["base_weights"]
+    terms = lora_saved_terms(cfg, lora, row["micro_batch_size"], row["seq_len"],
+                             precision=row["precision"], attention=row["attention"],
+                             checkpointing=row["checkpointing"], device="cpu",
+                             base_16bit=base is not None)
+    pred = sum(terms.values())
+    copies = lora_weight_copy_bytes(cfg, lora, row["precision"],
+                                    checkpointing=row["checkpointing"], base_copies=base is None)
+    return {"predicted": pred, "error": pred / row["measured"] - 1,
+            "predicted_trainable": adapter_params(cfg, lora),
+            "predicted_weight_copies": copies[0]}
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -290,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     """``--grid``: measure the grid, write its JSON and its table."""
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.peft_measure")
     parser.add_argument("--grid", action="store_true", help="measure the validation grid")
+    parser.add_argument("--repredict", action="store_true",
+                        help="recompute --json's predictions from the current code (no "
+                        "measurement) and rewrite the JSON and the table")
     parser.add_argument("--qlora", action="store_true",
                         help="measure the bitsandbytes NF4 cases and append them to --json's "
                         "rows (after --grid)")
@@ -297,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="docs/validation/lora.json")
     parser.add_argument("--out", default="docs/validation/lora-memory.md")
     args = parser.parse_args(argv)
-    if not (args.grid or args.qlora):
+    if not (args.grid or args.qlora or args.repredict):
         parser.print_help()
         return 2
-    if args.qlora:
+    if args.repredict:
+        rows = [{**r, **predicted(r)} for r in json.loads(Path(args.json).read_text())]
+    elif args.qlora:
         kept = [r for r in json.loads(Path(args.json).read_text())
                 if r["base_weights"] not in ("nf4", "nf4-dq")]
         rows = kept + grid(tuple(args.families), qlora=True)
