@@ -173,8 +173,8 @@ def lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: P
     "eager"; ``device`` "cpu" or "cuda". GPT-2 under checkpointing also holds the position
     ids and its token embedding's output (measured). ``base_16bit``: the base stored in 16
     bits (``base_weights``), whose residual stream (the checkpointed layer inputs), rotary
-    cos/sin and eager attention's causal mask are 16-bit; the rest is as for an fp32 base under autocast (measured: the norms
-    upcast to fp32, the adapters cast their inputs).
+    cos/sin and eager attention's causal mask are 16-bit; the rest is as for an fp32 base
+    under autocast (measured: the norms upcast to fp32, the adapters cast their inputs).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
     >>> sum(lora_saved_terms(cfg, LoRA(2), 1, 4, precision="32-true",
