@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = kept + grid(tuple(args.families), qlora=True)
     else:
         rows = grid(tuple(args.families))
-    Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    # one row per line: the file diffs row by row when the grid is measured again
+    Path(args.json).write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
     text = _table(rows)
     Path(args.out).write_text(text)
     sys.stdout.write(text)
