@@ -27,10 +27,13 @@ operation by operation (peft 0.21.2 ``tuners/lora/layer.py``, ``Linear.forward``
 
 The terms follow `scaleplan.memory.hf_terms` (one dict of named byte terms; plain ``+``/``*``
 on ``b`` and ``s``), starting from its per-layer terms. Exact against peft 0.21.2 on CPU for
-Llama, Qwen2 and GPT-2 layouts (``python -m scaleplan.reference.peft_measure --grid``,
+Llama, Qwen2 and GPT-2 layouts, with an fp32, bf16 or bitsandbytes NF4 / NF4-DQ base (160
+cases: ``python -m scaleplan.reference.peft_measure --grid``, then ``--qlora``;
 docs/validation/lora-memory.md). Targets that leave the first block's q, k and v without an
 adapter (MLP-only LoRA) are counted as if its MLP input needed a gradient, an upper bound not
-measured.
+measured. An int8 base (bitsandbytes' LLM.int8 ``Linear8bitLt``) is counted as a 16-bit one:
+on CPU it also keeps state of its own between forward and backward, outside autograd's saved
+tensors (218,624 bytes more in a 2-layer d 128 Llama at 2 x 48 tokens), not modelled.
 """
 
 from __future__ import annotations

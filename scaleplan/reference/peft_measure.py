@@ -90,20 +90,29 @@ class PeftMeasurement(BaseModel):
     autocast_weight_copies: int
 
 
-def _quantize_linears(model: Any, double_quant: bool) -> None:
-    """Replace every ``nn.Linear`` but the head by bitsandbytes' ``Linear4bit`` (NF4, bf16
-    compute), quantized on the CPU (bitsandbytes 0.50.2 quantizes when moved to a device), as
-    transformers' ``BitsAndBytesConfig(load_in_4bit=True)`` does on a GPU."""
+def _quantize_linears(model: Any, weights: str) -> None:
+    """Replace every ``nn.Linear`` but the head by bitsandbytes' ``Linear4bit`` (``weights``
+    "nf4" / "nf4-dq": NF4, bf16 compute) or ``Linear8bitLt`` ("int8": LLM.int8, threshold
+    6), quantized on the CPU (bitsandbytes 0.50.2 quantizes when moved to a device), as
+    transformers' ``BitsAndBytesConfig`` does on a GPU."""
     bnb: Any = importlib.import_module("bitsandbytes")
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is not torch.nn.Linear or name == "lm_head":
                 continue
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features,
-                                  bias=child.bias is not None, compute_dtype=torch.bfloat16,
-                                  quant_type="nf4", compress_statistics=double_quant)
-            q.weight = bnb.nn.Params4bit(child.weight.data.float(), requires_grad=False,
-                                         quant_type="nf4", compress_statistics=double_quant)
+            shape = (child.in_features, child.out_features)
+            data = child.weight.data.float()
+            if weights == "int8":
+                q = bnb.nn.Linear8bitLt(*shape, bias=child.bias is not None,
+                                        has_fp16_weights=False, threshold=6.0)
+                q.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False)
+            else:
+                dq = weights == "nf4-dq"
+                q = bnb.nn.Linear4bit(*shape, bias=child.bias is not None,
+                                      compute_dtype=torch.bfloat16, quant_type="nf4",
+                                      compress_statistics=dq)
+                q.weight = bnb.nn.Params4bit(data, requires_grad=False, quant_type="nf4",
+                                             compress_statistics=dq)
             if child.bias is not None:
                 q.bias = child.bias
             setattr(module, name, q.to("cpu"))
@@ -113,8 +122,8 @@ def build_peft_model(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, attention:
                      base_weights: str | None = None) -> Any:
     """transformers' ``family`` model for ``cfg`` wrapped by ``peft.get_peft_model`` with
     ``lora`` (works under ``torch.device("meta")`` to count parameters of real widths).
-    ``base_weights``: None (as built, fp32), "bf16", or "nf4" / "nf4-dq" (a bf16 model whose
-    linears but the head are bitsandbytes 4-bit)."""
+    ``base_weights``: None (as built, fp32), "bf16", or "int8" / "nf4" / "nf4-dq" (a bf16
+    model whose linears but the head are bitsandbytes' 8-bit or 4-bit layers)."""
     transformers: Any = importlib.import_module("transformers")
     peft: Any = importlib.import_module("peft")
     raw = hf_config(cfg, family)
@@ -124,8 +133,8 @@ def build_peft_model(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, attention:
     model = transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attention)
     if base_weights is not None:  # the frozen base stored in bf16; peft makes adapters fp32
         model = model.to(torch.bfloat16)
-    if base_weights in ("nf4", "nf4-dq"):
-        _quantize_linears(model, double_quant=base_weights == "nf4-dq")
+    if base_weights in ("int8", "nf4", "nf4-dq"):
+        _quantize_linears(model, base_weights)
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=peft_target_modules(cfg, lora),
                              fan_in_fan_out=family == "gpt2", task_type="CAUSAL_LM")
