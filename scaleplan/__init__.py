@@ -96,6 +96,9 @@ if _typing.TYPE_CHECKING:  # what type checkers read; the same names as _EXPORTS
         from_hf as from_hf,
         load_nanogpt_config as load_nanogpt_config,
     )
+    from scaleplan.model.lora import (
+        LoRA as LoRA,
+    )
     from scaleplan.model.params import (
         ParamCount as ParamCount,
         count_params as count_params,
@@ -175,6 +178,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "model.architecture": ("MLA", "MoE"),
     "model.config": ("GPTConfig",),
     "model.loaders": ("NanoGPTRun", "from_hf", "load_nanogpt_config"),
+    "model.lora": ("LoRA",),
     "model.params": ("ParamCount", "count_params"),
     "model.training_config": ("TrainingConfig",),
     "planning.batching": ("grad_accum_steps",),

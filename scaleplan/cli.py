@@ -152,6 +152,14 @@ def _plan(args: argparse.Namespace, cfg: GPTConfig) -> Plan:
         raise
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from scaleplan.cli_finetune import finetune_report
+
+    cfg, label, _ = load_model(args.model)
+    print(finetune_report(args, cfg, label))
+    return 0
+
+
 def _cmd_gpus(args: argparse.Namespace) -> int:
     from scaleplan.compute.hardware import gpus
 
@@ -217,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="the whole plan as JSON")
     q.set_defaults(func=_cmd_plan)
 
+    from scaleplan.cli_finetune import add_finetune_parser
+
+    add_finetune_parser(sub, positive_int=positive_int, default_gpu=DEFAULT_PLAN_GPU)
+    sub.choices["finetune"].set_defaults(func=_cmd_finetune)
     g = sub.add_parser("gpus", help="the GPU database")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=_cmd_gpus)

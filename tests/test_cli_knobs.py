@@ -225,7 +225,8 @@ def test_every_subcommand_has_json(tmp_path: Path, capsys: pytest.CaptureFixture
     log.write_text("iter 0: loss 10.9900, time 95.10ms, mfu 40.00%\n"
                    "iter 1: loss nan, time 95.10ms, mfu 40.00%\n")
     runs = {"params": ["params", "gpt2"], "plan": ["plan", "gpt2"], "gpus": ["gpus"],
-            "diagnose": ["diagnose", str(log)]}
+            "diagnose": ["diagnose", str(log)],
+            "finetune": ["finetune", "gpt2", "--lora-rank", "4", "--lora-targets", "q,k,v"]}
     choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(runs) == set(choices)  # a new subcommand needs a line here
     outputs = {}

@@ -16,6 +16,7 @@ EXPECTED = {
     # configs and loaders
     "GPTConfig", "TrainingConfig", "NanoGPTRun", "from_hf", "load_nanogpt_config",
     "MoE", "MLA",  # issue 18: mixture of experts, multi-head latent attention
+    "LoRA",  # issue 19: LoRA / QLoRA fine-tuning
     # parameters
     "ParamCount", "count_params",
     # FLOPs, GPUs, throughput

@@ -32,6 +32,7 @@ from scaleplan.memory.training import (
     training_memory,
 )
 from scaleplan.model.config import GPTConfig
+from scaleplan.model.lora import LoRA
 
 if TYPE_CHECKING:  # numpy is imported by memory_grid, not by the planner's scalar path
     import numpy as np
@@ -89,7 +90,9 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                 hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
                 allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
                 what: Literal["total", "tensor_peak"] = "total",
-                compile: bool = False, implementation: str = "nanogpt") -> NDArray[np.float64]:
+                compile: bool = False, implementation: str = "nanogpt",
+                lora: LoRA | None = None, base_weights: str | None = None
+                ) -> NDArray[np.float64]:
     """`training_memory`'s ``total`` (or ``tensor_peak``) in bytes, as float64, for arrays of
     micro-batch sizes and sequence lengths (broadcast against each other).
 
@@ -117,7 +120,7 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
                      allocator_slack_fraction=allocator_slack_fraction, compile=compile,
-                     implementation=implementation)
+                     implementation=implementation, lora=lora, base_weights=base_weights)
     check_shape(cfg, b, s)
     par = o.parallelism
     stages = ("only",) if par.pipeline == 1 else ("first", "last")
@@ -126,7 +129,8 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
         W, G, O, _, _, _, held, moments = stage_parts(
             cfg, b, s, o.precision, o.optimizer, o.attention, o.checkpointing, o.device, par,
             o.optimizer_impl, o.hold_logits, stage,  # type: ignore[arg-type]
-            compiled=o.compile, implementation=o.implementation)
+            compiled=o.compile, implementation=o.implementation, lora=o.lora,
+            base_weights=o.base_weights)
         worst = np.maximum.reduce(np.broadcast_arrays(*moments.values()))
         stage_peak = float(W + G + O) + worst + held
         peak = stage_peak if peak is None else np.maximum(peak, stage_peak)

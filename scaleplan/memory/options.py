@@ -17,10 +17,12 @@ from typing import Any
 from scaleplan.checks import one_of, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
+from scaleplan.memory.lora_states import check_lora
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+from scaleplan.model.lora import LoRA
 from scaleplan.model.shapes import per_config
 
 __all__ = ["MAX_BYTES", "StepOptions", "check_titan", "overhead_bytes", "refuse_unmodelled",
@@ -50,13 +52,16 @@ class StepOptions:
     allocator_slack_fraction: float
     compile: bool = False
     implementation: str = "nanogpt"
+    lora: LoRA | None = None
+    base_weights: str | None = None
 
 
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,
                  allocator_slack_fraction: Any, compile: Any = False,
-                 implementation: Any = "nanogpt") -> StepOptions:
+                 implementation: Any = "nanogpt", lora: Any = None,
+                 base_weights: Any = None) -> StepOptions:
     """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
     normalised (aliases resolved, numbers as exact Python types); the layout checked against
     ``cfg``."""
@@ -65,14 +70,14 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
         checkpointing=checkpointing, device=device, parallelism=parallelism,
         optimizer_impl=optimizer_impl, hold_logits=hold_logits,
         cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction,
-        compile=compile, implementation=implementation)
+        compile=compile, implementation=implementation, lora=lora, base_weights=base_weights)
 
 
 def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                        checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                        hold_logits: Any, cuda_context_bytes: Any,
                        allocator_slack_fraction: Any, compile: Any,
-                       implementation: Any) -> StepOptions:
+                       implementation: Any, lora: Any, base_weights: Any) -> StepOptions:
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     one_of("attention", attention, ("flash", "eager"))
     one_of("checkpointing", checkpointing, ("none", "selective", "full"))
@@ -98,11 +103,13 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
+    check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
+               parallelism=par)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
                        allocator_slack_fraction=slack, compile=compile,
-                       implementation=implementation)
+                       implementation=implementation, lora=lora, base_weights=base_weights)
 
 
 IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan")

@@ -26,6 +26,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_terms import hf_saved_terms
+from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
@@ -37,6 +38,7 @@ from scaleplan.memory.titan_terms import (
     titan_saved_terms,
 )
 from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.lora import LoRA
 
 __all__ = ["Stage", "stage_parts"]
 
@@ -48,12 +50,20 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                  attention: AttentionKind, checkpointing: CheckpointingKind,
                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                  hold_logits: bool, stage: Stage, *, compiled: bool = False,
-                 implementation: str = "nanogpt") -> tuple[Any, ...]:
+                 implementation: str = "nanogpt", lora: LoRA | None = None,
+                 base_weights: str | None = None) -> tuple[Any, ...]:
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
     "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`); each on one stage with no
-    tensor parallelism, as `step_options` checks."""
+    tensor parallelism, as `step_options` checks. ``lora``: a frozen base with adapters
+    (`scaleplan.memory.lora_terms`; transformers' code, one GPU), ``base_weights`` its dtype."""
+    if lora is not None:
+        W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
+            cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
+        return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,
+                        (W, G, O, temp), recompute=lambda: lora_recompute_moment(
+                            cfg, lora, b, s, p, attention, device, saved, copies, all_copies))
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -131,3 +141,23 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
     return W, G, O, saved, 0, 0, 0, moments
+
+
+def _moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, checkpointing: CheckpointingKind,
+             hold_logits: bool, saved: dict[str, Any], copies: Any, all_copies: Any,
+             states: tuple[Any, Any, Any, Any], recompute: Any) -> tuple[Any, ...]:
+    """`stage_parts`' result for one GPU holding the whole model (no tensor parallelism), the
+    loss in transformers' way (fp32 log-softmax of upcast logits), given its states and saved
+    tensors; ``recompute`` gives full checkpointing's recompute moment."""
+    W, G, O, temp = states
+    S = sum(saved.values())
+    TV = b * s * cfg.vocab_size
+    e, loss_bytes = activation_bytes(p), residual_bytes(p)
+    moments: dict[str, Any] = {
+        "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+        "backward_start": S + copies + 2 * TV * loss_bytes,
+        "optimizer_step": temp,
+    }
+    if checkpointing == "full":
+        moments["recompute"] = recompute()
+    return W, G, O, saved, copies, all_copies, TV * e if hold_logits else 0, moments

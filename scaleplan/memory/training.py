@@ -29,6 +29,7 @@ from scaleplan.memory.sharding import OptimizerImpl
 from scaleplan.memory.stage import Stage, stage_parts
 from scaleplan.memory.states import OptimizerName
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
+from scaleplan.model.lora import LoRA
 from scaleplan.units import format_gib
 
 __all__ = [
@@ -199,7 +200,7 @@ def training_memory(
     parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
     hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION, compile: bool = False,
-    implementation: str = "nanogpt",
+    implementation: str = "nanogpt", lora: LoRA | None = None, base_weights: str | None = None,
 ) -> MemoryBreakdown:
     """Memory one GPU needs to train ``cfg`` for one optimizer step.
 
@@ -236,6 +237,10 @@ def training_memory(
             shards, bf16 blocks gathered, no autocast; ``checkpointing="selective"`` is its
             per-op SAC; its trainer drops the logits, so ``hold_logits`` does not apply;
             `scaleplan.memory.titan_terms`, exact against torchtitan on CPU).
+        lora: a `scaleplan.model.lora.LoRA`: the base frozen, adapters trained in fp32
+            (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf").
+        base_weights: the frozen base's storage with ``lora``: None (the precision's weight
+            dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA); an error without ``lora``.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``). The worst moment is the largest of
@@ -264,13 +269,14 @@ def training_memory(
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
                      allocator_slack_fraction=allocator_slack_fraction, compile=compile,
-                     implementation=implementation)
+                     implementation=implementation, lora=lora, base_weights=base_weights)
     micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
     par = o.parallelism
     stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
     found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
                            o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
-                           stage, o.compile, o.implementation) for stage in stages]
+                           stage, o.compile, o.implementation, lora=o.lora,
+                           base_weights=o.base_weights) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = overhead_bytes(o, tensor_peak)
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
@@ -281,11 +287,12 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   attention: AttentionKind, checkpointing: CheckpointingKind,
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                   hold_logits: bool, stage: Stage, compiled: bool,
-                  implementation: str) -> tuple[int, dict[str, Any]]:
+                  implementation: str, *, lora: LoRA | None = None,
+                  base_weights: str | None = None) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
     W, G, O, saved, copies, all_copies, held, moments = stage_parts(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
-        compiled=compiled, implementation=implementation)
+        compiled=compiled, implementation=implementation, lora=lora, base_weights=base_weights)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
     worst = moments[moment] + held

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig, config_type_message
+from scaleplan.model.lora import LoRA, adapter_params
 from scaleplan.model.shapes import PARTS, across_model, active_numel, parameters, per_config
 
 __all__ = ["ParamCount", "count_params", "param_terms"]
@@ -68,9 +69,15 @@ class ParamCount(BaseModel):
         description="Parameters one token goes through: total less the routed experts' "
         "inactive share (their elements x (1 - top_k / n_experts)); total for a dense model."
     )
+    lora: int = Field(default=0, description="LoRA adapters' parameters (0 without LoRA), "
+                      "inside total, as peft's print_trainable_parameters counts them.")
+    trainable: int = Field(default=-1, description="Parameters that train: total without "
+                           "LoRA, the adapters' with it (-1 when built without it: total).")
 
     @model_validator(mode="after")
     def _parts_sum_to_total(self) -> ParamCount:
+        if self.trainable == -1:  # frozen model: set once, while validating
+            object.__setattr__(self, "trainable", self.total)
         parts = sum(self.components().values())
         if parts != self.total:
             raise ValueError(f"parameter breakdown sums to {parts}, not total={self.total}")
@@ -84,17 +91,21 @@ class ParamCount(BaseModel):
         return self
 
     def components(self) -> dict[str, int]:
-        """The parts that sum to ``total``, in model order.
+        """The parts that sum to ``total``, in model order (and ``lora``, the adapters, when
+        counted with them).
 
         >>> pc = count_params(GPTConfig.preset("gpt2"))
         >>> sum(pc.components().values()) == pc.total == 124_439_808  # Hugging Face's count
         True
         """
-        return {part: getattr(self, part) for part in PARTS}
+        parts: dict[str, int] = {part: getattr(self, part) for part in PARTS}
+        if self.lora:
+            parts["lora"] = self.lora
+        return parts
 
 
-def count_params(cfg: GPTConfig) -> ParamCount:
-    """Count the parameters of ``cfg`` exactly.
+def count_params(cfg: GPTConfig, lora: LoRA | None = None) -> ParamCount:
+    """Count the parameters of ``cfg`` exactly; with ``lora``, its adapters too.
 
     Per block (d = n_embd, h = head_dim, a = n_head, k = n_kv_head, f = mlp_hidden):
 
@@ -116,10 +127,27 @@ def count_params(cfg: GPTConfig) -> ParamCount:
 
     >>> count_params(GPTConfig(n_layer=12, n_head=12, n_embd=384, bias=False)).nanogpt
     40560000
+
+    With a `scaleplan.model.lora.LoRA`, ``total`` includes the adapters (``lora``) and
+    ``trainable`` is theirs alone, as peft's ``print_trainable_parameters`` reports (Llama-2-7B,
+    r 8 on q and v: "trainable params: 4,194,304 || all params: 6,742,609,920"):
+
+    >>> pc = count_params(GPTConfig.preset("llama-2-7b"), lora=LoRA(8, targets=("q", "v")))
+    >>> pc.trainable, pc.total
+    (4194304, 6742609920)
     """
     if not isinstance(cfg, GPTConfig):
         raise ScaleplanError(config_type_message("count_params", cfg))
-    return _count(cfg)
+    if lora is None:
+        return _count(cfg)
+    if not isinstance(lora, LoRA):
+        raise ScaleplanError(f"lora={lora!r} must be a scaleplan.LoRA (e.g. LoRA(8, "
+                             "targets=('q', 'v'))) or None")
+    base = _count(cfg)
+    n = adapter_params(cfg, lora)
+    return ParamCount(**{**base.model_dump(), "total": base.total + n, "non_embedding":
+                         base.non_embedding + n, "nanogpt": base.nanogpt + n,
+                         "active": base.active + n, "lora": n, "trainable": n})
 
 
 def _count_body(cfg: GPTConfig) -> ParamCount:  # frozen: one count per config, shared

@@ -15,6 +15,7 @@ from scaleplan.compute.hardware import GPUSpec
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
 from scaleplan.model.config import GPTConfig, normalize_precision
+from scaleplan.model.lora import LoRA
 from scaleplan.units import format_gib
 from scaleplan.validation.base import TIGHT_FIT_FRACTION, Finding, Marker, Subject, check_text
 
@@ -41,8 +42,9 @@ class FitsOn(Marker):
     ``micro_batch_size``, ``seq_len``, ``precision`` and ``optimizer`` come from the marker,
     else from the training settings (precision defaults to ``"bf16-mixed"``, optimizer to
     ``"adamw"``). ``compile`` and ``implementation`` are `training_memory`'s (torch.compile;
-    nanoGPT's or Hugging Face's modeling code). ``headroom`` keeps a fraction of the memory
-    free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
+    nanoGPT's or Hugging Face's modeling code); ``lora`` and ``base_weights`` too (a LoRA
+    fine-tune of a frozen base, ``implementation="hf"``). ``headroom`` keeps a fraction of the
+    memory free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
     (weights, gradients, optimizer states, activations, logits, CUDA context and allocator
     slack), or ``memory_model(cfg, **settings)``
     (bytes, or an object with ``.total``) when given. The error names the largest micro-batch
@@ -67,6 +69,8 @@ class FitsOn(Marker):
     implementation: str = "nanogpt"
     headroom: float = 0.0
     memory_model: Callable[..., Any] | None = None
+    lora: LoRA | None = None
+    base_weights: str | None = None
     gpu_name: str = field(init=False, compare=False)
     available_bytes: int = field(init=False, compare=False, repr=False)
 
@@ -91,6 +95,9 @@ class FitsOn(Marker):
         if self.implementation not in ("nanogpt", "hf", "torchtitan"):
             raise ScaleplanError(f"implementation={shown(self.implementation)} is not one of "
                                  "'nanogpt', 'hf', 'torchtitan'")
+        if self.lora is not None and not isinstance(self.lora, LoRA):
+            raise ScaleplanError(f"lora={shown(self.lora)} must be a scaleplan.LoRA, e.g. "
+                                 "LoRA(8, targets=('q', 'v')), or None")
         if isinstance(self.headroom, bool) or not isinstance(self.headroom, int | float) \
                 or not 0 <= self.headroom < 1:
             raise ScaleplanError(f"headroom={shown(self.headroom)} must be a fraction in [0, 1), "
@@ -125,6 +132,8 @@ class FitsOn(Marker):
             **({"compile": True} if self.compile else {}),
             **({"implementation": self.implementation} if self.implementation != "nanogpt"
                else {}),
+            **({"lora": self.lora} if self.lora is not None else {}),
+            **({"base_weights": self.base_weights} if self.base_weights is not None else {}),
         }
 
     def explicit(self) -> dict[str, Any]:

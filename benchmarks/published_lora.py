@@ -1,0 +1,111 @@
+"""Published LoRA / QLoRA GPU memory peaks beside what `scaleplan.training_memory` predicts.
+
+Reads ``scaleplan/data/published_lora.csv`` (one row per published measurement, cited in
+``scaleplan/data/published_lora.md``), calls `scaleplan.training_memory` with
+``implementation="hf"``, the row's `scaleplan.LoRA` and ``base_weights``, and writes the
+comparison as markdown::
+
+    python -m benchmarks.published_lora          # print the page
+    python -m benchmarks.published_lora --write  # regenerate docs/validation/published-lora.md
+
+An allocated peak (``torch.cuda.max_memory_allocated``) is compared with ``tensor_peak``.
+Nothing is fitted: a row's ``unmodelled`` column names what the run did that the prediction
+does not model. A bf16-true run (litgpt's) is predicted under bf16 autocast with a bf16 (or
+quantized) base and fp32 adapters, the closest options `training_memory` has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmarks.published_peaks import figure_bytes
+from scaleplan import GPTConfig, LoRA, MemoryBreakdown, training_memory
+
+__all__ = ["CSV_PATH", "DOC_PATH", "WITHIN", "load_rows", "main", "predict", "render"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CSV_PATH = ROOT / "scaleplan" / "data" / "published_lora.csv"
+DOC_PATH = ROOT / "docs" / "validation" / "published-lora.md"
+GIB = 2**30
+WITHIN = 0.10  # issue 19's bar for published peaks, shown as a column, not asserted
+
+
+def load_rows(path: Path = CSV_PATH) -> list[dict[str, str]]:
+    """The CSV's rows as strings, column by column."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _config(row: dict[str, str]) -> GPTConfig:
+    base = GPTConfig.preset(row["model"])
+    changes = json.loads(row["config"])
+    return GPTConfig(**{**base.model_dump(), **changes}) if changes else base
+
+
+def predict(row: dict[str, str]) -> MemoryBreakdown:
+    """`training_memory` for one published row, with the closest options it has."""
+    lora = LoRA(int(row["lora_rank"]), alpha=float(row["lora_alpha"]),
+                targets=row["lora_targets"], dropout=float(row["lora_dropout"]))
+    precision = "bf16-mixed" if row["precision"] == "bf16-true" else row["precision"]
+    return training_memory(_config(row), micro_batch_size=int(row["micro_batch"]),
+                           seq_len=int(row["seq_len"]), precision=precision,
+                           optimizer=row["optimizer"], checkpointing=row["checkpointing"],
+                           implementation="hf", lora=lora,
+                           base_weights=row["base_weights"] or None)
+
+
+def _compared(row: dict[str, str], m: MemoryBreakdown) -> int:
+    if row["figure_kind"] != "allocated":
+        raise ValueError(f"{row['id']}: figure_kind {row['figure_kind']!r} is not 'allocated'")
+    return m.tensor_peak
+
+
+def render(rows: list[dict[str, str]] | None = None) -> str:
+    """The page: one line per row, predicted vs published, and the setups."""
+    rows = load_rows() if rows is None else rows
+    lines = [
+        "# Published LoRA / QLoRA peaks vs scaleplan", "",
+        "Written by `python -m benchmarks.published_lora --write` from "
+        "`scaleplan/data/published_lora.csv` (sources in `scaleplan/data/published_lora.md`). "
+        "`predicted` is `training_memory(..., implementation=\"hf\", lora=..., base_weights=...)`"
+        "'s `tensor_peak`, compared with the published `torch.cuda.max_memory_allocated`. "
+        f"Rows within {WITHIN:.0%} are marked yes. Nothing is fitted.", "",
+        "| id | model | LoRA | base | micro-batch x seq | published | predicted | error "
+        f"| within {WITHIN:.0%} | not modelled |",
+        "|---|---|---|---|---|---:|---:|---:|---|---|"]
+    for row in rows:
+        m = predict(row)
+        published = figure_bytes(row["figure_published"])
+        if published != int(row["figure_bytes"]):
+            raise ValueError(f"{row['id']}: figure_bytes does not match figure_published")
+        error = _compared(row, m) / published - 1
+        lines.append(
+            f"| {row['id']} | {row['model']} | r {row['lora_rank']} on {row['lora_targets']} "
+            f"| {row['base_weights']} | {row['micro_batch']} x {row['seq_len']} "
+            f"| {row['figure_published']} | {_compared(row, m) / 1e9:.2f} GB | {error:+.1%} "
+            f"| {'yes' if abs(error) <= WITHIN else 'no'} | {row['unmodelled']} |")
+    lines += ["", "## Setups", ""]
+    lines += [f"- **{row['id']}**: {row['setup']}. Source: [{row['source_file']}]"
+              f"({row['source_url']})." for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the page, or with ``--write`` regenerate docs/validation/published-lora.md."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.published_lora")
+    parser.add_argument("--write", action="store_true", help=f"write {DOC_PATH.name}")
+    args: Any = parser.parse_args(argv)
+    text = render()
+    if args.write:
+        DOC_PATH.write_text(text, encoding="utf-8")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
