@@ -226,7 +226,8 @@ def test_every_subcommand_has_json(tmp_path: Path, capsys: pytest.CaptureFixture
                    "iter 1: loss nan, time 95.10ms, mfu 40.00%\n")
     runs = {"params": ["params", "gpt2"], "plan": ["plan", "gpt2"], "gpus": ["gpus"],
             "diagnose": ["diagnose", str(log)],
-            "finetune": ["finetune", "gpt2", "--lora-rank", "4", "--lora-targets", "q,k,v"]}
+            "finetune": ["finetune", "gpt2", "--lora-rank", "4", "--lora-targets", "q,k,v"],
+            "serve": ["serve", "gpt2", "--gpu", "RTX 4070", "--context-len", "1024"]}
     choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(runs) == set(choices)  # a new subcommand needs a line here
     outputs = {}

@@ -101,10 +101,10 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     refuse_unmodelled(cfg)
     if implementation == "torchtitan":
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
+    check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
+               parallelism=par)  # first: its refusals say how to run a LoRA step instead
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
-    check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
-               parallelism=par)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
