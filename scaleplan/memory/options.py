@@ -94,7 +94,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     par.check(cfg)
     refuse_unmodelled(cfg)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
-                         checkpointing=checkpointing, parallelism=par)
+                         checkpointing=checkpointing, parallelism=par, precision=p)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -102,10 +102,11 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        implementation=implementation)
 
 
-IMPLEMENTATIONS = ("nanogpt", "hf")
-"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model) or Hugging Face
-transformers' modeling code (`scaleplan.memory.hf_terms`)."""
-_LATER = ("torchtitan", "torchtune", "litgpt")  # issue 17's other implementations, not yet
+IMPLEMENTATIONS = ("nanogpt", "hf", "torchtune")
+"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model), Hugging Face
+transformers' modeling code (`scaleplan.memory.hf_terms`) or torchtune's models and recipes
+(`scaleplan.memory.tune_terms`)."""
+_LATER = ("torchtitan", "litgpt")  # issue 17's other implementations, not yet
 # GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
 _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
                   "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
@@ -113,20 +114,27 @@ _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "
 
 
 def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, attention: str,
-                         checkpointing: str, parallelism: Parallelism) -> None:
+                         checkpointing: str, parallelism: Parallelism,
+                         precision: str = "bf16-true") -> None:
     """Refuse, naming the option, an implementation or a combination that is not modelled."""
     if implementation in _LATER:
         raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
                              f"{', '.join(map(repr, IMPLEMENTATIONS))}")
     one_of("implementation", implementation, IMPLEMENTATIONS)
     split = parallelism.tensor * parallelism.pipeline > 1
-    if (compile or implementation == "hf") and split:
-        what = "compile=True" if compile else "implementation='hf'"
+    if (compile or implementation in ("hf", "torchtune")) and split:
+        what = "compile=True" if compile else f"implementation={implementation!r}"
         raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
                              "yet with tensor or pipeline parallelism")
+    if compile and implementation == "torchtune":
+        raise ScaleplanError("compile=True with implementation='torchtune' is not modelled yet "
+                             "(its recipes compile each layer and the loss); use compile=False")
     if compile and (attention == "eager" or implementation != "nanogpt"):
         raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
                              "attention='flash' (SDPA); use those or compile=False")
+    if implementation == "torchtune":
+        check_torchtune(cfg, precision=precision, checkpointing=checkpointing,
+                        attention=attention)
     if implementation == "hf":
         fields = type(cfg).model_fields
         odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
@@ -138,6 +146,41 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
 
 
 _step_options = per_config(_step_options_body)
+
+# What torchtune 0.6.1's component builders (llama3_1, llama3_2, qwen2 / qwen2_5, gemma) build:
+# RMSNorm, rotary positions on every dimension, SwiGLU or tanh-GELU MLPs, no biases but Qwen2's
+# q/k/v ones, attn_dropout 0 in every recipe (scaleplan.memory.tune_terms).
+_TUNE_LAYOUT = {"norm": "rmsnorm", "position": "rope", "bias": False, "parallel": "none",
+                "rotary_fraction": 1.0, "dropout": 0.0}
+_TUNE_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
+                    "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
+                    "moe")
+
+
+def check_torchtune(cfg: GPTConfig, *, precision: str, checkpointing: str,
+                    attention: str = "flash") -> None:
+    """Refuse, by name, what ``implementation="torchtune"`` does not model: layouts torchtune's
+    Llama 3.x / Qwen2 / Gemma builders do not build, precisions its recipes do not run (``dtype:
+    bf16`` is "bf16-true", ``fp32`` is "32-true"; no autocast) and its selective layer
+    checkpointing (``ac_mode="selective"``, every n-th layer), which is not modelled yet."""
+    fields = type(cfg).model_fields
+    odd = [f"{name}={getattr(cfg, name)!r}" for name, want in _TUNE_LAYOUT.items()
+           if getattr(cfg, name) != want]
+    odd += [name for name in _TUNE_UNMEASURED if getattr(cfg, name) != fields[name].default]
+    if cfg.mlp not in ("swiglu", "geglu"):
+        odd.append(f"mlp={cfg.mlp!r}")
+    if precision not in ("bf16-true", "32-true"):
+        odd.append(f"precision={precision!r} (its recipes run dtype bf16, 'bf16-true', or "
+                   "fp32, '32-true')")
+    if attention != "flash":
+        odd.append(f"attention={attention!r} (torchtune calls SDPA or flex attention: "
+                   "'flash')")
+    if checkpointing == "selective":
+        odd.append("checkpointing='selective' (torchtune's every-n-th-layer selective "
+                   "checkpointing is not modelled yet; use 'full' or 'none')")
+    if odd:
+        raise ScaleplanError(f"implementation='torchtune' is modelled for its Llama 3.x, "
+                             f"Qwen2 and Gemma builders; not with {', '.join(odd)}")
 
 
 def refuse_unmodelled(cfg: GPTConfig) -> None:

@@ -4,7 +4,7 @@
 `scaleplan.memory.limits.memory_grid` and `scaleplan.symbolic.formulas` run the same arithmetic on
 arrays and on sympy symbols. Which saved-tensor terms a stage has depends on whose code runs the
 step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
-`scaleplan.memory.hf_terms`).
+`scaleplan.memory.hf_terms`, `scaleplan.memory.tune_terms`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["Stage", "stage_parts"]
@@ -46,7 +47,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
-    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`); each on one stage with no
+    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "torchtune": torchtune's
+    models and recipe loss (`scaleplan.memory.tune_terms`); each on one stage with no
     tensor parallelism, as `step_options` checks."""
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
@@ -58,6 +60,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     elif implementation == "hf":
         saved = hf_saved_terms(cfg, b, s, precision=p, attention=attention,
                                checkpointing=checkpointing, device=device, layers=layers)
+    elif implementation == "torchtune":
+        saved = tune_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                 device=device, layers=layers)
     else:
         saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads)
@@ -72,7 +77,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         cfg, p, layers=0, head=heads, expert=ep), t)
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
-    held = TV * e if hold_logits else 0
+    tune = implementation == "torchtune"  # unembed's .float(): fp32 logits and loss gradients
+    logit_bytes, loss_bytes = (TUNE_LOGITS_BYTES,) * 2 if tune else (e, loss_bytes)
+    held = TV * logit_bytes if hold_logits else 0
     if compiled:  # the returned logits are the saved ones: held only once backward freed them
         moments: dict[str, Any] = {
             "forward_end": S + all_copies,
@@ -82,7 +89,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         held = 0
     else:
         moments = {
-            "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+            "forward_end": S + all_copies + TV * logit_bytes
+            + (TV * FP32_BYTES if p in AUTOCAST else 0),
             "backward_start": S + copies + 2 * TV * loss_bytes,
             "optimizer_step": temp,
         }

@@ -114,13 +114,15 @@ def _norm(gemma: bool, T: Any, d: int, prefix: str) -> dict[str, Any]:
     return terms
 
 
-def _rope(family: str, b: Any, s: Any, h: int, e: int, packed: bool) -> Any:
-    """Bytes the two rotations of one layer (q, then k) save: the cache slices they multiply by."""
-    if family == "qwen2":  # cos and sin cast to e (bf16), or the gathered [cos, sin] fp32 rows
-        if e == HALF:
-            return 4 * (b if packed else 1) * s * h * HALF
-        return 2 * b * s * 2 * h * FP32 if packed else 0
-    return 2 * b * s * h * FP32 if packed else 0  # interleaved: gathered (h/2, 2) fp32 rows
+def _rope(family: str, b: Any, s: Any, h: int, e: int, packed: bool) -> dict[str, Any]:
+    """What the two rotations of one layer (q, then k) save: the cache slices they multiply by
+    (none when both are views of the buffer)."""
+    if family == "qwen2" and e == HALF:  # cos and sin cast to bf16, for q and again for k
+        return {"rope_cache_slices": 4 * (b if packed else 1) * s * h * HALF}
+    if not packed:
+        return {}
+    rows = 2 * h if family == "qwen2" else h  # gathered [cos, sin] or interleaved (h/2, 2) rows
+    return {"rope_cache_slices": 2 * b * s * rows * FP32}
 
 
 def tune_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
@@ -149,9 +151,7 @@ def tune_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precisi
     kv_heads = 1 if k == 1 else a  # one key-value head: the expand + flatten is a view
     terms = _norm(gemma, T, d, "norm1")
     terms["qkv_input"] = T * d * e
-    rope = _rope(family, b, s, h, e, packed)
-    if rope:
-        terms["rope_cache_slices"] = rope
+    terms.update(_rope(family, b, s, h, e, packed))
     terms.update(attn_q=T * a * h * e, attn_k_v=2 * T * kv_heads * h * e,
                  attn_out=T * a * h * e, attn_lse=b * a * s * FP32)
     if packed and device == "cpu":  # SDPA's additive copy of the dense block-causal mask
@@ -198,7 +198,8 @@ def tune_buffer_bytes(cfg: GPTConfig, family: TuneFamily | None = None) -> int:
     """The RoPE module's fp32 buffers, shared by every layer: the cache (``block_size`` rows of
     h values, 2h for Qwen2's [cos, sin]) and ``theta`` (h/2 values).
 
-    >>> tune_buffer_bytes(GPTConfig(n_head=2, n_embd=128, block_size=128, position="rope"))
+    >>> tune_buffer_bytes(GPTConfig(n_head=2, n_embd=128, block_size=128, position="rope",
+    ...                             bias=False))  # 128 x 64 x 4 + 32 x 4
     32896
     """
     family = family or tune_family(cfg)
