@@ -176,7 +176,7 @@ def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, s
         buffer_bytes=sum(buffers.values()))
 
 
-_LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
+_LLAMA: dict[str, Any] = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
 GRID_SHAPES: dict[str, GPTConfig] = {
     "llama3_2": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=256, mlp_hidden=512,
                           vocab_size=512, block_size=128, tie_embeddings=True, **_LLAMA),
@@ -212,8 +212,7 @@ def grid(families: tuple[str, ...] = TUNE_FAMILIES) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    import torchtune
-
+    torchtune = importlib.import_module("torchtune")
     worst = max(abs(r["predicted"] / r["measured"] - 1) for r in rows)
     lines = [
         "# torchtune: saved-for-backward bytes, measured vs predicted", "",
