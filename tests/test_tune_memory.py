@@ -245,3 +245,45 @@ def test_fits_on_and_the_cli_take_torchtune() -> None:
     ns = build_parser().parse_args(["plan", "gpt2", "--gpu", "A100",
                                     "--implementation", "torchtune"])
     assert ns.implementation == "torchtune"
+
+
+PEAKS = json.loads((Path(__file__).parent / "data" / "tune_peaks.json").read_text())
+
+
+@pytest.mark.parametrize("row", PEAKS, ids=lambda r: f"{r['family']}-{r['precision']}")
+def test_loss_side_moments_match_the_measured_peaks(row: dict) -> None:
+    # tests/data/tune_peaks.json: live bytes over parameters, buffers and the batch, measured by
+    # scaleplan.reference.tune_measure.measure_tune_peaks. The forward ends with the saved
+    # tensors plus the fp32 logits (T V 4: unembed's .float(), kept until the recipe's `del
+    # logits`); backward starts with nll_loss's and log_softmax's fp32 gradients (2 T V 4).
+    from scaleplan.memory.parallel import Parallelism
+    from scaleplan.memory.stage import stage_parts
+
+    cfg, b, s = SHAPES[row["family"]], row["micro_batch_size"], row["seq_len"]
+    *_, saved, _, _, _, moments = stage_parts(
+        cfg, b, s, row["precision"], "adamw", "flash", "none", "cpu", Parallelism(), None,
+        False, "only", implementation="torchtune")
+    T, V = b * s, cfg.vocab_size
+    resident = saved["rope_buffers"] + saved["token_ids"]  # buffers and the batch's ids
+    # the measurement also sees the batch's labels freed (T 8) once hstack's copy replaces them,
+    # the 16-byte ignore column and the loss scalar: 748 bytes fewer at b x s = 2 x 48
+    labels = T * 8 - 16 - 4
+    assert moments["forward_end"] == sum(saved.values()) + T * V * 4
+    assert row["forward_peak"] == moments["forward_end"] - resident - labels
+    assert moments["backward_start"] == sum(saved.values()) + 2 * T * V * 4
+    # at log_softmax's backward nll_loss's node has released its targets and weight total
+    # (T 8 + 4) and the loss and its gradient are two 4-byte scalars
+    released = labels + 16 + 4 + T * 8 + 4 - 8
+    assert row["loss_backward_peak"] == moments["backward_start"] - resident - released
+
+
+@pytest.mark.torch
+def test_live_loss_side_peaks_match_the_committed_ones() -> None:
+    pytest.importorskip("torchtune")
+    from scaleplan.reference.tune_measure import measure_tune_peaks
+
+    row = next(r for r in PEAKS if r["family"] == "qwen2" and r["precision"] == "bf16-true")
+    got = measure_tune_peaks(SHAPES["qwen2"], "qwen2", micro_batch_size=2, seq_len=48,
+                             precision="bf16-true")
+    assert got == {"forward_peak": row["forward_peak"],
+                   "loss_backward_peak": row["loss_backward_peak"]}

@@ -39,12 +39,13 @@ from scaleplan.memory.tune_terms import TUNE_FAMILIES, TuneFamily, tune_saved_by
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_JSON", "GRID_SHAPES", "TuneMeasurement", "build_tune", "grid", "main",
-           "measure_tune"]
+__all__ = ["GRID_JSON", "GRID_SHAPES", "PEAKS_JSON", "TuneMeasurement", "build_tune", "grid",
+           "main", "measure_tune", "measure_tune_peaks", "peaks_grid"]
 
 TunePrecision = Literal["32-true", "bf16-true"]
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default, the recipe's ignore column
 GRID_JSON = Path("tests/data/tune_memory.json")
+PEAKS_JSON = Path("tests/data/tune_peaks.json")
 _DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
 
 
@@ -110,10 +111,14 @@ def _loss_fn(model: Any, loss: str) -> Any:
     return torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
 
-def _loss_step(model: Any, loss_fn: Any, batch: dict[str, Any]) -> Any:
-    """The recipe's ``_loss_step`` (recipes/full_finetune_single_device.py, torchtune 0.6.1)."""
+def _loss_step(model: Any, loss_fn: Any, batch: dict[str, Any],
+               on_logits: Any = None) -> Any:
+    """The recipe's ``_loss_step`` (recipes/full_finetune_single_device.py, torchtune 0.6.1);
+    ``on_logits`` is called with the model's output before the loss."""
     labels = batch.pop("labels")
     logits = model(**batch)
+    if on_logits is not None:
+        on_logits(logits)
     ignore = torch.full((labels.shape[0], 1), IGNORE_INDEX)
     labels = torch.hstack((labels[..., 1:], ignore))
     if not isinstance(logits, list):
@@ -122,6 +127,49 @@ def _loss_step(model: Any, loss_fn: Any, batch: dict[str, Any]) -> Any:
     out = loss_fn(logits, labels)
     del logits
     return out
+
+
+def _prepared(cfg: GPTConfig, family: TuneFamily, precision: TunePrecision,
+              checkpointing: bool, loss: str, b: int, s: int, packed: bool,
+              seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    """The model in training mode (checkpointed as the recipe does), its loss and a batch."""
+    torch.manual_seed(seed)
+    model = build_tune(cfg, family, precision)
+    model.train()
+    if checkpointing:
+        training = importlib.import_module("torchtune.training")
+        layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
+        training.set_activation_checkpointing(model, auto_wrap_policy={layer})
+    loss_fn = _loss_fn(model, loss)
+    return model, loss_fn, _batch(cfg, b, s, packed)
+
+
+def measure_tune_peaks(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int,
+                       seq_len: int, precision: TunePrecision = "bf16-true",
+                       checkpointing: bool = False, packed: bool = False, seed: int = 0
+                       ) -> dict[str, int]:
+    """Live bytes at the loss side's two moments of one step on CPU, over what existed before
+    (parameters, buffers, the batch): ``forward_peak``, the most during forward and the loss,
+    and ``loss_backward_peak``, the most from ``backward()`` until the logits' gradient is
+    made (nll_loss's and log_softmax's backward). Kernel workspaces are not seen."""
+    model, loss_fn, batch = _prepared(cfg, family, precision, checkpointing, "standard",
+                                      micro_batch_size, seq_len, packed, seed)
+    tracker = LiveBytesTracker()
+    base = tracker.add_resident([*model.parameters(), *model.buffers(), *batch.values()])
+
+    def watch(logits: Any) -> None:
+        logits.register_hook(lambda _grad: tracker.set_phase("blocks"))
+
+    gc.collect()
+    with tracker, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        tracker.set_phase("forward")
+        out = _loss_step(model, loss_fn, batch, on_logits=watch)
+        gc.collect()
+        tracker.set_phase("loss_backward")
+        out.backward()
+    return {"forward_peak": tracker.phase_peaks["forward"] - base,
+            "loss_backward_peak": tracker.phase_peaks["loss_backward"] - base}
 
 
 def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, seq_len: int,
@@ -141,19 +189,11 @@ def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, s
         loss: "standard" (``torch.nn.CrossEntropyLoss``) or "chunked"
             (``CEWithChunkedOutputLoss``, 8 chunks).
     """
-    torch.manual_seed(seed)
-    model = build_tune(cfg, family, precision)
-    model.train()
-    if checkpointing:
-        training = importlib.import_module("torchtune.training")
-        layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
-        training.set_activation_checkpointing(model, auto_wrap_policy={layer})
-    loss_fn = _loss_fn(model, loss)
+    model, loss_fn, batch = _prepared(cfg, family, precision, checkpointing, loss,
+                                      micro_batch_size, seq_len, packed, seed)
     params = {storage_key(p) for p in model.parameters()}
     buffers = {storage_key(b): b.untyped_storage().nbytes() for b in model.buffers()}
-    resident = params | set(buffers)
-    batch = _batch(cfg, micro_batch_size, seq_len, packed)
-    resident |= {storage_key(t) for t in batch.values()}
+    resident = params | set(buffers) | {storage_key(t) for t in batch.values()}
     tracker = LiveBytesTracker()
     recorder = SavedTensorsRecorder(param_keys=params | set(buffers))
     gc.collect()
@@ -211,6 +251,20 @@ def grid(families: tuple[str, ...] = TUNE_FAMILIES) -> list[dict[str, Any]]:
     return rows
 
 
+def peaks_grid(families: tuple[str, ...] = TUNE_FAMILIES, *, b: int = 2, s: int = 48
+               ) -> list[dict[str, Any]]:
+    """The loss side's two peaks (`measure_tune_peaks`) of each family and precision,
+    unpacked and without checkpointing; one row per case."""
+    rows = []
+    for family, prec in itertools.product(families, ("32-true", "bf16-true")):
+        peaks = measure_tune_peaks(GRID_SHAPES[family], family,  # type: ignore[arg-type]
+                                   micro_batch_size=b, seq_len=s,
+                                   precision=prec)  # type: ignore[arg-type]
+        rows.append({"family": family, "precision": prec, "micro_batch_size": b,
+                     "seq_len": s, **peaks})
+    return rows
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     torchtune = importlib.import_module("torchtune")
     worst = max(abs(r["predicted"] / r["measured"] - 1) for r in rows)
@@ -243,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="*", default=list(TUNE_FAMILIES))
     parser.add_argument("--out", default="docs/validation/torchtune-memory.md")
     parser.add_argument("--json", default=str(GRID_JSON))
+    parser.add_argument("--peaks", action="store_true",
+                        help="measure the loss side's peaks and write tests/data/tune_peaks.json")
     args = parser.parse_args(argv)
+    if args.peaks:
+        PEAKS_JSON.write_text(json.dumps(peaks_grid(tuple(args.families)), indent=1) + "\n")
+        return 0
     if not args.grid:
         parser.print_help()
         return 2
