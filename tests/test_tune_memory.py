@@ -287,3 +287,13 @@ def test_live_loss_side_peaks_match_the_committed_ones() -> None:
                              precision="bf16-true")
     assert got == {"forward_peak": row["forward_peak"],
                    "loss_backward_peak": row["loss_backward_peak"]}
+
+
+def test_symbols_give_the_same_bytes_as_ints() -> None:
+    sympy = pytest.importorskip("sympy")
+    b, s = sympy.symbols("b s", positive=True, integer=True)
+    for packed in (False, True):
+        expr = tune_saved_bytes(LLAMA.replace(qkv_bias=True), b, s, precision="bf16-true",
+                                packed=packed)
+        assert expr.subs({b: 3, s: 16}) == tune_saved_bytes(
+            LLAMA.replace(qkv_bias=True), 3, 16, precision="bf16-true", packed=packed)
