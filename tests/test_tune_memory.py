@@ -189,8 +189,6 @@ def test_torchtune_refuses_what_it_does_not_model() -> None:
         sp.training_memory(LLAMA, precision="bf16-mixed", **kw)
     with pytest.raises(ScaleplanError, match="checkpointing='selective'"):
         sp.training_memory(LLAMA, precision="bf16-true", checkpointing="selective", **kw)
-    with pytest.raises(ScaleplanError, match="compile=True with implementation='torchtune'"):
-        sp.training_memory(LLAMA, precision="bf16-true", compile=True, **kw)
     with pytest.raises(ScaleplanError, match="norm='layernorm'"):
         sp.training_memory(LLAMA.replace(norm="layernorm"), precision="bf16-true", **kw)
     with pytest.raises(ScaleplanError, match=r"dropout=0\.1"):
@@ -297,3 +295,36 @@ def test_symbols_give_the_same_bytes_as_ints() -> None:
                                 packed=packed)
         assert expr.subs({b: 3, s: 16}) == tune_saved_bytes(
             LLAMA.replace(qkv_bias=True), 3, 16, precision="bf16-true", packed=packed)
+
+
+def test_compiled_block_by_hand() -> None:
+    # b=2, s=8: T=16, d=64, a=4, k=2, h=16, f=128, bf16. Inductor's partition of the compiled
+    # layer keeps its input, the attention norm's output, the residual after attention and the
+    # MLP norm's output (4 T d 2), both rstd (T 4 each), SDPA's q, expanded k and v, output and
+    # lse, and gate, up and their product (3 T f 2); the norms' fp32 copies, RoPE and SiLU are
+    # recomputed.
+    t = tune_block_saved_terms(LLAMA, 2, 8, precision="bf16-true", compiled=True)
+    assert sum(t.values()) == 4 * 16 * 64 * 2 + 2 * 16 * 4 + 4 * 16 * 4 * 16 * 2 \
+        + 2 * 4 * 8 * 4 + 3 * 16 * 128 * 2
+    packed = tune_saved_terms(LLAMA, 2, 8, precision="bf16-true", compiled=True, packed=True,
+                              device="cpu")
+    assert packed["input_pos"] == 16 * 8  # kept once to redo the RoPE gathers
+    assert packed["attn_mask"] == 2 * 2 * 8 * 8 * 2  # per layer, as in eager
+    assert "rope_cache_slices" not in packed
+    ckpt = tune_saved_terms(LLAMA, 2, 8, precision="bf16-true", compiled=True, packed=True,
+                            checkpointing="full")
+    assert ckpt["block_input"] == 2 * 16 * 64 * 2 and "input_pos" not in ckpt
+
+
+def test_compile_with_torchtune_keeps_the_eager_loss() -> None:
+    kw = {"micro_batch_size": 2, "seq_len": 4096, "precision": "bf16-true",
+          "implementation": "torchtune", "hold_logits": False}
+    eager = sp.training_memory(LLAMA_3B, **kw)
+    compiled = sp.training_memory(LLAMA_3B, compile=True, **kw)
+    T, V, d, f = 2 * 4096, 128256, 3072, 8192
+    # per layer the compiled partition drops the norms' fp32 copies (4 T d 4 - 2 T d 2) and one
+    # f-wide tensor (T f 2); the head, the loss and its moments are the eager ones
+    assert eager.saved_for_backward - compiled.saved_for_backward == 28 * (
+        4 * T * d * 4 - 2 * T * d * 2 + T * f * 2)
+    assert compiled.transient == eager.transient == 2 * T * V * 4
+    assert compiled.saved_breakdown["log_softmax"] == T * V * 4

@@ -128,10 +128,10 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
                              "yet with tensor or pipeline parallelism")
     if implementation == "torchtune":
         check_torchtune(cfg, precision=precision, checkpointing=checkpointing,
-                        attention=attention, compile=compile)
-    if compile and (attention == "eager" or implementation != "nanogpt"):
-        raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
-                             "attention='flash' (SDPA); use those or compile=False")
+                        attention=attention)
+    if compile and (attention == "eager" or implementation not in ("nanogpt", "torchtune")):
+        raise ScaleplanError("compile=True is modelled for nanoGPT's layout and torchtune's "
+                             "models with attention='flash' (SDPA); use those or compile=False")
     if implementation == "hf":
         fields = type(cfg).model_fields
         odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
@@ -155,15 +155,13 @@ _TUNE_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm",
 
 
 def check_torchtune(cfg: GPTConfig, *, precision: str, checkpointing: str,
-                    attention: str = "flash", compile: bool = False) -> None:
+                    attention: str = "flash") -> None:
     """Refuse, by name, what ``implementation="torchtune"`` does not model: layouts torchtune's
     Llama 3.x / Qwen2 / Gemma builders do not build, precisions its recipes do not run (``dtype:
     bf16`` is "bf16-true", ``fp32`` is "32-true"; no autocast) and its selective layer
-    checkpointing (``ac_mode="selective"``, every n-th layer) and its compiled recipes, which
-    are not modelled yet."""
-    if compile:
-        raise ScaleplanError("compile=True with implementation='torchtune' is not modelled yet "
-                             "(its recipes compile each layer and the loss); use compile=False")
+    checkpointing (``ac_mode="selective"``, every n-th layer), which is not modelled yet.
+    ``compile=True`` is its recipes' ``compile: True`` (each layer compiled; the standard loss
+    stays eager)."""
     fields = type(cfg).model_fields
     odd = [f"{name}={getattr(cfg, name)!r}" for name, want in _TUNE_LAYOUT.items()
            if getattr(cfg, name) != want]

@@ -54,15 +54,17 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
-    if compiled:
+    tune, code = implementation == "torchtune", implementation  # tune: fp32 logits (.float())
+    if tune:  # compiled or not: torchtune compiles its layers, not the standard loss
+        saved = tune_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                 device=device, layers=layers, compiled=compiled)
+        code, compiled = ("torchtune-compiled" if compiled else code), False
+    elif compiled:
         saved = compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                      device=device, layers=layers)
     elif implementation == "hf":
         saved = hf_saved_terms(cfg, b, s, precision=p, attention=attention,
                                checkpointing=checkpointing, device=device, layers=layers)
-    elif implementation == "torchtune":
-        saved = tune_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                 device=device, layers=layers)
     else:
         saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads)
@@ -77,7 +79,6 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         cfg, p, layers=0, head=heads, expert=ep), t)
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
-    tune = implementation == "torchtune"  # unembed's .float(): fp32 logits and loss gradients
     logit_bytes, loss_bytes = (TUNE_LOGITS_BYTES,) * 2 if tune else (e, loss_bytes)
     held = TV * logit_bytes if hold_logits else 0
     if compiled:  # the returned logits are the saved ones: held only once backward freed them
@@ -97,5 +98,5 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
                                                 copies, all_copies, layers,
-                                                "compiled" if compiled else implementation)
+                                                "compiled" if compiled else code)
     return W, G, O, saved, copies, all_copies, held, moments

@@ -44,6 +44,13 @@ bytes) or ``fp32`` (``"32-true"``, e = 4). What that code saves, with T = b s to
 - ``enable_activation_checkpointing``: ``set_activation_checkpointing`` wraps every
   ``TransformerSelfAttentionLayer`` in torch's non-reentrant checkpoint, which keeps only each
   layer's input (T d e); the mask and ``input_pos`` are batch tensors.
+- ``compile: True`` (``training.compile_model``: each layer compiled on its own; the recipe drops
+  ``compile_loss``'s result for the standard loss, so the head and loss stay eager): AOT autograd's
+  min-cut partitioner keeps per layer its input, the attention norm's output, the residual after
+  attention and the MLP norm's output (4 T d e), the two norms' fp32 rstd (T 4 each), SDPA's q,
+  k, v, output and log-sum-exp as above (and the packed CPU mask), the gate and up projections'
+  outputs and their product (3 T f e), and recomputes the rest (the fp32 norm copies, RoPE, the
+  activation); packed, the int64 ``input_pos`` (b s 8) is kept once to redo the cache gathers.
 - The RoPE cache itself is a non-persistent fp32 buffer of ``max_seq_len`` (``block_size``) rows, h
   (interleaved) or 2h (Qwen2) values each, plus ``theta`` (h/2), built once and shared by every
   layer: on the device for the whole step though not an activation (`tune_buffer_bytes`).
@@ -125,17 +132,34 @@ def _rope(family: str, b: Any, s: Any, h: int, e: int, packed: bool) -> dict[str
     return {"rope_cache_slices": 2 * b * s * rows * FP32}
 
 
+def _compiled_block(cfg: GPTConfig, b: Any, s: Any, e: int, packed: bool, cpu: bool,
+                    kv_heads: int) -> dict[str, Any]:
+    """What inductor's partition of one compiled layer keeps (see the module docstring)."""
+    d, a, h, f = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.mlp_hidden
+    T = b * s
+    terms: dict[str, Any] = {
+        "block_input": T * d * e, "norm1_output": T * d * e, "attn_residual": T * d * e,
+        "norm2_output": T * d * e, "norm_stats": 2 * T * FP32, "attn_q": T * a * h * e,
+        "attn_k_v": 2 * T * kv_heads * h * e, "attn_out": T * a * h * e,
+        "attn_lse": b * a * s * FP32, "mlp_activations": 3 * T * f * e}
+    if packed and cpu:
+        terms["attn_mask"] = b * s * s * e
+    return terms
+
+
 def tune_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                            checkpointing: bool = False, packed: bool = False,
                            device: Literal["cpu", "cuda"] = "cuda",
-                           family: TuneFamily | None = None) -> dict[str, Any]:
+                           family: TuneFamily | None = None,
+                           compiled: bool = False) -> dict[str, Any]:
     """Bytes one ``TransformerSelfAttentionLayer`` of torchtune saves for backward, by tensor.
 
     With T = b s tokens, d = n_embd, a/k = query/key-value heads, h = head_dim, f = mlp_hidden,
     e = 2 (``"bf16-true"``) or 4 (``"32-true"``): two norms, the projections' input (T d e), the
     rotary cache slices (`_rope`), SDPA's q, expanded k and v, output and log-sum-exp, the packed
     CPU mask, the MLP's input (T d e) and its four f-wide tensors. With ``checkpointing`` only the
-    layer's input remains (T d e).
+    layer's input remains (T d e); ``compiled``: what inductor's partition keeps instead
+    (`_compiled_block`).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, bias=False,
     ...                 norm="rmsnorm", mlp="swiglu", position="rope", mlp_hidden=16)
@@ -149,6 +173,8 @@ def tune_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precisi
         return {"block_input": T * d * e}
     gemma = family == "gemma"
     kv_heads = 1 if k == 1 else a  # one key-value head: the expand + flatten is a view
+    if compiled:
+        return _compiled_block(cfg, b, s, e, packed, device == "cpu", kv_heads)
     terms = _norm(gemma, T, d, "norm1")
     terms["qkv_input"] = T * d * e
     terms.update(_rope(family, b, s, h, e, packed))
@@ -211,11 +237,12 @@ def tune_buffer_bytes(cfg: GPTConfig, family: TuneFamily | None = None) -> int:
 def tune_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                      checkpointing: str = "none", device: str = "cuda", layers: Any = None,
                      packed: bool = False, family: TuneFamily | None = None,
-                     buffers: bool = True) -> dict[str, Any]:
+                     buffers: bool = True, compiled: bool = False) -> dict[str, Any]:
     """The flat dict `scaleplan.memory.stage.stage_parts` sums, for torchtune's model and
     recipe: embedding, ``layers`` (default ``cfg.n_layer``) times each block term, the head and,
     with ``buffers``, the RoPE buffers (`tune_buffer_bytes`: resident, not saved, but on the
-    device throughout). ``checkpointing`` "none" or "full" (torchtune's recipes checkpoint every
+    device throughout); ``compiled``: the layers under ``compile: True``. ``checkpointing`` "none"
+    or "full" (torchtune's recipes checkpoint every
     layer whole); ``device`` "cpu" or "cuda" ("cpu-cuda-semantics" counts as "cuda").
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
@@ -231,9 +258,12 @@ def tune_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     out = dict(tune_embedding_saved_terms(cfg, b, s, precision=precision, family=family))
     block = tune_block_saved_terms(cfg, b, s, precision=precision,
                                    checkpointing=checkpointing == "full", packed=packed,
-                                   device="cpu" if device == "cpu" else "cuda", family=family)
+                                   device="cpu" if device == "cpu" else "cuda", family=family,
+                                   compiled=compiled)
     n = cfg.n_layer if layers is None else layers
     out.update({name: n * v for name, v in block.items()})
+    if compiled and packed and checkpointing != "full":
+        out["input_pos"] = b * s * INDEX  # kept once, to redo the gathers in backward
     out.update(tune_head_saved_terms(cfg, b, s, precision=precision, family=family))
     if buffers:
         out["rope_buffers"] = tune_buffer_bytes(cfg, family)
@@ -243,7 +273,7 @@ def tune_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
 def tune_saved_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                      checkpointing: bool = False, packed: bool = False,
                      device: Literal["cpu", "cuda"] = "cpu",
-                     family: TuneFamily | None = None) -> Any:
+                     family: TuneFamily | None = None, compiled: bool = False) -> Any:
     """Total bytes saved for backward by one forward + standard loss of torchtune's model for
     ``cfg`` (the RoPE buffers excluded: they are not saved tensors). Bytes; ``b`` and ``s`` may
     be ints, numpy arrays or sympy symbols.
@@ -255,7 +285,7 @@ def tune_saved_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     """
     terms = tune_saved_terms(cfg, b, s, precision=precision,
                              checkpointing="full" if checkpointing else "none", device=device,
-                             packed=packed, family=family, buffers=False)
+                             packed=packed, family=family, buffers=False, compiled=compiled)
     total: Any = 0
     for value in terms.values():
         total = total + value

@@ -4,7 +4,7 @@
 (``torchtune.models.{llama3_2,llama3_1,qwen2,gemma}._component_builders``) under
 ``training.set_default_dtype`` as ``full_finetune_single_device`` does (``dtype: bf16`` gives
 bf16 parameters and no autocast; ``fp32`` gives fp32), and `measure_tune` runs one forward and
-the recipe's loss (``_loss_step``: labels shifted by ``torch.hstack`` with an ignore column,
+the recipe's loss (``loss_step``: labels shifted by ``torch.hstack`` with an ignore column,
 ``torch.nn.CrossEntropyLoss`` on the logits reshaped to ``(-1, V)``, or
 ``CEWithChunkedOutputLoss`` with ``set_num_output_chunks``), recording by storage every tensor
 left for backward (parameters and buffers excluded; the buffers, the RoPE cache, are measured on
@@ -39,8 +39,22 @@ from scaleplan.memory.tune_terms import TUNE_FAMILIES, TuneFamily, tune_saved_by
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_JSON", "GRID_SHAPES", "PEAKS_JSON", "TuneMeasurement", "build_tune", "grid",
-           "main", "measure_tune", "measure_tune_peaks", "peaks_grid"]
+__all__ = [
+    "GRID_JSON",
+    "GRID_SHAPES",
+    "PEAKS_JSON",
+    "TuneMeasurement",
+    "TunePrecision",
+    "build_tune",
+    "grid",
+    "loss_step",
+    "main",
+    "measure_tune",
+    "measure_tune_peaks",
+    "peaks_grid",
+    "tune_batch",
+    "tune_loss_fn",
+]
 
 TunePrecision = Literal["32-true", "bf16-true"]
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default, the recipe's ignore column
@@ -89,7 +103,7 @@ class TuneMeasurement(BaseModel):
     buffer_bytes: int
 
 
-def _batch(cfg: GPTConfig, b: int, s: int, packed: bool) -> dict[str, Any]:
+def tune_batch(cfg: GPTConfig, b: int, s: int, packed: bool) -> dict[str, Any]:
     """Random tokens and labels; packed: two documents per row (lengths s//2 and s - s//2) with
     torchtune's dense block-causal mask and per-document positions."""
     tokens = torch.randint(0, cfg.vocab_size, (b, s))
@@ -103,7 +117,9 @@ def _batch(cfg: GPTConfig, b: int, s: int, packed: bool) -> dict[str, Any]:
     return batch
 
 
-def _loss_fn(model: Any, loss: str) -> Any:
+def tune_loss_fn(model: Any, loss: str) -> Any:
+    """The recipe's loss: ``torch.nn.CrossEntropyLoss`` ("standard") or
+    ``CEWithChunkedOutputLoss`` ("chunked", with the model's output chunked to match)."""
     if loss == "chunked":
         fn = importlib.import_module("torchtune.modules.loss").CEWithChunkedOutputLoss()
         model.set_num_output_chunks(fn.num_output_chunks)
@@ -111,9 +127,9 @@ def _loss_fn(model: Any, loss: str) -> Any:
     return torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
 
-def _loss_step(model: Any, loss_fn: Any, batch: dict[str, Any],
+def loss_step(model: Any, loss_fn: Any, batch: dict[str, Any],
                on_logits: Any = None) -> Any:
-    """The recipe's ``_loss_step`` (recipes/full_finetune_single_device.py, torchtune 0.6.1);
+    """The recipe's ``loss_step`` (recipes/full_finetune_single_device.py, torchtune 0.6.1);
     ``on_logits`` is called with the model's output before the loss."""
     labels = batch.pop("labels")
     logits = model(**batch)
@@ -140,8 +156,8 @@ def _prepared(cfg: GPTConfig, family: TuneFamily, precision: TunePrecision,
         training = importlib.import_module("torchtune.training")
         layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
         training.set_activation_checkpointing(model, auto_wrap_policy={layer})
-    loss_fn = _loss_fn(model, loss)
-    return model, loss_fn, _batch(cfg, b, s, packed)
+    loss_fn = tune_loss_fn(model, loss)
+    return model, loss_fn, tune_batch(cfg, b, s, packed)
 
 
 def measure_tune_peaks(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int,
@@ -164,7 +180,7 @@ def measure_tune_peaks(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: 
     with tracker, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
         tracker.set_phase("forward")
-        out = _loss_step(model, loss_fn, batch, on_logits=watch)
+        out = loss_step(model, loss_fn, batch, on_logits=watch)
         gc.collect()
         tracker.set_phase("loss_backward")
         out.backward()
@@ -185,7 +201,7 @@ def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, s
         precision: "bf16-true" (``dtype: bf16``) or "32-true" (``dtype: fp32``).
         checkpointing: ``training.set_activation_checkpointing(model,
             auto_wrap_policy={TransformerSelfAttentionLayer})`` as the recipe does.
-        packed: A packed batch (see `_batch`).
+        packed: A packed batch (see `tune_batch`).
         loss: "standard" (``torch.nn.CrossEntropyLoss``) or "chunked"
             (``CEWithChunkedOutputLoss``, 8 chunks).
     """
@@ -201,7 +217,7 @@ def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, s
         # torch says so when RMSNorm's fp32 input meets its bf16 weight: the composite rms_norm
         # this module's terms count (not the fused kernel) is the expected path
         warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        out = _loss_step(model, loss_fn, batch)
+        out = loss_step(model, loss_fn, batch)
         gc.collect()
     by_module, _, _ = recorder.totals()
     held = {k: n for k, n in tracker.live.items()
