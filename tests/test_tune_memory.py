@@ -328,3 +328,32 @@ def test_compile_with_torchtune_keeps_the_eager_loss() -> None:
         4 * T * d * 4 - 2 * T * d * 2 + T * f * 2)
     assert compiled.transient == eager.transient == 2 * T * V * 4
     assert compiled.saved_breakdown["log_softmax"] == T * V * 4
+
+
+COMPILED = json.loads((Path(__file__).parent / "data" / "tune_compiled.json").read_text())
+
+
+@pytest.mark.parametrize("row", COMPILED, ids=lambda r: "-".join(
+    str(r[k]) for k in ("family", "precision", "packed")))
+def test_committed_compiled_measurement_is_predicted_exactly(row: dict) -> None:
+    # tests/data/tune_compiled.json: scaleplan.reference.tune_compiled, torchtune's layers
+    # compiled by training.compile_model and the saved tensors read from the autograd graph
+    cfg, b, s = SHAPES[row["family"]], row["micro_batch_size"], row["seq_len"]
+    kw = {"precision": row["precision"], "packed": row["packed"], "family": row["family"]}
+    assert tune_saved_bytes(cfg, b, s, compiled=True, **kw) == row["saved_for_backward"]
+    block = tune_block_saved_terms(cfg, b, s, compiled=True, device="cpu", **kw)
+    input_pos = b * s * 8 if row["packed"] else 0  # saved by the first compiled layer
+    assert cfg.n_layer * sum(block.values()) + input_pos == row["compiled_layers"]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_live_compiled_torchtune_measurement_is_predicted_exactly() -> None:
+    pytest.importorskip("torchtune")
+    from scaleplan.reference.tune_compiled import measure_tune_compiled
+
+    m = measure_tune_compiled(SHAPES["llama3_1"], "llama3_1", micro_batch_size=2, seq_len=24,
+                              precision="bf16-true", packed=True)
+    assert m["saved_for_backward"] == tune_saved_bytes(
+        SHAPES["llama3_1"], 2, 24, precision="bf16-true", packed=True, family="llama3_1",
+        compiled=True)

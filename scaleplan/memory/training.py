@@ -231,7 +231,10 @@ def training_memory(
             nanoGPT's layout) or ``"hf"`` (Hugging Face transformers' modeling code: separate
             q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax
             in fp32, GPT-2's gelu_new; `scaleplan.memory.hf_terms`, exact against transformers
-            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts).
+            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts) or
+            ``"torchtune"`` (torchtune 0.6.1's Llama 3.x / Qwen2 / Gemma models and
+            full_finetune_single_device's loss, bf16-true or 32-true, compiled per layer with
+            ``compile``; `scaleplan.memory.tune_terms`, exact against torchtune on CPU).
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``). The worst moment is the largest of
