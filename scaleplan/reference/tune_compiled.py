@@ -22,7 +22,6 @@ import itertools
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from scaleplan.memory.tune_terms import TUNE_FAMILIES, TuneFamily
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import storage_key
 from scaleplan.reference.tune_measure import (
+    COMPILED_JSON,
     GRID_SHAPES,
     TunePrecision,
     build_tune,
@@ -40,8 +40,6 @@ from scaleplan.reference.tune_measure import (
 )
 
 __all__ = ["COMPILED_JSON", "compiled_grid", "main", "measure_tune_compiled", "saved_storages"]
-
-COMPILED_JSON = Path("tests/data/tune_compiled.json")
 
 
 def saved_storages(loss: torch.Tensor, skip: set[int]) -> dict[int, tuple[str, int]]:

@@ -40,6 +40,7 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = [
+    "COMPILED_JSON",
     "GRID_JSON",
     "GRID_SHAPES",
     "PEAKS_JSON",
@@ -60,6 +61,7 @@ TunePrecision = Literal["32-true", "bf16-true"]
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default, the recipe's ignore column
 GRID_JSON = Path("tests/data/tune_memory.json")
 PEAKS_JSON = Path("tests/data/tune_peaks.json")
+COMPILED_JSON = Path("tests/data/tune_compiled.json")  # scaleplan.reference.tune_compiled
 _DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
 
 
@@ -281,77 +283,6 @@ def peaks_grid(families: tuple[str, ...] = TUNE_FAMILIES, *, b: int = 2, s: int 
     return rows
 
 
-_NOTES = """
-## What the terms say about torchtune's code
-
-- RMSNorm keeps fp32 copies in bf16 training too (`F.rms_norm(x.float(), ...)`: the fp32 input
-  and the fp32 normalised input, 4 bytes per element each, plus a 4-byte rstd per token): two
-  norms per layer cost 16 T d bytes, more than the bf16 q/k/v and MLP inputs together.
-- Grouped-query k and v are expanded to every query head before SDPA (copies), except with one
-  key-value head, where the expand is a view.
-- Packed batches cost a gathered copy of the RoPE cache for q and for k (T h 4 bytes each per
-  layer; Qwen2 casts its cos and sin instead). On CPU the dense block-causal mask is also saved by
-  every layer's SDPA as an additive mask in the activations' dtype (b s s e); on CUDA torchtune
-  passes flex attention a BlockMask, which costs no activation.
-- The output's `.float()` puts the loss on fp32 logits: the log-softmax is T V 4 bytes, the
-  forward ends with the fp32 logits as well, and backward starts with two T V 4 gradients (the
-  peaks above). Checkpointing keeps each layer's input only.
-- Not modelled, refused by name: compile (torchtune compiles each layer and the loss),
-  `ac_mode="selective"` (every n-th layer), attention dropout, autocast precisions.
-"""
-
-
-def _peaks_table(peaks: list[dict[str, Any]]) -> list[str]:
-    from scaleplan.memory.parallel import Parallelism
-    from scaleplan.memory.stage import stage_parts
-
-    lines = ["", "## The loss side's peaks", "",
-             "Live bytes over the parameters, buffers and batch (`measure_tune_peaks`), and "
-             "`stage_parts`' forward_end / backward_start moments less the RoPE buffers and the "
-             "token ids (resident in the measurement). The few hundred bytes between them are "
-             "the batch's labels (freed once the recipe's `hstack` copy replaces them), nll_loss's "
-             "released targets and 4-byte scalars; tests/test_tune_memory.py accounts for them to "
-             "the byte.", "",
-             "| family | precision | forward peak | forward_end | loss-backward peak | "
-             "backward_start |", "|---|---|---:|---:|---:|---:|"]
-    for r in peaks:
-        cfg, b, s = GRID_SHAPES[r["family"]], r["micro_batch_size"], r["seq_len"]
-        *_, saved, _, _, _, moments = stage_parts(
-            cfg, b, s, r["precision"], "adamw", "flash", "none", "cpu", Parallelism(), None,
-            False, "only", implementation="torchtune")
-        resident = saved["rope_buffers"] + saved["token_ids"]
-        lines.append(f"| {r['family']} | {r['precision']} | {r['forward_peak']:,} | "
-                     f"{moments['forward_end'] - resident:,} | {r['loss_backward_peak']:,} | "
-                     f"{moments['backward_start'] - resident:,} |")
-    return lines
-
-
-def _table(rows: list[dict[str, Any]], peaks: list[dict[str, Any]] | None = None) -> str:
-    torchtune = importlib.import_module("torchtune")
-    worst = max(abs(r["predicted"] / r["measured"] - 1) for r in rows)
-    lines = [
-        "# torchtune: saved-for-backward bytes, measured vs predicted", "",
-        "Written by `python -m scaleplan.reference.tune_measure --grid`. Each row builds the "
-        "family's torchtune model (component builder, 2 layers; shapes in "
-        "`scaleplan.reference.tune_measure.GRID_SHAPES`) with the recipe's dtype on CPU, runs "
-        "one forward and `full_finetune_single_device`'s loss step (standard cross-entropy) and "
-        "counts the unique storages left for backward (parameters and buffers excluded; with "
-        "checkpointing, the layer inputs the checkpoint keeps). Packed rows hold two documents "
-        "per row with torchtune's CPU block-causal mask and `input_pos`. `predicted` is "
-        "`scaleplan.memory.tune_terms.tune_saved_bytes`. "
-        f"torch {torch.__version__}, torchtune {torchtune.__version__}.", "",
-        f"{len(rows)} cases, largest |error| {worst:.2%}.", "",
-        "| family | precision | b x s | checkpointing | packed | measured | predicted | error |",
-        "|---|---|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        err = r["predicted"] / r["measured"] - 1
-        lines.append(f"| {r['family']} | {r['precision']} | {r['micro_batch_size']} x "
-                     f"{r['seq_len']} | {r['checkpointing']} | {r['packed']} | "
-                     f"{r['measured']:,} | {r['predicted']:,} | {err:+.2%} |")
-    lines += _peaks_table(peaks or [])
-    return "\n".join(lines) + "\n" + _NOTES
-
-
 def main(argv: list[str] | None = None) -> int:
     """``--grid [--out PATH] [--json PATH]``: measure the grid, write its table and JSON."""
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.tune_measure")
@@ -371,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = grid(tuple(args.families))
     peaks = peaks_grid(tuple(args.families))
     PEAKS_JSON.write_text(json.dumps(peaks, indent=1) + "\n")
-    text = _table(rows, peaks)
+    from scaleplan.reference.tune_report import render  # the page imports this module
+
+    text = render(rows, peaks)
     Path(args.out).write_text(text)
     keep = [{k: v for k, v in r.items() if k != "predicted"} for r in rows]
     Path(args.json).write_text(json.dumps(keep, indent=1) + "\n")
