@@ -130,8 +130,9 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
         check_torchtune(cfg, precision=precision, checkpointing=checkpointing,
                         attention=attention)
     if compile and (attention == "eager" or implementation not in ("nanogpt", "torchtune")):
-        raise ScaleplanError("compile=True is modelled for nanoGPT's layout and torchtune's "
-                             "models with attention='flash' (SDPA); use those or compile=False")
+        raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
+                             "attention='flash' (SDPA) and for implementation='torchtune'; use "
+                             "those or compile=False")
     if implementation == "hf":
         fields = type(cfg).model_fields
         odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
