@@ -357,3 +357,23 @@ def test_live_compiled_torchtune_measurement_is_predicted_exactly() -> None:
     assert m["saved_for_backward"] == tune_saved_bytes(
         SHAPES["llama3_1"], 2, 24, precision="bf16-true", packed=True, family="llama3_1",
         compiled=True)
+
+
+CHUNKED = json.loads((Path(__file__).parent / "data" / "tune_compiled_chunked.json").read_text())
+
+
+@pytest.mark.parametrize("row", CHUNKED, ids=lambda r: f"{r['family']}-{r['precision']}")
+def test_compiled_chunked_loss_terms_replace_the_standard_loss_side(row: dict) -> None:
+    # tests/data/tune_compiled_chunked.json: measure_tune_compiled(..., loss="chunked"), the
+    # layers compiled and CEWithChunkedOutputLoss's compute_cross_entropy compiled in place
+    from scaleplan.memory.tune_terms import tune_compiled_chunked_loss_terms
+
+    cfg, b, s = SHAPES[row["family"]], row["micro_batch_size"], row["seq_len"]
+    kw = {"precision": row["precision"], "family": row["family"]}
+    head = tune_head_saved_terms(cfg, b, s, **kw)
+    chunked = tune_compiled_chunked_loss_terms(cfg, b, s, precision=row["precision"])
+    assert chunked == {"logits": b * s * cfg.vocab_size * (4 if row["precision"] == "32-true"
+                                                            else 2),
+                       "targets": b * s * 8 + 8, "logsumexp": 2 * b * s * 4}
+    assert row["saved_for_backward"] == tune_saved_bytes(cfg, b, s, compiled=True, **kw) \
+        - head["log_softmax"] - head["targets"] + sum(chunked.values())

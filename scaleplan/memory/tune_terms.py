@@ -73,6 +73,7 @@ __all__ = [
     "TuneFamily",
     "tune_block_saved_terms",
     "tune_buffer_bytes",
+    "tune_compiled_chunked_loss_terms",
     "tune_embedding_saved_terms",
     "tune_family",
     "tune_head_saved_terms",
@@ -218,6 +219,25 @@ def tune_head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precisio
     terms["log_softmax"] = T * cfg.vocab_size * TUNE_LOGITS_BYTES
     terms["targets"] = T * INDEX + FP32
     return terms
+
+
+def tune_compiled_chunked_loss_terms(cfg: GPTConfig, b: Any, s: Any, *,
+                                     precision: Precision) -> dict[str, Any]:
+    """The loss side that ``CEWithChunkedOutputLoss`` keeps when the recipe compiles it
+    (``compile: True``: ``compile_loss`` compiles its per-chunk ``compute_cross_entropy`` in
+    place): every chunk's logits in the activation dtype (T V e in all: the fp32 upcast and the
+    log-softmax are recomputed), its int64 labels (T 8) and its fp32 row max and log-sum-exp
+    (2 T 4), plus the int64 count of labelled tokens the summed loss is divided by (eager
+    ``div`` saves its divisor). These replace `tune_head_saved_terms`' ``log_softmax`` and ``targets`` (the
+    eager chunked loss keeps every chunk's fp32 log-softmax instead: T V 4).
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
+    >>> tune_compiled_chunked_loss_terms(cfg, 2, 8, precision="bf16-true")
+    {'logits': 512, 'targets': 136, 'logsumexp': 128}
+    """
+    T = b * s
+    return {"logits": T * cfg.vocab_size * _act(precision), "targets": T * INDEX + INDEX,
+            "logsumexp": 2 * T * FP32}
 
 
 def tune_buffer_bytes(cfg: GPTConfig, family: TuneFamily | None = None) -> int:

@@ -22,6 +22,7 @@ import itertools
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +40,10 @@ from scaleplan.reference.tune_measure import (
     tune_loss_fn,
 )
 
-__all__ = ["COMPILED_JSON", "compiled_grid", "main", "measure_tune_compiled", "saved_storages"]
+__all__ = ["CHUNKED_JSON", "COMPILED_JSON", "chunked_grid", "compiled_grid", "main",
+           "measure_tune_compiled", "saved_storages"]
+
+CHUNKED_JSON = Path("tests/data/tune_compiled_chunked.json")
 
 
 def saved_storages(loss: torch.Tensor, skip: set[int]) -> dict[int, tuple[str, int]]:
@@ -71,15 +75,18 @@ def saved_storages(loss: torch.Tensor, skip: set[int]) -> dict[int, tuple[str, i
 
 def measure_tune_compiled(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int,
                           seq_len: int, precision: TunePrecision = "bf16-true",
-                          packed: bool = False, seed: int = 0) -> dict[str, int]:
+                          packed: bool = False, loss: str = "standard", seed: int = 0
+                          ) -> dict[str, int]:
     """Saved-for-backward bytes of one forward + recipe loss of torchtune's ``family`` model with
     its layers compiled as ``compile: True`` does: ``{"saved_for_backward": total,
-    "compiled_layers": the layers' share}``."""
+    "compiled_layers": the compiled nodes' share}``. ``loss="chunked"``:
+    ``CEWithChunkedOutputLoss``, whose per-chunk cross-entropy ``compile_loss`` compiles in
+    place (its compiled nodes then count among ``compiled_layers``)."""
     torch.manual_seed(seed)
     torch._dynamo.reset()
     model = build_tune(cfg, family, precision)
     model.train()
-    loss_fn = tune_loss_fn(model, "standard")
+    loss_fn = tune_loss_fn(model, loss)
     batch = tune_batch(cfg, micro_batch_size, seq_len, packed)
     skip = {storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     with warnings.catch_warnings():
@@ -87,7 +94,9 @@ def measure_tune_compiled(cfg: GPTConfig, family: TuneFamily, *, micro_batch_siz
         # mismatch, torch.jit.script_method's deprecation, dynamo probing .grad of non-leaf
         # tensors) would be errors under the tests' filterwarnings; they are not about memory
         warnings.simplefilter("ignore")
-        importlib.import_module("torchtune.training").compile_model(model, verbose=False)
+        training = importlib.import_module("torchtune.training")
+        training.compile_model(model, verbose=False)
+        training.compile_loss(loss_fn, verbose=False)  # in place for the chunked loss only
         out = loss_step(model, loss_fn, batch)
     saved = saved_storages(out, skip)
     layers = sum(n for node, n in saved.values() if "CompiledFunction" in node)
@@ -108,9 +117,28 @@ def compiled_grid(families: tuple[str, ...] = TUNE_FAMILIES, *, b: int = 2, s: i
     return rows
 
 
+def chunked_grid(*, b: int = 2, s: int = 48) -> list[dict[str, Any]]:
+    """Llama 3.2 and Qwen2 shapes, fp32 and bf16, with the compiled chunked loss."""
+    rows = []
+    for family, prec in itertools.product(("llama3_2", "qwen2"), ("32-true", "bf16-true")):
+        m = measure_tune_compiled(GRID_SHAPES[family], family,  # type: ignore[arg-type]
+                                  micro_batch_size=b, seq_len=s,
+                                  precision=prec, loss="chunked")  # type: ignore[arg-type]
+        rows.append({"family": family, "precision": prec, "micro_batch_size": b,
+                     "seq_len": s, "loss": "chunked", **m})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure the compiled grid (``[families...]``) and write `COMPILED_JSON`."""
-    families = tuple(argv if argv is not None else sys.argv[1:]) or TUNE_FAMILIES
+    """Measure the compiled grid (``[families...]``) and write `COMPILED_JSON`; with
+    ``--chunked``, the chunked-loss cases to `CHUNKED_JSON`."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if "--chunked" in args:
+        rows = chunked_grid()
+        CHUNKED_JSON.write_text(json.dumps(rows, indent=1) + "\n")
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return 0
+    families = tuple(args) or TUNE_FAMILIES
     rows = compiled_grid(families)
     COMPILED_JSON.write_text(json.dumps(rows, indent=1) + "\n")
     sys.stdout.write(json.dumps(rows) + "\n")
