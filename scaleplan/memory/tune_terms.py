@@ -228,8 +228,8 @@ def tune_compiled_chunked_loss_terms(cfg: GPTConfig, b: Any, s: Any, *,
     place): every chunk's logits in the activation dtype (T V e in all: the fp32 upcast and the
     log-softmax are recomputed), its int64 labels (T 8) and its fp32 row max and log-sum-exp
     (2 T 4), plus the int64 count of labelled tokens the summed loss is divided by (eager
-    ``div`` saves its divisor). These replace `tune_head_saved_terms`' ``log_softmax`` and ``targets`` (the
-    eager chunked loss keeps every chunk's fp32 log-softmax instead: T V 4).
+    ``div`` saves its divisor). These replace `tune_head_saved_terms`' ``log_softmax`` and
+    ``targets`` (the eager chunked loss keeps every chunk's fp32 log-softmax instead: T V 4).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
     >>> tune_compiled_chunked_loss_terms(cfg, 2, 8, precision="bf16-true")
