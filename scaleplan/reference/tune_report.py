@@ -37,6 +37,10 @@ _NOTES = """
 - `compile: True` compiles each layer (`training.compile_model`); the recipe drops
   `compile_loss`'s result for the standard loss, which stays eager. The compiled layers keep
   4 T d e + 2 T 4 + SDPA's tensors + 3 T f e: no fp32 norm copies, no SiLU/GELU output.
+  With `CEWithChunkedOutputLoss`, `compile_loss` does compile each chunk's cross-entropy: it
+  keeps the chunk's logits in the activation dtype, its labels and two fp32 values per token
+  instead of an fp32 log-softmax (`tune_compiled_chunked_loss_terms`, 4 cases in
+  tests/data/tune_compiled_chunked.json, exact).
 - Not modelled, refused by name: `ac_mode="selective"` (every n-th layer), attention dropout,
   autocast precisions, eager attention.
 """
