@@ -26,6 +26,7 @@ from typing import Any, get_args
 
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
+from scaleplan.memory.implementations import IMPLEMENTATIONS
 from scaleplan.memory.parallel import FSDP_STRATEGIES, ZERO_STAGES
 from scaleplan.memory.sharding import (
     OPTIMIZER_IMPL_ALIASES,
@@ -170,11 +171,10 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                    help="torch's AdamW implementation, for the optimizer step's temporaries: "
                    + names_with_aliases(OPTIMIZER_IMPLS, OPTIMIZER_IMPL_ALIASES)
                    + " (default: torch's, foreach on CUDA)")
-    q.add_argument("--implementation", choices=("nanogpt", "hf", "torchtitan"),
-                   default="nanogpt",
+    q.add_argument("--implementation", choices=IMPLEMENTATIONS, default="nanogpt",
                    help="whose code runs the step, for what it saves for backward: nanoGPT's "
-                   "layout, Hugging Face transformers' modeling code or torchtitan's Llama 3 "
-                   "under FSDP2 (default: %(default)s)")
+                   "layout, Hugging Face transformers' modeling code, torchtitan's Llama 3 "
+                   "under FSDP2 or torchtune's models and recipes (default: %(default)s)")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="the model runs under torch.compile: what inductor saves for backward "
                    "(bf16 logits, no fp32 log-softmax, bool dropout masks); SDPA attention, one "

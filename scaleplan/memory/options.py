@@ -17,6 +17,7 @@ from typing import Any
 from scaleplan.checks import one_of, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
+from scaleplan.memory.implementations import check_implementation, check_titan
 from scaleplan.memory.lora_states import check_lora
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
@@ -25,7 +26,7 @@ from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.shapes import per_config
 
-__all__ = ["MAX_BYTES", "StepOptions", "check_titan", "overhead_bytes", "refuse_unmodelled",
+__all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "refuse_unmodelled",
            "step_options"]
 
 # The largest byte count an argument may give: 2^53 bytes (8 PiB), past any GPU's memory, and
@@ -110,103 +111,6 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
                        allocator_slack_fraction=slack, compile=compile,
                        implementation=implementation, lora=lora, base_weights=base_weights)
-
-
-IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan")
-"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model), Hugging Face
-transformers' modeling code (`scaleplan.memory.hf_terms`) or torchtitan's Llama 3 under FSDP2
-(`scaleplan.memory.titan_terms`)."""
-_LATER = ("torchtune", "litgpt")  # issue 17's other implementations, not yet
-# GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
-_HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
-                  "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
-                  "moe")
-
-
-_HF_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, attention: str,
-                         checkpointing: str, parallelism: Parallelism,
-                         precision: str = "bf16-mixed") -> None:
-    """Refuse, naming the option, an implementation or a combination that is not modelled."""
-    if implementation in _LATER:
-        raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
-                             f"{', '.join(map(repr, IMPLEMENTATIONS))}")
-    one_of("implementation", implementation, IMPLEMENTATIONS)
-    split = parallelism.tensor * parallelism.pipeline > 1
-    if (compile or implementation == "hf") and split:
-        what = "compile=True" if compile else "implementation='hf'"
-        raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
-                             "yet with tensor or pipeline parallelism")
-    if compile and (attention == "eager" or implementation != "nanogpt"):
-        raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
-                             "attention='flash' (SDPA); use those or compile=False")
-    if implementation == "hf":
-        fields = type(cfg).model_fields
-        odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
-        if checkpointing == "selective":
-            odd.append("checkpointing='selective' (transformers checkpoints whole layers)")
-        if precision not in _HF_PRECISIONS:  # measured with fp32 parameters only
-            odd.append(f"precision={precision!r} (measured: {', '.join(_HF_PRECISIONS)})")
-        if odd:
-            raise ScaleplanError(f"implementation='hf' is modelled for Llama, Qwen2, Mistral, "
-                                 f"Gemma, GPT-2 and GPT-NeoX layouts; not with {', '.join(odd)}")
-
-
-# torchtitan's Llama 3 (torchtitan 0.3.0, torchtitan/models/llama3/__init__.py): the layout
-# `scaleplan.memory.titan_terms` derives; any other value of these fields is refused.
-_TITAN_LAYOUT = {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "bias": False,
-                 "qkv_bias": False, "attn_out_bias": False, "mlp_bias": False,
-                 "tie_embeddings": False, "dropout": 0.0, "rotary_fraction": 1.0,
-                 "parallel": "none", "final_norm": True}
-
-
-def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: Parallelism,
-                compile: bool) -> None:
-    """Refuse, by name, what `scaleplan.memory.titan_terms` does not model for torchtitan."""
-    from scaleplan.memory.titan_terms import TITAN_PRECISIONS
-
-    if compile:
-        raise ScaleplanError("compile=True with implementation='torchtitan' is not modelled "
-                             "yet (its per-block compile was not measured); use compile=False")
-    if precision not in TITAN_PRECISIONS:
-        raise ScaleplanError(
-            f"precision={precision!r} with implementation='torchtitan': torchtitan's "
-            "mixed_precision_param maps to 'bf16-mixed' (bfloat16, its default: fp32 sharded "
-            "parameters gathered in bf16) or '32-true' (float32); use one of those")
-    if attention != "flash":
-        raise ScaleplanError("attention='eager' with implementation='torchtitan': its Llama 3 "
-                             "runs FlexAttention (O(s) statistics); use attention='flash'")
-    if parallelism.tensor * parallelism.pipeline * parallelism.expert > 1:
-        raise ScaleplanError("implementation='torchtitan' is modelled for FSDP2 data "
-                             "parallelism only, not yet with tensor, pipeline or expert "
-                             "parallelism; use Parallelism(data=N, fsdp='full_shard')")
-    if parallelism.data > 1 and parallelism.fsdp != "full_shard":
-        raise ScaleplanError(
-            f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
-            "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
-    if parallelism.data == 1 and precision == "bf16-mixed":
-        raise ScaleplanError(
-            "implementation='torchtitan' on one GPU runs torch.autocast, not FSDP2's mixed "
-            "precision, and is not modelled yet; use Parallelism(data=N, fsdp='full_shard') "
-            "with N >= 2, or precision='32-true'")
-    odd = _titan_misfits(cfg)
-    if odd:
-        raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
-                             f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
-                             f"{', '.join(odd)}")
-
-
-def _titan_misfits(cfg: GPTConfig) -> list[str]:
-    """The fields of ``cfg`` (with their values) that torchtitan's Llama 3 does not have."""
-    fields = type(cfg).model_fields
-    odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
-    if cfg.head_dim * cfg.n_head != cfg.n_embd:
-        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head)")
-    if cfg.embed_dim != cfg.n_embd:
-        odd.append(f"embed_dim={cfg.embed_dim}")
-    return odd + [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
 
 
 _step_options = per_config(_step_options_body)

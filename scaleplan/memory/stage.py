@@ -4,7 +4,7 @@
 `scaleplan.memory.limits.memory_grid` and `scaleplan.symbolic.formulas` run the same arithmetic on
 arrays and on sympy symbols. Which saved-tensor terms a stage has depends on whose code runs the
 step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
-`scaleplan.memory.hf_terms`).
+`scaleplan.memory.hf_terms`, `scaleplan.memory.tune_terms`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from scaleplan.memory.titan_terms import (
     titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
+from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 
@@ -55,8 +56,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
-    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`); each on one stage with no
-    tensor parallelism, as `step_options` checks. ``lora``: a frozen base with adapters
+    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "torchtune": torchtune's
+    models and recipe loss (`scaleplan.memory.tune_terms`), "torchtitan": its Llama 3 under
+    FSDP2 (`scaleplan.memory.titan_terms`); each on one stage with no tensor parallelism, as
+    `step_options` checks. ``lora``: a frozen base with adapters
     (`scaleplan.memory.lora_terms`; transformers' code, one GPU), ``base_weights`` its dtype."""
     if lora is not None:
         W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
@@ -70,15 +73,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
         return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers)
-    if compiled:
-        saved = compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                     device=device, layers=layers)
-    elif implementation == "hf":
-        saved = hf_saved_terms(cfg, b, s, precision=p, attention=attention,
-                               checkpointing=checkpointing, device=device, layers=layers)
-    else:
-        saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
-                             in_flight, embeds, heads)
+    tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
+    saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
+                                         layers, in_flight, embeds, heads, compiled,
+                                         implementation)
     S = sum(saved.values())
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
@@ -90,7 +88,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         cfg, p, layers=0, head=heads, expert=ep), t)
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
-    held = TV * e if hold_logits else 0
+    logit_bytes, loss_bytes = (TUNE_LOGITS_BYTES,) * 2 if tune else (e, loss_bytes)
+    held = TV * logit_bytes if hold_logits else 0
     if compiled:  # the returned logits are the saved ones: held only once backward freed them
         moments: dict[str, Any] = {
             "forward_end": S + all_copies,
@@ -100,15 +99,37 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         held = 0
     else:
         moments = {
-            "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+            "forward_end": S + all_copies + TV * logit_bytes
+            + (TV * FP32_BYTES if p in AUTOCAST else 0),
             "backward_start": S + copies + 2 * TV * loss_bytes,
             "optimizer_step": temp,
         }
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
                                                 copies, all_copies, layers,
-                                                "compiled" if compiled else implementation)
+                                                "compiled" if compiled else code)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
+                 checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
+                 layers: int, in_flight: int, embeds: bool, heads: bool, compiled: bool,
+                 implementation: str) -> tuple[dict[str, Any], str, bool]:
+    """(saved terms, the code whose recompute moment applies, whether the compiled loss and
+    moments apply) of one stage: torchtune compiles its layers but not its standard loss."""
+    if implementation == "torchtune":
+        saved = tune_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                 device=device, layers=layers, compiled=compiled)
+        return saved, "torchtune-compiled" if compiled else implementation, False
+    if compiled:
+        return compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                    device=device, layers=layers), implementation, True
+    if implementation == "hf":
+        return hf_saved_terms(cfg, b, s, precision=p, attention=attention,
+                              checkpointing=checkpointing, device=device,
+                              layers=layers), implementation, False
+    return eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
+                             in_flight, embeds, heads), implementation, False
 
 
 def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,

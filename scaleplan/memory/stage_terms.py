@@ -21,6 +21,7 @@ from scaleplan.memory.compiled_terms import compiled_block_saved_terms
 from scaleplan.memory.hf_terms import hf_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
 from scaleplan.memory.sharding import mlp_gradient_buffer
+from scaleplan.memory.tune_terms import tune_block_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["eager_saved_terms", "recompute_moment", "split_terms"]
@@ -64,12 +65,17 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
                      all_copies: Any, layers: int, code: str = "nanogpt") -> Any:
     """Full checkpointing's recompute moment: the saved tensors less the loss side (freed by
     then), one block rebuilt with what it saves, its weight copies and its MLP gradients.
-    ``code``: "nanogpt", "hf" (Hugging Face's layer) or "compiled" (torch.compile's)."""
+    ``code``: "nanogpt", "hf" (Hugging Face's layer), "torchtune" or "torchtune-compiled" (its
+    layer, eager or compiled) or "compiled" (torch.compile's)."""
     dropout = cfg.dropout > 0
     if code == "hf":
         block = hf_block_saved_terms(cfg, b, s, precision=p,
                                      attention="eager" if attention == "eager" else "sdpa",
                                      device="cpu" if device == "cpu" else "cuda")
+    elif code.startswith("torchtune"):  # "torchtune" or "torchtune-compiled"
+        block = tune_block_saved_terms(cfg, b, s, precision=p,
+                                       device="cpu" if device == "cpu" else "cuda",
+                                       compiled=code.endswith("compiled"))
     elif code == "compiled":
         block = compiled_block_saved_terms(cfg, b, s, precision=p, checkpointing="none",
                                            dropout=dropout, device=device)

@@ -232,11 +232,14 @@ def training_memory(
             nanoGPT's layout) or ``"hf"`` (Hugging Face transformers' modeling code: separate
             q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax
             in fp32, GPT-2's gelu_new; `scaleplan.memory.hf_terms`, exact against transformers
-            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts) or
+            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts),
             ``"torchtitan"`` (torchtitan 0.3.0's Llama 3 under FSDP2 mixed precision: fp32
             shards, bf16 blocks gathered, no autocast; ``checkpointing="selective"`` is its
             per-op SAC; its trainer drops the logits, so ``hold_logits`` does not apply;
-            `scaleplan.memory.titan_terms`, exact against torchtitan on CPU).
+            `scaleplan.memory.titan_terms`, exact against torchtitan on CPU) or
+            ``"torchtune"`` (torchtune 0.6.1's Llama 3.x / Qwen2 / Gemma models and
+            full_finetune_single_device's loss, bf16-true or 32-true, compiled per layer with
+            ``compile``; `scaleplan.memory.tune_terms`, exact against torchtune on CPU).
         lora: a `scaleplan.model.lora.LoRA`: the base frozen, adapters trained in fp32
             (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf").
         base_weights: the frozen base's storage with ``lora``: None (the precision's weight

@@ -14,6 +14,7 @@ from scaleplan.checks import real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
+from scaleplan.memory.implementations import IMPLEMENTATIONS
 from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.units import format_gib
@@ -92,9 +93,9 @@ class FitsOn(Marker):
                     f"{arg}={shown(value)} is not one of {', '.join(map(repr, valid))}")
         if not isinstance(self.compile, bool):
             raise ScaleplanError(f"compile={shown(self.compile)} must be True or False")
-        if self.implementation not in ("nanogpt", "hf", "torchtitan"):
+        if self.implementation not in IMPLEMENTATIONS:
             raise ScaleplanError(f"implementation={shown(self.implementation)} is not one of "
-                                 "'nanogpt', 'hf', 'torchtitan'")
+                                 f"{', '.join(map(repr, IMPLEMENTATIONS))}")
         if self.lora is not None and not isinstance(self.lora, LoRA):
             raise ScaleplanError(f"lora={shown(self.lora)} must be a scaleplan.LoRA, e.g. "
                                  "LoRA(8, targets=('q', 'v')), or None")

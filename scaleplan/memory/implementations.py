@@ -1,0 +1,166 @@
+"""Whose code runs the training step (``training_memory(implementation=...)``) and what each
+implementation's terms were measured with: `check_implementation` refuses, naming the option,
+an implementation or a combination of options whose memory is not modelled, never a guess.
+
+Each implementation's terms live in their own module (`scaleplan.memory.hf_terms`,
+`scaleplan.memory.titan_terms`, `scaleplan.memory.tune_terms`, ...); the layouts and options
+they cover are listed here, beside the checks, so that `scaleplan.memory.options.step_options`
+checks them all in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaleplan.checks import one_of
+from scaleplan.errors import ScaleplanError
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.model.config import GPTConfig
+
+__all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_titan",
+           "check_torchtune"]
+
+
+IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune")
+"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model), Hugging Face
+transformers' modeling code (`scaleplan.memory.hf_terms`), torchtitan's Llama 3 under FSDP2
+(`scaleplan.memory.titan_terms`) or torchtune's models and recipes
+(`scaleplan.memory.tune_terms`)."""
+_LATER = ("litgpt",)  # issue 17's other implementations, not yet
+# GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
+_HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
+                  "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
+                  "moe")
+
+
+_HF_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, attention: str,
+                         checkpointing: str, parallelism: Parallelism,
+                         precision: str = "bf16-mixed") -> None:
+    """Refuse, naming the option, an implementation or a combination that is not modelled."""
+    if implementation in _LATER:
+        raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
+                             f"{', '.join(map(repr, IMPLEMENTATIONS))}")
+    one_of("implementation", implementation, IMPLEMENTATIONS)
+    split = parallelism.tensor * parallelism.pipeline > 1
+    if (compile or implementation in ("hf", "torchtune")) and split:
+        what = "compile=True" if compile else f"implementation={implementation!r}"
+        raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
+                             "yet with tensor or pipeline parallelism")
+    if implementation == "torchtune":
+        check_torchtune(cfg, precision=precision, checkpointing=checkpointing,
+                        attention=attention)
+    if compile and (attention == "eager" or implementation not in ("nanogpt", "torchtune")):
+        raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
+                             "attention='flash' (SDPA) and for implementation='torchtune'; use "
+                             "those or compile=False")
+    if implementation == "hf":
+        check_hf(cfg, checkpointing=checkpointing, precision=precision)
+
+
+def check_hf(cfg: GPTConfig, *, checkpointing: str, precision: str) -> None:
+    """Refuse, by name, what `scaleplan.memory.hf_terms` was not measured with."""
+    fields = type(cfg).model_fields
+    odd = [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
+    if checkpointing == "selective":
+        odd.append("checkpointing='selective' (transformers checkpoints whole layers)")
+    if precision not in _HF_PRECISIONS:  # measured with fp32 parameters only
+        odd.append(f"precision={precision!r} (measured: {', '.join(_HF_PRECISIONS)})")
+    if odd:
+        raise ScaleplanError(f"implementation='hf' is modelled for Llama, Qwen2, Mistral, "
+                             f"Gemma, GPT-2 and GPT-NeoX layouts; not with {', '.join(odd)}")
+
+
+# torchtitan's Llama 3 (torchtitan 0.3.0, torchtitan/models/llama3/__init__.py): the layout
+# `scaleplan.memory.titan_terms` derives; any other value of these fields is refused.
+_TITAN_LAYOUT = {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "bias": False,
+                 "qkv_bias": False, "attn_out_bias": False, "mlp_bias": False,
+                 "tie_embeddings": False, "dropout": 0.0, "rotary_fraction": 1.0,
+                 "parallel": "none", "final_norm": True}
+
+
+def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: Parallelism,
+                compile: bool) -> None:
+    """Refuse, by name, what `scaleplan.memory.titan_terms` does not model for torchtitan."""
+    from scaleplan.memory.titan_terms import TITAN_PRECISIONS
+
+    if compile:
+        raise ScaleplanError("compile=True with implementation='torchtitan' is not modelled "
+                             "yet (its per-block compile was not measured); use compile=False")
+    if precision not in TITAN_PRECISIONS:
+        raise ScaleplanError(
+            f"precision={precision!r} with implementation='torchtitan': torchtitan's "
+            "mixed_precision_param maps to 'bf16-mixed' (bfloat16, its default: fp32 sharded "
+            "parameters gathered in bf16) or '32-true' (float32); use one of those")
+    if attention != "flash":
+        raise ScaleplanError("attention='eager' with implementation='torchtitan': its Llama 3 "
+                             "runs FlexAttention (O(s) statistics); use attention='flash'")
+    if parallelism.tensor * parallelism.pipeline * parallelism.expert > 1:
+        raise ScaleplanError("implementation='torchtitan' is modelled for FSDP2 data "
+                             "parallelism only, not yet with tensor, pipeline or expert "
+                             "parallelism; use Parallelism(data=N, fsdp='full_shard')")
+    if parallelism.data > 1 and parallelism.fsdp != "full_shard":
+        raise ScaleplanError(
+            f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
+            "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
+    if parallelism.data == 1 and precision == "bf16-mixed":
+        raise ScaleplanError(
+            "implementation='torchtitan' on one GPU runs torch.autocast, not FSDP2's mixed "
+            "precision, and is not modelled yet; use Parallelism(data=N, fsdp='full_shard') "
+            "with N >= 2, or precision='32-true'")
+    odd = _titan_misfits(cfg)
+    if odd:
+        raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
+                             f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
+                             f"{', '.join(odd)}")
+
+
+def _titan_misfits(cfg: GPTConfig) -> list[str]:
+    """The fields of ``cfg`` (with their values) that torchtitan's Llama 3 does not have."""
+    fields = type(cfg).model_fields
+    odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
+    if cfg.head_dim * cfg.n_head != cfg.n_embd:
+        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head)")
+    if cfg.embed_dim != cfg.n_embd:
+        odd.append(f"embed_dim={cfg.embed_dim}")
+    return odd + [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
+
+
+# What torchtune 0.6.1's component builders (llama3_1, llama3_2, qwen2 / qwen2_5, gemma) build:
+# RMSNorm, rotary positions on every dimension, SwiGLU or tanh-GELU MLPs, no biases but Qwen2's
+# q/k/v ones, attn_dropout 0 in every recipe (scaleplan.memory.tune_terms).
+_TUNE_LAYOUT = {"norm": "rmsnorm", "position": "rope", "bias": False, "parallel": "none",
+                "rotary_fraction": 1.0, "dropout": 0.0}
+_TUNE_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
+                    "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
+                    "moe")
+
+
+def check_torchtune(cfg: GPTConfig, *, precision: str, checkpointing: str,
+                    attention: str = "flash") -> None:
+    """Refuse, by name, what ``implementation="torchtune"`` does not model: layouts torchtune's
+    Llama 3.x / Qwen2 / Gemma builders do not build, precisions its recipes do not run (``dtype:
+    bf16`` is "bf16-true", ``fp32`` is "32-true"; no autocast) and its selective layer
+    checkpointing (``ac_mode="selective"``, every n-th layer), which is not modelled yet.
+    ``compile=True`` is its recipes' ``compile: True`` (each layer compiled; the standard loss
+    stays eager)."""
+    fields = type(cfg).model_fields
+    odd = [f"{name}={getattr(cfg, name)!r}" for name, want in _TUNE_LAYOUT.items()
+           if getattr(cfg, name) != want]
+    odd += [name for name in _TUNE_UNMEASURED if getattr(cfg, name) != fields[name].default]
+    if cfg.mlp not in ("swiglu", "geglu"):
+        odd.append(f"mlp={cfg.mlp!r}")
+    if precision not in ("bf16-true", "32-true"):
+        odd.append(f"precision={precision!r} (its recipes run dtype bf16, 'bf16-true', or "
+                   "fp32, '32-true')")
+    if attention != "flash":
+        odd.append(f"attention={attention!r} (torchtune calls SDPA or flex attention: "
+                   "'flash')")
+    if checkpointing == "selective":
+        odd.append("checkpointing='selective' (torchtune's every-n-th-layer selective "
+                   "checkpointing is not modelled yet; use 'full' or 'none')")
+    if odd:
+        raise ScaleplanError(f"implementation='torchtune' is modelled for its Llama 3.x, "
+                             f"Qwen2 and Gemma builders; not with {', '.join(odd)}")
