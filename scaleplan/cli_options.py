@@ -169,9 +169,10 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                    help="torch's AdamW implementation, for the optimizer step's temporaries: "
                    + names_with_aliases(OPTIMIZER_IMPLS, OPTIMIZER_IMPL_ALIASES)
                    + " (default: torch's, foreach on CUDA)")
-    q.add_argument("--implementation", choices=("nanogpt", "hf"), default="nanogpt",
+    q.add_argument("--implementation", choices=("nanogpt", "hf", "litgpt"), default="nanogpt",
                    help="whose code runs the step, for what it saves for backward: nanoGPT's "
-                   "layout or Hugging Face transformers' modeling code (default: %(default)s)")
+                   "layout, Hugging Face transformers' modeling code or litgpt's GPT "
+                   "(default: %(default)s)")
     q.add_argument("--compile", action="store_true",
                    help="the model runs under torch.compile (nanoGPT's default): what inductor "
                    "saves for backward (bf16 logits, no fp32 log-softmax, bool dropout masks); "

@@ -18,6 +18,8 @@ What litgpt's code saves, and where it differs from nanoGPT's layout:
 - GQA and MQA: k and v are expanded to the query heads (``repeat_interleave``) before SDPA, so
   SDPA saves q, k and v at ``n_head`` heads each; with as many key-value heads as query heads v
   is a view of the fused projection's output, whose whole storage is saved.
+- A sliding window (Phi-3) is an s x s additive mask in q's dtype, built in every block's
+  forward and kept by SDPA.
 - SDPA's output is transposed and reshaped before the output projection: a copy, so both the
   output and the projection's input are saved.
 - ``RMSNorm`` is Python arithmetic in fp32 (``x.float()``, the fp32 ``rsqrt`` per token, the fp32
@@ -43,10 +45,12 @@ from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
     "LITGPT_LOSS_CHUNK",
+    "LITGPT_PRECISIONS",
     "LitgptPrecision",
     "litgpt_block_saved_terms",
     "litgpt_embedding_saved_terms",
     "litgpt_head_saved_terms",
+    "litgpt_logits_copy_bytes",
     "litgpt_loss_saved_terms",
     "litgpt_model_saved_terms",
     "litgpt_saved_bytes",
@@ -60,12 +64,12 @@ LITGPT_LOSS_CHUNK = 128  # chunked_cross_entropy's default chunk_size, rows of t
 FP32 = 4
 HALF = 2
 INDEX = 8  # int64 ids and targets
-_PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
+LITGPT_PRECISIONS: tuple[LitgptPrecision, ...] = ("32-true", "bf16-true", "bf16-mixed")
 
 
 def _bytes(precision: Precision) -> tuple[int, int, bool]:
     """(matmul output bytes, residual-stream = parameter bytes, autocast) of a precision."""
-    if precision not in _PRECISIONS:
+    if precision not in LITGPT_PRECISIONS:
         raise ValueError(f"precision={precision!r}: litgpt's fine-tune scripts offer "
                          "'32-true', 'bf16-true' and 'bf16-mixed'")
     e = FP32 if precision == "32-true" else HALF
@@ -104,6 +108,8 @@ def _attention(cfg: GPTConfig, b: Any, s: Any, e: int) -> dict[str, Any]:
         terms.update(expanded_k=T * a * h * e, expanded_v=T * a * h * e)
     terms.update(attn_lse=b * a * s * FP32, attn_out=T * a * h * e,
                  proj_input=T * a * h * e)
+    if cfg.sliding_window is not None:  # built per block as an s x s float mask, which SDPA keeps
+        terms["window_mask"] = s * s * e
     return terms
 
 
@@ -221,6 +227,19 @@ def litgpt_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     one = is_integer(b) and int(b) == 1
     return {"log_softmax": rows * cfg.vocab_size * e, "targets": 0 if one else rows * INDEX,
             "loss_weight_totals": chunks * e, "loss_count": INDEX}
+
+
+def litgpt_logits_copy_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision) -> Any:
+    """The flat copy ``logits[..., :-1, :].reshape(-1, V)`` that ``chunked_cross_entropy``
+    splits, live while the loss's chunks are computed: b (s - 1) V in the logits' dtype for
+    b > 1 (at b = 1 the slice is contiguous and the reshape a view). Not saved for backward.
+
+    >>> litgpt_logits_copy_bytes(GPTConfig(vocab_size=16), 2, 5, precision="bf16-mixed")
+    256
+    """
+    e, _, _ = _bytes(precision)
+    one = is_integer(b) and int(b) == 1
+    return 0 if one else b * (s - 1) * cfg.vocab_size * e
 
 
 def litgpt_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,

@@ -17,13 +17,15 @@ from typing import Any
 from scaleplan.checks import one_of, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
+from scaleplan.memory.litgpt_terms import LITGPT_PRECISIONS
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.shapes import per_config
 
-__all__ = ["MAX_BYTES", "StepOptions", "overhead_bytes", "refuse_unmodelled", "step_options"]
+__all__ = ["MAX_BYTES", "StepOptions", "check_litgpt", "overhead_bytes", "refuse_unmodelled",
+           "step_options"]
 
 # The largest byte count an argument may give: 2^53 bytes (8 PiB), past any GPU's memory, and
 # the last whole number a float64 holds exactly (`memory_grid` computes in float64). A larger
@@ -94,7 +96,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     par.check(cfg)
     refuse_unmodelled(cfg)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
-                         checkpointing=checkpointing, parallelism=par)
+                         checkpointing=checkpointing, parallelism=par, precision=p)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -102,10 +104,11 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        implementation=implementation)
 
 
-IMPLEMENTATIONS = ("nanogpt", "hf")
-"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model) or Hugging Face
-transformers' modeling code (`scaleplan.memory.hf_terms`)."""
-_LATER = ("torchtitan", "torchtune", "litgpt")  # issue 17's other implementations, not yet
+IMPLEMENTATIONS = ("nanogpt", "hf", "litgpt")
+"""Whose code the step runs: nanoGPT's layout (scaleplan's reference model), Hugging Face
+transformers' modeling code (`scaleplan.memory.hf_terms`) or litgpt's GPT in its fine-tune step
+(`scaleplan.memory.litgpt_terms`)."""
+_LATER = ("torchtitan", "torchtune")  # issue 17's other implementations, not yet
 # GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
 _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
                   "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
@@ -113,15 +116,16 @@ _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "
 
 
 def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, attention: str,
-                         checkpointing: str, parallelism: Parallelism) -> None:
+                         checkpointing: str, parallelism: Parallelism,
+                         precision: str = "bf16-mixed") -> None:
     """Refuse, naming the option, an implementation or a combination that is not modelled."""
     if implementation in _LATER:
         raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
                              f"{', '.join(map(repr, IMPLEMENTATIONS))}")
     one_of("implementation", implementation, IMPLEMENTATIONS)
     split = parallelism.tensor * parallelism.pipeline > 1
-    if (compile or implementation == "hf") and split:
-        what = "compile=True" if compile else "implementation='hf'"
+    if (compile or implementation != "nanogpt") and split:
+        what = "compile=True" if compile else f"implementation={implementation!r}"
         raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
                              "yet with tensor or pipeline parallelism")
     if compile and (attention == "eager" or implementation != "nanogpt"):
@@ -135,6 +139,40 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
         if odd:
             raise ScaleplanError(f"implementation='hf' is modelled for Llama, Qwen2, Mistral, "
                                  f"Gemma, GPT-2 and GPT-NeoX layouts; not with {', '.join(odd)}")
+    if implementation == "litgpt":
+        check_litgpt(cfg, attention=attention, checkpointing=checkpointing, precision=precision)
+
+
+# GPTConfig options litgpt's terms were not measured with (scaleplan.memory.litgpt_terms), and
+# litgpt's own limits: rotary positions only, no dropout, SDPA unless soft-capping.
+_LITGPT_UNMEASURED = tuple(name for name in _HF_UNMEASURED  # Phi-2's bias, Phi-3's window
+                           if name not in ("lm_head_bias", "sliding_window"))
+
+
+def check_litgpt(cfg: GPTConfig, *, attention: str, checkpointing: str,
+                 precision: str = "bf16-true") -> None:
+    """Refuse, naming them, what `scaleplan.memory.litgpt_terms` does not model."""
+    fields = type(cfg).model_fields
+    odd = [f"{name}={getattr(cfg, name)!r}" for name in _LITGPT_UNMEASURED
+           if getattr(cfg, name) != fields[name].default]
+    if cfg.sliding_window is not None and cfg.sliding_window_layers != cfg.n_layer:
+        odd.append(f"sliding_window_layers={cfg.sliding_window_layers} (litgpt's window in "
+                   "every block is modelled)")
+    if cfg.position != "rope":
+        odd.append(f"position={cfg.position!r} (litgpt's GPT uses rotary positions)")
+    if cfg.dropout > 0:
+        odd.append(f"dropout={cfg.dropout} (litgpt's GPT has no dropout)")
+    if attention != "flash":
+        odd.append("attention='eager' (litgpt calls SDPA)")
+    if checkpointing == "selective":
+        odd.append("checkpointing='selective' (litgpt checkpoints whole blocks under FSDP)")
+    if precision not in LITGPT_PRECISIONS:
+        odd.append(f"precision={precision!r} (its fine-tune scripts offer "
+                   f"{', '.join(map(repr, LITGPT_PRECISIONS))})")
+    if odd:
+        raise ScaleplanError("implementation='litgpt' is modelled for litgpt 0.5.13's GPT "
+                             "(Llama, Gemma, Phi-2 and Pythia layouts); not yet with "
+                             + ", ".join(odd))
 
 
 _step_options = per_config(_step_options_body)

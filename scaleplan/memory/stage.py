@@ -4,7 +4,7 @@
 `scaleplan.memory.limits.memory_grid` and `scaleplan.symbolic.formulas` run the same arithmetic on
 arrays and on sympy symbols. Which saved-tensor terms a stage has depends on whose code runs the
 step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
-`scaleplan.memory.hf_terms`).
+`scaleplan.memory.hf_terms`, `scaleplan.memory.litgpt_terms`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_terms import hf_saved_terms
+from scaleplan.memory.litgpt_terms import litgpt_logits_copy_bytes, litgpt_saved_terms
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
@@ -46,8 +47,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
-    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`); each on one stage with no
-    tensor parallelism, as `step_options` checks."""
+    "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "litgpt": litgpt's GPT and
+    chunked loss (`scaleplan.memory.litgpt_terms`); each on one stage with no tensor
+    parallelism, as `step_options` checks."""
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -58,6 +60,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     elif implementation == "hf":
         saved = hf_saved_terms(cfg, b, s, precision=p, attention=attention,
                                checkpointing=checkpointing, device=device, layers=layers)
+    elif implementation == "litgpt":
+        saved = litgpt_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                   device=device, layers=layers)
     else:
         saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads)
@@ -81,8 +86,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         }
         held = 0
     else:
+        upcast = TV * FP32_BYTES if p in AUTOCAST else 0  # the loss's fp32 logits
+        if implementation == "litgpt":  # its loss takes the logits as they are, flattened
+            upcast, loss_bytes = litgpt_logits_copy_bytes(cfg, b, s, precision=p), e
         moments = {
-            "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
+            "forward_end": S + all_copies + TV * e + upcast,
             "backward_start": S + copies + 2 * TV * loss_bytes,
             "optimizer_step": temp,
         }

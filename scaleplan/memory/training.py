@@ -231,7 +231,10 @@ def training_memory(
             nanoGPT's layout) or ``"hf"`` (Hugging Face transformers' modeling code: separate
             q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax
             in fp32, GPT-2's gelu_new; `scaleplan.memory.hf_terms`, exact against transformers
-            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts).
+            5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts), or
+            ``"litgpt"`` (litgpt 0.5.13's GPT in its full fine-tune step, chunked loss included;
+            `scaleplan.memory.litgpt_terms`, exact on CPU for Llama, Gemma, Phi-2 and Pythia
+            layouts in 32-true, bf16-true and bf16-mixed).
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``). The worst moment is the largest of

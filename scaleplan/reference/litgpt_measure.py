@@ -64,7 +64,7 @@ def litgpt_config(cfg: GPTConfig) -> dict[str, Any]:
             "bias": cfg.bias, "attn_bias": bool(cfg.qkv_bias), "lm_head_bias": cfg.lm_head_bias,
             "norm_class_name": "RMSNorm" if cfg.norm == "rmsnorm" else "LayerNorm",
             "mlp_class_name": _MLP_CLASS[cfg.mlp], "gelu_approximate": "tanh",
-            "scale_embeddings": cfg.mlp == "geglu"}
+            "scale_embeddings": cfg.mlp == "geglu", "sliding_window_size": cfg.sliding_window}
 
 
 class LitgptMeasurement(BaseModel):
@@ -161,6 +161,10 @@ GRID_SHAPES: dict[str, GPTConfig] = {
     # RMSNorm with unit offset, embeddings scaled by sqrt(n_embd)
     "gemma": GPTConfig(n_layer=2, n_head=4, n_kv_head=1, n_embd=128, head_dim=64,
                        mlp_hidden=512, vocab_size=512, block_size=256, mlp="geglu", **_LLAMA),
+    # Phi-3-mini-4k's (litgpt "Phi-3-mini-4k-instruct"): a sliding window in every block
+    # (2048 there, 16 here, shorter than the batches), which litgpt applies as an s x s mask
+    "phi3": GPTConfig(n_layer=2, n_head=4, n_embd=128, mlp_hidden=352, vocab_size=512,
+                      block_size=256, mlp="swiglu", sliding_window=16, **_LLAMA),
     # Phi-2's (litgpt "phi-2"): parallel residual sharing one LayerNorm, 40 % rotary, biases,
     # GELU (tanh) MLP, lm_head bias
     "phi2": GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=256,
@@ -174,6 +178,7 @@ GRID_SHAPES: dict[str, GPTConfig] = {
 """One small model per layout (2 layers, d 128); `REAL_NAMES` gives the real model each copies."""
 
 REAL_NAMES = {"tinyllama": "tiny-llama-1.1b", "llama": "Llama-3.2-1B", "gemma": "Gemma-2b",
+              "phi3": "Phi-3-mini-4k-instruct",
               "phi2": "phi-2", "pythia": "pythia-160m"}
 PRECISIONS: tuple[LitgptPrecision, ...] = ("32-true", "bf16-true", "bf16-mixed")
 SHAPES = ((2, 48), (1, 33))

@@ -88,9 +88,9 @@ class FitsOn(Marker):
                     f"{arg}={shown(value)} is not one of {', '.join(map(repr, valid))}")
         if not isinstance(self.compile, bool):
             raise ScaleplanError(f"compile={shown(self.compile)} must be True or False")
-        if self.implementation not in ("nanogpt", "hf"):
+        if self.implementation not in ("nanogpt", "hf", "litgpt"):
             raise ScaleplanError(f"implementation={shown(self.implementation)} is not one of "
-                                 "'nanogpt', 'hf'")
+                                 "'nanogpt', 'hf', 'litgpt'")
         if isinstance(self.headroom, bool) or not isinstance(self.headroom, int | float) \
                 or not 0 <= self.headroom < 1:
             raise ScaleplanError(f"headroom={shown(self.headroom)} must be a fraction in [0, 1), "
