@@ -136,10 +136,10 @@ def litgpt_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Preci
     activations. With ``checkpointing`` (Fabric's FSDP checkpoints every ``Block``) only the
     block's input remains.
 
-    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, bias=False,
-    ...                 position="rope", norm="rmsnorm", mlp="swiglu")
-    >>> litgpt_block_saved_terms(cfg, 1, 4, precision="32-true")["mlp_activations"]
-    2048
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
+    ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
+    >>> litgpt_block_saved_terms(cfg, 1, 4, precision="32-true")["mlp_activations"]  # 4 T f e
+    1024
     """
     e, r, autocast = _bytes(precision)
     d, T = cfg.n_embd, b * s
@@ -254,7 +254,7 @@ def litgpt_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
     ...                 position="rope", norm="rmsnorm", mlp="swiglu")
     >>> sum(litgpt_saved_terms(cfg, 1, 4, precision="32-true", checkpointing="full").values())
-    1028
+    1020
     """
     if checkpointing not in ("none", "full"):
         raise ValueError(f"checkpointing={checkpointing!r}: litgpt checkpoints whole blocks "
@@ -278,7 +278,7 @@ def litgpt_saved_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
     ...                 position="rope", norm="rmsnorm", mlp="swiglu")
     >>> litgpt_saved_bytes(cfg, 1, 4, precision="32-true", checkpointing=True)
-    1028
+    1020
     """
     total: Any = 0
     for value in litgpt_saved_terms(cfg, b, s, precision=precision, device=device,

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scaleplan.memory.litgpt_terms import LitgptPrecision, litgpt_saved_bytes
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.tracking import SavedTensorsRecorder, storage_key
+from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["GRID_SHAPES", "REAL_NAMES", "LitgptMeasurement", "grid", "litgpt_config", "main",
            "measure_litgpt"]
@@ -75,6 +75,7 @@ class LitgptMeasurement(BaseModel):
     micro_batch_size: int
     seq_len: int
     precision: str
+    checkpointing: bool
     saved_for_backward: int
     saved_by_module: dict[str, int]
     autocast_weight_copies: int
@@ -97,14 +98,19 @@ def _precision_context(precision: str) -> Iterator[None]:
 
 
 def measure_litgpt(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
-                   precision: LitgptPrecision = "bf16-true", seed: int = 0
-                   ) -> LitgptMeasurement:
+                   precision: LitgptPrecision = "bf16-true", checkpointing: bool = False,
+                   seed: int = 0) -> LitgptMeasurement:
     """Measure one step of litgpt's full fine-tune (forward + chunked loss) for ``cfg`` on CPU.
 
     Args:
         cfg: The model shape (`litgpt_config`).
         micro_batch_size, seq_len: The batch (random token ids; targets = the ids).
         precision: Fabric's "32-true", "bf16-true" or "bf16-mixed".
+        checkpointing: every ``Block`` wrapped as Fabric's FSDP strategy does with
+            ``activation_checkpointing_policy={Block}`` (torch's ``checkpoint_wrapper``,
+            non-reentrant). The checkpoint keeps each block's inputs in its closure, outside
+            autograd's hooks: they are found as the storages the forward created that are still
+            alive once the logits are dropped.
     """
     litgpt: Any = importlib.import_module("litgpt")
     utils: Any = importlib.import_module("litgpt.utils")
@@ -113,43 +119,53 @@ def measure_litgpt(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     if precision == "bf16-true":
         model = model.to(torch.bfloat16)
     model.max_seq_length = seq_len  # finetune/full.py: the longest batch; rebuilds cos/sin
+    if checkpointing:
+        _wrap_blocks(model, litgpt.model.Block)
     model.train()
     params = {storage_key(p) for p in model.parameters()}
+    # the rotary tables are buffers: counted once below whether or not a checkpoint hides them
+    tables = {storage_key(t): t.untyped_storage().nbytes() for t in (model.cos, model.sin)}
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
-    recorder = SavedTensorsRecorder(param_keys=params)
-    casts: set[int] = set()
-    # autocast's weight copies are set apart; bf16 weights' ``.float()`` in RMSNorm is saved
-    watch = _CastWatch(params, casts) if precision == "bf16-mixed" else contextlib.nullcontext()
+    resident = params | {storage_key(b) for b in model.buffers()} | {storage_key(ids)}
+    recorder = SavedTensorsRecorder(param_keys=params | set(tables))
+    tracker = LiveBytesTracker()
+    if precision == "bf16-mixed":  # autocast's weight copies are set apart; bf16 weights'
+        tracker.on_new_storage = recorder.note_new_storage  # .float() in RMSNorm is saved
     gc.collect()
-    with recorder.recording(model):
-        with _precision_context(precision), watch:
+    with tracker, recorder.recording(model):
+        with _precision_context(precision):
             logits = model(ids)
+        tracker.on_new_storage = None
         loss = utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
-    recorder.cast_keys = casts
+        del logits
+        gc.collect()
+    casts = recorder.cast_keys
     by_module, _, copies = recorder.totals()
-    del loss, logits
+    by_module["rope_tables"] = sum(tables.values())
+    held = {k: n for k, n in tracker.live.items()
+            if k not in resident and k not in recorder.by_storage and k != storage_key(loss)
+            and k not in casts}
+    if held:
+        by_module["checkpoint"] = sum(held.values())
+    del loss
     return LitgptMeasurement(micro_batch_size=micro_batch_size, seq_len=seq_len,
-                             precision=precision, saved_for_backward=sum(by_module.values()),
+                             precision=precision, checkpointing=checkpointing,
+                             saved_for_backward=sum(by_module.values()),
                              saved_by_module=by_module, autocast_weight_copies=copies)
 
 
-class _CastWatch(torch.utils._python_dispatch.TorchDispatchMode):
-    """Remembers the storages of casts of parameters (autocast's weight copies)."""
-
-    def __init__(self, params: set[int], casts: set[int]) -> None:
-        super().__init__()
-        self.params, self.casts = params, casts
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
-                           kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        if (str(func).startswith("aten._to_copy") and args and isinstance(args[0], torch.Tensor)
-                and storage_key(args[0]) in self.params and isinstance(out, torch.Tensor)):
-            self.casts.add(storage_key(out))
-        return out
+def _wrap_blocks(model: Any, block: type) -> None:
+    """Fabric's ``_setup_activation_checkpointing``: each ``block`` in a non-reentrant
+    ``checkpoint_wrapper`` (torch's default implementation since 2.2)."""
+    wrapper: Any = importlib.import_module(
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper")
+    wrapper.apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=wrapper.checkpoint_wrapper,
+        check_fn=lambda m: isinstance(m, block))
 
 
-_LLAMA = {"bias": False, "norm": "rmsnorm", "position": "rope", "tie_embeddings": False}
+_LLAMA: dict[str, Any] = {"bias": False, "norm": "rmsnorm", "position": "rope",
+                          "tie_embeddings": False}
 GRID_SHAPES: dict[str, GPTConfig] = {
     # TinyLlama 1.1B's layout (litgpt "tiny-llama-1.1b"): GQA 32/4 heads, SwiGLU
     "tinyllama": GPTConfig(n_layer=2, n_head=8, n_kv_head=2, n_embd=128, mlp_hidden=352,
@@ -185,13 +201,16 @@ SHAPES = ((2, 48), (1, 33))
 
 
 def grid(names: tuple[str, ...] = tuple(GRID_SHAPES)) -> list[dict[str, Any]]:
-    """Measure and predict every case: each shape, precision and batch of `SHAPES`."""
+    """Measure and predict every case: each shape, precision, batch of `SHAPES` and
+    checkpointing (none, or every block as under Fabric's FSDP)."""
     rows = []
-    for name, prec, (b, s) in itertools.product(names, PRECISIONS, SHAPES):
+    for name, prec, (b, s), ckpt in itertools.product(names, PRECISIONS, SHAPES, (False, True)):
         cfg = GRID_SHAPES[name]
-        m = measure_litgpt(cfg, micro_batch_size=b, seq_len=s, precision=prec)
-        pred = litgpt_saved_bytes(cfg, b, s, precision=prec)
+        m = measure_litgpt(cfg, micro_batch_size=b, seq_len=s, precision=prec,
+                           checkpointing=ckpt)
+        pred = litgpt_saved_bytes(cfg, b, s, precision=prec, checkpointing=ckpt)
         rows.append({"model": name, "precision": prec, "micro_batch_size": b, "seq_len": s,
+                     "checkpointing": "full" if ckpt else "none",
                      "measured": m.saved_for_backward, "predicted": pred,
                      "by_module": m.saved_by_module,
                      "error": pred / m.saved_for_backward - 1})
@@ -209,15 +228,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "mode on CPU and runs the step of litgpt's `finetune/full.py` (forward, then "
         "`chunked_cross_entropy` on the shifted logits) under one of Fabric's precisions, "
         "counting the unique storages saved for backward (parameters and autocast's weight "
-        "copies excluded). `predicted` is `scaleplan.memory.litgpt_terms.litgpt_saved_bytes`. "
+        "copies excluded; the rotary cos/sin buffers counted; with checkpointing, every block "
+        "in torch's non-reentrant `checkpoint_wrapper` as Fabric's FSDP strategy wraps it, and "
+        "the block inputs the checkpoint keeps). `predicted` is "
+        "`scaleplan.memory.litgpt_terms.litgpt_saved_bytes`. "
         f"torch {torch.__version__}, litgpt {getattr(litgpt, '__version__', '0.5.13')}.", "",
         f"{len(rows)} cases, largest |error| {worst:.2%}.", "",
-        "| model | precision | b | s | measured | predicted | error |",
-        "|---|---|---:|---:|---:|---:|---:|"]
+        "| model | precision | b | s | checkpointing | measured | predicted | error |",
+        "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['precision']} | {r['micro_batch_size']} | "
-                     f"{r['seq_len']} | {r['measured']:,} | {r['predicted']:,} | "
-                     f"{r['error']:+.2%} |")
+                     f"{r['seq_len']} | {r['checkpointing']} | {r['measured']:,} | "
+                     f"{r['predicted']:,} | {r['error']:+.2%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -234,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = grid()
     text = _table(rows)
     Path(args.out).write_text(text)
-    replay = [{k: r[k] for k in ("model", "precision", "micro_batch_size", "seq_len",
-                                 "measured")} for r in rows]
+    replay = [{"config": GRID_SHAPES[r["model"]].model_dump(exclude_defaults=True),
+               **{k: r[k] for k in ("model", "precision", "micro_batch_size", "seq_len",
+                                    "checkpointing", "measured", "by_module")}} for r in rows]
     Path(args.json).write_text(json.dumps(replay, indent=1) + "\n")
     sys.stdout.write(text)
     return 0
