@@ -144,6 +144,11 @@ def test_chunked_loss_by_hand() -> None:
     one = litgpt_loss_saved_terms(LLAMA, 1, 129, precision="32-true")
     assert one == {"log_softmax": 128 * 100 * 4, "targets": 0, "loss_weight_totals": 4,
                    "loss_count": 8}  # at b = 1 the targets are a view of the ids
+    # chunk_size=0: one mean cross-entropy, one weight total and no count to divide by
+    assert litgpt_loss_saved_terms(LLAMA, 2, 300, precision="32-true", chunk=0) == {
+        "log_softmax": 598 * 100 * 4, "targets": 598 * 8, "loss_weight_totals": 4}
+    assert litgpt_loss_saved_terms(LLAMA, 1, 300, precision="bf16-true", chunk=0) == {
+        "log_softmax": 299 * 100 * 2, "targets": 0, "loss_weight_totals": 2}
     assert litgpt_logits_copy_bytes(LLAMA, 3, 100, precision="bf16-mixed") == 297 * 100 * 2
     assert litgpt_logits_copy_bytes(LLAMA, 1, 100, precision="bf16-mixed") == 0
 
@@ -245,3 +250,48 @@ def test_grid_shapes_copy_the_real_litgpt_layouts() -> None:
             assert getattr(ours, field) == getattr(real, field), (name, field)
         assert (ours.n_query_groups == ours.n_head) == (real.n_query_groups == real.n_head)
         assert (ours.sliding_window_size is None) == (real.sliding_window_size is None)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("b", [1, 2])
+def test_live_unchunked_loss_matches(b: int) -> None:
+    torch = pytest.importorskip("torch")
+    utils = pytest.importorskip("litgpt.utils")
+    from scaleplan.reference.tracking import storage_key
+
+    ids = torch.randint(0, 100, (b, 300))
+    logits = torch.randn(b, 300, 100, dtype=torch.bfloat16, requires_grad=True)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.setdefault(storage_key(t), t.untyped_storage().nbytes())
+        return t
+
+    for chunk in (0, 128):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:], chunk_size=chunk)
+        saved.pop(storage_key(ids), None)  # the ids are the embedding's, counted there
+        expected = litgpt_loss_saved_terms(LLAMA, b, 300, precision="bf16-true", chunk=chunk)
+        assert sum(saved.values()) == sum(expected.values())
+
+
+def test_cli_and_fits_on_pass_the_implementation(capsys: pytest.CaptureFixture[str]) -> None:
+    # plumbing: the saved bytes themselves are checked against litgpt above
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    from scaleplan.cli import main
+    from scaleplan.validation.step import FitsOn
+
+    assert main(["plan", "tinyllama-1.1b", "--gpu", "RTX 4090", "--seq-len", "512",
+                 "--precision", "bf16-true", "--implementation", "litgpt", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    cfg = GPTConfig.preset("tinyllama-1.1b")
+    expected = training_memory(cfg, micro_batch_size=data["micro_batch_size"], seq_len=512,
+                               precision="bf16-true", implementation="litgpt")
+    assert data["memory"]["saved_for_backward"] == expected.saved_for_backward
+    fits = FitsOn("A100-80GB", micro_batch_size=4, seq_len=512, precision="bf16-true",
+                  implementation="litgpt")
+    assert TypeAdapter(Annotated[GPTConfig, fits]).validate_python(cfg) == cfg

@@ -213,9 +213,9 @@ def litgpt_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     scalar); together the pieces hold all T' V log-probabilities. The shifted targets are
     copied for b > 1 (a view of the ids at b = 1), and the division keeps the int64 count.
 
-    This is the step's loss side: the "loss" option's chunked cross-entropy, as litgpt writes
-    it, saves as much as the standard loss; it only frees the backward's gradient chunk by
-    chunk.
+    ``chunk=0`` is ``chunked_cross_entropy(..., chunk_size=0)``, one mean cross-entropy (what
+    litgpt's validation uses): one weight total, no count. Chunked or not, litgpt's loss saves
+    the same T' V log-probabilities; chunking only frees the backward's gradient piece by piece.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
     >>> litgpt_loss_saved_terms(cfg, 2, 65, precision="32-true")
@@ -223,10 +223,15 @@ def litgpt_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     """
     e, _, _ = _bytes(precision)
     rows = b * (s - 1)
-    chunks = (rows + chunk - 1) // chunk
     one = is_integer(b) and int(b) == 1
-    return {"log_softmax": rows * cfg.vocab_size * e, "targets": 0 if one else rows * INDEX,
-            "loss_weight_totals": chunks * e, "loss_count": INDEX}
+    terms: dict[str, Any] = {"log_softmax": rows * cfg.vocab_size * e,
+                             "targets": 0 if one else rows * INDEX}
+    if chunk == 0:
+        terms["loss_weight_totals"] = e
+        return terms
+    terms["loss_weight_totals"] = (rows + chunk - 1) // chunk * e
+    terms["loss_count"] = INDEX
+    return terms
 
 
 def litgpt_logits_copy_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision) -> Any:
@@ -244,10 +249,12 @@ def litgpt_logits_copy_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Preci
 
 def litgpt_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                        checkpointing: str = "none", device: str = "cpu",
-                       layers: Any = None) -> dict[str, Any]:
+                       layers: Any = None, loss_chunk: int = LITGPT_LOSS_CHUNK
+                       ) -> dict[str, Any]:
     """The flat dict `scaleplan.memory.stage.stage_parts` sums, for litgpt's code: embedding,
     ``layers`` (default ``cfg.n_layer``) times each block term, the rotary tables, the head and
-    the loss, in bytes. ``checkpointing`` "none" or "full" (litgpt checkpoints whole blocks
+    the loss (``loss_chunk``: `litgpt_loss_saved_terms`'s ``chunk``), in bytes.
+    ``checkpointing`` "none" or "full" (litgpt checkpoints whole blocks
     under FSDP); ``device`` "cpu", or "cuda" / "cpu-cuda-semantics" for fp32 LayerNorm
     statistics.
 
@@ -266,7 +273,7 @@ def litgpt_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     out.update({name: n * v for name, v in block.items()})
     out.update(litgpt_model_saved_terms(cfg, b, s, precision=precision))
     out.update(litgpt_head_saved_terms(cfg, b, s, precision=precision, device=device))
-    out.update(litgpt_loss_saved_terms(cfg, b, s, precision=precision))
+    out.update(litgpt_loss_saved_terms(cfg, b, s, precision=precision, chunk=loss_chunk))
     return out
 
 
