@@ -52,6 +52,7 @@ __all__ = [
     "litgpt_head_saved_terms",
     "litgpt_logits_copy_bytes",
     "litgpt_loss_saved_terms",
+    "litgpt_loss_transients",
     "litgpt_model_saved_terms",
     "litgpt_saved_bytes",
     "litgpt_saved_terms",
@@ -245,6 +246,52 @@ def litgpt_logits_copy_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Preci
     e, _, _ = _bytes(precision)
     one = is_integer(b) and int(b) == 1
     return 0 if one else b * (s - 1) * cfg.vocab_size * e
+
+
+def litgpt_loss_transients(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
+                           hold_logits: bool = True, chunk: int = LITGPT_LOSS_CHUNK
+                           ) -> tuple[Any, Any]:
+    """Bytes live on top of the saved tensors (and of the held logits, with ``hold_logits``:
+    litgpt's loop keeps ``logits`` until the next forward) at the loss's two worst moments.
+
+    - Forward end: the flat shifted copy of the logits (`litgpt_logits_copy_bytes`) while the
+      chunks' log-softmaxes are computed, and the logits themselves unless the loop holds them.
+    - Backward: autograd takes the chunks one at a time (the last created first); a chunk's
+      log-softmax backward holds the nll gradient and its own output gradient (two chunk-sized
+      tensors, ``min(chunk, b (s - 1))`` rows each) while its saved log-softmax is still alive;
+      each finished chunk frees its log-softmax as it leaves a gradient of the same size. Then
+      the split's backward joins the chunk gradients and the slice's backward pads them into a
+      zero-filled gradient of the logits: once the log-softmaxes are freed, one logits-sized
+      gradient (b s V) more than the saved tensors. The larger of the two, in the logits' dtype.
+
+    Checked against the live peak of whole litgpt steps on CPU
+    (`scaleplan.reference.litgpt_measure.measure_litgpt_step`, docs/validation/litgpt-memory.md).
+
+    >>> litgpt_loss_transients(GPTConfig(vocab_size=16), 2, 5, precision="bf16-true")
+    (256, 512)
+    """
+    e, _, _ = _bytes(precision)
+    V, rows = cfg.vocab_size, b * (s - 1)
+    logits = b * s * V * e
+    copy = litgpt_logits_copy_bytes(cfg, b, s, precision=precision)
+    piece = rows if chunk == 0 else _smaller(rows, chunk)
+    return copy + (0 if hold_logits else logits), _larger(2 * piece * V * e, logits)
+
+
+def _smaller(x: Any, y: Any) -> Any:
+    if is_integer(x) and is_integer(y):
+        return min(int(x), int(y))
+    import numpy as np  # float64 arrays of shapes (memory_grid)
+
+    return np.minimum(x, y)
+
+
+def _larger(x: Any, y: Any) -> Any:
+    if is_integer(x) and is_integer(y):
+        return max(int(x), int(y))
+    import numpy as np
+
+    return np.maximum(x, y)
 
 
 def litgpt_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,

@@ -26,7 +26,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_terms import hf_saved_terms
-from scaleplan.memory.litgpt_terms import litgpt_logits_copy_bytes, litgpt_saved_terms
+from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
@@ -85,12 +85,13 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
             "optimizer_step": temp + held,
         }
         held = 0
+    elif implementation == "litgpt":  # its chunked loss on the logits as they are
+        fwd, bwd = litgpt_loss_transients(cfg, b, s, precision=p, hold_logits=hold_logits)
+        moments = {"forward_end": S + all_copies + fwd, "backward_start": S + copies + bwd,
+                   "optimizer_step": temp}
     else:
-        upcast = TV * FP32_BYTES if p in AUTOCAST else 0  # the loss's fp32 logits
-        if implementation == "litgpt":  # its loss takes the logits as they are, flattened
-            upcast, loss_bytes = litgpt_logits_copy_bytes(cfg, b, s, precision=p), e
         moments = {
-            "forward_end": S + all_copies + TV * e + upcast,
+            "forward_end": S + all_copies + TV * e + (TV * FP32_BYTES if p in AUTOCAST else 0),
             "backward_start": S + copies + 2 * TV * loss_bytes,
             "optimizer_step": temp,
         }

@@ -39,8 +39,8 @@ from scaleplan.memory.litgpt_terms import LitgptPrecision, litgpt_saved_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_SHAPES", "REAL_NAMES", "LitgptMeasurement", "grid", "litgpt_config", "main",
-           "measure_litgpt"]
+__all__ = ["GRID_SHAPES", "REAL_NAMES", "STEP_CASES", "LitgptMeasurement", "grid",
+           "litgpt_config", "main", "measure_litgpt", "measure_litgpt_step", "step_grid"]
 
 _MLP_CLASS = {"swiglu": "LLaMAMLP", "geglu": "GemmaMLP", "gelu": "GptNeoxMLP"}
 
@@ -154,6 +154,43 @@ def measure_litgpt(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                              saved_by_module=by_module, autocast_weight_copies=copies)
 
 
+def measure_litgpt_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
+                        precision: LitgptPrecision = "bf16-true", seed: int = 0
+                        ) -> tuple[int, int]:
+    """(peak, resident) live bytes of one whole step of litgpt's full fine-tune on CPU: the
+    last micro-batch of gradient accumulation (gradients and AdamW's states, for-loop, resident
+    from an earlier step), forward, chunked loss, backward, optimizer step, with ``logits`` held
+    by the loop as in ``finetune/full.py``. ``resident``: the bytes live before the step
+    (parameters, gradients, optimizer states, buffers, the batch)."""
+    litgpt: Any = importlib.import_module("litgpt")
+    utils: Any = importlib.import_module("litgpt.utils")
+    torch.manual_seed(seed)
+    model = litgpt.GPT(litgpt.Config(**litgpt_config(cfg)))
+    if precision == "bf16-true":
+        model = model.to(torch.bfloat16)
+    model.max_seq_length = seq_len
+    opt = torch.optim.AdamW(model.parameters(), foreach=False)
+    ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
+
+    def step() -> None:
+        with _precision_context(precision):
+            logits = model(ids)
+        loss = utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
+        loss.backward()
+        opt.step()
+
+    step()  # gradients and optimizer states now exist
+    gc.collect()
+    tracker = LiveBytesTracker()
+    states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    tracker.add_resident([*model.parameters(), *(p.grad for p in model.parameters()),
+                          *states, *model.buffers(), ids])
+    resident = tracker.current
+    with tracker:
+        step()
+    return tracker.peak, resident
+
+
 def _wrap_blocks(model: Any, block: type) -> None:
     """Fabric's ``_setup_activation_checkpointing``: each ``block`` in a non-reentrant
     ``checkpoint_wrapper`` (torch's default implementation since 2.2)."""
@@ -217,6 +254,48 @@ def grid(names: tuple[str, ...] = tuple(GRID_SHAPES)) -> list[dict[str, Any]]:
     return rows
 
 
+STEP_CASES = (("phi2", "bf16-true", 4, 128), ("gemma", "bf16-mixed", 4, 128),
+              ("pythia", "32-true", 1, 200), ("phi3", "bf16-true", 2, 100),
+              ("tinyllama", "bf16-true", 2, 48), ("tinyllama", "bf16-mixed", 2, 48),
+              ("llama", "32-true", 3, 64))
+"""Whole steps whose peak is at the loss's forward, in its backward and later."""
+
+
+def step_grid() -> list[dict[str, Any]]:
+    """Each `STEP_CASES` step's live peak beside ``training_memory(implementation="litgpt",
+    device="cpu", optimizer_impl="for-loop")``'s ``tensor_peak``."""
+    from scaleplan.memory.training import training_memory
+
+    rows = []
+    for name, prec, b, s in STEP_CASES:
+        cfg = GRID_SHAPES[name]
+        peak, _ = measure_litgpt_step(cfg, micro_batch_size=b, seq_len=s,
+                                      precision=prec)  # type: ignore[arg-type]
+        m = training_memory(cfg, micro_batch_size=b, seq_len=s, precision=prec,
+                            implementation="litgpt", device="cpu", optimizer_impl="for-loop")
+        rows.append({"model": name, "precision": prec, "micro_batch_size": b, "seq_len": s,
+                     "measured": peak, "predicted": m.tensor_peak, "moment": m.peak_moment,
+                     "error": m.tensor_peak / peak - 1})
+    return rows
+
+
+def _step_table(rows: list[dict[str, Any]]) -> list[str]:
+    worst = max(abs(r["error"]) for r in rows)
+    lines = ["", "## Whole steps: live peak vs tensor_peak", "",
+             "`measure_litgpt_step`: one whole step (the last micro-batch of gradient "
+             "accumulation: gradients and AdamW states resident; forward, chunked loss, "
+             "backward, AdamW step; the loop holds `logits`), the peak of live tensor bytes "
+             "beside `training_memory(..., implementation=\"litgpt\", device=\"cpu\", "
+             "optimizer_impl=\"for-loop\")`'s `tensor_peak` (the rotary tables counted on both "
+             f"sides). {len(rows)} steps, largest |error| {worst:.3%}.", "",
+             "| model | precision | b | s | measured | predicted | worst moment | error |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    lines += [f"| {r['model']} | {r['precision']} | {r['micro_batch_size']} | {r['seq_len']} | "
+              f"{r['measured']:,} | {r['predicted']:,} | {r['moment']} | {r['error']:+.3%} |"
+              for r in rows]
+    return lines
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     litgpt = importlib.import_module("litgpt")
     worst = max(abs(r["error"]) for r in rows)
@@ -254,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     rows = grid()
-    text = _table(rows)
+    text = _table(rows) + "\n".join(_step_table(step_grid())) + "\n"
     Path(args.out).write_text(text)
     replay = [{"config": GRID_SHAPES[r["model"]].model_dump(exclude_defaults=True),
                **{k: r[k] for k in ("model", "precision", "micro_batch_size", "seq_len",
