@@ -330,3 +330,18 @@ def test_live_whole_step_peak_within_a_tenth_of_a_percent(name: str, precision: 
     # not exact: the step's few small temporaries (scalars, rounding of the optimizer's
     # per-parameter work) are not modelled; measured 7 steps within 0.02 %
     assert m.tensor_peak == pytest.approx(peak, rel=1e-3)
+
+
+def test_memory_grid_agrees_with_training_memory_on_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    from scaleplan.memory.limits import memory_grid
+
+    cfg = GPTConfig.preset("tinyllama-1.1b")
+    b, s = np.array([[1], [2], [4]]), np.array([[128, 512]])
+    grid = memory_grid(cfg, micro_batch_size=b, seq_len=s, precision="bf16-true",
+                       implementation="litgpt")
+    for i, bb in enumerate((1, 2, 4)):
+        for j, ss in enumerate((128, 512)):
+            m = training_memory(cfg, micro_batch_size=bb, seq_len=ss, precision="bf16-true",
+                                implementation="litgpt")
+            assert grid[i, j] == m.total
