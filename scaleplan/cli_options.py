@@ -174,7 +174,8 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
     q.add_argument("--implementation", choices=IMPLEMENTATIONS, default="nanogpt",
                    help="whose code runs the step, for what it saves for backward: nanoGPT's "
                    "layout, Hugging Face transformers' modeling code, torchtitan's Llama 3 "
-                   "under FSDP2 or torchtune's models and recipes (default: %(default)s)")
+                   "under FSDP2, torchtune's models and recipes or litgpt's GPT (default: "
+                   "%(default)s)")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="the model runs under torch.compile: what inductor saves for backward "
                    "(bf16 logits, no fp32 log-softmax, bool dropout masks); SDPA attention, one "

@@ -17,16 +17,15 @@ from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_titan",
+__all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_litgpt", "check_titan",
            "check_torchtune"]
 
 
-IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune")
+IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune", "litgpt")
 """Whose code the step runs: nanoGPT's layout (scaleplan's reference model), Hugging Face
 transformers' modeling code (`scaleplan.memory.hf_terms`), torchtitan's Llama 3 under FSDP2
-(`scaleplan.memory.titan_terms`) or torchtune's models and recipes
-(`scaleplan.memory.tune_terms`)."""
-_LATER = ("litgpt",)  # issue 17's other implementations, not yet
+(`scaleplan.memory.titan_terms`), torchtune's models and recipes (`scaleplan.memory.tune_terms`)
+or litgpt's GPT in its fine-tune step (`scaleplan.memory.litgpt_terms`)."""
 # GPTConfig options the Hugging Face terms were not measured with (scaleplan.memory.hf_terms).
 _HF_UNMEASURED = ("qk_norm", "norm_position", "norm_affine", "embedding_norm", "lm_head_bias",
                   "position_offset", "sliding_window", "attn_softcap", "final_softcap", "mla",
@@ -40,12 +39,9 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
                          checkpointing: str, parallelism: Parallelism,
                          precision: str = "bf16-mixed") -> None:
     """Refuse, naming the option, an implementation or a combination that is not modelled."""
-    if implementation in _LATER:
-        raise ScaleplanError(f"implementation={implementation!r} is not modelled yet; use one of "
-                             f"{', '.join(map(repr, IMPLEMENTATIONS))}")
     one_of("implementation", implementation, IMPLEMENTATIONS)
     split = parallelism.tensor * parallelism.pipeline > 1
-    if (compile or implementation in ("hf", "torchtune")) and split:
+    if (compile or implementation != "nanogpt") and split:
         what = "compile=True" if compile else f"implementation={implementation!r}"
         raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
                              "yet with tensor or pipeline parallelism")
@@ -58,6 +54,8 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
                              "those or compile=False")
     if implementation == "hf":
         check_hf(cfg, checkpointing=checkpointing, precision=precision)
+    if implementation == "litgpt":
+        check_litgpt(cfg, attention=attention, checkpointing=checkpointing, precision=precision)
 
 
 def check_hf(cfg: GPTConfig, *, checkpointing: str, precision: str) -> None:
@@ -164,3 +162,37 @@ def check_torchtune(cfg: GPTConfig, *, precision: str, checkpointing: str,
     if odd:
         raise ScaleplanError(f"implementation='torchtune' is modelled for its Llama 3.x, "
                              f"Qwen2 and Gemma builders; not with {', '.join(odd)}")
+
+
+# GPTConfig options litgpt's terms were not measured with (scaleplan.memory.litgpt_terms), and
+# litgpt's own limits: rotary positions only, no dropout, SDPA unless soft-capping.
+_LITGPT_UNMEASURED = tuple(name for name in _HF_UNMEASURED  # Phi-2's bias, Phi-3's window
+                           if name not in ("lm_head_bias", "sliding_window"))
+
+
+def check_litgpt(cfg: GPTConfig, *, attention: str, checkpointing: str,
+                 precision: str = "bf16-true") -> None:
+    """Refuse, naming them, what `scaleplan.memory.litgpt_terms` does not model."""
+    from scaleplan.memory.litgpt_terms import LITGPT_PRECISIONS
+
+    fields = type(cfg).model_fields
+    odd = [f"{name}={getattr(cfg, name)!r}" for name in _LITGPT_UNMEASURED
+           if getattr(cfg, name) != fields[name].default]
+    if cfg.sliding_window is not None and cfg.sliding_window_layers != cfg.n_layer:
+        odd.append(f"sliding_window_layers={cfg.sliding_window_layers} (litgpt's window in "
+                   "every block is modelled)")
+    if cfg.position != "rope":
+        odd.append(f"position={cfg.position!r} (litgpt's GPT uses rotary positions)")
+    if cfg.dropout > 0:
+        odd.append(f"dropout={cfg.dropout} (litgpt's GPT has no dropout)")
+    if attention != "flash":
+        odd.append("attention='eager' (litgpt calls SDPA)")
+    if checkpointing == "selective":
+        odd.append("checkpointing='selective' (litgpt checkpoints whole blocks under FSDP)")
+    if precision not in LITGPT_PRECISIONS:
+        odd.append(f"precision={precision!r} (its fine-tune scripts offer "
+                   f"{', '.join(map(repr, LITGPT_PRECISIONS))})")
+    if odd:
+        raise ScaleplanError("implementation='litgpt' is modelled for litgpt 0.5.13's GPT "
+                             "(Llama, Gemma, Phi-2 and Pythia layouts); not yet with "
+                             + ", ".join(odd))

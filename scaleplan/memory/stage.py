@@ -4,7 +4,7 @@
 `scaleplan.memory.limits.memory_grid` and `scaleplan.symbolic.formulas` run the same arithmetic on
 arrays and on sympy symbols. Which saved-tensor terms a stage has depends on whose code runs the
 step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
-`scaleplan.memory.hf_terms`, `scaleplan.memory.tune_terms`).
+`scaleplan.memory.hf_terms`, `scaleplan.memory.tune_terms`, `scaleplan.memory.litgpt_terms`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_terms import hf_saved_terms
+from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
@@ -58,7 +59,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
     "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "torchtune": torchtune's
     models and recipe loss (`scaleplan.memory.tune_terms`), "torchtitan": its Llama 3 under
-    FSDP2 (`scaleplan.memory.titan_terms`); each on one stage with no tensor parallelism, as
+    FSDP2 (`scaleplan.memory.titan_terms`), "litgpt": litgpt's GPT and chunked loss
+    (`scaleplan.memory.litgpt_terms`); each on one stage with no tensor parallelism, as
     `step_options` checks. ``lora``: a frozen base with adapters
     (`scaleplan.memory.lora_terms`; transformers' code, one GPU), ``base_weights`` its dtype."""
     if lora is not None:
@@ -97,6 +99,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
             "optimizer_step": temp + held,
         }
         held = 0
+    elif implementation == "litgpt":  # its chunked loss on the logits as they are
+        fwd, bwd = litgpt_loss_transients(cfg, b, s, precision=p, hold_logits=hold_logits)
+        moments = {"forward_end": S + all_copies + fwd, "backward_start": S + copies + bwd,
+                   "optimizer_step": temp}
     else:
         moments = {
             "forward_end": S + all_copies + TV * logit_bytes
@@ -128,6 +134,9 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
         return hf_saved_terms(cfg, b, s, precision=p, attention=attention,
                               checkpointing=checkpointing, device=device,
                               layers=layers), implementation, False
+    if implementation == "litgpt":
+        return litgpt_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                  device=device, layers=layers), implementation, False
     return eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads), implementation, False
 

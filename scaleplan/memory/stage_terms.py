@@ -19,6 +19,7 @@ from scaleplan.memory.activations import (
 )
 from scaleplan.memory.compiled_terms import compiled_block_saved_terms
 from scaleplan.memory.hf_terms import hf_block_saved_terms
+from scaleplan.memory.litgpt_terms import litgpt_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
 from scaleplan.memory.sharding import mlp_gradient_buffer
 from scaleplan.memory.tune_terms import tune_block_saved_terms
@@ -57,7 +58,7 @@ def eager_saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: A
     return saved
 
 
-_LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "targets")
+_LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "targets", "loss_")
 
 
 def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
@@ -65,8 +66,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
                      all_copies: Any, layers: int, code: str = "nanogpt") -> Any:
     """Full checkpointing's recompute moment: the saved tensors less the loss side (freed by
     then), one block rebuilt with what it saves, its weight copies and its MLP gradients.
-    ``code``: "nanogpt", "hf" (Hugging Face's layer), "torchtune" or "torchtune-compiled" (its
-    layer, eager or compiled) or "compiled" (torch.compile's)."""
+    ``code``: "nanogpt", "hf" (Hugging Face's layer), "litgpt" (litgpt's Block), "torchtune" or
+    "torchtune-compiled" (its layer, eager or compiled) or "compiled" (torch.compile's)."""
     dropout = cfg.dropout > 0
     if code == "hf":
         block = hf_block_saved_terms(cfg, b, s, precision=p,
@@ -76,6 +77,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
         block = tune_block_saved_terms(cfg, b, s, precision=p,
                                        device="cpu" if device == "cpu" else "cuda",
                                        compiled=code.endswith("compiled"))
+    elif code == "litgpt":
+        block = litgpt_block_saved_terms(cfg, b, s, precision=p, device=device)
     elif code == "compiled":
         block = compiled_block_saved_terms(cfg, b, s, precision=p, checkpointing="none",
                                            dropout=dropout, device=device)

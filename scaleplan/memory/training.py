@@ -236,10 +236,13 @@ def training_memory(
             ``"torchtitan"`` (torchtitan 0.3.0's Llama 3 under FSDP2 mixed precision: fp32
             shards, bf16 blocks gathered, no autocast; ``checkpointing="selective"`` is its
             per-op SAC; its trainer drops the logits, so ``hold_logits`` does not apply;
-            `scaleplan.memory.titan_terms`, exact against torchtitan on CPU) or
+            `scaleplan.memory.titan_terms`, exact against torchtitan on CPU),
             ``"torchtune"`` (torchtune 0.6.1's Llama 3.x / Qwen2 / Gemma models and
             full_finetune_single_device's loss, bf16-true or 32-true, compiled per layer with
-            ``compile``; `scaleplan.memory.tune_terms`, exact against torchtune on CPU).
+            ``compile``; `scaleplan.memory.tune_terms`, exact against torchtune on CPU) or
+            ``"litgpt"`` (litgpt 0.5.13's GPT in its full fine-tune step, chunked loss included;
+            `scaleplan.memory.litgpt_terms`, exact on CPU for Llama, Gemma, Phi-2 and Pythia
+            layouts in 32-true, bf16-true and bf16-mixed).
         lora: a `scaleplan.model.lora.LoRA`: the base frozen, adapters trained in fp32
             (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf").
         base_weights: the frozen base's storage with ``lora``: None (the precision's weight

@@ -4,7 +4,11 @@ Writes ``validation.md`` and ``validation.json`` to ``--out``. Every quantity th
 analytic side can predict is compared; predictors are plugged in at one place, `predictors`,
 and appear as soon as their module (``scaleplan.compute.flops``, ``scaleplan.memory.training``) is
 importable.
-Runs unchanged on a GPU machine (``--device cuda``), where the allocator's own peak is added.
+Runs unchanged on a GPU machine (``--device cuda``), where the allocator's own peak is added,
+and writes ``memory-report.md`` / ``memory-report.json`` (`scaleplan.reference.device_report`:
+max allocated and reserved per case, the CUDA context, the allocator slack, beside
+``training_memory``); ``--device cuda --quick`` is the short GPU check (docs/validation/gpu.md).
+Without CUDA, ``--device cuda`` exits with status 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import count_params
+from scaleplan.reference.device_report import context_probe, memory_report, report_markdown
 from scaleplan.reference.measure import StepMeasurement, measure
 
 __all__ = ["ARCH_CONFIGS", "Predictor", "architecture_grid", "grid", "main", "predictors",
@@ -264,13 +270,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the architecture points (MoE, MLA, windows, norms, ...)")
     parser.add_argument("--out", type=Path, default=Path("validation"))
     args = parser.parse_args(argv)
+    start = time.perf_counter()
+    context = None
+    if args.device == "cuda":
+        try:  # before any tensor: the context as a fresh process has it
+            context = context_probe("cuda")
+        except RuntimeError as exc:
+            print(f"error: --device cuda: {exc}", file=sys.stderr)
+            return 2
     rows = validate(device=args.device, quick=args.quick,
                     only_architectures=args.architectures)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "validation.json").write_text(json.dumps(rows, indent=1))
     (args.out / "validation.md").write_text(_markdown(rows, args.device))
     (args.out / "summary.json").write_text(json.dumps(summary(rows), indent=1))
-    print(f"{len(rows)} measurements written to {args.out}/validation.md and validation.json")
+    report = memory_report(rows, device=args.device, context=context)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    (args.out / "memory-report.json").write_text(json.dumps(report, indent=1))
+    (args.out / "memory-report.md").write_text(report_markdown(report))
+    print(f"{len(rows)} measurements written to {args.out}/validation.md, validation.json and "
+          f"memory-report.md in {report['seconds']} s")
     return 0
 
 
