@@ -89,7 +89,10 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                 hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
                 allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
                 what: Literal["total", "tensor_peak"] = "total",
-                compile: bool = False, implementation: str = "nanogpt") -> NDArray[np.float64]:
+                compile: bool = False, implementation: str = "nanogpt",
+                loss: Literal["standard", "chunked"] = "standard",
+                optimizer_in_backward: bool = False, activation_offload: bool = False,
+                gradient_accumulation: bool = True) -> NDArray[np.float64]:
     """`training_memory`'s ``total`` (or ``tensor_peak``) in bytes, as float64, for arrays of
     micro-batch sizes and sequence lengths (broadcast against each other).
 
@@ -117,7 +120,10 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
                      allocator_slack_fraction=allocator_slack_fraction, compile=compile,
-                     implementation=implementation)
+                     implementation=implementation, loss=loss,
+                     optimizer_in_backward=optimizer_in_backward,
+                     activation_offload=activation_offload,
+                     gradient_accumulation=gradient_accumulation)
     check_shape(cfg, b, s)
     par = o.parallelism
     stages = ("only",) if par.pipeline == 1 else ("first", "last")
@@ -126,7 +132,7 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
         W, G, O, _, _, _, held, moments = stage_parts(
             cfg, b, s, o.precision, o.optimizer, o.attention, o.checkpointing, o.device, par,
             o.optimizer_impl, o.hold_logits, stage,  # type: ignore[arg-type]
-            compiled=o.compile, implementation=o.implementation)
+            compiled=o.compile, implementation=o.implementation, switches=o.switches)
         worst = np.maximum.reduce(np.broadcast_arrays(*moments.values()))
         stage_peak = float(W + G + O) + worst + held
         peak = stage_peak if peak is None else np.maximum(peak, stage_peak)

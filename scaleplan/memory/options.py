@@ -20,6 +20,7 @@ from scaleplan.memory.activations import AttentionKind, CheckpointingKind, Devic
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
+from scaleplan.memory.step_switches import StepSwitches, check_switches
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.shapes import per_config
 
@@ -49,13 +50,25 @@ class StepOptions:
     allocator_slack_fraction: float
     compile: bool = False
     implementation: str = "nanogpt"
+    loss: str = "standard"
+    optimizer_in_backward: bool = False
+    activation_offload: bool = False
+    gradient_accumulation: bool = True
+
+    @property
+    def switches(self) -> StepSwitches:
+        """The memory-saving switches (`scaleplan.memory.step_switches`)."""
+        return StepSwitches(self.loss, self.optimizer_in_backward, self.activation_offload,
+                            self.gradient_accumulation)
 
 
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,
                  allocator_slack_fraction: Any, compile: Any = False,
-                 implementation: Any = "nanogpt") -> StepOptions:
+                 implementation: Any = "nanogpt", loss: Any = "standard",
+                 optimizer_in_backward: Any = False, activation_offload: Any = False,
+                 gradient_accumulation: Any = True) -> StepOptions:
     """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
     normalised (aliases resolved, numbers as exact Python types); the layout checked against
     ``cfg``."""
@@ -64,14 +77,17 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
         checkpointing=checkpointing, device=device, parallelism=parallelism,
         optimizer_impl=optimizer_impl, hold_logits=hold_logits,
         cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction,
-        compile=compile, implementation=implementation)
+        compile=compile, implementation=implementation, loss=loss,
+        optimizer_in_backward=optimizer_in_backward, activation_offload=activation_offload,
+        gradient_accumulation=gradient_accumulation)
 
 
 def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                        checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                        hold_logits: Any, cuda_context_bytes: Any,
                        allocator_slack_fraction: Any, compile: Any,
-                       implementation: Any) -> StepOptions:
+                       implementation: Any, loss: Any, optimizer_in_backward: Any,
+                       activation_offload: Any, gradient_accumulation: Any) -> StepOptions:
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     one_of("attention", attention, ("flash", "eager"))
     one_of("checkpointing", checkpointing, ("none", "selective", "full"))
@@ -95,11 +111,19 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     refuse_unmodelled(cfg)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par)
+    sw = check_switches(loss=loss, optimizer_in_backward=optimizer_in_backward,
+                        activation_offload=activation_offload,
+                        gradient_accumulation=gradient_accumulation,
+                        implementation=implementation, compile=compile,
+                        checkpointing=checkpointing, parallelism=par)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
                        allocator_slack_fraction=slack, compile=compile,
-                       implementation=implementation)
+                       implementation=implementation, loss=sw.loss,
+                       optimizer_in_backward=sw.optimizer_in_backward,
+                       activation_offload=sw.activation_offload,
+                       gradient_accumulation=sw.gradient_accumulation)
 
 
 IMPLEMENTATIONS = ("nanogpt", "hf")

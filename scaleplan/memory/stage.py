@@ -30,6 +30,15 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.step_switches import (
+    NO_SWITCHES,
+    StepSwitches,
+    chunked_loss_terms,
+    largest_gradient_bytes,
+    loss_chunks,
+    offload_saved_terms,
+    switch_moments,
+)
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["Stage", "stage_parts"]
@@ -42,12 +51,15 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                  attention: AttentionKind, checkpointing: CheckpointingKind,
                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                  hold_logits: bool, stage: Stage, *, compiled: bool = False,
-                 implementation: str = "nanogpt") -> tuple[Any, ...]:
+                 implementation: str = "nanogpt",
+                 switches: StepSwitches = NO_SWITCHES) -> tuple[Any, ...]:
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
     "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`); each on one stage with no
-    tensor parallelism, as `step_options` checks."""
+    tensor parallelism, as `step_options` checks. ``switches``: the memory-saving switches
+    (`scaleplan.memory.step_switches`); the moments stay on top of weights, all gradients and
+    optimizer states, less the gradients not alive at each moment."""
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -61,6 +73,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     else:
         saved = eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads)
+    if switches.loss == "chunked" and heads:
+        saved = {**saved, **chunked_loss_terms(cfg, b, s)}
     S = sum(saved.values())
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
@@ -90,4 +104,13 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else implementation)
+    if switches != NO_SWITCHES:
+        on_gpu = (offload_saved_terms(cfg, b, s, saved, layers)
+                  if switches.activation_offload else saved)
+        moments = switch_moments(
+            moments, saved=saved, on_gpu=on_gpu, copies=copies, all_copies=all_copies, TV=TV,
+            TVc=b * loss_chunks(s)[1] * cfg.vocab_size if heads else 0, e=e, G=G,
+            largest=largest_gradient_bytes(cfg, p) if switches.optimizer_in_backward else 0,
+            sw=switches)
+        saved = on_gpu
     return W, G, O, saved, copies, all_copies, held, moments

@@ -28,6 +28,12 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
 from scaleplan.memory.stage import Stage, stage_parts
 from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.step_switches import (
+    LossKind,
+    StepSwitches,
+    gradients_at,
+    largest_gradient_bytes,
+)
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.units import format_gib
 
@@ -68,8 +74,9 @@ class MemoryBreakdown(BaseModel):
 
     weights: int = Field(description="The parameters in their stored dtype (per GPU, sharded "
                          "as the parallelism says).")
-    gradients: int = Field(description="Gradients, kept for the whole step (as with gradient "
-                           "accumulation); fp32 for bf16-fp32-master.")
+    gradients: int = Field(description="Gradients alive at the worst moment: all of them, all "
+                           "step, with gradient accumulation (the default); fp32 for "
+                           "bf16-fp32-master.")
     optimizer: int = Field(description="Optimizer states, plus the fp32 master weights of "
                            "bf16-fp32-master.")
     saved_for_backward: int = Field(
@@ -199,7 +206,9 @@ def training_memory(
     parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
     hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION, compile: bool = False,
-    implementation: str = "nanogpt",
+    implementation: str = "nanogpt", loss: LossKind = "standard",
+    optimizer_in_backward: bool = False, activation_offload: bool = False,
+    gradient_accumulation: bool = True,
 ) -> MemoryBreakdown:
     """Memory one GPU needs to train ``cfg`` for one optimizer step.
 
@@ -232,9 +241,19 @@ def training_memory(
             q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax
             in fp32, GPT-2's gelu_new; `scaleplan.memory.hf_terms`, exact against transformers
             5.25 on CPU for Llama, Qwen2, Mistral, Gemma, GPT-2 and GPT-NeoX layouts).
+        loss: ``"standard"`` (one cross-entropy over all logits) or ``"chunked"`` (torchtune's
+            ``CEWithChunkedOutputLoss``: 8 sequence chunks, each projected and upcast to fp32
+            on its own; `scaleplan.memory.step_switches`).
+        optimizer_in_backward: each parameter stepped and its gradient freed as soon as it is
+            ready (torchtune's ``optimizer_in_bwd``); needs ``gradient_accumulation=False``.
+        activation_offload: saved activations copied to host memory (torchtune's
+            ``OffloadActivations``), the loss side, small tensors and the blocks in flight left.
+        gradient_accumulation: True: gradients resident all step (the last micro-batch of
+            accumulation); False: one micro-batch per optimizer step, no gradients during
+            forward and at the start of backward.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
-    (the reference harness's ``accumulating=True``). The worst moment is the largest of
+    (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``. The worst moment is the largest of
 
     - ``forward_end``: saved tensors + every autocast weight copy (autocast caches them until
       its region exits, even those checkpointing does not save) + the logits (s b V, activation
@@ -260,13 +279,16 @@ def training_memory(
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
                      allocator_slack_fraction=allocator_slack_fraction, compile=compile,
-                     implementation=implementation)
+                     implementation=implementation, loss=loss,
+                     optimizer_in_backward=optimizer_in_backward,
+                     activation_offload=activation_offload,
+                     gradient_accumulation=gradient_accumulation)
     micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
     par = o.parallelism
     stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
     found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
                            o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
-                           stage, o.compile, o.implementation) for stage in stages]
+                           stage, o.compile, o.implementation, o.switches) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = overhead_bytes(o, tensor_peak)
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
@@ -277,18 +299,20 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   attention: AttentionKind, checkpointing: CheckpointingKind,
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                   hold_logits: bool, stage: Stage, compiled: bool,
-                  implementation: str) -> tuple[int, dict[str, Any]]:
+                  implementation: str, sw: StepSwitches) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
     W, G, O, saved, copies, all_copies, held, moments = stage_parts(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
-        compiled=compiled, implementation=implementation)
+        compiled=compiled, implementation=implementation, switches=sw)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
-    worst = moments[moment] + held
+    grads = gradients_at(moment, G, largest_gradient_bytes(cfg, p)
+                         if sw.optimizer_in_backward else 0, sw)
+    worst = moments[moment] + held + G - grads  # the moments count every gradient
     copies_field = copies if moment != "forward_end" else all_copies
-    tensor_peak = int(W + G + O + worst)
+    tensor_peak = int(W + grads + O + worst)
     return tensor_peak, dict(
-        weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
+        weights=W, gradients=grads, optimizer=O, saved_for_backward=int(S),
         autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
         logits=int(sum(saved.get(k, 0) for k in ("log_softmax", "logits", "logsumexp",
                                                   "targets"))),

@@ -14,6 +14,8 @@ from scaleplan.checks import real, whole
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.step_switches import NO_SWITCHES, check_switches
 from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.units import format_gib
 from scaleplan.validation.base import TIGHT_FIT_FRACTION, Finding, Marker, Subject, check_text
@@ -24,6 +26,9 @@ _ATTENTION: tuple[str, ...] = get_args(AttentionKind)
 _CHECKPOINTING: tuple[str, ...] = get_args(CheckpointingKind)
 DEFAULT_PRECISION = "bf16-mixed"  # nanoGPT's default (dtype='bfloat16' under autocast)
 DEFAULT_OPTIMIZER = "adamw"
+# The memory-saving switches and the values at which FitsOn leaves them out of the settings.
+_SWITCHES_OFF = {name: getattr(NO_SWITCHES, name) for name in (
+    "loss", "optimizer_in_backward", "activation_offload", "gradient_accumulation")}
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -41,7 +46,9 @@ class FitsOn(Marker):
     ``micro_batch_size``, ``seq_len``, ``precision`` and ``optimizer`` come from the marker,
     else from the training settings (precision defaults to ``"bf16-mixed"``, optimizer to
     ``"adamw"``). ``compile`` and ``implementation`` are `training_memory`'s (torch.compile;
-    nanoGPT's or Hugging Face's modeling code). ``headroom`` keeps a fraction of the memory
+    nanoGPT's or Hugging Face's modeling code), and so are ``loss``, ``optimizer_in_backward``,
+    ``activation_offload`` and ``gradient_accumulation`` (`scaleplan.memory.step_switches`).
+    ``headroom`` keeps a fraction of the memory
     free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
     (weights, gradients, optimizer states, activations, logits, CUDA context and allocator
     slack), or ``memory_model(cfg, **settings)``
@@ -65,6 +72,10 @@ class FitsOn(Marker):
     checkpointing: CheckpointingKind = "none"
     compile: bool = False
     implementation: str = "nanogpt"
+    loss: str = "standard"
+    optimizer_in_backward: bool = False
+    activation_offload: bool = False
+    gradient_accumulation: bool = True
     headroom: float = 0.0
     memory_model: Callable[..., Any] | None = None
     gpu_name: str = field(init=False, compare=False)
@@ -91,6 +102,11 @@ class FitsOn(Marker):
         if self.implementation not in ("nanogpt", "hf"):
             raise ScaleplanError(f"implementation={shown(self.implementation)} is not one of "
                                  "'nanogpt', 'hf'")
+        check_switches(loss=self.loss, optimizer_in_backward=self.optimizer_in_backward,
+                       activation_offload=self.activation_offload,
+                       gradient_accumulation=self.gradient_accumulation,
+                       implementation=self.implementation, compile=self.compile,
+                       checkpointing=self.checkpointing, parallelism=Parallelism())
         if isinstance(self.headroom, bool) or not isinstance(self.headroom, int | float) \
                 or not 0 <= self.headroom < 1:
             raise ScaleplanError(f"headroom={shown(self.headroom)} must be a fraction in [0, 1), "
@@ -125,6 +141,8 @@ class FitsOn(Marker):
             **({"compile": True} if self.compile else {}),
             **({"implementation": self.implementation} if self.implementation != "nanogpt"
                else {}),
+            **{name: getattr(self, name) for name, off in _SWITCHES_OFF.items()
+               if getattr(self, name) != off},
         }
 
     def explicit(self) -> dict[str, Any]:

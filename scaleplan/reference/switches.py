@@ -1,0 +1,371 @@
+"""Measure the memory-saving switches of a training step on the reference GPT, on CPU.
+
+`measure_switches` runs one AdamW step of `scaleplan.reference.model.GPT` with any of the four
+switches of `scaleplan.memory.training.training_memory`, each built the way torchtune 0.6.1
+builds it (read from its source, not imported: its offloading needs CUDA streams):
+
+- ``loss="chunked"``: torchtune's ``TransformerDecoder.chunked_output`` and
+  ``CEWithChunkedOutputLoss`` (torchtune/modules/transformer.py, modules/loss/
+  ce_chunked_output_loss.py): the final hidden states split into ``loss_chunks`` chunks along
+  the sequence, each projected by the output layer, the list returned; then each chunk upcast
+  to fp32 (``logits.float()``) and cross-entropy summed chunk by chunk; the recipe drops the
+  logits once the loss is computed (``del logits``).
+- ``optimizer_in_backward``: torchtune's ``register_optim_in_bwd_hooks`` (training/memory.py):
+  one optimizer per parameter, stepped and zeroed (``set_to_none``) by a post-accumulate-grad
+  hook as soon as the parameter's gradient is ready.
+- ``activation_offload``: torchtune's ``OffloadActivations`` (training/_activation_offloading.py)
+  with its defaults (``use_streams=True``, ``max_fwd_stash_size=5``, ``min_offload_size=1024``):
+  a saved tensor of at least 1024 bytes (``element_size() * nelement()``) that is not an
+  ``nn.Parameter`` or ``nn.Buffer`` is copied to host memory; the last offloaded tensors among the
+  5 most recent saves stay on the device (the forward stash); in backward a tensor comes back
+  when its node runs and is dropped once the next node runs. The output layer runs under
+  ``NoOpManager`` (saved on the device) and the loss runs outside the context, as in the
+  recipe. Host copies are made outside the live-bytes tracker: the tracker counts device memory.
+- ``gradient_accumulation=False``: gradients start the measured step as None (one micro-batch per
+  optimizer step); True: an earlier micro-batch's gradients are resident.
+
+The measured step's peak and phase peaks are live device bytes, as in
+`scaleplan.reference.measure`. ``python -m scaleplan.reference.switches`` writes the grid to
+docs/validation/step-switches.json, replayed without torch by tests/test_step_switches_replay.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from scaleplan.model.config import GPTConfig
+from scaleplan.reference.step import TrainingStep
+from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
+
+__all__ = ["GRID", "OFFLOAD_MIN_BYTES", "OFFLOAD_STASH", "SwitchMeasurement", "grid", "main",
+           "measure_switches"]
+
+OFFLOAD_MIN_BYTES = 1024  # torchtune OffloadActivations(min_offload_size=1024)
+OFFLOAD_STASH = 5  # torchtune OffloadActivations(max_fwd_stash_size=5)
+
+
+class SwitchMeasurement(BaseModel):
+    """One measured step with switches. Bytes are ints, live device bytes by storage."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: GPTConfig
+    micro_batch_size: int
+    seq_len: int
+    precision: str
+    checkpointing: bool
+    loss: str
+    loss_chunks: int
+    optimizer_in_backward: bool
+    activation_offload: bool
+    gradient_accumulation: bool
+    saved_for_backward: int = Field(description="Storages autograd keeps after forward + loss, "
+                                    "parameters and autocast weight copies excluded (with "
+                                    "offloading: before offloading, as packed).")
+    saved_by_module: dict[str, int]
+    offloaded: int = Field(description="Bytes copied to host memory (per saved tensor).")
+    saved_on_device: int = Field(description="saved_for_backward less the storages offloaded.")
+    live_after_forward: int = Field(description="Live device bytes once the loss returned.")
+    resident: int = Field(description="Live device bytes when the step starts.")
+    gradients_resident: int = Field(description="Gradient bytes resident when the step starts.")
+    peak_bytes: int
+    phase_peaks: dict[str, int]
+
+
+class _ChunkedHead(nn.Module):
+    """torchtune's ``chunked_output``: the output layer applied to each sequence chunk of the
+    final hidden states; returns the list of chunk logits."""
+
+    def __init__(self, head: nn.Module, chunks: int) -> None:
+        super().__init__()
+        self.head, self.chunks = head, chunks
+
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        return [self.head(c) for c in h.chunk(self.chunks, dim=1)]
+
+
+def _chunked_loss(logits: list[torch.Tensor], targets: torch.Tensor,
+                  chunks: int) -> torch.Tensor:
+    """torchtune's ``CEWithChunkedOutputLoss.forward``: each chunk upcast to fp32, summed."""
+    total = torch.zeros((), device=targets.device)
+    for lg, tg in zip(logits, targets.chunk(chunks, dim=1), strict=True):
+        total = total + F.cross_entropy(lg.reshape(-1, lg.size(-1)).float(), tg.reshape(-1),
+                                        reduction="sum")
+    return total / targets.numel()
+
+
+class _Offloader:
+    """torchtune's ``OffloadActivations`` (use_streams=True) memory semantics, on CPU."""
+
+    def __init__(self, recorder: SavedTensorsRecorder) -> None:
+        self.recorder = recorder
+        self.tracker: dict[int, tuple[torch.Tensor, bool]] = {}
+        self.fwd_stash: dict[int, torch.Tensor] = {}
+        self.bwd_stash: dict[int, torch.Tensor] = {}
+        self.next_id = 0
+        self.offloaded = 0
+        self.node: Any = None
+        self.noop = False
+        self.kept: set[int] = set()
+        self.saved: list[tuple[int, int]] = []  # (storage handle, bytes) in order saved
+        self.open: dict[int, int] = {}  # handles of saved storages still alive
+        self.refs: list[weakref.ref[Any]] = []
+
+    def pack(self, t: torch.Tensor) -> int:
+        self.next_id += 1
+        tid = self.next_id
+        big = t.element_size() * t.nelement() >= OFFLOAD_MIN_BYTES
+        key = self._note(t)
+        if self.noop or not big or isinstance(t, nn.Parameter | nn.Buffer):
+            self.tracker[tid] = (t, False)
+            if key in self.open:
+                self.kept.add(self.open[key])
+            return tid
+        for old in [k for k in self.fwd_stash if k <= tid - OFFLOAD_STASH]:
+            del self.fwd_stash[old]
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():  # host memory: not on the device tracker
+            host = t.detach().clone()
+        self.offloaded += t.element_size() * t.nelement()
+        self.tracker[tid] = (host, True)
+        self.fwd_stash[tid] = t
+        return tid
+
+    def _note(self, t: torch.Tensor) -> int:
+        """Count a saved storage once while it lives (a freed storage's handle is reused by a
+        later one, which counts again); parameters are not counted."""
+        storage = t.untyped_storage()
+        key = int(storage._cdata)
+        if key in self.recorder.param_keys or key in self.open:
+            return key
+        self.open[key] = len(self.saved)
+        self.saved.append((key, int(storage.nbytes())))
+        self.refs.append(weakref.ref(storage, lambda _r, k=key: self.open.pop(k, None)))
+        return key
+
+    def unpack(self, tid: int) -> torch.Tensor:
+        t, moved = self.tracker.pop(tid)
+        if not moved:
+            return t
+        node = torch._C._current_autograd_node()
+        previous: list[int] = []
+        if node is not self.node:
+            self.node = node
+            previous = list(self.bwd_stash)
+        if tid in self.fwd_stash:
+            back, brought = self.fwd_stash[tid], False
+        else:
+            back, brought = t.clone(), True  # back on the device: tracked
+            self.bwd_stash[tid] = back
+
+        def hook(outputs: Any, inputs: Any) -> Any:
+            del inputs
+            self.fwd_stash.clear()
+            for k in previous:
+                self.bwd_stash.pop(k, None)
+            return outputs
+
+        del brought
+        node.register_hook(hook)
+        return back
+
+    def finish(self) -> None:
+        """Drop the stashes (the end of a backward)."""
+        self.fwd_stash.clear()
+        self.bwd_stash.clear()
+
+    def reset(self) -> None:
+        """Forget what earlier steps saved and offloaded."""
+        self.finish()
+        self.saved.clear()
+        self.kept.clear()
+        self.open.clear()
+        self.refs.clear()
+        self.offloaded = 0
+
+
+@contextmanager
+def _offloading(off: _Offloader | None, step: TrainingStep) -> Iterator[None]:
+    if off is None:
+        yield
+        return
+    head = step.model.lm_head
+    pre = head.register_forward_pre_hook(lambda *_: setattr(off, "noop", True))
+    post = head.register_forward_hook(lambda *_: setattr(off, "noop", False))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(off.pack, off.unpack):
+            yield
+    finally:
+        pre.remove()
+        post.remove()
+
+
+def _in_backward_hooks(step: TrainingStep) -> None:
+    """torchtune's register_optim_in_bwd_hooks: one AdamW per parameter, stepped and zeroed
+    (set_to_none) as soon as its gradient is accumulated."""
+    opts = {p: torch.optim.AdamW([p], lr=1e-4, foreach=False) for p in step.params}
+
+    def optim_step(p: torch.Tensor) -> None:
+        opts[p].step()
+        opts[p].zero_grad(set_to_none=True)
+
+    for p in step.params:
+        p.register_post_accumulate_grad_hook(optim_step)  # type: ignore[no-untyped-call]
+    step.in_backward = opts  # type: ignore[attr-defined]
+
+
+def _loss(step: TrainingStep, off: _Offloader | None, recorder: SavedTensorsRecorder | None,
+          chunks: int | None) -> torch.Tensor:
+    """One forward + loss as the recipe runs it (the logits dropped once the loss is taken)."""
+    record = recorder.recording(step.model) if recorder is not None else nullcontext()
+    with record, step.autocast():
+        with _offloading(off, step):
+            logits, _ = step.model(step.idx)
+        if chunks is None:
+            out = F.cross_entropy(logits.view(-1, logits.size(-1)), step.targets.view(-1))
+        else:
+            out = _chunked_loss(logits, step.targets, chunks)
+    del logits
+    return out
+
+
+def _resident(step: TrainingStep) -> dict[str, list[torch.Tensor]]:
+    groups = step.resident_groups()
+    opts: dict[Any, torch.optim.Optimizer] = getattr(step, "in_backward", {})
+    groups["optimizer_states"] += [v for o in opts.values() for s in o.state.values()
+                                   for v in s.values() if isinstance(v, torch.Tensor)]
+    return groups
+
+
+def measure_switches(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
+                     precision: str = "32-true", checkpointing: bool = False,
+                     loss: str = "standard", loss_chunks: int = 8,
+                     optimizer_in_backward: bool = False, activation_offload: bool = False,
+                     gradient_accumulation: bool = True, seed: int = 0) -> SwitchMeasurement:
+    """Measure one training step of the reference GPT with the switches (flash attention,
+    for-loop AdamW, logits dropped after the loss as torchtune's recipe does).
+
+    >>> m = measure_switches(GPTConfig(n_layer=1, n_head=1, n_embd=4, block_size=8,
+    ...                                vocab_size=8), micro_batch_size=1, seq_len=2)
+    >>> m.gradients_resident == 4 * 316, m.offloaded
+    (True, 0)
+    """
+    if optimizer_in_backward and gradient_accumulation:
+        raise ValueError("optimizer_in_backward needs gradient_accumulation=False (torchtune "
+                         "refuses gradient_accumulation_steps > 1 with optimizer_in_bwd)")
+    torch.manual_seed(seed)
+    step = TrainingStep(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
+                        precision=precision, attention="flash", checkpointing=checkpointing,
+                        device=torch.device("cpu"), cuda_semantics=False, optimizer="for-loop")
+    chunks = loss_chunks if loss == "chunked" else None
+    if chunks is not None:
+        step.model.lm_head = _ChunkedHead(step.model.lm_head, chunks)
+    if optimizer_in_backward:
+        _in_backward_hooks(step)
+    recorder = SavedTensorsRecorder(param_keys={storage_key(p) for p in step.params})
+    off = _Offloader(recorder) if activation_offload else None
+    run: Callable[[], None] = (lambda: None) if optimizer_in_backward else step.update
+    _loss(step, off, None, chunks).backward()  # type: ignore[no-untyped-call]  # warm-up
+    run()
+    step.zero_grad()
+    if gradient_accumulation:
+        _loss(step, off, None, chunks).backward()  # type: ignore[no-untyped-call]
+    if off is not None:
+        off.reset()
+    gc.collect()
+    tracker = LiveBytesTracker()
+    groups = _resident(step)
+    sizes = {name: tracker.add_resident(ts) for name, ts in groups.items()}
+    tracker.on_new_storage = recorder.note_new_storage
+    with tracker:
+        tracker.set_phase("forward")
+        out = _loss(step, off, recorder, chunks)
+        live_after_forward = tracker.current
+        tracker.on_new_storage = None
+        tracker.set_phase("backward")
+        out.backward()  # type: ignore[no-untyped-call]
+        del out
+        if off is not None:
+            off.finish()
+        tracker.set_phase("optimizer")
+        run()
+        tracker.set_phase("zero_grad")
+        step.zero_grad()
+    by_module, _, _ = recorder.totals()
+    on_device = sum(by_module.values())
+    if off is not None:  # the model's saves went to the offloader's hooks (the innermost)
+        model = [(i, n) for i, (k, n) in enumerate(off.saved)
+                 if k not in recorder.cast_keys and k not in recorder.by_storage]
+        by_module["model (offloading hooks)"] = sum(n for _, n in model)
+        on_device += sum(n for i, n in model if i in off.kept)
+    return SwitchMeasurement(
+        config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
+        checkpointing=checkpointing, loss=loss, loss_chunks=loss_chunks,
+        optimizer_in_backward=optimizer_in_backward, activation_offload=activation_offload,
+        gradient_accumulation=gradient_accumulation,
+        saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
+        offloaded=off.offloaded if off is not None else 0, saved_on_device=on_device,
+        live_after_forward=live_after_forward, resident=sum(sizes.values()),
+        gradients_resident=sizes["grads"], peak_bytes=tracker.peak,
+        phase_peaks={k: v for k, v in tracker.phase_peaks.items() if k != "start"})
+
+
+GRID: dict[str, GPTConfig] = {
+    "gpt2-like": GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200),
+    "llama-like": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, block_size=64,
+                            vocab_size=200, bias=False, mlp="swiglu", norm="rmsnorm",
+                            position="rope", tie_embeddings=False, mlp_hidden=160),
+}
+"""The two small models of tests/test_memory_vs_reference.py."""
+
+_SWITCHES: tuple[dict[str, Any], ...] = (
+    {},
+    {"gradient_accumulation": False},
+    {"loss": "chunked"},
+    {"loss": "chunked", "gradient_accumulation": False},
+    {"optimizer_in_backward": True, "gradient_accumulation": False},
+    {"activation_offload": True},
+    {"loss": "chunked", "optimizer_in_backward": True, "gradient_accumulation": False,
+     "activation_offload": True},
+)
+
+
+def grid(b: int = 2, s: int = 48) -> list[dict[str, Any]]:
+    """Every model x precision ("32-true", "bf16-mixed", "bf16-true") x switch set."""
+    rows = []
+    for name, cfg in GRID.items():
+        for precision in ("32-true", "bf16-mixed", "bf16-true"):
+            for switches in _SWITCHES:
+                m = measure_switches(cfg, micro_batch_size=b, seq_len=s, precision=precision,
+                                     **switches)
+                rows.append({"model": name, **m.model_dump(mode="json")})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the grid and write it as JSON (default docs/validation/step-switches.json)."""
+    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.switches")
+    parser.add_argument("--out", default="docs/validation/step-switches.json")
+    args = parser.parse_args(argv)
+    rows = grid()
+    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"wrote {len(rows)} measurements to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

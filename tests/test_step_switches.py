@@ -1,0 +1,199 @@
+"""The memory-saving switches (issue 17): ``loss``, ``optimizer_in_backward``,
+``activation_offload`` and ``gradient_accumulation``, by hand calculation, torch-free.
+
+Every expected value is written out from the operations torchtune 0.6.1's code runs
+(scaleplan/memory/step_switches.py cites the files); the measured replay is
+tests/test_step_switches_replay.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scaleplan.errors import ScaleplanError, UnknownNameError
+from scaleplan.memory.limits import max_micro_batch_size, memory_grid
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.step_switches import (
+    StepSwitches,
+    chunked_loss_terms,
+    gradients_at,
+    largest_gradient_bytes,
+    loss_chunks,
+    offload_saved_terms,
+)
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+from scaleplan.validation.step import FitsOn
+
+# nanoGPT's layout, 2 layers of d 64, V 200 (the harness's "gpt2-like")
+GPT2_LIKE = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)
+B, S, V = 2, 48, 200
+T = B * S
+CPU = dict(micro_batch_size=B, seq_len=S, device="cpu", optimizer_impl="for-loop",
+           hold_logits=False)
+# Parameters of GPT2_LIKE (nanoGPT's count, tied head): wte 200x64 + wpe 64x64, per block
+# 2 LayerNorms (2 x 128), c_attn 64x192 + 192, c_proj 64x64 + 64, c_fc 64x256 + 256,
+# c_proj 256x64 + 64; ln_f 128.
+PARAMS = 200 * 64 + 64 * 64 + 2 * (256 + 64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256
+                                   + 256 * 64 + 64) + 128
+
+
+def test_param_count_by_hand_matches_the_models_gradients() -> None:
+    m = training_memory(GPT2_LIKE, precision="32-true", **CPU)  # type: ignore[arg-type]
+    assert m.gradients == PARAMS * 4 == 116_992 * 4
+
+
+def test_chunks_follow_torch_chunk() -> None:
+    # torch.chunk: chunks of ceil(s / 8); 48 -> 8 x 6; 50 -> 7 x 7 + 1 (8 chunks); 9 -> 5 x 2
+    assert loss_chunks(48) == (8, 6)
+    assert loss_chunks(50) == (8, 7)
+    assert loss_chunks(9) == (5, 2)
+    assert loss_chunks(1) == (1, 1)
+
+
+def test_chunked_loss_saves_fp32_log_softmax_and_one_weight_total_per_chunk() -> None:
+    # 8 chunks of 2 x 6 tokens: fp32 log-softmax 96 x 200 x 4, int64 targets 96 x 8, and 8
+    # nll_loss weight totals of 4 bytes (fp32: each chunk is upcast before the loss)
+    assert chunked_loss_terms(GPT2_LIKE, B, S) == {"log_softmax": 76_800,
+                                                   "targets": 768 + 32}
+    m = training_memory(GPT2_LIKE, precision="bf16-true", loss="chunked", **CPU)  # type: ignore[arg-type]
+    std = training_memory(GPT2_LIKE, precision="bf16-true", **CPU)  # type: ignore[arg-type]
+    # bf16 parameters: the standard loss keeps a bf16 log-softmax (96 x 200 x 2) and a 2-byte
+    # weight total; the chunked one upcasts, so it keeps more, not less
+    assert m.saved_breakdown["log_softmax"] - std.saved_breakdown["log_softmax"] == 38_400
+    assert m.saved_breakdown["targets"] - std.saved_breakdown["targets"] == 32 - 2
+
+
+def test_chunked_loss_forward_end_holds_every_chunks_logits_and_one_fp32_upcast() -> None:
+    m = training_memory(GPT2_LIKE, precision="bf16-true", loss="chunked", **CPU)  # type: ignore[arg-type]
+    assert m.peak_moment == "forward_end"
+    # on top of the saved tensors: all bf16 logits (96 x 200 x 2) and the last chunk's fp32
+    # upcast (12 x 200 x 4); bf16-true has no autocast weight copies
+    assert m.transient == 96 * 200 * 2 + 12 * 200 * 4
+    assert m.autocast_weight_copies == 0
+
+
+def test_chunked_loss_backward_start_holds_one_chunks_two_fp32_gradients() -> None:
+    # fp32 logits: .float() returns them, no upcast at forward_end: the standard loss ends
+    # forward with the logits (T V x 4) and starts backward with two T V x 4 gradients; the
+    # chunked one with T V x 4 and 2 x 12 x 200 x 4
+    m = training_memory(GPT2_LIKE, precision="32-true", loss="chunked", **CPU)  # type: ignore[arg-type]
+    std = training_memory(GPT2_LIKE, precision="32-true", **CPU)  # type: ignore[arg-type]
+    assert std.transient == 2 * T * V * 4
+    assert m.peak_moment == "forward_end"
+    assert m.transient == T * V * 4
+    assert m.tensor_peak - std.tensor_peak == (m.saved_for_backward - std.saved_for_backward
+                                               + T * V * 4 - 2 * T * V * 4)
+
+
+def test_no_gradient_accumulation_drops_every_gradient_at_backward_start() -> None:
+    acc = training_memory(GPT2_LIKE, precision="32-true", **CPU)  # type: ignore[arg-type]
+    one = training_memory(GPT2_LIKE, precision="32-true", gradient_accumulation=False,
+                          **CPU)  # type: ignore[arg-type]
+    assert (acc.peak_moment, one.peak_moment) == ("backward_start", "backward_start")
+    assert one.gradients == 0
+    assert acc.tensor_peak - one.tensor_peak == PARAMS * 4
+
+
+def test_no_gradient_accumulation_keeps_gradients_through_the_optimizer_step() -> None:
+    # b = s = 1: activations are tiny, so the step's worst moment is the foreach AdamW's
+    # temporaries on top of every gradient, with or without accumulation
+    kw = dict(micro_batch_size=1, seq_len=1, precision="32-true", optimizer_impl="foreach")
+    acc = training_memory(GPT2_LIKE, **kw)  # type: ignore[arg-type]
+    one = training_memory(GPT2_LIKE, gradient_accumulation=False, **kw)  # type: ignore[arg-type]
+    assert one.peak_moment == acc.peak_moment == "optimizer_step"
+    assert one.gradients == acc.gradients == PARAMS * 4
+    assert one.total == acc.total
+
+
+def test_optimizer_in_backward_has_no_optimizer_step_and_one_gradient_at_a_time() -> None:
+    kw = dict(micro_batch_size=1, seq_len=1, precision="32-true", optimizer_impl="foreach",
+              gradient_accumulation=False)
+    m = training_memory(GPT2_LIKE, optimizer_in_backward=True, **kw)  # type: ignore[arg-type]
+    assert m.peak_moment != "optimizer_step"
+    assert m.gradients == 0  # at forward end / backward start
+    # the largest parameter is an MLP matrix, 64 x 256 (the tied embedding is 200 x 64)
+    assert largest_gradient_bytes(GPT2_LIKE, "32-true") == 64 * 256 * 4
+    assert largest_gradient_bytes(GPT2_LIKE, "bf16-true") == 64 * 256 * 2
+
+
+def test_gradients_at_each_moment() -> None:
+    acc, one = StepSwitches(), StepSwitches(gradient_accumulation=False)
+    oib = StepSwitches(optimizer_in_backward=True, gradient_accumulation=False)
+    assert [gradients_at(k, 100, 7, acc) for k in ("forward_end", "optimizer_step")] == [100, 100]
+    assert [gradients_at(k, 100, 7, one) for k in
+            ("forward_end", "backward_start", "recompute", "optimizer_step")] == [0, 0, 100, 100]
+    assert [gradients_at(k, 100, 7, oib) for k in ("backward_start", "recompute")] == [0, 7]
+
+
+def test_activation_offload_keeps_the_loss_side_and_the_small_tensors() -> None:
+    m = training_memory(GPT2_LIKE, precision="32-true", activation_offload=True, **CPU)  # type: ignore[arg-type]
+    std = training_memory(GPT2_LIKE, precision="32-true", **CPU)  # type: ignore[arg-type]
+    # kept on the GPU: token ids 96 x 8, position ids 48 x 8, LayerNorm mean and rstd of
+    # 96 x 4 = 384 bytes each (under the 1024-byte minimum: 5 norms x 2 tensors), the output
+    # layer's input 96 x 64 x 4 (NoOpManager) and the loss (fp32 log-softmax, int64 targets and
+    # a 4-byte weight total, computed outside the context)
+    kept = 768 + 384 + 10 * 384 + 96 * 64 * 4 + 96 * 200 * 4 + 768 + 4
+    assert kept == 107_140
+    # in flight: one of the 2 blocks' share of everything offloaded
+    in_flight = (std.saved_for_backward - kept) // 2
+    assert m.saved_breakdown["offload_in_flight"] == in_flight
+    assert m.saved_for_backward == kept + in_flight
+    assert std.tensor_peak - m.tensor_peak == std.saved_for_backward - kept - in_flight
+
+
+def test_offload_keeps_statistics_only_while_they_are_small() -> None:
+    # b s = 384 tokens: a norm statistic is 1536 bytes, past the 1024-byte minimum
+    terms = offload_saved_terms(GPT2_LIKE, 8, 48, {"norm1_stats": 6144, "qkv": 100}, 2)
+    assert terms == {"norm1_stats": 0, "offload_in_flight": (6144 + 100) // 2}
+
+
+def test_memory_grid_cells_equal_training_memory_with_switches() -> None:
+    options = dict(precision="bf16-true", loss="chunked", activation_offload=True,
+                   optimizer_in_backward=True, gradient_accumulation=False)
+    grid = memory_grid(GPT2_LIKE, micro_batch_size=np.array([[1], [2], [8]]),
+                       seq_len=np.array([9, 48]), **options)  # type: ignore[arg-type]
+    for i, b in enumerate((1, 2, 8)):
+        for j, s in enumerate((9, 48)):
+            total = training_memory(GPT2_LIKE, micro_batch_size=b, seq_len=s, **options).total  # type: ignore[arg-type]
+            assert grid[i, j] == total
+
+
+def test_max_micro_batch_size_passes_the_switches_on() -> None:
+    cfg = GPTConfig.preset("gpt2")
+    plain = max_micro_batch_size(cfg, "RTX 4070", seq_len=1024)
+    chunked = max_micro_batch_size(cfg, "RTX 4070", seq_len=1024, loss="chunked",
+                                   gradient_accumulation=False)
+    assert chunked > plain
+
+
+def test_fits_on_takes_the_switches() -> None:
+    marker = FitsOn("RTX 4070", micro_batch_size=8, seq_len=1024, loss="chunked",
+                    gradient_accumulation=False)
+    settings = marker._settings({})  # noqa: SLF001
+    assert settings["loss"] == "chunked" and settings["gradient_accumulation"] is False
+    assert "optimizer_in_backward" not in settings
+    with pytest.raises(ScaleplanError, match="gradient_accumulation=False"):
+        FitsOn("RTX 4070", optimizer_in_backward=True)
+
+
+@pytest.mark.parametrize(("options", "pattern"), [
+    ({"loss": "chunky"}, "loss"),
+    ({"optimizer_in_backward": "yes"}, r"optimizer_in_backward='yes' must be True or False"),
+    ({"activation_offload": 1}, r"activation_offload=1 must be True or False"),
+    ({"gradient_accumulation": None}, r"gradient_accumulation=None must be True or False"),
+    ({"optimizer_in_backward": True}, r"pass gradient_accumulation=False"),
+    ({"loss": "chunked", "compile": True}, r"loss='chunked' is not modelled yet with compile"),
+    ({"activation_offload": True, "parallelism": Parallelism(data=2)},
+     r"activation_offload=True is modelled for one GPU"),
+    ({"loss": "chunked", "parallelism": Parallelism(tensor=2)},
+     r"not modelled yet with tensor or pipeline"),
+    ({"gradient_accumulation": False, "parallelism": Parallelism(pipeline=2)},
+     r"gradient_accumulation=False is not modelled with pipeline"),
+    ({"activation_offload": True, "checkpointing": "full"},
+     r"activation_offload=True is not modelled yet with checkpointing='full'"),
+])
+def test_switches_refused_by_name(options: dict[str, object], pattern: str) -> None:
+    with pytest.raises((ScaleplanError, UnknownNameError), match=pattern):
+        training_memory(GPT2_LIKE, micro_batch_size=1, seq_len=8, **options)  # type: ignore[arg-type]
