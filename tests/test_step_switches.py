@@ -129,24 +129,31 @@ def test_gradients_at_each_moment() -> None:
 
 def test_activation_offload_keeps_the_loss_side_and_the_small_tensors() -> None:
     m = training_memory(GPT2_LIKE, precision="32-true", activation_offload=True, **CPU)  # type: ignore[arg-type]
-    std = training_memory(GPT2_LIKE, precision="32-true", **CPU)  # type: ignore[arg-type]
     # kept on the GPU: token ids 96 x 8, position ids 48 x 8, LayerNorm mean and rstd of
     # 96 x 4 = 384 bytes each (under the 1024-byte minimum: 5 norms x 2 tensors), the output
     # layer's input 96 x 64 x 4 (NoOpManager) and the loss (fp32 log-softmax, int64 targets and
     # a 4-byte weight total, computed outside the context)
     kept = 768 + 384 + 10 * 384 + 96 * 64 * 4 + 96 * 200 * 4 + 768 + 4
     assert kept == 107_140
-    # in flight: one of the 2 blocks' share of everything offloaded
-    in_flight = (std.saved_for_backward - kept) // 2
+    # in flight at the end of forward (the forward stash): the final norm's input 96 x 64 x 4
+    # and the last MLP's GELU input and output, 2 x 96 x 256 x 4
+    in_flight = 96 * 64 * 4 + 2 * 96 * 256 * 4
     assert m.saved_breakdown["offload_in_flight"] == in_flight
     assert m.saved_for_backward == kept + in_flight
-    assert std.tensor_peak - m.tensor_peak == std.saved_for_backward - kept - in_flight
+    # the worst moment is the last block's MLP backward: the kept tensors less the loss side
+    # (96 x 200 x 4 + 96 x 8 + 4), the residual gradient 96 x 64 x 4, c_proj's input and GELU's
+    # input brought back with a gradient each (4 x 96 x 256 x 4) and c_proj's weight brought
+    # back (64 x 256 x 4), on top of fp32 weights and gradients and AdamW's states
+    assert m.peak_moment == "offload_backward"
+    moment = (kept - (76_800 + 772) + 96 * 64 * 4 + 4 * 96 * 256 * 4 + 64 * 256 * 4)
+    assert moment == 512_896
+    assert m.tensor_peak == PARAMS * 4 + PARAMS * 4 + m.optimizer + moment
 
 
 def test_offload_keeps_statistics_only_while_they_are_small() -> None:
     # b s = 384 tokens: a norm statistic is 1536 bytes, past the 1024-byte minimum
-    terms = offload_saved_terms(GPT2_LIKE, 8, 48, {"norm1_stats": 6144, "qkv": 100}, 2)
-    assert terms == {"norm1_stats": 0, "offload_in_flight": (6144 + 100) // 2}
+    terms = offload_saved_terms(GPT2_LIKE, 8, 48, {"norm1_stats": 6144, "qkv": 100}, 2, 2)
+    assert terms == {"norm1_stats": 0, "offload_in_flight": 2 * 8 * 48 * 256 * 2}
 
 
 def test_memory_grid_cells_equal_training_memory_with_switches() -> None:
@@ -171,7 +178,7 @@ def test_max_micro_batch_size_passes_the_switches_on() -> None:
 def test_fits_on_takes_the_switches() -> None:
     marker = FitsOn("RTX 4070", micro_batch_size=8, seq_len=1024, loss="chunked",
                     gradient_accumulation=False)
-    settings = marker._settings({})  # noqa: SLF001
+    settings = marker._settings({})
     assert settings["loss"] == "chunked" and settings["gradient_accumulation"] is False
     assert "optimizer_in_backward" not in settings
     with pytest.raises(ScaleplanError, match="gradient_accumulation=False"):

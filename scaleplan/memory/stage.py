@@ -34,10 +34,7 @@ from scaleplan.memory.step_switches import (
     NO_SWITCHES,
     StepSwitches,
     chunked_loss_terms,
-    largest_gradient_bytes,
-    loss_chunks,
-    offload_saved_terms,
-    switch_moments,
+    switch_stage,
 )
 from scaleplan.model.config import GPTConfig, Precision
 
@@ -105,12 +102,7 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else implementation)
     if switches != NO_SWITCHES:
-        on_gpu = (offload_saved_terms(cfg, b, s, saved, layers)
-                  if switches.activation_offload else saved)
-        moments = switch_moments(
-            moments, saved=saved, on_gpu=on_gpu, copies=copies, all_copies=all_copies, TV=TV,
-            TVc=b * loss_chunks(s)[1] * cfg.vocab_size if heads else 0, e=e, G=G,
-            largest=largest_gradient_bytes(cfg, p) if switches.optimizer_in_backward else 0,
-            sw=switches)
-        saved = on_gpu
+        saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
+                                      copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
+                                      layers=layers, heads=heads, sw=switches)
     return W, G, O, saved, copies, all_copies, held, moments

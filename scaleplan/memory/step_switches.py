@@ -39,7 +39,12 @@ from typing import Any, Literal
 
 from scaleplan.checks import one_of
 from scaleplan.errors import ScaleplanError, shown
-from scaleplan.memory.dtypes import FP32_BYTES, INDEX_BYTES
+from scaleplan.memory.dtypes import (
+    FP32_BYTES,
+    INDEX_BYTES,
+    activation_bytes,
+    residual_bytes,
+)
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.states import gradient_bytes
 from scaleplan.model.config import GPTConfig, Precision
@@ -48,7 +53,8 @@ from scaleplan.model.shapes import parameters
 __all__ = ["LOSSES", "LOSS_CHUNKS", "NO_SWITCHES", "OFFLOAD_MIN_BYTES",
            "SWITCH_IMPLEMENTATIONS", "LossKind", "StepSwitches", "check_switches",
            "chunked_loss_terms", "gradients_at", "largest_gradient_bytes", "loss_chunks",
-           "offload_kept_terms", "offload_saved_terms", "switch_moments"]
+           "offload_backward_moment", "offload_kept_terms", "offload_saved_terms",
+           "switch_moments", "switch_stage"]
 
 LossKind = Literal["standard", "chunked"]
 LOSSES: tuple[str, ...] = ("standard", "chunked")
@@ -222,34 +228,70 @@ def gradients_at(moment: str, G: Any, largest: Any, sw: StepSwitches) -> Any:
     return largest if sw.optimizer_in_backward else G
 
 
+# The MLP's last saved activations (T f each) within the forward stash's five saves before the
+# final norm: GELU's input and output; a gated MLP's product and one factor.
+_MLP_LAST_SAVED = 2
+# The MLP tensors that two consecutive backward nodes bring back (T f each): c_proj's input and
+# the activation's input (GELU); c_proj's input and the product's two factors (gated).
+_MLP_BROUGHT_BACK = {False: 2, True: 3}
+
+
 def offload_saved_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
-                        layers: int) -> dict[str, Any]:
-    """What autograd's saved tensors leave on the GPU under ``OffloadActivations``:
-    `offload_kept_terms` plus ``offload_in_flight``, one block's share of the offloaded bytes
-    (the forward stash of the last five offloaded tensors; in backward the current and the
-    previous autograd node's tensors brought back).
+                        layers: int, e: int) -> dict[str, Any]:
+    """What autograd's saved tensors leave on the GPU at the end of forward under
+    ``OffloadActivations``: `offload_kept_terms` plus ``offload_in_flight``, the forward stash
+    (the last offloaded tensors among the five most recent saves stay on the GPU until the
+    next saves or the first backward node, ``e`` bytes per element): the final norm's input
+    (the residual stream, which nothing else holds by then) and the last block's MLP's last two
+    saved activations (2 T f e).
 
     >>> offload_saved_terms(GPTConfig(n_layer=2, n_head=4, n_embd=64), 2, 48,
-    ...                     {"qkv": 1000, "targets": 8}, 2)
-    {'targets': 8, 'offload_in_flight': 500}
+    ...                     {"qkv": 1000, "final_norm_input": 20, "targets": 8}, 2, 4)
+    {'targets': 8, 'offload_in_flight': 196628}
     """
     kept = offload_kept_terms(cfg, b, s, saved, layers)
-    offloaded = sum(saved.values()) - sum(kept.values())
-    return {**kept, "offload_in_flight": offloaded // max(layers, 1)}
+    stash = saved.get("final_norm_input", 0) + _MLP_LAST_SAVED * b * s * cfg.mlp_hidden * e
+    return {**kept, "offload_in_flight": stash}
+
+
+def offload_backward_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
+                            on_gpu: dict[str, Any]) -> Any:
+    """The worst moment of a block's backward under ``OffloadActivations``, in its MLP (the
+    widest tensors): the kept saved tensors less the loss side (freed by then), the residual
+    stream's gradient (T d, residual dtype), the MLP tensors the current and the previous
+    autograd node bring back (2 T f e for GELU, 3 for a gated MLP) with a gradient of each,
+    and the MLP weight's transposed view, which torchtune offloads too (a view of a parameter
+    is not an ``nn.Parameter``) and brings back (d f, activation dtype).
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)
+    >>> m = offload_backward_moment(cfg, 2, 48, "32-true",
+    ...                             on_gpu={"log_softmax": 76800, "norm1_stats": 1536})
+    >>> m == 1536 + 96 * 64 * 4 + 2 * 2 * 96 * 256 * 4 + 64 * 256 * 4
+    True
+    """
+    loss_side = sum(v for k, v in on_gpu.items() if k in ("log_softmax", "targets"))
+    kept = sum(on_gpu.values()) - on_gpu.get("offload_in_flight", 0) - loss_side
+    e = activation_bytes(p)
+    mlp = _MLP_BROUGHT_BACK[cfg.gated_mlp] * b * s * cfg.mlp_hidden * e
+    weight = cfg.n_embd * cfg.mlp_hidden * e
+    return kept + b * s * cfg.n_embd * residual_bytes(p) + 2 * mlp + weight
 
 
 def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: dict[str, Any],
                    copies: Any, all_copies: Any, TV: Any, TVc: Any, e: int, G: Any,
-                   largest: Any, sw: StepSwitches) -> dict[str, Any]:
+                   largest: Any, sw: StepSwitches, offload_backward: Any = 0) -> dict[str, Any]:
     """The moments of `scaleplan.memory.stage.stage_parts` (bytes on top of weights, all
     gradients and optimizer states) under the switches.
 
     ``TV``: b s V, the logits' elements; ``TVc``: the largest loss chunk's; ``e``: the
     activation dtype's bytes; ``on_gpu``: the saved terms left on the GPU (``saved`` itself
-    unless offloading: `offload_saved_terms`). With the chunked loss, forward
-    ends with every chunk's logits (T V e, the list is dropped after the loss) plus the last
-    chunk's fp32 upcast (none when the logits are fp32 already: ``.float()`` returns them), and
-    backward starts with one chunk's nll_loss and log-softmax gradients (2 TVc x 4 bytes).
+    unless offloading: `offload_saved_terms`); ``offload_backward``:
+    `offload_backward_moment`. With the chunked loss, forward ends with every chunk's logits
+    (T V e, the list is dropped after the loss) plus the last chunk's fp32 upcast (none when
+    the logits are fp32 already: ``.float()`` returns them), and backward starts with one
+    chunk's nll_loss and log-softmax gradients (2 TVc x 4 bytes). Offloaded, the saved autocast
+    weight copies leave the GPU too (autocast's cache still holds all of them until forward
+    ends).
     """
     out = dict(moments)
     S = sum(on_gpu.values())
@@ -260,8 +302,30 @@ def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: di
         upcast = TVc * FP32_BYTES if e != FP32_BYTES else 0
         out["forward_end"] = S + all_copies + TV * e + upcast
         out["backward_start"] = S + copies + 2 * TVc * FP32_BYTES
+    if sw.activation_offload:
+        out["backward_start"] = out["backward_start"] - copies
+        out["offload_backward"] = offload_backward
     if sw.optimizer_in_backward:  # stepped parameter by parameter during backward
         out.pop("optimizer_step", None)
     for k in out:
         out[k] = out[k] - G + gradients_at(k, G, largest, sw)
     return out
+
+
+def switch_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, saved: dict[str, Any],
+                 moments: dict[str, Any], copies: Any, all_copies: Any, TV: Any, e: int, G: Any,
+                 layers: int, heads: bool, sw: StepSwitches) -> tuple[dict[str, Any],
+                                                                      dict[str, Any]]:
+    """(saved terms left on the GPU, moments) of one stage under the switches, from
+    `scaleplan.memory.stage.stage_parts`'s saved terms (the chunked loss's already in) and
+    moments (`switch_moments`)."""
+    on_gpu, off_bwd = saved, 0
+    if sw.activation_offload:
+        on_gpu = offload_saved_terms(cfg, b, s, saved, layers, e)
+        off_bwd = offload_backward_moment(cfg, b, s, p, on_gpu=on_gpu)
+    TVc = b * loss_chunks(s)[1] * cfg.vocab_size if heads else 0
+    largest = largest_gradient_bytes(cfg, p) if sw.optimizer_in_backward else 0
+    moments = switch_moments(moments, saved=saved, on_gpu=on_gpu, copies=copies,
+                             all_copies=all_copies, TV=TV, TVc=TVc, e=e, G=G, largest=largest,
+                             sw=sw, offload_backward=off_bwd)
+    return on_gpu, moments

@@ -97,7 +97,8 @@ class MemoryBreakdown(BaseModel):
                              "comparable with torch.cuda.max_memory_allocated.")
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
-    peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step"] = Field(
+    peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
+                         "offload_backward"] = Field(
         description="Which moment of the step is the worst.")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
@@ -253,7 +254,8 @@ def training_memory(
             forward and at the start of backward.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
-    (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``. The worst moment is the largest of
+    (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``.
+    The worst moment is the largest of
 
     - ``forward_end``: saved tensors + every autocast weight copy (autocast caches them until
       its region exits, even those checkpointing does not save) + the logits (s b V, activation
@@ -263,7 +265,9 @@ def training_memory(
       plus the loss side that their count leaves out;
     - ``recompute`` (full checkpointing): one block rebuilt during backward, its weight copies
       and its backward's gradients, once the loss side is freed;
-    - ``optimizer_step``: the optimizer's temporaries;
+    - ``optimizer_step``: the optimizer's temporaries (none with ``optimizer_in_backward``);
+    - ``offload_backward`` (``activation_offload``): a block's MLP backward with its offloaded
+      tensors brought back (`scaleplan.memory.step_switches.offload_backward_moment`);
 
     each on top of weights + gradients + optimizer states, and of the held logits.
 
@@ -309,7 +313,8 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
     grads = gradients_at(moment, G, largest_gradient_bytes(cfg, p)
                          if sw.optimizer_in_backward else 0, sw)
     worst = moments[moment] + held + G - grads  # the moments count every gradient
-    copies_field = copies if moment != "forward_end" else all_copies
+    copies_field = all_copies if moment == "forward_end" else 0 if sw.activation_offload \
+        else copies  # offloaded, the saved copies are in host memory after forward
     tensor_peak = int(W + grads + O + worst)
     return tensor_peak, dict(
         weights=W, gradients=grads, optimizer=O, saved_for_backward=int(S),

@@ -93,7 +93,7 @@ class _ChunkedHead(nn.Module):
         super().__init__()
         self.head, self.chunks = head, chunks
 
-    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
         return [self.head(c) for c in h.chunk(self.chunks, dim=1)]
 
 
@@ -154,8 +154,14 @@ class _Offloader:
             return key
         self.open[key] = len(self.saved)
         self.saved.append((key, int(storage.nbytes())))
-        self.refs.append(weakref.ref(storage, lambda _r, k=key: self.open.pop(k, None)))
+        self.refs.append(weakref.ref(storage, self._closer(key)))
         return key
+
+    def _closer(self, key: int) -> Callable[[Any], None]:
+        def close(_ref: Any) -> None:
+            self.open.pop(key, None)
+
+        return close
 
     def unpack(self, tid: int) -> torch.Tensor:
         t, moved = self.tracker.pop(tid)
@@ -273,12 +279,12 @@ def measure_switches(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                         device=torch.device("cpu"), cuda_semantics=False, optimizer="for-loop")
     chunks = loss_chunks if loss == "chunked" else None
     if chunks is not None:
-        step.model.lm_head = _ChunkedHead(step.model.lm_head, chunks)
+        step.model.lm_head = _ChunkedHead(step.model.lm_head, chunks)  # type: ignore[assignment]
     if optimizer_in_backward:
         _in_backward_hooks(step)
     recorder = SavedTensorsRecorder(param_keys={storage_key(p) for p in step.params})
     off = _Offloader(recorder) if activation_offload else None
-    run: Callable[[], None] = (lambda: None) if optimizer_in_backward else step.update
+    run = _no_update if optimizer_in_backward else step.update
     _loss(step, off, None, chunks).backward()  # type: ignore[no-untyped-call]  # warm-up
     run()
     step.zero_grad()
@@ -287,9 +293,24 @@ def measure_switches(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     if off is not None:
         off.reset()
     gc.collect()
+    m = _measured_step(step, off, recorder, run, chunks)
+    return SwitchMeasurement(
+        config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
+        checkpointing=checkpointing, loss=loss, loss_chunks=loss_chunks,
+        optimizer_in_backward=optimizer_in_backward, activation_offload=activation_offload,
+        gradient_accumulation=gradient_accumulation,
+        offloaded=off.offloaded if off is not None else 0, **m)
+
+
+def _no_update() -> None:
+    """The optimizer step of optimizer_in_backward: already taken, parameter by parameter."""
+
+
+def _measured_step(step: TrainingStep, off: _Offloader | None, recorder: SavedTensorsRecorder,
+                   run: Callable[[], None], chunks: int | None) -> dict[str, Any]:
+    """Forward + loss, backward, the optimizer step and zero_grad under the trackers."""
     tracker = LiveBytesTracker()
-    groups = _resident(step)
-    sizes = {name: tracker.add_resident(ts) for name, ts in groups.items()}
+    sizes = {name: tracker.add_resident(ts) for name, ts in _resident(step).items()}
     tracker.on_new_storage = recorder.note_new_storage
     with tracker:
         tracker.set_phase("forward")
@@ -312,16 +333,11 @@ def measure_switches(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
                  if k not in recorder.cast_keys and k not in recorder.by_storage]
         by_module["model (offloading hooks)"] = sum(n for _, n in model)
         on_device += sum(n for i, n in model if i in off.kept)
-    return SwitchMeasurement(
-        config=cfg, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
-        checkpointing=checkpointing, loss=loss, loss_chunks=loss_chunks,
-        optimizer_in_backward=optimizer_in_backward, activation_offload=activation_offload,
-        gradient_accumulation=gradient_accumulation,
-        saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
-        offloaded=off.offloaded if off is not None else 0, saved_on_device=on_device,
-        live_after_forward=live_after_forward, resident=sum(sizes.values()),
-        gradients_resident=sizes["grads"], peak_bytes=tracker.peak,
-        phase_peaks={k: v for k, v in tracker.phase_peaks.items() if k != "start"})
+    return {"saved_for_backward": sum(by_module.values()), "saved_by_module": by_module,
+            "saved_on_device": on_device, "live_after_forward": live_after_forward,
+            "resident": sum(sizes.values()), "gradients_resident": sizes["grads"],
+            "peak_bytes": tracker.peak,
+            "phase_peaks": {k: v for k, v in tracker.phase_peaks.items() if k != "start"}}
 
 
 GRID: dict[str, GPTConfig] = {
