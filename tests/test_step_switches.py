@@ -204,3 +204,42 @@ def test_fits_on_takes_the_switches() -> None:
 def test_switches_refused_by_name(options: dict[str, object], pattern: str) -> None:
     with pytest.raises((ScaleplanError, UnknownNameError), match=pattern):
         training_memory(GPT2_LIKE, micro_batch_size=1, seq_len=8, **options)  # type: ignore[arg-type]
+
+
+def test_cli_flags_reach_training_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from scaleplan.cli import main
+
+    argv = ["plan", "gpt2", "--gpu", "RTX 4070", "--loss", "chunked",
+            "--no-gradient-accumulation", "--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    b = data["micro_batch_size"]
+    expected = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=b, seq_len=1024,
+                               precision=data["precision"], loss="chunked",
+                               gradient_accumulation=False)
+    assert data["memory"]["total"] == expected.total
+    # the chunked loss upcasts each chunk, so GPT-2's log-softmax is fp32: b x 1024 x 50257 x 4
+    assert data["memory"]["saved_breakdown"]["log_softmax"] == b * 1024 * 50257 * 4
+
+
+def test_cli_refuses_optimizer_in_backward_with_accumulation(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from scaleplan.cli import main
+
+    assert main(["plan", "gpt2", "--gpu", "RTX 4070", "--optimizer-in-backward"]) != 0
+    err = capsys.readouterr().err
+    assert "gradient_accumulation=False" in err and "Traceback" not in err
+
+
+def test_the_reproduced_command_repeats_the_switches() -> None:
+    from scaleplan.cli import build_parser
+    from scaleplan.cli_output import command_line
+
+    ns = build_parser().parse_args(["plan", "gpt2", "--gpu", "A100", "--loss", "chunked",
+                                    "--optimizer-in-backward", "--activation-offload",
+                                    "--no-gradient-accumulation"])
+    assert command_line(ns) == ("scaleplan plan gpt2 --gpu A100 --loss chunked "
+                                "--optimizer-in-backward --activation-offload "
+                                "--no-gradient-accumulation")

@@ -51,7 +51,7 @@ from scaleplan.reference.step import TrainingStep
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["GRID", "OFFLOAD_MIN_BYTES", "OFFLOAD_STASH", "SwitchMeasurement", "grid", "main",
-           "measure_switches"]
+           "measure_switches", "report"]
 
 OFFLOAD_MIN_BYTES = 1024  # torchtune OffloadActivations(min_offload_size=1024)
 OFFLOAD_STASH = 5  # torchtune OffloadActivations(max_fwd_stash_size=5)
@@ -372,14 +372,85 @@ def grid(b: int = 2, s: int = 48) -> list[dict[str, Any]]:
     return rows
 
 
+def _switch_names(row: dict[str, Any]) -> str:
+    on = [f"loss={row['loss']}" if row["loss"] != "standard" else "",
+          "optimizer_in_backward" if row["optimizer_in_backward"] else "",
+          "activation_offload" if row["activation_offload"] else "",
+          "" if row["gradient_accumulation"] else "gradient_accumulation=False"]
+    return ", ".join(w for w in on if w) or "(none)"
+
+
+_PAGE = """# Memory-saving switches, measured on CPU
+
+`training_memory`'s ``loss="chunked"``, ``optimizer_in_backward``, ``activation_offload`` and
+``gradient_accumulation=False`` (`scaleplan.memory.step_switches`) against one training step of
+the reference GPT with each switch run the way torchtune 0.6.1 builds it
+(`scaleplan.reference.switches`: `CEWithChunkedOutputLoss` with the decoder's chunked output,
+`register_optim_in_bwd_hooks`, `OffloadActivations` with its defaults, gradients left as None
+between steps). Micro-batch 2 x 48 tokens, flash (SDPA) attention, for-loop AdamW, logits dropped
+after the loss as torchtune's recipe does. Bytes are live CPU storages, counted once each.
+
+- *saved*: what autograd keeps after forward + loss (parameters and autocast weight copies
+  excluded); with offloading, what the pack hooks received.
+- *on the GPU*: the saved storages left on the device; with offloading, those kept (the loss
+  side, the output layer's input, tensors under 1024 bytes), without it all of them.
+- *peak*: the most live bytes at any moment of the step, resident states included.
+
+Regenerate with ``python -m scaleplan.reference.switches`` (measures, about 4 minutes on 2
+cores) or ``--from-json`` (this table from docs/validation/step-switches.json);
+tests/test_step_switches_replay.py replays the JSON without torch.
+
+What is exact and what is not: the saved bytes and what offloading leaves on the GPU are exact
+in every row; the peak is exact (within the 4-byte loss scalar) with the standard loss and no
+offloading. With the chunked loss in fp32 the peak falls in the output layer's backward, where
+each chunk's weight gradient is summed into the next (not modelled: -2%); with offloading the
+in-flight tensors of the forward stash and of a block's MLP backward are derived per operation
+for nanoGPT's GELU and the gated MLPs (within 4%).
+
+"""
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """docs/validation/step-switches.md: each measured row beside `training_memory`'s
+    prediction."""
+    from scaleplan.memory.training import training_memory
+
+    lines = ["| model | precision | switches | saved (measured) | on the GPU (measured / "
+             "predicted) | peak (measured) | peak (predicted) | error | worst moment |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        p = training_memory(GPTConfig(**r["config"]), micro_batch_size=r["micro_batch_size"],
+                            seq_len=r["seq_len"], precision=r["precision"], device="cpu",
+                            optimizer_impl="for-loop", hold_logits=False, loss=r["loss"],
+                            optimizer_in_backward=r["optimizer_in_backward"],
+                            activation_offload=r["activation_offload"],
+                            gradient_accumulation=r["gradient_accumulation"])
+        kept = p.saved_for_backward - p.saved_breakdown.get("offload_in_flight", 0)
+        device = (f"{r['saved_on_device']:,} / {kept:,}" if r["activation_offload"]
+                  else f"{r['saved_for_backward']:,} / {p.saved_for_backward:,}")
+        error = 100 * (p.tensor_peak / r["peak_bytes"] - 1)
+        lines.append(f"| {r['model']} | {r['precision']} | {_switch_names(r)} | "
+                     f"{r['saved_for_backward']:,} | {device} | {r['peak_bytes']:,} | "
+                     f"{p.tensor_peak:,} | {error:+.2f}% | {p.peak_moment} |")
+    return _PAGE + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure the grid and write it as JSON (default docs/validation/step-switches.json)."""
+    """Measure the grid and write it as JSON (default docs/validation/step-switches.json) and
+    its page (``--table``, default docs/validation/step-switches.md); ``--from-json``
+    rewrites the table from the JSON without measuring."""
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.switches")
     parser.add_argument("--out", default="docs/validation/step-switches.json")
+    parser.add_argument("--table", default="docs/validation/step-switches.md")
+    parser.add_argument("--from-json", action="store_true")
     args = parser.parse_args(argv)
-    rows = grid()
-    Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"wrote {len(rows)} measurements to {args.out}")
+    if args.from_json:
+        rows = json.loads(Path(args.out).read_text())
+    else:
+        rows = grid()
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+    Path(args.table).write_text(report(rows))
+    print(f"wrote {len(rows)} measurements to {args.out} and {args.table}")
     return 0
 
 
