@@ -74,17 +74,20 @@ def test_chunked_loss_forward_end_holds_every_chunks_logits_and_one_fp32_upcast(
     assert m.autocast_weight_copies == 0
 
 
-def test_chunked_loss_backward_start_holds_one_chunks_two_fp32_gradients() -> None:
-    # fp32 logits: .float() returns them, no upcast at forward_end: the standard loss ends
-    # forward with the logits (T V x 4) and starts backward with two T V x 4 gradients; the
-    # chunked one with T V x 4 and 2 x 12 x 200 x 4
+def test_chunked_loss_in_fp32_peaks_in_the_output_layers_backward() -> None:
+    # fp32 logits: .float() returns them (no upcast). The standard loss starts backward with two
+    # T V x 4 gradients. The chunked one starts it with one chunk's two (2 x 12 x 200 x 4), and
+    # peaks in the output layer's backward: the loss side freed (96 x 200 x 4 log-softmax, 96 x 8
+    # targets and 8 weight totals of 4 bytes), the logits' gradients of the 6 chunks not yet
+    # consumed (6 x 12 x 200 x 4) while the second chunk's 200 x 64 fp32 weight gradient is
+    # summed into the first's (three of them live)
     m = training_memory(GPT2_LIKE, precision="32-true", loss="chunked", **CPU)  # type: ignore[arg-type]
     std = training_memory(GPT2_LIKE, precision="32-true", **CPU)  # type: ignore[arg-type]
     assert std.transient == 2 * T * V * 4
-    assert m.peak_moment == "forward_end"
-    assert m.transient == T * V * 4
-    assert m.tensor_peak - std.tensor_peak == (m.saved_for_backward - std.saved_for_backward
-                                               + T * V * 4 - 2 * T * V * 4)
+    assert m.peak_moment == "head_backward"
+    assert m.transient == -(T * V * 4 + T * 8 + 8 * 4) + 6 * 12 * V * 4 + 3 * V * 64 * 4
+    assert m.tensor_peak == m.weights + m.gradients + m.optimizer + m.saved_for_backward \
+        + m.transient
 
 
 def test_no_gradient_accumulation_drops_every_gradient_at_backward_start() -> None:

@@ -223,7 +223,7 @@ def gradients_at(moment: str, G: Any, largest: Any, sw: StepSwitches) -> Any:
     """
     if sw.gradient_accumulation:
         return G
-    if moment in ("forward_end", "backward_start"):
+    if moment in ("forward_end", "backward_start", "head_backward"):
         return 0 * G
     return largest if sw.optimizer_in_backward else G
 
@@ -279,7 +279,8 @@ def offload_backward_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
 
 def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: dict[str, Any],
                    copies: Any, all_copies: Any, TV: Any, TVc: Any, e: int, G: Any,
-                   largest: Any, sw: StepSwitches, offload_backward: Any = 0) -> dict[str, Any]:
+                   largest: Any, sw: StepSwitches, offload_backward: Any = 0,
+                   chunks: Any = LOSS_CHUNKS, head_grad: Any = 0) -> dict[str, Any]:
     """The moments of `scaleplan.memory.stage.stage_parts` (bytes on top of weights, all
     gradients and optimizer states) under the switches.
 
@@ -288,8 +289,13 @@ def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: di
     unless offloading: `offload_saved_terms`); ``offload_backward``:
     `offload_backward_moment`. With the chunked loss, forward ends with every chunk's logits
     (T V e, the list is dropped after the loss) plus the last chunk's fp32 upcast (none when
-    the logits are fp32 already: ``.float()`` returns them), and backward starts with one
-    chunk's nll_loss and log-softmax gradients (2 TVc x 4 bytes). Offloaded, the saved autocast
+    the logits are fp32 already: ``.float()`` returns them), backward starts with one chunk's
+    nll_loss and log-softmax gradients (2 TVc x 4 bytes), and the output layer's backward
+    (``head_backward``: the loss side freed) holds the logits' gradients of the ``chunks`` - 2
+    chunks not yet consumed (TVc e each) while the second chunk's weight gradient is summed
+    into the first (``head_grad``, bytes of one in the matmul's dtype, before any cast to the
+    parameter's: the running sum, the new one and their sum).
+    Offloaded, the saved autocast
     weight copies leave the GPU too (autocast's cache still holds all of them until forward
     ends).
     """
@@ -302,8 +308,13 @@ def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: di
         upcast = TVc * FP32_BYTES if e != FP32_BYTES else 0
         out["forward_end"] = S + all_copies + TV * e + upcast
         out["backward_start"] = S + copies + 2 * TVc * FP32_BYTES
-    if sw.activation_offload:
-        out["backward_start"] = out["backward_start"] - copies
+        loss_side = on_gpu.get("log_softmax", 0) + on_gpu.get("targets", 0)
+        waiting = (chunks - 2) * (chunks >= 2)
+        out["head_backward"] = S - loss_side + copies + waiting * TVc * e + 3 * head_grad
+    if sw.activation_offload:  # the saved weight copies are offloaded with the rest
+        for k in ("backward_start", "head_backward"):
+            if k in out:
+                out[k] = out[k] - copies
         out["offload_backward"] = offload_backward
     if sw.optimizer_in_backward:  # stepped parameter by parameter during backward
         out.pop("optimizer_step", None)
@@ -323,9 +334,11 @@ def switch_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, saved: dict[st
     if sw.activation_offload:
         on_gpu = offload_saved_terms(cfg, b, s, saved, layers, e)
         off_bwd = offload_backward_moment(cfg, b, s, p, on_gpu=on_gpu)
-    TVc = b * loss_chunks(s)[1] * cfg.vocab_size if heads else 0
+    n, size = loss_chunks(s)
+    TVc = b * size * cfg.vocab_size if heads else 0
     largest = largest_gradient_bytes(cfg, p) if sw.optimizer_in_backward else 0
+    head = cfg.vocab_size * cfg.embed_dim * e if heads else 0  # the matmul's dtype
     moments = switch_moments(moments, saved=saved, on_gpu=on_gpu, copies=copies,
                              all_copies=all_copies, TV=TV, TVc=TVc, e=e, G=G, largest=largest,
-                             sw=sw, offload_backward=off_bwd)
+                             sw=sw, offload_backward=off_bwd, chunks=n, head_grad=head)
     return on_gpu, moments

@@ -98,7 +98,7 @@ class MemoryBreakdown(BaseModel):
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
     peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
-                         "offload_backward"] = Field(
+                         "head_backward", "offload_backward"] = Field(
         description="Which moment of the step is the worst.")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
@@ -266,6 +266,8 @@ def training_memory(
     - ``recompute`` (full checkpointing): one block rebuilt during backward, its weight copies
       and its backward's gradients, once the loss side is freed;
     - ``optimizer_step``: the optimizer's temporaries (none with ``optimizer_in_backward``);
+    - ``head_backward`` (``loss="chunked"``): the output layer's backward, chunk by chunk
+      (`scaleplan.memory.step_switches.switch_moments`);
     - ``offload_backward`` (``activation_offload``): a block's MLP backward with its offloaded
       tensors brought back (`scaleplan.memory.step_switches.offload_backward_moment`);
 

@@ -13,14 +13,8 @@ builds it (read from its source, not imported: its offloading needs CUDA streams
 - ``optimizer_in_backward``: torchtune's ``register_optim_in_bwd_hooks`` (training/memory.py):
   one optimizer per parameter, stepped and zeroed (``set_to_none``) by a post-accumulate-grad
   hook as soon as the parameter's gradient is ready.
-- ``activation_offload``: torchtune's ``OffloadActivations`` (training/_activation_offloading.py)
-  with its defaults (``use_streams=True``, ``max_fwd_stash_size=5``, ``min_offload_size=1024``):
-  a saved tensor of at least 1024 bytes (``element_size() * nelement()``) that is not an
-  ``nn.Parameter`` or ``nn.Buffer`` is copied to host memory; the last offloaded tensors among the
-  5 most recent saves stay on the device (the forward stash); in backward a tensor comes back
-  when its node runs and is dropped once the next node runs. The output layer runs under
-  ``NoOpManager`` (saved on the device) and the loss runs outside the context, as in the
-  recipe. Host copies are made outside the live-bytes tracker: the tracker counts device memory.
+- ``activation_offload``: torchtune's ``OffloadActivations``, emulated on CPU by
+  `scaleplan.reference.offload`.
 - ``gradient_accumulation=False``: gradients start the measured step as None (one micro-batch per
   optimizer step); True: an earlier micro-batch's gradients are resident.
 
@@ -35,9 +29,8 @@ import argparse
 import gc
 import json
 import sys
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +40,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from scaleplan.model.config import GPTConfig
+from scaleplan.reference.offload import OFFLOAD_MIN_BYTES, OFFLOAD_STASH, Offloader, offloading
 from scaleplan.reference.step import TrainingStep
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["GRID", "OFFLOAD_MIN_BYTES", "OFFLOAD_STASH", "SwitchMeasurement", "grid", "main",
            "measure_switches", "report"]
 
-OFFLOAD_MIN_BYTES = 1024  # torchtune OffloadActivations(min_offload_size=1024)
-OFFLOAD_STASH = 5  # torchtune OffloadActivations(max_fwd_stash_size=5)
 
 
 class SwitchMeasurement(BaseModel):
@@ -107,119 +99,6 @@ def _chunked_loss(logits: list[torch.Tensor], targets: torch.Tensor,
     return total / targets.numel()
 
 
-class _Offloader:
-    """torchtune's ``OffloadActivations`` (use_streams=True) memory semantics, on CPU."""
-
-    def __init__(self, recorder: SavedTensorsRecorder) -> None:
-        self.recorder = recorder
-        self.tracker: dict[int, tuple[torch.Tensor, bool]] = {}
-        self.fwd_stash: dict[int, torch.Tensor] = {}
-        self.bwd_stash: dict[int, torch.Tensor] = {}
-        self.next_id = 0
-        self.offloaded = 0
-        self.node: Any = None
-        self.noop = False
-        self.kept: set[int] = set()
-        self.saved: list[tuple[int, int]] = []  # (storage handle, bytes) in order saved
-        self.open: dict[int, int] = {}  # handles of saved storages still alive
-        self.refs: list[weakref.ref[Any]] = []
-
-    def pack(self, t: torch.Tensor) -> int:
-        self.next_id += 1
-        tid = self.next_id
-        big = t.element_size() * t.nelement() >= OFFLOAD_MIN_BYTES
-        key = self._note(t)
-        if self.noop or not big or isinstance(t, nn.Parameter | nn.Buffer):
-            self.tracker[tid] = (t, False)
-            if key in self.open:
-                self.kept.add(self.open[key])
-            return tid
-        for old in [k for k in self.fwd_stash if k <= tid - OFFLOAD_STASH]:
-            del self.fwd_stash[old]
-        from torch.utils._python_dispatch import _disable_current_modes
-
-        with _disable_current_modes():  # host memory: not on the device tracker
-            host = t.detach().clone()
-        self.offloaded += t.element_size() * t.nelement()
-        self.tracker[tid] = (host, True)
-        self.fwd_stash[tid] = t
-        return tid
-
-    def _note(self, t: torch.Tensor) -> int:
-        """Count a saved storage once while it lives (a freed storage's handle is reused by a
-        later one, which counts again); parameters are not counted."""
-        storage = t.untyped_storage()
-        key = int(storage._cdata)
-        if key in self.recorder.param_keys or key in self.open:
-            return key
-        self.open[key] = len(self.saved)
-        self.saved.append((key, int(storage.nbytes())))
-        self.refs.append(weakref.ref(storage, self._closer(key)))
-        return key
-
-    def _closer(self, key: int) -> Callable[[Any], None]:
-        def close(_ref: Any) -> None:
-            self.open.pop(key, None)
-
-        return close
-
-    def unpack(self, tid: int) -> torch.Tensor:
-        t, moved = self.tracker.pop(tid)
-        if not moved:
-            return t
-        node = torch._C._current_autograd_node()
-        previous: list[int] = []
-        if node is not self.node:
-            self.node = node
-            previous = list(self.bwd_stash)
-        if tid in self.fwd_stash:
-            back, brought = self.fwd_stash[tid], False
-        else:
-            back, brought = t.clone(), True  # back on the device: tracked
-            self.bwd_stash[tid] = back
-
-        def hook(outputs: Any, inputs: Any) -> Any:
-            del inputs
-            self.fwd_stash.clear()
-            for k in previous:
-                self.bwd_stash.pop(k, None)
-            return outputs
-
-        del brought
-        node.register_hook(hook)
-        return back
-
-    def finish(self) -> None:
-        """Drop the stashes (the end of a backward)."""
-        self.fwd_stash.clear()
-        self.bwd_stash.clear()
-
-    def reset(self) -> None:
-        """Forget what earlier steps saved and offloaded."""
-        self.finish()
-        self.saved.clear()
-        self.kept.clear()
-        self.open.clear()
-        self.refs.clear()
-        self.offloaded = 0
-
-
-@contextmanager
-def _offloading(off: _Offloader | None, step: TrainingStep) -> Iterator[None]:
-    if off is None:
-        yield
-        return
-    head = step.model.lm_head
-    pre = head.register_forward_pre_hook(lambda *_: setattr(off, "noop", True))
-    post = head.register_forward_hook(lambda *_: setattr(off, "noop", False))
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(off.pack, off.unpack):
-            yield
-    finally:
-        pre.remove()
-        post.remove()
-
-
 def _in_backward_hooks(step: TrainingStep) -> None:
     """torchtune's register_optim_in_bwd_hooks: one AdamW per parameter, stepped and zeroed
     (set_to_none) as soon as its gradient is accumulated."""
@@ -234,12 +113,12 @@ def _in_backward_hooks(step: TrainingStep) -> None:
     step.in_backward = opts  # type: ignore[attr-defined]
 
 
-def _loss(step: TrainingStep, off: _Offloader | None, recorder: SavedTensorsRecorder | None,
+def _loss(step: TrainingStep, off: Offloader | None, recorder: SavedTensorsRecorder | None,
           chunks: int | None) -> torch.Tensor:
     """One forward + loss as the recipe runs it (the logits dropped once the loss is taken)."""
     record = recorder.recording(step.model) if recorder is not None else nullcontext()
     with record, step.autocast():
-        with _offloading(off, step):
+        with offloading(off, step):
             logits, _ = step.model(step.idx)
         if chunks is None:
             out = F.cross_entropy(logits.view(-1, logits.size(-1)), step.targets.view(-1))
@@ -283,7 +162,7 @@ def measure_switches(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     if optimizer_in_backward:
         _in_backward_hooks(step)
     recorder = SavedTensorsRecorder(param_keys={storage_key(p) for p in step.params})
-    off = _Offloader(recorder) if activation_offload else None
+    off = Offloader(recorder) if activation_offload else None
     run = _no_update if optimizer_in_backward else step.update
     _loss(step, off, None, chunks).backward()  # type: ignore[no-untyped-call]  # warm-up
     run()
@@ -306,7 +185,7 @@ def _no_update() -> None:
     """The optimizer step of optimizer_in_backward: already taken, parameter by parameter."""
 
 
-def _measured_step(step: TrainingStep, off: _Offloader | None, recorder: SavedTensorsRecorder,
+def _measured_step(step: TrainingStep, off: Offloader | None, recorder: SavedTensorsRecorder,
                    run: Callable[[], None], chunks: int | None) -> dict[str, Any]:
     """Forward + loss, backward, the optimizer step and zero_grad under the trackers."""
     tracker = LiveBytesTracker()
@@ -402,10 +281,11 @@ tests/test_step_switches_replay.py replays the JSON without torch.
 
 What is exact and what is not: the saved bytes and what offloading leaves on the GPU are exact
 in every row; the peak is exact (within the 4-byte loss scalar) with the standard loss and no
-offloading. With the chunked loss in fp32 the peak falls in the output layer's backward, where
-each chunk's weight gradient is summed into the next (not modelled: -2%); with offloading the
-in-flight tensors of the forward stash and of a block's MLP backward are derived per operation
-for nanoGPT's GELU and the gated MLPs (within 4%).
+offloading, and within a few hundred bytes (0.14%) with the chunked loss, whose worst moment in
+fp32 is the output layer's backward (each chunk's weight gradient summed into the next). With
+offloading, the in-flight tensors of the forward stash and of a block's MLP backward are derived
+per operation for nanoGPT's GELU and the gated MLPs: within 4%, an over-estimate where
+optimizer_in_backward frees the gradients as they come.
 
 """
 
