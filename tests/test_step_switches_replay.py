@@ -81,3 +81,39 @@ def test_peak(row: dict[str, Any]) -> None:
 def test_no_gradients_resident_when_the_step_starts(row: dict[str, Any]) -> None:
     assert row["gradients_resident"] == 0
     assert _predict(row).gradients <= row["resident"]
+
+
+HF_ROWS: list[dict[str, Any]] = json.loads(
+    (Path(__file__).resolve().parents[1] / "docs/validation/step-switches-hf.json").read_text())
+
+
+@pytest.mark.parametrize("row", HF_ROWS, ids=lambda r: f"{r['family']}-{r['precision']}")
+def test_hf_chunked_loss_saved_exact(row: dict[str, Any]) -> None:
+    # transformers' models (scaleplan.reference.hf_switches) with torchtune's chunked loss
+    # around their base model and output embeddings, 2 x 44 tokens (8 chunks, the last of 2)
+    shapes = _hf_shapes()
+    p = training_memory(shapes[row["family"]], micro_batch_size=row["micro_batch_size"],
+                        seq_len=row["seq_len"], precision=row["precision"], device="cpu",
+                        implementation="hf", loss="chunked")
+    assert p.saved_for_backward == row["saved_for_backward"]
+    assert p.autocast_weight_copies >= 0
+
+
+def _hf_shapes() -> dict[str, GPTConfig]:
+    """hf_measure.GRID_SHAPES, without importing the torch harness."""
+    d = dict(n_layer=2, n_embd=128, vocab_size=512, block_size=128)
+    llama = dict(bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
+    return {
+        "llama": GPTConfig(**d, n_head=4, n_kv_head=2, mlp_hidden=352, **llama,
+                           tie_embeddings=False),
+        "qwen2": GPTConfig(**d, n_head=4, n_kv_head=2, mlp_hidden=352, **llama, qkv_bias=True,
+                           tie_embeddings=True),
+        "mistral": GPTConfig(**d, n_head=8, n_kv_head=2, mlp_hidden=448, **llama,
+                             tie_embeddings=False),
+        "gemma": GPTConfig(**d, n_head=4, n_kv_head=1, head_dim=64, mlp_hidden=512,
+                           bias=False, mlp="geglu", norm="rmsnorm", position="rope",
+                           tie_embeddings=True),
+        "gpt2": GPTConfig(**d, n_head=4),
+        "gpt_neox": GPTConfig(**d, n_head=4, position="rope", rotary_fraction=0.25,
+                              parallel="separate_norms", tie_embeddings=False),
+    }

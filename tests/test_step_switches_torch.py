@@ -45,3 +45,16 @@ def test_offload_leaves_the_kept_tensors_exactly() -> None:
     kept = p.saved_for_backward - p.saved_breakdown["offload_in_flight"]  # type: ignore[attr-defined]
     assert kept == m.saved_on_device  # type: ignore[attr-defined]
     assert p.tensor_peak == pytest.approx(m.peak_bytes, rel=0.04)  # type: ignore[attr-defined]
+
+
+def test_hf_chunked_loss_saves_exactly_at_uneven_chunks() -> None:
+    pytest.importorskip("transformers", reason='needs transformers: pip install '
+                        '"scaleplan[validate]"')
+    from scaleplan.reference.hf_measure import GRID_SHAPES
+    from scaleplan.reference.hf_switches import measure_hf_chunked
+
+    cfg = GRID_SHAPES["llama"]
+    m = measure_hf_chunked(cfg, "llama", micro_batch_size=1, seq_len=19, precision="bf16-mixed")
+    p = training_memory(cfg, micro_batch_size=1, seq_len=19, precision="bf16-mixed",
+                        device="cpu", implementation="hf", loss="chunked")
+    assert p.saved_for_backward == m["saved_for_backward"]
