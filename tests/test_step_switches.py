@@ -246,3 +246,26 @@ def test_the_reproduced_command_repeats_the_switches() -> None:
     assert command_line(ns) == ("scaleplan plan gpt2 --gpu A100 --loss chunked "
                                 "--optimizer-in-backward --activation-offload "
                                 "--no-gradient-accumulation")
+
+
+def test_sweep_passes_the_switches_to_memory_grid() -> None:
+    from scaleplan.planning.sweeps import sweep
+
+    options = dict(loss="chunked", gradient_accumulation=False, precision="bf16-true")
+    rows = sweep(n_layer=[2], n_embd=[64], micro_batch_size=[2], seq_len=[48],
+                 gpus=["RTX 4070"], base=GPT2_LIKE, head_dim=16, **options)  # type: ignore[arg-type]
+    expected = training_memory(GPT2_LIKE, micro_batch_size=2, seq_len=48, **options)  # type: ignore[arg-type]
+    assert rows["memory_bytes"][0] == expected.total
+
+
+def test_plan_takes_the_switches_and_its_memory_shows_them() -> None:
+    from scaleplan.planning.planner import plan
+
+    p = plan(GPTConfig.preset("gpt2"), gpu="RTX 4070", tokens_per_step=2**19,
+             loss="chunked", gradient_accumulation=False)
+    expected = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=p.micro_batch_size,
+                               seq_len=1024, precision=p.precision, loss="chunked",
+                               gradient_accumulation=False)
+    assert p.memory == expected
+    # one micro-batch per step: no gradients at the chunked loss's forward end
+    assert (p.memory.peak_moment, p.memory.gradients) == ("forward_end", 0)
