@@ -155,7 +155,7 @@ def test_activation_offload_keeps_the_loss_side_and_the_small_tensors() -> None:
 
 def test_offload_keeps_statistics_only_while_they_are_small() -> None:
     # b s = 384 tokens: a norm statistic is 1536 bytes, past the 1024-byte minimum
-    terms = offload_saved_terms(GPT2_LIKE, 8, 48, {"norm1_stats": 6144, "qkv": 100}, 2, 2)
+    terms = offload_saved_terms(GPT2_LIKE, 8, 48, {"norm1_stats": 6144, "qkv": 100}, 2)
     assert terms == {"norm1_stats": 0, "offload_in_flight": 2 * 8 * 48 * 256 * 2}
 
 

@@ -104,5 +104,5 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if switches != NO_SWITCHES:
         saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
-                                      layers=layers, heads=heads, sw=switches)
+                                      heads=heads, sw=switches)
     return W, G, O, saved, copies, all_copies, held, moments

@@ -174,17 +174,17 @@ def chunked_loss_terms(cfg: GPTConfig, b: Any, s: Any) -> dict[str, Any]:
 _KEPT = ("lm_head_input", "log_softmax", "logits", "logsumexp", "targets")
 
 
-def offload_kept_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
-                       layers: int) -> dict[str, Any]:
+def offload_kept_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any]
+                       ) -> dict[str, Any]:
     """The saved terms that stay on the GPU under ``OffloadActivations``: the output layer's
     input and the loss side, and the tensors under `OFFLOAD_MIN_BYTES` (token and position ids
     of b s and s int64; a norm's per-token statistics, b s x 4 bytes per tensor, one per norm
     for RMSNorm and two for LayerNorm; SDPA's log-sum-exp, b h s x 4 bytes per layer).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)
-    >>> offload_kept_terms(cfg, 2, 48, {"norm1_stats": 1536, "qkv": 9, "targets": 1}, 2)
+    >>> offload_kept_terms(cfg, 2, 48, {"norm1_stats": 1536, "qkv": 9, "targets": 1})
     {'norm1_stats': 1536, 'targets': 1}
-    >>> offload_kept_terms(cfg, 8, 48, {"norm1_stats": 6144}, 2)  # 1536-byte statistics
+    >>> offload_kept_terms(cfg, 8, 48, {"norm1_stats": 6144})  # 1536-byte statistics
     {'norm1_stats': 0}
     """
     T = b * s
@@ -237,7 +237,7 @@ _MLP_BROUGHT_BACK = {False: 2, True: 3}
 
 
 def offload_saved_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
-                        layers: int, e: int) -> dict[str, Any]:
+                        e: int) -> dict[str, Any]:
     """What autograd's saved tensors leave on the GPU at the end of forward under
     ``OffloadActivations``: `offload_kept_terms` plus ``offload_in_flight``, the forward stash
     (the last offloaded tensors among the five most recent saves stay on the GPU until the
@@ -246,10 +246,10 @@ def offload_saved_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
     saved activations (2 T f e).
 
     >>> offload_saved_terms(GPTConfig(n_layer=2, n_head=4, n_embd=64), 2, 48,
-    ...                     {"qkv": 1000, "final_norm_input": 20, "targets": 8}, 2, 4)
+    ...                     {"qkv": 1000, "final_norm_input": 20, "targets": 8}, 4)
     {'targets': 8, 'offload_in_flight': 196628}
     """
-    kept = offload_kept_terms(cfg, b, s, saved, layers)
+    kept = offload_kept_terms(cfg, b, s, saved)
     stash = saved.get("final_norm_input", 0) + _MLP_LAST_SAVED * b * s * cfg.mlp_hidden * e
     return {**kept, "offload_in_flight": stash}
 
@@ -325,14 +325,13 @@ def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: di
 
 def switch_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, saved: dict[str, Any],
                  moments: dict[str, Any], copies: Any, all_copies: Any, TV: Any, e: int, G: Any,
-                 layers: int, heads: bool, sw: StepSwitches) -> tuple[dict[str, Any],
-                                                                      dict[str, Any]]:
+                 heads: bool, sw: StepSwitches) -> tuple[dict[str, Any], dict[str, Any]]:
     """(saved terms left on the GPU, moments) of one stage under the switches, from
     `scaleplan.memory.stage.stage_parts`'s saved terms (the chunked loss's already in) and
     moments (`switch_moments`)."""
     on_gpu, off_bwd = saved, 0
     if sw.activation_offload:
-        on_gpu = offload_saved_terms(cfg, b, s, saved, layers, e)
+        on_gpu = offload_saved_terms(cfg, b, s, saved, e)
         off_bwd = offload_backward_moment(cfg, b, s, p, on_gpu=on_gpu)
     n, size = loss_chunks(s)
     TVc = b * size * cfg.vocab_size if heads else 0
