@@ -87,7 +87,8 @@ HF_ROWS: list[dict[str, Any]] = json.loads(
     (Path(__file__).resolve().parents[1] / "docs/validation/step-switches-hf.json").read_text())
 
 
-@pytest.mark.parametrize("row", HF_ROWS, ids=lambda r: f"{r['family']}-{r['precision']}")
+@pytest.mark.parametrize("row", [r for r in HF_ROWS if not r["activation_offload"]],
+                         ids=lambda r: f"{r['family']}-{r['precision']}")
 def test_hf_chunked_loss_saved_exact(row: dict[str, Any]) -> None:
     # transformers' models (scaleplan.reference.hf_switches) with torchtune's chunked loss
     # around their base model and output embeddings, 2 x 44 tokens (8 chunks, the last of 2)
@@ -117,3 +118,13 @@ def _hf_shapes() -> dict[str, GPTConfig]:
         "gpt_neox": GPTConfig(**d, n_head=4, position="rope", rotary_fraction=0.25,
                               parallel="separate_norms", tie_embeddings=False),
     }
+
+
+@pytest.mark.parametrize("row", [r for r in HF_ROWS if r["activation_offload"]],
+                         ids=lambda r: f"{r['family']}-{r['precision']}")
+def test_hf_offload_leaves_exactly_the_kept_tensors_on_the_gpu(row: dict[str, Any]) -> None:
+    p = training_memory(_hf_shapes()[row["family"]], micro_batch_size=row["micro_batch_size"],
+                        seq_len=row["seq_len"], precision=row["precision"], device="cpu",
+                        implementation="hf", loss="chunked", activation_offload=True)
+    kept = p.saved_for_backward - p.saved_breakdown["offload_in_flight"]
+    assert kept == row["saved_on_device"]

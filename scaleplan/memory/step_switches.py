@@ -179,7 +179,8 @@ def offload_kept_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any]
     """The saved terms that stay on the GPU under ``OffloadActivations``: the output layer's
     input and the loss side, and the tensors under `OFFLOAD_MIN_BYTES` (token and position ids
     of b s and s int64; a norm's per-token statistics, b s x 4 bytes per tensor, one per norm
-    for RMSNorm and two for LayerNorm; SDPA's log-sum-exp, b h s x 4 bytes per layer).
+    for RMSNorm and two for LayerNorm; SDPA's log-sum-exp, b h s x 4 bytes per layer; Hugging
+    Face's Gemma ``1 + weight`` (d x 4 bytes per norm) and embedding scale (4 bytes)).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)
     >>> offload_kept_terms(cfg, 2, 48, {"norm1_stats": 1536, "qkv": 9, "targets": 1})
@@ -188,12 +189,15 @@ def offload_kept_terms(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any]
     {'norm1_stats': 0}
     """
     T = b * s
-    stat = T * FP32_BYTES  # one norm statistic per token
     per_tensor = {"token_ids": T * INDEX_BYTES, "position_ids": s * INDEX_BYTES,
+                  "layer_position_ids": s * INDEX_BYTES, "embedding_scale": FP32_BYTES,
                   "attn_lse": T * cfg.n_head * FP32_BYTES}
+    by_suffix = {"_stats": T * FP32_BYTES,  # a norm's statistic, one per token
+                 "_one_plus_weight": cfg.n_embd * FP32_BYTES}  # Gemma's 1 + weight
     kept = {}
     for k, v in saved.items():
-        small = per_tensor.get(k, stat if k.endswith("_stats") else None)
+        small = per_tensor.get(k, next((n for end, n in by_suffix.items() if k.endswith(end)),
+                                       None))
         if k.startswith(_KEPT):
             kept[k] = v
         elif small is not None:  # per cell of an array: kept where each tensor is small

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from scaleplan.memory.hf_terms import HF_FAMILIES, HFFamily
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.hf_measure import GRID_SHAPES, hf_config
+from scaleplan.reference.offload import Offloader, offloading
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["grid", "main", "measure_hf_chunked"]
@@ -43,10 +44,12 @@ def _model(cfg: GPTConfig, family: HFFamily, attention: str) -> Any:
     return transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attention)
 
 
-def _chunked_forward(model: Any, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+def _chunked_forward(model: Any, ids: torch.Tensor, labels: torch.Tensor,
+                     off: Offloader | None = None) -> torch.Tensor:
     head = model.get_output_embeddings()
-    logits = [head(c) for c in hidden.chunk(LOSS_CHUNKS, dim=1)]
+    with offloading(off, head):
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        logits = [head(c) for c in hidden.chunk(LOSS_CHUNKS, dim=1)]
     total = torch.zeros(())
     for lg, tg in zip(logits, labels.chunk(LOSS_CHUNKS, dim=1), strict=True):
         total = total + F.cross_entropy(lg.reshape(-1, lg.size(-1)).float(), tg.reshape(-1),
@@ -57,9 +60,11 @@ def _chunked_forward(model: Any, ids: torch.Tensor, labels: torch.Tensor) -> tor
 
 def measure_hf_chunked(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int,
                        seq_len: int, precision: str = "32-true", attention: str = "sdpa",
-                       seed: int = 0) -> dict[str, Any]:
+                       activation_offload: bool = False, seed: int = 0) -> dict[str, Any]:
     """What autograd saves for one forward + chunked loss of ``family``'s model: total bytes,
-    by module, and the autocast weight copies (``precision`` "32-true" or "bf16-mixed")."""
+    by module, and the autocast weight copies (``precision`` "32-true" or "bf16-mixed"); with
+    ``activation_offload``, the base model runs under `scaleplan.reference.offload`'s
+    emulation of torchtune's ``OffloadActivations`` and ``saved_on_device`` is what stays."""
     torch.manual_seed(seed)
     model = _model(cfg, family, attention)
     model.train()
@@ -68,19 +73,26 @@ def measure_hf_chunked(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: in
     labels = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
     tracker = LiveBytesTracker()
     recorder = SavedTensorsRecorder(param_keys={storage_key(p) for p in model.parameters()})
+    off = Offloader(recorder) if activation_offload else None
     tracker.on_new_storage = recorder.note_new_storage
     gc.collect()
     with tracker, recorder.recording(model):
         if precision == "bf16-mixed":
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = _chunked_forward(model, ids, labels)
+                loss = _chunked_forward(model, ids, labels, off)
         else:
-            loss = _chunked_forward(model, ids, labels)
+            loss = _chunked_forward(model, ids, labels, off)
         tracker.on_new_storage = None
     by_module, _, casts = recorder.totals()
+    on_device = sum(by_module.values())
+    if off is not None:  # the base model's saves went to the offloader's hooks
+        inner = [(i, n) for i, (k, n) in enumerate(off.saved)
+                 if k not in recorder.cast_keys and k not in recorder.by_storage]
+        on_device += sum(n for i, n in inner if i in off.kept)
     del loss
     return {"family": family, "micro_batch_size": micro_batch_size, "seq_len": seq_len,
             "precision": precision, "attention": attention, "loss": "chunked",
+            "activation_offload": activation_offload, "saved_on_device": on_device,
             "saved_for_backward": sum(by_module.values()), "saved_by_module": by_module,
             "autocast_weight_copies": casts}
 
@@ -88,8 +100,9 @@ def measure_hf_chunked(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: in
 def grid(b: int = 2, s: int = 44) -> list[dict[str, Any]]:
     """Every family's small model (`scaleplan.reference.hf_measure.GRID_SHAPES`), fp32 and
     bf16 autocast, SDPA; 44 tokens: 8 chunks of 6, the last of 2."""
-    return [measure_hf_chunked(GRID_SHAPES[f], f, micro_batch_size=b, seq_len=s, precision=p)
-            for f in HF_FAMILIES for p in ("32-true", "bf16-mixed")]
+    return [measure_hf_chunked(GRID_SHAPES[f], f, micro_batch_size=b, seq_len=s, precision=p,
+                               activation_offload=o)
+            for f in HF_FAMILIES for p in ("32-true", "bf16-mixed") for o in (False, True)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from scaleplan.reference.step import TrainingStep
 from scaleplan.reference.tracking import SavedTensorsRecorder
 
 __all__ = ["OFFLOAD_MIN_BYTES", "OFFLOAD_STASH", "Offloader", "offloading"]
@@ -129,13 +128,12 @@ class Offloader:
 
 
 @contextmanager
-def offloading(off: Offloader | None, step: TrainingStep) -> Iterator[None]:
+def offloading(off: Offloader | None, head: nn.Module) -> Iterator[None]:
     """Run the block under ``off``'s saved-tensor hooks (nothing when None), the output layer
-    under none (torchtune's ``NoOpManager``)."""
+    ``head`` under none (torchtune's ``NoOpManager``)."""
     if off is None:
         yield
         return
-    head = step.model.lm_head
     pre = head.register_forward_pre_hook(lambda *_: setattr(off, "noop", True))
     post = head.register_forward_hook(lambda *_: setattr(off, "noop", False))
     try:

@@ -118,7 +118,7 @@ def _loss(step: TrainingStep, off: Offloader | None, recorder: SavedTensorsRecor
     """One forward + loss as the recipe runs it (the logits dropped once the loss is taken)."""
     record = recorder.recording(step.model) if recorder is not None else nullcontext()
     with record, step.autocast():
-        with offloading(off, step):
+        with offloading(off, step.model.lm_head):
             logits, _ = step.model(step.idx)
         if chunks is None:
             out = F.cross_entropy(logits.view(-1, logits.size(-1)), step.targets.view(-1))
@@ -290,7 +290,9 @@ optimizer_in_backward frees the gradients as they come.
 The chunked loss around Hugging Face transformers models (Llama, Qwen2, Mistral, Gemma, GPT-2
 and GPT-NeoX layouts, fp32 and bf16 autocast, SDPA, 2 x 44 tokens) is measured by
 `scaleplan.reference.hf_switches` (docs/validation/step-switches-hf.json): what autograd saves
-matches `training_memory(..., implementation="hf", loss="chunked")` exactly in all 12 cases.
+matches `training_memory(..., implementation="hf", loss="chunked")` exactly in all 12 cases, and
+with `activation_offload=True` (the base model under the offloading hooks) what stays on the
+GPU matches exactly in all 12 as well.
 
 """
 
