@@ -200,7 +200,9 @@ def test_fits_on_takes_the_switches() -> None:
     ({"loss": "chunked", "parallelism": Parallelism(tensor=2)},
      r"not modelled yet with tensor or pipeline"),
     ({"gradient_accumulation": False, "parallelism": Parallelism(pipeline=2)},
-     r"gradient_accumulation=False is not modelled with pipeline"),
+     r"gradient_accumulation=False is modelled for one GPU"),
+    ({"gradient_accumulation": False, "parallelism": Parallelism(data=8)},
+     r"DDP's and ZeRO's gradient buckets outlive zero_grad"),
     ({"activation_offload": True, "checkpointing": "full"},
      r"activation_offload=True is not modelled yet with checkpointing='full'"),
 ])

@@ -28,7 +28,8 @@ activation offloading and (no) gradient accumulation.
 - ``gradient_accumulation=False``: one micro-batch per optimizer step, gradients set to None
   after it, so there are none during forward and at the start of backward; they exist from
   backward's end through the optimizer step. True (the default) keeps them resident all step,
-  as in the last micro-batch of accumulation.
+  as in the last micro-batch of accumulation. One GPU only: DDP's and ZeRO's gradient buckets
+  outlive ``zero_grad(set_to_none=True)``.
 """
 
 from __future__ import annotations
@@ -119,10 +120,11 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     on = [f"{name}={value!r}" for name, value, off in (
         ("loss", sw.loss, "standard"), ("optimizer_in_backward", sw.optimizer_in_backward, False),
         ("activation_offload", sw.activation_offload, False)) if value != off]
-    if not sw.gradient_accumulation and parallelism.pipeline > 1:
-        raise ScaleplanError("gradient_accumulation=False is not modelled with pipeline "
-                             "parallelism, whose step runs several micro-batches (gradients "
-                             "add up over them); use gradient_accumulation=True")
+    if not sw.gradient_accumulation and parallelism != Parallelism():
+        raise ScaleplanError(
+            "gradient_accumulation=False is modelled for one GPU, not yet with parallelism: "
+            "DDP's and ZeRO's gradient buckets outlive zero_grad, and a pipeline's step runs "
+            "several micro-batches; use gradient_accumulation=True or parallelism=None")
     if not on:
         return
     what = ", ".join(on)
