@@ -271,3 +271,83 @@ def test_plan_takes_the_switches_and_its_memory_shows_them() -> None:
     assert p.memory == expected
     # one micro-batch per step: no gradients at the chunked loss's forward end
     assert (p.memory.peak_moment, p.memory.gradients) == ("forward_end", 0)
+
+
+def test_switch_moments_by_hand() -> None:
+    from scaleplan.memory.step_switches import switch_moments
+
+    moments = {"forward_end": 1000, "backward_start": 2000, "optimizer_step": 50}
+    saved = {"a": 300, "log_softmax": 40, "targets": 8}  # S = 348, loss side 48
+    common = dict(copies=5, all_copies=7, TV=100, TVc=13, G=11, largest=3, head_grad=17)
+    chunked = switch_moments(moments, saved=saved, on_gpu=saved, e=2, chunks=8,
+                             sw=StepSwitches(loss="chunked"), **common)  # type: ignore[arg-type]
+    assert chunked == {
+        "forward_end": 348 + 7 + 100 * 2 + 13 * 4,  # all chunk logits, one fp32 upcast
+        "backward_start": 348 + 5 + 2 * 13 * 4,  # one chunk's two fp32 gradients
+        "optimizer_step": 50,
+        # loss side freed, 6 chunks' logit gradients waiting, three weight gradients
+        "head_backward": 348 - 48 + 5 + 6 * 13 * 2 + 3 * 17,
+    }
+    fp32 = switch_moments(moments, saved=saved, on_gpu=saved, e=4, chunks=3,
+                          sw=StepSwitches(loss="chunked"), **common)  # type: ignore[arg-type]
+    assert fp32["forward_end"] == 348 + 7 + 100 * 4  # .float() of fp32 logits copies nothing
+    assert fp32["head_backward"] == 348 - 48 + 5 + 1 * 13 * 4 + 3 * 17
+    for n in (1, 2):  # no chunk waits once the last two are consumed
+        few = switch_moments(moments, saved=saved, on_gpu=saved, e=4, chunks=n,
+                             sw=StepSwitches(loss="chunked"), **common)  # type: ignore[arg-type]
+        assert few["head_backward"] == 348 - 48 + 5 + 3 * 17
+    on_gpu = {"log_softmax": 40, "targets": 8, "offload_in_flight": 20}  # 68; 280 offloaded
+    every = StepSwitches(loss="chunked", optimizer_in_backward=True, activation_offload=True,
+                         gradient_accumulation=False)
+    out = switch_moments(moments, saved=saved, on_gpu=on_gpu, e=2, chunks=8, sw=every,
+                         offload_backward=99, **common)  # type: ignore[arg-type]
+    assert out == {  # no gradients but the largest one in the offloaded backward (-11, +3)
+        "forward_end": 68 + 7 + 200 + 52 - 11,
+        "backward_start": 68 + 104 - 11,  # the saved weight copies offloaded too
+        "head_backward": 68 - 48 + 156 + 51 - 11,
+        "offload_backward": 99 - 11 + 3,
+    }
+    plain = switch_moments(moments, saved=saved, on_gpu=saved, e=2,
+                           sw=StepSwitches(gradient_accumulation=False), **common)  # type: ignore[arg-type]
+    assert plain == {"forward_end": 1000 - 11, "backward_start": 2000 - 11, "optimizer_step": 50}
+
+
+def test_offload_keeps_tensors_strictly_under_1024_bytes() -> None:
+    from scaleplan.memory.step_switches import offload_kept_terms
+
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)
+    terms = {"token_ids": 1, "position_ids": 2, "layer_position_ids": 3, "attn_lse": 4,
+             "norm1_stats": 5, "ln_one_plus_weight": 6, "embedding_scale": 7, "qkv": 8,
+             "lm_head_input": 9}
+    # b s = 128: token ids 128 x 8 = 1024 bytes (offloaded: not under the minimum), position
+    # ids 64 x 8 = 512, statistics 128 x 4 = 512, 1 + weight 64 x 4 = 256, the scale 4 bytes,
+    # SDPA's log-sum-exp 128 x 4 heads x 4 = 2048 (offloaded)
+    assert offload_kept_terms(cfg, 2, 64, terms) == {
+        "token_ids": 0, "position_ids": 2, "layer_position_ids": 3, "attn_lse": 0,
+        "norm1_stats": 5, "ln_one_plus_weight": 6, "embedding_scale": 7, "lm_head_input": 9}
+    # b s = 64: token ids 512 bytes kept; the log-sum-exp 64 x 4 x 4 = 1024 offloaded; s = 200:
+    # position ids 1600 bytes offloaded
+    assert offload_kept_terms(cfg, 1, 64, terms)["token_ids"] == 1
+    assert offload_kept_terms(cfg, 1, 64, terms)["attn_lse"] == 0
+    assert offload_kept_terms(cfg, 1, 200, terms)["position_ids"] == 0
+    assert offload_kept_terms(cfg, 1, 200, terms)["layer_position_ids"] == 0
+    big = GPTConfig(n_layer=2, n_head=4, n_embd=256, block_size=64, vocab_size=200)
+    assert offload_kept_terms(big, 1, 8, terms)["ln_one_plus_weight"] == 0  # 256 x 4 bytes
+
+
+def test_offload_backward_moment_by_hand() -> None:
+    from scaleplan.memory.step_switches import offload_backward_moment
+
+    # GELU MLP, f = 256: c_proj's input and GELU's input brought back with a gradient each
+    # (4 x 96 x 256 x e), the residual gradient 96 x 64 x residual bytes, c_proj's weight
+    # 64 x 256 x e; the kept tensors less the loss side and the forward stash
+    on_gpu = {"log_softmax": 76800, "targets": 772, "norm1_stats": 1536,
+              "offload_in_flight": 999}
+    assert offload_backward_moment(GPT2_LIKE, 2, 48, "32-true", on_gpu=on_gpu) == (
+        1536 + 96 * 64 * 4 + 4 * 96 * 256 * 4 + 64 * 256 * 4)
+    assert offload_backward_moment(GPT2_LIKE, 2, 48, "bf16-mixed", on_gpu={"x": 1}) == (
+        1 + 96 * 64 * 4 + 4 * 96 * 256 * 2 + 64 * 256 * 2)
+    gated = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200,
+                      mlp="swiglu", mlp_hidden=160)
+    assert offload_backward_moment(gated, 2, 48, "bf16-true", on_gpu={}) == (
+        96 * 64 * 2 + 2 * 3 * 96 * 160 * 2 + 64 * 160 * 2)
