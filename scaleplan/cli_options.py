@@ -11,6 +11,8 @@ Each flag's accepted values come from the code that checks them (the precision t
     --optimizer NAME          adamw, adamw-8bit, ... (aliases such as adamw8bit accepted)
     --optimizer-impl IMPL     foreach, fused or for-loop: torch's AdamW implementation
     --attention {flash,eager}
+    --loss {standard,chunked} --optimizer-in-backward --activation-offload
+    --no-gradient-accumulation   the memory-saving switches (scaleplan.memory.step_switches)
     --precision NAME          auto, or a precision name or alias
     --mfu FRACTION            model FLOPs utilisation (PaLM's definition) on --gpu
     --nanogpt-mfu PERCENT     the MFU nanoGPT prints (of an A100's 312 TFLOP/s), converted
@@ -181,6 +183,18 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                    "(bf16 logits, no fp32 log-softmax, bool dropout masks); SDPA attention, one "
                    "GPU or data parallelism (default: a nanoGPT file's own compile, which "
                    "train.py sets True; off for presets and config.json files)")
+    q.add_argument("--loss", choices=("standard", "chunked"), default="standard",
+                   help="chunked: torchtune's CEWithChunkedOutputLoss, 8 chunks each projected "
+                   "and upcast to fp32 on its own (default: %(default)s)")
+    q.add_argument("--optimizer-in-backward", action="store_true",
+                   help="each parameter stepped and its gradient freed as soon as it is ready "
+                   "(torchtune's optimizer_in_bwd); needs --no-gradient-accumulation")
+    q.add_argument("--activation-offload", action="store_true",
+                   help="saved activations copied to host memory (torchtune's "
+                   "OffloadActivations); one GPU, no checkpointing")
+    q.add_argument("--no-gradient-accumulation", action="store_true",
+                   help="one micro-batch per optimizer step: no gradients during forward "
+                   "(default: gradients resident all step, as when accumulating)")
     q.add_argument("--attention", choices=get_args(AttentionKind), default="flash",
                    help="flash (SDPA, no s x s scores kept) or eager (default: %(default)s)")
     mfu = q.add_mutually_exclusive_group()
@@ -189,6 +203,19 @@ def add_plan_knobs(q: argparse.ArgumentParser) -> None:
                      help="the MFU nanoGPT prints (e.g. 11.5 for 'mfu 11.50%%'), which is "
                      "relative to an A100's 312 TFLOP/s whatever the GPU: converted to the real "
                      "MFU on --gpu and planned with")
+
+
+def _switches(args: argparse.Namespace) -> dict[str, Any]:
+    """The memory-saving switches given (`scaleplan.memory.step_switches`), none when absent."""
+    given: dict[str, Any] = {}
+    if getattr(args, "loss", "standard") != "standard":
+        given["loss"] = args.loss
+    for flag in ("optimizer_in_backward", "activation_offload"):
+        if getattr(args, flag, False):
+            given[flag] = True
+    if getattr(args, "no_gradient_accumulation", False):
+        given["gradient_accumulation"] = False
+    return given
 
 
 def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
@@ -206,6 +233,7 @@ def plan_options(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
         options["compile"] = True
     if args.implementation != "nanogpt":
         options["implementation"] = args.implementation
+    options.update(_switches(args))
     split = args.tensor_parallel * args.pipeline_parallel
     if args.zero or args.fsdp or split > 1 or args.expert_parallel > 1:
         if world_size % split:

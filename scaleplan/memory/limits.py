@@ -91,8 +91,10 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                 allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION,
                 what: Literal["total", "tensor_peak"] = "total",
                 compile: bool = False, implementation: str = "nanogpt",
-                lora: LoRA | None = None, base_weights: str | None = None
-                ) -> NDArray[np.float64]:
+                loss: Literal["standard", "chunked"] = "standard",
+                optimizer_in_backward: bool = False, activation_offload: bool = False,
+                gradient_accumulation: bool = True, lora: LoRA | None = None,
+                base_weights: str | None = None) -> NDArray[np.float64]:
     """`training_memory`'s ``total`` (or ``tensor_peak``) in bytes, as float64, for arrays of
     micro-batch sizes and sequence lengths (broadcast against each other).
 
@@ -120,7 +122,11 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
                      allocator_slack_fraction=allocator_slack_fraction, compile=compile,
-                     implementation=implementation, lora=lora, base_weights=base_weights)
+                     implementation=implementation, loss=loss,
+                     optimizer_in_backward=optimizer_in_backward,
+                     activation_offload=activation_offload,
+                     gradient_accumulation=gradient_accumulation, lora=lora,
+                     base_weights=base_weights)
     check_shape(cfg, b, s)
     par = o.parallelism
     stages = ("only",) if par.pipeline == 1 else ("first", "last")
@@ -129,8 +135,8 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
         W, G, O, _, _, _, held, moments = stage_parts(
             cfg, b, s, o.precision, o.optimizer, o.attention, o.checkpointing, o.device, par,
             o.optimizer_impl, o.hold_logits, stage,  # type: ignore[arg-type]
-            compiled=o.compile, implementation=o.implementation, lora=o.lora,
-            base_weights=o.base_weights)
+            compiled=o.compile, implementation=o.implementation, switches=o.switches,
+            lora=o.lora, base_weights=o.base_weights)
         worst = np.maximum.reduce(np.broadcast_arrays(*moments.values()))
         stage_peak = float(W + G + O) + worst + held
         peak = stage_peak if peak is None else np.maximum(peak, stage_peak)

@@ -22,6 +22,7 @@ from scaleplan.memory.lora_states import check_lora
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
+from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, check_switches
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.shapes import per_config
@@ -53,15 +54,27 @@ class StepOptions:
     allocator_slack_fraction: float
     compile: bool = False
     implementation: str = "nanogpt"
+    loss: str = "standard"
+    optimizer_in_backward: bool = False
+    activation_offload: bool = False
+    gradient_accumulation: bool = True
     lora: LoRA | None = None
     base_weights: str | None = None
+
+    @property
+    def switches(self) -> StepSwitches:
+        """The memory-saving switches (`scaleplan.memory.step_switches`)."""
+        return StepSwitches(self.loss, self.optimizer_in_backward, self.activation_offload,
+                            self.gradient_accumulation)
 
 
 def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                  checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                  hold_logits: Any, cuda_context_bytes: Any,
                  allocator_slack_fraction: Any, compile: Any = False,
-                 implementation: Any = "nanogpt", lora: Any = None,
+                 implementation: Any = "nanogpt", loss: Any = "standard",
+                 optimizer_in_backward: Any = False, activation_offload: Any = False,
+                 gradient_accumulation: Any = True, lora: Any = None,
                  base_weights: Any = None) -> StepOptions:
     """Every option checked (a `ScaleplanError` or `UnknownNameError` naming the argument) and
     normalised (aliases resolved, numbers as exact Python types); the layout checked against
@@ -71,14 +84,18 @@ def step_options(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: A
         checkpointing=checkpointing, device=device, parallelism=parallelism,
         optimizer_impl=optimizer_impl, hold_logits=hold_logits,
         cuda_context_bytes=cuda_context_bytes, allocator_slack_fraction=allocator_slack_fraction,
-        compile=compile, implementation=implementation, lora=lora, base_weights=base_weights)
+        compile=compile, implementation=implementation, loss=loss,
+        optimizer_in_backward=optimizer_in_backward, activation_offload=activation_offload,
+        gradient_accumulation=gradient_accumulation, lora=lora, base_weights=base_weights)
 
 
 def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attention: Any,
                        checkpointing: Any, device: Any, parallelism: Any, optimizer_impl: Any,
                        hold_logits: Any, cuda_context_bytes: Any,
                        allocator_slack_fraction: Any, compile: Any,
-                       implementation: Any, lora: Any, base_weights: Any) -> StepOptions:
+                       implementation: Any, loss: Any, optimizer_in_backward: Any,
+                       activation_offload: Any, gradient_accumulation: Any, lora: Any,
+                       base_weights: Any) -> StepOptions:
     p, opt = normalize_precision(precision), normalize_optimizer(optimizer)
     one_of("attention", attention, ("flash", "eager"))
     one_of("checkpointing", checkpointing, ("none", "selective", "full"))
@@ -106,11 +123,25 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                parallelism=par)  # first: its refusals say how to run a LoRA step instead
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
+    sw = check_switches(loss=loss, optimizer_in_backward=optimizer_in_backward,
+                        activation_offload=activation_offload,
+                        gradient_accumulation=gradient_accumulation,
+                        implementation=implementation, compile=compile,
+                        checkpointing=checkpointing, parallelism=par)
+    if lora is not None and sw != NO_SWITCHES:
+        raise ScaleplanError("lora with the memory-saving switches (loss='chunked', "
+                             "optimizer_in_backward, activation_offload, "
+                             "gradient_accumulation=False) is not modelled yet; drop the "
+                             "switches or lora")
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
                        allocator_slack_fraction=slack, compile=compile,
-                       implementation=implementation, lora=lora, base_weights=base_weights)
+                       implementation=implementation, loss=sw.loss,
+                       optimizer_in_backward=sw.optimizer_in_backward,
+                       activation_offload=sw.activation_offload,
+                       gradient_accumulation=sw.gradient_accumulation, lora=lora,
+                       base_weights=base_weights)
 
 
 _step_options = per_config(_step_options_body)

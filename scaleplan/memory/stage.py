@@ -39,6 +39,12 @@ from scaleplan.memory.titan_terms import (
     titan_saved_terms,
 )
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
+from scaleplan.memory.step_switches import (
+    NO_SWITCHES,
+    StepSwitches,
+    chunked_loss_terms,
+    switch_stage,
+)
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 
@@ -52,8 +58,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                  attention: AttentionKind, checkpointing: CheckpointingKind,
                  device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                  hold_logits: bool, stage: Stage, *, compiled: bool = False,
-                 implementation: str = "nanogpt", lora: LoRA | None = None,
-                 base_weights: str | None = None) -> tuple[Any, ...]:
+                 implementation: str = "nanogpt", switches: StepSwitches = NO_SWITCHES,
+                 lora: LoRA | None = None, base_weights: str | None = None) -> tuple[Any, ...]:
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
     moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
@@ -61,8 +67,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     models and recipe loss (`scaleplan.memory.tune_terms`), "torchtitan": its Llama 3 under
     FSDP2 (`scaleplan.memory.titan_terms`), "litgpt": litgpt's GPT and chunked loss
     (`scaleplan.memory.litgpt_terms`); each on one stage with no tensor parallelism, as
-    `step_options` checks. ``lora``: a frozen base with adapters
-    (`scaleplan.memory.lora_terms`; transformers' code, one GPU), ``base_weights`` its dtype."""
+    `step_options` checks. ``switches``: the memory-saving switches
+    (`scaleplan.memory.step_switches`; nanoGPT's and Hugging Face's layouts): the moments stay on
+    top of weights, all gradients and optimizer states, less the gradients not alive at each
+    moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
+    code, one GPU), ``base_weights`` its dtype."""
     if lora is not None:
         W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
             cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
@@ -79,6 +88,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
                                          layers, in_flight, embeds, heads, compiled,
                                          implementation)
+    if switches.loss == "chunked" and heads:
+        saved = {**saved, **chunked_loss_terms(cfg, b, s)}
     S = sum(saved.values())
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,
@@ -114,6 +125,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else code)
+    if switches != NO_SWITCHES:
+        saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
+                                      copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
+                                      heads=heads, sw=switches)
     return W, G, O, saved, copies, all_copies, held, moments
 
 

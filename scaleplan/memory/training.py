@@ -28,6 +28,12 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
 from scaleplan.memory.stage import Stage, stage_parts
 from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.step_switches import (
+    LossKind,
+    StepSwitches,
+    gradients_at,
+    largest_gradient_bytes,
+)
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.units import format_gib
@@ -69,8 +75,9 @@ class MemoryBreakdown(BaseModel):
 
     weights: int = Field(description="The parameters in their stored dtype (per GPU, sharded "
                          "as the parallelism says).")
-    gradients: int = Field(description="Gradients, kept for the whole step (as with gradient "
-                           "accumulation); fp32 for bf16-fp32-master.")
+    gradients: int = Field(description="Gradients alive at the worst moment: all of them, all "
+                           "step, with gradient accumulation (the default); fp32 for "
+                           "bf16-fp32-master.")
     optimizer: int = Field(description="Optimizer states, plus the fp32 master weights of "
                            "bf16-fp32-master.")
     saved_for_backward: int = Field(
@@ -91,7 +98,8 @@ class MemoryBreakdown(BaseModel):
                              "comparable with torch.cuda.max_memory_allocated.")
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
-    peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step"] = Field(
+    peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
+                         "head_backward", "offload_backward"] = Field(
         description="Which moment of the step is the worst.")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
@@ -200,7 +208,10 @@ def training_memory(
     parallelism: Parallelism | None = None, optimizer_impl: OptimizerImpl | None = None,
     hold_logits: bool = True, cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     allocator_slack_fraction: float = ALLOCATOR_SLACK_FRACTION, compile: bool = False,
-    implementation: str = "nanogpt", lora: LoRA | None = None, base_weights: str | None = None,
+    implementation: str = "nanogpt", loss: LossKind = "standard",
+    optimizer_in_backward: bool = False, activation_offload: bool = False,
+    gradient_accumulation: bool = True, lora: LoRA | None = None,
+    base_weights: str | None = None,
 ) -> MemoryBreakdown:
     """Memory one GPU needs to train ``cfg`` for one optimizer step.
 
@@ -243,13 +254,24 @@ def training_memory(
             ``"litgpt"`` (litgpt 0.5.13's GPT in its full fine-tune step, chunked loss included;
             `scaleplan.memory.litgpt_terms`, exact on CPU for Llama, Gemma, Phi-2 and Pythia
             layouts in 32-true, bf16-true and bf16-mixed).
+        loss: ``"standard"`` (one cross-entropy over all logits) or ``"chunked"`` (torchtune's
+            ``CEWithChunkedOutputLoss``: 8 sequence chunks, each projected and upcast to fp32
+            on its own; `scaleplan.memory.step_switches`).
+        optimizer_in_backward: each parameter stepped and its gradient freed as soon as it is
+            ready (torchtune's ``optimizer_in_bwd``); needs ``gradient_accumulation=False``.
+        activation_offload: saved activations copied to host memory (torchtune's
+            ``OffloadActivations``), the loss side, small tensors and the blocks in flight left.
+        gradient_accumulation: True: gradients resident all step (the last micro-batch of
+            accumulation); False: one micro-batch per optimizer step, no gradients during
+            forward and at the start of backward.
         lora: a `scaleplan.model.lora.LoRA`: the base frozen, adapters trained in fp32
             (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf").
         base_weights: the frozen base's storage with ``lora``: None (the precision's weight
             dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA); an error without ``lora``.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
-    (the reference harness's ``accumulating=True``). The worst moment is the largest of
+    (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``.
+    The worst moment is the largest of
 
     - ``forward_end``: saved tensors + every autocast weight copy (autocast caches them until
       its region exits, even those checkpointing does not save) + the logits (s b V, activation
@@ -259,7 +281,11 @@ def training_memory(
       plus the loss side that their count leaves out;
     - ``recompute`` (full checkpointing): one block rebuilt during backward, its weight copies
       and its backward's gradients, once the loss side is freed;
-    - ``optimizer_step``: the optimizer's temporaries;
+    - ``optimizer_step``: the optimizer's temporaries (none with ``optimizer_in_backward``);
+    - ``head_backward`` (``loss="chunked"``): the output layer's backward, chunk by chunk
+      (`scaleplan.memory.step_switches.switch_moments`);
+    - ``offload_backward`` (``activation_offload``): a block's MLP backward with its offloaded
+      tensors brought back (`scaleplan.memory.step_switches.offload_backward_moment`);
 
     each on top of weights + gradients + optimizer states, and of the held logits.
 
@@ -275,13 +301,17 @@ def training_memory(
                      optimizer_impl=optimizer_impl, hold_logits=hold_logits,
                      cuda_context_bytes=cuda_context_bytes,
                      allocator_slack_fraction=allocator_slack_fraction, compile=compile,
-                     implementation=implementation, lora=lora, base_weights=base_weights)
+                     implementation=implementation, loss=loss,
+                     optimizer_in_backward=optimizer_in_backward,
+                     activation_offload=activation_offload,
+                     gradient_accumulation=gradient_accumulation, lora=lora,
+                     base_weights=base_weights)
     micro_batch_size, seq_len = check_shape(cfg, micro_batch_size, seq_len)
     par = o.parallelism
     stages: tuple[Stage, ...] = ("only",) if par.pipeline == 1 else ("first", "last")
     found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
                            o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
-                           stage, o.compile, o.implementation, lora=o.lora,
+                           stage, o.compile, o.implementation, o.switches, lora=o.lora,
                            base_weights=o.base_weights) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
     overhead = overhead_bytes(o, tensor_peak)
@@ -293,19 +323,23 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   attention: AttentionKind, checkpointing: CheckpointingKind,
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                   hold_logits: bool, stage: Stage, compiled: bool,
-                  implementation: str, *, lora: LoRA | None = None,
+                  implementation: str, sw: StepSwitches, *, lora: LoRA | None = None,
                   base_weights: str | None = None) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
     W, G, O, saved, copies, all_copies, held, moments = stage_parts(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
-        compiled=compiled, implementation=implementation, lora=lora, base_weights=base_weights)
+        compiled=compiled, implementation=implementation, switches=sw, lora=lora,
+        base_weights=base_weights)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
-    worst = moments[moment] + held
-    copies_field = copies if moment != "forward_end" else all_copies
-    tensor_peak = int(W + G + O + worst)
+    grads = gradients_at(moment, G, largest_gradient_bytes(cfg, p)
+                         if sw.optimizer_in_backward else 0, sw)
+    worst = moments[moment] + held + G - grads  # the moments count every gradient
+    copies_field = all_copies if moment == "forward_end" else 0 if sw.activation_offload \
+        else copies  # offloaded, the saved copies are in host memory after forward
+    tensor_peak = int(W + grads + O + worst)
     return tensor_peak, dict(
-        weights=W, gradients=G, optimizer=O, saved_for_backward=int(S),
+        weights=W, gradients=grads, optimizer=O, saved_for_backward=int(S),
         autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
         logits=int(sum(saved.get(k, 0) for k in ("log_softmax", "logits", "logsumexp",
                                                   "targets"))),

@@ -15,6 +15,8 @@ from scaleplan.compute.hardware import GPUSpec
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind
 from scaleplan.memory.implementations import IMPLEMENTATIONS
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.step_switches import NO_SWITCHES, check_switches
 from scaleplan.model.config import GPTConfig, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.units import format_gib
@@ -26,6 +28,9 @@ _ATTENTION: tuple[str, ...] = get_args(AttentionKind)
 _CHECKPOINTING: tuple[str, ...] = get_args(CheckpointingKind)
 DEFAULT_PRECISION = "bf16-mixed"  # nanoGPT's default (dtype='bfloat16' under autocast)
 DEFAULT_OPTIMIZER = "adamw"
+# The memory-saving switches and the values at which FitsOn leaves them out of the settings.
+_SWITCHES_OFF = {name: getattr(NO_SWITCHES, name) for name in (
+    "loss", "optimizer_in_backward", "activation_offload", "gradient_accumulation")}
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -43,9 +48,11 @@ class FitsOn(Marker):
     ``micro_batch_size``, ``seq_len``, ``precision`` and ``optimizer`` come from the marker,
     else from the training settings (precision defaults to ``"bf16-mixed"``, optimizer to
     ``"adamw"``). ``compile`` and ``implementation`` are `training_memory`'s (torch.compile;
-    nanoGPT's or Hugging Face's modeling code); ``lora`` and ``base_weights`` too (a LoRA
-    fine-tune of a frozen base, ``implementation="hf"``). ``headroom`` keeps a fraction of the
-    memory free. The bytes needed are `scaleplan.memory.training.training_memory`'s ``total``
+    nanoGPT's or Hugging Face's modeling code), and so are ``loss``, ``optimizer_in_backward``,
+    ``activation_offload`` and ``gradient_accumulation`` (`scaleplan.memory.step_switches`);
+    ``lora`` and ``base_weights`` too (a LoRA fine-tune of a frozen base,
+    ``implementation="hf"``). ``headroom`` keeps a fraction of the memory free. The bytes
+    needed are `scaleplan.memory.training.training_memory`'s ``total``
     (weights, gradients, optimizer states, activations, logits, CUDA context and allocator
     slack), or ``memory_model(cfg, **settings)``
     (bytes, or an object with ``.total``) when given. The error names the largest micro-batch
@@ -68,6 +75,10 @@ class FitsOn(Marker):
     checkpointing: CheckpointingKind = "none"
     compile: bool = False
     implementation: str = "nanogpt"
+    loss: str = "standard"
+    optimizer_in_backward: bool = False
+    activation_offload: bool = False
+    gradient_accumulation: bool = True
     headroom: float = 0.0
     memory_model: Callable[..., Any] | None = None
     lora: LoRA | None = None
@@ -99,6 +110,11 @@ class FitsOn(Marker):
         if self.lora is not None and not isinstance(self.lora, LoRA):
             raise ScaleplanError(f"lora={shown(self.lora)} must be a scaleplan.LoRA, e.g. "
                                  "LoRA(8, targets=('q', 'v')), or None")
+        check_switches(loss=self.loss, optimizer_in_backward=self.optimizer_in_backward,
+                       activation_offload=self.activation_offload,
+                       gradient_accumulation=self.gradient_accumulation,
+                       implementation=self.implementation, compile=self.compile,
+                       checkpointing=self.checkpointing, parallelism=Parallelism())
         if isinstance(self.headroom, bool) or not isinstance(self.headroom, int | float) \
                 or not 0 <= self.headroom < 1:
             raise ScaleplanError(f"headroom={shown(self.headroom)} must be a fraction in [0, 1), "
@@ -135,6 +151,8 @@ class FitsOn(Marker):
                else {}),
             **({"lora": self.lora} if self.lora is not None else {}),
             **({"base_weights": self.base_weights} if self.base_weights is not None else {}),
+            **{name: getattr(self, name) for name, off in _SWITCHES_OFF.items()
+               if getattr(self, name) != off},
         }
 
     def explicit(self) -> dict[str, Any]:
