@@ -45,6 +45,7 @@ ISSUE17_OPTIONS: dict[str, tuple[Any, ...]] = {
     "loss": ("standard", "chunked"),
     "optimizer_in_backward": (True, False),
     "activation_offload": (True, False),
+    "gradient_accumulation": (True, False),
 }
 
 

@@ -32,6 +32,12 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.step_switches import (
+    NO_SWITCHES,
+    StepSwitches,
+    chunked_loss_terms,
+    switch_stage,
+)
 from scaleplan.memory.titan_terms import (
     titan_fsdp_in_flight,
     titan_model_states,
@@ -39,12 +45,6 @@ from scaleplan.memory.titan_terms import (
     titan_saved_terms,
 )
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
-from scaleplan.memory.step_switches import (
-    NO_SWITCHES,
-    StepSwitches,
-    chunked_loss_terms,
-    switch_stage,
-)
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 
@@ -103,24 +103,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     logit_bytes, loss_bytes = (TUNE_LOGITS_BYTES,) * 2 if tune else (e, loss_bytes)
     held = TV * logit_bytes if hold_logits else 0
-    if compiled:  # the returned logits are the saved ones: held only once backward freed them
-        moments: dict[str, Any] = {
-            "forward_end": S + all_copies,
-            "backward_start": S + copies + compiled_backward_start_bytes(cfg, b, s, precision=p),
-            "optimizer_step": temp + held,
-        }
-        held = 0
-    elif implementation == "litgpt":  # its chunked loss on the logits as they are
-        fwd, bwd = litgpt_loss_transients(cfg, b, s, precision=p, hold_logits=hold_logits)
-        moments = {"forward_end": S + all_copies + fwd, "backward_start": S + copies + bwd,
-                   "optimizer_step": temp}
-    else:
-        moments = {
-            "forward_end": S + all_copies + TV * logit_bytes
-            + (TV * FP32_BYTES if p in AUTOCAST else 0),
-            "backward_start": S + copies + 2 * TV * loss_bytes,
-            "optimizer_step": temp,
-        }
+    moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
+                                  logit_bytes, loss_bytes, compiled=compiled,
+                                  litgpt=implementation == "litgpt", hold_logits=hold_logits)
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
                                                 copies, all_copies, layers,
@@ -130,6 +115,32 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
                                       heads=heads, sw=switches)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,
+                  all_copies: Any, temp: Any, TV: Any, held: Any, logit_bytes: int,
+                  loss_bytes: int, *, compiled: bool, litgpt: bool,
+                  hold_logits: bool) -> tuple[dict[str, Any], Any]:
+    """(the forward-end, backward-start and optimizer-step moments, the logits held on top of
+    them) for the loss as the code computes it: compiled (the returned logits are the saved
+    ones, held only once backward freed them), litgpt's chunked loss on the logits as they are,
+    or a log-softmax of the (upcast) logits."""
+    if compiled:
+        return {
+            "forward_end": S + all_copies,
+            "backward_start": S + copies + compiled_backward_start_bytes(cfg, b, s, precision=p),
+            "optimizer_step": temp + held,
+        }, 0
+    if litgpt:
+        fwd, bwd = litgpt_loss_transients(cfg, b, s, precision=p, hold_logits=hold_logits)
+        return {"forward_end": S + all_copies + fwd, "backward_start": S + copies + bwd,
+                "optimizer_step": temp}, held
+    return {
+        "forward_end": S + all_copies + TV * logit_bytes
+        + (TV * FP32_BYTES if p in AUTOCAST else 0),
+        "backward_start": S + copies + 2 * TV * loss_bytes,
+        "optimizer_step": temp,
+    }, held
 
 
 def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
