@@ -260,3 +260,19 @@ def test_data_parallel_plans_count_ddp_buckets_and_offer_zero() -> None:
 
 def test_gpu_spec_instance_is_accepted() -> None:
     assert plan(GPT2, gpu("RTX 4090")).gpu.name == "RTX 4090"
+
+
+def test_no_gradient_accumulation_plans_one_micro_batch_per_step() -> None:
+    # gradient_accumulation=False computes memory with no gradients during forward; the plan
+    # used to accumulate 64 micro-batches anyway. Now the step is one micro-batch: the largest
+    # that fits (the next one up does not), or the step given must fit in one.
+    p = plan(GPT2, "RTX 4070", gradient_accumulation=False)
+    assert p.grad_accum_steps == 1 and p.tokens_per_step == p.micro_batch_size * 1024
+    assert p.memory.gradients == 0  # the worst moment is before backward made any
+    over = training_memory(GPT2, micro_batch_size=p.micro_batch_size + 1, seq_len=1024,
+                           precision=p.precision, gradient_accumulation=False)
+    assert p.fits and over.total > p.available_bytes
+    with pytest.raises(ScaleplanError, match="tokens_per_step=524,288 is 512 sequences"):
+        plan(GPT2, "RTX 4070", gradient_accumulation=False, tokens_per_step=2**19)
+    given = plan(GPT2, "RTX 4070", gradient_accumulation=False, tokens_per_step=4 * 1024)
+    assert (given.micro_batch_size, given.grad_accum_steps) == (4, 1)

@@ -23,7 +23,8 @@ from scaleplan.planning.batching import grad_accum_steps
 from scaleplan.planning.remedies import Remedy, nothing_fits_message, preference, why
 from scaleplan.planning.remedies import remedies as find_remedies
 
-__all__ = ["Candidate", "MemoryProbe", "apply_remedy", "largest_fitting", "with_zero"]
+__all__ = ["MAX_ONE_STEP_MICRO_BATCH", "Candidate", "MemoryProbe", "apply_remedy",
+           "largest_fitting", "one_micro_batch_step", "with_zero"]
 
 
 class Candidate(BaseModel):
@@ -98,8 +99,9 @@ def apply_remedy(cfg: GPTConfig, spec: GPUSpec, memory: MemoryProbe, available: 
 
 
 def largest_fitting(sizes: list[int], memory: MemoryProbe, available: int,
-                    tokens_per_step: int) -> tuple[int, list[Candidate]]:
-    """The largest of ``sizes`` that fits in ``available`` bytes, and the candidates around it."""
+                    tokens_per_step: int | None) -> tuple[int, list[Candidate]]:
+    """The largest of ``sizes`` that fits in ``available`` bytes, and the candidates around it
+    (``tokens_per_step`` None: each candidate is a whole step, one micro-batch)."""
     lo = _largest(sizes, memory, available, {})
     around = range(max(0, lo - 1), min(len(sizes), lo + 2))  # the next size each side
     candidates = []
@@ -107,8 +109,8 @@ def largest_fitting(sizes: list[int], memory: MemoryProbe, available: int,
         total = memory(sizes[i]).total
         candidates.append(Candidate(
             micro_batch_size=sizes[i], total_bytes=total, fits=total <= available,
-            grad_accum_steps=grad_accum_steps(tokens_per_step, sizes[i], memory.seq_len,
-                                              memory.data)))
+            grad_accum_steps=1 if tokens_per_step is None else grad_accum_steps(
+                tokens_per_step, sizes[i], memory.seq_len, memory.data)))
     return sizes[lo], candidates
 
 
@@ -137,3 +139,26 @@ def _largest(sizes: list[int], memory: MemoryProbe, available: int,
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
+
+
+# With one micro-batch per step and no step size given, the micro-batches tried: 1 to this many
+# sequences per GPU (a bisection, so about 16 memory evaluations).
+MAX_ONE_STEP_MICRO_BATCH = 2**16
+
+
+def one_micro_batch_step(given_tokens: int | None, chosen: int, candidates: list[Candidate],
+                         seq_len: int, data: int) -> tuple[int, list[Candidate]]:
+    """(tokens per step, candidates) when every step is one micro-batch
+    (``gradient_accumulation=False``): the step is the largest micro-batch that fits, or, when
+    the step's size was given, that size must fit in one micro-batch (else an error that says
+    what would fit), never a plan that accumulates gradients the memory was computed without."""
+    if given_tokens is None:
+        return chosen * seq_len * data, candidates
+    need = given_tokens // (seq_len * data)
+    if chosen < need:
+        raise ScaleplanError(
+            f"gradient_accumulation=False runs each step as one micro-batch, but "
+            f"tokens_per_step={given_tokens:,} is {need:,} sequences per GPU and at most "
+            f"{chosen:,} fit; pass tokens_per_step={chosen * seq_len * data:,} (or leave it "
+            "out), or gradient_accumulation=True")
+    return given_tokens, candidates

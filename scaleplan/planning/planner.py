@@ -38,7 +38,14 @@ from scaleplan.planning.arguments import (
     check_mfu,
 )
 from scaleplan.planning.batching import grad_accum_steps, micro_batch_sizes
-from scaleplan.planning.fitting import Candidate, MemoryProbe, apply_remedy, largest_fitting
+from scaleplan.planning.fitting import (
+    MAX_ONE_STEP_MICRO_BATCH,
+    Candidate,
+    MemoryProbe,
+    apply_remedy,
+    largest_fitting,
+    one_micro_batch_step,
+)
 from scaleplan.planning.remedies import Remedy
 from scaleplan.planning.run_length import run_length
 from scaleplan.scaling.webtext import ExpectedLoss, expected_loss, law_for_data
@@ -285,7 +292,10 @@ def plan(
     mfu_given = check_mfu(mfu, spec)
     memory_options = check_memory_options(memory_options)
     chosen_precision, precision_reason, warnings = choose_precision(spec, precision)
+    one_step, given_tokens = memory_options.get("gradient_accumulation") is False, tokens_per_step
     tokens_per_step, sizes = _step(tokens_per_step, seq_len, layout.data)
+    if one_step and given_tokens is None:  # the step is one micro-batch, as large as fits
+        sizes = list(range(1, MAX_ONE_STEP_MICRO_BATCH + 1))
     available, available_source = _available(spec)
     memory = MemoryProbe(cfg, seq_len, layout.data, memory_options, {
         "precision": chosen_precision, "optimizer": optimizer, "attention": attention,
@@ -294,7 +304,11 @@ def plan(
     if remedy is not None and "precision" in remedy.changes:
         precision_reason = f"changed to fit: {remedy.name}"
     settings = memory.settings
-    chosen, candidates = largest_fitting(sizes, memory, available, tokens_per_step)
+    chosen, candidates = largest_fitting(sizes, memory, available, None if one_step and
+                                         given_tokens is None else tokens_per_step)
+    if one_step:
+        tokens_per_step, candidates = one_micro_batch_step(given_tokens, chosen, candidates,
+                                                           seq_len, layout.data)
     mem = memory(chosen)
     budget = run_length(cfg, spec, settings, seq_len=seq_len, tokens_per_step=tokens_per_step,
                         world_size=layout.world_size, total_tokens=total_tokens, hours=hours,
