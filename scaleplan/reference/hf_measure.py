@@ -31,7 +31,8 @@ from scaleplan.memory.training import saved_for_backward_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_SHAPES", "HFMeasurement", "grid", "hf_config", "main", "measure_hf"]
+__all__ = ["GRID_SHAPES", "HFMeasurement", "grid", "hf_config", "main", "measure_hf",
+           "record_forward"]
 
 HFAttention = Literal["sdpa", "eager"]
 HFPrecision = Literal["32-true", "bf16-mixed"]
@@ -123,6 +124,21 @@ def measure_hf(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int, seq_l
     if checkpointing:  # 5.25 renamed gradient_checkpointing_enable (deprecated, same code)
         enable = getattr(model, "activation_checkpointing_enable", None)
         (enable or model.gradient_checkpointing_enable)()
+    by_module, casts = record_forward(model, cfg, micro_batch_size=micro_batch_size,
+                                      seq_len=seq_len, precision=precision)
+    return HFMeasurement(
+        family=family, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
+        attention=attention, checkpointing=checkpointing, dropout=cfg.dropout,
+        saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
+        autocast_weight_copies=casts)
+
+
+def record_forward(model: Any, cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
+                   precision: HFPrecision) -> tuple[dict[str, int], int]:
+    """(saved-for-backward bytes by module, autocast weight copies) of one forward + loss of a
+    transformers causal LM (or a peft model wrapping one) on random token ids, labels = the
+    ids: every storage autograd keeps, parameters, buffers and the ids excluded, and what a
+    checkpoint holds outside autograd's saved tensors counted as "checkpoint"."""
     params = {storage_key(p) for p in model.parameters()}
     resident = {storage_key(b) for b in model.buffers()} | params
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
@@ -148,11 +164,7 @@ def measure_hf(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int, seq_l
     if held:
         by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
     del loss
-    return HFMeasurement(
-        family=family, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
-        attention=attention, checkpointing=checkpointing, dropout=cfg.dropout,
-        saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
-        autocast_weight_copies=casts)
+    return by_module, casts
 
 
 GRID_SHAPES: dict[str, GPTConfig] = {

@@ -16,7 +16,6 @@ base's linears bitsandbytes' ``Linear4bit``, NF4, quantized on the CPU).
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import itertools
 import json
@@ -33,8 +32,7 @@ from scaleplan.memory.hf_terms import HFFamily
 from scaleplan.memory.lora_terms import lora_saved_terms, lora_weight_copy_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA, adapter_params, fused_qkv
-from scaleplan.reference.hf_measure import GRID_SHAPES, hf_config
-from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
+from scaleplan.reference.hf_measure import GRID_SHAPES, hf_config, record_forward
 
 __all__ = [
     "GRID_TARGETS",
@@ -172,31 +170,8 @@ def measure_peft(cfg: GPTConfig, family: HFFamily, lora: LoRA, *, micro_batch_si
         (enable or base.gradient_checkpointing_enable)()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     every = sum(p.numel() for p in model.parameters())
-    params = {storage_key(p) for p in model.parameters()}
-    resident = {storage_key(b) for b in model.buffers()} | params
-    ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
-    resident.add(storage_key(ids))
-    tracker = LiveBytesTracker()
-    recorder = SavedTensorsRecorder(param_keys=params)
-    tracker.on_new_storage = recorder.note_new_storage
-    gc.collect()
-    with tracker, recorder.recording(model):
-        if precision == "bf16-mixed":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = model(input_ids=ids, labels=ids, use_cache=False)
-        else:
-            out = model(input_ids=ids, labels=ids, use_cache=False)
-        loss = out.loss
-        del out
-        gc.collect()
-        tracker.on_new_storage = None
-    by_module, _, casts = recorder.totals()
-    held = {k: n for k, n in tracker.live.items()
-            if k not in resident and k not in recorder.by_storage and k != storage_key(loss)
-            and k not in recorder.cast_keys}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
-    del loss
+    by_module, casts = record_forward(model, cfg, micro_batch_size=micro_batch_size,
+                                      seq_len=seq_len, precision=precision)
     return PeftMeasurement(
         family=family, micro_batch_size=micro_batch_size, seq_len=seq_len, precision=precision,
         attention=attention, checkpointing=checkpointing, dropout=cfg.dropout, rank=lora.rank,
