@@ -29,7 +29,7 @@ from scaleplan.reference.step import AUTOCAST_DTYPES, TrainingStep
 from scaleplan.reference.tracking import storage_key
 
 __all__ = ["CompiledMeasurement", "SavedValue", "block_bytes_by_difference",
-           "measure_compiled"]
+           "measure_compiled", "saved_by_node"]
 
 
 class SavedValue(BaseModel):
@@ -102,8 +102,9 @@ class _Capture:
         return compile_fx(gm, example_inputs, inner_compile=inner)
 
 
-def _saved_by_node(loss: torch.Tensor) -> list[tuple[Any, list[torch.Tensor]]]:
-    """(autograd node, tensors it saved) for every node behind ``loss``."""
+def saved_by_node(loss: torch.Tensor) -> list[tuple[Any, list[torch.Tensor]]]:
+    """(autograd node, tensors it saved) for every node behind ``loss``: a compiled function's
+    ``saved_tensors`` and an eager node's ``_saved_*`` attributes."""
     found: list[tuple[Any, list[torch.Tensor]]] = []
     stack: list[Any] = [loss.grad_fn]
     visited: set[int] = set()
@@ -164,7 +165,7 @@ def measure_compiled(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         # inductor's first import runs torch.jit.script_method, deprecated in torch 2.13
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
         loss = step.forward()
-        nodes = _saved_by_node(loss)  # references kept: backward frees the saved tensors
+        nodes = saved_by_node(loss)  # references kept: backward frees the saved tensors
         logits = step.logits
         logit_key = storage_key(logits) if logits is not None else None
         logits_saved = any(storage_key(t) == logit_key for _, ts in nodes for t in ts)

@@ -31,8 +31,8 @@ from scaleplan.memory.training import saved_for_backward_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_SHAPES", "HFMeasurement", "grid", "hf_config", "main", "measure_hf",
-           "record_forward"]
+__all__ = ["GRID_SHAPES", "HFMeasurement", "build_hf_model", "grid", "hf_config", "main",
+           "measure_hf", "record_forward"]
 
 HFAttention = Literal["sdpa", "eager"]
 HFPrecision = Literal["32-true", "bf16-mixed"]
@@ -94,7 +94,9 @@ class HFMeasurement(BaseModel):
     autocast_weight_copies: int
 
 
-def _build(cfg: GPTConfig, family: HFFamily, attention: HFAttention) -> Any:
+def build_hf_model(cfg: GPTConfig, family: HFFamily, attention: HFAttention) -> Any:
+    """transformers' causal LM of ``family`` for ``cfg`` (random weights, CPU), with
+    ``attention`` as its ``attn_implementation``."""
     transformers: Any = importlib.import_module("transformers")
     raw = hf_config(cfg, family)
     model_type = raw.pop("model_type")
@@ -119,7 +121,7 @@ def measure_hf(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int, seq_l
             5.25, which now forwards to it with a deprecation warning).
     """
     torch.manual_seed(seed)
-    model = _build(cfg, family, attention)
+    model = build_hf_model(cfg, family, attention)
     model.train()
     if checkpointing:  # 5.25 renamed gradient_checkpointing_enable (deprecated, same code)
         enable = getattr(model, "activation_checkpointing_enable", None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -26,22 +25,13 @@ import torch.nn.functional as F
 
 from scaleplan.memory.hf_terms import HF_FAMILIES, HFFamily
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.hf_measure import GRID_SHAPES, hf_config
+from scaleplan.reference.hf_measure import GRID_SHAPES, build_hf_model
 from scaleplan.reference.offload import Offloader, offloading
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["grid", "main", "measure_hf_chunked"]
 
 LOSS_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss(num_output_chunks=8)
-
-
-def _model(cfg: GPTConfig, family: HFFamily, attention: str) -> Any:
-    transformers: Any = importlib.import_module("transformers")
-    raw = hf_config(cfg, family)
-    model_type = raw.pop("model_type")
-    hf_cfg = transformers.AutoConfig.for_model(model_type, **raw)
-    hf_cfg._attn_implementation = attention
-    return transformers.AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=attention)
 
 
 def _chunked_forward(model: Any, ids: torch.Tensor, labels: torch.Tensor,
@@ -66,7 +56,7 @@ def measure_hf_chunked(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: in
     ``activation_offload``, the base model runs under `scaleplan.reference.offload`'s
     emulation of torchtune's ``OffloadActivations`` and ``saved_on_device`` is what stays."""
     torch.manual_seed(seed)
-    model = _model(cfg, family, attention)
+    model = build_hf_model(cfg, family, attention)  # type: ignore[arg-type]
     model.train()
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
     # the recipe's labels are their own tensor (shifted with torch.hstack), not the input ids

@@ -29,6 +29,7 @@ import torch
 
 from scaleplan.memory.tune_terms import TUNE_FAMILIES, TuneFamily
 from scaleplan.model.config import GPTConfig
+from scaleplan.reference.compiled import saved_by_node
 from scaleplan.reference.tracking import storage_key
 from scaleplan.reference.tune_measure import (
     COMPILED_JSON,
@@ -50,26 +51,11 @@ def saved_storages(loss: torch.Tensor, skip: set[int]) -> dict[int, tuple[str, i
     """{storage: (autograd node's type, bytes)} of every tensor the graph behind ``loss``
     saved, storages in ``skip`` (parameters, buffers) left out."""
     found: dict[int, tuple[str, int]] = {}
-    stack: list[Any] = [loss.grad_fn]
-    visited: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in visited:
-            continue
-        visited.add(id(node))
-        tensors: list[torch.Tensor] = []
-        if "CompiledFunction" in type(node).__name__:
-            tensors = list(node.saved_tensors)
-        for attr in dir(node):
-            if attr.startswith("_saved_"):
-                value = getattr(node, attr)
-                values = value if isinstance(value, list | tuple) else [value]
-                tensors += [v for v in values if isinstance(v, torch.Tensor)]
+    for node, tensors in saved_by_node(loss):
         for t in tensors:
             key = storage_key(t)
             if key not in skip and key not in found:
                 found[key] = (type(node).__name__, int(t.untyped_storage().nbytes()))
-        stack += [f for f, _ in node.next_functions]
     return found
 
 
