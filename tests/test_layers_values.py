@@ -13,17 +13,17 @@ from scaleplan.model.layers import Tensor, attention_tensors, block_norm_names, 
 from scaleplan.model.shapes import model_tensors
 
 
-def W(name: str, shape: tuple[Any, ...], part: str, **flags: Any) -> Tensor:
+def weight(name: str, shape: tuple[Any, ...], part: str, **flags: Any) -> Tensor:
     """A matmul weight of a block (per_block) unless flags say otherwise."""
     return Tensor(name, shape, part, **{"matmul": True, "per_block": True, **flags})  # type: ignore[arg-type]
 
 
-def B(name: str, shape: tuple[Any, ...], part: str, **flags: Any) -> Tensor:
+def bias(name: str, shape: tuple[Any, ...], part: str, **flags: Any) -> Tensor:
     """A bias (or a norm's shift) of a block unless flags say otherwise."""
     return Tensor(name, shape, part, **{"bias": True, "per_block": True, **flags})  # type: ignore[arg-type]
 
 
-def N(name: str, shape: tuple[Any, ...], **flags: Any) -> Tensor:
+def scale(name: str, shape: tuple[Any, ...], **flags: Any) -> Tensor:
     """A norm's scale, per block unless flags say otherwise."""
     return Tensor(name, shape, "norms", **{"per_block": True, **flags})  # type: ignore[arg-type]
 
@@ -46,28 +46,30 @@ def test_mla_and_moe_tensors_by_hand() -> None:
     routed = {"blocks": "moe", "routed": True}
     assert model_tensors(MLA_MOE) == (
         Tensor("wte.weight", (16, 8), "token_embedding"),
-        N("ln_1.weight", (8,)),
-        W("attn.q_a_proj.weight", (6, 8), "attention"), B("attn.q_a_proj.bias", (6,), "attention"),
-        N("attn.q_a_norm.weight", (6,)),
-        W("attn.q_b_proj.weight", (2 * 5, 6), "attention"),
-        W("attn.kv_a_proj.weight", (4 + 2, 8), "attention"),
-        B("attn.kv_a_proj.bias", (6,), "attention"),
-        N("attn.kv_a_norm.weight", (4,)),
-        W("attn.kv_b_proj.weight", (2 * (3 + 5), 4), "attention"),
-        W("attn.c_proj.weight", (8, 2 * 5), "attention"),
-        N("ln_2.weight", (8,)),
-        W("mlp.c_fc.weight", (12, 8), "mlp", blocks="dense"),
-        W("mlp.c_gate.weight", (12, 8), "mlp", blocks="dense"),
-        W("mlp.c_proj.weight", (8, 12), "mlp", blocks="dense"),
-        W("mlp.router.weight", (3, 8), "mlp", **moe), B("mlp.router.bias", (3,), "mlp", **moe),
-        W("mlp.experts.c_fc.weight", (3, 7, 8), "mlp", **routed),
-        W("mlp.experts.c_gate.weight", (3, 7, 8), "mlp", **routed),
-        W("mlp.experts.c_proj.weight", (3, 8, 7), "mlp", **routed),
-        W("mlp.shared.c_fc.weight", (9, 8), "mlp", **moe),
-        W("mlp.shared.c_gate.weight", (9, 8), "mlp", **moe),
-        W("mlp.shared.c_proj.weight", (8, 9), "mlp", **moe),
-        W("mlp.shared_gate.weight", (1, 8), "mlp", **moe),
-        N("ln_f.weight", (8,), per_block=False),
+        scale("ln_1.weight", (8,)),
+        weight("attn.q_a_proj.weight", (6, 8), "attention"),
+        bias("attn.q_a_proj.bias", (6,), "attention"),
+        scale("attn.q_a_norm.weight", (6,)),
+        weight("attn.q_b_proj.weight", (2 * 5, 6), "attention"),
+        weight("attn.kv_a_proj.weight", (4 + 2, 8), "attention"),
+        bias("attn.kv_a_proj.bias", (6,), "attention"),
+        scale("attn.kv_a_norm.weight", (4,)),
+        weight("attn.kv_b_proj.weight", (2 * (3 + 5), 4), "attention"),
+        weight("attn.c_proj.weight", (8, 2 * 5), "attention"),
+        scale("ln_2.weight", (8,)),
+        weight("mlp.c_fc.weight", (12, 8), "mlp", blocks="dense"),
+        weight("mlp.c_gate.weight", (12, 8), "mlp", blocks="dense"),
+        weight("mlp.c_proj.weight", (8, 12), "mlp", blocks="dense"),
+        weight("mlp.router.weight", (3, 8), "mlp", **moe),
+        bias("mlp.router.bias", (3,), "mlp", **moe),
+        weight("mlp.experts.c_fc.weight", (3, 7, 8), "mlp", **routed),
+        weight("mlp.experts.c_gate.weight", (3, 7, 8), "mlp", **routed),
+        weight("mlp.experts.c_proj.weight", (3, 8, 7), "mlp", **routed),
+        weight("mlp.shared.c_fc.weight", (9, 8), "mlp", **moe),
+        weight("mlp.shared.c_gate.weight", (9, 8), "mlp", **moe),
+        weight("mlp.shared.c_proj.weight", (8, 9), "mlp", **moe),
+        weight("mlp.shared_gate.weight", (1, 8), "mlp", **moe),
+        scale("ln_f.weight", (8,), per_block=False),
         Tensor("lm_head.weight", (16, 8), "lm_head", matmul=True),
     )
 
@@ -90,22 +92,23 @@ OPT_LIKE = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=8, vocab_size=16, 
 
 def test_opt_like_tensors_by_hand() -> None:
     def ln(name: str, per_block: bool = True) -> tuple[Tensor, Tensor]:
-        return (N(f"{name}.weight", (8,), per_block=per_block),
-                B(f"{name}.bias", (8,), "norms", per_block=per_block))
+        return (scale(f"{name}.weight", (8,), per_block=per_block),
+                bias(f"{name}.bias", (8,), "norms", per_block=per_block))
 
     assert model_tensors(OPT_LIKE) == (
         Tensor("wte.weight", (16, 4), "token_embedding"),
         Tensor("wpe.weight", (8 + 2, 8), "position_embedding"),
         *ln("ln_emb", per_block=False),
         *ln("ln_1"),
-        W("attn.c_attn.weight", ((2 + 2 * 1) * 4, 8), "attention"),
-        B("attn.c_attn.bias", (16,), "attention"),
-        N("attn.q_norm.weight", (2, 4)), N("attn.k_norm.weight", (1, 4)),  # never a bias
-        W("attn.c_proj.weight", (8, 2 * 4), "attention"), B("attn.c_proj.bias", (8,), "attention"),
+        weight("attn.c_attn.weight", ((2 + 2 * 1) * 4, 8), "attention"),
+        bias("attn.c_attn.bias", (16,), "attention"),
+        scale("attn.q_norm.weight", (2, 4)), scale("attn.k_norm.weight", (1, 4)),  # never a bias
+        weight("attn.c_proj.weight", (8, 2 * 4), "attention"),
+        bias("attn.c_proj.bias", (8,), "attention"),
         *ln("ln_1_post"),
         *ln("ln_2"),
-        W("mlp.c_fc.weight", (16, 8), "mlp"), B("mlp.c_fc.bias", (16,), "mlp"),
-        W("mlp.c_proj.weight", (8, 16), "mlp"), B("mlp.c_proj.bias", (8,), "mlp"),
+        weight("mlp.c_fc.weight", (16, 8), "mlp"), bias("mlp.c_fc.bias", (16,), "mlp"),
+        weight("mlp.c_proj.weight", (8, 16), "mlp"), bias("mlp.c_proj.bias", (8,), "mlp"),
         *ln("ln_2_post"),
         *ln("ln_f", per_block=False),
         Tensor("project_out.weight", (4, 8), "lm_head", matmul=True),
@@ -137,9 +140,9 @@ def test_block_norm_places() -> None:
 
 def test_norm_scale_bias_and_affine() -> None:
     gpt = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
-    assert norm("x", gpt) == [N("x.weight", (8,), per_block=False),
-                              B("x.bias", (8,), "norms", per_block=False)]
-    assert norm("x", gpt, (3,), per_block=True, bias=False) == [N("x.weight", (3,))]
+    assert norm("x", gpt) == [scale("x.weight", (8,), per_block=False),
+                              bias("x.bias", (8,), "norms", per_block=False)]
+    assert norm("x", gpt, (3,), per_block=True, bias=False) == [scale("x.weight", (3,))]
     assert norm("x", gpt.replace(norm="rmsnorm", bias=False)) == [
-        N("x.weight", (8,), per_block=False)]
+        scale("x.weight", (8,), per_block=False)]
     assert norm("x", gpt.replace(norm_affine=False)) == []
