@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import pytest
 
+from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment, split_terms
+from scaleplan.model.architecture import MoE
 from scaleplan.model.config import GPTConfig
 
 GPT = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, block_size=8)
@@ -161,3 +163,23 @@ def test_recompute_moment_shares_the_block_copies_over_layers(layers: int, share
     got = recompute_moment(GPT, 1, 4, "32-true", "flash", "cuda", Parallelism(), SAVED, 30, 131,
                            layers)
     assert got == KEPT + 30 + BLOCK + share
+
+
+def test_recompute_moment_of_an_moe_block() -> None:
+    # 4 experts of hidden 16, top-2, GELU, no biases: the rebuilt block is an MoE block. Its
+    # attention and norms as above: 128 + 32 + 128 + 384 + 32 + 128 + 128 + 32 = 992. Its MLP
+    # (mlp_terms, fp32, T = 4 tokens, 8 routed rows): the router's input T d 4 = 128, its
+    # probabilities T 4 4 = 64, the top-2 indices and weights and their sum 4 x 2 x 12 + 16 =
+    # 112, the rows' inputs 8 d 4 = 256, GELU activations 2 x 8 x 16 x 4 = 1024, outputs and
+    # routing weights 8 d 4 + 8 x 4 = 288, weighted outputs 256, two int64 indices per row 128
+    moe = GPT.replace(bias=False, moe=MoE(n_experts=4, top_k=2, expert_hidden=16))
+    block = 992 + 128 + 64 + 112 + 256 + 1024 + 288 + 256 + 128
+    # while its backward runs, the MLP's weight gradients as whole stacked tensors: the router
+    # 4 x 8, the experts' up 4 x 16 x 8 and down 4 x 8 x 16, fp32
+    buffer = (4 * 8 + 4 * 16 * 8 + 4 * 8 * 16) * 4
+    assert moment("nanogpt", moe) == KEPT + 30 + block + 50 + buffer == 8652
+
+
+def test_recompute_moment_compiled_on_cpu_with_dropout_is_refused() -> None:
+    with pytest.raises(ScaleplanError, match="compile=True with dropout is modelled with CUDA"):
+        moment("compiled", GPT.replace(dropout=0.1), device="cpu")
