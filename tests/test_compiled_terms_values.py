@@ -139,7 +139,9 @@ def test_what_is_not_modelled_is_refused_by_name() -> None:
         compiled_saved_terms(GPT, 1, 4, precision="bf16-true")
     with pytest.raises(ScaleplanError, match="checkpointing 'none' or 'full', not 'selective'"):
         compiled_saved_terms(GPT, 1, 4, precision="32-true", checkpointing="selective")
-    with pytest.raises(ScaleplanError, match="with dropout is modelled with CUDA's dropout"):
+    with pytest.raises(ScaleplanError, match=r"^compile=True with dropout is modelled with "
+                       r"CUDA's dropout \(device='cuda' or 'cpu-cuda-semantics'\), not CPU's "
+                       r"float masks and math attention$"):
         compiled_saved_terms(GPT.replace(dropout=0.1), 1, 4, precision="32-true", device="cpu")
     # CPU without dropout is fine
     assert compiled_saved_terms(GPT, 1, 4, precision="32-true", device="cpu")
@@ -150,3 +152,33 @@ def test_what_is_not_modelled_is_refused_by_name() -> None:
     with pytest.raises(ScaleplanError, match="rotary_fraction, sliding_window not yet"):
         compiled_saved_terms(LLAMA.replace(rotary_fraction=0.5, sliding_window=4), 1, 4,
                              precision="32-true")
+
+
+def test_terms_by_name_and_in_whole_bytes() -> None:
+    first = compiled_block_saved_terms(LLAMA, 1, 4, precision="bf16-mixed", dropout=False,
+                                       first=True)
+    assert first == {"norm1_input": 256, "norm1_rstd": 16, "qkv_input": 128, "qkv": 256,
+                     "rope_qk": 192, "attn_out": 128, "attn_lse": 64, "attn_proj_out": 128,
+                     "norm2_rstd": 16, "mlp_input": 128, "mlp_activations": 576}
+    gpt = compiled_block_saved_terms(GPT, 1, 4, precision="32-true", dropout=True)
+    assert gpt == {"norm1_normalized": 128, "norm1_rstd": 16, "qkv_input": 128, "qkv": 384,
+                   "attn_out": 128, "attn_lse": 32, "resid_dropout_masks": 64,
+                   "norm2_normalized": 128, "norm2_rstd": 16, "mlp_input": 128,
+                   "mlp_activations": 1024}
+    head = compiled_head_saved_terms(LLAMA, 1, 4, precision="bf16-mixed")
+    assert head == {"final_norm_input": 256, "final_norm_rstd": 16, "lm_head_input": 128,
+                    "logits": 256, "logsumexp": 32, "targets": 36}
+    emb = compiled_embedding_saved_terms(GPT, 1, 4, precision="32-true", dropout=True)
+    assert emb == {"token_ids": 32, "position_ids": 32, "embedding_dropout_mask": 32}
+    whole = compiled_saved_terms(GPT.replace(dropout=0.1), 1, 4, precision="bf16-mixed")
+    for terms in (gpt, emb, whole):
+        assert all(type(v) is int for v in terms.values()), terms
+
+
+def test_defaults_are_cuda_and_no_checkpointing() -> None:
+    # a checkpointed block on CUDA by default: its input and the Philox seed and offset
+    assert compiled_block_saved_terms(GPT, 1, 4, precision="32-true", dropout=False,
+                                      checkpointing="full") == {"block_input": 128,
+                                                                "rng_state": 16}
+    assert compiled_model_saved_terms(LLAMA.replace(dropout=0.1), 1, 4,
+                                      precision="bf16-mixed") == {"rope_tables": 256}

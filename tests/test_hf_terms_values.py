@@ -125,3 +125,32 @@ def test_refusals_name_the_value() -> None:
         hf_model_saved_terms(GPT2, 2, 4, precision="bf16-true")
     with pytest.raises(ValueError, match="fp32 parameters only"):
         hf_embedding_saved_terms(GPT2, 2, 4, precision="bf16-true")
+
+
+def test_byte_counts_are_ints_and_named() -> None:
+    # GPT-2 at b = 1 on CPU's fp32 math kernel (dropout): v is a view of c_attn's output, whose
+    # whole storage T 3 a h 4 is kept, 2 T a h 4 = 2 x 4 x 8 x 4 = 256 more than v alone
+    t = hf_block_saved_terms(GPT2, 1, 4, precision="32-true")
+    assert t["fused_qkv_view"] == 256
+    neox = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, position="rope")
+    n = hf_block_saved_terms(neox, 2, 4, precision="32-true")
+    assert (n["mlp_input"], n["mlp_activations"]) == (8 * 8 * 4, 2 * 8 * 32 * 4)
+    for terms in (t, n, hf_saved_terms(GPT2, 1, 4, precision="bf16-mixed", device="cuda")):
+        assert all(type(v) is int for v in terms.values()), terms
+
+
+def test_total_passes_device_and_family_through() -> None:
+    # on CUDA the three dropout masks are bool: the embedding's T d and per layer two T d,
+    # 8 x 8 x (4 - 1) + 2 x 2 x 8 x 8 x (2 - 1) bytes less than CPU's (fp32 / bf16 masks)
+    from scaleplan.memory.hf_terms import hf_saved_bytes
+
+    cpu = hf_saved_bytes(GPT2, 2, 4, precision="bf16-mixed", attention="eager")
+    cuda = hf_saved_bytes(GPT2, 2, 4, precision="bf16-mixed", attention="eager", device="cuda")
+    # and eager's probability mask: bf16 on CPU, bool on CUDA, b a s^2 = 64 per layer
+    assert cpu - cuda == 64 * 3 + 2 * 128 * 1 + 2 * 64 * 1
+    # a Llama shape counted as Gemma's code: + the fp32 1 + weight (d) of the 2 x 2 + 1 norms
+    llama = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, norm="rmsnorm",
+                      position="rope", mlp="swiglu", bias=False)
+    as_gemma = hf_saved_bytes(llama, 2, 4, precision="32-true", family="gemma")
+    # + Gemma's saved sqrt(d) scale (4 bytes)
+    assert as_gemma - hf_saved_bytes(llama, 2, 4, precision="32-true") == 5 * 8 * 4 + 4
