@@ -154,3 +154,11 @@ def test_total_passes_device_and_family_through() -> None:
     as_gemma = hf_saved_bytes(llama, 2, 4, precision="32-true", family="gemma")
     # + Gemma's saved sqrt(d) scale (4 bytes)
     assert as_gemma - hf_saved_bytes(llama, 2, 4, precision="32-true") == 5 * 8 * 4 + 4
+
+
+def test_neox_sequential_block_saves_both_norm_inputs() -> None:
+    # use_parallel_residual=False: the second norm reads the attention's residual sum, its own
+    # fp32 input T d 4 = 256
+    neox = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, position="rope")
+    assert hf_family(neox) == "gpt_neox"
+    assert hf_block_saved_terms(neox, 2, 4, precision="32-true")["norm2_input"] == 256
