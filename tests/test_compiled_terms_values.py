@@ -90,13 +90,18 @@ def test_full_checkpointing_keeps_block_inputs_rng_and_seeds() -> None:
     # per block its fp32 input T d r = 128 and CUDA's Philox seed and offset (16)
     assert t["block_input"] == 3 * 128 and t["rng_state"] == 3 * 16
     assert t["dropout_seeds"] == (1 + 2 * 3) * 8  # the embedding's and two per block
-    # the embedding: ids 32 + 32, the position embedding's output s d r = 128 (the first
-    # block's input is rebuilt from it), the bool mask 32
-    assert t["position_output"] == 4 * 8 * 4
+    # the embedding: ids 32 + 32, the bool mask 32; at b = 1 no position embedding output
+    # (the partitioner keeps the first block's input, the sum, as large as either output:
+    # measured, tests/data/compiled_terms_golden.json)
+    assert "position_output" not in t
     # the head: LayerNorm's mean and rstd 2 T 4 = 32, lm_head input T d e = 64, bf16 logits
     # T V e = 128, 32, targets 36
     assert t["final_norm_stats"] == 32 and "final_norm_normalized" not in t
-    assert sum(t.values()) == (32 + 32 + 128 + 32) + 3 * 144 + 56 + (32 + 64 + 128 + 32 + 36)
+    assert sum(t.values()) == (32 + 32 + 32) + 3 * 144 + 56 + (32 + 64 + 128 + 32 + 36)
+    # at b = 2 the position embedding's output s d r = 128 is kept besides the token one (the
+    # first block's input, rebuilt from both)
+    two = compiled_saved_terms(cfg, 2, 4, precision="bf16-mixed", checkpointing="full")
+    assert two["position_output"] == 4 * 8 * 4
     # on CPU the checkpoint keeps the CPU generator's state (5056 bytes) per block
     cpu = compiled_saved_terms(cfg, 1, 4, precision="bf16-mixed", checkpointing="full",
                                device="cpu-cuda-semantics")
@@ -111,9 +116,13 @@ def test_full_checkpointing_keeps_block_inputs_rng_and_seeds() -> None:
 def test_rmsnorm_with_learned_positions_keeps_the_position_output() -> None:
     # the first block's input (token + position embeddings) is rebuilt from both outputs: the
     # token one is the block's norm1_input, the position one s d r is the embedding's
-    emb = compiled_embedding_saved_terms(RMS_LEARNED, 1, 4, precision="bf16-mixed",
+    emb = compiled_embedding_saved_terms(RMS_LEARNED, 2, 4, precision="bf16-mixed",
                                          dropout=False)
-    assert emb == {"token_ids": 32, "position_ids": 32, "position_output": 4 * 8 * 4}
+    assert emb == {"token_ids": 64, "position_ids": 32, "position_output": 4 * 8 * 4}
+    # at b = 1 the sum itself is kept (measured), no larger than the position output
+    one = compiled_embedding_saved_terms(RMS_LEARNED, 1, 4, precision="bf16-mixed",
+                                         dropout=False)
+    assert one == {"token_ids": 32, "position_ids": 32}
     # learned positions: the first block keeps the residual sum like the later ones
     first = compiled_block_saved_terms(RMS_LEARNED, 1, 4, precision="bf16-mixed",
                                        dropout=False, first=True)
