@@ -29,10 +29,11 @@ COMPILED_BLOCK = 2112  # torch.compile's: LayerNorm keeps x_hat and rstd, not in
 
 def parts(precision: str = "32-true", checkpointing: str = "none", stage: str = "only",
           par: Parallelism | None = None, impl: str = "fused", hold_logits: bool = False,
+          cfg: GPTConfig = GPT, device: str = "cuda", attention: str = "flash",
           **kw: Any) -> tuple[Any, ...]:
-    return stage_parts(GPT, 1, 4, precision, "adamw", "flash",  # type: ignore[arg-type]
-                       checkpointing, "cuda", par or Parallelism(), impl,  # type: ignore[arg-type]
-                       hold_logits, stage, **kw)  # type: ignore[arg-type]
+    return stage_parts(cfg, 1, 4, precision, "adamw", attention,  # type: ignore[arg-type]
+                       checkpointing, device, par or Parallelism(),  # type: ignore[arg-type]
+                       impl, hold_logits, stage, **kw)  # type: ignore[arg-type]
 
 
 def test_one_stage_in_fp32() -> None:
@@ -119,3 +120,20 @@ def test_pipeline_first_and_last_stages() -> None:
     assert sum(saved.values()) == BLOCK + HEAD
     assert moments["forward_end"] == BLOCK + HEAD + 64 * 4
     assert moments["backward_start"] == BLOCK + HEAD + 2 * 64 * 4
+
+
+def test_device_and_attention_reach_the_hf_and_compiled_terms() -> None:
+    drop = GPT.replace(dropout=0.1)
+    # transformers on CUDA: bool masks (the embedding's T d and two T d per layer); on CPU
+    # fp32 masks, and SDPA with dropout runs the math kernel
+    cuda = parts(cfg=drop, implementation="hf")[3]
+    assert cuda["resid_dropout_masks"] == 2 * 2 * 4 * 8 * 1
+    cpu = parts(cfg=drop, implementation="hf", device="cpu")[3]
+    assert cpu["resid_dropout_masks"] == 2 * 2 * 4 * 8 * 4
+    assert "attn_dropout_mask" in cpu and "attn_dropout_mask" not in cuda
+    # eager attention: the fp32 softmax, b a s^2 x 4 = 128 per layer
+    eager = parts(implementation="hf", attention="eager")[3]
+    assert eager["attn_probs"] == 2 * 128
+    # torch.compile under full checkpointing on CPU keeps the CPU generator's state per block
+    compiled = parts(checkpointing="full", compiled=True, device="cpu-cuda-semantics")[3]
+    assert compiled["rng_state"] == 2 * 5056
