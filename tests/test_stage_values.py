@@ -137,3 +137,23 @@ def test_device_and_attention_reach_the_hf_and_compiled_terms() -> None:
     # torch.compile under full checkpointing on CPU keeps the CPU generator's state per block
     compiled = parts(checkpointing="full", compiled=True, device="cpu-cuda-semantics")[3]
     assert compiled["rng_state"] == 2 * 5056
+
+
+def test_compiled_forward_end_holds_the_weight_copies() -> None:
+    _, _, _, saved, _, all_copies, _, moments = parts("bf16-mixed", compiled=True)
+    assert all_copies == 1664 * 2  # as in eager mode
+    assert moments["forward_end"] == sum(saved.values()) + 3328
+
+
+def test_expert_parallel_ranks_copy_their_own_experts() -> None:
+    # 4 routed experts of hidden 16, no biases, bf16 autocast: per block the matmul weights
+    # c_attn 24 x 8 = 192, c_proj 64, the router 4 x 8 = 32 and the experts' up and down
+    # 2 x 4 x 16 x 8 = 1024; the tied head 128. With 2 expert-parallel ranks each holds (and
+    # casts) 2 of the 4 experts: 512 per block
+    from scaleplan.model.architecture import MoE
+
+    moe = GPT.replace(bias=False, moe=MoE(n_experts=4, top_k=2, expert_hidden=16))
+    one = parts("bf16-mixed", cfg=moe)[5]
+    assert one == (2 * (192 + 64 + 32 + 1024) + 128) * 2
+    two = parts("bf16-mixed", cfg=moe, par=Parallelism(data=2, expert=2))[5]
+    assert two == (2 * (192 + 64 + 32 + 512) + 128) * 2
