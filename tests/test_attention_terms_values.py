@@ -147,3 +147,20 @@ def test_mla_projections_on_cpu() -> None:
     assert mla_projection_terms(direct, 2, 3, "32-true", False, False) == {
         "mla_kv_latent_rope": 6 * 12 * 4, "mla_kv_norm_input": 0, "mla_kv_norm_stats": 24,
         "mla_kv_norm_normalized": 6 * 10 * 4, "mla_kv_latent": 6 * 10 * 4}
+
+
+def test_mla_latent_norms_are_rmsnorms_whatever_the_config_says() -> None:
+    # a LayerNorm model's MLA still normalises its latents with RMSNorm: one rstd per token
+    layer = MLA_CFG.replace(norm="layernorm")
+    t = mla_projection_terms(layer, 2, 3, "bf16-mixed", True, True)
+    assert (t["mla_q_norm_stats"], t["mla_kv_norm_stats"]) == (6 * 4, 6 * 4)
+    cpu = mla_projection_terms(layer, 2, 3, "32-true", False, False)
+    assert cpu["mla_kv_norm_normalized"] == 6 * 10 * 4
+
+
+def test_layernorm_qk_norm_statistics_under_cpu_autocast() -> None:
+    # LayerNorm on CPU keeps mean and rstd in fp32 beside its fp32 scale under autocast (the
+    # q rows T a = 24, k rows T k = 12), not in the bf16 input's dtype
+    cfg = GQA.replace(norm="layernorm", qk_norm="head")
+    t = qk_norm_terms(cfg, 6, "bf16-mixed", False, True)
+    assert (t["q_norm_stats"], t["k_norm_stats"]) == (2 * 24 * 4, 2 * 12 * 4)

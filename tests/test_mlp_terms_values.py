@@ -84,7 +84,8 @@ def test_dense_mlp_widths_and_input_casts() -> None:
     gelu = relu.replace(mlp="gelu")
     gated = relu.replace(mlp="swiglu")
     # 4 rows, hidden 32: ReLU keeps one f-wide tensor, GELU two, a gated MLP four
-    assert dense_mlp_terms(relu, 4, 32, "32-true")["mlp_activations"] == 1 * 4 * 32 * 4
+    assert dense_mlp_terms(relu, 4, 32, "32-true") == {"mlp_input": 4 * 8 * 4,
+                                                        "mlp_activations": 1 * 4 * 32 * 4}
     assert dense_mlp_terms(gelu, 4, 32, "32-true")["mlp_activations"] == 2 * 4 * 32 * 4
     assert dense_mlp_terms(gated, 4, 32, "bf16-mixed") == {
         "mlp_input": 2 * 4 * 8 * 2, "mlp_activations": 4 * 4 * 32 * 2}
