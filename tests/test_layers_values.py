@@ -146,3 +146,10 @@ def test_norm_scale_bias_and_affine() -> None:
     assert norm("x", gpt.replace(norm="rmsnorm", bias=False)) == [
         scale("x.weight", (8,), per_block=False)]
     assert norm("x", gpt.replace(norm_affine=False)) == []
+
+
+def test_mla_latent_norms_never_have_a_bias() -> None:
+    # a LayerNorm model with biased norms: its block norms have a bias, MLA's latent norms not
+    cfg = MLA_MOE.replace(moe=None, norm="layernorm", norm_bias=True)
+    names = [t.name for t in attention_tensors(cfg) if "norm" in t.name]
+    assert names == ["attn.q_a_norm.weight", "attn.kv_a_norm.weight"]
