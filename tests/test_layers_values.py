@@ -153,3 +153,12 @@ def test_mla_latent_norms_never_have_a_bias() -> None:
     cfg = MLA_MOE.replace(moe=None, norm="layernorm", norm_bias=True)
     names = [t.name for t in attention_tensors(cfg) if "norm" in t.name]
     assert names == ["attn.q_a_norm.weight", "attn.kv_a_norm.weight"]
+
+
+def test_routed_expert_biases_are_stacked_and_routed() -> None:
+    # biased experts (mlp_bias): E = 3 biases of f_e = 7 (up) and of d = 8 (down), stacked
+    cfg = MLA_MOE.replace(mla=None, n_kv_head=2, mlp="gelu", mlp_bias=True)
+    routed = [t for t in model_tensors(cfg) if t.routed]
+    assert [(t.name, t.shape, t.bias) for t in routed] == [
+        ("mlp.experts.c_fc.weight", (3, 7, 8), False), ("mlp.experts.c_fc.bias", (3, 7), True),
+        ("mlp.experts.c_proj.weight", (3, 8, 7), False), ("mlp.experts.c_proj.bias", (3, 8), True)]
