@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from scaleplan.model.architecture import MLA, MoE
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.layers import Tensor, attention_tensors, block_norm_names, norm
@@ -162,3 +164,19 @@ def test_routed_expert_biases_are_stacked_and_routed() -> None:
     assert [(t.name, t.shape, t.bias) for t in routed] == [
         ("mlp.experts.c_fc.weight", (3, 7, 8), False), ("mlp.experts.c_fc.bias", (3, 7), True),
         ("mlp.experts.c_proj.weight", (3, 8, 7), False), ("mlp.experts.c_proj.bias", (3, 8), True)]
+
+
+def test_symbolic_stage_of_an_moe_model_is_refused_with_the_whole_message() -> None:
+    # a stage of 4 blocks of a model whose n_layer is a symbol: how many are MoE blocks is
+    # undecidable, so the count is refused, naming the fix
+    sympy = pytest.importorskip("sympy", reason="scaleplan.symbolic needs sympy")
+    from scaleplan.errors import ScaleplanError
+    from scaleplan.model.shapes import block_counts
+
+    moe = MLA_MOE.moe
+    view = type("View", (), {"n_layer": sympy.Symbol("n_layer", positive=True, integer=True),
+                             "moe": moe})()
+    with pytest.raises(ScaleplanError, match=r"^how many of 4 blocks are MoE blocks depends on "
+                       r"n_layer \(n_layer - 1 MoE blocks in all\); keep n_layer numeric for a "
+                       r"part of an MoE model$"):
+        block_counts(view, layers=4)
