@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.checks import is_integer
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import (
     CUDA_MASK_BYTES,
@@ -213,7 +214,10 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
     dropout, a bool mask (b s d). Where the first block's input itself is not kept (full
     checkpointing; RMSNorm, whose backward rebuilds it), learned positions also keep the
     position embedding's output (s d r): that input is rebuilt from the token and position
-    embeddings' outputs (the token one is counted as the first block's input).
+    embeddings' outputs (the token one is counted as the first block's input). At b = 1
+    (a Python or numpy integer) the partitioner keeps the sum itself, no larger than either
+    output, and no position output (measured: ``python -m scaleplan.reference.goldens
+    compiled``, tests/data/compiled_terms_golden.json); arrays and symbols count as b > 1.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_embedding_saved_terms(cfg, 2, 4, precision="bf16-mixed", dropout=True)
@@ -223,7 +227,8 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
     terms: dict[str, Any] = {"token_ids": b * s * INDEX_BYTES}
     if cfg.position == "learned":
         terms["position_ids"] = s * INDEX_BYTES
-        if checkpointing == "full" or cfg.norm == "rmsnorm":
+        one_row = is_integer(b) and int(b) == 1
+        if (checkpointing == "full" or cfg.norm == "rmsnorm") and not one_row:
             terms["position_output"] = s * cfg.n_embd * residual_bytes(precision)
     if dropout:
         terms["embedding_dropout_mask"] = b * s * cfg.n_embd * CUDA_MASK_BYTES
