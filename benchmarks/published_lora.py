@@ -12,6 +12,11 @@ An allocated peak (``torch.cuda.max_memory_allocated``) is compared with ``tenso
 Nothing is fitted: a row's ``unmodelled`` column names what the run did that the prediction
 does not model. A bf16-true run (litgpt's) is predicted under bf16 autocast with a bf16 (or
 quantized) base and fp32 adapters, the closest options `training_memory` has.
+
+litgpt's QLoRA runs hold tensors that are not part of a transformers + peft training step: they
+come from litgpt's QLoRA set-up and the bitsandbytes release it pins. `litgpt_qlora_terms`
+derives each from the code, per operation, and the page shows them in a separate table beside
+the prediction (they are not part of `training_memory`).
 """
 
 from __future__ import annotations
@@ -25,13 +30,18 @@ from typing import Any
 from benchmarks.published_peaks import figure_bytes
 from scaleplan import GPTConfig, LoRA, MemoryBreakdown, training_memory
 
-__all__ = ["CSV_PATH", "DOC_PATH", "WITHIN", "load_rows", "main", "predict", "render"]
+__all__ = ["CSV_PATH", "DOC_PATH", "WITHIN", "bnb_saved_inputs", "litgpt_qlora_terms", "load_rows",
+           "main", "predict", "render"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_PATH = ROOT / "scaleplan" / "data" / "published_lora.csv"
 DOC_PATH = ROOT / "docs" / "validation" / "published-lora.md"
 GIB = 2**30
 WITHIN = 0.10  # issue 19's bar for published peaks, shown as a column, not asserted
+BF16 = 2  # bytes per bf16 / fp16 element
+NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default blocksize (one absmax per 64 weights)
+ABSMAX_BYTES = 4  # the fp32 absmax of a block, nf4 without double quantization
+FP32 = 4  # bytes of layer_norm's saved mean and rstd (fp32 for a bf16 input)
 
 
 def load_rows(path: Path = CSV_PATH) -> list[dict[str, str]]:
@@ -58,10 +68,106 @@ def predict(row: dict[str, str]) -> MemoryBreakdown:
                            base_weights=row["base_weights"] or None)
 
 
+def bnb_saved_inputs(*, n_layer: int, n_embd: int, attn_out: int, mlp_hidden: int,
+                     tokens: int) -> int:
+    """Bytes of the bf16 inputs of litgpt's frozen linears that only bitsandbytes keeps.
+
+    bitsandbytes' ``MatMul4Bit.forward`` keeps its input in ``ctx.tensors = (A, B)`` whenever a
+    grad is needed (TimDettmers/bitsandbytes@29e3420c, bitsandbytes/autograd/_functions.py,
+    class MatMul4Bit; litgpt 0.5.13 finetune/lora.py:144-147 supports only bitsandbytes 0.42.0;
+    the venv's 0.50.2 keeps ``(None, B)``, _functions.py:358). A bf16 ``nn.Linear`` with a
+    frozen weight does not save its input, so the inputs no other op saves stay alive only in
+    QLoRA. In litgpt's model (litgpt/model.py) those are, per layer, the fused qkv input
+    (``norm_1``'s output, ``n_embd``), the attention output reshaped for ``proj`` (a copy,
+    model.py:571, ``attn_out``), the MLP input (``norm_2``'s output, shared by ``fc_1`` and
+    ``fc_2``, ``n_embd``) and ``proj``'s input (``mlp_hidden``); plus the head's input
+    (``n_embd``). Measured on litgpt's own LoRA GPT on CPU in tests/test_lora_published.py.
+
+    >>> bnb_saved_inputs(n_layer=2, n_embd=64, attn_out=64, mlp_hidden=176, tokens=32)
+    51200
+    """
+    L = n_layer
+    return BF16 * tokens * (L * (2 * n_embd + attn_out + mlp_hidden) + n_embd)
+
+
+def litgpt_qlora_terms(row: dict[str, str], m: MemoryBreakdown) -> dict[str, int]:
+    """Bytes a litgpt QLoRA run holds at its peak beyond the transformers + peft step, per term.
+
+    Empty for a row that is not a litgpt QLoRA run. Each term, from litgpt 0.5.13 and Lightning
+    2.6.6 (lightning/fabric/plugins/precision/bitsandbytes.py) as installed:
+
+    * ``saved_inputs``: `bnb_saved_inputs`.
+    * ``embedding_swap``: finetune/lora.py:218-228 builds bitsandbytes' ``PagedAdamW`` over
+      ``model.parameters()`` (all of them) and then replaces ``wte`` with a ``StableEmbedding``:
+      the old bf16 table stays referenced by the optimizer (``V * d * 2``), the new one is
+      created after ``mark_only_lora_as_trainable`` (line 212) so it requires grad, is in no
+      optimizer and keeps its bf16 gradient from the first backward on (``V * d * 2``, never
+      zeroed); its LayerNorm saves its bf16 input and fp32 mean and rstd.
+    * ``head_in_nf4``: litgpt's head is a ``LoRALinear`` around ``torch.nn.Linear``
+      (litgpt/lora.py:121, 489), which Lightning's plugin replaces with ``_Linear4bit``
+      (bitsandbytes.py:130-146): 4-bit storage plus an fp32 absmax per 64 weights, where
+      transformers keeps the head in 16 bits (negative).
+    * ``head_dequantized``: the backward of the first op, the head, dequantizes its whole weight
+      (``MatMul4Bit.backward``: ``dequantize_4bit(B, ctx.state).to(grad_output.dtype)``) into
+      the quant state's dtype, fp16 since the plugin quantizes ``weight.to(torch.half)``
+      (bitsandbytes.py:343), and copies it to bf16: two ``V * d`` tensors at once, in place of
+      the one block of the largest other linear that ``training_memory`` holds in flight.
+    * ``paged_optimizer``: ``PagedAdamW`` puts the state of every tensor of 10^5 elements or more
+      (all of litgpt's fused adapters) in CUDA managed memory (bitsandbytes optimizer.py:383-390,
+      functional.py:91-99), which ``torch.cuda.max_memory_allocated`` does not count (negative).
+
+    ``V`` is litgpt's ``padded_vocab_size``, equal to the vocabulary of these presets.
+    """
+    if row["project"] != "litgpt" or row["base_weights"] != "nf4":
+        return {}
+    cfg = _config(row)
+    V, d, f = cfg.vocab_size, cfg.n_embd, cfg.mlp_hidden
+    attn_out = cfg.n_head * cfg.head_dim
+    tokens = int(row["micro_batch"]) * int(row["seq_len"])
+    head_nf4 = V * d // 2 + V * d // NF4_BLOCKSIZE * ABSMAX_BYTES
+    largest_block = max(d * f, d * attn_out)  # transformers' separate q, k, v, o, gate, up, down
+    return {
+        "saved_inputs": bnb_saved_inputs(n_layer=cfg.n_layer, n_embd=d, attn_out=attn_out,
+                                         mlp_hidden=f, tokens=tokens),
+        "embedding_swap": 2 * BF16 * V * d + BF16 * tokens * d + 2 * FP32 * tokens,
+        "head_in_nf4": head_nf4 - BF16 * V * d,
+        "head_dequantized": 2 * BF16 * V * d - BF16 * largest_block,
+        "paged_optimizer": -m.optimizer,
+    }
+
+
 def _compared(row: dict[str, str], m: MemoryBreakdown) -> int:
     if row["figure_kind"] != "allocated":
         raise ValueError(f"{row['id']}: figure_kind {row['figure_kind']!r} is not 'allocated'")
     return m.tensor_peak
+
+
+TERMS = ("saved_inputs", "embedding_swap", "head_in_nf4", "head_dequantized", "paged_optimizer")
+
+
+def _terms_table(rows: list[dict[str, str]]) -> list[str]:
+    lines = [
+        "", "## litgpt's QLoRA runs: what they hold beyond the step", "",
+        "Derived per operation from litgpt 0.5.13, Lightning's `BitsandbytesPrecision` and the "
+        "bitsandbytes 0.42.0 that litgpt pins (see `benchmarks.published_lora.litgpt_qlora_terms` "
+        "for the file and line of each); not part of `training_memory`, not fitted. GB = 10^9 "
+        "bytes.", "",
+        "| id | " + " | ".join(TERMS) + " | terms | predicted + terms | published | error "
+        f"| within {WITHIN:.0%} |",
+        "|---|" + "---:|" * (len(TERMS) + 4) + "---|"]
+    for row in rows:
+        m = predict(row)
+        terms = litgpt_qlora_terms(row, m)
+        if not terms:
+            continue
+        total = m.tensor_peak + sum(terms.values())
+        error = total / int(row["figure_bytes"]) - 1
+        lines.append(
+            f"| {row['id']} | " + " | ".join(f"{terms[t] / 1e9:+.2f}" for t in TERMS)
+            + f" | {sum(terms.values()) / 1e9:+.2f} GB | {total / 1e9:.2f} GB "
+            f"| {row['figure_published']} | {error:+.1%} "
+            f"| {'yes' if abs(error) <= WITHIN else 'no'} |")
+    return lines
 
 
 def render(rows: list[dict[str, str]] | None = None) -> str:
@@ -88,6 +194,7 @@ def render(rows: list[dict[str, str]] | None = None) -> str:
             f"| {row['base_weights']} | {row['micro_batch']} x {row['seq_len']} "
             f"| {row['figure_published']} | {_compared(row, m) / 1e9:.2f} GB | {error:+.1%} "
             f"| {'yes' if abs(error) <= WITHIN else 'no'} | {row['unmodelled']} |")
+    lines += _terms_table(rows)
     lines += ["", "## Setups", ""]
     lines += [f"- **{row['id']}**: {row['setup']}. Source: [{row['source_file']}]"
               f"({row['source_url']})." for row in rows]
