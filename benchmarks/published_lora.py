@@ -30,8 +30,8 @@ from typing import Any
 from benchmarks.published_peaks import figure_bytes
 from scaleplan import GPTConfig, LoRA, MemoryBreakdown, training_memory
 
-__all__ = ["CSV_PATH", "DOC_PATH", "WITHIN", "bnb_saved_inputs", "litgpt_qlora_terms", "load_rows",
-           "main", "predict", "render"]
+__all__ = ["CSV_PATH", "DOC_PATH", "WITHIN", "bnb_saved_inputs", "litgpt_adapter_shapes",
+           "litgpt_qlora_terms", "load_rows", "main", "predict", "render"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_PATH = ROOT / "scaleplan" / "data" / "published_lora.csv"
@@ -42,6 +42,8 @@ BF16 = 2  # bytes per bf16 / fp16 element
 NF4_BLOCKSIZE = 64  # bitsandbytes' Params4bit default blocksize (one absmax per 64 weights)
 ABSMAX_BYTES = 4  # the fp32 absmax of a block, nf4 without double quantization
 FP32 = 4  # bytes of layer_norm's saved mean and rstd (fp32 for a bf16 input)
+PAGED_MIN_NUMEL = 100_000  # bitsandbytes get_state_buffer: a tensor under 1e5 elements is not paged
+ADAMW_STATE_BYTES = 8  # 32-bit PagedAdamW: two fp32 states per element
 
 
 def load_rows(path: Path = CSV_PATH) -> list[dict[str, str]]:
@@ -112,9 +114,10 @@ def litgpt_qlora_terms(row: dict[str, str], m: MemoryBreakdown) -> dict[str, int
       the quant state's dtype, fp16 since the plugin quantizes ``weight.to(torch.half)``
       (bitsandbytes.py:343), and copies it to bf16: two ``V * d`` tensors at once, in place of
       the one block of the largest other linear that ``training_memory`` holds in flight.
-    * ``paged_optimizer``: ``PagedAdamW`` puts the state of every tensor of 10^5 elements or more
-      (all of litgpt's fused adapters) in CUDA managed memory (bitsandbytes optimizer.py:383-390,
-      functional.py:91-99), which ``torch.cuda.max_memory_allocated`` does not count (negative).
+    * ``paged_optimizer``: ``PagedAdamW`` puts the two fp32 states of every tensor of 10^5
+      elements or more (`litgpt_adapter_shapes`) in CUDA managed memory (bitsandbytes
+      optimizer.py:383-390, functional.py:91-99), which ``torch.cuda.max_memory_allocated`` does
+      not count (negative).
 
     ``V`` is litgpt's ``padded_vocab_size``, equal to the vocabulary of these presets.
     """
@@ -132,8 +135,35 @@ def litgpt_qlora_terms(row: dict[str, str], m: MemoryBreakdown) -> dict[str, int
         "embedding_swap": 2 * BF16 * V * d + BF16 * tokens * d + 2 * FP32 * tokens,
         "head_in_nf4": head_nf4 - BF16 * V * d,
         "head_dequantized": 2 * BF16 * V * d - BF16 * largest_block,
-        "paged_optimizer": -m.optimizer,
+        "paged_optimizer": -ADAMW_STATE_BYTES * cfg.n_layer * sum(
+            rows * cols for rows, cols in litgpt_adapter_shapes(cfg, row)
+            if rows * cols >= PAGED_MIN_NUMEL),
     }
+
+
+def litgpt_adapter_shapes(cfg: GPTConfig, row: dict[str, str]) -> list[tuple[int, int]]:
+    """The shapes of one layer's adapter tensors in litgpt, which fuses q, k and v.
+
+    ``LoRAQKVLinear`` (litgpt/lora.py:175) holds one ``lora_A`` of ``r`` rows per enabled
+    projection and one ``lora_B`` as tall as the enabled outputs; every other ``LoRALinear``
+    holds ``lora_A`` (r, in) and ``lora_B`` (out, r). A LoRA on the head is left out, as
+    ``training_memory`` leaves it out.
+
+    >>> cfg = GPTConfig.preset("llama-3-8b")
+    >>> litgpt_adapter_shapes(cfg, {"lora_rank": "32", "lora_targets": "q,v"})
+    [(64, 4096), (5120, 32)]
+    """
+    r, targets = int(row["lora_rank"]), row["lora_targets"].split(",")
+    d, f, q = cfg.n_embd, cfg.mlp_hidden, cfg.n_head * cfg.head_dim
+    kv = (cfg.n_kv_head or cfg.n_head) * cfg.head_dim
+    qkv = [size for name, size in (("q", q), ("k", kv), ("v", kv)) if name in targets]
+    shapes = [(r * len(qkv), d), (sum(qkv), r)] if qkv else []
+    if "o" in targets:
+        shapes += [(r, q), (d, r)]
+    shapes += [(r, d), (f, r)] * sum(name in targets for name in ("gate", "up"))
+    if "down" in targets:
+        shapes += [(r, f), (d, r)]
+    return shapes
 
 
 def _compared(row: dict[str, str], m: MemoryBreakdown) -> int:

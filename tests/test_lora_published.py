@@ -19,6 +19,7 @@ from benchmarks.published_lora import (
     DOC_PATH,
     WITHIN,
     bnb_saved_inputs,
+    litgpt_adapter_shapes,
     litgpt_qlora_terms,
     load_rows,
     predict,
@@ -71,9 +72,9 @@ def test_litgpt_qlora_terms_by_hand_for_llama2_7b() -> None:
     # fp16 dequantized head + its bf16 copy, instead of one bf16 gate/up/down block
     assert terms["head_dequantized"] == 2 * 2 * V * d - 2 * d * f
     # AdamW's two fp32 states of the 16,777,216 adapter parameters (32 layers x r 32 x
-    # (4096 + 4096) for q and for v) live in managed memory, and bitsandbytes keeps the step
-    # as a Python int where training_memory counts a 4-byte step per adapter tensor (128)
-    assert terms["paged_optimizer"] == -(8 * 32 * 32 * (4096 + 4096) * 2 + 4 * 128)
+    # (4096 + 4096) for q and for v, fused as A (64, 4096) and B (8192, 32), both over 10^5
+    # elements) live in managed memory
+    assert terms["paged_optimizer"] == -8 * 32 * (64 * 4096 + 8192 * 32) == -134_217_728
 
 
 def test_training_memory_holds_one_dequantized_block_of_the_mlp() -> None:
@@ -131,3 +132,32 @@ def test_bnb_saved_inputs_match_litgpts_unsaved_linear_inputs() -> None:
     unsaved = sum(t.untyped_storage().nbytes() for ptr, t in inputs.items() if ptr not in saved)
     assert unsaved == bnb_saved_inputs(n_layer=n_layer, n_embd=d, attn_out=d, mlp_hidden=f,
                                        tokens=b * T)
+
+
+def test_tinyllama_pages_only_adapters_of_a_hundred_thousand_elements() -> None:
+    # TinyLlama: d 2048, 32 query heads and 4 kv heads of 64, MLP 5632, 22 layers, r 32 on all.
+    # Fused qkv A (96, 2048) = 196,608 and B (2048 + 256 + 256, 32) = 81,920; o A, B 65,536;
+    # gate and up A 65,536, B (5632, 32) = 180,224; down A (32, 5632) = 180,224, B 65,536.
+    row = _row("litgpt-tinyllama-qlora-1xa10g")
+    terms = litgpt_qlora_terms(row, predict(row))
+    paged = 196_608 + 2 * 180_224 + 180_224
+    assert terms["paged_optimizer"] == -8 * 22 * paged
+
+
+@pytest.mark.torch
+def test_litgpt_adapter_shapes_are_litgpts() -> None:
+    torch = pytest.importorskip("torch")
+    lora = pytest.importorskip("litgpt.lora")
+    from scaleplan import GPTConfig
+
+    config = lora.Config(n_layer=1, n_embd=64, n_head=4, n_query_groups=2, intermediate_size=176,
+                         vocab_size=256, padded_vocab_size=256, block_size=64, bias=False,
+                         norm_class_name="RMSNorm", mlp_class_name="LLaMAMLP", lora_r=4,
+                         lora_alpha=8, lora_query=True, lora_key=True, lora_value=True,
+                         lora_projection=True, lora_mlp=True)
+    shapes = sorted(tuple(p.shape) for n, p in lora.GPT(config).named_parameters()
+                    if "lora_" in n and n.startswith("transformer.h.0."))
+    cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=176, vocab_size=256,
+                    block_size=64, bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
+    row = {"lora_rank": "4", "lora_targets": "q,k,v,o,gate,up,down"}
+    assert torch is not None and sorted(litgpt_adapter_shapes(cfg, row)) == shapes
