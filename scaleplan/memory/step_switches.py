@@ -128,6 +128,22 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if not on:
         return
     what = ", ".join(on)
+    _refuse_implementation(sw, what, implementation=implementation, compile=compile)
+    if parallelism.tensor * parallelism.pipeline > 1:
+        raise ScaleplanError(f"{what} is not modelled yet with tensor or pipeline parallelism")
+    single = (sw.optimizer_in_backward or sw.activation_offload)
+    if single and parallelism != Parallelism():
+        raise ScaleplanError(f"{what} is modelled for one GPU (torchtune's single-device "
+                             "recipes), not yet with data parallelism; use parallelism=None")
+    if sw.activation_offload and checkpointing != "none":
+        raise ScaleplanError(f"activation_offload=True is not modelled yet with "
+                             f"checkpointing={checkpointing!r}; use checkpointing='none'")
+
+
+def _refuse_implementation(sw: StepSwitches, what: str, *, implementation: str,
+                           compile: bool) -> None:
+    """Refuse the switches whose terms are not derived for ``implementation``: compiled only
+    for torchtune's recipe, activation offloading not yet for torchtune's models."""
     if implementation not in SWITCH_IMPLEMENTATIONS:
         raise ScaleplanError(f"{what} is not modelled yet with implementation="
                              f"{implementation!r}; use one of "
@@ -140,15 +156,6 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
         raise ScaleplanError("activation_offload=True is not modelled yet with implementation="
                              "'torchtune' (not measured with its models); use "
                              "activation_offload=False")
-    if parallelism.tensor * parallelism.pipeline > 1:
-        raise ScaleplanError(f"{what} is not modelled yet with tensor or pipeline parallelism")
-    single = (sw.optimizer_in_backward or sw.activation_offload)
-    if single and parallelism != Parallelism():
-        raise ScaleplanError(f"{what} is modelled for one GPU (torchtune's single-device "
-                             "recipes), not yet with data parallelism; use parallelism=None")
-    if sw.activation_offload and checkpointing != "none":
-        raise ScaleplanError(f"activation_offload=True is not modelled yet with "
-                             f"checkpointing={checkpointing!r}; use checkpointing='none'")
 
 
 def loss_chunks(s: Any, chunks: int = LOSS_CHUNKS) -> tuple[Any, Any]:
