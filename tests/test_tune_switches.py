@@ -121,3 +121,52 @@ def test_live_torchtune_chunked_loss_matches_exactly() -> None:
     row = {"family": "llama3_2", "micro_batch_size": B, "seq_len": S,
            "precision": "bf16-true", "checkpointing": "none"}
     assert m.saved_for_backward == _predicted(CFG, row)
+
+
+PEAK_ROWS = json.loads(Path("tests/data/tune_switch_peaks.json").read_text())
+# The peak of these steps is in the last block's MLP backward, with optimizer_in_backward's
+# gradients of the MLP weights, their AdamW temporaries and the tied embedding's gradient (held
+# until its last use) alive at once: no moment of the model covers it yet (issue 17's notes).
+KNOWN_GAP = {("32-true", "none", "standard"), ("32-true", "full", "standard"),
+             ("32-true", "full", "chunked"), ("bf16-true", "full", "standard"),
+             ("bf16-true", "full", "chunked")}
+
+
+def _peak_id(r: dict[str, Any]) -> str:
+    return (f"{r['precision']}-{r['checkpointing']}-{r['loss']}"
+            f"{'-in-bwd' if r['optimizer_in_backward'] else ''}")
+
+
+def _peak_case(r: dict[str, Any]) -> Any:
+    gap = r["optimizer_in_backward"] and (r["precision"], r["checkpointing"],
+                                          r["loss"]) in KNOWN_GAP
+    marks = [pytest.mark.xfail(strict=True, reason="the block's backward under "
+                               "optimizer_in_backward is not a moment yet")] if gap else []
+    return pytest.param(r, id=_peak_id(r), marks=marks)
+
+
+@pytest.mark.parametrize("row", [_peak_case(r) for r in PEAK_ROWS])
+def test_torchtune_step_peaks_replay_within_4_percent(row: dict[str, Any]) -> None:
+    # measured by python -m scaleplan.reference.tune_switches: torchtune 0.6.1's Llama 3.2
+    # builder on CPU, the recipe's loss step, for-loop AdamW, one micro-batch per step
+    m = training_memory(SHAPES[row["family"]], micro_batch_size=row["micro_batch_size"],
+                        seq_len=row["seq_len"], precision=row["precision"], device="cpu",
+                        optimizer_impl="for-loop", hold_logits=False,
+                        implementation="torchtune", checkpointing=row["checkpointing"],
+                        loss=row["loss"], optimizer_in_backward=row["optimizer_in_backward"],
+                        gradient_accumulation=False)
+    assert m.tensor_peak == pytest.approx(row["peak_bytes"], rel=0.04)
+
+
+@pytest.mark.torch
+def test_live_torchtune_chunked_step_peak_within_2_percent() -> None:
+    pytest.importorskip("torchtune")
+    from scaleplan.reference.tune_switches import measure_tune_switches
+
+    cfg = SHAPES["qwen2"]  # a family and shape the committed peak grid does not hold
+    m = measure_tune_switches(cfg, "qwen2", micro_batch_size=1, seq_len=40,
+                              precision="bf16-true", loss="chunked")
+    p = training_memory(cfg, micro_batch_size=1, seq_len=40, precision="bf16-true",
+                        device="cpu", optimizer_impl="for-loop", hold_logits=False,
+                        implementation="torchtune", loss="chunked", gradient_accumulation=False)
+    assert p.tensor_peak == pytest.approx(m["peak_bytes"], rel=0.02)
