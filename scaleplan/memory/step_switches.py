@@ -30,6 +30,10 @@ activation offloading and (no) gradient accumulation.
   backward's end through the optimizer step. True (the default) keeps them resident all step,
   as in the last micro-batch of accumulation. One GPU only: DDP's and ZeRO's gradient buckets
   outlive ``zero_grad(set_to_none=True)``.
+
+With ``implementation="torchtune"`` (eager or compiled) the chunked loss's terms are its recipe's
+(`scaleplan.memory.tune_switches`); its step is measured by `scaleplan.reference.tune_switches`.
+Activation offloading is not yet measured with torchtune's models and is refused for them.
 """
 
 from __future__ import annotations
