@@ -32,18 +32,14 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
-from scaleplan.memory.step_switches import (
-    NO_SWITCHES,
-    StepSwitches,
-    chunked_loss_terms,
-    switch_stage,
-)
+from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, switch_stage
 from scaleplan.memory.titan_terms import (
     titan_fsdp_in_flight,
     titan_model_states,
     titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
+from scaleplan.memory.tune_switches import with_chunked_loss
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
@@ -68,7 +64,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     FSDP2 (`scaleplan.memory.titan_terms`), "litgpt": litgpt's GPT and chunked loss
     (`scaleplan.memory.litgpt_terms`); each on one stage with no tensor parallelism, as
     `step_options` checks. ``switches``: the memory-saving switches
-    (`scaleplan.memory.step_switches`; nanoGPT's and Hugging Face's layouts): the moments stay on
+    (`scaleplan.memory.step_switches`; nanoGPT's, Hugging Face's and torchtune's layouts,
+    torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each
     moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
     code, one GPU), ``base_weights`` its dtype."""
@@ -85,11 +82,13 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if implementation == "torchtitan":
         return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers)
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
+    compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
                                          layers, in_flight, embeds, heads, compiled,
                                          implementation)
     if switches.loss == "chunked" and heads:
-        saved = {**saved, **chunked_loss_terms(cfg, b, s)}
+        saved = with_chunked_loss(saved, cfg, b, s, p, implementation=implementation,
+                                  compiled=compile_loss)
     S = sum(saved.values())
 
     W, G, O, temp = model_states(cfg, p, opt, par, layers, embeds, heads,

@@ -30,6 +30,10 @@ activation offloading and (no) gradient accumulation.
   backward's end through the optimizer step. True (the default) keeps them resident all step,
   as in the last micro-batch of accumulation. One GPU only: DDP's and ZeRO's gradient buckets
   outlive ``zero_grad(set_to_none=True)``.
+
+With ``implementation="torchtune"`` (eager or compiled) the chunked loss's terms are its recipe's
+(`scaleplan.memory.tune_switches`); its step is measured by `scaleplan.reference.tune_switches`.
+Activation offloading is not yet measured with torchtune's models and is refused for them.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ LossKind = Literal["standard", "chunked"]
 LOSSES: tuple[str, ...] = ("standard", "chunked")
 LOSS_CHUNKS = 8  # torchtune CEWithChunkedOutputLoss(num_output_chunks=8), its recipes' default
 OFFLOAD_MIN_BYTES = 1024  # torchtune OffloadActivations(min_offload_size=1024)
-SWITCH_IMPLEMENTATIONS = ("nanogpt", "hf")
+SWITCH_IMPLEMENTATIONS = ("nanogpt", "hf", "torchtune")
 """Whose code the switches are derived and measured for; another implementation's terms plug in
 by adding its name once its loss side and saved tensors are measured with them."""
 
@@ -128,12 +132,7 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if not on:
         return
     what = ", ".join(on)
-    if implementation not in SWITCH_IMPLEMENTATIONS:
-        raise ScaleplanError(f"{what} is not modelled yet with implementation="
-                             f"{implementation!r}; use one of "
-                             f"{', '.join(map(repr, SWITCH_IMPLEMENTATIONS))}")
-    if compile:
-        raise ScaleplanError(f"{what} is not modelled yet with compile=True; use compile=False")
+    _refuse_implementation(sw, what, implementation=implementation, compile=compile)
     if parallelism.tensor * parallelism.pipeline > 1:
         raise ScaleplanError(f"{what} is not modelled yet with tensor or pipeline parallelism")
     single = (sw.optimizer_in_backward or sw.activation_offload)
@@ -143,6 +142,24 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if sw.activation_offload and checkpointing != "none":
         raise ScaleplanError(f"activation_offload=True is not modelled yet with "
                              f"checkpointing={checkpointing!r}; use checkpointing='none'")
+
+
+def _refuse_implementation(sw: StepSwitches, what: str, *, implementation: str,
+                           compile: bool) -> None:
+    """Refuse the switches whose terms are not derived for ``implementation``: compiled only
+    for torchtune's recipe, activation offloading not yet for torchtune's models."""
+    if implementation not in SWITCH_IMPLEMENTATIONS:
+        raise ScaleplanError(f"{what} is not modelled yet with implementation="
+                             f"{implementation!r}; use one of "
+                             f"{', '.join(map(repr, SWITCH_IMPLEMENTATIONS))}")
+    if compile and implementation != "torchtune":
+        raise ScaleplanError(f"{what} is not modelled yet with compile=True and implementation="
+                             f"{implementation!r}; use compile=False or "
+                             "implementation='torchtune'")
+    if sw.activation_offload and implementation == "torchtune":
+        raise ScaleplanError("activation_offload=True is not modelled yet with implementation="
+                             "'torchtune' (not measured with its models); use "
+                             "activation_offload=False")
 
 
 def loss_chunks(s: Any, chunks: int = LOSS_CHUNKS) -> tuple[Any, Any]:
@@ -311,10 +328,9 @@ def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: di
     for k in ("forward_end", "backward_start"):
         out[k] = out[k] - offloaded
     if sw.loss == "chunked":
-        upcast = TVc * FP32_BYTES if e != FP32_BYTES else 0
-        out["forward_end"] = S + all_copies + TV * e + upcast
-        out["backward_start"] = S + copies + 2 * TVc * FP32_BYTES
-        loss_side = on_gpu.get("log_softmax", 0) + on_gpu.get("targets", 0)
+        out["forward_end"], out["backward_start"] = _chunked_loss_moments(
+            S, copies, all_copies, TV, TVc, e, compiled="logits" in on_gpu)
+        loss_side = sum(on_gpu.get(k, 0) for k in _LOSS_SIDE)
         waiting = (chunks - 2) * (chunks >= 2)
         out["head_backward"] = S - loss_side + copies + waiting * TVc * e + 3 * head_grad
     if sw.activation_offload:  # the saved weight copies are offloaded with the rest
@@ -327,6 +343,28 @@ def switch_moments(moments: dict[str, Any], *, saved: dict[str, Any], on_gpu: di
     for k in out:
         out[k] = out[k] - G + gradients_at(k, G, largest, sw)
     return out
+
+
+_LOSS_SIDE = ("log_softmax", "targets", "logits", "logsumexp")
+
+
+def _chunked_loss_moments(S: Any, copies: Any, all_copies: Any, TV: Any, TVc: Any, e: int, *,
+                          compiled: bool) -> tuple[Any, Any]:
+    """(forward end, backward start) of the chunked loss. Eager: every chunk's logits (T V e)
+    plus the last chunk's fp32 upcast (none in fp32), then one chunk's two fp32 gradients.
+    Compiled (torchtune's ``compile_loss``: the chunk logits are saved terms already, in S): no
+    logits on top at forward end (the upcast and log-softmax live inside the fused kernel),
+    and one chunk's logits' gradient in the activation dtype at backward start.
+
+    >>> _chunked_loss_moments(100, 1, 2, 40, 5, 2, compiled=False)
+    (202, 141)
+    >>> _chunked_loss_moments(100, 1, 2, 40, 5, 2, compiled=True)
+    (102, 111)
+    """
+    if compiled:
+        return S + all_copies, S + copies + TVc * e
+    upcast = TVc * FP32_BYTES if e != FP32_BYTES else 0
+    return S + all_copies + TV * e + upcast, S + copies + 2 * TVc * FP32_BYTES
 
 
 def switch_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, saved: dict[str, Any],

@@ -40,6 +40,7 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = [
+    "CHUNKED_JSON",
     "COMPILED_JSON",
     "GRID_JSON",
     "GRID_SHAPES",
@@ -47,6 +48,7 @@ __all__ = [
     "TuneMeasurement",
     "TunePrecision",
     "build_tune",
+    "chunked_grid",
     "grid",
     "loss_step",
     "main",
@@ -61,6 +63,7 @@ TunePrecision = Literal["32-true", "bf16-true"]
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default, the recipe's ignore column
 GRID_JSON = Path("tests/data/tune_memory.json")
 PEAKS_JSON = Path("tests/data/tune_peaks.json")
+CHUNKED_JSON = Path("tests/data/tune_chunked_loss.json")
 COMPILED_JSON = Path("tests/data/tune_compiled.json")  # scaleplan.reference.tune_compiled
 _DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16}
 
@@ -283,6 +286,23 @@ def peaks_grid(families: tuple[str, ...] = TUNE_FAMILIES, *, b: int = 2, s: int 
     return rows
 
 
+def chunked_grid(families: tuple[str, ...] = ("llama3_2", "qwen2"), *, b: int = 2,
+                 s: int = 48) -> list[dict[str, Any]]:
+    """Saved bytes of one forward + ``CEWithChunkedOutputLoss`` (eager, 8 chunks) for each
+    family, precision and checkpointing; one row per case (replayed by
+    tests/test_tune_switches.py)."""
+    rows = []
+    for family, prec, ckpt in itertools.product(families, ("32-true", "bf16-true"),
+                                                (False, True)):
+        m = measure_tune(GRID_SHAPES[family], family,  # type: ignore[arg-type]
+                         micro_batch_size=b, seq_len=s, precision=prec,  # type: ignore[arg-type]
+                         checkpointing=ckpt, loss="chunked")
+        rows.append({"family": family, "precision": prec, "micro_batch_size": b,
+                     "seq_len": s, "checkpointing": "full" if ckpt else "none",
+                     "measured": m.saved_for_backward, "by_module": m.saved_by_module})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """``--grid [--out PATH] [--json PATH]``: measure the grid, write its table and JSON."""
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.tune_measure")
@@ -292,7 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(GRID_JSON))
     parser.add_argument("--peaks", action="store_true",
                         help="measure the loss side's peaks and write tests/data/tune_peaks.json")
+    parser.add_argument("--chunked", action="store_true",
+                        help="measure the chunked loss and write tests/data/tune_chunked_loss.json")
     args = parser.parse_args(argv)
+    if args.chunked:
+        CHUNKED_JSON.write_text(json.dumps(chunked_grid(), indent=1) + "\n")
+        return 0
     if args.peaks:
         PEAKS_JSON.write_text(json.dumps(peaks_grid(tuple(args.families)), indent=1) + "\n")
         return 0
