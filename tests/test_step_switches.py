@@ -263,8 +263,10 @@ def test_sweep_passes_the_switches_to_memory_grid() -> None:
 def test_plan_takes_the_switches_and_its_memory_shows_them() -> None:
     from scaleplan.planning.planner import plan
 
-    p = plan(GPTConfig.preset("gpt2"), gpu="RTX 4070", tokens_per_step=2**19,
-             loss="chunked", gradient_accumulation=False)
+    # no accumulation: the step is one micro-batch, the largest that fits
+    p = plan(GPTConfig.preset("gpt2"), gpu="RTX 4070", loss="chunked",
+             gradient_accumulation=False)
+    assert p.grad_accum_steps == 1 and p.tokens_per_step == p.micro_batch_size * 1024
     expected = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=p.micro_batch_size,
                                seq_len=1024, precision=p.precision, loss="chunked",
                                gradient_accumulation=False)
