@@ -25,6 +25,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_backward_start_bytes,
     compiled_saved_terms,
 )
+from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_saved_terms
 from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
@@ -153,6 +154,8 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
         saved = tune_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                  device=device, layers=layers, compiled=compiled)
         return saved, "torchtune-compiled" if compiled else implementation, False
+    if compiled and implementation == "hf":  # its loss compiled too: the compiled moments
+        return hf_compiled_saved_terms(cfg, b, s, precision=p, layers=layers), "hf", True
     if compiled:
         return compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                     device=device, layers=layers), implementation, True

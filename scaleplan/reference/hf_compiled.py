@@ -31,9 +31,10 @@ from scaleplan.reference.compiled import saved_by_node
 from scaleplan.reference.hf_measure import GRID_SHAPES, HFPrecision, build_hf_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["HF_COMPILED_JSON", "grid", "main", "measure_hf_compiled"]
+__all__ = ["HF_COMPILED_JSON", "VARIATION_JSON", "grid", "main", "measure_hf_compiled"]
 
 HF_COMPILED_JSON = Path("tests/data/hf_compiled.json")
+VARIATION_JSON = Path("tests/data/hf_compiled_variation.json")
 
 
 def _is_weight_copy(t: torch.Tensor, params: list[torch.Tensor]) -> bool:
@@ -100,24 +101,31 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
 
 
 def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48,
-         checkpointing: tuple[bool, ...] = (False,)) -> list[dict[str, Any]]:
+         n_layer: int = 2, checkpointing: tuple[bool, ...] = (False,)
+         ) -> list[dict[str, Any]]:
     """Every family x precision (fp32, bf16 autocast) x ``checkpointing``; one row per case."""
     rows = []
     for family, prec, ckpt in itertools.product(families, ("32-true", "bf16-mixed"),
                                                 checkpointing):
-        m = measure_hf_compiled(GRID_SHAPES[family], family,  # type: ignore[arg-type]
+        cfg = GRID_SHAPES[family].replace(n_layer=n_layer)
+        m = measure_hf_compiled(cfg, family,  # type: ignore[arg-type]
                                 micro_batch_size=b, seq_len=s,
                                 precision=prec, checkpointing=ckpt)  # type: ignore[arg-type]
-        rows.append({"family": family, "precision": prec, "micro_batch_size": b,
+        rows.append({"family": family, "precision": prec, "n_layer": n_layer,
+                     "micro_batch_size": b,
                      "seq_len": s, "checkpointing": "full" if ckpt else "none", **m})
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Measure the grid (``[families...]``) and write `HF_COMPILED_JSON`."""
-    families = tuple(argv if argv is not None else sys.argv[1:]) or HF_FAMILIES
-    rows = grid(families)
-    HF_COMPILED_JSON.write_text(json.dumps(rows, indent=1) + "\n")
+    """Measure the grid (``[families...]``: 2 layers, 2 x 48 tokens) and write
+    `HF_COMPILED_JSON`; with ``--variation``, 3 layers at 3 x 32 tokens to `VARIATION_JSON`."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    variation = "--variation" in args
+    families = tuple(a for a in args if a != "--variation") or HF_FAMILIES
+    rows = grid(families, b=3, s=32, n_layer=3) if variation else grid(families)
+    (VARIATION_JSON if variation else HF_COMPILED_JSON).write_text(
+        json.dumps(rows, indent=1) + "\n")
     sys.stdout.write(json.dumps([{k: v for k, v in r.items() if k != "saved"}
                                  for r in rows]) + "\n")
     return 0
