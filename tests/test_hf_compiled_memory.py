@@ -90,6 +90,8 @@ def test_training_memory_takes_the_compiled_hf_terms() -> None:
     ({}, {"checkpointing": "full"}, "checkpointing='full'"),
     ({}, {"precision": "16-mixed"}, "precision='16-mixed'"),
     ({"dropout": 0.1}, {}, "dropout=0.1"),
+    ({"n_kv_head": 1}, {}, "n_kv_head=1"),
+    ({}, {"attention": "eager"}, "attention='eager'"),
 ])
 def test_unmeasured_combinations_are_refused_by_name(change: dict[str, object],
                                                      kw: dict[str, object], match: str) -> None:

@@ -24,7 +24,8 @@ eager terms (`scaleplan.memory.hf_terms`):
   view) and a 4-byte item count.
 
 Gemma, GPT-2 and GPT-NeoX were measured too (the JSON holds them) but are not modelled yet, nor
-gradient checkpointing, dropout or fp16: `check_hf_compiled` refuses them by name.
+gradient checkpointing, dropout, fp16 or a single kv head (Gemma's: there the partition kept k
+and v unexpanded in fp32): `check_hf_compiled` refuses them by name.
 All arithmetic is plain ``+``/``*`` on ``b`` and ``s`` (ints, float64 arrays, sympy symbols).
 """
 
@@ -64,6 +65,8 @@ def check_hf_compiled(cfg: GPTConfig, *, precision: str, checkpointing: str,
         odd.append(f"attention={attention!r} (measured: SDPA, 'flash')")
     if cfg.dropout > 0:
         odd.append(f"dropout={cfg.dropout}")
+    if cfg.n_kv_head == 1:  # Gemma's single kv head: the partition kept k and v unexpanded
+        odd.append("n_kv_head=1 (measured: 2 kv heads for 4 and 8 query heads)")
     if odd:
         raise ScaleplanError("compile=True with implementation='hf' is not modelled yet with "
                              + ", ".join(odd) + "; use compile=False")
