@@ -101,6 +101,14 @@ def test_unmeasured_combinations_are_refused_by_name(change: dict[str, object],
                         compile=True, **kw)  # type: ignore[arg-type]
 
 
+def test_lora_under_compile_is_refused() -> None:
+    from scaleplan.model.lora import LoRA
+
+    with pytest.raises(ScaleplanError, match="lora with compile=True is not modelled yet"):
+        training_memory(SHAPES["llama"], micro_batch_size=2, seq_len=48, implementation="hf",
+                        compile=True, lora=LoRA(rank=8))
+
+
 @pytest.mark.torch
 @pytest.mark.slow
 def test_live_llama_bf16_matches_the_terms() -> None:
