@@ -120,3 +120,4 @@ def test_live_llama_bf16_matches_the_terms() -> None:
                             precision="bf16-mixed")
     terms = hf_compiled_saved_terms(cfg, 1, 40, precision="bf16-mixed")
     assert sum(terms.values()) == m["saved_for_backward"]
+    assert m["logits_saved"]  # the returned logits are the saved ones: held, they add nothing

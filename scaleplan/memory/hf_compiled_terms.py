@@ -21,7 +21,11 @@ eager terms (`scaleplan.memory.hf_terms`):
 - ``ForCausalLMLoss`` upcasts the logits to fp32, but the compiled loss keeps the logits in the
   matmul dtype (bf16 under autocast: no fp32 copy, no log-softmax) with each token's fp32 max
   and log-sum-exp (2 T fp32), the padded int64 labels (b (s + 1): the shifted labels are a
-  view) and a 4-byte item count.
+  view) and a 4-byte item count. The returned logits are the saved storage (measured:
+  ``logits_saved``), so a loop that holds them adds nothing; `scaleplan.memory.stage` takes the
+  compiled moments (`scaleplan.memory.compiled_terms.compiled_backward_start_bytes`, measured
+  on nanoGPT's compiled loss: the same fused log-softmax/NLL partition), not measured for
+  transformers' loss itself.
 
 Gemma, GPT-2 and GPT-NeoX were measured too (the JSON holds them) but are not modelled yet, nor
 gradient checkpointing, dropout, fp16 or a single kv head (Gemma's: there the partition kept k

@@ -4,7 +4,8 @@
 `scaleplan.memory.limits.memory_grid` and `scaleplan.symbolic.formulas` run the same arithmetic on
 arrays and on sympy symbols. Which saved-tensor terms a stage has depends on whose code runs the
 step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
-`scaleplan.memory.hf_terms`, `scaleplan.memory.tune_terms`, `scaleplan.memory.litgpt_terms`).
+`scaleplan.memory.hf_terms`, `scaleplan.memory.hf_compiled_terms`, `scaleplan.memory.tune_terms`,
+`scaleplan.memory.litgpt_terms`).
 """
 
 from __future__ import annotations

@@ -52,15 +52,14 @@ def _is_weight_copy(t: torch.Tensor, params: list[torch.Tensor]) -> bool:
     return False
 
 
-def _compiled_loss(model: Any, ids: torch.Tensor, precision: HFPrecision) -> torch.Tensor:
-    """The loss of one forward of ``torch.compile(model)`` (inductor, no compile caches: a hit
-    would skip the partition), under bf16 autocast for "bf16-mixed"."""
+def _compiled_forward(model: Any, ids: torch.Tensor, precision: HFPrecision) -> Any:
+    """The output (loss, logits) of one forward of ``torch.compile(model)`` (inductor, no
+    compile caches: a hit would skip the partition), under bf16 autocast for "bf16-mixed"."""
     compiled: Any = torch.compile(model, dynamic=False)
     with torch._inductor.config.patch(fx_graph_cache=False), \
             torch._functorch.config.patch(enable_autograd_cache=False), \
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-        loss: torch.Tensor = compiled(input_ids=ids, labels=ids, use_cache=False).loss
-    return loss
+        return compiled(input_ids=ids, labels=ids, use_cache=False)
 
 
 def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int,
@@ -69,6 +68,7 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
     """Saved-for-backward bytes of one forward + loss of ``family``'s transformers model,
     compiled whole with inductor (SDPA attention): ``{"saved_for_backward": total,
     "autocast_weight_copies": bytes, "compiled_graphs": number of compiled functions,
+    "logits_saved": the returned logits are a saved storage (holding them adds nothing),
     "saved": [(node type, shape, dtype, bytes), ...]}``."""
     torch.manual_seed(seed)
     torch._dynamo.reset()
@@ -82,7 +82,9 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
     skip = {storage_key(t) for t in [*params, *model.buffers(), ids]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dynamo's and inductor's own, not about memory
-        loss = _compiled_loss(model, ids, precision)
+        out = _compiled_forward(model, ids, precision)
+        loss, logits = out.loss, out.logits
+        del out
         nodes = saved_by_node(loss)
     seen: set[int] = set()
     saved: list[tuple[str, list[int], str, int]] = []
@@ -100,10 +102,11 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
             saved.append((type(node).__name__, list(t.shape),
                           str(t.dtype).removeprefix("torch."), n))
     graphs = sum("CompiledFunction" in type(node).__name__ for node, _ in nodes)
-    del loss, nodes
+    logits_saved = storage_key(logits) in seen
+    del loss, logits, nodes
     torch._dynamo.reset()
     return {"saved_for_backward": sum(v[3] for v in saved), "autocast_weight_copies": copies,
-            "compiled_graphs": graphs, "saved": saved}
+            "compiled_graphs": graphs, "logits_saved": logits_saved, "saved": saved}
 
 
 def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48,
