@@ -32,6 +32,9 @@ SHAPES = {
     "mistral": GPTConfig(n_layer=2, n_head=8, n_kv_head=2, n_embd=128, mlp_hidden=448,
                          vocab_size=512, block_size=128, bias=False, mlp="swiglu",
                          norm="rmsnorm", position="rope", tie_embeddings=False),
+    "gemma": GPTConfig(n_layer=2, n_head=4, n_kv_head=1, n_embd=128, head_dim=64,
+                       mlp_hidden=512, vocab_size=512, block_size=128, bias=False,
+                       mlp="geglu", norm="rmsnorm", position="rope", tie_embeddings=True),
 }
 MODELLED = [r for r in ROWS if r["family"] in HF_COMPILED_FAMILIES
             and r["checkpointing"] == "none"]
@@ -68,6 +71,17 @@ def test_llama_fp32_by_hand() -> None:
     assert sum(terms.values()) == 1602048 + 18432 + 296852
 
 
+def test_gemma_one_kv_head_by_hand() -> None:
+    # Gemma grid shape, b = 2, s = 48, fp32: T = 96, a = 4, one kv head, h = 64. SDPA keeps q
+    # and the output expanded (2*96*4*64*4 = 196608), k and v unexpanded (2*96*64*4 = 49152)
+    # per layer; in bf16 k is expanded (96*4*64*2 = 49152) and v not (96*64*2 = 12288).
+    terms = hf_compiled_saved_terms(SHAPES["gemma"], 2, 48, precision="32-true")
+    assert terms["sdpa_qkv_out"] == 2 * (196608 + 49152)
+    assert terms["first_layer_o_proj_input"] == 0
+    bf16 = hf_compiled_saved_terms(SHAPES["gemma"], 2, 48, precision="bf16-mixed")
+    assert bf16["sdpa_qkv_out"] == 2 * (96 * 4 * 64 * 2 * 2 + 49152 + 12288)
+
+
 def test_bf16_keeps_16_bit_logits_not_an_fp32_upcast() -> None:
     # the compiled ForCausalLMLoss saves the bf16 logits and fp32 max / log-sum-exp per token
     terms = hf_compiled_saved_terms(SHAPES["llama"], 2, 48, precision="bf16-mixed")
@@ -90,7 +104,8 @@ def test_training_memory_takes_the_compiled_hf_terms() -> None:
     ({}, {"checkpointing": "full"}, "checkpointing='full'"),
     ({}, {"precision": "16-mixed"}, "precision='16-mixed'"),
     ({"dropout": 0.1}, {}, "dropout=0.1"),
-    ({"n_kv_head": 1}, {}, "n_kv_head=1"),
+    ({"n_kv_head": 1}, {}, "n_kv_head=1 with SwiGLU"),
+    ({"mlp": "geglu", "n_kv_head": 2}, {}, "n_kv_head=2 with Gemma's layout"),
     ({}, {"attention": "eager"}, "attention='eager'"),
 ])
 def test_unmeasured_combinations_are_refused_by_name(change: dict[str, object],

@@ -140,9 +140,10 @@ copies excluded. `predicted` is `scaleplan.memory.hf_compiled_terms.hf_compiled_
 case, to show what compiling changes. torch 2.13.0, transformers 5.25.0. Replayed torch-free by
 tests/test_hf_compiled_memory.py.
 
-{n} modelled cases (Llama, Qwen2, Mistral; fp32 and bf16 autocast; 2 and 3 layers), largest
-|error| {worst:.2%}. Gemma, GPT-2 and GPT-NeoX were measured but are not modelled yet
-(`compile=True` refuses them by name), nor gradient checkpointing.
+{n} modelled cases (Llama, Qwen2, Mistral, Gemma; fp32 and bf16 autocast; 2 and 3 layers), largest
+|error| {worst:.2%}. GPT-2 and GPT-NeoX were measured but are not modelled yet
+(`compile=True` refuses them by name), nor gradient checkpointing (the harness reads saved
+tensors through autograd's nodes, which would unpack, i.e. recompute, a checkpoint's).
 
 What the partition keeps of transformers' code (read from the saved tensors' shapes and dtypes):
 
@@ -151,7 +152,9 @@ What the partition keeps of transformers' code (read from the saved tensors' sha
 - Rotary cos/sin are recomputed; SDPA keeps q, k and v expanded to the query heads, its output
   and the fp32 log-sum-exp. The first layer keeps o_proj's input in place of the residual after
   attention; later layers read SDPA's output as o_proj's input (one storage).
-- SwiGLU: gate, up and their product (3 T f); SiLU is recomputed.
+- SwiGLU (Gemma: GeGLU): gate, up and their product (3 T f); the activation is recomputed.
+- Gemma (one kv head): v kept unexpanded, k unexpanded in fp32 but expanded under bf16
+  autocast; no first-layer exchange.
 - The causal mask is materialised once (b x s x s, activation dtype), shared by the layers.
 - The loss: the compiled `ForCausalLMLoss` does not keep fp32 logits: it saves the logits in
   the matmul dtype (bf16 under autocast), an fp32 max and log-sum-exp per token, the padded
