@@ -121,6 +121,9 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
                parallelism=par)  # first: its refusals say how to run a LoRA step instead
+    if lora is not None and compile:  # the LoRA terms were measured eager only
+        raise ScaleplanError("lora with compile=True is not modelled yet (the LoRA terms were "
+                             "measured without torch.compile); use compile=False")
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
     sw = check_switches(loss=loss, optimizer_in_backward=optimizer_in_backward,

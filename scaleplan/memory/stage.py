@@ -4,7 +4,8 @@
 `scaleplan.memory.limits.memory_grid` and `scaleplan.symbolic.formulas` run the same arithmetic on
 arrays and on sympy symbols. Which saved-tensor terms a stage has depends on whose code runs the
 step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
-`scaleplan.memory.hf_terms`, `scaleplan.memory.tune_terms`, `scaleplan.memory.litgpt_terms`).
+`scaleplan.memory.hf_terms`, `scaleplan.memory.hf_compiled_terms`, `scaleplan.memory.tune_terms`,
+`scaleplan.memory.litgpt_terms`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_backward_start_bytes,
     compiled_saved_terms,
 )
+from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_saved_terms
 from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
@@ -152,6 +154,8 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
         saved = tune_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                  device=device, layers=layers, compiled=compiled)
         return saved, "torchtune-compiled" if compiled else implementation, False
+    if compiled and implementation == "hf":  # its loss compiled too: the compiled moments
+        return hf_compiled_saved_terms(cfg, b, s, precision=p, layers=layers), "hf", True
     if compiled:
         return compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                     device=device, layers=layers), implementation, True
