@@ -158,8 +158,11 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                  or _math_fallback(cfg, cuda_kernels))
     terms.update(_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
     if not fused and checkpointing != "selective":
+        qkv = terms.get("qkv")  # QK-norm's, whatever b: the storage math's b = 1 v views
         terms.update(math_attention_terms(cfg, b, s, precision=precision, attention=attention,
                                           device=device, dropout=dropout))
+        if qkv is not None:
+            terms["qkv"] = qkv
     v = cfg.head_dim if cfg.mla is None else cfg.mla.v_head_dim
     terms["attn_out"] = T * a * v * e
     if fused and _output_copied(cfg, cuda_kernels):
