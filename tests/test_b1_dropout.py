@@ -55,7 +55,20 @@ def test_b1_exceptions_by_hand() -> None:
                                              attention="flash", device="cpu", dropout=True)
     eager = math_attention_terms(GPT2, 1, 32, precision="32-true", attention="eager",
                                  device="cpu", dropout=True)
-    assert eager["q_k_v_copies"] == 3 * 32 * 64 * 4 and "qkv" not in eager
+    assert eager["q_k_v_copies"] == 0 and eager["qkv"] == 32 * 3 * 64 * 4
+
+
+def test_gqa_eager_b1_q_views_qkv_by_hand() -> None:
+    """Learned positions, GQA (k = 2 of a = 4 heads, h = 16), eager fp32, b = 1, s = 32: q is a
+    view of c_attn's output, T (a + 2k) h 4 = 32 x 128 x 4 = 16384 B; the expanded k and v are
+    copies, 2 x T a h 4 = 2 x 8192 B. At b = 2 the three copies, 3 x 64 x 64 x 4 B."""
+    gqa = GPTConfig(**BASE, n_kv_head=2)
+    one = math_attention_terms(gqa, 1, 32, precision="32-true", attention="eager",
+                               device="cpu", dropout=False)
+    assert one["q_k_v_copies"] == 2 * 8192 and one["qkv"] == 16384
+    two = math_attention_terms(gqa, 2, 32, precision="32-true", attention="eager",
+                               device="cpu", dropout=False)
+    assert two["q_k_v_copies"] == 3 * 64 * 64 * 4 and "qkv" not in two
 
 
 def test_qk_norm_b1_counts_qkv_once_by_hand() -> None:
@@ -76,6 +89,8 @@ LIVE = [  # (layout, dropout, precision, attention)
     ({"position": "rope", "rotary_fraction": 0.5}, 0.0, "bf16-mixed", "eager"),
     ({"position": "rope", "n_kv_head": 2}, 0.1, "32-true", "flash"),
     ({"position": "alibi"}, 0.0, "32-true", "flash"),
+    ({"n_kv_head": 2}, 0.1, "32-true", "eager"),
+    ({"n_kv_head": 2}, 0.0, "bf16-mixed", "eager"),
     ({"qk_norm": "head", "norm": "rmsnorm", "position": "rope"}, 0.1, "32-true", "flash"),
     ({"qk_norm": "full", "norm": "rmsnorm"}, 0.0, "bf16-mixed", "eager"),
     ({"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 2, "bias": False},
@@ -84,6 +99,7 @@ LIVE = [  # (layout, dropout, precision, attention)
 
 
 @pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight:UserWarning")
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize(("layout", "dropout", "precision", "attention"), LIVE)
 def test_b1_saved_bytes_match_measurement(layout: dict[str, object], dropout: float,

@@ -100,10 +100,10 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     dropout the mask and the dropped probabilities.
 
     At b = 1 matmul folds (1, a, s, h) into (a, s, h) as a view where b > 1 needs a copy, so a
-    v that is a view of the fused q/k/v projection's output (one value head per query head, not
-    cast by the kernel, queries and keys in storages of their own: scaled by the math kernel,
-    rotated or normalised) is saved as that whole storage: ``qkv`` T (a + 2k) h e, the storage
-    QK-norm saves too, in place of v's copy. A Python or numpy integer 1 counts as b = 1, and
+    q, k or v that is a view of the fused q/k/v projection's output (eager q and k without RoPE
+    or QK-norm; k and v with one head per query head; v not cast by the kernel) is saved as
+    that whole storage, ``qkv`` T (a + 2k) h e (the storage QK-norm saves too), in place of its
+    copy. A Python or numpy integer 1 counts as b = 1, and
     so does each element equal to 1 of a numpy array; a sympy symbol is taken as b > 1.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, dropout=0.1)
@@ -161,22 +161,21 @@ def _at_one(b: Any, at_one: Any, otherwise: Any) -> Any:
 
 def _qkv_view_terms(cfg: GPTConfig, b: Any, s: Any, *, attention: AttentionKind, e: int,
                     ae: int) -> dict[str, Any]:
-    """At b = 1, the q and k copies and the projection's output that v views (none where v is
-    copied whatever b); elsewhere the three copies as `math_attention_terms` counts them."""
-    if not (_v_is_qkv_view(cfg, attention, ae == e) and _may_be_one(b)):
+    """At b = 1: the copies of the q, k, v that are not views of the fused projection's output,
+    and that output (``qkv``) when any is; at b > 1 the three copies. Eager q and k are views
+    unless RoPE or QK-norm made new ones (the math kernel scales them); GQA's expanded k and v
+    and the math kernel's fp32 casts of 16-bit inputs are copies whatever b."""
+    if cfg.mla is not None or not _may_be_one(b):
         return {}
     a, h, T = cfg.n_head, cfg.head_dim, b * s
-    return {"q_k_v_copies": _at_one(b, 2 * T * a * h * ae, 3 * T * a * h * ae),
+    q_view = attention == "eager" and cfg.position != "rope" and cfg.qk_norm == "none"
+    mha = cfg.n_kv_head == a
+    views = [q_view, q_view and mha, mha and ae == e]
+    if not any(views):
+        return {}
+    copies = views.count(False)
+    return {"q_k_v_copies": _at_one(b, copies * T * a * h * ae, 3 * T * a * h * ae),
             "qkv": _at_one(b, T * (a + 2 * cfg.n_kv_head) * h * e, 0)}
-
-
-def _v_is_qkv_view(cfg: GPTConfig, attention: AttentionKind, uncast: bool) -> bool:
-    """Whether the P V product saves the fused projection's output through v at b = 1 while q
-    and k have storages of their own (the math kernel scales them; eager attention's RoPE and
-    QK-norm make new ones; eager q and k that are views too make the same bytes as 3 copies).
-    GQA's expanded v and the math kernel's fp32 cast of a 16-bit v are copies."""
-    own_qk = attention == "flash" or cfg.position == "rope" or cfg.qk_norm != "none"
-    return cfg.mla is None and uncast and own_qk and cfg.n_kv_head == cfg.n_head
 
 
 def _qk_v_head_dims(cfg: GPTConfig) -> tuple[Any, Any]:
