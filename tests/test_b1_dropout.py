@@ -115,3 +115,42 @@ def test_b1_saved_bytes_match_measurement(layout: dict[str, object], dropout: fl
                                          precision=precision, attention=attention,  # type: ignore[arg-type]
                                          device="cpu")
     assert m.saved_for_backward == sum(predicted.values())
+
+
+GRID_CASES = [  # (config changes, training_memory options) whose b = 1 terms differ from b > 1
+    ({"dropout": 0.1}, {"device": "cpu", "precision": "32-true"}),
+    ({"dropout": 0.1}, {"implementation": "hf", "device": "cpu", "precision": "32-true"}),
+    ({}, {"implementation": "hf", "device": "cpu", "precision": "32-true"}),
+    ({"position": "rope", "parallel": "separate_norms"},
+     {"implementation": "hf", "device": "cpu", "precision": "32-true", "attention": "eager"}),
+    ({"norm": "rmsnorm"}, {"compile": True, "precision": "bf16-mixed"}),
+    ({}, {"compile": True, "precision": "bf16-mixed", "checkpointing": "full"}),
+]
+
+
+@pytest.mark.parametrize(("changes", "options"), GRID_CASES)
+def test_memory_grid_cells_at_b1_equal_training_memory(changes: dict[str, object],
+                                                       options: dict[str, object]) -> None:
+    """memory_grid passes b as a float array: its cells at b = 1 take the b = 1 terms too."""
+    np = pytest.importorskip("numpy")
+    from scaleplan.memory.limits import memory_grid
+    from scaleplan.memory.training import training_memory
+
+    cfg = GPTConfig(**{**BASE, "n_layer": 2, **changes})  # type: ignore[arg-type]
+    grid = memory_grid(cfg, micro_batch_size=np.array([1, 2, 1]), seq_len=32,
+                       **options)  # type: ignore[arg-type]
+    one, two = (training_memory(cfg, micro_batch_size=b, seq_len=32,
+                                **options).total for b in (1, 2))  # type: ignore[arg-type]
+    assert grid.tolist() == [one, two, one]
+
+
+def test_compiled_position_output_per_cell() -> None:
+    """Learned positions under full checkpointing keep the position embedding's output, s d r
+    = 32 x 64 x 4 B, at b > 1 only (tests/data/compiled_terms_golden.json): per array cell."""
+    np = pytest.importorskip("numpy")
+    from scaleplan.memory.compiled_terms import compiled_embedding_saved_terms
+
+    t = compiled_embedding_saved_terms(GPTConfig(**BASE), np.array([1.0, 2.0]), 32,
+                                       precision="bf16-mixed", dropout=False,
+                                       checkpointing="full")
+    assert t["position_output"].tolist() == [0, 32 * 64 * 4]
