@@ -104,7 +104,8 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
       ``attn_lse`` b a s fp32; with RoPE, ``rope_qk``: the rotated q and k, T (a + k) h e
       (partial rotary too: the rotated part and the rest are concatenated into one copy);
     - eager, and CPU's math fallback when dropout is on: ``q_k_v_copies`` 3 T a h e (matmul
-      copies the transposed views; GQA's k and v are expanded to a heads), ``attn_scores``
+      copies the transposed views; GQA's k and v are expanded to a heads; at b = 1 the views
+      that need no copy save the projection's output, ``qkv``, instead), ``attn_scores``
       b a s^2 e (the softmax output; fp32 under CUDA autocast), with ``attn_softcap`` the tanh
       output (b a s^2), and with dropout a mask and the dropped probabilities (CPU's math
       kernel computes these in fp32 under autocast);
