@@ -104,7 +104,8 @@ def block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
       ``attn_lse`` b a s fp32; with RoPE, ``rope_qk``: the rotated q and k, T (a + k) h e
       (partial rotary too: the rotated part and the rest are concatenated into one copy);
     - eager, and CPU's math fallback when dropout is on: ``q_k_v_copies`` 3 T a h e (matmul
-      copies the transposed views; GQA's k and v are expanded to a heads), ``attn_scores``
+      copies the transposed views; GQA's k and v are expanded to a heads; at b = 1 the views
+      that need no copy save the projection's output, ``qkv``, instead), ``attn_scores``
       b a s^2 e (the softmax output; fp32 under CUDA autocast), with ``attn_softcap`` the tanh
       output (b a s^2), and with dropout a mask and the dropped probabilities (CPU's math
       kernel computes these in fp32 under autocast);
@@ -158,8 +159,11 @@ def _attention_side(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                  or _math_fallback(cfg, cuda_kernels))
     terms.update(_projection_terms(cfg, b, s, precision, fused, cuda_kernels))
     if not fused and checkpointing != "selective":
+        qkv = terms.get("qkv")  # QK-norm's, whatever b: the storage math's b = 1 v views
         terms.update(math_attention_terms(cfg, b, s, precision=precision, attention=attention,
                                           device=device, dropout=dropout))
+        if qkv is not None:
+            terms["qkv"] = qkv
     v = cfg.head_dim if cfg.mla is None else cfg.mla.v_head_dim
     terms["attn_out"] = T * a * v * e
     if fused and _output_copied(cfg, cuda_kernels):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.checks import is_integer
 from scaleplan.memory.dtypes import (
     AUTOCAST,
     CUDA_MASK_BYTES,
@@ -96,7 +97,20 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     """What eager attention (or CPU's math SDPA fallback) saves: the q, k, v copies, the
     softmax output, with ``attn_softcap`` the tanh of the scaled scores (b a s^2), with ALiBi
     under autocast the scores in fp32 (promoted by the fp32 bias) and their bf16 cast, and with
-    dropout the mask and the dropped probabilities."""
+    dropout the mask and the dropped probabilities.
+
+    At b = 1 matmul folds (1, a, s, h) into (a, s, h) as a view where b > 1 needs a copy, so a
+    q, k or v that is a view of the fused q/k/v projection's output (eager q and k without RoPE
+    or QK-norm; k and v with one head per query head; v not cast by the kernel) is saved as
+    that whole storage, ``qkv`` T (a + 2k) h e (the storage QK-norm saves too), in place of its
+    copy. A Python or numpy integer 1 counts as b = 1, and
+    so does each element equal to 1 of a numpy array; a sympy symbol is taken as b > 1.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, dropout=0.1)
+    >>> math_attention_terms(cfg, 1, 4, precision="32-true", attention="flash", device="cpu",
+    ...                      dropout=True)["qkv"]  # T (a + 2k) h e = 4 x 6 x 4 x 4
+    384
+    """
     a, T = cfg.n_head, b * s
     qk, v = _qk_v_head_dims(cfg)
     e = activation_bytes(precision)
@@ -107,6 +121,7 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     # SDPA gets no dropout under CUDA's semantics (its fused kernels keep an RNG state)
     dropout = dropout and (attention == "eager" or not cuda_dropout)
     terms: dict[str, Any] = {"q_k_v_copies": T * a * (2 * qk + v) * ae}
+    terms.update(_qkv_view_terms(cfg, b, s, attention=attention, e=e, ae=ae))
     if cfg.position == "alibi" and attention == "eager":
         # the bias (in the residual's dtype) promotes the scores: softmax keeps them in that
         # dtype and the product with v saves their cast back to the activation dtype (with
@@ -123,6 +138,44 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
         terms["attn_dropout_mask"] = b * a * s * s * mask
         terms["attn_dropped"] = b * a * s * s * ae
     return terms
+
+
+def _may_be_one(b: Any) -> bool:
+    """Whether ``b`` is 1 (a Python or numpy integer) or holds a 1 (a numpy array, as
+    `scaleplan.memory.limits.memory_grid` passes); a sympy symbol is taken as b > 1."""
+    if is_integer(b):
+        return int(b) == 1
+    return hasattr(b, "dtype") and bool((b == 1).any())
+
+
+def _at_one(b: Any, at_one: Any, otherwise: Any) -> Any:
+    """``at_one`` where b = 1, else ``otherwise``: elementwise for a numpy array."""
+    if is_integer(b):
+        return at_one if int(b) == 1 else otherwise
+    if hasattr(b, "dtype"):
+        import numpy as np
+
+        return np.where(b == 1, at_one, otherwise)
+    return otherwise
+
+
+def _qkv_view_terms(cfg: GPTConfig, b: Any, s: Any, *, attention: AttentionKind, e: int,
+                    ae: int) -> dict[str, Any]:
+    """At b = 1: the copies of the q, k, v that are not views of the fused projection's output,
+    and that output (``qkv``) when any is; at b > 1 the three copies. Eager q and k are views
+    unless RoPE or QK-norm made new ones (the math kernel scales them); GQA's expanded k and v
+    and the math kernel's fp32 casts of 16-bit inputs are copies whatever b."""
+    if cfg.mla is not None or not _may_be_one(b):
+        return {}
+    a, h, T = cfg.n_head, cfg.head_dim, b * s
+    q_view = attention == "eager" and cfg.position != "rope" and cfg.qk_norm == "none"
+    mha = cfg.n_kv_head == a
+    views = [q_view, q_view and mha, mha and ae == e]
+    if not any(views):
+        return {}
+    copies = views.count(False)
+    return {"q_k_v_copies": _at_one(b, copies * T * a * h * ae, 3 * T * a * h * ae),
+            "qkv": _at_one(b, T * (a + 2 * cfg.n_kv_head) * h * e, 0)}
 
 
 def _qk_v_head_dims(cfg: GPTConfig) -> tuple[Any, Any]:

@@ -217,7 +217,8 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
     embeddings' outputs (the token one is counted as the first block's input). At b = 1
     (a Python or numpy integer) the partitioner keeps the sum itself, no larger than either
     output, and no position output (measured: ``python -m scaleplan.reference.goldens
-    compiled``, tests/data/compiled_terms_golden.json); arrays and symbols count as b > 1.
+    compiled``, tests/data/compiled_terms_golden.json); a numpy array's cells equal to 1 count
+    as b = 1, sympy symbols as b > 1.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_embedding_saved_terms(cfg, 2, 4, precision="bf16-mixed", dropout=True)
@@ -229,7 +230,12 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
         terms["position_ids"] = s * INDEX_BYTES
         one_row = is_integer(b) and int(b) == 1
         if (checkpointing == "full" or cfg.norm == "rmsnorm") and not one_row:
-            terms["position_output"] = s * cfg.n_embd * residual_bytes(precision)
+            out = s * cfg.n_embd * residual_bytes(precision)
+            if hasattr(b, "dtype"):
+                import numpy as np
+
+                out = np.where(b == 1, 0, out)
+            terms["position_output"] = out
     if dropout:
         terms["embedding_dropout_mask"] = b * s * cfg.n_embd * CUDA_MASK_BYTES
     return terms
