@@ -135,8 +135,8 @@ def test_step_flops_symbolic_equals_numeric_for_every_part(case: Any, b: int, s:
         assert float(at(expr, point, micro_batch_size=b, seq_len=s)) == getattr(numeric, part)
 
 
-@SETTINGS
-@given(moved(), st.integers(1, 4), st.integers(1, 8),
+@SETTINGS  # b >= 2: a free b is taken as b >= 2 (at b = 1 torch keeps views: see memory())
+@given(moved(), st.integers(2, 4), st.integers(1, 8),
        st.sampled_from(["32-true", "bf16-mixed", "16-mixed", "bf16-true", "bf16-fp32-master"]),
        st.sampled_from(["adamw", "sgd", "sgd-momentum", "lion", "adafactor"]),
        st.sampled_from(["flash", "eager"]), st.sampled_from(["none", "selective", "full"]),

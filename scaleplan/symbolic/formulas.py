@@ -327,7 +327,10 @@ def memory(
 
     Options are those of `training_memory`. ``allocator_slack_fraction`` enters as an exact
     rational. ``optimizer="adamw-8bit"`` and ``optimizer_impl="for-loop"`` depend on thresholds
-    and maxima over tensor sizes; with model sizes free they raise.
+    and maxima over tensor sizes; with model sizes free they raise. A free micro-batch size is
+    taken as b >= 2: at b = 1 torch's matmul keeps some attention inputs as views of the qkv
+    output (`scaleplan.memory.attention_terms`), which `training_memory` counts for an int b = 1
+    and the expressions do not.
 
     >>> from scaleplan.memory.training import training_memory
     >>> m = memory(GPTConfig.preset("gpt2"), free=("micro_batch_size",), seq_len=1024)
