@@ -1,0 +1,153 @@
+"""Hand calculations for what mutmut's run over the LoRA modules found unchecked: the optimizer
+states of every optimizer over the adapters, the optimizer temporaries of each AdamW
+implementation, what `lora_stage_parts` hands its three parts, and the recompute moment of a
+checkpointed LoRA step. Torch-free; every byte is written out beside its assertion.
+
+The model is tests/test_lora.py's TINY (d 8, 2 query heads and 1 key-value head of 4, f 16,
+V 32, 2 layers) with r 2 adapters on q and v: per layer q's A (2 x 8) and B (8 x 2), v's A
+(2 x 8) and B (4 x 2), 16 + 16 + 16 + 8 = 56 parameters; 112 in all, 448 fp32 bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scaleplan.memory.lora_states import lora_model_states
+from scaleplan.memory.lora_terms import (
+    lora_recompute_moment,
+    lora_saved_terms,
+    lora_stage_parts,
+)
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.stage import stage_parts
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.lora import LoRA
+
+TINY = GPTConfig(n_layer=2, n_head=2, n_kv_head=1, n_embd=8, head_dim=4, mlp_hidden=16,
+                 vocab_size=32, block_size=16, bias=False, mlp="swiglu", norm="rmsnorm",
+                 position="rope", tie_embeddings=False)
+QV = LoRA(2, targets=("q", "v"))
+DROP = LoRA(2, targets=("q", "v"), dropout=0.1)
+BASE = 1704 * 4  # the frozen base in fp32 (tests/test_lora.py, test_model_states_by_hand)
+ADAPTERS = 112 * 4
+
+
+@pytest.mark.parametrize(("optimizer", "states"), [
+    ("sgd-momentum", 112 * 4),  # one fp32 momentum buffer per adapter parameter
+    ("lion", 112 * 4),  # one fp32 exp_avg per parameter
+    # factored second moment: a row and a column vector per tensor, (rows + cols) x 4 bytes:
+    # per layer (2 + 8) + (8 + 2) + (2 + 8) + (4 + 2) = 36, two layers 72
+    ("adafactor", 72 * 4),
+    ("sgd", 0),  # plain SGD keeps no state
+])
+def test_optimizer_states_of_the_adapters_by_hand(optimizer: str, states: int) -> None:
+    W, G, O, temp = lora_model_states(TINY, QV, "32-true", optimizer, None, "cuda", None)
+    assert (W, G, O, temp) == (BASE + ADAPTERS, ADAPTERS, states, 0)
+
+
+def test_adamw_temporaries_by_implementation() -> None:
+    # on CPU torch's default for-loop AdamW: sqrt(v) and its quotient for the largest adapter
+    # tensor (16 elements): 2 x 16 x 4
+    assert lora_model_states(TINY, QV, "32-true", "adamw", None, "cpu", None)[3] == 128
+    assert lora_model_states(TINY, QV, "32-true", "adamw", None, "cuda", "for-loop")[3] == 128
+    # foreach (CUDA's default): one buffer over every adapter; fused: none
+    assert lora_model_states(TINY, QV, "32-true", "adamw", None, "cuda", None)[3] == ADAPTERS
+    assert lora_model_states(TINY, QV, "32-true", "adamw", None, "cpu", "fused")[3] == 0
+
+
+def test_adamw_8bit_threshold_and_blocks_by_hand() -> None:
+    # bitsandbytes keeps 32-bit states for tensors under min_8bit_size = 4096 elements
+    # (bitsandbytes/optim/optimizer.py, Optimizer2State.init_state: p.numel() < 4096), 8-bit
+    # ones with an fp32 absmax per 2048-value block from 4096 on.
+    down = LoRA(8, targets=("down",))
+    # down's A is 8 x 512 = 4096 elements exactly: 8-bit, 2 x (4096 + 4 x 2); B 8 x 8 = 64:
+    # 32-bit, 2 x 64 x 4; two layers
+    O = lora_model_states(TINY.replace(mlp_hidden=512), down, "32-true", "adamw-8bit", None,
+                          "cuda", None)[2]
+    assert O == 2 * (2 * (4096 + 4 * 2) + 2 * 64 * 4) == 17440
+    # A 8 x 4100 = 32,800 elements: ceil(32800 / 2048) = 17 blocks (16 x 2048 = 32,768 + 32)
+    O = lora_model_states(TINY.replace(mlp_hidden=4100), down, "32-true", "adamw-8bit", None,
+                          "cuda", None)[2]
+    assert O == 2 * (2 * (32800 + 4 * 17) + 2 * 64 * 4) == 132496
+
+
+def test_stage_parts_pass_device_impl_attention_and_precision() -> None:
+    W, G, O, temp, saved, copies, cached = lora_stage_parts(
+        TINY, QV, None, 1, 4, "bf16-mixed", "adamw", "eager", "none", "cuda", None)
+    # fp32 base and adapters, Adam's two moments + a 4-byte step per adapter tensor (8),
+    # foreach on CUDA: one buffer over the adapters
+    assert (W, G, O, temp) == (BASE + ADAPTERS, ADAPTERS, 2 * ADAPTERS + 8 * 4, ADAPTERS)
+    eager = lora_saved_terms(TINY, QV, 1, 4, precision="bf16-mixed", attention="eager",
+                             device="cuda")
+    assert saved == eager and saved != lora_saved_terms(
+        TINY, QV, 1, 4, precision="bf16-mixed", attention="sdpa", device="cuda")
+    # autocast's copies (tests/test_lora.py, test_weight_copies_by_hand): the frozen linears
+    # (1152 - 128 first-layer q/k/v + 256 head) x 2 and the adapters 112 x 2 less the first
+    # layer's A of q and v (2 x 8 each) x 2; cached adds those back
+    assert (copies, cached) == ((1152 - 128 + 256) * 2 + 112 * 2 - 32 * 2,
+                                (1152 - 128 + 256) * 2 + 112 * 2)
+    assert lora_stage_parts(TINY, QV, None, 1, 4, "32-true", "adamw", "sdpa", "none",
+                            "cuda", "fused")[3] == 0
+
+
+def test_stage_parts_on_cpu_with_dropout_keep_fp32_masks() -> None:
+    # dropout 0.1 on CPU (tests/test_lora.py's blocks): a later layer 1664 - 128 + 512 = 2048,
+    # the first 1664 - 128 + 256 - 144 = 1648, rotary cos/sin 128, the head 144 + 512 + 44
+    saved = lora_stage_parts(TINY, DROP, None, 1, 4, "32-true", "sgd", "sdpa", "none", "cpu",
+                             None)[4]
+    assert sum(saved.values()) == 2048 + 1648 + 128 + 700 == 4524
+    # on CUDA the second layer's two masks are bool: 2 x 4 x 8 x 1 instead of x 4
+    saved = lora_stage_parts(TINY, DROP, None, 1, 4, "32-true", "sgd", "sdpa", "none",
+                             "cuda", None)[4]
+    assert sum(saved.values()) == 4524 - 2 * 4 * 8 * 3
+
+
+def test_stage_parts_checkpointed_and_bf16_base() -> None:
+    # full checkpointing, bf16 base: each layer's input 4 x 8 in bf16, cos/sin 2 x 4 x 4 x 2;
+    # no frozen copies (the base is 16-bit), the adapters' 112 x 2 cached; bf16 is not
+    # dequantized, so nothing in flight
+    parts = lora_stage_parts(TINY, QV, "bf16", 1, 4, "bf16-mixed", "adamw", "sdpa", "full",
+                             "cuda", None)
+    saved, copies, cached = parts[4:]
+    assert saved["block_input"] == 2 * 4 * 8 * 2 and saved["rope_cos_sin"] == 2 * 4 * 4 * 2
+    assert (copies, cached) == (0, 112 * 2)
+    assert parts[0] == 1704 * 2 + ADAPTERS
+    # fp32 base, full checkpointing: only the head's copy is saved (32 x 8 x 2 = 512)
+    parts = lora_stage_parts(TINY, QV, None, 1, 4, "bf16-mixed", "adamw", "sdpa", "full",
+                             "cuda", None)
+    assert parts[5:] == (512, 512 + 224)
+    assert parts[4]["block_input"] == 2 * 4 * 8 * 4
+
+
+def test_stage_parts_nf4_base_adds_one_dequantized_weight() -> None:
+    # NF4 base: no frozen copies; the adapters' copies less the first layer's A of q and v
+    # (224 - 64 saved, 224 cached), plus the largest linear (gate, up or down: 8 x 16)
+    # dequantized to bf16, 128 x 2 = 256, in flight at both moments
+    copies, cached = lora_stage_parts(TINY, QV, "nf4", 1, 4, "bf16-mixed", "adamw", "sdpa",
+                                      "none", "cuda", None)[5:]
+    assert (copies, cached) == (160 + 256, 224 + 256)
+
+
+def test_recompute_moment_by_hand() -> None:
+    # the saved tensors less the loss side (final norm, log-softmax, targets), the copies
+    # cached, and one later layer rebuilt as LoRA saves it (tests/test_lora.py: 1664 bytes in
+    # fp32, 1056 under autocast, at b 1, s 4)
+    saved = {"block_input": 256, "layer_position_ids": 32, "rope_cos_sin": 128,
+             "final_norm_input": 128, "final_norm_stats": 16, "log_softmax": 512,
+             "targets": 44}
+    assert lora_recompute_moment(TINY, QV, 1, 4, "32-true", "sdpa", "cpu", saved, 0,
+                                 0) == 256 + 32 + 128 + 1664
+    assert lora_recompute_moment(TINY, QV, 1, 4, "bf16-mixed", "sdpa", "cpu", saved, 512,
+                                 736) == 256 + 32 + 128 + 736 + 1056
+
+
+def test_stage_parts_with_lora_has_the_recompute_moment() -> None:
+    # fp32, full checkpointing: saved 2 x 128 inputs + 32 position ids + 128 cos/sin + the
+    # head 144 + 512 + 44 = 1116; logits 4 x 32 x 4 = 512
+    *_, saved, copies, all_copies, held, moments = stage_parts(
+        TINY, 1, 4, "32-true", "adamw", "flash", "full", "cpu", Parallelism(), None, True,
+        "only", implementation="hf", lora=QV)
+    assert sum(saved.values()) == 1116 and (copies, all_copies, held) == (0, 0, 512)
+    assert moments == {"forward_end": 1116 + 512, "backward_start": 1116 + 2 * 512,
+                       "optimizer_step": 128,  # for-loop on CPU: 2 x 16 x 4
+                       "recompute": 416 + 1664}
