@@ -14,6 +14,7 @@ import pytest
 
 from scaleplan.memory.lora_states import lora_model_states
 from scaleplan.memory.lora_terms import (
+    lora_block_saved_terms,
     lora_recompute_moment,
     lora_saved_terms,
     lora_stage_parts,
@@ -151,3 +152,11 @@ def test_stage_parts_with_lora_has_the_recompute_moment() -> None:
     assert moments == {"forward_end": 1116 + 512, "backward_start": 1116 + 2 * 512,
                        "optimizer_step": 128,  # for-loop on CPU: 2 x 16 x 4
                        "recompute": 416 + 1664}
+
+
+def test_o_adapter_reads_the_attention_output_width() -> None:
+    # 2 query heads of 8: the attention output is 16 wide, the residual 8. Under autocast o's
+    # adapter saves its own bf16 cast of its input, T x 16 x 2 = 4 x 16 x 2
+    cfg = TINY.replace(head_dim=8)
+    t = lora_block_saved_terms(cfg, LoRA(2, targets=("o",)), 1, 4, precision="bf16-mixed")
+    assert t["lora_o_a_input"] == 4 * 16 * 2

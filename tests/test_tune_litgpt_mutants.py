@@ -7,11 +7,22 @@ stay Python ints. Torch-free; every byte written out.
 
 from __future__ import annotations
 
-from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_bytes
+import pytest
+
+from scaleplan.memory.litgpt_terms import (
+    litgpt_block_saved_terms,
+    litgpt_head_saved_terms,
+    litgpt_loss_saved_terms,
+    litgpt_loss_transients,
+    litgpt_saved_bytes,
+    litgpt_saved_terms,
+)
 from scaleplan.memory.tune_terms import (
     tune_block_saved_terms,
     tune_buffer_bytes,
+    tune_head_saved_terms,
     tune_saved_bytes,
+    tune_saved_terms,
 )
 from scaleplan.model.config import GPTConfig
 
@@ -68,3 +79,74 @@ def test_litgpt_loss_transients_are_ints() -> None:
     fwd, bwd = litgpt_loss_transients(GPTConfig(vocab_size=16), 2, 5, precision="bf16-true")
     assert (fwd, bwd) == (256, 512)
     assert type(bwd) is int
+
+
+def test_tune_saved_terms_take_the_family_given() -> None:
+    # LLAMA counted as Gemma: the embedding's saved sqrt(d) scalar (bf16, 2 bytes), every
+    # RMSNorm's fp32 1 + scale (d x 4 per norm: 2 per layer, 2 layers, the final one) and the
+    # interleaved RoPE buffer (32 rows x h 16 + theta 8, fp32)
+    gemma = tune_saved_terms(LLAMA, 2, 8, precision="bf16-true", family="gemma")
+    assert gemma["embedding_scale"] == 2
+    assert gemma["norm1_one_plus_weight"] == gemma["norm2_one_plus_weight"] == 2 * 64 * 4
+    assert gemma["final_norm_one_plus_weight"] == 64 * 4
+    assert gemma["rope_buffers"] == 32 * 16 * 4 + 8 * 4
+    # counted as Qwen2: the [cos, sin] buffer, 32 rows x 2h, and four bf16 cos/sin casts per
+    # layer (one batch row of s x h each)
+    qwen = tune_saved_terms(LLAMA, 2, 8, precision="bf16-true", family="qwen2")
+    assert qwen["rope_buffers"] == 32 * 32 * 4 + 8 * 4
+    assert qwen["rope_cache_slices"] == 2 * 4 * 8 * 16 * 2
+
+
+def test_tune_head_of_an_inferred_gemma_by_hand() -> None:
+    gemma = LLAMA.replace(mlp="geglu")  # a GeGLU MLP is counted as Gemma
+    t = tune_head_saved_terms(gemma, 2, 8, precision="bf16-true")
+    assert t["final_norm_one_plus_weight"] == 64 * 4
+
+
+def test_tune_packed_mask_only_on_cpu() -> None:
+    # packed on CUDA: flex attention's BlockMask, no dense mask; on CPU SDPA's additive copy of
+    # the b x s x s mask, 2 x 8 x 8 x 2 bytes per layer
+    assert "attn_mask" not in tune_saved_terms(LLAMA, 2, 8, precision="bf16-true", packed=True)
+    cpu = tune_saved_terms(LLAMA, 2, 8, precision="bf16-true", packed=True, device="cpu")
+    assert cpu["attn_mask"] == 2 * 2 * 8 * 8 * 2
+
+
+def test_unknown_options_are_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"run 'bf16-true' \(dtype: bf16\) or '32-true' "
+                                         r"\(dtype: fp32\)"):
+        tune_saved_bytes(LLAMA, 1, 4, precision="bf16-mixed")
+    with pytest.raises(ValueError, match=r"checkpoint whole layers \('full'\) or nothing "
+                                         r"\('none'\)"):
+        tune_saved_terms(LLAMA, 1, 4, precision="bf16-true", checkpointing="selective")
+    with pytest.raises(ValueError, match=r"offer '32-true', 'bf16-true' and 'bf16-mixed'"):
+        litgpt_saved_bytes(LLAMA, 1, 4, precision="16-mixed")
+    with pytest.raises(ValueError, match=r"checkpoints whole blocks \('full'\) or nothing "
+                                         r"\('none'\)"):
+        litgpt_saved_terms(LLAMA, 1, 4, precision="32-true", checkpointing="selective")
+    with pytest.raises(ValueError, match=r"^mlp='relu': litgpt's MLPs are swiglu \(LLaMAMLP\), "
+                                         r"geglu \(GemmaMLP\) and gelu \(GptNeoxMLP\)$"):
+        litgpt_saved_bytes(LLAMA.replace(mlp="relu"), 1, 4, precision="32-true")
+
+
+def test_litgpt_default_device_is_cpu() -> None:
+    # LayerNorm on CPU keeps its bf16 mean and rstd under bf16 parameters: 2 x 4 x 2 bytes
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, mlp="gelu",
+                    norm="layernorm", position="rope")
+    assert litgpt_head_saved_terms(cfg, 1, 4, precision="bf16-true")["final_norm_stats"] == 16
+    assert litgpt_saved_terms(cfg, 1, 4, precision="bf16-true")["norm1_stats"] == 2 * 16
+
+
+def test_litgpt_separate_rms_norms_share_only_an_fp32_input() -> None:
+    # two RMSNorms on one input (separate_norms): in fp32, x.float() is x itself, already the
+    # first norm's saved input; under bf16 parameters each norm makes its own fp32 copy
+    # (T d 4 = 4 x 8 x 4)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp="swiglu",
+                    norm="rmsnorm", position="rope", parallel="separate_norms", mlp_hidden=16)
+    assert "norm2_input" not in litgpt_block_saved_terms(cfg, 1, 4, precision="32-true")
+    assert litgpt_block_saved_terms(cfg, 1, 4, precision="bf16-true")["norm2_input"] == 128
+
+
+def test_litgpt_loss_weight_totals_round_up() -> None:
+    # b 1, s 130: 129 shifted rows in chunks of 128: two chunks, each a 4-byte weight total
+    t = litgpt_loss_saved_terms(GPTConfig(vocab_size=16), 1, 130, precision="32-true")
+    assert t["loss_weight_totals"] == 2 * 4
