@@ -18,6 +18,7 @@ from scaleplan.memory.lora_terms import (
     lora_recompute_moment,
     lora_saved_terms,
     lora_stage_parts,
+    lora_weight_copy_bytes,
 )
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage import stage_parts
@@ -160,3 +161,53 @@ def test_o_adapter_reads_the_attention_output_width() -> None:
     cfg = TINY.replace(head_dim=8)
     t = lora_block_saved_terms(cfg, LoRA(2, targets=("o",)), 1, 4, precision="bf16-mixed")
     assert t["lora_o_a_input"] == 4 * 16 * 2
+
+
+def test_mlp_only_first_layer_keeps_no_attention() -> None:
+    # r 2 on down only, fp32, first layer: its q/k/v have no adapter and its input needs no
+    # gradient, so its attention saves nothing; left: the second RMSNorm's input 4 x 8 x 4 and
+    # rstd 4 x 4, the SwiGLU tensors but the product (3 x 4 x 16 x 4), down's A input (the
+    # product, 4 x 16 x 4) and B's input 4 x 2 x 4
+    t = lora_block_saved_terms(TINY, LoRA(2, targets=("down",)), 1, 4, precision="32-true",
+                               first=True)
+    assert t == {"norm2_input": 128, "norm2_stats": 16, "mlp_activations": 768,
+                 "lora_down_a_input": 256, "lora_b_input": 32}
+
+
+def test_eager_first_layer_drops_the_copy_only_one_operand_needs() -> None:
+    # eager attention keeps q, and k and v expanded to 2 heads: 3 x 4 x 2 x 4 x 4 = 384 bytes.
+    # In the first layer with an adapter on q but not k (or k but not q), only one of q k^T's
+    # operands needs a gradient, so the other's copy (T a h 4 = 128) is not kept
+    def copies(targets: tuple[str, ...], first: bool) -> int:
+        lora = LoRA(2, targets=targets)  # type: ignore[arg-type]
+        return int(lora_block_saved_terms(TINY, lora, 1, 4, precision="32-true",
+                                          attention="eager", first=first)["q_k_v_copies"])
+
+    assert copies(("q", "v"), False) == 384
+    assert copies(("q", "v"), True) == copies(("k", "v"), True) == 384 - 4 * 2 * 4 * 4
+    assert copies(("q", "k", "v"), True) == 384
+
+
+def test_attention_dropout_on_cpu_takes_the_math_path() -> None:
+    # attention dropout on CPU: SDPA runs its math kernel (probabilities, mask, dropped
+    # probabilities, its own q/k/v copies) and o_proj's frozen copy of the output goes; on
+    # CUDA the fused kernel keeps its output and log-sum-exp
+    drop = TINY.replace(dropout=0.1)
+    cpu = lora_block_saved_terms(drop, QV, 1, 4, precision="32-true", device="cpu")
+    cuda = lora_block_saved_terms(drop, QV, 1, 4, precision="32-true", device="cuda")
+    assert "attn_out" not in cpu and "attn_dropout_mask" in cpu
+    assert cuda["attn_out"] == 4 * 8 * 4 and "attn_dropout_mask" not in cuda
+
+
+def test_saved_terms_default_device_and_layers() -> None:
+    # the default device is the CPU: fp32 dropout masks (see the stage parts test above: 4524)
+    assert sum(lora_saved_terms(TINY, DROP, 1, 4, precision="32-true").values()) == 4524
+    # one layer, the first (1520, tests/test_lora.py), cos/sin 128, the head 700
+    assert sum(lora_saved_terms(TINY, QV, 1, 4, precision="32-true",
+                                layers=1).values()) == 1520 + 128 + 700
+
+
+def test_geglu_base_copies_three_mlp_matrices() -> None:
+    # a GeGLU MLP has gate, up and down like SwiGLU: the same copies as TINY's
+    assert lora_weight_copy_bytes(TINY.replace(mlp="geglu"), QV, "bf16-mixed")[0] == (
+        (1152 - 128 + 256) * 2 + 112 * 2 - 32 * 2)
