@@ -211,3 +211,31 @@ def test_geglu_base_copies_three_mlp_matrices() -> None:
     # a GeGLU MLP has gate, up and down like SwiGLU: the same copies as TINY's
     assert lora_weight_copy_bytes(TINY.replace(mlp="geglu"), QV, "bf16-mixed")[0] == (
         (1152 - 128 + 256) * 2 + 112 * 2 - 32 * 2)
+
+
+def test_adapter_shape_refusals_say_what_to_do() -> None:
+    from scaleplan.errors import ScaleplanError
+    from scaleplan.model.architecture import MLA
+    from scaleplan.model.lora import adapter_shapes
+
+    with pytest.raises(ScaleplanError, match=r"^lora with a mixture of experts is not modelled "
+                       r"yet \(what peft adapts depends on how the modeling code stores the "
+                       r"experts\); use a dense config$"):
+        adapter_shapes(GPTConfig.preset("mixtral-8x7b"), QV)
+    mla = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=32, bias=False, mlp="swiglu",
+                    norm="rmsnorm", position="rope",
+                    mla=MLA(q_lora_rank=None, kv_lora_rank=8, qk_nope_head_dim=2,
+                            qk_rope_head_dim=2, v_head_dim=4))
+    with pytest.raises(ScaleplanError, match=r"^lora with multi-head latent attention is not "
+                       r"modelled yet; use a config with q/k/v projections$"):
+        adapter_shapes(mla, QV)
+    gelu = GPTConfig(n_layer=1, n_head=2, n_embd=8)
+    with pytest.raises(ScaleplanError, match=r"has no gate projection; drop 'gate' \(targets "
+                       r"up and down are its MLP\)$"):
+        adapter_shapes(gelu, LoRA(2, targets=("gate",)))
+    with pytest.raises(ScaleplanError, match=r"use targets with all of 'q', 'k', 'v' or none "
+                       r"of them$"):
+        adapter_shapes(gelu, QV)
+    # a GeGLU MLP has a gate: d 8 -> f 16
+    assert adapter_shapes(TINY.replace(mlp="geglu"), LoRA(2, targets=("gate",))) == {
+        "gate": (8, 16)}
