@@ -239,3 +239,26 @@ def test_adapter_shape_refusals_say_what_to_do() -> None:
     # a GeGLU MLP has a gate: d 8 -> f 16
     assert adapter_shapes(TINY.replace(mlp="geglu"), LoRA(2, targets=("gate",))) == {
         "gate": (8, 16)}
+
+
+def test_gpt2_checkpointed_keeps_positions_and_embedding_output_by_name() -> None:
+    # GPT-2 layout, full checkpointing, b 1, s 4 (lora_saved_terms' example): each checkpointed
+    # call is handed the int64 position ids (4 x 8) and the token embedding's fp32 output stays
+    # (4 x 8 x 4), beside the two layers' inputs (2 x 4 x 8 x 4)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False)
+    t = lora_saved_terms(cfg, LoRA(2), 1, 4, precision="32-true", checkpointing="full")
+    assert (t["block_input"], t["layer_position_ids"], t["embedding_output"]) == (256, 32, 128)
+
+
+def test_first_layer_takes_the_device() -> None:
+    # dropout 0.1 on o only, one layer (the first): o's input (the attention output) needs a
+    # gradient, so its dropout keeps a mask: bool on CUDA, 4 x 8 x 1 bytes
+    lora = LoRA(2, targets=("o",), dropout=0.1)
+    t = lora_saved_terms(TINY, lora, 1, 4, precision="32-true", device="cuda", layers=1)
+    assert t["lora_o_dropout_mask"] == 4 * 8
+
+
+def test_bf16_base_halves_into_int_bytes() -> None:
+    t = lora_saved_terms(TINY, QV, 1, 4, precision="bf16-mixed", checkpointing="full",
+                         base_16bit=True)
+    assert t["block_input"] == 2 * 4 * 8 * 2 and type(t["block_input"]) is int
