@@ -262,3 +262,19 @@ def test_bf16_base_halves_into_int_bytes() -> None:
     t = lora_saved_terms(TINY, QV, 1, 4, precision="bf16-mixed", checkpointing="full",
                          base_16bit=True)
     assert t["block_input"] == 2 * 4 * 8 * 2 and type(t["block_input"]) is int
+
+
+def test_recompute_moment_rebuilds_the_layer_as_attention_and_device_say() -> None:
+    # the rebuilt layer is the one lora_block_saved_terms counts for that attention and device:
+    # eager keeps q, k and v copies (384) and its probabilities; on CUDA the dropout masks are
+    # bool (a later layer's two: 2 x 4 x 8 x (4 - 1) bytes fewer)
+    saved = {"block_input": 256}
+
+    def moment(lora: LoRA, attention: str, device: str) -> int:
+        return int(lora_recompute_moment(TINY, lora, 1, 4, "32-true", attention, device,
+                                         saved, 0, 0))
+
+    assert moment(DROP, "sdpa", "cpu") - moment(DROP, "sdpa", "cuda") == 2 * 4 * 8 * 3
+    eager = lora_block_saved_terms(TINY, QV, 1, 4, precision="32-true", attention="eager")
+    assert eager["q_k_v_copies"] == 384
+    assert moment(QV, "eager", "cpu") == 256 + sum(eager.values()) != moment(QV, "sdpa", "cpu")

@@ -113,3 +113,25 @@ def test_titan_optimizer_temporaries_and_states() -> None:
     assert parts[0] == -(-4 * N // 3)
     assert _titan(impl="for-loop")[7]["optimizer_step"] == -(-2 * 256 * 64 * 4 // 8)
     assert _titan(opt="sgd")[2] == 0  # plain SGD: no state
+
+
+def test_titan_one_rank_gathers_nothing() -> None:
+    # one data rank: FSDP2 shards nothing, so nothing is gathered on top of the logits
+    *_, saved, _, _, _, moments = _titan(data=1)
+    assert moments["forward_end"] == sum(saved.values()) + TV * 2 + TV * 4
+
+
+def test_litgpt_loss_moments_by_hand() -> None:
+    # litgpt, fp32, b 2, s 5, V 16: forward end holds the flat shifted copy of the logits
+    # 2 x 4 x 16 x 4 = 512 (the loop holds the logits themselves: 2 x 5 x 16 x 4 = 640);
+    # backward the larger of two 8-row chunk pieces (2 x 8 x 16 x 4 = 1024) and the logits'
+    # gradient (640)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, bias=False, mlp="swiglu",
+                    norm="rmsnorm", position="rope", mlp_hidden=16)
+    *_, saved, copies, all_copies, held, moments = stage_parts(
+        cfg, 2, 5, "32-true", "sgd", "flash", "none", "cpu", Parallelism(), None, True,
+        "only", implementation="litgpt")
+    S = sum(saved.values())
+    assert (copies, all_copies, held) == (0, 0, 640)
+    assert moments == {"forward_end": S + 512, "backward_start": S + 1024,
+                       "optimizer_step": 0}

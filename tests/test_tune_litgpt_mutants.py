@@ -150,3 +150,9 @@ def test_litgpt_loss_weight_totals_round_up() -> None:
     # b 1, s 130: 129 shifted rows in chunks of 128: two chunks, each a 4-byte weight total
     t = litgpt_loss_saved_terms(GPTConfig(vocab_size=16), 1, 130, precision="32-true")
     assert t["loss_weight_totals"] == 2 * 4
+
+
+def test_litgpt_saved_terms_pass_the_loss_chunk() -> None:
+    # chunk_size=0: one mean cross-entropy, one weight total (4 bytes in fp32) and no count
+    t = litgpt_saved_terms(LLAMA, 1, 4, precision="32-true", loss_chunk=0)
+    assert t["loss_weight_totals"] == 4 and "loss_count" not in t
