@@ -278,3 +278,11 @@ def test_recompute_moment_rebuilds_the_layer_as_attention_and_device_say() -> No
     eager = lora_block_saved_terms(TINY, QV, 1, 4, precision="32-true", attention="eager")
     assert eager["q_k_v_copies"] == 384
     assert moment(QV, "eager", "cpu") == 256 + sum(eager.values()) != moment(QV, "sdpa", "cpu")
+
+
+def test_bf16_base_halves_eager_causal_mask() -> None:
+    # checkpointed eager attention keeps the additive causal mask, b x s x s in the model's
+    # dtype: 1 x 4 x 4 x 2 with a bf16 base (x 4 with an fp32 one)
+    kw = {"precision": "bf16-mixed", "attention": "eager", "checkpointing": "full"}
+    assert lora_saved_terms(TINY, QV, 1, 4, base_16bit=True, **kw)["causal_mask"] == 32  # type: ignore[arg-type]
+    assert lora_saved_terms(TINY, QV, 1, 4, **kw)["causal_mask"] == 64  # type: ignore[arg-type]
