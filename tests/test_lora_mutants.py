@@ -294,6 +294,8 @@ def test_check_lora_refusals_whole() -> None:
 
     kw = {"precision": "bf16-mixed", "implementation": "hf", "parallelism": None}
     cases = [
+        ((TINY, None, "nf4", kw), r"^base_weights='nf4' is for a frozen base: it needs "
+         r"lora=LoRA\(\.\.\.\); drop base_weights for full fine-tuning$"),
         ((TINY, {"rank": 8}, None, kw), r"^lora=\{'rank': 8\} must be a scaleplan\.LoRA, e\.g\. "
          r"lora=LoRA\(8, targets=\('q', 'v'\)\), or None$"),
         ((GPTConfig(n_layer=1, n_head=2, n_embd=8), QV, "bf16", kw),
