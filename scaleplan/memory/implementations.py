@@ -50,7 +50,7 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
                         attention=attention)
     if implementation == "hf":
         check_hf(cfg, checkpointing=checkpointing, precision=precision)
-        if compile:  # Llama, Qwen2, Mistral under torch.compile(model), measured
+        if compile:  # Llama, Qwen2, Mistral, Gemma under torch.compile(model), measured
             from scaleplan.memory.hf_compiled_terms import check_hf_compiled
 
             check_hf_compiled(cfg, precision=precision, checkpointing=checkpointing,
@@ -59,7 +59,7 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
     if compile and (attention == "eager" or implementation not in ("nanogpt", "torchtune")):
         raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
                              "attention='flash' (SDPA), for implementation='torchtune' and for "
-                             "implementation='hf' (Llama, Qwen2, Mistral); use those or "
+                             "implementation='hf' (Llama, Qwen2, Mistral, Gemma); use those or "
                              "compile=False")
     if implementation == "litgpt":
         check_litgpt(cfg, attention=attention, checkpointing=checkpointing, precision=precision)
