@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # numpy is imported when an array is checked, not with scalep
 
     FloatArray = NDArray[np.float64]
 
-__all__ = ["canonical", "finite", "float_guard", "is_integer", "one_of", "plain_numbers",
-           "positive_array", "real", "whole", "wholes"]
+__all__ = ["at_one", "canonical", "finite", "float_guard", "is_integer", "may_be_one", "one_of",
+           "plain_numbers", "positive_array", "real", "whole", "wholes"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -364,3 +364,34 @@ def is_integer(value: object) -> bool:
         return False
     np = sys.modules.get("numpy")
     return isinstance(value, int) or (np is not None and isinstance(value, np.integer))
+
+
+def may_be_one(b: Any) -> bool:
+    """Whether a micro-batch ``b`` is one sequence (a Python or numpy integer) or, for a numpy
+    array (`scaleplan.memory.limits.memory_grid`'s), holds such cells; a sympy symbol is taken
+    as b > 1. The memory terms that differ at b = 1 (torch keeps views there) ask this first.
+
+    >>> import numpy as np
+    >>> may_be_one(1), may_be_one(2), may_be_one(np.array([1.0, 4.0]))
+    (True, False, True)
+    """
+    if is_integer(b):
+        return int(b) == 1
+    return hasattr(b, "dtype") and bool((b == 1).any())
+
+
+def at_one(b: Any, one: Any, otherwise: Any) -> Any:
+    """``one`` where the micro-batch ``b`` is 1, else ``otherwise``: elementwise for a numpy
+    array, ``otherwise`` for a sympy symbol (taken as b > 1).
+
+    >>> import numpy as np
+    >>> at_one(1, 10, 20), at_one(3, 10, 20), at_one(np.array([1.0, 2.0]), 10, 20).tolist()
+    (10, 20, [10, 20])
+    """
+    if is_integer(b):
+        return one if int(b) == 1 else otherwise
+    if hasattr(b, "dtype"):
+        import numpy as np
+
+        return np.where(b == 1, one, otherwise)
+    return otherwise

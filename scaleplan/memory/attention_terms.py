@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scaleplan.checks import is_integer
+from scaleplan.checks import at_one, may_be_one
 from scaleplan.memory.dtypes import (
     AUTOCAST,
     CUDA_MASK_BYTES,
@@ -140,32 +140,13 @@ def math_attention_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
     return terms
 
 
-def _may_be_one(b: Any) -> bool:
-    """Whether ``b`` is 1 (a Python or numpy integer) or holds a 1 (a numpy array, as
-    `scaleplan.memory.limits.memory_grid` passes); a sympy symbol is taken as b > 1."""
-    if is_integer(b):
-        return int(b) == 1
-    return hasattr(b, "dtype") and bool((b == 1).any())
-
-
-def _at_one(b: Any, at_one: Any, otherwise: Any) -> Any:
-    """``at_one`` where b = 1, else ``otherwise``: elementwise for a numpy array."""
-    if is_integer(b):
-        return at_one if int(b) == 1 else otherwise
-    if hasattr(b, "dtype"):
-        import numpy as np
-
-        return np.where(b == 1, at_one, otherwise)
-    return otherwise
-
-
 def _qkv_view_terms(cfg: GPTConfig, b: Any, s: Any, *, attention: AttentionKind, e: int,
                     ae: int) -> dict[str, Any]:
     """At b = 1: the copies of the q, k, v that are not views of the fused projection's output,
     and that output (``qkv``) when any is; at b > 1 the three copies. Eager q and k are views
     unless RoPE or QK-norm made new ones (the math kernel scales them); GQA's expanded k and v
     and the math kernel's fp32 casts of 16-bit inputs are copies whatever b."""
-    if cfg.mla is not None or not _may_be_one(b):
+    if cfg.mla is not None or not may_be_one(b):
         return {}
     a, h, T = cfg.n_head, cfg.head_dim, b * s
     q_view = attention == "eager" and cfg.position != "rope" and cfg.qk_norm == "none"
@@ -174,8 +155,8 @@ def _qkv_view_terms(cfg: GPTConfig, b: Any, s: Any, *, attention: AttentionKind,
     if not any(views):
         return {}
     copies = views.count(False)
-    return {"q_k_v_copies": _at_one(b, copies * T * a * h * ae, 3 * T * a * h * ae),
-            "qkv": _at_one(b, T * (a + 2 * cfg.n_kv_head) * h * e, 0)}
+    return {"q_k_v_copies": at_one(b, copies * T * a * h * ae, 3 * T * a * h * ae),
+            "qkv": at_one(b, T * (a + 2 * cfg.n_kv_head) * h * e, 0)}
 
 
 def _qk_v_head_dims(cfg: GPTConfig) -> tuple[Any, Any]:

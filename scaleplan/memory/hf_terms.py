@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from scaleplan.checks import is_integer
+from scaleplan.checks import at_one, may_be_one
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
@@ -172,30 +172,10 @@ def _attention(family: str, cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     # storage, 3 a h per token instead of a h. GPT-2's eager q and k are views of it too (its
     # three copies become that one storage, the same bytes); the math kernel scales q and k.
     math_fp32 = not eager and not autocast
-    if _may_be_one(b) and ((family == "gpt_neox" and (eager or math_fp32))
+    if may_be_one(b) and ((family == "gpt_neox" and (eager or math_fp32))
                            or (family == "gpt2" and math_fp32)):
-        terms["fused_qkv_view"] = _at_one(b, 2 * b * s * cfg.n_head * cfg.head_dim * e, 0)
+        terms["fused_qkv_view"] = at_one(b, 2 * b * s * cfg.n_head * cfg.head_dim * e, 0)
     return terms
-
-
-def _may_be_one(b: Any) -> bool:
-    """Whether the micro-batch is exactly one sequence (a Python or numpy integer) or a numpy
-    array (`scaleplan.memory.limits.memory_grid`'s) holds such cells; a sympy symbol is taken as
-    b > 1, the copy-making case."""
-    if is_integer(b):
-        return int(b) == 1
-    return hasattr(b, "dtype") and bool((b == 1).any())
-
-
-def _at_one(b: Any, at_one: Any, otherwise: Any) -> Any:
-    """``at_one`` where b = 1, else ``otherwise``: elementwise for a numpy array."""
-    if is_integer(b):
-        return at_one if int(b) == 1 else otherwise
-    if hasattr(b, "dtype"):
-        import numpy as np
-
-        return np.where(b == 1, at_one, otherwise)
-    return otherwise
 
 
 def _mlp(family: str, cfg: GPTConfig, T: Any, e: int, autocast: bool) -> dict[str, Any]:
@@ -311,7 +291,7 @@ def hf_head_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     terms["log_softmax"] = T * cfg.vocab_size * FP32
     # the labels padded by one and shifted: ``[..., 1:].contiguous()`` copies them for b > 1; at
     # b = 1 the slice is contiguous already and the padded storage (s + 1 ids) is what is kept
-    terms["targets"] = _at_one(b, s + 1, T) * INDEX + FP32
+    terms["targets"] = at_one(b, s + 1, T) * INDEX + FP32
     return terms
 
 

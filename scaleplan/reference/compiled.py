@@ -29,7 +29,7 @@ from scaleplan.reference.step import AUTOCAST_DTYPES, TrainingStep
 from scaleplan.reference.tracking import storage_key
 
 __all__ = ["CompiledMeasurement", "SavedValue", "block_bytes_by_difference",
-           "measure_compiled", "saved_by_node"]
+           "is_weight_copy", "measure_compiled", "saved_by_node"]
 
 
 class SavedValue(BaseModel):
@@ -126,7 +126,8 @@ def saved_by_node(loss: torch.Tensor) -> list[tuple[Any, list[torch.Tensor]]]:
     return found
 
 
-def _is_weight_copy(t: torch.Tensor, params: list[torch.Tensor]) -> bool:
+def is_weight_copy(t: torch.Tensor, params: list[torch.Tensor]) -> bool:
+    """A 16-bit 2-d tensor equal to a parameter's cast (or its transpose): autocast's copy."""
     if t.dtype not in (torch.bfloat16, torch.float16) or t.dim() != 2:
         return False
     for p in params:
@@ -213,7 +214,7 @@ def _values(nodes: list[tuple[Any, list[torch.Tensor]]], capture: _Capture,
             saved.append(SavedValue(
                 name=name, module=modules.get(name, "unattributed"), shape=tuple(t.shape),
                 dtype=str(t.dtype).removeprefix("torch."), nbytes=t.untyped_storage().nbytes(),
-                weight_copy=autocast and _is_weight_copy(t, params)))
+                weight_copy=autocast and is_weight_copy(t, params)))
     return saved
 
 

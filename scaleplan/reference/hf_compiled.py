@@ -28,7 +28,7 @@ import torch
 
 from scaleplan.memory.hf_terms import HF_FAMILIES, HFFamily
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.compiled import saved_by_node
+from scaleplan.reference.compiled import is_weight_copy, saved_by_node
 from scaleplan.reference.hf_measure import GRID_SHAPES, HFPrecision, build_hf_model
 from scaleplan.reference.tracking import storage_key
 
@@ -37,19 +37,6 @@ __all__ = ["HF_COMPILED_JSON", "PAGE", "VARIATION_JSON", "grid", "main", "measur
 
 HF_COMPILED_JSON = Path("tests/data/hf_compiled.json")
 VARIATION_JSON = Path("tests/data/hf_compiled_variation.json")
-
-
-def _is_weight_copy(t: torch.Tensor, params: list[torch.Tensor]) -> bool:
-    """A 16-bit 2-d tensor equal to a parameter's cast (or its transpose): autocast's copy."""
-    if t.dtype not in (torch.bfloat16, torch.float16) or t.dim() != 2:
-        return False
-    for p in params:
-        if p.dtype == t.dtype or p.dim() != 2:
-            continue
-        for view in (t, t.t()):
-            if view.shape == p.shape and torch.equal(view, p.detach().to(t.dtype)):
-                return True
-    return False
 
 
 def _compiled_forward(model: Any, ids: torch.Tensor, precision: HFPrecision) -> Any:
@@ -96,7 +83,7 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
                 continue
             seen.add(key)
             n = int(t.untyped_storage().nbytes())
-            if precision == "bf16-mixed" and _is_weight_copy(t, params):
+            if precision == "bf16-mixed" and is_weight_copy(t, params):
                 copies += n
                 continue
             saved.append((type(node).__name__, list(t.shape),
