@@ -39,25 +39,10 @@ from scaleplan.memory.tune_terms import TUNE_FAMILIES, TuneFamily, tune_saved_by
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = [
-    "CHUNKED_JSON",
-    "COMPILED_JSON",
-    "GRID_JSON",
-    "GRID_SHAPES",
-    "PEAKS_JSON",
-    "TuneMeasurement",
-    "TunePrecision",
-    "build_tune",
-    "chunked_grid",
-    "grid",
-    "loss_step",
-    "main",
-    "measure_tune",
-    "measure_tune_peaks",
-    "peaks_grid",
-    "tune_batch",
-    "tune_loss_fn",
-]
+__all__ = ["CHUNKED_JSON", "COMPILED_JSON", "GRID_JSON", "GRID_SHAPES", "PEAKS_JSON",
+           "TuneMeasurement", "TunePrecision", "build_tune", "chunked_grid", "grid", "loss_step",
+           "main", "measure_tune", "measure_tune_peaks", "peaks_grid", "prepared_tune",
+           "tune_batch", "tune_loss_fn"]
 
 TunePrecision = Literal["32-true", "bf16-true"]
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default, the recipe's ignore column
@@ -150,7 +135,7 @@ def loss_step(model: Any, loss_fn: Any, batch: dict[str, Any],
     return out
 
 
-def _prepared(cfg: GPTConfig, family: TuneFamily, precision: TunePrecision,
+def prepared_tune(cfg: GPTConfig, family: TuneFamily, precision: TunePrecision,
               checkpointing: bool, loss: str, b: int, s: int, packed: bool,
               seed: int) -> tuple[Any, Any, dict[str, Any]]:
     """The model in training mode (checkpointed as the recipe does), its loss and a batch."""
@@ -173,7 +158,7 @@ def measure_tune_peaks(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: 
     (parameters, buffers, the batch): ``forward_peak``, the most during forward and the loss,
     and ``loss_backward_peak``, the most from ``backward()`` until the logits' gradient is
     made (nll_loss's and log_softmax's backward). Kernel workspaces are not seen."""
-    model, loss_fn, batch = _prepared(cfg, family, precision, checkpointing, "standard",
+    model, loss_fn, batch = prepared_tune(cfg, family, precision, checkpointing, "standard",
                                       micro_batch_size, seq_len, packed, seed)
     tracker = LiveBytesTracker()
     base = tracker.add_resident([*model.parameters(), *model.buffers(), *batch.values()])
@@ -210,7 +195,7 @@ def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, s
         loss: "standard" (``torch.nn.CrossEntropyLoss``) or "chunked"
             (``CEWithChunkedOutputLoss``, 8 chunks).
     """
-    model, loss_fn, batch = _prepared(cfg, family, precision, checkpointing, loss,
+    model, loss_fn, batch = prepared_tune(cfg, family, precision, checkpointing, loss,
                                       micro_batch_size, seq_len, packed, seed)
     params = {storage_key(p) for p in model.parameters()}
     buffers = {storage_key(b): b.untyped_storage().nbytes() for b in model.buffers()}

@@ -33,10 +33,8 @@ from scaleplan.reference.tracking import LiveBytesTracker
 from scaleplan.reference.tune_measure import (
     GRID_SHAPES,
     TunePrecision,
-    build_tune,
     loss_step,
-    tune_batch,
-    tune_loss_fn,
+    prepared_tune,
 )
 
 __all__ = ["SWITCH_PEAKS_JSON", "measure_tune_switches", "switch_peaks_grid"]
@@ -88,15 +86,8 @@ def measure_tune_switches(cfg: GPTConfig, family: TuneFamily, *, micro_batch_siz
     """One measured step (after a warm-up step that makes the optimizer states) of torchtune's
     ``family`` model with the switches; ``peak_bytes`` counts every live storage (weights,
     gradients, states, buffers, token ids, activations), ``phase_peaks`` per phase."""
-    torch.manual_seed(seed)
-    model = build_tune(cfg, family, precision)
-    model.train()
-    if checkpointing:
-        training = importlib.import_module("torchtune.training")
-        layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
-        training.set_activation_checkpointing(model, auto_wrap_policy={layer})
-    loss_fn = tune_loss_fn(model, loss)
-    batch = tune_batch(cfg, micro_batch_size, seq_len, packed=False)
+    model, loss_fn, batch = prepared_tune(cfg, family, precision, checkpointing, loss,
+                                          micro_batch_size, seq_len, False, seed)
     opt = _optimizer(model, optimizer_in_backward)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
