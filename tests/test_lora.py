@@ -254,3 +254,19 @@ def test_replay_peft_measurements(row: dict) -> None:  # type: ignore[type-arg]
     copies = lora_weight_copy_bytes(cfg, lora, row["precision"], base_copies=not bf16,
                                     checkpointing=row["checkpointing"])[0]
     assert copies == row["autocast_weight_copies"]
+
+
+def test_plan_counts_the_adapters_and_keeps_its_options() -> None:
+    # plan() with a LoRA: params is count_params with the adapters, so trainable is peft's
+    # published 4,194,304 for Llama-2-7B r 8 on q, v (as above), and the options it was made
+    # with survive a JSON round trip (a rerun needs them: memory depends on every one).
+    cfg = GPTConfig.preset("llama-2-7b")
+    lora = LoRA(8, targets=("q", "v"))
+    p = sp.plan(cfg, "H100 SXM", lora=lora, base_weights="nf4", implementation="hf")
+    assert (p.params.trainable, p.params.total) == (4_194_304, 6_742_609_920)
+    assert p.memory_options == {"lora": lora, "base_weights": "nf4", "implementation": "hf"}
+    again = type(p).model_validate_json(p.model_dump_json())
+    assert again == p and isinstance(again.memory_options["lora"], LoRA)
+    plain = sp.plan(GPTConfig.preset("gpt2"), "RTX 4070", compile=True)
+    assert plain.memory_options == {"compile": True}
+    assert plain.params.trainable == plain.params.total == 124_439_808  # GPT-2 small, tied head

@@ -29,7 +29,8 @@ from scaleplan.memory.limits import available_memory_bytes
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import MemoryBreakdown
 from scaleplan.model.config import GPTConfig, Precision
-from scaleplan.model.params import ParamCount
+from scaleplan.model.lora import LoRA
+from scaleplan.model.params import ParamCount, count_params
 from scaleplan.planning.advice import PlanWarning, choose_precision, plan_warnings
 from scaleplan.planning.arguments import (
     MAX_SEQ_LEN,
@@ -107,7 +108,9 @@ class Plan(BaseModel):
     remedies: list[Remedy] = Field(default_factory=list, description="Every combination tried "
                                    "when nothing fits at micro-batch 1, the chosen one first "
                                    "(scaleplan.planning.remedies.preference).")
-    params: ParamCount = Field(description="The model's exact parameter count, by part.")
+    params: ParamCount = Field(description="The model's exact parameter count, by part (with "
+                               "a LoRA in memory_options, its adapters too: total includes "
+                               "them, trainable is theirs alone).")
     total_tokens: int = Field(description="Training tokens of the whole run.")
     tokens_source: str = Field(description="Where total_tokens comes from: given, the law's "
                                "compute-optimal budget, or hours at the MFU.")
@@ -132,6 +135,10 @@ class Plan(BaseModel):
         "web-text law calibrated on published runs, with its interval.")
     warnings: list[PlanWarning] = Field(default_factory=list, description="Things worth a "
                                         "second look, each with a stable code.")
+    memory_options: dict[str, bool | int | float | str | LoRA | None] = Field(
+        default_factory=dict, description="The further training_memory options the plan was "
+        "made with (implementation, compile, loss, lora, ...), as given: memory is what they "
+        "predict, and a rerun needs them.")
 
     @property
     def overtraining_ratio(self) -> float:
@@ -330,9 +337,17 @@ def plan(
         headroom_bytes=available - mem.total, fits=mem.total <= available,
         candidates=candidates, remedy=None if remedy is None else remedy.name,
         remedy_reason=remedy_reason, remedies=remedies, warnings=warnings,
-        expected_loss_on_data=on_data,
-        **budget._asdict(),
+        expected_loss_on_data=on_data, memory_options=memory_options,
+        **_with_adapters(budget._asdict(), cfg, memory_options.get("lora")),
     )
+
+
+def _with_adapters(budget: dict[str, Any], cfg: GPTConfig, lora: LoRA | None) -> dict[str, Any]:
+    """The run-length fields, with ``params`` counting ``lora``'s adapters when one is given
+    (the run's FLOPs and tokens stay the model's own)."""
+    if lora is not None:
+        budget["params"] = count_params(cfg, lora=lora)
+    return budget
 
 
 def _step(tokens_per_step: int | None, seq_len: int, data: int) -> tuple[int, list[int]]:
