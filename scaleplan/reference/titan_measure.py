@@ -306,12 +306,18 @@ GRID: dict[str, GPTConfig] = {
 
 
 def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
-    """Measure every shape of `GRID` under each checkpointing mode."""
+    """Measure every shape of `GRID` under each checkpointing mode, with FlexAttention and with
+    SDPA; and SDPA under the selective policy with its CPU save list (``cuda_policy=False``)."""
     rows = []
     for name, cfg in GRID.items():
-        for ckpt in ("none", "full", "selective"):
-            m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing=ckpt)
-            rows.append({"shape": name, **json.loads(m.model_dump_json())})
+        for backend in ("flex", "sdpa"):
+            for ckpt in ("none", "full", "selective"):
+                m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing=ckpt,
+                                  attn_backend=backend)
+                rows.append({"shape": name, **json.loads(m.model_dump_json())})
+        m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing="selective",
+                          attn_backend="sdpa", cuda_policy=False)
+        rows.append({"shape": name, "cuda_policy": False, **json.loads(m.model_dump_json())})
     return rows
 
 
