@@ -216,7 +216,8 @@ def measure_titan(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     del loss
     return TitanMeasurement(
         config=cfg, micro_batch_size=b, seq_len=s, checkpointing=checkpointing,
-        attn_backend=attn_backend, saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
+        attn_backend=attn_backend, saved_for_backward=sum(by_module.values()),
+        saved_by_module=by_module,
         parameter_dtypes=sorted({str(p.dtype) for p in model.parameters()}))
 
 
