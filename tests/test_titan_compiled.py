@@ -184,3 +184,33 @@ def test_live_compiled_selective_block() -> None:
     terms = titan_compiled_saved_terms(TINY, B, S, precision="bf16-mixed", device="cpu",
                                        checkpointing="selective", layers=2)
     assert m["saved_for_backward"] == sum(terms.values())
+
+
+def test_compiled_recompute_moment_by_hand() -> None:
+    """A compiled block's backward under per-op AC rebuilds what the compiled block saves
+    without checkpointing, less its input, SDPA's outputs and w1's output."""
+    small_vocab = TINY.replace(vocab_size=64)  # so that the loss's backward is not the peak
+    m = training_memory(small_vocab, micro_batch_size=B, seq_len=S, implementation="torchtitan",
+                        parallelism=FSDP8, checkpointing="selective", device="cuda",
+                        compile=True, cuda_context_bytes=0, allocator_slack_fraction=0)
+    assert m.peak_moment == "recompute"
+    rebuilt = (256 * 64 * 2 * 3 + 2 * 256 * 4 + 256 * 128 * 2 + 256 * 64 * 2 + LSE
+               + 3 * 256 * 192 * 2 + 256 * 64) - (256 * 64 * 2 + LSE) - 256 * 192 * 2
+    norm = 256 * 64 * 2 + 256 * 4  # the final norm on CUDA: bf16 input, fp32 rstd
+    loss_side = norm + 256 * 64 * 2 + 256 * 64 * 4 + 256 * 8 + 4  # freed by then
+    block = 64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64
+    gathered = 2 * block * 2 + block * 2 + block * 4  # two blocks, bf16 grads, fp32 copy
+    assert m.transient == rebuilt - loss_side + gathered
+
+
+def test_memory_grid_takes_the_compiled_terms() -> None:
+    np = pytest.importorskip("numpy")
+    from scaleplan.memory.limits import memory_grid
+
+    grid = memory_grid(TINY, micro_batch_size=np.array([1, 2]), seq_len=np.array([128, 128]),
+                       implementation="torchtitan", parallelism=FSDP8, checkpointing="none",
+                       compile=True)
+    for b, total in zip((1, 2), grid, strict=True):
+        m = training_memory(TINY, micro_batch_size=b, seq_len=128, implementation="torchtitan",
+                            parallelism=FSDP8, checkpointing="none", compile=True)
+        assert total == m.total
