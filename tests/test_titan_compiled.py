@@ -214,3 +214,16 @@ def test_memory_grid_takes_the_compiled_terms() -> None:
         m = training_memory(TINY, micro_batch_size=b, seq_len=128, implementation="torchtitan",
                             parallelism=FSDP8, checkpointing="none", compile=True)
         assert total == m.total
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_live_sdpa_measurement() -> None:
+    pytest.importorskip("torchtitan")
+    from scaleplan.reference.titan_measure import measure_titan
+
+    m = measure_titan(TINY, micro_batch_size=B, seq_len=S, checkpointing="none",
+                      attn_backend="sdpa")
+    terms = titan_sdpa_saved_terms(TINY, B, S, precision="bf16-mixed", device="cpu",
+                                   checkpointing="none", layers=2)
+    assert m.saved_for_backward == sum(terms.values())
