@@ -98,6 +98,19 @@ def test_sdpa_block_keeps_one_statistic_and_no_mask() -> None:
         whole - (256 * 64 * 2 + LSE) - 256 * 192 * 2)
 
 
+def test_sdpa_rebuilt_block_under_full_checkpointing_by_hand() -> None:
+    """Full AC rebuilds the whole block; on CUDA the fused norm's input is the block input,
+    already held; on CPU the composite norm keeps fp32 copies instead."""
+    rest = (256 * 64 * 2 + 256 * 64 + 256 * 192 * 2 + LSE + 256 * 64 * 2
+            + 3 * 256 * 192 * 2 + 256 * 192 * 2)  # wqkv in, RoPE, q k v out + lse, MLP
+    cuda_norm, cpu_norm = 256 * 64 * 2 + 256 * 4, 2 * 256 * 64 * 4 + 256 * 4
+    held = 256 * 64 * 2  # the block input
+    assert titan_sdpa_rebuilt_block_bytes(TINY, B, S, e=2, device="cuda",
+                                          checkpointing="full") == 2 * cuda_norm + rest - held
+    assert titan_sdpa_rebuilt_block_bytes(TINY, B, S, e=2, device="cpu",
+                                          checkpointing="full") == 2 * cpu_norm + rest
+
+
 def _rows(path: Path) -> list[dict[str, object]]:
     return json.loads(path.read_text())["rows"]  # type: ignore[no-any-return]
 
