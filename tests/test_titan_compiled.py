@@ -22,6 +22,7 @@ from scaleplan.memory.titan_compiled_terms import (
     titan_compiled_block_terms,
     titan_compiled_rebuilt_block_bytes,
     titan_compiled_saved_terms,
+    titan_step_terms,
 )
 from scaleplan.memory.titan_sdpa_terms import (
     titan_sdpa_block_terms,
@@ -57,6 +58,18 @@ def test_compiled_block_without_checkpointing_by_hand() -> None:
                  "mlp_input": 256 * 64 * 2,
                  "mlp": 3 * 256 * 192 * 2,
                  "rope_table": 256 * 8 * 8}  # 8 complex64 pairs per token
+
+
+def test_step_terms_rebuild_nothing_without_checkpointing() -> None:
+    for compiled in (True, False):
+        saved, rebuilt = titan_step_terms(TINY, B, S, precision="bf16-mixed",
+                                          checkpointing="none", device="cuda", layers=2,
+                                          compiled=compiled)
+        assert rebuilt == 0
+        assert all(type(v) is int for v in saved.values())  # bytes are exact ints
+        _, rebuilt = titan_step_terms(TINY, B, S, precision="bf16-mixed", checkpointing="full",
+                                      device="cuda", layers=2, compiled=compiled)
+        assert rebuilt > 0
 
 
 def test_compiled_checkpointed_blocks_by_hand() -> None:
