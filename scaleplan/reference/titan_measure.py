@@ -6,7 +6,10 @@
 small widths, casts its parameters to bf16 as FSDP2's ``MixedPrecisionPolicy(param_dtype=bf16)``
 gathers them (buffers untouched, no autocast), applies torchtitan's own activation
 checkpointing (``torchtitan.distributed.activation_checkpoint``: ``FullAC`` or the per-op
-``SelectiveAC``), runs one forward and torchtitan's ``cross_entropy_loss`` and drops the logits
+``SelectiveAC``), with FlexAttention (0.3.0's default) or SDPA (``attn_backend="sdpa"``, the
+kernel of torchtitan's published December 2024 runs; under the selective policy the CPU SDPA
+kernel joins the save list in place of CUDA's, see `apply_ac`), runs one forward and
+torchtitan's ``cross_entropy_loss`` and drops the logits
 (as its trainer's ``del pred`` does). It then counts, once per storage and whole, every tensor
 left alive for backward: the ones autograd packs (saved-tensor hooks, attributed to the module
 running) and, under checkpointing, the ones the checkpoint keeps outside those hooks (block
@@ -16,7 +19,8 @@ token ids are excluded.
 `check_fsdp` runs ``fully_shard`` in a one-process gloo group on CPU with torchtitan's mixed
 precision and reads the dtypes FSDP2 keeps and gathers.
 
-``python -m scaleplan.reference.titan_measure --write`` measures the grid and writes
+``python -m scaleplan.reference.titan_measure --write`` measures the grid (both attention
+kernels) and writes
 ``docs/validation/torchtitan-memory.json`` (replayed without torch by tests/test_titan_memory.py).
 
 torchtitan 0.3.0 imports ``triton`` from its expert-parallel kernels at import time
