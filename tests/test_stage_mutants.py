@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage import stage_parts
-from scaleplan.memory.titan_terms import titan_saved_terms
+from scaleplan.memory.titan_sdpa_terms import titan_sdpa_saved_terms
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA
 
@@ -62,19 +62,20 @@ def _titan(precision: str = "bf16-mixed", device: str = "cuda", data: int = 8,
 
 def test_titan_moments_by_hand() -> None:
     W, G, O, saved, copies, all_copies, held, moments = _titan()
-    assert saved == titan_saved_terms(TITAN, 2, 128, precision="bf16-mixed",
-                                      checkpointing="selective", device="cuda", layers=2)
+    assert saved == titan_sdpa_saved_terms(TITAN, 2, 128, precision="bf16-mixed",
+                                          checkpointing="selective", device="cuda",
+                                          layers=2)  # attention="flash": SDPA
     S = sum(saved.values())
     # fp32 parameters, gradients and Adam's moments (+ 17 4-byte steps), sharded over 8 ranks
     assert (W, G, O) == (-(-4 * N // 8), -(-4 * N // 8), -(-(8 * N + 4 * 17) // 8))
     assert (copies, all_copies, held) == (0, 0, 0)
     norm = 256 * 64 * 2 + 256 * 4  # fused RMSNorm on CUDA: bf16 input, fp32 rstd
     loss_side = norm + 256 * 64 * 2 + TV * 4 + 256 * 8 + 4
-    # selective AC rebuilds a block less FlexAttention's and w1's cached outputs
-    # (tests/test_titan_memory.py, test_rebuilt_block_by_hand)
+    # selective AC rebuilds a block less SDPA's and w1's cached outputs (SDPA: one fp32
+    # logsumexp, 2 x 4 x 128; tests/test_titan_compiled.py)
     whole = (2 * norm + 256 * 64 * 2 + 256 * 8 * 8 + 256 * (64 + 32 + 32 + 64) * 2
-             + 2 * 2 * 4 * 128 * 4 + 256 * 64 * 2 + 3 * 256 * 192 * 2 + 256 * 192 * 2)
-    rebuilt = whole - (256 * 64 * 2 + 2 * 2 * 4 * 128 * 4) - 256 * 192 * 2
+             + 2 * 4 * 128 * 4 + 256 * 64 * 2 + 3 * 256 * 192 * 2 + 256 * 192 * 2)
+    rebuilt = whole - (256 * 64 * 2 + 2 * 4 * 128 * 4) - 256 * 192 * 2
     assert moments == {
         # the bf16 logits, their fp32 upcast and log-softmax; the gathered lm_head in bf16
         "forward_end": S + TV * 2 + TV * 4 + HEAD * 2,
@@ -95,8 +96,8 @@ def test_titan_fp32_logits_and_cpu_rebuild() -> None:
     # on CPU the composite RMSNorm keeps fp32 x and x * rstd: the rebuilt block's norms are
     # 2 x (2 x 256 x 64 x 4 + 256 x 4) instead of 2 x (256 x 64 x 2 + 256 x 4)
     cpu, cuda = _titan(device="cpu"), _titan()
-    assert cpu[3] == titan_saved_terms(TITAN, 2, 128, precision="bf16-mixed",
-                                       checkpointing="selective", device="cpu", layers=2)
+    assert cpu[3] == titan_sdpa_saved_terms(TITAN, 2, 128, precision="bf16-mixed",
+                                            checkpointing="selective", device="cpu", layers=2)
 
     def rebuilt(parts: tuple) -> int:  # type: ignore[type-arg]
         loss = sum(parts[3][k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))

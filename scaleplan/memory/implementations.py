@@ -56,9 +56,11 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
             check_hf_compiled(cfg, precision=precision, checkpointing=checkpointing,
                               attention=attention)
             return
-    if compile and (attention == "eager" or implementation not in ("nanogpt", "torchtune")):
+    compiled = ("nanogpt", "torchtune", "torchtitan")  # torchtitan: its per-block compile
+    if compile and (attention == "eager" or implementation not in compiled):
         raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
-                             "attention='flash' (SDPA), for implementation='torchtune' and for "
+                             "attention='flash' (SDPA), for implementation='torchtune', for "
+                             "implementation='torchtitan' (its per-block compile) and for "
                              "implementation='hf' (Llama, Qwen2, Mistral, Gemma); use those or "
                              "compile=False")
     if implementation == "litgpt":
@@ -88,12 +90,10 @@ _TITAN_LAYOUT = {"mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "bias":
 
 def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: Parallelism,
                 compile: bool) -> None:
-    """Refuse, by name, what `scaleplan.memory.titan_terms` does not model for torchtitan."""
+    """Refuse, by name, what `scaleplan.memory.titan_terms` does not model for torchtitan
+    (``compile=True``, its per-block compile, is `scaleplan.memory.titan_compiled_terms`)."""
     from scaleplan.memory.titan_terms import TITAN_PRECISIONS
 
-    if compile:
-        raise ScaleplanError("compile=True with implementation='torchtitan' is not modelled "
-                             "yet (its per-block compile was not measured); use compile=False")
     if precision not in TITAN_PRECISIONS:
         raise ScaleplanError(
             f"precision={precision!r} with implementation='torchtitan': torchtitan's "
@@ -101,7 +101,8 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
             "parameters gathered in bf16) or '32-true' (float32); use one of those")
     if attention != "flash":
         raise ScaleplanError("attention='eager' with implementation='torchtitan': its Llama 3 "
-                             "runs FlexAttention (O(s) statistics); use attention='flash'")
+                             "runs fused attention (O(s) statistics; 'flash' is SDPA's flash "
+                             "kernel, as in its published runs); use attention='flash'")
     if parallelism.tensor * parallelism.pipeline * parallelism.expert > 1:
         raise ScaleplanError("implementation='torchtitan' is modelled for FSDP2 data "
                              "parallelism only, not yet with tensor, pipeline or expert "

@@ -35,12 +35,8 @@ from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_tem
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, switch_stage
-from scaleplan.memory.titan_terms import (
-    titan_fsdp_in_flight,
-    titan_model_states,
-    titan_rebuilt_block_bytes,
-    titan_saved_terms,
-)
+from scaleplan.memory.titan_compiled_terms import titan_step_terms
+from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
 from scaleplan.memory.tune_switches import with_chunked_loss
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
@@ -82,7 +78,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
-        return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers)
+        return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
+                            compiled=compiled)
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
@@ -172,15 +169,16 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
 
 def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                  checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
-                 impl: OptimizerImpl | None, layers: int) -> tuple[Any, ...]:
-    """`stage_parts` for torchtitan under FSDP2 (`scaleplan.memory.titan_terms`): no autocast
+                 impl: OptimizerImpl | None, layers: int, *, compiled: bool) -> tuple[Any, ...]:
+    """`stage_parts` for torchtitan under FSDP2 (`scaleplan.memory.titan_terms`) with SDPA
+    attention, its blocks compiled or eager (`scaleplan.memory.titan_compiled_terms`): no autocast
     weight copies, the logits dropped before backward (its trainer's ``del pred``), its AdamW
     ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
     gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
     saved tensors less the loss side (freed once the head's backward ran), plus one block
-    rebuilt (`scaleplan.memory.titan_terms.titan_rebuilt_block_bytes`)."""
-    saved = titan_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                              device=device, layers=layers)
+    rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`)."""
+    saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                      device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
     W, G, O = titan_model_states(cfg, opt, data=par.data)
     gathered = titan_fsdp_in_flight(cfg, p, data=par.data)
@@ -195,8 +193,6 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         "optimizer_step": temp,
     }
     if checkpointing != "none":
-        rebuilt = titan_rebuilt_block_bytes(cfg, b, s, e=e, device=device,
-                                            checkpointing=checkpointing)
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
     return W, G, O, saved, 0, 0, 0, moments

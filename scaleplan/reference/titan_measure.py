@@ -6,7 +6,10 @@
 small widths, casts its parameters to bf16 as FSDP2's ``MixedPrecisionPolicy(param_dtype=bf16)``
 gathers them (buffers untouched, no autocast), applies torchtitan's own activation
 checkpointing (``torchtitan.distributed.activation_checkpoint``: ``FullAC`` or the per-op
-``SelectiveAC``), runs one forward and torchtitan's ``cross_entropy_loss`` and drops the logits
+``SelectiveAC``), with FlexAttention (0.3.0's default) or SDPA (``attn_backend="sdpa"``, the
+kernel of torchtitan's published December 2024 runs; under the selective policy the CPU SDPA
+kernel joins the save list in place of CUDA's, see `apply_ac`), runs one forward and
+torchtitan's ``cross_entropy_loss`` and drops the logits
 (as its trainer's ``del pred`` does). It then counts, once per storage and whole, every tensor
 left alive for backward: the ones autograd packs (saved-tensor hooks, attributed to the module
 running) and, under checkpointing, the ones the checkpoint keeps outside those hooks (block
@@ -16,7 +19,8 @@ token ids are excluded.
 `check_fsdp` runs ``fully_shard`` in a one-process gloo group on CPU with torchtitan's mixed
 precision and reads the dtypes FSDP2 keeps and gathers.
 
-``python -m scaleplan.reference.titan_measure --write`` measures the grid and writes
+``python -m scaleplan.reference.titan_measure --write`` measures the grid (both attention
+kernels) and writes
 ``docs/validation/torchtitan-memory.json`` (replayed without torch by tests/test_titan_memory.py).
 
 torchtitan 0.3.0 imports ``triton`` from its expert-parallel kernels at import time
@@ -45,7 +49,7 @@ from pydantic import BaseModel, ConfigDict
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID", "TitanMeasurement", "check_fsdp", "grid", "import_llama3", "main",
+__all__ = ["GRID", "TitanMeasurement", "apply_ac", "check_fsdp", "grid", "import_llama3", "main",
            "measure_titan", "titan_model"]
 
 _EP_PACKAGE = "torchtitan.distributed.minimal_async_ep"
@@ -91,8 +95,12 @@ def _stub_ep_package() -> None:
         sys.modules[_EP_PACKAGE] = stub
 
 
-def titan_model(cfg: GPTConfig) -> Any:
-    """torchtitan's ``Llama3Model`` with ``cfg``'s widths (its 8B recipe's parts otherwise)."""
+def titan_model(cfg: GPTConfig, attn_backend: str = "flex") -> Any:
+    """torchtitan's ``Llama3Model`` with ``cfg``'s widths (its 8B recipe's parts otherwise) and
+    ``attn_backend`` "flex" (FlexAttention, 0.3.0's default) or "sdpa" (its
+    ``ScaledDotProductAttention``, causal, built directly: 0.3.0's ``get_attention_config``
+    no longer offers it for language models, but it is the kernel torchtitan's Llama ran
+    before FlexAttention, ``F.scaled_dot_product_attention(..., is_causal=True)``)."""
     import_llama3()
     common = importlib.import_module("torchtitan.models.common")
     utils = importlib.import_module("torchtitan.models.common.config_utils")
@@ -100,6 +108,9 @@ def titan_model(cfg: GPTConfig) -> Any:
     d, h, k = cfg.n_embd, cfg.n_head, cfg.n_kv_head
     init = {"weight": torch.nn.init.ones_}
     lin = {"weight": torch.nn.init.normal_}
+    attention = importlib.import_module("torchtitan.models.common.attention")
+    inner = (utils.get_attention_config("flex") if attn_backend == "flex"
+             else attention.ScaledDotProductAttention.Config())
     rope = common.ComplexRoPE.Config(dim=d // h, max_seq_len=cfg.block_size, theta=500000,
                                      scaling="llama")
     layers = [model_mod.Llama3TransformerBlock.Config(
@@ -107,7 +118,7 @@ def titan_model(cfg: GPTConfig) -> Any:
         ffn_norm=common.RMSNorm.Config(normalized_shape=d, param_init=init),
         attention=utils.make_gqa_config(
             dim=d, n_heads=h, n_kv_heads=k, wqkv_param_init=lin, wo_param_init=lin,
-            inner_attention=utils.get_attention_config("flex"), fuse_qkv=True, rope=rope),
+            inner_attention=inner, fuse_qkv=True, rope=rope),
         feed_forward=utils.make_ffn_config(dim=d, hidden_dim=cfg.mlp_hidden,
                                            w1_param_init=lin, w2w3_param_init=lin),
     ) for _ in range(cfg.n_layer)]
@@ -138,36 +149,57 @@ class TitanMeasurement(BaseModel):
     micro_batch_size: int
     seq_len: int
     checkpointing: str
+    attn_backend: str = "flex"
     saved_for_backward: int
     saved_by_module: dict[str, int]
     parameter_dtypes: list[str]
 
 
-def _apply_ac(model: Any, checkpointing: str) -> None:
+def apply_ac(model: Any, checkpointing: str, *, cuda_policy: bool = True) -> None:
     ac = importlib.import_module("torchtitan.distributed.activation_checkpoint")
     if checkpointing == "full":
         ac.FullAC(ac.FullAC.Config()).apply(model)
     elif checkpointing == "selective":
-        ac.SelectiveAC(ac.SelectiveAC.Config()).apply(model)
+        policy = _cuda_policy_sac() if cuda_policy else ac.SelectiveAC
+        policy(policy.Config()).apply(model)
+
+
+def _cuda_policy_sac() -> Any:
+    """torchtitan's ``SelectiveAC`` with its save list as on a GPU: the list names CUDA's SDPA
+    kernels (``_scaled_dot_product_flash_attention`` through torch's compute-intensive ops,
+    ``_scaled_dot_product_cudnn_attention``), not the CPU one SDPA takes here
+    (``_scaled_dot_product_flash_attention_for_cpu``, which keeps the same output and fp32
+    logsumexp), so the CPU kernel joins the list in their stead."""
+    ac = importlib.import_module("torchtitan.distributed.activation_checkpoint")
+
+    class CudaPolicySAC(ac.SelectiveAC):  # type: ignore[misc, name-defined]
+        def get_save_ops(self) -> set[Any]:
+            ops: set[Any] = super().get_save_ops()
+            return ops | {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+
+    return CudaPolicySAC
 
 
 def measure_titan(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
-                  checkpointing: str = "none", seed: int = 0) -> TitanMeasurement:
-    """Measure one forward + loss of torchtitan's Llama 3 for ``cfg`` on CPU (bf16 params)."""
+                  checkpointing: str = "none", attn_backend: str = "flex",
+                  cuda_policy: bool = True, seed: int = 0) -> TitanMeasurement:
+    """Measure one forward + loss of torchtitan's Llama 3 for ``cfg`` on CPU (bf16 params),
+    with ``attn_backend`` "flex" or "sdpa" (`titan_model`); ``cuda_policy``: the selective
+    policy saves SDPA's CPU kernel as it saves CUDA's (`_cuda_policy_sac`)."""
     torch.manual_seed(seed)
-    model = titan_model(cfg)
+    model = titan_model(cfg, attn_backend)
     with torch.no_grad():
         model.init_states()
     for p in model.parameters():  # FSDP2's gathered parameters: bf16, buffers unchanged
         p.data = p.data.to(torch.bfloat16)
-    _apply_ac(model, checkpointing)
+    apply_ac(model, checkpointing, cuda_policy=cuda_policy)
     model.train()
     loss_mod = importlib.import_module("torchtitan.components.loss")
     b, s = micro_batch_size, seq_len
     ids = torch.randint(0, cfg.vocab_size, (b, s))
     labels = torch.randint(0, cfg.vocab_size, (b, s))
     positions = torch.arange(s).repeat(b, 1)
-    masks = model.get_attention_masks(positions=positions)
+    masks = model.get_attention_masks(positions=positions) if attn_backend == "flex" else None
     params = {storage_key(p) for p in model.parameters()}
     resident = {storage_key(x) for x in model.buffers()} | params
     resident |= {storage_key(x) for x in (ids, labels, positions)}
@@ -188,7 +220,8 @@ def measure_titan(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     del loss
     return TitanMeasurement(
         config=cfg, micro_batch_size=b, seq_len=s, checkpointing=checkpointing,
-        saved_for_backward=sum(by_module.values()), saved_by_module=by_module,
+        attn_backend=attn_backend, saved_for_backward=sum(by_module.values()),
+        saved_by_module=by_module,
         parameter_dtypes=sorted({str(p.dtype) for p in model.parameters()}))
 
 
@@ -278,12 +311,18 @@ GRID: dict[str, GPTConfig] = {
 
 
 def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
-    """Measure every shape of `GRID` under each checkpointing mode."""
+    """Measure every shape of `GRID` under each checkpointing mode, with FlexAttention and with
+    SDPA; and SDPA under the selective policy with its CPU save list (``cuda_policy=False``)."""
     rows = []
     for name, cfg in GRID.items():
-        for ckpt in ("none", "full", "selective"):
-            m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing=ckpt)
-            rows.append({"shape": name, **json.loads(m.model_dump_json())})
+        for backend in ("flex", "sdpa"):
+            for ckpt in ("none", "full", "selective"):
+                m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing=ckpt,
+                                  attn_backend=backend)
+                rows.append({"shape": name, **json.loads(m.model_dump_json())})
+        m = measure_titan(cfg, micro_batch_size=b, seq_len=s, checkpointing="selective",
+                          attn_backend="sdpa", cuda_policy=False)
+        rows.append({"shape": name, "cuda_policy": False, **json.loads(m.model_dump_json())})
     return rows
 
 
