@@ -10,6 +10,7 @@ step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from scaleplan.memory.activations import (
@@ -41,7 +42,7 @@ from scaleplan.memory.titan_terms import (
     titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
-from scaleplan.memory.tune_switches import with_chunked_loss
+from scaleplan.memory.tune_switches import tune_offload_stage, with_chunked_loss
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
@@ -112,9 +113,13 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else code)
     if switches != NO_SWITCHES:
+        tune_offload = tune and switches.activation_offload  # its own terms, below
+        sw = replace(switches, activation_offload=False) if tune_offload else switches
         saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
-                                      heads=heads, sw=switches)
+                                      heads=heads, sw=sw)
+        if tune_offload:
+            saved, moments = tune_offload_stage(cfg, b, s, p, saved=saved, moments=moments)
     return W, G, O, saved, copies, all_copies, held, moments
 
 

@@ -9,18 +9,42 @@ True`` the recipe's ``training.compile_loss`` compiles the per-chunk ``compute_c
 the partition keeps each chunk's logits in the activation dtype instead of its fp32 log-softmax
 (`scaleplan.memory.tune_terms.tune_compiled_chunked_loss_terms`, measured by
 `scaleplan.reference.tune_compiled`).
+
+``activation_offload=True`` (`tune_offload_stage`): the recipe's
+``training.get_act_offloading_ctx_manager`` (torchtune/training/_activation_offloading.py:373-449)
+wraps the model's forward (not the loss: ``_loss_step`` computes it outside the context) in
+``OffloadActivations()`` and the output projection in a ``NoOpManager``; the recipe refuses it
+without activation checkpointing. Under non-reentrant checkpointing the only saves its pack hook
+(:133-200) sees are each layer's input (``torch.utils.checkpoint`` saves the inputs as saved
+tensors before its own hooks take over the layer), the embedding's token ids and the eager final
+norm's; it copies to host every one of at least ``min_offload_size`` = 1024 bytes
+(``num_bytes >= self.min_tensor_size_bytes``) that is not an ``nn.Parameter``/``nn.Buffer``, once
+per pack. With its default ``use_streams=True``, the forward stash (:157-163, 193) keeps the
+offloaded tensors among the last ``max_fwd_stash_size`` = 5 packs on the device until the first
+backward node that unpacks one (:328-332): the final norm's fp32 input and normalised input. In
+backward, a tensor brought back stays in ``bwd_tensor_stash`` until the hook of the next node
+that unpacks an offloaded tensor (:263-266, 334-338): while a layer is recomputed, its input and
+the input of the layer after it (brought back for that layer's recompute).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from scaleplan.memory.dtypes import INDEX_BYTES
+from scaleplan.memory.dtypes import INDEX_BYTES, activation_bytes
 from scaleplan.memory.step_switches import chunked_loss_terms
 from scaleplan.memory.tune_terms import tune_compiled_chunked_loss_terms
 from scaleplan.model.config import GPTConfig, Precision
 
-__all__ = ["tune_chunked_loss_terms", "with_chunked_loss"]
+__all__ = ["TUNE_OFFLOAD_KEPT", "TUNE_OFFLOAD_MIN_BYTES", "tune_chunked_loss_terms",
+           "tune_offload_kept_terms", "tune_offload_stage", "with_chunked_loss"]
+
+TUNE_OFFLOAD_MIN_BYTES = 1024  # OffloadActivations(min_offload_size=1024)
+TUNE_OFFLOAD_KEPT = ("token_ids", "embedding_scale", "lm_head_input", "rope_buffers",
+                     "log_softmax", "logits", "logsumexp", "targets")
+"""Saved terms that stay on the device under torchtune's offloading: the token ids (the batch
+holds them whatever the hook does), Gemma's 0-d embedding scale, the output projection's input
+(``NoOpManager``), the RoPE buffers (never saved) and the loss side (outside the context)."""
 
 
 def tune_chunked_loss_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
@@ -55,3 +79,66 @@ def with_chunked_loss(saved: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: 
         return {**saved, **chunked_loss_terms(cfg, b, s)}
     kept = {k: v for k, v in saved.items() if k not in ("log_softmax", "targets")}
     return {**kept, **tune_chunked_loss_terms(cfg, b, s, precision=p, compiled=compiled)}
+
+
+def tune_offload_kept_terms(saved: dict[str, Any], b: Any, s: Any) -> dict[str, Any]:
+    """The terms of ``saved`` (torchtune's, checkpointed) that ``OffloadActivations`` leaves
+    on the device: `TUNE_OFFLOAD_KEPT`, and a norm's per-token fp32 statistic where one is
+    under `TUNE_OFFLOAD_MIN_BYTES` (b s x 4 bytes per tensor). The layers' inputs and the final
+    norm's fp32 input and normalised input go to host memory.
+
+    >>> tune_offload_kept_terms({"block_input": 9, "final_norm_stats": 384, "targets": 8}, 2, 48)
+    {'final_norm_stats': 384, 'targets': 8}
+    >>> tune_offload_kept_terms({"final_norm_stats": 1024}, 2, 128)  # 1024-byte statistic
+    {'final_norm_stats': 0}
+    """
+    kept: dict[str, Any] = {}
+    for k, v in saved.items():
+        if k.startswith(TUNE_OFFLOAD_KEPT):
+            kept[k] = v
+        elif k.endswith("_stats"):  # per cell of an array: kept where each tensor is small
+            kept[k] = v * (b * s * 4 < TUNE_OFFLOAD_MIN_BYTES)
+    return kept
+
+
+def tune_offload_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
+                       saved: dict[str, Any], moments: dict[str, Any], streams: bool = True
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved terms left on the device, moments) of torchtune's checkpointed step under
+    ``OffloadActivations``, from `scaleplan.memory.stage.stage_parts`' saved terms and moments
+    without it. Until the final norm's backward (forward end, backward start, the output
+    layer's backward) the device holds `tune_offload_kept_terms` plus, with ``streams``
+    (torchtune's default), the forward stash: the final norm's fp32 input and normalised
+    input and its statistic when that is offloaded too (``offload_in_flight``: the final
+    norm's six packs are the last). The recompute moment is the first layer's, with every
+    gradient alive: there the step without offloading holds, of the tensors offloading moves,
+    only that layer's input (the later layers' and the final norm's were freed by their
+    backward). Offloaded, that input comes back for the recompute; with ``streams`` the
+    backward stash keeps it while the layer's backward runs (the second layer's input goes
+    with the hook of the node that set off the recompute), so the moment is unchanged;
+    without streams it is freed once the recompute has run: T d e less.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
+    >>> saved = {"block_input": 2 * 1536, "final_norm_input": 3072, "final_norm_stats": 48,
+    ...          "final_norm_normalized": 3072, "targets": 100}
+    >>> on_gpu, m = tune_offload_stage(cfg, 1, 12, "bf16-true", saved=saved,
+    ...                                moments={"forward_end": 10000, "recompute": 20000})
+    >>> on_gpu["offload_in_flight"], m
+    (6144, {'forward_end': 6928, 'recompute': 20000})
+    >>> tune_offload_stage(cfg, 1, 12, "bf16-true", saved=saved, streams=False,
+    ...                    moments={"forward_end": 10000, "recompute": 20000})[1]
+    {'forward_end': 784, 'recompute': 18464}
+    """
+    kept = tune_offload_kept_terms(saved, b, s)
+    final_norm = sum(v for k, v in saved.items() if k.startswith("final_norm"))
+    stash = final_norm - sum(v for k, v in kept.items() if k.startswith("final_norm"))
+    stash = stash if streams else 0 * stash
+    offloaded = sum(saved.values()) - sum(kept.values())
+    layer_input = b * s * cfg.n_embd * activation_bytes(p)
+    out = dict(moments)
+    for k in ("forward_end", "backward_start", "head_backward"):
+        if k in out:
+            out[k] = out[k] - offloaded + stash
+    if "recompute" in out:  # see the docstring: layer 0's input, held or brought back
+        out["recompute"] = out["recompute"] - (0 if streams else layer_input)
+    return {**kept, "offload_in_flight": stash}, out

@@ -1,0 +1,148 @@
+"""torchtune's activation offloading with ``implementation="torchtune"`` (issue 17): by hand,
+and by replaying ``python -m scaleplan.reference.tune_offload`` (tests/data/tune_offload.json:
+torchtune 0.6.1's own ``OffloadActivations`` run on CPU with ``use_streams=False``, and its
+streams' rules emulated), torch-free; the torch-marked test re-measures one case live.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scaleplan.errors import ScaleplanError
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.step_switches import StepSwitches
+from scaleplan.memory.training import training_memory
+from scaleplan.memory.tune_switches import tune_offload_kept_terms, tune_offload_stage
+from scaleplan.model.config import GPTConfig
+
+# tune_measure's GRID_SHAPES["llama3_2"], written out so the replay needs no torch import
+CFG = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=256, mlp_hidden=512, vocab_size=512,
+                block_size=128, tie_embeddings=True, bias=False, mlp="swiglu", norm="rmsnorm",
+                position="rope")
+ROWS = json.loads(Path("tests/data/tune_offload.json").read_text())
+
+
+def _id(r: dict[str, Any]) -> str:
+    return (f"{r['precision']}-{r['loss']}{'-in-bwd' if r['optimizer_in_backward'] else ''}"
+            f"{'-streams' if r['streams'] else ''}")
+
+
+def _parts(r: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpointed step's saved terms and moments without offloading."""
+    sw = StepSwitches(loss=r["loss"], optimizer_in_backward=r["optimizer_in_backward"],
+                      gradient_accumulation=False)
+    _, _, _, saved, _, _, _, moments = stage_parts(
+        CFG, r["micro_batch_size"], r["seq_len"], r["precision"], "adamw", "flash", "full",
+        "cpu", Parallelism(), "for-loop", False, "only", implementation="torchtune",
+        switches=sw)
+    return saved, moments
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_id)
+def test_offloading_frees_exactly_what_the_model_says_from_forward_end(row: dict[str, Any]
+                                                                       ) -> None:
+    # the peak from the model's output to backward() is the loss; offloaded, it is lower by
+    # the saved bytes that left the device (less the forward stash with streams)
+    saved, moments = _parts(row)
+    on_gpu, _ = tune_offload_stage(CFG, row["micro_batch_size"], row["seq_len"],
+                                   row["precision"], saved=saved, moments=moments,
+                                   streams=row["streams"])
+    measured = row["plain_phase_peaks"]["loss"] - row["phase_peaks"]["loss"]
+    assert sum(saved.values()) - sum(on_gpu.values()) == measured
+
+
+def test_what_torchtune_moved_is_the_layer_inputs_and_the_final_norm() -> None:
+    # torchtune's own pack hook, bf16, b 4 x s 128, d 256, checkpointed: each layer's input
+    # (512 x 256 x 2) and the final norm's fp32 input (packed twice), rstd (512 x 4, packed
+    # twice) and normalised input (512 x 256 x 4) went to host; the int64 token ids (4 KiB) too
+    row = next(r for r in ROWS if r["precision"] == "bf16-true" and not r["streams"])
+    T, d = 4 * 128, 256
+    assert row["offloaded"] == 2 * T * d * 2 + 3 * T * d * 4 + 2 * T * 4 + T * 8
+    # left on the device: the final norm's weight, a parameter (256 x 2)
+    assert row["kept"] == d * 2
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if not r["optimizer_in_backward"]], ids=_id)
+def test_offloaded_step_peaks_replay_within_1_percent(row: dict[str, Any]) -> None:
+    m = training_memory(CFG, micro_batch_size=row["micro_batch_size"], seq_len=row["seq_len"],
+                        precision=row["precision"], device="cpu", optimizer_impl="for-loop",
+                        hold_logits=False, implementation="torchtune", checkpointing="full",
+                        loss=row["loss"], gradient_accumulation=False, activation_offload=True)
+    if not row["streams"]:  # training_memory models torchtune's default, use_streams=True
+        m_peak = m.tensor_peak - 4 * 128 * 256 * (2 if row["precision"] == "bf16-true" else 4)
+        m_peak = m_peak if m.peak_moment == "recompute" else m.tensor_peak
+    else:
+        m_peak = m.tensor_peak
+    assert m_peak == pytest.approx(row["peak_bytes"], rel=0.01)
+
+
+def test_offload_moments_by_hand() -> None:
+    # 2 layers, b 1 x s 12, d 64, bf16: layer inputs 12 x 64 x 2 = 1536 each, the final
+    # norm's fp32 input and normalised input 12 x 64 x 4 = 3072 each, its rstd 48 bytes
+    saved = {"token_ids": 96, "block_input": 2 * 1536, "final_norm_input": 3072,
+             "final_norm_stats": 48, "final_norm_normalized": 3072, "lm_head_input": 1536,
+             "targets": 100}
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
+    moments = {"forward_end": 50_000, "head_backward": 40_000, "recompute": 30_000,
+               "optimizer_step": 7}
+    on_gpu, m = tune_offload_stage(cfg, 1, 12, "bf16-true", saved=saved, moments=moments)
+    # kept: ids, the 48-byte rstd (< 1024), the output layer's input, the loss side; the
+    # stash: the final norm's two fp32 tensors; offloaded: 3072 + 6144 + 0 ... less the stash
+    assert on_gpu == {"token_ids": 96, "final_norm_stats": 48, "lm_head_input": 1536,
+                      "targets": 100, "offload_in_flight": 6144}
+    assert m == {"forward_end": 50_000 - 3072, "head_backward": 40_000 - 3072,
+                 "recompute": 30_000, "optimizer_step": 7}
+
+
+def test_large_norm_statistics_are_offloaded() -> None:
+    # b 2 x s 128: a 1024-byte rstd reaches OffloadActivations' min_offload_size
+    assert tune_offload_kept_terms({"final_norm_stats": 1024, "norm1_stats": 5}, 2, 128) == {
+        "final_norm_stats": 0, "norm1_stats": 0}
+
+
+def test_torchtune_offload_needs_checkpointing() -> None:
+    with pytest.raises(ScaleplanError, match=r"needs checkpointing='full'"):
+        training_memory(CFG, micro_batch_size=2, seq_len=48, implementation="torchtune",
+                        precision="bf16-true", gradient_accumulation=False,
+                        activation_offload=True)
+
+
+def test_llama_3b_offload_saves_the_layer_inputs_at_the_output_layer_backward() -> None:
+    # the README's Llama 3.2 3B rows: b 2 x s 4096, bf16; from "+ Fuse optimizer step" to
+    # "+ Activation Offloading" the worst moment (the output layer's backward) loses the 28
+    # layers' inputs (8192 x 3072 x 2 each); the final norm's tensors, its 32 KiB rstd
+    # included, are offloaded but stay in the forward stash until its backward
+    cfg = GPTConfig(n_layer=28, n_head=24, n_kv_head=8, n_embd=3072, mlp_hidden=8192,
+                    vocab_size=128256, block_size=131072, mlp="swiglu", norm="rmsnorm",
+                    position="rope", bias=False, tie_embeddings=True)
+    kw: dict[str, Any] = dict(micro_batch_size=2, seq_len=4096, precision="bf16-true",
+                              implementation="torchtune", checkpointing="full", compile=True,
+                              loss="chunked", optimizer_in_backward=True,
+                              gradient_accumulation=False, hold_logits=False)
+    before, after = training_memory(cfg, **kw), training_memory(cfg, activation_offload=True,
+                                                                **kw)
+    assert after.peak_moment == "head_backward"
+    assert before.tensor_peak - after.tensor_peak == 28 * 8192 * 3072 * 2
+
+
+@pytest.mark.torch
+def test_live_torchtune_offloading_frees_what_the_model_says() -> None:
+    pytest.importorskip("torchtune")
+    from scaleplan.reference.tune_offload import measure_tune_offload
+    from scaleplan.reference.tune_switches import measure_tune_switches
+
+    case: dict[str, Any] = dict(micro_batch_size=1, seq_len=40, precision="bf16-true",
+                                checkpointing=True, loss="chunked")
+    off = measure_tune_offload(CFG, "llama3_2", **case)
+    plain = measure_tune_switches(CFG, "llama3_2", **case)
+    row = {**case, "optimizer_in_backward": False, "streams": False}
+    saved, moments = _parts(row)
+    on_gpu, _ = tune_offload_stage(CFG, 1, 40, "bf16-true", saved=saved, moments=moments,
+                                   streams=False)
+    assert (plain["phase_peaks"]["loss"] - off["phase_peaks"]["loss"]
+            == sum(saved.values()) - sum(on_gpu.values()))
