@@ -67,18 +67,22 @@ def test_what_torchtune_moved_is_the_layer_inputs_and_the_final_norm() -> None:
     assert row["kept"] == d * 2
 
 
-@pytest.mark.parametrize("row", [r for r in ROWS if not r["optimizer_in_backward"]], ids=_id)
-def test_offloaded_step_peaks_replay_within_1_percent(row: dict[str, Any]) -> None:
+@pytest.mark.parametrize("row", ROWS, ids=_id)
+def test_offloaded_step_peaks_replay(row: dict[str, Any]) -> None:
     m = training_memory(CFG, micro_batch_size=row["micro_batch_size"], seq_len=row["seq_len"],
                         precision=row["precision"], device="cpu", optimizer_impl="for-loop",
                         hold_logits=False, implementation="torchtune", checkpointing="full",
-                        loss=row["loss"], gradient_accumulation=False, activation_offload=True)
+                        loss=row["loss"], gradient_accumulation=False, activation_offload=True,
+                        optimizer_in_backward=row["optimizer_in_backward"])
     if not row["streams"]:  # training_memory models torchtune's default, use_streams=True
         m_peak = m.tensor_peak - 4 * 128 * 256 * (2 if row["precision"] == "bf16-true" else 4)
         m_peak = m_peak if m.peak_moment == "recompute" else m.tensor_peak
     else:
         m_peak = m.tensor_peak
-    assert m_peak == pytest.approx(row["peak_bytes"], rel=0.01)
+    # within 1% (0.83% at most); with optimizer_in_backward within 4% (3.4% at most: bf16
+    # with streams, as without offloading at this size; an open gap of about 2 x T d e)
+    rel = 0.04 if row["optimizer_in_backward"] else 0.01
+    assert m_peak == pytest.approx(row["peak_bytes"], rel=rel)
 
 
 def test_offload_moments_by_hand() -> None:

@@ -35,14 +35,24 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
-from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, switch_stage
+from scaleplan.memory.step_switches import (
+    NO_SWITCHES,
+    StepSwitches,
+    largest_gradient_bytes,
+    switch_stage,
+)
 from scaleplan.memory.titan_terms import (
     titan_fsdp_in_flight,
     titan_model_states,
     titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
-from scaleplan.memory.tune_switches import tune_offload_stage, with_chunked_loss
+from scaleplan.memory.tune_switches import (
+    tune_in_backward_held_bytes,
+    tune_in_backward_moments,
+    tune_offload_stage,
+    with_chunked_loss,
+)
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
@@ -120,6 +130,12 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                       heads=heads, sw=sw)
         if tune_offload:
             saved, moments = tune_offload_stage(cfg, b, s, p, saved=saved, moments=moments)
+        if tune and switches.optimizer_in_backward:
+            moments = tune_in_backward_moments(
+                cfg, b, s, p, saved=saved, moments=moments, G=G,
+                held=tune_in_backward_held_bytes(cfg, p, optimizer=opt, impl=impl,
+                                                 device=device),
+                largest=largest_gradient_bytes(cfg, p))
     return W, G, O, saved, copies, all_copies, held, moments
 
 

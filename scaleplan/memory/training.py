@@ -99,7 +99,7 @@ class MemoryBreakdown(BaseModel):
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
     peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
-                         "head_backward", "offload_backward"] = Field(
+                         "head_backward", "offload_backward", "block_backward"] = Field(
         description="Which moment of the step is the worst.")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
@@ -286,6 +286,9 @@ def training_memory(
       (`scaleplan.memory.step_switches.switch_moments`);
     - ``offload_backward`` (``activation_offload``): a block's MLP backward with its offloaded
       tensors brought back (`scaleplan.memory.step_switches.offload_backward_moment`);
+    - ``block_backward`` (torchtune, ``optimizer_in_backward``, no checkpointing): the last
+      layer's MLP backward stepping its down projection
+      (`scaleplan.memory.tune_switches.tune_in_backward_moments`);
 
     each on top of weights + gradients + optimizer states, and of the held logits.
 

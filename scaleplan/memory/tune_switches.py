@@ -25,19 +25,35 @@ backward node that unpacks one (:328-332): the final norm's fp32 input and norma
 backward, a tensor brought back stays in ``bwd_tensor_stash`` until the hook of the next node
 that unpacks an offloaded tensor (:263-266, 334-338): while a layer is recomputed, its input and
 the input of the layer after it (brought back for that layer's recompute).
+
+``optimizer_in_backward=True`` (`tune_in_backward_moments`): ``training.register_optim_in_bwd_hooks``
+(training/memory.py) steps each parameter's own optimizer in a post-accumulate-grad hook, which
+runs once the parameter's gradient is whole. A tied embedding (Llama 3.2, Qwen2 0.5B/1.5B,
+Gemma: ``TiedLinear``) gets its gradient from the output projection first and from the
+embedding last, so the output layer's share (V d, parameter dtype) waits in autograd's input
+buffer the whole backward. Inside a layer's backward the first weight gradient is the MLP's
+down projection's (d f), stepped at once with its AdamW temporaries, while the MLP's saved (or
+recomputed) activations are all still alive.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from scaleplan.memory.dtypes import INDEX_BYTES, activation_bytes
+from scaleplan.memory.dtypes import INDEX_BYTES, activation_bytes, residual_bytes
 from scaleplan.memory.step_switches import chunked_loss_terms
 from scaleplan.memory.tune_terms import tune_compiled_chunked_loss_terms
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = ["TUNE_OFFLOAD_KEPT", "TUNE_OFFLOAD_MIN_BYTES", "tune_chunked_loss_terms",
-           "tune_offload_kept_terms", "tune_offload_stage", "with_chunked_loss"]
+           "tune_in_backward_held_bytes", "tune_in_backward_moments", "tune_offload_kept_terms",
+           "tune_offload_stage", "with_chunked_loss"]
+
+# AdamW's temporaries for one parameter, in its numel x state bytes: torch's for-loop
+# ``_single_tensor_adam`` makes sqrt(v) and the quotient, ``_multi_tensor_adam`` on a one-tensor
+# group ``_foreach_sqrt``'s result only (its divisions are in place), the fused kernel none
+# (torch/optim/adam.py).
+_ADAMW_TEMPORARIES = {"for-loop": 2, "foreach": 1, "fused": 0}
 
 TUNE_OFFLOAD_MIN_BYTES = 1024  # OffloadActivations(min_offload_size=1024)
 TUNE_OFFLOAD_KEPT = ("token_ids", "embedding_scale", "lm_head_input", "rope_buffers",
@@ -142,3 +158,55 @@ def tune_offload_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
     if "recompute" in out:  # see the docstring: layer 0's input, held or brought back
         out["recompute"] = out["recompute"] - (0 if streams else layer_input)
     return {**kept, "offload_in_flight": stash}, out
+
+
+def tune_in_backward_held_bytes(cfg: GPTConfig, p: Precision, *, optimizer: str,
+                                impl: str | None, device: str) -> int:
+    """Bytes held beyond the activations while a layer's backward steps its MLP's down
+    projection under ``optimizer_in_backward``: the tied embedding's output-layer gradient
+    (V d, parameter dtype; none when untied), the projection's gradient (d f) and its own
+    AdamW's temporaries (`_ADAMW_TEMPORARIES` x d f x state bytes; the implementation torch
+    picks by default: foreach on CUDA, for-loop on CPU; other optimizers update in place).
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=256, mlp_hidden=512, vocab_size=512,
+    ...                 tie_embeddings=True)
+    >>> tune_in_backward_held_bytes(cfg, "bf16-true", optimizer="adamw", impl=None,
+    ...                             device="cpu")  # 512 x 256 x 2 + 256 x 512 x 2 x (1 + 2)
+    1048576
+    """
+    g = activation_bytes(p)  # bf16 or fp32 parameters, gradients and states alike
+    n = cfg.n_embd * cfg.mlp_hidden
+    impl = impl or ("foreach" if device == "cuda" else "for-loop")
+    temps = _ADAMW_TEMPORARIES[impl] * n * g if optimizer == "adamw" else 0
+    tied = cfg.vocab_size * cfg.n_embd * g if cfg.tie_embeddings else 0
+    return tied + n * g + temps
+
+
+_HEAD_SIDE = ("log_softmax", "targets", "logits", "logsumexp", "final_norm", "lm_head_input")
+
+
+def tune_in_backward_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
+                             saved: dict[str, Any], moments: dict[str, Any], G: Any,
+                             held: Any, largest: Any) -> dict[str, Any]:
+    """The moments (on top of weights, all gradients ``G`` and states) of torchtune's step
+    under ``optimizer_in_backward`` with the last layer's MLP backward in them: ``held``
+    (`tune_in_backward_held_bytes`) in place of the one ``largest`` gradient the generic
+    moments count. Checkpointed, that is the ``recompute`` moment; otherwise a
+    ``block_backward`` moment: the saved tensors less the loss side, the final norm's and the
+    output layer's input (freed by their backward), plus the residual stream's gradient
+    (T d) and ``held``.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, mlp_hidden=128, vocab_size=100)
+    >>> tune_in_backward_moments(cfg, 1, 8, "bf16-true", saved={"mlp": 500, "targets": 64,
+    ...                          "final_norm_input": 7}, moments={"forward_end": 1}, G=1000,
+    ...                          held=300, largest=200)  # 500 + 8 x 64 x 2 + 300 - 1000
+    {'forward_end': 1, 'block_backward': 824}
+    """
+    out = dict(moments)
+    if "recompute" in out:
+        out["recompute"] = out["recompute"] + held - largest
+        return out
+    activations = sum(v for k, v in saved.items() if not k.startswith(_HEAD_SIDE))
+    out["block_backward"] = (activations + b * s * cfg.n_embd * residual_bytes(p) + held
+                             - G)
+    return out
