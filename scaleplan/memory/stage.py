@@ -123,20 +123,31 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else code)
     if switches != NO_SWITCHES:
-        tune_offload = tune and switches.activation_offload  # its own terms, below
-        sw = replace(switches, activation_offload=False) if tune_offload else switches
-        saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
-                                      copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
-                                      heads=heads, sw=sw)
-        if tune_offload:
-            saved, moments = tune_offload_stage(cfg, b, s, p, saved=saved, moments=moments)
-        if tune and switches.optimizer_in_backward:
-            moments = tune_in_backward_moments(
-                cfg, b, s, p, saved=saved, moments=moments, G=G,
-                held=tune_in_backward_held_bytes(cfg, p, optimizer=opt, impl=impl,
-                                                 device=device),
-                largest=largest_gradient_bytes(cfg, p))
+        saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
+                                   (copies, all_copies, TV, e, G), heads, switches, tune)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+              impl: OptimizerImpl | None, device: DeviceKind, saved: dict[str, Any],
+              moments: dict[str, Any], sizes: tuple[Any, ...], heads: bool,
+              switches: StepSwitches, tune: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved terms on the GPU, moments) under the switches: `switch_stage`, and for
+    torchtune its own offloading (`scaleplan.memory.tune_switches.tune_offload_stage`) and
+    layer backward under optimizer_in_backward (``tune_in_backward_moments``)."""
+    copies, all_copies, TV, e, G = sizes
+    tune_offload = tune and switches.activation_offload
+    sw = replace(switches, activation_offload=False) if tune_offload else switches
+    saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments, copies=copies,
+                                  all_copies=all_copies, TV=TV, e=e, G=G, heads=heads, sw=sw)
+    if tune_offload:
+        saved, moments = tune_offload_stage(cfg, b, s, p, saved=saved, moments=moments)
+    if tune and switches.optimizer_in_backward:
+        moments = tune_in_backward_moments(
+            cfg, b, s, p, saved=saved, moments=moments, G=G,
+            held=tune_in_backward_held_bytes(cfg, p, optimizer=opt, impl=impl, device=device),
+            largest=largest_gradient_bytes(cfg, p))
+    return saved, moments
 
 
 def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,

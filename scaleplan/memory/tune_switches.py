@@ -26,14 +26,14 @@ backward, a tensor brought back stays in ``bwd_tensor_stash`` until the hook of 
 that unpacks an offloaded tensor (:263-266, 334-338): while a layer is recomputed, its input and
 the input of the layer after it (brought back for that layer's recompute).
 
-``optimizer_in_backward=True`` (`tune_in_backward_moments`): ``training.register_optim_in_bwd_hooks``
-(training/memory.py) steps each parameter's own optimizer in a post-accumulate-grad hook, which
-runs once the parameter's gradient is whole. A tied embedding (Llama 3.2, Qwen2 0.5B/1.5B,
-Gemma: ``TiedLinear``) gets its gradient from the output projection first and from the
-embedding last, so the output layer's share (V d, parameter dtype) waits in autograd's input
-buffer the whole backward. Inside a layer's backward the first weight gradient is the MLP's
-down projection's (d f), stepped at once with its AdamW temporaries, while the MLP's saved (or
-recomputed) activations are all still alive.
+``optimizer_in_backward=True`` (`tune_in_backward_moments`):
+``training.register_optim_in_bwd_hooks`` (training/memory.py) steps each parameter's own
+optimizer in a post-accumulate-grad hook, which runs once the parameter's gradient is whole.
+A tied embedding (Llama 3.2, Qwen2 0.5B/1.5B, Gemma: ``TiedLinear``) gets its gradient from
+the output projection first and from the embedding last, so the output layer's share (V d,
+parameter dtype) waits in autograd's input buffer the whole backward. Inside a layer's
+backward the first weight gradient is the MLP's down projection's (d f), stepped at once with
+its AdamW temporaries, while the MLP's saved (or recomputed) activations are all still alive.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ def tune_offloading(model: Any) -> tuple[Any, OffloadLog]:
         def __init__(self) -> None:
             with mock.patch("torch.cuda.default_stream", lambda: None):
                 super().__init__(use_pin_memory=False, use_streams=False)
-            pack, unpack = self.pack_hook, self.unpack_hook
+            pack: Any = getattr(self, "pack_hook")  # noqa: B009 (set by the base class)
+            unpack: Any = getattr(self, "unpack_hook")  # noqa: B009
 
             def pack_hook(t: torch.Tensor) -> Any:
                 with _disable_current_modes():  # its host copy is not device memory
