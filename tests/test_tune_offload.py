@@ -79,9 +79,10 @@ def test_offloaded_step_peaks_replay(row: dict[str, Any]) -> None:
         m_peak = m_peak if m.peak_moment == "recompute" else m.tensor_peak
     else:
         m_peak = m.tensor_peak
-    # within 1% (0.83% at most); with optimizer_in_backward within 4% (3.4% at most: bf16
-    # with streams, as without offloading at this size; an open gap of about 2 x T d e)
-    rel = 0.04 if row["optimizer_in_backward"] else 0.01
+    # within 1% (0.83% at most, the checkpointed step's own error); with
+    # optimizer_in_backward within 2% (1.83% at most: where the last layer's MLP backward
+    # peaks, what offloading leaves differs by T d e between fp32 and bf16, unexplained)
+    rel = 0.02 if row["optimizer_in_backward"] else 0.01
     assert m_peak == pytest.approx(row["peak_bytes"], rel=rel)
 
 

@@ -170,17 +170,27 @@ def test_in_backward_held_bytes_by_hand() -> None:
     # Llama 3.2's small shape (tied): the output layer's share of the embedding's gradient
     # 512 x 256, the MLP down projection's gradient 256 x 512 and for-loop AdamW's sqrt(v) and
     # quotient for it, in fp32; fused AdamW makes no temporaries
-    assert tune_in_backward_held_bytes(CFG, "32-true", optimizer="adamw", impl="for-loop",
-                                       device="cpu") == (512 * 256 + 256 * 512 * 3) * 4
-    assert tune_in_backward_held_bytes(CFG, "bf16-true", optimizer="adamw", impl="fused",
-                                       device="cuda") == (512 * 256 + 256 * 512) * 2
+    assert tune_in_backward_held_bytes(CFG, B, S, "32-true", optimizer="adamw",
+                                       impl="for-loop", device="cpu") == (
+        512 * 256 + 256 * 512 * 3) * 4
+    assert tune_in_backward_held_bytes(CFG, B, S, "bf16-true", optimizer="adamw",
+                                       impl="fused", device="cuda") == (
+        512 * 256 + 256 * 512) * 2
+
+
+def test_in_backward_mlp_gradients_take_over_at_more_tokens() -> None:
+    # b 4 x s 128: the gradients of the MLP's product and of one factor, 2 x 512 x 512 x 2
+    # bytes, outweigh the down projection's step (256 x 512 x 2 x 3); the tied gradient stays
+    assert tune_in_backward_held_bytes(CFG, 4, 128, "bf16-true", optimizer="adamw",
+                                       impl="for-loop", device="cpu") == (
+        512 * 256 * 2 + 2 * 4 * 128 * 512 * 2)
 
 
 def test_untied_in_backward_holds_no_embedding_gradient() -> None:
     untied = SHAPES["llama3_2"].replace(tie_embeddings=False)
     # foreach on CUDA (torch's default): one sqrt(v) for the one-tensor group
-    assert tune_in_backward_held_bytes(untied, "bf16-true", optimizer="adamw", impl=None,
-                                       device="cuda") == 256 * 512 * 2 * 2
+    assert tune_in_backward_held_bytes(untied, B, S, "bf16-true", optimizer="adamw",
+                                       impl=None, device="cuda") == 256 * 512 * 2 * 2
 
 
 def test_block_backward_moment_without_checkpointing() -> None:

@@ -145,7 +145,8 @@ def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
     if tune and switches.optimizer_in_backward:
         moments = tune_in_backward_moments(
             cfg, b, s, p, saved=saved, moments=moments, G=G,
-            held=tune_in_backward_held_bytes(cfg, p, optimizer=opt, impl=impl, device=device),
+            held=tune_in_backward_held_bytes(cfg, b, s, p, optimizer=opt, impl=impl,
+                                             device=device),
             largest=largest_gradient_bytes(cfg, p))
     return saved, moments
 
