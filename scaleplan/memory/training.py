@@ -260,7 +260,9 @@ def training_memory(
         optimizer_in_backward: each parameter stepped and its gradient freed as soon as it is
             ready (torchtune's ``optimizer_in_bwd``); needs ``gradient_accumulation=False``.
         activation_offload: saved activations copied to host memory (torchtune's
-            ``OffloadActivations``), the loss side, small tensors and the blocks in flight left.
+            ``OffloadActivations``), the loss side, small tensors and the blocks in flight left;
+            with ``implementation="torchtune"`` its recipe's, which needs
+            ``checkpointing="full"`` (`scaleplan.memory.tune_switches.tune_offload_stage`).
         gradient_accumulation: True: gradients resident all step (the last micro-batch of
             accumulation); False: one micro-batch per optimizer step, no gradients during
             forward and at the start of backward.
