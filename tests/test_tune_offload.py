@@ -93,15 +93,33 @@ def test_offload_moments_by_hand() -> None:
              "final_norm_stats": 48, "final_norm_normalized": 3072, "lm_head_input": 1536,
              "targets": 100}
     cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
-    moments = {"forward_end": 50_000, "head_backward": 40_000, "recompute": 30_000,
-               "optimizer_step": 7}
+    moments = {"forward_end": 50_000, "backward_start": 45_000, "head_backward": 40_000,
+               "recompute": 30_000, "optimizer_step": 7}
     on_gpu, m = tune_offload_stage(cfg, 1, 12, "bf16-true", saved=saved, moments=moments)
     # kept: ids, the 48-byte rstd (< 1024), the output layer's input, the loss side; the
     # stash: the final norm's two fp32 tensors; offloaded: 3072 + 6144 + 0 ... less the stash
     assert on_gpu == {"token_ids": 96, "final_norm_stats": 48, "lm_head_input": 1536,
                       "targets": 100, "offload_in_flight": 6144}
-    assert m == {"forward_end": 50_000 - 3072, "head_backward": 40_000 - 3072,
-                 "recompute": 30_000, "optimizer_step": 7}
+    assert m == {"forward_end": 50_000 - 3072, "backward_start": 45_000 - 3072,
+                 "head_backward": 40_000 - 3072, "recompute": 30_000, "optimizer_step": 7}
+
+
+def test_offload_moments_without_streams_by_hand() -> None:
+    # use_streams=False: no forward stash (all 3072 + 6144 + 3072 offloaded bytes leave), and
+    # layer 0's input (1 x 12 x 64 x 4 bytes in fp32) is gone after its recompute
+    saved = {"block_input": 2 * 3072, "final_norm_input": 3072, "final_norm_stats": 48,
+             "final_norm_normalized": 3072, "targets": 100}
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
+    on_gpu, m = tune_offload_stage(cfg, 1, 12, "32-true", saved=saved, streams=False,
+                                   moments={"backward_start": 20_000, "recompute": 30_000})
+    assert on_gpu == {"final_norm_stats": 48, "targets": 100, "offload_in_flight": 0}
+    assert m == {"backward_start": 20_000 - 12_288, "recompute": 30_000 - 3072}
+
+
+def test_norm_statistic_just_under_the_threshold_stays() -> None:
+    # b 1 x s 255: a 1020-byte rstd is under min_offload_size (1024)
+    assert tune_offload_kept_terms({"final_norm_stats": 1020}, 1, 255) == {
+        "final_norm_stats": 1020}
 
 
 def test_large_norm_statistics_are_offloaded() -> None:

@@ -20,6 +20,7 @@ from scaleplan.memory.training import training_memory
 from scaleplan.memory.tune_switches import (
     tune_chunked_loss_terms,
     tune_in_backward_held_bytes,
+    tune_in_backward_moments,
     with_chunked_loss,
 )
 from scaleplan.memory.tune_terms import tune_saved_terms
@@ -199,3 +200,26 @@ def test_block_backward_moment_without_checkpointing() -> None:
                         implementation="torchtune", optimizer_in_backward=True,
                         gradient_accumulation=False)
     assert m.peak_moment == "block_backward"
+
+
+def test_in_backward_held_bytes_defaults_and_other_optimizers() -> None:
+    # on CPU torch's AdamW runs its for-loop (sqrt(v) and the quotient: 2 x 256 x 512 x 4);
+    # an optimizer updating in place makes no temporaries
+    tied, w2 = 512 * 256 * 4, 256 * 512 * 4
+    assert tune_in_backward_held_bytes(CFG, B, S, "32-true", optimizer="adamw", impl=None,
+                                       device="cpu") == tied + 3 * w2
+    assert tune_in_backward_held_bytes(CFG, B, S, "32-true", optimizer="sgd", impl=None,
+                                       device="cpu") == tied + w2
+
+
+def test_block_backward_moment_by_hand() -> None:
+    # fp32, b 2 x s 3: the saved tensors less the head side (targets, the final norm, the
+    # output layer's input), the residual stream's gradient 6 x 256 x 4, the held bytes, less
+    # the gradients G the moments are counted on top of
+    saved = {"mlp_activations": 5000, "targets": 64, "final_norm_input": 7, "lm_head_input": 9}
+    m = tune_in_backward_moments(CFG, 2, 3, "32-true", saved=saved, moments={}, G=1000,
+                                 held=300, largest=200)
+    assert m == {"block_backward": 5000 + 6 * 256 * 4 + 300 - 1000}
+    m = tune_in_backward_moments(CFG, 2, 3, "32-true", saved=saved, moments={"recompute": 50},
+                                 G=1000, held=300, largest=200)
+    assert m == {"recompute": 50 + 300 - 200}
