@@ -103,8 +103,9 @@ def test_optimizer_in_backward_with_torchtune_drops_the_optimizer_step() -> None
 
 
 @pytest.mark.parametrize("options, pattern", [
-    ({"activation_offload": True}, r"activation_offload=True with implementation='torchtune' "
-                                   r"needs checkpointing='full' .* not checkpointing='none'"),
+    ({"activation_offload": True, "compile": True},
+     r"activation_offload=True with implementation='torchtune' and compile=True is modelled "
+     r"with checkpointing='full' .*, not yet with checkpointing='none'"),
 ])
 def test_torchtune_switches_refused_by_name(options: dict[str, object], pattern: str) -> None:
     with pytest.raises(ScaleplanError, match=pattern):

@@ -38,6 +38,7 @@ from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.step_switches import (
     NO_SWITCHES,
     StepSwitches,
+    gradients_at,
     largest_gradient_bytes,
     switch_stage,
 )
@@ -140,14 +141,17 @@ def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
     sw = replace(switches, activation_offload=False) if tune_offload else switches
     saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments, copies=copies,
                                   all_copies=all_copies, TV=TV, e=e, G=G, heads=heads, sw=sw)
+    largest = largest_gradient_bytes(cfg, p) if switches.optimizer_in_backward else 0
     if tune_offload:
-        saved, moments = tune_offload_stage(cfg, b, s, p, saved=saved, moments=moments)
+        saved, moments = tune_offload_stage(
+            cfg, b, s, p, saved=saved, moments=moments,
+            gradients=gradients_at("offload_backward", G, largest, switches) - G)
     if tune and switches.optimizer_in_backward:
         moments = tune_in_backward_moments(
             cfg, b, s, p, saved=saved, moments=moments, G=G,
             held=tune_in_backward_held_bytes(cfg, b, s, p, optimizer=opt, impl=impl,
                                              device=device),
-            largest=largest_gradient_bytes(cfg, p))
+            largest=largest)
     return saved, moments
 
 

@@ -141,15 +141,22 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if single and parallelism != Parallelism():
         raise ScaleplanError(f"{what} is modelled for one GPU (torchtune's single-device "
                              "recipes), not yet with data parallelism; use parallelism=None")
-    if sw.activation_offload and implementation == "torchtune":
-        if checkpointing != "full":  # full_finetune_single_device.py's __init__ refuses it
-            raise ScaleplanError(f"activation_offload=True with implementation='torchtune' "
-                                 f"needs checkpointing='full' (torchtune's recipes refuse "
-                                 f"offloading without activation checkpointing), not "
-                                 f"checkpointing={checkpointing!r}")
-    elif sw.activation_offload and checkpointing != "none":
+    if sw.activation_offload:
+        _refuse_offload(implementation=implementation, compile=compile,
+                        checkpointing=checkpointing)
+
+
+def _refuse_offload(*, implementation: str, compile: bool, checkpointing: str) -> None:
+    """Offloading is modelled without checkpointing, and for torchtune (whose recipes offload
+    only checkpointed steps) with it too, compiled only then."""
+    if implementation != "torchtune" and checkpointing != "none":
         raise ScaleplanError(f"activation_offload=True is not modelled yet with "
                              f"checkpointing={checkpointing!r}; use checkpointing='none'")
+    if implementation == "torchtune" and compile and checkpointing != "full":
+        raise ScaleplanError("activation_offload=True with implementation='torchtune' and "
+                             "compile=True is modelled with checkpointing='full' (what its "
+                             f"recipes run), not yet with checkpointing={checkpointing!r}; "
+                             "use checkpointing='full'")
 
 
 def _refuse_implementation(sw: StepSwitches, what: str, *, implementation: str,

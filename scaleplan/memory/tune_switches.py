@@ -44,7 +44,7 @@ from __future__ import annotations
 from typing import Any
 
 from scaleplan.memory.dtypes import INDEX_BYTES, activation_bytes, residual_bytes
-from scaleplan.memory.step_switches import chunked_loss_terms
+from scaleplan.memory.step_switches import chunked_loss_terms, offload_backward_moment
 from scaleplan.memory.tune_terms import tune_compiled_chunked_loss_terms
 from scaleplan.model.config import GPTConfig, Precision
 
@@ -100,29 +100,36 @@ def with_chunked_loss(saved: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: 
     return {**kept, **tune_chunked_loss_terms(cfg, b, s, precision=p, compiled=compiled)}
 
 
-def tune_offload_kept_terms(saved: dict[str, Any], b: Any, s: Any) -> dict[str, Any]:
-    """The terms of ``saved`` (torchtune's, checkpointed) that ``OffloadActivations`` leaves
-    on the device: `TUNE_OFFLOAD_KEPT`, and a norm's per-token fp32 statistic where one is
-    under `TUNE_OFFLOAD_MIN_BYTES` (b s x 4 bytes per tensor). The layers' inputs and the final
-    norm's fp32 input and normalised input go to host memory.
+def tune_offload_kept_terms(cfg: GPTConfig, saved: dict[str, Any], b: Any, s: Any
+                            ) -> dict[str, Any]:
+    """The terms of ``saved`` (torchtune's) that ``OffloadActivations`` leaves on the device:
+    `TUNE_OFFLOAD_KEPT`, and those whose every tensor is under `TUNE_OFFLOAD_MIN_BYTES`: a
+    norm's per-token fp32 statistic (b s x 4 bytes), SDPA's log-sum-exp (b a s x 4) and
+    Gemma's fp32 ``1 + scale`` (d x 4). Everything else goes to host memory: checkpointed,
+    the layers' inputs and the final norm's fp32 input and normalised input.
 
-    >>> tune_offload_kept_terms({"block_input": 9, "final_norm_stats": 384, "targets": 8}, 2, 48)
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
+    >>> tune_offload_kept_terms(cfg, {"block_input": 9, "final_norm_stats": 384,
+    ...                               "targets": 8}, 2, 48)
     {'final_norm_stats': 384, 'targets': 8}
-    >>> tune_offload_kept_terms({"final_norm_stats": 1024}, 2, 128)  # 1024-byte statistic
-    {'final_norm_stats': 0}
+    >>> tune_offload_kept_terms(cfg, {"final_norm_stats": 1024, "attn_lse": 3072}, 2, 128)
+    {'final_norm_stats': 0, 'attn_lse': 0}
     """
+    per_tensor = {"_stats": b * s * 4, "attn_lse": b * cfg.n_head * s * 4,
+                  "_one_plus_weight": cfg.n_embd * 4}
     kept: dict[str, Any] = {}
     for k, v in saved.items():
+        size = next((n for end, n in per_tensor.items() if k.endswith(end)), None)
         if k.startswith(TUNE_OFFLOAD_KEPT):
             kept[k] = v
-        elif k.endswith("_stats"):  # per cell of an array: kept where each tensor is small
-            kept[k] = v * (b * s * 4 < TUNE_OFFLOAD_MIN_BYTES)
+        elif size is not None:  # per cell of an array: kept where each tensor is small
+            kept[k] = v * (size < TUNE_OFFLOAD_MIN_BYTES)
     return kept
 
 
 def tune_offload_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
-                       saved: dict[str, Any], moments: dict[str, Any], streams: bool = True
-                       ) -> tuple[dict[str, Any], dict[str, Any]]:
+                       saved: dict[str, Any], moments: dict[str, Any], streams: bool = True,
+                       gradients: Any = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """(saved terms left on the device, moments) of torchtune's checkpointed step under
     ``OffloadActivations``, from `scaleplan.memory.stage.stage_parts`' saved terms and moments
     without it. Until the final norm's backward (forward end, backward start, the output
@@ -135,7 +142,13 @@ def tune_offload_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
     backward). Offloaded, that input comes back for the recompute; with ``streams`` the
     backward stash keeps it while the layer's backward runs (the second layer's input goes
     with the hook of the node that set off the recompute), so the moment is unchanged;
-    without streams it is freed once the recompute has run: T d e less.
+    without streams it is freed once the recompute has run: T d e less. Without
+    checkpointing (no ``recompute`` moment; torchtune's recipes refuse it, its class does
+    not), every layer's saves but the small ones leave the device and a layer's backward
+    brings them back node by node: the ``offload_backward`` moment of
+    `scaleplan.memory.step_switches.offload_backward_moment` (measured for Hugging Face's
+    gated layer; torchtune's offloads the weights' transposed views too), ``gradients`` the
+    gradient bytes it adds to the moments' all-gradients base (``gradients_at`` less G).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
     >>> saved = {"block_input": 2 * 1536, "final_norm_input": 3072, "final_norm_stats": 48,
@@ -148,7 +161,7 @@ def tune_offload_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
     ...                    moments={"forward_end": 10000, "recompute": 20000})[1]
     {'forward_end': 784, 'recompute': 18464}
     """
-    kept = tune_offload_kept_terms(saved, b, s)
+    kept = tune_offload_kept_terms(cfg, saved, b, s)
     final_norm = sum(v for k, v in saved.items() if k.startswith("final_norm"))
     stash = final_norm - sum(v for k, v in kept.items() if k.startswith("final_norm"))
     stash = stash if streams else 0 * stash
@@ -158,9 +171,12 @@ def tune_offload_stage(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,
     for k in ("forward_end", "backward_start", "head_backward"):
         if k in out:
             out[k] = out[k] - offloaded + stash
+    on_gpu = {**kept, "offload_in_flight": stash}
     if "recompute" in out:  # see the docstring: layer 0's input, held or brought back
         out["recompute"] = out["recompute"] - (0 if streams else layer_input)
-    return {**kept, "offload_in_flight": stash}, out
+    else:
+        out["offload_backward"] = offload_backward_moment(cfg, b, s, p, on_gpu=on_gpu) + gradients
+    return on_gpu, out
 
 
 def tune_in_backward_held_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *,

@@ -169,13 +169,16 @@ def measure_tune_offload(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size
 
 def offload_grid(b: int = 4, s: int = 128) -> list[dict[str, Any]]:
     """Llama 3.2's small shape, checkpointed (the recipe offloads only then), each precision x
-    loss x optimizer_in_backward, offloaded by torchtune's class (``streams=False``) and by the
-    emulated streams; each row carries the same step without offloading (``plain_peak_bytes``,
+    loss x optimizer_in_backward, then without checkpointing (the standard loss, each
+    precision), offloaded by torchtune's class (``streams=False``) and by the emulated
+    streams; each row carries the same step without offloading (``plain_peak_bytes``,
     ``plain_phase_peaks``, from `scaleplan.reference.tune_switches.measure_tune_switches`)."""
     rows = []
-    for prec, loss, in_bwd in itertools.product(("32-true", "bf16-true"),
-                                                ("standard", "chunked"), (False, True)):
-        case = dict(micro_batch_size=b, seq_len=s, precision=prec, checkpointing=True,
+    cases = [(prec, True, loss, in_bwd) for prec, loss, in_bwd in itertools.product(
+        ("32-true", "bf16-true"), ("standard", "chunked"), (False, True))]
+    cases += [("bf16-true", False, "standard", False), ("32-true", False, "standard", False)]
+    for prec, ckpt, loss, in_bwd in cases:
+        case = dict(micro_batch_size=b, seq_len=s, precision=prec, checkpointing=ckpt,
                     loss=loss, optimizer_in_backward=in_bwd)
         plain = measure_tune_switches(GRID_SHAPES["llama3_2"], "llama3_2",
                                       **case)  # type: ignore[arg-type]
