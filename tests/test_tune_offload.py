@@ -176,7 +176,7 @@ def test_live_torchtune_offloading_frees_what_the_model_says() -> None:
                                 checkpointing=True, loss="chunked")
     off = measure_tune_offload(CFG, "llama3_2", **case)
     plain = measure_tune_switches(CFG, "llama3_2", **case)
-    row = {**case, "optimizer_in_backward": False, "streams": False}
+    row = {**case, "checkpointing": "full", "optimizer_in_backward": False, "streams": False}
     saved, moments = _parts(row)
     on_gpu, _ = tune_offload_stage(CFG, 1, 40, "bf16-true", saved=saved, moments=moments,
                                    streams=False)
