@@ -209,3 +209,28 @@ def test_the_same_steps_without_offloading_replay_within_2_percent(row: dict[str
                         loss=row["loss"], gradient_accumulation=False,
                         optimizer_in_backward=row["optimizer_in_backward"])
     assert m.tensor_peak == pytest.approx(row["plain_peak_bytes"], rel=0.02)
+
+
+def test_small_tensor_boundaries_by_hand() -> None:
+    # b 1 x s 63, 4 heads: SDPA's log-sum-exp is 4 x 63 x 4 = 1008 bytes, kept; at d 240
+    # Gemma's fp32 1 + scale is 960 bytes, kept
+    assert tune_offload_kept_terms(CFG, {"attn_lse": 1008}, 1, 63) == {"attn_lse": 1008}
+    d240 = GPTConfig(n_layer=1, n_head=4, n_embd=240, vocab_size=128)
+    assert tune_offload_kept_terms(d240, {"final_norm_one_plus_weight": 960}, 1, 63) == {
+        "final_norm_one_plus_weight": 960}
+
+
+def test_offload_backward_moment_without_checkpointing() -> None:
+    # no recompute moment: the offload_backward moment of the generic offloading model on
+    # what stays, plus the gradient bytes the caller gives
+    from scaleplan.memory.step_switches import offload_backward_moment
+
+    saved = {"token_ids": 96, "mlp_activations": 9000, "norm1_stats": 48, "targets": 100}
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, vocab_size=128)
+    on_gpu, m = tune_offload_stage(cfg, 1, 12, "bf16-true", saved=saved,
+                                   moments={"forward_end": 10_000})
+    base = offload_backward_moment(cfg, 1, 12, "bf16-true", on_gpu=on_gpu)
+    assert m == {"forward_end": 10_000 - 9000, "offload_backward": base}
+    _, m = tune_offload_stage(cfg, 1, 12, "bf16-true", saved=saved,
+                              moments={"forward_end": 10_000}, gradients=-500)
+    assert m["offload_backward"] == base - 500
