@@ -10,6 +10,7 @@ step (`scaleplan.memory.stage_terms`, `scaleplan.memory.compiled_terms`,
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 from scaleplan.memory.activations import (
@@ -34,10 +35,21 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
-from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, switch_stage
+from scaleplan.memory.step_switches import (
+    NO_SWITCHES,
+    StepSwitches,
+    gradients_at,
+    largest_gradient_bytes,
+    switch_stage,
+)
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
 from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
-from scaleplan.memory.tune_switches import with_chunked_loss
+from scaleplan.memory.tune_switches import (
+    tune_in_backward_held_bytes,
+    tune_in_backward_moments,
+    tune_offload_stage,
+    with_chunked_loss,
+)
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
@@ -109,10 +121,35 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                                 copies, all_copies, layers,
                                                 "compiled" if compiled else code)
     if switches != NO_SWITCHES:
-        saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
-                                      copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
-                                      heads=heads, sw=switches)
+        saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
+                                   (copies, all_copies, TV, e, G), heads, switches, tune)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+              impl: OptimizerImpl | None, device: DeviceKind, saved: dict[str, Any],
+              moments: dict[str, Any], sizes: tuple[Any, ...], heads: bool,
+              switches: StepSwitches, tune: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved terms on the GPU, moments) under the switches: `switch_stage`, and for
+    torchtune its own offloading (`scaleplan.memory.tune_switches.tune_offload_stage`) and
+    layer backward under optimizer_in_backward (``tune_in_backward_moments``)."""
+    copies, all_copies, TV, e, G = sizes
+    tune_offload = tune and switches.activation_offload
+    sw = replace(switches, activation_offload=False) if tune_offload else switches
+    saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments, copies=copies,
+                                  all_copies=all_copies, TV=TV, e=e, G=G, heads=heads, sw=sw)
+    largest = largest_gradient_bytes(cfg, p) if switches.optimizer_in_backward else 0
+    if tune_offload:
+        saved, moments = tune_offload_stage(
+            cfg, b, s, p, saved=saved, moments=moments,
+            gradients=gradients_at("offload_backward", G, largest, switches) - G)
+    if tune and switches.optimizer_in_backward:
+        moments = tune_in_backward_moments(
+            cfg, b, s, p, saved=saved, moments=moments, G=G,
+            held=tune_in_backward_held_bytes(cfg, b, s, p, optimizer=opt, impl=impl,
+                                             device=device),
+            largest=largest)
+    return saved, moments
 
 
 def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,

@@ -33,7 +33,9 @@ activation offloading and (no) gradient accumulation.
 
 With ``implementation="torchtune"`` (eager or compiled) the chunked loss's terms are its recipe's
 (`scaleplan.memory.tune_switches`); its step is measured by `scaleplan.reference.tune_switches`.
-Activation offloading is not yet measured with torchtune's models and is refused for them.
+Its activation offloading, which its recipe runs only with checkpointing, is
+`scaleplan.memory.tune_switches.tune_offload_stage` (measured by
+`scaleplan.reference.tune_offload`).
 """
 
 from __future__ import annotations
@@ -139,15 +141,28 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if single and parallelism != Parallelism():
         raise ScaleplanError(f"{what} is modelled for one GPU (torchtune's single-device "
                              "recipes), not yet with data parallelism; use parallelism=None")
-    if sw.activation_offload and checkpointing != "none":
+    if sw.activation_offload:
+        _refuse_offload(implementation=implementation, compile=compile,
+                        checkpointing=checkpointing)
+
+
+def _refuse_offload(*, implementation: str, compile: bool, checkpointing: str) -> None:
+    """Offloading is modelled without checkpointing, and for torchtune (whose recipes offload
+    only checkpointed steps) with it too, compiled only then."""
+    if implementation != "torchtune" and checkpointing != "none":
         raise ScaleplanError(f"activation_offload=True is not modelled yet with "
                              f"checkpointing={checkpointing!r}; use checkpointing='none'")
+    if implementation == "torchtune" and compile and checkpointing != "full":
+        raise ScaleplanError("activation_offload=True with implementation='torchtune' and "
+                             "compile=True is modelled with checkpointing='full' (what its "
+                             f"recipes run), not yet with checkpointing={checkpointing!r}; "
+                             "use checkpointing='full'")
 
 
 def _refuse_implementation(sw: StepSwitches, what: str, *, implementation: str,
                            compile: bool) -> None:
     """Refuse the switches whose terms are not derived for ``implementation``: compiled only
-    for torchtune's recipe, activation offloading not yet for torchtune's models."""
+    for torchtune's recipe."""
     if implementation not in SWITCH_IMPLEMENTATIONS:
         raise ScaleplanError(f"{what} is not modelled yet with implementation="
                              f"{implementation!r}; use one of "
@@ -156,10 +171,6 @@ def _refuse_implementation(sw: StepSwitches, what: str, *, implementation: str,
         raise ScaleplanError(f"{what} is not modelled yet with compile=True and implementation="
                              f"{implementation!r}; use compile=False or "
                              "implementation='torchtune'")
-    if sw.activation_offload and implementation == "torchtune":
-        raise ScaleplanError("activation_offload=True is not modelled yet with implementation="
-                             "'torchtune' (not measured with its models); use "
-                             "activation_offload=False")
 
 
 def loss_chunks(s: Any, chunks: int = LOSS_CHUNKS) -> tuple[Any, Any]:

@@ -99,7 +99,7 @@ class MemoryBreakdown(BaseModel):
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
     peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
-                         "head_backward", "offload_backward"] = Field(
+                         "head_backward", "offload_backward", "block_backward"] = Field(
         description="Which moment of the step is the worst.")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
@@ -262,7 +262,9 @@ def training_memory(
         optimizer_in_backward: each parameter stepped and its gradient freed as soon as it is
             ready (torchtune's ``optimizer_in_bwd``); needs ``gradient_accumulation=False``.
         activation_offload: saved activations copied to host memory (torchtune's
-            ``OffloadActivations``), the loss side, small tensors and the blocks in flight left.
+            ``OffloadActivations``), the loss side, small tensors and the blocks in flight left;
+            with ``implementation="torchtune"`` its recipe's, which needs
+            ``checkpointing="full"`` (`scaleplan.memory.tune_switches.tune_offload_stage`).
         gradient_accumulation: True: gradients resident all step (the last micro-batch of
             accumulation); False: one micro-batch per optimizer step, no gradients during
             forward and at the start of backward.
@@ -288,6 +290,9 @@ def training_memory(
       (`scaleplan.memory.step_switches.switch_moments`);
     - ``offload_backward`` (``activation_offload``): a block's MLP backward with its offloaded
       tensors brought back (`scaleplan.memory.step_switches.offload_backward_moment`);
+    - ``block_backward`` (torchtune, ``optimizer_in_backward``, no checkpointing): the last
+      layer's MLP backward stepping its down projection
+      (`scaleplan.memory.tune_switches.tune_in_backward_moments`);
 
     each on top of weights + gradients + optimizer states, and of the held logits.
 

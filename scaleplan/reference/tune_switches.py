@@ -16,6 +16,7 @@ parameters, buffers, optimizer states and the token ids are resident when the st
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import itertools
@@ -37,12 +38,13 @@ from scaleplan.reference.tune_measure import (
     prepared_tune,
 )
 
-__all__ = ["SWITCH_PEAKS_JSON", "measure_tune_switches", "switch_peaks_grid"]
+__all__ = ["SWITCH_PEAKS_JSON", "measure_tune_switches", "optimizer_for", "states_of",
+           "switch_peaks_grid", "tune_step"]
 
 SWITCH_PEAKS_JSON = Path("tests/data/tune_switch_peaks.json")
 
 
-def _optimizer(model: Any, in_backward: bool) -> Any:
+def optimizer_for(model: Any, in_backward: bool) -> Any:
     """AdamW (for-loop) over every parameter, or, as the recipe does with optimizer_in_bwd, one
     AdamW per parameter stepped by torchtune's post-accumulate-grad hooks (which also zero the
     gradient: ``set_to_none``)."""
@@ -55,22 +57,36 @@ def _optimizer(model: Any, in_backward: bool) -> Any:
     return opts
 
 
-def _states(opt: Any) -> list[torch.Tensor]:
+def states_of(opt: Any) -> list[torch.Tensor]:
+    """The optimizer states (of every per-parameter optimizer in backward mode)."""
     opts = opt.values() if isinstance(opt, dict) else [opt]
     return [v for o in opts for s in o.state.values() for v in s.values()
             if isinstance(v, torch.Tensor)]
 
 
-def _step(model: Any, loss_fn: Any, batch: dict[str, Any], opt: Any,
-          tracker: LiveBytesTracker | None = None) -> None:
-    """Forward + loss, backward, the optimizer step (none in backward mode) and zero_grad."""
+def tune_step(model: Any, loss_fn: Any, batch: dict[str, Any], opt: Any,
+              tracker: LiveBytesTracker | None = None, context: Any = None,
+              after_backward: Any = None) -> None:
+    """Forward + loss, backward, the optimizer step (none in backward mode) and zero_grad;
+    ``context`` (the recipe's ``activations_handling_ctx``) around the model's forward only,
+    ``after_backward`` called when backward is over."""
     if tracker is not None:
         tracker.set_phase("forward")
-    out = loss_step(model, loss_fn, dict(batch))
+
+    def forward(**kwargs: Any) -> Any:
+        with context if context is not None else contextlib.nullcontext():
+            logits = model(**kwargs)
+        if tracker is not None:
+            tracker.set_phase("loss")  # the model's forward is over: its saves are made
+        return logits
+
+    out = loss_step(forward, loss_fn, dict(batch))
     if tracker is not None:
         tracker.set_phase("backward")
     out.backward()
     del out
+    if after_backward is not None:
+        after_backward()
     if not isinstance(opt, dict):
         if tracker is not None:
             tracker.set_phase("optimizer")
@@ -88,16 +104,16 @@ def measure_tune_switches(cfg: GPTConfig, family: TuneFamily, *, micro_batch_siz
     gradients, states, buffers, token ids, activations), ``phase_peaks`` per phase."""
     model, loss_fn, batch = prepared_tune(cfg, family, precision, checkpointing, loss,
                                           micro_batch_size, seq_len, False, seed)
-    opt = _optimizer(model, optimizer_in_backward)
+    opt = optimizer_for(model, optimizer_in_backward)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        _step(model, loss_fn, batch, opt)  # warm-up: the optimizer states exist from here
+        tune_step(model, loss_fn, batch, opt)  # warm-up: the optimizer states exist from here
         gc.collect()
         tracker = LiveBytesTracker()
-        resident = tracker.add_resident([*model.parameters(), *model.buffers(), *_states(opt),
+        resident = tracker.add_resident([*model.parameters(), *model.buffers(), *states_of(opt),
                                          batch["tokens"]])
         with tracker:
-            _step(model, loss_fn, batch, opt, tracker)
+            tune_step(model, loss_fn, batch, opt, tracker)
     return {"family": family, "micro_batch_size": micro_batch_size, "seq_len": seq_len,
             "precision": precision, "checkpointing": "full" if checkpointing else "none",
             "loss": loss, "optimizer_in_backward": optimizer_in_backward,
