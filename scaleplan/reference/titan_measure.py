@@ -45,8 +45,9 @@ from pydantic import BaseModel, ConfigDict
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID", "TitanMeasurement", "check_fsdp", "grid", "import_llama3", "main",
-           "measure_titan", "titan_model"]
+__all__ = ["GRID", "TitanMeasurement", "TitanTracker", "apply_ac", "check_fsdp",
+           "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan", "titan_model",
+           "titan_model_config"]
 
 _EP_PACKAGE = "torchtitan.distributed.minimal_async_ep"
 JSON_PATH = Path("docs/validation/torchtitan-memory.json")
@@ -93,6 +94,11 @@ def _stub_ep_package() -> None:
 
 def titan_model(cfg: GPTConfig) -> Any:
     """torchtitan's ``Llama3Model`` with ``cfg``'s widths (its 8B recipe's parts otherwise)."""
+    return titan_model_config(cfg).build()
+
+
+def titan_model_config(cfg: GPTConfig) -> Any:
+    """The ``Llama3Model.Config`` `titan_model` builds (to set its sharding before the build)."""
     import_llama3()
     common = importlib.import_module("torchtitan.models.common")
     utils = importlib.import_module("torchtitan.models.common.config_utils")
@@ -119,7 +125,7 @@ def titan_model(cfg: GPTConfig) -> Any:
         lm_head=common.Linear.Config(in_features=d, out_features=cfg.vocab_size,
                                      param_init=lin),
         layers=layers)
-    return config.build()
+    return config
 
 
 class _Tracker(LiveBytesTracker):  # type: ignore[no-untyped-call]
@@ -260,6 +266,12 @@ def check_fsdp(cfg: GPTConfig) -> dict[str, Any]:
                 "gradient": str(param.grad.dtype) if param.grad is not None else "none"}
     finally:
         dist.destroy_process_group()
+
+
+# Public names for the tensor-parallel harness (scaleplan.reference.titan_tp_measure).
+TitanTracker = _Tracker
+flex_on_cpu = _flex_on_cpu
+apply_ac = _apply_ac
 
 
 def _gathered(param: Any) -> bool:

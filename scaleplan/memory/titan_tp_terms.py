@@ -1,0 +1,226 @@
+"""What one GPU of torchtitan's Llama 3 holds under tensor + sequence parallelism, per operation.
+
+torchtitan 0.3.0 shards its Llama 3 over ``t`` tensor-parallel ranks with the plan of
+``torchtitan/models/llama3/sharding.py`` and ``torchtitan/models/common/decoder_sharding.py``
+(``enable_sequence_parallel=True``, its default, ``torchtitan/config/configs.py:160``):
+
+- ``tok_embeddings``: vocabulary-parallel (weight ``S(0)``, ``decoder_sharding.py:320-327``);
+  each rank looks up the ids of its rows (``Embedding.forward``,
+  ``torchtitan/models/common/embedding.py``: ids clamped to the local range, int64, and the
+  in-range mask cast to the activation dtype, both saved) and the partial sums are
+  reduce-scattered over the sequence;
+- the norms run on the rank's ``s / t`` positions (``norm_config``, ``decoder_sharding.py:101``);
+- attention and the MLP all-gather their input over the sequence at their boundary
+  (``in_dst_shardings`` ``R``, ``decoder_sharding.py:193-198, 289-291``): ``wqkv`` and ``w1`` /
+  ``w3`` (colwise, weight ``S(0)``) save that gathered ``(b, s, d)`` input; each rank computes
+  ``n_head / t`` query heads and ``n_kv_head / t`` KV heads (FlexAttention's q, k, v, output and
+  statistics) and ``mlp_hidden / t`` of the MLP; ``wo`` and ``w2`` (rowwise, weight ``S(1)``)
+  reduce-scatter their partial outputs back to the sequence shard (``rowwise_config``,
+  ``decoder_sharding.py:81-98``);
+- the final norm runs on the shard and all-gathers its output (``pre_lm_head_norm_config``,
+  ``decoder_sharding.py:119-139``), which the colwise ``lm_head`` saves; the logits stay sharded
+  over the vocabulary (``S(-1)``) and the loss is vocabulary-parallel
+  (``_LossParallelCrossEntropy``, ``torchtitan/components/loss.py``: the fp32 log-probabilities
+  of the rank's ``ceil(V / t)`` classes and the flattened targets saved).
+
+Every term below was checked exactly against torchtitan's own model on CPU, rank 0 of a fake
+``t``-rank process group (`scaleplan.reference.titan_tp_measure`); the shards are rank 0's, the
+largest when ``t`` does not divide a width (``ceil``). FSDP2 then shards each rank's fp32
+parameters, gradients and optimizer states over the data-parallel ranks as without TP
+(`scaleplan.memory.titan_terms`). Not modelled (refused): TP without sequence parallelism,
+torchtitan's per-op selective checkpointing under TP, async TP, context parallelism.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaleplan.memory.activations import FP32_BYTES
+from scaleplan.memory.states import ADAMW_STEP_BYTES
+from scaleplan.memory.titan_terms import (
+    FLEX_BLOCK,
+    INT32_BYTES,
+    INT64_BYTES,
+    TITAN_PRECISIONS,
+)
+from scaleplan.model.config import GPTConfig
+
+__all__ = ["TITAN_TP_OPTIMIZER_STATES", "titan_tp_block_terms", "titan_tp_fsdp_in_flight",
+           "titan_tp_local_params", "titan_tp_loss_transients", "titan_tp_model_states",
+           "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
+
+TITAN_TP_OPTIMIZER_STATES = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}
+"""fp32 states per parameter of the optimizers modelled under TP (AdamW's two moments, one
+momentum, none); AdamW also keeps a 4-byte ``step`` per parameter tensor."""
+
+
+def _shard(n: Any, t: int) -> Any:
+    """Rank 0's part of ``n`` split over ``t`` ranks: ``ceil(n / t)``."""
+    return -(-n // t)
+
+
+def _norm_bytes(T: Any, d: int, e: int, device: str) -> Any:
+    """One RMSNorm's saves on ``T`` positions (as `titan_block_terms` counts them)."""
+    if device == "cpu":  # torch's composite rms_norm: fp32 upcast, fp32 x * rstd, fp32 rstd
+        return 2 * T * d * FP32_BYTES + T * FP32_BYTES
+    return T * d * e + T * FP32_BYTES  # aten._fused_rms_norm: its input and the fp32 rstd
+
+
+def titan_tp_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
+                         checkpointing: str, tensor: int) -> dict[str, Any]:
+    """Bytes one torchtitan Llama 3 block leaves for backward on one of ``tensor`` TP ranks
+    with sequence parallelism, by operation (no checkpointing, or ``"full"``: the block's
+    input, its sequence shard).
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
+    >>> titan_tp_block_terms(cfg, 2, 128, e=2, device="cpu", checkpointing="full", tensor=2)
+    {'block_input': 16384}
+    """
+    t = tensor
+    T, d, hd = b * s, cfg.n_embd, cfg.head_dim
+    Ts = b * _shard(s, t)  # the positions of this rank's sequence shard
+    H, K, F = _shard(cfg.n_head, t), _shard(cfg.n_kv_head, t), _shard(cfg.mlp_hidden, t)
+    if checkpointing == "full":
+        return {"block_input": Ts * d * e}
+    stats = 2 * b * H * s * FP32_BYTES  # FlexAttention's logsumexp and max of the local heads
+    return {"attention_norm": _norm_bytes(Ts, d, e, device),
+            "wqkv_input": T * d * e,  # the all-gathered (b, s, d) input
+            "rope_table": T * (hd // 2) * 8,  # complex64 rows for all s positions
+            "attention": T * (H + 2 * K) * hd * e + T * H * hd * e + stats,
+            "ffn_norm": _norm_bytes(Ts, d, e, device),
+            "mlp_input": T * d * e,  # all-gathered, shared by w1 and w3
+            "mlp": 3 * T * F * e,  # w1 out, silu out, w3 out: the local mlp_hidden / t
+            "w2_input": T * F * e}
+
+
+def titan_tp_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
+                                 tensor: int) -> Any:
+    """Bytes a fully checkpointed block's recompute adds while it runs its backward: what it
+    saves without checkpointing, less (on CUDA, whose fused RMSNorm saves its input) the
+    block input it already holds.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
+    >>> titan_tp_rebuilt_block_bytes(cfg, 2, 128, e=2, device="cpu", tensor=2)
+    463872
+    """
+    whole = sum(titan_tp_block_terms(cfg, b, s, e=e, device=device, checkpointing="none",
+                                     tensor=tensor).values())
+    if device == "cpu":
+        return whole
+    return whole - titan_tp_block_terms(cfg, b, s, e=e, device=device, checkpointing="full",
+                                        tensor=tensor)["block_input"]
+
+
+def titan_tp_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
+                         device: str, layers: Any, tensor: int) -> dict[str, Any]:
+    """Bytes torchtitan's Llama 3 step leaves for backward on one TP rank after forward + loss,
+    by operation, summed over ``layers`` blocks; the logits themselves are dropped.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> t = titan_tp_saved_terms(cfg, 2, 128, precision="bf16-mixed", checkpointing="full",
+    ...                          device="cpu", layers=2, tensor=2)
+    >>> t["log_softmax"] == 2 * 128 * 128 * 4  # fp32 log-probabilities of 128 of 256 classes
+    True
+    """
+    e = TITAN_PRECISIONS[precision]
+    T = b * s
+    out = {f"block.{k}": v * layers for k, v in titan_tp_block_terms(
+        cfg, b, s, e=e, device=device, checkpointing=checkpointing, tensor=tensor).items()}
+    out["embedding"] = T * INT64_BYTES + T * e  # local ids (int64) and the in-range mask (e)
+    if checkpointing == "none":  # the first FlexAttention saves the block mask
+        n = -(-s // FLEX_BLOCK)
+        out["block_mask"] = 4 * b * n * INT32_BYTES + 4 * b * n * n * INT32_BYTES
+    else:  # the checkpointed blocks keep the (b, s) positions
+        out["positions"] = T * INT64_BYTES
+    out["final_norm"] = _norm_bytes(b * _shard(s, tensor), cfg.n_embd, e, device)
+    out["lm_head"] = T * cfg.n_embd * e  # the all-gathered final norm output
+    out["log_softmax"] = T * _shard(cfg.vocab_size, tensor) * FP32_BYTES
+    out["targets"] = T * INT64_BYTES
+    return out
+
+
+def titan_tp_loss_transients(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
+                             tensor: int) -> tuple[Any, Any]:
+    """(forward, backward) bytes the vocabulary-parallel loss holds on top of the saved ones at
+    its peaks, per TP rank (``TV`` = tokens x ``ceil(V / t)``): in forward the logits (the
+    activation dtype), their fp32 upcast (none for fp32 logits: ``.float()`` returns them) and
+    the shifted logits (fp32; ``exp`` of them lives before the saved log-probabilities do, in
+    the same bytes); in backward the zeroed one-hot gradient,
+    ``exp`` of the log-probabilities and their sum (fp32). The per-token statistics, label
+    indices and masks (under 64 bytes a token on CPU) are left out.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_tp_loss_transients(cfg, 1, 256, precision="bf16-mixed", tensor=2)
+    (327680, 393216)
+    """
+    e = TITAN_PRECISIONS[precision]
+    TV = b * s * _shard(cfg.vocab_size, tensor)
+    upcast = FP32_BYTES if e != FP32_BYTES else 0
+    return TV * (e + upcast + FP32_BYTES), 3 * TV * FP32_BYTES
+
+
+def titan_tp_local_params(cfg: GPTConfig, tensor: int) -> tuple[int, int]:
+    """(parameters of one block, parameters outside the blocks) on one TP rank: the colwise
+    ``wqkv``, ``w1``, ``w3`` and rowwise ``wo``, ``w2`` split over ``tensor``, the norms whole,
+    the embedding and ``lm_head`` split over the vocabulary.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_tp_local_params(cfg, 2)  # 64 x 64 + 64 x 32 + 3 x 96 x 64 + 2 x 64; 2 x 128 x 64 + 64
+    (24704, 16448)
+    """
+    t, d, hd = tensor, cfg.n_embd, cfg.head_dim
+    H, K, F = _shard(cfg.n_head, t), _shard(cfg.n_kv_head, t), _shard(cfg.mlp_hidden, t)
+    block = (H + 2 * K) * hd * d + d * H * hd + 3 * F * d + 2 * d
+    return block, 2 * _shard(cfg.vocab_size, t) * d + d
+
+
+def titan_tp_model_states(cfg: GPTConfig, opt: str, *, data: int,
+                          tensor: int) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes on one GPU of ``data`` FSDP2 ranks x ``tensor``
+    TP ranks: the TP rank's fp32 parameters, fp32 gradients and fp32 optimizer states, each
+    sharded ``ceil(x / data)`` by FSDP2 (the step counts of AdamW, one per tensor, whole).
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_tp_model_states(cfg, "adamw", data=1, tensor=2)  # 65,856 parameters, 17 tensors
+    (263424, 263424, 526916)
+    """
+    block, rest = titan_tp_local_params(cfg, tensor)
+    n = cfg.n_layer * block + rest
+    tensors = cfg.n_layer * 7 + 3  # wqkv, wo, w1, w2, w3 and two norms a block; embedding,
+    # final norm, lm_head
+    steps = ADAMW_STEP_BYTES * tensors if opt == "adamw" else 0
+    states = TITAN_TP_OPTIMIZER_STATES[opt] * n * FP32_BYTES
+    W = G = _shard(n * FP32_BYTES, data)
+    return W, G, _shard(states, data) + steps
+
+
+def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
+                            tensor: int) -> dict[str, int]:
+    """`scaleplan.memory.titan_terms.titan_fsdp_in_flight` for one TP rank: FSDP2 gathers the
+    TP rank's block (its local shards) and its [final norm, lm_head] unit (the local vocabulary
+    rows) over the data-parallel ranks.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
+    ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_tp_fsdp_in_flight(cfg, "bf16-mixed", data=8, tensor=2)  # head 128 x 64 + 64
+    {'forward_end': 16512, 'backward_start': 16512, 'recompute': 247040}
+    """
+    if data == 1:
+        return {"forward_end": 0, "backward_start": 0, "recompute": 0}
+    e = TITAN_PRECISIONS[precision]
+    block, _ = titan_tp_local_params(cfg, tensor)
+    head = (_shard(cfg.vocab_size, tensor) * cfg.n_embd + cfg.n_embd) * e
+    grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
+    return {"forward_end": head, "backward_start": head, "recompute": 2 * block * e + grads}
+
