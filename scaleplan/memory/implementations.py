@@ -18,7 +18,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_litgpt", "check_titan",
-           "check_torchtune"]
+           "check_titan_tp", "check_torchtune"]
 
 
 IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune", "litgpt")
@@ -41,7 +41,8 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
     """Refuse, naming the option, an implementation or a combination that is not modelled."""
     one_of("implementation", implementation, IMPLEMENTATIONS)
     split = parallelism.tensor * parallelism.pipeline > 1
-    if (compile or implementation != "nanogpt") and split:
+    titan_tp = implementation == "torchtitan" and parallelism.pipeline == 1 and not compile
+    if (compile or implementation != "nanogpt") and split and not titan_tp:
         what = "compile=True" if compile else f"implementation={implementation!r}"
         raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
                              "yet with tensor or pipeline parallelism")
@@ -102,10 +103,11 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
     if attention != "flash":
         raise ScaleplanError("attention='eager' with implementation='torchtitan': its Llama 3 "
                              "runs FlexAttention (O(s) statistics); use attention='flash'")
-    if parallelism.tensor * parallelism.pipeline * parallelism.expert > 1:
+    if parallelism.pipeline * parallelism.expert > 1:
         raise ScaleplanError("implementation='torchtitan' is modelled for FSDP2 data "
-                             "parallelism only, not yet with tensor, pipeline or expert "
-                             "parallelism; use Parallelism(data=N, fsdp='full_shard')")
+                             "parallelism and tensor parallelism, not yet with pipeline or "
+                             "expert parallelism; use Parallelism(data=N, fsdp='full_shard', "
+                             "tensor=T, sequence_parallel=True)")
     if parallelism.data > 1 and parallelism.fsdp != "full_shard":
         raise ScaleplanError(
             f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
@@ -120,6 +122,28 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
         raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
                              f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
                              f"{', '.join(odd)}")
+
+
+def check_titan_tp(*, parallelism: Parallelism, checkpointing: str, optimizer: str) -> None:
+    """Refuse, by name, what `scaleplan.memory.titan_tp_terms` was not measured with under
+    torchtitan's tensor parallelism: TP without sequence parallelism (torchtitan's
+    ``enable_sequence_parallel=False``), its per-op selective checkpointing under TP, and
+    optimizers other than AdamW, SGD (with or without momentum) and Lion. Async TP and context
+    parallelism have no `Parallelism` field: they are not modelled."""
+    from scaleplan.memory.titan_tp_terms import TITAN_TP_OPTIMIZER_STATES
+
+    odd = []
+    if not parallelism.sequence_parallel:
+        odd.append("sequence_parallel=False (torchtitan's default, True, is modelled)")
+    if checkpointing == "selective":
+        odd.append("checkpointing='selective' (its per-op selective checkpointing was "
+                   "measured without TP; use 'full' or 'none')")
+    if optimizer not in TITAN_TP_OPTIMIZER_STATES:
+        odd.append(f"optimizer={optimizer!r} (modelled: "
+                   f"{', '.join(map(repr, TITAN_TP_OPTIMIZER_STATES))})")
+    if odd:
+        raise ScaleplanError(f"implementation='torchtitan' with tensor={parallelism.tensor} is "
+                             f"not modelled yet with {', '.join(odd)}")
 
 
 def _titan_misfits(cfg: GPTConfig) -> list[str]:

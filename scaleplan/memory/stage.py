@@ -35,6 +35,7 @@ from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_tem
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, switch_stage
+from scaleplan.memory.titan_tp_terms import titan_tp_parts
 from scaleplan.memory.titan_terms import (
     titan_fsdp_in_flight,
     titan_model_states,
@@ -81,6 +82,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
+    if implementation == "torchtitan" and t > 1:
+        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl)
     if implementation == "torchtitan":
         return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers)
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())

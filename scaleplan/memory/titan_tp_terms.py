@@ -36,6 +36,8 @@ from __future__ import annotations
 from typing import Any
 
 from scaleplan.memory.activations import FP32_BYTES
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
 from scaleplan.memory.states import ADAMW_STEP_BYTES
 from scaleplan.memory.titan_terms import (
     FLEX_BLOCK,
@@ -47,7 +49,7 @@ from scaleplan.model.config import GPTConfig
 
 __all__ = ["TITAN_TP_OPTIMIZER_STATES", "titan_tp_block_terms", "titan_tp_fsdp_in_flight",
            "titan_tp_local_params", "titan_tp_loss_transients", "titan_tp_model_states",
-           "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
+           "titan_tp_parts", "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
 
 TITAN_TP_OPTIMIZER_STATES = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}
 """fp32 states per parameter of the optimizers modelled under TP (AdamW's two moments, one
@@ -224,3 +226,34 @@ def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
     grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
     return {"forward_end": head, "backward_start": head, "recompute": 2 * block * e + grads}
 
+
+
+def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointing: str,
+                   device: str, par: Parallelism,
+                   impl: OptimizerImpl | None) -> tuple[Any, ...]:
+    """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2 x TP with sequence
+    parallelism (one pipeline stage): (weights, gradients, optimizer, saved terms, 0, 0, 0,
+    moments). No autocast weight copies; the logits dropped before backward (its trainer's
+    ``del pred``); ``forward_end`` and ``backward_start`` add the loss's transients
+    (`titan_tp_loss_transients`) and FSDP2's gathered units; ``recompute`` (full
+    checkpointing): the saved tensors less the loss side, plus one block rebuilt and FSDP2's
+    gathered block, its prefetched neighbour and their gradients. The optimizer's
+    temporaries (none for torchtitan's default fused AdamW) are split over all the GPUs."""
+    t = par.tensor
+    saved = titan_tp_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                 device=device, layers=cfg.n_layer, tensor=t)
+    S = sum(saved.values())
+    W, G, O = titan_tp_model_states(cfg, opt, data=par.data, tensor=t)
+    gathered = titan_tp_fsdp_in_flight(cfg, p, data=par.data, tensor=t)
+    temp = _shard(optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused"),
+                  par.data * t)
+    fwd, bwd = titan_tp_loss_transients(cfg, b, s, precision=p, tensor=t)
+    moments: dict[str, Any] = {"forward_end": S + fwd + gathered["forward_end"],
+                               "backward_start": S + bwd + gathered["backward_start"],
+                               "optimizer_step": temp}
+    if checkpointing != "none":
+        e = TITAN_PRECISIONS[p]
+        rebuilt = titan_tp_rebuilt_block_bytes(cfg, b, s, e=e, device=device, tensor=t)
+        loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
+        moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
+    return W, G, O, saved, 0, 0, 0, moments
