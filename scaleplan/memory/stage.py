@@ -35,13 +35,13 @@ from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_tem
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, switch_stage
-from scaleplan.memory.titan_tp_terms import titan_tp_parts
 from scaleplan.memory.titan_terms import (
     titan_fsdp_in_flight,
     titan_model_states,
     titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
+from scaleplan.memory.titan_tp_terms import titan_tp_parts
 from scaleplan.memory.tune_switches import with_chunked_loss
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
@@ -82,8 +82,6 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
-    if implementation == "torchtitan" and t > 1:
-        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl)
     if implementation == "torchtitan":
         return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers)
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
@@ -181,7 +179,10 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
     gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
     saved tensors less the loss side (freed once the head's backward ran), plus one block
-    rebuilt (`scaleplan.memory.titan_terms.titan_rebuilt_block_bytes`)."""
+    rebuilt (`scaleplan.memory.titan_terms.titan_rebuilt_block_bytes`). With tensor
+    parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`."""
+    if par.tensor > 1:
+        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl)
     saved = titan_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                               device=device, layers=layers)
     S = sum(saved.values())
