@@ -173,7 +173,7 @@ def test_training_memory_torchtitan_parts() -> None:
     ({"precision": "bf16-true"}, "mixed_precision_param"),
     ({"compile": True}, "compile=True with implementation='torchtitan'"),
     ({"attention": "eager"}, "FlexAttention"),
-    ({"parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2)}, "tensor"),
+    ({"parallelism": Parallelism(data=2, fsdp="full_shard", pipeline=2)}, "pipeline"),
     ({"parallelism": None}, "one GPU runs torch.autocast"),
     ({"parallelism": Parallelism(data=8)}, "FSDP2"),
 ])

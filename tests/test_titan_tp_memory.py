@@ -68,6 +68,27 @@ def test_block_terms_on_cuda_and_under_full_checkpointing() -> None:
     assert rebuilt == sum(t.values()) - 128 * 64 * 2
 
 
+def test_without_sequence_parallelism_the_norms_and_block_inputs_are_whole() -> None:
+    t = titan_tp_block_terms(TINY, B, S, e=2, device="cpu", checkpointing="none", tensor=2,
+                             sequence_parallel=False)
+    assert t["attention_norm"] == t["ffn_norm"] == 2 * 256 * 64 * 4 + 256 * 4  # all 256
+    assert t["mlp"] == 3 * 256 * 96 * 2  # the MLP still splits its hidden width
+    full = titan_tp_block_terms(TINY, B, S, e=2, device="cpu", checkpointing="full", tensor=2,
+                                sequence_parallel=False)
+    assert full == {"block_input": 256 * 64 * 2}
+    saved = titan_tp_saved_terms(TINY, B, S, precision="bf16-mixed", checkpointing="full",
+                                 device="cpu", layers=2, tensor=2, sequence_parallel=False)
+    assert saved["final_norm"] == 2 * 256 * 64 * 4 + 256 * 4
+    off, on = (training_memory(TINY, micro_batch_size=B, seq_len=S, device="cuda",
+                               implementation="torchtitan", checkpointing="full",
+                               parallelism=Parallelism(data=4, fsdp="full_shard", tensor=2,
+                                                       sequence_parallel=sp))
+               for sp in (False, True))
+    # two block inputs and the final norm's (CUDA: bf16 input, fp32 rstd) on 128 more positions
+    assert off.saved_for_backward - on.saved_for_backward == (
+        2 * 128 * 64 * 2 + 128 * 64 * 2 + 128 * 4)
+
+
 def test_saved_terms_outside_the_blocks_by_hand() -> None:
     t = titan_tp_saved_terms(TINY, B, S, precision="bf16-mixed", checkpointing="none",
                              device="cpu", layers=2, tensor=2)
@@ -140,8 +161,6 @@ def test_memory_grid_agrees_with_training_memory_under_tp() -> None:
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"parallelism": Parallelism(data=4, fsdp="full_shard", tensor=2)},
-     "sequence_parallel=False"),
     ({"checkpointing": "selective"}, "checkpointing='selective'"),
     ({"optimizer": "adafactor"}, "optimizer='adafactor'"),
     ({"parallelism": Parallelism(data=4, fsdp="full_shard", tensor=2, sequence_parallel=True,
@@ -163,15 +182,16 @@ def _saved(row: dict[str, Any]) -> dict[str, int]:
     cfg = GPTConfig(**row["config"])
     return titan_tp_saved_terms(cfg, row["micro_batch_size"], row["seq_len"],
                                 precision=row["precision"], checkpointing=row["checkpointing"],
-                                device="cpu", layers=cfg.n_layer, tensor=row["tensor"])
+                                device="cpu", layers=cfg.n_layer, tensor=row["tensor"],
+                                sequence_parallel=row["sequence_parallel"])
 
 
 def test_replay_of_the_cpu_measurements() -> None:
     data = json.loads(JSON_PATH.read_text())
     assert data["torchtitan"] == "0.3.0"
-    assert len(data["rows"]) == 12
+    assert len(data["rows"]) == 16
+    assert sum(not row["sequence_parallel"] for row in data["rows"]) == 4
     for row in data["rows"]:
-        assert row["sequence_parallel"]
         scalars = flex_eager_scalars(BYTES[row["precision"]]) * row["config"]["n_layer"]
         gap = row["saved_for_backward"] - sum(_saved(row).values())
         assert gap == scalars, (row["shape"], row["tensor"], row["precision"])
@@ -184,7 +204,8 @@ def test_replay_by_module() -> None:
         cfg = GPTConfig(**row["config"])
         e = BYTES[row["precision"]]
         t = titan_tp_block_terms(cfg, B, S, e=e, device="cpu", checkpointing=row["checkpointing"],
-                                 tensor=row["tensor"])
+                                 tensor=row["tensor"],
+                                 sequence_parallel=row["sequence_parallel"])
         got = {k.removeprefix("layers.1."): v for k, v in row["saved_by_module"].items()
                if k.startswith("layers.1")}
         if row["checkpointing"] == "full":
@@ -250,5 +271,5 @@ def test_live_torchtitan_tp_measurement() -> None:
 
     m = measure_titan_tp(TINY, tensor=2, micro_batch_size=B, seq_len=S, checkpointing="full")
     row = {"config": TINY.model_dump(), "micro_batch_size": B, "seq_len": S, "tensor": 2,
-           "precision": "bf16-mixed", "checkpointing": "full"}
+           "precision": "bf16-mixed", "checkpointing": "full", "sequence_parallel": True}
     assert m.saved_for_backward - sum(_saved(row).values()) == flex_eager_scalars(2) * 2

@@ -126,15 +126,12 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
 
 def check_titan_tp(*, parallelism: Parallelism, checkpointing: str, optimizer: str) -> None:
     """Refuse, by name, what `scaleplan.memory.titan_tp_terms` was not measured with under
-    torchtitan's tensor parallelism: TP without sequence parallelism (torchtitan's
-    ``enable_sequence_parallel=False``), its per-op selective checkpointing under TP, and
+    torchtitan's tensor parallelism: its per-op selective checkpointing under TP, and
     optimizers other than AdamW, SGD (with or without momentum) and Lion. Async TP and context
     parallelism have no `Parallelism` field: they are not modelled."""
     from scaleplan.memory.titan_tp_terms import TITAN_TP_OPTIMIZER_STATES
 
     odd = []
-    if not parallelism.sequence_parallel:
-        odd.append("sequence_parallel=False (torchtitan's default, True, is modelled)")
     if checkpointing == "selective":
         odd.append("checkpointing='selective' (its per-op selective checkpointing was "
                    "measured without TP; use 'full' or 'none')")

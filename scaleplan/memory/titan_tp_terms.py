@@ -1,4 +1,4 @@
-"""What one GPU of torchtitan's Llama 3 holds under tensor + sequence parallelism, per operation.
+"""What one GPU of torchtitan's Llama 3 holds under tensor (+ sequence) parallelism, per operation.
 
 torchtitan 0.3.0 shards its Llama 3 over ``t`` tensor-parallel ranks with the plan of
 ``torchtitan/models/llama3/sharding.py`` and ``torchtitan/models/common/decoder_sharding.py``
@@ -25,10 +25,12 @@ torchtitan 0.3.0 shards its Llama 3 over ``t`` tensor-parallel ranks with the pl
 
 Every term below was checked exactly against torchtitan's own model on CPU, rank 0 of a fake
 ``t``-rank process group (`scaleplan.reference.titan_tp_measure`); the shards are rank 0's, the
-largest when ``t`` does not divide a width (``ceil``). FSDP2 then shards each rank's fp32
-parameters, gradients and optimizer states over the data-parallel ranks as without TP
-(`scaleplan.memory.titan_terms`). Not modelled (refused): TP without sequence parallelism,
-torchtitan's per-op selective checkpointing under TP, async TP, context parallelism.
+largest when ``t`` does not divide a width (``ceil``). Without sequence parallelism
+(``enable_sequence_parallel=False``) the norms run on every position and the blocks' inputs
+are whole (``dense_activation_placement(tp=I)``), the rest is unchanged. FSDP2 then shards each
+rank's fp32 parameters, gradients and optimizer states over the data-parallel ranks as without
+TP (`scaleplan.memory.titan_terms`). Not modelled (refused): torchtitan's per-op selective
+checkpointing under TP, async TP, context parallelism.
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ def _norm_bytes(T: Any, d: int, e: int, device: str) -> Any:
 
 
 def titan_tp_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
-                         checkpointing: str, tensor: int) -> dict[str, Any]:
-    """Bytes one torchtitan Llama 3 block leaves for backward on one of ``tensor`` TP ranks
-    with sequence parallelism, by operation (no checkpointing, or ``"full"``: the block's
-    input, its sequence shard).
+                         checkpointing: str, tensor: int,
+                         sequence_parallel: bool = True) -> dict[str, Any]:
+    """Bytes one torchtitan Llama 3 block leaves for backward on one of ``tensor`` TP ranks,
+    by operation (no checkpointing, or ``"full"``: the block's input, its sequence shard).
+    Without sequence parallelism (``enable_sequence_parallel=False``) the norms and the block
+    input hold every position: the activations between the blocks' matmuls are replicated.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
@@ -81,7 +85,7 @@ def titan_tp_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
     """
     t = tensor
     T, d, hd = b * s, cfg.n_embd, cfg.head_dim
-    Ts = b * _shard(s, t)  # the positions of this rank's sequence shard
+    Ts = b * _shard(s, t) if sequence_parallel else T  # the positions between the matmuls
     H, K, F = _shard(cfg.n_head, t), _shard(cfg.n_kv_head, t), _shard(cfg.mlp_hidden, t)
     if checkpointing == "full":
         return {"block_input": Ts * d * e}
@@ -97,7 +101,7 @@ def titan_tp_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
 
 
 def titan_tp_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
-                                 tensor: int) -> Any:
+                                 tensor: int, sequence_parallel: bool = True) -> Any:
     """Bytes a fully checkpointed block's recompute adds while it runs its backward: what it
     saves without checkpointing, less (on CUDA, whose fused RMSNorm saves its input) the
     block input it already holds.
@@ -107,16 +111,18 @@ def titan_tp_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, devi
     >>> titan_tp_rebuilt_block_bytes(cfg, 2, 128, e=2, device="cpu", tensor=2)
     463872
     """
+    sp = sequence_parallel
     whole = sum(titan_tp_block_terms(cfg, b, s, e=e, device=device, checkpointing="none",
-                                     tensor=tensor).values())
+                                     tensor=tensor, sequence_parallel=sp).values())
     if device == "cpu":
         return whole
     return whole - titan_tp_block_terms(cfg, b, s, e=e, device=device, checkpointing="full",
-                                        tensor=tensor)["block_input"]
+                                        tensor=tensor, sequence_parallel=sp)["block_input"]
 
 
 def titan_tp_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
-                         device: str, layers: Any, tensor: int) -> dict[str, Any]:
+                         device: str, layers: Any, tensor: int,
+                         sequence_parallel: bool = True) -> dict[str, Any]:
     """Bytes torchtitan's Llama 3 step leaves for backward on one TP rank after forward + loss,
     by operation, summed over ``layers`` blocks; the logits themselves are dropped.
 
@@ -131,14 +137,16 @@ def titan_tp_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, chec
     e = TITAN_PRECISIONS[precision]
     T = b * s
     out = {f"block.{k}": v * layers for k, v in titan_tp_block_terms(
-        cfg, b, s, e=e, device=device, checkpointing=checkpointing, tensor=tensor).items()}
+        cfg, b, s, e=e, device=device, checkpointing=checkpointing, tensor=tensor,
+        sequence_parallel=sequence_parallel).items()}
     out["embedding"] = T * INT64_BYTES + T * e  # local ids (int64) and the in-range mask (e)
     if checkpointing == "none":  # the first FlexAttention saves the block mask
         n = -(-s // FLEX_BLOCK)
         out["block_mask"] = 4 * b * n * INT32_BYTES + 4 * b * n * n * INT32_BYTES
     else:  # the checkpointed blocks keep the (b, s) positions
         out["positions"] = T * INT64_BYTES
-    out["final_norm"] = _norm_bytes(b * _shard(s, tensor), cfg.n_embd, e, device)
+    Ts = b * _shard(s, tensor) if sequence_parallel else T
+    out["final_norm"] = _norm_bytes(Ts, cfg.n_embd, e, device)
     out["lm_head"] = T * cfg.n_embd * e  # the all-gathered final norm output
     out["log_softmax"] = T * _shard(cfg.vocab_size, tensor) * FP32_BYTES
     out["targets"] = T * INT64_BYTES
@@ -231,17 +239,18 @@ def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
 def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointing: str,
                    device: str, par: Parallelism,
                    impl: OptimizerImpl | None) -> tuple[Any, ...]:
-    """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2 x TP with sequence
-    parallelism (one pipeline stage): (weights, gradients, optimizer, saved terms, 0, 0, 0,
+    """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2 x TP, with or without
+    sequence parallelism (one pipeline stage): (weights, gradients, optimizer, saved terms, 0, 0, 0,
     moments). No autocast weight copies; the logits dropped before backward (its trainer's
     ``del pred``); ``forward_end`` and ``backward_start`` add the loss's transients
     (`titan_tp_loss_transients`) and FSDP2's gathered units; ``recompute`` (full
     checkpointing): the saved tensors less the loss side, plus one block rebuilt and FSDP2's
     gathered block, its prefetched neighbour and their gradients. The optimizer's
     temporaries (none for torchtitan's default fused AdamW) are split over all the GPUs."""
-    t = par.tensor
+    t, sp = par.tensor, par.sequence_parallel
     saved = titan_tp_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                 device=device, layers=cfg.n_layer, tensor=t)
+                                 device=device, layers=cfg.n_layer, tensor=t,
+                                 sequence_parallel=sp)
     S = sum(saved.values())
     W, G, O = titan_tp_model_states(cfg, opt, data=par.data, tensor=t)
     gathered = titan_tp_fsdp_in_flight(cfg, p, data=par.data, tensor=t)
@@ -253,7 +262,8 @@ def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointi
                                "optimizer_step": temp}
     if checkpointing != "none":
         e = TITAN_PRECISIONS[p]
-        rebuilt = titan_tp_rebuilt_block_bytes(cfg, b, s, e=e, device=device, tensor=t)
+        rebuilt = titan_tp_rebuilt_block_bytes(cfg, b, s, e=e, device=device, tensor=t,
+                                               sequence_parallel=sp)
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
     return W, G, O, saved, 0, 0, 0, moments

@@ -200,7 +200,8 @@ def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
     """Measure `scaleplan.reference.titan_measure.GRID`'s shapes with sequence parallelism:
     the GQA one at TP 2, the MHA one at TP 2 and 4 (torchtitan's fused ``wqkv`` is laid out
     per KV head, so TP must divide ``n_kv_head``), bf16 and fp32 parameters, without and with
-    full checkpointing."""
+    full checkpointing; and without sequence parallelism, bf16, the GQA shape at TP 2 and the
+    MHA one at TP 4."""
     rows = []
     for shape, tensor in (("tiny", 2), ("mha", 2), ("mha", 4)):
         cfg = GRID[shape]
@@ -209,6 +210,11 @@ def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
                 m = measure_titan_tp(cfg, tensor=tensor, micro_batch_size=b, seq_len=s,
                                      checkpointing=ckpt, precision=precision)
                 rows.append({"shape": shape, **json.loads(m.model_dump_json())})
+    for shape, tensor in (("tiny", 2), ("mha", 4)):  # torchtitan's SP switched off
+        for ckpt in ("none", "full"):
+            m = measure_titan_tp(GRID[shape], tensor=tensor, micro_batch_size=b, seq_len=s,
+                                 checkpointing=ckpt, sequence_parallel=False)
+            rows.append({"shape": shape, **json.loads(m.model_dump_json())})
     return rows
 
 
