@@ -273,3 +273,11 @@ def test_live_torchtitan_tp_measurement() -> None:
     row = {"config": TINY.model_dump(), "micro_batch_size": B, "seq_len": S, "tensor": 2,
            "precision": "bf16-mixed", "checkpointing": "full", "sequence_parallel": True}
     assert m.saved_for_backward - sum(_saved(row).values()) == flex_eager_scalars(2) * 2
+
+
+def test_replay_of_the_fake_group_against_two_gloo_processes() -> None:
+    """Each rank of a real two-process gloo group saves what the fake group's rank 0 saves."""
+    data = json.loads(JSON_PATH.read_text())
+    fake = {r["checkpointing"]: r["saved_for_backward"] for r in data["rows"]
+            if r["shape"] == "tiny" and r["precision"] == "bf16-mixed" and r["sequence_parallel"]}
+    assert data["gloo"] == {"none": [fake["none"]] * 2, "full": [fake["full"]] * 2}

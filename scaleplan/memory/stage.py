@@ -64,9 +64,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
     "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "torchtune": torchtune's
     models and recipe loss (`scaleplan.memory.tune_terms`), "torchtitan": its Llama 3 under
-    FSDP2 (`scaleplan.memory.titan_terms`), "litgpt": litgpt's GPT and chunked loss
-    (`scaleplan.memory.litgpt_terms`); each on one stage with no tensor parallelism, as
-    `step_options` checks. ``switches``: the memory-saving switches
+    FSDP2 (`scaleplan.memory.titan_terms`; with tensor parallelism
+    `scaleplan.memory.titan_tp_terms`), "litgpt": litgpt's GPT and chunked loss
+    (`scaleplan.memory.litgpt_terms`); each on one stage and, torchtitan apart, with no tensor
+    parallelism, as `step_options` checks. ``switches``: the memory-saving switches
     (`scaleplan.memory.step_switches`; nanoGPT's, Hugging Face's and torchtune's layouts,
     torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each

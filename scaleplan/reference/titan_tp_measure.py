@@ -23,6 +23,9 @@ vocabulary-parallel loss alone on rank 0's logits and reports the live bytes at 
 and backward peaks (in the whole model, cyclic garbage that the spmd wrappers leave until the
 next ``gc`` pass blurs those peaks, so they are measured apart).
 
+`check_gloo` runs the same measurement in two real gloo processes: each rank saves what the
+fake group's rank 0 saves, to the byte.
+
 ``python -m scaleplan.reference.titan_tp_measure --write`` measures the grid and writes
 ``docs/validation/torchtitan-tp-memory.json`` (replayed without torch by
 tests/test_titan_tp_memory.py).
@@ -54,8 +57,8 @@ from scaleplan.reference.titan_measure import (
 )
 from scaleplan.reference.tracking import SavedTensorsRecorder, storage_key
 
-__all__ = ["TitanTPMeasurement", "fake_world", "grid", "main", "measure_loss_parallel",
-           "measure_titan_tp", "titan_tp_model"]
+__all__ = ["TitanTPMeasurement", "check_gloo", "fake_world", "grid", "main",
+           "measure_loss_parallel", "measure_titan_tp", "titan_tp_model"]
 
 JSON_PATH = Path("docs/validation/torchtitan-tp-memory.json")
 _DTYPES = {"bf16-mixed": torch.bfloat16, "32-true": torch.float32}
@@ -80,15 +83,16 @@ class TitanTPMeasurement(BaseModel):
 
 
 @contextmanager
-def fake_world(n: int) -> Iterator[Any]:
-    """A fake ``n``-rank process group (this process is rank 0) and torchtitan's spmd_types
-    backend; torchtitan's ``ParallelDims`` for TP ``n`` (no data parallelism), its mesh built."""
+def fake_world(n: int, *, backend: str = "fake", rank: int = 0) -> Iterator[Any]:
+    """A fake ``n``-rank process group (this process is rank 0; or ``backend="gloo"``, a real
+    one this process is ``rank`` of) and torchtitan's spmd_types backend; torchtitan's
+    ``ParallelDims`` for TP ``n`` (no data parallelism), its mesh built."""
     import torch.distributed as dist
 
     import_llama3()
     utils = importlib.import_module("torchtitan.distributed.utils")
     dims = importlib.import_module("torchtitan.distributed.parallel_dims")
-    dist.init_process_group("fake", rank=0, world_size=n)
+    dist.init_process_group(backend, rank=rank, world_size=n)
     threads = torch.autograd.is_multithreading_enabled()
     torch.autograd.set_multithreading_enabled(False)  # as torchtitan's init_distributed does
     try:
@@ -117,10 +121,12 @@ def titan_tp_model(cfg: GPTConfig, parallel_dims: Any, *, sequence_parallel: boo
 
 def measure_titan_tp(cfg: GPTConfig, *, tensor: int, micro_batch_size: int, seq_len: int,
                      checkpointing: str = "none", precision: str = "bf16-mixed",
-                     sequence_parallel: bool = True, seed: int = 0) -> TitanTPMeasurement:
-    """Measure rank 0 of torchtitan's Llama 3 at tensor-parallel degree ``tensor`` on CPU."""
+                     sequence_parallel: bool = True, seed: int = 0, backend: str = "fake",
+                     rank: int = 0) -> TitanTPMeasurement:
+    """Measure rank 0 of torchtitan's Llama 3 at tensor-parallel degree ``tensor`` on CPU
+    (``backend="gloo"``: rank ``rank`` of a real process group, see `check_gloo`)."""
     torch.manual_seed(seed)
-    with fake_world(tensor) as pd:
+    with fake_world(tensor, backend=backend, rank=rank) as pd:
         model = titan_tp_model(cfg, pd, sequence_parallel=sequence_parallel)
         for p in model.parameters():  # FSDP2's gathered parameters (bf16), buffers unchanged
             p.data = p.data.to(_DTYPES[precision])
@@ -196,6 +202,29 @@ def measure_loss_parallel(tokens: int, vocab_size: int, *, tensor: int,
                 "saved": saved, "backward_peak": tracker.phase_peaks["backward"]}
 
 
+def _gloo_rank(rank: int, port: int, checkpointing: str, results: Any) -> None:
+    import os
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    m = measure_titan_tp(GRID["tiny"], tensor=2, micro_batch_size=2, seq_len=128,
+                         checkpointing=checkpointing, backend="gloo", rank=rank)
+    results.put((rank, m.saved_for_backward))
+
+
+def check_gloo(port: int = 29541) -> dict[str, list[int]]:
+    """The fake process group checked against a real one: the GQA shape at TP 2 (b=2,
+    s=128, bf16) run by two gloo processes, without and with full checkpointing; each rank's
+    saved-for-backward bytes, by rank."""
+    mp = importlib.import_module("torch.multiprocessing")
+    out: dict[str, list[int]] = {}
+    for i, ckpt in enumerate(("none", "full")):
+        results = mp.get_context("spawn").SimpleQueue()
+        mp.spawn(_gloo_rank, args=(port + i, ckpt, results), nprocs=2)
+        got = dict(results.get() for _ in range(2))
+        out[ckpt] = [got[0], got[1]]
+    return out
+
+
 def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
     """Measure `scaleplan.reference.titan_measure.GRID`'s shapes with sequence parallelism:
     the GQA one at TP 2, the MHA one at TP 2 and 4 (torchtitan's fused ``wqkv`` is laid out
@@ -229,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                **measure_loss_parallel(256, v, tensor=t, precision=p)}
               for v, t in ((256, 2), (384, 4), (250, 4)) for p in ("bf16-mixed", "32-true")]
     data = {"torch": torch.__version__, "torchtitan": tt, "rows": grid(),
-            "loss_parallel": losses}
+            "loss_parallel": losses, "gloo": check_gloo()}
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     if args.write:
         Path(args.out).write_text(text)
