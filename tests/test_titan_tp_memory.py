@@ -22,7 +22,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.titan_tp_terms import (
     titan_tp_block_terms,
     titan_tp_fsdp_in_flight,
-    titan_tp_local_params,
+    titan_tp_local_config,
     titan_tp_loss_transients,
     titan_tp_model_states,
     titan_tp_rebuilt_block_bytes,
@@ -30,6 +30,7 @@ from scaleplan.memory.titan_tp_terms import (
 )
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import param_terms
 
 JSON_PATH = Path(__file__).resolve().parent.parent / "docs/validation/torchtitan-tp-memory.json"
 TINY = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192, vocab_size=256,
@@ -119,13 +120,13 @@ def test_loss_transients_by_hand() -> None:
         tv * (4 + 4), 3 * tv * 4)
 
 
-def test_local_params_model_states_and_fsdp_by_hand() -> None:
+def test_local_model_states_and_fsdp_by_hand() -> None:
     block = 64 * 64 + 64 * 32 + 3 * 96 * 64 + 2 * 64  # wqkv 4 x 16 rows, wo, w1 w2 w3, norms
-    assert titan_tp_local_params(TINY, 2) == (block, 2 * 128 * 64 + 64)
-    n = 2 * block + 2 * 128 * 64 + 64
+    n = 2 * block + 2 * 128 * 64 + 64  # + the embedding's and lm_head's 128 rows, final norm
+    assert param_terms(titan_tp_local_config(TINY, 2))["total"] == n
     weights, gradients, optimizer = titan_tp_model_states(TINY, "adamw", data=4, tensor=2)
     assert weights == gradients == -(-n * 4 // 4)
-    assert optimizer == -(-n * 8 // 4) + 4 * 17  # two fp32 moments; 17 step counters whole
+    assert optimizer == -(-(n * 8 + 4 * 17) // 4)  # two fp32 moments, 17 step counters
     assert titan_tp_model_states(TINY, "sgd", data=1, tensor=2)[2] == 0
     gathered = titan_tp_fsdp_in_flight(TINY, "bf16-mixed", data=4, tensor=2)
     assert gathered["forward_end"] == (128 * 64 + 64) * 2  # the local lm_head rows + norm
@@ -162,7 +163,6 @@ def test_memory_grid_agrees_with_training_memory_under_tp() -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"checkpointing": "selective"}, "checkpointing='selective'"),
-    ({"optimizer": "adafactor"}, "optimizer='adafactor'"),
     ({"parallelism": Parallelism(data=4, fsdp="full_shard", tensor=2, sequence_parallel=True,
                                  pipeline=2)}, "pipeline"),
     ({"compile": True}, "compile=True"),
@@ -226,10 +226,10 @@ def test_replay_by_module() -> None:
 def test_replay_of_the_local_parameter_shapes() -> None:
     for row in _rows():
         cfg, shapes = GPTConfig(**row["config"]), row["parameter_shapes"]
-        block, rest = titan_tp_local_params(cfg, row["tensor"])
+        local = param_terms(titan_tp_local_config(cfg, row["tensor"]))
         numel = {k: _prod(v) for k, v in shapes.items()}
-        assert sum(v for k, v in numel.items() if k.startswith("layers.1.")) == block
-        assert sum(v for k, v in numel.items() if not k.startswith("layers.")) == rest
+        assert sum(v for k, v in numel.items() if k.startswith("layers.1.")) == local["per_layer"]
+        assert sum(numel.values()) == local["total"]
 
 
 def _prod(shape: list[int]) -> int:

@@ -124,23 +124,15 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
                              f"{', '.join(odd)}")
 
 
-def check_titan_tp(*, parallelism: Parallelism, checkpointing: str, optimizer: str) -> None:
+def check_titan_tp(*, parallelism: Parallelism, checkpointing: str) -> None:
     """Refuse, by name, what `scaleplan.memory.titan_tp_terms` was not measured with under
-    torchtitan's tensor parallelism: its per-op selective checkpointing under TP, and
-    optimizers other than AdamW, SGD (with or without momentum) and Lion. Async TP and context
+    torchtitan's tensor parallelism: its per-op selective checkpointing. Async TP and context
     parallelism have no `Parallelism` field: they are not modelled."""
-    from scaleplan.memory.titan_tp_terms import TITAN_TP_OPTIMIZER_STATES
-
-    odd = []
     if checkpointing == "selective":
-        odd.append("checkpointing='selective' (its per-op selective checkpointing was "
-                   "measured without TP; use 'full' or 'none')")
-    if optimizer not in TITAN_TP_OPTIMIZER_STATES:
-        odd.append(f"optimizer={optimizer!r} (modelled: "
-                   f"{', '.join(map(repr, TITAN_TP_OPTIMIZER_STATES))})")
-    if odd:
-        raise ScaleplanError(f"implementation='torchtitan' with tensor={parallelism.tensor} is "
-                             f"not modelled yet with {', '.join(odd)}")
+        raise ScaleplanError(
+            f"implementation='torchtitan' with tensor={parallelism.tensor} is not modelled yet "
+            "with checkpointing='selective' (its per-op selective checkpointing was measured "
+            "without TP); use 'full' or 'none'")
 
 
 def _titan_misfits(cfg: GPTConfig) -> list[str]:

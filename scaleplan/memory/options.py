@@ -124,7 +124,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     if implementation == "torchtitan":
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
         if par.tensor > 1:
-            check_titan_tp(parallelism=par, checkpointing=checkpointing, optimizer=opt)
+            check_titan_tp(parallelism=par, checkpointing=checkpointing)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
                parallelism=par)  # first: its refusals say how to run a LoRA step instead
     if lora is not None and compile:  # the LoRA terms were measured eager only

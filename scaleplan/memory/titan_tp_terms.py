@@ -40,23 +40,19 @@ from typing import Any
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
-from scaleplan.memory.states import ADAMW_STEP_BYTES
 from scaleplan.memory.titan_terms import (
     FLEX_BLOCK,
     INT32_BYTES,
     INT64_BYTES,
     TITAN_PRECISIONS,
+    titan_fsdp_in_flight,
+    titan_model_states,
 )
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["TITAN_TP_OPTIMIZER_STATES", "titan_tp_block_terms", "titan_tp_fsdp_in_flight",
-           "titan_tp_local_params", "titan_tp_loss_transients", "titan_tp_model_states",
+__all__ = ["titan_tp_block_terms", "titan_tp_fsdp_in_flight", "titan_tp_local_config",
+           "titan_tp_loss_transients", "titan_tp_model_states",
            "titan_tp_parts", "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
-
-TITAN_TP_OPTIMIZER_STATES = {"adamw": 2, "sgd-momentum": 1, "lion": 1, "sgd": 0}
-"""fp32 states per parameter of the optimizers modelled under TP (AdamW's two moments, one
-momentum, none); AdamW also keeps a 4-byte ``step`` per parameter tensor."""
-
 
 def _shard(n: Any, t: int) -> Any:
     """Rank 0's part of ``n`` split over ``t`` ranks: ``ceil(n / t)``."""
@@ -175,28 +171,33 @@ def titan_tp_loss_transients(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
     return TV * (e + upcast + FP32_BYTES), 3 * TV * FP32_BYTES
 
 
-def titan_tp_local_params(cfg: GPTConfig, tensor: int) -> tuple[int, int]:
-    """(parameters of one block, parameters outside the blocks) on one TP rank: the colwise
-    ``wqkv``, ``w1``, ``w3`` and rowwise ``wo``, ``w2`` split over ``tensor``, the norms whole,
-    the embedding and ``lm_head`` split over the vocabulary.
+def titan_tp_local_config(cfg: GPTConfig, tensor: int) -> GPTConfig:
+    """The model one of ``tensor`` TP ranks holds, as a config: ``n_head / t`` query heads and
+    ``n_kv_head / t`` KV heads of the same head size (the colwise ``wqkv`` rows, the rowwise
+    ``wo`` columns), ``mlp_hidden / t`` (``w1``, ``w3`` rows, ``w2`` columns), ``vocab_size /
+    t`` (the embedding's and ``lm_head``'s rows), ``n_embd`` and the norms whole; rank 0's
+    shares, ``ceil``. Its parameter count is the rank's, so FSDP2's states and gathered units
+    on a TP rank are `scaleplan.memory.titan_terms`' for this config.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
-    ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 vocab_size=250, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
-    >>> titan_tp_local_params(cfg, 2)  # 64 x 64 + 64 x 32 + 3 x 96 x 64 + 2 x 64; 2 x 128 x 64 + 64
-    (24704, 16448)
+    >>> local = titan_tp_local_config(cfg, 2)
+    >>> local.n_head, local.n_kv_head, local.head_dim, local.mlp_hidden, local.vocab_size
+    (2, 1, 16, 96, 125)
     """
-    t, d, hd = tensor, cfg.n_embd, cfg.head_dim
-    H, K, F = _shard(cfg.n_head, t), _shard(cfg.n_kv_head, t), _shard(cfg.mlp_hidden, t)
-    block = (H + 2 * K) * hd * d + d * H * hd + 3 * F * d + 2 * d
-    return block, 2 * _shard(cfg.vocab_size, t) * d + d
+    t = tensor
+    return cfg.replace(n_head=_shard(cfg.n_head, t), n_kv_head=_shard(cfg.n_kv_head, t),
+                       head_dim=cfg.head_dim, mlp_hidden=_shard(cfg.mlp_hidden, t),
+                       vocab_size=_shard(cfg.vocab_size, t))
 
 
 def titan_tp_model_states(cfg: GPTConfig, opt: str, *, data: int,
                           tensor: int) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes on one GPU of ``data`` FSDP2 ranks x ``tensor``
-    TP ranks: the TP rank's fp32 parameters, fp32 gradients and fp32 optimizer states, each
-    sharded ``ceil(x / data)`` by FSDP2 (the step counts of AdamW, one per tensor, whole).
+    TP ranks: `scaleplan.memory.titan_terms.titan_model_states` of the rank's local model
+    (`titan_tp_local_config`): fp32 parameters, fp32 gradients and fp32 optimizer states,
+    each sharded ``ceil(x / data)`` by FSDP2.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -204,20 +205,13 @@ def titan_tp_model_states(cfg: GPTConfig, opt: str, *, data: int,
     >>> titan_tp_model_states(cfg, "adamw", data=1, tensor=2)  # 65,856 parameters, 17 tensors
     (263424, 263424, 526916)
     """
-    block, rest = titan_tp_local_params(cfg, tensor)
-    n = cfg.n_layer * block + rest
-    tensors = cfg.n_layer * 7 + 3  # wqkv, wo, w1, w2, w3 and two norms a block; embedding,
-    # final norm, lm_head
-    steps = ADAMW_STEP_BYTES * tensors if opt == "adamw" else 0
-    states = TITAN_TP_OPTIMIZER_STATES[opt] * n * FP32_BYTES
-    W = G = _shard(n * FP32_BYTES, data)
-    return W, G, _shard(states, data) + steps
+    return titan_model_states(titan_tp_local_config(cfg, tensor), opt, data=data)
 
 
 def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
                             tensor: int) -> dict[str, int]:
     """`scaleplan.memory.titan_terms.titan_fsdp_in_flight` for one TP rank: FSDP2 gathers the
-    TP rank's block (its local shards) and its [final norm, lm_head] unit (the local vocabulary
+    rank's block (its local shards) and its [final norm, lm_head] unit (the local vocabulary
     rows) over the data-parallel ranks.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
@@ -226,14 +220,7 @@ def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
     >>> titan_tp_fsdp_in_flight(cfg, "bf16-mixed", data=8, tensor=2)  # head 128 x 64 + 64
     {'forward_end': 16512, 'backward_start': 16512, 'recompute': 247040}
     """
-    if data == 1:
-        return {"forward_end": 0, "backward_start": 0, "recompute": 0}
-    e = TITAN_PRECISIONS[precision]
-    block, _ = titan_tp_local_params(cfg, tensor)
-    head = (_shard(cfg.vocab_size, tensor) * cfg.n_embd + cfg.n_embd) * e
-    grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
-    return {"forward_end": head, "backward_start": head, "recompute": 2 * block * e + grads}
-
+    return titan_fsdp_in_flight(titan_tp_local_config(cfg, tensor), precision, data=data)
 
 
 def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointing: str,
