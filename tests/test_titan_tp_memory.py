@@ -25,6 +25,7 @@ from scaleplan.memory.titan_tp_terms import (
     titan_tp_local_config,
     titan_tp_loss_transients,
     titan_tp_model_states,
+    titan_tp_parts,
     titan_tp_rebuilt_block_bytes,
     titan_tp_saved_terms,
 )
@@ -281,3 +282,54 @@ def test_replay_of_the_fake_group_against_two_gloo_processes() -> None:
     fake = {r["checkpointing"]: r["saved_for_backward"] for r in data["rows"]
             if r["shape"] == "tiny" and r["precision"] == "bf16-mixed" and r["sequence_parallel"]}
     assert data["gloo"] == {"none": [fake["none"]] * 2, "full": [fake["full"]] * 2}
+
+
+def test_every_moment_of_a_tp_rank_by_hand() -> None:
+    """`titan_tp_parts` for the tiny shape at TP 2 x FSDP 4, bf16, full checkpointing, on
+    CPU: each part and moment written out (the saved total is the live measurement less the
+    eager flex scalars: 269,352 - 40)."""
+    W, G, O, saved, copies, all_copies, held, moments = titan_tp_parts(
+        TINY, B, S, "bf16-mixed", "adamw", "full", "cpu", TP2, None)
+    assert saved == {"block.block_input": 2 * 128 * 64 * 2, "embedding": 256 * 8 + 256 * 2,
+                     "positions": 256 * 8, "final_norm": 2 * 128 * 64 * 4 + 128 * 4,
+                     "lm_head": 256 * 64 * 2, "log_softmax": 256 * 128 * 4, "targets": 256 * 8}
+    assert all(type(v) is int for v in saved.values())
+    S_ = 269312
+    assert sum(saved.values()) == S_
+    n = 65856  # the rank's parameters (test_local_model_states_and_fsdp_by_hand)
+    assert (W, G, O) == (n, n, -(-(8 * n + 4 * 17) // 4))
+    assert (copies, all_copies, held) == (0, 0, 0)
+    head, block = (128 * 64 + 64) * 2, 24704
+    loss_side = 66048 + 32768 + 131072 + 2048
+    rebuilt = 463872  # one block without checkpointing on CPU (layer 1 of the measurement)
+    assert moments == {
+        "forward_end": S_ + 256 * 128 * (2 + 4 + 4) + head,
+        "backward_start": S_ + 3 * 256 * 128 * 4 + head,
+        "optimizer_step": 0,  # torchtitan's fused AdamW
+        "recompute": S_ - loss_side + rebuilt + 2 * block * 2 + block * (2 + 4)}
+
+
+def test_moments_on_cuda_without_sp_and_with_foreach_adamw() -> None:
+    par = Parallelism(data=4, fsdp="full_shard", tensor=2)  # no sequence parallelism
+    *_, saved, _, _, _, moments = titan_tp_parts(TINY, B, S, "bf16-mixed", "adamw", "full",
+                                                 "cuda", par, "foreach")
+    assert saved["final_norm"] == 256 * 64 * 2 + 256 * 4  # fused norm, every position
+    assert saved["block.block_input"] == 2 * 256 * 64 * 2
+    # foreach AdamW: sqrt(v) of every parameter (131,392 of the whole model, fp32) over 8 GPUs
+    assert moments["optimizer_step"] == 131392 * 4 // 8
+    norms = 2 * (256 * 64 * 2 + 256 * 4)
+    whole = norms + 32768 + 16384 + 53248 + 32768 + 147456 + 49152  # one block, CUDA, no SP
+    loss_side = saved["final_norm"] + 256 * 64 * 2 + 256 * 128 * 4 + 256 * 8
+    S_ = sum(saved.values())
+    assert moments["recompute"] == S_ - loss_side + whole - 256 * 64 * 2 + 247040
+    cuda_sp = titan_tp_rebuilt_block_bytes(TINY, B, S, e=2, device="cuda", tensor=2)
+    assert cuda_sp == 365568 - 128 * 64 * 2
+    assert titan_tp_rebuilt_block_bytes(TINY, B, S, e=2, device="cpu", tensor=2) == 463872
+
+
+def test_block_mask_with_two_flex_blocks() -> None:
+    t = titan_tp_saved_terms(TINY, 1, 256, precision="bf16-mixed", checkpointing="none",
+                             device="cpu", layers=2, tensor=2)
+    # 2 row blocks: num_blocks (1, 1, 2) x 4 and indices (1, 1, 2, 2) x 4, int32
+    assert t["block_mask"] == 4 * 2 * 4 + 4 * 4 * 4
+    assert type(t["block_mask"]) is int and type(t["block.rope_table"]) is int
