@@ -288,7 +288,7 @@ def test_every_moment_of_a_tp_rank_by_hand() -> None:
     """`titan_tp_parts` for the tiny shape at TP 2 x FSDP 4, bf16, full checkpointing, on
     CPU: each part and moment written out (the saved total is the live measurement less the
     eager flex scalars: 269,352 - 40)."""
-    W, G, O, saved, copies, all_copies, held, moments = titan_tp_parts(
+    weights, grads, states, saved, copies, all_copies, held, moments = titan_tp_parts(
         TINY, B, S, "bf16-mixed", "adamw", "full", "cpu", TP2, None)
     assert saved == {"block.block_input": 2 * 128 * 64 * 2, "embedding": 256 * 8 + 256 * 2,
                      "positions": 256 * 8, "final_norm": 2 * 128 * 64 * 4 + 128 * 4,
@@ -297,7 +297,8 @@ def test_every_moment_of_a_tp_rank_by_hand() -> None:
     S_ = 269312
     assert sum(saved.values()) == S_
     n = 65856  # the rank's parameters (test_local_model_states_and_fsdp_by_hand)
-    assert (W, G, O) == (n, n, -(-(8 * n + 4 * 17) // 4))
+    assert weights == grads == n
+    assert states == -(-(8 * n + 4 * 17) // 4)
     assert (copies, all_copies, held) == (0, 0, 0)
     head, block = (128 * 64 + 64) * 2, 24704
     loss_side = 66048 + 32768 + 131072 + 2048
