@@ -334,3 +334,12 @@ def test_block_mask_with_two_flex_blocks() -> None:
     # 2 row blocks: num_blocks (1, 1, 2) x 4 and indices (1, 1, 2, 2) x 4, int32
     assert t["block_mask"] == 4 * 2 * 4 + 4 * 4 * 4
     assert type(t["block_mask"]) is int and type(t["block.rope_table"]) is int
+
+
+def test_no_recompute_moment_without_checkpointing_and_nothing_gathered_on_one_data_rank() -> None:
+    par = Parallelism(tensor=2, sequence_parallel=True)  # TP only: FSDP2 shards nothing
+    *_, saved, _, _, _, moments = titan_tp_parts(TINY, B, S, "32-true", "adamw", "none",
+                                                 "cpu", par, None)
+    S_ = sum(saved.values())
+    assert moments == {"forward_end": S_ + 256 * 128 * (4 + 4),  # fp32 logits: no upcast copy
+                       "backward_start": S_ + 3 * 256 * 128 * 4, "optimizer_step": 0}
