@@ -173,7 +173,9 @@ def test_training_memory_torchtitan_parts() -> None:
 @pytest.mark.parametrize("kwargs, match", [
     ({"precision": "bf16-true"}, "mixed_precision_param"),
     ({"attention": "eager"}, "fused attention"),
-    ({"parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2)}, "tensor"),
+    ({"parallelism": Parallelism(data=2, fsdp="full_shard", pipeline=2)}, "pipeline"),
+    ({"parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2), "compile": True},
+     "tensor=2 is not modelled yet with compile=True"),
     ({"parallelism": None}, "one GPU runs torch.autocast"),
     ({"parallelism": Parallelism(data=8)}, "FSDP2"),
 ])

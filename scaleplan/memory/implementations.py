@@ -18,7 +18,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_litgpt", "check_titan",
-           "check_torchtune"]
+           "check_titan_tp", "check_torchtune"]
 
 
 IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune", "litgpt")
@@ -41,7 +41,8 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
     """Refuse, naming the option, an implementation or a combination that is not modelled."""
     one_of("implementation", implementation, IMPLEMENTATIONS)
     split = parallelism.tensor * parallelism.pipeline > 1
-    if (compile or implementation != "nanogpt") and split:
+    titan_tp = implementation == "torchtitan" and parallelism.pipeline == 1 and not compile
+    if (compile or implementation != "nanogpt") and split and not titan_tp:
         what = "compile=True" if compile else f"implementation={implementation!r}"
         raise ScaleplanError(f"{what} is modelled for data parallelism (DDP, ZeRO, FSDP), not "
                              "yet with tensor or pipeline parallelism")
@@ -103,10 +104,11 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
         raise ScaleplanError("attention='eager' with implementation='torchtitan': its Llama 3 "
                              "runs fused attention (O(s) statistics; 'flash' is SDPA's flash "
                              "kernel, as in its published runs); use attention='flash'")
-    if parallelism.tensor * parallelism.pipeline * parallelism.expert > 1:
+    if parallelism.pipeline * parallelism.expert > 1:
         raise ScaleplanError("implementation='torchtitan' is modelled for FSDP2 data "
-                             "parallelism only, not yet with tensor, pipeline or expert "
-                             "parallelism; use Parallelism(data=N, fsdp='full_shard')")
+                             "parallelism and tensor parallelism, not yet with pipeline or "
+                             "expert parallelism; use Parallelism(data=N, fsdp='full_shard', "
+                             "tensor=T, sequence_parallel=True)")
     if parallelism.data > 1 and parallelism.fsdp != "full_shard":
         raise ScaleplanError(
             f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
@@ -121,6 +123,23 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
         raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
                              f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
                              f"{', '.join(odd)}")
+
+
+def check_titan_tp(*, parallelism: Parallelism, checkpointing: str,
+                   compile: bool = False) -> None:
+    """Refuse, by name, what `scaleplan.memory.titan_tp_terms` was not measured with under
+    torchtitan's tensor parallelism: its per-op selective checkpointing and compiled blocks.
+    Async TP and context parallelism have no `Parallelism` field: they are not modelled."""
+    if compile:
+        raise ScaleplanError(
+            f"implementation='torchtitan' with tensor={parallelism.tensor} is not modelled yet "
+            "with compile=True (its compiled blocks were measured without TP); use "
+            "compile=False")
+    if checkpointing == "selective":
+        raise ScaleplanError(
+            f"implementation='torchtitan' with tensor={parallelism.tensor} is not modelled yet "
+            "with checkpointing='selective' (its per-op selective checkpointing was measured "
+            "without TP); use 'full' or 'none'")
 
 
 def _titan_misfits(cfg: GPTConfig) -> list[str]:

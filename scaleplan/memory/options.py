@@ -17,7 +17,11 @@ from typing import Any
 from scaleplan.checks import one_of, real, whole
 from scaleplan.errors import ScaleplanError, shown
 from scaleplan.memory.activations import AttentionKind, CheckpointingKind, DeviceKind
-from scaleplan.memory.implementations import check_implementation, check_titan
+from scaleplan.memory.implementations import (
+    check_implementation,
+    check_titan,
+    check_titan_tp,
+)
 from scaleplan.memory.lora_states import check_lora
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
@@ -119,6 +123,8 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     refuse_unmodelled(cfg)
     if implementation == "torchtitan":
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
+        if par.tensor > 1:
+            check_titan_tp(parallelism=par, checkpointing=checkpointing, compile=compile)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
                parallelism=par)  # first: its refusals say how to run a LoRA step instead
     if lora is not None and compile:  # the LoRA terms were measured eager only

@@ -44,6 +44,7 @@ from scaleplan.memory.step_switches import (
 )
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
 from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
+from scaleplan.memory.titan_tp_terms import titan_tp_parts
 from scaleplan.memory.tune_switches import (
     tune_in_backward_held_bytes,
     tune_in_backward_moments,
@@ -71,9 +72,10 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
     "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "torchtune": torchtune's
     models and recipe loss (`scaleplan.memory.tune_terms`), "torchtitan": its Llama 3 under
-    FSDP2 (`scaleplan.memory.titan_terms`), "litgpt": litgpt's GPT and chunked loss
-    (`scaleplan.memory.litgpt_terms`); each on one stage with no tensor parallelism, as
-    `step_options` checks. ``switches``: the memory-saving switches
+    FSDP2 (`scaleplan.memory.titan_terms`; with tensor parallelism
+    `scaleplan.memory.titan_tp_terms`), "litgpt": litgpt's GPT and chunked loss
+    (`scaleplan.memory.litgpt_terms`); each on one stage and, torchtitan apart, with no tensor
+    parallelism, as `step_options` checks. ``switches``: the memory-saving switches
     (`scaleplan.memory.step_switches`; nanoGPT's, Hugging Face's and torchtune's layouts,
     torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each
@@ -213,7 +215,10 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
     gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
     saved tensors less the loss side (freed once the head's backward ran), plus one block
-    rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`)."""
+    rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`). With tensor
+    parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`."""
+    if par.tensor > 1:
+        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl)
     saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                       device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())

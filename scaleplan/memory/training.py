@@ -249,7 +249,9 @@ def training_memory(
             per-op SAC; ``attention="flash"`` is SDPA; ``compile`` compiles each block; its
             trainer drops the logits, so ``hold_logits`` does not apply;
             `scaleplan.memory.titan_sdpa_terms` and `scaleplan.memory.titan_compiled_terms`,
-            exact against torchtitan on CPU),
+            exact against torchtitan on CPU; with ``Parallelism(tensor=T)`` its tensor and
+            sequence parallelism and vocabulary-parallel loss,
+            `scaleplan.memory.titan_tp_terms`),
             ``"torchtune"`` (torchtune 0.6.1's Llama 3.x / Qwen2 / Gemma models and
             full_finetune_single_device's loss, bf16-true or 32-true, compiled per layer with
             ``compile``; `scaleplan.memory.tune_terms`, exact against torchtune on CPU) or

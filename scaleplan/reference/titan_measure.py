@@ -49,8 +49,9 @@ from pydantic import BaseModel, ConfigDict
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID", "TitanMeasurement", "apply_ac", "check_fsdp", "grid", "import_llama3", "main",
-           "measure_titan", "titan_model"]
+__all__ = ["GRID", "TitanMeasurement", "TitanTracker", "apply_ac", "check_fsdp",
+           "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan", "titan_model",
+           "titan_model_config"]
 
 _EP_PACKAGE = "torchtitan.distributed.minimal_async_ep"
 JSON_PATH = Path("docs/validation/torchtitan-memory.json")
@@ -101,6 +102,11 @@ def titan_model(cfg: GPTConfig, attn_backend: str = "flex") -> Any:
     ``ScaledDotProductAttention``, causal, built directly: 0.3.0's ``get_attention_config``
     no longer offers it for language models, but it is the kernel torchtitan's Llama ran
     before FlexAttention, ``F.scaled_dot_product_attention(..., is_causal=True)``)."""
+    return titan_model_config(cfg, attn_backend).build()
+
+
+def titan_model_config(cfg: GPTConfig, attn_backend: str = "flex") -> Any:
+    """The ``Llama3Model.Config`` `titan_model` builds (to set its sharding before the build)."""
     import_llama3()
     common = importlib.import_module("torchtitan.models.common")
     utils = importlib.import_module("torchtitan.models.common.config_utils")
@@ -130,7 +136,7 @@ def titan_model(cfg: GPTConfig, attn_backend: str = "flex") -> Any:
         lm_head=common.Linear.Config(in_features=d, out_features=cfg.vocab_size,
                                      param_init=lin),
         layers=layers)
-    return config.build()
+    return config
 
 
 class _Tracker(LiveBytesTracker):  # type: ignore[no-untyped-call]
@@ -293,6 +299,11 @@ def check_fsdp(cfg: GPTConfig) -> dict[str, Any]:
                 "gradient": str(param.grad.dtype) if param.grad is not None else "none"}
     finally:
         dist.destroy_process_group()
+
+
+# Public names for the tensor-parallel harness (scaleplan.reference.titan_tp_measure).
+TitanTracker = _Tracker
+flex_on_cpu = _flex_on_cpu
 
 
 def _gathered(param: Any) -> bool:
