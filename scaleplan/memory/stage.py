@@ -20,6 +20,7 @@ from scaleplan.memory.activations import (
     DeviceKind,
     activation_bytes,
     autocast_weight_copy_bytes,
+    param_dtype_bytes,
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import (
@@ -108,9 +109,12 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
     if checkpointing == "full":
-        moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
-                                                copies, all_copies, layers,
-                                                "compiled" if compiled else code)
+        code = "compiled" if compiled else code
+        tied = cfg.tie_embeddings and embeds and heads and code == "nanogpt"
+        moments["recompute"] = recompute_moment(
+            cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
+            head_gradient=per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
+            if tied else 0)
     if switches != NO_SWITCHES:
         saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
