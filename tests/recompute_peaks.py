@@ -5,9 +5,9 @@ tests/test_memory_vs_reference.py's validation grid (both configs, five precisio
 attention, dropout 0 and 0.1 with CUDA's and CPU's dropout semantics: 30 steps, about two
 minutes on CPU) with `scaleplan.reference.measure.measure` and writes
 tests/data/recompute_peaks.json: per case the measured peak, the phase it fell in, and the
-resident bytes the model leaves out (buffers, i.e. the RoPE tables). tests/test_recompute_peaks_replay.py
-replays them without torch, so mutation testing sees `scaleplan.memory.stage_terms`' recompute
-moment.
+resident bytes the model leaves out (buffers, i.e. the RoPE tables).
+tests/test_recompute_peaks_replay.py replays them without torch, so mutation testing sees
+`scaleplan.memory.stage_terms`' recompute moment.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["B", "CASES", "CONFIGS", "PATH", "S", "measure_all"]
+__all__ = ["CASES", "CONFIGS", "PATH", "B", "S", "measure_all"]
 
 PATH = Path(__file__).parent / "data" / "recompute_peaks.json"
 B, S = 2, 48

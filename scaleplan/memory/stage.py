@@ -110,16 +110,24 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
     if checkpointing == "full":
         code = "compiled" if compiled else code
-        tied = cfg.tie_embeddings and embeds and heads and code == "nanogpt"
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
-            head_gradient=per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
-            if tied else 0)
+            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads))
     if switches != NO_SWITCHES:
         saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
                                       heads=heads, sw=switches)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
+                           both_ends: bool) -> Any:
+    """Bytes of a tied head's gradient that nanoGPT's backward holds until the embedding's
+    adds its share (one AccumulateGrad node for the shared weight), V d in the parameters'
+    dtype (fp32 under autocast, after the cast back), when one stage holds both ends."""
+    if not (cfg.tie_embeddings and both_ends and code == "nanogpt"):
+        return 0
+    return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
 
 
 def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,

@@ -77,22 +77,23 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     ``code``: "nanogpt", "hf" (Hugging Face's layer), "litgpt" (litgpt's Block), "torchtune" or
     "torchtune-compiled" (its layer, eager or compiled) or "compiled" (torch.compile's).
 
-    For nanoGPT's dense block (the reference model, measured live at this moment): the rebuilt
-    block's input is the checkpoint's own storage (not counted twice), the head's weight copies
-    are gone with the head's backward, the targets (with the 4-byte loss) stay with the batch, and on top come the backward of the block's MLP at its
-    worst node (`block_backward_bytes`) and ``head_gradient``: a tied head's gradient, which
-    autograd holds until the embedding's backward adds its share (one AccumulateGrad node for
-    the shared weight), given by the caller."""
+    For nanoGPT's dense block (the reference model, measured live at this moment,
+    tests/data/recompute_peaks.json): the rebuilt block's input is the checkpoint's own storage
+    (not counted twice), the head's weight copies are gone with the head's backward, the
+    targets (with the loss) stay with the batch, and on top come the backward of the block's
+    MLP at its worst node (`block_backward_bytes`) and ``head_gradient``: a tied head's
+    gradient, which autograd holds until the embedding's backward adds its share (one
+    AccumulateGrad node for the shared weight), given by the caller. An MoE block keeps its
+    whole-tensor gradient buffer (`scaleplan.memory.sharding.mlp_gradient_buffer`) instead."""
     dropout = cfg.dropout > 0
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    if code == "nanogpt" and cfg.moe is None:  # the batch's targets (and the loss) stay
-        return (kept + saved.get("targets", 0) + sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par)
-                + share + block_backward_bytes(cfg, b, s, p, dropout=dropout, device=device,
-                                     par=par)
-                + head_gradient)
+    if code == "nanogpt" and cfg.moe is None:
+        rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par)
+        backward = block_backward_bytes(cfg, b, s, p, dropout=dropout, device=device, par=par)
+        return kept + saved.get("targets", 0) + rebuilt + share + backward + head_gradient
     return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
 
 
