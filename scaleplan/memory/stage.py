@@ -29,7 +29,11 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_saved_terms
-from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
+from scaleplan.memory.litgpt_terms import (
+    litgpt_loss_transients,
+    litgpt_no_sync_gradient_bytes,
+    litgpt_saved_terms,
+)
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
@@ -117,7 +121,23 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         saved, moments = switch_stage(cfg, b, s, p, saved=saved, moments=moments,
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
                                       heads=heads, sw=switches)
+    moments = _fsdp_no_sync(moments, cfg, p, par, G, implementation, switches)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, p: Precision, par: Parallelism,
+                  G: Any, implementation: str, switches: StepSwitches) -> dict[str, Any]:
+    """litgpt's full fine-tune under FSDP (Fabric's FSDP1) accumulating gradients: its
+    ``no_sync`` micro-batches leave the whole model's gradients unsharded
+    (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`) until the last micro-batch's
+    backward reduce-scatters them; so through forward and backward the gradients on a GPU are
+    those, not its shards (``G``, which the moments count). The optimizer step sees the
+    shards."""
+    if not (implementation == "litgpt" and par.fsdp is not None and par.data > 1
+            and switches.gradient_accumulation):
+        return moments
+    unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
+    return {k: v if k == "optimizer_step" else v + unsharded - G for k, v in moments.items()}
 
 
 def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
