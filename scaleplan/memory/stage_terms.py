@@ -154,10 +154,12 @@ def block_backward_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, dropou
     sequence parallelism. Measured live at the peak of the reference model's step
     (``scaleplan.reference.measure``, tests/data/recompute_peaks.json).
 
+    fp32, T = 4, d = 8, f = 32: the residual gradient 4 x 8 x 4 = 128, c_proj's input gradient
+    4 x 32 x 4 = 512 and weight gradient 32 x 8 x 4 = 1024:
+
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
     >>> block_backward_bytes(cfg, 1, 4, "32-true", dropout=False, device="cuda",
     ...                      par=Parallelism())
-    ... # 4 x 8 x 4 (residual gradient) + 4 x 32 x 4 (input gradient) + 32 x 8 x 4 (weight's)
     1664
     """
     d, f, T = cfg.n_embd, cfg.mlp_hidden, b * s
