@@ -15,7 +15,7 @@ import pytest
 from scaleplan.memory.activations import block_saved_terms
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage import stage_parts
-from scaleplan.memory.stage_terms import block_backward_bytes, recompute_moment
+from scaleplan.memory.stage_terms import block_backward_bytes, recompute_moment, split_terms
 from scaleplan.model.config import GPTConfig
 
 GPT = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, block_size=64)
@@ -128,3 +128,23 @@ def test_a_tied_heads_gradient_waits_for_the_embeddings(precision: str, pending:
     # pipelined, no stage holds both ends: nothing waits
     for stage in ("first", "last"):
         assert recompute(GPT, stage, 2) == recompute(GPT.replace(tie_embeddings=False), stage, 2)
+
+
+def test_sequence_parallelism_splits_the_d_wide_tensors_too() -> None:
+    # bf16-mixed, T = 64 (b = 16), t = 2 with sequence parallelism: the fp32 residual gradient
+    # 64 x 8 x 4 = 2048 and c_proj's bf16 incoming gradient 64 x 8 x 2 = 1024 halve like the
+    # f-wide ones (64 x 32 x 2 + 32 x 8 x 2 = 4608): 1024 + 512 + 2304; c_proj's node beats the
+    # weight gradient's fp32 cast (32 x 8 x 4 / 2 = 512)
+    sp = Parallelism(tensor=2, sequence_parallel=True)
+    assert block_backward_bytes(GPT, 16, 4, "bf16-mixed", dropout=False, device="cuda",
+                                par=sp) == 1024 + 512 + 2304 == 3840
+    # without sequence parallelism only the f-wide part halves
+    assert block_backward_bytes(GPT, 16, 4, "bf16-mixed", dropout=False, device="cuda",
+                                par=Parallelism(tensor=2)) == 2048 + 1024 + 2304
+    # the checkpointed block input (T d 4 = 128 at T = 4) is one rank's half of it
+    got = recompute_moment(GPT, 1, 4, "32-true", "flash", "cuda", sp, SAVED, 30, 30, 2)
+    block = split_terms(block_saved_terms(GPT, 1, 4, precision="32-true", attention="flash",
+                                          checkpointing="none", device="cuda", dropout=False), sp)
+    rebuilt = got - sum(block.values()) - block_backward_bytes(
+        GPT, 1, 4, "32-true", dropout=False, device="cuda", par=sp)
+    assert rebuilt == 1100 + 23 - 64
