@@ -34,31 +34,37 @@ def test_the_unsharded_gradients_are_every_parameters(precision: str, nbytes: in
     assert litgpt_no_sync_gradient_bytes(CFG, precision=precision) == PARAMS * nbytes  # type: ignore[arg-type]
 
 
-def parts(accumulating: bool, implementation: str = "litgpt",
-          par: Parallelism | None = None) -> tuple[int, dict[str, int]]:
-    got = stage_parts(CFG, 1, 8, "bf16-true", "adamw", "flash", "full", "cuda",
+def parts(accumulating: bool, implementation: str = "litgpt", par: Parallelism | None = None,
+          precision: str = "bf16-true") -> tuple[int, dict[str, int]]:
+    got = stage_parts(CFG, 1, 8, precision, "adamw", "flash", "full", "cuda",  # type: ignore[arg-type]
                       par or Parallelism(data=4, fsdp="full_shard"), "fused", True, "only",
                       implementation=implementation,
                       switches=StepSwitches(gradient_accumulation=accumulating))
     return got[1], got[-1]
 
 
-def accumulation_cost(implementation: str, par: Parallelism | None = None) -> dict[str, int]:
+def accumulation_cost(implementation: str, par: Parallelism | None = None,
+                      precision: str = "bf16-true") -> dict[str, int]:
     """What gradient accumulation adds to each moment (gradients resident from the earlier
     micro-batches): the same for every implementation but litgpt under FSDP."""
-    _, with_acc = parts(True, implementation, par)
-    _, without = parts(False, implementation, par)
+    _, with_acc = parts(True, implementation, par, precision)
+    _, without = parts(False, implementation, par, precision)
     return {k: with_acc[k] - without[k] for k in with_acc}
 
 
-def test_accumulating_under_fsdp_holds_the_whole_models_gradients() -> None:
-    G = parts(True)[0]
-    litgpt, nanogpt = accumulation_cost("litgpt"), accumulation_cost("nanogpt")
-    # the moments count the shards G; litgpt's no_sync micro-batches hold 2216 x 2 B instead
-    # through forward and backward, and the optimizer step sees the shards again
+@pytest.mark.parametrize(("precision", "nbytes"), [("bf16-true", 2), ("32-true", 4)])
+@pytest.mark.parametrize("data", [2, 4])
+def test_accumulating_under_fsdp_holds_the_whole_models_gradients(precision: str, nbytes: int,
+                                                                  data: int) -> None:
+    par = Parallelism(data=data, fsdp="full_shard")
+    G = parts(True, par=par, precision=precision)[0]
+    litgpt = accumulation_cost("litgpt", par, precision)
+    nanogpt = accumulation_cost("nanogpt", par, precision)
+    # the moments count the shards G; litgpt's no_sync micro-batches hold 2216 x 2 B (bf16) or
+    # x 4 B (fp32) instead through forward and backward, and the optimizer step sees the shards
     assert litgpt["optimizer_step"] == nanogpt["optimizer_step"]
     for moment in ("forward_end", "backward_start", "recompute"):
-        assert litgpt[moment] - nanogpt[moment] == PARAMS * 2 - G
+        assert litgpt[moment] - nanogpt[moment] == PARAMS * nbytes - G
 
 
 def test_only_litgpt_under_fsdp_runs_no_sync() -> None:

@@ -133,7 +133,7 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, p: Precision, par: Pa
     backward reduce-scatters them; so through forward and backward the gradients on a GPU are
     those, not its shards (``G``, which the moments count). The optimizer step sees the
     shards."""
-    if not (implementation == "litgpt" and par.fsdp is not None and par.data > 1
+    if not (implementation == "litgpt" and par.fsdp is not None
             and switches.gradient_accumulation):
         return moments
     unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
