@@ -13,8 +13,10 @@ attention kinds, dropout, CUDA dropout semantics and full checkpointing, with no
 Tolerances, as the report documents them (docs/validation/validation.md): params, FLOPs,
 saved-for-backward bytes and autocast weight copies are exact; the tensor peak is exact up to
 4 bytes (a 0-dim fp32 tensor the harness sees live at some peaks) without checkpointing, within
-5 % under full checkpointing (`tests/test_memory_vs_reference.py`'s tolerance; the report's worst
-point is 3.96 %), and within 1 % for the two FakeTensorMode points (GPT-2 XL, Llama-2-7B).
+0.4 % under full checkpointing (the worst point, 0.33 %, is the llama-like config's RoPE tables,
+resident buffers the model leaves out; before the recompute moment counted the rebuilt block's
+backward it was 3.96 %), and within 1 % for the two FakeTensorMode points (GPT-2 XL,
+Llama-2-7B).
 
 If the harness is re-run with a newer torch whose kernels save different tensors, regenerate the
 JSON and review the diff: a failure here means the formulas and the measurements disagree.
@@ -150,7 +152,7 @@ def test_tensor_peak_within_the_documented_tolerance(point: dict[str, Any]) -> N
     if m["fake"]:
         assert predicted == pytest.approx(measured, rel=0.01)
     elif m["checkpointing"]:
-        assert predicted == pytest.approx(measured, rel=0.05)
+        assert predicted == pytest.approx(measured, rel=0.004)
     else:
         assert 0 <= measured - predicted <= 4
 

@@ -101,19 +101,32 @@ def moment(code: str, cfg: GPTConfig = GPT, device: str = "cuda", attention: str
                             copies, all_copies, 2, code)
 
 
+# nanoGPT's rebuilt block (measured live at this moment on the reference model, see
+# tests/test_recompute_peaks_replay.py): its norm1 input is the checkpointed block input
+# (T d 4 = 128, not counted twice); the targets (23) stay with the batch; the head's weight
+# copies (30) were freed with the head's backward. Its backward at c_proj's node adds the
+# residual gradient T d 4 = 128, c_proj's input gradient T f 4 = 512 and weight gradient
+# f d 4 = 1024: 1664.
+BACKWARD = 128 + 512 + 1024
+
+
 def test_recompute_moment_nanogpt() -> None:
-    # kept terms + the non-block weight copies 30 + one rebuilt block + one block's share of the
-    # other copies (131 - 30) // 2 = 50 (whole bytes) + no MoE gradient buffer
-    assert moment("nanogpt") == KEPT + 30 + BLOCK + 50 == 3324
-    # tensor parallelism: the rebuilt block is split like the saved ones
+    # kept terms + targets + one rebuilt block less its input + one block's share of the
+    # other copies (131 - 30) // 2 = 50 (whole bytes) + its backward
+    assert moment("nanogpt") == KEPT + 23 + BLOCK - 128 + 50 + BACKWARD == 4853
+    # tensor parallelism: the rebuilt block is split like the saved ones; its input (128) and
+    # the residual gradient (128) are replicated, c_proj's gradients (512 + 1024) split
     assert moment("nanogpt", par=Parallelism(tensor=2)) == \
-        KEPT + 30 + BLOCK - BLOCK_SPLIT // 2 + 50 == 2540
+        KEPT + 23 + BLOCK - BLOCK_SPLIT // 2 - 128 + 50 + 128 + (512 + 1024) // 2 == 3301
 
 
 def test_recompute_moment_nanogpt_with_dropout_on_cuda() -> None:
     # dropout adds the two residual dropouts' bool T d masks (64); flash attention's own
-    # dropout happens inside the kernel and saves no mask
-    assert moment("nanogpt", GPT.replace(dropout=0.1)) == KEPT + 30 + BLOCK + 64 + 50
+    # dropout happens inside the kernel and saves no mask. In backward the MLP's mask (32) is
+    # freed once its dropout node ran, and c_proj's incoming gradient is the masked one, a
+    # tensor of its own (T d 4 = 128)
+    assert moment("nanogpt", GPT.replace(dropout=0.1)) == \
+        KEPT + 23 + BLOCK + 64 - 128 + 50 + BACKWARD + 128 - 32 == 5013
 
 
 # Hugging Face's GPT-2 layer (hf_terms), fp32, b = 1: both LayerNorms 2 x (128 + 32); c_attn's
@@ -162,7 +175,7 @@ def test_recompute_moment_shares_the_block_copies_over_layers(layers: int, share
     # layers takes them all
     got = recompute_moment(GPT, 1, 4, "32-true", "flash", "cuda", Parallelism(), SAVED, 30, 131,
                            layers)
-    assert got == KEPT + 30 + BLOCK + share
+    assert got == KEPT + 23 + BLOCK - 128 + share + BACKWARD
 
 
 def test_recompute_moment_of_an_moe_block() -> None:

@@ -126,8 +126,14 @@ def test_pipeline_stage_parts_under_full_checkpointing_and_autocast() -> None:
     assert sum(saved.values()) == 33_792
     assert (copies, all_copies, held) == (0, 98_304, 0)
     # recomputing its block: the saved 33,792 + the block's own saved tensors under bf16-mixed
-    # (194,048, tests/test_training_values.py) + its weights' copies 98,304
-    assert moments["recompute"] == 33_792 + 194_048 + 98_304
+    # (194,048, tests/test_training_values.py) less its RMSNorm's input (the checkpointed block
+    # input, T d x 4 = 16,384) + its weights' copies 98,304 + its backward: the residual
+    # gradient T d x 4 = 16,384 and down_proj's node, the largest (its bf16 incoming gradient
+    # T d x 2 = 8192, input gradient T f x 2 = 24,576, weight gradient f d x 2 = 24,576: 57,344
+    # against the weight gradient's fp32 cast f d x 4 = 49,152 and the product's gradients
+    # 2 T f x 2 = 49,152)
+    backward = 16_384 + 8192 + 24_576 + 24_576
+    assert moments["recompute"] == 33_792 + 194_048 - 16_384 + 98_304 + backward == 383_488
     assert moments["forward_end"] == 33_792 + 98_304
     # Last stage: block input 16,384 + final norm 16,640 + head input 8192 + log-softmax 65,536
     # + targets 516 = 107,268; the head's copy 32,768 stays for backward; all copies 131,072;
@@ -135,9 +141,11 @@ def test_pipeline_stage_parts_under_full_checkpointing_and_autocast() -> None:
     _, _, _, saved, copies, all_copies, held, moments = stage_parts(*args, "last")
     assert sum(saved.values()) == 107_268
     assert (copies, all_copies, held) == (32_768, 131_072, 32_768)
-    # recompute, once the loss side (90,884) is freed: 16,384 + 32,768 (head copy) + 194,048
-    # + one block's copies (131,072 - 32,768) / 1 block = 341,504
-    assert moments["recompute"] == 341_504
+    # recompute, once the loss side (90,884) but the targets (516) is freed and the head's copy
+    # with it: 16,384 + 516 + 194,048 - 16,384 + one block's copies (131,072 - 32,768) / 1 block
+    # + the block's backward as on the first stage (the head is untied: no gradient waits)
+    assert moments["recompute"] == 16_384 + 516 + 194_048 - 16_384 + 98_304 + backward \
+        == 366_596
 
 
 def one_token(par: Parallelism) -> MemoryBreakdown:

@@ -129,14 +129,20 @@ def test_full_checkpointing_peaks_while_a_block_is_recomputed() -> None:
     # fp32, b = 2, s = 32 (T = 64), fused AdamW. Saved: token ids 512, each block's input
     # T d x 4 = 16,384 (x 2 blocks), and the loss side: final norm 16,640, head input 16,384,
     # log-softmax 65,536, targets 516 = 99,076. S = 512 + 32,768 + 99,076 = 132,356.
-    # Recomputing one block in backward, once the loss side is freed: S - 99,076 + the block's
-    # own saved tensors, 337,408 (tests/test_gated_gqa_values.py) = 370,688; more than the start
-    # of backward (S + 2 T V x 4 = 263,428). On top: the held logits, T V x 4 = 65,536.
+    # Recomputing one block in backward, once the loss side but the targets (516) is freed:
+    # S - 99,076 + 516 + the block's own saved tensors, 337,408 (tests/test_gated_gqa_values.py)
+    # less its RMSNorm's input, the checkpoint's storage (T d x 4 = 16,384), + its backward: the
+    # residual gradient T d x 4 = 16,384 and the larger of down_proj's node (input and weight
+    # gradients, T f x 4 + f d x 4 = 98,304) and the product's (2 T f x 4 = 98,304): 469,508,
+    # more than the start of backward (S + 2 T V x 4 = 263,428). On top: the held logits,
+    # T V x 4 = 65,536.
     m = training_memory(CFG, micro_batch_size=2, seq_len=32, precision="32-true",
                         checkpointing="full", optimizer_impl="fused")
     assert m.saved_for_backward == 132_356
     assert m.peak_moment == "recompute"
-    assert m.tensor_peak == W + G + ADAMW + 370_688 + 65_536
+    assert m.tensor_peak == W + G + ADAMW + 132_356 - 99_076 + 516 + 337_408 - 16_384 + 16_384 \
+        + 98_304 + 65_536
+    assert m.tensor_peak == W + G + ADAMW + 469_508 + 65_536
 
 
 def test_full_checkpointing_under_autocast_peaks_at_the_end_of_forward() -> None:
@@ -247,23 +253,27 @@ def test_allocator_slack_is_exact_past_float64_integers() -> None:
     assert m.overhead == -(-m.tensor_peak // 1024)
 
 
-def test_full_checkpointing_under_autocast_at_512_tokens_peaks_at_backward() -> None:
+def test_full_checkpointing_under_autocast_at_512_tokens_peaks_while_recomputing() -> None:
     # bf16-mixed, full checkpointing, b = 8, s = 64: T = 512. Per token (from the T = 64 case
     # above): S = 1940 T + 4 (ids 8, block inputs 2 x 256, final norm 260, head input 128,
     # log-softmax 1024, targets 8, + the 4-byte weight) = 993,284. Moments:
     #   end of forward  S + 229,376 copies + T V (2 + 4) = 3476 T + 229,380 = 2,009,092
     #   start of backward  S + 32,768 (the head's copy) + 2 T V x 4 = 3988 T + 32,772 = 2,074,628
-    #   recompute  520 T + 32,768 + 3032 T (one block) + 98,304 = 3552 T + 131,072 = 1,949,696
-    # Backward wins, and only the head's weight copy is live then (the blocks' copies are freed
-    # with the forward's autocast cache).
+    #   recompute  the kept ids and block inputs 520 T, the targets 8 T + 4, one block 3032 T
+    #     less its RMSNorm's input (the checkpoint, T d x 4 = 256 T), one block's bf16 weight
+    #     copies 98,304 (the head's copy was freed with its backward), the residual gradient
+    #     T d x 4 = 256 T, and the largest MLP backward node: down_proj's (its bf16 incoming
+    #     gradient T d x 2 + input gradient T f x 2 + weight gradient f d x 2 = 384 T + 24,576),
+    #     the weight gradient's fp32 cast (f d x 4 = 49,152) or the product's gradients
+    #     (2 T f x 2 = 768 T): 768 T at T = 512. 4328 T + 98,308 = 2,314,244
+    # Recomputing wins (it does at every T: 4328 T > 3988 T).
     m = training_memory(CFG, micro_batch_size=8, seq_len=64, precision="bf16-mixed",
                         checkpointing="full", optimizer_impl="fused")
     assert m.saved_for_backward == 993_284
-    assert m.peak_moment == "backward_start"
-    assert m.autocast_weight_copies == 32_768
+    assert m.peak_moment == "recompute"
     held = 512 * 256 * 2  # bf16 logits
-    assert m.transient == 2 * 512 * 256 * 4 + held
-    assert m.tensor_peak == W + G + ADAMW + 2_074_628 + held
+    assert m.tensor_peak == W + G + ADAMW + 4328 * 512 + 98_308 + held == \
+        W + G + ADAMW + 2_314_244 + held
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from scaleplan.checks import is_integer
 from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.params import param_terms
 
 __all__ = [
     "LITGPT_LOSS_CHUNK",
@@ -54,6 +55,7 @@ __all__ = [
     "litgpt_loss_saved_terms",
     "litgpt_loss_transients",
     "litgpt_model_saved_terms",
+    "litgpt_no_sync_gradient_bytes",
     "litgpt_saved_bytes",
     "litgpt_saved_terms",
 ]
@@ -276,6 +278,31 @@ def litgpt_loss_transients(cfg: GPTConfig, b: Any, s: Any, *, precision: Precisi
     copy = litgpt_logits_copy_bytes(cfg, b, s, precision=precision)
     piece = rows if chunk == 0 else _smaller(rows, chunk)
     return copy + (0 if hold_logits else logits), _larger(2 * piece * V * e, logits)
+
+
+def litgpt_no_sync_gradient_bytes(cfg: GPTConfig, *, precision: Precision) -> Any:
+    """Bytes of the whole model's gradients, unsharded, that each GPU holds while litgpt's full
+    fine-tune accumulates gradients under FSDP.
+
+    ``litgpt/finetune/full.py`` (0.5.13, lines 280-281) runs every micro-batch but a step's last
+    inside ``fabric.no_backward_sync(model, enabled=is_accumulating)``, which Fabric's
+    ``FSDPStrategy`` (FSDP1) turns into ``FullyShardedDataParallel.no_sync()``
+    (``lightning/fabric/strategies/fsdp.py:747-761``). There FSDP's post-backward hook reshards
+    the parameters and returns before the reduce-scatter, keeping each unit's gradient
+    unsharded (``torch/distributed/fsdp/_runtime_utils.py:742-746``, torch 2.13): from the first
+    accumulating backward until the last micro-batch's backward reduce-scatters them, every GPU
+    holds every parameter's gradient, in the gathered dtype (bf16 under Fabric's bf16
+    precisions, ``lightning/fabric/plugins/precision/fsdp.py:96-97``; fp32 under 32-true).
+    FSDP1's padding of each flat parameter to a multiple of the ranks is left out.
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, bias=False,
+    ...                 position="rope", norm="rmsnorm", mlp="swiglu", mlp_hidden=32)
+    >>> # tied embedding 16 x 8 + 2 blocks x (q/k/v 8 x 24 + proj 8 x 8 + MLP 3 x 8 x 32 + norms
+    >>> # 2 x 8) + final norm 8 = 2216 parameters, 2 bytes each
+    >>> litgpt_no_sync_gradient_bytes(cfg, precision="bf16-true")
+    4432
+    """
+    return param_terms(cfg)["total"] * (FP32 if precision == "32-true" else HALF)
 
 
 def _smaller(x: Any, y: Any) -> Any:

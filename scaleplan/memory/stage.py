@@ -21,6 +21,7 @@ from scaleplan.memory.activations import (
     DeviceKind,
     activation_bytes,
     autocast_weight_copy_bytes,
+    param_dtype_bytes,
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import (
@@ -29,7 +30,11 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_saved_terms
-from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
+from scaleplan.memory.litgpt_terms import (
+    litgpt_loss_transients,
+    litgpt_no_sync_gradient_bytes,
+    litgpt_saved_terms,
+)
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
@@ -119,12 +124,14 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
     if checkpointing == "full":
-        moments["recompute"] = recompute_moment(cfg, b, s, p, attention, device, par, saved,
-                                                copies, all_copies, layers,
-                                                "compiled" if compiled else code)
+        code = "compiled" if compiled else code
+        moments["recompute"] = recompute_moment(
+            cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
+            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
+    moments = _fsdp_no_sync(moments, cfg, p, par, G, implementation, switches)
     return W, G, O, saved, copies, all_copies, held, moments
 
 
@@ -152,6 +159,31 @@ def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                                              device=device),
             largest=largest)
     return saved, moments
+
+
+def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, p: Precision, par: Parallelism,
+                  G: Any, implementation: str, switches: StepSwitches) -> dict[str, Any]:
+    """litgpt's full fine-tune under FSDP (Fabric's FSDP1) accumulating gradients: its
+    ``no_sync`` micro-batches leave the whole model's gradients unsharded
+    (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`) until the last micro-batch's
+    backward reduce-scatters them; so through forward and backward the gradients on a GPU are
+    those, not its shards (``G``, which the moments count). The optimizer step sees the
+    shards."""
+    if not (implementation == "litgpt" and par.fsdp is not None
+            and switches.gradient_accumulation):
+        return moments
+    unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
+    return {k: v if k == "optimizer_step" else v + unsharded - G for k, v in moments.items()}
+
+
+def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
+                           both_ends: bool) -> Any:
+    """Bytes of a tied head's gradient that nanoGPT's backward holds until the embedding's
+    adds its share (one AccumulateGrad node for the shared weight), V d in the parameters'
+    dtype (fp32 under autocast, after the cast back), when one stage holds both ends."""
+    if not (cfg.tie_embeddings and both_ends and code == "nanogpt"):
+        return 0
+    return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
 
 
 def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,

@@ -6,18 +6,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.checks import is_integer
 from scaleplan.memory.activations import (
+    AUTOCAST,
+    CUDA_MASK_BYTES,
+    FP32_BYTES,
     TENSOR_PARALLEL_SPLIT_TERMS,
     AttentionKind,
     CheckpointingKind,
     DeviceKind,
+    activation_bytes,
     block_saved_terms,
     embedding_saved_terms,
     head_saved_terms,
     layers_saved_terms,
     model_saved_terms,
+    residual_bytes,
 )
 from scaleplan.memory.compiled_terms import compiled_block_saved_terms
+from scaleplan.memory.dtypes import semantics
 from scaleplan.memory.hf_terms import hf_block_saved_terms
 from scaleplan.memory.litgpt_terms import litgpt_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
@@ -25,7 +32,7 @@ from scaleplan.memory.sharding import mlp_gradient_buffer
 from scaleplan.memory.tune_terms import tune_block_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 
-__all__ = ["eager_saved_terms", "recompute_moment", "split_terms"]
+__all__ = ["block_backward_bytes", "eager_saved_terms", "recompute_moment", "split_terms"]
 
 
 def split_terms(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
@@ -63,31 +70,124 @@ _LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "ta
 
 def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
                      device: DeviceKind, par: Parallelism, saved: dict[str, Any], copies: Any,
-                     all_copies: Any, layers: int, code: str = "nanogpt") -> Any:
+                     all_copies: Any, layers: int, code: str = "nanogpt", *,
+                     head_gradient: Any = 0) -> Any:
     """Full checkpointing's recompute moment: the saved tensors less the loss side (freed by
     then), one block rebuilt with what it saves, its weight copies and its MLP gradients.
     ``code``: "nanogpt", "hf" (Hugging Face's layer), "litgpt" (litgpt's Block), "torchtune" or
-    "torchtune-compiled" (its layer, eager or compiled) or "compiled" (torch.compile's)."""
+    "torchtune-compiled" (its layer, eager or compiled) or "compiled" (torch.compile's).
+
+    For nanoGPT's dense block (the reference model, measured live at this moment,
+    tests/data/recompute_peaks.json): the rebuilt block's input is the checkpoint's own storage
+    (not counted twice), the head's weight copies are gone with the head's backward, the
+    targets (with the loss) stay with the batch, and on top come the backward of the block's
+    MLP at its worst node (`block_backward_bytes`) and ``head_gradient``: a tied head's
+    gradient, which autograd holds until the embedding's backward adds its share (one
+    AccumulateGrad node for the shared weight), given by the caller. An MoE block keeps its
+    whole-tensor gradient buffer (`scaleplan.memory.sharding.mlp_gradient_buffer`) instead."""
     dropout = cfg.dropout > 0
-    if code == "hf":
-        block = hf_block_saved_terms(cfg, b, s, precision=p,
-                                     attention="eager" if attention == "eager" else "sdpa",
-                                     device="cpu" if device == "cpu" else "cuda")
-    elif code.startswith("torchtune"):  # "torchtune" or "torchtune-compiled"
-        block = tune_block_saved_terms(cfg, b, s, precision=p,
-                                       device="cpu" if device == "cpu" else "cuda",
-                                       compiled=code.endswith("compiled"))
-    elif code == "litgpt":
-        block = litgpt_block_saved_terms(cfg, b, s, precision=p, device=device)
-    elif code == "compiled":
-        block = compiled_block_saved_terms(cfg, b, s, precision=p, checkpointing="none",
-                                           dropout=dropout, device=device)
-    else:
-        block = split_terms(block_saved_terms(cfg, b, s, precision=p, attention=attention,
-                                              checkpointing="none", device=device,
-                                              dropout=dropout,
-                                              kind="moe" if cfg.moe is not None else "dense"),
-                            par)
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
-    return (sum(saved.values()) - loss_side + copies + sum(block.values())
-            + (all_copies - copies) // max(layers, 1) + mlp_gradient_buffer(cfg, p, par))
+    kept = sum(saved.values()) - loss_side
+    share = (all_copies - copies) // max(layers, 1)
+    if code == "nanogpt" and cfg.moe is None:
+        rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par)
+        backward = block_backward_bytes(cfg, b, s, p, dropout=dropout, device=device, par=par)
+        return kept + saved.get("targets", 0) + rebuilt + share + backward + head_gradient
+    return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
+
+
+def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
+                   device: DeviceKind, par: Parallelism, code: str,
+                   dropout: bool) -> dict[str, Any]:
+    """What the block recomputed under full checkpointing saves, by ``code``."""
+    if code == "hf":
+        return hf_block_saved_terms(cfg, b, s, precision=p,
+                                    attention="eager" if attention == "eager" else "sdpa",
+                                    device="cpu" if device == "cpu" else "cuda")
+    if code.startswith("torchtune"):  # "torchtune" or "torchtune-compiled"
+        return tune_block_saved_terms(cfg, b, s, precision=p,
+                                      device="cpu" if device == "cpu" else "cuda",
+                                      compiled=code.endswith("compiled"))
+    if code == "litgpt":
+        return litgpt_block_saved_terms(cfg, b, s, precision=p, device=device)
+    if code == "compiled":
+        return compiled_block_saved_terms(cfg, b, s, precision=p, checkpointing="none",
+                                          dropout=dropout, device=device)
+    return split_terms(block_saved_terms(cfg, b, s, precision=p, attention=attention,
+                                         checkpointing="none", device=device, dropout=dropout,
+                                         kind="moe" if cfg.moe is not None else "dense"), par)
+
+
+def _checkpointed_input(cfg: GPTConfig, b: Any, s: Any, p: Precision, device: DeviceKind,
+                        par: Parallelism) -> Any:
+    """Bytes of the rebuilt block's first-norm input that are the checkpoint's own storage, the
+    block input (T d r) kept since the forward: a pre-norm block's norm saves its input as it
+    is, unless CPU's composite RMSNorm upcasts a 16-bit residual (an fp32 copy of its own)."""
+    upcast = cfg.norm == "rmsnorm" and device != "cuda" and residual_bytes(p) != FP32_BYTES
+    if cfg.norm_position == "post" or upcast:
+        return 0
+    return tensor_parallel_split(b * s * cfg.n_embd * residual_bytes(p), 0, t=par.tensor,
+                                 sequence_parallel=par.sequence_parallel)
+
+
+def block_backward_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, dropout: bool,
+                         device: DeviceKind, par: Parallelism) -> Any:
+    """Bytes the backward of a rebuilt nanoGPT dense block adds, at its worst moment, to the
+    tensors the block saved: the gradient of the residual stream (T d r, alive through the
+    whole block's backward, since the skip connection passes it on), less the MLP's residual
+    dropout mask (released once the dropout's backward ran, before the MLP's), plus the MLP
+    backward's worst node, T = b s tokens, d = n_embd, f = mlp_hidden, e = activation bytes:
+
+    - the output projection's backward: its incoming gradient when it is a tensor of its own
+      (T d e: autocast's cast of the residual gradient to the bf16 branch, or dropout's masked
+      gradient; without either it is the residual gradient itself), the gradient of its input
+      (T f e) and of its weight (f d e, before AccumulateGrad adds it to ``.grad``);
+    - under autocast, the next node casts that weight gradient to fp32: f d 4 more, as the
+      projection's saved input (T f e) and weight copy (f d e), which autograd released once
+      the node ran, make up for the input's and the 16-bit weight's gradients;
+    - a gated MLP's product (``act(gate) * up``): the gradient of the product (T f e) and of
+      both factors (2 T f e) replace the freed product (T f e): 2 T f e more.
+
+    The largest of these; elementwise for numpy arrays, ``sympy.Max`` for symbols. f-wide
+    tensors and the weight gradient split over tensor-parallel ranks, d-wide ones only with
+    sequence parallelism. Measured live at the peak of the reference model's step
+    (``scaleplan.reference.measure``, tests/data/recompute_peaks.json).
+
+    fp32, T = 4, d = 8, f = 32: the residual gradient 4 x 8 x 4 = 128, c_proj's input gradient
+    4 x 32 x 4 = 512 and weight gradient 32 x 8 x 4 = 1024:
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
+    >>> block_backward_bytes(cfg, 1, 4, "32-true", dropout=False, device="cuda",
+    ...                      par=Parallelism())
+    1664
+    """
+    d, f, T = cfg.n_embd, cfg.mlp_hidden, b * s
+    e, r = activation_bytes(p), residual_bytes(p)
+    t, sp = par.tensor, par.sequence_parallel
+    autocast = p in AUTOCAST
+    incoming = T * d * e if (autocast or dropout) else 0
+    projection = tensor_parallel_split(incoming, T * f * e + f * d * e, t=t, sequence_parallel=sp)
+    worst = projection
+    if autocast:
+        worst = _larger(worst, tensor_parallel_split(0, f * d * FP32_BYTES, t=t,
+                                                     sequence_parallel=sp))
+    if cfg.gated_mlp:
+        worst = _larger(worst, tensor_parallel_split(0, 2 * T * f * e, t=t,
+                                                     sequence_parallel=sp))
+    mask = (CUDA_MASK_BYTES if semantics(device)[1] else e) if dropout else 0
+    residual = tensor_parallel_split(T * d * r - T * d * mask, 0, t=t, sequence_parallel=sp)
+    return residual + worst
+
+
+def _larger(x: Any, y: Any) -> Any:
+    """max(x, y) for ints, elementwise for numpy arrays, ``sympy.Max`` for expressions."""
+    if is_integer(x) and is_integer(y):
+        return max(int(x), int(y))
+    if hasattr(x, "dtype") or hasattr(y, "dtype"):
+        import numpy as np
+
+        return np.maximum(x, y)
+    import sympy
+
+    return sympy.Max(x, y)
