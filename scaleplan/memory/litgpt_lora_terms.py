@@ -74,6 +74,7 @@ __all__ = [
     "litgpt_lora_model_states",
     "litgpt_lora_moments",
     "litgpt_lora_saved_terms",
+    "litgpt_lora_stage_parts",
     "litgpt_lora_switches",
 ]
 
@@ -247,19 +248,21 @@ def litgpt_lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
 
 def litgpt_lora_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                                  ids_saved: bool = False) -> dict[str, Any]:
-    """``chunked_cross_entropy`` over the head's chunks (utils.py:314-331): the log-softmax of
-    every chunk (b (s - 1) V e together), the targets (b (s - 1) int64 copies for b > 1; at b = 1
-    views of the ids, s int64, counted here unless ``ids_saved``: the embedding saves them),
-    one weight total per chunk (ceil(s / 128) scalars in the logits' dtype) and the count.
+    """``chunked_cross_entropy`` over the head's chunks (utils.py:314-331), on fp32 logits
+    (Fabric's ``convert_output`` casts every chunk the model returns to the default dtype,
+    lightning/fabric/wrappers.py:138; ``precision`` is checked only): the log-softmax of every
+    chunk (b (s - 1) V x 4 together), the targets (b (s - 1) int64 copies for b > 1; at b = 1
+    views of the ids, s int64, counted here unless ``ids_saved``: the embedding saves them), one
+    fp32 weight total per chunk (ceil(s / 128)) and the int64 count.
 
     >>> litgpt_lora_loss_saved_terms(GPTConfig(vocab_size=16), 1, 130, precision="bf16-true")
-    {'log_softmax': 4128, 'targets': 1040, 'loss_weight_totals': 4, 'loss_count': 8}
+    {'log_softmax': 8256, 'targets': 1040, 'loss_weight_totals': 8, 'loss_count': 8}
     """
-    e = _bytes(precision)
+    _bytes(precision)
     one = isinstance(b, int) and b == 1
     targets = (0 if ids_saved else s * INDEX) if one else b * (s - 1) * INDEX
-    return {"log_softmax": b * (s - 1) * cfg.vocab_size * e, "targets": targets,
-            "loss_weight_totals": (s + HEAD_CHUNK - 1) // HEAD_CHUNK * e,
+    return {"log_softmax": b * (s - 1) * cfg.vocab_size * FP32, "targets": targets,
+            "loss_weight_totals": (s + HEAD_CHUNK - 1) // HEAD_CHUNK * FP32,
             "loss_count": INDEX}
 
 
@@ -414,27 +417,61 @@ def litgpt_lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision,
 
 def litgpt_lora_moments(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precision,
                         base_weights: str | None, S: Any, temp: Any) -> dict[str, Any]:
-    """Live bytes beyond the states at the step's worst moments, the logits list held by the
-    loop (b s V e) counted apart.
+    """Live bytes beyond the states at the step's worst moments, the fp32 logits list the loop
+    holds (b s V x 4, from the step before during the forward) counted apart.
 
-    - ``forward_end``: the saved tensors, and the flat copy the loss makes of the sliced last
-      chunk (b > 1: b (c - 1) V e, c the last chunk's length).
-    - ``backward_start``: the last chunk's backward (autograd runs it first): the nll gradient
-      and the log-softmax's input gradient, then the slice's zero-padded gradient (b c V e)
-      beside it: two chunk-sized tensors on top of the saved ones.
+    - ``forward_end``: the larger of two moments. Fabric's ``convert_output`` casting the
+      chunks to fp32 (wrappers.py:138): the saved tensors but the loss's, the model's chunks
+      (b s V e, none under "32-true", whose chunks are already fp32) and their fp32 copies
+      (b s V x 4). The loss: every saved tensor and the flat copy it makes of the sliced last
+      chunk (b > 1: b (c - 1) V x 4, c the last chunk's length).
+    - ``backward_start``: autograd takes the chunks' losses from the last to the first; each
+      log-softmax backward holds the nll gradient and its own output gradient (two chunk-sized
+      fp32 tensors, b x 128 rows, or b (s - 1) for one chunk), and every chunk done leaves a
+      logits gradient as large as the log-softmax it freed.
     - ``head_backward`` (QLoRA): the head's ``MatMul4Bit.backward`` dequantizes the whole head
       weight into fp16 (the quant state's dtype) and copies it to the gradient's dtype (V d
-      (2 + e)), beside the chunk's gradient, its log-softmax freed.
+      (2 + e)), beside the last chunk's gradient cast back to e bytes (b c V e).
     - ``optimizer_step``: the optimizer's temporaries.
     """
     e, V, d = _bytes(precision), cfg.vocab_size, cfg.n_embd
     chunks = (s + HEAD_CHUNK - 1) // HEAD_CHUNK
     c = s - HEAD_CHUNK * (chunks - 1)  # the last chunk's length
     one = isinstance(b, int) and b == 1
-    copy = 0 if one else b * (c - 1) * V * e
-    moments: dict[str, Any] = {"forward_end": S + copy,
-                               "backward_start": S + 2 * b * c * V * e,
-                               "optimizer_step": temp}
+    copy = 0 if one else b * (c - 1) * V * FP32
+    model_chunks = 0 if e == FP32 else b * s * V * e
+    lsm = b * (s - 1) * V * FP32
+    rows = b * (HEAD_CHUNK if chunks > 1 else s - 1)
+    moments: dict[str, Any] = {
+        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32, S + copy),
+        "backward_start": S + 2 * rows * V * FP32,
+        "optimizer_step": temp}
     if base_weights in _QUANTIZED:
         moments["head_backward"] = S + b * c * V * e + V * d * (HALF + e)
     return moments
+
+
+def _larger(x: Any, y: Any) -> Any:
+    if isinstance(x, int) and isinstance(y, int):
+        return max(x, y)
+    import numpy as np  # float64 arrays of shapes (memory_grid)
+
+    return np.maximum(x, y)
+
+
+def litgpt_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any,
+                            s: Any, p: Precision, optimizer: str, device: str,
+                            impl: str | None, hold_logits: bool) -> tuple[Any, ...]:
+    """`scaleplan.memory.stage.stage_parts`' result for litgpt's LoRA step on one GPU:
+    (weights, gradients, optimizer, saved terms, 0, 0, held logits, moments); no autocast,
+    so no weight copies. The loop holds the list of fp32 logits chunks (b s V x 4) until the
+    next forward returns, unless ``hold_logits`` is False."""
+    W, G, O, temp = litgpt_lora_model_states(cfg, lora, p, optimizer, base_weights, device,
+                                             impl)
+    saved = litgpt_lora_saved_terms(cfg, lora, b, s, precision=p, base_weights=base_weights,
+                                    device=device)
+    S = sum(saved.values())
+    moments = litgpt_lora_moments(cfg, lora, b, s, precision=p, base_weights=base_weights,
+                                  S=S, temp=temp)
+    held = b * s * cfg.vocab_size * FP32 if hold_logits else 0  # converted by Fabric
+    return W, G, O, saved, 0, 0, held, moments

@@ -28,6 +28,7 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_saved_terms
+from scaleplan.memory.litgpt_lora_terms import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
@@ -70,7 +71,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each
     moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
-    code, one GPU), ``base_weights`` its dtype."""
+    code, one GPU; litgpt's LoRA step, `scaleplan.memory.litgpt_lora_terms`), ``base_weights``
+    its dtype."""
+    if lora is not None and implementation == "litgpt":
+        return litgpt_lora_stage_parts(cfg, lora, base_weights, b, s, p, opt, device, impl,
+                                       hold_logits)
     if lora is not None:
         W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
             cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)

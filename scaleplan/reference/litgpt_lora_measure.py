@@ -95,6 +95,9 @@ def build_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, precision: str = "bf16-true
     if base_weights is not None:
         bnb: Any = importlib.import_module("bitsandbytes")
         _quantize(model, base_weights)
+        # finetune/lora.py:218: PagedAdamW over every parameter, before the swap (on CPU
+        # bitsandbytes falls back to ordinary buffers)
+        object.__setattr__(model, "bnb_optimizer", bnb.optim.PagedAdamW(model.parameters()))
         old = model.transformer.wte
         new = bnb.nn.StableEmbedding(old.num_embeddings, old.embedding_dim)
         with torch.no_grad():
@@ -105,9 +108,15 @@ def build_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, precision: str = "bf16-true
     return model
 
 
-def lora_step(model: Any, ids: torch.Tensor, precision: str) -> torch.Tensor:
+def lora_step(model: Any, ids: torch.Tensor, precision: str
+              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``finetune/lora.py:355-358``: the chunked head, the last chunk sliced, the chunked loss;
-    under ``"bf16-true"`` run with bf16 as torch's default dtype (Fabric's ``HalfPrecision``)."""
+    returns the loss and the logits chunks (which ``fit`` holds until the next forward returns).
+    Under ``"bf16-true"`` the forward runs with bf16 as torch's default dtype (the
+    ``forward_context`` of Fabric's ``HalfPrecision`` and ``BitsandbytesPrecision``), and the
+    output goes through their ``convert_output`` (lightning/fabric/wrappers.py:135-138,
+    plugins/precision/half.py:62-63, bitsandbytes.py:155-157): every floating tensor of it, each
+    logits chunk, cast to the default dtype once the context has exited, fp32."""
     utils: Any = importlib.import_module("litgpt.utils")
     default = torch.get_default_dtype()
     if precision == "bf16-true":
@@ -116,9 +125,10 @@ def lora_step(model: Any, ids: torch.Tensor, precision: str) -> torch.Tensor:
         logits = model(ids, lm_head_chunk_size=HEAD_CHUNK)
     finally:
         torch.set_default_dtype(default)
+    logits = [chunk.to(default) for chunk in logits]  # Fabric's convert_output
     logits[-1] = logits[-1][..., :-1, :]
     loss: torch.Tensor = utils.chunked_cross_entropy(logits, ids[..., 1:])
-    return loss
+    return loss, logits
 
 
 def measure_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: int, seq_len: int,
@@ -137,7 +147,7 @@ def measure_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: int, se
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
     gc.collect()
     with recorder.recording(model):
-        loss = lora_step(model, ids, precision)
+        loss, _ = lora_step(model, ids, precision)
     by_module, _, copies = recorder.totals()
     by_module["rope_tables"] = sum(tables.values())
     del loss
@@ -151,7 +161,7 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
                              base_weights: str | None = None, seed: int = 0
                              ) -> tuple[int, int]:
     """(peak, resident) live bytes of one whole step on CPU: forward, chunked loss, backward
-    and torch's for-loop AdamW over the trainable parameters, after a first step made the
+    and torch's for-loop AdamW over the trainable parameters (QLoRA: the script's PagedAdamW), after a first step made the
     gradients and states (the last micro-batch of gradient accumulation; ``logits`` held by
     the loop, as in ``fit``). QLoRA's step holds the replaced embedding (``old_wte``) and the
     new one's gradient, which no optimizer zeroes."""
@@ -161,13 +171,13 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
                                   seed=seed)
     model.max_seq_length = seq_len
     trainable = [p for n, p in model.named_parameters() if "lora_" in n]
-    opt = torch.optim.AdamW(trainable, foreach=False)
+    opt = model.bnb_optimizer if base_weights else torch.optim.AdamW(trainable, foreach=False)
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
-    held: list[Any] = []
+    held: list[list[torch.Tensor]] = []
 
     def step() -> None:
-        held.clear()
-        loss = lora_step(model, ids, precision)
+        loss, logits = lora_step(model, ids, precision)
+        held[:] = [logits]  # the previous step's logits were alive until now
         loss.backward()
         opt.step()
 
@@ -177,7 +187,8 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
     states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     extra = [model.old_wte.weight] if base_weights is not None else []
-    tracker.add_resident([*model.parameters(), *grads, *states, *model.buffers(), ids, *extra])
+    tracker.add_resident([*model.parameters(), *grads, *states, *model.buffers(), ids, *extra,
+                          *held[0]])
     resident = tracker.current
     with tracker:
         step()
