@@ -56,10 +56,10 @@ from scaleplan.memory.litgpt_terms import (
     litgpt_head_saved_terms,
     litgpt_model_saved_terms,
 )
-from scaleplan.memory.quantized import linear_bytes
+from scaleplan.memory.quantized import WeightFormat, linear_bytes
 from scaleplan.memory.states import ADAMW_STEP_BYTES
 from scaleplan.model.config import GPTConfig, Precision
-from scaleplan.model.lora import LoRA, adapter_params
+from scaleplan.model.lora import LoRA
 from scaleplan.model.params import count_params
 
 __all__ = [
@@ -359,8 +359,8 @@ def _base_bytes(cfg: GPTConfig, base_weights: str | None, e: int) -> int:
     d, f, V = cfg.n_embd, cfg.mlp_hidden, cfg.vocab_size
     qkv, ah = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, cfg.n_head * cfg.head_dim
     linears = [(qkv, d), (d, ah), (f, d), (f, d), (d, f)] * cfg.n_layer + [(V, d)]
-    packed = sum(sum(linear_bytes(base_weights, rows, cols))  # type: ignore[arg-type]
-                 for rows, cols in linears)
+    fmt: WeightFormat = "nf4-dq" if base_weights == "nf4-dq" else "nf4"
+    packed = sum(sum(linear_bytes(fmt, rows, cols)) for rows, cols in linears)
     return packed + (total - sum(rows * cols for rows, cols in linears)) * HALF
 
 
@@ -380,13 +380,16 @@ def litgpt_lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision,
     step has no temporaries counted.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
-    ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
+    ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu",
+    ...                 tie_embeddings=False)
     >>> litgpt_lora_model_states(cfg, LoRA(2, targets=("q", "v")), "bf16-true", "adamw", None,
     ...                          "cpu", "for-loop")
-    (1248, 88, 184, 64)
+    (1968, 128, 264, 128)
 
-    (base 580 parameters x 2 = 1160; adapters A 4 x 8 and B 12 x 2 = 56 x 2 = 112 ... less:
-    see the tests for the hand count.)
+    (base 920 parameters x 2: wte and head 128 each, qkv 8 x 24, proj 8 x 8, fc_1, fc_2, proj
+    8 x 16 each, norms 3 x 8; adapters A 4 x 8 and B 16 x 2, 64 x 2 bytes, as their gradients;
+    AdamW 2 x 64 x 2 + a 4-byte step per tensor; the for-loop's two temporaries of the largest
+    tensor, 2 x 32 x 2.)
     """
     e = _bytes(precision)
     shapes = [(rows * cfg.n_layer, cols) for rows, cols in litgpt_lora_adapter_shapes(cfg, lora)]

@@ -161,9 +161,10 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
                              base_weights: str | None = None, seed: int = 0
                              ) -> tuple[int, int]:
     """(peak, resident) live bytes of one whole step on CPU: forward, chunked loss, backward
-    and torch's for-loop AdamW over the trainable parameters (QLoRA: the script's PagedAdamW), after a first step made the
-    gradients and states (the last micro-batch of gradient accumulation; ``logits`` held by
-    the loop, as in ``fit``). QLoRA's step holds the replaced embedding (``old_wte``) and the
+    and torch's for-loop AdamW over the trainable parameters (QLoRA: the script's PagedAdamW),
+    after a first step made the gradients and states (the last micro-batch of gradient
+    accumulation; the previous step's ``logits`` held by the loop until the forward returns,
+    as in ``fit``). QLoRA's step holds the replaced embedding (``old_wte``) and the
     new one's gradient, which no optimizer zeroes."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -176,6 +177,7 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
     held: list[list[torch.Tensor]] = []
 
     def step() -> None:
+        loss: Any
         loss, logits = lora_step(model, ids, precision)
         held[:] = [logits]  # the previous step's logits were alive until now
         loss.backward()
@@ -188,11 +190,25 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     extra = [model.old_wte.weight] if base_weights is not None else []
     tracker.add_resident([*model.parameters(), *grads, *states, *model.buffers(), ids, *extra,
-                          *held[0]])
+                          *_quant_states(model), *held[0]])
     resident = tracker.current
     with tracker:
         step()
     return tracker.peak, resident
+
+
+def _quant_states(model: Any) -> list[torch.Tensor]:
+    """The tensors of every 4-bit weight's quant state (absmax, the NF4 code; nested: the
+    8-bit absmax's own absmax, code and offset): resident, but not parameters."""
+    out: list[torch.Tensor] = []
+    for p in model.parameters():
+        qs = getattr(p, "quant_state", None)
+        if qs is None:
+            continue
+        out += [qs.absmax, qs.code]
+        if qs.nested:
+            out += [qs.state2.absmax, qs.state2.code, qs.offset]
+    return out
 
 
 GRID_LORAS: dict[str, LoRA] = {
@@ -218,7 +234,7 @@ STEP_CASES = (("llama", "bf16-true", "qv-dropout", 2, 48, None),
 """(shape, precision, adapters, b, s, base_weights) of the whole-step cases."""
 
 
-def _predict(cfg: GPTConfig, lora: LoRA, b: int, s: int, precision: str,
+def _predict(cfg: GPTConfig, lora: LoRA, b: int, s: int, precision: Any,
              base_weights: str | None) -> int:
     from scaleplan.memory.litgpt_lora_terms import litgpt_lora_saved_terms
 
@@ -228,7 +244,7 @@ def _predict(cfg: GPTConfig, lora: LoRA, b: int, s: int, precision: str,
 
 def grid() -> list[dict[str, Any]]:
     """Measure and predict every `LORA_CASES` case, and the QLoRA cases (bf16-true, nf4)."""
-    cases = [(*c, None) for c in LORA_CASES]
+    cases: list[tuple[Any, ...]] = [(*c, None) for c in LORA_CASES]
     cases += [(name, "bf16-true", which, (2, 48), "nf4") for name in ("llama", "tinyllama")
               for which in ("qv-dropout", "all")]
     rows = []
@@ -288,8 +304,10 @@ def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
     lines += [
         "", "## Whole steps: live peak vs tensor_peak", "",
         "`measure_litgpt_lora_step`: the last micro-batch of gradient accumulation (adapter "
-        "gradients and for-loop AdamW states resident; QLoRA: the replaced embedding and the "
-        "new one's gradient too), forward, chunked loss, backward, AdamW step, beside "
+        "gradients and for-loop AdamW states resident, and the previous step's logits until "
+        "the forward returns; QLoRA: bitsandbytes' PagedAdamW, its CPU fallback, the replaced "
+        "embedding and the new one's gradient), forward, chunked loss on Fabric's fp32 logits, "
+        "backward, optimizer step, beside "
         "`training_memory(..., implementation=\"litgpt\", lora=..., device=\"cpu\", "
         f"optimizer_impl=\"for-loop\")`'s `tensor_peak`. {len(steps)} steps, largest |error| "
         f"{worst:.3%}.", "",
