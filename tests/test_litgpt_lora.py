@@ -13,14 +13,16 @@ import pytest
 
 from scaleplan import GPTConfig, LoRA, training_memory
 from scaleplan.errors import ScaleplanError
-from scaleplan.memory.litgpt_lora_terms import (
+from scaleplan.memory.litgpt_lora_states import (
     PAGED_MIN_NUMEL,
+    litgpt_lora_model_states,
+    litgpt_lora_moments,
+)
+from scaleplan.memory.litgpt_lora_terms import (
     litgpt_bnb_saved_inputs,
     litgpt_lora_adapter_shapes,
     litgpt_lora_block_saved_terms,
     litgpt_lora_loss_saved_terms,
-    litgpt_lora_model_states,
-    litgpt_lora_moments,
     litgpt_lora_saved_terms,
     litgpt_lora_switches,
 )

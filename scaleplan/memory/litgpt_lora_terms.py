@@ -56,37 +56,31 @@ from scaleplan.memory.litgpt_terms import (
     litgpt_head_saved_terms,
     litgpt_model_saved_terms,
 )
-from scaleplan.memory.quantized import WeightFormat, linear_bytes
-from scaleplan.memory.states import ADAMW_STEP_BYTES
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
-from scaleplan.model.params import count_params
 
 __all__ = [
     "HEAD_CHUNK",
     "LITGPT_LORA_PRECISIONS",
-    "PAGED_MIN_NUMEL",
+    "QUANTIZED_BASES",
     "check_litgpt_lora",
     "litgpt_bnb_saved_inputs",
     "litgpt_lora_adapter_shapes",
     "litgpt_lora_block_saved_terms",
     "litgpt_lora_loss_saved_terms",
-    "litgpt_lora_model_states",
-    "litgpt_lora_moments",
     "litgpt_lora_saved_terms",
-    "litgpt_lora_stage_parts",
     "litgpt_lora_switches",
+    "model_bytes",
 ]
 
 HEAD_CHUNK = 128  # finetune/lora.py:355, model(input_ids, lm_head_chunk_size=128)
-PAGED_MIN_NUMEL = 100_000  # bitsandbytes optimizer.py get_state_buffer: smaller tensors not paged
-BNB_STATE_BYTES = 8  # 32-bit (Paged)AdamW: state1 and state2 fp32 per element, any param dtype
 LITGPT_LORA_PRECISIONS = ("32-true", "bf16-true")
 """Fabric precisions of the LoRA step modelled (QLoRA: "bf16-true" only)."""
 FP32 = 4
 HALF = 2
 INDEX = 8  # int64
-_QUANTIZED = ("nf4", "nf4-dq")
+QUANTIZED_BASES = ("nf4", "nf4-dq")
+"""The 4-bit bases of litgpt's QLoRA (``--quantize bnb.nf4`` / ``bnb.nf4-dq``)."""
 _LLAMA = {"mlp": "swiglu", "norm": "rmsnorm", "parallel": "none", "position": "rope"}
 
 
@@ -129,7 +123,7 @@ def check_litgpt_lora(cfg: GPTConfig, lora: LoRA, base_weights: str | None, *,
     if precision not in LITGPT_LORA_PRECISIONS:
         raise ScaleplanError(f"lora with implementation='litgpt' and precision={precision!r} "
                              "is not modelled yet; use 'bf16-true' or '32-true'")
-    if base_weights not in (None, "bf16", *_QUANTIZED):
+    if base_weights not in (None, "bf16", *QUANTIZED_BASES):
         raise ScaleplanError(f"base_weights={base_weights!r} with implementation='litgpt' is "
                              "not modelled yet; use None / 'bf16' (with precision='bf16-true') "
                              "or 'nf4' / 'nf4-dq' (QLoRA)")
@@ -137,9 +131,12 @@ def check_litgpt_lora(cfg: GPTConfig, lora: LoRA, base_weights: str | None, *,
         raise ScaleplanError(f"base_weights={base_weights!r} with implementation='litgpt' "
                              f"needs precision='bf16-true', not {precision!r} (litgpt's "
                              "quantized base computes in bf16; base_weights=None for 32-true)")
-    if base_weights in _QUANTIZED and optimizer != "adamw":
-        raise ScaleplanError(f"optimizer={optimizer!r} with QLoRA and implementation='litgpt': "
-                             "litgpt builds bitsandbytes' PagedAdamW; use optimizer='adamw'")
+    if optimizer != "adamw":
+        what = ("litgpt builds bitsandbytes' PagedAdamW for QLoRA" if base_weights in
+                QUANTIZED_BASES else "its LoRA configs train with AdamW; others are not "
+                "modelled yet")
+        raise ScaleplanError(f"optimizer={optimizer!r} with lora and implementation='litgpt': "
+                             f"{what}; use optimizer='adamw'")
     if checkpointing != "none":
         raise ScaleplanError(f"checkpointing={checkpointing!r} with lora and implementation="
                              "'litgpt': finetune/lora.py runs on one device without "
@@ -150,7 +147,7 @@ def check_litgpt_lora(cfg: GPTConfig, lora: LoRA, base_weights: str | None, *,
     litgpt_lora_switches(lora)
 
 
-def _bytes(precision: str) -> int:
+def model_bytes(precision: str) -> int:
     """Bytes of the model's dtype: the parameters, adapters and activations."""
     return FP32 if precision == "32-true" else HALF
 
@@ -221,7 +218,7 @@ def litgpt_lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     >>> t["lora_qkv_a_input"], t["lora_qkv_pad_index"]  # x 4 x 8 fp32; q and v widths 8 + 4
     (128, 128)
     """
-    e = _bytes(precision)
+    e = model_bytes(precision)
     mask = 1 if device != "cpu" else e  # dropout's mask: bool on CUDA, the input's dtype on CPU
     dropout, r, T = lora.dropout > 0, lora.rank, b * s
     d, f, ah = cfg.n_embd, cfg.mlp_hidden, cfg.n_head * cfg.head_dim
@@ -258,7 +255,7 @@ def litgpt_lora_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: P
     >>> litgpt_lora_loss_saved_terms(GPTConfig(vocab_size=16), 1, 130, precision="bf16-true")
     {'log_softmax': 8256, 'targets': 1040, 'loss_weight_totals': 8, 'loss_count': 8}
     """
-    _bytes(precision)
+    model_bytes(precision)
     one = isinstance(b, int) and b == 1
     targets = (0 if ids_saved else s * INDEX) if one else b * (s - 1) * INDEX
     return {"log_softmax": b * (s - 1) * cfg.vocab_size * FP32, "targets": targets,
@@ -270,7 +267,7 @@ def _head_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precis
                 device: str) -> dict[str, Any]:
     """The final norm (its normalised input goes: frozen weight) and a LoRA head's adapter
     (its input is the final norm's output, split into chunks: one storage)."""
-    e, T = _bytes(precision), b * s
+    e, T = model_bytes(precision), b * s
     t = litgpt_head_saved_terms(cfg, b, s, precision=precision, device=device)
     t.pop("final_norm_normalized")
     t.pop("lm_head_input")
@@ -297,7 +294,7 @@ def litgpt_bnb_saved_inputs(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     ...                             ).values())  # 2 bytes x 4 x (2 (8 + 8 + 8 + 16) + 8)
     704
     """
-    e, T, on = _bytes(precision), b * s, litgpt_lora_switches(lora)
+    e, T, on = model_bytes(precision), b * s, litgpt_lora_switches(lora)
     dropout, L = lora.dropout > 0, cfg.n_layer
     d, f, ah = cfg.n_embd, cfg.mlp_hidden, cfg.n_head * cfg.head_dim
     kept = {"qkv": not dropout, "proj": on["lora_projection"] and not dropout,
@@ -328,8 +325,8 @@ def litgpt_lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     ...                         precision="32-true")["log_softmax"]  # 3 rows x 16 x 4
     192
     """
-    qlora = base_weights in _QUANTIZED
-    e = _bytes(precision)
+    qlora = base_weights in QUANTIZED_BASES
+    e = model_bytes(precision)
     first = litgpt_lora_block_saved_terms(cfg, lora, b, s, precision=precision, device=device,
                                           first=not qlora)
     rest = litgpt_lora_block_saved_terms(cfg, lora, b, s, precision=precision, device=device)
@@ -348,133 +345,3 @@ def litgpt_lora_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     if qlora and bnb_keeps_input:
         out.update(litgpt_bnb_saved_inputs(cfg, lora, b, s, precision=precision))
     return out
-
-
-def _base_bytes(cfg: GPTConfig, base_weights: str | None, e: int) -> int:
-    """The frozen base: every parameter in the model's dtype, or under QLoRA every linear
-    (fused qkv, proj, fc_1, fc_2, proj, the head) in 4 bits and the rest in bf16."""
-    total = count_params(cfg).total
-    if base_weights not in _QUANTIZED:
-        return total * e
-    d, f, V = cfg.n_embd, cfg.mlp_hidden, cfg.vocab_size
-    qkv, ah = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, cfg.n_head * cfg.head_dim
-    linears = [(qkv, d), (d, ah), (f, d), (f, d), (d, f)] * cfg.n_layer + [(V, d)]
-    fmt: WeightFormat = "nf4-dq" if base_weights == "nf4-dq" else "nf4"
-    packed = sum(sum(linear_bytes(fmt, rows, cols)) for rows, cols in linears)
-    return packed + (total - sum(rows * cols for rows, cols in linears)) * HALF
-
-
-def litgpt_lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision,
-                             optimizer: str, base_weights: str | None, device: str,
-                             impl: str | None) -> tuple[int, int, int, int]:
-    """(weights, gradients, optimizer states, optimizer temporaries) bytes of litgpt's LoRA
-    step. Adapters (`litgpt_lora_adapter_shapes`, and a LoRA head's r (d + V)) in the model's
-    dtype, with their gradients; torch's AdamW keeps two states in their dtype and a step per
-    tensor; its temporaries as `scaleplan.memory.lora_states.lora_model_states` counts them.
-
-    QLoRA: the base in 4 bits (`_base_bytes`) plus the swapped-out embedding the optimizer
-    still holds (V d) and the ``StableEmbedding``'s LayerNorm (2 d), in bf16; the new
-    embedding and its LayerNorm take gradients no optimizer zeroes (V d + 2 d); bitsandbytes'
-    32-bit PagedAdamW keeps two fp32 states per adapter element, in CUDA managed memory (not
-    counted on ``device="cuda"``) for tensors of `PAGED_MIN_NUMEL` elements or more; its fused
-    step has no temporaries counted.
-
-    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
-    ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu",
-    ...                 tie_embeddings=False)
-    >>> litgpt_lora_model_states(cfg, LoRA(2, targets=("q", "v")), "bf16-true", "adamw", None,
-    ...                          "cpu", "for-loop")
-    (1968, 128, 264, 128)
-
-    (base 920 parameters x 2: wte and head 128 each, qkv 8 x 24, proj 8 x 8, fc_1, fc_2, proj
-    8 x 16 each, norms 3 x 8; adapters A 4 x 8 and B 16 x 2, 64 x 2 bytes, as their gradients;
-    AdamW 2 x 64 x 2 + a 4-byte step per tensor; the for-loop's two temporaries of the largest
-    tensor, 2 x 32 x 2.)
-    """
-    e = _bytes(precision)
-    shapes = [(rows * cfg.n_layer, cols) for rows, cols in litgpt_lora_adapter_shapes(cfg, lora)]
-    if "head" in lora.targets:
-        shapes += [(lora.rank, cfg.n_embd), (cfg.vocab_size, lora.rank)]
-    numels = [rows * cols for rows, cols in shapes]
-    per_layer = [rows * cols for rows, cols in litgpt_lora_adapter_shapes(cfg, lora)]
-    n = sum(numels)
-    W = _base_bytes(cfg, base_weights, e) + n * e
-    G = n * e
-    if base_weights in _QUANTIZED:
-        V, d = cfg.vocab_size, cfg.n_embd
-        W += (V * d + 2 * d) * e
-        G += (V * d + 2 * d) * e
-        tensors = per_layer * cfg.n_layer + numels[len(per_layer):]
-        O = sum(BNB_STATE_BYTES * x for x in tensors
-                if device == "cpu" or x < PAGED_MIN_NUMEL)
-        return int(W), int(G), int(O), 0
-    count = len(per_layer) * cfg.n_layer + (2 if "head" in lora.targets else 0)
-    O = 2 * n * e + ADAMW_STEP_BYTES * count if optimizer == "adamw" else 0
-    temp = 0
-    if optimizer == "adamw":
-        impl = impl or ("foreach" if device != "cpu" else "for-loop")
-        largest = max([*per_layer, *numels[len(per_layer):]])
-        temp = n * e if impl == "foreach" else 2 * largest * e if impl == "for-loop" else 0
-    return int(W), int(G), int(O), int(temp)
-
-
-def litgpt_lora_moments(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precision,
-                        base_weights: str | None, S: Any, temp: Any) -> dict[str, Any]:
-    """Live bytes beyond the states at the step's worst moments, the fp32 logits list the loop
-    holds (b s V x 4, from the step before during the forward) counted apart.
-
-    - ``forward_end``: the larger of two moments. Fabric's ``convert_output`` casting the
-      chunks to fp32 (wrappers.py:138): the saved tensors but the loss's, the model's chunks
-      (b s V e, none under "32-true", whose chunks are already fp32) and their fp32 copies
-      (b s V x 4). The loss: every saved tensor and the flat copy it makes of the sliced last
-      chunk (b > 1: b (c - 1) V x 4, c the last chunk's length).
-    - ``backward_start``: autograd takes the chunks' losses from the last to the first; each
-      log-softmax backward holds the nll gradient and its own output gradient (two chunk-sized
-      fp32 tensors, b x 128 rows, or b (s - 1) for one chunk), and every chunk done leaves a
-      logits gradient as large as the log-softmax it freed.
-    - ``head_backward`` (QLoRA): the head's ``MatMul4Bit.backward`` dequantizes the whole head
-      weight into fp16 (the quant state's dtype) and copies it to the gradient's dtype (V d
-      (2 + e)), beside the last chunk's gradient cast back to e bytes (b c V e).
-    - ``optimizer_step``: the optimizer's temporaries.
-    """
-    e, V, d = _bytes(precision), cfg.vocab_size, cfg.n_embd
-    chunks = (s + HEAD_CHUNK - 1) // HEAD_CHUNK
-    c = s - HEAD_CHUNK * (chunks - 1)  # the last chunk's length
-    one = isinstance(b, int) and b == 1
-    copy = 0 if one else b * (c - 1) * V * FP32
-    model_chunks = 0 if e == FP32 else b * s * V * e
-    lsm = b * (s - 1) * V * FP32
-    rows = b * (HEAD_CHUNK if chunks > 1 else s - 1)
-    moments: dict[str, Any] = {
-        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32, S + copy),
-        "backward_start": S + 2 * rows * V * FP32,
-        "optimizer_step": temp}
-    if base_weights in _QUANTIZED:
-        moments["head_backward"] = S + b * c * V * e + V * d * (HALF + e)
-    return moments
-
-
-def _larger(x: Any, y: Any) -> Any:
-    if isinstance(x, int) and isinstance(y, int):
-        return max(x, y)
-    import numpy as np  # float64 arrays of shapes (memory_grid)
-
-    return np.maximum(x, y)
-
-
-def litgpt_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any,
-                            s: Any, p: Precision, optimizer: str, device: str,
-                            impl: str | None, hold_logits: bool) -> tuple[Any, ...]:
-    """`scaleplan.memory.stage.stage_parts`' result for litgpt's LoRA step on one GPU:
-    (weights, gradients, optimizer, saved terms, 0, 0, held logits, moments); no autocast,
-    so no weight copies. The loop holds the list of fp32 logits chunks (b s V x 4) until the
-    next forward returns, unless ``hold_logits`` is False."""
-    W, G, O, temp = litgpt_lora_model_states(cfg, lora, p, optimizer, base_weights, device,
-                                             impl)
-    saved = litgpt_lora_saved_terms(cfg, lora, b, s, precision=p, base_weights=base_weights,
-                                    device=device)
-    S = sum(saved.values())
-    moments = litgpt_lora_moments(cfg, lora, b, s, precision=p, base_weights=base_weights,
-                                  S=S, temp=temp)
-    held = b * s * cfg.vocab_size * FP32 if hold_logits else 0  # converted by Fabric
-    return W, G, O, saved, 0, 0, held, moments
