@@ -295,3 +295,17 @@ def test_whole_step_peak_matches_litgpt_within_one_percent() -> None:
                         implementation="litgpt", device="cpu", optimizer_impl="for-loop",
                         lora=lora)
     assert abs(m.tensor_peak / peak - 1) < 0.01
+
+
+def test_memory_grid_agrees_with_training_memory() -> None:
+    np = pytest.importorskip("numpy")
+    from scaleplan.memory.limits import memory_grid
+
+    kw: dict[str, Any] = {"precision": "bf16-true", "implementation": "litgpt",
+                          "lora": LORAS["qv-dropout"], "base_weights": "nf4"}
+    grid = memory_grid(SHAPES["llama"], micro_batch_size=np.array([[1], [2]]),
+                       seq_len=np.array([[100, 200]]), what="tensor_peak", **kw)
+    for i, b in enumerate((1, 2)):
+        for j, s in enumerate((100, 200)):
+            m = training_memory(SHAPES["llama"], micro_batch_size=b, seq_len=s, **kw)
+            assert grid[i, j] == m.tensor_peak

@@ -128,11 +128,10 @@ def litgpt_lora_moments(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision
     e, V, d = model_bytes(precision), cfg.vocab_size, cfg.n_embd
     chunks = (s + HEAD_CHUNK - 1) // HEAD_CHUNK
     c = s - HEAD_CHUNK * (chunks - 1)  # the last chunk's length
-    one = isinstance(b, int) and b == 1
-    copy = 0 if one else b * (c - 1) * V * FP32
+    copy = (b != 1) * b * (c - 1) * V * FP32  # a view at b = 1 (works on arrays too)
     model_chunks = 0 if e == FP32 else b * s * V * e
     lsm = b * (s - 1) * V * FP32
-    rows = b * (HEAD_CHUNK if chunks > 1 else s - 1)
+    rows = b * _smaller(s - 1, HEAD_CHUNK)  # a full chunk, or the one sliced chunk
     moments: dict[str, Any] = {
         "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32, S + copy),
         "backward_start": S + 2 * rows * V * FP32,
@@ -140,6 +139,14 @@ def litgpt_lora_moments(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision
     if base_weights in QUANTIZED_BASES:
         moments["head_backward"] = S + b * c * V * e + V * d * (HALF + e)
     return moments
+
+
+def _smaller(x: Any, y: Any) -> Any:
+    if isinstance(x, int) and isinstance(y, int):
+        return min(x, y)
+    import numpy as np  # float64 arrays of shapes (memory_grid)
+
+    return np.minimum(x, y)
 
 
 def _larger(x: Any, y: Any) -> Any:

@@ -256,8 +256,8 @@ def litgpt_lora_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: P
     {'log_softmax': 8256, 'targets': 1040, 'loss_weight_totals': 8, 'loss_count': 8}
     """
     model_bytes(precision)
-    one = isinstance(b, int) and b == 1
-    targets = (0 if ids_saved else s * INDEX) if one else b * (s - 1) * INDEX
+    one = b == 1  # a bool, or an array of them (memory_grid)
+    targets = one * (0 if ids_saved else s * INDEX) + (1 - one) * b * (s - 1) * INDEX
     return {"log_softmax": b * (s - 1) * cfg.vocab_size * FP32, "targets": targets,
             "loss_weight_totals": (s + HEAD_CHUNK - 1) // HEAD_CHUNK * FP32,
             "loss_count": INDEX}
