@@ -290,7 +290,8 @@ def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
         "`scaleplan.reference.litgpt_measure.GRID_SHAPES`) as `litgpt/finetune/lora.py` sets it "
         "up on CPU (QLoRA: every linear, the head's included, bitsandbytes 0.50.2's NF4 "
         "`Linear4bit`, and the script's `StableEmbedding` swap) and runs its step's forward "
-        "(`lm_head_chunk_size=128`, `chunked_cross_entropy`), counting the unique storages "
+        "(`lm_head_chunk_size=128`, the chunks cast to fp32 as Fabric's `convert_output` casts "
+        "them, `chunked_cross_entropy`), counting the unique storages "
         "saved for backward (parameters excluded, the rotary tables counted). `predicted` is "
         "`scaleplan.memory.litgpt_lora_terms.litgpt_lora_saved_terms`. "
         f"torch {torch.__version__}.", "",
