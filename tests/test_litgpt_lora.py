@@ -174,12 +174,11 @@ def test_paged_optimizer_states_by_hand_for_tinyllama() -> None:
     cfg = GPTConfig.preset("tinyllama-1.1b")
     lora = LoRA(32, targets=ALL)
     small = 81_920 + 65_536 + 65_536 + 2 * 65_536 + 65_536  # the tensors under 10^5 per layer
-    _, _, states, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", "adamw", "nf4",
-                                                  "cuda", None)
+    _, _, states, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cuda",
+                                                  None)
     assert states == 8 * (22 * small + 65_536) and temp == 0
     assert PAGED_MIN_NUMEL == 100_000
-    _, _, states_cpu, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "adamw", "nf4", "cpu",
-                                              None)
+    _, _, states_cpu, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", None)
     adapters = 22 * sum(r * c for r, c in litgpt_lora_adapter_shapes(cfg, lora)) \
         + 32 * 2048 + 32000 * 32
     assert states_cpu == 8 * adapters  # bitsandbytes falls back to ordinary buffers on CPU
@@ -190,8 +189,8 @@ def test_qlora_weights_and_gradients_by_hand() -> None:
     # fp32 code per tensor): qkv 24 x 8, proj 8 x 8, fc_1, fc_2 16 x 8, proj 8 x 16, head 16 x 8
     cfg = TINY.model_copy(update={"n_layer": 1})
     lora = LoRA(2, targets=("q", "v"))
-    weights, grads, _, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "adamw", "nf4",
-                                                    "cuda", None)
+    weights, grads, _, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cuda",
+                                                    None)
     linears = [192, 64, 128, 128, 128, 128]
     nf4 = sum(n // 2 + 4 * -(-n // 64) + 64 for n in linears)
     rest = 128 + 3 * 8  # wte and the three norms, bf16
@@ -309,3 +308,140 @@ def test_memory_grid_agrees_with_training_memory() -> None:
         for j, s in enumerate((100, 200)):
             m = training_memory(SHAPES["llama"], micro_batch_size=b, seq_len=s, **kw)
             assert grid[i, j] == m.tensor_peak
+
+
+# by hand: the edges mutation testing asks about
+
+def test_lora_states_by_hand_with_a_head_adapter() -> None:
+    # TINY with 1 layer: base 920 parameters (wte, head 128 each; qkv 192, proj 64, fc_1, fc_2,
+    # proj 128 each; 3 norms of 8); r 2 on q and v: A 4 x 8, B 16 x 2; head: A 2 x 8, B 16 x 2
+    cfg = TINY.model_copy(update={"n_layer": 1})
+    lora = LoRA(2, targets=("q", "v", "head"))
+    tensors = [32, 32, 16, 32]
+    n = sum(tensors)
+    expect_w, expect_g = 920 * 2 + n * 2, n * 2
+    expect_o = 2 * n * 2 + 4 * len(tensors)  # two bf16 moments and a 4-byte step per tensor
+    by_impl = {None: n * 2, "foreach": n * 2, "for-loop": 2 * 32 * 2, "fused": 0}
+    for impl, temp in by_impl.items():
+        assert litgpt_lora_model_states(cfg, lora, "bf16-true", None, "cuda", impl) == (
+            expect_w, expect_g, expect_o, temp)
+    assert litgpt_lora_model_states(cfg, lora, "32-true", None, "cpu", None)[3] == 2 * 32 * 4
+
+
+def test_paged_from_exactly_a_hundred_thousand_elements() -> None:
+    # r 8 on q of d 12,500: A 8 x 12,500 and B 12,500 x 8, 10^5 elements each: both paged
+    cfg = GPTConfig(n_layer=1, n_head=4, n_embd=12_500, mlp_hidden=16, vocab_size=16,
+                    block_size=64, mlp="swiglu", **_LLAMA)
+    lora = LoRA(8, targets=("q",))
+    assert litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cuda", None)[2] == 0
+    assert litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", None)[2] == \
+        8 * 200_000
+
+
+def test_nf4_dq_base_holds_its_double_quantized_constants() -> None:
+    from scaleplan.memory.quantized import linear_bytes
+
+    cfg = TINY.model_copy(update={"n_layer": 1})
+    lora = LoRA(2, targets=("q", "v"))
+    w_nf4 = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cuda", None)[0]
+    w_dq = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4-dq", "cuda", None)[0]
+    shapes = [(24, 8), (8, 8), (16, 8), (16, 8), (8, 16), (16, 8)]
+    assert w_dq - w_nf4 == sum(sum(linear_bytes("nf4-dq", r, c)) - sum(linear_bytes("nf4", r, c))
+                               for r, c in shapes)
+
+
+def test_forward_end_moments_by_hand() -> None:
+    lora = LoRA(2, targets=("q", "v"))
+    # 32-true, b 2, s 200 (chunks 128, 72): the loss's flat copy of the sliced last chunk wins
+    m = litgpt_lora_moments(TINY, lora, 2, 200, precision="32-true", base_weights=None,
+                            S=10_000, temp=0)
+    assert m["forward_end"] == 10_000 + 2 * 71 * 16 * 4
+    assert "head_backward" not in m
+    # b 1: no copy; the fp32 chunks (already the model's) less the log-softmax: 4 b V more
+    m = litgpt_lora_moments(TINY, lora, 1, 200, precision="32-true", base_weights=None,
+                            S=10_000, temp=0)
+    assert m["forward_end"] == 10_000 + 1 * 16 * 4
+
+
+@pytest.mark.parametrize(("s", "chunks", "last"), [(128, 1, 128), (129, 2, 1), (256, 2, 128)])
+def test_chunk_edges_by_hand(s: int, chunks: int, last: int) -> None:
+    lora = LoRA(2, targets=("q", "v"))
+    m = litgpt_lora_moments(TINY, lora, 2, s, precision="bf16-true", base_weights="nf4", S=0,
+                            temp=0)
+    assert m["head_backward"] == 2 * last * 16 * 2 + 16 * 8 * 4
+    rows = 2 * min(s - 1, 128)
+    assert m["backward_start"] == 2 * rows * 16 * 4
+    loss = litgpt_lora_loss_saved_terms(TINY, 2, s, precision="bf16-true")
+    assert loss["loss_weight_totals"] == 4 * chunks
+
+
+def test_stage_parts_by_hand() -> None:
+    from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
+
+    lora = LoRA(2, targets=("q", "v"))
+    parts = litgpt_lora_stage_parts(TINY, lora, None, 2, 8, "32-true", "cpu", None, True)
+    saved = litgpt_lora_saved_terms(TINY, lora, 2, 8, precision="32-true")
+    assert parts[3] == saved and parts[4] == 0 and parts[5] == 0
+    assert parts[6] == 2 * 8 * 16 * 4  # the fp32 logits held
+    assert parts[7]["backward_start"] == sum(saved.values()) + 2 * (2 * 7) * 16 * 4
+    assert litgpt_lora_stage_parts(TINY, lora, None, 2, 8, "32-true", "cpu", None,
+                                   False)[6] == 0
+    q_cpu = litgpt_lora_stage_parts(TINY, lora, "nf4", 2, 8, "bf16-true", "cpu", None, True)
+    q_gpu = litgpt_lora_stage_parts(TINY, lora, "nf4", 2, 8, "bf16-true", "cuda", None, True)
+    assert "head_backward" in q_cpu[7] and q_cpu[2] == 8 * 64 * 2  # 2 layers x (32 + 32)
+    assert q_gpu[3]["lora_qkv_b_output"] == q_cpu[3]["lora_qkv_b_output"]
+    assert q_gpu[3]["embedding_norm_stats"] == 2 * 16 * 4  # fp32 mean and rstd on a GPU
+
+
+def test_gpu_masks_are_one_byte() -> None:
+    lora = LoRA(2, targets=("q", "v", "head"), dropout=0.1)
+    gpu = litgpt_lora_saved_terms(TINY, lora, 2, 4, precision="bf16-true", device="cuda")
+    cpu = litgpt_lora_saved_terms(TINY, lora, 2, 4, precision="bf16-true")
+    T = 8
+    assert gpu["lora_qkv_dropout_mask"] == T * 8 * 1  # second block only
+    assert cpu["lora_qkv_dropout_mask"] == T * 8 * 2
+    assert gpu["lora_head_dropout_mask"] == T * 8 and cpu["lora_head_dropout_mask"] == T * 16
+    assert gpu["lora_head_a_input"] == T * 8 * 2 and gpu["lora_head_a_output"] == T * 2 * 2
+    plain = litgpt_lora_saved_terms(TINY, LoRA(2, targets=("q", "v", "head")), 2, 4,
+                                    precision="bf16-true", device="cuda")
+    assert plain["lora_head_a_input"] == T * 8 * 2  # the final norm's output itself
+
+
+def test_qlora_at_b1_counts_the_ids_once() -> None:
+    q = litgpt_lora_saved_terms(TINY, LoRA(2, targets=("q", "v")), 1, 6, precision="bf16-true",
+                                base_weights="nf4")
+    assert q["token_ids"] == 6 * 8 and q["targets"] == 0
+
+
+def test_bnb_inputs_already_kept_by_adapters_are_not_counted_twice() -> None:
+    every = LoRA(2, targets=ALL)
+    assert set(litgpt_bnb_saved_inputs(TINY, every, 1, 4).values()) == {0}
+    dropped = litgpt_bnb_saved_inputs(TINY, every.model_copy(update={"dropout": 0.1}), 1, 4)
+    assert dropped == {"bnb_qkv_input": 2 * 4 * 8 * 2, "bnb_proj_input": 2 * 4 * 8 * 2,
+                       "bnb_mlp_input": 2 * 4 * 8 * 2, "bnb_mlp_product": 2 * 4 * 16 * 2,
+                       "bnb_head_input": 4 * 8 * 2}
+
+
+def test_adapter_shapes_without_qkv_by_hand() -> None:
+    assert litgpt_lora_adapter_shapes(TINY, LoRA(2, targets=("o",))) == [(2, 8), (8, 2)]
+
+
+def test_more_refusals_name_the_option() -> None:
+    lora = LoRA(8, targets=("q", "v"))
+    tied = GPTConfig.preset("llama-2-7b").model_copy(update={"tie_embeddings": True})
+    with pytest.raises(ScaleplanError, match=r"Llama layout \(measured\); not yet with "
+                       "tie_embeddings=True"):
+        training_memory(tied, micro_batch_size=1, seq_len=64, precision="bf16-true",
+                        implementation="litgpt", lora=lora)
+    with pytest.raises(ScaleplanError, match="base_weights='int8' with implementation="
+                       "'litgpt' is not modelled yet"):
+        training_memory(GPTConfig.preset("llama-2-7b"), micro_batch_size=1, seq_len=64,
+                        precision="bf16-true", implementation="litgpt", lora=lora,
+                        base_weights="int8")
+    with pytest.raises(ScaleplanError, match="its LoRA configs train with AdamW"):
+        training_memory(GPTConfig.preset("llama-2-7b"), micro_batch_size=1, seq_len=64,
+                        precision="bf16-true", implementation="litgpt", lora=lora,
+                        optimizer="sgd")
+    with pytest.raises(ScaleplanError, match=r"\(lora_mlp: fc_1, fc_2 and proj\); use all of "
+                       "'gate', 'up', 'down' or none"):
+        litgpt_lora_switches(LoRA(8, targets=("q", "down")))

@@ -53,7 +53,7 @@ def _base_bytes(cfg: GPTConfig, base_weights: str | None, e: int) -> int:
 
 
 def litgpt_lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision,
-                             optimizer: str, base_weights: str | None, device: str,
+                             base_weights: str | None, device: str,
                              impl: str | None) -> tuple[int, int, int, int]:
     """(weights, gradients, optimizer states, optimizer temporaries) bytes of litgpt's LoRA
     step. Adapters (`litgpt_lora_adapter_shapes`, and a LoRA head's r (d + V)) in the model's
@@ -72,8 +72,8 @@ def litgpt_lora_model_states(cfg: GPTConfig, lora: LoRA, precision: Precision,
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
     ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu",
     ...                 tie_embeddings=False)
-    >>> litgpt_lora_model_states(cfg, LoRA(2, targets=("q", "v")), "bf16-true", "adamw", None,
-    ...                          "cpu", "for-loop")
+    >>> litgpt_lora_model_states(cfg, LoRA(2, targets=("q", "v")), "bf16-true", None, "cpu",
+    ...                          "for-loop")
     (1968, 128, 264, 128)
 
     (base 920 parameters x 2: wte and head 128 each, qkv 8 x 24, proj 8 x 8, fc_1, fc_2, proj
@@ -158,14 +158,15 @@ def _larger(x: Any, y: Any) -> Any:
 
 
 def litgpt_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any,
-                            s: Any, p: Precision, optimizer: str, device: str,
-                            impl: str | None, hold_logits: bool) -> tuple[Any, ...]:
+                            s: Any, p: Precision, device: str, impl: str | None,
+                            hold_logits: bool) -> tuple[Any, ...]:
     """`scaleplan.memory.stage.stage_parts`' result for litgpt's LoRA step on one GPU:
     (weights, gradients, optimizer, saved terms, 0, 0, held logits, moments); no autocast,
-    so no weight copies. The loop holds the list of fp32 logits chunks (b s V x 4) until the
-    next forward returns, unless ``hold_logits`` is False."""
-    W, G, O, temp = litgpt_lora_model_states(cfg, lora, p, optimizer, base_weights, device,
-                                             impl)
+    so no weight copies; the optimizer is AdamW
+    (`scaleplan.memory.litgpt_lora_terms.check_litgpt_lora` refuses others). The loop holds
+    the list of fp32 logits chunks (b s V x 4) until the next forward returns, unless
+    ``hold_logits`` is False."""
+    W, G, O, temp = litgpt_lora_model_states(cfg, lora, p, base_weights, device, impl)
     saved = litgpt_lora_saved_terms(cfg, lora, b, s, precision=p, base_weights=base_weights,
                                     device=device)
     S = sum(saved.values())

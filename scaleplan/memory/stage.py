@@ -125,7 +125,7 @@ def _lora_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s:
     """`stage_parts` under LoRA: litgpt's step (`scaleplan.memory.litgpt_lora_states`), or
     peft's on transformers' code (`scaleplan.memory.lora_terms`)."""
     if implementation == "litgpt":
-        return litgpt_lora_stage_parts(cfg, lora, base_weights, b, s, p, opt, device, impl,
+        return litgpt_lora_stage_parts(cfg, lora, base_weights, b, s, p, device, impl,
                                        hold_logits)
     W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
         cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
