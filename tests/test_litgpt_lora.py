@@ -202,7 +202,7 @@ def test_qlora_weights_and_gradients_by_hand() -> None:
 
 def test_moments_by_hand() -> None:
     # b 2, s 200: head chunks 128 and 72; V 16, d 8, bf16 (e 2), fp32 logits after Fabric
-    m = litgpt_lora_moments(TINY, LoRA(2, targets=("q", "v")), 2, 200, precision="bf16-true",
+    m = litgpt_lora_moments(TINY, 2, 200, precision="bf16-true",
                             base_weights="nf4", S=10_000, temp=7)
     lsm = 2 * 199 * 16 * 4
     assert m["forward_end"] == max(10_000 - lsm + 2 * 200 * 16 * (2 + 4),
@@ -353,12 +353,12 @@ def test_nf4_dq_base_holds_its_double_quantized_constants() -> None:
 def test_forward_end_moments_by_hand() -> None:
     lora = LoRA(2, targets=("q", "v"))
     # 32-true, b 2, s 200 (chunks 128, 72): the loss's flat copy of the sliced last chunk wins
-    m = litgpt_lora_moments(TINY, lora, 2, 200, precision="32-true", base_weights=None,
+    m = litgpt_lora_moments(TINY, 2, 200, precision="32-true", base_weights=None,
                             S=10_000, temp=0)
     assert m["forward_end"] == 10_000 + 2 * 71 * 16 * 4
     assert "head_backward" not in m
     # b 1: no copy; the fp32 chunks (already the model's) less the log-softmax: 4 b V more
-    m = litgpt_lora_moments(TINY, lora, 1, 200, precision="32-true", base_weights=None,
+    m = litgpt_lora_moments(TINY, 1, 200, precision="32-true", base_weights=None,
                             S=10_000, temp=0)
     assert m["forward_end"] == 10_000 + 1 * 16 * 4
 
@@ -366,7 +366,7 @@ def test_forward_end_moments_by_hand() -> None:
 @pytest.mark.parametrize(("s", "chunks", "last"), [(128, 1, 128), (129, 2, 1), (256, 2, 128)])
 def test_chunk_edges_by_hand(s: int, chunks: int, last: int) -> None:
     lora = LoRA(2, targets=("q", "v"))
-    m = litgpt_lora_moments(TINY, lora, 2, s, precision="bf16-true", base_weights="nf4", S=0,
+    m = litgpt_lora_moments(TINY, 2, s, precision="bf16-true", base_weights="nf4", S=0,
                             temp=0)
     assert m["head_backward"] == 2 * last * 16 * 2 + 16 * 8 * 4
     rows = 2 * min(s - 1, 128)
@@ -445,3 +445,33 @@ def test_more_refusals_name_the_option() -> None:
     with pytest.raises(ScaleplanError, match=r"\(lora_mlp: fc_1, fc_2 and proj\); use all of "
                        "'gate', 'up', 'down' or none"):
         litgpt_lora_switches(LoRA(8, targets=("q", "down")))
+
+
+def test_bf16_base_is_bf16_true_and_refusal_texts() -> None:
+    lora = LoRA(8, targets=("q", "v"))
+    llama = GPTConfig.preset("llama-2-7b")
+    kw: dict[str, Any] = {"micro_batch_size": 1, "seq_len": 64, "implementation": "litgpt",
+                          "lora": lora}
+    assert training_memory(llama, precision="bf16-true", base_weights="bf16", **kw) == \
+        training_memory(llama, precision="bf16-true", **kw)
+    with pytest.raises(ScaleplanError, match="lora with implementation='litgpt' and "
+                       "precision='16-mixed' is not modelled yet; use 'bf16-true' or "
+                       "'32-true'"):
+        training_memory(llama, precision="16-mixed", **kw)
+    with pytest.raises(ScaleplanError, match="^lora with implementation='litgpt' is modelled "
+                       "for litgpt's Llama layout"):
+        training_memory(llama.model_copy(update={"parallel": "shared_norm", "norm": "layernorm"}),
+                        precision="bf16-true", **kw)
+    with pytest.raises(ScaleplanError, match=r"use None / 'bf16' \(with precision='bf16-true'\) "
+                       r"or 'nf4' / 'nf4-dq' \(QLoRA\)"):
+        training_memory(llama, precision="bf16-true", base_weights="int8", **kw)
+
+
+def test_stage_parts_pass_the_optimizer_implementation() -> None:
+    from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
+
+    lora = LoRA(2, targets=("q", "v"))
+    fused = litgpt_lora_stage_parts(TINY, lora, None, 2, 8, "32-true", "cuda", "fused", True)
+    foreach = litgpt_lora_stage_parts(TINY, lora, None, 2, 8, "32-true", "cuda", None, True)
+    assert fused[7]["optimizer_step"] == 0
+    assert foreach[7]["optimizer_step"] == 2 * 64 * 4  # one buffer of all adapters, fp32

@@ -106,7 +106,7 @@ def _adapter_numels(cfg: GPTConfig, lora: LoRA) -> list[Any]:
     return per_layer * cfg.n_layer + head
 
 
-def litgpt_lora_moments(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precision,
+def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
                         base_weights: str | None, S: Any, temp: Any) -> dict[str, Any]:
     """Live bytes beyond the states at the step's worst moments, the fp32 logits list the loop
     holds (b s V x 4, from the step before during the forward) counted apart.
@@ -170,7 +170,7 @@ def litgpt_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None
     saved = litgpt_lora_saved_terms(cfg, lora, b, s, precision=p, base_weights=base_weights,
                                     device=device)
     S = sum(saved.values())
-    moments = litgpt_lora_moments(cfg, lora, b, s, precision=p, base_weights=base_weights,
+    moments = litgpt_lora_moments(cfg, b, s, precision=p, base_weights=base_weights,
                                   S=S, temp=temp)
     held = b * s * cfg.vocab_size * FP32 if hold_logits else 0  # converted by Fabric
     return W, G, O, saved, 0, 0, held, moments
