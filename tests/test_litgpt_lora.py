@@ -351,7 +351,6 @@ def test_nf4_dq_base_holds_its_double_quantized_constants() -> None:
 
 
 def test_forward_end_moments_by_hand() -> None:
-    lora = LoRA(2, targets=("q", "v"))
     # 32-true, b 2, s 200 (chunks 128, 72): the loss's flat copy of the sliced last chunk wins
     m = litgpt_lora_moments(TINY, 2, 200, precision="32-true", base_weights=None,
                             S=10_000, temp=0)
@@ -365,7 +364,6 @@ def test_forward_end_moments_by_hand() -> None:
 
 @pytest.mark.parametrize(("s", "chunks", "last"), [(128, 1, 128), (129, 2, 1), (256, 2, 128)])
 def test_chunk_edges_by_hand(s: int, chunks: int, last: int) -> None:
-    lora = LoRA(2, targets=("q", "v"))
     m = litgpt_lora_moments(TINY, 2, s, precision="bf16-true", base_weights="nf4", S=0,
                             temp=0)
     assert m["head_backward"] == 2 * last * 16 * 2 + 16 * 8 * 4
@@ -458,7 +456,7 @@ def test_bf16_base_is_bf16_true_and_refusal_texts() -> None:
                        "precision='16-mixed' is not modelled yet; use 'bf16-true' or "
                        "'32-true'"):
         training_memory(llama, precision="16-mixed", **kw)
-    with pytest.raises(ScaleplanError, match="^lora with implementation='litgpt' is modelled "
+    with pytest.raises(ScaleplanError, match=r"^lora with implementation='litgpt' is modelled "
                        "for litgpt's Llama layout"):
         training_memory(llama.model_copy(update={"parallel": "shared_norm", "norm": "layernorm"}),
                         precision="bf16-true", **kw)
