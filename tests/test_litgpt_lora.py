@@ -473,3 +473,12 @@ def test_stage_parts_pass_the_optimizer_implementation() -> None:
     foreach = litgpt_lora_stage_parts(TINY, lora, None, 2, 8, "32-true", "cuda", None, True)
     assert fused[7]["optimizer_step"] == 0
     assert foreach[7]["optimizer_step"] == 2 * 64 * 4  # one buffer of all adapters, fp32
+
+
+def test_gpu_masks_of_every_block_by_hand() -> None:
+    # every linear with dropout on a GPU: each block's proj and MLP masks are bool (1 byte)
+    lora = LoRA(2, targets=ALL, dropout=0.1)
+    t = litgpt_lora_saved_terms(TINY, lora, 2, 4, precision="bf16-true", device="cuda")
+    T = 8
+    assert t["lora_mlp_dropout_mask"] == 2 * T * (8 + 8 + 16)
+    assert t["lora_proj_dropout_mask"] == 2 * T * 8
