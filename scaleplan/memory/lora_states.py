@@ -132,6 +132,11 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
     if not isinstance(lora, LoRA):
         raise ScaleplanError(f"lora={shown(lora)} must be a scaleplan.LoRA, e.g. "
                              "lora=LoRA(8, targets=('q', 'v')), or None")
+    if parallelism is not None and parallelism.gpus > 1:
+        raise ScaleplanError("lora with parallelism is not modelled yet; plan one GPU "
+                             "(data-parallel replicas hold the same)")
+    if implementation == "litgpt":  # scaleplan.memory.litgpt_lora_terms.check_litgpt_lora
+        return
     if base_weights is not None:
         one_of("base_weights", base_weights, BASE_WEIGHTS)
         if hf_family(cfg) == "gpt2":
@@ -144,7 +149,8 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
                                  "under autocast; use precision='bf16-mixed'")
     if implementation != "hf":
         raise ScaleplanError(f"lora with implementation={implementation!r} is not modelled "
-                             "yet; use implementation='hf' (peft wraps transformers' models)")
+                             "yet; use implementation='hf' (peft wraps transformers' models) "
+                             "or 'litgpt' (litgpt's LoRA GPT)")
     family = hf_family(cfg)
     if family not in LORA_FAMILIES:
         raise ScaleplanError(f"lora on transformers' {family} layout is not modelled yet; it "
@@ -153,7 +159,4 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
         raise ScaleplanError(f"lora with precision={precision!r} is not modelled yet; use "
                              "'32-true' or 'bf16-mixed' (adapters train in fp32; "
                              "base_weights='bf16' stores the frozen base in bf16)")
-    if parallelism is not None and parallelism.gpus > 1:
-        raise ScaleplanError("lora with parallelism is not modelled yet; plan one GPU "
-                             "(data-parallel replicas hold the same)")
     adapter_shapes(cfg, lora)  # a target the config does not have, named

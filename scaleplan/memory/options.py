@@ -127,6 +127,11 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
             check_titan_tp(parallelism=par, checkpointing=checkpointing, compile=compile)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
                parallelism=par)  # first: its refusals say how to run a LoRA step instead
+    if lora is not None and implementation == "litgpt":
+        from scaleplan.memory.litgpt_lora_terms import check_litgpt_lora
+
+        check_litgpt_lora(cfg, lora, base_weights, precision=p, checkpointing=checkpointing,
+                          optimizer=opt)
     if lora is not None and compile:  # the LoRA terms were measured eager only
         raise ScaleplanError("lora with compile=True is not modelled yet (the LoRA terms were "
                              "measured without torch.compile); use compile=False")

@@ -30,6 +30,7 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_saved_terms
+from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
     litgpt_loss_transients,
     litgpt_no_sync_gradient_bytes,
@@ -85,13 +86,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each
     moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
-    code, one GPU), ``base_weights`` its dtype."""
+    code, one GPU; litgpt's LoRA step, `scaleplan.memory.litgpt_lora_states`),
+    ``base_weights`` its dtype."""
     if lora is not None:
-        W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
-            cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
-        return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,
-                        (W, G, O, temp), recompute=lambda: lora_recompute_moment(
-                            cfg, lora, b, s, p, attention, device, saved, copies, all_copies))
+        return _lora_parts(cfg, lora, base_weights, b, s, p, opt, attention, checkpointing,
+                           device, impl, hold_logits, implementation)
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -184,6 +183,23 @@ def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
     if not (cfg.tie_embeddings and both_ends and code == "nanogpt"):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
+
+
+def _lora_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s: Any,
+                p: Precision, opt: OptimizerName, attention: AttentionKind,
+                checkpointing: CheckpointingKind, device: DeviceKind,
+                impl: OptimizerImpl | None, hold_logits: bool,
+                implementation: str) -> tuple[Any, ...]:
+    """`stage_parts` under LoRA: litgpt's step (`scaleplan.memory.litgpt_lora_states`), or
+    peft's on transformers' code (`scaleplan.memory.lora_terms`)."""
+    if implementation == "litgpt":
+        return litgpt_lora_stage_parts(cfg, lora, base_weights, b, s, p, device, impl,
+                                       hold_logits)
+    W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
+        cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
+    return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,
+                    (W, G, O, temp), recompute=lambda: lora_recompute_moment(
+                        cfg, lora, b, s, p, attention, device, saved, copies, all_copies))
 
 
 def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,

@@ -271,9 +271,15 @@ def training_memory(
             accumulation); False: one micro-batch per optimizer step, no gradients during
             forward and at the start of backward.
         lora: a `scaleplan.model.lora.LoRA`: the base frozen, adapters trained in fp32
-            (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf").
+            (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf"),
+            or with ``implementation="litgpt"`` litgpt 0.5.13's finetune/lora.py step
+            (adapters in the model's dtype, "32-true" or "bf16-true", targets mapped onto
+            litgpt's switches, "head" included; `scaleplan.memory.litgpt_lora_terms`, exact
+            against litgpt's LoRA GPT on CPU).
         base_weights: the frozen base's storage with ``lora``: None (the precision's weight
-            dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA); an error without ``lora``.
+            dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA; with implementation="litgpt"
+            Lightning's bitsandbytes plugin, the head quantized too, and litgpt's
+            StableEmbedding swap and paged AdamW); an error without ``lora``.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``.

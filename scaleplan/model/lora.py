@@ -36,12 +36,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["LORA_TARGETS", "LoRA", "LoRATarget", "adapter_params", "adapter_shapes",
+__all__ = ["HEAD_TARGET", "LORA_TARGETS", "LoRA", "LoRATarget", "adapter_params", "adapter_shapes",
            "fused_qkv"]
 
-LoRATarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
+LoRATarget = Literal["q", "k", "v", "o", "gate", "up", "down", "head"]
 LORA_TARGETS: tuple[LoRATarget, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-"""Every role an adapter may target, in the order of a block's forward."""
+"""Every role an adapter may target in a block, in the order of a block's forward (the
+default targets)."""
+HEAD_TARGET: LoRATarget = "head"
+"""The output layer (``lm_head``) as a target: litgpt's ``lora_head``, modelled for
+``implementation="litgpt"`` only (`adapter_shapes` refuses it)."""
 
 # peft's LoraConfig default lora_alpha (peft 0.21.2, peft/tuners/lora/config.py)
 PEFT_DEFAULT_ALPHA = 8.0
@@ -54,7 +58,8 @@ class LoRA(BaseModel):
         rank: r, the inner width of each adapter (>= 1).
         alpha: the scale's numerator (output scaled by alpha / rank); memory does not depend
             on it. Default peft's 8.
-        targets: roles among ``LORA_TARGETS`` (module docstring); order does not matter.
+        targets: roles among ``LORA_TARGETS`` (module docstring), and ``"head"`` (the output
+            layer, litgpt's ``lora_head``); order does not matter.
         dropout: peft's ``lora_dropout``, applied to each adapter's input (0 <= p < 1).
 
     >>> LoRA(rank=16, alpha=32, targets=("v", "q"), dropout=0.05)
@@ -90,13 +95,13 @@ class LoRA(BaseModel):
         if not isinstance(value, list | tuple) or not value:
             raise ValueError(f"targets={value!r} must name at least one of "
                              f"{', '.join(LORA_TARGETS)}, e.g. targets=('q', 'v')")
-        odd = [t for t in value if t not in LORA_TARGETS]
+        odd = [t for t in value if t not in (*LORA_TARGETS, HEAD_TARGET)]
         if odd:
             raise ValueError(f"targets: {odd[0]!r} is not a LoRA target; use roles among "
                              f"{', '.join(LORA_TARGETS)} (e.g. 'q' for q_proj)")
         if len(set(value)) != len(value):
             raise ValueError(f"targets={tuple(value)!r} names a role twice")
-        return tuple(t for t in LORA_TARGETS if t in value)
+        return tuple(t for t in (*LORA_TARGETS, HEAD_TARGET) if t in value)
 
 
 def fused_qkv(cfg: GPTConfig) -> bool:
@@ -127,6 +132,10 @@ def adapter_shapes(cfg: GPTConfig, lora: LoRA) -> dict[str, tuple[Any, Any]]:
     if cfg.mla is not None:
         raise ScaleplanError("lora with multi-head latent attention is not modelled yet; use "
                              "a config with q/k/v projections")
+    if HEAD_TARGET in lora.targets:
+        raise ScaleplanError("lora targets 'head' (an adapter on the output layer), which is "
+                             "modelled for implementation='litgpt' only (litgpt's lora_head); "
+                             "drop 'head' from targets")
     d, a, k, h, f = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
     gated = cfg.mlp in ("swiglu", "geglu")
     if "gate" in lora.targets and not gated:
