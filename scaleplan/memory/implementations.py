@@ -50,7 +50,7 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
                         attention=attention)
     if implementation == "hf":
         check_hf(cfg, checkpointing=checkpointing, precision=precision)
-        if compile:  # Llama, Qwen2, Mistral, Gemma under torch.compile(model), measured
+        if compile:  # Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX under torch.compile(model)
             from scaleplan.memory.hf_compiled_terms import check_hf_compiled
 
             check_hf_compiled(cfg, precision=precision, checkpointing=checkpointing,
