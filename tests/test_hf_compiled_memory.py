@@ -225,3 +225,19 @@ def test_live_llama_bf16_matches_the_terms() -> None:
     terms = hf_compiled_saved_terms(cfg, 1, 40, precision="bf16-mixed")
     assert sum(terms.values()) == m["saved_for_backward"]
     assert m["logits_saved"]  # the returned logits are the saved ones: held, they add nothing
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_live_checkpointed_gpt2_matches_the_terms() -> None:
+    pytest.importorskip("transformers")
+    from scaleplan.reference.hf_compiled import measure_hf_compiled
+
+    cfg = SHAPES["gpt2"]
+    m = measure_hf_compiled(cfg, "gpt2", micro_batch_size=2, seq_len=40, precision="32-true",
+                            checkpointing=True)
+    terms = hf_compiled_saved_terms(cfg, 2, 40, precision="32-true", checkpointing="full",
+                                    device="cpu")
+    assert sum(terms.values()) == m["saved_for_backward"]
+    names = {v[4] for v in m["saved"]}
+    assert {"rng_state_output_0", "rng_state_output_1"} <= names  # one per checkpointed block

@@ -66,17 +66,8 @@ INDEX = 8  # int64 token ids and labels
 def check_hf_compiled(cfg: GPTConfig, *, precision: str, checkpointing: str,
                       attention: str) -> None:
     """Refuse, naming it, what the compiled transformers terms were not measured with."""
-    odd = []
     family = hf_family(cfg)
-    if family in ("gpt2", "gpt_neox") and cfg.mlp != "gelu":
-        odd.append(f"mlp={cfg.mlp!r} with LayerNorm (measured: GPT-2's and GPT-NeoX's GELU)")
-    if family == "llama" and cfg.mlp != "swiglu":
-        odd.append(f"mlp={cfg.mlp!r} with RMSNorm (measured: SwiGLU, Gemma's GeGLU)")
-    if family == "gpt2" and cfg.position != "learned":
-        odd.append(f"position={cfg.position!r} with GPT-2's layout (measured: learned)")
-    if family == "gpt_neox" and cfg.parallel != "separate_norms":
-        odd.append(f"parallel={cfg.parallel!r} with GPT-NeoX's layout (measured: its parallel "
-                   "residual, 'separate_norms')")
+    odd = _odd_layout(cfg, family)
     if precision not in HF_COMPILED_PRECISIONS:
         odd.append(f"precision={precision!r} (measured: {', '.join(HF_COMPILED_PRECISIONS)})")
     if checkpointing not in ("none", "full") or (checkpointing == "full"
@@ -87,14 +78,29 @@ def check_hf_compiled(cfg: GPTConfig, *, precision: str, checkpointing: str,
         odd.append(f"attention={attention!r} (measured: SDPA, 'flash')")
     if cfg.dropout > 0:
         odd.append(f"dropout={cfg.dropout}")
+    if odd:
+        raise ScaleplanError("compile=True with implementation='hf' is not modelled yet with "
+                             + ", ".join(odd) + "; use compile=False")
+
+
+def _odd_layout(cfg: GPTConfig, family: str) -> list[str]:
+    """What of ``cfg``'s layout differs from the measured families' own."""
+    odd = []
+    if family in ("gpt2", "gpt_neox") and cfg.mlp != "gelu":
+        odd.append(f"mlp={cfg.mlp!r} with LayerNorm (measured: GPT-2's and GPT-NeoX's GELU)")
+    if family == "llama" and cfg.mlp != "swiglu":
+        odd.append(f"mlp={cfg.mlp!r} with RMSNorm (measured: SwiGLU, Gemma's GeGLU)")
+    if family == "gpt2" and cfg.position != "learned":
+        odd.append(f"position={cfg.position!r} with GPT-2's layout (measured: learned)")
+    if family == "gpt_neox" and cfg.parallel != "separate_norms":
+        odd.append(f"parallel={cfg.parallel!r} with GPT-NeoX's layout (measured: its parallel "
+                   "residual, 'separate_norms')")
     if family == "llama" and cfg.n_kv_head == 1:  # the partition keeps k and v unexpanded then
         odd.append("n_kv_head=1 with SwiGLU (measured: 2 kv heads; one kv head with Gemma's "
                    "GeGLU layout)")
     if family == "gemma" and cfg.n_kv_head != 1:
         odd.append(f"n_kv_head={cfg.n_kv_head} with Gemma's layout (measured: one kv head)")
-    if odd:
-        raise ScaleplanError("compile=True with implementation='hf' is not modelled yet with "
-                             + ", ".join(odd) + "; use compile=False")
+    return odd
 
 
 def hf_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
@@ -165,9 +171,13 @@ def _checkpointed_terms(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any,
     region's RNG state (``rng_state_output_0``: `RNG_STATE_BYTES`), ln_f's mean and rstd
     (2 T 4: its input is rebuilt with the last block), the position ids and the causal mask.
 
-    Llama: dynamo does not trace the checkpointed decoder layer (a graph break on each: the
-    embedding, the mask, the rotary tables, the final norm and the head + loss are compiled
-    apart, the layers run eagerly under the checkpoint), so each checkpoint keeps its
+    Llama: dynamo does not trace the checkpointed decoder layer, so the embedding, the mask,
+    the rotary tables, the final norm and the head + loss are compiled apart and the layers run
+    eagerly under the checkpoint. The graph break (torch 2.13, measured with the ``kernels``
+    package 0.19.1 installed, which transformers' ``use_kernel_forward_from_hub`` wraps
+    LlamaRMSNorm with): "HOP: Unsafe side effect ... Attempted to mutate
+    CompileableContextVar" at kernels/_internals/layer/layer.py:507; without ``kernels`` the
+    checkpoint may be traced as GPT-2's is (not measured). Each checkpoint keeps its
     closure's inputs as eager transformers does: the layer's input (T d 4), shared by all
     layers the bool causal mask (b s s), cos and sin (2 s h 4) and the position ids (s 8),
     and the CPU generator state it stashes to replay dropout (5056 bytes on CPU; a host
