@@ -59,8 +59,8 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
     if compile and (attention == "eager" or implementation not in ("nanogpt", "torchtune")):
         raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
                              "attention='flash' (SDPA), for implementation='torchtune' and for "
-                             "implementation='hf' (Llama, Qwen2, Mistral, Gemma); use those or "
-                             "compile=False")
+                             "implementation='hf' (Llama, Qwen2, Mistral, Gemma, GPT-2, "
+                             "GPT-NeoX); use those or compile=False")
     if implementation == "litgpt":
         check_litgpt(cfg, attention=attention, checkpointing=checkpointing, precision=precision)
 

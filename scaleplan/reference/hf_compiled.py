@@ -118,12 +118,12 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
     skip = {storage_key(t) for t in [*params, *model.buffers()]}
     partitions = _Partitions()
-    compiled: Any = torch.compile(model, dynamic=False)
     with warnings.catch_warnings(), \
             torch._inductor.config.patch(fx_graph_cache=False,
                                          post_grad_custom_post_pass=partitions), \
             torch._functorch.config.patch(enable_autograd_cache=False):
         warnings.simplefilter("ignore")  # dynamo's and inductor's own, not about memory
+        compiled: Any = torch.compile(model, dynamic=False)
         # a first step compiles the forward and backward graphs (no caches: a hit would skip
         # the partition); the second, measured, runs them
         _forward(compiled, ids, precision).loss.backward()
