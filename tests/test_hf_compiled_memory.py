@@ -241,3 +241,18 @@ def test_live_checkpointed_gpt2_matches_the_terms() -> None:
     assert sum(terms.values()) == m["saved_for_backward"]
     names = {v[4] for v in m["saved"]}
     assert {"rng_state_output_0", "rng_state_output_1"} <= names  # one per checkpointed block
+
+
+def test_training_memory_takes_the_checkpointed_terms_and_the_device() -> None:
+    # the measured checkpointed GPT-2 (fp32, 2 x 48, on CPU: 400660 bytes); on CUDA each
+    # traced region keeps inductor's Philox seed and offset (16 bytes) instead of the CPU
+    # generator's 5056-byte state: 2 x (5056 - 16) less
+    kw = dict(micro_batch_size=2, seq_len=48, implementation="hf", precision="32-true",
+              checkpointing="full", compile=True)
+    cpu = training_memory(SHAPES["gpt2"], device="cpu", **kw)  # type: ignore[arg-type]
+    assert cpu.saved_for_backward == 400660
+    gpu = training_memory(SHAPES["gpt2"], device="cuda", **kw)  # type: ignore[arg-type]
+    assert gpu.saved_for_backward == 400660 - 2 * (5056 - 16)
+    semantics = hf_compiled_saved_terms(SHAPES["llama"], 2, 48, precision="32-true",
+                                        checkpointing="full", device="cpu-cuda-semantics")
+    assert semantics["rng_state"] == 2 * 5056  # the eager checkpoint stashes the CPU state
