@@ -256,3 +256,40 @@ def test_training_memory_takes_the_checkpointed_terms_and_the_device() -> None:
     semantics = hf_compiled_saved_terms(SHAPES["llama"], 2, 48, precision="32-true",
                                         checkpointing="full", device="cpu-cuda-semantics")
     assert semantics["rng_state"] == 2 * 5056  # the eager checkpoint stashes the CPU state
+
+
+HEAD = {"token_ids", "causal_mask", "final_norm", "lm_head_input", "logits", "loss_max_lse",
+        "loss_labels"}
+
+
+@pytest.mark.parametrize(("family", "checkpointing", "names"), [
+    ("llama", "none", HEAD | {"norm_inputs", "norm_rsqrt", "linear_inputs", "sdpa_qkv_out",
+                              "sdpa_lse", "swiglu", "first_layer_o_proj_input"}),
+    ("gpt2", "none", HEAD | {"position_ids", "norm_normalized", "norm_rstd", "linear_inputs",
+                             "fused_qkv", "sdpa_out", "sdpa_lse", "mlp"}),
+    ("gpt_neox", "none", HEAD | {"first_layer_input_stats", "norm_normalized",
+                                 "second_layer_exchange", "linear_inputs", "fused_qkv",
+                                 "sdpa_out", "sdpa_lse", "rotated_qk", "mlp"}),
+    ("gpt2", "full", HEAD - {"final_norm"} | {"position_ids", "embedding_outputs",
+                                              "block_inputs", "rng_state",
+                                              "final_norm_stats"}),
+    ("llama", "full", HEAD | {"block_inputs", "rng_state", "rope_cos_sin", "position_ids"}),
+])
+def test_the_terms_are_named_per_operation(family: str, checkpointing: str,
+                                           names: set[str]) -> None:
+    # the loss side (final_norm*, lm_head*, logits, loss_*) is what the recompute moment
+    # leaves out: its names must keep those prefixes
+    terms = hf_compiled_saved_terms(SHAPES[family], 2, 48, precision="bf16-mixed",
+                                    checkpointing=checkpointing, device="cpu")
+    assert set(terms) == names
+    exchanges = ("second_layer_exchange", "first_layer_o_proj_input")  # may be negative
+    assert all(v > 0 for k, v in terms.items() if k not in exchanges)
+
+
+def test_a_layernorm_model_with_another_mlp_is_refused() -> None:
+    cfg = SHAPES["gpt2"].replace(mlp="relu")
+    with pytest.raises(ScaleplanError, match="mlp='relu' with LayerNorm"):
+        training_memory(cfg, micro_batch_size=2, seq_len=48, implementation="hf", compile=True)
+    neox = SHAPES["gpt_neox"].replace(mlp="relu")
+    with pytest.raises(ScaleplanError, match="mlp='relu' with LayerNorm"):
+        training_memory(neox, micro_batch_size=2, seq_len=48, implementation="hf", compile=True)
