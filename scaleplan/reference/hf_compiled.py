@@ -1,17 +1,21 @@
 """Measure what a ``torch.compile``'d Hugging Face transformers model saves for backward, on CPU.
 
 `measure_hf_compiled` builds the family's transformers causal LM (`build_hf_model`), compiles
-it whole (``torch.compile(model)``, inductor, ``dynamic=False``), runs one forward with labels
-(the model's own loss, transformers' ``ForCausalLMLoss``) and walks the autograd graph from the
-loss (`scaleplan.reference.compiled.saved_by_node`): each ``CompiledFunctionBackward`` node holds
+it whole (``torch.compile(model)``, inductor, ``dynamic=False``), runs one step to compile the
+forward and backward graphs, then one forward with labels (the model's own loss, transformers'
+``ForCausalLMLoss``) and walks the autograd graph from the loss
+(`scaleplan.reference.compiled.saved_by_node`): each ``CompiledFunctionBackward`` node holds
 what AOT autograd's min-cut partitioner chose to save for its graph (a graph break gives
 several), eager nodes their ``_saved_*`` tensors. Every storage counts once, whole; parameters,
-buffers, the token ids and autocast's low-precision weight copies are set apart (as
-`scaleplan.reference.compiled` does). Each saved value is listed with its shape and dtype so the
-terms can be read off per operation.
+buffers and autocast's low-precision weight copies are set apart (as
+`scaleplan.reference.compiled` does); the token ids count, as the embedding's backward keeps
+them. Each saved value is listed with its shape, dtype, node name in the partitioned graph and
+the module that produced it (kept by a post-grad pass that changes nothing), so the terms can be
+read off per operation.
 
 ``python -m scaleplan.reference.hf_compiled`` measures the grid and writes
-tests/data/hf_compiled.json (``--variation``: tests/data/hf_compiled_variation.json), replayed by
+tests/data/hf_compiled.json (``--variation``: tests/data/hf_compiled_variation.json,
+``--checkpointing``: tests/data/hf_compiled_checkpointing.json), replayed by
 tests/test_hf_compiled_memory.py; ``--page`` writes docs/validation/hf-compiled.md.
 """
 
