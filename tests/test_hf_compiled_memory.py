@@ -293,3 +293,34 @@ def test_a_layernorm_model_with_another_mlp_is_refused() -> None:
     neox = SHAPES["gpt_neox"].replace(mlp="relu")
     with pytest.raises(ScaleplanError, match="mlp='relu' with LayerNorm"):
         training_memory(neox, micro_batch_size=2, seq_len=48, implementation="hf", compile=True)
+
+
+def test_refusals_say_what_was_measured_and_the_fix() -> None:
+    kw = dict(micro_batch_size=2, seq_len=48, implementation="hf", compile=True)
+    gemma = SHAPES["gemma"]
+    with pytest.raises(ScaleplanError, match=r"precision='16-mixed' \(measured: 32-true, "
+                       r"bf16-mixed\), checkpointing='full' with the 'gemma' layout "
+                       r"\(measured: 'full' with Llama's and GPT-2's\); use compile=False$"):
+        training_memory(gemma, checkpointing="full", precision="16-mixed",
+                        **kw)  # type: ignore[arg-type]
+    shared = SHAPES["gpt_neox"].replace(parallel="shared_norm")
+    with pytest.raises(ScaleplanError, match=r"parallel='shared_norm' with GPT-NeoX's layout "
+                       r"\(measured: its parallel residual, 'separate_norms'\)"):
+        training_memory(shared, **kw)  # type: ignore[arg-type]
+    one_kv = SHAPES["llama"].replace(n_kv_head=1)
+    with pytest.raises(ScaleplanError, match=r"one kv head with Gemma's GeGLU layout\)"):
+        training_memory(one_kv, **kw)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="precision='16-mixed': measured with 32-true, "
+                       "bf16-mixed"):
+        hf_compiled_saved_terms(SHAPES["llama"], 2, 48, precision="16-mixed")
+
+
+def test_checkpointed_terms_default_to_cuda() -> None:
+    # inductor's Philox seed and offset, 16 bytes per traced region, on the default device
+    gpt2 = hf_compiled_saved_terms(SHAPES["gpt2"], 2, 48, precision="32-true",
+                                   checkpointing="full")
+    assert gpt2["rng_state"] == 2 * 16
+    # transformers' own mask for the eager layers is bool: one byte per element
+    llama = hf_compiled_saved_terms(SHAPES["llama"], 2, 48, precision="32-true",
+                                    checkpointing="full")
+    assert llama["causal_mask"] == 2 * 48 * 48 and isinstance(llama["causal_mask"], int)
