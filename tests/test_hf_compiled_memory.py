@@ -324,3 +324,13 @@ def test_checkpointed_terms_default_to_cuda() -> None:
     llama = hf_compiled_saved_terms(SHAPES["llama"], 2, 48, precision="32-true",
                                     checkpointing="full")
     assert llama["causal_mask"] == 2 * 48 * 48 and isinstance(llama["causal_mask"], int)
+
+
+def test_training_memory_takes_gpt_neox_and_gpt2_under_compile() -> None:
+    # the measured bf16 grid cases (tests/data/hf_compiled.json), through the option checks
+    kw = dict(micro_batch_size=2, seq_len=48, implementation="hf", precision="bf16-mixed",
+              compile=True)
+    neox = training_memory(SHAPES["gpt_neox"], **kw)  # type: ignore[arg-type]
+    assert neox.saved_for_backward == 1097876
+    gpt2 = training_memory(SHAPES["gpt2"], **kw)  # type: ignore[arg-type]
+    assert gpt2.saved_for_backward == 1073684
