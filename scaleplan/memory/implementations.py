@@ -51,7 +51,7 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
                         attention=attention)
     if implementation == "hf":
         check_hf(cfg, checkpointing=checkpointing, precision=precision)
-        if compile:  # Llama, Qwen2, Mistral, Gemma under torch.compile(model), measured
+        if compile:  # Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX under torch.compile(model)
             from scaleplan.memory.hf_compiled_terms import check_hf_compiled
 
             check_hf_compiled(cfg, precision=precision, checkpointing=checkpointing,
@@ -62,8 +62,8 @@ def check_implementation(cfg: GPTConfig, implementation: Any, *, compile: bool, 
         raise ScaleplanError("compile=True is modelled for nanoGPT's layout with "
                              "attention='flash' (SDPA), for implementation='torchtune', for "
                              "implementation='torchtitan' (its per-block compile) and for "
-                             "implementation='hf' (Llama, Qwen2, Mistral, Gemma); use those or "
-                             "compile=False")
+                             "implementation='hf' (Llama, Qwen2, Mistral, Gemma, GPT-2, "
+                             "GPT-NeoX); use those or compile=False")
     if implementation == "litgpt":
         check_litgpt(cfg, attention=attention, checkpointing=checkpointing, precision=precision)
 

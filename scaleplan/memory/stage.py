@@ -29,7 +29,7 @@ from scaleplan.memory.compiled_terms import (
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
-from scaleplan.memory.hf_terms import hf_saved_terms
+from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
     litgpt_loss_transients,
@@ -239,7 +239,11 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
                                  device=device, layers=layers, compiled=compiled)
         return saved, "torchtune-compiled" if compiled else implementation, False
     if compiled and implementation == "hf":  # its loss compiled too: the compiled moments
-        return hf_compiled_saved_terms(cfg, b, s, precision=p, layers=layers), "hf", True
+        saved = hf_compiled_saved_terms(cfg, b, s, precision=p, layers=layers,
+                                        checkpointing=checkpointing, device=device)
+        # a checkpointed block is rebuilt by the compiled backward (GPT-2: dynamo traces the
+        # checkpoint) or by transformers' eager layer (Llama: dynamo runs it eagerly)
+        return saved, "compiled" if hf_family(cfg) == "gpt2" else "hf", True
     if compiled:
         return compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                     device=device, layers=layers), implementation, True

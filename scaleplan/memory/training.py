@@ -238,7 +238,9 @@ def training_memory(
         compile: the model runs under ``torch.compile`` (nanoGPT's default): what inductor's
             partition saves (`scaleplan.memory.compiled_terms`: bf16 logits and no fp32
             log-softmax, bool dropout masks, cheap pointwise ops recomputed), measured exactly
-            on CPU for the reference layout with SDPA attention, one GPU or data parallelism.
+            on CPU for the reference layout with SDPA attention, one GPU or data parallelism;
+            with ``implementation="hf"``, `scaleplan.memory.hf_compiled_terms` (Llama, Qwen2,
+            Mistral, Gemma, GPT-2, GPT-NeoX; full checkpointing for Llama and GPT-2).
         implementation: whose code runs the step: ``"nanogpt"`` (scaleplan's reference model,
             nanoGPT's layout) or ``"hf"`` (Hugging Face transformers' modeling code: separate
             q/k/v projections, RMSNorm's fp32 upcasts, rotary tables per forward, eager softmax

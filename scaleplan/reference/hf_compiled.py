@@ -1,17 +1,21 @@
 """Measure what a ``torch.compile``'d Hugging Face transformers model saves for backward, on CPU.
 
 `measure_hf_compiled` builds the family's transformers causal LM (`build_hf_model`), compiles
-it whole (``torch.compile(model)``, inductor, ``dynamic=False``), runs one forward with labels
-(the model's own loss, transformers' ``ForCausalLMLoss``) and walks the autograd graph from the
-loss (`scaleplan.reference.compiled.saved_by_node`): each ``CompiledFunctionBackward`` node holds
+it whole (``torch.compile(model)``, inductor, ``dynamic=False``), runs one step to compile the
+forward and backward graphs, then one forward with labels (the model's own loss, transformers'
+``ForCausalLMLoss``) and walks the autograd graph from the loss
+(`scaleplan.reference.compiled.saved_by_node`): each ``CompiledFunctionBackward`` node holds
 what AOT autograd's min-cut partitioner chose to save for its graph (a graph break gives
 several), eager nodes their ``_saved_*`` tensors. Every storage counts once, whole; parameters,
-buffers, the token ids and autocast's low-precision weight copies are set apart (as
-`scaleplan.reference.compiled` does). Each saved value is listed with its shape and dtype so the
-terms can be read off per operation.
+buffers and autocast's low-precision weight copies are set apart (as
+`scaleplan.reference.compiled` does); the token ids count, as the embedding's backward keeps
+them. Each saved value is listed with its shape, dtype, node name in the partitioned graph and
+the module that produced it (kept by a post-grad pass that changes nothing), so the terms can be
+read off per operation.
 
 ``python -m scaleplan.reference.hf_compiled`` measures the grid and writes
-tests/data/hf_compiled.json (``--variation``: tests/data/hf_compiled_variation.json), replayed by
+tests/data/hf_compiled.json (``--variation``: tests/data/hf_compiled_variation.json,
+``--checkpointing``: tests/data/hf_compiled_checkpointing.json), replayed by
 tests/test_hf_compiled_memory.py; ``--page`` writes docs/validation/hf-compiled.md.
 """
 
@@ -32,21 +36,62 @@ from scaleplan.reference.compiled import is_weight_copy, saved_by_node
 from scaleplan.reference.hf_measure import GRID_SHAPES, HFPrecision, build_hf_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["HF_COMPILED_JSON", "PAGE", "VARIATION_JSON", "grid", "main", "measure_hf_compiled",
-           "page"]
+__all__ = ["CHECKPOINTING_JSON", "HF_COMPILED_JSON", "PAGE", "VARIATION_JSON", "grid", "main",
+           "measure_hf_compiled", "page"]
 
 HF_COMPILED_JSON = Path("tests/data/hf_compiled.json")
 VARIATION_JSON = Path("tests/data/hf_compiled_variation.json")
+CHECKPOINTING_JSON = Path("tests/data/hf_compiled_checkpointing.json")
 
 
-def _compiled_forward(model: Any, ids: torch.Tensor, precision: HFPrecision) -> Any:
-    """The output (loss, logits) of one forward of ``torch.compile(model)`` (inductor, no
-    compile caches: a hit would skip the partition), under bf16 autocast for "bf16-mixed"."""
-    compiled: Any = torch.compile(model, dynamic=False)
-    with torch._inductor.config.patch(fx_graph_cache=False), \
-            torch._functorch.config.patch(enable_autograd_cache=False), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-        return compiled(input_ids=ids, labels=ids, use_cache=False)
+class _Partitions:
+    """A post-grad pass that changes nothing and keeps every graph inductor compiles: the
+    partitioned forward graphs (whose outputs after the user's are the values saved for
+    backward, each node carrying the module that produced it) and the backward graphs (whose
+    placeholders other than ``tangents_*`` are those saved values, in the order a compiled
+    function's ``saved_tensors`` lists them)."""
+
+    def __init__(self) -> None:
+        self.graphs: list[Any] = []
+
+    def __call__(self, graph: Any) -> None:
+        self.graphs.append(graph)
+
+    def names(self, n_saved: int, used: set[int]) -> list[tuple[str, str]]:
+        """(node name, module) of the ``n_saved`` values a compiled function saved: the first
+        backward graph not in ``used`` taking that many, the modules from its forward graph."""
+        for i, g in enumerate(self.graphs):
+            inputs = [n.name for n in g.nodes if n.op == "placeholder"]
+            saved = [name for name in inputs if not name.startswith("tangents")]
+            if i in used or len(saved) != n_saved or len(saved) == len(inputs):
+                continue
+            used.add(i)
+            return [(name, self._module(name, saved)) for name in saved]
+        return [("", "")] * n_saved
+
+    def _module(self, name: str, saved: list[str]) -> str:
+        """The module that produced ``name`` in the forward graph that outputs most of
+        ``saved`` (a checkpoint's RNG states are renamed between the two graphs)."""
+        def outputs(g: Any) -> dict[str, Any]:
+            out = next(n for n in g.nodes if n.op == "output").args[0]
+            return {o.name: o for o in out if hasattr(o, "name")}
+
+        best = max(self.graphs, key=lambda g: len(set(outputs(g)) & set(saved)))
+        node = outputs(best).get(name)
+        stack = list(node.meta.get("nn_module_stack", {}).values()) if node is not None else []
+        return str(stack[-1][0]).removeprefix("L['self'].") if stack else ""
+
+
+def _live_tensors() -> dict[int, torch.Tensor]:
+    """One tensor per storage of every live CPU tensor a Python object references."""
+    import gc
+
+    gc.collect()
+    found: dict[int, torch.Tensor] = {}
+    for obj in gc.get_objects():
+        if type(obj) in (torch.Tensor, torch.nn.Parameter) and obj.device.type == "cpu":
+            found.setdefault(storage_key(obj), obj)
+    return found
 
 
 def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: int,
@@ -56,7 +101,16 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
     compiled whole with inductor (SDPA attention): ``{"saved_for_backward": total,
     "autocast_weight_copies": bytes, "compiled_graphs": number of compiled functions,
     "logits_saved": the returned logits are a saved storage (holding them adds nothing),
-    "saved": [(node type, shape, dtype, bytes), ...]}``."""
+    "token_ids_saved": the embedding's backward keeps the caller's token ids (counted),
+    "saved": [(node type, shape, dtype, bytes, partition node name, module), ...]}``.
+
+    ``checkpointing``: ``activation_checkpointing_enable()`` before compiling. Where dynamo
+    traces the checkpoint into the graph the compiled function saves what the region keeps;
+    where it does not (the layers then run eagerly under the checkpoint) the eager nodes'
+    saved tensors are not unpacked (that would rerun the layer) and what the checkpoints'
+    closures hold is counted instead (the `_live_tensors` new since the first step, node type
+    ``"checkpoint"``).
+    """
     torch.manual_seed(seed)
     torch._dynamo.reset()
     model = build_hf_model(cfg, family, "sdpa")
@@ -66,18 +120,69 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
         (enable or model.gradient_checkpointing_enable)()
     params = list(model.parameters())
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
-    skip = {storage_key(t) for t in [*params, *model.buffers(), ids]}
-    with warnings.catch_warnings():
+    skip = {storage_key(t) for t in [*params, *model.buffers()]}
+    partitions = _Partitions()
+    with warnings.catch_warnings(), \
+            torch._inductor.config.patch(fx_graph_cache=False,
+                                         post_grad_custom_post_pass=partitions), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
         warnings.simplefilter("ignore")  # dynamo's and inductor's own, not about memory
-        out = _compiled_forward(model, ids, precision)
+        compiled: Any = torch.compile(model, dynamic=False)
+        # a first step compiles the forward and backward graphs (no caches: a hit would skip
+        # the partition); the second, measured, runs them
+        _forward(compiled, ids, precision).loss.backward()
+        model.zero_grad(set_to_none=True)
+        before = _live_tensors() if checkpointing else {}
+        torch.manual_seed(seed)
+        out = _forward(compiled, ids, precision)
         loss, logits = out.loss, out.logits
         del out
-        nodes = saved_by_node(loss)
+        nodes = _by_node(loss, unpack_eager=not checkpointing)
+        if checkpointing:
+            kept = before.keys() | {storage_key(t) for _, ts in nodes for t in ts}
+            nodes.append(("checkpoint", [t for key, t in _live_tensors().items()
+                                         if key not in kept and t is not ids
+                                         and key not in {storage_key(loss), storage_key(logits)}]))
+    return _count(nodes, partitions, params, skip, ids, logits, precision)
+
+
+def _forward(compiled: Any, ids: torch.Tensor, precision: str) -> Any:
+    """One forward with labels (bf16 autocast for "bf16-mixed")."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        return compiled(input_ids=ids, labels=ids, use_cache=False)
+
+
+def _by_node(loss: torch.Tensor, *, unpack_eager: bool) -> list[tuple[str, list[torch.Tensor]]]:
+    """(autograd node type, tensors it saved) for every node behind ``loss``: `saved_by_node`,
+    or, with ``unpack_eager`` False, only the compiled functions' saved tensors (an eager node
+    inside a checkpoint would rerun its layer when unpacked)."""
+    if unpack_eager:
+        return [(type(node).__name__, tensors) for node, tensors in saved_by_node(loss)]
+    found: list[tuple[str, list[torch.Tensor]]] = []
+    stack: list[Any] = [loss.grad_fn]
+    visited: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        kind = type(node).__name__
+        found.append((kind, list(node.saved_tensors) if "CompiledFunction" in kind else []))
+        stack += [f for f, _ in node.next_functions]
+    return found
+
+
+def _count(nodes: list[tuple[str, list[torch.Tensor]]], partitions: _Partitions,
+           params: list[torch.Tensor], skip: set[int], ids: torch.Tensor, logits: torch.Tensor,
+           precision: str) -> dict[str, Any]:
+    """The measurement's dict from the saved tensors by node, once per storage, named."""
     seen: set[int] = set()
-    saved: list[tuple[str, list[int], str, int]] = []
-    copies = 0
-    for node, tensors in nodes:
-        for t in tensors:
+    saved: list[tuple[str, list[int], str, int, str, str]] = []
+    copies, used = 0, set[int]()
+    for kind, tensors in nodes:
+        names = (partitions.names(len(tensors), used) if "CompiledFunction" in kind
+                 else [("", "")] * len(tensors))
+        for t, (name, module) in zip(tensors, names, strict=True):
             key = storage_key(t)
             if key in skip or key in seen:
                 continue
@@ -86,14 +191,13 @@ def measure_hf_compiled(cfg: GPTConfig, family: HFFamily, *, micro_batch_size: i
             if precision == "bf16-mixed" and is_weight_copy(t, params):
                 copies += n
                 continue
-            saved.append((type(node).__name__, list(t.shape),
-                          str(t.dtype).removeprefix("torch."), n))
-    graphs = sum("CompiledFunction" in type(node).__name__ for node, _ in nodes)
-    logits_saved = storage_key(logits) in seen
-    del loss, logits, nodes
+            saved.append((kind, list(t.shape), str(t.dtype).removeprefix("torch."), n, name,
+                          module))
+    graphs = sum("CompiledFunction" in kind for kind, _ in nodes)
     torch._dynamo.reset()
     return {"saved_for_backward": sum(v[3] for v in saved), "autocast_weight_copies": copies,
-            "compiled_graphs": graphs, "logits_saved": logits_saved, "saved": saved}
+            "compiled_graphs": graphs, "logits_saved": storage_key(logits) in seen,
+            "token_ids_saved": storage_key(ids) in seen, "saved": saved}
 
 
 def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48,
@@ -116,37 +220,55 @@ def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48,
 PAGE = Path("docs/validation/hf-compiled.md")
 _INTRO = """# Hugging Face transformers under torch.compile: saved-for-backward bytes
 
-Measured by `scaleplan.reference.hf_compiled` (`python -m scaleplan.reference.hf_compiled`, and
-`--variation` for the 3-layer rows): each row builds the family's transformers 5.25 model
-(shapes in `scaleplan.reference.hf_measure.GRID_SHAPES`, real head dims), compiles it whole
-(`torch.compile(model)`, inductor, CPU, SDPA, no dropout), runs one forward with labels (the
-model's own `ForCausalLMLoss`, compiled with it) and counts the unique storages the compiled
-function(s) and any eager node saved, parameters, buffers, the token ids and autocast's weight
-copies excluded. `predicted` is `scaleplan.memory.hf_compiled_terms.hf_compiled_saved_terms`;
-`eager terms` is the eager model (`scaleplan.memory.hf_terms`, token ids left out) for the same
-case, to show what compiling changes. torch 2.13.0, transformers 5.25.0. Replayed torch-free by
+Measured by `scaleplan.reference.hf_compiled` (`python -m scaleplan.reference.hf_compiled`,
+`--variation` for the 3-layer rows, `--checkpointing` for the checkpointed ones): each row builds
+the family's transformers 5.25 model (shapes in `scaleplan.reference.hf_measure.GRID_SHAPES`,
+real head dims), compiles it whole (`torch.compile(model)`, inductor, CPU, SDPA, no dropout;
+with checkpointing, `activation_checkpointing_enable()` first), runs one step to compile the
+forward and backward graphs, then one forward with labels (the model's own `ForCausalLMLoss`,
+compiled with it), and counts the unique storages the compiled function(s) saved, parameters,
+buffers and autocast's weight copies excluded, the token ids included (the embedding's backward
+keeps them). Where dynamo runs checkpointed layers eagerly (Llama) the eager nodes are not
+unpacked (that would rerun the layer): the tensors the checkpoints' closures hold are counted
+instead. Each saved value is named from the partition (`saved` in the JSON: the node's name in
+the partitioned graph and its module). `predicted` is
+`scaleplan.memory.hf_compiled_terms.hf_compiled_saved_terms` (RNG states at their CPU size);
+`eager terms` is the eager model (`scaleplan.memory.hf_terms`) for the same case, to show what
+compiling changes. torch 2.13.0, transformers 5.25.0. Replayed torch-free by
 tests/test_hf_compiled_memory.py.
 
-{n} modelled cases (Llama, Qwen2, Mistral, Gemma; fp32 and bf16 autocast; 2 and 3 layers), largest
-|error| {worst:.2%}. GPT-2 and GPT-NeoX were measured but are not modelled yet
-(`compile=True` refuses them by name), nor gradient checkpointing (the harness reads saved
-tensors through autograd's nodes, which would unpack, i.e. recompute, a checkpoint's).
+{n} cases (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX; fp32 and bf16 autocast; 2 and 3 layers;
+Llama and GPT-2 with every layer checkpointed), largest |error| {worst:.2%}: GPT-2 at 3 x 32
+tokens, whose partition keeps the first ln_1's input as the token and position embeddings'
+outputs and its mean (s d 4 + T 4 more than the x_hat it keeps at 2 x 48); every other case
+exact.
 
-What the partition keeps of transformers' code (read from the saved tensors' shapes and dtypes):
+What the partition keeps of transformers' code (read from the saved values' names and shapes):
 
 - RMSNorm: its fp32 input and fp32 rsqrt per token; the fp32 normalised input is recomputed.
-- The linears' inputs once each, in the matmul dtype (no separate q/k/v or gate/up casts).
+  LayerNorm (GPT-2, GPT-NeoX): its fp32 x_hat and rstd / d; GPT-NeoX's two LayerNorms of one
+  input share them, and its first layer keeps its input with the mean and rstd instead.
+- The linears' inputs once each, in the matmul dtype (no separate q/k/v or gate/up casts;
+  GPT-2: two of its three T x d Conv1D inputs, GPT-NeoX: all three).
 - Rotary cos/sin are recomputed; SDPA keeps q, k and v expanded to the query heads, its output
   and the fp32 log-sum-exp. The first layer keeps o_proj's input in place of the residual after
-  attention; later layers read SDPA's output as o_proj's input (one storage).
+  attention; later layers read SDPA's output as o_proj's input (one storage). GPT-2 and
+  GPT-NeoX keep the fused qkv projection's output (SDPA reads views of it); GPT-NeoX's partial
+  rotary adds the rotated q and k (new tensors).
 - SwiGLU (Gemma: GeGLU): gate, up and their product (3 T f); the activation is recomputed.
+  GELU MLPs: the up projection's and the activation's outputs (2 T f): gelu_new's tanh chain
+  is recomputed.
 - Gemma (one kv head): v kept unexpanded, k unexpanded in fp32 but expanded under bf16
   autocast; no first-layer exchange.
 - The causal mask is materialised once (b x s x s, activation dtype), shared by the layers.
 - The loss: the compiled `ForCausalLMLoss` does not keep fp32 logits: it saves the logits in
   the matmul dtype (bf16 under autocast), an fp32 max and log-sum-exp per token, the padded
   int64 labels and a 4-byte count.
-- GPT-2 compiles into two graphs (a graph break); the other families into one.
+- GPT-2 compiles into two graphs (a graph break before the loss); the other families into one.
+- Checkpointing: dynamo traces GPT-2's checkpoints (each block's input and an RNG state per
+  region, as compiled nanoGPT); Llama's checkpointed layers run eagerly between compiled
+  pieces (embedding, mask, rotary tables, final norm, head and loss), each keeping its input,
+  the shared bool mask, cos/sin and position ids, and a stashed CPU RNG state.
 
 """
 
@@ -158,42 +280,51 @@ def _row(r: dict[str, Any]) -> tuple[str, float | None]:
 
     cfg = GRID_SHAPES[r["family"]].replace(n_layer=r["n_layer"])
     b, s, measured = r["micro_batch_size"], r["seq_len"], r["saved_for_backward"]
-    eager = hf_saved_bytes(cfg, b, s, precision=r["precision"], family=r["family"]) - b * s * 8
+    ckpt = r["checkpointing"]
+    eager = hf_saved_bytes(cfg, b, s, precision=r["precision"], family=r["family"],
+                           checkpointing=ckpt == "full")
     pred, shown, err = "not modelled (refused)", "", None
     if r["family"] in HF_COMPILED_FAMILIES:
-        p = sum(hf_compiled_saved_terms(cfg, b, s, precision=r["precision"]).values())
+        p = sum(hf_compiled_saved_terms(cfg, b, s, precision=r["precision"],
+                                        checkpointing=ckpt, device="cpu").values())
         err = p / measured - 1
         pred, shown = f"{p:,}", f"{err:+.2%}"
-    return (f"| {r['family']} | {r['precision']} | {r['n_layer']} | {b} x {s} | "
+    return (f"| {r['family']} | {r['precision']} | {r['n_layer']} | {b} x {s} | {ckpt} | "
             f"{r['compiled_graphs']} | {measured:,} | {pred} | {shown} | "
             f"{eager / measured - 1:+.1%} |"), err
 
 
 def page() -> str:
     """docs/validation/hf-compiled.md from the committed measurements."""
-    rows = [r for path in (HF_COMPILED_JSON, VARIATION_JSON)
+    rows = [r for path in (HF_COMPILED_JSON, VARIATION_JSON, CHECKPOINTING_JSON)
             for r in json.loads(path.read_text())]
     lines, errors = zip(*(_row(r) for r in rows), strict=True)
     known = [abs(e) for e in errors if e is not None]
     head = _INTRO.format(n=len(known), worst=max(known))
-    table = ("| family | precision | layers | b x s | graphs | measured | predicted | error "
-             "| eager terms |\n|---|---|---:|---|---:|---:|---:|---:|---:|\n")
+    table = ("| family | precision | layers | b x s | checkpointing | graphs | measured | "
+             "predicted | error | eager terms |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|\n")
     return head + table + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure the grid (``[families...]``: 2 layers, 2 x 48 tokens) and write
     `HF_COMPILED_JSON`; with ``--variation``, 3 layers at 3 x 32 tokens to `VARIATION_JSON`;
-    with ``--page``, docs/validation/hf-compiled.md from both."""
+    with ``--checkpointing``, the grid's shape with every layer checkpointed (default
+    families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--page``,
+    docs/validation/hf-compiled.md from them."""
     args = list(argv if argv is not None else sys.argv[1:])
     if "--page" in args:
         PAGE.write_text(page())
         return 0
-    variation = "--variation" in args
-    families = tuple(a for a in args if a != "--variation") or HF_FAMILIES
-    rows = grid(families, b=3, s=32, n_layer=3) if variation else grid(families)
-    (VARIATION_JSON if variation else HF_COMPILED_JSON).write_text(
-        json.dumps(rows, indent=1) + "\n")
+    families = tuple(a for a in args if not a.startswith("--"))
+    if "--variation" in args:
+        rows, path = grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
+    elif "--checkpointing" in args:
+        rows = grid(families or ("llama", "gpt2"), checkpointing=(True,))
+        path = CHECKPOINTING_JSON
+    else:
+        rows, path = grid(families or HF_FAMILIES), HF_COMPILED_JSON
+    path.write_text(json.dumps(rows, indent=1) + "\n")
     sys.stdout.write(json.dumps([{k: v for k, v in r.items() if k != "saved"}
                                  for r in rows]) + "\n")
     return 0
