@@ -131,7 +131,8 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                         gradient_accumulation=gradient_accumulation,
                         implementation=implementation, compile=compile,
                         checkpointing=checkpointing, parallelism=par)
-    if lora is not None and sw != NO_SWITCHES:
+    tune_chunked = implementation == "torchtune" and sw == StepSwitches(loss="chunked")
+    if lora is not None and sw != NO_SWITCHES and not tune_chunked:
         raise ScaleplanError("lora with the memory-saving switches (loss='chunked', "
                              "optimizer_in_backward, activation_offload, "
                              "gradient_accumulation=False) is not modelled yet; drop the "

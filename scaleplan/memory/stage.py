@@ -41,6 +41,7 @@ from scaleplan.memory.titan_terms import (
     titan_rebuilt_block_bytes,
     titan_saved_terms,
 )
+from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
 from scaleplan.memory.tune_switches import with_chunked_loss
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
@@ -70,7 +71,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each
     moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
-    code, one GPU), ``base_weights`` its dtype."""
+    code, one GPU; torchtune's recipe: `scaleplan.memory.tune_lora_terms`), ``base_weights``
+    its dtype."""
+    if lora is not None and implementation == "torchtune":  # scaleplan.memory.tune_lora_terms
+        return tune_lora_stage_parts(cfg, lora, base_weights, b, s, opt, checkpointing, device,
+                                     impl, hold_logits, switches)
     if lora is not None:
         W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
             cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)

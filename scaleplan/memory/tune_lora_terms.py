@@ -30,8 +30,9 @@ e = 2 (bf16), r the rank, what autograd keeps, measured on CPU against those bui
   ``lora_a``'s output (T r e).
 - The first layer's input (the frozen embedding's output) needs no gradient: its first norm
   keeps nothing, nor its dropouts' masks; without a q, k or v adapter its attention keeps
-  nothing (an "o" adapter then keeps the SDPA output itself), and with no attention adapter at
-  all its second norm keeps nothing either.
+  nothing (an "o" adapter then keeps the SDPA output itself). torchtune's builders need at
+  least one attention adapter (``lora_attn_modules`` may not be empty), so the MLP's input
+  always needs a gradient.
 - The frozen embedding keeps no token ids; the frozen head keeps no input (an output adapter,
   ``apply_lora_to_output``, keeps the final norm's output and T r e); the final norm and the
   recipe's loss keep what they keep in a full fine-tune.
@@ -164,7 +165,6 @@ def tune_lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     attn_in = [shapes[t][0] for t in ("q", "k", "v") if t in shapes]
     has_o = "o" in shapes
     mlp_in = [shapes[t][0] for t in ("gate", "up") if t in shapes]
-    upstream = not first or bool(attn_in) or has_o  # the MLP's input needs a gradient
     dropout, mask = lora.dropout > 0, 1 if device == "cuda" else HALF
     kv_heads = 1 if k == 1 else a  # one key-value head: the expand + flatten is a view
     t: dict[str, Any] = {} if first else _norm(T, d, "norm1")
@@ -176,9 +176,8 @@ def tune_lora_block_saved_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     t.update(_adapter_inputs("o", [a * h] if has_o else [], T, dropout=dropout,
                              grad_in=bool(attn_in) or not first,
                              shared=0 if "attn_out" in t else T * a * h * HALF, mask=mask))
-    if upstream:
-        t.update(_norm(T, d, "norm2"))
-    t.update(_adapter_inputs("mlp", mlp_in, T, dropout=dropout, grad_in=upstream,
+    t.update(_norm(T, d, "norm2"))  # an attention adapter (check_tune_lora) comes before it
+    t.update(_adapter_inputs("mlp", mlp_in, T, dropout=dropout, grad_in=True,
                              shared=T * d * HALF, mask=mask))
     t["mlp_activations"] = 3 * T * f * HALF  # gate output, activation output, up output
     t.update(_adapter_inputs("down", [f] if "down" in shapes else [], T, dropout=dropout,
@@ -280,6 +279,11 @@ def check_tune_lora(cfg: GPTConfig, lora: LoRA, base_weights: Any, *, precision:
         raise ScaleplanError(f"lora with implementation='torchtune' and precision={precision!r}"
                              " is not modelled yet; its LoRA recipes run dtype bf16: use "
                              "precision='bf16-true'")
+    if not any(t in lora.targets for t in ("q", "k", "v", "o")):
+        raise ScaleplanError(
+            f"lora=LoRA(..., targets={lora.targets!r}) with implementation='torchtune': its "
+            "builders need at least one attention target (lora_attn_modules may not be "
+            "empty); add 'q', 'k', 'v' or 'o'")
     mlp = [t for t in MLP_ROLES if t in lora.targets]
     if mlp and len(mlp) != len(MLP_ROLES):
         raise ScaleplanError(
