@@ -19,6 +19,7 @@ import pytest
 
 import scaleplan as sp
 from scaleplan.errors import ScaleplanError
+from scaleplan.memory.step_switches import StepSwitches
 from scaleplan.memory.tune_lora_terms import (
     NF4_DEQUANTIZE_BYTES_PER_ELEMENT,
     check_tune_lora,
@@ -29,7 +30,6 @@ from scaleplan.memory.tune_lora_terms import (
     tune_lora_saved_terms,
     tune_lora_stage_parts,
 )
-from scaleplan.memory.step_switches import StepSwitches
 from scaleplan.memory.tune_switches import with_chunked_loss
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA
@@ -144,11 +144,11 @@ def test_model_states_by_hand_for_llama_3_1_8b_qlora() -> None:
     # adapters per layer: q 8 x (4096 + 4096), v 8 x (4096 + 1024), o 8 x 8192,
     # gate/up 8 x (4096 + 14336) each, down the same: 65,536 + 40,960 + 65,536 + 3 x 147,456
     n = 32 * (65_536 + 40_960 + 65_536 + 3 * 147_456)
-    assert G == 2 * n and O == 4 * n and temp == 2 * n
+    assert 2 * n == G and 4 * n == O and temp == 2 * n
     linears = 2 * nf4_linear_bytes(4096, 4096) + 2 * nf4_linear_bytes(1024, 4096) \
         + 3 * nf4_linear_bytes(14336, 4096)
     rest = 2 * 128256 * 4096 + 65 * 4096  # embedding and head, 65 norms, bf16
-    assert W == 32 * linears + rest * 2 + 2 * n
+    assert 32 * linears + rest * 2 + 2 * n == W
 
 
 def test_training_memory_routes_torchtune_lora_and_counts_the_parts() -> None:
@@ -242,4 +242,4 @@ def test_torchao_nf4_sizes_and_adapter_counts_match_the_model() -> None:
             nbytes += p.untyped_storage().nbytes()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     W, G, _, _ = tune_lora_model_states(TINY, lora, "nf4", "adamw", "cpu", None)
-    assert (W, G) == (nbytes, 2 * trainable)
+    assert (nbytes, 2 * trainable) == (W, G)

@@ -73,15 +73,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
     code, one GPU; torchtune's recipe: `scaleplan.memory.tune_lora_terms`), ``base_weights``
     its dtype."""
-    if lora is not None and implementation == "torchtune":  # scaleplan.memory.tune_lora_terms
-        return tune_lora_stage_parts(cfg, lora, base_weights, b, s, opt, checkpointing, device,
-                                     impl, hold_logits, switches)
     if lora is not None:
-        W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
-            cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
-        return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,
-                        (W, G, O, temp), recompute=lambda: lora_recompute_moment(
-                            cfg, lora, b, s, p, attention, device, saved, copies, all_copies))
+        return _lora_parts(cfg, lora, base_weights, b, s, p, opt, attention, checkpointing,
+                           device, impl, hold_logits, implementation, switches)
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -121,6 +115,23 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                       copies=copies, all_copies=all_copies, TV=TV, e=e, G=G,
                                       heads=heads, sw=switches)
     return W, G, O, saved, copies, all_copies, held, moments
+
+
+def _lora_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s: Any,
+                p: Precision, opt: OptimizerName, attention: AttentionKind,
+                checkpointing: CheckpointingKind, device: DeviceKind,
+                impl: OptimizerImpl | None, hold_logits: bool, implementation: str,
+                switches: StepSwitches) -> tuple[Any, ...]:
+    """`stage_parts` with LoRA: torchtune's recipe (`scaleplan.memory.tune_lora_terms`) or peft
+    on transformers' code (`scaleplan.memory.lora_terms`)."""
+    if implementation == "torchtune":
+        return tune_lora_stage_parts(cfg, lora, base_weights, b, s, opt, checkpointing, device,
+                                     impl, hold_logits, switches)
+    W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
+        cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
+    return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,
+                    (W, G, O, temp), recompute=lambda: lora_recompute_moment(
+                        cfg, lora, b, s, p, attention, device, saved, copies, all_copies))
 
 
 def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: Any,
