@@ -36,10 +36,12 @@ from scaleplan.model.lora import LoRA
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 from scaleplan.reference.tune_measure import GRID_SHAPES, loss_step, tune_batch, tune_loss_fn
 
-__all__ = ["GRID_JSON", "build_tune_lora", "grid", "main", "measure_nf4_dequantize",
-           "measure_tune_lora", "tune_lora_modules"]
+__all__ = ["GRID_JSON", "STEPS_JSON", "build_tune_lora", "grid", "main",
+           "measure_nf4_dequantize", "measure_tune_lora", "measure_tune_lora_step", "step_grid",
+           "tune_lora_modules"]
 
 GRID_JSON = Path("tests/data/tune_lora_memory.json")
+STEPS_JSON = Path("tests/data/tune_lora_steps.json")
 _ATTN = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "output_proj"}
 
 
@@ -118,6 +120,58 @@ def measure_tune_lora(cfg: GPTConfig, family: str, lora: LoRA, *, micro_batch_si
     return {"saved_for_backward": sum(by_module.values()), "by_module": by_module}
 
 
+def _resident(model: Any) -> list[Any]:
+    """The model's storages as they sit in memory: an NF4 weight's inner tensors (its wrapper's
+    own storage is a placeholder), every other parameter and buffer."""
+    out = []
+    for p in [*model.parameters(), *model.buffers()]:
+        if hasattr(p, "__tensor_flatten__"):
+            out += [getattr(p, name) for name in p.__tensor_flatten__()[0]]
+        else:
+            out.append(p)
+    return out
+
+
+def measure_tune_lora_step(cfg: GPTConfig, family: str, lora: LoRA, *, micro_batch_size: int,
+                           seq_len: int, base_weights: str = "bf16",
+                           checkpointing: bool = False, loss: str = "standard",
+                           seed: int = 0) -> dict[str, Any]:
+    """Live bytes of one step of torchtune's LoRA model on CPU, as ``lora_finetune_single_device``
+    runs it with ``gradient_accumulation_steps: 1``: the loss step, ``backward()``, a for-loop
+    ``torch.optim.AdamW`` over ``model.parameters()`` and ``zero_grad(set_to_none=True)``, after
+    a warm-up step that makes the optimizer states. ``peak_bytes`` counts every live storage
+    (weights, adapters' gradients and states, buffers, token ids, activations)."""
+    torch.manual_seed(seed)
+    model = build_tune_lora(cfg, family, lora, base_weights=base_weights)
+    model.train()
+    if checkpointing:
+        training = importlib.import_module("torchtune.training")
+        layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
+        training.set_activation_checkpointing(model, auto_wrap_policy={layer})
+    loss_fn = tune_loss_fn(model, loss)
+    batch = tune_batch(cfg, micro_batch_size, seq_len, False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=False)
+
+    def step() -> None:
+        out = loss_step(model, loss_fn, dict(batch))
+        out.backward()
+        del out
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        step()
+        gc.collect()
+        states = [v for st in opt.state.values() for v in st.values()
+                  if isinstance(v, torch.Tensor)]
+        tracker = LiveBytesTracker()
+        resident = tracker.add_resident([*_resident(model), *states, batch["tokens"]])
+        with tracker:
+            step()
+    return {"resident": resident, "peak_bytes": tracker.peak}
+
+
 def measure_nf4_dequantize(rows: int, cols: int, tokens: int = 8) -> int:
     """Peak live bytes of one eager ``linear_nf4`` forward on a bf16 input of ``tokens`` rows,
     over what existed before, less its output: the dequantization's transient."""
@@ -163,6 +217,20 @@ def grid() -> list[dict[str, Any]]:
     return rows
 
 
+def step_grid() -> list[dict[str, Any]]:
+    """Whole-step peaks of Llama 3.2's small shape, q, v, o and the MLP adapted: bf16 and NF4,
+    with and without checkpointing, standard and chunked loss (2 x 48 tokens, rank 8)."""
+    lora = LoRA(8, alpha=16, targets=_TARGETS["qvo_mlp"])
+    return [{"family": "llama3_2", "targets": "qvo_mlp", "base_weights": base,
+             "checkpointing": "full" if ckpt else "none", "loss": loss,
+             "micro_batch_size": B, "seq_len": S,
+             **measure_tune_lora_step(GRID_SHAPES["llama3_2"], "llama3_2", lora,
+                                      micro_batch_size=B, seq_len=S, base_weights=base,
+                                      checkpointing=ckpt, loss=loss)}
+            for base, ckpt, loss in itertools.product(("bf16", "nf4"), (False, True),
+                                                      ("standard", "chunked"))]
+
+
 def _predicted(row: dict[str, Any]) -> int:
     from scaleplan.memory.tune_switches import with_chunked_loss
 
@@ -183,7 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.tune_lora_measure")
     parser.add_argument("--grid", action="store_true", help="measure the validation grid")
     parser.add_argument("--json", default=str(GRID_JSON))
+    parser.add_argument("--steps", action="store_true",
+                        help="measure whole-step peaks, write tests/data/tune_lora_steps.json")
     args = parser.parse_args(argv)
+    if args.steps:
+        STEPS_JSON.write_text(json.dumps(step_grid(), indent=1) + "\n")
+        return 0
     if not args.grid:
         parser.print_help()
         return 2
