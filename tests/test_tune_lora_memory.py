@@ -20,13 +20,15 @@ import pytest
 import scaleplan as sp
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.step_switches import StepSwitches
-from scaleplan.memory.tune_lora_terms import (
+from scaleplan.memory.tune_lora_states import (
     NF4_DEQUANTIZE_BYTES_PER_ELEMENT,
     check_tune_lora,
     nf4_dequantize_bytes,
     nf4_linear_bytes,
-    tune_lora_block_saved_terms,
     tune_lora_model_states,
+)
+from scaleplan.memory.tune_lora_terms import (
+    tune_lora_block_saved_terms,
     tune_lora_saved_terms,
     tune_lora_stage_parts,
 )

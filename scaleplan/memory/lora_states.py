@@ -133,7 +133,7 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
         raise ScaleplanError(f"lora={shown(lora)} must be a scaleplan.LoRA, e.g. "
                              "lora=LoRA(8, targets=('q', 'v')), or None")
     if implementation == "torchtune":  # its own LoRA recipe: scaleplan.memory.tune_lora_terms
-        from scaleplan.memory.tune_lora_terms import check_tune_lora
+        from scaleplan.memory.tune_lora_states import check_tune_lora
 
         check_tune_lora(cfg, lora, base_weights, precision=precision, parallelism=parallelism)
         adapter_shapes(cfg, lora)  # a target the config does not have, named

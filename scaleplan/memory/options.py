@@ -121,9 +121,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,
                parallelism=par)  # first: its refusals say how to run a LoRA step instead
-    if lora is not None and compile:  # the LoRA terms were measured eager only
-        raise ScaleplanError("lora with compile=True is not modelled yet (the LoRA terms were "
-                             "measured without torch.compile); use compile=False")
+    _check_lora_compile(lora, compile=compile, implementation=implementation, loss=loss)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
     sw = check_switches(loss=loss, optimizer_in_backward=optimizer_in_backward,
@@ -146,6 +144,20 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        activation_offload=sw.activation_offload,
                        gradient_accumulation=sw.gradient_accumulation, lora=lora,
                        base_weights=base_weights)
+
+
+def _check_lora_compile(lora: Any, *, compile: bool, implementation: Any, loss: Any) -> None:
+    """Refuse ``compile=True`` with ``lora`` where it is not modelled (peft's step; torchtune's
+    outside what `scaleplan.memory.tune_lora_states.check_tune_lora_compile` covers)."""
+    if lora is None or not compile:
+        return
+    if implementation == "torchtune":
+        from scaleplan.memory.tune_lora_states import check_tune_lora_compile
+
+        check_tune_lora_compile(lora, loss=loss)
+        return
+    raise ScaleplanError("lora with compile=True is not modelled yet (the LoRA terms were "
+                         "measured without torch.compile); use compile=False")
 
 
 _step_options = per_config(_step_options_body)

@@ -75,7 +75,7 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     its dtype."""
     if lora is not None:
         return _lora_parts(cfg, lora, base_weights, b, s, p, opt, attention, checkpointing,
-                           device, impl, hold_logits, implementation, switches)
+                           device, impl, hold_logits, implementation, switches, compiled)
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -121,12 +121,12 @@ def _lora_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s:
                 p: Precision, opt: OptimizerName, attention: AttentionKind,
                 checkpointing: CheckpointingKind, device: DeviceKind,
                 impl: OptimizerImpl | None, hold_logits: bool, implementation: str,
-                switches: StepSwitches) -> tuple[Any, ...]:
+                switches: StepSwitches, compiled: bool = False) -> tuple[Any, ...]:
     """`stage_parts` with LoRA: torchtune's recipe (`scaleplan.memory.tune_lora_terms`) or peft
     on transformers' code (`scaleplan.memory.lora_terms`)."""
     if implementation == "torchtune":
         return tune_lora_stage_parts(cfg, lora, base_weights, b, s, opt, checkpointing, device,
-                                     impl, hold_logits, switches)
+                                     impl, hold_logits, switches, compiled)
     W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
         cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
     return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,

@@ -265,9 +265,14 @@ def training_memory(
             accumulation); False: one micro-batch per optimizer step, no gradients during
             forward and at the start of backward.
         lora: a `scaleplan.model.lora.LoRA`: the base frozen, adapters trained in fp32
-            (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf").
+            (`scaleplan.memory.lora_terms`, exact against peft on CPU; implementation="hf"),
+            or, with implementation="torchtune", torchtune 0.6.1's lora_finetune_single_device
+            in bf16 (`scaleplan.memory.tune_lora_terms`, exact against its LoRA models on
+            CPU; precision="bf16-true", eager, loss "standard" or "chunked").
         base_weights: the frozen base's storage with ``lora``: None (the precision's weight
-            dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA); an error without ``lora``.
+            dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA); with implementation="torchtune"
+            "bf16" or "nf4" (its quantize_base: torchao's NF4Tensor); an error without
+            ``lora``.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``.

@@ -36,12 +36,25 @@ from scaleplan.model.lora import LoRA
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 from scaleplan.reference.tune_measure import GRID_SHAPES, loss_step, tune_batch, tune_loss_fn
 
-__all__ = ["GRID_JSON", "STEPS_JSON", "build_tune_lora", "grid", "main",
-           "measure_nf4_dequantize", "measure_tune_lora", "measure_tune_lora_step", "step_grid",
-           "tune_lora_modules"]
+__all__ = [
+    "COMPILED_JSON",
+    "GRID_JSON",
+    "STEPS_JSON",
+    "build_tune_lora",
+    "compiled_grid",
+    "grid",
+    "main",
+    "measure_nf4_dequantize",
+    "measure_tune_lora",
+    "measure_tune_lora_compiled",
+    "measure_tune_lora_step",
+    "step_grid",
+    "tune_lora_modules",
+]
 
 GRID_JSON = Path("tests/data/tune_lora_memory.json")
 STEPS_JSON = Path("tests/data/tune_lora_steps.json")
+COMPILED_JSON = Path("tests/data/tune_lora_compiled.json")
 _ATTN = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "output_proj"}
 
 
@@ -172,6 +185,52 @@ def measure_tune_lora_step(cfg: GPTConfig, family: str, lora: LoRA, *, micro_bat
     return {"resident": resident, "peak_bytes": tracker.peak}
 
 
+def measure_tune_lora_compiled(cfg: GPTConfig, family: str, lora: LoRA, *,
+                               micro_batch_size: int, seq_len: int, base_weights: str = "bf16",
+                               seed: int = 0) -> dict[str, Any]:
+    """Saved-for-backward bytes of one forward + chunked loss of torchtune's LoRA model with
+    ``compile: True`` as ``lora_finetune_single_device`` sets it up: ``training.compile_model``
+    (each layer compiled on its own) and ``training.compile_loss`` on
+    ``CEWithChunkedOutputLoss``. Read from the autograd graph
+    (`scaleplan.reference.tune_compiled.saved_storages`: each compiled layer's node holds what
+    AOT autograd's partition saved); parameters, buffers and the NF4 weights' inner tensors
+    excluded. ``{"saved_for_backward": total, "compiled": the compiled nodes' share}``."""
+    from scaleplan.reference.tune_compiled import saved_storages
+
+    torch.manual_seed(seed)
+    torch._dynamo.reset()
+    model = build_tune_lora(cfg, family, lora, base_weights=base_weights)
+    model.train()
+    loss_fn = tune_loss_fn(model, "chunked")
+    batch = tune_batch(cfg, micro_batch_size, seq_len, False)
+    skip = {storage_key(t) for t in _resident(model)} | {storage_key(p)
+                                                         for p in model.parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dynamo's and inductor's own warnings, not memory
+        training = importlib.import_module("torchtune.training")
+        training.compile_model(model, verbose=False)
+        training.compile_loss(loss_fn, verbose=False)  # in place for the chunked loss
+        out = loss_step(model, loss_fn, batch)
+    saved = saved_storages(out, skip)
+    compiled = sum(n for node, n in saved.values() if "CompiledFunction" in node)
+    return {"saved_for_backward": sum(n for _, n in saved.values()), "compiled": compiled}
+
+
+def compiled_grid() -> list[dict[str, Any]]:
+    """Compiled cases (2 x 48 tokens, rank 8, dropout 0, chunked loss): Llama 3.2's small shape
+    with q, v / q, v, o and the MLP / every linear, bf16 and NF4."""
+    rows = []
+    for targets, base in (("qv", "bf16"), ("qv", "nf4"), ("qvo_mlp", "bf16"),
+                          ("qvo_mlp", "nf4"), ("all", "bf16")):
+        lora = LoRA(8, alpha=16, targets=_TARGETS[targets])
+        m = measure_tune_lora_compiled(GRID_SHAPES["llama3_2"], "llama3_2", lora,
+                                       micro_batch_size=B, seq_len=S, base_weights=base)
+        rows.append({"family": "llama3_2", "targets": targets, "base_weights": base,
+                     "dropout": 0.0, "loss": "chunked", "micro_batch_size": B, "seq_len": S,
+                     **m})
+    return rows
+
+
 def measure_nf4_dequantize(rows: int, cols: int, tokens: int = 8) -> int:
     """Peak live bytes of one eager ``linear_nf4`` forward on a bf16 input of ``tokens`` rows,
     over what existed before, less its output: the dequantization's transient."""
@@ -251,9 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.tune_lora_measure")
     parser.add_argument("--grid", action="store_true", help="measure the validation grid")
     parser.add_argument("--json", default=str(GRID_JSON))
+    parser.add_argument("--compiled", action="store_true",
+                        help="measure compiled cases, write tests/data/tune_lora_compiled.json")
     parser.add_argument("--steps", action="store_true",
                         help="measure whole-step peaks, write tests/data/tune_lora_steps.json")
     args = parser.parse_args(argv)
+    if args.compiled:
+        COMPILED_JSON.write_text(json.dumps(compiled_grid(), indent=1) + "\n")
+        return 0
     if args.steps:
         STEPS_JSON.write_text(json.dumps(step_grid(), indent=1) + "\n")
         return 0
