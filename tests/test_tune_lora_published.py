@@ -1,11 +1,11 @@
 """torchtune's published LoRA / QLoRA rows (torchtune README at a9ea6d5b) in
 scaleplan/data/published_lora.csv: each is predicted with ``implementation="torchtune"`` and the
-options of its setup; the options `training_memory` refuses with LoRA (``compile``,
-``activation_offload``) are named and dropped, never silently."""
+options of its setup; an option `training_memory` refuses with LoRA (``activation_offload``)
+is named and dropped, never silently."""
 
 from __future__ import annotations
 
-from benchmarks.published_lora import TUNE_OPTIONS, load_rows, tune_predict
+from benchmarks.published_lora import TUNE_OPTIONS, WITHIN, load_rows, tune_predict
 
 ROWS = [r for r in load_rows() if r["project"] == "torchtune"]
 
@@ -18,9 +18,19 @@ def test_five_torchtune_rows_with_their_options() -> None:
 def test_refused_options_are_named_and_the_rest_applied() -> None:
     for row in ROWS:
         m, dropped = tune_predict(row)
-        assert "compile" in dropped, row["id"]  # compiled LoRA was not measured
-        assert ("activation_offload" in dropped) == row["id"].startswith("tune-3b")
-        assert "log_softmax" in m.saved_breakdown  # the chunked loss's eager log-softmax
+        # activation offloading with LoRA is not modelled yet: the 3B rows run without it
+        assert dropped == (["activation_offload"] if row["id"].startswith("tune-3b") else [])
+        assert "logits" in m.saved_breakdown  # the compiled chunked loss's bf16 chunk logits
+
+
+def test_8b_rows_on_a_4090_within_ten_percent() -> None:
+    """Issue 19's bar on the rows whose whole setup training_memory takes (the A6000 LoRA row
+    ran settings the README does not give; the 3B rows need activation offloading)."""
+    for row_id in ("tune-8b-lora-1x4090", "tune-8b-qlora-1x4090"):
+        row = next(r for r in ROWS if r["id"] == row_id)
+        m, dropped = tune_predict(row)
+        assert not dropped
+        assert abs(m.tensor_peak / int(row["figure_bytes"]) - 1) <= WITHIN, row_id
 
 
 def test_8b_qlora_weights_by_hand() -> None:
