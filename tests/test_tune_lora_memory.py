@@ -29,6 +29,7 @@ from scaleplan.memory.tune_lora_states import (
 )
 from scaleplan.memory.tune_lora_terms import (
     tune_lora_block_saved_terms,
+    tune_lora_compiled_block_terms,
     tune_lora_saved_terms,
     tune_lora_stage_parts,
 )
@@ -184,7 +185,7 @@ def test_chunked_loss_replaces_the_loss_side() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"compile": True}, "compile=True"),
+    ({"compile": True}, "loss=.standard."),
     ({"base_weights": "nf4-dq"}, "NF4Tensor"),
     ({"precision": "32-true"}, "precision='bf16-true'"),
     ({"lora": LoRA(8, targets=("q", "gate"))}, "gate, up and down together"),
@@ -278,3 +279,65 @@ def test_live_qlora_step_peak_within_3_percent() -> None:
                            device="cpu", optimizer_impl="for-loop", implementation="torchtune",
                            lora=lora, base_weights="nf4", checkpointing="full")
     assert m.tensor_peak == pytest.approx(measured["peak_bytes"], rel=0.03)
+
+
+COMPILED = json.loads((Path(__file__).parent / "data" / "tune_lora_compiled.json").read_text())
+
+
+@pytest.mark.parametrize("row", COMPILED, ids=lambda r: f"{r['targets']}-{r['base_weights']}")
+def test_compiled_saved_bytes_match_torchtune_measurement_exactly(row: dict) -> None:
+    # measured by python -m scaleplan.reference.tune_lora_measure --compiled: compile_model and
+    # compile_loss as lora_finetune_single_device calls them, the saved tensors read from the
+    # autograd graph
+    cfg = SHAPES[row["family"]]
+    terms = tune_lora_saved_terms(cfg, LoRA(8, targets=TARGETS[row["targets"]]), 2, 48,
+                                  device="cpu", compiled=True,
+                                  base_weights=row["base_weights"], buffers=False)
+    terms = with_chunked_loss(terms, cfg, 2, 48, "bf16-true", implementation="torchtune",
+                              compiled=True)
+    assert sum(terms.values()) == row["saved_for_backward"]
+
+
+def test_compiled_block_by_hand_q_v_and_nf4() -> None:
+    # what the partition of one compiled later layer keeps (T = 96, d = 256, f = 512, r = 8):
+    # layer input, two fp32 rstd, the first norm's output, q, expanded k and v, SDPA's output
+    # and log-sum-exp, the residual, the gate's and up's outputs, two lora_b inputs
+    t = tune_lora_compiled_block_terms(TINY, LoRA(8, targets=("q", "v")), 2, 48)
+    assert sum(t.values()) == (7 * 96 * 256 * 2 + 2 * 96 * 4 + 2 * 4 * 48 * 4
+                               + 2 * 96 * 512 * 2 + 2 * 96 * 8 * 2)
+    first = tune_lora_compiled_block_terms(TINY, LoRA(8, targets=("q", "v")), 2, 48,
+                                           first=True, base_weights="nf4")
+    # the first layer keeps no input and no rstd of it, and of the dequantized weights only
+    # those whose input needs a gradient: o, w1, w2, w3
+    assert first["dequantized_weights"] == 2 * (256 * 256 + 3 * 512 * 256)
+    assert "block_input" not in first and "norm1_stats" not in first
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"loss": "standard"}, "loss='standard'"),
+    ({"lora": LoRA(8, targets=("q", "v"), dropout=0.05)}, "dropout"),
+    ({"lora": LoRA(8, targets=("o",))}, "q, k or v"),
+])
+def test_compile_refuses_what_was_not_measured(kwargs: dict, match: str) -> None:
+    args = {"micro_batch_size": 1, "seq_len": 8, "precision": "bf16-true",
+            "implementation": "torchtune", "lora": LoRA(8, targets=("q", "v")),
+            "compile": True, "loss": "chunked"} | kwargs
+    with pytest.raises(ScaleplanError, match=match):
+        sp.training_memory(TINY, **args)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_live_compiled_qlora_measurement() -> None:
+    pytest.importorskip("torchtune")
+    pytest.importorskip("torchao")
+    from scaleplan.reference.tune_lora_measure import measure_tune_lora_compiled
+
+    lora = LoRA(8, targets=("q", "k", "v", "o", "gate", "up", "down"))
+    m = measure_tune_lora_compiled(TINY, "llama3_2", lora, micro_batch_size=1, seq_len=40,
+                                   base_weights="nf4")
+    terms = tune_lora_saved_terms(TINY, lora, 1, 40, device="cpu", compiled=True,
+                                  base_weights="nf4", buffers=False)
+    terms = with_chunked_loss(terms, TINY, 1, 40, "bf16-true", implementation="torchtune",
+                              compiled=True)
+    assert m["saved_for_backward"] == sum(terms.values())
