@@ -40,6 +40,13 @@ e = 2 (bf16), r the rank, what autograd keeps, measured on CPU against those bui
 
 Parameters, gradients and optimizer states, and the options covered:
 `scaleplan.memory.tune_lora_states`. ``compile: True``: `tune_lora_compiled_block_terms`.
+Measured (tests/test_tune_lora_memory.py): 30 eager cases exact (targets q,v / all / o, bf16
+and NF4, dropout 0 and 0.05, checkpointing, an output adapter, the chunked loss), 5 compiled
+cases exact, 8 whole-step peaks within 3 %. Compile with checkpointing is composed from the two
+(each compiled layer inside the checkpoint keeps its input; the rebuilt layer keeps what the
+compiled partition keeps), not measured as a whole. ``apply_lora_to_output`` is counted by
+`tune_lora_saved_terms` (``output_adapter``) but `scaleplan.LoRA` has no role for it, so
+``training_memory`` does not take it.
 """
 
 from __future__ import annotations
