@@ -341,3 +341,14 @@ def test_live_compiled_qlora_measurement() -> None:
     terms = with_chunked_loss(terms, TINY, 1, 40, "bf16-true", implementation="torchtune",
                               compiled=True)
     assert m["saved_for_backward"] == sum(terms.values())
+
+
+def test_output_adapter_adds_its_two_tensors_and_sizes_are_whole_bytes() -> None:
+    lora = LoRA(8, targets=("q", "v"))
+    plain = tune_lora_model_states(TINY, lora, "bf16", "adamw", "cuda", None)
+    head = tune_lora_model_states(TINY, lora, "bf16", "adamw", "cuda", None,
+                                  output_adapter=True)
+    extra = 8 * 256 + 8 * 512  # lora_a (8, d) and lora_b (V, 8) of the output projection
+    assert [h - p for h, p in zip(head, plain, strict=True)] == [2 * extra, 2 * extra,
+                                                                  4 * extra, 2 * extra]
+    assert type(nf4_linear_bytes(4096, 4096)) is int  # bytes, not a float
