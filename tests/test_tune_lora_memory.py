@@ -352,3 +352,51 @@ def test_output_adapter_adds_its_two_tensors_and_sizes_are_whole_bytes() -> None
     assert [h - p for h, p in zip(head, plain, strict=True)] == [2 * extra, 2 * extra,
                                                                   4 * extra, 2 * extra]
     assert type(nf4_linear_bytes(4096, 4096)) is int  # bytes, not a float
+
+
+def test_compiled_checkpointed_qlora_moments_by_hand() -> None:
+    # TINY (d 256, V 512, 2 layers, RoPE cache 128 x 64), 2 x 48 tokens, q and v adapted
+    lora = LoRA(8, targets=("q", "v"))
+    _, _, _, saved, _, _, _, moments = tune_lora_stage_parts(
+        TINY, lora, "nf4", 2, 48, "adamw", "full", "cpu", None, False,
+        StepSwitches(loss="chunked"), True)
+    T = 96
+    loss = T * 512 * 2 + (T * 8 + 8) + 2 * T * 4  # bf16 chunk logits, labels + count, lse
+    S = 2 * T * 256 * 2 + T * 256 * 4 + T * 4 + loss + 128 * 64 * 4 + 32 * 4
+    assert sum(saved.values()) == S == 329_736
+    chunk = 2 * 6 * 512 * 2  # one of 8 chunks of 6 tokens, its logits' bf16 gradient
+    block = 546_048 + 2 * (2 * 256 * 256 + 2 * 128 * 256 + 3 * 512 * 256)  # + dequantized
+    assert moments == {"forward_end": S, "backward_start": S + chunk,
+                       "head_backward": S - loss + 6 * chunk,
+                       "recompute": S - loss + block,
+                       "optimizer_step": 2 * 2048 * 2}  # for-loop: two of the largest
+
+
+def test_eager_qlora_moments_by_hand() -> None:
+    lora = LoRA(8, targets=("q", "v"))
+    _, _, _, saved, copies, cached, held, moments = tune_lora_stage_parts(
+        TINY, lora, "nf4", 2, 48, "adamw", "none", "cpu", "foreach", True)
+    S = sum(saved.values())
+    TV = 96 * 512
+    assert (copies, cached, held) == (0, 0, 0)
+    assert moments == {"forward_end": S + 4 * TV, "backward_start": S + 8 * TV,
+                       "optimizer_step": 2 * 2 * (2048 + 2048 + 2048 + 1024),  # foreach
+                       "recompute": S - saved["log_softmax"] - saved["targets"]
+                       + 14 * 512 * 256}
+
+
+def test_optimizer_temporaries_by_implementation() -> None:
+    lora = LoRA(8, targets=("q", "v"))
+    n = 2 * (2048 + 2048 + 2048 + 1024)  # 2 layers: q's A and B, v's A (8 x 256), B (128 x 8)
+    temps = [tune_lora_model_states(TINY, lora, "bf16", "adamw", device, impl)[3]
+             for device, impl in (("cuda", None), ("cpu", None), ("cuda", "fused"))]
+    assert temps == [2 * n, 2 * 2 * 2048, 0]
+
+
+def test_compiled_block_with_one_kv_head_and_q_alone() -> None:
+    one_kv = GPTConfig(n_layer=2, n_head=4, n_kv_head=1, n_embd=256, mlp_hidden=512,
+                       vocab_size=512, **_LLAMA)
+    t = tune_lora_compiled_block_terms(one_kv, LoRA(8, targets=("q",)), 1, 10)
+    assert t["attn_k_v"] == 2 * 10 * 64 * 2  # one kv head: the expand is a view
+    assert t["norm1_output"] == 10 * 256 * 2 and "norm2_output" not in t
+    assert t["mlp_activations"] == 2 * 10 * 512 * 2
