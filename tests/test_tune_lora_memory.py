@@ -400,3 +400,12 @@ def test_compiled_block_with_one_kv_head_and_q_alone() -> None:
     assert t["attn_k_v"] == 2 * 10 * 64 * 2  # one kv head: the expand is a view
     assert t["norm1_output"] == 10 * 256 * 2 and "norm2_output" not in t
     assert t["mlp_activations"] == 2 * 10 * 512 * 2
+
+
+def test_output_adapter_saved_terms_by_hand() -> None:
+    # apply_lora_to_output with dropout: its dropout's output (T d e) and, on CUDA, a bool mask
+    lora = LoRA(8, targets=("q", "v"), dropout=0.1)
+    t = tune_lora_saved_terms(TINY, lora, 1, 10, output_adapter=True, device="cuda")
+    assert (t["lora_output_a_input"], t["lora_output_dropout_mask"],
+            t["lora_output_b_input"]) == (10 * 256 * 2, 10 * 256, 10 * 8 * 2)
+    assert t["rope_buffers"] == 128 * 64 * 4 + 32 * 4 and t["final_norm_stats"] == 10 * 4
