@@ -28,8 +28,8 @@ from benchmarks.published_peaks import figure_bytes
 from scaleplan import GPTConfig, LoRA, MemoryBreakdown, training_memory
 from scaleplan.memory.litgpt_lora_terms import litgpt_bnb_saved_inputs
 
-__all__ = ["CSV_PATH", "DOC_PATH", "LITGPT_BNB", "WITHIN", "litgpt_bnb_terms", "litgpt_predict",
-           "load_rows", "main", "predict", "render"]
+__all__ = ["CSV_PATH", "DOC_PATH", "LITGPT_BNB", "TUNE_OPTIONS", "WITHIN", "litgpt_bnb_terms",
+           "litgpt_predict", "load_rows", "main", "predict", "render", "tune_predict"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_PATH = ROOT / "scaleplan" / "data" / "published_lora.csv"
@@ -54,6 +54,8 @@ def predict(row: dict[str, str]) -> MemoryBreakdown:
     """`training_memory` for one published row, with the closest options it has."""
     if row["project"] == "litgpt":
         return litgpt_predict(row)
+    if row["project"] == "torchtune":
+        return tune_predict(row)[0]
     lora = LoRA(int(row["lora_rank"]), alpha=float(row["lora_alpha"]),
                 targets=row["lora_targets"], dropout=float(row["lora_dropout"]))
     precision = "bf16-mixed" if row["precision"] == "bf16-true" else row["precision"]
@@ -77,6 +79,54 @@ def litgpt_predict(row: dict[str, str]) -> MemoryBreakdown:
                            base_weights=row["base_weights"] or None)
 
 
+# The torchtune rows' options beyond the CSV's columns, from the README's reproduce command
+# (Optimization flags) and the note above its Memory table ("batch size 2 (without gradient
+# accumulation), a dataset packed to sequence length 2048, and torch compile enabled"), with the
+# configs' CEWithChunkedOutputLoss. Passed in this order while training_memory accepts them.
+TUNE_OPTIONS: dict[str, dict[str, Any]] = {
+    "tune-3b-lora-1xa100": {"loss": "chunked", "compile": True, "activation_offload": True},
+    "tune-3b-qlora-1xa100": {"loss": "chunked", "compile": True, "activation_offload": True},
+    "tune-8b-lora-1x4090": {"loss": "chunked", "compile": True},
+    "tune-8b-lora-1xa6000": {"loss": "chunked", "compile": True},
+    "tune-8b-qlora-1x4090": {"loss": "chunked", "compile": True},
+}
+
+
+def _tune_config(row: dict[str, str]) -> GPTConfig:
+    """A torchtune row's model: ``custom`` with every field in ``config``, or a preset."""
+    if row["model"] == "custom":
+        return GPTConfig(**json.loads(row["config"]))
+    return _config(row)
+
+
+def tune_predict(row: dict[str, str]) -> tuple[MemoryBreakdown, list[str]]:
+    """(`training_memory` with ``implementation="torchtune"`` for a torchtune row, the row's
+    options it refused and was run without). An option `training_memory` refuses by name with
+    LoRA (``compile``, ``activation_offload``) is dropped and named, so the page shows the eager
+    prediction beside what it leaves out; once the option is modelled, the prediction uses it."""
+    from scaleplan.errors import ScaleplanError
+
+    lora = LoRA(int(row["lora_rank"]), alpha=float(row["lora_alpha"]),
+                targets=row["lora_targets"], dropout=float(row["lora_dropout"]))
+    options = dict(TUNE_OPTIONS.get(row["id"], {}))
+    dropped: list[str] = []
+    while True:
+        try:
+            return training_memory(
+                _tune_config(row), micro_batch_size=int(row["micro_batch"]),
+                seq_len=int(row["seq_len"]), precision=row["precision"],
+                optimizer=row["optimizer"], checkpointing=row["checkpointing"],
+                implementation="torchtune", lora=lora, base_weights=row["base_weights"],
+                **options), dropped
+        except ScaleplanError as error:
+            refused = [k for k in ("compile", "activation_offload") if k in options
+                       and k in str(error)]
+            if not refused:
+                raise
+            options.pop(refused[0])
+            dropped.append(refused[0])
+
+
 LITGPT_BNB = "0.42.0"
 """The bitsandbytes litgpt 0.5.13 supports (finetune/lora.py:144-147) and its published QLoRA
 rows ran: its ``MatMul4Bit`` keeps each 4-bit linear's input, which the installed 0.50.2 (what
@@ -98,8 +148,9 @@ def litgpt_bnb_terms(row: dict[str, str]) -> dict[str, int]:
 
 
 def _compared(row: dict[str, str], m: MemoryBreakdown) -> int:
-    if row["figure_kind"] != "allocated":
-        raise ValueError(f"{row['id']}: figure_kind {row['figure_kind']!r} is not 'allocated'")
+    if row["figure_kind"] not in ("allocated", "active"):  # torchtune prints the active peak
+        raise ValueError(f"{row['id']}: figure_kind {row['figure_kind']!r} is not 'allocated' "
+                         "or 'active'")
     return m.tensor_peak + sum(litgpt_bnb_terms(row).values())
 
 
@@ -124,6 +175,31 @@ def _bnb_table(rows: list[dict[str, str]]) -> list[str]:
         lines.append(f"| {row['id']} | {LITGPT_BNB} | {m.tensor_peak / 1e9:.2f} GB "
                      f"| {sum(terms.values()) / 1e9:+.2f} GB | {total / 1e9:.2f} GB "
                      f"| {row['figure_published']} | {total / int(row['figure_bytes']) - 1:+.1%} |")
+    return lines
+
+
+def _tune_table(rows: list[dict[str, str]]) -> list[str]:
+    """The torchtune rows: the options of their setup `training_memory` refused with LoRA (the
+    prediction above runs without them) and the moment it peaks at."""
+    tune = [row for row in rows if row["project"] == "torchtune"]
+    if not tune:
+        return []
+    lines = ["", "## torchtune's rows: options the prediction runs without", "",
+             "`training_memory(..., implementation=\"torchtune\", lora=..., base_weights=...)` "
+             "with the row's options (`benchmarks.published_lora.TUNE_OPTIONS`); an option it "
+             "refuses with LoRA is dropped and named here, so those predictions are not the "
+             "published setup and the error says how far the rest goes.", "",
+             "| id | options run | refused, run without | peak moment | weights | saved "
+             "| predicted | published | error |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in tune:
+        m, dropped = tune_predict(row)
+        ran = {k: v for k, v in TUNE_OPTIONS.get(row["id"], {}).items() if k not in dropped}
+        error = m.tensor_peak / int(row["figure_bytes"]) - 1
+        lines.append(
+            f"| {row['id']} | {', '.join(f'{k}={v!r}' for k, v in ran.items()) or '-'} "
+            f"| {', '.join(dropped) or '-'} | {m.peak_moment} | {m.weights / GIB:.2f} GiB "
+            f"| {m.saved_for_backward / GIB:.2f} GiB | {m.tensor_peak / GIB:.2f} GiB "
+            f"| {row['figure_published']} | {error:+.1%} |")
     return lines
 
 
@@ -154,6 +230,7 @@ def render(rows: list[dict[str, str]] | None = None) -> str:
             f"| {row['figure_published']} | {_compared(row, m) / 1e9:.2f} GB | {error:+.1%} "
             f"| {'yes' if abs(error) <= WITHIN else 'no'} | {row['unmodelled']} |")
     lines += _bnb_table(rows)
+    lines += _tune_table(rows)
     lines += ["", "## Setups", ""]
     lines += [f"- **{row['id']}**: {row['setup']}. Source: [{row['source_file']}]"
               f"({row['source_url']})." for row in rows]

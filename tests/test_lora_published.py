@@ -32,12 +32,12 @@ def test_rows_cite_a_pinned_source_and_their_bytes() -> None:
     for row in ROWS:
         assert re.search(r"/blob/[0-9a-f]{40}/", row["source_url"]), row["id"]
         assert figure_bytes(row["figure_published"]) == int(row["figure_bytes"]), row["id"]
-        assert row["figure_kind"] == "allocated" and row["unmodelled"], row["id"]
+        assert row["figure_kind"] in ("allocated", "active") and row["unmodelled"], row["id"]
 
 
 def test_lora_rows_within_ten_percent() -> None:
-    for row in ROWS:
-        if row["base_weights"] != "bf16":
+    for row in ROWS:  # torchtune's rows run compile=True, refused with LoRA: not checked here
+        if row["base_weights"] != "bf16" or row["project"] == "torchtune":
             continue
         error = predict(row).tensor_peak / int(row["figure_bytes"]) - 1
         assert abs(error) <= WITHIN, (row["id"], error)

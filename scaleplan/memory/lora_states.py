@@ -132,6 +132,12 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
     if not isinstance(lora, LoRA):
         raise ScaleplanError(f"lora={shown(lora)} must be a scaleplan.LoRA, e.g. "
                              "lora=LoRA(8, targets=('q', 'v')), or None")
+    if implementation == "torchtune":  # its own LoRA recipe: scaleplan.memory.tune_lora_terms
+        from scaleplan.memory.tune_lora_states import check_tune_lora
+
+        check_tune_lora(cfg, lora, base_weights, precision=precision, parallelism=parallelism)
+        adapter_shapes(cfg, lora)  # a target the config does not have, named
+        return
     if parallelism is not None and parallelism.gpus > 1:
         raise ScaleplanError("lora with parallelism is not modelled yet; plan one GPU "
                              "(data-parallel replicas hold the same)")
@@ -150,7 +156,8 @@ def check_lora(cfg: GPTConfig, lora: Any, base_weights: Any, *, precision: Preci
     if implementation != "hf":
         raise ScaleplanError(f"lora with implementation={implementation!r} is not modelled "
                              "yet; use implementation='hf' (peft wraps transformers' models) "
-                             "or 'litgpt' (litgpt's LoRA GPT)")
+                             "or 'litgpt' (litgpt's LoRA GPT) or 'torchtune' (its "
+                             "lora_finetune_single_device)")
     family = hf_family(cfg)
     if family not in LORA_FAMILIES:
         raise ScaleplanError(f"lora on transformers' {family} layout is not modelled yet; it "

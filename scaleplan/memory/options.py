@@ -132,9 +132,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
 
         check_litgpt_lora(cfg, lora, base_weights, precision=p, checkpointing=checkpointing,
                           optimizer=opt)
-    if lora is not None and compile:  # the LoRA terms were measured eager only
-        raise ScaleplanError("lora with compile=True is not modelled yet (the LoRA terms were "
-                             "measured without torch.compile); use compile=False")
+    _check_lora_compile(lora, compile=compile, implementation=implementation, loss=loss)
     check_implementation(cfg, implementation, compile=compile, attention=attention,
                          checkpointing=checkpointing, parallelism=par, precision=p)
     sw = check_switches(loss=loss, optimizer_in_backward=optimizer_in_backward,
@@ -142,7 +140,8 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                         gradient_accumulation=gradient_accumulation,
                         implementation=implementation, compile=compile,
                         checkpointing=checkpointing, parallelism=par)
-    if lora is not None and sw != NO_SWITCHES:
+    tune_chunked = implementation == "torchtune" and sw == StepSwitches(loss="chunked")
+    if lora is not None and sw != NO_SWITCHES and not tune_chunked:
         raise ScaleplanError("lora with the memory-saving switches (loss='chunked', "
                              "optimizer_in_backward, activation_offload, "
                              "gradient_accumulation=False) is not modelled yet; drop the "
@@ -156,6 +155,20 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        activation_offload=sw.activation_offload,
                        gradient_accumulation=sw.gradient_accumulation, lora=lora,
                        base_weights=base_weights)
+
+
+def _check_lora_compile(lora: Any, *, compile: bool, implementation: Any, loss: Any) -> None:
+    """Refuse ``compile=True`` with ``lora`` where it is not modelled (peft's step; torchtune's
+    outside what `scaleplan.memory.tune_lora_states.check_tune_lora_compile` covers)."""
+    if lora is None or not compile:
+        return
+    if implementation == "torchtune":
+        from scaleplan.memory.tune_lora_states import check_tune_lora_compile
+
+        check_tune_lora_compile(lora, loss=loss)
+        return
+    raise ScaleplanError("lora with compile=True is not modelled yet (the LoRA terms were "
+                         "measured without torch.compile); use compile=False")
 
 
 _step_options = per_config(_step_options_body)

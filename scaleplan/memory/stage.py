@@ -51,6 +51,7 @@ from scaleplan.memory.step_switches import (
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
 from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
 from scaleplan.memory.titan_tp_terms import titan_tp_parts
+from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
 from scaleplan.memory.tune_switches import (
     tune_in_backward_held_bytes,
     tune_in_backward_moments,
@@ -86,11 +87,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     torchtune's chunked loss from `scaleplan.memory.tune_switches`): the moments stay on
     top of weights, all gradients and optimizer states, less the gradients not alive at each
     moment. ``lora``: a frozen base with adapters (`scaleplan.memory.lora_terms`; transformers'
-    code, one GPU; litgpt's LoRA step, `scaleplan.memory.litgpt_lora_states`),
-    ``base_weights`` its dtype."""
+    code, one GPU; litgpt's LoRA step, `scaleplan.memory.litgpt_lora_states`; torchtune's
+    recipe, `scaleplan.memory.tune_lora_terms`), ``base_weights`` its dtype."""
     if lora is not None:
         return _lora_parts(cfg, lora, base_weights, b, s, p, opt, attention, checkpointing,
-                           device, impl, hold_logits, implementation)
+                           device, impl, hold_logits, implementation, switches, compiled)
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
@@ -188,13 +189,17 @@ def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
 def _lora_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s: Any,
                 p: Precision, opt: OptimizerName, attention: AttentionKind,
                 checkpointing: CheckpointingKind, device: DeviceKind,
-                impl: OptimizerImpl | None, hold_logits: bool,
-                implementation: str) -> tuple[Any, ...]:
-    """`stage_parts` under LoRA: litgpt's step (`scaleplan.memory.litgpt_lora_states`), or
-    peft's on transformers' code (`scaleplan.memory.lora_terms`)."""
+                impl: OptimizerImpl | None, hold_logits: bool, implementation: str,
+                switches: StepSwitches, compiled: bool = False) -> tuple[Any, ...]:
+    """`stage_parts` under LoRA: litgpt's step (`scaleplan.memory.litgpt_lora_states`),
+    torchtune's recipe (`scaleplan.memory.tune_lora_terms`), or peft's on transformers' code
+    (`scaleplan.memory.lora_terms`)."""
     if implementation == "litgpt":
         return litgpt_lora_stage_parts(cfg, lora, base_weights, b, s, p, device, impl,
                                        hold_logits)
+    if implementation == "torchtune":
+        return tune_lora_stage_parts(cfg, lora, base_weights, b, s, opt, checkpointing, device,
+                                     impl, hold_logits, switches, compiled)
     W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
         cfg, lora, base_weights, b, s, p, opt, attention, checkpointing, device, impl)
     return _moments(cfg, b, s, p, checkpointing, hold_logits, saved, copies, all_copies,

@@ -277,11 +277,15 @@ def training_memory(
             or with ``implementation="litgpt"`` litgpt 0.5.13's finetune/lora.py step
             (adapters in the model's dtype, "32-true" or "bf16-true", targets mapped onto
             litgpt's switches, "head" included; `scaleplan.memory.litgpt_lora_terms`, exact
-            against litgpt's LoRA GPT on CPU).
+            against litgpt's LoRA GPT on CPU), or with implementation="torchtune" torchtune
+            0.6.1's lora_finetune_single_device in bf16 (`scaleplan.memory.tune_lora_terms`,
+            exact against its LoRA models on CPU; precision="bf16-true", loss "standard" or
+            "chunked", compiled with the chunked loss).
         base_weights: the frozen base's storage with ``lora``: None (the precision's weight
             dtype), "bf16", "int8", "nf4" or "nf4-dq" (QLoRA; with implementation="litgpt"
             Lightning's bitsandbytes plugin, the head quantized too, and litgpt's
-            StableEmbedding swap and paged AdamW); an error without ``lora``.
+            StableEmbedding swap and paged AdamW; with implementation="torchtune" "bf16" or
+            "nf4", its quantize_base: torchao's NF4Tensor); an error without ``lora``.
 
     Gradients are resident throughout, as in the last micro-batch of gradient accumulation
     (the reference harness's ``accumulating=True``), unless ``gradient_accumulation=False``.
