@@ -106,8 +106,14 @@ def titan_model(cfg: GPTConfig, attn_backend: str = "flex") -> Any:
 
 
 def titan_model_config(cfg: GPTConfig, attn_backend: str = "flex") -> Any:
-    """The ``Llama3Model.Config`` `titan_model` builds (to set its sharding before the build)."""
+    """The ``Llama3Model.Config`` `titan_model` builds (to set its sharding before the build);
+    for ``qk_norm="head"``, torchtitan's ``Qwen3Model.Config``
+    (`scaleplan.reference.titan_qwen3_measure.qwen3_model_config`)."""
     import_llama3()
+    if cfg.qk_norm == "head":
+        from scaleplan.reference.titan_qwen3_measure import qwen3_model_config
+
+        return qwen3_model_config(cfg, attn_backend)
     common = importlib.import_module("torchtitan.models.common")
     utils = importlib.import_module("torchtitan.models.common.config_utils")
     model_mod = importlib.import_module("torchtitan.models.llama3.model")

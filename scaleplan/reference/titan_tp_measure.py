@@ -109,9 +109,13 @@ def fake_world(n: int, *, backend: str = "fake", rank: int = 0) -> Iterator[Any]
 def titan_tp_model(cfg: GPTConfig, parallel_dims: Any, *, sequence_parallel: bool) -> Any:
     """torchtitan's ``Llama3Model`` for ``cfg``, its sharding config set as its trainer sets it
     and parallelized over ``parallel_dims`` (parameters: rank 0's local shards)."""
-    sharding = importlib.import_module("torchtitan.models.llama3.sharding")
     config = titan_model_config(cfg)
-    sharding.set_llama3_sharding_config(config, enable_sp=sequence_parallel)
+    if cfg.qk_norm == "head":  # torchtitan's Qwen3 (scaleplan.reference.titan_qwen3_measure)
+        qwen3 = importlib.import_module("torchtitan.models.qwen3.sharding")
+        qwen3.set_qwen3_sharding_config(config, enable_sp=sequence_parallel, enable_ep=False)
+    else:
+        sharding = importlib.import_module("torchtitan.models.llama3.sharding")
+        sharding.set_llama3_sharding_config(config, enable_sp=sequence_parallel)
     model = config.build()
     with torch.no_grad():
         model.init_states()
