@@ -18,7 +18,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_litgpt", "check_titan",
-           "check_titan_tp", "check_torchtune"]
+           "check_titan_qwen3", "check_titan_tp", "check_torchtune"]
 
 
 IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune", "litgpt")
@@ -146,11 +146,30 @@ def _titan_misfits(cfg: GPTConfig) -> list[str]:
     """The fields of ``cfg`` (with their values) that torchtitan's Llama 3 does not have."""
     fields = type(cfg).model_fields
     odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
-    if cfg.head_dim * cfg.n_head != cfg.n_embd:
-        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head)")
+    qwen3 = cfg.qk_norm == "head"  # its Qwen3: given head_dim (scaleplan.memory.titan_qwen3_terms)
+    if cfg.head_dim * cfg.n_head != cfg.n_embd and not qwen3:
+        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head; its Qwen3, "
+                   "qk_norm='head', takes head_dim as given)")
     if cfg.embed_dim != cfg.n_embd:
         odd.append(f"embed_dim={cfg.embed_dim}")
-    return odd + [name for name in _HF_UNMEASURED if getattr(cfg, name) != fields[name].default]
+    unmeasured = [n for n in _HF_UNMEASURED if n != "qk_norm" or cfg.qk_norm != "head"]
+    return odd + [name for name in unmeasured if getattr(cfg, name) != fields[name].default]
+
+
+def check_titan_qwen3(cfg: GPTConfig, *, checkpointing: str, compile: bool) -> None:
+    """Refuse, by name, what `scaleplan.memory.titan_qwen3_terms` was not measured with for
+    torchtitan's Qwen3 (``qk_norm="head"``): its per-op selective checkpointing and its
+    compiled blocks (measured eager, without and with full checkpointing)."""
+    if cfg.qk_norm != "head":
+        return
+    if compile:
+        raise ScaleplanError("implementation='torchtitan' with qk_norm='head' (its Qwen3) is "
+                             "not modelled yet with compile=True (measured eager); use "
+                             "compile=False")
+    if checkpointing == "selective":
+        raise ScaleplanError("implementation='torchtitan' with qk_norm='head' (its Qwen3) is "
+                             "not modelled yet with checkpointing='selective' (measured "
+                             "without checkpointing and with full); use 'full' or 'none'")
 
 
 # What torchtune 0.6.1's component builders (llama3_1, llama3_2, qwen2 / qwen2_5, gemma) build:

@@ -20,6 +20,7 @@ from scaleplan.memory.activations import AttentionKind, CheckpointingKind, Devic
 from scaleplan.memory.implementations import (
     check_implementation,
     check_titan,
+    check_titan_qwen3,
     check_titan_tp,
 )
 from scaleplan.memory.lora_states import check_lora
@@ -123,6 +124,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     refuse_unmodelled(cfg)
     if implementation == "torchtitan":
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
+        check_titan_qwen3(cfg, checkpointing=checkpointing, compile=compile)
         if par.tensor > 1:
             check_titan_tp(parallelism=par, checkpointing=checkpointing, compile=compile)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,

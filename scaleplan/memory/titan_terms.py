@@ -40,6 +40,7 @@ from typing import Any
 
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.states import gradient_bytes, optimizer_state_bytes, weight_bytes
+from scaleplan.memory.titan_qwen3_terms import qwen3_block_extras
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
@@ -86,14 +87,17 @@ def titan_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
                 "attention_outputs": T * H * hd * e + stats,
                 "w1_output": T * F * e,  # 3rd matmul kept (w3's recomputed)
                 "w2_output": T * d * e}  # 5th matmul kept
-    return {"attention_norm": _norm_bytes(T, d, e, device),
-            "wqkv_input": T * d * e,
-            "rope_table": T * (hd // 2) * COMPLEX64_BYTES,
-            "attention": T * (H + 2 * K) * hd * e + T * H * hd * e + stats,
-            "ffn_norm": _norm_bytes(T, d, e, device),
-            "mlp_input": T * d * e,
-            "mlp": 3 * T * F * e,  # w1 out (silu's input), silu out and w3 out (the product's)
-            "w2_input": T * F * e}
+    out = {"attention_norm": _norm_bytes(T, d, e, device),
+           "wqkv_input": T * d * e,
+           "rope_table": T * (hd // 2) * COMPLEX64_BYTES,
+           "attention": T * (H + 2 * K) * hd * e + T * H * hd * e + stats,
+           "ffn_norm": _norm_bytes(T, d, e, device),
+           "mlp_input": T * d * e,
+           "mlp": 3 * T * F * e,  # w1 out (silu's input), silu out and w3 out (the product's)
+           "w2_input": T * F * e}
+    if cfg.qk_norm == "head":  # its Qwen3: QK-norm, cos/sin RoPE (titan_qwen3_terms)
+        out.update(qwen3_block_extras(cfg, b, s, e=e, device=device))
+    return out
 
 
 def titan_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
@@ -170,6 +174,7 @@ def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int) -> dict[s
     e = TITAN_PRECISIONS[precision]
     d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
     block = d * (H + 2 * K) * hd + H * hd * d + 3 * d * F + 2 * d
+    block += 2 * hd if cfg.qk_norm == "head" else 0  # Qwen3's q and k norm weights
     head = (cfg.vocab_size * d + d) * e
     grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
     return {"forward_end": head, "backward_start": head, "recompute": 2 * block * e + grads}

@@ -40,6 +40,7 @@ from typing import Any
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
+from scaleplan.memory.titan_qwen3_terms import qwen3_block_extras
 from scaleplan.memory.titan_terms import (
     FLEX_BLOCK,
     INT32_BYTES,
@@ -89,14 +90,17 @@ def titan_tp_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
         return {"block_input": Ts * d * e}
     # FlexAttention's logsumexp and max of the local heads; SDPA's logsumexp alone
     stats = (2 if kernel == "flex" else 1) * b * H * s * FP32_BYTES
-    return {"attention_norm": _norm_bytes(Ts, d, e, device),
-            "wqkv_input": T * d * e,  # the all-gathered (b, s, d) input
-            "rope_table": T * (hd // 2) * 8,  # complex64 rows for all s positions
-            "attention": T * (H + 2 * K) * hd * e + T * H * hd * e + stats,
-            "ffn_norm": _norm_bytes(Ts, d, e, device),
-            "mlp_input": T * d * e,  # all-gathered, shared by w1 and w3
-            "mlp": 3 * T * F * e,  # w1 out, silu out, w3 out: the local mlp_hidden / t
-            "w2_input": T * F * e}
+    out = {"attention_norm": _norm_bytes(Ts, d, e, device),
+           "wqkv_input": T * d * e,  # the all-gathered (b, s, d) input
+           "rope_table": T * (hd // 2) * 8,  # complex64 rows for all s positions
+           "attention": T * (H + 2 * K) * hd * e + T * H * hd * e + stats,
+           "ffn_norm": _norm_bytes(Ts, d, e, device),
+           "mlp_input": T * d * e,  # all-gathered, shared by w1 and w3
+           "mlp": 3 * T * F * e,  # w1 out, silu out, w3 out: the local mlp_hidden / t
+           "w2_input": T * F * e}
+    if cfg.qk_norm == "head":  # its Qwen3: QK-norm on the local heads, cos/sin RoPE
+        out.update(qwen3_block_extras(cfg, b, s, e=e, device=device, tensor=t))
+    return out
 
 
 def titan_tp_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
