@@ -48,6 +48,7 @@ from scaleplan.memory.step_switches import (
     largest_gradient_bytes,
     switch_stage,
 )
+from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
 from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
 from scaleplan.memory.titan_tp_terms import titan_tp_parts
@@ -98,7 +99,7 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
         return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
-                            compiled=compiled)
+                            compiled=compiled, chunked=switches.loss == "chunked")
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
@@ -265,7 +266,8 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
 
 def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                  checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
-                 impl: OptimizerImpl | None, layers: int, *, compiled: bool) -> tuple[Any, ...]:
+                 impl: OptimizerImpl | None, layers: int, *, compiled: bool,
+                 chunked: bool = False) -> tuple[Any, ...]:
     """`stage_parts` for torchtitan under FSDP2 (`scaleplan.memory.titan_terms`) with SDPA
     attention, its blocks compiled or eager (`scaleplan.memory.titan_compiled_terms`): no autocast
     weight copies, the logits dropped before backward (its trainer's ``del pred``), its AdamW
@@ -273,9 +275,11 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
     saved tensors less the loss side (freed once the head's backward ran), plus one block
     rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`). With tensor
-    parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`."""
+    parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
+    ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`)."""
     if par.tensor > 1:
-        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl)
+        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
+                              chunked=chunked)
     saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                       device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
@@ -294,6 +298,10 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     if checkpointing != "none":
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
+    if chunked:  # the same recompute: the loss side is freed before the blocks' backward
+        saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
+        moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,
+                                             gathered_head=gathered["forward_end"]))
     return W, G, O, saved, 0, 0, 0, moments
 
 

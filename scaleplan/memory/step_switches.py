@@ -134,6 +134,8 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if not on:
         return
     what = ", ".join(on)
+    if implementation == "torchtitan" and on == ["loss='chunked'"] and not compile:
+        return  # its ChunkedLossWrapper under FSDP2 and TP: scaleplan.memory.titan_chunked_loss
     _refuse_implementation(sw, what, implementation=implementation, compile=compile)
     if parallelism.tensor * parallelism.pipeline > 1:
         raise ScaleplanError(f"{what} is not modelled yet with tensor or pipeline parallelism")

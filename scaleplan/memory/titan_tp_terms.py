@@ -40,6 +40,7 @@ from typing import Any
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
+from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_qwen3_terms import qwen3_block_extras
 from scaleplan.memory.titan_terms import (
     FLEX_BLOCK,
@@ -233,16 +234,17 @@ def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
 
 
 def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointing: str,
-                   device: str, par: Parallelism,
-                   impl: OptimizerImpl | None) -> tuple[Any, ...]:
+                   device: str, par: Parallelism, impl: OptimizerImpl | None, *,
+                   chunked: bool = False) -> tuple[Any, ...]:
     """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2 x TP, with or without
     sequence parallelism (one pipeline stage): (weights, gradients, optimizer, saved terms, 0, 0, 0,
     moments). No autocast weight copies; the logits dropped before backward (its trainer's
     ``del pred``); ``forward_end`` and ``backward_start`` add the loss's transients
     (`titan_tp_loss_transients`) and FSDP2's gathered units; ``recompute`` (full
     checkpointing): the saved tensors less the loss side, plus one block rebuilt and FSDP2's
-    gathered block, its prefetched neighbour and their gradients. The optimizer's
-    temporaries (none for torchtitan's default fused AdamW) are split over all the GPUs.
+    gathered block, its prefetched neighbour and their gradients. ``chunked``: torchtitan's
+    ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`) in place of the loss. The
+    optimizer's temporaries (none for torchtitan's default fused AdamW) are split over all the GPUs.
     Attention is SDPA, as for ``attention="flash"`` without TP
     (`scaleplan.memory.titan_sdpa_terms`): TP was measured with FlexAttention, whose one extra
     statistic and block mask the SDPA kernel does not keep."""
@@ -265,4 +267,9 @@ def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointi
                                                sequence_parallel=sp, kernel="sdpa")
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
+    if chunked:  # ChunkedLossWrapper, vocabulary-parallel per chunk (titan_chunked_loss)
+        e = TITAN_PRECISIONS[p]
+        saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
+        moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=t, data=par.data,
+                                             gathered_head=gathered["forward_end"]))
     return W, G, O, saved, 0, 0, 0, moments
