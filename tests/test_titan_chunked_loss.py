@@ -1,0 +1,133 @@
+"""torchtitan's ``ChunkedLossWrapper`` (``loss="chunked"``) against hand calculations, torchtitan
+on CPU and the published Qwen3-14B run.
+
+Hand calculations: `scaleplan.memory.titan_chunked_loss`'s parts for the small Qwen3 shape
+(d=96, vocabulary 256), written out. Replay: docs/validation/torchtitan-chunked-loss.json, written
+by ``python -m scaleplan.reference.titan_chunked_measure --write`` (torchtitan 0.3.0's wrapper
+with its own ``lm_head`` in bf16, one process and rank 0 of a fake TP 2 / 4 group), compared
+without torch. Published: pytorch/torchtitan@94609ad7 docs/chunked_loss.md, Qwen3-14B on 8
+H100s, TP 4 x DP 2, full AC, 8,192-token chunks, eager: 83.56 GiB peak active.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scaleplan.errors import ScaleplanError
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.titan_chunked_loss import (
+    TITAN_LOSS_CHUNK_TOKENS,
+    titan_chunk_tokens,
+    titan_chunked_loop_bytes,
+    titan_chunked_moments,
+    titan_chunked_saved_terms,
+)
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+
+JSON_PATH = (Path(__file__).resolve().parent.parent
+             / "docs/validation/torchtitan-chunked-loss.json")
+QWEN3 = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, head_dim=32, n_embd=96, mlp_hidden=192,
+                  vocab_size=256, block_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
+                  position="rope", qk_norm="head", tie_embeddings=False)
+LOSS_SCALARS = 12  # the running total, the chunk's loss and its gradient: three fp32 scalars
+# _LossParallelCrossEntropy's per-token tensors (max, sum of exp, labels, masks, gathered
+# result), left out of the terms: at most this many bytes a chunk token on CPU
+TP_PER_TOKEN = 40
+
+
+def test_loop_parts_by_hand_without_tp() -> None:
+    p = titan_chunked_loop_bytes(QWEN3, 2, 128, e=2, tensor=1, data=1, chunk_tokens=64)
+    assert p == {"hidden_states": 256 * 96 * 2,
+                 "chunk_copies": 256 * 96 * 2 + 256 * 8,  # batch 2: the split is copied
+                 "accumulator": 256 * 96 * 4,
+                 # bf16 logits; fp32 log-softmax, one-hot gradient, log-softmax's gradient
+                 "chunk_loss": 64 * 256 * (2 + 4 + 4 + 4),
+                 "head_gradient": 256 * 96 * 2}
+
+
+def test_loop_parts_by_hand_with_tp_and_fsdp() -> None:
+    p = titan_chunked_loop_bytes(QWEN3, 1, 256, e=2, tensor=4, data=2, chunk_tokens=64)
+    assert p["chunk_copies"] == 0  # one sequence: the chunks are views
+    assert p["hidden_states"] == 256 * 96 * 2  # replicated on every TP rank
+    # 64 of the rank's 64 classes: bf16 logits + log-probs, one-hot, exp and their sum (fp32)
+    assert p["chunk_loss"] == 64 * 64 * (2 + 4 * 4)
+    assert p["head_gradient"] == 64 * 96 * 4  # FSDP2's fp32 unsharded accumulated gradient
+
+
+def test_chunk_tokens() -> None:
+    assert TITAN_LOSS_CHUNK_TOKENS == 8192  # docs/chunked_loss.md: "The default is 8,192"
+    assert titan_chunk_tokens(40, 8192) == 8192
+    assert titan_chunk_tokens(2, 1000) == 2000
+
+
+def test_saved_terms_swap_the_loss_side_for_the_gradient() -> None:
+    got = titan_chunked_saved_terms({"block.block_input": 10, "final_norm": 7, "lm_head": 3,
+                                     "log_softmax": 100, "targets": 9}, QWEN3, 2, 128, e=2)
+    assert got == {"block.block_input": 10, "final_norm": 7, "loss_gradient": 256 * 96 * 2}
+
+
+def test_moments_by_hand() -> None:
+    saved = {"block.block_input": 1000, "loss_gradient": 1 * 4096 * 96 * 2}
+    m = titan_chunked_moments(QWEN3, 1, 4096, saved, e=2, tensor=2, data=2, gathered_head=50)
+    assert m["backward_start"] == 1000 + 4096 * 96 * 2 + 50
+    assert m["forward_end"] == 1000 + 4096 * 96 * (4 + 2) + 50
+    loop = 4096 * 96 * (2 + 4) + 4096 * 128 * (2 + 16) + 128 * 96 * 4
+    assert m["head_backward"] == 1000 + loop + 50
+
+
+def test_replay_of_the_measured_wrapper() -> None:
+    data = json.loads(JSON_PATH.read_text())
+    cfg = GPTConfig(**data["config"])
+    assert len(data["rows"]) == 5
+    for r in data["rows"]:
+        b, s, t, n = r["micro_batch_size"], r["seq_len"], r["tensor"], r["num_chunks"]
+        parts = titan_chunked_loop_bytes(cfg, b, s, e=2, tensor=t, data=1,
+                                         chunk_tokens=b * s // n)
+        # "before" holds the hidden states and the labels
+        assert r["before"] == b * s * 96 * 2 + b * s * 8
+        predicted = r["before"] + sum(parts.values()) - parts["hidden_states"] + LOSS_SCALARS
+        if t == 1:
+            assert r["peak"] == predicted, r
+        else:
+            assert 0 <= r["peak"] - predicted <= TP_PER_TOKEN * (b * s // n), r
+        # after: hidden states, labels, the saved bf16 gradient, the head's gradient, the loss
+        local_v = -(-256 // t)
+        assert r["after"] == b * s * (96 * 2 * 2 + 8) + local_v * 96 * 2 + 4, r
+
+
+def test_published_qwen3_14b_within_ten_percent() -> None:
+    cfg = GPTConfig(n_layer=40, n_head=40, n_kv_head=8, head_dim=128, n_embd=5120,
+                    mlp_hidden=17408, vocab_size=151936, block_size=40960, mlp="swiglu",
+                    norm="rmsnorm", position="rope", qk_norm="head", bias=False,
+                    tie_embeddings=False)
+    m = training_memory(cfg, micro_batch_size=40, seq_len=8192, precision="bf16-mixed",
+                        checkpointing="full", implementation="torchtitan", loss="chunked",
+                        parallelism=Parallelism(data=2, fsdp="full_shard", tensor=4,
+                                                sequence_parallel=True))
+    published = 83.56 * 2**30  # docs/chunked_loss.md, 8,192-token row, eager peak active
+    assert abs(m.tensor_peak - published) / published < 0.10
+    assert m.saved_breakdown["loss_gradient"] == 40 * 8192 * 5120 * 2
+
+
+def test_chunked_loss_refused_compiled() -> None:
+    with pytest.raises(ScaleplanError, match="compile=True"):
+        training_memory(QWEN3.replace(qk_norm="none", head_dim=24), micro_batch_size=2,
+                        seq_len=128, implementation="torchtitan", loss="chunked",
+                        compile=True, parallelism=Parallelism(data=2, fsdp="full_shard"))
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # spmd_types calls deprecated c10d APIs
+def test_live_wrapper_without_tp() -> None:
+    pytest.importorskip("torchtitan")
+    from scaleplan.reference.titan_chunked_measure import measure_chunked_loss
+
+    r = measure_chunked_loss(QWEN3, tensor=1, micro_batch_size=2, seq_len=128, num_chunks=2)
+    parts = titan_chunked_loop_bytes(QWEN3, 2, 128, e=2, tensor=1, data=1, chunk_tokens=128)
+    assert r["peak"] == r["before"] + sum(parts.values()) - parts["hidden_states"] + 12
