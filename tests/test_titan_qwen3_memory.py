@@ -125,11 +125,11 @@ def test_qwen3_is_modelled_eager_and_refused_where_unmeasured() -> None:
                         parallelism=tp, checkpointing="full")
     # 2 layers x the rank's 2 x 64 positions x 96 x bf16
     assert m.saved_breakdown["block.block_input"] == 2 * (2 * 64) * 96 * 2
-    with pytest.raises(ScaleplanError, match="qk_norm='head'.*checkpointing='selective'"):
+    with pytest.raises(ScaleplanError, match=r"qk_norm='head'.*checkpointing='selective'"):
         training_memory(QWEN3, micro_batch_size=B, seq_len=S, implementation="torchtitan",
                         parallelism=Parallelism(data=2, fsdp="full_shard"),
                         checkpointing="selective")
-    with pytest.raises(ScaleplanError, match="qk_norm='head'.*compile=True"):
+    with pytest.raises(ScaleplanError, match=r"qk_norm='head'.*compile=True"):
         training_memory(QWEN3, micro_batch_size=B, seq_len=S, implementation="torchtitan",
                         parallelism=Parallelism(data=2, fsdp="full_shard"), compile=True)
     with pytest.raises(ScaleplanError, match="head_dim=32"):

@@ -28,6 +28,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, normalize_optimizer_impl
 from scaleplan.memory.states import OptimizerName, normalize_optimizer
 from scaleplan.memory.step_switches import NO_SWITCHES, StepSwitches, check_switches
+from scaleplan.memory.titan_chunked_loss import check_titan_chunked_loss
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.shapes import per_config
@@ -125,6 +126,7 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
     if implementation == "torchtitan":
         check_titan(cfg, precision=p, attention=attention, parallelism=par, compile=compile)
         check_titan_qwen3(cfg, checkpointing=checkpointing, compile=compile)
+        check_titan_chunked_loss(loss=loss, compile=compile)
         if par.tensor > 1:
             check_titan_tp(parallelism=par, checkpointing=checkpointing, compile=compile)
     check_lora(cfg, lora, base_weights, precision=p, implementation=implementation,

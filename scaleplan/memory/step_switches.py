@@ -134,9 +134,8 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if not on:
         return
     what = ", ".join(on)
-    if implementation == "torchtitan" and on == ["loss='chunked'"]:
-        _refuse_titan_compiled_chunks(compile)  # its ChunkedLossWrapper: titan_chunked_loss
-        return
+    if implementation == "torchtitan" and on == ["loss='chunked'"] and not compile:
+        return  # its ChunkedLossWrapper under FSDP2 and TP: scaleplan.memory.titan_chunked_loss
     _refuse_implementation(sw, what, implementation=implementation, compile=compile)
     if parallelism.tensor * parallelism.pipeline > 1:
         raise ScaleplanError(f"{what} is not modelled yet with tensor or pipeline parallelism")
@@ -147,14 +146,6 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     if sw.activation_offload:
         _refuse_offload(implementation=implementation, compile=compile,
                         checkpointing=checkpointing)
-
-
-def _refuse_titan_compiled_chunks(compile: bool) -> None:
-    """torchtitan's chunked loss is modelled eager (`scaleplan.memory.titan_chunked_loss`)."""
-    if compile:
-        raise ScaleplanError("loss='chunked' with implementation='torchtitan' is modelled eager "
-                             "(its ChunkedLossWrapper, measured uncompiled), not yet with "
-                             "compile=True; use compile=False")
 
 
 def _refuse_offload(*, implementation: str, compile: bool, checkpointing: str) -> None:

@@ -40,16 +40,31 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["TITAN_LOSS_CHUNK_TOKENS", "titan_chunk_tokens", "titan_chunked_loop_bytes",
-           "titan_chunked_moments", "titan_chunked_saved_terms"]
+__all__ = ["TITAN_LOSS_CHUNK_TOKENS", "check_titan_chunked_loss", "titan_chunk_tokens",
+           "titan_chunked_loop_bytes", "titan_chunked_moments", "titan_chunked_saved_terms"]
 
 TITAN_LOSS_CHUNK_TOKENS = 8192  # ChunkedLossWrapper.Config.chunk_len, pytorch/torchtitan@94609ad7
 INT64_BYTES = 8
 # the standard loss side that the chunked loss does not leave for backward
 _STANDARD_LOSS = ("lm_head", "log_softmax", "targets")
+
+
+def check_titan_chunked_loss(*, loss: Any, compile: bool) -> None:
+    """Refuse, by name, torchtitan's chunked loss compiled: it was measured eager.
+
+    >>> check_titan_chunked_loss(loss="chunked", compile=True)
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: loss='chunked' with implementation='torchtitan' is ...
+    """
+    if loss == "chunked" and compile:
+        raise ScaleplanError("loss='chunked' with implementation='torchtitan' is modelled eager "
+                             "(its ChunkedLossWrapper, measured uncompiled), not yet with "
+                             "compile=True; use compile=False")
 
 
 def titan_chunk_tokens(b: Any, s: Any, chunk_tokens: int = TITAN_LOSS_CHUNK_TOKENS) -> Any:
@@ -59,7 +74,7 @@ def titan_chunk_tokens(b: Any, s: Any, chunk_tokens: int = TITAN_LOSS_CHUNK_TOKE
     (8192, 4096)
     """
     T = b * s
-    return T - (T - chunk_tokens) * (T > chunk_tokens)
+    return T - (T - chunk_tokens) * (chunk_tokens < T)
 
 
 def titan_chunked_loop_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, tensor: int,

@@ -12,12 +12,11 @@ vocabulary-parallel (``_LossParallelCrossEntropy``); the hidden states are repli
 
 `measure_chunked_loss` runs the wrapper on rank 0 of a fake ``tensor``-rank group (as
 `scaleplan.reference.titan_tp_measure` does; ``tensor=1`` is one process) with torchtitan's own
-``lm_head`` (bf16 parameters, as FSDP2 gathers them; their bytes left out) and reports, with the hidden
-states
-(a ``(b, s, d)`` non-leaf) and the labels live before it: ``before`` (their bytes), ``peak`` (the
-most live while the wrapper runs, the head's weight gradient included) and ``after`` (live once
-it returned: the hidden states, the saved accumulated gradient, the head's gradient and the
-loss).
+``lm_head`` (bf16 parameters, as FSDP2 gathers them; their bytes left out) and reports, with
+the hidden states (a ``(b, s, d)`` non-leaf) and the labels live before it: ``before`` (their
+bytes), ``peak`` (the most live while the wrapper runs, the head's weight gradient included)
+and ``after`` (live once it returned: the hidden states, the saved accumulated gradient, the
+head's gradient and the loss).
 
 ``python -m scaleplan.reference.titan_chunked_measure --write`` writes
 ``docs/validation/torchtitan-chunked-loss.json`` (replayed by tests/test_titan_chunked_loss.py).
@@ -72,7 +71,7 @@ def measure_chunked_loss(cfg: GPTConfig, *, tensor: int, micro_batch_size: int, 
             tracker.add_resident([labels])
             before = tracker.current - params
             tracker.set_phase("loss")
-            loss, _ = wrapper(hidden, labels)
+            _loss, _ = wrapper(hidden, labels)
             gc.collect()
             after = tracker.current - params
         return {"before": before, "peak": tracker.phase_peaks["loss"] - params, "after": after}
