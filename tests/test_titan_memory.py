@@ -193,8 +193,8 @@ def test_other_layouts_refused() -> None:
     with pytest.raises(ScaleplanError, match=r"head_dim=32 \(its Llama 3 takes n_embd / n_head\)"):
         training_memory(TINY.replace(head_dim=32), micro_batch_size=1, seq_len=64,
                         implementation="torchtitan", parallelism=FSDP8)
-    with pytest.raises(ScaleplanError, match="qk_norm"):
-        training_memory(TINY.replace(qk_norm="head"), micro_batch_size=1, seq_len=64,
+    with pytest.raises(ScaleplanError, match="qk_norm"):  # "head" is its Qwen3, modelled
+        training_memory(TINY.replace(qk_norm="full"), micro_batch_size=1, seq_len=64,
                         implementation="torchtitan", parallelism=FSDP8)
 
 

@@ -148,8 +148,8 @@ def _titan_misfits(cfg: GPTConfig) -> list[str]:
     odd = [f"{k}={getattr(cfg, k)!r}" for k, v in _TITAN_LAYOUT.items() if getattr(cfg, k) != v]
     qwen3 = cfg.qk_norm == "head"  # its Qwen3: given head_dim (scaleplan.memory.titan_qwen3_terms)
     if cfg.head_dim * cfg.n_head != cfg.n_embd and not qwen3:
-        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head; its Qwen3, "
-                   "qk_norm='head', takes head_dim as given)")
+        odd.append(f"head_dim={cfg.head_dim} (its Llama 3 takes n_embd / n_head) without "
+                   "qk_norm='head' (its Qwen3, which takes head_dim as given)")
     if cfg.embed_dim != cfg.n_embd:
         odd.append(f"embed_dim={cfg.embed_dim}")
     unmeasured = [n for n in _HF_UNMEASURED if n != "qk_norm" or cfg.qk_norm != "head"]
