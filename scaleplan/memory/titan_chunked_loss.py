@@ -120,19 +120,25 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
                           tensor: int, data: int, gathered_head: Any) -> dict[str, Any]:
     """The loss-side moments of a torchtitan step with the chunked loss, from its saved terms
     (`titan_chunked_saved_terms`) and FSDP2's gathered [norm, lm_head] unit: ``head_backward``
-    (the chunk loop's worst moment), ``forward_end`` (after the loop: the fp32 accumulator and
-    its cast) and ``backward_start`` (the cast alone).
+    (the chunk loop's worst moment, the unit gathered); ``forward_end``, the accumulator's cast
+    after the loop: the hidden states, their chunk copies, the fp32 accumulator and its cast,
+    the last chunk's logits (the loop's name still holds them) and, without FSDP2, the head's
+    gradient (FSDP2 reduce-scatters it at the last chunk and reshards the unit); and
+    ``backward_start``: the cast alone, the unit gathered again for the final norm's backward.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
-    >>> m = titan_chunked_moments(cfg, 1, 4, {"loss_gradient": 64}, e=2, tensor=1, data=1,
+    >>> m = titan_chunked_moments(cfg, 1, 4, {"loss_gradient": 64}, e=2, tensor=1, data=2,
     ...                           gathered_head=0)
-    >>> m["forward_end"], m["backward_start"]  # 4 x 8 x (4 + 2); 4 x 8 x 2
-    (192, 64)
+    >>> m["forward_end"], m["backward_start"]  # 4 x 8 x (2 + 4 + 2) + 4 x 16 x 2; 4 x 8 x 2
+    (384, 64)
     """
     T, d = b * s, cfg.n_embd
     model = sum(saved.values()) - saved["loss_gradient"]
-    loop = titan_chunked_loop_bytes(cfg, b, s, e=e, tensor=tensor, data=data,
-                                    chunk_tokens=titan_chunk_tokens(b, s))
+    c = titan_chunk_tokens(b, s)
+    loop = titan_chunked_loop_bytes(cfg, b, s, e=e, tensor=tensor, data=data, chunk_tokens=c)
+    held = loop["hidden_states"] + loop["chunk_copies"] + loop["accumulator"]
+    last_logits = c * -(-cfg.vocab_size // tensor) * e
+    head = loop["head_gradient"] if data == 1 else 0
     return {"head_backward": model + sum(loop.values()) + gathered_head,
-            "forward_end": model + T * d * (FP32_BYTES + e) + gathered_head,
+            "forward_end": model + held + T * d * e + last_logits + head,
             "backward_start": model + T * d * e + gathered_head}

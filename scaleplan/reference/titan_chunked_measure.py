@@ -77,10 +77,11 @@ def measure_chunked_loss(cfg: GPTConfig, *, tensor: int, micro_batch_size: int, 
         return {"before": before, "peak": tracker.phase_peaks["loss"] - params, "after": after}
 
 
-CASES = ((1, 1, 256, 4), (1, 2, 128, 4), (2, 2, 128, 4), (2, 2, 128, 2), (4, 2, 128, 4))
-"""(tensor, micro-batch, sequence, num_chunks) of the committed measurements, on `GRID`'s
-Qwen3 shape (vocabulary 256): one process and TP 2 / 4, batch 1 (the chunks are views) and 2
-(copies)."""
+CASES = ((1, 1, 256, 4, 256), (1, 2, 128, 4, 256), (2, 2, 128, 4, 256), (2, 2, 128, 2, 256),
+         (4, 2, 128, 4, 256), (1, 2, 128, 8, 64), (2, 2, 128, 8, 64), (1, 1, 256, 8, 64))
+"""(tensor, micro-batch, sequence, num_chunks, vocabulary) of the committed measurements, on
+`GRID`'s Qwen3 shape: one process and TP 2 / 4, batch 1 (the chunks are views) and 2 (copies);
+with vocabulary 64 and eight chunks the accumulator's cast after the loop is the peak."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = GRID["qwen3"]
     rows: list[dict[str, Any]] = []
-    for t, b, s, n in CASES:
+    for t, b, s, n, v in CASES:
         rows.append({"tensor": t, "micro_batch_size": b, "seq_len": s, "num_chunks": n,
-                     **measure_chunked_loss(cfg, tensor=t, micro_batch_size=b, seq_len=s,
-                                            num_chunks=n)})
+                     "vocab_size": v,
+                     **measure_chunked_loss(cfg.replace(vocab_size=v), tensor=t,
+                                            micro_batch_size=b, seq_len=s, num_chunks=n)})
     tt = importlib.import_module("importlib.metadata").version("torchtitan")
     data = {"torch": torch.__version__, "torchtitan": tt,
             "config": json.loads(cfg.model_dump_json()), "rows": rows}
