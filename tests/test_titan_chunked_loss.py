@@ -20,6 +20,7 @@ from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.titan_chunked_loss import (
     TITAN_LOSS_CHUNK_TOKENS,
+    check_titan_chunked_loss,
     titan_chunk_tokens,
     titan_chunked_loop_bytes,
     titan_chunked_moments,
@@ -150,3 +151,22 @@ def test_live_wrapper_without_tp() -> None:
     r = measure_chunked_loss(QWEN3, tensor=1, micro_batch_size=2, seq_len=128, num_chunks=2)
     parts = titan_chunked_loop_bytes(QWEN3, 2, 128, e=2, tensor=1, data=1, chunk_tokens=128)
     assert r["peak"] == r["before"] + sum(parts.values()) - parts["hidden_states"] + 12
+
+
+def test_uneven_vocabulary_takes_rank_zeros_ceil_share() -> None:
+    cfg = QWEN3.replace(vocab_size=250)  # TP 4: rank 0 holds ceil(250 / 4) = 63 classes
+    p = titan_chunked_loop_bytes(cfg, 1, 64, e=2, tensor=4, data=1, chunk_tokens=64)
+    assert p["chunk_loss"] == 64 * 63 * (2 + 16)
+    assert p["head_gradient"] == 63 * 96 * 2
+    saved = {"loss_gradient": 64 * 96 * 2}
+    m = titan_chunked_moments(cfg, 1, 64, saved, e=2, tensor=4, data=2, gathered_head=0)
+    assert m["forward_end"] == 64 * 96 * (2 + 4 + 2) + 64 * 63 * 2  # the last chunk's logits
+
+
+def test_compiled_refusal_names_the_fix() -> None:
+    with pytest.raises(ScaleplanError) as info:
+        check_titan_chunked_loss(loss="chunked", compile=True)
+    assert str(info.value) == (
+        "loss='chunked' with implementation='torchtitan' is modelled eager (its "
+        "ChunkedLossWrapper, measured uncompiled), not yet with compile=True; use compile=False")
+    check_titan_chunked_loss(loss="standard", compile=True)  # nothing to refuse

@@ -150,3 +150,8 @@ def test_live_measurement_matches_at_tp2() -> None:
     terms = titan_tp_saved_terms(QWEN3, B, S, precision="bf16-mixed", checkpointing="none",
                                  device="cpu", layers=2, tensor=2)
     assert m.saved_for_backward == sum(terms.values()) + 2 * FLEX_EAGER_SCALARS
+
+
+def test_qk_norm_on_an_uneven_split_takes_rank_zeros_ceil() -> None:
+    cfg = QWEN3.replace(n_head=6, n_kv_head=3)  # TP 2: 3 query heads, 2 of 3 KV heads
+    assert qk_norm_bytes(cfg, 1, 8, e=2, device="cuda", tensor=2) == 8 * (3 + 2) * (32 * 2 + 4)
