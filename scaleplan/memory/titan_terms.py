@@ -32,6 +32,9 @@ which runs torchtitan's own model and activation checkpointing):
 and outside the blocks: the token ids (the embedding's), the block mask (saved by the first
 FlexAttention without checkpointing) or the positions (kept by the checkpointed blocks), the
 final norm's saves, the ``lm_head`` input, the fp32 log-softmax and the targets.
+
+With ``qk_norm="head"`` the block is torchtitan's Qwen3 (``head_dim`` as given, QK-norm, cos/sin
+RoPE): `scaleplan.memory.titan_qwen3_terms` adds its terms to the unchecked block's.
 """
 
 from __future__ import annotations
