@@ -140,8 +140,14 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                         gradient_accumulation=gradient_accumulation,
                         implementation=implementation, compile=compile,
                         checkpointing=checkpointing, parallelism=par)
-    tune_chunked = implementation == "torchtune" and sw == StepSwitches(loss="chunked")
-    if lora is not None and sw != NO_SWITCHES and not tune_chunked:
+    tune_lora = implementation == "torchtune" and sw in (
+        StepSwitches(loss="chunked"), StepSwitches(activation_offload=True),
+        StepSwitches(loss="chunked", activation_offload=True))
+    if lora is not None and sw.activation_offload and tune_lora and checkpointing != "full":
+        raise ScaleplanError(f"lora with activation_offload=True and checkpointing="
+                             f"{checkpointing!r}: torchtune's LoRA recipe offloads only with "
+                             "enable_activation_checkpointing; use checkpointing='full'")
+    if lora is not None and sw != NO_SWITCHES and not tune_lora:
         raise ScaleplanError("lora with the memory-saving switches (loss='chunked', "
                              "optimizer_in_backward, activation_offload, "
                              "gradient_accumulation=False) is not modelled yet; drop the "
