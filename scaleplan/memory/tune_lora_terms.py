@@ -40,7 +40,8 @@ e = 2 (bf16), r the rank, what autograd keeps, measured on CPU against those bui
 
 Parameters, gradients and optimizer states, and the options covered:
 `scaleplan.memory.tune_lora_states`. ``compile: True``: `tune_lora_compiled_block_terms`.
-Measured (tests/test_tune_lora_memory.py): 30 eager cases exact (targets q,v / all / o, bf16
+``enable_activation_offloading`` (with checkpointing, as the recipe requires):
+`tune_lora_offload`. Measured (tests/test_tune_lora_memory.py, tests/test_tune_lora_offload.py): 30 eager cases exact (targets q,v / all / o, bf16
 and NF4, dropout 0 and 0.05, checkpointing, an output adapter, the chunked loss), 5 compiled
 cases exact, 8 whole-step peaks within 3 %. Compile with checkpointing is composed from the two
 (each compiled layer inside the checkpoint keeps its input; the rebuilt layer keeps what the
@@ -246,7 +247,8 @@ def tune_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, 
     compiles): the layers' terms as compiled (`tune_lora_compiled_block_terms`; under
     checkpointing the rebuilt layer), the compiled chunked loss's terms and moments, and no
     eager dequantization (the partition keeps the dequantized weights among the saved
-    tensors). The recipe deletes the logits before backward: ``hold_logits`` is ignored."""
+    tensors). ``activation_offload`` (checkpointed): `tune_lora_offload` on those terms and
+    moments. The recipe deletes the logits before backward: ``hold_logits`` is ignored."""
     W, G, O, temp = tune_lora_model_states(cfg, lora, base_weights, optimizer, device, impl)
     saved = tune_lora_saved_terms(cfg, lora, b, s, checkpointing=checkpointing, device=device,
                                   compiled=compiled, base_weights=base_weights)
