@@ -46,9 +46,7 @@ Parameters, gradients and optimizer states, and the options covered:
 dropout 0 and 0.05, checkpointing, an output adapter, the chunked loss), 5 compiled cases
 exact, 8 whole-step peaks within 3 %. Compile with checkpointing is composed from the two
 (each compiled layer inside the checkpoint keeps its input; the rebuilt layer keeps what the
-compiled partition keeps); measured as a whole on CPU (tests/data/tune_lora_offload.json)
-its step's phase peaks were the eager step's to the byte, 6 % (bf16) and 19 % (NF4) above
-this composition: not resolved. ``apply_lora_to_output`` is counted by
+compiled partition keeps), not measured as a whole. ``apply_lora_to_output`` is counted by
 `tune_lora_saved_terms` (``output_adapter``) but `scaleplan.LoRA` has no role for it, so
 ``training_memory`` does not take it.
 """
@@ -301,7 +299,11 @@ def tune_lora_offload(cfg: GPTConfig, b: Any, s: Any, *, saved: dict[str, Any],
     normalised input, so one fewer than a full fine-tune's) leave the last layer's input among
     them, so the stash is the final norm's offloaded tensors and that input (T d e): the
     forward-end, backward-start and output-layer moments lose the offloaded bytes less the
-    stash. The ``recompute`` moment is the last layer's (the LoRA step's gradients are small;
+    stash. With ``compile: True`` the hooks see the same tensors: ``compile_model`` compiles
+    each ``TransformerSelfAttentionLayer`` (training/_compile.py:54-57), the checkpoint
+    wrapper put around it afterwards (recipes/lora_finetune_single_device.py:443-449) saves
+    its input eagerly, the final norm stays eager and the compiled loss runs outside the
+    context. The ``recompute`` moment is the last layer's (the LoRA step's gradients are small;
     every other moment of backward holds less): without offloading the device holds every
     layer's input then; offloaded, only that layer's input, brought back, so it loses
     (n - 1) T d e; with streams the final norm's fp32 input, brought back from host by

@@ -252,29 +252,24 @@ def measure_tune_lora_offload(cfg: GPTConfig, family: str, lora: Any, *,
             "phase_peaks": {k: v for k, v in tracker.phase_peaks.items() if k != "start"}}
 
 
-def lora_offload_grid(b: int = 2, s: int = 48, *, compiled: bool = True
-                      ) -> list[dict[str, Any]]:
+def lora_offload_grid(b: int = 2, s: int = 48) -> list[dict[str, Any]]:
     """Llama 3.2's small shape, q, v, o and the MLP adapted (rank 8, the published rows'
     targets), checkpointed: bf16 and NF4 bases x standard and chunked loss, each without
-    offloading, with torchtune's class (``streams=False``) and with the emulated streams;
-    ``compiled``: the rows' compiled layers and loss with the chunked loss, bf16 and NF4, with
-    and without the emulated streams."""
+    offloading, with torchtune's class (``streams=False``) and with the emulated streams.
+    Eager only: under the live-bytes tracker a compiled step measured the eager step's peaks
+    to the byte (with and without checkpointing), so this harness cannot tell what compile
+    changes; `scaleplan.reference.tune_lora_measure.compiled_grid` reads that from the
+    autograd graph instead."""
     from scaleplan.model.lora import LoRA
 
     lora = LoRA(8, alpha=16, targets=("q", "v", "o", "gate", "up", "down"))
-    cases = [(base, loss, off, streams, False)
-             for base, loss in itertools.product(("bf16", "nf4"), ("standard", "chunked"))
-             for off, streams in ((False, False), (True, False), (True, True))]
-    if compiled:
-        cases += [(base, "chunked", off, off, True)
-                  for base, off in itertools.product(("bf16", "nf4"), (False, True))]
     rows = []
-    for base, loss, off, streams, comp in cases:
+    for base, loss, (off, streams) in itertools.product(
+            ("bf16", "nf4"), ("standard", "chunked"), ((False, False), (True, False),
+                                                       (True, True))):
         rows.append({"targets": "qvo_mlp", "rank": 8, **measure_tune_lora_offload(
             GRID_SHAPES["llama3_2"], "llama3_2", lora, micro_batch_size=b, seq_len=s,
-            base_weights=base, loss=loss, offload=off, streams=streams, compiled=comp)})
-        sys.stdout.write(f"{base} {loss} offload={off} streams={streams} compiled={comp}: "
-                         f"{rows[-1]['peak_bytes']:,} {rows[-1]['phase_peaks']}\n")
+            base_weights=base, loss=loss, offload=off, streams=streams)})
     return rows
 
 
