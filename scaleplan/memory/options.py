@@ -144,12 +144,8 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                         gradient_accumulation=gradient_accumulation,
                         implementation=implementation, compile=compile,
                         checkpointing=checkpointing, parallelism=par)
-    tune_chunked = implementation == "torchtune" and sw == StepSwitches(loss="chunked")
-    if lora is not None and sw != NO_SWITCHES and not tune_chunked:
-        raise ScaleplanError("lora with the memory-saving switches (loss='chunked', "
-                             "optimizer_in_backward, activation_offload, "
-                             "gradient_accumulation=False) is not modelled yet; drop the "
-                             "switches or lora")
+    if lora is not None:
+        _check_lora_switches(sw, implementation=implementation, checkpointing=checkpointing)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -159,6 +155,24 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        activation_offload=sw.activation_offload,
                        gradient_accumulation=sw.gradient_accumulation, lora=lora,
                        base_weights=base_weights)
+
+
+def _check_lora_switches(sw: StepSwitches, *, implementation: Any, checkpointing: Any) -> None:
+    """Refuse the switches with ``lora`` where they are not modelled: torchtune's recipe takes
+    the chunked loss and activation offloading (checkpointed, as it requires:
+    `scaleplan.memory.tune_lora_terms.tune_lora_offload`), nothing else takes any."""
+    tune_lora = implementation == "torchtune" and sw in (
+        StepSwitches(loss="chunked"), StepSwitches(activation_offload=True),
+        StepSwitches(loss="chunked", activation_offload=True))
+    if sw.activation_offload and tune_lora and checkpointing != "full":
+        raise ScaleplanError(f"lora with activation_offload=True and checkpointing="
+                             f"{checkpointing!r}: torchtune's LoRA recipe offloads only with "
+                             "enable_activation_checkpointing; use checkpointing='full'")
+    if sw != NO_SWITCHES and not tune_lora:
+        raise ScaleplanError("lora with the memory-saving switches (loss='chunked', "
+                             "optimizer_in_backward, activation_offload, "
+                             "gradient_accumulation=False) is not modelled yet; drop the "
+                             "switches or lora")
 
 
 def _check_lora_compile(lora: Any, *, compile: bool, implementation: Any, loss: Any) -> None:

@@ -40,9 +40,11 @@ e = 2 (bf16), r the rank, what autograd keeps, measured on CPU against those bui
 
 Parameters, gradients and optimizer states, and the options covered:
 `scaleplan.memory.tune_lora_states`. ``compile: True``: `tune_lora_compiled_block_terms`.
-Measured (tests/test_tune_lora_memory.py): 30 eager cases exact (targets q,v / all / o, bf16
-and NF4, dropout 0 and 0.05, checkpointing, an output adapter, the chunked loss), 5 compiled
-cases exact, 8 whole-step peaks within 3 %. Compile with checkpointing is composed from the two
+``enable_activation_offloading`` (with checkpointing, as the recipe requires):
+`tune_lora_offload` (tests/test_tune_lora_offload.py). Measured
+(tests/test_tune_lora_memory.py): 30 eager cases exact (targets q,v / all / o, bf16 and NF4,
+dropout 0 and 0.05, checkpointing, an output adapter, the chunked loss), 5 compiled cases
+exact, 8 whole-step peaks within 3 %. Compile with checkpointing is composed from the two
 (each compiled layer inside the checkpoint keeps its input; the rebuilt layer keeps what the
 compiled partition keeps), not measured as a whole. ``apply_lora_to_output`` is counted by
 `tune_lora_saved_terms` (``output_adapter``) but `scaleplan.LoRA` has no role for it, so
@@ -64,7 +66,7 @@ from scaleplan.memory.tune_lora_states import (
     tune_block_linears,
     tune_lora_model_states,
 )
-from scaleplan.memory.tune_switches import with_chunked_loss
+from scaleplan.memory.tune_switches import tune_offload_kept_terms, with_chunked_loss
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_buffer_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA, adapter_shapes
@@ -72,6 +74,7 @@ from scaleplan.model.lora import LoRA, adapter_shapes
 __all__ = [
     "tune_lora_block_saved_terms",
     "tune_lora_compiled_block_terms",
+    "tune_lora_offload",
     "tune_lora_saved_terms",
     "tune_lora_stage_parts",
 ]
@@ -245,7 +248,8 @@ def tune_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, 
     compiles): the layers' terms as compiled (`tune_lora_compiled_block_terms`; under
     checkpointing the rebuilt layer), the compiled chunked loss's terms and moments, and no
     eager dequantization (the partition keeps the dequantized weights among the saved
-    tensors). The recipe deletes the logits before backward: ``hold_logits`` is ignored."""
+    tensors). ``activation_offload`` (checkpointed): `tune_lora_offload` on those terms and
+    moments. The recipe deletes the logits before backward: ``hold_logits`` is ignored."""
     W, G, O, temp = tune_lora_model_states(cfg, lora, base_weights, optimizer, device, impl)
     saved = tune_lora_saved_terms(cfg, lora, b, s, checkpointing=checkpointing, device=device,
                                   compiled=compiled, base_weights=base_weights)
@@ -260,7 +264,7 @@ def tune_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, 
         chunks, size = loss_chunks(s)
         moments = switch_moments(moments, saved=saved, on_gpu=saved, copies=0, all_copies=0,
                                  TV=TV, TVc=b * size * cfg.vocab_size, e=HALF, G=G, largest=0,
-                                 sw=sw, chunks=chunks, head_grad=0)
+                                 sw=StepSwitches(loss="chunked"), chunks=chunks, head_grad=0)
         S = sum(saved.values())
     loss_side = sum(v for key, v in saved.items()
                     if key in ("log_softmax", "targets", "logits", "logsumexp"))
@@ -272,5 +276,66 @@ def tune_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, 
         moments["recompute"] = S - loss_side + rebuilt
     if base_weights == "nf4" and not compiled:
         moments["recompute"] = S - loss_side + rebuilt + nf4_dequantize_bytes(cfg)
+    if sw.activation_offload:
+        saved, moments = tune_lora_offload(cfg, b, s, saved=saved, moments=moments)
     return W, G, O, saved, 0, 0, 0, moments
+
+
+def tune_lora_offload(cfg: GPTConfig, b: Any, s: Any, *, saved: dict[str, Any],
+                      moments: dict[str, Any], streams: bool = True
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(saved terms left on the device, moments) of torchtune's checkpointed LoRA step under
+    ``enable_activation_offloading`` (``OffloadActivations``,
+    torchtune/training/_activation_offloading.py, around the model's forward only;
+    `scaleplan.memory.tune_switches` tells what its hooks see), from the step's terms and
+    moments without it. Its pack hook (:133-200) sees each checkpointed layer's input (saved by
+    ``torch.utils.checkpoint`` before its own hooks take over the layer: the adapters' inputs
+    inside are recomputed, never offloaded), and the final norm's fp32 input (packed twice),
+    its rstd (twice) and its frozen scale (a parameter, kept); the frozen embedding saves no
+    token ids. `tune_offload_kept_terms` stays (RoPE buffers, the loss side, a statistic
+    under 1024 bytes); the rest leaves. With ``streams`` (its default) the forward stash
+    (:157-163) keeps the tensors of the last ``max_fwd_stash_size`` = 5 packs on the device
+    until backward's first hook: the final norm's five packs (the frozen scale saves no
+    normalised input, so one fewer than a full fine-tune's) leave the last layer's input among
+    them, so the stash is the final norm's offloaded tensors and that input (T d e): the
+    forward-end, backward-start and output-layer moments lose the offloaded bytes less the
+    stash. With ``compile: True`` the hooks see the same tensors: ``compile_model`` compiles
+    each ``TransformerSelfAttentionLayer`` (training/_compile.py:54-57), the checkpoint
+    wrapper put around it afterwards (recipes/lora_finetune_single_device.py:443-449) saves
+    its input eagerly, the final norm stays eager and the compiled loss runs outside the
+    context. The ``recompute`` moment is the last layer's (the LoRA step's gradients are small;
+    every other moment of backward holds less): without offloading the device holds every
+    layer's input then; offloaded, only that layer's input, brought back, so it loses
+    (n - 1) T d e; with streams the final norm's fp32 input, brought back from host by
+    ``PowBackward`` (the forward stash is emptied by the hook of the norm's first node, :325-
+    327), waits in ``bwd_tensor_stash`` until the hook of the next node that unpacks an
+    offloaded tensor, the last layer's first node, which runs the recompute (:263-266,
+    334-338): T d 4 more. Measured on CPU (`scaleplan.reference.tune_offload`
+    ``lora_offload_grid``, tests/data/tune_lora_offload.json).
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=256, mlp_hidden=512,
+    ...                 vocab_size=512, norm="rmsnorm", mlp="swiglu", position="rope",
+    ...                 bias=False)
+    >>> saved = {"block_input": 98304, "final_norm_input": 98304, "final_norm_stats": 384,
+    ...          "rope_buffers": 32896, "log_softmax": 196608, "targets": 808}
+    >>> on_gpu, m = tune_lora_offload(cfg, 2, 48, saved=saved, moments={
+    ...     "forward_end": 550184, "recompute": 1126144})
+    >>> on_gpu["offload_in_flight"], m  # 196,608 leave, 147,456 stay; recompute -49,152 + 98,304
+    (147456, {'forward_end': 501032, 'recompute': 1175296})
+    """
+    T, d = b * s, cfg.n_embd
+    kept = tune_offload_kept_terms(cfg, saved, b, s)
+    offloaded = sum(saved.values()) - sum(kept.values())
+    final_norm = sum(v for k, v in saved.items() if k.startswith("final_norm"))
+    layer_input = T * d * HALF
+    stash = (final_norm - sum(v for k, v in kept.items() if k.startswith("final_norm"))
+             + layer_input) * streams
+    out = dict(moments)
+    for k in ("forward_end", "backward_start", "head_backward"):
+        if k in out:
+            out[k] = out[k] - offloaded + stash
+    if "recompute" in out:
+        out["recompute"] = (out["recompute"] - (cfg.n_layer - 1) * layer_input
+                            + T * d * FP32 * streams)
+    return {**kept, "offload_in_flight": stash}, out
 

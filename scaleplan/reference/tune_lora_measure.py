@@ -48,6 +48,7 @@ __all__ = [
     "measure_tune_lora",
     "measure_tune_lora_compiled",
     "measure_tune_lora_step",
+    "resident_tensors",
     "step_grid",
     "tune_lora_modules",
 ]
@@ -133,7 +134,7 @@ def measure_tune_lora(cfg: GPTConfig, family: str, lora: LoRA, *, micro_batch_si
     return {"saved_for_backward": sum(by_module.values()), "by_module": by_module}
 
 
-def _resident(model: Any) -> list[Any]:
+def resident_tensors(model: Any) -> list[Any]:
     """The model's storages as they sit in memory: an NF4 weight's inner tensors (its wrapper's
     own storage is a placeholder), every other parameter and buffer."""
     out = []
@@ -179,7 +180,7 @@ def measure_tune_lora_step(cfg: GPTConfig, family: str, lora: LoRA, *, micro_bat
         states = [v for st in opt.state.values() for v in st.values()
                   if isinstance(v, torch.Tensor)]
         tracker = LiveBytesTracker()
-        resident = tracker.add_resident([*_resident(model), *states, batch["tokens"]])
+        resident = tracker.add_resident([*resident_tensors(model), *states, batch["tokens"]])
         with tracker:
             step()
     return {"resident": resident, "peak_bytes": tracker.peak}
@@ -203,7 +204,7 @@ def measure_tune_lora_compiled(cfg: GPTConfig, family: str, lora: LoRA, *,
     model.train()
     loss_fn = tune_loss_fn(model, "chunked")
     batch = tune_batch(cfg, micro_batch_size, seq_len, False)
-    skip = {storage_key(t) for t in _resident(model)} | {storage_key(p)
+    skip = {storage_key(t) for t in resident_tensors(model)} | {storage_key(p)
                                                          for p in model.parameters()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dynamo's and inductor's own warnings, not memory

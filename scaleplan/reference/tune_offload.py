@@ -46,10 +46,12 @@ from scaleplan.reference.tune_switches import (
     tune_step,
 )
 
-__all__ = ["OFFLOAD_JSON", "OffloadLog", "measure_tune_offload", "offload_grid",
+__all__ = ["LORA_OFFLOAD_JSON", "OFFLOAD_JSON", "OffloadLog", "lora_offload_grid",
+           "measure_tune_lora_offload", "measure_tune_offload", "offload_grid",
            "tune_offloading"]
 
 OFFLOAD_JSON = Path("tests/data/tune_offload.json")
+LORA_OFFLOAD_JSON = Path("tests/data/tune_lora_offload.json")
 
 
 class OffloadLog:
@@ -190,12 +192,96 @@ def offload_grid(b: int = 4, s: int = 128) -> list[dict[str, Any]]:
     return rows
 
 
+def measure_tune_lora_offload(cfg: GPTConfig, family: str, lora: Any, *,
+                              micro_batch_size: int, seq_len: int, base_weights: str = "bf16",
+                              loss: str = "chunked", offload: bool = True,
+                              streams: bool = False, compiled: bool = False,
+                              seed: int = 0) -> dict[str, Any]:
+    """One measured step (after a warm-up step) of torchtune's LoRA model (built as
+    `scaleplan.reference.tune_lora_measure.build_tune_lora` does) as
+    ``lora_finetune_single_device`` runs it with ``enable_activation_checkpointing`` and
+    ``enable_activation_offloading``: ``compiled`` layers first (``training.compile_model``,
+    then checkpointing wraps them, recipes/lora_finetune_single_device.py:443-449) and the
+    compiled loss (``training.compile_loss``), the offloading context around the model's
+    forward only, a for-loop ``torch.optim.AdamW`` over ``model.parameters()``. ``offload``
+    False: the same checkpointed step without the context. The result as
+    `measure_tune_offload`'s (``offloaded``, ``kept``, ``packs``, ``peak_bytes``,
+    ``phase_peaks``)."""
+    from scaleplan.reference.tune_lora_measure import build_tune_lora, resident_tensors
+    from scaleplan.reference.tune_measure import tune_batch, tune_loss_fn
+
+    torch.manual_seed(seed)
+    if compiled:
+        torch._dynamo.reset()
+    model = build_tune_lora(cfg, family, lora, base_weights=base_weights)
+    model.train()
+    training = importlib.import_module("torchtune.training")
+    loss_fn = tune_loss_fn(model, loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if compiled:
+            training.compile_model(model, verbose=False)
+            training.compile_loss(loss_fn, verbose=False)
+    layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
+    training.set_activation_checkpointing(model, auto_wrap_policy={layer})
+    batch = tune_batch(cfg, micro_batch_size, seq_len, False)
+    log, finish, ctx = OffloadLog(), None, None
+    if offload and streams:
+        ctx, finish = _streams_emulated(model)
+    elif offload:
+        ctx, log = tune_offloading(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dtype mismatch, dynamo's and inductor's warnings
+        tune_step(model, loss_fn, batch, opt, context=ctx, after_backward=finish)  # warm-up
+        gc.collect()
+        log.reset()
+        tracker = LiveBytesTracker()
+        resident = tracker.add_resident([*resident_tensors(model), *states_of(opt),
+                                         batch["tokens"]])
+        with tracker:
+            tune_step(model, loss_fn, batch, opt, tracker, context=ctx,
+                      after_backward=finish)
+    return {"family": family, "micro_batch_size": micro_batch_size, "seq_len": seq_len,
+            "base_weights": base_weights, "loss": loss, "compiled": compiled,
+            "offload": offload, "streams": streams, "offloaded": log.offloaded,
+            "kept": sum(n for n, moved in log.packs if not moved),
+            "packs": [[n, moved] for n, moved in log.packs],
+            "brought_back": log.brought_back, "resident": resident,
+            "peak_bytes": tracker.peak,
+            "phase_peaks": {k: v for k, v in tracker.phase_peaks.items() if k != "start"}}
+
+
+def lora_offload_grid(b: int = 2, s: int = 48) -> list[dict[str, Any]]:
+    """Llama 3.2's small shape, q, v, o and the MLP adapted (rank 8, the published rows'
+    targets), checkpointed: bf16 and NF4 bases x standard and chunked loss, each without
+    offloading, with torchtune's class (``streams=False``) and with the emulated streams.
+    Eager only: under the live-bytes tracker a compiled step measured the eager step's peaks
+    to the byte (with and without checkpointing), so this harness cannot tell what compile
+    changes; `scaleplan.reference.tune_lora_measure.compiled_grid` reads that from the
+    autograd graph instead."""
+    from scaleplan.model.lora import LoRA
+
+    lora = LoRA(8, alpha=16, targets=("q", "v", "o", "gate", "up", "down"))
+    rows = []
+    for base, loss, (off, streams) in itertools.product(
+            ("bf16", "nf4"), ("standard", "chunked"), ((False, False), (True, False),
+                                                       (True, True))):
+        rows.append({"targets": "qvo_mlp", "rank": 8, **measure_tune_lora_offload(
+            GRID_SHAPES["llama3_2"], "llama3_2", lora, micro_batch_size=b, seq_len=s,
+            base_weights=base, loss=loss, offload=off, streams=streams)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure the grid and write tests/data/tune_offload.json."""
-    del argv
-    rows = offload_grid()
-    OFFLOAD_JSON.write_text(json.dumps(rows, indent=1) + "\n")
-    sys.stdout.write(f"{len(rows)} rows -> {OFFLOAD_JSON}\n")
+    """Measure the grid and write tests/data/tune_offload.json; ``--lora``: the LoRA grid
+    (`lora_offload_grid`) into tests/data/tune_lora_offload.json."""
+    if argv is None:
+        argv = sys.argv[1:]
+    rows, path = (lora_offload_grid(), LORA_OFFLOAD_JSON) if "--lora" in argv else (
+        offload_grid(), OFFLOAD_JSON)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    sys.stdout.write(f"{len(rows)} rows -> {path}\n")
     return 0
 
 
