@@ -270,3 +270,37 @@ def test_plan_counts_the_adapters_and_keeps_its_options() -> None:
     plain = sp.plan(GPTConfig.preset("gpt2"), "RTX 4070", compile=True)
     assert plain.memory_options == {"compile": True}
     assert plain.params.trainable == plain.params.total == 124_439_808  # GPT-2 small, tied head
+
+
+def test_finetune_cli_takes_litgpt_and_torchtune_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    # litgpt with an adapter on the head (its lora_head): TinyLlama, d 2048, 32 query and 4 KV
+    # heads of 64, mlp 5632, V 32000, 22 layers, r 8. Per block: fused qkv A 24 x 2048 = 49,152
+    # and B (2048 + 256 + 256) x 8 = 20,480; o 8 x 2048 x 2 = 32,768; gate, up, down
+    # 3 x 8 x (2048 + 5632) = 184,320; 286,720 a block, x 22 = 6,307,840; head 8 x (2048 +
+    # 32000) = 272,384: 6,580,224 trainable.
+    assert main(["finetune", "tinyllama-1.1b", "--lora-rank", "8", "--lora-targets",
+                 "q,k,v,o,gate,up,down,head", "--implementation", "litgpt", "--precision",
+                 "bf16-true", "--seq-len", "512", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trainable_params"] == 6_580_224 and data["implementation"] == "litgpt"
+    cfg = GPTConfig.preset("tinyllama-1.1b")
+    assert data["total_params"] == sp.count_params(cfg).total + 6_580_224
+    lora = LoRA(8, targets=("q", "k", "v", "o", "gate", "up", "down", "head"))
+    assert data["memory"] == sp.training_memory(
+        cfg, micro_batch_size=1, seq_len=512, precision="bf16-true", implementation="litgpt",
+        lora=lora).model_dump()
+    # torchtune's recipe with its switches is the same call as training_memory's
+    args = ["finetune", "llama-3-8b", "--lora-rank", "8", "--lora-targets", "q,v,o,gate,up,down",
+            "--base-weights", "nf4", "--seq-len", "2048", "--micro-batch-size", "2",
+            "--implementation", "torchtune", "--precision", "bf16-true", "--checkpointing",
+            "full", "--compile", "--loss", "chunked", "--activation-offload", "--json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["memory"] == sp.training_memory(
+        GPTConfig.preset("llama-3-8b"), micro_batch_size=2, seq_len=2048, precision="bf16-true",
+        checkpointing="full", implementation="torchtune",
+        lora=LoRA(8, targets=("q", "v", "o", "gate", "up", "down")), base_weights="nf4",
+        compile=True, loss="chunked", activation_offload=True).model_dump()
+    # the torchtune recipe refuses offloading without checkpointing, by name
+    assert main([a for a in args if a not in ("--checkpointing", "full")]) == 2
+    assert "activation_offload" in capsys.readouterr().err
