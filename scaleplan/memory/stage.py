@@ -181,7 +181,7 @@ def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
     """Bytes of a tied head's gradient that nanoGPT's backward holds until the embedding's
     adds its share (one AccumulateGrad node for the shared weight), V d in the parameters'
     dtype (fp32 under autocast, after the cast back), when one stage holds both ends."""
-    if not (cfg.tie_embeddings and both_ends and code == "nanogpt"):
+    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune")):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
 

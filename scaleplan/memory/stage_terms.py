@@ -65,6 +65,7 @@ def eager_saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: A
     return saved
 
 
+_WHOLE_STEP_MEASURED = ("nanogpt", "hf", "torchtune")
 _LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "targets", "loss_")
 
 
@@ -90,10 +91,11 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    if code == "nanogpt" and cfg.moe is None:
-        rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par)
+    if code in _WHOLE_STEP_MEASURED and cfg.moe is None:
+        rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
         backward = block_backward_bytes(cfg, b, s, p, dropout=dropout, device=device, par=par)
-        return kept + saved.get("targets", 0) + rebuilt + share + backward + head_gradient
+        targets = saved.get("targets", 0) if code == "nanogpt" else 0
+        return kept + targets + rebuilt + share + backward + head_gradient
     return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
 
 
@@ -120,11 +122,12 @@ def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Atte
 
 
 def _checkpointed_input(cfg: GPTConfig, b: Any, s: Any, p: Precision, device: DeviceKind,
-                        par: Parallelism) -> Any:
+                        par: Parallelism, code: str = "nanogpt") -> Any:
     """Bytes of the rebuilt block's first-norm input that are the checkpoint's own storage, the
     block input (T d r) kept since the forward: a pre-norm block's norm saves its input as it
     is, unless CPU's composite RMSNorm upcasts a 16-bit residual (an fp32 copy of its own)."""
-    upcast = cfg.norm == "rmsnorm" and device != "cuda" and residual_bytes(p) != FP32_BYTES
+    composite = device != "cuda" or code != "nanogpt"  # transformers', torchtune's: Python
+    upcast = cfg.norm == "rmsnorm" and composite and residual_bytes(p) != FP32_BYTES
     if cfg.norm_position == "post" or upcast:
         return 0
     return tensor_parallel_split(b * s * cfg.n_embd * residual_bytes(p), 0, t=par.tensor,
