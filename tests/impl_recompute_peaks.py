@@ -1,10 +1,11 @@
-"""Harness: the peak of full-checkpointing steps of Hugging Face's and torchtune's models.
+"""Harness: the peak of full-checkpointing steps of Hugging Face's, torchtune's and litgpt's models.
 
 ``python -m tests.impl_recompute_peaks`` runs, on CPU, one whole training step of small
 transformers 5.25 models (Llama, Qwen2, GPT-2; `scaleplan.reference.hf_measure.GRID_SHAPES`,
 ``activation_checkpointing_enable()``, the model's own loss, fp32 and bf16 autocast, sdpa) and
 of torchtune 0.6.1's Llama 3.2 and Qwen2 (`scaleplan.reference.tune_measure.prepared_tune` with
-the recipe's activation checkpointing and loss step, fp32 and bf16 parameters) as the
+the recipe's activation checkpointing and loss step, fp32 and bf16 parameters) and of litgpt
+0.5.13's GPT (`measure_litgpt_step`: TinyLlama's and Pythia's layouts) as the
 nanoGPT harness (tests/recompute_peaks.py) does: fused AdamW, a warm-up step that makes its
 states, then an accumulating micro-batch (every gradient resident when the measured step
 starts), so the step's peak is its backward's. Live bytes by storage
@@ -24,14 +25,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["B", "HF_CASES", "PATH", "S", "TUNE_CASES", "measure_all", "measure_hf_step",
-           "measure_tune_step"]
+__all__ = ["B", "HF_CASES", "LITGPT_CASES", "PATH", "S", "TUNE_CASES", "measure_all",
+           "measure_hf_step", "measure_litgpt_step", "measure_tune_step"]
 
 PATH = Path(__file__).parent / "data" / "impl_recompute_peaks.json"
 B, S = 2, 48
 HF_CASES = [*itertools.product(("llama", "qwen2", "gpt2"), ("32-true", "bf16-mixed"), (0.0,)),
             ("gpt2", "32-true", 0.1), ("gpt2", "bf16-mixed", 0.1)]
 TUNE_CASES = list(itertools.product(("llama3_2", "qwen2"), ("32-true", "bf16-true")))
+LITGPT_CASES = [*itertools.product(("tinyllama",), ("32-true", "bf16-true", "bf16-mixed")),
+                ("pythia", "32-true")]
 
 
 def _tracker() -> Any:
@@ -148,11 +151,65 @@ def measure_tune_step(family: str, precision: str) -> dict[str, Any]:
             "attention": "sdpa", "dropout": 0.0, "buffers": buffers, **row}
 
 
+def measure_litgpt_step(name: str, precision: str) -> dict[str, Any]:
+    """One full-checkpointing step of litgpt's GPT (finetune/full.py's forward and chunked
+    loss; every Block in torch's non-reentrant ``checkpoint_wrapper``, as Fabric's FSDP
+    strategy wraps it; Fabric's precisions as `scaleplan.reference.litgpt_measure` reproduces
+    them) for ``litgpt_measure.GRID_SHAPES[name]`` (imports torch)."""
+    import contextlib
+    import importlib
+
+    import torch
+
+    from scaleplan.reference.litgpt_measure import GRID_SHAPES, litgpt_config
+    litgpt: Any = importlib.import_module("litgpt")
+    utils: Any = importlib.import_module("litgpt.utils")
+    wrapper: Any = importlib.import_module(
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper")
+    torch.manual_seed(0)
+    cfg = GRID_SHAPES[name]
+    model = litgpt.GPT(litgpt.Config(**litgpt_config(cfg)))
+    if precision == "bf16-true":
+        model = model.to(torch.bfloat16)
+    model.max_seq_length = S
+    wrapper.apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=wrapper.checkpoint_wrapper,
+        check_fn=lambda m: isinstance(m, litgpt.model.Block))
+    model.train()
+    ids = torch.randint(0, cfg.vocab_size, (B, S))
+
+    @contextlib.contextmanager
+    def precision_context() -> Any:
+        if precision == "bf16-mixed":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        elif precision == "bf16-true":
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.bfloat16)
+            try:
+                yield
+            finally:
+                torch.set_default_dtype(default)
+        else:
+            yield
+
+    def forward() -> Any:
+        with precision_context():
+            logits = model(ids)
+        return utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
+
+    row = _measured(model, forward, [ids])
+    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    return {"implementation": "litgpt", "family": name, "precision": precision,
+            "attention": "sdpa", "dropout": 0.0, "buffers": buffers, **row}
+
+
 def measure_all() -> dict[str, Any]:
     """Measure every case (imports torch)."""
     import torch
     rows = [measure_hf_step(f, p, d) for f, p, d in HF_CASES]
     rows += [measure_tune_step(f, p) for f, p in TUNE_CASES]
+    rows += [measure_litgpt_step(f, p) for f, p in LITGPT_CASES]
     return {"torch": torch.__version__, "python": sys.version.split()[0],
             "micro_batch_size": B, "seq_len": S, "optimizer": "fused", "cases": rows}
 

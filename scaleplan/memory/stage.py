@@ -193,7 +193,7 @@ def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
     becomes ``.grad`` itself, which the gradients count."""
     if _fresh_gradients(switches):
         return 0
-    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune")):
+    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
 

@@ -86,10 +86,11 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     AccumulateGrad node for the shared weight), given by the caller. An MoE block keeps its
     whole-tensor gradient buffer (`scaleplan.memory.sharding.mlp_gradient_buffer`) instead.
 
-    transformers' layer ("hf") and torchtune's ("torchtune"), measured live in whole steps
-    with every gradient resident (tests/data/impl_recompute_peaks.json), take the same terms,
-    but that their loss's targets are freed with the loss (transformers' ``ForCausalLMLoss``
-    shifts the labels into a tensor of its own; torchtune's recipe pops them from the batch).
+    transformers' layer ("hf"), torchtune's ("torchtune") and litgpt's ("litgpt"), measured
+    live in whole steps with every gradient resident (tests/data/impl_recompute_peaks.json),
+    take the same terms, but that their loss's targets are freed with the loss (transformers'
+    ``ForCausalLMLoss`` shifts the labels into a tensor of its own; torchtune's recipe pops them
+    from the batch; litgpt's are a view of the batch, which its loss side counts).
     With ``fresh_gradients`` (gradients set to None before the step, or freed in backward,
     which the switch moments' gradient bounds count) they keep the earlier moment: the
     block's saves, its weight copies and the head's, not re-measured."""
@@ -98,7 +99,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    whole_step = code == "nanogpt" or (code in ("hf", "torchtune") and not fresh_gradients)
+    whole_step = code == "nanogpt" or (code in ("hf", "torchtune", "litgpt")
+                                       and not fresh_gradients)
     if whole_step and cfg.moe is None:
         rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
         backward = block_backward_bytes(cfg, b, s, p, dropout=dropout, device=device, par=par)
