@@ -25,8 +25,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["B", "HF_CASES", "LITGPT_CASES", "PATH", "S", "TUNE_CASES", "measure_all",
-           "measure_hf_step", "measure_litgpt_step", "measure_tune_step"]
+__all__ = [
+    "HF_CASES",
+    "LITGPT_CASES",
+    "PATH",
+    "TUNE_CASES",
+    "B",
+    "S",
+    "measure_all",
+    "measure_hf_step",
+    "measure_litgpt_step",
+    "measure_tune_step",
+]
 
 PATH = Path(__file__).parent / "data" / "impl_recompute_peaks.json"
 B, S = 2, 48
