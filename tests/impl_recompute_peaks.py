@@ -1,8 +1,10 @@
 """Harness: the peak of full-checkpointing steps of Hugging Face's, torchtune's and litgpt's models.
 
 ``python -m tests.impl_recompute_peaks`` runs, on CPU, one whole training step of small
-transformers 5.25 models (Llama, Qwen2, GPT-2; `scaleplan.reference.hf_measure.GRID_SHAPES`,
-``activation_checkpointing_enable()``, the model's own loss, fp32 and bf16 autocast, sdpa) and
+transformers 5.25 models (Llama, Qwen2, GPT-2 in fp32 and bf16 autocast; Mistral, Gemma,
+GPT-NeoX, eager attention and dropout 0.1 in a few cases;
+`scaleplan.reference.hf_measure.GRID_SHAPES`, ``activation_checkpointing_enable()``, the model's
+own loss) and
 of torchtune 0.6.1's Llama 3.2 and Qwen2 (`scaleplan.reference.tune_measure.prepared_tune` with
 the recipe's activation checkpointing and loss step, fp32 and bf16 parameters) and of litgpt
 0.5.13's GPT (`measure_litgpt_step`: TinyLlama's and Pythia's layouts) as the
@@ -40,8 +42,13 @@ __all__ = [
 
 PATH = Path(__file__).parent / "data" / "impl_recompute_peaks.json"
 B, S = 2, 48
-HF_CASES = [*itertools.product(("llama", "qwen2", "gpt2"), ("32-true", "bf16-mixed"), (0.0,)),
-            ("gpt2", "32-true", 0.1), ("gpt2", "bf16-mixed", 0.1)]
+# (family, precision, attention, dropout)
+HF_CASES = [*itertools.product(("llama", "qwen2", "gpt2"), ("32-true", "bf16-mixed"), ("sdpa",),
+                               (0.0,)),
+            ("gpt2", "32-true", "sdpa", 0.1), ("gpt2", "bf16-mixed", "sdpa", 0.1),
+            ("llama", "32-true", "sdpa", 0.1), ("llama", "32-true", "eager", 0.0),
+            ("mistral", "bf16-mixed", "sdpa", 0.0), ("gemma", "32-true", "sdpa", 0.0),
+            ("gpt_neox", "32-true", "sdpa", 0.0)]
 TUNE_CASES = list(itertools.product(("llama3_2", "qwen2"), ("32-true", "bf16-true")))
 LITGPT_CASES = [*itertools.product(("tinyllama",), ("32-true", "bf16-true", "bf16-mixed")),
                 ("pythia", "32-true")]
@@ -217,7 +224,7 @@ def measure_litgpt_step(name: str, precision: str) -> dict[str, Any]:
 def measure_all() -> dict[str, Any]:
     """Measure every case (imports torch)."""
     import torch
-    rows = [measure_hf_step(f, p, d) for f, p, d in HF_CASES]
+    rows = [measure_hf_step(f, p, d, a) for f, p, a, d in HF_CASES]
     rows += [measure_tune_step(f, p) for f, p in TUNE_CASES]
     rows += [measure_litgpt_step(f, p) for f, p in LITGPT_CASES]
     return {"torch": torch.__version__, "python": sys.version.split()[0],
