@@ -160,3 +160,16 @@ def test_gpt2_fp32_extra_terms_by_hand() -> None:
                            attention="flash", checkpointing="full", device="cpu",
                            optimizer_impl="fused", hold_logits=False, implementation="hf")
     assert full.tensor_peak - fresh.tensor_peak == 262144 + 262144 + 196608
+
+
+@pytest.mark.torch
+def test_live_mistral_fp32_step_matches_the_recompute_moment() -> None:
+    pytest.importorskip("transformers")
+    from tests.impl_recompute_peaks import measure_hf_step
+
+    case = measure_hf_step("mistral", "32-true", 0.0)  # a case the committed grid lacks
+    *_, saved, _, _, _, moments = stage_parts(
+        _cfg(case), B, S, "32-true", "adamw", "flash", "full", "cpu", Parallelism(), "fused",
+        False, "only", implementation="hf")
+    measured = case["backward_peak"] - case["resident"]
+    assert moments["recompute"] - saved["token_ids"] + LOSS_AND_SEED == measured
