@@ -17,7 +17,12 @@ import pytest
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment, split_terms
+from scaleplan.memory.stage_terms import (
+    block_backward_bytes,
+    eager_saved_terms,
+    recompute_moment,
+    split_terms,
+)
 from scaleplan.model.architecture import MoE
 from scaleplan.model.config import GPTConfig
 
@@ -203,3 +208,21 @@ def test_recompute_moment_of_an_moe_block() -> None:
 def test_recompute_moment_compiled_on_cpu_with_dropout_is_refused() -> None:
     with pytest.raises(ScaleplanError, match="compile=True with dropout is modelled with CUDA"):
         moment("compiled", GPT.replace(dropout=0.1), device="cpu")
+
+
+def test_a_python_rmsnorm_upcast_keeps_its_own_copy_on_cuda() -> None:
+    # bf16 parameters on CUDA, T = 4, d = 8, f = 32: nanoGPT's F.rms_norm saves the bf16 block
+    # input, the checkpoint's own storage (T d 2 = 64 taken off the rebuilt block); torchtune's
+    # RMSNorm upcasts in Python (x.float()) on every device, so what it saves is a copy of its
+    # own and nothing is taken off
+    from scaleplan.memory.tune_terms import tune_block_saved_terms
+
+    llama = GPT.replace(bias=False, norm="rmsnorm", mlp="swiglu", position="rope",
+                        tie_embeddings=False, mlp_hidden=32)
+    backward = block_backward_bytes(llama, 1, 4, "bf16-true", dropout=False, device="cuda",
+                                    par=Parallelism())
+    block = sum(tune_block_saved_terms(llama, 1, 4, precision="bf16-true",
+                                       device="cuda").values())
+    got = recompute_moment(llama, 1, 4, "bf16-true", "flash", "cuda", Parallelism(), SAVED,
+                           0, 0, 2, "torchtune")
+    assert got == KEPT + block + backward

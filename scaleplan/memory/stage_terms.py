@@ -132,7 +132,7 @@ def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Atte
 
 
 def _checkpointed_input(cfg: GPTConfig, b: Any, s: Any, p: Precision, device: DeviceKind,
-                        par: Parallelism, code: str = "nanogpt") -> Any:
+                        par: Parallelism, code: str) -> Any:
     """Bytes of the rebuilt block's first-norm input that are the checkpoint's own storage, the
     block input (T d r) kept since the forward: a pre-norm block's norm saves its input as it
     is, unless a composite RMSNorm upcasts a 16-bit residual (an fp32 copy of its own):
