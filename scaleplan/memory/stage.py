@@ -189,9 +189,10 @@ def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
     share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
     under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
     transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
-    tests/data/impl_recompute_peaks.json). With fresh gradients (`_fresh_gradients`) the sum
-    becomes ``.grad`` itself, which the gradients count."""
-    if _fresh_gradients(switches):
+    tests/data/impl_recompute_peaks.json). The latter three, measured with every gradient
+    resident, keep their earlier moment (none) with fresh gradients (`_fresh_gradients`).
+    """
+    if _fresh_gradients(switches) and code != "nanogpt":
         return 0
     if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
         return 0
