@@ -17,7 +17,12 @@ import pytest
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment, split_terms
+from scaleplan.memory.stage_terms import (
+    block_backward_bytes,
+    eager_saved_terms,
+    recompute_moment,
+    split_terms,
+)
 from scaleplan.model.architecture import MoE
 from scaleplan.model.config import GPTConfig
 
@@ -137,25 +142,32 @@ HF_BLOCK = 2 * (128 + 32) + 128 + 384 + 128 + 32 + 128 + 2560
 
 
 def test_recompute_moment_hf_sdpa() -> None:
+    # as nanoGPT's (measured in whole steps, tests/test_impl_recompute_peaks_replay.py): ln_1's
+    # input is the checkpoint's (128), the head's copies (30) are freed, the backward at
+    # c_proj's node adds 1664; but the targets (23) went with transformers' loss
     assert HF_BLOCK == 3680
-    assert moment("hf") == KEPT + 30 + HF_BLOCK + 50
+    assert moment("hf") == KEPT + HF_BLOCK - 128 + 50 + BACKWARD == 6366
     # "flash" is transformers' sdpa; "cpu-cuda-semantics" counts as CUDA (bool masks, SDPA
-    # stays fused with dropout): + two bool T d residual masks = 64
+    # stays fused with dropout): + two bool T d residual masks = 64; in backward the MLP's
+    # mask (32) is freed and c_proj's incoming gradient is the masked one (T d 4 = 128)
     assert moment("hf", GPT.replace(dropout=0.1), device="cpu-cuda-semantics") == \
-        KEPT + 30 + HF_BLOCK + 64 + 50
+        KEPT + HF_BLOCK + 64 - 128 + 50 + BACKWARD + 128 - 32
 
 
 def test_recompute_moment_hf_eager_and_cpu_math_kernel() -> None:
     # eager: q, k, v copies 3 T a h 4 = 384 and the fp32 softmax b a s^2 4 = 128 replace SDPA's
     # q/k/v views 384 and log-sum-exp 32
-    assert moment("hf", attention="eager") == KEPT + 30 + HF_BLOCK + 96 + 50
+    assert moment("hf", attention="eager") == KEPT + HF_BLOCK + 96 - 128 + 50 + BACKWARD
     # CPU SDPA with dropout runs the fp32 math kernel: q, k, v 384, softmax 128, mask 128,
     # dropped 128, output 128, and at b = 1 c_attn's whole output kept through v's view (2 more
     # T d 4 = 256); the residual masks are fp32 on CPU: 2 T d 4 = 256
     math = 384 + 128 + 128 + 128 + 128 + 256
     block = 2 * (128 + 32) + 128 + math + 128 + 2560 + 256
     assert block == 4544
-    assert moment("hf", GPT.replace(dropout=0.1), device="cpu") == KEPT + 30 + block + 50
+    # in backward the MLP's fp32 mask (128) is freed, c_proj's masked incoming gradient (128)
+    # made
+    assert moment("hf", GPT.replace(dropout=0.1), device="cpu") == \
+        KEPT + block - 128 + 50 + BACKWARD + 128 - 128
 
 
 # torch.compile's later block (compiled_terms): LayerNorm keeps x_hat (128) and rstd (16), not
@@ -196,3 +208,21 @@ def test_recompute_moment_of_an_moe_block() -> None:
 def test_recompute_moment_compiled_on_cpu_with_dropout_is_refused() -> None:
     with pytest.raises(ScaleplanError, match="compile=True with dropout is modelled with CUDA"):
         moment("compiled", GPT.replace(dropout=0.1), device="cpu")
+
+
+def test_a_python_rmsnorm_upcast_keeps_its_own_copy_on_cuda() -> None:
+    # bf16 parameters on CUDA, T = 4, d = 8, f = 32: nanoGPT's F.rms_norm saves the bf16 block
+    # input, the checkpoint's own storage (T d 2 = 64 taken off the rebuilt block); torchtune's
+    # RMSNorm upcasts in Python (x.float()) on every device, so what it saves is a copy of its
+    # own and nothing is taken off
+    from scaleplan.memory.tune_terms import tune_block_saved_terms
+
+    llama = GPT.replace(bias=False, norm="rmsnorm", mlp="swiglu", position="rope",
+                        tie_embeddings=False, mlp_hidden=32)
+    backward = block_backward_bytes(llama, 1, 4, "bf16-true", dropout=False, device="cuda",
+                                    par=Parallelism())
+    block = sum(tune_block_saved_terms(llama, 1, 4, precision="bf16-true",
+                                       device="cuda").values())
+    got = recompute_moment(llama, 1, 4, "bf16-true", "flash", "cuda", Parallelism(), SAVED,
+                           0, 0, 2, "torchtune")
+    assert got == KEPT + block + backward

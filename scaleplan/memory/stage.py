@@ -128,7 +128,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         code = "compiled" if compiled else code
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
-            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads))
+            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads, switches),
+            fresh_gradients=_fresh_gradients(switches))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
@@ -177,12 +178,24 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, p: Precision, par: Pa
     return {k: v if k == "optimizer_step" else v + unsharded - G for k, v in moments.items()}
 
 
+def _fresh_gradients(switches: StepSwitches) -> bool:
+    """Whether the step's gradients start as None (no accumulation, or each freed by its
+    optimizer step in backward)."""
+    return not switches.gradient_accumulation or switches.optimizer_in_backward
+
+
 def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
-                           both_ends: bool) -> Any:
-    """Bytes of a tied head's gradient that nanoGPT's backward holds until the embedding's
-    adds its share (one AccumulateGrad node for the shared weight), V d in the parameters'
-    dtype (fp32 under autocast, after the cast back), when one stage holds both ends."""
-    if not (cfg.tie_embeddings and both_ends and code == "nanogpt"):
+                           both_ends: bool, switches: StepSwitches = NO_SWITCHES) -> Any:
+    """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
+    share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
+    under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
+    transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
+    tests/data/impl_recompute_peaks.json). The latter three, measured with every gradient
+    resident, keep their earlier moment (none) with fresh gradients (`_fresh_gradients`).
+    """
+    if _fresh_gradients(switches) and code != "nanogpt":
+        return 0
+    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
 

@@ -71,7 +71,7 @@ _LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "ta
 def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
                      device: DeviceKind, par: Parallelism, saved: dict[str, Any], copies: Any,
                      all_copies: Any, layers: int, code: str = "nanogpt", *,
-                     head_gradient: Any = 0) -> Any:
+                     head_gradient: Any = 0, fresh_gradients: bool = False) -> Any:
     """Full checkpointing's recompute moment: the saved tensors less the loss side (freed by
     then), one block rebuilt with what it saves, its weight copies and its MLP gradients.
     ``code``: "nanogpt", "hf" (Hugging Face's layer), "litgpt" (litgpt's Block), "torchtune" or
@@ -84,16 +84,28 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     MLP at its worst node (`block_backward_bytes`) and ``head_gradient``: a tied head's
     gradient, which autograd holds until the embedding's backward adds its share (one
     AccumulateGrad node for the shared weight), given by the caller. An MoE block keeps its
-    whole-tensor gradient buffer (`scaleplan.memory.sharding.mlp_gradient_buffer`) instead."""
+    whole-tensor gradient buffer (`scaleplan.memory.sharding.mlp_gradient_buffer`) instead.
+
+    transformers' layer ("hf"), torchtune's ("torchtune") and litgpt's ("litgpt"), measured
+    live in whole steps with every gradient resident (tests/data/impl_recompute_peaks.json),
+    take the same terms, but that their loss's targets are freed with the loss (transformers'
+    ``ForCausalLMLoss`` shifts the labels into a tensor of its own; torchtune's recipe pops them
+    from the batch; litgpt's are a view of the batch, which its loss side counts).
+    With ``fresh_gradients`` (gradients set to None before the step, or freed in backward,
+    which the switch moments' gradient bounds count) they keep the earlier moment: the
+    block's saves, its weight copies and the head's, not re-measured."""
     dropout = cfg.dropout > 0
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    if code == "nanogpt" and cfg.moe is None:
-        rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par)
+    whole_step = code == "nanogpt" or (code in ("hf", "torchtune", "litgpt")
+                                       and not fresh_gradients)
+    if whole_step and cfg.moe is None:
+        rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
         backward = block_backward_bytes(cfg, b, s, p, dropout=dropout, device=device, par=par)
-        return kept + saved.get("targets", 0) + rebuilt + share + backward + head_gradient
+        targets = saved.get("targets", 0) if code == "nanogpt" else 0
+        return kept + targets + rebuilt + share + backward + head_gradient
     return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
 
 
@@ -120,11 +132,14 @@ def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Atte
 
 
 def _checkpointed_input(cfg: GPTConfig, b: Any, s: Any, p: Precision, device: DeviceKind,
-                        par: Parallelism) -> Any:
+                        par: Parallelism, code: str) -> Any:
     """Bytes of the rebuilt block's first-norm input that are the checkpoint's own storage, the
     block input (T d r) kept since the forward: a pre-norm block's norm saves its input as it
-    is, unless CPU's composite RMSNorm upcasts a 16-bit residual (an fp32 copy of its own)."""
-    upcast = cfg.norm == "rmsnorm" and device != "cuda" and residual_bytes(p) != FP32_BYTES
+    is, unless a composite RMSNorm upcasts a 16-bit residual (an fp32 copy of its own):
+    nanoGPT's on CPU, transformers' and torchtune's on every device (``.to(torch.float32)``,
+    ``x.float()`` in Python)."""
+    composite = device != "cuda" or code != "nanogpt"  # transformers', torchtune's: Python
+    upcast = cfg.norm == "rmsnorm" and composite and residual_bytes(p) != FP32_BYTES
     if cfg.norm_position == "post" or upcast:
         return 0
     return tensor_parallel_split(b * s * cfg.n_embd * residual_bytes(p), 0, t=par.tensor,

@@ -1,0 +1,236 @@
+"""Harness: the peak of full-checkpointing steps of Hugging Face's, torchtune's and litgpt's models.
+
+``python -m tests.impl_recompute_peaks`` runs, on CPU, one whole training step of small
+transformers 5.25 models (Llama, Qwen2, GPT-2 in fp32 and bf16 autocast; Mistral, Gemma,
+GPT-NeoX, eager attention and dropout 0.1 in a few cases;
+`scaleplan.reference.hf_measure.GRID_SHAPES`, ``activation_checkpointing_enable()``, the model's
+own loss) and
+of torchtune 0.6.1's Llama 3.2 and Qwen2 (`scaleplan.reference.tune_measure.prepared_tune` with
+the recipe's activation checkpointing and loss step, fp32 and bf16 parameters) and of litgpt
+0.5.13's GPT (`measure_litgpt_step`: TinyLlama's and Pythia's layouts) as the
+nanoGPT harness (tests/recompute_peaks.py) does: fused AdamW, a warm-up step that makes its
+states, then an accumulating micro-batch (every gradient resident when the measured step
+starts), so the step's peak is its backward's. Live bytes by storage
+(`scaleplan.reference.tracking.LiveBytesTracker`); at the peak the storages that are not
+resident are listed (the operation that made each, its shape and dtype), the evidence for
+`scaleplan.memory.stage_terms.recompute_moment`. Writes tests/data/impl_recompute_peaks.json,
+replayed without torch by tests/test_impl_recompute_peaks_replay.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "HF_CASES",
+    "LITGPT_CASES",
+    "PATH",
+    "TUNE_CASES",
+    "B",
+    "S",
+    "measure_all",
+    "measure_hf_step",
+    "measure_litgpt_step",
+    "measure_tune_step",
+]
+
+PATH = Path(__file__).parent / "data" / "impl_recompute_peaks.json"
+B, S = 2, 48
+# (family, precision, attention, dropout)
+HF_CASES = [*itertools.product(("llama", "qwen2", "gpt2"), ("32-true", "bf16-mixed"), ("sdpa",),
+                               (0.0,)),
+            ("gpt2", "32-true", "sdpa", 0.1), ("gpt2", "bf16-mixed", "sdpa", 0.1),
+            ("llama", "32-true", "sdpa", 0.1), ("llama", "32-true", "eager", 0.0),
+            ("mistral", "bf16-mixed", "sdpa", 0.0), ("gemma", "32-true", "sdpa", 0.0),
+            ("gpt_neox", "32-true", "sdpa", 0.0)]
+TUNE_CASES = list(itertools.product(("llama3_2", "qwen2"), ("32-true", "bf16-true")))
+LITGPT_CASES = [*itertools.product(("tinyllama",), ("32-true", "bf16-true", "bf16-mixed")),
+                ("pythia", "32-true")]
+
+
+def _tracker() -> Any:
+    from scaleplan.reference.tracking import LiveBytesTracker
+
+    class PeakTracker(LiveBytesTracker):
+        """`LiveBytesTracker` that also keeps what made each storage, and the storages live at
+        the backward's peak."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.made: dict[int, str] = {}
+            self.at_peak: dict[int, tuple[int, str]] = {}
+            self.func = "resident"
+
+        def _register(self, t: Any) -> None:
+            from scaleplan.reference.tracking import storage_key
+            key = storage_key(t)
+            if key not in self.live:  # a new storage (an address may be reused once freed)
+                self.made[key] = f"{self.func} {tuple(t.shape)} {str(t.dtype)[6:]}"
+            before = self.phase_peaks.get("backward", 0)
+            super()._register(t)
+            if self.phase == "backward" and self.current > before:
+                self.at_peak = {k: (n, self.made.get(k, "?")) for k, n in self.live.items()}
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                               kwargs: Any = None) -> Any:
+            self.func = str(func).removeprefix("aten.").removesuffix(".default")
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    return PeakTracker()
+
+
+def _step(tracker: Any, forward: Any, opt: Any) -> None:
+    tracker.set_phase("forward")
+    loss = forward()
+    tracker.set_phase("backward")
+    loss.backward()
+    del loss
+    tracker.set_phase("optimizer")
+    opt.step()
+
+
+def _result(tracker: Any, resident: set[int], base: int) -> dict[str, Any]:
+    live = sorted((v for k, v in tracker.at_peak.items() if k not in resident), reverse=True)
+    return {"peak_bytes": tracker.peak, "peak_phase": tracker.peak_phase,
+            "backward_peak": tracker.phase_peaks["backward"], "resident": base,
+            "at_backward_peak": [f"{n} {what}" for n, what in live]}
+
+
+def _measured(model: Any, forward: Any, extra: list[Any]) -> dict[str, Any]:
+    """Warm-up step, accumulating micro-batch, then the tracked step."""
+    import torch
+
+    from scaleplan.reference.tracking import storage_key
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    forward().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    forward().backward()  # an earlier micro-batch leaves its gradients behind
+    gc.collect()
+    states = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    kept = [*model.parameters(), *model.buffers(), *[p.grad for p in params], *states, *extra]
+    tracker = _tracker()
+    base = tracker.add_resident(kept)
+    resident = {storage_key(t) for t in kept}
+    with tracker:
+        _step(tracker, forward, opt)
+    return _result(tracker, resident, base)
+
+
+def measure_hf_step(family: str, precision: str, dropout: float, attention: str = "sdpa"
+                    ) -> dict[str, Any]:
+    """One full-checkpointing step of transformers' ``family`` model (imports torch)."""
+    import torch
+
+    from scaleplan.reference.hf_measure import GRID_SHAPES, build_hf_model
+    torch.manual_seed(0)
+    cfg = GRID_SHAPES[family].replace(dropout=dropout)
+    model = build_hf_model(cfg, family, attention)  # type: ignore[arg-type]
+    model.train()
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
+    ids = torch.randint(0, cfg.vocab_size, (B, S))
+
+    def forward() -> Any:
+        if precision == "bf16-mixed":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(input_ids=ids, labels=ids, use_cache=False).loss
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    row = _measured(model, forward, [ids])
+    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    return {"implementation": "hf", "family": family, "precision": precision,
+            "attention": attention, "dropout": dropout, "buffers": buffers, **row}
+
+
+def measure_tune_step(family: str, precision: str) -> dict[str, Any]:
+    """One full-checkpointing step of torchtune's ``family`` model (imports torch)."""
+    from scaleplan.reference.tune_measure import GRID_SHAPES, loss_step, prepared_tune
+    cfg = GRID_SHAPES[family]
+    model, loss_fn, batch = prepared_tune(cfg, family, precision,  # type: ignore[arg-type]
+                                          True, "standard", B, S, False, 0)
+
+    def forward() -> Any:
+        return loss_step(model, loss_fn, dict(batch))
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        row = _measured(model, forward, list(batch.values()))
+    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    return {"implementation": "torchtune", "family": family, "precision": precision,
+            "attention": "sdpa", "dropout": 0.0, "buffers": buffers, **row}
+
+
+def measure_litgpt_step(name: str, precision: str) -> dict[str, Any]:
+    """One full-checkpointing step of litgpt's GPT (finetune/full.py's forward and chunked
+    loss; every Block in torch's non-reentrant ``checkpoint_wrapper``, as Fabric's FSDP
+    strategy wraps it; Fabric's precisions as `scaleplan.reference.litgpt_measure` reproduces
+    them) for ``litgpt_measure.GRID_SHAPES[name]`` (imports torch)."""
+    import contextlib
+    import importlib
+
+    import torch
+
+    from scaleplan.reference.litgpt_measure import GRID_SHAPES, litgpt_config
+    litgpt: Any = importlib.import_module("litgpt")
+    utils: Any = importlib.import_module("litgpt.utils")
+    wrapper: Any = importlib.import_module(
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper")
+    torch.manual_seed(0)
+    cfg = GRID_SHAPES[name]
+    model = litgpt.GPT(litgpt.Config(**litgpt_config(cfg)))
+    if precision == "bf16-true":
+        model = model.to(torch.bfloat16)
+    model.max_seq_length = S
+    wrapper.apply_activation_checkpointing(
+        model, checkpoint_wrapper_fn=wrapper.checkpoint_wrapper,
+        check_fn=lambda m: isinstance(m, litgpt.model.Block))
+    model.train()
+    ids = torch.randint(0, cfg.vocab_size, (B, S))
+
+    @contextlib.contextmanager
+    def precision_context() -> Any:
+        if precision == "bf16-mixed":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        elif precision == "bf16-true":
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.bfloat16)
+            try:
+                yield
+            finally:
+                torch.set_default_dtype(default)
+        else:
+            yield
+
+    def forward() -> Any:
+        with precision_context():
+            logits = model(ids)
+        return utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
+
+    row = _measured(model, forward, [ids])
+    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    return {"implementation": "litgpt", "family": name, "precision": precision,
+            "attention": "sdpa", "dropout": 0.0, "buffers": buffers, **row}
+
+
+def measure_all() -> dict[str, Any]:
+    """Measure every case (imports torch)."""
+    import torch
+    rows = [measure_hf_step(f, p, d, a) for f, p, a, d in HF_CASES]
+    rows += [measure_tune_step(f, p) for f, p in TUNE_CASES]
+    rows += [measure_litgpt_step(f, p) for f, p in LITGPT_CASES]
+    return {"torch": torch.__version__, "python": sys.version.split()[0],
+            "micro_batch_size": B, "seq_len": S, "optimizer": "fused", "cases": rows}
+
+
+if __name__ == "__main__":
+    PATH.write_text(json.dumps(measure_all(), indent=1) + "\n")
+    print(f"wrote {PATH}")
