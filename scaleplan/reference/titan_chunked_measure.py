@@ -24,18 +24,16 @@ head's gradient and the loss).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.titan_measure import TitanTracker
+from scaleplan.reference.titan_measure import TitanTracker, report_main
 from scaleplan.reference.titan_qwen3_measure import GRID
 from scaleplan.reference.titan_tp_measure import fake_world, titan_tp_model
 
@@ -86,25 +84,17 @@ with vocabulary 64 and eight chunks the accumulator's cast after the loop is the
 
 def main(argv: list[str] | None = None) -> int:
     """``--write``: measure `CASES` and write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.titan_chunked_measure")
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--out", default=str(JSON_PATH))
-    args = parser.parse_args(argv)
     cfg = GRID["qwen3"]
-    rows: list[dict[str, Any]] = []
-    for t, b, s, n, v in CASES:
-        rows.append({"tensor": t, "micro_batch_size": b, "seq_len": s, "num_chunks": n,
-                     "vocab_size": v,
-                     **measure_chunked_loss(cfg.replace(vocab_size=v), tensor=t,
-                                            micro_batch_size=b, seq_len=s, num_chunks=n)})
-    tt = importlib.import_module("importlib.metadata").version("torchtitan")
-    data = {"torch": torch.__version__, "torchtitan": tt,
-            "config": json.loads(cfg.model_dump_json()), "rows": rows}
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    if args.write:
-        Path(args.out).write_text(text)
-    sys.stdout.write(text)
-    return 0
+
+    def build() -> dict[str, Any]:
+        rows = [{"tensor": t, "micro_batch_size": b, "seq_len": s, "num_chunks": n,
+                 "vocab_size": v,
+                 **measure_chunked_loss(cfg.replace(vocab_size=v), tensor=t,
+                                        micro_batch_size=b, seq_len=s, num_chunks=n)}
+                for t, b, s, n, v in CASES]
+        return {"config": json.loads(cfg.model_dump_json()), "rows": rows}
+
+    return report_main("scaleplan.reference.titan_chunked_measure", JSON_PATH, argv, build)
 
 
 if __name__ == "__main__":

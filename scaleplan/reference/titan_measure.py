@@ -38,7 +38,7 @@ import json
 import sys
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,8 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["GRID", "TitanMeasurement", "TitanTracker", "apply_ac", "check_fsdp",
-           "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan", "titan_model",
-           "titan_model_config"]
+           "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan", "report_main",
+           "titan_model", "titan_model_config"]
 
 _EP_PACKAGE = "torchtitan.distributed.minimal_async_ep"
 JSON_PATH = Path("docs/validation/torchtitan-memory.json")
@@ -343,20 +343,28 @@ def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``--write``: measure the grid (and FSDP2's dtypes) and write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.titan_measure")
+def report_main(prog: str, out: Path, argv: list[str] | None,
+                build: Callable[[], dict[str, Any]]) -> int:
+    """The ``main`` of a torchtitan harness: parse ``--write`` and ``--out`` (default ``out``)
+    for ``python -m <prog>``, then measure (``build()``: the report's fields), print the JSON
+    with torch's and torchtitan's versions and, with ``--write``, write it to ``--out``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--write", action="store_true")
-    parser.add_argument("--out", default=str(JSON_PATH))
+    parser.add_argument("--out", default=str(out))
     args = parser.parse_args(argv)
     tt = importlib.import_module("importlib.metadata").version("torchtitan")
-    data = {"torch": torch.__version__, "torchtitan": tt, "rows": grid(),
-            "fsdp": check_fsdp(GRID["tiny"])}
+    data = {"torch": torch.__version__, "torchtitan": tt, **build()}
     text = json.dumps(data, indent=1, sort_keys=True) + "\n"
     if args.write:
         Path(args.out).write_text(text)
     sys.stdout.write(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--write``: measure the grid (and FSDP2's dtypes) and write the JSON."""
+    return report_main("scaleplan.reference.titan_measure", JSON_PATH, argv,
+                       lambda: {"rows": grid(), "fsdp": check_fsdp(GRID["tiny"])})
 
 
 if __name__ == "__main__":

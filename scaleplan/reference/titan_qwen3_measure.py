@@ -22,10 +22,8 @@ tests/test_titan_qwen3_memory.py).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +113,10 @@ def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``--write``: measure the grid and write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.titan_qwen3_measure")
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--out", default=str(JSON_PATH))
-    args = parser.parse_args(argv)
-    tt = importlib.import_module("importlib.metadata").version("torchtitan")
-    data = {"torch": torch.__version__, "torchtitan": tt, "rows": grid()}
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    if args.write:
-        Path(args.out).write_text(text)
-    sys.stdout.write(text)
-    return 0
+    from scaleplan.reference.titan_measure import report_main
+
+    return report_main("scaleplan.reference.titan_qwen3_measure", JSON_PATH, argv,
+                       lambda: {"rows": grid()})
 
 
 if __name__ == "__main__":

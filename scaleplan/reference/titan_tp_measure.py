@@ -33,11 +33,9 @@ tests/test_titan_tp_memory.py).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +51,7 @@ from scaleplan.reference.titan_measure import (
     apply_ac,
     flex_on_cpu,
     import_llama3,
+    report_main,
     titan_model_config,
 )
 from scaleplan.reference.tracking import SavedTensorsRecorder, storage_key
@@ -253,21 +252,13 @@ def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``--write``: measure the grid and write the JSON."""
-    parser = argparse.ArgumentParser(prog="python -m scaleplan.reference.titan_tp_measure")
-    parser.add_argument("--write", action="store_true")
-    parser.add_argument("--out", default=str(JSON_PATH))
-    args = parser.parse_args(argv)
-    tt = importlib.import_module("importlib.metadata").version("torchtitan")
-    losses = [{"tokens": 256, "vocab_size": v, "tensor": t, "precision": p,
-               **measure_loss_parallel(256, v, tensor=t, precision=p)}
-              for v, t in ((256, 2), (384, 4), (250, 4)) for p in ("bf16-mixed", "32-true")]
-    data = {"torch": torch.__version__, "torchtitan": tt, "rows": grid(),
-            "loss_parallel": losses, "gloo": check_gloo()}
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    if args.write:
-        Path(args.out).write_text(text)
-    sys.stdout.write(text)
-    return 0
+    def build() -> dict[str, Any]:
+        losses = [{"tokens": 256, "vocab_size": v, "tensor": t, "precision": p,
+                   **measure_loss_parallel(256, v, tensor=t, precision=p)}
+                  for v, t in ((256, 2), (384, 4), (250, 4)) for p in ("bf16-mixed", "32-true")]
+        return {"rows": grid(), "loss_parallel": losses, "gloo": check_gloo()}
+
+    return report_main("scaleplan.reference.titan_tp_measure", JSON_PATH, argv, build)
 
 
 if __name__ == "__main__":
