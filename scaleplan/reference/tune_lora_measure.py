@@ -33,8 +33,14 @@ import torch
 from scaleplan.memory.tune_lora_terms import tune_lora_saved_terms
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA
-from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
-from scaleplan.reference.tune_measure import GRID_SHAPES, loss_step, tune_batch, tune_loss_fn
+from scaleplan.reference.tracking import LiveBytesTracker, storage_key
+from scaleplan.reference.tune_measure import (
+    GRID_SHAPES,
+    loss_step,
+    record_saved,
+    tune_batch,
+    tune_loss_fn,
+)
 
 __all__ = [
     "COMPILED_JSON",
@@ -110,28 +116,21 @@ def measure_tune_lora(cfg: GPTConfig, family: str, lora: LoRA, *, micro_batch_si
                             output_adapter=output_adapter)
     model.train()
     if checkpointing:
-        training = importlib.import_module("torchtune.training")
-        layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
-        training.set_activation_checkpointing(model, auto_wrap_policy={layer})
+        _checkpoint_layers(model)
     loss_fn = tune_loss_fn(model, loss)
     batch = tune_batch(cfg, micro_batch_size, seq_len, False)
     params = {storage_key(p) for p in model.parameters()} | _nf4_inner_keys(model)
     buffers = {storage_key(b) for b in model.buffers()}
-    resident = params | buffers | {storage_key(t) for t in batch.values()}
-    tracker = LiveBytesTracker()
-    recorder = SavedTensorsRecorder(param_keys=params | buffers)
-    gc.collect()
-    with tracker, recorder.recording(model), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        out = loss_step(model, loss_fn, batch)
-        gc.collect()
-    by_module, _, _ = recorder.totals()
-    held = {k: n for k, n in tracker.live.items()
-            if k not in resident and k not in recorder.by_storage and k != storage_key(out)}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
-    del out
+    by_module = record_saved(model, loss_fn, batch, params | buffers)
     return {"saved_for_backward": sum(by_module.values()), "by_module": by_module}
+
+
+def _checkpoint_layers(model: Any) -> None:
+    """Wrap every layer of ``model`` in activation checkpointing, as the recipe's
+    ``enable_activation_checkpointing`` does."""
+    training = importlib.import_module("torchtune.training")
+    layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
+    training.set_activation_checkpointing(model, auto_wrap_policy={layer})
 
 
 def resident_tensors(model: Any) -> list[Any]:
@@ -159,9 +158,7 @@ def measure_tune_lora_step(cfg: GPTConfig, family: str, lora: LoRA, *, micro_bat
     model = build_tune_lora(cfg, family, lora, base_weights=base_weights)
     model.train()
     if checkpointing:
-        training = importlib.import_module("torchtune.training")
-        layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
-        training.set_activation_checkpointing(model, auto_wrap_policy={layer})
+        _checkpoint_layers(model)
     loss_fn = tune_loss_fn(model, loss)
     batch = tune_batch(cfg, micro_batch_size, seq_len, False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=False)

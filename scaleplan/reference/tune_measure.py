@@ -42,7 +42,7 @@ from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder,
 __all__ = ["CHUNKED_JSON", "COMPILED_JSON", "GRID_JSON", "GRID_SHAPES", "PEAKS_JSON",
            "TuneMeasurement", "TunePrecision", "build_tune", "chunked_grid", "grid", "loss_step",
            "main", "measure_tune", "measure_tune_peaks", "peaks_grid", "prepared_tune",
-           "tune_batch", "tune_loss_fn"]
+           "record_saved", "tune_batch", "tune_loss_fn"]
 
 TunePrecision = Literal["32-true", "bf16-true"]
 IGNORE_INDEX = -100  # torch.nn.CrossEntropyLoss's default, the recipe's ignore column
@@ -178,6 +178,31 @@ def measure_tune_peaks(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: 
             "loss_backward_peak": tracker.phase_peaks["loss_backward"] - base}
 
 
+def record_saved(model: Any, loss_fn: Any, batch: dict[str, Any],
+                 resident: set[Any]) -> dict[str, int]:
+    """Saved-for-backward bytes by module of one forward + loss of a torchtune ``model``
+    (``resident``: the storage keys of its parameters and buffers), and under ``"checkpoint"``
+    the storages alive after the loss that are neither resident, the batch, the loss nor
+    recorded as saved (what activation checkpointing keeps itself)."""
+    kept = resident | {storage_key(t) for t in batch.values()}
+    tracker = LiveBytesTracker()
+    recorder = SavedTensorsRecorder(param_keys=resident)
+    gc.collect()
+    with tracker, recorder.recording(model), warnings.catch_warnings():
+        # torch says so when RMSNorm's fp32 input meets its bf16 weight: the composite rms_norm
+        # this module's terms count (not the fused kernel) is the expected path
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        out = loss_step(model, loss_fn, batch)
+        gc.collect()
+    by_module: dict[str, int] = recorder.totals()[0]
+    held = {k: n for k, n in tracker.live.items()
+            if k not in kept and k not in recorder.by_storage and k != storage_key(out)}
+    if held:
+        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
+    del out
+    return by_module
+
+
 def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, seq_len: int,
                  precision: TunePrecision = "bf16-true", checkpointing: bool = False,
                  packed: bool = False, loss: str = "standard", seed: int = 0
@@ -199,22 +224,7 @@ def measure_tune(cfg: GPTConfig, family: TuneFamily, *, micro_batch_size: int, s
                                       micro_batch_size, seq_len, packed, seed)
     params = {storage_key(p) for p in model.parameters()}
     buffers = {storage_key(b): b.untyped_storage().nbytes() for b in model.buffers()}
-    resident = params | set(buffers) | {storage_key(t) for t in batch.values()}
-    tracker = LiveBytesTracker()
-    recorder = SavedTensorsRecorder(param_keys=params | set(buffers))
-    gc.collect()
-    with tracker, recorder.recording(model), warnings.catch_warnings():
-        # torch says so when RMSNorm's fp32 input meets its bf16 weight: the composite rms_norm
-        # this module's terms count (not the fused kernel) is the expected path
-        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-        out = loss_step(model, loss_fn, batch)
-        gc.collect()
-    by_module, _, _ = recorder.totals()
-    held = {k: n for k, n in tracker.live.items()
-            if k not in resident and k not in recorder.by_storage and k != storage_key(out)}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
-    del out
+    by_module = record_saved(model, loss_fn, batch, params | set(buffers))
     return TuneMeasurement(
         family=family, micro_batch_size=micro_batch_size, seq_len=seq_len,
         precision=precision, checkpointing=checkpointing, packed=packed, loss=loss,
