@@ -62,6 +62,9 @@ from scaleplan.memory.step_switches import (
     switch_moments,
 )
 from scaleplan.memory.tune_lora_states import (
+    FP32,
+    HALF,
+    INDEX,
     nf4_dequantize_bytes,
     tune_block_linears,
     tune_lora_model_states,
@@ -78,10 +81,6 @@ __all__ = [
     "tune_lora_saved_terms",
     "tune_lora_stage_parts",
 ]
-
-HALF = 2  # bf16: torchtune's LoRA recipes run dtype bf16
-FP32 = 4
-INDEX = 8
 
 
 def _norm(T: Any, d: int, prefix: str) -> dict[str, Any]:
