@@ -19,6 +19,7 @@ from typing import Any
 from scaleplan.memory.litgpt_lora_terms import (
     HEAD_CHUNK,
     QUANTIZED_BASES,
+    litgpt_bnb_saved_inputs,
     litgpt_lora_adapter_shapes,
     litgpt_lora_saved_terms,
     model_bytes,
@@ -29,7 +30,7 @@ from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.params import count_params
 
-__all__ = ["BNB_STATE_BYTES", "PAGED_MIN_NUMEL", "litgpt_lora_model_states",
+__all__ = ["BNB_STATE_BYTES", "PAGED_MIN_NUMEL", "litgpt_bnb_tensor_peak", "litgpt_lora_model_states",
            "litgpt_lora_moments", "litgpt_lora_stage_parts"]
 
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes optimizer.py get_state_buffer: smaller tensors not paged
@@ -107,9 +108,22 @@ def _adapter_numels(cfg: GPTConfig, lora: LoRA) -> list[Any]:
 
 
 def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
-                        base_weights: str | None, S: Any, temp: Any) -> dict[str, Any]:
+                        base_weights: str | None, S: Any, temp: Any, kept: Any = 0,
+                        kept_before: Any = 0) -> dict[str, Any]:
     """Live bytes beyond the states at the step's worst moments, the fp32 logits list the loop
     holds (b s V x 4, from the step before during the forward) counted apart.
+
+    ``kept``: the inputs bitsandbytes 0.42.0's ``MatMul4Bit.forward`` keeps as a plain
+    attribute, ``ctx.tensors = (A, B)`` (bitsandbytes/autograd/_functions.py, MatMul4Bit,
+    TimDettmers/bitsandbytes@29e3420c; `scaleplan.memory.litgpt_lora_terms.
+    litgpt_bnb_saved_inputs`), not through ``save_for_backward``: autograd frees saved tensors
+    after backward but not a node's attributes, which live as long as the graph, and ``fit``
+    keeps the graph through ``logits`` (each chunk's ``grad_fn`` leads back through every
+    block) until the next ``logits = model(...)`` returns (finetune/lora.py:355; ``loss`` is a
+    float from line 377 with ``log_interval: 1``). So every moment holds this step's
+    (``kept``: those no other operation saves), and the fp32 cast (inside Fabric's forward,
+    before ``logits`` is rebound) the previous step's too (``kept_before``: all of them, the
+    saved tensors they shared being freed by its backward).
 
     - ``forward_end``: the larger of two moments. Fabric's ``convert_output`` casting the
       chunks to fp32 (wrappers.py:138): the saved tensors but the loss's, the model's chunks
@@ -133,12 +147,40 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     lsm = b * (s - 1) * V * FP32
     rows = b * _smaller(s - 1, HEAD_CHUNK)  # a full chunk, or the one sliced chunk
     moments: dict[str, Any] = {
-        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32, S + copy),
+        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32 + kept_before,
+                               S + copy),
         "backward_start": S + 2 * rows * V * FP32,
         "optimizer_step": temp}
     if base_weights in QUANTIZED_BASES:
         moments["head_backward"] = S + b * c * V * e + V * d * (HALF + e)
-    return moments
+    return {k: v + kept for k, v in moments.items()}
+
+
+def litgpt_bnb_tensor_peak(cfg: GPTConfig, lora: LoRA, b: int, s: int, *,
+                           base_weights: str, device: str = "cuda",
+                           impl: str | None = None) -> tuple[int, str]:
+    """(bytes, moment) of litgpt's QLoRA step at its worst moment as bitsandbytes 0.42.0 ran
+    it: the states, the held fp32 logits and the largest of `litgpt_lora_moments` with the
+    kept inputs (its ``kept``). ``training_memory`` models the installed bitsandbytes, which keeps no
+    input; this is the published rows' version (benchmarks/published_lora.py).
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
+    ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
+    >>> litgpt_bnb_tensor_peak(cfg, LoRA(2, targets=("q", "v")), 1, 4, base_weights="nf4")[1]
+    'forward_end'
+    """
+    W, G, O, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", base_weights, device,
+                                             impl)
+    saved = litgpt_lora_saved_terms(cfg, lora, b, s, precision="bf16-true",
+                                    base_weights=base_weights, device=device)
+    kept = sum(litgpt_bnb_saved_inputs(cfg, lora, b, s).values())
+    before = sum(litgpt_bnb_saved_inputs(cfg, lora, b, s, after_backward=True).values())
+    moments = litgpt_lora_moments(cfg, b, s, precision="bf16-true", base_weights=base_weights,
+                                  S=sum(saved.values()), temp=temp, kept=kept,
+                                  kept_before=before)
+    held = b * s * cfg.vocab_size * FP32
+    worst = max(moments, key=lambda k: moments[k])
+    return int(W + G + O + held + moments[worst]), worst
 
 
 def _smaller(x: Any, y: Any) -> Any:
