@@ -30,8 +30,8 @@ from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.params import count_params
 
-__all__ = ["BNB_STATE_BYTES", "PAGED_MIN_NUMEL", "litgpt_bnb_tensor_peak", "litgpt_lora_model_states",
-           "litgpt_lora_moments", "litgpt_lora_stage_parts"]
+__all__ = ["BNB_STATE_BYTES", "PAGED_MIN_NUMEL", "litgpt_bnb_tensor_peak",
+           "litgpt_lora_model_states", "litgpt_lora_moments", "litgpt_lora_stage_parts"]
 
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes optimizer.py get_state_buffer: smaller tensors not paged
 BNB_STATE_BYTES = 8  # 32-bit (Paged)AdamW: state1 and state2 fp32 per element, any param dtype
@@ -161,8 +161,9 @@ def litgpt_bnb_tensor_peak(cfg: GPTConfig, lora: LoRA, b: int, s: int, *,
                            impl: str | None = None) -> tuple[int, str]:
     """(bytes, moment) of litgpt's QLoRA step at its worst moment as bitsandbytes 0.42.0 ran
     it: the states, the held fp32 logits and the largest of `litgpt_lora_moments` with the
-    kept inputs (its ``kept``). ``training_memory`` models the installed bitsandbytes, which keeps no
-    input; this is the published rows' version (benchmarks/published_lora.py).
+    kept inputs (``kept``, ``kept_before``). ``training_memory`` models the installed
+    bitsandbytes, which keeps no input; this is the published rows' version
+    (benchmarks/published_lora.py).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
     ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
