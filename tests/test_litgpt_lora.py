@@ -15,6 +15,7 @@ from scaleplan import GPTConfig, LoRA, training_memory
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.litgpt_lora_states import (
     PAGED_MIN_NUMEL,
+    litgpt_bnb_tensor_peak,
     litgpt_lora_model_states,
     litgpt_lora_moments,
 )
@@ -482,3 +483,58 @@ def test_gpu_masks_of_every_block_by_hand() -> None:
     T = 8
     assert t["lora_mlp_dropout_mask"] == 2 * T * (8 + 8 + 16)
     assert t["lora_proj_dropout_mask"] == 2 * T * 8
+
+
+# bitsandbytes 0.42.0's kept inputs (litgpt's published QLoRA rows)
+
+@pytest.mark.parametrize("row", REPLAY.get("bnb_042_steps", []), ids=lambda r: "-".join(
+    str(r[k]) for k in ("model", "lora", "micro_batch_size", "seq_len")))
+def test_bnb_042_step_peak_within_half_a_percent(row: dict[str, Any]) -> None:
+    # measured on CPU with 0.42's ctx.tensors = (A, B) replayed on the installed MatMul4Bit
+    peak, _ = litgpt_bnb_tensor_peak(SHAPES[row["model"]], LORAS[row["lora"]],
+                                     row["micro_batch_size"], row["seq_len"],
+                                     base_weights="nf4", device="cpu", impl="for-loop")
+    assert abs(peak / row["measured"] - 1) < 0.005
+
+
+def test_bnb_042_replay_covers_dropout_and_none() -> None:
+    rows = REPLAY["bnb_042_steps"]
+    assert {r["lora"] for r in rows} >= {"qv", "qv-dropout", "all", "all-dropout"}
+
+
+def test_bnb_inputs_after_backward_by_hand() -> None:
+    # after backward the adapters' saved copies are gone, the attribute still holds every
+    # input: 2 layers x T 4 x (qkv input 8 + attention output 8 + MLP input 8 + product 16)
+    # + the head's input 8, bf16
+    every = LoRA(2, targets=ALL)
+    after = litgpt_bnb_saved_inputs(TINY, every, 1, 4, after_backward=True)
+    assert sum(after.values()) == 2 * (2 * 4 * (8 + 8 + 8 + 16) + 4 * 8) == 704
+    assert sum(litgpt_bnb_saved_inputs(TINY, every, 1, 4).values()) == 0
+
+
+def test_moments_with_kept_inputs_by_hand() -> None:
+    # b 2, s 200, V 16, bf16; this step's kept inputs 300 in every moment, the previous
+    # step's 500 only at the fp32 cast (before fit rebinds logits), not at the loss's copy
+    m = litgpt_lora_moments(TINY, 2, 200, precision="bf16-true", base_weights="nf4",
+                            S=10_000, temp=7, kept=300, kept_before=500)
+    lsm = 2 * 199 * 16 * 4
+    assert m["forward_end"] == 300 + max(10_000 - lsm + 2 * 200 * 16 * (2 + 4) + 500,
+                                         10_000 + 2 * 71 * 16 * 4)
+    assert m["backward_start"] == 300 + 10_000 + 2 * (2 * 128) * 16 * 4
+    assert m["head_backward"] == 300 + 10_000 + 2 * 72 * 16 * 2 + 16 * 8 * (2 + 2)
+    assert m["optimizer_step"] == 300 + 7
+
+
+def test_bnb_tensor_peak_adds_the_inputs_to_the_fp32_cast_by_hand() -> None:
+    # with dropout the kept and previous inputs are the same 704 bytes (test above): the
+    # fp32 cast moment gains both, on top of the states and the held logits (1 x 4 x 16 x 4)
+    cfg, lora = TINY, LoRA(2, targets=("q", "v"), dropout=0.1)
+    W, G, O, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", "for-loop")
+    S = sum(litgpt_lora_saved_terms(cfg, lora, 1, 4, precision="bf16-true",
+                                    base_weights="nf4").values())
+    plain = litgpt_lora_moments(cfg, 1, 4, precision="bf16-true", base_weights="nf4", S=S,
+                                temp=temp)
+    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 1, 4, base_weights="nf4", device="cpu",
+                                          impl="for-loop")
+    assert moment == "forward_end"
+    assert peak == W + G + O + 4 * 16 * 4 + plain["forward_end"] + 2 * 704

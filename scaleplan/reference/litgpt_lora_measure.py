@@ -33,7 +33,7 @@ import itertools
 import json
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ import torch
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA
+from scaleplan.reference.litgpt_bnb042 import (
+    bnb_042_kept_inputs,
+    bnb_042_lines,
+    bnb_042_step_grid,
+)
 from scaleplan.reference.litgpt_measure import GRID_SHAPES, litgpt_config
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
@@ -163,30 +168,6 @@ def measure_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: int, se
     return by_module
 
 
-@contextlib.contextmanager
-def _bnb_042_kept_inputs(record: list[torch.Tensor]) -> Iterator[None]:
-    """bitsandbytes 0.42.0's ``MatMul4Bit.forward`` ends with ``ctx.tensors = (A, B)`` where
-    any of A, B needs a gradient (bitsandbytes/autograd/_functions.py, TimDettmers/
-    bitsandbytes@29e3420c); 0.50.2's keeps ``(None, B)``. Within the block the installed
-    forward runs and then sets the attribute as 0.42.0 did (its backward reads only B), and
-    every kept input is appended to ``record``."""
-    fns: Any = importlib.import_module("bitsandbytes.autograd._functions")
-    original = fns.MatMul4Bit.forward
-
-    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, *args: Any, **kw: Any) -> Any:
-        out = original(ctx, A, B, *args, **kw)
-        if any(ctx.needs_input_grad[:2]):
-            ctx.tensors = (A, ctx.tensors[1])
-            record.append(A)
-        return out
-
-    fns.MatMul4Bit.forward = staticmethod(forward)
-    try:
-        yield
-    finally:
-        fns.MatMul4Bit.forward = staticmethod(original)
-
-
 def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: int,
                              seq_len: int, precision: str = "bf16-true",
                              base_weights: str | None = None, seed: int = 0,
@@ -197,7 +178,7 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
     accumulation; the previous step's ``logits`` held by the loop until the forward returns,
     as in ``fit``). QLoRA's step holds the replaced embedding (``old_wte``) and the
     new one's gradient, which no optimizer zeroes. ``bnb_keeps_input``: the 4-bit matmul
-    keeps its input as bitsandbytes 0.42.0 did (`_bnb_042_kept_inputs`); the first step's
+    keeps its input as bitsandbytes 0.42.0 did (`bnb_042_kept_inputs`); the first step's
     kept inputs stay with its graph (held through ``logits``) and count as resident."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -218,7 +199,7 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
         opt.step()
 
     kept: list[torch.Tensor] = []
-    with _bnb_042_kept_inputs(kept) if bnb_keeps_input else contextlib.nullcontext():
+    with bnb_042_kept_inputs(kept) if bnb_keeps_input else contextlib.nullcontext():
         step()
         gc.collect()
         tracker = LiveBytesTracker()
@@ -279,7 +260,6 @@ STEP_CASES = (("llama", "bf16-true", "qv-dropout", 2, 48, None),
               ("tinyllama", "bf16-true", "all-dropout", 2, 48, "nf4"))
 """(shape, precision, adapters, b, s, base_weights) of the whole-step cases."""
 
-
 def _predict(cfg: GPTConfig, lora: LoRA, b: int, s: int, precision: Any,
              base_weights: str | None) -> int:
     from scaleplan.memory.litgpt_lora_terms import litgpt_lora_saved_terms
@@ -327,7 +307,8 @@ def step_grid() -> list[dict[str, Any]]:
     return rows
 
 
-def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]],
+           bnb: list[dict[str, Any]]) -> str:
     worst = max(abs(r["error"]) for r in rows)
     lines = [
         "# litgpt LoRA / QLoRA: saved-for-backward bytes and step peaks, measured vs predicted",
@@ -363,7 +344,7 @@ def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
     lines += [f"| {r['model']} | {r['precision']} | {r['lora']} | {r['base_weights'] or '-'} "
               f"| {r['micro_batch_size']} | {r['seq_len']} | {r['measured']:,} "
               f"| {r['predicted']:,} | {r['moment']} | {r['error']:+.3%} |" for r in steps]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + bnb_042_lines(bnb)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,13 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.grid:
         parser.print_help()
         return 2
-    rows, steps = grid(), step_grid()
-    text = _table(rows, steps)
+    rows, steps, bnb = grid(), step_grid(), bnb_042_step_grid()
+    text = _table(rows, steps, bnb)
     Path(args.out).write_text(text)
     keys = ("model", "precision", "lora", "base_weights", "micro_batch_size", "seq_len",
             "measured")
     replay = {"saved": [{k: r[k] for k in (*keys, "by_module")} for r in rows],
-              "steps": [{k: r[k] for k in keys} for r in steps]}
+              "steps": [{k: r[k] for k in keys} for r in steps],
+              "bnb_042_steps": [{k: r[k] for k in keys} for r in bnb]}
     Path(args.json).write_text(json.dumps(replay, indent=1) + "\n")
     sys.stdout.write(text)
     return 0
