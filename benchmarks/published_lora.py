@@ -279,7 +279,8 @@ def render(rows: list[dict[str, str]] | None = None) -> str:
         "`scaleplan/data/published_lora.csv` (sources in `scaleplan/data/published_lora.md`). "
         "`predicted` is `training_memory(..., implementation=\"hf\", lora=..., base_weights=...)`"
         "'s `tensor_peak` (`implementation=\"litgpt\"` and Fabric's precision for litgpt's "
-        "rows, plus the inputs bitsandbytes 0.42 kept for its QLoRA rows), compared with the "
+        "rows; its QLoRA rows as bitsandbytes 0.42 ran them, `litgpt_bnb_tensor_peak`), "
+        "compared with the "
         "published `torch.cuda.max_memory_allocated`. "
         f"Rows within {WITHIN:.0%} are marked yes. Nothing is fitted.", "",
         "| id | model | LoRA | base | micro-batch x seq | published | predicted | error "
