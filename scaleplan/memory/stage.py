@@ -32,6 +32,7 @@ from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
+    LITGPT_LOGITS_BYTES,
     litgpt_loss_transients,
     litgpt_no_sync_gradient_bytes,
     litgpt_saved_terms,
@@ -119,6 +120,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     logit_bytes, loss_bytes = (TUNE_LOGITS_BYTES,) * 2 if tune else (e, loss_bytes)
+    if implementation == "litgpt":  # Fabric's wrapper returns the logits cast to fp32
+        logit_bytes = LITGPT_LOGITS_BYTES
     held = TV * logit_bytes if hold_logits else 0
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
