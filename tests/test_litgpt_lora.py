@@ -37,6 +37,10 @@ SHAPES = {
                            vocab_size=512, block_size=256, mlp="swiglu", **_LLAMA),
     "llama": GPTConfig(n_layer=2, n_head=4, n_kv_head=1, n_embd=128, mlp_hidden=512,
                        vocab_size=512, block_size=256, mlp="swiglu", **_LLAMA),
+    # scaleplan.reference.litgpt_bnb042.WIDE_LLAMA: the head's backward is the worst moment
+    "llama-wide": GPTConfig(n_layer=2, n_head=4, n_kv_head=1, head_dim=128, n_embd=512,
+                            mlp_hidden=1024, vocab_size=4096, block_size=256, mlp="swiglu",
+                            **_LLAMA),
 }
 ALL = ("q", "k", "v", "o", "gate", "up", "down", "head")
 LORAS = {"qv": LoRA(8, alpha=16, targets=("q", "v")),
@@ -204,12 +208,16 @@ def test_qlora_weights_and_gradients_by_hand() -> None:
 def test_moments_by_hand() -> None:
     # b 2, s 200: head chunks 128 and 72; V 16, d 8, bf16 (e 2), fp32 logits after Fabric
     m = litgpt_lora_moments(TINY, 2, 200, precision="bf16-true",
-                            base_weights="nf4", S=10_000, temp=7)
+                            base_weights="nf4", S=100_000, temp=7)
     lsm = 2 * 199 * 16 * 4
-    assert m["forward_end"] == max(10_000 - lsm + 2 * 200 * 16 * (2 + 4),
-                                   10_000 + 2 * 71 * 16 * 4)
-    assert m["backward_start"] == 10_000 + 2 * (2 * 128) * 16 * 4
-    assert m["head_backward"] == 10_000 + 2 * 72 * 16 * 2 + 16 * 8 * (2 + 2)
+    assert m["forward_end"] == max(100_000 - lsm + 2 * 200 * 16 * (2 + 4),
+                                   100_000 + 2 * 71 * 16 * 4)
+    assert m["backward_start"] == 100_000 + 2 * (2 * 128) * 16 * 4
+    # the head's backward: the loss's saved tensors freed (log-softmax, 2 x 199 int64
+    # targets, 2 fp32 weight totals, the int64 count), every chunk's gradient back in bf16
+    # (2 x 200 x 16 x 2) and the head dequantized into fp16 and bf16 (16 x 8 x 4)
+    loss = lsm + 2 * 199 * 8 + 2 * 4 + 8
+    assert m["head_backward"] == 100_000 - loss + 2 * 200 * 16 * 2 + 16 * 8 * (2 + 2)
     assert m["optimizer_step"] == 7
 
 
@@ -367,7 +375,11 @@ def test_forward_end_moments_by_hand() -> None:
 def test_chunk_edges_by_hand(s: int, chunks: int, last: int) -> None:
     m = litgpt_lora_moments(TINY, 2, s, precision="bf16-true", base_weights="nf4", S=0,
                             temp=0)
-    assert m["head_backward"] == 2 * last * 16 * 2 + 16 * 8 * 4
+    # the loss's log-softmax, b > 1 targets, one weight total per chunk and the count freed;
+    # every chunk's bf16 gradient (2 s 16 x 2) and the dequantized head (16 x 8 x 4) live
+    freed = 2 * (s - 1) * 16 * 4 + 2 * (s - 1) * 8 + chunks * 4 + 8
+    assert m["head_backward"] == -freed + 2 * s * 16 * 2 + 16 * 8 * 4
+    assert s - 128 * (chunks - 1) == last
     rows = 2 * min(s - 1, 128)
     assert m["backward_start"] == 2 * rows * 16 * 4
     loss = litgpt_lora_loss_saved_terms(TINY, 2, s, precision="bf16-true")
@@ -516,12 +528,13 @@ def test_moments_with_kept_inputs_by_hand() -> None:
     # b 2, s 200, V 16, bf16; this step's kept inputs 300 in every moment, the previous
     # step's 500 only at the fp32 cast (before fit rebinds logits), not at the loss's copy
     m = litgpt_lora_moments(TINY, 2, 200, precision="bf16-true", base_weights="nf4",
-                            S=10_000, temp=7, kept=300, kept_before=500)
+                            S=100_000, temp=7, kept=300, kept_before=500)
     lsm = 2 * 199 * 16 * 4
-    assert m["forward_end"] == 300 + max(10_000 - lsm + 2 * 200 * 16 * (2 + 4) + 500,
-                                         10_000 + 2 * 71 * 16 * 4)
-    assert m["backward_start"] == 300 + 10_000 + 2 * (2 * 128) * 16 * 4
-    assert m["head_backward"] == 300 + 10_000 + 2 * 72 * 16 * 2 + 16 * 8 * (2 + 2)
+    assert m["forward_end"] == 300 + max(100_000 - lsm + 2 * 200 * 16 * (2 + 4) + 500,
+                                         100_000 + 2 * 71 * 16 * 4)
+    assert m["backward_start"] == 300 + 100_000 + 2 * (2 * 128) * 16 * 4
+    loss = lsm + 2 * 199 * 8 + 2 * 4 + 8
+    assert m["head_backward"] == 300 + 100_000 - loss + 2 * 200 * 16 * 2 + 16 * 8 * (2 + 2)
     assert m["optimizer_step"] == 300 + 7
 
 
@@ -538,3 +551,23 @@ def test_bnb_tensor_peak_adds_the_inputs_to_the_fp32_cast_by_hand() -> None:
                                           impl="for-loop")
     assert moment == "forward_end"
     assert peak == W + G + O + 4 * 16 * 4 + plain["forward_end"] + 2 * 704
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
+def test_bnb_042_kept_inputs_outlive_backward_and_match_within_half_a_percent() -> None:
+    pytest.importorskip("litgpt")
+    pytest.importorskip("bitsandbytes")
+    from scaleplan.reference.litgpt_lora_measure import measure_litgpt_lora_step
+
+    cfg, lora = SHAPES["llama"], LORAS["qv-dropout"]
+    peak, resident = measure_litgpt_lora_step(cfg, lora, micro_batch_size=2, seq_len=48,
+                                              base_weights="nf4", bnb_keeps_input=True)
+    _, plain = measure_litgpt_lora_step(cfg, lora, micro_batch_size=2, seq_len=48,
+                                        base_weights="nf4")
+    # the first step's inputs are still alive when the second starts (its graph held by the
+    # logits): 2 layers x T 96 x (128 + 128 + 128 + 512) + the head's 96 x 128, bf16
+    assert resident - plain == 2 * (2 * 96 * (128 + 128 + 128 + 512) + 96 * 128) == 368_640
+    pred, moment = litgpt_bnb_tensor_peak(cfg, lora, 2, 48, base_weights="nf4", device="cpu",
+                                          impl="for-loop")
+    assert moment == "forward_end" and abs(pred / peak - 1) < 0.005

@@ -21,6 +21,7 @@ from scaleplan.memory.litgpt_lora_terms import (
     QUANTIZED_BASES,
     litgpt_bnb_saved_inputs,
     litgpt_lora_adapter_shapes,
+    litgpt_lora_loss_saved_terms,
     litgpt_lora_saved_terms,
     model_bytes,
 )
@@ -136,7 +137,10 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
       logits gradient as large as the log-softmax it freed.
     - ``head_backward`` (QLoRA): the head's ``MatMul4Bit.backward`` dequantizes the whole head
       weight into fp16 (the quant state's dtype) and copies it to the gradient's dtype (V d
-      (2 + e)), beside the last chunk's gradient cast back to e bytes (b c V e).
+      (2 + e)). Autograd runs the nodes made last first: every chunk's loss, then every
+      chunk's fp32 cast (Fabric's, made after the head), then the head's chunks from the
+      last; so when the last chunk's head runs, the loss's saved tensors are freed and every
+      chunk's gradient waits cast back to e bytes (b s V e).
     - ``optimizer_step``: the optimizer's temporaries.
     """
     e, V, d = model_bytes(precision), cfg.vocab_size, cfg.n_embd
@@ -152,7 +156,9 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
         "backward_start": S + 2 * rows * V * FP32,
         "optimizer_step": temp}
     if base_weights in QUANTIZED_BASES:
-        moments["head_backward"] = S + b * c * V * e + V * d * (HALF + e)
+        loss = sum(litgpt_lora_loss_saved_terms(cfg, b, s, precision=precision,
+                                                ids_saved=True).values())
+        moments["head_backward"] = S - loss + b * s * V * e + V * d * (HALF + e)
     return {k: v + kept for k, v in moments.items()}
 
 

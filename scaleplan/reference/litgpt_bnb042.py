@@ -20,13 +20,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["BNB_042_STEP_CASES", "bnb_042_kept_inputs", "bnb_042_lines", "bnb_042_step_grid"]
+from scaleplan.model.config import GPTConfig
+
+__all__ = ["BNB_042_STEP_CASES", "WIDE_LLAMA", "bnb_042_kept_inputs", "bnb_042_lines",
+           "bnb_042_step_grid"]
 
 BNB_042_STEP_CASES = (("llama", "qv-dropout", 2, 48), ("llama", "qv", 2, 48),
-                      ("tinyllama", "all-dropout", 2, 48), ("tinyllama", "all", 1, 160))
+                      ("tinyllama", "all-dropout", 2, 48), ("tinyllama", "all", 1, 160),
+                      ("llama-wide", "qv-dropout", 1, 16), ("llama-wide", "qv-dropout", 2, 16))
 """(shape, adapters, b, s) of the QLoRA steps (bf16-true, nf4) run with bitsandbytes 0.42.0's
 kept inputs (`measure_litgpt_lora_step`'s ``bnb_keeps_input``): with and without dropout
-(without, the adapters save the same inputs during the step, but not after its backward)."""
+(without, the adapters save the same inputs during the step, but not after its backward), and
+a wide model (`WIDE_LLAMA`) whose head's dequantized backward is the worst moment, as in the
+published Llama 3 8B row."""
+
+WIDE_LLAMA = GPTConfig(n_layer=2, n_head=4, n_kv_head=1, head_dim=128, n_embd=512,
+                       mlp_hidden=1024, vocab_size=4096, block_size=256, bias=False,
+                       mlp="swiglu", norm="rmsnorm", position="rope", tie_embeddings=False)
+"""``llama-wide``: d 512 against a 4096-token vocabulary, so that the head's dequantized
+weight (V d x 4 bytes) outweighs the loss's chunks at a few tokens."""
 
 
 @contextlib.contextmanager
@@ -62,7 +74,7 @@ def bnb_042_step_grid() -> list[dict[str, Any]]:
 
     rows = []
     for name, which, b, s in BNB_042_STEP_CASES:
-        cfg, lora = GRID_SHAPES[name], GRID_LORAS[which]
+        cfg, lora = {**GRID_SHAPES, "llama-wide": WIDE_LLAMA}[name], GRID_LORAS[which]
         peak, resident = measure_litgpt_lora_step(cfg, lora, micro_batch_size=b, seq_len=s,
                                                   base_weights="nf4", bnb_keeps_input=True)
         pred, moment = litgpt_bnb_tensor_peak(cfg, lora, b, s, base_weights="nf4",
