@@ -116,7 +116,8 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
 
     ``kept``: the inputs bitsandbytes 0.42.0's ``MatMul4Bit.forward`` keeps as a plain
     attribute, ``ctx.tensors = (A, B)`` (bitsandbytes/autograd/_functions.py, MatMul4Bit,
-    TimDettmers/bitsandbytes@29e3420c; `scaleplan.memory.litgpt_lora_terms.
+    read at TimDettmers/bitsandbytes@29e3420c, a later commit with the same ``MatMul4Bit``;
+    `scaleplan.memory.litgpt_lora_terms.
     litgpt_bnb_saved_inputs`), not through ``save_for_backward``: autograd frees saved tensors
     after backward but not a node's attributes, which live as long as the graph, and ``fit``
     keeps the graph through ``logits`` (each chunk's ``grad_fn`` leads back through every

@@ -2,8 +2,9 @@
 
 litgpt 0.5.13 supports only bitsandbytes 0.42.0 (finetune/lora.py:144-147), whose
 ``MatMul4Bit.forward`` keeps its input as a plain ``ctx`` attribute, ``ctx.tensors = (A, B)``
-(bitsandbytes/autograd/_functions.py, TimDettmers/bitsandbytes@29e3420c); the installed 0.50.2
-keeps ``(None, B)``. Autograd frees saved tensors after backward, not a node's attributes, so
+(bitsandbytes/autograd/_functions.py, read at TimDettmers/bitsandbytes@29e3420c, a later
+commit whose ``MatMul4Bit`` is 0.42's; the 0.42.0 tag itself was not read); the installed
+0.50.2 keeps ``(None, B)``. Autograd frees saved tensors after backward, not a node's attributes, so
 those inputs live as long as the graph: in litgpt's ``fit`` until the next step's
 ``logits = model(...)`` returns. `bnb_042_kept_inputs` makes the installed forward keep its input
 as 0.42.0 did; `bnb_042_step_grid` measures whole QLoRA steps with it
