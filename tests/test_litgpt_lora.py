@@ -571,3 +571,11 @@ def test_bnb_042_kept_inputs_outlive_backward_and_match_within_half_a_percent() 
     pred, moment = litgpt_bnb_tensor_peak(cfg, lora, 2, 48, base_weights="nf4", device="cpu",
                                           impl="for-loop")
     assert moment == "forward_end" and abs(pred / peak - 1) < 0.005
+
+
+def test_head_backward_at_b1_by_hand() -> None:
+    # b 1, s 4, V 16, d 8: the loss frees its log-softmax (3 x 16 x 4), one weight total and
+    # the count; its targets are views of the ids, which the StableEmbedding saves (not freed)
+    m = litgpt_lora_moments(TINY, 1, 4, precision="bf16-true", base_weights="nf4",
+                            S=100_000, temp=0)
+    assert m["head_backward"] == 100_000 - (3 * 16 * 4 + 4 + 8) + 4 * 16 * 2 + 16 * 8 * 4
