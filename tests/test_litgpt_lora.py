@@ -539,18 +539,24 @@ def test_moments_with_kept_inputs_by_hand() -> None:
 
 
 def test_bnb_tensor_peak_adds_the_inputs_to_the_fp32_cast_by_hand() -> None:
-    # with dropout the kept and previous inputs are the same 704 bytes (test above): the
-    # fp32 cast moment gains both, on top of the states and the held logits (1 x 4 x 16 x 4)
+    # b 4, s 16 (T 64), dropout: the kept and previous inputs are the same tensors,
+    # 2 layers x 64 x (8 + 8 + 8 + 16) + the head's 64 x 8, bf16 = 11,264 bytes; the fp32
+    # cast's moment gains both, on top of the states and the held logits (4 x 16 x 16 x 4)
     cfg, lora = TINY, LoRA(2, targets=("q", "v"), dropout=0.1)
-    W, G, O, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", "for-loop")
-    S = sum(litgpt_lora_saved_terms(cfg, lora, 1, 4, precision="bf16-true",
+    kept = 2 * (2 * 64 * (8 + 8 + 8 + 16) + 64 * 8)
+    assert kept == 11_264
+    W, G, O, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", "for-loop")
+    S = sum(litgpt_lora_saved_terms(cfg, lora, 4, 16, precision="bf16-true",
                                     base_weights="nf4").values())
-    plain = litgpt_lora_moments(cfg, 1, 4, precision="bf16-true", base_weights="nf4", S=S,
-                                temp=temp)
-    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 1, 4, base_weights="nf4", device="cpu",
+    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 4, 16, base_weights="nf4", device="cpu",
                                           impl="for-loop")
-    assert moment == "forward_end"
-    assert peak == W + G + O + 4 * 16 * 4 + plain["forward_end"] + 2 * 704
+    # the cast: the loss's log-softmax (4 x 15 x 16 x 4) not made yet, bf16 and fp32 chunks
+    # (4 x 16 x 16 x 6), both steps' inputs; the loss: its flat copy (4 x 15 x 16 x 4) and
+    # this step's inputs only (fit has rebound logits, freeing the previous graph)
+    cast = S - 3840 + 6144 + 2 * kept
+    loss = S + 3840 + kept
+    assert moment == "forward_end" and cast > loss
+    assert peak == W + G + O + 4 * 16 * 16 * 4 + cast
 
 
 @pytest.mark.torch

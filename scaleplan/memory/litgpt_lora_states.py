@@ -168,14 +168,18 @@ def litgpt_bnb_tensor_peak(cfg: GPTConfig, lora: LoRA, b: int, s: int, *,
                            impl: str | None = None) -> tuple[int, str]:
     """(bytes, moment) of litgpt's QLoRA step at its worst moment as bitsandbytes 0.42.0 ran
     it: the states, the held fp32 logits and the largest of `litgpt_lora_moments` with the
-    kept inputs (``kept``, ``kept_before``). ``training_memory`` models the installed
-    bitsandbytes, which keeps no input; this is the published rows' version
-    (benchmarks/published_lora.py).
+    kept inputs (``kept``, ``kept_before``), and ``head_forward``: 0.42.0's forward
+    dequantizes each 4-bit weight whole (``F.dequantize_4bit(B, quant_state).to(A.dtype)``,
+    fp16 then bf16), the head's (V d x 4) while the last chunk runs, beside the chunks before
+    it (b (s - c) V x 2), every saved tensor but the loss's, and both steps' kept inputs.
+    ``training_memory`` models the installed bitsandbytes, whose fused ``gemm_4bit`` keeps no
+    input; this is the published rows' version (benchmarks/published_lora.py).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
     ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
+    >>> # the head (16 x 8) dequantized, 512 bytes, beside 4 tokens' logits: the head's moment
     >>> litgpt_bnb_tensor_peak(cfg, LoRA(2, targets=("q", "v")), 1, 4, base_weights="nf4")[1]
-    'forward_end'
+    'head_forward'
     """
     W, G, O, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", base_weights, device,
                                              impl)
@@ -186,7 +190,13 @@ def litgpt_bnb_tensor_peak(cfg: GPTConfig, lora: LoRA, b: int, s: int, *,
     moments = litgpt_lora_moments(cfg, b, s, precision="bf16-true", base_weights=base_weights,
                                   S=sum(saved.values()), temp=temp, kept=kept,
                                   kept_before=before)
-    held = b * s * cfg.vocab_size * FP32
+    V, S = cfg.vocab_size, sum(saved.values())
+    loss = sum(litgpt_lora_loss_saved_terms(cfg, b, s, precision="bf16-true",
+                                            ids_saved=True).values())
+    c = s - HEAD_CHUNK * ((s + HEAD_CHUNK - 1) // HEAD_CHUNK - 1)  # the last chunk's length
+    moments["head_forward"] = S - loss + b * (s - c) * V * HALF + V * cfg.n_embd * 2 * HALF \
+        + kept + before
+    held = b * s * V * FP32
     worst = max(moments, key=lambda k: moments[k])
     return int(W + G + O + held + moments[worst]), worst
 

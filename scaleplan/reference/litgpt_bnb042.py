@@ -44,20 +44,30 @@ weight (V d x 4 bytes) outweighs the loss's chunks at a few tokens."""
 
 @contextlib.contextmanager
 def bnb_042_kept_inputs(record: list[torch.Tensor]) -> Iterator[None]:
-    """bitsandbytes 0.42.0's ``MatMul4Bit.forward`` ends with ``ctx.tensors = (A, B)`` where
-    any of A, B needs a gradient (bitsandbytes/autograd/_functions.py, TimDettmers/
-    bitsandbytes@29e3420c); 0.50.2's keeps ``(None, B)``. Within the block the installed
-    forward runs and then sets the attribute as 0.42.0 did (its backward reads only B), and
-    every kept input is appended to ``record``."""
+    """bitsandbytes 0.42.0's ``MatMul4Bit.forward`` within the block: the whole weight
+    dequantized (``F.dequantize_4bit(B, quant_state)``, in the quant state's dtype, fp16 here)
+    and copied to A's dtype for ``F.linear``, and ``ctx.tensors = (A, B)`` where any of A, B
+    needs a gradient (bitsandbytes/autograd/_functions.py, read at TimDettmers/
+    bitsandbytes@29e3420c); 0.50.2's runs a fused ``gemm_4bit`` and keeps ``(None, B)``. Its
+    backward (which reads only B) is left as installed. Every kept input is appended to
+    ``record``."""
     fns: Any = importlib.import_module("bitsandbytes.autograd._functions")
+    functional: Any = importlib.import_module("bitsandbytes.functional")
     original = fns.MatMul4Bit.forward
 
-    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, *args: Any, **kw: Any) -> Any:
-        out = original(ctx, A, B, *args, **kw)
-        if any(ctx.needs_input_grad[:2]):
-            ctx.tensors = (A, ctx.tensors[1])
+    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, out: Any = None, bias: Any = None,
+                quant_state: Any = None) -> torch.Tensor:
+        ctx.is_empty = False
+        B = B.view(-1, 1)  # the installed backward's canonical layout
+        output = torch.nn.functional.linear(
+            A, functional.dequantize_4bit(B, quant_state).to(A.dtype), bias)
+        ctx.state = quant_state
+        ctx.dtype_A, ctx.dtype_B = A.dtype, B.dtype
+        ctx.dtype_bias = None if bias is None else bias.dtype
+        ctx.tensors = (A, B) if any(ctx.needs_input_grad[:2]) else (None, None)
+        if ctx.tensors[0] is not None:
             record.append(A)
-        return out
+        return output
 
     fns.MatMul4Bit.forward = staticmethod(forward)
     try:
