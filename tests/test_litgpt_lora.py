@@ -587,26 +587,27 @@ def test_head_backward_at_b1_by_hand() -> None:
     assert m["head_backward"] == 100_000 - (3 * 16 * 4 + 4 + 8) + 4 * 16 * 2 + 16 * 8 * 4
 
 
-def test_bnb_head_forward_by_hand() -> None:
-    # d 256 against V 16, b 1, s 130 (head chunks 128 and 2): bitsandbytes 0.42 dequantizes
-    # the head (16 x 256) into fp16 and bf16 while the last chunk runs, beside the first
-    # chunk's bf16 logits (128 x 16 x 2), every saved tensor but the loss's (log-softmax
-    # 129 x 16 x 4, 2 weight totals, the count; the targets are views of the ids), this
-    # step's kept inputs (no dropout: q's and v's A keep the qkv input; the attention output
-    # and MLP input 2 x 130 x 256 x 2 each, the product 2 x 130 x 16 x 2, the head's input
-    # 130 x 256 x 2) and the previous step's (those and the qkv input, 2 x 130 x 256 x 2)
+@pytest.mark.parametrize(("s", "chunks", "last"), [(130, 2, 2), (129, 2, 1), (127, 1, 127)])
+def test_bnb_head_forward_by_hand(s: int, chunks: int, last: int) -> None:
+    # d 256 against V 16, b 1 (head chunks of 128, the last ``last`` long): bitsandbytes 0.42
+    # dequantizes the head (16 x 256) into fp16 and bf16 while the last chunk runs, beside the
+    # earlier chunks' bf16 logits ((s - last) x 16 x 2), every saved tensor but the loss's
+    # (log-softmax (s - 1) x 16 x 4, a weight total per chunk, the count; the targets are
+    # views of the ids), this step's kept inputs (no dropout: q's and v's A keep the qkv
+    # input; the attention output and MLP input 2 x s x 256 x 2 each, the product
+    # 2 x s x 16 x 2, the head's input s x 256 x 2) and the previous step's (those and the qkv
+    # input, 2 x s x 256 x 2)
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=256, mlp_hidden=16, vocab_size=16,
                     block_size=256, mlp="swiglu", **_LLAMA)
     lora = LoRA(2, targets=("q", "v"))
-    kept = 2 * 130 * 256 * 2 * 2 + 2 * 130 * 16 * 2 + 130 * 256 * 2
-    before = kept + 2 * 130 * 256 * 2
-    assert kept == 341_120 and before == 474_240
+    kept = 2 * s * 256 * 2 * 2 + 2 * s * 16 * 2 + s * 256 * 2
+    before = kept + 2 * s * 256 * 2
     W, G, O, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", "for-loop")
-    S = sum(litgpt_lora_saved_terms(cfg, lora, 1, 130, precision="bf16-true",
+    S = sum(litgpt_lora_saved_terms(cfg, lora, 1, s, precision="bf16-true",
                                     base_weights="nf4").values())
-    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 1, 130, base_weights="nf4", device="cpu",
+    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 1, s, base_weights="nf4", device="cpu",
                                           impl="for-loop")
     assert moment == "head_forward"
-    held = 130 * 16 * 4
-    assert peak == W + G + O + held + S - (129 * 16 * 4 + 2 * 4 + 8) + 128 * 16 * 2 \
-        + 16 * 256 * 4 + kept + before
+    held = s * 16 * 4
+    assert peak == W + G + O + held + S - ((s - 1) * 16 * 4 + chunks * 4 + 8) \
+        + (s - last) * 16 * 2 + 16 * 256 * 4 + kept + before
