@@ -169,6 +169,9 @@ def test_loss_transients_by_hand() -> None:
     # count not made yet: 80,000 - 79,616 = 384; backward: two 128-row pieces,
     # 2 x 128 x 100 x 4 = 102,400, beat the logits' gradient 80,000
     assert litgpt_loss_transients(LLAMA, 1, 200, precision="32-true") == (384, 102_400)
+    # bf16-true, b=1, s=200: Fabric's cast holds the model's bf16 logits (200 x 100 x 2 =
+    # 40,000) beside their fp32 copy (80,000), the loss's 79,616 bytes not made yet: 40,384
+    assert litgpt_loss_transients(LLAMA, 1, 200, precision="bf16-true") == (40_384, 102_400)
     # unchunked (chunk=0): one total, no count (80,000 - 79,604); both gradients of 199 rows
     assert litgpt_loss_transients(LLAMA, 1, 200, precision="32-true", chunk=0) == (
         396, 2 * 199 * 100 * 4)
