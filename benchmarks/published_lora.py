@@ -12,8 +12,11 @@ An allocated peak (``torch.cuda.max_memory_allocated``) is compared with ``tenso
 Nothing is fitted: a row's ``unmodelled`` column names what the run did that the prediction
 does not model. litgpt's rows are predicted with ``implementation="litgpt"`` (its LoRA model
 and QLoRA set-up, `scaleplan.memory.litgpt_lora_terms`); its QLoRA rows ran bitsandbytes
-`LITGPT_BNB`, whose 4-bit matmul kept its inputs: `litgpt_bnb_terms` adds them, shown in a
-separate table (the installed bitsandbytes, which `training_memory` models, keeps none).
+`LITGPT_BNB`, whose 4-bit matmul kept its inputs as a ``ctx`` attribute that outlives
+backward: `litgpt_bnb_predict` (`scaleplan.memory.litgpt_lora_states.litgpt_bnb_tensor_peak`)
+predicts them, shown in a separate table with `litgpt_bnb_terms` (the installed bitsandbytes,
+which `training_memory` models, keeps none). `litgpt_phase_bytes` gives the run's other phases
+(loading, validation inside ``fit``) as named columns.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from typing import Any
 
 from benchmarks.published_peaks import figure_bytes
 from scaleplan import GPTConfig, LoRA, MemoryBreakdown, training_memory
+from scaleplan.memory.litgpt_lora_states import litgpt_bnb_tensor_peak, litgpt_lora_model_states
 from scaleplan.memory.litgpt_lora_terms import litgpt_bnb_saved_inputs
 
-__all__ = ["CSV_PATH", "DOC_PATH", "LITGPT_BNB", "TUNE_OPTIONS", "WITHIN", "litgpt_bnb_terms",
-           "litgpt_predict", "load_rows", "main", "predict", "render", "tune_predict"]
+__all__ = ["CSV_PATH", "DOC_PATH", "LITGPT_BNB", "TUNE_OPTIONS", "WITHIN", "litgpt_bnb_predict",
+           "litgpt_bnb_terms", "litgpt_phase_bytes", "litgpt_predict", "load_rows", "main",
+           "predict", "render", "tune_predict"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_PATH = ROOT / "scaleplan" / "data" / "published_lora.csv"
@@ -70,8 +75,7 @@ def litgpt_predict(row: dict[str, str]) -> MemoryBreakdown:
     """`training_memory` for a litgpt row: ``implementation="litgpt"``, Fabric's precision as
     the run used it, the row's `scaleplan.LoRA` (its targets mapped onto litgpt's switches,
     ``head`` included) and ``base_weights``."""
-    lora = LoRA(int(row["lora_rank"]), alpha=float(row["lora_alpha"]),
-                targets=row["lora_targets"], dropout=float(row["lora_dropout"]))
+    lora = _lora(row)
     return training_memory(_config(row), micro_batch_size=int(row["micro_batch"]),
                            seq_len=int(row["seq_len"]), precision=row["precision"],
                            optimizer=row["optimizer"], checkpointing=row["checkpointing"],
@@ -133,48 +137,113 @@ rows ran: its ``MatMul4Bit`` keeps each 4-bit linear's input, which the installe
 `training_memory` models) does not."""
 
 
-def litgpt_bnb_terms(row: dict[str, str]) -> dict[str, int]:
-    """Bytes a litgpt QLoRA row held beyond `litgpt_predict` because it ran bitsandbytes
-    `LITGPT_BNB`: the inputs its 4-bit matmul kept
-    (`scaleplan.memory.litgpt_lora_terms.litgpt_bnb_saved_inputs`), saved for backward and
-    so alive at the step's worst moment. Empty for any other row."""
-    if row["project"] != "litgpt" or row["base_weights"] not in ("nf4", "nf4-dq"):
-        return {}
-    lora = LoRA(int(row["lora_rank"]), alpha=float(row["lora_alpha"]),
+def _lora(row: dict[str, str]) -> LoRA:
+    return LoRA(int(row["lora_rank"]), alpha=float(row["lora_alpha"]),
                 targets=row["lora_targets"], dropout=float(row["lora_dropout"]))
-    terms = litgpt_bnb_saved_inputs(_config(row), lora, int(row["micro_batch"]),
-                                    int(row["seq_len"]), precision="bf16-true")
+
+
+def _litgpt_qlora(row: dict[str, str]) -> bool:
+    return row["project"] == "litgpt" and row["base_weights"] in ("nf4", "nf4-dq")
+
+
+def litgpt_bnb_terms(row: dict[str, str], *, after_backward: bool = False) -> dict[str, int]:
+    """The inputs a litgpt QLoRA row's 4-bit matmul kept because it ran bitsandbytes
+    `LITGPT_BNB` (`scaleplan.memory.litgpt_lora_terms.litgpt_bnb_saved_inputs`): those no
+    other operation saves (alive through the step), or with ``after_backward`` all of them (the
+    previous step's, alive at the next forward's fp32 cast). Empty for any other row."""
+    if not _litgpt_qlora(row):
+        return {}
+    terms = litgpt_bnb_saved_inputs(_config(row), _lora(row), int(row["micro_batch"]),
+                                    int(row["seq_len"]), precision="bf16-true",
+                                    after_backward=after_backward)
     return {k: int(v) for k, v in terms.items()}
+
+
+def litgpt_bnb_predict(row: dict[str, str]) -> tuple[int, str]:
+    """(bytes, moment): a litgpt QLoRA row's step as bitsandbytes `LITGPT_BNB` ran it
+    (`scaleplan.memory.litgpt_lora_states.litgpt_bnb_tensor_peak`, on a GPU)."""
+    return litgpt_bnb_tensor_peak(_config(row), _lora(row), int(row["micro_batch"]),
+                                  int(row["seq_len"]), base_weights=row["base_weights"],
+                                  device="cuda")
+
+
+def litgpt_phase_bytes(row: dict[str, str]) -> dict[str, int]:
+    """A litgpt row's other phases inside its ``max_memory_allocated`` (GPU, bf16 base or
+    ``bnb.nf4``), per operation; they are not training steps, so not `training_memory`'s:
+
+    - ``load``: the model is built on the GPU under ``fabric.init_module`` and the checkpoint
+      is read from a CPU mmap (litgpt/utils.py ``load_checkpoint``, ``lazy_load``), so the GPU
+      holds the model; under QLoRA each linear is quantized as it is made or loaded
+      (lightning/fabric/plugins/precision/bitsandbytes.py:313-351: its bf16 weight and the fp16
+      cast ``quantize_4bit`` reads), the largest, the head, adding V d (2 + 2) at most.
+    - ``validation``: ``validate`` inside ``fit`` (finetune/lora.py:404-406, 444-456) under
+      ``no_grad`` with the step's states, the adapter gradients set to None by ``zero_grad``
+      (QLoRA's StableEmbedding gradients stay: no optimizer zeroes them), the training
+      ``logits`` list (b s V x 4) and under bitsandbytes 0.42 the graph's kept inputs it holds,
+      plus the largest of: the unchunked head's bf16 logits beside its input and (QLoRA) its
+      dequantized fp16 and bf16 weight; Fabric's fp32 cast beside the bf16 logits; the fp32
+      logits, the sliced copy ``chunked_cross_entropy(..., chunk_size=0)`` reshapes and its
+      log-softmax (b (s - 1) V x 4 each). ``generate_example`` after it holds less (a
+      batch-1 KV cache and one token's logits).
+    """
+    cfg, lora, b, s = _config(row), _lora(row), int(row["micro_batch"]), int(row["seq_len"])
+    base = row["base_weights"] or None
+    qlora = _litgpt_qlora(row)
+    W, _, O, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", base, "cuda", None)
+    V, d = cfg.vocab_size, cfg.n_embd
+    head = V * d * 4 if qlora else 0  # fp16 dequantized + its bf16 copy
+    swap_grad = (V * d + 2 * d) * 2 if qlora else 0  # StableEmbedding's, finetune/lora.py:224
+    kept = sum(litgpt_bnb_terms(row, after_backward=True).values())
+    bsv = b * s * V
+    transient = max(b * s * d * 2 + head + bsv * 2, bsv * (2 + 4),
+                    bsv * 4 + 2 * b * (s - 1) * V * 4)
+    held = bsv * 4  # the training step's fp32 logits list
+    return {"load": int(W + head),
+            "validation": int(W + O + swap_grad + held + kept + transient)}
 
 
 def _compared(row: dict[str, str], m: MemoryBreakdown) -> int:
     if row["figure_kind"] not in ("allocated", "active"):  # torchtune prints the active peak
         raise ValueError(f"{row['id']}: figure_kind {row['figure_kind']!r} is not 'allocated' "
                          "or 'active'")
-    return m.tensor_peak + sum(litgpt_bnb_terms(row).values())
+    return litgpt_bnb_predict(row)[0] if _litgpt_qlora(row) else m.tensor_peak
 
 
 def _bnb_table(rows: list[dict[str, str]]) -> list[str]:
     lines = [
-        "", "## litgpt's QLoRA rows: bitsandbytes " + LITGPT_BNB, "",
+        "", "## litgpt's rows: bitsandbytes " + LITGPT_BNB + ", loading and validation", "",
         "litgpt 0.5.13 supports only bitsandbytes " + LITGPT_BNB + " (its QLoRA rows ran it), "
-        "whose 4-bit matmul keeps its input for backward; the installed 0.50.2, which "
-        "`training_memory` models, does not. `predicted` above adds these inputs "
-        "(`scaleplan.memory.litgpt_lora_terms.litgpt_bnb_saved_inputs`, per operation, not "
-        "fitted); everything else of the QLoRA step (the 4-bit head, the StableEmbedding swap, "
-        "the paged AdamW states, the head dequantized in backward) is in `training_memory`. "
+        "whose `MatMul4Bit.forward` keeps its input as a plain attribute (`ctx.tensors = (A, "
+        "B)`); the installed 0.50.2, which `training_memory` models, keeps none. Autograd frees "
+        "saved tensors after backward but not a node's attributes, and `fit` holds the graph "
+        "through `logits` until the next forward returns (finetune/lora.py:355): so the step "
+        "holds its own kept inputs (`kept`: those no adapter already saves) and, during the next "
+        "forward, the previous step's (`previous`: all of them); and its forward dequantizes "
+        "each 4-bit weight whole (fp16, then a bf16 copy), the head's while its last chunk "
+        "runs (`head_forward`). `predicted` is "
+        "`scaleplan.memory.litgpt_lora_states.litgpt_bnb_tensor_peak` (per operation, not "
+        "fitted; measured on CPU with 0.42's attribute replayed, "
+        "docs/validation/litgpt-lora-memory.md). `load` and `validation` are the run's other "
+        "phases inside the same `max_memory_allocated` "
+        "(`benchmarks.published_lora.litgpt_phase_bytes`): both below the step. "
         "GB = 10^9 bytes.", "",
-        "| id | bitsandbytes | training_memory | + kept inputs | predicted | published | error |",
-        "|---|---|---:|---:|---:|---:|---:|"]
+        "| id | base | training_memory | kept | previous | predicted | moment | load "
+        "| validation | published | error |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for row in rows:
-        terms = litgpt_bnb_terms(row)
-        if not terms:
+        if row["project"] != "litgpt":
             continue
         m = predict(row)
         total = _compared(row, m)
-        lines.append(f"| {row['id']} | {LITGPT_BNB} | {m.tensor_peak / 1e9:.2f} GB "
-                     f"| {sum(terms.values()) / 1e9:+.2f} GB | {total / 1e9:.2f} GB "
-                     f"| {row['figure_published']} | {total / int(row['figure_bytes']) - 1:+.1%} |")
+        moment = litgpt_bnb_predict(row)[1] if _litgpt_qlora(row) else m.peak_moment
+        kept = sum(litgpt_bnb_terms(row).values())
+        before = sum(litgpt_bnb_terms(row, after_backward=True).values())
+        phases = litgpt_phase_bytes(row)
+        lines.append(f"| {row['id']} | {row['base_weights']} | {m.tensor_peak / 1e9:.2f} GB "
+                     f"| {kept / 1e9:.2f} GB | {before / 1e9:.2f} GB | {total / 1e9:.2f} GB "
+                     f"| {moment} | {phases['load'] / 1e9:.2f} GB "
+                     f"| {phases['validation'] / 1e9:.2f} GB | {row['figure_published']} "
+                     f"| {total / int(row['figure_bytes']) - 1:+.1%} |")
     return lines
 
 
@@ -212,7 +281,8 @@ def render(rows: list[dict[str, str]] | None = None) -> str:
         "`scaleplan/data/published_lora.csv` (sources in `scaleplan/data/published_lora.md`). "
         "`predicted` is `training_memory(..., implementation=\"hf\", lora=..., base_weights=...)`"
         "'s `tensor_peak` (`implementation=\"litgpt\"` and Fabric's precision for litgpt's "
-        "rows, plus the inputs bitsandbytes 0.42 kept for its QLoRA rows), compared with the "
+        "rows; its QLoRA rows as bitsandbytes 0.42 ran them, `litgpt_bnb_tensor_peak`), "
+        "compared with the "
         "published `torch.cuda.max_memory_allocated`. "
         f"Rows within {WITHIN:.0%} are marked yes. Nothing is fitted.", "",
         "| id | model | LoRA | base | micro-batch x seq | published | predicted | error "

@@ -15,6 +15,7 @@ from scaleplan import GPTConfig, LoRA, training_memory
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.litgpt_lora_states import (
     PAGED_MIN_NUMEL,
+    litgpt_bnb_tensor_peak,
     litgpt_lora_model_states,
     litgpt_lora_moments,
 )
@@ -36,6 +37,10 @@ SHAPES = {
                            vocab_size=512, block_size=256, mlp="swiglu", **_LLAMA),
     "llama": GPTConfig(n_layer=2, n_head=4, n_kv_head=1, n_embd=128, mlp_hidden=512,
                        vocab_size=512, block_size=256, mlp="swiglu", **_LLAMA),
+    # scaleplan.reference.litgpt_bnb042.WIDE_LLAMA: the head's backward is the worst moment
+    "llama-wide": GPTConfig(n_layer=2, n_head=4, n_kv_head=1, head_dim=128, n_embd=512,
+                            mlp_hidden=1024, vocab_size=4096, block_size=256, mlp="swiglu",
+                            **_LLAMA),
 }
 ALL = ("q", "k", "v", "o", "gate", "up", "down", "head")
 LORAS = {"qv": LoRA(8, alpha=16, targets=("q", "v")),
@@ -203,12 +208,16 @@ def test_qlora_weights_and_gradients_by_hand() -> None:
 def test_moments_by_hand() -> None:
     # b 2, s 200: head chunks 128 and 72; V 16, d 8, bf16 (e 2), fp32 logits after Fabric
     m = litgpt_lora_moments(TINY, 2, 200, precision="bf16-true",
-                            base_weights="nf4", S=10_000, temp=7)
+                            base_weights="nf4", S=100_000, temp=7)
     lsm = 2 * 199 * 16 * 4
-    assert m["forward_end"] == max(10_000 - lsm + 2 * 200 * 16 * (2 + 4),
-                                   10_000 + 2 * 71 * 16 * 4)
-    assert m["backward_start"] == 10_000 + 2 * (2 * 128) * 16 * 4
-    assert m["head_backward"] == 10_000 + 2 * 72 * 16 * 2 + 16 * 8 * (2 + 2)
+    assert m["forward_end"] == max(100_000 - lsm + 2 * 200 * 16 * (2 + 4),
+                                   100_000 + 2 * 71 * 16 * 4)
+    assert m["backward_start"] == 100_000 + 2 * (2 * 128) * 16 * 4
+    # the head's backward: the loss's saved tensors freed (log-softmax, 2 x 199 int64
+    # targets, 2 fp32 weight totals, the int64 count), every chunk's gradient back in bf16
+    # (2 x 200 x 16 x 2) and the head dequantized into fp16 and bf16 (16 x 8 x 4)
+    loss = lsm + 2 * 199 * 8 + 2 * 4 + 8
+    assert m["head_backward"] == 100_000 - loss + 2 * 200 * 16 * 2 + 16 * 8 * (2 + 2)
     assert m["optimizer_step"] == 7
 
 
@@ -366,7 +375,11 @@ def test_forward_end_moments_by_hand() -> None:
 def test_chunk_edges_by_hand(s: int, chunks: int, last: int) -> None:
     m = litgpt_lora_moments(TINY, 2, s, precision="bf16-true", base_weights="nf4", S=0,
                             temp=0)
-    assert m["head_backward"] == 2 * last * 16 * 2 + 16 * 8 * 4
+    # the loss's log-softmax, b > 1 targets, one weight total per chunk and the count freed;
+    # every chunk's bf16 gradient (2 s 16 x 2) and the dequantized head (16 x 8 x 4) live
+    freed = 2 * (s - 1) * 16 * 4 + 2 * (s - 1) * 8 + chunks * 4 + 8
+    assert m["head_backward"] == -freed + 2 * s * 16 * 2 + 16 * 8 * 4
+    assert s - 128 * (chunks - 1) == last
     rows = 2 * min(s - 1, 128)
     assert m["backward_start"] == 2 * rows * 16 * 4
     loss = litgpt_lora_loss_saved_terms(TINY, 2, s, precision="bf16-true")
@@ -482,3 +495,119 @@ def test_gpu_masks_of_every_block_by_hand() -> None:
     T = 8
     assert t["lora_mlp_dropout_mask"] == 2 * T * (8 + 8 + 16)
     assert t["lora_proj_dropout_mask"] == 2 * T * 8
+
+
+# bitsandbytes 0.42.0's kept inputs (litgpt's published QLoRA rows)
+
+@pytest.mark.parametrize("row", REPLAY.get("bnb_042_steps", []), ids=lambda r: "-".join(
+    str(r[k]) for k in ("model", "lora", "micro_batch_size", "seq_len")))
+def test_bnb_042_step_peak_within_half_a_percent(row: dict[str, Any]) -> None:
+    # measured on CPU with 0.42's ctx.tensors = (A, B) replayed on the installed MatMul4Bit
+    peak, _ = litgpt_bnb_tensor_peak(SHAPES[row["model"]], LORAS[row["lora"]],
+                                     row["micro_batch_size"], row["seq_len"],
+                                     base_weights="nf4", device="cpu", impl="for-loop")
+    assert abs(peak / row["measured"] - 1) < 0.005
+
+
+def test_bnb_042_replay_covers_dropout_and_none() -> None:
+    rows = REPLAY["bnb_042_steps"]
+    assert {r["lora"] for r in rows} >= {"qv", "qv-dropout", "all", "all-dropout"}
+
+
+def test_bnb_inputs_after_backward_by_hand() -> None:
+    # after backward the adapters' saved copies are gone, the attribute still holds every
+    # input: 2 layers x T 4 x (qkv input 8 + attention output 8 + MLP input 8 + product 16)
+    # + the head's input 8, bf16
+    every = LoRA(2, targets=ALL)
+    after = litgpt_bnb_saved_inputs(TINY, every, 1, 4, after_backward=True)
+    assert sum(after.values()) == 2 * (2 * 4 * (8 + 8 + 8 + 16) + 4 * 8) == 704
+    assert sum(litgpt_bnb_saved_inputs(TINY, every, 1, 4).values()) == 0
+
+
+def test_moments_with_kept_inputs_by_hand() -> None:
+    # b 2, s 200, V 16, bf16; this step's kept inputs 300 in every moment, the previous
+    # step's 500 only at the fp32 cast (before fit rebinds logits), not at the loss's copy
+    m = litgpt_lora_moments(TINY, 2, 200, precision="bf16-true", base_weights="nf4",
+                            S=100_000, temp=7, kept=300, kept_before=500)
+    lsm = 2 * 199 * 16 * 4
+    assert m["forward_end"] == 300 + max(100_000 - lsm + 2 * 200 * 16 * (2 + 4) + 500,
+                                         100_000 + 2 * 71 * 16 * 4)
+    assert m["backward_start"] == 300 + 100_000 + 2 * (2 * 128) * 16 * 4
+    loss = lsm + 2 * 199 * 8 + 2 * 4 + 8
+    assert m["head_backward"] == 300 + 100_000 - loss + 2 * 200 * 16 * 2 + 16 * 8 * (2 + 2)
+    assert m["optimizer_step"] == 300 + 7
+
+
+def test_bnb_tensor_peak_adds_the_inputs_to_the_fp32_cast_by_hand() -> None:
+    # b 4, s 16 (T 64), dropout: the kept and previous inputs are the same tensors,
+    # 2 layers x 64 x (8 + 8 + 8 + 16) + the head's 64 x 8, bf16 = 11,264 bytes; the fp32
+    # cast's moment gains both, on top of the states and the held logits (4 x 16 x 16 x 4)
+    cfg, lora = TINY, LoRA(2, targets=("q", "v"), dropout=0.1)
+    kept = 2 * (2 * 64 * (8 + 8 + 8 + 16) + 64 * 8)
+    assert kept == 11_264
+    W, G, O, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", "for-loop")
+    S = sum(litgpt_lora_saved_terms(cfg, lora, 4, 16, precision="bf16-true",
+                                    base_weights="nf4").values())
+    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 4, 16, base_weights="nf4", device="cpu",
+                                          impl="for-loop")
+    # the cast: the loss's log-softmax (4 x 15 x 16 x 4) not made yet, bf16 and fp32 chunks
+    # (4 x 16 x 16 x 6), both steps' inputs; the loss: its flat copy (4 x 15 x 16 x 4) and
+    # this step's inputs only (fit has rebound logits, freeing the previous graph)
+    cast = S - 3840 + 6144 + 2 * kept
+    loss = S + 3840 + kept
+    assert moment == "forward_end" and cast > loss
+    assert peak == W + G + O + 4 * 16 * 16 * 4 + cast
+
+
+@pytest.mark.torch
+@pytest.mark.filterwarnings("ignore:Paged optimizers are not supported on CPU")
+def test_bnb_042_kept_inputs_outlive_backward_and_match_within_half_a_percent() -> None:
+    pytest.importorskip("litgpt")
+    pytest.importorskip("bitsandbytes")
+    from scaleplan.reference.litgpt_lora_measure import measure_litgpt_lora_step
+
+    cfg, lora = SHAPES["llama"], LORAS["qv-dropout"]
+    peak, resident = measure_litgpt_lora_step(cfg, lora, micro_batch_size=2, seq_len=48,
+                                              base_weights="nf4", bnb_keeps_input=True)
+    _, plain = measure_litgpt_lora_step(cfg, lora, micro_batch_size=2, seq_len=48,
+                                        base_weights="nf4")
+    # the first step's inputs are still alive when the second starts (its graph held by the
+    # logits): 2 layers x T 96 x (128 + 128 + 128 + 512) + the head's 96 x 128, bf16
+    assert resident - plain == 2 * (2 * 96 * (128 + 128 + 128 + 512) + 96 * 128) == 368_640
+    pred, moment = litgpt_bnb_tensor_peak(cfg, lora, 2, 48, base_weights="nf4", device="cpu",
+                                          impl="for-loop")
+    assert moment == "forward_end" and abs(pred / peak - 1) < 0.005
+
+
+def test_head_backward_at_b1_by_hand() -> None:
+    # b 1, s 4, V 16, d 8: the loss frees its log-softmax (3 x 16 x 4), one weight total and
+    # the count; its targets are views of the ids, which the StableEmbedding saves (not freed)
+    m = litgpt_lora_moments(TINY, 1, 4, precision="bf16-true", base_weights="nf4",
+                            S=100_000, temp=0)
+    assert m["head_backward"] == 100_000 - (3 * 16 * 4 + 4 + 8) + 4 * 16 * 2 + 16 * 8 * 4
+
+
+@pytest.mark.parametrize(("s", "chunks", "last"), [(130, 2, 2), (129, 2, 1), (127, 1, 127)])
+def test_bnb_head_forward_by_hand(s: int, chunks: int, last: int) -> None:
+    # d 256 against V 16, b 1 (head chunks of 128, the last ``last`` long): bitsandbytes 0.42
+    # dequantizes the head (16 x 256) into fp16 and bf16 while the last chunk runs, beside the
+    # earlier chunks' bf16 logits ((s - last) x 16 x 2), every saved tensor but the loss's
+    # (log-softmax (s - 1) x 16 x 4, a weight total per chunk, the count; the targets are
+    # views of the ids), this step's kept inputs (no dropout: q's and v's A keep the qkv
+    # input; the attention output and MLP input 2 x s x 256 x 2 each, the product
+    # 2 x s x 16 x 2, the head's input s x 256 x 2) and the previous step's (those and the qkv
+    # input, 2 x s x 256 x 2)
+    cfg = GPTConfig(n_layer=2, n_head=2, n_embd=256, mlp_hidden=16, vocab_size=16,
+                    block_size=256, mlp="swiglu", **_LLAMA)
+    lora = LoRA(2, targets=("q", "v"))
+    kept = 2 * s * 256 * 2 * 2 + 2 * s * 16 * 2 + s * 256 * 2
+    before = kept + 2 * s * 256 * 2
+    W, G, O, _ = litgpt_lora_model_states(cfg, lora, "bf16-true", "nf4", "cpu", "for-loop")
+    S = sum(litgpt_lora_saved_terms(cfg, lora, 1, s, precision="bf16-true",
+                                    base_weights="nf4").values())
+    peak, moment = litgpt_bnb_tensor_peak(cfg, lora, 1, s, base_weights="nf4", device="cpu",
+                                          impl="for-loop")
+    assert moment == "head_forward"
+    held = s * 16 * 4
+    assert peak == W + G + O + held + S - ((s - 1) * 16 * 4 + chunks * 4 + 8) \
+        + (s - last) * 16 * 2 + 16 * 256 * 4 + kept + before

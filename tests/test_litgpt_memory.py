@@ -138,9 +138,10 @@ def test_checkpointed_block_keeps_its_input() -> None:
 
 
 def test_chunked_loss_by_hand() -> None:
-    # b=3, s=100: 297 shifted rows in 128-row chunks (3 chunks), V=100
+    # b=3, s=100: 297 shifted rows in 128-row chunks (3 chunks), V=100; Fabric hands the loss
+    # fp32 logits under every precision (convert_output), so log-softmax and totals are fp32
     t = litgpt_loss_saved_terms(LLAMA, 3, 100, precision="bf16-true")
-    assert t == {"log_softmax": 297 * 100 * 2, "targets": 297 * 8, "loss_weight_totals": 3 * 2,
+    assert t == {"log_softmax": 297 * 100 * 4, "targets": 297 * 8, "loss_weight_totals": 3 * 4,
                  "loss_count": 8}
     one = litgpt_loss_saved_terms(LLAMA, 1, 129, precision="32-true")
     assert one == {"log_softmax": 128 * 100 * 4, "targets": 0, "loss_weight_totals": 4,
@@ -149,23 +150,31 @@ def test_chunked_loss_by_hand() -> None:
     assert litgpt_loss_saved_terms(LLAMA, 2, 300, precision="32-true", chunk=0) == {
         "log_softmax": 598 * 100 * 4, "targets": 598 * 8, "loss_weight_totals": 4}
     assert litgpt_loss_saved_terms(LLAMA, 1, 300, precision="bf16-true", chunk=0) == {
-        "log_softmax": 299 * 100 * 2, "targets": 0, "loss_weight_totals": 2}
-    assert litgpt_logits_copy_bytes(LLAMA, 3, 100, precision="bf16-mixed") == 297 * 100 * 2
+        "log_softmax": 299 * 100 * 4, "targets": 0, "loss_weight_totals": 4}
+    assert litgpt_logits_copy_bytes(LLAMA, 3, 100, precision="bf16-mixed") == 297 * 100 * 4
     assert litgpt_logits_copy_bytes(LLAMA, 1, 100, precision="bf16-mixed") == 0
 
 
 def test_loss_transients_by_hand() -> None:
-    # b=4, s=64, V=100, bf16 logits: forward end = the flat copy 4 x 63 x 100 x 2 = 50,400 (+
-    # the logits 51,200 unless held); backward = max(2 chunks of 128 rows x 100 x 2, 51,200)
-    assert litgpt_loss_transients(LLAMA, 4, 64, precision="bf16-true") == (50_400, 51_200)
+    # b=4, s=64, V=100, fp32 logits after Fabric's cast: the loss's moment = the flat copy
+    # 4 x 63 x 100 x 4 = 100,800 (+ the logits 102,400 unless held); the cast's moment = the
+    # model's bf16 logits 51,200 + their fp32 copy 102,400 - the loss's saved terms not made
+    # yet (log-softmax 100,800, targets 252 x 8, 2 weight totals x 4, count 8 = 102,832) =
+    # 50,768; backward = max(2 chunks of 128 rows x 100 x 4, the logits' gradient 102,400)
+    assert litgpt_loss_transients(LLAMA, 4, 64, precision="bf16-true") == (100_800, 102_400)
     assert litgpt_loss_transients(LLAMA, 4, 64, precision="bf16-true", hold_logits=False) \
-        == (101_600, 51_200)
-    # b=1, s=200: 199 rows, no copy; two 128-row pieces, 2 x 128 x 100 x 4 = 102,400 in fp32
-    # beat the logits' gradient 200 x 100 x 4 = 80,000
-    assert litgpt_loss_transients(LLAMA, 1, 200, precision="32-true") == (0, 102_400)
-    # unchunked (chunk=0): both gradients over all 199 rows
+        == (203_200, 102_400)
+    # b=1, s=200, 32-true: no copy; before the loss the new logits (200 x 100 x 4 = 80,000)
+    # sit beside the held ones, the loss's log-softmax (199 x 100 x 4) and 2 totals and the
+    # count not made yet: 80,000 - 79,616 = 384; backward: two 128-row pieces,
+    # 2 x 128 x 100 x 4 = 102,400, beat the logits' gradient 80,000
+    assert litgpt_loss_transients(LLAMA, 1, 200, precision="32-true") == (384, 102_400)
+    # bf16-true, b=1, s=200: Fabric's cast holds the model's bf16 logits (200 x 100 x 2 =
+    # 40,000) beside their fp32 copy (80,000), the loss's 79,616 bytes not made yet: 40,384
+    assert litgpt_loss_transients(LLAMA, 1, 200, precision="bf16-true") == (40_384, 102_400)
+    # unchunked (chunk=0): one total, no count (80,000 - 79,604); both gradients of 199 rows
     assert litgpt_loss_transients(LLAMA, 1, 200, precision="32-true", chunk=0) == (
-        0, 2 * 199 * 100 * 4)
+        396, 2 * 199 * 100 * 4)
 
 
 def test_model_and_head_terms_by_hand() -> None:
@@ -190,12 +199,12 @@ def test_training_memory_takes_litgpt_and_its_loss_side() -> None:
     m = training_memory(LLAMA, micro_batch_size=4, seq_len=64, precision="bf16-mixed",
                         implementation="litgpt", device="cpu", hold_logits=False)
     assert m.saved_for_backward == litgpt_saved_bytes(LLAMA, 4, 64, precision="bf16-mixed")
-    # the loss takes the bf16 logits as they are (no fp32 upcast): at forward end the logits
-    # (4 x 64 x 100 x 2 = 51,200; not held by the loop here) and the flat shifted copy
-    # (4 x 63 x 100 x 2 = 50,400) = 101,600 bytes, the worse; in backward two 128-row chunk
-    # gradients (2 x 128 x 100 x 2) or one logits gradient (51,200)
+    # the loss takes Fabric's fp32 logits: at forward end the logits (4 x 64 x 100 x 4 =
+    # 102,400; not held by the loop here) and the flat shifted copy (4 x 63 x 100 x 4 =
+    # 100,800) = 203,200 bytes, the worse; in backward two 128-row chunk gradients
+    # (2 x 128 x 100 x 4) or one logits gradient (102,400)
     assert m.peak_moment == "forward_end"
-    assert m.transient == 101_600
+    assert m.transient == 203_200
 
 
 @pytest.mark.parametrize(("cfg", "kwargs", "match"), [
@@ -276,7 +285,8 @@ def test_live_unchunked_loss_matches(b: int) -> None:
     from scaleplan.reference.tracking import storage_key
 
     ids = torch.randint(0, 100, (b, 300))
-    logits = torch.randn(b, 300, 100, dtype=torch.bfloat16, requires_grad=True)
+    # the loss sees the logits as Fabric's wrapper returns them under bf16-true: fp32
+    logits = torch.randn(b, 300, 100, dtype=torch.bfloat16).float().requires_grad_()
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -345,3 +355,27 @@ def test_memory_grid_agrees_with_training_memory_on_arrays() -> None:
             m = training_memory(cfg, micro_batch_size=bb, seq_len=ss, precision="bf16-true",
                                 implementation="litgpt")
             assert grid[i, j] == m.total
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed", "32-true"])
+def test_fabric_returns_fp32_logits_as_the_harness_replays(precision: str) -> None:
+    # a real Lightning Fabric on CPU: _FabricModule.forward ends with convert_output, which
+    # casts the bf16 logits of bf16-true / bf16-mixed to fp32 (what the harness replays)
+    pytest.importorskip("litgpt")
+    fabric_mod = pytest.importorskip("lightning.fabric")
+    import torch
+
+    from scaleplan.reference.litgpt_measure import fabric_output, litgpt_config
+    litgpt = pytest.importorskip("litgpt")
+    fabric = fabric_mod.Fabric(accelerator="cpu", devices=1, precision=precision)
+    with fabric.init_module():
+        model = litgpt.GPT(litgpt.Config(**litgpt_config(LLAMA)))
+    wrapped = fabric.setup_module(model)
+    ids = torch.randint(0, LLAMA.vocab_size, (2, 8))
+    logits = wrapped(ids)
+    assert logits.dtype == torch.float32
+    raw = model(ids)  # the module itself, outside Fabric's precision context
+    assert fabric_output(raw, precision).dtype == logits.dtype
+    if precision == "bf16-true":
+        assert raw.dtype == torch.bfloat16

@@ -4,8 +4,8 @@ that sets them beside scaleplan's predictions is the one the benchmark writes no
 The rows are evidence, not fitted; the LoRA rows (peaks dominated by the bf16 base) are checked
 to stay within issue 19's 10%. litgpt's rows are predicted with implementation="litgpt" (its LoRA
 model, its QLoRA set-up: scaleplan.memory.litgpt_lora_terms); its QLoRA runs ran bitsandbytes
-0.42, whose 4-bit matmul kept its input: that term is set beside the prediction (see
-scaleplan/data/published_lora.md)."""
+0.42, whose 4-bit matmul kept its input as a ctx attribute that outlives backward: those rows
+are predicted with litgpt_bnb_tensor_peak (see scaleplan/data/published_lora.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from benchmarks.published_lora import (
     DOC_PATH,
     LITGPT_BNB,
     WITHIN,
+    litgpt_bnb_predict,
     litgpt_bnb_terms,
+    litgpt_phase_bytes,
     load_rows,
     predict,
     render,
@@ -80,21 +82,74 @@ def test_only_litgpt_qlora_rows_get_bnb_terms() -> None:
         assert bool(terms) == (row["project"] == "litgpt" and row["base_weights"] == "nf4")
 
 
-LITGPT_QLORA_WITHIN = ("litgpt-llama2-7b-qlora-1xa10g", "litgpt-llama3-8b-qlora-1xa10g",
-                       "litgpt-mistral-7b-v0.2-qlora-1xa10g")
+LITGPT_QLORA = ("litgpt-llama2-7b-qlora-1xa10g", "litgpt-mistral-7b-v0.2-qlora-1xa10g",
+                "litgpt-tinyllama-qlora-1xa10g")
 
 
-@pytest.mark.parametrize("row_id", LITGPT_QLORA_WITHIN)
+@pytest.mark.parametrize("row_id", LITGPT_QLORA)
 def test_litgpt_qlora_rows_within_ten_percent(row_id: str) -> None:
     row = _row(row_id)
-    total = predict(row).tensor_peak + sum(litgpt_bnb_terms(row).values())
+    total, _ = litgpt_bnb_predict(row)
     assert abs(total / int(row["figure_bytes"]) - 1) <= WITHIN
 
 
-@pytest.mark.xfail(strict=True, reason="TinyLlama QLoRA is -10.7%: 1.7 GB more than the "
-                   "model accounts for, the same kind of QLoRA-only shortfall as the 7B rows "
-                   "(-7% to -8%); see scaleplan/data/published_lora.md")
-def test_litgpt_tinyllama_qlora_within_ten_percent() -> None:
+@pytest.mark.xfail(strict=True, reason="Llama 3 8B QLoRA is +12%: bitsandbytes 0.42's forward "
+                   "dequantizes its 128,256 x 4096 head whole (2.1 GB) beside both steps' kept "
+                   "inputs; the rows of the same run with Llama 2's tokenizer are +2% to +4% "
+                   "(see scaleplan/data/published_lora.md)")
+def test_litgpt_llama3_qlora_within_ten_percent() -> None:
+    row = _row("litgpt-llama3-8b-qlora-1xa10g")
+    total, _ = litgpt_bnb_predict(row)
+    assert abs(total / int(row["figure_bytes"]) - 1) <= WITHIN
+
+
+def test_head_forward_by_hand_for_llama2_7b() -> None:
+    # bitsandbytes 0.42's forward dequantizes the 32,000 x 4096 head into fp16 and bf16
+    # (x 4 bytes) while the last of its 4 chunks runs, beside the three earlier bf16 chunks
+    # (2 x 384 x 32,000 x 2), every saved tensor but the loss's (log-softmax 2 x 511 x 32,000
+    # x 4, targets 2 x 511 x 8, 4 weight totals, the count), the states, the held fp32 logits
+    # and both steps' kept inputs (1,535,115,264 bytes each: dropout, so the same tensors)
+    row = _row("litgpt-llama2-7b-qlora-1xa10g")
+    peak, moment = litgpt_bnb_predict(row)
+    assert moment == "head_forward"
+    V, d = 32000, 4096
+    m = predict(row)
+    loss = 2 * 511 * V * 4 + 2 * 511 * 8 + 4 * 4 + 8
+    held = 2 * 512 * V * 4  # the previous step's fp32 logits list, bound until now
+    assert peak == m.weights + m.gradients + m.optimizer + held + m.saved_for_backward \
+        - loss + 2 * 384 * V * 2 + 4 * V * d + 2 * 1_535_115_264
+
+
+def test_previous_step_inputs_by_hand_for_tinyllama() -> None:
+    # TinyLlama 1.1B, b 8 x 512 (T 4096), every linear adapted with dropout 0.05: no adapter
+    # saves a 4-bit linear's own input, so the previous step's inputs are this step's: per
+    # layer qkv input, attention output, MLP input (d 2048 each) and product (5632), + head
     row = _row("litgpt-tinyllama-qlora-1xa10g")
-    total = predict(row).tensor_peak + sum(litgpt_bnb_terms(row).values())
-    assert abs(total / int(row["figure_bytes"]) - 1) <= WITHIN
+    T = 4096
+    both = 2 * T * (22 * (3 * 2048 + 5632) + 2048)
+    assert sum(litgpt_bnb_terms(row).values()) == both == 2_139_095_040
+    assert sum(litgpt_bnb_terms(row, after_backward=True).values()) == both
+    assert litgpt_bnb_predict(row)[1] == "forward_end"
+
+
+def test_validation_transient_by_hand_for_tinyllama_lora() -> None:
+    # b 8, s 512, V 32000: the unchunked logits (b s V = 131,072,000); the largest moment is
+    # the loss on fp32 logits: the logits, the sliced flat copy and its log-softmax
+    # (8 x 511 x 32000 x 4 each); on top of the held training logits (b s V x 4), the weights
+    # and AdamW states; no kept inputs without bitsandbytes
+    row = _row("litgpt-tinyllama-lora-1xa10g")
+    bsv = 8 * 512 * 32000
+    transient = bsv * 4 + 2 * 8 * 511 * 32000 * 4
+    phases = litgpt_phase_bytes(row)
+    m = predict(row)
+    assert phases["validation"] == m.weights + m.optimizer + bsv * 4 + transient
+    assert phases["load"] == m.weights
+
+
+def test_load_and_validation_stay_below_the_step() -> None:
+    for row in ROWS:
+        if row["project"] != "litgpt":
+            continue
+        step = litgpt_bnb_predict(row)[0] if row["base_weights"] == "nf4" \
+            else predict(row).tensor_peak
+        assert max(litgpt_phase_bytes(row).values()) < step, row["id"]

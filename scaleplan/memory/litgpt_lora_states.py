@@ -19,7 +19,9 @@ from typing import Any
 from scaleplan.memory.litgpt_lora_terms import (
     HEAD_CHUNK,
     QUANTIZED_BASES,
+    litgpt_bnb_saved_inputs,
     litgpt_lora_adapter_shapes,
+    litgpt_lora_loss_saved_terms,
     litgpt_lora_saved_terms,
     model_bytes,
 )
@@ -29,8 +31,8 @@ from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.params import count_params
 
-__all__ = ["BNB_STATE_BYTES", "PAGED_MIN_NUMEL", "litgpt_lora_model_states",
-           "litgpt_lora_moments", "litgpt_lora_stage_parts"]
+__all__ = ["BNB_STATE_BYTES", "PAGED_MIN_NUMEL", "litgpt_bnb_tensor_peak",
+           "litgpt_lora_model_states", "litgpt_lora_moments", "litgpt_lora_stage_parts"]
 
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes optimizer.py get_state_buffer: smaller tensors not paged
 BNB_STATE_BYTES = 8  # 32-bit (Paged)AdamW: state1 and state2 fp32 per element, any param dtype
@@ -107,9 +109,23 @@ def _adapter_numels(cfg: GPTConfig, lora: LoRA) -> list[Any]:
 
 
 def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
-                        base_weights: str | None, S: Any, temp: Any) -> dict[str, Any]:
+                        base_weights: str | None, S: Any, temp: Any, kept: Any = 0,
+                        kept_before: Any = 0) -> dict[str, Any]:
     """Live bytes beyond the states at the step's worst moments, the fp32 logits list the loop
     holds (b s V x 4, from the step before during the forward) counted apart.
+
+    ``kept``: the inputs bitsandbytes 0.42.0's ``MatMul4Bit.forward`` keeps as a plain
+    attribute, ``ctx.tensors = (A, B)`` (bitsandbytes/autograd/_functions.py, MatMul4Bit,
+    read at TimDettmers/bitsandbytes@29e3420c, a later commit with the same ``MatMul4Bit``;
+    `scaleplan.memory.litgpt_lora_terms.
+    litgpt_bnb_saved_inputs`), not through ``save_for_backward``: autograd frees saved tensors
+    after backward but not a node's attributes, which live as long as the graph, and ``fit``
+    keeps the graph through ``logits`` (each chunk's ``grad_fn`` leads back through every
+    block) until the next ``logits = model(...)`` returns (finetune/lora.py:355; ``loss`` is a
+    float from line 377 with ``log_interval: 1``). So every moment holds this step's
+    (``kept``: those no other operation saves), and the fp32 cast (inside Fabric's forward,
+    before ``logits`` is rebound) the previous step's too (``kept_before``: all of them, the
+    saved tensors they shared being freed by its backward).
 
     - ``forward_end``: the larger of two moments. Fabric's ``convert_output`` casting the
       chunks to fp32 (wrappers.py:138): the saved tensors but the loss's, the model's chunks
@@ -122,7 +138,10 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
       logits gradient as large as the log-softmax it freed.
     - ``head_backward`` (QLoRA): the head's ``MatMul4Bit.backward`` dequantizes the whole head
       weight into fp16 (the quant state's dtype) and copies it to the gradient's dtype (V d
-      (2 + e)), beside the last chunk's gradient cast back to e bytes (b c V e).
+      (2 + e)). Autograd runs the nodes made last first: every chunk's loss, then every
+      chunk's fp32 cast (Fabric's, made after the head), then the head's chunks from the
+      last; so when the last chunk's head runs, the loss's saved tensors are freed and every
+      chunk's gradient waits cast back to e bytes (b s V e).
     - ``optimizer_step``: the optimizer's temporaries.
     """
     e, V, d = model_bytes(precision), cfg.vocab_size, cfg.n_embd
@@ -133,12 +152,53 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     lsm = b * (s - 1) * V * FP32
     rows = b * _smaller(s - 1, HEAD_CHUNK)  # a full chunk, or the one sliced chunk
     moments: dict[str, Any] = {
-        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32, S + copy),
+        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32 + kept_before,
+                               S + copy),
         "backward_start": S + 2 * rows * V * FP32,
         "optimizer_step": temp}
     if base_weights in QUANTIZED_BASES:
-        moments["head_backward"] = S + b * c * V * e + V * d * (HALF + e)
-    return moments
+        loss = sum(litgpt_lora_loss_saved_terms(cfg, b, s, precision=precision,
+                                                ids_saved=True).values())
+        moments["head_backward"] = S - loss + b * s * V * e + V * d * (HALF + e)
+    return {k: v + kept for k, v in moments.items()}
+
+
+def litgpt_bnb_tensor_peak(cfg: GPTConfig, lora: LoRA, b: int, s: int, *,
+                           base_weights: str, device: str = "cuda",
+                           impl: str | None = None) -> tuple[int, str]:
+    """(bytes, moment) of litgpt's QLoRA step at its worst moment as bitsandbytes 0.42.0 ran
+    it: the states, the held fp32 logits and the largest of `litgpt_lora_moments` with the
+    kept inputs (``kept``, ``kept_before``), and ``head_forward``: 0.42.0's forward
+    dequantizes each 4-bit weight whole (``F.dequantize_4bit(B, quant_state).to(A.dtype)``,
+    fp16 then bf16), the head's (V d x 4) while the last chunk runs, beside the chunks before
+    it (b (s - c) V x 2), every saved tensor but the loss's, and both steps' kept inputs.
+    ``training_memory`` models the installed bitsandbytes, whose fused ``gemm_4bit`` keeps no
+    input; this is the published rows' version (benchmarks/published_lora.py).
+
+    >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
+    ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
+    >>> # the head (16 x 8) dequantized, 512 bytes, beside 4 tokens' logits: the head's moment
+    >>> litgpt_bnb_tensor_peak(cfg, LoRA(2, targets=("q", "v")), 1, 4, base_weights="nf4")[1]
+    'head_forward'
+    """
+    W, G, O, temp = litgpt_lora_model_states(cfg, lora, "bf16-true", base_weights, device,
+                                             impl)
+    saved = litgpt_lora_saved_terms(cfg, lora, b, s, precision="bf16-true",
+                                    base_weights=base_weights, device=device)
+    kept = sum(litgpt_bnb_saved_inputs(cfg, lora, b, s).values())
+    before = sum(litgpt_bnb_saved_inputs(cfg, lora, b, s, after_backward=True).values())
+    moments = litgpt_lora_moments(cfg, b, s, precision="bf16-true", base_weights=base_weights,
+                                  S=sum(saved.values()), temp=temp, kept=kept,
+                                  kept_before=before)
+    V, S = cfg.vocab_size, sum(saved.values())
+    loss = sum(litgpt_lora_loss_saved_terms(cfg, b, s, precision="bf16-true",
+                                            ids_saved=True).values())
+    c = s - HEAD_CHUNK * ((s + HEAD_CHUNK - 1) // HEAD_CHUNK - 1)  # the last chunk's length
+    moments["head_forward"] = S - loss + b * (s - c) * V * HALF + V * cfg.n_embd * 2 * HALF \
+        + kept + before
+    held = b * s * V * FP32
+    worst = max(moments, key=lambda k: moments[k])
+    return int(W + G + O + held + moments[worst]), worst
 
 
 def _smaller(x: Any, y: Any) -> Any:

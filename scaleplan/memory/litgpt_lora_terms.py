@@ -281,12 +281,16 @@ def _head_terms(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *, precision: Precis
 
 
 def litgpt_bnb_saved_inputs(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
-                            precision: Precision = "bf16-true") -> dict[str, Any]:
+                            precision: Precision = "bf16-true", after_backward: bool = False
+                            ) -> dict[str, Any]:
     """The inputs bitsandbytes 0.42.0's ``MatMul4Bit`` keeps (``ctx.tensors = (A, B)``) that
     no other operation of litgpt's QLoRA step saves, by tensor, all blocks: the fused qkv's
     input (norm_1's output, T d), the attention output copy (T a h), the MLP input (norm_2's
     output, shared by fc_1 and fc_2, T d), the MLP product (T f) and the head's input (T d),
     each unless an adapter without dropout already saves it. 0.50.2 keeps none.
+    ``after_backward``: what the attributes still hold once backward has freed the saved
+    tensors (the graph kept alive, `scaleplan.memory.litgpt_lora_states.litgpt_lora_moments`):
+    every one of these inputs, shared with an adapter or not.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
     ...                 bias=False, position="rope", norm="rmsnorm", mlp="swiglu")
@@ -299,6 +303,8 @@ def litgpt_bnb_saved_inputs(cfg: GPTConfig, lora: LoRA, b: Any, s: Any, *,
     d, f, ah = cfg.n_embd, cfg.mlp_hidden, cfg.n_head * cfg.head_dim
     kept = {"qkv": not dropout, "proj": on["lora_projection"] and not dropout,
             "mlp": on["lora_mlp"] and not dropout, "head": on["lora_head"] and not dropout}
+    if after_backward:
+        kept = dict.fromkeys(kept, False)
     terms = {"bnb_qkv_input": 0 if kept["qkv"] else L * T * d * e,
              "bnb_proj_input": 0 if kept["proj"] else L * T * ah * e,
              "bnb_mlp_input": 0 if kept["mlp"] else L * T * d * e,

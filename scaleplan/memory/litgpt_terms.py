@@ -29,8 +29,10 @@ What litgpt's code saves, and where it differs from nanoGPT's layout:
 - Under autocast (``bf16-mixed``) each linear casts its input on its own: the MLP's two gated
   projections keep two bf16 copies, and a shared norm (Phi-2) is cast once for q/k/v and once
   for the MLP.
-- The loss runs outside Fabric's precision context on the (bf16 under bf16 parameters and
-  autocast) logits: `litgpt_loss_saved_terms`.
+- The loss runs outside Fabric's precision context on the logits as Fabric's wrapper returns
+  them: its ``convert_output`` casts the model's floating outputs to torch's default dtype, so
+  the bf16 logits of bf16-true and bf16-mixed become fp32 (`LITGPT_LOGITS_BYTES`) before
+  `litgpt_loss_saved_terms` and the loop holds them in fp32.
 
 Validated on CPU (``python -m scaleplan.reference.litgpt_measure --grid``,
 docs/validation/litgpt-memory.md).
@@ -45,6 +47,7 @@ from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
 
 __all__ = [
+    "LITGPT_LOGITS_BYTES",
     "LITGPT_LOSS_CHUNK",
     "LITGPT_PRECISIONS",
     "LitgptPrecision",
@@ -65,6 +68,11 @@ LitgptPrecision = Literal["32-true", "bf16-true", "bf16-mixed"]
 
 LITGPT_LOSS_CHUNK = 128  # chunked_cross_entropy's default chunk_size, rows of the flat logits
 FP32 = 4
+LITGPT_LOGITS_BYTES = FP32
+"""Bytes per logit as litgpt's loop sees them under every Fabric precision: ``_FabricModule``
+casts the model's floating outputs to torch's default dtype, fp32 (``convert_output``,
+lightning/fabric/wrappers.py:138; plugins/precision/half.py:62-63 for bf16-true, amp.py:71-72
+for bf16-mixed, fsdp.py:128-129 under FSDP; 32-true's are fp32 already)."""
 HALF = 2
 INDEX = 8  # int64 ids and targets
 LITGPT_PRECISIONS: tuple[LitgptPrecision, ...] = ("32-true", "bf16-true", "bf16-mixed")
@@ -211,8 +219,8 @@ def litgpt_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
                             chunk: int = LITGPT_LOSS_CHUNK) -> dict[str, Any]:
     """``chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:])``: the flat shifted
     logits (T' = b (s - 1) rows) are split into ``chunk``-row pieces, and each piece's
-    cross-entropy keeps its log-softmax (in the logits' dtype: fp32 under ``"32-true"``, bf16
-    otherwise, since Fabric's autocast ends with the model's forward) and its weight total (a
+    cross-entropy keeps its log-softmax (in the logits' dtype: fp32 under every precision, the
+    logits being Fabric's fp32 cast, `LITGPT_LOGITS_BYTES`) and its weight total (an fp32
     scalar); together the pieces hold all T' V log-probabilities. The shifted targets are
     copied for b > 1 (a view of the ids at b = 1), and the division keeps the int64 count.
 
@@ -224,7 +232,8 @@ def litgpt_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     >>> litgpt_loss_saved_terms(cfg, 2, 65, precision="32-true")
     {'log_softmax': 8192, 'targets': 1024, 'loss_weight_totals': 4, 'loss_count': 8}
     """
-    e, _, _ = _bytes(precision)
+    _bytes(precision)
+    e = LITGPT_LOGITS_BYTES
     rows = b * (s - 1)
     one = is_integer(b) and int(b) == 1
     terms: dict[str, Any] = {"log_softmax": rows * cfg.vocab_size * e,
@@ -239,13 +248,15 @@ def litgpt_loss_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
 
 def litgpt_logits_copy_bytes(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision) -> Any:
     """The flat copy ``logits[..., :-1, :].reshape(-1, V)`` that ``chunked_cross_entropy``
-    splits, live while the loss's chunks are computed: b (s - 1) V in the logits' dtype for
-    b > 1 (at b = 1 the slice is contiguous and the reshape a view). Not saved for backward.
+    splits, live while the loss's chunks are computed: b (s - 1) V in the logits' dtype (fp32,
+    `LITGPT_LOGITS_BYTES`) for b > 1 (at b = 1 the slice is contiguous and the reshape a
+    view). Not saved for backward.
 
     >>> litgpt_logits_copy_bytes(GPTConfig(vocab_size=16), 2, 5, precision="bf16-mixed")
-    256
+    512
     """
-    e, _, _ = _bytes(precision)
+    _bytes(precision)
+    e = LITGPT_LOGITS_BYTES
     one = is_integer(b) and int(b) == 1
     return 0 if one else b * (s - 1) * cfg.vocab_size * e
 
@@ -256,28 +267,38 @@ def litgpt_loss_transients(cfg: GPTConfig, b: Any, s: Any, *, precision: Precisi
     """Bytes live on top of the saved tensors (and of the held logits, with ``hold_logits``:
     litgpt's loop keeps ``logits`` until the next forward) at the loss's two worst moments.
 
-    - Forward end: the flat shifted copy of the logits (`litgpt_logits_copy_bytes`) while the
-      chunks' log-softmaxes are computed, and the logits themselves unless the loop holds them.
+    - Forward end, the larger of two moments. Fabric's cast, as its wrapper returns: the
+      model's bf16 logits (b s V x 2; none under ``"32-true"``, whose logits are fp32 already)
+      and their fp32 copy (b s V x 4) beside the previous step's, which the loop holds until
+      it binds the new ones; the loss has saved nothing yet. The loss: the flat shifted copy of
+      the fp32 logits (`litgpt_logits_copy_bytes`) while the chunks' log-softmaxes are
+      computed, and the logits themselves unless the loop holds them.
     - Backward: autograd takes the chunks one at a time (the last created first); a chunk's
       log-softmax backward holds the nll gradient and its own output gradient (two chunk-sized
       tensors, ``min(chunk, b (s - 1))`` rows each) while its saved log-softmax is still alive;
       each finished chunk frees its log-softmax as it leaves a gradient of the same size. Then
       the split's backward joins the chunk gradients and the slice's backward pads them into a
       zero-filled gradient of the logits: once the log-softmaxes are freed, one logits-sized
-      gradient (b s V) more than the saved tensors. The larger of the two, in the logits' dtype.
+      gradient (b s V) more than the saved tensors. The larger of the two, in fp32 (Fabric's
+      cast, `LITGPT_LOGITS_BYTES`).
 
     Checked against the live peak of whole litgpt steps on CPU
     (`scaleplan.reference.litgpt_measure.measure_litgpt_step`, docs/validation/litgpt-memory.md).
 
     >>> litgpt_loss_transients(GPTConfig(vocab_size=16), 2, 5, precision="bf16-true")
-    (256, 512)
+    (512, 1024)
     """
-    e, _, _ = _bytes(precision)
+    e_model, _, _ = _bytes(precision)
+    e = LITGPT_LOGITS_BYTES
     V, rows = cfg.vocab_size, b * (s - 1)
     logits = b * s * V * e
     copy = litgpt_logits_copy_bytes(cfg, b, s, precision=precision)
     piece = rows if chunk == 0 else _smaller(rows, chunk)
-    return copy + (0 if hold_logits else logits), _larger(2 * piece * V * e, logits)
+    model_out = 0 if precision == "32-true" else b * s * V * e_model
+    loss = litgpt_loss_saved_terms(cfg, b, s, precision=precision, chunk=chunk)
+    cast = model_out + logits - sum(loss.values())
+    return (_larger(copy + (0 if hold_logits else logits), cast),
+            _larger(2 * piece * V * e, logits))
 
 
 def litgpt_no_sync_gradient_bytes(cfg: GPTConfig, *, precision: Precision) -> Any:

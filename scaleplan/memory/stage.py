@@ -32,6 +32,7 @@ from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
+    LITGPT_LOGITS_BYTES,
     litgpt_loss_transients,
     litgpt_no_sync_gradient_bytes,
     litgpt_saved_terms,
@@ -120,6 +121,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     TV = per_rank(b * s * cfg.vocab_size, t) if heads else 0  # vocab-parallel logits
     e, loss_bytes = activation_bytes(p), residual_bytes(p)
     logit_bytes, loss_bytes = (TUNE_LOGITS_BYTES,) * 2 if tune else (e, loss_bytes)
+    # litgpt: Fabric's wrapper returns the logits cast to fp32
+    logit_bytes = {"litgpt": LITGPT_LOGITS_BYTES}.get(implementation, logit_bytes)
     held = TV * logit_bytes if hold_logits else 0
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
@@ -227,7 +230,7 @@ def _loss_moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, S: Any, copies: 
                   hold_logits: bool) -> tuple[dict[str, Any], Any]:
     """(the forward-end, backward-start and optimizer-step moments, the logits held on top of
     them) for the loss as the code computes it: compiled (the returned logits are the saved
-    ones, held only once backward freed them), litgpt's chunked loss on the logits as they are,
+    ones, held only once backward freed them), litgpt's chunked loss on Fabric's fp32 logits,
     or a log-softmax of the (upcast) logits."""
     if compiled:
         return {

@@ -26,12 +26,14 @@ writes docs/validation/litgpt-lora-memory.md and tests/data/litgpt_lora_memory.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import itertools
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,11 @@ import torch
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA
+from scaleplan.reference.litgpt_bnb042 import (
+    bnb_042_kept_inputs,
+    bnb_042_lines,
+    bnb_042_step_grid,
+)
 from scaleplan.reference.litgpt_measure import GRID_SHAPES, litgpt_config
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
@@ -108,7 +115,8 @@ def build_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, precision: str = "bf16-true
     return model
 
 
-def lora_step(model: Any, ids: torch.Tensor, precision: str
+def lora_step(model: Any, ids: torch.Tensor, precision: str,
+              on_logits: Callable[[list[torch.Tensor]], None] | None = None
               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``finetune/lora.py:355-358``: the chunked head, the last chunk sliced, the chunked loss;
     returns the loss and the logits chunks (which ``fit`` holds until the next forward returns).
@@ -116,7 +124,9 @@ def lora_step(model: Any, ids: torch.Tensor, precision: str
     ``forward_context`` of Fabric's ``HalfPrecision`` and ``BitsandbytesPrecision``), and the
     output goes through their ``convert_output`` (lightning/fabric/wrappers.py:135-138,
     plugins/precision/half.py:62-63, bitsandbytes.py:155-157): every floating tensor of it, each
-    logits chunk, cast to the default dtype once the context has exited, fp32."""
+    logits chunk, cast to the default dtype once the context has exited, fp32. ``on_logits``
+    gets the cast list before the loss: ``fit`` binds it to ``logits`` there
+    (finetune/lora.py:355), freeing the previous step's list and the graph it held."""
     utils: Any = importlib.import_module("litgpt.utils")
     default = torch.get_default_dtype()
     if precision == "bf16-true":
@@ -126,6 +136,8 @@ def lora_step(model: Any, ids: torch.Tensor, precision: str
     finally:
         torch.set_default_dtype(default)
     logits = [chunk.to(default) for chunk in logits]  # Fabric's convert_output
+    if on_logits is not None:
+        on_logits(logits)
     logits[-1] = logits[-1][..., :-1, :]
     loss: torch.Tensor = utils.chunked_cross_entropy(logits, ids[..., 1:])
     return loss, logits
@@ -158,14 +170,16 @@ def measure_litgpt_lora(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: int, se
 
 def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: int,
                              seq_len: int, precision: str = "bf16-true",
-                             base_weights: str | None = None, seed: int = 0
-                             ) -> tuple[int, int]:
+                             base_weights: str | None = None, seed: int = 0,
+                             bnb_keeps_input: bool = False) -> tuple[int, int]:
     """(peak, resident) live bytes of one whole step on CPU: forward, chunked loss, backward
     and torch's for-loop AdamW over the trainable parameters (QLoRA: the script's PagedAdamW),
     after a first step made the gradients and states (the last micro-batch of gradient
     accumulation; the previous step's ``logits`` held by the loop until the forward returns,
     as in ``fit``). QLoRA's step holds the replaced embedding (``old_wte``) and the
-    new one's gradient, which no optimizer zeroes."""
+    new one's gradient, which no optimizer zeroes. ``bnb_keeps_input``: the 4-bit matmul
+    keeps its input as bitsandbytes 0.42.0 did (`bnb_042_kept_inputs`); the first step's
+    kept inputs stay with its graph (held through ``logits``) and count as resident."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_litgpt_lora(cfg, lora, precision=precision, base_weights=base_weights,
@@ -178,14 +192,27 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
 
     def step() -> None:
         loss: Any
-        loss, logits = lora_step(model, ids, precision)
-        held[:] = [logits]  # the previous step's logits were alive until now
+        # fit's ``logits = model(...)``: the previous list (and its graph) lives until now
+        loss, _ = lora_step(model, ids, precision,
+                            on_logits=lambda x: held.__setitem__(slice(None), [x]))
         loss.backward()
         opt.step()
 
-    step()
-    gc.collect()
-    tracker = LiveBytesTracker()
+    kept: list[torch.Tensor] = []
+    with bnb_042_kept_inputs(kept) if bnb_keeps_input else contextlib.nullcontext():
+        step()
+        gc.collect()
+        tracker = LiveBytesTracker()
+        tracker.add_resident(kept)
+        kept.clear()
+        resident = _tracked_step(tracker, model, opt, ids, held, base_weights, step)
+    return tracker.peak, resident
+
+
+def _tracked_step(tracker: LiveBytesTracker, model: Any, opt: Any, ids: torch.Tensor,
+                  held: list[list[torch.Tensor]], base_weights: str | None,
+                  step: Any) -> int:
+    """Register what the step starts with, run it under ``tracker``; the resident bytes."""
     states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     extra = [model.old_wte.weight] if base_weights is not None else []
@@ -194,7 +221,7 @@ def measure_litgpt_lora_step(cfg: GPTConfig, lora: LoRA, *, micro_batch_size: in
     resident = tracker.current
     with tracker:
         step()
-    return tracker.peak, resident
+    return resident
 
 
 def _quant_states(model: Any) -> list[torch.Tensor]:
@@ -232,7 +259,6 @@ STEP_CASES = (("llama", "bf16-true", "qv-dropout", 2, 48, None),
               ("llama", "bf16-true", "qv-dropout", 2, 48, "nf4"),
               ("tinyllama", "bf16-true", "all-dropout", 2, 48, "nf4"))
 """(shape, precision, adapters, b, s, base_weights) of the whole-step cases."""
-
 
 def _predict(cfg: GPTConfig, lora: LoRA, b: int, s: int, precision: Any,
              base_weights: str | None) -> int:
@@ -281,7 +307,8 @@ def step_grid() -> list[dict[str, Any]]:
     return rows
 
 
-def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]],
+           bnb: list[dict[str, Any]]) -> str:
     worst = max(abs(r["error"]) for r in rows)
     lines = [
         "# litgpt LoRA / QLoRA: saved-for-backward bytes and step peaks, measured vs predicted",
@@ -317,7 +344,7 @@ def _table(rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> str:
     lines += [f"| {r['model']} | {r['precision']} | {r['lora']} | {r['base_weights'] or '-'} "
               f"| {r['micro_batch_size']} | {r['seq_len']} | {r['measured']:,} "
               f"| {r['predicted']:,} | {r['moment']} | {r['error']:+.3%} |" for r in steps]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + bnb_042_lines(bnb)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,13 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.grid:
         parser.print_help()
         return 2
-    rows, steps = grid(), step_grid()
-    text = _table(rows, steps)
+    rows, steps, bnb = grid(), step_grid(), bnb_042_step_grid()
+    text = _table(rows, steps, bnb)
     Path(args.out).write_text(text)
     keys = ("model", "precision", "lora", "base_weights", "micro_batch_size", "seq_len",
             "measured")
     replay = {"saved": [{k: r[k] for k in (*keys, "by_module")} for r in rows],
-              "steps": [{k: r[k] for k in keys} for r in steps]}
+              "steps": [{k: r[k] for k in keys} for r in steps],
+              "bnb_042_steps": [{k: r[k] for k in keys} for r in bnb]}
     Path(args.json).write_text(json.dumps(replay, indent=1) + "\n")
     sys.stdout.write(text)
     return 0

@@ -13,7 +13,11 @@ Fabric's precisions are reproduced without Fabric: ``"32-true"`` fp32 parameters
 parameters converted to bf16 and the forward run with bf16 as torch's default dtype (Fabric's
 ``HalfPrecision``); ``"bf16-mixed"`` fp32 parameters and the forward under
 ``torch.autocast("cpu", torch.bfloat16)`` (Fabric's ``MixedPrecision``). In each case the loss
-runs outside the precision context, as in litgpt's script (Fabric wraps only the model's forward).
+runs outside the precision context, as in litgpt's script (Fabric wraps only the model's forward),
+on the output as Fabric's wrapper returns it: `fabric_output` replays ``convert_output``
+(lightning/fabric/wrappers.py:138; plugins/precision/half.py:62-63, amp.py:71-72), which casts
+the bf16 logits to torch's default dtype, fp32 (tests/test_litgpt_memory.py checks this against
+a real ``Fabric`` on CPU).
 
 ``python -m scaleplan.reference.litgpt_measure --grid`` measures the validation grid and writes
 docs/validation/litgpt-memory.md and the replay file tests/data/litgpt_memory.json.
@@ -39,8 +43,8 @@ from scaleplan.memory.litgpt_terms import LitgptPrecision, litgpt_saved_bytes
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
-__all__ = ["GRID_SHAPES", "REAL_NAMES", "STEP_CASES", "LitgptMeasurement", "grid",
-           "litgpt_config", "main", "measure_litgpt", "measure_litgpt_step", "step_grid"]
+__all__ = ["GRID_SHAPES", "REAL_NAMES", "STEP_CASES", "LitgptMeasurement", "fabric_output",
+           "grid", "litgpt_config", "main", "measure_litgpt", "measure_litgpt_step", "step_grid"]
 
 _MLP_CLASS = {"swiglu": "LLaMAMLP", "geglu": "GemmaMLP", "gelu": "GptNeoxMLP"}
 
@@ -79,6 +83,15 @@ class LitgptMeasurement(BaseModel):
     saved_for_backward: int
     saved_by_module: dict[str, int]
     autocast_weight_copies: int
+
+
+def fabric_output(logits: torch.Tensor, precision: str) -> torch.Tensor:
+    """The model's output as ``_FabricModule.forward`` returns it: under ``"bf16-true"`` and
+    ``"bf16-mixed"`` every floating tensor cast to torch's default dtype (fp32) once the
+    precision context has exited; ``"32-true"`` leaves it as it is."""
+    if precision == "32-true" or not torch.is_floating_point(logits):
+        return logits
+    return logits.to(torch.get_default_dtype())
 
 
 @contextlib.contextmanager
@@ -135,6 +148,7 @@ def measure_litgpt(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     with tracker, recorder.recording(model):
         with _precision_context(precision):
             logits = model(ids)
+        logits = fabric_output(logits, precision)
         # still noting new storages: one the loss allocates where a freed cast had been is not
         # that cast (a 2-byte bf16 scalar counted as a weight copy made the total flaky)
         loss = utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
@@ -163,7 +177,8 @@ def measure_litgpt_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     last micro-batch of gradient accumulation (gradients and AdamW's states, for-loop, resident
     from an earlier step), forward, chunked loss, backward, optimizer step, with ``logits`` held
     by the loop as in ``finetune/full.py``. ``resident``: the bytes live before the step
-    (parameters, gradients, optimizer states, buffers, the batch)."""
+    (parameters, gradients, optimizer states, buffers, the batch, the previous step's logits:
+    ``fit`` binds ``logits`` when Fabric's forward returns, finetune/full.py)."""
     litgpt: Any = importlib.import_module("litgpt")
     utils: Any = importlib.import_module("litgpt.utils")
     torch.manual_seed(seed)
@@ -174,10 +189,14 @@ def measure_litgpt_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     opt = torch.optim.AdamW(model.parameters(), foreach=False)
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
 
+    held: list[torch.Tensor] = []
+
     def step() -> None:
         with _precision_context(precision):
-            logits = model(ids)
-        loss = utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
+            out = model(ids)
+        held[:] = [fabric_output(out, precision)]  # the previous step's logits lived until now
+        del out
+        loss = utils.chunked_cross_entropy(held[0][..., :-1, :], ids[..., 1:])
         loss.backward()
         opt.step()
 
@@ -186,7 +205,7 @@ def measure_litgpt_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     tracker = LiveBytesTracker()
     states = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
     tracker.add_resident([*model.parameters(), *(p.grad for p in model.parameters()),
-                          *states, *model.buffers(), ids])
+                          *states, *model.buffers(), ids, *held])
     resident = tracker.current
     with tracker:
         step()
