@@ -270,6 +270,11 @@ def test_plan_counts_the_adapters_and_keeps_its_options() -> None:
     plain = sp.plan(GPTConfig.preset("gpt2"), "RTX 4070", compile=True)
     assert plain.memory_options == {"compile": True}
     assert plain.params.trainable == plain.params.total == 124_439_808  # GPT-2 small, tied head
+    # the terminal report names them (and says nothing when there are none)
+    from scaleplan.planning.report import format_plan
+
+    assert "  memory options       compile=True\n" in format_plan(plain)
+    assert "memory options" not in format_plan(sp.plan(GPTConfig.preset("gpt2"), "RTX 4070"))
 
 
 def test_finetune_cli_takes_litgpt_and_torchtune_steps(capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,6 +68,9 @@ def format_plan(p: Plan) -> str:
         f"{p.checkpointing}",
     ]
     lines += _sharding(p)
+    if p.memory_options:
+        lines.append("  memory options       " + ", ".join(
+            f"{k}={v!r}" for k, v in p.memory_options.items()))
     if p.remedy:
         lines.append(f"  to fit               {p.remedy_reason or p.remedy}")
     lines += ["", f"Memory per GPU at micro-batch {p.micro_batch_size} (peak: {m.peak_moment}):"]
