@@ -322,3 +322,40 @@ def test_titan_tensor_parallel_hands_on_its_options() -> None:
                           None)[7]["optimizer_step"] == 0
     assert parts[2] > titan_tp_parts(TITAN, 2, 128, "bf16-mixed", "sgd", "full", "cpu", par,
                                      "foreach")[2] == 0
+
+
+def test_torchtune_offload_without_checkpointing_under_optimizer_in_backward() -> None:
+    from scaleplan.memory.step_switches import StepSwitches
+
+    def offload_backward(in_backward: bool) -> int:
+        sw = StepSwitches(gradient_accumulation=False, optimizer_in_backward=in_backward,
+                          activation_offload=True)
+        *_, moments = _one(LLAMA, 1, 4, "32-true", "adamw", "flash", "none", "cuda", None,
+                           False, implementation="torchtune", switches=sw)
+        return int(moments["offload_backward"])
+
+    # the moments sit on all gradients G (80,448 fp32 values); stepped in backward only the
+    # largest parameter's gradient is alive: the MLP's 64 x 128 (the embedding is 100 x 64)
+    assert offload_backward(True) - offload_backward(False) == 64 * 128 * 4 - LLAMA_PARAMS * 4
+
+
+def test_lora_paths_take_the_device() -> None:
+    # torchtune's LoRA on CUDA: foreach AdamW by default, one bf16 buffer of the 896 adapter
+    # values (on CPU the for-loop's 2 x 128 x 2, test above)
+    tune = _one(LLAMA, 2, 8, "bf16-true", "adamw", "flash", "full", "cuda", None, False,
+                implementation="torchtune", lora=QV)
+    assert tune[7]["optimizer_step"] == 896 * 2
+    # peft's LoRA dropout: the rebuilt layer keeps its masks as bool on CUDA, fp32 on CPU;
+    # a later layer's two q and v masks of 1 x 4 x 8: 2 x 32 x (4 - 1) bytes fewer on CUDA
+    drop = LoRA(2, targets=("q", "v"), dropout=0.1)
+
+    def recompute(device: str) -> int:
+        return int(_one(LORA_TINY, 1, 4, "32-true", "adamw", "flash", "full", device, "fused",
+                        False, implementation="hf", lora=drop)[7]["recompute"])
+
+    saved_cpu = _one(LORA_TINY, 1, 4, "32-true", "adamw", "flash", "full", "cpu", "fused",
+                     False, implementation="hf", lora=drop)[3]
+    saved_cuda = _one(LORA_TINY, 1, 4, "32-true", "adamw", "flash", "full", "cuda", "fused",
+                      False, implementation="hf", lora=drop)[3]
+    assert saved_cpu == saved_cuda  # checkpointed: only the block inputs and the head
+    assert recompute("cpu") - recompute("cuda") == 2 * 32 * 3
