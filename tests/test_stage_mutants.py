@@ -263,7 +263,7 @@ def test_torchtune_hands_on_its_compiled_recompute_code() -> None:
 def test_hf_compiled_takes_the_compiled_loss() -> None:
     gpt2 = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, block_size=8)
     for cfg in (gpt2, LLAMA):
-        *_, saved, copies, all_copies, held, moments = _one(
+        *_, saved, _, all_copies, held, moments = _one(
             cfg, 1, 4, "32-true", "adamw", "flash", "full", "cuda", "fused", True,
             implementation="hf", compiled=True)
         # the compiled loss: the returned logits are the saved ones, nothing held on top
