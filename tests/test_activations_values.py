@@ -225,3 +225,11 @@ def test_moe_weight_copies_and_layer_counts() -> None:
     # CPU's residual dropout mask after the experts' fp32 sum is fp32: 2 T d x 4
     cpu = block(moe, kind="moe", device="cpu", dropout=True)
     assert cpu["resid_dropout_masks"] == 2 * 64 * 64 * 4
+
+
+def test_per_head_qk_norm_copies_the_output_on_cpu() -> None:
+    # a per-head scale makes the queries contiguous per head, as "head" does: CPU's fused
+    # kernel lays out its output alike, and the output projection copies it, T a h fp32
+    per_head = LLAMA.replace(qk_norm="per_head")
+    assert block(per_head, device="cpu")["attn_out_copy"] == 64 * 4 * 16 * 4
+    assert "attn_out_copy" not in block(per_head, device="cuda")
