@@ -106,8 +106,8 @@ def test_autocast_weight_copies_by_layers_and_head() -> None:
 # What the 2026-12-05 mutmut rerun of activations.py found unchecked (68 of 608 survived):
 # parallel blocks' second norm, post norms and the embedding norm on CUDA, QK-norm beside the
 # fused and the math kernels, the output copy's device, the term names `training_memory`'s
-# saved_breakdown shows (two of them, attn_out_copy and the post norms, also decide the
-# tensor-parallel split), MoE weight copies and layer counts, the sliding-window masks' edges.
+# saved_breakdown shows (attn_out_copy's also decides the tensor-parallel split), MoE weight
+# copies and layer counts, the sliding-window masks' edges.
 # T = 64 tokens (b 2, s 32), d 64 throughout; every byte written out.
 
 
