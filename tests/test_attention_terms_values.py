@@ -164,3 +164,18 @@ def test_layernorm_qk_norm_statistics_under_cpu_autocast() -> None:
     cfg = GQA.replace(norm="layernorm", qk_norm="head")
     t = qk_norm_terms(cfg, 6, "bf16-mixed", False, True)
     assert (t["q_norm_stats"], t["k_norm_stats"]) == (2 * 24 * 4, 2 * 12 * 4)
+
+
+def test_rotated_q_and_k_are_copies_at_b_1() -> None:
+    # the 2026-12-05 mutmut rerun: RoPE's test in the b = 1 view rule was unchecked. Eager,
+    # multi-head (a = k = 4, h = 16), RoPE, fp32, b = 1, s = 32: the rotated q and k are new
+    # tensors the math kernel copies (2 T a h x 4), v stays a view of the fused projection's
+    # output, which is saved whole (T (a + 2k) h x 4)
+    from scaleplan.memory.activations import block_saved_terms
+
+    cfg = GPTConfig(n_layer=1, n_head=4, n_embd=64, vocab_size=16, block_size=32,
+                    position="rope")
+    t = block_saved_terms(cfg, 1, 32, precision="32-true", attention="eager",
+                          checkpointing="none", device="cuda", dropout=False)
+    assert t["q_k_v_copies"] == 2 * 32 * 4 * 16 * 4
+    assert t["qkv"] == 32 * 12 * 16 * 4

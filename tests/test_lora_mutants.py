@@ -315,3 +315,22 @@ def test_check_lora_refusals_whole() -> None:
         with pytest.raises(ScaleplanError, match=message):
             check_lora(cfg, lora, base, **options)  # type: ignore[arg-type]
     check_lora(TINY, QV, None, **{**kw, "parallelism": Parallelism()})  # type: ignore[arg-type]
+
+
+def test_check_lora_implementation_refusals_whole() -> None:
+    # what the 2026-12-05 mutmut rerun of lora_states found unpinned: the whole text of the
+    # implementation refusal, and torchtune's own one-GPU refusal reached through check_lora
+    from scaleplan.errors import ScaleplanError
+    from scaleplan.memory.lora_states import check_lora
+
+    with pytest.raises(ScaleplanError, match=(
+            r"^lora with implementation='nanogpt' is not modelled yet; use implementation='hf' "
+            r"\(peft wraps transformers' models\) or 'litgpt' \(litgpt's LoRA GPT\) or "
+            r"'torchtune' \(its lora_finetune_single_device\)$")):
+        check_lora(TINY, QV, None, precision="bf16-mixed", implementation="nanogpt",
+                   parallelism=None)
+    with pytest.raises(ScaleplanError, match=(
+            r"^lora with parallelism is not modelled yet; plan one GPU "
+            r"\(lora_finetune_single_device\)$")):
+        check_lora(TINY, QV, None, precision="bf16-true", implementation="torchtune",
+                   parallelism=Parallelism(data=2))

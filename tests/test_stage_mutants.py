@@ -136,3 +136,226 @@ def test_litgpt_loss_moments_by_hand() -> None:
     assert (copies, all_copies, held) == (0, 0, 640)
     assert moments == {"forward_end": S + 512, "backward_start": S + 1024,
                        "optimizer_step": 0}
+
+
+# What the 2026-12-05 rerun of mutmut over `scaleplan.memory.stage` found unchecked: the options
+# each code path hands on (attention, device, impl, optimizer, compiled, checkpointing), the
+# recompute code of compiled torchtune and of Hugging Face's compiled models, litgpt's weight
+# copies at the backward start, torchtune's optimizer_in_backward held bytes, torchtitan without
+# checkpointing. The callees' values are checked term by term in their own tests; here each
+# path is shown to reach them with the options given, and a hand-written difference shows
+# each option matters.
+
+LLAMA = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=128,
+                  vocab_size=100, block_size=32, bias=False, mlp="swiglu", norm="rmsnorm",
+                  position="rope")  # tests/test_tune_litgpt_mutants.py's; tied head
+LLAMA_PARAMS = 100 * 64 + 2 * (64 * 128 + 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64  # 80,448
+
+
+def _one(cfg: GPTConfig, b: int, s: int, p: str, opt: str, attention: str,
+         checkpointing: str, device: str, impl: str | None, hold: bool,
+         **kw: object) -> tuple:  # type: ignore[type-arg]
+    par = kw.pop("par", Parallelism())
+    return stage_parts(cfg, b, s, p, opt, attention, checkpointing,  # type: ignore[arg-type]
+                       device, par, impl, hold, "only", **kw)  # type: ignore[arg-type]
+
+
+def test_lora_hf_path_hands_on_attention_device_and_impl() -> None:
+    from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
+
+    W, G, O, temp, saved, copies, all_copies = lora_stage_parts(
+        LORA_TINY, QV, None, 1, 4, "bf16-mixed", "adamw", "eager", "full", "cpu", "foreach")
+    parts = _one(LORA_TINY, 1, 4, "bf16-mixed", "adamw", "eager", "full", "cpu", "foreach",
+                 False, implementation="hf", lora=QV)
+    assert parts[:6] == (W, G, O, saved, copies, all_copies)
+    assert parts[7]["optimizer_step"] == temp == 112 * 4  # foreach: one buffer, 112 adapters
+    assert parts[7]["recompute"] == lora_recompute_moment(
+        LORA_TINY, QV, 1, 4, "bf16-mixed", "eager", "cpu", saved, copies, all_copies)
+    # eager attention saves its a x s x s probabilities, SDPA does not: the rebuilt layer grows
+    flash = _one(LORA_TINY, 1, 4, "bf16-mixed", "adamw", "flash", "full", "cpu", "foreach",
+                 False, implementation="hf", lora=QV)
+    assert parts[7]["recompute"] != flash[7]["recompute"]
+    # CPU's default is the for-loop AdamW: sqrt(v) and its quotient of the largest adapter
+    # tensor (r 2: q's A 2 x 8 and B 8 x 2, v's A 2 x 8: 16 values), 2 x 16 x 4 bytes
+    default = _one(LORA_TINY, 1, 4, "bf16-mixed", "adamw", "eager", "full", "cpu", None,
+                   False, implementation="hf", lora=QV)
+    assert default[7]["optimizer_step"] == 2 * 16 * 4
+
+
+def test_lora_torchtune_and_litgpt_paths_hand_on_their_options() -> None:
+    from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
+    from scaleplan.memory.step_switches import NO_SWITCHES
+    from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
+
+    tune = _one(LLAMA, 2, 8, "bf16-true", "adamw", "flash", "full", "cpu", "foreach", True,
+                implementation="torchtune", compiled=True, lora=QV)
+    assert tune == tune_lora_stage_parts(LLAMA, QV, None, 2, 8, "adamw", "full", "cpu",
+                                         "foreach", True, NO_SWITCHES, True)
+    # r 2 on q (A 2 x 64, B 64 x 2) and v (A 2 x 64, B 32 x 2): 448 per layer, 896 values;
+    # bf16 (the recipe's dtype): foreach AdamW's one buffer 896 x 2, where CPU's default
+    # for-loop makes 2 x 128 x 2 for the largest adapter tensor
+    assert tune[7]["optimizer_step"] == 896 * 2
+    assert _one(LLAMA, 2, 8, "bf16-true", "adamw", "flash", "full", "cpu", None, True,
+                implementation="torchtune", compiled=True, lora=QV)[7]["optimizer_step"] \
+        == 2 * 128 * 2
+    # the compiled layer keeps less than the eager one: the recompute moment shrinks
+    eager = _one(LLAMA, 2, 8, "bf16-true", "adamw", "flash", "full", "cpu", "foreach", True,
+                 implementation="torchtune", lora=QV)
+    assert eager[7]["recompute"] > tune[7]["recompute"]
+    lit = _one(LLAMA, 2, 8, "bf16-true", "adamw", "flash", "none", "cpu", "foreach", True,
+               implementation="litgpt", lora=QV)
+    assert lit == litgpt_lora_stage_parts(LLAMA, QV, None, 2, 8, "bf16-true", "cpu",
+                                          "foreach", True)
+    assert lit[7]["optimizer_step"] == 896 * 2  # foreach, bf16 states
+
+
+def test_litgpt_hands_on_checkpointing_device_and_weight_copies() -> None:
+    from scaleplan.memory.litgpt_terms import litgpt_loss_transients, litgpt_saved_terms
+
+    # GPT-2-like layout (LayerNorm): litgpt keeps fp32 LayerNorm statistics on CUDA
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=8)
+    full = _one(cfg, 2, 5, "bf16-mixed", "sgd", "flash", "full", "cuda", None, False,
+                implementation="litgpt")
+    assert full[3] == litgpt_saved_terms(cfg, 2, 5, precision="bf16-mixed",
+                                         checkpointing="full", device="cuda", layers=1)
+    assert full[3] != litgpt_saved_terms(cfg, 2, 5, precision="bf16-mixed",
+                                         checkpointing="none", device="cuda", layers=1)
+    # in bf16 without checkpointing each LayerNorm keeps its mean and rstd per token in fp32
+    # on CUDA, in bf16 on CPU: three norms (two in the block, the final one), 10 tokens
+    none = _one(cfg, 2, 5, "bf16-true", "sgd", "flash", "none", "cuda", None, False,
+                implementation="litgpt")
+    assert none[3] == litgpt_saved_terms(cfg, 2, 5, precision="bf16-true",
+                                         checkpointing="none", device="cuda", layers=1)
+    cpu = litgpt_saved_terms(cfg, 2, 5, precision="bf16-true", checkpointing="none",
+                             device="cpu", layers=1)
+    assert sum(none[3].values()) - sum(cpu.values()) == 3 * 2 * 10 * (4 - 2)
+    *_, saved, copies, all_copies, _, moments = _one(
+        cfg, 2, 5, "bf16-mixed", "sgd", "flash", "none", "cuda", None, False,
+        implementation="litgpt")
+    # autocast's bf16 weight copies: c_attn 24 x 8, c_proj 8 x 8, c_fc 32 x 8, the MLP's
+    # c_proj 8 x 32 and the tied head 16 x 8: 896 values x 2 bytes, all kept for backward
+    assert copies == all_copies == 896 * 2
+    fwd, bwd = litgpt_loss_transients(cfg, 2, 5, precision="bf16-mixed", hold_logits=False)
+    assert moments["backward_start"] == sum(saved.values()) + 896 * 2 + bwd
+    assert moments["forward_end"] == sum(saved.values()) + 896 * 2 + fwd
+
+
+def test_torchtune_hands_on_its_compiled_recompute_code() -> None:
+    from scaleplan.memory.stage_terms import recompute_moment
+    from scaleplan.memory.tune_terms import tune_saved_terms
+
+    par = Parallelism()
+    for compiled in (False, True):
+        *_, saved, copies, all_copies, _, moments = _one(
+            LLAMA, 2, 8, "bf16-true", "adamw", "flash", "full", "cpu", "fused", False,
+            implementation="torchtune", compiled=compiled)
+        assert saved == tune_saved_terms(LLAMA, 2, 8, precision="bf16-true",
+                                         checkpointing="full", device="cpu", layers=2,
+                                         compiled=compiled)
+        code = "torchtune-compiled" if compiled else "torchtune"
+        assert moments["recompute"] == recompute_moment(
+            LLAMA, 2, 8, "bf16-true", "flash", "cpu", par, saved, copies, all_copies, 2, code)
+        other = "torchtune" if compiled else "torchtune-compiled"
+        assert moments["recompute"] != recompute_moment(
+            LLAMA, 2, 8, "bf16-true", "flash", "cpu", par, saved, copies, all_copies, 2, other)
+
+
+def test_hf_compiled_takes_the_compiled_loss() -> None:
+    gpt2 = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, block_size=8)
+    for cfg in (gpt2, LLAMA):
+        *_, saved, _, all_copies, held, moments = _one(
+            cfg, 1, 4, "32-true", "adamw", "flash", "full", "cuda", "fused", True,
+            implementation="hf", compiled=True)
+        # the compiled loss: the returned logits are the saved ones, nothing held on top
+        assert held == 0
+        assert moments["forward_end"] == sum(saved.values()) + all_copies
+
+
+def test_torchtune_optimizer_in_backward_held_by_hand() -> None:
+    from scaleplan.memory.step_switches import StepSwitches
+
+    sw = StepSwitches(gradient_accumulation=False, optimizer_in_backward=True)
+
+    def block_backward(device: str, impl: str | None) -> int:
+        *_, moments = _one(LLAMA, 1, 4, "32-true", "adamw", "flash", "none", device, impl,
+                           False, implementation="torchtune", switches=sw)
+        return int(moments["block_backward"])
+
+    *_, G, _, saved, _, _, _, _ = _one(LLAMA, 1, 4, "32-true", "adamw", "flash", "none",
+                                       "cuda", None, False, implementation="torchtune",
+                                       switches=sw)
+    assert G == LLAMA_PARAMS * 4
+    head_side = ("final_norm_input", "final_norm_stats", "final_norm_normalized",
+                 "lm_head_input", "log_softmax", "targets")
+    activations = sum(v for k, v in saved.items() if k not in head_side)
+    # fp32, T = 4, d 64, f 128, V 100, tied: the output layer's gradient V d, the down
+    # projection's gradient d f and foreach AdamW's one d f temporary (CUDA's default);
+    # the MLP's two T f gradients are smaller
+    held = 100 * 64 * 4 + 64 * 128 * 4 + 64 * 128 * 4
+    assert block_backward("cuda", None) == activations + 4 * 64 * 4 + held - G
+    # for-loop (CPU's default) makes two d f temporaries
+    assert block_backward("cuda", "for-loop") - block_backward("cuda", None) == 64 * 128 * 4
+    assert block_backward("cpu", None) == block_backward("cuda", "for-loop")
+    assert block_backward("cpu", "foreach") == block_backward("cuda", None)
+
+
+def test_titan_without_checkpointing_has_no_recompute_moment() -> None:
+    moments = stage_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "flash", "none", "cuda",
+                          Parallelism(data=8, fsdp="full_shard"), None, False, "only",
+                          implementation="torchtitan")[7]
+    assert set(moments) == {"forward_end", "backward_start", "optimizer_step"}
+
+
+def test_titan_tensor_parallel_hands_on_its_options() -> None:
+    from scaleplan.memory.titan_tp_terms import titan_tp_parts
+
+    par = Parallelism(data=2, tensor=2, fsdp="full_shard")
+    parts = stage_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "flash", "full", "cpu", par,
+                        "foreach", False, "only", implementation="torchtitan")
+    assert parts == titan_tp_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "full", "cpu", par,
+                                   "foreach")
+    assert parts != titan_tp_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "full", "cuda", par,
+                                   "foreach")
+    # foreach AdamW's fp32 sqrt(v) buffer over this rank's shard; fused (its default) none
+    assert parts[7]["optimizer_step"] > 0
+    assert titan_tp_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "full", "cpu", par,
+                          None)[7]["optimizer_step"] == 0
+    assert parts[2] > titan_tp_parts(TITAN, 2, 128, "bf16-mixed", "sgd", "full", "cpu", par,
+                                     "foreach")[2] == 0
+
+
+def test_torchtune_offload_without_checkpointing_under_optimizer_in_backward() -> None:
+    from scaleplan.memory.step_switches import StepSwitches
+
+    def offload_backward(in_backward: bool) -> int:
+        sw = StepSwitches(gradient_accumulation=False, optimizer_in_backward=in_backward,
+                          activation_offload=True)
+        *_, moments = _one(LLAMA, 1, 4, "32-true", "adamw", "flash", "none", "cuda", None,
+                           False, implementation="torchtune", switches=sw)
+        return int(moments["offload_backward"])
+
+    # the moments sit on all gradients G (80,448 fp32 values); stepped in backward only the
+    # largest parameter's gradient is alive: the MLP's 64 x 128 (the embedding is 100 x 64)
+    assert offload_backward(True) - offload_backward(False) == 64 * 128 * 4 - LLAMA_PARAMS * 4
+
+
+def test_lora_paths_take_the_device() -> None:
+    # torchtune's LoRA on CUDA: foreach AdamW by default, one bf16 buffer of the 896 adapter
+    # values (on CPU the for-loop's 2 x 128 x 2, test above)
+    tune = _one(LLAMA, 2, 8, "bf16-true", "adamw", "flash", "full", "cuda", None, False,
+                implementation="torchtune", lora=QV)
+    assert tune[7]["optimizer_step"] == 896 * 2
+    # peft's LoRA dropout: the rebuilt layer keeps its masks as bool on CUDA, fp32 on CPU;
+    # a later layer's two q and v masks of 1 x 4 x 8: 2 x 32 x (4 - 1) bytes fewer on CUDA
+    drop = LoRA(2, targets=("q", "v"), dropout=0.1)
+
+    def recompute(device: str) -> int:
+        return int(_one(LORA_TINY, 1, 4, "32-true", "adamw", "flash", "full", device, "fused",
+                        False, implementation="hf", lora=drop)[7]["recompute"])
+
+    saved_cpu = _one(LORA_TINY, 1, 4, "32-true", "adamw", "flash", "full", "cpu", "fused",
+                     False, implementation="hf", lora=drop)[3]
+    saved_cuda = _one(LORA_TINY, 1, 4, "32-true", "adamw", "flash", "full", "cuda", "fused",
+                      False, implementation="hf", lora=drop)[3]
+    assert saved_cpu == saved_cuda  # checkpointed: only the block inputs and the head
+    assert recompute("cpu") - recompute("cuda") == 2 * 32 * 3
