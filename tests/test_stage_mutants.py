@@ -253,11 +253,38 @@ def test_torchtune_hands_on_its_compiled_recompute_code() -> None:
                                          checkpointing="full", device="cpu", layers=2,
                                          compiled=compiled)
         code = "torchtune-compiled" if compiled else "torchtune"
+        # the eager step waits for the tied head's gradient, V d bf16 (measured:
+        # tests/data/impl_recompute_peaks.json); the compiled step's was not measured
+        head = 0 if compiled else 100 * 64 * 2
         assert moments["recompute"] == recompute_moment(
-            LLAMA, 2, 8, "bf16-true", "flash", "cpu", par, saved, copies, all_copies, 2, code)
+            LLAMA, 2, 8, "bf16-true", "flash", "cpu", par, saved, copies, all_copies, 2, code,
+            head_gradient=head)
         other = "torchtune" if compiled else "torchtune-compiled"
         assert moments["recompute"] != recompute_moment(
-            LLAMA, 2, 8, "bf16-true", "flash", "cpu", par, saved, copies, all_copies, 2, other)
+            LLAMA, 2, 8, "bf16-true", "flash", "cpu", par, saved, copies, all_copies, 2, other,
+            head_gradient=head)
+
+
+def test_hf_compiled_recompute_code_follows_what_dynamo_traces() -> None:
+    # GPT-2's checkpoint is traced by dynamo, so the compiled block is rebuilt; Llama's is not
+    # (a graph break: transformers' eager layer runs, hf_compiled_terms' measurement), so
+    # transformers' eager layer is. stage_parts replaced the code by "compiled" for both once.
+    from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
+    from scaleplan.memory.stage_terms import recompute_moment
+
+    gpt2 = GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16, block_size=8)
+    par = Parallelism()
+    # transformers' eager layer also waits for LLAMA's tied head gradient, V d fp32
+    for cfg, code, other, head in ((gpt2, "compiled", "hf", 0),
+                                   (LLAMA, "hf", "compiled", 100 * 64 * 4)):
+        *_, saved, copies, all_copies, _, moments = _one(
+            cfg, 1, 4, "32-true", "adamw", "flash", "full", "cuda", "fused", True,
+            implementation="hf", compiled=True)
+        assert saved == hf_compiled_saved_terms(cfg, 1, 4, precision="32-true", layers=2,
+                                                checkpointing="full", device="cuda")
+        args = (cfg, 1, 4, "32-true", "flash", "cuda", par, saved, copies, all_copies, 2)
+        assert moments["recompute"] == recompute_moment(*args, code, head_gradient=head)
+        assert moments["recompute"] != recompute_moment(*args, other, head_gradient=head)
 
 
 def test_hf_compiled_takes_the_compiled_loss() -> None:

@@ -191,6 +191,7 @@ def test_chunked_loss_replaces_the_loss_side() -> None:
     ({"lora": LoRA(8, targets=("q", "gate"))}, "gate, up and down together"),
     ({"lora": LoRA(8, targets=("gate", "up", "down"))}, "attention target"),
     ({"activation_offload": True}, "checkpointing='full'"),  # the recipe offloads only then
+    ({"optimizer": "sgd"}, "optimizer='sgd'"),  # its recipes' AdamW states are what is counted
 ])
 def test_refuses_what_is_not_modelled_by_name(kwargs: dict, match: str) -> None:
     args = {"micro_batch_size": 1, "seq_len": 8, "precision": "bf16-true",

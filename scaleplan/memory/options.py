@@ -145,7 +145,8 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                         implementation=implementation, compile=compile,
                         checkpointing=checkpointing, parallelism=par)
     if lora is not None:
-        _check_lora_switches(sw, implementation=implementation, checkpointing=checkpointing)
+        _check_lora_step(sw, implementation=implementation, checkpointing=checkpointing,
+                         optimizer=opt)
     return StepOptions(precision=p, optimizer=opt, attention=attention,
                        checkpointing=checkpointing, device=device, parallelism=par,
                        optimizer_impl=impl, hold_logits=hold_logits, cuda_context_bytes=context,
@@ -157,10 +158,17 @@ def _step_options_body(cfg: GPTConfig, *, precision: Any, optimizer: Any, attent
                        base_weights=base_weights)
 
 
-def _check_lora_switches(sw: StepSwitches, *, implementation: Any, checkpointing: Any) -> None:
+def _check_lora_step(sw: StepSwitches, *, implementation: Any, checkpointing: Any,
+                     optimizer: str) -> None:
     """Refuse the switches with ``lora`` where they are not modelled: torchtune's recipe takes
     the chunked loss and activation offloading (checkpointed, as it requires:
-    `scaleplan.memory.tune_lora_terms.tune_lora_offload`), nothing else takes any."""
+    `scaleplan.memory.tune_lora_terms.tune_lora_offload`), nothing else takes any; and an
+    optimizer other than torchtune's AdamW (`tune_lora_model_states` counts its two bf16
+    states)."""
+    if implementation == "torchtune" and optimizer != "adamw":
+        raise ScaleplanError(f"lora with implementation='torchtune' and optimizer={optimizer!r} "
+                             "is not modelled yet: its LoRA recipes train the adapters with "
+                             "AdamW (two bf16 states); use optimizer='adamw'")
     tune_lora = implementation == "torchtune" and sw in (
         StepSwitches(loss="chunked"), StepSwitches(activation_offload=True),
         StepSwitches(loss="chunked", activation_offload=True))

@@ -128,7 +128,6 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
     if checkpointing == "full":
-        code = "compiled" if compiled else code
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
             head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads, switches),
@@ -266,9 +265,9 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
         # a checkpointed block is rebuilt by the compiled backward (GPT-2: dynamo traces the
         # checkpoint) or by transformers' eager layer (Llama: dynamo runs it eagerly)
         return saved, "compiled" if hf_family(cfg) == "gpt2" else "hf", True
-    if compiled:
+    if compiled:  # nanoGPT's layout: the compiled block is rebuilt
         return compiled_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                    device=device, layers=layers), implementation, True
+                                    device=device, layers=layers), "compiled", True
     if implementation == "hf":
         return hf_saved_terms(cfg, b, s, precision=p, attention=attention,
                               checkpointing=checkpointing, device=device,
