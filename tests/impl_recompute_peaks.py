@@ -173,12 +173,12 @@ def measure_litgpt_step(name: str, precision: str) -> dict[str, Any]:
     loss; every Block in torch's non-reentrant ``checkpoint_wrapper``, as Fabric's FSDP
     strategy wraps it; Fabric's precisions as `scaleplan.reference.litgpt_measure` reproduces
     them) for ``litgpt_measure.GRID_SHAPES[name]`` (imports torch)."""
-    import contextlib
     import importlib
 
     import torch
 
-    from scaleplan.reference.litgpt_measure import GRID_SHAPES, litgpt_config
+    from scaleplan.reference.litgpt_measure import GRID_SHAPES, litgpt_config, precision_context
+
     litgpt: Any = importlib.import_module("litgpt")
     utils: Any = importlib.import_module("litgpt.utils")
     wrapper: Any = importlib.import_module(
@@ -195,23 +195,8 @@ def measure_litgpt_step(name: str, precision: str) -> dict[str, Any]:
     model.train()
     ids = torch.randint(0, cfg.vocab_size, (B, S))
 
-    @contextlib.contextmanager
-    def precision_context() -> Any:
-        if precision == "bf16-mixed":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                yield
-        elif precision == "bf16-true":
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.bfloat16)
-            try:
-                yield
-            finally:
-                torch.set_default_dtype(default)
-        else:
-            yield
-
     def forward() -> Any:
-        with precision_context():
+        with precision_context(precision):
             logits = model(ids)
         return utils.chunked_cross_entropy(logits[..., :-1, :], ids[..., 1:])
 

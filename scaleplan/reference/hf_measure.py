@@ -29,7 +29,12 @@ from pydantic import BaseModel, ConfigDict
 from scaleplan.memory.hf_terms import HF_FAMILIES, HFFamily, hf_saved_bytes
 from scaleplan.memory.training import saved_for_backward_bytes
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
+from scaleplan.reference.tracking import (
+    LiveBytesTracker,
+    SavedTensorsRecorder,
+    add_checkpoint_held,
+    storage_key,
+)
 
 __all__ = ["GRID_SHAPES", "HFMeasurement", "build_hf_model", "grid", "hf_config", "main",
            "measure_hf", "record_forward"]
@@ -160,11 +165,7 @@ def record_forward(model: Any, cfg: GPTConfig, *, micro_batch_size: int, seq_len
         gc.collect()
         tracker.on_new_storage = None
     by_module, _, casts = recorder.totals()
-    held = {k: n for k, n in tracker.live.items()
-            if k not in resident and k not in recorder.by_storage and k != storage_key(loss)
-            and k not in recorder.cast_keys}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
+    add_checkpoint_held(by_module, tracker, recorder, resident, loss)
     del loss
     return by_module, casts
 

@@ -44,7 +44,8 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
 
 __all__ = ["GRID_SHAPES", "REAL_NAMES", "STEP_CASES", "LitgptMeasurement", "fabric_output",
-           "grid", "litgpt_config", "main", "measure_litgpt", "measure_litgpt_step", "step_grid"]
+           "grid", "litgpt_config", "main", "measure_litgpt", "measure_litgpt_step",
+           "precision_context", "step_grid"]
 
 _MLP_CLASS = {"swiglu": "LLaMAMLP", "geglu": "GemmaMLP", "gelu": "GptNeoxMLP"}
 
@@ -95,7 +96,9 @@ def fabric_output(logits: torch.Tensor, precision: str) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _precision_context(precision: str) -> Iterator[None]:
+def precision_context(precision: str) -> Iterator[None]:
+    """Run the code inside as Lightning's precision plugins do on CPU: bf16 autocast for
+    "bf16-mixed", bf16 as the default dtype for "bf16-true", nothing for "32-true"."""
     if precision == "bf16-mixed":
         with torch.autocast("cpu", dtype=torch.bfloat16):
             yield
@@ -146,7 +149,7 @@ def measure_litgpt(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         tracker.on_new_storage = recorder.note_new_storage  # .float() in RMSNorm is saved
     gc.collect()
     with tracker, recorder.recording(model):
-        with _precision_context(precision):
+        with precision_context(precision):
             logits = model(ids)
         logits = fabric_output(logits, precision)
         # still noting new storages: one the loss allocates where a freed cast had been is not
@@ -192,7 +195,7 @@ def measure_litgpt_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
     held: list[torch.Tensor] = []
 
     def step() -> None:
-        with _precision_context(precision):
+        with precision_context(precision):
             out = model(ids)
         held[:] = [fabric_output(out, precision)]  # the previous step's logits lived until now
         del out

@@ -47,7 +47,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
+from scaleplan.reference.tracking import (
+    LiveBytesTracker,
+    SavedTensorsRecorder,
+    add_checkpoint_held,
+    storage_key,
+)
 
 __all__ = ["GRID", "TitanMeasurement", "TitanTracker", "apply_ac", "check_fsdp",
            "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan", "report_main",
@@ -224,11 +229,7 @@ def measure_titan(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
         del pred
         gc.collect()
     by_module, _, _ = recorder.totals()
-    held = {key: n for key, n in tracker.live.items()
-            if key not in resident and key not in recorder.by_storage
-            and key != storage_key(loss)}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
+    add_checkpoint_held(by_module, tracker, recorder, resident, loss)
     del loss
     return TitanMeasurement(
         config=cfg, micro_batch_size=b, seq_len=s, checkpointing=checkpointing,

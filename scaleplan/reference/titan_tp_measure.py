@@ -54,7 +54,7 @@ from scaleplan.reference.titan_measure import (
     report_main,
     titan_model_config,
 )
-from scaleplan.reference.tracking import SavedTensorsRecorder, storage_key
+from scaleplan.reference.tracking import SavedTensorsRecorder, add_checkpoint_held, storage_key
 
 __all__ = ["TitanTPMeasurement", "check_gloo", "fake_world", "grid", "main",
            "measure_loss_parallel", "measure_titan_tp", "titan_tp_model"]
@@ -164,11 +164,7 @@ def _measure(model: Any, cfg: GPTConfig, pd: Any, b: int, s: int, checkpointing:
             del pred
             gc.collect()
         by_module, _, _ = recorder.totals()
-        held = {key: n for key, n in tracker.live.items()
-                if key not in resident and key not in recorder.by_storage
-                and key != storage_key(loss)}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
+        add_checkpoint_held(by_module, tracker, recorder, resident, loss)
     return TitanTPMeasurement(
         config=cfg, tensor=tensor, sequence_parallel=sequence_parallel, precision=precision,
         micro_batch_size=b, seq_len=s, checkpointing=checkpointing,

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["LiveBytesTracker", "SavedTensorsRecorder", "storage_key"]
+__all__ = ["LiveBytesTracker", "SavedTensorsRecorder", "add_checkpoint_held", "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -190,3 +190,16 @@ class SavedTensorsRecorder:
             by_module[module] = by_module.get(module, 0) + nbytes
             by_dtype[dtype] = by_dtype.get(dtype, 0) + nbytes
         return by_module, by_dtype, casts
+
+
+def add_checkpoint_held(by_module: dict[str, int], tracker: LiveBytesTracker,
+                        recorder: SavedTensorsRecorder, kept: set[int], out: Any) -> None:
+    """Add to ``by_module["checkpoint"]`` the storages ``tracker`` still holds after a forward
+    that neither ``kept`` (parameters, buffers, the batch), ``recorder``'s saved tensors or
+    autocast casts, nor the output ``out`` account for: what activation checkpointing keeps
+    itself (its inputs and RNG state)."""
+    held = sum(n for k, n in tracker.live.items()
+               if k not in kept and k not in recorder.by_storage and k not in recorder.cast_keys
+               and k != storage_key(out))
+    if held:
+        by_module["checkpoint"] = by_module.get("checkpoint", 0) + held

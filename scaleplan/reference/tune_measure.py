@@ -37,7 +37,12 @@ from pydantic import BaseModel, ConfigDict
 
 from scaleplan.memory.tune_terms import TUNE_FAMILIES, TuneFamily, tune_saved_bytes
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.tracking import LiveBytesTracker, SavedTensorsRecorder, storage_key
+from scaleplan.reference.tracking import (
+    LiveBytesTracker,
+    SavedTensorsRecorder,
+    add_checkpoint_held,
+    storage_key,
+)
 
 __all__ = ["CHUNKED_JSON", "COMPILED_JSON", "GRID_JSON", "GRID_SHAPES", "PEAKS_JSON",
            "TuneMeasurement", "TunePrecision", "build_tune", "chunked_grid", "grid", "loss_step",
@@ -195,10 +200,7 @@ def record_saved(model: Any, loss_fn: Any, batch: dict[str, Any],
         out = loss_step(model, loss_fn, batch)
         gc.collect()
     by_module: dict[str, int] = recorder.totals()[0]
-    held = {k: n for k, n in tracker.live.items()
-            if k not in kept and k not in recorder.by_storage and k != storage_key(out)}
-    if held:
-        by_module["checkpoint"] = by_module.get("checkpoint", 0) + sum(held.values())
+    add_checkpoint_held(by_module, tracker, recorder, kept, out)
     del out
     return by_module
 
