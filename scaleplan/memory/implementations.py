@@ -115,9 +115,10 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
             "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
     if parallelism.data == 1 and precision == "bf16-mixed":
         raise ScaleplanError(
-            "implementation='torchtitan' on one GPU runs torch.autocast, not FSDP2's mixed "
-            "precision, and is not modelled yet; use Parallelism(data=N, fsdp='full_shard') "
-            "with N >= 2, or precision='32-true'")
+            "implementation='torchtitan' on one GPU is not modelled yet: torchtitan 0.3.0 "
+            "still applies FSDP2 there (a one-rank mesh, bf16 blocks gathered from fp32 "
+            "parameters), and scaleplan's FSDP2 terms are checked at two or more ranks only; "
+            "use Parallelism(data=N, fsdp='full_shard') with N >= 2, or precision='32-true'")
     odd = _titan_misfits(cfg)
     if odd:
         raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
