@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["CASES", "GPUCase", "main", "predict", "run_case"]
+__all__ = ["CASES", "GPUCase", "build_step", "compare", "main", "markdown", "predict",
+           "run_case"]
 
 MIB = 2**20
 
@@ -67,10 +68,11 @@ class GPUCase(BaseModel):
         return cfg.replace(**changes)
 
 
-# The seed run (seed-case.md): nanoGPT, n_layer 12, n_head 12, n_embd 384, dropout 0.1, GPT-2's
-# vocabulary padded to 50,304, block 1024: 40.56M parameters as nanoGPT prints them.
+# The seed run (seed-case.md): nanoGPT, n_layer 12, n_head 12, n_embd 384, dropout 0.1, and
+# nanoGPT's defaults bias False, vocab 50,304, block 1024: 40.56M parameters as nanoGPT prints
+# them.
 SEED = GPTConfig(n_layer=12, n_head=12, n_embd=384, block_size=1024, vocab_size=50304,
-                 dropout=0.1)
+                 bias=False, dropout=0.1)
 
 CASES: tuple[GPUCase, ...] = (
     GPUCase(name="seed eager", preset="seed", implementation="nanogpt", micro_batch_size=16,
@@ -159,6 +161,15 @@ def _hf_step(case: GPUCase, dev: Any) -> tuple[Any, Any, list[Any]]:
     return forward, opt, params
 
 
+def build_step(case: GPUCase, device: str) -> tuple[Any, Any, list[Any]]:
+    """(forward returning the loss, optimizer, trainable parameters) of ``case`` on ``device``
+    ("cuda"; "cpu" builds the same objects, for tests)."""
+    import torch
+
+    build = _nanogpt_step if case.implementation == "nanogpt" else _hf_step
+    return build(case, torch.device(device))
+
+
 def _optimizer_step(forward: Any, opt: Any, micro_batches: int = 2) -> None:
     for _ in range(micro_batches):
         forward().backward()
@@ -174,8 +185,7 @@ def run_case(case: GPUCase, device: str = "cuda") -> dict[str, Any]:
     start = time.perf_counter()
     dev = torch.device(device)
     torch.manual_seed(0)
-    build = _nanogpt_step if case.implementation == "nanogpt" else _hf_step
-    forward, opt, params = build(case, dev)
+    forward, opt, params = build_step(case, device)
     for _ in range(2):
         _optimizer_step(forward, opt)
     gc.collect()
@@ -194,6 +204,50 @@ def run_case(case: GPUCase, device: str = "cuda") -> dict[str, Any]:
     gc.collect()
     torch.cuda.empty_cache()
     return row
+
+
+def compare(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each measured case of a ``gpu-steps.json`` report beside `predict`: ``tensor_peak`` over
+    ``max_allocated``, the allocator's slack (``max_reserved / max_allocated - 1``), the
+    context the training process holds outside the allocator (``device_used -
+    reserved_after``) and ``total`` (with that context and the measured slack: an upper bound
+    on what the process holds) over ``device_used``. Cases that failed keep their error."""
+    rows = []
+    for entry in report["cases"]:
+        case = GPUCase.model_validate(entry["case"])
+        m = entry.get("measured")
+        if m is None:
+            rows.append({"name": case.name, "error": entry.get("error", "not measured")})
+            continue
+        context = m["device_used"] - m["reserved_after"]
+        slack = m["max_reserved"] / m["max_allocated"] - 1
+        p = predict(case, context=context)
+        rows.append({"name": case.name, "max_allocated": m["max_allocated"],
+                     "max_reserved": m["max_reserved"], "device_used": m["device_used"],
+                     "context": context, "slack": slack, "tensor_peak": p["tensor_peak"],
+                     "tensor_peak_ratio": p["tensor_peak"] / m["max_allocated"],
+                     "total_ratio": (p["total"] + slack * p["tensor_peak"]) / m["device_used"]})
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """`compare`'s rows as a Markdown table (MiB), under the versions and the context probe."""
+    v, ctx = report["versions"], report["context"]
+    lines = [f"# Whole steps on {v['gpu']}", "",
+             f"torch {v['torch']} (CUDA {v['cuda']}), transformers {v['transformers']}, Python "
+             f"{v['python']}. CUDA context after a warm-up (outside the allocator): "
+             f"{ctx['after_init'] / MIB:.0f} MiB.", "",
+             "| case | max allocated | max reserved | in use | context | slack | tensor_peak "
+             "| tensor_peak / allocated |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in compare(report):
+        if "error" in r:
+            lines.append(f"| {r['name']} | {r['error'][:80]} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['name']} | {r['max_allocated'] / MIB:,.0f} | {r['max_reserved'] / MIB:,.0f} "
+            f"| {r['device_used'] / MIB:,.0f} | {r['context'] / MIB:,.0f} | {r['slack']:+.1%} "
+            f"| {r['tensor_peak'] / MIB:,.0f} | {r['tensor_peak_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _versions() -> dict[str, str]:
@@ -238,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         report["cases"].append(entry)
         (args.out / "gpu-steps.json").write_text(json.dumps(report, indent=1))
         print(f"{case.name}: {entry.get('measured', entry.get('error'))}", flush=True)
+    try:  # the table needs only scaleplan; a failure here must not hide the JSON
+        (args.out / "gpu-steps.md").write_text(markdown(report))
+        print(markdown(report))
+    except Exception as exc:
+        print(f"gpu-steps.md not written: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 0
 
 
