@@ -76,13 +76,23 @@ def test_titan_moments_by_hand() -> None:
     whole = (2 * norm + 256 * 64 * 2 + 256 * 8 * 8 + 256 * (64 + 32 + 32 + 64) * 2
              + 2 * 4 * 128 * 4 + 256 * 64 * 2 + 3 * 256 * 192 * 2 + 256 * 192 * 2)
     rebuilt = whole - (256 * 64 * 2 + 2 * 4 * 128 * 4) - 256 * 192 * 2
+    # the policy's cache: block input, wqkv's output, SDPA's outputs, w1's and w2's outputs
+    cache = (256 * 64 * 2 + 256 * 128 * 2 + 256 * 64 * 2 + 2 * 4 * 128 * 4 + 256 * 192 * 2
+             + 256 * 64 * 2)
+    # the last block's MLP backward (titan_fsdp_moments): block 0's cache, its own less the
+    # consumed wqkv and w2 outputs plus what it rebuilds, two b s F gradients, the incoming
+    # gradient and the loss; the head unit's fp32 reduce-scatter input, this block and the
+    # prefetched one in bf16, w2's bf16 gradient; the token ids and positions
+    last = (cache + cache - 256 * 128 * 2 - 256 * 64 * 2 + rebuilt
+            + 2 * 256 * 192 * 2 + 256 * 64 * 2 + 8
+            + HEAD * 4 + 2 * BLOCK * 2 + 64 * 192 * 2 + 2 * 256 * 8)
+    assert S - loss_side == 2 * cache + 2 * 256 * 8  # what the old moment started from
     assert moments == {
         # the bf16 logits, their fp32 upcast and log-softmax; the gathered lm_head in bf16
         "forward_end": S + TV * 2 + TV * 4 + HEAD * 2,
         "backward_start": S + 2 * TV * 4 + HEAD * 2,
         "optimizer_step": 0,  # torchtitan's AdamW is fused
-        # a block and the prefetched one in bf16, its bf16 gradients and their fp32 copy
-        "recompute": S - loss_side + rebuilt + 2 * BLOCK * 2 + BLOCK * 2 + BLOCK * 4,
+        "recompute": last,
     }
 
 
@@ -326,11 +336,11 @@ def test_torchtune_optimizer_in_backward_held_by_hand() -> None:
     assert block_backward("cpu", "foreach") == block_backward("cuda", None)
 
 
-def test_titan_without_checkpointing_has_no_recompute_moment() -> None:
+def test_titan_without_checkpointing_has_a_block_backward_not_a_recompute() -> None:
     moments = stage_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "flash", "none", "cuda",
                           Parallelism(data=8, fsdp="full_shard"), None, False, "only",
                           implementation="torchtitan")[7]
-    assert set(moments) == {"forward_end", "backward_start", "optimizer_step"}
+    assert set(moments) == {"forward_end", "backward_start", "optimizer_step", "block_backward"}
 
 
 def test_titan_tensor_parallel_hands_on_its_options() -> None:

@@ -83,21 +83,28 @@ def test_loss_side_by_hand() -> None:
 
 
 def test_recompute_moment_by_hand() -> None:
-    """TINY's vocabulary is small: a block's backward under selective AC is the worst moment."""
+    """TINY's vocabulary is small: the last block's MLP backward under selective AC is the worst
+    moment (`scaleplan.memory.titan_fsdp_moments`, measured whole on CPU)."""
     m = training_memory(TINY, micro_batch_size=B, seq_len=S, implementation="torchtitan",
                         parallelism=FSDP8, checkpointing="selective", device="cuda",
                         cuda_context_bytes=0, allocator_slack_fraction=0)
     assert m.peak_moment == "recompute"
     norm = 256 * 64 * 2 + 256 * 4  # fused RMSNorm: bf16 input, fp32 rstd
-    whole = (2 * norm + 256 * 64 * 2 + 256 * 8 * 8 + 256 * (64 + 32 + 32 + 64) * 2
-             + 2 * 2 * 4 * 128 * 4
+    lse = 2 * 4 * 128 * 4  # SDPA's fp32 logsumexp
+    whole = (2 * norm + 256 * 64 * 2 + 256 * 8 * 8 + 256 * (64 + 32 + 32 + 64) * 2 + lse
              + 256 * 64 * 2 + 3 * 256 * 192 * 2 + 256 * 192 * 2)
-    # the policy's cache hands back FlexAttention's outputs and w1's
-    rebuilt = whole - (256 * 64 * 2 + 2 * 2 * 4 * 128 * 4) - 256 * 192 * 2
-    loss_side = norm + 256 * 64 * 2 + 256 * 256 * 4 + 256 * 8 + 4  # freed by then
+    # the policy's cache: block input, wqkv's output, SDPA's outputs, w1's and w2's outputs
+    cache = 256 * 64 * 2 + 256 * 128 * 2 + (256 * 64 * 2 + lse) + 256 * 192 * 2 + 256 * 64 * 2
+    # block 1 (the last) in backward: block 0's cache; its own, less the wqkv and w2 outputs
+    # its recompute consumed, plus what it rebuilds (all but SDPA's and w1's cached outputs)
+    own = cache - 256 * 128 * 2 - 256 * 64 * 2 + whole - (256 * 64 * 2 + lse) - 256 * 192 * 2
+    backward = 2 * 256 * 192 * 2 + 256 * 64 * 2 + 8  # two b s F gradients, incoming, loss
     block = 64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64
-    gathered = 2 * block * 2 + block * 2 + block * 4
-    assert m.transient == rebuilt - loss_side + gathered
+    # the head unit's fp32 reduce-scatter input, this block and block 0 prefetched in bf16,
+    # w2's bf16 gradient
+    fsdp = (256 * 64 + 64) * 4 + 2 * block * 2 + 64 * 192 * 2
+    batch = 2 * 256 * 8  # token ids and positions
+    assert m.transient == cache + own + backward + fsdp + batch - sum(m.saved_breakdown.values())
 
 
 def test_rebuilt_block_by_hand() -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointingKind",
     "DeviceKind",
     "activation_bytes",
+    "larger",
     "norm_terms",
     "param_dtype_bytes",
     "residual_bytes",
@@ -118,3 +119,24 @@ def norm_terms(cfg: GPTConfig, rows: Any, width: Any, precision: Precision, cuda
     if affine:
         terms[f"{prefix}_normalized"] = rows * width * FP32_BYTES
     return terms
+
+
+def larger(x: Any, y: Any) -> Any:
+    """The larger of two sizes: ``max`` for Python ints, elementwise for numpy arrays,
+    ``sympy.Max`` for expressions (so that every formula built on it stays vectorised and
+    symbolic).
+
+    >>> larger(3, 5), larger(2**40, 7)
+    (5, 1099511627776)
+    """
+    from scaleplan.checks import is_integer
+
+    if is_integer(x) and is_integer(y):
+        return max(int(x), int(y))
+    if hasattr(x, "dtype") or hasattr(y, "dtype"):
+        import numpy as np
+
+        return np.maximum(x, y)
+    import sympy
+
+    return sympy.Max(x, y)

@@ -51,6 +51,7 @@ from scaleplan.memory.step_switches import (
 )
 from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
+from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment
 from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
 from scaleplan.memory.titan_tp_terms import titan_tp_parts
 from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
@@ -310,7 +311,13 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         "backward_start": S + 2 * TV * FP32_BYTES + gathered["backward_start"],
         "optimizer_step": temp,
     }
-    if checkpointing != "none":
+    if not compiled:  # measured whole (titan_fsdp_moments); "recompute" names it as before
+        batch = sum(v for k, v in saved.items() if k in ("embedding_ids", "positions"))
+        moments["recompute" if checkpointing != "none" else "block_backward"] = (
+            batch + titan_block_backward_moment(cfg, b, s, precision=p,
+                                                checkpointing=checkpointing, device=device,
+                                                layers=layers, data=par.data))
+    elif checkpointing != "none":
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
     if chunked:  # the same recompute: the loss side is freed before the blocks' backward

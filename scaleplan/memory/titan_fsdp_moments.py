@@ -1,0 +1,158 @@
+"""The worst moments of an eager torchtitan FSDP2 step's backward, measured whole.
+
+`scaleplan.reference.titan_fsdp_step` runs whole training steps of torchtitan 0.3.0's Llama 3
+under its own ``apply_fsdp_to_decoder`` on rank 0 of a fake process group (every gradient
+resident from an earlier micro-batch, as the worst step of gradient accumulation), with
+FSDP2's storage frees and re-allocations (``untyped_storage().resize_``) counted, and lists the
+storages live at the peak. Three moments of the backward hold it, depending on the sizes:
+
+- **a block's MLP** (many tokens): the SwiGLU product's backward node. Live: the activations
+  the earlier blocks keep (``kept`` each: all their saves; under ``"full"`` their inputs; under
+  ``"selective"`` their inputs and the policy's cache); the block's own (under ``"none"`` its
+  saves; ``"full"`` its input and every save its recompute rebuilds,
+  `scaleplan.memory.titan_sdpa_terms.titan_sdpa_rebuilt_block_bytes`; ``"selective"`` its
+  cache less the ``wqkv`` and ``w2`` outputs its recompute consumed, and what it rebuilds); two
+  ``b s F`` tensors beyond them (w2's input gradient and the product's first input gradient,
+  or both of the product's once w2's input is freed); the block's incoming gradient
+  (``b s d``); the loss and its gradient (4 bytes each); and w2's unsharded gradient.
+- **a block's end** (few tokens): its first norm's backward, every weight gradient of the
+  block made (unsharded, the parameter dtype). Live: the earlier blocks' ``kept``, the block's
+  input (checkpointed), what the norm's backward holds (on CPU, torch's composite ``rms_norm``:
+  its fp32 upcast and normalised x and four fp32 temporaries, ``6 b s d x 4``, measured; on
+  CUDA, the fused kernel's saved input and fp32 reciprocal std and its input gradient,
+  inferred from ``aten::_fused_rms_norm_backward``'s outputs, not measured), the incoming
+  gradient, the loss's 8 bytes.
+- **the head unit's reduce-scatter** (a large vocabulary, few tokens): every block's ``kept``,
+  the last block's incoming gradient, the lm_head's unsharded gradient, the unit's fp32
+  reduce-scatter input and the fp32 shard it reduces into (a new tensor, added to the resident
+  gradient), and the last block prefetched.
+
+FSDP2's buffers at a block's moments (`titan_fsdp_buffers`): the flat fp32 reduce-scatter
+input of the unit whose backward ended before (FSDP2 keeps it until the next reduce-scatter:
+a block's, or, for the last block, the [final norm, lm_head] unit's), the block's gathered
+parameters, the next unit's all-gather output (its backward prefetch: a block's, or, for block
+0, the embedding's) and the block's unsharded gradients so far. The block that peaks is the
+last, the second-to-last or the first; `titan_block_backward_moment` takes the largest of every
+moment. With one data rank nothing is sharded and none of FSDP2's buffers is counted. Compiled
+blocks are not measured this way (inductor's allocations bypass the dispatch mode that lists
+storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any
+
+from scaleplan.memory.activations import FP32_BYTES
+from scaleplan.memory.dtypes import larger
+from scaleplan.memory.titan_sdpa_terms import (
+    titan_sdpa_block_terms,
+    titan_sdpa_rebuilt_block_bytes,
+)
+from scaleplan.memory.titan_terms import TITAN_PRECISIONS
+from scaleplan.model.config import GPTConfig
+
+__all__ = ["titan_block_backward_moment", "titan_block_params", "titan_fsdp_buffers"]
+
+LOSS_SCALARS = 2 * FP32_BYTES  # the loss and the ones its backward starts from
+
+
+def titan_block_params(cfg: GPTConfig) -> int:
+    """Parameters of one torchtitan Llama 3 block: ``wqkv``, ``wo``, w1, w2, w3 and two norm
+    weights (Qwen3's q and k norms besides).
+
+    >>> titan_block_params(GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64,
+    ...     mlp_hidden=192, bias=False, mlp="swiglu", norm="rmsnorm", position="rope"))
+    49280
+    """
+    d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
+    block = d * (H + 2 * K) * hd + H * hd * d + 3 * d * F + 2 * d
+    return block + (2 * hd if cfg.qk_norm == "head" else 0)
+
+
+def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
+                       gradients: str = "w2") -> int:
+    """FSDP2's unsharded bytes while block ``block`` of ``layers`` runs its backward: the
+    previous unit's fp32 reduce-scatter input, this block's gathered parameters, the next
+    unit's all-gather output and the block's unsharded gradients made so far (``"w2"``'s at
+    its MLP, the whole ``"block"``'s at its end; ``e`` bytes per gathered value).
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_fsdp_buffers(cfg, e=2, block=1, layers=3)  # measured: 2,480,640
+    2480640
+    """
+    P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
+    previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
+    prefetched = V * d * e if block == 0 else P * e
+    made = P * e if gradients == "block" else d * cfg.mlp_hidden * e
+    return previous + P * e + prefetched + made
+
+
+def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
+               checkpointing: str) -> tuple[Any, Any]:
+    """(bytes each earlier block keeps, bytes the block in backward holds) of its activations."""
+    T, d = b * s, cfg.n_embd
+    whole = sum(titan_sdpa_block_terms(cfg, b, s, e=e, device=device,
+                                       checkpointing="none").values())
+    if checkpointing == "none":
+        return whole, whole
+    rebuilt = titan_sdpa_rebuilt_block_bytes(cfg, b, s, e=e, device=device,
+                                             checkpointing=checkpointing)
+    if checkpointing == "full":
+        return T * d * e, T * d * e + rebuilt
+    cache = titan_sdpa_block_terms(cfg, b, s, e=e, device=device, checkpointing="selective")
+    kept = sum(cache.values())
+    return kept, kept - cache["wqkv_output"] - cache["w2_output"] + rebuilt
+
+
+def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> Any:
+    """What a block's first norm holds in its backward, beyond a checkpointed input."""
+    if device == "cpu":  # composite rms_norm: fp32 x, x * rstd, four fp32 temporaries
+        return 6 * T * d * FP32_BYTES
+    # fused kernel: its input (the checkpointed one itself unless nothing is checkpointed),
+    # the fp32 reciprocal std, the input gradient
+    return (T * d * e if checkpointing == "none" else 0) + T * FP32_BYTES + T * d * e
+
+
+def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
+                      data: int) -> Any:
+    """The head unit's reduce-scatter: every block's kept activations, the last block's
+    incoming gradient and FSDP2's buffers (module docstring)."""
+    d, V = cfg.n_embd, cfg.vocab_size
+    head = V * d + d
+    buffers = (head * FP32_BYTES + -(-head // data) * FP32_BYTES + V * d * e
+               + titan_block_params(cfg) * e) if data > 1 else 0
+    return kept * layers + T * d * e + LOSS_SCALARS + buffers
+
+
+def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
+                                checkpointing: str, device: str, layers: int,
+                                data: int) -> Any:
+    """Live bytes beyond the sharded states and the batch at the backward's worst moment
+    (module docstring), for eager SDPA blocks on ``data`` FSDP2 ranks.
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_block_backward_moment(cfg, 2, 96, precision="bf16-mixed", checkpointing="full",
+    ...                             device="cpu", layers=3, data=2)  # measured: 4,531,208
+    4531208
+    """
+    e = TITAN_PRECISIONS[precision]
+    kept, own = _per_block(cfg, b, s, e=e, device=device, checkpointing=checkpointing)
+    T, d = b * s, cfg.n_embd
+    incoming = T * d * e + LOSS_SCALARS
+    mlp = own + 2 * T * cfg.mlp_hidden * e + incoming
+    end = ((T * d * e if checkpointing != "none" else 0)
+           + _norm_end_bytes(T, d, e, device, checkpointing) + incoming)
+
+    def fsdp(j: int, gradients: str) -> int:
+        return titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
+                                  gradients=gradients) if data > 1 else 0
+
+    blocks = sorted({layers - 1, max(layers - 2, 0), 0})
+    return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data),
+                           *(kept * j + mlp + fsdp(j, "w2") for j in blocks),
+                           *(kept * j + end + fsdp(j, "block") for j in blocks)])

@@ -1,0 +1,239 @@
+"""Measure whole training steps of torchtitan's Llama 3 under FSDP2, on CPU, in one process.
+
+torchtitan 0.3.0 shards its model with ``apply_fsdp_to_decoder``
+(``torchtitan/distributed/fsdp.py``: one ``fully_shard`` unit per block, one for the embedding,
+one for [final norm, lm_head], ``MixedPrecisionPolicy(param_dtype, reduce_dtype=fp32)``).
+`measure_titan_fsdp_step` applies it to torchtitan's own model (SDPA attention, its activation
+checkpointing) on rank 0 of torch's fake process group of ``data`` ranks (collectives are no-ops
+that return tensors of the shapes a real rank gets), runs a warm-up step (AdamW's states) and a
+first micro-batch (every sharded gradient resident: the worst step of gradient accumulation),
+then tracks one more forward, backward and optimizer step.
+
+The tracker is `scaleplan.reference.titan_measure`'s live-bytes tracker, with one addition:
+FSDP2 frees and re-allocates its unsharded parameters by resizing their storages
+(``torch.distributed.fsdp._fully_shard._fsdp_param.alloc_storage`` / ``free_storage``), which
+no operator reports, so those two functions are wrapped while tracking and each resize moves
+the count. ``delta`` is the peak above the resident bytes (sharded parameters, gradients and
+optimizer states, buffers, the batch); ``at_peak`` names the storages live then (the phase and
+operator that made them, shape and dtype), the evidence for
+`scaleplan.memory.titan_fsdp_moments`.
+
+``python -m scaleplan.reference.titan_fsdp_step --write`` measures `GRID` and writes
+``docs/validation/torchtitan-fsdp-steps.json`` (replayed without torch by
+tests/test_titan_fsdp_moments.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaleplan.model.config import GPTConfig
+from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_llama3, titan_model
+from scaleplan.reference.tracking import storage_key
+
+__all__ = ["GRID", "OUT", "main", "measure_titan_fsdp_step"]
+
+OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
+_LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
+          "tie_embeddings": False}
+GRID: dict[str, dict[str, Any]] = {
+    # distinct sizes (b s = 192, d = 160, F = 448, V = 384) so that each storage's shape names it
+    "gqa-3": {"n_layer": 3, "n_head": 4, "n_kv_head": 2, "n_embd": 160, "mlp_hidden": 448,
+              "vocab_size": 384, "block_size": 256},
+    # a vocabulary large enough that the last block (the head's reduce-scatter input) peaks
+    "wide-vocab-4": {"n_layer": 4, "n_head": 6, "n_kv_head": 3, "n_embd": 192,
+                     "mlp_hidden": 512, "vocab_size": 3000, "block_size": 256},
+    # two blocks: block 0 is also the second-to-last (the embedding prefetched)
+    "mha-2": {"n_layer": 2, "n_head": 4, "n_kv_head": 4, "n_embd": 128, "mlp_hidden": 352,
+              "vocab_size": 1500, "block_size": 256},
+}
+"""Small Llama 3 shapes of the committed measurements (with `_LLAMA`'s layout)."""
+
+
+class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
+    """The live-bytes tracker, told of FSDP2's storage resizes, keeping what made each storage
+    and the storages live at the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: dict[int, str] = {}
+        self.at_peak: dict[int, tuple[int, str]] = {}
+        self.func = "resident"
+
+    def _label(self, t: torch.Tensor, what: str) -> str:
+        return f"{self.phase}:{what} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+
+    def _register(self, t: torch.Tensor) -> None:
+        t = _local(t)  # the optimizer's ops on sharded parameters return DTensors
+        key = storage_key(t)
+        if key not in self.live:
+            self.made[key] = self._label(t, self.func)
+        super()._register(t)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        if self.current >= self.peak:
+            self.at_peak = {k: (n, self.made.get(k, "?")) for k, n in self.live.items() if n}
+
+    def resized(self, t: torch.Tensor) -> None:
+        """FSDP2 resized ``t``'s storage (to its full size or to 0)."""
+        key = storage_key(t)
+        if key not in self.live:
+            self._register(t)
+            return
+        n = int(t.untyped_storage().nbytes())
+        self.current += n - self.live[key]
+        self.live[key] = n
+        if n:
+            self.made[key] = self._label(t, "fsdp_alloc")
+        if self.current > self.peak:
+            self.peak, self.peak_phase = self.current, self.phase
+        self._snapshot()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        self.func = str(func).removeprefix("aten.").removesuffix(".default")
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+@contextmanager
+def _resizes_told(tracker: _PeakTracker) -> Iterator[None]:
+    """Wrap FSDP2's storage resize helpers (imported by name in two modules) for ``tracker``."""
+    param: Any = importlib.import_module("torch.distributed.fsdp._fully_shard._fsdp_param")
+    group: Any = importlib.import_module("torch.distributed.fsdp._fully_shard._fsdp_param_group")
+    alloc, free = param.alloc_storage, param.free_storage
+
+    def told_alloc(t: torch.Tensor) -> None:
+        alloc(t)
+        tracker.resized(t)
+
+    def told_free(t: torch.Tensor) -> None:
+        free(t)
+        tracker.resized(t)
+
+    param.alloc_storage, param.free_storage, group.alloc_storage = told_alloc, told_free, told_alloc
+    try:
+        yield
+    finally:
+        param.alloc_storage, param.free_storage, group.alloc_storage = alloc, free, alloc
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if type(t).__name__ == "DTensor" else t  # type: ignore[attr-defined]
+
+
+def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_batch_size: int = 2,
+                            seq_len: int = 96, param_dtype: str = "bf16") -> dict[str, Any]:
+    """One tracked forward, backward and AdamW step of `GRID[name]` on rank 0 of ``data``
+    fake ranks."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    cfg = GPTConfig.model_validate({**_LLAMA, **GRID[name]})
+    import_llama3()
+    dist.init_process_group("fake", rank=0, world_size=data)
+    try:
+        torch.manual_seed(0)
+        model = titan_model(cfg, "sdpa")
+        with torch.no_grad():
+            model.init_states()
+        apply_ac(model, checkpointing)
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[param_dtype]
+        importlib.import_module("torchtitan.distributed.fsdp").apply_fsdp_to_decoder(
+            model, init_device_mesh("cpu", (data,)), param_dtype=dtype,
+            reduce_dtype=torch.float32, pp_enabled=False)
+        model.train()
+        return _tracked_step(model, cfg, micro_batch_size, seq_len) | {
+            "name": name, "config": cfg.model_dump(mode="json"), "data": data,
+            "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
+            "seq_len": seq_len, "param_dtype": param_dtype}
+    finally:
+        dist.destroy_process_group()
+
+
+def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int) -> dict[str, Any]:
+    loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
+    positions = torch.arange(s).repeat(b, 1)
+
+    def forward_backward(tracker: _PeakTracker | None = None) -> None:
+        if tracker:
+            tracker.set_phase("forward")
+        pred = model(ids, positions=positions)
+        loss = loss_fn(pred, labels)
+        del pred
+        if tracker:
+            tracker.set_phase("backward")
+        loss.backward()
+
+    forward_backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    forward_backward()  # an earlier micro-batch: every sharded gradient resident
+    gc.collect()
+    params = list(model.parameters())
+    kept = [*(_local(p) for p in params), *(_local(p.grad) for p in params), *model.buffers(),
+            *(_local(v) for st in opt.state.values() for v in st.values()
+              if isinstance(v, torch.Tensor)), ids, labels, positions]
+    tracker = _PeakTracker()
+    resident = tracker.add_resident(kept)
+    keys = {storage_key(t) for t in kept}
+    with _resizes_told(tracker), tracker:
+        forward_backward(tracker)
+        tracker.set_phase("optimizer")
+        opt.step()  # torch's foreach AdamW on the local shards
+    live: Counter[str] = Counter()
+    for n, what in (v for k, v in tracker.at_peak.items() if k not in keys):
+        live[what] += n
+    return {"resident": resident, "delta": tracker.peak - resident,
+            "peak_phase": tracker.peak_phase,
+            "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(),
+            "at_peak": dict(live.most_common())}
+
+
+def _grid_rows() -> list[dict[str, Any]]:
+    rows = []
+    for name in GRID:
+        for checkpointing in ("none", "full", "selective"):
+            rows.append(measure_titan_fsdp_step(name, data=2, checkpointing=checkpointing))
+    rows.append(measure_titan_fsdp_step("gqa-3", data=8, checkpointing="full"))
+    rows.append(measure_titan_fsdp_step("gqa-3", data=2, checkpointing="selective",
+                                        micro_batch_size=1, seq_len=160))
+    rows.append(measure_titan_fsdp_step("gqa-3", data=4, checkpointing="none",
+                                        param_dtype="fp32"))
+    for checkpointing in ("none", "full"):  # few tokens: the last block's backward peaks
+        rows.append(measure_titan_fsdp_step("wide-vocab-4", data=2, checkpointing=checkpointing,
+                                            micro_batch_size=1, seq_len=32))
+    for name, checkpointing, s in (("mha-2", "full", 32), ("mha-2", "none", 32),
+                                   ("mha-2", "selective", 32), ("gqa-3", "full", 16),
+                                   ("gqa-3", "none", 16)):  # a block's end, the head unit
+        rows.append(measure_titan_fsdp_step(name, data=2, checkpointing=checkpointing,
+                                            micro_batch_size=1, seq_len=s))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--write``: measure `GRID` and write `OUT`; otherwise print one line per case."""
+    argv = sys.argv[1:] if argv is None else argv
+    rows = _grid_rows()
+    for r in rows:
+        print(r["name"], r["data"], r["checkpointing"], r["param_dtype"], r["delta"])
+    if "--write" in argv:
+        OUT.write_text(json.dumps({"torch": torch.__version__, "torchtitan": "0.3.0",
+                                   "cases": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
