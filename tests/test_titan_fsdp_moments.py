@@ -1,6 +1,6 @@
 """torchtitan's whole FSDP2 step against `training_memory`, replayed without torch.
 
-docs/validation/torchtitan-fsdp-steps.json holds 20 whole steps of torchtitan 0.3.0's Llama 3
+docs/validation/torchtitan-fsdp-steps.json holds 19 whole steps of torchtitan 0.3.0's Llama 3
 under its own ``apply_fsdp_to_decoder`` on rank 0 of a fake process group
 (`scaleplan.reference.titan_fsdp_step`, FSDP2's storage resizes counted): the peak above the
 sharded states and the batch, and the storages live then. The step's predicted peak above the
