@@ -1,12 +1,12 @@
 """Harness: whole micro-batches of litgpt's full fine-tune under FSDP1, measured on CPU.
 
-``python -m tests.litgpt_fsdp_step`` runs litgpt 0.5.13's GPT (a small Llama-style config,
-distinct sizes: b s = 192, d = 160, F = 448, V = 384) under torch's ``FullyShardedDataParallel``
+``python -m tests.litgpt_fsdp_step`` runs litgpt 0.5.13's GPT (small Llama-style configs,
+`CASES`) under torch's ``FullyShardedDataParallel``
 as Lightning Fabric's ``FSDPStrategy`` wraps it for ``litgpt finetune_full`` (one unit per
 ``Block``, ``FULL_SHARD``, ``use_orig_params=True``, bf16 parameters, Fabric's bf16-true
 ``MixedPrecision``, every ``Block`` in a non-reentrant ``checkpoint_wrapper``) on rank 0 of a
-fake 4-rank process group, with foreach AdamW and ``finetune/full.py``'s loop (Fabric's fp32
-logits held by the loop, litgpt's chunked loss). After a warm-up step it measures two
+fake process group of 2 or 4 ranks, with foreach AdamW and ``finetune/full.py``'s loop
+(Fabric's fp32 logits held by the loop, litgpt's chunked loss). After a warm-up step it measures two
 micro-batches, each after a ``no_sync()`` one (every unsharded gradient resident): another
 ``no_sync()`` micro-batch and the step's last, which reduce-scatters. FSDP1 frees and
 re-allocates its flat parameters by resizing their storages
@@ -25,18 +25,25 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONFIG", "PATH", "WORLD", "measure"]
+__all__ = ["CASES", "PATH", "measure"]
 
 PATH = Path(__file__).parent / "data" / "litgpt_fsdp_step.json"
-WORLD = 4
-B, S = 2, 96
-CONFIG: dict[str, Any] = {"n_layer": 3, "n_head": 4, "n_kv_head": 2, "n_embd": 160,
-                          "mlp_hidden": 448, "vocab_size": 384, "block_size": 256,
-                          "bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
-                          "tie_embeddings": False}
+_LLAMA = {"n_head": 4, "n_kv_head": 2, "mlp_hidden": 448, "block_size": 256, "bias": False,
+          "mlp": "swiglu", "norm": "rmsnorm", "position": "rope", "tie_embeddings": False}
+CASES: dict[str, dict[str, Any]] = {
+    # distinct sizes (b s 192, d 160, F 448, V 384): a block's recompute peaks
+    "blocks": {"config": {**_LLAMA, "n_layer": 3, "n_embd": 160, "vocab_size": 384},
+               "world": 4, "micro_batch_size": 2, "seq_len": 96},
+    # a large vocabulary: the root unit's end peaks (Gemma's shape of problem)
+    "wide-vocab": {"config": {**_LLAMA, "n_layer": 4, "n_embd": 192, "vocab_size": 3000},
+                   "world": 2, "micro_batch_size": 1, "seq_len": 64},
+    # few tokens: a block's end peaks, its weight gradients and their flat copy
+    "few-tokens": {"config": {**_LLAMA, "n_layer": 2, "n_embd": 128, "vocab_size": 2000},
+                   "world": 4, "micro_batch_size": 1, "seq_len": 32},
+}
 
 
-def _model() -> Any:
+def _model(config: dict[str, Any], seq_len: int) -> Any:
     import torch
     from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -46,9 +53,9 @@ def _model() -> Any:
 
     litgpt: Any = importlib.import_module("litgpt")
     block = importlib.import_module("litgpt.model").Block
-    model = litgpt.GPT(litgpt.Config(**litgpt_config(GPTConfig.model_validate(CONFIG))))
+    model = litgpt.GPT(litgpt.Config(**litgpt_config(GPTConfig.model_validate(config))))
     model = model.to(torch.bfloat16)
-    model.max_seq_length = S
+    model.max_seq_length = seq_len
     bf16 = torch.bfloat16
     model = FullyShardedDataParallel(
         model, auto_wrap_policy=ModuleWrapPolicy({block}), use_orig_params=True,
@@ -77,7 +84,7 @@ def _micro_batch(model: Any, ids: Any, held: list[Any], tracker: Any = None) -> 
     loss.backward()
 
 
-def _measure(sync: bool) -> dict[str, Any]:
+def _measure(case: dict[str, Any], sync: bool, fresh: bool = False) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -85,20 +92,22 @@ def _measure(sync: bool) -> dict[str, Any]:
     from scaleplan.reference.titan_fsdp_step import _PeakTracker
     from scaleplan.reference.tracking import storage_key
 
-    dist.init_process_group("fake", rank=0, world_size=WORLD)
+    dist.init_process_group("fake", rank=0, world_size=case["world"])
     try:
         torch.manual_seed(0)
-        model = _model()
+        model = _model(case["config"], case["seq_len"])
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-        ids = torch.randint(0, CONFIG["vocab_size"], (B, S))
+        ids = torch.randint(0, case["config"]["vocab_size"],
+                            (case["micro_batch_size"], case["seq_len"]))
         held: list[Any] = []
         with model.no_sync():
             _micro_batch(model, ids, held)
         _micro_batch(model, ids, held)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        with model.no_sync():
-            _micro_batch(model, ids, held)  # every unsharded gradient resident
+        if not fresh:
+            with model.no_sync():
+                _micro_batch(model, ids, held)  # every unsharded gradient resident
         gc.collect()
         flat = [h._handle.flat_param for h in FullyShardedDataParallel.fsdp_modules(model)
                 if h._handle is not None]
@@ -132,19 +141,20 @@ def _measure(sync: bool) -> dict[str, Any]:
         live: Counter[str] = Counter()
         for n, what in (v for k, v in tracker.at_peak.items() if k not in keys):
             live[what] += n
-        return {"sync": sync, "resident": resident, "peak": tracker.peak,
+        return {"sync": sync, "fresh": fresh, "resident": resident, "peak": tracker.peak,
                 "peak_phase": tracker.peak_phase, "at_peak": dict(live.most_common())}
     finally:
         dist.destroy_process_group()
 
 
 def measure() -> dict[str, Any]:
-    """Both micro-batches, with the versions measured."""
+    """Both micro-batches of every case, with the versions measured."""
     import torch
 
-    return {"torch": torch.__version__, "litgpt": "0.5.13", "world": WORLD,
-            "micro_batch_size": B, "seq_len": S, "config": CONFIG,
-            "cases": [_measure(sync=False), _measure(sync=True)]}
+    return {"torch": torch.__version__, "litgpt": "0.5.13",
+            "cases": [{"name": name, **case, **_measure(case, sync, fresh)}
+                      for name, case in CASES.items()
+                      for sync, fresh in ((False, False), (True, False), (True, True))]}
 
 
 if __name__ == "__main__":

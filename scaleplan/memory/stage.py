@@ -30,6 +30,7 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
+from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_moments
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
     LITGPT_LOGITS_BYTES,
@@ -41,7 +42,7 @@ from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
-from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.states import OptimizerName, weight_bytes
 from scaleplan.memory.step_switches import (
     NO_SWITCHES,
     StepSwitches,
@@ -64,6 +65,7 @@ from scaleplan.memory.tune_switches import (
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
+from scaleplan.model.params import param_terms
 
 __all__ = ["Stage", "stage_parts"]
 
@@ -136,7 +138,7 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
-    moments = _fsdp_no_sync(moments, cfg, p, par, G, implementation, switches)
+    moments = _fsdp_no_sync(moments, cfg, b, s, p, par, G, implementation, switches)
     return W, G, O, saved, copies, all_copies, held, moments
 
 
@@ -166,18 +168,25 @@ def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
     return saved, moments
 
 
-def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, p: Precision, par: Parallelism,
-                  G: Any, implementation: str, switches: StepSwitches) -> dict[str, Any]:
+def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Precision,
+                  par: Parallelism, G: Any, implementation: str,
+                  switches: StepSwitches) -> dict[str, Any]:
     """litgpt's full fine-tune under FSDP (Fabric's FSDP1) accumulating gradients: its
     ``no_sync`` micro-batches leave the whole model's gradients unsharded
     (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`) until the last micro-batch's
     backward reduce-scatters them; so through forward and backward the gradients on a GPU are
     those, not its shards (``G``, which the moments count). The optimizer step sees the
-    shards."""
+    shards. FSDP1's units as measured in such steps replace the generic largest layer gathered
+    (`scaleplan.memory.litgpt_fsdp_terms`)."""
     if not (implementation == "litgpt" and par.fsdp is not None
             and switches.gradient_accumulation):
         return moments
     unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
+    e = weight_bytes(1, "32-true" if p == "32-true" else "bf16-true")  # gathered dtype
+    terms = param_terms(cfg)  # the generic term's largest layer gathered (sharding.py)
+    largest = max(terms["per_layer"], terms["token_embedding"]) * weight_bytes(1, p)
+    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, data=par.data,
+                                   largest_gathered=largest)
     return {k: v if k == "optimizer_step" else v + unsharded - G for k, v in moments.items()}
 
 

@@ -99,8 +99,10 @@ class MemoryBreakdown(BaseModel):
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
     peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
-                         "head_backward", "offload_backward", "block_backward"] = Field(
-        description="Which moment of the step is the worst.")
+                         "head_backward", "offload_backward", "block_backward", "block_end",
+                         "root_end"] = Field(
+        description="Which moment of the step is the worst (``block_end`` and ``root_end``: "
+                    "FSDP1's, `scaleplan.memory.litgpt_fsdp_terms`).")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
 

@@ -69,6 +69,7 @@ class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
         self.made: dict[int, str] = {}
         self.at_peak: dict[int, tuple[int, str]] = {}
         self.func = "resident"
+        self.best = -1
 
     def _label(self, t: torch.Tensor, what: str) -> str:
         return f"{self.phase}:{what} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
@@ -82,7 +83,9 @@ class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
         self._snapshot()
 
     def _snapshot(self) -> None:
-        if self.current >= self.peak:
+        """The storages live at the first moment the peak is reached."""
+        if self.current > self.best:
+            self.best = self.current
             self.at_peak = {k: (n, self.made.get(k, "?")) for k, n in self.live.items() if n}
 
     def resized(self, t: torch.Tensor) -> None:

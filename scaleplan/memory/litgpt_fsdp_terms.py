@@ -1,0 +1,91 @@
+"""What Fabric's FSDP1 adds to litgpt's full fine-tune step, measured whole.
+
+``litgpt finetune_full`` on several GPUs runs Lightning Fabric's ``FSDPStrategy``: torch's
+``FullyShardedDataParallel`` (FSDP1) with one unit per ``Block``, ``FULL_SHARD`` and
+``use_orig_params=True``; the root unit holds everything outside the blocks (the embedding, the
+final norm, the untied ``lm_head``). tests/litgpt_fsdp_step.py measures whole micro-batches of
+it on rank 0 of a fake process group, FSDP1's storage resizes counted
+(tests/data/litgpt_fsdp_step.json), during gradient accumulation (``no_sync()``: every unit's
+gradient unsharded and resident, `scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`).
+Beside the shards and those gradients a GPU holds:
+
+- the root unit gathered from the first forward to the end of backward (FSDP1 does not reshard
+  the root after forward, and the embedding's backward comes last), in place of the generic
+  FSDP term's largest layer (`scaleplan.memory.sharding`);
+- while a block runs its backward (full checkpointing's recompute): that block and a second one
+  gathered, the fresh gradients made so far (w2's at the MLP, the block's first weight gradient)
+  and the root unit's gradients other than the embedding's (the lm_head's and the final norm's:
+  with ``use_orig_params`` each unit's gradients are gathered into one flat gradient only once
+  the unit's backward has ended, the root's with the embedding's, last);
+- at a block's end: both blocks gathered, all of the block's fresh weight gradients and the flat
+  gradient they are copied into, the root's waiting ones, the block's input and its incoming
+  gradient;
+- at the root's end: the root gathered, its fresh gradients and their flat copy (three root-sized
+  tensors) beside the held logits.
+
+Measured on CPU with full checkpointing and accumulating micro-batches. The step's last
+micro-batch, which reduce-scatters, held 1.1% more in the measured case (each reduced block's
+shard); without checkpointing and without accumulation the generic term stays (not measured).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaleplan.memory.dtypes import larger
+from scaleplan.model.config import GPTConfig
+from scaleplan.model.params import param_terms
+
+__all__ = ["litgpt_fsdp1_moments", "litgpt_fsdp1_units"]
+
+LOSS_SCALARS = 8  # the loss and the ones its backward starts from (fp32)
+
+
+def litgpt_fsdp1_units(cfg: GPTConfig) -> dict[str, int]:
+    """Parameters of litgpt's FSDP1 units: ``root`` (all but the blocks), ``block`` (one),
+    ``waiting`` (the root's parameters whose gradients wait for the embedding's: all but the
+    embeddings).
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> litgpt_fsdp1_units(cfg)  # wte 61,440 + lm_head 61,440 + final norm 160
+    {'root': 123040, 'block': 292160, 'waiting': 61600}
+    """
+    terms = param_terms(cfg)
+    root = terms["total"] - cfg.n_layer * terms["per_layer"]
+    embeddings = terms["token_embedding"] + terms["position_embedding"]
+    return {"root": root, "block": terms["per_layer"], "waiting": root - embeddings}
+
+
+def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any], *, e: int,
+                         data: int, largest_gathered: Any) -> dict[str, Any]:
+    """``moments`` (litgpt's one-GPU moments on sharded states, whose weights count
+    ``largest_gathered`` bytes gathered) with FSDP1's units as measured (module docstring):
+    the root gathered at every moment but the optimizer step's, the recompute moment's blocks
+    and gradients, and the block's and the root's ends. ``e``: bytes of a gathered value.
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> litgpt_fsdp1_moments(cfg, 2, 96, {"recompute": 0, "optimizer_step": 0}, e=2, data=4,
+    ...                      largest_gathered=0)["root_end"]  # 3 x 123,040 x 2 + 3 x 146,080 + 8
+    1176488
+    """
+    units = litgpt_fsdp1_units(cfg)
+    root, block, waiting = units["root"] * e, units["block"] * e, units["waiting"] * e
+    shard = -(-units["block"] // data) * e  # a block's reduce-scattered gradient
+    T, d = b * s, cfg.n_embd
+    out = {k: v if k == "optimizer_step" else v + root - largest_gathered
+           for k, v in moments.items()}
+    if "recompute" in out:
+        first_gradient = d * cfg.mlp_hidden * e  # the MLP's output projection's
+        last = out["recompute"] + 2 * block + first_gradient + waiting
+        # the step's last micro-batch, one block further down: its input freed, the reduced
+        # shard of the block above beside the unsharded gradients
+        out["recompute"] = larger(last, last - T * d * e + shard)
+        out["block_end"] = (root + 2 * block + 2 * block + waiting + 2 * T * d * e
+                            + LOSS_SCALARS - largest_gathered)
+    # the last micro-batch reaches the root's end with every block's reduced shard
+    out["root_end"] = 3 * root + cfg.n_layer * shard + LOSS_SCALARS - largest_gathered
+    return out
