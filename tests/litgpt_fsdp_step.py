@@ -1,19 +1,20 @@
 """Harness: whole micro-batches of litgpt's full fine-tune under FSDP1, measured on CPU.
 
 ``python -m tests.litgpt_fsdp_step`` runs litgpt 0.5.13's GPT (small Llama-style configs,
-`CASES`) under torch's ``FullyShardedDataParallel``
-as Lightning Fabric's ``FSDPStrategy`` wraps it for ``litgpt finetune_full`` (one unit per
-``Block``, ``FULL_SHARD``, ``use_orig_params=True``, bf16 parameters, Fabric's bf16-true
-``MixedPrecision``, every ``Block`` in a non-reentrant ``checkpoint_wrapper``) on rank 0 of a
-fake process group of 2 or 4 ranks, with foreach AdamW and ``finetune/full.py``'s loop
-(Fabric's fp32 logits held by the loop, litgpt's chunked loss). After a warm-up step it measures two
-micro-batches, each after a ``no_sync()`` one (every unsharded gradient resident): another
-``no_sync()`` micro-batch and the step's last, which reduce-scatters. FSDP1 frees and
-re-allocates its flat parameters by resizing their storages
-(``torch.distributed.fsdp._flat_param._alloc_storage`` / ``_free_storage``); those resizes are
-counted (`scaleplan.reference.titan_fsdp_step`'s tracker). It writes
-tests/data/litgpt_fsdp_step.json (peak, resident bytes, the storages live at the peak), replayed
-without torch by tests/test_litgpt_fsdp_step.py.
+`CASES`) under torch's ``FullyShardedDataParallel`` as Lightning Fabric's ``FSDPStrategy``
+wraps it for ``litgpt finetune_full`` (one unit per ``Block``, ``FULL_SHARD``,
+``use_orig_params=True``, bf16 parameters, Fabric's bf16-true ``MixedPrecision``, every
+``Block`` in a non-reentrant ``checkpoint_wrapper``) on rank 0 of a fake process group of 2 or
+4 ranks, with foreach AdamW and ``finetune/full.py``'s loop (Fabric's fp32 logits held by the
+loop, litgpt's chunked loss). After a warm-up step it measures, each after a ``no_sync()``
+micro-batch (every unsharded gradient resident): another ``no_sync()`` micro-batch, and the
+step's last, which reduce-scatters, with the optimizer step; and a step without accumulation
+(no gradient when it starts). FSDP1 frees and re-allocates its flat parameters by resizing
+their storages (``torch.distributed.fsdp._flat_param._alloc_storage`` / ``_free_storage``);
+those resizes are counted (`scaleplan.reference.titan_fsdp_step`'s tracker), and the harness
+keeps no reference to what it measures. It writes tests/data/litgpt_fsdp_step.json (peaks, per
+phase too, resident bytes, the storages live at the peak), replayed without torch by
+tests/test_litgpt_fsdp_step.py.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def _measure(case: dict[str, Any], sync: bool, fresh: bool = False) -> dict[str,
         tracker = _PeakTracker()
         resident = tracker.add_resident(kept)
         keys = {storage_key(t) for t in kept}
+        del kept, flat  # no reference of ours may keep a gradient FSDP1 drops alive
         module: Any = importlib.import_module("torch.distributed.fsdp._flat_param")
         alloc, free = module._alloc_storage, module._free_storage
 
@@ -131,8 +133,10 @@ def _measure(case: dict[str, Any], sync: bool, fresh: bool = False) -> dict[str,
         module._alloc_storage, module._free_storage = told_alloc, told_free
         try:
             with tracker:
-                if sync:
+                if sync:  # the step's last micro-batch, then the optimizer step
                     _micro_batch(model, ids, held, tracker)
+                    tracker.set_phase("optimizer")
+                    opt.step()
                 else:
                     with model.no_sync():
                         _micro_batch(model, ids, held, tracker)
@@ -142,6 +146,7 @@ def _measure(case: dict[str, Any], sync: bool, fresh: bool = False) -> dict[str,
         for n, what in (v for k, v in tracker.at_peak.items() if k not in keys):
             live[what] += n
         return {"sync": sync, "fresh": fresh, "resident": resident, "peak": tracker.peak,
+                "phase_peaks": dict(tracker.phase_peaks),
                 "peak_phase": tracker.peak_phase, "at_peak": dict(live.most_common())}
     finally:
         dist.destroy_process_group()

@@ -23,16 +23,16 @@ Beside the shards and those gradients a GPU holds:
 - at the root's end: the root gathered, its fresh gradients and their flat copy (three root-sized
   tensors) beside the held logits.
 
-Measured on CPU with full checkpointing and accumulating micro-batches. The step's last
-micro-batch, which reduce-scatters, held 1.1% more in the measured case (each reduced block's
-shard); without checkpointing and without accumulation the generic term stays (not measured).
+Measured on CPU with full checkpointing: an accumulating micro-batch is the step's worst (the
+last, which reduce-scatters, frees each unit's unsharded gradient for its shard and peaks as
+high or lower). Without checkpointing and without accumulation the generic term stays (the
+latter is measured, tests/data/litgpt_fsdp_step.json, not modelled).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from scaleplan.memory.dtypes import larger
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
@@ -59,7 +59,7 @@ def litgpt_fsdp1_units(cfg: GPTConfig) -> dict[str, int]:
 
 
 def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any], *, e: int,
-                         data: int, largest_gathered: Any) -> dict[str, Any]:
+                         largest_gathered: Any) -> dict[str, Any]:
     """``moments`` (litgpt's one-GPU moments on sharded states, whose weights count
     ``largest_gathered`` bytes gathered) with FSDP1's units as measured (module docstring):
     the root gathered at every moment but the optimizer step's, the recompute moment's blocks
@@ -68,24 +68,19 @@ def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any]
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
-    >>> litgpt_fsdp1_moments(cfg, 2, 96, {"recompute": 0, "optimizer_step": 0}, e=2, data=4,
-    ...                      largest_gathered=0)["root_end"]  # 3 x 123,040 x 2 + 3 x 146,080 + 8
-    1176488
+    >>> litgpt_fsdp1_moments(cfg, 2, 96, {"recompute": 0, "optimizer_step": 0}, e=2,
+    ...                      largest_gathered=0)["root_end"]  # 3 x 123,040 x 2 + 8
+    738248
     """
     units = litgpt_fsdp1_units(cfg)
     root, block, waiting = units["root"] * e, units["block"] * e, units["waiting"] * e
-    shard = -(-units["block"] // data) * e  # a block's reduce-scattered gradient
     T, d = b * s, cfg.n_embd
     out = {k: v if k == "optimizer_step" else v + root - largest_gathered
            for k, v in moments.items()}
     if "recompute" in out:
         first_gradient = d * cfg.mlp_hidden * e  # the MLP's output projection's
-        last = out["recompute"] + 2 * block + first_gradient + waiting
-        # the step's last micro-batch, one block further down: its input freed, the reduced
-        # shard of the block above beside the unsharded gradients
-        out["recompute"] = larger(last, last - T * d * e + shard)
+        out["recompute"] = out["recompute"] + 2 * block + first_gradient + waiting
         out["block_end"] = (root + 2 * block + 2 * block + waiting + 2 * T * d * e
                             + LOSS_SCALARS - largest_gathered)
-    # the last micro-batch reaches the root's end with every block's reduced shard
-    out["root_end"] = 3 * root + cfg.n_layer * shard + LOSS_SCALARS - largest_gathered
+    out["root_end"] = 3 * root + LOSS_SCALARS - largest_gathered
     return out

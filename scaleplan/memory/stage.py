@@ -176,8 +176,9 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
     (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`) until the last micro-batch's
     backward reduce-scatters them; so through forward and backward the gradients on a GPU are
     those, not its shards (``G``, which the moments count). The optimizer step sees the
-    shards. FSDP1's units as measured in such steps replace the generic largest layer gathered
-    (`scaleplan.memory.litgpt_fsdp_terms`)."""
+    shards, and nothing gathered (the generic term's gathered layer, its gradient and its
+    reduction bucket are taken back there). FSDP1's units as measured in such steps replace the
+    generic largest layer gathered (`scaleplan.memory.litgpt_fsdp_terms`)."""
     if not (implementation == "litgpt" and par.fsdp is not None
             and switches.gradient_accumulation):
         return moments
@@ -185,9 +186,10 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
     e = weight_bytes(1, "32-true" if p == "32-true" else "bf16-true")  # gathered dtype
     terms = param_terms(cfg)  # the generic term's largest layer gathered (sharding.py)
     largest = max(terms["per_layer"], terms["token_embedding"]) * weight_bytes(1, p)
-    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, data=par.data,
-                                   largest_gathered=largest)
-    return {k: v if k == "optimizer_step" else v + unsharded - G for k, v in moments.items()}
+    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, largest_gathered=largest)
+    shards = -(-unsharded // par.data)
+    return {k: v - largest - (G - shards) if k == "optimizer_step" else v + unsharded - G
+            for k, v in moments.items()}
 
 
 def _fresh_gradients(switches: StepSwitches) -> bool:

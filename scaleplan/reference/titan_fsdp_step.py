@@ -192,6 +192,7 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int) -> dict[str, Any]:
     tracker = _PeakTracker()
     resident = tracker.add_resident(kept)
     keys = {storage_key(t) for t in kept}
+    del kept, params  # no reference of ours may keep a storage FSDP2 drops alive
     with _resizes_told(tracker), tracker:
         forward_backward(tracker)
         tracker.set_phase("optimizer")
