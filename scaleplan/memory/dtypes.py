@@ -28,6 +28,7 @@ __all__ = [
     "param_dtype_bytes",
     "residual_bytes",
     "semantics",
+    "smaller",
 ]
 
 AttentionKind = Literal["flash", "eager"]
@@ -129,14 +130,27 @@ def larger(x: Any, y: Any) -> Any:
     >>> larger(3, 5), larger(2**40, 7)
     (5, 1099511627776)
     """
+    return _pick(x, y, smallest=False)
+
+
+def smaller(x: Any, y: Any) -> Any:
+    """The smaller of two sizes, as `larger` picks the larger.
+
+    >>> smaller(3, 5)
+    3
+    """
+    return _pick(x, y, smallest=True)
+
+
+def _pick(x: Any, y: Any, *, smallest: bool) -> Any:
     from scaleplan.checks import is_integer
 
     if is_integer(x) and is_integer(y):
-        return max(int(x), int(y))
+        return (min if smallest else max)(int(x), int(y))
     if hasattr(x, "dtype") or hasattr(y, "dtype"):
         import numpy as np
 
-        return np.maximum(x, y)
+        return (np.minimum if smallest else np.maximum)(x, y)
     import sympy
 
-    return sympy.Max(x, y)
+    return (sympy.Min if smallest else sympy.Max)(x, y)

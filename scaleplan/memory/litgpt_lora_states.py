@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.memory.dtypes import larger, smaller
 from scaleplan.memory.litgpt_lora_terms import (
     HEAD_CHUNK,
     QUANTIZED_BASES,
@@ -150,9 +151,9 @@ def litgpt_lora_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
     copy = (b != 1) * b * (c - 1) * V * FP32  # a view at b = 1 (works on arrays too)
     model_chunks = 0 if e == FP32 else b * s * V * e
     lsm = b * (s - 1) * V * FP32
-    rows = b * _smaller(s - 1, HEAD_CHUNK)  # a full chunk, or the one sliced chunk
+    rows = b * smaller(s - 1, HEAD_CHUNK)  # a full chunk, or the one sliced chunk
     moments: dict[str, Any] = {
-        "forward_end": _larger(S - lsm + model_chunks + b * s * V * FP32 + kept_before,
+        "forward_end": larger(S - lsm + model_chunks + b * s * V * FP32 + kept_before,
                                S + copy),
         "backward_start": S + 2 * rows * V * FP32,
         "optimizer_step": temp}
@@ -201,20 +202,6 @@ def litgpt_bnb_tensor_peak(cfg: GPTConfig, lora: LoRA, b: int, s: int, *,
     return int(W + G + O + held + moments[worst]), worst
 
 
-def _smaller(x: Any, y: Any) -> Any:
-    if isinstance(x, int) and isinstance(y, int):
-        return min(x, y)
-    import numpy as np  # float64 arrays of shapes (memory_grid)
-
-    return np.minimum(x, y)
-
-
-def _larger(x: Any, y: Any) -> Any:
-    if isinstance(x, int) and isinstance(y, int):
-        return max(x, y)
-    import numpy as np  # float64 arrays of shapes (memory_grid)
-
-    return np.maximum(x, y)
 
 
 def litgpt_lora_stage_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any,

@@ -43,6 +43,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from scaleplan.checks import is_integer
+from scaleplan.memory.dtypes import larger, smaller
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
 
@@ -293,12 +294,12 @@ def litgpt_loss_transients(cfg: GPTConfig, b: Any, s: Any, *, precision: Precisi
     V, rows = cfg.vocab_size, b * (s - 1)
     logits = b * s * V * e
     copy = litgpt_logits_copy_bytes(cfg, b, s, precision=precision)
-    piece = rows if chunk == 0 else _smaller(rows, chunk)
+    piece = rows if chunk == 0 else smaller(rows, chunk)
     model_out = 0 if precision == "32-true" else b * s * V * e_model
     loss = litgpt_loss_saved_terms(cfg, b, s, precision=precision, chunk=chunk)
     cast = model_out + logits - sum(loss.values())
-    return (_larger(copy + (0 if hold_logits else logits), cast),
-            _larger(2 * piece * V * e, logits))
+    return (larger(copy + (0 if hold_logits else logits), cast),
+            larger(2 * piece * V * e, logits))
 
 
 def litgpt_no_sync_gradient_bytes(cfg: GPTConfig, *, precision: Precision) -> Any:
@@ -326,20 +327,6 @@ def litgpt_no_sync_gradient_bytes(cfg: GPTConfig, *, precision: Precision) -> An
     return param_terms(cfg)["total"] * (FP32 if precision == "32-true" else HALF)
 
 
-def _smaller(x: Any, y: Any) -> Any:
-    if is_integer(x) and is_integer(y):
-        return min(int(x), int(y))
-    import numpy as np  # float64 arrays of shapes (memory_grid)
-
-    return np.minimum(x, y)
-
-
-def _larger(x: Any, y: Any) -> Any:
-    if is_integer(x) and is_integer(y):
-        return max(int(x), int(y))
-    import numpy as np
-
-    return np.maximum(x, y)
 
 
 def litgpt_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision,
