@@ -130,8 +130,11 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
-            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads, switches),
-            fresh_gradients=_fresh_gradients(switches))
+            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
+            fresh_gradients=_fresh_gradients(switches), gradients=(
+                G, gradients_at("recompute", G, largest_gradient_bytes(cfg, p)
+                                if switches.optimizer_in_backward else 0, switches),
+                switches.optimizer_in_backward))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
@@ -187,16 +190,14 @@ def _fresh_gradients(switches: StepSwitches) -> bool:
 
 
 def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
-                           both_ends: bool, switches: StepSwitches = NO_SWITCHES) -> Any:
+                           both_ends: bool) -> Any:
     """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
     share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
     under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
     transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
-    tests/data/impl_recompute_peaks.json). The latter three, measured with every gradient
-    resident, keep their earlier moment (none) with fresh gradients (`_fresh_gradients`).
+    tests/data/impl_recompute_peaks.json), with fresh gradients too
+    (tests/data/fresh_recompute_peaks.json).
     """
-    if _fresh_gradients(switches) and code != "nanogpt":
-        return 0
     if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
