@@ -1,0 +1,137 @@
+"""Full checkpointing's backward with fresh gradients (none when the step starts), against
+whole steps of transformers', torchtune's and litgpt's models, replayed torch-free.
+
+tests/data/fresh_recompute_peaks.json holds 14 steps that ``python -m tests.impl_recompute_peaks
+--fresh`` measured on CPU (torch 2.13, transformers 5.25, torchtune 0.6.1, litgpt 0.5.13): the
+same models and checkpointing as tests/data/impl_recompute_peaks.json (transformers' Llama,
+Qwen2 and GPT-2 in fp32 and bf16 autocast; torchtune's Llama 3.2 in fp32 and bf16 and Qwen2 in
+bf16; litgpt's TinyLlama in fp32 and bf16 and Pythia in fp32), but after a warm-up step the
+gradients are None (``zero_grad(set_to_none=True)``, no accumulating micro-batch), or, for
+torchtune's Llama 3.2, each freed by its optimizer's step in backward (the recipe's
+``optimizer_in_bwd``, for-loop AdamW per parameter). Each live storage at the backward's peak
+is listed with what made it, each ``.grad`` by its parameter's name.
+
+Above the resident bytes the backward's peak is `scaleplan.memory.stage_terms.
+fresh_recompute_moment` to the byte (but for the loss and its gradient seed, and the storages
+resident from the start, as in tests/test_impl_recompute_peaks_replay.py), in 12 of the 14
+steps; in torchtune's bf16 steps (`BELOW`) the tiny shape puts the peak in the first block's
+``mlp_norm`` backward instead: torchtune's RMSNorm upcasts to fp32, and its backward's eight
+fp32 T d tensors (8 x 96 x 256 x 4 = 786432 bytes) beside the MLP's three weight gradients
+made by then (3 x 256 x 512 x 2 = 786432) outweigh the MLP's worst node (its T f tensors are
+only 96 x 512 x 2 = 98304 bytes each); at real sizes (T f e far above d f) the MLP node is the
+larger. That node is not modelled: the moment is below the measurement by the listed bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.step_switches import StepSwitches
+from scaleplan.memory.training import training_memory
+from tests.test_impl_recompute_peaks_replay import (
+    CONFIGS,
+    LOSS_AND_SEED,
+    RESIDENT_TABLES,
+    RESIDENT_TERMS,
+)
+
+DATA = json.loads((Path(__file__).parent / "data" / "fresh_recompute_peaks.json").read_text())
+B, S = DATA["micro_batch_size"], DATA["seq_len"]
+# the first block's mlp_norm backward (see the module docstring): measured minus the moment
+BELOW = {("llama3_2", "bf16-true", "fresh"): 214400, ("qwen2", "bf16-true", "fresh"): 237952}
+
+
+def _id(c: dict[str, Any]) -> str:
+    return "-".join(c[k] for k in ("implementation", "family", "precision", "gradients"))
+
+
+def _switches(case: dict[str, Any]) -> StepSwitches:
+    return StepSwitches(optimizer_in_backward=case["gradients"] == "in-backward",
+                        gradient_accumulation=False)
+
+
+def _impl(case: dict[str, Any]) -> str:
+    return "for-loop" if case["gradients"] == "in-backward" else "fused"
+
+
+def test_the_grid_is_whole() -> None:
+    cases = DATA["cases"]
+    assert len(cases) == 14
+    assert {c["gradients"] for c in cases} == {"fresh", "in-backward"}
+    assert all(c["peak_phase"] == "backward" for c in cases)
+
+
+@pytest.mark.parametrize("case", DATA["cases"], ids=_id)
+def test_fresh_moment_is_the_measured_backward_peak(case: dict[str, Any]) -> None:
+    cfg = CONFIGS[case["implementation"], case["family"]]
+    W, G, O, saved, _, _, _, moments = stage_parts(
+        cfg, B, S, case["precision"], "adamw", "flash", "full", "cpu", Parallelism(),
+        _impl(case), False, "only", implementation=case["implementation"],
+        switches=_switches(case))
+    measured = case["backward_peak"] - case["resident"]
+    terms = (*RESIDENT_TERMS, RESIDENT_TABLES.get(case["implementation"], ""))
+    resident_in_moment = sum(saved.get(k, 0) for k in terms)
+    bf16_loss = case["implementation"] == "litgpt" and case["precision"] != "32-true"
+    loss_and_seed = LOSS_AND_SEED // 2 if bf16_loss else LOSS_AND_SEED
+    below = BELOW.get((case["family"], case["precision"], case["gradients"]), 0) \
+        if case["implementation"] == "torchtune" else 0
+    # the moments count on top of every gradient, less those not alive (G)
+    moment = moments["recompute"] + G
+    assert moment - resident_in_moment + loss_and_seed + below == measured
+
+
+@pytest.mark.parametrize("case", [c for c in DATA["cases"] if c["implementation"] != "torchtune"
+                                  or c["precision"] == "32-true"], ids=_id)
+def test_fresh_step_peak_within_a_thousandth(case: dict[str, Any]) -> None:
+    # the whole step's peak (its backward's); resident bytes left out as in
+    # tests/test_impl_recompute_peaks_replay.py (buffers, step counters, the batch's labels)
+    cfg = CONFIGS[case["implementation"], case["family"]]
+    m = training_memory(cfg, micro_batch_size=B, seq_len=S, precision=case["precision"],
+                        attention="flash", checkpointing="full", device="cpu",
+                        optimizer_impl=_impl(case), hold_logits=False,
+                        implementation=case["implementation"],
+                        optimizer_in_backward=case["gradients"] == "in-backward",
+                        gradient_accumulation=False)
+    assert m.peak_moment == "recompute"
+    expected = case["peak_bytes"] - (case["buffers"] if case["implementation"] == "hf" else 0)
+    assert m.tensor_peak == pytest.approx(expected, rel=1e-3)
+
+
+def test_torchtune_tied_backward_end_by_hand() -> None:
+    # torchtune's Llama 3.2 small shape (tied, V = 512, d = 256), fp32, fresh gradients: the
+    # peak is the embedding's backward, every other gradient made (G less the shared weight's
+    # 512 x 256 x 4) and three V d tensors at once (the output layer's share waiting, the
+    # embedding's dense gradient, their sum): G + 2 V d 4 above weights and states, plus
+    # the loss and its seed (8 bytes)
+    case = next(c for c in DATA["cases"] if c["implementation"] == "torchtune"
+                and c["precision"] == "32-true" and c["gradients"] == "fresh")
+    G = 5248000
+    assert case["backward_peak"] - case["resident"] == G + 2 * 512 * 256 * 4 + 8
+    W, G_model, *_ = stage_parts(CONFIGS["torchtune", "llama3_2"], B, S, "32-true", "adamw",
+                                 "flash", "full", "cpu", Parallelism(), "fused", False, "only",
+                                 implementation="torchtune")
+    assert G_model == G
+    three = [line.split()[1] for line in case["at_backward_peak"]
+             if line.endswith("(512, 256) float32") and line.split()[1] != "grad"]
+    assert sorted(three) == ["add.Tensor", "embedding_dense_backward", "mm"]
+
+
+def test_hf_llama_fp32_by_hand() -> None:
+    # transformers' Llama (untied; T = 96, d = 128, f = 352, V = 512), fp32, fresh gradients:
+    # the first block rebuilt last, at its gated MLP's product: the gradients alive are the
+    # output layer's (V d = 65536), the final norm's (128), the second block's (q and o
+    # 128 x 128, k and v 64 x 128, gate, up and down 352 x 128, two norms of 128: 201984)
+    # and the first block's down projection (352 x 128 = 45056), 4 bytes each
+    alive = (512 * 128 + 128 + (2 * 128 * 128 + 2 * 64 * 128 + 3 * 352 * 128 + 2 * 128)
+             + 352 * 128) * 4
+    case = next(c for c in DATA["cases"] if c["implementation"] == "hf"
+                and c["family"] == "llama" and c["precision"] == "32-true")
+    grads = sum(int(line.split()[0]) for line in case["at_backward_peak"]
+                if line.split()[1] == "grad")
+    assert grads == alive == 1181184
