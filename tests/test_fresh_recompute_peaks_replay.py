@@ -70,7 +70,7 @@ def test_the_grid_is_whole() -> None:
 @pytest.mark.parametrize("case", DATA["cases"], ids=_id)
 def test_fresh_moment_is_the_measured_backward_peak(case: dict[str, Any]) -> None:
     cfg = CONFIGS[case["implementation"], case["family"]]
-    W, G, O, saved, _, _, _, moments = stage_parts(
+    _, G, _, saved, _, _, _, moments = stage_parts(
         cfg, B, S, case["precision"], "adamw", "flash", "full", "cpu", Parallelism(),
         _impl(case), False, "only", implementation=case["implementation"],
         switches=_switches(case))
@@ -113,7 +113,7 @@ def test_torchtune_tied_backward_end_by_hand() -> None:
                 and c["precision"] == "32-true" and c["gradients"] == "fresh")
     G = 5248000
     assert case["backward_peak"] - case["resident"] == G + 2 * 512 * 256 * 4 + 8
-    W, G_model, *_ = stage_parts(CONFIGS["torchtune", "llama3_2"], B, S, "32-true", "adamw",
+    _, G_model, *_ = stage_parts(CONFIGS["torchtune", "llama3_2"], B, S, "32-true", "adamw",
                                  "flash", "full", "cpu", Parallelism(), "fused", False, "only",
                                  implementation="torchtune")
     assert G_model == G

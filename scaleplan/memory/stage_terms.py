@@ -126,7 +126,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
 def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
                            attention: AttentionKind, device: DeviceKind, par: Parallelism,
                            saved: dict[str, Any], copies: Any, all_copies: Any,
-                           layers: int, code: str, *, G: Any, head_gradient: Any, in_backward: bool = False) -> Any:
+                           layers: int, code: str, *, G: Any, head_gradient: Any,
+                           in_backward: bool = False) -> Any:
     """Bytes above weights and optimizer states at the worst moment of the backward of
     transformers', torchtune's or litgpt's (``code``) full-checkpointing step when no
     gradient exists as it starts (no accumulation): every gradient counted where it exists.
