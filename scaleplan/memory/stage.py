@@ -132,8 +132,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
             head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
             fresh_gradients=_fresh_gradients(switches), gradients=(
-                G, gradients_at("recompute", G, largest_gradient_bytes(cfg, p)
-                                if switches.optimizer_in_backward else 0, switches),
+                G, None if switches.activation_offload else gradients_at(
+                    "recompute", G, largest_gradient_bytes(cfg, p)
+                    if switches.optimizer_in_backward else 0, switches),
                 switches.optimizer_in_backward))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,

@@ -99,7 +99,9 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     they take `fresh_recompute_moment` (measured, tests/data/fresh_recompute_peaks.json),
     given ``gradients``: (G, every gradient's bytes; the gradient bytes the switch moments
     count at this moment, `scaleplan.memory.step_switches.gradients_at`; whether torchtune's
-    optimizer steps in backward), less the bytes that bound counts; other codes keep the
+    optimizer steps in backward; bound None under activation offloading, whose moments
+    `scaleplan.memory.tune_switches.tune_offload_stage` derives from the earlier ones), less
+    the bytes that bound counts; other codes keep the
     earlier moment, not re-measured: the block's saves, its weight copies and the head's."""
     dropout = cfg.dropout > 0
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
@@ -108,7 +110,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     share = (all_copies - copies) // max(layers, 1)
     eager = code in ("hf", "torchtune", "litgpt") and cfg.moe is None
     G, bound, in_backward = gradients
-    if fresh_gradients and eager and (code == "torchtune" or not in_backward):
+    if fresh_gradients and eager and bound is not None and (code == "torchtune"
+                                                            or not in_backward):
         return fresh_recompute_moment(cfg, b, s, p, attention, device, par, saved, copies,
                                       all_copies, layers, code, G=G, head_gradient=head_gradient,
                                       in_backward=in_backward) \
