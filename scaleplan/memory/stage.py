@@ -131,11 +131,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
             head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
-            fresh_gradients=_fresh_gradients(switches), gradients=(
-                G, None if switches.activation_offload else gradients_at(
-                    "recompute", G, largest_gradient_bytes(cfg, p)
-                    if switches.optimizer_in_backward else 0, switches),
-                switches.optimizer_in_backward))
+            fresh_gradients=_fresh_gradients(switches),
+            gradients=_recompute_gradients(cfg, p, G, switches))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
@@ -188,6 +185,19 @@ def _fresh_gradients(switches: StepSwitches) -> bool:
     """Whether the step's gradients start as None (no accumulation, or each freed by its
     optimizer step in backward)."""
     return not switches.gradient_accumulation or switches.optimizer_in_backward
+
+
+def _recompute_gradients(cfg: GPTConfig, p: Precision, G: Any,
+                         switches: StepSwitches) -> tuple[Any, Any, bool]:
+    """`scaleplan.memory.stage_terms.recompute_moment`'s ``gradients``: (every gradient's
+    bytes, those the switch moments count at the recompute moment (`gradients_at`; None
+    under activation offloading, whose moments keep the earlier recompute moment), whether
+    the optimizer steps in backward)."""
+    in_backward = switches.optimizer_in_backward
+    largest = largest_gradient_bytes(cfg, p) if in_backward else 0
+    bound = None if switches.activation_offload else gradients_at("recompute", G, largest,
+                                                                  switches)
+    return G, bound, in_backward
 
 
 def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
