@@ -15,6 +15,13 @@ starts), so the step's peak is its backward's. Live bytes by storage
 resident are listed (the operation that made each, its shape and dtype), the evidence for
 `scaleplan.memory.stage_terms.recompute_moment`. Writes tests/data/impl_recompute_peaks.json,
 replayed without torch by tests/test_impl_recompute_peaks_replay.py.
+
+``python -m tests.impl_recompute_peaks --fresh`` measures `FRESH_CASES` instead: steps that
+start with no gradient (set to None after the warm-up step, or torchtune's optimizer in
+backward freeing each after its step), each new ``.grad`` named by its parameter at the peak,
+the evidence for `scaleplan.memory.stage_terms.fresh_recompute_moment`; it writes
+tests/data/fresh_recompute_peaks.json (about 30 s on CPU), replayed by
+tests/test_fresh_recompute_peaks_replay.py.
 """
 
 from __future__ import annotations

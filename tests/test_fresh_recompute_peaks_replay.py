@@ -135,3 +135,18 @@ def test_hf_llama_fp32_by_hand() -> None:
     grads = sum(int(line.split()[0]) for line in case["at_backward_peak"]
                 if line.split()[1] == "grad")
     assert grads == alive == 1181184
+
+
+@pytest.mark.torch
+def test_live_mistral_bf16_fresh_step_matches_the_moment() -> None:
+    pytest.importorskip("transformers")
+    from tests.impl_recompute_peaks import measure_hf_step
+
+    # a family the committed grid lacks (its fresh steps); untied, gated, 8 heads of 16
+    case = measure_hf_step("mistral", "bf16-mixed", 0.0, "sdpa", "fresh")
+    _, G, _, saved, _, _, _, moments = stage_parts(
+        CONFIGS["hf", "mistral"], B, S, "bf16-mixed", "adamw", "flash", "full", "cpu",
+        Parallelism(), "fused", False, "only", implementation="hf",
+        switches=StepSwitches(gradient_accumulation=False))
+    measured = case["backward_peak"] - case["resident"]
+    assert moments["recompute"] + G - saved["token_ids"] + LOSS_AND_SEED == measured
