@@ -36,6 +36,7 @@ from typing import Any
 
 __all__ = [
     "FRESH_CASES",
+    "FRESH_DROPOUT_CASES",
     "FRESH_PATH",
     "HF_CASES",
     "LITGPT_CASES",
@@ -69,7 +70,15 @@ FRESH_CASES = [*[("hf", f, p, "fresh") for f, p in itertools.product(
                    ("llama3_2",), ("32-true", "bf16-true"), ("fresh", "in-backward"))],
                ("torchtune", "qwen2", "bf16-true", "fresh"),
                *[("litgpt", "tinyllama", p, "fresh") for p in ("32-true", "bf16-true")],
-               ("litgpt", "pythia", "32-true", "fresh")]
+               ("litgpt", "pythia", "32-true", "fresh"),
+               *[("hf", f, p, "fresh") for f, p in (
+                   ("gpt_neox", "32-true"), ("gpt_neox", "bf16-mixed"), ("gemma", "32-true"))],
+               ("litgpt", "pythia", "bf16-mixed", "fresh"),
+               ("litgpt", "tinyllama", "bf16-mixed", "fresh"),
+               ("torchtune", "qwen2", "32-true", "fresh")]
+# (family, precision, dropout) of transformers' steps with dropout and fresh gradients
+FRESH_DROPOUT_CASES = [("llama", "32-true", 0.1), ("gpt2", "32-true", 0.1),
+                       ("gpt2", "bf16-mixed", 0.1)]
 LITGPT_CASES = [*itertools.product(("tinyllama",), ("32-true", "bf16-true", "bf16-mixed")),
                 ("pythia", "32-true")]
 
@@ -301,6 +310,8 @@ def measure_fresh() -> dict[str, Any]:
             rows.append(measure_tune_step(family, precision, gradients))
         else:
             rows.append(measure_litgpt_step(family, precision, gradients))
+    rows += [measure_hf_step(f, p, dropout, "sdpa", "fresh")
+             for f, p, dropout in FRESH_DROPOUT_CASES]
     return {"torch": torch.__version__, "python": sys.version.split()[0],
             "micro_batch_size": B, "seq_len": S, "optimizer": "fused",
             "in_backward_optimizer": "for-loop", "cases": rows}

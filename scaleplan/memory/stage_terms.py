@@ -158,7 +158,8 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     residual = T * d * r
     if in_backward:  # at the down projection's hook: its input (the product) freed
         return kept + rebuilt + share + residual
-    node = fresh_mlp_node_bytes(cfg, b, s, p, code)
+    node = fresh_mlp_node_bytes(cfg, b, s, p, code,
+                                mask=block.get("resid_dropout_masks", 0) // 2)
     tensors = parameters(cfg)
     per_block = across_model(cfg, [t for t in tensors if t.per_block], layers=1) * g
     head = sum(math.prod(t.shape) for t in tensors
@@ -173,29 +174,44 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     return _larger(_larger(last, first), end)
 
 
-def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str) -> Any:
+def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str, *,
+                         mask: Any = 0) -> Any:
     """The worst node of a rebuilt block's MLP backward when its gradients are fresh, above
-    the block's saves: the residual stream's gradient (T d r) and the larger of
+    the block's saves and the down projection's gradients (weight and bias in the parameters'
+    dtype, which AccumulateGrad takes as they are): the residual stream's gradient (T d r,
+    less ``mask``, the MLP's residual dropout mask, released by the dropout's backward before
+    the MLP's) and the largest of
 
     - the down projection's backward: its incoming gradient when a tensor of its own (T d e,
-      autocast's cast) and its input's gradient (T f e); its weight's gradient is the
-      parameter's ``.grad`` from there on (AccumulateGrad takes it as it is: counted with
-      the gradients), but under autocast it is first made in 16 bits (f d e) and cast
-      (f d 4, counted with the gradients, not yet made);
+      autocast's cast) and its input's gradient (T f e); under autocast its weight's and
+      bias's gradients are 16-bit (f d e, d e) where the gradients count fp32 (f d 4, d 4);
+    - under autocast, the cast of its weight's gradient to fp32: the projection's input
+      (T f e) and weight copy (f d e), released, make up for its input's gradient and the
+      16-bit weight gradient, and the bias's gradient is still 16-bit (d e for d 4);
     - a product's backward (a gated MLP's ``act(gate) * up``, or GPT-2's ``gelu_new`` in
       transformers, ``0.5 x * (1 + tanh(...))``): the gradient of the product (T f e) and of
       both factors (2 T f e) replace the freed product (T f e), and autocast's copy of the
       down projection's weight (f d e) is freed with its node.
 
-    T = b s, d = n_embd, f = mlp_hidden, e = activation bytes, r = residual bytes."""
+    T = b s, d = n_embd, f = mlp_hidden, e = activation bytes, r = residual bytes.
+
+    bf16 autocast, T = 4, d = 8, f = 32, with biases: the projection's node 4 x 8 x 2 +
+    4 x 32 x 2 + 32 x 8 x (2 - 4) + 8 x (2 - 4) = -208 is below the cast's 8 x (2 - 4) = -16,
+    beside the residual gradient 4 x 8 x 4 = 128:
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
+    >>> fresh_mlp_node_bytes(cfg, 1, 4, "bf16-mixed", "litgpt")
+    112
+    """
     d, f, T = cfg.n_embd, cfg.mlp_hidden, b * s
     e, r = activation_bytes(p), residual_bytes(p)
     autocast = p in AUTOCAST
-    projection = T * f * e + (T * d * e + f * d * (e - FP32_BYTES) if autocast else 0)
-    worst = projection
+    bias = d * (e - FP32_BYTES) if autocast and cfg.bias else 0
+    projection = T * f * e + bias + (T * d * e + f * d * (e - FP32_BYTES) if autocast else 0)
+    worst = _larger(projection, bias) if autocast else projection
     if cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2"):
         worst = _larger(worst, 2 * T * f * e - (f * d * e if autocast else 0))
-    return T * d * r + worst
+    return T * d * r - mask + worst
 
 
 def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
