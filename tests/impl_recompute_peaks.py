@@ -38,6 +38,7 @@ __all__ = [
     "FRESH_CASES",
     "FRESH_DROPOUT_CASES",
     "FRESH_PATH",
+    "FRESH_SHAPE_CASES",
     "HF_CASES",
     "LITGPT_CASES",
     "PATH",
@@ -76,6 +77,11 @@ FRESH_CASES = [*[("hf", f, p, "fresh") for f, p in itertools.product(
                ("litgpt", "pythia", "bf16-mixed", "fresh"),
                ("litgpt", "tinyllama", "bf16-mixed", "fresh"),
                ("torchtune", "qwen2", "32-true", "fresh")]
+# (family, precision, (layers, micro-batch, sequence)) of transformers' fresh steps at other
+# shapes: four blocks (the first block's rebuild with three blocks' gradients made), and
+# 2048 tokens (the last block's rebuild, every block's input saved, the worse)
+FRESH_SHAPE_CASES = [("llama", "32-true", (4, 2, 48)), ("gpt2", "bf16-mixed", (4, 2, 48)),
+                     ("llama", "32-true", (2, 16, 128)), ("qwen2", "bf16-mixed", (3, 16, 128))]
 # (family, precision, dropout) of transformers' steps with dropout and fresh gradients
 FRESH_DROPOUT_CASES = [("llama", "32-true", 0.1), ("gpt2", "32-true", 0.1),
                        ("gpt2", "bf16-mixed", 0.1)]
@@ -204,19 +210,22 @@ def _measured(model: Any, forward: Any, extra: list[Any],
 
 
 def measure_hf_step(family: str, precision: str, dropout: float, attention: str = "sdpa",
-                    gradients: str = "accumulated") -> dict[str, Any]:
+                    gradients: str = "accumulated", shape: tuple[int, int, int] | None = None
+                    ) -> dict[str, Any]:
     """One full-checkpointing step of transformers' ``family`` model (imports torch);
-    ``gradients`` as `_measured` takes it."""
+    ``gradients`` as `_measured` takes it; ``shape``: (layers, micro-batch, sequence) other
+    than the grid's (2, `B`, `S`), recorded in the row."""
     import torch
 
     from scaleplan.reference.hf_measure import GRID_SHAPES, build_hf_model
     torch.manual_seed(0)
-    cfg = GRID_SHAPES[family].replace(dropout=dropout)
+    layers, b, s = shape or (GRID_SHAPES[family].n_layer, B, S)
+    cfg = GRID_SHAPES[family].replace(dropout=dropout, n_layer=layers)
     model = build_hf_model(cfg, family, attention)  # type: ignore[arg-type]
     model.train()
     enable = getattr(model, "activation_checkpointing_enable", None)
     (enable or model.gradient_checkpointing_enable)()
-    ids = torch.randint(0, cfg.vocab_size, (B, S))
+    ids = torch.randint(0, cfg.vocab_size, (b, s))
 
     def forward() -> Any:
         if precision == "bf16-mixed":
@@ -225,9 +234,10 @@ def measure_hf_step(family: str, precision: str, dropout: float, attention: str 
         return model(input_ids=ids, labels=ids, use_cache=False).loss
 
     row = _measured(model, forward, [ids], gradients)
-    buffers = sum(b.untyped_storage().nbytes() for b in model.buffers())
+    buffers = sum(t.untyped_storage().nbytes() for t in model.buffers())
+    other = {"shape": list(shape)} if shape else {}
     return {"implementation": "hf", "family": family, "precision": precision,
-            "attention": attention, "dropout": dropout, "buffers": buffers, **row}
+            "attention": attention, "dropout": dropout, "buffers": buffers, **other, **row}
 
 
 def measure_tune_step(family: str, precision: str, gradients: str = "accumulated"
@@ -312,6 +322,8 @@ def measure_fresh() -> dict[str, Any]:
             rows.append(measure_litgpt_step(family, precision, gradients))
     rows += [measure_hf_step(f, p, dropout, "sdpa", "fresh")
              for f, p, dropout in FRESH_DROPOUT_CASES]
+    rows += [measure_hf_step(f, p, 0.0, "sdpa", "fresh", shape)
+             for f, p, shape in FRESH_SHAPE_CASES]
     return {"torch": torch.__version__, "python": sys.version.split()[0],
             "micro_batch_size": B, "seq_len": S, "optimizer": "fused",
             "in_backward_optimizer": "for-loop", "cases": rows}

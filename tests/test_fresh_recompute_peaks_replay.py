@@ -1,12 +1,14 @@
 """Full checkpointing's backward with fresh gradients (none when the step starts), against
 whole steps of transformers', torchtune's and litgpt's models, replayed torch-free.
 
-tests/data/fresh_recompute_peaks.json holds 23 steps that ``python -m tests.impl_recompute_peaks
+tests/data/fresh_recompute_peaks.json holds 27 steps that ``python -m tests.impl_recompute_peaks
 --fresh`` measured on CPU (torch 2.13, transformers 5.25, torchtune 0.6.1, litgpt 0.5.13): the
 same models and checkpointing as tests/data/impl_recompute_peaks.json (transformers' Llama,
 Qwen2, GPT-2 and GPT-NeoX in fp32 and bf16 autocast, Gemma in fp32, Llama and GPT-2 with
 dropout 0.1; torchtune's Llama 3.2 and Qwen2 in fp32 and bf16; litgpt's TinyLlama in fp32,
-bf16 and bf16 autocast, Pythia in fp32 and bf16 autocast), but after a warm-up step the
+bf16 and bf16 autocast, Pythia in fp32 and bf16 autocast; and transformers' Llama and
+GPT-2 with four blocks, Llama and Qwen2 at 2048 tokens, where the last block's rebuild is the
+worse), but after a warm-up step the
 gradients are None (``zero_grad(set_to_none=True)``, no accumulating micro-batch), or, for
 torchtune's Llama 3.2, each freed by its optimizer's step in backward (the recipe's
 ``optimizer_in_bwd``, for-loop AdamW per parameter). Each live storage at the backward's peak
@@ -14,7 +16,7 @@ is listed with what made it, each ``.grad`` by its parameter's name.
 
 Above the resident bytes the backward's peak is `scaleplan.memory.stage_terms.
 fresh_recompute_moment` to the byte (but for the loss and its gradient seed, and the storages
-resident from the start, as in tests/test_impl_recompute_peaks_replay.py), in 19 of the 23
+resident from the start, as in tests/test_impl_recompute_peaks_replay.py), in 23 of the 27
 steps. `OFF` lists the others, measured minus the moment:
 
 - torchtune's bf16 steps: the tiny shape puts the peak in the first block's ``mlp_norm``
@@ -57,8 +59,15 @@ OFF = {("torchtune", "llama3_2", "bf16-true"): 214400,
 
 
 def _id(c: dict[str, Any]) -> str:
-    return "-".join(str(c[k]) for k in ("implementation", "family", "precision", "gradients",
-                                        "dropout"))
+    return "-".join(str(c.get(k, "")) for k in ("implementation", "family", "precision",
+                                                "gradients", "dropout", "shape"))
+
+
+def _shape(case: dict[str, Any]) -> tuple[Any, int, int]:
+    """(the config, micro-batch, sequence) of a case, at its own shape where it has one."""
+    layers, b, s = case.get("shape", (2, B, S))
+    cfg = CONFIGS[case["implementation"], case["family"]]
+    return cfg.replace(dropout=case["dropout"], n_layer=layers), b, s
 
 
 def _switches(case: dict[str, Any]) -> StepSwitches:
@@ -72,16 +81,16 @@ def _impl(case: dict[str, Any]) -> str:
 
 def test_the_grid_is_whole() -> None:
     cases = DATA["cases"]
-    assert len(cases) == 23
+    assert len(cases) == 27
     assert {c["gradients"] for c in cases} == {"fresh", "in-backward"}
     assert all(c["peak_phase"] == "backward" for c in cases)
 
 
 @pytest.mark.parametrize("case", DATA["cases"], ids=_id)
 def test_fresh_moment_is_the_measured_backward_peak(case: dict[str, Any]) -> None:
-    cfg = CONFIGS[case["implementation"], case["family"]].replace(dropout=case["dropout"])
+    cfg, b, s = _shape(case)
     _, G, _, saved, _, _, _, moments = stage_parts(
-        cfg, B, S, case["precision"], "adamw", "flash", "full", "cpu", Parallelism(),
+        cfg, b, s, case["precision"], "adamw", "flash", "full", "cpu", Parallelism(),
         _impl(case), False, "only", implementation=case["implementation"],
         switches=_switches(case))
     measured = case["backward_peak"] - case["resident"]
@@ -101,8 +110,8 @@ def test_fresh_step_peak_within_a_thousandth(case: dict[str, Any]) -> None:
     # the whole step's peak (its backward's); resident bytes left out as in
     # tests/test_impl_recompute_peaks_replay.py (buffers, step counters, the batch's labels),
     # and the bytes `OFF` lists
-    cfg = CONFIGS[case["implementation"], case["family"]].replace(dropout=case["dropout"])
-    m = training_memory(cfg, micro_batch_size=B, seq_len=S, precision=case["precision"],
+    cfg, b, s = _shape(case)
+    m = training_memory(cfg, micro_batch_size=b, seq_len=s, precision=case["precision"],
                         attention="flash", checkpointing="full", device="cpu",
                         optimizer_impl=_impl(case), hold_logits=False,
                         implementation=case["implementation"],
@@ -135,18 +144,49 @@ def test_torchtune_tied_backward_end_by_hand() -> None:
 
 
 def test_hf_llama_fp32_by_hand() -> None:
-    # transformers' Llama (untied; T = 96, d = 128, f = 352, V = 512), fp32, fresh gradients:
-    # the first block rebuilt last, at its gated MLP's product: the gradients alive are the
-    # output layer's (V d = 65536), the final norm's (128), the second block's (q and o
-    # 128 x 128, k and v 64 x 128, gate, up and down 352 x 128, two norms of 128: 201984)
-    # and the first block's down projection (352 x 128 = 45056), 4 bytes each
-    alive = (512 * 128 + 128 + (2 * 128 * 128 + 2 * 64 * 128 + 3 * 352 * 128 + 2 * 128)
-             + 352 * 128) * 4
-    case = next(c for c in DATA["cases"] if c["implementation"] == "hf"
-                and c["family"] == "llama" and c["precision"] == "32-true")
+    # transformers' Llama (untied; 2 blocks, T = 96 tokens, d = 128, f = 352, V = 512, 4 query
+    # and 2 key-value heads of 32), fp32, fresh gradients: the peak is the first block's
+    # rebuild (rebuilt last), at its gated MLP's product, every storage by hand:
+    T, d, f, V = 96, 128, 352, 512
+    # the gradients made by then: the output layer's (V d), the final norm's (d), the second
+    # block's (q and o d x d, k and v d/2 x d, gate, up and down f x d, two norms d) and the
+    # first block's down projection (f d)
+    gradients = (V * d + d + (2 * d * d + 2 * (d // 2) * d + 3 * f * d + 2 * d) + f * d) * 4
+    # the rebuilt MLP's gate and up outputs and SiLU's (3 T f), the product's gradient (the down
+    # projection's input's, T f) and its two factors' (2 T f); the product itself is freed
+    mlp = 6 * T * f * 4
+    # T d each: the first block's input (the checkpoint's; the second block's is freed), the
+    # residual stream's gradient, the rebuilt block's attention residual, and each of its two
+    # RMSNorms' normalised input and output
+    hidden = 7 * T * d * 4
+    # the roped q (T d) and SDPA's output (T d), the roped k and v (T d / 2 each), SDPA's
+    # log-sum-exp (b h s = 2 x 4 x 48, fp32)
+    attention = (2 * T * d + 2 * T * d // 2) * 4 + 2 * 4 * 48 * 4
+    # RoPE's cos and sin (1 x 48 x 32 each), the norms' rstd (T each), the position ids (int64)
+    small = 2 * 48 * 32 * 4 + 2 * T * 4 + 48 * 8
+    loss_and_seed = 4 + 4
+    by_hand = gradients + mlp + hidden + attention + small + loss_and_seed
+    assert gradients == 1181184
+    case = next(c for c in DATA["cases"] if c["implementation"] == "hf" and "shape" not in c
+                and c["family"] == "llama" and c["precision"] == "32-true"
+                and c["dropout"] == 0.0)
+    assert by_hand == case["backward_peak"] - case["resident"] == 2498696
+    _, G, _, saved, _, _, _, moments = stage_parts(
+        CONFIGS["hf", "llama"], B, S, "32-true", "adamw", "flash", "full", "cpu",
+        Parallelism(), "fused", False, "only", implementation="hf",
+        switches=StepSwitches(gradient_accumulation=False))
+    assert moments["recompute"] + G - saved["token_ids"] + loss_and_seed == by_hand
+
+
+def test_long_sequence_peaks_at_the_last_block() -> None:
+    # 16 x 128 = 2048 tokens, d = 128: one block's input (T d 4 = 1048576) outweighs a block's
+    # gradients (201984 x 4 = 807936), so the last block's rebuild (rebuilt first) is the
+    # peak: the only gradients are the output layer's, the final norm's and its down
+    # projection's, (512 x 128 + 128 + 352 x 128) x 4
+    case = next(c for c in DATA["cases"] if c.get("shape") == [2, 16, 128])
     grads = sum(int(line.split()[0]) for line in case["at_backward_peak"]
                 if line.split()[1] == "grad")
-    assert grads == alive == 1181184
+    assert grads == (512 * 128 + 128 + 352 * 128) * 4
 
 
 @pytest.mark.torch
