@@ -132,7 +132,7 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
             head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
             fresh_gradients=_fresh_gradients(switches),
-            gradients=_recompute_gradients(cfg, p, G, switches))
+            gradients=_recompute_gradients(cfg, p, G, switches, par))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
@@ -187,16 +187,17 @@ def _fresh_gradients(switches: StepSwitches) -> bool:
     return not switches.gradient_accumulation or switches.optimizer_in_backward
 
 
-def _recompute_gradients(cfg: GPTConfig, p: Precision, G: Any,
-                         switches: StepSwitches) -> tuple[Any, Any, bool]:
+def _recompute_gradients(cfg: GPTConfig, p: Precision, G: Any, switches: StepSwitches,
+                         par: Parallelism) -> tuple[Any, Any, bool]:
     """`scaleplan.memory.stage_terms.recompute_moment`'s ``gradients``: (every gradient's
-    bytes, those the switch moments count at the recompute moment (`gradients_at`; None
-    under activation offloading, whose moments keep the earlier recompute moment), whether
-    the optimizer steps in backward)."""
+    bytes, those the switch moments count at the recompute moment (`gradients_at`; None, the
+    earlier recompute moment kept, under activation offloading, whose moments are derived
+    from it, and on more than one GPU, where fresh gradients are not measured), whether the
+    optimizer steps in backward)."""
     in_backward = switches.optimizer_in_backward
     largest = largest_gradient_bytes(cfg, p) if in_backward else 0
-    bound = None if switches.activation_offload else gradients_at("recompute", G, largest,
-                                                                  switches)
+    bound = None if switches.activation_offload or par != Parallelism() else gradients_at(
+        "recompute", G, largest, switches)
     return G, bound, in_backward
 
 
