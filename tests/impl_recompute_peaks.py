@@ -37,6 +37,7 @@ from typing import Any
 __all__ = [
     "FRESH_CASES",
     "FRESH_DROPOUT_CASES",
+    "FRESH_EAGER_CASES",
     "FRESH_PATH",
     "FRESH_SHAPE_CASES",
     "HF_CASES",
@@ -82,6 +83,8 @@ FRESH_CASES = [*[("hf", f, p, "fresh") for f, p in itertools.product(
 # 2048 tokens (the last block's rebuild, every block's input saved, the worse)
 FRESH_SHAPE_CASES = [("llama", "32-true", (4, 2, 48)), ("gpt2", "bf16-mixed", (4, 2, 48)),
                      ("llama", "32-true", (2, 16, 128)), ("qwen2", "bf16-mixed", (3, 16, 128))]
+# (family, precision) of transformers' fresh steps with eager attention
+FRESH_EAGER_CASES = [("llama", "32-true"), ("gpt2", "bf16-mixed")]
 # (family, precision, dropout) of transformers' steps with dropout and fresh gradients
 FRESH_DROPOUT_CASES = [("llama", "32-true", 0.1), ("gpt2", "32-true", 0.1),
                        ("gpt2", "bf16-mixed", 0.1)]
@@ -324,6 +327,7 @@ def measure_fresh() -> dict[str, Any]:
              for f, p, dropout in FRESH_DROPOUT_CASES]
     rows += [measure_hf_step(f, p, 0.0, "sdpa", "fresh", shape)
              for f, p, shape in FRESH_SHAPE_CASES]
+    rows += [measure_hf_step(f, p, 0.0, "eager", "fresh") for f, p in FRESH_EAGER_CASES]
     return {"torch": torch.__version__, "python": sys.version.split()[0],
             "micro_batch_size": B, "seq_len": S, "optimizer": "fused",
             "in_backward_optimizer": "for-loop", "cases": rows}

@@ -1,14 +1,14 @@
 """Full checkpointing's backward with fresh gradients (none when the step starts), against
 whole steps of transformers', torchtune's and litgpt's models, replayed torch-free.
 
-tests/data/fresh_recompute_peaks.json holds 27 steps that ``python -m tests.impl_recompute_peaks
+tests/data/fresh_recompute_peaks.json holds 29 steps that ``python -m tests.impl_recompute_peaks
 --fresh`` measured on CPU (torch 2.13, transformers 5.25, torchtune 0.6.1, litgpt 0.5.13): the
 same models and checkpointing as tests/data/impl_recompute_peaks.json (transformers' Llama,
 Qwen2, GPT-2 and GPT-NeoX in fp32 and bf16 autocast, Gemma in fp32, Llama and GPT-2 with
 dropout 0.1; torchtune's Llama 3.2 and Qwen2 in fp32 and bf16; litgpt's TinyLlama in fp32,
 bf16 and bf16 autocast, Pythia in fp32 and bf16 autocast; and transformers' Llama and
 GPT-2 with four blocks, Llama and Qwen2 at 2048 tokens, where the last block's rebuild is the
-worse), but after a warm-up step the
+worse, Llama and GPT-2 with eager attention), but after a warm-up step the
 gradients are None (``zero_grad(set_to_none=True)``, no accumulating micro-batch), or, for
 torchtune's Llama 3.2, each freed by its optimizer's step in backward (the recipe's
 ``optimizer_in_bwd``, for-loop AdamW per parameter). Each live storage at the backward's peak
@@ -16,7 +16,7 @@ is listed with what made it, each ``.grad`` by its parameter's name.
 
 Above the resident bytes the backward's peak is `scaleplan.memory.stage_terms.
 fresh_recompute_moment` to the byte (but for the loss and its gradient seed, and the storages
-resident from the start, as in tests/test_impl_recompute_peaks_replay.py), in 23 of the 27
+resident from the start, as in tests/test_impl_recompute_peaks_replay.py), in 25 of the 29
 steps. `OFF` lists the others, measured minus the moment:
 
 - torchtune's bf16 steps: the tiny shape puts the peak in the first block's ``mlp_norm``
@@ -41,8 +41,10 @@ import pytest
 
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.stage_terms import fresh_mlp_node_bytes, fresh_recompute_moment
 from scaleplan.memory.step_switches import StepSwitches
 from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
 from tests.test_impl_recompute_peaks_replay import (
     CONFIGS,
     LOSS_AND_SEED,
@@ -70,6 +72,10 @@ def _shape(case: dict[str, Any]) -> tuple[Any, int, int]:
     return cfg.replace(dropout=case["dropout"], n_layer=layers), b, s
 
 
+def _attention(case: dict[str, Any]) -> Any:
+    return "eager" if case["attention"] == "eager" else "flash"
+
+
 def _switches(case: dict[str, Any]) -> StepSwitches:
     return StepSwitches(optimizer_in_backward=case["gradients"] == "in-backward",
                         gradient_accumulation=False)
@@ -81,7 +87,7 @@ def _impl(case: dict[str, Any]) -> str:
 
 def test_the_grid_is_whole() -> None:
     cases = DATA["cases"]
-    assert len(cases) == 27
+    assert len(cases) == 29
     assert {c["gradients"] for c in cases} == {"fresh", "in-backward"}
     assert all(c["peak_phase"] == "backward" for c in cases)
 
@@ -90,7 +96,7 @@ def test_the_grid_is_whole() -> None:
 def test_fresh_moment_is_the_measured_backward_peak(case: dict[str, Any]) -> None:
     cfg, b, s = _shape(case)
     _, G, _, saved, _, _, _, moments = stage_parts(
-        cfg, b, s, case["precision"], "adamw", "flash", "full", "cpu", Parallelism(),
+        cfg, b, s, case["precision"], "adamw", _attention(case), "full", "cpu", Parallelism(),
         _impl(case), False, "only", implementation=case["implementation"],
         switches=_switches(case))
     measured = case["backward_peak"] - case["resident"]
@@ -112,7 +118,7 @@ def test_fresh_step_peak_within_a_thousandth(case: dict[str, Any]) -> None:
     # and the bytes `OFF` lists
     cfg, b, s = _shape(case)
     m = training_memory(cfg, micro_batch_size=b, seq_len=s, precision=case["precision"],
-                        attention="flash", checkpointing="full", device="cpu",
+                        attention=_attention(case), checkpointing="full", device="cpu",
                         optimizer_impl=_impl(case), hold_logits=False,
                         implementation=case["implementation"],
                         optimizer_in_backward=case["gradients"] == "in-backward",
@@ -187,6 +193,61 @@ def test_long_sequence_peaks_at_the_last_block() -> None:
     grads = sum(int(line.split()[0]) for line in case["at_backward_peak"]
                 if line.split()[1] == "grad")
     assert grads == (512 * 128 + 128 + 352 * 128) * 4
+
+
+SMALL = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
+
+
+def test_fresh_mlp_node_by_hand() -> None:
+    # d = 8, f = 32. Gated, fp32, T = 4: the residual gradient 4 x 8 x 4 = 128 and the
+    # product's node 2 x 4 x 32 x 4 = 1024 (above the projection's 4 x 32 x 4 = 512); less a
+    # residual dropout mask where given
+    gated = SMALL.replace(mlp="swiglu", bias=False)
+    assert fresh_mlp_node_bytes(gated, 1, 4, "32-true", "hf") == 128 + 1024
+    assert fresh_mlp_node_bytes(gated, 1, 4, "32-true", "hf", mask=100) == 128 + 1024 - 100
+    # GELU with biases under bf16 autocast, T = 64: the projection's node 64 x 32 x 2 (its
+    # input's gradient) + 64 x 8 x 2 (the cast incoming gradient) + 32 x 8 x (2 - 4) + 8 x
+    # (2 - 4) (16-bit weight and bias gradients where fp32 ones are counted) = 4592, above
+    # the cast's 8 x (2 - 4); the residual gradient 64 x 8 x 4
+    assert fresh_mlp_node_bytes(SMALL, 1, 64, "bf16-mixed", "litgpt") == 64 * 8 * 4 + 4592
+    # bf16 parameters (no autocast): the gradients are made in their own dtype, T = 4:
+    # 4 x 8 x 2 + 4 x 32 x 2
+    assert fresh_mlp_node_bytes(SMALL, 1, 4, "bf16-true", "litgpt") == 64 + 256
+    # transformers' GPT-2 (gelu_new's product), bf16 autocast, T = 96, d = 128, f = 512: the
+    # product's node 2 x 96 x 512 x 2 less c_proj's freed weight copy 512 x 128 x 2 = 65536;
+    # litgpt's GELU (one op) takes the cast's 128 x (2 - 4) instead
+    gpt2 = CONFIGS["hf", "gpt2"]
+    assert fresh_mlp_node_bytes(gpt2, 2, 48, "bf16-mixed", "hf") == 96 * 128 * 4 + 65536
+    assert fresh_mlp_node_bytes(gpt2, 2, 48, "bf16-mixed", "litgpt") == 96 * 128 * 4 - 256
+
+
+def test_fresh_backward_end_by_hand() -> None:
+    # with a large G the embedding's backward is the worst: G, what the embedding keeps
+    # (the token ids) and, untied, the residual gradient (T d 4 = 96 x 128 x 4 = 49152);
+    # tied, the larger of a V d gradient beside it and two V d (V d 4 = 262144)
+    G, saved = 10**12, {"token_ids": 768, "block_input": 98304, "targets": 772}
+    args = (2, 48, "32-true", "flash", "cpu", Parallelism(), saved, 0, 0, 2, "hf")
+    untied = fresh_recompute_moment(CONFIGS["hf", "llama"], *args, G=G, head_gradient=0,
+                                    in_backward=False)
+    assert untied == G + 49152 + 768
+    tied = fresh_recompute_moment(CONFIGS["hf", "qwen2"], *args, G=G, head_gradient=0,
+                                  in_backward=False)
+    assert tied == G + 2 * 262144 + 768
+    # at 2048 tokens the residual gradient (2048 x 128 x 4 = 1048576) beside one V d is more
+    long = fresh_recompute_moment(CONFIGS["hf", "qwen2"], 16, 128, *args[2:], G=G,
+                                  head_gradient=0, in_backward=False)
+    assert long == G + 262144 + 1048576 + 768
+
+
+def test_nanogpt_keeps_every_gradient_at_the_recompute_moment() -> None:
+    # nanoGPT's fresh-gradient steps are not re-measured: its recompute moment keeps the
+    # bound (every gradient), the same bytes as with every gradient resident
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=200)
+    args = (2, 48, "32-true", "adamw", "flash", "full", "cpu", Parallelism(), "fused", False,
+            "only")
+    fresh = stage_parts(cfg, *args, switches=StepSwitches(gradient_accumulation=False))
+    resident = stage_parts(cfg, *args)
+    assert fresh[-1]["recompute"] == resident[-1]["recompute"]
 
 
 @pytest.mark.torch

@@ -130,7 +130,7 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
                            attention: AttentionKind, device: DeviceKind, par: Parallelism,
                            saved: dict[str, Any], copies: Any, all_copies: Any,
                            layers: int, code: str, *, G: Any, head_gradient: Any,
-                           in_backward: bool = False) -> Any:
+                           in_backward: bool) -> Any:
     """Bytes above weights and optimizer states at the worst moment of the backward of
     transformers', torchtune's or litgpt's (``code``) full-checkpointing step when no
     gradient exists as it starts (no accumulation): every gradient counted where it exists.
@@ -151,7 +151,8 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     CPU (tests/impl_recompute_peaks.py, tests/data/fresh_recompute_peaks.json)."""
     T, d = b * s, cfg.n_embd
     r, g = residual_bytes(p), param_dtype_bytes(p)
-    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, cfg.dropout > 0)
+    # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
     rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
     kept = sum(saved.values()) - sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     share = (all_copies - copies) // max(layers, 1)
@@ -170,7 +171,7 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     first = last + (layers - 1) * (per_block - residual)
     tied = cfg.vocab_size * d * g if cfg.tie_embeddings else 0
     end = G + (_larger(tied + residual, 2 * tied) if tied else residual) \
-        + kept - saved.get("block_input", 0)
+        + kept - saved["block_input"]
     return _larger(_larger(last, first), end)
 
 
