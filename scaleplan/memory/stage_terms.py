@@ -96,13 +96,14 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     ``ForCausalLMLoss`` shifts the labels into a tensor of its own; torchtune's recipe pops them
     from the batch; litgpt's are a view of the batch, which its loss side counts).
     With ``fresh_gradients`` (gradients set to None before the step, or freed in backward)
-    they take `fresh_recompute_moment` (measured, tests/data/fresh_recompute_peaks.json),
-    given ``gradients``: (G, every gradient's bytes; the gradient bytes the switch moments
-    count at this moment, `scaleplan.memory.step_switches.gradients_at`; whether torchtune's
-    optimizer steps in backward; bound None under activation offloading, whose moments
-    `scaleplan.memory.tune_switches.tune_offload_stage` derives from the earlier ones), less
-    the bytes that bound counts; other codes keep the
-    earlier moment, not re-measured: the block's saves, its weight copies and the head's."""
+    these three take `fresh_recompute_moment` (measured, tests/data/fresh_recompute_peaks.json;
+    with the optimizer in backward torchtune's only), given ``gradients``: (every gradient's
+    bytes G; the gradient bytes the switch moments add at this moment,
+    `scaleplan.memory.step_switches.gradients_at`, which it is returned net of; whether the
+    optimizer steps in backward). That bound None (under activation offloading, whose moments
+    `scaleplan.memory.tune_switches.tune_offload_stage` derives from the earlier ones, or on
+    more than one GPU), compiled code and nanoGPT keep their earlier moment, not re-measured
+    with fresh gradients."""
     dropout = cfg.dropout > 0
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
