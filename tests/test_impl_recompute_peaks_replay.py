@@ -149,9 +149,12 @@ def test_gpt2_fp32_extra_terms_by_hand() -> None:
     tied_parts = stage_parts(cfg, *args, implementation="hf")
     untied_parts = stage_parts(untied, *args, implementation="hf")
     assert tied_parts[7]["recompute"] - untied_parts[7]["recompute"] == 512 * 128 * 4
-    # the same step's moment with fresh gradients (no accumulation) keeps the earlier terms:
-    # neither the waiting head gradient nor the MLP's backward nor the residual gradient, but
-    # the rebuilt block's input twice
+    # the same step with fresh gradients (no accumulation; measured in
+    # tests/data/fresh_recompute_peaks.json): its worst moment is the first block's rebuild,
+    # at gelu_new's last product (2 T f 4 = 393216 in place of c_proj's 196608 + 262144), the
+    # second block's input (T d 4 = 49152) freed, and only the gradients made by then alive:
+    # ln_f's (2 d 4 = 1024), the second block's (198272 x 4 = 793088) and the first block's
+    # c_proj weight and bias ((f d + d) 4 = 262656), 1056768 of G = 1914880
     fresh = training_memory(cfg, micro_batch_size=B, seq_len=S, precision="32-true",
                             attention="flash", checkpointing="full", device="cpu",
                             optimizer_impl="fused", hold_logits=False, implementation="hf",
@@ -159,7 +162,10 @@ def test_gpt2_fp32_extra_terms_by_hand() -> None:
     full = training_memory(cfg, micro_batch_size=B, seq_len=S, precision="32-true",
                            attention="flash", checkpointing="full", device="cpu",
                            optimizer_impl="fused", hold_logits=False, implementation="hf")
-    assert full.tensor_peak - fresh.tensor_peak == 262144 + 262144 + 196608
+    alive = 2 * 128 * 4 + 198272 * 4 + (512 * 128 + 128) * 4
+    assert alive == 1056768
+    assert full.tensor_peak - fresh.tensor_peak == (
+        1914880 - alive + 49152 + (196608 + 262144 - 393216))
 
 
 @pytest.mark.torch

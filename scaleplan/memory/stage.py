@@ -133,8 +133,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
-            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads, switches),
-            fresh_gradients=_fresh_gradients(switches))
+            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
+            fresh_gradients=_fresh_gradients(switches),
+            gradients=_recompute_gradients(cfg, p, G, switches, par))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
@@ -198,17 +199,29 @@ def _fresh_gradients(switches: StepSwitches) -> bool:
     return not switches.gradient_accumulation or switches.optimizer_in_backward
 
 
+def _recompute_gradients(cfg: GPTConfig, p: Precision, G: Any, switches: StepSwitches,
+                         par: Parallelism) -> tuple[Any, Any, bool]:
+    """`scaleplan.memory.stage_terms.recompute_moment`'s ``gradients``: (every gradient's
+    bytes, those the switch moments count at the recompute moment (`gradients_at`; None, the
+    earlier recompute moment kept, under activation offloading, whose moments are derived
+    from it, and on more than one GPU, where fresh gradients are not measured), whether the
+    optimizer steps in backward)."""
+    in_backward = switches.optimizer_in_backward
+    largest = largest_gradient_bytes(cfg, p) if in_backward else 0
+    bound = None if switches.activation_offload or par != Parallelism() else gradients_at(
+        "recompute", G, largest, switches)
+    return G, bound, in_backward
+
+
 def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
-                           both_ends: bool, switches: StepSwitches = NO_SWITCHES) -> Any:
+                           both_ends: bool) -> Any:
     """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
     share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
     under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
     transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
-    tests/data/impl_recompute_peaks.json). The latter three, measured with every gradient
-    resident, keep their earlier moment (none) with fresh gradients (`_fresh_gradients`).
+    tests/data/impl_recompute_peaks.json), with fresh gradients too
+    (tests/data/fresh_recompute_peaks.json).
     """
-    if _fresh_gradients(switches) and code != "nanogpt":
-        return 0
     if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)

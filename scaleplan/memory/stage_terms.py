@@ -4,6 +4,7 @@ runs (`scaleplan.memory.compiled_terms` has them under torch.compile)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from scaleplan.checks import is_integer
@@ -24,15 +25,17 @@ from scaleplan.memory.activations import (
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import compiled_block_saved_terms
-from scaleplan.memory.dtypes import semantics
-from scaleplan.memory.hf_terms import hf_block_saved_terms
+from scaleplan.memory.dtypes import param_dtype_bytes, semantics
+from scaleplan.memory.hf_terms import hf_block_saved_terms, hf_family
 from scaleplan.memory.litgpt_terms import litgpt_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
 from scaleplan.memory.sharding import mlp_gradient_buffer
 from scaleplan.memory.tune_terms import tune_block_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
+from scaleplan.model.shapes import across_model, parameters
 
-__all__ = ["block_backward_bytes", "eager_saved_terms", "recompute_moment", "split_terms"]
+__all__ = ["block_backward_bytes", "eager_saved_terms", "fresh_mlp_node_bytes",
+           "fresh_recompute_moment", "recompute_moment", "split_terms"]
 
 
 def split_terms(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
@@ -71,7 +74,8 @@ _LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "ta
 def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
                      device: DeviceKind, par: Parallelism, saved: dict[str, Any], copies: Any,
                      all_copies: Any, layers: int, code: str = "nanogpt", *,
-                     head_gradient: Any = 0, fresh_gradients: bool = False) -> Any:
+                     head_gradient: Any = 0, fresh_gradients: bool = False,
+                     gradients: tuple[Any, Any, bool] = (0, 0, False)) -> Any:
     """Full checkpointing's recompute moment: the saved tensors less the loss side (freed by
     then), one block rebuilt with what it saves, its weight copies and its MLP gradients.
     ``code``: "nanogpt", "hf" (Hugging Face's layer), "litgpt" (litgpt's Block), "torchtune" or
@@ -91,14 +95,28 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     take the same terms, but that their loss's targets are freed with the loss (transformers'
     ``ForCausalLMLoss`` shifts the labels into a tensor of its own; torchtune's recipe pops them
     from the batch; litgpt's are a view of the batch, which its loss side counts).
-    With ``fresh_gradients`` (gradients set to None before the step, or freed in backward,
-    which the switch moments' gradient bounds count) they keep the earlier moment: the
-    block's saves, its weight copies and the head's, not re-measured."""
+    With ``fresh_gradients`` (gradients set to None before the step, or freed in backward)
+    these three take `fresh_recompute_moment` (measured, tests/data/fresh_recompute_peaks.json;
+    with the optimizer in backward torchtune's only), given ``gradients``: (every gradient's
+    bytes G; the gradient bytes the switch moments add at this moment,
+    `scaleplan.memory.step_switches.gradients_at`, which it is returned net of; whether the
+    optimizer steps in backward). That bound None (under activation offloading, whose moments
+    `scaleplan.memory.tune_switches.tune_offload_stage` derives from the earlier ones, or on
+    more than one GPU), compiled code and nanoGPT keep their earlier moment, not re-measured
+    with fresh gradients."""
     dropout = cfg.dropout > 0
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
+    eager = code in ("hf", "torchtune", "litgpt") and cfg.moe is None
+    G, bound, in_backward = gradients
+    if fresh_gradients and eager and bound is not None and (code == "torchtune"
+                                                            or not in_backward):
+        return fresh_recompute_moment(cfg, b, s, p, attention, device, par, saved, copies,
+                                      all_copies, layers, code, G=G, head_gradient=head_gradient,
+                                      in_backward=in_backward) \
+            - (0 if in_backward else bound)  # in backward torchtune's held bytes replace it
     whole_step = code == "nanogpt" or (code in ("hf", "torchtune", "litgpt")
                                        and not fresh_gradients)
     if whole_step and cfg.moe is None:
@@ -107,6 +125,95 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
         targets = saved.get("targets", 0) if code == "nanogpt" else 0
         return kept + targets + rebuilt + share + backward + head_gradient
     return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
+
+
+def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
+                           attention: AttentionKind, device: DeviceKind, par: Parallelism,
+                           saved: dict[str, Any], copies: Any, all_copies: Any,
+                           layers: int, code: str, *, G: Any, head_gradient: Any,
+                           in_backward: bool) -> Any:
+    """Bytes above weights and optimizer states at the worst moment of the backward of
+    transformers', torchtune's or litgpt's (``code``) full-checkpointing step when no
+    gradient exists as it starts (no accumulation): every gradient counted where it exists.
+
+    The gradients exist from their parameter's backward on, so the worst of the blocks'
+    rebuilds is either the last block's (rebuilt first: every block's checkpointed input,
+    T d r each, still saved) or the first's (rebuilt last: the later blocks' inputs freed,
+    their gradients made); each at its MLP's worst node (`fresh_mlp_node_bytes`) with the
+    head's gradients (the output layer's unless tied, the final norm's), a tied head's
+    gradient waiting for the embedding's (``head_gradient``) and the down projection's
+    (weight and bias, parameter dtype). The backward ends at the embedding's backward: every
+    gradient (``G``) with the tied weight's three V d at once (the head's share waiting, the
+    embedding's and their sum, before AccumulateGrad takes it) or the residual gradient
+    (T d r, alive while the dense embedding gradient is made; untied), beside what the
+    embedding saved. With torchtune's optimizer in backward (``in_backward``) no gradient
+    outlives its step: the last block's rebuild at the down projection's hook, whose held
+    bytes `scaleplan.memory.tune_switches.tune_in_backward_held_bytes` adds. Measured live on
+    CPU (tests/impl_recompute_peaks.py, tests/data/fresh_recompute_peaks.json)."""
+    T, d = b * s, cfg.n_embd
+    r, g = residual_bytes(p), param_dtype_bytes(p)
+    # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
+    rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
+    kept = sum(saved.values()) - sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
+    share = (all_copies - copies) // max(layers, 1)
+    residual = T * d * r
+    if in_backward:  # at the down projection's hook: its input (the product) freed
+        return kept + rebuilt + share + residual
+    node = fresh_mlp_node_bytes(cfg, b, s, p, code,
+                                mask=block.get("resid_dropout_masks", 0) // 2)
+    tensors = parameters(cfg)
+    per_block = across_model(cfg, [t for t in tensors if t.per_block], layers=1) * g
+    head = sum(math.prod(t.shape) for t in tensors
+               if not t.per_block and t.part in ("lm_head", "norms")) * g
+    down = math.prod(next(t.shape for t in tensors if t.name == "mlp.c_proj.weight"))
+    down += d if cfg.bias else 0
+    last = kept + rebuilt + share + node + head_gradient + head + down * g
+    first = last + (layers - 1) * (per_block - residual)
+    tied = cfg.vocab_size * d * g if cfg.tie_embeddings else 0
+    end = G + (_larger(tied + residual, 2 * tied) if tied else residual) \
+        + kept - saved["block_input"]
+    return _larger(_larger(last, first), end)
+
+
+def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str, *,
+                         mask: Any = 0) -> Any:
+    """The worst node of a rebuilt block's MLP backward when its gradients are fresh, above
+    the block's saves and the down projection's gradients (weight and bias in the parameters'
+    dtype, which AccumulateGrad takes as they are): the residual stream's gradient (T d r,
+    less ``mask``, the MLP's residual dropout mask, released by the dropout's backward before
+    the MLP's) and the largest of
+
+    - the down projection's backward: its incoming gradient when a tensor of its own (T d e,
+      autocast's cast) and its input's gradient (T f e); under autocast its weight's and
+      bias's gradients are 16-bit (f d e, d e) where the gradients count fp32 (f d 4, d 4);
+    - under autocast, the cast of its weight's gradient to fp32: the projection's input
+      (T f e) and weight copy (f d e), released, make up for its input's gradient and the
+      16-bit weight gradient, and the bias's gradient is still 16-bit (d e for d 4);
+    - a product's backward (a gated MLP's ``act(gate) * up``, or GPT-2's ``gelu_new`` in
+      transformers, ``0.5 x * (1 + tanh(...))``): the gradient of the product (T f e) and of
+      both factors (2 T f e) replace the freed product (T f e), and autocast's copy of the
+      down projection's weight (f d e) is freed with its node.
+
+    T = b s, d = n_embd, f = mlp_hidden, e = activation bytes, r = residual bytes.
+
+    bf16 autocast, T = 4, d = 8, f = 32, with biases: the projection's node 4 x 8 x 2 +
+    4 x 32 x 2 + 32 x 8 x (2 - 4) + 8 x (2 - 4) = -208 is below the cast's 8 x (2 - 4) = -16,
+    beside the residual gradient 4 x 8 x 4 = 128:
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32)
+    >>> fresh_mlp_node_bytes(cfg, 1, 4, "bf16-mixed", "litgpt")
+    112
+    """
+    d, f, T = cfg.n_embd, cfg.mlp_hidden, b * s
+    e, r = activation_bytes(p), residual_bytes(p)
+    autocast = p in AUTOCAST
+    bias = d * (e - FP32_BYTES) if autocast and cfg.bias else 0
+    projection = T * f * e + bias + (T * d * e + f * d * (e - FP32_BYTES) if autocast else 0)
+    worst = _larger(projection, bias) if autocast else projection
+    if cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2"):
+        worst = _larger(worst, 2 * T * f * e - (f * d * e if autocast else 0))
+    return T * d * r - mask + worst
 
 
 def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
