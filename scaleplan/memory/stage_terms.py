@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scaleplan.checks import is_integer
 from scaleplan.memory.activations import (
     AUTOCAST,
     CUDA_MASK_BYTES,
@@ -25,7 +24,7 @@ from scaleplan.memory.activations import (
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import compiled_block_saved_terms
-from scaleplan.memory.dtypes import param_dtype_bytes, semantics
+from scaleplan.memory.dtypes import larger, param_dtype_bytes, semantics
 from scaleplan.memory.hf_terms import hf_block_saved_terms, hf_family
 from scaleplan.memory.litgpt_terms import litgpt_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
@@ -171,9 +170,9 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     last = kept + rebuilt + share + node + head_gradient + head + down * g
     first = last + (layers - 1) * (per_block - residual)
     tied = cfg.vocab_size * d * g if cfg.tie_embeddings else 0
-    end = G + (_larger(tied + residual, 2 * tied) if tied else residual) \
+    end = G + (larger(tied + residual, 2 * tied) if tied else residual) \
         + kept - saved["block_input"]
-    return _larger(_larger(last, first), end)
+    return larger(larger(last, first), end)
 
 
 def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str, *,
@@ -210,9 +209,9 @@ def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str
     autocast = p in AUTOCAST
     bias = d * (e - FP32_BYTES) if autocast and cfg.bias else 0
     projection = T * f * e + bias + (T * d * e + f * d * (e - FP32_BYTES) if autocast else 0)
-    worst = _larger(projection, bias) if autocast else projection
+    worst = larger(projection, bias) if autocast else projection
     if cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2"):
-        worst = _larger(worst, 2 * T * f * e - (f * d * e if autocast else 0))
+        worst = larger(worst, 2 * T * f * e - (f * d * e if autocast else 0))
     return T * d * r - mask + worst
 
 
@@ -292,24 +291,12 @@ def block_backward_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, dropou
     projection = tensor_parallel_split(incoming, T * f * e + f * d * e, t=t, sequence_parallel=sp)
     worst = projection
     if autocast:
-        worst = _larger(worst, tensor_parallel_split(0, f * d * FP32_BYTES, t=t,
+        worst = larger(worst, tensor_parallel_split(0, f * d * FP32_BYTES, t=t,
                                                      sequence_parallel=sp))
     if cfg.gated_mlp:
-        worst = _larger(worst, tensor_parallel_split(0, 2 * T * f * e, t=t,
+        worst = larger(worst, tensor_parallel_split(0, 2 * T * f * e, t=t,
                                                      sequence_parallel=sp))
     mask = (CUDA_MASK_BYTES if semantics(device)[1] else e) if dropout else 0
     residual = tensor_parallel_split(T * d * r - T * d * mask, 0, t=t, sequence_parallel=sp)
     return residual + worst
 
-
-def _larger(x: Any, y: Any) -> Any:
-    """max(x, y) for ints, elementwise for numpy arrays, ``sympy.Max`` for expressions."""
-    if is_integer(x) and is_integer(y):
-        return max(int(x), int(y))
-    if hasattr(x, "dtype") or hasattr(y, "dtype"):
-        import numpy as np
-
-        return np.maximum(x, y)
-    import sympy
-
-    return sympy.Max(x, y)
