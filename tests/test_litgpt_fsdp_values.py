@@ -52,11 +52,10 @@ def accumulation_cost(implementation: str, par: Parallelism | None = None,
     return {k: with_acc[k] - without[k] for k in with_acc if k in without}
 
 
-# FSDP1's units (scaleplan.memory.litgpt_fsdp_terms, measured with accumulation): the root
-# unit (tied embedding 16 x 8 and final norm 8: 136) gathered in place of the generic largest
-# layer (a block, 1040); at the recompute two blocks, w2's gradient 8 x 32 and the root's
-# waiting final-norm gradient (8)
-ROOT, BLOCK = 136, 8 * 24 + 8 * 8 + 3 * 8 * 32 + 2 * 8
+# FSDP1's units (scaleplan.memory.litgpt_fsdp_terms, measured with and without accumulation):
+# the same in both steps but for the gradients. A block: q/k/v 8 x 24, projection 8 x 8,
+# SwiGLU 3 x 8 x 32, two norms: 1040.
+BLOCK = 8 * 24 + 8 * 8 + 3 * 8 * 32 + 2 * 8
 
 
 @pytest.mark.parametrize(("precision", "nbytes"), [("bf16-true", 2), ("32-true", 4)])
@@ -64,24 +63,21 @@ ROOT, BLOCK = 136, 8 * 24 + 8 * 8 + 3 * 8 * 32 + 2 * 8
 def test_accumulating_under_fsdp_holds_the_whole_models_gradients(precision: str, nbytes: int,
                                                                   data: int) -> None:
     par = Parallelism(data=data, fsdp="full_shard")
-    G = parts(True, par=par, precision=precision)[0]
     litgpt = accumulation_cost("litgpt", par, precision)
     nanogpt = accumulation_cost("nanogpt", par, precision)
-    # the moments count the shards G; litgpt's no_sync micro-batches hold 2216 x 2 B (bf16) or
-    # x 4 B (fp32) instead through forward and backward; the optimizer step sees the shards
-    # alone: the generic term's gathered block (1040) and its gradient and bucket (G above the
-    # shards, ceil(2216 x nbytes / data)) are taken back
-    shards = -(-PARAMS * nbytes // data)
-    assert litgpt["optimizer_step"] - nanogpt["optimizer_step"] == -BLOCK * nbytes - (G - shards)
-    units = (ROOT - BLOCK) * nbytes
+    # accumulating, litgpt's no_sync micro-batches hold 2216 x 2 B (bf16) or x 4 B (fp32)
+    # unsharded through forward and backward; without accumulation none is resident
     for moment in ("forward_end", "backward_start"):
-        assert litgpt[moment] - nanogpt[moment] == PARAMS * nbytes - G + units
-    # litgpt's recompute moment takes its Block's backward terms (measured with every gradient
-    # resident) only when accumulating, on any layout (scaleplan.memory.stage_terms.
-    # recompute_moment's ``fresh_gradients``); under FSDP the unsharded gradients come on top
-    plain = accumulation_cost("litgpt", Parallelism(data=data), precision)
-    recompute = units + (2 * BLOCK + 8 * 32 + 8) * nbytes
-    assert litgpt["recompute"] - plain["recompute"] == PARAMS * nbytes - G + recompute
+        assert litgpt[moment] - nanogpt[moment] == PARAMS * nbytes
+    assert litgpt["block_end"] == PARAMS * nbytes
+    # without accumulation a unit's gradient is reduce-scattered at its end into a shard of
+    # ceil(1040 / data): the recompute peaks one block further down (its input, 1 x 8 x 8,
+    # freed) beside the shard above, and the root's end holds both blocks' shards
+    shard = -(-BLOCK // data) * nbytes
+    assert litgpt["recompute"] == PARAMS * nbytes - max(0, shard - 8 * 8 * nbytes)
+    assert litgpt["root_end"] == PARAMS * nbytes - 2 * shard
+    # the optimizer step sees the shards either way
+    assert litgpt["optimizer_step"] == nanogpt["optimizer_step"] == 0
 
 
 def test_only_litgpt_under_fsdp_runs_no_sync() -> None:

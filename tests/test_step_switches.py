@@ -202,7 +202,7 @@ def test_fits_on_takes_the_switches() -> None:
     ({"gradient_accumulation": False, "parallelism": Parallelism(pipeline=2)},
      r"gradient_accumulation=False is modelled for one GPU"),
     ({"gradient_accumulation": False, "parallelism": Parallelism(data=8)},
-     r"DDP's and ZeRO's gradient buckets outlive zero_grad"),
+     r"DDP's and ZeRO's buckets outlive zero_grad"),
     ({"activation_offload": True, "checkpointing": "full"},
      r"activation_offload=True is not modelled yet with checkpointing='full'"),
 ])

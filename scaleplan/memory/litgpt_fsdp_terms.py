@@ -25,20 +25,37 @@ Beside the shards and those gradients a GPU holds:
 
 Measured on CPU with full checkpointing: an accumulating micro-batch is the step's worst (the
 last, which reduce-scatters, frees each unit's unsharded gradient for its shard and peaks as
-high or lower). Without checkpointing and without accumulation the generic term stays (the
-latter is measured, tests/data/litgpt_fsdp_step.json, not modelled).
+high or lower). Without accumulation (``gradient_accumulation=False``, `litgpt_fsdp1_covers`)
+no gradient is resident when the step starts (FSDP1 drops its flat parameters' gradients in
+the forward once every view's is None) and none stays unsharded for long: each unit's is
+reduce-scattered at its end into a shard, so a block's recompute peaks one block further down
+beside the shard above, and the root's end holds every block's shard. Without checkpointing
+the generic term stays (not measured).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.memory.dtypes import larger
+from scaleplan.memory.parallel import Parallelism
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
-__all__ = ["litgpt_fsdp1_moments", "litgpt_fsdp1_units"]
+__all__ = ["litgpt_fsdp1_covers", "litgpt_fsdp1_moments", "litgpt_fsdp1_units"]
 
 LOSS_SCALARS = 8  # the loss and the ones its backward starts from (fp32)
+
+
+def litgpt_fsdp1_covers(implementation: str, checkpointing: str, par: Parallelism) -> bool:
+    """Whether the step is litgpt's under Fabric's FSDP1 (data ranks only, full sharding) with
+    full checkpointing: what the whole micro-batches measured, with and without accumulation.
+
+    >>> litgpt_fsdp1_covers("litgpt", "full", Parallelism(data=2, fsdp="full_shard"))
+    True
+    """
+    return (implementation == "litgpt" and checkpointing == "full" and par.fsdp == "full_shard"
+            and par.data > 1 and par.tensor * par.pipeline * par.expert == 1)
 
 
 def litgpt_fsdp1_units(cfg: GPTConfig) -> dict[str, int]:
@@ -59,7 +76,8 @@ def litgpt_fsdp1_units(cfg: GPTConfig) -> dict[str, int]:
 
 
 def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any], *, e: int,
-                         largest_gathered: Any) -> dict[str, Any]:
+                         largest_gathered: Any, fresh: bool = False,
+                         data: int = 1) -> dict[str, Any]:
     """``moments`` (litgpt's one-GPU moments on sharded states, whose weights count
     ``largest_gathered`` bytes gathered) with FSDP1's units as measured (module docstring):
     the root gathered at every moment but the optimizer step's, the recompute moment's blocks
@@ -77,10 +95,14 @@ def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any]
     T, d = b * s, cfg.n_embd
     out = {k: v if k == "optimizer_step" else v + root - largest_gathered
            for k, v in moments.items()}
+    # without accumulation each unit's gradient is reduce-scattered at its end into a shard
+    shard = -(-units["block"] // data) * e if fresh else 0
     if "recompute" in out:
         first_gradient = d * cfg.mlp_hidden * e  # the MLP's output projection's
-        out["recompute"] = out["recompute"] + 2 * block + first_gradient + waiting
+        last = out["recompute"] + 2 * block + first_gradient + waiting
+        # fresh: one block further down, its input freed and the block above's shard made
+        out["recompute"] = larger(last, last - T * d * e + shard) if fresh else last
         out["block_end"] = (root + 2 * block + 2 * block + waiting + 2 * T * d * e
                             + LOSS_SCALARS - largest_gathered)
-    out["root_end"] = 3 * root + LOSS_SCALARS - largest_gathered
+    out["root_end"] = 3 * root + cfg.n_layer * shard + LOSS_SCALARS - largest_gathered
     return out

@@ -30,7 +30,7 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
-from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_moments
+from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers, litgpt_fsdp1_moments
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
     LITGPT_LOGITS_BYTES,
@@ -130,11 +130,13 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
+    # FSDP1's fresh step: the accumulated moment with its gradients taken out (_fsdp_no_sync)
+    fsdp1 = litgpt_fsdp1_covers(implementation, checkpointing, par)
     if checkpointing == "full":
         moments["recompute"] = recompute_moment(
             cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
             head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
-            fresh_gradients=_fresh_gradients(switches),
+            fresh_gradients=_fresh_gradients(switches) and not fsdp1,
             gradients=_recompute_gradients(cfg, p, G, switches, par))
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
@@ -180,16 +182,20 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
     shards, and nothing gathered (the generic term's gathered layer, its gradient and its
     reduction bucket are taken back there). FSDP1's units as measured in such steps replace the
     generic largest layer gathered (`scaleplan.memory.litgpt_fsdp_terms`)."""
+    fresh = not switches.gradient_accumulation  # then no gradient resident, shards made
     if not (implementation == "litgpt" and par.fsdp is not None
-            and switches.gradient_accumulation):
+            and (switches.gradient_accumulation or litgpt_fsdp1_covers(
+                implementation, "full" if "recompute" in moments else "none", par))):
         return moments
     unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
     e = weight_bytes(1, "32-true" if p == "32-true" else "bf16-true")  # gathered dtype
     terms = param_terms(cfg)  # the generic term's largest layer gathered (sharding.py)
     largest = max(terms["per_layer"], terms["token_embedding"]) * weight_bytes(1, p)
-    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, largest_gathered=largest)
+    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, largest_gathered=largest,
+                                   fresh=fresh, data=par.data)
     shards = -(-unsharded // par.data)
-    return {k: v - largest - (G - shards) if k == "optimizer_step" else v + unsharded - G
+    held = 0 if fresh else unsharded
+    return {k: v - largest - (G - shards) if k == "optimizer_step" else v + held - G
             for k, v in moments.items()}
 
 
