@@ -79,7 +79,7 @@ def test_units_and_moments_by_hand() -> None:
     # norm 128; a block wqkv 128 x 256 + proj 128 x 128 + MLP 3 x 128 x 448 + norms 256
     assert litgpt_fsdp1_units(cfg) == {"root": 512_128, "block": 221_440, "waiting": 256_128}
     out = litgpt_fsdp1_moments(cfg, 1, 32, {"recompute": 0, "optimizer_step": 0}, e=2,
-                               largest_gathered=0)
+                               largest_gathered=0, fresh=False, data=4)
     # a block's end: the root and two blocks gathered, the block's fresh gradients and their
     # flat copy, the root's waiting gradients, the block's input and incoming gradient, loss
     assert out["block_end"] == (512_128 * 2 + 4 * 221_440 * 2 + 256_128 * 2
@@ -131,3 +131,28 @@ def test_without_checkpointing_no_accumulation_is_refused_by_name() -> None:
                         seq_len=8, implementation="litgpt", checkpointing="none",
                         gradient_accumulation=False,
                         parallelism=Parallelism(data=2, fsdp="full_shard"))
+
+
+def test_fresh_moments_by_hand() -> None:
+    cfg = GPTConfig.model_validate(CASES["few-tokens", True]["config"])
+    out = litgpt_fsdp1_moments(cfg, 1, 32, {"recompute": 0, "optimizer_step": 0}, e=2,
+                               largest_gathered=1000, fresh=True, data=3)
+    # a block's shard over 3 ranks: ceil(221,440 / 3) = 73,814 values, 2 bytes each; the
+    # recompute one block further down (its input 32 x 128 x 2 freed) beside the shard above
+    last = 512_128 * 2 + 2 * 221_440 * 2 + 128 * 448 * 2 + 256_128 * 2 - 1000
+    assert out["recompute"] == last - 32 * 128 * 2 + 73_814 * 2
+    assert out["root_end"] == 3 * 512_128 * 2 + 2 * 73_814 * 2 + 8 - 1000
+
+
+def test_covers_only_litgpt_on_data_ranks_with_full_checkpointing() -> None:
+    from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers
+
+    fsdp2 = Parallelism(data=2, fsdp="full_shard")
+    assert litgpt_fsdp1_covers("litgpt", "full", fsdp2)
+    assert not litgpt_fsdp1_covers("hf", "full", fsdp2)
+    assert not litgpt_fsdp1_covers("litgpt", "none", fsdp2)
+    assert not litgpt_fsdp1_covers("litgpt", "full", Parallelism(data=1, fsdp="full_shard"))
+    assert not litgpt_fsdp1_covers("litgpt", "full", Parallelism(data=2))
+    for other in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}):
+        assert not litgpt_fsdp1_covers("litgpt", "full",
+                                       Parallelism(data=4, fsdp="full_shard", **other))

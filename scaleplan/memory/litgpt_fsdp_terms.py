@@ -76,8 +76,7 @@ def litgpt_fsdp1_units(cfg: GPTConfig) -> dict[str, int]:
 
 
 def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any], *, e: int,
-                         largest_gathered: Any, fresh: bool = False,
-                         data: int = 1) -> dict[str, Any]:
+                         largest_gathered: Any, fresh: bool, data: int) -> dict[str, Any]:
     """``moments`` (litgpt's one-GPU moments on sharded states, whose weights count
     ``largest_gathered`` bytes gathered) with FSDP1's units as measured (module docstring):
     the root gathered at every moment but the optimizer step's, the recompute moment's blocks
@@ -86,8 +85,9 @@ def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any]
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
-    >>> litgpt_fsdp1_moments(cfg, 2, 96, {"recompute": 0, "optimizer_step": 0}, e=2,
-    ...                      largest_gathered=0)["root_end"]  # 3 x 123,040 x 2 + 8
+    >>> moments = {"recompute": 0, "optimizer_step": 0}
+    >>> litgpt_fsdp1_moments(cfg, 2, 96, moments, e=2, largest_gathered=0, fresh=False,
+    ...                      data=4)["root_end"]  # 3 x 123,040 x 2 + 8
     738248
     """
     units = litgpt_fsdp1_units(cfg)
@@ -101,7 +101,7 @@ def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any]
         first_gradient = d * cfg.mlp_hidden * e  # the MLP's output projection's
         last = out["recompute"] + 2 * block + first_gradient + waiting
         # fresh: one block further down, its input freed and the block above's shard made
-        out["recompute"] = larger(last, last - T * d * e + shard) if fresh else last
+        out["recompute"] = larger(last, last - T * d * e + shard)
         out["block_end"] = (root + 2 * block + 2 * block + waiting + 2 * T * d * e
                             + LOSS_SCALARS - largest_gathered)
     out["root_end"] = 3 * root + cfg.n_layer * shard + LOSS_SCALARS - largest_gathered

@@ -71,11 +71,11 @@ def titan_block_params(cfg: GPTConfig) -> int:
 
 
 def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
-                       gradients: str = "w2") -> int:
+                       whole_block: bool = False) -> int:
     """FSDP2's unsharded bytes while block ``block`` of ``layers`` runs its backward: the
     previous unit's fp32 reduce-scatter input, this block's gathered parameters, the next
-    unit's all-gather output and the block's unsharded gradients made so far (``"w2"``'s at
-    its MLP, the whole ``"block"``'s at its end; ``e`` bytes per gathered value).
+    unit's all-gather output and the block's unsharded gradients made so far (w2's at its MLP,
+    the ``whole_block``'s at its end; ``e`` bytes per gathered value).
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -86,7 +86,7 @@ def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
     P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
     previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
     prefetched = V * d * e if block == 0 else P * e
-    made = P * e if gradients == "block" else d * cfg.mlp_hidden * e
+    made = P * e if whole_block else d * cfg.mlp_hidden * e
     return previous + P * e + prefetched + made
 
 
@@ -148,11 +148,11 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     end = ((T * d * e if checkpointing != "none" else 0)
            + _norm_end_bytes(T, d, e, device, checkpointing) + incoming)
 
-    def fsdp(j: int, gradients: str) -> int:
+    def fsdp(j: int, whole_block: bool) -> int:
         return titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
-                                  gradients=gradients) if data > 1 else 0
+                                  whole_block=whole_block) if data > 1 else 0
 
     blocks = sorted({layers - 1, max(layers - 2, 0), 0})
     return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data),
-                           *(kept * j + mlp + fsdp(j, "w2") for j in blocks),
-                           *(kept * j + end + fsdp(j, "block") for j in blocks)])
+                           *(kept * j + mlp + fsdp(j, False) for j in blocks),
+                           *(kept * j + end + fsdp(j, True) for j in blocks)])
