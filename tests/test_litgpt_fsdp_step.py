@@ -153,6 +153,7 @@ def test_covers_only_litgpt_on_data_ranks_with_full_checkpointing() -> None:
     assert not litgpt_fsdp1_covers("litgpt", "none", fsdp2)
     assert not litgpt_fsdp1_covers("litgpt", "full", Parallelism(data=1, fsdp="full_shard"))
     assert not litgpt_fsdp1_covers("litgpt", "full", Parallelism(data=2))
-    for other in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}):
+    for other in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}, {"tensor": 2, "expert": 2},
+                  {"pipeline": 2, "expert": 2}, {"tensor": 2, "pipeline": 2}):
         assert not litgpt_fsdp1_covers("litgpt", "full",
                                        Parallelism(data=4, fsdp="full_shard", **other))
