@@ -15,7 +15,8 @@ read off per operation.
 
 ``python -m scaleplan.reference.hf_compiled`` measures the grid and writes
 tests/data/hf_compiled.json (``--variation``: tests/data/hf_compiled_variation.json,
-``--checkpointing``: tests/data/hf_compiled_checkpointing.json), replayed by
+``--checkpointing``: tests/data/hf_compiled_checkpointing.json, ``--dropout``: every dropout
+probability 0.1, with and without checkpointing, tests/data/hf_compiled_dropout.json), replayed by
 tests/test_hf_compiled_memory.py; ``--page`` writes docs/validation/hf-compiled.md.
 """
 
@@ -36,12 +37,13 @@ from scaleplan.reference.compiled import is_weight_copy, saved_by_node
 from scaleplan.reference.hf_measure import GRID_SHAPES, HFPrecision, build_hf_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["CHECKPOINTING_JSON", "HF_COMPILED_JSON", "PAGE", "VARIATION_JSON", "grid", "main",
-           "measure_hf_compiled", "page"]
+__all__ = ["CHECKPOINTING_JSON", "DROPOUT_JSON", "HF_COMPILED_JSON", "PAGE", "VARIATION_JSON",
+           "grid", "main", "measure_hf_compiled", "page"]
 
 HF_COMPILED_JSON = Path("tests/data/hf_compiled.json")
 VARIATION_JSON = Path("tests/data/hf_compiled_variation.json")
 CHECKPOINTING_JSON = Path("tests/data/hf_compiled_checkpointing.json")
+DROPOUT_JSON = Path("tests/data/hf_compiled_dropout.json")
 
 
 class _Partitions:
@@ -201,19 +203,21 @@ def _count(nodes: list[tuple[str, list[torch.Tensor]]], partitions: _Partitions,
 
 
 def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48,
-         n_layer: int = 2, checkpointing: tuple[bool, ...] = (False,)
+         n_layer: int = 2, checkpointing: tuple[bool, ...] = (False,), dropout: float = 0.0
          ) -> list[dict[str, Any]]:
-    """Every family x precision (fp32, bf16 autocast) x ``checkpointing``; one row per case."""
+    """Every family x precision (fp32, bf16 autocast) x ``checkpointing``, every dropout
+    probability ``dropout`` (`scaleplan.reference.hf_measure.hf_config`); one row per case."""
     rows = []
     for family, prec, ckpt in itertools.product(families, ("32-true", "bf16-mixed"),
                                                 checkpointing):
-        cfg = GRID_SHAPES[family].replace(n_layer=n_layer)
+        cfg = GRID_SHAPES[family].replace(n_layer=n_layer, dropout=dropout)
         m = measure_hf_compiled(cfg, family,  # type: ignore[arg-type]
                                 micro_batch_size=b, seq_len=s,
                                 precision=prec, checkpointing=ckpt)  # type: ignore[arg-type]
         rows.append({"family": family, "precision": prec, "n_layer": n_layer,
                      "micro_batch_size": b,
-                     "seq_len": s, "checkpointing": "full" if ckpt else "none", **m})
+                     "seq_len": s, "checkpointing": "full" if ckpt else "none",
+                     "dropout": dropout, **m})
     return rows
 
 
@@ -278,7 +282,7 @@ def _row(r: dict[str, Any]) -> tuple[str, float | None]:
     from scaleplan.memory.hf_compiled_terms import HF_COMPILED_FAMILIES, hf_compiled_saved_terms
     from scaleplan.memory.hf_terms import hf_saved_bytes
 
-    cfg = GRID_SHAPES[r["family"]].replace(n_layer=r["n_layer"])
+    cfg = GRID_SHAPES[r["family"]].replace(n_layer=r["n_layer"], dropout=r.get("dropout", 0.0))
     b, s, measured = r["micro_batch_size"], r["seq_len"], r["saved_for_backward"]
     ckpt = r["checkpointing"]
     eager = hf_saved_bytes(cfg, b, s, precision=r["precision"], family=r["family"],
@@ -290,27 +294,39 @@ def _row(r: dict[str, Any]) -> tuple[str, float | None]:
         err = p / measured - 1
         pred, shown = f"{p:,}", f"{err:+.2%}"
     return (f"| {r['family']} | {r['precision']} | {r['n_layer']} | {b} x {s} | {ckpt} | "
+            f"{r.get('dropout', 0.0)} | "
             f"{r['compiled_graphs']} | {measured:,} | {pred} | {shown} | "
             f"{eager / measured - 1:+.1%} |"), err
 
 
 def page() -> str:
     """docs/validation/hf-compiled.md from the committed measurements."""
-    rows = [r for path in (HF_COMPILED_JSON, VARIATION_JSON, CHECKPOINTING_JSON)
+    rows = [r for path in (HF_COMPILED_JSON, VARIATION_JSON, CHECKPOINTING_JSON, DROPOUT_JSON)
             for r in json.loads(path.read_text())]
     lines, errors = zip(*(_row(r) for r in rows), strict=True)
     known = [abs(e) for e in errors if e is not None]
     head = _INTRO.format(n=len(known), worst=max(known))
-    table = ("| family | precision | layers | b x s | checkpointing | graphs | measured | "
-             "predicted | error | eager terms |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|\n")
+    table = ("| family | precision | layers | b x s | checkpointing | dropout | graphs | measured | "
+             "predicted | error | eager terms |\n"
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n")
     return head + table + "\n".join(lines) + "\n"
+
+
+def _dropout_grid(families: tuple[str, ...], p: float = 0.1) -> list[dict[str, Any]]:
+    """`main`'s ``--dropout`` rows: ``families`` at the grid's shape; those whose checkpointing
+    is modelled (GPT-2, Llama) also checkpointed and at 3 layers, 3 x 32 tokens."""
+    both = tuple(f for f in families if f in ("gpt2", "llama"))
+    return (grid(families, dropout=p) + grid(both, checkpointing=(True,), dropout=p)
+            + grid(both, b=3, s=32, n_layer=3, dropout=p))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure the grid (``[families...]``: 2 layers, 2 x 48 tokens) and write
     `HF_COMPILED_JSON`; with ``--variation``, 3 layers at 3 x 32 tokens to `VARIATION_JSON`;
     with ``--checkpointing``, the grid's shape with every layer checkpointed (default
-    families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--page``,
+    families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--dropout``, every dropout
+    probability 0.1 (default families: GPT-2, Llama, GPT-NeoX; GPT-2 and Llama also checkpointed
+    and at 3 layers, 3 x 32 tokens) to `DROPOUT_JSON`; with ``--page``,
     docs/validation/hf-compiled.md from them."""
     args = list(argv if argv is not None else sys.argv[1:])
     if "--page" in args:
@@ -319,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     families = tuple(a for a in args if not a.startswith("--"))
     if "--variation" in args:
         rows, path = grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
+    elif "--dropout" in args:
+        rows, path = _dropout_grid(families or ("gpt2", "llama", "gpt_neox")), DROPOUT_JSON
     elif "--checkpointing" in args:
         rows = grid(families or ("llama", "gpt2"), checkpointing=(True,))
         path = CHECKPOINTING_JSON
