@@ -1,8 +1,8 @@
 """Bytes a ``torch.compile``'d Hugging Face transformers model saves for backward, per operation.
 
 ``torch.compile(model)`` on transformers 5.25's Llama, Qwen2, Mistral, Gemma, GPT-2 and
-GPT-NeoX (one graph with the loss, GPT-2's loss in a second; inductor on CPU, SDPA, no dropout)
-leaves what AOT autograd's min-cut partitioner keeps of transformers' code (read from the
+GPT-NeoX (one graph with the loss, GPT-2's loss in a second; inductor on CPU, SDPA; dropout 0
+and 0.1) leaves what AOT autograd's min-cut partitioner keeps of transformers' code (read from the
 compiled function's saved tensors by `scaleplan.reference.hf_compiled`, torch 2.13;
 tests/data/hf_compiled.json). Compared with the eager terms (`scaleplan.memory.hf_terms`):
 
@@ -34,9 +34,13 @@ tests/data/hf_compiled.json). Compared with the eager terms (`scaleplan.memory.h
   transformers' loss itself.
 
 Gradient checkpointing is modelled for Llama's and GPT-2's layouts (`_checkpointed_terms`: dynamo
-traces GPT-2's checkpoints but runs Llama's layers eagerly). Dropout, fp16, checkpointing with
-Gemma's or GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with several and
-GPT-NeoX's sequential residual are not modelled: `check_hf_compiled` refuses them by name.
+traces GPT-2's checkpoints but runs Llama's layers eagerly). Dropout (``cfg.dropout`` > 0,
+GPT-2's default 0.1) is modelled for Llama's, GPT-2's and GPT-NeoX's layouts (`_dropout_terms`:
+bool masks; on CPU, SDPA's math path, measured; on CUDA its fused kernel, inferred) and
+GPT-2's and Llama's checkpointed ones (CPU for GPT-2). Gemma with dropout, fp16,
+checkpointing with Gemma's or GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with
+several and GPT-NeoX's sequential residual are not modelled: `check_hf_compiled` refuses them
+by name (`hf_compiled_saved_terms` the device-dependent cases).
 All arithmetic is plain ``+``/``*`` on ``b`` and ``s`` (ints, float64 arrays, sympy symbols).
 """
 
@@ -178,7 +182,10 @@ def _dropout_terms(terms: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, e: int
       dropout mask (b a s s 1) and, in fp32 only, the dropped probabilities (b a s s 4: under
       autocast their bf16 cast is recomputed from the softmax and the mask); the output
       projection's input (T a h e) stays (GPT-NeoX already counts it in its linear inputs).
-      GPT-NeoX's second layer keeps ``x_hat`` in bf16 too (no exchange).
+      GPT-NeoX's second layer keeps ``x_hat`` in bf16 too (no exchange). Measured with 2 query
+      heads per kv head (Llama, Qwen2) and multi-head attention (GPT-2, GPT-NeoX); with 4
+      (Mistral's grid shape, and Llama's code at 8 heads over 2) bf16 autocast keeps v
+      unexpanded (T k h 2) in place of its expanded copy: other ratios are refused on CPU.
     - Attention dropout on CUDA (inferred, not measured): SDPA keeps its fused kernel (the
       memory-efficient one, which takes the materialised mask and dropout: flash takes no
       mask); its backward reads what it reads without dropout plus the Philox seed and offset
@@ -198,6 +205,13 @@ def _dropout_terms(terms: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, e: int
     if device != "cpu":
         out["sdpa_philox_seed_offset"] = n * PHILOX_BYTES
         return out
+    if family == "llama" and cfg.n_head not in (cfg.n_kv_head, 2 * cfg.n_kv_head):
+        raise ScaleplanError(
+            f"compile=True with implementation='hf' and dropout={cfg.dropout} on device='cpu' "
+            f"is modelled for n_head = n_kv_head or 2 n_kv_head, not n_head={cfg.n_head} with "
+            f"n_kv_head={cfg.n_kv_head}: at 4 query heads per kv head the partition of SDPA's "
+            "math path keeps v unexpanded under bf16 autocast (measured), at other ratios it "
+            "was not measured; use device='cuda' (fused attention) or dropout=0")
     for gone in ("fused_qkv", "rotated_qk", "sdpa_out", "sdpa_qkv_out", "sdpa_lse", "causal_mask"):
         out.pop(gone, None)
     P = b * a * s * s  # attention probabilities per layer

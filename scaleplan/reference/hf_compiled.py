@@ -227,8 +227,8 @@ _INTRO = """# Hugging Face transformers under torch.compile: saved-for-backward 
 Measured by `scaleplan.reference.hf_compiled` (`python -m scaleplan.reference.hf_compiled`,
 `--variation` for the 3-layer rows, `--checkpointing` for the checkpointed ones): each row builds
 the family's transformers 5.25 model (shapes in `scaleplan.reference.hf_measure.GRID_SHAPES`,
-real head dims), compiles it whole (`torch.compile(model)`, inductor, CPU, SDPA, no dropout;
-with checkpointing, `activation_checkpointing_enable()` first), runs one step to compile the
+real head dims), compiles it whole (`torch.compile(model)`, inductor, CPU, SDPA, no dropout
+except the `--dropout` rows, where every dropout probability is 0.1; with checkpointing, `activation_checkpointing_enable()` first), runs one step to compile the
 forward and backward graphs, then one forward with labels (the model's own `ForCausalLMLoss`,
 compiled with it), and counts the unique storages the compiled function(s) saved, parameters,
 buffers and autocast's weight copies excluded, the token ids included (the embedding's backward
@@ -273,6 +273,11 @@ What the partition keeps of transformers' code (read from the saved values' name
   region, as compiled nanoGPT); Llama's checkpointed layers run eagerly between compiled
   pieces (embedding, mask, rotary tables, final norm, head and loss), each keeping its input,
   the shared bool mask, cos/sin and position ids, and a stashed CPU RNG state.
+- Dropout 0.1: each `nn.Dropout` keeps a bool mask (`gt`); SDPA with dropout runs its math path
+  on CPU, keeping its own q, k and v, the fp32 softmax, a bool mask and (fp32 only) the dropped
+  probabilities, no log-sum-exp and no causal mask. Checkpointed GPT-2 keeps inductor's seeds
+  (one per random op) instead of RNG states, and the math attention's fp32 constant once;
+  checkpointed Llama keeps what it keeps without dropout.
 
 """
 
@@ -306,8 +311,8 @@ def page() -> str:
     lines, errors = zip(*(_row(r) for r in rows), strict=True)
     known = [abs(e) for e in errors if e is not None]
     head = _INTRO.format(n=len(known), worst=max(known))
-    table = ("| family | precision | layers | b x s | checkpointing | dropout | graphs | measured | "
-             "predicted | error | eager terms |\n"
+    table = ("| family | precision | layers | b x s | checkpointing | dropout | graphs | "
+             "measured | predicted | error | eager terms |\n"
              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n")
     return head + table + "\n".join(lines) + "\n"
 

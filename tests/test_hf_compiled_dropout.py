@@ -1,0 +1,181 @@
+"""``compile=True``, ``implementation="hf"`` with dropout: `scaleplan.memory.hf_compiled_terms`
+against what torch.compile'd transformers 5.25 models saved for backward with every dropout
+probability 0.1 (CPU, inductor, torch 2.13).
+
+tests/data/hf_compiled_dropout.json was written by
+``python -m scaleplan.reference.hf_compiled --dropout gpt2 llama qwen2 gpt_neox``; its replay
+needs no torch. The torch-marked test re-measures one case live.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scaleplan.errors import ScaleplanError
+from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
+from scaleplan.memory.training import training_memory
+from tests.test_hf_compiled_memory import SHAPES
+
+DATA = Path(__file__).parent / "data" / "hf_compiled_dropout.json"
+ROWS = json.loads(DATA.read_text()) if DATA.exists() else []
+P = 0.1
+
+
+def _case(r: dict[str, object]) -> str:
+    return (f"{r['family']}-{r['precision']}-L{r['n_layer']}-b{r['micro_batch_size']}"
+            f"-{r['checkpointing']}")
+
+
+def _total(family: str, b: int, s: int, precision: str, *, layers: int = 2,
+           checkpointing: str = "none", device: str = "cpu") -> int:
+    cfg = SHAPES[family].replace(n_layer=layers, dropout=P)
+    return int(sum(hf_compiled_saved_terms(cfg, b, s, precision=precision,  # type: ignore[arg-type]
+                                           checkpointing=checkpointing,
+                                           device=device).values()))
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_case)
+def test_dropout_terms_match_the_measured_partition_exactly(row: dict[str, object]) -> None:
+    assert row["dropout"] == P
+    predicted = _total(str(row["family"]), row["micro_batch_size"],  # type: ignore[arg-type]
+                       row["seq_len"], str(row["precision"]),  # type: ignore[arg-type]
+                       layers=row["n_layer"],  # type: ignore[arg-type]
+                       checkpointing=str(row["checkpointing"]))
+    assert predicted == row["saved_for_backward"]
+
+
+def test_the_replay_covers_the_dropout_grid() -> None:
+    seen = {(r["family"], r["precision"], r["n_layer"], r["checkpointing"]) for r in ROWS}
+    for p in ("32-true", "bf16-mixed"):
+        assert {(f, p, 2, "none") for f in ("gpt2", "llama", "qwen2", "gpt_neox")} <= seen
+        assert {(f, p, 2, "full") for f in ("gpt2", "llama")} <= seen
+        assert {(f, p, 3, "none") for f in ("gpt2", "llama")} <= seen
+    # what the partition saved, by name: bool masks (nn.Dropout's and the attention's), the
+    # math path's fp32 softmax, and, checkpointed, inductor's seeds instead of RNG states
+    gpt2 = next(r for r in ROWS if r["family"] == "gpt2" and r["checkpointing"] == "none")
+    kinds = {(v[2], v[5].rsplit(".", 1)[-1]) for v in gpt2["saved"]}
+    assert {("bool", "drop"), ("bool", "attn"), ("bool", "resid_dropout"), ("bool", "dropout"),
+            ("float32", "attn")} <= kinds
+    ckpt = next(r for r in ROWS if r["family"] == "gpt2" and r["checkpointing"] == "full")
+    names = {v[4] for v in ckpt["saved"]}
+    assert "inductor_seeds_default" in names and not any("rng_state" in n for n in names)
+
+
+def test_gpt2_fp32_with_dropout_on_cpu_by_hand() -> None:
+    # GPT-2 grid shape, b = 2, s = 48, fp32, dropout 0.1 everywhere, CPU: T = 96, d = 128,
+    # a = 4, h = 32, f = 512, V = 512, e = 4, P = b a s s = 18432 attention probabilities.
+    # Per block: ln_1/ln_2 x_hat 2*96*128*4 = 98304 and rstd/d 2*96*4 = 768; SDPA's math
+    # path: q, k, v copies 3*96*128*4 = 147456, fp32 softmax 18432*4 = 73728, bool mask
+    # 18432, dropped probabilities 73728 (fp32 only); the linear inputs, c_proj's included
+    # (SDPA's output is not kept) 3*96*128*4 = 147456; c_fc and gelu_new outputs
+    # 2*96*512*4 = 393216; the two branches' bool masks 2*96*128 = 24576: 977664 per block,
+    # 1955328 for two. No log-sum-exp, no causal mask. Token ids 768, position ids 384,
+    # embedding dropout mask 12288. Head: ln_f 49152 + 384, lm_head input 49152, logits
+    # 196608, max and lse 768, labels 2*49*8 + 4 = 788.
+    head = 49536 + 49152 + 196608 + 768 + 788
+    assert _total("gpt2", 2, 48, "32-true") == 1955328 + 768 + 384 + 12288 + head  # 2265620
+
+
+def test_llama_bf16_with_attention_dropout_on_cpu_by_hand() -> None:
+    # Llama grid shape, b = 2, s = 48, bf16 autocast, attention_dropout 0.1, CPU: T = 96,
+    # d = 128, a = 4 (2 kv heads), h = 32, f = 352, e = 2. Per layer: norm inputs
+    # 2*96*128*4 = 98304, rsqrt 768, q/k/v and MLP inputs 2*96*128*2 = 49152; the math path's
+    # q, k, v (expanded) and o_proj's input 4*96*4*32*2 = 98304, fp32 softmax 73728, bool mask
+    # 18432 (the dropped probabilities' bf16 cast is recomputed); SwiGLU 3*96*352*2 = 202752:
+    # 541440 per layer, 1082880 for two. Layer 0 keeps o_proj's output (bf16) in place of the
+    # residual after attention: 96*128*(2 - 4) = -24576. Final norm 49536; lm_head input
+    # 24576, logits 98304, max and lse 768, labels 788; token ids 768.
+    expected = 1082880 - 24576 + 49536 + 24576 + 98304 + 768 + 788 + 768
+    assert _total("llama", 2, 48, "bf16-mixed") == expected  # 1233044
+
+
+def test_checkpointed_gpt2_bf16_with_dropout_on_cpu_by_hand() -> None:
+    # every block checkpointed, b = 2, s = 48, bf16 autocast, dropout 0.1, CPU. Token ids 768,
+    # position ids 384, token and position embeddings' fp32 outputs 49152 + 24576, the
+    # embedding dropout's bool mask 12288, the second block's input 49152, inductor's seeds
+    # (1 + 3*2)*8 = 56 (no RNG state per region), causal mask 2*48*48*2 = 9216, the math
+    # attention's fp32 constant 2*4*48*48*4 = 73728, ln_f's mean and rstd 768; lm_head input
+    # 24576, bf16 logits 98304, max and lse 768, labels 788.
+    expected = (768 + 384 + 73728 + 12288 + 49152 + 56 + 9216 + 73728 + 768
+                + 24576 + 98304 + 768 + 788)
+    assert _total("gpt2", 2, 48, "bf16-mixed", checkpointing="full") == expected  # 344524
+    fp32 = hf_compiled_saved_terms(SHAPES["gpt2"].replace(dropout=P), 2, 48,
+                                   precision="32-true", checkpointing="full", device="cpu")
+    assert fp32["final_norm"] == 96 * 128 * 4 + 96 * 4  # x_hat and rstd / d in fp32
+
+
+def test_checkpointed_llama_keeps_the_same_with_dropout() -> None:
+    # its layers run eagerly under the checkpoint, which keeps their inputs whatever they
+    # drop: the measured dropout-0 totals (tests/data/hf_compiled_checkpointing.json)
+    assert _total("llama", 2, 48, "32-true", checkpointing="full") == 423316
+    assert _total("llama", 2, 48, "bf16-mixed", checkpointing="full") == 300436
+
+
+def test_cuda_keeps_the_fused_attention_and_adds_bool_masks() -> None:
+    # On CUDA attention dropout stays in SDPA's fused (memory-efficient) kernel: what it keeps
+    # without dropout plus its Philox seed and offset (16 bytes per layer); nn.Dropout keeps
+    # bool masks. GPT-2 bf16, b = 2, s = 48: the measured dropout-0 total 1073684
+    # (tests/data/hf_compiled.json) + the embedding's mask 96*128 = 12288 + two per block
+    # 2*2*12288 = 49152 + 2*16.
+    cfg = SHAPES["gpt2"].replace(dropout=P)
+    kw = dict(micro_batch_size=2, seq_len=48, implementation="hf", precision="bf16-mixed",
+              compile=True)
+    gpu = training_memory(cfg, device="cuda", **kw)  # type: ignore[arg-type]
+    assert gpu.saved_for_backward == 1073684 + 12288 + 49152 + 32
+    cpu = training_memory(cfg, device="cpu", **kw)  # type: ignore[arg-type]
+    assert cpu.saved_for_backward == 1307156  # measured on CPU (the math path)
+    llama = hf_compiled_saved_terms(SHAPES["llama"].replace(dropout=P), 2, 48,
+                                    precision="bf16-mixed", device="cuda")
+    assert "attn_softmax" not in llama and llama["sdpa_philox_seed_offset"] == 2 * 16
+    assert llama["causal_mask"] == 2 * 48 * 48 * 2  # still materialised for the fused kernel
+
+
+def test_neox_with_dropout_keeps_no_second_layer_exchange() -> None:
+    # GPT-NeoX bf16: the second layer keeps x_hat, its input being behind the first layer's
+    # random masks; the math path's q, k, v replace the fused output and the rotated q and k
+    terms = hf_compiled_saved_terms(SHAPES["gpt_neox"].replace(dropout=P), 2, 48,
+                                    precision="bf16-mixed", device="cpu")
+    assert "second_layer_exchange" not in terms and "rotated_qk" not in terms
+    assert terms["attn_qkv"] == 2 * 3 * 96 * 128 * 2
+    assert "attn_output_proj_input" not in terms  # dense's input is a linear input
+
+
+@pytest.mark.parametrize(("cfg", "kw", "match"), [
+    (SHAPES["gemma"].replace(dropout=P), {}, "dropout=0.1 with the 'gemma' layout"),
+    (SHAPES["gpt2"].replace(dropout=P), {"checkpointing": "full", "device": "cuda"},
+     "checkpointing='full' and dropout=0.1 is modelled on device='cpu' only"),
+    (SHAPES["mistral"].replace(dropout=P), {"device": "cpu"},
+     "not n_head=8 with n_kv_head=2"),
+])
+def test_unmeasured_dropout_cases_are_refused_by_name(cfg: object, kw: dict[str, object],
+                                                      match: str) -> None:
+    with pytest.raises(ScaleplanError, match=match):
+        training_memory(cfg, micro_batch_size=2, seq_len=48,  # type: ignore[arg-type]
+                        implementation="hf", compile=True, **kw)  # type: ignore[arg-type]
+
+
+def test_mistral_with_dropout_is_taken_on_cuda() -> None:
+    # 4 query heads per kv head: on CUDA SDPA's fused kernel keeps what it keeps without
+    # dropout (any ratio), so only the CPU math path is refused
+    cfg = SHAPES["mistral"].replace(dropout=P)
+    with_dropout = training_memory(cfg, micro_batch_size=2, seq_len=48, implementation="hf",
+                                   compile=True, device="cuda")
+    without = training_memory(SHAPES["mistral"], micro_batch_size=2, seq_len=48,
+                              implementation="hf", compile=True, device="cuda")
+    assert with_dropout.saved_for_backward - without.saved_for_backward == 2 * 16
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_live_gpt2_fp32_with_dropout_matches_the_terms() -> None:
+    pytest.importorskip("transformers")
+    from scaleplan.reference.hf_compiled import measure_hf_compiled
+
+    cfg = SHAPES["gpt2"].replace(dropout=P)
+    m = measure_hf_compiled(cfg, "gpt2", micro_batch_size=1, seq_len=40, precision="32-true")
+    terms = hf_compiled_saved_terms(cfg, 1, 40, precision="32-true", device="cpu")
+    assert sum(terms.values()) == m["saved_for_backward"]
+    assert any(v[2] == "bool" for v in m["saved"])  # the dropout masks are bools
