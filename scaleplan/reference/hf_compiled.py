@@ -228,8 +228,9 @@ Measured by `scaleplan.reference.hf_compiled` (`python -m scaleplan.reference.hf
 `--variation` for the 3-layer rows, `--checkpointing` for the checkpointed ones): each row builds
 the family's transformers 5.25 model (shapes in `scaleplan.reference.hf_measure.GRID_SHAPES`,
 real head dims), compiles it whole (`torch.compile(model)`, inductor, CPU, SDPA, no dropout
-except the `--dropout` rows, where every dropout probability is 0.1; with checkpointing, `activation_checkpointing_enable()` first), runs one step to compile the
-forward and backward graphs, then one forward with labels (the model's own `ForCausalLMLoss`,
+except the `--dropout` rows, where every dropout probability is 0.1; with checkpointing,
+`activation_checkpointing_enable()` first), runs one step to compile the forward and backward
+graphs, then one forward with labels (the model's own `ForCausalLMLoss`,
 compiled with it), and counts the unique storages the compiled function(s) saved, parameters,
 buffers and autocast's weight copies excluded, the token ids included (the embedding's backward
 keeps them). Where dynamo runs checkpointed layers eagerly (Llama) the eager nodes are not
