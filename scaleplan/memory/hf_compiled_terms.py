@@ -35,9 +35,9 @@ tests/data/hf_compiled.json). Compared with the eager terms (`scaleplan.memory.h
 
 Gradient checkpointing is modelled for Llama's and GPT-2's layouts (`_checkpointed_terms`: dynamo
 traces GPT-2's checkpoints but runs Llama's layers eagerly). Dropout (``cfg.dropout`` > 0,
-GPT-2's default 0.1) is modelled for Llama's, GPT-2's and GPT-NeoX's layouts (`_dropout_terms`:
-bool masks; on CPU, SDPA's math path, measured; on CUDA its fused kernel, inferred) and
-GPT-2's and Llama's checkpointed ones (CPU for GPT-2). Gemma with dropout, fp16,
+GPT-2's default 0.1) is modelled for every family (`scaleplan.memory.hf_compiled_dropout`:
+bool masks; on CPU, SDPA's math path, measured; on CUDA its fused kernel, inferred) and for
+GPT-2's and Llama's checkpointed layouts (CPU for GPT-2). Fp16,
 checkpointing with Gemma's or GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with
 several and GPT-NeoX's sequential residual are not modelled: `check_hf_compiled` refuses them
 by name (`hf_compiled_saved_terms` the device-dependent cases).
@@ -50,6 +50,10 @@ from typing import Any
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.compiled_terms import RNG_STATE_BYTES
+from scaleplan.memory.hf_compiled_dropout import (
+    hf_checkpointed_gpt2_dropout_terms,
+    hf_compiled_dropout_terms,
+)
 from scaleplan.memory.hf_terms import hf_family
 from scaleplan.model.config import GPTConfig, Precision
 
@@ -62,14 +66,9 @@ Llama saves; Gemma with its single kv head; GPT-NeoX with its parallel residual)
 HF_COMPILED_PRECISIONS = ("32-true", "bf16-mixed")
 """Measured precisions: fp32, and fp32 parameters under ``torch.autocast(bfloat16)``."""
 
-DROPOUT_FAMILIES = ("llama", "gpt2", "gpt_neox")
-"""Families whose compiled partitions were measured with every dropout probability 0.1
-(tests/data/hf_compiled_dropout.json): `_dropout_terms`."""
-
 FP32 = 4
-BOOL = 1  # the dropout decomposition's ``rand > p`` mask, CPU and CUDA alike
+BOOL = 1
 INDEX = 8  # int64 token ids and labels
-PHILOX_BYTES = 16  # SDPA's efficient kernel: its int64 Philox seed and offset
 
 
 def check_hf_compiled(cfg: GPTConfig, *, precision: str, checkpointing: str,
@@ -85,9 +84,6 @@ def check_hf_compiled(cfg: GPTConfig, *, precision: str, checkpointing: str,
                    "'full' with Llama's and GPT-2's)")
     if attention != "flash":
         odd.append(f"attention={attention!r} (measured: SDPA, 'flash')")
-    if cfg.dropout > 0 and family not in DROPOUT_FAMILIES:
-        odd.append(f"dropout={cfg.dropout} with the {family!r} layout (measured: "
-                   f"{', '.join(DROPOUT_FAMILIES)})")
     if odd:
         raise ScaleplanError("compile=True with implementation='hf' is not modelled yet with "
                              + ", ".join(odd) + "; use compile=False")
@@ -160,69 +156,7 @@ def hf_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
         "final_norm": T * d * FP32 + T * FP32,
         **_head(T, d, V, e, b, s),
     }
-    return _dropout_terms(terms, cfg, b, s, e, n, device) if cfg.dropout > 0 else terms
-
-
-def _dropout_terms(terms: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, e: int, n: Any,
-                   device: str) -> dict[str, Any]:
-    """``terms`` (no checkpointing) with every dropout probability ``cfg.dropout`` > 0
-    (transformers' ``attention_dropout``; GPT-2's ``embd_pdrop``/``resid_pdrop``/``attn_pdrop``;
-    GPT-NeoX's ``hidden_dropout``), read from the partition on CPU at 2 and 3 layers
-    (tests/data/hf_compiled_dropout.json).
-
-    - ``nn.Dropout`` (GPT-2's embedding and its two residual branches, GPT-NeoX's likewise):
-      inductor decomposes it into ``rand > p`` and keeps that bool mask (T d 1 each, ``gt``),
-      on CPU and CUDA alike (the decomposition is device-independent; nanoGPT's compiled
-      terms measured the same masks); random ops are never recomputed.
-    - Attention dropout on CPU (measured): SDPA with ``dropout_p > 0`` takes the math path,
-      decomposed: the layout's own q/k/v storages, SDPA's output and log-sum-exp and the
-      shared causal mask are not kept; per layer the math path keeps its own q, k and v
-      (3 T a h e, k and v expanded to the query heads: ``permute``/``convert_element_type``
-      before its bmm's), the fp32 softmax (b a s s 4, ``where``, under autocast too), the bool
-      dropout mask (b a s s 1) and, in fp32 only, the dropped probabilities (b a s s 4: under
-      autocast their bf16 cast is recomputed from the softmax and the mask); the output
-      projection's input (T a h e) stays (GPT-NeoX already counts it in its linear inputs).
-      GPT-NeoX's second layer keeps ``x_hat`` in bf16 too (no exchange). Measured with 2 query
-      heads per kv head (Llama, Qwen2) and multi-head attention (GPT-2, GPT-NeoX); with 4
-      (Mistral's grid shape, and Llama's code at 8 heads over 2) bf16 autocast keeps v
-      unexpanded (T k h 2) in place of its expanded copy: other ratios are refused on CPU.
-    - Attention dropout on CUDA (inferred, not measured): SDPA keeps its fused kernel (the
-      memory-efficient one, which takes the materialised mask and dropout: flash takes no
-      mask); its backward reads what it reads without dropout plus the Philox seed and offset
-      (torch/_meta_registrations.py, ``meta__scaled_dot_product_efficient_attention``, torch
-      2.13: two 0-d int64 tensors), `PHILOX_BYTES` per layer, and no mask.
-    """
-    T, d, a, h = b * s, cfg.n_embd, cfg.n_head, cfg.head_dim
-    family = hf_family(cfg)
-    out = dict(terms)
-    if family in ("gpt2", "gpt_neox"):  # nn.Dropout after the embedding and on each branch
-        out["embedding_dropout_mask"] = T * d * BOOL
-        out["resid_dropout_masks"] = n * 2 * T * d * BOOL
-    # GPT-NeoX's second layer keeps x_hat in bf16 too: its input, behind the first layer's
-    # random masks, is not rebuilt from the embedding's output (measured on CPU; the masks are
-    # the same on CUDA)
-    out.pop("second_layer_exchange", None)
-    if device != "cpu":
-        out["sdpa_philox_seed_offset"] = n * PHILOX_BYTES
-        return out
-    if family == "llama" and cfg.n_head not in (cfg.n_kv_head, 2 * cfg.n_kv_head):
-        raise ScaleplanError(
-            f"compile=True with implementation='hf' and dropout={cfg.dropout} on device='cpu' "
-            f"is modelled for n_head = n_kv_head or 2 n_kv_head, not n_head={cfg.n_head} with "
-            f"n_kv_head={cfg.n_kv_head}: at 4 query heads per kv head the partition of SDPA's "
-            "math path keeps v unexpanded under bf16 autocast (measured), at other ratios it "
-            "was not measured; use device='cuda' (fused attention) or dropout=0")
-    for gone in ("fused_qkv", "rotated_qk", "sdpa_out", "sdpa_qkv_out", "sdpa_lse", "causal_mask"):
-        out.pop(gone, None)
-    P = b * a * s * s  # attention probabilities per layer
-    out["attn_qkv"] = n * 3 * T * a * h * e
-    if family != "gpt_neox":
-        out["attn_output_proj_input"] = n * T * a * h * e
-    out["attn_softmax"] = n * P * FP32
-    out["attn_dropout_mask"] = n * P * BOOL
-    if e == FP32:
-        out["attn_dropped"] = n * P * FP32
-    return out
+    return hf_compiled_dropout_terms(terms, cfg, b, s, e, n, device) if cfg.dropout > 0 else terms
 
 
 def _head(T: Any, d: int, V: int, e: int, b: Any, s: Any) -> dict[str, Any]:
@@ -258,7 +192,7 @@ def _checkpointed_terms(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any,
     """
     T, d, h = b * s, cfg.n_embd, cfg.head_dim
     if hf_family(cfg) == "gpt2" and cfg.dropout > 0:
-        return _checkpointed_gpt2_dropout(cfg, b, s, e, n, device)
+        return hf_checkpointed_gpt2_dropout_terms(cfg, b, s, e, n, device)
     if hf_family(cfg) == "gpt2":
         return {"position_ids": s * INDEX, "embedding_outputs": T * d * FP32 + s * d * FP32,
                 "block_inputs": (n - 1) * T * d * FP32, "rng_state": n * RNG_STATE_BYTES[device],
@@ -267,33 +201,6 @@ def _checkpointed_terms(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any,
     return {"block_inputs": n * T * d * FP32, "rng_state": n * stash,
             "causal_mask": b * s * s * BOOL, "rope_cos_sin": 2 * s * h * FP32,
             "position_ids": s * INDEX, "final_norm": T * d * FP32 + T * FP32}
-
-
-def _checkpointed_gpt2_dropout(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any,
-                               device: str) -> dict[str, Any]:
-    """GPT-2, every block checkpointed, with dropout, on CPU (measured at 2 layers, fp32 and bf16
-    autocast, and 3 layers): the traced regions keep no RNG state; inductor's int64 seeds, one
-    per random op (the embedding's dropout, and per block the attention's and the two
-    branches': 1 + 3 n, ``inductor_seeds_default``), replay the masks. Outside the regions: the
-    embedding dropout's bool mask (T d 1, ``gt``), and once, the math attention's fp32
-    b a s s constant it recomputes from (``full_default_3``, fp32 under autocast too). ln_f
-    keeps x_hat and rstd / d in fp32 (T d 4 + T 4, ``mul_34``, ``div_2``), its mean and rstd
-    under bf16 autocast (2 T 4, ``getitem_15``, ``rsqrt_4``). On CUDA the attention's dropout
-    is its fused kernel's own (no math path, no such constant) and what the regions keep of
-    it was not measured: refused.
-    """
-    if device != "cpu":
-        raise ScaleplanError(
-            f"compile=True with implementation='hf', GPT-2's layout, checkpointing='full' and "
-            f"dropout={cfg.dropout} is modelled on device='cpu' only (measured there: SDPA's "
-            f"math path); on {device!r} its fused attention's dropout under the traced "
-            "checkpoint is not measured: use dropout=0 or checkpointing='none'")
-    T, d, a = b * s, cfg.n_embd, cfg.n_head
-    final = T * d * FP32 + T * FP32 if e == FP32 else 2 * T * FP32
-    return {"position_ids": s * INDEX, "embedding_outputs": T * d * FP32 + s * d * FP32,
-            "embedding_dropout_mask": T * d * BOOL, "block_inputs": (n - 1) * T * d * FP32,
-            "dropout_seeds": (1 + 3 * n) * INDEX, "causal_mask": b * s * s * e,
-            "attn_constant": b * a * s * s * FP32, "final_norm": final}
 
 
 def _attention(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any) -> dict[str, Any]:

@@ -320,10 +320,11 @@ def page() -> str:
 
 def _dropout_grid(families: tuple[str, ...], p: float = 0.1) -> list[dict[str, Any]]:
     """`main`'s ``--dropout`` rows: ``families`` at the grid's shape; those whose checkpointing
-    is modelled (GPT-2, Llama) also checkpointed and at 3 layers, 3 x 32 tokens."""
+    is modelled (GPT-2, Llama) also checkpointed, and at 3 layers, 3 x 32 tokens, with and
+    without checkpointing."""
     both = tuple(f for f in families if f in ("gpt2", "llama"))
     return (grid(families, dropout=p) + grid(both, checkpointing=(True,), dropout=p)
-            + grid(both, b=3, s=32, n_layer=3, dropout=p))
+            + grid(both, b=3, s=32, n_layer=3, checkpointing=(False, True), dropout=p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     `HF_COMPILED_JSON`; with ``--variation``, 3 layers at 3 x 32 tokens to `VARIATION_JSON`;
     with ``--checkpointing``, the grid's shape with every layer checkpointed (default
     families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--dropout``, every dropout
-    probability 0.1 (default families: GPT-2, Llama, GPT-NeoX; GPT-2 and Llama also checkpointed
-    and at 3 layers, 3 x 32 tokens) to `DROPOUT_JSON`; with ``--page``,
+    probability 0.1 (`_dropout_grid`) to `DROPOUT_JSON`; with ``--page``,
     docs/validation/hf-compiled.md from them."""
     args = list(argv if argv is not None else sys.argv[1:])
     if "--page" in args:
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--variation" in args:
         rows, path = grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
     elif "--dropout" in args:
-        rows, path = _dropout_grid(families or ("gpt2", "llama", "gpt_neox")), DROPOUT_JSON
+        rows, path = _dropout_grid(families or HF_FAMILIES), DROPOUT_JSON
     elif "--checkpointing" in args:
         rows = grid(families or ("llama", "gpt2"), checkpointing=(True,))
         path = CHECKPOINTING_JSON
