@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from scaleplan.checks import is_integer
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.hf_terms import hf_family
 from scaleplan.model.config import GPTConfig
@@ -91,7 +92,36 @@ def hf_compiled_dropout_terms(terms: dict[str, Any], cfg: GPTConfig, b: Any, s: 
     out["attn_dropout_mask"] = n * P * BOOL
     if e == FP32:
         out["attn_dropped"] = n * P * FP32
+    out.update(_one_row_terms(cfg, b, s, e, n))
     return out
+
+
+def _one_row_terms(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any) -> dict[str, Any]:
+    """What the partition keeps more at micro-batch 1 (CPU, dropout; measured at 1 x 40 tokens,
+    2 and 3 layers), where reshaping a head-split tensor to SDPA's [b a, s, h] is a view:
+
+    - fused-qkv layouts (GPT-2, GPT-NeoX) in fp32: the math path's v is kept as a view of the
+      fused projection's output, whose whole storage (T 3d 4) counts in place of v's copy
+      (T d 4): 2 T d 4 more per layer (under bf16 autocast v is a new cast: nothing more);
+    - GPT-2: the first layer keeps the scores (b a s s 4, ``bmm``) with their max and sum
+      (2 b a s 4) and a not-all-masked flag (b a s 1, ``logical_not_1``) in place of the
+      softmax, and the position ids a second time (s 8, ``cumsum``).
+
+    ``b`` a Python or numpy integer, or a numpy array (its cells equal to 1 count); sympy
+    symbols count as b > 1.
+    """
+    family, T, d, a = hf_family(cfg), b * s, cfg.n_embd, cfg.n_head
+    terms: dict[str, Any] = {}
+    if family in ("gpt2", "gpt_neox") and e == FP32:
+        terms["one_row_v_fused_view"] = n * 2 * T * d * FP32
+    if family == "gpt2":
+        terms["one_row_first_layer_scores"] = 2 * b * a * s * FP32 + b * a * s * BOOL
+        terms["one_row_position_ids"] = s * INDEX
+    if hasattr(b, "dtype") and getattr(b, "shape", ()) != ():
+        import numpy as np
+
+        return {k: np.where(b == 1, v, 0) for k, v in terms.items()}
+    return terms if is_integer(b) and int(b) == 1 else {}
 
 
 def _math_qkv(cfg: GPTConfig, T: Any, e: int) -> Any:

@@ -321,10 +321,13 @@ def page() -> str:
 def _dropout_grid(families: tuple[str, ...], p: float = 0.1) -> list[dict[str, Any]]:
     """`main`'s ``--dropout`` rows: ``families`` at the grid's shape; those whose checkpointing
     is modelled (GPT-2, Llama) also checkpointed, and at 3 layers, 3 x 32 tokens, with and
-    without checkpointing."""
+    without checkpointing; GPT-2, Llama and GPT-NeoX at 3 layers and micro-batch 1 (1 x 40
+    tokens: reshapes to SDPA's heads are views there)."""
     both = tuple(f for f in families if f in ("gpt2", "llama"))
+    one = tuple(f for f in families if f in ("gpt2", "llama", "gpt_neox"))
     return (grid(families, dropout=p) + grid(both, checkpointing=(True,), dropout=p)
-            + grid(both, b=3, s=32, n_layer=3, checkpointing=(False, True), dropout=p))
+            + grid(both, b=3, s=32, n_layer=3, checkpointing=(False, True), dropout=p)
+            + grid(one, b=1, s=40, n_layer=3, dropout=p))
 
 
 def main(argv: list[str] | None = None) -> int:
