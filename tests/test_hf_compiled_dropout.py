@@ -41,7 +41,7 @@ def _total(family: str, b: int, s: int, precision: str, *, layers: int = 2,
 # Llama in fp32 at 3 layers, 3 x 32 tokens: the partition also keeps, once, the math path's
 # fp32 b x a x s x s constant (``full_default_3``, layer 0), which it keeps in no other
 # unchecked case (checkpointed GPT-2 keeps it: modelled there); not modelled
-CONSTANT = [r for r in ROWS if r["family"] == "llama" and r["n_layer"] == 3
+CONSTANT = [r for r in ROWS if r["family"] == "llama" and r["micro_batch_size"] == 3
             and r["precision"] == "32-true" and r["checkpointing"] == "none"]
 EXACT = [r for r in ROWS if r not in CONSTANT]
 
@@ -76,6 +76,9 @@ def test_the_replay_covers_the_dropout_grid() -> None:
         assert {(f, p, 2, "none") for f in families} <= seen
         assert {(f, p, n, c) for f in ("gpt2", "llama") for n in (2, 3)
                 for c in ("none", "full")} <= seen
+    ones = {(r["family"], r["precision"]) for r in ROWS if r["micro_batch_size"] == 1}
+    assert ones == {(f, p) for f in ("gpt2", "llama", "gpt_neox")
+                    for p in ("32-true", "bf16-mixed")}
     # what the partition saved, by name: bool masks (nn.Dropout's and the attention's), the
     # math path's fp32 softmax, and, checkpointed, inductor's seeds instead of RNG states
     gpt2 = next(r for r in ROWS if r["family"] == "gpt2" and r["checkpointing"] == "none")
@@ -113,6 +116,31 @@ def test_llama_bf16_with_attention_dropout_on_cpu_by_hand() -> None:
     # 24576, logits 98304, max and lse 768, labels 788; token ids 768.
     expected = 1082880 - 24576 + 49536 + 24576 + 98304 + 768 + 788 + 768
     assert _total("llama", 2, 48, "bf16-mixed") == expected  # 1233044
+
+
+def test_gpt2_fp32_at_micro_batch_one_by_hand() -> None:
+    # b = 1, s = 40, fp32, dropout 0.1, CPU: T = 40, P = 1*4*40*40 = 6400. Per block as at
+    # b = 2: x_hat 40960, rstd/d 320, q/k/v copies 61440, softmax 25600, bool mask 6400,
+    # dropped 25600, linear inputs 61440, MLP 163840, branch masks 10240: 395840, two blocks
+    # 791680. At b = 1 the reshape to SDPA's heads is a view: v is kept as a view of c_attn's
+    # output, the whole T x 3d storage (2*40*128*4 = 40960 more per block, 81920); the first
+    # block keeps the scores with their max and sum and a flag (2*4*40*4 + 4*40 = 1440 more
+    # than the softmax); the position ids twice (320 more). Token ids 320, position ids 320,
+    # embedding mask 5120; head: ln_f 20480 + 160, lm_head input 20480, logits 81920, max and
+    # lse 320, labels 41*8 + 4 = 332. The total, 1004812, is also what the live test measured.
+    expected = (791680 + 81920 + 1440 + 320 + 320 + 320 + 5120
+                + 20640 + 20480 + 81920 + 320 + 332)
+    assert _total("gpt2", 1, 40, "32-true") == expected
+    import numpy as np
+
+    grid = hf_compiled_saved_terms(SHAPES["gpt2"].replace(dropout=P), np.array([1, 2]), 40,
+                                   precision="32-true", device="cpu")
+    both = sum(grid.values())  # an array: b = 1's cell and b = 2's
+    assert list(both) == [expected, _total("gpt2", 2, 40, "32-true")]
+    # bf16: v is a new bf16 cast at any batch; the first-layer exchange and the ids remain
+    bf16 = hf_compiled_saved_terms(SHAPES["gpt2"].replace(dropout=P), 1, 40,
+                                   precision="bf16-mixed", device="cpu")
+    assert "one_row_v_fused_view" not in bf16 and bf16["one_row_position_ids"] == 320
 
 
 def test_checkpointed_gpt2_bf16_with_dropout_on_cpu_by_hand() -> None:
