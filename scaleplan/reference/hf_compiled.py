@@ -240,13 +240,14 @@ the partitioned graph and its module). `predicted` is
 `scaleplan.memory.hf_compiled_terms.hf_compiled_saved_terms` (RNG states at their CPU size);
 `eager terms` is the eager model (`scaleplan.memory.hf_terms`) for the same case, to show what
 compiling changes. torch 2.13.0, transformers 5.25.0. Replayed torch-free by
-tests/test_hf_compiled_memory.py.
+tests/test_hf_compiled_memory.py and tests/test_hf_compiled_dropout.py.
 
 {n} cases (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX; fp32 and bf16 autocast; 2 and 3 layers;
-Llama and GPT-2 with every layer checkpointed), largest |error| {worst:.2%}: GPT-2 at 3 x 32
-tokens, whose partition keeps the first ln_1's input as the token and position embeddings'
-outputs and its mean (s d 4 + T 4 more than the x_hat it keeps at 2 x 48); every other case
-exact.
+Llama and GPT-2 with every layer checkpointed; dropout 0 and 0.1), largest |error| {worst:.2%}:
+GPT-2 at 3 x 32 tokens without dropout, whose partition keeps the first ln_1's input as the
+token and position embeddings' outputs and its mean (s d 4 + T 4 more than the x_hat it keeps
+at 2 x 48), and Llama in fp32 at 3 x 32 tokens with dropout, whose partition keeps the math
+attention's fp32 b x a x s x s constant once; every other case exact.
 
 What the partition keeps of transformers' code (read from the saved values' names and shapes):
 
