@@ -10,7 +10,8 @@ tests/data/hf_compiled_dropout.json), with dropout 0.1:
 - ``nn.Dropout`` keeps the bool mask of its decomposition (``rand > p``, 1 byte per element);
 - attention dropout on CPU runs SDPA's math path (measured): its own q, k and v, the fp32
   softmax, a bool mask and, in fp32, the dropped probabilities, b x heads x s x s each, in
-  place of the fused kernel's output and log-sum-exp;
+  place of the fused kernel's output and log-sum-exp (at micro-batch 1, a little more:
+  `_one_row_terms`);
 - attention dropout on CUDA stays in SDPA's fused kernel (inferred from its signature, not
   measured): 16 bytes of Philox seed and offset per layer more than without dropout;
 - checkpointed GPT-2 (traced checkpoints) keeps inductor's seeds instead of RNG states
@@ -68,6 +69,10 @@ def hf_compiled_dropout_terms(terms: dict[str, Any], cfg: GPTConfig, b: Any, s: 
       mask); its backward reads what it reads without dropout plus the Philox seed and offset
       (torch/_meta_registrations.py, ``meta__scaled_dot_product_efficient_attention``, torch
       2.13: two 0-d int64 tensors), `PHILOX_BYTES` per layer, and no mask.
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, dropout=0.1)  # GPT-2's
+    >>> hf_compiled_dropout_terms({}, cfg, 2, 4, e=4, n=1, device="cuda")
+    {'embedding_dropout_mask': 64, 'resid_dropout_masks': 128, 'sdpa_philox_seed_offset': 16}
     """
     T, d, a, h = b * s, cfg.n_embd, cfg.n_head, cfg.head_dim
     family = hf_family(cfg)

@@ -37,10 +37,10 @@ Gradient checkpointing is modelled for Llama's and GPT-2's layouts (`_checkpoint
 traces GPT-2's checkpoints but runs Llama's layers eagerly). Dropout (``cfg.dropout`` > 0,
 GPT-2's default 0.1) is modelled for every family (`scaleplan.memory.hf_compiled_dropout`:
 bool masks; on CPU, SDPA's math path, measured; on CUDA its fused kernel, inferred) and for
-GPT-2's and Llama's checkpointed layouts (CPU for GPT-2). Fp16,
-checkpointing with Gemma's or GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with
-several and GPT-NeoX's sequential residual are not modelled: `check_hf_compiled` refuses them
-by name (`hf_compiled_saved_terms` the device-dependent cases).
+GPT-2's and Llama's checkpointed layouts (CPU for GPT-2). Fp16, checkpointing with Gemma's or
+GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with several and GPT-NeoX's
+sequential residual are not modelled: `check_hf_compiled` refuses them by name
+(`hf_compiled_saved_terms` the device-dependent dropout cases).
 All arithmetic is plain ``+``/``*`` on ``b`` and ``s`` (ints, float64 arrays, sympy symbols).
 """
 
@@ -124,7 +124,9 @@ def hf_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     gate, up and product (3 T f e). GPT-2's and GPT-NeoX's blocks: `_gpt2_blocks`,
     `_neox_blocks`. ``checkpointing="full"`` (``activation_checkpointing_enable()`` before
     compiling; Llama's and GPT-2's layouts): `_checkpointed_terms`, where ``device`` ("cuda",
-    "cpu", "cpu-cuda-semantics") sets the bytes of the RNG state each checkpoint keeps.
+    "cpu", "cpu-cuda-semantics") sets the bytes of the RNG state each checkpoint keeps. With
+    ``cfg.dropout`` > 0: `scaleplan.memory.hf_compiled_dropout` (``device="cpu"``: SDPA's math
+    path, measured; otherwise its fused CUDA kernel, inferred).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
     ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
