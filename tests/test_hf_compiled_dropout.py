@@ -248,3 +248,64 @@ def test_live_gpt2_fp32_with_dropout_matches_the_terms() -> None:
     terms = hf_compiled_saved_terms(cfg, 1, 40, precision="32-true", device="cpu")
     assert sum(terms.values()) == m["saved_for_backward"]
     assert any(v[2] == "bool" for v in m["saved"])  # the dropout masks are bools
+
+
+@pytest.mark.parametrize(("family", "kw", "names"), [
+    ("gpt2", {}, {"token_ids", "position_ids", "norm_normalized", "norm_rstd", "linear_inputs",
+                  "mlp", "final_norm", "lm_head_input", "logits", "loss_max_lse", "loss_labels",
+                  "embedding_dropout_mask", "resid_dropout_masks", "attn_qkv",
+                  "attn_output_proj_input", "attn_softmax", "attn_dropout_mask",
+                  "attn_dropped"}),
+    ("gpt2", {"b": 1}, {"token_ids", "position_ids", "norm_normalized", "norm_rstd",
+                        "linear_inputs", "mlp", "final_norm", "lm_head_input", "logits",
+                        "loss_max_lse", "loss_labels", "embedding_dropout_mask",
+                        "resid_dropout_masks", "attn_qkv", "attn_output_proj_input",
+                        "attn_softmax", "attn_dropout_mask", "attn_dropped",
+                        "one_row_v_fused_view", "one_row_first_layer_scores",
+                        "one_row_position_ids"}),
+    ("gpt2", {"checkpointing": "full"}, {"token_ids", "position_ids", "embedding_outputs",
+                                         "embedding_dropout_mask", "block_inputs",
+                                         "dropout_seeds", "causal_mask", "attn_constant",
+                                         "final_norm", "lm_head_input", "logits",
+                                         "loss_max_lse", "loss_labels"}),
+    ("llama", {"device": "cuda"}, {"token_ids", "norm_inputs", "norm_rsqrt", "linear_inputs",
+                                   "sdpa_qkv_out", "sdpa_lse", "swiglu",
+                                   "first_layer_o_proj_input", "causal_mask", "final_norm",
+                                   "lm_head_input", "logits", "loss_max_lse", "loss_labels",
+                                   "sdpa_philox_seed_offset"}),
+])
+def test_the_dropout_terms_are_named_per_operation(family: str, kw: dict[str, object],
+                                                   names: set[str]) -> None:
+    # names per operation, each an int for int b and s (a bool mask is 1 byte: no float)
+    b = int(kw.pop("b", 2))  # type: ignore[call-overload]
+    terms = hf_compiled_saved_terms(SHAPES[family].replace(dropout=P), b, 48,
+                                    precision="32-true", **{"device": "cpu", **kw})  # type: ignore[arg-type]
+    assert set(terms) == names
+    assert all(type(v) is int for v in terms.values())
+    assert all(v > 0 for k, v in terms.items() if k != "first_layer_o_proj_input")
+
+
+def test_a_numpy_integer_micro_batch_is_a_scalar_not_an_array() -> None:
+    import numpy as np
+
+    terms = hf_compiled_saved_terms(SHAPES["gpt2"].replace(dropout=P), np.int64(1), 40,
+                                    precision="32-true", device="cpu")
+    assert not any(isinstance(v, np.ndarray) for v in terms.values())
+    assert int(sum(terms.values())) == 1004812  # the measured b = 1 case (live test)
+
+
+def test_the_ratio_refusals_say_what_was_measured_and_the_fix() -> None:
+    # fp32 keeps q, k and v expanded up to 8 query heads per kv head (measured at 8); 9 is
+    # refused, as bf16 beyond 4
+    cfg = SHAPES["llama"].replace(n_embd=144, n_head=18, n_kv_head=2, dropout=P)
+    with pytest.raises(ScaleplanError, match=r"dropout=0\.1 on device='cpu' is modelled for "
+                       r"1 to 8 query heads per kv head at this precision, not n_head=18 over "
+                       r"n_kv_head=2: what SDPA's math path keeps of q, k and v changes with "
+                       r"the ratio \(measured\); use device='cuda' \(fused attention\) or "
+                       r"dropout=0$"):
+        hf_compiled_saved_terms(cfg, 2, 48, precision="32-true", device="cpu")
+    with pytest.raises(ScaleplanError, match=r"checkpoint is not measured: use dropout=0 or "
+                       r"checkpointing='none'$"):
+        hf_compiled_saved_terms(SHAPES["gpt2"].replace(dropout=P), 2, 48,
+                                precision="32-true", checkpointing="full",
+                                device="cpu-cuda-semantics")
