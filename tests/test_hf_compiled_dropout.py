@@ -5,7 +5,9 @@ probability 0.1 (CPU, inductor, torch 2.13).
 tests/data/hf_compiled_dropout.json was written by
 ``python -m scaleplan.reference.hf_compiled --dropout`` (run as ``--dropout gpt2 llama qwen2
 gpt_neox`` and ``--dropout gemma mistral``, the rows merged in `_dropout_grid`'s order); its
-replay needs no torch. The torch-marked test re-measures one case live.
+replay needs no torch. tests/data/hf_compiled_dropout_gqa.json (``--dropout-gqa``): Llama's
+code at 8 query heads over 4, 2 and 1 kv heads and 16 over 2. The torch-marked test re-measures
+one case live.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from tests.test_hf_compiled_memory import SHAPES
 
 DATA = Path(__file__).parent / "data" / "hf_compiled_dropout.json"
 ROWS = json.loads(DATA.read_text()) if DATA.exists() else []
+# Llama's code at other query heads per kv head (``--dropout-gqa``)
+GQA_DATA = DATA.parent / "hf_compiled_dropout_gqa.json"
+GQA = json.loads(GQA_DATA.read_text()) if GQA_DATA.exists() else []
 P = 0.1
 
 
@@ -88,6 +93,33 @@ def test_the_replay_covers_the_dropout_grid() -> None:
     ckpt = next(r for r in ROWS if r["family"] == "gpt2" and r["checkpointing"] == "full")
     names = {v[4] for v in ckpt["saved"]}
     assert "inductor_seeds_default" in names and not any("rng_state" in n for n in names)
+
+
+def _gqa_cfg(row: dict[str, object]) -> object:
+    return SHAPES["llama"].replace(n_head=row["n_head"], n_kv_head=row["n_kv_head"],
+                                   head_dim=row["head_dim"], dropout=P)
+
+
+def _gqa_case(r: dict[str, object]) -> str:
+    return f"{r['precision']}-{r['n_head']}over{r['n_kv_head']}-h{r['head_dim']}"
+
+
+@pytest.mark.parametrize("row", GQA, ids=_gqa_case)
+def test_query_heads_per_kv_head_as_measured(row: dict[str, object]) -> None:
+    ratio = int(row["n_head"]) // int(row["n_kv_head"])  # type: ignore[call-overload]
+    names = {v[4] for v in row["saved"]}  # type: ignore[attr-defined]
+    if row["precision"] == "bf16-mixed" and ratio == 8:
+        # the partition also keeps k_proj's output (mm_1) and rebuilds k in a layer: refused
+        assert "mm_1" in names
+        with pytest.raises(ScaleplanError, match="1, 2 or 4 query heads per kv head"):
+            hf_compiled_saved_terms(_gqa_cfg(row), 2, 48, precision="bf16-mixed",  # type: ignore[arg-type]
+                                    device="cpu")
+        return
+    # bf16 at 4: v_proj's output (mm_2) kept in place of v's expanded copy
+    assert ("mm_2" in names) == (row["precision"] == "bf16-mixed" and ratio == 4)
+    terms = hf_compiled_saved_terms(_gqa_cfg(row), 2, 48,  # type: ignore[arg-type]
+                                    precision=row["precision"], device="cpu")  # type: ignore[arg-type]
+    assert sum(terms.values()) == row["saved_for_backward"]
 
 
 def test_gpt2_fp32_with_dropout_on_cpu_by_hand() -> None:
@@ -277,9 +309,9 @@ def test_live_gpt2_fp32_with_dropout_matches_the_terms() -> None:
 def test_the_dropout_terms_are_named_per_operation(family: str, kw: dict[str, object],
                                                    names: set[str]) -> None:
     # names per operation, each an int for int b and s (a bool mask is 1 byte: no float)
-    b = int(kw.pop("b", 2))  # type: ignore[call-overload]
-    terms = hf_compiled_saved_terms(SHAPES[family].replace(dropout=P), b, 48,
-                                    precision="32-true", **{"device": "cpu", **kw})  # type: ignore[arg-type]
+    rest = {"device": "cpu", **{k: v for k, v in kw.items() if k != "b"}}
+    terms = hf_compiled_saved_terms(SHAPES[family].replace(dropout=P), kw.get("b", 2), 48,
+                                    precision="32-true", **rest)  # type: ignore[arg-type]
     assert set(terms) == names
     assert all(type(v) is int for v in terms.values())
     assert all(v > 0 for k, v in terms.items() if k != "first_layer_o_proj_input")

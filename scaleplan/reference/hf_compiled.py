@@ -37,13 +37,18 @@ from scaleplan.reference.compiled import is_weight_copy, saved_by_node
 from scaleplan.reference.hf_measure import GRID_SHAPES, HFPrecision, build_hf_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["CHECKPOINTING_JSON", "DROPOUT_JSON", "HF_COMPILED_JSON", "PAGE", "VARIATION_JSON",
-           "grid", "main", "measure_hf_compiled", "page"]
+__all__ = ["CHECKPOINTING_JSON", "DROPOUT_GQA_JSON", "DROPOUT_JSON", "HF_COMPILED_JSON", "PAGE",
+           "VARIATION_JSON", "grid", "main", "measure_hf_compiled", "page"]
 
 HF_COMPILED_JSON = Path("tests/data/hf_compiled.json")
 VARIATION_JSON = Path("tests/data/hf_compiled_variation.json")
 CHECKPOINTING_JSON = Path("tests/data/hf_compiled_checkpointing.json")
 DROPOUT_JSON = Path("tests/data/hf_compiled_dropout.json")
+DROPOUT_GQA_JSON = Path("tests/data/hf_compiled_dropout_gqa.json")
+# (precision, query heads, kv heads, head_dim) of Llama's code with dropout: what SDPA's math
+# path keeps of q, k and v changes with the query heads per kv head
+_GQA_SHAPES = (("bf16-mixed", 8, 4, 16), ("bf16-mixed", 8, 2, 16), ("32-true", 8, 2, 16),
+               ("32-true", 8, 1, 16), ("bf16-mixed", 16, 2, 8))
 
 
 class _Partitions:
@@ -331,27 +336,46 @@ def _dropout_grid(families: tuple[str, ...], p: float = 0.1) -> list[dict[str, A
             + grid(one, b=1, s=40, n_layer=3, dropout=p))
 
 
+def _gqa_rows(p: float = 0.1) -> list[dict[str, Any]]:
+    """`main`'s ``--dropout-gqa`` rows: Llama's grid shape at `_GQA_SHAPES`, dropout ``p``."""
+    rows = []
+    for prec, a, k, h in _GQA_SHAPES:
+        cfg = GRID_SHAPES["llama"].replace(n_head=a, n_kv_head=k, head_dim=h, dropout=p)
+        m = measure_hf_compiled(cfg, "llama", micro_batch_size=2, seq_len=48,
+                                precision=prec)  # type: ignore[arg-type]
+        rows.append({"family": "llama", "precision": prec, "n_layer": cfg.n_layer,
+                     "micro_batch_size": 2, "seq_len": 48, "checkpointing": "none",
+                     "dropout": p, "n_head": a, "n_kv_head": k, "head_dim": h, **m})
+    return rows
+
+
+def _measure(args: list[str]) -> tuple[list[dict[str, Any]], Path]:
+    """`main`'s rows and file for its command-line ``args`` (other than ``--page``)."""
+    families = tuple(a for a in args if not a.startswith("--"))
+    if "--variation" in args:
+        return grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
+    if "--dropout-gqa" in args:
+        return _gqa_rows(), DROPOUT_GQA_JSON
+    if "--dropout" in args:
+        return _dropout_grid(families or HF_FAMILIES), DROPOUT_JSON
+    if "--checkpointing" in args:
+        return grid(families or ("llama", "gpt2"), checkpointing=(True,)), CHECKPOINTING_JSON
+    return grid(families or HF_FAMILIES), HF_COMPILED_JSON
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure the grid (``[families...]``: 2 layers, 2 x 48 tokens) and write
     `HF_COMPILED_JSON`; with ``--variation``, 3 layers at 3 x 32 tokens to `VARIATION_JSON`;
     with ``--checkpointing``, the grid's shape with every layer checkpointed (default
     families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--dropout``, every dropout
-    probability 0.1 (`_dropout_grid`) to `DROPOUT_JSON`; with ``--page``,
+    probability 0.1 (`_dropout_grid`) to `DROPOUT_JSON`, with ``--dropout-gqa`` Llama's code at
+    other query heads per kv head (`_GQA_SHAPES`) to `DROPOUT_GQA_JSON`; with ``--page``,
     docs/validation/hf-compiled.md from them."""
     args = list(argv if argv is not None else sys.argv[1:])
     if "--page" in args:
         PAGE.write_text(page())
         return 0
-    families = tuple(a for a in args if not a.startswith("--"))
-    if "--variation" in args:
-        rows, path = grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
-    elif "--dropout" in args:
-        rows, path = _dropout_grid(families or HF_FAMILIES), DROPOUT_JSON
-    elif "--checkpointing" in args:
-        rows = grid(families or ("llama", "gpt2"), checkpointing=(True,))
-        path = CHECKPOINTING_JSON
-    else:
-        rows, path = grid(families or HF_FAMILIES), HF_COMPILED_JSON
+    rows, path = _measure(args)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     sys.stdout.write(json.dumps([{k: v for k, v in r.items() if k != "saved"}
                                  for r in rows]) + "\n")
