@@ -192,7 +192,6 @@ def test_training_memory_takes_the_compiled_hf_terms() -> None:
     ({"mlp": "geglu", "n_kv_head": 1}, {"checkpointing": "full"},
      "checkpointing='full' with the 'gemma' layout"),
     ({}, {"precision": "16-mixed"}, "precision='16-mixed'"),
-    ({"dropout": 0.1}, {}, "dropout=0.1"),
     ({"n_kv_head": 1}, {}, "n_kv_head=1 with SwiGLU"),
     ({"mlp": "geglu", "n_kv_head": 2}, {}, "n_kv_head=2 with Gemma's layout"),
     ({}, {"attention": "eager"}, "attention='eager'"),

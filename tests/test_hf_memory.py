@@ -277,7 +277,10 @@ def test_implementation_is_checked_by_name() -> None:
     with pytest.raises(ScaleplanError, match="not with qk_norm"):
         training_memory(llama.replace(qk_norm="head"), micro_batch_size=1, seq_len=64,
                         implementation="hf")
-    with pytest.raises(ScaleplanError, match="compile=True with implementation='hf' is not "
-                       r"modelled yet with dropout=0\.1"):
+    # dropout under compile is modelled (hf_compiled_dropout), but not on CPU in bf16 at
+    # SmolLM2's 3 query heads per kv head (the math path's partition was not measured there)
+    with pytest.raises(ScaleplanError, match="compile=True with implementation='hf' and "
+                       r"dropout=0\.1 on device='cpu' is modelled for 1, 2 or 4 query heads"):
         training_memory(llama.replace(dropout=0.1), micro_batch_size=1, seq_len=64,
-                        implementation="hf", compile=True, checkpointing="full")
+                        implementation="hf", compile=True, precision="bf16-mixed",
+                        device="cpu")

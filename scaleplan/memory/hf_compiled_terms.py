@@ -1,8 +1,8 @@
 """Bytes a ``torch.compile``'d Hugging Face transformers model saves for backward, per operation.
 
 ``torch.compile(model)`` on transformers 5.25's Llama, Qwen2, Mistral, Gemma, GPT-2 and
-GPT-NeoX (one graph with the loss, GPT-2's loss in a second; inductor on CPU, SDPA, no dropout)
-leaves what AOT autograd's min-cut partitioner keeps of transformers' code (read from the
+GPT-NeoX (one graph with the loss, GPT-2's loss in a second; inductor on CPU, SDPA; dropout 0
+and 0.1) leaves what AOT autograd's min-cut partitioner keeps of transformers' code (read from the
 compiled function's saved tensors by `scaleplan.reference.hf_compiled`, torch 2.13;
 tests/data/hf_compiled.json). Compared with the eager terms (`scaleplan.memory.hf_terms`):
 
@@ -34,9 +34,13 @@ tests/data/hf_compiled.json). Compared with the eager terms (`scaleplan.memory.h
   transformers' loss itself.
 
 Gradient checkpointing is modelled for Llama's and GPT-2's layouts (`_checkpointed_terms`: dynamo
-traces GPT-2's checkpoints but runs Llama's layers eagerly). Dropout, fp16, checkpointing with
-Gemma's or GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with several and
-GPT-NeoX's sequential residual are not modelled: `check_hf_compiled` refuses them by name.
+traces GPT-2's checkpoints but runs Llama's layers eagerly). Dropout (``cfg.dropout`` > 0,
+GPT-2's default 0.1) is modelled for every family (`scaleplan.memory.hf_compiled_dropout`:
+bool masks; on CPU, SDPA's math path, measured; on CUDA its fused kernel, inferred) and for
+GPT-2's and Llama's checkpointed layouts (CPU for GPT-2). Fp16, checkpointing with Gemma's or
+GPT-NeoX's layout, Llama's layout with one kv head, Gemma's with several and GPT-NeoX's
+sequential residual are not modelled: `check_hf_compiled` refuses them by name
+(`hf_compiled_saved_terms` the device-dependent dropout cases).
 All arithmetic is plain ``+``/``*`` on ``b`` and ``s`` (ints, float64 arrays, sympy symbols).
 """
 
@@ -46,6 +50,10 @@ from typing import Any
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.compiled_terms import RNG_STATE_BYTES
+from scaleplan.memory.hf_compiled_dropout import (
+    hf_checkpointed_gpt2_dropout_terms,
+    hf_compiled_dropout_terms,
+)
 from scaleplan.memory.hf_terms import hf_family
 from scaleplan.model.config import GPTConfig, Precision
 
@@ -76,8 +84,6 @@ def check_hf_compiled(cfg: GPTConfig, *, precision: str, checkpointing: str,
                    "'full' with Llama's and GPT-2's)")
     if attention != "flash":
         odd.append(f"attention={attention!r} (measured: SDPA, 'flash')")
-    if cfg.dropout > 0:
-        odd.append(f"dropout={cfg.dropout}")
     if odd:
         raise ScaleplanError("compile=True with implementation='hf' is not modelled yet with "
                              + ", ".join(odd) + "; use compile=False")
@@ -118,7 +124,9 @@ def hf_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
     gate, up and product (3 T f e). GPT-2's and GPT-NeoX's blocks: `_gpt2_blocks`,
     `_neox_blocks`. ``checkpointing="full"`` (``activation_checkpointing_enable()`` before
     compiling; Llama's and GPT-2's layouts): `_checkpointed_terms`, where ``device`` ("cuda",
-    "cpu", "cpu-cuda-semantics") sets the bytes of the RNG state each checkpoint keeps.
+    "cpu", "cpu-cuda-semantics") sets the bytes of the RNG state each checkpoint keeps. With
+    ``cfg.dropout`` > 0: `scaleplan.memory.hf_compiled_dropout` (``device="cpu"``: SDPA's math
+    path, measured; otherwise its fused CUDA kernel, inferred).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, mlp_hidden=16, vocab_size=16,
     ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
@@ -138,7 +146,7 @@ def hf_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
                 **_head(T, d, V, e, b, s)}
     blocks = (_gpt2_blocks if family == "gpt2" else _neox_blocks if family == "gpt_neox"
               else _llama_blocks)(cfg, b, s, e, n)
-    return {
+    terms = {
         # the embedding's backward keeps the caller's int64 token ids (the partition's
         # primals_1, measured: token_ids_saved)
         "token_ids": b * s * INDEX,
@@ -150,6 +158,7 @@ def hf_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precis
         "final_norm": T * d * FP32 + T * FP32,
         **_head(T, d, V, e, b, s),
     }
+    return hf_compiled_dropout_terms(terms, cfg, b, s, e, n, device) if cfg.dropout > 0 else terms
 
 
 def _head(T: Any, d: int, V: int, e: int, b: Any, s: Any) -> dict[str, Any]:
@@ -184,6 +193,8 @@ def _checkpointed_terms(cfg: GPTConfig, b: Any, s: Any, e: int, n: Any,
     tensor, not device memory, on CUDA); the compiled final norm keeps its input and rsqrt.
     """
     T, d, h = b * s, cfg.n_embd, cfg.head_dim
+    if hf_family(cfg) == "gpt2" and cfg.dropout > 0:
+        return hf_checkpointed_gpt2_dropout_terms(cfg, b, s, e, n, device)
     if hf_family(cfg) == "gpt2":
         return {"position_ids": s * INDEX, "embedding_outputs": T * d * FP32 + s * d * FP32,
                 "block_inputs": (n - 1) * T * d * FP32, "rng_state": n * RNG_STATE_BYTES[device],

@@ -15,7 +15,8 @@ read off per operation.
 
 ``python -m scaleplan.reference.hf_compiled`` measures the grid and writes
 tests/data/hf_compiled.json (``--variation``: tests/data/hf_compiled_variation.json,
-``--checkpointing``: tests/data/hf_compiled_checkpointing.json), replayed by
+``--checkpointing``: tests/data/hf_compiled_checkpointing.json, ``--dropout``: every dropout
+probability 0.1, with and without checkpointing, tests/data/hf_compiled_dropout.json), replayed by
 tests/test_hf_compiled_memory.py; ``--page`` writes docs/validation/hf-compiled.md.
 """
 
@@ -36,12 +37,18 @@ from scaleplan.reference.compiled import is_weight_copy, saved_by_node
 from scaleplan.reference.hf_measure import GRID_SHAPES, HFPrecision, build_hf_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["CHECKPOINTING_JSON", "HF_COMPILED_JSON", "PAGE", "VARIATION_JSON", "grid", "main",
-           "measure_hf_compiled", "page"]
+__all__ = ["CHECKPOINTING_JSON", "DROPOUT_GQA_JSON", "DROPOUT_JSON", "HF_COMPILED_JSON", "PAGE",
+           "VARIATION_JSON", "grid", "main", "measure_hf_compiled", "page"]
 
 HF_COMPILED_JSON = Path("tests/data/hf_compiled.json")
 VARIATION_JSON = Path("tests/data/hf_compiled_variation.json")
 CHECKPOINTING_JSON = Path("tests/data/hf_compiled_checkpointing.json")
+DROPOUT_JSON = Path("tests/data/hf_compiled_dropout.json")
+DROPOUT_GQA_JSON = Path("tests/data/hf_compiled_dropout_gqa.json")
+# (precision, query heads, kv heads, head_dim) of Llama's code with dropout: what SDPA's math
+# path keeps of q, k and v changes with the query heads per kv head
+_GQA_SHAPES = (("bf16-mixed", 8, 4, 16), ("bf16-mixed", 8, 2, 16), ("32-true", 8, 2, 16),
+               ("32-true", 8, 1, 16), ("bf16-mixed", 16, 2, 8))
 
 
 class _Partitions:
@@ -201,19 +208,21 @@ def _count(nodes: list[tuple[str, list[torch.Tensor]]], partitions: _Partitions,
 
 
 def grid(families: tuple[str, ...] = HF_FAMILIES, *, b: int = 2, s: int = 48,
-         n_layer: int = 2, checkpointing: tuple[bool, ...] = (False,)
+         n_layer: int = 2, checkpointing: tuple[bool, ...] = (False,), dropout: float = 0.0
          ) -> list[dict[str, Any]]:
-    """Every family x precision (fp32, bf16 autocast) x ``checkpointing``; one row per case."""
+    """Every family x precision (fp32, bf16 autocast) x ``checkpointing``, every dropout
+    probability ``dropout`` (`scaleplan.reference.hf_measure.hf_config`); one row per case."""
     rows = []
     for family, prec, ckpt in itertools.product(families, ("32-true", "bf16-mixed"),
                                                 checkpointing):
-        cfg = GRID_SHAPES[family].replace(n_layer=n_layer)
+        cfg = GRID_SHAPES[family].replace(n_layer=n_layer, dropout=dropout)
         m = measure_hf_compiled(cfg, family,  # type: ignore[arg-type]
                                 micro_batch_size=b, seq_len=s,
                                 precision=prec, checkpointing=ckpt)  # type: ignore[arg-type]
         rows.append({"family": family, "precision": prec, "n_layer": n_layer,
                      "micro_batch_size": b,
-                     "seq_len": s, "checkpointing": "full" if ckpt else "none", **m})
+                     "seq_len": s, "checkpointing": "full" if ckpt else "none",
+                     "dropout": dropout, **m})
     return rows
 
 
@@ -223,9 +232,10 @@ _INTRO = """# Hugging Face transformers under torch.compile: saved-for-backward 
 Measured by `scaleplan.reference.hf_compiled` (`python -m scaleplan.reference.hf_compiled`,
 `--variation` for the 3-layer rows, `--checkpointing` for the checkpointed ones): each row builds
 the family's transformers 5.25 model (shapes in `scaleplan.reference.hf_measure.GRID_SHAPES`,
-real head dims), compiles it whole (`torch.compile(model)`, inductor, CPU, SDPA, no dropout;
-with checkpointing, `activation_checkpointing_enable()` first), runs one step to compile the
-forward and backward graphs, then one forward with labels (the model's own `ForCausalLMLoss`,
+real head dims), compiles it whole (`torch.compile(model)`, inductor, CPU, SDPA, no dropout
+except the `--dropout` rows, where every dropout probability is 0.1; with checkpointing,
+`activation_checkpointing_enable()` first), runs one step to compile the forward and backward
+graphs, then one forward with labels (the model's own `ForCausalLMLoss`,
 compiled with it), and counts the unique storages the compiled function(s) saved, parameters,
 buffers and autocast's weight copies excluded, the token ids included (the embedding's backward
 keeps them). Where dynamo runs checkpointed layers eagerly (Llama) the eager nodes are not
@@ -235,13 +245,14 @@ the partitioned graph and its module). `predicted` is
 `scaleplan.memory.hf_compiled_terms.hf_compiled_saved_terms` (RNG states at their CPU size);
 `eager terms` is the eager model (`scaleplan.memory.hf_terms`) for the same case, to show what
 compiling changes. torch 2.13.0, transformers 5.25.0. Replayed torch-free by
-tests/test_hf_compiled_memory.py.
+tests/test_hf_compiled_memory.py and tests/test_hf_compiled_dropout.py.
 
 {n} cases (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX; fp32 and bf16 autocast; 2 and 3 layers;
-Llama and GPT-2 with every layer checkpointed), largest |error| {worst:.2%}: GPT-2 at 3 x 32
-tokens, whose partition keeps the first ln_1's input as the token and position embeddings'
-outputs and its mean (s d 4 + T 4 more than the x_hat it keeps at 2 x 48); every other case
-exact.
+Llama and GPT-2 with every layer checkpointed; dropout 0 and 0.1), largest |error| {worst:.2%}:
+GPT-2 at 3 x 32 tokens without dropout, whose partition keeps the first ln_1's input as the
+token and position embeddings' outputs and its mean (s d 4 + T 4 more than the x_hat it keeps
+at 2 x 48), and Llama in fp32 at 3 x 32 tokens with dropout, whose partition keeps the math
+attention's fp32 b x a x s x s constant once; every other case exact.
 
 What the partition keeps of transformers' code (read from the saved values' names and shapes):
 
@@ -269,6 +280,11 @@ What the partition keeps of transformers' code (read from the saved values' name
   region, as compiled nanoGPT); Llama's checkpointed layers run eagerly between compiled
   pieces (embedding, mask, rotary tables, final norm, head and loss), each keeping its input,
   the shared bool mask, cos/sin and position ids, and a stashed CPU RNG state.
+- Dropout 0.1: each `nn.Dropout` keeps a bool mask (`gt`); SDPA with dropout runs its math path
+  on CPU, keeping its own q, k and v, the fp32 softmax, a bool mask and (fp32 only) the dropped
+  probabilities, no log-sum-exp and no causal mask. Checkpointed GPT-2 keeps inductor's seeds
+  (one per random op) instead of RNG states, and the math attention's fp32 constant once;
+  checkpointed Llama keeps what it keeps without dropout.
 
 """
 
@@ -278,7 +294,7 @@ def _row(r: dict[str, Any]) -> tuple[str, float | None]:
     from scaleplan.memory.hf_compiled_terms import HF_COMPILED_FAMILIES, hf_compiled_saved_terms
     from scaleplan.memory.hf_terms import hf_saved_bytes
 
-    cfg = GRID_SHAPES[r["family"]].replace(n_layer=r["n_layer"])
+    cfg = GRID_SHAPES[r["family"]].replace(n_layer=r["n_layer"], dropout=r.get("dropout", 0.0))
     b, s, measured = r["micro_batch_size"], r["seq_len"], r["saved_for_backward"]
     ckpt = r["checkpointing"]
     eager = hf_saved_bytes(cfg, b, s, precision=r["precision"], family=r["family"],
@@ -290,40 +306,76 @@ def _row(r: dict[str, Any]) -> tuple[str, float | None]:
         err = p / measured - 1
         pred, shown = f"{p:,}", f"{err:+.2%}"
     return (f"| {r['family']} | {r['precision']} | {r['n_layer']} | {b} x {s} | {ckpt} | "
+            f"{r.get('dropout', 0.0)} | "
             f"{r['compiled_graphs']} | {measured:,} | {pred} | {shown} | "
             f"{eager / measured - 1:+.1%} |"), err
 
 
 def page() -> str:
     """docs/validation/hf-compiled.md from the committed measurements."""
-    rows = [r for path in (HF_COMPILED_JSON, VARIATION_JSON, CHECKPOINTING_JSON)
+    rows = [r for path in (HF_COMPILED_JSON, VARIATION_JSON, CHECKPOINTING_JSON, DROPOUT_JSON)
             for r in json.loads(path.read_text())]
     lines, errors = zip(*(_row(r) for r in rows), strict=True)
     known = [abs(e) for e in errors if e is not None]
     head = _INTRO.format(n=len(known), worst=max(known))
-    table = ("| family | precision | layers | b x s | checkpointing | graphs | measured | "
-             "predicted | error | eager terms |\n|---|---|---:|---|---|---:|---:|---:|---:|---:|\n")
+    table = ("| family | precision | layers | b x s | checkpointing | dropout | graphs | "
+             "measured | predicted | error | eager terms |\n"
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n")
     return head + table + "\n".join(lines) + "\n"
+
+
+def _dropout_grid(families: tuple[str, ...], p: float = 0.1) -> list[dict[str, Any]]:
+    """`main`'s ``--dropout`` rows: ``families`` at the grid's shape; those whose checkpointing
+    is modelled (GPT-2, Llama) also checkpointed, and at 3 layers, 3 x 32 tokens, with and
+    without checkpointing; GPT-2, Llama and GPT-NeoX at 3 layers and micro-batch 1 (1 x 40
+    tokens: reshapes to SDPA's heads are views there)."""
+    both = tuple(f for f in families if f in ("gpt2", "llama"))
+    one = tuple(f for f in families if f in ("gpt2", "llama", "gpt_neox"))
+    return (grid(families, dropout=p) + grid(both, checkpointing=(True,), dropout=p)
+            + grid(both, b=3, s=32, n_layer=3, checkpointing=(False, True), dropout=p)
+            + grid(one, b=1, s=40, n_layer=3, dropout=p))
+
+
+def _gqa_rows(p: float = 0.1) -> list[dict[str, Any]]:
+    """`main`'s ``--dropout-gqa`` rows: Llama's grid shape at `_GQA_SHAPES`, dropout ``p``."""
+    rows = []
+    for prec, a, k, h in _GQA_SHAPES:
+        cfg = GRID_SHAPES["llama"].replace(n_head=a, n_kv_head=k, head_dim=h, dropout=p)
+        m = measure_hf_compiled(cfg, "llama", micro_batch_size=2, seq_len=48,
+                                precision=prec)  # type: ignore[arg-type]
+        rows.append({"family": "llama", "precision": prec, "n_layer": cfg.n_layer,
+                     "micro_batch_size": 2, "seq_len": 48, "checkpointing": "none",
+                     "dropout": p, "n_head": a, "n_kv_head": k, "head_dim": h, **m})
+    return rows
+
+
+def _measure(args: list[str]) -> tuple[list[dict[str, Any]], Path]:
+    """`main`'s rows and file for its command-line ``args`` (other than ``--page``)."""
+    families = tuple(a for a in args if not a.startswith("--"))
+    if "--variation" in args:
+        return grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
+    if "--dropout-gqa" in args:
+        return _gqa_rows(), DROPOUT_GQA_JSON
+    if "--dropout" in args:
+        return _dropout_grid(families or HF_FAMILIES), DROPOUT_JSON
+    if "--checkpointing" in args:
+        return grid(families or ("llama", "gpt2"), checkpointing=(True,)), CHECKPOINTING_JSON
+    return grid(families or HF_FAMILIES), HF_COMPILED_JSON
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure the grid (``[families...]``: 2 layers, 2 x 48 tokens) and write
     `HF_COMPILED_JSON`; with ``--variation``, 3 layers at 3 x 32 tokens to `VARIATION_JSON`;
     with ``--checkpointing``, the grid's shape with every layer checkpointed (default
-    families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--page``,
+    families: Llama and GPT-2) to `CHECKPOINTING_JSON`; with ``--dropout``, every dropout
+    probability 0.1 (`_dropout_grid`) to `DROPOUT_JSON`, with ``--dropout-gqa`` Llama's code at
+    other query heads per kv head (`_GQA_SHAPES`) to `DROPOUT_GQA_JSON`; with ``--page``,
     docs/validation/hf-compiled.md from them."""
     args = list(argv if argv is not None else sys.argv[1:])
     if "--page" in args:
         PAGE.write_text(page())
         return 0
-    families = tuple(a for a in args if not a.startswith("--"))
-    if "--variation" in args:
-        rows, path = grid(families or HF_FAMILIES, b=3, s=32, n_layer=3), VARIATION_JSON
-    elif "--checkpointing" in args:
-        rows = grid(families or ("llama", "gpt2"), checkpointing=(True,))
-        path = CHECKPOINTING_JSON
-    else:
-        rows, path = grid(families or HF_FAMILIES), HF_COMPILED_JSON
+    rows, path = _measure(args)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     sys.stdout.write(json.dumps([{k: v for k, v in r.items() if k != "saved"}
                                  for r in rows]) + "\n")
