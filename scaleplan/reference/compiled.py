@@ -102,9 +102,11 @@ class _Capture:
         return compile_fx(gm, example_inputs, inner_compile=inner)
 
 
-def saved_by_node(loss: torch.Tensor) -> list[tuple[Any, list[torch.Tensor]]]:
+def saved_by_node(loss: torch.Tensor, *, unpack_eager: bool = True
+                  ) -> list[tuple[Any, list[torch.Tensor]]]:
     """(autograd node, tensors it saved) for every node behind ``loss``: a compiled function's
-    ``saved_tensors`` and an eager node's ``_saved_*`` attributes."""
+    ``saved_tensors`` and an eager node's ``_saved_*`` attributes (none with ``unpack_eager``
+    False: an eager node inside a checkpoint would rerun its layer when unpacked)."""
     found: list[tuple[Any, list[torch.Tensor]]] = []
     stack: list[Any] = [loss.grad_fn]
     visited: set[int] = set()
@@ -116,7 +118,7 @@ def saved_by_node(loss: torch.Tensor) -> list[tuple[Any, list[torch.Tensor]]]:
         tensors: list[torch.Tensor] = []
         if "CompiledFunction" in type(node).__name__:
             tensors = list(node.saved_tensors)
-        for attr in dir(node):
+        for attr in dir(node) if unpack_eager else ():
             if attr.startswith("_saved_"):
                 value = getattr(node, attr)
                 values = value if isinstance(value, list | tuple) else [value]

@@ -160,23 +160,10 @@ def _forward(compiled: Any, ids: torch.Tensor, precision: str) -> Any:
 
 
 def _by_node(loss: torch.Tensor, *, unpack_eager: bool) -> list[tuple[str, list[torch.Tensor]]]:
-    """(autograd node type, tensors it saved) for every node behind ``loss``: `saved_by_node`,
-    or, with ``unpack_eager`` False, only the compiled functions' saved tensors (an eager node
-    inside a checkpoint would rerun its layer when unpacked)."""
-    if unpack_eager:
-        return [(type(node).__name__, tensors) for node, tensors in saved_by_node(loss)]
-    found: list[tuple[str, list[torch.Tensor]]] = []
-    stack: list[Any] = [loss.grad_fn]
-    visited: set[int] = set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in visited:
-            continue
-        visited.add(id(node))
-        kind = type(node).__name__
-        found.append((kind, list(node.saved_tensors) if "CompiledFunction" in kind else []))
-        stack += [f for f, _ in node.next_functions]
-    return found
+    """(autograd node type, tensors it saved) for every node behind ``loss`` (`saved_by_node`;
+    with ``unpack_eager`` False, only the compiled functions' saved tensors)."""
+    return [(type(node).__name__, tensors)
+            for node, tensors in saved_by_node(loss, unpack_eager=unpack_eager)]
 
 
 def _count(nodes: list[tuple[str, list[torch.Tensor]]], partitions: _Partitions,
