@@ -141,7 +141,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
-    moments = _fsdp_no_sync(moments, cfg, b, s, p, par, G, implementation, switches)
+    moments = _fsdp_no_sync(moments, cfg, b, s, p, par, G, implementation, switches,
+                            fsdp1=fsdp1)
     return W, G, O, saved, copies, all_copies, held, moments
 
 
@@ -172,8 +173,8 @@ def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
 
 
 def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Precision,
-                  par: Parallelism, G: Any, implementation: str,
-                  switches: StepSwitches) -> dict[str, Any]:
+                  par: Parallelism, G: Any, implementation: str, switches: StepSwitches, *,
+                  fsdp1: bool) -> dict[str, Any]:
     """litgpt's full fine-tune under FSDP (Fabric's FSDP1) accumulating gradients: its
     ``no_sync`` micro-batches leave the whole model's gradients unsharded
     (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`) until the last micro-batch's
@@ -181,11 +182,11 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
     those, not its shards (``G``, which the moments count). The optimizer step sees the
     shards, and nothing gathered (the generic term's gathered layer, its gradient and its
     reduction bucket are taken back there). FSDP1's units as measured in such steps replace the
-    generic largest layer gathered (`scaleplan.memory.litgpt_fsdp_terms`)."""
+    generic largest layer gathered (`scaleplan.memory.litgpt_fsdp_terms`); ``fsdp1``: the step is
+    one they measured without accumulation too (`litgpt_fsdp1_covers`)."""
     fresh = not switches.gradient_accumulation  # then no gradient resident, shards made
     if not (implementation == "litgpt" and par.fsdp is not None
-            and (switches.gradient_accumulation or litgpt_fsdp1_covers(
-                implementation, "full" if "recompute" in moments else "none", par))):
+            and (switches.gradient_accumulation or fsdp1)):
         return moments
     unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
     e = weight_bytes(1, "32-true" if p == "32-true" else "bf16-true")  # gathered dtype
