@@ -89,7 +89,7 @@ FRESH_EAGER_CASES = [("llama", "32-true"), ("gpt2", "bf16-mixed")]
 FRESH_DROPOUT_CASES = [("llama", "32-true", 0.1), ("gpt2", "32-true", 0.1),
                        ("gpt2", "bf16-mixed", 0.1)]
 LITGPT_CASES = [*itertools.product(("tinyllama",), ("32-true", "bf16-true", "bf16-mixed")),
-                ("pythia", "32-true")]
+                ("pythia", "32-true"), ("pythia", "bf16-true")]
 
 
 def _tracker() -> Any:

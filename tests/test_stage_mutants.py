@@ -11,6 +11,7 @@ from __future__ import annotations
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage import stage_parts
 from scaleplan.memory.titan_sdpa_terms import titan_sdpa_saved_terms
+from scaleplan.memory.training import training_memory as sp_memory
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.lora import LoRA
 
@@ -396,3 +397,18 @@ def test_lora_paths_take_the_device() -> None:
                       False, implementation="hf", lora=drop)[3]
     assert saved_cpu == saved_cuda  # checkpointed: only the block inputs and the head
     assert recompute("cpu") - recompute("cuda") == 2 * 32 * 3
+
+
+def test_the_stage_hands_its_device_to_the_model_wide_terms() -> None:
+    # Two sliding blocks (window 16) at s = 64 with SDPA: CPU's fused kernel takes the band as a
+    # mask and keeps a float copy of it per sliding block (the reference grid's mistral-window
+    # row measures it): 2 x 64 x 64 x 4 bytes in fp32; CUDA's kernels take the window itself
+    # (flash-attn's window_size) and keep nothing s x s, so the window changes no saved byte.
+    base = dict(n_layer=2, n_head=4, n_embd=64, vocab_size=128, block_size=64)
+    kw = dict(micro_batch_size=2, seq_len=64, precision="32-true", attention="flash")
+    windowed = GPTConfig(**base, sliding_window=16, sliding_window_layers=2)
+    plain = GPTConfig(**base)
+    for device, band in (("cuda", 0), ("cpu", 2 * 64 * 64 * 4)):
+        grown = (sp_memory(windowed, device=device, **kw).saved_for_backward
+                 - sp_memory(plain, device=device, **kw).saved_for_backward)
+        assert grown == band, device
