@@ -412,3 +412,19 @@ def test_the_stage_hands_its_device_to_the_model_wide_terms() -> None:
         grown = (sp_memory(windowed, device=device, **kw).saved_for_backward
                  - sp_memory(plain, device=device, **kw).saved_for_backward)
         assert grown == band, device
+
+
+def test_litgpt_rebuilt_layernorm_keeps_fp32_stats_on_cuda_by_hand() -> None:
+    # litgpt's Pythia layout (tests/test_impl_recompute_peaks_replay.py's shape: d 128, two
+    # blocks with separate norms), bf16 weights, b 2 x s 48 = T 96, full checkpointing. The
+    # rebuilt block's two LayerNorms each keep a mean and an rstd per token: in bf16 on CPU (the
+    # measured Pythia bf16-true step there is exact), in fp32 on CUDA (its layer_norm kernel
+    # makes them in the accumulate type): 2 norms x 2 x 96 x (4 - 2) = 768 bytes more
+    cfg = GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=256,
+                    position="rope", rotary_fraction=0.25, parallel="separate_norms",
+                    tie_embeddings=False)
+    recompute = {device: stage_parts(cfg, 2, 48, "bf16-true", "adamw", "flash", "full", device,
+                                     Parallelism(), None, True, "only",
+                                     implementation="litgpt")[-1]["recompute"]
+                 for device in ("cpu", "cuda")}
+    assert recompute["cuda"] - recompute["cpu"] == 2 * 2 * 96 * (4 - 2)

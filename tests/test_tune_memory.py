@@ -18,6 +18,8 @@ import pytest
 
 import scaleplan as sp
 from scaleplan.errors import ScaleplanError
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.stage import stage_parts
 from scaleplan.memory.tune_terms import (
     tune_block_saved_terms,
     tune_buffer_bytes,
@@ -377,3 +379,24 @@ def test_compiled_chunked_loss_terms_replace_the_standard_loss_side(row: dict) -
                        "targets": b * s * 8 + 8, "logsumexp": 2 * b * s * 4}
     assert row["saved_for_backward"] == tune_saved_bytes(cfg, b, s, compiled=True, **kw) \
         - head["log_softmax"] - head["targets"] + sum(chunked.values())
+
+
+# what the backward has freed when a checkpointed block is rebuilt: the head's and the loss's
+# saves (the final norm's, the logits', the log-softmax's, the targets)
+_LOSS_SIDE = ("final_norm", "lm_head", "log_softmax", "logits", "logsumexp", "targets", "loss_")
+
+
+@pytest.mark.parametrize("row", [r for r in COMPILED if not r["packed"]], ids=lambda r: "-".join(
+    str(r[k]) for k in ("family", "precision")))
+def test_compiled_checkpointed_rebuild_keeps_the_measured_compiled_block(row: dict) -> None:
+    # torchtune's compiled layers under full checkpointing: the block rebuilt in the backward
+    # saves what inductor's partition of the compiled layer keeps on CPU, measured per layer in
+    # tests/data/tune_compiled.json (compiled_layers / n_layer), on top of the checkpointed
+    # saves that are still alive (no autocast copies with bf16 or fp32 parameters)
+    cfg, b, s = SHAPES[row["family"]], row["micro_batch_size"], row["seq_len"]
+    parts = stage_parts(cfg, b, s, row["precision"], "adamw", "flash", "full", "cpu",
+                        Parallelism(), None, False, "only", compiled=True,
+                        implementation="torchtune")
+    saved, moments = parts[3], parts[-1]
+    kept = sum(v for k, v in saved.items() if not k.startswith(_LOSS_SIDE))
+    assert moments["recompute"] - kept == row["compiled_layers"] // cfg.n_layer
