@@ -62,6 +62,10 @@ GRID: dict[str, dict[str, Any]] = {
     # two blocks: block 0 is also the second-to-last (the embedding prefetched)
     "mha-2": {"n_layer": 2, "n_head": 4, "n_kv_head": 4, "n_embd": 128, "mlp_hidden": 352,
               "vocab_size": 1500, "block_size": 256},
+    # gqa-3 five blocks deep: without accumulation a middle block (the second) peaks, its own
+    # moment beside three blocks' gradient shards (`FRESH_GRID` only)
+    "gqa-5": {"n_layer": 5, "n_head": 4, "n_kv_head": 2, "n_embd": 160, "mlp_hidden": 448,
+              "vocab_size": 384, "block_size": 256},
 }
 """Small Llama 3 shapes of the committed measurements (with `_LLAMA`'s layout)."""
 
@@ -218,7 +222,7 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool) ->
 
 def _grid_rows(*, fresh: bool = False) -> list[dict[str, Any]]:
     rows = []
-    for name in GRID:
+    for name in ("gqa-3", "wide-vocab-4", "mha-2"):
         for checkpointing in ("none", "full", "selective"):
             rows.append(measure_titan_fsdp_step(name, data=2, checkpointing=checkpointing,
                                                 fresh=fresh))
@@ -239,10 +243,10 @@ def _grid_rows(*, fresh: bool = False) -> list[dict[str, Any]]:
 
 
 FRESH_GRID: tuple[tuple[str, int, str, int, int], ...] = (
-    # (name, data, checkpointing, micro-batch, tokens): four blocks on 8 and 4 ranks, where a
-    # middle block (the second) holds the most shards beside its own moment
+    # (name, data, checkpointing, micro-batch, tokens): more ranks and blocks
     ("wide-vocab-4", 8, "full", 2, 96), ("wide-vocab-4", 8, "selective", 2, 96),
     ("wide-vocab-4", 4, "none", 2, 96), ("wide-vocab-4", 8, "none", 1, 32),
+    ("gqa-5", 8, "full", 2, 96), ("gqa-5", 4, "selective", 2, 96),
 )
 """Steps without accumulation measured beyond `GRID`'s own cases (``--fresh``)."""
 
