@@ -36,6 +36,19 @@ last, the second-to-last or the first; `titan_block_backward_moment` takes the l
 moment. With one data rank nothing is sharded and none of FSDP2's buffers is counted. Compiled
 blocks are not measured this way (inductor's allocations bypass the dispatch mode that lists
 storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
+
+**Without gradient accumulation** (``fresh``: torchtitan's trainer sets every gradient to None
+after each step) no sharded gradient is resident: the loss's moments hold none, and each
+unit's reduce-scatter output (one flat fp32 tensor, each parameter padded to the ranks in
+dim 0, `titan_unit_shard`) becomes its sharded gradient, so a block's moments hold the head
+unit's shard and those of the blocks above it (`titan_fresh_shards`). The earliest blocks then
+weigh most: the first, or the second when a block's shard outweighs the activations a block
+keeps, so the second block joins the blocks compared. One more moment can peak then (few
+tokens, a large vocabulary, fused AdamW without foreach temporaries): **the embedding's
+reduce-scatter**, the backward's last, with its bf16 gradient, its fp32 reduce-scatter input and
+output and every other unit's shard. With accumulation it stays below the head unit's moment,
+which holds the same kinds of buffer and more. Measured: 30 fresh steps
+(``fresh_cases``), all within 0.04%, 14 block, head-unit or embedding moments to the byte.
 """
 
 from __future__ import annotations
@@ -182,6 +195,20 @@ def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
     return kept * layers + T * d * e + LOSS_SCALARS + buffers
 
 
+def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
+                           fresh: bool) -> int:
+    """The embedding unit's reduce-scatter, the backward's last: its unsharded gradient (the
+    parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
+    8 bytes and, without accumulation, every other unit's shard (nothing else: the blocks'
+    activations and block 0's reduce-scatter input are freed by then, measured)."""
+    if data == 1:
+        return 0
+    V, d = cfg.vocab_size, cfg.n_embd
+    made = titan_fresh_shards(cfg, block=-1, layers=layers, data=data) if fresh else 0
+    return V * d * e + V * d * FP32_BYTES + titan_unit_shard(((V, d),), data) + LOSS_SCALARS \
+        + made
+
+
 def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
                                 checkpointing: str, device: str, layers: int,
                                 data: int, fresh: bool = False) -> Any:
@@ -214,5 +241,7 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data),
+                           _embedding_unit_moment(cfg, e=e, layers=layers, data=data,
+                                                  fresh=fresh),
                            *(kept * j + mlp + fsdp(j, False) for j in blocks),
                            *(kept * j + end + fsdp(j, True) for j in blocks)])

@@ -147,9 +147,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_batch_size: int = 2,
                             seq_len: int = 96, param_dtype: str = "bf16",
-                            fresh: bool = False) -> dict[str, Any]:
+                            fresh: bool = False, optimizer_impl: str = "foreach"
+                            ) -> dict[str, Any]:
     """One tracked forward, backward and AdamW step of `GRID[name]` on rank 0 of ``data``
-    fake ranks; ``fresh``: without an accumulating micro-batch before it."""
+    fake ranks; ``fresh``: without an accumulating micro-batch before it; ``optimizer_impl``:
+    torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's default)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -167,18 +169,22 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
             model, init_device_mesh("cpu", (data,)), param_dtype=dtype,
             reduce_dtype=torch.float32, pp_enabled=False)
         model.train()
-        row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh) | {
+        row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
+                            fused=optimizer_impl == "fused") | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
             "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
             "seq_len": seq_len, "param_dtype": param_dtype}
+        row |= {"optimizer_impl": optimizer_impl} if optimizer_impl != "foreach" else {}
         return row | {"fresh": True} if fresh else row
     finally:
         dist.destroy_process_group()
 
 
-def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool) -> dict[str, Any]:
+def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
+                  fused: bool = False) -> dict[str, Any]:
     loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
+                            fused=fused or None)
     ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
     positions = torch.arange(s).repeat(b, 1)
 
@@ -210,7 +216,7 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool) ->
     with _resizes_told(tracker), tracker:
         forward_backward(tracker)
         tracker.set_phase("optimizer")
-        opt.step()  # torch's foreach AdamW on the local shards
+        opt.step()  # torch's foreach (or fused) AdamW on the local shards
     live: Counter[str] = Counter()
     for n, what in (v for k, v in tracker.at_peak.items() if k not in keys):
         live[what] += n
@@ -242,11 +248,17 @@ def _grid_rows(*, fresh: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-FRESH_GRID: tuple[tuple[str, int, str, int, int], ...] = (
-    # (name, data, checkpointing, micro-batch, tokens): more ranks and blocks
-    ("wide-vocab-4", 8, "full", 2, 96), ("wide-vocab-4", 8, "selective", 2, 96),
-    ("wide-vocab-4", 4, "none", 2, 96), ("wide-vocab-4", 8, "none", 1, 32),
-    ("gqa-5", 8, "full", 2, 96), ("gqa-5", 4, "selective", 2, 96),
+FRESH_GRID: tuple[tuple[str, int, str, int, int, str], ...] = (
+    # (name, data, checkpointing, micro-batch, tokens, AdamW): more ranks and blocks
+    ("wide-vocab-4", 8, "full", 2, 96, "foreach"), ("wide-vocab-4", 8, "selective", 2, 96,
+                                                    "foreach"),
+    ("wide-vocab-4", 4, "none", 2, 96, "foreach"), ("wide-vocab-4", 8, "none", 1, 32, "foreach"),
+    ("gqa-5", 8, "full", 2, 96, "foreach"), ("gqa-5", 4, "selective", 2, 96, "foreach"),
+    # the fused AdamW (no foreach temporaries): with few tokens the embedding's reduce-scatter,
+    # every other unit's shard made, outgrows the optimizer step
+    ("wide-vocab-4", 2, "full", 1, 32, "fused"), ("wide-vocab-4", 8, "none", 1, 32, "fused"),
+    ("mha-2", 2, "none", 1, 32, "fused"), ("gqa-3", 2, "full", 1, 16, "fused"),
+    ("gqa-3", 2, "full", 2, 96, "fused"),
 )
 """Steps without accumulation measured beyond `GRID`'s own cases (``--fresh``)."""
 
@@ -255,8 +267,9 @@ def _fresh_rows() -> list[dict[str, Any]]:
     """`GRID`'s cases and `FRESH_GRID`'s, each without gradient accumulation."""
     return _grid_rows(fresh=True) + [
         measure_titan_fsdp_step(name, data=data, checkpointing=checkpointing,
-                                micro_batch_size=b, seq_len=s, fresh=True)
-        for name, data, checkpointing, b, s in FRESH_GRID]
+                                micro_batch_size=b, seq_len=s, fresh=True,
+                                optimizer_impl=impl)
+        for name, data, checkpointing, b, s, impl in FRESH_GRID]
 
 
 def main(argv: list[str] | None = None) -> int:
