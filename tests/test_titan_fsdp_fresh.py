@@ -276,7 +276,9 @@ def test_covers_only_eager_fsdp2_with_the_standard_loss() -> None:
     assert not titan_fresh_covers("torchtitan", False, "standard", Parallelism())
     assert not titan_fresh_covers("torchtitan", False, "standard",
                                   Parallelism(data=1, fsdp="full_shard"))
-    for axis in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}):
+    # each other axis alone and two at once (a product, not a ratio, of their degrees)
+    for axis in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}, {"tensor": 2, "expert": 2},
+                 {"tensor": 2, "pipeline": 2}):
         assert not titan_fresh_covers("torchtitan", False, "standard",
                                       Parallelism(data=8, fsdp="full_shard", **axis))
     # the other implementations keep their rules: one GPU, litgpt's FSDP1 with full
