@@ -291,3 +291,21 @@ def test_covers_only_eager_fsdp2_with_the_standard_loss() -> None:
     ddp = fresh_step_refusal(implementation="nanogpt", checkpointing="none",
                              parallelism=Parallelism(data=8), **common)
     assert ddp is not None and "DDP's and ZeRO's buckets outlive zero_grad" in ddp
+
+
+def test_the_refusal_texts_whole() -> None:
+    # what a user reads: the option, what is modelled, what is not, the fix
+    titan = fresh_step_refusal(implementation="torchtitan", compile=True, checkpointing="full",
+                               loss="standard", parallelism=FSDP8)
+    assert titan == (
+        "gradient_accumulation=False with implementation='torchtitan' is modelled for its "
+        "eager FSDP2 step (compile=False, the standard loss, Parallelism(data=N, "
+        "fsdp='full_shard') with N >= 2 and no other axis; measured whole), not yet with "
+        "compile=True, loss='chunked', tensor parallelism or one GPU; use "
+        "gradient_accumulation=True")
+    ddp = fresh_step_refusal(implementation="hf", compile=False, checkpointing="none",
+                             loss="standard", parallelism=Parallelism(data=2))
+    assert ddp == (
+        "gradient_accumulation=False is modelled for one GPU, litgpt's FSDP with full "
+        "checkpointing and torchtitan's eager FSDP2 (DDP's and ZeRO's buckets outlive "
+        "zero_grad); use gradient_accumulation=True or parallelism=None")
