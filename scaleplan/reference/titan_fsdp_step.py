@@ -24,8 +24,8 @@ operator that made them, shape and dtype), the evidence for
 
 ``python -m scaleplan.reference.titan_fsdp_step --write`` measures `GRID` and writes
 ``docs/validation/torchtitan-fsdp-steps.json`` (replayed without torch by
-tests/test_titan_fsdp_moments.py); ``--fresh --write`` measures only `FRESH_GRID`'s steps
-without accumulation and writes them under that file's ``fresh_cases`` (replayed by
+tests/test_titan_fsdp_moments.py); ``--fresh --write`` measures `GRID`'s cases and
+`FRESH_GRID`'s without accumulation and writes them under that file's ``fresh_cases`` (replayed by
 tests/test_titan_fsdp_fresh.py), leaving the accumulating ``cases`` as they are.
 """
 
