@@ -103,7 +103,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
         return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
-                            compiled=compiled, chunked=switches.loss == "chunked")
+                            compiled=compiled, chunked=switches.loss == "chunked",
+                            fresh=not switches.gradient_accumulation)
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
@@ -314,7 +315,7 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
 def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                  checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
                  impl: OptimizerImpl | None, layers: int, *, compiled: bool,
-                 chunked: bool = False) -> tuple[Any, ...]:
+                 chunked: bool = False, fresh: bool = False) -> tuple[Any, ...]:
     """`stage_parts` for torchtitan under FSDP2 (`scaleplan.memory.titan_terms`) with SDPA
     attention, its blocks compiled or eager (`scaleplan.memory.titan_compiled_terms`): no autocast
     weight copies, the logits dropped before backward (its trainer's ``del pred``), its AdamW
@@ -323,7 +324,9 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     saved tensors less the loss side (freed once the head's backward ran), plus one block
     rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`). With tensor
     parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
-    ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`)."""
+    ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient
+    accumulation, eager (`titan_fresh_covers`): no sharded gradient until the head unit's
+    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``)."""
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
@@ -347,7 +350,7 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         moments["recompute" if checkpointing != "none" else "block_backward"] = (
             batch + titan_block_backward_moment(cfg, b, s, precision=p,
                                                 checkpointing=checkpointing, device=device,
-                                                layers=layers, data=par.data))
+                                                layers=layers, data=par.data, fresh=fresh))
     elif checkpointing != "none":
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
@@ -355,6 +358,8 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
         moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,
                                              gathered_head=gathered["forward_end"]))
+    if fresh:  # every moment but the optimizer step's on top of the shards made by then
+        moments = {k: v if k == "optimizer_step" else v - G for k, v in moments.items()}
     return W, G, O, saved, 0, 0, 0, moments
 
 

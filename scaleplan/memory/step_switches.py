@@ -28,7 +28,7 @@ activation offloading and (no) gradient accumulation.
 - ``gradient_accumulation=False``: one micro-batch per optimizer step, gradients set to None
   after it: none during forward and at the start of backward, all from backward's end through
   the optimizer step. True (the default) keeps them resident all step, as in the last
-  micro-batch of accumulation. One GPU, and litgpt's FSDP1 (`scaleplan.memory.litgpt_fsdp_terms`).
+  micro-batch of accumulation. Which steps are covered: `scaleplan.memory.fresh_steps`.
 
 With ``implementation="torchtune"`` (eager or compiled) the chunked loss's terms are its recipe's
 (`scaleplan.memory.tune_switches`); its step is measured by `scaleplan.reference.tune_switches`.
@@ -51,7 +51,7 @@ from scaleplan.memory.dtypes import (
     activation_bytes,
     residual_bytes,
 )
-from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers
+from scaleplan.memory.fresh_steps import fresh_step_refusal
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.states import gradient_bytes
 from scaleplan.model.config import GPTConfig, Precision
@@ -126,11 +126,11 @@ def _refuse_unmodelled(sw: StepSwitches, *, implementation: str, compile: bool,
     on = [f"{name}={value!r}" for name, value, off in (
         ("loss", sw.loss, "standard"), ("optimizer_in_backward", sw.optimizer_in_backward, False),
         ("activation_offload", sw.activation_offload, False)) if value != off]
-    if not sw.gradient_accumulation and parallelism != Parallelism() and not \
-            litgpt_fsdp1_covers(implementation, checkpointing, parallelism):
-        raise ScaleplanError("gradient_accumulation=False is modelled for one GPU and litgpt's "
-                             "FSDP with full checkpointing (DDP's and ZeRO's buckets outlive "
-                             "zero_grad); use gradient_accumulation=True or parallelism=None")
+    fresh = None if sw.gradient_accumulation else fresh_step_refusal(
+        implementation=implementation, compile=compile, checkpointing=checkpointing,
+        loss=sw.loss, parallelism=parallelism)
+    if fresh:
+        raise ScaleplanError(fresh)
     if not on:
         return
     what = ", ".join(on)

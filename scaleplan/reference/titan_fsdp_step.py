@@ -7,7 +7,11 @@ one for [final norm, lm_head], ``MixedPrecisionPolicy(param_dtype, reduce_dtype=
 checkpointing) on rank 0 of torch's fake process group of ``data`` ranks (collectives are no-ops
 that return tensors of the shapes a real rank gets), runs a warm-up step (AdamW's states) and a
 first micro-batch (every sharded gradient resident: the worst step of gradient accumulation),
-then tracks one more forward, backward and optimizer step.
+then tracks one more forward, backward and optimizer step. With ``fresh=True`` there is no
+first micro-batch: the warm-up step ends with ``zero_grad(set_to_none=True)``, as torchtitan's
+trainer does every step, and the tracked step is one without gradient accumulation (every
+sharded gradient is made by its unit's reduce-scatter during the tracked backward, so it counts
+in ``delta``, not in ``resident``).
 
 The tracker is `scaleplan.reference.titan_measure`'s live-bytes tracker, with one addition:
 FSDP2 frees and re-allocates its unsharded parameters by resizing their storages
@@ -20,7 +24,9 @@ operator that made them, shape and dtype), the evidence for
 
 ``python -m scaleplan.reference.titan_fsdp_step --write`` measures `GRID` and writes
 ``docs/validation/torchtitan-fsdp-steps.json`` (replayed without torch by
-tests/test_titan_fsdp_moments.py).
+tests/test_titan_fsdp_moments.py); ``--fresh --write`` measures `GRID`'s cases and
+`FRESH_GRID`'s without accumulation and writes them under that file's ``fresh_cases`` (replayed by
+tests/test_titan_fsdp_fresh.py), leaving the accumulating ``cases`` as they are.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_llama3, titan_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["GRID", "OUT", "main", "measure_titan_fsdp_step"]
+__all__ = ["FRESH_GRID", "GRID", "OUT", "main", "measure_titan_fsdp_step"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
 _LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
@@ -56,6 +62,10 @@ GRID: dict[str, dict[str, Any]] = {
     # two blocks: block 0 is also the second-to-last (the embedding prefetched)
     "mha-2": {"n_layer": 2, "n_head": 4, "n_kv_head": 4, "n_embd": 128, "mlp_hidden": 352,
               "vocab_size": 1500, "block_size": 256},
+    # gqa-3 five blocks deep: without accumulation a middle block (the second) peaks, its own
+    # moment beside three blocks' gradient shards (`FRESH_GRID` only)
+    "gqa-5": {"n_layer": 5, "n_head": 4, "n_kv_head": 2, "n_embd": 160, "mlp_hidden": 448,
+              "vocab_size": 384, "block_size": 256},
 }
 """Small Llama 3 shapes of the committed measurements (with `_LLAMA`'s layout)."""
 
@@ -136,9 +146,12 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_batch_size: int = 2,
-                            seq_len: int = 96, param_dtype: str = "bf16") -> dict[str, Any]:
+                            seq_len: int = 96, param_dtype: str = "bf16",
+                            fresh: bool = False, optimizer_impl: str = "foreach"
+                            ) -> dict[str, Any]:
     """One tracked forward, backward and AdamW step of `GRID[name]` on rank 0 of ``data``
-    fake ranks."""
+    fake ranks; ``fresh``: without an accumulating micro-batch before it; ``optimizer_impl``:
+    torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's default)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -156,17 +169,22 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
             model, init_device_mesh("cpu", (data,)), param_dtype=dtype,
             reduce_dtype=torch.float32, pp_enabled=False)
         model.train()
-        return _tracked_step(model, cfg, micro_batch_size, seq_len) | {
+        row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
+                            fused=optimizer_impl == "fused") | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
             "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
             "seq_len": seq_len, "param_dtype": param_dtype}
+        row |= {"optimizer_impl": optimizer_impl} if optimizer_impl != "foreach" else {}
+        return row | {"fresh": True} if fresh else row
     finally:
         dist.destroy_process_group()
 
 
-def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int) -> dict[str, Any]:
+def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
+                  fused: bool = False) -> dict[str, Any]:
     loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
+                            fused=fused or None)
     ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
     positions = torch.arange(s).repeat(b, 1)
 
@@ -183,20 +201,22 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int) -> dict[str, Any]:
     forward_backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    forward_backward()  # an earlier micro-batch: every sharded gradient resident
+    if not fresh:
+        forward_backward()  # an earlier micro-batch: every sharded gradient resident
     gc.collect()
     params = list(model.parameters())
-    kept = [*(_local(p) for p in params), *(_local(p.grad) for p in params), *model.buffers(),
+    grads = [] if fresh else [_local(p.grad) for p in params]  # fresh: every one is None
+    kept = [*(_local(p) for p in params), *grads, *model.buffers(),
             *(_local(v) for st in opt.state.values() for v in st.values()
               if isinstance(v, torch.Tensor)), ids, labels, positions]
     tracker = _PeakTracker()
     resident = tracker.add_resident(kept)
     keys = {storage_key(t) for t in kept}
-    del kept, params  # no reference of ours may keep a storage FSDP2 drops alive
+    del kept, params, grads  # no reference of ours may keep a storage FSDP2 drops alive
     with _resizes_told(tracker), tracker:
         forward_backward(tracker)
         tracker.set_phase("optimizer")
-        opt.step()  # torch's foreach AdamW on the local shards
+        opt.step()  # torch's foreach (or fused) AdamW on the local shards
     live: Counter[str] = Counter()
     for n, what in (v for k, v in tracker.at_peak.items() if k not in keys):
         live[what] += n
@@ -206,36 +226,67 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int) -> dict[str, Any]:
             "at_peak": dict(live.most_common())}
 
 
-def _grid_rows() -> list[dict[str, Any]]:
+def _grid_rows(*, fresh: bool = False) -> list[dict[str, Any]]:
     rows = []
-    for name in GRID:
+    for name in ("gqa-3", "wide-vocab-4", "mha-2"):
         for checkpointing in ("none", "full", "selective"):
-            rows.append(measure_titan_fsdp_step(name, data=2, checkpointing=checkpointing))
-    rows.append(measure_titan_fsdp_step("gqa-3", data=8, checkpointing="full"))
+            rows.append(measure_titan_fsdp_step(name, data=2, checkpointing=checkpointing,
+                                                fresh=fresh))
+    rows.append(measure_titan_fsdp_step("gqa-3", data=8, checkpointing="full", fresh=fresh))
     rows.append(measure_titan_fsdp_step("gqa-3", data=2, checkpointing="selective",
-                                        micro_batch_size=1, seq_len=160))
+                                        micro_batch_size=1, seq_len=160, fresh=fresh))
     rows.append(measure_titan_fsdp_step("gqa-3", data=4, checkpointing="none",
-                                        param_dtype="fp32"))
+                                        param_dtype="fp32", fresh=fresh))
     for checkpointing in ("none", "full"):  # few tokens: the last block's backward peaks
         rows.append(measure_titan_fsdp_step("wide-vocab-4", data=2, checkpointing=checkpointing,
-                                            micro_batch_size=1, seq_len=32))
+                                            micro_batch_size=1, seq_len=32, fresh=fresh))
     for name, checkpointing, s in (("mha-2", "full", 32), ("mha-2", "none", 32),
                                    ("mha-2", "selective", 32), ("gqa-3", "full", 16),
                                    ("gqa-3", "none", 16)):  # a block's end, the head unit
         rows.append(measure_titan_fsdp_step(name, data=2, checkpointing=checkpointing,
-                                            micro_batch_size=1, seq_len=s))
+                                            micro_batch_size=1, seq_len=s, fresh=fresh))
     return rows
 
 
+FRESH_GRID: tuple[tuple[str, int, str, int, int, str], ...] = (
+    # (name, data, checkpointing, micro-batch, tokens, AdamW): more ranks and blocks
+    ("wide-vocab-4", 8, "full", 2, 96, "foreach"), ("wide-vocab-4", 8, "selective", 2, 96,
+                                                    "foreach"),
+    ("wide-vocab-4", 4, "none", 2, 96, "foreach"), ("wide-vocab-4", 8, "none", 1, 32, "foreach"),
+    ("gqa-5", 8, "full", 2, 96, "foreach"), ("gqa-5", 4, "selective", 2, 96, "foreach"),
+    # the fused AdamW (no foreach temporaries): with few tokens the embedding's reduce-scatter,
+    # every other unit's shard made, outgrows the optimizer step
+    ("wide-vocab-4", 2, "full", 1, 32, "fused"), ("wide-vocab-4", 8, "none", 1, 32, "fused"),
+    ("mha-2", 2, "none", 1, 32, "fused"), ("gqa-3", 2, "full", 1, 16, "fused"),
+    ("gqa-3", 2, "full", 2, 96, "fused"),
+)
+"""Steps without accumulation measured beyond `GRID`'s own cases (``--fresh``)."""
+
+
+def _fresh_rows() -> list[dict[str, Any]]:
+    """`GRID`'s cases and `FRESH_GRID`'s, each without gradient accumulation."""
+    return _grid_rows(fresh=True) + [
+        measure_titan_fsdp_step(name, data=data, checkpointing=checkpointing,
+                                micro_batch_size=b, seq_len=s, fresh=True,
+                                optimizer_impl=impl)
+        for name, data, checkpointing, b, s, impl in FRESH_GRID]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``--write``: measure `GRID` and write `OUT`; otherwise print one line per case."""
+    """``--write``: measure `GRID` and write `OUT`; ``--fresh``: the steps without
+    accumulation (``fresh_cases``) instead; otherwise print one line per case."""
     argv = sys.argv[1:] if argv is None else argv
-    rows = _grid_rows()
+    fresh = "--fresh" in argv
+    rows = _fresh_rows() if fresh else _grid_rows()
     for r in rows:
         print(r["name"], r["data"], r["checkpointing"], r["param_dtype"], r["delta"])
     if "--write" in argv:
-        OUT.write_text(json.dumps({"torch": torch.__version__, "torchtitan": "0.3.0",
-                                   "cases": rows}, indent=1) + "\n")
+        old = json.loads(OUT.read_text()) if OUT.exists() else {}
+        new = {"torch": torch.__version__, "torchtitan": "0.3.0", "cases": rows,
+               "fresh_cases": old.get("fresh_cases", [])}
+        if fresh:
+            new |= {"cases": old.get("cases", []), "fresh_cases": rows}
+        OUT.write_text(json.dumps(new, indent=1) + "\n")
     return 0
 
 
