@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 
 from scaleplan.compute.hardware import gpu
 from scaleplan.errors import ScaleplanError, UnknownNameError
 from scaleplan.memory.limits import available_memory_bytes
+from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.loaders import load_nanogpt_config
+from scaleplan.planning.advice import sharded_slack_warnings
 from scaleplan.planning.batching import micro_batch_sizes
 from scaleplan.planning.planner import Plan, plan
 
@@ -276,3 +279,28 @@ def test_no_gradient_accumulation_plans_one_micro_batch_per_step() -> None:
         plan(GPT2, "RTX 4070", gradient_accumulation=False, tokens_per_step=2**19)
     given = plan(GPT2, "RTX 4070", gradient_accumulation=False, tokens_per_step=4 * 1024)
     assert (given.micro_batch_size, given.grad_accum_steps) == (4, 1)
+
+
+def test_thin_fsdp_allocator_margin_warning() -> None:
+    # published FSDP2 runs reserved 13-24% above scaleplan's tensor peak (torchtitan's
+    # docs/performance.md rows in docs/validation/published-peaks.md): a sharded plan is warned
+    # when its GPU holds less than the CUDA context (512 MiB) plus 1.2 x the tensor peak
+    par = Parallelism(data=8, fsdp="full_shard")
+    m = training_memory(GPT2, micro_batch_size=8, seq_len=1024, parallelism=par)
+    enough = 512 * 2**20 + -(-m.tensor_peak * 12 // 10)
+
+    def codes(available: int, parallelism: Parallelism | None = par,
+              **options: Any) -> list[str]:
+        memory = m if not options else training_memory(
+            GPT2, micro_batch_size=8, seq_len=1024, parallelism=parallelism, **options)
+        return [w.code for w in sharded_slack_warnings(memory, available, parallelism, options)]
+
+    assert m.total < enough  # the 5% placeholder fits where the published overhead does not
+    assert codes(m.total) == codes(enough - 1) == ["thin-fsdp-allocator-margin"]
+    assert codes(enough) == []
+    assert codes(m.total, allocator_slack_fraction=0.2) == []  # already planned for
+    assert codes(m.total, parallelism=None) == []  # one GPU: no published evidence
+    assert codes(m.total, parallelism=Parallelism(data=8)) == []  # DDP: nothing sharded
+    assert codes(m.total, device="cpu") == []  # no allocator overhead on CPU
+    message = sharded_slack_warnings(m, m.total, par, {})[0].message
+    assert "allocator_slack_fraction=0.2" in message and "5%" in message

@@ -1,27 +1,44 @@
 """The advice a plan gives besides its numbers: which precision and why, and the warnings (small
 GPU for inductor, no bf16 tensor cores, dropout on a single pass, token budgets far from
-compute-optimal, sequences longer than the model's). The MFU assumed when none is given comes
+compute-optimal, sequences longer than the model's, a sharded run with little room for the
+caching allocator). The MFU assumed when none is given comes
 from `scaleplan.compute.mfu_defaults`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.hardware import GPUSpec
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.training import (
+    ALLOCATOR_SLACK_FRACTION,
+    CUDA_CONTEXT_BYTES,
+    MemoryBreakdown,
+)
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 
 __all__ = [
+    "FSDP_RESERVED_FRACTION",
     "OVERTRAINED_RATIO",
     "UNDERTRAINED_RATIO",
     "PlanWarning",
     "choose_precision",
     "peak_dtype",
     "plan_warnings",
+    "sharded_slack_warnings",
 ]
 
 # Token budgets outside these multiples of the compute-optimal one get a warning.
 OVERTRAINED_RATIO = 4.0
 UNDERTRAINED_RATIO = 0.25
+# What published FSDP2 runs reserve above scaleplan's tensor peak for the same run: 13% to 24%
+# for torchtitan's Llama 3.1 8B and 70B on 8 to 256 H100s (pytorch/torchtitan@eaea6f6a
+# docs/performance.md; docs/validation/published-peaks.md, "Reserved against the tensor peak").
+# A plan whose GPU holds less than this above the tensor peak gets a warning; the default
+# slack (ALLOCATOR_SLACK_FRACTION) stays a placeholder until a GPU measures it.
+FSDP_RESERVED_FRACTION = 0.2
 
 
 class PlanWarning(BaseModel):
@@ -87,3 +104,36 @@ def plan_warnings(cfg: GPTConfig, spec: GPUSpec, seq_len: int, tokens: int,
             f"seq_len={seq_len} is above block_size={cfg.block_size}; with position="
             f"'{cfg.position}' the model was not trained at this length")))
     return out
+
+
+def sharded_slack_warnings(memory: MemoryBreakdown, available: int,
+                           parallelism: Parallelism | None,
+                           memory_options: dict[str, Any]) -> list[PlanWarning]:
+    """A warning when an FSDP plan fits only with the placeholder slack: its GPU holds less than
+    the CUDA context plus `FSDP_RESERVED_FRACTION` above the tensor peak, which published FSDP2
+    runs reserved (unless ``allocator_slack_fraction=`` already asks for that much).
+
+    >>> from scaleplan.memory.training import training_memory
+    >>> par = Parallelism(data=8, fsdp="full_shard")
+    >>> m = training_memory(GPTConfig.preset("gpt2"), micro_batch_size=8, seq_len=1024,
+    ...                     parallelism=par)
+    >>> [w.code for w in sharded_slack_warnings(m, m.total, par, {})]
+    ['thin-fsdp-allocator-margin']
+    """
+    if parallelism is None or parallelism.fsdp is None or parallelism.data < 2:
+        return []
+    # training_memory has checked both options by now
+    fraction = float(memory_options.get("allocator_slack_fraction", ALLOCATOR_SLACK_FRACTION))
+    if memory.overhead == 0 or fraction >= FSDP_RESERVED_FRACTION:
+        return []
+    context = int(memory_options.get("cuda_context_bytes", CUDA_CONTEXT_BYTES))
+    needed = context + -(-memory.tensor_peak * 6 // 5)  # 1 + FSDP_RESERVED_FRACTION
+    if needed <= available:
+        return []
+    gib = 2**30
+    return [PlanWarning(code="thin-fsdp-allocator-margin", message=(
+        f"the plan fits with the caching allocator's slack counted as {fraction:.0%} of the "
+        f"{memory.tensor_peak / gib:.1f} GiB tensor peak (a placeholder); published FSDP2 runs "
+        "reserved 13% to 24% above it (docs/validation/published-peaks.md), and "
+        f"{needed / gib:.1f} GiB is more than the {available / gib:.1f} GiB available: pass "
+        "allocator_slack_fraction=0.2 to plan for it, or take a smaller micro-batch"))]

@@ -31,7 +31,12 @@ from scaleplan.memory.training import MemoryBreakdown
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 from scaleplan.model.params import ParamCount, count_params
-from scaleplan.planning.advice import PlanWarning, choose_precision, plan_warnings
+from scaleplan.planning.advice import (
+    PlanWarning,
+    choose_precision,
+    plan_warnings,
+    sharded_slack_warnings,
+)
 from scaleplan.planning.arguments import (
     MAX_SEQ_LEN,
     check_layout,
@@ -323,6 +328,7 @@ def plan(
                         law=law if law is not None else law_for_data(data, tokenizer))
     warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
                               budget.compute_optimal_tokens)
+    warnings += sharded_slack_warnings(mem, available, settings["parallelism"], memory_options)
     on_data = None if data is None else expected_loss(cfg, tokens=budget.total_tokens, data=data,
                                                       tokenizer=tokenizer)
     return Plan(
