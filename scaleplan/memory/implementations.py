@@ -113,12 +113,13 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
         raise ScaleplanError(
             f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
             "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
-    if parallelism.data == 1 and precision == "bf16-mixed":
+    if parallelism.data * parallelism.tensor == 1 and compile:
         raise ScaleplanError(
-            "implementation='torchtitan' on one GPU is not modelled yet: torchtitan 0.3.0 "
-            "still applies FSDP2 there (a one-rank mesh, bf16 blocks gathered from fp32 "
-            "parameters), and scaleplan's FSDP2 terms are checked at two or more ranks only; "
-            "use Parallelism(data=N, fsdp='full_shard') with N >= 2, or precision='32-true'")
+            "implementation='torchtitan' on one GPU is not modelled yet with compile=True: "
+            "torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh), whose buffers "
+            "(each unit's reduce holds three fp32 copies of its gradients) were measured with "
+            "eager blocks only; use compile=False, or Parallelism(data=N, fsdp='full_shard') "
+            "with N >= 2")
     odd = _titan_misfits(cfg)
     if odd:
         raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
+from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import (
     AUTOCAST,
     FP32_BYTES,
@@ -330,11 +331,18 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
+    if chunked and par.data == 1:
+        raise ScaleplanError(
+            "loss='chunked' with implementation='torchtitan' on one GPU is not modelled yet: "
+            "torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh: the head unit "
+            "gathered and reduced after the chunk loop), and its chunked loss was measured "
+            "without it; use loss='standard', or Parallelism(data=N, fsdp='full_shard') with "
+            "N >= 2")
     saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                       device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
     W, G, O = titan_model_states(cfg, opt, data=par.data)
-    gathered = titan_fsdp_in_flight(cfg, p, data=par.data)
+    gathered = titan_fsdp_in_flight(cfg, p, data=par.data, one_rank_mesh=True)
     temp = -(-optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused") // par.data)
     TV = b * s * cfg.vocab_size
     e = 2 if p == "bf16-mixed" else FP32_BYTES
