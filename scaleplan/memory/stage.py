@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Literal
 
-from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import (
     AUTOCAST,
     FP32_BYTES,
@@ -31,6 +30,7 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
+from scaleplan.memory.implementations import check_titan_one_gpu_loss
 from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers, litgpt_fsdp1_moments
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
@@ -331,13 +331,7 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
-    if chunked and par.data == 1:
-        raise ScaleplanError(
-            "loss='chunked' with implementation='torchtitan' on one GPU is not modelled yet: "
-            "torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh: the head unit "
-            "gathered and reduced after the chunk loop), and its chunked loss was measured "
-            "without it; use loss='standard', or Parallelism(data=N, fsdp='full_shard') with "
-            "N >= 2")
+    check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
     saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                       device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())

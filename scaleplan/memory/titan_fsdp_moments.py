@@ -33,8 +33,8 @@ a block's, or, for the last block, the [final norm, lm_head] unit's), the block'
 parameters, the next unit's all-gather output (its backward prefetch: a block's, or, for block
 0, the embedding's) and the block's unsharded gradients so far. The block that peaks is the
 last, the second-to-last or the first; `titan_block_backward_moment` takes the largest of every
-moment. Compiled blocks are not measured this way (inductor's allocations bypass the dispatch mode that lists
-storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
+moment. Compiled blocks are not measured this way (inductor's allocations bypass the dispatch
+mode that lists storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
 
 **Without gradient accumulation** (``fresh``: torchtitan's trainer sets every gradient to None
 after each step) no sharded gradient is resident: the loss's moments hold none, and each
@@ -60,10 +60,11 @@ and writes its output as ``input / gradient_divide_factor`` (torchtitan sets the
 fourth moment, **a block's reduce** (its backward done: the earlier blocks' ``kept``, the
 gradient it passes down, the three copies), which peaks with few tokens; the head unit's
 and the embedding's reduces hold the same three copies of theirs and nothing prefetched.
-Measured: 50 one-rank steps (``one_rank_cases``: bf16 and fp32 parameters, none, full and
-selective checkpointing, with and without accumulation), each step and each backward peak
-within the batch's position ids (``b s x 8`` bytes, resident in the harness) of the model,
-one backward peak (gqa-3, fp32, 1 x 16 tokens, fresh, a block's end) 576 bytes above it.
+Measured: 52 one-rank steps (``one_rank_cases``: bf16 and fp32 parameters, none, full and
+selective checkpointing, with and without accumulation), 35 backward peaks that hold FSDP2's
+buffers to the byte, every step within 0.08% (the batch's position ids, ``b s x 8`` bytes,
+resident in the harness). In fp32 on CPU a block's end peaks at its first norm's weight
+gradient: rstd live, that gradient not made yet (`_norm_end_bytes`).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ from scaleplan.memory.titan_sdpa_terms import (
 from scaleplan.memory.titan_terms import TITAN_PRECISIONS
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_block_params", "titan_fresh_covers",
-           "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
+__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_block_params",
+           "titan_fresh_covers", "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
 
 LOSS_SCALARS = 2 * FP32_BYTES  # the loss and the ones its backward starts from
 ONE_RANK_DIVIDE_COPY = 1

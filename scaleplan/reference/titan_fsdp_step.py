@@ -26,7 +26,10 @@ operator that made them, shape and dtype), the evidence for
 ``docs/validation/torchtitan-fsdp-steps.json`` (replayed without torch by
 tests/test_titan_fsdp_moments.py); ``--fresh --write`` measures `GRID`'s cases and
 `FRESH_GRID`'s without accumulation and writes them under that file's ``fresh_cases`` (replayed by
-tests/test_titan_fsdp_fresh.py), leaving the accumulating ``cases`` as they are.
+tests/test_titan_fsdp_fresh.py), leaving the accumulating ``cases`` as they are; ``--one-rank
+--write`` measures torchtitan's one-GPU step (``data=1``: FSDP2 on a one-rank mesh, with and
+without accumulation, each with the backward's own peak) under ``one_rank_cases`` (replayed by
+tests/test_titan_one_rank.py), leaving the other keys as they are.
 """
 
 from __future__ import annotations
