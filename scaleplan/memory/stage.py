@@ -327,7 +327,9 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
     ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient
     accumulation, eager (`titan_fresh_covers`): no sharded gradient until the head unit's
-    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``)."""
+    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``).
+    One GPU (``par.data == 1``) is FSDP2 on a one-rank mesh (``one_rank_mesh``), its chunked
+    loss refused by name."""
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
