@@ -196,6 +196,17 @@ def test_one_gpu_is_accepted_in_both_precisions() -> None:
             assert m.tensor_peak > m.weights + m.gradients + m.optimizer
 
 
+def test_tensor_parallelism_on_one_data_rank_stays_refused_in_bf16() -> None:
+    # as before this change: TP with one data rank (FSDP2 over a one-rank data mesh beside
+    # TP) was not measured in bf16-mixed
+    cfg = GPTConfig.model_validate(CASES[0]["config"])
+    with pytest.raises(ScaleplanError, match=r"tensor=2 and one data rank is not modelled yet "
+                                             r"in bf16-mixed"):
+        training_memory(cfg, micro_batch_size=2, seq_len=96, precision="bf16-mixed",
+                        implementation="torchtitan",
+                        parallelism=Parallelism(data=1, tensor=2, sequence_parallel=True))
+
+
 @pytest.mark.parametrize(("options", "pattern"), [
     ({"compile": True}, r"on one GPU is not modelled yet with compile=True: torchtitan 0\.3\.0 "
                         r"still applies FSDP2"),
@@ -224,3 +235,17 @@ def test_live_one_rank_step_matches() -> None:
     # two blocks' saves
     assert _flat_fp32(row["at_backward_peak"]) == 2 * (1500 * 128 + 128) * 4
     assert _moment(row) == row["backward_delta"]
+
+
+@pytest.mark.torch
+def test_live_fp32_checkpointed_block_at_two_ranks() -> None:
+    # the CPU norm's fp32 "upcast" of an fp32 input is the input itself at any rank count:
+    # gqa-3 full fp32 on 2 ranks, the backward's own peak to the byte (7,244,040 measured)
+    pytest.importorskip("torchtitan")
+    from scaleplan.reference.titan_fsdp_step import measure_titan_fsdp_step
+
+    row = measure_titan_fsdp_step("gqa-3", data=2, checkpointing="full", param_dtype="fp32",
+                                  backward_peak=True)
+    cfg = GPTConfig.model_validate(row["config"])
+    assert titan_block_backward_moment(cfg, 2, 96, precision="32-true", checkpointing="full",
+                                       device="cpu", layers=3, data=2) == row["backward_delta"]
