@@ -255,7 +255,6 @@ def cfg_params(cfg: GPTConfig) -> int:
     ({"loss": "chunked"}, r"loss='chunked'"),
     ({"parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2,
                                  sequence_parallel=True)}, r"tensor parallelism"),
-    ({"parallelism": None, "precision": "32-true"}, r"or one GPU"),
 ])
 def test_unmeasured_fresh_steps_are_refused_by_name(options: dict[str, Any],
                                                     pattern: str) -> None:
@@ -273,9 +272,12 @@ def test_covers_only_eager_fsdp2_with_the_standard_loss() -> None:
     assert not titan_fresh_covers("litgpt", False, "standard", FSDP8)
     assert not titan_fresh_covers("torchtitan", True, "standard", FSDP8)
     assert not titan_fresh_covers("torchtitan", False, "chunked", FSDP8)
-    assert not titan_fresh_covers("torchtitan", False, "standard", Parallelism())
+    # one GPU: FSDP2 on a one-rank mesh, measured (one_rank_cases), whatever fsdp says
+    assert titan_fresh_covers("torchtitan", False, "standard", Parallelism())
+    assert titan_fresh_covers("torchtitan", False, "standard",
+                              Parallelism(data=1, fsdp="full_shard"))
     assert not titan_fresh_covers("torchtitan", False, "standard",
-                                  Parallelism(data=1, fsdp="full_shard"))
+                                  Parallelism(data=2, fsdp="shard_grad_op"))
     # each other axis alone and two at once (a product, not a ratio, of their degrees)
     for axis in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}, {"tensor": 2, "expert": 2},
                  {"tensor": 2, "pipeline": 2}):
@@ -299,9 +301,9 @@ def test_the_refusal_texts_whole() -> None:
                                loss="standard", parallelism=FSDP8)
     assert titan == (
         "gradient_accumulation=False with implementation='torchtitan' is modelled for its "
-        "eager FSDP2 step (compile=False, the standard loss, Parallelism(data=N, "
-        "fsdp='full_shard') with N >= 2 and no other axis; measured whole), not yet with "
-        "compile=True, loss='chunked', tensor parallelism or one GPU; use "
+        "eager FSDP2 step (compile=False, the standard loss, one GPU or "
+        "Parallelism(data=N, fsdp='full_shard') and no other axis; measured whole), "
+        "not yet with compile=True, loss='chunked' or tensor parallelism; use "
         "gradient_accumulation=True")
     ddp = fresh_step_refusal(implementation="hf", compile=False, checkpointing="none",
                              loss="standard", parallelism=Parallelism(data=2))

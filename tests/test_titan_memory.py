@@ -185,8 +185,8 @@ def test_training_memory_torchtitan_parts() -> None:
      "tensor=2 is not modelled yet with compile=True"),
     # torchtitan 0.3.0's llama3/parallelize.py always calls apply_fsdp_to_decoder ("with
     # shard_degree=1 it is a no-op for the all-gather but still installs the
-    # MixedPrecisionPolicy"): one GPU is FSDP2 over one rank, not torch.autocast
-    ({"parallelism": None}, "still applies FSDP2"),
+    # MixedPrecisionPolicy"): one GPU is FSDP2 over one rank, measured eager only
+    ({"parallelism": None, "compile": True}, "still applies FSDP2"),
     ({"parallelism": Parallelism(data=8)}, "FSDP2"),
 ])
 def test_refused_by_name(kwargs: dict[str, object], match: str) -> None:

@@ -18,7 +18,7 @@ from scaleplan.memory.parallel import Parallelism
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["IMPLEMENTATIONS", "check_hf", "check_implementation", "check_litgpt", "check_titan",
-           "check_titan_qwen3", "check_titan_tp", "check_torchtune"]
+           "check_titan_one_gpu_loss", "check_titan_qwen3", "check_titan_tp", "check_torchtune"]
 
 
 IMPLEMENTATIONS = ("nanogpt", "hf", "torchtitan", "torchtune", "litgpt")
@@ -113,17 +113,45 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
         raise ScaleplanError(
             f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
             "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
-    if parallelism.data == 1 and precision == "bf16-mixed":
+    if parallelism.data == 1 and parallelism.tensor > 1 and precision == "bf16-mixed":
         raise ScaleplanError(
-            "implementation='torchtitan' on one GPU is not modelled yet: torchtitan 0.3.0 "
-            "still applies FSDP2 there (a one-rank mesh, bf16 blocks gathered from fp32 "
-            "parameters), and scaleplan's FSDP2 terms are checked at two or more ranks only; "
-            "use Parallelism(data=N, fsdp='full_shard') with N >= 2, or precision='32-true'")
+            f"implementation='torchtitan' with tensor={parallelism.tensor} and one data rank "
+            "is not modelled yet in bf16-mixed: torchtitan 0.3.0 still applies FSDP2 over the "
+            "one-rank data mesh (bf16 blocks gathered from fp32 parameters), measured without "
+            "tensor parallelism only; use Parallelism(data=N, fsdp='full_shard', tensor=T) "
+            "with N >= 2, or precision='32-true'")
+    if parallelism.data * parallelism.tensor == 1 and compile:
+        raise ScaleplanError(
+            "implementation='torchtitan' on one GPU is not modelled yet with compile=True: "
+            "torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh), whose buffers "
+            "(each unit's reduce holds three fp32 copies of its gradients) were measured with "
+            "eager blocks only; use compile=False, or Parallelism(data=N, fsdp='full_shard') "
+            "with N >= 2")
     odd = _titan_misfits(cfg)
     if odd:
         raise ScaleplanError("implementation='torchtitan' is modelled for its Llama 3 layout "
                              f"(SwiGLU, RMSNorm, RoPE, no bias, untied head); not with "
                              f"{', '.join(odd)}")
+
+
+def check_titan_one_gpu_loss(*, chunked: bool, parallelism: Parallelism) -> None:
+    """Refuse, by name, torchtitan's chunked loss on one GPU: there FSDP2 runs on a one-rank
+    mesh (the head unit gathered, then reduced after the chunk loop), and
+    `scaleplan.memory.titan_chunked_loss` was measured without it.
+
+    >>> check_titan_one_gpu_loss(chunked=True, parallelism=Parallelism(data=2, fsdp="full_shard"))
+    >>> check_titan_one_gpu_loss(chunked=True, parallelism=Parallelism())
+    Traceback (most recent call last):
+    ...
+    scaleplan.errors.ScaleplanError: loss='chunked' with implementation='torchtitan' on one ...
+    """
+    if chunked and parallelism.data * parallelism.tensor == 1:
+        raise ScaleplanError(
+            "loss='chunked' with implementation='torchtitan' on one GPU is not modelled yet: "
+            "torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh: the head unit "
+            "gathered and reduced after the chunk loop), and its chunked loss was measured "
+            "without it; use loss='standard', or Parallelism(data=N, fsdp='full_shard') with "
+            "N >= 2")
 
 
 def check_titan_tp(*, parallelism: Parallelism, checkpointing: str,

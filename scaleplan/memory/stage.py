@@ -30,6 +30,7 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
+from scaleplan.memory.implementations import check_titan_one_gpu_loss
 from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers, litgpt_fsdp1_moments
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
@@ -326,15 +327,18 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
     ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient
     accumulation, eager (`titan_fresh_covers`): no sharded gradient until the head unit's
-    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``)."""
+    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``).
+    One GPU (``par.data == 1``) is FSDP2 on a one-rank mesh (``one_rank_mesh``), its chunked
+    loss refused by name."""
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
+    check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
     saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                       device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
     W, G, O = titan_model_states(cfg, opt, data=par.data)
-    gathered = titan_fsdp_in_flight(cfg, p, data=par.data)
+    gathered = titan_fsdp_in_flight(cfg, p, data=par.data, one_rank_mesh=True)
     temp = -(-optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused") // par.data)
     TV = b * s * cfg.vocab_size
     e = 2 if p == "bf16-mixed" else FP32_BYTES

@@ -33,9 +33,8 @@ a block's, or, for the last block, the [final norm, lm_head] unit's), the block'
 parameters, the next unit's all-gather output (its backward prefetch: a block's, or, for block
 0, the embedding's) and the block's unsharded gradients so far. The block that peaks is the
 last, the second-to-last or the first; `titan_block_backward_moment` takes the largest of every
-moment. With one data rank nothing is sharded and none of FSDP2's buffers is counted. Compiled
-blocks are not measured this way (inductor's allocations bypass the dispatch mode that lists
-storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
+moment. Compiled blocks are not measured this way (inductor's allocations bypass the dispatch
+mode that lists storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
 
 **Without gradient accumulation** (``fresh``: torchtitan's trainer sets every gradient to None
 after each step) no sharded gradient is resident: the loss's moments hold none, and each
@@ -49,6 +48,23 @@ reduce-scatter**, the backward's last, with its bf16 gradient, its fp32 reduce-s
 output and every other unit's shard. With accumulation it stays below the head unit's moment,
 which holds the same kinds of buffer and more. Measured: 30 fresh steps
 (``fresh_cases``), all within 0.04%, 14 block, head-unit or embedding moments to the byte.
+
+**On one GPU** torchtitan still applies FSDP2 (``apply_fsdp_to_decoder`` on a one-rank mesh),
+and torch 2.13's FSDP2 takes its world-size-1 branches (``_fsdp_param_group.py``,
+``_fsdp_collectives.py``): each unit's ``wait_for_unshard`` still copies its fp32 parameters
+into unsharded ones of the param dtype (fp32 too: a second fp32 copy), but ``unshard`` only
+records an event, so the backward prefetch copies nothing ahead (no next unit's all-gather
+output). A unit's reduce copies its unsharded gradients into the flat fp32 input, frees them,
+and writes its output as ``input / gradient_divide_factor`` (torchtitan sets the factor,
+1.0): three fp32 copies of the unit's gradients at once (`ONE_RANK_DIVIDE_COPY`), and so a
+fourth moment, **a block's reduce** (its backward done: the earlier blocks' ``kept``, the
+gradient it passes down, the three copies), which peaks with few tokens; the head unit's
+and the embedding's reduces hold the same three copies of theirs and nothing prefetched.
+Measured: 52 one-rank steps (``one_rank_cases``: bf16 and fp32 parameters, none, full and
+selective checkpointing, with and without accumulation), 35 backward peaks that hold FSDP2's
+buffers to the byte, every step within 0.08% (the batch's position ids, ``b s x 8`` bytes,
+resident in the harness). In fp32 on CPU a block's end peaks at its first norm's weight
+gradient: rstd live, that gradient not made yet (`_norm_end_bytes`).
 """
 
 from __future__ import annotations
@@ -66,29 +82,35 @@ from scaleplan.memory.titan_sdpa_terms import (
 from scaleplan.memory.titan_terms import TITAN_PRECISIONS
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["titan_block_backward_moment", "titan_block_params", "titan_fresh_covers",
-           "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
+__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_block_params",
+           "titan_fresh_covers", "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
 
 LOSS_SCALARS = 2 * FP32_BYTES  # the loss and the ones its backward starts from
+ONE_RANK_DIVIDE_COPY = 1
+"""fp32 copies of a unit's gradients a one-rank reduce holds beyond its input and output:
+torch 2.13 ``_fsdp_collectives.foreach_reduce`` with one rank writes its output as
+``reduce_scatter_input / gradient_divide_factor``, a temporary the size of the input
+(torchtitan sets the factor, 1.0, in ``torchtitan/distributed/fsdp.py``'s
+``disable_fsdp_gradient_division``)."""
 
 
 def titan_fresh_covers(implementation: str, compile: bool, loss: str,
                        par: Parallelism) -> bool:
     """Whether a step without gradient accumulation is torchtitan's as measured whole
     (`scaleplan.reference.titan_fsdp_step`'s ``fresh`` steps): eager blocks, its standard loss,
-    two or more FSDP2 data ranks and no other parallelism. Compiled blocks
-    (`scaleplan.memory.titan_compiled_terms`' recompute moment is not a block's), its chunked
-    loss, tensor parallelism and one GPU (a one-rank mesh: the same harness finds the
-    accumulating one-GPU fp32 step 12-34% above the moments, whose FSDP2 buffers start at two
-    ranks) were not measured without accumulation.
+    FSDP2 data ranks (one GPU is a one-rank mesh, measured too) and no other parallelism.
+    Compiled blocks (`scaleplan.memory.titan_compiled_terms`' recompute moment is not a
+    block's), its chunked loss and tensor parallelism were not measured without accumulation.
 
     >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism(data=8, fsdp="full_shard"))
     True
     >>> titan_fresh_covers("torchtitan", True, "standard", Parallelism(data=8, fsdp="full_shard"))
     False
+    >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism())  # one GPU
+    True
     """
     return (implementation == "torchtitan" and not compile and loss == "standard"
-            and par.fsdp == "full_shard" and par.data > 1
+            and (par.fsdp == "full_shard" or par.data == 1)
             and par.tensor * par.pipeline * par.expert == 1)
 
 
@@ -140,11 +162,12 @@ def titan_fresh_shards(cfg: GPTConfig, *, block: int, layers: int, data: int) ->
 
 
 def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
-                       whole_block: bool = False) -> int:
+                       whole_block: bool = False, prefetch: bool = True) -> int:
     """FSDP2's unsharded bytes while block ``block`` of ``layers`` runs its backward: the
     previous unit's fp32 reduce-scatter input, this block's gathered parameters, the next
     unit's all-gather output and the block's unsharded gradients made so far (w2's at its MLP,
-    the ``whole_block``'s at its end; ``e`` bytes per gathered value).
+    the ``whole_block``'s at its end; ``e`` bytes per gathered value). ``prefetch=False``: a
+    one-rank mesh, where the next unit's all-gather output is not there yet (module docstring).
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -154,7 +177,7 @@ def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
     """
     P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
     previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
-    prefetched = V * d * e if block == 0 else P * e
+    prefetched = (V * d * e if block == 0 else P * e) if prefetch else 0
     made = P * e if whole_block else d * cfg.mlp_hidden * e
     return previous + P * e + prefetched + made
 
@@ -169,6 +192,8 @@ def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
         return whole, whole
     rebuilt = titan_sdpa_rebuilt_block_bytes(cfg, b, s, e=e, device=device,
                                              checkpointing=checkpointing)
+    if device == "cpu" and e == FP32_BYTES:  # the composite norm's fp32 upcast of an fp32
+        rebuilt -= T * d * e  # input is that input: the block input the checkpoint holds
     if checkpointing == "full":
         return T * d * e, T * d * e + rebuilt
     cache = titan_sdpa_block_terms(cfg, b, s, e=e, device=device, checkpointing="selective")
@@ -178,6 +203,11 @@ def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
 
 def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> Any:
     """What a block's first norm holds in its backward, beyond a checkpointed input."""
+    if device == "cpu" and e == FP32_BYTES:
+        # fp32: x is the block input itself (the checkpoint's, when one holds it), and the
+        # peak comes at its weight gradient's reduction: x * rstd, four fp32 temporaries and
+        # rstd live, its own (d) weight gradient not made yet (measured, one_rank_cases)
+        return (6 if checkpointing == "none" else 5) * T * d * e + T * e - d * e
     if device == "cpu":  # composite rms_norm: fp32 x, x * rstd, four fp32 temporaries
         return 6 * T * d * FP32_BYTES
     # fused kernel: its input (the checkpointed one itself unless nothing is checkpointed),
@@ -191,8 +221,14 @@ def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
     incoming gradient and FSDP2's buffers (module docstring)."""
     d, V = cfg.n_embd, cfg.vocab_size
     buffers = ((V * d + d) * FP32_BYTES + titan_unit_shard(((V, d), (d, 1)), data) + V * d * e
-               + titan_block_params(cfg) * e) if data > 1 else 0
+               + titan_block_params(cfg) * e) if data > 1 else _one_rank_reduce(V * d + d)
     return kept * layers + T * d * e + LOSS_SCALARS + buffers
+
+
+def _one_rank_reduce(numel: int) -> int:
+    """A unit's reduce on a one-rank mesh: its fp32 input, output and divide copy (module
+    docstring); its unsharded gradients are freed by then, and nothing is prefetched."""
+    return numel * FP32_BYTES * (2 + ONE_RANK_DIVIDE_COPY)
 
 
 def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
@@ -201,12 +237,24 @@ def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
     parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
     8 bytes and, without accumulation, every other unit's shard (nothing else: the blocks'
     activations and block 0's reduce-scatter input are freed by then, measured)."""
-    if data == 1:
-        return 0
     V, d = cfg.vocab_size, cfg.n_embd
     made = titan_fresh_shards(cfg, block=-1, layers=layers, data=data) if fresh else 0
+    if data == 1:
+        return _one_rank_reduce(V * d) + LOSS_SCALARS + made
     return V * d * e + V * d * FP32_BYTES + titan_unit_shard(((V, d),), data) + LOSS_SCALARS \
         + made
+
+
+def _one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
+                             blocks: list[int], fresh: bool) -> list[Any]:
+    """Each of ``blocks``' reduce on a one-rank mesh, its backward done: the activations the
+    blocks below it keep, the gradient it passes down, the loss's 8 bytes, its gradients as
+    the fp32 reduce input, output and divide copy (module docstring) and, without
+    accumulation, the shards made above it."""
+    unit = _one_rank_reduce(titan_block_params(cfg))
+    return [kept * j + T * cfg.n_embd * e + LOSS_SCALARS + unit
+            + (titan_fresh_shards(cfg, block=j, layers=layers, data=1) if fresh else 0)
+            for j in blocks]
 
 
 def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
@@ -234,8 +282,8 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
 
     def fsdp(j: int, whole_block: bool) -> int:
         made = titan_fresh_shards(cfg, block=j, layers=layers, data=data) if fresh else 0
-        return made + (titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
-                                          whole_block=whole_block) if data > 1 else 0)
+        return made + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
+                                         whole_block=whole_block, prefetch=data > 1)
 
     # the buffers differ at the last, second-to-last and first block and are alike between,
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
@@ -244,4 +292,7 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
                            _embedding_unit_moment(cfg, e=e, layers=layers, data=data,
                                                   fresh=fresh),
                            *(kept * j + mlp + fsdp(j, False) for j in blocks),
-                           *(kept * j + end + fsdp(j, True) for j in blocks)])
+                           *(kept * j + end + fsdp(j, True) for j in blocks),
+                           *(_one_rank_reduce_moments(cfg, T, e=e, kept=kept, layers=layers,
+                                                      blocks=blocks, fresh=fresh)
+                             if data == 1 else ())])

@@ -154,7 +154,8 @@ def titan_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpo
     return out
 
 
-def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int) -> dict[str, int]:
+def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
+                         one_rank_mesh: bool = False) -> dict[str, int]:
     """Bytes FSDP2 holds unsharded on top of its shards, at each moment of the step.
 
     ``fully_shard`` units (``apply_fsdp_to_decoder``): each block, gathered in the param dtype
@@ -164,15 +165,21 @@ def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int) -> dict[s
     backward (``recompute``): that block and the one FSDP2 prefetches (its default backward
     prefetch of one unit), the block's unsharded gradients in the param dtype and, with bf16
     params, the fp32 copy the reduce-scatter (``reduce_dtype=fp32``) reads. With one data rank
-    nothing is sharded and nothing is gathered.
+    nothing is counted, unless ``one_rank_mesh`` (torchtitan's one-GPU step, FSDP2 on a
+    one-rank mesh): then each unit is still copied into unsharded parameters of the param
+    dtype, but the backward prefetch copies nothing ahead (torch 2.13
+    ``FSDPParamGroup.unshard`` with ``world_size == 1`` only records an event; the copy is the
+    unit's own ``wait_for_unshard``), so a block's backward holds no second block.
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
     >>> titan_fsdp_in_flight(cfg, "bf16-mixed", data=8)  # block 49,280; head + norm 16,448
     {'forward_end': 32896, 'backward_start': 32896, 'recompute': 492800}
+    >>> titan_fsdp_in_flight(cfg, "bf16-mixed", data=1, one_rank_mesh=True)["recompute"]
+    394240
     """
-    if data == 1:
+    if data == 1 and not one_rank_mesh:
         return {"forward_end": 0, "backward_start": 0, "recompute": 0}
     e = TITAN_PRECISIONS[precision]
     d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
@@ -180,7 +187,8 @@ def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int) -> dict[s
     block += 2 * hd if cfg.qk_norm == "head" else 0  # Qwen3's q and k norm weights
     head = (cfg.vocab_size * d + d) * e
     grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
-    return {"forward_end": head, "backward_start": head, "recompute": 2 * block * e + grads}
+    gathered = 2 * block * e if data > 1 else block * e  # and the block prefetched
+    return {"forward_end": head, "backward_start": head, "recompute": gathered + grads}
 
 
 def titan_model_states(cfg: GPTConfig, opt: str, *, data: int) -> tuple[int, int, int]:

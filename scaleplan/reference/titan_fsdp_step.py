@@ -26,7 +26,10 @@ operator that made them, shape and dtype), the evidence for
 ``docs/validation/torchtitan-fsdp-steps.json`` (replayed without torch by
 tests/test_titan_fsdp_moments.py); ``--fresh --write`` measures `GRID`'s cases and
 `FRESH_GRID`'s without accumulation and writes them under that file's ``fresh_cases`` (replayed by
-tests/test_titan_fsdp_fresh.py), leaving the accumulating ``cases`` as they are.
+tests/test_titan_fsdp_fresh.py), leaving the accumulating ``cases`` as they are; ``--one-rank
+--write`` measures torchtitan's one-GPU step (``data=1``: FSDP2 on a one-rank mesh, with and
+without accumulation, each with the backward's own peak) under ``one_rank_cases`` (replayed by
+tests/test_titan_one_rank.py), leaving the other keys as they are.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_llama3, titan_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["FRESH_GRID", "GRID", "OUT", "main", "measure_titan_fsdp_step"]
+__all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "main",
+           "measure_titan_fsdp_step"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
 _LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
@@ -80,6 +84,8 @@ class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
         self.at_peak: dict[int, tuple[int, str]] = {}
         self.func = "resident"
         self.best = -1
+        self.phase_best: dict[str, int] = {}
+        self.at_phase_peak: dict[str, dict[int, tuple[int, str]]] = {}
 
     def _label(self, t: torch.Tensor, what: str) -> str:
         return f"{self.phase}:{what} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
@@ -93,10 +99,14 @@ class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
         self._snapshot()
 
     def _snapshot(self) -> None:
-        """The storages live at the first moment the peak is reached."""
+        """The storages live at the first moment the peak (and each phase's peak) is reached."""
+        if self.current > self.phase_best.get(self.phase, -1):
+            self.phase_best[self.phase] = self.current
+            self.at_phase_peak[self.phase] = {k: (n, self.made.get(k, "?"))
+                                              for k, n in self.live.items() if n}
         if self.current > self.best:
             self.best = self.current
-            self.at_peak = {k: (n, self.made.get(k, "?")) for k, n in self.live.items() if n}
+            self.at_peak = self.at_phase_peak[self.phase]
 
     def resized(self, t: torch.Tensor) -> None:
         """FSDP2 resized ``t``'s storage (to its full size or to 0)."""
@@ -147,11 +157,13 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_batch_size: int = 2,
                             seq_len: int = 96, param_dtype: str = "bf16",
-                            fresh: bool = False, optimizer_impl: str = "foreach"
-                            ) -> dict[str, Any]:
+                            fresh: bool = False, optimizer_impl: str = "foreach",
+                            backward_peak: bool = False) -> dict[str, Any]:
     """One tracked forward, backward and AdamW step of `GRID[name]` on rank 0 of ``data``
     fake ranks; ``fresh``: without an accumulating micro-batch before it; ``optimizer_impl``:
-    torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's default)."""
+    torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's default);
+    ``backward_peak``: also the backward's own peak (``backward_delta``, above the resident
+    bytes) and the storages live then (``at_backward_peak``)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -170,7 +182,7 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
             reduce_dtype=torch.float32, pp_enabled=False)
         model.train()
         row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
-                            fused=optimizer_impl == "fused") | {
+                            fused=optimizer_impl == "fused", backward_peak=backward_peak) | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
             "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
             "seq_len": seq_len, "param_dtype": param_dtype}
@@ -181,7 +193,7 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
 
 
 def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
-                  fused: bool = False) -> dict[str, Any]:
+                  fused: bool = False, backward_peak: bool = False) -> dict[str, Any]:
     loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
                             fused=fused or None)
@@ -217,13 +229,22 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
         forward_backward(tracker)
         tracker.set_phase("optimizer")
         opt.step()  # torch's foreach (or fused) AdamW on the local shards
+    row = {"resident": resident, "delta": tracker.peak - resident,
+           "peak_phase": tracker.peak_phase,
+           "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(),
+           "at_peak": _labelled(tracker.at_peak, keys)}
+    if backward_peak:  # the backward's own peak, even where the optimizer step's is higher
+        row |= {"backward_delta": tracker.phase_best["backward"] - resident,
+                "at_backward_peak": _labelled(tracker.at_phase_peak["backward"], keys)}
+    return row
+
+
+def _labelled(at: dict[int, tuple[int, str]], keys: set[int]) -> dict[str, int]:
+    """Bytes live by label (what made each storage), the resident storages left out."""
     live: Counter[str] = Counter()
-    for n, what in (v for k, v in tracker.at_peak.items() if k not in keys):
+    for n, what in (v for k, v in at.items() if k not in keys):
         live[what] += n
-    return {"resident": resident, "delta": tracker.peak - resident,
-            "peak_phase": tracker.peak_phase,
-            "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(),
-            "at_peak": dict(live.most_common())}
+    return dict(live.most_common())
 
 
 def _grid_rows(*, fresh: bool = False) -> list[dict[str, Any]]:
@@ -272,21 +293,48 @@ def _fresh_rows() -> list[dict[str, Any]]:
         for name, data, checkpointing, b, s, impl in FRESH_GRID]
 
 
+ONE_RANK_FEW_TOKENS: tuple[tuple[str, str, str, int, int], ...] = (
+    # (name, checkpointing, param dtype, micro-batch, tokens): few tokens, where FSDP2's
+    # buffers (a unit's reduce, the head unit's, the embedding's) outweigh the activations
+    ("wide-vocab-4", "none", "bf16", 1, 32), ("wide-vocab-4", "full", "bf16", 1, 32),
+    ("wide-vocab-4", "none", "fp32", 1, 32), ("mha-2", "none", "bf16", 1, 32),
+    ("mha-2", "selective", "bf16", 1, 32), ("gqa-3", "full", "bf16", 1, 16),
+    ("gqa-3", "none", "fp32", 1, 16), ("gqa-3", "full", "fp32", 1, 16),
+)
+"""One-rank steps measured beyond `GRID`'s shapes at 2 x 96 tokens (``--one-rank``)."""
+
+
+def _one_rank_rows() -> list[dict[str, Any]]:
+    """torchtitan's one-GPU step (FSDP2 on a one-rank mesh): `GRID`'s first three shapes under
+    each checkpointing, bf16 and fp32 parameters, with and without gradient accumulation, and
+    `ONE_RANK_FEW_TOKENS` (both ways), each with the backward's own peak."""
+    shapes = [(name, ac, dtype, 2, 96) for name in ("gqa-3", "wide-vocab-4", "mha-2")
+              for ac in ("none", "full", "selective") for dtype in ("bf16", "fp32")]
+    return [measure_titan_fsdp_step(name, data=1, checkpointing=ac, param_dtype=dtype,
+                                    micro_batch_size=b, seq_len=s, fresh=fresh,
+                                    backward_peak=True)
+            for name, ac, dtype, b, s in (*shapes, *ONE_RANK_FEW_TOKENS)
+            for fresh in (False, True)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``--write``: measure `GRID` and write `OUT`; ``--fresh``: the steps without
-    accumulation (``fresh_cases``) instead; otherwise print one line per case."""
+    accumulation (``fresh_cases``) instead; ``--one-rank``: the one-GPU steps
+    (``one_rank_cases``) instead; otherwise print one line per case. Writing one key leaves
+    the others as they are."""
     argv = sys.argv[1:] if argv is None else argv
-    fresh = "--fresh" in argv
-    rows = _fresh_rows() if fresh else _grid_rows()
+    key = "fresh_cases" if "--fresh" in argv else \
+        "one_rank_cases" if "--one-rank" in argv else "cases"
+    rows = {"fresh_cases": _fresh_rows, "one_rank_cases": _one_rank_rows,
+            "cases": _grid_rows}[key]()
     for r in rows:
         print(r["name"], r["data"], r["checkpointing"], r["param_dtype"], r["delta"])
     if "--write" in argv:
         old = json.loads(OUT.read_text()) if OUT.exists() else {}
-        new = {"torch": torch.__version__, "torchtitan": "0.3.0", "cases": rows,
-               "fresh_cases": old.get("fresh_cases", [])}
-        if fresh:
-            new |= {"cases": old.get("cases", []), "fresh_cases": rows}
-        OUT.write_text(json.dumps(new, indent=1) + "\n")
+        new = {"torch": torch.__version__, "torchtitan": "0.3.0",
+               "cases": old.get("cases", []), "fresh_cases": old.get("fresh_cases", [])}
+        new |= {"one_rank_cases": old["one_rank_cases"]} if "one_rank_cases" in old else {}
+        OUT.write_text(json.dumps(new | {key: rows}, indent=1) + "\n")
     return 0
 
 
