@@ -14,6 +14,7 @@ from scaleplan.compute.throughput import (
     throughput_at_mfu,
     time_to_train,
 )
+from scaleplan.errors import ScaleplanError
 from scaleplan.model.config import GPTConfig
 
 GPT2 = GPTConfig.preset("gpt2")
@@ -127,3 +128,21 @@ def test_gpu_can_be_given_by_keyword_or_as_a_spec() -> None:
     by_spec = mfu(30_000, GPT2, gpu("rtx4070"), seq_len=1024)
     assert by_name == by_spec
     assert by_name.mfu == pytest.approx(30_000 * GPT2_FLOPS_PER_TOKEN / RTX_4070_BF16)
+
+
+def test_an_mfu_whose_rate_underflows_is_refused_by_name() -> None:
+    # hypothesis found it (tests/test_fuzz_entry_points.py::test_throughput): the smallest
+    # subnormal MFU times an RTX 4070's fp32 peak (~2.9e13 FLOP/s) is ~1.4e-310 FLOP/s, and a
+    # model of ~1e17 FLOPs per token (2,000 layers of width 65,536) makes the rate 0.0 tokens/s,
+    # which divided the step's tokens by zero
+    huge = GPTConfig(n_layer=2000, n_head=64, n_embd=65536, vocab_size=50304, block_size=1024)
+    for call in (lambda: throughput_at_mfu(huge, "RTX 4070", mfu=5e-324, seq_len=1024,
+                                           tokens_per_step=524288, dtype="fp32"),
+                 lambda: time_to_train(huge, "RTX 4070", tokens=10**9, mfu=5e-324,
+                                       seq_len=1024, dtype="fp32")):
+        with pytest.raises(ScaleplanError, match=r"mfu=5e-324 gives 0.0 tokens per second"):
+            call()
+    # a rate that is tiny but not zero overflows the time instead, also refused by name
+    with pytest.raises(ScaleplanError, match="the training time at mfu=5e-324 overflows"):
+        time_to_train(GPTConfig.preset("gpt2"), "RTX 4070", tokens=10**9, mfu=5e-324,
+                      seq_len=1024)

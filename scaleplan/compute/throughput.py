@@ -264,6 +264,9 @@ def throughput_at_mfu(
                                 example="524288")
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
+    if not tokens_per_second > 0:  # a subnormal MFU underflows the rate to zero
+        raise ScaleplanError(f"mfu={mfu!r} gives {tokens_per_second} tokens per second: a run "
+                             "at that MFU never finishes; use a fraction such as 0.4")
     step_seconds = None if tokens_per_step is None else finite(
         f"the step time at mfu={mfu!r}", tokens_per_step / tokens_per_second)
     return Throughput(
@@ -305,7 +308,7 @@ def time_to_train(
                                   example="e.g. 2.0")
     rate = throughput_at_mfu(cfg, gpu, mfu=mfu, seq_len=seq_len, n_gpus=n_gpus,
                              dtype=dtype, causal=causal, method=method)
-    seconds = tokens / rate.tokens_per_second
+    seconds = finite(f"the training time at mfu={mfu!r}", tokens / rate.tokens_per_second)
     hours = seconds / _SECONDS_PER_HOUR
     cost = None
     if price_per_gpu_hour is not None:
