@@ -1,0 +1,253 @@
+"""Whole training steps of ``torch.compile``'d models, measured by the CPU allocator's events.
+
+`scaleplan.reference.tracking.LiveBytesTracker` counts the storages that aten operators
+return, through a ``TorchDispatchMode``; inductor's generated code allocates its buffers
+(``empty_strided_cpu``) and frees them (``del buf``) outside any dispatch mode, so that
+tracker cannot see a compiled step. The torch profiler sees every allocation of the CPU
+allocator: with ``profile_memory=True`` it records one ``[memory]`` event per allocation
+(+bytes) and per free (-bytes), in order (nanosecond timestamps, monotonic), whoever asked
+for the memory. A running sum of those events from the step's start is the bytes allocated
+since then, and its maximum the step's peak above what was live before it (parameters,
+gradients, optimizer states, the batch): `AllocatorTrace`. A free of a storage allocated
+before profiling started carries no size and is left out (the profiler warns), so the step
+must not free anything older than itself; `measure_step` drops the previous step's logits
+before it starts.
+
+Phases are bracketed with ``torch.profiler.record_function`` ranges (forward, backward,
+optimizer, zero_grad): each phase's peak is the running sum's maximum over the events inside
+its range, and ``at`` marks record the running sum at a point (forward end).
+
+`measure_step` runs one step of the reference GPT (`warmed_step`: a
+`scaleplan.reference.step.TrainingStep` compiled as nanoGPT compiles it, ``torch.compile(model)``,
+inductor, ``dynamic=False``, or eager) or of a transformers model (`warmed_hf_step`), after
+warm-up steps (compilation, AdamW's states), with gradients resident from an earlier
+micro-batch (``accumulating``) or not. ``check_against_tracker`` runs an eager step
+under both instruments at once, the method's validation.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from scaleplan.model.config import GPTConfig
+from scaleplan.reference.step import TrainingStep
+
+__all__ = ["PHASES", "AllocatorTrace", "HFStep", "check_against_tracker", "measure_step",
+           "resident_bytes", "warmed_hf_step", "warmed_step"]
+
+PHASES = ("forward", "backward", "optimizer", "zero_grad")
+
+
+@dataclass
+class AllocatorTrace:
+    """The CPU allocator's events over a stretch of code, read as live bytes.
+
+    >>> trace = AllocatorTrace()
+    >>> with trace.recording():
+    ...     with trace.phase("a"):
+    ...         x = torch.ones(256)  # 1 KiB
+    ...         y = (x * 2).sum()
+    ...         del x
+    >>> trace.peak >= 2048, trace.phase_peaks["a"] == trace.peak
+    (True, True)
+    """
+
+    events: list[tuple[int, int]] = field(default_factory=list)
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    peak: int = 0
+    end: int = 0
+    phase_peaks: dict[str, int] = field(default_factory=dict)
+    phase_starts: dict[str, int] = field(default_factory=dict)
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Profile the block, then read its memory events."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                yield
+        raw = prof.profiler.kineto_results.events()  # type: ignore[union-attr]
+        self.events = sorted((e.start_ns(), e.nbytes()) for e in raw if e.name() == "[memory]")
+        self.ranges = {e.name().removeprefix("phase:"): (e.start_ns(), e.end_ns())
+                       for e in raw if e.name().startswith("phase:")}
+        self._read()
+
+    def phase(self, name: str) -> Any:
+        """A ``record_function`` range that names a phase of the step."""
+        from torch.profiler import record_function
+
+        return record_function(f"phase:{name}")
+
+    def _read(self) -> None:
+        running = 0
+        for t, nbytes in self.events:
+            for name, (start, stop) in self.ranges.items():
+                if start <= t <= stop:
+                    self.phase_starts.setdefault(name, running)
+            running += nbytes
+            self.peak = max(self.peak, running)
+            for name, (start, stop) in self.ranges.items():
+                if start <= t <= stop:
+                    self.phase_peaks[name] = max(self.phase_peaks.get(name, running), running)
+        self.end = running
+
+
+def resident_bytes(step: Any) -> dict[str, int]:
+    """Bytes of each resident group of ``step`` (storages once each)."""
+    from scaleplan.reference.tracking import storage_key
+
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for name, tensors in step.resident_groups().items():
+        total = 0
+        for t in tensors:
+            key = storage_key(t)
+            if key not in seen:
+                seen.add(key)
+                total += int(t.untyped_storage().nbytes())
+        out[name] = total
+    return out
+
+
+def _run_step(step: Any, trace: AllocatorTrace) -> None:
+    """One step, each phase in its range."""
+    with trace.phase("forward"):
+        loss = step.forward()
+    with trace.phase("backward"):
+        loss.backward()  # type: ignore[no-untyped-call]
+        del loss
+    with trace.phase("optimizer"):
+        step.update()
+    with trace.phase("zero_grad"):
+        step.zero_grad()
+
+
+def measure_step(step: Any, *, accumulating: bool = False) -> dict[str, Any]:
+    """Peak bytes of one training step above what was live before it, and each phase's.
+
+    ``step`` (a warmed `TrainingStep` from `warmed_step`, or an `HFStep`): with
+    ``accumulating``, first one forward and backward that leaves every gradient resident;
+    then the measured step: forward (nanoGPT's ``logits, loss = model(X, Y)`` holds the logits
+    until the step's ``zero_grad`` where the step says so), backward, ``optimizer.step()``,
+    ``zero_grad(set_to_none=True)``. ``{"resident": bytes per group when the step began,
+    "peak": the most bytes allocated above them at once, "end": what the step leaves,
+    "phase_peaks", "phase_starts": each phase's peak and the bytes live when it began}``.
+    """
+    if accumulating:
+        step.forward().backward()
+        step.logits = None
+    gc.collect()
+    resident = resident_bytes(step)
+    trace = AllocatorTrace()
+    with trace.recording():
+        _run_step(step, trace)
+    return {"resident": resident, "peak": trace.peak, "end": trace.end,
+            "phase_peaks": trace.phase_peaks, "phase_starts": trace.phase_starts}
+
+
+def warmed_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int, precision: str,
+                compile: bool, optimizer: str = "fused", hold_logits: bool = True,
+                cuda_semantics: bool = True, seed: int = 0) -> TrainingStep:
+    """A `TrainingStep`, compiled or not, after two full steps (compiled, states made)."""
+    torch.manual_seed(seed)
+    step = TrainingStep(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
+                        precision=precision, attention="flash", checkpointing=False,
+                        device=torch.device("cpu"), cuda_semantics=cuda_semantics,
+                        optimizer=optimizer, hold_logits=hold_logits)  # type: ignore[arg-type]
+    if compile:
+        torch._dynamo.reset()
+        step.model = torch.compile(step.model, dynamic=False)  # type: ignore[assignment]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        for _ in range(2):
+            step.forward().backward()  # type: ignore[no-untyped-call]
+            step.update()
+            step.zero_grad()
+    return step
+
+
+def check_against_tracker(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int,
+                          precision: str, accumulating: bool = True) -> dict[str, int]:
+    """One eager step measured by both instruments at once: the allocator trace's peak above
+    the step's start, and `LiveBytesTracker`'s (peak less the resident bytes it registered)."""
+    from scaleplan.reference.tracking import LiveBytesTracker
+
+    step = warmed_step(cfg, micro_batch_size=micro_batch_size, seq_len=seq_len,
+                       precision=precision, compile=False)
+    if accumulating:
+        step.forward().backward()  # type: ignore[no-untyped-call]
+        step.logits = None
+    gc.collect()
+    tracker = LiveBytesTracker()
+    resident = sum(tracker.add_resident(ts) for ts in step.resident_groups().values())
+    trace = AllocatorTrace()
+    with trace.recording(), tracker:
+        _run_step(step, trace)
+    return {"profiler": trace.peak, "tracker": tracker.peak - resident}
+
+
+class HFStep:
+    """One training step of a transformers causal LM with the model's own loss
+    (``model(input_ids=ids, labels=ids).loss``; the logits dropped, as Trainer drops them),
+    fused AdamW, bf16 autocast for ``"bf16-mixed"``: `TrainingStep`'s interface."""
+
+    def __init__(self, model: Any, ids: torch.Tensor, precision: str) -> None:
+        self.model = model
+        self.params = list(model.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=1e-4, fused=True)
+        self.ids = ids
+        self.precision = precision
+        self.logits: Any = None
+
+    def forward(self) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16-mixed"):
+            loss: torch.Tensor = self.model(input_ids=self.ids, labels=self.ids,
+                                            use_cache=False).loss
+        return loss
+
+    def update(self) -> None:
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def resident_groups(self) -> dict[str, list[torch.Tensor]]:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        states = [v for s in self.opt.state.values() for v in s.values()
+                  if isinstance(v, torch.Tensor)]
+        return {"params": self.params, "grads": grads, "optimizer_states": states,
+                "other": [*self.model.buffers(), self.ids]}
+
+
+def warmed_hf_step(cfg: GPTConfig, family: str, *, micro_batch_size: int, seq_len: int,
+                   precision: str, compile: bool = True, seed: int = 0) -> HFStep:
+    """`HFStep` for transformers' ``family`` model (SDPA), compiled whole or not, after two
+    full steps."""
+    from scaleplan.reference.hf_measure import build_hf_model
+
+    torch.manual_seed(seed)
+    torch._dynamo.reset()
+    model = build_hf_model(cfg, family, "sdpa")  # type: ignore[arg-type]
+    model.train()
+    ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
+    step = HFStep(model, ids, precision)
+    if compile:
+        step.model = torch.compile(model, dynamic=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(2):
+            step.forward().backward()  # type: ignore[no-untyped-call]
+            step.update()
+            step.zero_grad()
+    step.params = list(model.parameters())
+    return step
