@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import gc
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +40,8 @@ import torch
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.step import TrainingStep
 
-__all__ = ["PHASES", "AllocatorTrace", "HFStep", "check_against_tracker", "measure_step",
-           "resident_bytes", "warmed_hf_step", "warmed_step"]
+__all__ = ["PHASES", "AllocatorTrace", "ModelStep", "check_against_tracker", "measure_step",
+           "resident_bytes", "warmed_hf_step", "warmed_step", "warmed_tune_step"]
 
 PHASES = ("forward", "backward", "optimizer", "zero_grad")
 
@@ -183,7 +183,7 @@ def _run_step(step: Any, trace: AllocatorTrace) -> None:
 def measure_step(step: Any, *, accumulating: bool = False) -> dict[str, Any]:
     """Peak bytes of one training step above what was live before it, and each phase's.
 
-    ``step`` (a warmed `TrainingStep` from `warmed_step`, or an `HFStep`): with
+    ``step`` (a warmed `TrainingStep` from `warmed_step`, or an `ModelStep`): with
     ``accumulating``, first one forward and backward that leaves every gradient resident;
     then the measured step: forward (nanoGPT's ``logits, loss = model(X, Y)`` holds the logits
     until the step's ``zero_grad`` where the step says so), backward, ``optimizer.step()``,
@@ -246,25 +246,19 @@ def check_against_tracker(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int
             "tracker": tracker.peak - resident}
 
 
-class HFStep:
-    """One training step of a transformers causal LM with the model's own loss
-    (``model(input_ids=ids, labels=ids).loss``; the logits dropped, as Trainer drops them),
-    fused AdamW, bf16 autocast for ``"bf16-mixed"``: `TrainingStep`'s interface."""
+class ModelStep:
+    """One training step of another library's model: ``forward()`` returns the loss (the
+    model's or the recipe's), fused AdamW on the trainable parameters; ``extra`` (the batch)
+    counts as resident. `TrainingStep`'s interface, the logits never held."""
 
-    def __init__(self, model: Any, ids: torch.Tensor, precision: str) -> None:
+    def __init__(self, model: Any, forward: Callable[[], torch.Tensor],
+                 extra: list[torch.Tensor]) -> None:
         self.model = model
-        self.params = list(model.parameters())
+        self.forward = forward
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=1e-4, fused=True)
-        self.ids = ids
-        self.precision = precision
+        self.extra = extra
         self.logits: Any = None
-
-    def forward(self) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16,
-                            enabled=self.precision == "bf16-mixed"):
-            loss: torch.Tensor = self.model(input_ids=self.ids, labels=self.ids,
-                                            use_cache=False).loss
-        return loss
 
     def update(self) -> None:
         self.opt.step()
@@ -276,14 +270,26 @@ class HFStep:
         grads = [p.grad for p in self.params if p.grad is not None]
         states = [v for s in self.opt.state.values() for v in s.values()
                   if isinstance(v, torch.Tensor)]
-        return {"params": self.params, "grads": grads, "optimizer_states": states,
-                "other": [*self.model.buffers(), self.ids]}
+        return {"params": list(self.model.parameters()), "grads": grads,
+                "optimizer_states": states, "other": [*self.model.buffers(), *self.extra]}
+
+
+def _warm(step: ModelStep) -> ModelStep:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dynamo's and inductor's own, not about memory
+        for _ in range(2):
+            step.forward().backward()  # type: ignore[no-untyped-call]
+            step.update()
+            step.zero_grad()
+    return step
 
 
 def warmed_hf_step(cfg: GPTConfig, family: str, *, micro_batch_size: int, seq_len: int,
-                   precision: str, compile: bool = True, seed: int = 0) -> HFStep:
-    """`HFStep` for transformers' ``family`` model (SDPA), compiled whole or not, after two
-    full steps."""
+                   precision: str, compile: bool = True, seed: int = 0) -> ModelStep:
+    """transformers' ``family`` causal LM (SDPA) with its own loss
+    (``model(input_ids=ids, labels=ids).loss``, the logits dropped as Trainer drops them),
+    bf16 autocast for ``"bf16-mixed"``, compiled whole (``torch.compile(model)``) or not,
+    after two full steps."""
     from scaleplan.reference.hf_measure import build_hf_model
 
     torch.manual_seed(seed)
@@ -291,14 +297,47 @@ def warmed_hf_step(cfg: GPTConfig, family: str, *, micro_batch_size: int, seq_le
     model = build_hf_model(cfg, family, "sdpa")  # type: ignore[arg-type]
     model.train()
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
-    step = HFStep(model, ids, precision)
-    if compile:
-        step.model = torch.compile(model, dynamic=False)
+    run = torch.compile(model, dynamic=False) if compile else model
+
+    def forward() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss: torch.Tensor = run(input_ids=ids, labels=ids, use_cache=False).loss
+        return loss
+
+    return _warm(ModelStep(model, forward, [ids]))
+
+
+def warmed_tune_step(cfg: GPTConfig, family: str, *, micro_batch_size: int, seq_len: int,
+                     precision: str = "bf16-true", loss: str = "chunked",
+                     checkpointing: bool = True, compile: bool = True,
+                     seed: int = 0) -> ModelStep:
+    """torchtune's ``family`` model as full_finetune_single_device sets it up (torchtune
+    0.6.1): each layer compiled (``training.compile_model``) before the activation
+    checkpointing wraps it, the recipe's loss (``"chunked"``: ``CEWithChunkedOutputLoss``,
+    compiled by ``training.compile_loss``) and ``loss_step``, after two full steps."""
+    import importlib
+
+    from scaleplan.reference.tune_measure import build_tune, loss_step, tune_batch, tune_loss_fn
+
+    torch.manual_seed(seed)
+    torch._dynamo.reset()
+    model = build_tune(cfg, family, precision)  # type: ignore[arg-type]
+    model.train()
+    training = importlib.import_module("torchtune.training")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for _ in range(2):
-            step.forward().backward()  # type: ignore[no-untyped-call]
-            step.update()
-            step.zero_grad()
-    step.params = list(model.parameters())
-    return step
+        if compile:
+            training.compile_model(model, verbose=False)
+        if checkpointing:
+            layer = importlib.import_module("torchtune.modules").TransformerSelfAttentionLayer
+            training.set_activation_checkpointing(model, auto_wrap_policy={layer})
+        loss_fn = tune_loss_fn(model, loss)
+        if compile:
+            training.compile_loss(loss_fn, verbose=False)
+    batch = tune_batch(cfg, micro_batch_size, seq_len, False)
+
+    def forward() -> torch.Tensor:
+        out: torch.Tensor = loss_step(model, loss_fn, dict(batch))
+        return out
+
+    return _warm(ModelStep(model, forward, list(batch.values())))
