@@ -172,7 +172,7 @@ def _run_step(step: Any, trace: AllocatorTrace) -> None:
     with trace.phase("forward"):
         loss = step.forward()
     with trace.phase("backward"):
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         del loss
     with trace.phase("optimizer"):
         step.update()
@@ -213,11 +213,12 @@ def warmed_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int, precisio
                         precision=precision, attention="flash", checkpointing=False,
                         device=torch.device("cpu"), cuda_semantics=cuda_semantics,
                         optimizer=optimizer, hold_logits=hold_logits)  # type: ignore[arg-type]
-    if compile:
-        torch._dynamo.reset()
-        step.model = torch.compile(step.model, dynamic=False)  # type: ignore[assignment]
     with warnings.catch_warnings():
+        # inductor's first import runs torch.jit.script_method, deprecated in torch 2.13
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        if compile:
+            torch._dynamo.reset()
+            step.model = torch.compile(step.model, dynamic=False)  # type: ignore[assignment]
         for _ in range(2):
             step.forward().backward()  # type: ignore[no-untyped-call]
             step.update()
@@ -297,7 +298,9 @@ def warmed_hf_step(cfg: GPTConfig, family: str, *, micro_batch_size: int, seq_le
     model = build_hf_model(cfg, family, "sdpa")  # type: ignore[arg-type]
     model.train()
     ids = torch.randint(0, cfg.vocab_size, (micro_batch_size, seq_len))
-    run = torch.compile(model, dynamic=False) if compile else model
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        run = torch.compile(model, dynamic=False) if compile else model
 
     def forward() -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
