@@ -17,7 +17,9 @@
 
 with `scaleplan.reference.compiled_step.measure_step` and writes
 tests/data/compiled_step_peaks.json: per step the bytes resident when it began (parameters,
-gradients, optimizer states, buffers and the batch), its peak above them and each phase's.
+gradients, optimizer states, buffers and the batch), its peak above them and each phase's,
+and (steps without checkpointing) the allocations live at the peak, each named where it is
+a saved tensor (by its autograd node), the held logits or a new gradient (by its parameter).
 tests/test_compiled_step_peaks_replay.py replays them without torch. About three minutes on
 two cores with inductor's caches warm (a first compile takes about 30 s).
 """
@@ -33,10 +35,13 @@ from typing import Any
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["CHECKS", "HF_CASES", "NANO_CASES", "NANO_CONFIG", "PATH", "TUNE_LOSSES",
-           "measure_all", "measure_hf", "measure_nanogpt", "measure_tune"]
+__all__ = ["CHECKS", "CONFIGS", "HF_CASES", "NANO_CASES", "NANO_CONFIG", "PAGE", "PATH",
+           "TUNE_LOSSES", "measure_all", "measure_hf", "measure_nanogpt", "measure_tune", "page",
+           "predicted_delta"]
 
 PATH = Path(__file__).parent / "data" / "compiled_step_peaks.json"
+PAGE = Path(__file__).parent.parent / "docs" / "validation" / "compiled-steps.md"
+INDEX_BYTES = 8
 # distinct sizes (T V, V d, T f, T d all differ) so a storage's size names it
 NANO_CONFIG = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=320)
 SHAPES = ((2, 24), (8, 64))
@@ -46,14 +51,25 @@ HF_CASES = list(itertools.product(("llama", "gpt2"), ("32-true", "bf16-mixed")))
 HF_SHAPE = (2, 48)
 TUNE_LOSSES = ("chunked", "standard")
 CHECKS = [("32-true", SHAPES[0]), ("bf16-mixed", SHAPES[1])]
+_LLAMA: dict[str, Any] = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
+# the measured models' shapes by family: NANO_CONFIG, scaleplan.reference.hf_measure's and
+# tune_measure's GRID_SHAPES (those modules import torch), written out
+CONFIGS = {
+    "gpt2-like": NANO_CONFIG,
+    "llama": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=352,
+                       vocab_size=512, block_size=128, tie_embeddings=False, **_LLAMA),
+    "gpt2": GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=128),
+    "llama3_2": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=256, mlp_hidden=512,
+                          vocab_size=512, block_size=128, tie_embeddings=True, **_LLAMA),
+}
 
 
-def _rows(step: Any, **fields: Any) -> list[dict[str, Any]]:
+def _rows(step: Any, explain: bool = True, **fields: Any) -> list[dict[str, Any]]:
     from scaleplan.reference.compiled_step import measure_step
 
     out = []
     for accumulating in (False, True):
-        m = measure_step(step, accumulating=accumulating)
+        m = measure_step(step, accumulating=accumulating, explain=explain)
         out.append({**fields, "gradient_accumulation": accumulating, **m})
     return out
 
@@ -91,7 +107,7 @@ def measure_tune(loss: str, compile: bool) -> list[dict[str, Any]]:
     b, s = HF_SHAPE
     step = warmed_tune_step(GRID_SHAPES["llama3_2"], "llama3_2", micro_batch_size=b,
                             seq_len=s, loss=loss, compile=compile)
-    return _rows(step, implementation="torchtune", family="llama3_2", precision="bf16-true",
+    return _rows(step, explain=False, implementation="torchtune", family="llama3_2", precision="bf16-true",
                  dropout=0.0, micro_batch_size=b, seq_len=s, compile=compile, loss=loss,
                  checkpointing="full")
 
@@ -125,6 +141,57 @@ def measure_all() -> dict[str, Any]:
             "cases": rows}
 
 
+def predicted_delta(case: dict[str, Any]) -> tuple[int, str]:
+    """(`training_memory`'s tensor peak less what it counts resident, its worst moment) for a
+    measured step (torch-free): less the weights, the optimizer states, the gradients under
+    accumulation and the batch (the token ids, nanoGPT's separate targets and torchtune's
+    RoPE cache: saved terms in the model, resident in the harness)."""
+    from scaleplan.memory.training import training_memory
+
+    nano, tune = case["implementation"] == "nanogpt", case["implementation"] == "torchtune"
+    cfg = CONFIGS[case["family"]].replace(dropout=case["dropout"])
+    b, s, acc = case["micro_batch_size"], case["seq_len"], case["gradient_accumulation"]
+    options: dict[str, Any] = {"loss": case["loss"], "checkpointing": "full"} if tune else {}
+    m = training_memory(cfg, micro_batch_size=b, seq_len=s, precision=case["precision"],
+                        compile=case["compile"], device="cpu" if tune else "cpu-cuda-semantics",
+                        optimizer_impl="fused", hold_logits=nano,
+                        implementation=case["implementation"], gradient_accumulation=acc,
+                        **options)
+    batch = m.saved_breakdown["token_ids"] + (b * s * INDEX_BYTES if nano else 0) \
+        + m.saved_breakdown.get("rope_buffers", 0)
+    delta = m.tensor_peak - m.weights - m.optimizer - (m.gradients if acc else 0) - batch
+    return delta, m.peak_moment
+
+
+def _table(data: dict[str, Any]) -> list[str]:
+    lines = ["| code | model | precision | dropout | tokens | compile | accumulation | "
+             "measured | predicted | error | model's moment |",
+             "| --- | --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for c in data["cases"]:
+        delta, moment = predicted_delta(c)
+        name = c["family"] + (f" ({c['loss']} loss)" if "loss" in c else "")
+        lines.append(
+            f"| {c['implementation']} | {name} | {c['precision']} | {c['dropout']} | "
+            f"{c['micro_batch_size']} x {c['seq_len']} | {c['compile']} | "
+            f"{c['gradient_accumulation']} | {c['peak']:,} | {delta:,} | "
+            f"{100 * (delta - c['peak']) / c['peak']:+.2f} % | {moment} |")
+    return lines
+
+
+def page(data: dict[str, Any] | None = None) -> str:
+    """The table of docs/validation/compiled-steps.md from the committed measurements."""
+    data = data or json.loads(PATH.read_text())
+    head = PAGE.read_text().split(_TABLE_MARK)[0] if PAGE.exists() else ""
+    return head + _TABLE_MARK + "\n\n" + "\n".join(_table(data)) + "\n"
+
+
+_TABLE_MARK = "## Every measured step"
+
+
 if __name__ == "__main__":
-    PATH.write_text(json.dumps(measure_all(), indent=1) + "\n")
-    print(f"wrote {PATH}")
+    if "--page" in sys.argv:
+        PAGE.write_text(page())
+        print(f"wrote {PAGE}")
+    else:
+        PATH.write_text(json.dumps(measure_all(), indent=1) + "\n")
+        print(f"wrote {PATH}")

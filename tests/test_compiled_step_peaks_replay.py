@@ -40,23 +40,9 @@ from typing import Any
 
 import pytest
 
-from scaleplan.memory.training import training_memory
-from scaleplan.model.config import GPTConfig
+from tests.compiled_step_peaks import CONFIGS, PAGE, page, predicted_delta
 
 DATA = json.loads((Path(__file__).parent / "data" / "compiled_step_peaks.json").read_text())
-INDEX_BYTES = 8
-_LLAMA: dict[str, Any] = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
-# tests/compiled_step_peaks.py's NANO_CONFIG and scaleplan.reference.hf_measure.GRID_SHAPES
-# (both import torch at use), written out
-CONFIGS = {
-    "gpt2-like": GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=320),
-    "llama": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=352,
-                       vocab_size=512, block_size=128, tie_embeddings=False, **_LLAMA),
-    "gpt2": GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=128),
-    # scaleplan.reference.tune_measure.GRID_SHAPES
-    "llama3_2": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=256, mlp_hidden=512,
-                          vocab_size=512, block_size=128, tie_embeddings=True, **_LLAMA),
-}
 WHOLE_GRAPH = ("nanogpt", "hf")  # compiled whole: one forward and one backward graph
 # the CPU generator's state each checkpointed layer keeps to replay its RNG
 # (``torch.get_rng_state()``, made outside the dispatcher: the allocator sees it, the
@@ -66,28 +52,9 @@ LOSS_AND_SEED = 4 + 4
 
 
 def _id(c: dict[str, Any]) -> str:
-    return "-".join(str(c[k]) for k in ("implementation", "family", "precision", "dropout",
-                                        "micro_batch_size", "compile", "gradient_accumulation"))
-
-
-def predicted_delta(case: dict[str, Any]) -> tuple[int, str]:
-    """(the model's peak above what it counts resident, its worst moment) for one step."""
-    nano, tune = case["implementation"] == "nanogpt", case["implementation"] == "torchtune"
-    cfg = CONFIGS[case["family"]].replace(dropout=case["dropout"])
-    b, s, acc = case["micro_batch_size"], case["seq_len"], case["gradient_accumulation"]
-    tune_options: dict[str, Any] = {"loss": case["loss"], "checkpointing": "full"} if tune \
-        else {}
-    m = training_memory(cfg, micro_batch_size=b, seq_len=s, precision=case["precision"],
-                        compile=case["compile"], device="cpu" if tune else "cpu-cuda-semantics",
-                        optimizer_impl="fused", hold_logits=nano,
-                        implementation=case["implementation"], gradient_accumulation=acc,
-                        **tune_options)
-    # the batch: token ids (all), nanoGPT's separate targets and torchtune's RoPE cache (a
-    # buffer), resident in the harness, saved terms in the model
-    batch = m.saved_breakdown["token_ids"] + (b * s * INDEX_BYTES if nano else 0) \
-        + m.saved_breakdown.get("rope_buffers", 0)
-    delta = m.tensor_peak - m.weights - m.optimizer - (m.gradients if acc else 0) - batch
-    return delta, m.peak_moment
+    return "-".join(str(c.get(k)) for k in ("implementation", "family", "precision", "dropout",
+                                            "micro_batch_size", "compile",
+                                            "gradient_accumulation", "loss"))
 
 
 def _cases(**match: Any) -> list[dict[str, Any]]:
@@ -98,6 +65,10 @@ def test_the_grid_is_whole() -> None:
     # eager and compiled, both gradient modes: 8 nanoGPT, 4 transformers, 2 torchtune cases
     assert len(DATA["cases"]) == 2 * 2 * (8 + 4 + 2)
     assert {c["family"] for c in DATA["cases"]} == set(CONFIGS)
+
+
+def test_the_docs_page_shows_these_measurements() -> None:
+    assert PAGE.read_text() == page(DATA)
 
 
 @pytest.mark.parametrize("check", DATA["checks"], ids=lambda c: c["precision"])

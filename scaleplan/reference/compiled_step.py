@@ -78,6 +78,8 @@ class AllocatorTrace:
     end: int = 0
     phase_peaks: dict[str, int] = field(default_factory=dict)
     phase_starts: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, dict[int, str]] = field(default_factory=dict)
+    at_peak: list[tuple[int, str]] = field(default_factory=list)
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -105,6 +107,15 @@ class AllocatorTrace:
 
         return record_function(f"phase:{name}")
 
+    def label(self, mark: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Name the storages of ``tensors`` as they are at this point (a ``record_function``
+        mark): an allocation live at the peak takes the name if it was live here too."""
+        from torch.profiler import record_function
+
+        with record_function(f"mark:{mark}"):
+            self.labels[mark] = {int(t.untyped_storage().data_ptr()): name
+                                 for name, t in tensors.items()}
+
     def _read(self, events: list[dict[str, Any]]) -> None:
         memory = sorted((e for e in events if e.get("name") == "[memory]"),
                         key=lambda e: (e["ts"], e["args"].get("Ev Idx", 0)))
@@ -115,7 +126,10 @@ class AllocatorTrace:
                   for e in events if e.get("ph") == "X"
                   and str(e.get("name", "")).startswith("phase:")}
         workspace = _workspaces(memory, ops)
+        marks = {e["name"].removeprefix("mark:"): e["ts"] for e in events
+                 if e.get("ph") == "X" and str(e.get("name", "")).startswith("mark:")}
         running = tensors = 0
+        live: dict[int, tuple[float, int]] = {}
         for i, e in enumerate(memory):
             nbytes, t = int(e["args"]["Bytes"]), e["ts"]
             inside = [name for name, (start, stop) in phases.items() if start <= t <= stop]
@@ -124,11 +138,45 @@ class AllocatorTrace:
             running += nbytes
             if i not in workspace:
                 tensors += nbytes
+                _track(live, e)
             self.peak = max(self.peak, running)
+            if tensors > self.tensor_peak:
+                peak_live, peak_at = dict(live), t
             self.tensor_peak = max(self.tensor_peak, tensors)
             for name in inside:
                 self.phase_peaks[name] = max(self.phase_peaks.get(name, tensors), tensors)
         self.end = running
+        if self.labels and self.tensor_peak:
+            self.at_peak = _named(peak_live, peak_at, memory, marks, self.labels)
+
+
+def _track(live: dict[int, tuple[float, int]], e: dict[str, Any]) -> None:
+    """Keep ``live`` (address -> (allocated at, bytes)) up to date with one event."""
+    addr, nbytes = e["args"]["Addr"], int(e["args"]["Bytes"])
+    if nbytes > 0:
+        live[addr] = (e["ts"], nbytes)
+    else:
+        live.pop(addr, None)
+
+
+def _named(live: dict[int, tuple[float, int]], at: float, memory: list[dict[str, Any]],
+           marks: dict[str, float], labels: dict[str, dict[int, str]]) -> list[tuple[int, str]]:
+    """(bytes, name) of each allocation live at the peak (``at``), largest first; a name
+    applies where the allocation was live at its mark too (before the peak: allocated by
+    then; after: not freed in between), "?" where none does."""
+    out = []
+    for addr, (since, nbytes) in live.items():
+        name = "?"
+        for mark, names in labels.items():
+            when = marks.get(mark)
+            if when is None or addr not in names:
+                continue
+            freed = any(e["args"].get("Addr") == addr and int(e["args"]["Bytes"]) < 0
+                        and at < e["ts"] < when for e in memory)
+            if (when < at and since <= when) or (when > at and not freed):
+                name = names[addr]
+        out.append((nbytes, name))
+    return sorted(out, key=lambda x: -x[0])
 
 
 def _workspaces(memory: list[dict[str, Any]], ops: list[tuple[float, float, str]]
@@ -167,20 +215,48 @@ def resident_bytes(step: Any) -> dict[str, int]:
     return out
 
 
-def _run_step(step: Any, trace: AllocatorTrace) -> None:
-    """One step, each phase in its range."""
+def _run_step(step: Any, trace: AllocatorTrace, explain: bool = False) -> None:
+    """One step, each phase in its range; with ``explain`` the saved tensors (of a step
+    without checkpointing: unpacking a checkpoint's would rerun it), the held logits and
+    the new gradients are named for `AllocatorTrace.at_peak`."""
     with trace.phase("forward"):
         loss = step.forward()
+    if explain:
+        trace.label("forward_end", _saved_names(loss, step))
     with trace.phase("backward"):
         loss.backward()
         del loss
+    if explain:
+        trace.label("backward_end", {f"grad {n}": q.grad for n, q in _named_parameters(step)
+                                     if q.grad is not None})
     with trace.phase("optimizer"):
         step.update()
     with trace.phase("zero_grad"):
         step.zero_grad()
 
 
-def measure_step(step: Any, *, accumulating: bool = False) -> dict[str, Any]:
+def _named_parameters(step: Any) -> list[tuple[str, torch.Tensor]]:
+    model = getattr(step.model, "_orig_mod", step.model)
+    return list(model.named_parameters())
+
+
+def _saved_names(loss: torch.Tensor, step: Any) -> dict[str, torch.Tensor]:
+    """The tensors autograd holds after the forward, each named by its node, position,
+    shape and dtype; the logits the loop holds."""
+    from scaleplan.reference.compiled import saved_by_node
+
+    out: dict[str, torch.Tensor] = {}
+    for node, tensors in saved_by_node(loss):
+        for i, t in enumerate(tensors):
+            kind = type(node).__name__.removesuffix("Backward")
+            out[f"saved {kind}[{i}] {tuple(t.shape)} {str(t.dtype)[6:]}"] = t
+    if getattr(step, "logits", None) is not None:
+        out["held logits"] = step.logits
+    return out
+
+
+def measure_step(step: Any, *, accumulating: bool = False,
+                 explain: bool = False) -> dict[str, Any]:
     """Peak bytes of one training step above what was live before it, and each phase's.
 
     ``step`` (a warmed `TrainingStep` from `warmed_step`, or an `ModelStep`): with
@@ -198,10 +274,13 @@ def measure_step(step: Any, *, accumulating: bool = False) -> dict[str, Any]:
     resident = resident_bytes(step)
     trace = AllocatorTrace()
     with trace.recording():
-        _run_step(step, trace)
-    return {"resident": resident, "peak": trace.tensor_peak, "with_workspaces": trace.peak,
-            "end": trace.end, "phase_peaks": trace.phase_peaks,
-            "phase_starts": trace.phase_starts}
+        _run_step(step, trace, explain)
+    out = {"resident": resident, "peak": trace.tensor_peak, "with_workspaces": trace.peak,
+           "end": trace.end, "phase_peaks": trace.phase_peaks,
+           "phase_starts": trace.phase_starts}
+    if explain:
+        out["at_peak"] = [f"{n} {name}" for n, name in trace.at_peak]
+    return out
 
 
 def warmed_step(cfg: GPTConfig, *, micro_batch_size: int, seq_len: int, precision: str,
