@@ -122,12 +122,49 @@ def test_compiled_steps_at_scale_keep_the_eager_moments(case: dict[str, Any]) ->
                                   if c["implementation"] in WHOLE_GRAPH], ids=_id)
 def test_compiled_steps_of_few_tokens_peak_on_the_gradients_the_graph_holds(
         case: dict[str, Any]) -> None:
-    # the peak is in the backward, above the model's backward start by what the compiled
-    # backward graph holds of the gradients it has made (not modelled): 4-22 % under
+    # 48 tokens (nanoGPT) or 96 (transformers): the peak is in the backward, with what the
+    # compiled backward graph holds of the gradients it made. nanoGPT's: the modelled
+    # backward end (every new gradient, the tied weight's partial gradient, the held logits)
+    # is the worst moment, 10-17 % under: the graph holds more then (in fp32 the logits'
+    # gradient, kept for the head's late weight gradient; under bf16 autocast the head's
+    # bf16 partial gradient and some of the first block's tensors), which depends on
+    # inductor's order of kernels. transformers' Llama and GPT-2 peak while their last
+    # block's backward runs, its gradients made (not modelled): 4-17 % under the backward
+    # start. Never over.
     delta, moment = predicted_delta(case)
-    assert moment == "backward_start"
     assert case["phase_peaks"]["backward"] == case["peak"]
-    assert 0.04 * case["peak"] < case["peak"] - delta < 0.22 * case["peak"]
+    if case["implementation"] == "nanogpt":
+        assert moment == "block_backward"
+        assert 0.10 * case["peak"] < case["peak"] - delta < 0.17 * case["peak"]
+    else:
+        assert moment == "backward_start"
+        assert 0.04 * case["peak"] < case["peak"] - delta < 0.17 * case["peak"]
+
+
+def _named(case: dict[str, Any], prefix: str) -> int:
+    return sum(int(item.split(" ", 1)[0]) for item in case["at_peak"]
+               if item.split(" ", 1)[1].startswith(prefix))
+
+
+@pytest.mark.parametrize("case", _cases(compile=True, implementation="nanogpt",
+                                        micro_batch_size=2, gradient_accumulation=False),
+                         ids=_id)
+def test_the_backward_end_terms_are_allocations_live_at_the_peak(case: dict[str, Any]) -> None:
+    # each term of the moment is among the allocations named at the measured peak: every new
+    # gradient (named by the parameter whose .grad it became: fresh steps only, accumulation
+    # adds it into the resident one), the held logits, and (unnamed) the embedding's V d 4
+    # partial gradient
+    V, d = 320, 64
+    delta, _ = predicted_delta(case)
+    gradients = _named(case, "grad ")
+    assert gradients == 498688  # every parameter's, new buffers
+    assert f"{V * d * 4} ?" in case["at_peak"]
+    assert _named(case, "held logits") == 48 * V * (2 if case["precision"] == "bf16-mixed"
+                                                    else 4)
+    # the model's moment less the batch (resident in the harness): and the targets term's
+    # fp32 scalar, the mean's divisor (a 4-byte allocation live at the peak)
+    assert "4 ?" in case["at_peak"]
+    assert delta == gradients + V * d * 4 + _named(case, "held logits") + 4
 
 
 @pytest.mark.parametrize("key", sorted({(c["implementation"], c["family"], c["precision"],
@@ -137,12 +174,14 @@ def test_compiled_steps_of_few_tokens_peak_on_the_gradients_the_graph_holds(
 def test_compiled_gradients_are_new_buffers_even_when_accumulating(key: tuple[Any, ...]) -> None:
     # AOT autograd's backward returns fresh gradient tensors; AccumulateGrad adds them into
     # the resident .grad only after the graph returns, so the peak above the step's start
-    # is the same with and without accumulation (eager adds in place as it goes)
+    # is the same with and without accumulation (eager adds in place as it goes); so is the
+    # model's (compiled_backward_end_bytes counts the new gradients beside the resident ones)
     fresh, acc = (c for c in _cases(compile=True) if (
         c["implementation"], c["family"], c["precision"], c["dropout"],
         c["micro_batch_size"]) == key)
     assert fresh["gradient_accumulation"] != acc["gradient_accumulation"]
     assert fresh["peak"] == acc["peak"]
+    assert predicted_delta(fresh) == predicted_delta(acc)
 
 
 def test_the_small_fp32_compiled_peak_by_hand() -> None:
