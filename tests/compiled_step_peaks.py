@@ -107,9 +107,9 @@ def measure_tune(loss: str, compile: bool) -> list[dict[str, Any]]:
     b, s = HF_SHAPE
     step = warmed_tune_step(GRID_SHAPES["llama3_2"], "llama3_2", micro_batch_size=b,
                             seq_len=s, loss=loss, compile=compile)
-    return _rows(step, explain=False, implementation="torchtune", family="llama3_2", precision="bf16-true",
-                 dropout=0.0, micro_batch_size=b, seq_len=s, compile=compile, loss=loss,
-                 checkpointing="full")
+    return _rows(step, explain=False, implementation="torchtune", family="llama3_2",
+                 precision="bf16-true", dropout=0.0, micro_batch_size=b, seq_len=s,
+                 compile=compile, loss=loss, checkpointing="full")
 
 
 def measure_all() -> dict[str, Any]:

@@ -129,10 +129,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     # litgpt: Fabric's wrapper returns the logits cast to fp32
     logit_bytes = {"litgpt": LITGPT_LOGITS_BYTES}.get(implementation, logit_bytes)
     held = TV * logit_bytes if hold_logits else 0
-    batch = saved.get("token_ids", 0) + (saved.get("targets", 0) if implementation
-                                         == "nanogpt" else 0)  # held by the loop throughout
-    end = _compiled_end(cfg, p, G, held + batch, par, switches, whole_graph=compiled
-                        and checkpointing == "none", both_ends=embeds and heads)
+    end = _compiled_end(cfg, p, G, held, saved, par, switches, implementation,
+                        whole_graph=(compiled, checkpointing), stage=stage)
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
@@ -207,18 +205,21 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
             for k, v in moments.items()}
 
 
-def _compiled_end(cfg: GPTConfig, p: Precision, G: Any, held: Any, par: Parallelism,
-                  switches: StepSwitches, *, whole_graph: bool, both_ends: bool
-                  ) -> dict[str, Any]:
-    """`compiled_backward_end_bytes`' moment, ``held`` on top (the logits and the batch the
-    loop holds), where one compiled graph returns every gradient at once: a whole model compiled without checkpointing (measured),
-    on one GPU (DDP splits the graph per gradient bucket), no switch but accumulation."""
+def _compiled_end(cfg: GPTConfig, p: Precision, G: Any, held: Any, saved: dict[str, Any],
+                  par: Parallelism, switches: StepSwitches, implementation: str, *,
+                  whole_graph: tuple[bool, str], stage: Stage) -> dict[str, Any]:
+    """`compiled_backward_end_bytes`' moment, with the held logits and the batch the loop
+    holds, where one compiled graph returns every gradient at once: a whole model compiled
+    (``whole_graph``: compiled, checkpointing "none"), on one GPU (DDP splits the graph per
+    gradient bucket), no switch but accumulation."""
     alone = replace(switches, gradient_accumulation=True) == NO_SWITCHES
-    if not (whole_graph and alone and par == Parallelism()):
+    if whole_graph != (True, "none") or not alone or par != Parallelism():
         return {}
-    return {COMPILED_BACKWARD_MOMENT: held + compiled_backward_end_bytes(
+    batch = saved.get("token_ids", 0) + (saved.get("targets", 0) if implementation
+                                         == "nanogpt" else 0)
+    return {COMPILED_BACKWARD_MOMENT: held + batch + compiled_backward_end_bytes(
         cfg, precision=p, gradients=G, accumulating=switches.gradient_accumulation,
-        both_ends=both_ends)}
+        both_ends=stage == "only")}
 
 
 def _fresh_gradients(switches: StepSwitches) -> bool:
