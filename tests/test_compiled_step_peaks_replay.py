@@ -123,22 +123,22 @@ def test_compiled_steps_at_scale_keep_the_eager_moments(case: dict[str, Any]) ->
 def test_compiled_steps_of_few_tokens_peak_on_the_gradients_the_graph_holds(
         case: dict[str, Any]) -> None:
     # 48 tokens (nanoGPT) or 96 (transformers): the peak is in the backward, with what the
-    # compiled backward graph holds of the gradients it made. nanoGPT's: the modelled
-    # backward end (every new gradient, the tied weight's partial gradient, the held logits)
-    # is the worst moment, 10-17 % under: the graph holds more then (in fp32 the logits'
-    # gradient, kept for the head's late weight gradient; under bf16 autocast the head's
-    # bf16 partial gradient and some of the first block's tensors), which depends on
-    # inductor's order of kernels. transformers' Llama and GPT-2 peak while their last
-    # block's backward runs, its gradients made (not modelled): 4-17 % under the backward
-    # start. Never over.
+    # compiled backward graph holds of the gradients it made. Where the modelled backward
+    # end (every new gradient, the tied weight's partial gradients, the held logits) is the
+    # worst moment (nanoGPT's, transformers' GPT-2 under bf16 autocast), 10-12 % under: the
+    # graph holds more then (in fp32 the logits' gradient, kept for the head's late weight
+    # gradient; some of the first block's tensors), which depends on inductor's order of
+    # kernels. transformers' Llama and GPT-2 in fp32 peak while their last block's backward
+    # runs, its gradients made (not modelled): 4-7 % under the backward start. Never over.
     delta, moment = predicted_delta(case)
     assert case["phase_peaks"]["backward"] == case["peak"]
-    if case["implementation"] == "nanogpt":
-        assert moment == "block_backward"
-        assert 0.10 * case["peak"] < case["peak"] - delta < 0.17 * case["peak"]
+    if moment == "block_backward":
+        assert case["family"] in ("gpt2-like", "gpt2")  # tied
+        assert 0.10 * case["peak"] < case["peak"] - delta < 0.12 * case["peak"]
     else:
-        assert moment == "backward_start"
-        assert 0.04 * case["peak"] < case["peak"] - delta < 0.17 * case["peak"]
+        assert (case["family"], moment) in (("llama", "backward_start"),
+                                            ("gpt2", "backward_start"))
+        assert 0.04 * case["peak"] < case["peak"] - delta < 0.07 * case["peak"]
 
 
 def _named(case: dict[str, Any], prefix: str) -> int:
@@ -146,25 +146,29 @@ def _named(case: dict[str, Any], prefix: str) -> int:
                if item.split(" ", 1)[1].startswith(prefix))
 
 
-@pytest.mark.parametrize("case", _cases(compile=True, implementation="nanogpt",
-                                        micro_batch_size=2, gradient_accumulation=False),
-                         ids=_id)
+@pytest.mark.parametrize("case", [
+    c for c in _cases(compile=True, micro_batch_size=2, gradient_accumulation=False)
+    if c["implementation"] in WHOLE_GRAPH and predicted_delta(c)[1] == "block_backward"],
+    ids=_id)
 def test_the_backward_end_terms_are_allocations_live_at_the_peak(case: dict[str, Any]) -> None:
     # each term of the moment is among the allocations named at the measured peak: every new
     # gradient (named by the parameter whose .grad it became: fresh steps only, accumulation
-    # adds it into the resident one), the held logits, and (unnamed) the embedding's V d 4
-    # partial gradient
-    V, d = 320, 64
+    # adds it into the resident one), the held logits (nanoGPT's loop), and (unnamed) the
+    # tied weight's partial gradients beside their sum: V d 4, under autocast V d 2 too
+    cfg = CONFIGS[case["family"]]
+    V, d = cfg.vocab_size, cfg.n_embd
     delta, _ = predicted_delta(case)
     gradients = _named(case, "grad ")
-    assert gradients == 498688  # every parameter's, new buffers
+    assert gradients == {"gpt2-like": 498688, "gpt2": 1914880}[case["family"]]
     assert f"{V * d * 4} ?" in case["at_peak"]
-    assert _named(case, "held logits") == 48 * V * (2 if case["precision"] == "bf16-mixed"
-                                                    else 4)
-    # the model's moment less the batch (resident in the harness): and the targets term's
-    # fp32 scalar, the mean's divisor (a 4-byte allocation live at the peak)
+    autocast = case["precision"] == "bf16-mixed"
+    assert (f"{V * d * 2} ?" in case["at_peak"]) == autocast
+    partials = V * d * 4 + (V * d * 2 if autocast else 0)
+    # less the batch (resident in the harness): nanoGPT's targets term's fp32 scalar, the
+    # mean's divisor (a 4-byte allocation live at the peak)
+    divisor = 4 if case["implementation"] == "nanogpt" else 0
     assert "4 ?" in case["at_peak"]
-    assert delta == gradients + V * d * 4 + _named(case, "held logits") + 4
+    assert delta == gradients + partials + _named(case, "held logits") + divisor
 
 
 @pytest.mark.parametrize("key", sorted({(c["implementation"], c["family"], c["precision"],

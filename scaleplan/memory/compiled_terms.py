@@ -341,12 +341,12 @@ def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradien
       are the gradients the caller already counts): measured, a compiled step's peak above
       its start is the same with and without accumulation, where an eager step adds each
       gradient in place as it is made (tests/data/compiled_step_peaks.json);
-    - a tied head's weight has two partial gradients, the output layer's and the
-      embedding's, summed in the graph: the embedding's, V d in the parameters' dtype, is
-      alive beside the sum (measured in fp32 and under bf16 autocast, 2 x 24 tokens; the
-      output layer's share, V d in the matmul dtype, may be too: under bf16 autocast it was,
-      in fp32 inductor wrote the sum over it); ``both_ends``: the stage holds the embedding
-      and the head.
+    - a tied head's weight has two partial gradients, summed in the graph: the embedding's,
+      V d in the parameters' dtype, and the output layer's, V d in the matmul dtype. Inductor
+      writes the sum over a dead input of its size and dtype: in fp32 over one of them (one
+      V d 4 beside the sum), under autocast over neither (the output layer's is 16-bit, the
+      sum fp32: V d 4 + V d 2 beside it; measured in fp32 and under bf16 autocast, 2 x 24
+      tokens); ``both_ends``: the stage holds the embedding and the head.
 
     This is at least what the graph holds then: what else of the loss side or the first
     block is still alive depends on inductor's order of the backward's kernels (up to 10 % of
@@ -355,10 +355,12 @@ def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradien
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_backward_end_bytes(cfg, precision="bf16-mixed", gradients=1000,
-    ...                             accumulating=True)  # 1000 + 16 x 8 x 4
-    1512
+    ...                             accumulating=True)  # 1000 + 16 x 8 x (4 + 2)
+    1768
     """
     _check(precision, "none")
-    tied = cfg.vocab_size * cfg.n_embd * param_dtype_bytes(precision) \
-        if cfg.tie_embeddings and both_ends else 0
+    tied = 0
+    if cfg.tie_embeddings and both_ends:
+        g, e = param_dtype_bytes(precision), activation_bytes(precision)
+        tied = cfg.vocab_size * cfg.n_embd * (g + (e if e != g else 0))
     return (gradients if accumulating else 0 * gradients) + tied
