@@ -37,6 +37,9 @@ def test_new_gradients_and_the_tied_partial(precision: str, tied: int) -> None:
                                        accumulating=True) == 1000
     assert compiled_backward_end_bytes(UNTIED, precision=precision, gradients=1000,
                                        accumulating=False) == 0
+    # no gradient at all (a frozen model): nothing, not a division
+    assert compiled_backward_end_bytes(UNTIED, precision=precision, gradients=0,
+                                       accumulating=False) == 0
     # a stage without both ends holds no shared weight's two gradients
     assert compiled_backward_end_bytes(TIED, precision=precision, gradients=1000,
                                        accumulating=True, both_ends=False) == 1000
