@@ -61,6 +61,7 @@ __all__ = [
     "compiled_backward_start_bytes",
     "compiled_block_saved_terms",
     "compiled_embedding_saved_terms",
+    "compiled_end_moment",
     "compiled_head_saved_terms",
     "compiled_model_saved_terms",
     "compiled_saved_terms",
@@ -364,3 +365,28 @@ def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradien
         g, e = param_dtype_bytes(precision), activation_bytes(precision)
         tied = cfg.vocab_size * cfg.n_embd * (g + (e if e != g else 0))
     return (gradients if accumulating else 0 * gradients) + tied
+
+
+def compiled_end_moment(cfg: GPTConfig, precision: Precision, gradients: Any, held: Any,
+                        saved: dict[str, Any], implementation: str, both_ends: bool,
+                        step: tuple[bool, str, bool, bool, bool]) -> dict[str, Any]:
+    """`training_memory`'s moment for `compiled_backward_end_bytes` (named
+    `COMPILED_BACKWARD_MOMENT`), with ``held`` (the logits the loop holds) and the batch it
+    holds (the token ids; nanoGPT's targets too), where one compiled graph returns every
+    gradient at once; else none. ``step``: (compiled, checkpointing, one GPU, no switch but
+    gradient accumulation, accumulating): a whole model compiled without checkpointing
+    (measured), on one GPU (DDP splits the graph per gradient bucket).
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
+    >>> compiled_end_moment(cfg, "32-true", 1000, 0, {"token_ids": 32}, "hf", True,
+    ...                     (True, "none", True, True, False))  # ids 32 + tied 16 x 8 x 4
+    {'block_backward': 544}
+    """
+    *where, accumulating = step
+    if tuple(where) != (True, "none", True, True):
+        return {}
+    batch = saved.get("token_ids", 0) + (saved.get("targets", 0)
+                                         if implementation == "nanogpt" else 0)
+    return {COMPILED_BACKWARD_MOMENT: held + batch + compiled_backward_end_bytes(
+        cfg, precision=precision, gradients=gradients, accumulating=accumulating,
+        both_ends=both_ends)}

@@ -25,9 +25,8 @@ from scaleplan.memory.activations import (
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import (
-    COMPILED_BACKWARD_MOMENT,
-    compiled_backward_end_bytes,
     compiled_backward_start_bytes,
+    compiled_end_moment,
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
@@ -129,8 +128,9 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     # litgpt: Fabric's wrapper returns the logits cast to fp32
     logit_bytes = {"litgpt": LITGPT_LOGITS_BYTES}.get(implementation, logit_bytes)
     held = TV * logit_bytes if hold_logits else 0
-    end = _compiled_end(cfg, p, G, held, saved, par, switches, implementation,
-                        whole_graph=(compiled, checkpointing), stage=stage)
+    end = compiled_end_moment(cfg, p, G, held, saved, implementation, stage == "only", (
+        compiled, checkpointing, par == Parallelism(), replace(
+            switches, gradient_accumulation=True) == NO_SWITCHES, switches.gradient_accumulation))
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
@@ -203,23 +203,6 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
     held = 0 if fresh else unsharded
     return {k: v - largest - (G - shards) if k == "optimizer_step" else v + held - G
             for k, v in moments.items()}
-
-
-def _compiled_end(cfg: GPTConfig, p: Precision, G: Any, held: Any, saved: dict[str, Any],
-                  par: Parallelism, switches: StepSwitches, implementation: str, *,
-                  whole_graph: tuple[bool, str], stage: Stage) -> dict[str, Any]:
-    """`compiled_backward_end_bytes`' moment, with the held logits and the batch the loop
-    holds, where one compiled graph returns every gradient at once: a whole model compiled
-    (``whole_graph``: compiled, checkpointing "none"), on one GPU (DDP splits the graph per
-    gradient bucket), no switch but accumulation."""
-    alone = replace(switches, gradient_accumulation=True) == NO_SWITCHES
-    if whole_graph != (True, "none") or not alone or par != Parallelism():
-        return {}
-    batch = saved.get("token_ids", 0) + (saved.get("targets", 0) if implementation
-                                         == "nanogpt" else 0)
-    return {COMPILED_BACKWARD_MOMENT: held + batch + compiled_backward_end_bytes(
-        cfg, precision=p, gradients=G, accumulating=switches.gradient_accumulation,
-        both_ends=stage == "only")}
 
 
 def _fresh_gradients(switches: StepSwitches) -> bool:
