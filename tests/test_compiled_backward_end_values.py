@@ -10,7 +10,11 @@ from __future__ import annotations
 import pytest
 
 from scaleplan.errors import ScaleplanError
-from scaleplan.memory.compiled_terms import COMPILED_BACKWARD_MOMENT, compiled_backward_end_bytes
+from scaleplan.memory.compiled_terms import (
+    COMPILED_BACKWARD_MOMENT,
+    compiled_backward_end_bytes,
+    compiled_end_moment,
+)
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
@@ -102,3 +106,29 @@ def test_a_7b_model_under_accumulation_holds_its_gradients_twice() -> None:
     # untied: the moment is the gradients alone (and the batch's ids, 2048 x 8), so the step
     # with accumulation needs exactly one more set of gradients
     assert acc.tensor_peak - fresh.tensor_peak == acc.gradients
+
+
+def test_the_moment_holds_the_loops_batch_and_logits() -> None:
+    saved = {"token_ids": 384, "targets": 388, "logits": 61440}
+    step = (True, "none", True, True, True)
+    tied = 320 * 64 * 4
+    # nanoGPT's loop holds X and Y (the targets term: ids and the mean's fp32 divisor)
+    assert compiled_end_moment(TIED, "32-true", 1000, 61440, saved, "nanogpt", step) == {
+        "block_backward": 61440 + 384 + 388 + 1000 + tied}
+    # transformers' labels are the token ids themselves
+    assert compiled_end_moment(TIED, "32-true", 1000, 0, saved, "hf", step) == {
+        "block_backward": 384 + 1000 + tied}
+    # fresh: the new gradients are the ones the step counts
+    assert compiled_end_moment(UNTIED, "32-true", 1000, 0, saved, "hf",
+                               (True, "none", True, True, False)) == {"block_backward": 384}
+
+
+@pytest.mark.parametrize("where", [
+    (False, "none", True, True),  # eager
+    (True, "full", True, True),  # checkpointed blocks: rebuilt, their recompute moment
+    (True, "none", False, True),  # data parallel: DDP splits the graph per bucket
+    (True, "none", True, False),  # a memory-saving switch besides accumulation
+])
+def test_no_moment_where_the_graph_is_not_one(where: tuple[bool, str, bool, bool]) -> None:
+    assert compiled_end_moment(TIED, "32-true", 1000, 0, {"token_ids": 384}, "hf",
+                               (*where, True)) == {}

@@ -368,25 +368,24 @@ def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradien
 
 
 def compiled_end_moment(cfg: GPTConfig, precision: Precision, gradients: Any, held: Any,
-                        saved: dict[str, Any], implementation: str, both_ends: bool,
+                        saved: dict[str, Any], implementation: str,
                         step: tuple[bool, str, bool, bool, bool]) -> dict[str, Any]:
     """`training_memory`'s moment for `compiled_backward_end_bytes` (named
     `COMPILED_BACKWARD_MOMENT`), with ``held`` (the logits the loop holds) and the batch it
-    holds (the token ids; nanoGPT's targets too), where one compiled graph returns every
-    gradient at once; else none. ``step``: (compiled, checkpointing, one GPU, no switch but
-    gradient accumulation, accumulating): a whole model compiled without checkpointing
-    (measured), on one GPU (DDP splits the graph per gradient bucket).
+    holds (the token ids; nanoGPT's targets too, ``saved``'s terms), where one compiled
+    graph returns every gradient at once; else none. ``step``: (compiled, checkpointing,
+    one GPU, no switch but gradient accumulation, accumulating): a whole model compiled
+    without checkpointing (measured), on one GPU (DDP splits the graph per gradient bucket;
+    one GPU holds both ends of a tied weight).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
-    >>> compiled_end_moment(cfg, "32-true", 1000, 0, {"token_ids": 32}, "hf", True,
+    >>> compiled_end_moment(cfg, "32-true", 1000, 0, {"token_ids": 32}, "hf",
     ...                     (True, "none", True, True, False))  # ids 32 + tied 16 x 8 x 4
     {'block_backward': 544}
     """
     *where, accumulating = step
     if tuple(where) != (True, "none", True, True):
         return {}
-    batch = saved.get("token_ids", 0) + (saved.get("targets", 0)
-                                         if implementation == "nanogpt" else 0)
+    batch = saved["token_ids"] + (saved["targets"] if implementation == "nanogpt" else 0)
     return {COMPILED_BACKWARD_MOMENT: held + batch + compiled_backward_end_bytes(
-        cfg, precision=precision, gradients=gradients, accumulating=accumulating,
-        both_ends=both_ends)}
+        cfg, precision=precision, gradients=gradients, accumulating=accumulating)}

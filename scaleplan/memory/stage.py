@@ -128,7 +128,7 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     # litgpt: Fabric's wrapper returns the logits cast to fp32
     logit_bytes = {"litgpt": LITGPT_LOGITS_BYTES}.get(implementation, logit_bytes)
     held = TV * logit_bytes if hold_logits else 0
-    end = compiled_end_moment(cfg, p, G, held, saved, implementation, stage == "only", (
+    end = compiled_end_moment(cfg, p, G, held, saved, implementation, (
         compiled, checkpointing, par == Parallelism(), replace(
             switches, gradient_accumulation=True) == NO_SWITCHES, switches.gradient_accumulation))
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
