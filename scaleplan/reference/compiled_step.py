@@ -8,7 +8,8 @@ allocator: with ``profile_memory=True`` it records one ``[memory]`` event per al
 (+bytes) and per free (-bytes), in order (nanosecond timestamps, monotonic), whoever asked
 for the memory. A running sum of those events from the step's start is the bytes allocated
 since then, and its maximum the step's peak above what was live before it (parameters,
-gradients, optimizer states, the batch): `AllocatorTrace`. A free of a storage allocated
+gradients, optimizer states, the batch), kernel workspaces set apart:
+`scaleplan.reference.allocator_trace.AllocatorTrace`. A free of a storage allocated
 before profiling started carries no size and is left out (the profiler warns), so the step
 must not free anything older than itself; `measure_step` drops the previous step's logits
 before it starts.
@@ -111,8 +112,11 @@ def measure_step(step: Any, *, accumulating: bool = False,
     then the measured step: forward (nanoGPT's ``logits, loss = model(X, Y)`` holds the logits
     until the step's ``zero_grad`` where the step says so), backward, ``optimizer.step()``,
     ``zero_grad(set_to_none=True)``. ``{"resident": bytes per group when the step began,
-    "peak": the most bytes allocated above them at once, "end": what the step leaves,
-    "phase_peaks", "phase_starts": each phase's peak and the bytes live when it began}``.
+    "peak": the most bytes allocated above them at once, kernel workspaces set apart
+    (`AllocatorTrace.tensor_peak`), "with_workspaces": counting them, "end": what the step
+    leaves, "phase_peaks", "phase_starts": each phase's peak and the bytes live when it
+    began}``; with ``explain`` (a step without checkpointing) also "at_peak": each allocation
+    live at the peak, "bytes name" (`AllocatorTrace.at_peak`).
     """
     if accumulating:
         step.forward().backward()
