@@ -54,11 +54,14 @@ from scaleplan.memory.activations import (
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
+    "COMPILED_BACKWARD_MOMENT",
     "COMPILED_PRECISIONS",
     "RNG_STATE_BYTES",
+    "compiled_backward_end_bytes",
     "compiled_backward_start_bytes",
     "compiled_block_saved_terms",
     "compiled_embedding_saved_terms",
+    "compiled_end_moment",
     "compiled_head_saved_terms",
     "compiled_model_saved_terms",
     "compiled_saved_terms",
@@ -71,6 +74,9 @@ COMPILED_PRECISIONS: tuple[Precision, ...] = ("32-true", "bf16-mixed", "16-mixed
 # (two 8-byte integers).
 RNG_STATE_BYTES: dict[str, int] = {"cuda": 16, "cpu": 5056, "cpu-cuda-semantics": 5056}
 SEED_BYTES = 8  # inductor's int64 seed per random op, kept under full checkpointing
+# The name `compiled_backward_end_bytes`' moment takes among `training_memory`'s moments: the
+# blocks' (and the embedding's) backward, inside the compiled backward graph.
+COMPILED_BACKWARD_MOMENT = "block_backward"
 
 
 def _check(precision: Precision, checkpointing: CheckpointingKind, device: DeviceKind = "cuda",
@@ -318,3 +324,68 @@ def compiled_backward_start_bytes(cfg: GPTConfig, b: Any, s: Any, *,
     """
     _check(precision, "none")
     return 2 * b * s * cfg.vocab_size * activation_bytes(precision)
+
+
+def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradients: Any,
+                                accumulating: bool, both_ends: bool = True) -> Any:
+    """Bytes on top of the gradients a step counts (and of the held logits) when the compiled
+    backward graph of a whole model returns: every gradient it made, at once.
+
+    AOT autograd compiles the backward of one graph into one function that returns every
+    parameter's gradient together (``CompiledFunction.backward``); each gradient is a new
+    buffer from the moment its kernel writes it until the function returns, and only then do
+    the AccumulateGrad nodes take them into ``.grad`` (adding them in place where a gradient
+    is resident). So at the graph's end
+
+    - every gradient, ``gradients`` bytes (the parameters' dtype), is alive twice when
+      ``accumulating`` (the resident ones and the new ones; without accumulation the new ones
+      are the gradients the caller already counts): measured, a compiled step's peak above
+      its start is the same with and without accumulation, where an eager step adds each
+      gradient in place as it is made (tests/data/compiled_step_peaks.json);
+    - a tied head's weight has two partial gradients, summed in the graph: the embedding's,
+      V d in the parameters' dtype, and the output layer's, V d in the matmul dtype. Inductor
+      writes the sum over a dead input of its size and dtype: in fp32 over one of them (one
+      V d 4 beside the sum), under autocast over neither (the output layer's is 16-bit, the
+      sum fp32: V d 4 + V d 2 beside it; measured in fp32 and under bf16 autocast, 2 x 24
+      tokens); ``both_ends``: the stage holds the embedding and the head.
+
+    This is at least what the graph holds then: what else of the loss side or the first
+    block is still alive depends on inductor's order of the backward's kernels (up to 10 % of
+    the measured peak more at 48 tokens); it is the step's peak only when the gradients
+    outweigh the activations (few tokens, or a large model under accumulation).
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
+    >>> compiled_backward_end_bytes(cfg, precision="bf16-mixed", gradients=1000,
+    ...                             accumulating=True)  # 1000 + 16 x 8 x (4 + 2)
+    1768
+    """
+    _check(precision, "none")
+    tied = 0
+    if cfg.tie_embeddings and both_ends:
+        g, e = param_dtype_bytes(precision), activation_bytes(precision)
+        tied = cfg.vocab_size * cfg.n_embd * (g + (e if e != g else 0))
+    return (gradients if accumulating else 0 * gradients) + tied
+
+
+def compiled_end_moment(cfg: GPTConfig, precision: Precision, gradients: Any, held: Any,
+                        saved: dict[str, Any], implementation: str,
+                        step: tuple[bool, str, bool, bool, bool]) -> dict[str, Any]:
+    """`training_memory`'s moment for `compiled_backward_end_bytes` (named
+    `COMPILED_BACKWARD_MOMENT`), with ``held`` (the logits the loop holds) and the batch it
+    holds (the token ids; nanoGPT's targets too, ``saved``'s terms), where one compiled
+    graph returns every gradient at once; else none. ``step``: (compiled, checkpointing,
+    one GPU, no switch but gradient accumulation, accumulating): a whole model compiled
+    without checkpointing (measured), on one GPU (DDP splits the graph per gradient bucket;
+    one GPU holds both ends of a tied weight).
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
+    >>> compiled_end_moment(cfg, "32-true", 1000, 0, {"token_ids": 32}, "hf",
+    ...                     (True, "none", True, True, False))  # ids 32 + tied 16 x 8 x 4
+    {'block_backward': 544}
+    """
+    *where, accumulating = step
+    if tuple(where) != (True, "none", True, True):
+        return {}
+    batch = saved["token_ids"] + (saved["targets"] if implementation == "nanogpt" else 0)
+    return {COMPILED_BACKWARD_MOMENT: held + batch + compiled_backward_end_bytes(
+        cfg, precision=precision, gradients=gradients, accumulating=accumulating)}

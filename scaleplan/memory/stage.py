@@ -26,6 +26,7 @@ from scaleplan.memory.activations import (
 )
 from scaleplan.memory.compiled_terms import (
     compiled_backward_start_bytes,
+    compiled_end_moment,
     compiled_saved_terms,
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
@@ -129,9 +130,13 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     # litgpt: Fabric's wrapper returns the logits cast to fp32
     logit_bytes = {"litgpt": LITGPT_LOGITS_BYTES}.get(implementation, logit_bytes)
     held = TV * logit_bytes if hold_logits else 0
+    end = compiled_end_moment(cfg, p, G, held, saved, implementation, (
+        compiled, checkpointing, par == Parallelism(), replace(
+            switches, gradient_accumulation=True) == NO_SWITCHES, switches.gradient_accumulation))
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
+    moments.update(end)
     # FSDP1's fresh step: the accumulated moment with its gradients taken out (_fsdp_no_sync)
     fsdp1 = litgpt_fsdp1_covers(implementation, checkpointing, par)
     if checkpointing == "full":

@@ -101,14 +101,17 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     `scaleplan.memory.step_switches.gradients_at`, which it is returned net of; whether the
     optimizer steps in backward). That bound None (under activation offloading, whose moments
     `scaleplan.memory.tune_switches.tune_offload_stage` derives from the earlier ones, or on
-    more than one GPU), compiled code and nanoGPT keep their earlier moment, not re-measured
-    with fresh gradients."""
+    more than one GPU), torch.compile's blocks and nanoGPT keep their earlier moment, not
+    re-measured with fresh gradients. torchtune's compiled layers ("torchtune-compiled") take
+    the fresh moment too: its ``end`` is their whole step's peak with the standard loss, to
+    the byte, and one V d 2 - T d 2 over with the chunked one (measured on CPU,
+    tests/data/compiled_step_peaks.json)."""
     dropout = cfg.dropout > 0
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout)
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    eager = code in ("hf", "torchtune", "litgpt") and cfg.moe is None
+    eager = code in ("hf", "torchtune", "torchtune-compiled", "litgpt") and cfg.moe is None
     G, bound, in_backward = gradients
     if fresh_gradients and eager and bound is not None and (code == "torchtune"
                                                             or not in_backward):

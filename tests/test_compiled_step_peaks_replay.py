@@ -1,0 +1,255 @@
+"""Whole compiled training steps against `training_memory(compile=True)`, replayed torch-free.
+
+tests/data/compiled_step_peaks.json (written by ``python -m tests.compiled_step_peaks``,
+torch 2.13 CPU inductor, transformers 5.25) holds, per step, the bytes resident when it
+began and its peak above them, read from the CPU allocator's profiler events
+(`scaleplan.reference.compiled_step`): scaleplan's reference GPT compiled as nanoGPT compiles
+it (fp32 and bf16 autocast, dropout 0 and 0.1 with CUDA's bool masks, 2 x 24 and 8 x 64
+tokens, nanoGPT's loop holding the logits) and transformers' Llama and GPT-2 compiled whole,
+each with fresh gradients and with every gradient resident, and the same steps eager.
+
+The delta the model predicts is ``tensor_peak`` less what it counts as resident: weights,
+optimizer states, the gradients under accumulation and the batch (the token ids and targets,
+which the model counts among the saved tensors and the harness among the resident bytes).
+
+What the replay shows (the numbers are on docs/validation/compiled-steps.md):
+
+- the method: on eager steps the allocator's events and `LiveBytesTracker` agree to the byte;
+  the eager model's moments match eager steps to the loss's 4-byte scalar wherever its
+  backward-start moment is the peak;
+- compiled steps at 8 x 64 tokens (activations several times the gradients, as in every real
+  run, the seed case included): the eager moments with the compiled saved tensors hold, the
+  model 0.3-0.7 % under; what it misses is in the saved tensors, not the moments: at these
+  shapes the partitioner keeps the position embedding's output (s d x 4) and the first
+  LayerNorm's mean (T x 4), 18432 bytes, which `compiled_terms` keeps only under
+  checkpointing or RMSNorm;
+- compiled steps at 2 x 24 tokens (gradients as large as the activations): the peak is late
+  in the backward, where the compiled backward graph holds every gradient it has made until
+  it returns (AOT autograd's backward returns them all at once, then AccumulateGrad adds them
+  into ``.grad``), which no moment of the model counts: 13-21 % under for nanoGPT, 4-16 % for
+  transformers' models; and since those gradients are new buffers even when ``.grad`` exists,
+  a compiled step's peak above its start is the same with and without accumulation (eager
+  accumulates in place).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compiled_step_peaks import CONFIGS, PAGE, page, predicted_delta
+
+DATA = json.loads((Path(__file__).parent / "data" / "compiled_step_peaks.json").read_text())
+WHOLE_GRAPH = ("nanogpt", "hf")  # compiled whole: one forward and one backward graph
+# the CPU generator's state each checkpointed layer keeps to replay its RNG
+# (``torch.get_rng_state()``, made outside the dispatcher: the allocator sees it, the
+# dispatch-level tracker of tests/data/fresh_recompute_peaks.json does not); CUDA's is 16 bytes
+CPU_RNG_STATE = 5056
+LOSS_AND_SEED = 4 + 4
+
+
+def _id(c: dict[str, Any]) -> str:
+    return "-".join(str(c.get(k)) for k in ("implementation", "family", "precision", "dropout",
+                                            "micro_batch_size", "compile",
+                                            "gradient_accumulation", "loss"))
+
+
+def _cases(**match: Any) -> list[dict[str, Any]]:
+    return [c for c in DATA["cases"] if all(c[k] == v for k, v in match.items())]
+
+
+def test_the_grid_is_whole() -> None:
+    # eager and compiled, both gradient modes: 8 nanoGPT, 4 transformers, 2 torchtune cases
+    assert len(DATA["cases"]) == 2 * 2 * (8 + 4 + 2)
+    assert {c["family"] for c in DATA["cases"]} == set(CONFIGS)
+
+
+def test_the_docs_page_shows_these_measurements() -> None:
+    assert PAGE.read_text() == page(DATA)
+
+
+@pytest.mark.parametrize("check", DATA["checks"], ids=lambda c: c["precision"])
+def test_allocator_events_agree_with_the_live_bytes_tracker(check: dict[str, Any]) -> None:
+    # the same eager step under both instruments at once; the tracker sees storages at the
+    # dispatcher, the profiler every allocation: equal once kernel workspaces are set apart
+    # (none reaches these peaks)
+    assert check["profiler"] == check["tracker"]
+    assert check["with_workspaces"] - check["tracker"] < 4096
+
+
+@pytest.mark.parametrize("case", _cases(compile=False, implementation="nanogpt"), ids=_id)
+def test_eager_steps_match_the_eager_moments(case: dict[str, Any]) -> None:
+    delta, moment = predicted_delta(case)
+    late = case["gradient_accumulation"] is False or case["dropout"] > 0
+    if late and case["micro_batch_size"] == 2 and case["precision"] == "32-true":
+        # fp32 at 48 tokens, with fresh gradients (or dropout's masks): the peak is later in
+        # the backward, every later layer's new gradient made (no eager moment counts fresh
+        # gradients there; eager's own replays, tests/test_fresh_recompute_peaks_replay.py,
+        # cover checkpointed steps): 1.3-7.8 % under
+        assert moment == "backward_start"
+        assert 0 < case["peak"] - delta <= 0.08 * case["peak"]
+        return
+    # the loss's 4-byte scalar is all the model leaves out
+    assert case["peak"] - delta == 4
+
+
+def test_cpu_matmul_workspaces_are_set_apart() -> None:
+    # bf16 autocast at 48 tokens: oneDNN's packed bf16 operands (alive only inside aten::mm)
+    # would raise the eager peak by 28416 bytes; without them the model is exact
+    case = _cases(compile=False, implementation="nanogpt", precision="bf16-mixed",
+                  dropout=0.0, micro_batch_size=2, gradient_accumulation=True)[0]
+    assert case["with_workspaces"] - case["peak"] == 28416
+    assert case["peak"] - predicted_delta(case)[0] == 4
+
+
+@pytest.mark.parametrize("case", _cases(compile=True, implementation="nanogpt",
+                                        micro_batch_size=8), ids=_id)
+def test_compiled_steps_at_scale_keep_the_eager_moments(case: dict[str, Any]) -> None:
+    # 512 tokens: the backward-start moment (saved tensors + the logits' zero tangent and
+    # gradient) is the peak, as modelled; the model is under by the saved tensors it misses
+    # at this shape (the position embedding's output and the first LayerNorm's mean, 18432
+    # bytes, with dropout more), the loss scalar and its divisor: within 1 %, never over
+    delta, moment = predicted_delta(case)
+    assert moment == "backward_start"
+    assert 0 < case["peak"] - delta <= 0.01 * case["peak"]
+    assert case["peak"] == max(case["phase_peaks"].values()) == case["phase_peaks"]["backward"]
+
+
+@pytest.mark.parametrize("case", [c for c in _cases(compile=True, micro_batch_size=2)
+                                  if c["implementation"] in WHOLE_GRAPH], ids=_id)
+def test_compiled_steps_of_few_tokens_peak_on_the_gradients_the_graph_holds(
+        case: dict[str, Any]) -> None:
+    # 48 tokens (nanoGPT) or 96 (transformers): the peak is in the backward, with what the
+    # compiled backward graph holds of the gradients it made. Where the modelled backward
+    # end (every new gradient, the tied weight's partial gradients, the held logits) is the
+    # worst moment (nanoGPT's, transformers' GPT-2 under bf16 autocast), 10-12 % under: the
+    # graph holds more then (in fp32 the logits' gradient, kept for the head's late weight
+    # gradient; some of the first block's tensors), which depends on inductor's order of
+    # kernels. transformers' Llama and GPT-2 in fp32 peak while their last block's backward
+    # runs, its gradients made (not modelled): 4-7 % under the backward start. Never over.
+    delta, moment = predicted_delta(case)
+    assert case["phase_peaks"]["backward"] == case["peak"]
+    if moment == "block_backward":
+        assert case["family"] in ("gpt2-like", "gpt2")  # tied
+        assert 0.10 * case["peak"] < case["peak"] - delta < 0.12 * case["peak"]
+    else:
+        assert (case["family"], moment) in (("llama", "backward_start"),
+                                            ("gpt2", "backward_start"))
+        assert 0.04 * case["peak"] < case["peak"] - delta < 0.07 * case["peak"]
+
+
+def _named(case: dict[str, Any], prefix: str) -> int:
+    return sum(int(item.split(" ", 1)[0]) for item in case["at_peak"]
+               if item.split(" ", 1)[1].startswith(prefix))
+
+
+@pytest.mark.parametrize("case", [
+    c for c in _cases(compile=True, micro_batch_size=2, gradient_accumulation=False)
+    if c["implementation"] in WHOLE_GRAPH and predicted_delta(c)[1] == "block_backward"],
+    ids=_id)
+def test_the_backward_end_terms_are_allocations_live_at_the_peak(case: dict[str, Any]) -> None:
+    # each term of the moment is among the allocations named at the measured peak: every new
+    # gradient (named by the parameter whose .grad it became: fresh steps only, accumulation
+    # adds it into the resident one), the held logits (nanoGPT's loop), and (unnamed) the
+    # tied weight's partial gradients beside their sum: V d 4, under autocast V d 2 too
+    cfg = CONFIGS[case["family"]]
+    V, d = cfg.vocab_size, cfg.n_embd
+    delta, _ = predicted_delta(case)
+    gradients = _named(case, "grad ")
+    assert gradients == {"gpt2-like": 498688, "gpt2": 1914880}[case["family"]]
+    assert f"{V * d * 4} ?" in case["at_peak"]
+    autocast = case["precision"] == "bf16-mixed"
+    assert (f"{V * d * 2} ?" in case["at_peak"]) == autocast
+    partials = V * d * 4 + (V * d * 2 if autocast else 0)
+    # less the batch (resident in the harness): nanoGPT's targets term's fp32 scalar, the
+    # mean's divisor (a 4-byte allocation live at the peak)
+    divisor = 4 if case["implementation"] == "nanogpt" else 0
+    assert "4 ?" in case["at_peak"]
+    assert delta == gradients + partials + _named(case, "held logits") + divisor
+
+
+@pytest.mark.parametrize("key", sorted({(c["implementation"], c["family"], c["precision"],
+                                         c["dropout"], c["micro_batch_size"])
+                                        for c in _cases(compile=True)
+                                        if c["implementation"] in WHOLE_GRAPH}))
+def test_compiled_gradients_are_new_buffers_even_when_accumulating(key: tuple[Any, ...]) -> None:
+    # AOT autograd's backward returns fresh gradient tensors; AccumulateGrad adds them into
+    # the resident .grad only after the graph returns, so the peak above the step's start
+    # is the same with and without accumulation (eager adds in place as it goes); so is the
+    # model's (compiled_backward_end_bytes counts the new gradients beside the resident ones)
+    fresh, acc = (c for c in _cases(compile=True) if (
+        c["implementation"], c["family"], c["precision"], c["dropout"],
+        c["micro_batch_size"]) == key)
+    assert fresh["gradient_accumulation"] != acc["gradient_accumulation"]
+    assert fresh["peak"] == acc["peak"]
+    assert predicted_delta(fresh) == predicted_delta(acc)
+
+
+def test_the_small_fp32_compiled_peak_by_hand() -> None:
+    # nanoGPT's layout, fp32, compiled, 2 x 24 = 48 tokens, d = 64, V = 320, f = 256, 2
+    # layers, tied head. The peak is where the backward graph adds the tied weight's two
+    # partial gradients (lm_head's weight gradient, V d 4 = 81920, computed late, and the
+    # embedding's, 81920): alive then are
+    V, d, f, T = 320, 64, 256, 48
+    per_layer = (2 * d + 3 * d * d + 3 * d + d * d + d + 2 * d + f * d + f + d * f + d) * 4
+    gradients = 2 * per_layer + 2 * d * 4 + 64 * d * 4 + V * d * 4  # blocks, ln_f, wpe, wte
+    assert gradients == 498688  # every parameter's gradient, new buffers
+    tied_partial = V * d * 4  # the second of the two partial gradients of wte
+    logits = T * V * 4  # held by the loop (nanoGPT's ``logits, loss = model(X, Y)``)
+    logits_grad = T * V * 4  # kept to the end for the late lm_head weight gradient
+    embedding_grad = T * d * 4  # the gradient into the embeddings
+    loss_and_divisor = 4 + 4
+    case = _cases(compile=True, implementation="nanogpt", precision="32-true", dropout=0.0,
+                  micro_batch_size=2, gradient_accumulation=False)[0]
+    assert case["peak"] == (gradients + tied_partial + logits + logits_grad + embedding_grad
+                            + loss_and_divisor) == 715784
+
+
+@pytest.mark.parametrize("case", _cases(implementation="torchtune", compile=False), ids=_id)
+def test_torchtune_eager_checkpointed_steps_match_the_recompute_moment(
+        case: dict[str, Any]) -> None:
+    # the recompute moment of tests/test_impl_recompute_peaks_replay.py and
+    # tests/test_fresh_recompute_peaks_replay.py, plus each checkpoint's CPU RNG state (two
+    # checkpoints alive with every gradient resident, the first's alone when fresh) and the
+    # loss and its seed; fresh, the first block's mlp_norm backward that the fresh moment
+    # does not model (OFF there, 214400 bytes)
+    delta, moment = predicted_delta(case)
+    assert moment == "recompute"
+    acc = case["gradient_accumulation"]
+    off = 2 * CPU_RNG_STATE if acc else CPU_RNG_STATE + 214400
+    assert case["peak"] - delta == off + LOSS_AND_SEED
+
+
+@pytest.mark.parametrize("case", _cases(implementation="torchtune", compile=True,
+                                        gradient_accumulation=False), ids=_id)
+def test_torchtune_compiled_checkpointed_fresh_steps_end_with_every_gradient(
+        case: dict[str, Any]) -> None:
+    # each layer compiled, then checkpointed (the published compile + activation
+    # checkpointing rows' path), no gradient when the step starts: the peak is the backward's
+    # end, `fresh_recompute_moment`'s ``end`` (every gradient, the tied weight's partial
+    # gradients, the residual gradient into the embedding). With the standard loss to the
+    # loss and its seed; with the chunked loss the head's share of the tied weight's
+    # gradient is one V d fewer than the moment counts (the per-chunk gradients summed into a
+    # buffer the engine then adds the embedding's share into, in place), the residual
+    # gradient (T d 2) beside them instead: 7.3 % over
+    delta, moment = predicted_delta(case)
+    assert moment == "recompute"
+    if case["loss"] == "standard":
+        assert case["peak"] - delta == LOSS_AND_SEED
+    else:
+        V, d, T = 512, 256, 96
+        assert delta - case["peak"] == V * d * 2 - T * d * 2 - LOSS_AND_SEED
+
+
+@pytest.mark.parametrize("case", _cases(implementation="torchtune", compile=True,
+                                        gradient_accumulation=True), ids=_id)
+def test_torchtune_compiled_checkpointed_steps_with_gradients_resident_are_under(
+        case: dict[str, Any]) -> None:
+    # with every gradient resident each compiled layer's backward graph holds the new
+    # gradients it makes (new buffers; the layer's graphs split it) beside the resident ones
+    # until it returns: not modelled, 29-45 % under. Pinned so a model change shows here.
+    delta, _ = predicted_delta(case)
+    assert -0.45 < (delta - case["peak"]) / case["peak"] < -0.28
