@@ -140,7 +140,7 @@ def test_an_mfu_whose_rate_underflows_is_refused_by_name() -> None:
                                            tokens_per_step=524288, dtype="fp32"),
                  lambda: time_to_train(huge, "RTX 4070", tokens=10**9, mfu=5e-324,
                                        seq_len=1024, dtype="fp32")):
-        with pytest.raises(ScaleplanError, match=r"mfu=5e-324 gives 0.0 tokens per second"):
+        with pytest.raises(ScaleplanError, match=r"mfu=5e-324 gives 0.0 tokens per second; use"):
             call()
     # a rate that is tiny but not zero overflows the time instead, also refused by name
     with pytest.raises(ScaleplanError, match="the training time at mfu=5e-324 overflows"):

@@ -265,21 +265,14 @@ def throughput_at_mfu(
     per_token = flops_per_token(cfg, seq_len=seq_len, causal=causal, method=method)
     tokens_per_second = mfu * n_gpus * peak / per_token
     if not tokens_per_second > 0:  # a subnormal MFU underflows the rate to zero
-        raise ScaleplanError(f"mfu={mfu!r} gives {tokens_per_second} tokens per second: a run "
-                             "at that MFU never finishes; use a fraction such as 0.4")
+        raise ScaleplanError(f"mfu={mfu!r} gives 0.0 tokens per second; use e.g. mfu=0.4")
     step_seconds = None if tokens_per_step is None else finite(
         f"the step time at mfu={mfu!r}", tokens_per_step / tokens_per_second)
     return Throughput(
         tokens_per_second=tokens_per_second,
         tokens_per_second_per_gpu=tokens_per_second / n_gpus,
-        flops_per_token=per_token,
-        achieved_flops=mfu * peak,
-        mfu=mfu,
-        n_gpus=n_gpus,
-        tokens_per_step=tokens_per_step,
-        step_seconds=step_seconds,
-        **labels,
-    )
+        flops_per_token=per_token, achieved_flops=mfu * peak, mfu=mfu, n_gpus=n_gpus,
+        tokens_per_step=tokens_per_step, step_seconds=step_seconds, **labels)
 
 
 def time_to_train(
