@@ -24,7 +24,7 @@ UNTIED = TIED.replace(tie_embeddings=False)
 
 
 def test_the_moment_is_named_among_training_memorys() -> None:
-    assert COMPILED_BACKWARD_MOMENT == "block_backward"
+    assert COMPILED_BACKWARD_MOMENT == "backward_end"
 
 
 @pytest.mark.parametrize(("precision", "tied"), [
@@ -70,7 +70,7 @@ def test_few_tokens_peak_at_the_backward_end_by_hand() -> None:
     G = (2 * 49984 + 20480 + 4096 + 128) * 4
     assert G == 498688
     m = _small(hold_logits=True)
-    assert m.peak_moment == "block_backward"  # type: ignore[attr-defined]
+    assert m.peak_moment == "backward_end"  # type: ignore[attr-defined]
     extra = G + 81920 + 48 * 320 * 4 + 384 + 384 + 4
     assert m.tensor_peak == m.weights + m.gradients + m.optimizer + extra  # type: ignore[attr-defined]
     # without accumulation the same bytes above the step's start (the measured equality)
@@ -87,9 +87,9 @@ def test_not_taken_where_the_graph_is_split_or_rebuilt() -> None:
     # DDP splits a compiled graph per gradient bucket; checkpointed blocks are rebuilt by
     # the backward (their moment is the recompute): no backward-end moment there
     ddp = _small(parallelism=Parallelism(data=2))
-    assert ddp.peak_moment != "block_backward"  # type: ignore[attr-defined]
+    assert ddp.peak_moment != "backward_end"  # type: ignore[attr-defined]
     full = _small(checkpointing="full")
-    assert full.peak_moment != "block_backward"  # type: ignore[attr-defined]
+    assert full.peak_moment != "backward_end"  # type: ignore[attr-defined]
 
 
 def test_a_7b_model_under_accumulation_holds_its_gradients_twice() -> None:
@@ -101,7 +101,7 @@ def test_a_7b_model_under_accumulation_holds_its_gradients_twice() -> None:
               implementation="hf", optimizer_impl="fused")
     acc = training_memory(cfg, **kw)  # type: ignore[arg-type]
     assert acc.gradients == 6_738_415_616 * 4
-    assert acc.peak_moment == "block_backward"
+    assert acc.peak_moment == "backward_end"
     fresh = training_memory(cfg, gradient_accumulation=False, **kw)  # type: ignore[arg-type]
     # untied: the moment is the gradients alone (and the batch's ids, 2048 x 8), so the step
     # with accumulation needs exactly one more set of gradients
@@ -114,13 +114,13 @@ def test_the_moment_holds_the_loops_batch_and_logits() -> None:
     tied = 320 * 64 * 4
     # nanoGPT's loop holds X and Y (the targets term: ids and the mean's fp32 divisor)
     assert compiled_end_moment(TIED, "32-true", 1000, 61440, saved, "nanogpt", step) == {
-        "block_backward": 61440 + 384 + 388 + 1000 + tied}
+        "backward_end": 61440 + 384 + 388 + 1000 + tied}
     # transformers' labels are the token ids themselves
     assert compiled_end_moment(TIED, "32-true", 1000, 0, saved, "hf", step) == {
-        "block_backward": 384 + 1000 + tied}
+        "backward_end": 384 + 1000 + tied}
     # fresh: the new gradients are the ones the step counts
     assert compiled_end_moment(UNTIED, "32-true", 1000, 0, saved, "hf",
-                               (True, "none", True, True, False)) == {"block_backward": 384}
+                               (True, "none", True, True, False)) == {"backward_end": 384}
 
 
 @pytest.mark.parametrize("where", [

@@ -132,7 +132,7 @@ def test_compiled_steps_of_few_tokens_peak_on_the_gradients_the_graph_holds(
     # runs, its gradients made (not modelled): 4-7 % under the backward start. Never over.
     delta, moment = predicted_delta(case)
     assert case["phase_peaks"]["backward"] == case["peak"]
-    if moment == "block_backward":
+    if moment == "backward_end":
         assert case["family"] in ("gpt2-like", "gpt2")  # tied
         assert 0.10 * case["peak"] < case["peak"] - delta < 0.12 * case["peak"]
     else:
@@ -148,7 +148,7 @@ def _named(case: dict[str, Any], prefix: str) -> int:
 
 @pytest.mark.parametrize("case", [
     c for c in _cases(compile=True, micro_batch_size=2, gradient_accumulation=False)
-    if c["implementation"] in WHOLE_GRAPH and predicted_delta(c)[1] == "block_backward"],
+    if c["implementation"] in WHOLE_GRAPH and predicted_delta(c)[1] == "backward_end"],
     ids=_id)
 def test_the_backward_end_terms_are_allocations_live_at_the_peak(case: dict[str, Any]) -> None:
     # each term of the moment is among the allocations named at the measured peak: every new

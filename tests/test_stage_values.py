@@ -106,7 +106,7 @@ def test_compiled_code() -> None:
         # 872 parameters, wte 128, wpe 64, ln_f 16: 1952 x 4), the embedding's partial
         # gradient of the tied weight (V d 4 = 512), the held logits (256) and the batch the
         # loop holds (token ids 32, targets 32 + the mean's divisor 4)
-        "block_backward": 1952 * 4 + 512 + 256 + 32 + 36,
+        "backward_end": 1952 * 4 + 512 + 256 + 32 + 36,
     }
     _, _, _, saved, _, _, _, moments = parts(checkpointing="full", compiled=True)
     # embedding: ids 64 (at b = 1 no position embedding output); per block its input 128 and

@@ -76,7 +76,7 @@ RNG_STATE_BYTES: dict[str, int] = {"cuda": 16, "cpu": 5056, "cpu-cuda-semantics"
 SEED_BYTES = 8  # inductor's int64 seed per random op, kept under full checkpointing
 # The name `compiled_backward_end_bytes`' moment takes among `training_memory`'s moments: the
 # blocks' (and the embedding's) backward, inside the compiled backward graph.
-COMPILED_BACKWARD_MOMENT = "block_backward"
+COMPILED_BACKWARD_MOMENT = "backward_end"
 
 
 def _check(precision: Precision, checkpointing: CheckpointingKind, device: DeviceKind = "cuda",
@@ -381,7 +381,7 @@ def compiled_end_moment(cfg: GPTConfig, precision: Precision, gradients: Any, he
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_end_moment(cfg, "32-true", 1000, 0, {"token_ids": 32}, "hf",
     ...                     (True, "none", True, True, False))  # ids 32 + tied 16 x 8 x 4
-    {'block_backward': 544}
+    {'backward_end': 544}
     """
     *where, accumulating = step
     if tuple(where) != (True, "none", True, True):

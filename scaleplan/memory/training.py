@@ -100,9 +100,11 @@ class MemoryBreakdown(BaseModel):
                         "(fp32 log-softmax, targets).")
     peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
                          "head_backward", "offload_backward", "block_backward", "block_end",
-                         "root_end"] = Field(
+                         "root_end", "backward_end"] = Field(
         description="Which moment of the step is the worst (``block_end`` and ``root_end``: "
-                    "FSDP1's, `scaleplan.memory.litgpt_fsdp_terms`).")
+                    "FSDP1's, `scaleplan.memory.litgpt_fsdp_terms`; ``backward_end``: a "
+                    "compiled graph returning every gradient, "
+                    "`scaleplan.memory.compiled_terms.compiled_end_moment`).")
     saved_breakdown: dict[str, int] = Field(
         description="saved_for_backward by operation, summed over layers.")
 
