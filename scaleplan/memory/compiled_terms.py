@@ -349,9 +349,8 @@ def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradien
       sum fp32: V d 4 + V d 2 beside it; measured in fp32 and under bf16 autocast, 2 x 24
       tokens); ``both_ends``: the stage holds the embedding and the head.
 
-    This is at least what the graph holds then: what else of the loss side or the first
-    block is still alive depends on inductor's order of the backward's kernels (up to 10 % of
-    the measured peak more at 48 tokens); it is the step's peak only when the gradients
+    What else the graph's last kernels hold (the first block's, the tied head's) is
+    `scaleplan.memory.compiled_end`'s; the moment is the step's peak only when the gradients
     outweigh the activations (few tokens, or a large model under accumulation).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
@@ -369,14 +368,17 @@ def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradien
 
 def compiled_end_moment(cfg: GPTConfig, precision: Precision, gradients: Any, held: Any,
                         saved: dict[str, Any], implementation: str,
-                        step: tuple[bool, str, bool, bool, bool]) -> dict[str, Any]:
+                        step: tuple[bool, str, bool, bool, bool],
+                        shape: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """`training_memory`'s moment for `compiled_backward_end_bytes` (named
-    `COMPILED_BACKWARD_MOMENT`), with ``held`` (the logits the loop holds) and the batch it
-    holds (the token ids; nanoGPT's targets too, ``saved``'s terms), where one compiled
-    graph returns every gradient at once; else none. ``step``: (compiled, checkpointing,
-    one GPU, no switch but gradient accumulation, accumulating): a whole model compiled
-    without checkpointing (measured), on one GPU (DDP splits the graph per gradient bucket;
-    one GPU holds both ends of a tied weight).
+    `COMPILED_BACKWARD_MOMENT`), with ``held`` (the logits the loop holds), the batch it
+    holds (the token ids; nanoGPT's targets too, ``saved``'s terms) and, given ``shape``
+    (b, s), what the graph's last kernels hold
+    (`scaleplan.memory.compiled_end.compiled_end_extra_bytes`), where one compiled graph
+    returns every gradient at once; else none. ``step``: (compiled, checkpointing, one GPU,
+    no switch but gradient accumulation, accumulating): a whole model compiled without
+    checkpointing (measured), on one GPU (DDP splits the graph per gradient bucket; one GPU
+    holds both ends of a tied weight).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_end_moment(cfg, "32-true", 1000, 0, {"token_ids": 32}, "hf",
@@ -386,6 +388,9 @@ def compiled_end_moment(cfg: GPTConfig, precision: Precision, gradients: Any, he
     *where, accumulating = step
     if tuple(where) != (True, "none", True, True):
         return {}
+    from scaleplan.memory.compiled_end import compiled_end_extra_bytes  # it imports this
+
+    extra = 0 if shape is None else compiled_end_extra_bytes(cfg, *shape, precision=precision)
     batch = saved["token_ids"] + (saved["targets"] if implementation == "nanogpt" else 0)
-    return {COMPILED_BACKWARD_MOMENT: held + batch + compiled_backward_end_bytes(
+    return {COMPILED_BACKWARD_MOMENT: held + batch + extra + compiled_backward_end_bytes(
         cfg, precision=precision, gradients=gradients, accumulating=accumulating)}

@@ -132,7 +132,8 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     held = TV * logit_bytes if hold_logits else 0
     end = compiled_end_moment(cfg, p, G, held, saved, implementation, (
         compiled, checkpointing, par == Parallelism(), replace(
-            switches, gradient_accumulation=True) == NO_SWITCHES, switches.gradient_accumulation))
+            switches, gradient_accumulation=True) == NO_SWITCHES, switches.gradient_accumulation),
+        shape=(b, s))
     moments, held = _loss_moments(cfg, b, s, p, S, copies, all_copies, temp, TV, held,
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
