@@ -11,9 +11,10 @@ its last use and ends the same way for nanoGPT's and transformers' GPT-2 layouts
   autocast, the tied weight's sum. Every one of its inputs and outputs is alive while it
   runs: the gradient of the fused q/k/v projection's output, ``T (a + 2k) h e``; the gradient
   into the norm's output (the projection's input gradient, ``T d e``); the residual gradient
-  it finishes (``T d r``, fp32); LayerNorm's backward's two per-row sums (``T x 4`` each); under autocast the projection's weight and bias gradients in the matmul
-  dtype (their fp32 copies are gradients); and what the first block's norm and the embeddings
-  saved (`compiled_block_saved_terms`' ``norm1_*``, the position ids, the dropout mask);
+  it finishes (``T d r``, fp32); LayerNorm's backward's two per-row sums (``T x 4`` each);
+  under autocast the projection's weight and bias gradients in the matmul dtype (their fp32
+  copies are gradients); and what the first block's norm and the embeddings saved
+  (`compiled_block_saved_terms`' ``norm1_*``, the position ids, the dropout mask);
 - **the tied head's weight gradient**: where the two partial gradients of a tied weight share
   a dtype (fp32), inductor folds their sum into the head's weight-gradient matmul
   (``addmm(embedding_partial, dlogits^T, x, beta=1)``), which therefore runs last: the
