@@ -137,9 +137,11 @@ def test_rmsnorm_with_learned_positions_keeps_the_position_output() -> None:
 
 
 def test_backward_start_holds_two_logits_sized_buffers() -> None:
-    # the logits' gradient and the returned logits' zero tangent, T V e each
-    assert compiled_backward_start_bytes(LLAMA, 1, 4, precision="bf16-mixed") == 2 * 4 * 32 * 2
-    assert compiled_backward_start_bytes(GPT, 2, 4, precision="32-true") == 2 * 8 * 16 * 4
+    # the logits' gradient and the returned logits' zero tangent, T V e each, and the loss
+    # backward's per-row sum of the gradient, T x 4 (fp32)
+    assert compiled_backward_start_bytes(LLAMA, 1, 4, precision="bf16-mixed") == (
+        2 * 4 * 32 * 2 + 4 * 4)
+    assert compiled_backward_start_bytes(GPT, 2, 4, precision="32-true") == 2 * 8 * 16 * 4 + 8 * 4
 
 
 def test_what_is_not_modelled_is_refused_by_name() -> None:

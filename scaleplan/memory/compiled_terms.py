@@ -308,22 +308,23 @@ def compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Precision
 def compiled_backward_start_bytes(cfg: GPTConfig, b: Any, s: Any, *,
                                   precision: Precision) -> Any:
     """Transient bytes on top of the saved tensors when the compiled backward starts, in place
-    of eager's ``2 T V`` in the loss dtype: 2 T V e.
+    of eager's ``2 T V`` in the loss dtype: 2 T V e + T x 4.
 
     The backward graph's first kernel (inductor's generated code, torch 2.13) fuses
     nll_loss_backward, log_softmax_backward and the cast: it reads the saved logits, max and
     log-sum-exp and writes the logits' gradient in the matmul dtype (T V e; no fp32 T V
-    buffer). Its other T V e input is the tangent of the returned logits: the model returns
+    buffer) and each row's sum of the incoming gradient (T x 4, fp32: log_softmax_backward's
+    reduction). Its other T V e input is the tangent of the returned logits: the model returns
     them, the loss does not use them, and the compiled autograd function materialises their
     zero gradient. The returned logits themselves are the saved ones (already in
     `compiled_head_saved_terms`), so a loop that holds them adds nothing.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
-    >>> compiled_backward_start_bytes(cfg, 1, 4, precision="bf16-mixed")  # 2 x 4 x 16 x 2
-    256
+    >>> compiled_backward_start_bytes(cfg, 1, 4, precision="bf16-mixed")  # 2x4x16x2 + 4x4
+    272
     """
     _check(precision, "none")
-    return 2 * b * s * cfg.vocab_size * activation_bytes(precision)
+    return 2 * b * s * cfg.vocab_size * activation_bytes(precision) + b * s * STAT_BYTES
 
 
 def compiled_backward_end_bytes(cfg: GPTConfig, *, precision: Precision, gradients: Any,
