@@ -110,13 +110,32 @@ def test_cpu_matmul_workspaces_are_set_apart() -> None:
                                         micro_batch_size=8), ids=_id)
 def test_compiled_steps_at_scale_keep_the_eager_moments(case: dict[str, Any]) -> None:
     # 512 tokens: the backward-start moment (saved tensors + the logits' zero tangent and
-    # gradient) is the peak, as modelled; the model is under by the saved tensors it misses
-    # at this shape (the position embedding's output and the first LayerNorm's mean, 18432
-    # bytes, with dropout more), the loss scalar and its divisor: within 1 %, never over
+    # gradient + the loss backward's per-row sums) is the peak, exact but for the loss and
+    # its seed, with the partition's saves at 8 rows: the first block's input rebuilt from the
+    # position embedding's output and ln_1's mean (scaleplan.memory.compiled_first_input).
+    # fp32 with dropout peaks later, in the last block's MLP backward, the logits' gradient
+    # still alive for the head's late weight gradient (the tied sum folds into it): not
+    # modelled, 0.38 % under
     delta, moment = predicted_delta(case)
     assert moment == "backward_start"
-    assert 0 < case["peak"] - delta <= 0.01 * case["peak"]
     assert case["peak"] == max(case["phase_peaks"].values()) == case["phase_peaks"]["backward"]
+    if case["precision"] == "32-true" and case["dropout"] > 0:
+        # the GELU's T f 4 gradient made, beside the logits' held gradient T V 4
+        assert "524288 ?" in case["at_peak"] and "655360 ?" in case["at_peak"]
+        assert 0 < case["peak"] - delta <= 0.004 * case["peak"]
+        return
+    assert case["peak"] - delta == LOSS_AND_SEED
+
+
+def test_the_first_blocks_input_is_rebuilt_at_eight_rows() -> None:
+    # fp32, 8 x 64 tokens, d = 64: among the saved tensors live at the backward's start are
+    # the position embedding's output (64, 64) fp32 = 16384 bytes and ln_1's mean
+    # (8, 64, 1) fp32 = 2048 bytes besides its rstd
+    case = _cases(compile=True, implementation="nanogpt", precision="32-true", dropout=0.0,
+                  micro_batch_size=8, gradient_accumulation=False)[0]
+    shapes = [item.split(" ", 3)[3] for item in case["at_peak"] if " saved " in item]
+    assert shapes.count("(64, 64) float32") == 1
+    assert shapes.count("(8, 64, 1) float32") == 2 + 4  # ln_1's mean and rstd, 4 more rstd
 
 
 @pytest.mark.parametrize("case", [c for c in _cases(compile=True, micro_batch_size=2)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from scaleplan.checks import is_integer
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import (
     CUDA_MASK_BYTES,
@@ -51,6 +50,7 @@ from scaleplan.memory.activations import (
     param_dtype_bytes,
     residual_bytes,
 )
+from scaleplan.memory.compiled_first_input import first_input_rebuild_terms
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
@@ -220,11 +220,11 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
     dropout, a bool mask (b s d). Where the first block's input itself is not kept (full
     checkpointing; RMSNorm, whose backward rebuilds it), learned positions also keep the
     position embedding's output (s d r): that input is rebuilt from the token and position
-    embeddings' outputs (the token one is counted as the first block's input). At b = 1
-    (a Python or numpy integer) the partitioner keeps the sum itself, no larger than either
-    output, and no position output (measured: ``python -m scaleplan.reference.goldens
-    compiled``, tests/data/compiled_terms_golden.json); a numpy array's cells equal to 1 count
-    as b = 1, sympy symbols as b > 1.
+    embeddings' outputs (the token one is counted as the first block's input); at b = 1 the
+    sum itself is kept (measured: ``python -m scaleplan.reference.goldens compiled``,
+    tests/data/compiled_terms_golden.json). LayerNorm without checkpointing does the same
+    from a few rows on, keeping the first norm's mean too:
+    `scaleplan.memory.compiled_first_input`.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, block_size=4)
     >>> compiled_embedding_saved_terms(cfg, 2, 4, precision="bf16-mixed", dropout=True)
@@ -234,14 +234,9 @@ def compiled_embedding_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision:
     terms: dict[str, Any] = {"token_ids": b * s * INDEX_BYTES}
     if cfg.position == "learned":
         terms["position_ids"] = s * INDEX_BYTES
-        one_row = is_integer(b) and int(b) == 1
-        if (checkpointing == "full" or cfg.norm == "rmsnorm") and not one_row:
-            out = s * cfg.n_embd * residual_bytes(precision)
-            if hasattr(b, "dtype"):
-                import numpy as np
-
-                out = np.where(b == 1, 0, out)
-            terms["position_output"] = out
+        terms.update(first_input_rebuild_terms(
+            cfg, b, s, precision=precision, dropout=dropout,
+            rebuilt=checkpointing == "full" or cfg.norm == "rmsnorm"))
     if dropout:
         terms["embedding_dropout_mask"] = b * s * cfg.n_embd * CUDA_MASK_BYTES
     return terms
