@@ -6,7 +6,9 @@ from a few rows on. Measured with `scaleplan.reference.compiled.measure_compiled
 partition's saved bytes less `compiled_saved_terms` before this term, torch 2.13 CPU, fp32):
 no dropout, d = 64, 2 layers, s = 32: 0 at b = 1 and 2; 8576, 8704, 8832, 8960 at b = 3-6
 (= s d 4 + b s 4); the 512-token steps of tests/data/compiled_step_peaks.json: 18432 at
-8 x 64. With dropout 0.1: 0 at b = 2-7, 18432 at 8 x 64.
+8 x 64. With dropout 0.1: 0 at b = 2-7 (s = 32), 18432 at 8 x 64, 9216 at 8 x 32 with
+block_size 32, 9728 and 10240 at 12 and 16 x 32; but 0 at 8 x 32 with block_size 64 (the turn's
+edge: the model is 9216 bytes over there).
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ norm's backward reads or what rebuilds it from the two embeddings' outputs:
 Measured by `scaleplan.reference.compiled.measure_compiled` (the partition's saved tensors,
 fp32 and bf16 autocast, d 64 to 256, 2 to 12 layers, s 16 to 64): without dropout
 x_hat at b = 1 and 2, the rebuild at b = 3 to 8; with dropout (CUDA's bool masks) x_hat at
-b = 2 to 7, the rebuild at b = 8. The whole compiled step at 8 x 64 tokens:
-tests/data/compiled_step_peaks.json.
+b = 2 to 7, the rebuild at b = 8 (8 x 64 with block_size 64 and 128, 8 x 32 with block_size
+32), 12 and 16, but x_hat at 8 x 32 with block_size 64: at 8 rows the two cuts weigh nearly
+the same, and the model counts s d 4 + T 4 there that the partition does not keep (9216
+bytes at d = 64). The whole compiled step at 8 x 64 tokens: tests/data/compiled_step_peaks.json.
 """
 
 from __future__ import annotations
