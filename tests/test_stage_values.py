@@ -100,13 +100,19 @@ def test_compiled_code() -> None:
     assert held == 0  # the held logits are the saved ones
     assert moments == {
         "forward_end": S,
-        "backward_start": S + 2 * 64 * 4,  # the logits' gradient and the zero tangent
+        # the logits' gradient and the zero tangent, the loss backward's per-row sums T x 4
+        "backward_start": S + 2 * 64 * 4 + 4 * 4,
         "optimizer_step": 64 * 4,  # the held logits, once backward freed the saved ones
         # the compiled backward's end: every gradient a second time (new buffers; 2 blocks of
         # 872 parameters, wte 128, wpe 64, ln_f 16: 1952 x 4), the embedding's partial
         # gradient of the tied weight (V d 4 = 512), the held logits (256) and the batch the
-        # loop holds (token ids 32, targets 32 + the mean's divisor 4)
-        "backward_end": 1952 * 4 + 512 + 256 + 32 + 36,
+        # loop holds (token ids 32, targets 32 + the mean's divisor 4); and what the graph's
+        # last kernels hold (scaleplan.memory.compiled_end): the tied sum folded into the
+        # head's late weight gradient keeps the logits' gradient (T V 4 = 256) and the head's
+        # input (T d 4 = 128), and the first block's last fused kernel (qkv gradient 384, ln_1
+        # output and residual gradients 128 each, two row sums 16 each, ln_1's x_hat 128 and
+        # rstd 16, position ids 32: 848) outweighs the sum (V d 4 = 512) by 336
+        "backward_end": 1952 * 4 + 512 + 256 + 32 + 36 + 256 + 128 + 848 - 512,
     }
     _, _, _, saved, _, _, _, moments = parts(checkpointing="full", compiled=True)
     # embedding: ids 64 (at b = 1 no position embedding output); per block its input 128 and
