@@ -331,8 +331,9 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`). With tensor
     parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
     ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient
-    accumulation, eager (`titan_fresh_covers`): no sharded gradient until the head unit's
-    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``).
+    accumulation (`titan_fresh_covers`): no sharded gradient until the head unit's
+    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``);
+    compiled blocks on two or more ranks too.
     One GPU (``par.data == 1``) is FSDP2 on a one-rank mesh (``one_rank_mesh``), its chunked
     loss refused by name."""
     if par.tensor > 1:
@@ -354,12 +355,14 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         "backward_start": S + 2 * TV * FP32_BYTES + gathered["backward_start"],
         "optimizer_step": temp,
     }
-    if not compiled:  # measured whole (titan_fsdp_moments); "recompute" names it as before
+    if not compiled or par.data > 1:  # measured whole (titan_fsdp_moments; compiled blocks
+        # on two or more ranks: titan_compiled_step); "recompute" names it as before
         batch = sum(v for k, v in saved.items() if k in ("embedding_ids", "positions"))
         moments["recompute" if checkpointing != "none" else "block_backward"] = (
             batch + titan_block_backward_moment(cfg, b, s, precision=p,
                                                 checkpointing=checkpointing, device=device,
-                                                layers=layers, data=par.data, fresh=fresh))
+                                                layers=layers, data=par.data, fresh=fresh,
+                                                compiled=compiled))
     elif checkpointing != "none":
         loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
         moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]

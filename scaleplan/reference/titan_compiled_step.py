@@ -60,6 +60,9 @@ CASES: tuple[tuple[str, int, str, int, int, str, bool, bool], ...] = (
     *((name, 2, ac, b, s, "bf16", True, fresh)
       for name, b, s in (("gqa-3", 2, 96), ("wide-vocab-4", 1, 32))
       for ac in ("none", "full", "selective") for fresh in (False, True)),
+    # few tokens: a block's end (every weight gradient made) or the head unit's reduce
+    *(("gqa-3", 2, ac, 1, 16, "bf16", True, False) for ac in ("none", "full", "selective")),
+    ("mha-2", 2, "none", 1, 32, "bf16", True, False),
     # more ranks, fp32 parameters
     *(("gqa-3", 8, "full", 2, 96, "bf16", True, fresh) for fresh in (False, True)),
     *(("gqa-3", 4, "none", 2, 96, "fp32", True, fresh) for fresh in (False, True)),
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                           micro_batch_size=b, seq_len=s, param_dtype=dtype,
                                           compile=compiled, fresh=fresh)
         print(name, data, ac, b, s, dtype, compiled, fresh, row["delta"], row["peak_phase"],
-              row["at_peak"][:8], flush=True)
+              row["at_peak"], flush=True)
         rows.append(row)
     if "--write" in argv:
         JSON_PATH.write_text(json.dumps({"torch": torch.__version__, "torchtitan": "0.3.0",
