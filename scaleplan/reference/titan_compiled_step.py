@@ -148,7 +148,8 @@ def _profiled_step(model: Any, cfg: GPTConfig, b: int, s: int, *,
         with trace.phase("optimizer"):
             opt.step()
     return {"delta": trace.tensor_peak,
-            "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(), "with_workspaces": trace.peak,
+            "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(),
+            "with_workspaces": trace.peak,
             "phase_peaks": trace.phase_peaks, "phase_starts": trace.phase_starts,
             "peak_phase": max(trace.phase_peaks, key=lambda k: trace.phase_peaks[k]),
             "at_peak": [n for n, _ in trace.at_peak]}
