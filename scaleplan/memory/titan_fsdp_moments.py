@@ -33,8 +33,10 @@ a block's, or, for the last block, the [final norm, lm_head] unit's), the block'
 parameters, the next unit's all-gather output (its backward prefetch: a block's, or, for block
 0, the embedding's) and the block's unsharded gradients so far. The block that peaks is the
 last, the second-to-last or the first; `titan_block_backward_moment` takes the largest of every
-moment. Compiled blocks are not measured this way (inductor's allocations bypass the dispatch
-mode that lists storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
+moment. Compiled blocks (inductor's allocations bypass the dispatch mode that lists
+storages) were measured whole by the allocator's profiler events instead
+(`scaleplan.reference.titan_compiled_step`): the same buffers and unit moments, a compiled
+block's own at its MLP and its end (``compiled=True``).
 
 **Without gradient accumulation** (``fresh``: torchtitan's trainer sets every gradient to None
 after each step) no sharded gradient is resident: the loss's moments hold none, and each
