@@ -83,7 +83,8 @@ def titan_compiled_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int
     """Bytes a compiled checkpointed block's backward rebuilds while it runs: what the block
     saves compiled without checkpointing, less what it already holds (its input; under
     ``"selective"`` also SDPA's outputs and w1's output). Derived from the measured saves,
-    not measured itself: the backward's own peak lies inside inductor's generated code.
+    measured whole under full checkpointing, where the whole recompute runs before the MLP's
+    backward (`titan_compiled_mlp_moment`); per-op selective rebuilds its attention side later.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
@@ -133,9 +134,8 @@ def titan_compiled_mlp_moment(cfg: GPTConfig, b: Any, s: Any, *, e: int, device:
         return kept, kept + T * F * e, True
     gradients = 3 * T * F * e  # w2's input's, w1's and w3's outputs' gradients
     if checkpointing == "full":
-        whole = sum(titan_compiled_block_terms(cfg, b, s, e=e, device=device,
-                                               checkpointing="none").values())
-        return kept, whole + gradients, False
+        rebuilt = titan_compiled_rebuilt_block_bytes(cfg, b, s, e=e, checkpointing="full")
+        return kept, T * d * e + rebuilt + gradients, False
     mlp_side = T * FP32_BYTES + 2 * T * d * e + 2 * T * F * e
     return kept, kept + mlp_side + gradients, False
 
