@@ -121,6 +121,9 @@ def titan_compiled_mlp_moment(cfg: GPTConfig, b: Any, s: Any, *, e: int, device:
       attention side is rebuilt later, where its backward needs it), and the three ``b s F``
       gradients.
 
+    On a GPU inductor writes Triton kernels from the same scheduled graph; their order is
+    taken to be the CPU one's (not measured on a GPU).
+
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
