@@ -120,7 +120,7 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
     """
     ranks = par.fsdp == "full_shard" and par.data > 1
     return (implementation == "torchtitan" and loss == "standard"
-            and (ranks or (not compile and (par.fsdp == "full_shard" or par.data == 1)))
+            and (ranks or (not compile and par.data == 1))
             and par.tensor * par.pipeline * par.expert == 1)
 
 
