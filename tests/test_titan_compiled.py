@@ -213,20 +213,30 @@ def test_live_compiled_selective_block() -> None:
 
 
 def test_compiled_recompute_moment_by_hand() -> None:
-    """A compiled block's backward under per-op AC rebuilds what the compiled block saves
-    without checkpointing, less its input, SDPA's outputs and w1's output."""
+    """A compiled block's backward under per-op AC at its MLP, as measured whole
+    (tests/test_titan_compiled_step.py): its cache, the MLP side of its recompute and three
+    b s F gradients, beside FSDP2's buffers, w2's weight gradient not made yet."""
     small_vocab = TINY.replace(vocab_size=64)  # so that the loss's backward is not the peak
     m = training_memory(small_vocab, micro_batch_size=B, seq_len=S, implementation="torchtitan",
                         parallelism=FSDP8, checkpointing="selective", device="cuda",
                         compile=True, cuda_context_bytes=0, allocator_slack_fraction=0)
     assert m.peak_moment == "recompute"
-    rebuilt = (256 * 64 * 2 * 3 + 2 * 256 * 4 + 256 * 128 * 2 + 256 * 64 * 2 + LSE
-               + 3 * 256 * 192 * 2 + 256 * 64) - (256 * 64 * 2 + LSE) - 256 * 192 * 2
-    norm = 256 * 64 * 2 + 256 * 4  # the final norm on CUDA: bf16 input, fp32 rstd
-    loss_side = norm + 256 * 64 * 2 + 256 * 64 * 4 + 256 * 8 + 4  # freed by then
+    T = 256
+    # a block's compiled cache: input, wqkv's output (8 heads of 16), SDPA's output and
+    # logsumexp, w1's output
+    cache = T * 64 * 2 + T * 128 * 2 + T * 64 * 2 + LSE + T * 192 * 2
+    # the block in backward: its cache, the second norm's rstd, input and output, w3's output
+    # and w2's input, three b s F gradients
+    own = cache + T * 4 + 2 * T * 64 * 2 + 2 * T * 192 * 2 + 3 * T * 192 * 2
+    incoming = T * 64 * 2 + 8  # the block's incoming gradient, the loss and its gradient
     block = 64 * 128 + 64 * 64 + 3 * 64 * 192 + 2 * 64
-    gathered = 2 * block * 2 + block * 2 + block * 4  # two blocks, bf16 grads, fp32 copy
-    assert m.transient == rebuilt - loss_side + gathered
+    # the last block (1): the head unit's fp32 reduce-scatter input, block 1 gathered, block 0
+    # prefetched
+    fsdp = (64 * 64 + 64) * 4 + 2 * block * 2
+    batch = 2 * T * 8  # token ids and positions
+    moment = cache + own + incoming + fsdp + batch
+    assert moment == 1_275_656
+    assert m.transient == moment - m.saved_for_backward
 
 
 def test_memory_grid_takes_the_compiled_terms() -> None:

@@ -251,7 +251,6 @@ def cfg_params(cfg: GPTConfig) -> int:
 
 
 @pytest.mark.parametrize(("options", "pattern"), [
-    ({"compile": True}, r"not yet with compile=True"),
     ({"loss": "chunked"}, r"loss='chunked'"),
     ({"parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2,
                                  sequence_parallel=True)}, r"tensor parallelism"),
@@ -267,10 +266,15 @@ def test_unmeasured_fresh_steps_are_refused_by_name(options: dict[str, Any],
     assert "gradient_accumulation=True" in str(err.value)
 
 
-def test_covers_only_eager_fsdp2_with_the_standard_loss() -> None:
+def test_covers_only_fsdp2_with_the_standard_loss() -> None:
     assert titan_fresh_covers("torchtitan", False, "standard", FSDP8)
     assert not titan_fresh_covers("litgpt", False, "standard", FSDP8)
-    assert not titan_fresh_covers("torchtitan", True, "standard", FSDP8)
+    # compiled blocks: measured on 2, 4 and 8 ranks (titan_compiled_step), not on one GPU
+    assert titan_fresh_covers("torchtitan", True, "standard", FSDP8)
+    assert not titan_fresh_covers("torchtitan", True, "standard", Parallelism())
+    assert not titan_fresh_covers("torchtitan", True, "standard",
+                                  Parallelism(data=1, fsdp="full_shard"))
+    assert not titan_fresh_covers("torchtitan", True, "chunked", FSDP8)
     assert not titan_fresh_covers("torchtitan", False, "chunked", FSDP8)
     # one GPU: FSDP2 on a one-rank mesh, measured (one_rank_cases), whatever fsdp says
     assert titan_fresh_covers("torchtitan", False, "standard", Parallelism())
@@ -298,13 +302,12 @@ def test_covers_only_eager_fsdp2_with_the_standard_loss() -> None:
 def test_the_refusal_texts_whole() -> None:
     # what a user reads: the option, what is modelled, what is not, the fix
     titan = fresh_step_refusal(implementation="torchtitan", compile=True, checkpointing="full",
-                               loss="standard", parallelism=FSDP8)
+                               loss="standard", parallelism=Parallelism())
     assert titan == (
         "gradient_accumulation=False with implementation='torchtitan' is modelled for its "
-        "eager FSDP2 step (compile=False, the standard loss, one GPU or "
-        "Parallelism(data=N, fsdp='full_shard') and no other axis; measured whole), "
-        "not yet with compile=True, loss='chunked' or tensor parallelism; use "
-        "gradient_accumulation=True")
+        "FSDP2 step (the standard loss, Parallelism(data=N, fsdp='full_shard') and no other "
+        "axis, or eager on one GPU; measured whole), not yet with compile=True on one GPU, "
+        "loss='chunked' or tensor parallelism; use gradient_accumulation=True")
     ddp = fresh_step_refusal(implementation="hf", compile=False, checkpointing="none",
                              loss="standard", parallelism=Parallelism(data=2))
     assert ddp == (

@@ -5,8 +5,9 @@ and is made during backward, so what a GPU holds at each moment depends on when 
 makes and frees its gradients. That is derived and measured for one GPU (the generic
 `scaleplan.memory.step_switches.gradients_at`), for litgpt under Fabric's FSDP1 with full
 checkpointing (`scaleplan.memory.litgpt_fsdp_terms.litgpt_fsdp1_covers`) and for torchtitan's
-eager FSDP2 step (`scaleplan.memory.titan_fsdp_moments.titan_fresh_covers`), on two or more
-ranks and on one GPU (FSDP2 on a one-rank mesh, measured too).
+FSDP2 step (`scaleplan.memory.titan_fsdp_moments.titan_fresh_covers`), eager or with its
+blocks compiled on two or more ranks, and eager on one GPU (FSDP2 on a one-rank mesh,
+measured too).
 `fresh_step_refusal` says why any other step is refused.
 """
 
@@ -26,17 +27,16 @@ def fresh_step_refusal(*, implementation: str, compile: bool, checkpointing: str
     >>> fresh_step_refusal(implementation="torchtitan", compile=False, checkpointing="full",
     ...                    loss="standard", parallelism=Parallelism(data=8, fsdp="full_shard"))
     >>> print(fresh_step_refusal(implementation="torchtitan", compile=True,
-    ...       checkpointing="full", loss="standard",
-    ...       parallelism=Parallelism(data=8, fsdp="full_shard")))
-    gradient_accumulation=False with implementation='torchtitan' is modelled for its eager ...
+    ...       checkpointing="full", loss="standard", parallelism=Parallelism()))
+    gradient_accumulation=False with implementation='torchtitan' is modelled for its FSDP2 ...
     """
     if implementation == "torchtitan":
         if titan_fresh_covers(implementation, compile, loss, parallelism):
             return None
         return ("gradient_accumulation=False with implementation='torchtitan' is modelled for "
-                "its eager FSDP2 step (compile=False, the standard loss, one GPU or "
-                "Parallelism(data=N, fsdp='full_shard') and no other axis; measured whole), "
-                "not yet with compile=True, loss='chunked' or tensor parallelism; use "
+                "its FSDP2 step (the standard loss, Parallelism(data=N, fsdp='full_shard') "
+                "and no other axis, or eager on one GPU; measured whole), not yet with "
+                "compile=True on one GPU, loss='chunked' or tensor parallelism; use "
                 "gradient_accumulation=True")
     if parallelism == Parallelism() or litgpt_fsdp1_covers(implementation, checkpointing,
                                                             parallelism):

@@ -327,21 +327,23 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
     attention, its blocks compiled or eager (`scaleplan.memory.titan_compiled_terms`): no autocast
     weight copies, the logits dropped before backward (its trainer's ``del pred``), its AdamW
     ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
-    gradients at each moment; ``recompute`` (full or per-op selective checkpointing): the
-    saved tensors less the loss side (freed once the head's backward ran), plus one block
-    rebuilt (`scaleplan.memory.titan_compiled_terms.titan_step_terms`). With tensor
+    gradients at each moment; ``recompute`` (full or per-op selective checkpointing, or
+    ``block_backward`` without): the backward's worst moment as measured whole, eager or
+    compiled (`scaleplan.memory.titan_fsdp_moments.titan_block_backward_moment`; compile=True
+    is refused on one GPU before this). With tensor
     parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
     ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient
-    accumulation, eager (`titan_fresh_covers`): no sharded gradient until the head unit's
-    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``).
+    accumulation (`titan_fresh_covers`): no sharded gradient until the head unit's
+    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``);
+    compiled blocks on two or more ranks too.
     One GPU (``par.data == 1``) is FSDP2 on a one-rank mesh (``one_rank_mesh``), its chunked
     loss refused by name."""
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
     check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
-    saved, rebuilt = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                      device=device, layers=layers, compiled=compiled)
+    saved, _ = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
     W, G, O = titan_model_states(cfg, opt, data=par.data)
     gathered = titan_fsdp_in_flight(cfg, p, data=par.data, one_rank_mesh=True)
@@ -355,15 +357,14 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         "backward_start": S + 2 * TV * FP32_BYTES + gathered["backward_start"],
         "optimizer_step": temp,
     }
-    if not compiled:  # measured whole (titan_fsdp_moments); "recompute" names it as before
-        batch = sum(v for k, v in saved.items() if k in ("embedding_ids", "positions"))
-        moments["recompute" if checkpointing != "none" else "block_backward"] = (
-            batch + titan_block_backward_moment(cfg, b, s, precision=p,
-                                                checkpointing=checkpointing, device=device,
-                                                layers=layers, data=par.data, fresh=fresh))
-    elif checkpointing != "none":
-        loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
-        moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
+    # measured whole (titan_fsdp_moments; compiled blocks, on two or more ranks only:
+    # titan_compiled_step); "recompute" names it as before
+    batch = sum(v for k, v in saved.items() if k in ("embedding_ids", "positions"))
+    moments["recompute" if checkpointing != "none" else "block_backward"] = (
+        batch + titan_block_backward_moment(cfg, b, s, precision=p,
+                                            checkpointing=checkpointing, device=device,
+                                            layers=layers, data=par.data, fresh=fresh,
+                                            compiled=compiled))
     if chunked:  # the same recompute: the loss side is freed before the blocks' backward
         saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
         moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,

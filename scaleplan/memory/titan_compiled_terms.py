@@ -39,7 +39,8 @@ from scaleplan.memory.titan_sdpa_terms import (
 from scaleplan.memory.titan_terms import COMPLEX64_BYTES, TITAN_PRECISIONS
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["CPU_RNG_STATE_BYTES", "titan_compiled_block_terms",
+__all__ = ["CPU_RNG_STATE_BYTES", "titan_compiled_block_terms", "titan_compiled_end_moment",
+           "titan_compiled_mlp_moment",
            "titan_compiled_rebuilt_block_bytes", "titan_compiled_saved_terms",
            "titan_step_terms"]
 
@@ -82,7 +83,8 @@ def titan_compiled_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int
     """Bytes a compiled checkpointed block's backward rebuilds while it runs: what the block
     saves compiled without checkpointing, less what it already holds (its input; under
     ``"selective"`` also SDPA's outputs and w1's output). Derived from the measured saves,
-    not measured itself: the backward's own peak lies inside inductor's generated code.
+    measured whole under full checkpointing, where the whole recompute runs before the MLP's
+    backward (`titan_compiled_mlp_moment`); per-op selective rebuilds its attention side later.
 
     >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
@@ -96,6 +98,70 @@ def titan_compiled_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int
                                           checkpointing="selective")
         return whole - kept["attention_outputs"] - kept["w1_output"]
     return whole
+
+
+def titan_compiled_mlp_moment(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
+                              checkpointing: str) -> tuple[Any, Any, bool]:
+    """(bytes each earlier compiled block keeps, bytes the block in backward holds at its
+    MLP's backward, whether w2's unsharded weight gradient is made by then), the block's own
+    activations and gradient buffers, without its incoming gradient or FSDP2's buffers.
+
+    Measured whole (`scaleplan.reference.titan_compiled_step`, the allocator's events at the
+    backward's peak, each storage sized): inductor's backward graph of a compiled block runs
+    its kernels in its own order, so what is live at the MLP differs by checkpointing:
+
+    - ``"none"``: the block's saves, all still held (they are the graph's inputs), w2's
+      input gradient (``b s F``) and w2's weight gradient made;
+    - ``"full"``: the block's input and everything it saves compiled without checkpointing
+      (its recompute, `titan_compiled_rebuilt_block_bytes`, runs whole before the MLP's
+      backward), and three ``b s F`` gradients (w2's input's, w1's and w3's outputs'), w2's
+      weight gradient not made yet; the block's CPU generator state is consumed by then;
+    - ``"selective"``: the block's cache and only the MLP side of its recompute (the second
+      norm's input and output and its fp32 reciprocal std, w3's output, w2's input: the
+      attention side is rebuilt later, where its backward needs it), and the three ``b s F``
+      gradients.
+
+    On a GPU inductor writes Triton kernels from the same scheduled graph; their order is
+    taken to be the CPU one's (not measured on a GPU).
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_compiled_mlp_moment(cfg, 2, 96, e=2, device="cpu", checkpointing="full")
+    (66496, 1497600, False)
+    """
+    T, d, F = b * s, cfg.n_embd, cfg.mlp_hidden
+    kept = sum(titan_compiled_block_terms(cfg, b, s, e=e, device=device,
+                                          checkpointing=checkpointing).values())
+    if checkpointing == "none":
+        return kept, kept + T * F * e, True
+    gradients = 3 * T * F * e  # w2's input's, w1's and w3's outputs' gradients
+    if checkpointing == "full":
+        rebuilt = titan_compiled_rebuilt_block_bytes(cfg, b, s, e=e, checkpointing="full")
+        return kept, T * d * e + rebuilt + gradients, False
+    mlp_side = T * FP32_BYTES + 2 * T * d * e + 2 * T * F * e
+    return kept, kept + mlp_side + gradients, False
+
+
+def titan_compiled_end_moment(cfg: GPTConfig, b: Any, s: Any, *, e: int,
+                              checkpointing: str) -> Any:
+    """Bytes a compiled block's backward holds at its end beyond its incoming gradient and
+    FSDP2's buffers (every weight gradient of the block made, `titan_fsdp_buffers`'
+    ``whole_block``): the input gradient it returns and, live until its last kernels, the
+    gradient of ``wqkv``'s output (under ``"full"``, of one ``b s F`` tensor instead); its
+    saves are freed by then (measured whole with few tokens,
+    `scaleplan.reference.titan_compiled_step`).
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_compiled_end_moment(cfg, 1, 16, e=2, checkpointing="none")  # 5,120 + 10,240
+    15360
+    """
+    T, d = b * s, cfg.n_embd
+    if checkpointing == "full":
+        return T * d * e + T * cfg.mlp_hidden * e
+    return T * d * e + T * (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim * e
 
 
 def titan_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str,

@@ -33,8 +33,10 @@ a block's, or, for the last block, the [final norm, lm_head] unit's), the block'
 parameters, the next unit's all-gather output (its backward prefetch: a block's, or, for block
 0, the embedding's) and the block's unsharded gradients so far. The block that peaks is the
 last, the second-to-last or the first; `titan_block_backward_moment` takes the largest of every
-moment. Compiled blocks are not measured this way (inductor's allocations bypass the dispatch
-mode that lists storages); their moment stays `scaleplan.memory.titan_compiled_terms`'.
+moment. Compiled blocks (inductor's allocations bypass the dispatch mode that lists
+storages) were measured whole by the allocator's profiler events instead
+(`scaleplan.reference.titan_compiled_step`): the same buffers and unit moments, a compiled
+block's own at its MLP and its end (``compiled=True``).
 
 **Without gradient accumulation** (``fresh``: torchtitan's trainer sets every gradient to None
 after each step) no sharded gradient is resident: the loss's moments hold none, and each
@@ -75,6 +77,10 @@ from typing import Any
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.dtypes import larger
 from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.titan_compiled_terms import (
+    titan_compiled_end_moment,
+    titan_compiled_mlp_moment,
+)
 from scaleplan.memory.titan_sdpa_terms import (
     titan_sdpa_block_terms,
     titan_sdpa_rebuilt_block_bytes,
@@ -98,19 +104,23 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
                        par: Parallelism) -> bool:
     """Whether a step without gradient accumulation is torchtitan's as measured whole
     (`scaleplan.reference.titan_fsdp_step`'s ``fresh`` steps): eager blocks, its standard loss,
-    FSDP2 data ranks (one GPU is a one-rank mesh, measured too) and no other parallelism.
-    Compiled blocks (`scaleplan.memory.titan_compiled_terms`' recompute moment is not a
-    block's), its chunked loss and tensor parallelism were not measured without accumulation.
+    FSDP2 data ranks (one GPU is a one-rank mesh, measured too) and no other parallelism;
+    compiled blocks on two or more FSDP2 ranks (`scaleplan.reference.titan_compiled_step`).
+    Compiled blocks on one GPU, its chunked loss and tensor parallelism were not measured
+    without accumulation.
 
     >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism(data=8, fsdp="full_shard"))
     True
     >>> titan_fresh_covers("torchtitan", True, "standard", Parallelism(data=8, fsdp="full_shard"))
-    False
+    True
     >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism())  # one GPU
     True
+    >>> titan_fresh_covers("torchtitan", True, "standard", Parallelism())
+    False
     """
-    return (implementation == "torchtitan" and not compile and loss == "standard"
-            and (par.fsdp == "full_shard" or par.data == 1)
+    ranks = par.fsdp == "full_shard" and par.data > 1
+    return (implementation == "torchtitan" and loss == "standard"
+            and (ranks or (not compile and par.data == 1))
             and par.tensor * par.pipeline * par.expert == 1)
 
 
@@ -162,12 +172,15 @@ def titan_fresh_shards(cfg: GPTConfig, *, block: int, layers: int, data: int) ->
 
 
 def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
-                       whole_block: bool = False, prefetch: bool = True) -> int:
+                       whole_block: bool = False, prefetch: bool = True,
+                       w2_made: bool = True) -> int:
     """FSDP2's unsharded bytes while block ``block`` of ``layers`` runs its backward: the
     previous unit's fp32 reduce-scatter input, this block's gathered parameters, the next
     unit's all-gather output and the block's unsharded gradients made so far (w2's at its MLP,
     the ``whole_block``'s at its end; ``e`` bytes per gathered value). ``prefetch=False``: a
     one-rank mesh, where the next unit's all-gather output is not there yet (module docstring).
+    ``w2_made=False``: a compiled block's MLP before w2's weight gradient
+    (`scaleplan.memory.titan_compiled_terms.titan_compiled_mlp_moment`).
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -178,7 +191,7 @@ def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
     P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
     previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
     prefetched = (V * d * e if block == 0 else P * e) if prefetch else 0
-    made = P * e if whole_block else d * cfg.mlp_hidden * e
+    made = P * e if whole_block else d * cfg.mlp_hidden * e if w2_made else 0
     return previous + P * e + prefetched + made
 
 
@@ -259,11 +272,14 @@ def _one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layer
 
 def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
                                 checkpointing: str, device: str, layers: int,
-                                data: int, fresh: bool = False) -> Any:
+                                data: int, fresh: bool = False, compiled: bool = False) -> Any:
     """Live bytes beyond the sharded states and the batch at the backward's worst moment
     (module docstring), for eager SDPA blocks on ``data`` FSDP2 ranks. ``fresh``: a step
     without accumulation, whose sharded gradients are not resident but made unit by unit
-    (`titan_fresh_shards`, counted in the moments).
+    (`titan_fresh_shards`, counted in the moments). ``compiled``: torchtitan's per-block
+    compile, measured whole on two or more ranks (`scaleplan.reference.titan_compiled_step`):
+    the same FSDP2 buffers and unit moments, with what a compiled block keeps and holds at its
+    MLP's backward and at its end (`scaleplan.memory.titan_compiled_terms`).
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -273,17 +289,24 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     4531208
     """
     e = TITAN_PRECISIONS[precision]
-    kept, own = _per_block(cfg, b, s, e=e, device=device, checkpointing=checkpointing)
     T, d = b * s, cfg.n_embd
     incoming = T * d * e + LOSS_SCALARS
-    mlp = own + 2 * T * cfg.mlp_hidden * e + incoming
-    end = ((T * d * e if checkpointing != "none" else 0)
-           + _norm_end_bytes(T, d, e, device, checkpointing) + incoming)
+    if compiled:
+        kept, mlp, w2_made = titan_compiled_mlp_moment(cfg, b, s, e=e, device=device,
+                                                       checkpointing=checkpointing)
+        end = titan_compiled_end_moment(cfg, b, s, e=e, checkpointing=checkpointing)
+    else:
+        kept, own = _per_block(cfg, b, s, e=e, device=device, checkpointing=checkpointing)
+        mlp, w2_made = own + 2 * T * cfg.mlp_hidden * e, True
+        end = ((T * d * e if checkpointing != "none" else 0)
+               + _norm_end_bytes(T, d, e, device, checkpointing))
+    mlp, end = mlp + incoming, end + incoming
 
     def fsdp(j: int, whole_block: bool) -> int:
         made = titan_fresh_shards(cfg, block=j, layers=layers, data=data) if fresh else 0
         return made + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
-                                         whole_block=whole_block, prefetch=data > 1)
+                                         whole_block=whole_block, prefetch=data > 1,
+                                         w2_made=w2_made)
 
     # the buffers differ at the last, second-to-last and first block and are alike between,
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
