@@ -282,7 +282,7 @@ def test_no_gradient_accumulation_plans_one_micro_batch_per_step() -> None:
 
 
 def test_thin_fsdp_allocator_margin_warning() -> None:
-    # published FSDP2 runs reserved 13-24% above scaleplan's tensor peak (torchtitan's
+    # published FSDP2 runs reserved 15-25% above scaleplan's tensor peak (torchtitan's
     # docs/performance.md rows in docs/validation/published-peaks.md): a sharded plan is warned
     # when its GPU holds less than the CUDA context (512 MiB) plus 1.2 x the tensor peak
     par = Parallelism(data=8, fsdp="full_shard")

@@ -33,7 +33,7 @@ __all__ = [
 # Token budgets outside these multiples of the compute-optimal one get a warning.
 OVERTRAINED_RATIO = 4.0
 UNDERTRAINED_RATIO = 0.25
-# What published FSDP2 runs reserve above scaleplan's tensor peak for the same run: 13% to 24%
+# What published FSDP2 runs reserve above scaleplan's tensor peak for the same run: 15% to 25%
 # for torchtitan's Llama 3.1 8B and 70B on 8 to 256 H100s (pytorch/torchtitan@eaea6f6a
 # docs/performance.md; docs/validation/published-peaks.md, "Reserved against the tensor peak").
 # A plan whose GPU holds less than this above the tensor peak gets a warning; the default
@@ -134,6 +134,6 @@ def sharded_slack_warnings(memory: MemoryBreakdown, available: int,
     return [PlanWarning(code="thin-fsdp-allocator-margin", message=(
         f"the plan fits with the caching allocator's slack counted as {fraction:.0%} of the "
         f"{memory.tensor_peak / gib:.1f} GiB tensor peak (a placeholder); published FSDP2 runs "
-        "reserved 13% to 24% above it (docs/validation/published-peaks.md), and "
+        "reserved 15% to 25% above it (docs/validation/published-peaks.md), and "
         f"{needed / gib:.1f} GiB is more than the {available / gib:.1f} GiB available: pass "
         "allocator_slack_fraction=0.2 to plan for it, or take a smaller micro-batch"))]
