@@ -40,7 +40,7 @@ from scaleplan.reference.compiled import saved_by_node
 from scaleplan.reference.titan_measure import GRID, apply_ac, titan_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["CASES", "JSON_PATH", "main", "measure_titan_compiled"]
+__all__ = ["CASES", "JSON_PATH", "compile_blocks", "main", "measure_titan_compiled"]
 
 JSON_PATH = Path("tests/data/titan_compiled.json")
 CASES: tuple[tuple[str, str], ...] = tuple(
@@ -48,7 +48,7 @@ CASES: tuple[tuple[str, str], ...] = tuple(
 """(checkpointing, parameter dtype) of the committed measurements, on `GRID`'s "tiny" shape."""
 
 
-def _compile_blocks(model: Any) -> None:
+def compile_blocks(model: Any) -> None:
     """torchtitan's own ``apply_compile`` (blocks only, inductor, no tensor parallelism)."""
     compile_mod = importlib.import_module("torchtitan.distributed.compile")
     configs = importlib.import_module("torchtitan.config")
@@ -89,7 +89,7 @@ def measure_titan_compiled(cfg: GPTConfig, *, micro_batch_size: int, seq_len: in
             torch._inductor.config.patch(fx_graph_cache=False), \
             torch._functorch.config.patch(enable_autograd_cache=False):
         warnings.simplefilter("ignore")  # torch's own warnings while dynamo traces
-        _compile_blocks(model)
+        compile_blocks(model)
         pred = model(ids, positions=positions, attention_masks=None)
         loss = loss_mod.cross_entropy_loss(pred, labels)
         del pred

@@ -31,7 +31,6 @@ import gc
 import importlib
 import json
 import sys
-import types
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,8 +40,9 @@ import torch
 
 from scaleplan.model.config import GPTConfig
 from scaleplan.reference.allocator_trace import AllocatorTrace
-from scaleplan.reference.titan_fsdp_step import GRID
-from scaleplan.reference.titan_measure import apply_ac, import_llama3, titan_model
+from scaleplan.reference.titan_compiled import compile_blocks
+from scaleplan.reference.titan_fsdp_step import GRID, sharded_titan_model
+from scaleplan.reference.titan_measure import import_llama3
 
 __all__ = ["CASES", "JSON_PATH", "LLAMA_LAYOUT", "main", "measure_titan_compiled_step"]
 
@@ -70,15 +70,6 @@ CASES: tuple[tuple[str, int, str, int, int, str, bool, bool], ...] = (
 """The committed cases."""
 
 
-def _compile_blocks(model: Any) -> None:
-    """torchtitan's own ``apply_compile`` (blocks only, inductor, no tensor parallelism)."""
-    compile_mod = importlib.import_module("torchtitan.distributed.compile")
-    configs = importlib.import_module("torchtitan.config")
-    config = configs.CompileConfig(enable=True, components=["model"])
-    compile_mod.apply_compile(model, compile_config=config,
-                              parallel_dims=types.SimpleNamespace(tp_enabled=False))
-
-
 def measure_titan_compiled_step(name: str, *, data: int, checkpointing: str,
                                 micro_batch_size: int = 2, seq_len: int = 96,
                                 param_dtype: str = "bf16", compile: bool = True,
@@ -88,25 +79,15 @@ def measure_titan_compiled_step(name: str, *, data: int, checkpointing: str,
     warm-up step; ``fresh``: without an accumulating micro-batch before it (every gradient
     None when the step starts, as torchtitan's trainer runs)."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
     cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
     import_llama3()
     torch._dynamo.reset()
     dist.init_process_group("fake", rank=0, world_size=data)
     try:
-        torch.manual_seed(0)
-        model = titan_model(cfg, "sdpa")
-        with torch.no_grad():
-            model.init_states()
-        apply_ac(model, checkpointing)
-        if compile:
-            _compile_blocks(model)
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[param_dtype]
-        importlib.import_module("torchtitan.distributed.fsdp").apply_fsdp_to_decoder(
-            model, init_device_mesh("cpu", (data,)), param_dtype=dtype,
-            reduce_dtype=torch.float32, pp_enabled=False)
-        model.train()
+        model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
+                                    param_dtype=param_dtype,
+                                    before_sharding=compile_blocks if compile else None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # dynamo's and inductor's own, not about memory
             row = _profiled_step(model, cfg, micro_batch_size, seq_len, fresh=fresh)

@@ -39,7 +39,7 @@ import importlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_lla
 from scaleplan.reference.tracking import storage_key
 
 __all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "main",
-           "measure_titan_fsdp_step"]
+           "measure_titan_fsdp_step", "sharded_titan_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
 _LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
@@ -165,22 +165,13 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
     ``backward_peak``: also the backward's own peak (``backward_delta``, above the resident
     bytes) and the storages live then (``at_backward_peak``)."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
     cfg = GPTConfig.model_validate({**_LLAMA, **GRID[name]})
     import_llama3()
     dist.init_process_group("fake", rank=0, world_size=data)
     try:
-        torch.manual_seed(0)
-        model = titan_model(cfg, "sdpa")
-        with torch.no_grad():
-            model.init_states()
-        apply_ac(model, checkpointing)
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[param_dtype]
-        importlib.import_module("torchtitan.distributed.fsdp").apply_fsdp_to_decoder(
-            model, init_device_mesh("cpu", (data,)), param_dtype=dtype,
-            reduce_dtype=torch.float32, pp_enabled=False)
-        model.train()
+        model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
+                                    param_dtype=param_dtype)
         row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
                             fused=optimizer_impl == "fused", backward_peak=backward_peak) | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
@@ -190,6 +181,29 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
         return row | {"fresh": True} if fresh else row
     finally:
         dist.destroy_process_group()
+
+
+def sharded_titan_model(cfg: GPTConfig, *, checkpointing: str, data: int, param_dtype: str,
+                        before_sharding: Callable[[Any], None] | None = None) -> Any:
+    """torchtitan's Llama 3 of ``cfg`` (SDPA attention, seed 0) as ``parallelize_llama`` builds
+    it: its activation checkpointing, then ``before_sharding`` (its per-block compile, say),
+    then ``apply_fsdp_to_decoder`` over ``data`` ranks of the process group already set up,
+    ``param_dtype`` gathered and fp32 reduced; in train mode."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.manual_seed(0)
+    model = titan_model(cfg, "sdpa")
+    with torch.no_grad():
+        model.init_states()
+    apply_ac(model, checkpointing)
+    if before_sharding is not None:
+        before_sharding(model)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[param_dtype]
+    importlib.import_module("torchtitan.distributed.fsdp").apply_fsdp_to_decoder(
+        model, init_device_mesh("cpu", (data,)), param_dtype=dtype,
+        reduce_dtype=torch.float32, pp_enabled=False)
+    model.train()
+    return model
 
 
 def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
