@@ -40,6 +40,7 @@ __all__ = [
     "OPTIMIZER_IMPLS",
     "OPTIMIZER_IMPL_ALIASES",
     "OptimizerImpl",
+    "largest_gathered_layer",
     "mlp_gradient_buffer",
     "model_states",
     "normalize_optimizer_impl",
@@ -136,6 +137,16 @@ def _held_params(cfg: GPTConfig, terms: dict[str, Any], par: Parallelism, layers
     block = blocks["moe"][0] if counts["moe"] else blocks["dense"][0]
     return n, routed, block, wte
 
+
+def largest_gathered_layer(cfg: GPTConfig, par: Parallelism) -> Any:
+    """Parameters of the largest layer that ZeRO-3 or FSDP gathers whole on one GPU (a block or
+    the token embedding ``wte``), the one `model_states` counts gathered under stage 3.
+
+    >>> largest_gathered_layer(GPTConfig.preset("gpt2"), Parallelism(data=8, fsdp="full_shard"))
+    38597376
+    """
+    _, _, block, wte = _held_params(cfg, param_terms(cfg), par, cfg.n_layer, True, True)
+    return max(block, wte)
 
 def _block_held(tensors: tuple[Tensor, ...], kind: BlockKind,
                 par: Parallelism) -> tuple[Any, Any]:

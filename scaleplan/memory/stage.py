@@ -42,7 +42,13 @@ from scaleplan.memory.litgpt_terms import (
 )
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
+from scaleplan.memory.sharding import (
+    OptimizerImpl,
+    largest_gathered_layer,
+    model_states,
+    optimizer_temporaries,
+    per_rank,
+)
 from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
 from scaleplan.memory.states import OptimizerName, weight_bytes
 from scaleplan.memory.step_switches import (
@@ -67,7 +73,6 @@ from scaleplan.memory.tune_switches import (
 from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
-from scaleplan.model.params import param_terms
 
 __all__ = ["Stage", "stage_parts"]
 
@@ -198,8 +203,7 @@ def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Pr
         return moments
     unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
     e = weight_bytes(1, "32-true" if p == "32-true" else "bf16-true")  # gathered dtype
-    terms = param_terms(cfg)  # the generic term's largest layer gathered (sharding.py)
-    largest = max(terms["per_layer"], terms["token_embedding"]) * weight_bytes(1, p)
+    largest = largest_gathered_layer(cfg, par) * weight_bytes(1, p)  # the generic term's
     moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, largest_gathered=largest,
                                    fresh=fresh, data=par.data)
     shards = -(-unsharded // par.data)
