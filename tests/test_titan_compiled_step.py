@@ -102,7 +102,7 @@ def _unit_inputs(case: dict[str, Any]) -> int:
     """How many flat fp32 reduce-scatter inputs (a block's or the head unit's) are live at
     the measured peak."""
     cfg = GPTConfig.model_validate(case["config"])
-    from scaleplan.memory.titan_fsdp_moments import titan_block_params
+    from scaleplan.memory.titan_terms import titan_block_params
 
     flat = {titan_block_params(cfg) * 4, (cfg.vocab_size + 1) * cfg.n_embd * 4}
     return sum(n for size, n in Counter(case["at_peak"]).items() if size in flat)

@@ -104,7 +104,7 @@ def test_each_fresh_moment_peaks_where_measured() -> None:
 
 
 def _block(cfg: GPTConfig) -> int:
-    from scaleplan.memory.titan_fsdp_moments import titan_block_params
+    from scaleplan.memory.titan_terms import titan_block_params
 
     return titan_block_params(cfg)
 

@@ -17,11 +17,8 @@ from typing import Any
 import pytest
 
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.titan_fsdp_moments import (
-    titan_block_backward_moment,
-    titan_block_params,
-    titan_fsdp_buffers,
-)
+from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_fsdp_buffers
+from scaleplan.memory.titan_terms import titan_block_params
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
 

@@ -20,12 +20,8 @@ import pytest
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.titan_fsdp_moments import (
-    ONE_RANK_DIVIDE_COPY,
-    titan_block_backward_moment,
-    titan_block_params,
-)
-from scaleplan.memory.titan_terms import titan_fsdp_in_flight
+from scaleplan.memory.titan_fsdp_moments import ONE_RANK_DIVIDE_COPY, titan_block_backward_moment
+from scaleplan.memory.titan_terms import titan_block_params, titan_fsdp_in_flight
 from scaleplan.memory.titan_tp_terms import titan_tp_fsdp_in_flight
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig

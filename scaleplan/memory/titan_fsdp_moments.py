@@ -85,11 +85,11 @@ from scaleplan.memory.titan_sdpa_terms import (
     titan_sdpa_block_terms,
     titan_sdpa_rebuilt_block_bytes,
 )
-from scaleplan.memory.titan_terms import TITAN_PRECISIONS
+from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_block_rows
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_block_params",
-           "titan_fresh_covers", "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
+__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_fresh_covers",
+           "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
 
 LOSS_SCALARS = 2 * FP32_BYTES  # the loss and the ones its backward starts from
 ONE_RANK_DIVIDE_COPY = 1
@@ -124,17 +124,6 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
             and par.tensor * par.pipeline * par.expert == 1)
 
 
-def titan_block_params(cfg: GPTConfig) -> int:
-    """Parameters of one torchtitan Llama 3 block: ``wqkv``, ``wo``, w1, w2, w3 and two norm
-    weights (Qwen3's q and k norms besides).
-
-    >>> titan_block_params(GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64,
-    ...     mlp_hidden=192, bias=False, mlp="swiglu", norm="rmsnorm", position="rope"))
-    49280
-    """
-    return sum(rows * rest for rows, rest in _block_rows(cfg))
-
-
 def titan_unit_shard(rows: tuple[tuple[int, int], ...], data: int) -> int:
     """fp32 bytes of one unit's reduce-scatter output on a rank: each parameter's (dim 0, the
     rest) padded to a multiple of ``data`` in dim 0 (FSDP2's ``_get_dim0_padded_size``) and
@@ -145,14 +134,6 @@ def titan_unit_shard(rows: tuple[tuple[int, int], ...], data: int) -> int:
     288096
     """
     return sum(-(-rows0 // data) * rest for rows0, rest in rows) * FP32_BYTES
-
-
-def _block_rows(cfg: GPTConfig) -> tuple[tuple[int, int], ...]:
-    """(dim 0, the rest) of a block's parameters: wqkv, wo, w1, w2, w3, two norms (Qwen3's q
-    and k norms besides)."""
-    d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
-    rows = ((H + 2 * K) * hd, d), (d, H * hd), (F, d), (d, F), (F, d), (d, 1), (d, 1)
-    return rows + (((hd, 1),) * 2 if cfg.qk_norm == "head" else ())
 
 
 def titan_fresh_shards(cfg: GPTConfig, *, block: int, layers: int, data: int) -> int:
@@ -168,7 +149,7 @@ def titan_fresh_shards(cfg: GPTConfig, *, block: int, layers: int, data: int) ->
     1291840
     """
     head = titan_unit_shard(((cfg.vocab_size, cfg.n_embd), (cfg.n_embd, 1)), data)
-    return head + (layers - 1 - block) * titan_unit_shard(_block_rows(cfg), data)
+    return head + (layers - 1 - block) * titan_unit_shard(titan_block_rows(cfg), data)
 
 
 def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,

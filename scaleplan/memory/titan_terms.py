@@ -47,8 +47,9 @@ from scaleplan.memory.titan_qwen3_terms import qwen3_block_extras
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
-__all__ = ["TITAN_PRECISIONS", "titan_block_terms", "titan_fsdp_in_flight",
-           "titan_model_states", "titan_rebuilt_block_bytes", "titan_saved_terms"]
+__all__ = ["TITAN_PRECISIONS", "titan_block_params", "titan_block_rows", "titan_block_terms",
+           "titan_fsdp_in_flight", "titan_model_states", "titan_rebuilt_block_bytes",
+           "titan_saved_terms"]
 
 TITAN_PRECISIONS = {"bf16-mixed": 2, "32-true": 4}
 """torchtitan's ``training.mixed_precision_param`` ("bfloat16", its default, or "float32";
@@ -154,6 +155,29 @@ def titan_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpo
     return out
 
 
+def titan_block_rows(cfg: GPTConfig) -> tuple[tuple[int, int], ...]:
+    """(dim 0, the rest) of each parameter of one torchtitan Llama 3 block: ``wqkv``, ``wo``,
+    w1, w2, w3, two norm weights (Qwen3's q and k norms besides); FSDP2 shards dim 0.
+
+    >>> titan_block_rows(GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64,
+    ...     mlp_hidden=192, bias=False, mlp="swiglu", norm="rmsnorm", position="rope"))[:2]
+    ((128, 64), (64, 64))
+    """
+    d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
+    rows = ((H + 2 * K) * hd, d), (d, H * hd), (F, d), (d, F), (F, d), (d, 1), (d, 1)
+    return rows + (((hd, 1),) * 2 if cfg.qk_norm == "head" else ())
+
+
+def titan_block_params(cfg: GPTConfig) -> int:
+    """Parameters of one torchtitan Llama 3 block (`titan_block_rows`).
+
+    >>> titan_block_params(GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64,
+    ...     mlp_hidden=192, bias=False, mlp="swiglu", norm="rmsnorm", position="rope"))
+    49280
+    """
+    return sum(rows * rest for rows, rest in titan_block_rows(cfg))
+
+
 def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
                          one_rank_mesh: bool = False) -> dict[str, int]:
     """Bytes FSDP2 holds unsharded on top of its shards, at each moment of the step.
@@ -182,9 +206,7 @@ def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
     if data == 1 and not one_rank_mesh:
         return {"forward_end": 0, "backward_start": 0, "recompute": 0}
     e = TITAN_PRECISIONS[precision]
-    d, H, K, hd, F = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
-    block = d * (H + 2 * K) * hd + H * hd * d + 3 * d * F + 2 * d
-    block += 2 * hd if cfg.qk_norm == "head" else 0  # Qwen3's q and k norm weights
+    d, block = cfg.n_embd, titan_block_params(cfg)
     head = (cfg.vocab_size * d + d) * e
     grads = block * e + (block * FP32_BYTES if e != FP32_BYTES else 0)
     gathered = 2 * block * e if data > 1 else block * e  # and the block prefetched
