@@ -256,27 +256,30 @@ each one as soon as `training_memory` accepts it.
 RESERVED_INTRO = """\
 ## Reserved against the tensor peak
 
-`total` is `tensor_peak` plus two placeholders: the CUDA context (512 MiB) and the caching
-allocator's slack (5% of the tensor peak), neither yet measured on a GPU (issue 17, item 3).
-For each reserved row: the published figure over scaleplan's `tensor_peak` for the same run, and
+`total` is `tensor_peak`, plus what the caching allocator keeps for FSDP2's side streams
+(`stream_cache`, torchtitan's steps: `scaleplan.memory.titan_streams`, measured to the byte on
+CPU), plus two placeholders: the CUDA context (512 MiB) and the allocator's slack (5% of the
+tensor peak and that cache), neither yet measured on a GPU (issue 17, item 3). For each reserved
+row: the published figure over scaleplan's `tensor_peak + stream_cache` for the same run, and
 the `allocator_slack_fraction=` that would make `total` equal it with the context placeholder
-left as it is, (published - `cuda_context_bytes`) / `tensor_peak` - 1. Where `tensor_peak`
-is right, this is the allocator's own overhead for that run; it is evidence for the placeholder,
-not a fit: `training_memory` keeps 5% until a GPU measures it.
+left as it is, (published - `cuda_context_bytes`) / (`tensor_peak` + `stream_cache`) - 1. Where
+those are right, this is the allocator's own fragmentation for that run; it is evidence for the
+placeholder, not a fit: `training_memory` keeps 5% until a GPU measures it.
 """
 
 
 def _reserved_ratios(peaks: list[Peak]) -> list[str]:
-    lines = [RESERVED_INTRO, "| id | published reserved | scaleplan tensor_peak | ratio | "
-             "slack that would match |", "|---|---:|---:|---:|---:|"]
+    lines = [RESERVED_INTRO, "| id | published reserved | scaleplan tensor_peak | stream_cache "
+             "| ratio | slack that would match |", "|---|---:|---:|---:|---:|---:|"]
     for p in peaks:
         if p.figure_kind != "reserved":
             continue
         m = predict(p)
-        ratio = p.figure_bytes / m.tensor_peak
-        slack = (p.figure_bytes - CUDA_CONTEXT_BYTES) / m.tensor_peak - 1
+        reserved = m.tensor_peak + m.stream_cache
+        ratio = p.figure_bytes / reserved
+        slack = (p.figure_bytes - CUDA_CONTEXT_BYTES) / reserved - 1
         lines.append(f"| {p.id} | {p.figure_published} | {m.tensor_peak / GIB:.2f} GiB | "
-                     f"{ratio:.3f} | {100 * slack:.1f}% |")
+                     f"{m.stream_cache / GIB:.2f} GiB | {ratio:.3f} | {100 * slack:.1f}% |")
     return lines
 
 

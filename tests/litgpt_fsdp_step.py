@@ -90,7 +90,7 @@ def _measure(case: dict[str, Any], sync: bool, fresh: bool = False) -> dict[str,
     import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from scaleplan.reference.titan_fsdp_step import _PeakTracker
+    from scaleplan.reference.titan_fsdp_step import PeakTracker
     from scaleplan.reference.tracking import storage_key
 
     dist.init_process_group("fake", rank=0, world_size=case["world"])
@@ -115,7 +115,7 @@ def _measure(case: dict[str, Any], sync: bool, fresh: bool = False) -> dict[str,
         kept = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None),
                 *model.buffers(), ids, *flat, *(f.grad for f in flat if f.grad is not None),
                 *(v for st in opt.state.values() for v in st.values() if torch.is_tensor(v))]
-        tracker = _PeakTracker()
+        tracker = PeakTracker()
         resident = tracker.add_resident(kept)
         keys = {storage_key(t) for t in kept}
         del kept, flat  # no reference of ours may keep a gradient FSDP1 drops alive

@@ -25,6 +25,7 @@ from scaleplan.memory.options import MAX_BYTES, overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
 from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.titan_streams import step_stream_cache
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
@@ -130,7 +131,8 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
     check_shape(cfg, b, s)
     par = o.parallelism
     stages = ("only",) if par.pipeline == 1 else ("first", "last")
-    peak = None
+    peak: Any = None
+    cache: Any = None
     for stage in stages:
         W, G, O, _, _, _, held, moments = stage_parts(
             cfg, b, s, o.precision, o.optimizer, o.attention, o.checkpointing, o.device, par,
@@ -139,11 +141,16 @@ def memory_grid(cfg: GPTConfig, *, micro_batch_size: Any, seq_len: Any,
             lora=o.lora, base_weights=o.base_weights)
         worst = np.maximum.reduce(np.broadcast_arrays(*moments.values()))
         stage_peak = float(W + G + O) + worst + held
+        stage_cache = np.asarray(step_stream_cache(
+            cfg, b, s, o, layers=cfg.n_layer if stage == "only" else par.layers_per_stage(cfg),
+            states=(W, G, O), moments=moments), dtype=np.float64)
+        # the stage whose tensor peak is the larger, as training_memory takes (its first on a tie)
+        cache = stage_cache if peak is None else np.where(stage_peak > peak, stage_cache, cache)
         peak = stage_peak if peak is None else np.maximum(peak, stage_peak)
     result = np.asarray(peak, dtype=np.float64)
     if what == "tensor_peak":
         return result
-    return np.asarray(result + overhead_bytes(o, result), dtype=np.float64)
+    return np.asarray(result + overhead_bytes(o, result, cache), dtype=np.float64)
 
 
 def _largest(fits: Any, lo: int, hi: int | None = None) -> int:

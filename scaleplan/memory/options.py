@@ -219,17 +219,19 @@ def refuse_unmodelled(cfg: GPTConfig) -> None:
 _FLOAT_EXACT = 2**53
 
 
-def overhead_bytes(options: StepOptions, tensor_peak: Any) -> Any:
-    """CUDA context + ceil(slack x tensor peak) (0 on CPU), for an int peak or a float64 array
-    of peaks. The slack is computed in float64 in both cases, and exactly past the integers a
-    float holds (where float64 would overflow or round)."""
+def overhead_bytes(options: StepOptions, tensor_peak: Any, stream_cache: Any = 0) -> Any:
+    """CUDA context + the side streams' cache + ceil(slack x (tensor peak + that cache)) (0 on
+    CPU), for an int peak or a float64 array of peaks. The slack is computed in float64 in
+    both cases, and exactly past the integers a float holds (where float64 would overflow or
+    round). ``stream_cache``: `scaleplan.memory.titan_streams.step_stream_cache`."""
     if options.device == "cpu":
         return 0 * tensor_peak
     slack = options.allocator_slack_fraction
-    if not isinstance(tensor_peak, int):  # a float64 array (memory_grid)
+    reserved = tensor_peak + stream_cache
+    if not isinstance(reserved, int):  # a float64 array (memory_grid)
         import numpy as np
 
-        return options.cuda_context_bytes + np.ceil(slack * tensor_peak)
-    if tensor_peak < _FLOAT_EXACT:
-        return options.cuda_context_bytes + math.ceil(slack * tensor_peak)
-    return options.cuda_context_bytes + math.ceil(Fraction(slack) * tensor_peak)
+        return options.cuda_context_bytes + stream_cache + np.ceil(slack * reserved)
+    if reserved < _FLOAT_EXACT:
+        return options.cuda_context_bytes + stream_cache + math.ceil(slack * reserved)
+    return options.cuda_context_bytes + stream_cache + math.ceil(Fraction(slack) * reserved)

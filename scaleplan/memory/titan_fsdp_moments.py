@@ -171,9 +171,15 @@ def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
     """
     P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
     previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
-    prefetched = (V * d * e if block == 0 else P * e) if prefetch else 0
+    prefetched = _prefetched(cfg, e, block) if prefetch else 0
     made = P * e if whole_block else d * cfg.mlp_hidden * e if w2_made else 0
     return previous + P * e + prefetched + made
+
+
+def _prefetched(cfg: GPTConfig, e: int, block: int) -> int:
+    """The all-gather output FSDP2 prefetches while ``block`` runs its backward: the next
+    block's, or for block 0 the embedding's."""
+    return cfg.vocab_size * cfg.n_embd * e if block == 0 else titan_block_params(cfg) * e
 
 
 def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
@@ -210,13 +216,17 @@ def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> 
 
 
 def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                      data: int) -> Any:
+                      data: int, off_default: bool = False) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
-    incoming gradient and FSDP2's buffers (module docstring)."""
+    incoming gradient and FSDP2's buffers (module docstring); ``off_default``: less its
+    side streams' bytes (`titan_side_stream_bytes`)."""
     d, V = cfg.n_embd, cfg.vocab_size
-    buffers = ((V * d + d) * FP32_BYTES + titan_unit_shard(((V, d), (d, 1)), data) + V * d * e
+    shard = titan_unit_shard(((V, d), (d, 1)), data)
+    side = (shard + titan_block_params(cfg) * e if data > 1
+            else 2 * (V * d + d) * FP32_BYTES) if off_default else 0
+    buffers = ((V * d + d) * FP32_BYTES + shard + V * d * e
                + titan_block_params(cfg) * e) if data > 1 else _one_rank_reduce(V * d + d)
-    return kept * layers + T * d * e + LOSS_SCALARS + buffers
+    return kept * layers + T * d * e + LOSS_SCALARS + buffers - side
 
 
 def _one_rank_reduce(numel: int) -> int:
@@ -226,41 +236,51 @@ def _one_rank_reduce(numel: int) -> int:
 
 
 def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
-                           fresh: bool) -> int:
+                           fresh: bool, off_default: bool = False) -> int:
     """The embedding unit's reduce-scatter, the backward's last: its unsharded gradient (the
     parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
     8 bytes and, without accumulation, every other unit's shard (nothing else: the blocks'
-    activations and block 0's reduce-scatter input are freed by then, measured)."""
+    activations and block 0's reduce-scatter input are freed by then, measured);
+    ``off_default``: less the shards (on the reduce-scatter stream)."""
     V, d = cfg.vocab_size, cfg.n_embd
     made = titan_fresh_shards(cfg, block=-1, layers=layers, data=data) if fresh else 0
     if data == 1:
-        return _one_rank_reduce(V * d) + LOSS_SCALARS + made
-    return V * d * e + V * d * FP32_BYTES + titan_unit_shard(((V, d),), data) + LOSS_SCALARS \
-        + made
+        side = made + 2 * V * d * FP32_BYTES if off_default else 0
+        return _one_rank_reduce(V * d) + LOSS_SCALARS + made - side
+    shard = titan_unit_shard(((V, d),), data)
+    side = made + shard if off_default else 0
+    return V * d * e + V * d * FP32_BYTES + shard + LOSS_SCALARS + made - side
 
 
 def _one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                             blocks: list[int], fresh: bool) -> list[Any]:
+                             blocks: list[int], fresh: bool,
+                             off_default: bool = False) -> list[Any]:
     """Each of ``blocks``' reduce on a one-rank mesh, its backward done: the activations the
     blocks below it keep, the gradient it passes down, the loss's 8 bytes, its gradients as
     the fp32 reduce input, output and divide copy (module docstring) and, without
-    accumulation, the shards made above it."""
-    unit = _one_rank_reduce(titan_block_params(cfg))
+    accumulation, the shards made above it; ``off_default``: less the output, the divide copy
+    and the shards (on the reduce-scatter stream)."""
+    P = titan_block_params(cfg)
+    unit = _one_rank_reduce(P) - (2 * P * FP32_BYTES if off_default else 0)
     return [kept * j + T * cfg.n_embd * e + LOSS_SCALARS + unit
-            + (titan_fresh_shards(cfg, block=j, layers=layers, data=1) if fresh else 0)
+            + (titan_fresh_shards(cfg, block=j, layers=layers, data=1)
+               if fresh and not off_default else 0)
             for j in blocks]
 
 
 def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
                                 checkpointing: str, device: str, layers: int,
-                                data: int, fresh: bool = False, compiled: bool = False) -> Any:
+                                data: int, fresh: bool = False, compiled: bool = False,
+                                off_default: bool = False) -> Any:
     """Live bytes beyond the sharded states and the batch at the backward's worst moment
     (module docstring), for eager SDPA blocks on ``data`` FSDP2 ranks. ``fresh``: a step
     without accumulation, whose sharded gradients are not resident but made unit by unit
     (`titan_fresh_shards`, counted in the moments). ``compiled``: torchtitan's per-block
     compile, measured whole on two or more ranks (`scaleplan.reference.titan_compiled_step`):
     the same FSDP2 buffers and unit moments, with what a compiled block keeps and holds at its
-    MLP's backward and at its end (`scaleplan.memory.titan_compiled_terms`).
+    MLP's backward and at its end (`scaleplan.memory.titan_compiled_terms`). ``off_default``:
+    each moment less what FSDP2's side streams hold then (the shards made, the next unit's
+    all-gather output; `scaleplan.memory.titan_streams`), the default stream's worst.
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -285,18 +305,23 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
 
     def fsdp(j: int, whole_block: bool) -> int:
         made = titan_fresh_shards(cfg, block=j, layers=layers, data=data) if fresh else 0
-        return made + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
-                                         whole_block=whole_block, prefetch=data > 1,
-                                         w2_made=w2_made)
+        # off the default stream: the shards made, the next unit's all-gather output
+        side = made + (_prefetched(cfg, e, j) if data > 1 else 0) if off_default else 0
+        return made - side + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
+                                                whole_block=whole_block, prefetch=data > 1,
+                                                w2_made=w2_made)
 
     # the buffers differ at the last, second-to-last and first block and are alike between,
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
-    return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data),
+    off = off_default
+    return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
+                                             off_default=off),
                            _embedding_unit_moment(cfg, e=e, layers=layers, data=data,
-                                                  fresh=fresh),
+                                                  fresh=fresh, off_default=off),
                            *(kept * j + mlp + fsdp(j, False) for j in blocks),
                            *(kept * j + end + fsdp(j, True) for j in blocks),
                            *(_one_rank_reduce_moments(cfg, T, e=e, kept=kept, layers=layers,
-                                                      blocks=blocks, fresh=fresh)
+                                                      blocks=blocks, fresh=fresh,
+                                                      off_default=off)
                              if data == 1 else ())])

@@ -23,7 +23,7 @@ from scaleplan.memory.activations import (
     layers_saved_terms,
     model_saved_terms,
 )
-from scaleplan.memory.options import overhead_bytes, step_options
+from scaleplan.memory.options import StepOptions, overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
 from scaleplan.memory.stage import Stage, stage_parts
@@ -34,6 +34,7 @@ from scaleplan.memory.step_switches import (
     gradients_at,
     largest_gradient_bytes,
 )
+from scaleplan.memory.titan_streams import step_stream_cache
 from scaleplan.model.config import GPTConfig, Precision, normalize_precision
 from scaleplan.model.lora import LoRA
 from scaleplan.units import format_gib
@@ -92,12 +93,17 @@ class MemoryBreakdown(BaseModel):
         description="Live on top of the fields above at the worst moment: the logits and their "
         "gradient at the start of backward, or, when the optimizer step is the worst moment, its "
         "temporaries minus the saved tensors already freed by then.")
-    overhead: int = Field(description="CUDA context + caching-allocator slack (0 on CPU).")
+    overhead: int = Field(description="CUDA context + the side streams' cache (`stream_cache`) + "
+                          "caching-allocator slack (0 on CPU).")
     total: int = Field(description="What the GPU must hold: the sum of the fields above.")
     tensor_peak: int = Field(description="total - overhead: the peak of live tensor bytes, "
                              "comparable with torch.cuda.max_memory_allocated.")
     logits: int = Field(description="Informational, inside saved_for_backward: the loss side "
                         "(fp32 log-softmax, targets).")
+    stream_cache: int = Field(0, description="Informational, inside overhead: bytes the caching "
+                              "allocator keeps for FSDP2's all-gather and reduce-scatter streams "
+                              "beyond tensor_peak (torchtitan's FSDP2 step; 0 elsewhere), "
+                              "`scaleplan.memory.titan_streams`.")
     peak_moment: Literal["forward_end", "backward_start", "recompute", "optimizer_step",
                          "head_backward", "offload_backward", "block_backward", "block_end",
                          "root_end", "backward_end"] = Field(
@@ -337,9 +343,9 @@ def training_memory(
     found = [_stage_memory(cfg, micro_batch_size, seq_len, o.precision, o.optimizer, o.attention,
                            o.checkpointing, o.device, par, o.optimizer_impl, o.hold_logits,
                            stage, o.compile, o.implementation, o.switches, lora=o.lora,
-                           base_weights=o.base_weights) for stage in stages]
+                           base_weights=o.base_weights, options=o) for stage in stages]
     tensor_peak, fields = max(found, key=lambda f: f[0])
-    overhead = overhead_bytes(o, tensor_peak)
+    overhead = overhead_bytes(o, tensor_peak, fields["stream_cache"])
     return MemoryBreakdown(**fields, overhead=overhead, total=tensor_peak + overhead,
                            tensor_peak=tensor_peak)
 
@@ -349,8 +355,10 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
                   hold_logits: bool, stage: Stage, compiled: bool,
                   implementation: str, sw: StepSwitches, *, lora: LoRA | None = None,
-                  base_weights: str | None = None) -> tuple[int, dict[str, Any]]:
-    """(tensor peak, breakdown fields) of one pipeline stage's GPU."""
+                  base_weights: str | None = None,
+                  options: StepOptions) -> tuple[int, dict[str, Any]]:
+    """(tensor peak, breakdown fields) of one pipeline stage's GPU (``options``: the same,
+    checked, for `step_stream_cache`)."""
     W, G, O, saved, copies, all_copies, held, moments = stage_parts(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
         compiled=compiled, implementation=implementation, switches=sw, lora=lora,
@@ -368,4 +376,7 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
         autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
         logits=int(sum(saved.get(k, 0) for k in ("log_softmax", "logits", "logsumexp",
                                                   "targets"))),
-        peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()})
+        peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()},
+        stream_cache=int(step_stream_cache(
+            cfg, b, s, options, layers=cfg.n_layer if stage == "only"
+            else par.layers_per_stage(cfg), states=(W, G, O), moments=moments)))

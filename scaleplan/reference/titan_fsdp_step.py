@@ -50,7 +50,7 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_llama3, titan_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "main",
+__all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "PeakTracker", "main",
            "measure_titan_fsdp_step", "sharded_titan_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
@@ -74,7 +74,7 @@ GRID: dict[str, dict[str, Any]] = {
 """Small Llama 3 shapes of the committed measurements (with `_LLAMA`'s layout)."""
 
 
-class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
+class PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
     """The live-bytes tracker, told of FSDP2's storage resizes, keeping what made each storage
     and the storages live at the peak."""
 
@@ -128,9 +128,17 @@ class _PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
         self.func = str(func).removeprefix("aten.").removesuffix(".default")
         return super().__torch_dispatch__(func, types, args, kwargs)
 
+    def resident_gradients(self, grads: list[torch.Tensor]) -> None:
+        """The resident sharded gradients among the resident storages (a subclass may place
+        them: `scaleplan.reference.titan_fsdp_streams`)."""
+
+    def report(self, model: Any) -> dict[str, Any]:
+        """Fields a subclass adds to the measured row."""
+        return {}
+
 
 @contextmanager
-def _resizes_told(tracker: _PeakTracker) -> Iterator[None]:
+def _resizes_told(tracker: PeakTracker) -> Iterator[None]:
     """Wrap FSDP2's storage resize helpers (imported by name in two modules) for ``tracker``."""
     param: Any = importlib.import_module("torch.distributed.fsdp._fully_shard._fsdp_param")
     group: Any = importlib.import_module("torch.distributed.fsdp._fully_shard._fsdp_param_group")
@@ -158,12 +166,14 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_batch_size: int = 2,
                             seq_len: int = 96, param_dtype: str = "bf16",
                             fresh: bool = False, optimizer_impl: str = "foreach",
-                            backward_peak: bool = False) -> dict[str, Any]:
+                            backward_peak: bool = False,
+                            tracker_cls: type[PeakTracker] | None = None) -> dict[str, Any]:
     """One tracked forward, backward and AdamW step of `GRID[name]` on rank 0 of ``data``
     fake ranks; ``fresh``: without an accumulating micro-batch before it; ``optimizer_impl``:
     torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's default);
     ``backward_peak``: also the backward's own peak (``backward_delta``, above the resident
-    bytes) and the storages live then (``at_backward_peak``)."""
+    bytes) and the storages live then (``at_backward_peak``); ``tracker_cls``: a `PeakTracker`
+    subclass that adds its own fields (`PeakTracker.report`)."""
     import torch.distributed as dist
 
     cfg = GPTConfig.model_validate({**_LLAMA, **GRID[name]})
@@ -173,7 +183,8 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
         model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
                                     param_dtype=param_dtype)
         row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
-                            fused=optimizer_impl == "fused", backward_peak=backward_peak) | {
+                            fused=optimizer_impl == "fused", backward_peak=backward_peak,
+                            tracker_cls=tracker_cls or PeakTracker) | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
             "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
             "seq_len": seq_len, "param_dtype": param_dtype}
@@ -207,14 +218,15 @@ def sharded_titan_model(cfg: GPTConfig, *, checkpointing: str, data: int, param_
 
 
 def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
-                  fused: bool = False, backward_peak: bool = False) -> dict[str, Any]:
+                  fused: bool = False, backward_peak: bool = False,
+                  tracker_cls: type[PeakTracker] = PeakTracker) -> dict[str, Any]:
     loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
                             fused=fused or None)
     ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
     positions = torch.arange(s).repeat(b, 1)
 
-    def forward_backward(tracker: _PeakTracker | None = None) -> None:
+    def forward_backward(tracker: PeakTracker | None = None) -> None:
         if tracker:
             tracker.set_phase("forward")
         pred = model(ids, positions=positions)
@@ -235,8 +247,9 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
     kept = [*(_local(p) for p in params), *grads, *model.buffers(),
             *(_local(v) for st in opt.state.values() for v in st.values()
               if isinstance(v, torch.Tensor)), ids, labels, positions]
-    tracker = _PeakTracker()
+    tracker = tracker_cls()
     resident = tracker.add_resident(kept)
+    tracker.resident_gradients(grads)
     keys = {storage_key(t) for t in kept}
     del kept, params, grads  # no reference of ours may keep a storage FSDP2 drops alive
     with _resizes_told(tracker), tracker:
@@ -246,7 +259,7 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
     row = {"resident": resident, "delta": tracker.peak - resident,
            "peak_phase": tracker.peak_phase,
            "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(),
-           "at_peak": _labelled(tracker.at_peak, keys)}
+           "at_peak": _labelled(tracker.at_peak, keys)} | tracker.report(model)
     if backward_peak:  # the backward's own peak, even where the optimizer step's is higher
         row |= {"backward_delta": tracker.phase_best["backward"] - resident,
                 "at_backward_peak": _labelled(tracker.at_phase_peak["backward"], keys)}

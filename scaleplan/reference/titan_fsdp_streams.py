@@ -1,0 +1,169 @@
+"""Which CUDA stream each of FSDP2's allocations would come from, measured on CPU.
+
+PyTorch's CUDA caching allocator keeps a freed block for the stream that allocated it: a block
+is reused only by a later allocation on the same stream (``c10/cuda/CUDACachingAllocator.cpp``:
+the free-block pools are ordered by stream first, and a search for a block stops at the
+stream's end; with ``expandable_segments`` each stream maps its own segment). So what a
+training step reserves is at least the sum, over the streams that allocate, of each stream's
+own peak of live bytes, where `scaleplan.memory.training.training_memory`'s ``tensor_peak``
+is the peak of their sum.
+
+FSDP2 (torch 2.13 ``torch/distributed/fsdp/_fully_shard/``) allocates on three streams:
+the default (compute) stream; its all-gather copy-in stream (``foreach_all_gather``: each
+unit's flat bf16 cast of its shards and its all-gather output, during forward and the backward
+prefetch); and its reduce-scatter stream (``foreach_reduce``: each unit's fp32 reduce-scatter
+output, which becomes its sharded gradients). The same code runs on CPU, where
+``torch.cpu.Stream`` objects stand in for CUDA streams and ``torch.cpu.current_stream()``
+follows FSDP2's ``with stream(...)`` blocks, so a tracker can name the stream current at each
+allocation. `measure_titan_fsdp_streams` does that for torchtitan's FSDP2 step
+(`scaleplan.reference.titan_fsdp_step`): each stream's peak over the tracked step and what each
+holds at the step's peak. The resident sharded gradients of an accumulating step are placed on
+the reduce-scatter stream (the first micro-batch's reduce-scatter output made them). The
+resident parameters, optimizer states and batch are the default stream's.
+
+``python -m scaleplan.reference.titan_fsdp_streams --write`` measures `CASES` and writes
+``docs/validation/torchtitan-fsdp-streams.json`` (replayed without torch by
+tests/test_titan_streams.py against `scaleplan.memory.titan_streams`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaleplan.reference.titan_fsdp_step import PeakTracker, measure_titan_fsdp_step
+from scaleplan.reference.tracking import storage_key
+
+__all__ = ["CASES", "OUT", "StreamTracker", "main", "measure_titan_fsdp_streams"]
+
+OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-streams.json"
+CASES: tuple[tuple[str, int, str, int, int, bool, str, str], ...] = (
+    # (titan_fsdp_step.GRID name, data ranks, checkpointing, micro-batch, tokens, fresh, AdamW,
+    # parameter dtype gathered)
+    ("gqa-5", 4, "full", 2, 96, True, "foreach", "bf16"),
+    ("gqa-5", 8, "selective", 2, 96, True, "foreach", "bf16"),
+    ("gqa-3", 2, "none", 2, 96, True, "foreach", "bf16"),
+    ("gqa-3", 2, "none", 2, 96, False, "foreach", "bf16"),
+    ("gqa-3", 8, "full", 2, 96, False, "foreach", "bf16"),
+    ("gqa-3", 4, "none", 2, 96, True, "foreach", "fp32"),
+    ("gqa-3", 4, "full", 2, 96, False, "foreach", "fp32"),
+    ("wide-vocab-4", 4, "full", 2, 96, True, "foreach", "bf16"),
+    ("wide-vocab-4", 2, "selective", 2, 96, False, "foreach", "bf16"),
+    ("wide-vocab-4", 8, "none", 1, 32, True, "fused", "bf16"),
+    ("wide-vocab-4", 2, "full", 1, 32, True, "fused", "bf16"),
+    ("mha-2", 2, "none", 1, 32, True, "fused", "bf16"),
+    ("mha-2", 2, "full", 2, 96, False, "foreach", "bf16"),
+    ("gqa-3", 1, "full", 2, 96, True, "foreach", "bf16"),
+    ("gqa-3", 1, "none", 2, 96, False, "foreach", "bf16"),
+    ("wide-vocab-4", 1, "none", 1, 32, True, "fused", "bf16"),
+)
+"""The measured steps: fresh (no accumulation) and accumulating, 1 to 8 ranks."""
+
+_ROLES = ("all_gather_copy_in_stream", "all_gather_stream", "reduce_scatter_stream",
+          "all_reduce_stream")
+
+
+class StreamTracker(PeakTracker):  # type: ignore[no-untyped-call]
+    """`PeakTracker` that also counts live bytes per stream: the stream current when a storage
+    is made (or, for FSDP2's resized unsharded parameters, re-allocated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.default = torch.cpu.current_stream()
+        self.stream_of: dict[int, Any] = {}
+        self.live_on: dict[int, int] = {}  # by id() of the stream
+        self.peak_on: dict[int, int] = {}
+        self.on_at_peak: dict[int, int] = {}
+        self.streams: dict[int, Any] = {id(self.default): self.default}
+
+    def _move(self, key: int, stream: Any, delta: int) -> None:
+        self.streams[id(stream)] = stream
+        self.stream_of[key] = stream
+        n = self.live_on.get(id(stream), 0) + delta
+        self.live_on[id(stream)] = n
+        self.peak_on[id(stream)] = max(self.peak_on.get(id(stream), 0), n)
+
+    def _register(self, t: torch.Tensor) -> None:
+        local = t.to_local() if type(t).__name__ == "DTensor" else t  # type: ignore[attr-defined]
+        key = storage_key(local)
+        if key not in self.live:
+            self._move(key, torch.cpu.current_stream(), int(local.untyped_storage().nbytes()))
+        super()._register(t)
+
+    def _free(self, key: int) -> None:
+        if key in self.live and key in self.stream_of:
+            self._move(key, self.stream_of[key], -self.live[key])
+        super()._free(key)
+
+    def resized(self, t: torch.Tensor) -> None:
+        key = storage_key(t)
+        if key in self.live:
+            n = int(t.untyped_storage().nbytes())
+            old = self.live[key]
+            if old:  # freed (or resized) where it was made
+                self._move(key, self.stream_of[key], -old)
+            if n:  # (re-)allocated on the stream current now
+                self._move(key, torch.cpu.current_stream(), n)
+        super().resized(t)
+
+    def _snapshot(self) -> None:
+        before = self.best
+        super()._snapshot()
+        if self.best != before:
+            self.on_at_peak = dict(self.live_on)
+
+    def resident_gradients(self, grads: list[torch.Tensor]) -> None:
+        """Place the resident sharded gradients on the reduce-scatter stream (named at
+        `report`, when FSDP2's streams exist)."""
+        self._grads = {storage_key(g) for g in grads}
+
+    def report(self, model: Any) -> dict[str, Any]:
+        """Each stream's peak over the tracked step and its live bytes at the step's peak, by
+        FSDP2's name for it (``default`` for the compute stream)."""
+        ctx = model._get_fsdp_state()._comm_ctx
+        names = {id(self.default): "default"}
+        names |= {id(getattr(ctx, r)): r.removesuffix("_stream") for r in _ROLES
+                  if hasattr(ctx, r)}
+        peak = {names[k]: v for k, v in self.peak_on.items()}
+        at = {names[k]: v for k, v in self.on_at_peak.items()}
+        moved = sum(self.live.get(k, 0) for k in getattr(self, "_grads", []))
+        if moved:  # resident all step: it moves both peaks and the bytes at the peak
+            for d in (peak, at):
+                d["default"] -= moved
+                d["reduce_scatter"] = d.get("reduce_scatter", 0) + moved
+        return {"stream_peaks": {k: v for k, v in peak.items() if v},
+                "streams_at_peak": {k: v for k, v in at.items() if v}}
+
+
+def measure_titan_fsdp_streams(name: str, data: int, checkpointing: str, b: int, s: int,
+                               fresh: bool, optimizer_impl: str,
+                               param_dtype: str) -> dict[str, Any]:
+    """One `CASES` row: `measure_titan_fsdp_step`'s fields and the per-stream ones."""
+    row = measure_titan_fsdp_step(name, data=data, checkpointing=checkpointing,
+                                  micro_batch_size=b, seq_len=s, fresh=fresh,
+                                  optimizer_impl=optimizer_impl, param_dtype=param_dtype,
+                                  tracker_cls=StreamTracker)
+    row.pop("at_peak")
+    return row | {"fresh": fresh}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure `CASES`, print one line each; ``--write`` writes `OUT`."""
+    argv = sys.argv[1:] if argv is None else argv
+    rows = [measure_titan_fsdp_streams(*case) for case in CASES]
+    for r in rows:
+        print(r["name"], r["data"], r["checkpointing"], r["fresh"], r["param_dtype"],
+              r["resident"] + r["delta"],
+              r["stream_peaks"], r["streams_at_peak"])
+    if "--write" in argv:
+        OUT.write_text(json.dumps({"torch": torch.__version__, "torchtitan": "0.3.0",
+                                   "cases": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

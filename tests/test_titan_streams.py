@@ -1,0 +1,182 @@
+"""What the caching allocator keeps for FSDP2's side streams, against torchtitan's step.
+
+docs/validation/torchtitan-fsdp-streams.json holds whole steps of torchtitan 0.3.0's Llama 3
+under its own ``apply_fsdp_to_decoder`` on rank 0 of a fake process group
+(`scaleplan.reference.titan_fsdp_streams`): every allocation is put on the stream current when
+it was made (``torch.cpu.current_stream()`` follows FSDP2's stream contexts on CPU), and each
+stream's peak over the tracked step is recorded. `scaleplan.memory.titan_streams` must give each
+side stream's peak and the sum of the three streams' peaks less the step's peak
+(``stream_cache``), torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scaleplan.memory.limits import memory_grid
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.stage import stage_parts
+from scaleplan.memory.step_switches import NO_SWITCHES
+from scaleplan.memory.titan_streams import (
+    titan_copy_in_peak,
+    titan_reduce_scatter_peak,
+    titan_stream_cache,
+    titan_units,
+)
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+
+DATA = Path(__file__).resolve().parents[1] / "docs" / "validation" / \
+    "torchtitan-fsdp-streams.json"
+CASES: list[dict[str, Any]] = json.loads(DATA.read_text())["cases"]
+PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
+LLAMA31_8B = GPTConfig(n_layer=32, n_head=32, n_kv_head=8, n_embd=4096, mlp_hidden=14336,
+                       vocab_size=128256, block_size=8192, bias=False, mlp="swiglu",
+                       norm="rmsnorm", position="rope", tie_embeddings=False)
+
+
+def _case_id(c: dict[str, Any]) -> str:
+    return (f"{c['name']}-{c['data']}-{c['checkpointing']}-{c['param_dtype']}-"
+            f"{'fresh' if c['fresh'] else 'accum'}-{c['seq_len']}")
+
+
+def _parts(case: dict[str, Any]) -> tuple[Any, ...]:
+    cfg = GPTConfig.model_validate(case["config"])
+    data = case["data"]
+    par = Parallelism(data=data, fsdp="full_shard") if data > 1 else Parallelism()
+    switches = replace(NO_SWITCHES, gradient_accumulation=not case["fresh"])
+    W, G, O, _, _, _, _, moments = stage_parts(
+        cfg, case["micro_batch_size"], case["seq_len"], PRECISION[case["param_dtype"]],
+        "adamw", "flash", case["checkpointing"], "cpu", par,
+        case.get("optimizer_impl", "foreach"), True, "only", implementation="torchtitan",
+        switches=switches)
+    return cfg, W, G, O, moments
+
+
+def test_the_measurements_cover_the_cases() -> None:
+    assert len(CASES) == 16
+    assert {c["data"] for c in CASES} == {1, 2, 4, 8}
+    assert {c["fresh"] for c in CASES} == {True, False}
+    assert {c["param_dtype"] for c in CASES} == {"bf16", "fp32"}
+    assert {c["checkpointing"] for c in CASES} == {"none", "full", "selective"}
+    # more than one rank: all three streams allocate; one rank: no all-gather stream
+    for c in CASES:
+        expected = {"default", "reduce_scatter"} | (
+            {"all_gather_copy_in"} if c["data"] > 1 else set())
+        assert set(c["stream_peaks"]) == expected, _case_id(c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_each_side_stream_peak_matches_torchtitan(case: dict[str, Any]) -> None:
+    cfg, _, G, _, _ = _parts(case)
+    e = titan_copy_in_peak(cfg, PRECISION[case["param_dtype"]], data=case["data"],
+                           layers=cfg.n_layer)
+    rs = titan_reduce_scatter_peak(cfg, data=case["data"], layers=cfg.n_layer,
+                                   fresh=case["fresh"], gradients=G)
+    assert e == case["stream_peaks"].get("all_gather_copy_in", 0)
+    assert rs == case["stream_peaks"]["reduce_scatter"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_stream_cache_matches_torchtitan(case: dict[str, Any]) -> None:
+    # measured: each stream's own peak, summed, less the step's peak of live bytes
+    cfg, W, G, O, moments = _parts(case)
+    measured = sum(case["stream_peaks"].values()) - (case["resident"] + case["delta"])
+    cache = titan_stream_cache(cfg, case["micro_batch_size"], case["seq_len"],
+                               precision=PRECISION[case["param_dtype"]],
+                               checkpointing=case["checkpointing"], device="cpu",
+                               data=case["data"], layers=cfg.n_layer, compiled=False,
+                               fresh=case["fresh"], states=(W, G, O), moments=moments)
+    assert cache == measured > 0
+
+
+def test_copy_in_peak_by_hand() -> None:
+    # gqa-3 (d 160, H 4, K 2, hd 40, F 448, V 384) on 2 ranks, bf16: a block has 292,160
+    # parameters (wqkv 320 x 160, wo 160 x 160, w1 w2 w3 3 x 448 x 160, two norms 2 x 160), so
+    # its all-gather output is 292,160 x 2 = 584,320 bytes and its cast shard 146,080 x 2 =
+    # 292,160. Two consecutive blocks: 2 x 584,320 + 292,160 = 1,460,800, more than the
+    # embedding's (384 x 160 x 2 = 122,880) beside block 0, or the last block's beside
+    # [norm, lm_head]'s (61,600 x 2 = 123,200 and its 30,800 x 2 = 61,600)
+    cfg = GPTConfig.model_validate(CASES[2]["config"])
+    assert titan_copy_in_peak(cfg, "bf16-mixed", data=2, layers=3) == 1_460_800
+    # fp32 parameters are all-gathered as they are: no cast shard, 4 bytes a value
+    assert titan_copy_in_peak(cfg, "32-true", data=2, layers=3) == 2 * 292_160 * 4
+    assert titan_copy_in_peak(cfg, "bf16-mixed", data=1, layers=3) == 0  # one-rank mesh
+
+
+def test_reduce_scatter_peak_by_hand() -> None:
+    # gqa-3, fp32 shards: [norm, lm_head] 61,600 x 4 / ranks, a block 292,160 x 4 / ranks, the
+    # embedding 61,440 x 4 / ranks (every row count divides by 2)
+    cfg = GPTConfig.model_validate(CASES[2]["config"])
+    total = (61_600 + 3 * 292_160 + 61_440) * 4
+    assert titan_reduce_scatter_peak(cfg, data=2, layers=3, fresh=True, gradients=0) \
+        == total // 2
+    # accumulating: the resident gradients and one block's new shard beside them
+    assert titan_reduce_scatter_peak(cfg, data=2, layers=3, fresh=False,
+                                     gradients=total // 2) == total // 2 + 292_160 * 4 // 2
+    # one rank, fresh: at block 0's reduce the shards of [norm, lm_head] and blocks 2, 1, 0,
+    # and block 0's divide copy: 61,600 x 4 + 4 x 1,168,640 = 4,920,960
+    assert titan_reduce_scatter_peak(cfg, data=1, layers=3, fresh=True, gradients=0) \
+        == 61_600 * 4 + 4 * 292_160 * 4
+    assert [len(u) for u in titan_units(cfg, 3)] == [1, 7, 7, 7, 2]
+
+
+def test_llama31_8b_on_8_gpus_by_hand() -> None:
+    # torchtitan's published 8-GPU run (local batch 2, seq 8192, selective AC, no accumulation)
+    # peaks at the loss's backward, all of it on the default stream. The side streams' peaks
+    # then stand beside it: every fp32 shard, 8,030,261,248 x 4 / 8 = 4,015,130,624 (all row
+    # counts divide by 8), and the last block's bf16 all-gather output (218,112,000 x 2)
+    # beside [norm, lm_head]'s (525,340,672 x 2) and its cast shard (65,667,584 x 2):
+    # 1,618,240,512
+    m = training_memory(LLAMA31_8B, micro_batch_size=2, seq_len=8192, precision="bf16-mixed",
+                        checkpointing="selective", hold_logits=False,
+                        parallelism=Parallelism(data=8, fsdp="full_shard"),
+                        implementation="torchtitan", gradient_accumulation=False)
+    assert m.peak_moment == "backward_start"
+    assert m.stream_cache == 4_015_130_624 + 1_618_240_512
+    # total = tensor peak + the cache + the CUDA context + 5% slack of both
+    reserved = m.tensor_peak + m.stream_cache
+    assert m.overhead == 512 * 2**20 + m.stream_cache + math.ceil(0.05 * reserved)
+    assert m.total == m.tensor_peak + m.overhead
+
+
+def test_only_torchtitan_on_a_gpu_has_a_stream_cache() -> None:
+    par = Parallelism(data=8, fsdp="full_shard")
+    common: dict[str, Any] = dict(micro_batch_size=1, seq_len=1024, parallelism=par)
+    assert training_memory(GPTConfig.preset("gpt2"), **common).stream_cache == 0
+    cfg = LLAMA31_8B.model_copy(update={"n_layer": 2})
+    assert training_memory(cfg, implementation="torchtitan", device="cpu",
+                           **common).stream_cache == 0  # the CPU allocator caches nothing
+    gpu = training_memory(cfg, implementation="torchtitan", **common)
+    assert gpu.stream_cache > 0
+
+
+def test_memory_grid_counts_the_stream_cache() -> None:
+    cfg = LLAMA31_8B.model_copy(update={"n_layer": 2})
+    par = Parallelism(data=8, fsdp="full_shard")
+    b, s = np.array([[1], [2]]), np.array([512, 2048])
+    grid = memory_grid(cfg, micro_batch_size=b, seq_len=s, parallelism=par,
+                       implementation="torchtitan", gradient_accumulation=False)
+    for i, bi in enumerate((1, 2)):
+        for j, sj in enumerate((512, 2048)):
+            m = training_memory(cfg, micro_batch_size=bi, seq_len=sj, parallelism=par,
+                                implementation="torchtitan", gradient_accumulation=False)
+            assert m.stream_cache > 0 and grid[i, j] == m.total
+
+
+@pytest.mark.torch
+def test_a_step_measured_now_matches() -> None:
+    pytest.importorskip("torchtitan")
+    from scaleplan.reference.titan_fsdp_streams import measure_titan_fsdp_streams
+
+    row = measure_titan_fsdp_streams("mha-2", 2, "none", 1, 32, True, "fused", "bf16")
+    case = next(c for c in CASES if _case_id(c) == _case_id(row))
+    assert row["stream_peaks"] == case["stream_peaks"]
+    assert row["resident"] + row["delta"] == case["resident"] + case["delta"]
