@@ -1,10 +1,12 @@
 """What the caching allocator keeps for FSDP2's side streams in a torchtitan step.
 
-PyTorch's CUDA caching allocator gives a freed block back only to the stream that allocated it
-(``c10/cuda/CUDACachingAllocator.cpp``: its free-block pools are ordered by stream first, and
-a search stops at the stream's end; with ``expandable_segments`` each stream maps a segment of
-its own). What a step reserves is therefore at least the sum, over the streams that allocate,
-of each stream's own peak of live bytes, while ``tensor_peak`` is the peak of their sum.
+PyTorch's CUDA caching allocator: "Allocations are associated with a stream. Once freed,
+blocks can be re-allocated on the same stream, but not on any other stream"
+(pytorch/pytorch ``c10/cuda/CUDACachingAllocator.cpp``, the comment that opens it). What a
+step reserves is therefore at least the sum, over the streams that allocate, of each stream's
+own peak of live bytes, while ``tensor_peak`` is the peak of their sum. (The bound gives way
+only where a ``cudaMalloc`` fails and the allocator frees its unsplit cached blocks to retry:
+a GPU that full reports ``num_alloc_retries`` in ``torch.cuda.memory_stats()``.)
 
 FSDP2 (torch 2.13 ``torch/distributed/fsdp/_fully_shard/``) allocates on two streams besides
 the default one:

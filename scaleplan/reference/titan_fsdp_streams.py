@@ -1,12 +1,12 @@
 """Which CUDA stream each of FSDP2's allocations would come from, measured on CPU.
 
-PyTorch's CUDA caching allocator keeps a freed block for the stream that allocated it: a block
-is reused only by a later allocation on the same stream (``c10/cuda/CUDACachingAllocator.cpp``:
-the free-block pools are ordered by stream first, and a search for a block stops at the
-stream's end; with ``expandable_segments`` each stream maps its own segment). So what a
-training step reserves is at least the sum, over the streams that allocate, of each stream's
-own peak of live bytes, where `scaleplan.memory.training.training_memory`'s ``tensor_peak``
-is the peak of their sum.
+PyTorch's CUDA caching allocator: "Allocations are associated with a stream. Once freed,
+blocks can be re-allocated on the same stream, but not on any other stream"
+(pytorch/pytorch ``c10/cuda/CUDACachingAllocator.cpp``, the comment that opens it). What a
+step reserves is therefore at least the sum, over the streams that allocate, of each stream's
+own peak of live bytes, while ``tensor_peak`` is the peak of their sum. (The bound gives way
+only where a ``cudaMalloc`` fails and the allocator frees its unsplit cached blocks to retry:
+a GPU that full reports ``num_alloc_retries`` in ``torch.cuda.memory_stats()``.)
 
 FSDP2 (torch 2.13 ``torch/distributed/fsdp/_fully_shard/``) allocates on three streams:
 the default (compute) stream; its all-gather copy-in stream (``foreach_all_gather``: each
