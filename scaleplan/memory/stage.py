@@ -346,7 +346,7 @@ def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerNam
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked)
     check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
-    saved, _ = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+    saved = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                                 device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
     W, G, O = titan_model_states(cfg, opt, data=par.data)

@@ -33,7 +33,6 @@ from typing import Any
 
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.titan_sdpa_terms import (
-    titan_sdpa_rebuilt_block_bytes,
     titan_sdpa_saved_terms,
 )
 from scaleplan.memory.titan_terms import COMPLEX64_BYTES, TITAN_PRECISIONS
@@ -78,26 +77,19 @@ def titan_compiled_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device
             "rope_table": T * (hd // 2) * COMPLEX64_BYTES}
 
 
-def titan_compiled_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int,
-                                       checkpointing: str) -> Any:
-    """Bytes a compiled checkpointed block's backward rebuilds while it runs: what the block
-    saves compiled without checkpointing, less what it already holds (its input; under
-    ``"selective"`` also SDPA's outputs and w1's output). Derived from the measured saves,
-    measured whole under full checkpointing, where the whole recompute runs before the MLP's
-    backward (`titan_compiled_mlp_moment`); per-op selective rebuilds its attention side later.
+def titan_compiled_rebuilt_block_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int) -> Any:
+    """Bytes a compiled block under full checkpointing rebuilds in its backward: what the block
+    saves compiled without checkpointing, less its input, which the checkpoint holds. Derived
+    from the measured saves, measured whole: the whole recompute runs before the MLP's backward
+    (`titan_compiled_mlp_moment`).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 bias=False, mlp="swiglu", norm="rmsnorm", position="rope")
-    >>> titan_compiled_rebuilt_block_bytes(cfg, 2, 128, e=2, checkpointing="full")
+    >>> titan_compiled_rebuilt_block_bytes(cfg, 2, 128, e=2)
     514048
     """
     none = titan_compiled_block_terms(cfg, b, s, e=e, device="cuda", checkpointing="none")
-    whole = sum(none.values()) - none["block_input"]
-    if checkpointing == "selective":
-        kept = titan_compiled_block_terms(cfg, b, s, e=e, device="cuda",
-                                          checkpointing="selective")
-        return whole - kept["attention_outputs"] - kept["w1_output"]
-    return whole
+    return sum(none.values()) - none["block_input"]
 
 
 def titan_compiled_mlp_moment(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
@@ -137,7 +129,7 @@ def titan_compiled_mlp_moment(cfg: GPTConfig, b: Any, s: Any, *, e: int, device:
         return kept, kept + T * F * e, True
     gradients = 3 * T * F * e  # w2's input's, w1's and w3's outputs' gradients
     if checkpointing == "full":
-        rebuilt = titan_compiled_rebuilt_block_bytes(cfg, b, s, e=e, checkpointing="full")
+        rebuilt = titan_compiled_rebuilt_block_bytes(cfg, b, s, e=e)
         return kept, T * d * e + rebuilt + gradients, False
     mlp_side = T * FP32_BYTES + 2 * T * d * e + 2 * T * F * e
     return kept, kept + mlp_side + gradients, False
@@ -187,31 +179,18 @@ def titan_compiled_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str
 
 
 def titan_step_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
-                     device: str, layers: Any, compiled: bool) -> tuple[dict[str, Any], Any]:
-    """(saved terms, bytes one checkpointed block rebuilds in its backward, 0 without
-    checkpointing) of torchtitan's Llama 3 step with SDPA attention, its blocks compiled or
-    eager.
+                     device: str, layers: Any, compiled: bool) -> dict[str, Any]:
+    """The saved terms of torchtitan's Llama 3 step with SDPA attention, its blocks compiled
+    (`titan_compiled_saved_terms`) or eager (`scaleplan.memory.titan_sdpa_terms`).
 
     >>> cfg = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, mlp_hidden=192,
     ...                 vocab_size=256, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
-    >>> saved, rebuilt = titan_step_terms(cfg, 2, 128, precision="bf16-mixed",
-    ...                                   checkpointing="none", device="cuda", layers=2,
-    ...                                   compiled=True)
-    >>> rebuilt, saved["block.wo_input"]  # wo's contiguous input, 2 x (256 x 64 x 2)
-    (0, 65536)
+    >>> saved = titan_step_terms(cfg, 2, 128, precision="bf16-mixed", checkpointing="none",
+    ...                          device="cuda", layers=2, compiled=True)
+    >>> saved["block.wo_input"]  # wo's contiguous input, 2 x (256 x 64 x 2)
+    65536
     """
-    e = TITAN_PRECISIONS[precision]
-    kw = {"precision": precision, "checkpointing": checkpointing, "device": device,
-          "layers": layers}
-    if compiled:
-        saved = titan_compiled_saved_terms(cfg, b, s, **kw)
-        rebuilt = (titan_compiled_rebuilt_block_bytes(cfg, b, s, e=e,
-                                                      checkpointing=checkpointing)
-                   if checkpointing != "none" else 0)
-        return saved, rebuilt
-    saved = titan_sdpa_saved_terms(cfg, b, s, **kw)
-    rebuilt = (titan_sdpa_rebuilt_block_bytes(cfg, b, s, e=e, device=device,
-                                              checkpointing=checkpointing)
-               if checkpointing != "none" else 0)
-    return saved, rebuilt
+    saved_terms = titan_compiled_saved_terms if compiled else titan_sdpa_saved_terms
+    return saved_terms(cfg, b, s, precision=precision, checkpointing=checkpointing,
+                       device=device, layers=layers)
