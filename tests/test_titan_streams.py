@@ -180,3 +180,21 @@ def test_a_step_measured_now_matches() -> None:
     case = next(c for c in CASES if _case_id(c) == _case_id(row))
     assert row["stream_peaks"] == case["stream_peaks"]
     assert row["resident"] + row["delta"] == case["resident"] + case["delta"]
+
+
+def test_the_plan_report_shows_the_stream_cache_inside_the_overhead() -> None:
+    from scaleplan.planning.planner import plan
+    from scaleplan.planning.report import format_plan
+    from scaleplan.units import format_gib
+
+    par = Parallelism(data=8, fsdp="full_shard")
+    cfg = LLAMA31_8B.model_copy(update={"n_layer": 2})
+    titan = plan(cfg, "H100 SXM", world_size=8, parallelism=par, seq_len=1024,
+                 tokens_per_step=8 * 1024, implementation="torchtitan",
+                 gradient_accumulation=False)
+    assert titan.memory is not None and titan.memory.stream_cache > 0
+    line = next(x for x in format_plan(titan).splitlines() if "of which FSDP2 streams" in x)
+    assert line.split()[-2:] == format_gib(titan.memory.stream_cache, width=6).split()
+    nano = plan(GPTConfig.preset("gpt2"), "H100 SXM", world_size=8, parallelism=par,
+                seq_len=1024, tokens_per_step=8 * 1024)
+    assert "FSDP2 streams" not in format_plan(nano)

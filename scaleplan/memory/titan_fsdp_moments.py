@@ -218,8 +218,9 @@ def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> 
 def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
                       data: int, off_default: bool = False) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
-    incoming gradient and FSDP2's buffers (module docstring); ``off_default``: less its
-    side streams' bytes (`titan_side_stream_bytes`)."""
+    incoming gradient and FSDP2's buffers (module docstring); ``off_default``: less what
+    FSDP2's side streams hold then (the new shard and the last block prefetched; on one rank,
+    the output and its divide copy)."""
     d, V = cfg.n_embd, cfg.vocab_size
     shard = titan_unit_shard(((V, d), (d, 1)), data)
     side = (shard + titan_block_params(cfg) * e if data > 1

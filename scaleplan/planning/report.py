@@ -76,6 +76,8 @@ def format_plan(p: Plan) -> str:
     lines += ["", f"Memory per GPU at micro-batch {p.micro_batch_size} (peak: {m.peak_moment}):"]
     for field, label in _MEMORY_ROWS:
         lines.append(f"  {label:<24} {_gib(getattr(m, field))}")
+    if m.stream_cache:  # inside the overhead: FSDP2's side streams (torchtitan)
+        lines.append(f"    {'of which FSDP2 streams':<22} {_gib(m.stream_cache)}")
     lines += [
         f"  {'total':<24} {_gib(m.total)}   headroom {format_gib(p.headroom_bytes)} "
         f"-> {'fits' if p.fits else 'DOES NOT FIT'}",
