@@ -7,19 +7,25 @@ address, in order. A running sum of those events is the bytes allocated since pr
 began, and its maximum the peak above what was live before (`AllocatorTrace`). A free of a
 storage allocated before profiling began carries no size and is left out (the profiler
 warns), so what is measured must not free anything older than itself.
+
+Streams: an allocation made inside a ``record_function`` range named ``stream:<name>``
+belongs to that stream, and its free with it (by address); every other to ``default``
+(`AllocatorTrace.stream_peaks`, `AllocatorTrace.streams_at_peak`). On CPU nothing else
+tells the streams apart: `scaleplan.reference.titan_fsdp_streams.stream_ranges` opens such a
+range wherever FSDP2 enters a stream context of its own (`stream_ranges`).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["AllocatorTrace"]
+__all__ = ["AllocatorTrace", "stream_ranges"]
 
 # Operators that only allocate: an allocation inside one belongs to the operator around it.
 _ALLOCATORS = ("aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros",
@@ -55,6 +61,8 @@ class AllocatorTrace:
     phase_starts: dict[str, int] = field(default_factory=dict)
     labels: dict[str, dict[int, str]] = field(default_factory=dict)
     at_peak: list[tuple[int, str]] = field(default_factory=list)
+    stream_peaks: dict[str, int] = field(default_factory=dict)
+    streams_at_peak: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
     def recording(self) -> Iterator[None]:
@@ -98,6 +106,7 @@ class AllocatorTrace:
         phases = {name: (start, stop) for start, stop, name in _ranges(events, "phase:")}
         marks = {name: start for start, _, name in _ranges(events, "mark:")}
         workspace = _workspaces(memory, ops)
+        streams = _Streams(_ranges(events, "stream:"))
         running = tensors = 0
         live: dict[int, tuple[float, int]] = {}
         peak_live: dict[int, tuple[float, int]] = {}
@@ -111,14 +120,42 @@ class AllocatorTrace:
             if i not in workspace:
                 tensors += int(e["args"]["Bytes"])
                 _track(live, e)
+                streams.track(e)
             self.peak = max(self.peak, running)
             if tensors > self.tensor_peak:
                 self.tensor_peak, peak_live, peak_at = tensors, dict(live), e["ts"]
+                self.streams_at_peak = dict(streams.live)
             for name in inside:
                 self.phase_peaks[name] = max(self.phase_peaks.get(name, tensors), tensors)
         self.end = running
+        self.stream_peaks = dict(streams.peaks)
         if self.labels:
             self.at_peak = _named(peak_live, peak_at, memory, marks, self.labels)
+
+
+@contextmanager
+def stream_ranges(names: Mapping[int, str]) -> Iterator[None]:
+    """While open, every ``torch.cpu.stream(s)`` context (the device-agnostic one FSDP2 enters
+    on CPU) of a stream whose ``id()`` ``names`` holds also opens a ``stream:<name>``
+    ``record_function`` range, so that `AllocatorTrace` puts what is allocated there on it."""
+    from torch.profiler import record_function
+
+    original = torch.cpu.stream
+
+    @contextmanager
+    def named(stream: Any) -> Iterator[None]:
+        with original(stream):
+            if id(stream) not in names:
+                yield
+                return
+            with record_function(f"stream:{names[id(stream)]}"):
+                yield
+
+    torch.cpu.stream = named
+    try:
+        yield
+    finally:
+        torch.cpu.stream = original
 
 
 def _ranges(events: list[dict[str, Any]], prefix: str) -> list[tuple[float, float, str]]:
@@ -134,6 +171,27 @@ def _track(live: dict[int, tuple[float, int]], e: dict[str, Any]) -> None:
         live[addr] = (e["ts"], nbytes)
     else:
         live.pop(addr, None)
+
+
+class _Streams:
+    """Live bytes and peaks per stream, from the ``stream:`` ranges (module docstring)."""
+
+    def __init__(self, ranges: list[tuple[float, float, str]]) -> None:
+        self.ranges = ranges
+        self.of: dict[int, str] = {}
+        self.live: dict[str, int] = {}
+        self.peaks: dict[str, int] = {}
+
+    def track(self, e: dict[str, Any]) -> None:
+        """Count one allocation or free on its stream."""
+        addr, nbytes, t = e["args"]["Addr"], int(e["args"]["Bytes"]), e["ts"]
+        if nbytes > 0:
+            around = [(stop - start, name) for start, stop, name in self.ranges
+                      if start <= t <= stop]
+            self.of[addr] = min(around)[1] if around else "default"
+        stream = self.of.pop(addr, "default") if nbytes < 0 else self.of[addr]
+        self.live[stream] = self.live.get(stream, 0) + nbytes
+        self.peaks[stream] = max(self.peaks.get(stream, 0), self.live[stream])
 
 
 def _named(live: dict[int, tuple[float, int]], at: float, memory: list[dict[str, Any]],

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.allocator_trace import AllocatorTrace
+from scaleplan.reference.allocator_trace import AllocatorTrace, stream_ranges
 from scaleplan.reference.titan_compiled import compile_blocks
-from scaleplan.reference.titan_fsdp_step import GRID, sharded_titan_model
+from scaleplan.reference.titan_fsdp_step import GRID, fsdp_stream_names, sharded_titan_model
 from scaleplan.reference.titan_measure import import_llama3
 
 __all__ = ["CASES", "JSON_PATH", "LLAMA_LAYOUT", "main", "measure_titan_compiled_step"]
@@ -73,11 +73,14 @@ CASES: tuple[tuple[str, int, str, int, int, str, bool, bool], ...] = (
 def measure_titan_compiled_step(name: str, *, data: int, checkpointing: str,
                                 micro_batch_size: int = 2, seq_len: int = 96,
                                 param_dtype: str = "bf16", compile: bool = True,
-                                fresh: bool = False) -> dict[str, Any]:
+                                fresh: bool = False, streams: bool = False) -> dict[str, Any]:
     """One profiled forward, backward and foreach AdamW step of `GRID[name]` on rank 0 of
     ``data`` fake ranks, its blocks compiled as torchtitan compiles them (or eager), after a
     warm-up step; ``fresh``: without an accumulating micro-batch before it (every gradient
-    None when the step starts, as torchtitan's trainer runs)."""
+    None when the step starts, as torchtitan's trainer runs); ``streams``: also each stream's
+    peak and its bytes at the step's peak (`AllocatorTrace.stream_peaks`, FSDP2's streams
+    named by `scaleplan.reference.allocator_trace.stream_ranges`) and the resident sharded
+    gradients' bytes (``resident_gradients``)."""
     import torch.distributed as dist
 
     cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
@@ -90,7 +93,8 @@ def measure_titan_compiled_step(name: str, *, data: int, checkpointing: str,
                                     before_sharding=compile_blocks if compile else None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # dynamo's and inductor's own, not about memory
-            row = _profiled_step(model, cfg, micro_batch_size, seq_len, fresh=fresh)
+            row = _profiled_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
+                                 streams=streams)
         return row | {"name": name, "config": cfg.model_dump(mode="json"), "data": data,
                       "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
                       "seq_len": seq_len, "param_dtype": param_dtype, "compiled": compile,
@@ -101,7 +105,7 @@ def measure_titan_compiled_step(name: str, *, data: int, checkpointing: str,
 
 
 def _profiled_step(model: Any, cfg: GPTConfig, b: int, s: int, *,
-                   fresh: bool) -> dict[str, Any]:
+                   fresh: bool, streams: bool = False) -> dict[str, Any]:
     loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
@@ -122,18 +126,30 @@ def _profiled_step(model: Any, cfg: GPTConfig, b: int, s: int, *,
     if not fresh:
         forward_backward()  # an earlier micro-batch: every sharded gradient resident
     gc.collect()
+    resident_gradients = _gradient_bytes(model)  # made by an earlier micro-batch's RS
     trace = AllocatorTrace()
-    with trace.recording():
+    named = stream_ranges(fsdp_stream_names(model)) if streams else nullcontext()
+    with trace.recording(), named:
         trace.label("start", {})  # names nothing: asks for the sizes live at the peak
         forward_backward(trace)
         with trace.phase("optimizer"):
             opt.step()
-    return {"delta": trace.tensor_peak,
+    extra = {"stream_peaks": trace.stream_peaks, "streams_at_peak": trace.streams_at_peak,
+             "resident_gradients": resident_gradients} if streams else {}
+    return extra | {"delta": trace.tensor_peak,
             "batch_bytes": ids.untyped_storage().nbytes() + positions.untyped_storage().nbytes(),
             "with_workspaces": trace.peak,
             "phase_peaks": trace.phase_peaks, "phase_starts": trace.phase_starts,
             "peak_phase": max(trace.phase_peaks, key=lambda k: trace.phase_peaks[k]),
             "at_peak": [n for n, _ in trace.at_peak]}
+
+
+def _gradient_bytes(model: Any) -> int:
+    """Bytes of the distinct storages of the sharded gradients now."""
+    grads = (p.grad for p in model.parameters() if p.grad is not None)
+    local = (g.to_local() if type(g).__name__ == "DTensor" else g for g in grads)
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for t in local}.values())
 
 
 def main(argv: list[str] | None = None) -> int:

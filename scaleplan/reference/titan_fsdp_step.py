@@ -50,8 +50,8 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_llama3, titan_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "PeakTracker", "main",
-           "measure_titan_fsdp_step", "sharded_titan_model"]
+__all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "PeakTracker",
+           "fsdp_stream_names", "main", "measure_titan_fsdp_step", "sharded_titan_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
 _LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
@@ -157,6 +157,15 @@ def _resizes_told(tracker: PeakTracker) -> Iterator[None]:
         yield
     finally:
         param.alloc_storage, param.free_storage, group.alloc_storage = alloc, free, alloc
+
+
+def fsdp_stream_names(model: Any) -> dict[int, str]:
+    """FSDP2's own streams of a sharded ``model`` (after its first forward), by ``id()``:
+    ``all_gather_copy_in``, ``all_gather``, ``reduce_scatter`` and ``all_reduce``."""
+    ctx = model._get_fsdp_state()._comm_ctx
+    roles = ("all_gather_copy_in_stream", "all_gather_stream", "reduce_scatter_stream",
+             "all_reduce_stream")
+    return {id(getattr(ctx, r)): r.removesuffix("_stream") for r in roles if hasattr(ctx, r)}
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,14 @@ holds at the step's peak. The resident sharded gradients of an accumulating step
 the reduce-scatter stream (the first micro-batch's reduce-scatter output made them). The
 resident parameters, optimizer states and batch are the default stream's.
 
-``python -m scaleplan.reference.titan_fsdp_streams --write`` measures `CASES` and writes
+Compiled blocks (torchtitan's per-block compile) allocate inside inductor's code, which no
+dispatch mode sees: `measure_titan_compiled_streams` measures those steps with the CPU
+allocator's profiler events instead (`scaleplan.reference.titan_compiled_step` with
+``streams=True``), each allocation made inside one of FSDP2's stream contexts put on that
+stream (`scaleplan.reference.allocator_trace.stream_ranges`).
+
+``python -m scaleplan.reference.titan_fsdp_streams --write`` measures `CASES` and the compiled
+steps of `scaleplan.reference.titan_compiled_step.CASES` and writes
 ``docs/validation/torchtitan-fsdp-streams.json`` (replayed without torch by
 tests/test_titan_streams.py against `scaleplan.memory.titan_streams`).
 """
@@ -35,10 +42,15 @@ from typing import Any
 
 import torch
 
-from scaleplan.reference.titan_fsdp_step import PeakTracker, measure_titan_fsdp_step
+from scaleplan.reference.titan_fsdp_step import (
+    PeakTracker,
+    fsdp_stream_names,
+    measure_titan_fsdp_step,
+)
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["CASES", "OUT", "StreamTracker", "main", "measure_titan_fsdp_streams"]
+__all__ = ["CASES", "OUT", "StreamTracker", "main", "measure_titan_compiled_streams",
+           "measure_titan_fsdp_streams"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-streams.json"
 CASES: tuple[tuple[str, int, str, int, int, bool, str, str], ...] = (
@@ -62,10 +74,6 @@ CASES: tuple[tuple[str, int, str, int, int, bool, str, str], ...] = (
     ("wide-vocab-4", 1, "none", 1, 32, True, "fused", "bf16"),
 )
 """The measured steps: fresh (no accumulation) and accumulating, 1 to 8 ranks."""
-
-_ROLES = ("all_gather_copy_in_stream", "all_gather_stream", "reduce_scatter_stream",
-          "all_reduce_stream")
-
 
 class StreamTracker(PeakTracker):  # type: ignore[no-untyped-call]
     """`PeakTracker` that also counts live bytes per stream: the stream current when a storage
@@ -124,10 +132,7 @@ class StreamTracker(PeakTracker):  # type: ignore[no-untyped-call]
     def report(self, model: Any) -> dict[str, Any]:
         """Each stream's peak over the tracked step and its live bytes at the step's peak, by
         FSDP2's name for it (``default`` for the compute stream)."""
-        ctx = model._get_fsdp_state()._comm_ctx
-        names = {id(self.default): "default"}
-        names |= {id(getattr(ctx, r)): r.removesuffix("_stream") for r in _ROLES
-                  if hasattr(ctx, r)}
+        names = {id(self.default): "default"} | fsdp_stream_names(model)
         peak = {names[k]: v for k, v in self.peak_on.items()}
         at = {names[k]: v for k, v in self.on_at_peak.items()}
         moved = sum(self.live.get(k, 0) for k in getattr(self, "_grads", []))
@@ -151,17 +156,35 @@ def measure_titan_fsdp_streams(name: str, data: int, checkpointing: str, b: int,
     return row | {"fresh": fresh}
 
 
+def measure_titan_compiled_streams() -> list[dict[str, Any]]:
+    """The compiled steps of `scaleplan.reference.titan_compiled_step.CASES`, each stream's
+    peak and its bytes at the step's peak above what was live when the step began (the
+    resident sharded gradients, on the reduce-scatter stream, in ``resident_gradients``)."""
+    from scaleplan.reference.titan_compiled_step import CASES as COMPILED
+    from scaleplan.reference.titan_compiled_step import measure_titan_compiled_step
+
+    rows = []
+    for name, data, checkpointing, b, s, dtype, compiled, fresh in COMPILED:
+        if compiled:
+            row = measure_titan_compiled_step(name, data=data, checkpointing=checkpointing,
+                                              micro_batch_size=b, seq_len=s, param_dtype=dtype,
+                                              fresh=fresh, streams=True)
+            rows.append({k: v for k, v in row.items() if k != "at_peak"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure `CASES`, print one line each; ``--write`` writes `OUT`."""
+    """Measure `CASES` and the compiled steps, print one line each; ``--write`` writes
+    `OUT`."""
     argv = sys.argv[1:] if argv is None else argv
     rows = [measure_titan_fsdp_streams(*case) for case in CASES]
-    for r in rows:
+    compiled = measure_titan_compiled_streams()
+    for r in rows + compiled:
         print(r["name"], r["data"], r["checkpointing"], r["fresh"], r["param_dtype"],
-              r["resident"] + r["delta"],
               r["stream_peaks"], r["streams_at_peak"])
     if "--write" in argv:
         OUT.write_text(json.dumps({"torch": torch.__version__, "torchtitan": "0.3.0",
-                                   "cases": rows}, indent=1) + "\n")
+                                   "cases": rows, "compiled_cases": compiled}, indent=1) + "\n")
     return 0
 
 
