@@ -216,18 +216,16 @@ def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> 
 
 
 def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                      data: int, off_default: bool = False) -> Any:
+                      data: int, off_default: bool) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
-    incoming gradient and FSDP2's buffers (module docstring); ``off_default``: less what
-    FSDP2's side streams hold then (the new shard and the last block prefetched; on one rank,
-    the output and its divide copy)."""
+    incoming gradient and FSDP2's buffers (module docstring); ``off_default``: the default
+    stream's part (`_reduce_input`)."""
     d, V = cfg.n_embd, cfg.vocab_size
-    shard = titan_unit_shard(((V, d), (d, 1)), data)
-    side = (shard + titan_block_params(cfg) * e if data > 1
-            else 2 * (V * d + d) * FP32_BYTES) if off_default else 0
-    buffers = ((V * d + d) * FP32_BYTES + shard + V * d * e
+    if off_default:
+        return kept * layers + T * d * e + LOSS_SCALARS + _reduce_input(V * d + d, e)
+    buffers = ((V * d + d) * FP32_BYTES + titan_unit_shard(((V, d), (d, 1)), data) + V * d * e
                + titan_block_params(cfg) * e) if data > 1 else _one_rank_reduce(V * d + d)
-    return kept * layers + T * d * e + LOSS_SCALARS + buffers - side
+    return kept * layers + T * d * e + LOSS_SCALARS + buffers
 
 
 def _one_rank_reduce(numel: int) -> int:
@@ -236,33 +234,43 @@ def _one_rank_reduce(numel: int) -> int:
     return numel * FP32_BYTES * (2 + ONE_RANK_DIVIDE_COPY)
 
 
+def _reduce_input(numel: int, e: int) -> int:
+    """The default stream's part of a unit's reduce, at its worst: the flat fp32 input made
+    while the unit's unsharded gradients (``e`` bytes each) are still live (torch 2.13
+    ``foreach_reduce`` allocates it, copies them in, then drops them; the output and, on one
+    rank, its divide copy are made on the reduce-scatter stream after; the next unit's
+    all-gather output is on the copy-in stream). Measured: the final norm's bf16 weight
+    gradient beside lm_head's when the head unit's input is allocated
+    (``docs/validation/torchtitan-fsdp-streams.json``, vocab-12k-2)."""
+    return numel * (FP32_BYTES + e)
+
+
 def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
-                           fresh: bool, off_default: bool = False) -> int:
+                           fresh: bool, off_default: bool) -> int:
     """The embedding unit's reduce-scatter, the backward's last: its unsharded gradient (the
     parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
     8 bytes and, without accumulation, every other unit's shard (nothing else: the blocks'
     activations and block 0's reduce-scatter input are freed by then, measured);
-    ``off_default``: less the shards (on the reduce-scatter stream)."""
+    ``off_default``: the default stream's part (`_reduce_input`)."""
     V, d = cfg.vocab_size, cfg.n_embd
+    if off_default:
+        return _reduce_input(V * d, e) + LOSS_SCALARS
     made = titan_fresh_shards(cfg, block=-1, layers=layers, data=data) if fresh else 0
     if data == 1:
-        side = made + 2 * V * d * FP32_BYTES if off_default else 0
-        return _one_rank_reduce(V * d) + LOSS_SCALARS + made - side
-    shard = titan_unit_shard(((V, d),), data)
-    side = made + shard if off_default else 0
-    return V * d * e + V * d * FP32_BYTES + shard + LOSS_SCALARS + made - side
+        return _one_rank_reduce(V * d) + LOSS_SCALARS + made
+    return V * d * e + V * d * FP32_BYTES + titan_unit_shard(((V, d),), data) + LOSS_SCALARS \
+        + made
 
 
 def _one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                             blocks: list[int], fresh: bool,
-                             off_default: bool = False) -> list[Any]:
+                             blocks: list[int], fresh: bool, off_default: bool) -> list[Any]:
     """Each of ``blocks``' reduce on a one-rank mesh, its backward done: the activations the
     blocks below it keep, the gradient it passes down, the loss's 8 bytes, its gradients as
     the fp32 reduce input, output and divide copy (module docstring) and, without
-    accumulation, the shards made above it; ``off_default``: less the output, the divide copy
-    and the shards (on the reduce-scatter stream)."""
+    accumulation, the shards made above it; ``off_default``: the default stream's part
+    (`_reduce_input`)."""
     P = titan_block_params(cfg)
-    unit = _one_rank_reduce(P) - (2 * P * FP32_BYTES if off_default else 0)
+    unit = _reduce_input(P, e) if off_default else _one_rank_reduce(P)
     return [kept * j + T * cfg.n_embd * e + LOSS_SCALARS + unit
             + (titan_fresh_shards(cfg, block=j, layers=layers, data=1)
                if fresh and not off_default else 0)

@@ -70,6 +70,11 @@ GRID: dict[str, dict[str, Any]] = {
     # moment beside three blocks' gradient shards (`FRESH_GRID` only)
     "gqa-5": {"n_layer": 5, "n_head": 4, "n_kv_head": 2, "n_embd": 160, "mlp_hidden": 448,
               "vocab_size": 384, "block_size": 256},
+    # a vocabulary far wider than a block (12,000 x 128 against 184,576 parameters): with few
+    # tokens the head unit's reduce-scatter is the default stream's worst moment
+    # (`scaleplan.reference.titan_fsdp_streams` only)
+    "vocab-12k-2": {"n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 128,
+                    "mlp_hidden": 352, "vocab_size": 12000, "block_size": 256},
 }
 """Small Llama 3 shapes of the committed measurements (with `_LLAMA`'s layout)."""
 

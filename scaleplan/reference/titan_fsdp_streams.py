@@ -72,6 +72,9 @@ CASES: tuple[tuple[str, int, str, int, int, bool, str, str], ...] = (
     ("gqa-3", 1, "full", 2, 96, True, "foreach", "bf16"),
     ("gqa-3", 1, "none", 2, 96, False, "foreach", "bf16"),
     ("wide-vocab-4", 1, "none", 1, 32, True, "fused", "bf16"),
+    # the head unit's reduce-scatter as the default stream's worst moment
+    ("vocab-12k-2", 2, "none", 1, 16, True, "foreach", "bf16"),
+    ("vocab-12k-2", 2, "none", 1, 16, False, "foreach", "bf16"),
 )
 """The measured steps: fresh (no accumulation) and accumulating, 1 to 8 ranks."""
 
