@@ -7,16 +7,19 @@ tensors. Each term is read off the partitioned graphs (torch 2.13, CPU inductor 
 dropout semantics: ``python -m scaleplan.reference.compiled_layouts``, the saved values by
 node in tests/data/compiled_layouts_golden.json):
 
-- **QK-norm per head** (``qk_norm="head"``, Qwen3, OLMo 3, Gemma 3, modded-nanogpt; and
+- **QK-norm per head** (``qk_norm="head"``, Qwen3, Gemma 3, modded-nanogpt; and
   ``"per_head"``, StableLM's one norm per head): each RMSNorm keeps only its reciprocal std
   (``rsqrt_1``, ``rsqrt_2``: b x heads x s, fp32 under autocast too); its input is a view of the
   fused q/k/v projection's output, which SDPA's backward keeps anyway (the ``qkv`` term), and
-  the backward rebuilds the normalised q and k from both (``mul(permute_1, rsqrt_1)``). The
+  the backward reads both (``mul(add_16, permute_1)``, ``mul(add_16, rsqrt_1)``). The
   normalised q and k are made contiguous head by head (a ``clone`` in the forward graph, strides
-  (s h a, s h, h, 1)), so SDPA's output is head-major too and the transpose that feeds the
-  attention's output projection is a copy (``clone_2`` -> ``view_6``, T a h in the matmul
-  dtype), which that projection's weight gradient reads (``mm(permute_21, view_6)``). Without
-  QK-norm the output is token-major and the projection's input a view of it (no such term).
+  (a s h, s h, h, 1): ``_fused_rms_norm``'s decomposition returns ``upcasted_result
+  .contiguous()``, torch/_decomp/decompositions.py), so SDPA's output is head-major too (the
+  CPU flash kernel lays its output out as its query; CUDA's kernels not measured) and the
+  transpose that feeds the attention's output projection is a copy (``clone_2`` ->
+  ``view_6``, T a h in the matmul dtype), which that projection's weight gradient reads
+  (``mm(permute_21, view_6)``). Without QK-norm the output is token-major and the
+  projection's input a view of it (no such term).
 - **QK-norm over all heads** (``qk_norm="full"``, OLMo 2): one RMSNorm over the q width and one
   over the k/v width, before the heads are split: one fp32 rstd per token each (2 T x 4), and
   no copy (the tensors stay token-major).
