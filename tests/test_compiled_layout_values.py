@@ -41,6 +41,8 @@ def test_modded_blocks_by_hand() -> None:
     assert sum(first.values()) == MODDED_FIRST == 1280
     later = compiled_block_saved_terms(MODDED, 1, 4, precision="bf16-mixed", dropout=False)
     assert sum(later.values()) == MODDED_LATER == 1344
+    # whole bytes: the one-byte mask counted by multiplication, not division
+    assert all(type(v) is int for v in later.values()), later
 
 
 def test_modded_model_by_hand() -> None:
