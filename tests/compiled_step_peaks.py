@@ -35,9 +35,9 @@ from typing import Any
 
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["CHECKS", "CONFIGS", "HF_CASES", "NANO_CASES", "NANO_CONFIG", "PAGE", "PATH",
-           "TUNE_LOSSES", "measure_all", "measure_hf", "measure_nanogpt", "measure_tune", "page",
-           "predicted_delta"]
+__all__ = ["CHECKS", "CONFIGS", "HF_CASES", "MODDED_CASES", "NANO_CASES", "NANO_CONFIG", "PAGE",
+           "PATH", "TUNE_LOSSES", "measure_all", "measure_hf", "measure_modded",
+           "measure_nanogpt", "measure_tune", "page", "predicted_delta"]
 
 PATH = Path(__file__).parent / "data" / "compiled_step_peaks.json"
 PAGE = Path(__file__).parent.parent / "docs" / "validation" / "compiled-steps.md"
@@ -51,6 +51,10 @@ HF_CASES = list(itertools.product(("llama", "gpt2"), ("32-true", "bf16-mixed")))
 HF_SHAPE = (2, 48)
 TUNE_LOSSES = ("chunked", "standard")
 CHECKS = [("32-true", SHAPES[0]), ("bf16-mixed", SHAPES[1])]
+# modded-nanogpt's block at a tiny width (RMSNorm without a weight, per-head QK-norm, RoPE,
+# ReLU, untied head: scaleplan.memory.compiled_layout), nanoGPT's loop, 8 x 64 tokens (the
+# activations several times the gradients, as in its real runs)
+MODDED_CASES = [("bf16-mixed", 0.0, SHAPES[1])]
 _LLAMA: dict[str, Any] = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
 # the measured models' shapes by family: NANO_CONFIG, scaleplan.reference.hf_measure's and
 # tune_measure's GRID_SHAPES (those modules import torch), written out
@@ -59,6 +63,8 @@ CONFIGS = {
     "llama": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=352,
                        vocab_size=512, block_size=128, tie_embeddings=False, **_LLAMA),
     "gpt2": GPTConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=512, block_size=128),
+    "modded-like": NANO_CONFIG.replace(norm="rmsnorm", norm_affine=False, qk_norm="head",
+                                       position="rope", mlp="relu", tie_embeddings=False),
     "llama3_2": GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=256, mlp_hidden=512,
                           vocab_size=512, block_size=128, tie_embeddings=True, **_LLAMA),
 }
@@ -75,16 +81,22 @@ def _rows(step: Any, explain: bool = True, **fields: Any) -> list[dict[str, Any]
 
 
 def measure_nanogpt(precision: str, dropout: float, shape: tuple[int, int],
-                    compile: bool) -> list[dict[str, Any]]:
+                    compile: bool, family: str = "gpt2-like") -> list[dict[str, Any]]:
     """Both gradient modes of one reference-GPT case (imports torch)."""
     from scaleplan.reference.compiled_step import warmed_step
 
     b, s = shape
-    cfg = NANO_CONFIG.replace(dropout=dropout)
+    cfg = CONFIGS[family].replace(dropout=dropout)
     step = warmed_step(cfg, micro_batch_size=b, seq_len=s, precision=precision,
                        compile=compile)
-    return _rows(step, implementation="nanogpt", family="gpt2-like", precision=precision,
+    return _rows(step, implementation="nanogpt", family=family, precision=precision,
                  dropout=dropout, micro_batch_size=b, seq_len=s, compile=compile)
+
+
+def measure_modded() -> list[dict[str, Any]]:
+    """The modded-like cases, eager and compiled (imports torch)."""
+    return [row for compile in (False, True) for precision, dropout, shape in MODDED_CASES
+            for row in measure_nanogpt(precision, dropout, shape, compile, "modded-like")]
 
 
 def measure_hf(family: str, precision: str, compile: bool) -> list[dict[str, Any]]:
@@ -135,6 +147,7 @@ def measure_all() -> dict[str, Any]:
         for loss in TUNE_LOSSES:
             rows += measure_tune(loss, compile)
             print("torchtune", loss, compile, flush=True)
+    rows += measure_modded()
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "torchtune": torchtune.__version__,
             "python": sys.version.split()[0], "optimizer": "fused", "checks": checks,
@@ -144,8 +157,9 @@ def measure_all() -> dict[str, Any]:
 def predicted_delta(case: dict[str, Any]) -> tuple[int, str]:
     """(`training_memory`'s tensor peak less what it counts resident, its worst moment) for a
     measured step (torch-free): less the weights, the optimizer states, the gradients under
-    accumulation and the batch (the token ids, nanoGPT's separate targets and torchtune's
-    RoPE cache: saved terms in the model, resident in the harness)."""
+    accumulation and the batch (the token ids, nanoGPT's separate targets, torchtune's RoPE
+    cache and the reference GPT's RoPE tables: saved terms in the model, resident buffers in
+    the harness)."""
     from scaleplan.memory.training import training_memory
 
     nano, tune = case["implementation"] == "nanogpt", case["implementation"] == "torchtune"
@@ -158,7 +172,7 @@ def predicted_delta(case: dict[str, Any]) -> tuple[int, str]:
                         implementation=case["implementation"], gradient_accumulation=acc,
                         **options)
     batch = m.saved_breakdown["token_ids"] + (b * s * INDEX_BYTES if nano else 0) \
-        + m.saved_breakdown.get("rope_buffers", 0)
+        + m.saved_breakdown.get("rope_buffers", 0) + m.saved_breakdown.get("rope_tables", 0)
     delta = m.tensor_peak - m.weights - m.optimizer - (m.gradients if acc else 0) - batch
     return delta, m.peak_moment
 
@@ -192,6 +206,12 @@ if __name__ == "__main__":
     if "--page" in sys.argv:
         PAGE.write_text(page())
         print(f"wrote {PAGE}")
+    elif "--modded" in sys.argv:  # measure the modded-like cases only, in place
+        data = json.loads(PATH.read_text())
+        data["cases"] = [c for c in data["cases"] if c["family"] != "modded-like"] \
+            + measure_modded()
+        PATH.write_text(json.dumps(data, indent=1) + "\n")
+        print(f"wrote {PATH}")
     else:
         PATH.write_text(json.dumps(measure_all(), indent=1) + "\n")
         print(f"wrote {PATH}")

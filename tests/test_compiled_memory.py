@@ -229,3 +229,28 @@ def test_full_checkpointing_matches_inductor_partition(compiled: object, layout:
                                          checkpointing="full",
                                          device="cpu-cuda-semantics").values())
     assert predicted == m.saved_for_backward
+
+
+def _modded(n_layer: int, dropout: float) -> GPTConfig:
+    """modded-nanogpt's block at a tiny width: RMSNorm without a weight, per-head QK-norm,
+    RoPE, a ReLU MLP, untied head (scaleplan.memory.compiled_layout)."""
+    return GPTConfig(n_layer=n_layer, n_head=4, n_embd=128, block_size=64, vocab_size=512,
+                     bias=False, dropout=dropout, norm="rmsnorm", norm_affine=False,
+                     qk_norm="head", position="rope", mlp="relu", tie_embeddings=False)
+
+
+@torch_only
+def test_modded_block_matches_inductor_partition(compiled: object) -> None:
+    """One small modded-like model, re-measured live (the committed grid is
+    tests/data/compiled_layouts_golden.json): exact, the q/k norms' rstd and the ReLU's mask
+    read off the partition."""
+    cfg = _modded(2, 0.1)
+    m = compiled.measure_compiled(  # type: ignore[attr-defined]
+        cfg, micro_batch_size=2, seq_len=48, precision="bf16-mixed")
+    terms = compiled_saved_terms(cfg, 2, 48, precision="bf16-mixed")
+    assert sum(terms.values()) == m.saved_for_backward
+    # per block, the q and k norms' rstd: 2 x (4 + 4) x 48 x 4 = 3072
+    rstd = sum(v.nbytes for v in m.saved if v.module.endswith(("q_norm", "k_norm")))
+    assert rstd == terms["qk_norm_rstd"] == 2 * 3072
+    # bool: the ReLU's mask T f = 96 x 512 per block, the dropout masks 5 x 96 x 128
+    assert m.saved_by_dtype["bool"] == 2 * 96 * 512 + 5 * 96 * 128

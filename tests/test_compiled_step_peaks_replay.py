@@ -5,8 +5,9 @@ torch 2.13 CPU inductor, transformers 5.25) holds, per step, the bytes resident 
 began and its peak above them, read from the CPU allocator's profiler events
 (`scaleplan.reference.compiled_step`): scaleplan's reference GPT compiled as nanoGPT compiles
 it (fp32 and bf16 autocast, dropout 0 and 0.1 with CUDA's bool masks, 2 x 24 and 8 x 64
-tokens, nanoGPT's loop holding the logits) and transformers' Llama and GPT-2 compiled whole,
-each with fresh gradients and with every gradient resident, and the same steps eager.
+tokens, nanoGPT's loop holding the logits; and modded-nanogpt's block, bf16 autocast, 8 x 64
+tokens) and transformers' Llama and GPT-2 compiled whole, each with fresh gradients and with
+every gradient resident, and the same steps eager.
 
 The delta the model predicts is ``tensor_peak`` less what it counts as resident: weights,
 optimizer states, the gradients under accumulation and the batch (the token ids and targets,
@@ -64,7 +65,8 @@ def _cases(**match: Any) -> list[dict[str, Any]]:
 
 def test_the_grid_is_whole() -> None:
     # eager and compiled, both gradient modes: 8 nanoGPT, 4 transformers, 2 torchtune cases
-    assert len(DATA["cases"]) == 2 * 2 * (8 + 4 + 2)
+    # and one modded-nanogpt-like
+    assert len(DATA["cases"]) == 2 * 2 * (8 + 4 + 2 + 1)
     assert {c["family"] for c in DATA["cases"]} == set(CONFIGS)
 
 
@@ -125,6 +127,23 @@ def test_compiled_steps_at_scale_keep_the_eager_moments(case: dict[str, Any]) ->
         assert 0 < case["peak"] - delta <= 0.004 * case["peak"]
         return
     assert case["peak"] - delta == LOSS_AND_SEED
+
+
+def test_the_modded_like_step_is_exact_compiled_and_eager() -> None:
+    # modded-nanogpt's block (RMSNorm without a weight, per-head QK-norm, RoPE, ReLU, untied
+    # head), bf16 autocast, 8 x 64 tokens: the backward-start moment with
+    # scaleplan.memory.compiled_layout's terms is the peak, exact but for the loss (and, compiled,
+    # its seed); the q/k norms' rstd (8, 4, 64, 1) fp32 and the ReLU's bool masks (8, 64, 256)
+    # are among the saved tensors live at the peak
+    for compile, off in ((True, LOSS_AND_SEED), (False, 4)):
+        for case in _cases(family="modded-like", compile=compile):
+            delta, moment = predicted_delta(case)
+            assert moment == "backward_start"
+            assert case["peak"] - delta == off
+    case = _cases(family="modded-like", compile=True, gradient_accumulation=False)[0]
+    shapes = [item.split(" ", 3)[3] for item in case["at_peak"] if " saved " in item]
+    assert shapes.count("(8, 4, 64, 1) float32") == 2 * 2  # q and k, two blocks
+    assert shapes.count("(8, 64, 256) bool") == 2
 
 
 def test_the_first_blocks_input_is_rebuilt_at_eight_rows() -> None:

@@ -19,8 +19,10 @@ operation of the reference block (read from the partitioned graphs by
   b a s fp32;
 - dropout: a bool mask (1 byte per element: the decomposition's ``rand > p``); random ops are
   never recomputed;
-- the GELU MLP: the up projection's output and the GELU output (2 T f e); SwiGLU: see
-  `compiled_block_saved_terms`;
+- the GELU MLP: the up projection's output and the GELU output (2 T f e); SwiGLU and ReLU:
+  see `compiled_block_saved_terms`;
+- QK-norm (RMSNorm): its rstd, and per head a copy of the attention output:
+  `scaleplan.memory.compiled_layout`, which also lists the options accepted;
 - the cross-entropy (fused log-softmax and NLL): the logits in the matmul dtype (T V e, bf16
   under autocast: no fp32 log-softmax), each row's max and log(sum(exp)) (2 T, fp32), the
   int64 targets and a scalar divisor;
@@ -51,6 +53,11 @@ from scaleplan.memory.activations import (
     residual_bytes,
 )
 from scaleplan.memory.compiled_first_input import first_input_rebuild_terms
+from scaleplan.memory.compiled_layout import (
+    check_compiled_layout,
+    compiled_mlp_activation_terms,
+    compiled_qk_norm_terms,
+)
 from scaleplan.model.config import GPTConfig, Precision
 
 __all__ = [
@@ -95,25 +102,6 @@ def _check(precision: Precision, checkpointing: CheckpointingKind, device: Devic
             "'cpu-cuda-semantics'), not CPU's float masks and math attention")
 
 
-# Options of `GPTConfig` the compiled partitions were not measured with: each must keep its
-# default (the reference GPT's layout).
-_UNMEASURED_OPTIONS = ("qk_norm", "norm_position", "parallel", "norm_affine", "embedding_norm",
-                       "position_offset", "rotary_fraction", "sliding_window", "attn_softcap",
-                       "final_softcap", "mla", "moe", "lm_head_bias")
-
-
-def _check_layout(cfg: GPTConfig) -> None:
-    fields = type(cfg).model_fields
-    odd = [name for name in _UNMEASURED_OPTIONS
-           if name in fields and getattr(cfg, name) != fields[name].default]
-    if cfg.position not in ("learned", "rope"):
-        odd.append("position")
-    if odd:
-        raise ScaleplanError(
-            f"compile=True is modelled for the reference layout (pre-norm, learned or RoPE "
-            f"positions, dense MLP); {', '.join(odd)} not yet: use compile=False")
-
-
 def _norm_terms(cfg: GPTConfig, T: Any, prefix: str, input_bytes: int) -> dict[str, Any]:
     """A decomposed norm. LayerNorm's backward reads ``x_hat`` = (x - mean) rstd, which the
     partitioner keeps (T d, fp32: the decomposition computes in fp32 under autocast) rather
@@ -151,10 +139,14 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
       through its q, k and v views; with RoPE, ``rope_qk``: the rotated q and k,
       T (a + k) h e (SDPA's inputs, cast to e);
     - ``attn_out``: T a h e; ``attn_lse``: b a s x 4;
+    - with QK-norm, ``qk_norm_rstd`` and, per head, ``attn_proj_input`` (T a h e):
+      `scaleplan.memory.compiled_layout.compiled_qk_norm_terms`;
     - ``resid_dropout_masks``: 2 T d bool masks when dropout is on;
     - ``mlp_activations``: GELU: the up projection's output and the GELU output, 2 T f e;
       SwiGLU/GeGLU: the gate and up projections' outputs and the product that feeds the down
-      projection, 3 T f e (the activation itself is recomputed from the gate's output).
+      projection, 3 T f e (the activation itself is recomputed from the gate's output); ReLU:
+      its output, T f e, and ``relu_mask``, T f bool
+      (`scaleplan.memory.compiled_layout.compiled_mlp_activation_terms`).
 
     ``checkpointing="full"`` (``torch.utils.checkpoint`` around each block, compiled as one
     graph): ``block_input``, T d r (the first block's is the token embedding's output), and
@@ -167,8 +159,8 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
     (192, 64, 128)
     """
     _check(precision, checkpointing, device, dropout)
-    _check_layout(cfg)
-    d, a, k, h, f = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.mlp_hidden
+    check_compiled_layout(cfg)
+    d, a, k, h = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
     T = b * s
     e, r = activation_bytes(precision), residual_bytes(precision)
     if checkpointing == "full":
@@ -180,6 +172,7 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
         terms["rope_qk"] = T * (a + k) * h * e
     terms["attn_out"] = T * a * h * e
     terms["attn_lse"] = b * a * s * STAT_BYTES
+    terms.update(compiled_qk_norm_terms(cfg, b, s, e=e))
     if dropout:
         terms["resid_dropout_masks"] = 2 * T * d * CUDA_MASK_BYTES
     if cfg.norm == "rmsnorm" and first and not dropout and cfg.position != "learned":
@@ -188,7 +181,7 @@ def compiled_block_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: Pre
     else:
         terms.update(_norm_terms(cfg, T, "norm2", r))
     terms["mlp_input"] = T * d * e
-    terms["mlp_activations"] = (3 if cfg.gated_mlp else 2) * T * f * e
+    terms.update(compiled_mlp_activation_terms(cfg, T, e=e))
     return terms
 
 
