@@ -246,15 +246,14 @@ def _reduce_input(numel: int, e: int) -> int:
 
 
 def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
-                           fresh: bool, off_default: bool) -> int:
+                           fresh: bool) -> int:
     """The embedding unit's reduce-scatter, the backward's last: its unsharded gradient (the
     parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
     8 bytes and, without accumulation, every other unit's shard (nothing else: the blocks'
-    activations and block 0's reduce-scatter input are freed by then, measured);
-    ``off_default``: the default stream's part (`_reduce_input`)."""
+    activations and block 0's reduce-scatter input are freed by then, measured). Its default
+    stream's part, V d (4 + e) and the loss's 8 bytes (`_reduce_input`), is always below the
+    head unit's, (V d + d)(4 + e) and more: ``off_default`` leaves it out."""
     V, d = cfg.vocab_size, cfg.n_embd
-    if off_default:
-        return _reduce_input(V * d, e) + LOSS_SCALARS
     made = titan_fresh_shards(cfg, block=-1, layers=layers, data=data) if fresh else 0
     if data == 1:
         return _one_rank_reduce(V * d) + LOSS_SCALARS + made
@@ -324,10 +323,11 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     off = off_default
+    embedding = () if off else (_embedding_unit_moment(cfg, e=e, layers=layers, data=data,
+                                                       fresh=fresh),)
     return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
                                              off_default=off),
-                           _embedding_unit_moment(cfg, e=e, layers=layers, data=data,
-                                                  fresh=fresh, off_default=off),
+                           *embedding,
                            *(kept * j + mlp + fsdp(j, False) for j in blocks),
                            *(kept * j + end + fsdp(j, True) for j in blocks),
                            *(_one_rank_reduce_moments(cfg, T, e=e, kept=kept, layers=layers,
