@@ -28,13 +28,14 @@ from scaleplan.memory.dtypes import larger, param_dtype_bytes, semantics
 from scaleplan.memory.hf_terms import hf_block_saved_terms, hf_family
 from scaleplan.memory.litgpt_terms import litgpt_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
-from scaleplan.memory.sharding import mlp_gradient_buffer
+from scaleplan.memory.sharding import mlp_gradient_buffer, per_rank
 from scaleplan.memory.tune_terms import tune_block_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.shapes import across_model, parameters
 
 __all__ = ["block_backward_bytes", "eager_saved_terms", "fresh_mlp_node_bytes",
-           "fresh_recompute_moment", "recompute_moment", "split_terms"]
+           "fresh_recompute_candidates", "fresh_recompute_moment", "recompute_gradients",
+           "recompute_moment", "split_terms", "waiting_head_gradient"]
 
 
 def split_terms(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
@@ -111,10 +112,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    eager = code in ("hf", "torchtune", "torchtune-compiled", "litgpt") and cfg.moe is None
     G, bound, in_backward = gradients
-    if fresh_gradients and eager and bound is not None and (code == "torchtune"
-                                                            or not in_backward):
+    if _takes_fresh_moment(cfg, code, fresh_gradients, gradients):
         return fresh_recompute_moment(cfg, b, s, p, attention, device, par, saved, copies,
                                       all_copies, layers, code, G=G, head_gradient=head_gradient,
                                       in_backward=in_backward) \
@@ -127,6 +126,39 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
         targets = saved.get("targets", 0) if code == "nanogpt" else 0
         return kept + targets + rebuilt + share + backward + head_gradient
     return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
+
+
+def recompute_gradients(cfg: GPTConfig, b: Any, s: Any, p: Precision,
+                        attention: AttentionKind, device: DeviceKind, par: Parallelism,
+                        saved: dict[str, Any], copies: Any, all_copies: Any, layers: int,
+                        code: str = "nanogpt", *, head_gradient: Any = 0,
+                        fresh_gradients: bool = False,
+                        gradients: tuple[Any, Any, bool] = (0, 0, False)) -> dict[str, Any]:
+    """``{"recompute": bytes}``: the parameters' gradients alive at `recompute_moment` where
+    it takes `fresh_recompute_moment` (the gradients made by then, at the worst of its
+    `fresh_recompute_candidates`, elementwise for arrays); else none (every gradient, or the
+    optimizer in backward's largest: `scaleplan.memory.step_switches.gradients_at`).
+    Arguments as `recompute_moment`'s."""
+    if not _takes_fresh_moment(cfg, code, fresh_gradients, gradients) or gradients[2]:
+        return {}
+    candidates = fresh_recompute_candidates(
+        cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
+        G=gradients[0], head_gradient=head_gradient)
+    (worst, alive), *others = candidates.values()
+    for value, grads in others:  # the first of equal candidates, as larger() keeps
+        wins = value > worst
+        worst, alive = larger(worst, value), grads * wins + alive * (1 - wins)
+    return {"recompute": alive}
+
+
+def _takes_fresh_moment(cfg: GPTConfig, code: str, fresh_gradients: bool,
+                        gradients: tuple[Any, Any, bool]) -> bool:
+    """Whether `recompute_moment` is `fresh_recompute_moment`: transformers', torchtune's
+    or litgpt's dense eager blocks, the gradients fresh and bound (`recompute_moment`)."""
+    _, bound, in_backward = gradients
+    eager = code in ("hf", "torchtune", "torchtune-compiled", "litgpt") and cfg.moe is None
+    return (fresh_gradients and eager and bound is not None
+            and (code == "torchtune" or not in_backward))
 
 
 def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
@@ -152,16 +184,47 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     outlives its step: the last block's rebuild at the down projection's hook, whose held
     bytes `scaleplan.memory.tune_switches.tune_in_backward_held_bytes` adds. Measured live on
     CPU (tests/impl_recompute_peaks.py, tests/data/fresh_recompute_peaks.json)."""
-    T, d = b * s, cfg.n_embd
-    r, g = residual_bytes(p), param_dtype_bytes(p)
-    # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
-    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
-    rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
-    kept = sum(saved.values()) - sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
-    share = (all_copies - copies) // max(layers, 1)
-    residual = T * d * r
     if in_backward:  # at the down projection's hook: its input (the product) freed
+        kept, rebuilt, share, residual = _fresh_rebuild(cfg, b, s, p, attention, device, par,
+                                                        saved, copies, all_copies, layers, code)
         return kept + rebuilt + share + residual
+    moments = fresh_recompute_candidates(cfg, b, s, p, attention, device, par, saved, copies,
+                                         all_copies, layers, code, G=G,
+                                         head_gradient=head_gradient)
+    (last, _), (first, _), (end, _) = moments.values()
+    return larger(larger(last, first), end)
+
+
+def fresh_recompute_candidates(cfg: GPTConfig, b: Any, s: Any, p: Precision,
+                               attention: AttentionKind, device: DeviceKind, par: Parallelism,
+                               saved: dict[str, Any], copies: Any, all_copies: Any,
+                               layers: int, code: str, *, G: Any,
+                               head_gradient: Any) -> dict[str, tuple[Any, Any]]:
+    """`fresh_recompute_moment`'s three candidates without the optimizer in backward, each as
+    (bytes above weights and optimizer states, bytes of those that are parameters' ``.grad``):
+    ``last`` (the last block's rebuild: the head's and the down projection's gradients),
+    ``first`` (the first block's: every later block's too) and ``end`` (the embedding's
+    backward: every gradient but the embedding's, which its dense backward is making, or
+    the tied weight's, whose three partial V d are not ``.grad`` yet). The measured steps list
+    each ``.grad`` alive at their peak (tests/data/fresh_recompute_peaks.json).
+
+    fp32, T = 4, d = 8, f = 32, V = 16, one block of rotary attention, untied, no bias:
+    parameters wte 128 + norms 8 + 8 + q/k/v 192 + projection 64 + MLP 256 + 256 + final
+    norm 8 + head 128 = 1048 (G = 4192 bytes); the last block's rebuild holds the head's and
+    the final norm's (136) and the down projection's (256), the end all but the embedding's:
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32,
+    ...                 bias=False, tie_embeddings=False, position="rope")
+    >>> c = fresh_recompute_candidates(cfg, 1, 4, "32-true", "flash", "cpu", Parallelism(),
+    ...                                {"block_input": 128}, 0, 0, 1, "hf", G=4192,
+    ...                                head_gradient=0)
+    >>> c["last"][1], c["first"][1], c["end"][1]
+    (1568, 1568, 3680)
+    """
+    g = param_dtype_bytes(p)
+    kept, rebuilt, share, residual = _fresh_rebuild(cfg, b, s, p, attention, device, par,
+                                                    saved, copies, all_copies, layers, code)
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
     node = fresh_mlp_node_bytes(cfg, b, s, p, code,
                                 mask=block.get("resid_dropout_masks", 0) // 2)
     tensors = parameters(cfg)
@@ -169,13 +232,31 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     head = sum(math.prod(t.shape) for t in tensors
                if not t.per_block and t.part in ("lm_head", "norms")) * g
     down = math.prod(next(t.shape for t in tensors if t.name == "mlp.c_proj.weight"))
-    down += d if cfg.bias else 0
+    down += cfg.n_embd if cfg.bias else 0
     last = kept + rebuilt + share + node + head_gradient + head + down * g
-    first = last + (layers - 1) * (per_block - residual)
-    tied = cfg.vocab_size * d * g if cfg.tie_embeddings else 0
+    tied = cfg.vocab_size * cfg.n_embd * g if cfg.tie_embeddings else 0
     end = G + (larger(tied + residual, 2 * tied) if tied else residual) \
         + kept - saved["block_input"]
-    return larger(larger(last, first), end)
+    # the token embedding's gradient: made by the end, not yet .grad
+    embedding = math.prod(next(t.shape for t in tensors if t.part == "token_embedding")) * g
+    return {"last": (last, head + down * g),
+            "first": (last + (layers - 1) * (per_block - residual),
+                      head + down * g + (layers - 1) * per_block),
+            "end": (end, G - embedding)}
+
+
+def _fresh_rebuild(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
+                   device: DeviceKind, par: Parallelism, saved: dict[str, Any], copies: Any,
+                   all_copies: Any, layers: int, code: str) -> tuple[Any, Any, Any, Any]:
+    """(saved tensors but the loss side, the rebuilt block's saves less its checkpointed
+    input, one block's autocast weight copies, the residual stream's gradient T d r) of a
+    fresh-gradient rebuild."""
+    # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
+    rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
+    kept = sum(saved.values()) - sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
+    share = (all_copies - copies) // max(layers, 1)
+    return kept, rebuilt, share, b * s * cfg.n_embd * residual_bytes(p)
 
 
 def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str, *,
@@ -303,3 +384,16 @@ def block_backward_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, dropou
     residual = tensor_parallel_split(T * d * r - T * d * mask, 0, t=t, sequence_parallel=sp)
     return residual + worst
 
+
+def waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
+                           both_ends: bool) -> Any:
+    """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
+    share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
+    under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
+    transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
+    tests/data/impl_recompute_peaks.json), with fresh gradients too
+    (tests/data/fresh_recompute_peaks.json).
+    """
+    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
+        return 0
+    return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
