@@ -21,7 +21,6 @@ from scaleplan.memory.activations import (
     DeviceKind,
     activation_bytes,
     autocast_weight_copy_bytes,
-    param_dtype_bytes,
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import (

@@ -131,14 +131,11 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
 def recompute_gradients(cfg: GPTConfig, b: Any, s: Any, p: Precision,
                         attention: AttentionKind, device: DeviceKind, par: Parallelism,
                         saved: dict[str, Any], copies: Any, all_copies: Any, layers: int,
-                        code: str = "nanogpt", *, head_gradient: Any = 0,
-                        fresh_gradients: bool = False,
-                        gradients: tuple[Any, Any, bool] = (0, 0, False)) -> dict[str, Any]:
-    """``{"recompute": bytes}``: the parameters' gradients alive at `recompute_moment` where
-    it takes `fresh_recompute_moment` (the gradients made by then, at the worst of its
-    `fresh_recompute_candidates`, elementwise for arrays); else none (every gradient, or the
-    optimizer in backward's largest: `scaleplan.memory.step_switches.gradients_at`).
-    Arguments as `recompute_moment`'s."""
+                        code: str, *, head_gradient: Any, fresh_gradients: bool,
+                        gradients: tuple[Any, Any, bool]) -> dict[str, Any]:
+    """``{"recompute": bytes}``: the ``.grad`` alive at `recompute_moment` where it takes
+    `fresh_recompute_moment` (at the worst of `fresh_recompute_candidates`, elementwise for
+    arrays); else none (`scaleplan.memory.step_switches.gradients_at`'s apply)."""
     if not _takes_fresh_moment(cfg, code, fresh_gradients, gradients) or gradients[2]:
         return {}
     candidates = fresh_recompute_candidates(
@@ -153,8 +150,7 @@ def recompute_gradients(cfg: GPTConfig, b: Any, s: Any, p: Precision,
 
 def _takes_fresh_moment(cfg: GPTConfig, code: str, fresh_gradients: bool,
                         gradients: tuple[Any, Any, bool]) -> bool:
-    """Whether `recompute_moment` is `fresh_recompute_moment`: transformers', torchtune's
-    or litgpt's dense eager blocks, the gradients fresh and bound (`recompute_moment`)."""
+    """Whether `recompute_moment` takes `fresh_recompute_moment` (its docstring says when)."""
     _, bound, in_backward = gradients
     eager = code in ("hf", "torchtune", "torchtune-compiled", "litgpt") and cfg.moe is None
     return (fresh_gradients and eager and bound is not None
@@ -185,9 +181,8 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     bytes `scaleplan.memory.tune_switches.tune_in_backward_held_bytes` adds. Measured live on
     CPU (tests/impl_recompute_peaks.py, tests/data/fresh_recompute_peaks.json)."""
     if in_backward:  # at the down projection's hook: its input (the product) freed
-        kept, rebuilt, share, residual = _fresh_rebuild(cfg, b, s, p, attention, device, par,
-                                                        saved, copies, all_copies, layers, code)
-        return kept + rebuilt + share + residual
+        return sum(_fresh_rebuild(cfg, b, s, p, attention, device, par, saved, copies,
+                                  all_copies, layers, code))
     moments = fresh_recompute_candidates(cfg, b, s, p, attention, device, par, saved, copies,
                                          all_copies, layers, code, G=G,
                                          head_gradient=head_gradient)
@@ -200,24 +195,18 @@ def fresh_recompute_candidates(cfg: GPTConfig, b: Any, s: Any, p: Precision,
                                saved: dict[str, Any], copies: Any, all_copies: Any,
                                layers: int, code: str, *, G: Any,
                                head_gradient: Any) -> dict[str, tuple[Any, Any]]:
-    """`fresh_recompute_moment`'s three candidates without the optimizer in backward, each as
-    (bytes above weights and optimizer states, bytes of those that are parameters' ``.grad``):
-    ``last`` (the last block's rebuild: the head's and the down projection's gradients),
-    ``first`` (the first block's: every later block's too) and ``end`` (the embedding's
-    backward: every gradient but the embedding's, which its dense backward is making, or
-    the tied weight's, whose three partial V d are not ``.grad`` yet). The measured steps list
-    each ``.grad`` alive at their peak (tests/data/fresh_recompute_peaks.json).
-
-    fp32, T = 4, d = 8, f = 32, V = 16, one block of rotary attention, untied, no bias:
-    parameters wte 128 + norms 8 + 8 + q/k/v 192 + projection 64 + MLP 256 + 256 + final
-    norm 8 + head 128 = 1048 (G = 4192 bytes); the last block's rebuild holds the head's and
-    the final norm's (136) and the down projection's (256), the end all but the embedding's:
+    """`fresh_recompute_moment`'s candidates without the optimizer in backward, each (bytes
+    above weights and optimizer states, bytes of them that are ``.grad``, as the measured steps
+    list them, tests/data/fresh_recompute_peaks.json): ``last`` (the last block's rebuild: the
+    head's and final norm's, and the down projection's where `_down_gradient_made`),
+    ``first`` (the first block's: every later block's too), ``end`` (the embedding's
+    backward: all but the embedding's own). fp32, one untied rotary block, no bias, d 8, f 32,
+    V 16: G = 1048 parameters x 4; head and final norm 136, down projection 256, wte 128:
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32,
     ...                 bias=False, tie_embeddings=False, position="rope")
     >>> c = fresh_recompute_candidates(cfg, 1, 4, "32-true", "flash", "cpu", Parallelism(),
-    ...                                {"block_input": 128}, 0, 0, 1, "hf", G=4192,
-    ...                                head_gradient=0)
+    ...                                {"block_input": 128}, 0, 0, 1, "hf", G=4192, head_gradient=0)
     >>> c["last"][1], c["first"][1], c["end"][1]
     (1568, 1568, 3680)
     """
@@ -237,11 +226,11 @@ def fresh_recompute_candidates(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     tied = cfg.vocab_size * cfg.n_embd * g if cfg.tie_embeddings else 0
     end = G + (larger(tied + residual, 2 * tied) if tied else residual) \
         + kept - saved["block_input"]
-    # the token embedding's gradient: made by the end, not yet .grad
     embedding = math.prod(next(t.shape for t in tensors if t.part == "token_embedding")) * g
-    return {"last": (last, head + down * g),
+    made = head + down * g * _down_gradient_made(cfg, b, s, p, code)
+    return {"last": (last, made),
             "first": (last + (layers - 1) * (per_block - residual),
-                      head + down * g + (layers - 1) * per_block),
+                      made + (layers - 1) * per_block),
             "end": (end, G - embedding)}
 
 
@@ -249,8 +238,7 @@ def _fresh_rebuild(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Atte
                    device: DeviceKind, par: Parallelism, saved: dict[str, Any], copies: Any,
                    all_copies: Any, layers: int, code: str) -> tuple[Any, Any, Any, Any]:
     """(saved tensors but the loss side, the rebuilt block's saves less its checkpointed
-    input, one block's autocast weight copies, the residual stream's gradient T d r) of a
-    fresh-gradient rebuild."""
+    input, one block's autocast weight copies, the residual gradient T d r): a fresh rebuild."""
     # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
     block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
     rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
@@ -288,15 +276,32 @@ def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str
     >>> fresh_mlp_node_bytes(cfg, 1, 4, "bf16-mixed", "litgpt")
     112
     """
+    projection, product = _mlp_nodes(cfg, b, s, p, code)
+    worst = projection if product is None else larger(projection, product)
+    return b * s * cfg.n_embd * residual_bytes(p) - mask + worst
+
+
+def _mlp_nodes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str) -> tuple[Any, Any]:
+    """`fresh_mlp_node_bytes`' (projection or cast node, product node or None)."""
     d, f, T = cfg.n_embd, cfg.mlp_hidden, b * s
-    e, r = activation_bytes(p), residual_bytes(p)
+    e = activation_bytes(p)
     autocast = p in AUTOCAST
     bias = d * (e - FP32_BYTES) if autocast and cfg.bias else 0
     projection = T * f * e + bias + (T * d * e + f * d * (e - FP32_BYTES) if autocast else 0)
     worst = larger(projection, bias) if autocast else projection
-    if cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2"):
-        worst = larger(worst, 2 * T * f * e - (f * d * e if autocast else 0))
-    return T * d * r - mask + worst
+    if not (cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2")):
+        return worst, None
+    return worst, 2 * T * f * e - (f * d * e if autocast else 0)
+
+
+def _down_gradient_made(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str) -> Any:
+    """1 where the down projection's gradients are ``.grad`` at `fresh_mlp_node_bytes`' worst
+    node, else 0: under autocast its projection's and cast's nodes hold them 16-bit or being
+    cast (measured for GPT-NeoX and Pythia), its product's node after they are taken."""
+    projection, product = _mlp_nodes(cfg, b, s, p, code)
+    if p not in AUTOCAST:
+        return 1
+    return 0 if product is None else 1 * (product > projection)
 
 
 def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
@@ -385,15 +390,11 @@ def block_backward_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, dropou
     return residual + worst
 
 
-def waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
-                           both_ends: bool) -> Any:
+def waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str, both_ends: bool) -> Any:
     """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
-    share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
-    under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
-    transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
-    tests/data/impl_recompute_peaks.json), with fresh gradients too
-    (tests/data/fresh_recompute_peaks.json).
-    """
+    share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype, when
+    one stage holds both ends: nanoGPT's, transformers', torchtune's and litgpt's models
+    (measured, tests/data/recompute_peaks.json, impl_ and fresh_recompute_peaks.json)."""
     if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
         return 0
     return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
