@@ -319,3 +319,37 @@ def test_fsdp1_accumulating_reports_its_unsharded_gradients_and_gathered_root() 
     # without accumulation the same weights; the gradients those reduce-scattered by then
     assert plain.weights == 1108 + 272 and 0 <= plain.gradients < m.gradients
     assert plain.transient >= 0
+
+
+@pytest.mark.parametrize("accumulating", [True, False])
+def test_fsdp1_weights_and_gradients_alive_by_moment(accumulating: bool) -> None:
+    from scaleplan.memory.stage import stage_parts_alive
+
+    # three ranks: unsharded gradients 2216 x 2 = 4432 bytes, shards ceil(4432 / 3) = 1478;
+    # a block's 1040 parameters, a shard ceil(1040 / 3) = 347 of them (694 bytes); the root
+    # unit (tied embedding 16 x 8, final norm 8) gathered in bf16: 272 bytes
+    par = Parallelism(data=3, fsdp="full_shard")
+    switches = StepSwitches(gradient_accumulation=accumulating)
+
+    def alive(s: int) -> dict[str, dict[str, int]]:
+        return stage_parts_alive(TINY, 1, s, "bf16-true", "adamw", "flash", "full", "cuda",  # type: ignore[no-any-return]
+                                 par, "fused", True, "only", implementation="litgpt",
+                                 switches=switches)[-1]
+
+    got = alive(8)
+    grads, weights = got["gradients"], got["weights"]
+    assert grads["optimizer_step"] == 1478  # the shards, after the reduce-scatter
+    assert weights["forward_end"] - weights["optimizer_step"] == 272  # the root gathered
+    assert set(weights) == set(grads) == {"forward_end", "backward_start", "optimizer_step",
+                                          "recompute", "block_end", "root_end"}
+    if accumulating:  # no_sync: the whole model's, unsharded, through forward and backward
+        assert {k: v for k, v in grads.items() if k != "optimizer_step"} == dict.fromkeys(
+            ("forward_end", "backward_start", "recompute", "block_end", "root_end"), 4432)
+        return
+    # none at forward and backward start; both blocks' shards at the root's end; at a
+    # recompute one block further down the shard above, where that branch is the worse:
+    # 694 bytes against the freed input T d 2 (1 x 8 x 8 x 2 = 128 at 8 tokens; 48 tokens:
+    # 768, the last block's rebuild is worse, no shard made yet)
+    assert (grads["forward_end"], grads["backward_start"], grads["block_end"]) == (0, 0, 0)
+    assert (grads["recompute"], grads["root_end"]) == (694, 2 * 694)
+    assert alive(48)["gradients"]["recompute"] == 0
