@@ -353,3 +353,20 @@ def test_fsdp1_weights_and_gradients_alive_by_moment(accumulating: bool) -> None
     assert (grads["forward_end"], grads["backward_start"], grads["block_end"]) == (0, 0, 0)
     assert (grads["recompute"], grads["root_end"]) == (694, 2 * 694)
     assert alive(48)["gradients"]["recompute"] == 0
+
+
+def test_fresh_rebuild_candidates_by_hand() -> None:
+    from scaleplan.memory.stage_terms import fresh_recompute_candidates
+
+    # fp32, one untied block of rotary attention, no bias, d 8, f 32, V 16: wte 128 + norms
+    # 8 + 8 + q/k/v 192 + projection 64 + MLP 256 + 256 + final norm 8 + head 128 = 1048
+    # parameters, G = 4192 bytes. The last block's rebuild (one block: also the first) holds
+    # the head's and the final norm's gradients (136 x 4) and the down projection's
+    # (256 x 4); the embedding's backward every gradient but the embedding's (128 x 4)
+    cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32, bias=False,
+                    tie_embeddings=False, position="rope")
+    got = fresh_recompute_candidates(cfg, 1, 4, "32-true", "flash", "cpu", Parallelism(),
+                                     {"block_input": 128}, 0, 0, 1, "hf", G=4192,
+                                     head_gradient=0)
+    assert {k: grads for k, (_, grads) in got.items()} == {
+        "last": 1568, "first": 1568, "end": 4192 - 512}
