@@ -66,9 +66,10 @@ def test_accumulating_under_fsdp_holds_the_whole_models_gradients(precision: str
     litgpt = accumulation_cost("litgpt", par, precision)
     nanogpt = accumulation_cost("nanogpt", par, precision)
     # accumulating, litgpt's no_sync micro-batches hold 2216 x 2 B (bf16) or x 4 B (fp32)
-    # unsharded through forward and backward; without accumulation none is resident
+    # unsharded through forward and backward; without accumulation none is resident (not
+    # nanoGPT's sharded G either: the measured forward peaks, tests/test_litgpt_fsdp_step.py)
     for moment in ("forward_end", "backward_start"):
-        assert litgpt[moment] - nanogpt[moment] == PARAMS * nbytes
+        assert litgpt[moment] == PARAMS * nbytes
     assert litgpt["block_end"] == PARAMS * nbytes
     # without accumulation a unit's gradient is reduce-scattered at its end into a shard of
     # ceil(1040 / data): the recompute peaks one block further down (its input, 1 x 8 x 8,

@@ -7,7 +7,8 @@ makes and frees its gradients. That is derived and measured for one GPU (the gen
 checkpointing (`scaleplan.memory.litgpt_fsdp_terms.litgpt_fsdp1_covers`) and for torchtitan's
 FSDP2 step (`scaleplan.memory.titan_fsdp_moments.titan_fresh_covers`), eager or with its
 blocks compiled on two or more ranks, and eager on one GPU (FSDP2 on a one-rank mesh,
-measured too).
+measured too). Transformers' model compiled with full checkpointing is not: its fresh
+backward was measured eager only.
 `fresh_step_refusal` says why any other step is refused.
 """
 
@@ -38,6 +39,13 @@ def fresh_step_refusal(*, implementation: str, compile: bool, checkpointing: str
                 "and no other axis, or eager on one GPU; measured whole), not yet with "
                 "compile=True on one GPU, loss='chunked' or tensor parallelism; use "
                 "gradient_accumulation=True")
+    if implementation == "hf" and compile and checkpointing == "full":
+        return ("gradient_accumulation=False with implementation='hf', compile=True and "
+                "checkpointing='full' is not modelled yet: the fresh-gradient backward of "
+                "transformers' checkpointed layers was measured eager "
+                "(tests/data/fresh_recompute_peaks.json), its compiled model only with "
+                "gradients resident or without checkpointing; use gradient_accumulation=True, "
+                "compile=False or checkpointing='none'")
     if parallelism == Parallelism() or litgpt_fsdp1_covers(implementation, checkpointing,
                                                             parallelism):
         return None

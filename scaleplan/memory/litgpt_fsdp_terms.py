@@ -38,11 +38,15 @@ from __future__ import annotations
 from typing import Any
 
 from scaleplan.memory.dtypes import larger
+from scaleplan.memory.litgpt_terms import litgpt_no_sync_gradient_bytes
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.model.config import GPTConfig
+from scaleplan.memory.sharding import largest_gathered_layer
+from scaleplan.memory.states import weight_bytes
+from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.params import param_terms
 
-__all__ = ["litgpt_fsdp1_covers", "litgpt_fsdp1_moments", "litgpt_fsdp1_units"]
+__all__ = ["litgpt_fsdp1_covers", "litgpt_fsdp1_moments", "litgpt_fsdp1_step",
+           "litgpt_fsdp1_units"]
 
 LOSS_SCALARS = 8  # the loss and the ones its backward starts from (fp32)
 
@@ -106,3 +110,56 @@ def litgpt_fsdp1_moments(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any]
                             + LOSS_SCALARS - largest_gathered)
     out["root_end"] = 3 * root + cfg.n_layer * shard + LOSS_SCALARS - largest_gathered
     return out
+
+
+def litgpt_fsdp1_step(cfg: GPTConfig, b: Any, s: Any, moments: dict[str, Any], *,
+                      precision: Precision, par: Parallelism, W: Any, G: Any,
+                      counted: dict[str, Any], fresh: bool
+                      ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(moments, the weights and gradients alive at each) of litgpt's full fine-tune under
+    Fabric's FSDP1 (`litgpt_fsdp1_moments`), from its one-GPU ``moments`` on sharded states:
+    bytes on top of ``W`` (the generic FSDP weights: shards and the largest layer gathered,
+    in the parameters' dtype), ``G`` (shards, the largest layer's gradient, a bucket) and
+    optimizer states, less the gradients each does not count (``counted``: the bytes of
+    ``G`` each moment stands on, `scaleplan.memory.step_switches.gradients_at`).
+
+    Weights: the root unit gathered (in the gathered dtype) from the first forward to the end
+    of backward in place of the generic largest layer, nothing gathered at the optimizer step
+    (the blocks a backward gathers are its moment's transient). Gradients: accumulating
+    (``no_sync``), through forward and backward the whole model's, unsharded
+    (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`), until the last
+    micro-batch's backward reduce-scatters them, not ``G``; the optimizer step sees their
+    shards. Without accumulation (``fresh``) none is resident until each unit's is
+    reduce-scattered into a shard at its end: a block's at the recompute one block further
+    down (where that moment peaks), every block's at the root's end; what a unit's backward
+    is making (its per-parameter gradients and their flat copy) is its moment's transient.
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> _, alive = litgpt_fsdp1_step(cfg, 1, 8, {"optimizer_step": 0, "forward_end": 0},
+    ...                              precision="bf16-true", W=0, G=0, counted={}, fresh=False,
+    ...                              par=Parallelism(data=4, fsdp="full_shard"))
+    >>> alive["gradients"]  # 3 blocks x 292,160 + the root's 123,040 parameters, bf16; a quarter
+    {'optimizer_step': 499760, 'forward_end': 1999040, 'root_end': 1999040}
+    >>> alive["weights"]["forward_end"] - alive["weights"]["optimizer_step"]  # the root, bf16
+    246080
+    """
+    unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=precision)
+    e = weight_bytes(1, "32-true" if precision == "32-true" else "bf16-true")  # gathered
+    largest = largest_gathered_layer(cfg, par) * weight_bytes(1, precision)  # the generic
+    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, largest_gathered=largest,
+                                   fresh=fresh, data=par.data)
+    shards = -(-unsharded // par.data)
+    held = 0 if fresh else unsharded
+    out = {k: v - largest - (G - shards) if k == "optimizer_step"
+           else v + held - counted.get(k, G) for k, v in moments.items()}
+    root = litgpt_fsdp1_units(cfg)["root"] * e
+    weights = {k: W - largest + (0 if k == "optimizer_step" else root) for k in out}
+    gradients = {k: shards if k == "optimizer_step" else held for k in out}
+    if fresh:  # the shards reduce-scattered by then (litgpt_fsdp1_moments' fresh branches)
+        shard = -(-litgpt_fsdp1_units(cfg)["block"] // par.data) * e
+        gradients.update(recompute=shard * (shard > b * s * cfg.n_embd * e),
+                         root_end=cfg.n_layer * shard)
+        gradients = {k: v for k, v in gradients.items() if k in out}
+    return out, {"weights": weights, "gradients": gradients}

@@ -21,7 +21,6 @@ from scaleplan.memory.activations import (
     DeviceKind,
     activation_bytes,
     autocast_weight_copy_bytes,
-    param_dtype_bytes,
     residual_bytes,
 )
 from scaleplan.memory.compiled_terms import (
@@ -32,25 +31,23 @@ from scaleplan.memory.compiled_terms import (
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
 from scaleplan.memory.implementations import check_titan_one_gpu_loss
-from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers, litgpt_fsdp1_moments
+from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers, litgpt_fsdp1_step
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
     LITGPT_LOGITS_BYTES,
     litgpt_loss_transients,
-    litgpt_no_sync_gradient_bytes,
     litgpt_saved_terms,
 )
 from scaleplan.memory.lora_terms import lora_recompute_moment, lora_stage_parts
 from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.sharding import (
-    OptimizerImpl,
-    largest_gathered_layer,
-    model_states,
-    optimizer_temporaries,
-    per_rank,
+from scaleplan.memory.sharding import OptimizerImpl, model_states, optimizer_temporaries, per_rank
+from scaleplan.memory.stage_terms import (
+    eager_saved_terms,
+    recompute_gradients,
+    recompute_moment,
+    waiting_head_gradient,
 )
-from scaleplan.memory.stage_terms import eager_saved_terms, recompute_moment
-from scaleplan.memory.states import OptimizerName, weight_bytes
+from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.step_switches import (
     NO_SWITCHES,
     StepSwitches,
@@ -74,20 +71,38 @@ from scaleplan.memory.tune_terms import TUNE_LOGITS_BYTES, tune_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.lora import LoRA
 
-__all__ = ["Stage", "stage_parts"]
+__all__ = ["Stage", "stage_parts", "stage_parts_alive"]
 
 Stage = Literal["only", "first", "last"]
 """Which GPUs of a pipeline: every layer on one stage, or the first or last of several."""
 
 
 def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
-                 attention: AttentionKind, checkpointing: CheckpointingKind,
-                 device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
-                 hold_logits: bool, stage: Stage, *, compiled: bool = False,
-                 implementation: str = "nanogpt", switches: StepSwitches = NO_SWITCHES,
-                 lora: LoRA | None = None, base_weights: str | None = None) -> tuple[Any, ...]:
+                attention: AttentionKind, checkpointing: CheckpointingKind, device: DeviceKind,
+                par: Parallelism, impl: OptimizerImpl | None, hold_logits: bool, stage: Stage,
+                **options: Any) -> tuple[Any, ...]:
     """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
-    moments) of one stage; plain arithmetic on b and s, so ints and float64 arrays both work.
+    moments) of one stage: `stage_parts_alive` without the gradients alive by moment."""
+    return stage_parts_alive(cfg, b, s, p, opt, attention, checkpointing, device, par, impl,
+                             hold_logits, stage, **options)[:8]
+
+
+def stage_parts_alive(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+                      attention: AttentionKind, checkpointing: CheckpointingKind,
+                      device: DeviceKind, par: Parallelism, impl: OptimizerImpl | None,
+                      hold_logits: bool, stage: Stage, *, compiled: bool = False,
+                      implementation: str = "nanogpt", switches: StepSwitches = NO_SWITCHES,
+                      lora: LoRA | None = None, base_weights: str | None = None
+                      ) -> tuple[Any, ...]:
+    """(weights, gradients, optimizer, saved terms, saved copies, all copies, held logits,
+    moments, alive) of one stage; plain arithmetic on b and s, so ints and float64 arrays
+    both work. ``alive``: the bytes alive at the moments where they are not the weights and
+    what `gradients_at` gives, by part ("weights", "gradients") and moment (full
+    checkpointing's rebuilds with fresh gradients,
+    `scaleplan.memory.stage_terms.recompute_gradients`; litgpt's FSDP1 step,
+    `scaleplan.memory.litgpt_fsdp_terms.litgpt_fsdp1_step`), which `training_memory`'s
+    breakdown reports as its ``weights`` and ``gradients``, the rest of the moment as
+    transient.
     ``compiled``: under torch.compile (`scaleplan.memory.compiled_terms`); ``implementation``
     "hf": Hugging Face's modeling code (`scaleplan.memory.hf_terms`), "torchtune": torchtune's
     models and recipe loss (`scaleplan.memory.tune_terms`), "torchtitan": its Llama 3 under
@@ -102,16 +117,16 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
     code, one GPU; litgpt's LoRA step, `scaleplan.memory.litgpt_lora_states`; torchtune's
     recipe, `scaleplan.memory.tune_lora_terms`), ``base_weights`` its dtype."""
     if lora is not None:
-        return _lora_parts(cfg, lora, base_weights, b, s, p, opt, attention, checkpointing,
-                           device, impl, hold_logits, implementation, switches, compiled)
+        return (*_lora_parts(cfg, lora, base_weights, b, s, p, opt, attention, checkpointing,
+                             device, impl, hold_logits, implementation, switches, compiled), {})
     t = par.tensor
     layers = cfg.n_layer if stage == "only" else par.layers_per_stage(cfg)
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
-        return _titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
-                            compiled=compiled, chunked=switches.loss == "chunked",
-                            fresh=not switches.gradient_accumulation)
+        return (*_titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
+                              compiled=compiled, chunked=switches.loss == "chunked",
+                              fresh=not switches.gradient_accumulation), {})
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
@@ -143,20 +158,16 @@ def stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName
                                   logit_bytes, loss_bytes, compiled=compiled,
                                   litgpt=implementation == "litgpt", hold_logits=hold_logits)
     moments.update(end)
-    # FSDP1's fresh step: the accumulated moment with its gradients taken out (_fsdp_no_sync)
     fsdp1 = litgpt_fsdp1_covers(implementation, checkpointing, par)
-    if checkpointing == "full":
-        moments["recompute"] = recompute_moment(
-            cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
-            head_gradient=_waiting_head_gradient(cfg, p, t, code, embeds and heads),
-            fresh_gradients=_fresh_gradients(switches) and not fsdp1,
-            gradients=_recompute_gradients(cfg, p, G, switches, par))
+    alive = _recompute(moments, (cfg, b, s, p, attention, device, par, saved, copies,
+                                 all_copies, layers, code), checkpointing, G=G,
+                       switches=switches, both_ends=embeds and heads, fsdp1=fsdp1)
     if switches != NO_SWITCHES:
         saved, moments = _switched(cfg, b, s, p, opt, impl, device, saved, moments,
                                    (copies, all_copies, TV, e, G), heads, switches, tune)
-    moments = _fsdp_no_sync(moments, cfg, b, s, p, par, G, implementation, switches,
-                            fsdp1=fsdp1)
-    return W, G, O, saved, copies, all_copies, held, moments
+    if implementation == "litgpt" and par.fsdp is not None:  # Fabric's FSDP1
+        moments, alive = _no_sync(cfg, b, s, p, par, moments, alive, (W, G), switches, fsdp1)
+    return W, G, O, saved, copies, all_copies, held, moments, alive
 
 
 def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
@@ -185,31 +196,33 @@ def _switched(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
     return saved, moments
 
 
-def _fsdp_no_sync(moments: dict[str, Any], cfg: GPTConfig, b: Any, s: Any, p: Precision,
-                  par: Parallelism, G: Any, implementation: str, switches: StepSwitches, *,
-                  fsdp1: bool) -> dict[str, Any]:
-    """litgpt's full fine-tune under FSDP (Fabric's FSDP1) accumulating gradients: its
-    ``no_sync`` micro-batches leave the whole model's gradients unsharded
-    (`scaleplan.memory.litgpt_terms.litgpt_no_sync_gradient_bytes`) until the last micro-batch's
-    backward reduce-scatters them; so through forward and backward the gradients on a GPU are
-    those, not its shards (``G``, which the moments count). The optimizer step sees the
-    shards, and nothing gathered (the generic term's gathered layer, its gradient and its
-    reduction bucket are taken back there). FSDP1's units as measured in such steps replace the
-    generic largest layer gathered (`scaleplan.memory.litgpt_fsdp_terms`); ``fsdp1``: the step is
-    one they measured without accumulation too (`litgpt_fsdp1_covers`)."""
-    fresh = not switches.gradient_accumulation  # then no gradient resident, shards made
-    if not (implementation == "litgpt" and par.fsdp is not None
-            and (switches.gradient_accumulation or fsdp1)):
-        return moments
-    unsharded = litgpt_no_sync_gradient_bytes(cfg, precision=p)
-    e = weight_bytes(1, "32-true" if p == "32-true" else "bf16-true")  # gathered dtype
-    largest = largest_gathered_layer(cfg, par) * weight_bytes(1, p)  # the generic term's
-    moments = litgpt_fsdp1_moments(cfg, b, s, moments, e=e, largest_gathered=largest,
-                                   fresh=fresh, data=par.data)
-    shards = -(-unsharded // par.data)
-    held = 0 if fresh else unsharded
-    return {k: v - largest - (G - shards) if k == "optimizer_step" else v + held - G
-            for k, v in moments.items()}
+def _no_sync(cfg: GPTConfig, b: Any, s: Any, p: Precision, par: Parallelism,
+             moments: dict[str, Any], alive: dict[str, Any], states: tuple[Any, Any],
+             switches: StepSwitches, fsdp1: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(moments, alive) of litgpt's step under FSDP1 where measured (`litgpt_fsdp1_step`):
+    accumulating (``no_sync``), or not with full checkpointing (``fsdp1``)."""
+    if not (switches.gradient_accumulation or fsdp1):
+        return moments, alive
+    W, G = states
+    return litgpt_fsdp1_step(cfg, b, s, moments, precision=p, par=par, W=W, G=G,
+                             fresh=not switches.gradient_accumulation,
+                             counted={k: gradients_at(k, G, 0, switches) for k in moments})
+
+
+def _recompute(moments: dict[str, Any], rebuild: tuple[Any, ...], checkpointing: str, *,
+               G: Any, switches: StepSwitches, both_ends: bool,
+               fsdp1: bool) -> dict[str, dict[str, Any]]:
+    """Full checkpointing's recompute moment put in ``moments`` (`recompute_moment`, given
+    its first twelve arguments, ``rebuild``; under litgpt's FSDP1, ``fsdp1``, the
+    accumulated moment, which it adjusts) and the gradients alive at it."""
+    if checkpointing != "full":
+        return {}
+    cfg, p, par, code = rebuild[0], rebuild[3], rebuild[6], rebuild[11]
+    recompute = dict(head_gradient=waiting_head_gradient(cfg, p, par.tensor, code, both_ends),
+                     fresh_gradients=_fresh_gradients(switches) and not fsdp1,
+                     gradients=_recompute_gradients(cfg, p, G, switches, par))
+    moments["recompute"] = recompute_moment(*rebuild, **recompute)
+    return {"gradients": recompute_gradients(*rebuild, **recompute)}
 
 
 def _fresh_gradients(switches: StepSwitches) -> bool:
@@ -230,20 +243,6 @@ def _recompute_gradients(cfg: GPTConfig, p: Precision, G: Any, switches: StepSwi
     bound = None if switches.activation_offload or par != Parallelism() else gradients_at(
         "recompute", G, largest, switches)
     return G, bound, in_backward
-
-
-def _waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str,
-                           both_ends: bool) -> Any:
-    """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
-    share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype (fp32
-    under autocast, after the cast back), when one stage holds both ends: nanoGPT's,
-    transformers' and torchtune's models (measured, tests/data/recompute_peaks.json,
-    tests/data/impl_recompute_peaks.json), with fresh gradients too
-    (tests/data/fresh_recompute_peaks.json).
-    """
-    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
-        return 0
-    return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)
 
 
 def _lora_parts(cfg: GPTConfig, lora: LoRA, base_weights: str | None, b: Any, s: Any,

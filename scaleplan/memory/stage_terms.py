@@ -28,13 +28,14 @@ from scaleplan.memory.dtypes import larger, param_dtype_bytes, semantics
 from scaleplan.memory.hf_terms import hf_block_saved_terms, hf_family
 from scaleplan.memory.litgpt_terms import litgpt_block_saved_terms
 from scaleplan.memory.parallel import Parallelism, tensor_parallel_split
-from scaleplan.memory.sharding import mlp_gradient_buffer
+from scaleplan.memory.sharding import mlp_gradient_buffer, per_rank
 from scaleplan.memory.tune_terms import tune_block_saved_terms
 from scaleplan.model.config import GPTConfig, Precision
 from scaleplan.model.shapes import across_model, parameters
 
 __all__ = ["block_backward_bytes", "eager_saved_terms", "fresh_mlp_node_bytes",
-           "fresh_recompute_moment", "recompute_moment", "split_terms"]
+           "fresh_recompute_candidates", "fresh_recompute_moment", "recompute_gradients",
+           "recompute_moment", "split_terms", "waiting_head_gradient"]
 
 
 def split_terms(terms: dict[str, Any], par: Parallelism) -> dict[str, Any]:
@@ -111,10 +112,8 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
     loss_side = sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
     kept = sum(saved.values()) - loss_side
     share = (all_copies - copies) // max(layers, 1)
-    eager = code in ("hf", "torchtune", "torchtune-compiled", "litgpt") and cfg.moe is None
     G, bound, in_backward = gradients
-    if fresh_gradients and eager and bound is not None and (code == "torchtune"
-                                                            or not in_backward):
+    if _takes_fresh_moment(cfg, code, fresh_gradients, gradients):
         return fresh_recompute_moment(cfg, b, s, p, attention, device, par, saved, copies,
                                       all_copies, layers, code, G=G, head_gradient=head_gradient,
                                       in_backward=in_backward) \
@@ -127,6 +126,35 @@ def recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: At
         targets = saved.get("targets", 0) if code == "nanogpt" else 0
         return kept + targets + rebuilt + share + backward + head_gradient
     return kept + copies + sum(block.values()) + share + mlp_gradient_buffer(cfg, p, par)
+
+
+def recompute_gradients(cfg: GPTConfig, b: Any, s: Any, p: Precision,
+                        attention: AttentionKind, device: DeviceKind, par: Parallelism,
+                        saved: dict[str, Any], copies: Any, all_copies: Any, layers: int,
+                        code: str, *, head_gradient: Any, fresh_gradients: bool,
+                        gradients: tuple[Any, Any, bool]) -> dict[str, Any]:
+    """``{"recompute": bytes}``: the ``.grad`` alive at `recompute_moment` where it takes
+    `fresh_recompute_moment` (at the worst of `fresh_recompute_candidates`, elementwise for
+    arrays); else none (`scaleplan.memory.step_switches.gradients_at`'s apply)."""
+    if not _takes_fresh_moment(cfg, code, fresh_gradients, gradients) or gradients[2]:
+        return {}
+    candidates = fresh_recompute_candidates(
+        cfg, b, s, p, attention, device, par, saved, copies, all_copies, layers, code,
+        G=gradients[0], head_gradient=head_gradient)
+    (worst, alive), *others = candidates.values()
+    for value, grads in others:  # the first of equal candidates, as larger() keeps
+        wins = value > worst
+        worst, alive = larger(worst, value), grads * wins + alive * (1 - wins)
+    return {"recompute": alive}
+
+
+def _takes_fresh_moment(cfg: GPTConfig, code: str, fresh_gradients: bool,
+                        gradients: tuple[Any, Any, bool]) -> bool:
+    """Whether `recompute_moment` takes `fresh_recompute_moment` (its docstring says when)."""
+    _, bound, in_backward = gradients
+    eager = code in ("hf", "torchtune", "torchtune-compiled", "litgpt") and cfg.moe is None
+    return (fresh_gradients and eager and bound is not None
+            and (code == "torchtune" or not in_backward))
 
 
 def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
@@ -152,16 +180,40 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     outlives its step: the last block's rebuild at the down projection's hook, whose held
     bytes `scaleplan.memory.tune_switches.tune_in_backward_held_bytes` adds. Measured live on
     CPU (tests/impl_recompute_peaks.py, tests/data/fresh_recompute_peaks.json)."""
-    T, d = b * s, cfg.n_embd
-    r, g = residual_bytes(p), param_dtype_bytes(p)
-    # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
-    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
-    rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
-    kept = sum(saved.values()) - sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
-    share = (all_copies - copies) // max(layers, 1)
-    residual = T * d * r
     if in_backward:  # at the down projection's hook: its input (the product) freed
-        return kept + rebuilt + share + residual
+        return sum(_fresh_rebuild(cfg, b, s, p, attention, device, par, saved, copies,
+                                  all_copies, layers, code))
+    moments = fresh_recompute_candidates(cfg, b, s, p, attention, device, par, saved, copies,
+                                         all_copies, layers, code, G=G,
+                                         head_gradient=head_gradient)
+    (last, _), (first, _), (end, _) = moments.values()
+    return larger(larger(last, first), end)
+
+
+def fresh_recompute_candidates(cfg: GPTConfig, b: Any, s: Any, p: Precision,
+                               attention: AttentionKind, device: DeviceKind, par: Parallelism,
+                               saved: dict[str, Any], copies: Any, all_copies: Any,
+                               layers: int, code: str, *, G: Any,
+                               head_gradient: Any) -> dict[str, tuple[Any, Any]]:
+    """`fresh_recompute_moment`'s candidates without the optimizer in backward, each (bytes
+    above weights and optimizer states, bytes of them that are ``.grad``, as the measured steps
+    list them, tests/data/fresh_recompute_peaks.json): ``last`` (the last block's rebuild: the
+    head's and final norm's, and the down projection's where `_down_gradient_made`),
+    ``first`` (the first block's: every later block's too), ``end`` (the embedding's
+    backward: all but the embedding's own). fp32, one untied rotary block, no bias, d 8, f 32,
+    V 16: G = 1048 parameters x 4; head and final norm 136, down projection 256, wte 128:
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, mlp_hidden=32,
+    ...                 bias=False, tie_embeddings=False, position="rope")
+    >>> c = fresh_recompute_candidates(cfg, 1, 4, "32-true", "flash", "cpu", Parallelism(),
+    ...                                {"block_input": 128}, 0, 0, 1, "hf", G=4192, head_gradient=0)
+    >>> c["last"][1], c["first"][1], c["end"][1]
+    (1568, 1568, 3680)
+    """
+    g = param_dtype_bytes(p)
+    kept, rebuilt, share, residual = _fresh_rebuild(cfg, b, s, p, attention, device, par,
+                                                    saved, copies, all_copies, layers, code)
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
     node = fresh_mlp_node_bytes(cfg, b, s, p, code,
                                 mask=block.get("resid_dropout_masks", 0) // 2)
     tensors = parameters(cfg)
@@ -169,13 +221,30 @@ def fresh_recompute_moment(cfg: GPTConfig, b: Any, s: Any, p: Precision,
     head = sum(math.prod(t.shape) for t in tensors
                if not t.per_block and t.part in ("lm_head", "norms")) * g
     down = math.prod(next(t.shape for t in tensors if t.name == "mlp.c_proj.weight"))
-    down += d if cfg.bias else 0
+    down += cfg.n_embd if cfg.bias else 0
     last = kept + rebuilt + share + node + head_gradient + head + down * g
-    first = last + (layers - 1) * (per_block - residual)
-    tied = cfg.vocab_size * d * g if cfg.tie_embeddings else 0
+    tied = cfg.vocab_size * cfg.n_embd * g if cfg.tie_embeddings else 0
     end = G + (larger(tied + residual, 2 * tied) if tied else residual) \
         + kept - saved["block_input"]
-    return larger(larger(last, first), end)
+    embedding = math.prod(next(t.shape for t in tensors if t.part == "token_embedding")) * g
+    made = head + down * g * _down_gradient_made(cfg, b, s, p, code)
+    return {"last": (last, made),
+            "first": (last + (layers - 1) * (per_block - residual),
+                      made + (layers - 1) * per_block),
+            "end": (end, G - embedding)}
+
+
+def _fresh_rebuild(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
+                   device: DeviceKind, par: Parallelism, saved: dict[str, Any], copies: Any,
+                   all_copies: Any, layers: int, code: str) -> tuple[Any, Any, Any, Any]:
+    """(saved tensors but the loss side, the rebuilt block's saves less its checkpointed
+    input, one block's autocast weight copies, the residual gradient T d r): a fresh rebuild."""
+    # hf's, torchtune's and litgpt's block terms read cfg.dropout themselves
+    block = _rebuilt_block(cfg, b, s, p, attention, device, par, code, dropout=False)
+    rebuilt = sum(block.values()) - _checkpointed_input(cfg, b, s, p, device, par, code)
+    kept = sum(saved.values()) - sum(v for k, v in saved.items() if k.startswith(_LOSS_SIDE))
+    share = (all_copies - copies) // max(layers, 1)
+    return kept, rebuilt, share, b * s * cfg.n_embd * residual_bytes(p)
 
 
 def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str, *,
@@ -207,15 +276,32 @@ def fresh_mlp_node_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str
     >>> fresh_mlp_node_bytes(cfg, 1, 4, "bf16-mixed", "litgpt")
     112
     """
+    projection, product = _mlp_nodes(cfg, b, s, p, code)
+    worst = projection if product is None else larger(projection, product)
+    return b * s * cfg.n_embd * residual_bytes(p) - mask + worst
+
+
+def _mlp_nodes(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str) -> tuple[Any, Any]:
+    """`fresh_mlp_node_bytes`' (projection or cast node, product node or None)."""
     d, f, T = cfg.n_embd, cfg.mlp_hidden, b * s
-    e, r = activation_bytes(p), residual_bytes(p)
+    e = activation_bytes(p)
     autocast = p in AUTOCAST
     bias = d * (e - FP32_BYTES) if autocast and cfg.bias else 0
     projection = T * f * e + bias + (T * d * e + f * d * (e - FP32_BYTES) if autocast else 0)
     worst = larger(projection, bias) if autocast else projection
-    if cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2"):
-        worst = larger(worst, 2 * T * f * e - (f * d * e if autocast else 0))
-    return T * d * r - mask + worst
+    if not (cfg.gated_mlp or (code == "hf" and hf_family(cfg) == "gpt2")):
+        return worst, None
+    return worst, 2 * T * f * e - (f * d * e if autocast else 0)
+
+
+def _down_gradient_made(cfg: GPTConfig, b: Any, s: Any, p: Precision, code: str) -> Any:
+    """1 where the down projection's gradients are ``.grad`` at `fresh_mlp_node_bytes`' worst
+    node, else 0: under autocast its projection's and cast's nodes hold them 16-bit or being
+    cast (measured for GPT-NeoX and Pythia), its product's node after they are taken."""
+    projection, product = _mlp_nodes(cfg, b, s, p, code)
+    if p not in AUTOCAST:
+        return 1
+    return 0 if product is None else 1 * (product > projection)
 
 
 def _rebuilt_block(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: AttentionKind,
@@ -303,3 +389,12 @@ def block_backward_bytes(cfg: GPTConfig, b: Any, s: Any, p: Precision, *, dropou
     residual = tensor_parallel_split(T * d * r - T * d * mask, 0, t=t, sequence_parallel=sp)
     return residual + worst
 
+
+def waiting_head_gradient(cfg: GPTConfig, p: Precision, t: int, code: str, both_ends: bool) -> Any:
+    """Bytes of a tied head's gradient that the backward holds until the embedding's adds its
+    share (one AccumulateGrad node for the shared weight), V d in the parameters' dtype, when
+    one stage holds both ends: nanoGPT's, transformers', torchtune's and litgpt's models
+    (measured, tests/data/recompute_peaks.json, impl_ and fresh_recompute_peaks.json)."""
+    if not (cfg.tie_embeddings and both_ends and code in ("nanogpt", "hf", "torchtune", "litgpt")):
+        return 0
+    return per_rank(cfg.vocab_size * cfg.n_embd * param_dtype_bytes(p), t)

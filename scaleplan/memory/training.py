@@ -26,7 +26,7 @@ from scaleplan.memory.activations import (
 from scaleplan.memory.options import StepOptions, overhead_bytes, step_options
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.sharding import OptimizerImpl
-from scaleplan.memory.stage import Stage, stage_parts
+from scaleplan.memory.stage import Stage, stage_parts_alive
 from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.step_switches import (
     LossKind,
@@ -359,21 +359,24 @@ def _stage_memory(cfg: GPTConfig, b: int, s: int, p: Precision, opt: OptimizerNa
                   options: StepOptions) -> tuple[int, dict[str, Any]]:
     """(tensor peak, breakdown fields) of one pipeline stage's GPU (``options``: the same,
     checked, for `step_stream_cache`)."""
-    W, G, O, saved, copies, all_copies, held, moments = stage_parts(
+    W, G, O, saved, copies, all_copies, held, moments, alive = stage_parts_alive(
         cfg, b, s, p, opt, attention, checkpointing, device, par, impl, hold_logits, stage,
         compiled=compiled, implementation=implementation, switches=sw, lora=lora,
         base_weights=base_weights)
     S = sum(saved.values())
     moment = max(moments, key=lambda k: moments[k])
-    grads = gradients_at(moment, G, largest_gradient_bytes(cfg, p)
-                         if sw.optimizer_in_backward else 0, sw)
+    # the gradients and weights alive at the moment, where stage_parts_alive knows them
+    grads = alive.get("gradients", {}).get(moment, gradients_at(
+        moment, G, largest_gradient_bytes(cfg, p) if sw.optimizer_in_backward else 0, sw))
+    weights = alive.get("weights", {}).get(moment, W)
     worst = moments[moment] + held + G - grads  # the moments count every gradient
     copies_field = all_copies if moment == "forward_end" else 0 if sw.activation_offload \
         else copies  # offloaded, the saved copies are in host memory after forward
     tensor_peak = int(W + grads + O + worst)
     return tensor_peak, dict(
-        weights=W, gradients=grads, optimizer=O, saved_for_backward=int(S),
-        autocast_weight_copies=int(copies_field), transient=int(worst - S - copies_field),
+        weights=int(weights), gradients=int(grads), optimizer=O, saved_for_backward=int(S),
+        autocast_weight_copies=int(copies_field),
+        transient=int(worst + W - weights - S - copies_field),
         logits=int(sum(saved.get(k, 0) for k in ("log_softmax", "logits", "logsumexp",
                                                   "targets"))),
         peak_moment=moment, saved_breakdown={k: int(v) for k, v in saved.items()},
