@@ -300,3 +300,27 @@ def test_the_chunked_loss_moments_are_not_split_by_stream() -> None:
     below = moments["head_backward"] - moments["block_backward"]
     assert titan_copy_in_peak(cfg, "bf16-mixed", data=8, layers=4) == 42_765_440
     assert m.stream_cache == 42_765_440 - 2_950_144 * 2 + 512 * 2 - below > 0
+
+
+def test_the_gradients_field_is_the_shards_made_by_the_peak() -> None:
+    # without accumulation the sharded gradients at the step's peak are what the reduce-scatter
+    # stream holds then (measured): every shard made so far; on one rank that stream also holds
+    # the divide copy of the unit being reduced, which is no gradient (wide-vocab-4 at its
+    # embedding's reduce: 3,000 x 192 x 4 bytes)
+    checked = 0
+    for case in (c for c in CASES if c["fresh"]):
+        cfg = GPTConfig.model_validate(case["config"])
+        data = case["data"]
+        m = training_memory(cfg, micro_batch_size=case["micro_batch_size"],
+                            seq_len=case["seq_len"], precision=PRECISION[case["param_dtype"]],
+                            checkpointing=case["checkpointing"], device="cpu",
+                            implementation="torchtitan", gradient_accumulation=False,
+                            optimizer_impl=case.get("optimizer_impl", "foreach"),
+                            parallelism=Parallelism(data=data, fsdp="full_shard")
+                            if data > 1 else None)
+        on_stream = case["streams_at_peak"].get("reduce_scatter", 0)
+        divide_copy = 3000 * 192 * 4 if (data, case["name"]) == (1, "wide-vocab-4") else 0
+        assert m.gradients == on_stream - divide_copy, _case_id(case)
+        assert m.transient >= 0
+        checked += 1
+    assert checked == 11

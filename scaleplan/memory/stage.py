@@ -57,7 +57,7 @@ from scaleplan.memory.step_switches import (
 )
 from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
-from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment
+from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_fresh_alive
 from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
 from scaleplan.memory.titan_tp_terms import titan_tp_parts
 from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
@@ -124,9 +124,12 @@ def stage_parts_alive(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: Optimiz
     in_flight = par.pipeline if stage in ("only", "first") else 1  # 1F1B
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
+        fresh = not switches.gradient_accumulation
         return (*_titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
                               compiled=compiled, chunked=switches.loss == "chunked",
-                              fresh=not switches.gradient_accumulation), {})
+                              fresh=fresh), titan_fresh_alive(
+            cfg, b, s, precision=p, checkpointing=checkpointing, device=device, par=par,
+            compiled=compiled, fresh=fresh))
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,

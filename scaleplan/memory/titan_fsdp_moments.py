@@ -88,8 +88,9 @@ from scaleplan.memory.titan_sdpa_terms import (
 from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_block_rows
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_fresh_covers",
-           "titan_fresh_shards", "titan_fsdp_buffers", "titan_unit_shard"]
+__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_fresh_alive",
+           "titan_fresh_covers", "titan_fresh_gradients", "titan_fresh_shards",
+           "titan_fsdp_buffers", "titan_unit_shard"]
 
 LOSS_SCALARS = 2 * FP32_BYTES  # the loss and the ones its backward starts from
 ONE_RANK_DIVIDE_COPY = 1
@@ -297,8 +298,54 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     ...                             device="cpu", layers=3, data=2)  # measured: 4,531,208
     4531208
     """
+    moments = _sub_moments(cfg, b, s, precision=precision, checkpointing=checkpointing,
+                           device=device, layers=layers, data=data, fresh=fresh,
+                           compiled=compiled, off_default=off_default)
+    return reduce(larger, [value for value, _ in moments])
+
+
+def titan_fresh_gradients(cfg: GPTConfig, b: int, s: int, *, precision: str,
+                          checkpointing: str, device: str, layers: int, data: int,
+                          compiled: bool = False) -> int:
+    """The sharded gradient bytes alive at `titan_block_backward_moment`'s worst moment of a
+    step without accumulation: the shards made by then (on one rank a reduce's output is its
+    shard; its divide copy is not a gradient).
+
+    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
+    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
+    ...                 position="rope", tie_embeddings=False)
+    >>> titan_fresh_gradients(cfg, 2, 96, precision="bf16-mixed", checkpointing="full",
+    ...                       device="cpu", layers=3, data=2)  # block 0: 123,200 + 2 x 584,320
+    1291840
+    """
+    moments = _sub_moments(cfg, b, s, precision=precision, checkpointing=checkpointing,
+                           device=device, layers=layers, data=data, fresh=True,
+                           compiled=compiled, off_default=False)
+    return int(max(moments, key=lambda m: m[0])[1])
+
+
+def titan_fresh_alive(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
+                      device: str, par: Parallelism, compiled: bool,
+                      fresh: bool) -> dict[str, dict[str, Any]]:
+    """The gradients alive at the backward's worst moment without accumulation (the shards
+    made by then, `titan_fresh_gradients`), by part and moment as
+    `scaleplan.memory.stage.stage_parts_alive` reports them; empty with accumulation (every
+    gradient resident), with tensor parallelism, and for arrays of shapes (totals only)."""
+    if not fresh or par.tensor > 1 or not (isinstance(b, int) and isinstance(s, int)):
+        return {}
+    moment = "recompute" if checkpointing != "none" else "block_backward"
+    return {"gradients": {moment: titan_fresh_gradients(
+        cfg, b, s, precision=precision, checkpointing=checkpointing, device=device,
+        layers=cfg.n_layer, data=par.data, compiled=compiled)}}
+
+
+def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
+                 device: str, layers: int, data: int, fresh: bool, compiled: bool,
+                 off_default: bool) -> list[tuple[Any, Any]]:
+    """(bytes, sharded gradient bytes made by then without accumulation) of each moment
+    `titan_block_backward_moment` takes the worst of."""
     e = TITAN_PRECISIONS[precision]
-    T, d = b * s, cfg.n_embd
+    T, d, V = b * s, cfg.n_embd, cfg.vocab_size
     incoming = T * d * e + LOSS_SCALARS
     if compiled:
         kept, mlp, w2_made = titan_compiled_mlp_moment(cfg, b, s, e=e, device=device,
@@ -311,26 +358,33 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
                + _norm_end_bytes(T, d, e, device, checkpointing))
     mlp, end = mlp + incoming, end + incoming
 
+    def made(j: int) -> int:
+        return titan_fresh_shards(cfg, block=j, layers=layers, data=data) if fresh else 0
+
     def fsdp(j: int, whole_block: bool) -> int:
-        made = titan_fresh_shards(cfg, block=j, layers=layers, data=data) if fresh else 0
         # off the default stream: the shards made, the next unit's all-gather output
-        side = made + (_prefetched(cfg, e, j) if data > 1 else 0) if off_default else 0
-        return made - side + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
-                                                whole_block=whole_block, prefetch=data > 1,
-                                                w2_made=w2_made)
+        side = made(j) + (_prefetched(cfg, e, j) if data > 1 else 0) if off_default else 0
+        return made(j) - side + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
+                                                   whole_block=whole_block,
+                                                   prefetch=data > 1, w2_made=w2_made)
 
     # the buffers differ at the last, second-to-last and first block and are alike between,
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
-    off = off_default
-    embedding = () if off else (_embedding_unit_moment(cfg, e=e, layers=layers, data=data,
-                                                       fresh=fresh),)
-    return reduce(larger, [_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
-                                             off_default=off),
-                           *embedding,
-                           *(kept * j + mlp + fsdp(j, False) for j in blocks),
-                           *(kept * j + end + fsdp(j, True) for j in blocks),
-                           *(_one_rank_reduce_moments(cfg, T, e=e, kept=kept, layers=layers,
-                                                      blocks=blocks, fresh=fresh,
-                                                      off_default=off)
-                             if data == 1 else ())])
+    # a unit's reduce makes its shard (on one rank its output)
+    head, embedding = ((titan_unit_shard(((V, d), (d, 1)), data), titan_unit_shard(((V, d),),
+                                                                                   data))
+                       if data > 1 else ((V * d + d) * FP32_BYTES, V * d * FP32_BYTES))
+    out = [(_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
+                              off_default=off_default), head)]
+    if not off_default:
+        out.append((_embedding_unit_moment(cfg, e=e, layers=layers, data=data, fresh=fresh),
+                    made(-1) + embedding))
+    out += [(kept * j + mlp + fsdp(j, False), made(j)) for j in blocks]
+    out += [(kept * j + end + fsdp(j, True), made(j)) for j in blocks]
+    if data == 1:
+        P = titan_block_params(cfg) * FP32_BYTES
+        out += [(value, made(j) + P) for value, j in zip(_one_rank_reduce_moments(
+            cfg, T, e=e, kept=kept, layers=layers, blocks=blocks, fresh=fresh,
+            off_default=off_default), blocks, strict=True)]
+    return out
