@@ -1,6 +1,6 @@
 """Hand calculations of `stage_parts`' moments on the paths mutmut's run found unchecked: the
-LoRA step (`_moments`) and torchtitan under FSDP2 (`_titan_parts`). `training_memory` shows only
-the worst moment; these tests check every moment of the stage. Torch-free.
+LoRA step (`_moments`) and torchtitan under FSDP2 (`titan_stage_parts`). `training_memory`
+shows only the worst moment; these tests check every moment of the stage. Torch-free.
 
 The saved tensors themselves are checked term by term elsewhere (tests/test_lora.py,
 tests/test_titan_memory.py); here the moments are written out on top of their sum S.
@@ -94,6 +94,12 @@ def test_titan_moments_by_hand() -> None:
         "backward_start": S + 2 * TV * 4 + HEAD * 2,
         "optimizer_step": 0,  # torchtitan's AdamW is fused
         "recompute": last,
+        # lm_head's weight gradient made: every saved tensor but the fp32 log-softmax, the
+        # [norm, lm_head] unit gathered and lm_head's gradient in bf16, the logits' gradient
+        # (T V x 2), the final norm's input gradient (T d x 2), the loss's 8 bytes, the last
+        # block prefetched
+        "head_backward": (S - TV * 4 + HEAD * 2 + (HEAD - 64) * 2 + TV * 2 + 256 * 64 * 2 + 8
+                          + BLOCK * 2),
     }
 
 
@@ -343,7 +349,8 @@ def test_titan_without_checkpointing_has_a_block_backward_not_a_recompute() -> N
     moments = stage_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "flash", "none", "cuda",
                           Parallelism(data=8, fsdp="full_shard"), None, False, "only",
                           implementation="torchtitan")[7]
-    assert set(moments) == {"forward_end", "backward_start", "optimizer_step", "block_backward"}
+    assert set(moments) == {"forward_end", "backward_start", "optimizer_step", "block_backward",
+                            "head_backward"}
 
 
 def test_titan_tensor_parallel_hands_on_its_options() -> None:

@@ -30,7 +30,6 @@ from scaleplan.memory.compiled_terms import (
 )
 from scaleplan.memory.hf_compiled_terms import hf_compiled_saved_terms
 from scaleplan.memory.hf_terms import hf_family, hf_saved_terms
-from scaleplan.memory.implementations import check_titan_one_gpu_loss
 from scaleplan.memory.litgpt_fsdp_terms import litgpt_fsdp1_covers, litgpt_fsdp1_step
 from scaleplan.memory.litgpt_lora_states import litgpt_lora_stage_parts
 from scaleplan.memory.litgpt_terms import (
@@ -55,11 +54,8 @@ from scaleplan.memory.step_switches import (
     largest_gradient_bytes,
     switch_stage,
 )
-from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
-from scaleplan.memory.titan_compiled_terms import titan_step_terms
-from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_fresh_alive
-from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
-from scaleplan.memory.titan_tp_terms import titan_tp_parts
+from scaleplan.memory.titan_fsdp_moments import titan_fresh_alive
+from scaleplan.memory.titan_stage import titan_stage_parts
 from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
 from scaleplan.memory.tune_switches import (
     tune_in_backward_held_bytes,
@@ -125,11 +121,11 @@ def stage_parts_alive(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: Optimiz
     embeds, heads = stage != "last", stage != "first"
     if implementation == "torchtitan":
         fresh = not switches.gradient_accumulation
-        return (*_titan_parts(cfg, b, s, p, opt, checkpointing, device, par, impl, layers,
-                              compiled=compiled, chunked=switches.loss == "chunked",
-                              fresh=fresh), titan_fresh_alive(
-            cfg, b, s, precision=p, checkpointing=checkpointing, device=device, par=par,
-            compiled=compiled, fresh=fresh))
+        return (*titan_stage_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
+                                   layers, compiled=compiled,
+                                   chunked=switches.loss == "chunked", fresh=fresh),
+                titan_fresh_alive(cfg, b, s, precision=p, checkpointing=checkpointing,
+                                  device=device, par=par, compiled=compiled, fresh=fresh))
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard
     saved, code, compiled = _saved_terms(cfg, b, s, p, attention, checkpointing, device, par,
@@ -323,61 +319,6 @@ def _saved_terms(cfg: GPTConfig, b: Any, s: Any, p: Precision, attention: Attent
                                   device=device, layers=layers), implementation, False
     return eager_saved_terms(cfg, b, s, p, attention, checkpointing, device, par, layers,
                              in_flight, embeds, heads), implementation, False
-
-
-def _titan_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
-                 checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
-                 impl: OptimizerImpl | None, layers: int, *, compiled: bool,
-                 chunked: bool = False, fresh: bool = False) -> tuple[Any, ...]:
-    """`stage_parts` for torchtitan under FSDP2 (`scaleplan.memory.titan_terms`) with SDPA
-    attention, its blocks compiled or eager (`scaleplan.memory.titan_compiled_terms`): no autocast
-    weight copies, the logits dropped before backward (its trainer's ``del pred``), its AdamW
-    ``fused`` unless ``impl`` says otherwise, FSDP2's gathered parameters and unsharded
-    gradients at each moment; ``recompute`` (full or per-op selective checkpointing, or
-    ``block_backward`` without): the backward's worst moment as measured whole, eager or
-    compiled (`scaleplan.memory.titan_fsdp_moments.titan_block_backward_moment`; compile=True
-    is refused on one GPU before this). With tensor
-    parallelism: `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its
-    ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient
-    accumulation (`titan_fresh_covers`): no sharded gradient until the head unit's
-    reduce-scatter, each unit's shard made at its end (the moments count them, less ``G``);
-    compiled blocks on two or more ranks too.
-    One GPU (``par.data == 1``) is FSDP2 on a one-rank mesh (``one_rank_mesh``), its chunked
-    loss refused by name."""
-    if par.tensor > 1:
-        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
-                              chunked=chunked)
-    check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
-    saved = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                device=device, layers=layers, compiled=compiled)
-    S = sum(saved.values())
-    W, G, O = titan_model_states(cfg, opt, data=par.data)
-    gathered = titan_fsdp_in_flight(cfg, p, data=par.data, one_rank_mesh=True)
-    temp = -(-optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused") // par.data)
-    TV = b * s * cfg.vocab_size
-    e = 2 if p == "bf16-mixed" else FP32_BYTES
-    moments: dict[str, Any] = {
-        # the bf16 logits, their fp32 upcast and the fp32 log-softmax, all live at once
-        "forward_end": S + TV * e + TV * FP32_BYTES + gathered["forward_end"],
-        # the log-softmax's gradient and its input's
-        "backward_start": S + 2 * TV * FP32_BYTES + gathered["backward_start"],
-        "optimizer_step": temp,
-    }
-    # measured whole (titan_fsdp_moments; compiled blocks, on two or more ranks only:
-    # titan_compiled_step); "recompute" names it as before
-    batch = sum(v for k, v in saved.items() if k in ("embedding_ids", "positions"))
-    moments["recompute" if checkpointing != "none" else "block_backward"] = (
-        batch + titan_block_backward_moment(cfg, b, s, precision=p,
-                                            checkpointing=checkpointing, device=device,
-                                            layers=layers, data=par.data, fresh=fresh,
-                                            compiled=compiled))
-    if chunked:  # the same recompute: the loss side is freed before the blocks' backward
-        saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
-        moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,
-                                             gathered_head=gathered["forward_end"]))
-    if fresh:  # every moment but the optimizer step's on top of the shards made by then
-        moments = {k: v if k == "optimizer_step" else v - G for k, v in moments.items()}
-    return W, G, O, saved, 0, 0, 0, moments
 
 
 def _moments(cfg: GPTConfig, b: Any, s: Any, p: Precision, checkpointing: CheckpointingKind,

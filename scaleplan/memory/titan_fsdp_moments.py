@@ -371,15 +371,13 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     # the buffers differ at the last, second-to-last and first block and are alike between,
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
-    # a unit's reduce makes its shard (on one rank its output)
-    head, embedding = ((titan_unit_shard(((V, d), (d, 1)), data), titan_unit_shard(((V, d),),
-                                                                                   data))
-                       if data > 1 else ((V * d + d) * FP32_BYTES, V * d * FP32_BYTES))
+    # a unit's reduce makes its shard (on one rank its whole output)
     out = [(_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
-                              off_default=off_default), head)]
+                              off_default=off_default),
+            titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
         out.append((_embedding_unit_moment(cfg, e=e, layers=layers, data=data, fresh=fresh),
-                    made(-1) + embedding))
+                    made(-1) + titan_unit_shard(((V, d),), data)))
     out += [(kept * j + mlp + fsdp(j, False), made(j)) for j in blocks]
     out += [(kept * j + end + fsdp(j, True), made(j)) for j in blocks]
     if data == 1:

@@ -47,7 +47,7 @@ from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.dtypes import larger
 from scaleplan.memory.options import StepOptions
 from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_unit_shard
-from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_rows
+from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_block_rows
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["step_stream_cache", "titan_copy_in_peak", "titan_reduce_scatter_peak",
@@ -111,11 +111,13 @@ def titan_reduce_scatter_peak(cfg: GPTConfig, *, data: int, layers: int, fresh: 
 
 def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
                        device: str, data: int, layers: int, compiled: bool, fresh: bool,
-                       states: tuple[Any, Any, Any], moments: dict[str, Any]) -> Any:
+                       states: tuple[Any, Any, Any], moments: dict[str, Any],
+                       chunked: bool = False) -> Any:
     """Bytes the allocator reserves for FSDP2's side streams beyond ``tensor_peak``: the
     copy-in and reduce-scatter streams' peaks plus the default stream's (over ``moments``,
     `scaleplan.memory.stage.stage_parts`' for torchtitan, with ``states`` its weights,
-    gradients and optimizer states), less the peak of their sum; never below 0.
+    gradients and optimizer states; ``chunked``: its chunked loss's), less the peak of their
+    sum; never below 0.
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -145,6 +147,9 @@ def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkp
         if name in ("forward_end", "backward_start", "optimizer_step"):  # optimizer step's)
             # nothing gathered on the copy-in stream: the root's forward end freed it
             default.append(total - (G if not fresh or name == "optimizer_step" else 0))
+        elif name == "head_backward" and not chunked:  # the last block prefetched beside it
+            prefetched = titan_block_params(cfg) * TITAN_PRECISIONS[precision] * (data > 1)
+            default.append(total - (G if not fresh else 0) - prefetched)
         elif name == block:  # its worst moment on the default stream, the batch beside it
             batch = m + (G if fresh else 0) - backward(False)
             default.append(W + O + batch + backward(True))
@@ -174,4 +179,4 @@ def step_stream_cache(cfg: GPTConfig, b: Any, s: Any, o: StepOptions, *, layers:
     return titan_stream_cache(cfg, b, s, precision=o.precision, checkpointing=o.checkpointing,
                               device=o.device, data=o.parallelism.data, layers=layers,
                               compiled=o.compile, fresh=not o.gradient_accumulation,
-                              states=states, moments=moments)
+                              states=states, moments=moments, chunked=o.loss == "chunked")

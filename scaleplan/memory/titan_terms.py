@@ -48,8 +48,8 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
 __all__ = ["TITAN_PRECISIONS", "titan_block_params", "titan_block_rows", "titan_block_terms",
-           "titan_fsdp_in_flight", "titan_model_states", "titan_rebuilt_block_bytes",
-           "titan_saved_terms"]
+           "titan_fsdp_in_flight", "titan_head_backward_bytes", "titan_model_states",
+           "titan_rebuilt_block_bytes", "titan_saved_terms"]
 
 TITAN_PRECISIONS = {"bf16-mixed": 2, "32-true": 4}
 """torchtitan's ``training.mixed_precision_param`` ("bfloat16", its default, or "float32";
@@ -176,6 +176,29 @@ def titan_block_params(cfg: GPTConfig) -> int:
     49280
     """
     return sum(rows * rest for rows, rest in titan_block_rows(cfg))
+
+
+def titan_head_backward_bytes(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any], *,
+                              e: int, data: int) -> Any:
+    """Live bytes above the sharded states as the head's backward makes lm_head's weight
+    gradient: every saved tensor but the log-softmax (freed by its backward), the [final norm,
+    lm_head] unit gathered ((V d + d) e), the weight gradient (V d e), the logits' gradient
+    (T V e), the gradient into the final norm (T d e), the loss's 8 bytes and, on two or more
+    ranks, the last block prefetched (P e). Measured to the byte where it is the step's peak
+    (fp32 parameters, 8 ranks, 1 x 16 tokens, a 12,000-token vocabulary:
+    docs/validation/torchtitan-fsdp-streams.json, ``vocab-12k-2``).
+
+    >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16, bias=False,
+    ...                 mlp="swiglu", norm="rmsnorm", position="rope", tie_embeddings=False)
+    >>> # 128 saved + 136 x 4 gathered + 128 x 4 + 64 x 4 + 32 x 4 + the loss's 8
+    >>> titan_head_backward_bytes(cfg, 1, 4, {"log_softmax": 256, "lm_head": 128}, e=4, data=1)
+    1576
+    """
+    T, d, V = b * s, cfg.n_embd, cfg.vocab_size
+    kept = sum(v for k, v in saved.items() if k != "log_softmax")
+    prefetched = titan_block_params(cfg) * e if data > 1 else 0
+    return (kept + (V * d + d) * e + V * d * e + T * V * e + T * d * e + 2 * FP32_BYTES
+            + prefetched)
 
 
 def titan_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,

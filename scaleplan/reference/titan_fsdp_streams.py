@@ -75,6 +75,10 @@ CASES: tuple[tuple[str, int, str, int, int, bool, str, str], ...] = (
     # the head unit's reduce-scatter as the default stream's worst moment
     ("vocab-12k-2", 2, "none", 1, 16, True, "foreach", "bf16"),
     ("vocab-12k-2", 2, "none", 1, 16, False, "foreach", "bf16"),
+    # without accumulation, the worst moment at the head unit's reduce-scatter (8 ranks) and at
+    # a block's reduce on one rank: the shards made by then
+    ("vocab-12k-2", 8, "none", 1, 16, True, "foreach", "fp32"),
+    ("gqa-3", 1, "none", 1, 16, True, "foreach", "bf16"),
 )
 """The measured steps: fresh (no accumulation) and accumulating, 1 to 8 ranks."""
 

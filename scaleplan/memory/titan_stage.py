@@ -1,0 +1,86 @@
+"""torchtitan's Llama 3 step under FSDP2 as one stage's parts: `titan_stage_parts`.
+
+`scaleplan.memory.stage.stage_parts` hands torchtitan's steps here: the saved tensors, the
+sharded states and the step's moments (the loss's, the head's backward, the blocks' backward
+measured whole, the optimizer step's), with tensor parallelism in
+`scaleplan.memory.titan_tp_terms`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaleplan.memory.activations import FP32_BYTES, CheckpointingKind, DeviceKind
+from scaleplan.memory.implementations import check_titan_one_gpu_loss
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
+from scaleplan.memory.states import OptimizerName
+from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
+from scaleplan.memory.titan_compiled_terms import titan_step_terms
+from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment
+from scaleplan.memory.titan_terms import (
+    titan_fsdp_in_flight,
+    titan_head_backward_bytes,
+    titan_model_states,
+)
+from scaleplan.memory.titan_tp_terms import titan_tp_parts
+from scaleplan.model.config import GPTConfig, Precision
+
+__all__ = ["titan_stage_parts"]
+
+
+def titan_stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
+                      checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
+                      impl: OptimizerImpl | None, layers: int, *, compiled: bool,
+                      chunked: bool = False, fresh: bool = False) -> tuple[Any, ...]:
+    """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2
+    (`scaleplan.memory.titan_terms`) with SDPA attention, its blocks compiled or eager
+    (`scaleplan.memory.titan_compiled_terms`): no autocast weight copies, the logits dropped
+    before backward (its trainer's ``del pred``), its AdamW ``fused`` unless ``impl`` says
+    otherwise, FSDP2's gathered parameters and unsharded gradients at each moment.
+
+    ``recompute`` (full or per-op selective checkpointing, or ``block_backward`` without): the
+    backward's worst moment as measured whole, eager or compiled
+    (`scaleplan.memory.titan_fsdp_moments.titan_block_backward_moment`; compile=True is
+    refused on one GPU before this); ``head_backward``: lm_head's weight gradient made
+    (`scaleplan.memory.titan_terms.titan_head_backward_bytes`). With tensor parallelism:
+    `scaleplan.memory.titan_tp_terms.titan_tp_parts`. ``chunked``: its ``ChunkedLossWrapper``
+    (`scaleplan.memory.titan_chunked_loss`). ``fresh``: no gradient accumulation
+    (`scaleplan.memory.titan_fsdp_moments.titan_fresh_covers`): no sharded gradient until the
+    head unit's reduce-scatter, each unit's shard made at its end (the moments count them,
+    less ``G``); compiled blocks on two or more ranks too. One GPU (``par.data == 1``) is
+    FSDP2 on a one-rank mesh, its chunked loss refused by name."""
+    if par.tensor > 1:
+        return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
+                              chunked=chunked)
+    check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
+    saved = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
+                             device=device, layers=layers, compiled=compiled)
+    S = sum(saved.values())
+    W, G, O = titan_model_states(cfg, opt, data=par.data)
+    gathered = titan_fsdp_in_flight(cfg, p, data=par.data, one_rank_mesh=True)
+    temp = -(-optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused") // par.data)
+    TV = b * s * cfg.vocab_size
+    e = 2 if p == "bf16-mixed" else FP32_BYTES
+    moments: dict[str, Any] = {
+        # the bf16 logits, their fp32 upcast and the fp32 log-softmax, all live at once
+        "forward_end": S + TV * e + TV * FP32_BYTES + gathered["forward_end"],
+        # the log-softmax's gradient and its input's
+        "backward_start": S + 2 * TV * FP32_BYTES + gathered["backward_start"],
+        "optimizer_step": temp,
+        "head_backward": titan_head_backward_bytes(cfg, b, s, saved, e=e, data=par.data)}
+    # measured whole (titan_fsdp_moments; compiled blocks, on two or more ranks only:
+    # titan_compiled_step); "recompute" names it as before
+    batch = sum(v for k, v in saved.items() if k in ("embedding_ids", "positions"))
+    moments["recompute" if checkpointing != "none" else "block_backward"] = (
+        batch + titan_block_backward_moment(cfg, b, s, precision=p,
+                                            checkpointing=checkpointing, device=device,
+                                            layers=layers, data=par.data, fresh=fresh,
+                                            compiled=compiled))
+    if chunked:  # the same recompute: the loss side is freed before the blocks' backward
+        saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
+        moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,
+                                             gathered_head=gathered["forward_end"]))
+    if fresh:  # every moment but the optimizer step's on top of the shards made by then
+        moments = {k: v if k == "optimizer_step" else v - G for k, v in moments.items()}
+    return W, G, O, saved, 0, 0, 0, moments
