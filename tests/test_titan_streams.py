@@ -337,3 +337,21 @@ def test_the_step_peak_matches_torchtitan(case: dict[str, Any]) -> None:
     predicted = max(moments.values()) + (G if case["fresh"] else 0)
     measured = case["delta"] + case["batch_bytes"]
     assert predicted == pytest.approx(measured, rel=5e-4)
+
+
+def test_compiled_fresh_gradients_are_the_shards_made_by_the_peak() -> None:
+    # the compiled steps without accumulation: the breakdown's gradients are what the
+    # reduce-scatter stream holds at the measured peak (above the step's start: no resident
+    # gradient when fresh), as for the eager steps
+    checked = 0
+    for case in (c for c in COMPILED if c["fresh"]):
+        cfg = GPTConfig.model_validate(case["config"])
+        m = training_memory(cfg, micro_batch_size=case["micro_batch_size"],
+                            seq_len=case["seq_len"], precision=PRECISION[case["param_dtype"]],
+                            checkpointing=case["checkpointing"], device="cpu",
+                            implementation="torchtitan", gradient_accumulation=False,
+                            compile=True, optimizer_impl="foreach",
+                            parallelism=Parallelism(data=case["data"], fsdp="full_shard"))
+        assert m.gradients == case["streams_at_peak"].get("reduce_scatter", 0), _case_id(case)
+        checked += 1
+    assert checked == 8
