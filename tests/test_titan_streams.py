@@ -355,3 +355,50 @@ def test_compiled_fresh_gradients_are_the_shards_made_by_the_peak() -> None:
         assert m.gradients == case["streams_at_peak"].get("reduce_scatter", 0), _case_id(case)
         checked += 1
     assert checked == 8
+
+
+VOCAB12K = GPTConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=128, mlp_hidden=352,
+                     vocab_size=12000, bias=False, mlp="swiglu", norm="rmsnorm",
+                     position="rope", tie_embeddings=False)
+
+
+def test_head_backward_by_hand() -> None:
+    from scaleplan.memory.titan_terms import titan_head_backward_bytes
+
+    # one rank: nothing prefetched; T 16, d 128, V 12,000, fp32: 1,000 saved bytes, the unit
+    # gathered (1,536,128 x 4), lm_head's gradient (1,536,000 x 4), the logits' gradient
+    # (192,000 x 4), the final norm's input gradient (2,048 x 4), the loss's 8
+    saved = {"log_softmax": 768_000, "lm_head": 1_000}
+    one = 1_000 + 1_536_128 * 4 + 1_536_000 * 4 + 192_000 * 4 + 2_048 * 4 + 8
+    assert titan_head_backward_bytes(VOCAB12K, 1, 16, saved, e=4, data=1) == one
+    # two ranks: the last block prefetched beside it (184,576 parameters x 4)
+    assert titan_head_backward_bytes(VOCAB12K, 1, 16, saved, e=4, data=2) \
+        == one + 184_576 * 4
+
+
+def test_head_backward_on_one_rank_holds_only_the_gradients_off_the_default_stream() -> None:
+    # accumulating on one rank (no copy-in stream): at the head's backward the reduce-scatter
+    # stream holds the resident gradients, so with that moment the peak the cache is the
+    # rest of that stream's peak, two of the largest unit's shards (its output and divide
+    # copy): 2 x (12,000 x 128 + 128) x 4
+    W, G, O = 10**6, 3 * 10**6, 6 * 10**6
+    cache = titan_stream_cache(VOCAB12K, 1, 16, precision="32-true", checkpointing="none",
+                               device="cuda", data=1, layers=2, compiled=False, fresh=False,
+                               states=(W, G, O),
+                               moments={"head_backward": 10**7, "optimizer_step": 0})
+    assert cache == 2 * (12_000 * 128 + 128) * 4
+
+
+def test_fresh_gradients_by_hand() -> None:
+    from scaleplan.memory.titan_fsdp_moments import titan_fresh_gradients
+
+    # 8 ranks, fp32, 1 x 16: of the backward's unit moments the head unit's reduce-scatter is
+    # the largest (its 1,536,128 values against a block's 184,576), holding its own shard,
+    # (12,000 x 128 + 128) / 8 x 4
+    assert titan_fresh_gradients(VOCAB12K, 1, 16, precision="32-true", checkpointing="none",
+                                 device="cpu", layers=2, data=8) == 1_536_128 // 8 * 4
+    # gqa-3 on one rank, bf16, 1 x 16: block 0's reduce, with the shards of [norm, lm_head]
+    # (61,600 x 4) and blocks 2 and 1 made and its own output (292,160 x 4 each)
+    gqa3 = GPTConfig.model_validate(CASES[2]["config"])
+    assert titan_fresh_gradients(gqa3, 1, 16, precision="bf16-mixed", checkpointing="none",
+                                 device="cpu", layers=3, data=1) == 61_600 * 4 + 3 * 292_160 * 4

@@ -32,7 +32,7 @@ __all__ = ["titan_stage_parts"]
 def titan_stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: OptimizerName,
                       checkpointing: CheckpointingKind, device: DeviceKind, par: Parallelism,
                       impl: OptimizerImpl | None, layers: int, *, compiled: bool,
-                      chunked: bool = False, fresh: bool = False) -> tuple[Any, ...]:
+                      chunked: bool, fresh: bool) -> tuple[Any, ...]:
     """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2
     (`scaleplan.memory.titan_terms`) with SDPA attention, its blocks compiled or eager
     (`scaleplan.memory.titan_compiled_terms`): no autocast weight copies, the logits dropped
