@@ -14,32 +14,19 @@ formulas must give the measured bytes exactly; the live check is tests/test_comp
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from compiled_golden import case_id, case_terms, check_total, load
 
-from scaleplan.memory.activations import autocast_weight_copy_bytes
-from scaleplan.memory.compiled_terms import compiled_saved_terms
 from scaleplan.model.config import GPTConfig
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "compiled_layouts_golden.json")
-                    .read_text())
+GOLDEN = load("compiled_layouts_golden")
 CASES: list[dict[str, Any]] = GOLDEN["cases"]
-DEVICE = "cpu-cuda-semantics"  # measured on CPU with CUDA's dropout: CPU RNG state, bool masks
-
-
-def _id(c: dict[str, Any]) -> str:
-    return (f"{c['layout']}-L{c['n_layer']}-b{c['b']}s{c['s']}-{c['precision']}"
-            f"-p{c['dropout']}{'-ckpt' if c['checkpointing'] else ''}")
 
 
 def _terms(c: dict[str, Any]) -> tuple[GPTConfig, dict[str, Any]]:
-    cfg = GPTConfig(n_layer=c["n_layer"], dropout=c["dropout"], **GOLDEN["layouts"][c["layout"]])
-    terms = compiled_saved_terms(cfg, c["b"], c["s"], precision=c["precision"],
-                                 checkpointing="full" if c["checkpointing"] else "none",
-                                 device=DEVICE)
-    return cfg, terms
+    return case_terms(GOLDEN, c)
 
 
 def _saved(c: dict[str, Any]) -> list[tuple[int, str, str, int]]:
@@ -62,16 +49,12 @@ def test_the_grid_covers_every_new_option() -> None:
     assert {c["dropout"] > 0 for c in CASES} == {False, True}
 
 
-@pytest.mark.parametrize("c", CASES, ids=_id)
+@pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_total_matches_the_inductor_partition(c: dict[str, Any]) -> None:
-    cfg, terms = _terms(c)
-    assert sum(terms.values()) == c["saved_for_backward"]
-    layers = 0 if c["checkpointing"] else None
-    assert autocast_weight_copy_bytes(cfg, c["precision"], layers=layers) \
-        == c["autocast_weight_copies"]
+    check_total(GOLDEN, c)
 
 
-@pytest.mark.parametrize("c", CASES, ids=_id)
+@pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_bool_bytes_are_the_dropout_and_relu_masks(c: dict[str, Any]) -> None:
     _, terms = _terms(c)
     masks = sum(v for k, v in terms.items() if k.endswith("dropout_mask")
@@ -79,7 +62,7 @@ def test_bool_bytes_are_the_dropout_and_relu_masks(c: dict[str, Any]) -> None:
     assert masks == c["by_dtype"].get("bool", 0)
 
 
-@pytest.mark.parametrize("c", [c for c in CASES if not c["checkpointing"]], ids=_id)
+@pytest.mark.parametrize("c", [c for c in CASES if not c["checkpointing"]], ids=case_id)
 def test_qk_norm_terms_are_the_norms_rstd_and_the_projection_copy(c: dict[str, Any]) -> None:
     """The q/k norms' saved values are their rstd (nothing else carries their module); the
     attention output projection's saved values are its input copy (per-head QK-norm) and, in
@@ -96,7 +79,7 @@ def test_qk_norm_terms_are_the_norms_rstd_and_the_projection_copy(c: dict[str, A
     assert proj_out == terms.get("attn_proj_out", 0)
 
 
-@pytest.mark.parametrize("c", [c for c in CASES if not c["checkpointing"]], ids=_id)
+@pytest.mark.parametrize("c", [c for c in CASES if not c["checkpointing"]], ids=case_id)
 def test_the_mlp_keeps_what_the_activation_needs(c: dict[str, Any]) -> None:
     """The MLP's saved values mlp_hidden wide: ReLU its output (the down projection's input)
     only; SwiGLU the gate's and up's outputs and their product (the down projection's

@@ -12,46 +12,27 @@ exactly (the live check is tests/test_compiled_memory.py, marked torch).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from compiled_golden import case_id, case_terms, check_total, load
 
-from scaleplan.memory.activations import autocast_weight_copy_bytes
-from scaleplan.memory.compiled_terms import compiled_saved_terms
 from scaleplan.model.config import GPTConfig
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "compiled_terms_golden.json").read_text())
+GOLDEN = load("compiled_terms_golden")
 CASES: list[dict[str, Any]] = GOLDEN["cases"]
-DEVICE = "cpu-cuda-semantics"  # measured on CPU with CUDA's dropout: CPU RNG state, bool masks
-
-
-def _id(c: dict[str, Any]) -> str:
-    return (f"{c['layout']}-L{c['n_layer']}-b{c['b']}s{c['s']}-{c['precision']}"
-            f"-p{c['dropout']}{'-ckpt' if c['checkpointing'] else ''}")
 
 
 def _terms(c: dict[str, Any]) -> tuple[GPTConfig, dict[str, Any]]:
-    cfg = GPTConfig(n_layer=c["n_layer"], dropout=c["dropout"], **GOLDEN["layouts"][c["layout"]])
-    terms = compiled_saved_terms(cfg, c["b"], c["s"], precision=c["precision"],
-                                 checkpointing="full" if c["checkpointing"] else "none",
-                                 device=DEVICE)
-    return cfg, terms
+    return case_terms(GOLDEN, c)
 
 
-@pytest.mark.parametrize("c", CASES, ids=_id)
+@pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_total_matches_the_inductor_partition(c: dict[str, Any]) -> None:
-    cfg, terms = _terms(c)
-    assert sum(terms.values()) == c["saved_for_backward"]
-    # autocast's weight copies: every matmul's, or under full checkpointing the head's only
-    # (the blocks' copies are made again when they are recomputed)
-    layers = 0 if c["checkpointing"] else None
-    assert autocast_weight_copy_bytes(cfg, c["precision"], layers=layers) \
-        == c["autocast_weight_copies"]
+    check_total(GOLDEN, c)
 
 
-@pytest.mark.parametrize("c", CASES, ids=_id)
+@pytest.mark.parametrize("c", CASES, ids=case_id)
 def test_masks_and_ids_match_by_dtype(c: dict[str, Any]) -> None:
     """The bool bytes are the dropout masks; the int64 bytes the token, position and target
     ids (the targets term less its fp32 divisor) and, under full checkpointing with dropout,

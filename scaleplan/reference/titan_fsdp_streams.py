@@ -1,12 +1,8 @@
 """Which CUDA stream each of FSDP2's allocations would come from, measured on CPU.
 
-PyTorch's CUDA caching allocator: "Allocations are associated with a stream. Once freed,
-blocks can be re-allocated on the same stream, but not on any other stream"
-(pytorch/pytorch ``c10/cuda/CUDACachingAllocator.cpp``, the comment that opens it). What a
-step reserves is therefore at least the sum, over the streams that allocate, of each stream's
-own peak of live bytes, while ``tensor_peak`` is the peak of their sum. (The bound gives way
-only where a ``cudaMalloc`` fails and the allocator frees its unsplit cached blocks to retry:
-a GPU that full reports ``num_alloc_retries`` in ``torch.cuda.memory_stats()``.)
+CUDA's caching allocator gives a freed block back only to the stream that allocated it, so a
+step reserves at least the sum of each stream's own peak (`scaleplan.memory.titan_streams`,
+which models it; this module measures it).
 
 FSDP2 (torch 2.13 ``torch/distributed/fsdp/_fully_shard/``) allocates on three streams:
 the default (compute) stream; its all-gather copy-in stream (``foreach_all_gather``: each
