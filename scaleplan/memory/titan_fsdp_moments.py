@@ -306,7 +306,7 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
 
 def titan_fresh_gradients(cfg: GPTConfig, b: int, s: int, *, precision: str,
                           checkpointing: str, device: str, layers: int, data: int,
-                          compiled: bool = False) -> int:
+                          compiled: bool) -> int:
     """The sharded gradient bytes alive at `titan_block_backward_moment`'s worst moment of a
     step without accumulation: the shards made by then (on one rank a reduce's output is its
     shard; its divide copy is not a gradient).
@@ -315,7 +315,8 @@ def titan_fresh_gradients(cfg: GPTConfig, b: int, s: int, *, precision: str,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
     ...                 position="rope", tie_embeddings=False)
     >>> titan_fresh_gradients(cfg, 2, 96, precision="bf16-mixed", checkpointing="full",
-    ...                       device="cpu", layers=3, data=2)  # block 0: 123,200 + 2 x 584,320
+    ...                       device="cpu", layers=3, data=2, compiled=False)
+    ... # block 0: 123,200 + 2 x 584,320
     1291840
     """
     moments = _sub_moments(cfg, b, s, precision=precision, checkpointing=checkpointing,
