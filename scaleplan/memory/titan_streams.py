@@ -26,9 +26,11 @@ the default one:
 
 `titan_stream_cache` is the sum of the three streams' peaks less the tensor peak: bytes that a
 GPU reserves beyond ``tensor_peak`` even with no fragmentation at all. The default stream's
-peak is taken over the step's moments (`scaleplan.memory.titan_fsdp_moments`' with
-``off_default``); moments not split by stream (the chunked loss's) are counted as if both
-side streams were at their peaks then, which can only lower the result.
+peak is taken over the step's moments, each less what the side streams hold then: none of the
+copy-in stream's at the loss (the root's forward end frees it), the last block prefetched at
+the head's backward, the blocks' and units' own (`scaleplan.memory.titan_fsdp_moments`' with
+``off_default``). Moments not split by stream (the chunked loss's) are counted as if both side
+streams were at their peaks then, which can only lower the result.
 
 Measured: `scaleplan.reference.titan_fsdp_streams` names the stream of every allocation of
 torchtitan's FSDP2 step on CPU (``torch.cpu.current_stream()`` follows FSDP2's stream
@@ -141,14 +143,17 @@ def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkp
                                            layers=layers, data=data, fresh=fresh,
                                            compiled=compiled, off_default=off_default)
 
+    # each moment's bytes on the default stream; the moments count every gradient (without
+    # accumulation less G, but for the optimizer step's), the resident ones on the
+    # reduce-scatter stream
     default = []
     for name, m in moments.items():
-        total = W + G + O + m  # the moments count every gradient (fresh: less G, but the
-        if name in ("forward_end", "backward_start", "optimizer_step"):  # optimizer step's)
+        total = W + G + O + m
+        if name in ("forward_end", "backward_start", "optimizer_step"):
             # nothing gathered on the copy-in stream: the root's forward end freed it
             default.append(total - (G if not fresh or name == "optimizer_step" else 0))
         elif name == "head_backward" and not chunked:  # the last block prefetched beside it
-            prefetched = titan_block_params(cfg) * TITAN_PRECISIONS[precision] * (data > 1)
+            prefetched = titan_block_params(cfg) * TITAN_PRECISIONS[precision] if data > 1 else 0
             default.append(total - (G if not fresh else 0) - prefetched)
         elif name == block:  # its worst moment on the default stream, the batch beside it
             batch = m + (G if fresh else 0) - backward(False)
