@@ -28,8 +28,8 @@ from scaleplan.memory.titan_streams import (
     titan_copy_in_peak,
     titan_reduce_scatter_peak,
     titan_stream_cache,
-    titan_units,
 )
+from scaleplan.memory.titan_terms import titan_units
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
 

@@ -85,14 +85,18 @@ from scaleplan.memory.titan_sdpa_terms import (
     titan_sdpa_block_terms,
     titan_sdpa_rebuilt_block_bytes,
 )
-from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_block_rows
+from scaleplan.memory.titan_terms import (
+    LOSS_SCALARS,
+    TITAN_PRECISIONS,
+    titan_block_params,
+    titan_block_rows,
+)
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_fresh_alive",
            "titan_fresh_covers", "titan_fresh_gradients", "titan_fresh_shards",
            "titan_fsdp_buffers", "titan_unit_shard"]
 
-LOSS_SCALARS = 2 * FP32_BYTES  # the loss and the ones its backward starts from
 ONE_RANK_DIVIDE_COPY = 1
 """fp32 copies of a unit's gradients a one-rank reduce holds beyond its input and output:
 torch 2.13 ``_fsdp_collectives.foreach_reduce`` with one rank writes its output as

@@ -49,23 +49,11 @@ from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.dtypes import larger
 from scaleplan.memory.options import StepOptions
 from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_unit_shard
-from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_block_rows
+from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_units
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["step_stream_cache", "titan_copy_in_peak", "titan_reduce_scatter_peak",
-           "titan_stream_cache", "titan_units"]
-
-
-def titan_units(cfg: GPTConfig, layers: int) -> list[tuple[tuple[int, int], ...]]:
-    """Each ``fully_shard`` unit's parameters as (dim 0, the rest), in forward order: the
-    embedding, ``layers`` blocks, [final norm, lm_head] (``apply_fsdp_to_decoder``).
-
-    >>> [len(u) for u in titan_units(GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16,
-    ...      bias=False, mlp="swiglu", norm="rmsnorm", position="rope"), 2)]
-    [1, 7, 7, 2]
-    """
-    V, d = cfg.vocab_size, cfg.n_embd
-    return [((V, d),), *(titan_block_rows(cfg),) * layers, ((V, d), (d, 1))]
+           "titan_stream_cache"]
 
 
 def titan_copy_in_peak(cfg: GPTConfig, precision: str, *, data: int, layers: int) -> int:

@@ -47,10 +47,12 @@ from scaleplan.memory.titan_qwen3_terms import qwen3_block_extras
 from scaleplan.model.config import GPTConfig
 from scaleplan.model.params import param_terms
 
-__all__ = ["TITAN_PRECISIONS", "titan_block_params", "titan_block_rows", "titan_block_terms",
-           "titan_fsdp_in_flight", "titan_head_backward_bytes", "titan_model_states",
-           "titan_rebuilt_block_bytes", "titan_saved_terms"]
+__all__ = ["LOSS_SCALARS", "TITAN_PRECISIONS", "titan_block_params", "titan_block_rows",
+           "titan_block_terms", "titan_fsdp_in_flight", "titan_head_backward_bytes",
+           "titan_model_states", "titan_rebuilt_block_bytes", "titan_saved_terms", "titan_units"]
 
+LOSS_SCALARS = 2 * FP32_BYTES
+"""The loss and the ones its backward starts from, fp32, live through the backward."""
 TITAN_PRECISIONS = {"bf16-mixed": 2, "32-true": 4}
 """torchtitan's ``training.mixed_precision_param`` ("bfloat16", its default, or "float32";
 ``torchtitan/config/configs.py``) as scaleplan precisions, with the bytes of a gathered
@@ -168,6 +170,18 @@ def titan_block_rows(cfg: GPTConfig) -> tuple[tuple[int, int], ...]:
     return rows + (((hd, 1),) * 2 if cfg.qk_norm == "head" else ())
 
 
+def titan_units(cfg: GPTConfig, layers: int) -> list[tuple[tuple[int, int], ...]]:
+    """Each ``fully_shard`` unit's parameters as (dim 0, the rest), in forward order: the
+    embedding, ``layers`` blocks, [final norm, lm_head] (``apply_fsdp_to_decoder``).
+
+    >>> [len(u) for u in titan_units(GPTConfig(n_layer=2, n_head=2, n_embd=8, vocab_size=16,
+    ...      bias=False, mlp="swiglu", norm="rmsnorm", position="rope"), 2)]
+    [1, 7, 7, 2]
+    """
+    V, d = cfg.vocab_size, cfg.n_embd
+    return [((V, d),), *(titan_block_rows(cfg),) * layers, ((V, d), (d, 1))]
+
+
 def titan_block_params(cfg: GPTConfig) -> int:
     """Parameters of one torchtitan Llama 3 block (`titan_block_rows`).
 
@@ -197,7 +211,7 @@ def titan_head_backward_bytes(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, A
     T, d, V = b * s, cfg.n_embd, cfg.vocab_size
     kept = sum(v for k, v in saved.items() if k != "log_softmax")
     prefetched = titan_block_params(cfg) * e if data > 1 else 0
-    return (kept + (V * d + d) * e + V * d * e + T * V * e + T * d * e + 2 * FP32_BYTES
+    return (kept + (V * d + d) * e + V * d * e + T * V * e + T * d * e + LOSS_SCALARS
             + prefetched)
 
 

@@ -6,6 +6,8 @@ from `scaleplan.compute.mfu_defaults`."""
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -129,7 +131,8 @@ def sharded_slack_warnings(memory: MemoryBreakdown, available: int,
         return []
     context = int(memory_options.get("cuda_context_bytes", CUDA_CONTEXT_BYTES))
     reserved = memory.tensor_peak + memory.stream_cache
-    needed = context + -(-reserved * 23 // 20)  # 1 + FSDP_RESERVED_FRACTION
+    margin = 1 + Fraction(str(FSDP_RESERVED_FRACTION))  # exact: 23/20
+    needed = context + math.ceil(reserved * margin)
     if needed <= available:
         return []
     gib = 2**30
@@ -138,5 +141,6 @@ def sharded_slack_warnings(memory: MemoryBreakdown, available: int,
         f"{reserved / gib:.1f} GiB tensor peak and side-stream cache (a placeholder); "
         "published FSDP2 runs reserved 10% to 15% above them "
         f"(docs/validation/published-peaks.md), and {needed / gib:.1f} GiB is more than the "
-        f"{available / gib:.1f} GiB available: pass allocator_slack_fraction=0.15 to plan for "
+        f"{available / gib:.1f} GiB available: pass allocator_slack_fraction="
+        f"{FSDP_RESERVED_FRACTION} to plan for "
         "it, or take a smaller micro-batch"))]

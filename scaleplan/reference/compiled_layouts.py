@@ -63,20 +63,9 @@ def layout_goldens(cases: tuple[tuple[str, int, int, int, str, float, bool], ...
     """Measure each case's compiled partition (CPU inductor, CUDA's dropout semantics)."""
     import torch
 
-    from scaleplan.model.config import GPTConfig
-    from scaleplan.reference.compiled import measure_compiled
+    from scaleplan.reference.goldens import compiled_rows
 
-    rows = []
-    for layout, n_layer, b, s, prec, p, ckpt in cases:
-        cfg = GPTConfig(n_layer=n_layer, dropout=p, **LAYOUTS[layout])
-        m = measure_compiled(cfg, micro_batch_size=b, seq_len=s, precision=prec,
-                             checkpointing=ckpt)
-        rows.append({"layout": layout, "n_layer": n_layer, "b": b, "s": s, "precision": prec,
-                     "dropout": p, "checkpointing": ckpt,
-                     "saved_for_backward": m.saved_for_backward, "by_dtype": m.saved_by_dtype,
-                     "autocast_weight_copies": m.autocast_weight_copies,
-                     "saved": [f"{v.nbytes} {v.name} {v.module} {list(v.shape)} {v.dtype}"
-                               for v in m.saved if not v.weight_copy]})
+    rows = compiled_rows(cases, LAYOUTS, saved_values=True)
     return {"source": "python -m scaleplan.reference.compiled_layouts (measure_compiled, CPU "
                       "inductor, cuda_semantics=True)",
             "torch": torch.__version__, "layouts": LAYOUTS, "cases": rows}

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMPILED_CASES", "COMPILED_LAYOUTS", "HF_BATCHES", "compiled_goldens",
+__all__ = ["COMPILED_CASES", "COMPILED_LAYOUTS", "HF_BATCHES", "compiled_goldens", "compiled_rows",
            "hf_golden_configs", "hf_goldens", "hf_module_group", "main"]
 
 _LAYER = re.compile(r"\.(?:layers|h)\.(\d+)(?:\.|$)")
@@ -138,22 +138,36 @@ def compiled_goldens(cases: tuple[tuple[str, int, int, int, str, float, bool], .
                      = COMPILED_CASES) -> dict[str, Any]:
     """Compile the reference GPT for each case (`scaleplan.reference.compiled`, CUDA dropout
     semantics on CPU) and record the bytes saved, by dtype and in all."""
+    return {"source": "python -m scaleplan.reference.goldens compiled (measure_compiled, "
+                      "CPU inductor, cuda_semantics=True)",
+            "layouts": COMPILED_LAYOUTS, "versions": _versions(),
+            "cases": compiled_rows(cases, COMPILED_LAYOUTS)}
+
+
+def compiled_rows(cases: tuple[tuple[str, int, int, int, str, float, bool], ...],
+                  layouts: dict[str, dict[str, Any]], *,
+                  saved_values: bool = False) -> list[dict[str, Any]]:
+    """One golden row per (layout, n_layer, b, s, precision, dropout, checkpointing) case of
+    ``layouts``: the compiled partition's saved bytes, in all and by dtype, and autocast's
+    weight copies; ``saved_values``: also each saved value (bytes, node, module, shape,
+    dtype), weight copies left out."""
     from scaleplan.model.config import GPTConfig
     from scaleplan.reference.compiled import measure_compiled
 
     rows = []
     for layout, n_layer, b, s, prec, p, ckpt in cases:
-        cfg = GPTConfig(n_layer=n_layer, dropout=p, **COMPILED_LAYOUTS[layout])
+        cfg = GPTConfig(n_layer=n_layer, dropout=p, **layouts[layout])
         m = measure_compiled(cfg, micro_batch_size=b, seq_len=s, precision=prec,
                              checkpointing=ckpt)
-        rows.append({"layout": layout, "n_layer": n_layer, "b": b, "s": s, "precision": prec,
-                     "dropout": p, "checkpointing": ckpt,
-                     "saved_for_backward": m.saved_for_backward,
-                     "by_dtype": m.saved_by_dtype,
-                     "autocast_weight_copies": m.autocast_weight_copies})
-    return {"source": "python -m scaleplan.reference.goldens compiled (measure_compiled, "
-                      "CPU inductor, cuda_semantics=True)",
-            "layouts": COMPILED_LAYOUTS, "versions": _versions(), "cases": rows}
+        row = {"layout": layout, "n_layer": n_layer, "b": b, "s": s, "precision": prec,
+               "dropout": p, "checkpointing": ckpt,
+               "saved_for_backward": m.saved_for_backward, "by_dtype": m.saved_by_dtype,
+               "autocast_weight_copies": m.autocast_weight_copies}
+        if saved_values:
+            row["saved"] = [f"{v.nbytes} {v.name} {v.module} {list(v.shape)} {v.dtype}"
+                            for v in m.saved if not v.weight_copy]
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
