@@ -354,7 +354,7 @@ def test_titan_without_checkpointing_has_a_block_backward_not_a_recompute() -> N
 
 
 def test_titan_tensor_parallel_hands_on_its_options() -> None:
-    from scaleplan.memory.titan_tp_terms import titan_tp_parts
+    from scaleplan.memory.titan_stage import titan_tp_parts
 
     par = Parallelism(data=2, tensor=2, fsdp="full_shard")
     parts = stage_parts(TITAN, 2, 128, "bf16-mixed", "adamw", "flash", "full", "cpu", par,

@@ -252,8 +252,9 @@ def cfg_params(cfg: GPTConfig) -> int:
 
 @pytest.mark.parametrize(("options", "pattern"), [
     ({"loss": "chunked"}, r"loss='chunked'"),
-    ({"parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2,
-                                 sequence_parallel=True)}, r"tensor parallelism"),
+    ({"loss": "chunked", "parallelism": Parallelism(data=2, fsdp="full_shard", tensor=2,
+                                                    sequence_parallel=True)},
+     r"loss='chunked'"),
 ])
 def test_unmeasured_fresh_steps_are_refused_by_name(options: dict[str, Any],
                                                     pattern: str) -> None:
@@ -282,11 +283,18 @@ def test_covers_only_fsdp2_with_the_standard_loss() -> None:
                               Parallelism(data=1, fsdp="full_shard"))
     assert not titan_fresh_covers("torchtitan", False, "standard",
                                   Parallelism(data=2, fsdp="shard_grad_op"))
-    # each other axis alone and two at once (a product, not a ratio, of their degrees)
-    for axis in ({"tensor": 2}, {"pipeline": 2}, {"expert": 2}, {"tensor": 2, "expert": 2},
+    # each other axis alone and two at once (a product, not a ratio, of their degrees);
+    # tensor parallelism alone: eager FSDP2 x TP steps measured whole (titan_2d_step), on one
+    # data rank too, not compiled
+    for axis in ({"pipeline": 2}, {"expert": 2}, {"tensor": 2, "expert": 2},
                  {"tensor": 2, "pipeline": 2}):
         assert not titan_fresh_covers("torchtitan", False, "standard",
                                       Parallelism(data=8, fsdp="full_shard", **axis))
+    for data in (1, 8):
+        tp = Parallelism(data=data, fsdp="full_shard", tensor=2, sequence_parallel=True)
+        assert titan_fresh_covers("torchtitan", False, "standard", tp)
+        assert not titan_fresh_covers("torchtitan", True, "standard", tp)
+        assert not titan_fresh_covers("torchtitan", False, "chunked", tp)
     # the other implementations keep their rules: one GPU, litgpt's FSDP1 with full
     # checkpointing; DDP refused
     common: dict[str, Any] = dict(compile=False, loss="standard")
@@ -305,9 +313,10 @@ def test_the_refusal_texts_whole() -> None:
                                loss="standard", parallelism=Parallelism())
     assert titan == (
         "gradient_accumulation=False with implementation='torchtitan' is modelled for its "
-        "FSDP2 step (the standard loss, Parallelism(data=N, fsdp='full_shard') and no other "
-        "axis, or eager on one GPU; measured whole), not yet with compile=True on one GPU, "
-        "loss='chunked' or tensor parallelism; use gradient_accumulation=True")
+        "FSDP2 step (the standard loss, Parallelism(data=N, fsdp='full_shard'), with or "
+        "without tensor parallelism, or eager on one GPU; measured whole), not yet with "
+        "compile=True on one GPU or with tensor parallelism, or with loss='chunked'; use "
+        "gradient_accumulation=True")
     ddp = fresh_step_refusal(implementation="hf", compile=False, checkpointing="none",
                              loss="standard", parallelism=Parallelism(data=2))
     assert ddp == (

@@ -192,17 +192,6 @@ def test_one_gpu_is_accepted_in_both_precisions() -> None:
             assert m.tensor_peak > m.weights + m.gradients + m.optimizer
 
 
-def test_tensor_parallelism_on_one_data_rank_stays_refused_in_bf16() -> None:
-    # as before this change: TP with one data rank (FSDP2 over a one-rank data mesh beside
-    # TP) was not measured in bf16-mixed
-    cfg = GPTConfig.model_validate(CASES[0]["config"])
-    with pytest.raises(ScaleplanError, match=r"tensor=2 and one data rank is not modelled yet "
-                                             r"in bf16-mixed"):
-        training_memory(cfg, micro_batch_size=2, seq_len=96, precision="bf16-mixed",
-                        implementation="torchtitan",
-                        parallelism=Parallelism(data=1, tensor=2, sequence_parallel=True))
-
-
 @pytest.mark.parametrize(("options", "pattern"), [
     ({"compile": True}, r"on one GPU is not modelled yet with compile=True: torchtitan 0\.3\.0 "
                         r"still applies FSDP2"),

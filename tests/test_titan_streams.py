@@ -262,15 +262,6 @@ def test_training_memory_takes_its_steps_stream_cache(checkpointing: str, fresh:
         assert caches[0] != caches[1]
 
 
-def test_tensor_parallel_steps_have_no_stream_cache_yet() -> None:
-    # torchtitan's 2D steps (FSDP2 over TP-sharded units) were not measured per stream
-    cfg = LLAMA31_8B.model_copy(update={"n_layer": 2})
-    m = training_memory(cfg, micro_batch_size=1, seq_len=1024, implementation="torchtitan",
-                        parallelism=Parallelism(data=2, fsdp="full_shard", tensor=2,
-                                                sequence_parallel=True))
-    assert m.stream_cache == 0 and m.overhead == 512 * 2**20 + math.ceil(0.05 * m.tensor_peak)
-
-
 def test_the_chunked_loss_moments_are_not_split_by_stream() -> None:
     # torchtitan's chunked loss peaks in the head's chunk loop (head_backward), whose side
     # streams were not measured: counted as if both were at their peaks then, it adds nothing

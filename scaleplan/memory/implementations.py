@@ -113,13 +113,6 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
         raise ScaleplanError(
             f"implementation='torchtitan' with {parallelism.data} data ranks shards with FSDP2 "
             "(fully_shard); use Parallelism(data=N, fsdp='full_shard')")
-    if parallelism.data == 1 and parallelism.tensor > 1 and precision == "bf16-mixed":
-        raise ScaleplanError(
-            f"implementation='torchtitan' with tensor={parallelism.tensor} and one data rank "
-            "is not modelled yet in bf16-mixed: torchtitan 0.3.0 still applies FSDP2 over the "
-            "one-rank data mesh (bf16 blocks gathered from fp32 parameters), measured without "
-            "tensor parallelism only; use Parallelism(data=N, fsdp='full_shard', tensor=T) "
-            "with N >= 2, or precision='32-true'")
     if parallelism.data * parallelism.tensor == 1 and compile:
         raise ScaleplanError(
             "implementation='torchtitan' on one GPU is not modelled yet with compile=True: "

@@ -54,8 +54,7 @@ from scaleplan.memory.step_switches import (
     largest_gradient_bytes,
     switch_stage,
 )
-from scaleplan.memory.titan_fsdp_moments import titan_fresh_alive
-from scaleplan.memory.titan_stage import titan_stage_parts
+from scaleplan.memory.titan_stage import titan_stage_alive, titan_stage_parts
 from scaleplan.memory.tune_lora_terms import tune_lora_stage_parts
 from scaleplan.memory.tune_switches import (
     tune_in_backward_held_bytes,
@@ -124,7 +123,7 @@ def stage_parts_alive(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: Optimiz
         return (*titan_stage_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                                    layers, compiled=compiled,
                                    chunked=switches.loss == "chunked", fresh=fresh),
-                titan_fresh_alive(cfg, b, s, precision=p, checkpointing=checkpointing,
+                titan_stage_alive(cfg, b, s, precision=p, checkpointing=checkpointing,
                                   device=device, par=par, compiled=compiled, fresh=fresh))
     tune = implementation == "torchtune"  # fp32 logits (its unembed's .float())
     compile_loss = compiled  # torchtune's recipe compiles the chunked loss, not the standard

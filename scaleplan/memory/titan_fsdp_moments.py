@@ -111,8 +111,9 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
     (`scaleplan.reference.titan_fsdp_step`'s ``fresh`` steps): eager blocks, its standard loss,
     FSDP2 data ranks (one GPU is a one-rank mesh, measured too) and no other parallelism;
     compiled blocks on two or more FSDP2 ranks (`scaleplan.reference.titan_compiled_step`).
-    Compiled blocks on one GPU, its chunked loss and tensor parallelism were not measured
-    without accumulation.
+    With tensor parallelism: eager blocks (`scaleplan.reference.titan_2d_step`, one to four
+    FSDP2 ranks). Compiled blocks on one GPU and its chunked loss were
+    not measured without accumulation.
 
     >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism(data=8, fsdp="full_shard"))
     True
@@ -124,9 +125,12 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
     False
     """
     ranks = par.fsdp == "full_shard" and par.data > 1
+    if par.tensor > 1:  # FSDP2 x TP, eager (scaleplan.reference.titan_2d_step)
+        return (implementation == "torchtitan" and loss == "standard" and not compile
+                and par.pipeline * par.expert == 1)
     return (implementation == "torchtitan" and loss == "standard"
             and (ranks or (not compile and par.data == 1))
-            and par.tensor * par.pipeline * par.expert == 1)
+            and par.pipeline * par.expert == 1)
 
 
 def titan_unit_shard(rows: tuple[tuple[int, int], ...], data: int) -> int:
@@ -335,7 +339,8 @@ def titan_fresh_alive(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpo
     """The gradients alive at the backward's worst moment without accumulation (the shards
     made by then, `titan_fresh_gradients`), by part and moment as
     `scaleplan.memory.stage.stage_parts_alive` reports them; empty with accumulation (every
-    gradient resident), with tensor parallelism, and for arrays of shapes (totals only)."""
+    gradient resident), with tensor parallelism (`scaleplan.memory.titan_stage.titan_stage_alive`
+    takes those) and for arrays of shapes (totals only)."""
     if not fresh or par.tensor > 1 or not (isinstance(b, int) and isinstance(s, int)):
         return {}
     moment = "recompute" if checkpointing != "none" else "block_backward"

@@ -50,6 +50,8 @@ from scaleplan.memory.dtypes import larger
 from scaleplan.memory.options import StepOptions
 from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_unit_shard
 from scaleplan.memory.titan_terms import TITAN_PRECISIONS, titan_block_params, titan_units
+from scaleplan.memory.titan_tp_moments import titan_tp_block_backward_moment
+from scaleplan.memory.titan_tp_terms import titan_tp_local_config
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["step_stream_cache", "titan_copy_in_peak", "titan_reduce_scatter_peak",
@@ -102,7 +104,8 @@ def titan_reduce_scatter_peak(cfg: GPTConfig, *, data: int, layers: int, fresh: 
 def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
                        device: str, data: int, layers: int, compiled: bool, fresh: bool,
                        states: tuple[Any, Any, Any], moments: dict[str, Any],
-                       chunked: bool = False) -> Any:
+                       chunked: bool = False, tensor: int = 1,
+                       sequence_parallel: bool = False) -> Any:
     """Bytes the allocator reserves for FSDP2's side streams beyond ``tensor_peak``: the
     copy-in and reduce-scatter streams' peaks plus the default stream's (over ``moments``,
     `scaleplan.memory.stage.stage_parts`' for torchtitan, with ``states`` its weights,
@@ -121,11 +124,18 @@ def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkp
     3459840
     """
     W, G, O = states
-    e_hwm = titan_copy_in_peak(cfg, precision, data=data, layers=layers)
-    rs_hwm = titan_reduce_scatter_peak(cfg, data=data, layers=layers, fresh=fresh, gradients=G)
+    local = titan_tp_local_config(cfg, tensor)  # a TP rank's FSDP2 units: its local shards
+    e_hwm = titan_copy_in_peak(local, precision, data=data, layers=layers)
+    rs_hwm = titan_reduce_scatter_peak(local, data=data, layers=layers, fresh=fresh,
+                                       gradients=G)
     block = "recompute" if checkpointing != "none" else "block_backward"
 
     def backward(off_default: bool) -> Any:
+        if tensor > 1:
+            return titan_tp_block_backward_moment(
+                cfg, b, s, precision=precision, checkpointing=checkpointing, device=device,
+                layers=layers, data=data, tensor=tensor, sequence_parallel=sequence_parallel,
+                fresh=fresh, off_default=off_default)
         return titan_block_backward_moment(cfg, b, s, precision=precision,
                                            checkpointing=checkpointing, device=device,
                                            layers=layers, data=data, fresh=fresh,
@@ -141,7 +151,8 @@ def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkp
             # nothing gathered on the copy-in stream: the root's forward end freed it
             default.append(total - (G if not fresh or name == "optimizer_step" else 0))
         elif name == "head_backward" and not chunked:  # the last block prefetched beside it
-            prefetched = titan_block_params(cfg) * TITAN_PRECISIONS[precision] if data > 1 else 0
+            prefetched = titan_block_params(local) * TITAN_PRECISIONS[precision] \
+                if data > 1 else 0
             default.append(total - (G if not fresh else 0) - prefetched)
         elif name == block:  # its worst moment on the default stream, the batch beside it
             batch = m + (G if fresh else 0) - backward(False)
@@ -167,9 +178,11 @@ def step_stream_cache(cfg: GPTConfig, b: Any, s: Any, o: StepOptions, *, layers:
     >>> step_stream_cache(cfg, 1, 64, o, layers=12, states=(0, 0, 0), moments={})
     0
     """
-    if o.implementation != "torchtitan" or o.device != "cuda" or o.parallelism.tensor > 1:
+    if o.implementation != "torchtitan" or o.device != "cuda":
         return 0
+    par = o.parallelism
     return titan_stream_cache(cfg, b, s, precision=o.precision, checkpointing=o.checkpointing,
-                              device=o.device, data=o.parallelism.data, layers=layers,
+                              device=o.device, data=par.data, layers=layers,
                               compiled=o.compile, fresh=not o.gradient_accumulation,
-                              states=states, moments=moments, chunked=o.loss == "chunked")
+                              states=states, moments=moments, chunked=o.loss == "chunked",
+                              tensor=par.tensor, sequence_parallel=par.sequence_parallel)

@@ -38,9 +38,6 @@ from __future__ import annotations
 from typing import Any
 
 from scaleplan.memory.activations import FP32_BYTES
-from scaleplan.memory.parallel import Parallelism
-from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
-from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_qwen3_terms import qwen3_block_extras
 from scaleplan.memory.titan_terms import (
     FLEX_BLOCK,
@@ -54,7 +51,7 @@ from scaleplan.model.config import GPTConfig
 
 __all__ = ["titan_tp_block_terms", "titan_tp_fsdp_in_flight", "titan_tp_local_config",
            "titan_tp_loss_transients", "titan_tp_model_states",
-           "titan_tp_parts", "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
+           "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
 
 def _shard(n: Any, t: int) -> Any:
     """Rank 0's part of ``n`` split over ``t`` ranks: ``ceil(n / t)``."""
@@ -231,45 +228,3 @@ def titan_tp_fsdp_in_flight(cfg: GPTConfig, precision: str, *, data: int,
     {'forward_end': 16512, 'backward_start': 16512, 'recompute': 247040}
     """
     return titan_fsdp_in_flight(titan_tp_local_config(cfg, tensor), precision, data=data)
-
-
-def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointing: str,
-                   device: str, par: Parallelism, impl: OptimizerImpl | None, *,
-                   chunked: bool = False) -> tuple[Any, ...]:
-    """`scaleplan.memory.stage.stage_parts` for torchtitan under FSDP2 x TP, with or without
-    sequence parallelism (one pipeline stage): (weights, gradients, optimizer, saved terms, 0, 0, 0,
-    moments). No autocast weight copies; the logits dropped before backward (its trainer's
-    ``del pred``); ``forward_end`` and ``backward_start`` add the loss's transients
-    (`titan_tp_loss_transients`) and FSDP2's gathered units; ``recompute`` (full
-    checkpointing): the saved tensors less the loss side, plus one block rebuilt and FSDP2's
-    gathered block, its prefetched neighbour and their gradients. ``chunked``: torchtitan's
-    ``ChunkedLossWrapper`` (`scaleplan.memory.titan_chunked_loss`) in place of the loss. The
-    optimizer's temporaries (none for torchtitan's default fused AdamW) are split over all the GPUs.
-    Attention is SDPA, as for ``attention="flash"`` without TP
-    (`scaleplan.memory.titan_sdpa_terms`): TP was measured with FlexAttention, whose one extra
-    statistic and block mask the SDPA kernel does not keep."""
-    t, sp = par.tensor, par.sequence_parallel
-    saved = titan_tp_saved_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                 device=device, layers=cfg.n_layer, tensor=t,
-                                 sequence_parallel=sp, kernel="sdpa")
-    S = sum(saved.values())
-    W, G, O = titan_tp_model_states(cfg, opt, data=par.data, tensor=t)
-    gathered = titan_tp_fsdp_in_flight(cfg, p, data=par.data, tensor=t)
-    temp = _shard(optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused"),
-                  par.data * t)
-    fwd, bwd = titan_tp_loss_transients(cfg, b, s, precision=p, tensor=t)
-    moments: dict[str, Any] = {"forward_end": S + fwd + gathered["forward_end"],
-                               "backward_start": S + bwd + gathered["backward_start"],
-                               "optimizer_step": temp}
-    if checkpointing != "none":
-        e = TITAN_PRECISIONS[p]
-        rebuilt = titan_tp_rebuilt_block_bytes(cfg, b, s, e=e, device=device, tensor=t,
-                                               sequence_parallel=sp, kernel="sdpa")
-        loss_side = sum(saved[k] for k in ("final_norm", "lm_head", "log_softmax", "targets"))
-        moments["recompute"] = S - loss_side + rebuilt + gathered["recompute"]
-    if chunked:  # ChunkedLossWrapper, vocabulary-parallel per chunk (titan_chunked_loss)
-        e = TITAN_PRECISIONS[p]
-        saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
-        moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=t, data=par.data,
-                                             gathered_head=gathered["forward_end"]))
-    return W, G, O, saved, 0, 0, 0, moments

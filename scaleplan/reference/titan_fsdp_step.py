@@ -40,7 +40,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_lla
 from scaleplan.reference.tracking import storage_key
 
 __all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "PeakTracker",
-           "fsdp_stream_names", "main", "measure_titan_fsdp_step", "sharded_titan_model"]
+           "fsdp_stream_names", "main", "measure_titan_fsdp_step", "sharded_titan_model",
+           "tracked_step"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
 _LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
@@ -196,7 +197,7 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
     try:
         model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
                                     param_dtype=param_dtype)
-        row = _tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
+        row = tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
                             fused=optimizer_impl == "fused", backward_peak=backward_peak,
                             tracker_cls=tracker_cls or PeakTracker) | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
@@ -231,9 +232,15 @@ def sharded_titan_model(cfg: GPTConfig, *, checkpointing: str, data: int, param_
     return model
 
 
-def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
-                  fused: bool = False, backward_peak: bool = False,
-                  tracker_cls: type[PeakTracker] = PeakTracker) -> dict[str, Any]:
+def tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
+                 fused: bool = False, backward_peak: bool = False,
+                 tracker_cls: type[PeakTracker] = PeakTracker,
+                 context: Callable[[], Any] = nullcontext) -> dict[str, Any]:
+    """A warm-up step, an accumulating micro-batch unless ``fresh``, then one tracked forward,
+    backward and AdamW step of ``model`` (sharded by FSDP2) on a random ``b`` x ``s`` batch,
+    each forward and backward inside ``context()`` (torchtitan's trainer's SPMD context, say),
+    the loss told ``cfg``'s vocabulary (its vocabulary-parallel form needs it under TP). The
+    row `measure_titan_fsdp_step` documents (``resident``, ``delta``, ``at_peak``, ...)."""
     loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
                             fused=fused or None)
@@ -241,14 +248,15 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
     positions = torch.arange(s).repeat(b, 1)
 
     def forward_backward(tracker: PeakTracker | None = None) -> None:
-        if tracker:
-            tracker.set_phase("forward")
-        pred = model(ids, positions=positions)
-        loss = loss_fn(pred, labels)
-        del pred
-        if tracker:
-            tracker.set_phase("backward")
-        loss.backward()
+        with context():
+            if tracker:
+                tracker.set_phase("forward")
+            pred = model(ids, positions=positions)
+            loss = loss_fn(pred, labels, global_vocab_size=cfg.vocab_size)
+            del pred
+            if tracker:
+                tracker.set_phase("backward")
+            loss.backward()
 
     forward_backward()
     opt.step()
@@ -258,7 +266,7 @@ def _tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
     gc.collect()
     params = list(model.parameters())
     grads = [] if fresh else [_local(p.grad) for p in params]  # fresh: every one is None
-    kept = [*(_local(p) for p in params), *grads, *model.buffers(),
+    kept = [*(_local(p) for p in params), *grads, *(_local(x) for x in model.buffers()),
             *(_local(v) for st in opt.state.values() for v in st.values()
               if isinstance(v, torch.Tensor)), ids, labels, positions]
     tracker = tracker_cls()

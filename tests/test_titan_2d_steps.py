@@ -1,0 +1,236 @@
+"""torchtitan's FSDP2 x TP step against `training_memory`, replayed without torch.
+
+docs/validation/torchtitan-2d-steps.json holds 40 whole steps of torchtitan 0.3.0's Llama 3 under
+its tensor parallelism and FSDP2 (`scaleplan.reference.titan_2d_step`: rank 0 of a fake
+process group, torch's DTensor TP, SDPA, with and without gradient accumulation, one to four
+data ranks): the peak above the resident states and batch, the storages live then, and each
+of FSDP2's streams' peaks. The model of those steps is `scaleplan.memory.titan_tp_moments`
+(the blocks' backward) with `scaleplan.memory.titan_stage.titan_tp_parts` (the loss's
+moments) and `scaleplan.memory.titan_streams` (the side streams, over a TP rank's local
+shards).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.titan_fsdp_moments import titan_unit_shard
+from scaleplan.memory.titan_stage import titan_tp_parts
+from scaleplan.memory.titan_streams import (
+    titan_copy_in_peak,
+    titan_reduce_scatter_peak,
+    titan_stream_cache,
+)
+from scaleplan.memory.titan_terms import titan_units
+from scaleplan.memory.titan_tp_moments import titan_tp_block_backward_moment
+from scaleplan.memory.titan_tp_terms import titan_tp_local_config, titan_tp_model_states
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+
+DATA = Path(__file__).resolve().parents[1] / "docs" / "validation" / "torchtitan-2d-steps.json"
+RECORD = json.loads(DATA.read_text())
+CASES: list[dict[str, Any]] = RECORD["cases"]
+PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
+
+
+def _id(c: dict[str, Any]) -> str:
+    return (f"{c['name']}-d{c['data']}t{c['tensor']}-{c['checkpointing']}-{c['param_dtype']}"
+            f"-sp{int(c['sequence_parallel'])}-{c['micro_batch_size']}x{c['seq_len']}"
+            f"-{'fresh' if c['fresh'] else 'accumulating'}")
+
+
+def _modelled(c: dict[str, Any]) -> bool:
+    """Sequence parallelism (torchtitan's default) and more than one sequence a micro-batch:
+    what the moments were derived for. One sequence a micro-batch keeps the all-gathered
+    inputs as views of the collective's output, with more storages alive; without sequence
+    parallelism DTensor replicates w2's gradients (module docstring of the test below)."""
+    return bool(c["sequence_parallel"]) and c["micro_batch_size"] > 1
+
+
+def _parts(c: dict[str, Any]) -> tuple[Any, ...]:
+    cfg = GPTConfig.model_validate(c["config"])
+    par = Parallelism(data=c["data"], fsdp="full_shard", tensor=c["tensor"],
+                      sequence_parallel=c["sequence_parallel"])
+    return cfg, par, titan_tp_parts(cfg, c["micro_batch_size"], c["seq_len"],
+                                    PRECISION[c["param_dtype"]], "adamw", c["checkpointing"],
+                                    "cpu", par, "foreach", fresh=c["fresh"])
+
+
+def _predicted(c: dict[str, Any]) -> tuple[int, str]:
+    """`training_memory`'s peak above the sharded states the harness holds resident (the
+    gradients only with accumulation), and its moment."""
+    cfg = GPTConfig.model_validate(c["config"])
+    m = training_memory(cfg, micro_batch_size=c["micro_batch_size"], seq_len=c["seq_len"],
+                        precision=PRECISION[c["param_dtype"]],
+                        checkpointing=c["checkpointing"], device="cpu",
+                        implementation="torchtitan", optimizer_impl="foreach",
+                        gradient_accumulation=not c["fresh"],
+                        parallelism=Parallelism(data=c["data"], fsdp="full_shard",
+                                                tensor=c["tensor"],
+                                                sequence_parallel=c["sequence_parallel"]))
+    W, G, O = titan_tp_model_states(cfg, "adamw", data=c["data"], tensor=c["tensor"])
+    return m.tensor_peak - W - O - (0 if c["fresh"] else G), m.peak_moment
+
+
+def _measured(c: dict[str, Any]) -> int:
+    """The harness's peak above its resident bytes, plus the batch's position ids where the
+    model counts them (the checkpointed blocks keep them; the harness holds them resident)."""
+    positions = c["micro_batch_size"] * c["seq_len"] * 8
+    return int(c["delta"]) + (positions if c["checkpointing"] != "none" else 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_whole_step_peak_matches_torchtitan(case: dict[str, Any]) -> None:
+    predicted, moment = _predicted(case)
+    measured = _measured(case)
+    peak = case["resident"] + case["delta"]
+    if _modelled(case):
+        # within 0.35% of the step: where the loss peaks, its per-token temporaries (about 33
+        # bytes a token: label masks, indices) and FSDP2's padding of the head unit's rows
+        assert abs(predicted - measured) <= 0.0035 * peak, (moment, case["at_peak"])
+    else:
+        # not modelled (`_modelled`): within 3.5%
+        assert abs(predicted - measured) <= 0.035 * peak, (moment, case["at_peak"])
+
+
+def test_every_block_moment_is_exact() -> None:
+    # where a block's or a unit's backward moment peaks, the model is the measured bytes
+    # above the resident ones, to the byte
+    exact = 0
+    for case in CASES:
+        predicted, moment = _predicted(case)
+        if _modelled(case) and moment in ("block_backward", "recompute"):
+            assert predicted == _measured(case), _id(case)
+            exact += 1
+    assert exact >= 16
+
+
+def test_not_modelled_cases_are_the_ones_documented() -> None:
+    # one sequence a micro-batch, or no sequence parallelism, and nothing else misses by more
+    # than 0.35%
+    off = {_id(c) for c in CASES
+           if abs(_predicted(c)[0] - _measured(c)) > 0.0035 * (c["resident"] + c["delta"])}
+    assert off
+    assert all(not _modelled(c) for c in CASES if _id(c) in off)
+
+
+def test_the_moments_name_the_measured_phase() -> None:
+    # the optimizer's phase peaks as the optimizer step; a backward peak as a backward moment
+    for case in CASES:
+        _, moment = _predicted(case)
+        expected = {"optimizer_step"} if case["peak_phase"] == "optimizer" else {
+            "block_backward", "recompute", "backward_start"}
+        assert moment in expected, _id(case)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_side_stream_peaks_are_a_tp_ranks_local_units(case: dict[str, Any]) -> None:
+    # FSDP2's copy-in and reduce-scatter streams hold a TP rank's units: its local shards
+    cfg = GPTConfig.model_validate(case["config"])
+    local = titan_tp_local_config(cfg, case["tensor"])
+    peaks = case["stream_peaks"]
+    assert peaks.get("all_gather_copy_in", 0) == titan_copy_in_peak(
+        local, PRECISION[case["param_dtype"]], data=case["data"], layers=cfg.n_layer)
+    # the resident gradients of an accumulating step: every unit's padded shard (FSDP2 pads
+    # dim 0 to the ranks; titan_model_states' ceil(total / data) is 512 bytes under that where
+    # a TP rank's 375 vocabulary rows do not split over 2 data ranks)
+    G = sum(titan_unit_shard(u, case["data"]) for u in titan_units(local, cfg.n_layer))
+    assert peaks["reduce_scatter"] == titan_reduce_scatter_peak(
+        local, data=case["data"], layers=cfg.n_layer, fresh=case["fresh"], gradients=G)
+
+
+def test_the_stream_cache_matches_where_modelled() -> None:
+    # the sum of the three streams' peaks less the step's peak: within 1% of the step where
+    # the moments are modelled, and to the byte in most
+    exact = 0
+    for case in filter(_modelled, CASES):
+        cfg, _, (W, G, O, _, _, _, _, moments) = _parts(case)
+        cache = titan_stream_cache(cfg, case["micro_batch_size"], case["seq_len"],
+                                   precision=PRECISION[case["param_dtype"]],
+                                   checkpointing=case["checkpointing"], device="cpu",
+                                   data=case["data"], layers=cfg.n_layer, compiled=False,
+                                   fresh=case["fresh"], states=(W, G, O), moments=moments,
+                                   tensor=case["tensor"],
+                                   sequence_parallel=case["sequence_parallel"])
+        peak = case["resident"] + case["delta"]
+        measured = sum(case["stream_peaks"].values()) - peak
+        assert abs(cache - measured) <= 0.01 * peak, _id(case)
+        exact += cache == measured
+    # the misses are the default stream peaking elsewhere than the model's moments: by
+    # 4,808 bytes without checkpointing in bf16, by Ts d x 4 (61,440) in fp32 with full
+    # checkpointing, by 64-67 kB on one data rank without checkpointing (0.06-0.8% of a step)
+    assert exact >= 14
+
+
+def test_fresh_gradients_alive_are_the_reduce_scatter_stream_at_the_peak() -> None:
+    # without accumulation, the gradients the breakdown reports alive at a block's moment are
+    # the shards FSDP2's reduce-scatter stream holds then
+    seen = 0
+    for case in CASES:
+        if not (case["fresh"] and _modelled(case) and case["data"] > 1):
+            continue
+        cfg = GPTConfig.model_validate(case["config"])
+        m = training_memory(cfg, micro_batch_size=case["micro_batch_size"],
+                            seq_len=case["seq_len"], precision=PRECISION[case["param_dtype"]],
+                            checkpointing=case["checkpointing"], device="cpu",
+                            implementation="torchtitan", optimizer_impl="foreach",
+                            gradient_accumulation=False,
+                            parallelism=Parallelism(data=case["data"], fsdp="full_shard",
+                                                    tensor=case["tensor"],
+                                                    sequence_parallel=True))
+        if m.peak_moment not in ("block_backward", "recompute"):
+            continue
+        assert m.gradients == case["streams_at_peak"].get("reduce_scatter", 0), _id(case)
+        assert m.transient >= 0
+        seen += 1
+    assert seen >= 5
+
+
+def test_a_real_process_group_keeps_what_the_fake_one_does() -> None:
+    # gloo, every rank: the forward's bytes live at the peak equal the fake group's rank 0's,
+    # the embedding's and the all-gathers' extra storages included; the whole peak too where
+    # FSDP2 divides the gradients the same way (one gloo step differs there: no PREMUL_SUM)
+    first, one_sequence = RECORD["gloo"]
+    for run in (first, one_sequence):
+        assert run["gloo_forward_at_peak"] == [run["fake_forward_at_peak"]] * len(
+            run["gloo_forward_at_peak"])
+    assert first["gloo_peaks"] == [first["fake_peak"]] * 4
+
+
+def test_recompute_end_by_hand() -> None:
+    # gqa-3 on 2 x 2 ranks, 2 x 96 tokens, bf16, full checkpointing, CPU: the last block's
+    # recompute end (titan_tp_moments), written out. d 160, T 192, Ts 96 (sequence parallel),
+    # local heads 2 (q) + 1 + 1 (k, v) of 40, local F 224, local V 192
+    cfg = GPTConfig.model_validate(CASES[0]["config"])
+    Td, Tsd = 192 * 160 * 2, 96 * 160 * 2
+    norm = 2 * 96 * 160 * 4 + 96 * 4  # fp32 upcast, x * rstd, rstd (torch's composite norm)
+    attention = 192 * 20 * 8 + 192 * 4 * 40 * 2 + 192 * 2 * 40 * 2 + 2 * 2 * 96 * 4
+    rebuilt = 2 * norm + 2 * Td + attention + 4 * 192 * 224 * 2
+    below = 2 * Tsd  # the embedding's reduce-scattered output: two more storages
+    end = below + Tsd + rebuilt + 3 * Td + 4 * Tsd + Tsd + 8
+    P = 160 * 160 + 160 * 80 + 3 * 224 * 160 + 2 * 160  # a block's local parameters
+    # block 1 (the middle): block 2's fp32 reduce-scatter input, block 1 gathered, block 0
+    # prefetched; block 0's input kept
+    fsdp = P * 4 + P * 2 + P * 2
+    assert titan_tp_block_backward_moment(
+        cfg, 2, 96, precision="bf16-mixed", checkpointing="full", device="cpu", layers=3,
+        data=2, tensor=2, sequence_parallel=True) == Tsd + end + fsdp
+
+
+def test_tp_steps_now_have_a_stream_cache_on_a_gpu() -> None:
+    # on CUDA, training_memory adds the side streams' cache for a TP step too; context +
+    # cache + 5% of (tensor peak + cache)
+    cfg = GPTConfig.model_validate(CASES[0]["config"])
+    m = training_memory(cfg, micro_batch_size=2, seq_len=96, implementation="torchtitan",
+                        checkpointing="full",
+                        parallelism=Parallelism(data=2, fsdp="full_shard", tensor=2,
+                                                sequence_parallel=True))
+    assert m.stream_cache > 0
+    assert m.overhead == 512 * 2**20 + m.stream_cache + math.ceil(
+        0.05 * (m.tensor_peak + m.stream_cache))
