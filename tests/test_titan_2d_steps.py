@@ -204,8 +204,11 @@ def test_a_real_process_group_keeps_what_the_fake_one_does() -> None:
 
 
 def test_recompute_end_by_hand() -> None:
-    # gqa-3 on 2 x 2 ranks, 2 x 96 tokens, bf16, full checkpointing, CPU: the last block's
-    # recompute end (titan_tp_moments), written out. d 160, T 192, Ts 96 (sequence parallel),
+    # gqa-3 on 2 x 2 ranks, 2 x 96 tokens, bf16, full checkpointing, CPU: the middle block's
+    # recompute end (titan_tp_moments), written out: what it rebuilt; w2's partial output,
+    # its reduce-scatter input, the input gathered again (3 T d); the reduce-scatter output
+    # and wrapper, the residual sum and the second norm's output (4 Ts d); the gradient
+    # received and the loss's 8 bytes. d 160, T 192, Ts 96 (sequence parallel),
     # local heads 2 (q) + 1 + 1 (k, v) of 40, local F 224, local V 192
     cfg = GPTConfig.model_validate(CASES[0]["config"])
     Td, Tsd = 192 * 160 * 2, 96 * 160 * 2
@@ -221,6 +224,10 @@ def test_recompute_end_by_hand() -> None:
     assert titan_tp_block_backward_moment(
         cfg, 2, 96, precision="bf16-mixed", checkpointing="full", device="cpu", layers=3,
         data=2, tensor=2, sequence_parallel=True) == Tsd + end + fsdp
+    # and that is the measured step's peak above its residents, less the embedding's local
+    # ids and mask (192 x 8 + 192 x 2), which the stage counts beside the moment
+    measured = next(c for c in CASES if _id(c) == "gqa-3-d2t2-full-bf16-sp1-2x96-accumulating")
+    assert Tsd + end + fsdp == measured["delta"] - 192 * 10
 
 
 def test_tp_steps_now_have_a_stream_cache_on_a_gpu() -> None:

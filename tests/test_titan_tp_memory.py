@@ -324,7 +324,8 @@ def test_every_moment_of_a_tp_rank_by_hand() -> None:
     Td, Tsd = 256 * 64 * 2, 128 * 64 * 2
     # the worst: block 0's recompute end. Its input and what it rebuilt; w2's partial output,
     # its reduce-scatter input and the input gathered again (3 T d); the reduce-scatter output
-    # and wrapper and two residual sums (4 Ts d); the gradient received and the loss's 8 bytes.
+    # and wrapper, the residual sum and the second norm's output (4 Ts d); the gradient
+    # received and the loss's 8 bytes.
     # FSDP2: block 1's fp32 reduce-scatter input, block 0 gathered, the embedding prefetched
     end = below + Tsd + rebuilt + 3 * Td + 4 * Tsd + Tsd + 8
     fsdp = block * 4 + block * 2 + 128 * 64 * 2

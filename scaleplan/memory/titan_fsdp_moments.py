@@ -93,9 +93,10 @@ from scaleplan.memory.titan_terms import (
 )
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_fresh_alive",
-           "titan_fresh_covers", "titan_fresh_gradients", "titan_fresh_shards",
-           "titan_fsdp_buffers", "titan_unit_shard"]
+__all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_embedding_unit_moment",
+           "titan_fresh_alive", "titan_fresh_covers", "titan_fresh_gradients",
+           "titan_fresh_shards", "titan_fsdp_buffers", "titan_head_unit_moment",
+           "titan_one_rank_reduce_moments", "titan_prefetched", "titan_unit_shard"]
 
 ONE_RANK_DIVIDE_COPY = 1
 """fp32 copies of a unit's gradients a one-rank reduce holds beyond its input and output:
@@ -180,12 +181,12 @@ def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
     """
     P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
     previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
-    prefetched = _prefetched(cfg, e, block) if prefetch else 0
+    prefetched = titan_prefetched(cfg, e, block) if prefetch else 0
     made = P * e if whole_block else d * cfg.mlp_hidden * e if w2_made else 0
     return previous + P * e + prefetched + made
 
 
-def _prefetched(cfg: GPTConfig, e: int, block: int) -> int:
+def titan_prefetched(cfg: GPTConfig, e: int, block: int) -> int:
     """The all-gather output FSDP2 prefetches while ``block`` runs its backward: the next
     block's, or for block 0 the embedding's."""
     return cfg.vocab_size * cfg.n_embd * e if block == 0 else titan_block_params(cfg) * e
@@ -224,7 +225,7 @@ def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> 
     return (T * d * e if checkpointing == "none" else 0) + T * FP32_BYTES + T * d * e
 
 
-def _head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
+def titan_head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
                       data: int, off_default: bool) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
     incoming gradient and FSDP2's buffers (module docstring); ``off_default``: the default
@@ -254,7 +255,7 @@ def _reduce_input(numel: int, e: int) -> int:
     return numel * (FP32_BYTES + e)
 
 
-def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
+def titan_embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
                            fresh: bool) -> int:
     """The embedding unit's reduce-scatter, the backward's last: its unsharded gradient (the
     parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
@@ -270,7 +271,7 @@ def _embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
         + made
 
 
-def _one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
+def titan_one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
                              blocks: list[int], fresh: bool, off_default: bool) -> list[Any]:
     """Each of ``blocks``' reduce on a one-rank mesh, its backward done: the activations the
     blocks below it keep, the gradient it passes down, the loss's 8 bytes, its gradients as
@@ -373,7 +374,7 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
 
     def fsdp(j: int, whole_block: bool) -> int:
         # off the default stream: the shards made, the next unit's all-gather output
-        side = made(j) + (_prefetched(cfg, e, j) if data > 1 else 0) if off_default else 0
+        side = made(j) + (titan_prefetched(cfg, e, j) if data > 1 else 0) if off_default else 0
         return made(j) - side + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
                                                    whole_block=whole_block,
                                                    prefetch=data > 1, w2_made=w2_made)
@@ -382,17 +383,17 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     # a unit's reduce makes its shard (on one rank its whole output)
-    out = [(_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
+    out = [(titan_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
                               off_default=off_default),
             titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
-        out.append((_embedding_unit_moment(cfg, e=e, layers=layers, data=data, fresh=fresh),
+        out.append((titan_embedding_unit_moment(cfg, e=e, layers=layers, data=data, fresh=fresh),
                     made(-1) + titan_unit_shard(((V, d),), data)))
     out += [(kept * j + mlp + fsdp(j, False), made(j)) for j in blocks]
     out += [(kept * j + end + fsdp(j, True), made(j)) for j in blocks]
     if data == 1:
         P = titan_block_params(cfg) * FP32_BYTES
-        out += [(value, made(j) + P) for value, j in zip(_one_rank_reduce_moments(
+        out += [(value, made(j) + P) for value, j in zip(titan_one_rank_reduce_moments(
             cfg, T, e=e, kept=kept, layers=layers, blocks=blocks, fresh=fresh,
             off_default=off_default), blocks, strict=True)]
     return out

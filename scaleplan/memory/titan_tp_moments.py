@@ -17,13 +17,17 @@ The moments, each beyond the sharded states, the batch and the embedding's saved
   block's own (under ``"full"`` its input and what its recompute rebuilt), two ``T F_t``
   tensors (``F_t`` the local ``mlp_hidden``) beyond them, the gradient the block receives
   (``Ts d``), the loss's 8 bytes, FSDP2's buffers with w2's unsharded gradient;
-- **a checkpointed block's recompute end** (``"full"``): the recompute runs the whole block
-  again, so at its end, with every tensor it rebuilt, w2's partial ``T d`` output, the
-  ``T d`` input of its reduce-scatter and the ``Ts d`` output with its autograd wrapper are
-  live, beside the block input all-gathered once more (``T d``), the two residual sums
-  (``2 Ts d``) and the gradient received; FSDP2's buffers without any unsharded gradient;
+- **a checkpointed block's recompute end** (``"full"``): torchtitan's ``FullAC`` recomputes the
+  whole block (``early_stop=False``), so at its end, with every tensor it rebuilt, w2's partial
+  ``T d`` output, the ``T d`` input of its reduce-scatter and the block input all-gathered once
+  more (``T d``) are live, with the reduce-scatter's ``Ts d`` output and its autograd wrapper,
+  the residual sum and the second norm's output (``4 Ts d``) and the gradient received;
+  FSDP2's buffers without any unsharded gradient;
+- **a block's end**: every weight gradient made, wqkv's ``T d`` input gradient before its
+  reduce-scatter, the gradient of wqkv's output, the gathered input wqkv saved and the first
+  norm's saves;
 - **the head unit's and the embedding unit's reduce-scatter** (a large vocabulary, few
-  tokens), as without TP, with the local vocabulary.
+  tokens), and on one data rank each block's reduce, as without TP, with the local shapes.
 
 Under sequence parallelism the embedding's output is reduce-scattered over the sequence, and
 torch's functional collective leaves three storages of it (the collective's output, its
@@ -31,8 +35,13 @@ autograd wrapper, the view the block takes): when block 0 keeps its input (full
 checkpointing, or an fp32 norm whose upcast is the input itself) two ``Ts d`` beyond the one
 the saved terms count stay live through the backward (`titan_tp_embedding_extra`).
 
-Measured: the grid's accumulating and fresh steps (module
-`scaleplan.reference.titan_2d_step`), replayed by tests/test_titan_2d_steps.py.
+Measured (`scaleplan.reference.titan_2d_step`, torch's DTensor TP, which torch 2.13's FSDP2
+composes with; replayed by tests/test_titan_2d_steps.py): 40 steps, with and without
+accumulation, one to four data ranks. With sequence parallelism and more than one sequence a
+micro-batch every step is within 0.33%, to the byte where a block's moment peaks. Not
+modelled: one sequence a micro-batch (the all-gathered inputs are views of the collective's
+output and keep its other storages; 1.5% under at 1 x 32 tokens) and sequence parallelism off
+(DTensor computes w2's gradients unsharded; 1.9-3.2% under).
 """
 
 from __future__ import annotations
@@ -43,19 +52,19 @@ from typing import Any
 from scaleplan.memory.activations import FP32_BYTES
 from scaleplan.memory.dtypes import larger
 from scaleplan.memory.titan_fsdp_moments import (
-    _embedding_unit_moment,
-    _head_unit_moment,
-    _one_rank_reduce_moments,
-    _prefetched,
+    titan_embedding_unit_moment,
     titan_fresh_shards,
     titan_fsdp_buffers,
+    titan_head_unit_moment,
+    titan_one_rank_reduce_moments,
+    titan_prefetched,
     titan_unit_shard,
 )
 from scaleplan.memory.titan_terms import LOSS_SCALARS, TITAN_PRECISIONS, titan_block_params
 from scaleplan.memory.titan_tp_terms import (
-    _norm_bytes,
     titan_tp_block_terms,
     titan_tp_local_config,
+    titan_tp_norm_bytes,
     titan_tp_rebuilt_block_bytes,
 )
 from scaleplan.model.config import GPTConfig
@@ -125,18 +134,18 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
 
     def fsdp(j: int, w2_made: bool, whole_block: bool = False) -> int:
         # off the default stream: the shards made, the next unit's all-gather output
-        side = made(j) + (_prefetched(loc, e, j) if data > 1 else 0) if off_default else 0
+        side = made(j) + (titan_prefetched(loc, e, j) if data > 1 else 0) if off_default else 0
         return made(j) - side + titan_fsdp_buffers(loc, e=e, block=j, layers=layers,
                                                    whole_block=whole_block,
                                                    prefetch=data > 1, w2_made=w2_made)
 
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     V = loc.vocab_size
-    out = [(below + _head_unit_moment(loc, Ts, e=e, kept=kept, layers=layers, data=data,
+    out = [(below + titan_head_unit_moment(loc, Ts, e=e, kept=kept, layers=layers, data=data,
                                       off_default=off_default),
             titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
-        out.append((below + _embedding_unit_moment(loc, e=e, layers=layers, data=data,
+        out.append((below + titan_embedding_unit_moment(loc, e=e, layers=layers, data=data,
                                                    fresh=fresh),
                     made(-1) + titan_unit_shard(((V, d),), data)))
     mlp = below + own + 2 * T * loc.mlp_hidden * e + incoming
@@ -144,7 +153,7 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     # a block's end: every weight gradient made, wqkv's input gradient (T d, partial, before
     # its reduce-scatter) beside the gradient of wqkv's output, the gathered input wqkv saved
     # and the first norm's saves (its input: the block input a checkpoint holds, counted)
-    norm = _norm_bytes(Ts, d, e, device) - (Ts * d * e if checkpointing != "none" and (
+    norm = titan_tp_norm_bytes(Ts, d, e, device) - (Ts * d * e if checkpointing != "none" and (
         device != "cpu" or e == FP32_BYTES) else 0)
     qkv = T * (loc.n_head + 2 * loc.n_kv_head) * loc.head_dim * e
     end = (below + (Ts * d * e if checkpointing != "none" else 0) + norm + 2 * T * d * e + qkv
@@ -152,15 +161,15 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     out += [(kept * j + end + fsdp(j, True, whole_block=True), made(j)) for j in blocks]
     if checkpointing == "full":
         # w2's partial output, its reduce-scatter input, the input gathered again (3 T d);
-        # the reduce-scatter output and its wrapper, the two residual sums (4 Ts d), of
-        # which the second is the ffn norm's input: on CPU in fp32 its upcast (counted in
-        # what the recompute rebuilt) is that sum itself
+        # the reduce-scatter output and its wrapper, the residual sum and the second norm's
+        # output (4 Ts d); on CPU in fp32 one Ts d fewer: the second norm's upcast of the
+        # residual sum (counted in what the recompute rebuilt) is that sum itself
         alias = Ts * d * e if device == "cpu" and e == FP32_BYTES else 0
         end = below + own + 3 * T * d * e + 4 * Ts * d * e - alias + incoming
         out += [(kept * j + end + fsdp(j, False), made(j)) for j in blocks]
     if data == 1:  # a one-rank mesh: each block's reduce (its fp32 input, output, divide copy)
         P = titan_block_params(loc) * FP32_BYTES
-        out += [(below + value, made(j) + P) for value, j in zip(_one_rank_reduce_moments(
+        out += [(below + value, made(j) + P) for value, j in zip(titan_one_rank_reduce_moments(
             loc, Ts, e=e, kept=kept, layers=layers, blocks=blocks, fresh=fresh,
             off_default=off_default), blocks, strict=True)]
     return out

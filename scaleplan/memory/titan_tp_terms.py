@@ -50,7 +50,7 @@ from scaleplan.memory.titan_terms import (
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["titan_tp_block_terms", "titan_tp_fsdp_in_flight", "titan_tp_local_config",
-           "titan_tp_loss_transients", "titan_tp_model_states",
+           "titan_tp_loss_transients", "titan_tp_model_states", "titan_tp_norm_bytes",
            "titan_tp_rebuilt_block_bytes", "titan_tp_saved_terms"]
 
 def _shard(n: Any, t: int) -> Any:
@@ -58,7 +58,7 @@ def _shard(n: Any, t: int) -> Any:
     return -(-n // t)
 
 
-def _norm_bytes(T: Any, d: int, e: int, device: str) -> Any:
+def titan_tp_norm_bytes(T: Any, d: int, e: int, device: str) -> Any:
     """One RMSNorm's saves on ``T`` positions (as `titan_block_terms` counts them)."""
     if device == "cpu":  # torch's composite rms_norm: fp32 upcast, fp32 x * rstd, fp32 rstd
         return 2 * T * d * FP32_BYTES + T * FP32_BYTES
@@ -88,11 +88,11 @@ def titan_tp_block_terms(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
         return {"block_input": Ts * d * e}
     # FlexAttention's logsumexp and max of the local heads; SDPA's logsumexp alone
     stats = (2 if kernel == "flex" else 1) * b * H * s * FP32_BYTES
-    out = {"attention_norm": _norm_bytes(Ts, d, e, device),
+    out = {"attention_norm": titan_tp_norm_bytes(Ts, d, e, device),
            "wqkv_input": T * d * e,  # the all-gathered (b, s, d) input
            "rope_table": T * (hd // 2) * 8,  # complex64 rows for all s positions
            "attention": T * (H + 2 * K) * hd * e + T * H * hd * e + stats,
-           "ffn_norm": _norm_bytes(Ts, d, e, device),
+           "ffn_norm": titan_tp_norm_bytes(Ts, d, e, device),
            "mlp_input": T * d * e,  # all-gathered, shared by w1 and w3
            "mlp": 3 * T * F * e,  # w1 out, silu out, w3 out: the local mlp_hidden / t
            "w2_input": T * F * e}
@@ -149,7 +149,7 @@ def titan_tp_saved_terms(cfg: GPTConfig, b: Any, s: Any, *, precision: str, chec
     elif checkpointing != "none":  # the checkpointed blocks keep the (b, s) positions
         out["positions"] = T * INT64_BYTES
     Ts = b * _shard(s, tensor) if sequence_parallel else T
-    out["final_norm"] = _norm_bytes(Ts, cfg.n_embd, e, device)
+    out["final_norm"] = titan_tp_norm_bytes(Ts, cfg.n_embd, e, device)
     out["lm_head"] = T * cfg.n_embd * e  # the all-gathered final norm output
     out["log_softmax"] = T * _shard(cfg.vocab_size, tensor) * FP32_BYTES
     out["targets"] = T * INT64_BYTES
