@@ -66,7 +66,7 @@ Measured: 52 one-rank steps (``one_rank_cases``: bf16 and fp32 parameters, none,
 selective checkpointing, with and without accumulation), 35 backward peaks that hold FSDP2's
 buffers to the byte, every step within 0.08% (the batch's position ids, ``b s x 8`` bytes,
 resident in the harness). In fp32 on CPU a block's end peaks at its first norm's weight
-gradient: rstd live, that gradient not made yet (`_norm_end_bytes`).
+gradient: rstd live, that gradient not made yet (`titan_norm_end_bytes`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ from scaleplan.model.config import GPTConfig
 __all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_embedding_unit_moment",
            "titan_fresh_alive", "titan_fresh_covers", "titan_fresh_gradients",
            "titan_fresh_shards", "titan_fsdp_buffers", "titan_head_unit_moment",
-           "titan_one_rank_reduce_moments", "titan_prefetched", "titan_unit_shard"]
+           "titan_norm_end_bytes", "titan_one_rank_reduce_moments", "titan_prefetched",
+           "titan_unit_shard"]
 
 ONE_RANK_DIVIDE_COPY = 1
 """fp32 copies of a unit's gradients a one-rank reduce holds beyond its input and output:
@@ -211,7 +212,7 @@ def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str,
     return kept, kept - cache["wqkv_output"] - cache["w2_output"] + rebuilt
 
 
-def _norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> Any:
+def titan_norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str) -> Any:
     """What a block's first norm holds in its backward, beyond a checkpointed input."""
     if device == "cpu" and e == FP32_BYTES:
         # fp32: x is the block input itself (the checkpoint's, when one holds it), and the
@@ -366,7 +367,7 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
         kept, own = _per_block(cfg, b, s, e=e, device=device, checkpointing=checkpointing)
         mlp, w2_made = own + 2 * T * cfg.mlp_hidden * e, True
         end = ((T * d * e if checkpointing != "none" else 0)
-               + _norm_end_bytes(T, d, e, device, checkpointing))
+               + titan_norm_end_bytes(T, d, e, device, checkpointing))
     mlp, end = mlp + incoming, end + incoming
 
     def made(j: int) -> int:

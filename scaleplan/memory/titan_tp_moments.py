@@ -23,9 +23,9 @@ The moments, each beyond the sharded states, the batch and the embedding's saved
   more (``T d``) are live, with the reduce-scatter's ``Ts d`` output and its autograd wrapper,
   the residual sum and the second norm's output (``4 Ts d``) and the gradient received;
   FSDP2's buffers without any unsharded gradient;
-- **a block's end**: every weight gradient made, wqkv's ``T d`` input gradient before its
+- **a block's end**, every weight gradient made: wqkv's ``T d`` input gradient before its
   reduce-scatter, the gradient of wqkv's output, the gathered input wqkv saved and the first
-  norm's saves;
+  norm's saves; then that norm's backward on the rank's ``Ts`` positions, as without TP;
 - **the head unit's and the embedding unit's reduce-scatter** (a large vocabulary, few
   tokens), and on one data rank each block's reduce, as without TP, with the local shapes.
 
@@ -36,9 +36,10 @@ checkpointing, or an fp32 norm whose upcast is the input itself) two ``Ts d`` be
 the saved terms count stay live through the backward (`titan_tp_embedding_extra`).
 
 Measured (`scaleplan.reference.titan_2d_step`, torch's DTensor TP, which torch 2.13's FSDP2
-composes with; replayed by tests/test_titan_2d_steps.py): 40 steps, with and without
+composes with; replayed by tests/test_titan_2d_steps.py): 52 steps, with and without
 accumulation, one to four data ranks. With sequence parallelism and more than one sequence a
-micro-batch every step is within 0.33%, to the byte where a block's moment peaks. Not
+micro-batch every step is within 0.2%, to the byte where a block's or a unit's moment peaks
+(28 steps). Not
 modelled: one sequence a micro-batch (the all-gathered inputs are views of the collective's
 output and keep its other storages; 1.5% under at 1 x 32 tokens) and sequence parallelism off
 (DTensor computes w2's gradients unsharded; 1.9-3.2% under).
@@ -56,11 +57,17 @@ from scaleplan.memory.titan_fsdp_moments import (
     titan_fresh_shards,
     titan_fsdp_buffers,
     titan_head_unit_moment,
+    titan_norm_end_bytes,
     titan_one_rank_reduce_moments,
     titan_prefetched,
     titan_unit_shard,
 )
-from scaleplan.memory.titan_terms import LOSS_SCALARS, TITAN_PRECISIONS, titan_block_params
+from scaleplan.memory.titan_terms import (
+    INT64_BYTES,
+    LOSS_SCALARS,
+    TITAN_PRECISIONS,
+    titan_block_params,
+)
 from scaleplan.memory.titan_tp_terms import (
     titan_tp_block_terms,
     titan_tp_local_config,
@@ -145,20 +152,24 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
                                       off_default=off_default),
             titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
-        out.append((below + titan_embedding_unit_moment(loc, e=e, layers=layers, data=data,
-                                                   fresh=fresh),
+        # after the embedding's backward: block 0's input, `below` and the embedding's saved
+        # ids and mask (which the stage adds to every moment) freed
+        out.append((titan_embedding_unit_moment(loc, e=e, layers=layers, data=data,
+                                                fresh=fresh) - T * (INT64_BYTES + e),
                     made(-1) + titan_unit_shard(((V, d),), data)))
     mlp = below + own + 2 * T * loc.mlp_hidden * e + incoming
     out += [(kept * j + mlp + fsdp(j, True), made(j)) for j in blocks]
-    # a block's end: every weight gradient made, wqkv's input gradient (T d, partial, before
+    # a block's end, every weight gradient made: wqkv's input gradient (T d, partial, before
     # its reduce-scatter) beside the gradient of wqkv's output, the gathered input wqkv saved
-    # and the first norm's saves (its input: the block input a checkpoint holds, counted)
+    # and the first norm's saves (its input: the block input a checkpoint holds, counted);
+    # then that norm's backward on the rank's Ts positions, as without TP
+    own_input = below + (Ts * d * e if checkpointing != "none" else 0) + incoming
     norm = titan_tp_norm_bytes(Ts, d, e, device) - (Ts * d * e if checkpointing != "none" and (
         device != "cpu" or e == FP32_BYTES) else 0)
     qkv = T * (loc.n_head + 2 * loc.n_kv_head) * loc.head_dim * e
-    end = (below + (Ts * d * e if checkpointing != "none" else 0) + norm + 2 * T * d * e + qkv
-           + incoming)
-    out += [(kept * j + end + fsdp(j, True, whole_block=True), made(j)) for j in blocks]
+    for end in (own_input + norm + 2 * T * d * e + qkv,
+                own_input + titan_norm_end_bytes(Ts, d, e, device, checkpointing)):
+        out += [(kept * j + end + fsdp(j, True, whole_block=True), made(j)) for j in blocks]
     if checkpointing == "full":
         # w2's partial output, its reduce-scatter input, the input gathered again (3 T d);
         # the reduce-scatter output and its wrapper, the residual sum and the second norm's
@@ -169,9 +180,12 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
         out += [(kept * j + end + fsdp(j, False), made(j)) for j in blocks]
     if data == 1:  # a one-rank mesh: each block's reduce (its fp32 input, output, divide copy)
         P = titan_block_params(loc) * FP32_BYTES
-        out += [(below + value, made(j) + P) for value, j in zip(titan_one_rank_reduce_moments(
-            loc, Ts, e=e, kept=kept, layers=layers, blocks=blocks, fresh=fresh,
-            off_default=off_default), blocks, strict=True)]
+        reduces = titan_one_rank_reduce_moments(loc, Ts, e=e, kept=kept, layers=layers,
+                                                blocks=blocks, fresh=fresh,
+                                                off_default=off_default)
+        # block 0's reduce comes after its backward: its input and `below` freed
+        out += [((below if j else 0) + value, made(j) + P)
+                for value, j in zip(reduces, blocks, strict=True)]
     return out
 
 

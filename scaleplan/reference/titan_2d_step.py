@@ -55,32 +55,40 @@ _LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
           "tie_embeddings": False}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
-CASES: tuple[tuple[str, int, int, str, int, int, str, bool], ...] = (
+CASES: tuple[tuple[str, int, int, str, int, int, str, bool, str], ...] = (
     # (titan_fsdp_step.GRID name, data, tensor, checkpointing, micro-batch, tokens, parameter
-    # dtype gathered, sequence parallel); each measured with and without accumulation. TP must
-    # divide n_kv_head (torchtitan's fused wqkv is laid out per KV head).
-    ("gqa-3", 2, 2, "none", 2, 96, "bf16", True),
-    ("gqa-3", 2, 2, "full", 2, 96, "bf16", True),
-    ("gqa-3", 2, 2, "full", 4, 192, "bf16", True),
-    ("gqa-3", 4, 2, "none", 2, 96, "bf16", True),
-    ("gqa-5", 2, 2, "full", 2, 96, "bf16", True),
-    ("gqa-5", 4, 2, "none", 2, 96, "bf16", True),
-    ("mha-2", 2, 4, "none", 2, 96, "bf16", True),
-    ("mha-2", 2, 4, "full", 2, 96, "bf16", True),
-    ("mha-2", 4, 2, "full", 2, 96, "bf16", True),
-    ("gqa-3", 2, 2, "none", 2, 96, "fp32", True),
-    ("gqa-3", 2, 2, "full", 2, 96, "fp32", True),
-    ("gqa-3", 2, 2, "none", 2, 96, "bf16", False),
-    ("mha-2", 2, 4, "full", 2, 96, "bf16", False),
-    # few tokens: FSDP2's buffers outweigh the activations
-    ("mha-2", 2, 2, "none", 1, 32, "bf16", True),
-    ("mha-2", 2, 2, "full", 1, 32, "bf16", True),
-    ("vocab-12k-2", 2, 2, "none", 1, 16, "bf16", True),
-    ("vocab-12k-2", 4, 2, "full", 1, 16, "bf16", True),
+    # dtype gathered, sequence parallel, AdamW); each measured with and without accumulation.
+    # TP must divide n_kv_head (torchtitan's fused wqkv is laid out per KV head).
+    ("gqa-3", 2, 2, "none", 2, 96, "bf16", True, "foreach"),
+    ("gqa-3", 2, 2, "full", 2, 96, "bf16", True, "foreach"),
+    ("gqa-3", 2, 2, "full", 4, 192, "bf16", True, "foreach"),
+    ("gqa-3", 4, 2, "none", 2, 96, "bf16", True, "foreach"),
+    ("gqa-5", 2, 2, "full", 2, 96, "bf16", True, "foreach"),
+    ("gqa-5", 4, 2, "none", 2, 96, "bf16", True, "foreach"),
+    ("mha-2", 2, 4, "none", 2, 96, "bf16", True, "foreach"),
+    ("mha-2", 2, 4, "full", 2, 96, "bf16", True, "foreach"),
+    ("mha-2", 4, 2, "full", 2, 96, "bf16", True, "foreach"),
+    ("gqa-3", 2, 2, "none", 2, 96, "fp32", True, "foreach"),
+    ("gqa-3", 2, 2, "full", 2, 96, "fp32", True, "foreach"),
+    ("gqa-3", 2, 2, "none", 2, 96, "bf16", False, "foreach"),
+    ("mha-2", 2, 4, "full", 2, 96, "bf16", False, "foreach"),
+    # few tokens: FSDP2's buffers outweigh the activations (a block's end, the head unit's
+    # reduce-scatter; with the fused AdamW, no foreach temporaries, on one data rank each
+    # block's reduce)
+    ("mha-2", 2, 2, "none", 1, 32, "bf16", True, "foreach"),
+    ("mha-2", 2, 2, "full", 1, 32, "bf16", True, "foreach"),
+    ("mha-2", 2, 2, "full", 2, 16, "bf16", True, "foreach"),
+    ("gqa-3", 2, 2, "full", 2, 8, "bf16", True, "foreach"),
+    ("gqa-3", 2, 2, "none", 2, 8, "bf16", True, "fused"),
+    ("vocab-12k-2", 2, 2, "none", 1, 16, "bf16", True, "foreach"),
+    ("vocab-12k-2", 4, 2, "full", 1, 16, "bf16", True, "foreach"),
     # one data rank: FSDP2 on a one-rank mesh beside TP
-    ("gqa-3", 1, 2, "none", 2, 96, "bf16", True),
-    ("gqa-3", 1, 2, "full", 2, 96, "bf16", True),
-    ("mha-2", 1, 2, "none", 1, 32, "bf16", True),
+    ("gqa-3", 1, 2, "none", 2, 96, "bf16", True, "foreach"),
+    ("gqa-3", 1, 2, "full", 2, 96, "bf16", True, "foreach"),
+    ("mha-2", 1, 2, "none", 1, 32, "bf16", True, "foreach"),
+    ("gqa-3", 1, 2, "none", 2, 8, "bf16", True, "fused"),
+    ("gqa-3", 1, 2, "full", 2, 8, "bf16", True, "fused"),
+    ("vocab-12k-2", 1, 2, "none", 2, 8, "bf16", True, "fused"),
 )
 """The measured 2D steps (each twice: accumulating and ``fresh``)."""
 
@@ -140,8 +148,8 @@ def sharded_titan_2d_model(cfg: GPTConfig, parallel_dims: Any, *, checkpointing:
 def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: str,
                           micro_batch_size: int = 2, seq_len: int = 96,
                           param_dtype: str = "bf16", sequence_parallel: bool = True,
-                          fresh: bool = False, backend: str = "fake",
-                          rank: int = 0) -> dict[str, Any]:
+                          fresh: bool = False, optimizer_impl: str = "foreach",
+                          backend: str = "fake", rank: int = 0) -> dict[str, Any]:
     """One tracked step of `GRID[name]` on rank 0 of ``data`` FSDP2 x ``tensor`` TP fake ranks:
     ``resident`` (local sharded parameters, gradients unless ``fresh``, AdamW's states, buffers,
     the batch), ``delta`` (the peak above them), ``peak_phase``, ``at_peak`` (the storages live
@@ -161,14 +169,16 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
         gc.disable()
         try:
             row = tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
-                               tracker_cls=StreamTracker, context=context)
+                               fused=optimizer_impl == "fused", tracker_cls=StreamTracker,
+                               context=context)
         finally:
             if automatic:
                 gc.enable()
     return row | {"name": name, "config": cfg.model_dump(mode="json"), "data": data,
                   "tensor": tensor, "sequence_parallel": sequence_parallel,
                   "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
-                  "seq_len": seq_len, "param_dtype": param_dtype, "fresh": fresh}
+                  "seq_len": seq_len, "param_dtype": param_dtype, "fresh": fresh,
+                  "optimizer_impl": optimizer_impl}
 
 
 GLOO_CASES: tuple[tuple[str, int, int, str, int, int], ...] = (
@@ -222,8 +232,9 @@ def check_gloo(port: int = 29561) -> list[dict[str, Any]]:
 def _rows() -> list[dict[str, Any]]:
     return [measure_titan_2d_step(name, data=data, tensor=tensor, checkpointing=ckpt,
                                   micro_batch_size=b, seq_len=s, param_dtype=dtype,
-                                  sequence_parallel=sp, fresh=fresh)
-            for name, data, tensor, ckpt, b, s, dtype, sp in CASES for fresh in (False, True)]
+                                  sequence_parallel=sp, fresh=fresh, optimizer_impl=impl)
+            for name, data, tensor, ckpt, b, s, dtype, sp, impl in CASES
+            for fresh in (False, True)]
 
 
 def main(argv: list[str] | None = None) -> int:
