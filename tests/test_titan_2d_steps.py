@@ -1,6 +1,6 @@
 """torchtitan's FSDP2 x TP step against `training_memory`, replayed without torch.
 
-docs/validation/torchtitan-2d-steps.json holds 52 whole steps of torchtitan 0.3.0's Llama 3 under
+docs/validation/torchtitan-2d-steps.json holds 56 whole steps of torchtitan 0.3.0's Llama 3 under
 its tensor parallelism and FSDP2 (`scaleplan.reference.titan_2d_step`: rank 0 of a fake
 process group, torch's DTensor TP, SDPA, with and without gradient accumulation, one to four
 data ranks): the peak above the resident states and batch, the storages live then, and each
@@ -27,7 +27,7 @@ from scaleplan.memory.titan_streams import (
     titan_reduce_scatter_peak,
     titan_stream_cache,
 )
-from scaleplan.memory.titan_terms import titan_units
+from scaleplan.memory.titan_terms import titan_block_params, titan_units
 from scaleplan.memory.titan_tp_moments import titan_tp_block_backward_moment
 from scaleplan.memory.titan_tp_terms import titan_tp_local_config, titan_tp_model_states
 from scaleplan.memory.training import training_memory
@@ -100,16 +100,27 @@ def test_whole_step_peak_matches_torchtitan(case: dict[str, Any]) -> None:
         assert abs(predicted - measured) <= 0.035 * peak, (moment, case["at_peak"])
 
 
+NEAR = {"mha-2-d2t4-full-bf16-sp1-2x16-fused-accumulating",
+        "mha-2-d2t4-full-bf16-sp1-2x16-fused-fresh"}
+"""Steps whose peak is a moment the model does not list: inside a rebuilt block's MLP
+backward on 4 TP ranks at 32 tokens (w1's and w3's input gradients both made, wqkv's weight
+gradient not yet), 3,488 bytes above the block's end the model takes."""
+
+
 def test_every_block_moment_is_exact() -> None:
     # where a block's or a unit's backward moment peaks, the model is the measured bytes
-    # above the resident ones, to the byte
+    # above the resident ones, to the byte (but for `NEAR`, within 0.2%)
     exact = 0
     for case in CASES:
         predicted, moment = _predicted(case)
         if _modelled(case) and moment in ("block_backward", "recompute"):
+            if _id(case) in NEAR:
+                assert 0 < _measured(case) - predicted <= 0.002 * (
+                    case["resident"] + case["delta"])
+                continue
             assert predicted == _measured(case), _id(case)
             exact += 1
-    assert exact >= 28
+    assert exact >= 30
 
 
 def test_not_modelled_cases_are_the_ones_documented() -> None:
@@ -166,16 +177,19 @@ def test_the_stream_cache_matches_where_modelled() -> None:
     # the misses are the default stream peaking elsewhere than the model's moments: by
     # 4,808 bytes without checkpointing in bf16, by Ts d x 4 (61,440) in fp32 with full
     # checkpointing, by 64-67 kB on one data rank without checkpointing, by 0.9-3.8 kB where a
-    # fresh step's optimizer peaks (0.02-0.83% of a step)
+    # fresh step's optimizer peaks, by 256 bytes (a norm's weight gradient) at a block's end on
+    # 4 TP ranks (0.01-0.83% of a step)
     assert exact >= 25
 
 
 def test_fresh_gradients_alive_are_the_reduce_scatter_stream_at_the_peak() -> None:
-    # without accumulation, the gradients the breakdown reports alive at a block's moment are
-    # the shards FSDP2's reduce-scatter stream holds then
-    seen = 0
+    # without accumulation, the gradients the breakdown reports alive at the peak are the
+    # shards FSDP2's reduce-scatter stream holds then: a block's or a unit's moment (the
+    # shards made by then) or the optimizer step (all of them); on one data rank that stream
+    # also holds the peaking unit's divide copy (a block's or the embedding's, fp32)
+    seen = set()
     for case in CASES:
-        if not (case["fresh"] and _modelled(case) and case["data"] > 1):
+        if not (case["fresh"] and case["sequence_parallel"]):
             continue
         cfg = GPTConfig.model_validate(case["config"])
         m = training_memory(cfg, micro_batch_size=case["micro_batch_size"],
@@ -186,12 +200,14 @@ def test_fresh_gradients_alive_are_the_reduce_scatter_stream_at_the_peak() -> No
                             parallelism=Parallelism(data=case["data"], fsdp="full_shard",
                                                     tensor=case["tensor"],
                                                     sequence_parallel=True))
-        if m.peak_moment not in ("block_backward", "recompute"):
-            continue
-        assert m.gradients == case["streams_at_peak"].get("reduce_scatter", 0), _id(case)
-        assert m.transient >= 0
-        seen += 1
-    assert seen >= 5
+        local = titan_tp_local_config(cfg, case["tensor"])
+        copies = {0} if case["data"] > 1 or m.peak_moment == "optimizer_step" else {
+            titan_block_params(local) * 4, local.vocab_size * local.n_embd * 4}
+        held = case["streams_at_peak"].get("reduce_scatter", 0)
+        assert held - m.gradients in copies, _id(case)
+        seen.add((m.peak_moment, case["data"] > 1))
+    assert seen >= {("block_backward", True), ("recompute", True), ("optimizer_step", True),
+                    ("block_backward", False), ("recompute", False)}
 
 
 def test_a_real_process_group_keeps_what_the_fake_one_does() -> None:
@@ -228,7 +244,8 @@ def test_recompute_end_by_hand() -> None:
         data=2, tensor=2, sequence_parallel=True) == Tsd + end + fsdp
     # and that is the measured step's peak above its residents, less the embedding's local
     # ids and mask (192 x 8 + 192 x 2), which the stage counts beside the moment
-    measured = next(c for c in CASES if _id(c) == "gqa-3-d2t2-full-bf16-sp1-2x96-foreach-accumulating")
+    name = "gqa-3-d2t2-full-bf16-sp1-2x96-foreach-accumulating"
+    measured = next(c for c in CASES if _id(c) == name)
     assert Tsd + end + fsdp == measured["delta"] - 192 * 10
 
 

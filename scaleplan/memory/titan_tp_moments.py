@@ -36,10 +36,11 @@ checkpointing, or an fp32 norm whose upcast is the input itself) two ``Ts d`` be
 the saved terms count stay live through the backward (`titan_tp_embedding_extra`).
 
 Measured (`scaleplan.reference.titan_2d_step`, torch's DTensor TP, which torch 2.13's FSDP2
-composes with; replayed by tests/test_titan_2d_steps.py): 52 steps, with and without
+composes with; replayed by tests/test_titan_2d_steps.py): 56 steps, with and without
 accumulation, one to four data ranks. With sequence parallelism and more than one sequence a
-micro-batch every step is within 0.2%, to the byte where a block's or a unit's moment peaks
-(28 steps). Not
+micro-batch (42 steps) every step is within 0.2%, to the byte where a block's or a unit's
+moment peaks (30 steps; two more peak inside a rebuilt MLP's backward at 32 tokens on 4 TP
+ranks, 3,488 bytes above the block's end). Not
 modelled: one sequence a micro-batch (the all-gathered inputs are views of the collective's
 output and keep its other storages; 1.5% under at 1 x 32 tokens) and sequence parallelism off
 (DTensor computes w2's gradients unsharded; 1.9-3.2% under).

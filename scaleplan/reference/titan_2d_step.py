@@ -80,6 +80,8 @@ CASES: tuple[tuple[str, int, int, str, int, int, str, bool, str], ...] = (
     ("mha-2", 2, 2, "full", 2, 16, "bf16", True, "foreach"),
     ("gqa-3", 2, 2, "full", 2, 8, "bf16", True, "foreach"),
     ("gqa-3", 2, 2, "none", 2, 8, "bf16", True, "fused"),
+    ("mha-2", 2, 4, "full", 2, 8, "bf16", True, "fused"),
+    ("mha-2", 2, 4, "full", 2, 16, "bf16", True, "fused"),
     ("vocab-12k-2", 2, 2, "none", 1, 16, "bf16", True, "foreach"),
     ("vocab-12k-2", 4, 2, "full", 1, 16, "bf16", True, "foreach"),
     # one data rank: FSDP2 on a one-rank mesh beside TP
