@@ -260,3 +260,27 @@ def test_tp_steps_now_have_a_stream_cache_on_a_gpu() -> None:
     assert m.stream_cache > 0
     assert m.overhead == 512 * 2**20 + m.stream_cache + math.ceil(
         0.05 * (m.tensor_peak + m.stream_cache))
+
+
+def test_cuda_block_end_by_hand() -> None:
+    # mha-2 on 2 x 2 ranks, 2 x 8 tokens, bf16, full checkpointing, on CUDA (not measured:
+    # the fused RMSNorm saves its input and an fp32 rstd, its input being the checkpointed
+    # block input): block 0's end before wqkv's input gradient is reduce-scattered is the
+    # worst moment, written out. d 128, T 16, Ts 8; local heads 2 (q) + 2 + 2 (k, v) of 32,
+    # local F 176, local vocabulary 750
+    cfg = GPTConfig.model_validate({**CASES[0]["config"], "n_layer": 2, "n_head": 4,
+                                    "n_kv_head": 4, "n_embd": 128, "mlp_hidden": 352,
+                                    "vocab_size": 1500})
+    Td, Tsd = 16 * 128 * 2, 8 * 128 * 2
+    below = 2 * Tsd  # the embedding's reduce-scattered output: two more storages
+    own = below + Tsd + (Tsd + 8)  # the block input; the gradient received, the loss's 8 bytes
+    norm = 8 * 4  # the fused norm's fp32 rstd (its input is the block input, counted)
+    qkv = 16 * (2 + 2 * 2) * 32 * 2  # the gradient of wqkv's output
+    end = own + norm + 2 * Td + qkv  # wqkv's saved gathered input and its input gradient
+    P = (6 * 32) * 128 + 128 * 64 + 2 * 176 * 128 + 128 * 176 + 2 * 128  # local parameters
+    # FSDP2: block 1's fp32 reduce-scatter input, block 0 gathered with every gradient made,
+    # the embedding's 750 local rows prefetched
+    fsdp = P * 4 + P * 2 + P * 2 + 750 * 128 * 2
+    assert titan_tp_block_backward_moment(
+        cfg, 2, 8, precision="bf16-mixed", checkpointing="full", device="cuda", layers=2,
+        data=2, tensor=2, sequence_parallel=True) == end + fsdp
