@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_fsdp_moments import titan_unit_shard
 from scaleplan.memory.titan_stage import titan_tp_parts
 from scaleplan.memory.titan_streams import (
@@ -29,7 +30,12 @@ from scaleplan.memory.titan_streams import (
 )
 from scaleplan.memory.titan_terms import titan_block_params, titan_units
 from scaleplan.memory.titan_tp_moments import titan_tp_block_backward_moment
-from scaleplan.memory.titan_tp_terms import titan_tp_local_config, titan_tp_model_states
+from scaleplan.memory.titan_tp_terms import (
+    titan_tp_fsdp_in_flight,
+    titan_tp_local_config,
+    titan_tp_model_states,
+    titan_tp_saved_terms,
+)
 from scaleplan.memory.training import training_memory
 from scaleplan.model.config import GPTConfig
 
@@ -205,6 +211,15 @@ def test_fresh_gradients_alive_are_the_reduce_scatter_stream_at_the_peak() -> No
             titan_block_params(local) * 4, local.vocab_size * local.n_embd * 4}
         held = case["streams_at_peak"].get("reduce_scatter", 0)
         assert held - m.gradients in copies, _id(case)
+        # with accumulation every sharded gradient is resident, and reported so
+        accumulating = training_memory(
+            cfg, micro_batch_size=case["micro_batch_size"], seq_len=case["seq_len"],
+            precision=PRECISION[case["param_dtype"]], checkpointing=case["checkpointing"],
+            device="cpu", implementation="torchtitan", optimizer_impl=case["optimizer_impl"],
+            parallelism=Parallelism(data=case["data"], fsdp="full_shard",
+                                    tensor=case["tensor"], sequence_parallel=True))
+        assert accumulating.gradients == titan_tp_model_states(
+            cfg, "adamw", data=case["data"], tensor=case["tensor"])[1]
         seen.add((m.peak_moment, case["data"] > 1))
     assert seen >= {("block_backward", True), ("recompute", True), ("optimizer_step", True),
                     ("block_backward", False), ("recompute", False)}
@@ -250,16 +265,42 @@ def test_recompute_end_by_hand() -> None:
 
 
 def test_tp_steps_now_have_a_stream_cache_on_a_gpu() -> None:
-    # on CUDA, training_memory adds the side streams' cache for a TP step too; context +
-    # cache + 5% of (tensor peak + cache)
+    # on CUDA, training_memory adds the side streams' cache for a TP step too (the formula's
+    # values are checked against the measured steps above); context + cache + 5% of (tensor
+    # peak + cache)
     cfg = GPTConfig.model_validate(CASES[0]["config"])
+    par = Parallelism(data=2, fsdp="full_shard", tensor=2, sequence_parallel=True)
     m = training_memory(cfg, micro_batch_size=2, seq_len=96, implementation="torchtitan",
-                        checkpointing="full",
-                        parallelism=Parallelism(data=2, fsdp="full_shard", tensor=2,
-                                                sequence_parallel=True))
-    assert m.stream_cache > 0
+                        checkpointing="full", parallelism=par)
+    W, G, O, *_, moments = titan_tp_parts(cfg, 2, 96, "bf16-mixed", "adamw", "full", "cuda",
+                                          par, None)
+    assert m.stream_cache == titan_stream_cache(
+        cfg, 2, 96, precision="bf16-mixed", checkpointing="full", device="cuda", data=2,
+        layers=3, compiled=False, fresh=False, states=(W, G, O), moments=moments, tensor=2,
+        sequence_parallel=True) > 0
     assert m.overhead == 512 * 2**20 + m.stream_cache + math.ceil(
         0.05 * (m.tensor_peak + m.stream_cache))
+
+
+def test_tp_parts_take_sdpa_saves_and_the_chunked_loss() -> None:
+    # the TP stage counts SDPA's saves (attention="flash") and, with loss="chunked",
+    # torchtitan's ChunkedLossWrapper's saves and moments (scaleplan.memory.titan_chunked_loss)
+    cfg = GPTConfig.model_validate(CASES[0]["config"])
+    par = Parallelism(data=2, fsdp="full_shard", tensor=2, sequence_parallel=True)
+    standard = titan_tp_parts(cfg, 2, 96, "bf16-mixed", "adamw", "none", "cpu", par, None)
+    assert standard[3] == titan_tp_saved_terms(cfg, 2, 96, precision="bf16-mixed",
+                                               checkpointing="none", device="cpu", layers=3,
+                                               tensor=2, kernel="sdpa")
+    chunked = titan_tp_parts(cfg, 2, 96, "bf16-mixed", "adamw", "none", "cpu", par, None,
+                             chunked=True)
+    saved = titan_chunked_saved_terms(standard[3], cfg, 2, 96, e=2)
+    assert chunked[3] == saved
+    loop = titan_chunked_moments(cfg, 2, 96, saved, e=2, tensor=2, data=2,
+                                 gathered_head=titan_tp_fsdp_in_flight(
+                                     cfg, "bf16-mixed", data=2, tensor=2)["forward_end"])
+    assert {k: chunked[7][k] for k in loop} == loop
+    assert {k: v for k, v in chunked[7].items() if k not in loop} == {
+        k: v for k, v in standard[7].items() if k not in loop}
 
 
 def test_cuda_block_end_by_hand() -> None:

@@ -287,7 +287,8 @@ def test_covers_only_fsdp2_with_the_standard_loss() -> None:
     # tensor parallelism alone: eager FSDP2 x TP steps measured whole (titan_2d_step), on one
     # data rank too, not compiled
     for axis in ({"pipeline": 2}, {"expert": 2}, {"tensor": 2, "expert": 2},
-                 {"tensor": 2, "pipeline": 2}):
+                 {"tensor": 2, "pipeline": 2}, {"pipeline": 2, "expert": 2},
+                 {"tensor": 2, "pipeline": 2, "expert": 2}):
         assert not titan_fresh_covers("torchtitan", False, "standard",
                                       Parallelism(data=8, fsdp="full_shard", **axis))
     for data in (1, 8):
@@ -323,3 +324,12 @@ def test_the_refusal_texts_whole() -> None:
         "gradient_accumulation=False is modelled for one GPU, litgpt's FSDP with full "
         "checkpointing and torchtitan's eager FSDP2 (DDP's and ZeRO's buckets outlive "
         "zero_grad); use gradient_accumulation=True or parallelism=None")
+    hf = fresh_step_refusal(implementation="hf", compile=True, checkpointing="full",
+                            loss="standard", parallelism=Parallelism())
+    assert hf == (
+        "gradient_accumulation=False with implementation='hf', compile=True and "
+        "checkpointing='full' is not modelled yet: the fresh-gradient backward of "
+        "transformers' checkpointed layers was measured eager "
+        "(tests/data/fresh_recompute_peaks.json), its compiled model only with gradients "
+        "resident or without checkpointing; use gradient_accumulation=True, compile=False or "
+        "checkpointing='none'")
