@@ -268,16 +268,20 @@ def test_tp_steps_now_have_a_stream_cache_on_a_gpu() -> None:
     # on CUDA, training_memory adds the side streams' cache for a TP step too (the formula's
     # values are checked against the measured steps above); context + cache + 5% of (tensor
     # peak + cache)
-    cfg = GPTConfig.model_validate(CASES[0]["config"])
+    # (mha-2 at 2 x 8 tokens: a shape whose cache depends on sequence parallelism)
+    cfg = GPTConfig.model_validate({**CASES[0]["config"], "n_layer": 2, "n_head": 4,
+                                    "n_kv_head": 4, "n_embd": 128, "mlp_hidden": 352,
+                                    "vocab_size": 1500})
     par = Parallelism(data=2, fsdp="full_shard", tensor=2, sequence_parallel=True)
-    m = training_memory(cfg, micro_batch_size=2, seq_len=96, implementation="torchtitan",
-                        checkpointing="full", parallelism=par)
-    W, G, O, *_, moments = titan_tp_parts(cfg, 2, 96, "bf16-mixed", "adamw", "full", "cuda",
+    m = training_memory(cfg, micro_batch_size=2, seq_len=8, implementation="torchtitan",
+                        parallelism=par)
+    W, G, O, *_, moments = titan_tp_parts(cfg, 2, 8, "bf16-mixed", "adamw", "none", "cuda",
                                           par, None)
-    assert m.stream_cache == titan_stream_cache(
-        cfg, 2, 96, precision="bf16-mixed", checkpointing="full", device="cuda", data=2,
-        layers=3, compiled=False, fresh=False, states=(W, G, O), moments=moments, tensor=2,
-        sequence_parallel=True) > 0
+    cache = {sp: titan_stream_cache(
+        cfg, 2, 8, precision="bf16-mixed", checkpointing="none", device="cuda", data=2,
+        layers=2, compiled=False, fresh=False, states=(W, G, O), moments=moments, tensor=2,
+        sequence_parallel=sp) for sp in (True, False)}
+    assert m.stream_cache == cache[True] != cache[False]
     assert m.overhead == 512 * 2**20 + m.stream_cache + math.ceil(
         0.05 * (m.tensor_peak + m.stream_cache))
 
