@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,17 +120,23 @@ def test_moments_match_the_replayed_cast_moment() -> None:
     assert m["forward_end"] - (256 - 32) * 64 * 2 == row["peak"] - 8
 
 
-def test_qwen3_14b_under_tp_takes_the_chunked_loss() -> None:
-    # the chunked loss under TP 4 x FSDP 2 keeps the hidden states' gradient for the blocks'
-    # backward (40 x 8,192 tokens x 5,120, bf16) in place of the logits' side
+def _published_qwen3_14b() -> Any:
+    """`training_memory` for torchtitan's published Qwen3-14B chunked-loss run (docs/
+    chunked_loss.md at 94609ad7: TP 4 x FSDP 2, 40 x 8,192 tokens, full AC, eager)."""
     cfg = GPTConfig(n_layer=40, n_head=40, n_kv_head=8, head_dim=128, n_embd=5120,
                     mlp_hidden=17408, vocab_size=151936, block_size=40960, mlp="swiglu",
                     norm="rmsnorm", position="rope", qk_norm="head", bias=False,
                     tie_embeddings=False)
-    m = training_memory(cfg, micro_batch_size=40, seq_len=8192, precision="bf16-mixed",
-                        checkpointing="full", implementation="torchtitan", loss="chunked",
-                        parallelism=Parallelism(data=2, fsdp="full_shard", tensor=4,
-                                                sequence_parallel=True))
+    return training_memory(cfg, micro_batch_size=40, seq_len=8192, precision="bf16-mixed",
+                           checkpointing="full", implementation="torchtitan", loss="chunked",
+                           parallelism=Parallelism(data=2, fsdp="full_shard", tensor=4,
+                                                   sequence_parallel=True))
+
+
+def test_qwen3_14b_under_tp_takes_the_chunked_loss() -> None:
+    # the chunked loss under TP 4 x FSDP 2 keeps the hidden states' gradient for the blocks'
+    # backward (40 x 8,192 tokens x 5,120, bf16) in place of the logits' side
+    m = _published_qwen3_14b()
     assert m.saved_breakdown["loss_gradient"] == 40 * 8192 * 5120 * 2
     assert "log_softmax" not in m.saved_breakdown
 
@@ -142,14 +149,7 @@ def test_qwen3_14b_under_tp_takes_the_chunked_loss() -> None:
     "moment alone, exact on every 2D step where it peaks, is +5.7%). Open: the run's commit "
     "94609ad7, variable-length attention, its backend"))
 def test_published_qwen3_14b_within_ten_percent() -> None:
-    cfg = GPTConfig(n_layer=40, n_head=40, n_kv_head=8, head_dim=128, n_embd=5120,
-                    mlp_hidden=17408, vocab_size=151936, block_size=40960, mlp="swiglu",
-                    norm="rmsnorm", position="rope", qk_norm="head", bias=False,
-                    tie_embeddings=False)
-    m = training_memory(cfg, micro_batch_size=40, seq_len=8192, precision="bf16-mixed",
-                        checkpointing="full", implementation="torchtitan", loss="chunked",
-                        parallelism=Parallelism(data=2, fsdp="full_shard", tensor=4,
-                                                sequence_parallel=True))
+    m = _published_qwen3_14b()
     published = 83.56 * 2**30  # docs/chunked_loss.md, 8,192-token row, eager peak active
     assert abs(m.tensor_peak - published) / published < 0.10
 

@@ -114,8 +114,8 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
     FSDP2 data ranks (one GPU is a one-rank mesh, measured too) and no other parallelism;
     compiled blocks on two or more FSDP2 ranks (`scaleplan.reference.titan_compiled_step`).
     With tensor parallelism: eager blocks (`scaleplan.reference.titan_2d_step`, one to four
-    FSDP2 ranks). Compiled blocks on one GPU and its chunked loss were
-    not measured without accumulation.
+    FSDP2 ranks). Compiled blocks on one GPU or with TP and its chunked loss were not measured
+    without accumulation.
 
     >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism(data=8, fsdp="full_shard"))
     True
@@ -227,7 +227,7 @@ def titan_norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str
 
 
 def titan_head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                      data: int, off_default: bool) -> Any:
+                           data: int, off_default: bool) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
     incoming gradient and FSDP2's buffers (module docstring); ``off_default``: the default
     stream's part (`_reduce_input`)."""
@@ -257,7 +257,7 @@ def _reduce_input(numel: int, e: int) -> int:
 
 
 def titan_embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: int,
-                           fresh: bool) -> int:
+                                fresh: bool) -> int:
     """The embedding unit's reduce-scatter, the backward's last: its unsharded gradient (the
     parameter dtype), its fp32 reduce-scatter input and the shard it reduces into, the loss's
     8 bytes and, without accumulation, every other unit's shard (nothing else: the blocks'
@@ -273,7 +273,8 @@ def titan_embedding_unit_moment(cfg: GPTConfig, *, e: int, layers: int, data: in
 
 
 def titan_one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                             blocks: list[int], fresh: bool, off_default: bool) -> list[Any]:
+                                  blocks: list[int], fresh: bool,
+                                  off_default: bool) -> list[Any]:
     """Each of ``blocks``' reduce on a one-rank mesh, its backward done: the activations the
     blocks below it keep, the gradient it passes down, the loss's 8 bytes, its gradients as
     the fp32 reduce input, output and divide copy (module docstring) and, without
@@ -385,7 +386,7 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     # a unit's reduce makes its shard (on one rank its whole output)
     out = [(titan_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
-                              off_default=off_default),
+                                   off_default=off_default),
             titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
         out.append((titan_embedding_unit_moment(cfg, e=e, layers=layers, data=data, fresh=fresh),

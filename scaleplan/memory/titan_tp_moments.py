@@ -149,9 +149,9 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
 
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     V = loc.vocab_size
-    out = [(below + titan_head_unit_moment(loc, Ts, e=e, kept=kept, layers=layers, data=data,
-                                      off_default=off_default),
-            titan_unit_shard(((V, d), (d, 1)), data))]
+    head = titan_head_unit_moment(loc, Ts, e=e, kept=kept, layers=layers, data=data,
+                                  off_default=off_default)
+    out = [(below + head, titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
         # after the embedding's backward: block 0's input, `below` and the embedding's saved
         # ids and mask (which the stage adds to every moment) freed
