@@ -113,9 +113,8 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
     (`scaleplan.reference.titan_fsdp_step`'s ``fresh`` steps): eager blocks, its standard loss,
     FSDP2 data ranks (one GPU is a one-rank mesh, measured too) and no other parallelism;
     compiled blocks on two or more FSDP2 ranks (`scaleplan.reference.titan_compiled_step`).
-    With tensor parallelism: eager blocks (`scaleplan.reference.titan_2d_step`, one to four
-    FSDP2 ranks). Compiled blocks on one GPU or with TP and its chunked loss were not measured
-    without accumulation.
+    With TP: eager blocks (`scaleplan.reference.titan_2d_step`). Compiled blocks on one GPU or
+    with TP and its chunked loss were not measured without accumulation.
 
     >>> titan_fresh_covers("torchtitan", False, "standard", Parallelism(data=8, fsdp="full_shard"))
     True

@@ -121,6 +121,34 @@ def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str, checkpoin
     return kept, kept + rebuilt
 
 
+def _block_ends(cfg: GPTConfig, loc: GPTConfig, b: Any, s: Any, *, e: int, device: str,
+                checkpointing: str, Ts: Any, own: Any, below: Any,
+                incoming: Any) -> list[tuple[Any, bool]]:
+    """(bytes beyond the blocks below and FSDP2's buffers, whether the block's whole gradients
+    are made) of a block's later moments (module docstring): its end, before wqkv's input
+    gradient is reduce-scattered and at its first norm's backward; with full checkpointing,
+    its recompute's end."""
+    T, d = b * s, cfg.n_embd
+    # a block's end, every weight gradient made: wqkv's input gradient (T d, partial, before
+    # its reduce-scatter) beside the gradient of wqkv's output, the gathered input wqkv saved
+    # and the first norm's saves (its input: the block input a checkpoint holds, counted);
+    # then that norm's backward on the rank's Ts positions, as without TP
+    own_input = below + (Ts * d * e if checkpointing != "none" else 0) + incoming
+    norm = titan_tp_norm_bytes(Ts, d, e, device) - (Ts * d * e if checkpointing != "none" and (
+        device != "cpu" or e == FP32_BYTES) else 0)
+    qkv = T * (loc.n_head + 2 * loc.n_kv_head) * loc.head_dim * e
+    ends = [(own_input + norm + 2 * T * d * e + qkv, True),
+            (own_input + titan_norm_end_bytes(Ts, d, e, device, checkpointing), True)]
+    if checkpointing == "full":
+        # w2's partial output, its reduce-scatter input, the input gathered again (3 T d);
+        # the reduce-scatter output and its wrapper, the residual sum and the second norm's
+        # output (4 Ts d); on CPU in fp32 one Ts d fewer: the second norm's upcast of the
+        # residual sum (counted in what the recompute rebuilt) is that sum itself
+        alias = Ts * d * e if device == "cpu" and e == FP32_BYTES else 0
+        ends.append((below + own + 3 * T * d * e + 4 * Ts * d * e - alias + incoming, False))
+    return ends
+
+
 def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
                  device: str, layers: int, data: int, tensor: int, sequence_parallel: bool,
                  fresh: bool, off_default: bool) -> list[tuple[Any, Any]]:
@@ -160,25 +188,10 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
                     made(-1) + titan_unit_shard(((V, d),), data)))
     mlp = below + own + 2 * T * loc.mlp_hidden * e + incoming
     out += [(kept * j + mlp + fsdp(j, True), made(j)) for j in blocks]
-    # a block's end, every weight gradient made: wqkv's input gradient (T d, partial, before
-    # its reduce-scatter) beside the gradient of wqkv's output, the gathered input wqkv saved
-    # and the first norm's saves (its input: the block input a checkpoint holds, counted);
-    # then that norm's backward on the rank's Ts positions, as without TP
-    own_input = below + (Ts * d * e if checkpointing != "none" else 0) + incoming
-    norm = titan_tp_norm_bytes(Ts, d, e, device) - (Ts * d * e if checkpointing != "none" and (
-        device != "cpu" or e == FP32_BYTES) else 0)
-    qkv = T * (loc.n_head + 2 * loc.n_kv_head) * loc.head_dim * e
-    for end in (own_input + norm + 2 * T * d * e + qkv,
-                own_input + titan_norm_end_bytes(Ts, d, e, device, checkpointing)):
-        out += [(kept * j + end + fsdp(j, True, whole_block=True), made(j)) for j in blocks]
-    if checkpointing == "full":
-        # w2's partial output, its reduce-scatter input, the input gathered again (3 T d);
-        # the reduce-scatter output and its wrapper, the residual sum and the second norm's
-        # output (4 Ts d); on CPU in fp32 one Ts d fewer: the second norm's upcast of the
-        # residual sum (counted in what the recompute rebuilt) is that sum itself
-        alias = Ts * d * e if device == "cpu" and e == FP32_BYTES else 0
-        end = below + own + 3 * T * d * e + 4 * Ts * d * e - alias + incoming
-        out += [(kept * j + end + fsdp(j, False), made(j)) for j in blocks]
+    for end, whole in _block_ends(cfg, loc, b, s, e=e, device=device,
+                                  checkpointing=checkpointing, Ts=Ts, own=own, below=below,
+                                  incoming=incoming):
+        out += [(kept * j + end + fsdp(j, whole, whole_block=whole), made(j)) for j in blocks]
     if data == 1:  # a one-rank mesh: each block's reduce (its fp32 input, output, divide copy)
         P = titan_block_params(loc) * FP32_BYTES
         reduces = titan_one_rank_reduce_moments(loc, Ts, e=e, kept=kept, layers=layers,
