@@ -155,7 +155,10 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
     """One tracked step of `GRID[name]` on rank 0 of ``data`` FSDP2 x ``tensor`` TP fake ranks:
     ``resident`` (local sharded parameters, gradients unless ``fresh``, AdamW's states, buffers,
     the batch), ``delta`` (the peak above them), ``peak_phase``, ``at_peak`` (the storages live
-    then, by what made them), ``stream_peaks`` and ``streams_at_peak`` (by FSDP2 stream)."""
+    then, by what made them), ``stream_peaks`` and ``streams_at_peak`` (by FSDP2 stream).
+    ``optimizer_impl``: torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's
+    default, no temporaries). ``backend="gloo"``: rank ``rank`` of a real process group
+    instead (`check_gloo`)."""
     cfg = GPTConfig.model_validate({**_LLAMA, **GRID[name]})
     with _world(data, tensor, backend=backend, rank=rank) as pd:
         model = sharded_titan_2d_model(cfg, pd, checkpointing=checkpointing,
