@@ -94,7 +94,7 @@ from scaleplan.memory.titan_terms import (
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["ONE_RANK_DIVIDE_COPY", "titan_block_backward_moment", "titan_embedding_unit_moment",
-           "titan_fresh_alive", "titan_fresh_covers", "titan_fresh_gradients",
+           "titan_fresh_covers", "titan_fresh_gradients",
            "titan_fresh_shards", "titan_fsdp_buffers", "titan_head_unit_moment",
            "titan_norm_end_bytes", "titan_one_rank_reduce_moments", "titan_prefetched",
            "titan_unit_shard"]
@@ -333,22 +333,6 @@ def titan_fresh_gradients(cfg: GPTConfig, b: int, s: int, *, precision: str,
                            device=device, layers=layers, data=data, fresh=True,
                            compiled=compiled, off_default=False)
     return int(max(moments, key=lambda m: m[0])[1])
-
-
-def titan_fresh_alive(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
-                      device: str, par: Parallelism, compiled: bool,
-                      fresh: bool) -> dict[str, dict[str, Any]]:
-    """The gradients alive at the backward's worst moment without accumulation (the shards
-    made by then, `titan_fresh_gradients`), by part and moment as
-    `scaleplan.memory.stage.stage_parts_alive` reports them; empty with accumulation (every
-    gradient resident), with tensor parallelism (`scaleplan.memory.titan_stage.titan_stage_alive`
-    takes those) and for arrays of shapes (totals only)."""
-    if not fresh or par.tensor > 1 or not (isinstance(b, int) and isinstance(s, int)):
-        return {}
-    moment = "recompute" if checkpointing != "none" else "block_backward"
-    return {"gradients": {moment: titan_fresh_gradients(
-        cfg, b, s, precision=precision, checkpointing=checkpointing, device=device,
-        layers=cfg.n_layer, data=par.data, compiled=compiled)}}
 
 
 def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,

@@ -17,7 +17,10 @@ from scaleplan.memory.sharding import OptimizerImpl, optimizer_temporaries
 from scaleplan.memory.states import OptimizerName
 from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
 from scaleplan.memory.titan_compiled_terms import titan_step_terms
-from scaleplan.memory.titan_fsdp_moments import titan_block_backward_moment, titan_fresh_alive
+from scaleplan.memory.titan_fsdp_moments import (
+    titan_block_backward_moment,
+    titan_fresh_gradients,
+)
 from scaleplan.memory.titan_terms import (
     TITAN_PRECISIONS,
     titan_fsdp_in_flight,
@@ -154,16 +157,15 @@ def titan_stage_alive(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpo
                       fresh: bool) -> dict[str, dict[str, Any]]:
     """The gradients alive at the backward's worst moment without accumulation, by part and
     moment, as `scaleplan.memory.stage.stage_parts_alive` reports them: the shards made by
-    then (`scaleplan.memory.titan_fsdp_moments.titan_fresh_alive`; with tensor parallelism
-    `scaleplan.memory.titan_tp_moments.titan_tp_fresh_gradients`); empty with accumulation and
-    for arrays of shapes."""
-    if par.tensor == 1:
-        return titan_fresh_alive(cfg, b, s, precision=precision, checkpointing=checkpointing,
-                                 device=device, par=par, compiled=compiled, fresh=fresh)
+    then (`scaleplan.memory.titan_fsdp_moments.titan_fresh_gradients`; with tensor
+    parallelism `scaleplan.memory.titan_tp_moments.titan_tp_fresh_gradients`); empty with
+    accumulation (every gradient resident) and for arrays of shapes (totals only)."""
     if not fresh or not (isinstance(b, int) and isinstance(s, int)):
         return {}
     moment = "recompute" if checkpointing != "none" else "block_backward"
-    return {"gradients": {moment: titan_tp_fresh_gradients(
-        cfg, b, s, precision=precision, checkpointing=checkpointing, device=device,
-        layers=cfg.n_layer, data=par.data, tensor=par.tensor,
-        sequence_parallel=par.sequence_parallel)}}
+    kw: dict[str, Any] = dict(precision=precision, checkpointing=checkpointing, device=device,
+                              layers=cfg.n_layer, data=par.data)
+    made = titan_fresh_gradients(cfg, b, s, compiled=compiled, **kw) if par.tensor == 1 else \
+        titan_tp_fresh_gradients(cfg, b, s, tensor=par.tensor,
+                                 sequence_parallel=par.sequence_parallel, **kw)
+    return {"gradients": {moment: made}}

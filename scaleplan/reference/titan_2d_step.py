@@ -43,16 +43,15 @@ from typing import Any
 import torch
 
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.titan_fsdp_step import GRID, tracked_step
+from scaleplan.reference.titan_fsdp_step import GRID, LLAMA_LAYOUT, tracked_step
 from scaleplan.reference.titan_fsdp_streams import StreamTracker
-from scaleplan.reference.titan_measure import apply_ac, import_llama3, titan_model_config
+from scaleplan.reference.titan_measure import apply_ac, import_llama3
+from scaleplan.reference.titan_tp_measure import titan_tp_model
 
 __all__ = ["CASES", "GLOO_CASES", "OUT", "check_gloo", "main", "measure_titan_2d_step",
            "sharded_titan_2d_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-2d-steps.json"
-_LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
-          "tie_embeddings": False}
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 CASES: tuple[tuple[str, int, int, str, int, int, str, bool, str], ...] = (
@@ -132,13 +131,8 @@ def sharded_titan_2d_model(cfg: GPTConfig, parallel_dims: Any, *, checkpointing:
     activation checkpointing, then ``apply_fsdp_to_decoder`` over the ``fsdp`` mesh,
     ``param_dtype`` gathered and fp32 reduced; in train mode."""
     torch.manual_seed(0)
-    config = titan_model_config(cfg, "sdpa")
-    sharding = importlib.import_module("torchtitan.models.llama3.sharding")
-    sharding.set_llama3_sharding_config(config, enable_sp=sequence_parallel)
-    model = config.build()
-    with torch.no_grad():
-        model.init_states()
-    model.parallelize(parallel_dims)
+    model = titan_tp_model(cfg, parallel_dims, sequence_parallel=sequence_parallel,
+                           attn_backend="sdpa")
     apply_ac(model, checkpointing)
     importlib.import_module("torchtitan.distributed.fsdp").apply_fsdp_to_decoder(
         model, parallel_dims.get_mesh(["fsdp"]), param_dtype=_DTYPES[param_dtype],
@@ -159,7 +153,7 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
     ``optimizer_impl``: torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's
     default, no temporaries). ``backend="gloo"``: rank ``rank`` of a real process group
     instead (`check_gloo`)."""
-    cfg = GPTConfig.model_validate({**_LLAMA, **GRID[name]})
+    cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
     with _world(data, tensor, backend=backend, rank=rank) as pd:
         model = sharded_titan_2d_model(cfg, pd, checkpointing=checkpointing,
                                        param_dtype=param_dtype,

@@ -50,13 +50,14 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.titan_measure import TitanTracker, apply_ac, import_llama3, titan_model
 from scaleplan.reference.tracking import storage_key
 
-__all__ = ["FRESH_GRID", "GRID", "ONE_RANK_FEW_TOKENS", "OUT", "PeakTracker",
+__all__ = ["FRESH_GRID", "GRID", "LLAMA_LAYOUT", "ONE_RANK_FEW_TOKENS", "OUT", "PeakTracker",
            "fsdp_stream_names", "main", "measure_titan_fsdp_step", "sharded_titan_model",
            "tracked_step"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-fsdp-steps.json"
-_LLAMA = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
-          "tie_embeddings": False}
+LLAMA_LAYOUT = {"bias": False, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope",
+                "tie_embeddings": False}
+"""torchtitan's Llama 3 layout, which `GRID`'s shapes take (`titan_2d_step` too)."""
 GRID: dict[str, dict[str, Any]] = {
     # distinct sizes (b s = 192, d = 160, F = 448, V = 384) so that each storage's shape names it
     "gqa-3": {"n_layer": 3, "n_head": 4, "n_kv_head": 2, "n_embd": 160, "mlp_hidden": 448,
@@ -77,7 +78,7 @@ GRID: dict[str, dict[str, Any]] = {
     "vocab-12k-2": {"n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 128,
                     "mlp_hidden": 352, "vocab_size": 12000, "block_size": 256},
 }
-"""Small Llama 3 shapes of the committed measurements (with `_LLAMA`'s layout)."""
+"""Small Llama 3 shapes of the committed measurements (with `LLAMA_LAYOUT`'s layout)."""
 
 
 class PeakTracker(TitanTracker):  # type: ignore[no-untyped-call]
@@ -191,7 +192,7 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
     subclass that adds its own fields (`PeakTracker.report`)."""
     import torch.distributed as dist
 
-    cfg = GPTConfig.model_validate({**_LLAMA, **GRID[name]})
+    cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
     import_llama3()
     dist.init_process_group("fake", rank=0, world_size=data)
     try:

@@ -105,10 +105,11 @@ def fake_world(n: int, *, backend: str = "fake", rank: int = 0) -> Iterator[Any]
         dist.destroy_process_group()
 
 
-def titan_tp_model(cfg: GPTConfig, parallel_dims: Any, *, sequence_parallel: bool) -> Any:
+def titan_tp_model(cfg: GPTConfig, parallel_dims: Any, *, sequence_parallel: bool,
+                   attn_backend: str = "flex") -> Any:
     """torchtitan's ``Llama3Model`` for ``cfg``, its sharding config set as its trainer sets it
     and parallelized over ``parallel_dims`` (parameters: rank 0's local shards)."""
-    config = titan_model_config(cfg)
+    config = titan_model_config(cfg, attn_backend)
     if cfg.qk_norm == "head":  # torchtitan's Qwen3 (scaleplan.reference.titan_qwen3_measure)
         qwen3 = importlib.import_module("torchtitan.models.qwen3.sharding")
         qwen3.set_qwen3_sharding_config(config, enable_sp=sequence_parallel, enable_ep=False)
