@@ -192,3 +192,37 @@ def test_cpu_math_attention_under_autocast_saves_fp32() -> None:
                       if mod == "transformer.h.0.attn"]
     assert sum(n for n, _ in attention_core) == 3 * 512 + 3 * 1024
     assert {dtype for _, dtype in attention_core} == {"float32"}
+
+
+def test_a_gathered_view_of_a_functional_collective_counts_once() -> None:
+    # torch's autograd all-gather of a sequence-sharded (1, 8, 4) fp32 activation over 2 fake
+    # ranks (as a TP plan gathers a block's input): the collective's output (2, 8, 4), 256 B,
+    # comes back wrapped in an AsyncCollectiveTensor and, one sequence, the gathered
+    # (1, 16, 4) is a view of that wrapper, which the matmul saves. Live: the input 128 B,
+    # the weight 64 B, the gathered 256 B and the matmul's output 256 B. The wrappers allocate
+    # nothing; counted by their own storages (before `plain_tensors`) the step showed 1,472 B.
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as funcol
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from scaleplan.reference.tracking import plain_tensors
+
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        mesh = init_device_mesh("cpu", (2,))
+        x = torch.randn(1, 8, 4, requires_grad=True)
+        w = torch.randn(4, 4, requires_grad=True)
+        tracker = LiveBytesTracker()
+        tracker.add_resident([x, w])
+        with tracker:
+            gathered = funcol.all_gather_single_autograd(x, gather_dim=1, group=mesh)
+            out = gathered @ w
+            del gathered
+        assert out.shape == (1, 16, 4)
+        assert tracker.current == 128 + 64 + 256 + 256
+        # a wrapper's plain tensors are what it wraps: here the collective's whole output
+        waited = funcol.all_gather_single(x.detach(), gather_dim=0, group=mesh)
+        assert [t.shape for t in plain_tensors(waited)] == [(2, 8, 4)]
+    finally:
+        dist.destroy_process_group()

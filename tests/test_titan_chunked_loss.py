@@ -145,8 +145,8 @@ def test_qwen3_14b_under_tp_takes_the_chunked_loss() -> None:
     "2026-12-06: torchtitan 0.3.0's FSDP2 x TP step measured whole on CPU "
     "(docs/validation/torchtitan-2d-steps.json) peaks at a checkpointed block's recompute end "
     "(w2's partial output, its reduce-scatter input and the block input gathered again: "
-    "3 T d, 9.4 GiB here), which the published 83.56 GiB cannot hold: +14% (the block's MLP "
-    "moment alone, exact on every 2D step where it peaks, is +5.7%). Open: the run's commit "
+    "3 T d, 9.4 GiB here), which the published 83.56 GiB cannot hold: +11% (the block's MLP "
+    "moment alone, exact on every 2D step where it peaks, is +3.8%). Open: the run's commit "
     "94609ad7, variable-length attention, its backend"))
 def test_published_qwen3_14b_within_ten_percent() -> None:
     m = _published_qwen3_14b()

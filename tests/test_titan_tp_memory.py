@@ -158,12 +158,10 @@ def test_training_memory_takes_tensor_parallelism() -> None:
                                  device="cuda", layers=2, tensor=2)
     assert m.saved_for_backward == sum(saved.values())
     assert m.autocast_weight_copies == 0
-    # the worst moment: three fp32 (T, V / 2) buffers of the loss's backward, the gathered
-    # lm_head unit (2048 local rows + the final norm, bf16) and, block 0 keeping its input,
-    # the two more storages of the embedding's reduce-scattered output (2 x 128 positions x
-    # 64, bf16; measured, docs/validation/torchtitan-2d-steps.json)
+    # the worst moment: three fp32 (T, V / 2) buffers of the loss's backward and the gathered
+    # lm_head unit (2048 local rows + the final norm, bf16)
     assert m.peak_moment == "backward_start"
-    assert m.transient == 3 * 256 * 2048 * 4 + (2048 * 64 + 64) * 2 + 2 * 128 * 64 * 2
+    assert m.transient == 3 * 256 * 2048 * 4 + (2048 * 64 + 64) * 2
 
 
 def test_memory_grid_agrees_with_training_memory_under_tp() -> None:
@@ -317,22 +315,21 @@ def test_every_moment_of_a_tp_rank_by_hand() -> None:
     assert states == -(-(8 * n + 4 * 17) // 4)
     assert (copies, all_copies, held) == (0, 0, 0)
     head, block = (128 * 64 + 64) * 2, 24704
-    below = 2 * 128 * 64 * 2  # the embedding's output: two more storages (titan_tp_moments)
     # one block without checkpointing on CPU (layer 1 of the FlexAttention measurement),
     # less the row maximum SDPA (attention="flash") does not keep: 2 local heads x 128 x b 2, fp32
     rebuilt = 463872 - 2 * 2 * 128 * 4
     Td, Tsd = 256 * 64 * 2, 128 * 64 * 2
     # the worst: block 0's recompute end. Its input and what it rebuilt; w2's partial output,
-    # its reduce-scatter input and the input gathered again (3 T d); the reduce-scatter output
-    # and wrapper, the residual sum and the second norm's output (4 Ts d); the gradient
-    # received and the loss's 8 bytes.
+    # its reduce-scatter input and the input gathered again (3 T d); the reduce-scatter
+    # output, the residual sum and the second norm's output (3 Ts d); the gradient received
+    # and the loss's 8 bytes.
     # FSDP2: block 1's fp32 reduce-scatter input, block 0 gathered, the embedding prefetched
-    end = below + Tsd + rebuilt + 3 * Td + 4 * Tsd + Tsd + 8
+    end = Tsd + rebuilt + 3 * Td + 3 * Tsd + Tsd + 8
     fsdp = block * 4 + block * 2 + 128 * 64 * 2
     batch = 256 * 8 + 256 * 2 + 256 * 8  # the embedding's local ids and mask, the positions
     assert moments == {
-        "forward_end": S_ + below + 256 * 128 * (2 + 4 + 4) + head,
-        "backward_start": S_ + below + 3 * 256 * 128 * 4 + head,
+        "forward_end": S_ + 256 * 128 * (2 + 4 + 4) + head,
+        "backward_start": S_ + 3 * 256 * 128 * 4 + head,
         "optimizer_step": 0,  # torchtitan's fused AdamW
         "recompute": batch + end + fsdp}
 
@@ -350,10 +347,10 @@ def test_moments_on_cuda_without_sp_and_with_foreach_adamw() -> None:
     whole = norms + 32768 + 16384 + 51200 + 32768 + 147456 + 49152
     Td = 256 * 64 * 2  # no SP: every position between the matmuls too (Ts = T)
     # the last block's recompute end (titan_tp_moments): block 0's input and its own, what
-    # it rebuilt (its fused first norm's input is the block input), 3 T d + 4 T d, the
+    # it rebuilt (its fused first norm's input is the block input), 3 T d + 3 T d, the
     # gradient received and the loss's 8 bytes; FSDP2: the head unit's fp32 reduce-scatter
     # input, the block gathered and block 0 prefetched (24,704 local parameters each, bf16)
-    end = Td + Td + (whole - Td) + 3 * Td + 4 * Td + Td + 8
+    end = Td + Td + (whole - Td) + 3 * Td + 3 * Td + Td + 8
     fsdp = (128 * 64 + 64) * 4 + 2 * 24704 * 2
     assert moments["recompute"] == 256 * 8 + 256 * 2 + 256 * 8 + end + fsdp
     cuda_sp = titan_tp_rebuilt_block_bytes(TINY, B, S, e=2, device="cuda", tensor=2)
@@ -374,9 +371,6 @@ def test_the_loss_moments_gather_nothing_on_one_data_rank() -> None:
     *_, saved, _, _, _, moments = titan_tp_parts(TINY, B, S, "32-true", "adamw", "none",
                                                  "cpu", par, None)
     S_ = sum(saved.values())
-    # in fp32 the first norm's upcast is block 0's input itself, so the embedding's
-    # reduce-scattered output keeps its two more storages (2 x 128 positions x 64 x 4)
-    below = 2 * 128 * 64 * 4
     moments.pop("block_backward")  # the blocks' moments: tests/test_titan_2d_steps.py
-    assert moments == {"forward_end": S_ + below + 256 * 128 * (4 + 4),  # no upcast copy
-                       "backward_start": S_ + below + 3 * 256 * 128 * 4, "optimizer_step": 0}
+    assert moments == {"forward_end": S_ + 256 * 128 * (4 + 4),  # no upcast copy
+                       "backward_start": S_ + 3 * 256 * 128 * 4, "optimizer_step": 0}

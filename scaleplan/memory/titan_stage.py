@@ -29,7 +29,6 @@ from scaleplan.memory.titan_terms import (
 )
 from scaleplan.memory.titan_tp_moments import (
     titan_tp_block_backward_moment,
-    titan_tp_embedding_extra,
     titan_tp_fresh_gradients,
 )
 from scaleplan.memory.titan_tp_terms import (
@@ -128,12 +127,8 @@ def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointi
     temp = -(-optimizer_temporaries(cfg, opt, "32-true", device, impl or "fused")
              // (par.data * t))
     fwd, bwd = titan_tp_loss_transients(cfg, b, s, precision=p, tensor=t)
-    # the embedding's reduce-scattered output held beyond the storage the saved terms count
-    # (measured on torch's DTensor TP, which FSDP2 x TP runs: titan_tp_moments)
-    below = titan_tp_embedding_extra(cfg, b, s, precision=p, checkpointing=checkpointing,
-                                     tensor=t, sequence_parallel=sp)
-    moments: dict[str, Any] = {"forward_end": S + below + fwd + gathered["forward_end"],
-                               "backward_start": S + below + bwd + gathered["backward_start"],
+    moments: dict[str, Any] = {"forward_end": S + fwd + gathered["forward_end"],
+                               "backward_start": S + bwd + gathered["backward_start"],
                                "optimizer_step": temp}
     # measured whole (scaleplan.memory.titan_tp_moments), beside the embedding's saved ids
     # and mask and the positions the checkpointed blocks keep

@@ -20,30 +20,26 @@ The moments, each beyond the sharded states, the batch and the embedding's saved
 - **a checkpointed block's recompute end** (``"full"``): torchtitan's ``FullAC`` recomputes the
   whole block (``early_stop=False``), so at its end, with every tensor it rebuilt, w2's partial
   ``T d`` output, the ``T d`` input of its reduce-scatter and the block input all-gathered once
-  more (``T d``) are live, with the reduce-scatter's ``Ts d`` output and its autograd wrapper,
-  the residual sum and the second norm's output (``4 Ts d``) and the gradient received;
-  FSDP2's buffers without any unsharded gradient;
+  more (``T d``) are live, with the reduce-scatter's ``Ts d`` output, the residual sum and the
+  second norm's output (``3 Ts d``) and the gradient received; FSDP2's buffers without any
+  unsharded gradient;
 - **a block's end**, every weight gradient made: wqkv's ``T d`` input gradient before its
   reduce-scatter, the gradient of wqkv's output, the gathered input wqkv saved and the first
   norm's saves; then that norm's backward on the rank's ``Ts`` positions, as without TP;
 - **the head unit's and the embedding unit's reduce-scatter** (a large vocabulary, few
   tokens), and on one data rank each block's reduce, as without TP, with the local shapes.
 
-Under sequence parallelism the embedding's output is reduce-scattered over the sequence, and
-torch's functional collective leaves three storages of it (the collective's output, its
-autograd wrapper, the view the block takes): when block 0 keeps its input (full
-checkpointing, or an fp32 norm whose upcast is the input itself) two ``Ts d`` beyond the one
-the saved terms count stay live through the backward (`titan_tp_embedding_extra`).
+The functional collectives' ``AsyncCollectiveTensor`` wrappers (around a reduce-scattered
+output, or a gathered input taken as a view when a micro-batch holds one sequence) allocate
+nothing: they are counted by the tensors they wrap (`scaleplan.reference.tracking`).
 
 Measured (`scaleplan.reference.titan_2d_step`, torch's DTensor TP, which torch 2.13's FSDP2
 composes with; replayed by tests/test_titan_2d_steps.py): 56 steps, with and without
-accumulation, one to four data ranks. With sequence parallelism and more than one sequence a
-micro-batch (42 steps) every step is within 0.2%, to the byte where a block's or a unit's
-moment peaks (30 steps; two more peak inside a rebuilt MLP's backward at 32 tokens on 4 TP
-ranks, 3,488 bytes above the block's end). Not
-modelled: one sequence a micro-batch (the all-gathered inputs are views of the collective's
-output and keep its other storages; 1.5% under at 1 x 32 tokens) and sequence parallelism off
-(DTensor computes w2's gradients unsharded; 1.9-3.2% under).
+accumulation, one to four data ranks. With sequence parallelism (52 steps) every step is
+within 0.2%, to the byte where a block's or a unit's moment peaks (36 steps; two more peak
+inside a rebuilt MLP's backward at 32 tokens on 4 TP ranks, 3,488 bytes above the block's
+end), one sequence a micro-batch included. Not modelled: sequence parallelism off (DTensor
+computes w2's gradients unsharded; up to 2.1% under).
 """
 
 from __future__ import annotations
@@ -77,33 +73,12 @@ from scaleplan.memory.titan_tp_terms import (
 )
 from scaleplan.model.config import GPTConfig
 
-__all__ = ["titan_tp_block_backward_moment", "titan_tp_embedding_extra",
-           "titan_tp_fresh_gradients"]
+__all__ = ["titan_tp_block_backward_moment", "titan_tp_fresh_gradients"]
 
 
 def _positions(s: Any, t: int, sequence_parallel: bool) -> Any:
     """Positions of one sequence a TP rank holds between the matmuls."""
     return -(-s // t) if sequence_parallel else s
-
-
-def titan_tp_embedding_extra(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
-                             checkpointing: str, tensor: int, sequence_parallel: bool) -> Any:
-    """Bytes of the embedding's reduce-scattered output kept beyond the one storage the saved
-    terms count (module docstring): two ``Ts d`` when block 0 keeps its input under sequence
-    parallelism, else 0.
-
-    >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
-    ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
-    ...                 position="rope", tie_embeddings=False)
-    >>> titan_tp_embedding_extra(cfg, 2, 96, precision="bf16-mixed", checkpointing="full",
-    ...                          tensor=2, sequence_parallel=True)  # 2 x (2 x 48 x 160 x 2)
-    61440
-    """
-    e = TITAN_PRECISIONS[precision]
-    kept = checkpointing != "none" or e == FP32_BYTES
-    if not (sequence_parallel and kept):
-        return 0
-    return 2 * b * _positions(s, tensor, sequence_parallel) * cfg.n_embd * e
 
 
 def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str, checkpointing: str,
@@ -122,8 +97,7 @@ def _per_block(cfg: GPTConfig, b: Any, s: Any, *, e: int, device: str, checkpoin
 
 
 def _block_ends(cfg: GPTConfig, loc: GPTConfig, b: Any, s: Any, *, e: int, device: str,
-                checkpointing: str, Ts: Any, own: Any, below: Any,
-                incoming: Any) -> list[tuple[Any, bool]]:
+                checkpointing: str, Ts: Any, own: Any, incoming: Any) -> list[tuple[Any, bool]]:
     """(bytes beyond the blocks below and FSDP2's buffers, whether the block's whole gradients
     are made) of a block's later moments (module docstring): its end, before wqkv's input
     gradient is reduce-scattered and at its first norm's backward; with full checkpointing,
@@ -133,7 +107,7 @@ def _block_ends(cfg: GPTConfig, loc: GPTConfig, b: Any, s: Any, *, e: int, devic
     # its reduce-scatter) beside the gradient of wqkv's output, the gathered input wqkv saved
     # and the first norm's saves (its input: the block input a checkpoint holds, counted);
     # then that norm's backward on the rank's Ts positions, as without TP
-    own_input = below + (Ts * d * e if checkpointing != "none" else 0) + incoming
+    own_input = (Ts * d * e if checkpointing != "none" else 0) + incoming
     norm = titan_tp_norm_bytes(Ts, d, e, device) - (Ts * d * e if checkpointing != "none" and (
         device != "cpu" or e == FP32_BYTES) else 0)
     qkv = T * (loc.n_head + 2 * loc.n_kv_head) * loc.head_dim * e
@@ -141,11 +115,11 @@ def _block_ends(cfg: GPTConfig, loc: GPTConfig, b: Any, s: Any, *, e: int, devic
             (own_input + titan_norm_end_bytes(Ts, d, e, device, checkpointing), True)]
     if checkpointing == "full":
         # w2's partial output, its reduce-scatter input, the input gathered again (3 T d);
-        # the reduce-scatter output and its wrapper, the residual sum and the second norm's
-        # output (4 Ts d); on CPU in fp32 one Ts d fewer: the second norm's upcast of the
-        # residual sum (counted in what the recompute rebuilt) is that sum itself
+        # the reduce-scatter output, the residual sum and the second norm's output (3 Ts d);
+        # on CPU in fp32 one Ts d fewer: the second norm's upcast of the residual sum
+        # (counted in what the recompute rebuilt) is that sum itself
         alias = Ts * d * e if device == "cpu" and e == FP32_BYTES else 0
-        ends.append((below + own + 3 * T * d * e + 4 * Ts * d * e - alias + incoming, False))
+        ends.append((own + 3 * T * d * e + 3 * Ts * d * e - alias + incoming, False))
     return ends
 
 
@@ -161,9 +135,6 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     kept, own = _per_block(cfg, b, s, e=e, device=device, checkpointing=checkpointing,
                            tensor=tensor, sp=sequence_parallel)
     incoming = Ts * d * e + LOSS_SCALARS
-    below = titan_tp_embedding_extra(cfg, b, s, precision=precision,
-                                     checkpointing=checkpointing, tensor=tensor,
-                                     sequence_parallel=sequence_parallel)
 
     def made(j: int) -> int:
         return titan_fresh_shards(loc, block=j, layers=layers, data=data) if fresh else 0
@@ -179,27 +150,24 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
     V = loc.vocab_size
     head = titan_head_unit_moment(loc, Ts, e=e, kept=kept, layers=layers, data=data,
                                   off_default=off_default)
-    out = [(below + head, titan_unit_shard(((V, d), (d, 1)), data))]
+    out = [(head, titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
-        # after the embedding's backward: block 0's input, `below` and the embedding's saved
+        # after the embedding's backward: block 0's input and the embedding's saved
         # ids and mask (which the stage adds to every moment) freed
         out.append((titan_embedding_unit_moment(loc, e=e, layers=layers, data=data,
                                                 fresh=fresh) - T * (INT64_BYTES + e),
                     made(-1) + titan_unit_shard(((V, d),), data)))
-    mlp = below + own + 2 * T * loc.mlp_hidden * e + incoming
+    mlp = own + 2 * T * loc.mlp_hidden * e + incoming
     out += [(kept * j + mlp + fsdp(j, True), made(j)) for j in blocks]
     for end, whole in _block_ends(cfg, loc, b, s, e=e, device=device,
-                                  checkpointing=checkpointing, Ts=Ts, own=own, below=below,
-                                  incoming=incoming):
+                                  checkpointing=checkpointing, Ts=Ts, own=own, incoming=incoming):
         out += [(kept * j + end + fsdp(j, whole, whole_block=whole), made(j)) for j in blocks]
     if data == 1:  # a one-rank mesh: each block's reduce (its fp32 input, output, divide copy)
         P = titan_block_params(loc) * FP32_BYTES
         reduces = titan_one_rank_reduce_moments(loc, Ts, e=e, kept=kept, layers=layers,
                                                 blocks=blocks, fresh=fresh,
                                                 off_default=off_default)
-        # block 0's reduce comes after its backward: its input and `below` freed
-        out += [((below if j else 0) + value, made(j) + P)
-                for value, j in zip(reduces, blocks, strict=True)]
+        out += [(value, made(j) + P) for value, j in zip(reduces, blocks, strict=True)]
     return out
 
 

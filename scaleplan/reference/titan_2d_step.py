@@ -183,7 +183,8 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
 GLOO_CASES: tuple[tuple[str, int, int, str, int, int], ...] = (
     # (name, data, tensor, checkpointing, micro-batch, tokens): the embedding's reduce-scattered
     # output kept by block 0's checkpoint; one sequence a micro-batch (all-gathered inputs
-    # without a copy)
+    # without a copy). Both keep functional-collective wrappers alive: the same bytes on a
+    # real group, once each wrapper is counted by what it wraps (`tracking.plain_tensors`)
     ("gqa-3", 2, 2, "full", 2, 96),
     ("mha-2", 2, 2, "none", 1, 32),
 )

@@ -5,7 +5,9 @@ no bytes, and a storage counts whole (``untyped_storage().nbytes()``) as long as
 it. They hold no reference to the tensors they see, so they do not change what is alive. They
 work on real CPU or CUDA tensors and on ``FakeTensorMode`` tensors alike (storages are tracked by
 their C++ handle and freed through a weak reference to their Python object, which torch keeps
-unique per storage).
+unique per storage). A wrapper tensor subclass (the functional collectives'
+``AsyncCollectiveTensor``, ``DTensor``) is counted by the plain tensors it wraps
+(`plain_tensors`): its own storage allocates nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["LiveBytesTracker", "SavedTensorsRecorder", "add_checkpoint_held", "storage_key"]
+__all__ = ["LiveBytesTracker", "SavedTensorsRecorder", "add_checkpoint_held", "plain_tensors",
+           "storage_key"]
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -32,6 +35,24 @@ def storage_key(t: torch.Tensor) -> int:
     True
     """
     return int(t.untyped_storage()._cdata)
+
+
+def plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors whose storages hold ``t``'s data: ``t`` itself, or for a wrapper tensor
+    subclass the tensors it wraps, recursively. A wrapper's own storage reports the wrapped
+    size but allocates nothing (its data pointer cannot be read): counted as well, a gathered
+    activation kept as a view of a functional collective's ``AsyncCollectiveTensor`` output
+    counted its bytes three times.
+
+    >>> t = torch.zeros(2)
+    >>> plain_tensors(t)[0] is t
+    True
+    """
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    attrs, _ = t.__tensor_flatten__()
+    inner = (getattr(t, a) for a in attrs)
+    return [p for x in inner if isinstance(x, torch.Tensor) for p in plain_tensors(x)]
 
 
 def _storage_bytes(t: torch.Tensor) -> int:
@@ -75,7 +96,8 @@ class LiveBytesTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
         """Register tensors that already exist; returns the bytes newly registered."""
         before = self.current
         for t in tensors:
-            self._register(t)
+            for plain in plain_tensors(t):
+                self._register(plain)
         return self.current - before
 
     def _register(self, t: torch.Tensor) -> None:
@@ -107,10 +129,12 @@ class LiveBytesTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
                            kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for leaf in tree_leaves(out):
-            if isinstance(leaf, torch.Tensor):
-                if self.on_new_storage is not None and storage_key(leaf) not in self.live:
-                    self.on_new_storage(str(func), args, leaf)
-                self._register(leaf)
+            if not isinstance(leaf, torch.Tensor):
+                continue
+            for t in plain_tensors(leaf):
+                if self.on_new_storage is not None and storage_key(t) not in self.live:
+                    self.on_new_storage(str(func), args, t)
+                self._register(t)
         return out
 
 
@@ -138,10 +162,12 @@ class SavedTensorsRecorder:
     _stack: list[str] = field(default_factory=list)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        key = storage_key(t)
-        if key not in self.by_storage and key not in self.param_keys:
-            module = self._stack[-1] if self._stack else "loss"
-            self.by_storage[key] = (module, _storage_bytes(t), str(t.dtype).replace("torch.", ""))
+        for plain in plain_tensors(t):
+            key = storage_key(plain)
+            if key not in self.by_storage and key not in self.param_keys:
+                module = self._stack[-1] if self._stack else "loss"
+                self.by_storage[key] = (module, _storage_bytes(plain),
+                                        str(plain.dtype).replace("torch.", ""))
         return t
 
     def note_new_storage(self, func: str, args: tuple[Any, ...], out: torch.Tensor) -> None:
