@@ -21,6 +21,7 @@ import pytest
 
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.titan_chunked_loss import titan_chunked_moments, titan_chunked_saved_terms
+from scaleplan.memory.titan_compiled_terms import CPU_RNG_STATE_BYTES
 from scaleplan.memory.titan_fsdp_moments import titan_unit_shard
 from scaleplan.memory.titan_stage import titan_tp_parts
 from scaleplan.memory.titan_streams import (
@@ -231,6 +232,33 @@ def test_a_real_process_group_keeps_what_the_fake_one_does() -> None:
         assert run["gloo_forward_at_peak"] == [run["fake_forward_at_peak"]] * len(
             run["gloo_forward_at_peak"])
     assert first["gloo_peaks"] == [first["fake_peak"]] * 4
+
+
+def test_the_allocator_sees_what_the_tracker_counts() -> None:
+    # the same steps read from the CPU allocator's own events (allocations, not tensors: a
+    # functional collective's wrapper allocates nothing): to the byte with one sequence a
+    # micro-batch, where the gathered inputs are views of the wrappers; under full
+    # checkpointing the allocator also sees the CPU generator states (torch.get_rng_state(),
+    # made outside the dispatcher): blocks 0's and 1's checkpoints keep one each at the middle
+    # block's recompute end, and the recompute forks one more (host memory on a GPU). And
+    # the model predicts each (the two steps of one sequence are not among CASES): to the
+    # byte where a block peaks
+    checks = RECORD["allocator"]
+    assert {tuple(c["case"][3:]) for c in checks} == {("full", 2, 96), ("full", 4, 192),
+                                                      ("none", 1, 192), ("none", 1, 96)}
+    for c in checks:
+        _, data, tensor, ckpt, b, s = c["case"]
+        rng = 3 * CPU_RNG_STATE_BYTES if ckpt == "full" else 0
+        assert c["allocator_delta"] == c["tracker_delta"] + rng, c["case"]
+        step = {"config": c["config"], "data": data, "tensor": tensor,
+                "checkpointing": ckpt, "micro_batch_size": b, "seq_len": s,
+                "param_dtype": "bf16", "sequence_parallel": True, "fresh": False,
+                "optimizer_impl": "foreach", "delta": c["tracker_delta"]}
+        predicted, moment = _predicted(step)
+        if moment == "backward_start":  # the loss's per-token temporaries (33 B a token)
+            assert 0 <= _measured(step) - predicted <= 33 * b * s, c["case"]
+        else:
+            assert predicted == _measured(step), c["case"]
 
 
 def test_recompute_end_by_hand() -> None:

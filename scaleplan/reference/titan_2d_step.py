@@ -23,6 +23,10 @@ storages live at the step's peak.
 `check_gloo` runs two of them on a real (gloo) process group of ``data x tensor`` processes:
 every rank keeps the forward's bytes the fake group's rank 0 keeps, and the whole peak is
 the same where FSDP2's gradient division does not differ (gloo has no ``PREMUL_SUM``).
+`check_allocator` measures four of them again from the CPU allocator's own events
+(`measure_titan_2d_allocated`), which see allocations rather than tensors: the check that
+the tracker counts each functional collective's wrapper by what it wraps
+(`scaleplan.reference.tracking.plain_tensors`), not as memory of its own.
 
 ``python -m scaleplan.reference.titan_2d_step --write`` measures `CASES` and `check_gloo` and
 writes ``docs/validation/torchtitan-2d-steps.json`` (replayed without torch by
@@ -43,12 +47,14 @@ from typing import Any
 import torch
 
 from scaleplan.model.config import GPTConfig
+from scaleplan.reference.allocator_trace import AllocatorTrace
 from scaleplan.reference.titan_fsdp_step import GRID, LLAMA_LAYOUT, tracked_step
 from scaleplan.reference.titan_fsdp_streams import StreamTracker
 from scaleplan.reference.titan_measure import apply_ac, import_llama3
 from scaleplan.reference.titan_tp_measure import titan_tp_model
 
-__all__ = ["CASES", "GLOO_CASES", "OUT", "check_gloo", "main", "measure_titan_2d_step",
+__all__ = ["ALLOCATOR_CASES", "CASES", "GLOO_CASES", "OUT", "check_allocator", "check_gloo",
+           "main", "measure_titan_2d_allocated", "measure_titan_2d_step",
            "sharded_titan_2d_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-2d-steps.json"
@@ -229,6 +235,83 @@ def check_gloo(port: int = 29561) -> list[dict[str, Any]]:
     return out
 
 
+ALLOCATOR_CASES: tuple[tuple[str, int, int, str, int, int], ...] = (
+    # (name, data, tensor, checkpointing, micro-batch, tokens): steps where the functional
+    # collectives' wrappers outlive their op (the embedding's reduce-scattered output kept by
+    # block 0's checkpoint; gathered inputs taken as views with one sequence a micro-batch)
+    ("gqa-3", 2, 2, "full", 2, 96),
+    ("gqa-3", 2, 2, "full", 4, 192),
+    ("gqa-3", 2, 2, "none", 1, 192),
+    ("mha-2", 2, 4, "none", 1, 96),
+)
+"""Steps `check_allocator` measures with the CPU allocator's own events as well."""
+
+
+def measure_titan_2d_allocated(name: str, *, data: int, tensor: int, checkpointing: str,
+                               micro_batch_size: int, seq_len: int) -> dict[str, Any]:
+    """The step of `measure_titan_2d_step` (accumulating, bf16, sequence parallel, foreach
+    AdamW), its peak above the bytes live when it began read from the CPU allocator's profiler
+    events (`scaleplan.reference.allocator_trace.AllocatorTrace`, kernel workspaces set
+    apart), which sees allocations, not tensors: ``delta`` and ``peak_phase``."""
+    cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
+    b, s = micro_batch_size, seq_len
+    with _world(data, tensor) as pd:
+        model = sharded_titan_2d_model(cfg, pd, checkpointing=checkpointing,
+                                       param_dtype="bf16", sequence_parallel=True)
+        context = importlib.import_module("torchtitan.distributed.utils").get_spmd_context(
+            parallel_dims=pd)
+        loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+        ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
+        positions = torch.arange(s).repeat(b, 1)
+
+        def forward_backward() -> None:
+            with context():
+                pred = model(ids, positions=positions)
+                loss = loss_fn(pred, labels, global_vocab_size=cfg.vocab_size)
+                del pred
+                loss.backward()
+                del loss
+
+        forward_backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        forward_backward()  # an earlier micro-batch: every sharded gradient resident
+        automatic = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        trace = AllocatorTrace()
+        try:
+            with trace.recording():
+                trace.label("start", {})
+                with trace.phase("step"):
+                    forward_backward()
+                with trace.phase("optimizer"):
+                    opt.step()
+        finally:
+            if automatic:
+                gc.enable()
+    return {"delta": trace.tensor_peak,
+            "peak_phase": max(trace.phase_peaks, key=lambda k: trace.phase_peaks[k])}
+
+
+def check_allocator() -> list[dict[str, Any]]:
+    """The dispatch tracker checked against the allocator: each of `ALLOCATOR_CASES`
+    measured both ways (``tracker_delta``, ``allocator_delta``)."""
+    out = []
+    for name, data, tensor, ckpt, b, s in ALLOCATOR_CASES:
+        tracked = measure_titan_2d_step(name, data=data, tensor=tensor, checkpointing=ckpt,
+                                        micro_batch_size=b, seq_len=s)
+        allocated = measure_titan_2d_allocated(name, data=data, tensor=tensor,
+                                               checkpointing=ckpt, micro_batch_size=b,
+                                               seq_len=s)
+        out.append({"case": [name, data, tensor, ckpt, b, s], "config": tracked["config"],
+                    "tracker_delta": tracked["delta"],
+                    "allocator_delta": allocated["delta"],
+                    "allocator_peak_phase": allocated["peak_phase"]})
+    return out
+
+
 def _rows() -> list[dict[str, Any]]:
     return [measure_titan_2d_step(name, data=data, tensor=tensor, checkpointing=ckpt,
                                   micro_batch_size=b, seq_len=s, param_dtype=dtype,
@@ -238,8 +321,8 @@ def _rows() -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``--write``: measure `CASES` and `check_gloo` and write `OUT`; otherwise print one line
-    per case."""
+    """``--write``: measure `CASES`, `check_gloo` and `check_allocator` and write `OUT`;
+    otherwise print one line per case."""
     argv = sys.argv[1:] if argv is None else argv
     rows = _rows()
     for r in rows:
@@ -248,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--write" in argv:
         OUT.write_text(json.dumps({"torch": torch.__version__, "torchtitan": "0.3.0",
                                    "spmd_backend": "partial_dtensor", "cases": rows,
-                                   "gloo": check_gloo()}, indent=1) + "\n")
+                                   "gloo": check_gloo(),
+                                   "allocator": check_allocator()}, indent=1) + "\n")
     return 0
 
 
