@@ -195,8 +195,8 @@ def test_one_gpu_is_accepted_in_both_precisions() -> None:
 @pytest.mark.parametrize(("options", "pattern"), [
     ({"compile": True}, r"on one GPU is not modelled yet with compile=True: torchtitan 0\.3\.0 "
                         r"still applies FSDP2"),
-    ({"loss": "chunked"}, r"loss='chunked' with implementation='torchtitan' on one GPU is not "
-                          r"modelled yet"),
+    ({"loss": "chunked"}, r"loss='chunked' with implementation='torchtitan' on one "
+                          r"data-parallel rank is not modelled yet"),
 ])
 def test_one_gpu_refusals_by_name(options: dict[str, Any], pattern: str) -> None:
     cfg = GPTConfig.model_validate(CASES[0]["config"])
@@ -207,6 +207,16 @@ def test_one_gpu_refusals_by_name(options: dict[str, Any], pattern: str) -> None
     # on two ranks both stay modelled
     training_memory(cfg, micro_batch_size=2, seq_len=96, implementation="torchtitan",
                     parallelism=Parallelism(data=2, fsdp="full_shard"), **options)
+
+
+def test_chunked_loss_refused_on_one_data_rank_under_tp() -> None:
+    # TP alone still runs FSDP2 on a one-rank mesh: the chunked loss was measured whole on
+    # two or more FSDP2 ranks only (tests/test_titan_chunked_steps.py)
+    cfg = GPTConfig.model_validate(CASES[0]["config"])
+    with pytest.raises(ScaleplanError, match="on one data-parallel rank is not modelled yet"):
+        training_memory(cfg, micro_batch_size=2, seq_len=96, implementation="torchtitan",
+                        loss="chunked", parallelism=Parallelism(tensor=2,
+                                                                sequence_parallel=True))
 
 
 @pytest.mark.torch

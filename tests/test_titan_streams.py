@@ -24,6 +24,7 @@ from scaleplan.memory.limits import memory_grid
 from scaleplan.memory.parallel import Parallelism
 from scaleplan.memory.stage import stage_parts
 from scaleplan.memory.step_switches import NO_SWITCHES
+from scaleplan.memory.titan_fsdp_moments import titan_head_unit_moment
 from scaleplan.memory.titan_streams import (
     titan_copy_in_peak,
     titan_reduce_scatter_peak,
@@ -272,25 +273,18 @@ def test_the_chunked_loss_moments_are_not_split_by_stream() -> None:
     m = training_memory(cfg, micro_batch_size=1, seq_len=256, parallelism=par,
                         implementation="torchtitan", loss="chunked")
     assert m.peak_moment == "head_backward" and m.stream_cache == 0
-    # with fewer tokens the default stream's worst is the head unit's reduce-scatter (inside
-    # the block_backward moment), when its fp32 input is allocated beside lm_head's and the
-    # final norm's bf16 gradients. Its total, reached a step later with the new shard on the
-    # reduce-scatter stream, also holds the last block prefetched on the copy-in stream
-    # (2,950,144 parameters x 2) and no norm gradient (512 x 2). The reduce-scatter stream's
-    # peak (the gradients and that shard) is reached; so the cache is the copy-in stream's
-    # peak, the last block's and [norm, lm_head]'s outputs and the latter's cast shard,
-    # (2,950,144 + 16,384,512 + 2,048,064) x 2 = 42,765,440, less the prefetched block, plus
-    # the norm's gradient, less the distance from that moment up to the peak
-    switches = replace(NO_SWITCHES, loss="chunked")
-    *_, moments = stage_parts(
-        cfg, 1, 64, "bf16-mixed", "adamw", "flash", "none", "cuda", par, None, True, "only",
-        implementation="torchtitan", switches=switches)
+    # with fewer tokens too. The chunk loop reduce-scatters lm_head's gradient in the forward
+    # (tests/test_titan_chunked_steps.py), so the head unit's backward reduce-scatter, the
+    # standard loss's worst default-stream moment at 64 tokens, holds the final norm's
+    # gradient alone: (V d) x 4 of fp32 input, V d x 2 of bf16 gradient and V d x 4 / 8 of
+    # shard less, 16,384,000 x (4 + 2 + 0.5) = 106,496,000 bytes
     m = training_memory(cfg, micro_batch_size=1, seq_len=64, parallelism=par,
                         implementation="torchtitan", loss="chunked")
-    assert m.peak_moment == "head_backward"
-    below = moments["head_backward"] - moments["block_backward"]
-    assert titan_copy_in_peak(cfg, "bf16-mixed", data=8, layers=4) == 42_765_440
-    assert m.stream_cache == 42_765_440 - 2_950_144 * 2 + 512 * 2 - below > 0
+    assert m.peak_moment == "head_backward" and m.stream_cache == 0
+    full, norm_only = (titan_head_unit_moment(cfg, 64, e=2, kept=0, layers=4, data=8,
+                                              off_default=False, head_reduced=reduced)
+                       for reduced in (False, True))
+    assert full - norm_only == 106_496_000
 
 
 def test_the_gradients_field_is_the_shards_made_by_the_peak() -> None:

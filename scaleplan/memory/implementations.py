@@ -128,9 +128,10 @@ def check_titan(cfg: GPTConfig, *, precision: str, attention: str, parallelism: 
 
 
 def check_titan_one_gpu_loss(*, chunked: bool, parallelism: Parallelism) -> None:
-    """Refuse, by name, torchtitan's chunked loss on one GPU: there FSDP2 runs on a one-rank
-    mesh (the head unit gathered, then reduced after the chunk loop), and
-    `scaleplan.memory.titan_chunked_loss` was measured without it.
+    """Refuse, by name, torchtitan's chunked loss on one data-parallel rank (one GPU, or tensor
+    parallelism alone): there FSDP2 runs on a one-rank mesh (the head unit gathered, then
+    reduced after the chunk loop), and `scaleplan.memory.titan_chunked_loss` was measured whole
+    on two or more FSDP2 ranks only.
 
     >>> check_titan_one_gpu_loss(chunked=True, parallelism=Parallelism(data=2, fsdp="full_shard"))
     >>> check_titan_one_gpu_loss(chunked=True, parallelism=Parallelism())
@@ -138,13 +139,13 @@ def check_titan_one_gpu_loss(*, chunked: bool, parallelism: Parallelism) -> None
     ...
     scaleplan.errors.ScaleplanError: loss='chunked' with implementation='torchtitan' on one ...
     """
-    if chunked and parallelism.data * parallelism.tensor == 1:
+    if chunked and parallelism.data == 1:
         raise ScaleplanError(
-            "loss='chunked' with implementation='torchtitan' on one GPU is not modelled yet: "
-            "torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh: the head unit "
-            "gathered and reduced after the chunk loop), and its chunked loss was measured "
-            "without it; use loss='standard', or Parallelism(data=N, fsdp='full_shard') with "
-            "N >= 2")
+            "loss='chunked' with implementation='torchtitan' on one data-parallel rank is not "
+            "modelled yet: torchtitan 0.3.0 still applies FSDP2 there (a one-rank mesh: the "
+            "head unit gathered and reduced after the chunk loop), and its chunked loss was "
+            "measured whole on two or more FSDP2 ranks only; use loss='standard', or "
+            "Parallelism(data=N, fsdp='full_shard') with N >= 2")
 
 
 def check_titan_tp(*, parallelism: Parallelism, checkpointing: str,

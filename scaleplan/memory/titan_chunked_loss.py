@@ -8,14 +8,16 @@ activation dtype; under TP replicated on every rank) along the sequence into chu
 the cross-entropy on each chunk and backpropagates it at once, copying the chunk's gradient
 into a ``GradAccumulator`` (an fp32 buffer shaped like the hidden states). The accumulated
 gradient, cast back to the activation dtype, is what ``_DecoderOutputGradientBackProp`` saves
-and hands to the decoder's backward. Every term below was measured on CPU by
+and hands to the decoder's backward. The wrapper alone was measured on CPU by
 `scaleplan.reference.titan_chunked_measure` (rank 0 of a fake TP group, torchtitan's own
-``lm_head``): at the worst moment of the chunk loop, the loss's backward of a chunk after the
-first, the rank holds
+``lm_head``), and inside 15 whole FSDP2 (x TP) training steps as torchtitan's trainer runs it
+(`scaleplan.reference.titan_chunked_measure.measure_chunked_step`; all within 0.1%,
+tests/test_titan_chunked_steps.py). At a chunk's loss backward the rank holds
 
-- the hidden states, their chunk copies (``torch.split`` along the sequence of a batch of more
-  than one sequence is not contiguous; with ``b = 1`` the chunks are views) and the labels'
-  chunk copies (int64);
+- the hidden states and, when there are several chunks of a batch of more than one sequence,
+  their chunk copies and the labels' (``torch.split`` along the sequence is then not
+  contiguous; with ``b = 1`` the chunks are views, and one chunk is the hidden states
+  themselves);
 - the fp32 accumulator;
 - the chunk's logits (activation dtype, ``c x ceil(V / t)`` for ``c`` tokens: the loop's
   ``logits`` name keeps them) and its loss's fp32 buffers: without TP torch's cross-entropy
@@ -23,17 +25,24 @@ first, the rank holds
   gradient (three); under TP ``_LossParallelCrossEntropy``'s backward holds the saved
   log-probabilities, the zeroed one-hot gradient, ``exp`` of the log-probabilities and their
   sum (four);
-- the head's weight gradient accumulated over the earlier chunks: in the parameter dtype
-  without FSDP2 (measured); under FSDP2 with gradient sync off for all chunks but the last
+- with several chunks, the head's weight gradient of the earlier ones: in the parameter dtype
+  without FSDP2; under FSDP2, gradient sync off for all chunks but the last
   (``set_requires_gradient_sync(False)``), its ``unsharded_accumulated_grad`` in the reduce
   dtype, fp32 (``torch/distributed/fsdp/_fully_shard/_fsdp_param.py``
-  ``to_accumulated_grad_if_needed``; derived, not measured).
+  ``to_accumulated_grad_if_needed``).
+
+Under FSDP2 the loop's other moment is the head's reduce-scatter at the last chunk: the last
+chunk's logits, the gradient in fp32 (accumulated, or with one chunk the bf16 gradient upcast
+for it), the flat fp32 input and the fp32 shard it reduces into. Since lm_head's gradient is
+reduced in the forward, the [norm, lm_head] unit's reduce in the backward holds the final
+norm's alone (``head_reduced`` of `scaleplan.memory.titan_fsdp_moments`).
 
 Chunk length: `TITAN_LOSS_CHUNK_TOKENS` tokens per chunk (``ChunkedLossWrapper.Config.chunk_len``'s
 default, pytorch/torchtitan@94609ad7 docs/chunked_loss.md; 0.3.0 has ``num_chunks=8``, the
 sequence split in eight). After the loop the fp32 accumulator and its activation-dtype cast are
 live together; in backward the cast is the only loss-side tensor left. Not modelled: the per-token
-statistics of the loss (tens of bytes a token), compile (refused).
+statistics of the loss (tens of bytes a token), compile (refused), one data-parallel rank
+(refused: FSDP2 on a one-rank mesh), no gradient accumulation (refused).
 """
 
 from __future__ import annotations
@@ -91,7 +100,9 @@ def titan_chunked_loop_bytes(cfg: GPTConfig, b: Any, s: Any, *, e: int, tensor: 
     """
     T, d = b * s, cfg.n_embd
     V = -(-cfg.vocab_size // tensor)  # rank 0's vocabulary rows (ceil)
-    several = b > 1  # the sequence split of a batch is copied, of one sequence it is viewed
+    # the sequence split of a batch is copied, of one sequence viewed; one chunk is the
+    # hidden states themselves
+    several = (b > 1) * (chunk_tokens < T)
     buffers = 3 if tensor == 1 else 4  # torch's cross-entropy / _LossParallelCrossEntropy
     return {"hidden_states": T * d * e,
             "chunk_copies": (T * d * e + T * INT64_BYTES) * several,
@@ -117,14 +128,20 @@ def titan_chunked_saved_terms(saved: dict[str, Any], cfg: GPTConfig, b: Any, s: 
 
 
 def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any], *, e: int,
-                          tensor: int, data: int, gathered_head: Any) -> dict[str, Any]:
+                          tensor: int, data: int, gathered_head: Any,
+                          chunk_tokens: Any = TITAN_LOSS_CHUNK_TOKENS) -> dict[str, Any]:
     """The loss-side moments of a torchtitan step with the chunked loss, from its saved terms
-    (`titan_chunked_saved_terms`) and FSDP2's gathered [norm, lm_head] unit: ``head_backward``
-    (the chunk loop's worst moment, the unit gathered); ``forward_end``, the accumulator's cast
-    after the loop: the hidden states, their chunk copies, the fp32 accumulator and its cast,
-    the last chunk's logits (the loop's name still holds them) and, without FSDP2, the head's
-    gradient (FSDP2 reduce-scatters it at the last chunk and reshards the unit); and
+    (`titan_chunked_saved_terms`) and FSDP2's gathered [norm, lm_head] unit, the loop's
+    worst as ``head_backward``: a chunk's loss backward (the head's weight gradient of the
+    earlier chunks held when there are several, and without FSDP2 always) and, under FSDP2,
+    the head's reduce-scatter at the last chunk (the gradient upcast to fp32 for it, or with
+    several chunks its fp32 accumulation; the flat fp32 input; the fp32 shard it reduces
+    into; the last chunk's logits); ``forward_end``, the accumulator's cast after the loop:
+    the hidden states, their chunk copies, the fp32 accumulator and its cast, the last
+    chunk's logits (the loop's name still holds them) and, without FSDP2, the head's gradient
+    (FSDP2 reduce-scatters it at the last chunk and reshards the unit); and
     ``backward_start``: the cast alone, the unit gathered again for the final norm's backward.
+    ``chunk_tokens``: the chunk's length (`titan_chunk_tokens`).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
     >>> m = titan_chunked_moments(cfg, 1, 4, {"loss_gradient": 64}, e=2, tensor=1, data=2,
@@ -133,12 +150,22 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
     (384, 64)
     """
     T, d = b * s, cfg.n_embd
+    V = -(-cfg.vocab_size // tensor)
     model = sum(saved.values()) - saved["loss_gradient"]
-    c = titan_chunk_tokens(b, s)
+    c = titan_chunk_tokens(b, s, chunk_tokens)
+    several = c < T
     loop = titan_chunked_loop_bytes(cfg, b, s, e=e, tensor=tensor, data=data, chunk_tokens=c)
     held = loop["hidden_states"] + loop["chunk_copies"] + loop["accumulator"]
-    last_logits = c * -(-cfg.vocab_size // tensor) * e
+    last_logits = c * V * e
+    earlier = loop["head_gradient"] * (several if data > 1 else 1)
+    loss = model + held + loop["chunk_loss"] + earlier + gathered_head
+    if data > 1:  # FSDP2: the head's reduce-scatter at the last chunk
+        upcast = V * d * FP32_BYTES - (V * d * e) * (1 - several)
+        shard = -(-V * d // data) * FP32_BYTES
+        reduce = (model + held + last_logits + gathered_head + upcast + V * d * FP32_BYTES
+                  + shard)
+        loss = loss - (loss - reduce) * (reduce > loss)
     head = loop["head_gradient"] if data == 1 else 0
-    return {"head_backward": model + sum(loop.values()) + gathered_head,
+    return {"head_backward": loss,
             "forward_end": model + held + T * d * e + last_logits + head,
             "backward_start": model + T * d * e + gathered_head}

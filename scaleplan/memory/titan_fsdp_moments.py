@@ -164,14 +164,17 @@ def titan_fresh_shards(cfg: GPTConfig, *, block: int, layers: int, data: int) ->
 
 def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
                        whole_block: bool = False, prefetch: bool = True,
-                       w2_made: bool = True) -> int:
+                       w2_made: bool = True, head_reduced: bool = False) -> int:
     """FSDP2's unsharded bytes while block ``block`` of ``layers`` runs its backward: the
     previous unit's fp32 reduce-scatter input, this block's gathered parameters, the next
     unit's all-gather output and the block's unsharded gradients made so far (w2's at its MLP,
     the ``whole_block``'s at its end; ``e`` bytes per gathered value). ``prefetch=False``: a
     one-rank mesh, where the next unit's all-gather output is not there yet (module docstring).
     ``w2_made=False``: a compiled block's MLP before w2's weight gradient
-    (`scaleplan.memory.titan_compiled_terms.titan_compiled_mlp_moment`).
+    (`scaleplan.memory.titan_compiled_terms.titan_compiled_mlp_moment`). ``head_reduced``:
+    lm_head's gradient was reduce-scattered in the forward (the chunked loss,
+    `scaleplan.memory.titan_chunked_loss`), so the head unit's backward reduces the final
+    norm's alone: the last block's previous input is ``d`` fp32 values.
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -180,7 +183,8 @@ def titan_fsdp_buffers(cfg: GPTConfig, *, e: int, block: int, layers: int,
     2480640
     """
     P, d, V = titan_block_params(cfg), cfg.n_embd, cfg.vocab_size
-    previous = (V * d + d) * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
+    head = d if head_reduced else V * d + d
+    previous = head * FP32_BYTES if block == layers - 1 else P * FP32_BYTES
     prefetched = titan_prefetched(cfg, e, block) if prefetch else 0
     made = P * e if whole_block else d * cfg.mlp_hidden * e if w2_made else 0
     return previous + P * e + prefetched + made
@@ -226,11 +230,12 @@ def titan_norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str
 
 
 def titan_head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                           data: int, off_default: bool) -> Any:
+                           data: int, off_default: bool, head_reduced: bool = False) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
     incoming gradient and FSDP2's buffers (module docstring); ``off_default``: the default
-    stream's part (`_reduce_input`)."""
-    d, V = cfg.n_embd, cfg.vocab_size
+    stream's part (`_reduce_input`); ``head_reduced``: the final norm's alone
+    (`titan_fsdp_buffers`)."""
+    d, V = cfg.n_embd, 0 if head_reduced else cfg.vocab_size
     if off_default:
         return kept * layers + T * d * e + LOSS_SCALARS + _reduce_input(V * d + d, e)
     buffers = ((V * d + d) * FP32_BYTES + titan_unit_shard(((V, d), (d, 1)), data) + V * d * e
@@ -290,7 +295,7 @@ def titan_one_rank_reduce_moments(cfg: GPTConfig, T: Any, *, e: int, kept: Any, 
 def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
                                 checkpointing: str, device: str, layers: int,
                                 data: int, fresh: bool = False, compiled: bool = False,
-                                off_default: bool = False) -> Any:
+                                off_default: bool = False, head_reduced: bool = False) -> Any:
     """Live bytes beyond the sharded states and the batch at the backward's worst moment
     (module docstring), for eager SDPA blocks on ``data`` FSDP2 ranks. ``fresh``: a step
     without accumulation, whose sharded gradients are not resident but made unit by unit
@@ -300,6 +305,8 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     MLP's backward and at its end (`scaleplan.memory.titan_compiled_terms`). ``off_default``:
     each moment less what FSDP2's side streams hold then (the shards made, the next unit's
     all-gather output; `scaleplan.memory.titan_streams`), the default stream's worst.
+    ``head_reduced``: the chunked loss reduced lm_head's gradient in the forward
+    (`titan_fsdp_buffers`).
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -310,7 +317,8 @@ def titan_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: st
     """
     moments = _sub_moments(cfg, b, s, precision=precision, checkpointing=checkpointing,
                            device=device, layers=layers, data=data, fresh=fresh,
-                           compiled=compiled, off_default=off_default)
+                           compiled=compiled, off_default=off_default,
+                           head_reduced=head_reduced)
     return reduce(larger, [value for value, _ in moments])
 
 
@@ -337,7 +345,7 @@ def titan_fresh_gradients(cfg: GPTConfig, b: int, s: int, *, precision: str,
 
 def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
                  device: str, layers: int, data: int, fresh: bool, compiled: bool,
-                 off_default: bool) -> list[tuple[Any, Any]]:
+                 off_default: bool, head_reduced: bool = False) -> list[tuple[Any, Any]]:
     """(bytes, sharded gradient bytes made by then without accumulation) of each moment
     `titan_block_backward_moment` takes the worst of."""
     e = TITAN_PRECISIONS[precision]
@@ -362,14 +370,15 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
         side = made(j) + (titan_prefetched(cfg, e, j) if data > 1 else 0) if off_default else 0
         return made(j) - side + titan_fsdp_buffers(cfg, e=e, block=j, layers=layers,
                                                    whole_block=whole_block,
-                                                   prefetch=data > 1, w2_made=w2_made)
+                                                   prefetch=data > 1, w2_made=w2_made,
+                                                   head_reduced=head_reduced)
 
     # the buffers differ at the last, second-to-last and first block and are alike between,
     # where the kept activations grow and the fresh shards shrink with j: both ends of that run
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     # a unit's reduce makes its shard (on one rank its whole output)
     out = [(titan_head_unit_moment(cfg, T, e=e, kept=kept, layers=layers, data=data,
-                                   off_default=off_default),
+                                   off_default=off_default, head_reduced=head_reduced),
             titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
         out.append((titan_embedding_unit_moment(cfg, e=e, layers=layers, data=data, fresh=fresh),

@@ -62,11 +62,12 @@ def titan_stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: Optimiz
     (`scaleplan.memory.titan_fsdp_moments.titan_fresh_covers`): no sharded gradient until the
     head unit's reduce-scatter, each unit's shard made at its end (the moments count them,
     less ``G``); compiled blocks on two or more ranks too. One GPU (``par.data == 1``) is
-    FSDP2 on a one-rank mesh, its chunked loss refused by name."""
+    FSDP2 on a one-rank mesh, its chunked loss refused by name (with tensor parallelism
+    too)."""
+    check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
     if par.tensor > 1:
         return titan_tp_parts(cfg, b, s, p, opt, checkpointing, device, par, impl,
                               chunked=chunked, fresh=fresh)
-    check_titan_one_gpu_loss(chunked=chunked, parallelism=par)
     saved = titan_step_terms(cfg, b, s, precision=p, checkpointing=checkpointing,
                              device=device, layers=layers, compiled=compiled)
     S = sum(saved.values())
@@ -89,7 +90,7 @@ def titan_stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: Optimiz
         batch + titan_block_backward_moment(cfg, b, s, precision=p,
                                             checkpointing=checkpointing, device=device,
                                             layers=layers, data=par.data, fresh=fresh,
-                                            compiled=compiled))
+                                            compiled=compiled, head_reduced=chunked))
     if chunked:  # the same recompute: the loss side is freed before the blocks' backward
         saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
         moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,
@@ -136,7 +137,8 @@ def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointi
     moments["recompute" if checkpointing != "none" else "block_backward"] = (
         batch + titan_tp_block_backward_moment(
             cfg, b, s, precision=p, checkpointing=checkpointing, device=device,
-            layers=cfg.n_layer, data=par.data, tensor=t, sequence_parallel=sp, fresh=fresh))
+            layers=cfg.n_layer, data=par.data, tensor=t, sequence_parallel=sp, fresh=fresh,
+            head_reduced=chunked))
     if chunked:  # ChunkedLossWrapper, vocabulary-parallel per chunk (titan_chunked_loss)
         e = TITAN_PRECISIONS[p]
         saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)

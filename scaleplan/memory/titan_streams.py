@@ -141,11 +141,12 @@ def titan_stream_cache(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkp
             return titan_tp_block_backward_moment(
                 cfg, b, s, precision=precision, checkpointing=checkpointing, device=device,
                 layers=layers, data=data, tensor=tensor, sequence_parallel=sequence_parallel,
-                fresh=fresh, off_default=off_default)
+                fresh=fresh, off_default=off_default, head_reduced=chunked)
         return titan_block_backward_moment(cfg, b, s, precision=precision,
                                            checkpointing=checkpointing, device=device,
                                            layers=layers, data=data, fresh=fresh,
-                                           compiled=compiled, off_default=off_default)
+                                           compiled=compiled, off_default=off_default,
+                                           head_reduced=chunked)
 
     # each moment's bytes on the default stream; the moments count every gradient (without
     # accumulation less G, but for the optimizer step's), the resident ones on the

@@ -125,7 +125,8 @@ def _block_ends(cfg: GPTConfig, loc: GPTConfig, b: Any, s: Any, *, e: int, devic
 
 def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointing: str,
                  device: str, layers: int, data: int, tensor: int, sequence_parallel: bool,
-                 fresh: bool, off_default: bool) -> list[tuple[Any, Any]]:
+                 fresh: bool, off_default: bool,
+                 head_reduced: bool = False) -> list[tuple[Any, Any]]:
     """(bytes, sharded gradient bytes made by then without accumulation) of each moment
     `titan_tp_block_backward_moment` takes the worst of."""
     e = TITAN_PRECISIONS[precision]
@@ -144,12 +145,13 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
         side = made(j) + (titan_prefetched(loc, e, j) if data > 1 else 0) if off_default else 0
         return made(j) - side + titan_fsdp_buffers(loc, e=e, block=j, layers=layers,
                                                    whole_block=whole_block,
-                                                   prefetch=data > 1, w2_made=w2_made)
+                                                   prefetch=data > 1, w2_made=w2_made,
+                                                   head_reduced=head_reduced)
 
     blocks = sorted({layers - 1, max(layers - 2, 0), min(1, layers - 1), 0})
     V = loc.vocab_size
     head = titan_head_unit_moment(loc, Ts, e=e, kept=kept, layers=layers, data=data,
-                                  off_default=off_default)
+                                  off_default=off_default, head_reduced=head_reduced)
     out = [(head, titan_unit_shard(((V, d), (d, 1)), data))]
     if not off_default:
         # after the embedding's backward: block 0's input and the embedding's saved
@@ -174,12 +176,14 @@ def _sub_moments(cfg: GPTConfig, b: Any, s: Any, *, precision: str, checkpointin
 def titan_tp_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision: str,
                                    checkpointing: str, device: str, layers: int, data: int,
                                    tensor: int, sequence_parallel: bool, fresh: bool = False,
-                                   off_default: bool = False) -> Any:
+                                   off_default: bool = False, head_reduced: bool = False) -> Any:
     """Live bytes beyond the sharded states, the batch and the embedding's saved ids and mask
     at the backward's worst moment (module docstring), for eager SDPA blocks on one rank of
     ``data`` FSDP2 x ``tensor`` TP ranks. ``fresh``: a step without accumulation (the shards
     made by then counted in the moments); ``off_default``: each moment less what FSDP2's side
-    streams hold then (`scaleplan.memory.titan_streams`).
+    streams hold then (`scaleplan.memory.titan_streams`); ``head_reduced``: the chunked loss
+    reduced lm_head's gradient in the forward
+    (`scaleplan.memory.titan_fsdp_moments.titan_fsdp_buffers`).
 
     >>> cfg = GPTConfig(n_layer=3, n_head=4, n_kv_head=2, n_embd=160, mlp_hidden=448,
     ...                 vocab_size=384, bias=False, mlp="swiglu", norm="rmsnorm",
@@ -191,7 +195,7 @@ def titan_tp_block_backward_moment(cfg: GPTConfig, b: Any, s: Any, *, precision:
     moments = _sub_moments(cfg, b, s, precision=precision, checkpointing=checkpointing,
                            device=device, layers=layers, data=data, tensor=tensor,
                            sequence_parallel=sequence_parallel, fresh=fresh,
-                           off_default=off_default)
+                           off_default=off_default, head_reduced=head_reduced)
     return reduce(larger, [value for value, _ in moments])
 
 

@@ -54,7 +54,7 @@ from scaleplan.reference.titan_measure import apply_ac, import_llama3
 from scaleplan.reference.titan_tp_measure import titan_tp_model
 
 __all__ = ["ALLOCATOR_CASES", "CASES", "GLOO_CASES", "OUT", "check_allocator", "check_gloo",
-           "main", "measure_titan_2d_allocated", "measure_titan_2d_step",
+           "chunked_loss", "main", "measure_titan_2d_allocated", "measure_titan_2d_step",
            "sharded_titan_2d_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-2d-steps.json"
@@ -151,14 +151,16 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
                           micro_batch_size: int = 2, seq_len: int = 96,
                           param_dtype: str = "bf16", sequence_parallel: bool = True,
                           fresh: bool = False, optimizer_impl: str = "foreach",
-                          backend: str = "fake", rank: int = 0) -> dict[str, Any]:
+                          backend: str = "fake", rank: int = 0,
+                          chunks: int = 0) -> dict[str, Any]:
     """One tracked step of `GRID[name]` on rank 0 of ``data`` FSDP2 x ``tensor`` TP fake ranks:
     ``resident`` (local sharded parameters, gradients unless ``fresh``, AdamW's states, buffers,
     the batch), ``delta`` (the peak above them), ``peak_phase``, ``at_peak`` (the storages live
     then, by what made them), ``stream_peaks`` and ``streams_at_peak`` (by FSDP2 stream).
     ``optimizer_impl``: torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's
     default, no temporaries). ``backend="gloo"``: rank ``rank`` of a real process group
-    instead (`check_gloo`)."""
+    instead (`check_gloo`). ``chunks``: torchtitan's ``ChunkedLossWrapper`` in ``chunks``
+    sequence chunks as the loss (`chunked_loss`), the model run without its ``lm_head``."""
     cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
     with _world(data, tensor, backend=backend, rank=rank) as pd:
         model = sharded_titan_2d_model(cfg, pd, checkpointing=checkpointing,
@@ -175,7 +177,8 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
         try:
             row = tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
                                fused=optimizer_impl == "fused", tracker_cls=StreamTracker,
-                               context=context)
+                               context=context,
+                               loss=chunked_loss(model, cfg, chunks) if chunks else None)
         finally:
             if automatic:
                 gc.enable()
@@ -183,7 +186,20 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
                   "tensor": tensor, "sequence_parallel": sequence_parallel,
                   "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
                   "seq_len": seq_len, "param_dtype": param_dtype, "fresh": fresh,
-                  "optimizer_impl": optimizer_impl}
+                  "optimizer_impl": optimizer_impl} | ({"chunks": chunks} if chunks else {})
+
+
+def chunked_loss(model: Any, cfg: GPTConfig, chunks: int) -> Any:
+    """torchtitan's trainer's chunked loss for ``model``: a ``ChunkedLossWrapper`` of
+    ``chunks`` chunks around its cross-entropy (told ``cfg``'s vocabulary), given the model's
+    ``lm_head``, the model set to skip it (``_skip_lm_head``); as ``loss(pred, labels)``."""
+    loss_mod: Any = importlib.import_module("torchtitan.components.loss")
+    wrapper = loss_mod.ChunkedLossWrapper(loss_mod.ChunkedLossWrapper.Config(
+        num_chunks=chunks,
+        loss_fn=loss_mod.CrossEntropyLoss.Config(global_vocab_size=cfg.vocab_size)))
+    wrapper.set_lm_head(model.lm_head)
+    model._skip_lm_head = True
+    return lambda pred, labels: wrapper(pred, labels)[0]
 
 
 GLOO_CASES: tuple[tuple[str, int, int, str, int, int], ...] = (

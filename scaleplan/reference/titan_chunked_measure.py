@@ -18,8 +18,16 @@ bytes), ``peak`` (the most live while the wrapper runs, the head's weight gradie
 and ``after`` (live once it returned: the hidden states, the saved accumulated gradient, the
 head's gradient and the loss).
 
+`measure_chunked_step` runs the wrapper as torchtitan's trainer does, inside whole training
+steps (`scaleplan.reference.titan_fsdp_step.tracked_step`: a warm-up step, an accumulating
+micro-batch, then one tracked forward, backward and AdamW step) of torchtitan's Llama 3 under
+FSDP2 (``tensor=1``: `scaleplan.reference.titan_fsdp_step.sharded_titan_model`) or FSDP2 x TP
+(`scaleplan.reference.titan_2d_step.measure_titan_2d_step`), the model run without its
+``lm_head`` (`scaleplan.reference.titan_2d_step.chunked_loss`): `STEP_CASES`.
+
 ``python -m scaleplan.reference.titan_chunked_measure --write`` writes
-``docs/validation/torchtitan-chunked-loss.json`` (replayed by tests/test_titan_chunked_loss.py).
+``docs/validation/torchtitan-chunked-loss.json`` (``rows``: the wrapper alone; ``steps``: whole
+steps; replayed by tests/test_titan_chunked_loss.py and tests/test_titan_chunked_steps.py).
 """
 
 from __future__ import annotations
@@ -33,11 +41,15 @@ from typing import Any
 import torch
 
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.titan_measure import TitanTracker, report_main
+from scaleplan.reference.titan_2d_step import chunked_loss, measure_titan_2d_step
+from scaleplan.reference.titan_fsdp_step import GRID as STEP_GRID
+from scaleplan.reference.titan_fsdp_step import LLAMA_LAYOUT, sharded_titan_model, tracked_step
+from scaleplan.reference.titan_measure import TitanTracker, import_llama3, report_main
 from scaleplan.reference.titan_qwen3_measure import GRID
 from scaleplan.reference.titan_tp_measure import fake_world, titan_tp_model
 
-__all__ = ["CASES", "JSON_PATH", "main", "measure_chunked_loss"]
+__all__ = ["CASES", "JSON_PATH", "STEP_CASES", "main", "measure_chunked_loss",
+           "measure_chunked_step"]
 
 JSON_PATH = Path("docs/validation/torchtitan-chunked-loss.json")
 
@@ -82,6 +94,62 @@ CASES = ((1, 1, 256, 4, 256), (1, 2, 128, 4, 256), (2, 2, 128, 4, 256), (2, 2, 1
 with vocabulary 64 and eight chunks the accumulator's cast after the loop is the peak."""
 
 
+STEP_CASES: tuple[tuple[str, int, int, str, int, int, int], ...] = (
+    # (titan_fsdp_step.GRID name, data, tensor, checkpointing, micro-batch, tokens, chunks),
+    # each accumulating, bf16, foreach AdamW: one chunk (the whole batch, as 8,192-token
+    # chunks leave it up to 8,192 tokens a rank) and several; one sequence (chunks are views)
+    # and two (copies); a large vocabulary (the loop peaks) and a small one (a block peaks)
+    ("gqa-3", 2, 1, "none", 2, 96, 1),
+    ("gqa-3", 2, 1, "full", 2, 96, 1),
+    ("gqa-3", 2, 1, "none", 2, 96, 4),
+    ("vocab-12k-2", 2, 1, "none", 1, 64, 1),
+    ("vocab-12k-2", 2, 1, "none", 2, 64, 1),
+    ("vocab-12k-2", 2, 1, "full", 2, 64, 1),
+    ("vocab-12k-2", 4, 1, "none", 2, 64, 2),
+    ("vocab-12k-2", 2, 1, "none", 2, 64, 4),
+    ("vocab-12k-2", 2, 1, "none", 1, 64, 4),
+    ("gqa-3", 2, 2, "full", 2, 96, 1),
+    ("gqa-3", 2, 2, "none", 2, 96, 1),
+    ("vocab-12k-2", 2, 2, "full", 2, 64, 1),
+    ("vocab-12k-2", 2, 2, "none", 1, 64, 1),
+    ("vocab-12k-2", 2, 2, "none", 2, 64, 4),
+    ("vocab-12k-2", 2, 2, "full", 2, 64, 2),
+)
+"""The whole steps `measure_chunked_step` measures for the JSON's ``steps``."""
+
+
+def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: str,
+                         micro_batch_size: int, seq_len: int, chunks: int) -> dict[str, Any]:
+    """One tracked, accumulating step (bf16, foreach AdamW) of
+    `scaleplan.reference.titan_fsdp_step.GRID[name]` on rank 0 of ``data`` FSDP2 (x
+    ``tensor`` TP) fake ranks with torchtitan's ``ChunkedLossWrapper`` of ``chunks`` chunks:
+    ``resident``, ``delta`` (the peak above it), ``peak_phase``, ``at_peak`` and
+    ``batch_bytes``, as `scaleplan.reference.titan_fsdp_step.tracked_step` reports them."""
+    import torch.distributed as dist
+
+    b, s = micro_batch_size, seq_len
+    case = {"name": name, "data": data, "tensor": tensor, "checkpointing": checkpointing,
+            "micro_batch_size": b, "seq_len": s, "chunks": chunks}
+    if tensor > 1:
+        row = measure_titan_2d_step(name, data=data, tensor=tensor,
+                                    checkpointing=checkpointing, micro_batch_size=b,
+                                    seq_len=s, chunks=chunks)
+        return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak",
+                                    "batch_bytes", "config")} | case
+    cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **STEP_GRID[name]})
+    import_llama3()
+    dist.init_process_group("fake", rank=0, world_size=data)
+    try:
+        model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
+                                    param_dtype="bf16")
+        row = tracked_step(model, cfg, b, s, fresh=False,
+                           loss=chunked_loss(model, cfg, chunks))
+    finally:
+        dist.destroy_process_group()
+    return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak",
+                                "batch_bytes")} | case | {"config": cfg.model_dump(mode="json")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``--write``: measure `CASES` and write the JSON."""
     cfg = GRID["qwen3"]
@@ -92,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
                  **measure_chunked_loss(cfg.replace(vocab_size=v), tensor=t,
                                         micro_batch_size=b, seq_len=s, num_chunks=n)}
                 for t, b, s, n, v in CASES]
-        return {"config": json.loads(cfg.model_dump_json()), "rows": rows}
+        steps = [measure_chunked_step(name, data=data, tensor=t, checkpointing=ckpt,
+                                      micro_batch_size=b, seq_len=s, chunks=n)
+                 for name, data, t, ckpt, b, s, n in STEP_CASES]
+        return {"config": json.loads(cfg.model_dump_json()), "rows": rows, "steps": steps}
 
     return report_main("scaleplan.reference.titan_chunked_measure", JSON_PATH, argv, build)
 

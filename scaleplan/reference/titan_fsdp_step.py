@@ -233,16 +233,24 @@ def sharded_titan_model(cfg: GPTConfig, *, checkpointing: str, data: int, param_
     return model
 
 
+def _cross_entropy(cfg: GPTConfig) -> Callable[[Any, Any], Any]:
+    """torchtitan's cross-entropy, told ``cfg``'s vocabulary."""
+    cross_entropy = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
+    return lambda pred, labels: cross_entropy(pred, labels, global_vocab_size=cfg.vocab_size)
+
+
 def tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
                  fused: bool = False, backward_peak: bool = False,
                  tracker_cls: type[PeakTracker] = PeakTracker,
-                 context: Callable[[], Any] = nullcontext) -> dict[str, Any]:
+                 context: Callable[[], Any] = nullcontext,
+                 loss: Callable[[Any, Any], Any] | None = None) -> dict[str, Any]:
     """A warm-up step, an accumulating micro-batch unless ``fresh``, then one tracked forward,
     backward and AdamW step of ``model`` (sharded by FSDP2) on a random ``b`` x ``s`` batch,
     each forward and backward inside ``context()`` (torchtitan's trainer's SPMD context, say),
-    the loss told ``cfg``'s vocabulary (its vocabulary-parallel form needs it under TP). The
-    row `measure_titan_fsdp_step` documents (``resident``, ``delta``, ``at_peak``, ...)."""
-    loss_fn = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
+    the loss told ``cfg``'s vocabulary (its vocabulary-parallel form needs it under TP), or
+    ``loss(pred, labels)`` (torchtitan's ``ChunkedLossWrapper``, say). The row
+    `measure_titan_fsdp_step` documents (``resident``, ``delta``, ``at_peak``, ...)."""
+    loss_fn = loss or _cross_entropy(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
                             fused=fused or None)
     ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))
@@ -253,11 +261,11 @@ def tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
             if tracker:
                 tracker.set_phase("forward")
             pred = model(ids, positions=positions)
-            loss = loss_fn(pred, labels, global_vocab_size=cfg.vocab_size)
+            value = loss_fn(pred, labels)
             del pred
             if tracker:
                 tracker.set_phase("backward")
-            loss.backward()
+            value.backward()
 
     forward_backward()
     opt.step()

@@ -1,0 +1,147 @@
+"""torchtitan's chunked loss inside whole FSDP2 (x TP) steps, replayed without torch.
+
+docs/validation/torchtitan-chunked-loss.json's ``steps``: 15 accumulating steps of torchtitan
+0.3.0's Llama 3 with its ``ChunkedLossWrapper`` as the trainer sets it (the model run without
+its ``lm_head``), under FSDP2 on 2 and 4 ranks and FSDP2 x TP on 2 x 2, in 1 to 4 chunks
+(`scaleplan.reference.titan_chunked_measure.measure_chunked_step`). The model is
+`scaleplan.memory.titan_chunked_loss.titan_chunked_moments` (the chunk loop) beside the
+blocks' moments (`scaleplan.memory.titan_fsdp_moments`, `scaleplan.memory.titan_tp_moments`)
+with ``head_reduced``: the loop reduce-scatters lm_head's gradient in the forward, so the head
+unit's backward reduces the final norm's alone.
+
+``training_memory`` takes chunks of 8,192 tokens, so a step of up to 8,192 tokens a rank is one
+chunk: those steps are replayed through ``training_memory`` itself; the others through the
+stage's moments with the loop's moments at the measured chunk length.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.titan_chunked_loss import titan_chunked_moments
+from scaleplan.memory.titan_fsdp_moments import titan_fsdp_buffers
+from scaleplan.memory.titan_stage import titan_stage_parts
+from scaleplan.memory.titan_terms import titan_fsdp_in_flight, titan_model_states
+from scaleplan.memory.titan_tp_terms import titan_tp_fsdp_in_flight, titan_tp_model_states
+from scaleplan.memory.training import training_memory
+from scaleplan.model.config import GPTConfig
+
+DATA = Path(__file__).resolve().parents[1] / "docs" / "validation" / "torchtitan-chunked-loss.json"
+STEPS: list[dict[str, Any]] = json.loads(DATA.read_text())["steps"]
+
+
+def _id(c: dict[str, Any]) -> str:
+    return (f"{c['name']}-d{c['data']}t{c['tensor']}-{c['checkpointing']}"
+            f"-{c['micro_batch_size']}x{c['seq_len']}-c{c['chunks']}")
+
+
+def _par(c: dict[str, Any]) -> Parallelism:
+    return Parallelism(data=c["data"], fsdp="full_shard", tensor=c["tensor"],
+                       sequence_parallel=c["tensor"] > 1)
+
+
+def _measured(c: dict[str, Any]) -> int:
+    """The peak above the resident states, counted as each harness's replay counts it: FSDP2
+    alone with the batch's ids and positions (the model counts them in its moments); under TP
+    the positions where the checkpointed blocks keep them (tests/test_titan_2d_steps.py)."""
+    if c["tensor"] == 1:
+        return int(c["delta"]) + int(c["batch_bytes"])
+    b, s = c["micro_batch_size"], c["seq_len"]
+    return int(c["delta"]) + (b * s * 8 if c["checkpointing"] != "none" else 0)
+
+
+def _states(cfg: GPTConfig, c: dict[str, Any]) -> int:
+    if c["tensor"] == 1:
+        return sum(titan_model_states(cfg, "adamw", data=c["data"]))
+    return sum(titan_tp_model_states(cfg, "adamw", data=c["data"], tensor=c["tensor"]))
+
+
+def _predicted(c: dict[str, Any]) -> tuple[int, str]:
+    """The stage's worst moment above the resident states, the chunk loop at the measured
+    chunk length (``b s / chunks`` tokens)."""
+    cfg = GPTConfig.model_validate(c["config"])
+    b, s, t, data = c["micro_batch_size"], c["seq_len"], c["tensor"], c["data"]
+    *_, saved, _, _, _, moments = titan_stage_parts(
+        cfg, b, s, "bf16-mixed", "adamw", c["checkpointing"], "cpu", _par(c), "foreach",
+        cfg.n_layer, compiled=False, chunked=True, fresh=False)
+    gathered = (titan_tp_fsdp_in_flight(cfg, "bf16-mixed", data=data, tensor=t) if t > 1 else
+                titan_fsdp_in_flight(cfg, "bf16-mixed", data=data, one_rank_mesh=True))
+    moments.update(titan_chunked_moments(cfg, b, s, saved, e=2, tensor=t, data=data,
+                                         gathered_head=gathered["forward_end"],
+                                         chunk_tokens=b * s // c["chunks"]))
+    worst = max(moments, key=lambda k: moments[k])
+    return int(moments[worst]), worst
+
+
+@pytest.mark.parametrize("case", STEPS, ids=_id)
+def test_whole_step_with_the_chunked_loss(case: dict[str, Any]) -> None:
+    # within 0.1% of the step: the loss's per-token statistics (up to 16 kB at 64 tokens of
+    # one sequence) and, under FSDP2 alone, the positions the harness keeps resident
+    predicted, moment = _predicted(case)
+    peak = case["resident"] + case["delta"]
+    assert abs(_measured(case) - predicted) <= 0.001 * peak, (moment, case["at_peak"])
+    # the phase names the moment: the chunk loop runs inside the forward
+    assert (moment == "head_backward") == (case["peak_phase"] == "forward"), moment
+
+
+def test_one_chunk_steps_through_training_memory() -> None:
+    # up to 8,192 tokens a rank training_memory's 8,192-token chunk is the whole batch
+    checked = 0
+    for c in (c for c in STEPS if c["chunks"] == 1):
+        cfg = GPTConfig.model_validate(c["config"])
+        m = training_memory(cfg, micro_batch_size=c["micro_batch_size"], seq_len=c["seq_len"],
+                            precision="bf16-mixed", checkpointing=c["checkpointing"],
+                            device="cpu", implementation="torchtitan",
+                            optimizer_impl="foreach", loss="chunked", parallelism=_par(c))
+        assert m.tensor_peak - _states(cfg, c) == _predicted(c)[0], _id(c)
+        checked += 1
+    assert checked == 9
+
+
+def test_the_loop_peaks_where_measured() -> None:
+    # a large vocabulary: the loop (a chunk's loss backward with one chunk; the head's
+    # reduce-scatter at the last chunk with several); a small one: the blocks
+    moments = {_id(c): _predicted(c)[1] for c in STEPS}
+    assert moments["vocab-12k-2-d2t1-none-2x64-c1"] == "head_backward"
+    assert moments["gqa-3-d2t1-none-2x96-c1"] == "block_backward"
+    assert moments["gqa-3-d2t2-full-2x96-c1"] == "recompute"
+
+
+def test_the_head_reduce_scatter_at_the_last_chunk_by_hand() -> None:
+    # vocab-12k-2 (d 128, V 12,000) on 2 FSDP2 ranks, 2 x 64 tokens in 4 chunks of 32: at the
+    # last chunk FSDP2 reduce-scatters lm_head's gradient, accumulated in fp32 over the
+    # earlier chunks; live beyond the model's saved tensors: the hidden states (128 x 128,
+    # bf16), their chunk copies and the labels' (two sequences: copies), the fp32
+    # accumulator, the last chunk's logits (32 x 12,000, bf16), the [norm, lm_head] unit
+    # gathered, the accumulated gradient and the flat reduce-scatter input (12,000 x 128 fp32
+    # each) and the fp32 shard it reduces into
+    cfg = GPTConfig.model_validate(next(c for c in STEPS if c["name"] == "vocab-12k-2")["config"])
+    T, d, V = 128, 128, 12000
+    held = T * d * 2 + (T * d * 2 + T * 8) + T * d * 4
+    gathered = (V * d + d) * 2
+    reduce = held + 32 * V * 2 + gathered + 2 * V * d * 4 + V * d * 4 // 2
+    m = titan_chunked_moments(cfg, 2, 64, {"loss_gradient": 0}, e=2, tensor=1, data=2,
+                              gathered_head=gathered, chunk_tokens=32)
+    # a chunk's loss backward is below it: the logits and three fp32 buffers of 32 x 12,000
+    # and the accumulated gradient
+    loss = held + 32 * V * (2 + 3 * 4) + V * d * 4 + gathered
+    assert loss < reduce
+    assert m["head_backward"] == reduce
+
+
+def test_the_last_blocks_previous_reduce_is_the_norms_alone() -> None:
+    # with the chunked loss the head unit's backward reduces the final norm's gradient only:
+    # d fp32 values are the last block's previous reduce-scatter input, not (V d + d)
+    cfg = GPTConfig.model_validate(STEPS[0]["config"])
+    d, V = cfg.n_embd, cfg.vocab_size
+    std = titan_fsdp_buffers(cfg, e=2, block=2, layers=3)
+    assert std - titan_fsdp_buffers(cfg, e=2, block=2, layers=3, head_reduced=True) == (
+        V * d * 4)
+    # other blocks' buffers are the same
+    assert titan_fsdp_buffers(cfg, e=2, block=1, layers=3) == titan_fsdp_buffers(
+        cfg, e=2, block=1, layers=3, head_reduced=True)
