@@ -1,10 +1,10 @@
 """torchtitan's chunked loss inside whole FSDP2 (x TP) steps, replayed without torch.
 
-docs/validation/torchtitan-chunked-loss.json's ``steps``: 15 accumulating steps of torchtitan
-0.3.0's Llama 3 with its ``ChunkedLossWrapper`` as the trainer sets it (the model run without
-its ``lm_head``), under FSDP2 on 2 and 4 ranks and FSDP2 x TP on 2 x 2, in 1 to 4 chunks
-(`scaleplan.reference.titan_chunked_measure.measure_chunked_step`). The model is
-`scaleplan.memory.titan_chunked_loss.titan_chunked_moments` (the chunk loop) beside the
+docs/validation/torchtitan-chunked-loss.json's ``steps``: 30 steps of torchtitan 0.3.0's Llama 3
+with its ``ChunkedLossWrapper`` as the trainer sets it (the model run without its ``lm_head``),
+under FSDP2 on 2 and 4 ranks and FSDP2 x TP on 2 x 2, in 1 to 4 chunks, each with and without
+gradient accumulation (`scaleplan.reference.titan_chunked_measure.measure_chunked_step`). The
+model is `scaleplan.memory.titan_chunked_loss.titan_chunked_moments` (the chunk loop) beside the
 blocks' moments (`scaleplan.memory.titan_fsdp_moments`, `scaleplan.memory.titan_tp_moments`)
 with ``head_reduced``: the loop reduce-scatters lm_head's gradient in the forward, so the head
 unit's backward reduces the final norm's alone.
@@ -37,7 +37,8 @@ STEPS: list[dict[str, Any]] = json.loads(DATA.read_text())["steps"]
 
 def _id(c: dict[str, Any]) -> str:
     return (f"{c['name']}-d{c['data']}t{c['tensor']}-{c['checkpointing']}"
-            f"-{c['micro_batch_size']}x{c['seq_len']}-c{c['chunks']}")
+            f"-{c['micro_batch_size']}x{c['seq_len']}-c{c['chunks']}"
+            f"{'-fresh' if c['fresh'] else ''}")
 
 
 def _par(c: dict[str, Any]) -> Parallelism:
@@ -56,26 +57,33 @@ def _measured(c: dict[str, Any]) -> int:
 
 
 def _states(cfg: GPTConfig, c: dict[str, Any]) -> int:
+    """The states the harness holds resident: the sharded weights and AdamW's states, and
+    with accumulation the sharded gradients."""
     if c["tensor"] == 1:
-        return sum(titan_model_states(cfg, "adamw", data=c["data"]))
-    return sum(titan_tp_model_states(cfg, "adamw", data=c["data"], tensor=c["tensor"]))
+        W, G, O = titan_model_states(cfg, "adamw", data=c["data"])
+    else:
+        W, G, O = titan_tp_model_states(cfg, "adamw", data=c["data"], tensor=c["tensor"])
+    return W + O + (0 if c["fresh"] else G)
 
 
 def _predicted(c: dict[str, Any]) -> tuple[int, str]:
     """The stage's worst moment above the resident states, the chunk loop at the measured
-    chunk length (``b s / chunks`` tokens)."""
+    chunk length (``b s / chunks`` tokens). Without accumulation the stage's moments are less
+    the sharded gradients (``G``), which the harness does not hold resident either."""
     cfg = GPTConfig.model_validate(c["config"])
-    b, s, t, data = c["micro_batch_size"], c["seq_len"], c["tensor"], c["data"]
-    *_, saved, _, _, _, moments = titan_stage_parts(
+    b, s, t, data, fresh = (c["micro_batch_size"], c["seq_len"], c["tensor"], c["data"],
+                            c["fresh"])
+    _, G, _, saved, _, _, _, moments = titan_stage_parts(
         cfg, b, s, "bf16-mixed", "adamw", c["checkpointing"], "cpu", _par(c), "foreach",
-        cfg.n_layer, compiled=False, chunked=True, fresh=False)
+        cfg.n_layer, compiled=False, chunked=True, fresh=fresh)
     gathered = (titan_tp_fsdp_in_flight(cfg, "bf16-mixed", data=data, tensor=t) if t > 1 else
                 titan_fsdp_in_flight(cfg, "bf16-mixed", data=data, one_rank_mesh=True))
-    moments.update(titan_chunked_moments(cfg, b, s, saved, e=2, tensor=t, data=data,
-                                         gathered_head=gathered["forward_end"],
-                                         chunk_tokens=b * s // c["chunks"]))
+    loop = titan_chunked_moments(cfg, b, s, saved, e=2, tensor=t, data=data,
+                                 gathered_head=gathered["forward_end"],
+                                 chunk_tokens=b * s // c["chunks"], fresh=fresh)
+    moments.update({k: v - (G if fresh else 0) for k, v in loop.items()})
     worst = max(moments, key=lambda k: moments[k])
-    return int(moments[worst]), worst
+    return int(moments[worst]) + (G if fresh else 0), worst
 
 
 @pytest.mark.parametrize("case", STEPS, ids=_id)
@@ -97,10 +105,11 @@ def test_one_chunk_steps_through_training_memory() -> None:
         m = training_memory(cfg, micro_batch_size=c["micro_batch_size"], seq_len=c["seq_len"],
                             precision="bf16-mixed", checkpointing=c["checkpointing"],
                             device="cpu", implementation="torchtitan",
-                            optimizer_impl="foreach", loss="chunked", parallelism=_par(c))
+                            optimizer_impl="foreach", loss="chunked", parallelism=_par(c),
+                            gradient_accumulation=not c["fresh"])
         assert m.tensor_peak - _states(cfg, c) == _predicted(c)[0], _id(c)
         checked += 1
-    assert checked == 9
+    assert checked == 18
 
 
 def test_the_loop_peaks_where_measured() -> None:
@@ -110,6 +119,33 @@ def test_the_loop_peaks_where_measured() -> None:
     assert moments["vocab-12k-2-d2t1-none-2x64-c1"] == "head_backward"
     assert moments["gqa-3-d2t1-none-2x96-c1"] == "block_backward"
     assert moments["gqa-3-d2t2-full-2x96-c1"] == "recompute"
+    # without accumulation the blocks still peak with the shards made by then
+    assert moments["gqa-3-d2t2-full-2x96-c1-fresh"] == "recompute"
+
+
+def test_without_accumulation_the_loop_is_the_same_bytes_above_the_residents() -> None:
+    # in the forward nothing but the head's reduce-scatter makes a gradient: a step without
+    # accumulation holds at the loop what an accumulating one holds beyond its resident
+    # gradients (to the 2 kB of the labels' scalars)
+    pairs: dict[str, list[int]] = {_id(c).removesuffix("-fresh"): [] for c in STEPS}
+    for c in STEPS:
+        if c["peak_phase"] == "forward":
+            pairs[_id(c).removesuffix("-fresh")].append(int(c["delta"]))
+    both = [v for v in pairs.values() if len(v) == 2]
+    assert len(both) >= 10
+    assert all(abs(a - b) <= 2048 for a, b in both)
+
+
+def test_after_the_loop_without_accumulation_the_head_shard_is_kept() -> None:
+    # forward_end and backward_start of a step without accumulation also hold lm_head's
+    # fp32 shard the loop's reduce-scatter made: 12,000 x 128 x 4 / 2 on 2 ranks
+    cfg = GPTConfig.model_validate(next(c for c in STEPS if c["name"] == "vocab-12k-2")["config"])
+    saved = {"loss_gradient": 0}
+    acc, fresh = (titan_chunked_moments(cfg, 2, 64, saved, e=2, tensor=1, data=2,
+                                        gathered_head=0, fresh=f) for f in (False, True))
+    for k in ("forward_end", "backward_start"):
+        assert fresh[k] - acc[k] == 12000 * 128 * 4 // 2
+    assert fresh["head_backward"] == acc["head_backward"]
 
 
 def test_the_head_reduce_scatter_at_the_last_chunk_by_hand() -> None:

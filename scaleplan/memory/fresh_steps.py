@@ -35,10 +35,10 @@ def fresh_step_refusal(*, implementation: str, compile: bool, checkpointing: str
         if titan_fresh_covers(implementation, compile, loss, parallelism):
             return None
         return ("gradient_accumulation=False with implementation='torchtitan' is modelled for "
-                "its FSDP2 step (the standard loss, Parallelism(data=N, fsdp='full_shard'), "
-                "with or without tensor parallelism, or eager on one GPU; measured whole), not "
+                "its FSDP2 step (Parallelism(data=N, fsdp='full_shard'), with or without tensor "
+                "parallelism, or eager on one GPU with the standard loss; measured whole), not "
                 "yet with compile=True on one GPU or with tensor parallelism, or with "
-                "loss='chunked'; use gradient_accumulation=True")
+                "loss='chunked' on one data-parallel rank; use gradient_accumulation=True")
     if implementation == "hf" and compile and checkpointing == "full":
         return ("gradient_accumulation=False with implementation='hf', compile=True and "
                 "checkpointing='full' is not modelled yet: the fresh-gradient backward of "

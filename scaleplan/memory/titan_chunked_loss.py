@@ -129,7 +129,8 @@ def titan_chunked_saved_terms(saved: dict[str, Any], cfg: GPTConfig, b: Any, s: 
 
 def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any], *, e: int,
                           tensor: int, data: int, gathered_head: Any,
-                          chunk_tokens: Any = TITAN_LOSS_CHUNK_TOKENS) -> dict[str, Any]:
+                          chunk_tokens: Any = TITAN_LOSS_CHUNK_TOKENS,
+                          fresh: bool = False) -> dict[str, Any]:
     """The loss-side moments of a torchtitan step with the chunked loss, from its saved terms
     (`titan_chunked_saved_terms`) and FSDP2's gathered [norm, lm_head] unit, the loop's
     worst as ``head_backward``: a chunk's loss backward (the head's weight gradient of the
@@ -141,7 +142,9 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
     chunk's logits (the loop's name still holds them) and, without FSDP2, the head's gradient
     (FSDP2 reduce-scatters it at the last chunk and reshards the unit); and
     ``backward_start``: the cast alone, the unit gathered again for the final norm's backward.
-    ``chunk_tokens``: the chunk's length (`titan_chunk_tokens`).
+    ``chunk_tokens``: the chunk's length (`titan_chunk_tokens`). ``fresh``: a step without
+    gradient accumulation, whose moments after the loop also hold lm_head's fp32 shard the
+    loop's reduce-scatter made (the caller leaves out the resident gradients).
 
     >>> cfg = GPTConfig(n_layer=1, n_head=2, n_embd=8, vocab_size=16)
     >>> m = titan_chunked_moments(cfg, 1, 4, {"loss_gradient": 64}, e=2, tensor=1, data=2,
@@ -166,6 +169,7 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
                   + shard)
         loss = loss - (loss - reduce) * (reduce > loss)
     head = loop["head_gradient"] if data == 1 else 0
+    made = -(-V * d // data) * FP32_BYTES * fresh * (data > 1)
     return {"head_backward": loss,
-            "forward_end": model + held + T * d * e + last_logits + head,
-            "backward_start": model + T * d * e + gathered_head}
+            "forward_end": model + held + T * d * e + last_logits + head + made,
+            "backward_start": model + T * d * e + gathered_head + made}

@@ -126,11 +126,15 @@ def titan_fresh_covers(implementation: str, compile: bool, loss: str,
     False
     """
     ranks = par.fsdp == "full_shard" and par.data > 1
+    # the chunked loss: eager, on two or more FSDP2 ranks, with or without TP
+    # (scaleplan.reference.titan_chunked_measure)
+    chunked = loss == "chunked" and ranks and not compile
     if par.tensor > 1:  # FSDP2 x TP, eager (scaleplan.reference.titan_2d_step)
-        return (implementation == "torchtitan" and loss == "standard" and not compile
-                and par.pipeline * par.expert == 1)
-    return (implementation == "torchtitan" and loss == "standard"
-            and (ranks or (not compile and par.data == 1))
+        return (implementation == "torchtitan" and (loss == "standard" or chunked)
+                and not compile and par.pipeline * par.expert == 1)
+    return (implementation == "torchtitan"
+            and ((loss == "standard" and (ranks or (not compile and par.data == 1)))
+                 or chunked)
             and par.pipeline * par.expert == 1)
 
 

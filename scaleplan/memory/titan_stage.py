@@ -94,7 +94,8 @@ def titan_stage_parts(cfg: GPTConfig, b: Any, s: Any, p: Precision, opt: Optimiz
     if chunked:  # the same recompute: the loss side is freed before the blocks' backward
         saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
         moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=1, data=par.data,
-                                             gathered_head=gathered["forward_end"]))
+                                             gathered_head=gathered["forward_end"],
+                                             fresh=fresh))
     if fresh:  # every moment but the optimizer step's on top of the shards made by then
         moments = {k: v if k == "optimizer_step" else v - G for k, v in moments.items()}
     return W, G, O, saved, 0, 0, 0, moments
@@ -143,7 +144,8 @@ def titan_tp_parts(cfg: GPTConfig, b: Any, s: Any, p: str, opt: str, checkpointi
         e = TITAN_PRECISIONS[p]
         saved = titan_chunked_saved_terms(saved, cfg, b, s, e=e)
         moments.update(titan_chunked_moments(cfg, b, s, saved, e=e, tensor=t, data=par.data,
-                                             gathered_head=gathered["forward_end"]))
+                                             gathered_head=gathered["forward_end"],
+                                             fresh=fresh))
     if fresh:  # every moment but the optimizer step's on top of the shards made by then
         moments = {k: v if k == "optimizer_step" else v - G for k, v in moments.items()}
     return W, G, O, saved, 0, 0, 0, moments

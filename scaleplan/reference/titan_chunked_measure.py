@@ -20,8 +20,9 @@ head's gradient and the loss).
 
 `measure_chunked_step` runs the wrapper as torchtitan's trainer does, inside whole training
 steps (`scaleplan.reference.titan_fsdp_step.tracked_step`: a warm-up step, an accumulating
-micro-batch, then one tracked forward, backward and AdamW step) of torchtitan's Llama 3 under
-FSDP2 (``tensor=1``: `scaleplan.reference.titan_fsdp_step.sharded_titan_model`) or FSDP2 x TP
+micro-batch or none, then one tracked forward, backward and AdamW step) of torchtitan's
+Llama 3 under FSDP2 (``tensor=1``: `scaleplan.reference.titan_fsdp_step.sharded_titan_model`)
+or FSDP2 x TP
 (`scaleplan.reference.titan_2d_step.measure_titan_2d_step`), the model run without its
 ``lm_head`` (`scaleplan.reference.titan_2d_step.chunked_loss`): `STEP_CASES`.
 
@@ -96,9 +97,10 @@ with vocabulary 64 and eight chunks the accumulator's cast after the loop is the
 
 STEP_CASES: tuple[tuple[str, int, int, str, int, int, int], ...] = (
     # (titan_fsdp_step.GRID name, data, tensor, checkpointing, micro-batch, tokens, chunks),
-    # each accumulating, bf16, foreach AdamW: one chunk (the whole batch, as 8,192-token
-    # chunks leave it up to 8,192 tokens a rank) and several; one sequence (chunks are views)
-    # and two (copies); a large vocabulary (the loop peaks) and a small one (a block peaks)
+    # each with and without accumulation, bf16, foreach AdamW: one chunk (the whole batch, as
+    # 8,192-token chunks leave it up to 8,192 tokens a rank) and several; one sequence (chunks
+    # are views) and two (copies); a large vocabulary (the loop peaks) and a small one (a
+    # block peaks)
     ("gqa-3", 2, 1, "none", 2, 96, 1),
     ("gqa-3", 2, 1, "full", 2, 96, 1),
     ("gqa-3", 2, 1, "none", 2, 96, 4),
@@ -119,8 +121,10 @@ STEP_CASES: tuple[tuple[str, int, int, str, int, int, int], ...] = (
 
 
 def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: str,
-                         micro_batch_size: int, seq_len: int, chunks: int) -> dict[str, Any]:
-    """One tracked, accumulating step (bf16, foreach AdamW) of
+                         micro_batch_size: int, seq_len: int, chunks: int,
+                         fresh: bool = False) -> dict[str, Any]:
+    """One tracked step (bf16, foreach AdamW; accumulating, or ``fresh``: without an earlier
+    micro-batch, every gradient None when it starts, as torchtitan's trainer runs) of
     `scaleplan.reference.titan_fsdp_step.GRID[name]` on rank 0 of ``data`` FSDP2 (x
     ``tensor`` TP) fake ranks with torchtitan's ``ChunkedLossWrapper`` of ``chunks`` chunks:
     ``resident``, ``delta`` (the peak above it), ``peak_phase``, ``at_peak`` and
@@ -129,11 +133,11 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
 
     b, s = micro_batch_size, seq_len
     case = {"name": name, "data": data, "tensor": tensor, "checkpointing": checkpointing,
-            "micro_batch_size": b, "seq_len": s, "chunks": chunks}
+            "micro_batch_size": b, "seq_len": s, "chunks": chunks, "fresh": fresh}
     if tensor > 1:
         row = measure_titan_2d_step(name, data=data, tensor=tensor,
                                     checkpointing=checkpointing, micro_batch_size=b,
-                                    seq_len=s, chunks=chunks)
+                                    seq_len=s, chunks=chunks, fresh=fresh)
         return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak",
                                     "batch_bytes", "config")} | case
     cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **STEP_GRID[name]})
@@ -142,7 +146,7 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
     try:
         model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
                                     param_dtype="bf16")
-        row = tracked_step(model, cfg, b, s, fresh=False,
+        row = tracked_step(model, cfg, b, s, fresh=fresh,
                            loss=chunked_loss(model, cfg, chunks))
     finally:
         dist.destroy_process_group()
@@ -161,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                                         micro_batch_size=b, seq_len=s, num_chunks=n)}
                 for t, b, s, n, v in CASES]
         steps = [measure_chunked_step(name, data=data, tensor=t, checkpointing=ckpt,
-                                      micro_batch_size=b, seq_len=s, chunks=n)
-                 for name, data, t, ckpt, b, s, n in STEP_CASES]
+                                      micro_batch_size=b, seq_len=s, chunks=n, fresh=fresh)
+                 for name, data, t, ckpt, b, s, n in STEP_CASES for fresh in (False, True)]
         return {"config": json.loads(cfg.model_dump_json()), "rows": rows, "steps": steps}
 
     return report_main("scaleplan.reference.titan_chunked_measure", JSON_PATH, argv, build)
