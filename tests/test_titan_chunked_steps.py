@@ -170,6 +170,24 @@ def test_the_head_reduce_scatter_at_the_last_chunk_by_hand() -> None:
     assert m["head_backward"] == reduce
 
 
+def test_one_chunks_reduce_scatter_holds_the_gradient_as_made_by_hand() -> None:
+    # vocab-12k-2 on 2 FSDP2 ranks, one sequence of 8 tokens: one chunk (the hidden states
+    # themselves, no copies), so no fp32 accumulation: at the reduce-scatter the bf16
+    # gradient (12,000 x 128 x 2) beside the flat fp32 input (x 4) and the shard (x 4 / 2),
+    # with the hidden states (8 x 128 x 2), the accumulator (x 4), the chunk's logits
+    # (8 x 12,000 x 2) and the gathered unit; above the chunk's loss backward (its logits and
+    # three fp32 buffers, 8 x 12,000 x 14)
+    cfg = GPTConfig.model_validate(next(c for c in STEPS if c["name"] == "vocab-12k-2")["config"])
+    T, d, V = 8, 128, 12000
+    gathered = (V * d + d) * 2
+    held = T * d * 2 + T * d * 4
+    reduce = held + T * V * 2 + gathered + V * d * (2 + 4) + V * d * 4 // 2
+    assert reduce > held + T * V * 14 + gathered
+    m = titan_chunked_moments(cfg, 1, 8, {"loss_gradient": 0}, e=2, tensor=1, data=2,
+                              gathered_head=gathered)
+    assert m["head_backward"] == reduce
+
+
 def test_the_last_blocks_previous_reduce_is_the_norms_alone() -> None:
     # with the chunked loss the head unit's backward reduces the final norm's gradient only:
     # d fp32 values are the last block's previous reduce-scatter input, not (V d + d)

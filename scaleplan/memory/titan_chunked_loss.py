@@ -10,7 +10,8 @@ into a ``GradAccumulator`` (an fp32 buffer shaped like the hidden states). The a
 gradient, cast back to the activation dtype, is what ``_DecoderOutputGradientBackProp`` saves
 and hands to the decoder's backward. The wrapper alone was measured on CPU by
 `scaleplan.reference.titan_chunked_measure` (rank 0 of a fake TP group, torchtitan's own
-``lm_head``), and inside 15 whole FSDP2 (x TP) training steps as torchtitan's trainer runs it
+``lm_head``), and inside 30 whole FSDP2 (x TP) training steps as torchtitan's trainer runs it,
+with and without gradient accumulation
 (`scaleplan.reference.titan_chunked_measure.measure_chunked_step`; all within 0.1%,
 tests/test_titan_chunked_steps.py). At a chunk's loss backward the rank holds
 
@@ -32,8 +33,9 @@ tests/test_titan_chunked_steps.py). At a chunk's loss backward the rank holds
   ``to_accumulated_grad_if_needed``).
 
 Under FSDP2 the loop's other moment is the head's reduce-scatter at the last chunk: the last
-chunk's logits, the gradient in fp32 (accumulated, or with one chunk the bf16 gradient upcast
-for it), the flat fp32 input and the fp32 shard it reduces into. Since lm_head's gradient is
+chunk's logits, the gradient (accumulated in fp32 over several chunks; with one chunk the
+gradient itself, in the parameter dtype), the flat fp32 input and the fp32 shard it reduces
+into. Since lm_head's gradient is
 reduced in the forward, the [norm, lm_head] unit's reduce in the backward holds the final
 norm's alone (``head_reduced`` of `scaleplan.memory.titan_fsdp_moments`).
 
@@ -42,7 +44,8 @@ default, pytorch/torchtitan@94609ad7 docs/chunked_loss.md; 0.3.0 has ``num_chunk
 sequence split in eight). After the loop the fp32 accumulator and its activation-dtype cast are
 live together; in backward the cast is the only loss-side tensor left. Not modelled: the per-token
 statistics of the loss (tens of bytes a token), compile (refused), one data-parallel rank
-(refused: FSDP2 on a one-rank mesh), no gradient accumulation (refused).
+(refused: FSDP2 on a one-rank mesh), fp32 parameters (not measured; the terms take the
+parameter dtype ``e``).
 """
 
 from __future__ import annotations
@@ -135,10 +138,10 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
     (`titan_chunked_saved_terms`) and FSDP2's gathered [norm, lm_head] unit, the loop's
     worst as ``head_backward``: a chunk's loss backward (the head's weight gradient of the
     earlier chunks held when there are several, and without FSDP2 always) and, under FSDP2,
-    the head's reduce-scatter at the last chunk (the gradient upcast to fp32 for it, or with
-    several chunks its fp32 accumulation; the flat fp32 input; the fp32 shard it reduces
-    into; the last chunk's logits); ``forward_end``, the accumulator's cast after the loop:
-    the hidden states, their chunk copies, the fp32 accumulator and its cast, the last
+    the head's reduce-scatter at the last chunk (the gradient: with several chunks its fp32
+    accumulation, with one the gradient itself; the flat fp32 input; the fp32 shard it
+    reduces into; the last chunk's logits); ``forward_end``, the accumulator's cast after the
+    loop: the hidden states, their chunk copies, the fp32 accumulator and its cast, the last
     chunk's logits (the loop's name still holds them) and, without FSDP2, the head's gradient
     (FSDP2 reduce-scatters it at the last chunk and reshards the unit); and
     ``backward_start``: the cast alone, the unit gathered again for the final norm's backward.
@@ -163,9 +166,10 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
     earlier = loop["head_gradient"] * (several if data > 1 else 1)
     loss = model + held + loop["chunk_loss"] + earlier + gathered_head
     if data > 1:  # FSDP2: the head's reduce-scatter at the last chunk
-        upcast = V * d * FP32_BYTES - (V * d * e) * (1 - several)
+        # the gradient: accumulated in fp32 over several chunks, else in the parameter dtype
+        grad = V * d * (FP32_BYTES * several + e * (1 - several))
         shard = -(-V * d // data) * FP32_BYTES
-        reduce = (model + held + last_logits + gathered_head + upcast + V * d * FP32_BYTES
+        reduce = (model + held + last_logits + gathered_head + grad + V * d * FP32_BYTES
                   + shard)
         loss = loss - (loss - reduce) * (reduce > loss)
     head = loop["head_gradient"] if data == 1 else 0
