@@ -107,6 +107,11 @@ def test_replay_of_the_measured_wrapper() -> None:
         cast_peaks += cast > loop
         slack = LOSS_SCALARS + (TP_PER_TOKEN * c if t > 1 else 0)
         assert 0 <= r["peak"] - max(loop, cast) <= slack, r
+        # the moments' loop is those parts (no FSDP2: the head's gradient of the earlier
+        # chunks, which are several in every row, held in the parameter dtype)
+        m = titan_chunked_moments(cfg, b, s, {"labels": T * 8, "loss_gradient": 0}, e=2,
+                                  tensor=t, data=1, gathered_head=0, chunk_tokens=c)
+        assert m["head_backward"] == loop - r["before"] + T * 96 * 2 + T * 8, r
         # after: hidden states, labels, the saved bf16 gradient, the head's gradient, the loss
         assert r["after"] == T * (96 * 2 * 2 + 8) + local_v * 96 * 2 + 4, r
     assert cast_peaks == 3  # the vocabulary-64 cases

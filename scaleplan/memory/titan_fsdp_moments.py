@@ -234,7 +234,7 @@ def titan_norm_end_bytes(T: Any, d: int, e: int, device: str, checkpointing: str
 
 
 def titan_head_unit_moment(cfg: GPTConfig, T: Any, *, e: int, kept: Any, layers: int,
-                           data: int, off_default: bool, head_reduced: bool = False) -> Any:
+                           data: int, off_default: bool, head_reduced: bool) -> Any:
     """The head unit's reduce-scatter: every block's kept activations, the last block's
     incoming gradient and FSDP2's buffers (module docstring); ``off_default``: the default
     stream's part (`_reduce_input`); ``head_reduced``: the final norm's alone
