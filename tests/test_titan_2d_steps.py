@@ -224,9 +224,10 @@ def test_fresh_gradients_alive_are_the_reduce_scatter_stream_at_the_peak() -> No
 
 
 def test_a_real_process_group_keeps_what_the_fake_one_does() -> None:
-    # gloo, every rank: the forward's bytes live at the peak equal the fake group's rank 0's,
-    # the embedding's and the all-gathers' extra storages included; the whole peak too where
-    # FSDP2 divides the gradients the same way (one gloo step differs there: no PREMUL_SUM)
+    # gloo, every rank: the forward's bytes live at the peak equal the fake group's rank 0's
+    # (the same tracker on both sides: the allocator check below is the independent one); the
+    # whole peak too where FSDP2 divides the gradients the same way (one gloo step differs
+    # there: no PREMUL_SUM)
     first, one_sequence = RECORD["gloo"]
     for run in (first, one_sequence):
         assert run["gloo_forward_at_peak"] == [run["fake_forward_at_peak"]] * len(
