@@ -316,3 +316,21 @@ def test_thin_fsdp_allocator_margin_warning() -> None:
     assert [w.code for w in sharded_slack_warnings(titan, enough - 1, par, {})] == [
         "thin-fsdp-allocator-margin"]
     assert sharded_slack_warnings(titan, enough, par, {}) == []
+
+
+def test_torchtitan_chunk_length_warning() -> None:
+    # scaleplan takes the chunked loss in 8,192-token chunks; torchtitan 0.3.0 splits a
+    # micro-batch in eight, longer above 65,536 tokens: a plan of 16 x 8,192 tokens a rank
+    # (16,384-token chunks under 0.3.0, twice as long) is told so, one of 8 x 8,192 is not
+    par = Parallelism(data=8, fsdp="full_shard")
+    kw: dict[str, Any] = dict(seq_len=8192, parallelism=par, implementation="torchtitan",
+                              loss="chunked", checkpointing="full",
+                              gradient_accumulation=False)
+    long = plan(LLAMA_SHAPE, "H100 SXM", tokens_per_step=16 * 8192 * 8, **kw)
+    assert long.micro_batch_size == 16
+    warning = next(w for w in long.warnings if w.code == "titan-chunk-length")
+    assert "16,384-token chunks" in warning.message and "2.0x larger" in warning.message
+    assert "set num_chunks to 16" in warning.message
+    short = plan(LLAMA_SHAPE, "H100 SXM", tokens_per_step=8 * 8192 * 8, **kw)
+    assert short.micro_batch_size == 8
+    assert "titan-chunk-length" not in {w.code for w in short.warnings}

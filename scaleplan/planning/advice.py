@@ -1,8 +1,8 @@
 """The advice a plan gives besides its numbers: which precision and why, and the warnings (small
 GPU for inductor, no bf16 tensor cores, dropout on a single pass, token budgets far from
 compute-optimal, sequences longer than the model's, a sharded run with little room for the
-caching allocator). The MFU assumed when none is given comes
-from `scaleplan.compute.mfu_defaults`."""
+caching allocator, torchtitan's chunked loss in chunks other than the ones modelled). The MFU
+assumed when none is given comes from `scaleplan.compute.mfu_defaults`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaleplan.compute.hardware import GPUSpec
 from scaleplan.memory.parallel import Parallelism
+from scaleplan.memory.titan_chunked_loss import TITAN_LOSS_CHUNK_TOKENS
 from scaleplan.memory.training import (
     ALLOCATOR_SLACK_FRACTION,
     CUDA_CONTEXT_BYTES,
@@ -27,6 +28,7 @@ __all__ = [
     "UNDERTRAINED_RATIO",
     "PlanWarning",
     "choose_precision",
+    "chunk_length_warnings",
     "peak_dtype",
     "plan_warnings",
     "sharded_slack_warnings",
@@ -144,3 +146,32 @@ def sharded_slack_warnings(memory: MemoryBreakdown, available: int,
         f"{available / gib:.1f} GiB available: pass allocator_slack_fraction="
         f"{FSDP_RESERVED_FRACTION} to plan for "
         "it, or take a smaller micro-batch"))]
+
+
+def chunk_length_warnings(micro_batch_size: int, seq_len: int,
+                          memory_options: dict[str, Any]) -> list[PlanWarning]:
+    """A warning where torchtitan's chunked loss would run in longer chunks than modelled:
+    scaleplan takes chunks of `TITAN_LOSS_CHUNK_TOKENS` tokens (newer torchtitan's
+    ``chunk_len``), torchtitan 0.3.0 splits each micro-batch in eight (``num_chunks=8``), which
+    is longer above 8 x 8,192 tokens a micro-batch.
+
+    >>> opts = {"implementation": "torchtitan", "loss": "chunked"}
+    >>> [w.code for w in chunk_length_warnings(40, 8192, opts)]
+    ['titan-chunk-length']
+    >>> chunk_length_warnings(8, 8192, opts)
+    []
+    """
+    if memory_options.get("implementation") != "torchtitan" or \
+            memory_options.get("loss") != "chunked":
+        return []
+    tokens = micro_batch_size * seq_len
+    eighth = tokens // 8
+    if eighth <= TITAN_LOSS_CHUNK_TOKENS:
+        return []
+    return [PlanWarning(code="titan-chunk-length", message=(
+        f"the chunked loss is modelled in {TITAN_LOSS_CHUNK_TOKENS:,}-token chunks (torchtitan's "
+        f"ChunkedLossWrapper chunk_len); torchtitan 0.3.0 splits a micro-batch in num_chunks=8, "
+        f"here {eighth:,}-token chunks, whose logits and loss buffers are "
+        f"{eighth / TITAN_LOSS_CHUNK_TOKENS:.1f}x larger: with 0.3.0 set num_chunks to "
+        f"{-(-tokens // TITAN_LOSS_CHUNK_TOKENS)}, or read the chunk loop as a lower bound"))]
+

@@ -34,6 +34,7 @@ from scaleplan.model.params import ParamCount, count_params
 from scaleplan.planning.advice import (
     PlanWarning,
     choose_precision,
+    chunk_length_warnings,
     plan_warnings,
     sharded_slack_warnings,
 )
@@ -329,6 +330,7 @@ def plan(
     warnings += plan_warnings(cfg, spec, seq_len, budget.total_tokens,
                               budget.compute_optimal_tokens)
     warnings += sharded_slack_warnings(mem, available, settings["parallelism"], memory_options)
+    warnings += chunk_length_warnings(chosen, seq_len, memory_options)
     on_data = None if data is None else expected_loss(cfg, tokens=budget.total_tokens, data=data,
                                                       tokenizer=tokenizer)
     return Plan(
