@@ -28,8 +28,8 @@ the same where FSDP2's gradient division does not differ (gloo has no ``PREMUL_S
 the tracker counts each functional collective's wrapper by what it wraps
 (`scaleplan.reference.tracking.plain_tensors`), not as memory of its own.
 
-``python -m scaleplan.reference.titan_2d_step --write`` measures `CASES` and `check_gloo` and
-writes ``docs/validation/torchtitan-2d-steps.json`` (replayed without torch by
+``python -m scaleplan.reference.titan_2d_step --write`` measures `CASES`, `check_gloo` and
+`check_allocator` and writes ``docs/validation/torchtitan-2d-steps.json`` (replayed without torch by
 tests/test_titan_2d_steps.py).
 """
 
