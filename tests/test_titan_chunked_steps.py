@@ -1,13 +1,14 @@
 """torchtitan's chunked loss inside whole FSDP2 (x TP) steps, replayed without torch.
 
-docs/validation/torchtitan-chunked-loss.json's ``steps``: 30 steps of torchtitan 0.3.0's Llama 3
+docs/validation/torchtitan-chunked-loss.json's ``steps``: 35 steps of torchtitan 0.3.0's Llama 3
 with its ``ChunkedLossWrapper`` as the trainer sets it (the model run without its ``lm_head``),
-under FSDP2 on 2 and 4 ranks and FSDP2 x TP on 2 x 2, in 1 to 4 chunks, each with and without
-gradient accumulation (`scaleplan.reference.titan_chunked_measure.measure_chunked_step`). The
-model is `scaleplan.memory.titan_chunked_loss.titan_chunked_moments` (the chunk loop) beside the
-blocks' moments (`scaleplan.memory.titan_fsdp_moments`, `scaleplan.memory.titan_tp_moments`)
-with ``head_reduced``: the loop reduce-scatters lm_head's gradient in the forward, so the head
-unit's backward reduces the final norm's alone.
+under FSDP2 on 2 and 4 ranks and FSDP2 x TP on 2 x 2, in 1 to 4 chunks: 15 with and without
+gradient accumulation in bf16, 5 accumulating with fp32 parameters
+(`scaleplan.reference.titan_chunked_measure.measure_chunked_step`). The model is
+`scaleplan.memory.titan_chunked_loss.titan_chunked_moments` (the chunk loop) beside the blocks'
+moments (`scaleplan.memory.titan_fsdp_moments`, `scaleplan.memory.titan_tp_moments`) with
+``head_reduced``: the loop reduce-scatters lm_head's gradient in the forward, so the head unit's
+backward reduces the final norm's alone.
 
 ``training_memory`` takes chunks of 8,192 tokens, so a step of up to 8,192 tokens a rank is one
 chunk: those steps are replayed through ``training_memory`` itself; the others through the
@@ -35,9 +36,13 @@ DATA = Path(__file__).resolve().parents[1] / "docs" / "validation" / "torchtitan
 STEPS: list[dict[str, Any]] = json.loads(DATA.read_text())["steps"]
 
 
+PRECISION = {"bf16": "bf16-mixed", "fp32": "32-true"}
+BYTES = {"bf16": 2, "fp32": 4}
+
+
 def _id(c: dict[str, Any]) -> str:
     return (f"{c['name']}-d{c['data']}t{c['tensor']}-{c['checkpointing']}"
-            f"-{c['micro_batch_size']}x{c['seq_len']}-c{c['chunks']}"
+            f"-{c['micro_batch_size']}x{c['seq_len']}-c{c['chunks']}-{c['param_dtype']}"
             f"{'-fresh' if c['fresh'] else ''}")
 
 
@@ -73,12 +78,14 @@ def _predicted(c: dict[str, Any]) -> tuple[int, str]:
     cfg = GPTConfig.model_validate(c["config"])
     b, s, t, data, fresh = (c["micro_batch_size"], c["seq_len"], c["tensor"], c["data"],
                             c["fresh"])
+    p = PRECISION[c["param_dtype"]]
     _, G, _, saved, _, _, _, moments = titan_stage_parts(
-        cfg, b, s, "bf16-mixed", "adamw", c["checkpointing"], "cpu", _par(c), "foreach",
+        cfg, b, s, p, "adamw", c["checkpointing"], "cpu", _par(c), "foreach",
         cfg.n_layer, compiled=False, chunked=True, fresh=fresh)
-    gathered = (titan_tp_fsdp_in_flight(cfg, "bf16-mixed", data=data, tensor=t) if t > 1 else
-                titan_fsdp_in_flight(cfg, "bf16-mixed", data=data, one_rank_mesh=True))
-    loop = titan_chunked_moments(cfg, b, s, saved, e=2, tensor=t, data=data,
+    gathered = (titan_tp_fsdp_in_flight(cfg, p, data=data, tensor=t) if t > 1 else
+                titan_fsdp_in_flight(cfg, p, data=data, one_rank_mesh=True))
+    loop = titan_chunked_moments(cfg, b, s, saved, e=BYTES[c["param_dtype"]], tensor=t,
+                                 data=data,
                                  gathered_head=gathered["forward_end"],
                                  chunk_tokens=b * s // c["chunks"], fresh=fresh)
     moments.update({k: v - (G if fresh else 0) for k, v in loop.items()})
@@ -103,24 +110,28 @@ def test_one_chunk_steps_through_training_memory() -> None:
     for c in (c for c in STEPS if c["chunks"] == 1):
         cfg = GPTConfig.model_validate(c["config"])
         m = training_memory(cfg, micro_batch_size=c["micro_batch_size"], seq_len=c["seq_len"],
-                            precision="bf16-mixed", checkpointing=c["checkpointing"],
+                            precision=PRECISION[c["param_dtype"]],
+                            checkpointing=c["checkpointing"],
                             device="cpu", implementation="torchtitan",
                             optimizer_impl="foreach", loss="chunked", parallelism=_par(c),
                             gradient_accumulation=not c["fresh"])
         assert m.tensor_peak - _states(cfg, c) == _predicted(c)[0], _id(c)
         checked += 1
-    assert checked == 18
+    assert checked == 21
 
 
 def test_the_loop_peaks_where_measured() -> None:
     # a large vocabulary: the loop (a chunk's loss backward with one chunk; the head's
     # reduce-scatter at the last chunk with several); a small one: the blocks
     moments = {_id(c): _predicted(c)[1] for c in STEPS}
-    assert moments["vocab-12k-2-d2t1-none-2x64-c1"] == "head_backward"
-    assert moments["gqa-3-d2t1-none-2x96-c1"] == "block_backward"
-    assert moments["gqa-3-d2t2-full-2x96-c1"] == "recompute"
+    assert moments["vocab-12k-2-d2t1-none-2x64-c1-bf16"] == "head_backward"
+    assert moments["gqa-3-d2t1-none-2x96-c1-bf16"] == "block_backward"
+    assert moments["gqa-3-d2t2-full-2x96-c1-bf16"] == "recompute"
     # without accumulation the blocks still peak with the shards made by then
-    assert moments["gqa-3-d2t2-full-2x96-c1-fresh"] == "recompute"
+    assert moments["gqa-3-d2t2-full-2x96-c1-bf16-fresh"] == "recompute"
+    # fp32 parameters: the same moments
+    assert moments["vocab-12k-2-d2t1-none-2x64-c4-fp32"] == "head_backward"
+    assert moments["gqa-3-d2t1-full-2x96-c1-fp32"] == "recompute"
 
 
 def test_without_accumulation_the_loop_is_the_same_bytes_above_the_residents() -> None:

@@ -10,8 +10,8 @@ into a ``GradAccumulator`` (an fp32 buffer shaped like the hidden states). The a
 gradient, cast back to the activation dtype, is what ``_DecoderOutputGradientBackProp`` saves
 and hands to the decoder's backward. The wrapper alone was measured on CPU by
 `scaleplan.reference.titan_chunked_measure` (rank 0 of a fake TP group, torchtitan's own
-``lm_head``), and inside 30 whole FSDP2 (x TP) training steps as torchtitan's trainer runs it,
-with and without gradient accumulation
+``lm_head``), and inside 35 whole FSDP2 (x TP) training steps as torchtitan's trainer runs it,
+with and without gradient accumulation, bf16 and fp32 parameters
 (`scaleplan.reference.titan_chunked_measure.measure_chunked_step`; all within 0.1%,
 tests/test_titan_chunked_steps.py). At a chunk's loss backward the rank holds
 
@@ -44,8 +44,7 @@ default, pytorch/torchtitan@94609ad7 docs/chunked_loss.md; 0.3.0 has ``num_chunk
 sequence split in eight). After the loop the fp32 accumulator and its activation-dtype cast are
 live together; in backward the cast is the only loss-side tensor left. Not modelled: the per-token
 statistics of the loss (tens of bytes a token), compile (refused), one data-parallel rank
-(refused: FSDP2 on a one-rank mesh), fp32 parameters (not measured; the terms take the
-parameter dtype ``e``).
+(refused: FSDP2 on a one-rank mesh).
 """
 
 from __future__ import annotations

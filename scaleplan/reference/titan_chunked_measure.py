@@ -49,8 +49,8 @@ from scaleplan.reference.titan_measure import TitanTracker, import_llama3, repor
 from scaleplan.reference.titan_qwen3_measure import GRID
 from scaleplan.reference.titan_tp_measure import fake_world, titan_tp_model
 
-__all__ = ["CASES", "JSON_PATH", "STEP_CASES", "main", "measure_chunked_loss",
-           "measure_chunked_step"]
+__all__ = ["CASES", "FP32_STEP_CASES", "JSON_PATH", "STEP_CASES", "main",
+           "measure_chunked_loss", "measure_chunked_step"]
 
 JSON_PATH = Path("docs/validation/torchtitan-chunked-loss.json")
 
@@ -119,13 +119,25 @@ STEP_CASES: tuple[tuple[str, int, int, str, int, int, int], ...] = (
 )
 """The whole steps `measure_chunked_step` measures for the JSON's ``steps``."""
 
+FP32_STEP_CASES: tuple[tuple[str, int, int, str, int, int, int], ...] = (
+    # the same fields, accumulating, with fp32 parameters gathered (the gradients, the
+    # chunk's logits and the loss's buffers all fp32)
+    ("vocab-12k-2", 2, 1, "none", 2, 64, 1),
+    ("vocab-12k-2", 2, 1, "none", 2, 64, 4),
+    ("vocab-12k-2", 2, 2, "none", 2, 64, 1),
+    ("vocab-12k-2", 2, 2, "full", 2, 64, 2),
+    ("gqa-3", 2, 1, "full", 2, 96, 1),
+)
+"""Steps with fp32 parameters, measured for the JSON's ``steps`` as well."""
+
 
 def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: str,
                          micro_batch_size: int, seq_len: int, chunks: int,
-                         fresh: bool = False) -> dict[str, Any]:
-    """One tracked step (bf16, foreach AdamW; accumulating, or ``fresh``: without an earlier
-    micro-batch, every gradient None when it starts, as torchtitan's trainer runs) of
-    `scaleplan.reference.titan_fsdp_step.GRID[name]` on rank 0 of ``data`` FSDP2 (x
+                         fresh: bool = False, param_dtype: str = "bf16") -> dict[str, Any]:
+    """One tracked step (``param_dtype`` gathered, foreach AdamW; accumulating, or ``fresh``:
+    without an earlier micro-batch, every gradient None when it starts, as torchtitan's
+    trainer runs) of `scaleplan.reference.titan_fsdp_step.GRID[name]` on rank 0 of ``data``
+    FSDP2 (x
     ``tensor`` TP) fake ranks with torchtitan's ``ChunkedLossWrapper`` of ``chunks`` chunks:
     ``resident``, ``delta`` (the peak above it), ``peak_phase``, ``at_peak`` and
     ``batch_bytes``, as `scaleplan.reference.titan_fsdp_step.tracked_step` reports them."""
@@ -133,11 +145,13 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
 
     b, s = micro_batch_size, seq_len
     case = {"name": name, "data": data, "tensor": tensor, "checkpointing": checkpointing,
-            "micro_batch_size": b, "seq_len": s, "chunks": chunks, "fresh": fresh}
+            "micro_batch_size": b, "seq_len": s, "chunks": chunks, "fresh": fresh,
+            "param_dtype": param_dtype}
     if tensor > 1:
         row = measure_titan_2d_step(name, data=data, tensor=tensor,
                                     checkpointing=checkpointing, micro_batch_size=b,
-                                    seq_len=s, chunks=chunks, fresh=fresh)
+                                    seq_len=s, chunks=chunks, fresh=fresh,
+                                    param_dtype=param_dtype)
         return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak",
                                     "batch_bytes", "config")} | case
     cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **STEP_GRID[name]})
@@ -145,7 +159,7 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
     dist.init_process_group("fake", rank=0, world_size=data)
     try:
         model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
-                                    param_dtype="bf16")
+                                    param_dtype=param_dtype)
         row = tracked_step(model, cfg, b, s, fresh=fresh,
                            loss=chunked_loss(model, cfg, chunks))
     finally:
@@ -167,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         steps = [measure_chunked_step(name, data=data, tensor=t, checkpointing=ckpt,
                                       micro_batch_size=b, seq_len=s, chunks=n, fresh=fresh)
                  for name, data, t, ckpt, b, s, n in STEP_CASES for fresh in (False, True)]
+        steps += [measure_chunked_step(name, data=data, tensor=t, checkpointing=ckpt,
+                                       micro_batch_size=b, seq_len=s, chunks=n,
+                                       param_dtype="fp32")
+                  for name, data, t, ckpt, b, s, n in FP32_STEP_CASES]
         return {"config": json.loads(cfg.model_dump_json()), "rows": rows, "steps": steps}
 
     return report_main("scaleplan.reference.titan_chunked_measure", JSON_PATH, argv, build)
