@@ -50,11 +50,11 @@ from scaleplan.model.config import GPTConfig
 from scaleplan.reference.allocator_trace import AllocatorTrace
 from scaleplan.reference.titan_fsdp_step import GRID, LLAMA_LAYOUT, tracked_step
 from scaleplan.reference.titan_fsdp_streams import StreamTracker
-from scaleplan.reference.titan_measure import apply_ac, import_llama3
+from scaleplan.reference.titan_measure import apply_ac, chunked_loss, import_llama3
 from scaleplan.reference.titan_tp_measure import titan_tp_model
 
 __all__ = ["ALLOCATOR_CASES", "CASES", "GLOO_CASES", "OUT", "check_allocator", "check_gloo",
-           "chunked_loss", "main", "measure_titan_2d_allocated", "measure_titan_2d_step",
+           "main", "measure_titan_2d_allocated", "measure_titan_2d_step",
            "sharded_titan_2d_model"]
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "validation" / "torchtitan-2d-steps.json"
@@ -187,19 +187,6 @@ def measure_titan_2d_step(name: str, *, data: int, tensor: int, checkpointing: s
                   "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
                   "seq_len": seq_len, "param_dtype": param_dtype, "fresh": fresh,
                   "optimizer_impl": optimizer_impl} | ({"chunks": chunks} if chunks else {})
-
-
-def chunked_loss(model: Any, cfg: GPTConfig, chunks: int) -> Any:
-    """torchtitan's trainer's chunked loss for ``model``: a ``ChunkedLossWrapper`` of
-    ``chunks`` chunks around its cross-entropy (told ``cfg``'s vocabulary), given the model's
-    ``lm_head``, the model set to skip it (``_skip_lm_head``); as ``loss(pred, labels)``."""
-    loss_mod: Any = importlib.import_module("torchtitan.components.loss")
-    wrapper = loss_mod.ChunkedLossWrapper(loss_mod.ChunkedLossWrapper.Config(
-        num_chunks=chunks,
-        loss_fn=loss_mod.CrossEntropyLoss.Config(global_vocab_size=cfg.vocab_size)))
-    wrapper.set_lm_head(model.lm_head)
-    model._skip_lm_head = True
-    return lambda pred, labels: wrapper(pred, labels)[0]
 
 
 GLOO_CASES: tuple[tuple[str, int, int, str, int, int], ...] = (

@@ -24,7 +24,7 @@ micro-batch or none, then one tracked forward, backward and AdamW step) of torch
 Llama 3 under FSDP2 (``tensor=1``: `scaleplan.reference.titan_fsdp_step.sharded_titan_model`)
 or FSDP2 x TP
 (`scaleplan.reference.titan_2d_step.measure_titan_2d_step`), the model run without its
-``lm_head`` (`scaleplan.reference.titan_2d_step.chunked_loss`): `STEP_CASES`.
+``lm_head`` (`scaleplan.reference.titan_measure.chunked_loss`): `STEP_CASES`.
 
 ``python -m scaleplan.reference.titan_chunked_measure --write`` writes
 ``docs/validation/torchtitan-chunked-loss.json`` (``rows``: the wrapper alone; ``steps``: whole
@@ -42,10 +42,9 @@ from typing import Any
 import torch
 
 from scaleplan.model.config import GPTConfig
-from scaleplan.reference.titan_2d_step import chunked_loss, measure_titan_2d_step
-from scaleplan.reference.titan_fsdp_step import GRID as STEP_GRID
-from scaleplan.reference.titan_fsdp_step import LLAMA_LAYOUT, sharded_titan_model, tracked_step
-from scaleplan.reference.titan_measure import TitanTracker, import_llama3, report_main
+from scaleplan.reference.titan_2d_step import measure_titan_2d_step
+from scaleplan.reference.titan_fsdp_step import measure_titan_fsdp_step
+from scaleplan.reference.titan_measure import TitanTracker, chunked_loss, report_main
 from scaleplan.reference.titan_qwen3_measure import GRID
 from scaleplan.reference.titan_tp_measure import fake_world, titan_tp_model
 
@@ -141,8 +140,6 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
     ``tensor`` TP) fake ranks with torchtitan's ``ChunkedLossWrapper`` of ``chunks`` chunks:
     ``resident``, ``delta`` (the peak above it), ``peak_phase``, ``at_peak`` and
     ``batch_bytes``, as `scaleplan.reference.titan_fsdp_step.tracked_step` reports them."""
-    import torch.distributed as dist
-
     b, s = micro_batch_size, seq_len
     case = {"name": name, "data": data, "tensor": tensor, "checkpointing": checkpointing,
             "micro_batch_size": b, "seq_len": s, "chunks": chunks, "fresh": fresh,
@@ -154,18 +151,12 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
                                     param_dtype=param_dtype)
         return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak",
                                     "batch_bytes", "config")} | case
-    cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **STEP_GRID[name]})
-    import_llama3()
-    dist.init_process_group("fake", rank=0, world_size=data)
-    try:
-        model = sharded_titan_model(cfg, checkpointing=checkpointing, data=data,
-                                    param_dtype=param_dtype)
-        row = tracked_step(model, cfg, b, s, fresh=fresh,
-                           loss=chunked_loss(model, cfg, chunks))
-    finally:
-        dist.destroy_process_group()
-    return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak",
-                                "batch_bytes")} | case | {"config": cfg.model_dump(mode="json")}
+    row = measure_titan_fsdp_step(name, data=data, checkpointing=checkpointing,
+                                  micro_batch_size=b, seq_len=s, param_dtype=param_dtype,
+                                  fresh=fresh,
+                                  loss_for=lambda model, cfg: chunked_loss(model, cfg, chunks))
+    return {k: row[k] for k in ("resident", "delta", "peak_phase", "at_peak", "batch_bytes",
+                                "config")} | case
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,13 +183,16 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
                             seq_len: int = 96, param_dtype: str = "bf16",
                             fresh: bool = False, optimizer_impl: str = "foreach",
                             backward_peak: bool = False,
-                            tracker_cls: type[PeakTracker] | None = None) -> dict[str, Any]:
+                            tracker_cls: type[PeakTracker] | None = None,
+                            loss_for: Callable[[Any, GPTConfig], Any] | None = None
+                            ) -> dict[str, Any]:
     """One tracked forward, backward and AdamW step of `GRID[name]` on rank 0 of ``data``
     fake ranks; ``fresh``: without an accumulating micro-batch before it; ``optimizer_impl``:
     torch's ``"foreach"`` AdamW or the ``"fused"`` one (torchtitan's default);
     ``backward_peak``: also the backward's own peak (``backward_delta``, above the resident
     bytes) and the storages live then (``at_backward_peak``); ``tracker_cls``: a `PeakTracker`
-    subclass that adds its own fields (`PeakTracker.report`)."""
+    subclass that adds its own fields (`PeakTracker.report`); ``loss_for(model, cfg)``: the
+    loss (`scaleplan.reference.titan_measure.chunked_loss`, say; `tracked_step`'s ``loss``)."""
     import torch.distributed as dist
 
     cfg = GPTConfig.model_validate({**LLAMA_LAYOUT, **GRID[name]})
@@ -200,7 +203,8 @@ def measure_titan_fsdp_step(name: str, *, data: int, checkpointing: str, micro_b
                                     param_dtype=param_dtype)
         row = tracked_step(model, cfg, micro_batch_size, seq_len, fresh=fresh,
                             fused=optimizer_impl == "fused", backward_peak=backward_peak,
-                            tracker_cls=tracker_cls or PeakTracker) | {
+                            tracker_cls=tracker_cls or PeakTracker,
+                            loss=loss_for(model, cfg) if loss_for else None) | {
             "name": name, "config": cfg.model_dump(mode="json"), "data": data,
             "checkpointing": checkpointing, "micro_batch_size": micro_batch_size,
             "seq_len": seq_len, "param_dtype": param_dtype}
@@ -233,12 +237,6 @@ def sharded_titan_model(cfg: GPTConfig, *, checkpointing: str, data: int, param_
     return model
 
 
-def _cross_entropy(cfg: GPTConfig) -> Callable[[Any, Any], Any]:
-    """torchtitan's cross-entropy, told ``cfg``'s vocabulary."""
-    cross_entropy = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
-    return lambda pred, labels: cross_entropy(pred, labels, global_vocab_size=cfg.vocab_size)
-
-
 def tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
                  fused: bool = False, backward_peak: bool = False,
                  tracker_cls: type[PeakTracker] = PeakTracker,
@@ -250,7 +248,9 @@ def tracked_step(model: Any, cfg: GPTConfig, b: int, s: int, *, fresh: bool,
     the loss told ``cfg``'s vocabulary (its vocabulary-parallel form needs it under TP), or
     ``loss(pred, labels)`` (torchtitan's ``ChunkedLossWrapper``, say). The row
     `measure_titan_fsdp_step` documents (``resident``, ``delta``, ``at_peak``, ...)."""
-    loss_fn = loss or _cross_entropy(cfg)
+    cross_entropy = importlib.import_module("torchtitan.components.loss").cross_entropy_loss
+    loss_fn = loss or (lambda pred, labels: cross_entropy(pred, labels,
+                                                          global_vocab_size=cfg.vocab_size))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=not fused or None,
                             fused=fused or None)
     ids, labels = (torch.randint(0, cfg.vocab_size, (b, s)) for _ in range(2))

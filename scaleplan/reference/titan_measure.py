@@ -55,8 +55,8 @@ from scaleplan.reference.tracking import (
 )
 
 __all__ = ["GRID", "TitanMeasurement", "TitanTracker", "apply_ac", "check_fsdp",
-           "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan", "report_main",
-           "titan_model", "titan_model_config"]
+           "chunked_loss", "flex_on_cpu", "grid", "import_llama3", "main", "measure_titan",
+           "report_main", "titan_model", "titan_model_config"]
 
 _EP_PACKAGE = "torchtitan.distributed.minimal_async_ep"
 JSON_PATH = Path("docs/validation/torchtitan-memory.json")
@@ -342,6 +342,19 @@ def grid(b: int = 2, s: int = 128) -> list[dict[str, Any]]:
                           attn_backend="sdpa", cuda_policy=False)
         rows.append({"shape": name, "cuda_policy": False, **json.loads(m.model_dump_json())})
     return rows
+
+
+def chunked_loss(model: Any, cfg: GPTConfig, chunks: int) -> Callable[[Any, Any], Any]:
+    """torchtitan's trainer's chunked loss for ``model``: a ``ChunkedLossWrapper`` of
+    ``chunks`` chunks around its cross-entropy (told ``cfg``'s vocabulary), given the model's
+    ``lm_head``, the model set to skip it (``_skip_lm_head``); as ``loss(pred, labels)``."""
+    loss_mod: Any = importlib.import_module("torchtitan.components.loss")
+    wrapper = loss_mod.ChunkedLossWrapper(loss_mod.ChunkedLossWrapper.Config(
+        num_chunks=chunks,
+        loss_fn=loss_mod.CrossEntropyLoss.Config(global_vocab_size=cfg.vocab_size)))
+    wrapper.set_lm_head(model.lm_head)
+    model._skip_lm_head = True
+    return lambda pred, labels: wrapper(pred, labels)[0]
 
 
 def report_main(prog: str, out: Path, argv: list[str] | None,
