@@ -174,4 +174,3 @@ def chunk_length_warnings(micro_batch_size: int, seq_len: int,
         f"here {eighth:,}-token chunks, whose logits and loss buffers are "
         f"{eighth / TITAN_LOSS_CHUNK_TOKENS:.1f}x larger: with 0.3.0 set num_chunks to "
         f"{-(-tokens // TITAN_LOSS_CHUNK_TOKENS)}, or read the chunk loop as a lower bound"))]
-

@@ -21,10 +21,10 @@ head's gradient and the loss).
 `measure_chunked_step` runs the wrapper as torchtitan's trainer does, inside whole training
 steps (`scaleplan.reference.titan_fsdp_step.tracked_step`: a warm-up step, an accumulating
 micro-batch or none, then one tracked forward, backward and AdamW step) of torchtitan's
-Llama 3 under FSDP2 (``tensor=1``: `scaleplan.reference.titan_fsdp_step.sharded_titan_model`)
-or FSDP2 x TP
-(`scaleplan.reference.titan_2d_step.measure_titan_2d_step`), the model run without its
-``lm_head`` (`scaleplan.reference.titan_measure.chunked_loss`): `STEP_CASES`.
+Llama 3 under FSDP2 (``tensor=1``: `scaleplan.reference.titan_fsdp_step.measure_titan_fsdp_step`)
+or FSDP2 x TP (`scaleplan.reference.titan_2d_step.measure_titan_2d_step`), the model run without
+its ``lm_head`` (`scaleplan.reference.titan_measure.chunked_loss`): `STEP_CASES` and
+`FP32_STEP_CASES`.
 
 ``python -m scaleplan.reference.titan_chunked_measure --write`` writes
 ``docs/validation/torchtitan-chunked-loss.json`` (``rows``: the wrapper alone; ``steps``: whole
@@ -136,8 +136,8 @@ def measure_chunked_step(name: str, *, data: int, tensor: int, checkpointing: st
     """One tracked step (``param_dtype`` gathered, foreach AdamW; accumulating, or ``fresh``:
     without an earlier micro-batch, every gradient None when it starts, as torchtitan's
     trainer runs) of `scaleplan.reference.titan_fsdp_step.GRID[name]` on rank 0 of ``data``
-    FSDP2 (x
-    ``tensor`` TP) fake ranks with torchtitan's ``ChunkedLossWrapper`` of ``chunks`` chunks:
+    FSDP2 (x ``tensor`` TP) fake ranks with torchtitan's ``ChunkedLossWrapper`` of ``chunks``
+    chunks:
     ``resident``, ``delta`` (the peak above it), ``peak_phase``, ``at_peak`` and
     ``batch_bytes``, as `scaleplan.reference.titan_fsdp_step.tracked_step` reports them."""
     b, s = micro_batch_size, seq_len
