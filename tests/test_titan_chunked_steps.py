@@ -200,15 +200,15 @@ def test_one_chunks_reduce_scatter_holds_the_gradient_as_made_by_hand() -> None:
 
 
 def test_the_shards_round_up_and_need_fsdp2() -> None:
-    # on 7 ranks 12,000 x 128 = 1,536,000 values do not split evenly: FSDP2's shard is the
-    # ceiling, 219,429 values of 4 bytes; without FSDP2 (one rank, the wrapper alone) no shard
-    # is made
+    # on 7 ranks lm_head's 12,000 rows do not split evenly: FSDP2 pads dim 0 to a multiple
+    # of the ranks, so a rank's shard is ceil(12,000 / 7) = 1,715 rows x 128 x 4 bytes; without
+    # FSDP2 (one rank, the wrapper alone) no shard is made
     cfg = GPTConfig.model_validate(next(c for c in STEPS if c["name"] == "vocab-12k-2")["config"])
     V, d = 12000, 128
     saved = {"loss_gradient": 0}
     acc, fresh = (titan_chunked_moments(cfg, 1, 8, saved, e=2, tensor=1, data=7,
                                         gathered_head=0, fresh=f) for f in (False, True))
-    assert fresh["forward_end"] - acc["forward_end"] == -(-V * d // 7) * 4 == 877_716
+    assert fresh["forward_end"] - acc["forward_end"] == -(-V // 7) * d * 4 == 878_080
     assert type(fresh["forward_end"]) is int and type(acc["head_backward"]) is int
     one = [titan_chunked_moments(cfg, 1, 8, saved, e=2, tensor=1, data=1, gathered_head=0,
                                  fresh=f) for f in (False, True)]

@@ -53,6 +53,8 @@ from typing import Any
 
 from scaleplan.errors import ScaleplanError
 from scaleplan.memory.activations import FP32_BYTES
+from scaleplan.memory.dtypes import larger
+from scaleplan.memory.titan_fsdp_moments import titan_unit_shard
 from scaleplan.model.config import GPTConfig
 
 __all__ = ["TITAN_LOSS_CHUNK_TOKENS", "check_titan_chunked_loss", "titan_chunk_tokens",
@@ -167,12 +169,11 @@ def titan_chunked_moments(cfg: GPTConfig, b: Any, s: Any, saved: dict[str, Any],
     if data > 1:  # FSDP2: the head's reduce-scatter at the last chunk
         # the gradient: accumulated in fp32 over several chunks, else in the parameter dtype
         grad = V * d * (FP32_BYTES * several + e * (1 - several))
-        shard = -(-V * d // data) * FP32_BYTES
-        reduce = (model + held + last_logits + gathered_head + grad + V * d * FP32_BYTES
-                  + shard)
-        loss = loss - (loss - reduce) * (reduce > loss)
+        shard = titan_unit_shard(((V, d),), data)
+        loss = larger(loss, model + held + last_logits + gathered_head + grad
+                      + V * d * FP32_BYTES + shard)
     head = loop["head_gradient"] if data == 1 else 0
-    made = -(-V * d // data) * FP32_BYTES * fresh * (data > 1)
+    made = titan_unit_shard(((V, d),), data) * fresh * (data > 1)
     return {"head_backward": loss,
             "forward_end": model + held + T * d * e + last_logits + head + made,
             "backward_start": model + T * d * e + gathered_head + made}
